@@ -1,0 +1,162 @@
+//! Identifiers. UUIDs are minted by the caller (v7 at the edge); slugs are validated here.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+macro_rules! uuid_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+        pub struct $name(Uuid);
+
+        impl $name {
+            pub const fn from_uuid(u: Uuid) -> Self {
+                $name(u)
+            }
+
+            pub const fn as_uuid(&self) -> Uuid {
+                self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Display::fmt(&self.0, f)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = uuid::Error;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Uuid::parse_str(s).map($name)
+            }
+        }
+    };
+}
+
+uuid_id!(
+    /// A job. UUIDv7, so ids sort by submission time.
+    JobId
+);
+uuid_id!(
+    /// One execution of a job on one worker; fences every message about it.
+    AttemptId
+);
+uuid_id!(
+    /// A registered worker agent.
+    WorkerId
+);
+
+/// A validated slug: `^[a-z0-9][a-z0-9-]{0,62}$`.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub struct Slug(Arc<str>);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{value:?} is not a slug (lowercase letters, digits and '-', starting with a letter or digit, at most 63 characters)")]
+pub struct SlugError {
+    pub value: String,
+}
+
+impl Slug {
+    pub fn parse(s: &str) -> Result<Slug, SlugError> {
+        let b = s.as_bytes();
+        let ok = !b.is_empty()
+            && b.len() <= 63
+            && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+            && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-');
+        if ok { Ok(Slug(Arc::from(s))) } else { Err(SlugError { value: s.to_owned() }) }
+    }
+
+    /// Turns a display name into a slug candidate ("Team Alpha" → "team-alpha").
+    pub fn from_name(name: &str) -> Result<Slug, SlugError> {
+        let mut out = String::new();
+        for c in name.trim().chars() {
+            if c.is_ascii_alphanumeric() {
+                out.push(c.to_ascii_lowercase());
+            } else if !out.ends_with('-') && !out.is_empty() {
+                out.push('-');
+            }
+        }
+        let out = out.trim_end_matches('-');
+        Slug::parse(&out[..out.len().min(63)])
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Slug {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+macro_rules! slug_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+        pub struct $name(Slug);
+
+        impl $name {
+            pub fn parse(s: &str) -> Result<Self, SlugError> {
+                Slug::parse(s).map($name)
+            }
+
+            pub fn as_str(&self) -> &str {
+                self.0.as_str()
+            }
+        }
+
+        impl From<Slug> for $name {
+            fn from(s: Slug) -> Self {
+                $name(s)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Display::fmt(&self.0, f)
+            }
+        }
+    };
+}
+
+slug_id!(
+    /// A tenant's slug.
+    TenantId
+);
+slug_id!(
+    /// A pool's slug.
+    PoolId
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slugs_accept_lowercase_digits_and_dashes() {
+        assert!(Slug::parse("default").is_ok());
+        assert!(Slug::parse("a").is_ok());
+        assert!(Slug::parse("0-team-9").is_ok());
+        assert!(Slug::parse(&"a".repeat(63)).is_ok());
+    }
+
+    #[test]
+    fn slugs_reject_everything_else() {
+        for bad in ["", "-a", "A", "a_b", "a b", "é", &"a".repeat(64)] {
+            assert!(Slug::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn names_become_slugs() {
+        assert_eq!(Slug::from_name("Team Alpha!").unwrap().as_str(), "team-alpha");
+        assert_eq!(Slug::from_name("  ML  research  ").unwrap().as_str(), "ml-research");
+        assert!(Slug::from_name("!!!").is_err());
+    }
+}

@@ -1,0 +1,21 @@
+//! Pure, synchronous domain of Hodei Jobs.
+//!
+//! **Architecture Invariant:** nothing here does IO, reads a clock, draws randomness or awaits.
+//! Time comes in as [`Timestamp`] arguments, ids are minted by the caller, and every decision
+//! comes back as data ([`sched::Changes`]) for the server to persist and carry out.
+//! **Architecture Invariant:** no serde on domain types; the API and the store own their
+//! representations and convert by hand.
+
+pub mod ids;
+pub mod job;
+pub mod queue;
+pub mod sched;
+pub mod spec;
+pub mod time;
+pub mod units;
+pub mod worker;
+
+pub use ids::{AttemptId, JobId, PoolId, Slug, SlugError, TenantId, WorkerId};
+pub use job::{Attempt, AttemptState, FailureReason, Job, JobEvent, JobState, Priority, SlaLevel};
+pub use time::Timestamp;
+pub use units::{CpuMillis, Gpus, MemoryMb, Resources};

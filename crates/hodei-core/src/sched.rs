@@ -1,0 +1,813 @@
+//! The scheduler: live jobs, workers and attempts, and every decision about them —
+//! assign, requeue, time out, retry. Effects come back as [`Changes`] for the server to
+//! persist (in one transaction) and then carry out (send to workers).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::time::Duration;
+
+use crate::ids::{AttemptId, JobId, WorkerId};
+use crate::job::{Actor, Attempt, AttemptState, FailureReason, Job, JobEvent, JobState};
+use crate::queue::{JobKey, Queue};
+use crate::time::Timestamp;
+use crate::worker::{Worker, WorkerState};
+
+/// How many jobs of one tenant are looked at per dispatch when the head does not fit anywhere.
+const SCAN_PER_TENANT: usize = 64;
+
+#[derive(Clone, Debug)]
+pub struct SchedConfig {
+    pub assign_ack_timeout: Duration,
+    pub heartbeat_timeout: Duration,
+    pub max_lost_requeues: u32,
+    pub retry_backoff: Duration,
+    pub retry_backoff_max: Duration,
+    pub kill_grace: Duration,
+}
+
+impl Default for SchedConfig {
+    fn default() -> Self {
+        SchedConfig {
+            assign_ack_timeout: Duration::from_secs(10),
+            heartbeat_timeout: Duration::from_secs(10),
+            max_lost_requeues: 3,
+            retry_backoff: Duration::from_secs(10),
+            retry_backoff_max: Duration::from_secs(600),
+            kill_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A message the server must send to a worker once the changes are durable.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outbound {
+    Assign { worker: WorkerId, attempt: AttemptId, job: JobId },
+    Cancel { worker: WorkerId, attempt: AttemptId, reason: &'static str },
+    Ack { worker: WorkerId, attempt: AttemptId },
+}
+
+/// Everything a batch of decisions changed.
+#[derive(Debug, Default)]
+pub struct Changes {
+    /// Jobs first seen in this batch (latest snapshot).
+    pub new_jobs: Vec<Job>,
+    /// Existing jobs that changed (latest snapshot).
+    pub jobs: Vec<Job>,
+    pub attempts: Vec<Attempt>,
+    pub workers: Vec<Worker>,
+    pub events: Vec<JobEvent>,
+    pub outbound: Vec<Outbound>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.new_jobs.is_empty() && self.jobs.is_empty() && self.attempts.is_empty() && self.workers.is_empty() && self.events.is_empty() && self.outbound.is_empty()
+    }
+}
+
+/// How an attempt ended, as the worker reported it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Succeeded,
+    Failed,
+    TimedOut,
+    Cancelled,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct AttemptResult {
+    pub outcome: Outcome,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub failure_reason: Option<FailureReason>,
+    pub started_at: Timestamp,
+    pub finished_at: Timestamp,
+    pub cpu_time_ms: u64,
+    pub max_rss_mb: u64,
+    pub log_bytes: u64,
+    pub log_truncated: bool,
+}
+
+/// Why a worker message did not count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Fenced {
+    #[error("unknown or already finished attempt")]
+    UnknownAttempt,
+    #[error("attempt belongs to another worker")]
+    WrongWorker,
+    #[error("attempt is no longer the job's current one")]
+    NotCurrent,
+    #[error("attempt is not in a state that allows this message")]
+    BadState,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown worker")]
+pub struct UnknownWorker;
+
+/// Outcome of a cancel request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// The job is `cancelled` now.
+    Cancelled,
+    /// The job is running: its worker was told to kill it; it ends `cancelled` when confirmed.
+    Requested,
+}
+
+/// A requested move the state machine does not allow (409 `invalid_state`).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    #[error("job is not live in the scheduler")]
+    NotLive,
+    #[error("job is {state}; {action} is not allowed")]
+    InvalidState { state: JobState, action: &'static str },
+}
+
+#[derive(Debug)]
+pub struct Scheduler {
+    cfg: SchedConfig,
+    jobs: HashMap<JobId, Job>,
+    queue: Queue,
+    retry_wait: BTreeSet<(Timestamp, JobId)>,
+    workers: BTreeMap<WorkerId, Worker>,
+    /// Attempts holding a slot: assigned or running, including ones fenced off from their job
+    /// (cancelled while scheduled) until their worker reports or is lost.
+    attempts: HashMap<AttemptId, Attempt>,
+    new_jobs: HashSet<JobId>,
+    dirty_jobs: Vec<JobId>,
+    dirty_set: HashSet<JobId>,
+    dirty_workers: BTreeSet<WorkerId>,
+    out: Changes,
+}
+
+fn key_of(job: &Job) -> JobKey {
+    JobKey {
+        priority: job.spec.priority,
+        deadline: job.eligible_at.saturating_add(Duration::from_millis(job.spec.sla.default_max_wait_ms() as u64)),
+        submitted_at: job.submitted_at,
+        id: job.id,
+    }
+}
+
+fn move_job(job: &mut Job, to: JobState, actor: Actor, reason: Option<&str>, now: Timestamp, events: &mut Vec<JobEvent>) {
+    debug_assert!(job.state.can_become(to), "illegal job transition {} → {to}", job.state);
+    events.push(JobEvent { job_id: job.id, at: now, from: Some(job.state), to, actor, reason: reason.map(str::to_owned) });
+    job.state = to;
+    job.state_reason = reason.map(str::to_owned);
+}
+
+impl Scheduler {
+    pub fn new(cfg: SchedConfig) -> Self {
+        Scheduler {
+            cfg,
+            jobs: HashMap::new(),
+            queue: Queue::default(),
+            retry_wait: BTreeSet::new(),
+            workers: BTreeMap::new(),
+            attempts: HashMap::new(),
+            new_jobs: HashSet::new(),
+            dirty_jobs: Vec::new(),
+            dirty_set: HashSet::new(),
+            dirty_workers: BTreeSet::new(),
+            out: Changes::default(),
+        }
+    }
+
+    pub fn config(&self) -> &SchedConfig {
+        &self.cfg
+    }
+
+    pub fn job(&self, id: &JobId) -> Option<&Job> {
+        self.jobs.get(id)
+    }
+
+    pub fn jobs(&self) -> impl Iterator<Item = &Job> {
+        self.jobs.values()
+    }
+
+    pub fn worker(&self, id: &WorkerId) -> Option<&Worker> {
+        self.workers.get(id)
+    }
+
+    pub fn workers(&self) -> impl Iterator<Item = &Worker> {
+        self.workers.values()
+    }
+
+    pub fn attempt(&self, id: &AttemptId) -> Option<&Attempt> {
+        self.attempts.get(id)
+    }
+
+    pub fn attempts(&self) -> impl Iterator<Item = &Attempt> {
+        self.attempts.values()
+    }
+
+    pub fn queue_len(&self) -> usize {
+        self.queue.len()
+    }
+
+    fn touch(&mut self, id: JobId) {
+        if self.dirty_set.insert(id) {
+            self.dirty_jobs.push(id);
+        }
+    }
+
+    // ---- recovery -------------------------------------------------------------------------
+
+    /// Loads a stored live job at start-up. Records no change.
+    pub fn restore_job(&mut self, job: Job) {
+        match job.state {
+            JobState::Pending => self.queue.push(&job.tenant, key_of(&job)),
+            JobState::Failed => {
+                if let Some(at) = job.next_retry_at {
+                    self.retry_wait.insert((at, job.id));
+                }
+            }
+            _ => {}
+        }
+        self.jobs.insert(job.id, job);
+    }
+
+    /// Loads a stored worker at start-up. Until it reconnects it is offline-in-waiting:
+    /// its lease counts from `now`, so its attempts are lost if it never comes back.
+    pub fn restore_worker(&mut self, mut worker: Worker, now: Timestamp) {
+        worker.connected = false;
+        worker.last_heartbeat_at = now;
+        worker.allocated = crate::units::Resources::ZERO;
+        worker.slots_used = 0;
+        self.workers.insert(worker.id, worker);
+    }
+
+    /// Loads a stored live attempt at start-up, after its worker.
+    pub fn restore_attempt(&mut self, attempt: Attempt) {
+        if let Some(w) = self.workers.get_mut(&attempt.worker_id) {
+            w.allocated = w.allocated.checked_add(&attempt.resources).unwrap_or(w.resources);
+            w.slots_used += 1;
+        }
+        self.attempts.insert(attempt.id, attempt);
+    }
+
+    // ---- jobs -----------------------------------------------------------------------------
+
+    /// Accepts a newly submitted job (already validated and given its id).
+    pub fn submit(&mut self, job: Job, now: Timestamp) {
+        self.out.events.push(JobEvent { job_id: job.id, at: now, from: None, to: job.state, actor: Actor::Api, reason: job.state_reason.clone() });
+        if job.state == JobState::Pending {
+            self.queue.push(&job.tenant, key_of(&job));
+        }
+        self.new_jobs.insert(job.id);
+        self.touch(job.id);
+        self.jobs.insert(job.id, job);
+    }
+
+    /// Cancels a live job.
+    pub fn cancel(&mut self, id: JobId, now: Timestamp) -> Result<CancelOutcome, CommandError> {
+        let job = self.jobs.get_mut(&id).ok_or(CommandError::NotLive)?;
+        let outcome = match job.state {
+            JobState::Pending | JobState::Held => {
+                if job.state == JobState::Pending {
+                    self.queue.remove(&job.tenant, &key_of(job));
+                }
+                move_job(job, JobState::Cancelled, Actor::Api, Some("cancelled"), now, &mut self.out.events);
+                job.finished_at = Some(now);
+                CancelOutcome::Cancelled
+            }
+            JobState::Scheduled => {
+                // The attempt keeps its slot until the worker confirms or is lost; the job ends now.
+                move_job(job, JobState::Cancelled, Actor::Api, Some("cancelled"), now, &mut self.out.events);
+                job.finished_at = Some(now);
+                job.cancel_requested_at = Some(now);
+                if let Some(a) = job.current_attempt.and_then(|a| self.attempts.get(&a)) {
+                    self.out.outbound.push(Outbound::Cancel { worker: a.worker_id, attempt: a.id, reason: "cancelled" });
+                }
+                CancelOutcome::Cancelled
+            }
+            JobState::Running => {
+                if job.cancel_requested_at.is_none() {
+                    job.cancel_requested_at = Some(now);
+                }
+                if let Some(a) = job.current_attempt.and_then(|a| self.attempts.get(&a)) {
+                    self.out.outbound.push(Outbound::Cancel { worker: a.worker_id, attempt: a.id, reason: "cancelled" });
+                }
+                CancelOutcome::Requested
+            }
+            JobState::Failed if job.next_retry_at.is_some() => {
+                // Waiting for an automatic retry: stop retrying; the failure stands.
+                self.retry_wait.remove(&(job.next_retry_at.unwrap_or_default(), id));
+                job.next_retry_at = None;
+                CancelOutcome::Cancelled
+            }
+            state => return Err(CommandError::InvalidState { state, action: "cancel" }),
+        };
+        self.touch(id);
+        Ok(outcome)
+    }
+
+    /// Manual retry of an ended job (loaded from the store by the caller): back to `pending`
+    /// with its retry budget reset.
+    pub fn retry(&mut self, mut job: Job, now: Timestamp) -> Result<(), CommandError> {
+        if let Some(live) = self.jobs.get(&job.id) {
+            job = live.clone();
+        }
+        let waiting_retry = job.state == JobState::Failed && job.next_retry_at.is_some();
+        if !matches!(job.state, JobState::Failed | JobState::Cancelled | JobState::TimedOut) {
+            return Err(CommandError::InvalidState { state: job.state, action: "retry" });
+        }
+        if waiting_retry {
+            self.retry_wait.remove(&(job.next_retry_at.unwrap_or_default(), job.id));
+        }
+        move_job(&mut job, JobState::Pending, Actor::Api, Some("manual_retry"), now, &mut self.out.events);
+        job.retries_left = job.spec.max_retries;
+        job.next_retry_at = None;
+        job.cancel_requested_at = None;
+        job.lost_requeues = 0;
+        job.eligible_at = now;
+        job.exit_code = None;
+        job.failure_reason = None;
+        job.finished_at = None;
+        self.queue.push(&job.tenant, key_of(&job));
+        self.touch(job.id);
+        self.jobs.insert(job.id, job);
+        Ok(())
+    }
+
+    /// `pending → held` (user hold).
+    pub fn hold(&mut self, id: JobId, now: Timestamp) -> Result<(), CommandError> {
+        let job = self.jobs.get_mut(&id).ok_or(CommandError::NotLive)?;
+        if job.state != JobState::Pending {
+            return Err(CommandError::InvalidState { state: job.state, action: "hold" });
+        }
+        self.queue.remove(&job.tenant, &key_of(job));
+        move_job(job, JobState::Held, Actor::Api, Some("user_hold"), now, &mut self.out.events);
+        self.touch(id);
+        Ok(())
+    }
+
+    /// `held → pending` (release).
+    pub fn release(&mut self, id: JobId, now: Timestamp) -> Result<(), CommandError> {
+        let job = self.jobs.get_mut(&id).ok_or(CommandError::NotLive)?;
+        if job.state != JobState::Held {
+            return Err(CommandError::InvalidState { state: job.state, action: "release" });
+        }
+        move_job(job, JobState::Pending, Actor::Api, Some("released"), now, &mut self.out.events);
+        self.queue.push(&job.tenant, key_of(job));
+        self.touch(id);
+        Ok(())
+    }
+
+    // ---- workers --------------------------------------------------------------------------
+
+    /// A worker registered (or re-registered under a new id).
+    pub fn register_worker(&mut self, mut worker: Worker, now: Timestamp) {
+        worker.state = WorkerState::Registering;
+        worker.connected = false;
+        worker.allocated = crate::units::Resources::ZERO;
+        worker.slots_used = 0;
+        worker.last_heartbeat_at = now;
+        worker.registered_at = now;
+        self.dirty_workers.insert(worker.id);
+        self.workers.insert(worker.id, worker);
+    }
+
+    /// A worker opened its job stream (first time or after a reconnect) and said which
+    /// attempts it is running and which results it has not had acknowledged.
+    /// Reconciles (SPEC §5.7): results are applied, attempts it no longer knows are lost,
+    /// attempts it runs that are not current are cancelled.
+    pub fn connect_worker(&mut self, id: WorkerId, running: &[AttemptId], results: Vec<(AttemptId, AttemptResult)>, now: Timestamp) -> Result<(), UnknownWorker> {
+        let w = self.workers.get_mut(&id).ok_or(UnknownWorker)?;
+        if w.state == WorkerState::Terminated {
+            return Err(UnknownWorker);
+        }
+        w.connected = true;
+        w.last_heartbeat_at = now;
+        self.dirty_workers.insert(id);
+        for (aid, r) in results {
+            let _ = self.finish(aid, id, r, now);
+        }
+        let running: HashSet<AttemptId> = running.iter().copied().collect();
+        let mine: Vec<AttemptId> = self.attempts.values().filter(|a| a.worker_id == id).map(|a| a.id).collect();
+        for aid in &mine {
+            if !running.contains(aid) {
+                self.lose_attempt(*aid, FailureReason::WorkerLost, now);
+            }
+        }
+        for aid in running {
+            if !self.attempts.get(&aid).is_some_and(|a| a.worker_id == id) {
+                self.out.outbound.push(Outbound::Cancel { worker: id, attempt: aid, reason: "stale" });
+            }
+        }
+        let w = self.workers.get_mut(&id).ok_or(UnknownWorker)?;
+        let to = if w.slots_used == 0 { WorkerState::Idle } else { WorkerState::Busy };
+        if w.state != to && w.state != WorkerState::Draining {
+            if to == WorkerState::Idle {
+                w.idle_since = Some(now);
+            }
+            w.state = to;
+        }
+        Ok(())
+    }
+
+    /// The job stream closed. The lease still runs: attempts are lost only when it expires.
+    pub fn disconnect_worker(&mut self, id: WorkerId) {
+        if let Some(w) = self.workers.get_mut(&id) {
+            w.connected = false;
+        }
+    }
+
+    /// Renews a worker's lease. Returns attempts it reports that it should not be running.
+    pub fn heartbeat(&mut self, id: WorkerId, running: &[AttemptId], now: Timestamp) -> Result<Vec<AttemptId>, UnknownWorker> {
+        let w = self.workers.get_mut(&id).ok_or(UnknownWorker)?;
+        if !w.state.is_live() {
+            return Err(UnknownWorker);
+        }
+        w.last_heartbeat_at = now;
+        Ok(running.iter().copied().filter(|a| !self.attempts.get(a).is_some_and(|x| x.worker_id == id)).collect())
+    }
+
+    /// The worker leaves for good (deregistered). Its attempts are lost.
+    pub fn terminate_worker(&mut self, id: WorkerId, now: Timestamp) {
+        let mine: Vec<AttemptId> = self.attempts.values().filter(|a| a.worker_id == id).map(|a| a.id).collect();
+        for aid in mine {
+            self.lose_attempt(aid, FailureReason::WorkerLost, now);
+        }
+        if let Some(w) = self.workers.get_mut(&id) {
+            w.state = WorkerState::Terminated;
+            w.connected = false;
+            self.dirty_workers.insert(id);
+        }
+    }
+
+    fn release_slot(&mut self, attempt: &Attempt, now: Timestamp) {
+        if let Some(w) = self.workers.get_mut(&attempt.worker_id) {
+            w.allocated = w.allocated.saturating_sub(&attempt.resources);
+            w.slots_used = w.slots_used.saturating_sub(1);
+            if w.slots_used == 0 && w.state == WorkerState::Busy {
+                w.state = WorkerState::Idle;
+                w.idle_since = Some(now);
+            }
+            self.dirty_workers.insert(w.id);
+        }
+    }
+
+    // ---- dispatch -------------------------------------------------------------------------
+
+    /// Places as many pending jobs as fit, tenants taking turns. `mint` gives attempt ids.
+    /// Returns how many were placed.
+    pub fn schedule(&mut self, now: Timestamp, mint: &mut dyn FnMut() -> AttemptId) -> usize {
+        let mut placed = 0;
+        loop {
+            if self.queue.is_empty() || !self.workers.values().any(|w| w.can_take(&crate::units::Resources::ZERO)) {
+                return placed;
+            }
+            let tenants: Vec<_> = self.queue.tenants_in_turn().cloned().collect();
+            let mut progress = false;
+            for t in tenants {
+                let pick = self.queue.next_candidates(&t, SCAN_PER_TENANT).find_map(|k| {
+                    let job = self.jobs.get(&k.id)?;
+                    self.best_worker(job).map(|w| (k.clone(), w))
+                });
+                if let Some((key, worker)) = pick {
+                    self.queue.remove(&t, &key);
+                    self.queue.served(&t);
+                    self.assign(key.id, worker, mint(), now);
+                    placed += 1;
+                    progress = true;
+                }
+            }
+            if !progress {
+                return placed;
+            }
+        }
+    }
+
+    /// Best fit: least leftover cpu, then memory; then the longest idle; then id.
+    fn best_worker(&self, job: &Job) -> Option<WorkerId> {
+        let req = job.resources();
+        self.workers
+            .values()
+            .filter(|w| w.can_take(&req) && job.spec.pool_selector.as_ref().is_none_or(|p| *p == w.pool_id))
+            .min_by_key(|w| {
+                let left = w.room().saturating_sub(&req);
+                (left.cpu_m, left.memory_mb, w.idle_since.map_or(i64::MAX, Timestamp::as_millis), w.id)
+            })
+            .map(|w| w.id)
+    }
+
+    fn assign(&mut self, job_id: JobId, worker_id: WorkerId, attempt_id: AttemptId, now: Timestamp) {
+        let (Some(job), Some(w)) = (self.jobs.get_mut(&job_id), self.workers.get_mut(&worker_id)) else {
+            debug_assert!(false, "assign of unknown job or worker");
+            return;
+        };
+        let req = job.resources();
+        move_job(job, JobState::Scheduled, Actor::Scheduler, None, now, &mut self.out.events);
+        job.attempt_count += 1;
+        job.current_attempt = Some(attempt_id);
+        job.scheduled_at = Some(now);
+        job.pool_id = Some(w.pool_id.clone());
+        job.worker_id = Some(worker_id);
+        job.cancel_requested_at = None;
+        let attempt = Attempt {
+            id: attempt_id,
+            job_id,
+            number: job.attempt_count,
+            worker_id,
+            pool_id: w.pool_id.clone(),
+            resources: req,
+            state: AttemptState::Assigned,
+            assigned_at: now,
+            started_at: None,
+            finished_at: None,
+            exit_code: None,
+            signal: None,
+            failure_reason: None,
+            cpu_time_ms: 0,
+            max_rss_mb: 0,
+            log_bytes: 0,
+            log_truncated: false,
+        };
+        w.allocated = w.allocated.checked_add(&req).unwrap_or(w.resources);
+        w.slots_used += 1;
+        if w.state == WorkerState::Idle {
+            w.state = WorkerState::Busy;
+            w.idle_since = None;
+        }
+        self.dirty_workers.insert(worker_id);
+        self.out.attempts.push(attempt.clone());
+        self.attempts.insert(attempt_id, attempt);
+        self.out.outbound.push(Outbound::Assign { worker: worker_id, attempt: attempt_id, job: job_id });
+        self.touch(job_id);
+    }
+
+    // ---- worker reports -------------------------------------------------------------------
+
+    fn current_job_of(&self, attempt: &Attempt) -> Option<JobId> {
+        let job = self.jobs.get(&attempt.job_id)?;
+        (job.current_attempt == Some(attempt.id) && job.state.is_active()).then_some(job.id)
+    }
+
+    /// The worker started the attempt.
+    pub fn accepted(&mut self, aid: AttemptId, worker: WorkerId, started_at: Timestamp, now: Timestamp) -> Result<(), Fenced> {
+        let a = self.attempts.get_mut(&aid).ok_or(Fenced::UnknownAttempt)?;
+        if a.worker_id != worker {
+            return Err(Fenced::WrongWorker);
+        }
+        if a.state != AttemptState::Assigned {
+            return Err(Fenced::BadState);
+        }
+        a.state = AttemptState::Running;
+        a.started_at = Some(started_at);
+        self.out.attempts.push(a.clone());
+        let a = a.clone();
+        let Some(job_id) = self.current_job_of(&a) else {
+            self.out.outbound.push(Outbound::Cancel { worker, attempt: aid, reason: "stale" });
+            return Err(Fenced::NotCurrent);
+        };
+        let job = self.jobs.get_mut(&job_id).ok_or(Fenced::NotCurrent)?;
+        if job.state == JobState::Scheduled {
+            move_job(job, JobState::Running, Actor::Worker, None, now, &mut self.out.events);
+            job.started_at = Some(started_at);
+        }
+        self.touch(job_id);
+        let _ = now;
+        Ok(())
+    }
+
+    /// The worker refused the attempt: the job goes back to pending (counted as a lost requeue).
+    pub fn rejected(&mut self, aid: AttemptId, worker: WorkerId, now: Timestamp) -> Result<(), Fenced> {
+        let a = self.attempts.get(&aid).ok_or(Fenced::UnknownAttempt)?;
+        if a.worker_id != worker {
+            return Err(Fenced::WrongWorker);
+        }
+        if a.state != AttemptState::Assigned {
+            return Err(Fenced::BadState);
+        }
+        self.end_attempt_without_result(aid, AttemptState::Rejected, FailureReason::Rejected, now);
+        Ok(())
+    }
+
+    /// The worker reported how the attempt ended. Always acknowledged, even when fenced,
+    /// so the worker stops re-sending it.
+    pub fn finish(&mut self, aid: AttemptId, worker: WorkerId, r: AttemptResult, now: Timestamp) -> Result<(), Fenced> {
+        self.out.outbound.push(Outbound::Ack { worker, attempt: aid });
+        let a = self.attempts.get(&aid).ok_or(Fenced::UnknownAttempt)?;
+        if a.worker_id != worker {
+            return Err(Fenced::WrongWorker);
+        }
+        let mut a = self.attempts.remove(&aid).ok_or(Fenced::UnknownAttempt)?;
+        self.release_slot(&a, now);
+        let to = match r.outcome {
+            Outcome::Succeeded => AttemptState::Succeeded,
+            Outcome::Failed => AttemptState::Failed,
+            Outcome::TimedOut => AttemptState::TimedOut,
+            Outcome::Cancelled => AttemptState::Cancelled,
+        };
+        a.started_at = a.started_at.or(Some(r.started_at));
+        a.state = to;
+        a.finished_at = Some(r.finished_at);
+        a.exit_code = r.exit_code;
+        a.signal = r.signal;
+        a.failure_reason = r.failure_reason;
+        a.cpu_time_ms = r.cpu_time_ms;
+        a.max_rss_mb = r.max_rss_mb;
+        a.log_bytes = r.log_bytes;
+        a.log_truncated = r.log_truncated;
+        self.out.attempts.push(a.clone());
+
+        let Some(job_id) = self.current_job_of(&a) else { return Err(Fenced::NotCurrent) };
+        let cfg_backoff = (self.cfg.retry_backoff, self.cfg.retry_backoff_max);
+        let job = self.jobs.get_mut(&job_id).ok_or(Fenced::NotCurrent)?;
+        let ev = &mut self.out.events;
+        if job.state == JobState::Scheduled {
+            move_job(job, JobState::Running, Actor::Worker, None, r.started_at, ev);
+            job.started_at = Some(r.started_at);
+        }
+        job.exit_code = r.exit_code;
+        job.finished_at = Some(r.finished_at);
+        job.log_truncated |= r.log_truncated;
+        match r.outcome {
+            Outcome::Succeeded => move_job(job, JobState::Succeeded, Actor::Worker, None, now, ev),
+            Outcome::TimedOut => {
+                job.failure_reason = Some(FailureReason::Timeout);
+                move_job(job, JobState::TimedOut, Actor::Worker, Some("timeout"), now, ev);
+            }
+            Outcome::Cancelled => {
+                job.failure_reason = Some(FailureReason::Cancelled);
+                move_job(job, JobState::Cancelled, Actor::Worker, Some("cancelled"), now, ev);
+            }
+            Outcome::Failed => {
+                let reason = r.failure_reason.unwrap_or(FailureReason::NonzeroExit);
+                job.failure_reason = Some(reason);
+                move_job(job, JobState::Failed, Actor::Worker, Some(reason.as_str()), now, ev);
+                schedule_retry(job, cfg_backoff, now, &mut self.retry_wait);
+            }
+        }
+        self.touch(job_id);
+        Ok(())
+    }
+
+    /// Ends a live attempt that will never report (lost, ack timeout, rejected) and requeues its job.
+    fn end_attempt_without_result(&mut self, aid: AttemptId, state: AttemptState, reason: FailureReason, now: Timestamp) {
+        let Some(mut a) = self.attempts.remove(&aid) else { return };
+        self.release_slot(&a, now);
+        debug_assert!(a.state.can_become(state), "illegal attempt transition {} → {state}", a.state);
+        a.state = state;
+        a.finished_at = Some(now);
+        a.failure_reason = Some(reason);
+        self.out.attempts.push(a.clone());
+        let Some(job_id) = self.current_job_of(&a) else { return };
+        let max_requeues = self.cfg.max_lost_requeues;
+        let backoff = (self.cfg.retry_backoff, self.cfg.retry_backoff_max);
+        let Some(job) = self.jobs.get_mut(&job_id) else { return };
+        if job.lost_requeues < max_requeues {
+            job.lost_requeues += 1;
+            move_job(job, JobState::Pending, Actor::Scheduler, Some(reason.as_str()), now, &mut self.out.events);
+            job.worker_id = None;
+            self.queue.push(&job.tenant, key_of(job));
+        } else {
+            // Requeues used up (SPEC §3.1 `running → failed`; a job still `scheduled` fails the same way).
+            job.failure_reason = Some(reason);
+            move_job(job, JobState::Failed, Actor::Scheduler, Some(reason.as_str()), now, &mut self.out.events);
+            schedule_retry(job, backoff, now, &mut self.retry_wait);
+            job.finished_at = Some(now);
+        }
+        self.touch(job_id);
+    }
+
+    fn lose_attempt(&mut self, aid: AttemptId, reason: FailureReason, now: Timestamp) {
+        self.end_attempt_without_result(aid, AttemptState::Lost, reason, now);
+    }
+
+    // ---- time -----------------------------------------------------------------------------
+
+    /// Applies every time-driven decision due at `now`: due retries, ack timeouts, expired
+    /// worker leases, and the timeout and cancel backstops for workers that stopped answering.
+    pub fn tick(&mut self, now: Timestamp) {
+        while let Some(&(at, id)) = self.retry_wait.first() {
+            if at > now {
+                break;
+            }
+            self.retry_wait.pop_first();
+            if let Some(job) = self.jobs.get_mut(&id) {
+                if job.state == JobState::Failed && job.next_retry_at == Some(at) {
+                    move_job(job, JobState::Pending, Actor::Scheduler, Some("retry"), now, &mut self.out.events);
+                    job.next_retry_at = None;
+                    job.exit_code = None;
+                    job.finished_at = None;
+                    job.worker_id = None;
+                    self.queue.push(&job.tenant, key_of(job));
+                    self.touch(id);
+                }
+            }
+        }
+
+        let ack = self.cfg.assign_ack_timeout;
+        let unacked: Vec<AttemptId> = self
+            .attempts
+            .values()
+            .filter(|a| a.state == AttemptState::Assigned && a.assigned_at.saturating_add(ack) <= now)
+            .filter(|a| self.workers.get(&a.worker_id).is_none_or(|w| w.connected))
+            .map(|a| a.id)
+            .collect();
+        for aid in unacked {
+            self.lose_attempt(aid, FailureReason::AckTimeout, now);
+        }
+
+        let hb = self.cfg.heartbeat_timeout;
+        let expired: Vec<WorkerId> = self.workers.values().filter(|w| w.state.is_live() && w.last_heartbeat_at.saturating_add(hb) <= now).map(|w| w.id).collect();
+        for wid in expired {
+            let mine: Vec<AttemptId> = self.attempts.values().filter(|a| a.worker_id == wid).map(|a| a.id).collect();
+            for aid in mine {
+                self.lose_attempt(aid, FailureReason::WorkerLost, now);
+            }
+            if let Some(w) = self.workers.get_mut(&wid) {
+                w.state = WorkerState::Offline;
+                w.connected = false;
+                w.idle_since = None;
+                self.dirty_workers.insert(wid);
+            }
+        }
+
+        // Backstops: a worker that still heartbeats but never reports the end of a job.
+        let slack = self.cfg.kill_grace + hb;
+        let overdue: Vec<(AttemptId, bool)> = self
+            .attempts
+            .values()
+            .filter(|a| a.state == AttemptState::Running)
+            .filter_map(|a| {
+                let job = self.jobs.get(&a.job_id).filter(|j| j.current_attempt == Some(a.id) && j.state == JobState::Running)?;
+                let started = a.started_at?;
+                if let Some(c) = job.cancel_requested_at {
+                    if c.saturating_add(slack) <= now {
+                        return Some((a.id, true));
+                    }
+                }
+                (started.saturating_add(job.spec.timeout + slack) <= now).then_some((a.id, false))
+            })
+            .collect();
+        for (aid, cancelled) in overdue {
+            let Some(a) = self.attempts.get(&aid) else { continue };
+            let (worker, started) = (a.worker_id, a.started_at.unwrap_or(now));
+            self.out.outbound.push(Outbound::Cancel { worker, attempt: aid, reason: if cancelled { "cancelled" } else { "timeout" } });
+            let outcome = if cancelled { Outcome::Cancelled } else { Outcome::TimedOut };
+            let reason = if cancelled { FailureReason::Cancelled } else { FailureReason::Timeout };
+            let r = AttemptResult { outcome, exit_code: None, signal: None, failure_reason: Some(reason), started_at: started, finished_at: now, cpu_time_ms: 0, max_rss_mb: 0, log_bytes: 0, log_truncated: false };
+            let _ = self.finish(aid, worker, r, now);
+            // `finish` queued an Ack for a result the worker never sent; drop it.
+            if let Some(Outbound::Ack { .. }) = self.out.outbound.last() {
+                self.out.outbound.pop();
+            }
+        }
+    }
+
+    /// Earliest instant at which [`Scheduler::tick`] has something to do, if any.
+    pub fn next_deadline(&self) -> Option<Timestamp> {
+        self.retry_wait.first().map(|(at, _)| *at)
+    }
+
+    // ---- output ---------------------------------------------------------------------------
+
+    /// Takes what changed since the last call. Ended jobs leave memory here: from now on the
+    /// store alone holds them.
+    pub fn take_changes(&mut self) -> Changes {
+        let mut out = std::mem::take(&mut self.out);
+        for id in self.dirty_jobs.drain(..) {
+            let Some(job) = self.jobs.get(&id) else { continue };
+            let snapshot = job.clone();
+            if job.is_terminal() {
+                self.jobs.remove(&id);
+            }
+            if self.new_jobs.contains(&id) {
+                out.new_jobs.push(snapshot);
+            } else {
+                out.jobs.push(snapshot);
+            }
+        }
+        self.dirty_set.clear();
+        self.new_jobs.clear();
+        for id in std::mem::take(&mut self.dirty_workers) {
+            if let Some(w) = self.workers.get(&id) {
+                out.workers.push(w.clone());
+                if w.state == WorkerState::Terminated {
+                    self.workers.remove(&id);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// After a failure: retry after a doubling backoff while retries are left, else the failure is final.
+fn schedule_retry(job: &mut Job, (base, max): (Duration, Duration), now: Timestamp, wait: &mut BTreeSet<(Timestamp, JobId)>) {
+    if job.retries_left == 0 {
+        job.next_retry_at = None;
+        return;
+    }
+    let used = job.spec.max_retries - job.retries_left;
+    job.retries_left -= 1;
+    let base = job.spec.retry_backoff.unwrap_or(base);
+    let delay = base.saturating_mul(1u32 << used.min(20)).min(max);
+    let at = now.saturating_add(delay);
+    job.next_retry_at = Some(at);
+    wait.insert((at, job.id));
+}
+
+#[cfg(test)]
+mod tests;
