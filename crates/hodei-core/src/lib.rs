@@ -11,11 +11,14 @@ pub mod job;
 pub mod queue;
 pub mod sched;
 pub mod spec;
+pub mod tenant;
 pub mod time;
 pub mod units;
 pub mod worker;
 
 pub use ids::{AttemptId, JobId, PoolId, Slug, SlugError, TenantId, WorkerId};
 pub use job::{Attempt, AttemptState, FailureReason, Job, JobEvent, JobState, Priority, SlaLevel};
+pub use tenant::{Pool, PoolState, PoolType, Tenant, TenantStatus, Tier};
 pub use time::Timestamp;
 pub use units::{CpuMillis, Gpus, MemoryMb, Resources};
+pub use worker::{Worker, WorkerState};

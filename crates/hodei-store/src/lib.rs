@@ -1,1 +1,94 @@
+//! Storage of Hodei Jobs: the [`Store`] trait and its engines.
+//!
+//! **Architecture Invariant:** the store makes no decisions. It persists what the core
+//! decided ([`Changes`]) atomically, and reads rows back as core records.
+//! **Architecture Invariant:** every engine passes the same [`conformance`] suite.
 
+pub mod conformance;
+mod rows;
+pub mod sqlite;
+
+use async_trait::async_trait;
+use hodei_core::sched::Changes;
+use hodei_core::{Attempt, Job, JobEvent, JobId, JobState, Pool, PoolId, Tenant, TenantId, Worker, WorkerId};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{what} already exists")]
+    AlreadyExists { what: String },
+    #[error("{what} was changed concurrently (version mismatch)")]
+    VersionMismatch { what: String },
+    #[error("store unavailable while {doing}")]
+    Unavailable { doing: &'static str, source: sqlx::Error },
+    #[error("store error while {doing}")]
+    Db { doing: &'static str, source: sqlx::Error },
+    #[error("corrupt row while {doing}: {detail}")]
+    Corrupt { doing: &'static str, detail: String },
+}
+
+impl StoreError {
+    pub(crate) fn db(doing: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+        move |source| match &source {
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => StoreError::Unavailable { doing, source },
+            _ => StoreError::Db { doing, source },
+        }
+    }
+
+    /// The database could not be reached (503 rather than 500).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable { .. })
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Filters for listing jobs. Lists are newest first; `before` is the cursor (exclusive).
+#[derive(Clone, Debug, Default)]
+pub struct JobFilter {
+    pub tenant: Option<TenantId>,
+    pub states: Vec<JobState>,
+    pub label: Option<(String, String)>,
+    pub before: Option<JobId>,
+    pub limit: u32,
+}
+
+/// Everything the scheduler must hold in memory, as stored.
+#[derive(Debug, Default)]
+pub struct LiveState {
+    pub jobs: Vec<Job>,
+    pub workers: Vec<Worker>,
+    pub attempts: Vec<Attempt>,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Cheap round trip, for `/ready`.
+    async fn ping(&self) -> Result<()>;
+
+    async fn create_tenant(&self, t: &Tenant) -> Result<()>;
+    async fn get_tenant(&self, id: &TenantId) -> Result<Option<Tenant>>;
+    async fn list_tenants(&self) -> Result<Vec<Tenant>>;
+    /// Writes `t` if the stored version is `t.version - 1`.
+    async fn update_tenant(&self, t: &Tenant) -> Result<()>;
+    async fn delete_tenant(&self, id: &TenantId) -> Result<bool>;
+    /// Jobs of the tenant that are not ended.
+    async fn count_live_jobs(&self, tenant: &TenantId) -> Result<u64>;
+
+    /// Creates or replaces a pool; the join token hash is kept when `join_token_hash` is None.
+    async fn upsert_pool(&self, p: &Pool, join_token_hash: Option<&str>) -> Result<()>;
+    async fn get_pool(&self, id: &PoolId) -> Result<Option<(Pool, String)>>;
+    async fn list_pools(&self) -> Result<Vec<Pool>>;
+
+    /// Persists one batch of scheduler decisions in one transaction.
+    async fn apply(&self, changes: &Changes) -> Result<()>;
+    async fn get_job(&self, id: JobId) -> Result<Option<Job>>;
+    async fn list_jobs(&self, f: &JobFilter) -> Result<Vec<Job>>;
+    async fn list_attempts(&self, job: JobId) -> Result<Vec<Attempt>>;
+    async fn list_events(&self, job: JobId) -> Result<Vec<JobEvent>>;
+    async fn load_live(&self) -> Result<LiveState>;
+
+    /// Records a worker and the hash of its session token.
+    async fn register_worker(&self, w: &Worker, session_token_hash: &str) -> Result<()>;
+    async fn worker_session_hash(&self, id: WorkerId) -> Result<Option<String>>;
+    async fn list_workers(&self) -> Result<Vec<Worker>>;
+}

@@ -1,0 +1,161 @@
+//! The store conformance suite: every engine must pass [`run_all`]. Each engine's test
+//! builds a fresh store and calls it. Panics (with a message) on the first violation.
+
+use std::collections::BTreeMap;
+
+use hodei_core::sched::{AttemptResult, Outcome, SchedConfig, Scheduler};
+use hodei_core::spec::{JobSpecInput, SpecLimits};
+use hodei_core::worker::WorkerState;
+use hodei_core::{AttemptId, Job, JobId, JobState, PoolId, Resources, Tenant, TenantId, TenantStatus, Tier, Timestamp, Worker, WorkerId};
+use uuid::Uuid;
+
+use crate::{JobFilter, Store, StoreError};
+
+fn ts(ms: i64) -> Timestamp {
+    Timestamp::from_millis(ms)
+}
+
+fn tenant(id: &str) -> Tenant {
+    Tenant {
+        id: TenantId::parse(id).unwrap(),
+        name: id.to_uppercase(),
+        email: Some(format!("{id}@example.org")),
+        tier: Tier::Premium,
+        weight: None,
+        status: TenantStatus::Active,
+        labels: BTreeMap::from([("team".into(), id.into())]),
+        created_at: ts(1),
+        updated_at: ts(1),
+        version: 1,
+    }
+}
+
+fn job(n: u128, tenant: &str, labels: &[(&str, &str)]) -> Job {
+    let spec = JobSpecInput {
+        command: vec!["echo".into(), "hi there".into()],
+        env: BTreeMap::from([("A".into(), "1".into())]),
+        labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        max_retries: Some(2),
+        ..Default::default()
+    }
+    .validate(&SpecLimits::default(), "")
+    .unwrap();
+    // v7-like: the high bits order ids by "time".
+    Job::new(JobId::from_uuid(Uuid::from_u128(n << 80)), TenantId::parse(tenant).unwrap(), spec, ts(n as i64))
+}
+
+fn worker(n: u128) -> Worker {
+    Worker {
+        id: WorkerId::from_uuid(Uuid::from_u128(n)),
+        instance_name: format!("w{n}"),
+        pool_id: PoolId::parse("local").unwrap(),
+        state: WorkerState::Registering,
+        capabilities: vec!["process".into()],
+        resources: Resources::new(2000, 4096, 0),
+        allocated: Resources::ZERO,
+        slots: 4,
+        slots_used: 0,
+        labels: BTreeMap::new(),
+        version: "t".into(),
+        registered_at: ts(0),
+        last_heartbeat_at: ts(0),
+        idle_since: None,
+        connected: false,
+    }
+}
+
+/// Runs every check against `store`, which must be empty and freshly migrated.
+pub async fn run_all(store: &dyn Store) {
+    tenants_round_trip_and_refuse_duplicates(store).await;
+    stale_tenant_updates_are_refused(store).await;
+    scheduler_changes_round_trip(store).await;
+    job_lists_filter_and_paginate_newest_first(store).await;
+}
+
+async fn tenants_round_trip_and_refuse_duplicates(store: &dyn Store) {
+    let t = tenant("acme");
+    store.create_tenant(&t).await.expect("create tenant");
+    assert_eq!(store.get_tenant(&t.id).await.unwrap().as_ref(), Some(&t));
+    assert!(matches!(store.create_tenant(&t).await, Err(StoreError::AlreadyExists { .. })));
+    assert_eq!(store.list_tenants().await.unwrap(), vec![t.clone()]);
+    assert!(store.delete_tenant(&t.id).await.unwrap());
+    assert!(!store.delete_tenant(&t.id).await.unwrap());
+    assert_eq!(store.get_tenant(&t.id).await.unwrap(), None);
+}
+
+async fn stale_tenant_updates_are_refused(store: &dyn Store) {
+    let mut t = tenant("beta");
+    store.create_tenant(&t).await.unwrap();
+    t.weight = Some(7);
+    t.version = 2;
+    store.update_tenant(&t).await.expect("update at the right version");
+    assert_eq!(store.get_tenant(&t.id).await.unwrap().unwrap().weight, Some(7));
+    assert!(matches!(store.update_tenant(&t).await, Err(StoreError::VersionMismatch { .. })), "same version twice");
+}
+
+async fn scheduler_changes_round_trip(store: &dyn Store) {
+    let mut s = Scheduler::new(SchedConfig::default());
+    let w = worker(1);
+    store.register_worker(&w, "hash-1").await.unwrap();
+    assert_eq!(store.worker_session_hash(w.id).await.unwrap().as_deref(), Some("hash-1"));
+    s.register_worker(w.clone(), ts(0));
+    s.connect_worker(w.id, &[], vec![], ts(0)).unwrap();
+    let (a, b) = (job(1, "acme", &[]), job(2, "acme", &[]));
+    let (ja, jb) = (a.id, b.id);
+    s.submit(a.clone(), ts(1));
+    s.submit(b, ts(1));
+    let mut n = 100u128;
+    let mut mint = || {
+        n += 1;
+        AttemptId::from_uuid(Uuid::from_u128(n))
+    };
+    s.schedule(ts(2), &mut mint);
+    store.apply(&s.take_changes()).await.expect("apply submit + schedule in one batch");
+
+    let stored = store.get_job(ja).await.unwrap().expect("job stored");
+    assert_eq!(stored.state, JobState::Scheduled);
+    assert_eq!(stored.spec, a.spec, "the spec round-trips unchanged");
+    let aid = stored.current_attempt.expect("current attempt");
+
+    s.accepted(aid, w.id, ts(3), ts(3)).unwrap();
+    let r = AttemptResult { outcome: Outcome::Succeeded, exit_code: Some(0), signal: None, failure_reason: None, started_at: ts(3), finished_at: ts(4), cpu_time_ms: 5, max_rss_mb: 6, log_bytes: 7, log_truncated: false };
+    s.finish(aid, w.id, r, ts(4)).unwrap();
+    store.apply(&s.take_changes()).await.unwrap();
+
+    let done = store.get_job(ja).await.unwrap().unwrap();
+    assert_eq!((done.state, done.exit_code, done.started_at, done.finished_at), (JobState::Succeeded, Some(0), Some(ts(3)), Some(ts(4))));
+    let attempts = store.list_attempts(ja).await.unwrap();
+    assert_eq!(attempts.len(), 1);
+    assert_eq!((attempts[0].cpu_time_ms, attempts[0].max_rss_mb, attempts[0].log_bytes), (5, 6, 7));
+    let events: Vec<_> = store.list_events(ja).await.unwrap().iter().map(|e| (e.from, e.to)).collect();
+    assert_eq!(
+        events,
+        [(None, JobState::Pending), (Some(JobState::Pending), JobState::Scheduled), (Some(JobState::Scheduled), JobState::Running), (Some(JobState::Running), JobState::Succeeded)]
+    );
+
+    let live = store.load_live().await.unwrap();
+    assert_eq!(live.jobs.iter().map(|j| j.id).collect::<Vec<_>>(), [jb], "only the unfinished job is live");
+    assert_eq!(live.attempts.len(), 1);
+    assert_eq!(live.workers.len(), 1);
+    assert_eq!(live.workers[0].state, WorkerState::Busy);
+}
+
+async fn job_lists_filter_and_paginate_newest_first(store: &dyn Store) {
+    let mut s = Scheduler::new(SchedConfig::default());
+    for n in 10..20u128 {
+        let t = if n % 2 == 0 { "even" } else { "odd" };
+        s.submit(job(n, t, &[("n", &n.to_string())]), ts(n as i64));
+    }
+    store.apply(&s.take_changes()).await.unwrap();
+    let even = TenantId::parse("even").unwrap();
+    let page1 = store.list_jobs(&JobFilter { tenant: Some(even.clone()), limit: 3, ..Default::default() }).await.unwrap();
+    let ids: Vec<u128> = page1.iter().map(|j| j.id.as_uuid().as_u128() >> 80).collect();
+    assert_eq!(ids, [18, 16, 14]);
+    let page2 = store.list_jobs(&JobFilter { tenant: Some(even), limit: 3, before: Some(page1[2].id), ..Default::default() }).await.unwrap();
+    let ids: Vec<u128> = page2.iter().map(|j| j.id.as_uuid().as_u128() >> 80).collect();
+    assert_eq!(ids, [12, 10]);
+    let labelled = store.list_jobs(&JobFilter { label: Some(("n".into(), "13".into())), limit: 50, ..Default::default() }).await.unwrap();
+    assert_eq!(labelled.len(), 1);
+    let by_state = store.list_jobs(&JobFilter { states: vec![JobState::Succeeded], limit: 50, ..Default::default() }).await.unwrap();
+    assert!(by_state.iter().all(|j| j.state == JobState::Succeeded) && !by_state.is_empty());
+}

@@ -1,0 +1,605 @@
+//! The SQLite engine: one file in WAL mode, `synchronous=FULL` so a commit survives a crash of
+//! the machine, not only of the process. One writer connection (writes queue in the pool, not
+//! in SQLite's busy loop) and a few readers.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use hodei_core::sched::Changes;
+use hodei_core::spec::JobSpec;
+use hodei_core::{
+    Attempt, AttemptId, CpuMillis, Gpus, Job, JobEvent, JobId, JobState, MemoryMb, Pool, PoolId, Resources, Tenant, TenantId, Timestamp, Worker, WorkerId,
+};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+use uuid::Uuid;
+
+use crate::rows::*;
+use crate::{JobFilter, LiveState, Result, Store, StoreError};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// Rows per multi-row INSERT: 39 columns × 200 stays under SQLite's 32 766 variables.
+const INSERT_CHUNK: usize = 200;
+
+pub struct SqliteStore {
+    write: SqlitePool,
+    read: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) and migrates the database file.
+    pub async fn open(path: &Path) -> Result<SqliteStore> {
+        let opts = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(5))
+            .pragma("cache_size", "-65536");
+        let write = SqlitePoolOptions::new().max_connections(1).connect_with(opts.clone()).await.map_err(StoreError::db("opening the database"))?;
+        MIGRATOR.run(&write).await.map_err(|e| StoreError::Corrupt { doing: "migrating the database", detail: e.to_string() })?;
+        let read = SqlitePoolOptions::new().max_connections(4).connect_with(opts.read_only(true)).await.map_err(StoreError::db("opening the database"))?;
+        Ok(SqliteStore { write, read })
+    }
+
+    /// A private in-memory database (one connection), for tests.
+    pub async fn open_in_memory() -> Result<SqliteStore> {
+        let opts = SqliteConnectOptions::from_str("sqlite::memory:").map_err(StoreError::db("opening the database"))?;
+        let pool = SqlitePoolOptions::new().max_connections(1).idle_timeout(None).max_lifetime(None).connect_with(opts).await.map_err(StoreError::db("opening the database"))?;
+        MIGRATOR.run(&pool).await.map_err(|e| StoreError::Corrupt { doing: "migrating the database", detail: e.to_string() })?;
+        Ok(SqliteStore { write: pool.clone(), read: pool })
+    }
+}
+
+fn ms(t: Timestamp) -> i64 {
+    t.as_millis()
+}
+
+fn oms(t: Option<Timestamp>) -> Option<i64> {
+    t.map(Timestamp::as_millis)
+}
+
+fn ts(v: Option<i64>) -> Option<Timestamp> {
+    v.map(Timestamp::from_millis)
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+const JOB_COLUMNS: &str = "id, tenant_id, name, command, env, working_dir, image, cpu_m, memory_mb, gpu, timeout_ms, expected_duration_ms, \
+     max_retries, retry_backoff_ms, priority, sla, preemptible, hold, labels, pool_selector, state, state_reason, attempt_count, \
+     current_attempt_id, retries_left, lost_requeues, exit_code, failure_reason, submitted_at, eligible_at, scheduled_at, started_at, \
+     finished_at, next_retry_at, cancel_requested_at, pool_id, worker_id, log_truncated";
+
+fn dur_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn job_from_row(r: &SqliteRow) -> Result<Job> {
+    const D: &str = "reading a job";
+    let g = |e: sqlx::Error| StoreError::Db { doing: D, source: e };
+    let spec = JobSpec {
+        name: r.try_get("name").map_err(g)?,
+        command: parse_vec(D, r.try_get("command").map_err(g)?)?,
+        env: parse_map(D, r.try_get("env").map_err(g)?)?,
+        working_dir: r.try_get("working_dir").map_err(g)?,
+        image: r.try_get("image").map_err(g)?,
+        resources: Resources {
+            cpu_m: CpuMillis(u32_of(D, r.try_get("cpu_m").map_err(g)?)?),
+            memory_mb: MemoryMb(u32_of(D, r.try_get("memory_mb").map_err(g)?)?),
+            gpu: Gpus(u32_of(D, r.try_get("gpu").map_err(g)?)?),
+        },
+        timeout: Duration::from_millis(r.try_get::<i64, _>("timeout_ms").map_err(g)?.max(0) as u64),
+        expected_duration: r.try_get::<Option<i64>, _>("expected_duration_ms").map_err(g)?.map(|v| Duration::from_millis(v.max(0) as u64)),
+        max_retries: u32_of(D, r.try_get("max_retries").map_err(g)?)?,
+        retry_backoff: r.try_get::<Option<i64>, _>("retry_backoff_ms").map_err(g)?.map(|v| Duration::from_millis(v.max(0) as u64)),
+        priority: parse_enum(D, r.try_get("priority").map_err(g)?)?,
+        sla: parse_enum(D, r.try_get("sla").map_err(g)?)?,
+        preemptible: r.try_get("preemptible").map_err(g)?,
+        hold: r.try_get("hold").map_err(g)?,
+        labels: parse_map(D, r.try_get("labels").map_err(g)?)?,
+        pool_selector: r.try_get::<Option<&str>, _>("pool_selector").map_err(g)?.map(|p| parse_slug(D, p, PoolId::parse)).transpose()?,
+    };
+    Ok(Job {
+        id: JobId::from_uuid(r.try_get("id").map_err(g)?),
+        tenant: parse_slug(D, r.try_get("tenant_id").map_err(g)?, TenantId::parse)?,
+        spec,
+        state: parse_enum(D, r.try_get("state").map_err(g)?)?,
+        state_reason: r.try_get("state_reason").map_err(g)?,
+        attempt_count: u32_of(D, r.try_get("attempt_count").map_err(g)?)?,
+        current_attempt: r.try_get::<Option<Uuid>, _>("current_attempt_id").map_err(g)?.map(AttemptId::from_uuid),
+        retries_left: u32_of(D, r.try_get("retries_left").map_err(g)?)?,
+        lost_requeues: u32_of(D, r.try_get("lost_requeues").map_err(g)?)?,
+        exit_code: r.try_get("exit_code").map_err(g)?,
+        failure_reason: r.try_get::<Option<&str>, _>("failure_reason").map_err(g)?.map(|s| parse_enum(D, s)).transpose()?,
+        submitted_at: Timestamp::from_millis(r.try_get("submitted_at").map_err(g)?),
+        eligible_at: Timestamp::from_millis(r.try_get("eligible_at").map_err(g)?),
+        scheduled_at: ts(r.try_get("scheduled_at").map_err(g)?),
+        started_at: ts(r.try_get("started_at").map_err(g)?),
+        finished_at: ts(r.try_get("finished_at").map_err(g)?),
+        next_retry_at: ts(r.try_get("next_retry_at").map_err(g)?),
+        cancel_requested_at: ts(r.try_get("cancel_requested_at").map_err(g)?),
+        pool_id: r.try_get::<Option<&str>, _>("pool_id").map_err(g)?.map(|p| parse_slug(D, p, PoolId::parse)).transpose()?,
+        worker_id: r.try_get::<Option<Uuid>, _>("worker_id").map_err(g)?.map(WorkerId::from_uuid),
+        log_truncated: r.try_get("log_truncated").map_err(g)?,
+    })
+}
+
+fn attempt_from_row(r: &SqliteRow) -> Result<Attempt> {
+    const D: &str = "reading an attempt";
+    let g = |e: sqlx::Error| StoreError::Db { doing: D, source: e };
+    Ok(Attempt {
+        id: AttemptId::from_uuid(r.try_get("id").map_err(g)?),
+        job_id: JobId::from_uuid(r.try_get("job_id").map_err(g)?),
+        number: u32_of(D, r.try_get("number").map_err(g)?)?,
+        worker_id: WorkerId::from_uuid(r.try_get("worker_id").map_err(g)?),
+        pool_id: parse_slug(D, r.try_get("pool_id").map_err(g)?, PoolId::parse)?,
+        resources: Resources {
+            cpu_m: CpuMillis(u32_of(D, r.try_get("cpu_m").map_err(g)?)?),
+            memory_mb: MemoryMb(u32_of(D, r.try_get("memory_mb").map_err(g)?)?),
+            gpu: Gpus(u32_of(D, r.try_get("gpu").map_err(g)?)?),
+        },
+        state: parse_enum(D, r.try_get("state").map_err(g)?)?,
+        assigned_at: Timestamp::from_millis(r.try_get("assigned_at").map_err(g)?),
+        started_at: ts(r.try_get("started_at").map_err(g)?),
+        finished_at: ts(r.try_get("finished_at").map_err(g)?),
+        exit_code: r.try_get("exit_code").map_err(g)?,
+        signal: r.try_get("signal").map_err(g)?,
+        failure_reason: r.try_get::<Option<&str>, _>("failure_reason").map_err(g)?.map(|s| parse_enum(D, s)).transpose()?,
+        cpu_time_ms: r.try_get::<i64, _>("cpu_time_ms").map_err(g)?.max(0) as u64,
+        max_rss_mb: r.try_get::<i64, _>("max_rss_mb").map_err(g)?.max(0) as u64,
+        log_bytes: r.try_get::<i64, _>("log_bytes").map_err(g)?.max(0) as u64,
+        log_truncated: r.try_get("log_truncated").map_err(g)?,
+    })
+}
+
+fn worker_from_row(r: &SqliteRow) -> Result<Worker> {
+    const D: &str = "reading a worker";
+    let g = |e: sqlx::Error| StoreError::Db { doing: D, source: e };
+    Ok(Worker {
+        id: WorkerId::from_uuid(r.try_get("id").map_err(g)?),
+        instance_name: r.try_get("instance_name").map_err(g)?,
+        pool_id: parse_slug(D, r.try_get("pool_id").map_err(g)?, PoolId::parse)?,
+        state: parse_enum(D, r.try_get("state").map_err(g)?)?,
+        capabilities: parse_vec(D, r.try_get("capabilities").map_err(g)?)?,
+        resources: Resources {
+            cpu_m: CpuMillis(u32_of(D, r.try_get("cpu_m").map_err(g)?)?),
+            memory_mb: MemoryMb(u32_of(D, r.try_get("memory_mb").map_err(g)?)?),
+            gpu: Gpus(u32_of(D, r.try_get("gpu").map_err(g)?)?),
+        },
+        allocated: Resources::ZERO,
+        slots: u32_of(D, r.try_get("slots").map_err(g)?)?,
+        slots_used: 0,
+        labels: parse_map(D, r.try_get("labels").map_err(g)?)?,
+        version: r.try_get("version").map_err(g)?,
+        registered_at: Timestamp::from_millis(r.try_get("registered_at").map_err(g)?),
+        last_heartbeat_at: Timestamp::from_millis(r.try_get("last_heartbeat_at").map_err(g)?),
+        idle_since: None,
+        connected: false,
+    })
+}
+
+fn tenant_from_row(r: &SqliteRow) -> Result<Tenant> {
+    const D: &str = "reading a tenant";
+    let g = |e: sqlx::Error| StoreError::Db { doing: D, source: e };
+    Ok(Tenant {
+        id: parse_slug(D, r.try_get("id").map_err(g)?, TenantId::parse)?,
+        name: r.try_get("name").map_err(g)?,
+        email: r.try_get("email").map_err(g)?,
+        tier: parse_enum(D, r.try_get("tier").map_err(g)?)?,
+        weight: r.try_get::<Option<i64>, _>("weight").map_err(g)?.map(|w| u32_of(D, w)).transpose()?,
+        status: parse_enum(D, r.try_get("status").map_err(g)?)?,
+        labels: parse_map(D, r.try_get("labels").map_err(g)?)?,
+        created_at: Timestamp::from_millis(r.try_get("created_at").map_err(g)?),
+        updated_at: Timestamp::from_millis(r.try_get("updated_at").map_err(g)?),
+        version: r.try_get("version").map_err(g)?,
+    })
+}
+
+fn pool_from_row(r: &SqliteRow) -> Result<(Pool, String)> {
+    const D: &str = "reading a pool";
+    let g = |e: sqlx::Error| StoreError::Db { doing: D, source: e };
+    let pool = Pool {
+        id: parse_slug(D, r.try_get("id").map_err(g)?, PoolId::parse)?,
+        name: r.try_get("name").map_err(g)?,
+        pool_type: parse_enum(D, r.try_get("pool_type").map_err(g)?)?,
+        provider: r.try_get("provider").map_err(g)?,
+        worker_resources: Resources {
+            cpu_m: CpuMillis(u32_of(D, r.try_get("worker_cpu_m").map_err(g)?)?),
+            memory_mb: MemoryMb(u32_of(D, r.try_get("worker_memory_mb").map_err(g)?)?),
+            gpu: Gpus(u32_of(D, r.try_get("worker_gpu").map_err(g)?)?),
+        },
+        worker_slots: u32_of(D, r.try_get("worker_slots").map_err(g)?)?,
+        min_size: u32_of(D, r.try_get("min_size").map_err(g)?)?,
+        max_size: u32_of(D, r.try_get("max_size").map_err(g)?)?,
+        labels: parse_map(D, r.try_get("labels").map_err(g)?)?,
+        managed_by: r.try_get("managed_by").map_err(g)?,
+        state: parse_enum(D, r.try_get("state").map_err(g)?)?,
+        created_at: Timestamp::from_millis(r.try_get("created_at").map_err(g)?),
+        updated_at: Timestamp::from_millis(r.try_get("updated_at").map_err(g)?),
+        version: r.try_get("version").map_err(g)?,
+    };
+    Ok((pool, r.try_get("join_token_hash").map_err(g)?))
+}
+
+async fn insert_jobs(tx: &mut sqlx::SqliteConnection, jobs: &[Job]) -> Result<()> {
+    for chunk in jobs.chunks(INSERT_CHUNK) {
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(format!("INSERT INTO jobs ({JOB_COLUMNS}) "));
+        qb.push_values(chunk, |mut b, j| {
+            let s = &j.spec;
+            b.push_bind(j.id.as_uuid())
+                .push_bind(j.tenant.as_str().to_owned())
+                .push_bind(s.name.clone())
+                .push_bind(json_vec(&s.command))
+                .push_bind(json_map(&s.env))
+                .push_bind(s.working_dir.clone())
+                .push_bind(s.image.clone())
+                .push_bind(i64::from(s.resources.cpu_m.get()))
+                .push_bind(i64::from(s.resources.memory_mb.get()))
+                .push_bind(i64::from(s.resources.gpu.get()))
+                .push_bind(dur_ms(s.timeout))
+                .push_bind(s.expected_duration.map(dur_ms))
+                .push_bind(i64::from(s.max_retries))
+                .push_bind(s.retry_backoff.map(dur_ms))
+                .push_bind(s.priority.as_str())
+                .push_bind(s.sla.as_str())
+                .push_bind(s.preemptible)
+                .push_bind(s.hold)
+                .push_bind(json_map(&s.labels))
+                .push_bind(s.pool_selector.as_ref().map(|p| p.as_str().to_owned()))
+                .push_bind(j.state.as_str())
+                .push_bind(j.state_reason.clone())
+                .push_bind(i64::from(j.attempt_count))
+                .push_bind(j.current_attempt.map(|a| a.as_uuid()))
+                .push_bind(i64::from(j.retries_left))
+                .push_bind(i64::from(j.lost_requeues))
+                .push_bind(j.exit_code)
+                .push_bind(j.failure_reason.map(|f| f.as_str()))
+                .push_bind(ms(j.submitted_at))
+                .push_bind(ms(j.eligible_at))
+                .push_bind(oms(j.scheduled_at))
+                .push_bind(oms(j.started_at))
+                .push_bind(oms(j.finished_at))
+                .push_bind(oms(j.next_retry_at))
+                .push_bind(oms(j.cancel_requested_at))
+                .push_bind(j.pool_id.as_ref().map(|p| p.as_str().to_owned()))
+                .push_bind(j.worker_id.map(|w| w.as_uuid()))
+                .push_bind(j.log_truncated);
+        });
+        qb.build().execute(&mut *tx).await.map_err(StoreError::db("inserting jobs"))?;
+    }
+    Ok(())
+}
+
+async fn update_job(tx: &mut sqlx::SqliteConnection, j: &Job) -> Result<()> {
+    sqlx::query(
+        "UPDATE jobs SET state = ?, state_reason = ?, attempt_count = ?, current_attempt_id = ?, retries_left = ?, lost_requeues = ?, \
+         exit_code = ?, failure_reason = ?, eligible_at = ?, scheduled_at = ?, started_at = ?, finished_at = ?, next_retry_at = ?, \
+         cancel_requested_at = ?, pool_id = ?, worker_id = ?, log_truncated = ? WHERE id = ?",
+    )
+    .bind(j.state.as_str())
+    .bind(j.state_reason.as_deref())
+    .bind(i64::from(j.attempt_count))
+    .bind(j.current_attempt.map(|a| a.as_uuid()))
+    .bind(i64::from(j.retries_left))
+    .bind(i64::from(j.lost_requeues))
+    .bind(j.exit_code)
+    .bind(j.failure_reason.map(|f| f.as_str()))
+    .bind(ms(j.eligible_at))
+    .bind(oms(j.scheduled_at))
+    .bind(oms(j.started_at))
+    .bind(oms(j.finished_at))
+    .bind(oms(j.next_retry_at))
+    .bind(oms(j.cancel_requested_at))
+    .bind(j.pool_id.as_ref().map(|p| p.as_str()))
+    .bind(j.worker_id.map(|w| w.as_uuid()))
+    .bind(j.log_truncated)
+    .bind(j.id.as_uuid())
+    .execute(&mut *tx)
+    .await
+    .map_err(StoreError::db("updating a job"))?;
+    Ok(())
+}
+
+async fn upsert_attempt(tx: &mut sqlx::SqliteConnection, a: &Attempt) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO attempts (id, job_id, number, worker_id, pool_id, cpu_m, memory_mb, gpu, state, assigned_at, started_at, finished_at, \
+         exit_code, signal, failure_reason, cpu_time_ms, max_rss_mb, log_bytes, log_truncated) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+         ON CONFLICT (id) DO UPDATE SET state = excluded.state, started_at = excluded.started_at, finished_at = excluded.finished_at, \
+         exit_code = excluded.exit_code, signal = excluded.signal, failure_reason = excluded.failure_reason, cpu_time_ms = excluded.cpu_time_ms, \
+         max_rss_mb = excluded.max_rss_mb, log_bytes = excluded.log_bytes, log_truncated = excluded.log_truncated",
+    )
+    .bind(a.id.as_uuid())
+    .bind(a.job_id.as_uuid())
+    .bind(i64::from(a.number))
+    .bind(a.worker_id.as_uuid())
+    .bind(a.pool_id.as_str())
+    .bind(i64::from(a.resources.cpu_m.get()))
+    .bind(i64::from(a.resources.memory_mb.get()))
+    .bind(i64::from(a.resources.gpu.get()))
+    .bind(a.state.as_str())
+    .bind(ms(a.assigned_at))
+    .bind(oms(a.started_at))
+    .bind(oms(a.finished_at))
+    .bind(a.exit_code)
+    .bind(a.signal)
+    .bind(a.failure_reason.map(|f| f.as_str()))
+    .bind(a.cpu_time_ms as i64)
+    .bind(a.max_rss_mb as i64)
+    .bind(a.log_bytes as i64)
+    .bind(a.log_truncated)
+    .execute(&mut *tx)
+    .await
+    .map_err(StoreError::db("writing an attempt"))?;
+    Ok(())
+}
+
+async fn insert_events(tx: &mut sqlx::SqliteConnection, events: &[JobEvent]) -> Result<()> {
+    for chunk in events.chunks(INSERT_CHUNK * 5) {
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("INSERT INTO job_events (job_id, at, from_state, to_state, actor, reason) ");
+        qb.push_values(chunk, |mut b, e| {
+            b.push_bind(e.job_id.as_uuid())
+                .push_bind(ms(e.at))
+                .push_bind(e.from.map(|s| s.as_str()))
+                .push_bind(e.to.as_str())
+                .push_bind(e.actor.as_str())
+                .push_bind(e.reason.clone());
+        });
+        qb.build().execute(&mut *tx).await.map_err(StoreError::db("inserting job events"))?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.read).await.map_err(StoreError::db("pinging the database"))?;
+        Ok(())
+    }
+
+    async fn create_tenant(&self, t: &Tenant) -> Result<()> {
+        let r = sqlx::query("INSERT INTO tenants (id, name, email, tier, weight, status, labels, created_at, updated_at, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+            .bind(t.id.as_str())
+            .bind(&t.name)
+            .bind(&t.email)
+            .bind(t.tier.as_str())
+            .bind(t.weight.map(i64::from))
+            .bind(t.status.as_str())
+            .bind(json_map(&t.labels))
+            .bind(ms(t.created_at))
+            .bind(ms(t.updated_at))
+            .bind(t.version)
+            .execute(&self.write)
+            .await;
+        match r {
+            Err(e) if is_unique_violation(&e) => Err(StoreError::AlreadyExists { what: format!("tenant {}", t.id) }),
+            r => r.map(|_| ()).map_err(StoreError::db("creating a tenant")),
+        }
+    }
+
+    async fn get_tenant(&self, id: &TenantId) -> Result<Option<Tenant>> {
+        let row = sqlx::query("SELECT * FROM tenants WHERE id = ?").bind(id.as_str()).fetch_optional(&self.read).await.map_err(StoreError::db("reading a tenant"))?;
+        row.as_ref().map(tenant_from_row).transpose()
+    }
+
+    async fn list_tenants(&self) -> Result<Vec<Tenant>> {
+        let rows = sqlx::query("SELECT * FROM tenants ORDER BY id").fetch_all(&self.read).await.map_err(StoreError::db("listing tenants"))?;
+        rows.iter().map(tenant_from_row).collect()
+    }
+
+    async fn update_tenant(&self, t: &Tenant) -> Result<()> {
+        let r = sqlx::query("UPDATE tenants SET name = ?, email = ?, tier = ?, weight = ?, status = ?, labels = ?, updated_at = ?, version = ? WHERE id = ? AND version = ?")
+            .bind(&t.name)
+            .bind(&t.email)
+            .bind(t.tier.as_str())
+            .bind(t.weight.map(i64::from))
+            .bind(t.status.as_str())
+            .bind(json_map(&t.labels))
+            .bind(ms(t.updated_at))
+            .bind(t.version)
+            .bind(t.id.as_str())
+            .bind(t.version - 1)
+            .execute(&self.write)
+            .await
+            .map_err(StoreError::db("updating a tenant"))?;
+        if r.rows_affected() == 1 { Ok(()) } else { Err(StoreError::VersionMismatch { what: format!("tenant {}", t.id) }) }
+    }
+
+    async fn delete_tenant(&self, id: &TenantId) -> Result<bool> {
+        let r = sqlx::query("DELETE FROM tenants WHERE id = ?").bind(id.as_str()).execute(&self.write).await.map_err(StoreError::db("deleting a tenant"))?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn count_live_jobs(&self, tenant: &TenantId) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE tenant_id = ? AND state IN ('pending', 'held', 'scheduled', 'running')")
+            .bind(tenant.as_str())
+            .fetch_one(&self.read)
+            .await
+            .map_err(StoreError::db("counting live jobs"))?;
+        Ok(n.max(0) as u64)
+    }
+
+    async fn upsert_pool(&self, p: &Pool, join_token_hash: Option<&str>) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO pools (id, name, pool_type, provider, worker_cpu_m, worker_memory_mb, worker_gpu, worker_slots, min_size, max_size, labels, \
+             managed_by, state, join_token_hash, created_at, updated_at, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, COALESCE(?, ''), ?, ?, ?) \
+             ON CONFLICT (id) DO UPDATE SET name = excluded.name, worker_cpu_m = excluded.worker_cpu_m, worker_memory_mb = excluded.worker_memory_mb, \
+             worker_gpu = excluded.worker_gpu, worker_slots = excluded.worker_slots, min_size = excluded.min_size, max_size = excluded.max_size, \
+             labels = excluded.labels, managed_by = excluded.managed_by, state = excluded.state, \
+             join_token_hash = COALESCE(?, pools.join_token_hash), updated_at = excluded.updated_at, version = pools.version + 1",
+        )
+        .bind(p.id.as_str())
+        .bind(&p.name)
+        .bind(p.pool_type.as_str())
+        .bind(&p.provider)
+        .bind(i64::from(p.worker_resources.cpu_m.get()))
+        .bind(i64::from(p.worker_resources.memory_mb.get()))
+        .bind(i64::from(p.worker_resources.gpu.get()))
+        .bind(i64::from(p.worker_slots))
+        .bind(i64::from(p.min_size))
+        .bind(i64::from(p.max_size))
+        .bind(json_map(&p.labels))
+        .bind(&p.managed_by)
+        .bind(p.state.as_str())
+        .bind(join_token_hash)
+        .bind(ms(p.created_at))
+        .bind(ms(p.updated_at))
+        .bind(p.version)
+        .bind(join_token_hash)
+        .execute(&self.write)
+        .await
+        .map_err(StoreError::db("writing a pool"))?;
+        Ok(())
+    }
+
+    async fn get_pool(&self, id: &PoolId) -> Result<Option<(Pool, String)>> {
+        let row = sqlx::query("SELECT * FROM pools WHERE id = ?").bind(id.as_str()).fetch_optional(&self.read).await.map_err(StoreError::db("reading a pool"))?;
+        row.as_ref().map(pool_from_row).transpose()
+    }
+
+    async fn list_pools(&self) -> Result<Vec<Pool>> {
+        let rows = sqlx::query("SELECT * FROM pools ORDER BY id").fetch_all(&self.read).await.map_err(StoreError::db("listing pools"))?;
+        rows.iter().map(|r| pool_from_row(r).map(|p| p.0)).collect()
+    }
+
+    async fn apply(&self, c: &Changes) -> Result<()> {
+        if c.new_jobs.is_empty() && c.jobs.is_empty() && c.attempts.is_empty() && c.workers.is_empty() && c.events.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.write.begin().await.map_err(StoreError::db("starting a transaction"))?;
+        insert_jobs(&mut tx, &c.new_jobs).await?;
+        for j in &c.jobs {
+            update_job(&mut tx, j).await?;
+        }
+        for a in &c.attempts {
+            upsert_attempt(&mut tx, a).await?;
+        }
+        for w in &c.workers {
+            sqlx::query("UPDATE workers SET state = ?, last_heartbeat_at = ? WHERE id = ?")
+                .bind(w.state.as_str())
+                .bind(ms(w.last_heartbeat_at))
+                .bind(w.id.as_uuid())
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::db("updating a worker"))?;
+        }
+        insert_events(&mut tx, &c.events).await?;
+        tx.commit().await.map_err(StoreError::db("committing scheduler changes"))?;
+        Ok(())
+    }
+
+    async fn get_job(&self, id: JobId) -> Result<Option<Job>> {
+        let row = sqlx::query("SELECT * FROM jobs WHERE id = ?").bind(id.as_uuid()).fetch_optional(&self.read).await.map_err(StoreError::db("reading a job"))?;
+        row.as_ref().map(job_from_row).transpose()
+    }
+
+    async fn list_jobs(&self, f: &JobFilter) -> Result<Vec<Job>> {
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT * FROM jobs WHERE 1 = 1");
+        if let Some(t) = &f.tenant {
+            qb.push(" AND tenant_id = ").push_bind(t.as_str().to_owned());
+        }
+        if !f.states.is_empty() {
+            qb.push(" AND state IN (");
+            let mut sep = qb.separated(", ");
+            for s in &f.states {
+                sep.push_bind(s.as_str());
+            }
+            qb.push(")");
+        }
+        if let Some((k, v)) = &f.label {
+            let path = format!("$.\"{}\"", k.replace('\\', "\\\\").replace('"', "\\\""));
+            qb.push(" AND json_extract(labels, ").push_bind(path).push(") = ").push_bind(v.clone());
+        }
+        if let Some(c) = f.before {
+            qb.push(" AND id < ").push_bind(c.as_uuid());
+        }
+        qb.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(f.limit.max(1)));
+        let rows = qb.build().fetch_all(&self.read).await.map_err(StoreError::db("listing jobs"))?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    async fn list_attempts(&self, job: JobId) -> Result<Vec<Attempt>> {
+        let rows = sqlx::query("SELECT * FROM attempts WHERE job_id = ? ORDER BY number").bind(job.as_uuid()).fetch_all(&self.read).await.map_err(StoreError::db("listing attempts"))?;
+        rows.iter().map(attempt_from_row).collect()
+    }
+
+    async fn list_events(&self, job: JobId) -> Result<Vec<JobEvent>> {
+        const D: &str = "listing job events";
+        let rows = sqlx::query("SELECT * FROM job_events WHERE job_id = ? ORDER BY seq").bind(job.as_uuid()).fetch_all(&self.read).await.map_err(StoreError::db(D))?;
+        rows.iter()
+            .map(|r| {
+                let g = |e: sqlx::Error| StoreError::Db { doing: D, source: e };
+                let actor = match r.try_get::<&str, _>("actor").map_err(g)? {
+                    "api" => hodei_core::job::Actor::Api,
+                    "worker" => hodei_core::job::Actor::Worker,
+                    _ => hodei_core::job::Actor::Scheduler,
+                };
+                Ok(JobEvent {
+                    job_id: job,
+                    at: Timestamp::from_millis(r.try_get("at").map_err(g)?),
+                    from: r.try_get::<Option<&str>, _>("from_state").map_err(g)?.map(|s| parse_enum::<JobState>(D, s)).transpose()?,
+                    to: parse_enum(D, r.try_get("to_state").map_err(g)?)?,
+                    actor,
+                    reason: r.try_get("reason").map_err(g)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn load_live(&self) -> Result<LiveState> {
+        let jobs = sqlx::query("SELECT * FROM jobs WHERE state IN ('pending', 'held', 'scheduled', 'running', 'failed') AND (state != 'failed' OR next_retry_at IS NOT NULL)")
+            .fetch_all(&self.read)
+            .await
+            .map_err(StoreError::db("loading live jobs"))?;
+        let workers = sqlx::query("SELECT * FROM workers WHERE state NOT IN ('terminated')").fetch_all(&self.read).await.map_err(StoreError::db("loading workers"))?;
+        let attempts = sqlx::query("SELECT * FROM attempts WHERE state IN ('assigned', 'running')").fetch_all(&self.read).await.map_err(StoreError::db("loading live attempts"))?;
+        Ok(LiveState {
+            jobs: jobs.iter().map(job_from_row).collect::<Result<_>>()?,
+            workers: workers.iter().map(worker_from_row).collect::<Result<_>>()?,
+            attempts: attempts.iter().map(attempt_from_row).collect::<Result<_>>()?,
+        })
+    }
+
+    async fn register_worker(&self, w: &Worker, session_token_hash: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO workers (id, instance_name, pool_id, state, capabilities, cpu_m, memory_mb, gpu, slots, labels, version, session_token_hash, registered_at, last_heartbeat_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(w.id.as_uuid())
+        .bind(&w.instance_name)
+        .bind(w.pool_id.as_str())
+        .bind(w.state.as_str())
+        .bind(json_vec(&w.capabilities))
+        .bind(i64::from(w.resources.cpu_m.get()))
+        .bind(i64::from(w.resources.memory_mb.get()))
+        .bind(i64::from(w.resources.gpu.get()))
+        .bind(i64::from(w.slots))
+        .bind(json_map(&w.labels))
+        .bind(&w.version)
+        .bind(session_token_hash)
+        .bind(ms(w.registered_at))
+        .bind(ms(w.last_heartbeat_at))
+        .execute(&self.write)
+        .await
+        .map_err(StoreError::db("registering a worker"))?;
+        Ok(())
+    }
+
+    async fn worker_session_hash(&self, id: WorkerId) -> Result<Option<String>> {
+        sqlx::query_scalar("SELECT session_token_hash FROM workers WHERE id = ? AND state != 'terminated'")
+            .bind(id.as_uuid())
+            .fetch_optional(&self.read)
+            .await
+            .map_err(StoreError::db("reading a worker session"))
+    }
+
+    async fn list_workers(&self) -> Result<Vec<Worker>> {
+        let rows = sqlx::query("SELECT * FROM workers ORDER BY registered_at DESC").fetch_all(&self.read).await.map_err(StoreError::db("listing workers"))?;
+        rows.iter().map(worker_from_row).collect()
+    }
+}

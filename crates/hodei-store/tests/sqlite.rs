@@ -1,0 +1,29 @@
+//! The conformance suite against SQLite, on a file (as in production) and in memory (as in API tests).
+
+use hodei_store::sqlite::SqliteStore;
+
+#[tokio::test]
+async fn sqlite_file_store_conforms() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("hodei.db")).await.unwrap();
+    hodei_store::conformance::run_all(&store).await;
+}
+
+#[tokio::test]
+async fn sqlite_memory_store_conforms() {
+    let store = SqliteStore::open_in_memory().await.unwrap();
+    hodei_store::conformance::run_all(&store).await;
+}
+
+#[tokio::test]
+async fn reopening_keeps_committed_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hodei.db");
+    {
+        let store = SqliteStore::open(&path).await.unwrap();
+        hodei_store::conformance::run_all(&store).await;
+    }
+    let store = SqliteStore::open(&path).await.unwrap();
+    let live = hodei_store::Store::load_live(&store).await.unwrap();
+    assert_eq!(live.jobs.len(), 11, "one scheduled job and ten pending ones survive a reopen");
+}
