@@ -1,1 +1,162 @@
+//! The REST API of Hodei Jobs (SPEC §4): `router(state) -> Router`.
+//!
+//! **API Boundary:** the HTTP contract. **Architecture Invariant:** no SQL and no scheduling
+//! here: input is validated through core, reads go to the [`Store`], and every change to a
+//! job goes through [`Control`] (the server's engine), which commits before answering.
 
+mod ctx;
+pub mod dto;
+pub mod error;
+mod json;
+mod routes;
+
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use async_trait::async_trait;
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::header;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use hodei_core::sched::CancelOutcome;
+use hodei_core::spec::SpecLimits;
+use hodei_core::{Job, JobId, JobState, Pool, TenantId, Timestamp};
+use hodei_store::logs::LogFiles;
+use hodei_store::{Store, StoreError};
+use metrics_exporter_prometheus::PrometheusHandle;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_swagger_ui::SwaggerUi;
+
+pub use error::{ApiError, ErrorCode};
+pub use routes::system::metrics as routes_metrics;
+
+/// Wall time, as the server reads it. Tests pass a manual clock.
+pub trait Clock: Send + Sync {
+    fn now(&self) -> Timestamp;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("job not found")]
+    NotFound,
+    #[error("job is {state}; {action} is not allowed")]
+    InvalidState { state: JobState, action: &'static str },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the scheduler is not running")]
+    Stopped,
+}
+
+impl From<ControlError> for ApiError {
+    fn from(e: ControlError) -> Self {
+        match e {
+            ControlError::NotFound => ApiError::not_found("job"),
+            ControlError::InvalidState { state, action } => {
+                ApiError::new(ErrorCode::InvalidState, format!("job is {state}; {action} is not allowed")).with("state", state.as_str().into())
+            }
+            ControlError::Store(s) => s.into(),
+            ControlError::Stopped => ApiError::new(ErrorCode::Unavailable, "the scheduler is starting or stopping; retry"),
+        }
+    }
+}
+
+/// Changes to jobs, carried out by the engine. Each call returns once the change is durable.
+#[async_trait]
+pub trait Control: Send + Sync {
+    async fn submit(&self, jobs: Vec<Job>) -> Result<(), ControlError>;
+    async fn cancel(&self, id: JobId) -> Result<CancelOutcome, ControlError>;
+    async fn retry(&self, id: JobId) -> Result<(), ControlError>;
+    async fn hold(&self, id: JobId) -> Result<(), ControlError>;
+    async fn release(&self, id: JobId) -> Result<(), ControlError>;
+    /// The scheduler loop is alive.
+    fn is_running(&self) -> bool;
+}
+
+#[derive(Clone, Debug)]
+pub struct ApiConfig {
+    pub limits: SpecLimits,
+    pub max_body_bytes: usize,
+    pub max_batch_body_bytes: usize,
+    pub max_batch_size: usize,
+    pub default_tenant: TenantId,
+    /// Bearer token required on `/api/v1`; `None` turns auth off (loopback only).
+    pub admin_token: Option<String>,
+    pub version: String,
+}
+
+pub struct Inner {
+    pub store: Arc<dyn Store>,
+    pub control: Arc<dyn Control>,
+    pub logs: Arc<LogFiles>,
+    pub clock: Arc<dyn Clock>,
+    pub metrics: Option<PrometheusHandle>,
+    /// Pools as configured; read to refuse jobs that no pool could ever run.
+    pub pools: RwLock<Vec<Pool>>,
+    pub cfg: ApiConfig,
+    pub started: Instant,
+}
+
+#[derive(Clone)]
+pub struct ApiState(pub Arc<Inner>);
+
+impl std::ops::Deref for ApiState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Hodei Jobs", description = "Multi-tenant job orchestration. Errors are RFC 9457 problem+json with a stable `code`."),
+    components(schemas(error::Problem))
+)]
+struct ApiDoc;
+
+/// The whole HTTP surface: `/api/v1/*`, `/health`, `/ready`, `/metrics`, `/api/openapi.json`, `/api/docs`.
+pub fn router(state: ApiState) -> Router {
+    let (v1, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi()).nest("/api/v1", routes::v1(&state.cfg)).split_for_parts();
+    let v1 = v1.layer(middleware::from_fn_with_state(state.clone(), auth));
+    Router::new()
+        .merge(v1)
+        .merge(routes::system::router())
+        .merge(SwaggerUi::new("/api/docs").url("/api/openapi.json", openapi))
+        .fallback(routes::not_found)
+        .layer(DefaultBodyLimit::max(state.cfg.max_batch_body_bytes))
+        .layer(middleware::from_fn(http_metrics))
+        .layer(middleware::from_fn(ctx::request_context))
+        .with_state(state)
+}
+
+/// The OpenAPI document, for `xtask openapi` and its staleness test.
+pub fn openapi_json(cfg: &ApiConfig) -> String {
+    let (_, openapi) = OpenApiRouter::<ApiState>::with_openapi(ApiDoc::openapi()).nest("/api/v1", routes::v1(cfg)).split_for_parts();
+    openapi.to_pretty_json().unwrap_or_default()
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn auth(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+    if let Some(expected) = &state.cfg.admin_token {
+        let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
+        if !constant_time_eq(given.as_bytes(), expected.as_bytes()) {
+            return ApiError::new(ErrorCode::Unauthorized, "send Authorization: Bearer <token> (the admin token is in the data dir's admin.token)").into_response();
+        }
+    }
+    next.run(req).await
+}
+
+async fn http_metrics(req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = req.method().as_str().to_owned();
+    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "unmatched".to_owned());
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16().to_string();
+    metrics::counter!("hodei_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status).increment(1);
+    metrics::histogram!("hodei_http_request_duration_seconds", "method" => method, "route" => route).record(started.elapsed().as_secs_f64());
+    resp
+}

@@ -390,8 +390,14 @@ impl Scheduler {
             }
         }
         for aid in running {
-            if !self.attempts.get(&aid).is_some_and(|a| a.worker_id == id) {
-                self.out.outbound.push(Outbound::Cancel { worker: id, attempt: aid, reason: "stale" });
+            match self.attempts.get(&aid) {
+                Some(a) if a.worker_id == id => {
+                    // Its Accepted was lost with the old stream: it runs, so it was accepted.
+                    if a.state == AttemptState::Assigned {
+                        let _ = self.accepted(aid, id, now, now);
+                    }
+                }
+                _ => self.out.outbound.push(Outbound::Cancel { worker: id, attempt: aid, reason: "stale" }),
             }
         }
         let w = self.workers.get_mut(&id).ok_or(UnknownWorker)?;

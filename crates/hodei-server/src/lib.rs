@@ -1,1 +1,351 @@
+//! Wiring of the Hodei server: config, store, engine, REST, gRPC, metrics, built-in pool.
+//! With the worker, the only crates that spawn tasks or read wall time.
 
+pub mod config;
+pub mod engine;
+pub mod grpc;
+pub mod local_pool;
+pub mod tokens;
+
+use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use hodei_api::{ApiConfig, ApiState, Clock, Inner};
+use hodei_core::sched::SchedConfig;
+use hodei_core::spec::SpecLimits;
+use hodei_core::{Pool, PoolId, PoolState, PoolType, Priority, Resources, Tenant, TenantId, TenantStatus, Tier, Timestamp};
+use hodei_proto::v1::worker_service_server::WorkerServiceServer;
+use hodei_store::Store;
+use hodei_store::logs::LogFiles;
+use hodei_store::sqlite::SqliteStore;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::{AuthMode, Config, PoolTypeName, PriorityName};
+use crate::engine::{ControlPlane, Engine, EngineConfig, EngineHandle};
+use crate::grpc::{WorkerSvc, WorkerTimeouts};
+use crate::local_pool::LocalWorkerSpec;
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Wall-clock time.
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        let ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+        Timestamp::from_millis(ms)
+    }
+}
+
+pub struct ServerOptions {
+    pub config: Config,
+    /// The `hodei` binary, to start the built-in pool's workers; `None` starts none.
+    pub worker_exe: Option<PathBuf>,
+    /// Overrides the metrics listener (`--metrics-addr`).
+    pub metrics_addr: Option<String>,
+}
+
+pub struct RunningServer {
+    pub http_addr: SocketAddr,
+    pub grpc_addr: SocketAddr,
+    /// `None` when metrics are served on the HTTP listener only.
+    pub metrics_addr: Option<SocketAddr>,
+    pub engine: EngineHandle,
+    pub store: Arc<dyn Store>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl RunningServer {
+    /// Stops the workers of the built-in pool and the listeners.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for w in self.workers {
+            let _ = w.await;
+        }
+        for t in self.tasks {
+            t.abort();
+        }
+    }
+}
+
+fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    if let Some(h) = HANDLE.get() {
+        return Ok(h.clone());
+    }
+    let buckets = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0];
+    let recorder = PrometheusBuilder::new().set_buckets(&buckets).context("configuring metric buckets")?.build_recorder();
+    let handle = recorder.handle();
+    if metrics::set_global_recorder(recorder).is_err() {
+        bail!("a metrics recorder is already installed");
+    }
+    let _ = HANDLE.set(handle.clone());
+    metrics::gauge!("hodei_build_info", "version" => VERSION).set(1.0);
+    metrics::gauge!("hodei_scheduler_leader").set(1.0);
+    Ok(handle)
+}
+
+/// Reads a secret file, or creates it (mode 0600) with a fresh token.
+fn secret_file(path: &Path) -> anyhow::Result<String> {
+    if let Ok(s) = std::fs::read_to_string(path) {
+        let s = s.trim().to_owned();
+        if !s.is_empty() {
+            return Ok(s);
+        }
+    }
+    let token = tokens::random_token();
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).with_context(|| format!("writing {}", path.display()))?;
+    std::io::Write::write_all(&mut f, format!("{token}\n").as_bytes())?;
+    Ok(token)
+}
+
+fn priority(p: PriorityName) -> Priority {
+    match p {
+        PriorityName::Critical => Priority::Critical,
+        PriorityName::High => Priority::High,
+        PriorityName::Normal => Priority::Normal,
+        PriorityName::Low => Priority::Low,
+        PriorityName::Batch => Priority::Batch,
+    }
+}
+
+async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    let url = cfg.database.url.clone().unwrap_or_else(|| format!("sqlite://{}", cfg.data_dir().join("hodei.db").display()));
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        let store = SqliteStore::open(Path::new(path)).await.with_context(|| format!("opening the SQLite database {path}"))?;
+        return Ok(Arc::new(store));
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        bail!("database.url: the PostgreSQL engine is not built into this version yet; use sqlite://PATH");
+    }
+    bail!("database.url: {url:?} is not a sqlite:// or postgres:// URL")
+}
+
+struct PoolSetup {
+    pools: Vec<Pool>,
+    local: Option<LocalWorkerSpec>,
+    local_workers: u32,
+}
+
+/// Creates the default tenant and the pools (built-in or configured) with their join tokens.
+async fn seed(cfg: &Config, store: &dyn Store, now: Timestamp, worker_exe: Option<&PathBuf>) -> anyhow::Result<PoolSetup> {
+    let default = TenantId::parse(&cfg.multi_tenancy.default_tenant_id).context("multi_tenancy.default_tenant_id")?;
+    if store.get_tenant(&default).await?.is_none() {
+        let t = Tenant { id: default.clone(), name: default.to_string(), email: None, tier: Tier::Standard, weight: None, status: TenantStatus::Active, labels: Default::default(), created_at: now, updated_at: now, version: 1 };
+        store.create_tenant(&t).await.context("creating the default tenant")?;
+    }
+    let mut pools = Vec::new();
+    let mut local = None;
+    let mut local_workers = 0;
+    let rp = &cfg.resource_pools;
+    if rp.enabled && rp.pools.is_empty() && rp.builtin_local.enabled {
+        let b = &rp.builtin_local;
+        let (cores, mem_mb) = local_pool::machine_shape();
+        let n = b.workers.max(1);
+        let slots = b.slots.unwrap_or(cores * 4).max(n);
+        let shape = Resources::new(cores * 1000 / n, (mem_mb as u64 * 8 / 10 / n as u64) as u32, 0);
+        let id = PoolId::parse(&b.id).context("resource_pools.builtin_local.id")?;
+        let token = secret_file(&cfg.data_dir().join(format!("pool-{id}.token")))?;
+        let pool = Pool {
+            id: id.clone(),
+            name: id.to_string(),
+            pool_type: PoolType::Static,
+            provider: "local".into(),
+            worker_resources: shape,
+            worker_slots: slots.div_ceil(n),
+            min_size: n,
+            max_size: n,
+            labels: Default::default(),
+            managed_by: "config".into(),
+            state: PoolState::Active,
+            created_at: now,
+            updated_at: now,
+            version: 1,
+        };
+        store.upsert_pool(&pool, Some(&tokens::hash(&token))).await?;
+        if let Some(exe) = worker_exe {
+            local = Some(LocalWorkerSpec {
+                exe: exe.clone(),
+                grpc_url: String::new(),
+                pool: id.to_string(),
+                join_token: token,
+                slots: pool.worker_slots,
+                cpu_m: shape.cpu_m.get(),
+                memory_mb: shape.memory_mb.get(),
+                data_dir: cfg.data_dir().to_owned(),
+            });
+            local_workers = n;
+        }
+        pools.push(pool);
+    }
+    for p in &rp.pools {
+        let id = PoolId::parse(&p.id)?;
+        let token = match &p.join_token {
+            Some(t) => t.0.clone(),
+            None => secret_file(&cfg.data_dir().join(format!("pool-{id}.token")))?,
+        };
+        let t = &p.worker_template;
+        let pool = Pool {
+            id: id.clone(),
+            name: p.name.clone().unwrap_or_else(|| id.to_string()),
+            pool_type: if p.pool_type == PoolTypeName::Dynamic { PoolType::Dynamic } else { PoolType::Static },
+            provider: p.provider.clone(),
+            worker_resources: Resources::new(t.cpu_m, t.memory_mb, t.gpu),
+            worker_slots: t.slots,
+            min_size: p.min_size,
+            max_size: p.max_size,
+            labels: p.labels.clone(),
+            managed_by: "config".into(),
+            state: PoolState::Active,
+            created_at: now,
+            updated_at: now,
+            version: 1,
+        };
+        store.upsert_pool(&pool, Some(&tokens::hash(&token))).await?;
+        pools.push(pool);
+    }
+    Ok(PoolSetup { pools, local, local_workers })
+}
+
+/// Builds the API state over a store and engine (also used by in-process tests).
+pub fn api_state(cfg: &Config, store: Arc<dyn Store>, engine: EngineHandle, logs: Arc<LogFiles>, clock: Arc<dyn Clock>, metrics: Option<PrometheusHandle>, pools: Vec<Pool>, admin_token: Option<String>) -> anyhow::Result<ApiState> {
+    let j = &cfg.jobs;
+    let limits = SpecLimits {
+        default_resources: Resources::new(j.default_resources.cpu_m, j.default_resources.memory_mb, j.default_resources.gpu),
+        default_timeout: Duration::from_millis(j.default_timeout_ms),
+        max_timeout: Duration::from_millis(j.max_timeout_ms),
+        default_priority: priority(j.default_priority),
+        max_retries: j.max_retries_limit,
+        max_argv_env_bytes: cfg.limits.max_argv_env_bytes as usize,
+        max_labels: cfg.limits.max_labels as usize,
+    };
+    let api_cfg = ApiConfig {
+        limits,
+        max_body_bytes: cfg.limits.max_body_bytes as usize,
+        max_batch_body_bytes: cfg.limits.max_batch_body_bytes as usize,
+        max_batch_size: j.max_batch_size as usize,
+        default_tenant: TenantId::parse(&cfg.multi_tenancy.default_tenant_id)?,
+        admin_token,
+        version: VERSION.to_owned(),
+    };
+    let control = Arc::new(ControlPlane { engine, store: store.clone() });
+    Ok(ApiState(Arc::new(Inner { store, control, logs, clock, metrics, pools: RwLock::new(pools), cfg: api_cfg, started: Instant::now() })))
+}
+
+pub fn engine_config(cfg: &Config) -> EngineConfig {
+    let s = &cfg.scheduler;
+    let w = &cfg.workers;
+    EngineConfig {
+        sched: SchedConfig {
+            assign_ack_timeout: Duration::from_millis(s.assign_ack_timeout_ms),
+            heartbeat_timeout: Duration::from_millis(w.heartbeat_timeout_ms),
+            max_lost_requeues: s.max_lost_requeues,
+            retry_backoff: Duration::from_millis(s.retry_backoff_ms),
+            retry_backoff_max: Duration::from_millis(s.retry_backoff_max_ms),
+            kill_grace: Duration::from_millis(w.kill_grace_ms),
+        },
+        // The tick only drives timeouts and retries; dispatch is event-driven.
+        tick: Duration::from_millis(s.tick_ms.clamp(50, 250)),
+        kill_grace: Duration::from_millis(w.kill_grace_ms),
+        max_log_bytes: cfg.jobs.logs.max_bytes_per_attempt,
+    }
+}
+
+/// Starts everything and returns once every listener is bound and the built-in pool's
+/// workers are connected.
+pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
+    let cfg = opts.config;
+    std::fs::create_dir_all(cfg.data_dir()).with_context(|| format!("creating the data dir {}", cfg.data_dir().display()))?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let metrics = if cfg.metrics.prometheus.enabled { Some(metrics_handle()?) } else { None };
+    let store = open_store(&cfg).await?;
+    let admin_token = match (cfg.auth.mode, &cfg.auth.admin_token) {
+        (AuthMode::None, _) => {
+            if !cfg.server.http_addr.parse::<SocketAddr>().is_ok_and(|a| a.ip().is_loopback()) {
+                bail!("auth.mode: none is only allowed when server.http_addr is a loopback address");
+            }
+            None
+        }
+        (AuthMode::Token, Some(t)) => Some(t.0.clone()),
+        (AuthMode::Token, None) => Some(secret_file(&cfg.data_dir().join("admin.token"))?),
+    };
+    let setup = seed(&cfg, store.as_ref(), clock.now(), opts.worker_exe.as_ref()).await?;
+    let logs = Arc::new(LogFiles::new(cfg.logs_dir(), cfg.jobs.logs.max_bytes_per_attempt).context("creating the logs dir")?);
+    let (engine, handle) = Engine::start(store.clone(), clock.clone(), logs.clone(), engine_config(&cfg)).await.context("loading scheduler state")?;
+
+    let http = TcpListener::bind(&cfg.server.http_addr).await.with_context(|| format!("binding HTTP on {}", cfg.server.http_addr))?;
+    let grpc = TcpListener::bind(&cfg.server.grpc_addr).await.with_context(|| format!("binding gRPC on {}", cfg.server.grpc_addr))?;
+    let (http_addr, grpc_addr) = (http.local_addr()?, grpc.local_addr()?);
+    let metrics_listener = match (&metrics, cfg.metrics.prometheus.port) {
+        (Some(_), port) if port != 0 || opts.metrics_addr.is_some() => {
+            let addr = opts.metrics_addr.clone().unwrap_or_else(|| format!("{}:{port}", http_addr.ip()));
+            Some(TcpListener::bind(&addr).await.with_context(|| format!("binding metrics on {addr}"))?)
+        }
+        _ => None,
+    };
+    let metrics_addr = metrics_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+
+    let state = api_state(&cfg, store.clone(), handle.clone(), logs.clone(), clock.clone(), metrics.clone(), setup.pools, admin_token)?;
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(engine.run()));
+    let router = hodei_api::router(state.clone());
+    let mut rx = shutdown_rx.clone();
+    tasks.push(tokio::spawn(async move {
+        let stop = async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        if let Err(e) = axum::serve(http, router).with_graceful_shutdown(stop).await {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    }));
+    if let Some(l) = metrics_listener {
+        let router = axum::Router::new().route(&cfg.metrics.prometheus.path, axum::routing::get(hodei_api::routes_metrics)).with_state(state.clone());
+        tasks.push(tokio::spawn(async move {
+            let _ = axum::serve(l, router).await;
+        }));
+    }
+    let timeouts = WorkerTimeouts {
+        heartbeat_interval: Duration::from_millis(cfg.workers.heartbeat_interval_ms),
+        heartbeat_timeout: Duration::from_millis(cfg.workers.heartbeat_timeout_ms),
+        kill_grace: Duration::from_millis(cfg.workers.kill_grace_ms),
+        usage_sample_interval: Duration::from_millis(cfg.workers.usage_sample_interval_ms),
+    };
+    let svc = WorkerSvc::new(store.clone(), handle.clone(), logs, clock, timeouts);
+    let mut rx = shutdown_rx.clone();
+    tasks.push(tokio::spawn(async move {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);
+        let stop = async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let server = tonic::transport::Server::builder().tcp_nodelay(true).add_service(WorkerServiceServer::new(svc)).serve_with_incoming_shutdown(incoming, stop);
+        if let Err(e) = server.await {
+            tracing::error!(error = %e, "gRPC server failed");
+        }
+    }));
+
+    let mut workers = Vec::new();
+    if let Some(mut spec) = setup.local {
+        spec.grpc_url = format!("http://{grpc_addr}");
+        for i in 0..setup.local_workers {
+            workers.push(local_pool::supervise(spec.clone(), i, shutdown_rx.clone()));
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while handle.connected_workers() < setup.local_workers as usize {
+            if Instant::now() > deadline {
+                bail!("the built-in pool's {} workers did not connect within 20 s", setup.local_workers);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    Ok(RunningServer { http_addr, grpc_addr, metrics_addr, engine: handle, store, shutdown, tasks, workers })
+}

@@ -5,6 +5,7 @@
 //! **Architecture Invariant:** every engine passes the same [`conformance`] suite.
 
 pub mod conformance;
+pub mod logs;
 mod rows;
 pub mod sqlite;
 

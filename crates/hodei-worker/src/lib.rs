@@ -1,1 +1,305 @@
+//! The Hodei worker agent: registers with a server's pool, holds a job stream, runs attempts
+//! and reports them, reconnecting (to any listed server) with backoff.
+//!
+//! **Architecture Invariant:** the worker never touches the store and decides nothing about
+//! scheduling; it runs what it is assigned and reports what happened, fenced by attempt id.
 
+mod exec;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use hodei_proto::v1 as pb;
+use hodei_proto::v1::worker_service_client::WorkerServiceClient;
+use tokio::sync::{Notify, mpsc, oneshot};
+use tonic::transport::{Channel, Endpoint};
+
+pub use exec::StopReason;
+
+#[derive(Clone, Debug)]
+pub struct WorkerOptions {
+    pub servers: Vec<String>,
+    pub pool: String,
+    pub join_token: String,
+    pub slots: u32,
+    pub cpu_m: u32,
+    pub memory_mb: u32,
+    pub gpu: u32,
+    pub labels: BTreeMap<String, String>,
+    pub instance_name: String,
+    /// Scratch directories of jobs without a working dir live here.
+    pub work_dir: PathBuf,
+    /// Exit (stopping jobs) when the parent process goes away: for the server's built-in pool.
+    pub exit_with_parent: bool,
+}
+
+#[derive(Clone)]
+struct Identity {
+    worker_id: String,
+    session: String,
+    heartbeat_interval: Duration,
+}
+
+#[derive(Default)]
+struct Agent {
+    /// Attempts running now, with the way to stop them.
+    running: HashMap<String, oneshot::Sender<StopReason>>,
+    /// Results sent but not acknowledged; re-sent on reconnect (SPEC §5.3).
+    unacked: HashMap<String, pb::Result>,
+}
+
+fn msg(m: pb::worker_message::Msg) -> pb::WorkerMessage {
+    pb::WorkerMessage { msg: Some(m) }
+}
+
+async fn connect(url: &str) -> anyhow::Result<WorkerServiceClient<Channel>> {
+    let ep = Endpoint::from_shared(url.to_owned())?.connect_timeout(Duration::from_secs(3)).tcp_nodelay(true);
+    Ok(WorkerServiceClient::new(ep.connect().await?))
+}
+
+async fn register(client: &mut WorkerServiceClient<Channel>, o: &WorkerOptions) -> anyhow::Result<Identity> {
+    let resp = client
+        .register_worker(pb::RegisterWorkerRequest {
+            instance_name: o.instance_name.clone(),
+            pool_id: o.pool.clone(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            capabilities: vec!["process".into()],
+            resources: Some(pb::Resources { cpu_m: o.cpu_m, memory_mb: o.memory_mb, gpu: o.gpu }),
+            slots: o.slots,
+            labels: o.labels.clone().into_iter().collect(),
+            join_token: o.join_token.clone(),
+        })
+        .await
+        .context("registering")?
+        .into_inner();
+    tracing::info!(worker = %resp.worker_id, pool = %o.pool, "registered");
+    Ok(Identity { worker_id: resp.worker_id, session: resp.session_token, heartbeat_interval: Duration::from_millis(resp.heartbeat_interval_ms.max(100)) })
+}
+
+/// Runs the agent until the process is told to stop.
+pub async fn run(o: WorkerOptions) -> anyhow::Result<()> {
+    anyhow::ensure!(!o.servers.is_empty(), "no server given");
+    std::fs::create_dir_all(&o.work_dir).with_context(|| format!("creating {}", o.work_dir.display()))?;
+    let agent = Arc::new(Mutex::new(Agent::default()));
+    let (events_tx, mut events_rx) = mpsc::unbounded_channel::<pb::WorkerMessage>();
+    let stop = Arc::new(Notify::new());
+    spawn_stop_watchers(o.exit_with_parent, stop.clone());
+
+    let mut identity: Option<Identity> = None;
+    let mut backoff = Duration::from_millis(100);
+    let mut server = 0usize;
+    loop {
+        let url = &o.servers[server % o.servers.len()];
+        let session = async {
+            let mut client = connect(url).await?;
+            if identity.is_none() {
+                identity = Some(register(&mut client, &o).await?);
+            }
+            let id = identity.clone().context("identity")?;
+            let hello = {
+                let a = agent.lock().map_err(|_| anyhow::anyhow!("agent state poisoned"))?;
+                pb::Hello {
+                    worker_id: id.worker_id.clone(),
+                    session_token: id.session.clone(),
+                    running: a.running.keys().map(|k| pb::RunningAttempt { attempt_id: k.clone(), stdout_offset: 0, stderr_offset: 0 }).collect(),
+                    unacked_results: a.unacked.values().cloned().collect(),
+                }
+            };
+            let (tx, rx) = mpsc::unbounded_channel();
+            tx.send(msg(pb::worker_message::Msg::Hello(hello)))?;
+            let inbound = match client.job_stream(tokio_stream::wrappers::UnboundedReceiverStream::new(rx)).await {
+                Ok(r) => r.into_inner(),
+                Err(s) if matches!(s.code(), tonic::Code::NotFound | tonic::Code::Unauthenticated) => {
+                    // The server no longer knows us (e.g. we were declared offline and collected).
+                    identity = None;
+                    anyhow::bail!("server forgot this worker ({}); registering again", s.message());
+                }
+                Err(s) => return Err(s.into()),
+            };
+            tracing::info!(server = %url, "job stream open");
+            Ok::<_, anyhow::Error>((client, id, tx, inbound))
+        }
+        .await;
+        let (client, id, tx, mut inbound) = match session {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(server = %url, error = %format!("{e:#}"), "cannot reach the server; retrying");
+                server += 1;
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.notified() => return shutdown(&agent, None).await,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(100);
+        let lost = Arc::new(Notify::new());
+        let hb = tokio::spawn(heartbeats(client.clone(), id.clone(), agent.clone(), lost.clone()));
+        let reason = loop {
+            tokio::select! {
+                ev = events_rx.recv() => match ev {
+                    Some(m) => if tx.send(m).is_err() { break "stream closed" },
+                    None => break "event channel closed",
+                },
+                m = inbound.message() => match m {
+                    Ok(Some(m)) => on_server_message(m, &agent, &events_tx, &o.work_dir),
+                    Ok(None) => break "server closed the stream",
+                    Err(_) => break "stream error",
+                },
+                _ = lost.notified() => break "server says this worker is offline",
+                _ = stop.notified() => {
+                    hb.abort();
+                    // Forward what is queued (results of jobs stopping now) before leaving.
+                    return shutdown(&agent, Some((client, id, tx, &mut events_rx))).await;
+                }
+            }
+        };
+        hb.abort();
+        tracing::warn!(reason, "job stream lost; reconnecting");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Stops on SIGTERM/SIGINT, or when the parent dies (built-in pool).
+fn spawn_stop_watchers(exit_with_parent: bool, stop: Arc<Notify>) {
+    let s = stop.clone();
+    tokio::spawn(async move {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(t) => t,
+            Err(_) => return,
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        s.notify_one();
+    });
+    if exit_with_parent {
+        let parent = std::os::unix::process::parent_id();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                if std::os::unix::process::parent_id() != parent {
+                    tracing::warn!("parent process is gone; stopping");
+                    stop.notify_one();
+                    return;
+                }
+            }
+        });
+    }
+}
+
+fn on_server_message(m: pb::ServerMessage, agent: &Arc<Mutex<Agent>>, events: &mpsc::UnboundedSender<pb::WorkerMessage>, work_dir: &std::path::Path) {
+    use pb::server_message::Msg;
+    let Ok(mut a) = agent.lock() else { return };
+    match m.msg {
+        Some(Msg::Assign(job)) => {
+            let id = job.attempt_id.clone();
+            // A repeated assignment (after a reconnect) never starts the attempt twice.
+            if let Some(r) = a.unacked.get(&id) {
+                let _ = events.send(msg(pb::worker_message::Msg::Result(r.clone())));
+                return;
+            }
+            if a.running.contains_key(&id) {
+                return;
+            }
+            let (stop_tx, stop_rx) = oneshot::channel();
+            a.running.insert(id.clone(), stop_tx);
+            let (agent, events, dir) = (agent.clone(), events.clone(), work_dir.to_owned());
+            tokio::spawn(async move {
+                let result = exec::run(job, events.clone(), stop_rx, dir).await;
+                // Queue the result under the lock: whoever sees the job gone also sees its result.
+                if let Ok(mut a) = agent.lock() {
+                    a.running.remove(&id);
+                    a.unacked.insert(id, result.clone());
+                    let _ = events.send(msg(pb::worker_message::Msg::Result(result)));
+                }
+            });
+        }
+        Some(Msg::Cancel(c)) => {
+            if let Some(tx) = a.running.remove(&c.attempt_id) {
+                tracing::info!(attempt = %c.attempt_id, reason = %c.reason, "cancelling");
+                let _ = tx.send(StopReason::Cancelled);
+                // Keep a placeholder so a repeated Assign does not start it again.
+                let (keep, _) = oneshot::channel();
+                a.running.insert(c.attempt_id, keep);
+            }
+        }
+        Some(Msg::Ack(ack)) => {
+            a.unacked.remove(&ack.attempt_id);
+        }
+        None => {}
+    }
+}
+
+async fn heartbeats(mut client: WorkerServiceClient<Channel>, id: Identity, agent: Arc<Mutex<Agent>>, lost: Arc<Notify>) {
+    let mut seq = 0u64;
+    let mut tick = tokio::time::interval(id.heartbeat_interval);
+    loop {
+        tick.tick().await;
+        seq += 1;
+        let running: Vec<String> = agent.lock().map(|a| a.running.keys().cloned().collect()).unwrap_or_default();
+        let req = pb::HeartbeatRequest { worker_id: id.worker_id.clone(), session_token: id.session.clone(), seq, usage: Some(usage()), running_attempt_ids: running, health: "healthy".into() };
+        match client.heartbeat(req).await {
+            Ok(r) => {
+                for stale in r.into_inner().stale_attempt_ids {
+                    if let Ok(mut a) = agent.lock() {
+                        if let Some(tx) = a.running.remove(&stale) {
+                            tracing::warn!(attempt = %stale, "server says this attempt is stale; stopping it");
+                            let _ = tx.send(StopReason::Cancelled);
+                        }
+                    }
+                }
+            }
+            Err(s) if s.code() == tonic::Code::NotFound => {
+                lost.notify_one();
+                return;
+            }
+            Err(s) => tracing::warn!(error = %s, "heartbeat failed"),
+        }
+    }
+}
+
+fn usage() -> pb::Usage {
+    let load1 = std::fs::read_to_string("/proc/loadavg").ok().and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok())).unwrap_or(0.0);
+    pb::Usage { load1, ..Default::default() }
+}
+
+type Session<'a> = (WorkerServiceClient<Channel>, Identity, mpsc::UnboundedSender<pb::WorkerMessage>, &'a mut mpsc::UnboundedReceiver<pb::WorkerMessage>);
+
+/// Stops every job, forwards their results, and deregisters.
+async fn shutdown(agent: &Arc<Mutex<Agent>>, session: Option<Session<'_>>) -> anyhow::Result<()> {
+    let n = {
+        let mut a = agent.lock().map_err(|_| anyhow::anyhow!("agent state poisoned"))?;
+        // Each job removes its own entry when it has ended, so `running` empties only then.
+        for tx in a.running.values_mut() {
+            let (placeholder, _) = oneshot::channel();
+            let _ = std::mem::replace(tx, placeholder).send(StopReason::Shutdown);
+        }
+        a.unacked.len()
+    };
+    tracing::info!(unacked = n, "stopping");
+    if let Some((mut client, id, tx, events)) = session {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let idle = agent.lock().map(|a| a.running.is_empty()).unwrap_or(true);
+            if idle && events.is_empty() {
+                break;
+            }
+            match tokio::time::timeout_at(deadline, events.recv()).await {
+                Ok(Some(m)) => {
+                    let _ = tx.send(m);
+                }
+                _ => break,
+            }
+        }
+        // Give the stream a moment to carry the last results out.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let _ = client.deregister(pb::DeregisterRequest { worker_id: id.worker_id, session_token: id.session }).await;
+    }
+    Ok(())
+}

@@ -1,1 +1,595 @@
-fn main() {}
+//! `hodei`: the one binary — server, worker agent, and the REST client commands.
+
+mod bench;
+mod client;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::{Value, json};
+
+use crate::client::{Client, exit_code_of, s, table};
+
+#[derive(Parser)]
+#[command(name = "hodei", version, about = "Hodei Jobs: multi-tenant job orchestration", propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum, Default, PartialEq, Eq)]
+enum Output {
+    #[default]
+    Table,
+    Json,
+}
+
+#[derive(Args, Clone)]
+struct ClientOpts {
+    /// Server URL.
+    #[arg(long, global = true, env = "HODEI_SERVER", default_value = "http://127.0.0.1:8080")]
+    server: String,
+    /// API token (default on loopback: the data dir's admin.token).
+    #[arg(long, global = true, env = "HODEI_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Output format.
+    #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the server (REST, worker gRPC, scheduler, built-in pool of local workers).
+    Server(ServerArgs),
+    /// Run a worker agent that joins a pool.
+    Worker(WorkerArgs),
+    /// Submit a job: `hodei submit [flags] -- argv…`.
+    Submit(Box<SubmitArgs>),
+    /// Jobs: list, inspect, cancel, retry, follow output.
+    Jobs {
+        #[command(flatten)]
+        c: ClientOpts,
+        #[command(subcommand)]
+        cmd: JobsCmd,
+    },
+    /// Tenants.
+    Tenants {
+        #[command(flatten)]
+        c: ClientOpts,
+        #[command(subcommand)]
+        cmd: Option<TenantsCmd>,
+    },
+    /// Registered workers.
+    Workers {
+        #[command(flatten)]
+        c: ClientOpts,
+    },
+    /// Pools.
+    Pools {
+        #[command(flatten)]
+        c: ClientOpts,
+    },
+    /// Configuration.
+    Config {
+        #[command(subcommand)]
+        cmd: ConfigCmd,
+    },
+    /// Load generator against a running server (see BENCHMARKS.md).
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Args)]
+struct ServerArgs {
+    /// YAML config file.
+    #[arg(long, env = "HODEI_CONFIG_PATH")]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    #[arg(long)]
+    http_addr: Option<String>,
+    #[arg(long)]
+    grpc_addr: Option<String>,
+    /// Metrics listener (default 127.0.0.1:9091).
+    #[arg(long)]
+    metrics_addr: Option<String>,
+    #[arg(long)]
+    database_url: Option<String>,
+    /// Log as JSON lines instead of text.
+    #[arg(long)]
+    log_json: bool,
+}
+
+#[derive(Args)]
+struct WorkerArgs {
+    /// Server gRPC URL(s), comma-separated; the worker reconnects to any of them.
+    #[arg(long, value_delimiter = ',', required = true)]
+    server: Vec<String>,
+    #[arg(long)]
+    pool: String,
+    /// The pool's join token (also HODEI_JOIN_TOKEN; the data dir's pool-<id>.token on the server's machine).
+    #[arg(long, env = "HODEI_JOIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    #[arg(long, default_value_t = 4)]
+    slots: u32,
+    /// Labels: k=v,k2=v2.
+    #[arg(long, value_delimiter = ',')]
+    labels: Vec<String>,
+    /// CPU offered, in millicores (default: all cores).
+    #[arg(long)]
+    cpu_m: Option<u32>,
+    /// Memory offered, in MiB (default: 80 % of RAM).
+    #[arg(long)]
+    memory_mb: Option<u32>,
+    #[arg(long, default_value_t = 0)]
+    gpu: u32,
+    #[arg(long)]
+    instance_name: Option<String>,
+    /// Where jobs without a working dir get scratch directories.
+    #[arg(long)]
+    spool_dir: Option<PathBuf>,
+    /// Only `process` is available in this version.
+    #[arg(long, default_value = "process")]
+    backend: String,
+    #[arg(long, hide = true)]
+    exit_with_parent: bool,
+}
+
+#[derive(Args)]
+struct SubmitArgs {
+    #[command(flatten)]
+    c: ClientOpts,
+    #[arg(long)]
+    name: Option<String>,
+    #[arg(long)]
+    tenant: Option<String>,
+    #[arg(long)]
+    cpu_m: Option<i64>,
+    #[arg(long)]
+    memory_mb: Option<i64>,
+    #[arg(long)]
+    gpu: Option<i64>,
+    /// Timeout: <int>ms|s|m|h|d.
+    #[arg(long)]
+    timeout: Option<String>,
+    #[arg(long)]
+    max_retries: Option<i64>,
+    #[arg(long)]
+    retry_backoff_ms: Option<i64>,
+    #[arg(long)]
+    priority: Option<String>,
+    #[arg(long)]
+    sla: Option<String>,
+    /// K=V, repeatable.
+    #[arg(long = "env", short = 'e')]
+    env: Vec<String>,
+    /// k=v, repeatable.
+    #[arg(long = "label", short = 'l')]
+    labels: Vec<String>,
+    #[arg(long)]
+    workdir: Option<String>,
+    #[arg(long)]
+    pool: Option<String>,
+    /// Submit held.
+    #[arg(long)]
+    hold: bool,
+    /// Run the command through `sh -c`.
+    #[arg(long)]
+    shell: bool,
+    /// Wait for the job to end, printing its output; exit with its exit code.
+    #[arg(long)]
+    wait: bool,
+    /// Like --wait.
+    #[arg(long)]
+    follow: bool,
+    /// The command and its arguments.
+    #[arg(last = true, required = true)]
+    argv: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum JobsCmd {
+    /// List jobs, newest first.
+    Ls {
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Comma-separated states.
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        label: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// Show one job and its attempts.
+    Get { id: String },
+    /// Cancel a job.
+    Cancel { id: String },
+    /// Retry an ended job.
+    Retry { id: String },
+    /// Hold a pending job.
+    Hold { id: String },
+    /// Release a held job.
+    Release { id: String },
+    /// Print a job's output; -f follows it until the job ends.
+    Logs {
+        id: String,
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Wait for a job to end; exit with its exit code.
+    Wait { id: String },
+    /// State transitions.
+    Events { id: String },
+}
+
+#[derive(Subcommand)]
+enum TenantsCmd {
+    Ls,
+    Get {
+        id: String,
+    },
+    Create {
+        name: String,
+        #[arg(long)]
+        id: Option<String>,
+        #[arg(long)]
+        tier: Option<String>,
+        #[arg(long)]
+        weight: Option<i64>,
+        #[arg(long)]
+        email: Option<String>,
+    },
+    Delete {
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Load and validate the configuration; print the effective one.
+    Check {
+        #[arg(long, env = "HODEI_CONFIG_PATH")]
+        config: Option<PathBuf>,
+    },
+}
+
+fn env_vars() -> Vec<(String, String)> {
+    std::env::vars().filter(|(k, _)| k.starts_with("HODEI_")).collect()
+}
+
+fn init_tracing(json: bool, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},h2=warn,hyper=warn,tower=warn,sqlx=warn")));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+fn kv(items: &[String], what: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    items
+        .iter()
+        .filter(|s| !s.is_empty())
+        .map(|s| s.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).ok_or_else(|| client::fail_usage(&format!("{what} {s:?} is not KEY=VALUE"))))
+        .collect()
+}
+
+async fn server(a: ServerArgs) -> anyhow::Result<i32> {
+    let mut cfg = hodei_server::config::Config::load(a.config.as_deref(), &env_vars())?;
+    if let Some(d) = a.data_dir {
+        cfg.server.data_dir = d;
+    }
+    if let Some(h) = a.http_addr {
+        cfg.server.http_addr = h;
+    }
+    if let Some(g) = a.grpc_addr {
+        cfg.server.grpc_addr = g;
+    }
+    if let Some(u) = a.database_url {
+        cfg.database.url = Some(u);
+    }
+    let json = a.log_json || cfg.log.format == hodei_server::config::LogFormat::Json;
+    init_tracing(json, &cfg.log.level);
+    let exe = std::env::current_exe().context("locating the hodei binary for the built-in pool")?;
+    let srv = hodei_server::start(hodei_server::ServerOptions { config: cfg, worker_exe: Some(exe), metrics_addr: a.metrics_addr }).await?;
+    let metrics = srv.metrics_addr.unwrap_or(srv.http_addr);
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "ready http={} grpc={} metrics={}", srv.http_addr, srv.grpc_addr, metrics)?;
+        out.flush()?;
+    }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+    srv.shutdown().await;
+    Ok(0)
+}
+
+async fn worker(a: WorkerArgs) -> anyhow::Result<i32> {
+    init_tracing(false, "info");
+    if a.backend != "process" {
+        return Err(client::fail_usage(&format!("--backend {}: only `process` is available in this version", a.backend)));
+    }
+    let token = a.token.ok_or_else(|| client::fail_usage("--token (or HODEI_JOIN_TOKEN) is required: the pool's join token"))?;
+    let cores = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+    let mem_mb = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|kb| kb.parse::<u64>().ok()))
+        .map(|kb| (kb / 1024 * 8 / 10) as u32)
+        .unwrap_or(4096);
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_owned()).unwrap_or_else(|_| "worker".into());
+    let opts = hodei_worker::WorkerOptions {
+        servers: a.server,
+        pool: a.pool,
+        join_token: token,
+        slots: a.slots,
+        cpu_m: a.cpu_m.unwrap_or(cores * 1000),
+        memory_mb: a.memory_mb.unwrap_or(mem_mb),
+        gpu: a.gpu,
+        labels: kv(&a.labels, "label")?,
+        instance_name: a.instance_name.unwrap_or_else(|| format!("{host}-{}", std::process::id())),
+        work_dir: a.spool_dir.unwrap_or_else(|| std::env::temp_dir().join(format!("hodei-worker-{}", std::process::id()))),
+        exit_with_parent: a.exit_with_parent,
+    };
+    hodei_worker::run(opts).await?;
+    Ok(0)
+}
+
+fn print_json(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+fn job_rows(items: &[Value]) -> Vec<Vec<String>> {
+    items.iter().map(|j| vec![s(j, "id"), s(j, "tenant_id"), s(j, "name"), s(j, "state"), s(j, "exit_code"), s(j, "submitted_at")]).collect()
+}
+
+async fn submit(a: SubmitArgs) -> anyhow::Result<i32> {
+    let c = Client::new(&a.c.server, a.c.token.clone())?;
+    let argv = if a.shell { vec!["sh".to_owned(), "-c".to_owned(), a.argv.join(" ")] } else { a.argv };
+    let timeout_ms = a
+        .timeout
+        .as_deref()
+        .map(|t| hodei_server::config::parse_duration(t).map(|d| d.as_millis() as i64).ok_or_else(|| client::fail_usage(&format!("--timeout {t:?}: expected <int>ms|s|m|h|d"))))
+        .transpose()?;
+    let mut body = json!({ "command": argv });
+    let set = |body: &mut Value, k: &str, v: Value| {
+        if !v.is_null() {
+            body[k] = v;
+        }
+    };
+    set(&mut body, "name", json!(a.name));
+    set(&mut body, "tenant_id", json!(a.tenant));
+    set(&mut body, "timeout_ms", json!(timeout_ms));
+    set(&mut body, "max_retries", json!(a.max_retries));
+    set(&mut body, "retry_backoff_ms", json!(a.retry_backoff_ms));
+    set(&mut body, "priority", json!(a.priority));
+    set(&mut body, "sla", json!(a.sla));
+    set(&mut body, "working_dir", json!(a.workdir));
+    if a.hold {
+        body["hold"] = json!(true);
+    }
+    let mut res = serde_json::Map::new();
+    for (k, v) in [("cpu_m", a.cpu_m), ("memory_mb", a.memory_mb), ("gpu", a.gpu)] {
+        if let Some(v) = v {
+            res.insert(k.into(), json!(v));
+        }
+    }
+    if !res.is_empty() {
+        body["resources"] = Value::Object(res);
+    }
+    if !a.env.is_empty() {
+        body["env"] = json!(kv(&a.env, "--env")?);
+    }
+    if !a.labels.is_empty() {
+        body["labels"] = json!(kv(&a.labels, "--label")?);
+    }
+    if let Some(p) = a.pool {
+        body["pool_selector"] = json!({"pool": p});
+    }
+    let job = c.post("/jobs", &body).await?;
+    let id = s(&job, "id");
+    if a.wait || a.follow {
+        let end = c.follow(&id, true).await?;
+        if a.c.output == Output::Json {
+            print_json(&c.get(&format!("/jobs/{id}")).await?);
+        }
+        return Ok(exit_code_of(&end));
+    }
+    match a.c.output {
+        Output::Json => print_json(&job),
+        Output::Table => println!("{id}"),
+    }
+    Ok(0)
+}
+
+async fn jobs(c: ClientOpts, cmd: JobsCmd) -> anyhow::Result<i32> {
+    let cl = Client::new(&c.server, c.token.clone())?;
+    let out = c.output;
+    let show = |v: &Value| {
+        if out == Output::Json {
+            print_json(v);
+        } else {
+            table(&["ID", "TENANT", "NAME", "STATE", "EXIT", "SUBMITTED"], job_rows(std::slice::from_ref(v)));
+        }
+    };
+    match cmd {
+        JobsCmd::Ls { tenant, state, label, limit, cursor } => {
+            let mut q = vec![format!("limit={limit}")];
+            for (k, v) in [("tenant_id", tenant), ("state", state), ("label", label), ("cursor", cursor)] {
+                if let Some(v) = v {
+                    q.push(format!("{k}={}", urlencode(&v)));
+                }
+            }
+            let page = cl.get(&format!("/jobs?{}", q.join("&"))).await?;
+            if out == Output::Json {
+                print_json(&page);
+            } else {
+                let items = page["items"].as_array().cloned().unwrap_or_default();
+                table(&["ID", "TENANT", "NAME", "STATE", "EXIT", "SUBMITTED"], job_rows(&items));
+                if let Some(next) = page["next_cursor"].as_str() {
+                    eprintln!("more: --cursor {next}");
+                }
+            }
+        }
+        JobsCmd::Get { id } => {
+            let j = cl.get(&format!("/jobs/{id}")).await?;
+            if out == Output::Json {
+                print_json(&j);
+            } else {
+                for k in ["id", "tenant_id", "name", "state", "state_reason", "exit_code", "failure_reason", "priority", "sla", "attempt_count", "retries_left", "submitted_at", "started_at", "finished_at", "queue_wait_ms", "run_time_ms", "pool_id", "worker_id"] {
+                    println!("{k:<16} {}", s(&j, k));
+                }
+                println!("{:<16} {}", "command", j["command"]);
+                let attempts = j["attempts"].as_array().cloned().unwrap_or_default();
+                if !attempts.is_empty() {
+                    println!();
+                    table(
+                        &["ATTEMPT", "STATE", "EXIT", "REASON", "WORKER", "STARTED", "FINISHED"],
+                        attempts.iter().map(|a| vec![s(a, "number"), s(a, "state"), s(a, "exit_code"), s(a, "failure_reason"), s(a, "worker_id"), s(a, "started_at"), s(a, "finished_at")]).collect(),
+                    );
+                }
+            }
+        }
+        JobsCmd::Cancel { id } => show(&cl.post_empty(&format!("/jobs/{id}/cancel")).await?),
+        JobsCmd::Retry { id } => show(&cl.post_empty(&format!("/jobs/{id}/retry")).await?),
+        JobsCmd::Hold { id } => show(&cl.post_empty(&format!("/jobs/{id}/hold")).await?),
+        JobsCmd::Release { id } => show(&cl.post_empty(&format!("/jobs/{id}/release")).await?),
+        JobsCmd::Logs { id, follow } => {
+            if follow {
+                cl.follow(&id, true).await?;
+            } else {
+                let v = cl.get(&format!("/jobs/{id}/logs")).await?;
+                if out == Output::Json {
+                    print_json(&v);
+                } else {
+                    for ch in v["chunks"].as_array().cloned().unwrap_or_default() {
+                        let text = ch["data"].as_str().unwrap_or("");
+                        if ch["stream"] == "stderr" {
+                            eprint!("{text}");
+                        } else {
+                            print!("{text}");
+                        }
+                    }
+                    if v["truncated"] == true {
+                        eprintln!("[hodei] output was truncated at the per-attempt cap");
+                    }
+                }
+            }
+        }
+        JobsCmd::Wait { id } => {
+            let end = cl.follow(&id, false).await?;
+            if out == Output::Json {
+                print_json(&end);
+            }
+            return Ok(exit_code_of(&end));
+        }
+        JobsCmd::Events { id } => {
+            let v = cl.get(&format!("/jobs/{id}/events")).await?;
+            if out == Output::Json {
+                print_json(&v);
+            } else {
+                let items = v["items"].as_array().cloned().unwrap_or_default();
+                table(&["AT", "FROM", "TO", "ACTOR", "REASON"], items.iter().map(|e| vec![s(e, "at"), s(e, "from"), s(e, "to"), s(e, "actor"), s(e, "reason")]).collect());
+            }
+        }
+    }
+    Ok(0)
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b',' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+async fn tenants(c: ClientOpts, cmd: Option<TenantsCmd>) -> anyhow::Result<i32> {
+    let cl = Client::new(&c.server, c.token.clone())?;
+    let rows = |items: &[Value]| items.iter().map(|t| vec![s(t, "id"), s(t, "name"), s(t, "tier"), s(t, "effective_weight"), s(t, "status")]).collect::<Vec<_>>();
+    let headers = ["ID", "NAME", "TIER", "WEIGHT", "STATUS"];
+    let v = match cmd.unwrap_or(TenantsCmd::Ls) {
+        TenantsCmd::Ls => {
+            let page = cl.get("/tenants").await?;
+            if c.output == Output::Table {
+                table(&headers, rows(page["items"].as_array().map(Vec::as_slice).unwrap_or(&[])));
+                return Ok(0);
+            }
+            page
+        }
+        TenantsCmd::Get { id } => cl.get(&format!("/tenants/{id}")).await?,
+        TenantsCmd::Create { name, id, tier, weight, email } => {
+            let mut body = json!({"name": name});
+            for (k, v) in [("id", json!(id)), ("tier", json!(tier)), ("weight", json!(weight)), ("email", json!(email))] {
+                if !v.is_null() {
+                    body[k] = v;
+                }
+            }
+            cl.post("/tenants", &body).await?
+        }
+        TenantsCmd::Delete { id } => {
+            cl.delete(&format!("/tenants/{id}")).await?;
+            return Ok(0);
+        }
+    };
+    if c.output == Output::Json {
+        print_json(&v);
+    } else {
+        table(&headers, rows(std::slice::from_ref(&v)));
+    }
+    Ok(0)
+}
+
+async fn listing(c: ClientOpts, path: &str, headers: &[&str], keys: &[&str]) -> anyhow::Result<i32> {
+    let cl = Client::new(&c.server, c.token.clone())?;
+    let page = cl.get(path).await?;
+    if c.output == Output::Json {
+        print_json(&page);
+    } else {
+        let items = page["items"].as_array().cloned().unwrap_or_default();
+        table(headers, items.iter().map(|w| keys.iter().map(|k| s(w, k)).collect()).collect());
+    }
+    Ok(0)
+}
+
+async fn run(cli: Cli) -> anyhow::Result<i32> {
+    match cli.cmd {
+        Cmd::Server(a) => server(a).await,
+        Cmd::Worker(a) => worker(a).await,
+        Cmd::Submit(a) => submit(*a).await,
+        Cmd::Jobs { c, cmd } => jobs(c, cmd).await,
+        Cmd::Tenants { c, cmd } => tenants(c, cmd).await,
+        Cmd::Workers { c } => listing(c, "/workers", &["ID", "POOL", "INSTANCE", "STATE", "SLOTS", "LAST HEARTBEAT"], &["id", "pool_id", "instance_name", "state", "slots", "last_heartbeat_at"]).await,
+        Cmd::Pools { c } => listing(c, "/pools", &["ID", "TYPE", "PROVIDER", "MIN", "MAX", "SLOTS/WORKER", "STATE"], &["id", "type", "provider", "min_size", "max_size", "worker_slots", "state"]).await,
+        Cmd::Config { cmd: ConfigCmd::Check { config } } => {
+            let cfg = hodei_server::config::Config::load(config.as_deref(), &env_vars())?;
+            println!("{cfg:#?}");
+            eprintln!("configuration is valid");
+            Ok(0)
+        }
+        Cmd::Bench(a) => bench::run(a).await,
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    let code = match run(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            if e.downcast_ref::<client::UsageError>().is_some() { 2 } else { client::EXIT_API_ERROR }
+        }
+    };
+    std::process::exit(code);
+}

@@ -1,0 +1,162 @@
+//! Errors as RFC 9457 problem+json with the stable codes of SPEC §4.1. Internals are logged,
+//! never returned.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use hodei_core::spec::FieldError;
+use hodei_store::StoreError;
+use serde_json::{Map, Value, json};
+
+use crate::ctx;
+
+/// One row per stable error code: HTTP status and title.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorCode {
+    BadRequest,
+    ValidationFailed,
+    Unauthorized,
+    Forbidden,
+    TenantSuspended,
+    NotFound,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    AlreadyExists,
+    InvalidState,
+    Conflict,
+    PreconditionFailed,
+    Unschedulable,
+    Internal,
+    StoreUnavailable,
+    Unavailable,
+}
+
+impl ErrorCode {
+    pub fn parts(self) -> (StatusCode, &'static str, &'static str) {
+        use ErrorCode::*;
+        match self {
+            BadRequest => (StatusCode::BAD_REQUEST, "bad_request", "Bad request"),
+            ValidationFailed => (StatusCode::BAD_REQUEST, "validation_failed", "Validation failed"),
+            Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", "Missing or invalid token"),
+            Forbidden => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
+            TenantSuspended => (StatusCode::FORBIDDEN, "tenant_suspended", "Tenant suspended"),
+            NotFound => (StatusCode::NOT_FOUND, "not_found", "Not found"),
+            MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "Method not allowed"),
+            PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "Payload too large"),
+            UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", "Unsupported media type"),
+            AlreadyExists => (StatusCode::CONFLICT, "already_exists", "Already exists"),
+            InvalidState => (StatusCode::CONFLICT, "invalid_state", "Not allowed in the current state"),
+            Conflict => (StatusCode::CONFLICT, "conflict", "Conflict"),
+            PreconditionFailed => (StatusCode::PRECONDITION_FAILED, "precondition_failed", "Precondition failed"),
+            Unschedulable => (StatusCode::UNPROCESSABLE_ENTITY, "unschedulable", "No pool can ever run this job"),
+            Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error"),
+            StoreUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", "Store unavailable"),
+            Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable"),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub detail: String,
+    pub errors: Vec<FieldError>,
+    pub extra: Map<String, Value>,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
+        ApiError { code, detail: detail.into(), errors: Vec::new(), extra: Map::new() }
+    }
+
+    pub fn validation(errors: Vec<FieldError>) -> Self {
+        let detail = match errors.as_slice() {
+            [one] => format!("{}: {} (expected {})", one.field, one.message, one.expected),
+            many => format!("{} fields are invalid", many.len()),
+        };
+        ApiError { code: ErrorCode::ValidationFailed, detail, errors, extra: Map::new() }
+    }
+
+    pub fn field(field: &str, message: impl Into<String>, expected: impl Into<String>, value: Option<String>) -> Self {
+        Self::validation(vec![FieldError::new(field, message, expected, value)])
+    }
+
+    pub fn not_found(what: impl std::fmt::Display) -> Self {
+        Self::new(ErrorCode::NotFound, format!("{what} not found"))
+    }
+
+    pub fn with(mut self, key: &str, value: Value) -> Self {
+        self.extra.insert(key.to_owned(), value);
+        self
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match &e {
+            StoreError::AlreadyExists { what } => ApiError::new(ErrorCode::AlreadyExists, format!("{what} already exists")),
+            StoreError::VersionMismatch { what } => ApiError::new(ErrorCode::PreconditionFailed, format!("{what} was changed by someone else; reload and retry")),
+            _ if e.is_unavailable() => {
+                tracing::error!(error = ?e, "store unavailable");
+                ApiError::new(ErrorCode::StoreUnavailable, "the database cannot be reached; retry later")
+            }
+            _ => {
+                tracing::error!(error = ?e, "store error");
+                ApiError::new(ErrorCode::StoreUnavailable, "the database failed the request; retry later")
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code, title) = self.code.parts();
+        let (request_id, instance) = ctx::current();
+        let mut body = json!({
+            "type": format!("urn:hodei:problem:{code}"),
+            "title": title,
+            "status": status.as_u16(),
+            "detail": self.detail,
+            "instance": instance,
+            "code": code,
+            "request_id": request_id,
+        });
+        if !self.errors.is_empty() {
+            body["errors"] = Value::Array(
+                self.errors.iter().map(|e| json!({"field": e.field, "message": e.message, "expected": e.expected, "value": e.value})).collect(),
+            );
+        }
+        if let Value::Object(map) = &mut body {
+            map.extend(self.extra);
+        }
+        let mut resp = (status, axum::Json(body)).into_response();
+        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        resp
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+/// The problem+json body, for the OpenAPI document.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    pub instance: String,
+    /// Stable error code, e.g. `validation_failed`.
+    pub code: String,
+    pub request_id: String,
+    pub errors: Option<Vec<ProblemField>>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ProblemField {
+    /// JSON pointer into the request body.
+    pub field: String,
+    pub message: String,
+    pub expected: String,
+    pub value: Option<String>,
+}

@@ -1,0 +1,266 @@
+//! Jobs (SPEC §4.4): submit one or many, list, read, and the state commands.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use hodei_core::sched::CancelOutcome;
+use hodei_core::spec::{FieldError, JobSpec, JobSpecInput};
+use hodei_core::{Job, JobId, JobState, Tenant, TenantId, TenantStatus};
+use hodei_store::JobFilter;
+use serde::Deserialize;
+use utoipa::IntoParams;
+use uuid::Uuid;
+
+use super::{page_limit, parse_id};
+use crate::ApiState;
+use crate::dto::{AttemptView, BatchItem, BatchResult, BatchSubmit, EventView, JobSubmit, JobView, Page};
+use crate::error::{ApiError, ApiResult, ErrorCode};
+use crate::json::ApiJson;
+
+fn spec_input(b: JobSubmit) -> (JobSpecInput, Option<String>) {
+    let (pool, _labels) = b.pool_selector.map(|p| (p.pool, p.labels)).unwrap_or_default();
+    let input = JobSpecInput {
+        name: b.name,
+        command: b.command,
+        env: b.env,
+        working_dir: b.working_dir,
+        image: b.image,
+        cpu_m: b.resources.cpu_m,
+        memory_mb: b.resources.memory_mb,
+        gpu: b.resources.gpu,
+        timeout_ms: b.timeout_ms,
+        expected_duration_ms: b.expected_duration_ms,
+        max_retries: b.max_retries,
+        retry_backoff_ms: b.retry_backoff_ms,
+        priority: b.priority,
+        sla: b.sla,
+        preemptible: b.preemptible,
+        hold: b.hold,
+        labels: b.labels,
+        pool: pool,
+    };
+    (input, b.tenant_id)
+}
+
+/// Tenant context: body `tenant_id` › `X-Hodei-Tenant` › the default tenant.
+async fn tenant_for(s: &ApiState, body: Option<&str>, headers: &HeaderMap, field: &str) -> ApiResult<Tenant> {
+    let header = headers.get("x-hodei-tenant").and_then(|v| v.to_str().ok());
+    let id = match body.or(header) {
+        Some(raw) => TenantId::parse(raw).map_err(|e| ApiError::field(field, e.to_string(), "a tenant id (slug)", Some(raw.to_owned())))?,
+        None => s.cfg.default_tenant.clone(),
+    };
+    let t = s.store.get_tenant(&id).await?.ok_or_else(|| ApiError::not_found(format!("tenant {id}")))?;
+    if t.status == TenantStatus::Suspended {
+        return Err(ApiError::new(ErrorCode::TenantSuspended, format!("tenant {id} is suspended; submits are refused")));
+    }
+    Ok(t)
+}
+
+/// A job no pool could ever run is refused now rather than left pending forever.
+fn unschedulable(s: &ApiState, spec: &JobSpec, prefix: &str) -> Option<FieldError> {
+    let pools = s.pools.read().ok()?;
+    let fits = pools.iter().any(|p| spec.pool_selector.as_ref().is_none_or(|sel| *sel == p.id) && p.worker_slots > 0 && spec.resources.fits_in(&p.worker_resources));
+    if fits {
+        return None;
+    }
+    let largest = pools.iter().filter(|p| spec.pool_selector.as_ref().is_none_or(|sel| *sel == p.id)).map(|p| p.worker_resources.to_string()).collect::<Vec<_>>().join("; ");
+    let expected = if largest.is_empty() { "an existing pool".to_owned() } else { format!("resources within a pool's worker shape ({largest})") };
+    let field = if spec.pool_selector.is_some() && largest.is_empty() { "pool_selector/pool" } else { "resources" };
+    Some(FieldError::new(format!("{prefix}/{field}"), format!("no pool can ever run a job needing {}", spec.resources), expected, None))
+}
+
+fn unschedulable_error(e: FieldError) -> ApiError {
+    let mut err = ApiError::validation(vec![e]);
+    err.code = ErrorCode::Unschedulable;
+    err
+}
+
+fn new_job(s: &ApiState, tenant: &Tenant, spec: JobSpec) -> Job {
+    Job::new(JobId::from_uuid(Uuid::now_v7()), tenant.id.clone(), spec, s.clock.now())
+}
+
+fn count_submitted(jobs: &[Job]) {
+    for j in jobs {
+        metrics::counter!("hodei_jobs_submitted_total", "tenant" => j.tenant.to_string(), "priority" => j.spec.priority.as_str()).increment(1);
+    }
+}
+
+/// Submit a job. 201 once it is durably stored.
+#[utoipa::path(post, path = "/jobs", request_body = JobSubmit, responses((status = 201, body = JobView), (status = 400, body = crate::error::Problem), (status = 403, body = crate::error::Problem), (status = 422, body = crate::error::Problem)), tag = "jobs")]
+pub async fn submit_job(State(s): State<ApiState>, headers: HeaderMap, ApiJson(body): ApiJson<JobSubmit>) -> ApiResult<(StatusCode, HeaderMap, Json<JobView>)> {
+    let (input, tenant) = spec_input(body);
+    let tenant = tenant_for(&s, tenant.as_deref(), &headers, "/tenant_id").await?;
+    let spec = input.validate(&s.cfg.limits, "").map_err(ApiError::validation)?;
+    if let Some(e) = unschedulable(&s, &spec, "") {
+        return Err(unschedulable_error(e));
+    }
+    let job = new_job(&s, &tenant, spec);
+    let view = JobView::from(&job);
+    let jobs = vec![job];
+    s.control.submit(jobs.clone()).await?;
+    count_submitted(&jobs);
+    let mut h = HeaderMap::new();
+    if let Ok(v) = HeaderValue::from_str(&format!("/api/v1/jobs/{}", view.id)) {
+        h.insert(header::LOCATION, v);
+    }
+    Ok((StatusCode::CREATED, h, Json(view)))
+}
+
+/// Submit up to `jobs.max_batch_size` jobs in one call, in one transaction.
+#[utoipa::path(post, path = "/jobs/batch", request_body = BatchSubmit, responses((status = 201, body = BatchResult), (status = 400, body = crate::error::Problem), (status = 413, body = crate::error::Problem)), tag = "jobs")]
+pub async fn submit_batch(State(s): State<ApiState>, headers: HeaderMap, ApiJson(body): ApiJson<BatchSubmit>) -> ApiResult<(StatusCode, Json<BatchResult>)> {
+    let n = body.jobs.len();
+    if n == 0 {
+        return Err(ApiError::field("/jobs", "no jobs", "at least one job", Some("0".into())));
+    }
+    if n > s.cfg.max_batch_size {
+        return Err(ApiError::new(ErrorCode::PayloadTooLarge, format!("{n} jobs in one batch; at most {} (jobs.max_batch_size)", s.cfg.max_batch_size)));
+    }
+    let mut tenants: Vec<Tenant> = Vec::new();
+    let mut jobs = Vec::with_capacity(n);
+    let mut items = Vec::with_capacity(n);
+    let mut errors: Vec<FieldError> = Vec::new();
+    for (i, b) in body.jobs.into_iter().enumerate() {
+        let prefix = format!("/jobs/{i}");
+        let (input, tid) = spec_input(b);
+        let want = tid.as_deref().map(str::to_owned);
+        let tenant = match tenants.iter().find(|t| Some(t.id.as_str()) == want.as_deref() || (want.is_none() && t.id == s.cfg.default_tenant)) {
+            Some(t) => Ok(t.clone()),
+            None => tenant_for(&s, want.as_deref(), &headers, &format!("{prefix}/tenant_id")).await.inspect(|t| tenants.push(t.clone())),
+        };
+        let outcome = tenant.and_then(|t| {
+            let spec = input.validate(&s.cfg.limits, &prefix).map_err(ApiError::validation)?;
+            if let Some(e) = unschedulable(&s, &spec, &prefix) {
+                return Err(unschedulable_error(e));
+            }
+            Ok(new_job(&s, &t, spec))
+        });
+        match outcome {
+            Ok(job) => {
+                items.push(BatchItem { index: i, job_id: Some(job.id.to_string()), error: None });
+                jobs.push(job);
+            }
+            Err(e) => {
+                let (_, code, _) = e.code.parts();
+                let fields: Vec<_> = e.errors.iter().map(|f| serde_json::json!({"field": f.field, "message": f.message, "expected": f.expected, "value": f.value})).collect();
+                items.push(BatchItem { index: i, job_id: None, error: Some(serde_json::json!({"code": code, "detail": e.detail, "errors": fields})) });
+                errors.extend(e.errors);
+            }
+        }
+    }
+    if body.atomic && jobs.len() < n {
+        let mut err = ApiError::validation(errors);
+        err.detail = format!("{} of {n} jobs are invalid; nothing was stored (atomic batch)", n - jobs.len());
+        return Err(err);
+    }
+    if !jobs.is_empty() {
+        count_submitted(&jobs);
+        s.control.submit(jobs).await?;
+    }
+    let status = if items.iter().any(|i| i.job_id.is_some()) { StatusCode::CREATED } else { StatusCode::BAD_REQUEST };
+    Ok((status, Json(BatchResult { items })))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct JobQuery {
+    pub tenant_id: Option<String>,
+    /// Comma-separated states.
+    pub state: Option<String>,
+    /// `key=value`.
+    pub label: Option<String>,
+    pub limit: Option<i64>,
+    pub cursor: Option<String>,
+}
+
+/// List jobs, newest first, with cursor pagination.
+#[utoipa::path(get, path = "/jobs", params(JobQuery), responses((status = 200, body = Page<JobView>), (status = 400, body = crate::error::Problem)), tag = "jobs")]
+pub async fn list_jobs(State(s): State<ApiState>, Query(q): Query<JobQuery>) -> ApiResult<Json<Page<JobView>>> {
+    let limit = page_limit(q.limit)?;
+    let tenant = q.tenant_id.as_deref().map(|t| TenantId::parse(t).map_err(|e| ApiError::field("tenant_id", e.to_string(), "a tenant id", Some(t.to_owned())))).transpose()?;
+    let mut states = Vec::new();
+    for st in q.state.as_deref().unwrap_or("").split(',').filter(|x| !x.is_empty()) {
+        states.push(st.parse::<JobState>().map_err(|()| ApiError::field("state", "unknown job state", JobState::expected(), Some(st.to_owned())))?);
+    }
+    let label = q
+        .label
+        .as_deref()
+        .map(|l| l.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).ok_or_else(|| ApiError::field("label", "label filter needs key=value", "key=value", Some(l.to_owned()))))
+        .transpose()?;
+    let before = q
+        .cursor
+        .as_deref()
+        .map(|c| c.parse::<JobId>().map_err(|_| ApiError::new(ErrorCode::BadRequest, format!("cursor {c:?} is not one this API returned"))))
+        .transpose()?;
+    let jobs = s.store.list_jobs(&JobFilter { tenant, states, label, before, limit }).await?;
+    let next_cursor = (jobs.len() == limit as usize).then(|| jobs.last().map(|j| j.id.to_string())).flatten();
+    Ok(Json(Page { items: jobs.iter().map(JobView::from).collect(), next_cursor }))
+}
+
+pub(crate) async fn load(s: &ApiState, id: &str) -> ApiResult<Job> {
+    let jid: JobId = parse_id("job", id)?;
+    s.store.get_job(jid).await?.ok_or_else(|| ApiError::not_found(format!("job {id}")))
+}
+
+/// One job, with its attempts.
+#[utoipa::path(get, path = "/jobs/{id}", responses((status = 200, body = JobView), (status = 404, body = crate::error::Problem)), tag = "jobs")]
+pub async fn get_job(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult<Json<JobView>> {
+    let job = load(&s, &id).await?;
+    let mut view = JobView::from(&job);
+    view.attempts = Some(s.store.list_attempts(job.id).await?.iter().map(AttemptView::from).collect());
+    Ok(Json(view))
+}
+
+/// A job's attempts, oldest first.
+#[utoipa::path(get, path = "/jobs/{id}/attempts", responses((status = 200, body = Page<AttemptView>), (status = 404, body = crate::error::Problem)), tag = "jobs")]
+pub async fn list_attempts(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult<Json<Page<AttemptView>>> {
+    let job = load(&s, &id).await?;
+    Ok(Json(Page { items: s.store.list_attempts(job.id).await?.iter().map(AttemptView::from).collect(), next_cursor: None }))
+}
+
+/// A job's state transitions, oldest first.
+#[utoipa::path(get, path = "/jobs/{id}/events", responses((status = 200, body = Page<EventView>), (status = 404, body = crate::error::Problem)), tag = "jobs")]
+pub async fn list_events(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult<Json<Page<EventView>>> {
+    let job = load(&s, &id).await?;
+    Ok(Json(Page { items: s.store.list_events(job.id).await?.iter().map(EventView::from).collect(), next_cursor: None }))
+}
+
+async fn reread(s: &ApiState, id: JobId) -> ApiResult<Json<JobView>> {
+    let job = s.store.get_job(id).await?.ok_or_else(|| ApiError::not_found(format!("job {id}")))?;
+    Ok(Json(JobView::from(&job)))
+}
+
+/// Cancel: 200 when the job is cancelled now, 202 when a running job's kill was requested.
+#[utoipa::path(post, path = "/jobs/{id}/cancel", responses((status = 200, body = JobView), (status = 202, body = JobView), (status = 404, body = crate::error::Problem), (status = 409, body = crate::error::Problem)), tag = "jobs")]
+pub async fn cancel_job(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult<(StatusCode, Json<JobView>)> {
+    let job = load(&s, &id).await?;
+    let status = match s.control.cancel(job.id).await? {
+        CancelOutcome::Cancelled => StatusCode::OK,
+        CancelOutcome::Requested => StatusCode::ACCEPTED,
+    };
+    Ok((status, reread(&s, job.id).await?))
+}
+
+/// Retry an ended job (failed, cancelled, timed out) with its retry budget reset.
+#[utoipa::path(post, path = "/jobs/{id}/retry", responses((status = 200, body = JobView), (status = 404, body = crate::error::Problem), (status = 409, body = crate::error::Problem)), tag = "jobs")]
+pub async fn retry_job(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult<Json<JobView>> {
+    let job = load(&s, &id).await?;
+    s.control.retry(job.id).await?;
+    reread(&s, job.id).await
+}
+
+/// Hold a pending job.
+#[utoipa::path(post, path = "/jobs/{id}/hold", responses((status = 200, body = JobView), (status = 409, body = crate::error::Problem)), tag = "jobs")]
+pub async fn hold_job(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult<Json<JobView>> {
+    let job = load(&s, &id).await?;
+    s.control.hold(job.id).await?;
+    reread(&s, job.id).await
+}
+
+/// Release a held job.
+#[utoipa::path(post, path = "/jobs/{id}/release", responses((status = 200, body = JobView), (status = 409, body = crate::error::Problem)), tag = "jobs")]
+pub async fn release_job(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult<Json<JobView>> {
+    let job = load(&s, &id).await?;
+    s.control.release(job.id).await?;
+    reread(&s, job.id).await
+}

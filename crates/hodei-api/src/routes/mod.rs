@@ -1,0 +1,56 @@
+//! Route handlers, one module per resource.
+
+pub mod jobs;
+pub mod logs;
+pub mod system;
+pub mod tenants;
+pub mod workers;
+
+use axum::extract::DefaultBodyLimit;
+use axum::response::{IntoResponse, Response};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::error::{ApiError, ErrorCode};
+use crate::{ApiConfig, ApiState};
+
+pub fn v1(cfg: &ApiConfig) -> OpenApiRouter<ApiState> {
+    // The batch route takes the larger body limit; every other route the ordinary one.
+    let batch = OpenApiRouter::new().routes(routes!(jobs::submit_batch)).layer(DefaultBodyLimit::max(cfg.max_batch_body_bytes));
+    OpenApiRouter::new()
+        .routes(routes!(jobs::submit_job, jobs::list_jobs))
+        .routes(routes!(jobs::get_job))
+        .routes(routes!(jobs::list_attempts))
+        .routes(routes!(jobs::list_events))
+        .routes(routes!(jobs::cancel_job))
+        .routes(routes!(jobs::retry_job))
+        .routes(routes!(jobs::hold_job))
+        .routes(routes!(jobs::release_job))
+        .routes(routes!(logs::get_logs))
+        .routes(routes!(tenants::create_tenant, tenants::list_tenants))
+        .routes(routes!(tenants::get_tenant, tenants::update_tenant, tenants::delete_tenant))
+        .routes(routes!(workers::list_workers))
+        .routes(routes!(workers::get_worker))
+        .routes(routes!(workers::list_pools))
+        .layer(DefaultBodyLimit::max(cfg.max_body_bytes))
+        .merge(batch)
+        .fallback(not_found)
+}
+
+pub async fn not_found() -> Response {
+    ApiError::new(ErrorCode::NotFound, "no such endpoint").into_response()
+}
+
+/// Parses an opaque id from a path; anything unparsable cannot exist.
+pub fn parse_id<T: std::str::FromStr>(what: &str, s: &str) -> Result<T, ApiError> {
+    s.parse().map_err(|_| ApiError::not_found(format!("{what} {s}")))
+}
+
+/// `limit` (default 50, at most 500).
+pub fn page_limit(limit: Option<i64>) -> Result<u32, ApiError> {
+    match limit {
+        None => Ok(50),
+        Some(n) if (1..=500).contains(&n) => Ok(n as u32),
+        Some(n) => Err(ApiError::field("limit", "limit is out of range", "an integer between 1 and 500", Some(n.to_string()))),
+    }
+}

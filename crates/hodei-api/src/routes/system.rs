@@ -1,0 +1,41 @@
+//! `/health`, `/ready`, `/metrics`.
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::ApiState;
+
+pub fn router() -> Router<ApiState> {
+    Router::new().route("/health", get(health)).route("/ready", get(ready)).route("/metrics", get(metrics))
+}
+
+async fn health(State(s): State<ApiState>) -> Json<serde_json::Value> {
+    Json(json!({"status": "ok", "version": s.cfg.version, "uptime_s": s.started.elapsed().as_secs()}))
+}
+
+async fn ready(State(s): State<ApiState>) -> Response {
+    let store = s.store.ping().await.is_ok();
+    let scheduler = s.control.is_running();
+    let body = json!({
+        "status": if store && scheduler { "ready" } else { "not_ready" },
+        "checks": {
+            "store": if store { "ok" } else { "unreachable" },
+            "migrations": if store { "ok" } else { "unknown" },
+            "scheduler": if scheduler { "leader" } else { "stalled" },
+            "grpc": "ok",
+        }
+    });
+    let status = if store && scheduler { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(body)).into_response()
+}
+
+pub async fn metrics(State(s): State<ApiState>) -> Response {
+    match &s.metrics {
+        Some(h) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], h.render()).into_response(),
+        None => (StatusCode::NOT_FOUND, "metrics are disabled").into_response(),
+    }
+}

@@ -1,0 +1,139 @@
+//! Tenants CRUD (SPEC §4.3). Quotas arrive with the multi-tenant scheduling work.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use hodei_core::{Slug, Tenant, TenantId, TenantStatus, Tier};
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use crate::ApiState;
+use crate::dto::{Page, TenantCreate, TenantUpdate, TenantView};
+use crate::error::{ApiError, ApiResult, ErrorCode};
+use crate::json::ApiJson;
+
+fn tier(v: &str) -> ApiResult<Tier> {
+    v.parse().map_err(|()| ApiError::field("/tier", "unknown tier", Tier::expected(), Some(v.to_owned())))
+}
+
+fn weight(v: i64) -> ApiResult<u32> {
+    if (1..=1000).contains(&v) { Ok(v as u32) } else { Err(ApiError::field("/weight", "weight is out of range", "an integer between 1 and 1000", Some(v.to_string()))) }
+}
+
+fn name(v: &str) -> ApiResult<String> {
+    let t = v.trim();
+    if t.is_empty() || t.len() > 200 {
+        return Err(ApiError::field("/name", "name must not be empty", "1 to 200 characters", Some(v.to_owned())));
+    }
+    Ok(t.to_owned())
+}
+
+pub(crate) async fn load(s: &ApiState, id: &str) -> ApiResult<Tenant> {
+    let tid = TenantId::parse(id).map_err(|_| ApiError::not_found(format!("tenant {id}")))?;
+    s.store.get_tenant(&tid).await?.ok_or_else(|| ApiError::not_found(format!("tenant {id}")))
+}
+
+/// Create a tenant.
+#[utoipa::path(post, path = "/tenants", request_body = TenantCreate, responses((status = 201, body = TenantView), (status = 400, body = crate::error::Problem), (status = 409, body = crate::error::Problem)), tag = "tenants")]
+pub async fn create_tenant(State(s): State<ApiState>, ApiJson(body): ApiJson<TenantCreate>) -> ApiResult<(StatusCode, HeaderMap, Json<TenantView>)> {
+    let display = name(&body.name)?;
+    let id = match &body.id {
+        Some(id) => TenantId::parse(id).map_err(|e| ApiError::field("/id", e.to_string(), "a slug ^[a-z0-9][a-z0-9-]{0,62}$", Some(id.clone())))?,
+        None => TenantId::from(Slug::from_name(&display).map_err(|e| ApiError::field("/name", e.to_string(), "a name with letters or digits (id is derived from it)", Some(display.clone())))?),
+    };
+    let now = s.clock.now();
+    let t = Tenant {
+        id,
+        name: display,
+        email: body.email,
+        tier: body.tier.as_deref().map(tier).transpose()?.unwrap_or(Tier::Standard),
+        weight: body.weight.map(weight).transpose()?,
+        status: TenantStatus::Active,
+        labels: body.labels,
+        created_at: now,
+        updated_at: now,
+        version: 1,
+    };
+    s.store.create_tenant(&t).await?;
+    let mut h = HeaderMap::new();
+    if let Ok(v) = HeaderValue::from_str(&format!("/api/v1/tenants/{}", t.id)) {
+        h.insert(header::LOCATION, v);
+    }
+    Ok((StatusCode::CREATED, h, Json(TenantView::from(&t))))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct TenantQuery {
+    pub status: Option<String>,
+    pub tier: Option<String>,
+}
+
+/// List tenants.
+#[utoipa::path(get, path = "/tenants", params(TenantQuery), responses((status = 200, body = Page<TenantView>)), tag = "tenants")]
+pub async fn list_tenants(State(s): State<ApiState>, Query(q): Query<TenantQuery>) -> ApiResult<Json<Page<TenantView>>> {
+    let items = s
+        .store
+        .list_tenants()
+        .await?
+        .iter()
+        .filter(|t| q.status.as_deref().is_none_or(|v| t.status.as_str() == v))
+        .filter(|t| q.tier.as_deref().is_none_or(|v| t.tier.as_str() == v))
+        .map(TenantView::from)
+        .collect();
+    Ok(Json(Page { items, next_cursor: None }))
+}
+
+/// One tenant.
+#[utoipa::path(get, path = "/tenants/{id}", responses((status = 200, body = TenantView), (status = 404, body = crate::error::Problem)), tag = "tenants")]
+pub async fn get_tenant(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult<Json<TenantView>> {
+    Ok(Json(TenantView::from(&load(&s, &id).await?)))
+}
+
+/// Update any mutable field. `If-Match: "<version>"` makes it conditional.
+#[utoipa::path(put, path = "/tenants/{id}", request_body = TenantUpdate, responses((status = 200, body = TenantView), (status = 400, body = crate::error::Problem), (status = 412, body = crate::error::Problem)), tag = "tenants")]
+pub async fn update_tenant(State(s): State<ApiState>, Path(id): Path<String>, headers: HeaderMap, ApiJson(body): ApiJson<TenantUpdate>) -> ApiResult<Json<TenantView>> {
+    let mut t = load(&s, &id).await?;
+    if let Some(v) = headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok()) {
+        if v.trim_matches('"') != t.version.to_string() {
+            return Err(ApiError::new(ErrorCode::PreconditionFailed, format!("tenant is at version {}, not {v}", t.version)));
+        }
+    }
+    if let Some(n) = &body.name {
+        t.name = name(n)?;
+    }
+    if let Some(e) = body.email {
+        t.email = Some(e);
+    }
+    if let Some(v) = &body.tier {
+        t.tier = tier(v)?;
+    }
+    if let Some(w) = body.weight {
+        t.weight = w.map(weight).transpose()?;
+    }
+    if let Some(v) = &body.status {
+        t.status = v.parse().map_err(|()| ApiError::field("/status", "unknown status", TenantStatus::expected(), Some(v.clone())))?;
+    }
+    if let Some(l) = body.labels {
+        t.labels = l;
+    }
+    t.updated_at = s.clock.now();
+    t.version += 1;
+    s.store.update_tenant(&t).await?;
+    Ok(Json(TenantView::from(&t)))
+}
+
+/// Delete a tenant without live jobs (never `default`).
+#[utoipa::path(delete, path = "/tenants/{id}", responses((status = 204), (status = 404, body = crate::error::Problem), (status = 409, body = crate::error::Problem)), tag = "tenants")]
+pub async fn delete_tenant(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    let t = load(&s, &id).await?;
+    if t.id == s.cfg.default_tenant {
+        return Err(ApiError::new(ErrorCode::Conflict, "the default tenant cannot be deleted"));
+    }
+    let live = s.store.count_live_jobs(&t.id).await?;
+    if live > 0 {
+        return Err(ApiError::new(ErrorCode::Conflict, format!("tenant has {live} live jobs; cancel them first")).with("live_jobs", live.into()));
+    }
+    s.store.delete_tenant(&t.id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

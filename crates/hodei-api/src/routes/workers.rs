@@ -1,0 +1,84 @@
+//! Workers and pools (read side).
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use crate::ApiState;
+use crate::dto::{Page, WorkerView};
+use crate::error::{ApiError, ApiResult};
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerQuery {
+    pub pool_id: Option<String>,
+    pub state: Option<String>,
+}
+
+/// List workers, newest first.
+#[utoipa::path(get, path = "/workers", params(WorkerQuery), responses((status = 200, body = Page<WorkerView>)), tag = "workers")]
+pub async fn list_workers(State(s): State<ApiState>, Query(q): Query<WorkerQuery>) -> ApiResult<Json<Page<WorkerView>>> {
+    let items = s
+        .store
+        .list_workers()
+        .await?
+        .iter()
+        .filter(|w| q.pool_id.as_deref().is_none_or(|p| w.pool_id.as_str() == p))
+        .filter(|w| q.state.as_deref().is_none_or(|st| w.state.as_str() == st))
+        .map(WorkerView::from)
+        .collect();
+    Ok(Json(Page { items, next_cursor: None }))
+}
+
+/// One worker.
+#[utoipa::path(get, path = "/workers/{id}", responses((status = 200, body = WorkerView), (status = 404, body = crate::error::Problem)), tag = "workers")]
+pub async fn get_worker(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult<Json<WorkerView>> {
+    let workers = s.store.list_workers().await?;
+    workers.iter().find(|w| w.id.to_string() == id).map(|w| Json(WorkerView::from(w))).ok_or_else(|| ApiError::not_found(format!("worker {id}")))
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct PoolView {
+    pub id: String,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub pool_type: String,
+    pub provider: String,
+    pub worker_template: crate::dto::ResourcesOut,
+    pub worker_slots: u32,
+    pub min_size: u32,
+    pub max_size: u32,
+    pub managed_by: String,
+    pub state: String,
+    pub created_at: String,
+    pub updated_at: String,
+    pub version: i64,
+}
+
+/// List pools.
+#[utoipa::path(get, path = "/pools", responses((status = 200, body = Page<PoolView>)), tag = "pools")]
+pub async fn list_pools(State(s): State<ApiState>) -> ApiResult<Json<Page<PoolView>>> {
+    let items = s
+        .store
+        .list_pools()
+        .await?
+        .iter()
+        .map(|p| PoolView {
+            id: p.id.to_string(),
+            name: p.name.clone(),
+            pool_type: p.pool_type.to_string(),
+            provider: p.provider.clone(),
+            worker_template: crate::dto::ResourcesOut { cpu_m: p.worker_resources.cpu_m.get(), memory_mb: p.worker_resources.memory_mb.get(), gpu: p.worker_resources.gpu.get() },
+            worker_slots: p.worker_slots,
+            min_size: p.min_size,
+            max_size: p.max_size,
+            managed_by: p.managed_by.clone(),
+            state: p.state.to_string(),
+            created_at: crate::dto::rfc3339(p.created_at),
+            updated_at: crate::dto::rfc3339(p.updated_at),
+            version: p.version,
+        })
+        .collect();
+    Ok(Json(Page { items, next_cursor: None }))
+}

@@ -1,0 +1,771 @@
+//! Configuration (SPEC §6): YAML from `--config` / `HODEI_CONFIG_PATH`, `${VAR}` and
+//! `${VAR:-default}` substituted first, then `HODEI_<SECTION>__<KEY>` env overrides, then flags.
+//! Every section of the schema is parsed and validated now, including those used by later
+//! features. An unknown key or a bad value is an error naming the full key path.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::de::{self, Deserializer};
+use serde::Deserialize;
+use serde_yaml_ng::Value;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config line {line} (key `{key}`): environment variable {var} is not set (use ${{{var}:-default}} for a default)")]
+    UnsetVar { line: usize, key: String, var: String },
+    #[error("config file is not valid YAML: {0}")]
+    Syntax(String),
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+/// A secret: never printed.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+/// A duration written `<int>ms|s|m|h|d` (a bare integer is seconds).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DurationStr(pub std::time::Duration);
+
+impl<'de> Deserialize<'de> for DurationStr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = Value::deserialize(d)?;
+        let s = match &v {
+            Value::Number(n) if n.as_u64().is_some() => format!("{}s", n),
+            Value::String(s) => s.trim().to_owned(),
+            _ => return Err(de::Error::custom(format!("{v:?} is not a duration (expected <int>ms|s|m|h|d, e.g. 5m)"))),
+        };
+        parse_duration(&s).map(DurationStr).ok_or_else(|| de::Error::custom(format!("{s:?} is not a duration (expected <int>ms|s|m|h|d, e.g. 5m)")))
+    }
+}
+
+pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
+    let split = s.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    let ms = match unit {
+        "ms" => n,
+        "s" => n.checked_mul(1000)?,
+        "m" => n.checked_mul(60_000)?,
+        "h" => n.checked_mul(3_600_000)?,
+        "d" => n.checked_mul(86_400_000)?,
+        _ => return None,
+    };
+    Some(std::time::Duration::from_millis(ms))
+}
+
+/// A money rate with at most 6 decimals, held as integer micro-units.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Micros(pub i64);
+
+impl<'de> Deserialize<'de> for Micros {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = Value::deserialize(d)?;
+        // YAML numbers arrive as f64; their shortest decimal form is what the user wrote.
+        let s = match &v {
+            Value::Number(n) => n.to_string(),
+            Value::String(s) => s.trim().to_owned(),
+            _ => String::new(),
+        };
+        parse_micros(&s).map(Micros).ok_or_else(|| de::Error::custom(format!("{s:?} is not a non-negative decimal with at most 6 decimals")))
+    }
+}
+
+pub fn parse_micros(s: &str) -> Option<i64> {
+    let (int, frac) = s.split_once('.').unwrap_or((s, ""));
+    if int.is_empty() || !int.bytes().all(|c| c.is_ascii_digit()) || frac.len() > 6 || !frac.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    let int: i64 = int.parse().ok()?;
+    let frac: i64 = if frac.is_empty() { 0 } else { format!("{frac:0<6}").parse().ok()? };
+    int.checked_mul(1_000_000)?.checked_add(frac)
+}
+
+macro_rules! section {
+    ($(#[$m:meta])* $name:ident { $($(#[$fm:meta])* $field:ident : $ty:ty = $default:expr),* $(,)? }) => {
+        $(#[$m])*
+        #[derive(Clone, Debug, Deserialize, PartialEq)]
+        #[serde(deny_unknown_fields, default)]
+        pub struct $name { $($(#[$fm])* pub $field: $ty),* }
+
+        impl Default for $name {
+            fn default() -> Self {
+                $name { $($field: $default),* }
+            }
+        }
+    };
+}
+
+section!(Config {
+    server: ServerConfig = Default::default(),
+    log: LogConfig = Default::default(),
+    database: DatabaseConfig = Default::default(),
+    auth: AuthConfig = Default::default(),
+    limits: LimitsConfig = Default::default(),
+    scheduler: SchedulerConfig = Default::default(),
+    jobs: JobsConfig = Default::default(),
+    workers: WorkersConfig = Default::default(),
+    resource_pools: ResourcePoolsConfig = Default::default(),
+    multi_tenancy: MultiTenancyConfig = Default::default(),
+    burst_capacity: BurstConfig = Default::default(),
+    budgets: BudgetsConfig = Default::default(),
+    sla: SlaConfig = Default::default(),
+    cost_tracking: CostConfig = Default::default(),
+    autoscaling: AutoscalingConfig = Default::default(),
+    metrics: MetricsConfig = Default::default(),
+    observability: ObservabilityConfig = Default::default(),
+    multi_cluster: MultiClusterConfig = Default::default(),
+    deployments: DeploymentsConfig = Default::default(),
+    optimization: OptimizationConfig = Default::default(),
+});
+
+section!(ServerConfig {
+    http_addr: String = "127.0.0.1:8080".into(),
+    grpc_addr: String = "127.0.0.1:9090".into(),
+    data_dir: PathBuf = "./hodei-data".into(),
+    request_timeout_ms: u64 = 30_000,
+    shutdown_grace_ms: u64 = 30_000,
+    tls: TlsConfig = Default::default(),
+});
+
+section!(TlsConfig {
+    cert_file: Option<PathBuf> = None,
+    key_file: Option<PathBuf> = None,
+    client_ca_file: Option<PathBuf> = None,
+});
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+section!(LogConfig {
+    level: String = "info".into(),
+    format: LogFormat = LogFormat::Text,
+});
+
+section!(DatabaseConfig {
+    /// `sqlite://PATH` or `postgres://…`; default `sqlite://{data_dir}/hodei.db`.
+    url: Option<String> = None,
+    max_connections: u32 = 16,
+    statement_timeout_ms: u64 = 5000,
+    auto_migrate: bool = true,
+});
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMode {
+    #[default]
+    Token,
+    None,
+}
+
+section!(AuthConfig {
+    mode: AuthMode = AuthMode::Token,
+    admin_token: Option<Secret> = None,
+    token_default_ttl_days: Option<u32> = None,
+});
+
+section!(LimitsConfig {
+    max_body_bytes: u64 = 16 << 20,
+    max_batch_body_bytes: u64 = 256 << 20,
+    max_argv_env_bytes: u64 = 131_072,
+    max_labels: u32 = 32,
+    submit_rate_per_tenant: u32 = 0,
+    submit_burst_per_tenant: u32 = 0,
+});
+
+section!(FairShareConfig { usage_half_life_s: u64 = 0 });
+section!(PreemptionConfig { enabled: bool = false });
+
+section!(SchedulerConfig {
+    tick_ms: u64 = 1000,
+    assign_ack_timeout_ms: u64 = 10_000,
+    max_lost_requeues: u32 = 3,
+    retry_backoff_ms: u64 = 10_000,
+    retry_backoff_max_ms: u64 = 600_000,
+    default_expected_duration_ms: u64 = 60_000,
+    fair_share: FairShareConfig = Default::default(),
+    backfill: bool = true,
+    reservation_after_ms: u64 = 30_000,
+    max_reservations: u32 = 16,
+    sla_escalation: bool = true,
+    preemption: PreemptionConfig = Default::default(),
+    eta_horizon_ms: u64 = 86_400_000,
+});
+
+section!(ResourcesConfig { cpu_m: u32 = 250, memory_mb: u32 = 256, gpu: u32 = 0 });
+
+section!(JobLogsConfig {
+    max_bytes_per_attempt: u64 = 64 << 20,
+    /// Default `{data_dir}/logs`.
+    dir: Option<PathBuf> = None,
+});
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum PriorityName {
+    Critical,
+    High,
+    #[default]
+    Normal,
+    Low,
+    Batch,
+}
+
+section!(JobsConfig {
+    default_resources: ResourcesConfig = Default::default(),
+    default_timeout_ms: u64 = 3_600_000,
+    max_timeout_ms: u64 = 604_800_000,
+    default_priority: PriorityName = PriorityName::Normal,
+    max_retries_limit: u32 = 10,
+    max_batch_size: u32 = 100_000,
+    max_array_size: u32 = 100_000,
+    retention_days: u32 = 30,
+    logs: JobLogsConfig = Default::default(),
+});
+
+section!(WorkersConfig {
+    heartbeat_interval_ms: u64 = 3000,
+    heartbeat_timeout_ms: u64 = 10_000,
+    gc_after_ms: u64 = 3_600_000,
+    kill_grace_ms: u64 = 10_000,
+    usage_sample_interval_ms: u64 = 10_000,
+});
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum PoolTypeName {
+    #[default]
+    Static,
+    Dynamic,
+}
+
+section!(BuiltinLocalConfig {
+    enabled: bool = true,
+    id: String = "local".into(),
+    workers: u32 = 2,
+    /// Slots of the whole pool, split evenly over its workers; default cores × 4.
+    slots: Option<u32> = None,
+});
+
+section!(WorkerTemplateConfig {
+    cpu_m: u32 = 1000,
+    memory_mb: u32 = 1024,
+    gpu: u32 = 0,
+    slots: u32 = 1,
+    labels: BTreeMap<String, String> = BTreeMap::new(),
+    capabilities: Vec<String> = vec!["process".into()],
+});
+
+section!(CostRatesConfig {
+    hourly_rate_cpu: Option<Micros> = None,
+    hourly_rate_memory_gb: Option<Micros> = None,
+    hourly_rate_gpu: Option<Micros> = None,
+});
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicyMode {
+    #[default]
+    Threshold,
+    Forecast,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ScaleAction {
+    ScaleUp,
+    ScaleDown,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ScalingPolicyConfig {
+    pub name: String,
+    #[serde(default)]
+    pub mode: PolicyMode,
+    pub trigger: String,
+    pub action: ScaleAction,
+    #[serde(default = "one")]
+    pub step: u32,
+    pub cooldown: Option<DurationStr>,
+    pub window: Option<DurationStr>,
+    #[serde(default = "twenty")]
+    pub hysteresis_pct: u32,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+fn one() -> u32 {
+    1
+}
+fn twenty() -> u32 {
+    20
+}
+fn yes() -> bool {
+    true
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    pub id: String,
+    pub name: Option<String>,
+    #[serde(rename = "type", default)]
+    pub pool_type: PoolTypeName,
+    #[serde(default = "local_provider")]
+    pub provider: String,
+    #[serde(default)]
+    pub provider_config: BTreeMap<String, Value>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub worker_template: WorkerTemplateConfig,
+    #[serde(default)]
+    pub min_size: u32,
+    #[serde(default = "one")]
+    pub max_size: u32,
+    #[serde(default)]
+    pub auto_scaling_enabled: bool,
+    #[serde(default = "three_hundred")]
+    pub idle_timeout_s: u64,
+    #[serde(default)]
+    pub allowed_tenants: Vec<String>,
+    #[serde(default)]
+    pub cost_rates: CostRatesConfig,
+    pub cluster: Option<String>,
+    pub join_token: Option<Secret>,
+    #[serde(default)]
+    pub scaling_policies: Vec<ScalingPolicyConfig>,
+}
+
+fn local_provider() -> String {
+    "local".into()
+}
+fn three_hundred() -> u64 {
+    300
+}
+
+section!(ResourcePoolsConfig {
+    enabled: bool = true,
+    default_pool_type: PoolTypeName = PoolTypeName::Static,
+    builtin_local: BuiltinLocalConfig = Default::default(),
+    pools: Vec<PoolConfig> = Vec::new(),
+});
+
+section!(TierWeightsConfig { free: u32 = 1, standard: u32 = 2, premium: u32 = 3, enterprise: u32 = 5 });
+
+section!(QuotaConfig {
+    cpu_m: u64 = 4000,
+    memory_mb: u64 = 8192,
+    gpu: u32 = 0,
+    max_concurrent_jobs: u32 = 10,
+    max_queued_jobs: u32 = 1000,
+});
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ViolationPolicy {
+    Reject,
+    #[default]
+    Queue,
+    Warn,
+}
+
+section!(QuotaEnforcementConfig { strict_mode: bool = true, violation_policy: ViolationPolicy = ViolationPolicy::Queue });
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TierName {
+    Free,
+    #[default]
+    Standard,
+    Premium,
+    Enterprise,
+}
+
+section!(MultiTenancyConfig {
+    enabled: bool = true,
+    default_tenant_id: String = "default".into(),
+    default_tier: TierName = TierName::Standard,
+    tier_weights: TierWeightsConfig = Default::default(),
+    default_tenant_quota: QuotaConfig = Default::default(),
+    quota_enforcement: QuotaEnforcementConfig = Default::default(),
+});
+
+section!(BurstConfig {
+    enabled: bool = true,
+    max_overage_percentage: u32 = 150,
+    burst_duration_minutes: u32 = 60,
+    require_approval: bool = false,
+    cooldown_minutes: u32 = 30,
+    approval_timeout_hours: u32 = 24,
+});
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnExhausted {
+    #[default]
+    Hold,
+    Reject,
+}
+
+section!(BudgetsConfig {
+    enabled: bool = true,
+    default_on_exhausted: OnExhausted = OnExhausted::Hold,
+    alert_thresholds_pct: Vec<u32> = vec![80, 90, 100],
+    fair_share_demotion: bool = true,
+});
+
+section!(MaxWaitConfig { critical: u64 = 300, high: u64 = 900, medium: u64 = 3600, low: u64 = 14_400, best_effort: u64 = 86_400 });
+
+section!(SlaConfig {
+    max_wait_s: MaxWaitConfig = Default::default(),
+    at_risk_pct: u32 = 70,
+    critical_pct: u32 = 90,
+    compliance_window_hours: u32 = 24,
+});
+
+section!(CostConfig {
+    enabled: bool = true,
+    track_by_tenant: bool = true,
+    track_by_job: bool = true,
+    track_by_pool: bool = true,
+    retention_days: u32 = 90,
+    hourly_rate_cpu: Micros = Micros(50_000),
+    hourly_rate_memory_gb: Micros = Micros(10_000),
+    hourly_rate_gpu: Micros = Micros(2_500_000),
+    currency: String = "USD".into(),
+    accrual_interval_s: u64 = 60,
+});
+
+section!(AutoscalingConfig {
+    enabled: bool = true,
+    evaluation_interval_s: u64 = 15,
+    default_scale_up_cooldown_s: u64 = 60,
+    default_scale_down_cooldown_s: u64 = 120,
+    default_window_s: u64 = 60,
+    provision_timeout_s: u64 = 300,
+    provision_max_retries: u32 = 3,
+    history_retention_days: u32 = 90,
+});
+
+section!(PrometheusConfig { enabled: bool = true, port: u16 = 9091, path: String = "/metrics".into() });
+section!(HistoryConfig { enabled: bool = true, interval_s: u64 = 60, retention_days: u32 = 14 });
+section!(MetricsConfig { prometheus: PrometheusConfig = Default::default(), history: HistoryConfig = Default::default() });
+
+section!(GrafanaConfig {
+    enabled: bool = false,
+    url: Option<String> = None,
+    api_key: Option<Secret> = None,
+    dashboards_dir: Option<PathBuf> = None,
+    folder: String = "Hodei".into(),
+});
+
+section!(AlertingConfig {
+    enabled: bool = true,
+    prometheus_alerts_dir: Option<PathBuf> = None,
+    alertmanager_url: Option<String> = None,
+});
+
+section!(ObservabilityConfig { grafana: GrafanaConfig = Default::default(), alerting: AlertingConfig = Default::default() });
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RoutingStrategy {
+    Manual,
+    #[default]
+    LeastLoaded,
+    Cheapest,
+    DataLocality,
+    Affinity,
+}
+
+section!(MultiClusterConfig {
+    enabled: bool = false,
+    home_cluster: String = "local".into(),
+    routing_strategy: RoutingStrategy = RoutingStrategy::LeastLoaded,
+    burst_threshold_pct: u32 = 80,
+    burst_sustain_s: u64 = 120,
+    burst_target: Option<String> = None,
+});
+
+section!(DeploymentsConfig {
+    min_runs: u32 = 5,
+    canary_pct: u32 = 10,
+    bake_s: u64 = 3600,
+    progressive_steps_pct: Vec<u32> = vec![10, 30, 50, 100],
+    min_success_rate_pct: u32 = 95,
+    max_job_error_rate_pct: u32 = 5,
+});
+
+section!(OptimizationConfig { lookback_days: u32 = 30, min_runs: u32 = 5 });
+
+/// Replaces `${VAR}` and `${VAR:-default}` in the raw text.
+pub fn interpolate(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, ConfigError> {
+    let mut out = String::with_capacity(text.len());
+    for (i, line) in text.lines().enumerate() {
+        let mut rest = line;
+        while let Some(start) = rest.find("${") {
+            out.push_str(&rest[..start]);
+            let after = &rest[start + 2..];
+            let Some(end) = after.find('}') else {
+                out.push_str(&rest[start..]);
+                rest = "";
+                break;
+            };
+            let expr = &after[..end];
+            let (var, default) = match expr.split_once(":-") {
+                Some((v, d)) => (v, Some(d)),
+                None => (expr, None),
+            };
+            let value = env(var).filter(|v| !(default.is_some() && v.is_empty()));
+            match (value, default) {
+                (Some(v), _) => out.push_str(&v),
+                (None, Some(d)) => out.push_str(d),
+                (None, None) => {
+                    let key = line.split(':').next().unwrap_or("").trim().trim_start_matches("- ").to_owned();
+                    return Err(ConfigError::UnsetVar { line: i + 1, key, var: var.to_owned() });
+                }
+            }
+            rest = &after[end + 1..];
+        }
+        out.push_str(rest);
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+/// Applies `HODEI_<SECTION>__<KEY>[__<KEY>…]` overrides onto the YAML tree.
+fn apply_env(root: &mut Value, vars: &[(String, String)]) -> Result<(), ConfigError> {
+    for (name, raw) in vars {
+        let Some(path) = name.strip_prefix("HODEI_") else { continue };
+        if !path.contains("__") {
+            continue;
+        }
+        let keys: Vec<String> = path.split("__").map(|k| k.to_ascii_lowercase()).collect();
+        let value: Value = serde_yaml_ng::from_str(raw).unwrap_or_else(|_| Value::String(raw.clone()));
+        let mut node = &mut *root;
+        for (i, k) in keys.iter().enumerate() {
+            if !node.is_mapping() {
+                if node.is_null() {
+                    *node = Value::Mapping(Default::default());
+                } else {
+                    return Err(ConfigError::Invalid { path: keys[..i].join("."), message: format!("cannot apply {name}: not a section") });
+                }
+            }
+            let map = node.as_mapping_mut().expect("made a mapping above");
+            let key = Value::String(k.clone());
+            if i + 1 == keys.len() {
+                map.insert(key, value.clone());
+                break;
+            }
+            node = map.entry(key).or_insert(Value::Null);
+        }
+    }
+    Ok(())
+}
+
+/// Turns serde's wording into "value is not what was expected".
+fn explain(path: &str, msg: &str) -> String {
+    let unit = match path.rsplit('.').next().unwrap_or("") {
+        k if k.ends_with("cpu_m") => " (millicores)",
+        k if k.ends_with("memory_mb") => " (MiB)",
+        k if k.ends_with("_ms") => " (milliseconds)",
+        k if k.ends_with("_s") => " (seconds)",
+        k if k.ends_with("_pct") => " (percent)",
+        k if k.ends_with("_bytes") => " (bytes)",
+        _ => "",
+    };
+    let value = msg
+        .split_once("invalid type: ")
+        .or_else(|| msg.split_once("invalid value: "))
+        .map(|(_, r)| r.split(", expected").next().unwrap_or(r).trim().to_owned());
+    let expected = msg.split_once(", expected ").map(|(_, e)| e.trim().to_owned());
+    match (value, expected) {
+        (Some(v), Some(e)) => {
+            let v = v.trim_start_matches("string ").trim_start_matches("integer ").trim_start_matches("floating point ").replace('`', "");
+            let e = match e.as_str() {
+                "u8" | "u16" | "u32" | "u64" => "a non-negative integer".to_owned(),
+                "a boolean" => "a boolean (true or false)".to_owned(),
+                other => other.to_owned(),
+            };
+            format!("{v} is not {e}{unit}")
+        }
+        _ => msg.to_owned(),
+    }
+}
+
+impl Config {
+    /// Loads from an optional file, the given environment and defaults.
+    pub fn load(file: Option<&Path>, env: &[(String, String)]) -> Result<Config, ConfigError> {
+        let lookup = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        let mut root = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+                let text = interpolate(&text, &lookup)?;
+                serde_yaml_ng::from_str::<Value>(&text).map_err(|e| ConfigError::Syntax(e.to_string()))?
+            }
+            None => Value::Null,
+        };
+        if root.is_null() {
+            root = Value::Mapping(Default::default());
+        }
+        apply_env(&mut root, env)?;
+        if let Some(dir) = lookup("HODEI_DATA_DIR") {
+            apply_env(&mut root, &[("HODEI_SERVER__DATA_DIR".into(), dir)])?;
+        }
+        let cfg: Config = serde_path_to_error::deserialize(root).map_err(|e| {
+            let path = e.path().to_string();
+            let msg = e.inner().to_string();
+            let message = match msg.strip_prefix("unknown field ") {
+                Some(rest) => format!("unknown key {}", rest.replace('`', "")),
+                None => explain(&path, &msg),
+            };
+            ConfigError::Invalid { path, message }
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |path: &str, message: String| Err(ConfigError::Invalid { path: path.to_owned(), message });
+        for (path, addr) in [("server.http_addr", &self.server.http_addr), ("server.grpc_addr", &self.server.grpc_addr)] {
+            if addr.parse::<std::net::SocketAddr>().is_err() {
+                return bad(path, format!("{addr:?} is not a host:port address"));
+            }
+        }
+        if !(100..=1000).contains(&self.burst_capacity.max_overage_percentage) {
+            return bad("burst_capacity.max_overage_percentage", format!("{} is not between 100 and 1000", self.burst_capacity.max_overage_percentage));
+        }
+        if self.jobs.default_resources.cpu_m == 0 || self.jobs.default_resources.memory_mb == 0 {
+            return bad("jobs.default_resources", "cpu_m and memory_mb must be at least 1".into());
+        }
+        if self.workers.heartbeat_interval_ms == 0 || self.workers.heartbeat_interval_ms >= self.workers.heartbeat_timeout_ms {
+            return bad("workers.heartbeat_interval_ms", format!("{} must be above 0 and below workers.heartbeat_timeout_ms", self.workers.heartbeat_interval_ms));
+        }
+        for (i, p) in self.resource_pools.pools.iter().enumerate() {
+            if hodei_core::PoolId::parse(&p.id).is_err() {
+                return bad(&format!("resource_pools.pools[{i}].id"), format!("{:?} is not a slug", p.id));
+            }
+            if p.min_size > p.max_size || p.max_size > 10_000 {
+                return bad(&format!("resource_pools.pools[{i}].max_size"), format!("need 0 ≤ min_size ({}) ≤ max_size ({}) ≤ 10000", p.min_size, p.max_size));
+            }
+        }
+        if hodei_core::TenantId::parse(&self.multi_tenancy.default_tenant_id).is_err() {
+            return bad("multi_tenancy.default_tenant_id", format!("{:?} is not a slug", self.multi_tenancy.default_tenant_id));
+        }
+        for pct in [("sla.at_risk_pct", self.sla.at_risk_pct), ("sla.critical_pct", self.sla.critical_pct)] {
+            if pct.1 > 100 {
+                return bad(pct.0, format!("{} is not between 0 and 100 (percent)", pct.1));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.server.data_dir
+    }
+
+    pub fn logs_dir(&self) -> PathBuf {
+        self.jobs.logs.dir.clone().unwrap_or_else(|| self.server.data_dir.join("logs"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(yaml: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        let env: Vec<_> = env.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+        Config::load(Some(&path), &env)
+    }
+
+    #[test]
+    fn empty_file_gives_every_default() {
+        let c = load("", &[]).unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.cost_tracking.hourly_rate_cpu, Micros(50_000));
+    }
+
+    #[test]
+    fn unknown_keys_are_named_with_their_path() {
+        let e = load("scheduler:\n  fair_share:\n    half_life: 3\n", &[]).unwrap_err().to_string();
+        assert!(e.starts_with("scheduler.fair_share: unknown key half_life"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_key_value_and_expectation() {
+        let e = load("multi_tenancy:\n  default_tenant_quota:\n    cpu_m: 4k\n", &[]).unwrap_err().to_string();
+        assert_eq!(e, "multi_tenancy.default_tenant_quota.cpu_m: \"4k\" is not a non-negative integer (millicores)");
+    }
+
+    #[test]
+    fn variables_are_substituted_and_unset_ones_named() {
+        let c = load("observability:\n  grafana:\n    api_key: ${GRAFANA_API_KEY}\n    url: ${GRAFANA_URL:-http://g:3000}\n", &[("GRAFANA_API_KEY", "s3cret")]).unwrap();
+        assert_eq!(c.observability.grafana.api_key, Some(Secret("s3cret".into())));
+        assert_eq!(c.observability.grafana.url.as_deref(), Some("http://g:3000"));
+        assert!(!format!("{c:?}").contains("s3cret"), "secrets never print");
+        let e = load("observability:\n  grafana:\n    api_key: ${GRAFANA_API_KEY}\n", &[]).unwrap_err().to_string();
+        assert!(e.contains("key `api_key`") && e.contains("GRAFANA_API_KEY"), "{e}");
+    }
+
+    #[test]
+    fn env_overrides_nest_with_double_underscores() {
+        let c = load("workers:\n  heartbeat_timeout_ms: 5000\n", &[("HODEI_WORKERS__HEARTBEAT_TIMEOUT_MS", "2000"), ("HODEI_DATA_DIR", "/tmp/x")]).unwrap();
+        assert_eq!(c.workers.heartbeat_timeout_ms, 2000);
+        assert_eq!(c.server.data_dir, PathBuf::from("/tmp/x"));
+    }
+
+    #[test]
+    fn sample_pool_with_policies_and_durations_loads() {
+        let yaml = r#"
+resource_pools:
+  pools:
+    - id: gpu-pool
+      type: dynamic
+      provider: kubernetes
+      provider_config: { namespace: jobs }
+      worker_template: { cpu_m: 8000, memory_mb: 32768, gpu: 1, slots: 1 }
+      min_size: 0
+      max_size: 10
+      cost_rates: { hourly_rate_gpu: 2.75 }
+      scaling_policies:
+        - name: queue-up
+          trigger: "queue_depth > 5"
+          action: scale_up
+          cooldown: 5m
+          window: 60s
+"#;
+        let c = load(yaml, &[]).unwrap();
+        let p = &c.resource_pools.pools[0];
+        assert_eq!(p.cost_rates.hourly_rate_gpu, Some(Micros(2_750_000)));
+        assert_eq!(p.scaling_policies[0].cooldown, Some(DurationStr(std::time::Duration::from_secs(300))));
+    }
+
+    #[test]
+    fn money_is_parsed_without_floats() {
+        assert_eq!(parse_micros("0.05"), Some(50_000));
+        assert_eq!(parse_micros("2.5"), Some(2_500_000));
+        assert_eq!(parse_micros("0.1234567"), None);
+        assert_eq!(parse_micros("-1"), None);
+    }
+}

@@ -1,0 +1,489 @@
+//! The engine: the one task that owns the core [`Scheduler`] and writes job state.
+//!
+//! Every trigger of work is a [`Command`] in one channel. The loop takes everything queued
+//! (group commit: many submits and worker reports per transaction), lets the core decide,
+//! persists the resulting [`Changes`] in one transaction, and only then answers callers and
+//! sends assignments to workers. If the store refuses a batch, the callers get an error and
+//! the core is rebuilt from the store, so memory never runs ahead of what is durable.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use hodei_api::{Clock, Control, ControlError};
+use hodei_core::sched::{AttemptResult, CancelOutcome, Changes, CommandError, Outbound, SchedConfig, Scheduler, UnknownWorker};
+use hodei_core::{AttemptId, Job, JobId, JobState, Timestamp, Worker, WorkerId};
+use hodei_proto::v1 as pb;
+use hodei_store::logs::LogFiles;
+use hodei_store::{Store, StoreError};
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+/// Most commands folded into one transaction.
+const MAX_BATCH: usize = 8192;
+
+pub type Reply<T> = oneshot::Sender<Result<T, ControlError>>;
+
+/// A stream to one connected worker; `conn` tells a reconnect from a stale disconnect.
+#[derive(Clone)]
+pub struct WorkerConn {
+    pub conn: u64,
+    pub tx: mpsc::UnboundedSender<pb::ServerMessage>,
+}
+
+pub enum Command {
+    Submit { jobs: Vec<Job>, reply: Reply<()> },
+    Cancel { id: JobId, reply: Reply<CancelOutcome> },
+    Retry { job: Box<Job>, reply: Reply<()> },
+    Hold { id: JobId, reply: Reply<()> },
+    Release { id: JobId, reply: Reply<()> },
+    Register { worker: Box<Worker> },
+    Connect { id: WorkerId, conn: WorkerConn, running: Vec<AttemptId>, results: Vec<(AttemptId, AttemptResult)>, reply: oneshot::Sender<Result<(), UnknownWorker>> },
+    Disconnect { id: WorkerId, conn: u64 },
+    Heartbeat { id: WorkerId, running: Vec<AttemptId>, reply: oneshot::Sender<Result<Vec<AttemptId>, UnknownWorker>> },
+    Deregister { id: WorkerId },
+    Accepted { worker: WorkerId, attempt: AttemptId, started_at: Timestamp },
+    Rejected { worker: WorkerId, attempt: AttemptId },
+    Finished { worker: WorkerId, attempt: AttemptId, result: Box<AttemptResult> },
+}
+
+/// What the engine needs besides the store.
+pub struct EngineConfig {
+    pub sched: SchedConfig,
+    pub tick: Duration,
+    pub kill_grace: Duration,
+    pub max_log_bytes: u64,
+}
+
+/// Handle used by the API and the gRPC service.
+#[derive(Clone)]
+pub struct EngineHandle {
+    tx: mpsc::UnboundedSender<Command>,
+    running: Arc<AtomicBool>,
+    connected: Arc<AtomicUsize>,
+}
+
+impl EngineHandle {
+    pub fn send(&self, c: Command) -> Result<(), ControlError> {
+        self.tx.send(c).map_err(|_| ControlError::Stopped)
+    }
+
+    /// Workers with an open job stream.
+    pub fn connected_workers(&self) -> usize {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, ControlError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(make(reply))?;
+        rx.await.map_err(|_| ControlError::Stopped)?
+    }
+}
+
+impl EngineHandle {
+    pub async fn submit(&self, jobs: Vec<Job>) -> Result<(), ControlError> {
+        self.ask(|reply| Command::Submit { jobs, reply }).await
+    }
+
+    pub async fn cancel(&self, id: JobId) -> Result<CancelOutcome, ControlError> {
+        self.ask(|reply| Command::Cancel { id, reply }).await
+    }
+
+    pub async fn hold(&self, id: JobId) -> Result<(), ControlError> {
+        self.ask(|reply| Command::Hold { id, reply }).await
+    }
+
+    pub async fn release(&self, id: JobId) -> Result<(), ControlError> {
+        self.ask(|reply| Command::Release { id, reply }).await
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.running.load(Ordering::Relaxed)
+    }
+}
+
+fn command_error(e: CommandError) -> ControlError {
+    match e {
+        CommandError::NotLive => ControlError::NotFound,
+        CommandError::InvalidState { state, action } => ControlError::InvalidState { state, action },
+    }
+}
+
+pub struct Engine {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    logs: Arc<LogFiles>,
+    cfg: EngineConfig,
+    sched: Scheduler,
+    conns: HashMap<WorkerId, WorkerConn>,
+    rx: mpsc::UnboundedReceiver<Command>,
+    running: Arc<AtomicBool>,
+    connected: Arc<AtomicUsize>,
+}
+
+/// Answers to send once the batch is durable.
+#[derive(Default)]
+struct Replies {
+    unit: Vec<Reply<()>>,
+    cancel: Vec<(Reply<CancelOutcome>, CancelOutcome)>,
+}
+
+impl Replies {
+    fn ok(self) {
+        for r in self.unit {
+            let _ = r.send(Ok(()));
+        }
+        for (r, o) in self.cancel {
+            let _ = r.send(Ok(o));
+        }
+    }
+
+    fn fail(self, e: &StoreError) {
+        let err = || ControlError::Store(StoreError::Corrupt { doing: "committing a batch", detail: e.to_string() });
+        for r in self.unit {
+            let _ = r.send(Err(err()));
+        }
+        for (r, _) in self.cancel {
+            let _ = r.send(Err(err()));
+        }
+    }
+}
+
+impl Engine {
+    /// Builds the engine from what the store holds (restart recovery).
+    pub async fn start(store: Arc<dyn Store>, clock: Arc<dyn Clock>, logs: Arc<LogFiles>, cfg: EngineConfig) -> Result<(Engine, EngineHandle), StoreError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let running = Arc::new(AtomicBool::new(false));
+        let connected = Arc::new(AtomicUsize::new(0));
+        let sched = Scheduler::new(cfg.sched.clone());
+        let mut engine = Engine { store, clock, logs, cfg, sched, conns: HashMap::new(), rx, running: running.clone(), connected: connected.clone() };
+        engine.rebuild().await?;
+        Ok((engine, EngineHandle { tx, running, connected }))
+    }
+
+    /// Replaces the core's state with the store's. Workers with open streams stay connected,
+    /// assumed to still run what the store says they run.
+    async fn rebuild(&mut self) -> Result<(), StoreError> {
+        let live = self.store.load_live().await?;
+        let now = self.clock.now();
+        let mut sched = Scheduler::new(self.cfg.sched.clone());
+        for w in live.workers {
+            sched.restore_worker(w, now);
+        }
+        for a in &live.attempts {
+            sched.restore_attempt(a.clone());
+        }
+        for j in live.jobs {
+            sched.restore_job(j);
+        }
+        for id in self.conns.keys() {
+            let running: Vec<AttemptId> = live.attempts.iter().filter(|a| a.worker_id == *id).map(|a| a.id).collect();
+            let _ = sched.connect_worker(*id, &running, vec![], now);
+        }
+        let _ = sched.take_changes();
+        tracing::info!(jobs = sched.jobs().count(), workers = sched.workers().count(), attempts = sched.attempts().count(), "scheduler state loaded from the store");
+        self.sched = sched;
+        Ok(())
+    }
+
+    pub async fn run(mut self) {
+        self.running.store(true, Ordering::Relaxed);
+        let mut tick = tokio::time::interval(self.cfg.tick);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut batch: Vec<Command> = Vec::new();
+        loop {
+            let mut ticked = false;
+            tokio::select! {
+                c = self.rx.recv() => match c {
+                    Some(c) => batch.push(c),
+                    None => break,
+                },
+                _ = tick.tick() => ticked = true,
+            }
+            while batch.len() < MAX_BATCH {
+                match self.rx.try_recv() {
+                    Ok(c) => batch.push(c),
+                    Err(_) => break,
+                }
+            }
+            self.step(std::mem::take(&mut batch), ticked).await;
+        }
+        self.running.store(false, Ordering::Relaxed);
+    }
+
+    /// One round: apply commands, tick if due, schedule, persist, then reply and send.
+    pub async fn step(&mut self, batch: Vec<Command>, ticked: bool) {
+        let started = Instant::now();
+        let now = self.clock.now();
+        let mut replies = Replies::default();
+        for c in batch {
+            self.handle(c, now, &mut replies);
+        }
+        if ticked {
+            self.sched.tick(now);
+        }
+        let mut mint = || AttemptId::from_uuid(Uuid::now_v7());
+        let placed = self.sched.schedule(now, &mut mint);
+        let changes = self.sched.take_changes();
+        if placed > 0 {
+            metrics::histogram!("hodei_scheduling_latency_seconds").record(started.elapsed().as_secs_f64() / placed as f64);
+        }
+        if changes.is_empty() {
+            replies.ok();
+            return;
+        }
+        let db = Instant::now();
+        match self.store.apply(&changes).await {
+            Ok(()) => {
+                metrics::histogram!("hodei_db_query_duration_seconds", "op" => "apply").record(db.elapsed().as_secs_f64());
+                replies.ok();
+                self.record_metrics(&changes);
+                self.dispatch(&changes);
+                self.logs.notify();
+            }
+            Err(e) => {
+                metrics::counter!("hodei_db_errors_total", "op" => "apply").increment(1);
+                tracing::error!(error = ?e, "persisting a scheduler batch failed; reloading state from the store");
+                replies.fail(&e);
+                if let Err(e) = self.rebuild().await {
+                    tracing::error!(error = ?e, "reloading from the store failed");
+                }
+            }
+        }
+        self.connected.store(self.conns.len(), Ordering::Relaxed);
+    }
+
+    fn handle(&mut self, c: Command, now: Timestamp, replies: &mut Replies) {
+        let s = &mut self.sched;
+        match c {
+            Command::Submit { jobs, reply } => {
+                for j in jobs {
+                    s.submit(j, now);
+                }
+                replies.unit.push(reply);
+            }
+            Command::Cancel { id, reply } => match s.cancel(id, now) {
+                Ok(o) => replies.cancel.push((reply, o)),
+                Err(e) => {
+                    let _ = reply.send(Err(command_error(e)));
+                }
+            },
+            Command::Retry { job, reply } => match s.retry(*job, now) {
+                Ok(()) => replies.unit.push(reply),
+                Err(e) => {
+                    let _ = reply.send(Err(command_error(e)));
+                }
+            },
+            Command::Hold { id, reply } => match s.hold(id, now) {
+                Ok(()) => replies.unit.push(reply),
+                Err(e) => {
+                    let _ = reply.send(Err(command_error(e)));
+                }
+            },
+            Command::Release { id, reply } => match s.release(id, now) {
+                Ok(()) => replies.unit.push(reply),
+                Err(e) => {
+                    let _ = reply.send(Err(command_error(e)));
+                }
+            },
+            Command::Register { worker } => s.register_worker(*worker, now),
+            Command::Connect { id, conn, running, results, reply } => {
+                let r = s.connect_worker(id, &running, results, now);
+                if r.is_ok() {
+                    self.conns.insert(id, conn);
+                }
+                let _ = reply.send(r);
+            }
+            Command::Disconnect { id, conn } => {
+                if self.conns.get(&id).is_some_and(|c| c.conn == conn) {
+                    self.conns.remove(&id);
+                    s.disconnect_worker(id);
+                }
+            }
+            Command::Heartbeat { id, running, reply } => {
+                let _ = reply.send(s.heartbeat(id, &running, now));
+            }
+            Command::Deregister { id } => {
+                self.conns.remove(&id);
+                s.terminate_worker(id, now);
+            }
+            Command::Accepted { worker, attempt, started_at } => {
+                if let Err(f) = s.accepted(attempt, worker, started_at, now) {
+                    tracing::debug!(%attempt, %worker, reason = %f, "ignored Accepted");
+                }
+            }
+            Command::Rejected { worker, attempt } => {
+                if let Err(f) = s.rejected(attempt, worker, now) {
+                    tracing::debug!(%attempt, %worker, reason = %f, "ignored Rejected");
+                }
+            }
+            Command::Finished { worker, attempt, result } => {
+                if let Err(f) = s.finish(attempt, worker, *result, now) {
+                    tracing::debug!(%attempt, %worker, reason = %f, "ignored Result");
+                }
+            }
+        }
+    }
+
+    fn record_metrics(&self, c: &Changes) {
+        for e in &c.events {
+            match e.to {
+                JobState::Scheduled => {}
+                JobState::Running => {}
+                s if s.is_final_like() => {
+                    let job = c.jobs.iter().chain(&c.new_jobs).find(|j| j.id == e.job_id);
+                    if let Some(j) = job.filter(|j| !j.is_terminal()) {
+                        metrics::counter!("hodei_jobs_retried_total", "tenant" => j.tenant.to_string()).increment(1);
+                    }
+                    if let Some(j) = job.filter(|j| j.is_terminal()) {
+                        let pool = j.pool_id.as_ref().map(|p| p.to_string()).unwrap_or_default();
+                        metrics::counter!("hodei_jobs_completed_total", "tenant" => j.tenant.to_string(), "pool" => pool.clone(), "state" => s.as_str()).increment(1);
+                        if let Some(rt) = j.run_time_ms() {
+                            metrics::histogram!("hodei_job_run_duration_seconds", "pool" => pool, "state" => s.as_str()).record(rt as f64 / 1000.0);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        for j in &c.jobs {
+            if j.state == JobState::Running {
+                if let (Some(start), Some(sched)) = (j.started_at, j.scheduled_at) {
+                    let pool = j.pool_id.as_ref().map(|p| p.to_string()).unwrap_or_default();
+                    metrics::histogram!("hodei_worker_allocation_latency_seconds", "pool" => pool.clone()).record(start.since(sched).as_secs_f64());
+                    metrics::histogram!("hodei_dispatch_latency_seconds", "pool" => pool).record(start.since(j.eligible_at).as_secs_f64());
+                    metrics::histogram!("hodei_queue_wait_seconds", "tenant" => j.tenant.to_string(), "priority" => j.spec.priority.as_str()).record(start.since(j.eligible_at).as_secs_f64());
+                }
+            }
+            if j.state == JobState::Scheduled {
+                let pool = j.pool_id.as_ref().map(|p| p.to_string()).unwrap_or_default();
+                metrics::counter!("hodei_jobs_scheduled_total", "tenant" => j.tenant.to_string(), "pool" => pool).increment(1);
+            }
+        }
+        let mut queued: HashMap<(&str, &str, &str), u64> = HashMap::new();
+        for j in self.sched.jobs() {
+            *queued.entry((j.tenant.as_str(), j.spec.priority.as_str(), j.state.as_str())).or_default() += 1;
+        }
+        // Gauges are recomputed from the core (cheap next to a commit) so they never drift.
+        QUEUED_GAUGES.with(|seen| {
+            let mut seen = seen.borrow_mut();
+            for key in seen.iter() {
+                if !queued.contains_key(&(key.0.as_str(), key.1.as_str(), key.2.as_str())) {
+                    metrics::gauge!("hodei_jobs_queued", "tenant" => key.0.clone(), "priority" => key.1.clone(), "state" => key.2.clone()).set(0.0);
+                }
+            }
+            seen.clear();
+            for ((t, p, st), n) in queued {
+                metrics::gauge!("hodei_jobs_queued", "tenant" => t.to_owned(), "priority" => p.to_owned(), "state" => st.to_owned()).set(n as f64);
+                seen.push((t.to_owned(), p.to_owned(), st.to_owned()));
+            }
+        });
+    }
+
+    /// Sends what the committed batch decided. A worker that went away misses its message;
+    /// the ack timeout or its lease expiry takes care of that.
+    fn dispatch(&mut self, c: &Changes) {
+        for o in &c.outbound {
+            let (worker, msg) = match o {
+                Outbound::Assign { worker, attempt, job } => {
+                    let Some(j) = self.sched.job(job) else { continue };
+                    let Some(a) = self.sched.attempt(attempt) else { continue };
+                    (*worker, pb::server_message::Msg::Assign(assign_message(j, a.id, a.number, self.cfg.kill_grace, self.cfg.max_log_bytes)))
+                }
+                Outbound::Cancel { worker, attempt, reason } => (
+                    *worker,
+                    pb::server_message::Msg::Cancel(pb::CancelJob { attempt_id: attempt.to_string(), reason: (*reason).to_owned(), grace_ms: self.cfg.kill_grace.as_millis() as u64 }),
+                ),
+                Outbound::Ack { worker, attempt } => (*worker, pb::server_message::Msg::Ack(pb::ResultAck { attempt_id: attempt.to_string() })),
+            };
+            if let Some(conn) = self.conns.get(&worker) {
+                let _ = conn.tx.send(pb::ServerMessage { msg: Some(msg) });
+            }
+        }
+    }
+}
+
+thread_local! {
+    static QUEUED_GAUGES: std::cell::RefCell<Vec<(String, String, String)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The AssignJob message for an attempt, with the `HODEI_*` environment of SPEC §5.
+pub fn assign_message(j: &Job, attempt: AttemptId, number: u32, kill_grace: Duration, max_log_bytes: u64) -> pb::AssignJob {
+    let s = &j.spec;
+    let mut env = s.env.clone().into_iter().collect::<HashMap<_, _>>();
+    env.insert("HODEI_JOB_ID".into(), j.id.to_string());
+    env.insert("HODEI_ATTEMPT_ID".into(), attempt.to_string());
+    env.insert("HODEI_ATTEMPT_NUMBER".into(), number.to_string());
+    env.insert("HODEI_TENANT_ID".into(), j.tenant.to_string());
+    env.insert("HODEI_CPU_M".into(), s.resources.cpu_m.get().to_string());
+    env.insert("HODEI_MEMORY_MB".into(), s.resources.memory_mb.get().to_string());
+    env.insert("HODEI_GPUS".into(), s.resources.gpu.get().to_string());
+    pb::AssignJob {
+        attempt_id: attempt.to_string(),
+        job_id: j.id.to_string(),
+        attempt_number: number,
+        argv: s.command.clone(),
+        env,
+        working_dir: s.working_dir.clone().unwrap_or_default(),
+        image: s.image.clone().unwrap_or_default(),
+        resources: Some(pb::Resources { cpu_m: s.resources.cpu_m.get(), memory_mb: s.resources.memory_mb.get(), gpu: s.resources.gpu.get() }),
+        timeout_ms: s.timeout.as_millis() as u64,
+        kill_grace_ms: kill_grace.as_millis() as u64,
+        max_log_bytes,
+    }
+}
+
+/// The API's view of the engine: job commands plus a store read for retries of ended jobs.
+pub struct ControlPlane {
+    pub engine: EngineHandle,
+    pub store: Arc<dyn Store>,
+}
+
+#[async_trait]
+impl Control for ControlPlane {
+    async fn submit(&self, jobs: Vec<Job>) -> Result<(), ControlError> {
+        self.engine.submit(jobs).await
+    }
+
+    async fn cancel(&self, id: JobId) -> Result<CancelOutcome, ControlError> {
+        match self.engine.cancel(id).await {
+            Err(ControlError::NotFound) => match self.store.get_job(id).await? {
+                Some(j) => Err(ControlError::InvalidState { state: j.state, action: "cancel" }),
+                None => Err(ControlError::NotFound),
+            },
+            r => r,
+        }
+    }
+
+    async fn retry(&self, id: JobId) -> Result<(), ControlError> {
+        let job = self.store.get_job(id).await?.ok_or(ControlError::NotFound)?;
+        self.engine.ask(|reply| Command::Retry { job: Box::new(job), reply }).await
+    }
+
+    async fn hold(&self, id: JobId) -> Result<(), ControlError> {
+        self.with_state_error(id, "hold", self.engine.hold(id).await).await
+    }
+
+    async fn release(&self, id: JobId) -> Result<(), ControlError> {
+        self.with_state_error(id, "release", self.engine.release(id).await).await
+    }
+
+    fn is_running(&self) -> bool {
+        self.engine.is_running()
+    }
+}
+
+impl ControlPlane {
+    /// A job the engine does not hold has ended: say so with its state.
+    async fn with_state_error(&self, id: JobId, action: &'static str, r: Result<(), ControlError>) -> Result<(), ControlError> {
+        match r {
+            Err(ControlError::NotFound) => match self.store.get_job(id).await? {
+                Some(j) => Err(ControlError::InvalidState { state: j.state, action }),
+                None => Err(ControlError::NotFound),
+            },
+            r => r,
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! The worker gRPC service (SPEC §5): registration with the pool's join token, heartbeats,
+//! and the job stream. Log chunks are written here (they do not pass through the engine);
+//! everything that changes job state is forwarded to the engine as a [`Command`].
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::Stream;
+use hodei_api::Clock;
+use hodei_core::sched::{AttemptResult, Outcome};
+use hodei_core::{AttemptId, FailureReason, PoolId, Resources, Timestamp, Worker, WorkerId, WorkerState};
+use hodei_proto::v1 as pb;
+use hodei_proto::v1::worker_service_server::WorkerService;
+use hodei_store::Store;
+use hodei_store::logs::{LogFiles, LogStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::engine::{Command, EngineHandle, WorkerConn};
+use crate::tokens;
+
+pub struct WorkerTimeouts {
+    pub heartbeat_interval: Duration,
+    pub heartbeat_timeout: Duration,
+    pub kill_grace: Duration,
+    pub usage_sample_interval: Duration,
+}
+
+/// Cheap to clone: the job stream task keeps its own copy.
+#[derive(Clone)]
+pub struct WorkerSvc {
+    pub store: Arc<dyn Store>,
+    pub engine: EngineHandle,
+    pub logs: Arc<LogFiles>,
+    pub clock: Arc<dyn Clock>,
+    pub timeouts: Arc<WorkerTimeouts>,
+    sessions: Arc<Mutex<HashMap<WorkerId, String>>>,
+    conn_seq: Arc<AtomicU64>,
+}
+
+impl WorkerSvc {
+    pub fn new(store: Arc<dyn Store>, engine: EngineHandle, logs: Arc<LogFiles>, clock: Arc<dyn Clock>, timeouts: WorkerTimeouts) -> Self {
+        WorkerSvc { store, engine, logs, clock, timeouts: Arc::new(timeouts), sessions: Arc::new(Mutex::new(HashMap::new())), conn_seq: Arc::new(AtomicU64::new(1)) }
+    }
+
+    async fn authenticate(&self, worker_id: &str, token: &str) -> Result<WorkerId, Status> {
+        let id: WorkerId = worker_id.parse().map_err(|_| Status::invalid_argument("worker_id is not a UUID"))?;
+        let cached = self.sessions.lock().ok().and_then(|m| m.get(&id).cloned());
+        let expected = match cached {
+            Some(h) => h,
+            None => {
+                let h = self.store.worker_session_hash(id).await.map_err(|e| Status::unavailable(e.to_string()))?;
+                let h = h.ok_or_else(|| Status::not_found("unknown worker; register again"))?;
+                if let Ok(mut m) = self.sessions.lock() {
+                    m.insert(id, h.clone());
+                }
+                h
+            }
+        };
+        if tokens::hash(token) != expected {
+            return Err(Status::unauthenticated("bad session token"));
+        }
+        Ok(id)
+    }
+
+    fn stopped(_: impl std::fmt::Debug) -> Status {
+        Status::unavailable("server is stopping")
+    }
+}
+
+fn attempt_id(s: &str) -> Result<AttemptId, Status> {
+    s.parse().map_err(|_| Status::invalid_argument(format!("attempt id {s:?} is not a UUID")))
+}
+
+/// A worker's Result as the core's record.
+pub fn result_from_pb(r: &pb::Result) -> Result<(AttemptId, AttemptResult), Status> {
+    let outcome = match pb::Outcome::try_from(r.outcome).unwrap_or(pb::Outcome::Unspecified) {
+        pb::Outcome::Succeeded => Outcome::Succeeded,
+        pb::Outcome::Failed => Outcome::Failed,
+        pb::Outcome::TimedOut => Outcome::TimedOut,
+        pb::Outcome::Cancelled => Outcome::Cancelled,
+        pb::Outcome::Unspecified => return Err(Status::invalid_argument("result without outcome")),
+    };
+    let failure_reason = if r.failure_reason.is_empty() { None } else { r.failure_reason.parse::<FailureReason>().ok() };
+    Ok((
+        attempt_id(&r.attempt_id)?,
+        AttemptResult {
+            outcome,
+            exit_code: r.exit_code,
+            signal: r.signal,
+            failure_reason,
+            started_at: Timestamp::from_millis(r.started_at_ms),
+            finished_at: Timestamp::from_millis(r.finished_at_ms),
+            cpu_time_ms: r.cpu_time_ms,
+            max_rss_mb: r.max_rss_mb,
+            log_bytes: r.stdout_bytes + r.stderr_bytes,
+            log_truncated: r.log_truncated,
+        },
+    ))
+}
+
+type ServerStream = Pin<Box<dyn Stream<Item = Result<pb::ServerMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl WorkerService for WorkerSvc {
+    async fn register_worker(&self, req: Request<pb::RegisterWorkerRequest>) -> Result<Response<pb::RegisterWorkerResponse>, Status> {
+        let r = req.into_inner();
+        let pool_id = PoolId::parse(&r.pool_id).map_err(|e| Status::invalid_argument(format!("pool_id: {e}")))?;
+        let (pool, hash) = self.store.get_pool(&pool_id).await.map_err(|e| Status::unavailable(e.to_string()))?.ok_or_else(|| Status::not_found(format!("no pool {pool_id}")))?;
+        if tokens::hash(&r.join_token) != hash {
+            return Err(Status::unauthenticated(format!("bad join token for pool {pool_id}")));
+        }
+        let res = r.resources.unwrap_or_default();
+        if r.slots == 0 || res.cpu_m == 0 || res.memory_mb == 0 {
+            return Err(Status::invalid_argument("slots, resources.cpu_m and resources.memory_mb must be at least 1"));
+        }
+        let now = self.clock.now();
+        let mut labels: std::collections::BTreeMap<String, String> = pool.labels.clone();
+        labels.extend(r.labels);
+        let worker = Worker {
+            id: WorkerId::from_uuid(uuid::Uuid::now_v7()),
+            instance_name: r.instance_name,
+            pool_id,
+            state: WorkerState::Registering,
+            capabilities: if r.capabilities.is_empty() { vec!["process".into()] } else { r.capabilities },
+            resources: Resources::new(res.cpu_m, res.memory_mb, res.gpu),
+            allocated: Resources::ZERO,
+            slots: r.slots,
+            slots_used: 0,
+            labels,
+            version: r.version,
+            registered_at: now,
+            last_heartbeat_at: now,
+            idle_since: None,
+            connected: false,
+        };
+        let session = tokens::random_token();
+        let session_hash = tokens::hash(&session);
+        self.store.register_worker(&worker, &session_hash).await.map_err(|e| Status::unavailable(e.to_string()))?;
+        if let Ok(mut m) = self.sessions.lock() {
+            m.insert(worker.id, session_hash);
+        }
+        let id = worker.id;
+        tracing::info!(worker = %id, pool = %worker.pool_id, instance = %worker.instance_name, slots = worker.slots, "worker registered");
+        self.engine.send(Command::Register { worker: Box::new(worker) }).map_err(Self::stopped)?;
+        let t = &self.timeouts;
+        Ok(Response::new(pb::RegisterWorkerResponse {
+            worker_id: id.to_string(),
+            session_token: session,
+            heartbeat_interval_ms: t.heartbeat_interval.as_millis() as u64,
+            heartbeat_timeout_ms: t.heartbeat_timeout.as_millis() as u64,
+            kill_grace_ms: t.kill_grace.as_millis() as u64,
+            usage_sample_interval_ms: t.usage_sample_interval.as_millis() as u64,
+        }))
+    }
+
+    async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let r = req.into_inner();
+        let id = self.authenticate(&r.worker_id, &r.session_token).await?;
+        let running = r.running_attempt_ids.iter().filter_map(|a| a.parse().ok()).collect();
+        let (reply, rx) = oneshot::channel();
+        self.engine.send(Command::Heartbeat { id, running, reply }).map_err(Self::stopped)?;
+        let stale = rx.await.map_err(Self::stopped)?.map_err(|_| Status::not_found("worker is offline or unknown; reconnect"))?;
+        Ok(Response::new(pb::HeartbeatResponse { stale_attempt_ids: stale.iter().map(|a| a.to_string()).collect(), drain: false }))
+    }
+
+    async fn deregister(&self, req: Request<pb::DeregisterRequest>) -> Result<Response<pb::DeregisterResponse>, Status> {
+        let r = req.into_inner();
+        let id = self.authenticate(&r.worker_id, &r.session_token).await?;
+        self.engine.send(Command::Deregister { id }).map_err(Self::stopped)?;
+        if let Ok(mut m) = self.sessions.lock() {
+            m.remove(&id);
+        }
+        Ok(Response::new(pb::DeregisterResponse {}))
+    }
+
+    type JobStreamStream = ServerStream;
+
+    async fn job_stream(&self, req: Request<Streaming<pb::WorkerMessage>>) -> Result<Response<ServerStream>, Status> {
+        let mut inbound = req.into_inner();
+        let first = inbound.message().await?.ok_or_else(|| Status::invalid_argument("empty stream"))?;
+        let Some(pb::worker_message::Msg::Hello(hello)) = first.msg else {
+            return Err(Status::invalid_argument("the first message must be Hello"));
+        };
+        let id = self.authenticate(&hello.worker_id, &hello.session_token).await?;
+        let running = hello.running.iter().map(|r| attempt_id(&r.attempt_id)).collect::<Result<Vec<_>, _>>()?;
+        let results = hello.unacked_results.iter().map(result_from_pb).collect::<Result<Vec<_>, _>>()?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let conn = self.conn_seq.fetch_add(1, Ordering::Relaxed);
+        let (reply, ack) = oneshot::channel();
+        self.engine.send(Command::Connect { id, conn: WorkerConn { conn, tx }, running, results, reply }).map_err(Self::stopped)?;
+        ack.await.map_err(Self::stopped)?.map_err(|_| Status::not_found("unknown or terminated worker; register again"))?;
+        tracing::info!(worker = %id, conn, "worker connected");
+        let svc = self.clone();
+        tokio::spawn(async move {
+            loop {
+                match inbound.message().await {
+                    Ok(Some(m)) => {
+                        if let Err(e) = svc.on_message(id, m) {
+                            tracing::warn!(worker = %id, error = %e, "bad message from worker");
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::info!(worker = %id, error = %e, "worker stream broke");
+                        break;
+                    }
+                }
+            }
+            tracing::info!(worker = %id, conn, "worker disconnected");
+            let _ = svc.engine.send(Command::Disconnect { id, conn });
+        });
+        let out = UnboundedReceiverStream::new(rx).map(Ok);
+        Ok(Response::new(Box::pin(out)))
+    }
+}
+
+impl WorkerSvc {
+    fn on_message(&self, worker: WorkerId, m: pb::WorkerMessage) -> Result<(), Status> {
+        use pb::worker_message::Msg;
+        match m.msg {
+            Some(Msg::Accepted(a)) => {
+                let attempt = attempt_id(&a.attempt_id)?;
+                self.engine.send(Command::Accepted { worker, attempt, started_at: Timestamp::from_millis(a.started_at_ms) }).map_err(Self::stopped)
+            }
+            Some(Msg::Rejected(r)) => {
+                let attempt = attempt_id(&r.attempt_id)?;
+                tracing::info!(%worker, %attempt, reason = %r.reason, "worker rejected an attempt");
+                self.engine.send(Command::Rejected { worker, attempt }).map_err(Self::stopped)
+            }
+            Some(Msg::Log(l)) => {
+                let attempt = attempt_id(&l.attempt_id)?;
+                let stream = if l.stream == pb::LogStream::Stderr as i32 { LogStream::Stderr } else { LogStream::Stdout };
+                self.logs.append(attempt, stream, l.offset, &l.data).map_err(|e| Status::internal(e.to_string()))
+            }
+            Some(Msg::Result(r)) => {
+                let (attempt, mut result) = result_from_pb(&r)?;
+                result.log_truncated |= self.logs.was_truncated(attempt);
+                self.engine.send(Command::Finished { worker, attempt, result: Box::new(result) }).map_err(Self::stopped)
+            }
+            Some(Msg::Hello(_)) => Err(Status::invalid_argument("Hello may only come first")),
+            None => Ok(()),
+        }
+    }
+}

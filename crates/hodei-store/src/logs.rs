@@ -1,0 +1,158 @@
+//! Job output: one file per attempt and stream under `jobs.logs.dir`, deduplicated by offset
+//! (SPEC §5.4), capped per attempt with the cap reported, never silent.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use hodei_core::AttemptId;
+use tokio::sync::watch;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LogStream {
+    Stdout,
+    Stderr,
+}
+
+impl LogStream {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogStream::Stdout => "stdout",
+            LogStream::Stderr => "stderr",
+        }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    /// Next offset expected from the worker, per attempt and stream.
+    next: HashMap<(AttemptId, LogStream), u64>,
+    truncated: HashSet<AttemptId>,
+}
+
+pub struct LogFiles {
+    dir: PathBuf,
+    max_bytes: u64,
+    state: Mutex<State>,
+    changed: watch::Sender<u64>,
+}
+
+impl LogFiles {
+    pub fn new(dir: PathBuf, max_bytes_per_attempt: u64) -> io::Result<LogFiles> {
+        fs::create_dir_all(&dir)?;
+        Ok(LogFiles { dir, max_bytes: max_bytes_per_attempt, state: Mutex::new(State::default()), changed: watch::channel(0).0 })
+    }
+
+    pub fn path(&self, attempt: AttemptId, stream: LogStream) -> PathBuf {
+        self.dir.join(format!("{attempt}.{}", stream.as_str()))
+    }
+
+    /// Wakes everyone following output or job state.
+    pub fn notify(&self) {
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    pub fn was_truncated(&self, attempt: AttemptId) -> bool {
+        self.state.lock().map(|s| s.truncated.contains(&attempt)).unwrap_or(false)
+    }
+
+    /// Appends a chunk the worker sent at `offset` in its stream. Repeats are dropped; a gap
+    /// leaves a marker; output past the cap is dropped and the attempt marked truncated.
+    pub fn append(&self, attempt: AttemptId, stream: LogStream, offset: u64, data: &[u8]) -> io::Result<()> {
+        let path = self.path(attempt, stream);
+        let mut state = self.state.lock().map_err(|_| io::Error::other("log state poisoned"))?;
+        let next = match state.next.get(&(attempt, stream)) {
+            Some(n) => *n,
+            None => fs::metadata(&path).map(|m| m.len()).unwrap_or(0),
+        };
+        let end = offset.saturating_add(data.len() as u64);
+        if end <= next {
+            return Ok(());
+        }
+        let mut payload: Vec<u8> = Vec::new();
+        if offset > next {
+            payload.extend_from_slice(format!("\n[hodei: {} bytes of output lost]\n", offset - next).as_bytes());
+            payload.extend_from_slice(data);
+        } else {
+            payload.extend_from_slice(&data[(next - offset) as usize..]);
+        }
+        state.next.insert((attempt, stream), end);
+        let mut file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let len = file.metadata()?.len();
+        let room = self.max_bytes.saturating_sub(len);
+        if (payload.len() as u64) > room {
+            payload.truncate(room as usize);
+            state.truncated.insert(attempt);
+        }
+        drop(state);
+        if !payload.is_empty() {
+            file.write_all(&payload)?;
+        }
+        self.notify();
+        Ok(())
+    }
+
+    /// Reads up to `limit` bytes from `offset`. Returns the bytes and the current length.
+    pub fn read(&self, attempt: AttemptId, stream: LogStream, offset: u64, limit: u64) -> io::Result<(Vec<u8>, u64)> {
+        let mut file = match fs::File::open(self.path(attempt, stream)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
+            Err(e) => return Err(e),
+        };
+        let len = file.metadata()?.len();
+        if offset >= len {
+            return Ok((Vec::new(), len));
+        }
+        file.seek(SeekFrom::Start(offset))?;
+        let mut buf = Vec::new();
+        file.take(limit.min(len - offset)).read_to_end(&mut buf)?;
+        Ok((buf, len))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use uuid::Uuid;
+
+    fn files(cap: u64) -> (tempfile::TempDir, LogFiles) {
+        let dir = tempfile::tempdir().unwrap();
+        let l = LogFiles::new(dir.path().join("logs"), cap).unwrap();
+        (dir, l)
+    }
+
+    #[test]
+    fn repeated_chunks_are_written_once() {
+        let (_d, l) = files(1024);
+        let a = AttemptId::from_uuid(Uuid::from_u128(1));
+        l.append(a, LogStream::Stdout, 0, b"hello ").unwrap();
+        l.append(a, LogStream::Stdout, 0, b"hello ").unwrap();
+        l.append(a, LogStream::Stdout, 3, b"lo world").unwrap();
+        assert_eq!(l.read(a, LogStream::Stdout, 0, 100).unwrap().0, b"hello world");
+    }
+
+    #[test]
+    fn output_over_the_cap_is_dropped_and_reported() {
+        let (_d, l) = files(4);
+        let a = AttemptId::from_uuid(Uuid::from_u128(2));
+        l.append(a, LogStream::Stderr, 0, b"abcdef").unwrap();
+        assert_eq!(l.read(a, LogStream::Stderr, 0, 100).unwrap().0, b"abcd");
+        assert!(l.was_truncated(a));
+    }
+
+    #[test]
+    fn gaps_leave_a_marker() {
+        let (_d, l) = files(1024);
+        let a = AttemptId::from_uuid(Uuid::from_u128(3));
+        l.append(a, LogStream::Stdout, 0, b"ab").unwrap();
+        l.append(a, LogStream::Stdout, 5, b"f").unwrap();
+        let text = String::from_utf8(l.read(a, LogStream::Stdout, 0, 100).unwrap().0).unwrap();
+        assert_eq!(text, "ab\n[hodei: 3 bytes of output lost]\nf");
+    }
+}

@@ -1,0 +1,195 @@
+//! Running one attempt: argv without a shell, in its own process group, output streamed as
+//! written, timeout and cancel killing the whole group (SIGTERM, grace, SIGKILL).
+
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hodei_proto::v1 as pb;
+use tokio::sync::{mpsc, oneshot};
+
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// Why the worker stopped a process before it ended by itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    Cancelled,
+    Shutdown,
+}
+
+fn msg(m: pb::worker_message::Msg) -> pb::WorkerMessage {
+    pb::WorkerMessage { msg: Some(m) }
+}
+
+struct Exit {
+    code: Option<i32>,
+    signal: Option<i32>,
+    cpu_time_ms: u64,
+    max_rss_mb: u64,
+}
+
+/// Reaps `pid` with wait4 to get its resource usage (blocking).
+fn wait4(pid: i32) -> Exit {
+    let mut status = 0;
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+        if r == pid {
+            break;
+        }
+        if r == -1 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return Exit { code: None, signal: None, cpu_time_ms: 0, max_rss_mb: 0 };
+        }
+    }
+    let tv = |t: libc::timeval| t.tv_sec as u64 * 1000 + t.tv_usec as u64 / 1000;
+    let (code, signal) = if libc::WIFEXITED(status) { (Some(libc::WEXITSTATUS(status)), None) } else if libc::WIFSIGNALED(status) { (None, Some(libc::WTERMSIG(status))) } else { (None, None) };
+    Exit { code, signal, cpu_time_ms: tv(ru.ru_utime) + tv(ru.ru_stime), max_rss_mb: (ru.ru_maxrss as u64).div_ceil(1024) }
+}
+
+fn kill_group(pgid: i32, sig: i32) {
+    unsafe {
+        libc::kill(-pgid, sig);
+    }
+}
+
+/// Copies one pipe into LogChunks until EOF, dropping output past `cap` (and saying so).
+fn pump(mut pipe: impl Read, attempt: String, stream: pb::LogStream, cap: u64, out: mpsc::UnboundedSender<pb::WorkerMessage>, bytes: Arc<AtomicU64>, truncated: Arc<AtomicBool>) {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut offset = 0u64;
+    loop {
+        let n = match pipe.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        let room = cap.saturating_sub(offset) as usize;
+        let take = n.min(room);
+        if take < n {
+            truncated.store(true, Ordering::Relaxed);
+        }
+        if take > 0 {
+            let _ = out.send(msg(pb::worker_message::Msg::Log(pb::LogChunk { attempt_id: attempt.clone(), stream: stream as i32, offset, data: buf[..take].to_vec() })));
+            offset += take as u64;
+            bytes.fetch_add(take as u64, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Runs the attempt to its end and returns its Result. `Accepted` and log chunks go to `out`
+/// as they happen.
+pub async fn run(a: pb::AssignJob, out: mpsc::UnboundedSender<pb::WorkerMessage>, stop: oneshot::Receiver<StopReason>, scratch_root: PathBuf) -> pb::Result {
+    let started_at_ms = now_ms();
+    let mut result = pb::Result { attempt_id: a.attempt_id.clone(), started_at_ms, ..Default::default() };
+    let fail = |mut r: pb::Result, reason: &str| {
+        r.outcome = pb::Outcome::Failed as i32;
+        r.failure_reason = reason.to_owned();
+        r.finished_at_ms = now_ms();
+        r
+    };
+    let Some((prog, args)) = a.argv.split_first() else { return fail(result, "spawn_error") };
+    if !a.image.is_empty() {
+        return fail(result, "image_error");
+    }
+    let scratch = scratch_root.join(&a.attempt_id);
+    let dir = if a.working_dir.is_empty() {
+        if std::fs::create_dir_all(&scratch).is_err() {
+            return fail(result, "spawn_error");
+        }
+        scratch.clone()
+    } else {
+        PathBuf::from(&a.working_dir)
+    };
+    let mut cmd = Command::new(prog);
+    cmd.args(args).envs(&a.env).current_dir(&dir).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = out.send(msg(pb::worker_message::Msg::Log(pb::LogChunk {
+                attempt_id: a.attempt_id.clone(),
+                stream: pb::LogStream::Stderr as i32,
+                offset: 0,
+                data: format!("hodei: cannot start {prog:?}: {e}\n").into_bytes(),
+            })));
+            let _ = std::fs::remove_dir_all(&scratch);
+            return fail(result, "spawn_error");
+        }
+    };
+    let pid = child.id() as i32;
+    let _ = out.send(msg(pb::worker_message::Msg::Accepted(pb::Accepted { attempt_id: a.attempt_id.clone(), started_at_ms })));
+
+    let bytes = Arc::new(AtomicU64::new(0));
+    let truncated = Arc::new(AtomicBool::new(false));
+    let mut pumps = Vec::new();
+    if let Some(p) = child.stdout.take() {
+        let (o, id, b, t) = (out.clone(), a.attempt_id.clone(), bytes.clone(), truncated.clone());
+        pumps.push(tokio::task::spawn_blocking(move || pump(p, id, pb::LogStream::Stdout, a.max_log_bytes, o, b, t)));
+    }
+    if let Some(p) = child.stderr.take() {
+        let (o, id, b, t) = (out.clone(), a.attempt_id.clone(), bytes.clone(), truncated.clone());
+        pumps.push(tokio::task::spawn_blocking(move || pump(p, id, pb::LogStream::Stderr, a.max_log_bytes, o, b, t)));
+    }
+    // `child` is reaped by wait4 below, not by std; forget it so nothing else waits on it.
+    std::mem::forget(child);
+    let mut exit = tokio::task::spawn_blocking(move || wait4(pid));
+
+    let timeout = Duration::from_millis(a.timeout_ms.max(1));
+    let grace = Duration::from_millis(a.kill_grace_ms);
+    let mut why: Option<pb::Outcome> = None;
+    let done = tokio::select! {
+        e = &mut exit => Some(e),
+        _ = tokio::time::sleep(timeout) => { why = Some(pb::Outcome::TimedOut); None }
+        // Cancel and shutdown end the same way; a dropped sender means the agent is going away.
+        _ = stop => { why = Some(pb::Outcome::Cancelled); None }
+    };
+    let exit = match done {
+        Some(e) => e,
+        None => {
+            kill_group(pid, libc::SIGTERM);
+            match tokio::time::timeout(grace, &mut exit).await {
+                Ok(e) => e,
+                Err(_) => {
+                    kill_group(pid, libc::SIGKILL);
+                    exit.await
+                }
+            }
+        }
+    };
+    // Leftover processes of the group would hold the pipes open: the job is over, so are they.
+    kill_group(pid, libc::SIGKILL);
+    for p in pumps {
+        let _ = tokio::time::timeout(Duration::from_secs(2), p).await;
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    result.finished_at_ms = now_ms();
+    result.stdout_bytes = bytes.load(Ordering::Relaxed);
+    result.log_truncated = truncated.load(Ordering::Relaxed);
+    let exit = match exit {
+        Ok(e) => e,
+        Err(_) => return fail(result, "spawn_error"),
+    };
+    result.exit_code = exit.code;
+    result.signal = exit.signal;
+    result.cpu_time_ms = exit.cpu_time_ms;
+    result.max_rss_mb = exit.max_rss_mb;
+    match why {
+        Some(pb::Outcome::TimedOut) => {
+            result.outcome = pb::Outcome::TimedOut as i32;
+            result.failure_reason = "timeout".into();
+        }
+        Some(_) => {
+            result.outcome = pb::Outcome::Cancelled as i32;
+            result.failure_reason = "cancelled".into();
+        }
+        None if exit.code == Some(0) => result.outcome = pb::Outcome::Succeeded as i32,
+        None => {
+            result.outcome = pb::Outcome::Failed as i32;
+            result.failure_reason = "nonzero_exit".into();
+        }
+    }
+    result
+}

@@ -1,0 +1,213 @@
+//! The REST client behind the CLI commands.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use futures::StreamExt;
+use serde_json::Value;
+
+/// Exit codes (SPEC §1.1).
+pub const EXIT_API_ERROR: i32 = 1;
+pub const EXIT_TIMED_OUT: i32 = 124;
+pub const EXIT_CANCELLED: i32 = 130;
+
+#[derive(Debug)]
+pub struct ApiFailure {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl std::fmt::Display for ApiFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let code = self.body.get("code").and_then(Value::as_str).unwrap_or("error");
+        let detail = self.body.get("detail").and_then(Value::as_str).unwrap_or("");
+        write!(f, "{} {code}: {detail}", self.status)?;
+        if let Some(errs) = self.body.get("errors").and_then(Value::as_array).filter(|e| e.len() > 1) {
+            for e in errs {
+                let g = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+                write!(f, "\n  {}: {} (expected {})", g("field"), g("message"), g("expected"))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ApiFailure {}
+
+pub struct Client {
+    pub base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+/// The admin token from the data dir, when the caller gave none (loopback default).
+fn default_token() -> Option<String> {
+    let dir = std::env::var_os("HODEI_DATA_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("./hodei-data"));
+    std::fs::read_to_string(dir.join("admin.token")).ok().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty())
+}
+
+impl Client {
+    pub fn new(server: &str, token: Option<String>) -> anyhow::Result<Client> {
+        let http = reqwest::Client::builder().tcp_nodelay(true).build().context("building the HTTP client")?;
+        Ok(Client { base: server.trim_end_matches('/').to_owned(), token: token.or_else(default_token), http })
+    }
+
+    fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let mut r = self.http.request(method, format!("{}/api/v1{path}", self.base));
+        if let Some(t) = &self.token {
+            r = r.bearer_auth(t);
+        }
+        r
+    }
+
+    async fn send(&self, r: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+        let resp = r.send().await.with_context(|| format!("cannot reach the server at {} (set --server or HODEI_SERVER)", self.base))?;
+        let status = resp.status().as_u16();
+        let body = resp.bytes().await.context("reading the response")?;
+        let value: Value = if body.is_empty() { Value::Null } else { serde_json::from_slice(&body).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned())) };
+        if status >= 400 {
+            return Err(ApiFailure { status, body: value }.into());
+        }
+        Ok(value)
+    }
+
+    pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        self.send(self.req(reqwest::Method::GET, path)).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        self.send(self.req(reqwest::Method::POST, path).json(body)).await
+    }
+
+    pub async fn post_empty(&self, path: &str) -> anyhow::Result<Value> {
+        self.send(self.req(reqwest::Method::POST, path)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> anyhow::Result<Value> {
+        self.send(self.req(reqwest::Method::DELETE, path)).await
+    }
+
+    /// Follows a job's output and state until it ends; prints output as it comes, state
+    /// changes only on a terminal. Returns the `end` event. Reconnects where it left off.
+    pub async fn follow(&self, job_id: &str, print_output: bool) -> anyhow::Result<Value> {
+        let progress = std::io::stderr().is_terminal();
+        let mut last_id: Option<String> = None;
+        let mut failures = 0;
+        loop {
+            let mut r = self.req(reqwest::Method::GET, &format!("/jobs/{job_id}/logs?follow=true")).header("accept", "text/event-stream");
+            if let Some(id) = &last_id {
+                r = r.header("last-event-id", id);
+            }
+            let resp = match r.send().await {
+                Ok(resp) if resp.status().is_success() => resp,
+                Ok(resp) => {
+                    let status = resp.status().as_u16();
+                    let body = resp.json::<Value>().await.unwrap_or(Value::Null);
+                    return Err(ApiFailure { status, body }.into());
+                }
+                Err(e) => {
+                    failures += 1;
+                    if failures > 60 {
+                        return Err(e).context("lost the server while following the job");
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            failures = 0;
+            let mut stream = resp.bytes_stream();
+            let mut buf = String::new();
+            while let Some(chunk) = stream.next().await {
+                let Ok(chunk) = chunk else { break };
+                buf.push_str(&String::from_utf8_lossy(&chunk));
+                while let Some(pos) = buf.find("\n\n") {
+                    let frame: String = buf.drain(..pos + 2).collect();
+                    let (mut event, mut data, mut id) = ("message".to_owned(), String::new(), None);
+                    for line in frame.lines() {
+                        if let Some(v) = line.strip_prefix("event:") {
+                            event = v.trim().to_owned();
+                        } else if let Some(v) = line.strip_prefix("data:") {
+                            data.push_str(v.strip_prefix(' ').unwrap_or(v));
+                        } else if let Some(v) = line.strip_prefix("id:") {
+                            id = Some(v.trim().to_owned());
+                        }
+                    }
+                    if id.is_some() {
+                        last_id = id;
+                    }
+                    let v: Value = serde_json::from_str(&data).unwrap_or(Value::Null);
+                    match event.as_str() {
+                        "log" if print_output => {
+                            use std::io::Write;
+                            let text = v.get("data").and_then(Value::as_str).unwrap_or("");
+                            if v.get("stream").and_then(Value::as_str) == Some("stderr") {
+                                let _ = std::io::stderr().write_all(text.as_bytes());
+                            } else {
+                                let mut out = std::io::stdout().lock();
+                                let _ = out.write_all(text.as_bytes());
+                                let _ = out.flush();
+                            }
+                        }
+                        "state" if progress => {
+                            let state = v.get("state").and_then(Value::as_str).unwrap_or("?");
+                            eprintln!("\x1b[2m[hodei] job {job_id}: {state}\x1b[0m");
+                        }
+                        "end" => return Ok(v),
+                        _ => {}
+                    }
+                }
+            }
+            // The stream ended without `end` (server restart): resume.
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// The process exit code for an ended job (SPEC §1.1).
+pub fn exit_code_of(end: &Value) -> i32 {
+    match end.get("state").and_then(Value::as_str) {
+        Some("succeeded") => 0,
+        Some("timed_out") => EXIT_TIMED_OUT,
+        Some("cancelled") => EXIT_CANCELLED,
+        _ => end.get("exit_code").and_then(Value::as_i64).map(|c| c as i32).filter(|c| *c != 0).unwrap_or(EXIT_API_ERROR),
+    }
+}
+
+/// Prints rows as an aligned table.
+pub fn table(headers: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| cells.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths[i])).collect::<Vec<_>>().join("  ").trim_end().to_owned();
+    println!("{}", line(headers.iter().map(|s| s.to_string()).collect()));
+    for r in rows {
+        println!("{}", line(r));
+    }
+}
+
+pub fn s(v: &Value, key: &str) -> String {
+    match v.get(key) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => "-".into(),
+        Some(other) => other.to_string(),
+    }
+}
+
+pub fn fail_usage(msg: &str) -> anyhow::Error {
+    anyhow::anyhow!(UsageError(msg.to_owned()))
+}
+
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
