@@ -50,6 +50,8 @@ pub struct ServerOptions {
     pub worker_exe: Option<PathBuf>,
     /// Overrides the metrics listener (`--metrics-addr`).
     pub metrics_addr: Option<String>,
+    /// Use this store instead of opening `database.url` (in-process tests).
+    pub store: Option<Arc<dyn Store>>,
 }
 
 pub struct RunningServer {
@@ -59,6 +61,8 @@ pub struct RunningServer {
     pub metrics_addr: Option<SocketAddr>,
     pub engine: EngineHandle,
     pub store: Arc<dyn Store>,
+    /// The HTTP router, for tests that call it without a socket.
+    pub router: axum::Router,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     workers: Vec<JoinHandle<()>>,
@@ -267,7 +271,10 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
     std::fs::create_dir_all(cfg.data_dir()).with_context(|| format!("creating the data dir {}", cfg.data_dir().display()))?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let metrics = if cfg.metrics.prometheus.enabled { Some(metrics_handle()?) } else { None };
-    let store = open_store(&cfg).await?;
+    let store = match opts.store {
+        Some(s) => s,
+        None => open_store(&cfg).await?,
+    };
     let admin_token = match (cfg.auth.mode, &cfg.auth.admin_token) {
         (AuthMode::None, _) => {
             if !cfg.server.http_addr.parse::<SocketAddr>().is_ok_and(|a| a.ip().is_loopback()) {
@@ -299,6 +306,7 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(engine.run()));
     let router = hodei_api::router(state.clone());
+    let app = router.clone();
     let mut rx = shutdown_rx.clone();
     tasks.push(tokio::spawn(async move {
         let stop = async move {
@@ -347,5 +355,5 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
-    Ok(RunningServer { http_addr, grpc_addr, metrics_addr, engine: handle, store, shutdown, tasks, workers })
+    Ok(RunningServer { http_addr, grpc_addr, metrics_addr, engine: handle, store, router: app, shutdown, tasks, workers })
 }

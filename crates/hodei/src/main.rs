@@ -297,7 +297,7 @@ async fn server(a: ServerArgs) -> anyhow::Result<i32> {
     let json = a.log_json || cfg.log.format == hodei_server::config::LogFormat::Json;
     init_tracing(json, &cfg.log.level);
     let exe = std::env::current_exe().context("locating the hodei binary for the built-in pool")?;
-    let srv = hodei_server::start(hodei_server::ServerOptions { config: cfg, worker_exe: Some(exe), metrics_addr: a.metrics_addr }).await?;
+    let srv = hodei_server::start(hodei_server::ServerOptions { config: cfg, worker_exe: Some(exe), metrics_addr: a.metrics_addr, store: None }).await?;
     let metrics = srv.metrics_addr.unwrap_or(srv.http_addr);
     {
         let mut out = std::io::stdout().lock();

@@ -1,0 +1,292 @@
+//! API tests through the router (no socket): the real engine over an in-memory SQLite store,
+//! with no workers, so accepted jobs stay pending.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use hodei_server::config::{Config, Secret};
+use hodei_server::{RunningServer, ServerOptions};
+use hodei_store::sqlite::SqliteStore;
+use hodei_store::{JobFilter, Store};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+const TOKEN: &str = "test-admin-token";
+
+struct App {
+    server: RunningServer,
+    _dir: tempfile::TempDir,
+}
+
+async fn app() -> App {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = Config::default();
+    cfg.server.data_dir = dir.path().to_owned();
+    cfg.server.http_addr = "127.0.0.1:0".into();
+    cfg.server.grpc_addr = "127.0.0.1:0".into();
+    cfg.metrics.prometheus.port = 0;
+    cfg.auth.admin_token = Some(Secret(TOKEN.into()));
+    cfg.limits.max_body_bytes = 64 * 1024;
+    cfg.jobs.max_batch_size = 10;
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open_in_memory().await.unwrap());
+    let server = hodei_server::start(ServerOptions { config: cfg, worker_exe: None, metrics_addr: None, store: Some(store) }).await.unwrap();
+    App { server, _dir: dir }
+}
+
+impl App {
+    async fn send(&self, req: Request<Body>) -> (StatusCode, Value) {
+        let resp = self.server.router.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let mut b = Request::builder().method(method).uri(path).header(header::AUTHORIZATION, format!("Bearer {TOKEN}"));
+        let body = match body {
+            Some(v) => {
+                b = b.header(header::CONTENT_TYPE, "application/json");
+                Body::from(v.to_string())
+            }
+            None => Body::empty(),
+        };
+        self.send(b.body(body).unwrap()).await
+    }
+
+    async fn stored_jobs(&self) -> usize {
+        self.server.store.list_jobs(&JobFilter { limit: 500, ..Default::default() }).await.unwrap().len()
+    }
+}
+
+fn fields(problem: &Value) -> Vec<String> {
+    problem["errors"].as_array().map(|e| e.iter().map(|x| x["field"].as_str().unwrap().to_owned()).collect()).unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_submitted_job_is_stored_before_the_answer() {
+    let app = app().await;
+    let (status, job) = app.call("POST", "/api/v1/jobs", Some(json!({"command": ["echo", "hi"], "labels": {"team": "a"}}))).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(job["state"], "pending");
+    assert_eq!(job["name"], "echo");
+    assert_eq!(job["tenant_id"], "default");
+    let id: hodei_core::JobId = job["id"].as_str().unwrap().parse().unwrap();
+    let stored = app.server.store.get_job(id).await.unwrap().expect("durable before the 201");
+    assert_eq!(stored.spec.command, ["echo", "hi"]);
+    insta::assert_json_snapshot!("submitted_job", job, {
+        ".id" => "[id]", ".submitted_at" => "[time]", ".eligible_at" => "[time]"
+    });
+}
+
+#[tokio::test]
+async fn every_bad_field_is_named_and_nothing_is_stored() {
+    let app = app().await;
+    let bad = json!({"command": [], "priority": "urgent", "resources": {"cpu_m": 0}, "env": {"HODEI_X": "1"}, "max_retries": 99, "timeout_ms": -5});
+    let (status, problem) = app.call("POST", "/api/v1/jobs", Some(bad)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(problem["code"], "validation_failed");
+    assert_eq!(fields(&problem), ["/command", "/env/HODEI_X", "/resources/cpu_m", "/timeout_ms", "/max_retries", "/priority"]);
+    assert_eq!(app.stored_jobs().await, 0);
+    insta::assert_json_snapshot!("validation_problem", problem, { ".request_id" => "[request-id]" });
+}
+
+#[tokio::test]
+async fn unknown_fields_and_wrong_types_name_their_json_pointer() {
+    let app = app().await;
+    let (status, p) = app.call("POST", "/api/v1/jobs", Some(json!({"command": ["x"], "resources": {"cpu_m": "lots"}}))).await;
+    assert_eq!((status, fields(&p)), (StatusCode::BAD_REQUEST, vec!["/resources/cpu_m".to_owned()]));
+    let (status, p) = app.call("POST", "/api/v1/jobs", Some(json!({"commnd": ["x"]}))).await;
+    assert_eq!((status, fields(&p)), (StatusCode::BAD_REQUEST, vec!["/commnd".to_owned()]));
+    let (status, p) = app.call("POST", "/api/v1/tenants", Some(json!({"name": "x", "weight": 0}))).await;
+    assert_eq!((status, fields(&p)), (StatusCode::BAD_REQUEST, vec!["/weight".to_owned()]));
+    assert_eq!(app.stored_jobs().await, 0);
+}
+
+#[tokio::test]
+async fn malformed_bodies_wrong_media_types_and_oversized_bodies_are_refused() {
+    let app = app().await;
+    let req = |ct: &str, body: String| {
+        Request::builder().method("POST").uri("/api/v1/jobs").header(header::AUTHORIZATION, format!("Bearer {TOKEN}")).header(header::CONTENT_TYPE, ct).body(Body::from(body)).unwrap()
+    };
+    let (s, p) = app.send(req("application/json", "{\"command\": [".into())).await;
+    assert_eq!((s, p["code"].as_str()), (StatusCode::BAD_REQUEST, Some("bad_request")));
+    let (s, p) = app.send(req("text/plain", "{}".into())).await;
+    assert_eq!((s, p["code"].as_str()), (StatusCode::UNSUPPORTED_MEDIA_TYPE, Some("unsupported_media_type")));
+    let huge = json!({"command": ["echo", "x".repeat(70 * 1024)]}).to_string();
+    let (s, p) = app.send(req("application/json", huge)).await;
+    assert_eq!((s, p["code"].as_str()), (StatusCode::PAYLOAD_TOO_LARGE, Some("payload_too_large")));
+    assert_eq!(app.stored_jobs().await, 0);
+}
+
+#[tokio::test]
+async fn requests_without_the_token_are_unauthorized() {
+    let app = app().await;
+    let (s, p) = app.send(Request::builder().uri("/api/v1/jobs").body(Body::empty()).unwrap()).await;
+    assert_eq!((s, p["code"].as_str()), (StatusCode::UNAUTHORIZED, Some("unauthorized")));
+    let (s, _) = app.send(Request::builder().uri("/api/v1/jobs").header(header::AUTHORIZATION, "Bearer nope").body(Body::empty()).unwrap()).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, _) = app.send(Request::builder().uri("/health").body(Body::empty()).unwrap()).await;
+    assert_eq!(s, StatusCode::OK, "health needs no token");
+}
+
+#[tokio::test]
+async fn an_atomic_batch_with_one_bad_job_stores_nothing() {
+    let app = app().await;
+    let (s, p) = app.call("POST", "/api/v1/jobs/batch", Some(json!({"jobs": [{"command": ["true"]}, {"command": ["true"], "priority": "x"}]}))).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_eq!(fields(&p), ["/jobs/1/priority"]);
+    assert_eq!(app.stored_jobs().await, 0);
+    let (s, r) = app.call("POST", "/api/v1/jobs/batch", Some(json!({"jobs": [{"command": ["true"]}, {"command": ["false"]}]}))).await;
+    assert_eq!(s, StatusCode::CREATED);
+    assert_eq!(r["items"].as_array().unwrap().len(), 2);
+    assert_eq!(app.stored_jobs().await, 2);
+}
+
+#[tokio::test]
+async fn a_non_atomic_batch_stores_the_good_jobs_and_reports_the_bad() {
+    let app = app().await;
+    let (s, r) = app.call("POST", "/api/v1/jobs/batch", Some(json!({"atomic": false, "jobs": [{"command": ["true"]}, {"command": []}]}))).await;
+    assert_eq!(s, StatusCode::CREATED);
+    assert!(r["items"][0]["job_id"].is_string());
+    assert_eq!(r["items"][1]["error"]["code"], "validation_failed");
+    assert_eq!(app.stored_jobs().await, 1);
+}
+
+#[tokio::test]
+async fn a_batch_over_the_size_limit_is_too_large() {
+    let app = app().await;
+    let jobs: Vec<Value> = (0..11).map(|_| json!({"command": ["true"]})).collect();
+    let (s, p) = app.call("POST", "/api/v1/jobs/batch", Some(json!({ "jobs": jobs }))).await;
+    assert_eq!((s, p["code"].as_str()), (StatusCode::PAYLOAD_TOO_LARGE, Some("payload_too_large")));
+    assert_eq!(app.stored_jobs().await, 0);
+}
+
+#[tokio::test]
+async fn a_job_no_pool_could_ever_run_is_unschedulable() {
+    let app = app().await;
+    let (s, p) = app.call("POST", "/api/v1/jobs", Some(json!({"command": ["true"], "resources": {"cpu_m": 10_000_000}}))).await;
+    assert_eq!((s, p["code"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("unschedulable")));
+    let (s, _) = app.call("POST", "/api/v1/jobs", Some(json!({"command": ["true"], "pool_selector": {"pool": "nope"}}))).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(app.stored_jobs().await, 0);
+}
+
+#[tokio::test]
+async fn tenants_are_created_updated_and_deleted() {
+    let app = app().await;
+    let (s, t) = app.call("POST", "/api/v1/tenants", Some(json!({"name": "Team Alpha", "tier": "premium"}))).await;
+    assert_eq!(s, StatusCode::CREATED);
+    assert_eq!((t["id"].as_str(), t["effective_weight"].as_i64()), (Some("team-alpha"), Some(3)));
+    let (s, p) = app.call("POST", "/api/v1/tenants", Some(json!({"name": "Team Alpha"}))).await;
+    assert_eq!((s, p["code"].as_str()), (StatusCode::CONFLICT, Some("already_exists")));
+    let (s, p) = app.call("POST", "/api/v1/tenants", Some(json!({"name": "b", "tier": "gold"}))).await;
+    assert_eq!((s, fields(&p)), (StatusCode::BAD_REQUEST, vec!["/tier".to_owned()]));
+    let (s, t) = app.call("PUT", "/api/v1/tenants/team-alpha", Some(json!({"weight": 7}))).await;
+    assert_eq!((s, t["effective_weight"].as_i64(), t["version"].as_i64()), (StatusCode::OK, Some(7), Some(2)));
+    let stale = Request::builder()
+        .method("PUT")
+        .uri("/api/v1/tenants/team-alpha")
+        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::IF_MATCH, "\"1\"")
+        .body(Body::from(json!({"weight": 9}).to_string()))
+        .unwrap();
+    let (s, p) = app.send(stale).await;
+    assert_eq!((s, p["code"].as_str()), (StatusCode::PRECONDITION_FAILED, Some("precondition_failed")));
+    let (s, _) = app.call("DELETE", "/api/v1/tenants/team-alpha", None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _) = app.call("GET", "/api/v1/tenants/team-alpha", None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, p) = app.call("DELETE", "/api/v1/tenants/default", None).await;
+    assert_eq!((s, p["code"].as_str()), (StatusCode::CONFLICT, Some("conflict")));
+}
+
+#[tokio::test]
+async fn suspended_and_unknown_tenants_cannot_submit() {
+    let app = app().await;
+    app.call("POST", "/api/v1/tenants", Some(json!({"name": "sleepy"}))).await;
+    app.call("PUT", "/api/v1/tenants/sleepy", Some(json!({"status": "suspended"}))).await;
+    let (s, p) = app.call("POST", "/api/v1/jobs", Some(json!({"command": ["true"], "tenant_id": "sleepy"}))).await;
+    assert_eq!((s, p["code"].as_str()), (StatusCode::FORBIDDEN, Some("tenant_suspended")));
+    let (s, _) = app.call("POST", "/api/v1/jobs", Some(json!({"command": ["true"], "tenant_id": "ghost"}))).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_eq!(app.stored_jobs().await, 0);
+}
+
+#[tokio::test]
+async fn state_commands_follow_the_state_machine() {
+    let app = app().await;
+    let (_, job) = app.call("POST", "/api/v1/jobs", Some(json!({"command": ["true"]}))).await;
+    let id = job["id"].as_str().unwrap();
+    let (s, j) = app.call("POST", &format!("/api/v1/jobs/{id}/hold"), None).await;
+    assert_eq!((s, j["state"].as_str()), (StatusCode::OK, Some("held")));
+    let (s, j) = app.call("POST", &format!("/api/v1/jobs/{id}/release"), None).await;
+    assert_eq!((s, j["state"].as_str()), (StatusCode::OK, Some("pending")));
+    let (s, j) = app.call("POST", &format!("/api/v1/jobs/{id}/cancel"), None).await;
+    assert_eq!((s, j["state"].as_str()), (StatusCode::OK, Some("cancelled")));
+    let (s, p) = app.call("POST", &format!("/api/v1/jobs/{id}/cancel"), None).await;
+    assert_eq!((s, p["code"].as_str(), p["state"].as_str()), (StatusCode::CONFLICT, Some("invalid_state"), Some("cancelled")));
+    let (s, p) = app.call("POST", &format!("/api/v1/jobs/{id}/release"), None).await;
+    assert_eq!((s, p["code"].as_str()), (StatusCode::CONFLICT, Some("invalid_state")));
+    let (s, j) = app.call("POST", &format!("/api/v1/jobs/{id}/retry"), None).await;
+    assert_eq!((s, j["state"].as_str()), (StatusCode::OK, Some("pending")));
+    let (_, ev) = app.call("GET", &format!("/api/v1/jobs/{id}/events"), None).await;
+    let moves: Vec<_> = ev["items"].as_array().unwrap().iter().map(|e| e["to"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(moves, ["pending", "held", "pending", "cancelled", "pending"]);
+    let (s, _) = app.call("POST", "/api/v1/jobs/not-a-uuid/cancel", None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn job_lists_filter_and_paginate_newest_first() {
+    let app = app().await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let (_, j) = app.call("POST", "/api/v1/jobs", Some(json!({"command": ["true"], "labels": {"i": i.to_string()}}))).await;
+        ids.push(j["id"].as_str().unwrap().to_owned());
+    }
+    let (_, page) = app.call("GET", "/api/v1/jobs?limit=3", None).await;
+    let got: Vec<_> = page["items"].as_array().unwrap().iter().map(|j| j["id"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(got, [ids[4].clone(), ids[3].clone(), ids[2].clone()]);
+    let cursor = page["next_cursor"].as_str().unwrap();
+    let (_, page) = app.call("GET", &format!("/api/v1/jobs?limit=3&cursor={cursor}"), None).await;
+    assert_eq!(page["items"].as_array().unwrap().len(), 2);
+    assert!(page["next_cursor"].is_null());
+    let (_, page) = app.call("GET", "/api/v1/jobs?label=i=2", None).await;
+    assert_eq!(page["items"][0]["id"].as_str(), Some(ids[2].as_str()));
+    let (s, p) = app.call("GET", "/api/v1/jobs?state=bogus", None).await;
+    assert_eq!((s, fields(&p)), (StatusCode::BAD_REQUEST, vec!["state".to_owned()]));
+    let (s, _) = app.call("GET", "/api/v1/jobs?limit=501", None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn errors_echo_the_request_id() {
+    let app = app().await;
+    let req = Request::builder().uri("/api/v1/jobs/0192a000-0000-7000-8000-000000000000").header(header::AUTHORIZATION, format!("Bearer {TOKEN}")).header("x-request-id", "req-42").body(Body::empty()).unwrap();
+    let (s, p) = app.send(req).await;
+    assert_eq!((s, p["request_id"].as_str(), p["type"].as_str()), (StatusCode::NOT_FOUND, Some("req-42"), Some("urn:hodei:problem:not_found")));
+}
+
+#[tokio::test]
+async fn the_openapi_document_lists_every_endpoint() {
+    let app = app().await;
+    let (s, doc) = app.send(Request::builder().uri("/api/openapi.json").body(Body::empty()).unwrap()).await;
+    assert_eq!(s, StatusCode::OK);
+    let paths: Vec<&str> = doc["paths"].as_object().unwrap().keys().map(String::as_str).collect();
+    for p in ["/api/v1/jobs", "/api/v1/jobs/batch", "/api/v1/jobs/{id}", "/api/v1/jobs/{id}/logs", "/api/v1/jobs/{id}/cancel", "/api/v1/tenants", "/api/v1/tenants/{id}", "/api/v1/workers"] {
+        assert!(paths.contains(&p), "{p} missing from {paths:?}");
+    }
+}
+
+#[tokio::test]
+async fn ready_and_metrics_report_the_running_server() {
+    let app = app().await;
+    let (s, r) = app.send(Request::builder().uri("/ready").body(Body::empty()).unwrap()).await;
+    assert_eq!((s, r["checks"]["store"].as_str(), r["checks"]["scheduler"].as_str()), (StatusCode::OK, Some("ok"), Some("leader")));
+    app.call("GET", "/api/v1/jobs", None).await;
+    let resp = app.server.router.clone().oneshot(Request::builder().uri("/metrics").body(Body::empty()).unwrap()).await.unwrap();
+    let text = String::from_utf8(axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap().to_vec()).unwrap();
+    assert!(text.contains("hodei_http_requests_total{method=\"GET\",route=\"/api/v1/jobs\",status=\"200\"}"), "{text}");
+}
