@@ -634,7 +634,10 @@ impl Config {
             let path = e.path().to_string();
             let msg = e.inner().to_string();
             let message = match msg.strip_prefix("unknown field ") {
-                Some(rest) => format!("unknown key {}", rest.replace('`', "")),
+                Some(rest) => match rest.replace('`', "").split_once(", expected ") {
+                    Some((_, expected)) => format!("unknown key; expected {expected}"),
+                    None => "unknown key".to_owned(),
+                },
                 None => explain(&path, &msg),
             };
             ConfigError::Invalid { path, message }
@@ -709,7 +712,7 @@ mod tests {
     #[test]
     fn unknown_keys_are_named_with_their_path() {
         let e = load("scheduler:\n  fair_share:\n    half_life: 3\n", &[]).unwrap_err().to_string();
-        assert!(e.starts_with("scheduler.fair_share: unknown key half_life"), "{e}");
+        assert_eq!(e, "scheduler.fair_share.half_life: unknown key; expected usage_half_life_s");
     }
 
     #[test]
@@ -730,8 +733,10 @@ mod tests {
 
     #[test]
     fn env_overrides_nest_with_double_underscores() {
-        let c = load("workers:\n  heartbeat_timeout_ms: 5000\n", &[("HODEI_WORKERS__HEARTBEAT_TIMEOUT_MS", "2000"), ("HODEI_DATA_DIR", "/tmp/x")]).unwrap();
-        assert_eq!(c.workers.heartbeat_timeout_ms, 2000);
+        let c = load("workers:\n  heartbeat_timeout_ms: 5000\n", &[("HODEI_WORKERS__HEARTBEAT_TIMEOUT_MS", "2000"), ("HODEI_WORKERS__HEARTBEAT_INTERVAL_MS", "500"), ("HODEI_DATA_DIR", "/tmp/x")]).unwrap();
+        assert_eq!((c.workers.heartbeat_timeout_ms, c.workers.heartbeat_interval_ms), (2000, 500));
+        let e = load("", &[("HODEI_WORKERS__HEARTBEAT_TIMEOUT_MS", "2000")]).unwrap_err().to_string();
+        assert!(e.starts_with("workers.heartbeat_interval_ms: 3000 must be above 0 and below"), "{e}");
         assert_eq!(c.server.data_dir, PathBuf::from("/tmp/x"));
     }
 
