@@ -81,21 +81,19 @@ impl RunningServer {
     }
 }
 
+/// The process-wide Prometheus recorder, installed once (several servers may share a process in tests).
 fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    if let Some(h) = HANDLE.get() {
-        return Ok(h.clone());
-    }
-    let buckets = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0];
-    let recorder = PrometheusBuilder::new().set_buckets(&buckets).context("configuring metric buckets")?.build_recorder();
-    let handle = recorder.handle();
-    if metrics::set_global_recorder(recorder).is_err() {
-        bail!("a metrics recorder is already installed");
-    }
-    let _ = HANDLE.set(handle.clone());
-    metrics::gauge!("hodei_build_info", "version" => VERSION).set(1.0);
-    metrics::gauge!("hodei_scheduler_leader").set(1.0);
-    Ok(handle)
+    static HANDLE: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
+    let h = HANDLE.get_or_init(|| {
+        let buckets = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0];
+        let recorder = PrometheusBuilder::new().set_buckets(&buckets).map_err(|e| e.to_string())?.build_recorder();
+        let handle = recorder.handle();
+        metrics::set_global_recorder(recorder).map_err(|_| "a metrics recorder is already installed".to_owned())?;
+        metrics::gauge!("hodei_build_info", "version" => VERSION).set(1.0);
+        metrics::gauge!("hodei_scheduler_leader").set(1.0);
+        Ok(handle)
+    });
+    h.clone().map_err(|e| anyhow::anyhow!("installing the metrics recorder: {e}"))
 }
 
 /// Reads a secret file, or creates it (mode 0600) with a fresh token.
