@@ -1,0 +1,180 @@
+//! Harness for black-box tests: the real `hodei` binary on port 0, a temporary data dir,
+//! real worker processes.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_hodei");
+
+/// Short timeouts so failure handling is observable within a test.
+pub const FAST: &[(&str, &str)] = &[
+    ("HODEI_WORKERS__HEARTBEAT_INTERVAL_MS", "200"),
+    ("HODEI_WORKERS__HEARTBEAT_TIMEOUT_MS", "1500"),
+    ("HODEI_WORKERS__KILL_GRACE_MS", "500"),
+    ("HODEI_SCHEDULER__ASSIGN_ACK_TIMEOUT_MS", "3000"),
+    ("HODEI_METRICS__PROMETHEUS__PORT", "0"),
+];
+
+pub struct Server {
+    pub child: Child,
+    pub http: String,
+    pub grpc: String,
+    pub dir: PathBuf,
+    pub token: String,
+    pub http_client: reqwest::Client,
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Server {
+    /// Starts `hodei server` and waits for its ready line.
+    pub fn start(dir: &Path, env: &[(&str, &str)], grpc_port: u16, config: Option<&str>) -> Server {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("server").arg("--data-dir").arg(dir).args(["--http-addr", "127.0.0.1:0", "--grpc-addr", &format!("127.0.0.1:{grpc_port}")]);
+        if let Some(yaml) = config {
+            let path = dir.join("config.yaml");
+            std::fs::create_dir_all(dir).unwrap();
+            std::fs::write(&path, yaml).unwrap();
+            cmd.arg("--config").arg(path);
+        }
+        for (k, v) in FAST.iter().chain(env) {
+            cmd.env(k, v);
+        }
+        cmd.env("RUST_LOG", "warn").stdout(Stdio::piped()).stderr(Stdio::inherit());
+        let mut child = cmd.spawn().expect("start hodei server");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let line = rx.recv_timeout(Duration::from_secs(60)).expect("ready line within 60 s");
+        assert!(line.starts_with("ready http="), "unexpected first line {line:?}");
+        let field = |k: &str| line.split_whitespace().find_map(|p| p.strip_prefix(&format!("{k}="))).unwrap().to_owned();
+        let token = std::fs::read_to_string(dir.join("admin.token")).unwrap().trim().to_owned();
+        Server { child, http: format!("http://{}", field("http")), grpc: format!("http://{}", field("grpc")), dir: dir.to_owned(), token, http_client: reqwest::Client::new() }
+    }
+
+    pub fn kill9(&mut self) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+
+    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut r = self.http_client.request(method, format!("{}/api/v1{path}", self.http)).bearer_auth(&self.token);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let resp = r.send().await.expect("request");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn submit(&self, body: Value) -> Value {
+        let (s, v) = self.call(reqwest::Method::POST, "/jobs", Some(body)).await;
+        assert_eq!(s, 201, "{v}");
+        v
+    }
+
+    pub async fn job(&self, id: &str) -> Value {
+        self.call(reqwest::Method::GET, &format!("/jobs/{id}"), None).await.1
+    }
+
+    /// Polls until the job's state satisfies `done`, failing after `secs`.
+    pub async fn wait_for(&self, id: &str, secs: u64, done: impl Fn(&str) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let j = self.job(id).await;
+            if j["state"].as_str().is_some_and(&done) {
+                return j;
+            }
+            assert!(Instant::now() < deadline, "job {id} still {} after {secs} s", j["state"]);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits for a final state: a `failed` job with a retry pending has not ended.
+    pub async fn wait_ended(&self, id: &str, secs: u64) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let j = self.job(id).await;
+            let done = match j["state"].as_str() {
+                Some("succeeded" | "cancelled" | "timed_out") => true,
+                Some("failed") => j["next_retry_at"].is_null(),
+                _ => false,
+            };
+            if done {
+                return j;
+            }
+            assert!(Instant::now() < deadline, "job {id} still {} after {secs} s", j["state"]);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Runs a CLI command against this server.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(BIN).args(args).env("HODEI_SERVER", &self.http).env("HODEI_TOKEN", &self.token).stdin(Stdio::null()).output().unwrap()
+    }
+
+    pub fn join_token(&self, pool: &str) -> String {
+        std::fs::read_to_string(self.dir.join(format!("pool-{pool}.token"))).unwrap().trim().to_owned()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+    }
+}
+
+/// A `hodei worker` process.
+pub struct WorkerProc(pub Child);
+
+impl WorkerProc {
+    pub fn start(grpc: &str, pool: &str, token: &str, slots: u32) -> WorkerProc {
+        let child = Command::new(BIN)
+            .args(["worker", "--server", grpc, "--pool", pool, "--slots", &slots.to_string(), "--cpu-m", "4000", "--memory-mb", "4096", "--labels", "zone=test"])
+            .env("HODEI_JOIN_TOKEN", token)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        WorkerProc(child)
+    }
+
+    pub fn kill9(&mut self) {
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGKILL) };
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for WorkerProc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub const REMOTE_POOL: &str = "resource_pools:\n  pools:\n    - id: remote\n      worker_template: { cpu_m: 4000, memory_mb: 4096, slots: 4 }\n      min_size: 0\n      max_size: 4\n";
+
+pub fn sh(script: &str) -> Value {
+    json!(["sh", "-c", script])
+}

@@ -1,0 +1,222 @@
+//! Black-box tests: the real binary, real workers, real processes.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::*;
+use reqwest::Method;
+use serde_json::json;
+
+#[tokio::test]
+async fn submit_wait_prints_the_output_and_exits_with_the_jobs_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path(), &[], 0, None);
+    let out = srv.cli(&["submit", "--wait", "--", "echo", "hello"]);
+    assert_eq!((String::from_utf8_lossy(&out.stdout).as_ref(), out.status.code()), ("hello\n", Some(0)));
+    let out = srv.cli(&["submit", "--wait", "--shell", "--", "echo out; echo err >&2; exit 7"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("err\n"));
+    assert_eq!(out.status.code(), Some(7));
+
+    let ls = srv.cli(&["jobs", "ls", "-o", "json"]);
+    let page: serde_json::Value = serde_json::from_slice(&ls.stdout).unwrap();
+    let items = page["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2);
+    assert_eq!((items[0]["state"].as_str(), items[0]["exit_code"].as_i64()), (Some("failed"), Some(7)));
+    let id = items[1]["id"].as_str().unwrap();
+    let logs = srv.cli(&["jobs", "logs", id]);
+    assert_eq!(String::from_utf8_lossy(&logs.stdout), "hello\n");
+    let get = srv.cli(&["jobs", "get", id]);
+    assert!(String::from_utf8_lossy(&get.stdout).contains("succeeded"));
+}
+
+#[tokio::test]
+async fn output_is_streamed_while_the_job_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path(), &[], 0, None);
+    let job = srv.submit(json!({"command": sh("echo first; sleep 1; echo second")})).await;
+    let id = job["id"].as_str().unwrap();
+    srv.wait_for(id, 20, |s| s == "running").await;
+    // The first line is readable before the job ends.
+    let mut seen = String::new();
+    for _ in 0..40 {
+        let (_, logs) = srv.call(Method::GET, &format!("/jobs/{id}/logs"), None).await;
+        seen = logs["chunks"].as_array().unwrap().iter().map(|c| c["data"].as_str().unwrap().to_owned()).collect();
+        if !seen.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(seen, "first\n");
+    assert_eq!(srv.job(id).await["state"], "running");
+    let out = srv.cli(&["jobs", "logs", "-f", id]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "first\nsecond\n");
+}
+
+#[tokio::test]
+async fn a_timeout_kills_the_whole_process_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path(), &[], 0, None);
+    let pidfile = dir.path().join("bg.pid");
+    let script = format!("sleep 300 & echo $! > {}; wait", pidfile.display());
+    let job = srv.submit(json!({"command": sh(&script), "timeout_ms": 700})).await;
+    let j = srv.wait_ended(job["id"].as_str().unwrap(), 20).await;
+    assert_eq!((j["state"].as_str(), j["failure_reason"].as_str()), (Some("timed_out"), Some("timeout")));
+    let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+    // Dead means gone, or a zombie waiting for whoever adopted it to reap it.
+    let alive = || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|st| st.rsplit(')').next().and_then(|r| r.split_whitespace().next()) != Some("Z"));
+    for _ in 0..100 {
+        if !alive() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!alive(), "the background child survived the timeout");
+    let out = srv.cli(&["submit", "--wait", "--timeout", "300ms", "--", "sleep", "10"]);
+    assert_eq!(out.status.code(), Some(124));
+}
+
+#[tokio::test]
+async fn cancelling_a_running_job_kills_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path(), &[], 0, None);
+    let job = srv.submit(json!({"command": ["sleep", "300"]})).await;
+    let id = job["id"].as_str().unwrap();
+    srv.wait_for(id, 20, |s| s == "running").await;
+    let (status, j) = srv.call(Method::POST, &format!("/jobs/{id}/cancel"), None).await;
+    assert_eq!((status, j["cancel_requested_at"].is_string()), (202, true));
+    let out = srv.cli(&["jobs", "wait", id]);
+    assert_eq!(out.status.code(), Some(130));
+    let j = srv.job(id).await;
+    assert_eq!((j["state"].as_str(), j["attempts"][0]["state"].as_str()), (Some("cancelled"), Some("cancelled")));
+}
+
+#[tokio::test]
+async fn a_failing_attempt_is_retried_and_then_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path(), &[], 0, None);
+    let work = tempfile::tempdir().unwrap();
+    let job = srv.submit(json!({"command": sh("test -f marker || { touch marker; exit 1; }"), "working_dir": work.path(), "max_retries": 2, "retry_backoff_ms": 50})).await;
+    let j = srv.wait_ended(job["id"].as_str().unwrap(), 20).await;
+    assert_eq!((j["state"].as_str(), j["attempt_count"].as_i64()), (Some("succeeded"), Some(2)));
+    let states: Vec<_> = j["attempts"].as_array().unwrap().iter().map(|a| a["state"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(states, ["failed", "succeeded"]);
+}
+
+#[tokio::test]
+async fn a_remote_worker_registers_heartbeats_and_is_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path(), &[], 0, Some(REMOTE_POOL));
+    let _w = WorkerProc::start(&srv.grpc, "remote", &srv.join_token("remote"), 2);
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        ids.push(srv.submit(json!({"command": ["sh", "-c", format!("echo {i}")]})).await["id"].as_str().unwrap().to_owned());
+    }
+    let mut workers = HashSet::new();
+    for id in &ids {
+        let j = srv.wait_ended(id, 30).await;
+        assert_eq!(j["state"], "succeeded");
+        workers.insert(j["worker_id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(workers.len(), 1, "one worker ran every job");
+    let (_, ws) = srv.call(Method::GET, "/workers", None).await;
+    let w = &ws["items"][0];
+    assert_eq!((w["pool_id"].as_str(), w["labels"]["zone"].as_str(), w["slots"].as_i64()), (Some("remote"), Some("test"), Some(2)));
+    // A worker with the wrong join token is turned away.
+    let mut bad = WorkerProc::start(&srv.grpc, "remote", "hodei_wrong", 1);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, ws) = srv.call(Method::GET, "/workers", None).await;
+    assert_eq!(ws["items"].as_array().unwrap().len(), 1);
+    bad.kill9();
+}
+
+#[tokio::test]
+async fn bad_input_through_the_binary_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path(), &[], 0, None);
+    let (s, p) = srv.call(Method::POST, "/jobs", Some(json!({"command": ["true"], "resources": {"memory_mb": -1}}))).await;
+    assert_eq!((s, p["errors"][0]["field"].as_str()), (400, Some("/resources/memory_mb")));
+    let (s, _) = srv.call(Method::POST, "/tenants", Some(json!({"name": ""}))).await;
+    assert_eq!(s, 400);
+    let out = srv.cli(&["submit", "--priority", "urgent", "--", "true"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/priority"));
+    let (_, page) = srv.call(Method::GET, "/jobs", None).await;
+    assert_eq!(page["items"].as_array().unwrap().len(), 0);
+    let (_, t) = srv.call(Method::GET, "/tenants", None).await;
+    assert_eq!(t["items"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn a_bad_config_stops_the_server_with_the_key_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.yaml");
+    std::fs::write(&cfg, "scheduler:\n  tick_ms: soon\n").unwrap();
+    let out = std::process::Command::new(BIN).args(["server", "--config"]).arg(&cfg).arg("--data-dir").arg(dir.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("scheduler.tick_ms: \"soon\" is not a non-negative integer (milliseconds)"), "{err}");
+}
+
+#[tokio::test]
+async fn a_killed_worker_loses_its_attempt_and_the_job_runs_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path(), &[], 0, Some(REMOTE_POOL));
+    let token = srv.join_token("remote");
+    let mut w1 = WorkerProc::start(&srv.grpc, "remote", &token, 1);
+    let job = srv.submit(json!({"command": ["sleep", "1"]})).await;
+    let id = job["id"].as_str().unwrap();
+    let first = srv.wait_for(id, 20, |s| s == "running").await;
+    w1.kill9();
+    let _w2 = WorkerProc::start(&srv.grpc, "remote", &token, 1);
+    let j = srv.wait_ended(id, 30).await;
+    assert_eq!(j["state"], "succeeded");
+    let attempts = j["attempts"].as_array().unwrap();
+    assert_eq!((attempts[0]["state"].as_str(), attempts[0]["failure_reason"].as_str()), (Some("lost"), Some("worker_lost")));
+    assert_eq!(attempts[1]["state"], "succeeded");
+    assert_ne!(attempts[1]["worker_id"], first["worker_id"]);
+}
+
+#[tokio::test]
+async fn after_kill_9_of_the_server_every_acknowledged_job_ends_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let grpc_port = free_port();
+    let mut srv = Server::start(dir.path(), &[], grpc_port, Some(REMOTE_POOL));
+    let _w = WorkerProc::start(&srv.grpc, "remote", &srv.join_token("remote"), 4);
+    let (http, token) = (srv.http.clone(), srv.token.clone());
+    // Submit from 4 clients until the server dies; keep every acknowledged id.
+    let mut clients = Vec::new();
+    for c in 0..4 {
+        let (http, token) = (http.clone(), token.clone());
+        clients.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let mut acked = Vec::new();
+            for i in 0..400 {
+                let body = json!({"command": ["sh", "-c", "sleep 0.05"], "labels": {"c": c.to_string(), "i": i.to_string()}});
+                let Ok(resp) = client.post(format!("{http}/api/v1/jobs")).bearer_auth(&token).json(&body).send().await else { break };
+                if resp.status().as_u16() != 201 {
+                    break;
+                }
+                let Ok(v) = resp.json::<serde_json::Value>().await else { break };
+                acked.push(v["id"].as_str().unwrap().to_owned());
+            }
+            acked
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    srv.kill9();
+    let mut acked = Vec::new();
+    for c in clients {
+        acked.extend(c.await.unwrap());
+    }
+    assert!(acked.len() > 20, "only {} submits were acknowledged before the kill", acked.len());
+    let srv = Server::start(dir.path(), &[], grpc_port, Some(REMOTE_POOL));
+    for id in &acked {
+        let j = srv.wait_ended(id, 120).await;
+        assert_eq!(j["state"], "succeeded", "job {id}: {j}");
+        let wins = j["attempts"].as_array().unwrap().iter().filter(|a| a["state"] == "succeeded").count();
+        assert_eq!(wins, 1, "job {id} recorded {wins} successful attempts");
+    }
+}
