@@ -18,6 +18,8 @@ use hodei_core::{AttemptId, Job, JobId, JobState, Timestamp, Worker, WorkerId};
 use hodei_proto::v1 as pb;
 use hodei_store::logs::LogFiles;
 use hodei_store::{Store, StoreError};
+
+use crate::gauges::Gauges;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
@@ -121,6 +123,7 @@ pub struct Engine {
     rx: mpsc::UnboundedReceiver<Command>,
     running: Arc<AtomicBool>,
     connected: Arc<AtomicUsize>,
+    gauges: Gauges,
 }
 
 /// Answers to send once the batch is durable.
@@ -158,7 +161,7 @@ impl Engine {
         let running = Arc::new(AtomicBool::new(false));
         let connected = Arc::new(AtomicUsize::new(0));
         let sched = Scheduler::new(cfg.sched.clone());
-        let mut engine = Engine { store, clock, logs, cfg, sched, conns: HashMap::new(), rx, running: running.clone(), connected: connected.clone() };
+        let mut engine = Engine { store, clock, logs, cfg, sched, conns: HashMap::new(), rx, running: running.clone(), connected: connected.clone(), gauges: Gauges::default() };
         engine.rebuild().await?;
         Ok((engine, EngineHandle { tx, running, connected }))
     }
@@ -184,6 +187,7 @@ impl Engine {
         }
         let _ = sched.take_changes();
         tracing::info!(jobs = sched.jobs().count(), workers = sched.workers().count(), attempts = sched.attempts().count(), "scheduler state loaded from the store");
+        self.gauges = Gauges::load(sched.jobs());
         self.sched = sched;
         Ok(())
     }
@@ -327,7 +331,7 @@ impl Engine {
         }
     }
 
-    fn record_metrics(&self, c: &Changes) {
+    fn record_metrics(&mut self, c: &Changes) {
         for e in &c.events {
             match e.to {
                 JobState::Scheduled => {}
@@ -362,24 +366,7 @@ impl Engine {
                 metrics::counter!("hodei_jobs_scheduled_total", "tenant" => j.tenant.to_string(), "pool" => pool).increment(1);
             }
         }
-        let mut queued: HashMap<(&str, &str, &str), u64> = HashMap::new();
-        for j in self.sched.jobs() {
-            *queued.entry((j.tenant.as_str(), j.spec.priority.as_str(), j.state.as_str())).or_default() += 1;
-        }
-        // Gauges are recomputed from the core (cheap next to a commit) so they never drift.
-        QUEUED_GAUGES.with(|seen| {
-            let mut seen = seen.borrow_mut();
-            for key in seen.iter() {
-                if !queued.contains_key(&(key.0.as_str(), key.1.as_str(), key.2.as_str())) {
-                    metrics::gauge!("hodei_jobs_queued", "tenant" => key.0.clone(), "priority" => key.1.clone(), "state" => key.2.clone()).set(0.0);
-                }
-            }
-            seen.clear();
-            for ((t, p, st), n) in queued {
-                metrics::gauge!("hodei_jobs_queued", "tenant" => t.to_owned(), "priority" => p.to_owned(), "state" => st.to_owned()).set(n as f64);
-                seen.push((t.to_owned(), p.to_owned(), st.to_owned()));
-            }
-        });
+        self.gauges.apply(c);
     }
 
     /// Sends what the committed batch decided. A worker that went away misses its message;
@@ -403,10 +390,6 @@ impl Engine {
             }
         }
     }
-}
-
-thread_local! {
-    static QUEUED_GAUGES: std::cell::RefCell<Vec<(String, String, String)>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// The AssignJob message for an attempt, with the `HODEI_*` environment of SPEC §5.

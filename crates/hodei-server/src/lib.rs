@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod engine;
+mod gauges;
 pub mod grpc;
 pub mod local_pool;
 pub mod tokens;
