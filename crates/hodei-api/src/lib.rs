@@ -21,7 +21,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use hodei_core::sched::CancelOutcome;
 use hodei_core::spec::SpecLimits;
-use hodei_core::{Job, JobId, JobState, Pool, TenantId, Timestamp};
+use hodei_core::{Job, JobId, JobState, Pool, Tenant, TenantId, Timestamp};
 use hodei_store::logs::LogFiles;
 use hodei_store::{Store, StoreError};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -94,6 +94,8 @@ pub struct Inner {
     pub metrics: Option<PrometheusHandle>,
     /// Pools as configured; read to refuse jobs that no pool could ever run.
     pub pools: RwLock<Vec<Pool>>,
+    /// Tenants read on every submit; this process's tenant writes invalidate it.
+    pub tenants: TenantCache,
     pub cfg: ApiConfig,
     pub started: Instant,
 }
@@ -114,6 +116,35 @@ impl std::ops::Deref for ApiState {
     components(schemas(error::Problem))
 )]
 struct ApiDoc;
+
+/// Recently read tenants, for one second: submits need the tenant's status on every call.
+#[derive(Default)]
+pub struct TenantCache {
+    map: std::sync::Mutex<std::collections::HashMap<TenantId, (Tenant, Instant)>>,
+}
+
+impl TenantCache {
+    const TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
+    pub async fn get(&self, store: &dyn Store, id: &TenantId) -> Result<Option<Tenant>, StoreError> {
+        if let Some((t, at)) = self.map.lock().ok().and_then(|m| m.get(id).cloned()) {
+            if at.elapsed() < Self::TTL {
+                return Ok(Some(t));
+            }
+        }
+        let t = store.get_tenant(id).await?;
+        if let (Some(t), Ok(mut m)) = (&t, self.map.lock()) {
+            m.insert(id.clone(), (t.clone(), Instant::now()));
+        }
+        Ok(t)
+    }
+
+    pub fn invalidate(&self, id: &TenantId) {
+        if let Ok(mut m) = self.map.lock() {
+            m.remove(id);
+        }
+    }
+}
 
 /// The whole HTTP surface: `/api/v1/*`, `/health`, `/ready`, `/metrics`, `/api/openapi.json`, `/api/docs`.
 pub fn router(state: ApiState) -> Router {

@@ -230,7 +230,7 @@ impl Engine {
         }
         let mut mint = || AttemptId::from_uuid(Uuid::now_v7());
         let placed = self.sched.schedule(now, &mut mint);
-        let changes = self.sched.take_changes();
+        let changes = Arc::new(self.sched.take_changes());
         if placed > 0 {
             metrics::histogram!("hodei_scheduling_latency_seconds").record(started.elapsed().as_secs_f64() / placed as f64);
         }
@@ -239,7 +239,7 @@ impl Engine {
             return;
         }
         let db = Instant::now();
-        match self.store.apply(&changes).await {
+        match self.store.apply(changes.clone()).await {
             Ok(()) => {
                 metrics::histogram!("hodei_db_query_duration_seconds", "op" => "apply").record(db.elapsed().as_secs_f64());
                 replies.ok();

@@ -241,7 +241,7 @@ pub fn api_state(cfg: &Config, store: Arc<dyn Store>, engine: EngineHandle, logs
         version: VERSION.to_owned(),
     };
     let control = Arc::new(ControlPlane { engine, store: store.clone() });
-    Ok(ApiState(Arc::new(Inner { store, control, logs, clock, metrics, pools: RwLock::new(pools), cfg: api_cfg, started: Instant::now() })))
+    Ok(ApiState(Arc::new(Inner { store, control, logs, clock, metrics, pools: RwLock::new(pools), tenants: Default::default(), cfg: api_cfg, started: Instant::now() })))
 }
 
 pub fn engine_config(cfg: &Config) -> EngineConfig {

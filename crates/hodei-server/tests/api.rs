@@ -29,7 +29,7 @@ async fn app() -> App {
     cfg.auth.admin_token = Some(Secret(TOKEN.into()));
     cfg.limits.max_body_bytes = 64 * 1024;
     cfg.jobs.max_batch_size = 10;
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open_in_memory().await.unwrap());
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open_temporary().await.unwrap());
     let server = hodei_server::start(ServerOptions { config: cfg, worker_exe: None, metrics_addr: None, store: Some(store) }).await.unwrap();
     App { server, _dir: dir }
 }

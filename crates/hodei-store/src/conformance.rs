@@ -110,7 +110,7 @@ async fn scheduler_changes_round_trip(store: &dyn Store) {
         AttemptId::from_uuid(Uuid::from_u128(n))
     };
     s.schedule(ts(2), &mut mint);
-    store.apply(&s.take_changes()).await.expect("apply submit + schedule in one batch");
+    store.apply(std::sync::Arc::new(s.take_changes())).await.expect("apply submit + schedule in one batch");
 
     let stored = store.get_job(ja).await.unwrap().expect("job stored");
     assert_eq!(stored.state, JobState::Scheduled);
@@ -120,7 +120,7 @@ async fn scheduler_changes_round_trip(store: &dyn Store) {
     s.accepted(aid, w.id, ts(3), ts(3)).unwrap();
     let r = AttemptResult { outcome: Outcome::Succeeded, exit_code: Some(0), signal: None, failure_reason: None, started_at: ts(3), finished_at: ts(4), cpu_time_ms: 5, max_rss_mb: 6, log_bytes: 7, log_truncated: false };
     s.finish(aid, w.id, r, ts(4)).unwrap();
-    store.apply(&s.take_changes()).await.unwrap();
+    store.apply(std::sync::Arc::new(s.take_changes())).await.unwrap();
 
     let done = store.get_job(ja).await.unwrap().unwrap();
     assert_eq!((done.state, done.exit_code, done.started_at, done.finished_at), (JobState::Succeeded, Some(0), Some(ts(3)), Some(ts(4))));
@@ -146,7 +146,7 @@ async fn job_lists_filter_and_paginate_newest_first(store: &dyn Store) {
         let t = if n % 2 == 0 { "even" } else { "odd" };
         s.submit(job(n, t, &[("n", &n.to_string())]), ts(n as i64));
     }
-    store.apply(&s.take_changes()).await.unwrap();
+    store.apply(std::sync::Arc::new(s.take_changes())).await.unwrap();
     let even = TenantId::parse("even").unwrap();
     let page1 = store.list_jobs(&JobFilter { tenant: Some(even.clone()), limit: 3, ..Default::default() }).await.unwrap();
     let ids: Vec<u128> = page1.iter().map(|j| j.id.as_uuid().as_u128() >> 80).collect();

@@ -8,6 +8,7 @@ pub mod conformance;
 pub mod logs;
 mod rows;
 pub mod sqlite;
+mod sqlite_writer;
 
 use async_trait::async_trait;
 use hodei_core::sched::Changes;
@@ -23,6 +24,10 @@ pub enum StoreError {
     Unavailable { doing: &'static str, source: sqlx::Error },
     #[error("store error while {doing}")]
     Db { doing: &'static str, source: sqlx::Error },
+    #[error("store error while {doing}: {detail}")]
+    Write { doing: &'static str, detail: String },
+    #[error("store unavailable while {doing}: {detail}")]
+    WriteUnavailable { doing: &'static str, detail: String },
     #[error("corrupt row while {doing}: {detail}")]
     Corrupt { doing: &'static str, detail: String },
 }
@@ -37,7 +42,7 @@ impl StoreError {
 
     /// The database could not be reached (503 rather than 500).
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, StoreError::Unavailable { .. })
+        matches!(self, StoreError::Unavailable { .. } | StoreError::WriteUnavailable { .. })
     }
 }
 
@@ -81,7 +86,7 @@ pub trait Store: Send + Sync + 'static {
     async fn list_pools(&self) -> Result<Vec<Pool>>;
 
     /// Persists one batch of scheduler decisions in one transaction.
-    async fn apply(&self, changes: &Changes) -> Result<()>;
+    async fn apply(&self, changes: std::sync::Arc<Changes>) -> Result<()>;
     async fn get_job(&self, id: JobId) -> Result<Option<Job>>;
     async fn list_jobs(&self, f: &JobFilter) -> Result<Vec<Job>>;
     async fn list_attempts(&self, job: JobId) -> Result<Vec<Attempt>>;

@@ -3,7 +3,7 @@
 //! in SQLite's busy loop) and a few readers.
 
 use std::path::Path;
-use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -17,16 +17,31 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 use uuid::Uuid;
 
 use crate::rows::*;
+use crate::sqlite_writer::{self, Writer};
 use crate::{JobFilter, LiveState, Result, Store, StoreError};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
-/// Rows per multi-row INSERT: 39 columns × 200 stays under SQLite's 32 766 variables.
-const INSERT_CHUNK: usize = 200;
 
 pub struct SqliteStore {
+    /// Rare writes (tenants, pools, worker registration) go through sqlx on one connection.
     write: SqlitePool,
     read: SqlitePool,
+    /// Scheduler batches go through a dedicated rusqlite thread (see `sqlite_writer`).
+    writer: Writer,
+    /// Removed on drop: the backing file of `open_temporary`.
+    _temp: Option<TempDb>,
+}
+
+/// A database file deleted when the store is dropped.
+struct TempDb(std::path::PathBuf);
+
+impl Drop for TempDb {
+    fn drop(&mut self) {
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", self.0.display()));
+        }
+    }
 }
 
 impl SqliteStore {
@@ -42,15 +57,17 @@ impl SqliteStore {
         let write = SqlitePoolOptions::new().max_connections(1).connect_with(opts.clone()).await.map_err(StoreError::db("opening the database"))?;
         MIGRATOR.run(&write).await.map_err(|e| StoreError::Corrupt { doing: "migrating the database", detail: e.to_string() })?;
         let read = SqlitePoolOptions::new().max_connections(4).connect_with(opts.read_only(true)).await.map_err(StoreError::db("opening the database"))?;
-        Ok(SqliteStore { write, read })
+        let writer = Writer::open(path)?;
+        Ok(SqliteStore { write, read, writer, _temp: None })
     }
 
-    /// A private in-memory database (one connection), for tests.
-    pub async fn open_in_memory() -> Result<SqliteStore> {
-        let opts = SqliteConnectOptions::from_str("sqlite::memory:").map_err(StoreError::db("opening the database"))?;
-        let pool = SqlitePoolOptions::new().max_connections(1).idle_timeout(None).max_lifetime(None).connect_with(opts).await.map_err(StoreError::db("opening the database"))?;
-        MIGRATOR.run(&pool).await.map_err(|e| StoreError::Corrupt { doing: "migrating the database", detail: e.to_string() })?;
-        Ok(SqliteStore { write: pool.clone(), read: pool })
+    /// A private throwaway database for tests: a temporary file (the writer thread and the
+    /// readers need to share it), deleted when the store is dropped.
+    pub async fn open_temporary() -> Result<SqliteStore> {
+        let path = std::env::temp_dir().join(format!("hodei-test-{}.db", uuid::Uuid::new_v4()));
+        let mut store = SqliteStore::open(&path).await?;
+        store._temp = Some(TempDb(path));
+        Ok(store)
     }
 }
 
@@ -58,9 +75,6 @@ fn ms(t: Timestamp) -> i64 {
     t.as_millis()
 }
 
-fn oms(t: Option<Timestamp>) -> Option<i64> {
-    t.map(Timestamp::as_millis)
-}
 
 fn ts(v: Option<i64>) -> Option<Timestamp> {
     v.map(Timestamp::from_millis)
@@ -68,15 +82,6 @@ fn ts(v: Option<i64>) -> Option<Timestamp> {
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
-}
-
-const JOB_COLUMNS: &str = "id, tenant_id, name, command, env, working_dir, image, cpu_m, memory_mb, gpu, timeout_ms, expected_duration_ms, \
-     max_retries, retry_backoff_ms, priority, sla, preemptible, hold, labels, pool_selector, state, state_reason, attempt_count, \
-     current_attempt_id, retries_left, lost_requeues, exit_code, failure_reason, submitted_at, eligible_at, scheduled_at, started_at, \
-     finished_at, next_retry_at, cancel_requested_at, pool_id, worker_id, log_truncated";
-
-fn dur_ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 fn job_from_row(r: &SqliteRow) -> Result<Job> {
@@ -226,135 +231,6 @@ fn pool_from_row(r: &SqliteRow) -> Result<(Pool, String)> {
     Ok((pool, r.try_get("join_token_hash").map_err(g)?))
 }
 
-async fn insert_jobs(tx: &mut sqlx::SqliteConnection, jobs: &[Job]) -> Result<()> {
-    for chunk in jobs.chunks(INSERT_CHUNK) {
-        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(format!("INSERT INTO jobs ({JOB_COLUMNS}) "));
-        qb.push_values(chunk, |mut b, j| {
-            let s = &j.spec;
-            b.push_bind(j.id.as_uuid())
-                .push_bind(j.tenant.as_str().to_owned())
-                .push_bind(s.name.clone())
-                .push_bind(json_vec(&s.command))
-                .push_bind(json_map(&s.env))
-                .push_bind(s.working_dir.clone())
-                .push_bind(s.image.clone())
-                .push_bind(i64::from(s.resources.cpu_m.get()))
-                .push_bind(i64::from(s.resources.memory_mb.get()))
-                .push_bind(i64::from(s.resources.gpu.get()))
-                .push_bind(dur_ms(s.timeout))
-                .push_bind(s.expected_duration.map(dur_ms))
-                .push_bind(i64::from(s.max_retries))
-                .push_bind(s.retry_backoff.map(dur_ms))
-                .push_bind(s.priority.as_str())
-                .push_bind(s.sla.as_str())
-                .push_bind(s.preemptible)
-                .push_bind(s.hold)
-                .push_bind(json_map(&s.labels))
-                .push_bind(s.pool_selector.as_ref().map(|p| p.as_str().to_owned()))
-                .push_bind(j.state.as_str())
-                .push_bind(j.state_reason.clone())
-                .push_bind(i64::from(j.attempt_count))
-                .push_bind(j.current_attempt.map(|a| a.as_uuid()))
-                .push_bind(i64::from(j.retries_left))
-                .push_bind(i64::from(j.lost_requeues))
-                .push_bind(j.exit_code)
-                .push_bind(j.failure_reason.map(|f| f.as_str()))
-                .push_bind(ms(j.submitted_at))
-                .push_bind(ms(j.eligible_at))
-                .push_bind(oms(j.scheduled_at))
-                .push_bind(oms(j.started_at))
-                .push_bind(oms(j.finished_at))
-                .push_bind(oms(j.next_retry_at))
-                .push_bind(oms(j.cancel_requested_at))
-                .push_bind(j.pool_id.as_ref().map(|p| p.as_str().to_owned()))
-                .push_bind(j.worker_id.map(|w| w.as_uuid()))
-                .push_bind(j.log_truncated);
-        });
-        qb.build().execute(&mut *tx).await.map_err(StoreError::db("inserting jobs"))?;
-    }
-    Ok(())
-}
-
-async fn update_job(tx: &mut sqlx::SqliteConnection, j: &Job) -> Result<()> {
-    sqlx::query(
-        "UPDATE jobs SET state = ?, state_reason = ?, attempt_count = ?, current_attempt_id = ?, retries_left = ?, lost_requeues = ?, \
-         exit_code = ?, failure_reason = ?, eligible_at = ?, scheduled_at = ?, started_at = ?, finished_at = ?, next_retry_at = ?, \
-         cancel_requested_at = ?, pool_id = ?, worker_id = ?, log_truncated = ? WHERE id = ?",
-    )
-    .bind(j.state.as_str())
-    .bind(j.state_reason.as_deref())
-    .bind(i64::from(j.attempt_count))
-    .bind(j.current_attempt.map(|a| a.as_uuid()))
-    .bind(i64::from(j.retries_left))
-    .bind(i64::from(j.lost_requeues))
-    .bind(j.exit_code)
-    .bind(j.failure_reason.map(|f| f.as_str()))
-    .bind(ms(j.eligible_at))
-    .bind(oms(j.scheduled_at))
-    .bind(oms(j.started_at))
-    .bind(oms(j.finished_at))
-    .bind(oms(j.next_retry_at))
-    .bind(oms(j.cancel_requested_at))
-    .bind(j.pool_id.as_ref().map(|p| p.as_str()))
-    .bind(j.worker_id.map(|w| w.as_uuid()))
-    .bind(j.log_truncated)
-    .bind(j.id.as_uuid())
-    .execute(&mut *tx)
-    .await
-    .map_err(StoreError::db("updating a job"))?;
-    Ok(())
-}
-
-async fn upsert_attempt(tx: &mut sqlx::SqliteConnection, a: &Attempt) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO attempts (id, job_id, number, worker_id, pool_id, cpu_m, memory_mb, gpu, state, assigned_at, started_at, finished_at, \
-         exit_code, signal, failure_reason, cpu_time_ms, max_rss_mb, log_bytes, log_truncated) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-         ON CONFLICT (id) DO UPDATE SET state = excluded.state, started_at = excluded.started_at, finished_at = excluded.finished_at, \
-         exit_code = excluded.exit_code, signal = excluded.signal, failure_reason = excluded.failure_reason, cpu_time_ms = excluded.cpu_time_ms, \
-         max_rss_mb = excluded.max_rss_mb, log_bytes = excluded.log_bytes, log_truncated = excluded.log_truncated",
-    )
-    .bind(a.id.as_uuid())
-    .bind(a.job_id.as_uuid())
-    .bind(i64::from(a.number))
-    .bind(a.worker_id.as_uuid())
-    .bind(a.pool_id.as_str())
-    .bind(i64::from(a.resources.cpu_m.get()))
-    .bind(i64::from(a.resources.memory_mb.get()))
-    .bind(i64::from(a.resources.gpu.get()))
-    .bind(a.state.as_str())
-    .bind(ms(a.assigned_at))
-    .bind(oms(a.started_at))
-    .bind(oms(a.finished_at))
-    .bind(a.exit_code)
-    .bind(a.signal)
-    .bind(a.failure_reason.map(|f| f.as_str()))
-    .bind(a.cpu_time_ms as i64)
-    .bind(a.max_rss_mb as i64)
-    .bind(a.log_bytes as i64)
-    .bind(a.log_truncated)
-    .execute(&mut *tx)
-    .await
-    .map_err(StoreError::db("writing an attempt"))?;
-    Ok(())
-}
-
-async fn insert_events(tx: &mut sqlx::SqliteConnection, events: &[JobEvent]) -> Result<()> {
-    for chunk in events.chunks(INSERT_CHUNK * 5) {
-        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("INSERT INTO job_events (job_id, at, from_state, to_state, actor, reason) ");
-        qb.push_values(chunk, |mut b, e| {
-            b.push_bind(e.job_id.as_uuid())
-                .push_bind(ms(e.at))
-                .push_bind(e.from.map(|s| s.as_str()))
-                .push_bind(e.to.as_str())
-                .push_bind(e.actor.as_str())
-                .push_bind(e.reason.clone());
-        });
-        qb.build().execute(&mut *tx).await.map_err(StoreError::db("inserting job events"))?;
-    }
-    Ok(())
-}
-
 #[async_trait]
 impl Store for SqliteStore {
     async fn ping(&self) -> Result<()> {
@@ -467,30 +343,11 @@ impl Store for SqliteStore {
         rows.iter().map(|r| pool_from_row(r).map(|p| p.0)).collect()
     }
 
-    async fn apply(&self, c: &Changes) -> Result<()> {
+    async fn apply(&self, c: Arc<Changes>) -> Result<()> {
         if c.new_jobs.is_empty() && c.jobs.is_empty() && c.attempts.is_empty() && c.workers.is_empty() && c.events.is_empty() {
             return Ok(());
         }
-        let mut tx = self.write.begin().await.map_err(StoreError::db("starting a transaction"))?;
-        insert_jobs(&mut tx, &c.new_jobs).await?;
-        for j in &c.jobs {
-            update_job(&mut tx, j).await?;
-        }
-        for a in &c.attempts {
-            upsert_attempt(&mut tx, a).await?;
-        }
-        for w in &c.workers {
-            sqlx::query("UPDATE workers SET state = ?, last_heartbeat_at = ? WHERE id = ?")
-                .bind(w.state.as_str())
-                .bind(ms(w.last_heartbeat_at))
-                .bind(w.id.as_uuid())
-                .execute(&mut *tx)
-                .await
-                .map_err(StoreError::db("updating a worker"))?;
-        }
-        insert_events(&mut tx, &c.events).await?;
-        tx.commit().await.map_err(StoreError::db("committing scheduler changes"))?;
-        Ok(())
+        self.writer.run(move |conn| sqlite_writer::apply(conn, &c)).await
     }
 
     async fn get_job(&self, id: JobId) -> Result<Option<Job>> {

@@ -1,4 +1,4 @@
-//! The conformance suite against SQLite, on a file (as in production) and in memory (as in API tests).
+//! The conformance suite against SQLite: a data-dir file (as in production) and a throwaway one (as in API tests).
 
 use hodei_store::sqlite::SqliteStore;
 
@@ -10,8 +10,8 @@ async fn sqlite_file_store_conforms() {
 }
 
 #[tokio::test]
-async fn sqlite_memory_store_conforms() {
-    let store = SqliteStore::open_in_memory().await.unwrap();
+async fn sqlite_temporary_store_conforms() {
+    let store = SqliteStore::open_temporary().await.unwrap();
     hodei_store::conformance::run_all(&store).await;
 }
 

@@ -49,7 +49,7 @@ async fn tenant_for(s: &ApiState, body: Option<&str>, headers: &HeaderMap, field
         Some(raw) => TenantId::parse(raw).map_err(|e| ApiError::field(field, e.to_string(), "a tenant id (slug)", Some(raw.to_owned())))?,
         None => s.cfg.default_tenant.clone(),
     };
-    let t = s.store.get_tenant(&id).await?.ok_or_else(|| ApiError::not_found(format!("tenant {id}")))?;
+    let t = s.tenants.get(s.store.as_ref(), &id).await?.ok_or_else(|| ApiError::not_found(format!("tenant {id}")))?;
     if t.status == TenantStatus::Suspended {
         return Err(ApiError::new(ErrorCode::TenantSuspended, format!("tenant {id} is suspended; submits are refused")));
     }

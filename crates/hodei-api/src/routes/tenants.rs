@@ -120,6 +120,7 @@ pub async fn update_tenant(State(s): State<ApiState>, Path(id): Path<String>, he
     t.updated_at = s.clock.now();
     t.version += 1;
     s.store.update_tenant(&t).await?;
+    s.tenants.invalidate(&t.id);
     Ok(Json(TenantView::from(&t)))
 }
 
@@ -135,5 +136,6 @@ pub async fn delete_tenant(State(s): State<ApiState>, Path(id): Path<String>) ->
         return Err(ApiError::new(ErrorCode::Conflict, format!("tenant has {live} live jobs; cancel them first")).with("live_jobs", live.into()));
     }
     s.store.delete_tenant(&t.id).await?;
+    s.tenants.invalidate(&t.id);
     Ok(StatusCode::NO_CONTENT)
 }

@@ -1,0 +1,213 @@
+//! The SQLite write path: one thread owning one connection, fed closures through a channel.
+//! A whole scheduler batch is one handoff and one transaction of cached prepared statements,
+//! instead of a round trip to an async driver per row.
+
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use hodei_core::sched::Changes;
+use hodei_core::{Job, Timestamp};
+use rusqlite::{Connection, params};
+use tokio::sync::oneshot;
+
+use crate::StoreError;
+use crate::rows::{json_map, json_vec};
+
+type Task = Box<dyn FnOnce(&mut Connection) + Send>;
+
+pub(crate) struct Writer {
+    tx: mpsc::Sender<Task>,
+}
+
+pub(crate) fn map_err(doing: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
+    move |e| {
+        let unavailable = matches!(
+            e.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked | rusqlite::ErrorCode::DiskFull | rusqlite::ErrorCode::SystemIoFailure | rusqlite::ErrorCode::CannotOpen)
+        );
+        if unavailable { StoreError::WriteUnavailable { doing, detail: e.to_string() } } else { StoreError::Write { doing, detail: e.to_string() } }
+    }
+}
+
+impl Writer {
+    pub(crate) fn open(path: &Path) -> Result<Writer, StoreError> {
+        let conn = Connection::open(path).map_err(map_err("opening the database for writing"))?;
+        conn.busy_timeout(Duration::from_secs(5)).map_err(map_err("configuring the writer"))?;
+        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA cache_size = -65536;").map_err(map_err("configuring the writer"))?;
+        conn.set_prepared_statement_cache_capacity(64);
+        let (tx, rx) = mpsc::channel::<Task>();
+        std::thread::Builder::new()
+            .name("hodei-sqlite-writer".into())
+            .spawn(move || {
+                let mut conn = conn;
+                while let Ok(task) = rx.recv() {
+                    task(&mut conn);
+                }
+            })
+            .map_err(|e| StoreError::Write { doing: "starting the writer thread", detail: e.to_string() })?;
+        Ok(Writer { tx })
+    }
+
+    /// Runs `f` on the writer thread and returns its result.
+    pub(crate) async fn run<T: Send + 'static>(&self, f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        let task: Task = Box::new(move |c| {
+            let _ = tx.send(f(c));
+        });
+        self.tx.send(task).map_err(|_| StoreError::WriteUnavailable { doing: "writing", detail: "the writer thread stopped".into() })?;
+        rx.await.map_err(|_| StoreError::WriteUnavailable { doing: "writing", detail: "the writer thread stopped".into() })?
+    }
+}
+
+fn ms(t: Timestamp) -> i64 {
+    t.as_millis()
+}
+
+fn oms(t: Option<Timestamp>) -> Option<i64> {
+    t.map(Timestamp::as_millis)
+}
+
+fn dur_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+const INSERT_JOB: &str = "INSERT INTO jobs (id, tenant_id, name, command, env, working_dir, image, cpu_m, memory_mb, gpu, timeout_ms, expected_duration_ms, \
+     max_retries, retry_backoff_ms, priority, sla, preemptible, hold, labels, pool_selector, state, state_reason, attempt_count, \
+     current_attempt_id, retries_left, lost_requeues, exit_code, failure_reason, submitted_at, eligible_at, scheduled_at, started_at, \
+     finished_at, next_retry_at, cancel_requested_at, pool_id, worker_id, log_truncated) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34, ?35, ?36, ?37, ?38)";
+
+const UPDATE_JOB: &str = "UPDATE jobs SET state = ?1, state_reason = ?2, attempt_count = ?3, current_attempt_id = ?4, retries_left = ?5, lost_requeues = ?6, \
+     exit_code = ?7, failure_reason = ?8, eligible_at = ?9, scheduled_at = ?10, started_at = ?11, finished_at = ?12, next_retry_at = ?13, \
+     cancel_requested_at = ?14, pool_id = ?15, worker_id = ?16, log_truncated = ?17 WHERE id = ?18";
+
+const UPSERT_ATTEMPT: &str = "INSERT INTO attempts (id, job_id, number, worker_id, pool_id, cpu_m, memory_mb, gpu, state, assigned_at, started_at, finished_at, \
+     exit_code, signal, failure_reason, cpu_time_ms, max_rss_mb, log_bytes, log_truncated) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19) \
+     ON CONFLICT (id) DO UPDATE SET state = excluded.state, started_at = excluded.started_at, finished_at = excluded.finished_at, \
+     exit_code = excluded.exit_code, signal = excluded.signal, failure_reason = excluded.failure_reason, cpu_time_ms = excluded.cpu_time_ms, \
+     max_rss_mb = excluded.max_rss_mb, log_bytes = excluded.log_bytes, log_truncated = excluded.log_truncated";
+
+const INSERT_EVENT: &str = "INSERT INTO job_events (job_id, at, from_state, to_state, actor, reason) VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+
+fn insert_job(st: &mut rusqlite::CachedStatement<'_>, j: &Job) -> rusqlite::Result<usize> {
+    let s = &j.spec;
+    st.execute(params![
+        j.id.as_uuid(),
+        j.tenant.as_str(),
+        s.name,
+        json_vec(&s.command),
+        json_map(&s.env),
+        s.working_dir,
+        s.image,
+        s.resources.cpu_m.get(),
+        s.resources.memory_mb.get(),
+        s.resources.gpu.get(),
+        dur_ms(s.timeout),
+        s.expected_duration.map(dur_ms),
+        s.max_retries,
+        s.retry_backoff.map(dur_ms),
+        s.priority.as_str(),
+        s.sla.as_str(),
+        s.preemptible,
+        s.hold,
+        json_map(&s.labels),
+        s.pool_selector.as_ref().map(|p| p.as_str()),
+        j.state.as_str(),
+        j.state_reason,
+        j.attempt_count,
+        j.current_attempt.map(|a| a.as_uuid()),
+        j.retries_left,
+        j.lost_requeues,
+        j.exit_code,
+        j.failure_reason.map(|f| f.as_str()),
+        ms(j.submitted_at),
+        ms(j.eligible_at),
+        oms(j.scheduled_at),
+        oms(j.started_at),
+        oms(j.finished_at),
+        oms(j.next_retry_at),
+        oms(j.cancel_requested_at),
+        j.pool_id.as_ref().map(|p| p.as_str()),
+        j.worker_id.map(|w| w.as_uuid()),
+        j.log_truncated,
+    ])
+}
+
+/// Writes one batch of scheduler decisions in one transaction.
+pub(crate) fn apply(conn: &mut Connection, c: &Changes) -> Result<(), StoreError> {
+    let tx = conn.transaction().map_err(map_err("starting a transaction"))?;
+    {
+        let mut st = tx.prepare_cached(INSERT_JOB).map_err(map_err("preparing the job insert"))?;
+        for j in &c.new_jobs {
+            insert_job(&mut st, j).map_err(map_err("inserting jobs"))?;
+        }
+    }
+    {
+        let mut st = tx.prepare_cached(UPDATE_JOB).map_err(map_err("preparing the job update"))?;
+        for j in &c.jobs {
+            st.execute(params![
+                j.state.as_str(),
+                j.state_reason,
+                j.attempt_count,
+                j.current_attempt.map(|a| a.as_uuid()),
+                j.retries_left,
+                j.lost_requeues,
+                j.exit_code,
+                j.failure_reason.map(|f| f.as_str()),
+                ms(j.eligible_at),
+                oms(j.scheduled_at),
+                oms(j.started_at),
+                oms(j.finished_at),
+                oms(j.next_retry_at),
+                oms(j.cancel_requested_at),
+                j.pool_id.as_ref().map(|p| p.as_str()),
+                j.worker_id.map(|w| w.as_uuid()),
+                j.log_truncated,
+                j.id.as_uuid(),
+            ])
+            .map_err(map_err("updating a job"))?;
+        }
+    }
+    {
+        let mut st = tx.prepare_cached(UPSERT_ATTEMPT).map_err(map_err("preparing the attempt upsert"))?;
+        for a in &c.attempts {
+            st.execute(params![
+                a.id.as_uuid(),
+                a.job_id.as_uuid(),
+                a.number,
+                a.worker_id.as_uuid(),
+                a.pool_id.as_str(),
+                a.resources.cpu_m.get(),
+                a.resources.memory_mb.get(),
+                a.resources.gpu.get(),
+                a.state.as_str(),
+                ms(a.assigned_at),
+                oms(a.started_at),
+                oms(a.finished_at),
+                a.exit_code,
+                a.signal,
+                a.failure_reason.map(|f| f.as_str()),
+                a.cpu_time_ms as i64,
+                a.max_rss_mb as i64,
+                a.log_bytes as i64,
+                a.log_truncated,
+            ])
+            .map_err(map_err("writing an attempt"))?;
+        }
+    }
+    {
+        let mut st = tx.prepare_cached("UPDATE workers SET state = ?1, last_heartbeat_at = ?2 WHERE id = ?3").map_err(map_err("preparing the worker update"))?;
+        for w in &c.workers {
+            st.execute(params![w.state.as_str(), ms(w.last_heartbeat_at), w.id.as_uuid()]).map_err(map_err("updating a worker"))?;
+        }
+    }
+    {
+        let mut st = tx.prepare_cached(INSERT_EVENT).map_err(map_err("preparing the event insert"))?;
+        for e in &c.events {
+            st.execute(params![e.job_id.as_uuid(), ms(e.at), e.from.map(|s| s.as_str()), e.to.as_str(), e.actor.as_str(), e.reason]).map_err(map_err("inserting job events"))?;
+        }
+    }
+    tx.commit().map_err(map_err("committing scheduler changes"))
+}
