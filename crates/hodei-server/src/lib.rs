@@ -311,6 +311,10 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
         let stop = async move {
             let _ = rx.wait_for(|s| *s).await;
         };
+        // Small JSON answers must not wait for Nagle's algorithm.
+        let http = axum::serve::ListenerExt::tap_io(http, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         if let Err(e) = axum::serve(http, router).with_graceful_shutdown(stop).await {
             tracing::error!(error = %e, "HTTP server failed");
         }

@@ -1,0 +1,43 @@
+//! Project chores. `cargo run -p xtask -- openapi` writes `docs/openapi.json` from the code;
+//! a test fails when the committed file is stale.
+
+use std::path::PathBuf;
+
+fn openapi() -> String {
+    let cfg = hodei_api::ApiConfig {
+        limits: hodei_core::spec::SpecLimits::default(),
+        max_body_bytes: 16 << 20,
+        max_batch_body_bytes: 256 << 20,
+        max_batch_size: 100_000,
+        default_tenant: hodei_core::TenantId::parse("default").expect("a valid slug"),
+        admin_token: None,
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+    };
+    hodei_api::openapi_json(&cfg) + "\n"
+}
+
+fn doc_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/openapi.json")
+}
+
+fn main() {
+    match std::env::args().nth(1).as_deref() {
+        Some("openapi") => {
+            std::fs::write(doc_path(), openapi()).expect("writing docs/openapi.json");
+            println!("wrote {}", doc_path().display());
+        }
+        _ => {
+            eprintln!("usage: cargo run -p xtask -- openapi");
+            std::process::exit(2);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_committed_openapi_document_is_current() {
+        let committed = std::fs::read_to_string(super::doc_path()).unwrap_or_default();
+        assert!(committed == super::openapi(), "docs/openapi.json is stale: run `cargo run -p xtask -- openapi`");
+    }
+}
