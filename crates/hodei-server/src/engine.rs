@@ -239,6 +239,7 @@ impl Engine {
             return;
         }
         let db = Instant::now();
+        tracing::debug!(new_jobs = changes.new_jobs.len(), jobs = changes.jobs.len(), "committing");
         match self.store.apply(changes.clone()).await {
             Ok(()) => {
                 metrics::histogram!("hodei_db_query_duration_seconds", "op" => "apply").record(db.elapsed().as_secs_f64());
@@ -377,6 +378,7 @@ impl Engine {
                 Outbound::Assign { worker, attempt, job } => {
                     let Some(j) = self.sched.job(job) else { continue };
                     let Some(a) = self.sched.attempt(attempt) else { continue };
+                    tracing::debug!(%attempt, "sending assignment");
                     (*worker, pb::server_message::Msg::Assign(assign_message(j, a.id, a.number, self.cfg.kill_grace, self.cfg.max_log_bytes)))
                 }
                 Outbound::Cancel { worker, attempt, reason } => (

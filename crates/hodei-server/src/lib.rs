@@ -334,11 +334,12 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
     let svc = WorkerSvc::new(store.clone(), handle.clone(), logs, clock, timeouts);
     let mut rx = shutdown_rx.clone();
     tasks.push(tokio::spawn(async move {
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);
+        // Assignments are small frames: without TCP_NODELAY they wait on delayed ACKs (seen: 3–23 ms).
+        let incoming = tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true));
         let stop = async move {
             let _ = rx.wait_for(|s| *s).await;
         };
-        let server = tonic::transport::Server::builder().tcp_nodelay(true).add_service(WorkerServiceServer::new(svc)).serve_with_incoming_shutdown(incoming, stop);
+        let server = tonic::transport::Server::builder().add_service(WorkerServiceServer::new(svc)).serve_with_incoming_shutdown(incoming, stop);
         if let Err(e) = server.await {
             tracing::error!(error = %e, "gRPC server failed");
         }

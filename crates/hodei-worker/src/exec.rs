@@ -120,6 +120,7 @@ pub async fn run(a: pb::AssignJob, out: mpsc::UnboundedSender<pb::WorkerMessage>
         }
     };
     let pid = child.id() as i32;
+    tracing::debug!(attempt = %a.attempt_id, pid, "process started");
     let _ = out.send(msg(pb::worker_message::Msg::Accepted(pb::Accepted { attempt_id: a.attempt_id.clone(), started_at_ms })));
 
     let bytes = Arc::new(AtomicU64::new(0));

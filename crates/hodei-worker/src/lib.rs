@@ -199,6 +199,7 @@ fn on_server_message(m: pb::ServerMessage, agent: &Arc<Mutex<Agent>>, events: &m
     match m.msg {
         Some(Msg::Assign(job)) => {
             let id = job.attempt_id.clone();
+            tracing::debug!(attempt = %id, "assignment received");
             // A repeated assignment (after a reconnect) never starts the attempt twice.
             if let Some(r) = a.unacked.get(&id) {
                 let _ = events.send(msg(pb::worker_message::Msg::Result(r.clone())));
