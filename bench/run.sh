@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Runs every `hodei bench` mode against a fresh release server on this machine.
+# Usage: bench/run.sh [REPS=3]   — prints one line per mode and repetition.
+# The built-in pool gets 32 slots (as Slurm's and SGE's 32 in ../shared/peers), jobs ask for
+# cpu_m=1 so slots, not cpu, bound concurrency.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPS=${1:-3}
+cargo build --release -q -p hodei
+BIN=$PWD/target/release/hodei
+for rep in $(seq 1 "$REPS"); do
+    DIR=$(mktemp -d)
+    HODEI_RESOURCE_POOLS__BUILTIN_LOCAL__SLOTS=32 RUST_LOG=warn "$BIN" server --data-dir "$DIR/data" \
+        --http-addr 127.0.0.1:0 --grpc-addr 127.0.0.1:0 --metrics-addr 127.0.0.1:0 > "$DIR/ready" 2> "$DIR/server.log" &
+    PID=$!
+    for _ in $(seq 1 100); do grep -q '^ready' "$DIR/ready" 2>/dev/null && break; sleep 0.1; done
+    HTTP=$(sed -n 's/^ready http=\([^ ]*\).*/\1/p' "$DIR/ready")
+    export HODEI_SERVER="http://$HTTP" HODEI_DATA_DIR="$DIR/data"
+    echo "# rep $rep"
+    "$BIN" bench latency --runs 200
+    "$BIN" bench submit --clients 1 --jobs 5000
+    "$BIN" bench submit --clients 64 --jobs 20000
+    "$BIN" bench batch --jobs 100000
+    "$BIN" bench throughput --jobs 5000 --parallel 32
+    kill "$PID"; wait "$PID" 2>/dev/null || true
+    rm -rf "$DIR"
+done
