@@ -81,8 +81,15 @@ fn pump(mut pipe: impl Read, attempt: String, stream: pb::LogStream, cap: u64, o
 }
 
 /// Runs the attempt to its end and returns its Result. `Accepted` and log chunks go to `out`
-/// as they happen.
-pub async fn run(a: pb::AssignJob, out: mpsc::UnboundedSender<pb::WorkerMessage>, stop: oneshot::Receiver<StopReason>, scratch_root: PathBuf) -> pb::Result {
+/// as they happen. An attempt stopped because the worker itself is shutting down has no result
+/// (`None`): it was not the user's cancel, and the server requeues it as lost.
+pub async fn run(a: pb::AssignJob, out: mpsc::UnboundedSender<pb::WorkerMessage>, stop: oneshot::Receiver<StopReason>, scratch_root: PathBuf) -> Option<pb::Result> {
+    let mut shutdown = false;
+    let r = run_inner(a, out, stop, scratch_root, &mut shutdown).await;
+    (!shutdown).then_some(r)
+}
+
+async fn run_inner(a: pb::AssignJob, out: mpsc::UnboundedSender<pb::WorkerMessage>, stop: oneshot::Receiver<StopReason>, scratch_root: PathBuf, shutdown: &mut bool) -> pb::Result {
     let started_at_ms = now_ms();
     let mut result = pb::Result { attempt_id: a.attempt_id.clone(), started_at_ms, ..Default::default() };
     let fail = |mut r: pb::Result, reason: &str| {
@@ -144,8 +151,12 @@ pub async fn run(a: pb::AssignJob, out: mpsc::UnboundedSender<pb::WorkerMessage>
     let done = tokio::select! {
         e = &mut exit => Some(e),
         _ = tokio::time::sleep(timeout) => { why = Some(pb::Outcome::TimedOut); None }
-        // Cancel and shutdown end the same way; a dropped sender means the agent is going away.
-        _ = stop => { why = Some(pb::Outcome::Cancelled); None }
+        r = stop => {
+            // A dropped sender means the agent is going away, like a shutdown.
+            *shutdown = !matches!(r, Ok(StopReason::Cancelled));
+            why = Some(pb::Outcome::Cancelled);
+            None
+        }
     };
     let exit = match done {
         Some(e) => e,

@@ -216,8 +216,10 @@ fn on_server_message(m: pb::ServerMessage, agent: &Arc<Mutex<Agent>>, events: &m
                 // Queue the result under the lock: whoever sees the job gone also sees its result.
                 if let Ok(mut a) = agent.lock() {
                     a.running.remove(&id);
-                    a.unacked.insert(id, result.clone());
-                    let _ = events.send(msg(pb::worker_message::Msg::Result(result)));
+                    if let Some(result) = result {
+                        a.unacked.insert(id, result.clone());
+                        let _ = events.send(msg(pb::worker_message::Msg::Result(result)));
+                    }
                 }
             });
         }
@@ -272,7 +274,8 @@ fn usage() -> pb::Usage {
 
 type Session<'a> = (WorkerServiceClient<Channel>, Identity, mpsc::UnboundedSender<pb::WorkerMessage>, &'a mut mpsc::UnboundedReceiver<pb::WorkerMessage>);
 
-/// Stops every job, forwards their results, and deregisters.
+/// Stops every job (they report no result: the server requeues them when this worker
+/// deregisters or its lease expires), forwards what is still queued, and deregisters.
 async fn shutdown(agent: &Arc<Mutex<Agent>>, session: Option<Session<'_>>) -> anyhow::Result<()> {
     let n = {
         let mut a = agent.lock().map_err(|_| anyhow::anyhow!("agent state poisoned"))?;
@@ -291,11 +294,16 @@ async fn shutdown(agent: &Arc<Mutex<Agent>>, session: Option<Session<'_>>) -> an
             if idle && events.is_empty() {
                 break;
             }
-            match tokio::time::timeout_at(deadline, events.recv()).await {
+            if tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            // Jobs stopped for shutdown send nothing, so look again soon rather than wait for an event.
+            match tokio::time::timeout(Duration::from_millis(50), events.recv()).await {
                 Ok(Some(m)) => {
                     let _ = tx.send(m);
                 }
-                _ => break,
+                Ok(None) => break,
+                Err(_) => {}
             }
         }
         // Give the stream a moment to carry the last results out.

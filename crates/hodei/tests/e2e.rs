@@ -220,3 +220,22 @@ async fn after_kill_9_of_the_server_every_acknowledged_job_ends_once() {
         assert_eq!(wins, 1, "job {id} recorded {wins} successful attempts");
     }
 }
+
+#[tokio::test]
+async fn a_worker_stopped_with_sigterm_hands_its_jobs_back_instead_of_cancelling_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path(), &[], 0, Some(REMOTE_POOL));
+    let token = srv.join_token("remote");
+    let w1 = WorkerProc::start(&srv.grpc, "remote", &token, 1);
+    let job = srv.submit(json!({"command": ["sleep", "1"]})).await;
+    let id = job["id"].as_str().unwrap();
+    srv.wait_for(id, 20, |s| s == "running").await;
+    unsafe { libc::kill(w1.0.id() as i32, libc::SIGTERM) };
+    let _w2 = WorkerProc::start(&srv.grpc, "remote", &token, 1);
+    let j = srv.wait_ended(id, 30).await;
+    assert_eq!(j["state"], "succeeded", "{j}");
+    let attempts = j["attempts"].as_array().unwrap();
+    assert_eq!((attempts[0]["state"].as_str(), attempts[0]["failure_reason"].as_str()), (Some("lost"), Some("worker_lost")));
+    let (_, ws) = srv.call(Method::GET, "/workers", None).await;
+    assert!(ws["items"].as_array().unwrap().iter().any(|w| w["state"] == "terminated"), "the stopped worker deregistered: {ws}");
+}
