@@ -95,7 +95,9 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match &e {
             StoreError::AlreadyExists { what } => ApiError::new(ErrorCode::AlreadyExists, format!("{what} already exists")),
-            StoreError::VersionMismatch { what } => ApiError::new(ErrorCode::PreconditionFailed, format!("{what} was changed by someone else; reload and retry")),
+            StoreError::VersionMismatch { what } => {
+                ApiError::new(ErrorCode::PreconditionFailed, format!("{what} was changed by someone else; reload and retry"))
+            }
             _ if e.is_unavailable() => {
                 tracing::error!(error = ?e, "store unavailable");
                 ApiError::new(ErrorCode::StoreUnavailable, "the database cannot be reached; retry later")
@@ -122,9 +124,8 @@ impl IntoResponse for ApiError {
             "request_id": request_id,
         });
         if !self.errors.is_empty() {
-            body["errors"] = Value::Array(
-                self.errors.iter().map(|e| json!({"field": e.field, "message": e.message, "expected": e.expected, "value": e.value})).collect(),
-            );
+            body["errors"] =
+                Value::Array(self.errors.iter().map(|e| json!({"field": e.field, "message": e.message, "expected": e.expected, "value": e.value})).collect());
         }
         if let Value::Object(map) = &mut body {
             map.extend(self.extra);

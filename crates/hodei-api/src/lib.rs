@@ -127,10 +127,10 @@ impl TenantCache {
     const TTL: std::time::Duration = std::time::Duration::from_secs(1);
 
     pub async fn get(&self, store: &dyn Store, id: &TenantId) -> Result<Option<Tenant>, StoreError> {
-        if let Some((t, at)) = self.map.lock().ok().and_then(|m| m.get(id).cloned()) {
-            if at.elapsed() < Self::TTL {
-                return Ok(Some(t));
-            }
+        if let Some((t, at)) = self.map.lock().ok().and_then(|m| m.get(id).cloned())
+            && at.elapsed() < Self::TTL
+        {
+            return Ok(Some(t));
         }
         let t = store.get_tenant(id).await?;
         if let (Some(t), Ok(mut m)) = (&t, self.map.lock()) {
@@ -175,7 +175,8 @@ async fn auth(State(state): State<ApiState>, req: Request, next: Next) -> Respon
     if let Some(expected) = &state.cfg.admin_token {
         let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
         if !constant_time_eq(given.as_bytes(), expected.as_bytes()) {
-            return ApiError::new(ErrorCode::Unauthorized, "send Authorization: Bearer <token> (the admin token is in the data dir's admin.token)").into_response();
+            return ApiError::new(ErrorCode::Unauthorized, "send Authorization: Bearer <token> (the admin token is in the data dir's admin.token)")
+                .into_response();
         }
     }
     next.run(req).await

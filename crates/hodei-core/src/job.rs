@@ -141,11 +141,7 @@ impl AttemptState {
     /// `running → lost`. A scheduled job cancelled before its worker accepted also ends `assigned → cancelled`.
     pub fn can_become(self, to: AttemptState) -> bool {
         use AttemptState::*;
-        matches!(
-            (self, to),
-            (Assigned, Running | Rejected | Lost | Cancelled)
-                | (Running, Succeeded | Failed | TimedOut | Cancelled | Preempted | Lost)
-        )
+        matches!((self, to), (Assigned, Running | Rejected | Lost | Cancelled) | (Running, Succeeded | Failed | TimedOut | Cancelled | Preempted | Lost))
     }
 
     pub fn is_terminal(self) -> bool {

@@ -77,10 +77,10 @@ impl Queue {
 
     /// Records that `tenant` was just served: it goes to the back of the ring.
     pub fn served(&mut self, tenant: &TenantId) {
-        if let Some(pos) = self.ring.iter().position(|t| t == tenant) {
-            if let Some(t) = self.ring.remove(pos) {
-                self.ring.push_back(t);
-            }
+        if let Some(pos) = self.ring.iter().position(|t| t == tenant)
+            && let Some(t) = self.ring.remove(pos)
+        {
+            self.ring.push_back(t);
         }
     }
 

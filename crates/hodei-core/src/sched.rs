@@ -60,7 +60,12 @@ pub struct Changes {
 
 impl Changes {
     pub fn is_empty(&self) -> bool {
-        self.new_jobs.is_empty() && self.jobs.is_empty() && self.attempts.is_empty() && self.workers.is_empty() && self.events.is_empty() && self.outbound.is_empty()
+        self.new_jobs.is_empty()
+            && self.jobs.is_empty()
+            && self.attempts.is_empty()
+            && self.workers.is_empty()
+            && self.events.is_empty()
+            && self.outbound.is_empty()
     }
 }
 
@@ -371,7 +376,13 @@ impl Scheduler {
     /// attempts it is running and which results it has not had acknowledged.
     /// Reconciles (SPEC §5.7): results are applied, attempts it no longer knows are lost,
     /// attempts it runs that are not current are cancelled.
-    pub fn connect_worker(&mut self, id: WorkerId, running: &[AttemptId], results: Vec<(AttemptId, AttemptResult)>, now: Timestamp) -> Result<(), UnknownWorker> {
+    pub fn connect_worker(
+        &mut self,
+        id: WorkerId,
+        running: &[AttemptId],
+        results: Vec<(AttemptId, AttemptResult)>,
+        now: Timestamp,
+    ) -> Result<(), UnknownWorker> {
         let w = self.workers.get_mut(&id).ok_or(UnknownWorker)?;
         if w.state == WorkerState::Terminated {
             return Err(UnknownWorker);
@@ -425,7 +436,7 @@ impl Scheduler {
             return Err(UnknownWorker);
         }
         w.last_heartbeat_at = now;
-        Ok(running.iter().copied().filter(|a| !self.attempts.get(a).is_some_and(|x| x.worker_id == id)).collect())
+        Ok(running.iter().copied().filter(|a| self.attempts.get(a).is_none_or(|x| x.worker_id != id)).collect())
     }
 
     /// The worker leaves for good (deregistered). Its attempts are lost.
@@ -691,16 +702,17 @@ impl Scheduler {
                 break;
             }
             self.retry_wait.pop_first();
-            if let Some(job) = self.jobs.get_mut(&id) {
-                if job.state == JobState::Failed && job.next_retry_at == Some(at) {
-                    move_job(job, JobState::Pending, Actor::Scheduler, Some("retry"), now, &mut self.out.events);
-                    job.next_retry_at = None;
-                    job.exit_code = None;
-                    job.finished_at = None;
-                    job.worker_id = None;
-                    self.queue.push(&job.tenant, key_of(job));
-                    self.touch(id);
-                }
+            if let Some(job) = self.jobs.get_mut(&id)
+                && job.state == JobState::Failed
+                && job.next_retry_at == Some(at)
+            {
+                move_job(job, JobState::Pending, Actor::Scheduler, Some("retry"), now, &mut self.out.events);
+                job.next_retry_at = None;
+                job.exit_code = None;
+                job.finished_at = None;
+                job.worker_id = None;
+                self.queue.push(&job.tenant, key_of(job));
+                self.touch(id);
             }
         }
 
@@ -717,7 +729,8 @@ impl Scheduler {
         }
 
         let hb = self.cfg.heartbeat_timeout;
-        let expired: Vec<WorkerId> = self.workers.values().filter(|w| w.state.is_live() && w.last_heartbeat_at.saturating_add(hb) <= now).map(|w| w.id).collect();
+        let expired: Vec<WorkerId> =
+            self.workers.values().filter(|w| w.state.is_live() && w.last_heartbeat_at.saturating_add(hb) <= now).map(|w| w.id).collect();
         for wid in expired {
             let mine: Vec<AttemptId> = self.attempts.values().filter(|a| a.worker_id == wid).map(|a| a.id).collect();
             for aid in mine {
@@ -740,10 +753,10 @@ impl Scheduler {
             .filter_map(|a| {
                 let job = self.jobs.get(&a.job_id).filter(|j| j.current_attempt == Some(a.id) && j.state == JobState::Running)?;
                 let started = a.started_at?;
-                if let Some(c) = job.cancel_requested_at {
-                    if c.saturating_add(slack) <= now {
-                        return Some((a.id, true));
-                    }
+                if let Some(c) = job.cancel_requested_at
+                    && c.saturating_add(slack) <= now
+                {
+                    return Some((a.id, true));
                 }
                 (started.saturating_add(job.spec.timeout + slack) <= now).then_some((a.id, false))
             })
@@ -754,7 +767,18 @@ impl Scheduler {
             self.out.outbound.push(Outbound::Cancel { worker, attempt: aid, reason: if cancelled { "cancelled" } else { "timeout" } });
             let outcome = if cancelled { Outcome::Cancelled } else { Outcome::TimedOut };
             let reason = if cancelled { FailureReason::Cancelled } else { FailureReason::Timeout };
-            let r = AttemptResult { outcome, exit_code: None, signal: None, failure_reason: Some(reason), started_at: started, finished_at: now, cpu_time_ms: 0, max_rss_mb: 0, log_bytes: 0, log_truncated: false };
+            let r = AttemptResult {
+                outcome,
+                exit_code: None,
+                signal: None,
+                failure_reason: Some(reason),
+                started_at: started,
+                finished_at: now,
+                cpu_time_ms: 0,
+                max_rss_mb: 0,
+                log_bytes: 0,
+                log_truncated: false,
+            };
             let _ = self.finish(aid, worker, r, now);
             // `finish` queued an Ack for a result the worker never sent; drop it.
             if let Some(Outbound::Ack { .. }) = self.out.outbound.last() {

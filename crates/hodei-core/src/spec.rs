@@ -104,11 +104,7 @@ fn valid_env_key(s: &str) -> bool {
 /// The job name when none is given: the basename of argv[0], cleaned to the name alphabet.
 fn default_name(argv0: &str) -> String {
     let base = argv0.rsplit('/').next().unwrap_or(argv0);
-    let cleaned: String = base
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' })
-        .take(128)
-        .collect();
+    let cleaned: String = base.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' }).take(128).collect();
     if cleaned.is_empty() { "job".to_owned() } else { cleaned }
 }
 
@@ -165,7 +161,12 @@ impl JobSpecInput {
             }
         }
         if size > limits.max_argv_env_bytes {
-            c.err("command", "command and env are too large", format!("at most {} bytes of argv and env together", limits.max_argv_env_bytes), Some(size.to_string()));
+            c.err(
+                "command",
+                "command and env are too large",
+                format!("at most {} bytes of argv and env together", limits.max_argv_env_bytes),
+                Some(size.to_string()),
+            );
         }
         if self.labels.len() > limits.max_labels {
             c.err("labels", "too many labels", format!("at most {} labels", limits.max_labels), Some(self.labels.len().to_string()));
@@ -185,7 +186,8 @@ impl JobSpecInput {
         let gpu = c.int_in("resources/gpu", self.gpu, 0, 1024, "a GPU count").map_or(d.gpu, |v| Gpus(v as u32));
 
         let max_timeout = i64::try_from(limits.max_timeout.as_millis()).unwrap_or(i64::MAX);
-        let timeout = c.int_in("timeout_ms", self.timeout_ms, 1, max_timeout, "milliseconds").map_or(limits.default_timeout, |v| Duration::from_millis(v as u64));
+        let timeout =
+            c.int_in("timeout_ms", self.timeout_ms, 1, max_timeout, "milliseconds").map_or(limits.default_timeout, |v| Duration::from_millis(v as u64));
         let expected = c.int_in("expected_duration_ms", self.expected_duration_ms, 1, max_timeout, "milliseconds").map(|v| Duration::from_millis(v as u64));
         let max_retries = c.int_in("max_retries", self.max_retries, 0, i64::from(limits.max_retries), "a retry count").map_or(0, |v| v as u32);
         let retry_backoff = c.int_in("retry_backoff_ms", self.retry_backoff_ms, 0, max_timeout, "milliseconds").map(|v| Duration::from_millis(v as u64));
@@ -214,10 +216,10 @@ impl JobSpecInput {
                 }
             },
         };
-        if let Some(w) = &self.working_dir {
-            if w.is_empty() || w.contains('\0') {
-                c.err("working_dir", "invalid working directory", "a non-empty path", Some(w.clone()));
-            }
+        if let Some(w) = &self.working_dir
+            && (w.is_empty() || w.contains('\0'))
+        {
+            c.err("working_dir", "invalid working directory", "a non-empty path", Some(w.clone()));
         }
 
         if !c.errors.is_empty() {

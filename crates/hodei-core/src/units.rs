@@ -66,19 +66,11 @@ impl Resources {
     }
 
     pub fn checked_add(&self, o: &Resources) -> Option<Resources> {
-        Some(Resources {
-            cpu_m: self.cpu_m.checked_add(o.cpu_m)?,
-            memory_mb: self.memory_mb.checked_add(o.memory_mb)?,
-            gpu: self.gpu.checked_add(o.gpu)?,
-        })
+        Some(Resources { cpu_m: self.cpu_m.checked_add(o.cpu_m)?, memory_mb: self.memory_mb.checked_add(o.memory_mb)?, gpu: self.gpu.checked_add(o.gpu)? })
     }
 
     pub fn saturating_sub(&self, o: &Resources) -> Resources {
-        Resources {
-            cpu_m: self.cpu_m.saturating_sub(o.cpu_m),
-            memory_mb: self.memory_mb.saturating_sub(o.memory_mb),
-            gpu: self.gpu.saturating_sub(o.gpu),
-        }
+        Resources { cpu_m: self.cpu_m.saturating_sub(o.cpu_m), memory_mb: self.memory_mb.saturating_sub(o.memory_mb), gpu: self.gpu.saturating_sub(o.gpu) }
     }
 }
 

@@ -67,10 +67,7 @@ impl Worker {
 
     /// Can take `req` right now: accepting work, connected, a free slot and enough room.
     pub fn can_take(&self, req: &Resources) -> bool {
-        matches!(self.state, WorkerState::Idle | WorkerState::Busy)
-            && self.connected
-            && self.slots_used < self.slots
-            && req.fits_in(&self.room())
+        matches!(self.state, WorkerState::Idle | WorkerState::Busy) && self.connected && self.slots_used < self.slots && req.fits_in(&self.room())
     }
 
     /// Could ever take `req` (shape large enough), whatever is running now.

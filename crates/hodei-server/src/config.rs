@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use serde::de::{self, Deserializer};
 use serde::Deserialize;
+use serde::de::{self, Deserializer};
 use serde_yaml_ng::Value;
 
 #[derive(Debug, thiserror::Error)]
@@ -153,10 +153,7 @@ pub enum LogFormat {
     Json,
 }
 
-section!(LogConfig {
-    level: String = "info".into(),
-    format: LogFormat = LogFormat::Text,
-});
+section!(LogConfig { level: String = "info".into(), format: LogFormat = LogFormat::Text });
 
 section!(DatabaseConfig {
     /// `sqlite://PATH` or `postgres://…`; default `sqlite://{data_dir}/hodei.db`.
@@ -370,13 +367,7 @@ section!(ResourcePoolsConfig {
 
 section!(TierWeightsConfig { free: u32 = 1, standard: u32 = 2, premium: u32 = 3, enterprise: u32 = 5 });
 
-section!(QuotaConfig {
-    cpu_m: u64 = 4000,
-    memory_mb: u64 = 8192,
-    gpu: u32 = 0,
-    max_concurrent_jobs: u32 = 10,
-    max_queued_jobs: u32 = 1000,
-});
+section!(QuotaConfig { cpu_m: u64 = 4000, memory_mb: u64 = 8192, gpu: u32 = 0, max_concurrent_jobs: u32 = 10, max_queued_jobs: u32 = 1000 });
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
@@ -434,12 +425,7 @@ section!(BudgetsConfig {
 
 section!(MaxWaitConfig { critical: u64 = 300, high: u64 = 900, medium: u64 = 3600, low: u64 = 14_400, best_effort: u64 = 86_400 });
 
-section!(SlaConfig {
-    max_wait_s: MaxWaitConfig = Default::default(),
-    at_risk_pct: u32 = 70,
-    critical_pct: u32 = 90,
-    compliance_window_hours: u32 = 24,
-});
+section!(SlaConfig { max_wait_s: MaxWaitConfig = Default::default(), at_risk_pct: u32 = 70, critical_pct: u32 = 90, compliance_window_hours: u32 = 24 });
 
 section!(CostConfig {
     enabled: bool = true,
@@ -660,7 +646,10 @@ impl Config {
             return bad("jobs.default_resources", "cpu_m and memory_mb must be at least 1".into());
         }
         if self.workers.heartbeat_interval_ms == 0 || self.workers.heartbeat_interval_ms >= self.workers.heartbeat_timeout_ms {
-            return bad("workers.heartbeat_interval_ms", format!("{} must be above 0 and below workers.heartbeat_timeout_ms", self.workers.heartbeat_interval_ms));
+            return bad(
+                "workers.heartbeat_interval_ms",
+                format!("{} must be above 0 and below workers.heartbeat_timeout_ms", self.workers.heartbeat_interval_ms),
+            );
         }
         for (i, p) in self.resource_pools.pools.iter().enumerate() {
             if hodei_core::PoolId::parse(&p.id).is_err() {
@@ -723,7 +712,8 @@ mod tests {
 
     #[test]
     fn variables_are_substituted_and_unset_ones_named() {
-        let c = load("observability:\n  grafana:\n    api_key: ${GRAFANA_API_KEY}\n    url: ${GRAFANA_URL:-http://g:3000}\n", &[("GRAFANA_API_KEY", "s3cret")]).unwrap();
+        let c = load("observability:\n  grafana:\n    api_key: ${GRAFANA_API_KEY}\n    url: ${GRAFANA_URL:-http://g:3000}\n", &[("GRAFANA_API_KEY", "s3cret")])
+            .unwrap();
         assert_eq!(c.observability.grafana.api_key, Some(Secret("s3cret".into())));
         assert_eq!(c.observability.grafana.url.as_deref(), Some("http://g:3000"));
         assert!(!format!("{c:?}").contains("s3cret"), "secrets never print");
@@ -733,7 +723,11 @@ mod tests {
 
     #[test]
     fn env_overrides_nest_with_double_underscores() {
-        let c = load("workers:\n  heartbeat_timeout_ms: 5000\n", &[("HODEI_WORKERS__HEARTBEAT_TIMEOUT_MS", "2000"), ("HODEI_WORKERS__HEARTBEAT_INTERVAL_MS", "500"), ("HODEI_DATA_DIR", "/tmp/x")]).unwrap();
+        let c = load(
+            "workers:\n  heartbeat_timeout_ms: 5000\n",
+            &[("HODEI_WORKERS__HEARTBEAT_TIMEOUT_MS", "2000"), ("HODEI_WORKERS__HEARTBEAT_INTERVAL_MS", "500"), ("HODEI_DATA_DIR", "/tmp/x")],
+        )
+        .unwrap();
         assert_eq!((c.workers.heartbeat_timeout_ms, c.workers.heartbeat_interval_ms), (2000, 500));
         let e = load("", &[("HODEI_WORKERS__HEARTBEAT_TIMEOUT_MS", "2000")]).unwrap_err().to_string();
         assert!(e.starts_with("workers.heartbeat_interval_ms: 3000 must be above 0 and below"), "{e}");

@@ -36,19 +36,62 @@ pub struct WorkerConn {
 }
 
 pub enum Command {
-    Submit { jobs: Vec<Job>, reply: Reply<()> },
-    Cancel { id: JobId, reply: Reply<CancelOutcome> },
-    Retry { job: Box<Job>, reply: Reply<()> },
-    Hold { id: JobId, reply: Reply<()> },
-    Release { id: JobId, reply: Reply<()> },
-    Register { worker: Box<Worker> },
-    Connect { id: WorkerId, conn: WorkerConn, running: Vec<AttemptId>, results: Vec<(AttemptId, AttemptResult)>, reply: oneshot::Sender<Result<(), UnknownWorker>> },
-    Disconnect { id: WorkerId, conn: u64 },
-    Heartbeat { id: WorkerId, running: Vec<AttemptId>, reply: oneshot::Sender<Result<Vec<AttemptId>, UnknownWorker>> },
-    Deregister { id: WorkerId },
-    Accepted { worker: WorkerId, attempt: AttemptId, started_at: Timestamp },
-    Rejected { worker: WorkerId, attempt: AttemptId },
-    Finished { worker: WorkerId, attempt: AttemptId, result: Box<AttemptResult> },
+    Submit {
+        jobs: Vec<Job>,
+        reply: Reply<()>,
+    },
+    Cancel {
+        id: JobId,
+        reply: Reply<CancelOutcome>,
+    },
+    Retry {
+        job: Box<Job>,
+        reply: Reply<()>,
+    },
+    Hold {
+        id: JobId,
+        reply: Reply<()>,
+    },
+    Release {
+        id: JobId,
+        reply: Reply<()>,
+    },
+    Register {
+        worker: Box<Worker>,
+    },
+    Connect {
+        id: WorkerId,
+        conn: WorkerConn,
+        running: Vec<AttemptId>,
+        results: Vec<(AttemptId, AttemptResult)>,
+        reply: oneshot::Sender<Result<(), UnknownWorker>>,
+    },
+    Disconnect {
+        id: WorkerId,
+        conn: u64,
+    },
+    Heartbeat {
+        id: WorkerId,
+        running: Vec<AttemptId>,
+        reply: oneshot::Sender<Result<Vec<AttemptId>, UnknownWorker>>,
+    },
+    Deregister {
+        id: WorkerId,
+    },
+    Accepted {
+        worker: WorkerId,
+        attempt: AttemptId,
+        started_at: Timestamp,
+    },
+    Rejected {
+        worker: WorkerId,
+        attempt: AttemptId,
+    },
+    Finished {
+        worker: WorkerId,
+        attempt: AttemptId,
+        result: Box<AttemptResult>,
+    },
 }
 
 /// What the engine needs besides the store.
@@ -161,7 +204,18 @@ impl Engine {
         let running = Arc::new(AtomicBool::new(false));
         let connected = Arc::new(AtomicUsize::new(0));
         let sched = Scheduler::new(cfg.sched.clone());
-        let mut engine = Engine { store, clock, logs, cfg, sched, conns: HashMap::new(), rx, running: running.clone(), connected: connected.clone(), gauges: Gauges::default() };
+        let mut engine = Engine {
+            store,
+            clock,
+            logs,
+            cfg,
+            sched,
+            conns: HashMap::new(),
+            rx,
+            running: running.clone(),
+            connected: connected.clone(),
+            gauges: Gauges::default(),
+        };
         engine.rebuild().await?;
         Ok((engine, EngineHandle { tx, running, connected }))
     }
@@ -186,7 +240,12 @@ impl Engine {
             let _ = sched.connect_worker(*id, &running, vec![], now);
         }
         let _ = sched.take_changes();
-        tracing::info!(jobs = sched.jobs().count(), workers = sched.workers().count(), attempts = sched.attempts().count(), "scheduler state loaded from the store");
+        tracing::info!(
+            jobs = sched.jobs().count(),
+            workers = sched.workers().count(),
+            attempts = sched.attempts().count(),
+            "scheduler state loaded from the store"
+        );
         self.gauges = Gauges::load(sched.jobs());
         self.sched = sched;
         Ok(())
@@ -344,7 +403,8 @@ impl Engine {
                     }
                     if let Some(j) = job.filter(|j| j.is_terminal()) {
                         let pool = j.pool_id.as_ref().map(|p| p.to_string()).unwrap_or_default();
-                        metrics::counter!("hodei_jobs_completed_total", "tenant" => j.tenant.to_string(), "pool" => pool.clone(), "state" => s.as_str()).increment(1);
+                        metrics::counter!("hodei_jobs_completed_total", "tenant" => j.tenant.to_string(), "pool" => pool.clone(), "state" => s.as_str())
+                            .increment(1);
                         if let Some(rt) = j.run_time_ms() {
                             metrics::histogram!("hodei_job_run_duration_seconds", "pool" => pool, "state" => s.as_str()).record(rt as f64 / 1000.0);
                         }
@@ -354,13 +414,14 @@ impl Engine {
             }
         }
         for j in &c.jobs {
-            if j.state == JobState::Running {
-                if let (Some(start), Some(sched)) = (j.started_at, j.scheduled_at) {
-                    let pool = j.pool_id.as_ref().map(|p| p.to_string()).unwrap_or_default();
-                    metrics::histogram!("hodei_worker_allocation_latency_seconds", "pool" => pool.clone()).record(start.since(sched).as_secs_f64());
-                    metrics::histogram!("hodei_dispatch_latency_seconds", "pool" => pool).record(start.since(j.eligible_at).as_secs_f64());
-                    metrics::histogram!("hodei_queue_wait_seconds", "tenant" => j.tenant.to_string(), "priority" => j.spec.priority.as_str()).record(start.since(j.eligible_at).as_secs_f64());
-                }
+            if j.state == JobState::Running
+                && let (Some(start), Some(sched)) = (j.started_at, j.scheduled_at)
+            {
+                let pool = j.pool_id.as_ref().map(|p| p.to_string()).unwrap_or_default();
+                metrics::histogram!("hodei_worker_allocation_latency_seconds", "pool" => pool.clone()).record(start.since(sched).as_secs_f64());
+                metrics::histogram!("hodei_dispatch_latency_seconds", "pool" => pool).record(start.since(j.eligible_at).as_secs_f64());
+                metrics::histogram!("hodei_queue_wait_seconds", "tenant" => j.tenant.to_string(), "priority" => j.spec.priority.as_str())
+                    .record(start.since(j.eligible_at).as_secs_f64());
             }
             if j.state == JobState::Scheduled {
                 let pool = j.pool_id.as_ref().map(|p| p.to_string()).unwrap_or_default();
@@ -383,7 +444,11 @@ impl Engine {
                 }
                 Outbound::Cancel { worker, attempt, reason } => (
                     *worker,
-                    pb::server_message::Msg::Cancel(pb::CancelJob { attempt_id: attempt.to_string(), reason: (*reason).to_owned(), grace_ms: self.cfg.kill_grace.as_millis() as u64 }),
+                    pb::server_message::Msg::Cancel(pb::CancelJob {
+                        attempt_id: attempt.to_string(),
+                        reason: (*reason).to_owned(),
+                        grace_ms: self.cfg.kill_grace.as_millis() as u64,
+                    }),
                 ),
                 Outbound::Ack { worker, attempt } => (*worker, pb::server_message::Msg::Ack(pb::ResultAck { attempt_id: attempt.to_string() })),
             };

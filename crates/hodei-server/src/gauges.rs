@@ -43,17 +43,16 @@ impl Gauges {
     }
 
     fn leave(&mut self, j: &Job, s: JobState) {
-        if let Some(st) = queued_state(s) {
-            if let Some(n) = self.queued.get_mut(&(j.tenant.to_string(), j.spec.priority.as_str(), st)) {
-                *n -= 1;
-            }
+        if let Some(st) = queued_state(s)
+            && let Some(n) = self.queued.get_mut(&(j.tenant.to_string(), j.spec.priority.as_str(), st))
+        {
+            *n -= 1;
         }
-        if s == JobState::Running {
-            if let Some(key) = self.running_at.remove(&j.id) {
-                if let Some(n) = self.running.get_mut(&key) {
-                    *n -= 1;
-                }
-            }
+        if s == JobState::Running
+            && let Some(key) = self.running_at.remove(&j.id)
+            && let Some(n) = self.running.get_mut(&key)
+        {
+            *n -= 1;
         }
     }
 

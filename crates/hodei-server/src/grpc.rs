@@ -45,7 +45,15 @@ pub struct WorkerSvc {
 
 impl WorkerSvc {
     pub fn new(store: Arc<dyn Store>, engine: EngineHandle, logs: Arc<LogFiles>, clock: Arc<dyn Clock>, timeouts: WorkerTimeouts) -> Self {
-        WorkerSvc { store, engine, logs, clock, timeouts: Arc::new(timeouts), sessions: Arc::new(Mutex::new(HashMap::new())), conn_seq: Arc::new(AtomicU64::new(1)) }
+        WorkerSvc {
+            store,
+            engine,
+            logs,
+            clock,
+            timeouts: Arc::new(timeouts),
+            sessions: Arc::new(Mutex::new(HashMap::new())),
+            conn_seq: Arc::new(AtomicU64::new(1)),
+        }
     }
 
     async fn authenticate(&self, worker_id: &str, token: &str) -> Result<WorkerId, Status> {
@@ -111,7 +119,12 @@ impl WorkerService for WorkerSvc {
     async fn register_worker(&self, req: Request<pb::RegisterWorkerRequest>) -> Result<Response<pb::RegisterWorkerResponse>, Status> {
         let r = req.into_inner();
         let pool_id = PoolId::parse(&r.pool_id).map_err(|e| Status::invalid_argument(format!("pool_id: {e}")))?;
-        let (pool, hash) = self.store.get_pool(&pool_id).await.map_err(|e| Status::unavailable(e.to_string()))?.ok_or_else(|| Status::not_found(format!("no pool {pool_id}")))?;
+        let (pool, hash) = self
+            .store
+            .get_pool(&pool_id)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?
+            .ok_or_else(|| Status::not_found(format!("no pool {pool_id}")))?;
         if tokens::hash(&r.join_token) != hash {
             return Err(Status::unauthenticated(format!("bad join token for pool {pool_id}")));
         }

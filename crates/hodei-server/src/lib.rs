@@ -106,7 +106,8 @@ fn secret_file(path: &Path) -> anyhow::Result<String> {
         }
     }
     let token = tokens::random_token();
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).with_context(|| format!("writing {}", path.display()))?;
+    let mut f =
+        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).with_context(|| format!("writing {}", path.display()))?;
     std::io::Write::write_all(&mut f, format!("{token}\n").as_bytes())?;
     Ok(token)
 }
@@ -143,7 +144,18 @@ struct PoolSetup {
 async fn seed(cfg: &Config, store: &dyn Store, now: Timestamp, worker_exe: Option<&PathBuf>) -> anyhow::Result<PoolSetup> {
     let default = TenantId::parse(&cfg.multi_tenancy.default_tenant_id).context("multi_tenancy.default_tenant_id")?;
     if store.get_tenant(&default).await?.is_none() {
-        let t = Tenant { id: default.clone(), name: default.to_string(), email: None, tier: Tier::Standard, weight: None, status: TenantStatus::Active, labels: Default::default(), created_at: now, updated_at: now, version: 1 };
+        let t = Tenant {
+            id: default.clone(),
+            name: default.to_string(),
+            email: None,
+            tier: Tier::Standard,
+            weight: None,
+            status: TenantStatus::Active,
+            labels: Default::default(),
+            created_at: now,
+            updated_at: now,
+            version: 1,
+        };
         store.create_tenant(&t).await.context("creating the default tenant")?;
     }
     let mut pools = Vec::new();
@@ -219,8 +231,20 @@ async fn seed(cfg: &Config, store: &dyn Store, now: Timestamp, worker_exe: Optio
     Ok(PoolSetup { pools, local, local_workers })
 }
 
-/// Builds the API state over a store and engine (also used by in-process tests).
-pub fn api_state(cfg: &Config, store: Arc<dyn Store>, engine: EngineHandle, logs: Arc<LogFiles>, clock: Arc<dyn Clock>, metrics: Option<PrometheusHandle>, pools: Vec<Pool>, admin_token: Option<String>) -> anyhow::Result<ApiState> {
+/// What the API runs on besides its configuration.
+struct ApiParts {
+    store: Arc<dyn Store>,
+    engine: EngineHandle,
+    logs: Arc<LogFiles>,
+    clock: Arc<dyn Clock>,
+    metrics: Option<PrometheusHandle>,
+    pools: Vec<Pool>,
+    admin_token: Option<String>,
+}
+
+/// Builds the API state from the configuration's limits and the running parts.
+fn api_state(cfg: &Config, p: ApiParts) -> anyhow::Result<ApiState> {
+    let ApiParts { store, engine, logs, clock, metrics, pools, admin_token } = p;
     let j = &cfg.jobs;
     let limits = SpecLimits {
         default_resources: Resources::new(j.default_resources.cpu_m, j.default_resources.memory_mb, j.default_resources.gpu),
@@ -241,7 +265,17 @@ pub fn api_state(cfg: &Config, store: Arc<dyn Store>, engine: EngineHandle, logs
         version: VERSION.to_owned(),
     };
     let control = Arc::new(ControlPlane { engine, store: store.clone() });
-    Ok(ApiState(Arc::new(Inner { store, control, logs, clock, metrics, pools: RwLock::new(pools), tenants: Default::default(), cfg: api_cfg, started: Instant::now() })))
+    Ok(ApiState(Arc::new(Inner {
+        store,
+        control,
+        logs,
+        clock,
+        metrics,
+        pools: RwLock::new(pools),
+        tenants: Default::default(),
+        cfg: api_cfg,
+        started: Instant::now(),
+    })))
 }
 
 pub fn engine_config(cfg: &Config) -> EngineConfig {
@@ -300,7 +334,16 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
     };
     let metrics_addr = metrics_listener.as_ref().map(|l| l.local_addr()).transpose()?;
 
-    let state = api_state(&cfg, store.clone(), handle.clone(), logs.clone(), clock.clone(), metrics.clone(), setup.pools, admin_token)?;
+    let parts = ApiParts {
+        store: store.clone(),
+        engine: handle.clone(),
+        logs: logs.clone(),
+        clock: clock.clone(),
+        metrics: metrics.clone(),
+        pools: setup.pools,
+        admin_token,
+    };
+    let state = api_state(&cfg, parts)?;
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(engine.run()));

@@ -107,7 +107,13 @@ async fn unknown_fields_and_wrong_types_name_their_json_pointer() {
 async fn malformed_bodies_wrong_media_types_and_oversized_bodies_are_refused() {
     let app = app().await;
     let req = |ct: &str, body: String| {
-        Request::builder().method("POST").uri("/api/v1/jobs").header(header::AUTHORIZATION, format!("Bearer {TOKEN}")).header(header::CONTENT_TYPE, ct).body(Body::from(body)).unwrap()
+        Request::builder()
+            .method("POST")
+            .uri("/api/v1/jobs")
+            .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+            .header(header::CONTENT_TYPE, ct)
+            .body(Body::from(body))
+            .unwrap()
     };
     let (s, p) = app.send(req("application/json", "{\"command\": [".into())).await;
     assert_eq!((s, p["code"].as_str()), (StatusCode::BAD_REQUEST, Some("bad_request")));
@@ -264,7 +270,12 @@ async fn job_lists_filter_and_paginate_newest_first() {
 #[tokio::test]
 async fn errors_echo_the_request_id() {
     let app = app().await;
-    let req = Request::builder().uri("/api/v1/jobs/0192a000-0000-7000-8000-000000000000").header(header::AUTHORIZATION, format!("Bearer {TOKEN}")).header("x-request-id", "req-42").body(Body::empty()).unwrap();
+    let req = Request::builder()
+        .uri("/api/v1/jobs/0192a000-0000-7000-8000-000000000000")
+        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+        .header("x-request-id", "req-42")
+        .body(Body::empty())
+        .unwrap();
     let (s, p) = app.send(req).await;
     assert_eq!((s, p["request_id"].as_str(), p["type"].as_str()), (StatusCode::NOT_FOUND, Some("req-42"), Some("urn:hodei:problem:not_found")));
 }
@@ -275,7 +286,16 @@ async fn the_openapi_document_lists_every_endpoint() {
     let (s, doc) = app.send(Request::builder().uri("/api/openapi.json").body(Body::empty()).unwrap()).await;
     assert_eq!(s, StatusCode::OK);
     let paths: Vec<&str> = doc["paths"].as_object().unwrap().keys().map(String::as_str).collect();
-    for p in ["/api/v1/jobs", "/api/v1/jobs/batch", "/api/v1/jobs/{id}", "/api/v1/jobs/{id}/logs", "/api/v1/jobs/{id}/cancel", "/api/v1/tenants", "/api/v1/tenants/{id}", "/api/v1/workers"] {
+    for p in [
+        "/api/v1/jobs",
+        "/api/v1/jobs/batch",
+        "/api/v1/jobs/{id}",
+        "/api/v1/jobs/{id}/logs",
+        "/api/v1/jobs/{id}/cancel",
+        "/api/v1/tenants",
+        "/api/v1/tenants/{id}",
+        "/api/v1/workers",
+    ] {
         assert!(paths.contains(&p), "{p} missing from {paths:?}");
     }
 }

@@ -118,7 +118,18 @@ async fn scheduler_changes_round_trip(store: &dyn Store) {
     let aid = stored.current_attempt.expect("current attempt");
 
     s.accepted(aid, w.id, ts(3), ts(3)).unwrap();
-    let r = AttemptResult { outcome: Outcome::Succeeded, exit_code: Some(0), signal: None, failure_reason: None, started_at: ts(3), finished_at: ts(4), cpu_time_ms: 5, max_rss_mb: 6, log_bytes: 7, log_truncated: false };
+    let r = AttemptResult {
+        outcome: Outcome::Succeeded,
+        exit_code: Some(0),
+        signal: None,
+        failure_reason: None,
+        started_at: ts(3),
+        finished_at: ts(4),
+        cpu_time_ms: 5,
+        max_rss_mb: 6,
+        log_bytes: 7,
+        log_truncated: false,
+    };
     s.finish(aid, w.id, r, ts(4)).unwrap();
     store.apply(std::sync::Arc::new(s.take_changes())).await.unwrap();
 
@@ -130,7 +141,12 @@ async fn scheduler_changes_round_trip(store: &dyn Store) {
     let events: Vec<_> = store.list_events(ja).await.unwrap().iter().map(|e| (e.from, e.to)).collect();
     assert_eq!(
         events,
-        [(None, JobState::Pending), (Some(JobState::Pending), JobState::Scheduled), (Some(JobState::Scheduled), JobState::Running), (Some(JobState::Running), JobState::Succeeded)]
+        [
+            (None, JobState::Pending),
+            (Some(JobState::Pending), JobState::Scheduled),
+            (Some(JobState::Scheduled), JobState::Running),
+            (Some(JobState::Running), JobState::Succeeded)
+        ]
     );
 
     let live = store.load_live().await.unwrap();

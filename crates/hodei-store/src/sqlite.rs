@@ -22,7 +22,6 @@ use crate::{JobFilter, LiveState, Result, Store, StoreError};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
-
 pub struct SqliteStore {
     /// Rare writes (tenants, pools, worker registration) go through sqlx on one connection.
     write: SqlitePool,
@@ -74,7 +73,6 @@ impl SqliteStore {
 fn ms(t: Timestamp) -> i64 {
     t.as_millis()
 }
-
 
 fn ts(v: Option<i64>) -> Option<Timestamp> {
     v.map(Timestamp::from_millis)
@@ -239,19 +237,21 @@ impl Store for SqliteStore {
     }
 
     async fn create_tenant(&self, t: &Tenant) -> Result<()> {
-        let r = sqlx::query("INSERT INTO tenants (id, name, email, tier, weight, status, labels, created_at, updated_at, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
-            .bind(t.id.as_str())
-            .bind(&t.name)
-            .bind(&t.email)
-            .bind(t.tier.as_str())
-            .bind(t.weight.map(i64::from))
-            .bind(t.status.as_str())
-            .bind(json_map(&t.labels))
-            .bind(ms(t.created_at))
-            .bind(ms(t.updated_at))
-            .bind(t.version)
-            .execute(&self.write)
-            .await;
+        let r = sqlx::query(
+            "INSERT INTO tenants (id, name, email, tier, weight, status, labels, created_at, updated_at, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(t.id.as_str())
+        .bind(&t.name)
+        .bind(&t.email)
+        .bind(t.tier.as_str())
+        .bind(t.weight.map(i64::from))
+        .bind(t.status.as_str())
+        .bind(json_map(&t.labels))
+        .bind(ms(t.created_at))
+        .bind(ms(t.updated_at))
+        .bind(t.version)
+        .execute(&self.write)
+        .await;
         match r {
             Err(e) if is_unique_violation(&e) => Err(StoreError::AlreadyExists { what: format!("tenant {}", t.id) }),
             r => r.map(|_| ()).map_err(StoreError::db("creating a tenant")),
@@ -259,7 +259,8 @@ impl Store for SqliteStore {
     }
 
     async fn get_tenant(&self, id: &TenantId) -> Result<Option<Tenant>> {
-        let row = sqlx::query("SELECT * FROM tenants WHERE id = ?").bind(id.as_str()).fetch_optional(&self.read).await.map_err(StoreError::db("reading a tenant"))?;
+        let row =
+            sqlx::query("SELECT * FROM tenants WHERE id = ?").bind(id.as_str()).fetch_optional(&self.read).await.map_err(StoreError::db("reading a tenant"))?;
         row.as_ref().map(tenant_from_row).transpose()
     }
 
@@ -269,20 +270,22 @@ impl Store for SqliteStore {
     }
 
     async fn update_tenant(&self, t: &Tenant) -> Result<()> {
-        let r = sqlx::query("UPDATE tenants SET name = ?, email = ?, tier = ?, weight = ?, status = ?, labels = ?, updated_at = ?, version = ? WHERE id = ? AND version = ?")
-            .bind(&t.name)
-            .bind(&t.email)
-            .bind(t.tier.as_str())
-            .bind(t.weight.map(i64::from))
-            .bind(t.status.as_str())
-            .bind(json_map(&t.labels))
-            .bind(ms(t.updated_at))
-            .bind(t.version)
-            .bind(t.id.as_str())
-            .bind(t.version - 1)
-            .execute(&self.write)
-            .await
-            .map_err(StoreError::db("updating a tenant"))?;
+        let r = sqlx::query(
+            "UPDATE tenants SET name = ?, email = ?, tier = ?, weight = ?, status = ?, labels = ?, updated_at = ?, version = ? WHERE id = ? AND version = ?",
+        )
+        .bind(&t.name)
+        .bind(&t.email)
+        .bind(t.tier.as_str())
+        .bind(t.weight.map(i64::from))
+        .bind(t.status.as_str())
+        .bind(json_map(&t.labels))
+        .bind(ms(t.updated_at))
+        .bind(t.version)
+        .bind(t.id.as_str())
+        .bind(t.version - 1)
+        .execute(&self.write)
+        .await
+        .map_err(StoreError::db("updating a tenant"))?;
         if r.rows_affected() == 1 { Ok(()) } else { Err(StoreError::VersionMismatch { what: format!("tenant {}", t.id) }) }
     }
 
@@ -334,7 +337,8 @@ impl Store for SqliteStore {
     }
 
     async fn get_pool(&self, id: &PoolId) -> Result<Option<(Pool, String)>> {
-        let row = sqlx::query("SELECT * FROM pools WHERE id = ?").bind(id.as_str()).fetch_optional(&self.read).await.map_err(StoreError::db("reading a pool"))?;
+        let row =
+            sqlx::query("SELECT * FROM pools WHERE id = ?").bind(id.as_str()).fetch_optional(&self.read).await.map_err(StoreError::db("reading a pool"))?;
         row.as_ref().map(pool_from_row).transpose()
     }
 
@@ -351,7 +355,8 @@ impl Store for SqliteStore {
     }
 
     async fn get_job(&self, id: JobId) -> Result<Option<Job>> {
-        let row = sqlx::query("SELECT * FROM jobs WHERE id = ?").bind(id.as_uuid()).fetch_optional(&self.read).await.map_err(StoreError::db("reading a job"))?;
+        let row =
+            sqlx::query("SELECT * FROM jobs WHERE id = ?").bind(id.as_uuid()).fetch_optional(&self.read).await.map_err(StoreError::db("reading a job"))?;
         row.as_ref().map(job_from_row).transpose()
     }
 
@@ -381,13 +386,18 @@ impl Store for SqliteStore {
     }
 
     async fn list_attempts(&self, job: JobId) -> Result<Vec<Attempt>> {
-        let rows = sqlx::query("SELECT * FROM attempts WHERE job_id = ? ORDER BY number").bind(job.as_uuid()).fetch_all(&self.read).await.map_err(StoreError::db("listing attempts"))?;
+        let rows = sqlx::query("SELECT * FROM attempts WHERE job_id = ? ORDER BY number")
+            .bind(job.as_uuid())
+            .fetch_all(&self.read)
+            .await
+            .map_err(StoreError::db("listing attempts"))?;
         rows.iter().map(attempt_from_row).collect()
     }
 
     async fn list_events(&self, job: JobId) -> Result<Vec<JobEvent>> {
         const D: &str = "listing job events";
-        let rows = sqlx::query("SELECT * FROM job_events WHERE job_id = ? ORDER BY seq").bind(job.as_uuid()).fetch_all(&self.read).await.map_err(StoreError::db(D))?;
+        let rows =
+            sqlx::query("SELECT * FROM job_events WHERE job_id = ? ORDER BY seq").bind(job.as_uuid()).fetch_all(&self.read).await.map_err(StoreError::db(D))?;
         rows.iter()
             .map(|r| {
                 let g = |e: sqlx::Error| StoreError::Db { doing: D, source: e };
@@ -409,12 +419,18 @@ impl Store for SqliteStore {
     }
 
     async fn load_live(&self) -> Result<LiveState> {
-        let jobs = sqlx::query("SELECT * FROM jobs WHERE state IN ('pending', 'held', 'scheduled', 'running', 'failed') AND (state != 'failed' OR next_retry_at IS NOT NULL)")
+        let jobs = sqlx::query(
+            "SELECT * FROM jobs WHERE state IN ('pending', 'held', 'scheduled', 'running', 'failed') AND (state != 'failed' OR next_retry_at IS NOT NULL)",
+        )
+        .fetch_all(&self.read)
+        .await
+        .map_err(StoreError::db("loading live jobs"))?;
+        let workers =
+            sqlx::query("SELECT * FROM workers WHERE state NOT IN ('terminated')").fetch_all(&self.read).await.map_err(StoreError::db("loading workers"))?;
+        let attempts = sqlx::query("SELECT * FROM attempts WHERE state IN ('assigned', 'running')")
             .fetch_all(&self.read)
             .await
-            .map_err(StoreError::db("loading live jobs"))?;
-        let workers = sqlx::query("SELECT * FROM workers WHERE state NOT IN ('terminated')").fetch_all(&self.read).await.map_err(StoreError::db("loading workers"))?;
-        let attempts = sqlx::query("SELECT * FROM attempts WHERE state IN ('assigned', 'running')").fetch_all(&self.read).await.map_err(StoreError::db("loading live attempts"))?;
+            .map_err(StoreError::db("loading live attempts"))?;
         Ok(LiveState {
             jobs: jobs.iter().map(job_from_row).collect::<Result<_>>()?,
             workers: workers.iter().map(worker_from_row).collect::<Result<_>>()?,

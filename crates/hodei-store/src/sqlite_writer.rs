@@ -24,7 +24,13 @@ pub(crate) fn map_err(doing: &'static str) -> impl Fn(rusqlite::Error) -> StoreE
     move |e| {
         let unavailable = matches!(
             e.sqlite_error_code(),
-            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked | rusqlite::ErrorCode::DiskFull | rusqlite::ErrorCode::SystemIoFailure | rusqlite::ErrorCode::CannotOpen)
+            Some(
+                rusqlite::ErrorCode::DatabaseBusy
+                    | rusqlite::ErrorCode::DatabaseLocked
+                    | rusqlite::ErrorCode::DiskFull
+                    | rusqlite::ErrorCode::SystemIoFailure
+                    | rusqlite::ErrorCode::CannotOpen
+            )
         );
         if unavailable { StoreError::WriteUnavailable { doing, detail: e.to_string() } } else { StoreError::Write { doing, detail: e.to_string() } }
     }
@@ -198,7 +204,8 @@ pub(crate) fn apply(conn: &mut Connection, c: &Changes) -> Result<(), StoreError
         }
     }
     {
-        let mut st = tx.prepare_cached("UPDATE workers SET state = ?1, last_heartbeat_at = ?2 WHERE id = ?3").map_err(map_err("preparing the worker update"))?;
+        let mut st =
+            tx.prepare_cached("UPDATE workers SET state = ?1, last_heartbeat_at = ?2 WHERE id = ?3").map_err(map_err("preparing the worker update"))?;
         for w in &c.workers {
             st.execute(params![w.state.as_str(), ms(w.last_heartbeat_at), w.id.as_uuid()]).map_err(map_err("updating a worker"))?;
         }
@@ -206,7 +213,8 @@ pub(crate) fn apply(conn: &mut Connection, c: &Changes) -> Result<(), StoreError
     {
         let mut st = tx.prepare_cached(INSERT_EVENT).map_err(map_err("preparing the event insert"))?;
         for e in &c.events {
-            st.execute(params![e.job_id.as_uuid(), ms(e.at), e.from.map(|s| s.as_str()), e.to.as_str(), e.actor.as_str(), e.reason]).map_err(map_err("inserting job events"))?;
+            st.execute(params![e.job_id.as_uuid(), ms(e.at), e.from.map(|s| s.as_str()), e.to.as_str(), e.actor.as_str(), e.reason])
+                .map_err(map_err("inserting job events"))?;
         }
     }
     tx.commit().map_err(map_err("committing scheduler changes"))

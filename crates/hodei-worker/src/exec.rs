@@ -48,7 +48,13 @@ fn wait4(pid: i32) -> Exit {
         }
     }
     let tv = |t: libc::timeval| t.tv_sec as u64 * 1000 + t.tv_usec as u64 / 1000;
-    let (code, signal) = if libc::WIFEXITED(status) { (Some(libc::WEXITSTATUS(status)), None) } else if libc::WIFSIGNALED(status) { (None, Some(libc::WTERMSIG(status))) } else { (None, None) };
+    let (code, signal) = if libc::WIFEXITED(status) {
+        (Some(libc::WEXITSTATUS(status)), None)
+    } else if libc::WIFSIGNALED(status) {
+        (None, Some(libc::WTERMSIG(status)))
+    } else {
+        (None, None)
+    };
     Exit { code, signal, cpu_time_ms: tv(ru.ru_utime) + tv(ru.ru_stime), max_rss_mb: (ru.ru_maxrss as u64).div_ceil(1024) }
 }
 
@@ -59,7 +65,15 @@ fn kill_group(pgid: i32, sig: i32) {
 }
 
 /// Copies one pipe into LogChunks until EOF, dropping output past `cap` (and saying so).
-fn pump(mut pipe: impl Read, attempt: String, stream: pb::LogStream, cap: u64, out: mpsc::UnboundedSender<pb::WorkerMessage>, bytes: Arc<AtomicU64>, truncated: Arc<AtomicBool>) {
+fn pump(
+    mut pipe: impl Read,
+    attempt: String,
+    stream: pb::LogStream,
+    cap: u64,
+    out: mpsc::UnboundedSender<pb::WorkerMessage>,
+    bytes: Arc<AtomicU64>,
+    truncated: Arc<AtomicBool>,
+) {
     let mut buf = vec![0u8; 64 * 1024];
     let mut offset = 0u64;
     loop {
@@ -73,7 +87,12 @@ fn pump(mut pipe: impl Read, attempt: String, stream: pb::LogStream, cap: u64, o
             truncated.store(true, Ordering::Relaxed);
         }
         if take > 0 {
-            let _ = out.send(msg(pb::worker_message::Msg::Log(pb::LogChunk { attempt_id: attempt.clone(), stream: stream as i32, offset, data: buf[..take].to_vec() })));
+            let _ = out.send(msg(pb::worker_message::Msg::Log(pb::LogChunk {
+                attempt_id: attempt.clone(),
+                stream: stream as i32,
+                offset,
+                data: buf[..take].to_vec(),
+            })));
             offset += take as u64;
             bytes.fetch_add(take as u64, Ordering::Relaxed);
         }
@@ -83,13 +102,24 @@ fn pump(mut pipe: impl Read, attempt: String, stream: pb::LogStream, cap: u64, o
 /// Runs the attempt to its end and returns its Result. `Accepted` and log chunks go to `out`
 /// as they happen. An attempt stopped because the worker itself is shutting down has no result
 /// (`None`): it was not the user's cancel, and the server requeues it as lost.
-pub async fn run(a: pb::AssignJob, out: mpsc::UnboundedSender<pb::WorkerMessage>, stop: oneshot::Receiver<StopReason>, scratch_root: PathBuf) -> Option<pb::Result> {
+pub async fn run(
+    a: pb::AssignJob,
+    out: mpsc::UnboundedSender<pb::WorkerMessage>,
+    stop: oneshot::Receiver<StopReason>,
+    scratch_root: PathBuf,
+) -> Option<pb::Result> {
     let mut shutdown = false;
     let r = run_inner(a, out, stop, scratch_root, &mut shutdown).await;
     (!shutdown).then_some(r)
 }
 
-async fn run_inner(a: pb::AssignJob, out: mpsc::UnboundedSender<pb::WorkerMessage>, stop: oneshot::Receiver<StopReason>, scratch_root: PathBuf, shutdown: &mut bool) -> pb::Result {
+async fn run_inner(
+    a: pb::AssignJob,
+    out: mpsc::UnboundedSender<pb::WorkerMessage>,
+    stop: oneshot::Receiver<StopReason>,
+    scratch_root: PathBuf,
+    shutdown: &mut bool,
+) -> pb::Result {
     let started_at_ms = now_ms();
     let mut result = pb::Result { attempt_id: a.attempt_id.clone(), started_at_ms, ..Default::default() };
     let fail = |mut r: pb::Result, reason: &str| {

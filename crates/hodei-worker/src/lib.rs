@@ -246,15 +246,22 @@ async fn heartbeats(mut client: WorkerServiceClient<Channel>, id: Identity, agen
         tick.tick().await;
         seq += 1;
         let running: Vec<String> = agent.lock().map(|a| a.running.keys().cloned().collect()).unwrap_or_default();
-        let req = pb::HeartbeatRequest { worker_id: id.worker_id.clone(), session_token: id.session.clone(), seq, usage: Some(usage()), running_attempt_ids: running, health: "healthy".into() };
+        let req = pb::HeartbeatRequest {
+            worker_id: id.worker_id.clone(),
+            session_token: id.session.clone(),
+            seq,
+            usage: Some(usage()),
+            running_attempt_ids: running,
+            health: "healthy".into(),
+        };
         match client.heartbeat(req).await {
             Ok(r) => {
                 for stale in r.into_inner().stale_attempt_ids {
-                    if let Ok(mut a) = agent.lock() {
-                        if let Some(tx) = a.running.remove(&stale) {
-                            tracing::warn!(attempt = %stale, "server says this attempt is stale; stopping it");
-                            let _ = tx.send(StopReason::Cancelled);
-                        }
+                    if let Ok(mut a) = agent.lock()
+                        && let Some(tx) = a.running.remove(&stale)
+                    {
+                        tracing::warn!(attempt = %stale, "server says this attempt is stale; stopping it");
+                        let _ = tx.send(StopReason::Cancelled);
                     }
                 }
             }

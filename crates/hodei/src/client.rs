@@ -65,7 +65,11 @@ impl Client {
         let resp = r.send().await.with_context(|| format!("cannot reach the server at {} (set --server or HODEI_SERVER)", self.base))?;
         let status = resp.status().as_u16();
         let body = resp.bytes().await.context("reading the response")?;
-        let value: Value = if body.is_empty() { Value::Null } else { serde_json::from_slice(&body).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned())) };
+        let value: Value = if body.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&body).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()))
+        };
         if status >= 400 {
             return Err(ApiFailure { status, body: value }.into());
         }
@@ -182,7 +186,8 @@ pub fn table(headers: &[&str], rows: Vec<Vec<String>>) {
             widths[i] = widths[i].max(c.chars().count());
         }
     }
-    let line = |cells: Vec<String>| cells.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths[i])).collect::<Vec<_>>().join("  ").trim_end().to_owned();
+    let line =
+        |cells: Vec<String>| cells.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths[i])).collect::<Vec<_>>().join("  ").trim_end().to_owned();
     println!("{}", line(headers.iter().map(|s| s.to_string()).collect()));
     for r in rows {
         println!("{}", line(r));

@@ -263,7 +263,8 @@ fn env_vars() -> Vec<(String, String)> {
 }
 
 fn init_tracing(json: bool, level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},h2=warn,hyper=warn,tower=warn,sqlx=warn")));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},h2=warn,hyper=warn,tower=warn,sqlx=warn")));
     let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if json {
         b.json().init();
@@ -358,7 +359,11 @@ async fn submit(a: SubmitArgs) -> anyhow::Result<i32> {
     let timeout_ms = a
         .timeout
         .as_deref()
-        .map(|t| hodei_server::config::parse_duration(t).map(|d| d.as_millis() as i64).ok_or_else(|| client::fail_usage(&format!("--timeout {t:?}: expected <int>ms|s|m|h|d"))))
+        .map(|t| {
+            hodei_server::config::parse_duration(t)
+                .map(|d| d.as_millis() as i64)
+                .ok_or_else(|| client::fail_usage(&format!("--timeout {t:?}: expected <int>ms|s|m|h|d")))
+        })
         .transpose()?;
     let mut body = json!({ "command": argv });
     let set = |body: &mut Value, k: &str, v: Value| {
@@ -445,7 +450,26 @@ async fn jobs(c: ClientOpts, cmd: JobsCmd) -> anyhow::Result<i32> {
             if out == Output::Json {
                 print_json(&j);
             } else {
-                for k in ["id", "tenant_id", "name", "state", "state_reason", "exit_code", "failure_reason", "priority", "sla", "attempt_count", "retries_left", "submitted_at", "started_at", "finished_at", "queue_wait_ms", "run_time_ms", "pool_id", "worker_id"] {
+                for k in [
+                    "id",
+                    "tenant_id",
+                    "name",
+                    "state",
+                    "state_reason",
+                    "exit_code",
+                    "failure_reason",
+                    "priority",
+                    "sla",
+                    "attempt_count",
+                    "retries_left",
+                    "submitted_at",
+                    "started_at",
+                    "finished_at",
+                    "queue_wait_ms",
+                    "run_time_ms",
+                    "pool_id",
+                    "worker_id",
+                ] {
                     println!("{k:<16} {}", s(&j, k));
                 }
                 println!("{:<16} {}", "command", j["command"]);
@@ -454,7 +478,20 @@ async fn jobs(c: ClientOpts, cmd: JobsCmd) -> anyhow::Result<i32> {
                     println!();
                     table(
                         &["ATTEMPT", "STATE", "EXIT", "REASON", "WORKER", "STARTED", "FINISHED"],
-                        attempts.iter().map(|a| vec![s(a, "number"), s(a, "state"), s(a, "exit_code"), s(a, "failure_reason"), s(a, "worker_id"), s(a, "started_at"), s(a, "finished_at")]).collect(),
+                        attempts
+                            .iter()
+                            .map(|a| {
+                                vec![
+                                    s(a, "number"),
+                                    s(a, "state"),
+                                    s(a, "exit_code"),
+                                    s(a, "failure_reason"),
+                                    s(a, "worker_id"),
+                                    s(a, "started_at"),
+                                    s(a, "finished_at"),
+                                ]
+                            })
+                            .collect(),
                     );
                 }
             }
@@ -498,7 +535,10 @@ async fn jobs(c: ClientOpts, cmd: JobsCmd) -> anyhow::Result<i32> {
                 print_json(&v);
             } else {
                 let items = v["items"].as_array().cloned().unwrap_or_default();
-                table(&["AT", "FROM", "TO", "ACTOR", "REASON"], items.iter().map(|e| vec![s(e, "at"), s(e, "from"), s(e, "to"), s(e, "actor"), s(e, "reason")]).collect());
+                table(
+                    &["AT", "FROM", "TO", "ACTOR", "REASON"],
+                    items.iter().map(|e| vec![s(e, "at"), s(e, "from"), s(e, "to"), s(e, "actor"), s(e, "reason")]).collect(),
+                );
             }
         }
     }
@@ -516,7 +556,8 @@ fn urlencode(s: &str) -> String {
 
 async fn tenants(c: ClientOpts, cmd: Option<TenantsCmd>) -> anyhow::Result<i32> {
     let cl = Client::new(&c.server, c.token.clone())?;
-    let rows = |items: &[Value]| items.iter().map(|t| vec![s(t, "id"), s(t, "name"), s(t, "tier"), s(t, "effective_weight"), s(t, "status")]).collect::<Vec<_>>();
+    let rows =
+        |items: &[Value]| items.iter().map(|t| vec![s(t, "id"), s(t, "name"), s(t, "tier"), s(t, "effective_weight"), s(t, "status")]).collect::<Vec<_>>();
     let headers = ["ID", "NAME", "TIER", "WEIGHT", "STATUS"];
     let v = match cmd.unwrap_or(TenantsCmd::Ls) {
         TenantsCmd::Ls => {
@@ -569,8 +610,24 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Submit(a) => submit(*a).await,
         Cmd::Jobs { c, cmd } => jobs(c, cmd).await,
         Cmd::Tenants { c, cmd } => tenants(c, cmd).await,
-        Cmd::Workers { c } => listing(c, "/workers", &["ID", "POOL", "INSTANCE", "STATE", "SLOTS", "LAST HEARTBEAT"], &["id", "pool_id", "instance_name", "state", "slots", "last_heartbeat_at"]).await,
-        Cmd::Pools { c } => listing(c, "/pools", &["ID", "TYPE", "PROVIDER", "MIN", "MAX", "SLOTS/WORKER", "STATE"], &["id", "type", "provider", "min_size", "max_size", "worker_slots", "state"]).await,
+        Cmd::Workers { c } => {
+            listing(
+                c,
+                "/workers",
+                &["ID", "POOL", "INSTANCE", "STATE", "SLOTS", "LAST HEARTBEAT"],
+                &["id", "pool_id", "instance_name", "state", "slots", "last_heartbeat_at"],
+            )
+            .await
+        }
+        Cmd::Pools { c } => {
+            listing(
+                c,
+                "/pools",
+                &["ID", "TYPE", "PROVIDER", "MIN", "MAX", "SLOTS/WORKER", "STATE"],
+                &["id", "type", "provider", "min_size", "max_size", "worker_slots", "state"],
+            )
+            .await
+        }
         Cmd::Config { cmd: ConfigCmd::Check { config } } => {
             let cfg = hodei_server::config::Config::load(config.as_deref(), &env_vars())?;
             println!("{cfg:#?}");

@@ -66,7 +66,8 @@ async fn a_timeout_kills_the_whole_process_group() {
     assert_eq!((j["state"].as_str(), j["failure_reason"].as_str()), (Some("timed_out"), Some("timeout")));
     let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
     // Dead means gone, or a zombie waiting for whoever adopted it to reap it.
-    let alive = || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|st| st.rsplit(')').next().and_then(|r| r.split_whitespace().next()) != Some("Z"));
+    let alive =
+        || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|st| st.rsplit(')').next().and_then(|r| r.split_whitespace().next()) != Some("Z"));
     for _ in 0..100 {
         if !alive() {
             break;
@@ -98,7 +99,9 @@ async fn a_failing_attempt_is_retried_and_then_succeeds() {
     let dir = tempfile::tempdir().unwrap();
     let srv = Server::start(dir.path(), &[], 0, None);
     let work = tempfile::tempdir().unwrap();
-    let job = srv.submit(json!({"command": sh("test -f marker || { touch marker; exit 1; }"), "working_dir": work.path(), "max_retries": 2, "retry_backoff_ms": 50})).await;
+    let job = srv
+        .submit(json!({"command": sh("test -f marker || { touch marker; exit 1; }"), "working_dir": work.path(), "max_retries": 2, "retry_backoff_ms": 50}))
+        .await;
     let j = srv.wait_ended(job["id"].as_str().unwrap(), 20).await;
     assert_eq!((j["state"].as_str(), j["attempt_count"].as_i64()), (Some("succeeded"), Some(2)));
     let states: Vec<_> = j["attempts"].as_array().unwrap().iter().map(|a| a["state"].as_str().unwrap().to_owned()).collect();

@@ -37,7 +37,7 @@ fn spec_input(b: JobSubmit) -> (JobSpecInput, Option<String>) {
         preemptible: b.preemptible,
         hold: b.hold,
         labels: b.labels,
-        pool: pool,
+        pool,
     };
     (input, b.tenant_id)
 }
@@ -59,11 +59,17 @@ async fn tenant_for(s: &ApiState, body: Option<&str>, headers: &HeaderMap, field
 /// A job no pool could ever run is refused now rather than left pending forever.
 fn unschedulable(s: &ApiState, spec: &JobSpec, prefix: &str) -> Option<FieldError> {
     let pools = s.pools.read().ok()?;
-    let fits = pools.iter().any(|p| spec.pool_selector.as_ref().is_none_or(|sel| *sel == p.id) && p.worker_slots > 0 && spec.resources.fits_in(&p.worker_resources));
+    let fits =
+        pools.iter().any(|p| spec.pool_selector.as_ref().is_none_or(|sel| *sel == p.id) && p.worker_slots > 0 && spec.resources.fits_in(&p.worker_resources));
     if fits {
         return None;
     }
-    let largest = pools.iter().filter(|p| spec.pool_selector.as_ref().is_none_or(|sel| *sel == p.id)).map(|p| p.worker_resources.to_string()).collect::<Vec<_>>().join("; ");
+    let largest = pools
+        .iter()
+        .filter(|p| spec.pool_selector.as_ref().is_none_or(|sel| *sel == p.id))
+        .map(|p| p.worker_resources.to_string())
+        .collect::<Vec<_>>()
+        .join("; ");
     let expected = if largest.is_empty() { "an existing pool".to_owned() } else { format!("resources within a pool's worker shape ({largest})") };
     let field = if spec.pool_selector.is_some() && largest.is_empty() { "pool_selector/pool" } else { "resources" };
     Some(FieldError::new(format!("{prefix}/{field}"), format!("no pool can ever run a job needing {}", spec.resources), expected, None))
@@ -142,7 +148,8 @@ pub async fn submit_batch(State(s): State<ApiState>, headers: HeaderMap, ApiJson
             }
             Err(e) => {
                 let (_, code, _) = e.code.parts();
-                let fields: Vec<_> = e.errors.iter().map(|f| serde_json::json!({"field": f.field, "message": f.message, "expected": f.expected, "value": f.value})).collect();
+                let fields: Vec<_> =
+                    e.errors.iter().map(|f| serde_json::json!({"field": f.field, "message": f.message, "expected": f.expected, "value": f.value})).collect();
                 items.push(BatchItem { index: i, job_id: None, error: Some(serde_json::json!({"code": code, "detail": e.detail, "errors": fields})) });
                 errors.extend(e.errors);
             }
@@ -177,7 +184,11 @@ pub struct JobQuery {
 #[utoipa::path(get, path = "/jobs", params(JobQuery), responses((status = 200, body = Page<JobView>), (status = 400, body = crate::error::Problem)), tag = "jobs")]
 pub async fn list_jobs(State(s): State<ApiState>, Query(q): Query<JobQuery>) -> ApiResult<Json<Page<JobView>>> {
     let limit = page_limit(q.limit)?;
-    let tenant = q.tenant_id.as_deref().map(|t| TenantId::parse(t).map_err(|e| ApiError::field("tenant_id", e.to_string(), "a tenant id", Some(t.to_owned())))).transpose()?;
+    let tenant = q
+        .tenant_id
+        .as_deref()
+        .map(|t| TenantId::parse(t).map_err(|e| ApiError::field("tenant_id", e.to_string(), "a tenant id", Some(t.to_owned()))))
+        .transpose()?;
     let mut states = Vec::new();
     for st in q.state.as_deref().unwrap_or("").split(',').filter(|x| !x.is_empty()) {
         states.push(st.parse::<JobState>().map_err(|()| ApiError::field("state", "unknown job state", JobState::expected(), Some(st.to_owned())))?);
@@ -185,7 +196,11 @@ pub async fn list_jobs(State(s): State<ApiState>, Query(q): Query<JobQuery>) -> 
     let label = q
         .label
         .as_deref()
-        .map(|l| l.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).ok_or_else(|| ApiError::field("label", "label filter needs key=value", "key=value", Some(l.to_owned()))))
+        .map(|l| {
+            l.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .ok_or_else(|| ApiError::field("label", "label filter needs key=value", "key=value", Some(l.to_owned())))
+        })
         .transpose()?;
     let before = q
         .cursor

@@ -94,7 +94,15 @@ pub async fn get_logs(State(s): State<ApiState>, Path(id): Path<String>, headers
         }
     }
     let truncated = job.log_truncated || attempt.is_some_and(|(a, _)| s.logs.was_truncated(a));
-    Ok(Json(LogsView { attempt: attempt.map(|a| a.1), chunks, next_offset: next_out, next_stderr_offset: next_err, eof: job.is_terminal() && at_end, truncated }).into_response())
+    Ok(Json(LogsView {
+        attempt: attempt.map(|a| a.1),
+        chunks,
+        next_offset: next_out,
+        next_stderr_offset: next_err,
+        eof: job.is_terminal() && at_end,
+        truncated,
+    })
+    .into_response())
 }
 
 struct Follow {
@@ -162,13 +170,18 @@ impl Follow {
                 }
                 read_any = true;
                 let next = off + data.len() as u64;
-                if st == LogStream::Stdout { self.out = next } else { self.err = next }
+                if st == LogStream::Stdout {
+                    self.out = next
+                } else {
+                    self.err = next
+                }
                 let body = json!({"stream": st.as_str(), "offset": off, "data": String::from_utf8_lossy(&data)});
                 self.queue.push_back(Event::default().event("log").id(format!("{}:{}", self.out, self.err)).data(body.to_string()));
             }
         }
         if self.job.is_terminal() && !read_any {
-            let data = json!({"state": self.job.state.as_str(), "exit_code": self.job.exit_code, "failure_reason": self.job.failure_reason.map(|f| f.as_str())});
+            let data =
+                json!({"state": self.job.state.as_str(), "exit_code": self.job.exit_code, "failure_reason": self.job.failure_reason.map(|f| f.as_str())});
             self.queue.push_back(Event::default().event("end").data(data.to_string()));
             self.done = true;
         }

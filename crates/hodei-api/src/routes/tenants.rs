@@ -17,7 +17,11 @@ fn tier(v: &str) -> ApiResult<Tier> {
 }
 
 fn weight(v: i64) -> ApiResult<u32> {
-    if (1..=1000).contains(&v) { Ok(v as u32) } else { Err(ApiError::field("/weight", "weight is out of range", "an integer between 1 and 1000", Some(v.to_string()))) }
+    if (1..=1000).contains(&v) {
+        Ok(v as u32)
+    } else {
+        Err(ApiError::field("/weight", "weight is out of range", "an integer between 1 and 1000", Some(v.to_string())))
+    }
 }
 
 fn name(v: &str) -> ApiResult<String> {
@@ -39,7 +43,10 @@ pub async fn create_tenant(State(s): State<ApiState>, ApiJson(body): ApiJson<Ten
     let display = name(&body.name)?;
     let id = match &body.id {
         Some(id) => TenantId::parse(id).map_err(|e| ApiError::field("/id", e.to_string(), "a slug ^[a-z0-9][a-z0-9-]{0,62}$", Some(id.clone())))?,
-        None => TenantId::from(Slug::from_name(&display).map_err(|e| ApiError::field("/name", e.to_string(), "a name with letters or digits (id is derived from it)", Some(display.clone())))?),
+        None => TenantId::from(
+            Slug::from_name(&display)
+                .map_err(|e| ApiError::field("/name", e.to_string(), "a name with letters or digits (id is derived from it)", Some(display.clone())))?,
+        ),
     };
     let now = s.clock.now();
     let t = Tenant {
@@ -92,12 +99,17 @@ pub async fn get_tenant(State(s): State<ApiState>, Path(id): Path<String>) -> Ap
 
 /// Update any mutable field. `If-Match: "<version>"` makes it conditional.
 #[utoipa::path(put, path = "/tenants/{id}", request_body = TenantUpdate, responses((status = 200, body = TenantView), (status = 400, body = crate::error::Problem), (status = 412, body = crate::error::Problem)), tag = "tenants")]
-pub async fn update_tenant(State(s): State<ApiState>, Path(id): Path<String>, headers: HeaderMap, ApiJson(body): ApiJson<TenantUpdate>) -> ApiResult<Json<TenantView>> {
+pub async fn update_tenant(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<TenantUpdate>,
+) -> ApiResult<Json<TenantView>> {
     let mut t = load(&s, &id).await?;
-    if let Some(v) = headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok()) {
-        if v.trim_matches('"') != t.version.to_string() {
-            return Err(ApiError::new(ErrorCode::PreconditionFailed, format!("tenant is at version {}, not {v}", t.version)));
-        }
+    if let Some(v) = headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok())
+        && v.trim_matches('"') != t.version.to_string()
+    {
+        return Err(ApiError::new(ErrorCode::PreconditionFailed, format!("tenant is at version {}, not {v}", t.version)));
     }
     if let Some(n) = &body.name {
         t.name = name(n)?;

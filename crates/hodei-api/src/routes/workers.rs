@@ -69,7 +69,11 @@ pub async fn list_pools(State(s): State<ApiState>) -> ApiResult<Json<Page<PoolVi
             name: p.name.clone(),
             pool_type: p.pool_type.to_string(),
             provider: p.provider.clone(),
-            worker_template: crate::dto::ResourcesOut { cpu_m: p.worker_resources.cpu_m.get(), memory_mb: p.worker_resources.memory_mb.get(), gpu: p.worker_resources.gpu.get() },
+            worker_template: crate::dto::ResourcesOut {
+                cpu_m: p.worker_resources.cpu_m.get(),
+                memory_mb: p.worker_resources.memory_mb.get(),
+                gpu: p.worker_resources.gpu.get(),
+            },
             worker_slots: p.worker_slots,
             min_size: p.min_size,
             max_size: p.max_size,

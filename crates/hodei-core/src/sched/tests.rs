@@ -382,9 +382,8 @@ proptest! {
                     if let Some((a, w)) = pick(&live, i) { let _ = s.rejected(a, w, ts(now)); }
                 }
                 Op::Cancel(i) => if let Some(j) = pick(&jobs, i) { let _ = s.cancel(j, ts(now)); },
-                Op::Retry(i) => if let Some(j) = pick(&jobs, i) {
-                    if let Some(stored) = store.get(&j).cloned() { let _ = s.retry(stored, ts(now)); }
-                },
+                Op::Retry(i) => if let Some(j) = pick(&jobs, i)
+                    && let Some(stored) = store.get(&j).cloned() { let _ = s.retry(stored, ts(now)); },
                 Op::Disconnect(i) => if let Some(w) = pick(&workers, i) { s.disconnect_worker(w); },
                 Op::Advance(ms) => {
                     now += i64::from(ms);

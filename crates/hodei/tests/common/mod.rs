@@ -61,7 +61,14 @@ impl Server {
         assert!(line.starts_with("ready http="), "unexpected first line {line:?}");
         let field = |k: &str| line.split_whitespace().find_map(|p| p.strip_prefix(&format!("{k}="))).unwrap().to_owned();
         let token = std::fs::read_to_string(dir.join("admin.token")).unwrap().trim().to_owned();
-        Server { child, http: format!("http://{}", field("http")), grpc: format!("http://{}", field("grpc")), dir: dir.to_owned(), token, http_client: reqwest::Client::new() }
+        Server {
+            child,
+            http: format!("http://{}", field("http")),
+            grpc: format!("http://{}", field("grpc")),
+            dir: dir.to_owned(),
+            token,
+            http_client: reqwest::Client::new(),
+        }
     }
 
     pub fn kill9(&mut self) {
@@ -150,7 +157,21 @@ pub struct WorkerProc(pub Child);
 impl WorkerProc {
     pub fn start(grpc: &str, pool: &str, token: &str, slots: u32) -> WorkerProc {
         let child = Command::new(BIN)
-            .args(["worker", "--server", grpc, "--pool", pool, "--slots", &slots.to_string(), "--cpu-m", "4000", "--memory-mb", "4096", "--labels", "zone=test"])
+            .args([
+                "worker",
+                "--server",
+                grpc,
+                "--pool",
+                pool,
+                "--slots",
+                &slots.to_string(),
+                "--cpu-m",
+                "4000",
+                "--memory-mb",
+                "4096",
+                "--labels",
+                "zone=test",
+            ])
             .env("HODEI_JOIN_TOKEN", token)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
@@ -173,7 +194,8 @@ impl Drop for WorkerProc {
     }
 }
 
-pub const REMOTE_POOL: &str = "resource_pools:\n  pools:\n    - id: remote\n      worker_template: { cpu_m: 4000, memory_mb: 4096, slots: 4 }\n      min_size: 0\n      max_size: 4\n";
+pub const REMOTE_POOL: &str =
+    "resource_pools:\n  pools:\n    - id: remote\n      worker_template: { cpu_m: 4000, memory_mb: 4096, slots: 4 }\n      min_size: 0\n      max_size: 4\n";
 
 pub fn sh(script: &str) -> Value {
     json!(["sh", "-c", script])
