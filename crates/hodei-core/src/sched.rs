@@ -436,6 +436,8 @@ impl Scheduler {
             return Err(UnknownWorker);
         }
         w.last_heartbeat_at = now;
+        // Persisted (batched with everything else), so readers see a live heartbeat.
+        self.dirty_workers.insert(id);
         Ok(running.iter().copied().filter(|a| self.attempts.get(a).is_none_or(|x| x.worker_id != id)).collect())
     }
 

@@ -247,6 +247,7 @@ impl Engine {
             "scheduler state loaded from the store"
         );
         self.gauges = Gauges::load(sched.jobs());
+        self.gauges.workers(sched.workers());
         self.sched = sched;
         Ok(())
     }
@@ -305,7 +306,10 @@ impl Engine {
                 replies.ok();
                 self.record_metrics(&changes);
                 self.dispatch(&changes);
-                self.logs.notify();
+                if !changes.jobs.is_empty() || !changes.new_jobs.is_empty() {
+                    // Followers of job output also watch job state.
+                    self.logs.notify();
+                }
             }
             Err(e) => {
                 metrics::counter!("hodei_db_errors_total", "op" => "apply").increment(1);
@@ -429,6 +433,9 @@ impl Engine {
             }
         }
         self.gauges.apply(c);
+        if !c.workers.is_empty() {
+            self.gauges.workers(self.sched.workers());
+        }
     }
 
     /// Sends what the committed batch decided. A worker that went away misses its message;

@@ -1,10 +1,10 @@
 //! Queue gauges kept up to date from each committed batch's transitions: O(changes), never a
 //! scan of every live job.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use hodei_core::sched::Changes;
-use hodei_core::{Job, JobId, JobState};
+use hodei_core::{Job, JobId, JobState, Worker};
 
 #[derive(Default)]
 pub struct Gauges {
@@ -14,6 +14,8 @@ pub struct Gauges {
     running: HashMap<(String, String), i64>,
     /// Where each running job was counted, so it is uncounted from the same place.
     running_at: HashMap<JobId, (String, String)>,
+    /// (pool, state) series already exported, so an emptied one drops to 0 instead of going stale.
+    worker_series: HashSet<(String, &'static str)>,
 }
 
 fn queued_state(s: JobState) -> Option<&'static str> {
@@ -70,6 +72,26 @@ impl Gauges {
             self.enter(j, e.to);
         }
         self.publish_all();
+    }
+
+    /// Workers by pool and state, and live workers per pool (small: recomputed when any changes).
+    pub fn workers<'a>(&mut self, workers: impl Iterator<Item = &'a Worker>) {
+        let mut by_state: HashMap<(String, &'static str), i64> = HashMap::new();
+        let mut size: HashMap<String, i64> = HashMap::new();
+        for w in workers {
+            *by_state.entry((w.pool_id.to_string(), w.state.as_str())).or_default() += 1;
+            *size.entry(w.pool_id.to_string()).or_default() += i64::from(w.state.is_live());
+        }
+        for key in self.worker_series.drain() {
+            by_state.entry(key).or_default();
+        }
+        for ((pool, state), n) in &by_state {
+            metrics::gauge!("hodei_workers", "pool" => pool.clone(), "state" => *state).set(*n as f64);
+            self.worker_series.insert((pool.clone(), state));
+        }
+        for (pool, n) in size {
+            metrics::gauge!("hodei_pool_size", "pool" => pool).set(n as f64);
+        }
     }
 
     fn publish_all(&self) {

@@ -127,6 +127,10 @@ async fn a_remote_worker_registers_heartbeats_and_is_reused() {
     let (_, ws) = srv.call(Method::GET, "/workers", None).await;
     let w = &ws["items"][0];
     assert_eq!((w["pool_id"].as_str(), w["labels"]["zone"].as_str(), w["slots"].as_i64()), (Some("remote"), Some("test"), Some(2)));
+    let before = w["last_heartbeat_at"].as_str().unwrap().to_owned();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let (_, ws) = srv.call(Method::GET, "/workers", None).await;
+    assert!(ws["items"][0]["last_heartbeat_at"].as_str().unwrap() > before.as_str(), "heartbeats are recorded");
     // A worker with the wrong join token is turned away.
     let mut bad = WorkerProc::start(&srv.grpc, "remote", "hodei_wrong", 1);
     tokio::time::sleep(Duration::from_millis(500)).await;
