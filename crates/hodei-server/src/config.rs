@@ -161,7 +161,18 @@ section!(DatabaseConfig {
     max_connections: u32 = 16,
     statement_timeout_ms: u64 = 5000,
     auto_migrate: bool = true,
+    /// SQLite only. `full` (default): every commit is fsync'd, durable against power loss.
+    /// `normal`: durable against a crash of the process, not of the machine; faster commits.
+    sqlite_synchronous: SqliteSync = SqliteSync::Full,
 });
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SqliteSync {
+    #[default]
+    Full,
+    Normal,
+}
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]

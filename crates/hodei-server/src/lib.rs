@@ -125,7 +125,8 @@ fn priority(p: PriorityName) -> Priority {
 async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
     let url = cfg.database.url.clone().unwrap_or_else(|| format!("sqlite://{}", cfg.data_dir().join("hodei.db").display()));
     if let Some(path) = url.strip_prefix("sqlite://") {
-        let store = SqliteStore::open(Path::new(path)).await.with_context(|| format!("opening the SQLite database {path}"))?;
+        let fsync = cfg.database.sqlite_synchronous == config::SqliteSync::Full;
+        let store = SqliteStore::open_with(Path::new(path), fsync).await.with_context(|| format!("opening the SQLite database {path}"))?;
         return Ok(Arc::new(store));
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {

@@ -44,19 +44,25 @@ impl Drop for TempDb {
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) and migrates the database file.
+    /// Opens (creating if needed) and migrates the database file, fsyncing every commit.
     pub async fn open(path: &Path) -> Result<SqliteStore> {
+        SqliteStore::open_with(path, true).await
+    }
+
+    /// `fsync_commits: false` is SQLite's `synchronous=NORMAL` in WAL mode: a commit survives
+    /// a crash of the process (kill -9) but the last ones may be lost if the machine loses power.
+    pub async fn open_with(path: &Path, fsync_commits: bool) -> Result<SqliteStore> {
         let opts = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
+            .synchronous(if fsync_commits { SqliteSynchronous::Full } else { SqliteSynchronous::Normal })
             .busy_timeout(Duration::from_secs(5))
             .pragma("cache_size", "-65536");
         let write = SqlitePoolOptions::new().max_connections(1).connect_with(opts.clone()).await.map_err(StoreError::db("opening the database"))?;
         MIGRATOR.run(&write).await.map_err(|e| StoreError::Corrupt { doing: "migrating the database", detail: e.to_string() })?;
         let read = SqlitePoolOptions::new().max_connections(4).connect_with(opts.read_only(true)).await.map_err(StoreError::db("opening the database"))?;
-        let writer = Writer::open(path)?;
+        let writer = Writer::open(path, fsync_commits)?;
         Ok(SqliteStore { write, read, writer, _temp: None })
     }
 

@@ -37,10 +37,12 @@ pub(crate) fn map_err(doing: &'static str) -> impl Fn(rusqlite::Error) -> StoreE
 }
 
 impl Writer {
-    pub(crate) fn open(path: &Path) -> Result<Writer, StoreError> {
+    pub(crate) fn open(path: &Path, fsync_commits: bool) -> Result<Writer, StoreError> {
         let conn = Connection::open(path).map_err(map_err("opening the database for writing"))?;
         conn.busy_timeout(Duration::from_secs(5)).map_err(map_err("configuring the writer"))?;
-        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA cache_size = -65536;").map_err(map_err("configuring the writer"))?;
+        let sync = if fsync_commits { "FULL" } else { "NORMAL" };
+        conn.execute_batch(&format!("PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA cache_size = -65536;"))
+            .map_err(map_err("configuring the writer"))?;
         conn.set_prepared_statement_cache_capacity(64);
         let (tx, rx) = mpsc::channel::<Task>();
         std::thread::Builder::new()
