@@ -88,6 +88,15 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
 }
 
+/// The `{prefix}cpu_m`, `{prefix}memory_mb`, `{prefix}gpu` columns of a row.
+fn resources(r: &SqliteRow, doing: &'static str, prefix: &str) -> Result<Resources> {
+    let col = |name: &str| -> Result<u32> {
+        let v: i64 = r.try_get(format!("{prefix}{name}").as_str()).map_err(|e| StoreError::Db { doing, source: e })?;
+        u32_of(doing, v)
+    };
+    Ok(Resources { cpu_m: CpuMillis(col("cpu_m")?), memory_mb: MemoryMb(col("memory_mb")?), gpu: Gpus(col("gpu")?) })
+}
+
 fn job_from_row(r: &SqliteRow) -> Result<Job> {
     const D: &str = "reading a job";
     let g = |e: sqlx::Error| StoreError::Db { doing: D, source: e };
@@ -97,11 +106,7 @@ fn job_from_row(r: &SqliteRow) -> Result<Job> {
         env: parse_map(D, r.try_get("env").map_err(g)?)?,
         working_dir: r.try_get("working_dir").map_err(g)?,
         image: r.try_get("image").map_err(g)?,
-        resources: Resources {
-            cpu_m: CpuMillis(u32_of(D, r.try_get("cpu_m").map_err(g)?)?),
-            memory_mb: MemoryMb(u32_of(D, r.try_get("memory_mb").map_err(g)?)?),
-            gpu: Gpus(u32_of(D, r.try_get("gpu").map_err(g)?)?),
-        },
+        resources: resources(r, D, "")?,
         timeout: Duration::from_millis(r.try_get::<i64, _>("timeout_ms").map_err(g)?.max(0) as u64),
         expected_duration: r.try_get::<Option<i64>, _>("expected_duration_ms").map_err(g)?.map(|v| Duration::from_millis(v.max(0) as u64)),
         max_retries: u32_of(D, r.try_get("max_retries").map_err(g)?)?,
@@ -147,11 +152,7 @@ fn attempt_from_row(r: &SqliteRow) -> Result<Attempt> {
         number: u32_of(D, r.try_get("number").map_err(g)?)?,
         worker_id: WorkerId::from_uuid(r.try_get("worker_id").map_err(g)?),
         pool_id: parse_slug(D, r.try_get("pool_id").map_err(g)?, PoolId::parse)?,
-        resources: Resources {
-            cpu_m: CpuMillis(u32_of(D, r.try_get("cpu_m").map_err(g)?)?),
-            memory_mb: MemoryMb(u32_of(D, r.try_get("memory_mb").map_err(g)?)?),
-            gpu: Gpus(u32_of(D, r.try_get("gpu").map_err(g)?)?),
-        },
+        resources: resources(r, D, "")?,
         state: parse_enum(D, r.try_get("state").map_err(g)?)?,
         assigned_at: Timestamp::from_millis(r.try_get("assigned_at").map_err(g)?),
         started_at: ts(r.try_get("started_at").map_err(g)?),
@@ -175,11 +176,7 @@ fn worker_from_row(r: &SqliteRow) -> Result<Worker> {
         pool_id: parse_slug(D, r.try_get("pool_id").map_err(g)?, PoolId::parse)?,
         state: parse_enum(D, r.try_get("state").map_err(g)?)?,
         capabilities: parse_vec(D, r.try_get("capabilities").map_err(g)?)?,
-        resources: Resources {
-            cpu_m: CpuMillis(u32_of(D, r.try_get("cpu_m").map_err(g)?)?),
-            memory_mb: MemoryMb(u32_of(D, r.try_get("memory_mb").map_err(g)?)?),
-            gpu: Gpus(u32_of(D, r.try_get("gpu").map_err(g)?)?),
-        },
+        resources: resources(r, D, "")?,
         allocated: Resources::ZERO,
         slots: u32_of(D, r.try_get("slots").map_err(g)?)?,
         slots_used: 0,
@@ -217,11 +214,7 @@ fn pool_from_row(r: &SqliteRow) -> Result<(Pool, String)> {
         name: r.try_get("name").map_err(g)?,
         pool_type: parse_enum(D, r.try_get("pool_type").map_err(g)?)?,
         provider: r.try_get("provider").map_err(g)?,
-        worker_resources: Resources {
-            cpu_m: CpuMillis(u32_of(D, r.try_get("worker_cpu_m").map_err(g)?)?),
-            memory_mb: MemoryMb(u32_of(D, r.try_get("worker_memory_mb").map_err(g)?)?),
-            gpu: Gpus(u32_of(D, r.try_get("worker_gpu").map_err(g)?)?),
-        },
+        worker_resources: resources(r, D, "worker_")?,
         worker_slots: u32_of(D, r.try_get("worker_slots").map_err(g)?)?,
         min_size: u32_of(D, r.try_get("min_size").map_err(g)?)?,
         max_size: u32_of(D, r.try_get("max_size").map_err(g)?)?,
