@@ -395,26 +395,40 @@ impl Store for SqliteStore {
 
     async fn list_events(&self, job: JobId) -> Result<Vec<JobEvent>> {
         const D: &str = "listing job events";
+        let g = |e: sqlx::Error| StoreError::Db { doing: D, source: e };
+        // The first transition is stored on the job's row (see the migration).
+        let first = sqlx::query("SELECT submitted_at, created_state, created_reason FROM jobs WHERE id = ?")
+            .bind(job.as_uuid())
+            .fetch_optional(&self.read)
+            .await
+            .map_err(StoreError::db(D))?;
+        let Some(first) = first else { return Ok(Vec::new()) };
+        let mut events = vec![JobEvent {
+            job_id: job,
+            at: Timestamp::from_millis(first.try_get("submitted_at").map_err(g)?),
+            from: None,
+            to: parse_enum(D, first.try_get("created_state").map_err(g)?)?,
+            actor: hodei_core::job::Actor::Api,
+            reason: first.try_get("created_reason").map_err(g)?,
+        }];
         let rows =
             sqlx::query("SELECT * FROM job_events WHERE job_id = ? ORDER BY seq").bind(job.as_uuid()).fetch_all(&self.read).await.map_err(StoreError::db(D))?;
-        rows.iter()
-            .map(|r| {
-                let g = |e: sqlx::Error| StoreError::Db { doing: D, source: e };
-                let actor = match r.try_get::<&str, _>("actor").map_err(g)? {
-                    "api" => hodei_core::job::Actor::Api,
-                    "worker" => hodei_core::job::Actor::Worker,
-                    _ => hodei_core::job::Actor::Scheduler,
-                };
-                Ok(JobEvent {
-                    job_id: job,
-                    at: Timestamp::from_millis(r.try_get("at").map_err(g)?),
-                    from: r.try_get::<Option<&str>, _>("from_state").map_err(g)?.map(|s| parse_enum::<JobState>(D, s)).transpose()?,
-                    to: parse_enum(D, r.try_get("to_state").map_err(g)?)?,
-                    actor,
-                    reason: r.try_get("reason").map_err(g)?,
-                })
-            })
-            .collect()
+        for r in &rows {
+            let actor = match r.try_get::<&str, _>("actor").map_err(g)? {
+                "api" => hodei_core::job::Actor::Api,
+                "worker" => hodei_core::job::Actor::Worker,
+                _ => hodei_core::job::Actor::Scheduler,
+            };
+            events.push(JobEvent {
+                job_id: job,
+                at: Timestamp::from_millis(r.try_get("at").map_err(g)?),
+                from: r.try_get::<Option<&str>, _>("from_state").map_err(g)?.map(|s| parse_enum::<JobState>(D, s)).transpose()?,
+                to: parse_enum(D, r.try_get("to_state").map_err(g)?)?,
+                actor,
+                reason: r.try_get("reason").map_err(g)?,
+            });
+        }
+        Ok(events)
     }
 
     async fn load_live(&self) -> Result<LiveState> {

@@ -7,7 +7,9 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use hodei_core::sched::Changes;
-use hodei_core::{Job, Timestamp};
+use std::collections::HashMap;
+
+use hodei_core::{Job, JobEvent, JobId, JobState, Timestamp};
 use rusqlite::{Connection, params};
 use tokio::sync::oneshot;
 
@@ -41,6 +43,8 @@ impl Writer {
         let conn = Connection::open(path).map_err(map_err("opening the database for writing"))?;
         conn.busy_timeout(Duration::from_secs(5)).map_err(map_err("configuring the writer"))?;
         let sync = if fsync_commits { "FULL" } else { "NORMAL" };
+        // SQLite's own checkpoint every ~1000 WAL pages, inside a commit: cheap for the steady
+        // small commits of submits and dispatch (a checkpointer thread measured slower for them).
         conn.execute_batch(&format!("PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA cache_size = -65536;"))
             .map_err(map_err("configuring the writer"))?;
         conn.set_prepared_statement_cache_capacity(64);
@@ -83,8 +87,8 @@ fn dur_ms(d: Duration) -> i64 {
 const INSERT_JOB: &str = "INSERT INTO jobs (id, tenant_id, name, command, env, working_dir, image, cpu_m, memory_mb, gpu, timeout_ms, expected_duration_ms, \
      max_retries, retry_backoff_ms, priority, sla, preemptible, hold, labels, pool_selector, state, state_reason, attempt_count, \
      current_attempt_id, retries_left, lost_requeues, exit_code, failure_reason, submitted_at, eligible_at, scheduled_at, started_at, \
-     finished_at, next_retry_at, cancel_requested_at, pool_id, worker_id, log_truncated) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34, ?35, ?36, ?37, ?38)";
+     finished_at, next_retry_at, cancel_requested_at, pool_id, worker_id, log_truncated, created_state, created_reason) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34, ?35, ?36, ?37, ?38, ?39, ?40)";
 
 const UPDATE_JOB: &str = "UPDATE jobs SET state = ?1, state_reason = ?2, attempt_count = ?3, current_attempt_id = ?4, retries_left = ?5, lost_requeues = ?6, \
      exit_code = ?7, failure_reason = ?8, eligible_at = ?9, scheduled_at = ?10, started_at = ?11, finished_at = ?12, next_retry_at = ?13, \
@@ -99,7 +103,7 @@ const UPSERT_ATTEMPT: &str = "INSERT INTO attempts (id, job_id, number, worker_i
 
 const INSERT_EVENT: &str = "INSERT INTO job_events (job_id, at, from_state, to_state, actor, reason) VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
 
-fn insert_job(st: &mut rusqlite::CachedStatement<'_>, j: &Job) -> rusqlite::Result<usize> {
+fn insert_job(st: &mut rusqlite::CachedStatement<'_>, j: &Job, created: Option<&JobEvent>) -> rusqlite::Result<usize> {
     let s = &j.spec;
     st.execute(params![
         j.id.as_uuid(),
@@ -140,6 +144,8 @@ fn insert_job(st: &mut rusqlite::CachedStatement<'_>, j: &Job) -> rusqlite::Resu
         j.pool_id.as_ref().map(|p| p.as_str()),
         j.worker_id.map(|w| w.as_uuid()),
         j.log_truncated,
+        created.map_or(JobState::Pending, |e| e.to).as_str(),
+        created.and_then(|e| e.reason.as_deref()),
     ])
 }
 
@@ -147,9 +153,11 @@ fn insert_job(st: &mut rusqlite::CachedStatement<'_>, j: &Job) -> rusqlite::Resu
 pub(crate) fn apply(conn: &mut Connection, c: &Changes) -> Result<(), StoreError> {
     let tx = conn.transaction().map_err(map_err("starting a transaction"))?;
     {
+        // A job's creation event is stored on its row (see the migration).
+        let created: HashMap<JobId, &JobEvent> = c.events.iter().filter(|e| e.from.is_none()).map(|e| (e.job_id, e)).collect();
         let mut st = tx.prepare_cached(INSERT_JOB).map_err(map_err("preparing the job insert"))?;
         for j in &c.new_jobs {
-            insert_job(&mut st, j).map_err(map_err("inserting jobs"))?;
+            insert_job(&mut st, j, created.get(&j.id).copied()).map_err(map_err("inserting jobs"))?;
         }
     }
     {
@@ -214,7 +222,7 @@ pub(crate) fn apply(conn: &mut Connection, c: &Changes) -> Result<(), StoreError
     }
     {
         let mut st = tx.prepare_cached(INSERT_EVENT).map_err(map_err("preparing the event insert"))?;
-        for e in &c.events {
+        for e in c.events.iter().filter(|e| e.from.is_some()) {
             st.execute(params![e.job_id.as_uuid(), ms(e.at), e.from.map(|s| s.as_str()), e.to.as_str(), e.actor.as_str(), e.reason])
                 .map_err(map_err("inserting job events"))?;
         }

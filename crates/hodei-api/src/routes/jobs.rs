@@ -115,6 +115,7 @@ pub async fn submit_job(State(s): State<ApiState>, headers: HeaderMap, ApiJson(b
 /// Submit up to `jobs.max_batch_size` jobs in one call, in one transaction.
 #[utoipa::path(post, path = "/jobs/batch", request_body = BatchSubmit, responses((status = 201, body = BatchResult), (status = 400, body = crate::error::Problem), (status = 413, body = crate::error::Problem)), tag = "jobs")]
 pub async fn submit_batch(State(s): State<ApiState>, headers: HeaderMap, ApiJson(body): ApiJson<BatchSubmit>) -> ApiResult<(StatusCode, Json<BatchResult>)> {
+    let t0 = std::time::Instant::now();
     let n = body.jobs.len();
     if n == 0 {
         return Err(ApiError::field("/jobs", "no jobs", "at least one job", Some("0".into())));
@@ -160,10 +161,12 @@ pub async fn submit_batch(State(s): State<ApiState>, headers: HeaderMap, ApiJson
         err.detail = format!("{} of {n} jobs are invalid; nothing was stored (atomic batch)", n - jobs.len());
         return Err(err);
     }
+    let validated = t0.elapsed();
     if !jobs.is_empty() {
         count_submitted(&jobs);
         s.control.submit(jobs).await?;
     }
+    tracing::debug!(n, validate_ms = validated.as_millis() as u64, commit_ms = (t0.elapsed() - validated).as_millis() as u64, "batch submitted");
     let status = if items.iter().any(|i| i.job_id.is_some()) { StatusCode::CREATED } else { StatusCode::BAD_REQUEST };
     Ok((status, Json(BatchResult { items })))
 }

@@ -72,7 +72,11 @@ CREATE TABLE jobs (
     cancel_requested_at INTEGER,
     pool_id             TEXT,
     worker_id           BLOB,
-    log_truncated       INTEGER NOT NULL
+    log_truncated       INTEGER NOT NULL,
+    -- The job's first transition (— → created_state) lives on its row, not in job_events:
+    -- a batch of N submits writes N rows, not 2N.
+    created_state       TEXT NOT NULL,
+    created_reason      TEXT
 ) WITHOUT ROWID;
 
 CREATE INDEX jobs_tenant ON jobs (tenant_id, id);
@@ -104,8 +108,10 @@ CREATE TABLE attempts (
 CREATE INDEX attempts_job ON attempts (job_id, number);
 CREATE INDEX attempts_live ON attempts (state) WHERE state IN ('assigned', 'running');
 
+-- Every transition after the first. `seq` is the rowid (no AUTOINCREMENT: it would update
+-- sqlite_sequence on every insert).
 CREATE TABLE job_events (
-    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq         INTEGER PRIMARY KEY,
     job_id      BLOB NOT NULL,
     at          INTEGER NOT NULL,
     from_state  TEXT,
