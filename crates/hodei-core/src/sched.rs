@@ -22,6 +22,8 @@ pub struct SchedConfig {
     pub retry_backoff: Duration,
     pub retry_backoff_max: Duration,
     pub kill_grace: Duration,
+    /// An offline worker that has not come back for this long is terminated (forgotten).
+    pub gc_after: Duration,
 }
 
 impl Default for SchedConfig {
@@ -33,6 +35,7 @@ impl Default for SchedConfig {
             retry_backoff: Duration::from_secs(10),
             retry_backoff_max: Duration::from_secs(600),
             kill_grace: Duration::from_secs(10),
+            gc_after: Duration::from_secs(3600),
         }
     }
 }
@@ -744,6 +747,13 @@ impl Scheduler {
                 w.idle_since = None;
                 self.dirty_workers.insert(wid);
             }
+        }
+
+        let gc = self.cfg.gc_after;
+        let gone: Vec<WorkerId> =
+            self.workers.values().filter(|w| w.state == WorkerState::Offline && w.last_heartbeat_at.saturating_add(gc) <= now).map(|w| w.id).collect();
+        for wid in gone {
+            self.terminate_worker(wid, now);
         }
 
         // Backstops: a worker that still heartbeats but never reports the end of a job.

@@ -290,6 +290,7 @@ pub fn engine_config(cfg: &Config) -> EngineConfig {
             retry_backoff: Duration::from_millis(s.retry_backoff_ms),
             retry_backoff_max: Duration::from_millis(s.retry_backoff_max_ms),
             kill_grace: Duration::from_millis(w.kill_grace_ms),
+            gc_after: Duration::from_millis(w.gc_after_ms),
         },
         // The tick only drives timeouts and retries; dispatch is event-driven.
         tick: Duration::from_millis(s.tick_ms.clamp(50, 250)),

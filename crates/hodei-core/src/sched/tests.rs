@@ -257,6 +257,21 @@ fn commands_on_ended_jobs_are_refused() {
 }
 
 #[test]
+fn an_offline_worker_is_forgotten_after_gc_after() {
+    let cfg = SchedConfig { gc_after: Duration::from_secs(60), ..Default::default() };
+    let (mut s, mut ids) = (Scheduler::new(cfg), Ids(0));
+    let w = connected_worker(&mut s, &mut ids, 1, 1000, 0);
+    s.tick(ts(10_000));
+    assert_eq!(s.worker(&w).unwrap().state, WorkerState::Offline);
+    s.tick(ts(69_999));
+    assert!(s.worker(&w).is_some());
+    s.tick(ts(70_000));
+    let ch = s.take_changes();
+    assert_eq!(ch.workers.last().map(|x| x.state), Some(WorkerState::Terminated));
+    assert!(s.worker(&w).is_none(), "terminated workers leave memory");
+}
+
+#[test]
 fn a_reconnecting_worker_keeps_what_it_runs_and_loses_what_it_forgot() {
     let (mut s, mut ids) = (Scheduler::new(SchedConfig::default()), Ids(0));
     let w = connected_worker(&mut s, &mut ids, 2, 1000, 0);
