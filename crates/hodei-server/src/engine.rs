@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use hodei_api::{Clock, Control, ControlError};
 use hodei_core::sched::{AttemptResult, CancelOutcome, Changes, CommandError, Outbound, SchedConfig, Scheduler, UnknownWorker};
-use hodei_core::{AttemptId, Job, JobId, JobState, Timestamp, Worker, WorkerId};
+use hodei_core::{AttemptId, AttemptState, Job, JobId, JobState, Timestamp, Worker, WorkerId};
 use hodei_proto::v1 as pb;
 use hodei_store::logs::LogFiles;
 use hodei_store::{Store, StoreError};
@@ -235,8 +235,10 @@ impl Engine {
         for j in live.jobs {
             sched.restore_job(j);
         }
+        // Only attempts the store has as running are known to be on their worker; an assignment
+        // that was never confirmed is treated as lost (requeued; fencing ignores a late Accepted).
         for id in self.conns.keys() {
-            let running: Vec<AttemptId> = live.attempts.iter().filter(|a| a.worker_id == *id).map(|a| a.id).collect();
+            let running: Vec<AttemptId> = live.attempts.iter().filter(|a| a.worker_id == *id && a.state == AttemptState::Running).map(|a| a.id).collect();
             let _ = sched.connect_worker(*id, &running, vec![], now);
         }
         let _ = sched.take_changes();

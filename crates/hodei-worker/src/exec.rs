@@ -142,6 +142,13 @@ async fn run_inner(
         PathBuf::from(&a.working_dir)
     };
     let mut cmd = Command::new(prog);
+    // The agent's own HODEI_* variables (its join token among them) are not the job's business;
+    // the job gets the documented per-job ones from the assignment.
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("HODEI_") {
+            cmd.env_remove(k);
+        }
+    }
     cmd.args(args).envs(&a.env).current_dir(&dir).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
     let mut child = match cmd.spawn() {
         Ok(c) => c,

@@ -246,3 +246,15 @@ async fn a_worker_stopped_with_sigterm_hands_its_jobs_back_instead_of_cancelling
     let (_, ws) = srv.call(Method::GET, "/workers", None).await;
     assert!(ws["items"].as_array().unwrap().iter().any(|w| w["state"] == "terminated"), "the stopped worker deregistered: {ws}");
 }
+
+#[tokio::test]
+async fn jobs_see_their_own_hodei_variables_but_not_the_workers_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path(), &[], 0, None);
+    let out = srv.cli(&["submit", "--wait", "--", "env"]);
+    let env = String::from_utf8_lossy(&out.stdout);
+    assert!(!env.contains("HODEI_JOIN_TOKEN"), "the pool's join token leaked into a job:\n{env}");
+    for var in ["HODEI_JOB_ID=", "HODEI_ATTEMPT_ID=", "HODEI_ATTEMPT_NUMBER=1", "HODEI_TENANT_ID=default", "HODEI_CPU_M=250", "HODEI_MEMORY_MB=256"] {
+        assert!(env.contains(var), "{var} missing from the job's environment:\n{env}");
+    }
+}
