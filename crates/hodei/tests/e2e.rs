@@ -258,3 +258,18 @@ async fn jobs_see_their_own_hodei_variables_but_not_the_workers_secrets() {
         assert!(env.contains(var), "{var} missing from the job's environment:\n{env}");
     }
 }
+
+#[tokio::test]
+async fn waiting_shows_progress_on_a_terminal_and_stays_quiet_when_piped() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path(), &[], 0, None);
+    let piped = srv.cli(&["submit", "--wait", "--", "echo", "hi"]);
+    assert_eq!(String::from_utf8_lossy(&piped.stdout), "hi\n");
+    assert!(!String::from_utf8_lossy(&piped.stderr).contains("[hodei]"), "progress printed into a pipe");
+    // `script` gives the command a terminal (util-linux, in every Debian install).
+    let line = format!("HODEI_SERVER={} HODEI_TOKEN={} {BIN} submit --wait -- sh -c 'sleep 0.3; echo hi'", srv.http, srv.token);
+    let tty = std::process::Command::new("script").args(["-qec", &line, "/dev/null"]).output().unwrap();
+    let text = String::from_utf8_lossy(&tty.stdout);
+    assert!(text.contains("[hodei] job") && text.contains(": running"), "no progress on a terminal:\n{text}");
+    assert!(text.contains("hi"), "{text}");
+}
