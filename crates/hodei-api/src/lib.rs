@@ -161,6 +161,27 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
+/// Exports a tenant's job series at zero (SPEC §10: known tenants never show "no data").
+pub fn zero_series_for_tenant(tenant: &TenantId, pools: &[Pool]) {
+    use hodei_core::Priority;
+    for p in Priority::ALL {
+        metrics::counter!("hodei_jobs_submitted_total", "tenant" => tenant.to_string(), "priority" => p.as_str()).increment(0);
+        for state in ["pending", "held"] {
+            metrics::gauge!("hodei_jobs_queued", "tenant" => tenant.to_string(), "priority" => p.as_str(), "state" => state).increment(0.0);
+        }
+    }
+    for pool in pools {
+        metrics::gauge!("hodei_jobs_running", "tenant" => tenant.to_string(), "pool" => pool.id.to_string()).increment(0.0);
+    }
+}
+
+/// Exports a pool's series at zero.
+pub fn zero_series_for_pool(pool: &Pool) {
+    metrics::gauge!("hodei_pool_size", "pool" => pool.id.to_string()).increment(0.0);
+    metrics::gauge!("hodei_pool_min_size", "pool" => pool.id.to_string()).set(f64::from(pool.min_size));
+    metrics::gauge!("hodei_pool_max_size", "pool" => pool.id.to_string()).set(f64::from(pool.max_size));
+}
+
 /// The OpenAPI document, for `xtask openapi` and its staleness test.
 pub fn openapi_json(cfg: &ApiConfig) -> String {
     let (_, openapi) = OpenApiRouter::<ApiState>::with_openapi(ApiDoc::openapi()).nest("/api/v1", routes::v1(cfg)).split_for_parts();

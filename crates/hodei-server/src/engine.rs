@@ -217,6 +217,8 @@ impl Engine {
             gauges: Gauges::default(),
         };
         engine.rebuild().await?;
+        // Ready to take commands (they queue until `run` polls them); cleared when the loop ends.
+        running.store(true, Ordering::Relaxed);
         Ok((engine, EngineHandle { tx, running, connected }))
     }
 
@@ -255,7 +257,6 @@ impl Engine {
     }
 
     pub async fn run(mut self) {
-        self.running.store(true, Ordering::Relaxed);
         let mut tick = tokio::time::interval(self.cfg.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut batch: Vec<Command> = Vec::new();

@@ -321,6 +321,12 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
         (AuthMode::Token, None) => Some(secret_file(&cfg.data_dir().join("admin.token"))?),
     };
     let setup = seed(&cfg, store.as_ref(), clock.now(), opts.worker_exe.as_ref()).await?;
+    for p in &setup.pools {
+        hodei_api::zero_series_for_pool(p);
+    }
+    for t in store.list_tenants().await.context("listing tenants")? {
+        hodei_api::zero_series_for_tenant(&t.id, &setup.pools);
+    }
     let logs = Arc::new(LogFiles::new(cfg.logs_dir(), cfg.jobs.logs.max_bytes_per_attempt).context("creating the logs dir")?);
     let (engine, handle) = Engine::start(store.clone(), clock.clone(), logs.clone(), engine_config(&cfg)).await.context("loading scheduler state")?;
 

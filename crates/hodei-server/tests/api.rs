@@ -309,4 +309,10 @@ async fn ready_and_metrics_report_the_running_server() {
     let resp = app.server.router.clone().oneshot(Request::builder().uri("/metrics").body(Body::empty()).unwrap()).await.unwrap();
     let text = String::from_utf8(axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap().to_vec()).unwrap();
     assert!(text.contains("hodei_http_requests_total{method=\"GET\",route=\"/api/v1/jobs\",status=\"200\"}"), "{text}");
+    // Known tenants and pools are exported from the start (at zero), not only once they have jobs.
+    app.call("POST", "/api/v1/tenants", Some(json!({"name": "quiet-tenant"}))).await;
+    let resp = app.server.router.clone().oneshot(Request::builder().uri("/metrics").body(Body::empty()).unwrap()).await.unwrap();
+    let text = String::from_utf8(axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap().to_vec()).unwrap();
+    assert!(text.contains("hodei_jobs_queued{tenant=\"quiet-tenant\",priority=\"normal\",state=\"pending\"} 0"), "{text}");
+    assert!(text.contains("hodei_pool_max_size{pool=\"local\"}"), "{text}");
 }

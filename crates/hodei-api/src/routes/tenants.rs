@@ -62,6 +62,9 @@ pub async fn create_tenant(State(s): State<ApiState>, ApiJson(body): ApiJson<Ten
         version: 1,
     };
     s.store.create_tenant(&t).await?;
+    if let Ok(pools) = s.pools.read() {
+        crate::zero_series_for_tenant(&t.id, &pools);
+    }
     let mut h = HeaderMap::new();
     if let Ok(v) = HeaderValue::from_str(&format!("/api/v1/tenants/{}", t.id)) {
         h.insert(header::LOCATION, v);
