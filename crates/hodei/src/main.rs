@@ -496,7 +496,13 @@ async fn jobs(c: ClientOpts, cmd: JobsCmd) -> anyhow::Result<i32> {
                 }
             }
         }
-        JobsCmd::Cancel { id } => show(&cl.post_empty(&format!("/jobs/{id}/cancel")).await?),
+        JobsCmd::Cancel { id } => {
+            let j = cl.post_empty(&format!("/jobs/{id}/cancel")).await?;
+            show(&j);
+            if j["state"] == "running" {
+                eprintln!("cancel requested: the job ends as cancelled once its process group is killed (`hodei jobs wait {id}`)");
+            }
+        }
         JobsCmd::Retry { id } => show(&cl.post_empty(&format!("/jobs/{id}/retry")).await?),
         JobsCmd::Hold { id } => show(&cl.post_empty(&format!("/jobs/{id}/hold")).await?),
         JobsCmd::Release { id } => show(&cl.post_empty(&format!("/jobs/{id}/release")).await?),
