@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use hodei_api::{Clock, Control, ControlError};
 use hodei_core::sched::{AttemptResult, CancelOutcome, Changes, CommandError, Outbound, SchedConfig, Scheduler, UnknownWorker};
-use hodei_core::{AttemptId, AttemptState, Job, JobId, JobState, Timestamp, Worker, WorkerId};
+use hodei_core::{AttemptId, AttemptState, Job, JobId, JobState, Timestamp, Worker, WorkerId, WorkerState};
 use hodei_proto::v1 as pb;
 use hodei_store::logs::LogFiles;
 use hodei_store::{Store, StoreError};
@@ -167,6 +167,7 @@ pub struct Engine {
     running: Arc<AtomicBool>,
     connected: Arc<AtomicUsize>,
     gauges: Gauges,
+    last_scan: Option<Timestamp>,
 }
 
 /// Answers to send once the batch is durable.
@@ -215,6 +216,7 @@ impl Engine {
             running: running.clone(),
             connected: connected.clone(),
             gauges: Gauges::default(),
+            last_scan: None,
         };
         engine.rebuild().await?;
         // Ready to take commands (they queue until `run` polls them); cleared when the loop ends.
@@ -290,6 +292,11 @@ impl Engine {
         }
         if ticked {
             self.sched.tick(now);
+            // Gauges that need a scan of live jobs, at most every 5 s (never on the submit path).
+            if self.last_scan.is_none_or(|t| now.since(t) >= Duration::from_secs(5)) {
+                self.last_scan = Some(now);
+                self.gauges.scan(self.sched.jobs(), now);
+            }
         }
         let mut mint = || AttemptId::from_uuid(Uuid::now_v7());
         let placed = self.sched.schedule(now, &mut mint);
@@ -399,26 +406,32 @@ impl Engine {
     }
 
     fn record_metrics(&mut self, c: &Changes) {
+        let by_id: HashMap<JobId, &Job> =
+            if c.events.iter().any(|e| e.from.is_some()) { c.jobs.iter().chain(&c.new_jobs).map(|j| (j.id, j)).collect() } else { HashMap::new() };
+        let pool_of = |j: &Job| j.pool_id.as_ref().map(|p| p.to_string()).unwrap_or_default();
         for e in &c.events {
+            let (Some(from), Some(j)) = (e.from, by_id.get(&e.job_id)) else { continue };
             match e.to {
-                JobState::Scheduled => {}
-                JobState::Running => {}
+                JobState::Pending if matches!(from, JobState::Scheduled | JobState::Running) => {
+                    let reason = e.reason.clone().unwrap_or_default();
+                    metrics::counter!("hodei_jobs_requeued_total", "pool" => pool_of(j), "reason" => reason).increment(1);
+                }
+                s if s.is_final_like() && !j.is_terminal() => {
+                    metrics::counter!("hodei_jobs_retried_total", "tenant" => j.tenant.to_string()).increment(1);
+                }
                 s if s.is_final_like() => {
-                    let job = c.jobs.iter().chain(&c.new_jobs).find(|j| j.id == e.job_id);
-                    if let Some(j) = job.filter(|j| !j.is_terminal()) {
-                        metrics::counter!("hodei_jobs_retried_total", "tenant" => j.tenant.to_string()).increment(1);
-                    }
-                    if let Some(j) = job.filter(|j| j.is_terminal()) {
-                        let pool = j.pool_id.as_ref().map(|p| p.to_string()).unwrap_or_default();
-                        metrics::counter!("hodei_jobs_completed_total", "tenant" => j.tenant.to_string(), "pool" => pool.clone(), "state" => s.as_str())
-                            .increment(1);
-                        if let Some(rt) = j.run_time_ms() {
-                            metrics::histogram!("hodei_job_run_duration_seconds", "pool" => pool, "state" => s.as_str()).record(rt as f64 / 1000.0);
-                        }
+                    let pool = pool_of(j);
+                    metrics::counter!("hodei_jobs_completed_total", "tenant" => j.tenant.to_string(), "pool" => pool.clone(), "state" => s.as_str())
+                        .increment(1);
+                    if let Some(rt) = j.run_time_ms() {
+                        metrics::histogram!("hodei_job_run_duration_seconds", "pool" => pool, "state" => s.as_str()).record(rt as f64 / 1000.0);
                     }
                 }
                 _ => {}
             }
+        }
+        for w in c.workers.iter().filter(|w| w.state == WorkerState::Offline) {
+            metrics::counter!("hodei_workers_lost_total", "pool" => w.pool_id.to_string()).increment(1);
         }
         for j in &c.jobs {
             if j.state == JobState::Running

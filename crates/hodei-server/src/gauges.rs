@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 
 use hodei_core::sched::Changes;
-use hodei_core::{Job, JobId, JobState, Worker};
+use hodei_core::{Job, JobId, JobState, Timestamp, Worker};
 
 #[derive(Default)]
 pub struct Gauges {
@@ -16,6 +16,9 @@ pub struct Gauges {
     running_at: HashMap<JobId, (String, String)>,
     /// (pool, state) series already exported, so an emptied one drops to 0 instead of going stale.
     worker_series: HashSet<(String, &'static str)>,
+    /// Series set by the last scan, so they drop to 0 rather than go stale.
+    scanned_tenants: HashSet<String>,
+    scanned_pools: HashSet<String>,
 }
 
 fn queued_state(s: JobState) -> Option<&'static str> {
@@ -91,6 +94,32 @@ impl Gauges {
         }
         for (pool, n) in size {
             metrics::gauge!("hodei_pool_size", "pool" => pool).set(n as f64);
+        }
+    }
+
+    /// Oldest queue wait per tenant and jobs running past their timeout per pool (a scan).
+    pub fn scan<'a>(&mut self, jobs: impl Iterator<Item = &'a Job>, now: Timestamp) {
+        let mut oldest: HashMap<String, f64> = self.scanned_tenants.drain().map(|t| (t, 0.0)).collect();
+        let mut overdue: HashMap<String, f64> = self.scanned_pools.drain().map(|p| (p, 0.0)).collect();
+        for j in jobs {
+            match j.state {
+                JobState::Pending => {
+                    let w = oldest.entry(j.tenant.to_string()).or_default();
+                    *w = w.max(now.since(j.eligible_at).as_secs_f64());
+                }
+                JobState::Running if j.started_at.is_some_and(|s| s.saturating_add(j.spec.timeout) < now) => {
+                    *overdue.entry(j.pool_id.as_ref().map(|p| p.to_string()).unwrap_or_default()).or_default() += 1.0;
+                }
+                _ => {}
+            }
+        }
+        for (tenant, secs) in oldest {
+            metrics::gauge!("hodei_queue_oldest_wait_seconds", "tenant" => tenant.clone()).set(secs);
+            self.scanned_tenants.insert(tenant);
+        }
+        for (pool, n) in overdue {
+            metrics::gauge!("hodei_jobs_overdue", "pool" => pool.clone()).set(n);
+            self.scanned_pools.insert(pool);
         }
     }
 

@@ -184,6 +184,9 @@ async fn a_killed_worker_loses_its_attempt_and_the_job_runs_elsewhere() {
     assert_eq!((attempts[0]["state"].as_str(), attempts[0]["failure_reason"].as_str()), (Some("lost"), Some("worker_lost")));
     assert_eq!(attempts[1]["state"], "succeeded");
     assert_ne!(attempts[1]["worker_id"], first["worker_id"]);
+    let metrics = srv.http_client.get(format!("{}/metrics", srv.http)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("hodei_workers_lost_total{pool=\"remote\"} 1"), "{metrics}");
+    assert!(metrics.contains("hodei_jobs_requeued_total{pool=\"remote\",reason=\"worker_lost\"} 1"), "{metrics}");
 }
 
 #[tokio::test]
