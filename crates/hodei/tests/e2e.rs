@@ -276,3 +276,19 @@ async fn waiting_shows_progress_on_a_terminal_and_stays_quiet_when_piped() {
     assert!(text.contains("[hodei] job") && text.contains(": running"), "no progress on a terminal:\n{text}");
     assert!(text.contains("hi"), "{text}");
 }
+
+#[tokio::test]
+async fn output_over_the_cap_is_dropped_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path(), &[("HODEI_JOBS__LOGS__MAX_BYTES_PER_ATTEMPT", "1000")], 0, None);
+    let job = srv.submit(json!({"command": sh("yes xxxxxxxxx | head -c 5000")})).await;
+    let id = job["id"].as_str().unwrap();
+    let j = srv.wait_ended(id, 20).await;
+    assert_eq!((j["state"].as_str(), j["log_truncated"].as_bool()), (Some("succeeded"), Some(true)), "{j}");
+    let (_, logs) = srv.call(Method::GET, &format!("/jobs/{id}/logs"), None).await;
+    let text: String = logs["chunks"].as_array().unwrap().iter().map(|c| c["data"].as_str().unwrap().to_owned()).collect();
+    assert_eq!((text.len(), logs["truncated"].as_bool()), (1000, Some(true)));
+    assert!(text.starts_with("xxxxxxxxx\n") && text.chars().all(|c| c == 'x' || c == '\n'));
+    let out = srv.cli(&["jobs", "logs", id]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("truncated"), "the CLI says so");
+}
