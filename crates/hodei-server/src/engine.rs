@@ -100,7 +100,13 @@ pub struct EngineConfig {
     pub tick: Duration,
     pub kill_grace: Duration,
     pub max_log_bytes: u64,
+    /// This server process's id, carried by the built-in pool's workers as the label
+    /// [`SERVER_INSTANCE_LABEL`].
+    pub instance: String,
 }
+
+/// Label of workers started by a server process as its children (the built-in pool).
+pub const SERVER_INSTANCE_LABEL: &str = "hodei.server-instance";
 
 /// Handle used by the API and the gRPC service.
 #[derive(Clone)]
@@ -219,6 +225,7 @@ impl Engine {
             last_scan: None,
         };
         engine.rebuild().await?;
+        engine.reap_previous_local_workers().await?;
         // Ready to take commands (they queue until `run` polls them); cleared when the loop ends.
         running.store(true, Ordering::Relaxed);
         Ok((engine, EngineHandle { tx, running, connected }))
@@ -255,6 +262,25 @@ impl Engine {
         self.gauges = Gauges::load(sched.jobs());
         self.gauges.workers(sched.workers());
         self.sched = sched;
+        Ok(())
+    }
+
+    /// Workers a previous server process started as its children died with it
+    /// (`--exit-with-parent`): their jobs are requeued now instead of after their lease expires.
+    async fn reap_previous_local_workers(&mut self) -> Result<(), StoreError> {
+        let now = self.clock.now();
+        let stale: Vec<WorkerId> =
+            self.sched.workers().filter(|w| w.labels.get(SERVER_INSTANCE_LABEL).is_some_and(|i| *i != self.cfg.instance)).map(|w| w.id).collect();
+        if stale.is_empty() {
+            return Ok(());
+        }
+        for id in &stale {
+            self.sched.terminate_worker(*id, now);
+        }
+        let changes = Arc::new(self.sched.take_changes());
+        self.store.apply(changes.clone()).await?;
+        self.gauges.apply(&changes);
+        tracing::info!(workers = stale.len(), requeued = changes.jobs.len(), "workers of a previous server process are gone; their jobs were requeued");
         Ok(())
     }
 

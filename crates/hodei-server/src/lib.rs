@@ -198,6 +198,7 @@ async fn seed(cfg: &Config, store: &dyn Store, now: Timestamp, worker_exe: Optio
                 cpu_m: shape.cpu_m.get(),
                 memory_mb: shape.memory_mb.get(),
                 data_dir: cfg.data_dir().to_owned(),
+                instance: String::new(),
             });
             local_workers = n;
         }
@@ -296,6 +297,7 @@ pub fn engine_config(cfg: &Config) -> EngineConfig {
         tick: Duration::from_millis(s.tick_ms.clamp(50, 250)),
         kill_grace: Duration::from_millis(w.kill_grace_ms),
         max_log_bytes: cfg.jobs.logs.max_bytes_per_attempt,
+        instance: uuid::Uuid::new_v4().to_string(),
     }
 }
 
@@ -328,7 +330,9 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
         hodei_api::zero_series_for_tenant(&t.id, &setup.pools);
     }
     let logs = Arc::new(LogFiles::new(cfg.logs_dir(), cfg.jobs.logs.max_bytes_per_attempt).context("creating the logs dir")?);
-    let (engine, handle) = Engine::start(store.clone(), clock.clone(), logs.clone(), engine_config(&cfg)).await.context("loading scheduler state")?;
+    let engine_cfg = engine_config(&cfg);
+    let instance = engine_cfg.instance.clone();
+    let (engine, handle) = Engine::start(store.clone(), clock.clone(), logs.clone(), engine_cfg).await.context("loading scheduler state")?;
 
     let http = TcpListener::bind(&cfg.server.http_addr).await.with_context(|| format!("binding HTTP on {}", cfg.server.http_addr))?;
     let grpc = TcpListener::bind(&cfg.server.grpc_addr).await.with_context(|| format!("binding gRPC on {}", cfg.server.grpc_addr))?;
@@ -399,6 +403,7 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
     let mut workers = Vec::new();
     if let Some(mut spec) = setup.local {
         spec.grpc_url = format!("http://{grpc_addr}");
+        spec.instance = instance;
         for i in 0..setup.local_workers {
             workers.push(local_pool::supervise(spec.clone(), i, shutdown_rx.clone()));
         }

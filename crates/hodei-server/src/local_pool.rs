@@ -20,6 +20,9 @@ pub struct LocalWorkerSpec {
     pub cpu_m: u32,
     pub memory_mb: u32,
     pub data_dir: PathBuf,
+    /// This server process's id, given to its workers as a label so a restarted server knows
+    /// which stored workers died with their parent.
+    pub instance: String,
 }
 
 /// Cores and memory this machine offers to the built-in pool.
@@ -50,6 +53,7 @@ pub fn supervise(spec: LocalWorkerSpec, index: u32, mut shutdown: watch::Receive
                 .arg("--spool-dir")
                 .arg(&spool)
                 .arg("--exit-with-parent")
+                .args(["--labels", &format!("{}={}", crate::engine::SERVER_INSTANCE_LABEL, spec.instance)])
                 .env("HODEI_JOIN_TOKEN", &spec.join_token)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())

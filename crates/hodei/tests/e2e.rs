@@ -292,3 +292,22 @@ async fn output_over_the_cap_is_dropped_and_reported() {
     let out = srv.cli(&["jobs", "logs", id]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("truncated"), "the CLI says so");
 }
+
+#[tokio::test]
+async fn after_a_restart_jobs_of_the_dead_built_in_workers_are_requeued_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    // A long lease: only recognizing the old local workers as dead can requeue within the test.
+    let env = [("HODEI_WORKERS__HEARTBEAT_TIMEOUT_MS", "30000"), ("HODEI_WORKERS__HEARTBEAT_INTERVAL_MS", "1000")];
+    let mut srv = Server::start(dir.path(), &env, 0, None);
+    let job = srv.submit(json!({"command": ["sleep", "2"]})).await;
+    let id = job["id"].as_str().unwrap().to_owned();
+    srv.wait_for(&id, 20, |s| s == "running").await;
+    srv.kill9();
+    let srv = Server::start(dir.path(), &env, 0, None);
+    let started = std::time::Instant::now();
+    let j = srv.wait_ended(&id, 20).await;
+    assert!(started.elapsed() < Duration::from_secs(10), "requeued only after {:?}", started.elapsed());
+    assert_eq!(j["state"], "succeeded");
+    let attempts = j["attempts"].as_array().unwrap();
+    assert_eq!((attempts[0]["state"].as_str(), attempts[0]["failure_reason"].as_str()), (Some("lost"), Some("worker_lost")));
+}
