@@ -10,6 +10,8 @@ fn openapi() -> String {
         max_batch_body_bytes: 256 << 20,
         max_batch_size: 100_000,
         default_tenant: hodei_core::TenantId::parse("default").expect("a valid slug"),
+        default_quota: hodei_core::Quota::DEFAULT,
+        eta_horizon: std::time::Duration::from_secs(86_400),
         admin_token: None,
         version: env!("CARGO_PKG_VERSION").to_owned(),
     };

@@ -3,7 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use hodei_core::{Attempt, Job, JobEvent, Tenant, Timestamp, Worker};
+use hodei_core::sched::{Explanation, QueueStatus};
+use hodei_core::{Attempt, Job, JobEvent, Quota, Tenant, Timestamp, Worker};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -182,7 +183,7 @@ impl From<&Job> for JobView {
             pool_id: j.pool_id.as_ref().map(|p| p.to_string()),
             worker_id: j.worker_id.map(|w| w.to_string()),
             log_truncated: j.log_truncated,
-            warnings: Vec::new(),
+            warnings: j.warnings.clone(),
             attempts: None,
         }
     }
@@ -261,6 +262,8 @@ pub struct TenantCreate {
     /// free|standard|premium|enterprise
     pub tier: Option<String>,
     pub weight: Option<i64>,
+    /// Defaults to `multi_tenancy.default_tenant_quota`.
+    pub quota: Option<QuotaIn>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
 }
@@ -277,6 +280,7 @@ pub struct TenantUpdate {
     pub weight: Option<Option<i64>>,
     /// active|suspended
     pub status: Option<String>,
+    pub quota: Option<QuotaIn>,
     pub labels: Option<BTreeMap<String, String>>,
 }
 
@@ -297,6 +301,7 @@ pub struct TenantView {
     pub weight: Option<u32>,
     pub effective_weight: u32,
     pub status: String,
+    pub quota: QuotaOut,
     pub labels: BTreeMap<String, String>,
     pub created_at: String,
     pub updated_at: String,
@@ -313,6 +318,7 @@ impl From<&Tenant> for TenantView {
             weight: t.weight,
             effective_weight: t.effective_weight(),
             status: t.status.to_string(),
+            quota: QuotaOut::from(&t.quota),
             labels: t.labels.clone(),
             created_at: rfc3339(t.created_at),
             updated_at: rfc3339(t.updated_at),
@@ -373,4 +379,257 @@ pub struct LogsView {
     /// The job has ended and everything was read.
     pub eof: bool,
     pub truncated: bool,
+}
+
+/// Quota fields to set; absent ones keep their value (SPEC §2.1).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaIn {
+    pub cpu_m: Option<i64>,
+    pub memory_mb: Option<i64>,
+    pub gpu: Option<i64>,
+    pub max_concurrent_jobs: Option<i64>,
+    pub max_queued_jobs: Option<i64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QuotaOut {
+    pub cpu_m: u32,
+    pub memory_mb: u32,
+    pub gpu: u32,
+    pub max_concurrent_jobs: u32,
+    pub max_queued_jobs: u32,
+}
+
+impl From<&Quota> for QuotaOut {
+    fn from(q: &Quota) -> Self {
+        QuotaOut {
+            cpu_m: q.resources.cpu_m.get(),
+            memory_mb: q.resources.memory_mb.get(),
+            gpu: q.resources.gpu.get(),
+            max_concurrent_jobs: q.max_concurrent_jobs,
+            max_queued_jobs: q.max_queued_jobs,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UsageOut {
+    pub cpu_m: u32,
+    pub memory_mb: u32,
+    pub gpu: u32,
+    /// scheduled + running
+    pub active_jobs: u32,
+    /// pending + held
+    pub queued_jobs: u32,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CeilingOut {
+    pub cpu_m: u32,
+    pub memory_mb: u32,
+    pub gpu: u32,
+    pub max_concurrent_jobs: u32,
+}
+
+/// usage / ceiling per dimension (0 when the ceiling is 0).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UtilizationOut {
+    pub cpu: f64,
+    pub memory: f64,
+    pub gpu: f64,
+    pub jobs: f64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BurstGrantOut {
+    pub cpu_m: u32,
+    pub memory_mb: u32,
+    pub gpu: u32,
+    pub concurrent_jobs: u32,
+    pub expires_at: String,
+}
+
+/// `GET /tenants/{id}/quota`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QuotaView {
+    pub tenant_id: String,
+    #[serde(flatten)]
+    pub quota: QuotaOut,
+    pub current_usage: UsageOut,
+    pub burst: Option<BurstGrantOut>,
+    pub ceiling: CeilingOut,
+    pub utilization: UtilizationOut,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BlockerView {
+    pub code: String,
+    pub message: String,
+    /// Numbers behind the reason (quota figures, counts, tags).
+    #[schema(value_type = Object)]
+    pub details: serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PositionView {
+    /// 0-based place in the tenant's queue.
+    pub in_tenant: Option<usize>,
+    /// Dispatches before it in the forward run.
+    pub global: Option<usize>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FairShareView {
+    /// Decimal string (u128).
+    pub start_tag: String,
+    pub virtual_time: String,
+    pub tenants_ahead: usize,
+    pub weight: u32,
+    pub budget_factor: f64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CandidatePoolView {
+    pub pool_id: String,
+    pub eligible: bool,
+    pub reason: String,
+}
+
+/// `GET /jobs/{id}/explain` (SPEC §4.4).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ExplainView {
+    pub job_id: String,
+    pub state: String,
+    pub blocking_reasons: Vec<BlockerView>,
+    pub position: PositionView,
+    pub fair_share: Option<FairShareView>,
+    pub candidate_pools: Vec<CandidatePoolView>,
+    pub estimated_start_at: Option<String>,
+}
+
+/// Tag values above 2^53 lose precision in JSON numbers: give them as numbers when they fit.
+fn tag_value(v: u128) -> serde_json::Value {
+    match u64::try_from(v) {
+        Ok(n) if n < (1 << 53) => n.into(),
+        _ => v.to_string().into(),
+    }
+}
+
+impl ExplainView {
+    pub fn new(job: &Job, e: Option<&Explanation>, virtual_time: u128) -> Self {
+        let Some(e) = e else {
+            return ExplainView {
+                job_id: job.id.to_string(),
+                state: job.state.to_string(),
+                blocking_reasons: vec![],
+                position: PositionView { in_tenant: None, global: None },
+                fair_share: None,
+                candidate_pools: vec![],
+                estimated_start_at: job.started_at.or(job.scheduled_at).map(rfc3339),
+            };
+        };
+        ExplainView {
+            job_id: job.id.to_string(),
+            state: e.state.to_string(),
+            blocking_reasons: e
+                .blockers
+                .iter()
+                .map(|b| BlockerView {
+                    code: b.code.to_owned(),
+                    message: b.message.clone(),
+                    details: b.details.iter().map(|(k, v)| ((*k).to_owned(), tag_value(*v))).collect(),
+                })
+                .collect(),
+            position: PositionView { in_tenant: e.position_in_tenant, global: e.global_position },
+            fair_share: e.fair_share.as_ref().map(|f| FairShareView {
+                start_tag: f.start_tag.to_string(),
+                virtual_time: virtual_time.to_string(),
+                tenants_ahead: f.tenants_ahead,
+                weight: f.weight,
+                budget_factor: 1.0,
+            }),
+            candidate_pools: e
+                .candidate_pools
+                .iter()
+                .map(|c| CandidatePoolView { pool_id: c.pool_id.to_string(), eligible: c.eligible, reason: c.reason.clone() })
+                .collect(),
+            estimated_start_at: e.estimated_start_at.map(rfc3339),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QueueTotals {
+    pub pending: u64,
+    pub held: u64,
+    pub scheduled: u64,
+    pub running: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TenantQueueView {
+    pub tenant_id: String,
+    pub weight: u32,
+    pub fair_share: f64,
+    pub actual_share: f64,
+    pub start_tag: String,
+    pub pending: u64,
+    pub held: u64,
+    pub running: u64,
+    pub oldest_wait_ms: i64,
+    /// At its own quota or concurrency limit.
+    pub at_limit: bool,
+}
+
+/// `GET /queue` (SPEC §4.5).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QueueView {
+    pub totals: QueueTotals,
+    pub by_priority: BTreeMap<String, u64>,
+    pub oldest_wait_ms: i64,
+    pub virtual_time: String,
+    pub tenants: Vec<TenantQueueView>,
+}
+
+impl From<&QueueStatus> for QueueView {
+    fn from(q: &QueueStatus) -> Self {
+        QueueView {
+            totals: QueueTotals { pending: q.pending, held: q.held, scheduled: q.scheduled, running: q.running },
+            by_priority: q.by_priority.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
+            oldest_wait_ms: q.oldest_wait_ms,
+            virtual_time: q.virtual_time.to_string(),
+            tenants: q
+                .tenants
+                .iter()
+                .map(|t| TenantQueueView {
+                    tenant_id: t.tenant.to_string(),
+                    weight: t.weight,
+                    fair_share: t.fair_share,
+                    actual_share: t.actual_share,
+                    start_tag: t.start_tag.to_string(),
+                    pending: t.pending,
+                    held: t.held,
+                    running: t.running + t.scheduled,
+                    oldest_wait_ms: t.oldest_wait_ms,
+                    at_limit: t.parked,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// `GET /queue/tenants/{id}`: the tenant's row and its pending jobs in dispatch order.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TenantQueueDetail {
+    #[serde(flatten)]
+    pub row: TenantQueueView,
+    pub jobs: Vec<QueuedJobView>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QueuedJobView {
+    pub job_id: String,
+    pub position: usize,
+    pub priority: String,
 }

@@ -26,6 +26,7 @@ pub enum ErrorCode {
     Conflict,
     PreconditionFailed,
     Unschedulable,
+    QuotaExceeded,
     Internal,
     StoreUnavailable,
     Unavailable,
@@ -49,6 +50,7 @@ impl ErrorCode {
             Conflict => (StatusCode::CONFLICT, "conflict", "Conflict"),
             PreconditionFailed => (StatusCode::PRECONDITION_FAILED, "precondition_failed", "Precondition failed"),
             Unschedulable => (StatusCode::UNPROCESSABLE_ENTITY, "unschedulable", "No pool can ever run this job"),
+            QuotaExceeded => (StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", "Quota exceeded"),
             Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error"),
             StoreUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", "Store unavailable"),
             Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable"),
@@ -160,4 +162,23 @@ pub struct ProblemField {
     pub message: String,
     pub expected: String,
     pub value: Option<String>,
+}
+
+impl From<hodei_core::Rejection> for ApiError {
+    /// 429 `quota_exceeded` with the numbers (SPEC §2.4).
+    fn from(r: hodei_core::Rejection) -> Self {
+        let b = r.breach;
+        let why = if r.retryable {
+            "retry when the tenant's usage goes down"
+        } else {
+            "the job alone is over the tenant's ceiling; it can never run under this quota"
+        };
+        ApiError::new(ErrorCode::QuotaExceeded, format!("{}: usage {} + requested {} > ceiling {} — {why}", b.limit, b.usage, b.requested, b.ceiling))
+            .with("limit", b.limit.as_str().into())
+            .with("quota", b.quota.into())
+            .with("ceiling", b.ceiling.into())
+            .with("usage", b.usage.into())
+            .with("requested", b.requested.into())
+            .with("retryable", r.retryable.into())
+    }
 }

@@ -19,9 +19,10 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::header;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use hodei_core::sched::CancelOutcome;
+use hodei_core::queue::FlowStatus;
+use hodei_core::sched::{CancelOutcome, Scheduler};
 use hodei_core::spec::SpecLimits;
-use hodei_core::{Job, JobId, JobState, Pool, Tenant, TenantId, Timestamp};
+use hodei_core::{Admission, Job, JobId, JobState, Pool, Quota, Rejection, Tenant, TenantId, TenantPolicy, Timestamp, Usage};
 use hodei_store::logs::LogFiles;
 use hodei_store::{Store, StoreError};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -62,16 +63,52 @@ impl From<ControlError> for ApiError {
     }
 }
 
+/// A tenant as the scheduler holds it now.
+#[derive(Clone, Debug)]
+pub struct TenantLoad {
+    pub policy: TenantPolicy,
+    pub usage: Usage,
+    pub fair_share: Option<FlowStatus>,
+}
+
+/// Per-job answer to a submit: admitted (and how) or refused by quota.
+pub type Admitted = Result<Admission, Rejection>;
+
 /// Changes to jobs, carried out by the engine. Each call returns once the change is durable.
 #[async_trait]
 pub trait Control: Send + Sync {
-    async fn submit(&self, jobs: Vec<Job>) -> Result<(), ControlError>;
+    /// Admits and stores jobs. `atomic`: when any is refused, none is stored.
+    async fn submit(&self, jobs: Vec<Job>, atomic: bool) -> Result<Vec<Admitted>, ControlError>;
     async fn cancel(&self, id: JobId) -> Result<CancelOutcome, ControlError>;
     async fn retry(&self, id: JobId) -> Result<(), ControlError>;
     async fn hold(&self, id: JobId) -> Result<(), ControlError>;
     async fn release(&self, id: JobId) -> Result<(), ControlError>;
     /// The scheduler loop is alive.
     fn is_running(&self) -> bool;
+    /// Tells the scheduler a tenant was created or changed (weight, quota, status).
+    async fn tenant_changed(&self, t: &Tenant) -> Result<(), ControlError>;
+    /// Runs `f` on the scheduler's current state, between two of its steps (read-only).
+    async fn inspect(&self, f: Inspector) -> Result<(), ControlError>;
+}
+
+/// A read of the scheduler's state; see [`read`].
+pub type Inspector = Box<dyn FnOnce(&Scheduler, Timestamp) + Send>;
+
+/// Reads something off the scheduler's current state.
+pub async fn read<T: Send + 'static>(control: &dyn Control, f: impl FnOnce(&Scheduler, Timestamp) -> T + Send + 'static) -> Result<T, ControlError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    control
+        .inspect(Box::new(move |s, now| {
+            let _ = tx.send(f(s, now));
+        }))
+        .await?;
+    rx.await.map_err(|_| ControlError::Stopped)
+}
+
+impl TenantLoad {
+    pub fn of(s: &Scheduler, id: &TenantId) -> TenantLoad {
+        TenantLoad { policy: s.policy(id).clone(), usage: s.usage(id), fair_share: s.fair_share(id) }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -81,6 +118,10 @@ pub struct ApiConfig {
     pub max_batch_body_bytes: usize,
     pub max_batch_size: usize,
     pub default_tenant: TenantId,
+    /// Quota of a tenant created without one (`multi_tenancy.default_tenant_quota`).
+    pub default_quota: Quota,
+    /// How far ahead `explain` runs the scheduler for an ETA (`scheduler.eta_horizon_ms`).
+    pub eta_horizon: std::time::Duration,
     /// Bearer token required on `/api/v1`; `None` turns auth off (loopback only).
     pub admin_token: Option<String>,
     pub version: String,

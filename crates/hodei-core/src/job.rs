@@ -208,6 +208,8 @@ pub struct Job {
     pub pool_id: Option<PoolId>,
     pub worker_id: Option<WorkerId>,
     pub log_truncated: bool,
+    /// Admission warnings (`quota_exceeded` under `violation_policy: warn`).
+    pub warnings: Vec<String>,
 }
 
 impl Job {
@@ -236,6 +238,7 @@ impl Job {
             pool_id: None,
             worker_id: None,
             log_truncated: false,
+            warnings: Vec::new(),
         }
     }
 

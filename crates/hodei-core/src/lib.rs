@@ -9,6 +9,7 @@
 pub mod ids;
 pub mod job;
 pub mod queue;
+pub mod quota;
 pub mod sched;
 pub mod spec;
 pub mod tenant;
@@ -18,6 +19,7 @@ pub mod worker;
 
 pub use ids::{AttemptId, JobId, PoolId, Slug, SlugError, TenantId, WorkerId};
 pub use job::{Attempt, AttemptState, FailureReason, Job, JobEvent, JobState, Priority, SlaLevel};
+pub use quota::{Admission, Grant, Quota, QuotaRules, Rejection, TenantPolicy, Usage, ViolationPolicy};
 pub use tenant::{Pool, PoolState, PoolType, Tenant, TenantStatus, Tier};
 pub use time::Timestamp;
 pub use units::{CpuMillis, Gpus, MemoryMb, Resources};

@@ -1,11 +1,18 @@
-//! The pending queue: per-tenant order by priority class, SLA deadline, submit time and id;
-//! tenants served round-robin.
+//! The pending queue (SPEC §2.5): per-tenant order by priority class, SLA deadline, submit
+//! time and id; across tenants, start-time fair queuing with one tag pair per tenant.
 //!
-//! The scheduler talks to it only through [`Queue::push`], [`Queue::remove`] and
-//! [`Queue::next_candidates`], so a weighted fair queue can replace the round-robin
-//! without touching the scheduler or the server.
+//! Every backlogged tenant `t` has a start tag `S_t`; the scheduler offers the next dispatch
+//! to tenants in increasing `S_t` (ties: higher weight, older head, id). Dispatching job `j`
+//! of `t` charges it: `F_t ← S_t + ceil(cost(j) / w_t)`, `V ← S_t`, and while `t` stays
+//! backlogged its next start tag is `F_t`. A tenant that becomes backlogged starts at
+//! `max(V, F_t)`, so idling earns no credit. A tenant at its own limit (quota, concurrency)
+//! is *parked*: out of the ready order, and it re-enters at `max(S_t, V)`, so waiting at its
+//! own limit earns no credit either.
+//!
+//! Costs: one decision is O(log T + log n) for T tenants and n queued jobs.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, HashMap};
 
 use crate::ids::{JobId, TenantId};
 use crate::job::Priority;
@@ -20,16 +27,43 @@ pub struct JobKey {
     pub id: JobId,
 }
 
-#[derive(Default, Debug)]
-struct TenantQueue {
+/// Position of a backlogged tenant in the ready order.
+type ReadyKey = (u128, Reverse<u32>, Timestamp, TenantId);
+
+#[derive(Debug, Clone)]
+struct Flow {
     jobs: BTreeSet<JobKey>,
+    start: u128,
+    finish: u128,
+    weight: u32,
+    parked: bool,
+    /// Its key in `ready` while it is there.
+    ready: Option<ReadyKey>,
 }
 
-#[derive(Default, Debug)]
+impl Flow {
+    fn new(weight: u32) -> Self {
+        Flow { jobs: BTreeSet::new(), start: 0, finish: 0, weight: weight.max(1), parked: false, ready: None }
+    }
+}
+
+/// Fair-share view of one tenant, for `explain` and queue status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlowStatus {
+    pub start_tag: u128,
+    pub finish_tag: u128,
+    pub weight: u32,
+    pub parked: bool,
+    pub queued: usize,
+    /// Backlogged, unparked tenants ahead of this one in the ready order.
+    pub tenants_ahead: usize,
+}
+
+#[derive(Default, Debug, Clone)]
 pub struct Queue {
-    tenants: HashMap<TenantId, TenantQueue>,
-    /// Backlogged tenants in service order; the front is served next.
-    ring: VecDeque<TenantId>,
+    flows: HashMap<TenantId, Flow>,
+    ready: BTreeSet<ReadyKey>,
+    virtual_time: u128,
     len: usize,
 }
 
@@ -42,51 +76,136 @@ impl Queue {
         self.len == 0
     }
 
-    pub fn push(&mut self, tenant: &TenantId, key: JobKey) {
-        let q = self.tenants.entry(tenant.clone()).or_default();
-        if q.jobs.is_empty() {
-            self.ring.push_back(tenant.clone());
+    /// The system virtual time `V`.
+    pub fn virtual_time(&self) -> u128 {
+        self.virtual_time
+    }
+
+    fn flow(&mut self, tenant: &TenantId) -> &mut Flow {
+        self.flows.entry(tenant.clone()).or_insert_with(|| Flow::new(1))
+    }
+
+    /// Sets a tenant's weight (effective weight × budget factor, ≥ 1).
+    pub fn set_weight(&mut self, tenant: &TenantId, weight: u32) {
+        self.flow(tenant).weight = weight.max(1);
+        self.reindex(tenant);
+    }
+
+    /// Puts the tenant's entry in the ready order where its tags say, or takes it out.
+    fn reindex(&mut self, tenant: &TenantId) {
+        let Some(f) = self.flows.get_mut(tenant) else { return };
+        if let Some(k) = f.ready.take() {
+            self.ready.remove(&k);
         }
-        if q.jobs.insert(key) {
-            self.len += 1;
+        if f.parked {
+            return;
+        }
+        if let Some(head) = f.jobs.first() {
+            let k = (f.start, Reverse(f.weight), head.submitted_at, tenant.clone());
+            self.ready.insert(k.clone());
+            f.ready = Some(k);
+        }
+    }
+
+    pub fn push(&mut self, tenant: &TenantId, key: JobKey) {
+        let v = self.virtual_time;
+        let f = self.flow(tenant);
+        let was_idle = f.jobs.is_empty();
+        let new_head = f.jobs.first().is_none_or(|h| key < *h);
+        if !f.jobs.insert(key) {
+            return;
+        }
+        if was_idle {
+            f.start = v.max(f.finish);
+        }
+        self.len += 1;
+        if new_head {
+            self.reindex(tenant);
         }
     }
 
     pub fn remove(&mut self, tenant: &TenantId, key: &JobKey) -> bool {
-        let Some(q) = self.tenants.get_mut(tenant) else { return false };
-        if !q.jobs.remove(key) {
+        let Some(f) = self.flows.get_mut(tenant) else { return false };
+        let was_head = f.jobs.first() == Some(key);
+        if !f.jobs.remove(key) {
             return false;
         }
         self.len -= 1;
-        if q.jobs.is_empty() {
-            self.tenants.remove(tenant);
-            self.ring.retain(|t| t != tenant);
+        if was_head {
+            self.reindex(tenant);
         }
         true
     }
 
-    /// Tenants in the order they should be offered the next dispatch.
+    /// Backlogged tenants that are not parked, in the order they are offered the next dispatch.
     pub fn tenants_in_turn(&self) -> impl Iterator<Item = &TenantId> {
-        self.ring.iter()
+        self.ready.iter().map(|k| &k.3)
     }
 
     /// A tenant's first `limit` jobs in dispatch order.
     pub fn next_candidates<'a>(&'a self, tenant: &TenantId, limit: usize) -> impl Iterator<Item = &'a JobKey> + 'a {
-        self.tenants.get(tenant).into_iter().flat_map(move |q| q.jobs.iter().take(limit))
+        self.flows.get(tenant).into_iter().flat_map(move |f| f.jobs.iter().take(limit))
     }
 
-    /// Records that `tenant` was just served: it goes to the back of the ring.
-    pub fn served(&mut self, tenant: &TenantId) {
-        if let Some(pos) = self.ring.iter().position(|t| t == tenant)
-            && let Some(t) = self.ring.remove(pos)
-        {
-            self.ring.push_back(t);
+    /// A tenant's queued jobs in dispatch order.
+    pub fn jobs_of<'a>(&'a self, tenant: &TenantId) -> impl Iterator<Item = &'a JobKey> + 'a {
+        self.flows.get(tenant).into_iter().flat_map(|f| f.jobs.iter())
+    }
+
+    /// Charges the tenant for a job just dispatched from its queue; `cost` is in
+    /// dominant-share × milliseconds.
+    pub fn charge(&mut self, tenant: &TenantId, cost: u128) {
+        let v = self.virtual_time;
+        let f = self.flow(tenant);
+        let s = f.start;
+        f.finish = s + cost.div_ceil(u128::from(f.weight));
+        f.start = f.finish;
+        self.virtual_time = v.max(s);
+        self.reindex(tenant);
+    }
+
+    /// Takes a tenant out of the ready order until [`Queue::unpark`]: it is at its own limit.
+    pub fn park(&mut self, tenant: &TenantId) {
+        let f = self.flow(tenant);
+        if !f.parked {
+            f.parked = true;
+            self.reindex(tenant);
         }
+    }
+
+    /// Puts a parked tenant back, starting no earlier than the virtual time now.
+    pub fn unpark(&mut self, tenant: &TenantId) {
+        let v = self.virtual_time;
+        let Some(f) = self.flows.get_mut(tenant) else { return };
+        if f.parked {
+            f.parked = false;
+            f.start = f.start.max(v);
+            self.reindex(tenant);
+        }
+    }
+
+    pub fn is_parked(&self, tenant: &TenantId) -> bool {
+        self.flows.get(tenant).is_some_and(|f| f.parked)
     }
 
     /// Position of a job in its tenant's queue (0-based) — O(n) in the tenant's backlog.
     pub fn position_in_tenant(&self, tenant: &TenantId, key: &JobKey) -> Option<usize> {
-        self.tenants.get(tenant)?.jobs.range(..=key.clone()).count().checked_sub(1)
+        let f = self.flows.get(tenant)?;
+        f.jobs.contains(key).then(|| f.jobs.range(..key.clone()).count())
+    }
+
+    pub fn status(&self, tenant: &TenantId) -> Option<FlowStatus> {
+        let f = self.flows.get(tenant)?;
+        let tenants_ahead = match &f.ready {
+            Some(k) => self.ready.range(..k.clone()).count(),
+            None => self.ready.iter().filter(|k| k.0 <= f.start).count(),
+        };
+        Some(FlowStatus { start_tag: f.start, finish_tag: f.finish, weight: f.weight, parked: f.parked, queued: f.jobs.len(), tenants_ahead })
+    }
+
+    /// Tenants with queued jobs.
+    pub fn backlogged(&self) -> impl Iterator<Item = (&TenantId, usize)> {
+        self.flows.iter().filter(|(_, f)| !f.jobs.is_empty()).map(|(t, f)| (t, f.jobs.len()))
     }
 }
 
@@ -99,9 +218,13 @@ mod tests {
         JobKey { priority: p, deadline: Timestamp::from_millis(t), submitted_at: Timestamp::from_millis(t), id: JobId::from_uuid(Uuid::from_u128(n)) }
     }
 
+    fn tid(s: &str) -> TenantId {
+        TenantId::parse(s).unwrap()
+    }
+
     #[test]
     fn higher_priority_goes_first_within_a_tenant() {
-        let t = TenantId::parse("a").unwrap();
+        let t = tid("a");
         let mut q = Queue::default();
         q.push(&t, key(Priority::Batch, 1, 1));
         q.push(&t, key(Priority::Critical, 5, 2));
@@ -110,20 +233,70 @@ mod tests {
         assert_eq!(order, [Priority::Critical, Priority::Normal, Priority::Batch]);
     }
 
-    #[test]
-    fn served_tenant_moves_to_the_back() {
-        let (a, b) = (TenantId::parse("a").unwrap(), TenantId::parse("b").unwrap());
-        let mut q = Queue::default();
-        q.push(&a, key(Priority::Normal, 1, 1));
-        q.push(&b, key(Priority::Normal, 2, 2));
-        q.served(&a);
-        let turn: Vec<_> = q.tenants_in_turn().cloned().collect();
-        assert_eq!(turn, [b, a]);
+    /// Serves `n` unit-cost jobs and counts them per tenant.
+    fn serve(q: &mut Queue, n: usize) -> HashMap<TenantId, usize> {
+        let mut got = HashMap::new();
+        for _ in 0..n {
+            let t = q.tenants_in_turn().next().unwrap().clone();
+            let k = q.next_candidates(&t, 1).next().unwrap().clone();
+            q.remove(&t, &k);
+            q.charge(&t, 1000);
+            *got.entry(t).or_insert(0) += 1;
+        }
+        got
     }
 
     #[test]
-    fn emptied_tenant_leaves_the_ring() {
-        let a = TenantId::parse("a").unwrap();
+    fn backlogged_tenants_are_served_in_proportion_to_weight() {
+        let (a, b) = (tid("a"), tid("b"));
+        let mut q = Queue::default();
+        q.set_weight(&a, 1);
+        q.set_weight(&b, 3);
+        for i in 0..1000 {
+            q.push(&a, key(Priority::Normal, i, i as u128));
+            q.push(&b, key(Priority::Normal, i, 10_000 + i as u128));
+        }
+        let got = serve(&mut q, 400);
+        assert_eq!((got[&a], got[&b]), (100, 300));
+    }
+
+    #[test]
+    fn idling_earns_no_credit() {
+        let (a, b) = (tid("a"), tid("b"));
+        let mut q = Queue::default();
+        for i in 0..100 {
+            q.push(&a, key(Priority::Normal, i, i as u128));
+        }
+        serve(&mut q, 50);
+        // b arrives late: it starts at the current virtual time, not at zero, so it does not
+        // get 50 dispatches in a row.
+        for i in 0..100 {
+            q.push(&b, key(Priority::Normal, i, 1000 + i as u128));
+        }
+        let got = serve(&mut q, 20);
+        assert!(got[&a] >= 9 && got[&b] <= 11, "{got:?}");
+    }
+
+    #[test]
+    fn parked_tenants_are_skipped_and_come_back_without_credit() {
+        let (a, b) = (tid("a"), tid("b"));
+        let mut q = Queue::default();
+        for i in 0..100 {
+            q.push(&a, key(Priority::Normal, i, i as u128));
+            q.push(&b, key(Priority::Normal, i, 1000 + i as u128));
+        }
+        q.park(&a);
+        assert_eq!(q.tenants_in_turn().collect::<Vec<_>>(), [&b]);
+        serve(&mut q, 30);
+        q.unpark(&a);
+        let got = serve(&mut q, 20);
+        assert!(got[&a] <= 11, "{got:?}");
+        assert_eq!(q.status(&a).unwrap().queued, 100 - got[&a]);
+    }
+
+    #[test]
+    fn emptied_tenant_leaves_the_ready_order() {
+        let a = tid("a");
         let mut q = Queue::default();
         let k = key(Priority::Normal, 1, 1);
         q.push(&a, k.clone());
@@ -131,5 +304,16 @@ mod tests {
         assert!(q.is_empty());
         assert_eq!(q.tenants_in_turn().count(), 0);
         assert!(!q.remove(&a, &k));
+    }
+
+    #[test]
+    fn ties_go_to_the_heavier_tenant() {
+        let (a, b) = (tid("a"), tid("b"));
+        let mut q = Queue::default();
+        q.set_weight(&a, 1);
+        q.set_weight(&b, 5);
+        q.push(&a, key(Priority::Normal, 1, 1));
+        q.push(&b, key(Priority::Normal, 2, 2));
+        assert_eq!(q.tenants_in_turn().next(), Some(&b));
     }
 }

@@ -2,17 +2,30 @@
 //! assign, requeue, time out, retry. Effects come back as [`Changes`] for the server to
 //! persist (in one transaction) and then carry out (send to workers).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
-use crate::ids::{AttemptId, JobId, WorkerId};
+use crate::ids::{AttemptId, JobId, TenantId, WorkerId};
 use crate::job::{Actor, Attempt, AttemptState, FailureReason, Job, JobEvent, JobState};
 use crate::queue::{JobKey, Queue};
+use crate::quota::{self, Admission, Limit, QuotaRules, Rejection, TenantPolicy, Usage};
 use crate::time::Timestamp;
+use crate::units::Resources;
 use crate::worker::{Worker, WorkerState};
+
+mod explain;
+mod status;
+pub use explain::{Blocker, CandidatePool, Explanation, MAX_SIM_JOBS};
+pub use status::{QueueStatus, TenantQueueRow};
 
 /// How many jobs of one tenant are looked at per dispatch when the head does not fit anywhere.
 const SCAN_PER_TENANT: usize = 64;
+/// Most candidate jobs looked at in one [`Scheduler::schedule`] call.
+const SCAN_PER_CALL: usize = 16_384;
+/// Successful runs remembered per (tenant, job name) for the expected duration.
+const DURATION_HISTORY: usize = 20;
+/// Bound on the (tenant, job name) pairs remembered.
+const DURATION_KEYS: usize = 100_000;
 
 #[derive(Clone, Debug)]
 pub struct SchedConfig {
@@ -24,6 +37,11 @@ pub struct SchedConfig {
     pub kill_grace: Duration,
     /// An offline worker that has not come back for this long is terminated (forgotten).
     pub gc_after: Duration,
+    /// Expected run time of a job that gives none and has no history.
+    pub default_expected_duration: Duration,
+    pub quota_rules: QuotaRules,
+    /// Policy of a tenant the server has not described (it should always have).
+    pub default_policy: TenantPolicy,
 }
 
 impl Default for SchedConfig {
@@ -36,6 +54,9 @@ impl Default for SchedConfig {
             retry_backoff_max: Duration::from_secs(600),
             kill_grace: Duration::from_secs(10),
             gc_after: Duration::from_secs(3600),
+            default_expected_duration: Duration::from_secs(60),
+            quota_rules: QuotaRules::default(),
+            default_policy: TenantPolicy::default(),
         }
     }
 }
@@ -49,7 +70,7 @@ pub enum Outbound {
 }
 
 /// Everything a batch of decisions changed.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Changes {
     /// Jobs first seen in this batch (latest snapshot).
     pub new_jobs: Vec<Job>,
@@ -59,6 +80,8 @@ pub struct Changes {
     pub workers: Vec<Worker>,
     pub events: Vec<JobEvent>,
     pub outbound: Vec<Outbound>,
+    /// Dispatches over quota that `warn` allowed (`hodei_quota_violations_total`).
+    pub quota_violations: Vec<(TenantId, Limit)>,
 }
 
 impl Changes {
@@ -69,6 +92,7 @@ impl Changes {
             && self.workers.is_empty()
             && self.events.is_empty()
             && self.outbound.is_empty()
+            && self.quota_violations.is_empty()
     }
 }
 
@@ -130,11 +154,74 @@ pub enum CommandError {
     InvalidState { state: JobState, action: &'static str },
 }
 
-#[derive(Debug)]
+/// Per-tenant accounting that every job transition updates, with the transition's event.
+#[derive(Debug, Default, Clone)]
+struct Books {
+    events: Vec<JobEvent>,
+    usage: HashMap<TenantId, Usage>,
+    /// Tenants whose active usage went down since the last dispatch round (to unpark).
+    freed: HashSet<TenantId>,
+}
+
+impl Books {
+    /// Adds (`add`) or removes a job in `state` from its tenant's usage.
+    fn count(&mut self, job: &Job, state: JobState, add: bool) {
+        let res = job.resources();
+        let u = self.usage.entry(job.tenant.clone()).or_default();
+        let jobs = |n: &mut u32| *n = if add { *n + 1 } else { n.saturating_sub(1) };
+        let amount = |r: &mut Resources| *r = if add { r.checked_add(&res).unwrap_or(*r) } else { r.saturating_sub(&res) };
+        match state {
+            JobState::Scheduled | JobState::Running => {
+                amount(&mut u.active);
+                jobs(&mut u.active_jobs);
+                if !add {
+                    self.freed.insert(job.tenant.clone());
+                }
+            }
+            JobState::Pending => {
+                amount(&mut u.pending);
+                jobs(&mut u.pending_jobs);
+                jobs(&mut u.queued_jobs);
+            }
+            JobState::Held => jobs(&mut u.queued_jobs),
+            _ => {}
+        }
+    }
+}
+
+/// Recent successful run times of one (tenant, job name).
+#[derive(Debug, Default, Clone)]
+struct Recent {
+    runs: VecDeque<u64>,
+    sum: u64,
+}
+
+impl Recent {
+    fn record(&mut self, ms: u64) {
+        if self.runs.len() == DURATION_HISTORY
+            && let Some(old) = self.runs.pop_front()
+        {
+            self.sum -= old;
+        }
+        self.runs.push_back(ms);
+        self.sum += ms;
+    }
+
+    fn mean(&self) -> Option<u64> {
+        (!self.runs.is_empty()).then(|| self.sum / self.runs.len() as u64)
+    }
+}
+
+#[derive(Debug, Clone)]
 pub struct Scheduler {
     cfg: SchedConfig,
     jobs: HashMap<JobId, Job>,
     queue: Queue,
+    tenants: HashMap<TenantId, TenantPolicy>,
+    books: Books,
+    history: HashMap<(TenantId, String), Recent>,
+    /// Total resources of live workers, for the dominant share in a job's cost.
+    capacity: Resources,
     retry_wait: BTreeSet<(Timestamp, JobId)>,
     workers: BTreeMap<WorkerId, Worker>,
     /// Attempts holding a slot: assigned or running, including ones fenced off from their job
@@ -156,11 +243,26 @@ fn key_of(job: &Job) -> JobKey {
     }
 }
 
-fn move_job(job: &mut Job, to: JobState, actor: Actor, reason: Option<&str>, now: Timestamp, events: &mut Vec<JobEvent>) {
+fn move_job(job: &mut Job, to: JobState, actor: Actor, reason: Option<&str>, now: Timestamp, books: &mut Books) {
     debug_assert!(job.state.can_become(to), "illegal job transition {} → {to}", job.state);
-    events.push(JobEvent { job_id: job.id, at: now, from: Some(job.state), to, actor, reason: reason.map(str::to_owned) });
+    books.events.push(JobEvent { job_id: job.id, at: now, from: Some(job.state), to, actor, reason: reason.map(str::to_owned) });
+    books.count(job, job.state, false);
+    books.count(job, to, true);
     job.state = to;
     job.state_reason = reason.map(str::to_owned);
+}
+
+/// Sets a newly submitted job's state from its admission.
+pub fn apply_admission(job: &mut Job, a: &Admission) {
+    match a {
+        Admission::Pending => {}
+        Admission::PendingWarned(_) => job.warnings.push("quota_exceeded".to_owned()),
+        Admission::HeldCeiling(_) if job.state == JobState::Pending => {
+            job.state = JobState::Held;
+            job.state_reason = Some("quota_ceiling".to_owned());
+        }
+        Admission::HeldCeiling(_) => {}
+    }
 }
 
 impl Scheduler {
@@ -169,6 +271,10 @@ impl Scheduler {
             cfg,
             jobs: HashMap::new(),
             queue: Queue::default(),
+            tenants: HashMap::new(),
+            books: Books::default(),
+            history: HashMap::new(),
+            capacity: Resources::ZERO,
             retry_wait: BTreeSet::new(),
             workers: BTreeMap::new(),
             attempts: HashMap::new(),
@@ -208,6 +314,10 @@ impl Scheduler {
         self.attempts.values()
     }
 
+    pub fn live_jobs(&self) -> usize {
+        self.jobs.len()
+    }
+
     pub fn queue_len(&self) -> usize {
         self.queue.len()
     }
@@ -222,6 +332,7 @@ impl Scheduler {
 
     /// Loads a stored live job at start-up. Records no change.
     pub fn restore_job(&mut self, job: Job) {
+        self.books.count(&job, job.state, true);
         match job.state {
             JobState::Pending => self.queue.push(&job.tenant, key_of(&job)),
             JobState::Failed => {
@@ -255,11 +366,152 @@ impl Scheduler {
 
     // ---- jobs -----------------------------------------------------------------------------
 
-    /// Accepts a newly submitted job (already validated and given its id).
-    pub fn submit(&mut self, job: Job, now: Timestamp) {
-        self.out.events.push(JobEvent { job_id: job.id, at: now, from: None, to: job.state, actor: Actor::Api, reason: job.state_reason.clone() });
+    // ---- tenants --------------------------------------------------------------------------
+
+    pub fn policy(&self, tenant: &TenantId) -> &TenantPolicy {
+        self.tenants.get(tenant).unwrap_or(&self.cfg.default_policy)
+    }
+
+    /// The tenant's fair-queuing tags, while it has queued jobs or has had some.
+    pub fn fair_share(&self, tenant: &TenantId) -> Option<crate::queue::FlowStatus> {
+        self.queue.status(tenant)
+    }
+
+    pub fn virtual_time(&self) -> u128 {
+        self.queue.virtual_time()
+    }
+
+    /// A tenant's pending jobs in dispatch order.
+    pub fn queued_jobs<'a>(&'a self, tenant: &TenantId) -> impl Iterator<Item = &'a JobKey> + 'a {
+        self.queue.jobs_of(tenant)
+    }
+
+    pub fn usage(&self, tenant: &TenantId) -> Usage {
+        self.books.usage.get(tenant).copied().unwrap_or_default()
+    }
+
+    /// Tenants with a policy or with live jobs.
+    pub fn tenant_ids(&self) -> impl Iterator<Item = &TenantId> {
+        let extra = self.books.usage.keys().filter(|t| !self.tenants.contains_key(*t));
+        self.tenants.keys().chain(extra)
+    }
+
+    /// Sets what the scheduler knows of a tenant (an older version than the one held is
+    /// ignored). Held jobs whose blocker this clears go back to pending; a suspended tenant's
+    /// pending jobs are held, and released when it is active again.
+    pub fn set_tenant(&mut self, tenant: &TenantId, policy: TenantPolicy, now: Timestamp) {
+        if self.tenants.get(tenant).is_some_and(|p| p.version > policy.version) {
+            return;
+        }
+        let suspended = policy.suspended;
+        self.queue.set_weight(tenant, policy.weight);
+        self.tenants.insert(tenant.clone(), policy);
+        self.queue.unpark(tenant);
+        let mine: Vec<JobId> =
+            self.jobs.values().filter(|j| j.tenant == *tenant && matches!(j.state, JobState::Pending | JobState::Held)).map(|j| j.id).collect();
+        for id in mine {
+            self.reconsider_hold(id, suspended, now);
+        }
+    }
+
+    /// Holds or releases one job of a tenant whose policy changed.
+    fn reconsider_hold(&mut self, id: JobId, suspended: bool, now: Timestamp) {
+        let Some(job) = self.jobs.get_mut(&id) else { return };
+        let policy = self.tenants.get(&job.tenant).unwrap_or(&self.cfg.default_policy);
+        let reason = job.state_reason.as_deref();
+        let release = match (job.state, reason) {
+            (JobState::Held, Some("tenant_suspended")) => !suspended,
+            (JobState::Held, Some("quota_ceiling")) => !suspended && quota::fits_ceiling(policy, &job.resources(), now),
+            _ => false,
+        };
+        if release {
+            move_job(job, JobState::Pending, Actor::Scheduler, Some("released"), now, &mut self.books);
+            self.queue.push(&job.tenant, key_of(job));
+            self.touch(id);
+        } else if suspended && job.state == JobState::Pending {
+            self.queue.remove(&job.tenant, &key_of(job));
+            move_job(job, JobState::Held, Actor::Scheduler, Some("tenant_suspended"), now, &mut self.books);
+            self.touch(id);
+        }
+    }
+
+    /// Expected run time of a job (SPEC §2.5): its hint, else the mean of the last successful
+    /// runs of (tenant, name), else the default; never more than its timeout.
+    pub fn expected_duration(&self, job: &Job) -> Duration {
+        let d = job.spec.expected_duration.unwrap_or_else(|| {
+            self.history
+                .get(&(job.tenant.clone(), job.spec.name.clone()))
+                .and_then(Recent::mean)
+                .map_or(self.cfg.default_expected_duration, Duration::from_millis)
+        });
+        d.min(job.spec.timeout)
+    }
+
+    /// Cost of a job in its tenant's tags: dominant share of live capacity (parts per
+    /// million, per resource) × expected milliseconds.
+    fn cost(&self, job: &Job) -> u128 {
+        let req = job.resources();
+        let share = |r: u32, cap: u32| {
+            if r == 0 {
+                0
+            } else if cap == 0 {
+                1_000_000
+            } else {
+                (u128::from(r) * 1_000_000).div_ceil(u128::from(cap))
+            }
+        };
+        let c = &self.capacity;
+        let dominant = share(req.cpu_m.0, c.cpu_m.0).max(share(req.memory_mb.0, c.memory_mb.0)).max(share(req.gpu.0, c.gpu.0)).max(1);
+        dominant * self.expected_duration(job).as_millis().max(1)
+    }
+
+    // ---- jobs -----------------------------------------------------------------------------
+
+    /// Decides whether a job (validated, given its id) is admitted under its tenant's quota
+    /// (SPEC §2.4), without changing anything.
+    pub fn admission(&self, job: &Job, now: Timestamp) -> Result<Admission, Rejection> {
+        quota::admit(self.policy(&job.tenant), &self.cfg.quota_rules, &self.usage(&job.tenant), &job.resources(), now)
+    }
+
+    /// Admits and accepts a newly submitted job, or refuses it by quota (nothing changes).
+    pub fn submit(&mut self, mut job: Job, now: Timestamp) -> Result<Admission, Rejection> {
+        let a = self.admission(&job, now)?;
+        apply_admission(&mut job, &a);
+        self.insert_new(job, now);
+        Ok(a)
+    }
+
+    /// Submits jobs in order. `atomic`: all are admitted or none is (the errors say which).
+    pub fn submit_all(&mut self, jobs: Vec<Job>, atomic: bool, now: Timestamp) -> Vec<Result<Admission, Rejection>> {
+        if atomic {
+            let mut scratch: HashMap<TenantId, Usage> = HashMap::new();
+            let mut dry = Vec::with_capacity(jobs.len());
+            for j in &jobs {
+                let u = scratch.entry(j.tenant.clone()).or_insert_with(|| self.usage(&j.tenant));
+                let a = quota::admit(self.policy(&j.tenant), &self.cfg.quota_rules, u, &j.resources(), now);
+                if let Ok(a) = &a {
+                    let held = j.spec.hold || matches!(a, Admission::HeldCeiling(_));
+                    u.queued_jobs += 1;
+                    if !held {
+                        u.pending_jobs += 1;
+                        u.pending = u.pending.checked_add(&j.resources()).unwrap_or(u.pending);
+                    }
+                }
+                dry.push(a);
+            }
+            if dry.iter().any(Result::is_err) {
+                return dry;
+            }
+        }
+        jobs.into_iter().map(|j| self.submit(j, now)).collect()
+    }
+
+    fn insert_new(&mut self, job: Job, now: Timestamp) {
+        self.books.events.push(JobEvent { job_id: job.id, at: now, from: None, to: job.state, actor: Actor::Api, reason: job.state_reason.clone() });
+        self.books.count(&job, job.state, true);
         if job.state == JobState::Pending {
             self.queue.push(&job.tenant, key_of(&job));
+            self.queue.unpark(&job.tenant);
         }
         self.new_jobs.insert(job.id);
         self.touch(job.id);
@@ -274,13 +526,13 @@ impl Scheduler {
                 if job.state == JobState::Pending {
                     self.queue.remove(&job.tenant, &key_of(job));
                 }
-                move_job(job, JobState::Cancelled, Actor::Api, Some("cancelled"), now, &mut self.out.events);
+                move_job(job, JobState::Cancelled, Actor::Api, Some("cancelled"), now, &mut self.books);
                 job.finished_at = Some(now);
                 CancelOutcome::Cancelled
             }
             JobState::Scheduled => {
                 // The attempt keeps its slot until the worker confirms or is lost; the job ends now.
-                move_job(job, JobState::Cancelled, Actor::Api, Some("cancelled"), now, &mut self.out.events);
+                move_job(job, JobState::Cancelled, Actor::Api, Some("cancelled"), now, &mut self.books);
                 job.finished_at = Some(now);
                 job.cancel_requested_at = Some(now);
                 if let Some(a) = job.current_attempt.and_then(|a| self.attempts.get(&a)) {
@@ -322,7 +574,7 @@ impl Scheduler {
         if waiting_retry {
             self.retry_wait.remove(&(job.next_retry_at.unwrap_or_default(), job.id));
         }
-        move_job(&mut job, JobState::Pending, Actor::Api, Some("manual_retry"), now, &mut self.out.events);
+        move_job(&mut job, JobState::Pending, Actor::Api, Some("manual_retry"), now, &mut self.books);
         job.retries_left = job.spec.max_retries;
         job.next_retry_at = None;
         job.cancel_requested_at = None;
@@ -344,7 +596,7 @@ impl Scheduler {
             return Err(CommandError::InvalidState { state: job.state, action: "hold" });
         }
         self.queue.remove(&job.tenant, &key_of(job));
-        move_job(job, JobState::Held, Actor::Api, Some("user_hold"), now, &mut self.out.events);
+        move_job(job, JobState::Held, Actor::Api, Some("user_hold"), now, &mut self.books);
         self.touch(id);
         Ok(())
     }
@@ -355,7 +607,7 @@ impl Scheduler {
         if job.state != JobState::Held {
             return Err(CommandError::InvalidState { state: job.state, action: "release" });
         }
-        move_job(job, JobState::Pending, Actor::Api, Some("released"), now, &mut self.out.events);
+        move_job(job, JobState::Pending, Actor::Api, Some("released"), now, &mut self.books);
         self.queue.push(&job.tenant, key_of(job));
         self.touch(id);
         Ok(())
@@ -471,33 +723,73 @@ impl Scheduler {
 
     // ---- dispatch -------------------------------------------------------------------------
 
-    /// Places as many pending jobs as fit, tenants taking turns. `mint` gives attempt ids.
+    /// Places as many pending jobs as fit. Tenants are offered each dispatch in fair-queuing
+    /// order; a tenant dispatches its first job that its quota allows and a worker can take
+    /// (so a large head job does not block smaller ones behind it). `mint` gives attempt ids.
     /// Returns how many were placed.
     pub fn schedule(&mut self, now: Timestamp, mint: &mut dyn FnMut() -> AttemptId) -> usize {
+        for t in std::mem::take(&mut self.books.freed) {
+            self.queue.unpark(&t);
+        }
+        self.capacity = self
+            .workers
+            .values()
+            .filter(|w| matches!(w.state, WorkerState::Idle | WorkerState::Busy))
+            .fold(Resources::ZERO, |acc, w| acc.checked_add(&w.resources).unwrap_or(acc));
         let mut placed = 0;
-        loop {
-            if self.queue.is_empty() || !self.workers.values().any(|w| w.can_take(&crate::units::Resources::ZERO)) {
-                return placed;
-            }
-            let tenants: Vec<_> = self.queue.tenants_in_turn().cloned().collect();
-            let mut progress = false;
-            for t in tenants {
-                let pick = self.queue.next_candidates(&t, SCAN_PER_TENANT).find_map(|k| {
-                    let job = self.jobs.get(&k.id)?;
-                    self.best_worker(job).map(|w| (k.clone(), w))
-                });
-                if let Some((key, worker)) = pick {
-                    self.queue.remove(&t, &key);
-                    self.queue.served(&t);
-                    self.assign(key.id, worker, mint(), now);
-                    placed += 1;
-                    progress = true;
+        // Tenants with nothing a worker can take now; capacity only shrinks within one call.
+        let mut stuck: HashSet<TenantId> = HashSet::new();
+        let mut budget = SCAN_PER_CALL;
+        while budget > 0 && !self.queue.is_empty() && self.workers.values().any(|w| w.can_take(&Resources::ZERO)) {
+            let mut park = Vec::new();
+            let mut pick = None;
+            for t in self.queue.tenants_in_turn() {
+                if stuck.contains(t) {
+                    continue;
+                }
+                let policy = self.tenants.get(t).unwrap_or(&self.cfg.default_policy);
+                let usage = self.books.usage.get(t).copied().unwrap_or_default();
+                let mut quota_blocked = true;
+                for k in self.queue.next_candidates(t, SCAN_PER_TENANT) {
+                    budget = budget.saturating_sub(1);
+                    let Some(job) = self.jobs.get(&k.id) else { continue };
+                    match quota::may_dispatch(policy, &self.cfg.quota_rules, &usage, &job.resources(), now) {
+                        Err(b) if b.limit == Limit::MaxConcurrentJobs => break,
+                        Err(_) => continue,
+                        Ok(over) => {
+                            quota_blocked = false;
+                            if let Some(w) = self.best_worker(job) {
+                                pick = Some((t.clone(), k.clone(), w, over));
+                                break;
+                            }
+                        }
+                    }
+                }
+                if pick.is_some() || budget == 0 {
+                    break;
+                }
+                if quota_blocked {
+                    park.push(t.clone());
+                } else {
+                    stuck.insert(t.clone());
                 }
             }
-            if !progress {
-                return placed;
+            for t in &park {
+                self.queue.park(t);
             }
+            let Some((tenant, key, worker, over)) = pick else { break };
+            self.queue.remove(&tenant, &key);
+            if let Some(job) = self.jobs.get(&key.id) {
+                let cost = self.cost(job);
+                self.queue.charge(&tenant, cost);
+            }
+            if let Some(b) = over {
+                self.out.quota_violations.push((tenant, b.limit));
+            }
+            self.assign(key.id, worker, mint(), now);
+            placed += 1;
         }
+        placed
     }
 
     /// Best fit: least leftover cpu, then memory; then the longest idle; then id.
@@ -519,7 +811,7 @@ impl Scheduler {
             return;
         };
         let req = job.resources();
-        move_job(job, JobState::Scheduled, Actor::Scheduler, None, now, &mut self.out.events);
+        move_job(job, JobState::Scheduled, Actor::Scheduler, None, now, &mut self.books);
         job.attempt_count += 1;
         job.current_attempt = Some(attempt_id);
         job.scheduled_at = Some(now);
@@ -584,7 +876,7 @@ impl Scheduler {
         };
         let job = self.jobs.get_mut(&job_id).ok_or(Fenced::NotCurrent)?;
         if job.state == JobState::Scheduled {
-            move_job(job, JobState::Running, Actor::Worker, None, now, &mut self.out.events);
+            move_job(job, JobState::Running, Actor::Worker, None, now, &mut self.books);
             job.started_at = Some(started_at);
         }
         self.touch(job_id);
@@ -632,11 +924,20 @@ impl Scheduler {
         a.log_bytes = r.log_bytes;
         a.log_truncated = r.log_truncated;
         self.out.attempts.push(a.clone());
+        if r.outcome == Outcome::Succeeded
+            && let Some(job) = self.jobs.get(&a.job_id)
+        {
+            let key = (job.tenant.clone(), job.spec.name.clone());
+            if self.history.len() >= DURATION_KEYS && !self.history.contains_key(&key) {
+                self.history.clear();
+            }
+            self.history.entry(key).or_default().record(r.finished_at.since(r.started_at).as_millis() as u64);
+        }
 
         let Some(job_id) = self.current_job_of(&a) else { return Err(Fenced::NotCurrent) };
         let cfg_backoff = (self.cfg.retry_backoff, self.cfg.retry_backoff_max);
         let job = self.jobs.get_mut(&job_id).ok_or(Fenced::NotCurrent)?;
-        let ev = &mut self.out.events;
+        let ev = &mut self.books;
         if job.state == JobState::Scheduled {
             move_job(job, JobState::Running, Actor::Worker, None, r.started_at, ev);
             job.started_at = Some(r.started_at);
@@ -680,13 +981,13 @@ impl Scheduler {
         let Some(job) = self.jobs.get_mut(&job_id) else { return };
         if job.lost_requeues < max_requeues {
             job.lost_requeues += 1;
-            move_job(job, JobState::Pending, Actor::Scheduler, Some(reason.as_str()), now, &mut self.out.events);
+            move_job(job, JobState::Pending, Actor::Scheduler, Some(reason.as_str()), now, &mut self.books);
             job.worker_id = None;
             self.queue.push(&job.tenant, key_of(job));
         } else {
             // Requeues used up (SPEC §3.1 `running → failed`; a job still `scheduled` fails the same way).
             job.failure_reason = Some(reason);
-            move_job(job, JobState::Failed, Actor::Scheduler, Some(reason.as_str()), now, &mut self.out.events);
+            move_job(job, JobState::Failed, Actor::Scheduler, Some(reason.as_str()), now, &mut self.books);
             schedule_retry(job, backoff, now, &mut self.retry_wait);
             job.finished_at = Some(now);
         }
@@ -711,7 +1012,7 @@ impl Scheduler {
                 && job.state == JobState::Failed
                 && job.next_retry_at == Some(at)
             {
-                move_job(job, JobState::Pending, Actor::Scheduler, Some("retry"), now, &mut self.out.events);
+                move_job(job, JobState::Pending, Actor::Scheduler, Some("retry"), now, &mut self.books);
                 job.next_retry_at = None;
                 job.exit_code = None;
                 job.finished_at = None;
@@ -810,6 +1111,7 @@ impl Scheduler {
     /// store alone holds them.
     pub fn take_changes(&mut self) -> Changes {
         let mut out = std::mem::take(&mut self.out);
+        out.events = std::mem::take(&mut self.books.events);
         for id in self.dirty_jobs.drain(..) {
             let Some(job) = self.jobs.get(&id) else { continue };
             let snapshot = job.clone();

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use crate::ids::{PoolId, TenantId};
 use crate::job::string_enum;
+use crate::quota::Quota;
 use crate::time::Timestamp;
 use crate::units::Resources;
 
@@ -37,6 +38,7 @@ pub struct Tenant {
     /// Explicit weight 1–1000; `None` uses the tier's.
     pub weight: Option<u32>,
     pub status: TenantStatus,
+    pub quota: Quota,
     pub labels: BTreeMap<String, String>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
@@ -83,4 +85,17 @@ pub struct Pool {
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
     pub version: i64,
+}
+
+impl Tenant {
+    /// What the scheduler needs to know of this tenant (burst grants are added by the caller).
+    pub fn policy(&self) -> crate::quota::TenantPolicy {
+        crate::quota::TenantPolicy {
+            weight: self.effective_weight(),
+            quota: self.quota,
+            suspended: self.status == TenantStatus::Suspended,
+            grant: None,
+            version: self.version,
+        }
+    }
 }

@@ -12,9 +12,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use hodei_api::{Clock, Control, ControlError};
+use hodei_api::{Admitted, Clock, Control, ControlError, Inspector};
 use hodei_core::sched::{AttemptResult, CancelOutcome, Changes, CommandError, Outbound, SchedConfig, Scheduler, UnknownWorker};
-use hodei_core::{AttemptId, AttemptState, Job, JobId, JobState, Timestamp, Worker, WorkerId, WorkerState};
+use hodei_core::{AttemptId, AttemptState, Job, JobId, JobState, Tenant, TenantId, TenantPolicy, Timestamp, Worker, WorkerId, WorkerState};
 use hodei_proto::v1 as pb;
 use hodei_store::logs::LogFiles;
 use hodei_store::{Store, StoreError};
@@ -38,8 +38,15 @@ pub struct WorkerConn {
 pub enum Command {
     Submit {
         jobs: Vec<Job>,
+        atomic: bool,
+        reply: Reply<Vec<Admitted>>,
+    },
+    Tenant {
+        id: TenantId,
+        policy: TenantPolicy,
         reply: Reply<()>,
     },
+    Inspect(Inspector),
     Cancel {
         id: JobId,
         reply: Reply<CancelOutcome>,
@@ -134,8 +141,8 @@ impl EngineHandle {
 }
 
 impl EngineHandle {
-    pub async fn submit(&self, jobs: Vec<Job>) -> Result<(), ControlError> {
-        self.ask(|reply| Command::Submit { jobs, reply }).await
+    pub async fn submit(&self, jobs: Vec<Job>, atomic: bool) -> Result<Vec<Admitted>, ControlError> {
+        self.ask(|reply| Command::Submit { jobs, atomic, reply }).await
     }
 
     pub async fn cancel(&self, id: JobId) -> Result<CancelOutcome, ControlError> {
@@ -181,6 +188,7 @@ pub struct Engine {
 struct Replies {
     unit: Vec<Reply<()>>,
     cancel: Vec<(Reply<CancelOutcome>, CancelOutcome)>,
+    submit: Vec<(Reply<Vec<Admitted>>, Vec<Admitted>)>,
 }
 
 impl Replies {
@@ -191,6 +199,9 @@ impl Replies {
         for (r, o) in self.cancel {
             let _ = r.send(Ok(o));
         }
+        for (r, a) in self.submit {
+            let _ = r.send(Ok(a));
+        }
     }
 
     fn fail(self, e: &StoreError) {
@@ -199,6 +210,9 @@ impl Replies {
             let _ = r.send(Err(err()));
         }
         for (r, _) in self.cancel {
+            let _ = r.send(Err(err()));
+        }
+        for (r, _) in self.submit {
             let _ = r.send(Err(err()));
         }
     }
@@ -237,6 +251,9 @@ impl Engine {
         let live = self.store.load_live().await?;
         let now = self.clock.now();
         let mut sched = Scheduler::new(self.cfg.sched.clone());
+        for t in self.store.list_tenants().await? {
+            sched.set_tenant(&t.id, t.policy(), now);
+        }
         for w in live.workers {
             sched.restore_worker(w, now);
         }
@@ -362,12 +379,15 @@ impl Engine {
     fn handle(&mut self, c: Command, now: Timestamp, replies: &mut Replies) {
         let s = &mut self.sched;
         match c {
-            Command::Submit { jobs, reply } => {
-                for j in jobs {
-                    s.submit(j, now);
-                }
+            Command::Submit { jobs, atomic, reply } => {
+                let admitted = s.submit_all(jobs, atomic, now);
+                replies.submit.push((reply, admitted));
+            }
+            Command::Tenant { id, policy, reply } => {
+                s.set_tenant(&id, policy, now);
                 replies.unit.push(reply);
             }
+            Command::Inspect(f) => f(s, now),
             Command::Cancel { id, reply } => match s.cancel(id, now) {
                 Ok(o) => replies.cancel.push((reply, o)),
                 Err(e) => {
@@ -456,6 +476,9 @@ impl Engine {
                 _ => {}
             }
         }
+        for (tenant, limit) in &c.quota_violations {
+            metrics::counter!("hodei_quota_violations_total", "tenant" => tenant.to_string(), "resource" => limit.as_str()).increment(1);
+        }
         for w in c.workers.iter().filter(|w| w.state == WorkerState::Offline) {
             metrics::counter!("hodei_workers_lost_total", "pool" => w.pool_id.to_string()).increment(1);
         }
@@ -542,8 +565,17 @@ pub struct ControlPlane {
 
 #[async_trait]
 impl Control for ControlPlane {
-    async fn submit(&self, jobs: Vec<Job>) -> Result<(), ControlError> {
-        self.engine.submit(jobs).await
+    async fn submit(&self, jobs: Vec<Job>, atomic: bool) -> Result<Vec<Admitted>, ControlError> {
+        self.engine.submit(jobs, atomic).await
+    }
+
+    async fn tenant_changed(&self, t: &Tenant) -> Result<(), ControlError> {
+        let (id, policy) = (t.id.clone(), t.policy());
+        self.engine.ask(|reply| Command::Tenant { id, policy, reply }).await
+    }
+
+    async fn inspect(&self, f: Inspector) -> Result<(), ControlError> {
+        self.engine.send(Command::Inspect(f))
     }
 
     async fn cancel(&self, id: JobId) -> Result<CancelOutcome, ControlError> {

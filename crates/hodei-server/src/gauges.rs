@@ -147,7 +147,7 @@ mod tests {
         let spec = JobSpecInput { command: vec!["true".into()], ..Default::default() }.validate(&SpecLimits::default(), "").unwrap();
         let ids: Vec<JobId> = (1..=3u128).map(|n| JobId::from_uuid(uuid::Uuid::from_u128(n))).collect();
         for id in &ids {
-            s.submit(Job::new(*id, TenantId::parse("a").unwrap(), spec.clone(), Timestamp::from_millis(0)), Timestamp::from_millis(0));
+            s.submit(Job::new(*id, TenantId::parse("a").unwrap(), spec.clone(), Timestamp::from_millis(0)), Timestamp::from_millis(0)).unwrap();
         }
         g.apply(&s.take_changes());
         assert_eq!(g.queued[&("a".into(), "normal", "pending")], 3);

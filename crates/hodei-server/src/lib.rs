@@ -18,7 +18,9 @@ use anyhow::{Context, bail};
 use hodei_api::{ApiConfig, ApiState, Clock, Inner};
 use hodei_core::sched::SchedConfig;
 use hodei_core::spec::SpecLimits;
-use hodei_core::{Pool, PoolId, PoolState, PoolType, Priority, Resources, Tenant, TenantId, TenantStatus, Tier, Timestamp};
+use hodei_core::{
+    Pool, PoolId, PoolState, PoolType, Priority, Quota, QuotaRules, Resources, Tenant, TenantId, TenantPolicy, TenantStatus, Tier, Timestamp, ViolationPolicy,
+};
 use hodei_proto::v1::worker_service_server::WorkerServiceServer;
 use hodei_store::Store;
 use hodei_store::logs::LogFiles;
@@ -143,22 +145,6 @@ struct PoolSetup {
 
 /// Creates the default tenant and the pools (built-in or configured) with their join tokens.
 async fn seed(cfg: &Config, store: &dyn Store, now: Timestamp, worker_exe: Option<&PathBuf>) -> anyhow::Result<PoolSetup> {
-    let default = TenantId::parse(&cfg.multi_tenancy.default_tenant_id).context("multi_tenancy.default_tenant_id")?;
-    if store.get_tenant(&default).await?.is_none() {
-        let t = Tenant {
-            id: default.clone(),
-            name: default.to_string(),
-            email: None,
-            tier: Tier::Standard,
-            weight: None,
-            status: TenantStatus::Active,
-            labels: Default::default(),
-            created_at: now,
-            updated_at: now,
-            version: 1,
-        };
-        store.create_tenant(&t).await.context("creating the default tenant")?;
-    }
     let mut pools = Vec::new();
     let mut local = None;
     let mut local_workers = 0;
@@ -230,7 +216,69 @@ async fn seed(cfg: &Config, store: &dyn Store, now: Timestamp, worker_exe: Optio
         store.upsert_pool(&pool, Some(&tokens::hash(&token))).await?;
         pools.push(pool);
     }
+    let default = TenantId::parse(&cfg.multi_tenancy.default_tenant_id).context("multi_tenancy.default_tenant_id")?;
+    if store.get_tenant(&default).await?.is_none() {
+        let t = Tenant {
+            id: default.clone(),
+            name: default.to_string(),
+            email: None,
+            tier: Tier::Standard,
+            weight: None,
+            status: TenantStatus::Active,
+            quota: default_tenant_quota(cfg, &pools),
+            labels: Default::default(),
+            created_at: now,
+            updated_at: now,
+            version: 1,
+        };
+        store.create_tenant(&t).await.context("creating the default tenant")?;
+    }
     Ok(PoolSetup { pools, local, local_workers })
+}
+
+/// `multi_tenancy.default_tenant_quota` as a core quota.
+fn default_quota(cfg: &Config) -> Quota {
+    let q = &cfg.multi_tenancy.default_tenant_quota;
+    let clamp = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
+    Quota {
+        resources: Resources::new(clamp(q.cpu_m), clamp(q.memory_mb), q.gpu),
+        max_concurrent_jobs: q.max_concurrent_jobs,
+        max_queued_jobs: q.max_queued_jobs,
+    }
+}
+
+/// The tenant that exists from the first start is there so one machine works at once: its quota
+/// covers the pools it starts with (every worker busy) and a million queued jobs, never less
+/// than the default quota. An admin can lower it like any other.
+fn default_tenant_quota(cfg: &Config, pools: &[Pool]) -> Quota {
+    let q = default_quota(cfg);
+    let (mut cap, mut slots) = (Resources::ZERO, 0u32);
+    for p in pools {
+        for _ in 0..p.min_size {
+            cap = cap.checked_add(&p.worker_resources).unwrap_or(cap);
+            slots = slots.saturating_add(p.worker_slots);
+        }
+    }
+    let r = &q.resources;
+    Quota {
+        resources: Resources::new(r.cpu_m.get().max(cap.cpu_m.get()), r.memory_mb.get().max(cap.memory_mb.get()), r.gpu.get().max(cap.gpu.get())),
+        max_concurrent_jobs: q.max_concurrent_jobs.max(slots),
+        max_queued_jobs: q.max_queued_jobs.max(1_000_000),
+    }
+}
+
+fn quota_rules(cfg: &Config) -> QuotaRules {
+    let m = &cfg.multi_tenancy;
+    QuotaRules {
+        enabled: m.enabled,
+        strict: m.quota_enforcement.strict_mode,
+        violation: match m.quota_enforcement.violation_policy {
+            config::ViolationPolicy::Reject => ViolationPolicy::Reject,
+            config::ViolationPolicy::Queue => ViolationPolicy::Queue,
+            config::ViolationPolicy::Warn => ViolationPolicy::Warn,
+        },
+        max_overage_pct: cfg.burst_capacity.max_overage_percentage,
+    }
 }
 
 /// What the API runs on besides its configuration.
@@ -263,6 +311,8 @@ fn api_state(cfg: &Config, p: ApiParts) -> anyhow::Result<ApiState> {
         max_batch_body_bytes: cfg.limits.max_batch_body_bytes as usize,
         max_batch_size: j.max_batch_size as usize,
         default_tenant: TenantId::parse(&cfg.multi_tenancy.default_tenant_id)?,
+        default_quota: default_quota(cfg),
+        eta_horizon: Duration::from_millis(cfg.scheduler.eta_horizon_ms),
         admin_token,
         version: VERSION.to_owned(),
     };
@@ -292,6 +342,9 @@ pub fn engine_config(cfg: &Config) -> EngineConfig {
             retry_backoff_max: Duration::from_millis(s.retry_backoff_max_ms),
             kill_grace: Duration::from_millis(w.kill_grace_ms),
             gc_after: Duration::from_millis(w.gc_after_ms),
+            default_expected_duration: Duration::from_millis(s.default_expected_duration_ms),
+            quota_rules: quota_rules(cfg),
+            default_policy: TenantPolicy { quota: default_quota(cfg), ..TenantPolicy::default() },
         },
         // The tick only drives timeouts and retries; dispatch is event-driven.
         tick: Duration::from_millis(s.tick_ms.clamp(50, 250)),

@@ -316,3 +316,85 @@ async fn ready_and_metrics_report_the_running_server() {
     assert!(text.contains("hodei_jobs_queued{tenant=\"quiet-tenant\",priority=\"normal\",state=\"pending\"} 0"), "{text}");
     assert!(text.contains("hodei_pool_max_size{pool=\"local\"}"), "{text}");
 }
+
+async fn small_tenant(app: &App, id: &str, quota: Value) {
+    let (status, t) = app.call("POST", "/api/v1/tenants", Some(json!({"id": id, "name": id, "quota": quota}))).await;
+    assert_eq!(status, StatusCode::CREATED, "{t}");
+}
+
+#[tokio::test]
+async fn a_job_alone_over_the_quota_is_refused_with_the_numbers_and_not_stored() {
+    let app = app().await;
+    small_tenant(&app, "small", json!({"memory_mb": 100})).await;
+    let (status, p) = app.call("POST", "/api/v1/jobs", Some(json!({"command": ["x"], "tenant_id": "small", "resources": {"memory_mb": 200}}))).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{p}");
+    assert_eq!((p["code"].as_str(), p["limit"].as_str()), (Some("quota_exceeded"), Some("memory_mb")));
+    assert_eq!((p["ceiling"].as_u64(), p["requested"].as_u64(), p["retryable"].as_bool()), (Some(100), Some(200), Some(false)));
+    assert_eq!(app.stored_jobs().await, 0);
+}
+
+#[tokio::test]
+async fn max_queued_jobs_refuses_the_next_submit_and_an_atomic_batch_stores_nothing() {
+    let app = app().await;
+    small_tenant(&app, "q", json!({"max_queued_jobs": 2})).await;
+    let job = json!({"command": ["x"], "tenant_id": "q"});
+    for _ in 0..2 {
+        assert_eq!(app.call("POST", "/api/v1/jobs", Some(job.clone())).await.0, StatusCode::CREATED);
+    }
+    let (status, p) = app.call("POST", "/api/v1/jobs", Some(job.clone())).await;
+    assert_eq!((status, p["limit"].as_str(), p["retryable"].as_bool()), (StatusCode::TOO_MANY_REQUESTS, Some("max_queued_jobs"), Some(true)));
+    // Raise the limit by one: an atomic batch of two does not fit, nothing of it is stored.
+    let (status, q) = app.call("PUT", "/api/v1/tenants/q/quota", Some(json!({"max_queued_jobs": 3}))).await;
+    assert_eq!((status, q["max_queued_jobs"].as_u64(), q["current_usage"]["queued_jobs"].as_u64()), (StatusCode::OK, Some(3), Some(2)));
+    let batch = json!({"jobs": [job.clone(), job.clone()]});
+    let (status, p) = app.call("POST", "/api/v1/jobs/batch", Some(batch)).await;
+    assert_eq!((status, p["index"].as_u64()), (StatusCode::TOO_MANY_REQUESTS, Some(1)));
+    assert_eq!(app.stored_jobs().await, 2);
+    // Not atomic: the first fits, the second is refused, per item.
+    let (status, r) = app.call("POST", "/api/v1/jobs/batch", Some(json!({"jobs": [job.clone(), job], "atomic": false}))).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert!(r["items"][0]["job_id"].is_string());
+    assert_eq!(r["items"][1]["error"]["code"], "quota_exceeded");
+    assert_eq!(app.stored_jobs().await, 3);
+}
+
+#[tokio::test]
+async fn quota_reads_and_bad_quota_values_name_the_field() {
+    let app = app().await;
+    small_tenant(&app, "acme", json!({"max_concurrent_jobs": 4})).await;
+    let (status, q) = app.call("GET", "/api/v1/tenants/acme/quota", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!((q["max_concurrent_jobs"].as_u64(), q["cpu_m"].as_u64()), (Some(4), Some(4000)), "the rest from default_tenant_quota");
+    assert_eq!(q["ceiling"]["max_concurrent_jobs"], 4);
+    assert_eq!(q["utilization"]["jobs"], 0.0);
+    let (status, p) = app.call("PUT", "/api/v1/tenants/acme/quota", Some(json!({"cpu_m": -1}))).await;
+    assert_eq!((status, fields(&p)), (StatusCode::BAD_REQUEST, vec!["/cpu_m".to_owned()]));
+    let (status, p) = app.call("PUT", "/api/v1/tenants/acme/quota", Some(json!({"cpus": 1}))).await;
+    assert_eq!((status, fields(&p)), (StatusCode::BAD_REQUEST, vec!["/cpus".to_owned()]));
+    let (_, q) = app.call("GET", "/api/v1/tenants/acme/quota", None).await;
+    assert_eq!(q["cpu_m"], 4000, "a refused PUT changes nothing");
+    let (status, _) = app.call("GET", "/api/v1/tenants/nope/quota", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn explain_names_why_a_job_waits_and_the_queue_counts_it() {
+    let app = app().await;
+    let (_, held) = app.call("POST", "/api/v1/jobs", Some(json!({"command": ["x"], "hold": true}))).await;
+    let (_, pending) = app.call("POST", "/api/v1/jobs", Some(json!({"command": ["x"]}))).await;
+    let (status, e) = app.call("GET", &format!("/api/v1/jobs/{}/explain", held["id"].as_str().unwrap()), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(e["blocking_reasons"][0]["code"], "user_hold");
+    assert!(e["estimated_start_at"].is_null(), "a user hold is not time-bounded");
+    let (_, e) = app.call("GET", &format!("/api/v1/jobs/{}/explain", pending["id"].as_str().unwrap()), None).await;
+    // No worker is connected in these tests.
+    assert_eq!(e["blocking_reasons"][0]["code"], "no_matching_pool", "{e}");
+    assert_eq!(e["position"]["in_tenant"], 0);
+    let (status, q) = app.call("GET", "/api/v1/queue", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!((q["totals"]["pending"].as_u64(), q["totals"]["held"].as_u64()), (Some(1), Some(1)));
+    assert_eq!(q["tenants"][0]["tenant_id"], "default");
+    let (status, t) = app.call("GET", "/api/v1/queue/tenants/default", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(t["jobs"][0]["job_id"], pending["id"]);
+}

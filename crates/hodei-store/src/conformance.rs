@@ -23,6 +23,7 @@ fn tenant(id: &str) -> Tenant {
         tier: Tier::Premium,
         weight: None,
         status: TenantStatus::Active,
+        quota: hodei_core::Quota::DEFAULT,
         labels: BTreeMap::from([("team".into(), id.into())]),
         created_at: ts(1),
         updated_at: ts(1),
@@ -87,9 +88,11 @@ async fn stale_tenant_updates_are_refused(store: &dyn Store) {
     let mut t = tenant("beta");
     store.create_tenant(&t).await.unwrap();
     t.weight = Some(7);
+    t.quota.max_concurrent_jobs = 3;
+    t.quota.resources.gpu = hodei_core::Gpus(2);
     t.version = 2;
     store.update_tenant(&t).await.expect("update at the right version");
-    assert_eq!(store.get_tenant(&t.id).await.unwrap().unwrap().weight, Some(7));
+    assert_eq!(store.get_tenant(&t.id).await.unwrap().as_ref(), Some(&t), "weight and quota round-trip");
     assert!(matches!(store.update_tenant(&t).await, Err(StoreError::VersionMismatch { .. })), "same version twice");
 }
 
@@ -100,10 +103,11 @@ async fn scheduler_changes_round_trip(store: &dyn Store) {
     assert_eq!(store.worker_session_hash(w.id).await.unwrap().as_deref(), Some("hash-1"));
     s.register_worker(w.clone(), ts(0));
     s.connect_worker(w.id, &[], vec![], ts(0)).unwrap();
-    let (a, b) = (job(1, "acme", &[]), job(2, "acme", &[]));
+    let (a, mut b) = (job(1, "acme", &[]), job(2, "acme", &[]));
+    b.warnings = vec!["quota_exceeded".into()];
     let (ja, jb) = (a.id, b.id);
-    s.submit(a.clone(), ts(1));
-    s.submit(b, ts(1));
+    s.submit(a.clone(), ts(1)).unwrap();
+    s.submit(b, ts(1)).unwrap();
     let mut n = 100u128;
     let mut mint = || {
         n += 1;
@@ -151,6 +155,7 @@ async fn scheduler_changes_round_trip(store: &dyn Store) {
 
     let live = store.load_live().await.unwrap();
     assert_eq!(live.jobs.iter().map(|j| j.id).collect::<Vec<_>>(), [jb], "only the unfinished job is live");
+    assert_eq!(live.jobs[0].warnings, ["quota_exceeded"], "admission warnings round-trip");
     assert_eq!(live.attempts.len(), 1);
     assert_eq!(live.workers.len(), 1);
     assert_eq!(live.workers[0].state, WorkerState::Busy);
@@ -160,7 +165,7 @@ async fn job_lists_filter_and_paginate_newest_first(store: &dyn Store) {
     let mut s = Scheduler::new(SchedConfig::default());
     for n in 10..20u128 {
         let t = if n % 2 == 0 { "even" } else { "odd" };
-        s.submit(job(n, t, &[("n", &n.to_string())]), ts(n as i64));
+        s.submit(job(n, t, &[("n", &n.to_string())]), ts(n as i64)).unwrap();
     }
     store.apply(std::sync::Arc::new(s.take_changes())).await.unwrap();
     let even = TenantId::parse("even").unwrap();

@@ -10,7 +10,8 @@ use async_trait::async_trait;
 use hodei_core::sched::Changes;
 use hodei_core::spec::JobSpec;
 use hodei_core::{
-    Attempt, AttemptId, CpuMillis, Gpus, Job, JobEvent, JobId, JobState, MemoryMb, Pool, PoolId, Resources, Tenant, TenantId, Timestamp, Worker, WorkerId,
+    Attempt, AttemptId, CpuMillis, Gpus, Job, JobEvent, JobId, JobState, MemoryMb, Pool, PoolId, Quota, Resources, Tenant, TenantId, Timestamp, Worker,
+    WorkerId,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
@@ -140,6 +141,7 @@ fn job_from_row(r: &SqliteRow) -> Result<Job> {
         pool_id: r.try_get::<Option<&str>, _>("pool_id").map_err(g)?.map(|p| parse_slug(D, p, PoolId::parse)).transpose()?,
         worker_id: r.try_get::<Option<Uuid>, _>("worker_id").map_err(g)?.map(WorkerId::from_uuid),
         log_truncated: r.try_get("log_truncated").map_err(g)?,
+        warnings: r.try_get::<Option<&str>, _>("warnings").map_err(g)?.map(|w| parse_vec(D, w)).transpose()?.unwrap_or_default(),
     })
 }
 
@@ -199,6 +201,11 @@ fn tenant_from_row(r: &SqliteRow) -> Result<Tenant> {
         tier: parse_enum(D, r.try_get("tier").map_err(g)?)?,
         weight: r.try_get::<Option<i64>, _>("weight").map_err(g)?.map(|w| u32_of(D, w)).transpose()?,
         status: parse_enum(D, r.try_get("status").map_err(g)?)?,
+        quota: Quota {
+            resources: resources(r, D, "quota_")?,
+            max_concurrent_jobs: u32_of(D, r.try_get("quota_max_concurrent_jobs").map_err(g)?)?,
+            max_queued_jobs: u32_of(D, r.try_get("quota_max_queued_jobs").map_err(g)?)?,
+        },
         labels: parse_map(D, r.try_get("labels").map_err(g)?)?,
         created_at: Timestamp::from_millis(r.try_get("created_at").map_err(g)?),
         updated_at: Timestamp::from_millis(r.try_get("updated_at").map_err(g)?),
@@ -237,7 +244,8 @@ impl Store for SqliteStore {
 
     async fn create_tenant(&self, t: &Tenant) -> Result<()> {
         let r = sqlx::query(
-            "INSERT INTO tenants (id, name, email, tier, weight, status, labels, created_at, updated_at, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO tenants (id, name, email, tier, weight, status, labels, created_at, updated_at, version, \
+             quota_cpu_m, quota_memory_mb, quota_gpu, quota_max_concurrent_jobs, quota_max_queued_jobs) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(t.id.as_str())
         .bind(&t.name)
@@ -249,6 +257,11 @@ impl Store for SqliteStore {
         .bind(ms(t.created_at))
         .bind(ms(t.updated_at))
         .bind(t.version)
+        .bind(t.quota.resources.cpu_m.get())
+        .bind(t.quota.resources.memory_mb.get())
+        .bind(t.quota.resources.gpu.get())
+        .bind(t.quota.max_concurrent_jobs)
+        .bind(t.quota.max_queued_jobs)
         .execute(&self.write)
         .await;
         match r {
@@ -270,7 +283,8 @@ impl Store for SqliteStore {
 
     async fn update_tenant(&self, t: &Tenant) -> Result<()> {
         let r = sqlx::query(
-            "UPDATE tenants SET name = ?, email = ?, tier = ?, weight = ?, status = ?, labels = ?, updated_at = ?, version = ? WHERE id = ? AND version = ?",
+            "UPDATE tenants SET name = ?, email = ?, tier = ?, weight = ?, status = ?, labels = ?, updated_at = ?, version = ?, \
+             quota_cpu_m = ?, quota_memory_mb = ?, quota_gpu = ?, quota_max_concurrent_jobs = ?, quota_max_queued_jobs = ? WHERE id = ? AND version = ?",
         )
         .bind(&t.name)
         .bind(&t.email)
@@ -280,6 +294,11 @@ impl Store for SqliteStore {
         .bind(json_map(&t.labels))
         .bind(ms(t.updated_at))
         .bind(t.version)
+        .bind(t.quota.resources.cpu_m.get())
+        .bind(t.quota.resources.memory_mb.get())
+        .bind(t.quota.resources.gpu.get())
+        .bind(t.quota.max_concurrent_jobs)
+        .bind(t.quota.max_queued_jobs)
         .bind(t.id.as_str())
         .bind(t.version - 1)
         .execute(&self.write)

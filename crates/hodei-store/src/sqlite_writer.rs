@@ -87,8 +87,8 @@ fn dur_ms(d: Duration) -> i64 {
 const INSERT_JOB: &str = "INSERT INTO jobs (id, tenant_id, name, command, env, working_dir, image, cpu_m, memory_mb, gpu, timeout_ms, expected_duration_ms, \
      max_retries, retry_backoff_ms, priority, sla, preemptible, hold, labels, pool_selector, state, state_reason, attempt_count, \
      current_attempt_id, retries_left, lost_requeues, exit_code, failure_reason, submitted_at, eligible_at, scheduled_at, started_at, \
-     finished_at, next_retry_at, cancel_requested_at, pool_id, worker_id, log_truncated, created_state, created_reason) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34, ?35, ?36, ?37, ?38, ?39, ?40)";
+     finished_at, next_retry_at, cancel_requested_at, pool_id, worker_id, log_truncated, created_state, created_reason, warnings) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34, ?35, ?36, ?37, ?38, ?39, ?40, ?41)";
 
 const UPDATE_JOB: &str = "UPDATE jobs SET state = ?1, state_reason = ?2, attempt_count = ?3, current_attempt_id = ?4, retries_left = ?5, lost_requeues = ?6, \
      exit_code = ?7, failure_reason = ?8, eligible_at = ?9, scheduled_at = ?10, started_at = ?11, finished_at = ?12, next_retry_at = ?13, \
@@ -146,6 +146,7 @@ fn insert_job(st: &mut rusqlite::CachedStatement<'_>, j: &Job, created: Option<&
         j.log_truncated,
         created.map_or(JobState::Pending, |e| e.to).as_str(),
         created.and_then(|e| e.reason.as_deref()),
+        (!j.warnings.is_empty()).then(|| json_vec(&j.warnings)),
     ])
 }
 

@@ -3,9 +3,9 @@
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use hodei_core::sched::CancelOutcome;
+use hodei_core::sched::{CancelOutcome, MAX_SIM_JOBS, apply_admission};
 use hodei_core::spec::{FieldError, JobSpec, JobSpecInput};
-use hodei_core::{Job, JobId, JobState, Tenant, TenantId, TenantStatus};
+use hodei_core::{Job, JobId, JobState, Priority, Tenant, TenantId, TenantStatus};
 use hodei_store::JobFilter;
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::{page_limit, parse_id};
 use crate::ApiState;
-use crate::dto::{AttemptView, BatchItem, BatchResult, BatchSubmit, EventView, JobSubmit, JobView, Page};
+use crate::dto::{AttemptView, BatchItem, BatchResult, BatchSubmit, EventView, ExplainView, JobSubmit, JobView, Page};
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::json::ApiJson;
 
@@ -85,14 +85,19 @@ fn new_job(s: &ApiState, tenant: &Tenant, spec: JobSpec) -> Job {
     Job::new(JobId::from_uuid(Uuid::now_v7()), tenant.id.clone(), spec, s.clock.now())
 }
 
+fn count_rejected(tenant: &TenantId, code: &'static str) {
+    metrics::counter!("hodei_submissions_rejected_total", "tenant" => tenant.to_string(), "code" => code).increment(1);
+}
+
 fn count_submitted(jobs: &[Job]) {
     for j in jobs {
         metrics::counter!("hodei_jobs_submitted_total", "tenant" => j.tenant.to_string(), "priority" => j.spec.priority.as_str()).increment(1);
     }
 }
 
-/// Submit a job. 201 once it is durably stored.
-#[utoipa::path(post, path = "/jobs", request_body = JobSubmit, responses((status = 201, body = JobView), (status = 400, body = crate::error::Problem), (status = 403, body = crate::error::Problem), (status = 422, body = crate::error::Problem)), tag = "jobs")]
+/// Submit a job. 201 once it is durably stored; 429 `quota_exceeded` when its tenant's quota
+/// refuses it (SPEC §2.4).
+#[utoipa::path(post, path = "/jobs", request_body = JobSubmit, responses((status = 201, body = JobView), (status = 400, body = crate::error::Problem), (status = 403, body = crate::error::Problem), (status = 422, body = crate::error::Problem), (status = 429, body = crate::error::Problem)), tag = "jobs")]
 pub async fn submit_job(State(s): State<ApiState>, headers: HeaderMap, ApiJson(body): ApiJson<JobSubmit>) -> ApiResult<(StatusCode, HeaderMap, Json<JobView>)> {
     let (input, tenant) = spec_input(body);
     let tenant = tenant_for(&s, tenant.as_deref(), &headers, "/tenant_id").await?;
@@ -100,11 +105,17 @@ pub async fn submit_job(State(s): State<ApiState>, headers: HeaderMap, ApiJson(b
     if let Some(e) = unschedulable(&s, &spec, "") {
         return Err(unschedulable_error(e));
     }
-    let job = new_job(&s, &tenant, spec);
+    let mut job = new_job(&s, &tenant, spec);
+    let admitted = s.control.submit(vec![job.clone()], true).await?.pop().ok_or_else(|| ApiError::new(ErrorCode::Internal, "no admission"))?;
+    match admitted {
+        Ok(a) => apply_admission(&mut job, &a),
+        Err(r) => {
+            count_rejected(&tenant.id, "quota_exceeded");
+            return Err(r.into());
+        }
+    }
     let view = JobView::from(&job);
-    let jobs = vec![job];
-    s.control.submit(jobs.clone()).await?;
-    count_submitted(&jobs);
+    count_submitted(std::slice::from_ref(&job));
     let mut h = HeaderMap::new();
     if let Ok(v) = HeaderValue::from_str(&format!("/api/v1/jobs/{}", view.id)) {
         h.insert(header::LOCATION, v);
@@ -163,8 +174,35 @@ pub async fn submit_batch(State(s): State<ApiState>, headers: HeaderMap, ApiJson
     }
     let validated = t0.elapsed();
     if !jobs.is_empty() {
-        count_submitted(&jobs);
-        s.control.submit(jobs).await?;
+        let who: Vec<(TenantId, Priority)> = jobs.iter().map(|j| (j.tenant.clone(), j.spec.priority)).collect();
+        let admitted = s.control.submit(jobs, body.atomic).await?;
+        if body.atomic
+            && let Some((i, r)) = admitted.iter().enumerate().find_map(|(i, a)| a.as_ref().err().map(|r| (i, *r)))
+        {
+            let refused = admitted.iter().filter(|a| a.is_err()).count();
+            count_rejected(&who[i].0, "quota_exceeded");
+            let index = items.iter().filter(|it| it.job_id.is_some()).nth(i).map_or(i, |it| it.index);
+            let mut err = ApiError::from(r);
+            err.detail = format!("{refused} of {n} jobs refused by quota, the first at /jobs/{index}: {}; nothing was stored (atomic batch)", err.detail);
+            return Err(err.with("index", index.into()));
+        }
+        // Items that passed validation, in order, line up with `admitted`.
+        let mut results = admitted.into_iter().zip(who);
+        for item in items.iter_mut().filter(|i| i.job_id.is_some()) {
+            let Some((a, (tenant, priority))) = results.next() else { break };
+            match a {
+                Ok(_) => {
+                    metrics::counter!("hodei_jobs_submitted_total", "tenant" => tenant.to_string(), "priority" => priority.as_str()).increment(1);
+                }
+                Err(r) => {
+                    count_rejected(&tenant, "quota_exceeded");
+                    let e = ApiError::from(r);
+                    item.job_id = None;
+                    item.error =
+                        Some(serde_json::json!({"code": "quota_exceeded", "detail": e.detail, "limit": r.breach.limit.as_str(), "retryable": r.retryable}));
+                }
+            }
+        }
     }
     tracing::debug!(n, validate_ms = validated.as_millis() as u64, commit_ms = (t0.elapsed() - validated).as_millis() as u64, "batch submitted");
     let status = if items.iter().any(|i| i.job_id.is_some()) { StatusCode::CREATED } else { StatusCode::BAD_REQUEST };
@@ -281,4 +319,29 @@ pub async fn release_job(State(s): State<ApiState>, Path(id): Path<String>) -> A
     let job = load(&s, &id).await?;
     s.control.release(job.id).await?;
     reread(&s, job.id).await
+}
+
+/// Why a job is not running, and when it is expected to start (SPEC §4.4).
+#[utoipa::path(get, path = "/jobs/{id}/explain", responses((status = 200, body = ExplainView), (status = 404, body = crate::error::Problem)), tag = "jobs")]
+pub async fn explain_job(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult<Json<ExplainView>> {
+    let job = load(&s, &id).await?;
+    let horizon = s.cfg.eta_horizon;
+    let jid = job.id;
+    // The forward run works on a copy, off the engine's thread; above the size where an ETA is
+    // given, the reasons are read in place.
+    let snapshot = crate::read(s.control.as_ref(), move |sched, now| {
+        if sched.job(&jid).is_some() && sched.live_jobs() <= MAX_SIM_JOBS {
+            Err((Box::new(sched.clone()), now))
+        } else {
+            Ok((sched.explain(jid, now, horizon), sched.virtual_time()))
+        }
+    })
+    .await?;
+    let explained = match snapshot {
+        Ok(e) => e,
+        Err((sched, now)) => tokio::task::spawn_blocking(move || (sched.explain(jid, now, horizon), sched.virtual_time()))
+            .await
+            .map_err(|e| ApiError::new(ErrorCode::Internal, format!("explain failed: {e}")))?,
+    };
+    Ok(Json(ExplainView::new(&job, explained.0.as_ref(), explained.1)))
 }

@@ -2,6 +2,7 @@
 
 pub mod jobs;
 pub mod logs;
+pub mod queue;
 pub mod system;
 pub mod tenants;
 pub mod workers;
@@ -26,6 +27,10 @@ pub fn v1(cfg: &ApiConfig) -> OpenApiRouter<ApiState> {
         .routes(routes!(jobs::retry_job))
         .routes(routes!(jobs::hold_job))
         .routes(routes!(jobs::release_job))
+        .routes(routes!(jobs::explain_job))
+        .routes(routes!(queue::get_queue))
+        .routes(routes!(queue::get_tenant_queue))
+        .routes(routes!(tenants::get_quota, tenants::put_quota))
         .routes(routes!(logs::get_logs))
         .routes(routes!(tenants::create_tenant, tenants::list_tenants))
         .routes(routes!(tenants::get_tenant, tenants::update_tenant, tenants::delete_tenant))

@@ -1,14 +1,14 @@
-//! Tenants CRUD (SPEC §4.3). Quotas arrive with the multi-tenant scheduling work.
+//! Tenants CRUD and quotas (SPEC §4.3). Every change is passed on to the scheduler.
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use hodei_core::{Slug, Tenant, TenantId, TenantStatus, Tier};
+use hodei_core::{CpuMillis, Gpus, MemoryMb, Quota, Slug, Tenant, TenantId, TenantStatus, Tier};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
 use crate::ApiState;
-use crate::dto::{Page, TenantCreate, TenantUpdate, TenantView};
+use crate::dto::{CeilingOut, Page, QuotaIn, QuotaOut, QuotaView, TenantCreate, TenantUpdate, TenantView, UsageOut, UtilizationOut};
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::json::ApiJson;
 
@@ -30,6 +30,34 @@ fn name(v: &str) -> ApiResult<String> {
         return Err(ApiError::field("/name", "name must not be empty", "1 to 200 characters", Some(v.to_owned())));
     }
     Ok(t.to_owned())
+}
+
+/// Applies the fields given to a quota; each must be a non-negative integer.
+fn apply_quota(q: &mut Quota, input: &QuotaIn, prefix: &str) -> ApiResult<()> {
+    let num = |name: &str, v: Option<i64>| -> ApiResult<Option<u32>> {
+        v.map(|v| {
+            u32::try_from(v)
+                .map_err(|_| ApiError::field(&format!("{prefix}/{name}"), "quota value is out of range", "a non-negative integer", Some(v.to_string())))
+        })
+        .transpose()
+    };
+    let r = &mut q.resources;
+    if let Some(v) = num("cpu_m", input.cpu_m)? {
+        r.cpu_m = CpuMillis(v);
+    }
+    if let Some(v) = num("memory_mb", input.memory_mb)? {
+        r.memory_mb = MemoryMb(v);
+    }
+    if let Some(v) = num("gpu", input.gpu)? {
+        r.gpu = Gpus(v);
+    }
+    if let Some(v) = num("max_concurrent_jobs", input.max_concurrent_jobs)? {
+        q.max_concurrent_jobs = v;
+    }
+    if let Some(v) = num("max_queued_jobs", input.max_queued_jobs)? {
+        q.max_queued_jobs = v;
+    }
+    Ok(())
 }
 
 pub(crate) async fn load(s: &ApiState, id: &str) -> ApiResult<Tenant> {
@@ -56,12 +84,20 @@ pub async fn create_tenant(State(s): State<ApiState>, ApiJson(body): ApiJson<Ten
         tier: body.tier.as_deref().map(tier).transpose()?.unwrap_or(Tier::Standard),
         weight: body.weight.map(weight).transpose()?,
         status: TenantStatus::Active,
+        quota: {
+            let mut q = s.cfg.default_quota;
+            if let Some(input) = &body.quota {
+                apply_quota(&mut q, input, "/quota")?;
+            }
+            q
+        },
         labels: body.labels,
         created_at: now,
         updated_at: now,
         version: 1,
     };
     s.store.create_tenant(&t).await?;
+    s.control.tenant_changed(&t).await?;
     if let Ok(pools) = s.pools.read() {
         crate::zero_series_for_tenant(&t.id, &pools);
     }
@@ -109,11 +145,7 @@ pub async fn update_tenant(
     ApiJson(body): ApiJson<TenantUpdate>,
 ) -> ApiResult<Json<TenantView>> {
     let mut t = load(&s, &id).await?;
-    if let Some(v) = headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok())
-        && v.trim_matches('"') != t.version.to_string()
-    {
-        return Err(ApiError::new(ErrorCode::PreconditionFailed, format!("tenant is at version {}, not {v}", t.version)));
-    }
+    if_match(&headers, &t)?;
     if let Some(n) = &body.name {
         t.name = name(n)?;
     }
@@ -129,14 +161,97 @@ pub async fn update_tenant(
     if let Some(v) = &body.status {
         t.status = v.parse().map_err(|()| ApiError::field("/status", "unknown status", TenantStatus::expected(), Some(v.clone())))?;
     }
+    if let Some(q) = &body.quota {
+        apply_quota(&mut t.quota, q, "/quota")?;
+    }
     if let Some(l) = body.labels {
         t.labels = l;
     }
+    save(&s, &mut t).await?;
+    Ok(Json(TenantView::from(&t)))
+}
+
+/// Stores a changed tenant (next version) and tells the scheduler.
+async fn save(s: &ApiState, t: &mut Tenant) -> ApiResult<()> {
     t.updated_at = s.clock.now();
     t.version += 1;
-    s.store.update_tenant(&t).await?;
+    s.store.update_tenant(t).await?;
     s.tenants.invalidate(&t.id);
-    Ok(Json(TenantView::from(&t)))
+    s.control.tenant_changed(t).await?;
+    Ok(())
+}
+
+fn ratio(used: u32, of: u32) -> f64 {
+    if of == 0 { 0.0 } else { f64::from(used) / f64::from(of) }
+}
+
+async fn quota_view(s: &ApiState, t: &Tenant) -> ApiResult<QuotaView> {
+    let tid = t.id.clone();
+    let (load, ceiling) = crate::read(s.control.as_ref(), move |sched, now| {
+        let load = crate::TenantLoad::of(sched, &tid);
+        let ceiling = load.policy.ceiling(now);
+        let grant = load.policy.active_grant(now).copied();
+        ((load, grant), ceiling)
+    })
+    .await?;
+    let ((load, grant), c) = (load, ceiling);
+    let u = &load.usage;
+    Ok(QuotaView {
+        tenant_id: t.id.to_string(),
+        quota: QuotaOut::from(&t.quota),
+        current_usage: UsageOut {
+            cpu_m: u.active.cpu_m.get(),
+            memory_mb: u.active.memory_mb.get(),
+            gpu: u.active.gpu.get(),
+            active_jobs: u.active_jobs,
+            queued_jobs: u.queued_jobs,
+        },
+        burst: grant.map(|g| crate::dto::BurstGrantOut {
+            cpu_m: g.resources.cpu_m.get(),
+            memory_mb: g.resources.memory_mb.get(),
+            gpu: g.resources.gpu.get(),
+            concurrent_jobs: g.concurrent_jobs,
+            expires_at: crate::dto::rfc3339(g.expires_at),
+        }),
+        ceiling: CeilingOut {
+            cpu_m: c.resources.cpu_m.get(),
+            memory_mb: c.resources.memory_mb.get(),
+            gpu: c.resources.gpu.get(),
+            max_concurrent_jobs: c.concurrent_jobs,
+        },
+        utilization: UtilizationOut {
+            cpu: ratio(u.active.cpu_m.get(), c.resources.cpu_m.get()),
+            memory: ratio(u.active.memory_mb.get(), c.resources.memory_mb.get()),
+            gpu: ratio(u.active.gpu.get(), c.resources.gpu.get()),
+            jobs: ratio(u.active_jobs, c.concurrent_jobs),
+        },
+    })
+}
+
+/// A tenant's quota, current usage, burst grant and ceiling.
+#[utoipa::path(get, path = "/tenants/{id}/quota", responses((status = 200, body = QuotaView), (status = 404, body = crate::error::Problem)), tag = "tenants")]
+pub async fn get_quota(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult<Json<QuotaView>> {
+    let t = load(&s, &id).await?;
+    Ok(Json(quota_view(&s, &t).await?))
+}
+
+/// Set quota fields (absent ones keep their value). Lowering a quota stops nothing.
+#[utoipa::path(put, path = "/tenants/{id}/quota", request_body = QuotaIn, responses((status = 200, body = QuotaView), (status = 400, body = crate::error::Problem), (status = 404, body = crate::error::Problem), (status = 412, body = crate::error::Problem)), tag = "tenants")]
+pub async fn put_quota(State(s): State<ApiState>, Path(id): Path<String>, headers: HeaderMap, ApiJson(body): ApiJson<QuotaIn>) -> ApiResult<Json<QuotaView>> {
+    let mut t = load(&s, &id).await?;
+    if_match(&headers, &t)?;
+    apply_quota(&mut t.quota, &body, "")?;
+    save(&s, &mut t).await?;
+    Ok(Json(quota_view(&s, &t).await?))
+}
+
+fn if_match(headers: &HeaderMap, t: &Tenant) -> ApiResult<()> {
+    if let Some(v) = headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok())
+        && v.trim_matches('"') != t.version.to_string()
+    {
+        return Err(ApiError::new(ErrorCode::PreconditionFailed, format!("tenant is at version {}, not {v}", t.version)));
+    }
+    Ok(())
 }
 
 /// Delete a tenant without live jobs (never `default`).

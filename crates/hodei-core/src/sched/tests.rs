@@ -5,6 +5,8 @@ use uuid::Uuid;
 
 use super::*;
 use crate::ids::{PoolId, TenantId};
+use crate::job::Priority;
+use crate::quota::{Admission, Limit, Quota, QuotaRules, TenantPolicy, Usage};
 use crate::spec::{JobSpecInput, SpecLimits};
 use crate::units::Resources;
 
@@ -94,7 +96,7 @@ fn a_pending_job_is_assigned_to_a_free_worker_and_runs_to_success() {
     let w = connected_worker(&mut s, &mut ids, 1, 1000, 0);
     let j = job(&mut ids, "a", 250, 0, 0);
     let jid = j.id;
-    s.submit(j, ts(0));
+    s.submit(j, ts(0)).unwrap();
     let assigned = schedule(&mut s, &mut ids, 1);
     assert_eq!(assigned.len(), 1);
     let (_, aid, _) = assigned[0];
@@ -114,7 +116,7 @@ fn slots_are_never_oversubscribed() {
     connected_worker(&mut s, &mut ids, 2, 100_000, 0);
     for _ in 0..5 {
         let j = job(&mut ids, "a", 1, 0, 0);
-        s.submit(j, ts(0));
+        s.submit(j, ts(0)).unwrap();
     }
     assert_eq!(schedule(&mut s, &mut ids, 1).len(), 2);
     assert_eq!(schedule(&mut s, &mut ids, 2).len(), 0);
@@ -128,8 +130,8 @@ fn a_job_too_big_for_the_free_room_waits_while_smaller_ones_go() {
     let big = job(&mut ids, "a", 2000, 0, 0);
     let small = job(&mut ids, "a", 500, 0, 1);
     let small_id = small.id;
-    s.submit(big, ts(0));
-    s.submit(small, ts(1));
+    s.submit(big, ts(0)).unwrap();
+    s.submit(small, ts(1)).unwrap();
     let assigned = schedule(&mut s, &mut ids, 2);
     assert_eq!(assigned.iter().map(|a| a.2).collect::<Vec<_>>(), [small_id]);
 }
@@ -140,11 +142,11 @@ fn tenants_take_turns() {
     connected_worker(&mut s, &mut ids, 4, 100_000, 0);
     for i in 0..4 {
         let j = job(&mut ids, "flood", 1, 0, i);
-        s.submit(j, ts(i));
+        s.submit(j, ts(i)).unwrap();
     }
     let light = job(&mut ids, "light", 1, 0, 10);
     let light_id = light.id;
-    s.submit(light, ts(10));
+    s.submit(light, ts(10)).unwrap();
     let assigned = schedule(&mut s, &mut ids, 11);
     assert!(assigned.iter().any(|a| a.2 == light_id), "the light tenant got one of the four slots");
 }
@@ -155,7 +157,7 @@ fn a_failed_job_with_retries_is_retried_after_its_backoff() {
     let w = connected_worker(&mut s, &mut ids, 1, 1000, 0);
     let j = job(&mut ids, "a", 1, 1, 0);
     let jid = j.id;
-    s.submit(j, ts(0));
+    s.submit(j, ts(0)).unwrap();
     let (_, aid, _) = schedule(&mut s, &mut ids, 0)[0];
     s.accepted(aid, w, ts(1), ts(1)).unwrap();
     s.finish(aid, w, result(Outcome::Failed, 3, 2), ts(2)).unwrap();
@@ -181,7 +183,7 @@ fn a_result_for_a_stale_attempt_is_ignored_but_acknowledged() {
     let w = connected_worker(&mut s, &mut ids, 1, 1000, 0);
     let j = job(&mut ids, "a", 1, 0, 0);
     let jid = j.id;
-    s.submit(j, ts(0));
+    s.submit(j, ts(0)).unwrap();
     let (_, aid, _) = schedule(&mut s, &mut ids, 0)[0];
     // The worker never acknowledges: the attempt is lost and the job requeued.
     s.tick(ts(10_000));
@@ -200,7 +202,7 @@ fn a_lost_worker_requeues_its_jobs_until_requeues_are_used_up() {
     let (mut s, mut ids) = (Scheduler::new(cfg), Ids(0));
     let j = job(&mut ids, "a", 1, 0, 0);
     let jid = j.id;
-    s.submit(j, ts(0));
+    s.submit(j, ts(0)).unwrap();
     let mut now = 0;
     for round in 0..2 {
         let w = connected_worker(&mut s, &mut ids, 1, 1000, now);
@@ -222,7 +224,7 @@ fn cancelling_a_running_job_asks_the_worker_and_ends_on_its_confirmation() {
     let w = connected_worker(&mut s, &mut ids, 1, 1000, 0);
     let j = job(&mut ids, "a", 1, 0, 0);
     let jid = j.id;
-    s.submit(j, ts(0));
+    s.submit(j, ts(0)).unwrap();
     let (_, aid, _) = schedule(&mut s, &mut ids, 0)[0];
     s.accepted(aid, w, ts(1), ts(1)).unwrap();
     assert_eq!(s.cancel(jid, ts(2)), Ok(CancelOutcome::Requested));
@@ -238,7 +240,7 @@ fn a_silent_worker_cannot_keep_a_cancelled_job_running_forever() {
     let w = connected_worker(&mut s, &mut ids, 1, 1000, 0);
     let j = job(&mut ids, "a", 1, 0, 0);
     let jid = j.id;
-    s.submit(j, ts(0));
+    s.submit(j, ts(0)).unwrap();
     let (_, aid, _) = schedule(&mut s, &mut ids, 0)[0];
     s.accepted(aid, w, ts(1), ts(1)).unwrap();
     s.cancel(jid, ts(2)).unwrap();
@@ -277,8 +279,8 @@ fn a_reconnecting_worker_keeps_what_it_runs_and_loses_what_it_forgot() {
     let w = connected_worker(&mut s, &mut ids, 2, 1000, 0);
     let (a, b) = (job(&mut ids, "a", 1, 0, 0), job(&mut ids, "a", 1, 0, 0));
     let (ja, jb) = (a.id, b.id);
-    s.submit(a, ts(0));
-    s.submit(b, ts(0));
+    s.submit(a, ts(0)).unwrap();
+    s.submit(b, ts(0)).unwrap();
     let assigned = schedule(&mut s, &mut ids, 0);
     let att: HashMap<JobId, AttemptId> = assigned.iter().map(|x| (x.2, x.1)).collect();
     s.accepted(att[&ja], w, ts(1), ts(1)).unwrap();
@@ -303,6 +305,7 @@ enum Op {
     Retry(usize),
     Disconnect(usize),
     Advance(u16),
+    SetQuota { tenant: u8, cpu_m: u16, jobs: u8 },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -317,6 +320,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => any::<usize>().prop_map(Op::Retry),
         1 => any::<usize>().prop_map(Op::Disconnect),
         2 => (0u16..15_000).prop_map(Op::Advance),
+        1 => (0u8..4, 500u16..6000, 0u8..5).prop_map(|(tenant, cpu_m, jobs)| Op::SetQuota { tenant, cpu_m, jobs }),
     ]
 }
 
@@ -338,6 +342,32 @@ fn check_invariants(s: &Scheduler, ch: &Changes, store: &mut HashMap<JobId, Job>
     }
     for n in succeeded.values() {
         prop_assert!(*n <= 1, "a job succeeded twice");
+    }
+    // Usage books match the live jobs, and a tenant that just got a dispatch is within its ceiling.
+    let mut usage: HashMap<TenantId, Usage> = HashMap::new();
+    for j in s.jobs() {
+        let u = usage.entry(j.tenant.clone()).or_default();
+        match j.state {
+            JobState::Scheduled | JobState::Running => {
+                u.active = u.active.checked_add(&j.resources()).unwrap();
+                u.active_jobs += 1;
+            }
+            JobState::Pending => {
+                u.pending = u.pending.checked_add(&j.resources()).unwrap();
+                u.pending_jobs += 1;
+                u.queued_jobs += 1;
+            }
+            JobState::Held => u.queued_jobs += 1,
+            _ => {}
+        }
+    }
+    for t in s.tenant_ids() {
+        prop_assert_eq!(usage.get(t).copied().unwrap_or_default(), s.usage(t), "usage books of {}", t);
+    }
+    for e in ch.events.iter().filter(|e| e.to == JobState::Scheduled) {
+        let Some(j) = s.job(&e.job_id) else { continue };
+        let (u, c) = (s.usage(&j.tenant), s.policy(&j.tenant).ceiling(e.at));
+        prop_assert!(u.active.fits_in(&c.resources) && u.active_jobs <= c.concurrent_jobs, "tenant {} over its ceiling: {:?} > {:?}", j.tenant, u, c);
     }
     for w in s.workers() {
         let live: Vec<_> = s.attempts().filter(|a| a.worker_id == w.id).collect();
@@ -373,8 +403,15 @@ proptest! {
             match op {
                 Op::Submit { tenant, cpu_m, retries } => {
                     let j = job(&mut ids, &format!("t{tenant}"), i64::from(cpu_m), i64::from(retries), now);
-                    jobs.push(j.id);
-                    s.submit(j, ts(now));
+                    let id = j.id;
+                    if s.submit(j, ts(now)).is_ok() {
+                        jobs.push(id);
+                    }
+                }
+                Op::SetQuota { tenant, cpu_m, jobs } => {
+                    let quota = Quota { resources: Resources::new(u32::from(cpu_m), 1 << 20, 0), max_concurrent_jobs: u32::from(jobs), max_queued_jobs: 1000 };
+                    let version = s.policy(&tid(&format!("t{tenant}"))).version + 1;
+                    s.set_tenant(&tid(&format!("t{tenant}")), TenantPolicy { quota, version, ..TenantPolicy::default() }, ts(now));
                 }
                 Op::AddWorker { slots, cpu_m } => workers.push(connected_worker(&mut s, &mut ids, u32::from(slots), u32::from(cpu_m), now)),
                 Op::Schedule => {
@@ -423,7 +460,7 @@ proptest! {
         let w = connected_worker(&mut s, &mut ids, slots, 100_000, 0);
         for i in 0..n {
             let j = job(&mut ids, &format!("t{}", i as u8 % tenants), 1, 0, i as i64);
-            s.submit(j, ts(i as i64));
+            s.submit(j, ts(i as i64)).unwrap();
         }
         let mut done = 0;
         for round in 0..=n {
@@ -435,5 +472,236 @@ proptest! {
             }
         }
         prop_assert_eq!(done, n);
+    }
+}
+
+fn tid(s: &str) -> TenantId {
+    TenantId::parse(s).unwrap()
+}
+
+fn set_quota(s: &mut Scheduler, tenant: &str, weight: u32, cpu_m: u32, jobs: u32, now: i64) {
+    let quota = Quota { resources: Resources::new(cpu_m, 1 << 20, 0), max_concurrent_jobs: jobs, max_queued_jobs: 100_000 };
+    let version = s.policy(&tid(tenant)).version + 1;
+    s.set_tenant(&tid(tenant), TenantPolicy { weight, quota, version, ..TenantPolicy::default() }, ts(now));
+}
+
+/// Runs rounds of "schedule, then every placed job ends"; counts dispatches per tenant.
+fn run_rounds(s: &mut Scheduler, ids: &mut Ids, rounds: i64) -> HashMap<TenantId, usize> {
+    let mut got: HashMap<TenantId, usize> = HashMap::new();
+    for r in 0..rounds {
+        let now = 1_000 + r * 1000;
+        for (w, a, j) in schedule(s, ids, now) {
+            *got.entry(s.job(&j).unwrap().tenant.clone()).or_default() += 1;
+            let r = AttemptResult { finished_at: ts(now + 500), ..result(Outcome::Succeeded, 0, now) };
+            s.finish(a, w, r, ts(now + 500)).unwrap();
+        }
+        let _ = s.take_changes();
+    }
+    got
+}
+
+#[test]
+fn weights_one_and_three_share_a_saturated_pool_25_75() {
+    let (mut s, mut ids) = (Scheduler::new(SchedConfig::default()), Ids(0));
+    set_quota(&mut s, "a", 1, 1_000_000, 1000, 0);
+    set_quota(&mut s, "b", 3, 1_000_000, 1000, 0);
+    connected_worker(&mut s, &mut ids, 4, 100_000, 0);
+    for i in 0..2000 {
+        s.submit(job(&mut ids, "a", 100, 0, i), ts(i)).unwrap();
+        s.submit(job(&mut ids, "b", 100, 0, i), ts(i)).unwrap();
+    }
+    let got = run_rounds(&mut s, &mut ids, 100);
+    assert_eq!(got[&tid("a")] + got[&tid("b")], 400);
+    assert!((95..=105).contains(&got[&tid("a")]), "{got:?}");
+}
+
+#[test]
+fn many_small_jobs_do_not_buy_a_larger_share() {
+    // b asks for 5× smaller jobs: per dispatch it is charged 5× less, so it gets ~5× the
+    // dispatches but the same share of cpu.
+    let (mut s, mut ids) = (Scheduler::new(SchedConfig::default()), Ids(0));
+    set_quota(&mut s, "a", 2, 1_000_000, 1000, 0);
+    set_quota(&mut s, "b", 2, 1_000_000, 1000, 0);
+    connected_worker(&mut s, &mut ids, 20, 1000, 0);
+    for i in 0..3000 {
+        for (t, cpu) in [("a", 250), ("b", 50)] {
+            let mut j = job(&mut ids, t, cpu, 0, i);
+            j.spec.expected_duration = Some(Duration::from_millis(500));
+            s.submit(j, ts(i)).unwrap();
+        }
+    }
+    let got = run_rounds(&mut s, &mut ids, 200);
+    let (a_cpu, b_cpu) = (got[&tid("a")] * 250, got[&tid("b")] * 50);
+    let share = a_cpu as f64 / (a_cpu + b_cpu) as f64;
+    assert!((0.45..=0.55).contains(&share), "a's cpu share {share}: {got:?}");
+}
+
+#[test]
+fn max_concurrent_jobs_is_never_exceeded_and_frees_on_completion() {
+    let (mut s, mut ids) = (Scheduler::new(SchedConfig::default()), Ids(0));
+    set_quota(&mut s, "a", 2, 1_000_000, 2, 0);
+    let w = connected_worker(&mut s, &mut ids, 10, 100_000, 0);
+    for i in 0..5 {
+        s.submit(job(&mut ids, "a", 1, 0, i), ts(i)).unwrap();
+    }
+    let first = schedule(&mut s, &mut ids, 10);
+    assert_eq!(first.len(), 2);
+    assert_eq!(schedule(&mut s, &mut ids, 11).len(), 0);
+    s.finish(first[0].1, w, result(Outcome::Succeeded, 0, 12), ts(12)).unwrap();
+    assert_eq!(schedule(&mut s, &mut ids, 13).len(), 1);
+}
+
+#[test]
+fn a_tenant_at_its_quota_does_not_block_others() {
+    let (mut s, mut ids) = (Scheduler::new(SchedConfig::default()), Ids(0));
+    set_quota(&mut s, "a", 5, 1_000_000, 1, 0);
+    set_quota(&mut s, "b", 1, 1_000_000, 100, 0);
+    connected_worker(&mut s, &mut ids, 4, 100_000, 0);
+    for i in 0..10 {
+        s.submit(job(&mut ids, "a", 1, 0, i), ts(i)).unwrap();
+        s.submit(job(&mut ids, "b", 1, 0, i), ts(i)).unwrap();
+    }
+    let placed = schedule(&mut s, &mut ids, 20);
+    assert_eq!(placed.len(), 4);
+    let a = placed.iter().filter(|(_, _, j)| s.job(j).unwrap().tenant == tid("a")).count();
+    assert_eq!(a, 1);
+}
+
+#[test]
+fn soft_mode_holds_a_job_over_the_ceiling_until_the_quota_grows() {
+    let cfg = SchedConfig { quota_rules: QuotaRules { strict: false, ..QuotaRules::default() }, ..SchedConfig::default() };
+    let (mut s, mut ids) = (Scheduler::new(cfg), Ids(0));
+    set_quota(&mut s, "a", 2, 1000, 10, 0);
+    connected_worker(&mut s, &mut ids, 4, 100_000, 0);
+    let big = job(&mut ids, "a", 2000, 0, 0);
+    let id = big.id;
+    assert!(matches!(s.submit(big, ts(0)), Ok(Admission::HeldCeiling(_))));
+    assert_eq!(s.job(&id).unwrap().state, JobState::Held);
+    let why = s.explain(id, ts(1), Duration::from_secs(3600)).unwrap();
+    assert_eq!(why.blockers[0].code, "quota_ceiling");
+    assert_eq!(why.blockers[0].details["ceiling"], 1000);
+    set_quota(&mut s, "a", 2, 4000, 10, 2);
+    assert_eq!(s.job(&id).unwrap().state, JobState::Pending);
+    assert_eq!(schedule(&mut s, &mut ids, 3).len(), 1);
+}
+
+#[test]
+fn strict_mode_rejects_a_job_over_the_ceiling_and_stores_nothing() {
+    let (mut s, mut ids) = (Scheduler::new(SchedConfig::default()), Ids(0));
+    set_quota(&mut s, "a", 2, 1000, 10, 0);
+    let e = s.submit(job(&mut ids, "a", 2000, 0, 0), ts(0)).unwrap_err();
+    assert!(!e.retryable);
+    assert_eq!((e.breach.limit, e.breach.ceiling, e.breach.requested), (Limit::CpuM, 1000, 2000));
+    assert!(s.take_changes().is_empty());
+}
+
+#[test]
+fn an_atomic_batch_over_max_queued_jobs_admits_nothing() {
+    let (mut s, mut ids) = (Scheduler::new(SchedConfig::default()), Ids(0));
+    let quota = Quota { max_queued_jobs: 3, ..Quota::DEFAULT };
+    s.set_tenant(&tid("a"), TenantPolicy { quota, version: 1, ..TenantPolicy::default() }, ts(0));
+    let batch: Vec<Job> = (0..4).map(|i| job(&mut ids, "a", 1, 0, i)).collect();
+    let r = s.submit_all(batch.clone(), true, ts(0));
+    assert!(r[3].is_err() && r[..3].iter().all(Result::is_ok));
+    assert!(s.take_changes().is_empty());
+    let r = s.submit_all(batch, false, ts(0));
+    assert_eq!(r.iter().filter(|r| r.is_ok()).count(), 3);
+    assert_eq!(s.usage(&tid("a")).queued_jobs, 3);
+}
+
+#[test]
+fn a_suspended_tenant_has_its_pending_jobs_held_and_released() {
+    let (mut s, mut ids) = (Scheduler::new(SchedConfig::default()), Ids(0));
+    let j = job(&mut ids, "a", 1, 0, 0);
+    let id = j.id;
+    s.submit(j, ts(0)).unwrap();
+    s.set_tenant(&tid("a"), TenantPolicy { suspended: true, version: 1, ..TenantPolicy::default() }, ts(1));
+    assert_eq!(s.job(&id).unwrap().state_reason.as_deref(), Some("tenant_suspended"));
+    s.set_tenant(&tid("a"), TenantPolicy { version: 2, ..TenantPolicy::default() }, ts(2));
+    assert_eq!(s.job(&id).unwrap().state, JobState::Pending);
+    // An older copy of the tenant never overwrites a newer one.
+    s.set_tenant(&tid("a"), TenantPolicy { suspended: true, version: 1, ..TenantPolicy::default() }, ts(3));
+    assert_eq!(s.job(&id).unwrap().state, JobState::Pending);
+}
+
+#[test]
+fn explain_names_the_blockers_and_the_eta_follows_expected_durations() {
+    let (mut s, mut ids) = (Scheduler::new(SchedConfig::default()), Ids(0));
+    set_quota(&mut s, "a", 2, 1_000_000, 100, 0);
+    let w = connected_worker(&mut s, &mut ids, 1, 100_000, 0);
+    let mut jobs = vec![];
+    for i in 0..3 {
+        let mut j = job(&mut ids, "a", 1, 0, i);
+        j.spec.expected_duration = Some(Duration::from_secs(10));
+        jobs.push(j.id);
+        s.submit(j, ts(i)).unwrap();
+    }
+    let placed = schedule(&mut s, &mut ids, 100);
+    s.accepted(placed[0].1, w, ts(100), ts(100)).unwrap();
+    let _ = s.take_changes();
+    let why = s.explain(jobs[2], ts(1_100), Duration::from_secs(3600)).unwrap();
+    let codes: Vec<_> = why.blockers.iter().map(|b| b.code).collect();
+    assert_eq!(codes, ["no_capacity", "lower_priority"]);
+    assert_eq!(why.position_in_tenant, Some(1));
+    // The running job ends at 10 100, the next one at 20 100: then this one starts.
+    assert_eq!(why.estimated_start_at, Some(ts(20_100)));
+    assert_eq!(why.global_position, Some(1));
+    assert!(why.candidate_pools[0].eligible);
+    // Explaining changes nothing.
+    assert!(s.take_changes().is_empty());
+}
+
+#[test]
+fn explain_reports_quota_and_fair_share() {
+    let (mut s, mut ids) = (Scheduler::new(SchedConfig::default()), Ids(0));
+    set_quota(&mut s, "a", 2, 1_000_000, 1, 0);
+    set_quota(&mut s, "b", 2, 1_000_000, 100, 0);
+    connected_worker(&mut s, &mut ids, 1, 100_000, 0);
+    let a1 = job(&mut ids, "a", 1, 0, 0);
+    let a2 = job(&mut ids, "a", 1, 0, 1);
+    let a2_id = a2.id;
+    s.submit(a1, ts(0)).unwrap();
+    s.submit(a2, ts(1)).unwrap();
+    schedule(&mut s, &mut ids, 2);
+    let why = s.explain(a2_id, ts(3), Duration::from_secs(3600)).unwrap();
+    assert_eq!(why.blockers[0].code, "max_concurrent_jobs");
+    assert_eq!(why.blockers[0].details["ceiling"], 1);
+    let b1 = job(&mut ids, "b", 1, 0, 5);
+    let b2 = job(&mut ids, "b", 1, 0, 6);
+    let b2_id = b2.id;
+    s.submit(b1, ts(5)).unwrap();
+    s.submit(b2, ts(6)).unwrap();
+    let why = s.explain(b2_id, ts(7), Duration::from_secs(3600)).unwrap();
+    assert!(why.fair_share.is_some());
+    assert!(why.blockers.iter().any(|b| b.code == "no_capacity"), "{why:?}");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Equal-sized jobs of one tenant and priority class are dispatched in submit order.
+    #[test]
+    fn order_within_a_tenant_and_class_is_preserved(subs in proptest::collection::vec((0u8..3, 0usize..5), 1..150), slots in 1u32..6) {
+        let (mut s, mut ids) = (Scheduler::new(SchedConfig::default()), Ids(0));
+        for t in 0..3 {
+            set_quota(&mut s, &format!("t{t}"), 1 + t as u32, 1_000_000, 3, 0);
+        }
+        let w = connected_worker(&mut s, &mut ids, slots, 100_000, 0);
+        let mut submitted: HashMap<(TenantId, Priority), Vec<JobId>> = HashMap::new();
+        for (i, (t, p)) in subs.iter().enumerate() {
+            let mut j = job(&mut ids, &format!("t{t}"), 1, 0, i as i64);
+            j.spec.priority = crate::job::Priority::ALL[*p];
+            submitted.entry((j.tenant.clone(), j.spec.priority)).or_default().push(j.id);
+            s.submit(j, ts(i as i64)).unwrap();
+        }
+        let mut dispatched: HashMap<(TenantId, Priority), Vec<JobId>> = HashMap::new();
+        for round in 0..=subs.len() as i64 {
+            for (_, a, j) in schedule(&mut s, &mut ids, 1000 + round) {
+                let job = s.job(&j).unwrap();
+                dispatched.entry((job.tenant.clone(), job.spec.priority)).or_default().push(j);
+                s.finish(a, w, result(Outcome::Succeeded, 0, 1000 + round), ts(1000 + round)).unwrap();
+            }
+        }
+        prop_assert_eq!(dispatched, submitted);
     }
 }

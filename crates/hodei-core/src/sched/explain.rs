@@ -1,0 +1,244 @@
+//! "Why is my job not running, and when will it?" (SPEC §4.4 `explain`, ETA).
+//!
+//! Reasons are read off the same state and the same checks that dispatch uses. The ETA runs
+//! the scheduler forward on a copy of its state with expected durations and no arrivals.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use super::{Outcome, Scheduler, key_of};
+use crate::ids::{AttemptId, JobId, PoolId};
+use crate::job::{Job, JobState};
+use crate::queue::FlowStatus;
+use crate::quota::{self, Breach};
+use crate::sched::AttemptResult;
+use crate::time::Timestamp;
+
+/// Most simulated job ends for one estimate.
+const MAX_SIM_EVENTS: usize = 200_000;
+/// Above this many live jobs the copy an estimate needs is too large; no ETA is given.
+pub const MAX_SIM_JOBS: usize = 250_000;
+
+/// One reason a job is not running (SPEC §4.4 blocking reasons).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Blocker {
+    pub code: &'static str,
+    pub message: String,
+    /// Numbers behind it (quota figures, counts, tags).
+    pub details: BTreeMap<&'static str, u128>,
+}
+
+impl Blocker {
+    fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Blocker { code, message: message.into(), details: BTreeMap::new() }
+    }
+
+    fn with(mut self, key: &'static str, v: impl Into<u128>) -> Self {
+        self.details.insert(key, v.into());
+        self
+    }
+
+    fn quota(code: &'static str, b: &Breach) -> Self {
+        Blocker::new(code, format!("tenant at its quota — {b}"))
+            .with("quota", b.quota)
+            .with("ceiling", b.ceiling)
+            .with("usage", b.usage)
+            .with("requested", b.requested)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CandidatePool {
+    pub pool_id: PoolId,
+    pub eligible: bool,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Explanation {
+    pub state: JobState,
+    pub blockers: Vec<Blocker>,
+    /// 0-based place in its tenant's queue (pending jobs).
+    pub position_in_tenant: Option<usize>,
+    /// Dispatches before it in the forward run (pending jobs with an ETA).
+    pub global_position: Option<usize>,
+    pub fair_share: Option<FlowStatus>,
+    pub candidate_pools: Vec<CandidatePool>,
+    pub estimated_start_at: Option<Timestamp>,
+}
+
+impl Scheduler {
+    /// Explains a live job; `None` when the scheduler does not hold it (ended or unknown).
+    pub fn explain(&self, id: JobId, now: Timestamp, horizon: Duration) -> Option<Explanation> {
+        let job = self.jobs.get(&id)?;
+        let mut blockers = Vec::new();
+        let mut position_in_tenant = None;
+        let mut fair_share = None;
+        match job.state {
+            JobState::Pending => {
+                self.pending_blockers(job, now, &mut blockers);
+                position_in_tenant = self.queue.position_in_tenant(&job.tenant, &key_of(job));
+                fair_share = self.queue.status(&job.tenant);
+            }
+            JobState::Held => blockers.push(self.hold_blocker(job, now)),
+            JobState::Failed if job.next_retry_at.is_some() => {
+                let at = job.next_retry_at.unwrap_or(now);
+                blockers.push(Blocker::new("retry_backoff", format!("retrying after a failure in {} ms", at.as_millis() - now.as_millis())));
+            }
+            _ => {}
+        }
+        let (estimated_start_at, global_position) = match job.state {
+            JobState::Scheduled | JobState::Running => (job.scheduled_at, Some(0)),
+            JobState::Pending | JobState::Failed if self.jobs.len() <= MAX_SIM_JOBS => self.estimate_start(id, now, horizon).unzip(),
+            _ => (None, None),
+        };
+        Some(Explanation {
+            state: job.state,
+            blockers,
+            position_in_tenant,
+            global_position,
+            fair_share,
+            candidate_pools: self.candidate_pools(job),
+            estimated_start_at,
+        })
+    }
+
+    fn hold_blocker(&self, job: &Job, now: Timestamp) -> Blocker {
+        match job.state_reason.as_deref() {
+            Some("quota_ceiling") => {
+                let p = self.policy(&job.tenant);
+                let b = quota::may_dispatch(p, &self.cfg.quota_rules, &Default::default(), &job.resources(), now).err();
+                match b {
+                    Some(b) => Blocker::quota("quota_ceiling", &b),
+                    None => Blocker::new("quota_ceiling", "held until the tenant's quota or a burst session fits it"),
+                }
+            }
+            Some("tenant_suspended") => Blocker::new("tenant_suspended", "the tenant is suspended"),
+            Some(r @ ("dependency_pending" | "budget_exhausted")) => {
+                Blocker::new(if r == "budget_exhausted" { "budget_exhausted" } else { "dependency_pending" }, r)
+            }
+            _ => Blocker::new("user_hold", "held by a user; release it to queue it"),
+        }
+    }
+
+    fn pending_blockers(&self, job: &Job, now: Timestamp, out: &mut Vec<Blocker>) {
+        let req = job.resources();
+        let policy = self.policy(&job.tenant);
+        let usage = self.usage(&job.tenant);
+        if let Err(b) = quota::may_dispatch(policy, &self.cfg.quota_rules, &usage, &req, now) {
+            out.push(Blocker::quota(b.limit.blocking_code(), &b));
+        }
+        let matching = |w: &&crate::worker::Worker| job.spec.pool_selector.as_ref().is_none_or(|p| *p == w.pool_id) && w.state.is_live();
+        if !self.workers.values().filter(matching).any(|w| w.could_ever_take(&req)) {
+            out.push(Blocker::new("no_matching_pool", format!("no live worker is large enough for {req}")));
+        } else if !self.workers.values().filter(matching).any(|w| w.can_take(&req)) {
+            out.push(Blocker::new("no_capacity", format!("every worker that could run it is full ({req} needed)")));
+        }
+        if let Some(st) = self.queue.status(&job.tenant)
+            && st.tenants_ahead > 0
+        {
+            out.push(
+                Blocker::new("fair_share", format!("{} tenants ahead with lower virtual time", st.tenants_ahead))
+                    .with("tenants_ahead", st.tenants_ahead as u128)
+                    .with("start_tag", st.start_tag)
+                    .with("virtual_time", self.queue.virtual_time()),
+            );
+        }
+        if let Some(pos) = self.queue.position_in_tenant(&job.tenant, &key_of(job))
+            && pos > 0
+        {
+            out.push(Blocker::new("lower_priority", format!("{pos} jobs of the same tenant go first")).with("jobs_ahead", pos as u128));
+        }
+    }
+
+    fn candidate_pools(&self, job: &Job) -> Vec<CandidatePool> {
+        let req = job.resources();
+        let mut pools: BTreeMap<&PoolId, (bool, bool)> = BTreeMap::new();
+        for w in self.workers.values().filter(|w| w.state.is_live()) {
+            let e = pools.entry(&w.pool_id).or_default();
+            e.0 |= w.could_ever_take(&req);
+            e.1 |= w.can_take(&req);
+        }
+        pools
+            .into_iter()
+            .map(|(p, (ever, now))| {
+                let selected = job.spec.pool_selector.as_ref().is_none_or(|s| s == p);
+                let (eligible, reason) = match (selected, ever, now) {
+                    (false, _, _) => (false, "not the pool the job selects".to_owned()),
+                    (true, false, _) => (false, format!("no worker of this pool is large enough for {req}")),
+                    (true, true, true) => (true, "a worker has room now".to_owned()),
+                    (true, true, false) => (true, "workers are large enough but full".to_owned()),
+                };
+                CandidatePool { pool_id: p.clone(), eligible, reason }
+            })
+            .collect()
+    }
+
+    /// When the job would start if every running job took its expected duration and nothing
+    /// else arrived, within `horizon`; and how many dispatches come before it.
+    pub fn estimate_start(&self, id: JobId, now: Timestamp, horizon: Duration) -> Option<(Timestamp, usize)> {
+        let mut sim = self.clone();
+        let _ = sim.take_changes();
+        let end = now.saturating_add(horizon);
+        let mut n: u128 = 0;
+        let mut mint = || {
+            n += 1;
+            AttemptId::from_uuid(Uuid::from_u128(n))
+        };
+        // Running attempts by expected end.
+        let mut ends: BTreeSet<(Timestamp, AttemptId)> = BTreeSet::new();
+        let expected_end = |sim: &Scheduler, a: &crate::job::Attempt, t: Timestamp| {
+            let started = a.started_at.unwrap_or(a.assigned_at);
+            match sim.jobs.get(&a.job_id) {
+                Some(j) if j.current_attempt == Some(a.id) => started.saturating_add(sim.expected_duration(j)).max(t),
+                _ => t,
+            }
+        };
+        for a in sim.attempts.values() {
+            ends.insert((expected_end(&sim, a, now), a.id));
+        }
+        let mut t = now;
+        let mut dispatched = 0usize;
+        for _ in 0..MAX_SIM_EVENTS {
+            if sim.jobs.get(&id)?.state == JobState::Failed {
+                let at = sim.jobs.get(&id)?.next_retry_at?;
+                if ends.first().is_none_or(|(e, _)| *e >= at) {
+                    t = t.max(at);
+                    sim.tick(t);
+                }
+            }
+            sim.schedule(t, &mut mint);
+            let changes = sim.take_changes();
+            for a in changes.attempts.iter().filter(|a| a.state == crate::job::AttemptState::Assigned) {
+                if a.job_id == id {
+                    return Some((t, dispatched));
+                }
+                dispatched += 1;
+                ends.insert((expected_end(&sim, a, t), a.id));
+            }
+            let (at, aid) = ends.pop_first()?;
+            if at > end {
+                return None;
+            }
+            t = at;
+            let Some(a) = sim.attempts.get(&aid) else { continue };
+            let (worker, started) = (a.worker_id, a.started_at.unwrap_or(a.assigned_at));
+            let r = AttemptResult {
+                outcome: Outcome::Succeeded,
+                exit_code: Some(0),
+                signal: None,
+                failure_reason: None,
+                started_at: started,
+                finished_at: t,
+                cpu_time_ms: 0,
+                max_rss_mb: 0,
+                log_bytes: 0,
+                log_truncated: false,
+            };
+            let _ = sim.finish(aid, worker, r, t);
+        }
+        None
+    }
+}
