@@ -633,3 +633,32 @@ pub struct QueuedJobView {
     pub position: usize,
     pub priority: String,
 }
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProblemItem {
+    pub code: String,
+    pub message: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CostEstimate {
+    /// At the expected duration.
+    pub expected: i64,
+    /// At the timeout.
+    pub max: i64,
+}
+
+/// `POST /jobs?dry_run=true`: what would happen, with nothing stored.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DryRunView {
+    pub admissible: bool,
+    pub would_be_state: Option<String>,
+    /// Why it would not be admitted.
+    pub problems: Vec<ProblemItem>,
+    /// Why it would wait once admitted.
+    pub blocking_reasons: Vec<BlockerView>,
+    pub candidate_pools: Vec<CandidatePoolView>,
+    pub estimated_start_at: Option<String>,
+    pub estimated_cost_micros: CostEstimate,
+    pub warnings: Vec<String>,
+}

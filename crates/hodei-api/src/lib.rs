@@ -122,6 +122,8 @@ pub struct ApiConfig {
     pub default_quota: Quota,
     /// How far ahead `explain` runs the scheduler for an ETA (`scheduler.eta_horizon_ms`).
     pub eta_horizon: std::time::Duration,
+    /// Default cost rates (`cost_tracking.hourly_rate_*`), for estimates.
+    pub rates: hodei_core::cost::Rates,
     /// Bearer token required on `/api/v1`; `None` turns auth off (loopback only).
     pub admin_token: Option<String>,
     pub version: String,

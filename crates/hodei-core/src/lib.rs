@@ -6,6 +6,7 @@
 //! **Architecture Invariant:** no serde on domain types; the API and the store own their
 //! representations and convert by hand.
 
+pub mod cost;
 pub mod ids;
 pub mod job;
 pub mod queue;

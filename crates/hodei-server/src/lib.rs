@@ -313,6 +313,11 @@ fn api_state(cfg: &Config, p: ApiParts) -> anyhow::Result<ApiState> {
         default_tenant: TenantId::parse(&cfg.multi_tenancy.default_tenant_id)?,
         default_quota: default_quota(cfg),
         eta_horizon: Duration::from_millis(cfg.scheduler.eta_horizon_ms),
+        rates: hodei_core::cost::Rates {
+            cpu_core_hour: cfg.cost_tracking.hourly_rate_cpu.0,
+            memory_gib_hour: cfg.cost_tracking.hourly_rate_memory_gb.0,
+            gpu_hour: cfg.cost_tracking.hourly_rate_gpu.0,
+        },
         admin_token,
         version: VERSION.to_owned(),
     };

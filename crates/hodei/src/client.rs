@@ -84,6 +84,10 @@ impl Client {
         self.send(self.req(reqwest::Method::POST, path).json(body)).await
     }
 
+    pub async fn put(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        self.send(self.req(reqwest::Method::PUT, path).json(body)).await
+    }
+
     pub async fn post_empty(&self, path: &str) -> anyhow::Result<Value> {
         self.send(self.req(reqwest::Method::POST, path)).await
     }

@@ -184,6 +184,12 @@ struct SubmitArgs {
     /// Like --wait.
     #[arg(long)]
     follow: bool,
+    /// Expected run time hint (<int>ms|s|m|h|d), used for fair share and ETAs.
+    #[arg(long)]
+    expected_duration: Option<String>,
+    /// Say whether it would be admitted, where and when; store nothing.
+    #[arg(long)]
+    dry_run: bool,
     /// The command and its arguments.
     #[arg(last = true, required = true)]
     argv: Vec<String>,
@@ -225,6 +231,8 @@ enum JobsCmd {
     Wait { id: String },
     /// State transitions.
     Events { id: String },
+    /// Why the job is not running yet, and when it is expected to start.
+    Explain { id: String },
 }
 
 #[derive(Subcommand)]
@@ -246,6 +254,20 @@ enum TenantsCmd {
     },
     Delete {
         id: String,
+    },
+    /// Show a tenant's quota and usage; with any limit flag, set it.
+    Quota {
+        id: String,
+        #[arg(long)]
+        cpu_m: Option<i64>,
+        #[arg(long)]
+        memory_mb: Option<i64>,
+        #[arg(long)]
+        gpu: Option<i64>,
+        #[arg(long)]
+        max_concurrent_jobs: Option<i64>,
+        #[arg(long)]
+        max_queued_jobs: Option<i64>,
     },
 }
 
@@ -356,15 +378,16 @@ fn job_rows(items: &[Value]) -> Vec<Vec<String>> {
 async fn submit(a: SubmitArgs) -> anyhow::Result<i32> {
     let c = Client::new(&a.c.server, a.c.token.clone())?;
     let argv = if a.shell { vec!["sh".to_owned(), "-c".to_owned(), a.argv.join(" ")] } else { a.argv };
-    let timeout_ms = a
-        .timeout
-        .as_deref()
-        .map(|t| {
+    let ms = |flag: &str, v: Option<&str>| {
+        v.map(|t| {
             hodei_server::config::parse_duration(t)
                 .map(|d| d.as_millis() as i64)
-                .ok_or_else(|| client::fail_usage(&format!("--timeout {t:?}: expected <int>ms|s|m|h|d")))
+                .ok_or_else(|| client::fail_usage(&format!("{flag} {t:?}: expected <int>ms|s|m|h|d")))
         })
-        .transpose()?;
+        .transpose()
+    };
+    let timeout_ms = ms("--timeout", a.timeout.as_deref())?;
+    let expected_ms = ms("--expected-duration", a.expected_duration.as_deref())?;
     let mut body = json!({ "command": argv });
     let set = |body: &mut Value, k: &str, v: Value| {
         if !v.is_null() {
@@ -374,6 +397,7 @@ async fn submit(a: SubmitArgs) -> anyhow::Result<i32> {
     set(&mut body, "name", json!(a.name));
     set(&mut body, "tenant_id", json!(a.tenant));
     set(&mut body, "timeout_ms", json!(timeout_ms));
+    set(&mut body, "expected_duration_ms", json!(expected_ms));
     set(&mut body, "max_retries", json!(a.max_retries));
     set(&mut body, "retry_backoff_ms", json!(a.retry_backoff_ms));
     set(&mut body, "priority", json!(a.priority));
@@ -400,6 +424,23 @@ async fn submit(a: SubmitArgs) -> anyhow::Result<i32> {
     if let Some(p) = a.pool {
         body["pool_selector"] = json!({"pool": p});
     }
+    if a.dry_run {
+        let v = c.post("/jobs?dry_run=true", &body).await?;
+        if a.c.output == Output::Json {
+            print_json(&v);
+        } else {
+            println!("admissible: {}", v["admissible"]);
+            if let Some(st) = v["would_be_state"].as_str() {
+                println!("would be:   {st}");
+            }
+            for p in v["problems"].as_array().into_iter().flatten() {
+                println!("problem:    {} — {}", s(p, "code"), s(p, "message"));
+            }
+            print_explained(&v);
+            println!("cost:       {} µ$ expected, {} µ$ at the timeout", v["estimated_cost_micros"]["expected"], v["estimated_cost_micros"]["max"]);
+        }
+        return Ok(if v["admissible"].as_bool() == Some(true) { 0 } else { 1 });
+    }
     let job = c.post("/jobs", &body).await?;
     let id = s(&job, "id");
     if a.wait || a.follow {
@@ -414,6 +455,21 @@ async fn submit(a: SubmitArgs) -> anyhow::Result<i32> {
         Output::Table => println!("{id}"),
     }
     Ok(0)
+}
+
+/// Blocking reasons, candidate pools and ETA of an explain or dry-run answer.
+fn print_explained(v: &Value) {
+    for b in v["blocking_reasons"].as_array().into_iter().flatten() {
+        println!("waiting:    {} — {}", s(b, "code"), s(b, "message"));
+    }
+    for p in v["candidate_pools"].as_array().into_iter().flatten() {
+        let mark = if p["eligible"].as_bool() == Some(true) { "yes" } else { "no" };
+        println!("pool:       {} ({mark}: {})", s(p, "pool_id"), s(p, "reason"));
+    }
+    match v["estimated_start_at"].as_str() {
+        Some(t) => println!("starts:     ~{t}"),
+        None => println!("starts:     unknown (no time-bounded estimate)"),
+    }
 }
 
 async fn jobs(c: ClientOpts, cmd: JobsCmd) -> anyhow::Result<i32> {
@@ -547,6 +603,21 @@ async fn jobs(c: ClientOpts, cmd: JobsCmd) -> anyhow::Result<i32> {
                 );
             }
         }
+        JobsCmd::Explain { id } => {
+            let v = cl.get(&format!("/jobs/{id}/explain")).await?;
+            if out == Output::Json {
+                print_json(&v);
+            } else {
+                println!("state:      {}", s(&v, "state"));
+                if let Some(p) = v["position"]["in_tenant"].as_u64() {
+                    println!("position:   {p} in its tenant's queue");
+                }
+                if let Some(f) = v["fair_share"].as_object() {
+                    println!("fair share: weight {}, {} tenants ahead", f["weight"], f["tenants_ahead"]);
+                }
+                print_explained(&v);
+            }
+        }
     }
     Ok(0)
 }
@@ -586,6 +657,32 @@ async fn tenants(c: ClientOpts, cmd: Option<TenantsCmd>) -> anyhow::Result<i32> 
         }
         TenantsCmd::Delete { id } => {
             cl.delete(&format!("/tenants/{id}")).await?;
+            return Ok(0);
+        }
+        TenantsCmd::Quota { id, cpu_m, memory_mb, gpu, max_concurrent_jobs, max_queued_jobs } => {
+            let set: serde_json::Map<String, Value> =
+                [("cpu_m", cpu_m), ("memory_mb", memory_mb), ("gpu", gpu), ("max_concurrent_jobs", max_concurrent_jobs), ("max_queued_jobs", max_queued_jobs)]
+                    .into_iter()
+                    .filter_map(|(k, v)| v.map(|v| (k.to_owned(), json!(v))))
+                    .collect();
+            let path = format!("/tenants/{id}/quota");
+            let q = if set.is_empty() { cl.get(&path).await? } else { cl.put(&path, &Value::Object(set)).await? };
+            if c.output == Output::Json {
+                print_json(&q);
+            } else {
+                let u = &q["current_usage"];
+                let ce = &q["ceiling"];
+                table(
+                    &["LIMIT", "QUOTA", "CEILING", "USAGE"],
+                    vec![
+                        vec!["cpu_m".into(), s(&q, "cpu_m"), s(ce, "cpu_m"), s(u, "cpu_m")],
+                        vec!["memory_mb".into(), s(&q, "memory_mb"), s(ce, "memory_mb"), s(u, "memory_mb")],
+                        vec!["gpu".into(), s(&q, "gpu"), s(ce, "gpu"), s(u, "gpu")],
+                        vec!["concurrent jobs".into(), s(&q, "max_concurrent_jobs"), s(ce, "max_concurrent_jobs"), s(u, "active_jobs")],
+                        vec!["queued jobs".into(), s(&q, "max_queued_jobs"), s(&q, "max_queued_jobs"), s(u, "queued_jobs")],
+                    ],
+                );
+            }
             return Ok(0);
         }
     };

@@ -3,6 +3,7 @@
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use hodei_core::sched::{CancelOutcome, MAX_SIM_JOBS, apply_admission};
 use hodei_core::spec::{FieldError, JobSpec, JobSpecInput};
 use hodei_core::{Job, JobId, JobState, Priority, Tenant, TenantId, TenantStatus};
@@ -13,7 +14,7 @@ use uuid::Uuid;
 
 use super::{page_limit, parse_id};
 use crate::ApiState;
-use crate::dto::{AttemptView, BatchItem, BatchResult, BatchSubmit, EventView, ExplainView, JobSubmit, JobView, Page};
+use crate::dto::{AttemptView, BatchItem, BatchResult, BatchSubmit, CostEstimate, DryRunView, EventView, ExplainView, JobSubmit, JobView, Page, ProblemItem};
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::json::ApiJson;
 
@@ -95,14 +96,26 @@ fn count_submitted(jobs: &[Job]) {
     }
 }
 
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitQuery {
+    /// Answer "would it be admitted, where, and when" without storing anything.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
 /// Submit a job. 201 once it is durably stored; 429 `quota_exceeded` when its tenant's quota
-/// refuses it (SPEC §2.4).
-#[utoipa::path(post, path = "/jobs", request_body = JobSubmit, responses((status = 201, body = JobView), (status = 400, body = crate::error::Problem), (status = 403, body = crate::error::Problem), (status = 422, body = crate::error::Problem), (status = 429, body = crate::error::Problem)), tag = "jobs")]
-pub async fn submit_job(State(s): State<ApiState>, headers: HeaderMap, ApiJson(body): ApiJson<JobSubmit>) -> ApiResult<(StatusCode, HeaderMap, Json<JobView>)> {
+/// refuses it (SPEC §2.4). With `dry_run=true`, 200 and a [`DryRunView`]; nothing is stored.
+#[utoipa::path(post, path = "/jobs", params(SubmitQuery), request_body = JobSubmit, responses((status = 201, body = JobView), (status = 200, body = DryRunView), (status = 400, body = crate::error::Problem), (status = 403, body = crate::error::Problem), (status = 422, body = crate::error::Problem), (status = 429, body = crate::error::Problem)), tag = "jobs")]
+pub async fn submit_job(State(s): State<ApiState>, Query(q): Query<SubmitQuery>, headers: HeaderMap, ApiJson(body): ApiJson<JobSubmit>) -> ApiResult<Response> {
     let (input, tenant) = spec_input(body);
     let tenant = tenant_for(&s, tenant.as_deref(), &headers, "/tenant_id").await?;
     let spec = input.validate(&s.cfg.limits, "").map_err(ApiError::validation)?;
-    if let Some(e) = unschedulable(&s, &spec, "") {
+    let never = unschedulable(&s, &spec, "");
+    if q.dry_run {
+        return Ok(dry_run(&s, new_job(&s, &tenant, spec), never).await?.into_response());
+    }
+    if let Some(e) = never {
         return Err(unschedulable_error(e));
     }
     let mut job = new_job(&s, &tenant, spec);
@@ -120,7 +133,56 @@ pub async fn submit_job(State(s): State<ApiState>, headers: HeaderMap, ApiJson(b
     if let Ok(v) = HeaderValue::from_str(&format!("/api/v1/jobs/{}", view.id)) {
         h.insert(header::LOCATION, v);
     }
-    Ok((StatusCode::CREATED, h, Json(view)))
+    Ok((StatusCode::CREATED, h, Json(view)).into_response())
+}
+
+/// What a submit of `job` would do now: admission, state, blockers, candidate pools, ETA and
+/// cost, from a copy of the scheduler's state. Nothing is stored.
+async fn dry_run(s: &ApiState, job: Job, never: Option<FieldError>) -> ApiResult<Json<DryRunView>> {
+    let horizon = s.cfg.eta_horizon;
+    let probe = job.clone();
+    let (admission, expected, sim, now) = crate::read(s.control.as_ref(), move |sched, now| {
+        let admission = sched.admission(&probe, now);
+        let expected = sched.expected_duration(&probe);
+        let sim = (admission.is_ok() && sched.live_jobs() < MAX_SIM_JOBS).then(|| Box::new(sched.clone()));
+        (admission, expected, sim, now)
+    })
+    .await?;
+    let mut problems = Vec::new();
+    if let Some(e) = &never {
+        problems.push(ProblemItem { code: "unschedulable".into(), message: format!("{}; expected {}", e.message, e.expected) });
+    }
+    let mut admitted = job.clone();
+    match &admission {
+        Ok(a) => apply_admission(&mut admitted, a),
+        Err(r) => problems.push(ProblemItem { code: "quota_exceeded".into(), message: ApiError::from(*r).detail }),
+    }
+    let explained = match sim {
+        Some(mut sim) if never.is_none() => {
+            let (id, j) = (job.id, job.clone());
+            tokio::task::spawn_blocking(move || {
+                let _ = sim.submit(j, now);
+                sim.explain(id, now, horizon)
+            })
+            .await
+            .map_err(|e| ApiError::new(ErrorCode::Internal, format!("dry run failed: {e}")))?
+        }
+        _ => None,
+    };
+    let view = ExplainView::new(&admitted, explained.as_ref(), 0);
+    let res = &job.spec.resources;
+    let cost = |d: std::time::Duration| hodei_core::cost::cost_micros(hodei_core::cost::billed_seconds(d.as_millis() as u64), res, &s.cfg.rates);
+    let admissible = problems.is_empty();
+    Ok(Json(DryRunView {
+        admissible,
+        would_be_state: admissible.then(|| admitted.state.to_string()),
+        problems,
+        blocking_reasons: view.blocking_reasons,
+        candidate_pools: view.candidate_pools,
+        estimated_start_at: view.estimated_start_at,
+        estimated_cost_micros: CostEstimate { expected: cost(expected), max: cost(job.spec.timeout) },
+        warnings: admitted.warnings,
+    }))
 }
 
 /// Submit up to `jobs.max_batch_size` jobs in one call, in one transaction.

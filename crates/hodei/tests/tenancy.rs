@@ -1,0 +1,128 @@
+//! Black-box tests of multi-tenant scheduling: fair share, quotas, explain and ETA, through the
+//! real binary with real workers.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+/// One built-in worker with `slots` slots.
+fn one_worker(slots: &str) -> Vec<(&'static str, &str)> {
+    vec![("HODEI_RESOURCE_POOLS__BUILTIN_LOCAL__WORKERS", "1"), ("HODEI_RESOURCE_POOLS__BUILTIN_LOCAL__SLOTS", slots)]
+}
+
+async fn tenant(srv: &Server, id: &str, weight: u32, quota: Value) {
+    let (s, t) = srv.call(Method::POST, "/tenants", Some(json!({"id": id, "name": id, "weight": weight, "quota": quota}))).await;
+    assert_eq!(s, 201, "{t}");
+}
+
+async fn count(srv: &Server, tenant: &str, state: &str) -> usize {
+    let (_, page) = srv.call(Method::GET, &format!("/jobs?tenant_id={tenant}&state={state}&limit=500"), None).await;
+    page["items"].as_array().map_or(0, Vec::len)
+}
+
+fn millis(rfc3339: &str) -> i64 {
+    rfc3339.parse::<jiff::Timestamp>().unwrap().as_millisecond()
+}
+
+#[tokio::test]
+async fn weights_one_and_three_get_a_quarter_and_three_quarters_of_a_saturated_pool() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path(), &one_worker("4"), 0, None);
+    let roomy = json!({"cpu_m": 100_000, "memory_mb": 1_000_000, "max_concurrent_jobs": 100, "max_queued_jobs": 10_000});
+    tenant(&srv, "light", 1, roomy.clone()).await;
+    tenant(&srv, "heavy", 3, roomy).await;
+    // Both tenants' jobs arrive in one batch, so both are backlogged from the first dispatch.
+    let jobs: Vec<Value> = (0..800)
+        .map(|i| {
+            let t = if i % 2 == 0 { "light" } else { "heavy" };
+            json!({"command": ["sleep", "0.05"], "tenant_id": t, "resources": {"cpu_m": 100, "memory_mb": 16}, "expected_duration_ms": 50})
+        })
+        .collect();
+    let (s, r) = srv.call(Method::POST, "/jobs/batch", Some(json!({"jobs": jobs}))).await;
+    assert_eq!(s, 201, "{r}");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (light, heavy) = loop {
+        let (l, h) = (count(&srv, "light", "succeeded").await, count(&srv, "heavy", "succeeded").await);
+        if l + h >= 240 {
+            break (l, h);
+        }
+        assert!(Instant::now() < deadline, "only {l} + {h} jobs done");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let share = light as f64 / (light + heavy) as f64;
+    eprintln!("completed work: light {light}, heavy {heavy} → light's share {share:.3} (target 0.25 ± 0.05)");
+    assert!((0.20..=0.30).contains(&share), "light got {share:.3} of the completed work");
+    assert!(heavy < 400, "heavy was still backlogged when measured");
+}
+
+#[tokio::test]
+async fn strict_quota_refuses_and_soft_quota_holds_until_the_quota_grows() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path(), &[], 0, None);
+    assert!(srv.cli(&["tenants", "create", "small", "--id", "small"]).status.success());
+    assert!(srv.cli(&["tenants", "quota", "small", "--memory-mb", "100"]).status.success());
+    let out = srv.cli(&["submit", "--tenant", "small", "--memory-mb", "200", "--", "true"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(err.contains("quota_exceeded") && err.contains("memory_mb"), "{err}");
+    // The dry run says so too, without storing anything.
+    let out = srv.cli(&["submit", "--dry-run", "--tenant", "small", "--memory-mb", "200", "--", "true"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("admissible: false"));
+    assert_eq!(count(&srv, "small", "pending,held,succeeded").await, 0);
+    drop(srv);
+
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path(), &[("HODEI_MULTI_TENANCY__QUOTA_ENFORCEMENT__STRICT_MODE", "false")], 0, None);
+    assert!(srv.cli(&["tenants", "create", "small", "--id", "small"]).status.success());
+    assert!(srv.cli(&["tenants", "quota", "small", "--memory-mb", "100"]).status.success());
+    let job = srv.submit(json!({"command": ["true"], "tenant_id": "small", "resources": {"memory_mb": 200}})).await;
+    let id = job["id"].as_str().unwrap();
+    assert_eq!((job["state"].as_str(), job["state_reason"].as_str()), (Some("held"), Some("quota_ceiling")));
+    let out = srv.cli(&["jobs", "explain", id]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("quota_ceiling") && text.contains("ceiling 100"), "{text}");
+    assert!(srv.cli(&["tenants", "quota", "small", "--memory-mb", "1000"]).status.success());
+    assert_eq!(srv.wait_ended(id, 30).await["state"], "succeeded");
+}
+
+#[tokio::test]
+async fn a_tenant_at_max_concurrent_jobs_waits_and_explain_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path(), &one_worker("4"), 0, None);
+    tenant(&srv, "one", 2, json!({"max_concurrent_jobs": 1})).await;
+    let first = srv.submit(json!({"command": ["sleep", "30"], "tenant_id": "one"})).await;
+    let second = srv.submit(json!({"command": ["true"], "tenant_id": "one"})).await;
+    let first = first["id"].as_str().unwrap();
+    let second = second["id"].as_str().unwrap();
+    srv.wait_for(first, 20, |s| s == "running").await;
+    let (_, e) = srv.call(Method::GET, &format!("/jobs/{second}/explain"), None).await;
+    assert_eq!(e["state"], "pending");
+    assert_eq!(e["blocking_reasons"][0]["code"], "max_concurrent_jobs", "{e}");
+    let (_, q) = srv.call(Method::GET, "/tenants/one/quota", None).await;
+    assert_eq!((q["current_usage"]["active_jobs"].as_u64(), q["utilization"]["jobs"].as_f64()), (Some(1), Some(1.0)));
+    srv.call(Method::POST, &format!("/jobs/{first}/cancel"), None).await;
+    assert_eq!(srv.wait_ended(second, 30).await["state"], "succeeded");
+}
+
+#[tokio::test]
+async fn the_eta_of_a_queued_job_matches_its_real_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path(), &one_worker("1"), 0, None);
+    let a = srv.submit(json!({"command": ["sleep", "1.5"], "expected_duration_ms": 1500})).await;
+    let a = a["id"].as_str().unwrap();
+    srv.wait_for(a, 20, |s| s == "running").await;
+    let b = srv.submit(json!({"command": ["true"], "expected_duration_ms": 100})).await;
+    let b = b["id"].as_str().unwrap();
+    let (_, e) = srv.call(Method::GET, &format!("/jobs/{b}/explain"), None).await;
+    assert_eq!(e["blocking_reasons"][0]["code"], "no_capacity", "{e}");
+    let eta = millis(e["estimated_start_at"].as_str().expect("an ETA"));
+    let done = srv.wait_ended(b, 30).await;
+    let started = millis(done["started_at"].as_str().unwrap());
+    let error_ms = started - eta;
+    eprintln!("ETA error: real start − ETA = {error_ms} ms");
+    assert!(error_ms.abs() < 1000, "ETA off by {error_ms} ms");
+}
