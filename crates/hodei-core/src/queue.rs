@@ -27,11 +27,13 @@ pub struct JobKey {
     pub id: JobId,
 }
 
-/// Position of a backlogged tenant in the ready order.
-type ReadyKey = (u128, Reverse<u32>, Timestamp, TenantId);
+/// Position of a backlogged tenant in the ready order (the last field is its flow index:
+/// tenants are interned, so reordering allocates nothing).
+type ReadyKey = (u128, Reverse<u32>, Timestamp, u32);
 
 #[derive(Debug, Clone)]
 struct Flow {
+    tenant: TenantId,
     jobs: BTreeSet<JobKey>,
     start: u128,
     finish: u128,
@@ -42,8 +44,8 @@ struct Flow {
 }
 
 impl Flow {
-    fn new(weight: u32) -> Self {
-        Flow { jobs: BTreeSet::new(), start: 0, finish: 0, weight: weight.max(1), parked: false, ready: None }
+    fn new(tenant: TenantId, weight: u32) -> Self {
+        Flow { tenant, jobs: BTreeSet::new(), start: 0, finish: 0, weight: weight.max(1), parked: false, ready: None }
     }
 }
 
@@ -61,7 +63,8 @@ pub struct FlowStatus {
 
 #[derive(Default, Debug, Clone)]
 pub struct Queue {
-    flows: HashMap<TenantId, Flow>,
+    index: HashMap<TenantId, u32>,
+    flows: Vec<Flow>,
     ready: BTreeSet<ReadyKey>,
     virtual_time: u128,
     len: usize,
@@ -81,8 +84,27 @@ impl Queue {
         self.virtual_time
     }
 
+    fn idx(&mut self, tenant: &TenantId) -> u32 {
+        if let Some(&i) = self.index.get(tenant) {
+            return i;
+        }
+        let i = self.flows.len() as u32;
+        self.flows.push(Flow::new(tenant.clone(), 1));
+        self.index.insert(tenant.clone(), i);
+        i
+    }
+
     fn flow(&mut self, tenant: &TenantId) -> &mut Flow {
-        self.flows.entry(tenant.clone()).or_insert_with(|| Flow::new(1))
+        let i = self.idx(tenant);
+        &mut self.flows[i as usize]
+    }
+
+    fn get(&self, tenant: &TenantId) -> Option<&Flow> {
+        self.index.get(tenant).map(|&i| &self.flows[i as usize])
+    }
+
+    fn get_mut(&mut self, tenant: &TenantId) -> Option<&mut Flow> {
+        self.index.get(tenant).map(|&i| &mut self.flows[i as usize])
     }
 
     /// Sets a tenant's weight (effective weight × budget factor, ≥ 1).
@@ -93,7 +115,8 @@ impl Queue {
 
     /// Puts the tenant's entry in the ready order where its tags say, or takes it out.
     fn reindex(&mut self, tenant: &TenantId) {
-        let Some(f) = self.flows.get_mut(tenant) else { return };
+        let Some(&i) = self.index.get(tenant) else { return };
+        let f = &mut self.flows[i as usize];
         if let Some(k) = f.ready.take() {
             self.ready.remove(&k);
         }
@@ -101,8 +124,8 @@ impl Queue {
             return;
         }
         if let Some(head) = f.jobs.first() {
-            let k = (f.start, Reverse(f.weight), head.submitted_at, tenant.clone());
-            self.ready.insert(k.clone());
+            let k = (f.start, Reverse(f.weight), head.submitted_at, i);
+            self.ready.insert(k);
             f.ready = Some(k);
         }
     }
@@ -125,7 +148,7 @@ impl Queue {
     }
 
     pub fn remove(&mut self, tenant: &TenantId, key: &JobKey) -> bool {
-        let Some(f) = self.flows.get_mut(tenant) else { return false };
+        let Some(f) = self.get_mut(tenant) else { return false };
         let was_head = f.jobs.first() == Some(key);
         if !f.jobs.remove(key) {
             return false;
@@ -139,17 +162,17 @@ impl Queue {
 
     /// Backlogged tenants that are not parked, in the order they are offered the next dispatch.
     pub fn tenants_in_turn(&self) -> impl Iterator<Item = &TenantId> {
-        self.ready.iter().map(|k| &k.3)
+        self.ready.iter().map(|k| &self.flows[k.3 as usize].tenant)
     }
 
     /// A tenant's first `limit` jobs in dispatch order.
     pub fn next_candidates<'a>(&'a self, tenant: &TenantId, limit: usize) -> impl Iterator<Item = &'a JobKey> + 'a {
-        self.flows.get(tenant).into_iter().flat_map(move |f| f.jobs.iter().take(limit))
+        self.get(tenant).into_iter().flat_map(move |f| f.jobs.iter().take(limit))
     }
 
     /// A tenant's queued jobs in dispatch order.
     pub fn jobs_of<'a>(&'a self, tenant: &TenantId) -> impl Iterator<Item = &'a JobKey> + 'a {
-        self.flows.get(tenant).into_iter().flat_map(|f| f.jobs.iter())
+        self.get(tenant).into_iter().flat_map(|f| f.jobs.iter())
     }
 
     /// Charges the tenant for a job just dispatched from its queue; `cost` is in
@@ -176,7 +199,7 @@ impl Queue {
     /// Puts a parked tenant back, starting no earlier than the virtual time now.
     pub fn unpark(&mut self, tenant: &TenantId) {
         let v = self.virtual_time;
-        let Some(f) = self.flows.get_mut(tenant) else { return };
+        let Some(f) = self.get_mut(tenant) else { return };
         if f.parked {
             f.parked = false;
             f.start = f.start.max(v);
@@ -185,19 +208,19 @@ impl Queue {
     }
 
     pub fn is_parked(&self, tenant: &TenantId) -> bool {
-        self.flows.get(tenant).is_some_and(|f| f.parked)
+        self.get(tenant).is_some_and(|f| f.parked)
     }
 
     /// Position of a job in its tenant's queue (0-based) — O(n) in the tenant's backlog.
     pub fn position_in_tenant(&self, tenant: &TenantId, key: &JobKey) -> Option<usize> {
-        let f = self.flows.get(tenant)?;
+        let f = self.get(tenant)?;
         f.jobs.contains(key).then(|| f.jobs.range(..key.clone()).count())
     }
 
     pub fn status(&self, tenant: &TenantId) -> Option<FlowStatus> {
-        let f = self.flows.get(tenant)?;
-        let tenants_ahead = match &f.ready {
-            Some(k) => self.ready.range(..k.clone()).count(),
+        let f = self.get(tenant)?;
+        let tenants_ahead = match f.ready {
+            Some(k) => self.ready.range(..k).count(),
             None => self.ready.iter().filter(|k| k.0 <= f.start).count(),
         };
         Some(FlowStatus { start_tag: f.start, finish_tag: f.finish, weight: f.weight, parked: f.parked, queued: f.jobs.len(), tenants_ahead })
@@ -205,7 +228,7 @@ impl Queue {
 
     /// Tenants with queued jobs.
     pub fn backlogged(&self) -> impl Iterator<Item = (&TenantId, usize)> {
-        self.flows.iter().filter(|(_, f)| !f.jobs.is_empty()).map(|(t, f)| (t, f.jobs.len()))
+        self.flows.iter().filter(|f| !f.jobs.is_empty()).map(|f| (&f.tenant, f.jobs.len()))
     }
 }
 

@@ -20,7 +20,7 @@ pub use status::{QueueStatus, TenantQueueRow};
 
 /// How many jobs of one tenant are looked at per dispatch when the head does not fit anywhere.
 const SCAN_PER_TENANT: usize = 64;
-/// Most candidate jobs looked at in one [`Scheduler::schedule`] call.
+/// Most candidate jobs looked at without placing them in one [`Scheduler::schedule`] call.
 const SCAN_PER_CALL: usize = 16_384;
 /// Successful runs remembered per (tenant, job name) for the expected duration.
 const DURATION_HISTORY: usize = 20;
@@ -219,7 +219,9 @@ pub struct Scheduler {
     queue: Queue,
     tenants: HashMap<TenantId, TenantPolicy>,
     books: Books,
-    history: HashMap<(TenantId, String), Recent>,
+    /// Recent successful runs per tenant and job name.
+    history: HashMap<TenantId, HashMap<String, Recent>>,
+    history_keys: usize,
     /// Total resources of live workers, for the dominant share in a job's cost.
     capacity: Resources,
     retry_wait: BTreeSet<(Timestamp, JobId)>,
@@ -274,6 +276,7 @@ impl Scheduler {
             tenants: HashMap::new(),
             books: Books::default(),
             history: HashMap::new(),
+            history_keys: 0,
             capacity: Resources::ZERO,
             retry_wait: BTreeSet::new(),
             workers: BTreeMap::new(),
@@ -440,7 +443,8 @@ impl Scheduler {
     pub fn expected_duration(&self, job: &Job) -> Duration {
         let d = job.spec.expected_duration.unwrap_or_else(|| {
             self.history
-                .get(&(job.tenant.clone(), job.spec.name.clone()))
+                .get(&job.tenant)
+                .and_then(|m| m.get(job.spec.name.as_str()))
                 .and_then(Recent::mean)
                 .map_or(self.cfg.default_expected_duration, Duration::from_millis)
         });
@@ -759,6 +763,8 @@ impl Scheduler {
                         Ok(over) => {
                             quota_blocked = false;
                             if let Some(w) = self.best_worker(job) {
+                                // Only looks that place nothing count against the budget.
+                                budget += 1;
                                 pick = Some((t.clone(), k.clone(), w, over));
                                 break;
                             }
@@ -927,11 +933,17 @@ impl Scheduler {
         if r.outcome == Outcome::Succeeded
             && let Some(job) = self.jobs.get(&a.job_id)
         {
-            let key = (job.tenant.clone(), job.spec.name.clone());
-            if self.history.len() >= DURATION_KEYS && !self.history.contains_key(&key) {
-                self.history.clear();
+            let ms = r.finished_at.since(r.started_at).as_millis() as u64;
+            if let Some(recent) = self.history.get_mut(&job.tenant).and_then(|m| m.get_mut(job.spec.name.as_str())) {
+                recent.record(ms);
+            } else {
+                if self.history_keys >= DURATION_KEYS {
+                    self.history.clear();
+                    self.history_keys = 0;
+                }
+                self.history_keys += 1;
+                self.history.entry(job.tenant.clone()).or_default().entry(job.spec.name.clone()).or_default().record(ms);
             }
-            self.history.entry(key).or_default().record(r.finished_at.since(r.started_at).as_millis() as u64);
         }
 
         let Some(job_id) = self.current_job_of(&a) else { return Err(Fenced::NotCurrent) };
@@ -1112,20 +1124,26 @@ impl Scheduler {
     pub fn take_changes(&mut self) -> Changes {
         let mut out = std::mem::take(&mut self.out);
         out.events = std::mem::take(&mut self.books.events);
+        // Keys are removed one by one: `clear` costs the sets' capacity, which a large batch
+        // leaves high, on every later call.
         for id in self.dirty_jobs.drain(..) {
+            self.dirty_set.remove(&id);
+            let is_new = self.new_jobs.remove(&id);
             let Some(job) = self.jobs.get(&id) else { continue };
             let snapshot = job.clone();
             if job.is_terminal() {
                 self.jobs.remove(&id);
             }
-            if self.new_jobs.contains(&id) {
+            if is_new {
                 out.new_jobs.push(snapshot);
             } else {
                 out.jobs.push(snapshot);
             }
         }
-        self.dirty_set.clear();
-        self.new_jobs.clear();
+        if self.dirty_set.capacity() > 4096 && self.dirty_set.is_empty() {
+            self.dirty_set.shrink_to(1024);
+            self.new_jobs.shrink_to(1024);
+        }
         for id in std::mem::take(&mut self.dirty_workers) {
             if let Some(w) = self.workers.get(&id) {
                 out.workers.push(w.clone());
