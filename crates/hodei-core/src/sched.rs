@@ -119,6 +119,24 @@ pub struct AttemptResult {
     pub log_truncated: bool,
 }
 
+impl AttemptResult {
+    /// A result the scheduler decides itself (a backstop, a simulated end): no usage figures.
+    pub fn decided(outcome: Outcome, exit_code: Option<i32>, failure_reason: Option<FailureReason>, started_at: Timestamp, finished_at: Timestamp) -> Self {
+        AttemptResult {
+            outcome,
+            exit_code,
+            signal: None,
+            failure_reason,
+            started_at,
+            finished_at,
+            cpu_time_ms: 0,
+            max_rss_mb: 0,
+            log_bytes: 0,
+            log_truncated: false,
+        }
+    }
+}
+
 /// Why a worker message did not count.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Fenced {
@@ -1092,18 +1110,7 @@ impl Scheduler {
             self.out.outbound.push(Outbound::Cancel { worker, attempt: aid, reason: if cancelled { "cancelled" } else { "timeout" } });
             let outcome = if cancelled { Outcome::Cancelled } else { Outcome::TimedOut };
             let reason = if cancelled { FailureReason::Cancelled } else { FailureReason::Timeout };
-            let r = AttemptResult {
-                outcome,
-                exit_code: None,
-                signal: None,
-                failure_reason: Some(reason),
-                started_at: started,
-                finished_at: now,
-                cpu_time_ms: 0,
-                max_rss_mb: 0,
-                log_bytes: 0,
-                log_truncated: false,
-            };
+            let r = AttemptResult::decided(outcome, None, Some(reason), started, now);
             let _ = self.finish(aid, worker, r, now);
             // `finish` queued an Ack for a result the worker never sent; drop it.
             if let Some(Outbound::Ack { .. }) = self.out.outbound.last() {
