@@ -12,6 +12,7 @@ fn openapi() -> String {
         default_tenant: hodei_core::TenantId::parse("default").expect("a valid slug"),
         default_quota: hodei_core::Quota::DEFAULT,
         eta_horizon: std::time::Duration::from_secs(86_400),
+        burst: hodei_core::BurstRules::default(),
         rates: hodei_core::cost::Rates::DEFAULT,
         admin_token: None,
         version: env!("CARGO_PKG_VERSION").to_owned(),

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use hodei_core::sched::{Explanation, QueueStatus};
-use hodei_core::{Attempt, Job, JobEvent, Quota, Tenant, Timestamp, Worker};
+use hodei_core::{Attempt, BurstSession, Job, JobEvent, Quota, Tenant, Timestamp, Worker};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -443,11 +443,73 @@ pub struct UtilizationOut {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct BurstGrantOut {
+    pub session_id: String,
     pub cpu_m: u32,
     pub memory_mb: u32,
     pub gpu: u32,
     pub concurrent_jobs: u32,
     pub expires_at: String,
+}
+
+/// `POST /tenants/{id}/burst`: what to add to the quota, and for how long. At least one
+/// amount > 0; each `quota + requested ≤ quota × max_overage_percentage / 100`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BurstIn {
+    pub requested_cpu_m: Option<i64>,
+    pub requested_memory_mb: Option<i64>,
+    pub requested_gpu: Option<i64>,
+    pub requested_concurrent_jobs: Option<i64>,
+    /// At most `burst_capacity.burst_duration_minutes` (the default).
+    pub duration_minutes: Option<i64>,
+    pub reason: String,
+}
+
+/// A burst session (SPEC §2.2).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BurstView {
+    pub id: String,
+    pub tenant_id: String,
+    /// pending_approval|active|rejected|expired|ended|revoked
+    pub state: String,
+    pub requested_cpu_m: u32,
+    pub requested_memory_mb: u32,
+    pub requested_gpu: u32,
+    pub requested_concurrent_jobs: u32,
+    pub duration_minutes: u32,
+    pub reason: String,
+    pub requested_by: String,
+    pub decided_by: Option<String>,
+    pub created_at: String,
+    pub activated_at: Option<String>,
+    pub expires_at: Option<String>,
+    pub ended_at: Option<String>,
+    pub cooldown_until: Option<String>,
+    pub version: i64,
+}
+
+impl From<&BurstSession> for BurstView {
+    fn from(b: &BurstSession) -> Self {
+        BurstView {
+            id: b.id.to_string(),
+            tenant_id: b.tenant_id.to_string(),
+            state: b.state.as_str().to_owned(),
+            requested_cpu_m: b.requested.cpu_m.get(),
+            requested_memory_mb: b.requested.memory_mb.get(),
+            requested_gpu: b.requested.gpu.get(),
+            requested_concurrent_jobs: b.requested_concurrent_jobs,
+            duration_minutes: b.duration_minutes,
+            reason: b.reason.clone(),
+            requested_by: b.requested_by.clone(),
+            decided_by: b.decided_by.clone(),
+            created_at: rfc3339(b.created_at),
+            activated_at: ort(b.activated_at),
+            expires_at: ort(b.expires_at),
+            ended_at: ort(b.ended_at),
+            cooldown_until: ort(b.cooldown_until),
+            version: b.version,
+        }
+    }
 }
 
 /// `GET /tenants/{id}/quota`.

@@ -87,6 +87,8 @@ pub trait Control: Send + Sync {
     fn is_running(&self) -> bool;
     /// Tells the scheduler a tenant was created or changed (weight, quota, status).
     async fn tenant_changed(&self, t: &Tenant) -> Result<(), ControlError>;
+    /// Tells the scheduler a burst session was opened or changed (its grant, if active).
+    async fn burst_changed(&self, b: &hodei_core::BurstSession) -> Result<(), ControlError>;
     /// Runs `f` on the scheduler's current state, between two of its steps (read-only).
     async fn inspect(&self, f: Inspector) -> Result<(), ControlError>;
 }
@@ -122,6 +124,8 @@ pub struct ApiConfig {
     pub default_quota: Quota,
     /// How far ahead `explain` runs the scheduler for an ETA (`scheduler.eta_horizon_ms`).
     pub eta_horizon: std::time::Duration,
+    /// `burst_capacity`.
+    pub burst: hodei_core::BurstRules,
     /// Default cost rates (`cost_tracking.hourly_rate_*`), for estimates.
     pub rates: hodei_core::cost::Rates,
     /// Bearer token required on `/api/v1`; `None` turns auth off (loopback only).

@@ -49,6 +49,10 @@ uuid_id!(
     /// A registered worker agent.
     WorkerId
 );
+uuid_id!(
+    /// A burst session. UUIDv7, so a tenant's later session sorts after its earlier ones.
+    BurstId
+);
 
 /// A validated slug: `^[a-z0-9][a-z0-9-]{0,62}$`.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]

@@ -6,6 +6,7 @@
 //! **Architecture Invariant:** no serde on domain types; the API and the store own their
 //! representations and convert by hand.
 
+pub mod burst;
 pub mod cost;
 pub mod ids;
 pub mod job;
@@ -18,7 +19,8 @@ pub mod time;
 pub mod units;
 pub mod worker;
 
-pub use ids::{AttemptId, JobId, PoolId, Slug, SlugError, TenantId, WorkerId};
+pub use burst::{BurstError, BurstRequest, BurstRules, BurstSession, BurstState};
+pub use ids::{AttemptId, BurstId, JobId, PoolId, Slug, SlugError, TenantId, WorkerId};
 pub use job::{Attempt, AttemptState, FailureReason, Job, JobEvent, JobState, Priority, SlaLevel};
 pub use quota::{Admission, Grant, Quota, QuotaRules, Rejection, TenantPolicy, Usage, ViolationPolicy};
 pub use tenant::{Pool, PoolState, PoolType, Tenant, TenantStatus, Tier};

@@ -5,6 +5,7 @@
 //! pure functions of the tenant's policy and usage; the scheduler calls them in the same step
 //! that changes the usage, so no check can race with another (never over by one job).
 
+use crate::ids::BurstId;
 use crate::job::string_enum;
 use crate::time::Timestamp;
 use crate::units::{CpuMillis, Gpus, MemoryMb, Resources};
@@ -28,6 +29,8 @@ pub struct Grant {
     pub resources: Resources,
     pub concurrent_jobs: u32,
     pub expires_at: Timestamp,
+    /// The burst session granting it.
+    pub session: BurstId,
 }
 
 string_enum!(
@@ -286,7 +289,12 @@ mod tests {
     #[test]
     fn a_burst_grant_raises_the_ceiling_until_it_expires() {
         let mut p = policy(1000, 10, 10);
-        p.grant = Some(Grant { resources: Resources::new(500, 0, 0), concurrent_jobs: 0, expires_at: Timestamp::from_millis(2_000) });
+        p.grant = Some(Grant {
+            resources: Resources::new(500, 0, 0),
+            concurrent_jobs: 0,
+            expires_at: Timestamp::from_millis(2_000),
+            session: crate::BurstId::from_uuid(uuid::Uuid::nil()),
+        });
         let req = Resources::new(1500, 1, 0);
         assert!(fits_ceiling(&p, &req, NOW));
         assert!(!fits_ceiling(&p, &req, Timestamp::from_millis(2_000)));

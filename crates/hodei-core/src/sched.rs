@@ -5,7 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
-use crate::ids::{AttemptId, JobId, TenantId, WorkerId};
+use crate::burst::BurstSession;
+use crate::ids::{AttemptId, BurstId, JobId, TenantId, WorkerId};
 use crate::job::{Actor, Attempt, AttemptState, FailureReason, Job, JobEvent, JobState};
 use crate::queue::{JobKey, Queue};
 use crate::quota::{self, Admission, Limit, QuotaRules, Rejection, TenantPolicy, Usage};
@@ -236,6 +237,8 @@ pub struct Scheduler {
     jobs: HashMap<JobId, Job>,
     queue: Queue,
     tenants: HashMap<TenantId, TenantPolicy>,
+    /// Newest burst session update seen per tenant (session id, version).
+    burst_stamps: HashMap<TenantId, (BurstId, i64)>,
     books: Books,
     /// Recent successful runs per tenant and job name.
     history: HashMap<TenantId, HashMap<String, Recent>>,
@@ -292,6 +295,7 @@ impl Scheduler {
             jobs: HashMap::new(),
             queue: Queue::default(),
             tenants: HashMap::new(),
+            burst_stamps: HashMap::new(),
             books: Books::default(),
             history: HashMap::new(),
             history_keys: 0,
@@ -420,38 +424,61 @@ impl Scheduler {
     /// Sets what the scheduler knows of a tenant (an older version than the one held is
     /// ignored). Held jobs whose blocker this clears go back to pending; a suspended tenant's
     /// pending jobs are held, and released when it is active again.
-    pub fn set_tenant(&mut self, tenant: &TenantId, policy: TenantPolicy, now: Timestamp) {
-        if self.tenants.get(tenant).is_some_and(|p| p.version > policy.version) {
+    pub fn set_tenant(&mut self, tenant: &TenantId, mut policy: TenantPolicy, now: Timestamp) {
+        let old = self.tenants.get(tenant);
+        if old.is_some_and(|p| p.version > policy.version) {
             return;
         }
-        let suspended = policy.suspended;
+        if policy.grant.is_none() {
+            // Tenant records carry no grant; it comes from the burst session (`set_burst`).
+            policy.grant = old.and_then(|p| p.grant);
+        }
         self.queue.set_weight(tenant, policy.weight);
         self.tenants.insert(tenant.clone(), policy);
+        self.reconsider_tenant(tenant, now);
+    }
+
+    /// A tenant's burst session was opened or changed: its grant (if active) adds to the quota.
+    /// Updates arrive in any order; a later session, then a later version, wins.
+    pub fn set_burst(&mut self, session: &BurstSession, now: Timestamp) {
+        let tenant = &session.tenant_id;
+        if self.burst_stamps.get(tenant).is_some_and(|s| *s >= session.stamp()) {
+            return;
+        }
+        self.burst_stamps.insert(tenant.clone(), session.stamp());
+        let mut policy = self.policy(tenant).clone();
+        policy.grant = session.grant();
+        self.tenants.insert(tenant.clone(), policy);
+        self.reconsider_tenant(tenant, now);
+    }
+
+    /// Re-evaluates the holds of a tenant's queued jobs after its policy changed.
+    fn reconsider_tenant(&mut self, tenant: &TenantId, now: Timestamp) {
         self.queue.unpark(tenant);
         let mine: Vec<JobId> =
             self.jobs.values().filter(|j| j.tenant == *tenant && matches!(j.state, JobState::Pending | JobState::Held)).map(|j| j.id).collect();
         for id in mine {
-            self.reconsider_hold(id, suspended, now);
+            self.reconsider_hold(id, now);
         }
     }
 
-    /// Holds or releases one job of a tenant whose policy changed.
-    fn reconsider_hold(&mut self, id: JobId, suspended: bool, now: Timestamp) {
+    /// Holds or releases one queued job of a tenant whose policy changed: suspension holds
+    /// pending jobs; a job alone over the ceiling (quota lowered, burst over) is held
+    /// `quota_ceiling` until the quota or a burst fits it.
+    fn reconsider_hold(&mut self, id: JobId, now: Timestamp) {
         let Some(job) = self.jobs.get_mut(&id) else { return };
         let policy = self.tenants.get(&job.tenant).unwrap_or(&self.cfg.default_policy);
-        let reason = job.state_reason.as_deref();
-        let release = match (job.state, reason) {
-            (JobState::Held, Some("tenant_suspended")) => !suspended,
-            (JobState::Held, Some("quota_ceiling")) => !suspended && quota::fits_ceiling(policy, &job.resources(), now),
-            _ => false,
-        };
-        if release {
+        let suspended = policy.suspended;
+        let fits = !self.cfg.quota_rules.enabled || quota::fits_ceiling(policy, &job.resources(), now);
+        let held_by_tenant = job.state == JobState::Held && matches!(job.state_reason.as_deref(), Some("tenant_suspended" | "quota_ceiling"));
+        if held_by_tenant && !suspended && fits {
             move_job(job, JobState::Pending, Actor::Scheduler, Some("released"), now, &mut self.books);
             self.queue.push(&job.tenant, key_of(job));
             self.touch(id);
-        } else if suspended && job.state == JobState::Pending {
+        } else if job.state == JobState::Pending && (suspended || !fits) {
             self.queue.remove(&job.tenant, &key_of(job));
-            move_job(job, JobState::Held, Actor::Scheduler, Some("tenant_suspended"), now, &mut self.books);
+            let reason = if suspended { "tenant_suspended" } else { "quota_ceiling" };
+            move_job(job, JobState::Held, Actor::Scheduler, Some(reason), now, &mut self.books);
             self.touch(id);
         }
     }

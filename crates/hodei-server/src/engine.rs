@@ -14,10 +14,12 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use hodei_api::{Admitted, Clock, Control, ControlError, Inspector};
 use hodei_core::sched::{AttemptResult, CancelOutcome, Changes, CommandError, Outbound, SchedConfig, Scheduler, UnknownWorker};
-use hodei_core::{AttemptId, AttemptState, Job, JobId, JobState, Tenant, TenantId, TenantPolicy, Timestamp, Worker, WorkerId, WorkerState};
+use hodei_core::{
+    AttemptId, AttemptState, BurstSession, BurstState, Job, JobId, JobState, Tenant, TenantId, TenantPolicy, Timestamp, Worker, WorkerId, WorkerState,
+};
 use hodei_proto::v1 as pb;
 use hodei_store::logs::LogFiles;
-use hodei_store::{Store, StoreError};
+use hodei_store::{BurstFilter, Store, StoreError};
 
 use crate::gauges::Gauges;
 use tokio::sync::{mpsc, oneshot};
@@ -44,6 +46,10 @@ pub enum Command {
     Tenant {
         id: TenantId,
         policy: TenantPolicy,
+        reply: Reply<()>,
+    },
+    Burst {
+        session: Box<BurstSession>,
         reply: Reply<()>,
     },
     Inspect(Inspector),
@@ -143,6 +149,10 @@ impl EngineHandle {
 impl EngineHandle {
     pub async fn submit(&self, jobs: Vec<Job>, atomic: bool) -> Result<Vec<Admitted>, ControlError> {
         self.ask(|reply| Command::Submit { jobs, atomic, reply }).await
+    }
+
+    pub async fn burst_changed(&self, session: BurstSession) -> Result<(), ControlError> {
+        self.ask(|reply| Command::Burst { session: Box::new(session), reply }).await
     }
 
     pub async fn cancel(&self, id: JobId) -> Result<CancelOutcome, ControlError> {
@@ -253,6 +263,10 @@ impl Engine {
         let mut sched = Scheduler::new(self.cfg.sched.clone());
         for t in self.store.list_tenants().await? {
             sched.set_tenant(&t.id, t.policy(), now);
+        }
+        let open = BurstFilter { states: vec![BurstState::Active], limit: u32::MAX, ..BurstFilter::default() };
+        for b in self.store.list_bursts(&open).await? {
+            sched.set_burst(&b, now);
         }
         for w in live.workers {
             sched.restore_worker(w, now);
@@ -385,6 +399,10 @@ impl Engine {
             }
             Command::Tenant { id, policy, reply } => {
                 s.set_tenant(&id, policy, now);
+                replies.unit.push(reply);
+            }
+            Command::Burst { session, reply } => {
+                s.set_burst(&session, now);
                 replies.unit.push(reply);
             }
             Command::Inspect(f) => f(s, now),
@@ -572,6 +590,10 @@ impl Control for ControlPlane {
     async fn tenant_changed(&self, t: &Tenant) -> Result<(), ControlError> {
         let (id, policy) = (t.id.clone(), t.policy());
         self.engine.ask(|reply| Command::Tenant { id, policy, reply }).await
+    }
+
+    async fn burst_changed(&self, b: &BurstSession) -> Result<(), ControlError> {
+        self.engine.burst_changed(b.clone()).await
     }
 
     async fn inspect(&self, f: Inspector) -> Result<(), ControlError> {

@@ -1,6 +1,7 @@
 //! Wiring of the Hodei server: config, store, engine, REST, gRPC, metrics, built-in pool.
 //! With the worker, the only crates that spawn tasks or read wall time.
 
+mod burst;
 pub mod config;
 pub mod engine;
 mod gauges;
@@ -281,6 +282,18 @@ fn quota_rules(cfg: &Config) -> QuotaRules {
     }
 }
 
+fn burst_rules(cfg: &Config) -> hodei_core::BurstRules {
+    let b = &cfg.burst_capacity;
+    hodei_core::BurstRules {
+        enabled: b.enabled && cfg.multi_tenancy.enabled,
+        max_overage_pct: b.max_overage_percentage,
+        max_duration_minutes: b.burst_duration_minutes,
+        require_approval: b.require_approval,
+        cooldown: Duration::from_secs(u64::from(b.cooldown_minutes) * 60),
+        approval_timeout: Duration::from_secs(u64::from(b.approval_timeout_hours) * 3600),
+    }
+}
+
 /// What the API runs on besides its configuration.
 struct ApiParts {
     store: Arc<dyn Store>,
@@ -313,6 +326,7 @@ fn api_state(cfg: &Config, p: ApiParts) -> anyhow::Result<ApiState> {
         default_tenant: TenantId::parse(&cfg.multi_tenancy.default_tenant_id)?,
         default_quota: default_quota(cfg),
         eta_horizon: Duration::from_millis(cfg.scheduler.eta_horizon_ms),
+        burst: burst_rules(cfg),
         rates: hodei_core::cost::Rates {
             cpu_core_hour: cfg.cost_tracking.hourly_rate_cpu.0,
             memory_gib_hour: cfg.cost_tracking.hourly_rate_memory_gb.0,
@@ -417,6 +431,14 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(engine.run()));
+    tasks.push(tokio::spawn(burst::sweep(
+        store.clone(),
+        handle.clone(),
+        clock.clone(),
+        burst_rules(&cfg),
+        Duration::from_millis(cfg.scheduler.tick_ms.max(1)),
+        shutdown_rx.clone(),
+    )));
     let router = hodei_api::router(state.clone());
     let app = router.clone();
     let mut rx = shutdown_rx.clone();

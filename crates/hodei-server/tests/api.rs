@@ -20,8 +20,13 @@ struct App {
 }
 
 async fn app() -> App {
+    app_with(|_| {}).await
+}
+
+async fn app_with(configure: impl FnOnce(&mut Config)) -> App {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = Config::default();
+    configure(&mut cfg);
     cfg.server.data_dir = dir.path().to_owned();
     cfg.server.http_addr = "127.0.0.1:0".into();
     cfg.server.grpc_addr = "127.0.0.1:0".into();
@@ -397,4 +402,73 @@ async fn explain_names_why_a_job_waits_and_the_queue_counts_it() {
     let (status, t) = app.call("GET", "/api/v1/queue/tenants/default", None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(t["jobs"][0]["job_id"], pending["id"]);
+}
+
+#[tokio::test]
+async fn a_burst_session_widens_the_ceiling_once_per_tenant_then_cools_down() {
+    let app = app().await;
+    small_tenant(&app, "b", json!({"memory_mb": 1000})).await;
+    let big = json!({"command": ["x"], "tenant_id": "b", "resources": {"memory_mb": 1500}});
+    let (status, p) = app.call("POST", "/api/v1/jobs", Some(big.clone())).await;
+    assert_eq!((status, p["retryable"].as_bool()), (StatusCode::TOO_MANY_REQUESTS, Some(false)));
+
+    // 150 % of 1000 is the most: 600 more is refused, naming the field.
+    let (status, p) = app.call("POST", "/api/v1/tenants/b/burst", Some(json!({"requested_memory_mb": 600, "reason": "q4"}))).await;
+    assert_eq!((status, fields(&p)), (StatusCode::BAD_REQUEST, vec!["/requested_memory_mb".to_owned()]), "{p}");
+    let (status, p) = app.call("POST", "/api/v1/tenants/b/burst", Some(json!({"requested_memory_mb": 100, "duration_minutes": 0, "reason": "q4"}))).await;
+    assert_eq!((status, fields(&p)), (StatusCode::BAD_REQUEST, vec!["/duration_minutes".to_owned()]), "{p}");
+    assert_eq!(app.call("GET", "/api/v1/burst/sessions", None).await.1["items"], json!([]), "refused requests store nothing");
+
+    let (status, b) = app.call("POST", "/api/v1/tenants/b/burst", Some(json!({"requested_memory_mb": 500, "reason": "q4"}))).await;
+    assert_eq!((status, b["state"].as_str(), b["duration_minutes"].as_u64()), (StatusCode::CREATED, Some("active"), Some(60)), "{b}");
+    let sid = b["id"].as_str().unwrap().to_owned();
+    let (_, q) = app.call("GET", "/api/v1/tenants/b/quota", None).await;
+    assert_eq!((q["ceiling"]["memory_mb"].as_u64(), q["burst"]["session_id"].as_str()), (Some(1500), Some(sid.as_str())), "{q}");
+    let (status, job) = app.call("POST", "/api/v1/jobs", Some(big)).await;
+    assert_eq!((status, job["state"].as_str()), (StatusCode::CREATED, Some("pending")), "the grant admits it: {job}");
+
+    let (status, p) = app.call("POST", "/api/v1/tenants/b/burst", Some(json!({"requested_memory_mb": 100, "reason": "again"}))).await;
+    assert_eq!((status, p["code"].as_str()), (StatusCode::CONFLICT, Some("burst_unavailable")), "{p}");
+
+    let (status, ended) = app.call("POST", &format!("/api/v1/tenants/b/burst/sessions/{sid}/end"), None).await;
+    assert_eq!((status, ended["state"].as_str()), (StatusCode::OK, Some("ended")), "{ended}");
+    assert!(ended["cooldown_until"].is_string());
+    let (_, q) = app.call("GET", "/api/v1/tenants/b/quota", None).await;
+    assert_eq!((q["ceiling"]["memory_mb"].as_u64(), q["burst"].is_null()), (Some(1000), true));
+    let (_, j) = app.call("GET", &format!("/api/v1/jobs/{}", job["id"].as_str().unwrap()), None).await;
+    assert_eq!((j["state"].as_str(), j["state_reason"].as_str()), (Some("held"), Some("quota_ceiling")), "alone over the quota again: {j}");
+
+    let (status, p) = app.call("POST", "/api/v1/tenants/b/burst", Some(json!({"requested_memory_mb": 100, "reason": "again"}))).await;
+    assert_eq!((status, p["code"].as_str()), (StatusCode::CONFLICT, Some("burst_unavailable")));
+    let wait = p["retry_after_s"].as_u64().unwrap();
+    assert!((1700..=1800).contains(&wait), "cooldown of 30 min: {p}");
+    let (status, p) = app.call("POST", &format!("/api/v1/tenants/b/burst/sessions/{sid}/end"), None).await;
+    assert_eq!((status, p["code"].as_str()), (StatusCode::CONFLICT, Some("invalid_state")));
+
+    let (_, list) = app.call("GET", "/api/v1/burst/sessions?tenant_id=b&state=ended", None).await;
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(1));
+    let (status, one) = app.call("GET", &format!("/api/v1/tenants/b/burst/sessions/{sid}"), None).await;
+    assert_eq!((status, one["version"].as_i64()), (StatusCode::OK, Some(2)));
+    let (status, p) = app.call("GET", "/api/v1/burst/sessions?state=open", None).await;
+    assert_eq!((status, fields(&p)), (StatusCode::BAD_REQUEST, vec!["state".to_owned()]));
+    let (status, _) = app.call("GET", &format!("/api/v1/tenants/default/burst/sessions/{sid}"), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "a session is only found under its own tenant");
+}
+
+#[tokio::test]
+async fn a_burst_request_waits_for_approval_when_required() {
+    let app = app_with(|c| c.burst_capacity.require_approval = true).await;
+    small_tenant(&app, "r", json!({"cpu_m": 1000, "max_concurrent_jobs": 2})).await;
+    let (status, b) = app.call("POST", "/api/v1/tenants/r/burst", Some(json!({"requested_concurrent_jobs": 1, "reason": "demo"}))).await;
+    assert_eq!((status, b["state"].as_str(), b["expires_at"].is_null()), (StatusCode::CREATED, Some("pending_approval"), true), "{b}");
+    let sid = b["id"].as_str().unwrap();
+    let (_, q) = app.call("GET", "/api/v1/tenants/r/quota", None).await;
+    assert_eq!(q["ceiling"]["max_concurrent_jobs"], 2, "nothing granted before approval");
+    let (status, b) = app.call("POST", &format!("/api/v1/tenants/r/burst/sessions/{sid}/approve"), None).await;
+    assert_eq!((status, b["state"].as_str(), b["decided_by"].as_str()), (StatusCode::OK, Some("active"), Some("admin")), "{b}");
+    assert!(b["expires_at"].is_string());
+    let (_, q) = app.call("GET", "/api/v1/tenants/r/quota", None).await;
+    assert_eq!(q["ceiling"]["max_concurrent_jobs"], 3);
+    let (status, p) = app.call("POST", &format!("/api/v1/tenants/r/burst/sessions/{sid}/reject"), None).await;
+    assert_eq!((status, p["code"].as_str(), p["state"].as_str()), (StatusCode::CONFLICT, Some("invalid_state"), Some("active")));
 }

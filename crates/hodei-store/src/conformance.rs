@@ -3,13 +3,14 @@
 
 use std::collections::BTreeMap;
 
+use hodei_core::burst::{self, BurstRequest, BurstRules};
 use hodei_core::sched::{AttemptResult, Outcome, SchedConfig, Scheduler};
 use hodei_core::spec::{JobSpecInput, SpecLimits};
 use hodei_core::worker::WorkerState;
-use hodei_core::{AttemptId, Job, JobId, JobState, PoolId, Resources, Tenant, TenantId, TenantStatus, Tier, Timestamp, Worker, WorkerId};
+use hodei_core::{AttemptId, BurstId, BurstState, Job, JobId, JobState, PoolId, Resources, Tenant, TenantId, TenantStatus, Tier, Timestamp, Worker, WorkerId};
 use uuid::Uuid;
 
-use crate::{JobFilter, Store, StoreError};
+use crate::{BurstFilter, JobFilter, Store, StoreError};
 
 fn ts(ms: i64) -> Timestamp {
     Timestamp::from_millis(ms)
@@ -71,6 +72,41 @@ pub async fn run_all(store: &dyn Store) {
     stale_tenant_updates_are_refused(store).await;
     scheduler_changes_round_trip(store).await;
     job_lists_filter_and_paginate_newest_first(store).await;
+    burst_sessions_one_open_per_tenant(store).await;
+}
+
+async fn burst_sessions_one_open_per_tenant(store: &dyn Store) {
+    let t = tenant("bursty");
+    store.create_tenant(&t).await.unwrap();
+    let rules = BurstRules::default();
+    let req = || BurstRequest {
+        resources: Resources::new(1000, 0, 0),
+        concurrent_jobs: 2,
+        duration_minutes: Some(5),
+        reason: "end of quarter".into(),
+        requested_by: "alice".into(),
+    };
+    let id = |n: u128| BurstId::from_uuid(Uuid::from_u128(n << 80));
+    let mut a = burst::open(&rules, &t.id, &t.quota, &[], req(), id(1), ts(10)).unwrap();
+    store.create_burst(&a).await.expect("create burst");
+    assert_eq!(store.get_burst(a.id).await.unwrap().as_ref(), Some(&a));
+    // A second open session of the same tenant is refused by the store itself.
+    let b = burst::open(&rules, &t.id, &t.quota, &[], req(), id(2), ts(11)).unwrap();
+    assert!(matches!(store.create_burst(&b).await, Err(StoreError::AlreadyExists { .. })));
+    let stale = a.clone();
+    a.end("alice", &rules, ts(20)).unwrap();
+    store.update_burst(&a).await.expect("end");
+    assert!(matches!(store.update_burst(&stale).await, Err(StoreError::VersionMismatch { .. })));
+    assert_eq!(store.get_burst(a.id).await.unwrap().as_ref(), Some(&a), "every field round-trips");
+    store.create_burst(&b).await.expect("the tenant's slot is free once the first ended");
+    let open = BurstFilter { states: vec![BurstState::Active], limit: 10, ..BurstFilter::default() };
+    assert_eq!(store.list_bursts(&open).await.unwrap(), vec![b.clone()]);
+    let mine = BurstFilter { tenant: Some(t.id.clone()), limit: 1, ..BurstFilter::default() };
+    assert_eq!(store.list_bursts(&mine).await.unwrap(), vec![b.clone()], "newest first");
+    let older = BurstFilter { before: Some(b.id), ..mine };
+    assert_eq!(store.list_bursts(&older).await.unwrap(), vec![a]);
+    assert!(store.delete_tenant(&t.id).await.unwrap());
+    assert_eq!(store.get_burst(b.id).await.unwrap(), None, "sessions go with their tenant");
 }
 
 async fn tenants_round_trip_and_refuse_duplicates(store: &dyn Store) {

@@ -12,7 +12,7 @@ mod sqlite_writer;
 
 use async_trait::async_trait;
 use hodei_core::sched::Changes;
-use hodei_core::{Attempt, Job, JobEvent, JobId, JobState, Pool, PoolId, Tenant, TenantId, Worker, WorkerId};
+use hodei_core::{Attempt, BurstId, BurstSession, BurstState, Job, JobEvent, JobId, JobState, Pool, PoolId, Tenant, TenantId, Worker, WorkerId};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -58,6 +58,15 @@ pub struct JobFilter {
     pub limit: u32,
 }
 
+/// Filters for listing burst sessions, newest first; `before` is the cursor (exclusive).
+#[derive(Clone, Debug, Default)]
+pub struct BurstFilter {
+    pub tenant: Option<TenantId>,
+    pub states: Vec<BurstState>,
+    pub before: Option<BurstId>,
+    pub limit: u32,
+}
+
 /// Everything the scheduler must hold in memory, as stored.
 #[derive(Debug, Default)]
 pub struct LiveState {
@@ -76,6 +85,7 @@ pub trait Store: Send + Sync + 'static {
     async fn list_tenants(&self) -> Result<Vec<Tenant>>;
     /// Writes `t` if the stored version is `t.version - 1`.
     async fn update_tenant(&self, t: &Tenant) -> Result<()>;
+    /// Deletes the tenant and its burst sessions.
     async fn delete_tenant(&self, id: &TenantId) -> Result<bool>;
     /// Jobs of the tenant that are not ended.
     async fn count_live_jobs(&self, tenant: &TenantId) -> Result<u64>;
@@ -84,6 +94,13 @@ pub trait Store: Send + Sync + 'static {
     async fn upsert_pool(&self, p: &Pool, join_token_hash: Option<&str>) -> Result<()>;
     async fn get_pool(&self, id: &PoolId) -> Result<Option<(Pool, String)>>;
     async fn list_pools(&self) -> Result<Vec<Pool>>;
+
+    /// Stores a new session; `AlreadyExists` when the tenant already has an open one.
+    async fn create_burst(&self, b: &BurstSession) -> Result<()>;
+    /// Writes `b` if the stored version is `b.version - 1`.
+    async fn update_burst(&self, b: &BurstSession) -> Result<()>;
+    async fn get_burst(&self, id: BurstId) -> Result<Option<BurstSession>>;
+    async fn list_bursts(&self, f: &BurstFilter) -> Result<Vec<BurstSession>>;
 
     /// Persists one batch of scheduler decisions in one transaction.
     async fn apply(&self, changes: std::sync::Arc<Changes>) -> Result<()>;

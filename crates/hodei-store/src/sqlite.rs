@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use hodei_core::sched::Changes;
 use hodei_core::spec::JobSpec;
 use hodei_core::{
-    Attempt, AttemptId, CpuMillis, Gpus, Job, JobEvent, JobId, JobState, MemoryMb, Pool, PoolId, Quota, Resources, Tenant, TenantId, Timestamp, Worker,
-    WorkerId,
+    Attempt, AttemptId, BurstId, BurstSession, CpuMillis, Gpus, Job, JobEvent, JobId, JobState, MemoryMb, Pool, PoolId, Quota, Resources, Tenant, TenantId,
+    Timestamp, Worker, WorkerId,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use crate::rows::*;
 use crate::sqlite_writer::{self, Writer};
-use crate::{JobFilter, LiveState, Result, Store, StoreError};
+use crate::{BurstFilter, JobFilter, LiveState, Result, Store, StoreError};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -83,6 +83,19 @@ fn ms(t: Timestamp) -> i64 {
 
 fn ts(v: Option<i64>) -> Option<Timestamp> {
     v.map(Timestamp::from_millis)
+}
+
+/// ` AND {column} IN (…)` unless `values` is empty.
+fn push_in(qb: &mut QueryBuilder<Sqlite>, column: &str, values: impl ExactSizeIterator<Item = &'static str>) {
+    if values.len() == 0 {
+        return;
+    }
+    qb.push(format!(" AND {column} IN ("));
+    let mut sep = qb.separated(", ");
+    for v in values {
+        sep.push_bind(v);
+    }
+    qb.push(")");
 }
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {
@@ -213,6 +226,28 @@ fn tenant_from_row(r: &SqliteRow) -> Result<Tenant> {
     })
 }
 
+fn burst_from_row(r: &SqliteRow) -> Result<BurstSession> {
+    const D: &str = "reading a burst session";
+    let g = |e: sqlx::Error| StoreError::Db { doing: D, source: e };
+    Ok(BurstSession {
+        id: BurstId::from_uuid(r.try_get("id").map_err(g)?),
+        tenant_id: parse_slug(D, r.try_get("tenant_id").map_err(g)?, TenantId::parse)?,
+        state: parse_enum(D, r.try_get("state").map_err(g)?)?,
+        requested: resources(r, D, "requested_")?,
+        requested_concurrent_jobs: u32_of(D, r.try_get("requested_concurrent_jobs").map_err(g)?)?,
+        duration_minutes: u32_of(D, r.try_get("duration_minutes").map_err(g)?)?,
+        reason: r.try_get("reason").map_err(g)?,
+        requested_by: r.try_get("requested_by").map_err(g)?,
+        decided_by: r.try_get("decided_by").map_err(g)?,
+        created_at: Timestamp::from_millis(r.try_get("created_at").map_err(g)?),
+        activated_at: ts(r.try_get("activated_at").map_err(g)?),
+        expires_at: ts(r.try_get("expires_at").map_err(g)?),
+        ended_at: ts(r.try_get("ended_at").map_err(g)?),
+        cooldown_until: ts(r.try_get("cooldown_until").map_err(g)?),
+        version: r.try_get("version").map_err(g)?,
+    })
+}
+
 fn pool_from_row(r: &SqliteRow) -> Result<(Pool, String)> {
     const D: &str = "reading a pool";
     let g = |e: sqlx::Error| StoreError::Db { doing: D, source: e };
@@ -308,8 +343,85 @@ impl Store for SqliteStore {
     }
 
     async fn delete_tenant(&self, id: &TenantId) -> Result<bool> {
-        let r = sqlx::query("DELETE FROM tenants WHERE id = ?").bind(id.as_str()).execute(&self.write).await.map_err(StoreError::db("deleting a tenant"))?;
+        let mut tx = self.write.begin().await.map_err(StoreError::db("deleting a tenant"))?;
+        sqlx::query("DELETE FROM burst_sessions WHERE tenant_id = ?").bind(id.as_str()).execute(&mut *tx).await.map_err(StoreError::db("deleting a tenant"))?;
+        let r = sqlx::query("DELETE FROM tenants WHERE id = ?").bind(id.as_str()).execute(&mut *tx).await.map_err(StoreError::db("deleting a tenant"))?;
+        tx.commit().await.map_err(StoreError::db("deleting a tenant"))?;
         Ok(r.rows_affected() == 1)
+    }
+
+    async fn create_burst(&self, b: &BurstSession) -> Result<()> {
+        let r = sqlx::query(
+            "INSERT INTO burst_sessions (id, tenant_id, state, requested_cpu_m, requested_memory_mb, requested_gpu, requested_concurrent_jobs, \
+             duration_minutes, reason, requested_by, decided_by, created_at, activated_at, expires_at, ended_at, cooldown_until, version) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(b.id.as_uuid())
+        .bind(b.tenant_id.as_str())
+        .bind(b.state.as_str())
+        .bind(b.requested.cpu_m.get())
+        .bind(b.requested.memory_mb.get())
+        .bind(b.requested.gpu.get())
+        .bind(b.requested_concurrent_jobs)
+        .bind(b.duration_minutes)
+        .bind(&b.reason)
+        .bind(&b.requested_by)
+        .bind(&b.decided_by)
+        .bind(ms(b.created_at))
+        .bind(b.activated_at.map(ms))
+        .bind(b.expires_at.map(ms))
+        .bind(b.ended_at.map(ms))
+        .bind(b.cooldown_until.map(ms))
+        .bind(b.version)
+        .execute(&self.write)
+        .await;
+        match r {
+            Err(e) if is_unique_violation(&e) => Err(StoreError::AlreadyExists { what: format!("an open burst session of tenant {}", b.tenant_id) }),
+            r => r.map(|_| ()).map_err(StoreError::db("creating a burst session")),
+        }
+    }
+
+    async fn update_burst(&self, b: &BurstSession) -> Result<()> {
+        let r = sqlx::query(
+            "UPDATE burst_sessions SET state = ?, decided_by = ?, activated_at = ?, expires_at = ?, ended_at = ?, cooldown_until = ?, version = ? \
+             WHERE id = ? AND version = ?",
+        )
+        .bind(b.state.as_str())
+        .bind(&b.decided_by)
+        .bind(b.activated_at.map(ms))
+        .bind(b.expires_at.map(ms))
+        .bind(b.ended_at.map(ms))
+        .bind(b.cooldown_until.map(ms))
+        .bind(b.version)
+        .bind(b.id.as_uuid())
+        .bind(b.version - 1)
+        .execute(&self.write)
+        .await
+        .map_err(StoreError::db("updating a burst session"))?;
+        if r.rows_affected() == 1 { Ok(()) } else { Err(StoreError::VersionMismatch { what: format!("burst session {}", b.id) }) }
+    }
+
+    async fn get_burst(&self, id: BurstId) -> Result<Option<BurstSession>> {
+        let row = sqlx::query("SELECT * FROM burst_sessions WHERE id = ?")
+            .bind(id.as_uuid())
+            .fetch_optional(&self.read)
+            .await
+            .map_err(StoreError::db("reading a burst session"))?;
+        row.as_ref().map(burst_from_row).transpose()
+    }
+
+    async fn list_bursts(&self, f: &BurstFilter) -> Result<Vec<BurstSession>> {
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT * FROM burst_sessions WHERE 1 = 1");
+        if let Some(t) = &f.tenant {
+            qb.push(" AND tenant_id = ").push_bind(t.as_str().to_owned());
+        }
+        push_in(&mut qb, "state", f.states.iter().map(|s| s.as_str()));
+        if let Some(c) = f.before {
+            qb.push(" AND id < ").push_bind(c.as_uuid());
+        }
+        qb.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(f.limit.max(1)));
+        let rows = qb.build().fetch_all(&self.read).await.map_err(StoreError::db("listing burst sessions"))?;
+        rows.iter().map(burst_from_row).collect()
     }
 
     async fn count_live_jobs(&self, tenant: &TenantId) -> Result<u64> {
@@ -383,14 +495,7 @@ impl Store for SqliteStore {
         if let Some(t) = &f.tenant {
             qb.push(" AND tenant_id = ").push_bind(t.as_str().to_owned());
         }
-        if !f.states.is_empty() {
-            qb.push(" AND state IN (");
-            let mut sep = qb.separated(", ");
-            for s in &f.states {
-                sep.push_bind(s.as_str());
-            }
-            qb.push(")");
-        }
+        push_in(&mut qb, "state", f.states.iter().map(|s| s.as_str()));
         if let Some((k, v)) = &f.label {
             let path = format!("$.\"{}\"", k.replace('\\', "\\\\").replace('"', "\\\""));
             qb.push(" AND json_extract(labels, ").push_bind(path).push(") = ").push_bind(v.clone());

@@ -62,6 +62,13 @@ enum Cmd {
         #[command(subcommand)]
         cmd: Option<TenantsCmd>,
     },
+    /// Burst sessions: ask for more than the quota for a while.
+    Burst {
+        #[command(flatten)]
+        c: ClientOpts,
+        #[command(subcommand)]
+        cmd: BurstCmd,
+    },
     /// Registered workers.
     Workers {
         #[command(flatten)]
@@ -268,6 +275,52 @@ enum TenantsCmd {
         max_concurrent_jobs: Option<i64>,
         #[arg(long)]
         max_queued_jobs: Option<i64>,
+    },
+}
+
+#[derive(Subcommand)]
+enum BurstCmd {
+    /// Open a session for TENANT (active at once unless approval is required).
+    Request {
+        tenant: String,
+        #[arg(long)]
+        cpu_m: Option<i64>,
+        #[arg(long)]
+        memory_mb: Option<i64>,
+        #[arg(long)]
+        gpu: Option<i64>,
+        #[arg(long)]
+        concurrent_jobs: Option<i64>,
+        /// Default: burst_capacity.burst_duration_minutes.
+        #[arg(long)]
+        duration_minutes: Option<i64>,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// List sessions, newest first.
+    Ls {
+        #[arg(long)]
+        tenant: Option<String>,
+        /// pending_approval|active|rejected|expired|ended|revoked (comma-separated)
+        #[arg(long)]
+        state: Option<String>,
+    },
+    Get {
+        tenant: String,
+        session: String,
+    },
+    Approve {
+        tenant: String,
+        session: String,
+    },
+    Reject {
+        tenant: String,
+        session: String,
+    },
+    /// End an active session early (or withdraw a pending request).
+    End {
+        tenant: String,
+        session: String,
     },
 }
 
@@ -694,6 +747,59 @@ async fn tenants(c: ClientOpts, cmd: Option<TenantsCmd>) -> anyhow::Result<i32> 
     Ok(0)
 }
 
+async fn burst(c: ClientOpts, cmd: BurstCmd) -> anyhow::Result<i32> {
+    let cl = Client::new(&c.server, c.token.clone())?;
+    let headers = ["ID", "TENANT", "STATE", "CPU_M", "MEMORY_MB", "GPU", "JOBS", "EXPIRES_AT"];
+    let row = |b: &Value| {
+        let cols = ["id", "tenant_id", "state", "requested_cpu_m", "requested_memory_mb", "requested_gpu", "requested_concurrent_jobs", "expires_at"];
+        cols.iter().map(|k| s(b, k)).collect::<Vec<_>>()
+    };
+    let session = |tenant: &str, sid: &str, action: &str| format!("/tenants/{tenant}/burst/sessions/{sid}{action}");
+    let v = match cmd {
+        BurstCmd::Request { tenant, cpu_m, memory_mb, gpu, concurrent_jobs, duration_minutes, reason } => {
+            let mut body = json!({"reason": reason});
+            let fields = [
+                ("requested_cpu_m", cpu_m),
+                ("requested_memory_mb", memory_mb),
+                ("requested_gpu", gpu),
+                ("requested_concurrent_jobs", concurrent_jobs),
+                ("duration_minutes", duration_minutes),
+            ];
+            for (k, v) in fields {
+                if let Some(v) = v {
+                    body[k] = json!(v);
+                }
+            }
+            cl.post(&format!("/tenants/{tenant}/burst"), &body).await?
+        }
+        BurstCmd::Ls { tenant, state } => {
+            let mut q = vec![];
+            if let Some(t) = tenant {
+                q.push(format!("tenant_id={t}"));
+            }
+            if let Some(st) = state {
+                q.push(format!("state={st}"));
+            }
+            let page = cl.get(&format!("/burst/sessions?{}", q.join("&"))).await?;
+            if c.output == Output::Table {
+                table(&headers, page["items"].as_array().map(Vec::as_slice).unwrap_or(&[]).iter().map(row).collect());
+                return Ok(0);
+            }
+            page
+        }
+        BurstCmd::Get { tenant, session: sid } => cl.get(&session(&tenant, &sid, "")).await?,
+        BurstCmd::Approve { tenant, session: sid } => cl.post(&session(&tenant, &sid, "/approve"), &json!({})).await?,
+        BurstCmd::Reject { tenant, session: sid } => cl.post(&session(&tenant, &sid, "/reject"), &json!({})).await?,
+        BurstCmd::End { tenant, session: sid } => cl.post(&session(&tenant, &sid, "/end"), &json!({})).await?,
+    };
+    if c.output == Output::Json {
+        print_json(&v);
+    } else {
+        table(&headers, vec![row(&v)]);
+    }
+    Ok(0)
+}
+
 async fn listing(c: ClientOpts, path: &str, headers: &[&str], keys: &[&str]) -> anyhow::Result<i32> {
     let cl = Client::new(&c.server, c.token.clone())?;
     let page = cl.get(path).await?;
@@ -713,6 +819,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Submit(a) => submit(*a).await,
         Cmd::Jobs { c, cmd } => jobs(c, cmd).await,
         Cmd::Tenants { c, cmd } => tenants(c, cmd).await,
+        Cmd::Burst { c, cmd } => burst(c, cmd).await,
         Cmd::Workers { c } => {
             listing(
                 c,

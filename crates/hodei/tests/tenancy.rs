@@ -126,3 +126,56 @@ async fn the_eta_of_a_queued_job_matches_its_real_start() {
     eprintln!("ETA error: real start − ETA = {error_ms} ms");
     assert!(error_ms.abs() < 1000, "ETA off by {error_ms} ms");
 }
+
+#[tokio::test]
+async fn a_burst_session_admits_more_then_expires_and_running_jobs_continue() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path(), &one_worker("8"), 0, None);
+    tenant(&srv, "bursty", 2, json!({"memory_mb": 200})).await;
+    let sleeper = json!({"command": ["sleep", "300"], "tenant_id": "bursty", "resources": {"memory_mb": 100}});
+    let mut ids = vec![];
+    for _ in 0..3 {
+        ids.push(srv.submit(sleeper.clone()).await["id"].as_str().unwrap().to_owned());
+    }
+    srv.wait_for(&ids[0], 20, |s| s == "running").await;
+    srv.wait_for(&ids[1], 20, |s| s == "running").await;
+    let (_, e) = srv.call(Method::GET, &format!("/jobs/{}/explain", ids[2]), None).await;
+    assert_eq!(e["blocking_reasons"][0]["code"], "quota_memory", "{e}");
+
+    // A one-minute session through the CLI: the third job starts at once.
+    let out = srv.cli(&["burst", "request", "bursty", "--memory-mb", "100", "--duration-minutes", "1", "--reason", "demo", "-o", "json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let session: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(session["state"], "active");
+    srv.wait_for(&ids[2], 20, |s| s == "running").await;
+    let fourth = srv.submit(sleeper.clone()).await["id"].as_str().unwrap().to_owned();
+
+    // Expiry: the session says so, the three running jobs continue, the fourth does not start.
+    let started = Instant::now();
+    let path = format!("/tenants/bursty/burst/sessions/{}", session["id"].as_str().unwrap());
+    loop {
+        let (_, b) = srv.call(Method::GET, &path, None).await;
+        if b["state"] == "expired" {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(90), "session still {} after 90 s", b["state"]);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for id in &ids {
+        assert_eq!(srv.job(id).await["state"], "running", "running jobs continue after expiry");
+    }
+    let (_, q) = srv.call(Method::GET, "/tenants/bursty/quota", None).await;
+    assert_eq!((q["ceiling"]["memory_mb"].as_u64(), q["current_usage"]["memory_mb"].as_u64()), (Some(200), Some(300)), "{q}");
+    // Back under the quota by one job is still at it: the fourth waits until two have ended.
+    srv.call(Method::POST, &format!("/jobs/{}/cancel", ids[0]), None).await;
+    srv.wait_ended(&ids[0], 20).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(srv.job(&fourth).await["state"], "pending");
+    srv.call(Method::POST, &format!("/jobs/{}/cancel", ids[1]), None).await;
+    srv.wait_for(&fourth, 20, |s| s == "running").await;
+    let out = srv.cli(&["burst", "ls", "--tenant", "bursty"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("expired"));
+    for id in [&ids[2], &fourth] {
+        srv.call(Method::POST, &format!("/jobs/{id}/cancel"), None).await;
+    }
+}

@@ -1,5 +1,6 @@
 //! Route handlers, one module per resource.
 
+pub mod burst;
 pub mod jobs;
 pub mod logs;
 pub mod queue;
@@ -31,6 +32,13 @@ pub fn v1(cfg: &ApiConfig) -> OpenApiRouter<ApiState> {
         .routes(routes!(queue::get_queue))
         .routes(routes!(queue::get_tenant_queue))
         .routes(routes!(tenants::get_quota, tenants::put_quota))
+        .routes(routes!(burst::request_burst))
+        .routes(routes!(burst::list_all))
+        .routes(routes!(burst::list_of_tenant))
+        .routes(routes!(burst::get_session))
+        .routes(routes!(burst::approve))
+        .routes(routes!(burst::reject))
+        .routes(routes!(burst::end))
         .routes(routes!(logs::get_logs))
         .routes(routes!(tenants::create_tenant, tenants::list_tenants))
         .routes(routes!(tenants::get_tenant, tenants::update_tenant, tenants::delete_tenant))

@@ -207,6 +207,7 @@ async fn quota_view(s: &ApiState, t: &Tenant) -> ApiResult<QuotaView> {
             queued_jobs: u.queued_jobs,
         },
         burst: grant.map(|g| crate::dto::BurstGrantOut {
+            session_id: g.session.to_string(),
             cpu_m: g.resources.cpu_m.get(),
             memory_mb: g.resources.memory_mb.get(),
             gpu: g.resources.gpu.get(),

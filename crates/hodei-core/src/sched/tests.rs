@@ -4,6 +4,7 @@ use proptest::prelude::*;
 use uuid::Uuid;
 
 use super::*;
+use crate::burst::{BurstRequest, BurstRules, BurstSession};
 use crate::ids::{PoolId, TenantId};
 use crate::job::Priority;
 use crate::quota::{Admission, Limit, Quota, QuotaRules, TenantPolicy, Usage};
@@ -295,8 +296,15 @@ fn a_reconnecting_worker_keeps_what_it_runs_and_loses_what_it_forgot() {
 
 #[derive(Clone, Debug)]
 enum Op {
-    Submit { tenant: u8, cpu_m: u16, retries: u8 },
-    AddWorker { slots: u8, cpu_m: u16 },
+    Submit {
+        tenant: u8,
+        cpu_m: u16,
+        retries: u8,
+    },
+    AddWorker {
+        slots: u8,
+        cpu_m: u16,
+    },
     Schedule,
     Accept(usize),
     Finish(usize, u8),
@@ -305,7 +313,18 @@ enum Op {
     Retry(usize),
     Disconnect(usize),
     Advance(u16),
-    SetQuota { tenant: u8, cpu_m: u16, jobs: u8 },
+    SetQuota {
+        tenant: u8,
+        cpu_m: u16,
+        jobs: u8,
+    },
+    /// Opens a burst session of `minutes` for the tenant, or ends its open one.
+    Burst {
+        tenant: u8,
+        cpu_m: u16,
+        jobs: u8,
+        minutes: u8,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -321,6 +340,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => any::<usize>().prop_map(Op::Disconnect),
         2 => (0u16..15_000).prop_map(Op::Advance),
         1 => (0u8..4, 500u16..6000, 0u8..5).prop_map(|(tenant, cpu_m, jobs)| Op::SetQuota { tenant, cpu_m, jobs }),
+        1 => (0u8..4, 0u16..3000, 0u8..3, 0u8..2).prop_map(|(tenant, cpu_m, jobs, minutes)| Op::Burst { tenant, cpu_m, jobs, minutes }),
     ]
 }
 
@@ -399,6 +419,8 @@ proptest! {
         let mut workers: Vec<WorkerId> = vec![];
         let mut store: HashMap<JobId, Job> = HashMap::new();
         let mut succeeded: HashMap<JobId, u32> = HashMap::new();
+        let mut bursts: HashMap<u8, BurstSession> = HashMap::new();
+        let rules = BurstRules { max_duration_minutes: 1, cooldown: Duration::from_secs(5), ..BurstRules::default() };
         for op in ops {
             match op {
                 Op::Submit { tenant, cpu_m, retries } => {
@@ -412,6 +434,22 @@ proptest! {
                     let quota = Quota { resources: Resources::new(u32::from(cpu_m), 1 << 20, 0), max_concurrent_jobs: u32::from(jobs), max_queued_jobs: 1000 };
                     let version = s.policy(&tid(&format!("t{tenant}"))).version + 1;
                     s.set_tenant(&tid(&format!("t{tenant}")), TenantPolicy { quota, version, ..TenantPolicy::default() }, ts(now));
+                }
+                Op::Burst { tenant, cpu_m, jobs, minutes } => {
+                    let t = tid(&format!("t{tenant}"));
+                    let history: Vec<_> = bursts.get(&tenant).cloned().into_iter().collect();
+                    let req = BurstRequest {
+                        resources: Resources::new(u32::from(cpu_m), 0, 0),
+                        concurrent_jobs: u32::from(jobs),
+                        duration_minutes: Some(u32::from(minutes)),
+                        reason: String::new(),
+                        requested_by: "p".into(),
+                    };
+                    let quota = s.policy(&t).quota;
+                    match crate::burst::open(&rules, &t, &quota, &history, req, crate::BurstId::from_uuid(ids.next()), ts(now)) {
+                        Ok(b) => { s.set_burst(&b, ts(now)); bursts.insert(tenant, b); }
+                        Err(_) => if let Some(b) = bursts.get_mut(&tenant) && b.end("p", &rules, ts(now)).is_ok() { s.set_burst(b, ts(now)); },
+                    }
                 }
                 Op::AddWorker { slots, cpu_m } => workers.push(connected_worker(&mut s, &mut ids, u32::from(slots), u32::from(cpu_m), now)),
                 Op::Schedule => {
@@ -447,6 +485,9 @@ proptest! {
                         }
                     }
                     s.tick(ts(now));
+                    for b in bursts.values_mut() {
+                        if b.advance(&rules, ts(now)) { s.set_burst(b, ts(now)); }
+                    }
                 }
             }
             let ch = s.take_changes();
@@ -704,4 +745,57 @@ proptest! {
         }
         prop_assert_eq!(dispatched, submitted);
     }
+}
+
+#[test]
+fn a_burst_session_admits_more_until_it_expires() {
+    let cfg = SchedConfig { quota_rules: QuotaRules { strict: false, ..QuotaRules::default() }, ..SchedConfig::default() };
+    let (mut s, mut ids) = (Scheduler::new(cfg), Ids(0));
+    set_quota(&mut s, "a", 2, 1000, 10, 0);
+    connected_worker(&mut s, &mut ids, 8, 100_000, 0);
+    for i in 0..2 {
+        s.submit(job(&mut ids, "a", 500, 0, i), ts(i)).unwrap();
+    }
+    let big = job(&mut ids, "a", 1500, 0, 2);
+    let big_id = big.id;
+    assert!(matches!(s.submit(big, ts(2)), Ok(Admission::HeldCeiling(_))));
+    s.submit(job(&mut ids, "a", 500, 0, 3), ts(3)).unwrap();
+    assert_eq!(schedule(&mut s, &mut ids, 4).len(), 2, "quota 1000 runs two 500m jobs");
+
+    let rules = BurstRules { max_duration_minutes: 1, ..BurstRules::default() };
+    let quota = s.policy(&tid("a")).quota;
+    let req = BurstRequest { resources: Resources::new(500, 0, 0), concurrent_jobs: 0, duration_minutes: None, reason: "x".into(), requested_by: "a".into() };
+    let mut b = crate::burst::open(&rules, &tid("a"), &quota, &[], req, crate::BurstId::from_uuid(ids.next()), ts(10)).unwrap();
+    let opened = b.clone();
+    s.set_burst(&b, ts(10));
+    assert_eq!(s.job(&big_id).unwrap().state, JobState::Pending, "the ceiling of 1500 fits the held job alone");
+    assert_eq!(schedule(&mut s, &mut ids, 11).len(), 1, "the grant runs one more 500m job");
+    assert_eq!(s.usage(&tid("a")).active.cpu_m.0, 1500);
+
+    // At expiry dispatch falls back to the quota by itself; running jobs continue.
+    assert!(b.advance(&rules, ts(60_010)));
+    assert_eq!(schedule(&mut s, &mut ids, 60_010).len(), 0);
+    s.set_burst(&b, ts(60_010));
+    assert_eq!(s.job(&big_id).unwrap().state, JobState::Held, "alone over the quota again");
+    assert_eq!(s.usage(&tid("a")).active.cpu_m.0, 1500);
+    // A stale update (the session as first opened) does not bring the grant back.
+    s.set_burst(&opened, ts(60_011));
+    assert_eq!(s.policy(&tid("a")).grant, None);
+    // A tenant update keeps the grant (tenant records carry none).
+    let mut b2 = crate::burst::open(
+        &rules,
+        &tid("a"),
+        &quota,
+        &[b],
+        BurstRequest { resources: Resources::new(100, 0, 0), concurrent_jobs: 0, duration_minutes: None, reason: String::new(), requested_by: "a".into() },
+        crate::BurstId::from_uuid(ids.next()),
+        ts(1_900_000),
+    )
+    .unwrap();
+    s.set_burst(&b2, ts(1_900_000));
+    set_quota(&mut s, "a", 3, 1000, 10, 1_900_001);
+    assert_eq!(s.policy(&tid("a")).grant, b2.grant());
+    b2.end("a", &rules, ts(1_900_002)).unwrap();
+    s.set_burst(&b2, ts(1_900_002));
+    assert_eq!(s.policy(&tid("a")).grant, None);
 }
