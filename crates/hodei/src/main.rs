@@ -86,6 +86,19 @@ enum Cmd {
     },
     /// Load generator against a running server (see BENCHMARKS.md).
     Bench(bench::BenchArgs),
+    /// Run the scheduler core on a simulated workload (virtual clock, seeded, deterministic).
+    Simulate(SimulateArgs),
+}
+
+#[derive(Args)]
+struct SimulateArgs {
+    /// Workload file (YAML; see bench/workloads/).
+    workload: PathBuf,
+    /// Overrides the file's seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
+    output: Output,
 }
 
 #[derive(Args)]
@@ -845,6 +858,18 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Cmd::Bench(a) => bench::run(a).await,
+        Cmd::Simulate(a) => {
+            let (mut w, trace) = hodei_sim::Workload::load(&a.workload)?;
+            if let Some(seed) = a.seed {
+                w.seed = seed;
+            }
+            let report = hodei_sim::simulate(&w, trace)?;
+            match a.output {
+                Output::Table => print!("{}", report.render()),
+                Output::Json => print_json(&serde_json::to_value(&report)?),
+            }
+            Ok(0)
+        }
     }
 }
 

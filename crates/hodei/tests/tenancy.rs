@@ -179,3 +179,23 @@ async fn a_burst_session_admits_more_then_expires_and_running_jobs_continue() {
         srv.call(Method::POST, &format!("/jobs/{id}/cancel"), None).await;
     }
 }
+
+#[test]
+fn simulate_prints_the_same_report_for_the_same_seed() {
+    let workload = concat!(env!("CARGO_MANIFEST_DIR"), "/../../bench/workloads/flood-10k.yaml");
+    let run = |extra: &[&str]| {
+        let out = std::process::Command::new(BIN).arg("simulate").arg(workload).args(extra).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        out.stdout
+    };
+    let (a, b) = (run(&[]), run(&[]));
+    assert_eq!(a, b, "byte for byte");
+    assert!(String::from_utf8_lossy(&a).contains("Jain's index"));
+    let json: Value = serde_json::from_slice(&run(&["--seed", "9", "-o", "json"])).unwrap();
+    assert_eq!(json["seed"], 9);
+    let light = json["tenants"].as_array().unwrap().iter().find(|t| t["tenant"] == "light").unwrap();
+    assert_eq!(light["max_overtaken"], 0, "{light}");
+    let out = std::process::Command::new(BIN).args(["simulate", "/nonexistent.yaml"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent.yaml"));
+}
