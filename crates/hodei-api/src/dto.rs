@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use hodei_core::sched::{Explanation, QueueStatus};
+use hodei_core::sched::{Explanation, QueueStatus, SlaRules};
 use hodei_core::{Attempt, BurstSession, Job, JobEvent, Quota, Tenant, Timestamp, Worker};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -139,8 +139,28 @@ pub struct JobView {
     pub worker_id: Option<String>,
     pub log_truncated: bool,
     pub warnings: Vec<String>,
+    /// on_track|at_risk|critical|breached while waiting; met|breached once started.
+    pub sla_status: String,
+    /// Queue wait counted against the SLA (final once the first attempt started).
+    pub sla_wait_ms: Option<u64>,
+    /// When a waiting job reaches its level's maximum wait if it keeps waiting.
+    pub sla_deadline_at: Option<String>,
+    pub sla_breached_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub attempts: Option<Vec<AttemptView>>,
+}
+
+impl JobView {
+    /// The view with the SLA deadline, which needs the configured maximum waits.
+    pub fn of(j: &Job, sla: &SlaRules) -> JobView {
+        let mut v = JobView::from(j);
+        let waiting = j.sla.wait_ms.is_none() && matches!(j.state, hodei_core::JobState::Pending | hodei_core::JobState::Scheduled);
+        if let Some(since) = j.sla.since.or(waiting.then_some(j.eligible_at)) {
+            let left = sla.max_wait_ms(j.spec.sla).saturating_sub(j.sla.waited_ms);
+            v.sla_deadline_at = Some(rfc3339(since.saturating_add(std::time::Duration::from_millis(left))));
+        }
+        v
+    }
 }
 
 impl From<&Job> for JobView {
@@ -184,6 +204,10 @@ impl From<&Job> for JobView {
             worker_id: j.worker_id.map(|w| w.to_string()),
             log_truncated: j.log_truncated,
             warnings: j.warnings.clone(),
+            sla_status: j.sla.status.as_str().to_owned(),
+            sla_wait_ms: j.sla.wait_ms,
+            sla_deadline_at: None,
+            sla_breached_at: ort(j.sla.breached_at),
             attempts: None,
         }
     }
@@ -642,6 +666,8 @@ pub struct TenantQueueView {
     pub oldest_wait_ms: i64,
     /// At its own quota or concurrency limit.
     pub at_limit: bool,
+    /// Waiting jobs past their SLA's at-risk threshold.
+    pub at_risk: u64,
 }
 
 /// `GET /queue` (SPEC §4.5).
@@ -650,8 +676,17 @@ pub struct QueueView {
     pub totals: QueueTotals,
     pub by_priority: BTreeMap<String, u64>,
     pub oldest_wait_ms: i64,
+    pub sla: QueueSla,
     pub virtual_time: String,
     pub tenants: Vec<TenantQueueView>,
+}
+
+/// Waiting jobs by SLA status.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QueueSla {
+    pub at_risk: u64,
+    pub critical: u64,
+    pub breached_waiting: u64,
 }
 
 impl From<&QueueStatus> for QueueView {
@@ -660,6 +695,7 @@ impl From<&QueueStatus> for QueueView {
             totals: QueueTotals { pending: q.pending, held: q.held, scheduled: q.scheduled, running: q.running },
             by_priority: q.by_priority.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
             oldest_wait_ms: q.oldest_wait_ms,
+            sla: QueueSla { at_risk: q.sla_at_risk, critical: q.sla_critical, breached_waiting: q.sla_breached_waiting },
             virtual_time: q.virtual_time.to_string(),
             tenants: q
                 .tenants
@@ -675,6 +711,7 @@ impl From<&QueueStatus> for QueueView {
                     running: t.running + t.scheduled,
                     oldest_wait_ms: t.oldest_wait_ms,
                     at_limit: t.parked,
+                    at_risk: t.at_risk,
                 })
                 .collect(),
         }
@@ -723,4 +760,52 @@ pub struct DryRunView {
     pub estimated_start_at: Option<String>,
     pub estimated_cost_micros: CostEstimate,
     pub warnings: Vec<String>,
+}
+
+/// Outcomes of one SLA level (or all) over the window.
+#[derive(Debug, Serialize, ToSchema, Default, Clone)]
+pub struct SlaRow {
+    pub level: String,
+    pub started: u64,
+    pub met: u64,
+    pub breached: u64,
+    /// met / started; null when nothing started.
+    pub compliance_ratio: Option<f64>,
+    pub wait_p50_ms: u64,
+    pub wait_p95_ms: u64,
+    /// Waiting now, past 70 % / 90 % / 100 % of the level's maximum wait.
+    pub at_risk: u64,
+    pub critical: u64,
+    pub breached_waiting: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TenantSla {
+    pub tenant_id: String,
+    pub levels: Vec<SlaRow>,
+}
+
+/// `GET /sla`, `GET /tenants/{id}/sla`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SlaReport {
+    pub window_hours: u32,
+    /// Per level over every tenant (or the one asked for).
+    pub levels: Vec<SlaRow>,
+    pub tenants: Vec<TenantSla>,
+}
+
+/// A job that breached (`/sla/breaches`) or is at risk (`/sla/at-risk`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SlaJobView {
+    pub job_id: String,
+    pub tenant_id: String,
+    pub level: String,
+    pub status: String,
+    pub state: String,
+    pub max_wait_ms: u64,
+    pub wait_ms: u64,
+    pub breached_at: Option<String>,
+    pub deadline_at: Option<String>,
+    /// First reason it is not running, while it waits.
+    pub dominant_blocking_reason: Option<String>,
 }

@@ -31,6 +31,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
 
 pub use error::{ApiError, ErrorCode};
+pub use routes::sla::compliance as sla_compliance;
 pub use routes::system::metrics as routes_metrics;
 
 /// Wall time, as the server reads it. Tests pass a manual clock.
@@ -126,6 +127,9 @@ pub struct ApiConfig {
     pub eta_horizon: std::time::Duration,
     /// `burst_capacity`.
     pub burst: hodei_core::BurstRules,
+    /// `sla` (maximum waits, thresholds, window).
+    pub sla: hodei_core::sched::SlaRules,
+    pub sla_window_hours: u32,
     /// Default cost rates (`cost_tracking.hourly_rate_*`), for estimates.
     pub rates: hodei_core::cost::Rates,
     /// Bearer token required on `/api/v1`; `None` turns auth off (loopback only).

@@ -6,10 +6,10 @@ use crate::time::Timestamp;
 use crate::units::Resources;
 
 macro_rules! string_enum {
-    ($(#[$doc:meta])* $name:ident { $($variant:ident = $s:literal),+ $(,)? }) => {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vattr:meta])* $variant:ident = $s:literal),+ $(,)? }) => {
         $(#[$doc])*
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-        pub enum $name { $($variant),+ }
+        pub enum $name { $($(#[$vattr])* $variant),+ }
 
         impl $name {
             pub const ALL: &'static [$name] = &[$($name::$variant),+];
@@ -49,6 +49,35 @@ string_enum!(
     /// SLA level: bounds the queue wait.
     SlaLevel { Critical = "critical", High = "high", Medium = "medium", Low = "low", BestEffort = "best_effort" }
 );
+
+string_enum!(
+    /// Where a job stands against its SLA level's maximum queue wait (SPEC §2.9): while
+    /// waiting `on_track`, `at_risk` (> 70 %), `critical` (> 90 %), `breached` (> 100 %);
+    /// once its first attempt runs, `met` or `breached`.
+    #[derive(Default)]
+    SlaStatus { #[default] OnTrack = "on_track", AtRisk = "at_risk", Critical = "critical", Breached = "breached", Met = "met" }
+);
+
+/// A job's SLA clock. Queue wait counts while the job is `pending` or `scheduled` before its
+/// first attempt runs, minus time the tenant sat at its own quota or concurrency limit;
+/// holds pause it and retries do not restart it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SlaClock {
+    /// Wait counted before the current interval (ms).
+    pub waited_ms: u64,
+    /// Start of the interval being counted now; `None` while not counting.
+    pub since: Option<Timestamp>,
+    /// The tenant's limit clock at `since` (see the scheduler); not stored.
+    pub mark: u64,
+    pub status: SlaStatus,
+    /// When the wait passed 100 %.
+    pub breached_at: Option<Timestamp>,
+    /// The final wait, when the first attempt started (`decided_at`).
+    pub wait_ms: Option<u64>,
+    pub decided_at: Option<Timestamp>,
+    /// Next threshold instant the scheduler will look at (in its index); not stored.
+    pub due: Option<Timestamp>,
+}
 
 impl Priority {
     /// The SLA level a job gets when it names none (SPEC §2.7).
@@ -210,6 +239,7 @@ pub struct Job {
     pub log_truncated: bool,
     /// Admission warnings (`quota_exceeded` under `violation_policy: warn`).
     pub warnings: Vec<String>,
+    pub sla: SlaClock,
 }
 
 impl Job {
@@ -239,6 +269,7 @@ impl Job {
             worker_id: None,
             log_truncated: false,
             warnings: Vec::new(),
+            sla: SlaClock::default(),
         }
     }
 

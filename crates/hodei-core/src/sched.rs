@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::burst::BurstSession;
 use crate::ids::{AttemptId, BurstId, JobId, TenantId, WorkerId};
-use crate::job::{Actor, Attempt, AttemptState, FailureReason, Job, JobEvent, JobState};
+use crate::job::{Actor, Attempt, AttemptState, FailureReason, Job, JobEvent, JobState, SlaLevel};
 use crate::queue::{JobKey, Queue};
 use crate::quota::{self, Admission, Limit, QuotaRules, Rejection, TenantPolicy, Usage};
 use crate::time::Timestamp;
@@ -15,8 +15,10 @@ use crate::units::Resources;
 use crate::worker::{Worker, WorkerState};
 
 mod explain;
+mod sla;
 mod status;
 pub use explain::{Blocker, CandidatePool, Explanation, MAX_SIM_JOBS};
+pub use sla::SlaRules;
 pub use status::{QueueStatus, TenantQueueRow};
 
 /// How many jobs of one tenant are looked at per dispatch when the head does not fit anywhere.
@@ -43,6 +45,7 @@ pub struct SchedConfig {
     pub quota_rules: QuotaRules,
     /// Policy of a tenant the server has not described (it should always have).
     pub default_policy: TenantPolicy,
+    pub sla: SlaRules,
 }
 
 impl Default for SchedConfig {
@@ -58,6 +61,7 @@ impl Default for SchedConfig {
             default_expected_duration: Duration::from_secs(60),
             quota_rules: QuotaRules::default(),
             default_policy: TenantPolicy::default(),
+            sla: SlaRules::default(),
         }
     }
 }
@@ -83,6 +87,8 @@ pub struct Changes {
     pub outbound: Vec<Outbound>,
     /// Dispatches over quota that `warn` allowed (`hodei_quota_violations_total`).
     pub quota_violations: Vec<(TenantId, Limit)>,
+    /// Jobs whose queue wait passed their SLA level's maximum (`hodei_sla_breaches_total`).
+    pub sla_breaches: Vec<(TenantId, SlaLevel)>,
 }
 
 impl Changes {
@@ -94,6 +100,7 @@ impl Changes {
             && self.events.is_empty()
             && self.outbound.is_empty()
             && self.quota_violations.is_empty()
+            && self.sla_breaches.is_empty()
     }
 }
 
@@ -180,6 +187,7 @@ struct Books {
     usage: HashMap<TenantId, Usage>,
     /// Tenants whose active usage went down since the last dispatch round (to unpark).
     freed: HashSet<TenantId>,
+    sla: sla::SlaBook,
 }
 
 impl Books {
@@ -271,8 +279,11 @@ fn move_job(job: &mut Job, to: JobState, actor: Actor, reason: Option<&str>, now
     books.events.push(JobEvent { job_id: job.id, at: now, from: Some(job.state), to, actor, reason: reason.map(str::to_owned) });
     books.count(job, job.state, false);
     books.count(job, to, true);
+    books.sla.before_move(job, to, now);
+    let from = job.state;
     job.state = to;
     job.state_reason = reason.map(str::to_owned);
+    books.sla.after_move(job, from, now);
 }
 
 /// Sets a newly submitted job's state from its admission.
@@ -290,13 +301,14 @@ pub fn apply_admission(job: &mut Job, a: &Admission) {
 
 impl Scheduler {
     pub fn new(cfg: SchedConfig) -> Self {
+        let sla = sla::SlaBook::new(cfg.sla);
         Scheduler {
             cfg,
             jobs: HashMap::new(),
             queue: Queue::default(),
             tenants: HashMap::new(),
             burst_stamps: HashMap::new(),
-            books: Books::default(),
+            books: Books { sla, ..Books::default() },
             history: HashMap::new(),
             history_keys: 0,
             capacity: Resources::ZERO,
@@ -356,8 +368,9 @@ impl Scheduler {
     // ---- recovery -------------------------------------------------------------------------
 
     /// Loads a stored live job at start-up. Records no change.
-    pub fn restore_job(&mut self, job: Job) {
+    pub fn restore_job(&mut self, mut job: Job, now: Timestamp) {
         self.books.count(&job, job.state, true);
+        self.books.sla.enter(&mut job, now);
         match job.state {
             JobState::Pending => self.queue.push(&job.tenant, key_of(&job)),
             JobState::Failed => {
@@ -416,6 +429,21 @@ impl Scheduler {
     }
 
     /// Tenants with a policy or with live jobs.
+    /// Waiting jobs (SLA clock running) per tenant, level and status.
+    pub fn sla_waiting(&self) -> &BTreeMap<(TenantId, SlaLevel, crate::SlaStatus), u32> {
+        &self.books.sla.waiting
+    }
+
+    /// A job's queue wait so far (final once its first attempt started), in ms.
+    pub fn sla_wait_ms(&self, job: &Job, now: Timestamp) -> u64 {
+        self.books.sla.wait_ms(job, now)
+    }
+
+    /// The instant a waiting job reaches its SLA level's maximum wait if it keeps waiting.
+    pub fn sla_deadline(&self, job: &Job, now: Timestamp) -> Timestamp {
+        self.books.sla.deadline(job, now)
+    }
+
     pub fn tenant_ids(&self) -> impl Iterator<Item = &TenantId> {
         let extra = self.books.usage.keys().filter(|t| !self.tenants.contains_key(*t));
         self.tenants.keys().chain(extra)
@@ -454,7 +482,7 @@ impl Scheduler {
 
     /// Re-evaluates the holds of a tenant's queued jobs after its policy changed.
     fn reconsider_tenant(&mut self, tenant: &TenantId, now: Timestamp) {
-        self.queue.unpark(tenant);
+        self.unpark(tenant, now);
         let mine: Vec<JobId> =
             self.jobs.values().filter(|j| j.tenant == *tenant && matches!(j.state, JobState::Pending | JobState::Held)).map(|j| j.id).collect();
         for id in mine {
@@ -555,12 +583,13 @@ impl Scheduler {
         jobs.into_iter().map(|j| self.submit(j, now)).collect()
     }
 
-    fn insert_new(&mut self, job: Job, now: Timestamp) {
+    fn insert_new(&mut self, mut job: Job, now: Timestamp) {
         self.books.events.push(JobEvent { job_id: job.id, at: now, from: None, to: job.state, actor: Actor::Api, reason: job.state_reason.clone() });
         self.books.count(&job, job.state, true);
+        self.books.sla.enter(&mut job, now);
         if job.state == JobState::Pending {
             self.queue.push(&job.tenant, key_of(&job));
-            self.queue.unpark(&job.tenant);
+            self.unpark(&job.tenant, now);
         }
         self.new_jobs.insert(job.id);
         self.touch(job.id);
@@ -778,14 +807,14 @@ impl Scheduler {
     /// Returns how many were placed.
     pub fn schedule(&mut self, now: Timestamp, mint: &mut dyn FnMut() -> AttemptId) -> usize {
         for t in std::mem::take(&mut self.books.freed) {
-            self.queue.unpark(&t);
+            self.unpark(&t, now);
         }
         self.capacity = self
             .workers
             .values()
             .filter(|w| matches!(w.state, WorkerState::Idle | WorkerState::Busy))
             .fold(Resources::ZERO, |acc, w| acc.checked_add(&w.resources).unwrap_or(acc));
-        let mut placed = 0;
+        let mut placed = self.dispatch_escalated(now, mint);
         // Tenants with nothing a worker can take now; capacity only shrinks within one call.
         let mut stuck: HashSet<TenantId> = HashSet::new();
         let mut budget = SCAN_PER_CALL;
@@ -827,6 +856,7 @@ impl Scheduler {
             }
             for t in &park {
                 self.queue.park(t);
+                self.books.sla.limit_reached(t, now);
             }
             let Some((tenant, key, worker, over)) = pick else { break };
             self.queue.remove(&tenant, &key);
@@ -838,6 +868,39 @@ impl Scheduler {
                 self.out.quota_violations.push((tenant, b.limit));
             }
             self.assign(key.id, worker, mint(), now);
+            placed += 1;
+        }
+        placed
+    }
+
+    /// A tenant may dispatch again: back in the fair queue, its limit clock stops.
+    fn unpark(&mut self, t: &TenantId, now: Timestamp) {
+        self.queue.unpark(t);
+        self.books.sla.limit_left(t, now);
+    }
+
+    /// SLA escalation (SPEC §2.5): waiting jobs in `critical` or `breached` go first, by
+    /// deadline, when their tenant's quota allows and a worker can take them. Their tenant's
+    /// tag is charged as for any dispatch.
+    fn dispatch_escalated(&mut self, now: Timestamp, mint: &mut dyn FnMut() -> AttemptId) -> usize {
+        if self.books.sla.escalated.is_empty() {
+            return 0;
+        }
+        let candidates: Vec<JobId> = self.books.sla.escalated.iter().map(|(_, id)| *id).take(SCAN_PER_TENANT).collect();
+        let mut placed = 0;
+        for id in candidates {
+            let Some(job) = self.jobs.get(&id).filter(|j| j.state == JobState::Pending) else { continue };
+            let policy = self.tenants.get(&job.tenant).unwrap_or(&self.cfg.default_policy);
+            let usage = self.books.usage.get(&job.tenant).copied().unwrap_or_default();
+            let Ok(over) = quota::may_dispatch(policy, &self.cfg.quota_rules, &usage, &job.resources(), now) else { continue };
+            let Some(worker) = self.best_worker(job) else { continue };
+            let (tenant, key, cost) = (job.tenant.clone(), key_of(job), self.cost(job));
+            self.queue.remove(&tenant, &key);
+            self.queue.charge(&tenant, cost);
+            if let Some(b) = over {
+                self.out.quota_violations.push((tenant, b.limit));
+            }
+            self.assign(id, worker, mint(), now);
             placed += 1;
         }
         placed
@@ -1060,6 +1123,14 @@ impl Scheduler {
     /// Applies every time-driven decision due at `now`: due retries, ack timeouts, expired
     /// worker leases, and the timeout and cancel backstops for workers that stopped answering.
     pub fn tick(&mut self, now: Timestamp) {
+        for id in self.books.sla.due(now) {
+            if let Some(job) = self.jobs.get_mut(&id)
+                && self.books.sla.reevaluate(job, now)
+            {
+                self.touch(id);
+            }
+        }
+
         while let Some(&(at, id)) = self.retry_wait.first() {
             if at > now {
                 break;
@@ -1148,7 +1219,8 @@ impl Scheduler {
 
     /// Earliest instant at which [`Scheduler::tick`] has something to do, if any.
     pub fn next_deadline(&self) -> Option<Timestamp> {
-        self.retry_wait.first().map(|(at, _)| *at)
+        let retry = self.retry_wait.first().map(|(at, _)| *at);
+        retry.into_iter().chain(self.books.sla.next_due()).min()
     }
 
     // ---- output ---------------------------------------------------------------------------
@@ -1158,6 +1230,7 @@ impl Scheduler {
     pub fn take_changes(&mut self) -> Changes {
         let mut out = std::mem::take(&mut self.out);
         out.events = std::mem::take(&mut self.books.events);
+        out.sla_breaches = std::mem::take(&mut self.books.sla.breaches);
         // Keys are removed one by one: `clear` costs the sets' capacity, which a large batch
         // leaves high, on every later call.
         for id in self.dirty_jobs.drain(..) {

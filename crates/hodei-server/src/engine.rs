@@ -275,7 +275,7 @@ impl Engine {
             sched.restore_attempt(a.clone());
         }
         for j in live.jobs {
-            sched.restore_job(j);
+            sched.restore_job(j, now);
         }
         // Only attempts the store has as running are known to be on their worker; an assignment
         // that was never confirmed is treated as lost (requeued; fencing ignores a late Accepted).
@@ -353,6 +353,8 @@ impl Engine {
             if self.last_scan.is_none_or(|t| now.since(t) >= Duration::from_secs(5)) {
                 self.last_scan = Some(now);
                 self.gauges.scan(self.sched.jobs(), now);
+                self.gauges.sla(self.sched.sla_waiting());
+                self.gauges.tenants(&self.sched, now);
             }
         }
         let mut mint = || AttemptId::from_uuid(Uuid::now_v7());
@@ -493,6 +495,9 @@ impl Engine {
                 }
                 _ => {}
             }
+        }
+        for (tenant, level) in &c.sla_breaches {
+            metrics::counter!("hodei_sla_breaches_total", "tenant" => tenant.to_string(), "level" => level.as_str()).increment(1);
         }
         for (tenant, limit) in &c.quota_violations {
             metrics::counter!("hodei_quota_violations_total", "tenant" => tenant.to_string(), "resource" => limit.as_str()).increment(1);

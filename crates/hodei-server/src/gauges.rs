@@ -3,8 +3,15 @@
 
 use std::collections::{HashMap, HashSet};
 
-use hodei_core::sched::Changes;
-use hodei_core::{Job, JobId, JobState, Timestamp, Worker};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hodei_api::Clock;
+use hodei_core::sched::{Changes, Scheduler};
+use hodei_core::{Job, JobId, JobState, SlaLevel, SlaStatus, TenantId, Timestamp, Worker};
+use hodei_store::Store;
+use tokio::sync::watch;
 
 #[derive(Default)]
 pub struct Gauges {
@@ -19,6 +26,8 @@ pub struct Gauges {
     /// Series set by the last scan, so they drop to 0 rather than go stale.
     scanned_tenants: HashSet<String>,
     scanned_pools: HashSet<String>,
+    /// `hodei_sla_jobs` series exported, so an emptied one drops to 0.
+    sla_series: HashSet<(String, &'static str, &'static str)>,
 }
 
 fn queued_state(s: JobState) -> Option<&'static str> {
@@ -123,12 +132,96 @@ impl Gauges {
         }
     }
 
+    /// Waiting jobs per tenant, SLA level and status (`hodei_sla_jobs`).
+    pub fn sla(&mut self, waiting: &BTreeMap<(TenantId, SlaLevel, SlaStatus), u32>) {
+        let mut now: HashMap<(String, &'static str, &'static str), u32> = self.sla_series.drain().map(|k| (k, 0)).collect();
+        for ((t, level, status), n) in waiting {
+            now.insert((t.to_string(), level.as_str(), status.as_str()), *n);
+        }
+        for ((tenant, level, status), n) in now {
+            metrics::gauge!("hodei_sla_jobs", "tenant" => tenant.clone(), "level" => level, "status" => status).set(f64::from(n));
+            self.sla_series.insert((tenant, level, status));
+        }
+    }
+
+    /// Per tenant: usage, weight, fair and actual share, quota utilization, burst (SPEC §7.1).
+    pub fn tenants(&mut self, sched: &Scheduler, now: Timestamp) {
+        let q = sched.queue_status(now);
+        let shares: HashMap<&TenantId, (f64, f64)> = q.tenants.iter().map(|r| (&r.tenant, (r.fair_share, r.actual_share))).collect();
+        for t in sched.tenant_ids() {
+            let (p, u) = (sched.policy(t), sched.usage(t));
+            let name = t.to_string();
+            let (fair, actual) = shares.get(t).copied().unwrap_or_default();
+            let used = [u.active.cpu_m.get(), u.active.memory_mb.get(), u.active.gpu.get()];
+            let quota = [p.quota.resources.cpu_m.get(), p.quota.resources.memory_mb.get(), p.quota.resources.gpu.get()];
+            metrics::gauge!("hodei_tenant_cpu_m", "tenant" => name.clone()).set(f64::from(used[0]));
+            metrics::gauge!("hodei_tenant_memory_mb", "tenant" => name.clone()).set(f64::from(used[1]));
+            metrics::gauge!("hodei_tenant_gpu", "tenant" => name.clone()).set(f64::from(used[2]));
+            metrics::gauge!("hodei_tenant_weight", "tenant" => name.clone()).set(f64::from(p.weight));
+            metrics::gauge!("hodei_tenant_fair_share", "tenant" => name.clone()).set(fair);
+            metrics::gauge!("hodei_tenant_actual_share", "tenant" => name.clone()).set(actual);
+            let ratio = |a: u32, b: u32| if b == 0 { 0.0 } else { f64::from(a) / f64::from(b) };
+            for (i, resource) in ["cpu", "memory", "gpu"].into_iter().enumerate() {
+                metrics::gauge!("hodei_tenant_quota_utilization", "tenant" => name.clone(), "resource" => resource).set(ratio(used[i], quota[i]));
+            }
+            metrics::gauge!("hodei_tenant_quota_utilization", "tenant" => name.clone(), "resource" => "jobs")
+                .set(ratio(u.active_jobs, p.quota.max_concurrent_jobs));
+            // How much of the grant is in use: usage above the quota over the grant, worst dimension.
+            let grant = p.active_grant(now);
+            let burst_use = grant.map_or(0.0, |g| {
+                let extra = [g.resources.cpu_m.get(), g.resources.memory_mb.get(), g.resources.gpu.get(), g.concurrent_jobs];
+                let over = [
+                    used[0].saturating_sub(quota[0]),
+                    used[1].saturating_sub(quota[1]),
+                    used[2].saturating_sub(quota[2]),
+                    u.active_jobs.saturating_sub(p.quota.max_concurrent_jobs),
+                ];
+                (0..4).filter(|i| extra[*i] > 0).map(|i| ratio(over[i], extra[i])).fold(0.0, f64::max)
+            });
+            metrics::gauge!("hodei_tenant_burst_active", "tenant" => name.clone()).set(if grant.is_some() { 1.0 } else { 0.0 });
+            metrics::gauge!("hodei_tenant_burst_utilization_ratio", "tenant" => name).set(burst_use);
+        }
+    }
+
     fn publish_all(&self) {
         for ((tenant, priority, state), n) in &self.queued {
             metrics::gauge!("hodei_jobs_queued", "tenant" => tenant.clone(), "priority" => *priority, "state" => *state).set(*n as f64);
         }
         for ((tenant, pool), n) in &self.running {
             metrics::gauge!("hodei_jobs_running", "tenant" => tenant.clone(), "pool" => pool.clone()).set(*n as f64);
+        }
+    }
+}
+
+/// `hodei_sla_compliance_ratio{tenant, level}` over the compliance window, from the store,
+/// every 30 s.
+pub async fn sla_compliance(store: Arc<dyn Store>, clock: Arc<dyn Clock>, window: Duration, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(30));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut series: HashSet<(TenantId, SlaLevel)> = HashSet::new();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let since = Timestamp::from_millis(clock.now().as_millis() - window.as_millis() as i64);
+        let outcomes = match store.sla_outcomes(since, None).await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read SLA outcomes");
+                continue;
+            }
+        };
+        let now = hodei_api::sla_compliance(&outcomes);
+        // A series with nothing started in the window is fully compliant, not stale.
+        for key in series.drain().collect::<Vec<_>>() {
+            if !now.contains_key(&key) {
+                metrics::gauge!("hodei_sla_compliance_ratio", "tenant" => key.0.to_string(), "level" => key.1.as_str()).set(1.0);
+            }
+        }
+        for ((t, level), (started, met)) in now {
+            metrics::gauge!("hodei_sla_compliance_ratio", "tenant" => t.to_string(), "level" => level.as_str()).set(met as f64 / started.max(1) as f64);
+            series.insert((t, level));
         }
     }
 }

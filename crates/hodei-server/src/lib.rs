@@ -282,6 +282,17 @@ fn quota_rules(cfg: &Config) -> QuotaRules {
     }
 }
 
+pub fn sla_rules(cfg: &Config) -> hodei_core::sched::SlaRules {
+    let m = &cfg.sla.max_wait_s;
+    let s = Duration::from_secs;
+    hodei_core::sched::SlaRules {
+        max_wait: [s(m.critical), s(m.high), s(m.medium), s(m.low), s(m.best_effort)],
+        at_risk_pct: cfg.sla.at_risk_pct,
+        critical_pct: cfg.sla.critical_pct,
+        escalation: cfg.scheduler.sla_escalation,
+    }
+}
+
 fn burst_rules(cfg: &Config) -> hodei_core::BurstRules {
     let b = &cfg.burst_capacity;
     hodei_core::BurstRules {
@@ -327,6 +338,8 @@ fn api_state(cfg: &Config, p: ApiParts) -> anyhow::Result<ApiState> {
         default_quota: default_quota(cfg),
         eta_horizon: Duration::from_millis(cfg.scheduler.eta_horizon_ms),
         burst: burst_rules(cfg),
+        sla: sla_rules(cfg),
+        sla_window_hours: cfg.sla.compliance_window_hours,
         rates: hodei_core::cost::Rates {
             cpu_core_hour: cfg.cost_tracking.hourly_rate_cpu.0,
             memory_gib_hour: cfg.cost_tracking.hourly_rate_memory_gb.0,
@@ -364,6 +377,7 @@ pub fn engine_config(cfg: &Config) -> EngineConfig {
             default_expected_duration: Duration::from_millis(s.default_expected_duration_ms),
             quota_rules: quota_rules(cfg),
             default_policy: TenantPolicy { quota: default_quota(cfg), ..TenantPolicy::default() },
+            sla: sla_rules(cfg),
         },
         // The tick only drives timeouts and retries; dispatch is event-driven.
         tick: Duration::from_millis(s.tick_ms.clamp(50, 250)),
@@ -431,6 +445,12 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(engine.run()));
+    tasks.push(tokio::spawn(gauges::sla_compliance(
+        store.clone(),
+        clock.clone(),
+        Duration::from_secs(u64::from(cfg.sla.compliance_window_hours.max(1)) * 3600),
+        shutdown_rx.clone(),
+    )));
     tasks.push(tokio::spawn(burst::sweep(
         store.clone(),
         handle.clone(),

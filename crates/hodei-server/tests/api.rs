@@ -80,7 +80,7 @@ async fn a_submitted_job_is_stored_before_the_answer() {
     let stored = app.server.store.get_job(id).await.unwrap().expect("durable before the 201");
     assert_eq!(stored.spec.command, ["echo", "hi"]);
     insta::assert_json_snapshot!("submitted_job", job, {
-        ".id" => "[id]", ".submitted_at" => "[time]", ".eligible_at" => "[time]"
+        ".id" => "[id]", ".submitted_at" => "[time]", ".eligible_at" => "[time]", ".sla_deadline_at" => "[time]"
     });
 }
 
@@ -471,4 +471,47 @@ async fn a_burst_request_waits_for_approval_when_required() {
     assert_eq!(q["ceiling"]["max_concurrent_jobs"], 3);
     let (status, p) = app.call("POST", &format!("/api/v1/tenants/r/burst/sessions/{sid}/reject"), None).await;
     assert_eq!((status, p["code"].as_str(), p["state"].as_str()), (StatusCode::CONFLICT, Some("invalid_state"), Some("active")));
+}
+
+#[tokio::test]
+async fn a_job_waiting_past_its_sla_is_reported_breached_with_its_blocking_reason() {
+    let app = app_with(|c| c.sla.max_wait_s.medium = 1).await;
+    let (_, job) = app.call("POST", "/api/v1/jobs", Some(json!({"command": ["x"]}))).await;
+    let id = job["id"].as_str().unwrap().to_owned();
+    assert_eq!(job["sla_status"], "on_track");
+    assert!(job["sla_deadline_at"].is_string());
+    // No worker: it waits, crosses 70 %, 90 %, 100 % of its second.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let j = loop {
+        let (_, j) = app.call("GET", &format!("/api/v1/jobs/{id}"), None).await;
+        if j["sla_status"] == "breached" {
+            break j;
+        }
+        assert!(std::time::Instant::now() < deadline, "still {}", j["sla_status"]);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert!(j["sla_breached_at"].is_string());
+    let (status, b) = app.call("GET", "/api/v1/sla/breaches?tenant_id=default&level=medium", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let row = &b["items"][0];
+    assert_eq!((row["job_id"].as_str(), row["state"].as_str()), (Some(id.as_str()), Some("pending")), "{b}");
+    assert_eq!((row["max_wait_ms"].as_u64(), row["dominant_blocking_reason"].as_str()), (Some(1000), Some("no_matching_pool")));
+    assert!(row["wait_ms"].as_u64().unwrap() > 1000);
+    let (_, r) = app.call("GET", "/api/v1/sla/at-risk", None).await;
+    assert_eq!(r["items"][0]["status"], "breached");
+    let (_, r) = app.call("GET", "/api/v1/sla?window_hours=1", None).await;
+    let medium = r["levels"].as_array().unwrap().iter().find(|l| l["level"] == "medium").unwrap();
+    assert_eq!((medium["breached_waiting"].as_u64(), medium["started"].as_u64()), (Some(1), Some(0)), "{r}");
+    assert!(medium["compliance_ratio"].is_null(), "nothing started in the window");
+    let (_, q) = app.call("GET", "/api/v1/queue", None).await;
+    assert_eq!((q["sla"]["breached_waiting"].as_u64(), q["tenants"][0]["at_risk"].as_u64()), (Some(1), Some(1)));
+    let (status, p) = app.call("GET", "/api/v1/sla/breaches?level=urgent", None).await;
+    assert_eq!((status, fields(&p)), (StatusCode::BAD_REQUEST, vec!["level".to_owned()]));
+    let (status, p) = app.call("GET", "/api/v1/sla?window_hours=0", None).await;
+    assert_eq!((status, fields(&p)), (StatusCode::BAD_REQUEST, vec!["window_hours".to_owned()]));
+    let (status, _) = app.call("GET", "/api/v1/tenants/nope/sla", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let resp = app.server.router.clone().oneshot(Request::builder().uri("/metrics").body(Body::empty()).unwrap()).await.unwrap();
+    let text = String::from_utf8(axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap().to_vec()).unwrap();
+    assert!(text.contains("hodei_sla_breaches_total{tenant=\"default\",level=\"medium\"} 1"), "{text}");
 }

@@ -7,10 +7,13 @@ use hodei_core::burst::{self, BurstRequest, BurstRules};
 use hodei_core::sched::{AttemptResult, Outcome, SchedConfig, Scheduler};
 use hodei_core::spec::{JobSpecInput, SpecLimits};
 use hodei_core::worker::WorkerState;
-use hodei_core::{AttemptId, BurstId, BurstState, Job, JobId, JobState, PoolId, Resources, Tenant, TenantId, TenantStatus, Tier, Timestamp, Worker, WorkerId};
+use hodei_core::{
+    AttemptId, BurstId, BurstState, Job, JobId, JobState, PoolId, Resources, SlaLevel, SlaStatus, Tenant, TenantId, TenantStatus, Tier, Timestamp, Worker,
+    WorkerId,
+};
 use uuid::Uuid;
 
-use crate::{BurstFilter, JobFilter, Store, StoreError};
+use crate::{BreachFilter, BurstFilter, JobFilter, SlaOutcome, Store, StoreError};
 
 fn ts(ms: i64) -> Timestamp {
     Timestamp::from_millis(ms)
@@ -189,12 +192,27 @@ async fn scheduler_changes_round_trip(store: &dyn Store) {
         ]
     );
 
+    assert_eq!((done.sla.status, done.sla.wait_ms, done.sla.decided_at), (SlaStatus::Met, Some(2), Some(ts(3))), "queue wait 1 → 3 ms");
+    let outcomes = store.sla_outcomes(ts(0), None).await.unwrap();
+    assert_eq!(outcomes, [SlaOutcome { tenant: TenantId::parse("acme").unwrap(), level: SlaLevel::Medium, met: true, wait_ms: 2 }]);
+    assert!(store.sla_outcomes(ts(4), None).await.unwrap().is_empty(), "decided before the window");
+
     let live = store.load_live().await.unwrap();
     assert_eq!(live.jobs.iter().map(|j| j.id).collect::<Vec<_>>(), [jb], "only the unfinished job is live");
+    assert_eq!((live.jobs[0].sla.waited_ms, live.jobs[0].sla.since), (0, Some(ts(1))), "the running clock round-trips");
     assert_eq!(live.jobs[0].warnings, ["quota_exceeded"], "admission warnings round-trip");
     assert_eq!(live.attempts.len(), 1);
     assert_eq!(live.workers.len(), 1);
     assert_eq!(live.workers[0].state, WorkerState::Busy);
+
+    // The waiting job breaches (after 1 h), is stored so, and is listed.
+    s.heartbeat(w.id, &[], ts(3_600_002)).unwrap();
+    s.tick(ts(3_600_002));
+    store.apply(std::sync::Arc::new(s.take_changes())).await.unwrap();
+    let breached = store.sla_breaches(&BreachFilter { limit: 10, ..BreachFilter::default() }).await.unwrap();
+    assert_eq!(breached.iter().map(|j| (j.id, j.sla.status, j.sla.breached_at)).collect::<Vec<_>>(), [(jb, SlaStatus::Breached, Some(ts(3_600_001)))]);
+    let of_other = BreachFilter { tenant: Some(TenantId::parse("other").unwrap()), limit: 10, ..BreachFilter::default() };
+    assert!(store.sla_breaches(&of_other).await.unwrap().is_empty());
 }
 
 async fn job_lists_filter_and_paginate_newest_first(store: &dyn Store) {

@@ -12,7 +12,9 @@ mod sqlite_writer;
 
 use async_trait::async_trait;
 use hodei_core::sched::Changes;
-use hodei_core::{Attempt, BurstId, BurstSession, BurstState, Job, JobEvent, JobId, JobState, Pool, PoolId, Tenant, TenantId, Worker, WorkerId};
+use hodei_core::{
+    Attempt, BurstId, BurstSession, BurstState, Job, JobEvent, JobId, JobState, Pool, PoolId, SlaLevel, Tenant, TenantId, Timestamp, Worker, WorkerId,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -67,6 +69,25 @@ pub struct BurstFilter {
     pub limit: u32,
 }
 
+/// One job's SLA outcome: decided when its first attempt started.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlaOutcome {
+    pub tenant: TenantId,
+    pub level: SlaLevel,
+    pub met: bool,
+    pub wait_ms: u64,
+}
+
+/// Filters for jobs that breached their SLA, most recent breach first.
+#[derive(Clone, Debug, Default)]
+pub struct BreachFilter {
+    pub tenant: Option<TenantId>,
+    pub level: Option<SlaLevel>,
+    /// Breached at or after.
+    pub since: Option<Timestamp>,
+    pub limit: u32,
+}
+
 /// Everything the scheduler must hold in memory, as stored.
 #[derive(Debug, Default)]
 pub struct LiveState {
@@ -109,6 +130,9 @@ pub trait Store: Send + Sync + 'static {
     async fn list_attempts(&self, job: JobId) -> Result<Vec<Attempt>>;
     async fn list_events(&self, job: JobId) -> Result<Vec<JobEvent>>;
     async fn load_live(&self) -> Result<LiveState>;
+    /// SLA outcomes decided at or after `since`, of one tenant or all.
+    async fn sla_outcomes(&self, since: Timestamp, tenant: Option<&TenantId>) -> Result<Vec<SlaOutcome>>;
+    async fn sla_breaches(&self, f: &BreachFilter) -> Result<Vec<Job>>;
 
     /// Records a worker and the hash of its session token.
     async fn register_worker(&self, w: &Worker, session_token_hash: &str) -> Result<()>;

@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use hodei_core::sched::Changes;
 use hodei_core::spec::JobSpec;
 use hodei_core::{
-    Attempt, AttemptId, BurstId, BurstSession, CpuMillis, Gpus, Job, JobEvent, JobId, JobState, MemoryMb, Pool, PoolId, Quota, Resources, Tenant, TenantId,
-    Timestamp, Worker, WorkerId,
+    Attempt, AttemptId, BurstId, BurstSession, CpuMillis, Gpus, Job, JobEvent, JobId, JobState, MemoryMb, Pool, PoolId, Quota, Resources, SlaClock, Tenant,
+    TenantId, Timestamp, Worker, WorkerId,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use crate::rows::*;
 use crate::sqlite_writer::{self, Writer};
-use crate::{BurstFilter, JobFilter, LiveState, Result, Store, StoreError};
+use crate::{BreachFilter, BurstFilter, JobFilter, LiveState, Result, SlaOutcome, Store, StoreError};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -155,6 +155,16 @@ fn job_from_row(r: &SqliteRow) -> Result<Job> {
         worker_id: r.try_get::<Option<Uuid>, _>("worker_id").map_err(g)?.map(WorkerId::from_uuid),
         log_truncated: r.try_get("log_truncated").map_err(g)?,
         warnings: r.try_get::<Option<&str>, _>("warnings").map_err(g)?.map(|w| parse_vec(D, w)).transpose()?.unwrap_or_default(),
+        sla: SlaClock {
+            waited_ms: r.try_get::<i64, _>("sla_waited_ms").map_err(g)?.max(0) as u64,
+            since: ts(r.try_get("sla_since").map_err(g)?),
+            mark: 0,
+            status: parse_enum(D, r.try_get("sla_status").map_err(g)?)?,
+            breached_at: ts(r.try_get("sla_breached_at").map_err(g)?),
+            wait_ms: r.try_get::<Option<i64>, _>("sla_wait_ms").map_err(g)?.map(|w| w.max(0) as u64),
+            decided_at: ts(r.try_get("sla_decided_at").map_err(g)?),
+            due: None,
+        },
     })
 }
 
@@ -505,6 +515,43 @@ impl Store for SqliteStore {
         }
         qb.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(f.limit.max(1)));
         let rows = qb.build().fetch_all(&self.read).await.map_err(StoreError::db("listing jobs"))?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    async fn sla_outcomes(&self, since: Timestamp, tenant: Option<&TenantId>) -> Result<Vec<SlaOutcome>> {
+        const D: &str = "reading SLA outcomes";
+        let g = |e: sqlx::Error| StoreError::Db { doing: D, source: e };
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT tenant_id, sla, sla_status, sla_wait_ms FROM jobs WHERE sla_decided_at >= ");
+        qb.push_bind(ms(since));
+        if let Some(t) = tenant {
+            qb.push(" AND tenant_id = ").push_bind(t.as_str().to_owned());
+        }
+        let rows = qb.build().fetch_all(&self.read).await.map_err(StoreError::db(D))?;
+        rows.iter()
+            .map(|r| {
+                Ok(SlaOutcome {
+                    tenant: parse_slug(D, r.try_get("tenant_id").map_err(g)?, TenantId::parse)?,
+                    level: parse_enum(D, r.try_get("sla").map_err(g)?)?,
+                    met: r.try_get::<&str, _>("sla_status").map_err(g)? == "met",
+                    wait_ms: r.try_get::<Option<i64>, _>("sla_wait_ms").map_err(g)?.unwrap_or(0).max(0) as u64,
+                })
+            })
+            .collect()
+    }
+
+    async fn sla_breaches(&self, f: &BreachFilter) -> Result<Vec<Job>> {
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT * FROM jobs WHERE sla_breached_at IS NOT NULL");
+        if let Some(t) = &f.tenant {
+            qb.push(" AND tenant_id = ").push_bind(t.as_str().to_owned());
+        }
+        if let Some(l) = f.level {
+            qb.push(" AND sla = ").push_bind(l.as_str());
+        }
+        if let Some(since) = f.since {
+            qb.push(" AND sla_breached_at >= ").push_bind(ms(since));
+        }
+        qb.push(" ORDER BY sla_breached_at DESC, id DESC LIMIT ").push_bind(i64::from(f.limit.max(1)));
+        let rows = qb.build().fetch_all(&self.read).await.map_err(StoreError::db("listing SLA breaches"))?;
         rows.iter().map(job_from_row).collect()
     }
 

@@ -87,12 +87,15 @@ fn dur_ms(d: Duration) -> i64 {
 const INSERT_JOB: &str = "INSERT INTO jobs (id, tenant_id, name, command, env, working_dir, image, cpu_m, memory_mb, gpu, timeout_ms, expected_duration_ms, \
      max_retries, retry_backoff_ms, priority, sla, preemptible, hold, labels, pool_selector, state, state_reason, attempt_count, \
      current_attempt_id, retries_left, lost_requeues, exit_code, failure_reason, submitted_at, eligible_at, scheduled_at, started_at, \
-     finished_at, next_retry_at, cancel_requested_at, pool_id, worker_id, log_truncated, created_state, created_reason, warnings) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34, ?35, ?36, ?37, ?38, ?39, ?40, ?41)";
+     finished_at, next_retry_at, cancel_requested_at, pool_id, worker_id, log_truncated, created_state, created_reason, warnings, \
+     sla_status, sla_waited_ms, sla_since, sla_breached_at, sla_wait_ms, sla_decided_at) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34, ?35, ?36, ?37, ?38, ?39, ?40, ?41, \
+     ?42, ?43, ?44, ?45, ?46, ?47)";
 
 const UPDATE_JOB: &str = "UPDATE jobs SET state = ?1, state_reason = ?2, attempt_count = ?3, current_attempt_id = ?4, retries_left = ?5, lost_requeues = ?6, \
      exit_code = ?7, failure_reason = ?8, eligible_at = ?9, scheduled_at = ?10, started_at = ?11, finished_at = ?12, next_retry_at = ?13, \
-     cancel_requested_at = ?14, pool_id = ?15, worker_id = ?16, log_truncated = ?17 WHERE id = ?18";
+     cancel_requested_at = ?14, pool_id = ?15, worker_id = ?16, log_truncated = ?17, \
+     sla_status = ?19, sla_waited_ms = ?20, sla_since = ?21, sla_breached_at = ?22, sla_wait_ms = ?23, sla_decided_at = ?24 WHERE id = ?18";
 
 const UPSERT_ATTEMPT: &str = "INSERT INTO attempts (id, job_id, number, worker_id, pool_id, cpu_m, memory_mb, gpu, state, assigned_at, started_at, finished_at, \
      exit_code, signal, failure_reason, cpu_time_ms, max_rss_mb, log_bytes, log_truncated) \
@@ -147,6 +150,12 @@ fn insert_job(st: &mut rusqlite::CachedStatement<'_>, j: &Job, created: Option<&
         created.map_or(JobState::Pending, |e| e.to).as_str(),
         created.and_then(|e| e.reason.as_deref()),
         (!j.warnings.is_empty()).then(|| json_vec(&j.warnings)),
+        j.sla.status.as_str(),
+        j.sla.waited_ms as i64,
+        oms(j.sla.since),
+        oms(j.sla.breached_at),
+        j.sla.wait_ms.map(|w| w as i64),
+        oms(j.sla.decided_at),
     ])
 }
 
@@ -183,6 +192,12 @@ pub(crate) fn apply(conn: &mut Connection, c: &Changes) -> Result<(), StoreError
                 j.worker_id.map(|w| w.as_uuid()),
                 j.log_truncated,
                 j.id.as_uuid(),
+                j.sla.status.as_str(),
+                j.sla.waited_ms as i64,
+                oms(j.sla.since),
+                oms(j.sla.breached_at),
+                j.sla.wait_ms.map(|w| w as i64),
+                oms(j.sla.decided_at),
             ])
             .map_err(map_err("updating a job"))?;
         }

@@ -62,6 +62,17 @@ enum Cmd {
         #[command(subcommand)]
         cmd: Option<TenantsCmd>,
     },
+    /// SLA compliance per level and tenant; breaches; jobs at risk now.
+    Sla {
+        #[command(flatten)]
+        c: ClientOpts,
+        #[command(subcommand)]
+        cmd: Option<SlaCmd>,
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        window_hours: Option<u32>,
+    },
     /// Burst sessions: ask for more than the quota for a while.
     Burst {
         #[command(flatten)]
@@ -288,6 +299,27 @@ enum TenantsCmd {
         max_concurrent_jobs: Option<i64>,
         #[arg(long)]
         max_queued_jobs: Option<i64>,
+    },
+}
+
+#[derive(Subcommand)]
+enum SlaCmd {
+    /// Jobs that breached their SLA, most recent first.
+    Breaches {
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        level: Option<String>,
+        /// RFC 3339.
+        #[arg(long)]
+        since: Option<String>,
+    },
+    /// Waiting jobs past 70 % of their maximum wait, nearest deadline first.
+    AtRisk {
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        level: Option<String>,
     },
 }
 
@@ -760,6 +792,59 @@ async fn tenants(c: ClientOpts, cmd: Option<TenantsCmd>) -> anyhow::Result<i32> 
     Ok(0)
 }
 
+fn query(pairs: &[(&str, Option<String>)]) -> String {
+    let q: Vec<String> = pairs.iter().filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={v}"))).collect();
+    if q.is_empty() { String::new() } else { format!("?{}", q.join("&")) }
+}
+
+async fn sla(c: ClientOpts, cmd: Option<SlaCmd>, tenant: Option<String>, window_hours: Option<u32>) -> anyhow::Result<i32> {
+    let cl = Client::new(&c.server, c.token.clone())?;
+    let jobs = |page: &Value| {
+        let rows = page["items"].as_array().map(Vec::as_slice).unwrap_or(&[]).iter();
+        let cols = ["job_id", "tenant_id", "level", "status", "state", "wait_ms", "max_wait_ms", "dominant_blocking_reason"];
+        rows.map(|j| cols.iter().map(|k| s(j, k)).collect()).collect::<Vec<Vec<String>>>()
+    };
+    let headers = ["JOB", "TENANT", "LEVEL", "STATUS", "STATE", "WAIT_MS", "MAX_WAIT_MS", "BLOCKED_BY"];
+    let page = match cmd {
+        Some(SlaCmd::Breaches { tenant, level, since }) => {
+            cl.get(&format!("/sla/breaches{}", query(&[("tenant_id", tenant), ("level", level), ("since", since)]))).await?
+        }
+        Some(SlaCmd::AtRisk { tenant, level }) => cl.get(&format!("/sla/at-risk{}", query(&[("tenant_id", tenant), ("level", level)]))).await?,
+        None => {
+            let path = match &tenant {
+                Some(t) => format!("/tenants/{t}/sla"),
+                None => "/sla".to_owned(),
+            };
+            let r = cl.get(&format!("{path}{}", query(&[("window_hours", window_hours.map(|h| h.to_string()))]))).await?;
+            if c.output == Output::Json {
+                print_json(&r);
+            } else {
+                let cols = ["level", "started", "met", "breached", "compliance_ratio", "wait_p50_ms", "wait_p95_ms", "at_risk", "critical", "breached_waiting"];
+                let row = |tenant: &str, l: &Value| std::iter::once(tenant.to_owned()).chain(cols.iter().map(|k| s(l, k))).collect::<Vec<_>>();
+                let mut rows: Vec<Vec<String>> = vec![];
+                for l in r["levels"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+                    rows.push(row("(all)", l));
+                }
+                for t in r["tenants"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+                    for l in t["levels"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+                        rows.push(row(&s(t, "tenant_id"), l));
+                    }
+                }
+                let h =
+                    ["TENANT", "LEVEL", "STARTED", "MET", "BREACHED", "COMPLIANCE", "WAIT_P50_MS", "WAIT_P95_MS", "AT_RISK", "CRITICAL", "BREACHED_WAITING"];
+                table(&h, rows);
+            }
+            return Ok(0);
+        }
+    };
+    if c.output == Output::Json {
+        print_json(&page);
+    } else {
+        table(&headers, jobs(&page));
+    }
+    Ok(0)
+}
+
 async fn burst(c: ClientOpts, cmd: BurstCmd) -> anyhow::Result<i32> {
     let cl = Client::new(&c.server, c.token.clone())?;
     let headers = ["ID", "TENANT", "STATE", "CPU_M", "MEMORY_MB", "GPU", "JOBS", "EXPIRES_AT"];
@@ -786,14 +871,7 @@ async fn burst(c: ClientOpts, cmd: BurstCmd) -> anyhow::Result<i32> {
             cl.post(&format!("/tenants/{tenant}/burst"), &body).await?
         }
         BurstCmd::Ls { tenant, state } => {
-            let mut q = vec![];
-            if let Some(t) = tenant {
-                q.push(format!("tenant_id={t}"));
-            }
-            if let Some(st) = state {
-                q.push(format!("state={st}"));
-            }
-            let page = cl.get(&format!("/burst/sessions?{}", q.join("&"))).await?;
+            let page = cl.get(&format!("/burst/sessions{}", query(&[("tenant_id", tenant), ("state", state)]))).await?;
             if c.output == Output::Table {
                 table(&headers, page["items"].as_array().map(Vec::as_slice).unwrap_or(&[]).iter().map(row).collect());
                 return Ok(0);
@@ -833,6 +911,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Jobs { c, cmd } => jobs(c, cmd).await,
         Cmd::Tenants { c, cmd } => tenants(c, cmd).await,
         Cmd::Burst { c, cmd } => burst(c, cmd).await,
+        Cmd::Sla { c, cmd, tenant, window_hours } => sla(c, cmd, tenant, window_hours).await,
         Cmd::Workers { c } => {
             listing(
                 c,

@@ -199,3 +199,24 @@ fn simulate_prints_the_same_report_for_the_same_seed() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent.yaml"));
 }
+
+#[tokio::test]
+async fn sla_compliance_counts_started_jobs_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path(), &one_worker("2"), 0, None);
+    for priority in ["critical", "normal"] {
+        let out = srv.cli(&["submit", "--wait", "--priority", priority, "--", "true"]);
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let out = srv.cli(&["sla", "-o", "json"]);
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for level in ["critical", "medium"] {
+        let row = r["levels"].as_array().unwrap().iter().find(|l| l["level"] == level).unwrap();
+        assert_eq!((row["started"].as_u64(), row["met"].as_u64(), row["compliance_ratio"].as_f64()), (Some(1), Some(1), Some(1.0)), "{r}");
+    }
+    let text = String::from_utf8(srv.cli(&["sla", "--tenant", "default"]).stdout).unwrap();
+    assert!(text.contains("default") && text.contains("critical"), "{text}");
+    let out = srv.cli(&["sla", "at-risk", "-o", "json"]);
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["items"], json!([]));
+}

@@ -127,7 +127,7 @@ pub async fn submit_job(State(s): State<ApiState>, Query(q): Query<SubmitQuery>,
             return Err(r.into());
         }
     }
-    let view = JobView::from(&job);
+    let view = JobView::of(&job, &s.cfg.sla);
     count_submitted(std::slice::from_ref(&job));
     let mut h = HeaderMap::new();
     if let Ok(v) = HeaderValue::from_str(&format!("/api/v1/jobs/{}", view.id)) {
@@ -312,7 +312,7 @@ pub async fn list_jobs(State(s): State<ApiState>, Query(q): Query<JobQuery>) -> 
         .transpose()?;
     let jobs = s.store.list_jobs(&JobFilter { tenant, states, label, before, limit }).await?;
     let next_cursor = (jobs.len() == limit as usize).then(|| jobs.last().map(|j| j.id.to_string())).flatten();
-    Ok(Json(Page { items: jobs.iter().map(JobView::from).collect(), next_cursor }))
+    Ok(Json(Page { items: jobs.iter().map(|j| JobView::of(j, &s.cfg.sla)).collect(), next_cursor }))
 }
 
 pub(crate) async fn load(s: &ApiState, id: &str) -> ApiResult<Job> {
@@ -324,7 +324,7 @@ pub(crate) async fn load(s: &ApiState, id: &str) -> ApiResult<Job> {
 #[utoipa::path(get, path = "/jobs/{id}", responses((status = 200, body = JobView), (status = 404, body = crate::error::Problem)), tag = "jobs")]
 pub async fn get_job(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult<Json<JobView>> {
     let job = load(&s, &id).await?;
-    let mut view = JobView::from(&job);
+    let mut view = JobView::of(&job, &s.cfg.sla);
     view.attempts = Some(s.store.list_attempts(job.id).await?.iter().map(AttemptView::from).collect());
     Ok(Json(view))
 }
@@ -345,7 +345,7 @@ pub async fn list_events(State(s): State<ApiState>, Path(id): Path<String>) -> A
 
 async fn reread(s: &ApiState, id: JobId) -> ApiResult<Json<JobView>> {
     let job = s.store.get_job(id).await?.ok_or_else(|| ApiError::not_found(format!("job {id}")))?;
-    Ok(Json(JobView::from(&job)))
+    Ok(Json(JobView::of(&job, &s.cfg.sla)))
 }
 
 /// Cancel: 200 when the job is cancelled now, 202 when a running job's kill was requested.

@@ -4,6 +4,7 @@ pub mod burst;
 pub mod jobs;
 pub mod logs;
 pub mod queue;
+pub mod sla;
 pub mod system;
 pub mod tenants;
 pub mod workers;
@@ -31,6 +32,10 @@ pub fn v1(cfg: &ApiConfig) -> OpenApiRouter<ApiState> {
         .routes(routes!(jobs::explain_job))
         .routes(routes!(queue::get_queue))
         .routes(routes!(queue::get_tenant_queue))
+        .routes(routes!(sla::get_sla))
+        .routes(routes!(sla::get_tenant_sla))
+        .routes(routes!(sla::breaches))
+        .routes(routes!(sla::at_risk))
         .routes(routes!(tenants::get_quota, tenants::put_quota))
         .routes(routes!(burst::request_burst))
         .routes(routes!(burst::list_all))

@@ -45,6 +45,7 @@ pub async fn get_tenant_queue(State(s): State<ApiState>, Path(id): Path<String>)
         running: 0,
         oldest_wait_ms: 0,
         at_limit: false,
+        at_risk: 0,
     });
     if jobs.is_empty() && row.pending > 0 {
         return Err(ApiError::not_found(format!("queue of tenant {id}")));

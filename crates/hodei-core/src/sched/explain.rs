@@ -105,6 +105,21 @@ impl Scheduler {
         })
     }
 
+    /// The first reason a live job is not running (what `explain` lists first), without the
+    /// ETA run.
+    pub fn blocking_reason(&self, id: JobId, now: Timestamp) -> Option<&'static str> {
+        let job = self.jobs.get(&id)?;
+        match job.state {
+            JobState::Pending => {
+                let mut b = Vec::new();
+                self.pending_blockers(job, now, &mut b);
+                b.first().map(|b| b.code)
+            }
+            JobState::Held => Some(self.hold_blocker(job, now).code),
+            _ => None,
+        }
+    }
+
     fn hold_blocker(&self, job: &Job, now: Timestamp) -> Blocker {
         match job.state_reason.as_deref() {
             Some("quota_ceiling") => {

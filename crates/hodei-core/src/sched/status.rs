@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use super::Scheduler;
 use crate::ids::TenantId;
-use crate::job::{JobState, Priority};
+use crate::job::{JobState, Priority, SlaStatus};
 use crate::time::Timestamp;
 use crate::units::Resources;
 
@@ -23,6 +23,8 @@ pub struct TenantQueueRow {
     pub running: u64,
     pub oldest_wait_ms: i64,
     pub parked: bool,
+    /// Waiting jobs past their SLA's at-risk threshold (at_risk, critical or breached).
+    pub at_risk: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -33,6 +35,10 @@ pub struct QueueStatus {
     pub running: u64,
     pub by_priority: BTreeMap<&'static str, u64>,
     pub oldest_wait_ms: i64,
+    /// Waiting jobs by SLA status.
+    pub sla_at_risk: u64,
+    pub sla_critical: u64,
+    pub sla_breached_waiting: u64,
     pub virtual_time: u128,
     pub tenants: Vec<TenantQueueRow>,
 }
@@ -64,7 +70,17 @@ impl Scheduler {
                 running: 0,
                 oldest_wait_ms: 0,
                 parked: false,
+                at_risk: 0,
             });
+            if matches!(j.state, JobState::Pending | JobState::Scheduled) && j.sla.wait_ms.is_none() {
+                match j.sla.status {
+                    SlaStatus::AtRisk => st.sla_at_risk += 1,
+                    SlaStatus::Critical => st.sla_critical += 1,
+                    SlaStatus::Breached => st.sla_breached_waiting += 1,
+                    _ => {}
+                }
+                row.at_risk += u64::from(j.sla.status != SlaStatus::OnTrack);
+            }
             match j.state {
                 JobState::Pending => {
                     let wait = now.as_millis().saturating_sub(j.eligible_at.as_millis()).max(0);

@@ -6,7 +6,7 @@ use uuid::Uuid;
 use super::*;
 use crate::burst::{BurstRequest, BurstRules, BurstSession};
 use crate::ids::{PoolId, TenantId};
-use crate::job::Priority;
+use crate::job::{Priority, SlaStatus};
 use crate::quota::{Admission, Limit, Quota, QuotaRules, TenantPolicy, Usage};
 use crate::spec::{JobSpecInput, SpecLimits};
 use crate::units::Resources;
@@ -389,6 +389,20 @@ fn check_invariants(s: &Scheduler, ch: &Changes, store: &mut HashMap<JobId, Job>
         let (u, c) = (s.usage(&j.tenant), s.policy(&j.tenant).ceiling(e.at));
         prop_assert!(u.active.fits_in(&c.resources) && u.active_jobs <= c.concurrent_jobs, "tenant {} over its ceiling: {:?} > {:?}", j.tenant, u, c);
     }
+    // SLA books match a recount of the jobs whose clock runs; an ended clock is final.
+    let mut waiting: BTreeMap<(TenantId, crate::SlaLevel, SlaStatus), u32> = BTreeMap::new();
+    for j in s.jobs() {
+        let runs = matches!(j.state, JobState::Pending | JobState::Scheduled) && j.sla.wait_ms.is_none();
+        prop_assert_eq!(runs, j.sla.since.is_some(), "job {} in {}: clock {:?}", j.id, j.state, j.sla);
+        if runs {
+            *waiting.entry((j.tenant.clone(), j.spec.sla, j.sla.status)).or_default() += 1;
+        }
+        prop_assert!(j.sla.wait_ms.is_some() == j.sla.decided_at.is_some());
+        if j.sla.wait_ms.is_some() {
+            prop_assert!(matches!(j.sla.status, SlaStatus::Met | SlaStatus::Breached));
+        }
+    }
+    prop_assert_eq!(&waiting, s.sla_waiting());
     for w in s.workers() {
         let live: Vec<_> = s.attempts().filter(|a| a.worker_id == w.id).collect();
         prop_assert_eq!(w.slots_used as usize, live.len());
@@ -413,7 +427,9 @@ proptest! {
 
     #[test]
     fn random_operations_keep_every_invariant(ops in proptest::collection::vec(op(), 1..120)) {
-        let (mut s, mut ids) = (Scheduler::new(SchedConfig::default()), Ids(0));
+        // Short SLA waits, so jobs cross every threshold and escalate within a run.
+        let sla = SlaRules { max_wait: [Duration::from_secs(20); 5], ..SlaRules::default() };
+        let (mut s, mut ids) = (Scheduler::new(SchedConfig { sla, ..SchedConfig::default() }), Ids(0));
         let mut now = 0i64;
         let mut jobs: Vec<JobId> = vec![];
         let mut workers: Vec<WorkerId> = vec![];
@@ -798,4 +814,94 @@ fn a_burst_session_admits_more_until_it_expires() {
     b2.end("a", &rules, ts(1_900_002)).unwrap();
     s.set_burst(&b2, ts(1_900_002));
     assert_eq!(s.policy(&tid("a")).grant, None);
+}
+
+fn accept_all(s: &mut Scheduler, ids: &mut Ids, now: i64) -> Vec<(WorkerId, AttemptId, JobId)> {
+    let placed = schedule(s, ids, now);
+    for (w, a, _) in &placed {
+        s.accepted(*a, *w, ts(now), ts(now)).unwrap();
+    }
+    let _ = s.take_changes();
+    placed
+}
+
+#[test]
+fn sla_wait_excludes_time_at_the_tenants_own_limit() {
+    let (mut s, mut ids) = (Scheduler::new(SchedConfig::default()), Ids(0));
+    set_quota(&mut s, "a", 2, 100_000, 1, 0);
+    let first = job(&mut ids, "a", 100, 0, 0);
+    let second = job(&mut ids, "a", 100, 0, 0);
+    let second_id = second.id;
+    s.submit(first, ts(0)).unwrap();
+    s.submit(second, ts(0)).unwrap();
+    // No worker for the first second: that wait counts.
+    assert!(accept_all(&mut s, &mut ids, 0).is_empty());
+    let w = connected_worker(&mut s, &mut ids, 4, 100_000, 1_000);
+    let placed = accept_all(&mut s, &mut ids, 1_000);
+    assert_eq!(placed.len(), 1, "max_concurrent_jobs 1");
+    // 50 min at its own limit (83 % of the medium level's hour), yet no wait counts.
+    s.heartbeat(w, &[placed[0].1], ts(3_000_000)).unwrap();
+    s.tick(ts(3_000_000));
+    assert_eq!(s.job(&second_id).unwrap().sla.status, SlaStatus::OnTrack);
+    s.finish(placed[0].1, w, result(Outcome::Succeeded, 0, 3_000_000), ts(3_000_000)).unwrap();
+    let placed = accept_all(&mut s, &mut ids, 3_000_000);
+    assert_eq!(placed[0].2, second_id);
+    let j = s.job(&second_id).unwrap();
+    assert_eq!((j.sla.wait_ms, j.sla.status), (Some(1_000), SlaStatus::Met));
+}
+
+#[test]
+fn sla_status_moves_through_its_thresholds_and_holds_pause_the_clock() {
+    let (mut s, mut ids) = (Scheduler::new(SchedConfig::default()), Ids(0));
+    let j = job(&mut ids, "a", 100, 0, 0);
+    let id = j.id;
+    s.submit(j, ts(0)).unwrap();
+    let max = 3_600_000; // medium: the default level of `normal`
+    s.hold(id, ts(1_000)).unwrap();
+    s.release(id, ts(601_000)).unwrap();
+    let _ = s.take_changes();
+    let at = |s: &mut Scheduler, ms: i64| {
+        s.tick(ts(ms));
+        s.job(&id).unwrap().sla.status
+    };
+    // 10 min held do not count: 70 % is reached at 600 s + 0.7 h.
+    assert_eq!(at(&mut s, 600_000 + max * 70 / 100), SlaStatus::OnTrack);
+    assert_eq!(at(&mut s, 600_000 + max * 70 / 100 + 10), SlaStatus::AtRisk);
+    assert!(s.take_changes().jobs.iter().any(|j| j.id == id), "the new status is stored");
+    assert_eq!(at(&mut s, 600_000 + max * 90 / 100 + 10), SlaStatus::Critical);
+    assert_eq!(at(&mut s, 600_000 + max + 50), SlaStatus::Breached);
+    let j = s.job(&id).unwrap();
+    assert_eq!(j.sla.breached_at, Some(ts(600_000 + max)));
+    assert_eq!(s.take_changes().sla_breaches.len(), 1);
+    // Starting later keeps it breached, counted once.
+    connected_worker(&mut s, &mut ids, 1, 100_000, 0);
+    accept_all(&mut s, &mut ids, 600_000 + max + 60);
+    let j = s.job(&id).unwrap();
+    assert_eq!((j.sla.status, j.sla.wait_ms), (SlaStatus::Breached, Some(max as u64 + 60)));
+    assert!(s.take_changes().sla_breaches.is_empty());
+}
+
+#[test]
+fn a_critical_job_goes_first_when_escalation_is_on() {
+    for escalation in [true, false] {
+        let cfg = SchedConfig { sla: SlaRules { escalation, ..SlaRules::default() }, ..SchedConfig::default() };
+        let (mut s, mut ids) = (Scheduler::new(cfg), Ids(0));
+        set_quota(&mut s, "a", 1, 100_000, 10, 0);
+        set_quota(&mut s, "b", 1000, 100_000, 10, 0);
+        let w = connected_worker(&mut s, &mut ids, 1, 100_000, 0);
+        s.submit(job(&mut ids, "c", 100, 0, 0), ts(0)).unwrap();
+        let busy = accept_all(&mut s, &mut ids, 0);
+        let waiting = job(&mut ids, "a", 100, 0, 0);
+        let waiting_id = waiting.id;
+        s.submit(waiting, ts(0)).unwrap();
+        for i in 0..3 {
+            s.submit(job(&mut ids, "b", 100, 0, 3_000_000 + i), ts(3_000_000 + i)).unwrap();
+        }
+        s.heartbeat(w, &[busy[0].1], ts(3_500_000)).unwrap();
+        s.tick(ts(3_500_000));
+        assert_eq!(s.job(&waiting_id).unwrap().sla.status, SlaStatus::Critical);
+        s.finish(busy[0].1, w, result(Outcome::Succeeded, 0, 3_500_000), ts(3_500_000)).unwrap();
+        let next = accept_all(&mut s, &mut ids, 3_500_000);
+        assert_eq!(next[0].2 == waiting_id, escalation, "escalation {escalation}: the critical job goes first only with it on");
+    }
 }

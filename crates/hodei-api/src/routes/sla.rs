@@ -1,0 +1,251 @@
+//! SLA reports (SPEC §4.5): compliance per level and tenant over a window (from the store),
+//! breaches, and the waiting jobs at risk now (from the scheduler).
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use hodei_core::sched::SlaRules;
+use hodei_core::{JobState, SlaLevel, SlaStatus, TenantId, Timestamp};
+use hodei_store::{BreachFilter, SlaOutcome};
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use crate::ApiState;
+use crate::dto::{Page, SlaJobView, SlaReport, SlaRow, TenantSla, rfc3339};
+use crate::error::{ApiError, ApiResult};
+use crate::routes::page_limit;
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct WindowQuery {
+    /// Default `sla.compliance_window_hours` (24).
+    pub window_hours: Option<i64>,
+}
+
+/// Started / met / breached and waits of a set of outcomes.
+#[derive(Default)]
+struct Acc {
+    met: u64,
+    breached: u64,
+    waits: Vec<u64>,
+}
+
+impl Acc {
+    fn add(&mut self, o: &SlaOutcome) {
+        if o.met {
+            self.met += 1;
+        } else {
+            self.breached += 1;
+        }
+        self.waits.push(o.wait_ms);
+    }
+
+    fn row(mut self, level: &str, waiting: [u64; 3]) -> SlaRow {
+        self.waits.sort_unstable();
+        let pct = |p: usize| if self.waits.is_empty() { 0 } else { self.waits[(self.waits.len() - 1) * p / 100] };
+        let started = self.met + self.breached;
+        SlaRow {
+            level: level.to_owned(),
+            started,
+            met: self.met,
+            breached: self.breached,
+            compliance_ratio: (started > 0).then(|| self.met as f64 / started as f64),
+            wait_p50_ms: pct(50),
+            wait_p95_ms: pct(95),
+            at_risk: waiting[0],
+            critical: waiting[1],
+            breached_waiting: waiting[2],
+        }
+    }
+}
+
+/// Compliance per tenant and level: what `/sla` and the `hodei_sla_compliance_ratio` gauge show.
+pub fn compliance(outcomes: &[SlaOutcome]) -> BTreeMap<(TenantId, SlaLevel), (u64, u64)> {
+    let mut m: BTreeMap<(TenantId, SlaLevel), (u64, u64)> = BTreeMap::new();
+    for o in outcomes {
+        let e = m.entry((o.tenant.clone(), o.level)).or_default();
+        e.0 += 1;
+        e.1 += u64::from(o.met);
+    }
+    m
+}
+
+type Waiting = BTreeMap<(TenantId, SlaLevel, SlaStatus), u32>;
+
+fn waiting_of(w: &Waiting, tenant: Option<&TenantId>, level: Option<SlaLevel>) -> [u64; 3] {
+    let mut out = [0u64; 3];
+    for ((t, l, st), n) in w {
+        if tenant.is_some_and(|x| x != t) || level.is_some_and(|x| x != *l) {
+            continue;
+        }
+        let i = match st {
+            SlaStatus::AtRisk => 0,
+            SlaStatus::Critical => 1,
+            SlaStatus::Breached => 2,
+            _ => continue,
+        };
+        out[i] += u64::from(*n);
+    }
+    out
+}
+
+async fn report(s: &ApiState, tenant: Option<TenantId>, q: WindowQuery) -> ApiResult<Json<SlaReport>> {
+    let hours = match q.window_hours {
+        None => i64::from(s.cfg.sla_window_hours),
+        Some(h) if (1..=24 * 90).contains(&h) => h,
+        Some(h) => return Err(ApiError::field("window_hours", "window is out of range", "an integer between 1 and 2160", Some(h.to_string()))),
+    };
+    let now = s.clock.now();
+    let since = Timestamp::from_millis(now.as_millis() - hours * 3_600_000);
+    let outcomes = s.store.sla_outcomes(since, tenant.as_ref()).await?;
+    let waiting: Waiting = crate::read(s.control.as_ref(), |sched, _| sched.sla_waiting().clone()).await?;
+    let mut by_level: BTreeMap<SlaLevel, Acc> = BTreeMap::new();
+    let mut by_tenant: BTreeMap<TenantId, BTreeMap<SlaLevel, Acc>> = BTreeMap::new();
+    for o in &outcomes {
+        by_level.entry(o.level).or_default().add(o);
+        by_tenant.entry(o.tenant.clone()).or_default().entry(o.level).or_default().add(o);
+    }
+    for (t, _, _) in waiting.keys() {
+        if tenant.as_ref().is_none_or(|x| x == t) {
+            by_tenant.entry(t.clone()).or_default();
+        }
+    }
+    let t = tenant.as_ref();
+    let levels = SlaLevel::ALL.iter().map(|l| by_level.remove(l).unwrap_or_default().row(l.as_str(), waiting_of(&waiting, t, Some(*l)))).collect();
+    let tenants = by_tenant
+        .into_iter()
+        .map(|(id, mut m)| TenantSla {
+            levels: SlaLevel::ALL
+                .iter()
+                .filter_map(|l| {
+                    let w = waiting_of(&waiting, Some(&id), Some(*l));
+                    let acc = m.remove(l);
+                    (acc.is_some() || w != [0; 3]).then(|| acc.unwrap_or_default().row(l.as_str(), w))
+                })
+                .collect(),
+            tenant_id: id.to_string(),
+        })
+        .collect();
+    Ok(Json(SlaReport { window_hours: hours as u32, levels, tenants }))
+}
+
+/// SLA compliance per level and tenant over a window, and the jobs waiting at risk now.
+#[utoipa::path(get, path = "/sla", params(WindowQuery), responses((status = 200, body = SlaReport), (status = 400, body = crate::error::Problem)), tag = "sla")]
+pub async fn get_sla(State(s): State<ApiState>, Query(q): Query<WindowQuery>) -> ApiResult<Json<SlaReport>> {
+    report(&s, None, q).await
+}
+
+/// One tenant's SLA compliance per level.
+#[utoipa::path(get, path = "/tenants/{id}/sla", params(WindowQuery), responses((status = 200, body = SlaReport), (status = 404, body = crate::error::Problem)), tag = "sla")]
+pub async fn get_tenant_sla(State(s): State<ApiState>, Path(id): Path<String>, Query(q): Query<WindowQuery>) -> ApiResult<Json<SlaReport>> {
+    let t = super::tenants::load(&s, &id).await?;
+    report(&s, Some(t.id), q).await
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct SlaJobsQuery {
+    pub tenant_id: Option<String>,
+    /// critical|high|medium|low|best_effort
+    pub level: Option<String>,
+    /// RFC 3339; breaches at or after it.
+    pub since: Option<String>,
+    pub limit: Option<i64>,
+}
+
+struct Filter {
+    tenant: Option<TenantId>,
+    level: Option<SlaLevel>,
+    since: Option<Timestamp>,
+    limit: u32,
+}
+
+fn filter(q: &SlaJobsQuery) -> ApiResult<Filter> {
+    let tenant = q
+        .tenant_id
+        .as_deref()
+        .map(|t| TenantId::parse(t).map_err(|e| ApiError::field("tenant_id", e.to_string(), "a tenant id", Some(t.to_owned()))))
+        .transpose()?;
+    let level = q
+        .level
+        .as_deref()
+        .map(|l| l.parse::<SlaLevel>().map_err(|()| ApiError::field("level", "unknown SLA level", SlaLevel::expected(), Some(l.to_owned()))))
+        .transpose()?;
+    let since = q
+        .since
+        .as_deref()
+        .map(|v| {
+            v.parse::<jiff::Timestamp>()
+                .map(|t| Timestamp::from_millis(t.as_millisecond()))
+                .map_err(|_| ApiError::field("since", "not a timestamp", "RFC 3339, e.g. 2026-11-23T10:00:00Z", Some(v.to_owned())))
+        })
+        .transpose()?;
+    Ok(Filter { tenant, level, since, limit: page_limit(q.limit)? })
+}
+
+/// Jobs that breached their SLA, most recent first.
+#[utoipa::path(get, path = "/sla/breaches", params(SlaJobsQuery), responses((status = 200, body = Page<SlaJobView>), (status = 400, body = crate::error::Problem)), tag = "sla")]
+pub async fn breaches(State(s): State<ApiState>, Query(q): Query<SlaJobsQuery>) -> ApiResult<Json<Page<SlaJobView>>> {
+    let f = filter(&q)?;
+    let jobs = s.store.sla_breaches(&BreachFilter { tenant: f.tenant, level: f.level, since: f.since, limit: f.limit }).await?;
+    let rules = s.cfg.sla;
+    let items = crate::read(s.control.as_ref(), move |sched, now| {
+        jobs.iter()
+            .map(|stored| {
+                // A job still waiting is read live: its wait grows and it has a blocking reason.
+                let live = sched.job(&stored.id);
+                let j = live.unwrap_or(stored);
+                SlaJobView {
+                    job_id: j.id.to_string(),
+                    tenant_id: j.tenant.to_string(),
+                    level: j.spec.sla.to_string(),
+                    status: j.sla.status.to_string(),
+                    state: j.state.to_string(),
+                    max_wait_ms: rules.max_wait_ms(j.spec.sla),
+                    wait_ms: live.map_or(j.sla.wait_ms.unwrap_or(j.sla.waited_ms), |l| sched.sla_wait_ms(l, now)),
+                    breached_at: j.sla.breached_at.map(rfc3339),
+                    deadline_at: None,
+                    dominant_blocking_reason: sched.blocking_reason(j.id, now).map(str::to_owned),
+                }
+            })
+            .collect()
+    })
+    .await?;
+    Ok(Json(Page { items, next_cursor: None }))
+}
+
+/// Waiting jobs past their at-risk threshold, nearest deadline first.
+#[utoipa::path(get, path = "/sla/at-risk", params(SlaJobsQuery), responses((status = 200, body = Page<SlaJobView>), (status = 400, body = crate::error::Problem)), tag = "sla")]
+pub async fn at_risk(State(s): State<ApiState>, Query(q): Query<SlaJobsQuery>) -> ApiResult<Json<Page<SlaJobView>>> {
+    let f = filter(&q)?;
+    let rules: SlaRules = s.cfg.sla;
+    let items = crate::read(s.control.as_ref(), move |sched, now| {
+        let mut rows: Vec<(Timestamp, SlaJobView)> = sched
+            .jobs()
+            .filter(|j| matches!(j.state, JobState::Pending | JobState::Scheduled) && j.sla.wait_ms.is_none())
+            .filter(|j| j.sla.status != SlaStatus::OnTrack)
+            .filter(|j| f.tenant.as_ref().is_none_or(|t| *t == j.tenant) && f.level.is_none_or(|l| l == j.spec.sla))
+            .map(|j| {
+                let deadline = sched.sla_deadline(j, now);
+                let view = SlaJobView {
+                    job_id: j.id.to_string(),
+                    tenant_id: j.tenant.to_string(),
+                    level: j.spec.sla.to_string(),
+                    status: j.sla.status.to_string(),
+                    state: j.state.to_string(),
+                    max_wait_ms: rules.max_wait_ms(j.spec.sla),
+                    wait_ms: sched.sla_wait_ms(j, now),
+                    breached_at: j.sla.breached_at.map(rfc3339),
+                    deadline_at: Some(rfc3339(deadline)),
+                    dominant_blocking_reason: sched.blocking_reason(j.id, now).map(str::to_owned),
+                };
+                (deadline, view)
+            })
+            .collect();
+        rows.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.job_id.cmp(&b.1.job_id)));
+        rows.into_iter().take(f.limit as usize).map(|(_, v)| v).collect()
+    })
+    .await?;
+    Ok(Json(Page { items, next_cursor: None }))
+}
