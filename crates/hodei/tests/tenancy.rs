@@ -220,3 +220,30 @@ async fn sla_compliance_counts_started_jobs_through_the_cli() {
     let r: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["items"], json!([]));
 }
+
+#[tokio::test]
+async fn a_thousand_concurrent_submits_at_the_limit_never_exceed_the_quota() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("HODEI_RESOURCE_POOLS__BUILTIN_LOCAL__WORKERS", "1"),
+        ("HODEI_RESOURCE_POOLS__BUILTIN_LOCAL__SLOTS", "32"),
+        ("HODEI_MULTI_TENANCY__QUOTA_ENFORCEMENT__VIOLATION_POLICY", "reject"),
+    ];
+    let srv = Server::start(dir.path(), &env, 0, None);
+    // Room for exactly 10 jobs of 100 MB (violation_policy reject counts pending + running).
+    tenant(&srv, "edge", 2, json!({"memory_mb": 1000, "max_concurrent_jobs": 100})).await;
+    let job = json!({"command": ["sleep", "30"], "tenant_id": "edge", "resources": {"memory_mb": 100, "cpu_m": 10}});
+    let answers = futures::future::join_all((0..1000).map(|_| srv.call(Method::POST, "/jobs", Some(job.clone())))).await;
+    let admitted: Vec<&Value> = answers.iter().filter(|(s, _)| *s == 201).map(|(_, v)| v).collect();
+    let refused = answers.iter().filter(|(s, v)| *s == 429 && v["code"] == "quota_exceeded" && v["retryable"] == true).count();
+    eprintln!("1000 concurrent submits at the limit: {} admitted, {refused} refused", admitted.len());
+    assert_eq!((admitted.len(), refused), (10, 990), "exactly the quota is admitted, the rest refused");
+    for j in &admitted {
+        srv.wait_for(j["id"].as_str().unwrap(), 20, |s| s == "running").await;
+    }
+    let (_, q) = srv.call(Method::GET, "/tenants/edge/quota", None).await;
+    assert_eq!((q["current_usage"]["memory_mb"].as_u64(), q["current_usage"]["active_jobs"].as_u64()), (Some(1000), Some(10)), "{q}");
+    for j in admitted {
+        srv.call(Method::POST, &format!("/jobs/{}/cancel", j["id"].as_str().unwrap()), None).await;
+    }
+}
