@@ -14,10 +14,12 @@ use crate::time::Timestamp;
 use crate::units::Resources;
 use crate::worker::{Worker, WorkerState};
 
+mod backfill;
 mod explain;
 mod sla;
 mod status;
 pub use explain::{Blocker, CandidatePool, Explanation, MAX_SIM_JOBS};
+pub use backfill::{BackfillRules, Reservation};
 pub use sla::SlaRules;
 pub use status::{QueueStatus, TenantQueueRow};
 
@@ -46,6 +48,7 @@ pub struct SchedConfig {
     /// Policy of a tenant the server has not described (it should always have).
     pub default_policy: TenantPolicy,
     pub sla: SlaRules,
+    pub backfill: BackfillRules,
 }
 
 impl Default for SchedConfig {
@@ -62,6 +65,7 @@ impl Default for SchedConfig {
             quota_rules: QuotaRules::default(),
             default_policy: TenantPolicy::default(),
             sla: SlaRules::default(),
+            backfill: BackfillRules::default(),
         }
     }
 }
@@ -262,6 +266,9 @@ pub struct Scheduler {
     dirty_jobs: Vec<JobId>,
     dirty_set: HashSet<JobId>,
     dirty_workers: BTreeSet<WorkerId>,
+    /// Backfill reservations by job, and the job holding each reserved worker.
+    reservations: BTreeMap<JobId, Reservation>,
+    reserved_workers: BTreeMap<WorkerId, JobId>,
     out: Changes,
 }
 
@@ -319,6 +326,8 @@ impl Scheduler {
             dirty_jobs: Vec::new(),
             dirty_set: HashSet::new(),
             dirty_workers: BTreeSet::new(),
+            reservations: BTreeMap::new(),
+            reserved_workers: BTreeMap::new(),
             out: Changes::default(),
         }
     }
@@ -814,12 +823,13 @@ impl Scheduler {
             .values()
             .filter(|w| matches!(w.state, WorkerState::Idle | WorkerState::Busy))
             .fold(Resources::ZERO, |acc, w| acc.checked_add(&w.resources).unwrap_or(acc));
-        let mut placed = self.dispatch_escalated(now, mint);
+        let mut placed = self.dispatch_escalated(now, mint) + self.dispatch_reserved(now, mint);
         // Tenants with nothing a worker can take now; capacity only shrinks within one call.
         let mut stuck: HashSet<TenantId> = HashSet::new();
         let mut budget = SCAN_PER_CALL;
         while budget > 0 && !self.queue.is_empty() && self.workers.values().any(|w| w.can_take(&Resources::ZERO)) {
             let mut park = Vec::new();
+            let mut to_reserve = Vec::new();
             let mut pick = None;
             for t in self.queue.tenants_in_turn() {
                 if stuck.contains(t) {
@@ -836,12 +846,13 @@ impl Scheduler {
                         Err(_) => continue,
                         Ok(over) => {
                             quota_blocked = false;
-                            if let Some(w) = self.best_worker(job) {
+                            if let Some(w) = self.best_worker(job, now) {
                                 // Only looks that place nothing count against the budget.
                                 budget += 1;
                                 pick = Some((t.clone(), k.clone(), w, over));
                                 break;
                             }
+                            to_reserve.push(k.id);
                         }
                     }
                 }
@@ -857,6 +868,9 @@ impl Scheduler {
             for t in &park {
                 self.queue.park(t);
                 self.books.sla.limit_reached(t, now);
+            }
+            for id in to_reserve {
+                self.maybe_reserve(id, now);
             }
             let Some((tenant, key, worker, over)) = pick else { break };
             self.queue.remove(&tenant, &key);
@@ -893,7 +907,7 @@ impl Scheduler {
             let policy = self.tenants.get(&job.tenant).unwrap_or(&self.cfg.default_policy);
             let usage = self.books.usage.get(&job.tenant).copied().unwrap_or_default();
             let Ok(over) = quota::may_dispatch(policy, &self.cfg.quota_rules, &usage, &job.resources(), now) else { continue };
-            let Some(worker) = self.best_worker(job) else { continue };
+            let Some(worker) = self.best_worker(job, now) else { continue };
             let (tenant, key, cost) = (job.tenant.clone(), key_of(job), self.cost(job));
             self.queue.remove(&tenant, &key);
             self.queue.charge(&tenant, cost);
@@ -907,11 +921,12 @@ impl Scheduler {
     }
 
     /// Best fit: least leftover cpu, then memory; then the longest idle; then id.
-    fn best_worker(&self, job: &Job) -> Option<WorkerId> {
+    fn best_worker(&self, job: &Job, now: Timestamp) -> Option<WorkerId> {
         let req = job.resources();
         self.workers
             .values()
             .filter(|w| w.can_take(&req) && job.spec.pool_selector.as_ref().is_none_or(|p| *p == w.pool_id))
+            .filter(|w| self.reserved_workers.is_empty() || self.reservation_allows(w, job, now))
             .min_by_key(|w| {
                 let left = w.room().saturating_sub(&req);
                 (left.cpu_m, left.memory_mb, w.idle_since.map_or(i64::MAX, Timestamp::as_millis), w.id)

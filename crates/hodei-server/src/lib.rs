@@ -378,6 +378,11 @@ pub fn engine_config(cfg: &Config) -> EngineConfig {
             quota_rules: quota_rules(cfg),
             default_policy: TenantPolicy { quota: default_quota(cfg), ..TenantPolicy::default() },
             sla: sla_rules(cfg),
+            backfill: hodei_core::sched::BackfillRules {
+                enabled: s.backfill,
+                reservation_after: Duration::from_millis(s.reservation_after_ms),
+                max_reservations: s.max_reservations as usize,
+            },
         },
         // The tick only drives timeouts and retries; dispatch is event-driven.
         tick: Duration::from_millis(s.tick_ms.clamp(50, 250)),

@@ -149,7 +149,13 @@ impl Scheduler {
         if !self.workers.values().filter(matching).any(|w| w.could_ever_take(&req)) {
             out.push(Blocker::new("no_matching_pool", format!("no live worker is large enough for {req}")));
         } else if !self.workers.values().filter(matching).any(|w| w.can_take(&req)) {
-            out.push(Blocker::new("no_capacity", format!("every worker that could run it is full ({req} needed)")));
+            out.push(match self.reservations.get(&job.id) {
+                Some(r) => Blocker::new("no_capacity", format!("worker {} is reserved for it, expected to have room at {}", r.worker, r.free_at))
+                    .with("reserved_free_at_ms", r.free_at.as_millis().max(0) as u128),
+                None => Blocker::new("no_capacity", format!("every worker that could run it is full ({req} needed)")),
+            });
+        } else if self.best_worker(job, now).is_none() {
+            out.push(Blocker::new("reserved_for_other_job", "the workers with room are reserved for jobs that waited longer (backfill)"));
         }
         if let Some(st) = self.queue.status(&job.tenant)
             && st.tenants_ahead > 0

@@ -1,4 +1,4 @@
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use proptest::prelude::*;
 use uuid::Uuid;
@@ -904,4 +904,58 @@ fn a_critical_job_goes_first_when_escalation_is_on() {
         let next = accept_all(&mut s, &mut ids, 3_500_000);
         assert_eq!(next[0].2 == waiting_id, escalation, "escalation {escalation}: the critical job goes first only with it on");
     }
+}
+
+/// One 4-core worker kept busy by a stream of 1-core jobs (one ends and one arrives every 15 s);
+/// a 4-core job waits behind them. Returns when it started, if within `until`.
+fn big_job_start(backfill: BackfillRules, until: i64) -> (Option<i64>, Vec<String>) {
+    let (mut s, mut ids) = (Scheduler::new(SchedConfig { backfill, ..SchedConfig::default() }), Ids(0));
+    set_quota(&mut s, "a", 2, 100_000, 100, 0);
+    let w = connected_worker(&mut s, &mut ids, 10, 4000, 0);
+    let mut running: VecDeque<AttemptId> = VecDeque::new();
+    let mut blocked_reasons = vec![];
+    let mut big = None;
+    let mut t = 0;
+    while t <= until {
+        if t >= 60_000
+            && let Some(a) = running.pop_front()
+        {
+            s.finish(a, w, result(Outcome::Succeeded, 0, t), ts(t)).unwrap();
+        }
+        if t == 45_000 {
+            let mut j = job(&mut ids, "a", 4000, 0, t);
+            j.spec.expected_duration = Some(Duration::from_secs(60));
+            big = Some(j.id);
+            s.submit(j, ts(t)).unwrap();
+        }
+        let mut small = job(&mut ids, "a", 1000, 0, t);
+        // Each runs 60 s and says so (the test's results carry no run time to learn from).
+        small.spec.expected_duration = Some(Duration::from_secs(60));
+        let small_id = small.id;
+        s.submit(small, ts(t)).unwrap();
+        for (_, a, j) in accept_all(&mut s, &mut ids, t) {
+            if Some(j) == big {
+                return (Some(t), blocked_reasons);
+            }
+            running.push_back(a);
+        }
+        if s.job(&small_id).is_some_and(|j| j.state == JobState::Pending) {
+            let why = s.explain(small_id, ts(t), Duration::ZERO).unwrap();
+            blocked_reasons.extend(why.blockers.iter().map(|b| b.code.to_owned()));
+        }
+        t += 15_000;
+    }
+    (None, blocked_reasons)
+}
+
+#[test]
+fn a_big_job_reserves_a_worker_after_waiting_and_is_not_starved_by_small_ones() {
+    let off = BackfillRules { enabled: false, ..BackfillRules::default() };
+    assert_eq!(big_job_start(off, 900_000).0, None, "without reservations the stream of small jobs starves it");
+    let (started, reasons) = big_job_start(BackfillRules::default(), 900_000);
+    let started = started.expect("the big job starts");
+    // Waiting from 45 s, it reserves the worker at 75 s; the four small jobs running then
+    // are expected to end by 135 s, and no small job expected to end later is let in.
+    assert!(started <= 135_000, "started at {started} ms");
+    assert!(reasons.iter().any(|r| r == "reserved_for_other_job"), "{reasons:?}");
 }
