@@ -97,7 +97,7 @@ fn main() {
             submitted_at: Timestamp::from_millis(i as i64),
             id: JobId::from_uuid(Uuid::from_u128(i as u128)),
         };
-        q.push(&tenant(i % TENANTS), k);
+        q.push(&tenant(i % TENANTS), k, Timestamp::from_millis(0));
     }
     let index = LIVE.load(Ordering::Relaxed) - before;
     drop(q);

@@ -9,7 +9,13 @@
 //! is *parked*: out of the ready order, and it re-enters at `max(S_t, V)`, so waiting at its
 //! own limit earns no credit either.
 //!
-//! Costs: one decision is O(log T + log n) for T tenants and n queued jobs.
+//! Opt-in decayed usage ([`Queue::set_half_life`], `usage_half_life_s`): each tenant keeps
+//! `H_t`, the sum of its tag increments decaying with the half-life, and a tenant that
+//! becomes backlogged starts at `max(V, F_t, V + H_t − min_u H_u)` — recent heavy use delays
+//! it against tenants that used less, as Slurm's multifactor fair share does.
+//!
+//! Costs: one decision is O(log T + log n) for T tenants and n queued jobs (a tenant becoming
+//! backlogged with decayed usage on: O(T)).
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, HashMap};
@@ -41,11 +47,14 @@ struct Flow {
     parked: bool,
     /// Its key in `ready` while it is there.
     ready: Option<ReadyKey>,
+    /// Decayed sum of its tag increments, as of `hist_at`.
+    hist: f64,
+    hist_at: Timestamp,
 }
 
 impl Flow {
     fn new(tenant: TenantId, weight: u32) -> Self {
-        Flow { tenant, jobs: BTreeSet::new(), start: 0, finish: 0, weight: weight.max(1), parked: false, ready: None }
+        Flow { tenant, jobs: BTreeSet::new(), start: 0, finish: 0, weight: weight.max(1), parked: false, ready: None, hist: 0.0, hist_at: Timestamp::default() }
     }
 }
 
@@ -68,6 +77,14 @@ pub struct Queue {
     ready: BTreeSet<ReadyKey>,
     virtual_time: u128,
     len: usize,
+    /// Half-life of the decayed usage, in ms; `None`: off.
+    half_life_ms: Option<f64>,
+}
+
+/// `h` decayed from `at` to `now` with the given half-life.
+fn decayed(h: f64, at: Timestamp, now: Timestamp, half_life_ms: f64) -> f64 {
+    let dt = (now.as_millis() - at.as_millis()).max(0) as f64;
+    h * (-dt / half_life_ms).exp2()
 }
 
 impl Queue {
@@ -107,6 +124,20 @@ impl Queue {
         self.index.get(tenant).map(|&i| &mut self.flows[i as usize])
     }
 
+    /// Turns decayed usage on (`Some(half-life)`) or off.
+    pub fn set_half_life(&mut self, half_life: Option<std::time::Duration>) {
+        self.half_life_ms = half_life.filter(|d| !d.is_zero()).map(|d| d.as_millis() as f64);
+    }
+
+    /// `V + H_t − min_u H_u` (decayed to `now`) for a tenant becoming backlogged.
+    fn usage_floor(&self, i: usize, now: Timestamp) -> u128 {
+        let Some(hl) = self.half_life_ms else { return 0 };
+        let h = |f: &Flow| decayed(f.hist, f.hist_at, now, hl);
+        let min = self.flows.iter().map(h).fold(f64::INFINITY, f64::min);
+        let extra = (h(&self.flows[i]) - min).max(0.0);
+        self.virtual_time.saturating_add(extra as u128)
+    }
+
     /// Sets a tenant's weight (effective weight × budget factor, ≥ 1).
     pub fn set_weight(&mut self, tenant: &TenantId, weight: u32) {
         self.flow(tenant).weight = weight.max(1);
@@ -130,16 +161,18 @@ impl Queue {
         }
     }
 
-    pub fn push(&mut self, tenant: &TenantId, key: JobKey) {
+    pub fn push(&mut self, tenant: &TenantId, key: JobKey, now: Timestamp) {
         let v = self.virtual_time;
-        let f = self.flow(tenant);
+        let i = self.idx(tenant) as usize;
+        let floor = if self.flows[i].jobs.is_empty() { self.usage_floor(i, now) } else { 0 };
+        let f = &mut self.flows[i];
         let was_idle = f.jobs.is_empty();
         let new_head = f.jobs.first().is_none_or(|h| key < *h);
         if !f.jobs.insert(key) {
             return;
         }
         if was_idle {
-            f.start = v.max(f.finish);
+            f.start = v.max(f.finish).max(floor);
         }
         self.len += 1;
         if new_head {
@@ -177,11 +210,17 @@ impl Queue {
 
     /// Charges the tenant for a job just dispatched from its queue; `cost` is in
     /// dominant-share × milliseconds.
-    pub fn charge(&mut self, tenant: &TenantId, cost: u128) {
+    pub fn charge(&mut self, tenant: &TenantId, cost: u128, now: Timestamp) {
         let v = self.virtual_time;
+        let hl = self.half_life_ms;
         let f = self.flow(tenant);
         let s = f.start;
-        f.finish = s + cost.div_ceil(u128::from(f.weight));
+        let inc = cost.div_ceil(u128::from(f.weight));
+        if let Some(hl) = hl {
+            f.hist = decayed(f.hist, f.hist_at, now, hl) + inc as f64;
+            f.hist_at = now;
+        }
+        f.finish = s + inc;
         f.start = f.finish;
         self.virtual_time = v.max(s);
         self.reindex(tenant);
@@ -249,9 +288,9 @@ mod tests {
     fn higher_priority_goes_first_within_a_tenant() {
         let t = tid("a");
         let mut q = Queue::default();
-        q.push(&t, key(Priority::Batch, 1, 1));
-        q.push(&t, key(Priority::Critical, 5, 2));
-        q.push(&t, key(Priority::Normal, 2, 3));
+        q.push(&t, key(Priority::Batch, 1, 1), Timestamp::default());
+        q.push(&t, key(Priority::Critical, 5, 2), Timestamp::default());
+        q.push(&t, key(Priority::Normal, 2, 3), Timestamp::default());
         let order: Vec<_> = q.next_candidates(&t, 10).map(|k| k.priority).collect();
         assert_eq!(order, [Priority::Critical, Priority::Normal, Priority::Batch]);
     }
@@ -263,7 +302,7 @@ mod tests {
             let t = q.tenants_in_turn().next().unwrap().clone();
             let k = q.next_candidates(&t, 1).next().unwrap().clone();
             q.remove(&t, &k);
-            q.charge(&t, 1000);
+            q.charge(&t, 1000, Timestamp::default());
             *got.entry(t).or_insert(0) += 1;
         }
         got
@@ -276,8 +315,8 @@ mod tests {
         q.set_weight(&a, 1);
         q.set_weight(&b, 3);
         for i in 0..1000 {
-            q.push(&a, key(Priority::Normal, i, i as u128));
-            q.push(&b, key(Priority::Normal, i, 10_000 + i as u128));
+            q.push(&a, key(Priority::Normal, i, i as u128), Timestamp::default());
+            q.push(&b, key(Priority::Normal, i, 10_000 + i as u128), Timestamp::default());
         }
         let got = serve(&mut q, 400);
         assert_eq!((got[&a], got[&b]), (100, 300));
@@ -288,13 +327,13 @@ mod tests {
         let (a, b) = (tid("a"), tid("b"));
         let mut q = Queue::default();
         for i in 0..100 {
-            q.push(&a, key(Priority::Normal, i, i as u128));
+            q.push(&a, key(Priority::Normal, i, i as u128), Timestamp::default());
         }
         serve(&mut q, 50);
         // b arrives late: it starts at the current virtual time, not at zero, so it does not
         // get 50 dispatches in a row.
         for i in 0..100 {
-            q.push(&b, key(Priority::Normal, i, 1000 + i as u128));
+            q.push(&b, key(Priority::Normal, i, 1000 + i as u128), Timestamp::default());
         }
         let got = serve(&mut q, 20);
         assert!(got[&a] >= 9 && got[&b] <= 11, "{got:?}");
@@ -305,8 +344,8 @@ mod tests {
         let (a, b) = (tid("a"), tid("b"));
         let mut q = Queue::default();
         for i in 0..100 {
-            q.push(&a, key(Priority::Normal, i, i as u128));
-            q.push(&b, key(Priority::Normal, i, 1000 + i as u128));
+            q.push(&a, key(Priority::Normal, i, i as u128), Timestamp::default());
+            q.push(&b, key(Priority::Normal, i, 1000 + i as u128), Timestamp::default());
         }
         q.park(&a);
         assert_eq!(q.tenants_in_turn().collect::<Vec<_>>(), [&b]);
@@ -322,7 +361,7 @@ mod tests {
         let a = tid("a");
         let mut q = Queue::default();
         let k = key(Priority::Normal, 1, 1);
-        q.push(&a, k.clone());
+        q.push(&a, k.clone(), Timestamp::default());
         assert!(q.remove(&a, &k));
         assert!(q.is_empty());
         assert_eq!(q.tenants_in_turn().count(), 0);
@@ -335,8 +374,8 @@ mod tests {
         let mut q = Queue::default();
         q.set_weight(&a, 1);
         q.set_weight(&b, 5);
-        q.push(&a, key(Priority::Normal, 1, 1));
-        q.push(&b, key(Priority::Normal, 2, 2));
+        q.push(&a, key(Priority::Normal, 1, 1), Timestamp::default());
+        q.push(&b, key(Priority::Normal, 2, 2), Timestamp::default());
         assert_eq!(q.tenants_in_turn().next(), Some(&b));
     }
 }

@@ -49,6 +49,9 @@ pub struct SchedConfig {
     pub default_policy: TenantPolicy,
     pub sla: SlaRules,
     pub backfill: BackfillRules,
+    /// `scheduler.fair_share.usage_half_life_s`: decayed usage delays a tenant that used much
+    /// recently when it becomes backlogged (`None`: off).
+    pub usage_half_life: Option<Duration>,
 }
 
 impl Default for SchedConfig {
@@ -66,6 +69,7 @@ impl Default for SchedConfig {
             default_policy: TenantPolicy::default(),
             sla: SlaRules::default(),
             backfill: BackfillRules::default(),
+            usage_half_life: None,
         }
     }
 }
@@ -309,10 +313,12 @@ pub fn apply_admission(job: &mut Job, a: &Admission) {
 impl Scheduler {
     pub fn new(cfg: SchedConfig) -> Self {
         let sla = sla::SlaBook::new(cfg.sla);
+        let mut queue = Queue::default();
+        queue.set_half_life(cfg.usage_half_life);
         Scheduler {
             cfg,
             jobs: HashMap::new(),
-            queue: Queue::default(),
+            queue,
             tenants: HashMap::new(),
             burst_stamps: HashMap::new(),
             books: Books { sla, ..Books::default() },
@@ -381,7 +387,7 @@ impl Scheduler {
         self.books.count(&job, job.state, true);
         self.books.sla.enter(&mut job, now);
         match job.state {
-            JobState::Pending => self.queue.push(&job.tenant, key_of(&job)),
+            JobState::Pending => self.queue.push(&job.tenant, key_of(&job), now),
             JobState::Failed => {
                 if let Some(at) = job.next_retry_at {
                     self.retry_wait.insert((at, job.id));
@@ -510,7 +516,7 @@ impl Scheduler {
         let held_by_tenant = job.state == JobState::Held && matches!(job.state_reason.as_deref(), Some("tenant_suspended" | "quota_ceiling"));
         if held_by_tenant && !suspended && fits {
             move_job(job, JobState::Pending, Actor::Scheduler, Some("released"), now, &mut self.books);
-            self.queue.push(&job.tenant, key_of(job));
+            self.queue.push(&job.tenant, key_of(job), now);
             self.touch(id);
         } else if job.state == JobState::Pending && (suspended || !fits) {
             self.queue.remove(&job.tenant, &key_of(job));
@@ -597,7 +603,7 @@ impl Scheduler {
         self.books.count(&job, job.state, true);
         self.books.sla.enter(&mut job, now);
         if job.state == JobState::Pending {
-            self.queue.push(&job.tenant, key_of(&job));
+            self.queue.push(&job.tenant, key_of(&job), now);
             self.unpark(&job.tenant, now);
         }
         self.new_jobs.insert(job.id);
@@ -670,7 +676,7 @@ impl Scheduler {
         job.exit_code = None;
         job.failure_reason = None;
         job.finished_at = None;
-        self.queue.push(&job.tenant, key_of(&job));
+        self.queue.push(&job.tenant, key_of(&job), now);
         self.touch(job.id);
         self.jobs.insert(job.id, job);
         Ok(())
@@ -695,7 +701,7 @@ impl Scheduler {
             return Err(CommandError::InvalidState { state: job.state, action: "release" });
         }
         move_job(job, JobState::Pending, Actor::Api, Some("released"), now, &mut self.books);
-        self.queue.push(&job.tenant, key_of(job));
+        self.queue.push(&job.tenant, key_of(job), now);
         self.touch(id);
         Ok(())
     }
@@ -876,7 +882,7 @@ impl Scheduler {
             self.queue.remove(&tenant, &key);
             if let Some(job) = self.jobs.get(&key.id) {
                 let cost = self.cost(job);
-                self.queue.charge(&tenant, cost);
+                self.queue.charge(&tenant, cost, now);
             }
             if let Some(b) = over {
                 self.out.quota_violations.push((tenant, b.limit));
@@ -910,7 +916,7 @@ impl Scheduler {
             let Some(worker) = self.best_worker(job, now) else { continue };
             let (tenant, key, cost) = (job.tenant.clone(), key_of(job), self.cost(job));
             self.queue.remove(&tenant, &key);
-            self.queue.charge(&tenant, cost);
+            self.queue.charge(&tenant, cost, now);
             if let Some(b) = over {
                 self.out.quota_violations.push((tenant, b.limit));
             }
@@ -1118,7 +1124,7 @@ impl Scheduler {
             job.lost_requeues += 1;
             move_job(job, JobState::Pending, Actor::Scheduler, Some(reason.as_str()), now, &mut self.books);
             job.worker_id = None;
-            self.queue.push(&job.tenant, key_of(job));
+            self.queue.push(&job.tenant, key_of(job), now);
         } else {
             // Requeues used up (SPEC §3.1 `running → failed`; a job still `scheduled` fails the same way).
             job.failure_reason = Some(reason);
@@ -1160,7 +1166,7 @@ impl Scheduler {
                 job.exit_code = None;
                 job.finished_at = None;
                 job.worker_id = None;
-                self.queue.push(&job.tenant, key_of(job));
+                self.queue.push(&job.tenant, key_of(job), now);
                 self.touch(id);
             }
         }

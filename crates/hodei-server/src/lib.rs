@@ -383,6 +383,7 @@ pub fn engine_config(cfg: &Config) -> EngineConfig {
                 reservation_after: Duration::from_millis(s.reservation_after_ms),
                 max_reservations: s.max_reservations as usize,
             },
+            usage_half_life: Some(Duration::from_secs(s.fair_share.usage_half_life_s)).filter(|d| !d.is_zero()),
         },
         // The tick only drives timeouts and retries; dispatch is event-driven.
         tick: Duration::from_millis(s.tick_ms.clamp(50, 250)),

@@ -959,3 +959,56 @@ fn a_big_job_reserves_a_worker_after_waiting_and_is_not_starved_by_small_ones() 
     assert!(started <= 135_000, "started at {started} ms");
     assert!(reasons.iter().any(|r| r == "reserved_for_other_job"), "{reasons:?}");
 }
+
+/// The job, saying it runs 1 s (the tests' results carry no run time to learn from).
+fn timed(mut j: Job) -> Job {
+    j.spec.expected_duration = Some(Duration::from_secs(1));
+    j
+}
+
+/// Tenant a runs 40 jobs alone, then a and b both queue 40 more: how many of the next 20
+/// dispatches go to b.
+fn b_share_after_a_ran_alone(half_life: Option<Duration>) -> usize {
+    let cfg = SchedConfig { usage_half_life: half_life, ..SchedConfig::default() };
+    let (mut s, mut ids) = (Scheduler::new(cfg), Ids(0));
+    set_quota(&mut s, "a", 2, 100_000, 100, 0);
+    set_quota(&mut s, "b", 2, 100_000, 100, 0);
+    let w = connected_worker(&mut s, &mut ids, 1, 100_000, 0);
+    let mut t = 0;
+    let mut run_one = |s: &mut Scheduler, ids: &mut Ids, t: i64| {
+        let placed = accept_all(s, ids, t);
+        for (_, a, _) in &placed {
+            s.finish(*a, w, result(Outcome::Succeeded, 0, t), ts(t)).unwrap();
+        }
+        placed.iter().map(|p| s.job(&p.2).map_or(String::new(), |j| j.tenant.to_string())).collect::<Vec<_>>()
+    };
+    for _ in 0..40 {
+        s.submit(timed(job(&mut ids, "a", 100, 0, t)), ts(t)).unwrap();
+        run_one(&mut s, &mut ids, t);
+        t += 1000;
+    }
+    for tenant in ["a", "b"] {
+        for _ in 0..40 {
+            s.submit(timed(job(&mut ids, tenant, 100, 0, t)), ts(t)).unwrap();
+        }
+    }
+    let mut got_b = 0;
+    for _ in 0..20 {
+        let _ = s.take_changes();
+        let who = run_one(&mut s, &mut ids, t);
+        got_b += who.iter().filter(|x| *x == "b").count();
+        t += 1000;
+    }
+    got_b
+}
+
+#[test]
+fn decayed_usage_lets_a_tenant_that_used_less_catch_up() {
+    // Plain SFQ: idling earns no credit, so they alternate.
+    assert_eq!(b_share_after_a_ran_alone(None), 10);
+    // With a long half-life a's recent use counts against it: b goes first for a while.
+    assert_eq!(b_share_after_a_ran_alone(Some(Duration::from_secs(86_400))), 20);
+    // With a short one, a's use an hour ago is forgotten.
+    let cfg_short = b_share_after_a_ran_alone(Some(Duration::from_millis(1)));
+    assert_eq!(cfg_short, 10);
+}
