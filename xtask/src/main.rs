@@ -13,6 +13,7 @@ fn openapi() -> String {
         default_quota: hodei_core::Quota::DEFAULT,
         eta_horizon: std::time::Duration::from_secs(86_400),
         burst: hodei_core::BurstRules::default(),
+        tier_weights: hodei_core::TierWeights::default(),
         sla: hodei_core::sched::SlaRules::default(),
         sla_window_hours: 24,
         rates: hodei_core::cost::Rates::DEFAULT,

@@ -332,15 +332,15 @@ pub struct TenantView {
     pub version: i64,
 }
 
-impl From<&Tenant> for TenantView {
-    fn from(t: &Tenant) -> Self {
+impl TenantView {
+    pub fn of(t: &Tenant, tiers: &hodei_core::TierWeights) -> Self {
         TenantView {
             id: t.id.to_string(),
             name: t.name.clone(),
             email: t.email.clone(),
             tier: t.tier.to_string(),
             weight: t.weight,
-            effective_weight: t.effective_weight(),
+            effective_weight: t.effective_weight(tiers),
             status: t.status.to_string(),
             quota: QuotaOut::from(&t.quota),
             labels: t.labels.clone(),

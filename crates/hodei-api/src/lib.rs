@@ -127,6 +127,8 @@ pub struct ApiConfig {
     pub eta_horizon: std::time::Duration,
     /// `burst_capacity`.
     pub burst: hodei_core::BurstRules,
+    /// `multi_tenancy.tier_weights`.
+    pub tier_weights: hodei_core::TierWeights,
     /// `sla` (maximum waits, thresholds, window).
     pub sla: hodei_core::sched::SlaRules,
     pub sla_window_hours: u32,

@@ -77,6 +77,8 @@ pub struct SlaClock {
     pub decided_at: Option<Timestamp>,
     /// Next threshold instant the scheduler will look at (in its index); not stored.
     pub due: Option<Timestamp>,
+    /// Its key in the scheduler's escalation order while it is there; not stored.
+    pub escalated: Option<Timestamp>,
 }
 
 impl Priority {

@@ -23,7 +23,7 @@ pub use burst::{BurstError, BurstRequest, BurstRules, BurstSession, BurstState};
 pub use ids::{AttemptId, BurstId, JobId, PoolId, Slug, SlugError, TenantId, WorkerId};
 pub use job::{Attempt, AttemptState, FailureReason, Job, JobEvent, JobState, Priority, SlaClock, SlaLevel, SlaStatus};
 pub use quota::{Admission, Grant, Quota, QuotaRules, Rejection, TenantPolicy, Usage, ViolationPolicy};
-pub use tenant::{Pool, PoolState, PoolType, Tenant, TenantStatus, Tier};
+pub use tenant::{Pool, PoolState, PoolType, Tenant, TenantStatus, Tier, TierWeights};
 pub use time::Timestamp;
 pub use units::{CpuMillis, Gpus, MemoryMb, Resources};
 pub use worker::{Worker, WorkerState};

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use crate::burst::BurstSession;
-use crate::ids::{AttemptId, BurstId, JobId, TenantId, WorkerId};
+use crate::ids::{AttemptId, BurstId, IdMap, IdSet, JobId, TenantId, WorkerId};
 use crate::job::{Actor, Attempt, AttemptState, FailureReason, Job, JobEvent, JobState, SlaLevel};
 use crate::queue::{JobKey, Queue};
 use crate::quota::{self, Admission, Limit, QuotaRules, Rejection, TenantPolicy, Usage};
@@ -18,8 +18,8 @@ mod backfill;
 mod explain;
 mod sla;
 mod status;
-pub use explain::{Blocker, CandidatePool, Explanation, MAX_SIM_JOBS};
 pub use backfill::{BackfillRules, Reservation};
+pub use explain::{Blocker, CandidatePool, Explanation, MAX_SIM_JOBS};
 pub use sla::SlaRules;
 pub use status::{QueueStatus, TenantQueueRow};
 
@@ -250,7 +250,7 @@ impl Recent {
 #[derive(Debug, Clone)]
 pub struct Scheduler {
     cfg: SchedConfig,
-    jobs: HashMap<JobId, Job>,
+    jobs: IdMap<JobId, Job>,
     queue: Queue,
     tenants: HashMap<TenantId, TenantPolicy>,
     /// Newest burst session update seen per tenant (session id, version).
@@ -265,10 +265,10 @@ pub struct Scheduler {
     workers: BTreeMap<WorkerId, Worker>,
     /// Attempts holding a slot: assigned or running, including ones fenced off from their job
     /// (cancelled while scheduled) until their worker reports or is lost.
-    attempts: HashMap<AttemptId, Attempt>,
-    new_jobs: HashSet<JobId>,
+    attempts: IdMap<AttemptId, Attempt>,
+    new_jobs: IdSet<JobId>,
     dirty_jobs: Vec<JobId>,
-    dirty_set: HashSet<JobId>,
+    dirty_set: IdSet<JobId>,
     dirty_workers: BTreeSet<WorkerId>,
     /// Backfill reservations by job, and the job holding each reserved worker.
     reservations: BTreeMap<JobId, Reservation>,
@@ -317,7 +317,7 @@ impl Scheduler {
         queue.set_half_life(cfg.usage_half_life);
         Scheduler {
             cfg,
-            jobs: HashMap::new(),
+            jobs: IdMap::default(),
             queue,
             tenants: HashMap::new(),
             burst_stamps: HashMap::new(),
@@ -327,10 +327,10 @@ impl Scheduler {
             capacity: Resources::ZERO,
             retry_wait: BTreeSet::new(),
             workers: BTreeMap::new(),
-            attempts: HashMap::new(),
-            new_jobs: HashSet::new(),
+            attempts: IdMap::default(),
+            new_jobs: IdSet::default(),
             dirty_jobs: Vec::new(),
-            dirty_set: HashSet::new(),
+            dirty_set: IdSet::default(),
             dirty_workers: BTreeSet::new(),
             reservations: BTreeMap::new(),
             reserved_workers: BTreeMap::new(),
@@ -858,7 +858,9 @@ impl Scheduler {
                                 pick = Some((t.clone(), k.clone(), w, over));
                                 break;
                             }
-                            to_reserve.push(k.id);
+                            if self.may_reserve(job, now) {
+                                to_reserve.push(k.id);
+                            }
                         }
                     }
                 }

@@ -13,14 +13,28 @@ string_enum!(
     Tier { Free = "free", Standard = "standard", Premium = "premium", Enterprise = "enterprise" }
 );
 
-impl Tier {
-    /// Default weights (`multi_tenancy.tier_weights`).
-    pub fn default_weight(self) -> u32 {
-        match self {
-            Tier::Free => 1,
-            Tier::Standard => 2,
-            Tier::Premium => 3,
-            Tier::Enterprise => 5,
+/// Fair-share weight of each tier (`multi_tenancy.tier_weights`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TierWeights {
+    pub free: u32,
+    pub standard: u32,
+    pub premium: u32,
+    pub enterprise: u32,
+}
+
+impl Default for TierWeights {
+    fn default() -> Self {
+        TierWeights { free: 1, standard: 2, premium: 3, enterprise: 5 }
+    }
+}
+
+impl TierWeights {
+    pub fn of(&self, tier: Tier) -> u32 {
+        match tier {
+            Tier::Free => self.free,
+            Tier::Standard => self.standard,
+            Tier::Premium => self.premium,
+            Tier::Enterprise => self.enterprise,
         }
     }
 }
@@ -46,8 +60,9 @@ pub struct Tenant {
 }
 
 impl Tenant {
-    pub fn effective_weight(&self) -> u32 {
-        self.weight.unwrap_or_else(|| self.tier.default_weight())
+    /// The explicit weight, else the tier's.
+    pub fn effective_weight(&self, tiers: &TierWeights) -> u32 {
+        self.weight.unwrap_or_else(|| tiers.of(self.tier)).max(1)
     }
 }
 
@@ -89,9 +104,9 @@ pub struct Pool {
 
 impl Tenant {
     /// What the scheduler needs to know of this tenant (burst grants are added by the caller).
-    pub fn policy(&self) -> crate::quota::TenantPolicy {
+    pub fn policy(&self, tiers: &TierWeights) -> crate::quota::TenantPolicy {
         crate::quota::TenantPolicy {
-            weight: self.effective_weight(),
+            weight: self.effective_weight(tiers),
             quota: self.quota,
             suspended: self.status == TenantStatus::Suspended,
             grant: None,

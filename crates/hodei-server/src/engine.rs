@@ -15,7 +15,8 @@ use async_trait::async_trait;
 use hodei_api::{Admitted, Clock, Control, ControlError, Inspector};
 use hodei_core::sched::{AttemptResult, CancelOutcome, Changes, CommandError, Outbound, SchedConfig, Scheduler, UnknownWorker};
 use hodei_core::{
-    AttemptId, AttemptState, BurstSession, BurstState, Job, JobId, JobState, Tenant, TenantId, TenantPolicy, Timestamp, Worker, WorkerId, WorkerState,
+    AttemptId, AttemptState, BurstSession, BurstState, Job, JobId, JobState, Tenant, TenantId, TenantPolicy, TierWeights, Timestamp, Worker, WorkerId,
+    WorkerState,
 };
 use hodei_proto::v1 as pb;
 use hodei_store::logs::LogFiles;
@@ -116,6 +117,7 @@ pub struct EngineConfig {
     /// This server process's id, carried by the built-in pool's workers as the label
     /// [`SERVER_INSTANCE_LABEL`].
     pub instance: String,
+    pub tier_weights: TierWeights,
 }
 
 /// Label of workers started by a server process as its children (the built-in pool).
@@ -262,7 +264,7 @@ impl Engine {
         let now = self.clock.now();
         let mut sched = Scheduler::new(self.cfg.sched.clone());
         for t in self.store.list_tenants().await? {
-            sched.set_tenant(&t.id, t.policy(), now);
+            sched.set_tenant(&t.id, t.policy(&self.cfg.tier_weights), now);
         }
         let open = BurstFilter { states: vec![BurstState::Active], limit: u32::MAX, ..BurstFilter::default() };
         for b in self.store.list_bursts(&open).await? {
@@ -582,6 +584,7 @@ pub fn assign_message(j: &Job, attempt: AttemptId, number: u32, kill_grace: Dura
 
 /// The API's view of the engine: job commands plus a store read for retries of ended jobs.
 pub struct ControlPlane {
+    pub tier_weights: TierWeights,
     pub engine: EngineHandle,
     pub store: Arc<dyn Store>,
 }
@@ -593,7 +596,7 @@ impl Control for ControlPlane {
     }
 
     async fn tenant_changed(&self, t: &Tenant) -> Result<(), ControlError> {
-        let (id, policy) = (t.id.clone(), t.policy());
+        let (id, policy) = (t.id.clone(), t.policy(&self.tier_weights));
         self.engine.ask(|reply| Command::Tenant { id, policy, reply }).await
     }
 

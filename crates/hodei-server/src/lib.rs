@@ -293,6 +293,11 @@ pub fn sla_rules(cfg: &Config) -> hodei_core::sched::SlaRules {
     }
 }
 
+fn tier_weights(cfg: &Config) -> hodei_core::TierWeights {
+    let w = &cfg.multi_tenancy.tier_weights;
+    hodei_core::TierWeights { free: w.free, standard: w.standard, premium: w.premium, enterprise: w.enterprise }
+}
+
 fn burst_rules(cfg: &Config) -> hodei_core::BurstRules {
     let b = &cfg.burst_capacity;
     hodei_core::BurstRules {
@@ -338,6 +343,7 @@ fn api_state(cfg: &Config, p: ApiParts) -> anyhow::Result<ApiState> {
         default_quota: default_quota(cfg),
         eta_horizon: Duration::from_millis(cfg.scheduler.eta_horizon_ms),
         burst: burst_rules(cfg),
+        tier_weights: tier_weights(cfg),
         sla: sla_rules(cfg),
         sla_window_hours: cfg.sla.compliance_window_hours,
         rates: hodei_core::cost::Rates {
@@ -348,7 +354,7 @@ fn api_state(cfg: &Config, p: ApiParts) -> anyhow::Result<ApiState> {
         admin_token,
         version: VERSION.to_owned(),
     };
-    let control = Arc::new(ControlPlane { engine, store: store.clone() });
+    let control = Arc::new(ControlPlane { engine, store: store.clone(), tier_weights: tier_weights(cfg) });
     Ok(ApiState(Arc::new(Inner {
         store,
         control,
@@ -390,6 +396,7 @@ pub fn engine_config(cfg: &Config) -> EngineConfig {
         kill_grace: Duration::from_millis(w.kill_grace_ms),
         max_log_bytes: cfg.jobs.logs.max_bytes_per_attempt,
         instance: uuid::Uuid::new_v4().to_string(),
+        tier_weights: tier_weights(cfg),
     }
 }
 

@@ -515,3 +515,15 @@ async fn a_job_waiting_past_its_sla_is_reported_breached_with_its_blocking_reaso
     let text = String::from_utf8(axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap().to_vec()).unwrap();
     assert!(text.contains("hodei_sla_breaches_total{tenant=\"default\",level=\"medium\"} 1"), "{text}");
 }
+
+#[tokio::test]
+async fn tier_weights_come_from_the_configuration() {
+    let app = app_with(|c| c.multi_tenancy.tier_weights.premium = 7).await;
+    let (_, t) = app.call("POST", "/api/v1/tenants", Some(json!({"id": "p", "name": "P", "tier": "premium"}))).await;
+    assert_eq!(t["effective_weight"], 7);
+    let (_, t) = app.call("POST", "/api/v1/tenants", Some(json!({"id": "q", "name": "Q", "tier": "premium", "weight": 2}))).await;
+    assert_eq!(t["effective_weight"], 2, "an explicit weight wins");
+    app.call("POST", "/api/v1/jobs", Some(json!({"command": ["x"], "tenant_id": "p"}))).await;
+    let (_, q) = app.call("GET", "/api/v1/queue/tenants/p", None).await;
+    assert_eq!(q["weight"], 7, "the scheduler uses it too: {q}");
+}

@@ -164,6 +164,7 @@ fn job_from_row(r: &SqliteRow) -> Result<Job> {
             wait_ms: r.try_get::<Option<i64>, _>("sla_wait_ms").map_err(g)?.map(|w| w.max(0) as u64),
             decided_at: ts(r.try_get("sla_decided_at").map_err(g)?),
             due: None,
+            escalated: None,
         },
     })
 }

@@ -36,7 +36,7 @@ pub async fn get_tenant_queue(State(s): State<ApiState>, Path(id): Path<String>)
     let view = QueueView::from(&q);
     let row = view.tenants.into_iter().find(|r| r.tenant_id == t.id.as_str()).unwrap_or_else(|| TenantQueueView {
         tenant_id: t.id.to_string(),
-        weight: t.effective_weight(),
+        weight: t.effective_weight(&s.cfg.tier_weights),
         fair_share: 0.0,
         actual_share: 0.0,
         start_tag: "0".into(),

@@ -105,7 +105,7 @@ pub async fn create_tenant(State(s): State<ApiState>, ApiJson(body): ApiJson<Ten
     if let Ok(v) = HeaderValue::from_str(&format!("/api/v1/tenants/{}", t.id)) {
         h.insert(header::LOCATION, v);
     }
-    Ok((StatusCode::CREATED, h, Json(TenantView::from(&t))))
+    Ok((StatusCode::CREATED, h, Json(TenantView::of(&t, &s.cfg.tier_weights))))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -125,7 +125,7 @@ pub async fn list_tenants(State(s): State<ApiState>, Query(q): Query<TenantQuery
         .iter()
         .filter(|t| q.status.as_deref().is_none_or(|v| t.status.as_str() == v))
         .filter(|t| q.tier.as_deref().is_none_or(|v| t.tier.as_str() == v))
-        .map(TenantView::from)
+        .map(|t| TenantView::of(t, &s.cfg.tier_weights))
         .collect();
     Ok(Json(Page { items, next_cursor: None }))
 }
@@ -133,7 +133,7 @@ pub async fn list_tenants(State(s): State<ApiState>, Query(q): Query<TenantQuery
 /// One tenant.
 #[utoipa::path(get, path = "/tenants/{id}", responses((status = 200, body = TenantView), (status = 404, body = crate::error::Problem)), tag = "tenants")]
 pub async fn get_tenant(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult<Json<TenantView>> {
-    Ok(Json(TenantView::from(&load(&s, &id).await?)))
+    Ok(Json(TenantView::of(&load(&s, &id).await?, &s.cfg.tier_weights)))
 }
 
 /// Update any mutable field. `If-Match: "<version>"` makes it conditional.
@@ -168,7 +168,7 @@ pub async fn update_tenant(
         t.labels = l;
     }
     save(&s, &mut t).await?;
-    Ok(Json(TenantView::from(&t)))
+    Ok(Json(TenantView::of(&t, &s.cfg.tier_weights)))
 }
 
 /// Stores a changed tenant (next version) and tells the scheduler.

@@ -82,7 +82,8 @@ impl Scheduler {
         }
         let jobs = &self.jobs;
         let workers = &self.workers;
-        self.reservations.retain(|id, r| jobs.get(id).is_some_and(|j| j.state == JobState::Pending) && workers.get(&r.worker).is_some_and(|w| w.state.is_live()));
+        self.reservations
+            .retain(|id, r| jobs.get(id).is_some_and(|j| j.state == JobState::Pending) && workers.get(&r.worker).is_some_and(|w| w.state.is_live()));
         self.reserved_workers = self.reservations.iter().map(|(id, r)| (r.worker, *id)).collect();
         let ends = self.expected_ends(Some(&self.reserved_workers));
         let mut due = Vec::new();
@@ -115,16 +116,16 @@ impl Scheduler {
 
     /// A job that fits no worker now: reserve the worker where it fits earliest, once it has
     /// waited long enough and while reservations are left.
+    pub(super) fn may_reserve(&self, job: &Job, now: Timestamp) -> bool {
+        let rules = &self.cfg.backfill;
+        rules.enabled
+            && self.reservations.len() < rules.max_reservations
+            && job.eligible_at.saturating_add(rules.reservation_after) <= now
+            && !self.reservations.contains_key(&job.id)
+    }
+
     pub(super) fn maybe_reserve(&mut self, id: JobId, now: Timestamp) {
-        let rules = self.cfg.backfill;
-        let Some(job) = self.jobs.get(&id) else { return };
-        if !rules.enabled
-            || self.reservations.len() >= rules.max_reservations
-            || self.reservations.contains_key(&job.id)
-            || job.eligible_at.saturating_add(rules.reservation_after) > now
-        {
-            return;
-        }
+        let Some(job) = self.jobs.get(&id).filter(|j| self.may_reserve(j, now)) else { return };
         let req = job.resources();
         let candidates: BTreeMap<WorkerId, JobId> = self
             .workers

@@ -152,21 +152,19 @@ impl SlaBook {
             self.due.insert((at, job.id));
         }
         if self.rules.escalation && matches!(job.sla.status, SlaStatus::Critical | SlaStatus::Breached) {
-            self.escalated.insert((self.deadline(job, now), job.id));
+            let key = self.deadline(job, now);
+            job.sla.escalated = Some(key);
+            self.escalated.insert((key, job.id));
         }
     }
 
-    fn unindex(&mut self, job: &mut Job, now: Timestamp) {
+    fn unindex(&mut self, job: &mut Job) {
         self.count(job, false);
         if let Some(at) = job.sla.due.take() {
             self.due.remove(&(at, job.id));
         }
-        if !self.escalated.is_empty() {
-            let d = self.deadline(job, now);
-            if !self.escalated.remove(&(d, job.id)) {
-                // The deadline moved since it was indexed (limit time); find it by id.
-                self.escalated.retain(|(_, id)| *id != job.id);
-            }
+        if let Some(key) = job.sla.escalated.take() {
+            self.escalated.remove(&(key, job.id));
         }
     }
 
@@ -188,7 +186,7 @@ impl SlaBook {
         if stays {
             return;
         }
-        self.unindex(job, now);
+        self.unindex(job);
         let wait = self.wait_ms(job, now);
         job.sla.waited_ms = wait;
         job.sla.since = None;
@@ -236,7 +234,7 @@ impl SlaBook {
             return false;
         }
         job.sla.due = None;
-        self.unindex(job, now);
+        self.unindex(job);
         let max = self.rules.max_wait_ms(job.spec.sla);
         let wait = self.wait_ms(job, now);
         let status = self.rules.status(wait, max);

@@ -975,7 +975,7 @@ fn b_share_after_a_ran_alone(half_life: Option<Duration>) -> usize {
     set_quota(&mut s, "b", 2, 100_000, 100, 0);
     let w = connected_worker(&mut s, &mut ids, 1, 100_000, 0);
     let mut t = 0;
-    let mut run_one = |s: &mut Scheduler, ids: &mut Ids, t: i64| {
+    let run_one = |s: &mut Scheduler, ids: &mut Ids, t: i64| {
         let placed = accept_all(s, ids, t);
         for (_, a, _) in &placed {
             s.finish(*a, w, result(Outcome::Succeeded, 0, t), ts(t)).unwrap();
