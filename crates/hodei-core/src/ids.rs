@@ -165,8 +165,8 @@ mod tests {
     }
 }
 
-/// A fast hasher for UUID ids (maps keyed by job, attempt or worker id). Ids are minted by
-/// the server (v7: random low bits), never chosen by clients, so a keyed hash (SipHash, the
+/// A fast hasher for the core's maps keyed by ids: UUIDs the server mints and tenant slugs
+/// an admin creates, never keys a client picks at will, so a keyed hash (SipHash, the
 /// default) buys nothing here and costs a seventh of a scheduling decision.
 #[derive(Clone, Copy, Default)]
 pub struct IdHasher(u64);

@@ -18,9 +18,9 @@
 //! backlogged with decayed usage on: O(T)).
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
-use crate::ids::{JobId, TenantId};
+use crate::ids::{IdMap, JobId, TenantId};
 use crate::job::Priority;
 use crate::time::Timestamp;
 
@@ -72,7 +72,7 @@ pub struct FlowStatus {
 
 #[derive(Default, Debug, Clone)]
 pub struct Queue {
-    index: HashMap<TenantId, u32>,
+    index: IdMap<TenantId, u32>,
     flows: Vec<Flow>,
     ready: BTreeSet<ReadyKey>,
     virtual_time: u128,
@@ -296,8 +296,8 @@ mod tests {
     }
 
     /// Serves `n` unit-cost jobs and counts them per tenant.
-    fn serve(q: &mut Queue, n: usize) -> HashMap<TenantId, usize> {
-        let mut got = HashMap::new();
+    fn serve(q: &mut Queue, n: usize) -> std::collections::HashMap<TenantId, usize> {
+        let mut got = std::collections::HashMap::new();
         for _ in 0..n {
             let t = q.tenants_in_turn().next().unwrap().clone();
             let k = q.next_candidates(&t, 1).next().unwrap().clone();

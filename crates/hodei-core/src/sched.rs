@@ -192,9 +192,9 @@ pub enum CommandError {
 #[derive(Debug, Default, Clone)]
 struct Books {
     events: Vec<JobEvent>,
-    usage: HashMap<TenantId, Usage>,
+    usage: IdMap<TenantId, Usage>,
     /// Tenants whose active usage went down since the last dispatch round (to unpark).
-    freed: HashSet<TenantId>,
+    freed: IdSet<TenantId>,
     sla: sla::SlaBook,
 }
 
@@ -252,12 +252,14 @@ pub struct Scheduler {
     cfg: SchedConfig,
     jobs: IdMap<JobId, Job>,
     queue: Queue,
-    tenants: HashMap<TenantId, TenantPolicy>,
+    tenants: IdMap<TenantId, TenantPolicy>,
     /// Newest burst session update seen per tenant (session id, version).
-    burst_stamps: HashMap<TenantId, (BurstId, i64)>,
+    burst_stamps: IdMap<TenantId, (BurstId, i64)>,
+    /// Tenants whose newest burst session waits for an admin's approval.
+    burst_pending: IdSet<TenantId>,
     books: Books,
     /// Recent successful runs per tenant and job name.
-    history: HashMap<TenantId, HashMap<String, Recent>>,
+    history: IdMap<TenantId, HashMap<String, Recent>>,
     history_keys: usize,
     /// Total resources of live workers, for the dominant share in a job's cost.
     capacity: Resources,
@@ -319,10 +321,11 @@ impl Scheduler {
             cfg,
             jobs: IdMap::default(),
             queue,
-            tenants: HashMap::new(),
-            burst_stamps: HashMap::new(),
+            tenants: IdMap::default(),
+            burst_stamps: IdMap::default(),
+            burst_pending: IdSet::default(),
             books: Books { sla, ..Books::default() },
-            history: HashMap::new(),
+            history: IdMap::default(),
             history_keys: 0,
             capacity: Resources::ZERO,
             retry_wait: BTreeSet::new(),
@@ -489,6 +492,11 @@ impl Scheduler {
             return;
         }
         self.burst_stamps.insert(tenant.clone(), session.stamp());
+        if session.state == crate::BurstState::PendingApproval {
+            self.burst_pending.insert(tenant.clone());
+        } else {
+            self.burst_pending.remove(tenant);
+        }
         let mut policy = self.policy(tenant).clone();
         policy.grant = session.grant();
         self.tenants.insert(tenant.clone(), policy);
@@ -576,7 +584,7 @@ impl Scheduler {
     /// Submits jobs in order. `atomic`: all are admitted or none is (the errors say which).
     pub fn submit_all(&mut self, jobs: Vec<Job>, atomic: bool, now: Timestamp) -> Vec<Result<Admission, Rejection>> {
         if atomic {
-            let mut scratch: HashMap<TenantId, Usage> = HashMap::new();
+            let mut scratch: IdMap<TenantId, Usage> = IdMap::default();
             let mut dry = Vec::with_capacity(jobs.len());
             for j in &jobs {
                 let u = scratch.entry(j.tenant.clone()).or_insert_with(|| self.usage(&j.tenant));
@@ -831,7 +839,7 @@ impl Scheduler {
             .fold(Resources::ZERO, |acc, w| acc.checked_add(&w.resources).unwrap_or(acc));
         let mut placed = self.dispatch_escalated(now, mint) + self.dispatch_reserved(now, mint);
         // Tenants with nothing a worker can take now; capacity only shrinks within one call.
-        let mut stuck: HashSet<TenantId> = HashSet::new();
+        let mut stuck: IdSet<TenantId> = IdSet::default();
         let mut budget = SCAN_PER_CALL;
         while budget > 0 && !self.queue.is_empty() && self.workers.values().any(|w| w.can_take(&Resources::ZERO)) {
             let mut park = Vec::new();

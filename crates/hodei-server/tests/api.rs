@@ -457,13 +457,23 @@ async fn a_burst_session_widens_the_ceiling_once_per_tenant_then_cools_down() {
 
 #[tokio::test]
 async fn a_burst_request_waits_for_approval_when_required() {
-    let app = app_with(|c| c.burst_capacity.require_approval = true).await;
-    small_tenant(&app, "r", json!({"cpu_m": 1000, "max_concurrent_jobs": 2})).await;
+    let app = app_with(|c| {
+        c.burst_capacity.require_approval = true;
+        c.multi_tenancy.quota_enforcement.strict_mode = false;
+    })
+    .await;
+    small_tenant(&app, "r", json!({"cpu_m": 500, "max_concurrent_jobs": 2})).await;
     let (status, b) = app.call("POST", "/api/v1/tenants/r/burst", Some(json!({"requested_concurrent_jobs": 1, "reason": "demo"}))).await;
     assert_eq!((status, b["state"].as_str(), b["expires_at"].is_null()), (StatusCode::CREATED, Some("pending_approval"), true), "{b}");
     let sid = b["id"].as_str().unwrap();
     let (_, q) = app.call("GET", "/api/v1/tenants/r/quota", None).await;
     assert_eq!(q["ceiling"]["max_concurrent_jobs"], 2, "nothing granted before approval");
+    // A job alone over the quota is held, and says what it waits for.
+    let (_, job) = app.call("POST", "/api/v1/jobs", Some(json!({"command": ["x"], "tenant_id": "r", "resources": {"cpu_m": 800}}))).await;
+    assert_eq!(job["state_reason"], "quota_ceiling", "{job}");
+    let (_, e) = app.call("GET", &format!("/api/v1/jobs/{}/explain", job["id"].as_str().unwrap()), None).await;
+    let codes: Vec<&str> = e["blocking_reasons"].as_array().unwrap().iter().filter_map(|b| b["code"].as_str()).collect();
+    assert_eq!(codes, ["quota_ceiling", "burst_pending_approval"], "{e}");
     let (status, b) = app.call("POST", &format!("/api/v1/tenants/r/burst/sessions/{sid}/approve"), None).await;
     assert_eq!((status, b["state"].as_str(), b["decided_by"].as_str()), (StatusCode::OK, Some("active"), Some("admin")), "{b}");
     assert!(b["expires_at"].is_string());

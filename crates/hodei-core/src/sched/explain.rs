@@ -82,7 +82,12 @@ impl Scheduler {
                 position_in_tenant = self.queue.position_in_tenant(&job.tenant, &key_of(job));
                 fair_share = self.queue.status(&job.tenant);
             }
-            JobState::Held => blockers.push(self.hold_blocker(job, now)),
+            JobState::Held => {
+                blockers.push(self.hold_blocker(job, now));
+                if job.state_reason.as_deref() == Some("quota_ceiling") {
+                    self.burst_blocker(job, &mut blockers);
+                }
+            }
             JobState::Failed if job.next_retry_at.is_some() => {
                 let at = job.next_retry_at.unwrap_or(now);
                 blockers.push(Blocker::new("retry_backoff", format!("retrying after a failure in {} ms", at.as_millis() - now.as_millis())));
@@ -120,6 +125,13 @@ impl Scheduler {
         }
     }
 
+    /// A burst session that would lift a quota blocker waits for approval.
+    fn burst_blocker(&self, job: &Job, out: &mut Vec<Blocker>) {
+        if self.burst_pending.contains(&job.tenant) {
+            out.push(Blocker::new("burst_pending_approval", "the tenant's burst session waits for an admin's approval"));
+        }
+    }
+
     fn hold_blocker(&self, job: &Job, now: Timestamp) -> Blocker {
         match job.state_reason.as_deref() {
             Some("quota_ceiling") => {
@@ -144,6 +156,7 @@ impl Scheduler {
         let usage = self.usage(&job.tenant);
         if let Err(b) = quota::may_dispatch(policy, &self.cfg.quota_rules, &usage, &req, now) {
             out.push(Blocker::quota(b.limit.blocking_code(), &b));
+            self.burst_blocker(job, out);
         }
         let matching = |w: &&crate::worker::Worker| job.spec.pool_selector.as_ref().is_none_or(|p| *p == w.pool_id) && w.state.is_live();
         if !self.workers.values().filter(matching).any(|w| w.could_ever_take(&req)) {

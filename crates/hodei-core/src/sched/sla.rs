@@ -8,10 +8,10 @@
 //! a lower bound (excluded time only pushes it later), so no crossing is missed and each job
 //! is looked at a few times in its life.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use crate::ids::{JobId, TenantId};
+use crate::ids::{IdMap, JobId, TenantId};
 use crate::job::{Job, JobState, SlaLevel, SlaStatus};
 use crate::time::Timestamp;
 
@@ -69,7 +69,7 @@ impl SlaRules {
 pub(super) struct SlaBook {
     pub rules: SlaRules,
     /// Per tenant: ms spent at its own limit, and since when it is there now.
-    limits: HashMap<TenantId, (u64, Option<Timestamp>)>,
+    limits: IdMap<TenantId, (u64, Option<Timestamp>)>,
     /// Next instant each waiting job may cross a threshold.
     due: BTreeSet<(Timestamp, JobId)>,
     /// Waiting jobs in `critical` or `breached`, by the instant they pass (passed) 100 %.
