@@ -668,6 +668,8 @@ pub struct TenantQueueView {
     pub at_limit: bool,
     /// Waiting jobs past their SLA's at-risk threshold.
     pub at_risk: u64,
+    /// Pending jobs per priority class.
+    pub by_priority: BTreeMap<String, u64>,
 }
 
 /// `GET /queue` (SPEC §4.5).
@@ -712,6 +714,7 @@ impl From<&QueueStatus> for QueueView {
                     oldest_wait_ms: t.oldest_wait_ms,
                     at_limit: t.parked,
                     at_risk: t.at_risk,
+                    by_priority: t.by_priority.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
                 })
                 .collect(),
         }

@@ -401,6 +401,7 @@ async fn explain_names_why_a_job_waits_and_the_queue_counts_it() {
     assert_eq!(q["tenants"][0]["tenant_id"], "default");
     let (status, t) = app.call("GET", "/api/v1/queue/tenants/default", None).await;
     assert_eq!(status, StatusCode::OK);
+    assert_eq!(t["by_priority"], json!({"normal": 1}), "{t}");
     assert_eq!(t["jobs"][0]["job_id"], pending["id"]);
 }
 

@@ -46,6 +46,7 @@ pub async fn get_tenant_queue(State(s): State<ApiState>, Path(id): Path<String>)
         oldest_wait_ms: 0,
         at_limit: false,
         at_risk: 0,
+        by_priority: Default::default(),
     });
     if jobs.is_empty() && row.pending > 0 {
         return Err(ApiError::not_found(format!("queue of tenant {id}")));

@@ -25,6 +25,8 @@ pub struct TenantQueueRow {
     pub parked: bool,
     /// Waiting jobs past their SLA's at-risk threshold (at_risk, critical or breached).
     pub at_risk: u64,
+    /// Pending jobs per priority class.
+    pub by_priority: BTreeMap<&'static str, u64>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -71,6 +73,7 @@ impl Scheduler {
                 oldest_wait_ms: 0,
                 parked: false,
                 at_risk: 0,
+                by_priority: BTreeMap::new(),
             });
             if matches!(j.state, JobState::Pending | JobState::Scheduled) && j.sla.wait_ms.is_none() {
                 match j.sla.status {
@@ -89,6 +92,7 @@ impl Scheduler {
                     st.pending += 1;
                     st.oldest_wait_ms = st.oldest_wait_ms.max(wait);
                     *st.by_priority.entry(j.spec.priority.as_str()).or_default() += 1;
+                    *row.by_priority.entry(j.spec.priority.as_str()).or_default() += 1;
                 }
                 JobState::Held => {
                     row.held += 1;
