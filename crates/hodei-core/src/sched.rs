@@ -16,6 +16,7 @@ use crate::worker::{Worker, WorkerState};
 
 mod backfill;
 mod explain;
+mod preempt;
 mod sla;
 mod status;
 pub use backfill::{BackfillRules, Reservation};
@@ -52,6 +53,8 @@ pub struct SchedConfig {
     /// `scheduler.fair_share.usage_half_life_s`: decayed usage delays a tenant that used much
     /// recently when it becomes backlogged (`None`: off).
     pub usage_half_life: Option<Duration>,
+    /// `scheduler.preemption.enabled`.
+    pub preemption: bool,
 }
 
 impl Default for SchedConfig {
@@ -70,6 +73,7 @@ impl Default for SchedConfig {
             sla: SlaRules::default(),
             backfill: BackfillRules::default(),
             usage_half_life: None,
+            preemption: false,
         }
     }
 }
@@ -275,6 +279,8 @@ pub struct Scheduler {
     /// Backfill reservations by job, and the job holding each reserved worker.
     reservations: BTreeMap<JobId, Reservation>,
     reserved_workers: BTreeMap<WorkerId, JobId>,
+    /// Attempts told to stop to make room for a higher-priority job.
+    preempting: IdSet<AttemptId>,
     out: Changes,
 }
 
@@ -337,6 +343,7 @@ impl Scheduler {
             dirty_workers: BTreeSet::new(),
             reservations: BTreeMap::new(),
             reserved_workers: BTreeMap::new(),
+            preempting: IdSet::default(),
             out: Changes::default(),
         }
     }
@@ -811,6 +818,7 @@ impl Scheduler {
     }
 
     fn release_slot(&mut self, attempt: &Attempt, now: Timestamp) {
+        self.preempting.remove(&attempt.id);
         if let Some(w) = self.workers.get_mut(&attempt.worker_id) {
             w.allocated = w.allocated.saturating_sub(&attempt.resources);
             w.slots_used = w.slots_used.saturating_sub(1);
@@ -900,6 +908,7 @@ impl Scheduler {
             self.assign(key.id, worker, mint(), now);
             placed += 1;
         }
+        self.preempt(now);
         placed
     }
 
@@ -1051,8 +1060,12 @@ impl Scheduler {
             return Err(Fenced::WrongWorker);
         }
         let mut a = self.attempts.remove(&aid).ok_or(Fenced::UnknownAttempt)?;
+        // Stopped to make room for a higher-priority job (unless a user cancelled it meanwhile).
+        let preempted =
+            self.preempting.contains(&aid) && r.outcome == Outcome::Cancelled && self.jobs.get(&a.job_id).is_some_and(|j| j.cancel_requested_at.is_none());
         self.release_slot(&a, now);
         let to = match r.outcome {
+            _ if preempted => AttemptState::Preempted,
             Outcome::Succeeded => AttemptState::Succeeded,
             Outcome::Failed => AttemptState::Failed,
             Outcome::TimedOut => AttemptState::TimedOut,
@@ -1063,7 +1076,7 @@ impl Scheduler {
         a.finished_at = Some(r.finished_at);
         a.exit_code = r.exit_code;
         a.signal = r.signal;
-        a.failure_reason = r.failure_reason;
+        a.failure_reason = if preempted { Some(FailureReason::Preempted) } else { r.failure_reason };
         a.cpu_time_ms = r.cpu_time_ms;
         a.max_rss_mb = r.max_rss_mb;
         a.log_bytes = r.log_bytes;
@@ -1093,9 +1106,18 @@ impl Scheduler {
             move_job(job, JobState::Running, Actor::Worker, None, r.started_at, ev);
             job.started_at = Some(r.started_at);
         }
+        job.log_truncated |= r.log_truncated;
+        if preempted {
+            // Back in the queue, its retries untouched.
+            move_job(job, JobState::Pending, Actor::Scheduler, Some("preempted"), now, ev);
+            job.current_attempt = None;
+            job.worker_id = None;
+            self.queue.push(&job.tenant, key_of(job), now);
+            self.touch(job_id);
+            return Ok(());
+        }
         job.exit_code = r.exit_code;
         job.finished_at = Some(r.finished_at);
-        job.log_truncated |= r.log_truncated;
         match r.outcome {
             Outcome::Succeeded => move_job(job, JobState::Succeeded, Actor::Worker, None, now, ev),
             Outcome::TimedOut => {

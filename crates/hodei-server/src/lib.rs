@@ -390,6 +390,7 @@ pub fn engine_config(cfg: &Config) -> EngineConfig {
                 max_reservations: s.max_reservations as usize,
             },
             usage_half_life: Some(Duration::from_secs(s.fair_share.usage_half_life_s)).filter(|d| !d.is_zero()),
+            preemption: s.preemption.enabled,
         },
         // The tick only drives timeouts and retries; dispatch is event-driven.
         tick: Duration::from_millis(s.tick_ms.clamp(50, 250)),

@@ -247,3 +247,23 @@ async fn a_thousand_concurrent_submits_at_the_limit_never_exceed_the_quota() {
         srv.call(Method::POST, &format!("/jobs/{}/cancel", j["id"].as_str().unwrap()), None).await;
     }
 }
+
+#[tokio::test]
+async fn a_critical_job_preempts_a_batch_job_which_runs_again_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = one_worker("1");
+    env.push(("HODEI_SCHEDULER__PREEMPTION__ENABLED", "true"));
+    let srv = Server::start(dir.path(), &env, 0, None);
+    let batch = srv.submit(json!({"command": ["sleep", "300"], "priority": "batch"})).await;
+    let batch = batch["id"].as_str().unwrap().to_owned();
+    srv.wait_for(&batch, 20, |s| s == "running").await;
+    let urgent = srv.submit(json!({"command": ["true"], "priority": "critical"})).await;
+    let urgent = urgent["id"].as_str().unwrap().to_owned();
+    assert_eq!(srv.wait_ended(&urgent, 30).await["state"], "succeeded");
+    // The batch job went back to the queue without using a retry, and runs again.
+    let j = srv.wait_for(&batch, 20, |s| s == "running").await;
+    assert_eq!((j["attempt_count"].as_u64(), j["retries_left"].as_u64()), (Some(2), Some(0)), "{j}");
+    let (_, attempts) = srv.call(Method::GET, &format!("/jobs/{batch}/attempts"), None).await;
+    assert_eq!(attempts["items"][0]["state"], "preempted", "{attempts}");
+    srv.call(Method::POST, &format!("/jobs/{batch}/cancel"), None).await;
+}

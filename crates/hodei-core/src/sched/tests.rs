@@ -429,7 +429,7 @@ proptest! {
     fn random_operations_keep_every_invariant(ops in proptest::collection::vec(op(), 1..120)) {
         // Short SLA waits, so jobs cross every threshold and escalate within a run.
         let sla = SlaRules { max_wait: [Duration::from_secs(20); 5], ..SlaRules::default() };
-        let (mut s, mut ids) = (Scheduler::new(SchedConfig { sla, ..SchedConfig::default() }), Ids(0));
+        let (mut s, mut ids) = (Scheduler::new(SchedConfig { sla, preemption: true, ..SchedConfig::default() }), Ids(0));
         let mut now = 0i64;
         let mut jobs: Vec<JobId> = vec![];
         let mut workers: Vec<WorkerId> = vec![];
@@ -440,7 +440,10 @@ proptest! {
         for op in ops {
             match op {
                 Op::Submit { tenant, cpu_m, retries } => {
-                    let j = job(&mut ids, &format!("t{tenant}"), i64::from(cpu_m), i64::from(retries), now);
+                    let mut j = job(&mut ids, &format!("t{tenant}"), i64::from(cpu_m), i64::from(retries), now);
+                    // Every class, and batch jobs preemptible: preemption and escalation happen.
+                    j.spec.priority = Priority::ALL[usize::from(cpu_m) % Priority::ALL.len()];
+                    j.spec.preemptible = j.spec.priority == Priority::Batch;
                     let id = j.id;
                     if s.submit(j, ts(now)).is_ok() {
                         jobs.push(id);
@@ -1011,4 +1014,54 @@ fn decayed_usage_lets_a_tenant_that_used_less_catch_up() {
     // With a short one, a's use an hour ago is forgotten.
     let cfg_short = b_share_after_a_ran_alone(Some(Duration::from_millis(1)));
     assert_eq!(cfg_short, 10);
+}
+
+#[test]
+fn a_critical_job_preempts_the_youngest_lower_priority_job_when_enabled() {
+    for enabled in [false, true] {
+        let (mut s, mut ids) = (Scheduler::new(SchedConfig { preemption: enabled, ..SchedConfig::default() }), Ids(0));
+        set_quota(&mut s, "a", 2, 100_000, 100, 0);
+        set_quota(&mut s, "b", 2, 100_000, 100, 0);
+        let w = connected_worker(&mut s, &mut ids, 4, 4000, 0);
+        let mut batch = vec![];
+        for i in 0..4 {
+            let mut j = job(&mut ids, "b", 1000, 2, i);
+            j.spec.priority = Priority::Batch;
+            j.spec.preemptible = true;
+            batch.push(j.id);
+            s.submit(j, ts(i)).unwrap();
+            accept_all(&mut s, &mut ids, i);
+        }
+        let mut urgent = job(&mut ids, "a", 1000, 0, 10);
+        urgent.spec.priority = Priority::Critical;
+        let urgent_id = urgent.id;
+        s.submit(urgent, ts(10)).unwrap();
+        let mut mint = || AttemptId::from_uuid(Uuid::from_u128(u128::MAX - 7));
+        s.schedule(ts(10), &mut mint);
+        let cancels: Vec<AttemptId> = s
+            .take_changes()
+            .outbound
+            .iter()
+            .filter_map(|o| match o {
+                Outbound::Cancel { attempt, reason: "preempted", .. } => Some(*attempt),
+                _ => None,
+            })
+            .collect();
+        if !enabled {
+            assert!(cancels.is_empty());
+            continue;
+        }
+        // The youngest batch job (started at 3 ms) makes room.
+        let victim = s.job(&batch[3]).unwrap().current_attempt.unwrap();
+        assert_eq!(cancels, [victim]);
+        // The worker kills it and reports a cancel: the attempt ends preempted, the job waits again
+        // with its retries untouched, and the critical job takes the room.
+        s.finish(victim, w, result(Outcome::Cancelled, -1, 12), ts(12)).unwrap();
+        let ch = s.take_changes();
+        assert_eq!(ch.attempts.last().map(|a| (a.state, a.failure_reason)), Some((AttemptState::Preempted, Some(FailureReason::Preempted))));
+        let j = s.job(&batch[3]).unwrap();
+        assert_eq!((j.state, j.state_reason.as_deref(), j.retries_left), (JobState::Pending, Some("preempted"), 2));
+        let placed = accept_all(&mut s, &mut ids, 12);
+        assert_eq!(placed.iter().map(|p| p.2).collect::<Vec<_>>(), [urgent_id]);
+    }
 }

@@ -1,0 +1,120 @@
+//! Opt-in preemption (SPEC §2.5, `scheduler.preemption.enabled`): a waiting `critical` or
+//! `high` job that its quota allows but no worker can take may evict running `preemptible`
+//! jobs of a lower priority class — of tenants over their fair share first, youngest first —
+//! on the one worker where the fewest evictions make room. The evicted attempts end
+//! `preempted` when their worker confirms the kill; their jobs go back to `pending` without
+//! using a retry. The waiting job holds a reservation on that worker, so the room it paid for
+//! is not taken by anyone else.
+
+use std::cmp::Reverse;
+
+use super::Scheduler;
+use super::backfill::Reservation;
+use crate::ids::{AttemptId, JobId, TenantId, WorkerId};
+use crate::job::{JobState, Priority};
+use crate::quota;
+use crate::sched::Outbound;
+use crate::time::Timestamp;
+use crate::units::Resources;
+
+/// Most waiting jobs looked at for preemption per scheduling round.
+const WAITERS_PER_ROUND: usize = 8;
+
+impl Scheduler {
+    /// Whether a tenant uses more than its weighted share of the allocated capacity.
+    fn over_share(&self, t: &TenantId) -> bool {
+        let cap = &self.capacity;
+        let ppm = |r: &Resources| {
+            let s = |a: u32, c: u32| if c == 0 { 0 } else { u64::from(a) * 1_000_000 / u64::from(c) };
+            s(r.cpu_m.0, cap.cpu_m.0).max(s(r.memory_mb.0, cap.memory_mb.0)).max(s(r.gpu.0, cap.gpu.0))
+        };
+        let (mut total_w, mut mine_w, mut total_used, mut mine_used) = (0u64, 0u64, 0u64, 0u64);
+        for (id, u) in &self.books.usage {
+            if u.active_jobs == 0 && u.queued_jobs == 0 {
+                continue;
+            }
+            let w = u64::from(self.policy(id).weight);
+            let used = ppm(&u.active);
+            total_w += w;
+            total_used += used;
+            if id == t {
+                mine_w = w;
+                mine_used = used;
+            }
+        }
+        // used / total_used > w / total_w, in integers.
+        total_w > 0 && u128::from(mine_used) * u128::from(total_w) > u128::from(mine_w) * u128::from(total_used)
+    }
+
+    /// Finds waiting high-priority jobs that no worker can take and evicts what makes room.
+    pub(super) fn preempt(&mut self, now: Timestamp) {
+        if !self.cfg.preemption || self.queue.is_empty() {
+            return;
+        }
+        let waiters: Vec<JobId> = self
+            .queue
+            .tenants_in_turn()
+            .flat_map(|t| self.queue.next_candidates(t, 1))
+            .filter(|k| matches!(k.priority, Priority::Critical | Priority::High))
+            .map(|k| k.id)
+            .filter(|id| !self.reservations.contains_key(id))
+            .take(WAITERS_PER_ROUND)
+            .collect();
+        for id in waiters {
+            let Some(job) = self.jobs.get(&id).filter(|j| j.state == JobState::Pending) else { continue };
+            let policy = self.tenants.get(&job.tenant).unwrap_or(&self.cfg.default_policy);
+            let usage = self.books.usage.get(&job.tenant).copied().unwrap_or_default();
+            if quota::may_dispatch(policy, &self.cfg.quota_rules, &usage, &job.resources(), now).is_err() || self.best_worker(job, now).is_some() {
+                continue;
+            }
+            let (req, class) = (job.resources(), job.spec.priority);
+            let Some((worker, victims)) = self.victims(&req, class, job.spec.pool_selector.as_ref()) else { continue };
+            for aid in &victims {
+                self.preempting.insert(*aid);
+                self.out.outbound.push(Outbound::Cancel { worker, attempt: *aid, reason: "preempted" });
+            }
+            // The room being freed is the waiting job's.
+            if let Some(old) = self.reserved_workers.insert(worker, id) {
+                self.reservations.remove(&old);
+            }
+            self.reservations.insert(id, Reservation { job: id, worker, req, free_at: now });
+        }
+    }
+
+    /// The worker where evicting the fewest lower-class preemptible jobs makes room for `req`,
+    /// and those jobs' attempts (over-share tenants first, then youngest first).
+    fn victims(&self, req: &Resources, class: Priority, pool: Option<&crate::ids::PoolId>) -> Option<(WorkerId, Vec<AttemptId>)> {
+        let mut best: Option<(usize, WorkerId, Vec<AttemptId>)> = None;
+        for w in self.workers.values().filter(|w| w.state.is_live() && w.connected && w.could_ever_take(req)) {
+            if pool.is_some_and(|p| *p != w.pool_id) || self.reserved_workers.contains_key(&w.id) {
+                continue;
+            }
+            let mut evictable: Vec<(bool, Reverse<Timestamp>, AttemptId, Resources)> = self
+                .attempts
+                .values()
+                .filter(|a| a.worker_id == w.id && a.state == crate::job::AttemptState::Running && !self.preempting.contains(&a.id))
+                .filter_map(|a| {
+                    let j = self.jobs.get(&a.job_id).filter(|j| j.state == JobState::Running && j.current_attempt == Some(a.id))?;
+                    (j.spec.preemptible && j.spec.priority > class && j.cancel_requested_at.is_none())
+                        .then(|| (!self.over_share(&j.tenant), Reverse(a.started_at.unwrap_or(a.assigned_at)), a.id, a.resources))
+                })
+                .collect();
+            evictable.sort_by_key(|(over, young, id, _)| (*over, *young, *id));
+            let mut room = w.room();
+            let mut slots = w.slots.saturating_sub(w.slots_used);
+            let mut chosen = Vec::new();
+            for (_, _, aid, r) in evictable {
+                if slots > 0 && req.fits_in(&room) {
+                    break;
+                }
+                room = room.checked_add(&r).unwrap_or(room);
+                slots += 1;
+                chosen.push(aid);
+            }
+            if slots > 0 && req.fits_in(&room) && !chosen.is_empty() && best.as_ref().is_none_or(|b| chosen.len() < b.0) {
+                best = Some((chosen.len(), w.id, chosen));
+            }
+        }
+        best.map(|(_, w, v)| (w, v))
+    }
+}
