@@ -453,7 +453,6 @@ impl Scheduler {
         self.books.usage.get(tenant).copied().unwrap_or_default()
     }
 
-    /// Tenants with a policy or with live jobs.
     /// Waiting jobs (SLA clock running) per tenant, level and status.
     pub fn sla_waiting(&self) -> &BTreeMap<(TenantId, SlaLevel, crate::SlaStatus), u32> {
         &self.books.sla.waiting
@@ -469,6 +468,7 @@ impl Scheduler {
         self.books.sla.deadline(job, now)
     }
 
+    /// Tenants with a policy or with live jobs.
     pub fn tenant_ids(&self) -> impl Iterator<Item = &TenantId> {
         let extra = self.books.usage.keys().filter(|t| !self.tenants.contains_key(*t));
         self.tenants.keys().chain(extra)
@@ -922,16 +922,26 @@ impl Scheduler {
     /// deadline, when their tenant's quota allows and a worker can take them. Their tenant's
     /// tag is charged as for any dispatch.
     fn dispatch_escalated(&mut self, now: Timestamp, mint: &mut dyn FnMut() -> AttemptId) -> usize {
-        if self.books.sla.escalated.is_empty() {
+        if self.books.sla.escalated.is_empty() || !self.workers.values().any(|w| w.can_take(&Resources::ZERO)) {
             return 0;
         }
         let candidates: Vec<JobId> = self.books.sla.escalated.iter().map(|(_, id)| *id).take(SCAN_PER_TENANT).collect();
         let mut placed = 0;
+        // Tenants out of concurrency in this round: their other jobs are not looked at.
+        let mut blocked: IdSet<TenantId> = IdSet::default();
         for id in candidates {
-            let Some(job) = self.jobs.get(&id).filter(|j| j.state == JobState::Pending) else { continue };
+            let Some(job) = self.jobs.get(&id).filter(|j| j.state == JobState::Pending && !blocked.contains(&j.tenant)) else { continue };
             let policy = self.tenants.get(&job.tenant).unwrap_or(&self.cfg.default_policy);
             let usage = self.books.usage.get(&job.tenant).copied().unwrap_or_default();
-            let Ok(over) = quota::may_dispatch(policy, &self.cfg.quota_rules, &usage, &job.resources(), now) else { continue };
+            let over = match quota::may_dispatch(policy, &self.cfg.quota_rules, &usage, &job.resources(), now) {
+                Ok(over) => over,
+                Err(b) => {
+                    if b.limit == Limit::MaxConcurrentJobs {
+                        blocked.insert(job.tenant.clone());
+                    }
+                    continue;
+                }
+            };
             let Some(worker) = self.best_worker(job, now) else { continue };
             let (tenant, key, cost) = (job.tenant.clone(), key_of(job), self.cost(job));
             self.queue.remove(&tenant, &key);

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use hodei_core::sched::SlaRules;
-use hodei_core::{JobState, SlaLevel, SlaStatus, TenantId, Timestamp};
+use hodei_core::sched::{Scheduler, SlaRules};
+use hodei_core::{Job, JobState, SlaLevel, SlaStatus, TenantId, Timestamp};
 use hodei_store::{BreachFilter, SlaOutcome};
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -184,6 +184,21 @@ fn filter(q: &SlaJobsQuery) -> ApiResult<Filter> {
     Ok(Filter { tenant, level, since, limit: page_limit(q.limit)? })
 }
 
+fn sla_job_view(sched: &Scheduler, j: &Job, rules: &SlaRules, now: Timestamp, deadline: Option<Timestamp>) -> SlaJobView {
+    SlaJobView {
+        job_id: j.id.to_string(),
+        tenant_id: j.tenant.to_string(),
+        level: j.spec.sla.to_string(),
+        status: j.sla.status.to_string(),
+        state: j.state.to_string(),
+        max_wait_ms: rules.max_wait_ms(j.spec.sla),
+        wait_ms: sched.sla_wait_ms(j, now),
+        breached_at: j.sla.breached_at.map(rfc3339),
+        deadline_at: deadline.map(rfc3339),
+        dominant_blocking_reason: sched.blocking_reason(j.id, now).map(str::to_owned),
+    }
+}
+
 /// Jobs that breached their SLA, most recent first.
 #[utoipa::path(get, path = "/sla/breaches", params(SlaJobsQuery), responses((status = 200, body = Page<SlaJobView>), (status = 400, body = crate::error::Problem)), tag = "sla")]
 pub async fn breaches(State(s): State<ApiState>, Query(q): Query<SlaJobsQuery>) -> ApiResult<Json<Page<SlaJobView>>> {
@@ -194,19 +209,9 @@ pub async fn breaches(State(s): State<ApiState>, Query(q): Query<SlaJobsQuery>) 
         jobs.iter()
             .map(|stored| {
                 // A job still waiting is read live: its wait grows and it has a blocking reason.
-                let live = sched.job(&stored.id);
-                let j = live.unwrap_or(stored);
-                SlaJobView {
-                    job_id: j.id.to_string(),
-                    tenant_id: j.tenant.to_string(),
-                    level: j.spec.sla.to_string(),
-                    status: j.sla.status.to_string(),
-                    state: j.state.to_string(),
-                    max_wait_ms: rules.max_wait_ms(j.spec.sla),
-                    wait_ms: live.map_or(j.sla.wait_ms.unwrap_or(j.sla.waited_ms), |l| sched.sla_wait_ms(l, now)),
-                    breached_at: j.sla.breached_at.map(rfc3339),
-                    deadline_at: None,
-                    dominant_blocking_reason: sched.blocking_reason(j.id, now).map(str::to_owned),
+                match sched.job(&stored.id) {
+                    Some(live) => sla_job_view(sched, live, &rules, now, None),
+                    None => SlaJobView { wait_ms: stored.sla.wait_ms.unwrap_or(stored.sla.waited_ms), ..sla_job_view(sched, stored, &rules, now, None) },
                 }
             })
             .collect()
@@ -228,19 +233,7 @@ pub async fn at_risk(State(s): State<ApiState>, Query(q): Query<SlaJobsQuery>) -
             .filter(|j| f.tenant.as_ref().is_none_or(|t| *t == j.tenant) && f.level.is_none_or(|l| l == j.spec.sla))
             .map(|j| {
                 let deadline = sched.sla_deadline(j, now);
-                let view = SlaJobView {
-                    job_id: j.id.to_string(),
-                    tenant_id: j.tenant.to_string(),
-                    level: j.spec.sla.to_string(),
-                    status: j.sla.status.to_string(),
-                    state: j.state.to_string(),
-                    max_wait_ms: rules.max_wait_ms(j.spec.sla),
-                    wait_ms: sched.sla_wait_ms(j, now),
-                    breached_at: j.sla.breached_at.map(rfc3339),
-                    deadline_at: Some(rfc3339(deadline)),
-                    dominant_blocking_reason: sched.blocking_reason(j.id, now).map(str::to_owned),
-                };
-                (deadline, view)
+                (deadline, sla_job_view(sched, j, &rules, now, Some(deadline)))
             })
             .collect();
         rows.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.job_id.cmp(&b.1.job_id)));
