@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use hodei_core::sched::{AttemptResult, Outbound, Outcome, SchedConfig, Scheduler};
+use hodei_core::sched::{AttemptResult, BackfillRules, Outbound, Outcome, SchedConfig, Scheduler, SlaRules};
 use hodei_core::spec::{JobSpec, JobSpecInput, SpecLimits};
 use hodei_core::{AttemptId, Job, JobId, PoolId, Quota, Resources, TenantId, TenantPolicy, Timestamp, Worker, WorkerId, WorkerState};
 use serde::Serialize;
@@ -181,10 +181,19 @@ fn spec_of(name: &str, shape: &workload::JobShape) -> Result<JobSpec, WorkloadEr
 
 impl Simulator {
     pub fn new(w: &Workload, trace: Vec<TraceJob>) -> Result<Simulator, WorkloadError> {
+        let k = &w.scheduler;
         let cfg = SchedConfig {
             assign_ack_timeout: Duration::from_secs(365 * 86_400),
             heartbeat_timeout: Duration::from_secs(365 * 86_400),
             default_expected_duration: Duration::from_millis(w.default_expected_duration_ms),
+            sla: SlaRules { escalation: k.sla_escalation, ..SlaRules::default() },
+            backfill: BackfillRules {
+                enabled: k.backfill,
+                reservation_after: Duration::from_millis(k.reservation_after_ms),
+                max_reservations: k.max_reservations,
+            },
+            usage_half_life: Some(Duration::from_secs(k.usage_half_life_s)).filter(|d| !d.is_zero()),
+            preemption: k.preemption,
             ..SchedConfig::default()
         };
         let mut sim = Simulator {

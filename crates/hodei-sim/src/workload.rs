@@ -51,6 +51,52 @@ pub struct Workload {
     /// `scheduler.default_expected_duration_ms` for jobs without a hint or history.
     #[serde(default = "default_expected")]
     pub default_expected_duration_ms: u64,
+    /// The scheduler's policy knobs, as in the server's `scheduler` section.
+    #[serde(default)]
+    pub scheduler: SchedulerKnobs,
+}
+
+/// `scheduler.*` options the simulator passes to the core (defaults as the server's).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulerKnobs {
+    #[serde(default)]
+    pub usage_half_life_s: u64,
+    #[serde(default = "yes")]
+    pub sla_escalation: bool,
+    #[serde(default = "yes")]
+    pub backfill: bool,
+    #[serde(default = "default_reservation_after")]
+    pub reservation_after_ms: u64,
+    #[serde(default = "default_max_reservations")]
+    pub max_reservations: usize,
+    #[serde(default)]
+    pub preemption: bool,
+}
+
+impl Default for SchedulerKnobs {
+    fn default() -> Self {
+        SchedulerKnobs {
+            usage_half_life_s: 0,
+            sla_escalation: true,
+            backfill: true,
+            reservation_after_ms: default_reservation_after(),
+            max_reservations: default_max_reservations(),
+            preemption: false,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_reservation_after() -> u64 {
+    30_000
+}
+
+fn default_max_reservations() -> usize {
+    16
 }
 
 fn default_expected() -> u64 {

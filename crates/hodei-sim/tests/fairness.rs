@@ -56,3 +56,17 @@ fn bad_workloads_name_the_field() {
     let e = Workload::parse("horizon_s: 10\npools: [{workers: 1, slots: 1, cpu_m: 1, memory_mb: 1, cpus: 2}]\n").unwrap_err();
     assert!(e.to_string().contains("unknown field `cpus`"), "{e}");
 }
+
+#[test]
+fn reservations_keep_big_jobs_from_starving_behind_a_stream_of_small_ones() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../bench/workloads/backfill.yaml");
+    let (mut w, trace) = Workload::load(&path).unwrap();
+    let big = |r: &Report| r.tenants.iter().find(|t| t.tenant == "big").unwrap().wait_max_ms;
+    let with = simulate(&w, trace.clone()).unwrap();
+    w.scheduler.backfill = false;
+    let without = simulate(&w, trace).unwrap();
+    eprintln!("longest wait of a big job: {} ms with reservations, {} ms without", big(&with), big(&without));
+    // Reserved after 30 s, started once the small jobs on the reserved worker end (≤ 40 s).
+    assert!(big(&with) <= 30_000 + 40_000 + 30_000, "{}", big(&with));
+    assert!(big(&without) > 600_000, "without reservations they starve: {}", big(&without));
+}
