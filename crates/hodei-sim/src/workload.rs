@@ -13,6 +13,7 @@
 //!     weights: [1, 2, 3, 5]          # cycled over the group
 //!     arrival: {kind: saturate, queued: 4}
 //!     job: {cpu_m: 1000, memory_mb: 512, duration: {kind: uniform, min_ms: 500, max_ms: 1500}}
+//! scheduler: {backfill: true, reservation_after_ms: 30000, usage_half_life_s: 0}
 //! ```
 
 use std::path::{Path, PathBuf};
