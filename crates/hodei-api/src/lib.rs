@@ -226,6 +226,23 @@ pub fn zero_series_for_tenant(tenant: &TenantId, pools: &[Pool]) {
     for pool in pools {
         metrics::gauge!("hodei_jobs_running", "tenant" => tenant.to_string(), "pool" => pool.id.to_string()).increment(0.0);
     }
+    for name in [
+        "hodei_tenant_cpu_m",
+        "hodei_tenant_memory_mb",
+        "hodei_tenant_gpu",
+        "hodei_tenant_fair_share",
+        "hodei_tenant_actual_share",
+        "hodei_tenant_burst_active",
+        "hodei_tenant_burst_utilization_ratio",
+    ] {
+        metrics::gauge!(name, "tenant" => tenant.to_string()).increment(0.0);
+    }
+    for resource in ["cpu", "memory", "gpu", "jobs"] {
+        metrics::gauge!("hodei_tenant_quota_utilization", "tenant" => tenant.to_string(), "resource" => resource).increment(0.0);
+    }
+    for level in hodei_core::SlaLevel::ALL {
+        metrics::counter!("hodei_sla_breaches_total", "tenant" => tenant.to_string(), "level" => level.as_str()).increment(0);
+    }
 }
 
 /// Exports a pool's series at zero.

@@ -206,7 +206,10 @@ impl Books {
     /// Adds (`add`) or removes a job in `state` from its tenant's usage.
     fn count(&mut self, job: &Job, state: JobState, add: bool) {
         let res = job.resources();
-        let u = self.usage.entry(job.tenant.clone()).or_default();
+        if !self.usage.contains_key(&job.tenant) {
+            self.usage.insert(job.tenant.clone(), Usage::default());
+        }
+        let Some(u) = self.usage.get_mut(&job.tenant) else { return };
         let jobs = |n: &mut u32| *n = if add { *n + 1 } else { n.saturating_sub(1) };
         let amount = |r: &mut Resources| *r = if add { r.checked_add(&res).unwrap_or(*r) } else { r.saturating_sub(&res) };
         match state {

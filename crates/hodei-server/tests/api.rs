@@ -320,6 +320,8 @@ async fn ready_and_metrics_report_the_running_server() {
     let text = String::from_utf8(axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap().to_vec()).unwrap();
     assert!(text.contains("hodei_jobs_queued{tenant=\"quiet-tenant\",priority=\"normal\",state=\"pending\"} 0"), "{text}");
     assert!(text.contains("hodei_pool_max_size{pool=\"local\"}"), "{text}");
+    assert!(text.contains("hodei_tenant_quota_utilization{tenant=\"quiet-tenant\",resource=\"cpu\"} 0"), "{text}");
+    assert!(text.contains("hodei_sla_breaches_total{tenant=\"quiet-tenant\",level=\"critical\"} 0"), "{text}");
 }
 
 async fn small_tenant(app: &App, id: &str, quota: Value) {
