@@ -208,12 +208,24 @@ impl Queue {
         self.get(tenant).into_iter().flat_map(|f| f.jobs.iter())
     }
 
-    /// Charges the tenant for a job just dispatched from its queue; `cost` is in
-    /// dominant-share × milliseconds.
-    pub fn charge(&mut self, tenant: &TenantId, cost: u128, now: Timestamp) {
+    /// Takes a job out of its tenant's queue for dispatch and charges the tenant for it
+    /// ([`Queue::remove`] then [`Queue::charge`], reordering the tenant once).
+    pub fn dispatch(&mut self, tenant: &TenantId, key: &JobKey, cost: u128, now: Timestamp) -> bool {
+        let Some(&i) = self.index.get(tenant) else { return false };
+        if !self.flows[i as usize].jobs.remove(key) {
+            return false;
+        }
+        self.len -= 1;
+        self.account(i as usize, cost, now);
+        self.reindex(tenant);
+        true
+    }
+
+    /// `F ← S + ceil(cost / w)`, `S ← F`, `V ← max(V, S)`, and the decayed usage.
+    fn account(&mut self, i: usize, cost: u128, now: Timestamp) {
         let v = self.virtual_time;
         let hl = self.half_life_ms;
-        let f = self.flow(tenant);
+        let f = &mut self.flows[i];
         let s = f.start;
         let inc = cost.div_ceil(u128::from(f.weight));
         if let Some(hl) = hl {
@@ -223,6 +235,13 @@ impl Queue {
         f.finish = s + inc;
         f.start = f.finish;
         self.virtual_time = v.max(s);
+    }
+
+    /// Charges the tenant for a job just dispatched from its queue; `cost` is in
+    /// dominant-share × milliseconds.
+    pub fn charge(&mut self, tenant: &TenantId, cost: u128, now: Timestamp) {
+        let i = self.idx(tenant) as usize;
+        self.account(i, cost, now);
         self.reindex(tenant);
     }
 

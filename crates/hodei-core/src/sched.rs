@@ -205,28 +205,39 @@ struct Books {
 impl Books {
     /// Adds (`add`) or removes a job in `state` from its tenant's usage.
     fn count(&mut self, job: &Job, state: JobState, add: bool) {
+        self.moved(job, (!add).then_some(state), add.then_some(state));
+    }
+
+    /// Moves a job in its tenant's usage from `from` to `to` (either may be none): one lookup.
+    fn moved(&mut self, job: &Job, from: Option<JobState>, to: Option<JobState>) {
         let res = job.resources();
         if !self.usage.contains_key(&job.tenant) {
             self.usage.insert(job.tenant.clone(), Usage::default());
         }
         let Some(u) = self.usage.get_mut(&job.tenant) else { return };
-        let jobs = |n: &mut u32| *n = if add { *n + 1 } else { n.saturating_sub(1) };
-        let amount = |r: &mut Resources| *r = if add { r.checked_add(&res).unwrap_or(*r) } else { r.saturating_sub(&res) };
-        match state {
-            JobState::Scheduled | JobState::Running => {
-                amount(&mut u.active);
-                jobs(&mut u.active_jobs);
-                if !add {
-                    self.freed.insert(job.tenant.clone());
+        let mut freed = false;
+        for (state, add) in [(from, false), (to, true)] {
+            let Some(state) = state else { continue };
+            let jobs = |n: &mut u32| *n = if add { *n + 1 } else { n.saturating_sub(1) };
+            let amount = |r: &mut Resources| *r = if add { r.checked_add(&res).unwrap_or(*r) } else { r.saturating_sub(&res) };
+            match state {
+                JobState::Scheduled | JobState::Running => {
+                    amount(&mut u.active);
+                    jobs(&mut u.active_jobs);
+                    // Active usage went down (not scheduled → running).
+                    freed |= !add && !to.is_some_and(JobState::is_active);
                 }
+                JobState::Pending => {
+                    amount(&mut u.pending);
+                    jobs(&mut u.pending_jobs);
+                    jobs(&mut u.queued_jobs);
+                }
+                JobState::Held => jobs(&mut u.queued_jobs),
+                _ => {}
             }
-            JobState::Pending => {
-                amount(&mut u.pending);
-                jobs(&mut u.pending_jobs);
-                jobs(&mut u.queued_jobs);
-            }
-            JobState::Held => jobs(&mut u.queued_jobs),
-            _ => {}
+        }
+        if freed {
+            self.freed.insert(job.tenant.clone());
         }
     }
 }
@@ -299,8 +310,7 @@ fn key_of(job: &Job) -> JobKey {
 fn move_job(job: &mut Job, to: JobState, actor: Actor, reason: Option<&str>, now: Timestamp, books: &mut Books) {
     debug_assert!(job.state.can_become(to), "illegal job transition {} → {to}", job.state);
     books.events.push(JobEvent { job_id: job.id, at: now, from: Some(job.state), to, actor, reason: reason.map(str::to_owned) });
-    books.count(job, job.state, false);
-    books.count(job, to, true);
+    books.moved(job, Some(job.state), Some(to));
     books.sla.before_move(job, to, now);
     let from = job.state;
     job.state = to;
@@ -900,11 +910,8 @@ impl Scheduler {
                 self.maybe_reserve(id, now);
             }
             let Some((tenant, key, worker, over)) = pick else { break };
-            self.queue.remove(&tenant, &key);
-            if let Some(job) = self.jobs.get(&key.id) {
-                let cost = self.cost(job);
-                self.queue.charge(&tenant, cost, now);
-            }
+            let cost = self.jobs.get(&key.id).map_or(0, |job| self.cost(job));
+            self.queue.dispatch(&tenant, &key, cost, now);
             if let Some(b) = over {
                 self.out.quota_violations.push((tenant, b.limit));
             }
@@ -947,8 +954,7 @@ impl Scheduler {
             };
             let Some(worker) = self.best_worker(job, now) else { continue };
             let (tenant, key, cost) = (job.tenant.clone(), key_of(job), self.cost(job));
-            self.queue.remove(&tenant, &key);
-            self.queue.charge(&tenant, cost, now);
+            self.queue.dispatch(&tenant, &key, cost, now);
             if let Some(b) = over {
                 self.out.quota_violations.push((tenant, b.limit));
             }

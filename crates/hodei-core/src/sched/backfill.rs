@@ -103,8 +103,7 @@ impl Scheduler {
             let Some(r) = self.reservations.remove(&id) else { continue };
             self.reserved_workers.remove(&r.worker);
             let (tenant, key, cost) = (job.tenant.clone(), key_of(job), self.cost(job));
-            self.queue.remove(&tenant, &key);
-            self.queue.charge(&tenant, cost, now);
+            self.queue.dispatch(&tenant, &key, cost, now);
             if let Some(b) = over {
                 self.out.quota_violations.push((tenant, b.limit));
             }
