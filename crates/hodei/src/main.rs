@@ -955,6 +955,11 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
+    if !matches!(cli.cmd, Cmd::Server(_) | Cmd::Worker(_)) {
+        // A client piped into `head` ends quietly when the reader goes away, as Unix tools do.
+        // (The server and worker keep Rust's default: a closed socket is an error, not a signal.)
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let code = match run(cli).await {
         Ok(code) => code,
         Err(e) => {
