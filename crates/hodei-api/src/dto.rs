@@ -572,6 +572,8 @@ pub struct FairShareView {
     pub virtual_time: String,
     pub tenants_ahead: usize,
     pub weight: u32,
+    /// Weight multiplier from the tenant's budget, clamp((1 − spent)/(1 − elapsed), 0.1, 1)
+    /// (SPEC §2.3): a ratio, not money (amounts are integer micro-dollars).
     pub budget_factor: f64,
 }
 
