@@ -163,6 +163,30 @@ mod tests {
         assert_eq!(Slug::from_name("  ML  research  ").unwrap().as_str(), "ml-research");
         assert!(Slug::from_name("!!!").is_err());
     }
+
+    #[test]
+    fn id_hasher_reads_a_short_tail_as_a_zero_padded_little_endian_word() {
+        use std::hash::{Hash, Hasher};
+        let bytes: Vec<u8> = (1..=20).collect();
+        for len in 0..=bytes.len() {
+            let mut fast = IdHasher::default();
+            fast.write(&bytes[..len]);
+            let mut padded = IdHasher::default();
+            for chunk in bytes[..len].chunks(8) {
+                let mut word = [0u8; 8];
+                word[..chunk.len()].copy_from_slice(chunk);
+                padded.mix(u64::from_le_bytes(word));
+            }
+            assert_eq!(fast.finish(), padded.finish(), "{len} bytes");
+        }
+        let hash = |s: &str| {
+            let mut h = IdHasher::default();
+            s.hash(&mut h);
+            h.finish()
+        };
+        assert_ne!(hash("t1"), hash("t2"));
+        assert_ne!(hash("tenant-a"), hash("tenant-ab"));
+    }
 }
 
 /// A fast hasher for the core's maps keyed by ids: UUIDs the server mints and tenant slugs
@@ -170,6 +194,12 @@ mod tests {
 /// default) buys nothing here and costs a seventh of a scheduling decision.
 #[derive(Clone, Copy, Default)]
 pub struct IdHasher(u64);
+
+impl IdHasher {
+    fn mix(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(23) ^ word).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
 
 impl std::hash::Hasher for IdHasher {
     fn finish(&self) -> u64 {
@@ -181,10 +211,15 @@ impl std::hash::Hasher for IdHasher {
     }
 
     fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut b = [0u8; 8];
-            b[..chunk.len()].copy_from_slice(chunk);
-            self.0 = (self.0.rotate_left(23) ^ u64::from_le_bytes(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let mut words = bytes.chunks_exact(8);
+        for w in &mut words {
+            self.mix(u64::from_le_bytes(w.try_into().expect("8-byte chunk")));
+        }
+        // The tail byte by byte: a variable-length copy would be a call to memcpy on every
+        // hash of a short tenant name.
+        let tail = words.remainder();
+        if !tail.is_empty() {
+            self.mix(tail.iter().rev().fold(0, |acc, &b| (acc << 8) | u64::from(b)));
         }
     }
 
