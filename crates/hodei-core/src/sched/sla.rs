@@ -131,14 +131,16 @@ impl SlaBook {
 
     fn count(&mut self, job: &Job, add: bool) {
         let key = (job.tenant.clone(), job.spec.sla, job.sla.status);
-        let n = self.waiting.entry(key.clone()).or_default();
-        if add {
-            *n += 1;
-        } else {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
+        match self.waiting.get_mut(&key) {
+            Some(n) if add => *n += 1,
+            Some(n) if *n > 1 => *n -= 1,
+            Some(_) => {
                 self.waiting.remove(&key);
             }
+            None if add => {
+                self.waiting.insert(key, 1);
+            }
+            None => {}
         }
     }
 
