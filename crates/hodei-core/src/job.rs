@@ -1,5 +1,7 @@
 //! Jobs and attempts: records and the state machines of SPEC §3.
 
+use std::sync::Arc;
+
 use crate::ids::{AttemptId, JobId, PoolId, TenantId, WorkerId};
 use crate::spec::JobSpec;
 use crate::time::Timestamp;
@@ -219,7 +221,8 @@ impl Actor {
 pub struct Job {
     pub id: JobId,
     pub tenant: TenantId,
-    pub spec: JobSpec,
+    /// Immutable once submitted; shared with the snapshots the scheduler hands to the store.
+    pub spec: Arc<JobSpec>,
     pub state: JobState,
     pub state_reason: Option<String>,
     pub attempt_count: u32,
@@ -246,7 +249,8 @@ pub struct Job {
 
 impl Job {
     /// A freshly submitted job: `pending`, or `held` when the spec asks for it.
-    pub fn new(id: JobId, tenant: TenantId, spec: JobSpec, now: Timestamp) -> Job {
+    pub fn new(id: JobId, tenant: TenantId, spec: impl Into<Arc<JobSpec>>, now: Timestamp) -> Job {
+        let spec = spec.into();
         let (state, reason) = if spec.hold { (JobState::Held, Some("user_hold".to_owned())) } else { (JobState::Pending, None) };
         Job {
             id,

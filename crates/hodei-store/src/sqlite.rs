@@ -23,6 +23,21 @@ use crate::{BreachFilter, BurstFilter, JobFilter, LiveState, Result, SlaOutcome,
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
+/// The predicate of the partial index `jobs_live`, word for word as in migration 0005: SQLite
+/// uses a partial index only for a query that repeats its WHERE term.
+macro_rules! live_jobs {
+    () => {
+        "(state = 'pending' OR state = 'held' OR state = 'scheduled' OR state = 'running' OR state = 'failed')"
+    };
+}
+
+/// The predicate of the partial index `attempts_live` (migration 0005).
+macro_rules! live_attempts {
+    () => {
+        "(state = 'assigned' OR state = 'running')"
+    };
+}
+
 pub struct SqliteStore {
     /// Rare writes (tenants, pools, worker registration) go through sqlx on one connection.
     write: SqlitePool,
@@ -135,7 +150,7 @@ fn job_from_row(r: &SqliteRow) -> Result<Job> {
     Ok(Job {
         id: JobId::from_uuid(r.try_get("id").map_err(g)?),
         tenant: parse_slug(D, r.try_get("tenant_id").map_err(g)?, TenantId::parse)?,
-        spec,
+        spec: spec.into(),
         state: parse_enum(D, r.try_get("state").map_err(g)?)?,
         state_reason: r.try_get("state_reason").map_err(g)?,
         attempt_count: u32_of(D, r.try_get("attempt_count").map_err(g)?)?,
@@ -604,15 +619,13 @@ impl Store for SqliteStore {
     }
 
     async fn load_live(&self) -> Result<LiveState> {
-        let jobs = sqlx::query(
-            "SELECT * FROM jobs WHERE state IN ('pending', 'held', 'scheduled', 'running', 'failed') AND (state != 'failed' OR next_retry_at IS NOT NULL)",
-        )
-        .fetch_all(&self.read)
-        .await
-        .map_err(StoreError::db("loading live jobs"))?;
+        let jobs = sqlx::query(concat!("SELECT * FROM jobs WHERE ", live_jobs!(), " AND (state != 'failed' OR next_retry_at IS NOT NULL)"))
+            .fetch_all(&self.read)
+            .await
+            .map_err(StoreError::db("loading live jobs"))?;
         let workers =
             sqlx::query("SELECT * FROM workers WHERE state NOT IN ('terminated')").fetch_all(&self.read).await.map_err(StoreError::db("loading workers"))?;
-        let attempts = sqlx::query("SELECT * FROM attempts WHERE state IN ('assigned', 'running')")
+        let attempts = sqlx::query(concat!("SELECT * FROM attempts WHERE ", live_attempts!()))
             .fetch_all(&self.read)
             .await
             .map_err(StoreError::db("loading live attempts"))?;
@@ -659,5 +672,28 @@ impl Store for SqliteStore {
     async fn list_workers(&self) -> Result<Vec<Worker>> {
         let rows = sqlx::query("SELECT * FROM workers ORDER BY registered_at DESC").fetch_all(&self.read).await.map_err(StoreError::db("listing workers"))?;
         rows.iter().map(worker_from_row).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Start-up loads live jobs and attempts through their partial indexes: the queries repeat
+    /// the indexes' predicates as SQLite requires (a scan of every ended job otherwise).
+    #[tokio::test]
+    async fn live_queries_use_the_partial_indexes() {
+        let store = SqliteStore::open_temporary().await.unwrap();
+        let plan = |sql: &'static str| {
+            let read = store.read.clone();
+            async move {
+                let rows = sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}"))).fetch_all(&read).await.unwrap();
+                rows.iter().map(|r| r.get::<String, _>("detail")).collect::<Vec<_>>().join("; ")
+            }
+        };
+        let jobs = plan(concat!("SELECT * FROM jobs WHERE ", live_jobs!(), " AND (state != 'failed' OR next_retry_at IS NOT NULL)")).await;
+        assert!(jobs.contains("INDEX jobs_live"), "{jobs}");
+        let attempts = plan(concat!("SELECT * FROM attempts WHERE ", live_attempts!())).await;
+        assert!(attempts.contains("INDEX attempts_live"), "{attempts}");
     }
 }

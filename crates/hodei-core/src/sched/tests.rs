@@ -1,4 +1,5 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
 
 use proptest::prelude::*;
 use uuid::Uuid;
@@ -442,8 +443,8 @@ proptest! {
                 Op::Submit { tenant, cpu_m, retries } => {
                     let mut j = job(&mut ids, &format!("t{tenant}"), i64::from(cpu_m), i64::from(retries), now);
                     // Every class, and batch jobs preemptible: preemption and escalation happen.
-                    j.spec.priority = Priority::ALL[usize::from(cpu_m) % Priority::ALL.len()];
-                    j.spec.preemptible = j.spec.priority == Priority::Batch;
+                    Arc::make_mut(&mut j.spec).priority = Priority::ALL[usize::from(cpu_m) % Priority::ALL.len()];
+                    Arc::make_mut(&mut j.spec).preemptible = j.spec.priority == Priority::Batch;
                     let id = j.id;
                     if s.submit(j, ts(now)).is_ok() {
                         jobs.push(id);
@@ -586,7 +587,7 @@ fn many_small_jobs_do_not_buy_a_larger_share() {
     for i in 0..3000 {
         for (t, cpu) in [("a", 250), ("b", 50)] {
             let mut j = job(&mut ids, t, cpu, 0, i);
-            j.spec.expected_duration = Some(Duration::from_millis(500));
+            Arc::make_mut(&mut j.spec).expected_duration = Some(Duration::from_millis(500));
             s.submit(j, ts(i)).unwrap();
         }
     }
@@ -692,7 +693,7 @@ fn explain_names_the_blockers_and_the_eta_follows_expected_durations() {
     let mut jobs = vec![];
     for i in 0..3 {
         let mut j = job(&mut ids, "a", 1, 0, i);
-        j.spec.expected_duration = Some(Duration::from_secs(10));
+        Arc::make_mut(&mut j.spec).expected_duration = Some(Duration::from_secs(10));
         jobs.push(j.id);
         s.submit(j, ts(i)).unwrap();
     }
@@ -750,7 +751,7 @@ proptest! {
         let mut submitted: HashMap<(TenantId, Priority), Vec<JobId>> = HashMap::new();
         for (i, (t, p)) in subs.iter().enumerate() {
             let mut j = job(&mut ids, &format!("t{t}"), 1, 0, i as i64);
-            j.spec.priority = crate::job::Priority::ALL[*p];
+            Arc::make_mut(&mut j.spec).priority = crate::job::Priority::ALL[*p];
             submitted.entry((j.tenant.clone(), j.spec.priority)).or_default().push(j.id);
             s.submit(j, ts(i as i64)).unwrap();
         }
@@ -927,13 +928,13 @@ fn big_job_start(backfill: BackfillRules, until: i64) -> (Option<i64>, Vec<Strin
         }
         if t == 45_000 {
             let mut j = job(&mut ids, "a", 4000, 0, t);
-            j.spec.expected_duration = Some(Duration::from_secs(60));
+            Arc::make_mut(&mut j.spec).expected_duration = Some(Duration::from_secs(60));
             big = Some(j.id);
             s.submit(j, ts(t)).unwrap();
         }
         let mut small = job(&mut ids, "a", 1000, 0, t);
         // Each runs 60 s and says so (the test's results carry no run time to learn from).
-        small.spec.expected_duration = Some(Duration::from_secs(60));
+        Arc::make_mut(&mut small.spec).expected_duration = Some(Duration::from_secs(60));
         let small_id = small.id;
         s.submit(small, ts(t)).unwrap();
         for (_, a, j) in accept_all(&mut s, &mut ids, t) {
@@ -965,7 +966,7 @@ fn a_big_job_reserves_a_worker_after_waiting_and_is_not_starved_by_small_ones() 
 
 /// The job, saying it runs 1 s (the tests' results carry no run time to learn from).
 fn timed(mut j: Job) -> Job {
-    j.spec.expected_duration = Some(Duration::from_secs(1));
+    Arc::make_mut(&mut j.spec).expected_duration = Some(Duration::from_secs(1));
     j
 }
 
@@ -1026,14 +1027,14 @@ fn a_critical_job_preempts_the_youngest_lower_priority_job_when_enabled() {
         let mut batch = vec![];
         for i in 0..4 {
             let mut j = job(&mut ids, "b", 1000, 2, i);
-            j.spec.priority = Priority::Batch;
-            j.spec.preemptible = true;
+            Arc::make_mut(&mut j.spec).priority = Priority::Batch;
+            Arc::make_mut(&mut j.spec).preemptible = true;
             batch.push(j.id);
             s.submit(j, ts(i)).unwrap();
             accept_all(&mut s, &mut ids, i);
         }
         let mut urgent = job(&mut ids, "a", 1000, 0, 10);
-        urgent.spec.priority = Priority::Critical;
+        Arc::make_mut(&mut urgent.spec).priority = Priority::Critical;
         let urgent_id = urgent.id;
         s.submit(urgent, ts(10)).unwrap();
         let mut mint = || AttemptId::from_uuid(Uuid::from_u128(u128::MAX - 7));
