@@ -7,8 +7,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use hodei_core::sched::Changes;
-use std::collections::HashMap;
-
+use hodei_core::ids::IdMap;
 use hodei_core::{Job, JobEvent, JobId, JobState, Timestamp};
 use rusqlite::{Connection, params};
 use tokio::sync::oneshot;
@@ -164,7 +163,7 @@ pub(crate) fn apply(conn: &mut Connection, c: &Changes) -> Result<(), StoreError
     let tx = conn.transaction().map_err(map_err("starting a transaction"))?;
     {
         // A job's creation event is stored on its row (see the migration).
-        let created: HashMap<JobId, &JobEvent> = c.events.iter().filter(|e| e.from.is_none()).map(|e| (e.job_id, e)).collect();
+        let created: IdMap<JobId, &JobEvent> = c.events.iter().filter(|e| e.from.is_none()).map(|e| (e.job_id, e)).collect();
         let mut st = tx.prepare_cached(INSERT_JOB).map_err(map_err("preparing the job insert"))?;
         for j in &c.new_jobs {
             insert_job(&mut st, j, created.get(&j.id).copied()).map_err(map_err("inserting jobs"))?;
