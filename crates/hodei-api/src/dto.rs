@@ -64,6 +64,36 @@ pub struct JobSubmit {
     pub labels: BTreeMap<String, String>,
     pub pool_selector: Option<PoolSelectorIn>,
     pub tenant_id: Option<String>,
+    /// One job per index `start, start + step, …, ≤ end` (an array job); at most
+    /// `max_parallel` of them scheduled or running at once.
+    pub array: Option<ArrayIn>,
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ArrayIn {
+    pub start: Option<i64>,
+    pub end: Option<i64>,
+    /// Default 1.
+    pub step: Option<i64>,
+    pub max_parallel: Option<i64>,
+}
+
+/// An array job, created (201): its jobs are listed by `GET /jobs?array_id=`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ArraySubmitted {
+    pub array_id: String,
+    pub count: u32,
+    pub first_job_id: String,
+    pub last_job_id: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ArrayOut {
+    pub start: u32,
+    pub end: u32,
+    pub step: u32,
+    pub max_parallel: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -146,6 +176,10 @@ pub struct JobView {
     /// When a waiting job reaches its level's maximum wait if it keeps waiting.
     pub sla_deadline_at: Option<String>,
     pub sla_breached_at: Option<String>,
+    /// The array job this job belongs to, its index, and the array's range.
+    pub array_id: Option<String>,
+    pub array_index: Option<u32>,
+    pub array: Option<ArrayOut>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub attempts: Option<Vec<AttemptView>>,
 }
@@ -208,6 +242,9 @@ impl From<&Job> for JobView {
             sla_wait_ms: j.sla.wait_ms,
             sla_deadline_at: None,
             sla_breached_at: ort(j.sla.breached_at),
+            array_id: j.array.map(|(a, _)| a.to_string()),
+            array_index: j.array.map(|(_, i)| i),
+            array: s.array.map(|a| ArrayOut { start: a.start, end: a.end, step: a.step, max_parallel: a.max_parallel }),
             attempts: None,
         }
     }

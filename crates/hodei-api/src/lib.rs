@@ -166,7 +166,7 @@ impl std::ops::Deref for ApiState {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Hodei Jobs", description = "Multi-tenant job orchestration. Errors are RFC 9457 problem+json with a stable `code`."),
-    components(schemas(error::Problem))
+    components(schemas(error::Problem, dto::ArraySubmitted))
 )]
 struct ApiDoc;
 

@@ -50,6 +50,10 @@ uuid_id!(
     WorkerId
 );
 uuid_id!(
+    /// An array job: the jobs one `POST /jobs` with `array` created. UUIDv7.
+    ArrayId
+);
+uuid_id!(
     /// A burst session. UUIDv7, so a tenant's later session sorts after its earlier ones.
     BurstId
 );

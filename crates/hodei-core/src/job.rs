@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use crate::ids::{AttemptId, JobId, PoolId, TenantId, WorkerId};
+use crate::ids::{ArrayId, AttemptId, JobId, PoolId, TenantId, WorkerId};
 use crate::spec::JobSpec;
 use crate::time::Timestamp;
 use crate::units::Resources;
@@ -245,6 +245,8 @@ pub struct Job {
     /// Admission warnings (`quota_exceeded` under `violation_policy: warn`).
     pub warnings: Vec<String>,
     pub sla: SlaClock,
+    /// The array job this job belongs to, and its index in it.
+    pub array: Option<(ArrayId, u32)>,
 }
 
 impl Job {
@@ -276,6 +278,7 @@ impl Job {
             log_truncated: false,
             warnings: Vec::new(),
             sla: SlaClock::default(),
+            array: None,
         }
     }
 

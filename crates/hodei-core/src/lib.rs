@@ -20,7 +20,7 @@ pub mod units;
 pub mod worker;
 
 pub use burst::{BurstError, BurstRequest, BurstRules, BurstSession, BurstState};
-pub use ids::{AttemptId, BurstId, JobId, PoolId, Slug, SlugError, TenantId, WorkerId};
+pub use ids::{ArrayId, AttemptId, BurstId, JobId, PoolId, Slug, SlugError, TenantId, WorkerId};
 pub use job::{Attempt, AttemptState, FailureReason, Job, JobEvent, JobState, Priority, SlaClock, SlaLevel, SlaStatus};
 pub use quota::{Admission, Grant, Quota, QuotaRules, Rejection, TenantPolicy, Usage, ViolationPolicy};
 pub use tenant::{Pool, PoolState, PoolType, Tenant, TenantStatus, Tier, TierWeights};

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use crate::burst::BurstSession;
-use crate::ids::{AttemptId, BurstId, IdMap, IdSet, JobId, TenantId, WorkerId};
+use crate::ids::{ArrayId, AttemptId, BurstId, IdMap, IdSet, JobId, TenantId, WorkerId};
 use crate::job::{Actor, Attempt, AttemptState, FailureReason, Job, JobEvent, JobState, SlaLevel};
 use crate::queue::{JobKey, Queue};
 use crate::quota::{self, Admission, Limit, QuotaRules, Rejection, TenantPolicy, Usage};
@@ -199,6 +199,8 @@ struct Books {
     usage: IdMap<TenantId, Usage>,
     /// Tenants whose active usage went down since the last dispatch round (to unpark).
     freed: IdSet<TenantId>,
+    /// Scheduled or running jobs of each array job with a `max_parallel`.
+    array_active: IdMap<ArrayId, u32>,
     sla: sla::SlaBook,
 }
 
@@ -238,6 +240,31 @@ impl Books {
         }
         if freed {
             self.freed.insert(job.tenant.clone());
+        }
+        if let Some((array, _)) = job.array
+            && job.spec.array.is_some_and(|a| a.max_parallel.is_some())
+        {
+            let active = |s: Option<JobState>| s.is_some_and(JobState::is_active);
+            match (active(from), active(to)) {
+                (false, true) => *self.array_active.entry(array).or_default() += 1,
+                (true, false) => {
+                    if let Some(n) = self.array_active.get_mut(&array) {
+                        *n = n.saturating_sub(1);
+                        if *n == 0 {
+                            self.array_active.remove(&array);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The job belongs to an array job already running `max_parallel` jobs.
+    fn array_full(&self, job: &Job) -> bool {
+        match (job.array, job.spec.array.and_then(|a| a.max_parallel)) {
+            (Some((array, _)), Some(max)) => self.array_active.get(&array).is_some_and(|n| *n >= max),
+            _ => false,
         }
     }
 }
@@ -888,6 +915,10 @@ impl Scheduler {
                 for k in self.queue.next_candidates(t, SCAN_PER_TENANT) {
                     budget = budget.saturating_sub(1);
                     let Some(job) = self.jobs.get(&k.id) else { continue };
+                    if self.books.array_full(job) {
+                        // The array's own limit: like a quota, it parks the tenant until a job ends.
+                        continue;
+                    }
                     match quota::may_dispatch(policy, &self.cfg.quota_rules, &usage, &job.resources(), now) {
                         Err(b) if b.limit == Limit::MaxConcurrentJobs => break,
                         Err(_) => continue,
@@ -952,7 +983,9 @@ impl Scheduler {
         // Tenants out of concurrency in this round: their other jobs are not looked at.
         let mut blocked: IdSet<TenantId> = IdSet::default();
         for id in candidates {
-            let Some(job) = self.jobs.get(&id).filter(|j| j.state == JobState::Pending && !blocked.contains(&j.tenant)) else { continue };
+            let Some(job) = self.jobs.get(&id).filter(|j| j.state == JobState::Pending && !blocked.contains(&j.tenant) && !self.books.array_full(j)) else {
+                continue;
+            };
             let policy = self.tenants.get(&job.tenant).unwrap_or(&self.cfg.default_policy);
             let usage = self.books.usage.get(&job.tenant).copied().unwrap_or_default();
             let over = match quota::may_dispatch(policy, &self.cfg.quota_rules, &usage, &job.resources(), now) {

@@ -26,6 +26,38 @@ pub struct JobSpec {
     pub hold: bool,
     pub labels: BTreeMap<String, String>,
     pub pool_selector: Option<PoolId>,
+    /// Set on the jobs of an array job: the whole array's range (shared by its jobs).
+    pub array: Option<ArraySpec>,
+}
+
+/// `array` of a spec (SPEC §2.7): one job per index `start, start + step, …, ≤ end`, at most
+/// `max_parallel` of them scheduled or running at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ArraySpec {
+    pub start: u32,
+    pub end: u32,
+    pub step: u32,
+    pub max_parallel: Option<u32>,
+}
+
+impl ArraySpec {
+    /// The indices, in order.
+    pub fn indices(&self) -> impl Iterator<Item = u32> + use<> {
+        (self.start..=self.end).step_by(self.step.max(1) as usize)
+    }
+
+    pub fn count(&self) -> u32 {
+        (self.end - self.start) / self.step.max(1) + 1
+    }
+}
+
+/// Unvalidated `array`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ArrayInput {
+    pub start: Option<i64>,
+    pub end: Option<i64>,
+    pub step: Option<i64>,
+    pub max_parallel: Option<i64>,
 }
 
 /// Unvalidated spec fields, as the API or CLI received them.
@@ -49,6 +81,7 @@ pub struct JobSpecInput {
     pub hold: Option<bool>,
     pub labels: BTreeMap<String, String>,
     pub pool: Option<String>,
+    pub array: Option<ArrayInput>,
 }
 
 /// Limits and defaults that come from configuration (`jobs.*`, `limits.*`).
@@ -61,6 +94,8 @@ pub struct SpecLimits {
     pub max_retries: u32,
     pub max_argv_env_bytes: usize,
     pub max_labels: usize,
+    /// `jobs.max_array_size`: most jobs one array may have.
+    pub max_array_size: u32,
 }
 
 impl Default for SpecLimits {
@@ -73,6 +108,7 @@ impl Default for SpecLimits {
             max_retries: 10,
             max_argv_env_bytes: 131_072,
             max_labels: 32,
+            max_array_size: 100_000,
         }
     }
 }
@@ -126,6 +162,33 @@ impl Checker {
         } else {
             Some(v)
         }
+    }
+}
+
+impl Checker {
+    fn array(&mut self, a: ArrayInput, max_size: u32) -> Option<ArraySpec> {
+        let top = i64::from(u32::MAX);
+        let Some(start) = a.start else {
+            self.err("array/start", "array.start is missing", "the first index, an integer ≥ 0", None);
+            return None;
+        };
+        let Some(end) = a.end else {
+            self.err("array/end", "array.end is missing", "the last index, an integer ≥ start", None);
+            return None;
+        };
+        let start = self.int_in("array/start", Some(start), 0, top, "an index")?;
+        let end = self.int_in("array/end", Some(end), start, top, "an index ≥ start")?;
+        let step = self.int_in("array/step", Some(a.step.unwrap_or(1)), 1, top, "a step")?;
+        let max_parallel = match a.max_parallel {
+            Some(p) => Some(self.int_in("array/max_parallel", Some(p), 1, top, "a job count")? as u32),
+            None => None,
+        };
+        let spec = ArraySpec { start: start as u32, end: end as u32, step: step as u32, max_parallel };
+        if spec.count() > max_size {
+            self.err("array", "array has too many jobs", format!("at most {max_size} jobs (jobs.max_array_size)"), Some(format!("{} jobs", spec.count())));
+            return None;
+        }
+        Some(spec)
     }
 }
 
@@ -222,6 +285,8 @@ impl JobSpecInput {
             c.err("working_dir", "invalid working directory", "a non-empty path", Some(w.clone()));
         }
 
+        let array = self.array.and_then(|a| c.array(a, limits.max_array_size));
+
         if !c.errors.is_empty() {
             return Err(c.errors);
         }
@@ -242,6 +307,7 @@ impl JobSpecInput {
             hold: self.hold.unwrap_or(false),
             labels: self.labels,
             pool_selector,
+            array,
         })
     }
 }

@@ -567,6 +567,9 @@ pub fn assign_message(j: &Job, attempt: AttemptId, number: u32, kill_grace: Dura
     env.insert("HODEI_CPU_M".into(), s.resources.cpu_m.get().to_string());
     env.insert("HODEI_MEMORY_MB".into(), s.resources.memory_mb.get().to_string());
     env.insert("HODEI_GPUS".into(), s.resources.gpu.get().to_string());
+    if let Some((_, index)) = j.array {
+        env.insert("HODEI_ARRAY_INDEX".into(), index.to_string());
+    }
     pb::AssignJob {
         attempt_id: attempt.to_string(),
         job_id: j.id.to_string(),

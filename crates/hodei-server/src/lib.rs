@@ -333,6 +333,7 @@ fn api_state(cfg: &Config, p: ApiParts) -> anyhow::Result<ApiState> {
         max_retries: j.max_retries_limit,
         max_argv_env_bytes: cfg.limits.max_argv_env_bytes as usize,
         max_labels: cfg.limits.max_labels as usize,
+        max_array_size: j.max_array_size,
     };
     let api_cfg = ApiConfig {
         limits,

@@ -540,3 +540,60 @@ async fn tier_weights_come_from_the_configuration() {
     let (_, q) = app.call("GET", "/api/v1/queue/tenants/p", None).await;
     assert_eq!(q["weight"], 7, "the scheduler uses it too: {q}");
 }
+
+#[tokio::test]
+async fn an_array_job_creates_one_job_per_index_listed_by_its_array_id() {
+    let app = app().await;
+    let body = json!({"command": ["echo"], "hold": true, "array": {"start": 10, "end": 20, "step": 5, "max_parallel": 2}});
+    let (status, a) = app.call("POST", "/api/v1/jobs", Some(body)).await;
+    assert_eq!(status, StatusCode::CREATED, "{a}");
+    assert_eq!(a["count"], 3);
+    let array_id = a["array_id"].as_str().unwrap();
+    let (status, page) = app.call("GET", &format!("/api/v1/jobs?array_id={array_id}"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    let items = page["items"].as_array().unwrap();
+    let mut indices: Vec<u64> = items.iter().map(|j| j["array_index"].as_u64().unwrap()).collect();
+    indices.sort();
+    assert_eq!(indices, [10, 15, 20]);
+    assert!(items.iter().all(|j| j["array_id"] == array_id && j["array"]["max_parallel"] == 2 && j["state"] == "held"));
+    // Newest first: the last index is the last job id.
+    assert_eq!(items[0]["id"], a["last_job_id"]);
+    assert_eq!(items[2]["id"], a["first_job_id"]);
+    // Jobs outside the array are not listed with it.
+    app.call("POST", "/api/v1/jobs", Some(json!({"command": ["x"]}))).await;
+    let (_, page) = app.call("GET", &format!("/api/v1/jobs?array_id={array_id}"), None).await;
+    assert_eq!(page["items"].as_array().unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn a_bad_array_names_its_field_and_stores_nothing() {
+    let app = app_with(|cfg| cfg.jobs.max_array_size = 100).await;
+    for (array, field) in [
+        (json!({"start": 5, "end": 1}), "/array/end"),
+        (json!({"start": -1, "end": 1}), "/array/start"),
+        (json!({"end": 3}), "/array/start"),
+        (json!({"start": 0, "end": 3, "step": 0}), "/array/step"),
+        (json!({"start": 0, "end": 3, "max_parallel": 0}), "/array/max_parallel"),
+        (json!({"start": 0, "end": 100}), "/array"),
+        (json!({"start": 0, "end": 3, "size": 2}), "/array/size"),
+    ] {
+        let (status, p) = app.call("POST", "/api/v1/jobs", Some(json!({"command": ["x"], "array": array}))).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{array}: {p}");
+        assert_eq!(fields(&p), [field], "{array}: {p}");
+    }
+    let (status, p) = app.call("GET", "/api/v1/jobs?array_id=nope", None).await;
+    assert_eq!((status, fields(&p)), (StatusCode::BAD_REQUEST, vec!["array_id".to_owned()]));
+    assert_eq!(app.stored_jobs().await, 0);
+}
+
+#[tokio::test]
+async fn an_array_over_the_queued_jobs_limit_stores_none_of_its_jobs() {
+    let app = app().await;
+    small_tenant(&app, "q", json!({"max_queued_jobs": 5})).await;
+    let (status, p) = app.call("POST", "/api/v1/jobs", Some(json!({"command": ["x"], "tenant_id": "q", "array": {"start": 1, "end": 6}}))).await;
+    assert_eq!((status, p["limit"].as_str()), (StatusCode::TOO_MANY_REQUESTS, Some("max_queued_jobs")), "{p}");
+    assert_eq!(app.stored_jobs().await, 0);
+    let (status, _) = app.call("POST", "/api/v1/jobs", Some(json!({"command": ["x"], "tenant_id": "q", "array": {"start": 1, "end": 5}}))).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(app.stored_jobs().await, 5);
+}

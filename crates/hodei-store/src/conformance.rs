@@ -75,7 +75,30 @@ pub async fn run_all(store: &dyn Store) {
     stale_tenant_updates_are_refused(store).await;
     scheduler_changes_round_trip(store).await;
     job_lists_filter_and_paginate_newest_first(store).await;
+    array_jobs_keep_their_array(store).await;
     burst_sessions_one_open_per_tenant(store).await;
+}
+
+/// The jobs of an array job come back with their array id, index and range (the scheduler
+/// needs `max_parallel` after a restart), and are listed by array.
+async fn array_jobs_keep_their_array(store: &dyn Store) {
+    let mut s = Scheduler::new(SchedConfig::default());
+    let array = hodei_core::ArrayId::from_uuid(Uuid::from_u128(77 << 80));
+    let mut spec = (*job(0, "arrays", &[]).spec).clone();
+    spec.array = Some(hodei_core::spec::ArraySpec { start: 0, end: 2, step: 2, max_parallel: Some(1) });
+    let spec = std::sync::Arc::new(spec);
+    for (n, index) in [(30u128, 0u32), (31, 2)] {
+        let mut j = Job::new(JobId::from_uuid(Uuid::from_u128(n << 80)), TenantId::parse("arrays").unwrap(), spec.clone(), ts(n as i64));
+        j.array = Some((array, index));
+        s.submit(j, ts(n as i64)).unwrap();
+    }
+    s.submit(job(32, "arrays", &[]), ts(32)).unwrap();
+    store.apply(std::sync::Arc::new(s.take_changes())).await.unwrap();
+    let listed = store.list_jobs(&JobFilter { array: Some(array), limit: 50, ..Default::default() }).await.unwrap();
+    let got: Vec<_> = listed.iter().map(|j| (j.id.as_uuid().as_u128() >> 80, j.array, j.spec.array)).collect();
+    assert_eq!(got, [(31, Some((array, 2)), spec.array), (30, Some((array, 0)), spec.array)]);
+    let plain = store.get_job(JobId::from_uuid(Uuid::from_u128(32 << 80))).await.unwrap().unwrap();
+    assert_eq!((plain.array, plain.spec.array), (None, None));
 }
 
 async fn burst_sessions_one_open_per_tenant(store: &dyn Store) {

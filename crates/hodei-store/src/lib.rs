@@ -13,7 +13,7 @@ mod sqlite_writer;
 use async_trait::async_trait;
 use hodei_core::sched::Changes;
 use hodei_core::{
-    Attempt, BurstId, BurstSession, BurstState, Job, JobEvent, JobId, JobState, Pool, PoolId, SlaLevel, Tenant, TenantId, Timestamp, Worker, WorkerId,
+    ArrayId, Attempt, BurstId, BurstSession, BurstState, Job, JobEvent, JobId, JobState, Pool, PoolId, SlaLevel, Tenant, TenantId, Timestamp, Worker, WorkerId,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +56,8 @@ pub struct JobFilter {
     pub tenant: Option<TenantId>,
     pub states: Vec<JobState>,
     pub label: Option<(String, String)>,
+    /// Jobs of one array job.
+    pub array: Option<ArrayId>,
     pub before: Option<JobId>,
     pub limit: u32,
 }

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use hodei_core::sched::Changes;
-use hodei_core::spec::JobSpec;
+use hodei_core::spec::{ArraySpec, JobSpec};
 use hodei_core::{
-    Attempt, AttemptId, BurstId, BurstSession, CpuMillis, Gpus, Job, JobEvent, JobId, JobState, MemoryMb, Pool, PoolId, Quota, Resources, SlaClock, Tenant,
-    TenantId, Timestamp, Worker, WorkerId,
+    ArrayId, Attempt, AttemptId, BurstId, BurstSession, CpuMillis, Gpus, Job, JobEvent, JobId, JobState, MemoryMb, Pool, PoolId, Quota, Resources, SlaClock,
+    Tenant, TenantId, Timestamp, Worker, WorkerId,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
@@ -146,6 +146,19 @@ fn job_from_row(r: &SqliteRow) -> Result<Job> {
         hold: r.try_get("hold").map_err(g)?,
         labels: parse_map(D, r.try_get("labels").map_err(g)?)?,
         pool_selector: r.try_get::<Option<&str>, _>("pool_selector").map_err(g)?.map(|p| parse_slug(D, p, PoolId::parse)).transpose()?,
+        array: match r.try_get::<Option<i64>, _>("array_start").map_err(g)? {
+            None => None,
+            Some(start) => Some(ArraySpec {
+                start: u32_of(D, start)?,
+                end: u32_of(D, r.try_get("array_end").map_err(g)?)?,
+                step: u32_of(D, r.try_get("array_step").map_err(g)?)?,
+                max_parallel: r.try_get::<Option<i64>, _>("array_max_parallel").map_err(g)?.map(|p| u32_of(D, p)).transpose()?,
+            }),
+        },
+    };
+    let array = match r.try_get::<Option<Uuid>, _>("array_id").map_err(g)? {
+        None => None,
+        Some(id) => Some((ArrayId::from_uuid(id), u32_of(D, r.try_get("array_index").map_err(g)?)?)),
     };
     Ok(Job {
         id: JobId::from_uuid(r.try_get("id").map_err(g)?),
@@ -181,6 +194,7 @@ fn job_from_row(r: &SqliteRow) -> Result<Job> {
             due: None,
             escalated: None,
         },
+        array,
     })
 }
 
@@ -525,6 +539,9 @@ impl Store for SqliteStore {
         if let Some((k, v)) = &f.label {
             let path = format!("$.\"{}\"", k.replace('\\', "\\\\").replace('"', "\\\""));
             qb.push(" AND json_extract(labels, ").push_bind(path).push(") = ").push_bind(v.clone());
+        }
+        if let Some(a) = f.array {
+            qb.push(" AND array_id = ").push_bind(a.as_uuid());
         }
         if let Some(c) = f.before {
             qb.push(" AND id < ").push_bind(c.as_uuid());

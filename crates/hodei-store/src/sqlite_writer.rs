@@ -6,8 +6,8 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use hodei_core::sched::Changes;
 use hodei_core::ids::IdMap;
+use hodei_core::sched::Changes;
 use hodei_core::{Job, JobEvent, JobId, JobState, Timestamp};
 use rusqlite::{Connection, params};
 use tokio::sync::oneshot;
@@ -87,9 +87,10 @@ const INSERT_JOB: &str = "INSERT INTO jobs (id, tenant_id, name, command, env, w
      max_retries, retry_backoff_ms, priority, sla, preemptible, hold, labels, pool_selector, state, state_reason, attempt_count, \
      current_attempt_id, retries_left, lost_requeues, exit_code, failure_reason, submitted_at, eligible_at, scheduled_at, started_at, \
      finished_at, next_retry_at, cancel_requested_at, pool_id, worker_id, log_truncated, created_state, created_reason, warnings, \
-     sla_status, sla_waited_ms, sla_since, sla_breached_at, sla_wait_ms, sla_decided_at) \
+     sla_status, sla_waited_ms, sla_since, sla_breached_at, sla_wait_ms, sla_decided_at, \
+     array_id, array_index, array_start, array_end, array_step, array_max_parallel) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34, ?35, ?36, ?37, ?38, ?39, ?40, ?41, \
-     ?42, ?43, ?44, ?45, ?46, ?47)";
+     ?42, ?43, ?44, ?45, ?46, ?47, ?48, ?49, ?50, ?51, ?52, ?53)";
 
 const UPDATE_JOB: &str = "UPDATE jobs SET state = ?1, state_reason = ?2, attempt_count = ?3, current_attempt_id = ?4, retries_left = ?5, lost_requeues = ?6, \
      exit_code = ?7, failure_reason = ?8, eligible_at = ?9, scheduled_at = ?10, started_at = ?11, finished_at = ?12, next_retry_at = ?13, \
@@ -155,6 +156,12 @@ fn insert_job(st: &mut rusqlite::CachedStatement<'_>, j: &Job, created: Option<&
         oms(j.sla.breached_at),
         j.sla.wait_ms.map(|w| w as i64),
         oms(j.sla.decided_at),
+        j.array.map(|(a, _)| a.as_uuid()),
+        j.array.map(|(_, i)| i),
+        s.array.map(|a| a.start),
+        s.array.map(|a| a.end),
+        s.array.map(|a| a.step),
+        s.array.and_then(|a| a.max_parallel),
     ])
 }
 

@@ -39,6 +39,11 @@ enum Mode {
         #[arg(long, default_value_t = 100_000)]
         jobs: usize,
     },
+    /// One POST /jobs with `array` of N held jobs (an array job, as Slurm's `sbatch --array`).
+    Array {
+        #[arg(long, default_value_t = 100_000)]
+        jobs: usize,
+    },
     /// Trivial jobs (`true`) completed per second with warm workers, from one batch submit to
     /// the last completion; plus this machine's raw rate of spawning `true` with as many
     /// processes in flight.
@@ -88,6 +93,16 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<i32> {
             let secs = started.elapsed().as_secs_f64();
             let n = r["items"].as_array().map(|i| i.iter().filter(|x| x["job_id"].is_string()).count()).unwrap_or(0);
             println!("hodei bench batch jobs={n} elapsed_s={secs:.3} jobs_per_s={:.0}", n as f64 / secs);
+            Ok(0)
+        }
+        Mode::Array { jobs } => {
+            let mut body = job(&["true"], &run_id, true);
+            body["array"] = json!({"start": 0, "end": jobs.saturating_sub(1)});
+            let started = Instant::now();
+            let r = client.post("/jobs", &body).await?;
+            let secs = started.elapsed().as_secs_f64();
+            let n = r["count"].as_u64().unwrap_or(0);
+            println!("hodei bench array jobs={n} elapsed_s={secs:.3} jobs_per_s={:.0}", n as f64 / secs);
             Ok(0)
         }
         Mode::Throughput { jobs, parallel } => throughput(&client, jobs, parallel, &run_id).await,

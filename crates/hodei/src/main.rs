@@ -221,6 +221,10 @@ struct SubmitArgs {
     /// Say whether it would be admitted, where and when; store nothing.
     #[arg(long)]
     dry_run: bool,
+    /// An array job: one job per index A, A+S, … ≤ B, at most P running at once
+    /// (`A-B[:S][%P]`); each sees its index in HODEI_ARRAY_INDEX.
+    #[arg(long, value_name = "A-B[:S][%P]")]
+    array: Option<String>,
     /// The command and its arguments.
     #[arg(last = true, required = true)]
     argv: Vec<String>,
@@ -237,6 +241,9 @@ enum JobsCmd {
         state: Option<String>,
         #[arg(long)]
         label: Option<String>,
+        /// The jobs of one array job.
+        #[arg(long)]
+        array_id: Option<String>,
         #[arg(long, default_value_t = 50)]
         limit: u32,
         #[arg(long)]
@@ -522,6 +529,12 @@ async fn submit(a: SubmitArgs) -> anyhow::Result<i32> {
     if let Some(p) = a.pool {
         body["pool_selector"] = json!({"pool": p});
     }
+    if let Some(r) = &a.array {
+        if a.wait || a.follow {
+            return Err(client::fail_usage("--wait/--follow follow one job; for an array use `hodei jobs ls --array-id ID`"));
+        }
+        body["array"] = parse_array(r)?;
+    }
     if a.dry_run {
         let v = c.post("/jobs?dry_run=true", &body).await?;
         if a.c.output == Output::Json {
@@ -540,6 +553,13 @@ async fn submit(a: SubmitArgs) -> anyhow::Result<i32> {
         return Ok(if v["admissible"].as_bool() == Some(true) { 0 } else { 1 });
     }
     let job = c.post("/jobs", &body).await?;
+    if a.array.is_some() {
+        match a.c.output {
+            Output::Json => print_json(&job),
+            Output::Table => println!("{} ({} jobs)", s(&job, "array_id"), job["count"]),
+        }
+        return Ok(0);
+    }
     let id = s(&job, "id");
     if a.wait || a.follow {
         let end = c.follow(&id, true).await?;
@@ -553,6 +573,29 @@ async fn submit(a: SubmitArgs) -> anyhow::Result<i32> {
         Output::Table => println!("{id}"),
     }
     Ok(0)
+}
+
+/// `A-B[:S][%P]` → the `array` of a submit. Range checks are the server's.
+fn parse_array(r: &str) -> anyhow::Result<Value> {
+    let bad = || client::fail_usage(&format!("--array {r:?}: expected A-B[:S][%P], e.g. 1-100 or 0-99:2%10"));
+    let (rest, parallel) = match r.split_once('%') {
+        Some((rest, p)) => (rest, Some(p.parse::<i64>().map_err(|_| bad())?)),
+        None => (r, None),
+    };
+    let (range, step) = match rest.split_once(':') {
+        Some((range, st)) => (range, Some(st.parse::<i64>().map_err(|_| bad())?)),
+        None => (rest, None),
+    };
+    let (start, end) = range.split_once('-').ok_or_else(bad)?;
+    let (start, end) = (start.parse::<i64>().map_err(|_| bad())?, end.parse::<i64>().map_err(|_| bad())?);
+    let mut v = json!({ "start": start, "end": end });
+    if let Some(st) = step {
+        v["step"] = json!(st);
+    }
+    if let Some(p) = parallel {
+        v["max_parallel"] = json!(p);
+    }
+    Ok(v)
 }
 
 /// Blocking reasons, candidate pools and ETA of an explain or dry-run answer.
@@ -581,9 +624,9 @@ async fn jobs(c: ClientOpts, cmd: JobsCmd) -> anyhow::Result<i32> {
         }
     };
     match cmd {
-        JobsCmd::Ls { tenant, state, label, limit, cursor } => {
+        JobsCmd::Ls { tenant, state, label, array_id, limit, cursor } => {
             let mut q = vec![format!("limit={limit}")];
-            for (k, v) in [("tenant_id", tenant), ("state", state), ("label", label), ("cursor", cursor)] {
+            for (k, v) in [("tenant_id", tenant), ("state", state), ("label", label), ("array_id", array_id), ("cursor", cursor)] {
                 if let Some(v) = v {
                     q.push(format!("{k}={}", urlencode(&v)));
                 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use reqwest::Method;
-use serde_json::json;
+use serde_json::{Value, json};
 
 #[tokio::test]
 async fn submit_wait_prints_the_output_and_exits_with_the_jobs_code() {
@@ -310,4 +310,34 @@ async fn after_a_restart_jobs_of_the_dead_built_in_workers_are_requeued_at_once(
     assert_eq!(j["state"], "succeeded");
     let attempts = j["attempts"].as_array().unwrap();
     assert_eq!((attempts[0]["state"].as_str(), attempts[0]["failure_reason"].as_str()), (Some("lost"), Some("worker_lost")));
+}
+
+#[tokio::test]
+async fn an_array_job_runs_each_index_at_most_max_parallel_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path(), &[], 0, None);
+    let out = srv.cli(&["submit", "--array", "1-5:2%1", "-o", "json", "--shell", "--", "echo index=$HODEI_ARRAY_INDEX; sleep 0.2"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let a: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(a["count"], 3);
+    let array_id = a["array_id"].as_str().unwrap();
+    let out = srv.cli(&["jobs", "ls", "--array-id", array_id, "-o", "json"]);
+    let page: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut runs = vec![];
+    for j in page["items"].as_array().unwrap() {
+        let id = j["id"].as_str().unwrap();
+        let done = srv.wait_ended(id, 30).await;
+        assert_eq!(done["state"], "succeeded", "{done}");
+        let logs = srv.cli(&["jobs", "logs", id]);
+        assert_eq!(String::from_utf8_lossy(&logs.stdout), format!("index={}\n", j["array_index"]));
+        let t = |k: &str| done[k].as_str().unwrap().parse::<jiff::Timestamp>().unwrap();
+        runs.push((t("started_at"), t("finished_at")));
+    }
+    runs.sort();
+    for w in runs.windows(2) {
+        assert!(w[0].1 <= w[1].0, "max_parallel 1, yet two runs overlapped: {runs:?}");
+    }
+    // A bad range is refused by the CLI before anything is sent.
+    let bad = srv.cli(&["submit", "--array", "1..5", "--", "true"]);
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("A-B[:S][%P]"));
 }

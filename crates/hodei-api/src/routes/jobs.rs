@@ -5,8 +5,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use hodei_core::sched::{CancelOutcome, MAX_SIM_JOBS, apply_admission};
-use hodei_core::spec::{FieldError, JobSpec, JobSpecInput};
-use hodei_core::{Job, JobId, JobState, Priority, Tenant, TenantId, TenantStatus};
+use hodei_core::spec::{ArrayInput, FieldError, JobSpec, JobSpecInput};
+use hodei_core::{ArrayId, Job, JobId, JobState, Priority, Tenant, TenantId, TenantStatus};
 use hodei_store::JobFilter;
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -14,7 +14,9 @@ use uuid::Uuid;
 
 use super::{page_limit, parse_id};
 use crate::ApiState;
-use crate::dto::{AttemptView, BatchItem, BatchResult, BatchSubmit, CostEstimate, DryRunView, EventView, ExplainView, JobSubmit, JobView, Page, ProblemItem};
+use crate::dto::{
+    ArraySubmitted, AttemptView, BatchItem, BatchResult, BatchSubmit, CostEstimate, DryRunView, EventView, ExplainView, JobSubmit, JobView, Page, ProblemItem,
+};
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::json::ApiJson;
 
@@ -39,6 +41,7 @@ fn spec_input(b: JobSubmit) -> (JobSpecInput, Option<String>) {
         hold: b.hold,
         labels: b.labels,
         pool,
+        array: b.array.map(|a| ArrayInput { start: a.start, end: a.end, step: a.step, max_parallel: a.max_parallel }),
     };
     (input, b.tenant_id)
 }
@@ -105,8 +108,9 @@ pub struct SubmitQuery {
 }
 
 /// Submit a job. 201 once it is durably stored; 429 `quota_exceeded` when its tenant's quota
-/// refuses it (SPEC §2.4). With `dry_run=true`, 200 and a [`DryRunView`]; nothing is stored.
-#[utoipa::path(post, path = "/jobs", params(SubmitQuery), request_body = JobSubmit, responses((status = 201, body = JobView), (status = 200, body = DryRunView), (status = 400, body = crate::error::Problem), (status = 403, body = crate::error::Problem), (status = 422, body = crate::error::Problem), (status = 429, body = crate::error::Problem)), tag = "jobs")]
+/// refuses it (SPEC §2.4). With `array`, one job per index, all or none, and the 201 body is
+/// an `ArraySubmitted`. With `dry_run=true`, 200 and a [`DryRunView`]; nothing is stored.
+#[utoipa::path(post, path = "/jobs", params(SubmitQuery), request_body = JobSubmit, responses((status = 201, body = JobView, description = "the job; with `array`, an ArraySubmitted"), (status = 200, body = DryRunView), (status = 400, body = crate::error::Problem), (status = 403, body = crate::error::Problem), (status = 422, body = crate::error::Problem), (status = 429, body = crate::error::Problem)), tag = "jobs")]
 pub async fn submit_job(State(s): State<ApiState>, Query(q): Query<SubmitQuery>, headers: HeaderMap, ApiJson(body): ApiJson<JobSubmit>) -> ApiResult<Response> {
     let (input, tenant) = spec_input(body);
     let tenant = tenant_for(&s, tenant.as_deref(), &headers, "/tenant_id").await?;
@@ -117,6 +121,9 @@ pub async fn submit_job(State(s): State<ApiState>, Query(q): Query<SubmitQuery>,
     }
     if let Some(e) = never {
         return Err(unschedulable_error(e));
+    }
+    if let Some(array) = spec.array {
+        return submit_array(&s, &tenant, spec, array).await;
     }
     let mut job = new_job(&s, &tenant, spec);
     let admitted = s.control.submit(vec![job.clone()], true).await?.pop().ok_or_else(|| ApiError::new(ErrorCode::Internal, "no admission"))?;
@@ -134,6 +141,37 @@ pub async fn submit_job(State(s): State<ApiState>, Query(q): Query<SubmitQuery>,
         h.insert(header::LOCATION, v);
     }
     Ok((StatusCode::CREATED, h, Json(view)).into_response())
+}
+
+/// An array job: one job per index, sharing one spec, admitted all or none in one transaction.
+async fn submit_array(s: &ApiState, tenant: &Tenant, spec: JobSpec, array: hodei_core::spec::ArraySpec) -> ApiResult<Response> {
+    let array_id = ArrayId::from_uuid(Uuid::now_v7());
+    let spec = std::sync::Arc::new(spec);
+    let now = s.clock.now();
+    let jobs: Vec<Job> = array
+        .indices()
+        .map(|i| {
+            let mut j = Job::new(JobId::from_uuid(Uuid::now_v7()), tenant.id.clone(), spec.clone(), now);
+            j.array = Some((array_id, i));
+            j
+        })
+        .collect();
+    let (first, last, count) = (jobs[0].id, jobs[jobs.len() - 1].id, jobs.len() as u32);
+    let admitted = s.control.submit(jobs, true).await?;
+    if let Some(r) = admitted.iter().find_map(|a| a.as_ref().err()) {
+        count_rejected(&tenant.id, "quota_exceeded");
+        let refused = admitted.iter().filter(|a| a.is_err()).count();
+        let mut err = ApiError::from(*r);
+        err.detail = format!("{refused} of {count} jobs of the array refused by quota: {}; nothing was stored", err.detail);
+        return Err(err);
+    }
+    metrics::counter!("hodei_jobs_submitted_total", "tenant" => tenant.id.to_string(), "priority" => spec.priority.as_str()).increment(u64::from(count));
+    let mut h = HeaderMap::new();
+    if let Ok(v) = HeaderValue::from_str(&format!("/api/v1/jobs?array_id={array_id}")) {
+        h.insert(header::LOCATION, v);
+    }
+    let body = ArraySubmitted { array_id: array_id.to_string(), count, first_job_id: first.to_string(), last_job_id: last.to_string() };
+    Ok((StatusCode::CREATED, h, Json(body)).into_response())
 }
 
 /// What a submit of `job` would do now: admission, state, blockers, candidate pools, ETA and
@@ -279,6 +317,8 @@ pub struct JobQuery {
     pub state: Option<String>,
     /// `key=value`.
     pub label: Option<String>,
+    /// The jobs of one array job.
+    pub array_id: Option<String>,
     pub limit: Option<i64>,
     pub cursor: Option<String>,
 }
@@ -310,7 +350,14 @@ pub async fn list_jobs(State(s): State<ApiState>, Query(q): Query<JobQuery>) -> 
         .as_deref()
         .map(|c| c.parse::<JobId>().map_err(|_| ApiError::new(ErrorCode::BadRequest, format!("cursor {c:?} is not one this API returned"))))
         .transpose()?;
-    let jobs = s.store.list_jobs(&JobFilter { tenant, states, label, before, limit }).await?;
+    let array = q
+        .array_id
+        .as_deref()
+        .map(|a| {
+            a.parse::<ArrayId>().map_err(|_| ApiError::field("array_id", "not an array id", "the array_id a submit returned (a UUID)", Some(a.to_owned())))
+        })
+        .transpose()?;
+    let jobs = s.store.list_jobs(&JobFilter { tenant, states, label, array, before, limit }).await?;
     let next_cursor = (jobs.len() == limit as usize).then(|| jobs.last().map(|j| j.id.to_string())).flatten();
     Ok(Json(Page { items: jobs.iter().map(|j| JobView::of(j, &s.cfg.sla)).collect(), next_cursor }))
 }

@@ -154,6 +154,10 @@ impl Scheduler {
         let req = job.resources();
         let policy = self.policy(&job.tenant);
         let usage = self.usage(&job.tenant);
+        if self.books.array_full(job) {
+            let max = job.spec.array.and_then(|a| a.max_parallel).unwrap_or(0);
+            out.push(Blocker::new("array_max_parallel", format!("its array job already runs {max} jobs (max_parallel)")).with("max_parallel", u128::from(max)));
+        }
         if let Err(b) = quota::may_dispatch(policy, &self.cfg.quota_rules, &usage, &req, now) {
             out.push(Blocker::quota(b.limit.blocking_code(), &b));
             self.burst_blocker(job, out);

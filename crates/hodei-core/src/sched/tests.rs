@@ -613,6 +613,39 @@ fn max_concurrent_jobs_is_never_exceeded_and_frees_on_completion() {
 }
 
 #[test]
+fn an_array_job_runs_at_most_max_parallel_jobs_and_others_are_not_held_back() {
+    let (mut s, mut ids) = (Scheduler::new(SchedConfig::default()), Ids(0));
+    set_quota(&mut s, "a", 1, 1_000_000, 100, 0);
+    let w = connected_worker(&mut s, &mut ids, 10, 100_000, 0);
+    let array = crate::ids::ArrayId::from_uuid(ids.next());
+    let spec = Arc::new(crate::spec::JobSpec {
+        array: Some(crate::spec::ArraySpec { start: 1, end: 5, step: 1, max_parallel: Some(2) }),
+        ..(*job(&mut ids, "a", 1, 0, 0).spec).clone()
+    });
+    let mut members = vec![];
+    for i in 1..=5 {
+        let mut j = Job::new(JobId::from_uuid(ids.next()), tid("a"), spec.clone(), ts(0));
+        j.array = Some((array, i));
+        members.push(j.id);
+        s.submit(j, ts(0)).unwrap();
+    }
+    let loose = job(&mut ids, "a", 1, 0, 1);
+    let loose_id = loose.id;
+    s.submit(loose, ts(1)).unwrap();
+    let placed = schedule(&mut s, &mut ids, 10);
+    let of_array: Vec<_> = placed.iter().filter(|(_, _, j)| members.contains(j)).collect();
+    assert_eq!(of_array.len(), 2, "max_parallel 2");
+    assert!(placed.iter().any(|(_, _, j)| *j == loose_id), "a job outside the array is not held back by it");
+    let waiting = members.iter().find(|m| s.job(m).unwrap().state == JobState::Pending).unwrap();
+    assert_eq!(s.blocking_reason(*waiting, ts(11)), Some("array_max_parallel"));
+    assert!(schedule(&mut s, &mut ids, 11).is_empty());
+    s.finish(of_array[0].1, w, result(Outcome::Succeeded, 0, 12), ts(12)).unwrap();
+    let next = schedule(&mut s, &mut ids, 13);
+    assert_eq!(next.len(), 1, "one ended, one more starts");
+    assert!(members.contains(&next[0].2));
+}
+
+#[test]
 fn a_tenant_at_its_quota_does_not_block_others() {
     let (mut s, mut ids) = (Scheduler::new(SchedConfig::default()), Ids(0));
     set_quota(&mut s, "a", 5, 1_000_000, 1, 0);
