@@ -21,6 +21,7 @@ for rep in $(seq 1 "$REPS"); do
     "$BIN" bench submit --clients 1 --jobs 5000
     "$BIN" bench submit --clients 64 --jobs 20000
     "$BIN" bench batch --jobs 100000
+    "$BIN" bench array --jobs 100000
     "$BIN" bench throughput --jobs 5000 --parallel 32
     kill "$PID"; wait "$PID" 2>/dev/null || true
     rm -rf "$DIR"
