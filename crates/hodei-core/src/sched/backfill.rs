@@ -96,7 +96,7 @@ impl Scheduler {
         }
         let mut placed = 0;
         for id in due {
-            let Some(job) = self.jobs.get(&id) else { continue };
+            let Some(job) = self.jobs.get(&id).filter(|j| !self.books.array_full(j)) else { continue };
             let policy = self.tenants.get(&job.tenant).unwrap_or(&self.cfg.default_policy);
             let usage = self.books.usage.get(&job.tenant).copied().unwrap_or_default();
             let Ok(over) = quota::may_dispatch(policy, &self.cfg.quota_rules, &usage, &job.resources(), now) else { continue };

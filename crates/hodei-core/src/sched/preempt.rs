@@ -64,7 +64,10 @@ impl Scheduler {
             let Some(job) = self.jobs.get(&id).filter(|j| j.state == JobState::Pending) else { continue };
             let policy = self.tenants.get(&job.tenant).unwrap_or(&self.cfg.default_policy);
             let usage = self.books.usage.get(&job.tenant).copied().unwrap_or_default();
-            if quota::may_dispatch(policy, &self.cfg.quota_rules, &usage, &job.resources(), now).is_err() || self.best_worker(job, now).is_some() {
+            if quota::may_dispatch(policy, &self.cfg.quota_rules, &usage, &job.resources(), now).is_err()
+                || self.books.array_full(job)
+                || self.best_worker(job, now).is_some()
+            {
                 continue;
             }
             let (req, class) = (job.resources(), job.spec.priority);

@@ -390,6 +390,17 @@ fn check_invariants(s: &Scheduler, ch: &Changes, store: &mut HashMap<JobId, Job>
         let (u, c) = (s.usage(&j.tenant), s.policy(&j.tenant).ceiling(e.at));
         prop_assert!(u.active.fits_in(&c.resources) && u.active_jobs <= c.concurrent_jobs, "tenant {} over its ceiling: {:?} > {:?}", j.tenant, u, c);
     }
+    // An array job never has more than max_parallel jobs scheduled or running.
+    let mut per_array: HashMap<crate::ArrayId, (u32, u32)> = HashMap::new();
+    for j in s.jobs().filter(|j| j.state.is_active()) {
+        if let (Some((a, _)), Some(max)) = (j.array, j.spec.array.and_then(|a| a.max_parallel)) {
+            let e = per_array.entry(a).or_insert((0, max));
+            e.0 += 1;
+        }
+    }
+    for (a, (n, max)) in per_array {
+        prop_assert!(n <= max, "array {} runs {} jobs, max_parallel {}", a, n, max);
+    }
     // SLA books match a recount of the jobs whose clock runs; an ended clock is final.
     let mut waiting: BTreeMap<(TenantId, crate::SlaLevel, SlaStatus), u32> = BTreeMap::new();
     for j in s.jobs() {
@@ -445,6 +456,11 @@ proptest! {
                     // Every class, and batch jobs preemptible: preemption and escalation happen.
                     Arc::make_mut(&mut j.spec).priority = Priority::ALL[usize::from(cpu_m) % Priority::ALL.len()];
                     Arc::make_mut(&mut j.spec).preemptible = j.spec.priority == Priority::Batch;
+                    // Some jobs belong to one of two array jobs (max_parallel 1 and 2).
+                    if let Some(max) = [1u32, 2].get(usize::from(cpu_m % 5)).copied() {
+                        Arc::make_mut(&mut j.spec).array = Some(crate::spec::ArraySpec { start: 0, end: 99, step: 1, max_parallel: Some(max) });
+                        j.array = Some((crate::ArrayId::from_uuid(Uuid::from_u128(u128::from(max))), u32::from(cpu_m)));
+                    }
                     let id = j.id;
                     if s.submit(j, ts(now)).is_ok() {
                         jobs.push(id);
