@@ -354,7 +354,12 @@ impl Engine {
             // Gauges that need a scan of live jobs, at most every 5 s (never on the submit path).
             if self.last_scan.is_none_or(|t| now.since(t) >= Duration::from_secs(5)) {
                 self.last_scan = Some(now);
-                self.gauges.scan(self.sched.jobs(), now);
+                // Pending jobs through the queue and running ones through their attempts: held
+                // and ended-but-live jobs (the bulk after a large held batch) are not visited.
+                let s = &self.sched;
+                let pending = s.tenant_ids().flat_map(|t| s.queued_jobs(t)).filter_map(|k| s.job(&k.id));
+                let running = s.attempts().filter(|a| a.state == AttemptState::Running).filter_map(|a| s.job(&a.job_id));
+                self.gauges.scan(pending.chain(running), now);
                 self.gauges.sla(self.sched.sla_waiting());
                 self.gauges.tenants(&self.sched, now);
             }
@@ -474,8 +479,8 @@ impl Engine {
     }
 
     fn record_metrics(&mut self, c: &Changes) {
-        let by_id: HashMap<JobId, &Job> =
-            if c.events.iter().any(|e| e.from.is_some()) { c.jobs.iter().chain(&c.new_jobs).map(|j| (j.id, j)).collect() } else { HashMap::new() };
+        let by_id: hodei_core::ids::IdMap<JobId, &Job> =
+            if c.events.iter().any(|e| e.from.is_some()) { c.jobs.iter().chain(&c.new_jobs).map(|j| (j.id, j)).collect() } else { Default::default() };
         let pool_of = |j: &Job| j.pool_id.as_ref().map(|p| p.to_string()).unwrap_or_default();
         for e in &c.events {
             let (Some(from), Some(j)) = (e.from, by_id.get(&e.job_id)) else { continue };

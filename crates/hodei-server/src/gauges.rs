@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hodei_api::Clock;
+use hodei_core::ids::IdMap;
 use hodei_core::sched::{Changes, Scheduler};
 use hodei_core::{Job, JobId, JobState, SlaLevel, SlaStatus, TenantId, Timestamp, Worker};
 use hodei_store::Store;
@@ -16,7 +17,7 @@ use tokio::sync::watch;
 #[derive(Default)]
 pub struct Gauges {
     /// (tenant, priority, state) → jobs, for `pending` and `held`.
-    queued: HashMap<(String, &'static str, &'static str), i64>,
+    queued: HashMap<(TenantId, &'static str, &'static str), i64>,
     /// (tenant, pool) → running jobs.
     running: HashMap<(String, String), i64>,
     /// Where each running job was counted, so it is uncounted from the same place.
@@ -47,7 +48,7 @@ impl Gauges {
 
     fn enter(&mut self, j: &Job, s: JobState) {
         if let Some(st) = queued_state(s) {
-            *self.queued.entry((j.tenant.to_string(), j.spec.priority.as_str(), st)).or_default() += 1;
+            *self.queued.entry((j.tenant.clone(), j.spec.priority.as_str(), st)).or_default() += 1;
         }
         if s == JobState::Running {
             let key = (j.tenant.to_string(), j.pool_id.as_ref().map(|p| p.to_string()).unwrap_or_default());
@@ -58,7 +59,7 @@ impl Gauges {
 
     fn leave(&mut self, j: &Job, s: JobState) {
         if let Some(st) = queued_state(s)
-            && let Some(n) = self.queued.get_mut(&(j.tenant.to_string(), j.spec.priority.as_str(), st))
+            && let Some(n) = self.queued.get_mut(&(j.tenant.clone(), j.spec.priority.as_str(), st))
         {
             *n -= 1;
         }
@@ -75,7 +76,7 @@ impl Gauges {
         if c.events.is_empty() {
             return;
         }
-        let jobs: HashMap<JobId, &Job> = c.new_jobs.iter().chain(&c.jobs).map(|j| (j.id, j)).collect();
+        let jobs: IdMap<JobId, &Job> = c.new_jobs.iter().chain(&c.jobs).map(|j| (j.id, j)).collect();
         for e in &c.events {
             let Some(j) = jobs.get(&e.job_id) else { continue };
             if let Some(from) = e.from {
@@ -106,27 +107,33 @@ impl Gauges {
         }
     }
 
-    /// Oldest queue wait per tenant and jobs running past their timeout per pool (a scan).
+    /// Oldest queue wait per tenant and jobs running past their timeout per pool, from the
+    /// jobs given (the engine passes pending and running ones only, not every live job).
     pub fn scan<'a>(&mut self, jobs: impl Iterator<Item = &'a Job>, now: Timestamp) {
-        let mut oldest: HashMap<String, f64> = self.scanned_tenants.drain().map(|t| (t, 0.0)).collect();
-        let mut overdue: HashMap<String, f64> = self.scanned_pools.drain().map(|p| (p, 0.0)).collect();
+        let mut oldest: HashMap<&TenantId, f64> = HashMap::new();
+        let mut overdue: HashMap<Option<&hodei_core::PoolId>, f64> = HashMap::new();
         for j in jobs {
             match j.state {
                 JobState::Pending => {
-                    let w = oldest.entry(j.tenant.to_string()).or_default();
+                    let w = oldest.entry(&j.tenant).or_default();
                     *w = w.max(now.since(j.eligible_at).as_secs_f64());
                 }
                 JobState::Running if j.started_at.is_some_and(|s| s.saturating_add(j.spec.timeout) < now) => {
-                    *overdue.entry(j.pool_id.as_ref().map(|p| p.to_string()).unwrap_or_default()).or_default() += 1.0;
+                    *overdue.entry(j.pool_id.as_ref()).or_default() += 1.0;
                 }
                 _ => {}
             }
         }
-        for (tenant, secs) in oldest {
+        // Series seen before and absent now go to zero.
+        let mut waits: HashMap<String, f64> = self.scanned_tenants.drain().map(|t| (t, 0.0)).collect();
+        waits.extend(oldest.into_iter().map(|(t, w)| (t.to_string(), w)));
+        let mut late: HashMap<String, f64> = self.scanned_pools.drain().map(|p| (p, 0.0)).collect();
+        late.extend(overdue.into_iter().map(|(p, n)| (p.map(|p| p.to_string()).unwrap_or_default(), n)));
+        for (tenant, secs) in waits {
             metrics::gauge!("hodei_queue_oldest_wait_seconds", "tenant" => tenant.clone()).set(secs);
             self.scanned_tenants.insert(tenant);
         }
-        for (pool, n) in overdue {
+        for (pool, n) in late {
             metrics::gauge!("hodei_jobs_overdue", "pool" => pool.clone()).set(n);
             self.scanned_pools.insert(pool);
         }
@@ -146,8 +153,7 @@ impl Gauges {
 
     /// Per tenant: usage, weight, fair and actual share, quota utilization, burst (SPEC §7.1).
     pub fn tenants(&mut self, sched: &Scheduler, now: Timestamp) {
-        let q = sched.queue_status(now);
-        let shares: HashMap<&TenantId, (f64, f64)> = q.tenants.iter().map(|r| (&r.tenant, (r.fair_share, r.actual_share))).collect();
+        let shares: HashMap<TenantId, (f64, f64)> = sched.shares().into_iter().map(|(t, fair, actual)| (t, (fair, actual))).collect();
         for t in sched.tenant_ids() {
             let (p, u) = (sched.policy(t), sched.usage(t));
             let name = t.to_string();
@@ -185,7 +191,7 @@ impl Gauges {
 
     fn publish_all(&self) {
         for ((tenant, priority, state), n) in &self.queued {
-            metrics::gauge!("hodei_jobs_queued", "tenant" => tenant.clone(), "priority" => *priority, "state" => *state).set(*n as f64);
+            metrics::gauge!("hodei_jobs_queued", "tenant" => tenant.to_string(), "priority" => *priority, "state" => *state).set(*n as f64);
         }
         for ((tenant, pool), n) in &self.running {
             metrics::gauge!("hodei_jobs_running", "tenant" => tenant.clone(), "pool" => pool.clone()).set(*n as f64);
@@ -243,11 +249,12 @@ mod tests {
             s.submit(Job::new(*id, TenantId::parse("a").unwrap(), spec.clone(), Timestamp::from_millis(0)), Timestamp::from_millis(0)).unwrap();
         }
         g.apply(&s.take_changes());
-        assert_eq!(g.queued[&("a".into(), "normal", "pending")], 3);
+        let a = || TenantId::parse("a").unwrap();
+        assert_eq!(g.queued[&(a(), "normal", "pending")], 3);
         s.hold(ids[0], Timestamp::from_millis(1)).unwrap();
         s.cancel(ids[1], Timestamp::from_millis(1)).unwrap();
         g.apply(&s.take_changes());
-        assert_eq!(g.queued[&("a".into(), "normal", "pending")], 1);
-        assert_eq!(g.queued[&("a".into(), "normal", "held")], 1);
+        assert_eq!(g.queued[&(a(), "normal", "pending")], 1);
+        assert_eq!(g.queued[&(a(), "normal", "held")], 1);
     }
 }

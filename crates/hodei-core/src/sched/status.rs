@@ -51,82 +51,99 @@ fn dominant_ppm(r: &Resources, cap: &Resources) -> u64 {
     share(r.cpu_m.0, cap.cpu_m.0).max(share(r.memory_mb.0, cap.memory_mb.0)).max(share(r.gpu.0, cap.gpu.0))
 }
 
+fn row(tenant: &TenantId) -> TenantQueueRow {
+    TenantQueueRow {
+        tenant: tenant.clone(),
+        weight: 0,
+        fair_share: 0.0,
+        actual_share: 0.0,
+        start_tag: 0,
+        pending: 0,
+        held: 0,
+        scheduled: 0,
+        running: 0,
+        oldest_wait_ms: 0,
+        parked: false,
+        at_risk: 0,
+        by_priority: BTreeMap::new(),
+    }
+}
+
 impl Scheduler {
-    /// One pass over the live jobs.
+    /// Each tenant with pending or active jobs: (tenant, fair share, actual share), from the
+    /// usage books alone (O(tenants)): fair = weight / Σ weights of those tenants, actual = its
+    /// share of the allocated dominant resources.
+    pub fn shares(&self) -> Vec<(TenantId, f64, f64)> {
+        let cap = self.workers.values().filter(|w| w.state.is_live()).fold(Resources::ZERO, |a, w| a.checked_add(&w.resources).unwrap_or(a));
+        let demand: Vec<(&TenantId, u64, u64)> = self
+            .books
+            .usage
+            .iter()
+            .filter(|(_, u)| u.pending_jobs + u.active_jobs > 0)
+            .map(|(t, u)| (t, u64::from(self.policy(t).weight), dominant_ppm(&u.active, &cap)))
+            .collect();
+        let total_weight: u64 = demand.iter().map(|d| d.1).sum();
+        let total_used: u64 = demand.iter().map(|d| d.2).sum();
+        let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+        demand.into_iter().map(|(t, w, used)| (t.clone(), ratio(w, total_weight), ratio(used, total_used))).collect()
+    }
+
+    /// Totals and per-tenant rows. Counts come from the usage and SLA books; only pending jobs
+    /// (through the queue, for their wait and class) and active ones (through their attempts)
+    /// are visited — not held or retry-waiting ones.
     pub fn queue_status(&self, now: Timestamp) -> QueueStatus {
         let mut st = QueueStatus { virtual_time: self.queue.virtual_time(), ..QueueStatus::default() };
         for p in Priority::ALL {
             st.by_priority.insert(p.as_str(), 0);
         }
         let mut rows: BTreeMap<&TenantId, TenantQueueRow> = BTreeMap::new();
-        for j in self.jobs.values() {
-            let row = rows.entry(&j.tenant).or_insert_with(|| TenantQueueRow {
-                tenant: j.tenant.clone(),
-                weight: 0,
-                fair_share: 0.0,
-                actual_share: 0.0,
-                start_tag: 0,
-                pending: 0,
-                held: 0,
-                scheduled: 0,
-                running: 0,
-                oldest_wait_ms: 0,
-                parked: false,
-                at_risk: 0,
-                by_priority: BTreeMap::new(),
-            });
-            if matches!(j.state, JobState::Pending | JobState::Scheduled) && j.sla.wait_ms.is_none() {
-                match j.sla.status {
-                    SlaStatus::AtRisk => st.sla_at_risk += 1,
-                    SlaStatus::Critical => st.sla_critical += 1,
-                    SlaStatus::Breached => st.sla_breached_waiting += 1,
-                    _ => {}
-                }
-                row.at_risk += u64::from(j.sla.status != SlaStatus::OnTrack);
+        for (t, u) in self.books.usage.iter().filter(|(_, u)| u.queued_jobs + u.active_jobs > 0) {
+            let r = rows.entry(t).or_insert_with(|| row(t));
+            r.held = u64::from(u.queued_jobs.saturating_sub(u.pending_jobs));
+            for k in self.queue.jobs_of(t) {
+                let Some(j) = self.jobs.get(&k.id) else { continue };
+                r.pending += 1;
+                r.oldest_wait_ms = r.oldest_wait_ms.max(now.as_millis().saturating_sub(j.eligible_at.as_millis()).max(0));
+                *r.by_priority.entry(k.priority.as_str()).or_default() += 1;
+                *st.by_priority.entry(k.priority.as_str()).or_default() += 1;
             }
+        }
+        for a in self.attempts.values() {
+            let Some(j) = self.jobs.get(&a.job_id).filter(|j| j.current_attempt == Some(a.id)) else { continue };
+            let Some(r) = rows.get_mut(&j.tenant) else { continue };
             match j.state {
-                JobState::Pending => {
-                    let wait = now.as_millis().saturating_sub(j.eligible_at.as_millis()).max(0);
-                    row.pending += 1;
-                    row.oldest_wait_ms = row.oldest_wait_ms.max(wait);
-                    st.pending += 1;
-                    st.oldest_wait_ms = st.oldest_wait_ms.max(wait);
-                    *st.by_priority.entry(j.spec.priority.as_str()).or_default() += 1;
-                    *row.by_priority.entry(j.spec.priority.as_str()).or_default() += 1;
-                }
-                JobState::Held => {
-                    row.held += 1;
-                    st.held += 1;
-                }
-                JobState::Scheduled => {
-                    row.scheduled += 1;
-                    st.scheduled += 1;
-                }
-                JobState::Running => {
-                    row.running += 1;
-                    st.running += 1;
-                }
+                JobState::Scheduled => r.scheduled += 1,
+                JobState::Running => r.running += 1,
                 _ => {}
             }
         }
-        let cap = self.workers.values().filter(|w| w.state.is_live()).fold(Resources::ZERO, |a, w| a.checked_add(&w.resources).unwrap_or(a));
-        let demand: Vec<TenantId> = rows.values().filter(|r| r.pending + r.scheduled + r.running > 0).map(|r| r.tenant.clone()).collect();
-        let total_weight: u64 = demand.iter().map(|t| u64::from(self.policy(t).weight)).sum();
-        let used: BTreeMap<TenantId, u64> = rows.keys().map(|t| ((*t).clone(), dominant_ppm(&self.usage(t).active, &cap))).collect();
-        let total_used: u64 = used.values().sum();
-        for row in rows.values_mut() {
-            let t = row.tenant.clone();
-            row.weight = self.policy(&t).weight;
-            if total_weight > 0 && demand.contains(&t) {
-                row.fair_share = f64::from(row.weight) / total_weight as f64;
+        for ((t, _, status), n) in &self.books.sla.waiting {
+            let n = u64::from(*n);
+            match status {
+                SlaStatus::AtRisk => st.sla_at_risk += n,
+                SlaStatus::Critical => st.sla_critical += n,
+                SlaStatus::Breached => st.sla_breached_waiting += n,
+                _ => {}
             }
-            if total_used > 0 {
-                row.actual_share = used.get(&t).copied().unwrap_or(0) as f64 / total_used as f64;
+            if *status != SlaStatus::OnTrack
+                && let Some(r) = rows.get_mut(t)
+            {
+                r.at_risk += n;
             }
-            if let Some(f) = self.queue.status(&t) {
-                row.start_tag = f.start_tag;
-                row.parked = f.parked;
+        }
+        let shares: crate::ids::IdMap<TenantId, (f64, f64)> = self.shares().into_iter().map(|(t, f, a)| (t, (f, a))).collect();
+        for r in rows.values_mut() {
+            r.weight = self.policy(&r.tenant).weight;
+            (r.fair_share, r.actual_share) = shares.get(&r.tenant).copied().unwrap_or_default();
+            if let Some(f) = self.queue.status(&r.tenant) {
+                r.start_tag = f.start_tag;
+                r.parked = f.parked;
             }
+            st.pending += r.pending;
+            st.held += r.held;
+            st.scheduled += r.scheduled;
+            st.running += r.running;
+            st.oldest_wait_ms = st.oldest_wait_ms.max(r.oldest_wait_ms);
         }
         st.tenants = rows.into_values().collect();
         st

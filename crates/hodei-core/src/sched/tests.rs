@@ -390,6 +390,23 @@ fn check_invariants(s: &Scheduler, ch: &Changes, store: &mut HashMap<JobId, Job>
         let (u, c) = (s.usage(&j.tenant), s.policy(&j.tenant).ceiling(e.at));
         prop_assert!(u.active.fits_in(&c.resources) && u.active_jobs <= c.concurrent_jobs, "tenant {} over its ceiling: {:?} > {:?}", j.tenant, u, c);
     }
+    // Queue status, read off the books, the queue and the attempts, equals a recount.
+    let status = s.queue_status(Timestamp::from_millis(i64::MAX / 4));
+    let mut recount: BTreeMap<TenantId, [u64; 4]> = BTreeMap::new();
+    for j in s.jobs() {
+        let slot = match j.state {
+            JobState::Pending => 0,
+            JobState::Held => 1,
+            JobState::Scheduled => 2,
+            JobState::Running => 3,
+            _ => continue,
+        };
+        recount.entry(j.tenant.clone()).or_default()[slot] += 1;
+    }
+    let rows: BTreeMap<TenantId, [u64; 4]> =
+        status.tenants.iter().map(|r| (r.tenant.clone(), [r.pending, r.held, r.scheduled, r.running])).filter(|(_, c)| c.iter().any(|n| *n > 0)).collect();
+    prop_assert_eq!(rows, recount, "queue status per tenant");
+    prop_assert_eq!(status.by_priority.values().sum::<u64>(), status.pending);
     // An array job never has more than max_parallel jobs scheduled or running.
     let mut per_array: HashMap<crate::ArrayId, (u32, u32)> = HashMap::new();
     for j in s.jobs().filter(|j| j.state.is_active()) {
