@@ -640,6 +640,20 @@ impl Scheduler {
 
     /// Submits jobs in order. `atomic`: all are admitted or none is (the errors say which).
     pub fn submit_all(&mut self, jobs: Vec<Job>, atomic: bool, now: Timestamp) -> Vec<Result<Admission, Rejection>> {
+        self.submit_all_in_parts(jobs, atomic, now, usize::MAX, |_| {})
+    }
+
+    /// As `submit_all`, handing the changes so far to `part` after every `part_size` jobs (so
+    /// the caller can start writing a large submit while the rest is being taken). What is
+    /// handed out is gone from the next `take_changes`.
+    pub fn submit_all_in_parts(
+        &mut self,
+        jobs: Vec<Job>,
+        atomic: bool,
+        now: Timestamp,
+        part_size: usize,
+        mut part: impl FnMut(Changes),
+    ) -> Vec<Result<Admission, Rejection>> {
         if atomic {
             let mut scratch: IdMap<TenantId, Usage> = IdMap::default();
             let mut dry = Vec::with_capacity(jobs.len());
@@ -660,7 +674,15 @@ impl Scheduler {
                 return dry;
             }
         }
-        jobs.into_iter().map(|j| self.submit(j, now)).collect()
+        let n = jobs.len();
+        let mut out = Vec::with_capacity(n);
+        for (i, j) in jobs.into_iter().enumerate() {
+            out.push(self.submit(j, now));
+            if (i + 1) % part_size == 0 && i + 1 < n {
+                part(self.take_changes());
+            }
+        }
+        out
     }
 
     fn insert_new(&mut self, mut job: Job, now: Timestamp) {

@@ -28,6 +28,9 @@ use uuid::Uuid;
 
 /// Most commands folded into one transaction.
 const MAX_BATCH: usize = 8192;
+/// A submit larger than this is handed to the store in parts of this many jobs, written while
+/// the scheduler takes the rest (one transaction all the same).
+const SUBMIT_PART: usize = 8192;
 
 pub type Reply<T> = oneshot::Sender<Result<T, ControlError>>;
 
@@ -193,6 +196,9 @@ pub struct Engine {
     connected: Arc<AtomicUsize>,
     gauges: Gauges,
     last_scan: Option<Timestamp>,
+    /// Parts of this step's changes already handed to the store (see `Store::stage`), committed
+    /// by the step's `apply`.
+    staged: Vec<Arc<Changes>>,
 }
 
 /// Answers to send once the batch is durable.
@@ -249,6 +255,7 @@ impl Engine {
             connected: connected.clone(),
             gauges: Gauges::default(),
             last_scan: None,
+            staged: Vec::new(),
         };
         engine.rebuild().await?;
         engine.reap_previous_local_workers().await?;
@@ -370,19 +377,23 @@ impl Engine {
         if placed > 0 {
             metrics::histogram!("hodei_scheduling_latency_seconds").record(started.elapsed().as_secs_f64() / placed as f64);
         }
-        if changes.is_empty() {
+        if changes.is_empty() && self.staged.is_empty() {
             replies.ok();
             return;
         }
+        let staged = std::mem::take(&mut self.staged);
         let db = Instant::now();
         tracing::debug!(new_jobs = changes.new_jobs.len(), jobs = changes.jobs.len(), "committing");
         match self.store.apply(changes.clone()).await {
             Ok(()) => {
                 metrics::histogram!("hodei_db_query_duration_seconds", "op" => "apply").record(db.elapsed().as_secs_f64());
+                tracing::debug!(store_ms = db.elapsed().as_millis() as u64, "committed");
                 replies.ok();
-                self.record_metrics(&changes);
-                self.dispatch(&changes);
-                if !changes.jobs.is_empty() || !changes.new_jobs.is_empty() {
+                for c in staged.iter().chain([&changes]) {
+                    self.record_metrics(c);
+                    self.dispatch(c);
+                }
+                if !staged.is_empty() || !changes.jobs.is_empty() || !changes.new_jobs.is_empty() {
                     // Followers of job output also watch job state.
                     self.logs.notify();
                 }
@@ -403,7 +414,12 @@ impl Engine {
         let s = &mut self.sched;
         match c {
             Command::Submit { jobs, atomic, reply } => {
-                let admitted = s.submit_all(jobs, atomic, now);
+                let (store, staged) = (&self.store, &mut self.staged);
+                let admitted = s.submit_all_in_parts(jobs, atomic, now, SUBMIT_PART, |part| {
+                    let part = Arc::new(part);
+                    store.stage(part.clone());
+                    staged.push(part);
+                });
                 replies.submit.push((reply, admitted));
             }
             Command::Tenant { id, policy, reply } => {

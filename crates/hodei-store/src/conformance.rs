@@ -76,6 +76,7 @@ pub async fn run_all(store: &dyn Store) {
     scheduler_changes_round_trip(store).await;
     job_lists_filter_and_paginate_newest_first(store).await;
     array_jobs_keep_their_array(store).await;
+    staged_parts_commit_with_the_next_apply_or_not_at_all(store).await;
     burst_sessions_one_open_per_tenant(store).await;
 }
 
@@ -99,6 +100,39 @@ async fn array_jobs_keep_their_array(store: &dyn Store) {
     assert_eq!(got, [(31, Some((array, 2)), spec.array), (30, Some((array, 0)), spec.array)]);
     let plain = store.get_job(JobId::from_uuid(Uuid::from_u128(32 << 80))).await.unwrap().unwrap();
     assert_eq!((plain.array, plain.spec.array), (None, None));
+}
+
+async fn staged_parts_commit_with_the_next_apply_or_not_at_all(store: &dyn Store) {
+    let mut s = Scheduler::new(SchedConfig::default());
+    let jobs: Vec<Job> = (40..43).map(|n| job(n, "staged", &[])).collect();
+    let ids: Vec<JobId> = jobs.iter().map(|j| j.id).collect();
+    let mut parts = 0;
+    let admitted = s.submit_all_in_parts(jobs, true, ts(40), 1, |part| {
+        parts += 1;
+        store.stage(std::sync::Arc::new(part));
+    });
+    assert!(admitted.iter().all(Result::is_ok));
+    assert_eq!(parts, 2, "parts after the first and second job; the third is the apply's");
+    assert_eq!(store.get_job(ids[0]).await.unwrap(), None, "a staged part is not committed");
+    store.apply(std::sync::Arc::new(s.take_changes())).await.unwrap();
+    for id in &ids {
+        assert!(store.get_job(*id).await.unwrap().is_some(), "staged and applied jobs are committed together");
+    }
+
+    // A failing part (a job id already stored) fails the next apply, which then stores nothing.
+    let mut s = Scheduler::new(SchedConfig::default());
+    s.submit(job(40, "staged", &[]), ts(44)).unwrap();
+    s.submit(job(44, "staged", &[]), ts(44)).unwrap();
+    store.stage(std::sync::Arc::new(s.take_changes()));
+    s.submit(job(45, "staged", &[]), ts(45)).unwrap();
+    assert!(store.apply(std::sync::Arc::new(s.take_changes())).await.is_err(), "the staged duplicate fails the apply");
+    for n in [44, 45] {
+        assert_eq!(store.get_job(JobId::from_uuid(Uuid::from_u128(n << 80))).await.unwrap(), None, "nothing of a failed batch is stored");
+    }
+    // The writer is usable again.
+    s.submit(job(46, "staged", &[]), ts(46)).unwrap();
+    store.apply(std::sync::Arc::new(s.take_changes())).await.unwrap();
+    assert!(store.get_job(JobId::from_uuid(Uuid::from_u128(46 << 80))).await.unwrap().is_some());
 }
 
 async fn burst_sessions_one_open_per_tenant(store: &dyn Store) {

@@ -125,7 +125,13 @@ pub trait Store: Send + Sync + 'static {
     async fn get_burst(&self, id: BurstId) -> Result<Option<BurstSession>>;
     async fn list_bursts(&self, f: &BurstFilter) -> Result<Vec<BurstSession>>;
 
-    /// Persists one batch of scheduler decisions in one transaction.
+    /// Writes part of a batch of scheduler decisions without committing it, so a large batch
+    /// is written while the scheduler is still taking the rest. The next `apply` commits the
+    /// staged parts with its own changes in one transaction; if a part failed, that `apply`
+    /// returns its error and nothing staged or applied is stored.
+    fn stage(&self, changes: std::sync::Arc<Changes>);
+    /// Persists one batch of scheduler decisions (and the parts staged before it) in one
+    /// transaction.
     async fn apply(&self, changes: std::sync::Arc<Changes>) -> Result<()>;
     async fn get_job(&self, id: JobId) -> Result<Option<Job>>;
     async fn list_jobs(&self, f: &JobFilter) -> Result<Vec<Job>>;

@@ -18,7 +18,7 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 use uuid::Uuid;
 
 use crate::rows::*;
-use crate::sqlite_writer::{self, Writer};
+use crate::sqlite_writer::Writer;
 use crate::{BreachFilter, BurstFilter, JobFilter, LiveState, Result, SlaOutcome, Store, StoreError};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -517,11 +517,12 @@ impl Store for SqliteStore {
         rows.iter().map(|r| pool_from_row(r).map(|p| p.0)).collect()
     }
 
+    fn stage(&self, c: Arc<Changes>) {
+        self.writer.stage(c);
+    }
+
     async fn apply(&self, c: Arc<Changes>) -> Result<()> {
-        if c.new_jobs.is_empty() && c.jobs.is_empty() && c.attempts.is_empty() && c.workers.is_empty() && c.events.is_empty() {
-            return Ok(());
-        }
-        self.writer.run(move |conn| sqlite_writer::apply(conn, &c)).await
+        self.writer.apply(c).await
     }
 
     async fn get_job(&self, id: JobId) -> Result<Option<Job>> {

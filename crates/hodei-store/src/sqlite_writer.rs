@@ -1,9 +1,11 @@
-//! The SQLite write path: one thread owning one connection, fed closures through a channel.
-//! A whole scheduler batch is one handoff and one transaction of cached prepared statements,
-//! instead of a round trip to an async driver per row.
+//! The SQLite write path: one thread owning one connection, fed scheduler batches through a
+//! channel. A whole batch is one handoff and one transaction of cached prepared statements,
+//! instead of a round trip to an async driver per row. A batch may come in parts: staged parts
+//! are written into an open transaction as they arrive, and the next `apply` commits them with
+//! its own rows (or, if any part failed, rolls all of them back and reports that failure).
 
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use hodei_core::ids::IdMap;
@@ -15,10 +17,58 @@ use tokio::sync::oneshot;
 use crate::StoreError;
 use crate::rows::{json_map, json_vec};
 
-type Task = Box<dyn FnOnce(&mut Connection) + Send>;
+enum Msg {
+    Stage(Arc<Changes>),
+    Apply(Arc<Changes>, oneshot::Sender<Result<(), StoreError>>),
+}
 
 pub(crate) struct Writer {
-    tx: mpsc::Sender<Task>,
+    tx: mpsc::Sender<Msg>,
+}
+
+/// The writer thread's connection and the state of a batch being staged.
+struct Thread {
+    conn: Connection,
+    /// None: no staged part. Some(Ok): a transaction is open with the staged parts written.
+    /// Some(Err): a part failed; its transaction is rolled back and the error awaits `apply`.
+    staged: Option<Result<(), StoreError>>,
+}
+
+impl Thread {
+    fn stage(&mut self, c: &Changes) {
+        let r = match self.staged.take() {
+            Some(Err(e)) => Err(e),
+            Some(Ok(())) => write(&self.conn, c),
+            None => self.conn.execute_batch("BEGIN").map_err(map_err("starting a transaction")).and_then(|()| write(&self.conn, c)),
+        };
+        if r.is_err() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+        self.staged = Some(r);
+    }
+
+    fn apply(&mut self, c: &Changes) -> Result<(), StoreError> {
+        match self.staged.take() {
+            Some(Err(e)) => Err(e),
+            Some(Ok(())) => {
+                let r = write(&self.conn, c).and_then(|()| self.conn.execute_batch("COMMIT").map_err(map_err("committing scheduler changes")));
+                if r.is_err() {
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                }
+                r
+            }
+            None if is_empty(c) => Ok(()),
+            None => {
+                let tx = self.conn.transaction().map_err(map_err("starting a transaction"))?;
+                write(&tx, c)?;
+                tx.commit().map_err(map_err("committing scheduler changes"))
+            }
+        }
+    }
+}
+
+fn is_empty(c: &Changes) -> bool {
+    c.new_jobs.is_empty() && c.jobs.is_empty() && c.attempts.is_empty() && c.workers.is_empty() && c.events.is_empty()
 }
 
 pub(crate) fn map_err(doing: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
@@ -47,27 +97,37 @@ impl Writer {
         conn.execute_batch(&format!("PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA cache_size = -65536;"))
             .map_err(map_err("configuring the writer"))?;
         conn.set_prepared_statement_cache_capacity(64);
-        let (tx, rx) = mpsc::channel::<Task>();
+        let (tx, rx) = mpsc::channel::<Msg>();
         std::thread::Builder::new()
             .name("hodei-sqlite-writer".into())
             .spawn(move || {
-                let mut conn = conn;
-                while let Ok(task) = rx.recv() {
-                    task(&mut conn);
+                let mut t = Thread { conn, staged: None };
+                while let Ok(msg) = rx.recv() {
+                    match msg {
+                        Msg::Stage(c) => t.stage(&c),
+                        Msg::Apply(c, reply) => {
+                            let _ = reply.send(t.apply(&c));
+                        }
+                    }
                 }
             })
             .map_err(|e| StoreError::Write { doing: "starting the writer thread", detail: e.to_string() })?;
         Ok(Writer { tx })
     }
 
-    /// Runs `f` on the writer thread and returns its result.
-    pub(crate) async fn run<T: Send + 'static>(&self, f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static) -> Result<T, StoreError> {
+    /// Writes `c` into the open (or a new) transaction without committing it; a failure is
+    /// reported by the next `apply`.
+    pub(crate) fn stage(&self, c: Arc<Changes>) {
+        // A stopped thread is reported by the `apply` that follows.
+        let _ = self.tx.send(Msg::Stage(c));
+    }
+
+    /// Writes `c` and commits it with the parts staged before it.
+    pub(crate) async fn apply(&self, c: Arc<Changes>) -> Result<(), StoreError> {
+        let stopped = || StoreError::WriteUnavailable { doing: "writing", detail: "the writer thread stopped".into() };
         let (tx, rx) = oneshot::channel();
-        let task: Task = Box::new(move |c| {
-            let _ = tx.send(f(c));
-        });
-        self.tx.send(task).map_err(|_| StoreError::WriteUnavailable { doing: "writing", detail: "the writer thread stopped".into() })?;
-        rx.await.map_err(|_| StoreError::WriteUnavailable { doing: "writing", detail: "the writer thread stopped".into() })?
+        self.tx.send(Msg::Apply(c, tx)).map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
     }
 }
 
@@ -165,9 +225,8 @@ fn insert_job(st: &mut rusqlite::CachedStatement<'_>, j: &Job, created: Option<&
     ])
 }
 
-/// Writes one batch of scheduler decisions in one transaction.
-pub(crate) fn apply(conn: &mut Connection, c: &Changes) -> Result<(), StoreError> {
-    let tx = conn.transaction().map_err(map_err("starting a transaction"))?;
+/// Writes one batch of scheduler decisions into the open transaction of `tx`.
+fn write(tx: &Connection, c: &Changes) -> Result<(), StoreError> {
     {
         // A job's creation event is stored on its row (see the migration).
         let created: IdMap<JobId, &JobEvent> = c.events.iter().filter(|e| e.from.is_none()).map(|e| (e.job_id, e)).collect();
@@ -249,5 +308,5 @@ pub(crate) fn apply(conn: &mut Connection, c: &Changes) -> Result<(), StoreError
                 .map_err(map_err("inserting job events"))?;
         }
     }
-    tx.commit().map_err(map_err("committing scheduler changes"))
+    Ok(())
 }

@@ -25,5 +25,5 @@ async fn reopening_keeps_committed_jobs() {
     }
     let store = SqliteStore::open(&path).await.unwrap();
     let live = hodei_store::Store::load_live(&store).await.unwrap();
-    assert_eq!(live.jobs.len(), 14, "one scheduled job and thirteen pending ones survive a reopen");
+    assert_eq!(live.jobs.len(), 18, "one scheduled job and seventeen pending ones survive a reopen");
 }

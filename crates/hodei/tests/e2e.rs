@@ -341,3 +341,22 @@ async fn an_array_job_runs_each_index_at_most_max_parallel_at_a_time() {
     let bad = srv.cli(&["submit", "--array", "1..5", "--", "true"]);
     assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("A-B[:S][%P]"));
 }
+
+#[tokio::test]
+async fn a_submit_written_in_several_store_parts_is_one_commit_that_survives_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut srv = Server::start(dir.path(), &[], 0, None);
+    // 20 000 jobs: the engine hands them to the store in parts of 8 192, one transaction.
+    let body = json!({"command": ["true"], "hold": true, "resources": {"cpu_m": 1, "memory_mb": 1}, "array": {"start": 0, "end": 19999}});
+    let (status, a) = srv.call(Method::POST, "/jobs", Some(body)).await;
+    assert_eq!(status, 201, "{a}");
+    assert_eq!(a["count"], 20000);
+    srv.kill9();
+    let srv = Server::start(dir.path(), &[], 0, None);
+    let (_, q) = srv.call(Method::GET, "/queue", None).await;
+    assert_eq!(q["totals"]["held"], 20000, "{}", q["totals"]);
+    for id in [&a["first_job_id"], &a["last_job_id"]] {
+        let j = srv.job(id.as_str().unwrap()).await;
+        assert_eq!(j["state"], "held", "{j}");
+    }
+}
