@@ -675,6 +675,8 @@ impl Scheduler {
             }
         }
         let n = jobs.len();
+        // One growth of the job table for a large submit, not a rehash every doubling.
+        self.jobs.reserve(n);
         let mut out = Vec::with_capacity(n);
         for (i, j) in jobs.into_iter().enumerate() {
             out.push(self.submit(j, now));

