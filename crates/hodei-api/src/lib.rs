@@ -75,11 +75,22 @@ pub struct TenantLoad {
 /// Per-job answer to a submit: admitted (and how) or refused by quota.
 pub type Admitted = Result<Admission, Rejection>;
 
+/// The answer to an array submit: one per member, and the ids minted for them (None when
+/// the array was refused and nothing was stored).
+#[derive(Debug)]
+pub struct ArrayAdmitted {
+    pub admitted: Vec<Admitted>,
+    pub ids: Option<(JobId, JobId)>,
+}
+
 /// Changes to jobs, carried out by the engine. Each call returns once the change is durable.
 #[async_trait]
 pub trait Control: Send + Sync {
     /// Admits and stores jobs. `atomic`: when any is refused, none is stored.
     async fn submit(&self, jobs: Vec<Job>, atomic: bool) -> Result<Vec<Admitted>, ControlError>;
+    /// Admits and stores the members of `template`'s array (ids minted by the engine), all or
+    /// none.
+    async fn submit_array(&self, template: Job, array: hodei_core::ArrayId) -> Result<ArrayAdmitted, ControlError>;
     async fn cancel(&self, id: JobId) -> Result<CancelOutcome, ControlError>;
     async fn retry(&self, id: JobId) -> Result<(), ControlError>;
     async fn hold(&self, id: JobId) -> Result<(), ControlError>;

@@ -652,33 +652,73 @@ impl Scheduler {
         atomic: bool,
         now: Timestamp,
         part_size: usize,
-        mut part: impl FnMut(Changes),
+        part: impl FnMut(Changes),
     ) -> Vec<Result<Admission, Rejection>> {
-        if atomic {
-            let mut scratch: IdMap<TenantId, Usage> = IdMap::default();
-            let mut dry = Vec::with_capacity(jobs.len());
-            for j in &jobs {
-                let u = scratch.entry(j.tenant.clone()).or_insert_with(|| self.usage(&j.tenant));
-                let a = quota::admit(self.policy(&j.tenant), &self.cfg.quota_rules, u, &j.resources(), now);
-                if let Ok(a) = &a {
-                    let held = j.spec.hold || matches!(a, Admission::HeldCeiling(_));
-                    u.queued_jobs += 1;
-                    if !held {
-                        u.pending_jobs += 1;
-                        u.pending = u.pending.checked_add(&j.resources()).unwrap_or(u.pending);
-                    }
-                }
-                dry.push(a);
-            }
-            if dry.iter().any(Result::is_err) {
-                return dry;
-            }
+        if atomic && let Some(refused) = self.refusals(jobs.iter(), now) {
+            return refused;
         }
         let n = jobs.len();
+        self.take_in_parts(n, jobs.into_iter(), now, part_size, part)
+    }
+
+    /// Submits the members of `template`'s array (one job per index, each a copy of
+    /// `template` with an id from `mint`), all or none, handing the changes to `part` as
+    /// `submit_all_in_parts` does. The members are made only once all are admitted.
+    pub fn submit_array_in_parts(
+        &mut self,
+        template: &Job,
+        array: ArrayId,
+        mut mint: impl FnMut() -> JobId,
+        now: Timestamp,
+        part_size: usize,
+        part: impl FnMut(Changes),
+    ) -> Vec<Result<Admission, Rejection>> {
+        let Some(spec) = template.spec.array else { return Vec::new() };
+        let n = spec.count() as usize;
+        if let Some(refused) = self.refusals(std::iter::repeat_n(template, n), now) {
+            return refused;
+        }
+        let members = spec.indices().map(|i| {
+            let mut j = template.clone();
+            j.id = mint();
+            j.array = Some((array, i));
+            j
+        });
+        self.take_in_parts(n, members, now, part_size, part)
+    }
+
+    /// Admission of `jobs` in order, as if each before was admitted: None when all would be.
+    fn refusals<'a>(&self, jobs: impl Iterator<Item = &'a Job>, now: Timestamp) -> Option<Vec<Result<Admission, Rejection>>> {
+        let mut scratch: IdMap<TenantId, Usage> = IdMap::default();
+        let mut dry = Vec::with_capacity(jobs.size_hint().0);
+        for j in jobs {
+            let u = scratch.entry(j.tenant.clone()).or_insert_with(|| self.usage(&j.tenant));
+            let a = quota::admit(self.policy(&j.tenant), &self.cfg.quota_rules, u, &j.resources(), now);
+            if let Ok(a) = &a {
+                let held = j.spec.hold || matches!(a, Admission::HeldCeiling(_));
+                u.queued_jobs += 1;
+                if !held {
+                    u.pending_jobs += 1;
+                    u.pending = u.pending.checked_add(&j.resources()).unwrap_or(u.pending);
+                }
+            }
+            dry.push(a);
+        }
+        dry.iter().any(Result::is_err).then_some(dry)
+    }
+
+    fn take_in_parts(
+        &mut self,
+        n: usize,
+        jobs: impl Iterator<Item = Job>,
+        now: Timestamp,
+        part_size: usize,
+        mut part: impl FnMut(Changes),
+    ) -> Vec<Result<Admission, Rejection>> {
         // One growth of the job table for a large submit, not a rehash every doubling.
         self.jobs.reserve(n);
         let mut out = Vec::with_capacity(n);
-        for (i, j) in jobs.into_iter().enumerate() {
+        for (i, j) in jobs.enumerate() {
             out.push(self.submit(j, now));
             if (i + 1) % part_size == 0 && i + 1 < n {
                 part(self.take_changes());

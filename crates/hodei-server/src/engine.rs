@@ -12,10 +12,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use hodei_api::{Admitted, Clock, Control, ControlError, Inspector};
+use hodei_api::{Admitted, ArrayAdmitted, Clock, Control, ControlError, Inspector};
 use hodei_core::sched::{AttemptResult, CancelOutcome, Changes, CommandError, Outbound, SchedConfig, Scheduler, UnknownWorker};
 use hodei_core::{
-    AttemptId, AttemptState, BurstSession, BurstState, Job, JobId, JobState, Tenant, TenantId, TenantPolicy, TierWeights, Timestamp, Worker, WorkerId,
+    ArrayId, AttemptId, AttemptState, BurstSession, BurstState, Job, JobId, JobState, Tenant, TenantId, TenantPolicy, TierWeights, Timestamp, Worker, WorkerId,
     WorkerState,
 };
 use hodei_proto::v1 as pb;
@@ -46,6 +46,11 @@ pub enum Command {
         jobs: Vec<Job>,
         atomic: bool,
         reply: Reply<Vec<Admitted>>,
+    },
+    SubmitArray {
+        template: Box<Job>,
+        array: ArrayId,
+        reply: Reply<ArrayAdmitted>,
     },
     Tenant {
         id: TenantId,
@@ -207,6 +212,7 @@ struct Replies {
     unit: Vec<Reply<()>>,
     cancel: Vec<(Reply<CancelOutcome>, CancelOutcome)>,
     submit: Vec<(Reply<Vec<Admitted>>, Vec<Admitted>)>,
+    arrays: Vec<(Reply<ArrayAdmitted>, ArrayAdmitted)>,
 }
 
 impl Replies {
@@ -220,6 +226,9 @@ impl Replies {
         for (r, a) in self.submit {
             let _ = r.send(Ok(a));
         }
+        for (r, a) in self.arrays {
+            let _ = r.send(Ok(a));
+        }
     }
 
     fn fail(self, e: &StoreError) {
@@ -231,6 +240,9 @@ impl Replies {
             let _ = r.send(Err(err()));
         }
         for (r, _) in self.submit {
+            let _ = r.send(Err(err()));
+        }
+        for (r, _) in self.arrays {
             let _ = r.send(Err(err()));
         }
     }
@@ -421,6 +433,21 @@ impl Engine {
                     staged.push(part);
                 });
                 replies.submit.push((reply, admitted));
+            }
+            Command::SubmitArray { template, array, reply } => {
+                let (store, staged) = (&self.store, &mut self.staged);
+                let mut ids: Option<(JobId, JobId)> = None;
+                let mint = || {
+                    let id = JobId::from_uuid(Uuid::now_v7());
+                    ids = Some((ids.map_or(id, |(first, _)| first), id));
+                    id
+                };
+                let admitted = s.submit_array_in_parts(&template, array, mint, now, SUBMIT_PART, |part| {
+                    let part = Arc::new(part);
+                    store.stage(part.clone());
+                    staged.push(part);
+                });
+                replies.arrays.push((reply, ArrayAdmitted { admitted, ids }));
             }
             Command::Tenant { id, policy, reply } => {
                 s.set_tenant(&id, policy, now);
@@ -617,6 +644,10 @@ pub struct ControlPlane {
 impl Control for ControlPlane {
     async fn submit(&self, jobs: Vec<Job>, atomic: bool) -> Result<Vec<Admitted>, ControlError> {
         self.engine.submit(jobs, atomic).await
+    }
+
+    async fn submit_array(&self, template: Job, array: ArrayId) -> Result<ArrayAdmitted, ControlError> {
+        self.engine.ask(|reply| Command::SubmitArray { template: Box::new(template), array, reply }).await
     }
 
     async fn tenant_changed(&self, t: &Tenant) -> Result<(), ControlError> {

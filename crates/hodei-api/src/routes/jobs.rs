@@ -13,12 +13,12 @@ use utoipa::IntoParams;
 use uuid::Uuid;
 
 use super::{page_limit, parse_id};
-use crate::ApiState;
 use crate::dto::{
     ArraySubmitted, AttemptView, BatchItem, BatchResult, BatchSubmit, CostEstimate, DryRunView, EventView, ExplainView, JobSubmit, JobView, Page, ProblemItem,
 };
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::json::ApiJson;
+use crate::{ApiState, ArrayAdmitted};
 
 fn spec_input(b: JobSubmit) -> (JobSpecInput, Option<String>) {
     let (pool, _labels) = b.pool_selector.map(|p| (p.pool, p.labels)).unwrap_or_default();
@@ -146,18 +146,11 @@ pub async fn submit_job(State(s): State<ApiState>, Query(q): Query<SubmitQuery>,
 /// An array job: one job per index, sharing one spec, admitted all or none in one transaction.
 async fn submit_array(s: &ApiState, tenant: &Tenant, spec: JobSpec, array: hodei_core::spec::ArraySpec) -> ApiResult<Response> {
     let array_id = ArrayId::from_uuid(Uuid::now_v7());
-    let spec = std::sync::Arc::new(spec);
-    let now = s.clock.now();
-    let jobs: Vec<Job> = array
-        .indices()
-        .map(|i| {
-            let mut j = Job::new(JobId::from_uuid(Uuid::now_v7()), tenant.id.clone(), spec.clone(), now);
-            j.array = Some((array_id, i));
-            j
-        })
-        .collect();
-    let (first, last, count) = (jobs[0].id, jobs[jobs.len() - 1].id, jobs.len() as u32);
-    let admitted = s.control.submit(jobs, true).await?;
+    let count = array.count();
+    let priority = spec.priority;
+    // The engine makes the members (one copy of this template per index) as it takes them.
+    let template = Job::new(JobId::from_uuid(array_id.as_uuid()), tenant.id.clone(), spec, s.clock.now());
+    let ArrayAdmitted { admitted, ids } = s.control.submit_array(template, array_id).await?;
     if let Some(r) = admitted.iter().find_map(|a| a.as_ref().err()) {
         count_rejected(&tenant.id, "quota_exceeded");
         let refused = admitted.iter().filter(|a| a.is_err()).count();
@@ -165,7 +158,8 @@ async fn submit_array(s: &ApiState, tenant: &Tenant, spec: JobSpec, array: hodei
         err.detail = format!("{refused} of {count} jobs of the array refused by quota: {}; nothing was stored", err.detail);
         return Err(err);
     }
-    metrics::counter!("hodei_jobs_submitted_total", "tenant" => tenant.id.to_string(), "priority" => spec.priority.as_str()).increment(u64::from(count));
+    let Some((first, last)) = ids else { return Err(ApiError::new(ErrorCode::Internal, "the scheduler stored an array without members")) };
+    metrics::counter!("hodei_jobs_submitted_total", "tenant" => tenant.id.to_string(), "priority" => priority.as_str()).increment(u64::from(count));
     let mut h = HeaderMap::new();
     if let Ok(v) = HeaderValue::from_str(&format!("/api/v1/jobs?array_id={array_id}")) {
         h.insert(header::LOCATION, v);

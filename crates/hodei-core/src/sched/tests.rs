@@ -737,6 +737,44 @@ fn an_atomic_batch_over_max_queued_jobs_admits_nothing() {
 }
 
 #[test]
+fn an_array_is_made_from_its_template_only_once_all_members_are_admitted() {
+    let (mut s, mut ids) = (Scheduler::new(SchedConfig::default()), Ids(0));
+    let quota = Quota { max_queued_jobs: 4, ..Quota::DEFAULT };
+    s.set_tenant(&tid("a"), TenantPolicy { quota, version: 1, ..TenantPolicy::default() }, ts(0));
+    let mut template = job(&mut ids, "a", 1, 0, 0);
+    let array = crate::ids::ArrayId::from_uuid(ids.next());
+    Arc::make_mut(&mut template.spec).array = Some(crate::spec::ArraySpec { start: 10, end: 18, step: 2, max_parallel: None });
+    // Five members over a queue limit of four: refused, and no id is minted.
+    let mut minted = 0;
+    let r = s.submit_array_in_parts(
+        &template,
+        array,
+        || {
+            minted += 1;
+            JobId::from_uuid(Uuid::now_v7())
+        },
+        ts(1),
+        2,
+        |_| panic!("a refused array hands out no part"),
+    );
+    assert_eq!((r.len(), r.iter().filter(|r| r.is_err()).count(), minted), (5, 1, 0));
+    assert!(s.take_changes().is_empty());
+    // Within the limit: four members, in parts of two (the last one is left for take_changes).
+    Arc::make_mut(&mut template.spec).array = Some(crate::spec::ArraySpec { start: 10, end: 16, step: 2, max_parallel: None });
+    let mut parts = Vec::new();
+    let r = s.submit_array_in_parts(&template, array, || JobId::from_uuid(ids.next()), ts(1), 2, |c| parts.push(c));
+    assert!(r.iter().all(Result::is_ok));
+    parts.push(s.take_changes());
+    let sizes: Vec<usize> = parts.iter().map(|c| c.new_jobs.len()).collect();
+    assert_eq!(sizes, [2, 2]);
+    let members: Vec<_> =
+        parts.iter().flat_map(|c| &c.new_jobs).map(|j| (j.array, j.tenant.as_str().to_owned(), Arc::ptr_eq(&j.spec, &template.spec))).collect();
+    let want: Vec<_> = [10, 12, 14, 16].into_iter().map(|i| (Some((array, i)), "a".to_owned(), true)).collect();
+    assert_eq!(members, want, "members in index order, sharing the template's spec");
+    assert_eq!(s.usage(&tid("a")).queued_jobs, 4);
+}
+
+#[test]
 fn a_suspended_tenant_has_its_pending_jobs_held_and_released() {
     let (mut s, mut ids) = (Scheduler::new(SchedConfig::default()), Ids(0));
     let j = job(&mut ids, "a", 1, 0, 0);
