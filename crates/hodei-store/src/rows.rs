@@ -1,8 +1,52 @@
-//! Engine-neutral helpers for turning rows into core records.
+//! Engine-neutral helpers for turning rows into core records: every engine reads its rows
+//! through [`Cols`], so SQLite and PostgreSQL share one mapping of columns to fields.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
-use crate::StoreError;
+use hodei_core::spec::{ArraySpec, JobSpec};
+use hodei_core::{
+    ArrayId, Attempt, AttemptId, BurstId, BurstSession, CpuMillis, Gpus, Job, JobId, MemoryMb, Pool, PoolId, Quota, Resources, SlaClock, Tenant, TenantId,
+    Timestamp, Worker, WorkerId,
+};
+use sqlx::{Postgres, Row, Sqlite};
+use uuid::Uuid;
+
+use crate::{Result, StoreError};
+
+/// A row of either engine, read by column name. Every column type the schema uses decodes in
+/// both (integers are 64-bit but for exit codes and signals, booleans are booleans).
+pub(crate) trait Cols {
+    fn col<'a, T>(&'a self, column: &str) -> Result<T, sqlx::Error>
+    where
+        T: sqlx::Decode<'a, Sqlite> + sqlx::Type<Sqlite> + sqlx::Decode<'a, Postgres> + sqlx::Type<Postgres>;
+}
+
+impl Cols for sqlx::sqlite::SqliteRow {
+    fn col<'a, T>(&'a self, column: &str) -> Result<T, sqlx::Error>
+    where
+        T: sqlx::Decode<'a, Sqlite> + sqlx::Type<Sqlite> + sqlx::Decode<'a, Postgres> + sqlx::Type<Postgres>,
+    {
+        self.try_get(column)
+    }
+}
+
+impl Cols for sqlx::postgres::PgRow {
+    fn col<'a, T>(&'a self, column: &str) -> Result<T, sqlx::Error>
+    where
+        T: sqlx::Decode<'a, Sqlite> + sqlx::Type<Sqlite> + sqlx::Decode<'a, Postgres> + sqlx::Type<Postgres>,
+    {
+        self.try_get(column)
+    }
+}
+
+pub(crate) fn ms(t: Timestamp) -> i64 {
+    t.as_millis()
+}
+
+pub(crate) fn ts(v: Option<i64>) -> Option<Timestamp> {
+    v.map(Timestamp::from_millis)
+}
 
 pub(crate) fn json_map(m: &BTreeMap<String, String>) -> String {
     serde_json::to_string(m).unwrap_or_else(|_| "{}".to_owned())
@@ -30,4 +74,197 @@ pub(crate) fn parse_slug<T>(doing: &'static str, s: &str, f: impl Fn(&str) -> Re
 
 pub(crate) fn u32_of(doing: &'static str, v: i64) -> Result<u32, StoreError> {
     u32::try_from(v).map_err(|_| StoreError::Corrupt { doing, detail: format!("{v} out of range") })
+}
+
+/// The `{prefix}cpu_m`, `{prefix}memory_mb`, `{prefix}gpu` columns of a row.
+pub(crate) fn resources(r: &impl Cols, doing: &'static str, prefix: &str) -> Result<Resources> {
+    let col = |name: &str| -> Result<u32> {
+        let v: i64 = r.col(format!("{prefix}{name}").as_str()).map_err(|e| StoreError::Db { doing, source: e })?;
+        u32_of(doing, v)
+    };
+    Ok(Resources { cpu_m: CpuMillis(col("cpu_m")?), memory_mb: MemoryMb(col("memory_mb")?), gpu: Gpus(col("gpu")?) })
+}
+
+pub(crate) fn job_from_row(r: &impl Cols) -> Result<Job> {
+    const D: &str = "reading a job";
+    let g = |e: sqlx::Error| StoreError::Db { doing: D, source: e };
+    let spec = JobSpec {
+        name: r.col("name").map_err(g)?,
+        command: parse_vec(D, r.col("command").map_err(g)?)?,
+        env: parse_map(D, r.col("env").map_err(g)?)?,
+        working_dir: r.col("working_dir").map_err(g)?,
+        image: r.col("image").map_err(g)?,
+        resources: resources(r, D, "")?,
+        timeout: Duration::from_millis(r.col::<i64>("timeout_ms").map_err(g)?.max(0) as u64),
+        expected_duration: r.col::<Option<i64>>("expected_duration_ms").map_err(g)?.map(|v| Duration::from_millis(v.max(0) as u64)),
+        max_retries: u32_of(D, r.col("max_retries").map_err(g)?)?,
+        retry_backoff: r.col::<Option<i64>>("retry_backoff_ms").map_err(g)?.map(|v| Duration::from_millis(v.max(0) as u64)),
+        priority: parse_enum(D, r.col("priority").map_err(g)?)?,
+        sla: parse_enum(D, r.col("sla").map_err(g)?)?,
+        preemptible: r.col("preemptible").map_err(g)?,
+        hold: r.col("hold").map_err(g)?,
+        labels: parse_map(D, r.col("labels").map_err(g)?)?,
+        pool_selector: r.col::<Option<&str>>("pool_selector").map_err(g)?.map(|p| parse_slug(D, p, PoolId::parse)).transpose()?,
+        array: match r.col::<Option<i64>>("array_start").map_err(g)? {
+            None => None,
+            Some(start) => Some(ArraySpec {
+                start: u32_of(D, start)?,
+                end: u32_of(D, r.col("array_end").map_err(g)?)?,
+                step: u32_of(D, r.col("array_step").map_err(g)?)?,
+                max_parallel: r.col::<Option<i64>>("array_max_parallel").map_err(g)?.map(|p| u32_of(D, p)).transpose()?,
+            }),
+        },
+    };
+    let array = match r.col::<Option<Uuid>>("array_id").map_err(g)? {
+        None => None,
+        Some(id) => Some((ArrayId::from_uuid(id), u32_of(D, r.col("array_index").map_err(g)?)?)),
+    };
+    Ok(Job {
+        id: JobId::from_uuid(r.col("id").map_err(g)?),
+        tenant: parse_slug(D, r.col("tenant_id").map_err(g)?, TenantId::parse)?,
+        spec: spec.into(),
+        state: parse_enum(D, r.col("state").map_err(g)?)?,
+        state_reason: r.col("state_reason").map_err(g)?,
+        attempt_count: u32_of(D, r.col("attempt_count").map_err(g)?)?,
+        current_attempt: r.col::<Option<Uuid>>("current_attempt_id").map_err(g)?.map(AttemptId::from_uuid),
+        retries_left: u32_of(D, r.col("retries_left").map_err(g)?)?,
+        lost_requeues: u32_of(D, r.col("lost_requeues").map_err(g)?)?,
+        exit_code: r.col("exit_code").map_err(g)?,
+        failure_reason: r.col::<Option<&str>>("failure_reason").map_err(g)?.map(|s| parse_enum(D, s)).transpose()?,
+        submitted_at: Timestamp::from_millis(r.col("submitted_at").map_err(g)?),
+        eligible_at: Timestamp::from_millis(r.col("eligible_at").map_err(g)?),
+        scheduled_at: ts(r.col("scheduled_at").map_err(g)?),
+        started_at: ts(r.col("started_at").map_err(g)?),
+        finished_at: ts(r.col("finished_at").map_err(g)?),
+        next_retry_at: ts(r.col("next_retry_at").map_err(g)?),
+        cancel_requested_at: ts(r.col("cancel_requested_at").map_err(g)?),
+        pool_id: r.col::<Option<&str>>("pool_id").map_err(g)?.map(|p| parse_slug(D, p, PoolId::parse)).transpose()?,
+        worker_id: r.col::<Option<Uuid>>("worker_id").map_err(g)?.map(WorkerId::from_uuid),
+        log_truncated: r.col("log_truncated").map_err(g)?,
+        warnings: r.col::<Option<&str>>("warnings").map_err(g)?.map(|w| parse_vec(D, w)).transpose()?.unwrap_or_default(),
+        sla: SlaClock {
+            waited_ms: r.col::<i64>("sla_waited_ms").map_err(g)?.max(0) as u64,
+            since: ts(r.col("sla_since").map_err(g)?),
+            mark: 0,
+            status: parse_enum(D, r.col("sla_status").map_err(g)?)?,
+            breached_at: ts(r.col("sla_breached_at").map_err(g)?),
+            wait_ms: r.col::<Option<i64>>("sla_wait_ms").map_err(g)?.map(|w| w.max(0) as u64),
+            decided_at: ts(r.col("sla_decided_at").map_err(g)?),
+            due: None,
+            escalated: None,
+        },
+        array,
+    })
+}
+
+pub(crate) fn attempt_from_row(r: &impl Cols) -> Result<Attempt> {
+    const D: &str = "reading an attempt";
+    let g = |e: sqlx::Error| StoreError::Db { doing: D, source: e };
+    Ok(Attempt {
+        id: AttemptId::from_uuid(r.col("id").map_err(g)?),
+        job_id: JobId::from_uuid(r.col("job_id").map_err(g)?),
+        number: u32_of(D, r.col("number").map_err(g)?)?,
+        worker_id: WorkerId::from_uuid(r.col("worker_id").map_err(g)?),
+        pool_id: parse_slug(D, r.col("pool_id").map_err(g)?, PoolId::parse)?,
+        resources: resources(r, D, "")?,
+        state: parse_enum(D, r.col("state").map_err(g)?)?,
+        assigned_at: Timestamp::from_millis(r.col("assigned_at").map_err(g)?),
+        started_at: ts(r.col("started_at").map_err(g)?),
+        finished_at: ts(r.col("finished_at").map_err(g)?),
+        exit_code: r.col("exit_code").map_err(g)?,
+        signal: r.col("signal").map_err(g)?,
+        failure_reason: r.col::<Option<&str>>("failure_reason").map_err(g)?.map(|s| parse_enum(D, s)).transpose()?,
+        cpu_time_ms: r.col::<i64>("cpu_time_ms").map_err(g)?.max(0) as u64,
+        max_rss_mb: r.col::<i64>("max_rss_mb").map_err(g)?.max(0) as u64,
+        log_bytes: r.col::<i64>("log_bytes").map_err(g)?.max(0) as u64,
+        log_truncated: r.col("log_truncated").map_err(g)?,
+    })
+}
+
+pub(crate) fn worker_from_row(r: &impl Cols) -> Result<Worker> {
+    const D: &str = "reading a worker";
+    let g = |e: sqlx::Error| StoreError::Db { doing: D, source: e };
+    Ok(Worker {
+        id: WorkerId::from_uuid(r.col("id").map_err(g)?),
+        instance_name: r.col("instance_name").map_err(g)?,
+        pool_id: parse_slug(D, r.col("pool_id").map_err(g)?, PoolId::parse)?,
+        state: parse_enum(D, r.col("state").map_err(g)?)?,
+        capabilities: parse_vec(D, r.col("capabilities").map_err(g)?)?,
+        resources: resources(r, D, "")?,
+        allocated: Resources::ZERO,
+        slots: u32_of(D, r.col("slots").map_err(g)?)?,
+        slots_used: 0,
+        labels: parse_map(D, r.col("labels").map_err(g)?)?,
+        version: r.col("version").map_err(g)?,
+        registered_at: Timestamp::from_millis(r.col("registered_at").map_err(g)?),
+        last_heartbeat_at: Timestamp::from_millis(r.col("last_heartbeat_at").map_err(g)?),
+        idle_since: None,
+        connected: false,
+    })
+}
+
+pub(crate) fn tenant_from_row(r: &impl Cols) -> Result<Tenant> {
+    const D: &str = "reading a tenant";
+    let g = |e: sqlx::Error| StoreError::Db { doing: D, source: e };
+    Ok(Tenant {
+        id: parse_slug(D, r.col("id").map_err(g)?, TenantId::parse)?,
+        name: r.col("name").map_err(g)?,
+        email: r.col("email").map_err(g)?,
+        tier: parse_enum(D, r.col("tier").map_err(g)?)?,
+        weight: r.col::<Option<i64>>("weight").map_err(g)?.map(|w| u32_of(D, w)).transpose()?,
+        status: parse_enum(D, r.col("status").map_err(g)?)?,
+        quota: Quota {
+            resources: resources(r, D, "quota_")?,
+            max_concurrent_jobs: u32_of(D, r.col("quota_max_concurrent_jobs").map_err(g)?)?,
+            max_queued_jobs: u32_of(D, r.col("quota_max_queued_jobs").map_err(g)?)?,
+        },
+        labels: parse_map(D, r.col("labels").map_err(g)?)?,
+        created_at: Timestamp::from_millis(r.col("created_at").map_err(g)?),
+        updated_at: Timestamp::from_millis(r.col("updated_at").map_err(g)?),
+        version: r.col("version").map_err(g)?,
+    })
+}
+
+pub(crate) fn burst_from_row(r: &impl Cols) -> Result<BurstSession> {
+    const D: &str = "reading a burst session";
+    let g = |e: sqlx::Error| StoreError::Db { doing: D, source: e };
+    Ok(BurstSession {
+        id: BurstId::from_uuid(r.col("id").map_err(g)?),
+        tenant_id: parse_slug(D, r.col("tenant_id").map_err(g)?, TenantId::parse)?,
+        state: parse_enum(D, r.col("state").map_err(g)?)?,
+        requested: resources(r, D, "requested_")?,
+        requested_concurrent_jobs: u32_of(D, r.col("requested_concurrent_jobs").map_err(g)?)?,
+        duration_minutes: u32_of(D, r.col("duration_minutes").map_err(g)?)?,
+        reason: r.col("reason").map_err(g)?,
+        requested_by: r.col("requested_by").map_err(g)?,
+        decided_by: r.col("decided_by").map_err(g)?,
+        created_at: Timestamp::from_millis(r.col("created_at").map_err(g)?),
+        activated_at: ts(r.col("activated_at").map_err(g)?),
+        expires_at: ts(r.col("expires_at").map_err(g)?),
+        ended_at: ts(r.col("ended_at").map_err(g)?),
+        cooldown_until: ts(r.col("cooldown_until").map_err(g)?),
+        version: r.col("version").map_err(g)?,
+    })
+}
+
+pub(crate) fn pool_from_row(r: &impl Cols) -> Result<(Pool, String)> {
+    const D: &str = "reading a pool";
+    let g = |e: sqlx::Error| StoreError::Db { doing: D, source: e };
+    let pool = Pool {
+        id: parse_slug(D, r.col("id").map_err(g)?, PoolId::parse)?,
+        name: r.col("name").map_err(g)?,
+        pool_type: parse_enum(D, r.col("pool_type").map_err(g)?)?,
+        provider: r.col("provider").map_err(g)?,
+        worker_resources: resources(r, D, "worker_")?,
+        worker_slots: u32_of(D, r.col("worker_slots").map_err(g)?)?,
+        min_size: u32_of(D, r.col("min_size").map_err(g)?)?,
+        max_size: u32_of(D, r.col("max_size").map_err(g)?)?,
+        labels: parse_map(D, r.col("labels").map_err(g)?)?,
+        managed_by: r.col("managed_by").map_err(g)?,
+        state: parse_enum(D, r.col("state").map_err(g)?)?,
+        created_at: Timestamp::from_millis(r.col("created_at").map_err(g)?),
+        updated_at: Timestamp::from_millis(r.col("updated_at").map_err(g)?),
+        version: r.col("version").map_err(g)?,
+    };
+    Ok((pool, r.col("join_token_hash").map_err(g)?))
 }

@@ -8,14 +8,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use hodei_core::sched::Changes;
-use hodei_core::spec::{ArraySpec, JobSpec};
-use hodei_core::{
-    ArrayId, Attempt, AttemptId, BurstId, BurstSession, CpuMillis, Gpus, Job, JobEvent, JobId, JobState, MemoryMb, Pool, PoolId, Quota, Resources, SlaClock,
-    Tenant, TenantId, Timestamp, Worker, WorkerId,
-};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use hodei_core::spec::JobSpec;
+use hodei_core::{ArrayId, Attempt, BurstId, BurstSession, Job, JobEvent, JobId, JobState, Pool, PoolId, Tenant, TenantId, Timestamp, Worker, WorkerId};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
-use uuid::Uuid;
 
 use crate::rows::*;
 use crate::sqlite_writer::Writer;
@@ -95,14 +91,6 @@ impl SqliteStore {
     }
 }
 
-fn ms(t: Timestamp) -> i64 {
-    t.as_millis()
-}
-
-fn ts(v: Option<i64>) -> Option<Timestamp> {
-    v.map(Timestamp::from_millis)
-}
-
 /// ` AND {column} IN (…)` unless `values` is empty.
 fn push_in(qb: &mut QueryBuilder<Sqlite>, column: &str, values: impl ExactSizeIterator<Item = &'static str>) {
     if values.len() == 0 {
@@ -118,199 +106,6 @@ fn push_in(qb: &mut QueryBuilder<Sqlite>, column: &str, values: impl ExactSizeIt
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
-}
-
-/// The `{prefix}cpu_m`, `{prefix}memory_mb`, `{prefix}gpu` columns of a row.
-fn resources(r: &SqliteRow, doing: &'static str, prefix: &str) -> Result<Resources> {
-    let col = |name: &str| -> Result<u32> {
-        let v: i64 = r.try_get(format!("{prefix}{name}").as_str()).map_err(|e| StoreError::Db { doing, source: e })?;
-        u32_of(doing, v)
-    };
-    Ok(Resources { cpu_m: CpuMillis(col("cpu_m")?), memory_mb: MemoryMb(col("memory_mb")?), gpu: Gpus(col("gpu")?) })
-}
-
-fn job_from_row(r: &SqliteRow) -> Result<Job> {
-    const D: &str = "reading a job";
-    let g = |e: sqlx::Error| StoreError::Db { doing: D, source: e };
-    let spec = JobSpec {
-        name: r.try_get("name").map_err(g)?,
-        command: parse_vec(D, r.try_get("command").map_err(g)?)?,
-        env: parse_map(D, r.try_get("env").map_err(g)?)?,
-        working_dir: r.try_get("working_dir").map_err(g)?,
-        image: r.try_get("image").map_err(g)?,
-        resources: resources(r, D, "")?,
-        timeout: Duration::from_millis(r.try_get::<i64, _>("timeout_ms").map_err(g)?.max(0) as u64),
-        expected_duration: r.try_get::<Option<i64>, _>("expected_duration_ms").map_err(g)?.map(|v| Duration::from_millis(v.max(0) as u64)),
-        max_retries: u32_of(D, r.try_get("max_retries").map_err(g)?)?,
-        retry_backoff: r.try_get::<Option<i64>, _>("retry_backoff_ms").map_err(g)?.map(|v| Duration::from_millis(v.max(0) as u64)),
-        priority: parse_enum(D, r.try_get("priority").map_err(g)?)?,
-        sla: parse_enum(D, r.try_get("sla").map_err(g)?)?,
-        preemptible: r.try_get("preemptible").map_err(g)?,
-        hold: r.try_get("hold").map_err(g)?,
-        labels: parse_map(D, r.try_get("labels").map_err(g)?)?,
-        pool_selector: r.try_get::<Option<&str>, _>("pool_selector").map_err(g)?.map(|p| parse_slug(D, p, PoolId::parse)).transpose()?,
-        array: match r.try_get::<Option<i64>, _>("array_start").map_err(g)? {
-            None => None,
-            Some(start) => Some(ArraySpec {
-                start: u32_of(D, start)?,
-                end: u32_of(D, r.try_get("array_end").map_err(g)?)?,
-                step: u32_of(D, r.try_get("array_step").map_err(g)?)?,
-                max_parallel: r.try_get::<Option<i64>, _>("array_max_parallel").map_err(g)?.map(|p| u32_of(D, p)).transpose()?,
-            }),
-        },
-    };
-    let array = match r.try_get::<Option<Uuid>, _>("array_id").map_err(g)? {
-        None => None,
-        Some(id) => Some((ArrayId::from_uuid(id), u32_of(D, r.try_get("array_index").map_err(g)?)?)),
-    };
-    Ok(Job {
-        id: JobId::from_uuid(r.try_get("id").map_err(g)?),
-        tenant: parse_slug(D, r.try_get("tenant_id").map_err(g)?, TenantId::parse)?,
-        spec: spec.into(),
-        state: parse_enum(D, r.try_get("state").map_err(g)?)?,
-        state_reason: r.try_get("state_reason").map_err(g)?,
-        attempt_count: u32_of(D, r.try_get("attempt_count").map_err(g)?)?,
-        current_attempt: r.try_get::<Option<Uuid>, _>("current_attempt_id").map_err(g)?.map(AttemptId::from_uuid),
-        retries_left: u32_of(D, r.try_get("retries_left").map_err(g)?)?,
-        lost_requeues: u32_of(D, r.try_get("lost_requeues").map_err(g)?)?,
-        exit_code: r.try_get("exit_code").map_err(g)?,
-        failure_reason: r.try_get::<Option<&str>, _>("failure_reason").map_err(g)?.map(|s| parse_enum(D, s)).transpose()?,
-        submitted_at: Timestamp::from_millis(r.try_get("submitted_at").map_err(g)?),
-        eligible_at: Timestamp::from_millis(r.try_get("eligible_at").map_err(g)?),
-        scheduled_at: ts(r.try_get("scheduled_at").map_err(g)?),
-        started_at: ts(r.try_get("started_at").map_err(g)?),
-        finished_at: ts(r.try_get("finished_at").map_err(g)?),
-        next_retry_at: ts(r.try_get("next_retry_at").map_err(g)?),
-        cancel_requested_at: ts(r.try_get("cancel_requested_at").map_err(g)?),
-        pool_id: r.try_get::<Option<&str>, _>("pool_id").map_err(g)?.map(|p| parse_slug(D, p, PoolId::parse)).transpose()?,
-        worker_id: r.try_get::<Option<Uuid>, _>("worker_id").map_err(g)?.map(WorkerId::from_uuid),
-        log_truncated: r.try_get("log_truncated").map_err(g)?,
-        warnings: r.try_get::<Option<&str>, _>("warnings").map_err(g)?.map(|w| parse_vec(D, w)).transpose()?.unwrap_or_default(),
-        sla: SlaClock {
-            waited_ms: r.try_get::<i64, _>("sla_waited_ms").map_err(g)?.max(0) as u64,
-            since: ts(r.try_get("sla_since").map_err(g)?),
-            mark: 0,
-            status: parse_enum(D, r.try_get("sla_status").map_err(g)?)?,
-            breached_at: ts(r.try_get("sla_breached_at").map_err(g)?),
-            wait_ms: r.try_get::<Option<i64>, _>("sla_wait_ms").map_err(g)?.map(|w| w.max(0) as u64),
-            decided_at: ts(r.try_get("sla_decided_at").map_err(g)?),
-            due: None,
-            escalated: None,
-        },
-        array,
-    })
-}
-
-fn attempt_from_row(r: &SqliteRow) -> Result<Attempt> {
-    const D: &str = "reading an attempt";
-    let g = |e: sqlx::Error| StoreError::Db { doing: D, source: e };
-    Ok(Attempt {
-        id: AttemptId::from_uuid(r.try_get("id").map_err(g)?),
-        job_id: JobId::from_uuid(r.try_get("job_id").map_err(g)?),
-        number: u32_of(D, r.try_get("number").map_err(g)?)?,
-        worker_id: WorkerId::from_uuid(r.try_get("worker_id").map_err(g)?),
-        pool_id: parse_slug(D, r.try_get("pool_id").map_err(g)?, PoolId::parse)?,
-        resources: resources(r, D, "")?,
-        state: parse_enum(D, r.try_get("state").map_err(g)?)?,
-        assigned_at: Timestamp::from_millis(r.try_get("assigned_at").map_err(g)?),
-        started_at: ts(r.try_get("started_at").map_err(g)?),
-        finished_at: ts(r.try_get("finished_at").map_err(g)?),
-        exit_code: r.try_get("exit_code").map_err(g)?,
-        signal: r.try_get("signal").map_err(g)?,
-        failure_reason: r.try_get::<Option<&str>, _>("failure_reason").map_err(g)?.map(|s| parse_enum(D, s)).transpose()?,
-        cpu_time_ms: r.try_get::<i64, _>("cpu_time_ms").map_err(g)?.max(0) as u64,
-        max_rss_mb: r.try_get::<i64, _>("max_rss_mb").map_err(g)?.max(0) as u64,
-        log_bytes: r.try_get::<i64, _>("log_bytes").map_err(g)?.max(0) as u64,
-        log_truncated: r.try_get("log_truncated").map_err(g)?,
-    })
-}
-
-fn worker_from_row(r: &SqliteRow) -> Result<Worker> {
-    const D: &str = "reading a worker";
-    let g = |e: sqlx::Error| StoreError::Db { doing: D, source: e };
-    Ok(Worker {
-        id: WorkerId::from_uuid(r.try_get("id").map_err(g)?),
-        instance_name: r.try_get("instance_name").map_err(g)?,
-        pool_id: parse_slug(D, r.try_get("pool_id").map_err(g)?, PoolId::parse)?,
-        state: parse_enum(D, r.try_get("state").map_err(g)?)?,
-        capabilities: parse_vec(D, r.try_get("capabilities").map_err(g)?)?,
-        resources: resources(r, D, "")?,
-        allocated: Resources::ZERO,
-        slots: u32_of(D, r.try_get("slots").map_err(g)?)?,
-        slots_used: 0,
-        labels: parse_map(D, r.try_get("labels").map_err(g)?)?,
-        version: r.try_get("version").map_err(g)?,
-        registered_at: Timestamp::from_millis(r.try_get("registered_at").map_err(g)?),
-        last_heartbeat_at: Timestamp::from_millis(r.try_get("last_heartbeat_at").map_err(g)?),
-        idle_since: None,
-        connected: false,
-    })
-}
-
-fn tenant_from_row(r: &SqliteRow) -> Result<Tenant> {
-    const D: &str = "reading a tenant";
-    let g = |e: sqlx::Error| StoreError::Db { doing: D, source: e };
-    Ok(Tenant {
-        id: parse_slug(D, r.try_get("id").map_err(g)?, TenantId::parse)?,
-        name: r.try_get("name").map_err(g)?,
-        email: r.try_get("email").map_err(g)?,
-        tier: parse_enum(D, r.try_get("tier").map_err(g)?)?,
-        weight: r.try_get::<Option<i64>, _>("weight").map_err(g)?.map(|w| u32_of(D, w)).transpose()?,
-        status: parse_enum(D, r.try_get("status").map_err(g)?)?,
-        quota: Quota {
-            resources: resources(r, D, "quota_")?,
-            max_concurrent_jobs: u32_of(D, r.try_get("quota_max_concurrent_jobs").map_err(g)?)?,
-            max_queued_jobs: u32_of(D, r.try_get("quota_max_queued_jobs").map_err(g)?)?,
-        },
-        labels: parse_map(D, r.try_get("labels").map_err(g)?)?,
-        created_at: Timestamp::from_millis(r.try_get("created_at").map_err(g)?),
-        updated_at: Timestamp::from_millis(r.try_get("updated_at").map_err(g)?),
-        version: r.try_get("version").map_err(g)?,
-    })
-}
-
-fn burst_from_row(r: &SqliteRow) -> Result<BurstSession> {
-    const D: &str = "reading a burst session";
-    let g = |e: sqlx::Error| StoreError::Db { doing: D, source: e };
-    Ok(BurstSession {
-        id: BurstId::from_uuid(r.try_get("id").map_err(g)?),
-        tenant_id: parse_slug(D, r.try_get("tenant_id").map_err(g)?, TenantId::parse)?,
-        state: parse_enum(D, r.try_get("state").map_err(g)?)?,
-        requested: resources(r, D, "requested_")?,
-        requested_concurrent_jobs: u32_of(D, r.try_get("requested_concurrent_jobs").map_err(g)?)?,
-        duration_minutes: u32_of(D, r.try_get("duration_minutes").map_err(g)?)?,
-        reason: r.try_get("reason").map_err(g)?,
-        requested_by: r.try_get("requested_by").map_err(g)?,
-        decided_by: r.try_get("decided_by").map_err(g)?,
-        created_at: Timestamp::from_millis(r.try_get("created_at").map_err(g)?),
-        activated_at: ts(r.try_get("activated_at").map_err(g)?),
-        expires_at: ts(r.try_get("expires_at").map_err(g)?),
-        ended_at: ts(r.try_get("ended_at").map_err(g)?),
-        cooldown_until: ts(r.try_get("cooldown_until").map_err(g)?),
-        version: r.try_get("version").map_err(g)?,
-    })
-}
-
-fn pool_from_row(r: &SqliteRow) -> Result<(Pool, String)> {
-    const D: &str = "reading a pool";
-    let g = |e: sqlx::Error| StoreError::Db { doing: D, source: e };
-    let pool = Pool {
-        id: parse_slug(D, r.try_get("id").map_err(g)?, PoolId::parse)?,
-        name: r.try_get("name").map_err(g)?,
-        pool_type: parse_enum(D, r.try_get("pool_type").map_err(g)?)?,
-        provider: r.try_get("provider").map_err(g)?,
-        worker_resources: resources(r, D, "worker_")?,
-        worker_slots: u32_of(D, r.try_get("worker_slots").map_err(g)?)?,
-        min_size: u32_of(D, r.try_get("min_size").map_err(g)?)?,
-        max_size: u32_of(D, r.try_get("max_size").map_err(g)?)?,
-        labels: parse_map(D, r.try_get("labels").map_err(g)?)?,
-        managed_by: r.try_get("managed_by").map_err(g)?,
-        state: parse_enum(D, r.try_get("state").map_err(g)?)?,
-        created_at: Timestamp::from_millis(r.try_get("created_at").map_err(g)?),
-        updated_at: Timestamp::from_millis(r.try_get("updated_at").map_err(g)?),
-        version: r.try_get("version").map_err(g)?,
-    };
-    Ok((pool, r.try_get("join_token_hash").map_err(g)?))
 }
 
 #[async_trait]
@@ -710,6 +505,8 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hodei_core::spec::ArraySpec;
+    use uuid::Uuid;
 
     /// Start-up loads live jobs and attempts through their partial indexes: the queries repeat
     /// the indexes' predicates as SQLite requires (a scan of every ended job otherwise).
