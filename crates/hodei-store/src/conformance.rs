@@ -78,6 +78,8 @@ pub async fn run_all(store: &dyn Store) {
     array_jobs_keep_their_array(store).await;
     staged_parts_commit_with_the_next_apply_or_not_at_all(store).await;
     burst_sessions_one_open_per_tenant(store).await;
+    pools_workers_and_live_counts_round_trip(store).await;
+    a_large_batch_is_stored_whole(store).await;
 }
 
 /// The jobs of an array job come back with their array id, index and range (the scheduler
@@ -290,4 +292,67 @@ async fn job_lists_filter_and_paginate_newest_first(store: &dyn Store) {
     assert_eq!(labelled.len(), 1);
     let by_state = store.list_jobs(&JobFilter { states: vec![JobState::Succeeded], limit: 50, ..Default::default() }).await.unwrap();
     assert!(by_state.iter().all(|j| j.state == JobState::Succeeded) && !by_state.is_empty());
+}
+
+async fn pools_workers_and_live_counts_round_trip(store: &dyn Store) {
+    let mut p = hodei_core::Pool {
+        id: PoolId::parse("gpu-a").unwrap(),
+        name: "GPU A".into(),
+        pool_type: hodei_core::PoolType::Static,
+        provider: "local".into(),
+        worker_resources: Resources::new(8000, 32768, 2),
+        worker_slots: 8,
+        min_size: 1,
+        max_size: 4,
+        labels: BTreeMap::from([("zone".into(), "a".into())]),
+        managed_by: "config".into(),
+        state: hodei_core::PoolState::Active,
+        created_at: ts(5),
+        updated_at: ts(5),
+        version: 1,
+    };
+    store.upsert_pool(&p, Some("token-hash")).await.unwrap();
+    assert_eq!(store.get_pool(&p.id).await.unwrap(), Some((p.clone(), "token-hash".to_owned())));
+    // Replacing it without a new hash keeps the join token and bumps the version.
+    p.max_size = 6;
+    p.updated_at = ts(6);
+    store.upsert_pool(&p, None).await.unwrap();
+    let (stored, hash) = store.get_pool(&p.id).await.unwrap().unwrap();
+    assert_eq!((stored.max_size, stored.version, hash.as_str()), (6, 2, "token-hash"));
+    assert!(store.list_pools().await.unwrap().iter().any(|x| x.id == p.id));
+    assert_eq!(store.get_pool(&PoolId::parse("nope").unwrap()).await.unwrap(), None);
+
+    let w = Worker { labels: BTreeMap::from([("disk".into(), "ssd".into())]), ..worker(9) };
+    store.register_worker(&w, "hash-9").await.unwrap();
+    let listed = store.list_workers().await.unwrap();
+    let got = listed.iter().find(|x| x.id == w.id).expect("the registered worker is listed");
+    assert_eq!((&got.instance_name, &got.labels, got.resources, got.slots), (&w.instance_name, &w.labels, w.resources, w.slots));
+    assert_eq!(store.worker_session_hash(WorkerId::from_uuid(Uuid::from_u128(12345))).await.unwrap(), None);
+
+    // Live jobs are pending, held, scheduled or running; ended ones do not count.
+    let counted = TenantId::parse("counted").unwrap();
+    let mut s = Scheduler::new(SchedConfig::default());
+    for n in 60..63 {
+        s.submit(job(n, "counted", &[]), ts(n as i64)).unwrap();
+    }
+    let ended = JobId::from_uuid(Uuid::from_u128(60 << 80));
+    s.cancel(ended, ts(63)).unwrap();
+    store.apply(std::sync::Arc::new(s.take_changes())).await.unwrap();
+    assert_eq!(store.count_live_jobs(&counted).await.unwrap(), 2);
+    assert_eq!(store.get_job(ended).await.unwrap().map(|j| j.state), Some(JobState::Cancelled));
+}
+
+/// 20 000 jobs in one batch are stored, each with its own spec and creation event.
+async fn a_large_batch_is_stored_whole(store: &dyn Store) {
+    let mut s = Scheduler::new(SchedConfig::default());
+    let roomy = hodei_core::Quota { max_queued_jobs: 100_000, ..hodei_core::Quota::DEFAULT };
+    s.set_tenant(&TenantId::parse("bulk").unwrap(), hodei_core::TenantPolicy { weight: 1, quota: roomy, version: 1, ..Default::default() }, ts(0));
+    let jobs: Vec<Job> = (1_000..21_000).map(|n| job(n, "bulk", &[("n", &n.to_string())])).collect();
+    assert!(s.submit_all(jobs, true, ts(1_000)).iter().all(Result::is_ok));
+    store.apply(std::sync::Arc::new(s.take_changes())).await.unwrap();
+    assert_eq!(store.count_live_jobs(&TenantId::parse("bulk").unwrap()).await.unwrap(), 20_000);
+    let last = store.get_job(JobId::from_uuid(Uuid::from_u128(20_999 << 80))).await.unwrap().expect("the last job");
+    assert_eq!(last.spec.labels.get("n").map(String::as_str), Some("20999"));
+    let events = store.list_events(last.id).await.unwrap();
+    assert_eq!(events.iter().map(|e| (e.from, e.to)).collect::<Vec<_>>(), [(None, JobState::Pending)]);
 }

@@ -6,9 +6,11 @@
 
 pub mod conformance;
 pub mod logs;
+pub mod postgres;
 mod rows;
 pub mod sqlite;
 mod sqlite_writer;
+pub mod testing;
 
 use async_trait::async_trait;
 use hodei_core::sched::Changes;

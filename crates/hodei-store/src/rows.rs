@@ -12,7 +12,10 @@ use hodei_core::{
 use sqlx::{Postgres, Row, Sqlite};
 use uuid::Uuid;
 
-use crate::{Result, StoreError};
+use hodei_core::job::Actor;
+use hodei_core::{JobEvent, JobState};
+
+use crate::{Result, SlaOutcome, StoreError};
 
 /// A row of either engine, read by column name. Every column type the schema uses decodes in
 /// both (integers are 64-bit but for exit codes and signals, booleans are booleans).
@@ -267,4 +270,59 @@ pub(crate) fn pool_from_row(r: &impl Cols) -> Result<(Pool, String)> {
         version: r.col("version").map_err(g)?,
     };
     Ok((pool, r.col("join_token_hash").map_err(g)?))
+}
+
+/// A job's first transition, stored on its row (`submitted_at`, `created_state`, `created_reason`).
+pub(crate) fn created_event(job: JobId, r: &impl Cols) -> Result<JobEvent> {
+    const D: &str = "listing job events";
+    let g = |e: sqlx::Error| StoreError::Db { doing: D, source: e };
+    Ok(JobEvent {
+        job_id: job,
+        at: Timestamp::from_millis(r.col("submitted_at").map_err(g)?),
+        from: None,
+        to: parse_enum(D, r.col("created_state").map_err(g)?)?,
+        actor: Actor::Api,
+        reason: r.col("created_reason").map_err(g)?,
+    })
+}
+
+/// A later transition, from a `job_events` row.
+pub(crate) fn event_from_row(job: JobId, r: &impl Cols) -> Result<JobEvent> {
+    const D: &str = "listing job events";
+    let g = |e: sqlx::Error| StoreError::Db { doing: D, source: e };
+    let actor = match r.col::<&str>("actor").map_err(g)? {
+        "api" => Actor::Api,
+        "worker" => Actor::Worker,
+        _ => Actor::Scheduler,
+    };
+    Ok(JobEvent {
+        job_id: job,
+        at: Timestamp::from_millis(r.col("at").map_err(g)?),
+        from: r.col::<Option<&str>>("from_state").map_err(g)?.map(|s| parse_enum::<JobState>(D, s)).transpose()?,
+        to: parse_enum(D, r.col("to_state").map_err(g)?)?,
+        actor,
+        reason: r.col("reason").map_err(g)?,
+    })
+}
+
+/// One job's SLA outcome from a row of `tenant_id, sla, sla_status, sla_wait_ms`.
+pub(crate) fn sla_outcome_from_row(r: &impl Cols) -> Result<SlaOutcome> {
+    const D: &str = "reading SLA outcomes";
+    let g = |e: sqlx::Error| StoreError::Db { doing: D, source: e };
+    Ok(SlaOutcome {
+        tenant: parse_slug(D, r.col("tenant_id").map_err(g)?, TenantId::parse)?,
+        level: parse_enum(D, r.col("sla").map_err(g)?)?,
+        met: r.col::<&str>("sla_status").map_err(g)? == "met",
+        wait_ms: r.col::<Option<i64>>("sla_wait_ms").map_err(g)?.unwrap_or(0).max(0) as u64,
+    })
+}
+
+/// Members of an array share one spec in memory, as when they were submitted.
+pub(crate) fn share_array_specs(jobs: &mut [Job]) {
+    let mut specs: std::collections::HashMap<ArrayId, std::sync::Arc<JobSpec>> = std::collections::HashMap::new();
+    for j in jobs {
+        if let Some((a, _)) = j.array {
+            j.spec = specs.entry(a).or_insert_with(|| j.spec.clone()).clone();
+        }
+    }
 }

@@ -8,10 +8,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use hodei_core::sched::Changes;
-use hodei_core::spec::JobSpec;
-use hodei_core::{ArrayId, Attempt, BurstId, BurstSession, Job, JobEvent, JobId, JobState, Pool, PoolId, Tenant, TenantId, Timestamp, Worker, WorkerId};
+use hodei_core::{Attempt, BurstId, BurstSession, Job, JobEvent, JobId, Pool, PoolId, Tenant, TenantId, Timestamp, Worker, WorkerId};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+use sqlx::{QueryBuilder, Sqlite, SqlitePool};
 
 use crate::rows::*;
 use crate::sqlite_writer::Writer;
@@ -355,23 +354,13 @@ impl Store for SqliteStore {
 
     async fn sla_outcomes(&self, since: Timestamp, tenant: Option<&TenantId>) -> Result<Vec<SlaOutcome>> {
         const D: &str = "reading SLA outcomes";
-        let g = |e: sqlx::Error| StoreError::Db { doing: D, source: e };
         let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT tenant_id, sla, sla_status, sla_wait_ms FROM job_rows WHERE sla_decided_at >= ");
         qb.push_bind(ms(since));
         if let Some(t) = tenant {
             qb.push(" AND tenant_id = ").push_bind(t.as_str().to_owned());
         }
         let rows = qb.build().fetch_all(&self.read).await.map_err(StoreError::db(D))?;
-        rows.iter()
-            .map(|r| {
-                Ok(SlaOutcome {
-                    tenant: parse_slug(D, r.try_get("tenant_id").map_err(g)?, TenantId::parse)?,
-                    level: parse_enum(D, r.try_get("sla").map_err(g)?)?,
-                    met: r.try_get::<&str, _>("sla_status").map_err(g)? == "met",
-                    wait_ms: r.try_get::<Option<i64>, _>("sla_wait_ms").map_err(g)?.unwrap_or(0).max(0) as u64,
-                })
-            })
-            .collect()
+        rows.iter().map(sla_outcome_from_row).collect()
     }
 
     async fn sla_breaches(&self, f: &BreachFilter) -> Result<Vec<Job>> {
@@ -401,7 +390,6 @@ impl Store for SqliteStore {
 
     async fn list_events(&self, job: JobId) -> Result<Vec<JobEvent>> {
         const D: &str = "listing job events";
-        let g = |e: sqlx::Error| StoreError::Db { doing: D, source: e };
         // The first transition is stored on the job's row (see the migration).
         let first = sqlx::query("SELECT submitted_at, created_state, created_reason FROM jobs WHERE id = ?")
             .bind(job.as_uuid())
@@ -409,30 +397,11 @@ impl Store for SqliteStore {
             .await
             .map_err(StoreError::db(D))?;
         let Some(first) = first else { return Ok(Vec::new()) };
-        let mut events = vec![JobEvent {
-            job_id: job,
-            at: Timestamp::from_millis(first.try_get("submitted_at").map_err(g)?),
-            from: None,
-            to: parse_enum(D, first.try_get("created_state").map_err(g)?)?,
-            actor: hodei_core::job::Actor::Api,
-            reason: first.try_get("created_reason").map_err(g)?,
-        }];
+        let mut events = vec![created_event(job, &first)?];
         let rows =
             sqlx::query("SELECT * FROM job_events WHERE job_id = ? ORDER BY seq").bind(job.as_uuid()).fetch_all(&self.read).await.map_err(StoreError::db(D))?;
         for r in &rows {
-            let actor = match r.try_get::<&str, _>("actor").map_err(g)? {
-                "api" => hodei_core::job::Actor::Api,
-                "worker" => hodei_core::job::Actor::Worker,
-                _ => hodei_core::job::Actor::Scheduler,
-            };
-            events.push(JobEvent {
-                job_id: job,
-                at: Timestamp::from_millis(r.try_get("at").map_err(g)?),
-                from: r.try_get::<Option<&str>, _>("from_state").map_err(g)?.map(|s| parse_enum::<JobState>(D, s)).transpose()?,
-                to: parse_enum(D, r.try_get("to_state").map_err(g)?)?,
-                actor,
-                reason: r.try_get("reason").map_err(g)?,
-            });
+            events.push(event_from_row(job, r)?);
         }
         Ok(events)
     }
@@ -449,13 +418,7 @@ impl Store for SqliteStore {
             .await
             .map_err(StoreError::db("loading live attempts"))?;
         let mut jobs: Vec<Job> = jobs.iter().map(job_from_row).collect::<Result<_>>()?;
-        // Members of an array share one spec in memory, as when they were submitted.
-        let mut specs: std::collections::HashMap<ArrayId, Arc<JobSpec>> = std::collections::HashMap::new();
-        for j in &mut jobs {
-            if let Some((a, _)) = j.array {
-                j.spec = specs.entry(a).or_insert_with(|| j.spec.clone()).clone();
-            }
-        }
+        share_array_specs(&mut jobs);
         Ok(LiveState {
             jobs,
             workers: workers.iter().map(worker_from_row).collect::<Result<_>>()?,
@@ -505,7 +468,9 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hodei_core::ArrayId;
     use hodei_core::spec::ArraySpec;
+    use sqlx::Row;
     use uuid::Uuid;
 
     /// Start-up loads live jobs and attempts through their partial indexes: the queries repeat

@@ -1,0 +1,888 @@
+//! The PostgreSQL engine: the schema of the SQLite engine in PostgreSQL's types, read through
+//! the same row mapping (`rows.rs`) and held to the same conformance suite.
+//!
+//! A scheduler batch is one transaction of a few statements: rows of one kind are sent as
+//! column arrays and spread with `UNNEST`, so a 100 000-job submit is not 100 000 round trips.
+//! Staged parts are kept in memory and written, with the batch that follows them, in that one
+//! transaction. A server that schedules takes [`PgStore::lock_scheduler`], a session-level
+//! advisory lock: a second server on the same database is refused instead of running the same
+//! jobs again.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use hodei_core::ids::IdMap;
+use hodei_core::sched::Changes;
+use hodei_core::spec::JobSpec;
+use hodei_core::{ArrayId, Attempt, BurstId, BurstSession, Job, JobEvent, JobId, JobState, Pool, PoolId, Tenant, TenantId, Timestamp, Worker, WorkerId};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, PgConnection, PgPool, Postgres, QueryBuilder, Transaction};
+use uuid::Uuid;
+
+use crate::rows::*;
+use crate::{BreachFilter, BurstFilter, JobFilter, LiveState, Result, SlaOutcome, Store, StoreError};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// Key of the advisory lock held by the server that runs the scheduler ("hodei" in ASCII).
+const SCHEDULER_LOCK: i64 = 0x0068_6f64_6569;
+
+/// How to connect: a `postgres://` URL and pool limits.
+#[derive(Clone, Debug)]
+pub struct PgOptions {
+    pub url: String,
+    pub max_connections: u32,
+    pub statement_timeout: Duration,
+}
+
+pub struct PgStore {
+    pool: PgPool,
+    connect: PgConnectOptions,
+    /// Parts of the next batch (see `Store::stage`), written by the `apply` that follows.
+    staged: Mutex<Vec<Arc<Changes>>>,
+    /// The connection holding the scheduler lock, once taken.
+    lock: tokio::sync::Mutex<Option<PgConnection>>,
+}
+
+impl PgStore {
+    /// Connects and migrates the database.
+    pub async fn open(o: &PgOptions) -> Result<PgStore> {
+        let connect: PgConnectOptions = o.url.parse().map_err(StoreError::db("parsing database.url"))?;
+        let timeout_ms = o.statement_timeout.as_millis().to_string();
+        let connect = connect.options([("statement_timeout", timeout_ms.as_str())]);
+        PgStore::open_with(connect, o.max_connections).await
+    }
+
+    /// Connects with options already built (tests pass the `PG*` environment's), and migrates.
+    pub async fn open_with(connect: PgConnectOptions, max_connections: u32) -> Result<PgStore> {
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections.max(2))
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(connect.clone())
+            .await
+            .map_err(StoreError::db("connecting to PostgreSQL"))?;
+        MIGRATOR.run(&pool).await.map_err(|e| StoreError::Corrupt { doing: "migrating the database", detail: e.to_string() })?;
+        Ok(PgStore { pool, connect, staged: Mutex::new(Vec::new()), lock: tokio::sync::Mutex::new(None) })
+    }
+
+    /// Takes the scheduler's advisory lock on a connection of its own, held until the store is
+    /// dropped. `Ok(false)` when another server holds it.
+    pub async fn lock_scheduler(&self) -> Result<bool> {
+        let mut held = self.lock.lock().await;
+        if held.is_some() {
+            return Ok(true);
+        }
+        let mut conn = PgConnection::connect_with(&self.connect).await.map_err(StoreError::db("connecting for the scheduler lock"))?;
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(SCHEDULER_LOCK)
+            .fetch_one(&mut conn)
+            .await
+            .map_err(StoreError::db("taking the scheduler lock"))?;
+        if got {
+            *held = Some(conn);
+        }
+        Ok(got)
+    }
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+fn i64_of(v: u32) -> i64 {
+    i64::from(v)
+}
+
+fn dur_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// A job's own state, one array per column, in the order of [`STATE_COLUMNS`].
+#[derive(Default)]
+struct StateCols {
+    id: Vec<Uuid>,
+    tenant_id: Vec<String>,
+    state: Vec<&'static str>,
+    state_reason: Vec<Option<String>>,
+    attempt_count: Vec<i64>,
+    current_attempt_id: Vec<Option<Uuid>>,
+    retries_left: Vec<i64>,
+    lost_requeues: Vec<i64>,
+    exit_code: Vec<Option<i32>>,
+    failure_reason: Vec<Option<&'static str>>,
+    submitted_at: Vec<i64>,
+    eligible_at: Vec<i64>,
+    scheduled_at: Vec<Option<i64>>,
+    started_at: Vec<Option<i64>>,
+    finished_at: Vec<Option<i64>>,
+    next_retry_at: Vec<Option<i64>>,
+    cancel_requested_at: Vec<Option<i64>>,
+    pool_id: Vec<Option<String>>,
+    worker_id: Vec<Option<Uuid>>,
+    log_truncated: Vec<bool>,
+    sla_status: Vec<&'static str>,
+    sla_waited_ms: Vec<i64>,
+    sla_since: Vec<Option<i64>>,
+    sla_breached_at: Vec<Option<i64>>,
+    sla_wait_ms: Vec<Option<i64>>,
+    sla_decided_at: Vec<Option<i64>>,
+}
+
+const STATE_COLUMNS: &str = "id, tenant_id, state, state_reason, attempt_count, current_attempt_id, retries_left, lost_requeues, exit_code, \
+     failure_reason, submitted_at, eligible_at, scheduled_at, started_at, finished_at, next_retry_at, cancel_requested_at, pool_id, worker_id, \
+     log_truncated, sla_status, sla_waited_ms, sla_since, sla_breached_at, sla_wait_ms, sla_decided_at";
+const STATE_TYPES: [&str; 26] = [
+    "uuid", "text", "text", "text", "bigint", "uuid", "bigint", "bigint", "integer", "text", "bigint", "bigint", "bigint", "bigint", "bigint", "bigint",
+    "bigint", "text", "uuid", "boolean", "text", "bigint", "bigint", "bigint", "bigint", "bigint",
+];
+
+impl StateCols {
+    fn push(&mut self, j: &Job) {
+        self.id.push(j.id.as_uuid());
+        self.tenant_id.push(j.tenant.as_str().to_owned());
+        self.state.push(j.state.as_str());
+        self.state_reason.push(j.state_reason.clone());
+        self.attempt_count.push(i64_of(j.attempt_count));
+        self.current_attempt_id.push(j.current_attempt.map(|a| a.as_uuid()));
+        self.retries_left.push(i64_of(j.retries_left));
+        self.lost_requeues.push(i64_of(j.lost_requeues));
+        self.exit_code.push(j.exit_code);
+        self.failure_reason.push(j.failure_reason.map(|f| f.as_str()));
+        self.submitted_at.push(ms(j.submitted_at));
+        self.eligible_at.push(ms(j.eligible_at));
+        self.scheduled_at.push(j.scheduled_at.map(ms));
+        self.started_at.push(j.started_at.map(ms));
+        self.finished_at.push(j.finished_at.map(ms));
+        self.next_retry_at.push(j.next_retry_at.map(ms));
+        self.cancel_requested_at.push(j.cancel_requested_at.map(ms));
+        self.pool_id.push(j.pool_id.as_ref().map(|p| p.as_str().to_owned()));
+        self.worker_id.push(j.worker_id.map(|w| w.as_uuid()));
+        self.log_truncated.push(j.log_truncated);
+        self.sla_status.push(j.sla.status.as_str());
+        self.sla_waited_ms.push(j.sla.waited_ms as i64);
+        self.sla_since.push(j.sla.since.map(ms));
+        self.sla_breached_at.push(j.sla.breached_at.map(ms));
+        self.sla_wait_ms.push(j.sla.wait_ms.map(|w| w as i64));
+        self.sla_decided_at.push(j.sla.decided_at.map(ms));
+    }
+
+    fn bind<'q>(self, q: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
+        q.bind(self.id)
+            .bind(self.tenant_id)
+            .bind(self.state)
+            .bind(self.state_reason)
+            .bind(self.attempt_count)
+            .bind(self.current_attempt_id)
+            .bind(self.retries_left)
+            .bind(self.lost_requeues)
+            .bind(self.exit_code)
+            .bind(self.failure_reason)
+            .bind(self.submitted_at)
+            .bind(self.eligible_at)
+            .bind(self.scheduled_at)
+            .bind(self.started_at)
+            .bind(self.finished_at)
+            .bind(self.next_retry_at)
+            .bind(self.cancel_requested_at)
+            .bind(self.pool_id)
+            .bind(self.worker_id)
+            .bind(self.log_truncated)
+            .bind(self.sla_status)
+            .bind(self.sla_waited_ms)
+            .bind(self.sla_since)
+            .bind(self.sla_breached_at)
+            .bind(self.sla_wait_ms)
+            .bind(self.sla_decided_at)
+    }
+}
+
+/// A spec, one array per column, in the order of [`SPEC_COLUMNS`].
+#[derive(Default)]
+struct SpecCols {
+    name: Vec<String>,
+    command: Vec<String>,
+    env: Vec<String>,
+    working_dir: Vec<Option<String>>,
+    image: Vec<Option<String>>,
+    cpu_m: Vec<i64>,
+    memory_mb: Vec<i64>,
+    gpu: Vec<i64>,
+    timeout_ms: Vec<i64>,
+    expected_duration_ms: Vec<Option<i64>>,
+    max_retries: Vec<i64>,
+    retry_backoff_ms: Vec<Option<i64>>,
+    priority: Vec<&'static str>,
+    sla: Vec<&'static str>,
+    preemptible: Vec<bool>,
+    hold: Vec<bool>,
+    labels: Vec<String>,
+    pool_selector: Vec<Option<String>>,
+}
+
+const SPEC_COLUMNS: &str = "name, command, env, working_dir, image, cpu_m, memory_mb, gpu, timeout_ms, expected_duration_ms, max_retries, \
+     retry_backoff_ms, priority, sla, preemptible, hold, labels, pool_selector";
+const SPEC_TYPES: [&str; 18] = [
+    "text", "text", "text", "text", "text", "bigint", "bigint", "bigint", "bigint", "bigint", "bigint", "bigint", "text", "text", "boolean", "boolean", "text",
+    "text",
+];
+
+impl SpecCols {
+    fn push(&mut self, s: &JobSpec) {
+        self.name.push(s.name.clone());
+        self.command.push(json_vec(&s.command));
+        self.env.push(json_map(&s.env));
+        self.working_dir.push(s.working_dir.clone());
+        self.image.push(s.image.clone());
+        self.cpu_m.push(i64_of(s.resources.cpu_m.get()));
+        self.memory_mb.push(i64_of(s.resources.memory_mb.get()));
+        self.gpu.push(i64_of(s.resources.gpu.get()));
+        self.timeout_ms.push(dur_ms(s.timeout));
+        self.expected_duration_ms.push(s.expected_duration.map(dur_ms));
+        self.max_retries.push(i64_of(s.max_retries));
+        self.retry_backoff_ms.push(s.retry_backoff.map(dur_ms));
+        self.priority.push(s.priority.as_str());
+        self.sla.push(s.sla.as_str());
+        self.preemptible.push(s.preemptible);
+        self.hold.push(s.hold);
+        self.labels.push(json_map(&s.labels));
+        self.pool_selector.push(s.pool_selector.as_ref().map(|p| p.as_str().to_owned()));
+    }
+
+    fn bind<'q>(self, q: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
+        q.bind(self.name)
+            .bind(self.command)
+            .bind(self.env)
+            .bind(self.working_dir)
+            .bind(self.image)
+            .bind(self.cpu_m)
+            .bind(self.memory_mb)
+            .bind(self.gpu)
+            .bind(self.timeout_ms)
+            .bind(self.expected_duration_ms)
+            .bind(self.max_retries)
+            .bind(self.retry_backoff_ms)
+            .bind(self.priority)
+            .bind(self.sla)
+            .bind(self.preemptible)
+            .bind(self.hold)
+            .bind(self.labels)
+            .bind(self.pool_selector)
+    }
+}
+
+/// `UNNEST($first::t1[], $first+1::t2[], …)` for columns of the given types.
+fn unnest(first: usize, types: &[&str]) -> String {
+    let args: Vec<String> = types.iter().enumerate().map(|(i, t)| format!("${}::{t}[]", first + i)).collect();
+    format!("UNNEST({})", args.join(", "))
+}
+
+/// The last snapshot of each id, in first-seen order: one statement may not change a row twice.
+fn last_of<T, K: std::hash::Hash + Eq + Copy>(rows: &[T], key: impl Fn(&T) -> K) -> Vec<&T> {
+    let mut at: HashMap<K, usize> = HashMap::with_capacity(rows.len());
+    let mut out: Vec<&T> = Vec::with_capacity(rows.len());
+    for r in rows {
+        match at.get(&key(r)) {
+            Some(&i) => out[i] = r,
+            None => {
+                at.insert(key(r), out.len());
+                out.push(r);
+            }
+        }
+    }
+    out
+}
+
+async fn write(tx: &mut Transaction<'_, Postgres>, c: &Changes) -> Result<()> {
+    write_new_jobs(tx, c).await?;
+    let jobs = last_of(&c.jobs, |j| j.id);
+    if !jobs.is_empty() {
+        let mut cols = StateCols::default();
+        for j in &jobs {
+            cols.push(j);
+        }
+        let sql = format!(
+            "UPDATE jobs SET state = u.state, state_reason = u.state_reason, attempt_count = u.attempt_count, current_attempt_id = u.current_attempt_id, \
+             retries_left = u.retries_left, lost_requeues = u.lost_requeues, exit_code = u.exit_code, failure_reason = u.failure_reason, \
+             eligible_at = u.eligible_at, scheduled_at = u.scheduled_at, started_at = u.started_at, finished_at = u.finished_at, \
+             next_retry_at = u.next_retry_at, cancel_requested_at = u.cancel_requested_at, pool_id = u.pool_id, worker_id = u.worker_id, \
+             log_truncated = u.log_truncated, sla_status = u.sla_status, sla_waited_ms = u.sla_waited_ms, sla_since = u.sla_since, \
+             sla_breached_at = u.sla_breached_at, sla_wait_ms = u.sla_wait_ms, sla_decided_at = u.sla_decided_at \
+             FROM {} AS u({STATE_COLUMNS}) WHERE jobs.id = u.id",
+            unnest(1, &STATE_TYPES)
+        );
+        cols.bind(sqlx::query(sqlx::AssertSqlSafe(sql))).execute(&mut **tx).await.map_err(StoreError::db("updating jobs"))?;
+    }
+    write_attempts(tx, c).await?;
+    for w in &c.workers {
+        sqlx::query("UPDATE workers SET state = $1, last_heartbeat_at = $2 WHERE id = $3")
+            .bind(w.state.as_str())
+            .bind(ms(w.last_heartbeat_at))
+            .bind(w.id.as_uuid())
+            .execute(&mut **tx)
+            .await
+            .map_err(StoreError::db("updating a worker"))?;
+    }
+    let events: Vec<&JobEvent> = c.events.iter().filter(|e| e.from.is_some()).collect();
+    if !events.is_empty() {
+        let job_id: Vec<Uuid> = events.iter().map(|e| e.job_id.as_uuid()).collect();
+        let at: Vec<i64> = events.iter().map(|e| ms(e.at)).collect();
+        let from: Vec<Option<&str>> = events.iter().map(|e| e.from.map(|s| s.as_str())).collect();
+        let to: Vec<&str> = events.iter().map(|e| e.to.as_str()).collect();
+        let actor: Vec<&str> = events.iter().map(|e| e.actor.as_str()).collect();
+        let reason: Vec<Option<String>> = events.iter().map(|e| e.reason.clone()).collect();
+        // Rows are numbered in the order given, so a job's events read back in order.
+        sqlx::query(
+            "INSERT INTO job_events (job_id, at, from_state, to_state, actor, reason) \
+             SELECT job_id, at, from_state, to_state, actor, reason \
+             FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[]) WITH ORDINALITY \
+             AS u(job_id, at, from_state, to_state, actor, reason, n) ORDER BY n",
+        )
+        .bind(job_id)
+        .bind(at)
+        .bind(from)
+        .bind(to)
+        .bind(actor)
+        .bind(reason)
+        .execute(&mut **tx)
+        .await
+        .map_err(StoreError::db("inserting job events"))?;
+    }
+    Ok(())
+}
+
+/// New jobs: each array's spec once (its id bounds widened), members by state, the others with
+/// their own spec. A job's creation event is stored on its row.
+async fn write_new_jobs(tx: &mut Transaction<'_, Postgres>, c: &Changes) -> Result<()> {
+    if c.new_jobs.is_empty() {
+        return Ok(());
+    }
+    let created: IdMap<JobId, &JobEvent> = c.events.iter().filter(|e| e.from.is_none()).map(|e| (e.job_id, e)).collect();
+    let mut arrays: Vec<(ArrayId, &Job, JobId, JobId)> = Vec::new();
+    let (mut own, mut own_spec, mut members) = (StateCols::default(), SpecCols::default(), StateCols::default());
+    let (mut own_created, mut member_created) = ((Vec::new(), Vec::new(), Vec::new()), (Vec::new(), Vec::new(), Vec::new()));
+    let (mut member_array, mut member_index) = (Vec::new(), Vec::new());
+    for j in &c.new_jobs {
+        let e = created.get(&j.id);
+        let made = (e.map_or(JobState::Pending, |e| e.to).as_str(), e.and_then(|e| e.reason.clone()), (!j.warnings.is_empty()).then(|| json_vec(&j.warnings)));
+        let into = match j.array {
+            Some((array, index)) => {
+                match arrays.iter_mut().find(|a| a.0 == array) {
+                    Some(a) => (a.2, a.3) = (a.2.min(j.id), a.3.max(j.id)),
+                    None => arrays.push((array, j, j.id, j.id)),
+                }
+                members.push(j);
+                member_array.push(array.as_uuid());
+                member_index.push(i64_of(index));
+                &mut member_created
+            }
+            None => {
+                own.push(j);
+                own_spec.push(&j.spec);
+                &mut own_created
+            }
+        };
+        into.0.push(made.0);
+        into.1.push(made.1);
+        into.2.push(made.2);
+    }
+    for (array, first, lo, hi) in arrays {
+        let Some(a) = first.spec.array else { continue };
+        let mut spec = SpecCols::default();
+        spec.push(&first.spec);
+        let sql = format!(
+            "INSERT INTO job_arrays (id, tenant_id, {SPEC_COLUMNS}, array_start, array_end, array_step, array_max_parallel, first_job_id, last_job_id) \
+             SELECT $19, $20, *, $21, $22, $23, $24, $25, $26 FROM {} \
+             ON CONFLICT (id) DO UPDATE SET first_job_id = LEAST(job_arrays.first_job_id, excluded.first_job_id), \
+             last_job_id = GREATEST(job_arrays.last_job_id, excluded.last_job_id)",
+            unnest(1, &SPEC_TYPES)
+        );
+        spec.bind(sqlx::query(sqlx::AssertSqlSafe(sql)))
+            .bind(array.as_uuid())
+            .bind(first.tenant.as_str())
+            .bind(i64_of(a.start))
+            .bind(i64_of(a.end))
+            .bind(i64_of(a.step))
+            .bind(a.max_parallel.map(i64_of))
+            .bind(lo.as_uuid())
+            .bind(hi.as_uuid())
+            .execute(&mut **tx)
+            .await
+            .map_err(StoreError::db("inserting arrays"))?;
+    }
+    let created_types = ["text", "text", "text"];
+    if !own.id.is_empty() {
+        let n = STATE_TYPES.len();
+        let types: Vec<&str> = STATE_TYPES.iter().chain(&created_types).chain(&SPEC_TYPES).copied().collect();
+        let sql = format!("INSERT INTO jobs ({STATE_COLUMNS}, created_state, created_reason, warnings, {SPEC_COLUMNS}) SELECT * FROM {}", unnest(1, &types));
+        let q = own.bind(sqlx::query(sqlx::AssertSqlSafe(sql))).bind(own_created.0).bind(own_created.1).bind(own_created.2);
+        debug_assert_eq!(n + 3 + SPEC_TYPES.len(), types.len());
+        own_spec.bind(q).execute(&mut **tx).await.map_err(StoreError::db("inserting jobs"))?;
+    }
+    if !members.id.is_empty() {
+        let types: Vec<&str> = STATE_TYPES.iter().chain(&created_types).chain(&["uuid", "bigint"]).copied().collect();
+        let sql =
+            format!("INSERT INTO jobs ({STATE_COLUMNS}, created_state, created_reason, warnings, array_id, array_index) SELECT * FROM {}", unnest(1, &types));
+        members
+            .bind(sqlx::query(sqlx::AssertSqlSafe(sql)))
+            .bind(member_created.0)
+            .bind(member_created.1)
+            .bind(member_created.2)
+            .bind(member_array)
+            .bind(member_index)
+            .execute(&mut **tx)
+            .await
+            .map_err(StoreError::db("inserting array members"))?;
+    }
+    Ok(())
+}
+
+async fn write_attempts(tx: &mut Transaction<'_, Postgres>, c: &Changes) -> Result<()> {
+    let attempts: Vec<&Attempt> = last_of(&c.attempts, |a| a.id);
+    if attempts.is_empty() {
+        return Ok(());
+    }
+    let v = |f: fn(&Attempt) -> i64| attempts.iter().map(|a| f(a)).collect::<Vec<i64>>();
+    let o = |f: fn(&Attempt) -> Option<i64>| attempts.iter().map(|a| f(a)).collect::<Vec<Option<i64>>>();
+    sqlx::query(
+        "INSERT INTO attempts (id, job_id, number, worker_id, pool_id, cpu_m, memory_mb, gpu, state, assigned_at, started_at, finished_at, \
+         exit_code, signal, failure_reason, cpu_time_ms, max_rss_mb, log_bytes, log_truncated) \
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::bigint[], $4::uuid[], $5::text[], $6::bigint[], $7::bigint[], $8::bigint[], $9::text[], \
+         $10::bigint[], $11::bigint[], $12::bigint[], $13::integer[], $14::integer[], $15::text[], $16::bigint[], $17::bigint[], $18::bigint[], $19::boolean[]) \
+         ON CONFLICT (id) DO UPDATE SET state = excluded.state, started_at = excluded.started_at, finished_at = excluded.finished_at, \
+         exit_code = excluded.exit_code, signal = excluded.signal, failure_reason = excluded.failure_reason, cpu_time_ms = excluded.cpu_time_ms, \
+         max_rss_mb = excluded.max_rss_mb, log_bytes = excluded.log_bytes, log_truncated = excluded.log_truncated",
+    )
+    .bind(attempts.iter().map(|a| a.id.as_uuid()).collect::<Vec<_>>())
+    .bind(attempts.iter().map(|a| a.job_id.as_uuid()).collect::<Vec<_>>())
+    .bind(v(|a| i64_of(a.number)))
+    .bind(attempts.iter().map(|a| a.worker_id.as_uuid()).collect::<Vec<_>>())
+    .bind(attempts.iter().map(|a| a.pool_id.as_str()).collect::<Vec<_>>())
+    .bind(v(|a| i64_of(a.resources.cpu_m.get())))
+    .bind(v(|a| i64_of(a.resources.memory_mb.get())))
+    .bind(v(|a| i64_of(a.resources.gpu.get())))
+    .bind(attempts.iter().map(|a| a.state.as_str()).collect::<Vec<_>>())
+    .bind(v(|a| ms(a.assigned_at)))
+    .bind(o(|a| a.started_at.map(ms)))
+    .bind(o(|a| a.finished_at.map(ms)))
+    .bind(attempts.iter().map(|a| a.exit_code).collect::<Vec<_>>())
+    .bind(attempts.iter().map(|a| a.signal).collect::<Vec<_>>())
+    .bind(attempts.iter().map(|a| a.failure_reason.map(|f| f.as_str())).collect::<Vec<_>>())
+    .bind(v(|a| a.cpu_time_ms as i64))
+    .bind(v(|a| a.max_rss_mb as i64))
+    .bind(v(|a| a.log_bytes as i64))
+    .bind(attempts.iter().map(|a| a.log_truncated).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await
+    .map_err(StoreError::db("writing attempts"))?;
+    Ok(())
+}
+
+/// ` AND {column} = ANY($n)` unless `values` is empty.
+fn push_any(qb: &mut QueryBuilder<Postgres>, column: &str, values: Vec<&'static str>) {
+    if !values.is_empty() {
+        qb.push(format!(" AND {column} = ANY(")).push_bind(values).push(")");
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(StoreError::db("pinging the database"))?;
+        Ok(())
+    }
+
+    async fn create_tenant(&self, t: &Tenant) -> Result<()> {
+        let r = sqlx::query(
+            "INSERT INTO tenants (id, name, email, tier, weight, status, labels, created_at, updated_at, version, \
+             quota_cpu_m, quota_memory_mb, quota_gpu, quota_max_concurrent_jobs, quota_max_queued_jobs) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+        )
+        .bind(t.id.as_str())
+        .bind(&t.name)
+        .bind(&t.email)
+        .bind(t.tier.as_str())
+        .bind(t.weight.map(i64::from))
+        .bind(t.status.as_str())
+        .bind(json_map(&t.labels))
+        .bind(ms(t.created_at))
+        .bind(ms(t.updated_at))
+        .bind(t.version)
+        .bind(i64_of(t.quota.resources.cpu_m.get()))
+        .bind(i64_of(t.quota.resources.memory_mb.get()))
+        .bind(i64_of(t.quota.resources.gpu.get()))
+        .bind(i64_of(t.quota.max_concurrent_jobs))
+        .bind(i64_of(t.quota.max_queued_jobs))
+        .execute(&self.pool)
+        .await;
+        match r {
+            Err(e) if is_unique_violation(&e) => Err(StoreError::AlreadyExists { what: format!("tenant {}", t.id) }),
+            r => r.map(|_| ()).map_err(StoreError::db("creating a tenant")),
+        }
+    }
+
+    async fn get_tenant(&self, id: &TenantId) -> Result<Option<Tenant>> {
+        let row = sqlx::query("SELECT * FROM tenants WHERE id = $1")
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(StoreError::db("reading a tenant"))?;
+        row.as_ref().map(tenant_from_row).transpose()
+    }
+
+    async fn list_tenants(&self) -> Result<Vec<Tenant>> {
+        let rows = sqlx::query("SELECT * FROM tenants ORDER BY id").fetch_all(&self.pool).await.map_err(StoreError::db("listing tenants"))?;
+        rows.iter().map(tenant_from_row).collect()
+    }
+
+    async fn update_tenant(&self, t: &Tenant) -> Result<()> {
+        let r = sqlx::query(
+            "UPDATE tenants SET name = $1, email = $2, tier = $3, weight = $4, status = $5, labels = $6, updated_at = $7, version = $8, \
+             quota_cpu_m = $9, quota_memory_mb = $10, quota_gpu = $11, quota_max_concurrent_jobs = $12, quota_max_queued_jobs = $13 \
+             WHERE id = $14 AND version = $15",
+        )
+        .bind(&t.name)
+        .bind(&t.email)
+        .bind(t.tier.as_str())
+        .bind(t.weight.map(i64::from))
+        .bind(t.status.as_str())
+        .bind(json_map(&t.labels))
+        .bind(ms(t.updated_at))
+        .bind(t.version)
+        .bind(i64_of(t.quota.resources.cpu_m.get()))
+        .bind(i64_of(t.quota.resources.memory_mb.get()))
+        .bind(i64_of(t.quota.resources.gpu.get()))
+        .bind(i64_of(t.quota.max_concurrent_jobs))
+        .bind(i64_of(t.quota.max_queued_jobs))
+        .bind(t.id.as_str())
+        .bind(t.version - 1)
+        .execute(&self.pool)
+        .await
+        .map_err(StoreError::db("updating a tenant"))?;
+        if r.rows_affected() == 1 { Ok(()) } else { Err(StoreError::VersionMismatch { what: format!("tenant {}", t.id) }) }
+    }
+
+    async fn delete_tenant(&self, id: &TenantId) -> Result<bool> {
+        let mut tx = self.pool.begin().await.map_err(StoreError::db("deleting a tenant"))?;
+        sqlx::query("DELETE FROM burst_sessions WHERE tenant_id = $1")
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::db("deleting a tenant"))?;
+        let r = sqlx::query("DELETE FROM tenants WHERE id = $1").bind(id.as_str()).execute(&mut *tx).await.map_err(StoreError::db("deleting a tenant"))?;
+        tx.commit().await.map_err(StoreError::db("deleting a tenant"))?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn count_live_jobs(&self, tenant: &TenantId) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE tenant_id = $1 AND state IN ('pending', 'held', 'scheduled', 'running')")
+            .bind(tenant.as_str())
+            .fetch_one(&self.pool)
+            .await
+            .map_err(StoreError::db("counting live jobs"))?;
+        Ok(n.max(0) as u64)
+    }
+
+    async fn upsert_pool(&self, p: &Pool, join_token_hash: Option<&str>) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO pools (id, name, pool_type, provider, worker_cpu_m, worker_memory_mb, worker_gpu, worker_slots, min_size, max_size, labels, \
+             managed_by, state, join_token_hash, created_at, updated_at, version) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, COALESCE($14, ''), $15, $16, $17) \
+             ON CONFLICT (id) DO UPDATE SET name = excluded.name, worker_cpu_m = excluded.worker_cpu_m, worker_memory_mb = excluded.worker_memory_mb, \
+             worker_gpu = excluded.worker_gpu, worker_slots = excluded.worker_slots, min_size = excluded.min_size, max_size = excluded.max_size, \
+             labels = excluded.labels, managed_by = excluded.managed_by, state = excluded.state, \
+             join_token_hash = COALESCE($14, pools.join_token_hash), updated_at = excluded.updated_at, version = pools.version + 1",
+        )
+        .bind(p.id.as_str())
+        .bind(&p.name)
+        .bind(p.pool_type.as_str())
+        .bind(&p.provider)
+        .bind(i64_of(p.worker_resources.cpu_m.get()))
+        .bind(i64_of(p.worker_resources.memory_mb.get()))
+        .bind(i64_of(p.worker_resources.gpu.get()))
+        .bind(i64_of(p.worker_slots))
+        .bind(i64_of(p.min_size))
+        .bind(i64_of(p.max_size))
+        .bind(json_map(&p.labels))
+        .bind(&p.managed_by)
+        .bind(p.state.as_str())
+        .bind(join_token_hash)
+        .bind(ms(p.created_at))
+        .bind(ms(p.updated_at))
+        .bind(p.version)
+        .execute(&self.pool)
+        .await
+        .map_err(StoreError::db("writing a pool"))?;
+        Ok(())
+    }
+
+    async fn get_pool(&self, id: &PoolId) -> Result<Option<(Pool, String)>> {
+        let row =
+            sqlx::query("SELECT * FROM pools WHERE id = $1").bind(id.as_str()).fetch_optional(&self.pool).await.map_err(StoreError::db("reading a pool"))?;
+        row.as_ref().map(pool_from_row).transpose()
+    }
+
+    async fn list_pools(&self) -> Result<Vec<Pool>> {
+        let rows = sqlx::query("SELECT * FROM pools ORDER BY id").fetch_all(&self.pool).await.map_err(StoreError::db("listing pools"))?;
+        rows.iter().map(|r| pool_from_row(r).map(|p| p.0)).collect()
+    }
+
+    async fn create_burst(&self, b: &BurstSession) -> Result<()> {
+        let r = sqlx::query(
+            "INSERT INTO burst_sessions (id, tenant_id, state, requested_cpu_m, requested_memory_mb, requested_gpu, requested_concurrent_jobs, \
+             duration_minutes, reason, requested_by, decided_by, created_at, activated_at, expires_at, ended_at, cooldown_until, version) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+        )
+        .bind(b.id.as_uuid())
+        .bind(b.tenant_id.as_str())
+        .bind(b.state.as_str())
+        .bind(i64_of(b.requested.cpu_m.get()))
+        .bind(i64_of(b.requested.memory_mb.get()))
+        .bind(i64_of(b.requested.gpu.get()))
+        .bind(i64_of(b.requested_concurrent_jobs))
+        .bind(i64_of(b.duration_minutes))
+        .bind(&b.reason)
+        .bind(&b.requested_by)
+        .bind(&b.decided_by)
+        .bind(ms(b.created_at))
+        .bind(b.activated_at.map(ms))
+        .bind(b.expires_at.map(ms))
+        .bind(b.ended_at.map(ms))
+        .bind(b.cooldown_until.map(ms))
+        .bind(b.version)
+        .execute(&self.pool)
+        .await;
+        match r {
+            Err(e) if is_unique_violation(&e) => Err(StoreError::AlreadyExists { what: format!("an open burst session of tenant {}", b.tenant_id) }),
+            r => r.map(|_| ()).map_err(StoreError::db("creating a burst session")),
+        }
+    }
+
+    async fn update_burst(&self, b: &BurstSession) -> Result<()> {
+        let r = sqlx::query(
+            "UPDATE burst_sessions SET state = $1, decided_by = $2, activated_at = $3, expires_at = $4, ended_at = $5, cooldown_until = $6, version = $7 \
+             WHERE id = $8 AND version = $9",
+        )
+        .bind(b.state.as_str())
+        .bind(&b.decided_by)
+        .bind(b.activated_at.map(ms))
+        .bind(b.expires_at.map(ms))
+        .bind(b.ended_at.map(ms))
+        .bind(b.cooldown_until.map(ms))
+        .bind(b.version)
+        .bind(b.id.as_uuid())
+        .bind(b.version - 1)
+        .execute(&self.pool)
+        .await;
+        let r = match r {
+            // Reopening an ended session while another one is open.
+            Err(e) if is_unique_violation(&e) => return Err(StoreError::AlreadyExists { what: format!("an open burst session of tenant {}", b.tenant_id) }),
+            r => r.map_err(StoreError::db("updating a burst session"))?,
+        };
+        if r.rows_affected() == 1 { Ok(()) } else { Err(StoreError::VersionMismatch { what: format!("burst session {}", b.id) }) }
+    }
+
+    async fn get_burst(&self, id: BurstId) -> Result<Option<BurstSession>> {
+        let row = sqlx::query("SELECT * FROM burst_sessions WHERE id = $1")
+            .bind(id.as_uuid())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(StoreError::db("reading a burst session"))?;
+        row.as_ref().map(burst_from_row).transpose()
+    }
+
+    async fn list_bursts(&self, f: &BurstFilter) -> Result<Vec<BurstSession>> {
+        let mut qb: QueryBuilder<Postgres> = QueryBuilder::new("SELECT * FROM burst_sessions WHERE 1 = 1");
+        if let Some(t) = &f.tenant {
+            qb.push(" AND tenant_id = ").push_bind(t.as_str().to_owned());
+        }
+        push_any(&mut qb, "state", f.states.iter().map(|s| s.as_str()).collect());
+        if let Some(c) = f.before {
+            qb.push(" AND id < ").push_bind(c.as_uuid());
+        }
+        qb.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(f.limit.max(1)));
+        let rows = qb.build().fetch_all(&self.pool).await.map_err(StoreError::db("listing burst sessions"))?;
+        rows.iter().map(burst_from_row).collect()
+    }
+
+    fn stage(&self, changes: Arc<Changes>) {
+        if let Ok(mut staged) = self.staged.lock() {
+            staged.push(changes);
+        }
+    }
+
+    async fn apply(&self, changes: Arc<Changes>) -> Result<()> {
+        let staged = self.staged.lock().map(|mut s| std::mem::take(&mut *s)).unwrap_or_default();
+        let mut tx = self.pool.begin().await.map_err(StoreError::db("starting a transaction"))?;
+        for c in staged.iter().chain([&changes]) {
+            write(&mut tx, c).await?;
+        }
+        tx.commit().await.map_err(StoreError::db("committing scheduler changes"))
+    }
+
+    async fn get_job(&self, id: JobId) -> Result<Option<Job>> {
+        let row =
+            sqlx::query("SELECT * FROM job_rows WHERE id = $1").bind(id.as_uuid()).fetch_optional(&self.pool).await.map_err(StoreError::db("reading a job"))?;
+        row.as_ref().map(job_from_row).transpose()
+    }
+
+    async fn list_jobs(&self, f: &JobFilter) -> Result<Vec<Job>> {
+        let mut qb: QueryBuilder<Postgres> = QueryBuilder::new("SELECT * FROM job_rows WHERE 1 = 1");
+        if let Some(t) = &f.tenant {
+            qb.push(" AND tenant_id = ").push_bind(t.as_str().to_owned());
+        }
+        push_any(&mut qb, "state", f.states.iter().map(|s| s.as_str()).collect());
+        if let Some((k, v)) = &f.label {
+            qb.push(" AND (labels::jsonb ->> ").push_bind(k.clone()).push(") = ").push_bind(v.clone());
+        }
+        if let Some(a) = f.array {
+            qb.push(" AND array_id = ").push_bind(a.as_uuid());
+        }
+        if let Some(c) = f.before {
+            qb.push(" AND id < ").push_bind(c.as_uuid());
+        }
+        qb.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(f.limit.max(1)));
+        let rows = qb.build().fetch_all(&self.pool).await.map_err(StoreError::db("listing jobs"))?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    async fn list_attempts(&self, job: JobId) -> Result<Vec<Attempt>> {
+        let rows = sqlx::query("SELECT * FROM attempts WHERE job_id = $1 ORDER BY number")
+            .bind(job.as_uuid())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(StoreError::db("listing attempts"))?;
+        rows.iter().map(attempt_from_row).collect()
+    }
+
+    async fn list_events(&self, job: JobId) -> Result<Vec<JobEvent>> {
+        const D: &str = "listing job events";
+        // The first transition is stored on the job's row.
+        let first = sqlx::query("SELECT submitted_at, created_state, created_reason FROM jobs WHERE id = $1")
+            .bind(job.as_uuid())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(StoreError::db(D))?;
+        let Some(first) = first else { return Ok(Vec::new()) };
+        let mut events = vec![created_event(job, &first)?];
+        let rows = sqlx::query("SELECT * FROM job_events WHERE job_id = $1 ORDER BY seq")
+            .bind(job.as_uuid())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(StoreError::db(D))?;
+        for r in &rows {
+            events.push(event_from_row(job, r)?);
+        }
+        Ok(events)
+    }
+
+    async fn load_live(&self) -> Result<LiveState> {
+        let jobs = sqlx::query(
+            "SELECT * FROM job_rows WHERE state IN ('pending', 'held', 'scheduled', 'running', 'failed') AND (state != 'failed' OR next_retry_at IS NOT NULL)",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::db("loading live jobs"))?;
+        let workers =
+            sqlx::query("SELECT * FROM workers WHERE state != 'terminated'").fetch_all(&self.pool).await.map_err(StoreError::db("loading workers"))?;
+        let attempts = sqlx::query("SELECT * FROM attempts WHERE state IN ('assigned', 'running')")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(StoreError::db("loading live attempts"))?;
+        let mut jobs: Vec<Job> = jobs.iter().map(job_from_row).collect::<Result<_>>()?;
+        share_array_specs(&mut jobs);
+        Ok(LiveState {
+            jobs,
+            workers: workers.iter().map(worker_from_row).collect::<Result<_>>()?,
+            attempts: attempts.iter().map(attempt_from_row).collect::<Result<_>>()?,
+        })
+    }
+
+    async fn sla_outcomes(&self, since: Timestamp, tenant: Option<&TenantId>) -> Result<Vec<SlaOutcome>> {
+        let mut qb: QueryBuilder<Postgres> = QueryBuilder::new("SELECT tenant_id, sla, sla_status, sla_wait_ms FROM job_rows WHERE sla_decided_at >= ");
+        qb.push_bind(ms(since));
+        if let Some(t) = tenant {
+            qb.push(" AND tenant_id = ").push_bind(t.as_str().to_owned());
+        }
+        let rows = qb.build().fetch_all(&self.pool).await.map_err(StoreError::db("reading SLA outcomes"))?;
+        rows.iter().map(sla_outcome_from_row).collect()
+    }
+
+    async fn sla_breaches(&self, f: &BreachFilter) -> Result<Vec<Job>> {
+        let mut qb: QueryBuilder<Postgres> = QueryBuilder::new("SELECT * FROM job_rows WHERE sla_breached_at IS NOT NULL");
+        if let Some(t) = &f.tenant {
+            qb.push(" AND tenant_id = ").push_bind(t.as_str().to_owned());
+        }
+        if let Some(l) = f.level {
+            qb.push(" AND sla = ").push_bind(l.as_str());
+        }
+        if let Some(since) = f.since {
+            qb.push(" AND sla_breached_at >= ").push_bind(ms(since));
+        }
+        qb.push(" ORDER BY sla_breached_at DESC, id DESC LIMIT ").push_bind(i64::from(f.limit.max(1)));
+        let rows = qb.build().fetch_all(&self.pool).await.map_err(StoreError::db("listing SLA breaches"))?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    async fn register_worker(&self, w: &Worker, session_token_hash: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO workers (id, instance_name, pool_id, state, capabilities, cpu_m, memory_mb, gpu, slots, labels, version, session_token_hash, \
+             registered_at, last_heartbeat_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+        )
+        .bind(w.id.as_uuid())
+        .bind(&w.instance_name)
+        .bind(w.pool_id.as_str())
+        .bind(w.state.as_str())
+        .bind(json_vec(&w.capabilities))
+        .bind(i64_of(w.resources.cpu_m.get()))
+        .bind(i64_of(w.resources.memory_mb.get()))
+        .bind(i64_of(w.resources.gpu.get()))
+        .bind(i64_of(w.slots))
+        .bind(json_map(&w.labels))
+        .bind(&w.version)
+        .bind(session_token_hash)
+        .bind(ms(w.registered_at))
+        .bind(ms(w.last_heartbeat_at))
+        .execute(&self.pool)
+        .await
+        .map_err(StoreError::db("registering a worker"))?;
+        Ok(())
+    }
+
+    async fn worker_session_hash(&self, id: WorkerId) -> Result<Option<String>> {
+        sqlx::query_scalar("SELECT session_token_hash FROM workers WHERE id = $1 AND state != 'terminated'")
+            .bind(id.as_uuid())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(StoreError::db("reading a worker session"))
+    }
+
+    async fn list_workers(&self) -> Result<Vec<Worker>> {
+        let rows = sqlx::query("SELECT * FROM workers ORDER BY registered_at DESC").fetch_all(&self.pool).await.map_err(StoreError::db("listing workers"))?;
+        rows.iter().map(worker_from_row).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unnest_casts_each_column_to_its_array_type() {
+        assert_eq!(unnest(3, &["uuid", "text"]), "UNNEST($3::uuid[], $4::text[])");
+    }
+
+    #[test]
+    fn a_row_changed_twice_in_one_batch_is_written_once_with_its_last_snapshot() {
+        let rows = [(1, "a"), (2, "b"), (1, "c")];
+        let got: Vec<_> = last_of(&rows, |r| r.0).into_iter().copied().collect();
+        assert_eq!(got, [(1, "c"), (2, "b")]);
+    }
+
+    #[test]
+    fn column_lists_and_types_agree() {
+        assert_eq!(STATE_COLUMNS.split(',').count(), STATE_TYPES.len());
+        assert_eq!(SPEC_COLUMNS.split(',').count(), SPEC_TYPES.len());
+    }
+}

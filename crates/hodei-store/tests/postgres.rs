@@ -1,0 +1,53 @@
+//! The conformance suite against a real PostgreSQL server (see `hodei_store::testing`).
+
+use hodei_store::Store;
+use hodei_store::postgres::PgStore;
+use hodei_store::testing::TestDatabase;
+
+#[tokio::test]
+async fn postgres_store_conforms() {
+    let Some(db) = TestDatabase::create("postgres_store_conforms").await else { return };
+    let store = PgStore::open_with(db.options.clone(), 4).await.unwrap();
+    hodei_store::conformance::run_all(&store).await;
+    drop(store);
+    db.drop_database().await;
+}
+
+#[tokio::test]
+async fn reopening_keeps_committed_jobs() {
+    let Some(db) = TestDatabase::create("reopening_keeps_committed_jobs").await else { return };
+    {
+        let store = PgStore::open_with(db.options.clone(), 4).await.unwrap();
+        hodei_store::conformance::run_all(&store).await;
+    }
+    // Migrations are not run twice, and what was committed is there.
+    let store = PgStore::open_with(db.options.clone(), 4).await.unwrap();
+    let live = store.load_live().await.unwrap();
+    assert_eq!(live.jobs.len(), 18 + 2 + 20_000, "the suite's unfinished jobs survive a reopen");
+    drop(store);
+    db.drop_database().await;
+}
+
+/// Two servers on one database would both run its jobs: the second is refused the lock until
+/// the first is gone.
+#[tokio::test]
+async fn only_one_store_holds_the_scheduler_lock() {
+    let Some(db) = TestDatabase::create("only_one_store_holds_the_scheduler_lock").await else { return };
+    let first = PgStore::open_with(db.options.clone(), 2).await.unwrap();
+    let second = PgStore::open_with(db.options.clone(), 2).await.unwrap();
+    assert!(first.lock_scheduler().await.unwrap(), "the first server takes the lock");
+    assert!(first.lock_scheduler().await.unwrap(), "taking it again is a no-op");
+    assert!(!second.lock_scheduler().await.unwrap(), "the second is refused while the first holds it");
+    drop(first);
+    let mut got = false;
+    for _ in 0..50 {
+        if second.lock_scheduler().await.unwrap() {
+            got = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(got, "the lock is free once the first server's connection is closed");
+    drop(second);
+    db.drop_database().await;
+}
