@@ -25,6 +25,7 @@ use hodei_core::{
 use hodei_proto::v1::worker_service_server::WorkerServiceServer;
 use hodei_store::Store;
 use hodei_store::logs::LogFiles;
+use hodei_store::postgres::{PgOptions, PgStore};
 use hodei_store::sqlite::SqliteStore;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
@@ -133,9 +134,33 @@ async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
         return Ok(Arc::new(store));
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        bail!("database.url: the PostgreSQL engine is not built into this version yet; use sqlite://PATH");
+        let opts = PgOptions {
+            url: url.clone(),
+            max_connections: cfg.database.max_connections,
+            statement_timeout: Duration::from_millis(cfg.database.statement_timeout_ms),
+        };
+        let shown = redact_password(&url);
+        let store = PgStore::open(&opts).await.with_context(|| format!("opening the PostgreSQL database {shown}"))?;
+        // One server runs the scheduler of a database; a second one would run its jobs again.
+        if !store.lock_scheduler().await.with_context(|| format!("taking the scheduler lock on {shown}"))? {
+            bail!("another hodei server is running the scheduler on {shown} (it holds the scheduler's advisory lock); stop it first");
+        }
+        return Ok(Arc::new(store));
     }
     bail!("database.url: {url:?} is not a sqlite:// or postgres:// URL")
+}
+
+/// A database URL fit for messages: the password, if any, replaced by `***`.
+fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let (auth, host) = match rest.split_once('@') {
+        Some(parts) => parts,
+        None => return url.to_owned(),
+    };
+    match auth.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
 }
 
 struct PoolSetup {
@@ -531,4 +556,16 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
         }
     }
     Ok(RunningServer { http_addr, grpc_addr, metrics_addr, engine: handle, store, router: app, shutdown, tasks, workers })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_password;
+
+    #[test]
+    fn database_passwords_never_reach_a_message() {
+        assert_eq!(redact_password("postgres://hodei:s3cret@db:5432/jobs"), "postgres://hodei:***@db:5432/jobs");
+        assert_eq!(redact_password("postgres://hodei@db/jobs"), "postgres://hodei@db/jobs");
+        assert_eq!(redact_password("postgres://db/jobs"), "postgres://db/jobs");
+    }
 }

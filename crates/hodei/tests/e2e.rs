@@ -192,43 +192,7 @@ async fn a_killed_worker_loses_its_attempt_and_the_job_runs_elsewhere() {
 #[tokio::test]
 async fn after_kill_9_of_the_server_every_acknowledged_job_ends_once() {
     let dir = tempfile::tempdir().unwrap();
-    let grpc_port = free_port();
-    let mut srv = Server::start(dir.path(), &[], grpc_port, Some(REMOTE_POOL));
-    let _w = WorkerProc::start(&srv.grpc, "remote", &srv.join_token("remote"), 4);
-    let (http, token) = (srv.http.clone(), srv.token.clone());
-    // Submit from 4 clients until the server dies; keep every acknowledged id.
-    let mut clients = Vec::new();
-    for c in 0..4 {
-        let (http, token) = (http.clone(), token.clone());
-        clients.push(tokio::spawn(async move {
-            let client = reqwest::Client::new();
-            let mut acked = Vec::new();
-            for i in 0..400 {
-                let body = json!({"command": ["sh", "-c", "sleep 0.05"], "labels": {"c": c.to_string(), "i": i.to_string()}});
-                let Ok(resp) = client.post(format!("{http}/api/v1/jobs")).bearer_auth(&token).json(&body).send().await else { break };
-                if resp.status().as_u16() != 201 {
-                    break;
-                }
-                let Ok(v) = resp.json::<serde_json::Value>().await else { break };
-                acked.push(v["id"].as_str().unwrap().to_owned());
-            }
-            acked
-        }));
-    }
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    srv.kill9();
-    let mut acked = Vec::new();
-    for c in clients {
-        acked.extend(c.await.unwrap());
-    }
-    assert!(acked.len() > 20, "only {} submits were acknowledged before the kill", acked.len());
-    let srv = Server::start(dir.path(), &[], grpc_port, Some(REMOTE_POOL));
-    for id in &acked {
-        let j = srv.wait_ended(id, 120).await;
-        assert_eq!(j["state"], "succeeded", "job {id}: {j}");
-        let wins = j["attempts"].as_array().unwrap().iter().filter(|a| a["state"] == "succeeded").count();
-        assert_eq!(wins, 1, "job {id} recorded {wins} successful attempts");
-    }
+    kill_9_mid_load_then_restart(dir.path(), &[]).await;
 }
 
 #[tokio::test]

@@ -1,0 +1,57 @@
+//! Black-box tests of the server on PostgreSQL (`database.url: postgres://…`), on the server the
+//! libpq environment names (see `hodei_store::testing`; CI runs them inside `pg_virtualenv`).
+
+mod common;
+
+use common::*;
+use hodei_store::testing::TestDatabase;
+use reqwest::Method;
+use serde_json::json;
+
+#[tokio::test]
+async fn the_server_runs_jobs_on_postgres_and_a_second_server_is_refused() {
+    let Some(db) = TestDatabase::create("the_server_runs_jobs_on_postgres_and_a_second_server_is_refused").await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("HODEI_DATABASE__URL", db.url.as_str())];
+    let srv = Server::start(dir.path(), &env, 0, None);
+    let out = srv.cli(&["submit", "--wait", "--", "echo", "hello"]);
+    assert_eq!((out.status.code(), String::from_utf8_lossy(&out.stdout).as_ref()), (Some(0), "hello\n"));
+    let out = srv.cli(&["submit", "--wait", "--shell", "--", "exit 3"]);
+    assert_eq!(out.status.code(), Some(3), "the job's exit code");
+    let (s, batch) = srv.call(Method::POST, "/jobs/batch", Some(json!({"jobs": [{"command": ["true"]}, {"command": ["false"]}]}))).await;
+    assert_eq!(s, 201, "{batch}");
+    let ids: Vec<String> = batch["items"].as_array().unwrap().iter().map(|i| i["job_id"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(srv.wait_ended(&ids[0], 30).await["state"], "succeeded");
+    assert_eq!(srv.wait_ended(&ids[1], 30).await["state"], "failed");
+    let array = srv.submit(json!({"command": ["sh", "-c", "echo $HODEI_ARRAY_INDEX"], "array": {"start": 0, "end": 4, "max_parallel": 2}})).await;
+    assert_eq!(array["count"], 5);
+    let (_, members) = srv.call(Method::GET, &format!("/jobs?array_id={}", array["array_id"].as_str().unwrap()), None).await;
+    let members = members["items"].as_array().unwrap().clone();
+    assert_eq!(members.len(), 5);
+    for m in &members {
+        assert_eq!(srv.wait_ended(m["id"].as_str().unwrap(), 30).await["state"], "succeeded");
+    }
+
+    // A second server on the same database would run the same jobs: it is refused.
+    let other = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["server", "--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", "--data-dir"])
+        .arg(other.path())
+        .env("HODEI_DATABASE__URL", &db.url)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("another hodei server is running the scheduler"), "{err}");
+    assert!(!err.contains(&std::env::var("PGPASSWORD").unwrap_or_else(|_| "\u{0}".into())), "the password is not printed: {err}");
+    drop(srv);
+    db.drop_database().await;
+}
+
+#[tokio::test]
+async fn after_kill_9_on_postgres_every_acknowledged_job_ends_once() {
+    let Some(db) = TestDatabase::create("after_kill_9_on_postgres_every_acknowledged_job_ends_once").await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    kill_9_mid_load_then_restart(dir.path(), &[("HODEI_DATABASE__URL", db.url.as_str())]).await;
+    db.drop_database().await;
+}
