@@ -204,6 +204,9 @@ pub struct Engine {
     /// Parts of this step's changes already handed to the store (see `Store::stage`), committed
     /// by the step's `apply`.
     staged: Vec<Arc<Changes>>,
+    /// A batch failed to commit and the core could not be reloaded yet: it holds decisions the
+    /// store does not, so nothing is scheduled until [`Engine::recover`] has reloaded it.
+    stale: bool,
 }
 
 /// Answers to send once the batch is durable.
@@ -232,7 +235,7 @@ impl Replies {
     }
 
     fn fail(self, e: &StoreError) {
-        let err = || ControlError::Store(StoreError::Corrupt { doing: "committing a batch", detail: e.to_string() });
+        let err = || ControlError::Store(store_failure(e));
         for r in self.unit {
             let _ = r.send(Err(err()));
         }
@@ -247,6 +250,18 @@ impl Replies {
         }
     }
 }
+
+/// The error every caller of a failed batch gets: the store was unreachable (503) or refused it.
+fn store_failure(e: &StoreError) -> StoreError {
+    if e.is_unavailable() {
+        StoreError::WriteUnavailable { doing: "committing a batch", detail: e.to_string() }
+    } else {
+        StoreError::Corrupt { doing: "committing a batch", detail: e.to_string() }
+    }
+}
+
+/// Longest pause between two attempts to reload the core from an unreachable store.
+const RECOVER_BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 impl Engine {
     /// Builds the engine from what the store holds (restart recovery).
@@ -268,6 +283,7 @@ impl Engine {
             gauges: Gauges::default(),
             last_scan: None,
             staged: Vec::new(),
+            stale: false,
         };
         engine.rebuild().await?;
         engine.reap_previous_local_workers().await?;
@@ -341,6 +357,12 @@ impl Engine {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut batch: Vec<Command> = Vec::new();
         loop {
+            if self.stale {
+                match self.recover().await {
+                    Some(kept) => batch = kept,
+                    None => break,
+                }
+            }
             let mut ticked = false;
             tokio::select! {
                 c = self.rx.recv() => match c {
@@ -415,11 +437,51 @@ impl Engine {
                 tracing::error!(error = ?e, "persisting a scheduler batch failed; reloading state from the store");
                 replies.fail(&e);
                 if let Err(e) = self.rebuild().await {
-                    tracing::error!(error = ?e, "reloading from the store failed");
+                    tracing::error!(error = ?e, "reloading from the store failed; scheduling stops until it succeeds");
+                    self.stale = true;
                 }
             }
         }
         self.connected.store(self.conns.len(), Ordering::Relaxed);
+    }
+
+    /// Reloads the core from the store, retrying with backoff until it succeeds. Meanwhile
+    /// `/ready` says the scheduler is stalled, API commands are refused at once as the store
+    /// being unavailable (nothing they asked for can be stored), and what workers report is kept,
+    /// in order, for the first step after the reload. `None` when the channel closed.
+    async fn recover(&mut self) -> Option<Vec<Command>> {
+        self.running.store(false, Ordering::Relaxed);
+        let mut kept = Vec::new();
+        let mut wait = Duration::from_millis(100);
+        loop {
+            // A short probe first: a reload against a store that is down waits out its
+            // connection timeout, and API calls would wait with it.
+            let reachable = tokio::time::timeout(wait.max(Duration::from_millis(500)), self.store.ping()).await.is_ok_and(|r| r.is_ok());
+            let reloaded = match reachable {
+                true => self.rebuild().await,
+                false => Err(StoreError::WriteUnavailable { doing: "reloading the scheduler", detail: "the store does not answer".into() }),
+            };
+            match reloaded {
+                Ok(()) => break,
+                Err(e) => tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "the store is still unavailable; scheduling is stopped"),
+            }
+            let pause = tokio::time::sleep(wait);
+            tokio::pin!(pause);
+            loop {
+                tokio::select! {
+                    c = self.rx.recv() => match c {
+                        Some(c) => kept.extend(refuse_while_stale(c)),
+                        None => return None,
+                    },
+                    _ = &mut pause => break,
+                }
+            }
+            wait = (wait * 2).min(RECOVER_BACKOFF_MAX);
+        }
+        tracing::info!(kept = kept.len(), "the scheduler is reloaded from the store; scheduling resumes");
+        self.stale = false;
+        self.running.store(true, Ordering::Relaxed);
+        Some(kept)
     }
 
     fn handle(&mut self, c: Command, now: Timestamp, replies: &mut Replies) {
@@ -602,6 +664,23 @@ impl Engine {
             }
         }
     }
+}
+
+/// While the core is stale: an API command is answered now with the store's unavailability
+/// (a reader of scheduler state, `Inspect`, is dropped, which its caller sees as the scheduler
+/// not running); a worker's report is returned, to be applied once the core is reloaded.
+fn refuse_while_stale(c: Command) -> Option<Command> {
+    let down = || ControlError::Store(StoreError::WriteUnavailable { doing: "scheduling", detail: "the store is unavailable; retry later".into() });
+    match c {
+        Command::Submit { reply, .. } => drop(reply.send(Err(down()))),
+        Command::SubmitArray { reply, .. } => drop(reply.send(Err(down()))),
+        Command::Tenant { reply, .. } | Command::Burst { reply, .. } | Command::Retry { reply, .. } => drop(reply.send(Err(down()))),
+        Command::Hold { reply, .. } | Command::Release { reply, .. } => drop(reply.send(Err(down()))),
+        Command::Cancel { reply, .. } => drop(reply.send(Err(down()))),
+        Command::Inspect(_) => {}
+        worker => return Some(worker),
+    }
+    None
 }
 
 /// The AssignJob message for an attempt, with the `HODEI_*` environment of SPEC §5.

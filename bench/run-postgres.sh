@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Runs the `hodei bench` modes against a fresh release server on PostgreSQL (a throwaway
+# cluster from Debian's pg_virtualenv, on this machine). Usage: bench/run-postgres.sh [REPS=1]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ -z "${PGHOST:-}" ]; then exec pg_virtualenv "$0" "$@"; fi
+REPS=${1:-1}
+cargo build --release -q -p hodei
+BIN=$PWD/target/release/hodei
+for rep in $(seq 1 "$REPS"); do
+    DB="hodei_bench_${rep}_$$"
+    psql -qc "CREATE DATABASE $DB"
+    DIR=$(mktemp -d)
+    HODEI_DATABASE__URL="postgres://$PGUSER:$PGPASSWORD@$PGHOST:${PGPORT:-5432}/$DB" \
+    HODEI_RESOURCE_POOLS__BUILTIN_LOCAL__SLOTS=32 RUST_LOG=warn "$BIN" server --data-dir "$DIR/data" \
+        --http-addr 127.0.0.1:0 --grpc-addr 127.0.0.1:0 --metrics-addr 127.0.0.1:0 > "$DIR/ready" 2> "$DIR/server.log" &
+    PID=$!
+    for _ in $(seq 1 100); do grep -q '^ready' "$DIR/ready" 2>/dev/null && break; sleep 0.1; done
+    HTTP=$(sed -n 's/^ready http=\([^ ]*\).*/\1/p' "$DIR/ready")
+    export HODEI_SERVER="http://$HTTP" HODEI_DATA_DIR="$DIR/data"
+    echo "# rep $rep (PostgreSQL $(psql -tAc 'SHOW server_version'))"
+    "$BIN" bench latency --runs 200
+    "$BIN" bench submit --clients 1 --jobs 5000
+    "$BIN" bench submit --clients 64 --jobs 20000
+    "$BIN" bench batch --jobs 100000
+    "$BIN" bench array --jobs 100000
+    "$BIN" bench throughput --jobs 5000 --parallel 32
+    kill "$PID"; wait "$PID" 2>/dev/null || true
+    rm -rf "$DIR"
+done

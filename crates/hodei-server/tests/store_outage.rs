@@ -1,0 +1,150 @@
+//! The store going away under a running engine (a network database restarting): nothing a
+//! caller was refused is kept in memory, and scheduling resumes by itself once the store is back.
+//! The store is the real SQLite engine behind a switch that makes every call fail as
+//! unreachable (fault injection), so the engine and the API are the real ones.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use hodei_core::sched::Changes;
+use hodei_core::{Attempt, BurstId, BurstSession, Job, JobEvent, JobId, Pool, PoolId, Tenant, TenantId, Timestamp, Worker, WorkerId};
+use hodei_server::ServerOptions;
+use hodei_server::config::{Config, Secret};
+use hodei_store::sqlite::SqliteStore;
+use hodei_store::{BreachFilter, BurstFilter, JobFilter, LiveState, Result, SlaOutcome, Store, StoreError};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+/// SQLite, or nothing at all while `down` is set.
+struct Switchable {
+    inner: SqliteStore,
+    down: AtomicBool,
+}
+
+impl Switchable {
+    fn up(&self, doing: &'static str) -> Result<()> {
+        match self.down.load(Ordering::SeqCst) {
+            true => Err(StoreError::WriteUnavailable { doing, detail: "switched off by the test".into() }),
+            false => Ok(()),
+        }
+    }
+}
+
+/// The `Store` impl: every call checks the switch, then passes through. (Generated whole, so
+/// `async_trait` sees the methods.)
+macro_rules! pass {
+    ($( fn $name:ident(&self $(, $arg:ident: $ty:ty)*) -> $ret:ty; )*) => {
+        #[async_trait]
+        impl Store for Switchable {
+            $( async fn $name(&self $(, $arg: $ty)*) -> Result<$ret> {
+                self.up(stringify!($name))?;
+                self.inner.$name($($arg),*).await
+            } )*
+
+            fn stage(&self, changes: Arc<Changes>) {
+                // While down, the part is lost and the `apply` that follows fails: as a real outage.
+                if self.up("stage").is_ok() {
+                    self.inner.stage(changes);
+                }
+            }
+        }
+    };
+}
+
+pass! {
+        fn ping(&self) -> ();
+        fn create_tenant(&self, t: &Tenant) -> ();
+        fn get_tenant(&self, id: &TenantId) -> Option<Tenant>;
+        fn list_tenants(&self) -> Vec<Tenant>;
+        fn update_tenant(&self, t: &Tenant) -> ();
+        fn delete_tenant(&self, id: &TenantId) -> bool;
+        fn count_live_jobs(&self, tenant: &TenantId) -> u64;
+        fn upsert_pool(&self, p: &Pool, join_token_hash: Option<&str>) -> ();
+        fn get_pool(&self, id: &PoolId) -> Option<(Pool, String)>;
+        fn list_pools(&self) -> Vec<Pool>;
+        fn create_burst(&self, b: &BurstSession) -> ();
+        fn update_burst(&self, b: &BurstSession) -> ();
+        fn get_burst(&self, id: BurstId) -> Option<BurstSession>;
+        fn list_bursts(&self, f: &BurstFilter) -> Vec<BurstSession>;
+        fn apply(&self, changes: Arc<Changes>) -> ();
+        fn get_job(&self, id: JobId) -> Option<Job>;
+        fn list_jobs(&self, f: &JobFilter) -> Vec<Job>;
+        fn list_attempts(&self, job: JobId) -> Vec<Attempt>;
+        fn list_events(&self, job: JobId) -> Vec<JobEvent>;
+        fn load_live(&self) -> LiveState;
+        fn sla_outcomes(&self, since: Timestamp, tenant: Option<&TenantId>) -> Vec<SlaOutcome>;
+        fn sla_breaches(&self, f: &BreachFilter) -> Vec<Job>;
+        fn register_worker(&self, w: &Worker, session_token_hash: &str) -> ();
+        fn worker_session_hash(&self, id: WorkerId) -> Option<String>;
+        fn list_workers(&self) -> Vec<Worker>;
+}
+
+const TOKEN: &str = "test-admin-token";
+
+async fn call(router: &axum::Router, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+    let mut b = Request::builder().method(method).uri(path).header(header::AUTHORIZATION, format!("Bearer {TOKEN}"));
+    let body = match body {
+        Some(v) => {
+            b = b.header(header::CONTENT_TYPE, "application/json");
+            Body::from(v.to_string())
+        }
+        None => Body::empty(),
+    };
+    let resp = router.clone().oneshot(b.body(body).unwrap()).await.unwrap();
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
+    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn a_submit_refused_during_a_store_outage_is_never_scheduled_and_scheduling_resumes_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = Config::default();
+    cfg.server.data_dir = dir.path().to_owned();
+    cfg.server.http_addr = "127.0.0.1:0".into();
+    cfg.server.grpc_addr = "127.0.0.1:0".into();
+    cfg.metrics.prometheus.port = 0;
+    cfg.auth.admin_token = Some(Secret(TOKEN.into()));
+    let store = Arc::new(Switchable { inner: SqliteStore::open_temporary().await.unwrap(), down: AtomicBool::new(false) });
+    let server = hodei_server::start(ServerOptions { config: cfg, worker_exe: None, metrics_addr: None, store: Some(store.clone()) }).await.unwrap();
+    let r = &server.router;
+    let job = |name: &str| json!({"command": ["true"], "name": name, "hold": true});
+
+    let (s, before) = call(r, "POST", "/api/v1/jobs", Some(job("before"))).await;
+    assert_eq!(s, StatusCode::CREATED, "{before}");
+
+    store.down.store(true, Ordering::SeqCst);
+    let (s, refused) = call(r, "POST", "/api/v1/jobs", Some(job("during"))).await;
+    assert_eq!((s, refused["code"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("store_unavailable")), "{refused}");
+    // Still down: the scheduler says it is stalled, and answers at once rather than waiting.
+    let (s, ready) = call(r, "GET", "/ready", None).await;
+    assert_eq!((s, ready["checks"]["scheduler"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("stalled")), "{ready}");
+    let started = Instant::now();
+    let (s, again) = call(r, "POST", "/api/v1/jobs", Some(job("during-2"))).await;
+    assert_eq!((s, again["code"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("store_unavailable")), "{again}");
+    assert!(started.elapsed() < Duration::from_secs(3), "refused while stalled, not after a reload attempt");
+
+    store.down.store(false, Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (s, _) = call(r, "GET", "/ready", None).await;
+        if s == StatusCode::OK {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the scheduler did not resume after the store came back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Only what was acknowledged is known, to the store and to the scheduler alike.
+    let (_, queue) = call(r, "GET", "/api/v1/queue", None).await;
+    assert_eq!(queue["totals"]["held"], 1, "{queue}");
+    let stored = store.list_jobs(&JobFilter { limit: 10, ..Default::default() }).await.unwrap();
+    assert_eq!(stored.iter().map(|j| j.spec.name.as_str()).collect::<Vec<_>>(), ["before"]);
+    let (s, after) = call(r, "POST", "/api/v1/jobs", Some(job("after"))).await;
+    assert_eq!(s, StatusCode::CREATED, "{after}");
+    let (_, queue) = call(r, "GET", "/api/v1/queue", None).await;
+    assert_eq!(queue["totals"]["held"], 2, "{queue}");
+}
