@@ -27,6 +27,7 @@ pub enum ErrorCode {
     PreconditionFailed,
     Unschedulable,
     QuotaExceeded,
+    RateLimited,
     BurstUnavailable,
     Internal,
     StoreUnavailable,
@@ -52,6 +53,7 @@ impl ErrorCode {
             PreconditionFailed => (StatusCode::PRECONDITION_FAILED, "precondition_failed", "Precondition failed"),
             Unschedulable => (StatusCode::UNPROCESSABLE_ENTITY, "unschedulable", "No pool can ever run this job"),
             QuotaExceeded => (StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", "Quota exceeded"),
+            RateLimited => (StatusCode::TOO_MANY_REQUESTS, "rate_limited", "Submit rate exceeded"),
             BurstUnavailable => (StatusCode::CONFLICT, "burst_unavailable", "Burst unavailable"),
             Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error"),
             StoreUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", "Store unavailable"),
@@ -131,10 +133,14 @@ impl IntoResponse for ApiError {
             body["errors"] =
                 Value::Array(self.errors.iter().map(|e| json!({"field": e.field, "message": e.message, "expected": e.expected, "value": e.value})).collect());
         }
+        let retry_after = self.extra.get("retry_after_s").and_then(Value::as_u64);
         if let Value::Object(map) = &mut body {
             map.extend(self.extra);
         }
         let mut resp = (status, axum::Json(body)).into_response();
+        if let Some(secs) = retry_after {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         resp
     }

@@ -8,6 +8,7 @@ mod ctx;
 pub mod dto;
 pub mod error;
 mod json;
+pub mod rate;
 mod routes;
 
 use std::sync::{Arc, RwLock};
@@ -160,6 +161,8 @@ pub struct Inner {
     pub pools: RwLock<Vec<Pool>>,
     /// Tenants read on every submit; this process's tenant writes invalidate it.
     pub tenants: TenantCache,
+    /// `limits.submit_rate_per_tenant`: per-tenant token buckets.
+    pub submit_rate: rate::SubmitRate,
     pub cfg: ApiConfig,
     pub started: Instant,
 }

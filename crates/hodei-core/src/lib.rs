@@ -12,6 +12,7 @@ pub mod ids;
 pub mod job;
 pub mod queue;
 pub mod quota;
+pub mod rate;
 pub mod sched;
 pub mod spec;
 pub mod tenant;

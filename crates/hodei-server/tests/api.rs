@@ -597,3 +597,42 @@ async fn an_array_over_the_queued_jobs_limit_stores_none_of_its_jobs() {
     assert_eq!(status, StatusCode::CREATED);
     assert_eq!(app.stored_jobs().await, 5);
 }
+
+#[tokio::test]
+async fn a_tenant_over_its_submit_rate_is_refused_429_with_retry_after_and_nothing_is_stored() {
+    let app = app_with(|c| {
+        c.limits.submit_rate_per_tenant = 1;
+        c.limits.submit_burst_per_tenant = 3;
+    })
+    .await;
+    let job = json!({"command": ["true"], "hold": true});
+    for _ in 0..3 {
+        let (s, v) = app.call("POST", "/api/v1/jobs", Some(job.clone())).await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+    }
+    let req = Request::builder()
+        .method("POST")
+        .uri("/api/v1/jobs")
+        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(job.to_string()))
+        .unwrap();
+    let resp = app.server.router.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(resp.headers().get(header::RETRY_AFTER).and_then(|v| v.to_str().ok()), Some("1"), "one job per second");
+    let body: Value = serde_json::from_slice(&axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap()).unwrap();
+    assert_eq!((body["code"].as_str(), body["retryable"].as_bool(), body["rate_per_s"].as_u64()), (Some("rate_limited"), Some(true), Some(1)), "{body}");
+    // A dry run takes no token and is answered.
+    let (s, _) = app.call("POST", "/api/v1/jobs?dry_run=true", Some(job.clone())).await;
+    assert_eq!(s, StatusCode::OK);
+    // Another tenant has a bucket of its own; a batch over the burst is refused whole.
+    let (s, v) = app.call("POST", "/api/v1/tenants", Some(json!({"name": "Other", "id": "other"}))).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let other = json!({"command": ["true"], "hold": true, "tenant_id": "other"});
+    let (s, v) = app.call("POST", "/api/v1/jobs/batch", Some(json!({"jobs": [other.clone(), other.clone(), other.clone(), other.clone()]}))).await;
+    assert_eq!((s, v["code"].as_str(), v["retryable"].as_bool()), (StatusCode::TOO_MANY_REQUESTS, Some("rate_limited"), Some(false)), "{v}");
+    let (s, v) = app.call("POST", "/api/v1/jobs/batch", Some(json!({"jobs": [other.clone(), other]}))).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let stored = app.server.store.list_jobs(&JobFilter { limit: 50, ..Default::default() }).await.unwrap();
+    assert_eq!(stored.len(), 5, "three of the default tenant's, two of the other's");
+}

@@ -122,6 +122,8 @@ pub async fn submit_job(State(s): State<ApiState>, Query(q): Query<SubmitQuery>,
     if let Some(e) = never {
         return Err(unschedulable_error(e));
     }
+    let count = spec.array.map_or(1, |a| a.count());
+    s.submit_rate.admit(&[(tenant.id.clone(), count)], s.clock.now())?;
     if let Some(array) = spec.array {
         return submit_array(&s, &tenant, spec, array).await;
     }
@@ -267,6 +269,14 @@ pub async fn submit_batch(State(s): State<ApiState>, headers: HeaderMap, ApiJson
         return Err(err);
     }
     let validated = t0.elapsed();
+    let mut per_tenant: Vec<(TenantId, u32)> = Vec::new();
+    for j in &jobs {
+        match per_tenant.iter_mut().find(|(t, _)| *t == j.tenant) {
+            Some((_, n)) => *n += 1,
+            None => per_tenant.push((j.tenant.clone(), 1)),
+        }
+    }
+    s.submit_rate.admit(&per_tenant, s.clock.now())?;
     if !jobs.is_empty() {
         let who: Vec<(TenantId, Priority)> = jobs.iter().map(|j| (j.tenant.clone(), j.spec.priority)).collect();
         let admitted = s.control.submit(jobs, body.atomic).await?;
