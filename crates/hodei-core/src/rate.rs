@@ -17,7 +17,7 @@ pub struct RateLimit {
 impl RateLimit {
     /// `None` when `per_second` is 0 (no limit). A `burst` of 0 means one second's worth.
     pub fn new(per_second: u32, burst: u32) -> Option<RateLimit> {
-        (per_second > 0).then(|| RateLimit { per_second, burst: if burst == 0 { per_second } else { burst } })
+        (per_second > 0).then_some(RateLimit { per_second, burst: if burst == 0 { per_second } else { burst } })
     }
 
     pub fn per_second(&self) -> u32 {
