@@ -17,8 +17,9 @@ use hodei_core::ids::IdMap;
 use hodei_core::sched::Changes;
 use hodei_core::spec::JobSpec;
 use hodei_core::{ArrayId, Attempt, BurstId, BurstSession, Job, JobEvent, JobId, JobState, Pool, PoolId, Tenant, TenantId, Timestamp, Worker, WorkerId};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{Connection, PgConnection, PgPool, Postgres, QueryBuilder, Transaction};
+use sqlx::Arguments;
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, PgConnection, PgPool, Postgres, QueryBuilder};
 use uuid::Uuid;
 
 use crate::rows::*;
@@ -99,6 +100,49 @@ fn dur_ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// One statement being built: data-modifying CTEs (PostgreSQL runs each of them, atomically,
+/// with the statement) and their arguments, numbered as they are added.
+#[derive(Default)]
+struct Stmt {
+    ctes: Vec<String>,
+    args: PgArguments,
+    n: usize,
+    /// The first error encoding an argument, reported when the statement runs.
+    bad: Option<String>,
+}
+
+impl Stmt {
+    /// Adds an argument; returns its placeholder cast to `ty`.
+    fn arg<'q, T: sqlx::Encode<'q, Postgres> + sqlx::Type<Postgres>>(&mut self, value: T, ty: &str) -> String {
+        if let Err(e) = self.args.add(value) {
+            self.bad.get_or_insert(e.to_string());
+        }
+        self.n += 1;
+        format!("${}::{ty}", self.n)
+    }
+
+    fn cte(&mut self, sql: String) {
+        self.ctes.push(format!("w{} AS ({sql})", self.ctes.len()));
+    }
+
+    async fn run(self, conn: &mut PgConnection) -> Result<()> {
+        if self.ctes.is_empty() {
+            return Ok(());
+        }
+        if let Some(detail) = self.bad {
+            return Err(StoreError::Write { doing: "encoding scheduler changes", detail });
+        }
+        let sql = format!("WITH {} SELECT 1", self.ctes.join(", "));
+        sqlx::query_with(sqlx::AssertSqlSafe(sql), self.args).execute(conn).await.map_err(StoreError::db("writing scheduler changes"))?;
+        Ok(())
+    }
+}
+
+/// Placeholders of column arrays, spread as rows: `UNNEST($1::uuid[], $2::text[], …)`.
+fn unnest(cols: &[String]) -> String {
+    format!("UNNEST({})", cols.join(", "))
+}
+
 /// A job's own state, one array per column, in the order of [`STATE_COLUMNS`].
 #[derive(Default)]
 struct StateCols {
@@ -133,10 +177,6 @@ struct StateCols {
 const STATE_COLUMNS: &str = "id, tenant_id, state, state_reason, attempt_count, current_attempt_id, retries_left, lost_requeues, exit_code, \
      failure_reason, submitted_at, eligible_at, scheduled_at, started_at, finished_at, next_retry_at, cancel_requested_at, pool_id, worker_id, \
      log_truncated, sla_status, sla_waited_ms, sla_since, sla_breached_at, sla_wait_ms, sla_decided_at";
-const STATE_TYPES: [&str; 26] = [
-    "uuid", "text", "text", "text", "bigint", "uuid", "bigint", "bigint", "integer", "text", "bigint", "bigint", "bigint", "bigint", "bigint", "bigint",
-    "bigint", "text", "uuid", "boolean", "text", "bigint", "bigint", "bigint", "bigint", "bigint",
-];
 
 impl StateCols {
     fn push(&mut self, j: &Job) {
@@ -168,33 +208,36 @@ impl StateCols {
         self.sla_decided_at.push(j.sla.decided_at.map(ms));
     }
 
-    fn bind<'q>(self, q: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
-        q.bind(self.id)
-            .bind(self.tenant_id)
-            .bind(self.state)
-            .bind(self.state_reason)
-            .bind(self.attempt_count)
-            .bind(self.current_attempt_id)
-            .bind(self.retries_left)
-            .bind(self.lost_requeues)
-            .bind(self.exit_code)
-            .bind(self.failure_reason)
-            .bind(self.submitted_at)
-            .bind(self.eligible_at)
-            .bind(self.scheduled_at)
-            .bind(self.started_at)
-            .bind(self.finished_at)
-            .bind(self.next_retry_at)
-            .bind(self.cancel_requested_at)
-            .bind(self.pool_id)
-            .bind(self.worker_id)
-            .bind(self.log_truncated)
-            .bind(self.sla_status)
-            .bind(self.sla_waited_ms)
-            .bind(self.sla_since)
-            .bind(self.sla_breached_at)
-            .bind(self.sla_wait_ms)
-            .bind(self.sla_decided_at)
+    /// The columns as arguments of `st`, in the order of [`STATE_COLUMNS`].
+    fn args(self, st: &mut Stmt) -> Vec<String> {
+        vec![
+            st.arg(self.id, "uuid[]"),
+            st.arg(self.tenant_id, "text[]"),
+            st.arg(self.state, "text[]"),
+            st.arg(self.state_reason, "text[]"),
+            st.arg(self.attempt_count, "bigint[]"),
+            st.arg(self.current_attempt_id, "uuid[]"),
+            st.arg(self.retries_left, "bigint[]"),
+            st.arg(self.lost_requeues, "bigint[]"),
+            st.arg(self.exit_code, "integer[]"),
+            st.arg(self.failure_reason, "text[]"),
+            st.arg(self.submitted_at, "bigint[]"),
+            st.arg(self.eligible_at, "bigint[]"),
+            st.arg(self.scheduled_at, "bigint[]"),
+            st.arg(self.started_at, "bigint[]"),
+            st.arg(self.finished_at, "bigint[]"),
+            st.arg(self.next_retry_at, "bigint[]"),
+            st.arg(self.cancel_requested_at, "bigint[]"),
+            st.arg(self.pool_id, "text[]"),
+            st.arg(self.worker_id, "uuid[]"),
+            st.arg(self.log_truncated, "boolean[]"),
+            st.arg(self.sla_status, "text[]"),
+            st.arg(self.sla_waited_ms, "bigint[]"),
+            st.arg(self.sla_since, "bigint[]"),
+            st.arg(self.sla_breached_at, "bigint[]"),
+            st.arg(self.sla_wait_ms, "bigint[]"),
+            st.arg(self.sla_decided_at, "bigint[]"),
+        ]
     }
 }
 
@@ -223,10 +266,6 @@ struct SpecCols {
 
 const SPEC_COLUMNS: &str = "name, command, env, working_dir, image, cpu_m, memory_mb, gpu, timeout_ms, expected_duration_ms, max_retries, \
      retry_backoff_ms, priority, sla, preemptible, hold, labels, pool_selector";
-const SPEC_TYPES: [&str; 18] = [
-    "text", "text", "text", "text", "text", "bigint", "bigint", "bigint", "bigint", "bigint", "bigint", "bigint", "text", "text", "boolean", "boolean", "text",
-    "text",
-];
 
 impl SpecCols {
     fn push(&mut self, s: &JobSpec) {
@@ -250,32 +289,29 @@ impl SpecCols {
         self.pool_selector.push(s.pool_selector.as_ref().map(|p| p.as_str().to_owned()));
     }
 
-    fn bind<'q>(self, q: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
-        q.bind(self.name)
-            .bind(self.command)
-            .bind(self.env)
-            .bind(self.working_dir)
-            .bind(self.image)
-            .bind(self.cpu_m)
-            .bind(self.memory_mb)
-            .bind(self.gpu)
-            .bind(self.timeout_ms)
-            .bind(self.expected_duration_ms)
-            .bind(self.max_retries)
-            .bind(self.retry_backoff_ms)
-            .bind(self.priority)
-            .bind(self.sla)
-            .bind(self.preemptible)
-            .bind(self.hold)
-            .bind(self.labels)
-            .bind(self.pool_selector)
+    /// The columns as arguments of `st`, in the order of [`SPEC_COLUMNS`].
+    fn args(self, st: &mut Stmt) -> Vec<String> {
+        vec![
+            st.arg(self.name, "text[]"),
+            st.arg(self.command, "text[]"),
+            st.arg(self.env, "text[]"),
+            st.arg(self.working_dir, "text[]"),
+            st.arg(self.image, "text[]"),
+            st.arg(self.cpu_m, "bigint[]"),
+            st.arg(self.memory_mb, "bigint[]"),
+            st.arg(self.gpu, "bigint[]"),
+            st.arg(self.timeout_ms, "bigint[]"),
+            st.arg(self.expected_duration_ms, "bigint[]"),
+            st.arg(self.max_retries, "bigint[]"),
+            st.arg(self.retry_backoff_ms, "bigint[]"),
+            st.arg(self.priority, "text[]"),
+            st.arg(self.sla, "text[]"),
+            st.arg(self.preemptible, "boolean[]"),
+            st.arg(self.hold, "boolean[]"),
+            st.arg(self.labels, "text[]"),
+            st.arg(self.pool_selector, "text[]"),
+        ]
     }
-}
-
-/// `UNNEST($first::t1[], $first+1::t2[], …)` for columns of the given types.
-fn unnest(first: usize, types: &[&str]) -> String {
-    let args: Vec<String> = types.iter().enumerate().map(|(i, t)| format!("${}::{t}[]", first + i)).collect();
-    format!("UNNEST({})", args.join(", "))
 }
 
 /// The last snapshot of each id, in first-seen order: one statement may not change a row twice.
@@ -294,78 +330,72 @@ fn last_of<T, K: std::hash::Hash + Eq + Copy>(rows: &[T], key: impl Fn(&T) -> K)
     out
 }
 
-async fn write(tx: &mut Transaction<'_, Postgres>, c: &Changes) -> Result<()> {
-    write_new_jobs(tx, c).await?;
+/// One batch of scheduler changes as one statement. A job is new or updated in a batch, never
+/// both (`Scheduler::take_changes`), so no part needs to see another's rows: they may share the
+/// statement's one snapshot.
+fn statement(c: &Changes) -> Stmt {
+    let mut st = Stmt::default();
+    new_jobs(&mut st, c);
     let jobs = last_of(&c.jobs, |j| j.id);
     if !jobs.is_empty() {
         let mut cols = StateCols::default();
         for j in &jobs {
             cols.push(j);
         }
-        let sql = format!(
+        let from = unnest(&cols.args(&mut st));
+        st.cte(format!(
             "UPDATE jobs SET state = u.state, state_reason = u.state_reason, attempt_count = u.attempt_count, current_attempt_id = u.current_attempt_id, \
              retries_left = u.retries_left, lost_requeues = u.lost_requeues, exit_code = u.exit_code, failure_reason = u.failure_reason, \
              eligible_at = u.eligible_at, scheduled_at = u.scheduled_at, started_at = u.started_at, finished_at = u.finished_at, \
              next_retry_at = u.next_retry_at, cancel_requested_at = u.cancel_requested_at, pool_id = u.pool_id, worker_id = u.worker_id, \
              log_truncated = u.log_truncated, sla_status = u.sla_status, sla_waited_ms = u.sla_waited_ms, sla_since = u.sla_since, \
              sla_breached_at = u.sla_breached_at, sla_wait_ms = u.sla_wait_ms, sla_decided_at = u.sla_decided_at \
-             FROM {} AS u({STATE_COLUMNS}) WHERE jobs.id = u.id",
-            unnest(1, &STATE_TYPES)
-        );
-        cols.bind(sqlx::query(sqlx::AssertSqlSafe(sql))).execute(&mut **tx).await.map_err(StoreError::db("updating jobs"))?;
+             FROM {from} AS u({STATE_COLUMNS}) WHERE jobs.id = u.id"
+        ));
     }
-    write_attempts(tx, c).await?;
-    for w in &c.workers {
-        sqlx::query("UPDATE workers SET state = $1, last_heartbeat_at = $2 WHERE id = $3")
-            .bind(w.state.as_str())
-            .bind(ms(w.last_heartbeat_at))
-            .bind(w.id.as_uuid())
-            .execute(&mut **tx)
-            .await
-            .map_err(StoreError::db("updating a worker"))?;
+    attempts(&mut st, c);
+    let workers = last_of(&c.workers, |w| w.id);
+    if !workers.is_empty() {
+        let cols = [
+            st.arg(workers.iter().map(|w| w.id.as_uuid()).collect::<Vec<_>>(), "uuid[]"),
+            st.arg(workers.iter().map(|w| w.state.as_str()).collect::<Vec<_>>(), "text[]"),
+            st.arg(workers.iter().map(|w| ms(w.last_heartbeat_at)).collect::<Vec<_>>(), "bigint[]"),
+        ];
+        st.cte(format!("UPDATE workers SET state = u.state, last_heartbeat_at = u.at FROM {} AS u(id, state, at) WHERE workers.id = u.id", unnest(&cols)));
     }
     let events: Vec<&JobEvent> = c.events.iter().filter(|e| e.from.is_some()).collect();
     if !events.is_empty() {
-        let job_id: Vec<Uuid> = events.iter().map(|e| e.job_id.as_uuid()).collect();
-        let at: Vec<i64> = events.iter().map(|e| ms(e.at)).collect();
-        let from: Vec<Option<&str>> = events.iter().map(|e| e.from.map(|s| s.as_str())).collect();
-        let to: Vec<&str> = events.iter().map(|e| e.to.as_str()).collect();
-        let actor: Vec<&str> = events.iter().map(|e| e.actor.as_str()).collect();
-        let reason: Vec<Option<String>> = events.iter().map(|e| e.reason.clone()).collect();
+        let cols = [
+            st.arg(events.iter().map(|e| e.job_id.as_uuid()).collect::<Vec<_>>(), "uuid[]"),
+            st.arg(events.iter().map(|e| ms(e.at)).collect::<Vec<_>>(), "bigint[]"),
+            st.arg(events.iter().map(|e| e.from.map(|s| s.as_str())).collect::<Vec<_>>(), "text[]"),
+            st.arg(events.iter().map(|e| e.to.as_str()).collect::<Vec<_>>(), "text[]"),
+            st.arg(events.iter().map(|e| e.actor.as_str()).collect::<Vec<_>>(), "text[]"),
+            st.arg(events.iter().map(|e| e.reason.clone()).collect::<Vec<_>>(), "text[]"),
+        ];
         // Rows are numbered in the order given, so a job's events read back in order.
-        sqlx::query(
+        st.cte(format!(
             "INSERT INTO job_events (job_id, at, from_state, to_state, actor, reason) \
-             SELECT job_id, at, from_state, to_state, actor, reason \
-             FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[]) WITH ORDINALITY \
+             SELECT job_id, at, from_state, to_state, actor, reason FROM {} WITH ORDINALITY \
              AS u(job_id, at, from_state, to_state, actor, reason, n) ORDER BY n",
-        )
-        .bind(job_id)
-        .bind(at)
-        .bind(from)
-        .bind(to)
-        .bind(actor)
-        .bind(reason)
-        .execute(&mut **tx)
-        .await
-        .map_err(StoreError::db("inserting job events"))?;
+            unnest(&cols)
+        ));
     }
-    Ok(())
+    st
 }
 
 /// New jobs: each array's spec once (its id bounds widened), members by state, the others with
 /// their own spec. A job's creation event is stored on its row.
-async fn write_new_jobs(tx: &mut Transaction<'_, Postgres>, c: &Changes) -> Result<()> {
+fn new_jobs(st: &mut Stmt, c: &Changes) {
     if c.new_jobs.is_empty() {
-        return Ok(());
+        return;
     }
     let created: IdMap<JobId, &JobEvent> = c.events.iter().filter(|e| e.from.is_none()).map(|e| (e.job_id, e)).collect();
     let mut arrays: Vec<(ArrayId, &Job, JobId, JobId)> = Vec::new();
     let (mut own, mut own_spec, mut members) = (StateCols::default(), SpecCols::default(), StateCols::default());
-    let (mut own_created, mut member_created) = ((Vec::new(), Vec::new(), Vec::new()), (Vec::new(), Vec::new(), Vec::new()));
+    let (mut own_created, mut member_created) = (Created::default(), Created::default());
     let (mut member_array, mut member_index) = (Vec::new(), Vec::new());
     for j in &c.new_jobs {
-        let e = created.get(&j.id);
-        let made = (e.map_or(JobState::Pending, |e| e.to).as_str(), e.and_then(|e| e.reason.clone()), (!j.warnings.is_empty()).then(|| json_vec(&j.warnings)));
         let into = match j.array {
             Some((array, index)) => {
                 match arrays.iter_mut().find(|a| a.0 == array) {
@@ -383,100 +413,101 @@ async fn write_new_jobs(tx: &mut Transaction<'_, Postgres>, c: &Changes) -> Resu
                 &mut own_created
             }
         };
-        into.0.push(made.0);
-        into.1.push(made.1);
-        into.2.push(made.2);
+        into.push(j, created.get(&j.id).copied());
     }
     for (array, first, lo, hi) in arrays {
         let Some(a) = first.spec.array else { continue };
         let mut spec = SpecCols::default();
         spec.push(&first.spec);
-        let sql = format!(
+        let spec = unnest(&spec.args(st));
+        let (id, tenant) = (st.arg(array.as_uuid(), "uuid"), st.arg(first.tenant.as_str().to_owned(), "text"));
+        let range = [
+            st.arg(i64_of(a.start), "bigint"),
+            st.arg(i64_of(a.end), "bigint"),
+            st.arg(i64_of(a.step), "bigint"),
+            st.arg(a.max_parallel.map(i64_of), "bigint"),
+            st.arg(lo.as_uuid(), "uuid"),
+            st.arg(hi.as_uuid(), "uuid"),
+        ]
+        .join(", ");
+        st.cte(format!(
             "INSERT INTO job_arrays (id, tenant_id, {SPEC_COLUMNS}, array_start, array_end, array_step, array_max_parallel, first_job_id, last_job_id) \
-             SELECT $19, $20, *, $21, $22, $23, $24, $25, $26 FROM {} \
+             SELECT {id}, {tenant}, *, {range} FROM {spec} \
              ON CONFLICT (id) DO UPDATE SET first_job_id = LEAST(job_arrays.first_job_id, excluded.first_job_id), \
-             last_job_id = GREATEST(job_arrays.last_job_id, excluded.last_job_id)",
-            unnest(1, &SPEC_TYPES)
-        );
-        spec.bind(sqlx::query(sqlx::AssertSqlSafe(sql)))
-            .bind(array.as_uuid())
-            .bind(first.tenant.as_str())
-            .bind(i64_of(a.start))
-            .bind(i64_of(a.end))
-            .bind(i64_of(a.step))
-            .bind(a.max_parallel.map(i64_of))
-            .bind(lo.as_uuid())
-            .bind(hi.as_uuid())
-            .execute(&mut **tx)
-            .await
-            .map_err(StoreError::db("inserting arrays"))?;
+             last_job_id = GREATEST(job_arrays.last_job_id, excluded.last_job_id)"
+        ));
     }
-    let created_types = ["text", "text", "text"];
     if !own.id.is_empty() {
-        let n = STATE_TYPES.len();
-        let types: Vec<&str> = STATE_TYPES.iter().chain(&created_types).chain(&SPEC_TYPES).copied().collect();
-        let sql = format!("INSERT INTO jobs ({STATE_COLUMNS}, created_state, created_reason, warnings, {SPEC_COLUMNS}) SELECT * FROM {}", unnest(1, &types));
-        let q = own.bind(sqlx::query(sqlx::AssertSqlSafe(sql))).bind(own_created.0).bind(own_created.1).bind(own_created.2);
-        debug_assert_eq!(n + 3 + SPEC_TYPES.len(), types.len());
-        own_spec.bind(q).execute(&mut **tx).await.map_err(StoreError::db("inserting jobs"))?;
+        let mut cols = own.args(st);
+        cols.extend(own_created.args(st));
+        cols.extend(own_spec.args(st));
+        st.cte(format!("INSERT INTO jobs ({STATE_COLUMNS}, created_state, created_reason, warnings, {SPEC_COLUMNS}) SELECT * FROM {}", unnest(&cols)));
     }
     if !members.id.is_empty() {
-        let types: Vec<&str> = STATE_TYPES.iter().chain(&created_types).chain(&["uuid", "bigint"]).copied().collect();
-        let sql =
-            format!("INSERT INTO jobs ({STATE_COLUMNS}, created_state, created_reason, warnings, array_id, array_index) SELECT * FROM {}", unnest(1, &types));
-        members
-            .bind(sqlx::query(sqlx::AssertSqlSafe(sql)))
-            .bind(member_created.0)
-            .bind(member_created.1)
-            .bind(member_created.2)
-            .bind(member_array)
-            .bind(member_index)
-            .execute(&mut **tx)
-            .await
-            .map_err(StoreError::db("inserting array members"))?;
+        let mut cols = members.args(st);
+        cols.extend(member_created.args(st));
+        cols.push(st.arg(member_array, "uuid[]"));
+        cols.push(st.arg(member_index, "bigint[]"));
+        st.cte(format!("INSERT INTO jobs ({STATE_COLUMNS}, created_state, created_reason, warnings, array_id, array_index) SELECT * FROM {}", unnest(&cols)));
     }
-    Ok(())
 }
 
-async fn write_attempts(tx: &mut Transaction<'_, Postgres>, c: &Changes) -> Result<()> {
+/// The creation columns of new jobs: their first state and reason, and admission warnings.
+#[derive(Default)]
+struct Created {
+    state: Vec<&'static str>,
+    reason: Vec<Option<String>>,
+    warnings: Vec<Option<String>>,
+}
+
+impl Created {
+    fn push(&mut self, j: &Job, e: Option<&JobEvent>) {
+        self.state.push(e.map_or(JobState::Pending, |e| e.to).as_str());
+        self.reason.push(e.and_then(|e| e.reason.clone()));
+        self.warnings.push((!j.warnings.is_empty()).then(|| json_vec(&j.warnings)));
+    }
+
+    fn args(self, st: &mut Stmt) -> Vec<String> {
+        vec![st.arg(self.state, "text[]"), st.arg(self.reason, "text[]"), st.arg(self.warnings, "text[]")]
+    }
+}
+
+fn attempts(st: &mut Stmt, c: &Changes) {
     let attempts: Vec<&Attempt> = last_of(&c.attempts, |a| a.id);
     if attempts.is_empty() {
-        return Ok(());
+        return;
     }
-    let v = |f: fn(&Attempt) -> i64| attempts.iter().map(|a| f(a)).collect::<Vec<i64>>();
-    let o = |f: fn(&Attempt) -> Option<i64>| attempts.iter().map(|a| f(a)).collect::<Vec<Option<i64>>>();
-    sqlx::query(
+    let big = |f: fn(&Attempt) -> i64| attempts.iter().map(|a| f(a)).collect::<Vec<i64>>();
+    let opt = |f: fn(&Attempt) -> Option<i64>| attempts.iter().map(|a| f(a)).collect::<Vec<Option<i64>>>();
+    let cols = [
+        st.arg(attempts.iter().map(|a| a.id.as_uuid()).collect::<Vec<_>>(), "uuid[]"),
+        st.arg(attempts.iter().map(|a| a.job_id.as_uuid()).collect::<Vec<_>>(), "uuid[]"),
+        st.arg(big(|a| i64_of(a.number)), "bigint[]"),
+        st.arg(attempts.iter().map(|a| a.worker_id.as_uuid()).collect::<Vec<_>>(), "uuid[]"),
+        st.arg(attempts.iter().map(|a| a.pool_id.as_str().to_owned()).collect::<Vec<_>>(), "text[]"),
+        st.arg(big(|a| i64_of(a.resources.cpu_m.get())), "bigint[]"),
+        st.arg(big(|a| i64_of(a.resources.memory_mb.get())), "bigint[]"),
+        st.arg(big(|a| i64_of(a.resources.gpu.get())), "bigint[]"),
+        st.arg(attempts.iter().map(|a| a.state.as_str()).collect::<Vec<_>>(), "text[]"),
+        st.arg(big(|a| ms(a.assigned_at)), "bigint[]"),
+        st.arg(opt(|a| a.started_at.map(ms)), "bigint[]"),
+        st.arg(opt(|a| a.finished_at.map(ms)), "bigint[]"),
+        st.arg(attempts.iter().map(|a| a.exit_code).collect::<Vec<_>>(), "integer[]"),
+        st.arg(attempts.iter().map(|a| a.signal).collect::<Vec<_>>(), "integer[]"),
+        st.arg(attempts.iter().map(|a| a.failure_reason.map(|f| f.as_str())).collect::<Vec<_>>(), "text[]"),
+        st.arg(big(|a| a.cpu_time_ms as i64), "bigint[]"),
+        st.arg(big(|a| a.max_rss_mb as i64), "bigint[]"),
+        st.arg(big(|a| a.log_bytes as i64), "bigint[]"),
+        st.arg(attempts.iter().map(|a| a.log_truncated).collect::<Vec<_>>(), "boolean[]"),
+    ];
+    st.cte(format!(
         "INSERT INTO attempts (id, job_id, number, worker_id, pool_id, cpu_m, memory_mb, gpu, state, assigned_at, started_at, finished_at, \
-         exit_code, signal, failure_reason, cpu_time_ms, max_rss_mb, log_bytes, log_truncated) \
-         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::bigint[], $4::uuid[], $5::text[], $6::bigint[], $7::bigint[], $8::bigint[], $9::text[], \
-         $10::bigint[], $11::bigint[], $12::bigint[], $13::integer[], $14::integer[], $15::text[], $16::bigint[], $17::bigint[], $18::bigint[], $19::boolean[]) \
+         exit_code, signal, failure_reason, cpu_time_ms, max_rss_mb, log_bytes, log_truncated) SELECT * FROM {} \
          ON CONFLICT (id) DO UPDATE SET state = excluded.state, started_at = excluded.started_at, finished_at = excluded.finished_at, \
          exit_code = excluded.exit_code, signal = excluded.signal, failure_reason = excluded.failure_reason, cpu_time_ms = excluded.cpu_time_ms, \
          max_rss_mb = excluded.max_rss_mb, log_bytes = excluded.log_bytes, log_truncated = excluded.log_truncated",
-    )
-    .bind(attempts.iter().map(|a| a.id.as_uuid()).collect::<Vec<_>>())
-    .bind(attempts.iter().map(|a| a.job_id.as_uuid()).collect::<Vec<_>>())
-    .bind(v(|a| i64_of(a.number)))
-    .bind(attempts.iter().map(|a| a.worker_id.as_uuid()).collect::<Vec<_>>())
-    .bind(attempts.iter().map(|a| a.pool_id.as_str()).collect::<Vec<_>>())
-    .bind(v(|a| i64_of(a.resources.cpu_m.get())))
-    .bind(v(|a| i64_of(a.resources.memory_mb.get())))
-    .bind(v(|a| i64_of(a.resources.gpu.get())))
-    .bind(attempts.iter().map(|a| a.state.as_str()).collect::<Vec<_>>())
-    .bind(v(|a| ms(a.assigned_at)))
-    .bind(o(|a| a.started_at.map(ms)))
-    .bind(o(|a| a.finished_at.map(ms)))
-    .bind(attempts.iter().map(|a| a.exit_code).collect::<Vec<_>>())
-    .bind(attempts.iter().map(|a| a.signal).collect::<Vec<_>>())
-    .bind(attempts.iter().map(|a| a.failure_reason.map(|f| f.as_str())).collect::<Vec<_>>())
-    .bind(v(|a| a.cpu_time_ms as i64))
-    .bind(v(|a| a.max_rss_mb as i64))
-    .bind(v(|a| a.log_bytes as i64))
-    .bind(attempts.iter().map(|a| a.log_truncated).collect::<Vec<_>>())
-    .execute(&mut **tx)
-    .await
-    .map_err(StoreError::db("writing attempts"))?;
-    Ok(())
+        unnest(&cols)
+    ));
 }
 
 /// ` AND {column} = ANY($n)` unless `values` is empty.
@@ -714,9 +745,14 @@ impl Store for PgStore {
 
     async fn apply(&self, changes: Arc<Changes>) -> Result<()> {
         let staged = self.staged.lock().map(|mut s| std::mem::take(&mut *s)).unwrap_or_default();
+        if staged.is_empty() {
+            // One statement is one round trip, and atomic on its own.
+            let mut conn = self.pool.acquire().await.map_err(StoreError::db("writing scheduler changes"))?;
+            return statement(&changes).run(&mut conn).await;
+        }
         let mut tx = self.pool.begin().await.map_err(StoreError::db("starting a transaction"))?;
         for c in staged.iter().chain([&changes]) {
-            write(&mut tx, c).await?;
+            statement(c).run(&mut tx).await?;
         }
         tx.commit().await.map_err(StoreError::db("committing scheduler changes"))
     }
@@ -869,8 +905,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn unnest_casts_each_column_to_its_array_type() {
-        assert_eq!(unnest(3, &["uuid", "text"]), "UNNEST($3::uuid[], $4::text[])");
+    fn a_statement_numbers_its_arguments_across_its_parts() {
+        let mut st = Stmt::default();
+        let first = [st.arg(vec![1i64], "bigint[]"), st.arg(vec!["a"], "text[]")];
+        st.cte(format!("SELECT * FROM {}", unnest(&first)));
+        let second = st.arg(7i64, "bigint");
+        st.cte(format!("SELECT {second}"));
+        assert_eq!(st.ctes, ["w0 AS (SELECT * FROM UNNEST($1::bigint[], $2::text[]))", "w1 AS (SELECT $3::bigint)"]);
+        assert_eq!(st.args.len(), 3);
     }
 
     #[test]
@@ -881,8 +923,9 @@ mod tests {
     }
 
     #[test]
-    fn column_lists_and_types_agree() {
-        assert_eq!(STATE_COLUMNS.split(',').count(), STATE_TYPES.len());
-        assert_eq!(SPEC_COLUMNS.split(',').count(), SPEC_TYPES.len());
+    fn column_lists_and_arguments_agree() {
+        let mut st = Stmt::default();
+        assert_eq!(STATE_COLUMNS.split(',').count(), StateCols::default().args(&mut st).len());
+        assert_eq!(SPEC_COLUMNS.split(',').count(), SpecCols::default().args(&mut st).len());
     }
 }
