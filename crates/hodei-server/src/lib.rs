@@ -23,10 +23,10 @@ use hodei_core::{
     Pool, PoolId, PoolState, PoolType, Priority, Quota, QuotaRules, Resources, Tenant, TenantId, TenantPolicy, TenantStatus, Tier, Timestamp, ViolationPolicy,
 };
 use hodei_proto::v1::worker_service_server::WorkerServiceServer;
-use hodei_store::Store;
 use hodei_store::logs::LogFiles;
 use hodei_store::postgres::{PgOptions, PgStore};
 use hodei_store::sqlite::SqliteStore;
+use hodei_store::{Schema, Store};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -126,11 +126,18 @@ fn priority(p: PriorityName) -> Priority {
     }
 }
 
-async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
+/// What a server does with the schema on start (`database.auto_migrate`).
+fn schema_policy(cfg: &Config) -> Schema {
+    if cfg.database.auto_migrate { Schema::Migrate } else { Schema::RequireCurrent }
+}
+
+/// Opens the configured store. `schedule`: this process will run the scheduler, so on
+/// PostgreSQL it takes the scheduler lock.
+async fn open_store(cfg: &Config, schema: Schema, schedule: bool) -> anyhow::Result<Arc<dyn Store>> {
     let url = cfg.database.url.clone().unwrap_or_else(|| format!("sqlite://{}", cfg.data_dir().join("hodei.db").display()));
     if let Some(path) = url.strip_prefix("sqlite://") {
         let fsync = cfg.database.sqlite_synchronous == config::SqliteSync::Full;
-        let store = SqliteStore::open_with(Path::new(path), fsync).await.with_context(|| format!("opening the SQLite database {path}"))?;
+        let store = SqliteStore::open_with(Path::new(path), fsync, schema).await.with_context(|| format!("opening the SQLite database {path}"))?;
         return Ok(Arc::new(store));
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
@@ -138,16 +145,25 @@ async fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn Store>> {
             url: url.clone(),
             max_connections: cfg.database.max_connections,
             statement_timeout: Duration::from_millis(cfg.database.statement_timeout_ms),
+            schema,
         };
         let shown = redact_password(&url);
         let store = PgStore::open(&opts).await.with_context(|| format!("opening the PostgreSQL database {shown}"))?;
         // One server runs the scheduler of a database; a second one would run its jobs again.
-        if !store.lock_scheduler().await.with_context(|| format!("taking the scheduler lock on {shown}"))? {
+        if schedule && !store.lock_scheduler().await.with_context(|| format!("taking the scheduler lock on {shown}"))? {
             bail!("another hodei server is running the scheduler on {shown} (it holds the scheduler's advisory lock); stop it first");
         }
         return Ok(Arc::new(store));
     }
     bail!("database.url: {url:?} is not a sqlite:// or postgres:// URL")
+}
+
+/// `hodei migrate`: brings the configured database's schema up to date (what a server does at
+/// start unless `database.auto_migrate: false`), without starting anything.
+pub async fn migrate(cfg: &Config) -> anyhow::Result<()> {
+    std::fs::create_dir_all(cfg.data_dir()).with_context(|| format!("creating the data dir {}", cfg.data_dir().display()))?;
+    open_store(cfg, Schema::Migrate, false).await?;
+    Ok(())
 }
 
 /// A database URL fit for messages: the password, if any, replaced by `***`.
@@ -437,7 +453,7 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
     let metrics = if cfg.metrics.prometheus.enabled { Some(metrics_handle()?) } else { None };
     let store = match opts.store {
         Some(s) => s,
-        None => open_store(&cfg).await?,
+        None => open_store(&cfg, schema_policy(&cfg), true).await?,
     };
     let admin_token = match (cfg.auth.mode, &cfg.auth.admin_token) {
         (AuthMode::None, _) => {

@@ -34,6 +34,47 @@ pub enum StoreError {
     WriteUnavailable { doing: &'static str, detail: String },
     #[error("corrupt row while {doing}: {detail}")]
     Corrupt { doing: &'static str, detail: String },
+    #[error(
+        "the database schema is at version {}, this server needs version {latest}; run `hodei migrate` (or set database.auto_migrate: true)",
+        applied.map_or("none (an empty database)".to_owned(), |v| v.to_string())
+    )]
+    SchemaBehind { applied: Option<i64>, latest: i64 },
+}
+
+/// What opening a store does with its schema (`database.auto_migrate`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Schema {
+    /// Applies the migrations it lacks.
+    Migrate,
+    /// Refuses to open unless every migration is applied (`SchemaBehind`).
+    RequireCurrent,
+}
+
+/// Brings the schema of `pool` up to `migrator`'s last migration, or checks that it is there.
+/// The migrations table is sqlx's, the same in every engine.
+pub(crate) async fn prepare_schema<DB>(migrator: &sqlx::migrate::Migrator, pool: &sqlx::Pool<DB>, schema: Schema) -> Result<()>
+where
+    DB: sqlx::Database,
+    DB::Connection: sqlx::migrate::Migrate,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'c> &'c sqlx::Pool<DB>: sqlx::Executor<'c, Database = DB>,
+    Option<i64>: for<'r> sqlx::Decode<'r, DB> + sqlx::Type<DB>,
+    (Option<i64>,): for<'r> sqlx::FromRow<'r, DB::Row>,
+    <DB as sqlx::Database>::Arguments: sqlx::IntoArguments<DB>,
+{
+    let latest = migrator.iter().map(|m| m.version).max().unwrap_or(0);
+    match schema {
+        Schema::Migrate => migrator.run(pool).await.map_err(|e| StoreError::Corrupt { doing: "migrating the database", detail: e.to_string() }),
+        Schema::RequireCurrent => {
+            // No migrations table at all: an empty database.
+            let applied: Option<i64> = sqlx::query_as::<DB, (Option<i64>,)>("SELECT max(version) FROM _sqlx_migrations WHERE success = TRUE")
+                .fetch_one(pool)
+                .await
+                .map(|(v,)| v)
+                .unwrap_or(None);
+            if applied.is_some_and(|v| v >= latest) { Ok(()) } else { Err(StoreError::SchemaBehind { applied, latest }) }
+        }
+    }
 }
 
 impl StoreError {

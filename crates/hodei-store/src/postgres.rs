@@ -23,7 +23,7 @@ use sqlx::{Connection, PgConnection, PgPool, Postgres, QueryBuilder};
 use uuid::Uuid;
 
 use crate::rows::*;
-use crate::{BreachFilter, BurstFilter, JobFilter, LiveState, Result, SlaOutcome, Store, StoreError};
+use crate::{BreachFilter, BurstFilter, JobFilter, LiveState, Result, Schema, SlaOutcome, Store, StoreError};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -36,6 +36,7 @@ pub struct PgOptions {
     pub url: String,
     pub max_connections: u32,
     pub statement_timeout: Duration,
+    pub schema: Schema,
 }
 
 pub struct PgStore {
@@ -53,18 +54,18 @@ impl PgStore {
         let connect: PgConnectOptions = o.url.parse().map_err(StoreError::db("parsing database.url"))?;
         let timeout_ms = o.statement_timeout.as_millis().to_string();
         let connect = connect.options([("statement_timeout", timeout_ms.as_str())]);
-        PgStore::open_with(connect, o.max_connections).await
+        PgStore::open_with(connect, o.max_connections, o.schema).await
     }
 
-    /// Connects with options already built (tests pass the `PG*` environment's), and migrates.
-    pub async fn open_with(connect: PgConnectOptions, max_connections: u32) -> Result<PgStore> {
+    /// Connects with options already built (tests pass the `PG*` environment's).
+    pub async fn open_with(connect: PgConnectOptions, max_connections: u32, schema: Schema) -> Result<PgStore> {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(2))
             .acquire_timeout(Duration::from_secs(5))
             .connect_with(connect.clone())
             .await
             .map_err(StoreError::db("connecting to PostgreSQL"))?;
-        MIGRATOR.run(&pool).await.map_err(|e| StoreError::Corrupt { doing: "migrating the database", detail: e.to_string() })?;
+        crate::prepare_schema(&MIGRATOR, &pool, schema).await?;
         Ok(PgStore { pool, connect, staged: Mutex::new(Vec::new()), lock: tokio::sync::Mutex::new(None) })
     }
 

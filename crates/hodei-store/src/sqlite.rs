@@ -14,7 +14,7 @@ use sqlx::{QueryBuilder, Sqlite, SqlitePool};
 
 use crate::rows::*;
 use crate::sqlite_writer::Writer;
-use crate::{BreachFilter, BurstFilter, JobFilter, LiveState, Result, SlaOutcome, Store, StoreError};
+use crate::{BreachFilter, BurstFilter, JobFilter, LiveState, Result, Schema, SlaOutcome, Store, StoreError};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -57,12 +57,12 @@ impl Drop for TempDb {
 impl SqliteStore {
     /// Opens (creating if needed) and migrates the database file, fsyncing every commit.
     pub async fn open(path: &Path) -> Result<SqliteStore> {
-        SqliteStore::open_with(path, true).await
+        SqliteStore::open_with(path, true, Schema::Migrate).await
     }
 
     /// `fsync_commits: false` is SQLite's `synchronous=NORMAL` in WAL mode: a commit survives
     /// a crash of the process (kill -9) but the last ones may be lost if the machine loses power.
-    pub async fn open_with(path: &Path, fsync_commits: bool) -> Result<SqliteStore> {
+    pub async fn open_with(path: &Path, fsync_commits: bool, schema: Schema) -> Result<SqliteStore> {
         let opts = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
@@ -74,7 +74,7 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(5))
             .pragma("cache_size", "-65536");
         let write = SqlitePoolOptions::new().max_connections(1).connect_with(opts.clone()).await.map_err(StoreError::db("opening the database"))?;
-        MIGRATOR.run(&write).await.map_err(|e| StoreError::Corrupt { doing: "migrating the database", detail: e.to_string() })?;
+        crate::prepare_schema(&MIGRATOR, &write, schema).await?;
         let read = SqlitePoolOptions::new().max_connections(4).connect_with(opts.read_only(true)).await.map_err(StoreError::db("opening the database"))?;
         let writer = Writer::open(path, fsync_commits)?;
         Ok(SqliteStore { write, read, writer, _temp: None })

@@ -1,13 +1,13 @@
 //! The conformance suite against a real PostgreSQL server (see `hodei_store::testing`).
 
-use hodei_store::Store;
 use hodei_store::postgres::PgStore;
 use hodei_store::testing::TestDatabase;
+use hodei_store::{Schema, Store, StoreError};
 
 #[tokio::test]
 async fn postgres_store_conforms() {
     let Some(db) = TestDatabase::create("postgres_store_conforms").await else { return };
-    let store = PgStore::open_with(db.options.clone(), 4).await.unwrap();
+    let store = PgStore::open_with(db.options.clone(), 4, Schema::Migrate).await.unwrap();
     hodei_store::conformance::run_all(&store).await;
     drop(store);
     db.drop_database().await;
@@ -17,11 +17,11 @@ async fn postgres_store_conforms() {
 async fn reopening_keeps_committed_jobs() {
     let Some(db) = TestDatabase::create("reopening_keeps_committed_jobs").await else { return };
     {
-        let store = PgStore::open_with(db.options.clone(), 4).await.unwrap();
+        let store = PgStore::open_with(db.options.clone(), 4, Schema::Migrate).await.unwrap();
         hodei_store::conformance::run_all(&store).await;
     }
     // Migrations are not run twice, and what was committed is there.
-    let store = PgStore::open_with(db.options.clone(), 4).await.unwrap();
+    let store = PgStore::open_with(db.options.clone(), 4, Schema::Migrate).await.unwrap();
     let live = store.load_live().await.unwrap();
     assert_eq!(live.jobs.len(), 18 + 2 + 20_000, "the suite's unfinished jobs survive a reopen");
     drop(store);
@@ -33,8 +33,8 @@ async fn reopening_keeps_committed_jobs() {
 #[tokio::test]
 async fn only_one_store_holds_the_scheduler_lock() {
     let Some(db) = TestDatabase::create("only_one_store_holds_the_scheduler_lock").await else { return };
-    let first = PgStore::open_with(db.options.clone(), 2).await.unwrap();
-    let second = PgStore::open_with(db.options.clone(), 2).await.unwrap();
+    let first = PgStore::open_with(db.options.clone(), 2, Schema::Migrate).await.unwrap();
+    let second = PgStore::open_with(db.options.clone(), 2, Schema::Migrate).await.unwrap();
     assert!(first.lock_scheduler().await.unwrap(), "the first server takes the lock");
     assert!(first.lock_scheduler().await.unwrap(), "taking it again is a no-op");
     assert!(!second.lock_scheduler().await.unwrap(), "the second is refused while the first holds it");
@@ -49,5 +49,16 @@ async fn only_one_store_holds_the_scheduler_lock() {
     }
     assert!(got, "the lock is free once the first server's connection is closed");
     drop(second);
+    db.drop_database().await;
+}
+
+/// With `database.auto_migrate: false` an empty or outdated database is refused, not changed.
+#[tokio::test]
+async fn a_database_without_the_schema_is_refused_unless_migrating() {
+    let Some(db) = TestDatabase::create("a_database_without_the_schema_is_refused_unless_migrating").await else { return };
+    let refused = PgStore::open_with(db.options.clone(), 2, Schema::RequireCurrent).await.err();
+    assert!(matches!(refused, Some(StoreError::SchemaBehind { applied: None, .. })), "{refused:?}");
+    drop(PgStore::open_with(db.options.clone(), 2, Schema::Migrate).await.unwrap());
+    assert!(PgStore::open_with(db.options.clone(), 2, Schema::RequireCurrent).await.is_ok(), "current once migrated");
     db.drop_database().await;
 }

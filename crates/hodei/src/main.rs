@@ -90,6 +90,9 @@ enum Cmd {
         #[command(flatten)]
         c: ClientOpts,
     },
+    /// Create or bring up to date the database schema (what `server` does at start unless
+    /// `database.auto_migrate: false`), then exit.
+    Migrate(MigrateArgs),
     /// Configuration.
     Config {
         #[command(subcommand)]
@@ -131,6 +134,17 @@ struct ServerArgs {
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
+}
+
+#[derive(Args)]
+struct MigrateArgs {
+    /// YAML config file.
+    #[arg(long, env = "HODEI_CONFIG_PATH")]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    #[arg(long)]
+    database_url: Option<String>,
 }
 
 #[derive(Args)]
@@ -439,6 +453,19 @@ async fn server(a: ServerArgs) -> anyhow::Result<i32> {
     }
     tracing::info!("shutting down");
     srv.shutdown().await;
+    Ok(0)
+}
+
+async fn migrate(a: MigrateArgs) -> anyhow::Result<i32> {
+    let mut cfg = hodei_server::config::Config::load(a.config.as_deref(), &env_vars())?;
+    if let Some(d) = a.data_dir {
+        cfg.server.data_dir = d;
+    }
+    if let Some(u) = a.database_url {
+        cfg.database.url = Some(u);
+    }
+    hodei_server::migrate(&cfg).await?;
+    println!("the database schema is up to date");
     Ok(0)
 }
 
@@ -949,6 +976,7 @@ async fn listing(c: ClientOpts, path: &str, headers: &[&str], keys: &[&str]) -> 
 async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.cmd {
         Cmd::Server(a) => server(a).await,
+        Cmd::Migrate(a) => migrate(a).await,
         Cmd::Worker(a) => worker(a).await,
         Cmd::Submit(a) => submit(*a).await,
         Cmd::Jobs { c, cmd } => jobs(c, cmd).await,

@@ -167,6 +167,28 @@ fn a_bad_config_stops_the_server_with_the_key_path() {
     assert!(err.contains("scheduler.tick_ms: \"soon\" is not a non-negative integer (milliseconds)"), "{err}");
 }
 
+/// With `database.auto_migrate: false` the server does not touch the schema: it refuses an
+/// empty database and names the command that prepares it; after `hodei migrate` it starts.
+#[tokio::test]
+async fn without_auto_migrate_the_server_waits_for_hodei_migrate() {
+    let dir = tempfile::tempdir().unwrap();
+    let no_auto = [("HODEI_DATABASE__AUTO_MIGRATE", "false")];
+    let out = std::process::Command::new(BIN)
+        .args(["server", "--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .envs(no_auto)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("schema is at version none") && err.contains("run `hodei migrate`"), "{err}");
+    let out = std::process::Command::new(BIN).arg("migrate").arg("--data-dir").arg(dir.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let srv = Server::start(dir.path(), &no_auto, 0, None);
+    let out = srv.cli(&["submit", "--wait", "--", "echo", "migrated"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "migrated\n");
+}
+
 #[tokio::test]
 async fn a_killed_worker_loses_its_attempt_and_the_job_runs_elsewhere() {
     let dir = tempfile::tempdir().unwrap();
