@@ -339,6 +339,10 @@ async fn pools_workers_and_live_counts_round_trip(store: &dyn Store) {
     s.cancel(ended, ts(63)).unwrap();
     store.apply(std::sync::Arc::new(s.take_changes())).await.unwrap();
     assert_eq!(store.count_live_jobs(&counted).await.unwrap(), 2);
+    let pending = JobFilter { tenant: Some(counted.clone()), states: vec![JobState::Pending], limit: 10, ..Default::default() };
+    assert_eq!(store.list_jobs(&pending).await.unwrap().len(), 2, "a filter on live states lists them");
+    let both = JobFilter { states: vec![JobState::Pending, JobState::Cancelled], ..pending };
+    assert_eq!(store.list_jobs(&both).await.unwrap().len(), 3, "live and ended states mixed");
     assert_eq!(store.get_job(ended).await.unwrap().map(|j| j.state), Some(JobState::Cancelled));
 }
 

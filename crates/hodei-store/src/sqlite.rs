@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use hodei_core::sched::Changes;
-use hodei_core::{Attempt, BurstId, BurstSession, Job, JobEvent, JobId, Pool, PoolId, Tenant, TenantId, Timestamp, Worker, WorkerId};
+use hodei_core::{Attempt, BurstId, BurstSession, Job, JobEvent, JobId, JobState, Pool, PoolId, Tenant, TenantId, Timestamp, Worker, WorkerId};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Sqlite, SqlitePool};
 
@@ -25,6 +25,9 @@ macro_rules! live_jobs {
         "(state = 'pending' OR state = 'held' OR state = 'scheduled' OR state = 'running' OR state = 'failed')"
     };
 }
+
+/// The states `live_jobs!` covers.
+const LIVE_STATES: [JobState; 5] = [JobState::Pending, JobState::Held, JobState::Scheduled, JobState::Running, JobState::Failed];
 
 /// The predicate of the partial index `attempts_live` (migration 0005).
 macro_rules! live_attempts {
@@ -334,6 +337,11 @@ impl Store for SqliteStore {
             qb.push(" AND tenant_id = ").push_bind(t.as_str().to_owned());
         }
         push_in(&mut qb, "state", f.states.iter().map(|s| s.as_str()));
+        if !f.states.is_empty() && f.states.iter().all(|s| LIVE_STATES.contains(s)) {
+            // Only live states asked for: repeating the partial index's predicate lets SQLite
+            // search it instead of walking every ended job.
+            qb.push(concat!(" AND ", live_jobs!()));
+        }
         if let Some((k, v)) = &f.label {
             let path = format!("$.\"{}\"", k.replace('\\', "\\\\").replace('"', "\\\""));
             qb.push(" AND json_extract(labels, ").push_bind(path).push(") = ").push_bind(v.clone());
@@ -489,6 +497,9 @@ mod tests {
         assert!(jobs.contains("INDEX jobs_live"), "{jobs}");
         let attempts = plan(concat!("SELECT * FROM attempts WHERE ", live_attempts!())).await;
         assert!(attempts.contains("INDEX attempts_live"), "{attempts}");
+        // A job list filtered on live states only (`jobs ls --state running`) searches it too.
+        let listed = plan(concat!("SELECT * FROM job_rows WHERE 1 = 1 AND state IN ('running') AND ", live_jobs!(), " ORDER BY id DESC LIMIT 50")).await;
+        assert!(listed.contains("INDEX jobs_live"), "{listed}");
     }
 
     /// Migration 0007 moves an array's spec out of its members' rows: jobs stored before it
