@@ -40,7 +40,12 @@ pub struct PgOptions {
 }
 
 pub struct PgStore {
+    /// Reads and rare writes, bounded by `database.statement_timeout_ms`.
     pool: PgPool,
+    /// Scheduler batches: not cut off by the statement timeout. The engine must get each one
+    /// committed (or refused for a reason) before it can go on, and a large submit cut off
+    /// after seconds of work would only come back bigger.
+    writer: PgPool,
     connect: PgConnectOptions,
     /// Parts of the next batch (see `Store::stage`), written by the `apply` that follows.
     staged: Mutex<Vec<Arc<Changes>>>,
@@ -64,14 +69,21 @@ impl PgStore {
         // small — a batch update by id as a scan of the whole table once it has grown (measured:
         // 48 ms per scheduler step at 225 000 jobs) — and it cannot size an `UNNEST` it cannot see.
         let connect = connect.options([("plan_cache_mode", "force_custom_plan")]);
+        // Migrations and scheduler batches are not cut off by the statement timeout.
+        let writer = PgPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(connect.clone().options([("statement_timeout", "0")]))
+            .await
+            .map_err(StoreError::db("connecting to PostgreSQL"))?;
+        crate::prepare_schema(&MIGRATOR, &writer, schema).await?;
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(2))
             .acquire_timeout(Duration::from_secs(5))
             .connect_with(connect.clone())
             .await
             .map_err(StoreError::db("connecting to PostgreSQL"))?;
-        crate::prepare_schema(&MIGRATOR, &pool, schema).await?;
-        Ok(PgStore { pool, connect, staged: Mutex::new(Vec::new()), lock: tokio::sync::Mutex::new(None) })
+        Ok(PgStore { pool, writer, connect, staged: Mutex::new(Vec::new()), lock: tokio::sync::Mutex::new(None) })
     }
 
     /// Takes the scheduler's advisory lock on a connection of its own, held until the store is
@@ -759,10 +771,10 @@ impl Store for PgStore {
         let staged = self.staged.lock().map(|mut s| std::mem::take(&mut *s)).unwrap_or_default();
         if staged.is_empty() {
             // One statement is one round trip, and atomic on its own.
-            let mut conn = self.pool.acquire().await.map_err(StoreError::db("writing scheduler changes"))?;
+            let mut conn = self.writer.acquire().await.map_err(StoreError::db("writing scheduler changes"))?;
             return statement(&changes).run(&mut conn).await;
         }
-        let mut tx = self.pool.begin().await.map_err(StoreError::db("starting a transaction"))?;
+        let mut tx = self.writer.begin().await.map_err(StoreError::db("starting a transaction"))?;
         for c in staged.iter().chain([&changes]) {
             statement(c).run(&mut tx).await?;
         }

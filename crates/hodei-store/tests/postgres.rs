@@ -62,3 +62,42 @@ async fn a_database_without_the_schema_is_refused_unless_migrating() {
     assert!(PgStore::open_with(db.options.clone(), 2, Schema::RequireCurrent).await.is_ok(), "current once migrated");
     db.drop_database().await;
 }
+
+/// `database.statement_timeout_ms` bounds reads; a scheduler batch is not cut off by it (a large
+/// submit refused as a whole after seconds of work would only be retried, bigger).
+#[tokio::test]
+async fn a_large_batch_is_not_cut_off_by_the_statement_timeout() {
+    let Some(db) = TestDatabase::create("a_large_batch_is_not_cut_off_by_the_statement_timeout").await else { return };
+    let opts = hodei_store::postgres::PgOptions {
+        url: db.url.clone(),
+        max_connections: 2,
+        statement_timeout: std::time::Duration::from_millis(1),
+        schema: Schema::Migrate,
+    };
+    let store = PgStore::open(&opts).await.unwrap();
+    let mut s = hodei_core::sched::Scheduler::new(hodei_core::sched::SchedConfig::default());
+    let tenant = hodei_core::TenantId::parse("big").unwrap();
+    let roomy = hodei_core::Quota { max_queued_jobs: 100_000, ..hodei_core::Quota::DEFAULT };
+    s.set_tenant(&tenant, hodei_core::TenantPolicy { weight: 1, quota: roomy, version: 1, ..Default::default() }, hodei_core::Timestamp::from_millis(0));
+    let spec =
+        hodei_core::spec::JobSpecInput { command: vec!["true".into()], ..Default::default() }.validate(&hodei_core::spec::SpecLimits::default(), "").unwrap();
+    let spec = std::sync::Arc::new(spec);
+    let jobs: Vec<hodei_core::Job> = (1..=30_000u128)
+        .map(|n| {
+            hodei_core::Job::new(
+                hodei_core::JobId::from_uuid(uuid::Uuid::from_u128(n << 80)),
+                tenant.clone(),
+                spec.clone(),
+                hodei_core::Timestamp::from_millis(1),
+            )
+        })
+        .collect();
+    assert!(s.submit_all(jobs, true, hodei_core::Timestamp::from_millis(1)).iter().all(Result::is_ok));
+    store.apply(std::sync::Arc::new(s.take_changes())).await.expect("the batch commits despite a 1 ms statement timeout");
+    drop(store);
+    // Counted through a store without the tight timeout (a read may well hit 1 ms).
+    let check = PgStore::open_with(db.options.clone(), 2, Schema::RequireCurrent).await.unwrap();
+    assert_eq!(check.count_live_jobs(&tenant).await.unwrap(), 30_000);
+    drop(check);
+    db.drop_database().await;
+}
