@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "${1:-}" = "--postgres" ]; then
     shift
-    if [ -z "${PGHOST:-}" ]; then exec pg_virtualenv "$0" --postgres "$@"; fi
+    if [ -z "${PGHOST:-}" ]; then exec pg_virtualenv -t "$0" --postgres "$@"; fi
     POSTGRES=1
 fi
 REPS=${1:-3}
