@@ -391,6 +391,7 @@ impl Engine {
             self.handle(c, now, &mut replies);
         }
         if ticked {
+            self.check_leadership().await;
             self.sched.tick(now);
             // Gauges that need a scan of live jobs, at most every 5 s (never on the submit path).
             if self.last_scan.is_none_or(|t| now.since(t) >= Duration::from_secs(5)) {
@@ -432,6 +433,10 @@ impl Engine {
                     self.logs.notify();
                 }
             }
+            Err(e @ StoreError::LeadershipLost { .. }) => {
+                replies.fail(&e);
+                lost_leadership(&e);
+            }
             Err(e) => {
                 metrics::counter!("hodei_db_errors_total", "op" => "apply").increment(1);
                 tracing::error!(error = ?e, "persisting a scheduler batch failed; reloading state from the store");
@@ -443,6 +448,25 @@ impl Engine {
             }
         }
         self.connected.store(self.conns.len(), Ordering::Relaxed);
+    }
+
+    /// Every tick: this server must still be the only one scheduling its database. If the
+    /// scheduler lock had to be taken again (its session was lost), another server may have
+    /// written meanwhile, so the core is reloaded.
+    async fn check_leadership(&mut self) {
+        match self.store.hold_scheduler_lock().await {
+            Ok(false) => {}
+            Ok(true) => {
+                tracing::warn!("the scheduler lock was lost and taken again; reloading state from the store");
+                if let Err(e) = self.rebuild().await {
+                    tracing::error!(error = ?e, "reloading from the store failed; scheduling stops until it succeeds");
+                    self.stale = true;
+                }
+            }
+            Err(e @ StoreError::LeadershipLost { .. }) => lost_leadership(&e),
+            // An unreachable store shows in the next batch, and is recovered from there.
+            Err(e) => tracing::debug!(error = %e, "cannot check the scheduler lock"),
+        }
     }
 
     /// Reloads the core from the store, retrying with backoff until it succeeds. Meanwhile
@@ -664,6 +688,15 @@ impl Engine {
             }
         }
     }
+}
+
+/// Another server took over this database's scheduler: this one must not decide anything more.
+/// It exits at once — as after a kill -9, which every part survives: its workers reconnect to
+/// the server that took over, and what it had in memory is in the store already.
+fn lost_leadership(e: &StoreError) -> ! {
+    tracing::error!(error = %e, "this server no longer holds the scheduler lock; exiting");
+    eprintln!("error: {e}; exiting");
+    std::process::exit(3)
 }
 
 /// While the core is stale: an API command is answered now with the store's unavailability

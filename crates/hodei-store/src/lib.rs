@@ -39,6 +39,8 @@ pub enum StoreError {
         applied.map_or("none (an empty database)".to_owned(), |v| v.to_string())
     )]
     SchemaBehind { applied: Option<i64>, latest: i64 },
+    #[error("another server took over the scheduler of this database (epoch {epoch} is no longer current)")]
+    LeadershipLost { epoch: i64 },
 }
 
 /// What opening a store does with its schema (`database.auto_migrate`).
@@ -145,6 +147,15 @@ pub struct LiveState {
 pub trait Store: Send + Sync + 'static {
     /// Cheap round trip, for `/ready`.
     async fn ping(&self) -> Result<()>;
+
+    /// For the server that schedules: checks that it still is the only one, taking the
+    /// scheduler lock again if its session was lost and nobody else took it — `Ok(true)` then:
+    /// another server may have written meanwhile, so the caller reloads its state.
+    /// `LeadershipLost` when another server holds it. Engines whose database admits one
+    /// process need nothing.
+    async fn hold_scheduler_lock(&self) -> Result<bool> {
+        Ok(false)
+    }
 
     async fn create_tenant(&self, t: &Tenant) -> Result<()>;
     async fn get_tenant(&self, id: &TenantId) -> Result<Option<Tenant>>;

@@ -51,6 +51,8 @@ pub struct PgStore {
     staged: Mutex<Vec<Arc<Changes>>>,
     /// The connection holding the scheduler lock, once taken.
     lock: tokio::sync::Mutex<Option<PgConnection>>,
+    /// The scheduler epoch this store took with the lock (0: never took it, no guard).
+    epoch: std::sync::atomic::AtomicI64,
 }
 
 impl PgStore {
@@ -83,16 +85,22 @@ impl PgStore {
             .connect_with(connect.clone())
             .await
             .map_err(StoreError::db("connecting to PostgreSQL"))?;
-        Ok(PgStore { pool, writer, connect, staged: Mutex::new(Vec::new()), lock: tokio::sync::Mutex::new(None) })
+        Ok(PgStore { pool, writer, connect, staged: Mutex::new(Vec::new()), lock: tokio::sync::Mutex::new(None), epoch: Default::default() })
     }
 
     /// Takes the scheduler's advisory lock on a connection of its own, held until the store is
-    /// dropped. `Ok(false)` when another server holds it.
+    /// dropped, and starts a new scheduler epoch: from then on every scheduler batch of this
+    /// store is refused once another server has taken the lock. `Ok(false)` when another
+    /// server holds it.
     pub async fn lock_scheduler(&self) -> Result<bool> {
         let mut held = self.lock.lock().await;
         if held.is_some() {
             return Ok(true);
         }
+        self.take_lock(&mut held).await
+    }
+
+    async fn take_lock(&self, held: &mut Option<PgConnection>) -> Result<bool> {
         let mut conn = PgConnection::connect_with(&self.connect).await.map_err(StoreError::db("connecting for the scheduler lock"))?;
         let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
             .bind(SCHEDULER_LOCK)
@@ -100,6 +108,11 @@ impl PgStore {
             .await
             .map_err(StoreError::db("taking the scheduler lock"))?;
         if got {
+            let epoch: i64 = sqlx::query_scalar("UPDATE scheduler_epoch SET epoch = epoch + 1 WHERE id = 1 RETURNING epoch")
+                .fetch_one(&mut conn)
+                .await
+                .map_err(StoreError::db("starting a scheduler epoch"))?;
+            self.epoch.store(epoch, std::sync::atomic::Ordering::SeqCst);
             *held = Some(conn);
         }
         Ok(got)
@@ -143,16 +156,25 @@ impl Stmt {
         self.ctes.push(format!("w{} AS ({sql})", self.ctes.len()));
     }
 
-    async fn run(self, conn: &mut PgConnection) -> Result<()> {
+    /// Runs the statement. With an `epoch`, its main query divides by whether that epoch is
+    /// still the current one: a stale leader's statement fails as a whole (division by zero,
+    /// reported as `LeadershipLost`), its data-modifying parts included.
+    async fn run(mut self, conn: &mut PgConnection, epoch: i64) -> Result<()> {
         if self.ctes.is_empty() {
             return Ok(());
         }
         if let Some(detail) = self.bad {
             return Err(StoreError::Write { doing: "encoding scheduler changes", detail });
         }
-        let sql = format!("WITH {} SELECT 1", self.ctes.join(", "));
-        sqlx::query_with(sqlx::AssertSqlSafe(sql), self.args).execute(conn).await.map_err(StoreError::db("writing scheduler changes"))?;
-        Ok(())
+        let main = match epoch {
+            0 => "SELECT 1".to_owned(),
+            e => format!("SELECT 1 / (CASE WHEN epoch = {} THEN 1 ELSE 0 END) FROM scheduler_epoch WHERE id = 1", self.arg(e, "bigint")),
+        };
+        let sql = format!("WITH {} {main}", self.ctes.join(", "));
+        match sqlx::query_with(sqlx::AssertSqlSafe(sql), self.args).execute(conn).await {
+            Err(sqlx::Error::Database(d)) if d.code().as_deref() == Some("22012") => Err(StoreError::LeadershipLost { epoch }),
+            r => r.map(|_| ()).map_err(StoreError::db("writing scheduler changes")),
+        }
     }
 }
 
@@ -548,6 +570,27 @@ impl Store for PgStore {
         Ok(())
     }
 
+    async fn hold_scheduler_lock(&self) -> Result<bool> {
+        let epoch = self.epoch.load(std::sync::atomic::Ordering::SeqCst);
+        if epoch == 0 {
+            return Ok(false);
+        }
+        let mut held = self.lock.lock().await;
+        if let Some(conn) = held.as_mut() {
+            let current: Option<i64> = sqlx::query_scalar("SELECT epoch FROM scheduler_epoch WHERE id = 1").fetch_optional(&mut *conn).await.ok().flatten();
+            match current {
+                Some(c) if c == epoch => return Ok(false),
+                Some(_) => return Err(StoreError::LeadershipLost { epoch }),
+                // The lock's session is gone (e.g. the database restarted): so is the lock.
+                None => *held = None,
+            }
+        }
+        match self.take_lock(&mut held).await? {
+            true => Ok(true),
+            false => Err(StoreError::LeadershipLost { epoch }),
+        }
+    }
+
     async fn create_tenant(&self, t: &Tenant) -> Result<()> {
         let r = sqlx::query(
             "INSERT INTO tenants (id, name, email, tier, weight, status, labels, created_at, updated_at, version, \
@@ -769,14 +812,15 @@ impl Store for PgStore {
 
     async fn apply(&self, changes: Arc<Changes>) -> Result<()> {
         let staged = self.staged.lock().map(|mut s| std::mem::take(&mut *s)).unwrap_or_default();
+        let epoch = self.epoch.load(std::sync::atomic::Ordering::SeqCst);
         if staged.is_empty() {
             // One statement is one round trip, and atomic on its own.
             let mut conn = self.writer.acquire().await.map_err(StoreError::db("writing scheduler changes"))?;
-            return statement(&changes).run(&mut conn).await;
+            return statement(&changes).run(&mut conn, epoch).await;
         }
         let mut tx = self.writer.begin().await.map_err(StoreError::db("starting a transaction"))?;
         for c in staged.iter().chain([&changes]) {
-            statement(c).run(&mut tx).await?;
+            statement(c).run(&mut tx, epoch).await?;
         }
         tx.commit().await.map_err(StoreError::db("committing scheduler changes"))
     }

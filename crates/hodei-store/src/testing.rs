@@ -42,6 +42,18 @@ impl TestDatabase {
         Some(TestDatabase { options: admin.clone().database(&name), name, url, admin })
     }
 
+    /// Ends the sessions holding an advisory lock on this database (other tests hold theirs on
+    /// the same server), as a restart of the database would.
+    pub async fn end_lock_sessions(&self) {
+        let mut conn = PgConnection::connect_with(&self.options).await.expect("connecting to the test database");
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_locks \
+             WHERE locktype = 'advisory' AND granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        )
+        .await
+        .expect("ending the lock sessions");
+    }
+
     /// Drops the database (connections to it are closed first).
     pub async fn drop_database(self) {
         if let Ok(mut conn) = PgConnection::connect_with(&self.admin).await {

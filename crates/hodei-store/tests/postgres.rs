@@ -101,3 +101,63 @@ async fn a_large_batch_is_not_cut_off_by_the_statement_timeout() {
     drop(check);
     db.drop_database().await;
 }
+
+/// One held job's submit, as a batch of scheduler changes.
+fn submit_of(n: u128) -> std::sync::Arc<hodei_core::sched::Changes> {
+    let mut s = hodei_core::sched::Scheduler::new(hodei_core::sched::SchedConfig::default());
+    let spec = hodei_core::spec::JobSpecInput { command: vec!["true".into()], hold: Some(true), ..Default::default() }
+        .validate(&hodei_core::spec::SpecLimits::default(), "")
+        .unwrap();
+    let id = hodei_core::JobId::from_uuid(uuid::Uuid::from_u128(n << 80));
+    s.submit(
+        hodei_core::Job::new(id, hodei_core::TenantId::parse("fenced").unwrap(), spec, hodei_core::Timestamp::from_millis(1)),
+        hodei_core::Timestamp::from_millis(1),
+    )
+    .unwrap();
+    std::sync::Arc::new(s.take_changes())
+}
+
+/// SPEC §1.2: a server whose lock session ended while another server took the lock can write
+/// nothing more (its next batch fails whole) and is told so; a server whose session ended but
+/// whose lock nobody took takes it again and is told to reload.
+#[tokio::test]
+async fn a_server_that_lost_the_scheduler_lock_cannot_write() {
+    let Some(db) = TestDatabase::create("a_server_that_lost_the_scheduler_lock_cannot_write").await else { return };
+    let a = PgStore::open_with(db.options.clone(), 2, Schema::Migrate).await.unwrap();
+    assert!(a.lock_scheduler().await.unwrap());
+    a.apply(submit_of(1)).await.expect("the leader writes");
+    assert!(!a.hold_scheduler_lock().await.unwrap(), "still the leader, nothing to reload");
+
+    db.end_lock_sessions().await;
+    let b = PgStore::open_with(db.options.clone(), 2, Schema::Migrate).await.unwrap();
+    let mut took = false;
+    for _ in 0..50 {
+        if b.lock_scheduler().await.unwrap() {
+            took = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(took, "the lock is free once the first server's session ended");
+    let refused = a.apply(submit_of(2)).await;
+    assert!(matches!(refused, Err(StoreError::LeadershipLost { epoch: 1 })), "{refused:?}");
+    assert_eq!(b.get_job(hodei_core::JobId::from_uuid(uuid::Uuid::from_u128(2 << 80))).await.unwrap(), None, "nothing of the stale batch is stored");
+    assert!(matches!(a.hold_scheduler_lock().await, Err(StoreError::LeadershipLost { .. })), "the stale server is told");
+    b.apply(submit_of(3)).await.expect("the new leader writes");
+
+    // The new leader's session ends and nobody takes the lock: it takes it again, is told to
+    // reload, and goes on writing.
+    db.end_lock_sessions().await;
+    let mut retaken = false;
+    for _ in 0..50 {
+        if matches!(b.hold_scheduler_lock().await, Ok(true)) {
+            retaken = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(retaken, "the lock is taken again after its session was lost");
+    b.apply(submit_of(4)).await.expect("and the leader writes again");
+    drop((a, b));
+    db.drop_database().await;
+}

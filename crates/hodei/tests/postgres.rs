@@ -55,3 +55,34 @@ async fn after_kill_9_on_postgres_every_acknowledged_job_ends_once() {
     kill_9_mid_load_then_restart(dir.path(), &[("HODEI_DATABASE__URL", db.url.as_str())]).await;
     db.drop_database().await;
 }
+
+/// SPEC §1.2: when the first server's lock session ends (as in a database restart) and a second
+/// server takes the scheduler, the first exits instead of scheduling beside it, and the second
+/// carries on with what the first had stored.
+#[tokio::test]
+async fn a_server_that_loses_the_scheduler_lock_to_another_exits() {
+    let Some(db) = TestDatabase::create("a_server_that_loses_the_scheduler_lock_to_another_exits").await else { return };
+    let env = [("HODEI_DATABASE__URL", db.url.as_str()), ("HODEI_SCHEDULER__TICK_MS", "200")];
+    let first_dir = tempfile::tempdir().unwrap();
+    let mut first = Server::start(first_dir.path(), &env, 0, None);
+    let held = first.submit(json!({"command": ["echo", "carried over"], "hold": true})).await;
+    let id = held["id"].as_str().unwrap().to_owned();
+
+    db.end_lock_sessions().await;
+    let second_dir = tempfile::tempdir().unwrap();
+    let second = Server::start(second_dir.path(), &env, 0, None);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let code = loop {
+        if let Some(status) = first.child.try_wait().unwrap() {
+            break status.code();
+        }
+        assert!(std::time::Instant::now() < deadline, "the first server is still running beside the second");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(code, Some(3), "it exits, saying why");
+    let (s, _) = second.call(Method::POST, &format!("/jobs/{id}/release"), None).await;
+    assert_eq!(s, 200);
+    assert_eq!(second.wait_ended(&id, 30).await["state"], "succeeded", "the job stored by the first runs on the second");
+    drop(second);
+    db.drop_database().await;
+}
