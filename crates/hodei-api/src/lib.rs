@@ -98,6 +98,8 @@ pub trait Control: Send + Sync {
     async fn release(&self, id: JobId) -> Result<(), ControlError>;
     /// The scheduler loop is alive.
     fn is_running(&self) -> bool;
+    /// Time since the scheduler loop last finished a round (it runs one at least every tick).
+    fn loop_lag(&self) -> std::time::Duration;
     /// Tells the scheduler a tenant was created or changed (weight, quota, status).
     async fn tenant_changed(&self, t: &Tenant) -> Result<(), ControlError>;
     /// Tells the scheduler a burst session was opened or changed (its grant, if active).

@@ -137,6 +137,29 @@ pub struct EngineHandle {
     tx: mpsc::UnboundedSender<Command>,
     running: Arc<AtomicBool>,
     connected: Arc<AtomicUsize>,
+    progress: Arc<Progress>,
+}
+
+/// When the engine last finished a round (it runs one at least every `tick`): how far behind
+/// it is shows as `hodei_scheduler_loop_lag_seconds`, and grows while it is stalled.
+pub struct Progress {
+    start: Instant,
+    last_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Progress {
+    fn new() -> Progress {
+        Progress { start: Instant::now(), last_ms: std::sync::atomic::AtomicU64::new(0) }
+    }
+
+    fn stepped(&self) {
+        self.last_ms.store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Time since the last finished round.
+    pub fn lag(&self) -> Duration {
+        self.start.elapsed().saturating_sub(Duration::from_millis(self.last_ms.load(Ordering::Relaxed)))
+    }
 }
 
 impl EngineHandle {
@@ -180,6 +203,11 @@ impl EngineHandle {
     pub fn is_running(&self) -> bool {
         self.running.load(Ordering::Relaxed)
     }
+
+    /// How far behind the scheduler loop is (see [`Progress`]).
+    pub fn loop_lag(&self) -> Duration {
+        self.progress.lag()
+    }
 }
 
 fn command_error(e: CommandError) -> ControlError {
@@ -199,6 +227,7 @@ pub struct Engine {
     rx: mpsc::UnboundedReceiver<Command>,
     running: Arc<AtomicBool>,
     connected: Arc<AtomicUsize>,
+    progress: Arc<Progress>,
     gauges: Gauges,
     last_scan: Option<Timestamp>,
     /// Parts of this step's changes already handed to the store (see `Store::stage`), committed
@@ -269,6 +298,7 @@ impl Engine {
         let (tx, rx) = mpsc::unbounded_channel();
         let running = Arc::new(AtomicBool::new(false));
         let connected = Arc::new(AtomicUsize::new(0));
+        let progress = Arc::new(Progress::new());
         let sched = Scheduler::new(cfg.sched.clone());
         let mut engine = Engine {
             store,
@@ -280,6 +310,7 @@ impl Engine {
             rx,
             running: running.clone(),
             connected: connected.clone(),
+            progress: progress.clone(),
             gauges: Gauges::default(),
             last_scan: None,
             staged: Vec::new(),
@@ -289,7 +320,8 @@ impl Engine {
         engine.reap_previous_local_workers().await?;
         // Ready to take commands (they queue until `run` polls them); cleared when the loop ends.
         running.store(true, Ordering::Relaxed);
-        Ok((engine, EngineHandle { tx, running, connected }))
+        engine.progress.stepped();
+        Ok((engine, EngineHandle { tx, running, connected, progress }))
     }
 
     /// Replaces the core's state with the store's. Workers with open streams stay connected,
@@ -378,6 +410,7 @@ impl Engine {
                 }
             }
             self.step(std::mem::take(&mut batch), ticked).await;
+            self.progress.stepped();
         }
         self.running.store(false, Ordering::Relaxed);
     }
@@ -800,6 +833,10 @@ impl Control for ControlPlane {
 
     fn is_running(&self) -> bool {
         self.engine.is_running()
+    }
+
+    fn loop_lag(&self) -> Duration {
+        self.engine.loop_lag()
     }
 }
 

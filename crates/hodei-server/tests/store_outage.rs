@@ -100,6 +100,15 @@ async fn call(router: &axum::Router, method: &str, path: &str, body: Option<Valu
     (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
 }
 
+/// `hodei_scheduler_loop_lag_seconds` from `/metrics`.
+async fn loop_lag(router: &axum::Router) -> f64 {
+    let req = Request::builder().uri("/metrics").body(Body::empty()).unwrap();
+    let resp = router.clone().oneshot(req).await.unwrap();
+    let text = String::from_utf8(axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap().to_vec()).unwrap();
+    let line = text.lines().find(|l| l.starts_with("hodei_scheduler_loop_lag_seconds ")).unwrap_or_else(|| panic!("no loop lag in {text}"));
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
 #[tokio::test]
 async fn a_submit_refused_during_a_store_outage_is_never_scheduled_and_scheduling_resumes_after_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -127,6 +136,10 @@ async fn a_submit_refused_during_a_store_outage_is_never_scheduled_and_schedulin
     let (s, again) = call(r, "POST", "/api/v1/jobs", Some(job("during-2"))).await;
     assert_eq!((s, again["code"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("store_unavailable")), "{again}");
     assert!(started.elapsed() < Duration::from_secs(3), "refused while stalled, not after a reload attempt");
+    // The stall shows in the loop-lag gauge, read at scrape time.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let stalled = loop_lag(r).await;
+    assert!(stalled >= 2.0, "lag {stalled} s while stalled");
 
     store.down.store(false, Ordering::SeqCst);
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -138,6 +151,8 @@ async fn a_submit_refused_during_a_store_outage_is_never_scheduled_and_schedulin
         assert!(Instant::now() < deadline, "the scheduler did not resume after the store came back");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let healthy = loop_lag(r).await;
+    assert!(healthy < stalled && healthy < 2.0, "lag {healthy} s once resumed (a round at least every tick, 1 s)");
     // Only what was acknowledged is known, to the store and to the scheduler alike.
     let (_, queue) = call(r, "GET", "/api/v1/queue", None).await;
     assert_eq!(queue["totals"]["held"], 1, "{queue}");

@@ -34,6 +34,8 @@ async fn ready(State(s): State<ApiState>) -> Response {
 }
 
 pub async fn metrics(State(s): State<ApiState>) -> Response {
+    // Read at scrape time: a stalled loop cannot report its own lag.
+    metrics::gauge!("hodei_scheduler_loop_lag_seconds").set(s.control.loop_lag().as_secs_f64());
     match &s.metrics {
         Some(h) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], h.render()).into_response(),
         None => (StatusCode::NOT_FOUND, "metrics are disabled").into_response(),
