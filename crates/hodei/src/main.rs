@@ -172,7 +172,8 @@ struct WorkerArgs {
     gpu: u32,
     #[arg(long)]
     instance_name: Option<String>,
-    /// Where jobs without a working dir get scratch directories.
+    /// Where jobs without a working dir get scratch directories (default: a fresh directory
+    /// under $TMPDIR, removed when the agent stops).
     #[arg(long)]
     spool_dir: Option<PathBuf>,
     /// Only `process` is available in this version.
@@ -481,6 +482,11 @@ async fn worker(a: WorkerArgs) -> anyhow::Result<i32> {
         .and_then(|s| s.lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|kb| kb.parse::<u64>().ok()))
         .map(|kb| (kb / 1024 * 8 / 10) as u32)
         .unwrap_or(4096);
+    // Without --spool-dir: a fresh directory under $TMPDIR, removed when the agent stops.
+    let temp = match a.spool_dir {
+        Some(_) => None,
+        None => Some(tempfile::Builder::new().prefix("hodei-worker-").tempdir().context("creating the worker's directory under $TMPDIR")?),
+    };
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_owned()).unwrap_or_else(|_| "worker".into());
     let opts = hodei_worker::WorkerOptions {
         servers: a.server,
@@ -492,7 +498,7 @@ async fn worker(a: WorkerArgs) -> anyhow::Result<i32> {
         gpu: a.gpu,
         labels: kv(&a.labels, "label")?,
         instance_name: a.instance_name.unwrap_or_else(|| format!("{host}-{}", std::process::id())),
-        work_dir: a.spool_dir.unwrap_or_else(|| std::env::temp_dir().join(format!("hodei-worker-{}", std::process::id()))),
+        work_dir: a.spool_dir.or_else(|| temp.as_ref().map(|t| t.path().to_owned())).context("a work directory")?,
         exit_with_parent: a.exit_with_parent,
     };
     hodei_worker::run(opts).await?;

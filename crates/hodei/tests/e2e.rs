@@ -222,11 +222,15 @@ async fn a_worker_stopped_with_sigterm_hands_its_jobs_back_instead_of_cancelling
     let dir = tempfile::tempdir().unwrap();
     let srv = Server::start(dir.path(), &[], 0, Some(REMOTE_POOL));
     let token = srv.join_token("remote");
-    let w1 = WorkerProc::start(&srv.grpc, "remote", &token, 1);
+    let tmp = tempfile::tempdir().unwrap();
+    let mut w1 = WorkerProc::start_with_env(&srv.grpc, "remote", &token, 1, &[("TMPDIR", tmp.path())]);
     let job = srv.submit(json!({"command": ["sleep", "1"]})).await;
     let id = job["id"].as_str().unwrap();
     srv.wait_for(id, 20, |s| s == "running").await;
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1, "without --spool-dir the agent works in a directory under $TMPDIR");
     unsafe { libc::kill(w1.0.id() as i32, libc::SIGTERM) };
+    assert!(w1.0.wait().unwrap().success());
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0, "and removes it when it stops");
     let _w2 = WorkerProc::start(&srv.grpc, "remote", &token, 1);
     let j = srv.wait_ended(id, 30).await;
     assert_eq!(j["state"], "succeeded", "{j}");

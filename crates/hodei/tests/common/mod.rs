@@ -156,6 +156,10 @@ pub struct WorkerProc(pub Child);
 
 impl WorkerProc {
     pub fn start(grpc: &str, pool: &str, token: &str, slots: u32) -> WorkerProc {
+        WorkerProc::start_with_env(grpc, pool, token, slots, &[])
+    }
+
+    pub fn start_with_env(grpc: &str, pool: &str, token: &str, slots: u32, env: &[(&str, &std::path::Path)]) -> WorkerProc {
         let child = Command::new(BIN)
             .args([
                 "worker",
@@ -174,6 +178,7 @@ impl WorkerProc {
             ])
             .env("HODEI_JOIN_TOKEN", token)
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
