@@ -8,6 +8,7 @@
 
 pub mod burst;
 pub mod cost;
+pub mod idempotency;
 pub mod ids;
 pub mod job;
 pub mod queue;

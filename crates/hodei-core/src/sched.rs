@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use crate::burst::BurstSession;
+use crate::idempotency::{IdempotencyIndex, IdempotencyRecord, IdempotencyRequest, Lookup};
 use crate::ids::{ArrayId, AttemptId, BurstId, IdMap, IdSet, JobId, TenantId, WorkerId};
 use crate::job::{Actor, Attempt, AttemptState, FailureReason, Job, JobEvent, JobState, SlaLevel};
 use crate::queue::{JobKey, Queue};
@@ -101,6 +102,10 @@ pub struct Changes {
     pub quota_violations: Vec<(TenantId, Limit)>,
     /// Jobs whose queue wait passed their SLA level's maximum (`hodei_sla_breaches_total`).
     pub sla_breaches: Vec<(TenantId, SlaLevel)>,
+    /// Idempotency keys of this batch's submits, stored with their jobs.
+    pub idempotency: Vec<IdempotencyRecord>,
+    /// Idempotency records created before this instant are forgotten (delete them).
+    pub idempotency_expired_before: Option<Timestamp>,
 }
 
 impl Changes {
@@ -113,6 +118,8 @@ impl Changes {
             && self.outbound.is_empty()
             && self.quota_violations.is_empty()
             && self.sla_breaches.is_empty()
+            && self.idempotency.is_empty()
+            && self.idempotency_expired_before.is_none()
     }
 }
 
@@ -322,6 +329,8 @@ pub struct Scheduler {
     reserved_workers: BTreeMap<WorkerId, JobId>,
     /// Attempts told to stop to make room for a higher-priority job.
     preempting: IdSet<AttemptId>,
+    /// Idempotency keys of stored submits, younger than their TTL.
+    idempotency: IdempotencyIndex,
     out: Changes,
 }
 
@@ -384,6 +393,7 @@ impl Scheduler {
             reservations: BTreeMap::new(),
             reserved_workers: BTreeMap::new(),
             preempting: IdSet::default(),
+            idempotency: IdempotencyIndex::default(),
             out: Changes::default(),
         }
     }
@@ -442,6 +452,23 @@ impl Scheduler {
     // ---- recovery -------------------------------------------------------------------------
 
     /// Loads a stored live job at start-up. Records no change.
+    /// An idempotency record from the store (restart recovery); an expired one is dropped at
+    /// the next tick.
+    pub fn restore_idempotency(&mut self, r: IdempotencyRecord) {
+        self.idempotency.insert(r);
+    }
+
+    /// What is remembered of `req` for `tenant` (see [`crate::idempotency`]).
+    pub fn idempotency_lookup(&self, tenant: &TenantId, req: &IdempotencyRequest, now: Timestamp) -> Lookup {
+        self.idempotency.lookup(tenant, req, now)
+    }
+
+    /// Remembers a submit's key; the record is stored with this batch's changes.
+    pub fn remember_idempotency(&mut self, r: IdempotencyRecord) {
+        self.idempotency.insert(r.clone());
+        self.out.idempotency.push(r);
+    }
+
     pub fn restore_job(&mut self, mut job: Job, now: Timestamp) {
         self.intern(&mut job);
         self.books.count(&job, job.state, true);
@@ -1304,6 +1331,9 @@ impl Scheduler {
     /// Applies every time-driven decision due at `now`: due retries, ack timeouts, expired
     /// worker leases, and the timeout and cancel backstops for workers that stopped answering.
     pub fn tick(&mut self, now: Timestamp) {
+        if let Some(cutoff) = self.idempotency.expire(now) {
+            self.out.idempotency_expired_before = Some(cutoff);
+        }
         for id in self.books.sla.due(now) {
             if let Some(job) = self.jobs.get_mut(&id)
                 && self.books.sla.reevaluate(job, now)

@@ -80,6 +80,54 @@ pub async fn run_all(store: &dyn Store) {
     burst_sessions_one_open_per_tenant(store).await;
     pools_workers_and_live_counts_round_trip(store).await;
     a_large_batch_is_stored_whole(store).await;
+    idempotency_keys_are_stored_with_their_jobs_and_expire(store).await;
+}
+
+/// Idempotency records round-trip through `load_live` (job lists with refused entries, and an
+/// array's range), expire by their creation time, and a key used again replaces its record.
+async fn idempotency_keys_are_stored_with_their_jobs_and_expire(store: &dyn Store) {
+    use hodei_core::idempotency::{IdempotencyRecord, Submitted};
+    let acme = TenantId::parse("idem").unwrap();
+    let record = |key: &str, submitted: Submitted, at: i64| IdempotencyRecord {
+        tenant: acme.clone(),
+        key: key.into(),
+        fingerprint: format!("fp-{key}-{at}"),
+        submitted,
+        created_at: ts(at),
+    };
+    let mut s = Scheduler::new(SchedConfig::default());
+    let j = job(90, "idem", &[]);
+    let id = j.id;
+    s.submit(j, ts(90)).unwrap();
+    let jobs = record("batch", Submitted::Jobs(vec![Some(id), None, Some(JobId::from_uuid(Uuid::from_u128(91 << 80)))]), 100);
+    let array = record(
+        "array",
+        Submitted::Array {
+            array: hodei_core::ArrayId::from_uuid(Uuid::from_u128(92 << 80)),
+            first: JobId::from_uuid(Uuid::from_u128(93 << 80)),
+            last: JobId::from_uuid(Uuid::from_u128(94 << 80)),
+            count: 2,
+        },
+        200,
+    );
+    s.remember_idempotency(jobs.clone());
+    s.remember_idempotency(array.clone());
+    store.apply(std::sync::Arc::new(s.take_changes())).await.unwrap();
+    let mut got = store.load_live().await.unwrap().idempotency;
+    got.sort_by(|a, b| a.key.cmp(&b.key));
+    assert_eq!(got, [array.clone(), jobs.clone()]);
+    assert!(store.get_job(id).await.unwrap().is_some(), "the record's job was stored in the same commit");
+    // "batch" used again (its old record expired) and everything created before 150 deleted:
+    // the new record survives the delete of the same commit, "array" (200) is kept.
+    let again = record("batch", Submitted::Jobs(vec![None]), 300);
+    let changes = hodei_core::sched::Changes { idempotency: vec![again.clone()], idempotency_expired_before: Some(ts(150)), ..Default::default() };
+    store.apply(std::sync::Arc::new(changes)).await.unwrap();
+    let mut got = store.load_live().await.unwrap().idempotency;
+    got.sort_by(|a, b| a.key.cmp(&b.key));
+    assert_eq!(got, [array.clone(), again]);
+    let changes = hodei_core::sched::Changes { idempotency_expired_before: Some(ts(1_000)), ..Default::default() };
+    store.apply(std::sync::Arc::new(changes)).await.unwrap();
+    assert_eq!(store.load_live().await.unwrap().idempotency, []);
 }
 
 /// The jobs of an array job come back with their array id, index and range (the scheduler

@@ -141,6 +141,8 @@ pub struct LiveState {
     pub jobs: Vec<Job>,
     pub workers: Vec<Worker>,
     pub attempts: Vec<Attempt>,
+    /// Idempotency keys of submits (the expired ones too, until the scheduler deletes them).
+    pub idempotency: Vec<hodei_core::idempotency::IdempotencyRecord>,
 }
 
 #[async_trait]

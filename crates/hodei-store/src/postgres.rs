@@ -421,7 +421,43 @@ fn statement(c: &Changes) -> Stmt {
             unnest(&cols)
         ));
     }
+    idempotency(&mut st, c);
     st
+}
+
+/// Idempotency keys: the expired deleted, the new inserted (one replacing an expired record of
+/// its key; the delete spares the keys being inserted, as two parts of one statement must not
+/// both change a row).
+fn idempotency(st: &mut Stmt, c: &Changes) {
+    if c.idempotency.is_empty() && c.idempotency_expired_before.is_none() {
+        return;
+    }
+    let keys = [
+        st.arg(c.idempotency.iter().map(|r| r.tenant.as_str()).collect::<Vec<_>>(), "text[]"),
+        st.arg(c.idempotency.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(), "text[]"),
+    ];
+    if let Some(cutoff) = c.idempotency_expired_before {
+        let cutoff = st.arg(ms(cutoff), "bigint");
+        st.cte(format!("DELETE FROM idempotency_keys WHERE created_at < {cutoff} AND (tenant_id, key) NOT IN (SELECT * FROM {})", unnest(&keys)));
+    }
+    if c.idempotency.is_empty() {
+        return;
+    }
+    let cols: Vec<SubmittedCols> = c.idempotency.iter().map(|r| SubmittedCols::of(&r.submitted)).collect();
+    let rest = [
+        st.arg(c.idempotency.iter().map(|r| r.fingerprint.as_str()).collect::<Vec<_>>(), "text[]"),
+        st.arg(cols.iter().map(|c| c.job_ids.clone()).collect::<Vec<_>>(), "bytea[]"),
+        st.arg(cols.iter().map(|c| c.array_id).collect::<Vec<_>>(), "uuid[]"),
+        st.arg(cols.iter().map(|c| c.array_count).collect::<Vec<_>>(), "bigint[]"),
+        st.arg(c.idempotency.iter().map(|r| ms(r.created_at)).collect::<Vec<_>>(), "bigint[]"),
+    ];
+    let all: Vec<String> = keys.into_iter().chain(rest).collect();
+    st.cte(format!(
+        "INSERT INTO idempotency_keys (tenant_id, key, fingerprint, job_ids, array_id, array_count, created_at) \
+         SELECT * FROM {} ON CONFLICT (tenant_id, key) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, job_ids = EXCLUDED.job_ids, \
+         array_id = EXCLUDED.array_id, array_count = EXCLUDED.array_count, created_at = EXCLUDED.created_at",
+        unnest(&all)
+    ));
 }
 
 /// New jobs: each array's spec once (its id bounds widened), members by state, the others with
@@ -894,12 +930,14 @@ impl Store for PgStore {
             .fetch_all(&self.pool)
             .await
             .map_err(StoreError::db("loading live attempts"))?;
+        let keys = sqlx::query("SELECT * FROM idempotency_keys").fetch_all(&self.pool).await.map_err(StoreError::db("loading idempotency keys"))?;
         let mut jobs: Vec<Job> = jobs.iter().map(job_from_row).collect::<Result<_>>()?;
         share_array_specs(&mut jobs);
         Ok(LiveState {
             jobs,
             workers: workers.iter().map(worker_from_row).collect::<Result<_>>()?,
             attempts: attempts.iter().map(attempt_from_row).collect::<Result<_>>()?,
+            idempotency: keys.iter().map(idempotency_from_row).collect::<Result<_>>()?,
         })
     }
 

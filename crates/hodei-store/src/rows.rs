@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use hodei_core::idempotency::{IdempotencyRecord, Submitted};
 use hodei_core::spec::{ArraySpec, JobSpec};
 use hodei_core::{
     ArrayId, Attempt, AttemptId, BurstId, BurstSession, CpuMillis, Gpus, Job, JobId, MemoryMb, Pool, PoolId, Quota, Resources, SlaClock, Tenant, TenantId,
@@ -325,4 +326,52 @@ pub(crate) fn share_array_specs(jobs: &mut [Job]) {
             j.spec = specs.entry(a).or_insert_with(|| j.spec.clone()).clone();
         }
     }
+}
+
+/// An idempotency record's jobs as stored: `job_ids` holds 16 bytes per id (all zero for a job
+/// quota refused); for an array, its first and last member, with `array_id` and `array_count`.
+pub(crate) struct SubmittedCols {
+    pub job_ids: Vec<u8>,
+    pub array_id: Option<Uuid>,
+    pub array_count: Option<i64>,
+}
+
+impl SubmittedCols {
+    pub(crate) fn of(s: &Submitted) -> SubmittedCols {
+        let bytes = |ids: &mut dyn Iterator<Item = Option<JobId>>| ids.flat_map(|id| id.map_or([0; 16], |j| j.as_uuid().into_bytes())).collect();
+        match s {
+            Submitted::Jobs(ids) => SubmittedCols { job_ids: bytes(&mut ids.iter().copied()), array_id: None, array_count: None },
+            Submitted::Array { array, first, last, count } => SubmittedCols {
+                job_ids: bytes(&mut [Some(*first), Some(*last)].into_iter()),
+                array_id: Some(array.as_uuid()),
+                array_count: Some(i64::from(*count)),
+            },
+        }
+    }
+}
+
+pub(crate) fn idempotency_from_row(r: &impl Cols) -> Result<IdempotencyRecord> {
+    const D: &str = "reading an idempotency key";
+    let g = |e: sqlx::Error| StoreError::Db { doing: D, source: e };
+    let raw: Vec<u8> = r.col("job_ids").map_err(g)?;
+    let (chunks, rest) = raw.as_chunks::<16>();
+    if !rest.is_empty() {
+        return Err(StoreError::Corrupt { doing: D, detail: format!("job_ids of {} bytes, not a multiple of 16", raw.len()) });
+    }
+    let ids: Vec<Option<JobId>> = chunks.iter().map(|c| Some(Uuid::from_bytes(*c)).filter(|u| !u.is_nil()).map(JobId::from_uuid)).collect();
+    let array: Option<Uuid> = r.col("array_id").map_err(g)?;
+    let submitted = match (array, ids.as_slice()) {
+        (None, _) => Submitted::Jobs(ids),
+        (Some(a), [Some(first), Some(last)]) => {
+            Submitted::Array { array: ArrayId::from_uuid(a), first: *first, last: *last, count: u32_of(D, r.col("array_count").map_err(g)?)? }
+        }
+        (Some(_), _) => return Err(StoreError::Corrupt { doing: D, detail: "an array's record without its first and last member".into() }),
+    };
+    Ok(IdempotencyRecord {
+        tenant: parse_slug(D, r.col("tenant_id").map_err(g)?, TenantId::parse)?,
+        key: r.col("key").map_err(g)?,
+        fingerprint: r.col("fingerprint").map_err(g)?,
+        submitted,
+        created_at: Timestamp::from_millis(r.col("created_at").map_err(g)?),
+    })
 }

@@ -427,12 +427,14 @@ impl Store for SqliteStore {
             .fetch_all(&self.read)
             .await
             .map_err(StoreError::db("loading live attempts"))?;
+        let keys = sqlx::query("SELECT * FROM idempotency_keys").fetch_all(&self.read).await.map_err(StoreError::db("loading idempotency keys"))?;
         let mut jobs: Vec<Job> = jobs.iter().map(job_from_row).collect::<Result<_>>()?;
         share_array_specs(&mut jobs);
         Ok(LiveState {
             jobs,
             workers: workers.iter().map(worker_from_row).collect::<Result<_>>()?,
             attempts: attempts.iter().map(attempt_from_row).collect::<Result<_>>()?,
+            idempotency: keys.iter().map(idempotency_from_row).collect::<Result<_>>()?,
         })
     }
 

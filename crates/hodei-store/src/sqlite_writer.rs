@@ -16,7 +16,7 @@ use rusqlite::{Connection, ToSql, params, params_from_iter};
 use tokio::sync::oneshot;
 
 use crate::StoreError;
-use crate::rows::{json_map, json_vec};
+use crate::rows::{SubmittedCols, json_map, json_vec};
 
 enum Msg {
     Stage(Arc<Changes>),
@@ -69,7 +69,13 @@ impl Thread {
 }
 
 fn is_empty(c: &Changes) -> bool {
-    c.new_jobs.is_empty() && c.jobs.is_empty() && c.attempts.is_empty() && c.workers.is_empty() && c.events.is_empty()
+    c.new_jobs.is_empty()
+        && c.jobs.is_empty()
+        && c.attempts.is_empty()
+        && c.workers.is_empty()
+        && c.events.is_empty()
+        && c.idempotency.is_empty()
+        && c.idempotency_expired_before.is_none()
 }
 
 pub(crate) fn map_err(doing: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
@@ -391,6 +397,25 @@ fn write(tx: &Connection, c: &Changes) -> Result<(), StoreError> {
         for e in c.events.iter().filter(|e| e.from.is_some()) {
             st.execute(params![e.job_id.as_uuid(), ms(e.at), e.from.map(|s| s.as_str()), e.to.as_str(), e.actor.as_str(), e.reason])
                 .map_err(map_err("inserting job events"))?;
+        }
+    }
+    if let Some(cutoff) = c.idempotency_expired_before {
+        tx.prepare_cached("DELETE FROM idempotency_keys WHERE created_at < ?1")
+            .and_then(|mut st| st.execute(params![ms(cutoff)]))
+            .map_err(map_err("deleting expired idempotency keys"))?;
+    }
+    if !c.idempotency.is_empty() {
+        // A key used again after its record expired replaces it.
+        let mut st = tx
+            .prepare_cached(
+                "INSERT OR REPLACE INTO idempotency_keys (tenant_id, key, fingerprint, job_ids, array_id, array_count, created_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )
+            .map_err(map_err("preparing the idempotency key insert"))?;
+        for r in &c.idempotency {
+            let cols = SubmittedCols::of(&r.submitted);
+            st.execute(params![r.tenant.as_str(), r.key, r.fingerprint, cols.job_ids, cols.array_id, cols.array_count, ms(r.created_at)])
+                .map_err(map_err("inserting idempotency keys"))?;
         }
     }
     Ok(())
