@@ -3,7 +3,9 @@
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::{StatusCode, header};
+use hodei_core::idempotency::IdempotencyRequest;
 use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
 
 use crate::error::{ApiError, ErrorCode};
 
@@ -56,10 +58,48 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     })
 }
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+/// A job POST's JSON body with its `Idempotency-Key` (SPEC §4.1), if it has one: the key and
+/// a digest of the method, path, query and body, so a repeat with another request is told apart.
+pub struct KeyedJson<T> {
+    pub body: T,
+    pub key: Option<IdempotencyRequest>,
+}
+
+/// Longest `Idempotency-Key` accepted.
+pub const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+fn idempotency_key(req: &Request) -> Result<Option<String>, ApiError> {
+    let Some(v) = req.headers().get("idempotency-key") else { return Ok(None) };
+    let expected = format!("1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters");
+    let key = v.to_str().ok().filter(|k| !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY && k.bytes().all(|b| (0x20..0x7f).contains(&b)));
+    match key {
+        Some(k) => Ok(Some(k.to_owned())),
+        None => Err(ApiError::field("Idempotency-Key", "invalid Idempotency-Key header", expected, Some(String::from_utf8_lossy(v.as_bytes()).into_owned()))),
+    }
+}
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for KeyedJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let key = idempotency_key(&req)?;
+        let what = format!("{} {}", req.method(), req.uri().path_and_query().map_or("", |p| p.as_str()));
+        let ApiJson(bytes) = ApiJson::<Bytes>::read(req, state).await?;
+        let key = key.map(|key| {
+            let mut h = Sha256::new();
+            h.update(what.as_bytes());
+            h.update(b"\n");
+            h.update(&bytes);
+            let fingerprint = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+            IdempotencyRequest { key, fingerprint }
+        });
+        Ok(KeyedJson { body: parse(&bytes)?, key })
+    }
+}
+
+impl ApiJson<Bytes> {
+    /// The body of a JSON request, refused unless it says it is JSON, or over the size limit.
+    async fn read<S: Send + Sync>(req: Request, state: &S) -> Result<ApiJson<Bytes>, ApiError> {
         let ct = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
         if !ct.starts_with("application/json") {
             return Err(ApiError::new(ErrorCode::UnsupportedMediaType, format!("expected Content-Type: application/json, got {ct:?}")));
@@ -71,6 +111,15 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
                 ApiError::new(ErrorCode::BadRequest, format!("could not read the request body: {e}"))
             }
         })?;
+        Ok(ApiJson(bytes))
+    }
+}
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let ApiJson(bytes) = ApiJson::<Bytes>::read(req, state).await?;
         let t = std::time::Instant::now();
         let r = parse(&bytes).map(ApiJson);
         tracing::debug!(bytes = bytes.len(), parse_ms = t.elapsed().as_millis() as u64, "parsed body");

@@ -20,6 +20,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::header;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
+use hodei_core::idempotency::{IdempotencyRecord, IdempotencyRequest};
 use hodei_core::queue::FlowStatus;
 use hodei_core::sched::{CancelOutcome, Scheduler};
 use hodei_core::spec::SpecLimits;
@@ -50,6 +51,8 @@ pub enum ControlError {
     Store(#[from] StoreError),
     #[error("the scheduler is not running")]
     Stopped,
+    #[error("Idempotency-Key {key:?} was used with another request")]
+    IdempotencyConflict { key: String },
 }
 
 impl From<ControlError> for ApiError {
@@ -61,6 +64,10 @@ impl From<ControlError> for ApiError {
             }
             ControlError::Store(s) => s.into(),
             ControlError::Stopped => ApiError::new(ErrorCode::Unavailable, "the scheduler is starting or stopping; retry"),
+            ControlError::IdempotencyConflict { key } => ApiError::new(
+                ErrorCode::Conflict,
+                format!("Idempotency-Key {key:?} was used within the last 24 h with another request (method, path or body); use a new key"),
+            ),
         }
     }
 }
@@ -84,14 +91,31 @@ pub struct ArrayAdmitted {
     pub ids: Option<(JobId, JobId)>,
 }
 
+/// The `Idempotency-Key` of a submit, scoped to the tenant of the request.
+#[derive(Clone, Debug)]
+pub struct IdempotentCall {
+    pub tenant: TenantId,
+    pub request: IdempotencyRequest,
+}
+
+/// A submit's outcome, or what an earlier call with the same key and request stored.
+#[derive(Debug)]
+pub enum Idempotent<T> {
+    New(T),
+    Replayed(Arc<IdempotencyRecord>),
+}
+
 /// Changes to jobs, carried out by the engine. Each call returns once the change is durable.
 #[async_trait]
 pub trait Control: Send + Sync {
-    /// Admits and stores jobs. `atomic`: when any is refused, none is stored.
-    async fn submit(&self, jobs: Vec<Job>, atomic: bool) -> Result<Vec<Admitted>, ControlError>;
+    /// Admits and stores jobs. `atomic`: when any is refused, none is stored. With a key, a
+    /// repeat of an earlier call is answered from its record (nothing new is stored) and a
+    /// different request under the key is `IdempotencyConflict`; the record of a call that
+    /// stored anything is stored with its jobs.
+    async fn submit(&self, jobs: Vec<Job>, atomic: bool, key: Option<IdempotentCall>) -> Result<Idempotent<Vec<Admitted>>, ControlError>;
     /// Admits and stores the members of `template`'s array (ids minted by the engine), all or
-    /// none.
-    async fn submit_array(&self, template: Job, array: hodei_core::ArrayId) -> Result<ArrayAdmitted, ControlError>;
+    /// none; `key` as for `submit`.
+    async fn submit_array(&self, template: Job, array: hodei_core::ArrayId, key: Option<IdempotentCall>) -> Result<Idempotent<ArrayAdmitted>, ControlError>;
     async fn cancel(&self, id: JobId) -> Result<CancelOutcome, ControlError>;
     async fn retry(&self, id: JobId) -> Result<(), ControlError>;
     async fn hold(&self, id: JobId) -> Result<(), ControlError>;

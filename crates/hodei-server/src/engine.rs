@@ -12,7 +12,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use hodei_api::{Admitted, ArrayAdmitted, Clock, Control, ControlError, Inspector};
+use hodei_api::{Admitted, ArrayAdmitted, Clock, Control, ControlError, Idempotent, IdempotentCall, Inspector};
+use hodei_core::idempotency::{IdempotencyRecord, Lookup, Submitted};
 use hodei_core::sched::{AttemptResult, CancelOutcome, Changes, CommandError, Outbound, SchedConfig, Scheduler, UnknownWorker};
 use hodei_core::{
     ArrayId, AttemptId, AttemptState, BurstSession, BurstState, Job, JobId, JobState, Tenant, TenantId, TenantPolicy, TierWeights, Timestamp, Worker, WorkerId,
@@ -45,12 +46,14 @@ pub enum Command {
     Submit {
         jobs: Vec<Job>,
         atomic: bool,
-        reply: Reply<Vec<Admitted>>,
+        key: Option<IdempotentCall>,
+        reply: Reply<Idempotent<Vec<Admitted>>>,
     },
     SubmitArray {
         template: Box<Job>,
         array: ArrayId,
-        reply: Reply<ArrayAdmitted>,
+        key: Option<IdempotentCall>,
+        reply: Reply<Idempotent<ArrayAdmitted>>,
     },
     Tenant {
         id: TenantId,
@@ -180,8 +183,8 @@ impl EngineHandle {
 }
 
 impl EngineHandle {
-    pub async fn submit(&self, jobs: Vec<Job>, atomic: bool) -> Result<Vec<Admitted>, ControlError> {
-        self.ask(|reply| Command::Submit { jobs, atomic, reply }).await
+    pub async fn submit(&self, jobs: Vec<Job>, atomic: bool, key: Option<IdempotentCall>) -> Result<Idempotent<Vec<Admitted>>, ControlError> {
+        self.ask(|reply| Command::Submit { jobs, atomic, key, reply }).await
     }
 
     pub async fn burst_changed(&self, session: BurstSession) -> Result<(), ControlError> {
@@ -208,6 +211,21 @@ impl EngineHandle {
     pub fn loop_lag(&self) -> Duration {
         self.progress.lag()
     }
+}
+
+/// The answer to a keyed submit that repeats an earlier call (its record) or reuses its key
+/// for another request (a conflict); None: a new call.
+fn earlier_call<T>(s: &Scheduler, key: Option<&IdempotentCall>, now: Timestamp) -> Option<Result<Idempotent<T>, ControlError>> {
+    let k = key?;
+    match s.idempotency_lookup(&k.tenant, &k.request, now) {
+        Lookup::New => None,
+        Lookup::Replay(r) => Some(Ok(Idempotent::Replayed(r))),
+        Lookup::Conflict(_) => Some(Err(ControlError::IdempotencyConflict { key: k.request.key.clone() })),
+    }
+}
+
+fn record(k: IdempotentCall, submitted: Submitted, now: Timestamp) -> IdempotencyRecord {
+    IdempotencyRecord { tenant: k.tenant, key: k.request.key, fingerprint: k.request.fingerprint, submitted, created_at: now }
 }
 
 fn command_error(e: CommandError) -> ControlError {
@@ -238,13 +256,16 @@ pub struct Engine {
     stale: bool,
 }
 
+/// A reply and what it will say once the batch is durable.
+type Answer<T> = (Reply<T>, Result<T, ControlError>);
+
 /// Answers to send once the batch is durable.
 #[derive(Default)]
 struct Replies {
     unit: Vec<Reply<()>>,
     cancel: Vec<(Reply<CancelOutcome>, CancelOutcome)>,
-    submit: Vec<(Reply<Vec<Admitted>>, Vec<Admitted>)>,
-    arrays: Vec<(Reply<ArrayAdmitted>, ArrayAdmitted)>,
+    submit: Vec<Answer<Idempotent<Vec<Admitted>>>>,
+    arrays: Vec<Answer<Idempotent<ArrayAdmitted>>>,
 }
 
 impl Replies {
@@ -256,10 +277,10 @@ impl Replies {
             let _ = r.send(Ok(o));
         }
         for (r, a) in self.submit {
-            let _ = r.send(Ok(a));
+            let _ = r.send(a);
         }
         for (r, a) in self.arrays {
-            let _ = r.send(Ok(a));
+            let _ = r.send(a);
         }
     }
 
@@ -345,6 +366,9 @@ impl Engine {
         }
         for j in live.jobs {
             sched.restore_job(j, now);
+        }
+        for r in live.idempotency {
+            sched.restore_idempotency(r);
         }
         // Only attempts the store has as running are known to be on their worker; an assignment
         // that was never confirmed is treated as lost (requeued; fencing ignores a late Accepted).
@@ -544,16 +568,31 @@ impl Engine {
     fn handle(&mut self, c: Command, now: Timestamp, replies: &mut Replies) {
         let s = &mut self.sched;
         match c {
-            Command::Submit { jobs, atomic, reply } => {
+            Command::Submit { jobs, atomic, key, reply } => {
+                if let Some(answer) = earlier_call(s, key.as_ref(), now) {
+                    replies.submit.push((reply, answer));
+                    return;
+                }
+                let ids: Vec<JobId> = key.as_ref().map(|_| jobs.iter().map(|j| j.id).collect()).unwrap_or_default();
                 let (store, staged) = (&self.store, &mut self.staged);
                 let admitted = s.submit_all_in_parts(jobs, atomic, now, SUBMIT_PART, |part| {
                     let part = Arc::new(part);
                     store.stage(part.clone());
                     staged.push(part);
                 });
-                replies.submit.push((reply, admitted));
+                if let Some(k) = key
+                    && admitted.iter().any(Result::is_ok)
+                {
+                    let stored = ids.into_iter().zip(&admitted).map(|(id, a)| a.is_ok().then_some(id)).collect();
+                    s.remember_idempotency(record(k, Submitted::Jobs(stored), now));
+                }
+                replies.submit.push((reply, Ok(Idempotent::New(admitted))));
             }
-            Command::SubmitArray { template, array, reply } => {
+            Command::SubmitArray { template, array, key, reply } => {
+                if let Some(answer) = earlier_call(s, key.as_ref(), now) {
+                    replies.arrays.push((reply, answer));
+                    return;
+                }
                 let (store, staged) = (&self.store, &mut self.staged);
                 let mut ids: Option<(JobId, JobId)> = None;
                 let mint = || {
@@ -566,7 +605,11 @@ impl Engine {
                     store.stage(part.clone());
                     staged.push(part);
                 });
-                replies.arrays.push((reply, ArrayAdmitted { admitted, ids }));
+                if let (Some(k), Some((first, last))) = (key, ids) {
+                    let count = admitted.len() as u32;
+                    s.remember_idempotency(record(k, Submitted::Array { array, first, last, count }, now));
+                }
+                replies.arrays.push((reply, Ok(Idempotent::New(ArrayAdmitted { admitted, ids }))));
             }
             Command::Tenant { id, policy, reply } => {
                 s.set_tenant(&id, policy, now);
@@ -787,12 +830,12 @@ pub struct ControlPlane {
 
 #[async_trait]
 impl Control for ControlPlane {
-    async fn submit(&self, jobs: Vec<Job>, atomic: bool) -> Result<Vec<Admitted>, ControlError> {
-        self.engine.submit(jobs, atomic).await
+    async fn submit(&self, jobs: Vec<Job>, atomic: bool, key: Option<IdempotentCall>) -> Result<Idempotent<Vec<Admitted>>, ControlError> {
+        self.engine.submit(jobs, atomic, key).await
     }
 
-    async fn submit_array(&self, template: Job, array: ArrayId) -> Result<ArrayAdmitted, ControlError> {
-        self.engine.ask(|reply| Command::SubmitArray { template: Box::new(template), array, reply }).await
+    async fn submit_array(&self, template: Job, array: ArrayId, key: Option<IdempotentCall>) -> Result<Idempotent<ArrayAdmitted>, ControlError> {
+        self.engine.ask(|reply| Command::SubmitArray { template: Box::new(template), array, key, reply }).await
     }
 
     async fn tenant_changed(&self, t: &Tenant) -> Result<(), ControlError> {

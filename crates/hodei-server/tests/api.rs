@@ -59,6 +59,22 @@ impl App {
         self.send(b.body(body).unwrap()).await
     }
 
+    /// A JSON POST with an `Idempotency-Key`; returns whether the answer says it was replayed.
+    async fn post_keyed(&self, path: &str, key: &str, body: &Value) -> (StatusCode, Value, bool) {
+        let req = Request::builder()
+            .method("POST")
+            .uri(path)
+            .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("idempotency-key", key)
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        let resp = self.server.router.clone().oneshot(req).await.unwrap();
+        let (status, replayed) = (resp.status(), resp.headers().get("idempotent-replayed").is_some_and(|v| v == "true"));
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null), replayed)
+    }
+
     async fn stored_jobs(&self) -> usize {
         self.server.store.list_jobs(&JobFilter { limit: 500, ..Default::default() }).await.unwrap().len()
     }
@@ -635,4 +651,87 @@ async fn a_tenant_over_its_submit_rate_is_refused_429_with_retry_after_and_nothi
     assert_eq!(s, StatusCode::CREATED, "{v}");
     let stored = app.server.store.list_jobs(&JobFilter { limit: 50, ..Default::default() }).await.unwrap();
     assert_eq!(stored.len(), 5, "three of the default tenant's, two of the other's");
+}
+
+#[tokio::test]
+async fn a_repeated_submit_with_its_idempotency_key_gets_the_first_job_and_stores_nothing_new() {
+    let app = app().await;
+    let body = json!({"command": ["echo", "once"]});
+    let (status, first, replayed) = app.post_keyed("/api/v1/jobs", "order-17", &body).await;
+    assert_eq!((status, replayed), (StatusCode::CREATED, false));
+    let (status, again, replayed) = app.post_keyed("/api/v1/jobs", "order-17", &body).await;
+    assert_eq!((status, replayed), (StatusCode::CREATED, true));
+    assert_eq!(again["id"], first["id"]);
+    assert_eq!(app.stored_jobs().await, 1);
+    // The same key with another body (or another path) is a conflict and changes nothing.
+    let (status, problem, _) = app.post_keyed("/api/v1/jobs", "order-17", &json!({"command": ["echo", "twice"]})).await;
+    assert_eq!((status, problem["code"].as_str()), (StatusCode::CONFLICT, Some("conflict")));
+    assert!(problem["detail"].as_str().unwrap().contains("order-17"), "{problem}");
+    let (status, _, _) = app.post_keyed("/api/v1/jobs/batch", "order-17", &json!({"jobs": [body]})).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    // Another key is another submit; keys are per tenant.
+    let (_, other, replayed) = app.post_keyed("/api/v1/jobs", "order-18", &body).await;
+    assert!(!replayed && other["id"] != first["id"]);
+    app.call("POST", "/api/v1/tenants", Some(json!({"id": "acme", "name": "Acme"}))).await;
+    let (status, theirs, replayed) = app.post_keyed("/api/v1/jobs", "order-17", &json!({"command": ["echo", "once"], "tenant_id": "acme"})).await;
+    assert_eq!((status, replayed), (StatusCode::CREATED, false), "{theirs}");
+    assert_eq!(app.stored_jobs().await, 3);
+    // A bad key is refused, naming the header, before anything is stored.
+    for bad in ["", &"k".repeat(256)] {
+        let (status, problem, _) = app.post_keyed("/api/v1/jobs", bad, &body).await;
+        assert_eq!((status, fields(&problem)), (StatusCode::BAD_REQUEST, vec!["Idempotency-Key".to_owned()]), "{problem}");
+    }
+    assert_eq!(app.stored_jobs().await, 3);
+}
+
+#[tokio::test]
+async fn concurrent_repeats_of_one_key_store_one_job() {
+    let app = Arc::new(app().await);
+    let body = json!({"command": ["true"]});
+    let calls = (0..32).map(|_| {
+        let (app, body) = (app.clone(), body.clone());
+        tokio::spawn(async move { app.post_keyed("/api/v1/jobs", "same", &body).await })
+    });
+    let answers = futures::future::join_all(calls).await;
+    let ids: std::collections::HashSet<String> = answers.iter().map(|a| a.as_ref().unwrap().1["id"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(ids.len(), 1, "every caller got the one job");
+    assert_eq!(answers.iter().filter(|a| !a.as_ref().unwrap().2).count(), 1, "one call stored it, the others were replays");
+    assert_eq!(app.stored_jobs().await, 1);
+}
+
+#[tokio::test]
+async fn batches_and_arrays_replay_their_ids_under_their_key() {
+    let app = app().await;
+    small_tenant(&app, "tight", json!({"max_queued_jobs": 2})).await;
+    // Non-atomic: one invalid, three valid of which quota takes two.
+    let batch = json!({"atomic": false, "jobs": [
+        {"command": ["true"], "tenant_id": "tight"},
+        {"command": []},
+        {"command": ["true"], "tenant_id": "tight"},
+        {"command": ["true"], "tenant_id": "tight"},
+    ]});
+    let (status, first, replayed) = app.post_keyed("/api/v1/jobs/batch", "b-1", &batch).await;
+    assert_eq!((status, replayed), (StatusCode::CREATED, false), "{first}");
+    let ids = |v: &Value| v["items"].as_array().unwrap().iter().map(|i| i["job_id"].as_str().map(str::to_owned)).collect::<Vec<_>>();
+    assert_eq!(ids(&first).iter().filter(|i| i.is_some()).count(), 2);
+    let (status, again, replayed) = app.post_keyed("/api/v1/jobs/batch", "b-1", &batch).await;
+    assert_eq!((status, replayed), (StatusCode::CREATED, true));
+    assert_eq!(ids(&again), ids(&first));
+    assert_eq!(again["items"][1]["error"]["code"], "validation_failed");
+    assert_eq!(again["items"][3]["error"]["code"], "quota_exceeded");
+    assert_eq!(app.stored_jobs().await, 2);
+    // An array job: the same members.
+    let array = json!({"command": ["true"], "array": {"start": 0, "end": 4}});
+    let (status, first, _) = app.post_keyed("/api/v1/jobs", "a-1", &array).await;
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+    let (status, again, replayed) = app.post_keyed("/api/v1/jobs", "a-1", &array).await;
+    assert_eq!((status, replayed), (StatusCode::CREATED, true));
+    assert_eq!(again, first);
+    assert_eq!(app.stored_jobs().await, 2 + 5);
+    // A call that stored nothing (refused by quota) leaves no record: its retry is a new call.
+    let refused = json!({"command": ["true"], "tenant_id": "tight"});
+    let (status, _, _) = app.post_keyed("/api/v1/jobs", "r-1", &refused).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    let (status, _, replayed) = app.post_keyed("/api/v1/jobs", "r-1", &refused).await;
+    assert_eq!((status, replayed), (StatusCode::TOO_MANY_REQUESTS, false));
 }

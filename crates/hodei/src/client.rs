@@ -84,6 +84,15 @@ impl Client {
         self.send(self.req(reqwest::Method::POST, path).json(body)).await
     }
 
+    /// POST with an `Idempotency-Key`, when given.
+    pub async fn post_keyed(&self, path: &str, body: &Value, key: Option<&str>) -> anyhow::Result<Value> {
+        let mut r = self.req(reqwest::Method::POST, path).json(body);
+        if let Some(k) = key {
+            r = r.header("idempotency-key", k);
+        }
+        self.send(r).await
+    }
+
     pub async fn put(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
         self.send(self.req(reqwest::Method::PUT, path).json(body)).await
     }

@@ -240,6 +240,10 @@ struct SubmitArgs {
     /// (`A-B[:S][%P]`); each sees its index in HODEI_ARRAY_INDEX.
     #[arg(long, value_name = "A-B[:S][%P]")]
     array: Option<String>,
+    /// Makes the submit safe to repeat: for 24 h, submitting again with the same key and the
+    /// same job gets the job the first submit stored instead of a new one.
+    #[arg(long, value_name = "KEY")]
+    idempotency_key: Option<String>,
     /// The command and its arguments.
     #[arg(last = true, required = true)]
     argv: Vec<String>,
@@ -585,7 +589,7 @@ async fn submit(a: SubmitArgs) -> anyhow::Result<i32> {
         }
         return Ok(if v["admissible"].as_bool() == Some(true) { 0 } else { 1 });
     }
-    let job = c.post("/jobs", &body).await?;
+    let job = c.post_keyed("/jobs", &body, a.idempotency_key.as_deref()).await?;
     if a.array.is_some() {
         match a.c.output {
             Output::Json => print_json(&job),

@@ -302,6 +302,28 @@ async fn after_a_restart_jobs_of_the_dead_built_in_workers_are_requeued_at_once(
     assert_eq!((attempts[0]["state"].as_str(), attempts[0]["failure_reason"].as_str()), (Some("lost"), Some("worker_lost")));
 }
 
+/// An idempotency key outlives a kill -9: the repeat after the restart gets the first job.
+#[tokio::test]
+async fn a_submit_repeated_with_its_key_after_a_kill_9_gets_the_first_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut srv = Server::start(dir.path(), &[], 0, None);
+    let submit = |srv: &Server| {
+        let out = srv.cli(&["submit", "--idempotency-key", "nightly-2026-12-01", "-o", "json", "--", "echo", "once"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["id"].as_str().unwrap().to_owned()
+    };
+    let first = submit(&srv);
+    srv.kill9();
+    let srv = Server::start(dir.path(), &[], 0, None);
+    assert_eq!(submit(&srv), first);
+    let out = srv.cli(&["submit", "--idempotency-key", "nightly-2026-12-01", "--", "echo", "another"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("409 conflict"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(srv.wait_ended(&first, 20).await["state"], "succeeded");
+    let (_, page) = srv.call(Method::GET, "/jobs", None).await;
+    assert_eq!(page["items"].as_array().unwrap().len(), 1);
+}
+
 #[tokio::test]
 async fn an_array_job_runs_each_index_at_most_max_parallel_at_a_time() {
     let dir = tempfile::tempdir().unwrap();

@@ -4,6 +4,7 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use hodei_core::idempotency::{IdempotencyRecord, Submitted};
 use hodei_core::sched::{CancelOutcome, MAX_SIM_JOBS, apply_admission};
 use hodei_core::spec::{ArrayInput, FieldError, JobSpec, JobSpecInput};
 use hodei_core::{ArrayId, Job, JobId, JobState, Priority, Tenant, TenantId, TenantStatus};
@@ -17,8 +18,8 @@ use crate::dto::{
     ArraySubmitted, AttemptView, BatchItem, BatchResult, BatchSubmit, CostEstimate, DryRunView, EventView, ExplainView, JobSubmit, JobView, Page, ProblemItem,
 };
 use crate::error::{ApiError, ApiResult, ErrorCode};
-use crate::json::ApiJson;
-use crate::{ApiState, ArrayAdmitted};
+use crate::json::KeyedJson;
+use crate::{ApiState, ArrayAdmitted, Idempotent, IdempotentCall};
 
 fn spec_input(b: JobSubmit) -> (JobSpecInput, Option<String>) {
     let (pool, _labels) = b.pool_selector.map(|p| (p.pool, p.labels)).unwrap_or_default();
@@ -107,11 +108,43 @@ pub struct SubmitQuery {
     pub dry_run: bool,
 }
 
+/// A 201 for `body`, at `location`; a repeat answered from its idempotency record says so.
+fn created(location: &str, body: impl serde::Serialize, replayed: bool) -> Response {
+    let mut h = HeaderMap::new();
+    if let Ok(v) = HeaderValue::from_str(location) {
+        h.insert(header::LOCATION, v);
+    }
+    if replayed {
+        h.insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    (StatusCode::CREATED, h, Json(body)).into_response()
+}
+
+fn gone(r: &IdempotencyRecord) -> ApiError {
+    ApiError::new(ErrorCode::Conflict, format!("what Idempotency-Key {:?} stored is no longer there; use a new key", r.key))
+}
+
+/// A repeat of a single-job POST: the job its first call stored, as it is now.
+async fn replayed_job(s: &ApiState, r: &IdempotencyRecord) -> ApiResult<Response> {
+    let Submitted::Jobs(ids) = &r.submitted else { return Err(gone(r)) };
+    let Some(Some(id)) = ids.first() else { return Err(gone(r)) };
+    let job = s.store.get_job(*id).await?.ok_or_else(|| gone(r))?;
+    Ok(created(&format!("/api/v1/jobs/{id}"), JobView::of(&job, &s.cfg.sla), true))
+}
+
 /// Submit a job. 201 once it is durably stored; 429 `quota_exceeded` when its tenant's quota
 /// refuses it (SPEC §2.4). With `array`, one job per index, all or none, and the 201 body is
 /// an `ArraySubmitted`. With `dry_run=true`, 200 and a [`DryRunView`]; nothing is stored.
-#[utoipa::path(post, path = "/jobs", params(SubmitQuery), request_body = JobSubmit, responses((status = 201, body = JobView, description = "the job; with `array`, an ArraySubmitted"), (status = 200, body = DryRunView), (status = 400, body = crate::error::Problem), (status = 403, body = crate::error::Problem), (status = 422, body = crate::error::Problem), (status = 429, body = crate::error::Problem)), tag = "jobs")]
-pub async fn submit_job(State(s): State<ApiState>, Query(q): Query<SubmitQuery>, headers: HeaderMap, ApiJson(body): ApiJson<JobSubmit>) -> ApiResult<Response> {
+/// With an `Idempotency-Key`, a repeat within 24 h answers with what the first call stored
+/// (header `Idempotent-Replayed: true`) and stores nothing; another request under the same key
+/// is 409 `conflict`.
+#[utoipa::path(post, path = "/jobs", params(SubmitQuery, ("Idempotency-Key" = Option<String>, Header, description = "makes the POST safe to repeat for 24 h")), request_body = JobSubmit, responses((status = 201, body = JobView, description = "the job; with `array`, an ArraySubmitted"), (status = 200, body = DryRunView), (status = 400, body = crate::error::Problem), (status = 403, body = crate::error::Problem), (status = 422, body = crate::error::Problem), (status = 429, body = crate::error::Problem)), tag = "jobs")]
+pub async fn submit_job(
+    State(s): State<ApiState>,
+    Query(q): Query<SubmitQuery>,
+    headers: HeaderMap,
+    KeyedJson { body, key }: KeyedJson<JobSubmit>,
+) -> ApiResult<Response> {
     let (input, tenant) = spec_input(body);
     let tenant = tenant_for(&s, tenant.as_deref(), &headers, "/tenant_id").await?;
     let spec = input.validate(&s.cfg.limits, "").map_err(ApiError::validation)?;
@@ -124,11 +157,15 @@ pub async fn submit_job(State(s): State<ApiState>, Query(q): Query<SubmitQuery>,
     }
     let count = spec.array.map_or(1, |a| a.count());
     s.submit_rate.admit(&[(tenant.id.clone(), count)], s.clock.now())?;
+    let key = key.map(|request| IdempotentCall { tenant: tenant.id.clone(), request });
     if let Some(array) = spec.array {
-        return submit_array(&s, &tenant, spec, array).await;
+        return submit_array(&s, &tenant, spec, array, key).await;
     }
     let mut job = new_job(&s, &tenant, spec);
-    let admitted = s.control.submit(vec![job.clone()], true).await?.pop().ok_or_else(|| ApiError::new(ErrorCode::Internal, "no admission"))?;
+    let admitted = match s.control.submit(vec![job.clone()], true, key).await? {
+        Idempotent::New(mut a) => a.pop().ok_or_else(|| ApiError::new(ErrorCode::Internal, "no admission"))?,
+        Idempotent::Replayed(r) => return replayed_job(&s, &r).await,
+    };
     match admitted {
         Ok(a) => apply_admission(&mut job, &a),
         Err(r) => {
@@ -136,23 +173,25 @@ pub async fn submit_job(State(s): State<ApiState>, Query(q): Query<SubmitQuery>,
             return Err(r.into());
         }
     }
-    let view = JobView::of(&job, &s.cfg.sla);
     count_submitted(std::slice::from_ref(&job));
-    let mut h = HeaderMap::new();
-    if let Ok(v) = HeaderValue::from_str(&format!("/api/v1/jobs/{}", view.id)) {
-        h.insert(header::LOCATION, v);
-    }
-    Ok((StatusCode::CREATED, h, Json(view)).into_response())
+    Ok(created(&format!("/api/v1/jobs/{}", job.id), JobView::of(&job, &s.cfg.sla), false))
 }
 
 /// An array job: one job per index, sharing one spec, admitted all or none in one transaction.
-async fn submit_array(s: &ApiState, tenant: &Tenant, spec: JobSpec, array: hodei_core::spec::ArraySpec) -> ApiResult<Response> {
+async fn submit_array(s: &ApiState, tenant: &Tenant, spec: JobSpec, array: hodei_core::spec::ArraySpec, key: Option<IdempotentCall>) -> ApiResult<Response> {
     let array_id = ArrayId::from_uuid(Uuid::now_v7());
     let count = array.count();
     let priority = spec.priority;
     // The engine makes the members (one copy of this template per index) as it takes them.
     let template = Job::new(JobId::from_uuid(array_id.as_uuid()), tenant.id.clone(), spec, s.clock.now());
-    let ArrayAdmitted { admitted, ids } = s.control.submit_array(template, array_id).await?;
+    let ArrayAdmitted { admitted, ids } = match s.control.submit_array(template, array_id, key).await? {
+        Idempotent::New(a) => a,
+        Idempotent::Replayed(r) => {
+            let Submitted::Array { array, first, last, count } = r.submitted else { return Err(gone(&r)) };
+            let body = ArraySubmitted { array_id: array.to_string(), count, first_job_id: first.to_string(), last_job_id: last.to_string() };
+            return Ok(created(&format!("/api/v1/jobs?array_id={array}"), body, true));
+        }
+    };
     if let Some(r) = admitted.iter().find_map(|a| a.as_ref().err()) {
         count_rejected(&tenant.id, "quota_exceeded");
         let refused = admitted.iter().filter(|a| a.is_err()).count();
@@ -162,12 +201,8 @@ async fn submit_array(s: &ApiState, tenant: &Tenant, spec: JobSpec, array: hodei
     }
     let Some((first, last)) = ids else { return Err(ApiError::new(ErrorCode::Internal, "the scheduler stored an array without members")) };
     metrics::counter!("hodei_jobs_submitted_total", "tenant" => tenant.id.to_string(), "priority" => priority.as_str()).increment(u64::from(count));
-    let mut h = HeaderMap::new();
-    if let Ok(v) = HeaderValue::from_str(&format!("/api/v1/jobs?array_id={array_id}")) {
-        h.insert(header::LOCATION, v);
-    }
     let body = ArraySubmitted { array_id: array_id.to_string(), count, first_job_id: first.to_string(), last_job_id: last.to_string() };
-    Ok((StatusCode::CREATED, h, Json(body)).into_response())
+    Ok(created(&format!("/api/v1/jobs?array_id={array_id}"), body, false))
 }
 
 /// What a submit of `job` would do now: admission, state, blockers, candidate pools, ETA and
@@ -219,9 +254,11 @@ async fn dry_run(s: &ApiState, job: Job, never: Option<FieldError>) -> ApiResult
     }))
 }
 
-/// Submit up to `jobs.max_batch_size` jobs in one call, in one transaction.
-#[utoipa::path(post, path = "/jobs/batch", request_body = BatchSubmit, responses((status = 201, body = BatchResult), (status = 400, body = crate::error::Problem), (status = 413, body = crate::error::Problem)), tag = "jobs")]
-pub async fn submit_batch(State(s): State<ApiState>, headers: HeaderMap, ApiJson(body): ApiJson<BatchSubmit>) -> ApiResult<(StatusCode, Json<BatchResult>)> {
+/// Submit up to `jobs.max_batch_size` jobs in one call, in one transaction. An
+/// `Idempotency-Key` (scoped to the request's tenant: `X-Hodei-Tenant` or the default) works as
+/// for `POST /jobs`: a repeat answers with the ids the first call stored.
+#[utoipa::path(post, path = "/jobs/batch", params(("Idempotency-Key" = Option<String>, Header, description = "makes the POST safe to repeat for 24 h")), request_body = BatchSubmit, responses((status = 201, body = BatchResult), (status = 400, body = crate::error::Problem), (status = 413, body = crate::error::Problem)), tag = "jobs")]
+pub async fn submit_batch(State(s): State<ApiState>, headers: HeaderMap, KeyedJson { body, key }: KeyedJson<BatchSubmit>) -> ApiResult<Response> {
     let t0 = std::time::Instant::now();
     let n = body.jobs.len();
     if n == 0 {
@@ -277,9 +314,16 @@ pub async fn submit_batch(State(s): State<ApiState>, headers: HeaderMap, ApiJson
         }
     }
     s.submit_rate.admit(&per_tenant, s.clock.now())?;
+    let key = match key {
+        Some(request) => Some(IdempotentCall { tenant: request_tenant(&s, &headers)?, request }),
+        None => None,
+    };
     if !jobs.is_empty() {
         let who: Vec<(TenantId, Priority)> = jobs.iter().map(|j| (j.tenant.clone(), j.spec.priority)).collect();
-        let admitted = s.control.submit(jobs, body.atomic).await?;
+        let admitted = match s.control.submit(jobs, body.atomic, key).await? {
+            Idempotent::New(a) => a,
+            Idempotent::Replayed(r) => return replayed_batch(items, &r),
+        };
         if body.atomic
             && let Some((i, r)) = admitted.iter().enumerate().find_map(|(i, a)| a.as_ref().err().map(|r| (i, *r)))
         {
@@ -310,7 +354,37 @@ pub async fn submit_batch(State(s): State<ApiState>, headers: HeaderMap, ApiJson
     }
     tracing::debug!(n, validate_ms = validated.as_millis() as u64, commit_ms = (t0.elapsed() - validated).as_millis() as u64, "batch submitted");
     let status = if items.iter().any(|i| i.job_id.is_some()) { StatusCode::CREATED } else { StatusCode::BAD_REQUEST };
-    Ok((status, Json(BatchResult { items })))
+    Ok((status, Json(BatchResult { items })).into_response())
+}
+
+/// The tenant a request acts for when its body does not say: `X-Hodei-Tenant` or the default.
+fn request_tenant(s: &ApiState, headers: &HeaderMap) -> ApiResult<TenantId> {
+    match headers.get("x-hodei-tenant").map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()) {
+        Some(raw) => TenantId::parse(&raw).map_err(|e| ApiError::field("X-Hodei-Tenant", e.to_string(), "a tenant id (slug)", Some(raw))),
+        None => Ok(s.cfg.default_tenant.clone()),
+    }
+}
+
+/// A repeat of a batch: the same body validates to the same items, and those that reached the
+/// scheduler get the ids (or the quota refusals) of the first call.
+fn replayed_batch(mut items: Vec<BatchItem>, r: &IdempotencyRecord) -> ApiResult<Response> {
+    let Submitted::Jobs(ids) = &r.submitted else { return Err(gone(r)) };
+    let valid: Vec<&mut BatchItem> = items.iter_mut().filter(|i| i.job_id.is_some()).collect();
+    if valid.len() != ids.len() {
+        return Err(gone(r));
+    }
+    for (item, id) in valid.into_iter().zip(ids) {
+        match id {
+            Some(id) => item.job_id = Some(id.to_string()),
+            None => {
+                item.job_id = None;
+                item.error = Some(serde_json::json!({"code": "quota_exceeded", "detail": "refused by quota when this key was first used", "retryable": true}));
+            }
+        }
+    }
+    let mut h = HeaderMap::new();
+    h.insert("idempotent-replayed", HeaderValue::from_static("true"));
+    Ok((StatusCode::CREATED, h, Json(BatchResult { items })).into_response())
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
