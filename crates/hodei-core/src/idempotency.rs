@@ -164,4 +164,21 @@ mod tests {
         assert_eq!(ix.expire(t(2 * ttl)), None, "the old entry of b is not expired again");
         assert_eq!(ix.len(), 1);
     }
+
+    #[test]
+    fn the_scheduler_stores_new_records_and_deletes_expired_ones_at_a_tick() {
+        use crate::sched::{SchedConfig, Scheduler};
+        let acme = TenantId::parse("acme").unwrap();
+        let mut s = Scheduler::new(SchedConfig::default());
+        s.remember_idempotency(record("k", "x", 1_000));
+        let c = s.take_changes();
+        assert_eq!((c.idempotency.len(), c.idempotency_expired_before), (1, None));
+        s.tick(t(2_000));
+        assert!(s.take_changes().is_empty(), "nothing expired, nothing to write");
+        let at = 1_000 + TTL.as_millis() as i64;
+        s.tick(t(at));
+        let c = s.take_changes();
+        assert!(c.idempotency_expired_before.is_some_and(|cut| cut > t(1_000)), "the store deletes the record");
+        assert_eq!(s.idempotency_lookup(&acme, &req("k", "y"), t(at)), Lookup::New);
+    }
 }
