@@ -12,6 +12,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use hodei_proto::v1 as pb;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::memory::MemoryWatch;
+
 pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
@@ -107,9 +109,10 @@ pub async fn run(
     out: mpsc::UnboundedSender<pb::WorkerMessage>,
     stop: oneshot::Receiver<StopReason>,
     scratch_root: PathBuf,
+    memory: MemoryWatch,
 ) -> Option<pb::Result> {
     let mut shutdown = false;
-    let r = run_inner(a, out, stop, scratch_root, &mut shutdown).await;
+    let r = run_inner(a, out, stop, scratch_root, memory, &mut shutdown).await;
     (!shutdown).then_some(r)
 }
 
@@ -118,6 +121,7 @@ async fn run_inner(
     out: mpsc::UnboundedSender<pb::WorkerMessage>,
     stop: oneshot::Receiver<StopReason>,
     scratch_root: PathBuf,
+    memory: MemoryWatch,
     shutdown: &mut bool,
 ) -> pb::Result {
     let started_at_ms = now_ms();
@@ -181,13 +185,28 @@ async fn run_inner(
     // `child` is reaped by wait4 below, not by std; forget it so nothing else waits on it.
     std::mem::forget(child);
     let mut exit = tokio::task::spawn_blocking(move || wait4(pid));
+    let limit_mb = a.resources.as_ref().map_or(0, |r| r.memory_mb);
+    let over_memory = async {
+        match limit_mb {
+            0 => std::future::pending().await,
+            mb => memory.watch(pid, mb).await.ok(),
+        }
+    };
 
     let timeout = Duration::from_millis(a.timeout_ms.max(1));
     let grace = Duration::from_millis(a.kill_grace_ms);
     let mut why: Option<pb::Outcome> = None;
+    let mut oom = false;
     let done = tokio::select! {
         e = &mut exit => Some(e),
         _ = tokio::time::sleep(timeout) => { why = Some(pb::Outcome::TimedOut); None }
+        Some(rss) = over_memory => {
+            tracing::info!(attempt = %a.attempt_id, rss_mb = rss >> 20, limit_mb, "over its memory; killing");
+            oom = true;
+            kill_group(pid, libc::SIGKILL);
+            why = Some(pb::Outcome::Failed);
+            None
+        }
         r = stop => {
             // A dropped sender means the agent is going away, like a shutdown.
             *shutdown = !matches!(r, Ok(StopReason::Cancelled));
@@ -213,6 +232,7 @@ async fn run_inner(
     for p in pumps {
         let _ = tokio::time::timeout(Duration::from_secs(2), p).await;
     }
+    memory.forget(pid);
     let _ = std::fs::remove_dir_all(&scratch);
     result.finished_at_ms = now_ms();
     result.stdout_bytes = bytes.load(Ordering::Relaxed);
@@ -226,6 +246,10 @@ async fn run_inner(
     result.cpu_time_ms = exit.cpu_time_ms;
     result.max_rss_mb = exit.max_rss_mb;
     match why {
+        Some(pb::Outcome::Failed) if oom => {
+            result.outcome = pb::Outcome::Failed as i32;
+            result.failure_reason = "oom".into();
+        }
         Some(pb::Outcome::TimedOut) => {
             result.outcome = pb::Outcome::TimedOut as i32;
             result.failure_reason = "timeout".into();

@@ -5,6 +5,7 @@
 //! scheduling; it runs what it is assigned and reports what happened, fenced by attempt id.
 
 mod exec;
+mod memory;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -84,6 +85,7 @@ pub async fn run(o: WorkerOptions) -> anyhow::Result<()> {
     anyhow::ensure!(!o.servers.is_empty(), "no server given");
     std::fs::create_dir_all(&o.work_dir).with_context(|| format!("creating {}", o.work_dir.display()))?;
     let agent = Arc::new(Mutex::new(Agent::default()));
+    let memory = memory::MemoryWatch::start();
     let (events_tx, mut events_rx) = mpsc::unbounded_channel::<pb::WorkerMessage>();
     let stop = Arc::new(Notify::new());
     spawn_stop_watchers(o.exit_with_parent, stop.clone());
@@ -146,7 +148,7 @@ pub async fn run(o: WorkerOptions) -> anyhow::Result<()> {
                     None => break "event channel closed",
                 },
                 m = inbound.message() => match m {
-                    Ok(Some(m)) => on_server_message(m, &agent, &events_tx, &o.work_dir),
+                    Ok(Some(m)) => on_server_message(m, &agent, &events_tx, &o.work_dir, &memory),
                     Ok(None) => break "server closed the stream",
                     Err(_) => break "stream error",
                 },
@@ -193,7 +195,13 @@ fn spawn_stop_watchers(exit_with_parent: bool, stop: Arc<Notify>) {
     }
 }
 
-fn on_server_message(m: pb::ServerMessage, agent: &Arc<Mutex<Agent>>, events: &mpsc::UnboundedSender<pb::WorkerMessage>, work_dir: &std::path::Path) {
+fn on_server_message(
+    m: pb::ServerMessage,
+    agent: &Arc<Mutex<Agent>>,
+    events: &mpsc::UnboundedSender<pb::WorkerMessage>,
+    work_dir: &std::path::Path,
+    memory: &memory::MemoryWatch,
+) {
     use pb::server_message::Msg;
     let Ok(mut a) = agent.lock() else { return };
     match m.msg {
@@ -210,9 +218,9 @@ fn on_server_message(m: pb::ServerMessage, agent: &Arc<Mutex<Agent>>, events: &m
             }
             let (stop_tx, stop_rx) = oneshot::channel();
             a.running.insert(id.clone(), stop_tx);
-            let (agent, events, dir) = (agent.clone(), events.clone(), work_dir.to_owned());
+            let (agent, events, dir, memory) = (agent.clone(), events.clone(), work_dir.to_owned(), memory.clone());
             tokio::spawn(async move {
-                let result = exec::run(job, events.clone(), stop_rx, dir).await;
+                let result = exec::run(job, events.clone(), stop_rx, dir, memory).await;
                 // Queue the result under the lock: whoever sees the job gone also sees its result.
                 if let Ok(mut a) = agent.lock() {
                     a.running.remove(&id);

@@ -77,7 +77,7 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
 }
 
 fn job(argv: &[&str], run_id: &str, hold: bool) -> Value {
-    json!({"command": argv, "labels": {"bench": run_id}, "hold": hold, "resources": {"cpu_m": 1, "memory_mb": 1}})
+    json!({"command": argv, "labels": {"bench": run_id}, "hold": hold, "resources": {"cpu_m": 1, "memory_mb": 16}})
 }
 
 pub async fn run(a: BenchArgs) -> anyhow::Result<i32> {

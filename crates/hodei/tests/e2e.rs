@@ -302,6 +302,23 @@ async fn after_a_restart_jobs_of_the_dead_built_in_workers_are_requeued_at_once(
     assert_eq!((attempts[0]["state"].as_str(), attempts[0]["failure_reason"].as_str()), (Some("lost"), Some("worker_lost")));
 }
 
+/// A job whose processes together hold more resident memory than its `memory_mb` is killed
+/// (`oom`); its siblings within their memory run on.
+#[tokio::test]
+async fn a_job_over_its_memory_is_killed_as_oom() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path(), &[], 0, None);
+    // The shell holds 300 MB of output in a variable, then waits.
+    let hog = srv.submit(json!({"command": sh("x=$(head -c 300000000 /dev/zero | tr '\\0' a); sleep 30"), "resources": {"memory_mb": 64}})).await;
+    let fine = srv.submit(json!({"command": sh("x=$(head -c 10000000 /dev/zero | tr '\\0' a); sleep 1; echo ok"), "resources": {"memory_mb": 64}})).await;
+    let started = std::time::Instant::now();
+    let j = srv.wait_ended(hog["id"].as_str().unwrap(), 25).await;
+    assert!(started.elapsed() < Duration::from_secs(20), "killed only after {:?}", started.elapsed());
+    assert_eq!((j["state"].as_str(), j["failure_reason"].as_str()), (Some("failed"), Some("oom")), "{j}");
+    assert_eq!(j["attempts"][0]["failure_reason"], "oom");
+    assert_eq!(srv.wait_ended(fine["id"].as_str().unwrap(), 20).await["state"], "succeeded");
+}
+
 /// An idempotency key outlives a kill -9: the repeat after the restart gets the first job.
 #[tokio::test]
 async fn a_submit_repeated_with_its_key_after_a_kill_9_gets_the_first_job() {
