@@ -6,8 +6,9 @@
 
 mod exec;
 mod memory;
+mod spool;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -31,7 +32,8 @@ pub struct WorkerOptions {
     pub gpu: u32,
     pub labels: BTreeMap<String, String>,
     pub instance_name: String,
-    /// Scratch directories of jobs without a working dir live here.
+    /// The spool (identity, unacknowledged results) and the scratch directories of jobs
+    /// without a working dir live here.
     pub work_dir: PathBuf,
     /// Exit (stopping jobs) when the parent process goes away: for the server's built-in pool.
     pub exit_with_parent: bool,
@@ -50,6 +52,8 @@ struct Agent {
     running: HashMap<String, oneshot::Sender<StopReason>>,
     /// Results sent but not acknowledged; re-sent on reconnect (SPEC §5.3).
     unacked: HashMap<String, pb::Result>,
+    /// Of those, the ones written to the spool.
+    spooled: HashSet<String>,
 }
 
 fn msg(m: pb::worker_message::Msg) -> pb::WorkerMessage {
@@ -84,13 +88,25 @@ async fn register(client: &mut WorkerServiceClient<Channel>, o: &WorkerOptions) 
 pub async fn run(o: WorkerOptions) -> anyhow::Result<()> {
     anyhow::ensure!(!o.servers.is_empty(), "no server given");
     std::fs::create_dir_all(&o.work_dir).with_context(|| format!("creating {}", o.work_dir.display()))?;
-    let agent = Arc::new(Mutex::new(Agent::default()));
+    let spool = Arc::new(spool::Spool::open(&o.work_dir)?);
+    // Results of jobs that ended while a previous run of this agent could not report them.
+    let unacked: HashMap<String, pb::Result> = spool.results().into_iter().map(|r| (r.attempt_id.clone(), r)).collect();
+    if !unacked.is_empty() {
+        tracing::info!(results = unacked.len(), "results from the spool to hand in");
+    }
+    let spooled = unacked.keys().cloned().collect();
+    let agent = Arc::new(Mutex::new(Agent { unacked, spooled, ..Agent::default() }));
+    tokio::spawn(spool_unacked(agent.clone(), spool.clone()));
     let memory = memory::MemoryWatch::start();
     let (events_tx, mut events_rx) = mpsc::unbounded_channel::<pb::WorkerMessage>();
     let stop = Arc::new(Notify::new());
     spawn_stop_watchers(o.exit_with_parent, stop.clone());
 
-    let mut identity: Option<Identity> = None;
+    let mut identity: Option<Identity> = spool.identity().map(|s| Identity {
+        worker_id: s.worker_id,
+        session: s.session,
+        heartbeat_interval: Duration::from_millis(s.heartbeat_interval_ms.max(100)),
+    });
     let mut backoff = Duration::from_millis(100);
     let mut server = 0usize;
     loop {
@@ -98,7 +114,16 @@ pub async fn run(o: WorkerOptions) -> anyhow::Result<()> {
         let session = async {
             let mut client = connect(url).await?;
             if identity.is_none() {
-                identity = Some(register(&mut client, &o).await?);
+                let id = register(&mut client, &o).await?;
+                let saved = spool::SavedIdentity {
+                    worker_id: id.worker_id.clone(),
+                    session: id.session.clone(),
+                    heartbeat_interval_ms: id.heartbeat_interval.as_millis() as u64,
+                };
+                if let Err(e) = spool.save_identity(&saved) {
+                    tracing::warn!(error = %e, "cannot save the worker's identity in the spool; a restart registers anew");
+                }
+                identity = Some(id);
             }
             let id = identity.clone().context("identity")?;
             let hello = {
@@ -117,6 +142,11 @@ pub async fn run(o: WorkerOptions) -> anyhow::Result<()> {
                 Err(s) if matches!(s.code(), tonic::Code::NotFound | tonic::Code::Unauthenticated) => {
                     // The server no longer knows us (e.g. we were declared offline and collected).
                     identity = None;
+                    spool.forget_identity();
+                    if let Ok(mut a) = agent.lock() {
+                        a.unacked.clear();
+                        a.spooled.clear();
+                    }
                     anyhow::bail!("server forgot this worker ({}); registering again", s.message());
                 }
                 Err(s) => return Err(s.into()),
@@ -132,7 +162,7 @@ pub async fn run(o: WorkerOptions) -> anyhow::Result<()> {
                 server += 1;
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
-                    _ = stop.notified() => return shutdown(&agent, None).await,
+                    _ = stop.notified() => return shutdown(&agent, None, &spool).await,
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
@@ -148,7 +178,7 @@ pub async fn run(o: WorkerOptions) -> anyhow::Result<()> {
                     None => break "event channel closed",
                 },
                 m = inbound.message() => match m {
-                    Ok(Some(m)) => on_server_message(m, &agent, &events_tx, &o.work_dir, &memory),
+                    Ok(Some(m)) => on_server_message(m, &agent, &events_tx, &o.work_dir, &memory, &spool),
                     Ok(None) => break "server closed the stream",
                     Err(_) => break "stream error",
                 },
@@ -156,7 +186,7 @@ pub async fn run(o: WorkerOptions) -> anyhow::Result<()> {
                 _ = stop.notified() => {
                     hb.abort();
                     // Forward what is queued (results of jobs stopping now) before leaving.
-                    return shutdown(&agent, Some((client, id, tx, &mut events_rx))).await;
+                    return shutdown(&agent, Some((client, id, tx, &mut events_rx)), &spool).await;
                 }
             }
         };
@@ -201,6 +231,7 @@ fn on_server_message(
     events: &mpsc::UnboundedSender<pb::WorkerMessage>,
     work_dir: &std::path::Path,
     memory: &memory::MemoryWatch,
+    spool: &Arc<spool::Spool>,
 ) {
     use pb::server_message::Msg;
     let Ok(mut a) = agent.lock() else { return };
@@ -242,8 +273,41 @@ fn on_server_message(
         }
         Some(Msg::Ack(ack)) => {
             a.unacked.remove(&ack.attempt_id);
+            if a.spooled.remove(&ack.attempt_id) {
+                spool.remove_result(&ack.attempt_id);
+            }
         }
         None => {}
+    }
+}
+
+/// How often results not yet acknowledged are written to the spool.
+const SPOOL_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Writes to the spool the results that stayed unacknowledged for a whole interval (the server
+/// is slow or unreachable), so a restart of this agent still hands them in. A result the server
+/// acknowledges at once never touches the disk: writing every result measured 20 % fewer
+/// trivial jobs per second. One that ends less than an interval before the agent crashes is lost
+/// with it, and its job is retried.
+async fn spool_unacked(agent: Arc<Mutex<Agent>>, spool: Arc<spool::Spool>) {
+    let mut beat = tokio::time::interval(SPOOL_INTERVAL);
+    let mut seen: HashSet<String> = HashSet::new();
+    loop {
+        beat.tick().await;
+        let Ok(mut a) = agent.lock() else { return };
+        // Written under the lock (rare: only while the server does not answer), so an Ack
+        // cannot remove a file before it is written.
+        let a = &mut *a;
+        for r in a.unacked.values().filter(|r| seen.contains(&r.attempt_id)) {
+            if a.spooled.contains(&r.attempt_id) {
+                continue;
+            }
+            match spool.save_result(r) {
+                Ok(()) => drop(a.spooled.insert(r.attempt_id.clone())),
+                Err(e) => tracing::warn!(attempt = %r.attempt_id, error = %e, "cannot spool the result; it is kept in memory only"),
+            }
+        }
+        seen = a.unacked.keys().cloned().collect();
     }
 }
 
@@ -291,7 +355,7 @@ type Session<'a> = (WorkerServiceClient<Channel>, Identity, mpsc::UnboundedSende
 
 /// Stops every job (they report no result: the server requeues them when this worker
 /// deregisters or its lease expires), forwards what is still queued, and deregisters.
-async fn shutdown(agent: &Arc<Mutex<Agent>>, session: Option<Session<'_>>) -> anyhow::Result<()> {
+async fn shutdown(agent: &Arc<Mutex<Agent>>, session: Option<Session<'_>>, spool: &spool::Spool) -> anyhow::Result<()> {
     let n = {
         let mut a = agent.lock().map_err(|_| anyhow::anyhow!("agent state poisoned"))?;
         // Each job removes its own entry when it has ended, so `running` empties only then.
@@ -323,7 +387,10 @@ async fn shutdown(agent: &Arc<Mutex<Agent>>, session: Option<Session<'_>>) -> an
         }
         // Give the stream a moment to carry the last results out.
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let _ = client.deregister(pb::DeregisterRequest { worker_id: id.worker_id, session_token: id.session }).await;
+        if client.deregister(pb::DeregisterRequest { worker_id: id.worker_id, session_token: id.session }).await.is_ok() {
+            // Deregistered: the next start registers anew.
+            spool.forget_identity();
+        }
     }
     Ok(())
 }

@@ -211,6 +211,40 @@ async fn a_killed_worker_loses_its_attempt_and_the_job_runs_elsewhere() {
     assert!(metrics.contains("hodei_jobs_requeued_total{pool=\"remote\",reason=\"worker_lost\"} 1"), "{metrics}");
 }
 
+/// A job that ends while its server is down and whose worker is then killed: the restarted
+/// worker comes back as the same worker with the result from its spool, so the job is recorded
+/// from that one run instead of being declared lost and run again.
+#[tokio::test]
+async fn a_restarted_worker_hands_in_the_results_in_its_spool() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = tempfile::tempdir().unwrap();
+    let grpc = free_port();
+    let mut srv = Server::start(dir.path(), &[], grpc, Some(REMOTE_POOL));
+    let token = srv.join_token("remote");
+    let args = [std::ffi::OsStr::new("--spool-dir"), spool.path().as_os_str()];
+    let mut w1 = WorkerProc::start_with(&srv.grpc, "remote", &token, 1, &[], &args);
+    let job = srv.submit(json!({"command": ["sleep", "1"]})).await;
+    let id = job["id"].as_str().unwrap().to_owned();
+    let running = srv.wait_for(&id, 20, |s| s == "running").await;
+    srv.kill9();
+    // The job ends meanwhile; its result cannot be sent and is spooled.
+    let results = spool.path().join("results");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::fs::read_dir(&results).map_or(0, |d| d.count()) == 0 {
+        assert!(std::time::Instant::now() < deadline, "no result spooled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    w1.kill9();
+    let srv = Server::start(dir.path(), &[], grpc, Some(REMOTE_POOL));
+    let _w2 = WorkerProc::start_with(&srv.grpc, "remote", &token, 1, &[], &args);
+    let j = srv.wait_ended(&id, 20).await;
+    assert_eq!(j["state"], "succeeded", "{j}");
+    assert_eq!(j["attempts"].as_array().unwrap().len(), 1, "one run, handed in after the restart: {j}");
+    assert_eq!(j["worker_id"], running["worker_id"], "the same worker");
+    let (_, ws) = srv.call(Method::GET, "/workers", None).await;
+    assert_eq!(ws["items"].as_array().unwrap().len(), 1, "no second registration: {ws}");
+}
+
 #[tokio::test]
 async fn after_kill_9_of_the_server_every_acknowledged_job_ends_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -223,7 +257,7 @@ async fn a_worker_stopped_with_sigterm_hands_its_jobs_back_instead_of_cancelling
     let srv = Server::start(dir.path(), &[], 0, Some(REMOTE_POOL));
     let token = srv.join_token("remote");
     let tmp = tempfile::tempdir().unwrap();
-    let mut w1 = WorkerProc::start_with_env(&srv.grpc, "remote", &token, 1, &[("TMPDIR", tmp.path())]);
+    let mut w1 = WorkerProc::start_with(&srv.grpc, "remote", &token, 1, &[("TMPDIR", tmp.path())], &[]);
     let job = srv.submit(json!({"command": ["sleep", "1"]})).await;
     let id = job["id"].as_str().unwrap();
     srv.wait_for(id, 20, |s| s == "running").await;

@@ -156,10 +156,10 @@ pub struct WorkerProc(pub Child);
 
 impl WorkerProc {
     pub fn start(grpc: &str, pool: &str, token: &str, slots: u32) -> WorkerProc {
-        WorkerProc::start_with_env(grpc, pool, token, slots, &[])
+        WorkerProc::start_with(grpc, pool, token, slots, &[], &[])
     }
 
-    pub fn start_with_env(grpc: &str, pool: &str, token: &str, slots: u32, env: &[(&str, &std::path::Path)]) -> WorkerProc {
+    pub fn start_with(grpc: &str, pool: &str, token: &str, slots: u32, env: &[(&str, &Path)], args: &[&std::ffi::OsStr]) -> WorkerProc {
         let child = Command::new(BIN)
             .args([
                 "worker",
@@ -176,6 +176,7 @@ impl WorkerProc {
                 "--labels",
                 "zone=test",
             ])
+            .args(args)
             .env("HODEI_JOIN_TOKEN", token)
             .env("RUST_LOG", "warn")
             .envs(env.iter().copied())
