@@ -93,7 +93,10 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for KeyedJson<T> {
             let fingerprint = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
             IdempotencyRequest { key, fingerprint }
         });
-        Ok(KeyedJson { body: parse(&bytes)?, key })
+        let t = std::time::Instant::now();
+        let body = parse(&bytes)?;
+        tracing::debug!(bytes = bytes.len(), parse_ms = t.elapsed().as_millis() as u64, "parsed body");
+        Ok(KeyedJson { body, key })
     }
 }
 
