@@ -88,7 +88,12 @@ async fn register(client: &mut WorkerServiceClient<Channel>, o: &WorkerOptions) 
 pub async fn run(o: WorkerOptions) -> anyhow::Result<()> {
     anyhow::ensure!(!o.servers.is_empty(), "no server given");
     std::fs::create_dir_all(&o.work_dir).with_context(|| format!("creating {}", o.work_dir.display()))?;
-    let spool = Arc::new(spool::Spool::open(&o.work_dir)?);
+    let spool = Arc::new(spool::Spool::open(&o.work_dir, spool::LOCK_WAIT).await?);
+    if o.exit_with_parent {
+        // An agent that lives and dies with the server that started it has nothing to hand in
+        // to the next server process: that one retires its predecessor's agents at start.
+        spool.forget_identity();
+    }
     // Results of jobs that ended while a previous run of this agent could not report them.
     let unacked: HashMap<String, pb::Result> = spool.results().into_iter().map(|r| (r.attempt_id.clone(), r)).collect();
     if !unacked.is_empty() {
@@ -147,7 +152,7 @@ pub async fn run(o: WorkerOptions) -> anyhow::Result<()> {
                         a.unacked.clear();
                         a.spooled.clear();
                     }
-                    anyhow::bail!("server forgot this worker ({}); registering again", s.message());
+                    return Err(Forgotten(s.message().to_owned()).into());
                 }
                 Err(s) => return Err(s.into()),
             };
@@ -157,6 +162,10 @@ pub async fn run(o: WorkerOptions) -> anyhow::Result<()> {
         .await;
         let (client, id, tx, mut inbound) = match session {
             Ok(s) => s,
+            Err(e) if e.is::<Forgotten>() => {
+                tracing::info!(server = %url, reason = %e, "the server no longer knows this worker; registering again");
+                continue;
+            }
             Err(e) => {
                 tracing::warn!(server = %url, error = %format!("{e:#}"), "cannot reach the server; retrying");
                 server += 1;
@@ -280,6 +289,19 @@ fn on_server_message(
         None => {}
     }
 }
+
+/// The server answered that it does not know this worker (declared offline and collected, or
+/// retired at a restart): the identity is dropped and the agent registers again.
+#[derive(Debug)]
+struct Forgotten(String);
+
+impl std::fmt::Display for Forgotten {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Forgotten {}
 
 /// How often results not yet acknowledged are written to the spool.
 const SPOOL_INTERVAL: Duration = Duration::from_millis(500);

@@ -11,10 +11,14 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context;
 use hodei_proto::v1 as pb;
 use prost::Message;
+
+/// How long a starting agent waits for the spool directory's previous agent to stop.
+pub(crate) const LOCK_WAIT: Duration = Duration::from_secs(10);
 
 pub(crate) struct Spool {
     dir: PathBuf,
@@ -30,11 +34,16 @@ pub(crate) struct SavedIdentity {
 }
 
 impl Spool {
-    pub(crate) fn open(dir: &Path) -> anyhow::Result<Spool> {
+    /// Opens `dir`, waiting up to `wait` for a previous agent still stopping to let go of it.
+    pub(crate) async fn open(dir: &Path, wait: Duration) -> anyhow::Result<Spool> {
         fs::create_dir_all(dir.join("results")).with_context(|| format!("creating {}", dir.join("results").display()))?;
         let lock = OpenOptions::new().create(true).truncate(false).write(true).open(dir.join("lock")).context("opening the spool lock")?;
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            anyhow::bail!("{} is in use by another worker agent (one agent per --spool-dir)", dir.display());
+        let deadline = tokio::time::Instant::now() + wait;
+        while unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            if tokio::time::Instant::now() >= deadline {
+                anyhow::bail!("{} is in use by another worker agent (one agent per --spool-dir)", dir.display());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         Ok(Spool { dir: dir.to_owned(), _lock: lock })
     }
@@ -103,20 +112,20 @@ impl Spool {
 mod tests {
     use super::*;
 
-    #[test]
-    fn identity_and_results_survive_a_reopen_and_one_agent_holds_a_directory() {
+    #[tokio::test]
+    async fn identity_and_results_survive_a_reopen_and_one_agent_holds_a_directory() {
         let dir = tempfile::tempdir().unwrap();
         let id = SavedIdentity { worker_id: "w-1".into(), session: "secret".into(), heartbeat_interval_ms: 3000 };
         let attempt = uuid::Uuid::now_v7().to_string();
         {
-            let s = Spool::open(dir.path()).unwrap();
-            assert!(Spool::open(dir.path()).is_err(), "a second agent is refused");
+            let s = Spool::open(dir.path(), Duration::ZERO).await.unwrap();
+            assert!(Spool::open(dir.path(), Duration::from_millis(300)).await.is_err(), "a second agent is refused once the wait is over");
             assert_eq!(s.identity(), None);
             s.save_identity(&id).unwrap();
             s.save_result(&pb::Result { attempt_id: attempt.clone(), exit_code: Some(3), ..Default::default() }).unwrap();
             s.save_result(&pb::Result { attempt_id: "../../etc/passwd".into(), ..Default::default() }).unwrap();
         }
-        let s = Spool::open(dir.path()).unwrap();
+        let s = Spool::open(dir.path(), Duration::ZERO).await.unwrap();
         assert_eq!(s.identity(), Some(id));
         let results = s.results();
         assert_eq!(results.iter().map(|r| (r.attempt_id.as_str(), r.exit_code)).collect::<Vec<_>>(), [(attempt.as_str(), Some(3))]);
@@ -125,5 +134,17 @@ mod tests {
         s.save_result(&pb::Result { attempt_id: attempt.clone(), ..Default::default() }).unwrap();
         s.forget_identity();
         assert_eq!((s.identity(), s.results().len()), (None, 0));
+    }
+
+    #[tokio::test]
+    async fn a_starting_agent_waits_for_the_previous_one_to_let_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let previous = Spool::open(dir.path(), Duration::ZERO).await.unwrap();
+        let stopping = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            drop(previous);
+        });
+        assert!(Spool::open(dir.path(), Duration::from_secs(5)).await.is_ok());
+        stopping.await.unwrap();
     }
 }
