@@ -39,6 +39,17 @@ impl SubmitRate {
         }
         Ok(())
     }
+
+    /// Returns the tokens of a request that stored nothing new (an idempotent replay).
+    pub fn give_back(&self, wants: &[(TenantId, u32)]) {
+        let Some(limit) = self.limit else { return };
+        let mut buckets = self.buckets.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        for (t, n) in wants {
+            if let Some(b) = buckets.get_mut(t) {
+                b.give_back(&limit, *n);
+            }
+        }
+    }
 }
 
 fn refused(tenant: &TenantId, jobs: u32, limit: &RateLimit, why: RateRefusal) -> ApiError {

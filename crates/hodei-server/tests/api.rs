@@ -735,3 +735,19 @@ async fn batches_and_arrays_replay_their_ids_under_their_key() {
     let (status, _, replayed) = app.post_keyed("/api/v1/jobs", "r-1", &refused).await;
     assert_eq!((status, replayed), (StatusCode::TOO_MANY_REQUESTS, false));
 }
+
+#[tokio::test]
+async fn an_idempotent_replay_does_not_use_up_the_submit_rate() {
+    let app = app_with(|c| {
+        c.limits.submit_rate_per_tenant = 1;
+        c.limits.submit_burst_per_tenant = 2;
+    })
+    .await;
+    let job = json!({"command": ["true"], "hold": true});
+    assert_eq!(app.post_keyed("/api/v1/jobs", "k1", &job).await.0, StatusCode::CREATED);
+    let (status, _, replayed) = app.post_keyed("/api/v1/jobs", "k1", &job).await;
+    assert_eq!((status, replayed), (StatusCode::CREATED, true));
+    // The replay gave its token back: one new submit still fits the burst, the next does not.
+    assert_eq!(app.call("POST", "/api/v1/jobs", Some(job.clone())).await.0, StatusCode::CREATED);
+    assert_eq!(app.call("POST", "/api/v1/jobs", Some(job)).await.0, StatusCode::TOO_MANY_REQUESTS);
+}

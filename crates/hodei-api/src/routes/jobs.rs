@@ -156,7 +156,8 @@ pub async fn submit_job(
         return Err(unschedulable_error(e));
     }
     let count = spec.array.map_or(1, |a| a.count());
-    s.submit_rate.admit(&[(tenant.id.clone(), count)], s.clock.now())?;
+    let wants = [(tenant.id.clone(), count)];
+    s.submit_rate.admit(&wants, s.clock.now())?;
     let key = key.map(|request| IdempotentCall { tenant: tenant.id.clone(), request });
     if let Some(array) = spec.array {
         return submit_array(&s, &tenant, spec, array, key).await;
@@ -164,7 +165,10 @@ pub async fn submit_job(
     let mut job = new_job(&s, &tenant, spec);
     let admitted = match s.control.submit(vec![job.clone()], true, key).await? {
         Idempotent::New(mut a) => a.pop().ok_or_else(|| ApiError::new(ErrorCode::Internal, "no admission"))?,
-        Idempotent::Replayed(r) => return replayed_job(&s, &r).await,
+        Idempotent::Replayed(r) => {
+            s.submit_rate.give_back(&wants);
+            return replayed_job(&s, &r).await;
+        }
     };
     match admitted {
         Ok(a) => apply_admission(&mut job, &a),
@@ -187,6 +191,7 @@ async fn submit_array(s: &ApiState, tenant: &Tenant, spec: JobSpec, array: hodei
     let ArrayAdmitted { admitted, ids } = match s.control.submit_array(template, array_id, key).await? {
         Idempotent::New(a) => a,
         Idempotent::Replayed(r) => {
+            s.submit_rate.give_back(&[(tenant.id.clone(), count)]);
             let Submitted::Array { array, first, last, count } = r.submitted else { return Err(gone(&r)) };
             let body = ArraySubmitted { array_id: array.to_string(), count, first_job_id: first.to_string(), last_job_id: last.to_string() };
             return Ok(created(&format!("/api/v1/jobs?array_id={array}"), body, true));
@@ -322,7 +327,10 @@ pub async fn submit_batch(State(s): State<ApiState>, headers: HeaderMap, KeyedJs
         let who: Vec<(TenantId, Priority)> = jobs.iter().map(|j| (j.tenant.clone(), j.spec.priority)).collect();
         let admitted = match s.control.submit(jobs, body.atomic, key).await? {
             Idempotent::New(a) => a,
-            Idempotent::Replayed(r) => return replayed_batch(items, &r),
+            Idempotent::Replayed(r) => {
+                s.submit_rate.give_back(&per_tenant);
+                return replayed_batch(items, &r);
+            }
         };
         if body.atomic
             && let Some((i, r)) = admitted.iter().enumerate().find_map(|(i, a)| a.as_ref().err().map(|r| (i, *r)))
