@@ -318,11 +318,11 @@ pub async fn submit_batch(State(s): State<ApiState>, headers: HeaderMap, KeyedJs
             None => per_tenant.push((j.tenant.clone(), 1)),
         }
     }
-    s.submit_rate.admit(&per_tenant, s.clock.now())?;
     let key = match key {
         Some(request) => Some(IdempotentCall { tenant: request_tenant(&s, &headers)?, request }),
         None => None,
     };
+    s.submit_rate.admit(&per_tenant, s.clock.now())?;
     if !jobs.is_empty() {
         let who: Vec<(TenantId, Priority)> = jobs.iter().map(|j| (j.tenant.clone(), j.spec.priority)).collect();
         let admitted = match s.control.submit(jobs, body.atomic, key).await? {
