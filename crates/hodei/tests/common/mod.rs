@@ -195,6 +195,16 @@ impl WorkerProc {
 
 impl Drop for WorkerProc {
     fn drop(&mut self) {
+        // SIGTERM first: a stopping agent removes its directory under $TMPDIR (a killed one
+        // cannot), so tests do not leave one behind per worker.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
