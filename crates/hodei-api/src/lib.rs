@@ -4,6 +4,7 @@
 //! here: input is validated through core, reads go to the [`Store`], and every change to a
 //! job goes through [`Control`] (the server's engine), which commits before answering.
 
+pub mod auth;
 mod ctx;
 pub mod dto;
 pub mod error;
@@ -17,7 +18,6 @@ use std::time::Instant;
 use async_trait::async_trait;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::header;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use hodei_core::idempotency::{IdempotencyRecord, IdempotencyRequest};
@@ -172,8 +172,11 @@ pub struct ApiConfig {
     pub sla_window_hours: u32,
     /// Default cost rates (`cost_tracking.hourly_rate_*`), for estimates.
     pub rates: hodei_core::cost::Rates,
-    /// Bearer token required on `/api/v1`; `None` turns auth off (loopback only).
+    /// The bootstrap admin's bearer token (`auth.admin_token` or the data dir's `admin.token`);
+    /// `None` turns auth off (loopback only).
     pub admin_token: Option<String>,
+    /// `auth.token_default_ttl_days`: expiry of a token created without `expires_in_days`.
+    pub token_default_ttl_days: Option<u32>,
     pub version: String,
 }
 
@@ -187,6 +190,10 @@ pub struct Inner {
     pub pools: RwLock<Vec<Pool>>,
     /// Tenants read on every submit; this process's tenant writes invalidate it.
     pub tenants: TenantCache,
+    /// The bootstrap admin principal: who the admin token (or `auth.mode: none`) is.
+    pub admin: Arc<hodei_core::Caller>,
+    /// API tokens recently seen (see [`auth`]).
+    pub token_cache: auth::TokenCache,
     /// `limits.submit_rate_per_tenant`: per-tenant token buckets.
     pub submit_rate: rate::SubmitRate,
     pub cfg: ApiConfig,
@@ -242,7 +249,7 @@ impl TenantCache {
 /// The whole HTTP surface: `/api/v1/*`, `/health`, `/ready`, `/metrics`, `/api/openapi.json`, `/api/docs`.
 pub fn router(state: ApiState) -> Router {
     let (v1, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi()).nest("/api/v1", routes::v1(&state.cfg)).split_for_parts();
-    let v1 = v1.layer(middleware::from_fn_with_state(state.clone(), auth));
+    let v1 = v1.layer(middleware::from_fn_with_state(state.clone(), auth::authenticate));
     Router::new()
         .merge(v1)
         .merge(routes::system::router())
@@ -296,21 +303,6 @@ pub fn zero_series_for_pool(pool: &Pool) {
 pub fn openapi_json(cfg: &ApiConfig) -> String {
     let (_, openapi) = OpenApiRouter::<ApiState>::with_openapi(ApiDoc::openapi()).nest("/api/v1", routes::v1(cfg)).split_for_parts();
     openapi.to_pretty_json().unwrap_or_default()
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-async fn auth(State(state): State<ApiState>, req: Request, next: Next) -> Response {
-    if let Some(expected) = &state.cfg.admin_token {
-        let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
-        if !constant_time_eq(given.as_bytes(), expected.as_bytes()) {
-            return ApiError::new(ErrorCode::Unauthorized, "send Authorization: Bearer <token> (the admin token is in the data dir's admin.token)")
-                .into_response();
-        }
-    }
-    next.run(req).await
 }
 
 async fn http_metrics(req: Request, next: Next) -> Response {

@@ -54,6 +54,14 @@ uuid_id!(
     ArrayId
 );
 uuid_id!(
+    /// A principal (a user or a service) that API tokens authenticate. UUIDv7.
+    PrincipalId
+);
+uuid_id!(
+    /// An API token (its record; the secret is never stored). UUIDv7.
+    TokenId
+);
+uuid_id!(
     /// A burst session. UUIDv7, so a tenant's later session sorts after its earlier ones.
     BurstId
 );

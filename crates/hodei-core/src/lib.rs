@@ -6,6 +6,7 @@
 //! **Architecture Invariant:** no serde on domain types; the API and the store own their
 //! representations and convert by hand.
 
+pub mod auth;
 pub mod burst;
 pub mod cost;
 pub mod idempotency;
@@ -22,7 +23,8 @@ pub mod units;
 pub mod worker;
 
 pub use burst::{BurstError, BurstRequest, BurstRules, BurstSession, BurstState};
-pub use ids::{ArrayId, AttemptId, BurstId, JobId, PoolId, Slug, SlugError, TenantId, WorkerId};
+pub use auth::{Access, Action, Caller, Principal, PrincipalKind, Role, RoleBinding, Scope, Token, Visibility};
+pub use ids::{ArrayId, AttemptId, BurstId, JobId, PoolId, PrincipalId, Slug, SlugError, TenantId, TokenId, WorkerId};
 pub use job::{Attempt, AttemptState, FailureReason, Job, JobEvent, JobState, Priority, SlaClock, SlaLevel, SlaStatus};
 pub use quota::{Admission, Grant, Quota, QuotaRules, Rejection, TenantPolicy, Usage, ViolationPolicy};
 pub use tenant::{Pool, PoolState, PoolType, Tenant, TenantStatus, Tier, TierWeights};

@@ -28,6 +28,8 @@ pub struct JobSpec {
     pub pool_selector: Option<PoolId>,
     /// Set on the jobs of an array job: the whole array's range (shared by its jobs).
     pub array: Option<ArraySpec>,
+    /// The principal whose token submitted it (set by the API, not by the submitter).
+    pub submitted_by: Option<crate::ids::PrincipalId>,
 }
 
 /// `array` of a spec (SPEC §2.7): one job per index `start, start + step, …, ≤ end`, at most
@@ -308,6 +310,7 @@ impl JobSpecInput {
             labels: self.labels,
             pool_selector,
             array,
+            submitted_by: None,
         })
     }
 }

@@ -81,6 +81,90 @@ pub async fn run_all(store: &dyn Store) {
     pools_workers_and_live_counts_round_trip(store).await;
     a_large_batch_is_stored_whole(store).await;
     idempotency_keys_are_stored_with_their_jobs_and_expire(store).await;
+    principals_and_tokens_round_trip(store).await;
+    jobs_remember_who_submitted_them(store).await;
+}
+
+/// Principals keep their bindings, names are unique, stale updates are refused; tokens are
+/// found by prefix, listed per principal newest first, touched and revoked.
+async fn principals_and_tokens_round_trip(store: &dyn Store) {
+    use hodei_core::{Principal, PrincipalId, PrincipalKind, Role, RoleBinding, Scope, Token, TokenId};
+    let pid = |n: u128| PrincipalId::from_uuid(Uuid::from_u128(n << 80));
+    let ada = Principal {
+        id: pid(1),
+        name: "ada".into(),
+        kind: PrincipalKind::User,
+        bindings: vec![
+            RoleBinding::new(Role::Pi, Scope::Tenant(TenantId::parse("lab").unwrap())).unwrap(),
+            RoleBinding::new(Role::Viewer, Scope::Tenant(TenantId::parse("other").unwrap())).unwrap(),
+        ],
+        created_at: ts(1),
+        updated_at: ts(1),
+        version: 1,
+    };
+    store.create_principal(&ada).await.unwrap();
+    let ci = Principal { id: pid(2), name: "ci".into(), kind: PrincipalKind::Service, bindings: vec![RoleBinding::admin()], ..ada.clone() };
+    store.create_principal(&ci).await.unwrap();
+    assert!(matches!(store.create_principal(&Principal { id: pid(3), ..ada.clone() }).await, Err(StoreError::AlreadyExists { .. })), "names are unique");
+    assert_eq!(store.get_principal(ada.id).await.unwrap().as_ref(), Some(&ada));
+    assert_eq!(store.get_principal_by_name("ci").await.unwrap().as_ref(), Some(&ci));
+    assert_eq!(store.get_principal(pid(9)).await.unwrap(), None);
+    let page = store.list_principals(None, 1).await.unwrap();
+    assert_eq!(page.iter().map(|p| p.id).collect::<Vec<_>>(), [ci.id], "newest first");
+    assert_eq!(store.list_principals(Some(ci.id), 10).await.unwrap().iter().map(|p| p.id).collect::<Vec<_>>(), [ada.id]);
+    let moved = Principal { bindings: vec![RoleBinding::admin()], updated_at: ts(5), version: 2, ..ada.clone() };
+    store.update_principal(&moved).await.unwrap();
+    assert!(matches!(store.update_principal(&moved).await, Err(StoreError::VersionMismatch { .. })), "a stale version is refused");
+    assert_eq!(store.get_principal(ada.id).await.unwrap().unwrap().bindings, [RoleBinding::admin()]);
+
+    let token = |n: u128, principal: PrincipalId, prefix: &str| Token {
+        id: TokenId::from_uuid(Uuid::from_u128(n << 80)),
+        principal,
+        name: format!("t{n}"),
+        prefix: prefix.into(),
+        secret_hash: format!("{n:064x}"),
+        created_at: ts(n as i64),
+        expires_at: (n % 2 == 0).then(|| ts(1_000)),
+        last_used_at: None,
+    };
+    let (a, b, c) = (token(10, ada.id, "hodei_abcdef"), token(11, ada.id, "hodei_abcdef"), token(12, ci.id, "hodei_zzzzzz"));
+    for t in [&a, &b, &c] {
+        store.create_token(t).await.unwrap();
+    }
+    let mut found = store.tokens_by_prefix("hodei_abcdef").await.unwrap();
+    found.sort_by_key(|t| t.id);
+    assert_eq!(found, [a.clone(), b.clone()]);
+    assert!(store.tokens_by_prefix("hodei_nonono").await.unwrap().is_empty());
+    let of_ada = store.list_tokens(Some(ada.id), None, 10).await.unwrap();
+    assert_eq!(of_ada.iter().map(|t| t.id).collect::<Vec<_>>(), [b.id, a.id], "one principal's, newest first");
+    let all = store.list_tokens(None, Some(c.id), 1).await.unwrap();
+    assert_eq!(all.iter().map(|t| t.id).collect::<Vec<_>>(), [b.id], "everyone's, after the cursor");
+    store.touch_token(a.id, ts(77)).await.unwrap();
+    assert_eq!(store.get_token(a.id).await.unwrap().unwrap().last_used_at, Some(ts(77)));
+    assert!(store.delete_token(a.id).await.unwrap());
+    assert!(!store.delete_token(a.id).await.unwrap(), "revoked once");
+    assert_eq!(store.get_token(a.id).await.unwrap(), None);
+    assert_eq!(store.tokens_by_prefix("hodei_abcdef").await.unwrap(), [b]);
+}
+
+/// The submitter of a job is stored with its spec, for plain jobs and array members alike.
+async fn jobs_remember_who_submitted_them(store: &dyn Store) {
+    let who = Some(hodei_core::PrincipalId::from_uuid(Uuid::from_u128(5 << 80)));
+    let mut s = Scheduler::new(SchedConfig::default());
+    let mut plain = job(260, "owners", &[]);
+    let mut spec = (*plain.spec).clone();
+    spec.submitted_by = who;
+    plain.spec = std::sync::Arc::new(spec.clone());
+    s.submit(plain.clone(), ts(260)).unwrap();
+    spec.array = Some(hodei_core::spec::ArraySpec { start: 0, end: 0, step: 1, max_parallel: None });
+    let mut member = Job::new(JobId::from_uuid(Uuid::from_u128(261 << 80)), TenantId::parse("owners").unwrap(), std::sync::Arc::new(spec), ts(61));
+    member.array = Some((hodei_core::ArrayId::from_uuid(Uuid::from_u128(262 << 80)), 0));
+    s.submit(member.clone(), ts(61)).unwrap();
+    s.submit(job(263, "owners", &[]), ts(263)).unwrap();
+    store.apply(std::sync::Arc::new(s.take_changes())).await.unwrap();
+    for (id, want) in [(plain.id, who), (member.id, who), (JobId::from_uuid(Uuid::from_u128(263 << 80)), None)] {
+        assert_eq!(store.get_job(id).await.unwrap().unwrap().spec.submitted_by, want);
+    }
 }
 
 /// Idempotency records round-trip through `load_live` (job lists with refused entries, and an
@@ -340,6 +424,13 @@ async fn job_lists_filter_and_paginate_newest_first(store: &dyn Store) {
     assert_eq!(labelled.len(), 1);
     let by_state = store.list_jobs(&JobFilter { states: vec![JobState::Succeeded], limit: 50, ..Default::default() }).await.unwrap();
     assert!(by_state.iter().all(|j| j.state == JobState::Succeeded) && !by_state.is_empty());
+    let seen = |visible: Vec<TenantId>| JobFilter { visible: Some(visible), limit: 500, ..Default::default() };
+    let odd = TenantId::parse("odd").unwrap();
+    let only_odd = store.list_jobs(&seen(vec![odd.clone(), TenantId::parse("nobody").unwrap()])).await.unwrap();
+    assert_eq!(only_odd.len(), 5, "visible tenants only");
+    assert!(only_odd.iter().all(|j| j.tenant == odd));
+    assert!(store.list_jobs(&seen(vec![])).await.unwrap().is_empty(), "no visible tenant, no rows");
+    assert!(store.list_bursts(&BurstFilter { visible: Some(vec![]), limit: 50, ..Default::default() }).await.unwrap().is_empty());
 }
 
 async fn pools_workers_and_live_counts_round_trip(store: &dyn Store) {

@@ -5,6 +5,7 @@
 //! **Architecture Invariant:** every engine passes the same [`conformance`] suite.
 
 pub mod conformance;
+mod identity;
 pub mod logs;
 pub mod postgres;
 mod rows;
@@ -15,7 +16,8 @@ pub mod testing;
 use async_trait::async_trait;
 use hodei_core::sched::Changes;
 use hodei_core::{
-    ArrayId, Attempt, BurstId, BurstSession, BurstState, Job, JobEvent, JobId, JobState, Pool, PoolId, SlaLevel, Tenant, TenantId, Timestamp, Worker, WorkerId,
+    ArrayId, Attempt, BurstId, BurstSession, BurstState, Job, JobEvent, JobId, JobState, Pool, PoolId, Principal, PrincipalId, SlaLevel, Tenant, TenantId,
+    Timestamp, Token, TokenId, Worker, WorkerId,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +101,8 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 #[derive(Clone, Debug, Default)]
 pub struct JobFilter {
     pub tenant: Option<TenantId>,
+    /// Only these tenants' jobs (the caller's visible tenants); `Some(empty)` lists nothing.
+    pub visible: Option<Vec<TenantId>>,
     pub states: Vec<JobState>,
     pub label: Option<(String, String)>,
     /// Jobs of one array job.
@@ -111,6 +115,8 @@ pub struct JobFilter {
 #[derive(Clone, Debug, Default)]
 pub struct BurstFilter {
     pub tenant: Option<TenantId>,
+    /// Only these tenants' sessions; `Some(empty)` lists nothing.
+    pub visible: Option<Vec<TenantId>>,
     pub states: Vec<BurstState>,
     pub before: Option<BurstId>,
     pub limit: u32,
@@ -145,8 +151,30 @@ pub struct LiveState {
     pub idempotency: Vec<hodei_core::idempotency::IdempotencyRecord>,
 }
 
+/// Principals and API tokens (SPEC §2.13), stored next to the jobs they may touch.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Identity: Send + Sync {
+    /// Stores a new principal; `AlreadyExists` when its name is taken.
+    async fn create_principal(&self, p: &Principal) -> Result<()>;
+    async fn get_principal(&self, id: PrincipalId) -> Result<Option<Principal>>;
+    async fn get_principal_by_name(&self, name: &str) -> Result<Option<Principal>>;
+    /// Newest first; `before` is the cursor (exclusive).
+    async fn list_principals(&self, before: Option<PrincipalId>, limit: u32) -> Result<Vec<Principal>>;
+    /// Writes `p`'s role bindings if the stored version is `p.version - 1`.
+    async fn update_principal(&self, p: &Principal) -> Result<()>;
+    async fn create_token(&self, t: &Token) -> Result<()>;
+    /// The tokens whose secret starts with `prefix` (a handful at most).
+    async fn tokens_by_prefix(&self, prefix: &str) -> Result<Vec<Token>>;
+    async fn get_token(&self, id: TokenId) -> Result<Option<Token>>;
+    /// One principal's tokens, or everyone's; newest first, `before` exclusive.
+    async fn list_tokens(&self, principal: Option<PrincipalId>, before: Option<TokenId>, limit: u32) -> Result<Vec<Token>>;
+    /// Revokes a token: `false` when there was none.
+    async fn delete_token(&self, id: TokenId) -> Result<bool>;
+    async fn touch_token(&self, id: TokenId, at: Timestamp) -> Result<()>;
+}
+
+#[async_trait]
+pub trait Store: Identity + Send + Sync + 'static {
     /// Cheap round trip, for `/ready`.
     async fn ping(&self) -> Result<()>;
 
@@ -202,4 +230,5 @@ pub trait Store: Send + Sync + 'static {
     async fn register_worker(&self, w: &Worker, session_token_hash: &str) -> Result<()>;
     async fn worker_session_hash(&self, id: WorkerId) -> Result<Option<String>>;
     async fn list_workers(&self) -> Result<Vec<Worker>>;
+
 }

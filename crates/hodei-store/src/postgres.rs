@@ -302,10 +302,11 @@ struct SpecCols {
     hold: Vec<bool>,
     labels: Vec<String>,
     pool_selector: Vec<Option<String>>,
+    submitted_by: Vec<Option<uuid::Uuid>>,
 }
 
 const SPEC_COLUMNS: &str = "name, command, env, working_dir, image, cpu_m, memory_mb, gpu, timeout_ms, expected_duration_ms, max_retries, \
-     retry_backoff_ms, priority, sla, preemptible, hold, labels, pool_selector";
+     retry_backoff_ms, priority, sla, preemptible, hold, labels, pool_selector, submitted_by";
 
 impl SpecCols {
     fn push(&mut self, s: &JobSpec) {
@@ -327,6 +328,7 @@ impl SpecCols {
         self.hold.push(s.hold);
         self.labels.push(json_map(&s.labels));
         self.pool_selector.push(s.pool_selector.as_ref().map(|p| p.as_str().to_owned()));
+        self.submitted_by.push(s.submitted_by.map(|p| p.as_uuid()));
     }
 
     /// The columns as arguments of `st`, in the order of [`SPEC_COLUMNS`].
@@ -350,6 +352,7 @@ impl SpecCols {
             st.arg(self.hold, "boolean[]"),
             st.arg(self.labels, "text[]"),
             st.arg(self.pool_selector, "text[]"),
+            st.arg(self.submitted_by, "uuid[]"),
         ]
     }
 }
@@ -831,6 +834,12 @@ impl Store for PgStore {
         if let Some(t) = &f.tenant {
             qb.push(" AND tenant_id = ").push_bind(t.as_str().to_owned());
         }
+        if let Some(visible) = &f.visible {
+            if visible.is_empty() {
+                return Ok(Vec::new());
+            }
+            qb.push(" AND tenant_id = ANY(").push_bind(visible.iter().map(|t| t.as_str().to_owned()).collect::<Vec<String>>()).push(")");
+        }
         push_states(&mut qb, "state", f.states.iter().map(|s| s.as_str()).collect());
         if let Some(c) = f.before {
             qb.push(" AND id < ").push_bind(c.as_uuid());
@@ -871,6 +880,12 @@ impl Store for PgStore {
         let mut qb: QueryBuilder<Postgres> = QueryBuilder::new("SELECT * FROM job_rows WHERE 1 = 1");
         if let Some(t) = &f.tenant {
             qb.push(" AND tenant_id = ").push_bind(t.as_str().to_owned());
+        }
+        if let Some(visible) = &f.visible {
+            if visible.is_empty() {
+                return Ok(Vec::new());
+            }
+            qb.push(" AND tenant_id = ANY(").push_bind(visible.iter().map(|t| t.as_str().to_owned()).collect::<Vec<String>>()).push(")");
         }
         push_states(&mut qb, "state", f.states.iter().map(|s| s.as_str()).collect());
         if let Some((k, v)) = &f.label {
@@ -1005,6 +1020,8 @@ impl Store for PgStore {
         rows.iter().map(worker_from_row).collect()
     }
 }
+
+crate::identity::identity_methods!(crate::postgres::PgStore, crate::identity::numbered, pool, pool);
 
 #[cfg(test)]
 mod tests {

@@ -7,7 +7,8 @@ use std::time::Duration;
 use hodei_core::idempotency::{IdempotencyRecord, Submitted};
 use hodei_core::spec::{ArraySpec, JobSpec};
 use hodei_core::{
-    ArrayId, Attempt, AttemptId, BurstId, BurstSession, CpuMillis, Gpus, Job, JobId, MemoryMb, Pool, PoolId, Quota, Resources, SlaClock, Tenant, TenantId,
+    ArrayId, Attempt, AttemptId, BurstId, BurstSession, CpuMillis, Gpus, Job, JobId, MemoryMb, Pool, PoolId, PrincipalId, Quota, Resources, SlaClock, Tenant,
+    TenantId,
     Timestamp, Worker, WorkerId,
 };
 use sqlx::{Postgres, Row, Sqlite};
@@ -109,6 +110,7 @@ pub(crate) fn job_from_row(r: &impl Cols) -> Result<Job> {
         hold: r.col("hold").map_err(g)?,
         labels: parse_map(D, r.col("labels").map_err(g)?)?,
         pool_selector: r.col::<Option<&str>>("pool_selector").map_err(g)?.map(|p| parse_slug(D, p, PoolId::parse)).transpose()?,
+        submitted_by: r.col::<Option<Uuid>>("submitted_by").map_err(g)?.map(PrincipalId::from_uuid),
         array: match r.col::<Option<i64>>("array_start").map_err(g)? {
             None => None,
             Some(start) => Some(ArraySpec {

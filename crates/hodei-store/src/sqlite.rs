@@ -257,6 +257,17 @@ impl Store for SqliteStore {
         if let Some(t) = &f.tenant {
             qb.push(" AND tenant_id = ").push_bind(t.as_str().to_owned());
         }
+        if let Some(visible) = &f.visible {
+            if visible.is_empty() {
+                return Ok(Vec::new());
+            }
+            qb.push(" AND tenant_id IN (");
+            let mut sep = qb.separated(", ");
+            for t in visible {
+                sep.push_bind(t.as_str().to_owned());
+            }
+            qb.push(")");
+        }
         push_in(&mut qb, "state", f.states.iter().map(|s| s.as_str()));
         if let Some(c) = f.before {
             qb.push(" AND id < ").push_bind(c.as_uuid());
@@ -337,6 +348,17 @@ impl Store for SqliteStore {
         let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT * FROM job_rows WHERE 1 = 1");
         if let Some(t) = &f.tenant {
             qb.push(" AND tenant_id = ").push_bind(t.as_str().to_owned());
+        }
+        if let Some(visible) = &f.visible {
+            if visible.is_empty() {
+                return Ok(Vec::new());
+            }
+            qb.push(" AND tenant_id IN (");
+            let mut sep = qb.separated(", ");
+            for t in visible {
+                sep.push_bind(t.as_str().to_owned());
+            }
+            qb.push(")");
         }
         push_in(&mut qb, "state", f.states.iter().map(|s| s.as_str()));
         if !f.states.is_empty() && f.states.iter().all(|s| LIVE_STATES.contains(s)) {
@@ -476,6 +498,8 @@ impl Store for SqliteStore {
         rows.iter().map(worker_from_row).collect()
     }
 }
+
+crate::identity::identity_methods!(crate::sqlite::SqliteStore, crate::identity::as_is, read, write);
 
 #[cfg(test)]
 mod tests {

@@ -161,8 +161,8 @@ const STATE_VALUES: &str =
 fn insert_job_sql() -> String {
     format!(
         "INSERT INTO jobs ({STATE_COLUMNS}, name, command, env, working_dir, image, cpu_m, memory_mb, gpu, timeout_ms, expected_duration_ms, max_retries, \
-         retry_backoff_ms, priority, sla, preemptible, hold, labels, pool_selector) \
-         VALUES ({STATE_VALUES}, ?30, ?31, ?32, ?33, ?34, ?35, ?36, ?37, ?38, ?39, ?40, ?41, ?42, ?43, ?44, ?45, ?46, ?47)"
+         retry_backoff_ms, priority, sla, preemptible, hold, labels, pool_selector, submitted_by) \
+         VALUES ({STATE_VALUES}, ?30, ?31, ?32, ?33, ?34, ?35, ?36, ?37, ?38, ?39, ?40, ?41, ?42, ?43, ?44, ?45, ?46, ?47, ?48)"
     )
 }
 
@@ -173,9 +173,9 @@ fn insert_member_sql() -> String {
 
 /// An array's spec, once; the id bounds widen as its members arrive (in one or more parts).
 const UPSERT_ARRAY: &str = "INSERT INTO job_arrays (id, tenant_id, name, command, env, working_dir, image, cpu_m, memory_mb, gpu, timeout_ms, \
-     expected_duration_ms, max_retries, retry_backoff_ms, priority, sla, preemptible, hold, labels, pool_selector, array_start, array_end, array_step, \
-     array_max_parallel, first_job_id, last_job_id) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26) \
+     expected_duration_ms, max_retries, retry_backoff_ms, priority, sla, preemptible, hold, labels, pool_selector, submitted_by, array_start, array_end, \
+     array_step, array_max_parallel, first_job_id, last_job_id) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27) \
      ON CONFLICT (id) DO UPDATE SET first_job_id = min(first_job_id, excluded.first_job_id), last_job_id = max(last_job_id, excluded.last_job_id)";
 
 const UPDATE_JOB: &str = "UPDATE jobs SET state = ?1, state_reason = ?2, attempt_count = ?3, current_attempt_id = ?4, retries_left = ?5, lost_requeues = ?6, \
@@ -204,6 +204,7 @@ struct SpecValues<'a> {
     priority: &'static str,
     sla: &'static str,
     pool_selector: Option<&'a str>,
+    submitted_by: Option<uuid::Uuid>,
 }
 
 impl<'a> SpecValues<'a> {
@@ -219,10 +220,11 @@ impl<'a> SpecValues<'a> {
             priority: s.priority.as_str(),
             sla: s.sla.as_str(),
             pool_selector: s.pool_selector.as_ref().map(|p| p.as_str()),
+            submitted_by: s.submitted_by.map(|p| p.as_uuid()),
         }
     }
 
-    fn params(&self) -> [&dyn ToSql; 18] {
+    fn params(&self) -> [&dyn ToSql; 19] {
         let s = self.s;
         [
             &s.name,
@@ -243,6 +245,7 @@ impl<'a> SpecValues<'a> {
             &s.hold,
             &self.labels,
             &self.pool_selector,
+            &self.submitted_by,
         ]
     }
 }

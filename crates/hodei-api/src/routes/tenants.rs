@@ -8,6 +8,8 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use crate::ApiState;
+use crate::auth::Who;
+use hodei_core::Action;
 use crate::dto::{CeilingOut, Page, QuotaIn, QuotaOut, QuotaView, TenantCreate, TenantUpdate, TenantView, UsageOut, UtilizationOut};
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::json::ApiJson;
@@ -60,14 +62,22 @@ fn apply_quota(q: &mut Quota, input: &QuotaIn, prefix: &str) -> ApiResult<()> {
     Ok(())
 }
 
-pub(crate) async fn load(s: &ApiState, id: &str) -> ApiResult<Tenant> {
+/// The tenant `id` if the caller may do `action` in it: 404 when it does not see it (exactly as
+/// for a missing tenant, decided before the store is read), 403 when its role is too weak.
+pub(crate) async fn load(s: &ApiState, who: &Who, id: &str, action: Action, doing: &str) -> ApiResult<Tenant> {
     let tid = TenantId::parse(id).map_err(|_| ApiError::not_found(format!("tenant {id}")))?;
-    s.store.get_tenant(&tid).await?.ok_or_else(|| ApiError::not_found(format!("tenant {id}")))
+    if who.access(Action::Read, &tid) == hodei_core::Access::Invisible {
+        return Err(ApiError::not_found(format!("tenant {id}")));
+    }
+    let t = s.store.get_tenant(&tid).await?.ok_or_else(|| ApiError::not_found(format!("tenant {id}")))?;
+    who.may(action, &tid, doing)?;
+    Ok(t)
 }
 
 /// Create a tenant.
 #[utoipa::path(post, path = "/tenants", request_body = TenantCreate, responses((status = 201, body = TenantView), (status = 400, body = crate::error::Problem), (status = 409, body = crate::error::Problem)), tag = "tenants")]
-pub async fn create_tenant(State(s): State<ApiState>, ApiJson(body): ApiJson<TenantCreate>) -> ApiResult<(StatusCode, HeaderMap, Json<TenantView>)> {
+pub async fn create_tenant(State(s): State<ApiState>, who: Who, ApiJson(body): ApiJson<TenantCreate>) -> ApiResult<(StatusCode, HeaderMap, Json<TenantView>)> {
+    who.must_be_admin("creating tenants")?;
     let display = name(&body.name)?;
     let id = match &body.id {
         Some(id) => TenantId::parse(id).map_err(|e| ApiError::field("/id", e.to_string(), "a slug ^[a-z0-9][a-z0-9-]{0,62}$", Some(id.clone())))?,
@@ -117,12 +127,14 @@ pub struct TenantQuery {
 
 /// List tenants.
 #[utoipa::path(get, path = "/tenants", params(TenantQuery), responses((status = 200, body = Page<TenantView>)), tag = "tenants")]
-pub async fn list_tenants(State(s): State<ApiState>, Query(q): Query<TenantQuery>) -> ApiResult<Json<Page<TenantView>>> {
+pub async fn list_tenants(State(s): State<ApiState>, who: Who, Query(q): Query<TenantQuery>) -> ApiResult<Json<Page<TenantView>>> {
+    let visible = who.visibility();
     let items = s
         .store
         .list_tenants()
         .await?
         .iter()
+        .filter(|t| visible.sees(&t.id))
         .filter(|t| q.status.as_deref().is_none_or(|v| t.status.as_str() == v))
         .filter(|t| q.tier.as_deref().is_none_or(|v| t.tier.as_str() == v))
         .map(|t| TenantView::of(t, &s.cfg.tier_weights))
@@ -132,19 +144,20 @@ pub async fn list_tenants(State(s): State<ApiState>, Query(q): Query<TenantQuery
 
 /// One tenant.
 #[utoipa::path(get, path = "/tenants/{id}", responses((status = 200, body = TenantView), (status = 404, body = crate::error::Problem)), tag = "tenants")]
-pub async fn get_tenant(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult<Json<TenantView>> {
-    Ok(Json(TenantView::of(&load(&s, &id).await?, &s.cfg.tier_weights)))
+pub async fn get_tenant(State(s): State<ApiState>, who: Who, Path(id): Path<String>) -> ApiResult<Json<TenantView>> {
+    Ok(Json(TenantView::of(&load(&s, &who, &id, Action::Read, "reading this tenant").await?, &s.cfg.tier_weights)))
 }
 
 /// Update any mutable field. `If-Match: "<version>"` makes it conditional.
 #[utoipa::path(put, path = "/tenants/{id}", request_body = TenantUpdate, responses((status = 200, body = TenantView), (status = 400, body = crate::error::Problem), (status = 412, body = crate::error::Problem)), tag = "tenants")]
 pub async fn update_tenant(
     State(s): State<ApiState>,
+    who: Who,
     Path(id): Path<String>,
     headers: HeaderMap,
     ApiJson(body): ApiJson<TenantUpdate>,
 ) -> ApiResult<Json<TenantView>> {
-    let mut t = load(&s, &id).await?;
+    let mut t = load(&s, &who, &id, Action::Administer, "changing tenants (admins only)").await?;
     if_match(&headers, &t)?;
     if let Some(n) = &body.name {
         t.name = name(n)?;
@@ -231,15 +244,23 @@ async fn quota_view(s: &ApiState, t: &Tenant) -> ApiResult<QuotaView> {
 
 /// A tenant's quota, current usage, burst grant and ceiling.
 #[utoipa::path(get, path = "/tenants/{id}/quota", responses((status = 200, body = QuotaView), (status = 404, body = crate::error::Problem)), tag = "tenants")]
-pub async fn get_quota(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult<Json<QuotaView>> {
-    let t = load(&s, &id).await?;
+pub async fn get_quota(State(s): State<ApiState>, who: Who, Path(id): Path<String>) -> ApiResult<Json<QuotaView>> {
+    let t = load(&s, &who, &id, Action::Read, "reading this quota").await?;
     Ok(Json(quota_view(&s, &t).await?))
 }
 
 /// Set quota fields (absent ones keep their value). Lowering a quota stops nothing.
 #[utoipa::path(put, path = "/tenants/{id}/quota", request_body = QuotaIn, responses((status = 200, body = QuotaView), (status = 400, body = crate::error::Problem), (status = 404, body = crate::error::Problem), (status = 412, body = crate::error::Problem)), tag = "tenants")]
-pub async fn put_quota(State(s): State<ApiState>, Path(id): Path<String>, headers: HeaderMap, ApiJson(body): ApiJson<QuotaIn>) -> ApiResult<Json<QuotaView>> {
-    let mut t = load(&s, &id).await?;
+pub async fn put_quota(
+    State(s): State<ApiState>,
+    who: Who,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<QuotaIn>,
+) -> ApiResult<Json<QuotaView>> {
+    // A pi's own quota (SPEC §8.2) is bounded by a quota_limit that does not exist yet, so
+    // quotas are set by admins only for now.
+    let mut t = load(&s, &who, &id, Action::Administer, "setting quotas (admins only)").await?;
     if_match(&headers, &t)?;
     apply_quota(&mut t.quota, &body, "")?;
     save(&s, &mut t).await?;
@@ -257,8 +278,8 @@ fn if_match(headers: &HeaderMap, t: &Tenant) -> ApiResult<()> {
 
 /// Delete a tenant without live jobs (never `default`).
 #[utoipa::path(delete, path = "/tenants/{id}", responses((status = 204), (status = 404, body = crate::error::Problem), (status = 409, body = crate::error::Problem)), tag = "tenants")]
-pub async fn delete_tenant(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
-    let t = load(&s, &id).await?;
+pub async fn delete_tenant(State(s): State<ApiState>, who: Who, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    let t = load(&s, &who, &id, Action::Administer, "deleting tenants (admins only)").await?;
     if t.id == s.cfg.default_tenant {
         return Err(ApiError::new(ErrorCode::Conflict, "the default tenant cannot be deleted"));
     }
