@@ -18,6 +18,7 @@ fn openapi() -> String {
         sla_window_hours: 24,
         rates: hodei_core::cost::Rates::DEFAULT,
         admin_token: None,
+        token_default_ttl_days: None,
         version: env!("CARGO_PKG_VERSION").to_owned(),
     };
     hodei_api::openapi_json(&cfg) + "\n"

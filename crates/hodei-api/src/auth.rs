@@ -16,7 +16,6 @@ use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use hodei_core::{Access, Action, Caller, PrincipalId, TenantId, Timestamp, Token, TokenId};
-use hodei_store::Identity;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -71,29 +70,43 @@ struct Cached {
 #[derive(Default)]
 pub struct TokenCache {
     by_hash: Mutex<HashMap<String, Cached>>,
+    /// Bumped by every invalidation, so that a lookup that read the store before one does not
+    /// put back what it dropped.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl TokenCache {
     /// Forgets a revoked token.
     pub fn revoke(&self, id: TokenId) {
-        if let Ok(mut m) = self.by_hash.lock() {
-            m.retain(|_, c| c.token != id);
-        }
+        self.forget(|c| c.token == id);
     }
 
     /// Forgets every token of a principal whose bindings changed.
     pub fn principal_changed(&self, id: PrincipalId) {
+        self.forget(|c| c.principal == id);
+    }
+
+    fn forget(&self, dropped: impl Fn(&Cached) -> bool) {
         if let Ok(mut m) = self.by_hash.lock() {
-            m.retain(|_, c| c.principal != id);
+            self.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            m.retain(|_, c| !dropped(c));
         }
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     fn get(&self, hash: &str) -> Option<Cached> {
         self.by_hash.lock().ok()?.get(hash).cloned()
     }
 
-    fn put(&self, hash: String, c: Cached) {
+    /// Caches what was read from the store when no invalidation happened since `read_at`.
+    fn put(&self, hash: String, c: Cached, read_at: u64) {
         if let Ok(mut m) = self.by_hash.lock() {
+            if self.generation() != read_at {
+                return;
+            }
             // Bounded: the cache only saves store reads, so starting over is always correct.
             if m.len() >= 100_000 {
                 m.clear();
@@ -131,6 +144,7 @@ async fn caller_of(s: &ApiState, secret: &str, now: Timestamp) -> ApiResult<Arc<
     let cached = match s.token_cache.get(&hash) {
         Some(c) => c,
         None => {
+            let generation = s.token_cache.generation();
             let found = s.store.tokens_by_prefix(&secret[..PREFIX_LEN]).await?;
             let Some(t) = found.into_iter().find(|t| bool::from(t.secret_hash.as_bytes().ct_eq(hash.as_bytes()))) else {
                 return Err(unauthorized());
@@ -143,7 +157,7 @@ async fn caller_of(s: &ApiState, secret: &str, now: Timestamp) -> ApiResult<Arc<
                 caller: Arc::new(Caller::new(p.id, p.name, p.bindings)),
                 touched_at: t.last_used_at.unwrap_or(Timestamp::from_millis(i64::MIN)),
             };
-            s.token_cache.put(hash.clone(), c.clone());
+            s.token_cache.put(hash.clone(), c.clone(), generation);
             c
         }
     };

@@ -134,6 +134,8 @@ pub struct ResourcesOut {
 pub struct JobView {
     pub id: String,
     pub tenant_id: String,
+    /// The principal whose token submitted the job.
+    pub submitted_by: Option<String>,
     pub name: String,
     pub command: Vec<String>,
     pub env: BTreeMap<String, String>,
@@ -203,6 +205,7 @@ impl From<&Job> for JobView {
         JobView {
             id: j.id.to_string(),
             tenant_id: j.tenant.to_string(),
+            submitted_by: s.submitted_by.map(|p| p.to_string()),
             name: s.name.clone(),
             command: s.command.clone(),
             env: s.env.clone(),

@@ -17,9 +17,9 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use hodei_core::idempotency::{IdempotencyRecord, IdempotencyRequest};
 use hodei_core::queue::FlowStatus;
 use hodei_core::sched::{CancelOutcome, Scheduler};

@@ -22,8 +22,8 @@ pub mod time;
 pub mod units;
 pub mod worker;
 
-pub use burst::{BurstError, BurstRequest, BurstRules, BurstSession, BurstState};
 pub use auth::{Access, Action, Caller, Principal, PrincipalKind, Role, RoleBinding, Scope, Token, Visibility};
+pub use burst::{BurstError, BurstRequest, BurstRules, BurstSession, BurstState};
 pub use ids::{ArrayId, AttemptId, BurstId, JobId, PoolId, PrincipalId, Slug, SlugError, TenantId, TokenId, WorkerId};
 pub use job::{Attempt, AttemptState, FailureReason, Job, JobEvent, JobState, Priority, SlaClock, SlaLevel, SlaStatus};
 pub use quota::{Admission, Grant, Quota, QuotaRules, Rejection, TenantPolicy, Usage, ViolationPolicy};

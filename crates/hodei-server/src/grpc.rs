@@ -152,7 +152,7 @@ impl WorkerService for WorkerSvc {
             idle_since: None,
             connected: false,
         };
-        let session = tokens::random_token();
+        let session = tokens::random_token().map_err(|e| Status::unavailable(format!("cannot draw a session token: {e}")))?;
         let session_hash = tokens::hash(&session);
         self.store.register_worker(&worker, &session_hash).await.map_err(|e| Status::unavailable(e.to_string()))?;
         if let Ok(mut m) = self.sessions.lock() {

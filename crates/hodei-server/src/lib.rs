@@ -109,7 +109,7 @@ fn secret_file(path: &Path) -> anyhow::Result<String> {
             return Ok(s);
         }
     }
-    let token = tokens::random_token();
+    let token = tokens::random_token().context("drawing a secret from the OS's random number generator")?;
     let mut f =
         std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).with_context(|| format!("writing {}", path.display()))?;
     std::io::Write::write_all(&mut f, format!("{token}\n").as_bytes())?;
@@ -351,8 +351,36 @@ fn burst_rules(cfg: &Config) -> hodei_core::BurstRules {
     }
 }
 
+/// The principal of the admin token (`admin`, created at first start): what the admin token's
+/// requests act as, and the owner of the jobs it submits.
+async fn bootstrap_admin(store: &dyn Store, now: Timestamp) -> anyhow::Result<Arc<hodei_core::Caller>> {
+    use hodei_core::{Principal, PrincipalId, PrincipalKind, RoleBinding};
+    let p = match store.get_principal_by_name(BOOTSTRAP_ADMIN).await.context("reading the admin principal")? {
+        Some(p) => p,
+        None => {
+            let p = Principal {
+                id: PrincipalId::from_uuid(uuid::Uuid::now_v7()),
+                name: BOOTSTRAP_ADMIN.into(),
+                kind: PrincipalKind::Service,
+                bindings: vec![RoleBinding::admin()],
+                created_at: now,
+                updated_at: now,
+                version: 1,
+            };
+            store.create_principal(&p).await.context("creating the admin principal")?;
+            p
+        }
+    };
+    Ok(Arc::new(hodei_core::Caller::new(p.id, p.name, vec![RoleBinding::admin()])))
+}
+
+/// Name of the admin token's principal.
+pub const BOOTSTRAP_ADMIN: &str = "admin";
+
 /// What the API runs on besides its configuration.
 struct ApiParts {
+    /// Who the admin token is.
+    admin: Arc<hodei_core::Caller>,
     store: Arc<dyn Store>,
     engine: EngineHandle,
     logs: Arc<LogFiles>,
@@ -364,7 +392,7 @@ struct ApiParts {
 
 /// Builds the API state from the configuration's limits and the running parts.
 fn api_state(cfg: &Config, p: ApiParts) -> anyhow::Result<ApiState> {
-    let ApiParts { store, engine, logs, clock, metrics, pools, admin_token } = p;
+    let ApiParts { admin, store, engine, logs, clock, metrics, pools, admin_token } = p;
     let j = &cfg.jobs;
     let limits = SpecLimits {
         default_resources: Resources::new(j.default_resources.cpu_m, j.default_resources.memory_mb, j.default_resources.gpu),
@@ -394,6 +422,7 @@ fn api_state(cfg: &Config, p: ApiParts) -> anyhow::Result<ApiState> {
             gpu_hour: cfg.cost_tracking.hourly_rate_gpu.0,
         },
         admin_token,
+        token_default_ttl_days: cfg.auth.token_default_ttl_days,
         version: VERSION.to_owned(),
     };
     let control = Arc::new(ControlPlane { engine, store: store.clone(), tier_weights: tier_weights(cfg) });
@@ -405,6 +434,8 @@ fn api_state(cfg: &Config, p: ApiParts) -> anyhow::Result<ApiState> {
         metrics,
         pools: RwLock::new(pools),
         tenants: Default::default(),
+        admin,
+        token_cache: Default::default(),
         submit_rate: hodei_api::rate::SubmitRate::new(hodei_core::rate::RateLimit::new(cfg.limits.submit_rate_per_tenant, cfg.limits.submit_burst_per_tenant)),
         cfg: api_cfg,
         started: Instant::now(),
@@ -490,6 +521,7 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
     let metrics_addr = metrics_listener.as_ref().map(|l| l.local_addr()).transpose()?;
 
     let parts = ApiParts {
+        admin: bootstrap_admin(store.as_ref(), clock.now()).await?,
         store: store.clone(),
         engine: handle.clone(),
         logs: logs.clone(),

@@ -96,7 +96,7 @@ async fn a_submitted_job_is_stored_before_the_answer() {
     let stored = app.server.store.get_job(id).await.unwrap().expect("durable before the 201");
     assert_eq!(stored.spec.command, ["echo", "hi"]);
     insta::assert_json_snapshot!("submitted_job", job, {
-        ".id" => "[id]", ".submitted_at" => "[time]", ".eligible_at" => "[time]", ".sla_deadline_at" => "[time]"
+        ".id" => "[id]", ".submitted_at" => "[time]", ".eligible_at" => "[time]", ".sla_deadline_at" => "[time]", ".submitted_by" => "[admin principal]"
     });
 }
 

@@ -11,11 +11,13 @@ use async_trait::async_trait;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use hodei_core::sched::Changes;
-use hodei_core::{Attempt, BurstId, BurstSession, Job, JobEvent, JobId, Pool, PoolId, Tenant, TenantId, Timestamp, Worker, WorkerId};
+use hodei_core::{
+    Attempt, BurstId, BurstSession, Job, JobEvent, JobId, Pool, PoolId, Principal, PrincipalId, Tenant, TenantId, Timestamp, Token, TokenId, Worker, WorkerId,
+};
 use hodei_server::ServerOptions;
 use hodei_server::config::{Config, Secret};
 use hodei_store::sqlite::SqliteStore;
-use hodei_store::{BreachFilter, BurstFilter, JobFilter, LiveState, Result, SlaOutcome, Store, StoreError};
+use hodei_store::{BreachFilter, BurstFilter, Identity, JobFilter, LiveState, Result, SlaOutcome, Store, StoreError};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
@@ -34,28 +36,37 @@ impl Switchable {
     }
 }
 
-/// The `Store` impl: every call checks the switch, then passes through. (Generated whole, so
-/// `async_trait` sees the methods.)
+/// The `Store` and `Identity` impls: every call checks the switch, then passes through.
+/// (Generated whole, so `async_trait` sees the methods.)
 macro_rules! pass {
-    ($( fn $name:ident(&self $(, $arg:ident: $ty:ty)*) -> $ret:ty; )*) => {
+    ($tr:ident { $( fn $name:ident(&self $(, $arg:ident: $ty:ty)*) -> $ret:ty; )* } $($extra:tt)*) => {
         #[async_trait]
-        impl Store for Switchable {
+        impl $tr for Switchable {
             $( async fn $name(&self $(, $arg: $ty)*) -> Result<$ret> {
                 self.up(stringify!($name))?;
                 self.inner.$name($($arg),*).await
             } )*
 
-            fn stage(&self, changes: Arc<Changes>) {
-                // While down, the part is lost and the `apply` that follows fails: as a real outage.
-                if self.up("stage").is_ok() {
-                    self.inner.stage(changes);
-                }
-            }
+            $($extra)*
         }
     };
 }
 
-pass! {
+pass! { Identity {
+        fn create_principal(&self, p: &Principal) -> ();
+        fn get_principal(&self, id: PrincipalId) -> Option<Principal>;
+        fn get_principal_by_name(&self, name: &str) -> Option<Principal>;
+        fn list_principals(&self, before: Option<PrincipalId>, limit: u32) -> Vec<Principal>;
+        fn update_principal(&self, p: &Principal) -> ();
+        fn create_token(&self, t: &Token) -> ();
+        fn tokens_by_prefix(&self, prefix: &str) -> Vec<Token>;
+        fn get_token(&self, id: TokenId) -> Option<Token>;
+        fn list_tokens(&self, principal: Option<PrincipalId>, before: Option<TokenId>, limit: u32) -> Vec<Token>;
+        fn delete_token(&self, id: TokenId) -> bool;
+        fn touch_token(&self, id: TokenId, at: Timestamp) -> ();
+} }
+
+pass! { Store {
         fn ping(&self) -> ();
         fn create_tenant(&self, t: &Tenant) -> ();
         fn get_tenant(&self, id: &TenantId) -> Option<Tenant>;
@@ -81,6 +92,13 @@ pass! {
         fn register_worker(&self, w: &Worker, session_token_hash: &str) -> ();
         fn worker_session_hash(&self, id: WorkerId) -> Option<String>;
         fn list_workers(&self) -> Vec<Worker>;
+}
+    fn stage(&self, changes: Arc<Changes>) {
+        // While down, the part is lost and the `apply` that follows fails: as a real outage.
+        if self.up("stage").is_ok() {
+            self.inner.stage(changes);
+        }
+    }
 }
 
 const TOKEN: &str = "test-admin-token";

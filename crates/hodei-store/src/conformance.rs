@@ -124,7 +124,7 @@ async fn principals_and_tokens_round_trip(store: &dyn Store) {
         prefix: prefix.into(),
         secret_hash: format!("{n:064x}"),
         created_at: ts(n as i64),
-        expires_at: (n % 2 == 0).then(|| ts(1_000)),
+        expires_at: n.is_multiple_of(2).then(|| ts(1_000)),
         last_used_at: None,
     };
     let (a, b, c) = (token(10, ada.id, "hodei_abcdef"), token(11, ada.id, "hodei_abcdef"), token(12, ci.id, "hodei_zzzzzz"));

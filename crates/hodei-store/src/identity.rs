@@ -94,122 +94,142 @@ macro_rules! identity_methods {
     ($ty:ty, $q:path, $read:ident, $write:ident) => {
         #[async_trait::async_trait]
         impl $crate::Identity for $ty {
-        async fn create_principal(&self, p: &hodei_core::Principal) -> $crate::Result<()> {
-            let sql = $q($crate::identity::INSERT_PRINCIPAL);
-            let r = sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(p.id.as_uuid())
-                .bind(&p.name)
-                .bind(p.kind.as_str())
-                .bind($crate::identity::bindings_json(&p.bindings))
-                .bind($crate::rows::ms(p.created_at))
-                .bind($crate::rows::ms(p.updated_at))
-                .bind(p.version)
-                .execute(&self.$write)
-                .await;
-            match r {
-                Err(e) if $crate::identity::is_unique_violation(&e) => Err($crate::StoreError::AlreadyExists { what: format!("principal {:?}", p.name) }),
-                r => r.map(|_| ()).map_err($crate::StoreError::db("creating a principal")),
+            async fn create_principal(&self, p: &hodei_core::Principal) -> $crate::Result<()> {
+                let sql = $q($crate::identity::INSERT_PRINCIPAL);
+                let r = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(p.id.as_uuid())
+                    .bind(&p.name)
+                    .bind(p.kind.as_str())
+                    .bind($crate::identity::bindings_json(&p.bindings))
+                    .bind($crate::rows::ms(p.created_at))
+                    .bind($crate::rows::ms(p.updated_at))
+                    .bind(p.version)
+                    .execute(&self.$write)
+                    .await;
+                match r {
+                    Err(e) if $crate::identity::is_unique_violation(&e) => Err($crate::StoreError::AlreadyExists { what: format!("principal {:?}", p.name) }),
+                    r => r.map(|_| ()).map_err($crate::StoreError::db("creating a principal")),
+                }
             }
-        }
 
-        async fn get_principal(&self, id: hodei_core::PrincipalId) -> $crate::Result<Option<hodei_core::Principal>> {
-            let sql = $q($crate::identity::GET_PRINCIPAL);
-            let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id.as_uuid()).fetch_optional(&self.$read).await.map_err($crate::StoreError::db("reading a principal"))?;
-            row.as_ref().map($crate::identity::principal_from_row).transpose()
-        }
+            async fn get_principal(&self, id: hodei_core::PrincipalId) -> $crate::Result<Option<hodei_core::Principal>> {
+                let sql = $q($crate::identity::GET_PRINCIPAL);
+                let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(id.as_uuid())
+                    .fetch_optional(&self.$read)
+                    .await
+                    .map_err($crate::StoreError::db("reading a principal"))?;
+                row.as_ref().map($crate::identity::principal_from_row).transpose()
+            }
 
-        async fn get_principal_by_name(&self, name: &str) -> $crate::Result<Option<hodei_core::Principal>> {
-            let sql = $q($crate::identity::GET_PRINCIPAL_BY_NAME);
-            let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(name).fetch_optional(&self.$read).await.map_err($crate::StoreError::db("reading a principal"))?;
-            row.as_ref().map($crate::identity::principal_from_row).transpose()
-        }
+            async fn get_principal_by_name(&self, name: &str) -> $crate::Result<Option<hodei_core::Principal>> {
+                let sql = $q($crate::identity::GET_PRINCIPAL_BY_NAME);
+                let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(name)
+                    .fetch_optional(&self.$read)
+                    .await
+                    .map_err($crate::StoreError::db("reading a principal"))?;
+                row.as_ref().map($crate::identity::principal_from_row).transpose()
+            }
 
-        async fn list_principals(&self, before: Option<hodei_core::PrincipalId>, limit: u32) -> $crate::Result<Vec<hodei_core::Principal>> {
-            let sql = $q($crate::identity::LIST_PRINCIPALS);
-            let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(before.map_or($crate::identity::NO_CURSOR, |b| b.as_uuid()))
-                .bind(i64::from(limit.max(1)))
-                .fetch_all(&self.$read)
-                .await
-                .map_err($crate::StoreError::db("listing principals"))?;
-            rows.iter().map($crate::identity::principal_from_row).collect()
-        }
+            async fn list_principals(&self, before: Option<hodei_core::PrincipalId>, limit: u32) -> $crate::Result<Vec<hodei_core::Principal>> {
+                let sql = $q($crate::identity::LIST_PRINCIPALS);
+                let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(before.map_or($crate::identity::NO_CURSOR, |b| b.as_uuid()))
+                    .bind(i64::from(limit.max(1)))
+                    .fetch_all(&self.$read)
+                    .await
+                    .map_err($crate::StoreError::db("listing principals"))?;
+                rows.iter().map($crate::identity::principal_from_row).collect()
+            }
 
-        async fn update_principal(&self, p: &hodei_core::Principal) -> $crate::Result<()> {
-            let sql = $q($crate::identity::UPDATE_PRINCIPAL);
-            let r = sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind($crate::identity::bindings_json(&p.bindings))
-                .bind($crate::rows::ms(p.updated_at))
-                .bind(p.version)
-                .bind(p.id.as_uuid())
-                .bind(p.version - 1)
-                .execute(&self.$write)
-                .await
-                .map_err($crate::StoreError::db("updating a principal"))?;
-            if r.rows_affected() == 1 { Ok(()) } else { Err($crate::StoreError::VersionMismatch { what: format!("principal {}", p.id) }) }
-        }
+            async fn update_principal(&self, p: &hodei_core::Principal) -> $crate::Result<()> {
+                let sql = $q($crate::identity::UPDATE_PRINCIPAL);
+                let r = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind($crate::identity::bindings_json(&p.bindings))
+                    .bind($crate::rows::ms(p.updated_at))
+                    .bind(p.version)
+                    .bind(p.id.as_uuid())
+                    .bind(p.version - 1)
+                    .execute(&self.$write)
+                    .await
+                    .map_err($crate::StoreError::db("updating a principal"))?;
+                if r.rows_affected() == 1 { Ok(()) } else { Err($crate::StoreError::VersionMismatch { what: format!("principal {}", p.id) }) }
+            }
 
-        async fn create_token(&self, t: &hodei_core::Token) -> $crate::Result<()> {
-            let sql = $q($crate::identity::INSERT_TOKEN);
-            sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(t.id.as_uuid())
-                .bind(t.principal.as_uuid())
-                .bind(&t.name)
-                .bind(&t.prefix)
-                .bind(&t.secret_hash)
-                .bind($crate::rows::ms(t.created_at))
-                .bind(t.expires_at.map($crate::rows::ms))
-                .bind(t.last_used_at.map($crate::rows::ms))
-                .execute(&self.$write)
-                .await
-                .map(|_| ())
-                .map_err($crate::StoreError::db("creating an API token"))
-        }
+            async fn create_token(&self, t: &hodei_core::Token) -> $crate::Result<()> {
+                let sql = $q($crate::identity::INSERT_TOKEN);
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(t.id.as_uuid())
+                    .bind(t.principal.as_uuid())
+                    .bind(&t.name)
+                    .bind(&t.prefix)
+                    .bind(&t.secret_hash)
+                    .bind($crate::rows::ms(t.created_at))
+                    .bind(t.expires_at.map($crate::rows::ms))
+                    .bind(t.last_used_at.map($crate::rows::ms))
+                    .execute(&self.$write)
+                    .await
+                    .map(|_| ())
+                    .map_err($crate::StoreError::db("creating an API token"))
+            }
 
-        async fn tokens_by_prefix(&self, prefix: &str) -> $crate::Result<Vec<hodei_core::Token>> {
-            let sql = $q($crate::identity::TOKENS_BY_PREFIX);
-            let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(prefix).fetch_all(&self.$read).await.map_err($crate::StoreError::db("looking up an API token"))?;
-            rows.iter().map($crate::identity::token_from_row).collect()
-        }
+            async fn tokens_by_prefix(&self, prefix: &str) -> $crate::Result<Vec<hodei_core::Token>> {
+                let sql = $q($crate::identity::TOKENS_BY_PREFIX);
+                let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(prefix)
+                    .fetch_all(&self.$read)
+                    .await
+                    .map_err($crate::StoreError::db("looking up an API token"))?;
+                rows.iter().map($crate::identity::token_from_row).collect()
+            }
 
-        async fn get_token(&self, id: hodei_core::TokenId) -> $crate::Result<Option<hodei_core::Token>> {
-            let sql = $q($crate::identity::GET_TOKEN);
-            let row = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id.as_uuid()).fetch_optional(&self.$read).await.map_err($crate::StoreError::db("reading an API token"))?;
-            row.as_ref().map($crate::identity::token_from_row).transpose()
-        }
+            async fn get_token(&self, id: hodei_core::TokenId) -> $crate::Result<Option<hodei_core::Token>> {
+                let sql = $q($crate::identity::GET_TOKEN);
+                let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(id.as_uuid())
+                    .fetch_optional(&self.$read)
+                    .await
+                    .map_err($crate::StoreError::db("reading an API token"))?;
+                row.as_ref().map($crate::identity::token_from_row).transpose()
+            }
 
-        async fn list_tokens(
-            &self,
-            principal: Option<hodei_core::PrincipalId>,
-            before: Option<hodei_core::TokenId>,
-            limit: u32,
-        ) -> $crate::Result<Vec<hodei_core::Token>> {
-            let before = before.map_or($crate::identity::NO_CURSOR, |b| b.as_uuid());
-            let (all, of) = ($q($crate::identity::LIST_ALL_TOKENS), $q($crate::identity::LIST_TOKENS_OF));
-            let q = match principal {
-                Some(p) => sqlx::query(sqlx::AssertSqlSafe(of)).bind(p.as_uuid()),
-                None => sqlx::query(sqlx::AssertSqlSafe(all)),
-            };
-            let rows = q.bind(before).bind(i64::from(limit.max(1))).fetch_all(&self.$read).await.map_err($crate::StoreError::db("listing API tokens"))?;
-            rows.iter().map($crate::identity::token_from_row).collect()
-        }
+            async fn list_tokens(
+                &self,
+                principal: Option<hodei_core::PrincipalId>,
+                before: Option<hodei_core::TokenId>,
+                limit: u32,
+            ) -> $crate::Result<Vec<hodei_core::Token>> {
+                let before = before.map_or($crate::identity::NO_CURSOR, |b| b.as_uuid());
+                let (all, of) = ($q($crate::identity::LIST_ALL_TOKENS), $q($crate::identity::LIST_TOKENS_OF));
+                let q = match principal {
+                    Some(p) => sqlx::query(sqlx::AssertSqlSafe(of)).bind(p.as_uuid()),
+                    None => sqlx::query(sqlx::AssertSqlSafe(all)),
+                };
+                let rows = q.bind(before).bind(i64::from(limit.max(1))).fetch_all(&self.$read).await.map_err($crate::StoreError::db("listing API tokens"))?;
+                rows.iter().map($crate::identity::token_from_row).collect()
+            }
 
-        async fn delete_token(&self, id: hodei_core::TokenId) -> $crate::Result<bool> {
-            let sql = $q($crate::identity::DELETE_TOKEN);
-            let r = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id.as_uuid()).execute(&self.$write).await.map_err($crate::StoreError::db("revoking an API token"))?;
-            Ok(r.rows_affected() == 1)
-        }
+            async fn delete_token(&self, id: hodei_core::TokenId) -> $crate::Result<bool> {
+                let sql = $q($crate::identity::DELETE_TOKEN);
+                let r = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(id.as_uuid())
+                    .execute(&self.$write)
+                    .await
+                    .map_err($crate::StoreError::db("revoking an API token"))?;
+                Ok(r.rows_affected() == 1)
+            }
 
-        async fn touch_token(&self, id: hodei_core::TokenId, at: hodei_core::Timestamp) -> $crate::Result<()> {
-            let sql = $q($crate::identity::TOUCH_TOKEN);
-            sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind($crate::rows::ms(at))
-                .bind(id.as_uuid())
-                .execute(&self.$write)
-                .await
-                .map(|_| ())
-                .map_err($crate::StoreError::db("recording an API token's use"))
-        }
+            async fn touch_token(&self, id: hodei_core::TokenId, at: hodei_core::Timestamp) -> $crate::Result<()> {
+                let sql = $q($crate::identity::TOUCH_TOKEN);
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind($crate::rows::ms(at))
+                    .bind(id.as_uuid())
+                    .execute(&self.$write)
+                    .await
+                    .map(|_| ())
+                    .map_err($crate::StoreError::db("recording an API token's use"))
+            }
         }
     };
 }

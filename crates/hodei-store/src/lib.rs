@@ -135,6 +135,8 @@ pub struct SlaOutcome {
 #[derive(Clone, Debug, Default)]
 pub struct BreachFilter {
     pub tenant: Option<TenantId>,
+    /// Only these tenants' jobs; `Some(empty)` lists nothing.
+    pub visible: Option<Vec<TenantId>>,
     pub level: Option<SlaLevel>,
     /// Breached at or after.
     pub since: Option<Timestamp>,
@@ -230,5 +232,4 @@ pub trait Store: Identity + Send + Sync + 'static {
     async fn register_worker(&self, w: &Worker, session_token_hash: &str) -> Result<()>;
     async fn worker_session_hash(&self, id: WorkerId) -> Result<Option<String>>;
     async fn list_workers(&self) -> Result<Vec<Worker>>;
-
 }

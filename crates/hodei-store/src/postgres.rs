@@ -589,6 +589,17 @@ fn attempts(st: &mut Stmt, c: &Changes) {
     ));
 }
 
+/// ` AND tenant_id = ANY(…)` for a caller who sees only some tenants; `false` when it sees
+/// none (the query would find nothing).
+fn push_visible(qb: &mut QueryBuilder<Postgres>, visible: Option<&[TenantId]>) -> bool {
+    let Some(visible) = visible else { return true };
+    if visible.is_empty() {
+        return false;
+    }
+    qb.push(" AND tenant_id = ANY(").push_bind(visible.iter().map(|t| t.as_str().to_owned()).collect::<Vec<String>>()).push(")");
+    true
+}
+
 /// ` AND {column} IN ('a', 'b')` unless `values` is empty. The values are the names of a closed
 /// enum (never input), written as literals so the planner can match a partial index on them:
 /// with a bound array, the generic plan PostgreSQL settles on after a few executions of a
@@ -834,11 +845,8 @@ impl Store for PgStore {
         if let Some(t) = &f.tenant {
             qb.push(" AND tenant_id = ").push_bind(t.as_str().to_owned());
         }
-        if let Some(visible) = &f.visible {
-            if visible.is_empty() {
-                return Ok(Vec::new());
-            }
-            qb.push(" AND tenant_id = ANY(").push_bind(visible.iter().map(|t| t.as_str().to_owned()).collect::<Vec<String>>()).push(")");
+        if !push_visible(&mut qb, f.visible.as_deref()) {
+            return Ok(Vec::new());
         }
         push_states(&mut qb, "state", f.states.iter().map(|s| s.as_str()).collect());
         if let Some(c) = f.before {
@@ -881,11 +889,8 @@ impl Store for PgStore {
         if let Some(t) = &f.tenant {
             qb.push(" AND tenant_id = ").push_bind(t.as_str().to_owned());
         }
-        if let Some(visible) = &f.visible {
-            if visible.is_empty() {
-                return Ok(Vec::new());
-            }
-            qb.push(" AND tenant_id = ANY(").push_bind(visible.iter().map(|t| t.as_str().to_owned()).collect::<Vec<String>>()).push(")");
+        if !push_visible(&mut qb, f.visible.as_deref()) {
+            return Ok(Vec::new());
         }
         push_states(&mut qb, "state", f.states.iter().map(|s| s.as_str()).collect());
         if let Some((k, v)) = &f.label {
@@ -970,6 +975,9 @@ impl Store for PgStore {
         let mut qb: QueryBuilder<Postgres> = QueryBuilder::new("SELECT * FROM job_rows WHERE sla_breached_at IS NOT NULL");
         if let Some(t) = &f.tenant {
             qb.push(" AND tenant_id = ").push_bind(t.as_str().to_owned());
+        }
+        if !push_visible(&mut qb, f.visible.as_deref()) {
+            return Ok(Vec::new());
         }
         if let Some(l) = f.level {
             qb.push(" AND sla = ").push_bind(l.as_str());

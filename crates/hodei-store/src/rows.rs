@@ -8,8 +8,7 @@ use hodei_core::idempotency::{IdempotencyRecord, Submitted};
 use hodei_core::spec::{ArraySpec, JobSpec};
 use hodei_core::{
     ArrayId, Attempt, AttemptId, BurstId, BurstSession, CpuMillis, Gpus, Job, JobId, MemoryMb, Pool, PoolId, PrincipalId, Quota, Resources, SlaClock, Tenant,
-    TenantId,
-    Timestamp, Worker, WorkerId,
+    TenantId, Timestamp, Worker, WorkerId,
 };
 use sqlx::{Postgres, Row, Sqlite};
 use uuid::Uuid;

@@ -95,6 +95,22 @@ impl SqliteStore {
     }
 }
 
+/// ` AND tenant_id IN (…)` for a caller who sees only some tenants; `false` when it sees none
+/// (the query would find nothing).
+fn push_visible(qb: &mut QueryBuilder<Sqlite>, visible: Option<&[TenantId]>) -> bool {
+    let Some(visible) = visible else { return true };
+    if visible.is_empty() {
+        return false;
+    }
+    qb.push(" AND tenant_id IN (");
+    let mut sep = qb.separated(", ");
+    for t in visible {
+        sep.push_bind(t.as_str().to_owned());
+    }
+    qb.push(")");
+    true
+}
+
 /// ` AND {column} IN (…)` unless `values` is empty.
 fn push_in(qb: &mut QueryBuilder<Sqlite>, column: &str, values: impl ExactSizeIterator<Item = &'static str>) {
     if values.len() == 0 {
@@ -257,16 +273,8 @@ impl Store for SqliteStore {
         if let Some(t) = &f.tenant {
             qb.push(" AND tenant_id = ").push_bind(t.as_str().to_owned());
         }
-        if let Some(visible) = &f.visible {
-            if visible.is_empty() {
-                return Ok(Vec::new());
-            }
-            qb.push(" AND tenant_id IN (");
-            let mut sep = qb.separated(", ");
-            for t in visible {
-                sep.push_bind(t.as_str().to_owned());
-            }
-            qb.push(")");
+        if !push_visible(&mut qb, f.visible.as_deref()) {
+            return Ok(Vec::new());
         }
         push_in(&mut qb, "state", f.states.iter().map(|s| s.as_str()));
         if let Some(c) = f.before {
@@ -349,16 +357,8 @@ impl Store for SqliteStore {
         if let Some(t) = &f.tenant {
             qb.push(" AND tenant_id = ").push_bind(t.as_str().to_owned());
         }
-        if let Some(visible) = &f.visible {
-            if visible.is_empty() {
-                return Ok(Vec::new());
-            }
-            qb.push(" AND tenant_id IN (");
-            let mut sep = qb.separated(", ");
-            for t in visible {
-                sep.push_bind(t.as_str().to_owned());
-            }
-            qb.push(")");
+        if !push_visible(&mut qb, f.visible.as_deref()) {
+            return Ok(Vec::new());
         }
         push_in(&mut qb, "state", f.states.iter().map(|s| s.as_str()));
         if !f.states.is_empty() && f.states.iter().all(|s| LIVE_STATES.contains(s)) {
@@ -399,6 +399,9 @@ impl Store for SqliteStore {
         let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT * FROM job_rows WHERE sla_breached_at IS NOT NULL");
         if let Some(t) = &f.tenant {
             qb.push(" AND tenant_id = ").push_bind(t.as_str().to_owned());
+        }
+        if !push_visible(&mut qb, f.visible.as_deref()) {
+            return Ok(Vec::new());
         }
         if let Some(l) = f.level {
             qb.push(" AND sla = ").push_bind(l.as_str());

@@ -2,6 +2,7 @@
 
 mod bench;
 mod client;
+mod identity;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -79,6 +80,25 @@ enum Cmd {
         c: ClientOpts,
         #[command(subcommand)]
         cmd: BurstCmd,
+    },
+    /// Who your token is: principal and role bindings.
+    Whoami {
+        #[command(flatten)]
+        c: ClientOpts,
+    },
+    /// API tokens: create (the secret is shown once), list, revoke.
+    Tokens {
+        #[command(flatten)]
+        c: ClientOpts,
+        #[command(subcommand)]
+        cmd: identity::TokensCmd,
+    },
+    /// Principals (users and services) and their roles (admins only).
+    Principals {
+        #[command(flatten)]
+        c: ClientOpts,
+        #[command(subcommand)]
+        cmd: identity::PrincipalsCmd,
     },
     /// Registered workers.
     Workers {
@@ -993,6 +1013,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Tenants { c, cmd } => tenants(c, cmd).await,
         Cmd::Burst { c, cmd } => burst(c, cmd).await,
         Cmd::Sla { c, cmd, tenant, window_hours } => sla(c, cmd, tenant, window_hours).await,
+        Cmd::Whoami { c } => identity::whoami(c).await,
+        Cmd::Tokens { c, cmd } => identity::tokens(c, cmd).await,
+        Cmd::Principals { c, cmd } => identity::principals(c, cmd).await,
         Cmd::Workers { c } => {
             listing(
                 c,

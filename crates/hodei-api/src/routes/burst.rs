@@ -12,14 +12,12 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use crate::ApiState;
+use crate::auth::Who;
 use crate::dto::{BurstIn, BurstView, Page};
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::json::ApiJson;
 use crate::routes::{page_limit, parse_id};
-
-/// Who asks or decides. There are no principals yet (RBAC comes later): every caller is the
-/// holder of the admin token.
-const ACTOR: &str = "admin";
+use hodei_core::{Action, Visibility};
 
 impl From<BurstError> for ApiError {
     fn from(e: BurstError) -> Self {
@@ -49,8 +47,13 @@ fn amount(field: &str, v: Option<i64>) -> ApiResult<u32> {
 
 /// Request burst capacity: active at once, or `pending_approval` when approval is required.
 #[utoipa::path(post, path = "/tenants/{id}/burst", request_body = BurstIn, responses((status = 201, body = BurstView), (status = 400, body = crate::error::Problem), (status = 404, body = crate::error::Problem), (status = 409, body = crate::error::Problem)), tag = "burst")]
-pub async fn request_burst(State(s): State<ApiState>, Path(id): Path<String>, ApiJson(body): ApiJson<BurstIn>) -> ApiResult<(StatusCode, Json<BurstView>)> {
-    let t = crate::routes::tenants::load(&s, &id).await?;
+pub async fn request_burst(
+    State(s): State<ApiState>,
+    who: Who,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<BurstIn>,
+) -> ApiResult<(StatusCode, Json<BurstView>)> {
+    let t = crate::routes::tenants::load(&s, &who, &id, Action::ManageTenant, "requesting burst capacity (pi or admin)").await?;
     let duration_minutes = body
         .duration_minutes
         .map(|n| u32::try_from(n).map_err(|_| ApiError::field("/duration_minutes", "must be a positive integer", "an integer ≥ 1", Some(n.to_string()))))
@@ -64,7 +67,7 @@ pub async fn request_burst(State(s): State<ApiState>, Path(id): Path<String>, Ap
         concurrent_jobs: amount("requested_concurrent_jobs", body.requested_concurrent_jobs)?,
         duration_minutes,
         reason: body.reason,
-        requested_by: ACTOR.to_owned(),
+        requested_by: who.name.clone(),
     };
     // The newest sessions tell whether one is open and when the last cooldown ends.
     let history = s.store.list_bursts(&BurstFilter { tenant: Some(t.id.clone()), limit: 8, ..BurstFilter::default() }).await?;
@@ -90,7 +93,7 @@ pub struct BurstQuery {
     pub limit: Option<i64>,
 }
 
-async fn list(s: &ApiState, tenant: Option<TenantId>, q: BurstQuery) -> ApiResult<Json<Page<BurstView>>> {
+async fn list(s: &ApiState, who: &Who, tenant: Option<TenantId>, q: BurstQuery) -> ApiResult<Json<Page<BurstView>>> {
     let states = match q.state.as_deref() {
         None | Some("") => vec![],
         Some(v) => v
@@ -104,7 +107,11 @@ async fn list(s: &ApiState, tenant: Option<TenantId>, q: BurstQuery) -> ApiResul
         .as_deref()
         .map(|c| c.parse().map_err(|_| ApiError::field("cursor", "bad cursor", "a cursor from next_cursor", Some(c.to_owned()))))
         .transpose()?;
-    let f = BurstFilter { tenant, states, before, limit: limit + 1 };
+    let visible = match who.visibility() {
+        Visibility::All => None,
+        Visibility::Tenants(ts) => Some(ts),
+    };
+    let f = BurstFilter { tenant, visible, states, before, limit: limit + 1 };
     let mut rows = s.store.list_bursts(&f).await?;
     let next_cursor = (rows.len() > limit as usize).then(|| {
         rows.truncate(limit as usize);
@@ -115,38 +122,49 @@ async fn list(s: &ApiState, tenant: Option<TenantId>, q: BurstQuery) -> ApiResul
 
 /// All burst sessions, newest first.
 #[utoipa::path(get, path = "/burst/sessions", params(BurstQuery), responses((status = 200, body = Page<BurstView>), (status = 400, body = crate::error::Problem)), tag = "burst")]
-pub async fn list_all(State(s): State<ApiState>, Query(q): Query<BurstQuery>) -> ApiResult<Json<Page<BurstView>>> {
+pub async fn list_all(State(s): State<ApiState>, who: Who, Query(q): Query<BurstQuery>) -> ApiResult<Json<Page<BurstView>>> {
     let tenant = match q.tenant_id.as_deref() {
         None => None,
         Some(t) => Some(TenantId::parse(t).map_err(|e| ApiError::field("tenant_id", e.to_string(), "a tenant id", Some(t.to_owned())))?),
     };
-    list(&s, tenant, q).await
+    list(&s, &who, tenant, q).await
 }
 
 /// A tenant's burst sessions, newest first.
 #[utoipa::path(get, path = "/tenants/{id}/burst/sessions", params(BurstQuery), responses((status = 200, body = Page<BurstView>), (status = 404, body = crate::error::Problem)), tag = "burst")]
-pub async fn list_of_tenant(State(s): State<ApiState>, Path(id): Path<String>, Query(q): Query<BurstQuery>) -> ApiResult<Json<Page<BurstView>>> {
-    let t = crate::routes::tenants::load(&s, &id).await?;
-    list(&s, Some(t.id), q).await
+pub async fn list_of_tenant(State(s): State<ApiState>, who: Who, Path(id): Path<String>, Query(q): Query<BurstQuery>) -> ApiResult<Json<Page<BurstView>>> {
+    let t = crate::routes::tenants::load(&s, &who, &id, Action::Read, "reading burst sessions").await?;
+    list(&s, &who, Some(t.id), q).await
 }
 
-async fn load(s: &ApiState, tenant: &str, sid: &str) -> ApiResult<BurstSession> {
+/// A session of a tenant the caller sees, if its role allows `action` there.
+async fn load(s: &ApiState, who: &Who, tenant: &str, sid: &str, action: Action, doing: &str) -> ApiResult<BurstSession> {
+    let t = crate::routes::tenants::load(s, who, tenant, Action::Read, doing).await?;
     let id: BurstId = parse_id("burst session", sid)?;
     match s.store.get_burst(id).await? {
-        Some(b) if b.tenant_id.as_str() == tenant => Ok(b),
+        Some(b) if b.tenant_id == t.id => {
+            who.may(action, &t.id, doing)?;
+            Ok(b)
+        }
         _ => Err(ApiError::not_found(format!("burst session {sid} of tenant {tenant}"))),
     }
 }
 
 /// One burst session.
 #[utoipa::path(get, path = "/tenants/{id}/burst/sessions/{sid}", responses((status = 200, body = BurstView), (status = 404, body = crate::error::Problem)), tag = "burst")]
-pub async fn get_session(State(s): State<ApiState>, Path((id, sid)): Path<(String, String)>) -> ApiResult<Json<BurstView>> {
-    Ok(Json(BurstView::from(&load(&s, &id, &sid).await?)))
+pub async fn get_session(State(s): State<ApiState>, who: Who, Path((id, sid)): Path<(String, String)>) -> ApiResult<Json<BurstView>> {
+    Ok(Json(BurstView::from(&load(&s, &who, &id, &sid, Action::Read, "reading burst sessions").await?)))
 }
 
 /// Applies a decision to a session, stores it (version-checked) and tells the scheduler.
-async fn decide(s: &ApiState, id: &str, sid: &str, f: impl FnOnce(&mut BurstSession) -> Result<(), BurstError>) -> ApiResult<Json<BurstView>> {
-    let mut b = load(s, id, sid).await?;
+async fn decide(
+    s: &ApiState,
+    who: &Who,
+    (id, sid): (&str, &str),
+    (action, doing): (Action, &str),
+    f: impl FnOnce(&mut BurstSession) -> Result<(), BurstError>,
+) -> ApiResult<Json<BurstView>> {
+    let mut b = load(s, who, id, sid, action, doing).await?;
     f(&mut b)?;
     s.store.update_burst(&b).await?;
     s.control.burst_changed(&b).await?;
@@ -155,22 +173,22 @@ async fn decide(s: &ApiState, id: &str, sid: &str, f: impl FnOnce(&mut BurstSess
 
 /// Approve a pending request (admin); it is active from now for its duration.
 #[utoipa::path(post, path = "/tenants/{id}/burst/sessions/{sid}/approve", responses((status = 200, body = BurstView), (status = 404, body = crate::error::Problem), (status = 409, body = crate::error::Problem)), tag = "burst")]
-pub async fn approve(State(s): State<ApiState>, Path((id, sid)): Path<(String, String)>) -> ApiResult<Json<BurstView>> {
+pub async fn approve(State(s): State<ApiState>, who: Who, Path((id, sid)): Path<(String, String)>) -> ApiResult<Json<BurstView>> {
     let now = s.clock.now();
-    decide(&s, &id, &sid, |b| b.approve(ACTOR, now)).await
+    decide(&s, &who, (&id, &sid), (Action::Administer, "approving burst requests (admins only)"), |b| b.approve(&who.name, now)).await
 }
 
 /// Reject a pending request (admin); no cooldown.
 #[utoipa::path(post, path = "/tenants/{id}/burst/sessions/{sid}/reject", responses((status = 200, body = BurstView), (status = 404, body = crate::error::Problem), (status = 409, body = crate::error::Problem)), tag = "burst")]
-pub async fn reject(State(s): State<ApiState>, Path((id, sid)): Path<(String, String)>) -> ApiResult<Json<BurstView>> {
+pub async fn reject(State(s): State<ApiState>, who: Who, Path((id, sid)): Path<(String, String)>) -> ApiResult<Json<BurstView>> {
     let now = s.clock.now();
-    decide(&s, &id, &sid, |b| b.reject(ACTOR, now)).await
+    decide(&s, &who, (&id, &sid), (Action::Administer, "rejecting burst requests (admins only)"), |b| b.reject(&who.name, now)).await
 }
 
 /// End an active session early (cooldown starts now), or withdraw a pending request.
 #[utoipa::path(post, path = "/tenants/{id}/burst/sessions/{sid}/end", responses((status = 200, body = BurstView), (status = 404, body = crate::error::Problem), (status = 409, body = crate::error::Problem)), tag = "burst")]
-pub async fn end(State(s): State<ApiState>, Path((id, sid)): Path<(String, String)>) -> ApiResult<Json<BurstView>> {
+pub async fn end(State(s): State<ApiState>, who: Who, Path((id, sid)): Path<(String, String)>) -> ApiResult<Json<BurstView>> {
     let now = s.clock.now();
     let rules = s.cfg.burst;
-    decide(&s, &id, &sid, |b| b.end(ACTOR, &rules, now)).await
+    decide(&s, &who, (&id, &sid), (Action::ManageTenant, "ending burst sessions (pi or admin)"), |b| b.end(&who.name, &rules, now)).await
 }

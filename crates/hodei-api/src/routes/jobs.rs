@@ -7,13 +7,14 @@ use axum::response::{IntoResponse, Response};
 use hodei_core::idempotency::{IdempotencyRecord, Submitted};
 use hodei_core::sched::{CancelOutcome, MAX_SIM_JOBS, apply_admission};
 use hodei_core::spec::{ArrayInput, FieldError, JobSpec, JobSpecInput};
-use hodei_core::{ArrayId, Job, JobId, JobState, Priority, Tenant, TenantId, TenantStatus};
+use hodei_core::{Access, Action, ArrayId, Job, JobId, JobState, Priority, Tenant, TenantId, TenantStatus, Visibility};
 use hodei_store::JobFilter;
 use serde::Deserialize;
 use utoipa::IntoParams;
 use uuid::Uuid;
 
 use super::{page_limit, parse_id};
+use crate::auth::{Who, check};
 use crate::dto::{
     ArraySubmitted, AttemptView, BatchItem, BatchResult, BatchSubmit, CostEstimate, DryRunView, EventView, ExplainView, JobSubmit, JobView, Page, ProblemItem,
 };
@@ -47,14 +48,31 @@ fn spec_input(b: JobSubmit) -> (JobSpecInput, Option<String>) {
     (input, b.tenant_id)
 }
 
-/// Tenant context: body `tenant_id` › `X-Hodei-Tenant` › the default tenant.
-async fn tenant_for(s: &ApiState, body: Option<&str>, headers: &HeaderMap, field: &str) -> ApiResult<Tenant> {
-    let header = headers.get("x-hodei-tenant").and_then(|v| v.to_str().ok());
-    let id = match body.or(header) {
-        Some(raw) => TenantId::parse(raw).map_err(|e| ApiError::field(field, e.to_string(), "a tenant id (slug)", Some(raw.to_owned())))?,
-        None => s.cfg.default_tenant.clone(),
+/// Tenant context (SPEC §1.3): body `tenant_id` › `X-Hodei-Tenant` › the caller's only tenant
+/// › the default tenant (admins); a caller with several tenants must say which.
+fn tenant_id_for(s: &ApiState, who: &Who, body: Option<&str>, headers: &HeaderMap, field: &str) -> ApiResult<TenantId> {
+    let header = headers.get("x-hodei-tenant").map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let (raw, field) = match (body, header) {
+        (Some(b), _) => (b.to_owned(), field),
+        (None, Some(h)) => (h, "X-Hodei-Tenant"),
+        (None, None) if who.is_admin() => return Ok(s.cfg.default_tenant.clone()),
+        (None, None) => {
+            return who.only_tenant().ok_or_else(|| {
+                ApiError::field(field, "which tenant? you have roles in several tenants, or none", "the tenant_id to submit to (or X-Hodei-Tenant)", None)
+            });
+        }
     };
+    TenantId::parse(&raw).map_err(|e| ApiError::field(field, e.to_string(), "a tenant id (slug)", Some(raw)))
+}
+
+/// The tenant a submit goes to, if the caller may submit there.
+async fn tenant_for(s: &ApiState, who: &Who, body: Option<&str>, headers: &HeaderMap, field: &str) -> ApiResult<Tenant> {
+    let id = tenant_id_for(s, who, body, headers, field)?;
+    if who.access(Action::Read, &id) == Access::Invisible {
+        return Err(ApiError::not_found(format!("tenant {id}")));
+    }
     let t = s.tenants.get(s.store.as_ref(), &id).await?.ok_or_else(|| ApiError::not_found(format!("tenant {id}")))?;
+    who.may(Action::Submit, &id, "submitting jobs (researcher or above)")?;
     if t.status == TenantStatus::Suspended {
         return Err(ApiError::new(ErrorCode::TenantSuspended, format!("tenant {id} is suspended; submits are refused")));
     }
@@ -88,6 +106,13 @@ fn unschedulable_error(e: FieldError) -> ApiError {
 
 fn new_job(s: &ApiState, tenant: &Tenant, spec: JobSpec) -> Job {
     Job::new(JobId::from_uuid(Uuid::now_v7()), tenant.id.clone(), spec, s.clock.now())
+}
+
+/// A validated spec, stamped with its submitter.
+fn validated(s: &ApiState, who: &Who, input: JobSpecInput, prefix: &str) -> ApiResult<JobSpec> {
+    let mut spec = input.validate(&s.cfg.limits, prefix).map_err(ApiError::validation)?;
+    spec.submitted_by = Some(who.principal);
+    Ok(spec)
 }
 
 fn count_rejected(tenant: &TenantId, code: &'static str) {
@@ -141,13 +166,14 @@ async fn replayed_job(s: &ApiState, r: &IdempotencyRecord) -> ApiResult<Response
 #[utoipa::path(post, path = "/jobs", params(SubmitQuery, ("Idempotency-Key" = Option<String>, Header, description = "makes the POST safe to repeat for 24 h")), request_body = JobSubmit, responses((status = 201, body = JobView, description = "the job; with `array`, an ArraySubmitted"), (status = 200, body = DryRunView), (status = 400, body = crate::error::Problem), (status = 403, body = crate::error::Problem), (status = 422, body = crate::error::Problem), (status = 429, body = crate::error::Problem)), tag = "jobs")]
 pub async fn submit_job(
     State(s): State<ApiState>,
+    who: Who,
     Query(q): Query<SubmitQuery>,
     headers: HeaderMap,
     KeyedJson { body, key }: KeyedJson<JobSubmit>,
 ) -> ApiResult<Response> {
     let (input, tenant) = spec_input(body);
-    let tenant = tenant_for(&s, tenant.as_deref(), &headers, "/tenant_id").await?;
-    let spec = input.validate(&s.cfg.limits, "").map_err(ApiError::validation)?;
+    let tenant = tenant_for(&s, &who, tenant.as_deref(), &headers, "/tenant_id").await?;
+    let spec = validated(&s, &who, input, "")?;
     let never = unschedulable(&s, &spec, "");
     if q.dry_run {
         return Ok(dry_run(&s, new_job(&s, &tenant, spec), never).await?.into_response());
@@ -263,7 +289,7 @@ async fn dry_run(s: &ApiState, job: Job, never: Option<FieldError>) -> ApiResult
 /// `Idempotency-Key` (scoped to the request's tenant: `X-Hodei-Tenant` or the default) works as
 /// for `POST /jobs`: a repeat answers with the ids the first call stored.
 #[utoipa::path(post, path = "/jobs/batch", params(("Idempotency-Key" = Option<String>, Header, description = "makes the POST safe to repeat for 24 h")), request_body = BatchSubmit, responses((status = 201, body = BatchResult), (status = 400, body = crate::error::Problem), (status = 413, body = crate::error::Problem)), tag = "jobs")]
-pub async fn submit_batch(State(s): State<ApiState>, headers: HeaderMap, KeyedJson { body, key }: KeyedJson<BatchSubmit>) -> ApiResult<Response> {
+pub async fn submit_batch(State(s): State<ApiState>, who: Who, headers: HeaderMap, KeyedJson { body, key }: KeyedJson<BatchSubmit>) -> ApiResult<Response> {
     let t0 = std::time::Instant::now();
     let n = body.jobs.len();
     if n == 0 {
@@ -276,16 +302,22 @@ pub async fn submit_batch(State(s): State<ApiState>, headers: HeaderMap, KeyedJs
     let mut jobs = Vec::with_capacity(n);
     let mut items = Vec::with_capacity(n);
     let mut errors: Vec<FieldError> = Vec::new();
+    // A batch none of whose jobs the caller may submit is refused as a whole with that answer.
+    let mut refused: Option<ApiError> = None;
+    let mut refusals = 0;
     for (i, b) in body.jobs.into_iter().enumerate() {
         let prefix = format!("/jobs/{i}");
         let (input, tid) = spec_input(b);
-        let want = tid.as_deref().map(str::to_owned);
-        let tenant = match tenants.iter().find(|t| Some(t.id.as_str()) == want.as_deref() || (want.is_none() && t.id == s.cfg.default_tenant)) {
-            Some(t) => Ok(t.clone()),
-            None => tenant_for(&s, want.as_deref(), &headers, &format!("{prefix}/tenant_id")).await.inspect(|t| tenants.push(t.clone())),
+        let field = format!("{prefix}/tenant_id");
+        let tenant = match tenant_id_for(&s, &who, tid.as_deref(), &headers, &field) {
+            Ok(id) => match tenants.iter().find(|t| t.id == id) {
+                Some(t) => Ok(t.clone()),
+                None => tenant_for(&s, &who, Some(id.as_str()), &headers, &field).await.inspect(|t| tenants.push(t.clone())),
+            },
+            Err(e) => Err(e),
         };
         let outcome = tenant.and_then(|t| {
-            let spec = input.validate(&s.cfg.limits, &prefix).map_err(ApiError::validation)?;
+            let spec = validated(&s, &who, input, &prefix)?;
             if let Some(e) = unschedulable(&s, &spec, &prefix) {
                 return Err(unschedulable_error(e));
             }
@@ -297,6 +329,12 @@ pub async fn submit_batch(State(s): State<ApiState>, headers: HeaderMap, KeyedJs
                 jobs.push(job);
             }
             Err(e) => {
+                if matches!(e.code, ErrorCode::NotFound | ErrorCode::Forbidden) {
+                    refusals += 1;
+                    if refused.as_ref().is_none_or(|r| r.code == e.code) {
+                        refused = Some(ApiError::new(e.code, format!("nothing was stored: {}", e.detail)));
+                    }
+                }
                 let (_, code, _) = e.code.parts();
                 let fields: Vec<_> =
                     e.errors.iter().map(|f| serde_json::json!({"field": f.field, "message": f.message, "expected": f.expected, "value": f.value})).collect();
@@ -304,6 +342,11 @@ pub async fn submit_batch(State(s): State<ApiState>, headers: HeaderMap, KeyedJs
                 errors.extend(e.errors);
             }
         }
+    }
+    if refusals == n
+        && let Some(e) = refused
+    {
+        return Err(e);
     }
     if body.atomic && jobs.len() < n {
         let mut err = ApiError::validation(errors);
@@ -319,7 +362,7 @@ pub async fn submit_batch(State(s): State<ApiState>, headers: HeaderMap, KeyedJs
         }
     }
     let key = match key {
-        Some(request) => Some(IdempotentCall { tenant: request_tenant(&s, &headers)?, request }),
+        Some(request) => Some(IdempotentCall { tenant: tenant_id_for(&s, &who, None, &headers, "X-Hodei-Tenant")?, request }),
         None => None,
     };
     s.submit_rate.admit(&per_tenant, s.clock.now())?;
@@ -365,14 +408,6 @@ pub async fn submit_batch(State(s): State<ApiState>, headers: HeaderMap, KeyedJs
     Ok((status, Json(BatchResult { items })).into_response())
 }
 
-/// The tenant a request acts for when its body does not say: `X-Hodei-Tenant` or the default.
-fn request_tenant(s: &ApiState, headers: &HeaderMap) -> ApiResult<TenantId> {
-    match headers.get("x-hodei-tenant").map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()) {
-        Some(raw) => TenantId::parse(&raw).map_err(|e| ApiError::field("X-Hodei-Tenant", e.to_string(), "a tenant id (slug)", Some(raw))),
-        None => Ok(s.cfg.default_tenant.clone()),
-    }
-}
-
 /// A repeat of a batch: the same body validates to the same items, and those that reached the
 /// scheduler get the ids (or the quota refusals) of the first call.
 fn replayed_batch(mut items: Vec<BatchItem>, r: &IdempotencyRecord) -> ApiResult<Response> {
@@ -411,7 +446,7 @@ pub struct JobQuery {
 
 /// List jobs, newest first, with cursor pagination.
 #[utoipa::path(get, path = "/jobs", params(JobQuery), responses((status = 200, body = Page<JobView>), (status = 400, body = crate::error::Problem)), tag = "jobs")]
-pub async fn list_jobs(State(s): State<ApiState>, Query(q): Query<JobQuery>) -> ApiResult<Json<Page<JobView>>> {
+pub async fn list_jobs(State(s): State<ApiState>, who: Who, Query(q): Query<JobQuery>) -> ApiResult<Json<Page<JobView>>> {
     let limit = page_limit(q.limit)?;
     let tenant = q
         .tenant_id
@@ -443,20 +478,37 @@ pub async fn list_jobs(State(s): State<ApiState>, Query(q): Query<JobQuery>) -> 
             a.parse::<ArrayId>().map_err(|_| ApiError::field("array_id", "not an array id", "the array_id a submit returned (a UUID)", Some(a.to_owned())))
         })
         .transpose()?;
-    let jobs = s.store.list_jobs(&JobFilter { tenant, states, label, array, before, limit }).await?;
+    let visible = match who.visibility() {
+        Visibility::All => None,
+        Visibility::Tenants(ts) => Some(ts),
+    };
+    let jobs = s.store.list_jobs(&JobFilter { tenant, visible, states, label, array, before, limit }).await?;
     let next_cursor = (jobs.len() == limit as usize).then(|| jobs.last().map(|j| j.id.to_string())).flatten();
     Ok(Json(Page { items: jobs.iter().map(|j| JobView::of(j, &s.cfg.sla)).collect(), next_cursor }))
 }
 
-pub(crate) async fn load(s: &ApiState, id: &str) -> ApiResult<Job> {
+/// A job the caller sees; another tenant's is "not found" exactly like a missing one (one
+/// store read either way).
+pub(crate) async fn load(s: &ApiState, who: &Who, id: &str) -> ApiResult<Job> {
     let jid: JobId = parse_id("job", id)?;
-    s.store.get_job(jid).await?.ok_or_else(|| ApiError::not_found(format!("job {id}")))
+    match s.store.get_job(jid).await? {
+        Some(job) if who.access(Action::Read, &job.tenant) != Access::Invisible => Ok(job),
+        _ => Err(ApiError::not_found(format!("job {id}"))),
+    }
+}
+
+/// A job the caller may cancel, retry, hold or release: its own (researcher and above) or
+/// anyone's in a tenant where it is pi.
+async fn load_to_control(s: &ApiState, who: &Who, id: &str) -> ApiResult<Job> {
+    let job = load(s, who, id).await?;
+    check(who.access_job_control(&job.tenant, job.spec.submitted_by), format!("job {id}"), "changing this job (your own jobs as researcher, any as pi)")?;
+    Ok(job)
 }
 
 /// One job, with its attempts.
 #[utoipa::path(get, path = "/jobs/{id}", responses((status = 200, body = JobView), (status = 404, body = crate::error::Problem)), tag = "jobs")]
-pub async fn get_job(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult<Json<JobView>> {
-    let job = load(&s, &id).await?;
+pub async fn get_job(State(s): State<ApiState>, who: Who, Path(id): Path<String>) -> ApiResult<Json<JobView>> {
+    let job = load(&s, &who, &id).await?;
     let mut view = JobView::of(&job, &s.cfg.sla);
     view.attempts = Some(s.store.list_attempts(job.id).await?.iter().map(AttemptView::from).collect());
     Ok(Json(view))
@@ -464,15 +516,15 @@ pub async fn get_job(State(s): State<ApiState>, Path(id): Path<String>) -> ApiRe
 
 /// A job's attempts, oldest first.
 #[utoipa::path(get, path = "/jobs/{id}/attempts", responses((status = 200, body = Page<AttemptView>), (status = 404, body = crate::error::Problem)), tag = "jobs")]
-pub async fn list_attempts(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult<Json<Page<AttemptView>>> {
-    let job = load(&s, &id).await?;
+pub async fn list_attempts(State(s): State<ApiState>, who: Who, Path(id): Path<String>) -> ApiResult<Json<Page<AttemptView>>> {
+    let job = load(&s, &who, &id).await?;
     Ok(Json(Page { items: s.store.list_attempts(job.id).await?.iter().map(AttemptView::from).collect(), next_cursor: None }))
 }
 
 /// A job's state transitions, oldest first.
 #[utoipa::path(get, path = "/jobs/{id}/events", responses((status = 200, body = Page<EventView>), (status = 404, body = crate::error::Problem)), tag = "jobs")]
-pub async fn list_events(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult<Json<Page<EventView>>> {
-    let job = load(&s, &id).await?;
+pub async fn list_events(State(s): State<ApiState>, who: Who, Path(id): Path<String>) -> ApiResult<Json<Page<EventView>>> {
+    let job = load(&s, &who, &id).await?;
     Ok(Json(Page { items: s.store.list_events(job.id).await?.iter().map(EventView::from).collect(), next_cursor: None }))
 }
 
@@ -483,8 +535,8 @@ async fn reread(s: &ApiState, id: JobId) -> ApiResult<Json<JobView>> {
 
 /// Cancel: 200 when the job is cancelled now, 202 when a running job's kill was requested.
 #[utoipa::path(post, path = "/jobs/{id}/cancel", responses((status = 200, body = JobView), (status = 202, body = JobView), (status = 404, body = crate::error::Problem), (status = 409, body = crate::error::Problem)), tag = "jobs")]
-pub async fn cancel_job(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult<(StatusCode, Json<JobView>)> {
-    let job = load(&s, &id).await?;
+pub async fn cancel_job(State(s): State<ApiState>, who: Who, Path(id): Path<String>) -> ApiResult<(StatusCode, Json<JobView>)> {
+    let job = load_to_control(&s, &who, &id).await?;
     let status = match s.control.cancel(job.id).await? {
         CancelOutcome::Cancelled => StatusCode::OK,
         CancelOutcome::Requested => StatusCode::ACCEPTED,
@@ -494,32 +546,32 @@ pub async fn cancel_job(State(s): State<ApiState>, Path(id): Path<String>) -> Ap
 
 /// Retry an ended job (failed, cancelled, timed out) with its retry budget reset.
 #[utoipa::path(post, path = "/jobs/{id}/retry", responses((status = 200, body = JobView), (status = 404, body = crate::error::Problem), (status = 409, body = crate::error::Problem)), tag = "jobs")]
-pub async fn retry_job(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult<Json<JobView>> {
-    let job = load(&s, &id).await?;
+pub async fn retry_job(State(s): State<ApiState>, who: Who, Path(id): Path<String>) -> ApiResult<Json<JobView>> {
+    let job = load_to_control(&s, &who, &id).await?;
     s.control.retry(job.id).await?;
     reread(&s, job.id).await
 }
 
 /// Hold a pending job.
 #[utoipa::path(post, path = "/jobs/{id}/hold", responses((status = 200, body = JobView), (status = 409, body = crate::error::Problem)), tag = "jobs")]
-pub async fn hold_job(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult<Json<JobView>> {
-    let job = load(&s, &id).await?;
+pub async fn hold_job(State(s): State<ApiState>, who: Who, Path(id): Path<String>) -> ApiResult<Json<JobView>> {
+    let job = load_to_control(&s, &who, &id).await?;
     s.control.hold(job.id).await?;
     reread(&s, job.id).await
 }
 
 /// Release a held job.
 #[utoipa::path(post, path = "/jobs/{id}/release", responses((status = 200, body = JobView), (status = 409, body = crate::error::Problem)), tag = "jobs")]
-pub async fn release_job(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult<Json<JobView>> {
-    let job = load(&s, &id).await?;
+pub async fn release_job(State(s): State<ApiState>, who: Who, Path(id): Path<String>) -> ApiResult<Json<JobView>> {
+    let job = load_to_control(&s, &who, &id).await?;
     s.control.release(job.id).await?;
     reread(&s, job.id).await
 }
 
 /// Why a job is not running, and when it is expected to start (SPEC §4.4).
 #[utoipa::path(get, path = "/jobs/{id}/explain", responses((status = 200, body = ExplainView), (status = 404, body = crate::error::Problem)), tag = "jobs")]
-pub async fn explain_job(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult<Json<ExplainView>> {
-    let job = load(&s, &id).await?;
+pub async fn explain_job(State(s): State<ApiState>, who: Who, Path(id): Path<String>) -> ApiResult<Json<ExplainView>> {
+    let job = load(&s, &who, &id).await?;
     let horizon = s.cfg.eta_horizon;
     let jid = job.id;
     // The forward run works on a copy, off the engine's thread; above the size where an ETA is

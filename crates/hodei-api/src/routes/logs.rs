@@ -65,8 +65,14 @@ fn read(s: &ApiState, a: AttemptId, stream: LogStream, offset: u64, limit: u64) 
 
 /// Job output: one page, or a live SSE stream with `follow=true`.
 #[utoipa::path(get, path = "/jobs/{id}/logs", params(LogQuery), responses((status = 200, body = LogsView), (status = 404, body = crate::error::Problem)), tag = "jobs")]
-pub async fn get_logs(State(s): State<ApiState>, Path(id): Path<String>, headers: HeaderMap, Query(q): Query<LogQuery>) -> ApiResult<Response> {
-    let job = super::jobs::load(&s, &id).await?;
+pub async fn get_logs(
+    State(s): State<ApiState>,
+    who: crate::auth::Who,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Query(q): Query<LogQuery>,
+) -> ApiResult<Response> {
+    let job = super::jobs::load(&s, &who, &id).await?;
     let wanted = streams(&q)?;
     if q.follow.unwrap_or(false) {
         let (mut out, mut err) = (q.offset.unwrap_or(0), q.stderr_offset.unwrap_or(0));

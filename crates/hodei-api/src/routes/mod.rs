@@ -1,6 +1,7 @@
 //! Route handlers, one module per resource.
 
 pub mod burst;
+pub mod identity;
 pub mod jobs;
 pub mod logs;
 pub mod queue;
@@ -50,6 +51,12 @@ pub fn v1(cfg: &ApiConfig) -> OpenApiRouter<ApiState> {
         .routes(routes!(workers::list_workers))
         .routes(routes!(workers::get_worker))
         .routes(routes!(workers::list_pools))
+        .routes(routes!(identity::whoami))
+        .routes(routes!(identity::create_token, identity::list_tokens))
+        .routes(routes!(identity::revoke_token))
+        .routes(routes!(identity::create_principal, identity::list_principals))
+        .routes(routes!(identity::get_principal))
+        .routes(routes!(identity::put_roles))
         .layer(DefaultBodyLimit::max(cfg.max_body_bytes))
         .merge(batch)
         .fallback(not_found)

@@ -12,9 +12,11 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use crate::ApiState;
+use crate::auth::Who;
 use crate::dto::{Page, SlaJobView, SlaReport, SlaRow, TenantSla, rfc3339};
 use crate::error::{ApiError, ApiResult};
 use crate::routes::page_limit;
+use hodei_core::{Action, Visibility};
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -90,7 +92,7 @@ fn waiting_of(w: &Waiting, tenant: Option<&TenantId>, level: Option<SlaLevel>) -
     out
 }
 
-async fn report(s: &ApiState, tenant: Option<TenantId>, q: WindowQuery) -> ApiResult<Json<SlaReport>> {
+async fn report(s: &ApiState, visible: Visibility, tenant: Option<TenantId>, q: WindowQuery) -> ApiResult<Json<SlaReport>> {
     let hours = match q.window_hours {
         None => i64::from(s.cfg.sla_window_hours),
         Some(h) if (1..=24 * 90).contains(&h) => h,
@@ -98,8 +100,10 @@ async fn report(s: &ApiState, tenant: Option<TenantId>, q: WindowQuery) -> ApiRe
     };
     let now = s.clock.now();
     let since = Timestamp::from_millis(now.as_millis() - hours * 3_600_000);
-    let outcomes = s.store.sla_outcomes(since, tenant.as_ref()).await?;
-    let waiting: Waiting = crate::read(s.control.as_ref(), |sched, _| sched.sla_waiting().clone()).await?;
+    let mut outcomes = s.store.sla_outcomes(since, tenant.as_ref()).await?;
+    outcomes.retain(|o| visible.sees(&o.tenant));
+    let mut waiting: Waiting = crate::read(s.control.as_ref(), |sched, _| sched.sla_waiting().clone()).await?;
+    waiting.retain(|(t, _, _), _| visible.sees(t));
     let mut by_level: BTreeMap<SlaLevel, Acc> = BTreeMap::new();
     let mut by_tenant: BTreeMap<TenantId, BTreeMap<SlaLevel, Acc>> = BTreeMap::new();
     for o in &outcomes {
@@ -132,15 +136,15 @@ async fn report(s: &ApiState, tenant: Option<TenantId>, q: WindowQuery) -> ApiRe
 
 /// SLA compliance per level and tenant over a window, and the jobs waiting at risk now.
 #[utoipa::path(get, path = "/sla", params(WindowQuery), responses((status = 200, body = SlaReport), (status = 400, body = crate::error::Problem)), tag = "sla")]
-pub async fn get_sla(State(s): State<ApiState>, Query(q): Query<WindowQuery>) -> ApiResult<Json<SlaReport>> {
-    report(&s, None, q).await
+pub async fn get_sla(State(s): State<ApiState>, who: Who, Query(q): Query<WindowQuery>) -> ApiResult<Json<SlaReport>> {
+    report(&s, who.visibility(), None, q).await
 }
 
 /// One tenant's SLA compliance per level.
 #[utoipa::path(get, path = "/tenants/{id}/sla", params(WindowQuery), responses((status = 200, body = SlaReport), (status = 404, body = crate::error::Problem)), tag = "sla")]
-pub async fn get_tenant_sla(State(s): State<ApiState>, Path(id): Path<String>, Query(q): Query<WindowQuery>) -> ApiResult<Json<SlaReport>> {
-    let t = super::tenants::load(&s, &id).await?;
-    report(&s, Some(t.id), q).await
+pub async fn get_tenant_sla(State(s): State<ApiState>, who: Who, Path(id): Path<String>, Query(q): Query<WindowQuery>) -> ApiResult<Json<SlaReport>> {
+    let t = super::tenants::load(&s, &who, &id, Action::Read, "reading SLA reports").await?;
+    report(&s, who.visibility(), Some(t.id), q).await
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -201,9 +205,13 @@ fn sla_job_view(sched: &Scheduler, j: &Job, rules: &SlaRules, now: Timestamp, de
 
 /// Jobs that breached their SLA, most recent first.
 #[utoipa::path(get, path = "/sla/breaches", params(SlaJobsQuery), responses((status = 200, body = Page<SlaJobView>), (status = 400, body = crate::error::Problem)), tag = "sla")]
-pub async fn breaches(State(s): State<ApiState>, Query(q): Query<SlaJobsQuery>) -> ApiResult<Json<Page<SlaJobView>>> {
+pub async fn breaches(State(s): State<ApiState>, who: Who, Query(q): Query<SlaJobsQuery>) -> ApiResult<Json<Page<SlaJobView>>> {
     let f = filter(&q)?;
-    let jobs = s.store.sla_breaches(&BreachFilter { tenant: f.tenant, level: f.level, since: f.since, limit: f.limit }).await?;
+    let visible = match who.visibility() {
+        Visibility::All => None,
+        Visibility::Tenants(ts) => Some(ts),
+    };
+    let jobs = s.store.sla_breaches(&BreachFilter { tenant: f.tenant, visible, level: f.level, since: f.since, limit: f.limit }).await?;
     let rules = s.cfg.sla;
     let items = crate::read(s.control.as_ref(), move |sched, now| {
         jobs.iter()
@@ -222,15 +230,16 @@ pub async fn breaches(State(s): State<ApiState>, Query(q): Query<SlaJobsQuery>) 
 
 /// Waiting jobs past their at-risk threshold, nearest deadline first.
 #[utoipa::path(get, path = "/sla/at-risk", params(SlaJobsQuery), responses((status = 200, body = Page<SlaJobView>), (status = 400, body = crate::error::Problem)), tag = "sla")]
-pub async fn at_risk(State(s): State<ApiState>, Query(q): Query<SlaJobsQuery>) -> ApiResult<Json<Page<SlaJobView>>> {
+pub async fn at_risk(State(s): State<ApiState>, who: Who, Query(q): Query<SlaJobsQuery>) -> ApiResult<Json<Page<SlaJobView>>> {
     let f = filter(&q)?;
+    let visible = who.visibility();
     let rules: SlaRules = s.cfg.sla;
     let items = crate::read(s.control.as_ref(), move |sched, now| {
         let mut rows: Vec<(Timestamp, SlaJobView)> = sched
             .jobs()
             .filter(|j| matches!(j.state, JobState::Pending | JobState::Scheduled) && j.sla.wait_ms.is_none())
             .filter(|j| j.sla.status != SlaStatus::OnTrack)
-            .filter(|j| f.tenant.as_ref().is_none_or(|t| *t == j.tenant) && f.level.is_none_or(|l| l == j.spec.sla))
+            .filter(|j| visible.sees(&j.tenant) && f.tenant.as_ref().is_none_or(|t| *t == j.tenant) && f.level.is_none_or(|l| l == j.spec.sla))
             .map(|j| {
                 let deadline = sched.sla_deadline(j, now);
                 (deadline, sla_job_view(sched, j, &rules, now, Some(deadline)))

@@ -9,10 +9,10 @@ use utoipa::IntoParams;
 
 use crate::ApiState;
 use crate::auth::Who;
-use hodei_core::Action;
 use crate::dto::{CeilingOut, Page, QuotaIn, QuotaOut, QuotaView, TenantCreate, TenantUpdate, TenantView, UsageOut, UtilizationOut};
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::json::ApiJson;
+use hodei_core::Action;
 
 fn tier(v: &str) -> ApiResult<Tier> {
     v.parse().map_err(|()| ApiError::field("/tier", "unknown tier", Tier::expected(), Some(v.to_owned())))

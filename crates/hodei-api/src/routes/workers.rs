@@ -6,6 +6,7 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use crate::ApiState;
+use crate::auth::Who;
 use crate::dto::{Page, WorkerView};
 use crate::error::{ApiError, ApiResult};
 
@@ -18,7 +19,8 @@ pub struct WorkerQuery {
 
 /// List workers, newest first.
 #[utoipa::path(get, path = "/workers", params(WorkerQuery), responses((status = 200, body = Page<WorkerView>)), tag = "workers")]
-pub async fn list_workers(State(s): State<ApiState>, Query(q): Query<WorkerQuery>) -> ApiResult<Json<Page<WorkerView>>> {
+pub async fn list_workers(State(s): State<ApiState>, who: Who, Query(q): Query<WorkerQuery>) -> ApiResult<Json<Page<WorkerView>>> {
+    who.must_be_admin("listing workers (admins only)")?;
     let items = s
         .store
         .list_workers()
@@ -33,7 +35,8 @@ pub async fn list_workers(State(s): State<ApiState>, Query(q): Query<WorkerQuery
 
 /// One worker.
 #[utoipa::path(get, path = "/workers/{id}", responses((status = 200, body = WorkerView), (status = 404, body = crate::error::Problem)), tag = "workers")]
-pub async fn get_worker(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult<Json<WorkerView>> {
+pub async fn get_worker(State(s): State<ApiState>, who: Who, Path(id): Path<String>) -> ApiResult<Json<WorkerView>> {
+    who.must_be_admin("reading workers (admins only)")?;
     let workers = s.store.list_workers().await?;
     workers.iter().find(|w| w.id.to_string() == id).map(|w| Json(WorkerView::from(w))).ok_or_else(|| ApiError::not_found(format!("worker {id}")))
 }

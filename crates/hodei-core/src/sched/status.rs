@@ -92,12 +92,18 @@ impl Scheduler {
     /// (through the queue, for their wait and class) and active ones (through their attempts)
     /// are visited — not held or retry-waiting ones.
     pub fn queue_status(&self, now: Timestamp) -> QueueStatus {
+        self.queue_status_of(now, |_| true)
+    }
+
+    /// [`Self::queue_status`] of the tenants `sees` keeps: their rows, and totals over them only
+    /// (what a caller who sees some tenants may know).
+    pub fn queue_status_of(&self, now: Timestamp, sees: impl Fn(&TenantId) -> bool) -> QueueStatus {
         let mut st = QueueStatus { virtual_time: self.queue.virtual_time(), ..QueueStatus::default() };
         for p in Priority::ALL {
             st.by_priority.insert(p.as_str(), 0);
         }
         let mut rows: BTreeMap<&TenantId, TenantQueueRow> = BTreeMap::new();
-        for (t, u) in self.books.usage.iter().filter(|(_, u)| u.queued_jobs + u.active_jobs > 0) {
+        for (t, u) in self.books.usage.iter().filter(|(t, u)| u.queued_jobs + u.active_jobs > 0 && sees(t)) {
             let r = rows.entry(t).or_insert_with(|| row(t));
             r.held = u64::from(u.queued_jobs.saturating_sub(u.pending_jobs));
             for k in self.queue.jobs_of(t) {
@@ -117,7 +123,7 @@ impl Scheduler {
                 _ => {}
             }
         }
-        for ((t, _, status), n) in &self.books.sla.waiting {
+        for ((t, _, status), n) in self.books.sla.waiting.iter().filter(|((t, _, _), _)| sees(t)) {
             let n = u64::from(*n);
             match status {
                 SlaStatus::AtRisk => st.sla_at_risk += n,

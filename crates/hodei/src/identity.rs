@@ -1,0 +1,133 @@
+//! `hodei whoami`, `hodei tokens …`, `hodei principals …`: identity over the REST API.
+
+use clap::Subcommand;
+use serde_json::{Value, json};
+
+use crate::client::{Client, s, table};
+use crate::{ClientOpts, Output, print_json};
+
+#[derive(Subcommand)]
+pub enum TokensCmd {
+    /// Create an API token; its secret is printed once (alone on stdout, so it can be captured).
+    Create {
+        name: String,
+        /// Whose token (admins only; default: yours).
+        #[arg(long)]
+        principal: Option<String>,
+        /// Expires after this many days (default: the server's auth.token_default_ttl_days).
+        #[arg(long)]
+        expires_in_days: Option<i64>,
+    },
+    /// Your tokens (admins: anyone's with --principal).
+    Ls {
+        #[arg(long)]
+        principal: Option<String>,
+    },
+    /// Revoke a token: the next request with it is refused.
+    Revoke { id: String },
+}
+
+#[derive(Subcommand)]
+pub enum PrincipalsCmd {
+    /// Create a user or service principal (admins only).
+    Create {
+        name: String,
+        /// user|service
+        #[arg(long, default_value = "user")]
+        kind: String,
+        /// ROLE=SCOPE, e.g. researcher=tenant:team-a or admin=global; repeatable.
+        #[arg(long = "role")]
+        roles: Vec<String>,
+    },
+    Ls,
+    Get {
+        id: String,
+    },
+    /// Replace a principal's role bindings (ROLE=SCOPE, repeatable; none removes all).
+    Roles {
+        id: String,
+        #[arg(long = "role")]
+        roles: Vec<String>,
+    },
+}
+
+fn bindings(roles: &[String]) -> anyhow::Result<Value> {
+    let mut out = Vec::new();
+    for r in roles {
+        let Some((role, scope)) = r.split_once('=') else {
+            return Err(crate::client::fail_usage(&format!("--role {r:?}: expected ROLE=SCOPE, e.g. researcher=tenant:team-a")));
+        };
+        out.push(json!({"role": role, "scope": scope}));
+    }
+    Ok(Value::Array(out))
+}
+
+fn roles_text(p: &Value) -> String {
+    p["role_bindings"].as_array().map(|bs| bs.iter().map(|b| format!("{}={}", s(b, "role"), s(b, "scope"))).collect::<Vec<_>>().join(",")).unwrap_or_default()
+}
+
+fn show(c: &ClientOpts, v: &Value, headers: &[&str], row: impl Fn(&Value) -> Vec<String>) {
+    if c.output == Output::Json {
+        print_json(v);
+    } else if let Some(items) = v["items"].as_array() {
+        table(headers, items.iter().map(&row).collect());
+    } else {
+        table(headers, vec![row(v)]);
+    }
+}
+
+pub async fn whoami(c: ClientOpts) -> anyhow::Result<i32> {
+    let v = Client::new(&c.server, c.token.clone())?.get("/whoami").await?;
+    show(&c, &v, &["PRINCIPAL", "NAME", "KIND", "ROLES"], |p| vec![s(p, "principal_id"), s(p, "name"), s(p, "kind"), roles_text(p)]);
+    Ok(0)
+}
+
+pub async fn tokens(c: ClientOpts, cmd: TokensCmd) -> anyhow::Result<i32> {
+    let cl = Client::new(&c.server, c.token.clone())?;
+    let row = |t: &Value| vec![s(t, "id"), s(t, "name"), s(t, "prefix"), s(t, "principal_id"), s(t, "expires_at"), s(t, "last_used_at")];
+    let headers = ["ID", "NAME", "PREFIX", "PRINCIPAL", "EXPIRES", "LAST USED"];
+    match cmd {
+        TokensCmd::Create { name, principal, expires_in_days } => {
+            let mut body = json!({"name": name});
+            if let Some(p) = principal {
+                body["principal_id"] = json!(p);
+            }
+            if let Some(d) = expires_in_days {
+                body["expires_in_days"] = json!(d);
+            }
+            let t = cl.post("/tokens", &body).await?;
+            if c.output == Output::Json {
+                print_json(&t);
+            } else {
+                println!("{}", s(&t, "secret"));
+                eprintln!("token {} created; the secret above is shown only once", s(&t, "id"));
+            }
+        }
+        TokensCmd::Ls { principal } => {
+            let path = match principal {
+                Some(p) => format!("/tokens?principal_id={p}&limit=500"),
+                None => "/tokens?limit=500".to_owned(),
+            };
+            show(&c, &cl.get(&path).await?, &headers, row);
+        }
+        TokensCmd::Revoke { id } => {
+            cl.delete(&format!("/tokens/{id}")).await?;
+            eprintln!("token {id} revoked");
+        }
+    }
+    Ok(0)
+}
+
+pub async fn principals(c: ClientOpts, cmd: PrincipalsCmd) -> anyhow::Result<i32> {
+    let cl = Client::new(&c.server, c.token.clone())?;
+    let row = |p: &Value| vec![s(p, "id"), s(p, "name"), s(p, "kind"), roles_text(p)];
+    let headers = ["ID", "NAME", "KIND", "ROLES"];
+    let v = match cmd {
+        PrincipalsCmd::Create { name, kind, roles } => cl.post("/principals", &json!({"name": name, "kind": kind, "role_bindings": bindings(&roles)?})).await?,
+        PrincipalsCmd::Ls => cl.get("/principals?limit=500").await?,
+        PrincipalsCmd::Get { id } => cl.get(&format!("/principals/{id}")).await?,
+        PrincipalsCmd::Roles { id, roles } => cl.put(&format!("/principals/{id}/roles"), &json!({"role_bindings": bindings(&roles)?})).await?,
+    };
+    show(&c, &v, &headers, row);
+    Ok(0)
+}

@@ -1,0 +1,259 @@
+//! Black-box tests of identity and tenant isolation: principals, roles and tokens through the
+//! real binary, and the permission table checked on every operation of the OpenAPI document.
+
+mod common;
+
+use common::*;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+/// What the permission table answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Want {
+    /// Anything but 401, 403 and 404: the request got past authorization.
+    Allowed,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+}
+use Want::*;
+
+/// The callers of the matrix, in the order of every row.
+const CALLERS: [&str; 8] = ["no token", "bad token", "revoked token", "other tenant's researcher", "viewer", "researcher", "pi", "admin"];
+
+const U3: [Want; 3] = [Unauthorized, Unauthorized, Unauthorized];
+
+fn row(rest: [Want; 5]) -> [Want; 8] {
+    [U3[0], U3[1], U3[2], rest[0], rest[1], rest[2], rest[3], rest[4]]
+}
+
+/// The permission table (SPEC §8.2) for every operation, by kind of operation. A new operation
+/// without a row here fails the test.
+fn expected(method: &str, path: &str) -> Option<[Want; 8]> {
+    let read = row([NotFound, Allowed, Allowed, Allowed, Allowed]);
+    let submit = row([NotFound, Forbidden, Allowed, Allowed, Allowed]);
+    let manage = row([NotFound, Forbidden, Forbidden, Allowed, Allowed]);
+    let admin_in_tenant = row([NotFound, Forbidden, Forbidden, Forbidden, Allowed]);
+    let admin = row([Forbidden, Forbidden, Forbidden, Forbidden, Allowed]);
+    let anyone = row([Allowed, Allowed, Allowed, Allowed, Allowed]);
+    Some(match (method, path) {
+        ("post", "/jobs" | "/jobs/batch") => submit,
+        ("get", "/jobs" | "/queue" | "/sla" | "/sla/breaches" | "/sla/at-risk" | "/tenants" | "/burst/sessions" | "/pools") => anyone,
+        ("get", "/jobs/{id}" | "/jobs/{id}/attempts" | "/jobs/{id}/events" | "/jobs/{id}/explain" | "/jobs/{id}/logs") => read,
+        // The job was submitted by the researcher: its own job.
+        ("post", "/jobs/{id}/cancel" | "/jobs/{id}/retry" | "/jobs/{id}/hold" | "/jobs/{id}/release") => submit,
+        ("get", "/queue/tenants/{id}" | "/tenants/{id}" | "/tenants/{id}/sla" | "/tenants/{id}/quota") => read,
+        ("get", "/tenants/{id}/burst/sessions" | "/tenants/{id}/burst/sessions/{sid}") => read,
+        ("post", "/tenants/{id}/burst" | "/tenants/{id}/burst/sessions/{sid}/end") => manage,
+        ("post", "/tenants/{id}/burst/sessions/{sid}/approve" | "/tenants/{id}/burst/sessions/{sid}/reject") => admin_in_tenant,
+        ("put", "/tenants/{id}" | "/tenants/{id}/quota") | ("delete", "/tenants/{id}") => admin_in_tenant,
+        ("post", "/tenants") => admin,
+        ("get", "/workers" | "/workers/{id}" | "/principals" | "/principals/{id}") | ("post", "/principals") | ("put", "/principals/{id}/roles") => admin,
+        ("get", "/whoami" | "/tokens") | ("post", "/tokens") => anyone,
+        // The token is the researcher's: its own, or an admin's business.
+        ("delete", "/tokens/{id}") => row([NotFound, NotFound, Allowed, NotFound, Allowed]),
+        _ => return None,
+    })
+}
+
+fn class(status: u16) -> Want {
+    match status {
+        401 => Unauthorized,
+        403 => Forbidden,
+        404 => NotFound,
+        _ => Allowed,
+    }
+}
+
+async fn call(srv: &Server, token: Option<&str>, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+    let m: Method = method.to_uppercase().parse().unwrap();
+    let mut r = srv.http_client.request(m, format!("{}/api/v1{path}", srv.http));
+    if let Some(t) = token {
+        r = r.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        r = r.json(b);
+    }
+    let resp = r.send().await.expect("request");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+async fn admin(srv: &Server, method: &str, path: &str, body: Value) -> Value {
+    let (s, v) = call(srv, Some(&srv.token), method, path, Some(&body)).await;
+    assert!((200..300).contains(&s), "{method} {path} as admin: {s} {v}");
+    v
+}
+
+/// A principal with one binding and a token for it: (principal id, secret).
+async fn principal(srv: &Server, name: &str, role: &str, scope: &str) -> (String, String) {
+    let p = admin(srv, "post", "/principals", json!({"name": name, "kind": "user", "role_bindings": [{"role": role, "scope": scope}]})).await;
+    let id = p["id"].as_str().unwrap().to_owned();
+    let t = admin(srv, "post", "/tokens", json!({"name": format!("{name}-token"), "principal_id": id})).await;
+    (id, t["secret"].as_str().unwrap().to_owned())
+}
+
+async fn held_job(srv: &Server, token: &str) -> String {
+    let (s, v) = call(srv, Some(token), "post", "/jobs", Some(&json!({"command": ["true"], "tenant_id": "alpha", "hold": true}))).await;
+    assert_eq!(s, 201, "{v}");
+    v["id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn every_operation_answers_as_the_permission_table_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path(), &[("HODEI_RESOURCE_POOLS__BUILTIN_LOCAL__WORKERS", "1")], 0, None);
+    for t in ["alpha", "beta"] {
+        admin(&srv, "post", "/tenants", json!({"id": t, "name": t})).await;
+    }
+    let (_, other) = principal(&srv, "bea", "researcher", "tenant:beta").await;
+    let (_, viewer) = principal(&srv, "vic", "viewer", "tenant:alpha").await;
+    let (researcher_id, researcher) = principal(&srv, "rita", "researcher", "tenant:alpha").await;
+    let (_, pi) = principal(&srv, "pia", "pi", "tenant:alpha").await;
+    let (_, revoked) = principal(&srv, "rex", "researcher", "tenant:alpha").await;
+    let (s, me) = call(&srv, Some(&revoked), "get", "/whoami", None).await;
+    assert_eq!((s, me["name"].as_str()), (200, Some("rex")), "{me}");
+    let (_, page) = call(&srv, Some(&revoked), "get", "/tokens", None).await;
+    let revoked_id = page["items"][0]["id"].as_str().unwrap().to_owned();
+    let (s, _) = call(&srv, Some(&revoked), "delete", &format!("/tokens/{revoked_id}"), None).await;
+    assert_eq!(s, 204, "a principal revokes its own token");
+    let (s, _) = call(&srv, Some(&revoked), "get", "/whoami", None).await;
+    assert_eq!(s, 401, "a revoked token is refused on the very next request");
+    let tokens: [Option<&str>; 8] =
+        [None, Some("hodei_0000000000000000000000000000bad0"), Some(&revoked), Some(&other), Some(&viewer), Some(&researcher), Some(&pi), Some(&srv.token)];
+
+    // Fixtures, all in tenant alpha: the researcher's own job (and one more that nobody
+    // touches, so the tenant always has a live job), a burst session, a worker.
+    let job = held_job(&srv, &researcher).await;
+    held_job(&srv, &srv.token).await;
+    let session = admin(&srv, "post", "/tenants/alpha/burst", json!({"requested_cpu_m": 100, "reason": "matrix"})).await;
+    let sid = session["id"].as_str().unwrap().to_owned();
+    let worker = admin(&srv, "get", "/workers", json!(null)).await["items"][0]["id"].as_str().unwrap().to_owned();
+
+    let doc: Value = srv.http_client.get(format!("{}/api/openapi.json", srv.http)).send().await.unwrap().json().await.unwrap();
+    let paths = doc["paths"].as_object().expect("paths");
+    let mut checked = 0;
+    let mut missing = Vec::new();
+    let mut wrong = Vec::new();
+    for (full, ops) in paths {
+        let Some(path) = full.strip_prefix("/api/v1") else { continue };
+        let path = path.to_owned();
+        for method in ops.as_object().unwrap().keys().filter(|m| ["get", "post", "put", "delete", "patch"].contains(&m.as_str())) {
+            let Some(want) = expected(method, &path) else {
+                missing.push(format!("{} {path}", method.to_uppercase()));
+                continue;
+            };
+            for (i, token) in tokens.iter().enumerate() {
+                // Each call gets what it needs fresh, so one caller's success cannot change
+                // what the next one finds.
+                let id = match path.split('/').nth(1) {
+                    Some("jobs") => job.clone(),
+                    Some("workers") => worker.clone(),
+                    Some("principals") => researcher_id.clone(),
+                    Some("tokens") => {
+                        let t = admin(&srv, "post", "/tokens", json!({"name": "spare", "principal_id": researcher_id})).await;
+                        t["id"].as_str().unwrap().to_owned()
+                    }
+                    _ => "alpha".to_owned(),
+                };
+                let url = path.replace("{id}", &id).replace("{sid}", &sid);
+                let body = match (method.as_str(), path.as_str()) {
+                    ("post", "/jobs") => Some(json!({"command": ["true"], "tenant_id": "alpha", "hold": true})),
+                    ("post", "/jobs/batch") => Some(json!({"jobs": [{"command": ["true"], "tenant_id": "alpha", "hold": true}]})),
+                    ("post", "/tenants") => Some(json!({"id": format!("made-{checked}-{i}"), "name": "made"})),
+                    ("put", "/tenants/{id}") => Some(json!({"name": "alpha"})),
+                    ("put", "/tenants/{id}/quota") => Some(json!({"max_queued_jobs": 1000})),
+                    ("post", "/tenants/{id}/burst") => Some(json!({"requested_cpu_m": 100, "reason": "matrix"})),
+                    ("post", "/principals") => Some(json!({"name": format!("made-{checked}-{i}"), "kind": "service"})),
+                    ("put", "/principals/{id}/roles") => Some(json!({"role_bindings": [{"role": "researcher", "scope": "tenant:alpha"}]})),
+                    ("post", "/tokens") => Some(json!({"name": "made"})),
+                    _ => None,
+                };
+                let (status, answer) = call(&srv, *token, method, &url, body.as_ref()).await;
+                if class(status) != want[i] {
+                    wrong.push(format!("{} {url} as {}: {status}, expected {:?} ({answer})", method.to_uppercase(), CALLERS[i], want[i]));
+                }
+                if status >= 500 {
+                    wrong.push(format!("{} {url} as {}: {status} ({answer})", method.to_uppercase(), CALLERS[i]));
+                }
+            }
+            checked += 1;
+        }
+    }
+    assert!(missing.is_empty(), "operations without a row in the permission table: {missing:?}");
+    assert!(wrong.is_empty(), "{} answers differ from the permission table:\n{}", wrong.len(), wrong.join("\n"));
+    assert!(checked >= 40, "only {checked} operations in the OpenAPI document");
+
+    // Lists never show another tenant's rows.
+    let (_, jobs) = call(&srv, Some(&other), "get", "/jobs?limit=500", None).await;
+    assert_eq!(jobs["items"].as_array().map(Vec::len), Some(0), "{jobs}");
+    let (_, jobs) = call(&srv, Some(&other), "get", "/jobs?tenant_id=alpha", None).await;
+    assert_eq!(jobs["items"].as_array().map(Vec::len), Some(0), "a filter on a foreign tenant finds nothing: {jobs}");
+    let (_, tenants) = call(&srv, Some(&other), "get", "/tenants", None).await;
+    let ids: Vec<&str> = tenants["items"].as_array().unwrap().iter().filter_map(|t| t["id"].as_str()).collect();
+    assert_eq!(ids, ["beta"]);
+    let (_, queue) = call(&srv, Some(&other), "get", "/queue", None).await;
+    assert_eq!(queue["totals"]["held"], 0, "queue totals count only the caller's tenants: {queue}");
+    let (_, queue) = call(&srv, Some(&viewer), "get", "/queue", None).await;
+    assert!(queue["totals"]["held"].as_u64().unwrap() >= 2, "{queue}");
+    let (_, sessions) = call(&srv, Some(&other), "get", "/burst/sessions", None).await;
+    assert_eq!(sessions["items"].as_array().map(Vec::len), Some(0));
+
+    // A researcher controls its own jobs only; a pi anyone's in its tenant.
+    let admins_job = held_job(&srv, &srv.token).await;
+    let (s, v) = call(&srv, Some(&researcher), "post", &format!("/jobs/{admins_job}/cancel"), None).await;
+    assert_eq!(s, 403, "{v}");
+    let (s, v) = call(&srv, Some(&pi), "post", &format!("/jobs/{admins_job}/cancel"), None).await;
+    assert_eq!((s, v["state"].as_str()), (200, Some("cancelled")), "{v}");
+    let (_, mine) = call(&srv, Some(&researcher), "get", &format!("/jobs/{job}"), None).await;
+    assert_eq!(mine["submitted_by"].as_str(), Some(researcher_id.as_str()), "{mine}");
+}
+
+#[tokio::test]
+async fn tokens_and_roles_through_the_cli_take_effect_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path(), &[("HODEI_RESOURCE_POOLS__BUILTIN_LOCAL__WORKERS", "1")], 0, None);
+    let out = srv.cli(&["tenants", "create", "Lab", "--id", "lab"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = srv.cli(&["principals", "create", "ada", "--role", "viewer=tenant:lab", "-o", "json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ada: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ada_id = ada["id"].as_str().unwrap();
+    let out = srv.cli(&["tokens", "create", "laptop", "--principal", ada_id]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let secret = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert!(secret.starts_with("hodei_") && secret.len() == 38, "{secret:?}");
+
+    let as_ada = |args: &[&str]| std::process::Command::new(BIN).args(args).env("HODEI_SERVER", &srv.http).env("HODEI_TOKEN", &secret).output().unwrap();
+    let out = as_ada(&["whoami", "-o", "json"]);
+    let me: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((me["name"].as_str(), me["role_bindings"][0]["scope"].as_str()), (Some("ada"), Some("tenant:lab")), "{me}");
+    let out = as_ada(&["submit", "--", "true"]);
+    assert_eq!(out.status.code(), Some(1), "a viewer cannot submit");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("forbidden"), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // A new role counts from the next request on: no cache delay.
+    let out = srv.cli(&["principals", "roles", ada_id, "--role", "researcher=tenant:lab"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = as_ada(&["submit", "--wait", "--", "echo", "hi from ada"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "hi from ada");
+
+    // The listing shows the prefix, never the secret; revoking refuses the next request.
+    let out = as_ada(&["tokens", "ls", "-o", "json"]);
+    let page: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let listed = &page["items"][0];
+    assert_eq!(listed["prefix"].as_str(), Some(&secret[..12]));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(&secret), "a listing never holds a secret");
+    let out = srv.cli(&["tokens", "revoke", listed["id"].as_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = as_ada(&["whoami"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // Only the hash is stored.
+    let db = std::fs::read(dir.path().join("hodei.db")).unwrap();
+    let wal = std::fs::read(dir.path().join("hodei.db-wal")).unwrap_or_default();
+    let holds = |bytes: &[u8]| bytes.windows(secret.len()).any(|w| w == secret.as_bytes());
+    assert!(!holds(&db) && !holds(&wal), "the secret itself never reaches the database");
+}
