@@ -171,6 +171,14 @@ pub enum Visibility {
 }
 
 impl Visibility {
+    /// As a store filter: `None` for all, else the tenants.
+    pub fn into_filter(self) -> Option<Vec<TenantId>> {
+        match self {
+            Visibility::All => None,
+            Visibility::Tenants(ts) => Some(ts),
+        }
+    }
+
     pub fn sees(&self, t: &TenantId) -> bool {
         match self {
             Visibility::All => true,

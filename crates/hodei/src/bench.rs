@@ -34,6 +34,14 @@ enum Mode {
         #[arg(long)]
         run: bool,
     },
+    /// Reads of one job (GET /jobs/{id}, as `hodei jobs get`), from N concurrent clients: the
+    /// cost of a request that authenticates and reads the store.
+    Read {
+        #[arg(long, default_value_t = 1)]
+        clients: usize,
+        #[arg(long, default_value_t = 10_000)]
+        reads: usize,
+    },
     /// One POST /jobs/batch of N held jobs.
     Batch {
         #[arg(long, default_value_t = 100_000)]
@@ -86,6 +94,27 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<i32> {
     let run_id = uuid_like();
     match a.mode {
         Mode::Submit { clients, jobs, run } => submit(client, clients, jobs, run, &run_id).await,
+        Mode::Read { clients, reads } => {
+            let id = client.post("/jobs", &job(&["true"], &run_id, true)).await?["id"].as_str().unwrap_or_default().to_owned();
+            let path = format!("/jobs/{id}");
+            let (secs, lat, errors) = concurrently(
+                clients,
+                reads,
+                move |c| {
+                    let path = path.clone();
+                    async move { c.get(&path).await.map(|_| ()) }
+                },
+                &client,
+            )
+            .await?;
+            println!(
+                "hodei bench read clients={clients} reads={reads} elapsed_s={secs:.3} reads_per_s={:.0} latency_p50_ms={:.3} latency_p99_ms={:.3} errors={errors}",
+                reads as f64 / secs,
+                pct(&lat, 50.0),
+                pct(&lat, 99.0),
+            );
+            Ok(0)
+        }
         Mode::Batch { jobs } => {
             let body = json!({"jobs": (0..jobs).map(|_| job(&["true"], &run_id, true)).collect::<Vec<_>>()});
             let started = Instant::now();
@@ -114,19 +143,24 @@ fn uuid_like() -> String {
     format!("{:x}", now_ns())
 }
 
-async fn submit(client: Arc<Client>, clients: usize, jobs: usize, run: bool, run_id: &str) -> anyhow::Result<i32> {
+/// Runs `n` requests made by `one` from `clients` concurrent tasks: (seconds, sorted latencies
+/// in ms, errors).
+async fn concurrently<F, Fut>(clients: usize, n: usize, one: F, client: &Arc<Client>) -> anyhow::Result<(f64, Vec<f64>, usize)>
+where
+    F: Fn(Arc<Client>) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
     let next = Arc::new(AtomicUsize::new(0));
     let errors = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..clients {
-        let (client, next, errors) = (client.clone(), next.clone(), errors.clone());
-        let body = job(&["true"], run_id, !run);
+        let (client, next, errors, one) = (client.clone(), next.clone(), errors.clone(), one.clone());
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
-            while next.fetch_add(1, Ordering::Relaxed) < jobs {
+            while next.fetch_add(1, Ordering::Relaxed) < n {
                 let t = Instant::now();
-                if client.post("/jobs", &body).await.is_err() {
+                if one(client.clone()).await.is_err() {
                     errors.fetch_add(1, Ordering::Relaxed);
                 }
                 lat.push(t.elapsed().as_secs_f64() * 1000.0);
@@ -140,13 +174,28 @@ async fn submit(client: Arc<Client>, clients: usize, jobs: usize, run: bool, run
     }
     let secs = started.elapsed().as_secs_f64();
     lat.sort_by(f64::total_cmp);
+    Ok((secs, lat, errors.load(Ordering::Relaxed)))
+}
+
+async fn submit(client: Arc<Client>, clients: usize, jobs: usize, run: bool, run_id: &str) -> anyhow::Result<i32> {
+    let body = Arc::new(job(&["true"], run_id, !run));
+    let (secs, lat, errors) = concurrently(
+        clients,
+        jobs,
+        move |c| {
+            let body = body.clone();
+            async move { c.post("/jobs", &body).await.map(|_| ()) }
+        },
+        &client,
+    )
+    .await?;
     println!(
         "hodei bench submit clients={clients} jobs={jobs} held={} elapsed_s={secs:.3} jobs_per_s={:.0} latency_p50_ms={:.3} latency_p99_ms={:.3} errors={}",
         !run,
         jobs as f64 / secs,
         pct(&lat, 50.0),
         pct(&lat, 99.0),
-        errors.load(Ordering::Relaxed)
+        errors
     );
     Ok(0)
 }

@@ -17,7 +17,7 @@ use crate::dto::{BurstIn, BurstView, Page};
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::json::ApiJson;
 use crate::routes::{page_limit, parse_id};
-use hodei_core::{Action, Visibility};
+use hodei_core::Action;
 
 impl From<BurstError> for ApiError {
     fn from(e: BurstError) -> Self {
@@ -107,10 +107,7 @@ async fn list(s: &ApiState, who: &Who, tenant: Option<TenantId>, q: BurstQuery) 
         .as_deref()
         .map(|c| c.parse().map_err(|_| ApiError::field("cursor", "bad cursor", "a cursor from next_cursor", Some(c.to_owned()))))
         .transpose()?;
-    let visible = match who.visibility() {
-        Visibility::All => None,
-        Visibility::Tenants(ts) => Some(ts),
-    };
+    let visible = who.visibility().into_filter();
     let f = BurstFilter { tenant, visible, states, before, limit: limit + 1 };
     let mut rows = s.store.list_bursts(&f).await?;
     let next_cursor = (rows.len() > limit as usize).then(|| {

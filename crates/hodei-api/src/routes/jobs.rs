@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use hodei_core::idempotency::{IdempotencyRecord, Submitted};
 use hodei_core::sched::{CancelOutcome, MAX_SIM_JOBS, apply_admission};
 use hodei_core::spec::{ArrayInput, FieldError, JobSpec, JobSpecInput};
-use hodei_core::{Access, Action, ArrayId, Job, JobId, JobState, Priority, Tenant, TenantId, TenantStatus, Visibility};
+use hodei_core::{Access, Action, ArrayId, Job, JobId, JobState, Priority, Tenant, TenantId, TenantStatus};
 use hodei_store::JobFilter;
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -478,10 +478,7 @@ pub async fn list_jobs(State(s): State<ApiState>, who: Who, Query(q): Query<JobQ
             a.parse::<ArrayId>().map_err(|_| ApiError::field("array_id", "not an array id", "the array_id a submit returned (a UUID)", Some(a.to_owned())))
         })
         .transpose()?;
-    let visible = match who.visibility() {
-        Visibility::All => None,
-        Visibility::Tenants(ts) => Some(ts),
-    };
+    let visible = who.visibility().into_filter();
     let jobs = s.store.list_jobs(&JobFilter { tenant, visible, states, label, array, before, limit }).await?;
     let next_cursor = (jobs.len() == limit as usize).then(|| jobs.last().map(|j| j.id.to_string())).flatten();
     Ok(Json(Page { items: jobs.iter().map(|j| JobView::of(j, &s.cfg.sla)).collect(), next_cursor }))

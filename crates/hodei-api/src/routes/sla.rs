@@ -207,10 +207,7 @@ fn sla_job_view(sched: &Scheduler, j: &Job, rules: &SlaRules, now: Timestamp, de
 #[utoipa::path(get, path = "/sla/breaches", params(SlaJobsQuery), responses((status = 200, body = Page<SlaJobView>), (status = 400, body = crate::error::Problem)), tag = "sla")]
 pub async fn breaches(State(s): State<ApiState>, who: Who, Query(q): Query<SlaJobsQuery>) -> ApiResult<Json<Page<SlaJobView>>> {
     let f = filter(&q)?;
-    let visible = match who.visibility() {
-        Visibility::All => None,
-        Visibility::Tenants(ts) => Some(ts),
-    };
+    let visible = who.visibility().into_filter();
     let jobs = s.store.sla_breaches(&BreachFilter { tenant: f.tenant, visible, level: f.level, since: f.since, limit: f.limit }).await?;
     let rules = s.cfg.sla;
     let items = crate::read(s.control.as_ref(), move |sched, now| {
