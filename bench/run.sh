@@ -12,8 +12,9 @@ if [ "${1:-}" = "--postgres" ]; then
     POSTGRES=1
 fi
 REPS=${1:-3}
-cargo build --release -q -p hodei
-BIN=$PWD/target/release/hodei
+# HODEI_BIN=path runs another build (an A/B of two commits) instead of building this one.
+if [ -z "${HODEI_BIN:-}" ]; then cargo build --release -q -p hodei; fi
+BIN=${HODEI_BIN:-$PWD/target/release/hodei}
 for rep in $(seq 1 "$REPS"); do
     DIR=$(mktemp -d)
     if [ -n "${POSTGRES:-}" ]; then

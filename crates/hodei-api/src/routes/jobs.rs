@@ -50,24 +50,25 @@ fn spec_input(b: JobSubmit) -> (JobSpecInput, Option<String>) {
 
 /// Tenant context (SPEC §1.3): body `tenant_id` › `X-Hodei-Tenant` › the caller's only tenant
 /// › the default tenant (admins); a caller with several tenants must say which.
-fn tenant_id_for(s: &ApiState, who: &Who, body: Option<&str>, headers: &HeaderMap, field: &str) -> ApiResult<TenantId> {
+fn tenant_id_for(s: &ApiState, who: &Who, body: Option<&str>, headers: &HeaderMap, prefix: &str) -> ApiResult<TenantId> {
+    let field = || format!("{prefix}/tenant_id");
     let header = headers.get("x-hodei-tenant").map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
     let (raw, field) = match (body, header) {
-        (Some(b), _) => (b.to_owned(), field),
-        (None, Some(h)) => (h, "X-Hodei-Tenant"),
+        (Some(b), _) => (b.to_owned(), field()),
+        (None, Some(h)) => (h, "X-Hodei-Tenant".to_owned()),
         (None, None) if who.is_admin() => return Ok(s.cfg.default_tenant.clone()),
         (None, None) => {
             return who.only_tenant().ok_or_else(|| {
-                ApiError::field(field, "which tenant? you have roles in several tenants, or none", "the tenant_id to submit to (or X-Hodei-Tenant)", None)
+                ApiError::field(&field(), "which tenant? you have roles in several tenants, or none", "the tenant_id to submit to (or X-Hodei-Tenant)", None)
             });
         }
     };
-    TenantId::parse(&raw).map_err(|e| ApiError::field(field, e.to_string(), "a tenant id (slug)", Some(raw)))
+    TenantId::parse(&raw).map_err(|e| ApiError::field(&field, e.to_string(), "a tenant id (slug)", Some(raw)))
 }
 
 /// The tenant a submit goes to, if the caller may submit there.
-async fn tenant_for(s: &ApiState, who: &Who, body: Option<&str>, headers: &HeaderMap, field: &str) -> ApiResult<Tenant> {
-    let id = tenant_id_for(s, who, body, headers, field)?;
+async fn tenant_for(s: &ApiState, who: &Who, body: Option<&str>, headers: &HeaderMap, prefix: &str) -> ApiResult<Tenant> {
+    let id = tenant_id_for(s, who, body, headers, prefix)?;
     if who.access(Action::Read, &id) == Access::Invisible {
         return Err(ApiError::not_found(format!("tenant {id}")));
     }
@@ -172,7 +173,7 @@ pub async fn submit_job(
     KeyedJson { body, key }: KeyedJson<JobSubmit>,
 ) -> ApiResult<Response> {
     let (input, tenant) = spec_input(body);
-    let tenant = tenant_for(&s, &who, tenant.as_deref(), &headers, "/tenant_id").await?;
+    let tenant = tenant_for(&s, &who, tenant.as_deref(), &headers, "").await?;
     let spec = validated(&s, &who, input, "")?;
     let never = unschedulable(&s, &spec, "");
     if q.dry_run {
@@ -308,11 +309,10 @@ pub async fn submit_batch(State(s): State<ApiState>, who: Who, headers: HeaderMa
     for (i, b) in body.jobs.into_iter().enumerate() {
         let prefix = format!("/jobs/{i}");
         let (input, tid) = spec_input(b);
-        let field = format!("{prefix}/tenant_id");
-        let tenant = match tenant_id_for(&s, &who, tid.as_deref(), &headers, &field) {
+        let tenant = match tenant_id_for(&s, &who, tid.as_deref(), &headers, &prefix) {
             Ok(id) => match tenants.iter().find(|t| t.id == id) {
                 Some(t) => Ok(t.clone()),
-                None => tenant_for(&s, &who, Some(id.as_str()), &headers, &field).await.inspect(|t| tenants.push(t.clone())),
+                None => tenant_for(&s, &who, Some(id.as_str()), &headers, &prefix).await.inspect(|t| tenants.push(t.clone())),
             },
             Err(e) => Err(e),
         };
@@ -362,7 +362,7 @@ pub async fn submit_batch(State(s): State<ApiState>, who: Who, headers: HeaderMa
         }
     }
     let key = match key {
-        Some(request) => Some(IdempotentCall { tenant: tenant_id_for(&s, &who, None, &headers, "X-Hodei-Tenant")?, request }),
+        Some(request) => Some(IdempotentCall { tenant: tenant_id_for(&s, &who, None, &headers, "")?, request }),
         None => None,
     };
     s.submit_rate.admit(&per_tenant, s.clock.now())?;
