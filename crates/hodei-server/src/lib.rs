@@ -158,10 +158,19 @@ async fn open_store(cfg: &Config, schema: Schema, schedule: bool) -> anyhow::Res
     bail!("database.url: {url:?} is not a sqlite:// or postgres:// URL")
 }
 
+/// Creates the data dir, readable by this user only (0700): it holds the admin and join tokens,
+/// the database (with every tenant's job specs) and the job logs.
+fn private_data_dir(cfg: &Config) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = cfg.data_dir();
+    std::fs::create_dir_all(dir).with_context(|| format!("creating the data dir {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).with_context(|| format!("making the data dir {} private (0700)", dir.display()))
+}
+
 /// `hodei migrate`: brings the configured database's schema up to date (what a server does at
 /// start unless `database.auto_migrate: false`), without starting anything.
 pub async fn migrate(cfg: &Config) -> anyhow::Result<()> {
-    std::fs::create_dir_all(cfg.data_dir()).with_context(|| format!("creating the data dir {}", cfg.data_dir().display()))?;
+    private_data_dir(cfg)?;
     open_store(cfg, Schema::Migrate, false).await?;
     Ok(())
 }
@@ -479,7 +488,7 @@ pub fn engine_config(cfg: &Config) -> EngineConfig {
 /// workers are connected.
 pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
     let cfg = opts.config;
-    std::fs::create_dir_all(cfg.data_dir()).with_context(|| format!("creating the data dir {}", cfg.data_dir().display()))?;
+    private_data_dir(&cfg)?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let metrics = if cfg.metrics.prometheus.enabled { Some(metrics_handle()?) } else { None };
     let store = match opts.store {
