@@ -89,7 +89,8 @@ pub enum Command {
         conn: WorkerConn,
         running: Vec<AttemptId>,
         results: Vec<(AttemptId, AttemptResult)>,
-        reply: oneshot::Sender<Result<(), UnknownWorker>>,
+        /// The attempts the worker holds once connected: the only ones it may send output for.
+        reply: oneshot::Sender<Result<Vec<AttemptId>, UnknownWorker>>,
     },
     Disconnect {
         id: WorkerId,
@@ -646,7 +647,7 @@ impl Engine {
             },
             Command::Register { worker } => s.register_worker(*worker, now),
             Command::Connect { id, conn, running, results, reply } => {
-                let r = s.connect_worker(id, &running, results, now);
+                let r = s.connect_worker(id, &running, results, now).map(|()| s.attempts().filter(|a| a.worker_id == id).map(|a| a.id).collect());
                 if r.is_ok() {
                     self.conns.insert(id, conn);
                 }

@@ -1,8 +1,13 @@
 //! The worker gRPC service (SPEC §5): registration with the pool's join token, heartbeats,
 //! and the job stream. Log chunks are written here (they do not pass through the engine);
 //! everything that changes job state is forwarded to the engine as a [`Command`].
+//!
+//! A worker speaks only for its own attempts: results and acceptances are fenced by the core
+//! (attempt and worker must match), and log chunks here, against the attempts this connection
+//! was assigned (seen as its AssignJob frames go out) or held when it connected. Anything else
+//! is refused and counted in `hodei_worker_messages_refused_total`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -45,6 +50,7 @@ pub struct WorkerSvc {
 
 impl WorkerSvc {
     pub fn new(store: Arc<dyn Store>, engine: EngineHandle, logs: Arc<LogFiles>, clock: Arc<dyn Clock>, timeouts: WorkerTimeouts) -> Self {
+        metrics::counter!("hodei_worker_messages_refused_total", "kind" => "log").increment(0);
         WorkerSvc {
             store,
             engine,
@@ -207,14 +213,16 @@ impl WorkerService for WorkerSvc {
         let conn = self.conn_seq.fetch_add(1, Ordering::Relaxed);
         let (reply, ack) = oneshot::channel();
         self.engine.send(Command::Connect { id, conn: WorkerConn { conn, tx }, running, results, reply }).map_err(Self::stopped)?;
-        ack.await.map_err(Self::stopped)?.map_err(|_| Status::not_found("unknown or terminated worker; register again"))?;
+        let held = ack.await.map_err(Self::stopped)?.map_err(|_| Status::not_found("unknown or terminated worker; register again"))?;
+        let owned: Owned = Arc::new(Mutex::new(held.into_iter().collect()));
         tracing::info!(worker = %id, conn, "worker connected");
         let svc = self.clone();
+        let mine = owned.clone();
         tokio::spawn(async move {
             loop {
                 match inbound.message().await {
                     Ok(Some(m)) => {
-                        if let Err(e) = svc.on_message(id, m) {
+                        if let Err(e) = svc.on_message(id, &mine, m) {
                             tracing::warn!(worker = %id, error = %e, "bad message from worker");
                         }
                     }
@@ -228,13 +236,28 @@ impl WorkerService for WorkerSvc {
             tracing::info!(worker = %id, conn, "worker disconnected");
             let _ = svc.engine.send(Command::Disconnect { id, conn });
         });
-        let out = UnboundedReceiverStream::new(rx).map(Ok);
+        let out = UnboundedReceiverStream::new(rx).map(move |m| {
+            if let Some(pb::server_message::Msg::Assign(a)) = &m.msg
+                && let (Ok(aid), Ok(mut set)) = (a.attempt_id.parse::<AttemptId>(), owned.lock())
+            {
+                set.insert(aid);
+            }
+            Ok(m)
+        });
         Ok(Response::new(Box::pin(out)))
     }
 }
 
+/// The attempts one job stream may speak for.
+type Owned = Arc<Mutex<HashSet<AttemptId>>>;
+
+fn refused(kind: &'static str, worker: WorkerId, attempt: AttemptId) -> Status {
+    metrics::counter!("hodei_worker_messages_refused_total", "kind" => kind).increment(1);
+    Status::permission_denied(format!("worker {worker} was not assigned attempt {attempt}"))
+}
+
 impl WorkerSvc {
-    fn on_message(&self, worker: WorkerId, m: pb::WorkerMessage) -> Result<(), Status> {
+    fn on_message(&self, worker: WorkerId, owned: &Owned, m: pb::WorkerMessage) -> Result<(), Status> {
         use pb::worker_message::Msg;
         match m.msg {
             Some(Msg::Accepted(a)) => {
@@ -248,11 +271,19 @@ impl WorkerSvc {
             }
             Some(Msg::Log(l)) => {
                 let attempt = attempt_id(&l.attempt_id)?;
+                if !owned.lock().is_ok_and(|set| set.contains(&attempt)) {
+                    return Err(refused("log", worker, attempt));
+                }
                 let stream = if l.stream == pb::LogStream::Stderr as i32 { LogStream::Stderr } else { LogStream::Stdout };
                 self.logs.append(attempt, stream, l.offset, &l.data).map_err(|e| Status::internal(e.to_string()))
             }
             Some(Msg::Result(r)) => {
                 let (attempt, mut result) = result_from_pb(&r)?;
+                // Its output is complete, so the set stays as large as what the worker runs. (A
+                // result for an attempt that is not the worker's is fenced by the core.)
+                if let Ok(mut set) = owned.lock() {
+                    set.remove(&attempt);
+                }
                 result.log_truncated |= self.logs.was_truncated(attempt);
                 self.engine.send(Command::Finished { worker, attempt, result: Box::new(result) }).map_err(Self::stopped)
             }

@@ -1,5 +1,6 @@
 //! Black-box tests of identity and tenant isolation: principals, roles and tokens through the
-//! real binary, and the permission table checked on every operation of the OpenAPI document.
+//! real binary, the permission table checked on every operation of the OpenAPI document, and
+//! workers that may speak only for their own attempts.
 
 mod common;
 
@@ -258,4 +259,73 @@ async fn tokens_and_roles_through_the_cli_take_effect_at_once() {
     let wal = std::fs::read(dir.path().join("hodei.db-wal")).unwrap_or_default();
     let holds = |bytes: &[u8]| bytes.windows(secret.len()).any(|w| w == secret.as_bytes());
     assert!(!holds(&db) && !holds(&wal), "the secret itself never reaches the database");
+}
+
+/// A registered worker of the pool sends output for an attempt it was never assigned (another
+/// worker's, of another job): the chunks are refused and counted, and the job's output is what
+/// its own worker sent.
+#[tokio::test]
+async fn a_worker_cannot_write_output_for_another_workers_attempt() {
+    use hodei_proto::v1 as pb;
+    use pb::worker_service_client::WorkerServiceClient;
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path(), &[("HODEI_RESOURCE_POOLS__BUILTIN_LOCAL__WORKERS", "1")], 0, None);
+    let job = srv.submit(json!({"command": ["sh", "-c", "echo real; sleep 2"]})).await;
+    let id = job["id"].as_str().unwrap();
+    let running = srv.wait_for(id, 30, |s| s == "running").await;
+    let attempt = running["current_attempt_id"].as_str().unwrap().to_owned();
+
+    // The rogue joins the same pool with the real join token, too small to be given the job.
+    let mut client = WorkerServiceClient::connect(srv.grpc.clone()).await.unwrap();
+    let reg = client
+        .register_worker(pb::RegisterWorkerRequest {
+            instance_name: "rogue".into(),
+            pool_id: "local".into(),
+            version: "test".into(),
+            capabilities: vec!["process".into()],
+            resources: Some(pb::Resources { cpu_m: 1, memory_mb: 1, gpu: 0 }),
+            slots: 1,
+            labels: Default::default(),
+            join_token: srv.join_token("local"),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let msg = |m: pb::worker_message::Msg| pb::WorkerMessage { msg: Some(m) };
+    tx.send(msg(pb::worker_message::Msg::Hello(pb::Hello {
+        worker_id: reg.worker_id.clone(),
+        session_token: reg.session_token.clone(),
+        running: vec![],
+        unacked_results: vec![],
+    })))
+    .await
+    .unwrap();
+    let _stream = client.job_stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap();
+    for offset in [5, 0] {
+        let chunk = pb::LogChunk { attempt_id: attempt.clone(), stream: pb::LogStream::Stdout as i32, offset, data: b"forged\n".to_vec() };
+        tx.send(msg(pb::worker_message::Msg::Log(chunk))).await.unwrap();
+    }
+
+    // Both chunks are refused (counted), whatever the order they arrive in.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let text = srv.http_client.get(format!("{}/metrics", srv.http)).send().await.unwrap().text().await.unwrap();
+        let refused = text
+            .lines()
+            .find(|l| l.starts_with("hodei_worker_messages_refused_total{kind=\"log\"}"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if refused >= 2.0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the forged chunks were not refused (refused: {refused})");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let done = srv.wait_ended(id, 30).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let (_, logs) = srv.call(Method::GET, &format!("/jobs/{id}/logs"), None).await;
+    let out: String = logs["chunks"].as_array().unwrap().iter().filter(|c| c["stream"] == "stdout").filter_map(|c| c["data"].as_str()).collect();
+    assert_eq!(out, "real\n", "the job's output is its own worker's: {logs}");
 }
