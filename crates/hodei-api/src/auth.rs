@@ -52,6 +52,11 @@ pub fn secret_hash(secret: &str) -> String {
     hex::encode(Sha256::digest(secret.as_bytes()))
 }
 
+/// Does `secret` hash to `expected` (hex SHA-256)? In constant time.
+pub fn matches_hash(secret: &str, expected: &str) -> bool {
+    bool::from(secret_hash(secret).as_bytes().ct_eq(expected.as_bytes()))
+}
+
 /// Has the shape of a secret this server mints (anything else is refused without a lookup).
 fn is_secret_shaped(s: &str) -> bool {
     s.len() == 6 + SECRET_LEN && s.starts_with("hodei_") && s.as_bytes()[6..].iter().all(u8::is_ascii_alphanumeric)

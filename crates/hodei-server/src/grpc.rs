@@ -76,7 +76,7 @@ impl WorkerSvc {
                 h
             }
         };
-        if tokens::hash(token) != expected {
+        if !tokens::matches_hash(token, &expected) {
             return Err(Status::unauthenticated("bad session token"));
         }
         Ok(id)
@@ -125,14 +125,11 @@ impl WorkerService for WorkerSvc {
     async fn register_worker(&self, req: Request<pb::RegisterWorkerRequest>) -> Result<Response<pb::RegisterWorkerResponse>, Status> {
         let r = req.into_inner();
         let pool_id = PoolId::parse(&r.pool_id).map_err(|e| Status::invalid_argument(format!("pool_id: {e}")))?;
-        let (pool, hash) = self
-            .store
-            .get_pool(&pool_id)
-            .await
-            .map_err(|e| Status::unavailable(e.to_string()))?
-            .ok_or_else(|| Status::not_found(format!("no pool {pool_id}")))?;
-        if tokens::hash(&r.join_token) != hash {
-            return Err(Status::unauthenticated(format!("bad join token for pool {pool_id}")));
+        // A missing pool and a wrong token answer alike, so pools cannot be enumerated.
+        let bad = || Status::unauthenticated(format!("bad join token for pool {pool_id} (or no such pool)"));
+        let (pool, hash) = self.store.get_pool(&pool_id).await.map_err(|e| Status::unavailable(e.to_string()))?.ok_or_else(bad)?;
+        if !tokens::matches_hash(&r.join_token, &hash) {
+            return Err(bad());
         }
         let res = r.resources.unwrap_or_default();
         if r.slots == 0 || res.cpu_m == 0 || res.memory_mb == 0 {

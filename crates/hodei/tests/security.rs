@@ -291,6 +291,21 @@ async fn a_worker_cannot_write_output_for_another_workers_attempt() {
         .await
         .unwrap()
         .into_inner();
+    // Without the token nothing registers, and a pool that does not exist answers the same.
+    for (pool, token) in [("local", "hodei_wrongwrongwrongwrongwrongwrongwr".to_owned()), ("no-such-pool", srv.join_token("local"))] {
+        let r = client
+            .register_worker(pb::RegisterWorkerRequest {
+                pool_id: pool.into(),
+                join_token: token,
+                resources: Some(pb::Resources { cpu_m: 1, memory_mb: 1, gpu: 0 }),
+                slots: 1,
+                ..Default::default()
+            })
+            .await;
+        let status = r.expect_err("registered without the pool's token");
+        assert_eq!(status.code(), tonic::Code::Unauthenticated, "{pool}: {status:?}");
+        assert!(status.message().contains("or no such pool"), "{status:?}");
+    }
     let (tx, rx) = tokio::sync::mpsc::channel(8);
     let msg = |m: pb::worker_message::Msg| pb::WorkerMessage { msg: Some(m) };
     tx.send(msg(pb::worker_message::Msg::Hello(pb::Hello {
