@@ -213,9 +213,23 @@ impl std::ops::Deref for ApiState {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Hodei Jobs", description = "Multi-tenant job orchestration. Errors are RFC 9457 problem+json with a stable `code`."),
-    components(schemas(error::Problem, dto::ArraySubmitted))
+    components(schemas(error::Problem, dto::ArraySubmitted)),
+    modifiers(&BearerAuth),
+    security(("bearer" = []))
 )]
 struct ApiDoc;
+
+/// Every `/api/v1` operation takes `Authorization: Bearer <token>` (the admin token or an API
+/// token), so Swagger UI's "Authorize" works.
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+        let scheme = Http::builder().scheme(HttpAuthScheme::Bearer).description(Some("the admin token or an API token (hodei_…)")).build();
+        openapi.components.get_or_insert_with(Default::default).add_security_scheme("bearer", SecurityScheme::Http(scheme));
+    }
+}
 
 /// Recently read tenants, for one second: submits need the tenant's status on every call.
 #[derive(Default)]

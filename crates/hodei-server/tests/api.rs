@@ -306,6 +306,8 @@ async fn the_openapi_document_lists_every_endpoint() {
     let app = app().await;
     let (s, doc) = app.send(Request::builder().uri("/api/openapi.json").body(Body::empty()).unwrap()).await;
     assert_eq!(s, StatusCode::OK);
+    assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer", "Swagger UI can authorize");
+    assert_eq!(doc["security"][0]["bearer"], json!([]), "every operation takes the bearer token");
     let paths: Vec<&str> = doc["paths"].as_object().unwrap().keys().map(String::as_str).collect();
     for p in [
         "/api/v1/jobs",
@@ -316,6 +318,9 @@ async fn the_openapi_document_lists_every_endpoint() {
         "/api/v1/tenants",
         "/api/v1/tenants/{id}",
         "/api/v1/workers",
+        "/api/v1/whoami",
+        "/api/v1/tokens",
+        "/api/v1/principals",
     ] {
         assert!(paths.contains(&p), "{p} missing from {paths:?}");
     }
