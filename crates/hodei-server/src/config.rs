@@ -609,6 +609,55 @@ fn explain(path: &str, msg: &str) -> String {
 }
 
 impl Config {
+    /// The keys set to something other than their default that no built feature acts on yet,
+    /// each as `<key path>: not supported yet`. The server refuses to start while any is set:
+    /// a key is either honoured or refused, never silently ignored (a `server.tls` that served
+    /// plaintext would be the worst of these). Each entry leaves this list with the feature.
+    pub fn unsupported(&self) -> Vec<String> {
+        let d = Config::default();
+        let mut out = Vec::new();
+        let mut check = |path: String, set: bool| {
+            if set {
+                out.push(format!("{path}: not supported yet"));
+            }
+        };
+        let (s, c, dc) = (&self.server, &self.cost_tracking, &d.cost_tracking);
+        check("server.tls".into(), s.tls != d.server.tls);
+        check("server.request_timeout_ms".into(), s.request_timeout_ms != d.server.request_timeout_ms);
+        check("server.shutdown_grace_ms".into(), s.shutdown_grace_ms != d.server.shutdown_grace_ms);
+        check("jobs.retention_days".into(), self.jobs.retention_days != d.jobs.retention_days);
+        check("resource_pools.default_pool_type".into(), self.resource_pools.default_pool_type != d.resource_pools.default_pool_type);
+        check("multi_tenancy.default_tier".into(), self.multi_tenancy.default_tier != d.multi_tenancy.default_tier);
+        check("budgets".into(), self.budgets != d.budgets);
+        // The hourly rates price dry runs' estimates today; the rest is the ledger's.
+        check("cost_tracking.enabled".into(), c.enabled != dc.enabled);
+        check("cost_tracking.track_by_tenant".into(), c.track_by_tenant != dc.track_by_tenant);
+        check("cost_tracking.track_by_job".into(), c.track_by_job != dc.track_by_job);
+        check("cost_tracking.track_by_pool".into(), c.track_by_pool != dc.track_by_pool);
+        check("cost_tracking.retention_days".into(), c.retention_days != dc.retention_days);
+        check("cost_tracking.currency".into(), c.currency != dc.currency);
+        check("cost_tracking.accrual_interval_s".into(), c.accrual_interval_s != dc.accrual_interval_s);
+        check("autoscaling".into(), self.autoscaling != d.autoscaling);
+        check("metrics.history".into(), self.metrics.history != d.metrics.history);
+        check("observability".into(), self.observability != d.observability);
+        check("multi_cluster".into(), self.multi_cluster != d.multi_cluster);
+        check("deployments".into(), self.deployments != d.deployments);
+        check("optimization".into(), self.optimization != d.optimization);
+        for (i, p) in self.resource_pools.pools.iter().enumerate() {
+            let at = |key: &str| format!("resource_pools.pools[{i}].{key}");
+            check(at("type"), p.pool_type != PoolTypeName::Static);
+            check(at("provider"), p.provider != "local");
+            check(at("provider_config"), !p.provider_config.is_empty());
+            check(at("auto_scaling_enabled"), p.auto_scaling_enabled);
+            check(at("idle_timeout_s"), p.idle_timeout_s != three_hundred());
+            check(at("allowed_tenants"), !p.allowed_tenants.is_empty());
+            check(at("cost_rates"), p.cost_rates != CostRatesConfig::default());
+            check(at("cluster"), p.cluster.is_some());
+            check(at("scaling_policies"), !p.scaling_policies.is_empty());
+        }
+        out
+    }
+
     /// Loads from an optional file, the given environment and defaults.
     pub fn load(file: Option<&Path>, env: &[(String, String)]) -> Result<Config, ConfigError> {
         let lookup = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
@@ -692,6 +741,47 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn keys_no_feature_acts_on_are_refused_when_set() {
+        let env = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>();
+        assert!(super::Config::default().unsupported().is_empty(), "the defaults start");
+        for (var, key) in [
+            ("HODEI_SERVER__TLS__CERT_FILE", "server.tls"),
+            ("HODEI_SERVER__REQUEST_TIMEOUT_MS", "server.request_timeout_ms"),
+            ("HODEI_SERVER__SHUTDOWN_GRACE_MS", "server.shutdown_grace_ms"),
+            ("HODEI_JOBS__RETENTION_DAYS", "jobs.retention_days"),
+            ("HODEI_BUDGETS__FAIR_SHARE_DEMOTION", "budgets"),
+            ("HODEI_COST_TRACKING__ACCRUAL_INTERVAL_S", "cost_tracking.accrual_interval_s"),
+            ("HODEI_AUTOSCALING__EVALUATION_INTERVAL_S", "autoscaling"),
+            ("HODEI_METRICS__HISTORY__INTERVAL_S", "metrics.history"),
+            ("HODEI_OBSERVABILITY__GRAFANA__FOLDER", "observability"),
+            ("HODEI_OPTIMIZATION__MIN_RUNS", "optimization"),
+        ] {
+            let value = if var.ends_with("DEMOTION") {
+                "false"
+            } else if var.ends_with("FILE") || var.ends_with("FOLDER") {
+                "/x"
+            } else {
+                "7"
+            };
+            let cfg = super::Config::load(None, &env(&[(var, value)])).unwrap();
+            assert_eq!(cfg.unsupported(), [format!("{key}: not supported yet")], "{var}={value}");
+        }
+        // The hourly rates price dry runs already.
+        let cfg = super::Config::load(None, &env(&[("HODEI_COST_TRACKING__HOURLY_RATE_CPU", "0.07")])).unwrap();
+        assert!(cfg.unsupported().is_empty());
+        let yaml = "resource_pools:\n  pools:\n    - id: gpu\n      type: dynamic\n      allowed_tenants: [a]\n      scaling_policies:\n        - {name: up, trigger: queue_depth > 5, action: scale_up}\n";
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        let cfg = super::Config::load(Some(&path), &[]).unwrap();
+        assert_eq!(
+            cfg.unsupported(),
+            ["resource_pools.pools[0].type", "resource_pools.pools[0].allowed_tenants", "resource_pools.pools[0].scaling_policies"]
+                .map(|k| format!("{k}: not supported yet"))
+        );
+    }
+
     use super::*;
 
     fn load(yaml: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {

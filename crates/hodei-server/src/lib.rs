@@ -488,6 +488,10 @@ pub fn engine_config(cfg: &Config) -> EngineConfig {
 /// workers are connected.
 pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
     let cfg = opts.config;
+    let unsupported = cfg.unsupported();
+    if !unsupported.is_empty() {
+        bail!("{}", unsupported.join("; "));
+    }
     private_data_dir(&cfg)?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let metrics = if cfg.metrics.prometheus.enabled { Some(metrics_handle()?) } else { None };

@@ -1037,6 +1037,10 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Config { cmd: ConfigCmd::Check { config } } => {
             let cfg = hodei_server::config::Config::load(config.as_deref(), &env_vars())?;
             println!("{cfg:#?}");
+            let unsupported = cfg.unsupported();
+            if !unsupported.is_empty() {
+                anyhow::bail!("the server would refuse this configuration: {}", unsupported.join("; "));
+            }
             eprintln!("configuration is valid");
             Ok(0)
         }

@@ -344,3 +344,22 @@ async fn a_worker_cannot_write_output_for_another_workers_attempt() {
     let out: String = logs["chunks"].as_array().unwrap().iter().filter(|c| c["stream"] == "stdout").filter_map(|c| c["data"].as_str()).collect();
     assert_eq!(out, "real\n", "the job's output is its own worker's: {logs}");
 }
+
+/// A user who asks for TLS must never get plaintext: until TLS is built, the server refuses
+/// to start and names the key.
+#[test]
+fn a_server_asked_for_tls_refuses_to_start_rather_than_serve_plaintext() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["server", "--data-dir"])
+        .arg(dir.path())
+        .args(["--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0"])
+        .env("HODEI_SERVER__TLS__CERT_FILE", dir.path().join("cert.pem"))
+        .env("HODEI_SERVER__TLS__KEY_FILE", dir.path().join("key.pem"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the server started: {stderr}");
+    assert!(stderr.contains("server.tls: not supported yet"), "{stderr}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("ready"), "it never said ready");
+}
