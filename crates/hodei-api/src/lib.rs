@@ -175,6 +175,8 @@ pub struct ApiConfig {
     /// The bootstrap admin's bearer token (`auth.admin_token` or the data dir's `admin.token`);
     /// `None` turns auth off (loopback only).
     pub admin_token: Option<String>,
+    /// The worker gRPC listener, probed by `/ready` (`None`: not served by this process).
+    pub grpc_addr: Option<std::net::SocketAddr>,
     /// `auth.token_default_ttl_days`: expiry of a token created without `expires_in_days`.
     pub token_default_ttl_days: Option<u32>,
     pub version: String,

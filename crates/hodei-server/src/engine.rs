@@ -512,16 +512,22 @@ impl Engine {
     /// scheduler lock had to be taken again (its session was lost), another server may have
     /// written meanwhile, so the core is reloaded.
     async fn check_leadership(&mut self) {
+        // `hodei_scheduler_leader`: 1 while this server holds the scheduler lock, as checked now.
+        let leader = metrics::gauge!("hodei_scheduler_leader");
         match self.store.hold_scheduler_lock().await {
-            Ok(false) => {}
+            Ok(false) => leader.set(1.0),
             Ok(true) => {
+                leader.set(1.0);
                 tracing::warn!("the scheduler lock was lost and taken again; reloading state from the store");
                 if let Err(e) = self.rebuild().await {
                     tracing::error!(error = ?e, "reloading from the store failed; scheduling stops until it succeeds");
                     self.stale = true;
                 }
             }
-            Err(e @ StoreError::LeadershipLost { .. }) => lost_leadership(&e),
+            Err(e @ StoreError::LeadershipLost { .. }) => {
+                leader.set(0.0);
+                lost_leadership(&e)
+            }
             // An unreachable store shows in the next batch, and is recovered from there.
             Err(e) => tracing::debug!(error = %e, "cannot check the scheduler lock"),
         }

@@ -95,7 +95,8 @@ fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
         let handle = recorder.handle();
         metrics::set_global_recorder(recorder).map_err(|_| "a metrics recorder is already installed".to_owned())?;
         metrics::gauge!("hodei_build_info", "version" => VERSION).set(1.0);
-        metrics::gauge!("hodei_scheduler_leader").set(1.0);
+        // Set by the engine from the scheduler lock it checks every tick.
+        metrics::gauge!("hodei_scheduler_leader").set(0.0);
         Ok(handle)
     });
     h.clone().map_err(|e| anyhow::anyhow!("installing the metrics recorder: {e}"))
@@ -388,6 +389,7 @@ pub const BOOTSTRAP_ADMIN: &str = "admin";
 
 /// What the API runs on besides its configuration.
 struct ApiParts {
+    grpc_addr: SocketAddr,
     /// Who the admin token is.
     admin: Arc<hodei_core::Caller>,
     store: Arc<dyn Store>,
@@ -401,7 +403,7 @@ struct ApiParts {
 
 /// Builds the API state from the configuration's limits and the running parts.
 fn api_state(cfg: &Config, p: ApiParts) -> anyhow::Result<ApiState> {
-    let ApiParts { admin, store, engine, logs, clock, metrics, pools, admin_token } = p;
+    let ApiParts { grpc_addr, admin, store, engine, logs, clock, metrics, pools, admin_token } = p;
     let j = &cfg.jobs;
     let limits = SpecLimits {
         default_resources: Resources::new(j.default_resources.cpu_m, j.default_resources.memory_mb, j.default_resources.gpu),
@@ -432,6 +434,7 @@ fn api_state(cfg: &Config, p: ApiParts) -> anyhow::Result<ApiState> {
         },
         admin_token,
         token_default_ttl_days: cfg.auth.token_default_ttl_days,
+        grpc_addr: Some(grpc_addr),
         version: VERSION.to_owned(),
     };
     let control = Arc::new(ControlPlane { engine, store: store.clone(), tier_weights: tier_weights(cfg) });
@@ -534,6 +537,7 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
     let metrics_addr = metrics_listener.as_ref().map(|l| l.local_addr()).transpose()?;
 
     let parts = ApiParts {
+        grpc_addr,
         admin: bootstrap_admin(store.as_ref(), clock.now()).await?,
         store: store.clone(),
         engine: handle.clone(),

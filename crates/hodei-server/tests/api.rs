@@ -331,6 +331,7 @@ async fn ready_and_metrics_report_the_running_server() {
     let app = app().await;
     let (s, r) = app.send(Request::builder().uri("/ready").body(Body::empty()).unwrap()).await;
     assert_eq!((s, r["checks"]["store"].as_str(), r["checks"]["scheduler"].as_str()), (StatusCode::OK, Some("ok"), Some("leader")));
+    assert_eq!((r["checks"]["migrations"].as_str(), r["checks"]["grpc"].as_str()), (Some("ok"), Some("ok")), "{r}");
     app.call("GET", "/api/v1/jobs", None).await;
     let resp = app.server.router.clone().oneshot(Request::builder().uri("/metrics").body(Body::empty()).unwrap()).await.unwrap();
     let text = String::from_utf8(axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap().to_vec()).unwrap();

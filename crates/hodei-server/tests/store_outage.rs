@@ -68,6 +68,7 @@ pass! { Identity {
 
 pass! { Store {
         fn ping(&self) -> ();
+        fn schema_is_current(&self) -> bool;
         fn create_tenant(&self, t: &Tenant) -> ();
         fn get_tenant(&self, id: &TenantId) -> Option<Tenant>;
         fn list_tenants(&self) -> Vec<Tenant>;

@@ -71,6 +71,7 @@ fn worker(n: u128) -> Worker {
 
 /// Runs every check against `store`, which must be empty and freshly migrated.
 pub async fn run_all(store: &dyn Store) {
+    assert!(store.schema_is_current().await.unwrap(), "a migrated store has every migration");
     tenants_round_trip_and_refuse_duplicates(store).await;
     stale_tenant_updates_are_refused(store).await;
     scheduler_changes_round_trip(store).await;

@@ -81,6 +81,24 @@ where
     }
 }
 
+/// [`Store::schema_is_current`] for an engine's migrator and pool.
+pub(crate) async fn schema_is_current<DB>(migrator: &sqlx::migrate::Migrator, pool: &sqlx::Pool<DB>) -> Result<bool>
+where
+    DB: sqlx::Database,
+    DB::Connection: sqlx::migrate::Migrate,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'c> &'c sqlx::Pool<DB>: sqlx::Executor<'c, Database = DB>,
+    Option<i64>: for<'r> sqlx::Decode<'r, DB> + sqlx::Type<DB>,
+    (Option<i64>,): for<'r> sqlx::FromRow<'r, DB::Row>,
+    <DB as sqlx::Database>::Arguments: sqlx::IntoArguments<DB>,
+{
+    match prepare_schema(migrator, pool, Schema::RequireCurrent).await {
+        Ok(()) => Ok(true),
+        Err(StoreError::SchemaBehind { .. }) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 impl StoreError {
     pub(crate) fn db(doing: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
         move |source| match &source {
@@ -179,6 +197,9 @@ pub trait Identity: Send + Sync {
 pub trait Store: Identity + Send + Sync + 'static {
     /// Cheap round trip, for `/ready`.
     async fn ping(&self) -> Result<()>;
+
+    /// Every migration this build knows is applied (`/ready`'s `migrations` check).
+    async fn schema_is_current(&self) -> Result<bool>;
 
     /// For the server that schedules: checks that it still is the only one, taking the
     /// scheduler lock again if its session was lost and nobody else took it — `Ok(true)` then:

@@ -620,6 +620,10 @@ impl Store for PgStore {
         Ok(())
     }
 
+    async fn schema_is_current(&self) -> Result<bool> {
+        crate::schema_is_current(&MIGRATOR, &self.pool).await
+    }
+
     async fn hold_scheduler_lock(&self) -> Result<bool> {
         let epoch = self.epoch.load(std::sync::atomic::Ordering::SeqCst);
         if epoch == 0 {

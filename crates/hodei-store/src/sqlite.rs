@@ -135,6 +135,10 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn schema_is_current(&self) -> Result<bool> {
+        crate::schema_is_current(&MIGRATOR, &self.read).await
+    }
+
     async fn create_tenant(&self, t: &Tenant) -> Result<()> {
         let r = sqlx::query(
             "INSERT INTO tenants (id, name, email, tier, weight, status, labels, created_at, updated_at, version, \

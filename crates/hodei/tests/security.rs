@@ -338,6 +338,8 @@ async fn a_worker_cannot_write_output_for_another_workers_attempt() {
         assert!(std::time::Instant::now() < deadline, "the forged chunks were not refused (refused: {refused})");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+    let text = srv.http_client.get(format!("{}/metrics", srv.http)).send().await.unwrap().text().await.unwrap();
+    assert!(text.lines().any(|l| l == "hodei_scheduler_leader 1"), "the engine holds the scheduler lock and says so");
     let done = srv.wait_ended(id, 30).await;
     assert_eq!(done["state"], "succeeded", "{done}");
     let (_, logs) = srv.call(Method::GET, &format!("/jobs/{id}/logs"), None).await;

@@ -17,19 +17,27 @@ async fn health(State(s): State<ApiState>) -> Json<serde_json::Value> {
     Json(json!({"status": "ok", "version": s.cfg.version, "uptime_s": s.started.elapsed().as_secs()}))
 }
 
+/// Each check measures now: a store round trip, the applied migrations, the scheduler loop, and
+/// a TCP connect to the worker gRPC listener.
 async fn ready(State(s): State<ApiState>) -> Response {
     let store = s.store.ping().await.is_ok();
+    let migrations = if store { s.store.schema_is_current().await.ok() } else { None };
     let scheduler = s.control.is_running();
+    let grpc = match s.cfg.grpc_addr {
+        Some(addr) => matches!(tokio::time::timeout(std::time::Duration::from_millis(500), tokio::net::TcpStream::connect(addr)).await, Ok(Ok(_))),
+        None => true,
+    };
+    let ok = store && migrations == Some(true) && scheduler && grpc;
     let body = json!({
-        "status": if store && scheduler { "ready" } else { "not_ready" },
+        "status": if ok { "ready" } else { "not_ready" },
         "checks": {
             "store": if store { "ok" } else { "unreachable" },
-            "migrations": if store { "ok" } else { "unknown" },
+            "migrations": match migrations { Some(true) => "ok", Some(false) => "behind", None => "unknown" },
             "scheduler": if scheduler { "leader" } else { "stalled" },
-            "grpc": "ok",
+            "grpc": if grpc { "ok" } else { "not_accepting" },
         }
     });
-    let status = if store && scheduler { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(body)).into_response()
 }
 
