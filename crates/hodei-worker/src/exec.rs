@@ -104,6 +104,19 @@ fn pump(
 /// Runs the attempt to its end and returns its Result. `Accepted` and log chunks go to `out`
 /// as they happen. An attempt stopped because the worker itself is shutting down has no result
 /// (`None`): it was not the user's cancel, and the server requeues it as lost.
+/// What every job's environment starts from: `PATH`, `HOME` and `LANG` as the agent has them
+/// (`PATH` defaults to the standard directories, `LANG` to `C.UTF-8`) and `TMPDIR` as the
+/// agent's temporary directory.
+pub fn base_env() -> Vec<(&'static str, std::ffi::OsString)> {
+    let var = |k: &str, default: &str| std::env::var_os(k).unwrap_or_else(|| default.into());
+    vec![
+        ("PATH", var("PATH", "/usr/local/bin:/usr/bin:/bin")),
+        ("HOME", var("HOME", "/")),
+        ("LANG", var("LANG", "C.UTF-8")),
+        ("TMPDIR", std::env::temp_dir().into_os_string()),
+    ]
+}
+
 pub async fn run(
     a: pb::AssignJob,
     out: mpsc::UnboundedSender<pb::WorkerMessage>,
@@ -146,13 +159,10 @@ async fn run_inner(
         PathBuf::from(&a.working_dir)
     };
     let mut cmd = Command::new(prog);
-    // The agent's own HODEI_* variables (its join token among them) are not the job's business;
-    // the job gets the documented per-job ones from the assignment.
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("HODEI_") {
-            cmd.env_remove(k);
-        }
-    }
+    // A job never inherits the agent's environment (nor, for the built-in pool, the server's:
+    // tokens, database URLs): it gets the documented base, then its spec's `env` and the
+    // HODEI_* job variables from the assignment.
+    cmd.env_clear().envs(base_env());
     cmd.args(args).envs(&a.env).current_dir(&dir).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
     let mut child = match cmd.spawn() {
         Ok(c) => c,

@@ -32,9 +32,10 @@ pub struct WorkerOptions {
     pub gpu: u32,
     pub labels: BTreeMap<String, String>,
     pub instance_name: String,
-    /// The spool (identity, unacknowledged results) and the scratch directories of jobs
-    /// without a working dir live here.
+    /// The spool (identity, unacknowledged results).
     pub work_dir: PathBuf,
+    /// Where jobs without a working dir run, one directory per attempt (kept out of the spool).
+    pub scratch_dir: PathBuf,
     /// Exit (stopping jobs) when the parent process goes away: for the server's built-in pool.
     pub exit_with_parent: bool,
 }
@@ -187,7 +188,7 @@ pub async fn run(o: WorkerOptions) -> anyhow::Result<()> {
                     None => break "event channel closed",
                 },
                 m = inbound.message() => match m {
-                    Ok(Some(m)) => on_server_message(m, &agent, &events_tx, &o.work_dir, &memory, &spool),
+                    Ok(Some(m)) => on_server_message(m, &agent, &events_tx, &o.scratch_dir, &memory, &spool),
                     Ok(None) => break "server closed the stream",
                     Err(_) => break "stream error",
                 },
@@ -238,7 +239,7 @@ fn on_server_message(
     m: pb::ServerMessage,
     agent: &Arc<Mutex<Agent>>,
     events: &mpsc::UnboundedSender<pb::WorkerMessage>,
-    work_dir: &std::path::Path,
+    scratch_dir: &std::path::Path,
     memory: &memory::MemoryWatch,
     spool: &Arc<spool::Spool>,
 ) {
@@ -258,7 +259,7 @@ fn on_server_message(
             }
             let (stop_tx, stop_rx) = oneshot::channel();
             a.running.insert(id.clone(), stop_tx);
-            let (agent, events, dir, memory) = (agent.clone(), events.clone(), work_dir.to_owned(), memory.clone());
+            let (agent, events, dir, memory) = (agent.clone(), events.clone(), scratch_dir.to_owned(), memory.clone());
             tokio::spawn(async move {
                 let result = exec::run(job, events.clone(), stop_rx, dir, memory).await;
                 // Queue the result under the lock: whoever sees the job gone also sees its result.

@@ -506,6 +506,10 @@ async fn worker(a: WorkerArgs) -> anyhow::Result<i32> {
         .and_then(|s| s.lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|kb| kb.parse::<u64>().ok()))
         .map(|kb| (kb / 1024 * 8 / 10) as u32)
         .unwrap_or(4096);
+    // Jobs without a working dir run in scratch directories under a fresh directory of $TMPDIR,
+    // never inside the spool (for the built-in pool that is inside the server's data dir, next
+    // to its tokens and database). Removed when the agent stops.
+    let scratch = tempfile::Builder::new().prefix("hodei-jobs-").tempdir().context("creating the jobs' scratch directory under $TMPDIR")?;
     // Without --spool-dir: a fresh directory under $TMPDIR, removed when the agent stops.
     let temp = match a.spool_dir {
         Some(_) => None,
@@ -523,6 +527,7 @@ async fn worker(a: WorkerArgs) -> anyhow::Result<i32> {
         labels: kv(&a.labels, "label")?,
         instance_name: a.instance_name.unwrap_or_else(|| format!("{host}-{}", std::process::id())),
         work_dir: a.spool_dir.or_else(|| temp.as_ref().map(|t| t.path().to_owned())).context("a work directory")?,
+        scratch_dir: scratch.path().to_owned(),
         exit_with_parent: a.exit_with_parent,
     };
     hodei_worker::run(opts).await?;

@@ -261,7 +261,7 @@ async fn a_worker_stopped_with_sigterm_hands_its_jobs_back_instead_of_cancelling
     let job = srv.submit(json!({"command": ["sleep", "1"]})).await;
     let id = job["id"].as_str().unwrap();
     srv.wait_for(id, 20, |s| s == "running").await;
-    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1, "without --spool-dir the agent works in a directory under $TMPDIR");
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 2, "without --spool-dir the agent works under $TMPDIR: its directory and its jobs' scratch");
     unsafe { libc::kill(w1.0.id() as i32, libc::SIGTERM) };
     assert!(w1.0.wait().unwrap().success());
     assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0, "and removes it when it stops");

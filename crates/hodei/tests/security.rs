@@ -365,3 +365,28 @@ fn a_server_asked_for_tls_refuses_to_start_rather_than_serve_plaintext() {
     assert!(stderr.contains("server.tls: not supported yet"), "{stderr}");
     assert!(!String::from_utf8_lossy(&out.stdout).contains("ready"), "it never said ready");
 }
+
+/// A job of the built-in pool sees neither the server's environment nor its data dir: it runs in
+/// a scratch directory outside the data dir with the documented base environment only.
+#[tokio::test]
+async fn a_job_runs_outside_the_data_dir_without_the_servers_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path(), &[("HODEI_RESOURCE_POOLS__BUILTIN_LOCAL__WORKERS", "1"), ("SERVER_ONLY_CANARY", "s3cret")], 0, None);
+    let script = "pwd; env | cut -d= -f1 | sort | tr '\\n' ' '; echo; for f in admin.token pool-local.token hodei.db; do \
+                  for up in . .. ../.. ../../.. ../../../..; do cat $up/$f >/dev/null 2>&1 && echo READ $up/$f; done; done; true";
+    let job = srv.submit(json!({"command": ["sh", "-c", script], "env": {"MINE": "1"}})).await;
+    let id = job["id"].as_str().unwrap();
+    let done = srv.wait_ended(id, 30).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let (_, logs) = srv.call(Method::GET, &format!("/jobs/{id}/logs"), None).await;
+    let out: String = logs["chunks"].as_array().unwrap().iter().filter(|c| c["stream"] == "stdout").filter_map(|c| c["data"].as_str()).collect();
+    let mut lines = out.lines();
+    let cwd = lines.next().unwrap();
+    let data_dir = std::fs::canonicalize(dir.path()).unwrap();
+    assert!(!std::path::Path::new(cwd).starts_with(&data_dir), "the job ran inside the data dir: {cwd}");
+    let vars: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert!(!vars.contains(&"SERVER_ONLY_CANARY"), "the server's environment leaked into the job: {vars:?}");
+    assert!(vars.iter().all(|v| ["PATH", "HOME", "LANG", "TMPDIR", "MINE", "PWD", "SHLVL", "_"].contains(v) || v.starts_with("HODEI_")), "{vars:?}");
+    assert!(vars.contains(&"MINE") && vars.contains(&"PATH"), "{vars:?}");
+    assert!(!out.contains("READ"), "the job reached the server's files by relative path: {out}");
+}
