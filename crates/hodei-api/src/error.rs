@@ -190,3 +190,39 @@ impl From<hodei_core::Rejection> for ApiError {
             .with("retryable", r.retryable.into())
     }
 }
+
+/// Middleware: every error answer is problem+json, also the ones the framework makes itself (a
+/// bad query string or path parameter, 405, 413 from the body limit), with their text as the
+/// detail and their status and `Allow`/`Retry-After` headers kept.
+pub async fn problems_only(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let is_problem = resp.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 4096).await.map(|b| String::from_utf8_lossy(&b).trim().to_owned()).unwrap_or_default();
+    use ErrorCode::*;
+    let code = match status.as_u16() {
+        401 => Unauthorized,
+        403 => Forbidden,
+        404 => NotFound,
+        405 => MethodNotAllowed,
+        413 => PayloadTooLarge,
+        415 => UnsupportedMediaType,
+        429 => RateLimited,
+        503 => Unavailable,
+        s if s >= 500 => Internal,
+        _ => BadRequest,
+    };
+    let detail = if text.is_empty() { code.parts().2.to_owned() } else { text };
+    let mut out = ApiError::new(code, detail).into_response();
+    *out.status_mut() = status;
+    for name in [header::ALLOW, header::RETRY_AFTER] {
+        if let Some(v) = parts.headers.get(&name) {
+            out.headers_mut().insert(name, v.clone());
+        }
+    }
+    out
+}

@@ -272,6 +272,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(SwaggerUi::new("/api/docs").url("/api/openapi.json", openapi))
         .fallback(routes::not_found)
         .layer(DefaultBodyLimit::max(state.cfg.max_batch_body_bytes))
+        .layer(middleware::from_fn(error::problems_only))
         .layer(middleware::from_fn(http_metrics))
         .layer(middleware::from_fn(ctx::request_context))
         .with_state(state)

@@ -757,3 +757,25 @@ async fn an_idempotent_replay_does_not_use_up_the_submit_rate() {
     assert_eq!(app.call("POST", "/api/v1/jobs", Some(job.clone())).await.0, StatusCode::CREATED);
     assert_eq!(app.call("POST", "/api/v1/jobs", Some(job)).await.0, StatusCode::TOO_MANY_REQUESTS);
 }
+
+#[tokio::test]
+async fn framework_errors_are_problem_json_too() {
+    let app = app().await;
+    for (method, path, status, code) in [
+        ("GET", "/api/v1/jobs?no_such_key=1", StatusCode::BAD_REQUEST, "bad_request"),
+        ("GET", "/api/v1/jobs?limit=many", StatusCode::BAD_REQUEST, "bad_request"),
+        ("GET", "/api/v1/jobs/x/logs?offset=-3", StatusCode::BAD_REQUEST, "bad_request"),
+        ("DELETE", "/api/v1/jobs", StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+    ] {
+        let req = Request::builder().method(method).uri(path).header(header::AUTHORIZATION, format!("Bearer {TOKEN}")).body(Body::empty()).unwrap();
+        let resp = app.server.router.clone().oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), status, "{method} {path}");
+        assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/problem+json", "{method} {path}");
+        if status == StatusCode::METHOD_NOT_ALLOWED {
+            assert!(resp.headers().contains_key(header::ALLOW), "405 keeps its Allow header");
+        }
+        let body: Value = serde_json::from_slice(&axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap()).unwrap();
+        assert_eq!(body["code"], code, "{method} {path}: {body}");
+        assert!(!body["detail"].as_str().unwrap_or("").is_empty(), "{body}");
+    }
+}
