@@ -86,6 +86,34 @@ pub struct JobSpecInput {
     pub array: Option<ArrayInput>,
 }
 
+/// A Kubernetes label key: an optional DNS-subdomain prefix and `/`, then a name of 1–63
+/// characters `[A-Za-z0-9]([-_.A-Za-z0-9]*[A-Za-z0-9])?`.
+pub fn is_label_key(k: &str) -> bool {
+    let (prefix, name) = match k.rsplit_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, k),
+    };
+    let alnum = |c: u8| c.is_ascii_alphanumeric();
+    let name_ok = !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|c| alnum(c) || matches!(c, b'-' | b'_' | b'.'))
+        && name.bytes().next().is_some_and(alnum)
+        && name.bytes().last().is_some_and(alnum);
+    let prefix_ok = prefix.is_none_or(|p| {
+        !p.is_empty()
+            && p.len() <= 253
+            && p.split('.').all(|l| {
+                let b = l.as_bytes();
+                !b.is_empty()
+                    && b.len() <= 63
+                    && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+                    && b[0] != b'-'
+                    && b[b.len() - 1] != b'-'
+            })
+    });
+    name_ok && prefix_ok
+}
+
 /// Limits and defaults that come from configuration (`jobs.*`, `limits.*`).
 #[derive(Clone, Debug)]
 pub struct SpecLimits {
@@ -237,11 +265,13 @@ impl JobSpecInput {
             c.err("labels", "too many labels", format!("at most {} labels", limits.max_labels), Some(self.labels.len().to_string()));
         }
         for (k, v) in &self.labels {
-            if k.is_empty() || k.len() > 63 {
-                c.err(&format!("labels/{k}"), "label key has a bad length", "a key of 1 to 63 characters", Some(k.clone()));
+            // The key in a JSON pointer: `~` and `/` escaped (RFC 6901).
+            let at = format!("labels/{}", k.replace('~', "~0").replace('/', "~1"));
+            if !is_label_key(k) {
+                c.err(&at, "not a label key", "[prefix/]name: a name of 1 to 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit; a prefix of lowercase DNS labels, at most 253 characters", Some(k.clone()));
             }
             if v.len() > 256 {
-                c.err(&format!("labels/{k}"), "label value is too long", "a value of at most 256 characters", Some(v.len().to_string()));
+                c.err(&at, "label value is too long", "a value of at most 256 characters", Some(v.len().to_string()));
             }
         }
 
@@ -321,6 +351,20 @@ mod tests {
 
     fn input(argv: &[&str]) -> JobSpecInput {
         JobSpecInput { command: argv.iter().map(|s| s.to_string()).collect(), ..Default::default() }
+    }
+
+    #[test]
+    fn label_keys_follow_the_kubernetes_syntax() {
+        for ok in ["team", "Team_A.1", "example.com/team", "a.b-c/x", "a"] {
+            assert!(is_label_key(ok), "{ok}");
+        }
+        for bad in ["", "has space", "$(id)", "nul\0", "-lead", "trail-", "Upper.com/x", "/x", "x/", &"n".repeat(64), "a..b/x"] {
+            assert!(!is_label_key(bad), "{bad:?}");
+        }
+        let mut i = input(&["true"]);
+        i.labels.insert("example.com/$(id)".into(), "v".into());
+        let errs = i.validate(&SpecLimits::default(), "").unwrap_err();
+        assert_eq!(errs[0].field, "/labels/example.com~1$(id)", "the key is escaped in the pointer");
     }
 
     #[test]
