@@ -125,6 +125,23 @@ impl Token {
     }
 }
 
+/// One admin or pi write (SPEC §2.13): who did what to what, with the target before and after
+/// as the API rendered them (JSON text, secrets left out).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditEntry {
+    pub id: crate::ids::AuditId,
+    pub at: Timestamp,
+    pub actor: PrincipalId,
+    pub actor_name: String,
+    /// `tenant.create`, `principal.roles`, `token.revoke`, …
+    pub action: String,
+    /// `tenant:team-a`, `principal:<id>`, `token:<id>`, …
+    pub target: String,
+    pub before: Option<String>,
+    pub after: Option<String>,
+    pub request_id: String,
+}
+
 /// What a request wants to do, one row of the permission table (SPEC §8.2) each.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {

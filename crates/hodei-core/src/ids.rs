@@ -62,6 +62,10 @@ uuid_id!(
     TokenId
 );
 uuid_id!(
+    /// An audit log entry. UUIDv7, so entries sort by time.
+    AuditId
+);
+uuid_id!(
     /// A burst session. UUIDv7, so a tenant's later session sorts after its earlier ones.
     BurstId
 );

@@ -64,6 +64,8 @@ pass! { Identity {
         fn list_tokens(&self, principal: Option<PrincipalId>, before: Option<TokenId>, limit: u32) -> Vec<Token>;
         fn delete_token(&self, id: TokenId) -> bool;
         fn touch_token(&self, id: TokenId, at: Timestamp) -> ();
+        fn append_audit(&self, e: &hodei_core::AuditEntry) -> ();
+        fn list_audit(&self, f: &hodei_store::AuditFilter) -> Vec<hodei_core::AuditEntry>;
 } }
 
 pass! { Store {

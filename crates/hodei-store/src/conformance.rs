@@ -83,6 +83,7 @@ pub async fn run_all(store: &dyn Store) {
     a_large_batch_is_stored_whole(store).await;
     idempotency_keys_are_stored_with_their_jobs_and_expire(store).await;
     principals_and_tokens_round_trip(store).await;
+    the_audit_log_lists_newest_first_by_filter(store).await;
     jobs_remember_who_submitted_them(store).await;
 }
 
@@ -146,6 +147,31 @@ async fn principals_and_tokens_round_trip(store: &dyn Store) {
     assert!(!store.delete_token(a.id).await.unwrap(), "revoked once");
     assert_eq!(store.get_token(a.id).await.unwrap(), None);
     assert_eq!(store.tokens_by_prefix("hodei_abcdef").await.unwrap(), [b]);
+}
+
+async fn the_audit_log_lists_newest_first_by_filter(store: &dyn Store) {
+    use hodei_core::{AuditEntry, AuditId, PrincipalId};
+    let entry = |n: u128, actor: &str, action: &str| AuditEntry {
+        id: AuditId::from_uuid(Uuid::from_u128(n << 80)),
+        at: ts(n as i64 * 10),
+        actor: PrincipalId::from_uuid(Uuid::from_u128(7)),
+        actor_name: actor.into(),
+        action: action.into(),
+        target: format!("tenant:t{n}"),
+        before: (n % 2 == 1).then(|| "{\"weight\":1}".into()),
+        after: Some("{\"weight\":2}".into()),
+        request_id: format!("req-{n}"),
+    };
+    let all = [entry(1, "ada", "tenant.create"), entry(2, "ada", "tenant.update"), entry(3, "bob", "tenant.update")];
+    for e in &all {
+        store.append_audit(e).await.unwrap();
+    }
+    let f = |f: crate::AuditFilter| async move { store.list_audit(&crate::AuditFilter { limit: 50, ..f }).await.unwrap() };
+    assert_eq!(f(Default::default()).await, [all[2].clone(), all[1].clone(), all[0].clone()], "everything, newest first");
+    assert_eq!(f(crate::AuditFilter { actor: Some("ada".into()), ..Default::default() }).await, [all[1].clone(), all[0].clone()]);
+    assert_eq!(f(crate::AuditFilter { action: Some("tenant.update".into()), since: Some(ts(25)), ..Default::default() }).await, [all[2].clone()]);
+    assert_eq!(f(crate::AuditFilter { target: Some("tenant:t1".into()), ..Default::default() }).await, [all[0].clone()]);
+    assert_eq!(f(crate::AuditFilter { before: Some(all[1].id), ..Default::default() }).await, [all[0].clone()], "after the cursor");
 }
 
 /// The submitter of a job is stored with its spec, for plain jobs and array members alike.

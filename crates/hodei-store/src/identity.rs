@@ -37,6 +37,12 @@ pub(crate) const GET_TOKEN: &str = "SELECT * FROM api_tokens WHERE id = ?";
 pub(crate) const LIST_ALL_TOKENS: &str = "SELECT * FROM api_tokens WHERE id < ? ORDER BY id DESC LIMIT ?";
 pub(crate) const LIST_TOKENS_OF: &str = "SELECT * FROM api_tokens WHERE principal_id = ? AND id < ? ORDER BY id DESC LIMIT ?";
 pub(crate) const DELETE_TOKEN: &str = "DELETE FROM api_tokens WHERE id = ?";
+pub(crate) const INSERT_AUDIT: &str =
+    "INSERT INTO audit_log (id, at, actor, actor_name, action, target, before, after, request_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)";
+/// Each filter is bound twice: once to test whether it is set.
+pub(crate) const LIST_AUDIT: &str = "SELECT * FROM audit_log WHERE id < ? \
+     AND (CAST(? AS TEXT) IS NULL OR actor_name = ?) AND (CAST(? AS TEXT) IS NULL OR action = ?) \
+     AND (CAST(? AS TEXT) IS NULL OR target = ?) AND (CAST(? AS BIGINT) IS NULL OR at >= ?) ORDER BY id DESC LIMIT ?";
 pub(crate) const TOUCH_TOKEN: &str = "UPDATE api_tokens SET last_used_at = ? WHERE id = ?";
 
 /// The cursor of a first page: above every UUID.
@@ -70,6 +76,22 @@ pub(crate) fn principal_from_row(r: &impl Cols) -> Result<Principal> {
         created_at: Timestamp::from_millis(r.col("created_at").map_err(g)?),
         updated_at: Timestamp::from_millis(r.col("updated_at").map_err(g)?),
         version: r.col("version").map_err(g)?,
+    })
+}
+
+pub(crate) fn audit_from_row(r: &impl Cols) -> Result<hodei_core::AuditEntry> {
+    const D: &str = "reading the audit log";
+    let g = |e: sqlx::Error| StoreError::Db { doing: D, source: e };
+    Ok(hodei_core::AuditEntry {
+        id: hodei_core::AuditId::from_uuid(r.col("id").map_err(g)?),
+        at: Timestamp::from_millis(r.col("at").map_err(g)?),
+        actor: PrincipalId::from_uuid(r.col("actor").map_err(g)?),
+        actor_name: r.col("actor_name").map_err(g)?,
+        action: r.col("action").map_err(g)?,
+        target: r.col("target").map_err(g)?,
+        before: r.col("before").map_err(g)?,
+        after: r.col("after").map_err(g)?,
+        request_id: r.col("request_id").map_err(g)?,
     })
 }
 
@@ -218,6 +240,44 @@ macro_rules! identity_methods {
                     .await
                     .map_err($crate::StoreError::db("revoking an API token"))?;
                 Ok(r.rows_affected() == 1)
+            }
+
+            async fn append_audit(&self, e: &hodei_core::AuditEntry) -> $crate::Result<()> {
+                let sql = $q($crate::identity::INSERT_AUDIT);
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(e.id.as_uuid())
+                    .bind($crate::rows::ms(e.at))
+                    .bind(e.actor.as_uuid())
+                    .bind(&e.actor_name)
+                    .bind(&e.action)
+                    .bind(&e.target)
+                    .bind(&e.before)
+                    .bind(&e.after)
+                    .bind(&e.request_id)
+                    .execute(&self.$write)
+                    .await
+                    .map(|_| ())
+                    .map_err($crate::StoreError::db("writing the audit log"))
+            }
+
+            async fn list_audit(&self, f: &$crate::AuditFilter) -> $crate::Result<Vec<hodei_core::AuditEntry>> {
+                let sql = $q($crate::identity::LIST_AUDIT);
+                let since = f.since.map($crate::rows::ms);
+                let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(f.before.map_or($crate::identity::NO_CURSOR, |b| b.as_uuid()))
+                    .bind(&f.actor)
+                    .bind(&f.actor)
+                    .bind(&f.action)
+                    .bind(&f.action)
+                    .bind(&f.target)
+                    .bind(&f.target)
+                    .bind(since)
+                    .bind(since)
+                    .bind(i64::from(f.limit.max(1)))
+                    .fetch_all(&self.$read)
+                    .await
+                    .map_err($crate::StoreError::db("reading the audit log"))?;
+                rows.iter().map($crate::identity::audit_from_row).collect()
             }
 
             async fn touch_token(&self, id: hodei_core::TokenId, at: hodei_core::Timestamp) -> $crate::Result<()> {

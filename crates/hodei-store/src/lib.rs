@@ -191,6 +191,21 @@ pub trait Identity: Send + Sync {
     /// Revokes a token: `false` when there was none.
     async fn delete_token(&self, id: TokenId) -> Result<bool>;
     async fn touch_token(&self, id: TokenId, at: Timestamp) -> Result<()>;
+    async fn append_audit(&self, e: &hodei_core::AuditEntry) -> Result<()>;
+    /// Newest first; `before` is the cursor (exclusive).
+    async fn list_audit(&self, f: &AuditFilter) -> Result<Vec<hodei_core::AuditEntry>>;
+}
+
+/// Filters of the audit log; each set one must match.
+#[derive(Clone, Debug, Default)]
+pub struct AuditFilter {
+    /// The actor's principal name.
+    pub actor: Option<String>,
+    pub action: Option<String>,
+    pub target: Option<String>,
+    pub since: Option<Timestamp>,
+    pub before: Option<hodei_core::AuditId>,
+    pub limit: u32,
 }
 
 #[async_trait]

@@ -49,7 +49,9 @@ fn expected(method: &str, path: &str) -> Option<[Want; 8]> {
         ("post", "/tenants/{id}/burst/sessions/{sid}/approve" | "/tenants/{id}/burst/sessions/{sid}/reject") => admin_in_tenant,
         ("put", "/tenants/{id}" | "/tenants/{id}/quota") | ("delete", "/tenants/{id}") => admin_in_tenant,
         ("post", "/tenants") => admin,
-        ("get", "/workers" | "/workers/{id}" | "/principals" | "/principals/{id}") | ("post", "/principals") | ("put", "/principals/{id}/roles") => admin,
+        ("get", "/workers" | "/workers/{id}" | "/principals" | "/principals/{id}" | "/audit") | ("post", "/principals") | ("put", "/principals/{id}/roles") => {
+            admin
+        }
         ("get", "/whoami" | "/tokens") | ("post", "/tokens") => anyone,
         // The token is the researcher's: its own, or an admin's business.
         ("delete", "/tokens/{id}") => row([NotFound, NotFound, Allowed, NotFound, Allowed]),
@@ -251,6 +253,22 @@ async fn tokens_and_roles_through_the_cli_take_effect_at_once() {
     let out = as_ada(&["whoami"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("401"), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // Every admin write is in the audit log, with who did it, and never a secret.
+    let (s, log) = srv.call(Method::GET, "/audit?limit=500", None).await;
+    assert_eq!(s, 200, "{log}");
+    let actions: Vec<(&str, &str)> = log["items"].as_array().unwrap().iter().map(|e| (e["actor"].as_str().unwrap(), e["action"].as_str().unwrap())).collect();
+    for want in ["tenant.create", "principal.create", "token.create", "principal.roles", "token.revoke"] {
+        assert!(actions.contains(&("admin", want)), "{want} by admin missing from {actions:?}");
+    }
+    let roles = log["items"].as_array().unwrap().iter().find(|e| e["action"] == "principal.roles").unwrap();
+    assert_eq!(
+        (roles["before"]["role_bindings"][0]["role"].as_str(), roles["after"]["role_bindings"][0]["role"].as_str()),
+        (Some("viewer"), Some("researcher"))
+    );
+    assert!(!log.to_string().contains(&secret), "the audit log never holds a secret");
+    let (s, _) = srv.call(Method::GET, "/audit?since=yesterday", None).await;
+    assert_eq!(s, 400);
 
     // The data dir is the server user's alone; only the hash of a secret is stored.
     use std::os::unix::fs::PermissionsExt;

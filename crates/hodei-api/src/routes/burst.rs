@@ -16,6 +16,7 @@ use crate::auth::Who;
 use crate::dto::{BurstIn, BurstView, Page};
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::json::ApiJson;
+use crate::routes::audit;
 use crate::routes::{page_limit, parse_id};
 use hodei_core::Action;
 
@@ -80,6 +81,7 @@ pub async fn request_burst(
         r => r?,
     }
     s.control.burst_changed(&session).await?;
+    audit::record(&s, &who, "burst.request", format!("burst:{}", session.id), None, audit::view(&BurstView::from(&session))).await;
     Ok((StatusCode::CREATED, Json(BurstView::from(&session))))
 }
 
@@ -158,12 +160,14 @@ async fn decide(
     s: &ApiState,
     who: &Who,
     (id, sid): (&str, &str),
-    (action, doing): (Action, &str),
+    (action, doing, verb): (Action, &str, &str),
     f: impl FnOnce(&mut BurstSession) -> Result<(), BurstError>,
 ) -> ApiResult<Json<BurstView>> {
     let mut b = load(s, who, id, sid, action, doing).await?;
+    let before = audit::view(&BurstView::from(&b));
     f(&mut b)?;
     s.store.update_burst(&b).await?;
+    audit::record(s, who, verb, format!("burst:{}", b.id), before, audit::view(&BurstView::from(&b))).await;
     s.control.burst_changed(&b).await?;
     Ok(Json(BurstView::from(&b)))
 }
@@ -172,14 +176,14 @@ async fn decide(
 #[utoipa::path(post, path = "/tenants/{id}/burst/sessions/{sid}/approve", responses((status = 200, body = BurstView), (status = 404, body = crate::error::Problem), (status = 409, body = crate::error::Problem)), tag = "burst")]
 pub async fn approve(State(s): State<ApiState>, who: Who, Path((id, sid)): Path<(String, String)>) -> ApiResult<Json<BurstView>> {
     let now = s.clock.now();
-    decide(&s, &who, (&id, &sid), (Action::Administer, "approving burst requests (admins only)"), |b| b.approve(&who.name, now)).await
+    decide(&s, &who, (&id, &sid), (Action::Administer, "approving burst requests (admins only)", "burst.approve"), |b| b.approve(&who.name, now)).await
 }
 
 /// Reject a pending request (admin); no cooldown.
 #[utoipa::path(post, path = "/tenants/{id}/burst/sessions/{sid}/reject", responses((status = 200, body = BurstView), (status = 404, body = crate::error::Problem), (status = 409, body = crate::error::Problem)), tag = "burst")]
 pub async fn reject(State(s): State<ApiState>, who: Who, Path((id, sid)): Path<(String, String)>) -> ApiResult<Json<BurstView>> {
     let now = s.clock.now();
-    decide(&s, &who, (&id, &sid), (Action::Administer, "rejecting burst requests (admins only)"), |b| b.reject(&who.name, now)).await
+    decide(&s, &who, (&id, &sid), (Action::Administer, "rejecting burst requests (admins only)", "burst.reject"), |b| b.reject(&who.name, now)).await
 }
 
 /// End an active session early (cooldown starts now), or withdraw a pending request.
@@ -187,5 +191,5 @@ pub async fn reject(State(s): State<ApiState>, who: Who, Path((id, sid)): Path<(
 pub async fn end(State(s): State<ApiState>, who: Who, Path((id, sid)): Path<(String, String)>) -> ApiResult<Json<BurstView>> {
     let now = s.clock.now();
     let rules = s.cfg.burst;
-    decide(&s, &who, (&id, &sid), (Action::ManageTenant, "ending burst sessions (pi or admin)"), |b| b.end(&who.name, &rules, now)).await
+    decide(&s, &who, (&id, &sid), (Action::ManageTenant, "ending burst sessions (pi or admin)", "burst.end"), |b| b.end(&who.name, &rules, now)).await
 }

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
+use super::audit;
 use super::{page_limit, parse_id};
 use crate::ApiState;
 use crate::auth::{PREFIX_LEN, Who, may_see_token, new_secret, secret_hash};
@@ -230,6 +231,7 @@ pub async fn create_token(State(s): State<ApiState>, who: Who, ApiJson(body): Ap
         last_used_at: None,
     };
     s.store.create_token(&token).await?;
+    audit::record(&s, &who, "token.create", format!("token:{}", token.id), None, audit::view(&TokenView::from(&token))).await;
     let h = location(format!("/api/v1/tokens/{}", token.id));
     Ok((StatusCode::CREATED, h, Json(TokenCreated { token: TokenView::from(&token), secret })))
 }
@@ -262,6 +264,7 @@ pub async fn revoke_token(State(s): State<ApiState>, who: Who, Path(id): Path<St
         Some(t) if may_see_token(&who, &t) => {
             s.store.delete_token(t.id).await?;
             s.token_cache.revoke(t.id);
+            audit::record(&s, &who, "token.revoke", format!("token:{}", t.id), audit::view(&TokenView::from(&t)), None).await;
             Ok(StatusCode::NO_CONTENT)
         }
         _ => Err(ApiError::not_found(format!("token {id}"))),
@@ -282,6 +285,7 @@ pub async fn create_principal(
     let now = s.clock.now();
     let p = Principal { id: PrincipalId::from_uuid(Uuid::now_v7()), name, kind, bindings, created_at: now, updated_at: now, version: 1 };
     s.store.create_principal(&p).await?;
+    audit::record(&s, &who, "principal.create", format!("principal:{}", p.id), None, audit::view(&PrincipalView::from(&p))).await;
     Ok((StatusCode::CREATED, location(format!("/api/v1/principals/{}", p.id)), Json(PrincipalView::from(&p))))
 }
 
@@ -313,6 +317,7 @@ pub async fn get_principal(State(s): State<ApiState>, who: Who, Path(id): Path<S
 pub async fn put_roles(State(s): State<ApiState>, who: Who, Path(id): Path<String>, ApiJson(body): ApiJson<RolesPut>) -> ApiResult<Json<PrincipalView>> {
     let mut p = load_principal(&s, &who, &id, "changing role bindings (admins only)").await?;
     let bindings = bindings_in(&body.role_bindings, "/role_bindings")?;
+    let before = audit::view(&PrincipalView::from(&p));
     if p.id == s.admin.principal && !bindings.contains(&RoleBinding::admin()) {
         return Err(ApiError::new(ErrorCode::Conflict, "the bootstrap admin (the admin token's principal) keeps its admin role"));
     }
@@ -321,5 +326,6 @@ pub async fn put_roles(State(s): State<ApiState>, who: Who, Path(id): Path<Strin
     p.version += 1;
     s.store.update_principal(&p).await?;
     s.token_cache.principal_changed(p.id);
+    audit::record(&s, &who, "principal.roles", format!("principal:{}", p.id), before, audit::view(&PrincipalView::from(&p))).await;
     Ok(Json(PrincipalView::from(&p)))
 }

@@ -1,5 +1,6 @@
 //! Route handlers, one module per resource.
 
+pub mod audit;
 pub mod burst;
 pub mod identity;
 pub mod jobs;
@@ -57,6 +58,7 @@ pub fn v1(cfg: &ApiConfig) -> OpenApiRouter<ApiState> {
         .routes(routes!(identity::create_principal, identity::list_principals))
         .routes(routes!(identity::get_principal))
         .routes(routes!(identity::put_roles))
+        .routes(routes!(audit::list))
         .layer(DefaultBodyLimit::max(cfg.max_body_bytes))
         .merge(batch)
         .fallback(not_found)

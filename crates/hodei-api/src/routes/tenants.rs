@@ -12,6 +12,7 @@ use crate::auth::Who;
 use crate::dto::{CeilingOut, Page, QuotaIn, QuotaOut, QuotaView, TenantCreate, TenantUpdate, TenantView, UsageOut, UtilizationOut};
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::json::ApiJson;
+use crate::routes::audit;
 use hodei_core::Action;
 
 fn tier(v: &str) -> ApiResult<Tier> {
@@ -107,6 +108,7 @@ pub async fn create_tenant(State(s): State<ApiState>, who: Who, ApiJson(body): A
         version: 1,
     };
     s.store.create_tenant(&t).await?;
+    audit::record(&s, &who, "tenant.create", format!("tenant:{}", t.id), None, audit::view(&TenantView::of(&t, &s.cfg.tier_weights))).await;
     s.control.tenant_changed(&t).await?;
     if let Ok(pools) = s.pools.read() {
         crate::zero_series_for_tenant(&t.id, &pools);
@@ -158,6 +160,7 @@ pub async fn update_tenant(
     ApiJson(body): ApiJson<TenantUpdate>,
 ) -> ApiResult<Json<TenantView>> {
     let mut t = load(&s, &who, &id, Action::Administer, "changing tenants (admins only)").await?;
+    let before = audit::view(&TenantView::of(&t, &s.cfg.tier_weights));
     if_match(&headers, &t)?;
     if let Some(n) = &body.name {
         t.name = name(n)?;
@@ -181,6 +184,7 @@ pub async fn update_tenant(
         t.labels = l;
     }
     save(&s, &mut t).await?;
+    audit::record(&s, &who, "tenant.update", format!("tenant:{}", t.id), before, audit::view(&TenantView::of(&t, &s.cfg.tier_weights))).await;
     Ok(Json(TenantView::of(&t, &s.cfg.tier_weights)))
 }
 
@@ -261,9 +265,11 @@ pub async fn put_quota(
     // A pi's own quota (SPEC §8.2) is bounded by a quota_limit that does not exist yet, so
     // quotas are set by admins only for now.
     let mut t = load(&s, &who, &id, Action::Administer, "setting quotas (admins only)").await?;
+    let before = audit::view(&QuotaOut::from(&t.quota));
     if_match(&headers, &t)?;
     apply_quota(&mut t.quota, &body, "")?;
     save(&s, &mut t).await?;
+    audit::record(&s, &who, "tenant.quota", format!("tenant:{}", t.id), before, audit::view(&QuotaOut::from(&t.quota))).await;
     Ok(Json(quota_view(&s, &t).await?))
 }
 
@@ -288,6 +294,7 @@ pub async fn delete_tenant(State(s): State<ApiState>, who: Who, Path(id): Path<S
         return Err(ApiError::new(ErrorCode::Conflict, format!("tenant has {live} live jobs; cancel them first")).with("live_jobs", live.into()));
     }
     s.store.delete_tenant(&t.id).await?;
+    audit::record(&s, &who, "tenant.delete", format!("tenant:{}", t.id), audit::view(&TenantView::of(&t, &s.cfg.tier_weights)), None).await;
     s.tenants.invalidate(&t.id);
     Ok(StatusCode::NO_CONTENT)
 }
