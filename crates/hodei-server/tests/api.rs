@@ -779,3 +779,33 @@ async fn framework_errors_are_problem_json_too() {
         assert!(!body["detail"].as_str().unwrap_or("").is_empty(), "{body}");
     }
 }
+
+#[tokio::test]
+async fn attempts_events_and_workers_are_paginated() {
+    let app = app().await;
+    let (_, job) = app.call("POST", "/api/v1/jobs", Some(json!({"command": ["true"], "hold": true}))).await;
+    let id = job["id"].as_str().unwrap().to_owned();
+    for action in ["release", "hold", "release"] {
+        let (s, v) = app.call("POST", &format!("/api/v1/jobs/{id}/{action}"), None).await;
+        assert_eq!(s, StatusCode::OK, "{action}: {v}");
+    }
+    let (_, all) = app.call("GET", &format!("/api/v1/jobs/{id}/events?limit=500"), None).await;
+    let n = all["items"].as_array().unwrap().len();
+    assert!(n >= 4, "{all}");
+    let (_, first) = app.call("GET", &format!("/api/v1/jobs/{id}/events?limit=2"), None).await;
+    assert_eq!(first["items"].as_array().unwrap().len(), 2);
+    let cursor = first["next_cursor"].as_str().expect("more to come").to_owned();
+    let (_, rest) = app.call("GET", &format!("/api/v1/jobs/{id}/events?limit=500&cursor={cursor}"), None).await;
+    assert_eq!(rest["items"].as_array().unwrap().len(), n - 2);
+    assert_eq!(rest["next_cursor"], Value::Null);
+    assert_eq!(rest["items"][0], all["items"][2], "the pages join up");
+    for bad in ["limit=501", "cursor=abc"] {
+        let (s, p) = app.call("GET", &format!("/api/v1/jobs/{id}/events?{bad}"), None).await;
+        assert_eq!((s, p["code"].as_str()), (StatusCode::BAD_REQUEST, Some("validation_failed")), "{bad}: {p}");
+    }
+    let (s, page) = app.call("GET", &format!("/api/v1/jobs/{id}/attempts?limit=1"), None).await;
+    assert_eq!((s, page["next_cursor"].clone()), (StatusCode::OK, Value::Null), "{page}");
+    let (s, page) = app.call("GET", "/api/v1/workers?limit=1", None).await;
+    assert_eq!(s, StatusCode::OK, "{page}");
+    assert!(page["items"].as_array().unwrap().len() <= 1, "{page}");
+}

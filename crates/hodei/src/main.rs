@@ -795,7 +795,7 @@ async fn jobs(c: ClientOpts, cmd: JobsCmd) -> anyhow::Result<i32> {
             return Ok(exit_code_of(&end));
         }
         JobsCmd::Events { id } => {
-            let v = cl.get(&format!("/jobs/{id}/events")).await?;
+            let v = cl.get(&format!("/jobs/{id}/events?limit=500")).await?;
             if out == Output::Json {
                 print_json(&v);
             } else {
@@ -1024,7 +1024,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Workers { c } => {
             listing(
                 c,
-                "/workers",
+                "/workers?limit=500",
                 &["ID", "POOL", "INSTANCE", "STATE", "SLOTS", "LAST HEARTBEAT"],
                 &["id", "pool_id", "instance_name", "state", "slots", "last_heartbeat_at"],
             )

@@ -12,7 +12,7 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::audit;
-use super::{page_limit, parse_id};
+use super::{PageQuery, page_limit, parse_id};
 use crate::ApiState;
 use crate::auth::{PREFIX_LEN, Who, may_see_token, new_secret, secret_hash};
 use crate::dto::{Page, rfc3339};
@@ -102,13 +102,6 @@ pub struct TokenCreate {
 pub struct TokenQuery {
     /// Whose tokens (admins only; default: the caller's own).
     pub principal_id: Option<String>,
-    pub limit: Option<i64>,
-    pub cursor: Option<String>,
-}
-
-#[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-pub struct PageQuery {
     pub limit: Option<i64>,
     pub cursor: Option<String>,
 }

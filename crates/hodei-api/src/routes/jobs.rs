@@ -13,7 +13,7 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 use uuid::Uuid;
 
-use super::{page_limit, parse_id};
+use super::{PageQuery, page_limit, page_of, parse_id};
 use crate::auth::{Who, check};
 use crate::dto::{
     ArraySubmitted, AttemptView, BatchItem, BatchResult, BatchSubmit, CostEstimate, DryRunView, EventView, ExplainView, JobSubmit, JobView, Page, ProblemItem,
@@ -512,17 +512,17 @@ pub async fn get_job(State(s): State<ApiState>, who: Who, Path(id): Path<String>
 }
 
 /// A job's attempts, oldest first.
-#[utoipa::path(get, path = "/jobs/{id}/attempts", responses((status = 200, body = Page<AttemptView>), (status = 404, body = crate::error::Problem)), tag = "jobs")]
-pub async fn list_attempts(State(s): State<ApiState>, who: Who, Path(id): Path<String>) -> ApiResult<Json<Page<AttemptView>>> {
+#[utoipa::path(get, path = "/jobs/{id}/attempts", params(PageQuery), responses((status = 200, body = Page<AttemptView>), (status = 400, body = crate::error::Problem), (status = 404, body = crate::error::Problem)), tag = "jobs")]
+pub async fn list_attempts(State(s): State<ApiState>, who: Who, Path(id): Path<String>, Query(q): Query<PageQuery>) -> ApiResult<Json<Page<AttemptView>>> {
     let job = load(&s, &who, &id).await?;
-    Ok(Json(Page { items: s.store.list_attempts(job.id).await?.iter().map(AttemptView::from).collect(), next_cursor: None }))
+    Ok(Json(page_of(&s.store.list_attempts(job.id).await?, q.limit, q.cursor.as_deref(), |a| AttemptView::from(a))?))
 }
 
 /// A job's state transitions, oldest first.
-#[utoipa::path(get, path = "/jobs/{id}/events", responses((status = 200, body = Page<EventView>), (status = 404, body = crate::error::Problem)), tag = "jobs")]
-pub async fn list_events(State(s): State<ApiState>, who: Who, Path(id): Path<String>) -> ApiResult<Json<Page<EventView>>> {
+#[utoipa::path(get, path = "/jobs/{id}/events", params(PageQuery), responses((status = 200, body = Page<EventView>), (status = 400, body = crate::error::Problem), (status = 404, body = crate::error::Problem)), tag = "jobs")]
+pub async fn list_events(State(s): State<ApiState>, who: Who, Path(id): Path<String>, Query(q): Query<PageQuery>) -> ApiResult<Json<Page<EventView>>> {
     let job = load(&s, &who, &id).await?;
-    Ok(Json(Page { items: s.store.list_events(job.id).await?.iter().map(EventView::from).collect(), next_cursor: None }))
+    Ok(Json(page_of(&s.store.list_events(job.id).await?, q.limit, q.cursor.as_deref(), |e| EventView::from(e))?))
 }
 
 async fn reread(s: &ApiState, id: JobId) -> ApiResult<Json<JobView>> {

@@ -73,6 +73,28 @@ pub fn parse_id<T: std::str::FromStr>(what: &str, s: &str) -> Result<T, ApiError
     s.parse().map_err(|_| ApiError::not_found(format!("{what} {s}")))
 }
 
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct PageQuery {
+    /// 1–500, default 50.
+    pub limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// One page of a list read whole (a job's attempts or events, the workers: small by
+/// construction); the cursor is the position of the next item.
+pub fn page_of<T, V>(all: &[T], limit: Option<i64>, cursor: Option<&str>, view: impl Fn(&T) -> V) -> Result<crate::dto::Page<V>, ApiError> {
+    let limit = page_limit(limit)? as usize;
+    let from = match cursor {
+        None => 0,
+        Some(c) => c.parse::<usize>().map_err(|_| ApiError::field("cursor", "bad cursor", "a cursor from next_cursor", Some(c.to_owned())))?,
+    };
+    let items: Vec<V> = all.iter().skip(from).take(limit).map(view).collect();
+    let next = from + items.len();
+    Ok(crate::dto::Page { next_cursor: (next < all.len()).then(|| next.to_string()), items })
+}
+
 /// `limit` (default 50, at most 500).
 pub fn page_limit(limit: Option<i64>) -> Result<u32, ApiError> {
     match limit {

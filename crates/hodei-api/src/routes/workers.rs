@@ -15,22 +15,18 @@ use crate::error::{ApiError, ApiResult};
 pub struct WorkerQuery {
     pub pool_id: Option<String>,
     pub state: Option<String>,
+    /// 1–500, default 50.
+    pub limit: Option<i64>,
+    pub cursor: Option<String>,
 }
 
 /// List workers, newest first.
 #[utoipa::path(get, path = "/workers", params(WorkerQuery), responses((status = 200, body = Page<WorkerView>)), tag = "workers")]
 pub async fn list_workers(State(s): State<ApiState>, who: Who, Query(q): Query<WorkerQuery>) -> ApiResult<Json<Page<WorkerView>>> {
     who.must_be_admin("listing workers (admins only)")?;
-    let items = s
-        .store
-        .list_workers()
-        .await?
-        .iter()
-        .filter(|w| q.pool_id.as_deref().is_none_or(|p| w.pool_id.as_str() == p))
-        .filter(|w| q.state.as_deref().is_none_or(|st| w.state.as_str() == st))
-        .map(WorkerView::from)
-        .collect();
-    Ok(Json(Page { items, next_cursor: None }))
+    let mut workers = s.store.list_workers().await?;
+    workers.retain(|w| q.pool_id.as_deref().is_none_or(|p| w.pool_id.as_str() == p) && q.state.as_deref().is_none_or(|st| w.state.as_str() == st));
+    Ok(Json(super::page_of(&workers, q.limit, q.cursor.as_deref(), |w| WorkerView::from(w))?))
 }
 
 /// One worker.
