@@ -4,6 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
@@ -83,8 +84,14 @@ impl LogFiles {
             payload.extend_from_slice(&data[(next - offset) as usize..]);
         }
         state.next.insert((attempt, stream), end);
-        let mut file = OpenOptions::new().create(true).append(true).open(&path)?;
-        let len = file.metadata()?.len();
+        // Readable by the server's user only: another tenant's output is nobody else's business.
+        let mut file = OpenOptions::new().create(true).append(true).mode(0o600).open(&path)?;
+        // The cap is per attempt: both streams together.
+        let other = match stream {
+            LogStream::Stdout => LogStream::Stderr,
+            LogStream::Stderr => LogStream::Stdout,
+        };
+        let len = file.metadata()?.len() + fs::metadata(self.path(attempt, other)).map_or(0, |m| m.len());
         let room = self.max_bytes.saturating_sub(len);
         if (payload.len() as u64) > room {
             payload.truncate(room as usize);
@@ -144,6 +151,19 @@ mod tests {
         l.append(a, LogStream::Stderr, 0, b"abcdef").unwrap();
         assert_eq!(l.read(a, LogStream::Stderr, 0, 100).unwrap().0, b"abcd");
         assert!(l.was_truncated(a));
+    }
+
+    #[test]
+    fn the_cap_counts_both_streams_of_an_attempt() {
+        let (_d, l) = files(6);
+        let a = AttemptId::from_uuid(Uuid::from_u128(4));
+        l.append(a, LogStream::Stdout, 0, b"abcd").unwrap();
+        assert!(!l.was_truncated(a));
+        l.append(a, LogStream::Stderr, 0, b"wxyz").unwrap();
+        assert_eq!(l.read(a, LogStream::Stderr, 0, 100).unwrap().0, b"wx", "4 + 2 bytes: the cap is per attempt");
+        assert!(l.was_truncated(a));
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(l.path(a, LogStream::Stdout)).unwrap().permissions().mode() & 0o777, 0o600, "log files are private");
     }
 
     #[test]

@@ -82,6 +82,7 @@ impl SqliteStore {
         crate::prepare_schema(&MIGRATOR, &write, schema).await?;
         let read = SqlitePoolOptions::new().max_connections(4).connect_with(opts.read_only(true)).await.map_err(StoreError::db("opening the database"))?;
         let writer = Writer::open(path, fsync_commits)?;
+        private_files(path);
         Ok(SqliteStore { write, read, writer, _temp: None })
     }
 
@@ -92,6 +93,17 @@ impl SqliteStore {
         let mut store = SqliteStore::open(&path).await?;
         store._temp = Some(TempDb(path));
         Ok(store)
+    }
+}
+
+/// The database holds every tenant's job specs (their `env` too): readable by this user only.
+/// SQLite gives the WAL and shared-memory files it creates later the database file's mode.
+fn private_files(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600));
     }
 }
 

@@ -273,6 +273,10 @@ async fn tokens_and_roles_through_the_cli_take_effect_at_once() {
     // The data dir is the server user's alone; only the hash of a secret is stored.
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(dir.path()).unwrap().permissions().mode() & 0o777, 0o700, "the data dir is private");
+    for f in ["hodei.db", "hodei.db-wal", "admin.token", "pool-local.token"] {
+        let mode = std::fs::metadata(dir.path().join(f)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{f} is private");
+    }
     let db = std::fs::read(dir.path().join("hodei.db")).unwrap();
     let wal = std::fs::read(dir.path().join("hodei.db-wal")).unwrap_or_default();
     let holds = |bytes: &[u8]| bytes.windows(secret.len()).any(|w| w == secret.as_bytes());
