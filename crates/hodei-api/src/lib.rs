@@ -192,6 +192,10 @@ pub struct Inner {
     pub pools: RwLock<Vec<Pool>>,
     /// Tenants read on every submit; this process's tenant writes invalidate it.
     pub tenants: TenantCache,
+    /// Submits hold it shared from their tenant check to their commit, a tenant's deletion
+    /// exclusively from its live-job count to the cache's invalidation: no submit can land in a
+    /// tenant between the count that allowed its deletion and the deletion.
+    pub tenant_gate: tokio::sync::RwLock<()>,
     /// The bootstrap admin principal: who the admin token (or `auth.mode: none`) is.
     pub admin: Arc<hodei_core::Caller>,
     /// API tokens recently seen (see [`auth`]).

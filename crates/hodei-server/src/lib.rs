@@ -446,6 +446,7 @@ fn api_state(cfg: &Config, p: ApiParts) -> anyhow::Result<ApiState> {
         metrics,
         pools: RwLock::new(pools),
         tenants: Default::default(),
+        tenant_gate: Default::default(),
         admin,
         token_cache: Default::default(),
         submit_rate: hodei_api::rate::SubmitRate::new(hodei_core::rate::RateLimit::new(cfg.limits.submit_rate_per_tenant, cfg.limits.submit_burst_per_tenant)),

@@ -809,3 +809,37 @@ async fn attempts_events_and_workers_are_paginated() {
     assert_eq!(s, StatusCode::OK, "{page}");
     assert!(page["items"].as_array().unwrap().len() <= 1, "{page}");
 }
+
+/// A tenant deleted while submits race it: once the delete answered 204, no job of the tenant
+/// is live (a submit that had passed its tenant check commits before the delete counts, and
+/// is then refused by it with 409; later ones find no tenant).
+#[tokio::test]
+async fn a_tenant_deleted_under_concurrent_submits_keeps_no_live_job() {
+    let app = std::sync::Arc::new(app().await);
+    for round in 0..20 {
+        let id = format!("racy-{round}");
+        let (s, _) = app.call("POST", "/api/v1/tenants", Some(json!({"id": id, "name": id}))).await;
+        assert_eq!(s, StatusCode::CREATED);
+        // Warm the tenant cache, as a busy tenant's would be.
+        app.call("POST", "/api/v1/jobs?dry_run=true", Some(json!({"command": ["true"], "tenant_id": id}))).await;
+        let submits: Vec<_> = (0..8)
+            .map(|_| {
+                let (app, id) = (app.clone(), id.clone());
+                tokio::spawn(async move { app.call("POST", "/api/v1/jobs", Some(json!({"command": ["true"], "tenant_id": id, "hold": true}))).await.0 })
+            })
+            .collect();
+        let (deleted, _) = app.call("DELETE", &format!("/api/v1/tenants/{id}"), None).await;
+        let mut stored = 0;
+        for t in submits {
+            let s = t.await.unwrap();
+            assert!(matches!(s, StatusCode::CREATED | StatusCode::NOT_FOUND), "{s}");
+            stored += usize::from(s == StatusCode::CREATED);
+        }
+        let live = app.server.store.count_live_jobs(&hodei_core::TenantId::parse(&id).unwrap()).await.unwrap();
+        if deleted == StatusCode::NO_CONTENT {
+            assert_eq!(live, 0, "round {round}: {stored} jobs landed in a deleted tenant");
+        } else {
+            assert_eq!((deleted, live), (StatusCode::CONFLICT, stored as u64), "round {round}");
+        }
+    }
+}

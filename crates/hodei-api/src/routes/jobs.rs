@@ -172,6 +172,7 @@ pub async fn submit_job(
     headers: HeaderMap,
     KeyedJson { body, key }: KeyedJson<JobSubmit>,
 ) -> ApiResult<Response> {
+    let _gate = s.tenant_gate.read().await;
     let (input, tenant) = spec_input(body);
     let tenant = tenant_for(&s, &who, tenant.as_deref(), &headers, "").await?;
     let spec = validated(&s, &who, input, "")?;
@@ -292,6 +293,7 @@ async fn dry_run(s: &ApiState, job: Job, never: Option<FieldError>) -> ApiResult
 #[utoipa::path(post, path = "/jobs/batch", params(("Idempotency-Key" = Option<String>, Header, description = "makes the POST safe to repeat for 24 h")), request_body = BatchSubmit, responses((status = 201, body = BatchResult), (status = 400, body = crate::error::Problem), (status = 413, body = crate::error::Problem)), tag = "jobs")]
 pub async fn submit_batch(State(s): State<ApiState>, who: Who, headers: HeaderMap, KeyedJson { body, key }: KeyedJson<BatchSubmit>) -> ApiResult<Response> {
     let t0 = std::time::Instant::now();
+    let _gate = s.tenant_gate.read().await;
     let n = body.jobs.len();
     if n == 0 {
         return Err(ApiError::field("/jobs", "no jobs", "at least one job", Some("0".into())));

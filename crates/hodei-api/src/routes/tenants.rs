@@ -289,12 +289,14 @@ pub async fn delete_tenant(State(s): State<ApiState>, who: Who, Path(id): Path<S
     if t.id == s.cfg.default_tenant {
         return Err(ApiError::new(ErrorCode::Conflict, "the default tenant cannot be deleted"));
     }
+    let gate = s.tenant_gate.write().await;
     let live = s.store.count_live_jobs(&t.id).await?;
     if live > 0 {
         return Err(ApiError::new(ErrorCode::Conflict, format!("tenant has {live} live jobs; cancel them first")).with("live_jobs", live.into()));
     }
     s.store.delete_tenant(&t.id).await?;
-    audit::record(&s, &who, "tenant.delete", format!("tenant:{}", t.id), audit::view(&TenantView::of(&t, &s.cfg.tier_weights)), None).await;
     s.tenants.invalidate(&t.id);
+    drop(gate);
+    audit::record(&s, &who, "tenant.delete", format!("tenant:{}", t.id), audit::view(&TenantView::of(&t, &s.cfg.tier_weights)), None).await;
     Ok(StatusCode::NO_CONTENT)
 }
