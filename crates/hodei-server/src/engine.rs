@@ -441,8 +441,19 @@ impl Engine {
     }
 
     /// One round: apply commands, tick if due, schedule, persist, then reply and send.
-    pub async fn step(&mut self, batch: Vec<Command>, ticked: bool) {
+    pub async fn step(&mut self, mut batch: Vec<Command>, ticked: bool) {
         let started = Instant::now();
+        // A retried job the core does not hold has ended, and its row is the truth only as of
+        // the last commit: the API's copy was read before this step and may predate a run that
+        // ended since. Every earlier batch is committed, so the row read now is current.
+        for c in &mut batch {
+            if let Command::Retry { job, .. } = c
+                && self.sched.job(&job.id).is_none()
+                && let Ok(Some(fresh)) = self.store.get_job(job.id).await
+            {
+                **job = fresh;
+            }
+        }
         let now = self.clock.now();
         let mut replies = Replies::default();
         for c in batch {
