@@ -197,8 +197,9 @@ impl From<hodei_core::Rejection> for ApiError {
 pub async fn problems_only(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let resp = next.run(req).await;
     let status = resp.status();
-    let is_problem = resp.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
-    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+    // JSON answers are ours already (problem+json, or `/ready`'s checks with its 503).
+    let is_json = resp.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.to_str().is_ok_and(|t| t.starts_with("application/") && t.contains("json")));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
         return resp;
     }
     let (parts, body) = resp.into_parts();
