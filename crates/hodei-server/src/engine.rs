@@ -263,6 +263,9 @@ type Answer<T> = (Reply<T>, Result<T, ControlError>);
 /// Answers to send once the batch is durable.
 #[derive(Default)]
 struct Replies {
+    /// Reads of the scheduler's state, run once this step's changes are committed (or, after a
+    /// failed commit, on the state reloaded from the store), so they never show an uncommitted job.
+    inspect: Vec<hodei_api::Inspector>,
     unit: Vec<Reply<()>>,
     cancel: Vec<(Reply<CancelOutcome>, CancelOutcome)>,
     submit: Vec<Answer<Idempotent<Vec<Admitted>>>>,
@@ -459,6 +462,18 @@ impl Engine {
         for c in batch {
             self.handle(c, now, &mut replies);
         }
+        let inspects = std::mem::take(&mut replies.inspect);
+        self.commit_step(replies, ticked, started, now).await;
+        if !self.stale {
+            for f in inspects {
+                f(&self.sched, now);
+            }
+        }
+        self.connected.store(self.conns.len(), Ordering::Relaxed);
+    }
+
+    /// The rest of a round: tick if due, schedule, persist, then reply and send.
+    async fn commit_step(&mut self, replies: Replies, ticked: bool, started: Instant, now: Timestamp) {
         if ticked {
             self.check_leadership().await;
             self.sched.tick(now);
@@ -516,7 +531,6 @@ impl Engine {
                 }
             }
         }
-        self.connected.store(self.conns.len(), Ordering::Relaxed);
     }
 
     /// Every tick: this server must still be the only one scheduling its database. If the
@@ -637,7 +651,7 @@ impl Engine {
                 s.set_burst(&session, now);
                 replies.unit.push(reply);
             }
-            Command::Inspect(f) => f(s, now),
+            Command::Inspect(f) => replies.inspect.push(f),
             Command::Cancel { id, reply } => match s.cancel(id, now) {
                 Ok(o) => replies.cancel.push((reply, o)),
                 Err(e) => {
