@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use hodei_api::{Admitted, ArrayAdmitted, Clock, Control, ControlError, Idempotent, IdempotentCall, Inspector};
 use hodei_core::idempotency::{IdempotencyRecord, Lookup, Submitted};
-use hodei_core::sched::{AttemptResult, CancelOutcome, Changes, CommandError, Outbound, SchedConfig, Scheduler, UnknownWorker};
+use hodei_core::sched::{AttemptResult, CancelOutcome, Changes, CommandError, Fenced, Outbound, SchedConfig, Scheduler, UnknownWorker};
 use hodei_core::{
     ArrayId, AttemptId, AttemptState, BurstSession, BurstState, Job, JobId, JobState, Tenant, TenantId, TenantPolicy, TierWeights, Timestamp, Worker, WorkerId,
     WorkerState,
@@ -699,17 +699,17 @@ impl Engine {
             }
             Command::Accepted { worker, attempt, started_at } => {
                 if let Err(f) = s.accepted(attempt, worker, started_at, now) {
-                    tracing::debug!(%attempt, %worker, reason = %f, "ignored Accepted");
+                    ignored("accepted", worker, attempt, f);
                 }
             }
             Command::Rejected { worker, attempt } => {
                 if let Err(f) = s.rejected(attempt, worker, now) {
-                    tracing::debug!(%attempt, %worker, reason = %f, "ignored Rejected");
+                    ignored("rejected", worker, attempt, f);
                 }
             }
             Command::Finished { worker, attempt, result } => {
                 if let Err(f) = s.finish(attempt, worker, *result, now) {
-                    tracing::debug!(%attempt, %worker, reason = %f, "ignored Result");
+                    ignored("result", worker, attempt, f);
                 }
             }
         }
@@ -805,6 +805,18 @@ fn lost_leadership(e: &StoreError) -> ! {
     tracing::error!(error = %e, "this server no longer holds the scheduler lock; exiting");
     eprintln!("error: {e}; exiting");
     std::process::exit(3)
+}
+
+/// A worker's report the core fenced off. A stale one (a retry overtook it, the job ended) is
+/// normal; one for another worker's attempt is a worker speaking for someone else's job, so it
+/// is counted as refused, like a log chunk the job stream refuses.
+fn ignored(kind: &'static str, worker: WorkerId, attempt: AttemptId, f: Fenced) {
+    if f == Fenced::WrongWorker {
+        metrics::counter!("hodei_worker_messages_refused_total", "kind" => kind).increment(1);
+        tracing::warn!(%attempt, %worker, kind, "refused a report for another worker's attempt");
+    } else {
+        tracing::debug!(%attempt, %worker, kind, reason = %f, "ignored a stale report");
+    }
 }
 
 /// While the core is stale: an API command is answered now with the store's unavailability

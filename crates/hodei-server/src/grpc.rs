@@ -2,8 +2,9 @@
 //! and the job stream. Log chunks are written here (they do not pass through the engine);
 //! everything that changes job state is forwarded to the engine as a [`Command`].
 //!
-//! A worker speaks only for its own attempts: results and acceptances are fenced by the core
-//! (attempt and worker must match), and log chunks here, against the attempts this connection
+//! A worker speaks only for its own attempts: results, acceptances and rejections are fenced by
+//! the core (attempt and worker must match; the engine counts a mismatch as refused), and log
+//! chunks here, against the attempts this connection
 //! was assigned (seen as its AssignJob frames go out) or held when it connected. Anything else
 //! is refused and counted in `hodei_worker_messages_refused_total`.
 
@@ -50,7 +51,9 @@ pub struct WorkerSvc {
 
 impl WorkerSvc {
     pub fn new(store: Arc<dyn Store>, engine: EngineHandle, logs: Arc<LogFiles>, clock: Arc<dyn Clock>, timeouts: WorkerTimeouts) -> Self {
-        metrics::counter!("hodei_worker_messages_refused_total", "kind" => "log").increment(0);
+        for kind in ["log", "accepted", "rejected", "result"] {
+            metrics::counter!("hodei_worker_messages_refused_total", "kind" => kind).increment(0);
+        }
         WorkerSvc {
             store,
             engine,

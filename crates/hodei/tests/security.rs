@@ -287,7 +287,7 @@ async fn tokens_and_roles_through_the_cli_take_effect_at_once() {
 /// worker's, of another job): the chunks are refused and counted, and the job's output is what
 /// its own worker sent.
 #[tokio::test]
-async fn a_worker_cannot_write_output_for_another_workers_attempt() {
+async fn a_worker_cannot_speak_for_another_workers_attempt() {
     use hodei_proto::v1 as pb;
     use pb::worker_service_client::WorkerServiceClient;
     let dir = tempfile::tempdir().unwrap();
@@ -343,21 +343,35 @@ async fn a_worker_cannot_write_output_for_another_workers_attempt() {
         let chunk = pb::LogChunk { attempt_id: attempt.clone(), stream: pb::LogStream::Stdout as i32, offset, data: b"forged\n".to_vec() };
         tx.send(msg(pb::worker_message::Msg::Log(chunk))).await.unwrap();
     }
+    // It also claims to have started the attempt and reports it failed.
+    tx.send(msg(pb::worker_message::Msg::Accepted(pb::Accepted { attempt_id: attempt.clone(), started_at_ms: 1 }))).await.unwrap();
+    let forged = pb::Result {
+        attempt_id: attempt.clone(),
+        outcome: pb::Outcome::Failed as i32,
+        exit_code: Some(7),
+        failure_reason: "nonzero_exit".into(),
+        started_at_ms: 1,
+        finished_at_ms: 2,
+        ..Default::default()
+    };
+    tx.send(msg(pb::worker_message::Msg::Result(forged))).await.unwrap();
 
-    // Both chunks are refused (counted), whatever the order they arrive in.
+    // Every forged message is refused (counted), whatever the order they arrive in.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
         let text = srv.http_client.get(format!("{}/metrics", srv.http)).send().await.unwrap().text().await.unwrap();
-        let refused = text
-            .lines()
-            .find(|l| l.starts_with("hodei_worker_messages_refused_total{kind=\"log\"}"))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0);
-        if refused >= 2.0 {
+        let refused = |kind: &str| {
+            text.lines()
+                .find(|l| l.starts_with(&format!("hodei_worker_messages_refused_total{{kind=\"{kind}\"}}")))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        let counts = [refused("log"), refused("accepted"), refused("result")];
+        if counts == [2.0, 1.0, 1.0] {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "the forged chunks were not refused (refused: {refused})");
+        assert!(std::time::Instant::now() < deadline, "the forged messages were not refused (log, accepted, result: {counts:?})");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     let text = srv.http_client.get(format!("{}/metrics", srv.http)).send().await.unwrap().text().await.unwrap();
