@@ -132,6 +132,15 @@ pub trait Control: Send + Sync {
     async fn inspect(&self, f: Inspector) -> Result<(), ControlError>;
 }
 
+/// Pool join tokens (SPEC §10), kept by the server: in `{data_dir}/pool-<id>.token` unless the
+/// configuration file sets one.
+#[async_trait]
+pub trait JoinTokens: Send + Sync {
+    /// Draws a new join token for `pool` and makes it the only one a worker can register with
+    /// from now on (workers already registered keep their sessions). Returns it, once.
+    async fn rotate(&self, pool: &Pool) -> Result<String, ApiError>;
+}
+
 /// A read of the scheduler's state; see [`read`].
 pub type Inspector = Box<dyn FnOnce(&Scheduler, Timestamp) + Send>;
 
@@ -198,6 +207,7 @@ pub struct Inner {
     pub tenant_gate: tokio::sync::RwLock<()>,
     /// The bootstrap admin principal: who the admin token (or `auth.mode: none`) is.
     pub admin: Arc<hodei_core::Caller>,
+    pub join_tokens: Arc<dyn JoinTokens>,
     /// API tokens recently seen (see [`auth`]).
     pub token_cache: auth::TokenCache,
     /// `limits.submit_rate_per_tenant`: per-tenant token buckets.

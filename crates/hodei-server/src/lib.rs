@@ -10,7 +10,6 @@ pub mod local_pool;
 pub mod tokens;
 
 use std::net::SocketAddr;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -111,9 +110,7 @@ fn secret_file(path: &Path) -> anyhow::Result<String> {
         }
     }
     let token = tokens::random_token().context("drawing a secret from the OS's random number generator")?;
-    let mut f =
-        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).with_context(|| format!("writing {}", path.display()))?;
-    std::io::Write::write_all(&mut f, format!("{token}\n").as_bytes())?;
+    tokens::write_secret(path, &token).with_context(|| format!("writing {}", path.display()))?;
     Ok(token)
 }
 
@@ -208,7 +205,8 @@ async fn seed(cfg: &Config, store: &dyn Store, now: Timestamp, worker_exe: Optio
         let slots = b.slots.unwrap_or(cores * 4).max(n);
         let shape = Resources::new(cores * 1000 / n, (mem_mb as u64 * 8 / 10 / n as u64) as u32, 0);
         let id = PoolId::parse(&b.id).context("resource_pools.builtin_local.id")?;
-        let token = secret_file(&cfg.data_dir().join(format!("pool-{id}.token")))?;
+        let token_file = tokens::join_token_path(cfg.data_dir(), &id);
+        let token = secret_file(&token_file)?;
         let pool = Pool {
             id: id.clone(),
             name: id.to_string(),
@@ -231,7 +229,7 @@ async fn seed(cfg: &Config, store: &dyn Store, now: Timestamp, worker_exe: Optio
                 exe: exe.clone(),
                 grpc_url: String::new(),
                 pool: id.to_string(),
-                join_token: token,
+                join_token_file: token_file,
                 slots: pool.worker_slots,
                 cpu_m: shape.cpu_m.get(),
                 memory_mb: shape.memory_mb.get(),
@@ -246,7 +244,7 @@ async fn seed(cfg: &Config, store: &dyn Store, now: Timestamp, worker_exe: Optio
         let id = PoolId::parse(&p.id)?;
         let token = match &p.join_token {
             Some(t) => t.0.clone(),
-            None => secret_file(&cfg.data_dir().join(format!("pool-{id}.token")))?,
+            None => secret_file(&tokens::join_token_path(cfg.data_dir(), &id))?,
         };
         let t = &p.worker_template;
         let pool = Pool {
@@ -438,6 +436,11 @@ fn api_state(cfg: &Config, p: ApiParts) -> anyhow::Result<ApiState> {
         version: VERSION.to_owned(),
     };
     let control = Arc::new(ControlPlane { engine, store: store.clone(), tier_weights: tier_weights(cfg) });
+    let join_tokens = Arc::new(tokens::PoolTokens {
+        store: store.clone(),
+        data_dir: cfg.data_dir().to_owned(),
+        configured: cfg.resource_pools.pools.iter().filter(|p| p.join_token.is_some()).filter_map(|p| PoolId::parse(&p.id).ok()).collect(),
+    });
     Ok(ApiState(Arc::new(Inner {
         store,
         control,
@@ -448,6 +451,7 @@ fn api_state(cfg: &Config, p: ApiParts) -> anyhow::Result<ApiState> {
         tenants: Default::default(),
         tenant_gate: Default::default(),
         admin,
+        join_tokens,
         token_cache: Default::default(),
         submit_rate: hodei_api::rate::SubmitRate::new(hodei_core::rate::RateLimit::new(cfg.limits.submit_rate_per_tenant, cfg.limits.submit_burst_per_tenant)),
         cfg: api_cfg,

@@ -15,7 +15,8 @@ pub struct LocalWorkerSpec {
     pub exe: PathBuf,
     pub grpc_url: String,
     pub pool: String,
-    pub join_token: String,
+    /// Read at each start, so a worker started after a rotation uses the new token.
+    pub join_token_file: PathBuf,
     pub slots: u32,
     pub cpu_m: u32,
     pub memory_mb: u32,
@@ -44,6 +45,15 @@ pub fn supervise(spec: LocalWorkerSpec, index: u32, mut shutdown: watch::Receive
             if *shutdown.borrow() {
                 return;
             }
+            let join_token = match std::fs::read_to_string(&spec.join_token_file) {
+                Ok(t) => t.trim().to_owned(),
+                Err(e) => {
+                    tracing::error!(error = %e, file = %spec.join_token_file.display(), "cannot read the pool's join token; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    continue;
+                }
+            };
             let spool = spec.data_dir.join("workers").join(format!("{}-{index}", spec.pool));
             let mut cmd = Command::new(&spec.exe);
             cmd.arg("worker")
@@ -54,7 +64,7 @@ pub fn supervise(spec: LocalWorkerSpec, index: u32, mut shutdown: watch::Receive
                 .arg(&spool)
                 .arg("--exit-with-parent")
                 .args(["--labels", &format!("{}={}", crate::engine::SERVER_INSTANCE_LABEL, spec.instance)])
-                .env("HODEI_JOIN_TOKEN", &spec.join_token)
+                .env("HODEI_JOIN_TOKEN", &join_token)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::inherit())

@@ -79,6 +79,7 @@ pass! { Store {
         fn count_live_jobs(&self, tenant: &TenantId) -> u64;
         fn upsert_pool(&self, p: &Pool, join_token_hash: Option<&str>) -> ();
         fn get_pool(&self, id: &PoolId) -> Option<(Pool, String)>;
+        fn set_pool_join_token(&self, id: &PoolId, join_token_hash: &str) -> bool;
         fn list_pools(&self) -> Vec<Pool>;
         fn create_burst(&self, b: &BurstSession) -> ();
         fn update_burst(&self, b: &BurstSession) -> ();

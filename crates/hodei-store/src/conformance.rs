@@ -487,6 +487,11 @@ async fn pools_workers_and_live_counts_round_trip(store: &dyn Store) {
     assert_eq!((stored.max_size, stored.version, hash.as_str()), (6, 2, "token-hash"));
     assert!(store.list_pools().await.unwrap().iter().any(|x| x.id == p.id));
     assert_eq!(store.get_pool(&PoolId::parse("nope").unwrap()).await.unwrap(), None);
+    // A rotation replaces the hash and nothing else.
+    assert!(store.set_pool_join_token(&p.id, "rotated-hash").await.unwrap());
+    let (after, hash) = store.get_pool(&p.id).await.unwrap().unwrap();
+    assert_eq!((after, hash.as_str()), (stored, "rotated-hash"));
+    assert!(!store.set_pool_join_token(&PoolId::parse("nope").unwrap(), "x").await.unwrap());
 
     let w = Worker { labels: BTreeMap::from([("disk".into(), "ssd".into())]), ..worker(9) };
     store.register_worker(&w, "hash-9").await.unwrap();

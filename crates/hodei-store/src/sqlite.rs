@@ -349,6 +349,16 @@ impl Store for SqliteStore {
         row.as_ref().map(pool_from_row).transpose()
     }
 
+    async fn set_pool_join_token(&self, id: &PoolId, join_token_hash: &str) -> Result<bool> {
+        let r = sqlx::query("UPDATE pools SET join_token_hash = ? WHERE id = ?")
+            .bind(join_token_hash)
+            .bind(id.as_str())
+            .execute(&self.write)
+            .await
+            .map_err(StoreError::db("rotating a pool's join token"))?;
+        Ok(r.rows_affected() == 1)
+    }
+
     async fn list_pools(&self) -> Result<Vec<Pool>> {
         let rows = sqlx::query("SELECT * FROM pools ORDER BY id").fetch_all(&self.read).await.map_err(StoreError::db("listing pools"))?;
         rows.iter().map(|r| pool_from_row(r).map(|p| p.0)).collect()

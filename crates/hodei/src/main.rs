@@ -105,10 +105,12 @@ enum Cmd {
         #[command(flatten)]
         c: ClientOpts,
     },
-    /// Pools.
+    /// Pools: lists them, or rotates one's join token.
     Pools {
         #[command(flatten)]
         c: ClientOpts,
+        #[command(subcommand)]
+        cmd: Option<PoolsCmd>,
     },
     /// Create or bring up to date the database schema (what `server` does at start unless
     /// `database.auto_migrate: false`), then exit.
@@ -267,6 +269,13 @@ struct SubmitArgs {
     /// The command and its arguments.
     #[arg(last = true, required = true)]
     argv: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum PoolsCmd {
+    /// Draw a new join token for a pool (admins); it is printed once, alone on stdout. The old
+    /// token stops registering workers at once; workers already registered keep running.
+    RotateToken { id: String },
 }
 
 #[derive(Subcommand)]
@@ -1030,7 +1039,17 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             )
             .await
         }
-        Cmd::Pools { c } => {
+        Cmd::Pools { c, cmd: Some(PoolsCmd::RotateToken { id }) } => {
+            let v = Client::new(&c.server, c.token.clone())?.post(&format!("/pools/{id}/join-token"), &json!({})).await?;
+            if c.output == Output::Json {
+                print_json(&v);
+            } else {
+                println!("{}", s(&v, "join_token"));
+                eprintln!("pool {id} has a new join token; the token above is shown only once");
+            }
+            Ok(0)
+        }
+        Cmd::Pools { c, cmd: None } => {
             listing(
                 c,
                 "/pools",

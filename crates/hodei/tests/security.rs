@@ -49,9 +49,9 @@ fn expected(method: &str, path: &str) -> Option<[Want; 8]> {
         ("post", "/tenants/{id}/burst/sessions/{sid}/approve" | "/tenants/{id}/burst/sessions/{sid}/reject") => admin_in_tenant,
         ("put", "/tenants/{id}" | "/tenants/{id}/quota") | ("delete", "/tenants/{id}") => admin_in_tenant,
         ("post", "/tenants") => admin,
-        ("get", "/workers" | "/workers/{id}" | "/principals" | "/principals/{id}" | "/audit") | ("post", "/principals") | ("put", "/principals/{id}/roles") => {
-            admin
-        }
+        ("get", "/workers" | "/workers/{id}" | "/principals" | "/principals/{id}" | "/audit")
+        | ("post", "/principals" | "/pools/{id}/join-token")
+        | ("put", "/principals/{id}/roles") => admin,
         ("get", "/whoami" | "/tokens") | ("post", "/tokens") => anyone,
         // The token is the researcher's: its own, or an admin's business.
         ("delete", "/tokens/{id}") => row([NotFound, NotFound, Allowed, NotFound, Allowed]),
@@ -153,6 +153,7 @@ async fn every_operation_answers_as_the_permission_table_says() {
                     Some("jobs") => job.clone(),
                     Some("workers") => worker.clone(),
                     Some("principals") => researcher_id.clone(),
+                    Some("pools") => "local".to_owned(),
                     Some("tokens") => {
                         let t = admin(&srv, "post", "/tokens", json!({"name": "spare", "principal_id": researcher_id})).await;
                         t["id"].as_str().unwrap().to_owned()
@@ -381,6 +382,101 @@ async fn a_worker_cannot_speak_for_another_workers_attempt() {
     let (_, logs) = srv.call(Method::GET, &format!("/jobs/{id}/logs"), None).await;
     let out: String = logs["chunks"].as_array().unwrap().iter().filter(|c| c["stream"] == "stdout").filter_map(|c| c["data"].as_str()).collect();
     assert_eq!(out, "real\n", "the job's output is its own worker's: {logs}");
+}
+
+/// Registers a worker with `token` in `pool`; the gRPC status when it is refused.
+async fn register_with(grpc: &str, pool: &str, token: &str) -> Result<String, tonic::Status> {
+    use hodei_proto::v1 as pb;
+    let mut client = pb::worker_service_client::WorkerServiceClient::connect(grpc.to_owned()).await.unwrap();
+    let r = client
+        .register_worker(pb::RegisterWorkerRequest {
+            instance_name: "probe".into(),
+            pool_id: pool.into(),
+            resources: Some(pb::Resources { cpu_m: 1, memory_mb: 1, gpu: 0 }),
+            slots: 1,
+            join_token: token.into(),
+            ..Default::default()
+        })
+        .await?;
+    Ok(r.into_inner().worker_id)
+}
+
+/// Pids of the local workers a server started in `dir` (their spool is under it).
+fn local_worker_pids(dir: &std::path::Path) -> Vec<i32> {
+    let needle = dir.join("workers").to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains(&needle)))
+        .collect()
+}
+
+/// An admin rotates a pool's join token: the old token stops registering workers at once, the
+/// new one (shown once, kept 0600 in the data dir) registers, workers already registered keep
+/// running, and a local worker started after the rotation joins with the new token.
+#[tokio::test]
+async fn a_rotated_join_token_replaces_the_old_one_at_once() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path(), &[("HODEI_RESOURCE_POOLS__BUILTIN_LOCAL__WORKERS", "1")], 0, None);
+    let old = srv.join_token("local");
+    let before = register_with(&srv.grpc, "local", &old).await.expect("the token the server made registers");
+
+    let (_, viewer) = principal(&srv, "vic", "viewer", "tenant:default").await;
+    let (s, problem) = call(&srv, Some(&viewer), "post", "/pools/local/join-token", None).await;
+    assert_eq!((s, problem["code"].as_str()), (403, Some("forbidden")), "{problem}");
+    assert_eq!(srv.join_token("local"), old, "a refused rotation changes nothing");
+    let (s, problem) = call(&srv, Some(&srv.token), "post", "/pools/nope/join-token", None).await;
+    assert_eq!(s, 404, "{problem}");
+
+    let out = srv.cli(&["pools", "rotate-token", "local"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let new = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(new.starts_with("hodei_") && new.len() == 38 && new != old, "{new:?}");
+    assert_eq!(srv.join_token("local"), new, "the data dir holds the new token");
+    let mode = std::fs::metadata(dir.path().join("pool-local.token")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+
+    let refused = register_with(&srv.grpc, "local", &old).await.expect_err("the old token still registers");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    let after = register_with(&srv.grpc, "local", &new).await.expect("the new token registers");
+    assert_ne!(before, after);
+
+    let (_, log) = srv.call(Method::GET, "/audit?limit=100", None).await;
+    let entry = log["items"].as_array().unwrap().iter().find(|e| e["action"] == "pool.join_token.rotate").expect("the rotation is audited");
+    assert_eq!((entry["actor"].as_str(), entry["target"].as_str()), (Some("admin"), Some("pool:local")), "{entry}");
+    assert!(!log.to_string().contains(&new), "the audit log never holds the token");
+
+    // The local worker registered before the rotation still runs jobs; killed, it is replaced
+    // by one that registers with the new token and runs them too.
+    let job = srv.submit(json!({"command": ["true"]})).await;
+    assert_eq!(srv.wait_ended(job["id"].as_str().unwrap(), 30).await["state"], "succeeded");
+    let pids = local_worker_pids(dir.path());
+    assert_eq!(pids.len(), 1, "one local worker: {pids:?}");
+    unsafe { libc::kill(pids[0], libc::SIGKILL) };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (_, workers) = srv.call(Method::GET, "/workers?limit=100", None).await;
+        let registered = workers["items"].as_array().unwrap().iter().filter(|w| w["instance_name"] == "local-0").count();
+        if registered == 2 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no replacement local worker registered: {workers}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let job = srv.submit(json!({"command": ["true"]})).await;
+    let done = srv.wait_ended(job["id"].as_str().unwrap(), 60).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+
+    // A pool whose token the configuration file sets is rotated there, not through the API.
+    drop(srv);
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = "resource_pools:\n  pools:\n    - id: fixed\n      join_token: hodei_fixedfixedfixedfixedfixedfixedfi\n      worker_template: { cpu_m: 1000, memory_mb: 512, slots: 1 }\n      min_size: 0\n      max_size: 1\n";
+    let srv = Server::start(dir.path(), &[], 0, Some(yaml));
+    let (s, problem) = call(&srv, Some(&srv.token), "post", "/pools/fixed/join-token", None).await;
+    assert_eq!((s, problem["code"].as_str()), (409, Some("conflict")), "{problem}");
+    assert!(problem["detail"].as_str().unwrap().contains("configuration file"), "{problem}");
+    register_with(&srv.grpc, "fixed", "hodei_fixedfixedfixedfixedfixedfixedfi").await.expect("the configured token still registers");
 }
 
 /// A user who asks for TLS must never get plaintext: until TLS is built, the server refuses

@@ -1,4 +1,4 @@
-//! Workers and pools (read side).
+//! Workers and pools (read side), and pool join-token rotation.
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -84,4 +84,36 @@ pub async fn list_pools(State(s): State<ApiState>) -> ApiResult<Json<Page<PoolVi
         })
         .collect();
     Ok(Json(Page { items, next_cursor: None }))
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct JoinTokenView {
+    pub pool_id: String,
+    /// The new join token, shown once: workers registering from now on need it.
+    pub join_token: String,
+}
+
+/// Rotate a pool's join token (admins). The old token stops registering workers at once;
+/// workers already registered keep running.
+#[utoipa::path(
+    post,
+    path = "/pools/{id}/join-token",
+    responses(
+        (status = 200, body = JoinTokenView),
+        (status = 404, body = crate::error::Problem),
+        (status = 409, description = "the configuration file sets this pool's token", body = crate::error::Problem)
+    ),
+    tag = "pools"
+)]
+pub async fn rotate_join_token(State(s): State<ApiState>, who: Who, Path(id): Path<String>) -> ApiResult<Json<JoinTokenView>> {
+    who.must_be_admin("rotating a pool's join token (admins only)")?;
+    let pool = match hodei_core::PoolId::parse(&id) {
+        Ok(pid) => s.store.get_pool(&pid).await?.map(|(p, _)| p),
+        Err(_) => None,
+    }
+    .ok_or_else(|| ApiError::not_found(format!("pool {id}")))?;
+    let join_token = s.join_tokens.rotate(&pool).await?;
+    // The log names the rotation, never the token.
+    crate::routes::audit::record(&s, &who, "pool.join_token.rotate", format!("pool:{}", pool.id), None, None).await;
+    Ok(Json(JoinTokenView { pool_id: pool.id.to_string(), join_token }))
 }
