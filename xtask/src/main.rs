@@ -19,6 +19,7 @@ fn openapi() -> String {
         rates: hodei_core::cost::Rates::DEFAULT,
         admin_token: None,
         token_default_ttl_days: None,
+        request_timeout: std::time::Duration::from_secs(30),
         grpc_addr: None,
         version: env!("CARGO_PKG_VERSION").to_owned(),
     };

@@ -188,6 +188,9 @@ pub struct ApiConfig {
     pub grpc_addr: Option<std::net::SocketAddr>,
     /// `auth.token_default_ttl_days`: expiry of a token created without `expires_in_days`.
     pub token_default_ttl_days: Option<u32>,
+    /// `server.request_timeout_ms`: how long a request may take to be answered (a stream, once
+    /// started, is not cut).
+    pub request_timeout: std::time::Duration,
     pub version: String,
 }
 
@@ -208,6 +211,8 @@ pub struct Inner {
     /// The bootstrap admin principal: who the admin token (or `auth.mode: none`) is.
     pub admin: Arc<hodei_core::Caller>,
     pub join_tokens: Arc<dyn JoinTokens>,
+    /// Flips to true when the server begins to stop: log streams end so connections can drain.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
     /// API tokens recently seen (see [`auth`]).
     pub token_cache: auth::TokenCache,
     /// `limits.submit_rate_per_tenant`: per-tenant token buckets.
@@ -286,10 +291,24 @@ pub fn router(state: ApiState) -> Router {
         .merge(SwaggerUi::new("/api/docs").url("/api/openapi.json", openapi))
         .fallback(routes::not_found)
         .layer(DefaultBodyLimit::max(state.cfg.max_batch_body_bytes))
+        .layer(middleware::from_fn_with_state(state.clone(), request_timeout))
         .layer(middleware::from_fn(error::problems_only))
         .layer(middleware::from_fn(http_metrics))
         .layer(middleware::from_fn(ctx::request_context))
         .with_state(state)
+}
+
+/// `server.request_timeout_ms`: a request not answered in time gets 503 `unavailable` (what it
+/// changed, if it got that far, stands: an acknowledged write is never undone by a timeout).
+async fn request_timeout(axum::extract::State(s): axum::extract::State<ApiState>, req: Request, next: Next) -> Response {
+    let limit = s.cfg.request_timeout;
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => axum::response::IntoResponse::into_response(ApiError::new(
+            ErrorCode::Unavailable,
+            format!("the request was not answered within server.request_timeout_ms ({} ms); retry later", limit.as_millis()),
+        )),
+    }
 }
 
 /// Exports a tenant's job series at zero (SPEC §10: known tenants never show "no data").

@@ -623,8 +623,6 @@ impl Config {
         };
         let (s, c, dc) = (&self.server, &self.cost_tracking, &d.cost_tracking);
         check("server.tls".into(), s.tls != d.server.tls);
-        check("server.request_timeout_ms".into(), s.request_timeout_ms != d.server.request_timeout_ms);
-        check("server.shutdown_grace_ms".into(), s.shutdown_grace_ms != d.server.shutdown_grace_ms);
         check("jobs.retention_days".into(), self.jobs.retention_days != d.jobs.retention_days);
         check("resource_pools.default_pool_type".into(), self.resource_pools.default_pool_type != d.resource_pools.default_pool_type);
         check("multi_tenancy.default_tier".into(), self.multi_tenancy.default_tier != d.multi_tenancy.default_tier);
@@ -699,6 +697,9 @@ impl Config {
                 return bad(path, format!("{addr:?} is not a host:port address"));
             }
         }
+        if self.server.request_timeout_ms == 0 {
+            return bad("server.request_timeout_ms", "must be at least 1".into());
+        }
         if !(100..=1000).contains(&self.burst_capacity.max_overage_percentage) {
             return bad("burst_capacity.max_overage_percentage", format!("{} is not between 100 and 1000", self.burst_capacity.max_overage_percentage));
         }
@@ -747,8 +748,6 @@ mod tests {
         assert!(super::Config::default().unsupported().is_empty(), "the defaults start");
         for (var, key) in [
             ("HODEI_SERVER__TLS__CERT_FILE", "server.tls"),
-            ("HODEI_SERVER__REQUEST_TIMEOUT_MS", "server.request_timeout_ms"),
-            ("HODEI_SERVER__SHUTDOWN_GRACE_MS", "server.shutdown_grace_ms"),
             ("HODEI_JOBS__RETENTION_DAYS", "jobs.retention_days"),
             ("HODEI_BUDGETS__FAIR_SHARE_DEMOTION", "budgets"),
             ("HODEI_COST_TRACKING__ACCRUAL_INTERVAL_S", "cost_tracking.accrual_interval_s"),

@@ -7,6 +7,7 @@ pub mod engine;
 mod gauges;
 pub mod grpc;
 pub mod local_pool;
+mod serve;
 pub mod tokens;
 
 use std::net::SocketAddr;
@@ -68,14 +69,19 @@ pub struct RunningServer {
     /// The HTTP router, for tests that call it without a socket.
     pub router: axum::Router,
     shutdown: watch::Sender<bool>,
+    /// The HTTP listener: drains in-flight requests (up to `server.shutdown_grace_ms`) before
+    /// the engine they may be waiting on stops.
+    http: JoinHandle<()>,
     tasks: Vec<JoinHandle<()>>,
     workers: Vec<JoinHandle<()>>,
 }
 
 impl RunningServer {
-    /// Stops the workers of the built-in pool and the listeners.
+    /// Stops accepting requests and lets those in flight finish (for at most
+    /// `server.shutdown_grace_ms`), stops the built-in pool's workers, then everything else.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
+        let _ = self.http.await;
         for w in self.workers {
             let _ = w.await;
         }
@@ -400,7 +406,7 @@ struct ApiParts {
 }
 
 /// Builds the API state from the configuration's limits and the running parts.
-fn api_state(cfg: &Config, p: ApiParts) -> anyhow::Result<ApiState> {
+fn api_state(cfg: &Config, p: ApiParts, stopping: watch::Receiver<bool>) -> anyhow::Result<ApiState> {
     let ApiParts { grpc_addr, admin, store, engine, logs, clock, metrics, pools, admin_token } = p;
     let j = &cfg.jobs;
     let limits = SpecLimits {
@@ -432,6 +438,7 @@ fn api_state(cfg: &Config, p: ApiParts) -> anyhow::Result<ApiState> {
         },
         admin_token,
         token_default_ttl_days: cfg.auth.token_default_ttl_days,
+        request_timeout: Duration::from_millis(cfg.server.request_timeout_ms),
         grpc_addr: Some(grpc_addr),
         version: VERSION.to_owned(),
     };
@@ -452,6 +459,7 @@ fn api_state(cfg: &Config, p: ApiParts) -> anyhow::Result<ApiState> {
         tenant_gate: Default::default(),
         admin,
         join_tokens,
+        stopping,
         token_cache: Default::default(),
         submit_rate: hodei_api::rate::SubmitRate::new(hodei_core::rate::RateLimit::new(cfg.limits.submit_rate_per_tenant, cfg.limits.submit_burst_per_tenant)),
         cfg: api_cfg,
@@ -552,8 +560,8 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
         pools: setup.pools,
         admin_token,
     };
-    let state = api_state(&cfg, parts)?;
     let (shutdown, shutdown_rx) = watch::channel(false);
+    let state = api_state(&cfg, parts, shutdown_rx.clone())?;
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(engine.run()));
     tasks.push(tokio::spawn(gauges::sla_compliance(
@@ -572,19 +580,7 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
     )));
     let router = hodei_api::router(state.clone());
     let app = router.clone();
-    let mut rx = shutdown_rx.clone();
-    tasks.push(tokio::spawn(async move {
-        let stop = async move {
-            let _ = rx.wait_for(|s| *s).await;
-        };
-        // Small JSON answers must not wait for Nagle's algorithm.
-        let http = axum::serve::ListenerExt::tap_io(http, |tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        if let Err(e) = axum::serve(http, router).with_graceful_shutdown(stop).await {
-            tracing::error!(error = %e, "HTTP server failed");
-        }
-    }));
+    let http = tokio::spawn(serve::serve(http, router, serve::HttpLimits::new(Duration::from_millis(cfg.server.shutdown_grace_ms)), shutdown_rx.clone()));
     if let Some(l) = metrics_listener {
         let router = axum::Router::new().route(&cfg.metrics.prometheus.path, axum::routing::get(hodei_api::routes_metrics)).with_state(state.clone());
         tasks.push(tokio::spawn(async move {
@@ -626,7 +622,7 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
-    Ok(RunningServer { http_addr, grpc_addr, metrics_addr, engine: handle, store, router: app, shutdown, tasks, workers })
+    Ok(RunningServer { http_addr, grpc_addr, metrics_addr, engine: handle, store, router: app, shutdown, http, tasks, workers })
 }
 
 #[cfg(test)]

@@ -423,3 +423,50 @@ async fn a_submit_written_in_several_store_parts_is_one_commit_that_survives_kil
         assert_eq!(j["state"], "held", "{j}");
     }
 }
+
+/// SIGTERM: the server stops taking connections, ends the log streams it serves (they would
+/// otherwise hold it for the whole `server.shutdown_grace_ms`) and exits cleanly.
+#[tokio::test]
+async fn sigterm_ends_log_streams_and_the_server_exits_cleanly() {
+    use futures::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut srv = Server::start(dir.path(), &[("HODEI_SERVER__SHUTDOWN_GRACE_MS", "120000")], 0, None);
+    let job = srv.submit(json!({"command": sh("echo started; sleep 300")})).await;
+    let id = job["id"].as_str().unwrap();
+    srv.wait_for(id, 20, |s| s == "running").await;
+    let resp = srv.http_client.get(format!("{}/api/v1/jobs/{id}/logs?follow=true", srv.http)).bearer_auth(&srv.token).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.bytes_stream();
+    let mut seen = String::new();
+    while !seen.contains("started") {
+        let chunk = tokio::time::timeout(Duration::from_secs(20), body.next()).await.expect("output within 20 s").expect("stream open").unwrap();
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    unsafe { libc::kill(srv.child.id() as i32, libc::SIGTERM) };
+    let ended = tokio::time::timeout(Duration::from_secs(30), async { while let Some(Ok(_)) = body.next().await {} });
+    ended.await.expect("the log stream ended when the server began to stop");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = srv.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "the server did not exit");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status:?}");
+}
+
+/// `server.request_timeout_ms`: a request not answered in time is 503 `unavailable` naming the
+/// key, and the server goes on serving.
+#[tokio::test]
+async fn a_request_over_the_timeout_is_answered_503_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path(), &[("HODEI_SERVER__REQUEST_TIMEOUT_MS", "1")], 0, None);
+    // Five thousand held jobs cannot be validated, stored and queued in a millisecond.
+    let jobs: Vec<Value> = (0..5000).map(|_| json!({"command": ["true"], "hold": true})).collect();
+    let (s, problem) = srv.call(Method::POST, "/jobs/batch", Some(json!({"jobs": jobs}))).await;
+    assert_eq!((s, problem["code"].as_str()), (503, Some("unavailable")), "{problem}");
+    assert!(problem["detail"].as_str().unwrap().contains("server.request_timeout_ms"), "{problem}");
+    let health = srv.http_client.get(format!("{}/health", srv.http)).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+}

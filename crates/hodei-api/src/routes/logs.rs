@@ -126,6 +126,7 @@ struct Follow {
 
 fn follow(s: ApiState, job: Job, streams: Vec<LogStream>, out: u64, err: u64) -> Sse<impl futures::Stream<Item = Result<Event, Infallible>>> {
     let rx = s.logs.subscribe();
+    let mut stopping = s.stopping.clone();
     let st = Follow { attempt: job.current_attempt, s, job, streams, out, err, last_state: None, rx, queue: VecDeque::new(), done: false };
     let stream = futures::stream::unfold(st, |mut st| async move {
         loop {
@@ -141,6 +142,10 @@ fn follow(s: ApiState, job: Job, streams: Vec<LogStream>, out: u64, err: u64) ->
                 let _ = tokio::time::timeout(Duration::from_secs(1), st.rx.changed()).await;
             }
         }
+    });
+    // A stopping server ends its streams, so their connections can drain.
+    let stream = futures::StreamExt::take_until(stream, async move {
+        let _ = stopping.wait_for(|s| *s).await;
     });
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
