@@ -621,8 +621,7 @@ impl Config {
                 out.push(format!("{path}: not supported yet"));
             }
         };
-        let (s, c, dc) = (&self.server, &self.cost_tracking, &d.cost_tracking);
-        check("server.tls".into(), s.tls != d.server.tls);
+        let (c, dc) = (&self.cost_tracking, &d.cost_tracking);
         check("jobs.retention_days".into(), self.jobs.retention_days != d.jobs.retention_days);
         check("resource_pools.default_pool_type".into(), self.resource_pools.default_pool_type != d.resource_pools.default_pool_type);
         check("multi_tenancy.default_tier".into(), self.multi_tenancy.default_tier != d.multi_tenancy.default_tier);
@@ -747,7 +746,6 @@ mod tests {
         let env = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>();
         assert!(super::Config::default().unsupported().is_empty(), "the defaults start");
         for (var, key) in [
-            ("HODEI_SERVER__TLS__CERT_FILE", "server.tls"),
             ("HODEI_JOBS__RETENTION_DAYS", "jobs.retention_days"),
             ("HODEI_BUDGETS__FAIR_SHARE_DEMOTION", "budgets"),
             ("HODEI_COST_TRACKING__ACCRUAL_INTERVAL_S", "cost_tracking.accrual_interval_s"),

@@ -8,6 +8,7 @@ mod gauges;
 pub mod grpc;
 pub mod local_pool;
 mod serve;
+mod tls;
 pub mod tokens;
 
 use std::net::SocketAddr;
@@ -508,6 +509,7 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
     if !unsupported.is_empty() {
         bail!("{}", unsupported.join("; "));
     }
+    let tls = tls::Tls::load(&cfg.server.tls)?;
     private_data_dir(&cfg)?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let metrics = if cfg.metrics.prometheus.enabled { Some(metrics_handle()?) } else { None };
@@ -580,7 +582,8 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
     )));
     let router = hodei_api::router(state.clone());
     let app = router.clone();
-    let http = tokio::spawn(serve::serve(http, router, serve::HttpLimits::new(Duration::from_millis(cfg.server.shutdown_grace_ms)), shutdown_rx.clone()));
+    let limits = serve::HttpLimits::new(Duration::from_millis(cfg.server.shutdown_grace_ms));
+    let http = tokio::spawn(serve::serve(http, router, limits, tls.as_ref().map(|t| t.acceptor.clone()), shutdown_rx.clone()));
     if let Some(l) = metrics_listener {
         let router = axum::Router::new().route(&cfg.metrics.prometheus.path, axum::routing::get(hodei_api::routes_metrics)).with_state(state.clone());
         tasks.push(tokio::spawn(async move {
@@ -594,22 +597,25 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
         usage_sample_interval: Duration::from_millis(cfg.workers.usage_sample_interval_ms),
     };
     let svc = WorkerSvc::new(store.clone(), handle.clone(), logs, clock, timeouts);
-    let mut rx = shutdown_rx.clone();
-    tasks.push(tokio::spawn(async move {
-        // Assignments are small frames: without TCP_NODELAY they wait on delayed ACKs (seen: 3–23 ms).
-        let incoming = tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true));
-        let stop = async move {
-            let _ = rx.wait_for(|s| *s).await;
-        };
-        let server = tonic::transport::Server::builder().add_service(WorkerServiceServer::new(svc)).serve_with_incoming_shutdown(incoming, stop);
-        if let Err(e) = server.await {
-            tracing::error!(error = %e, "gRPC server failed");
-        }
-    }));
+    // With TLS, the built-in pool's workers (children of this process, holding its join token)
+    // connect to a plaintext listener of their own on loopback; remote workers only get TLS.
+    let local_grpc = match (&tls, &setup.local) {
+        (Some(_), Some(_)) => Some(TcpListener::bind("127.0.0.1:0").await.context("binding the built-in pool's loopback gRPC listener")?),
+        _ => None,
+    };
+    let local_grpc_addr = local_grpc.as_ref().map(|l| l.local_addr()).transpose()?.unwrap_or(grpc_addr);
+    let remote = match &tls {
+        Some(t) => tonic::transport::Server::builder().tls_config(t.grpc()).context("server.tls: the gRPC listener refused it")?,
+        None => tonic::transport::Server::builder(),
+    };
+    tasks.push(tokio::spawn(grpc_server(grpc, remote, svc.clone(), shutdown_rx.clone())));
+    if let Some(l) = local_grpc {
+        tasks.push(tokio::spawn(grpc_server(l, tonic::transport::Server::builder(), svc, shutdown_rx.clone())));
+    }
 
     let mut workers = Vec::new();
     if let Some(mut spec) = setup.local {
-        spec.grpc_url = format!("http://{grpc_addr}");
+        spec.grpc_url = format!("http://{local_grpc_addr}");
         spec.instance = instance;
         for i in 0..setup.local_workers {
             workers.push(local_pool::supervise(spec.clone(), i, shutdown_rx.clone()));
@@ -623,6 +629,18 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
         }
     }
     Ok(RunningServer { http_addr, grpc_addr, metrics_addr, engine: handle, store, router: app, shutdown, http, tasks, workers })
+}
+
+/// Serves the worker service on `listener` with `builder` (TLS or not) until `stop` flips.
+async fn grpc_server(listener: TcpListener, mut builder: tonic::transport::Server, svc: WorkerSvc, mut stop: watch::Receiver<bool>) {
+    // Assignments are small frames: without TCP_NODELAY they wait on delayed ACKs (seen: 3–23 ms).
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let stopped = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    if let Err(e) = builder.add_service(WorkerServiceServer::new(svc)).serve_with_incoming_shutdown(incoming, stopped).await {
+        tracing::error!(error = %e, "gRPC server failed");
+    }
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
 
 #[derive(Clone, Copy, Debug)]
 pub struct HttpLimits {
@@ -33,8 +34,9 @@ impl HttpLimits {
     }
 }
 
-/// Serves `app` on `listener` until `stop` flips, then drains for at most the grace period.
-pub async fn serve(listener: TcpListener, app: axum::Router, limits: HttpLimits, mut stop: watch::Receiver<bool>) {
+/// Serves `app` on `listener` (over TLS when given an acceptor) until `stop` flips, then drains
+/// for at most the grace period.
+pub async fn serve(listener: TcpListener, app: axum::Router, limits: HttpLimits, tls: Option<TlsAcceptor>, mut stop: watch::Receiver<bool>) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
     builder.http2().timer(TokioTimer::new()).keep_alive_interval(Some(Duration::from_secs(20)));
@@ -59,12 +61,31 @@ pub async fn serve(listener: TcpListener, app: axum::Router, limits: HttpLimits,
         };
         // Small JSON answers must not wait for Nagle's algorithm.
         let _ = tcp.set_nodelay(true);
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), TowerToHyperService::new(app.clone()));
-        let conn = graceful.watch(conn.into_owned());
-        tokio::spawn(async move {
-            let _ = conn.await;
-            drop(permit);
-        });
+        let svc = TowerToHyperService::new(app.clone());
+        match &tls {
+            None => {
+                let conn = graceful.watch(builder.serve_connection_with_upgrades(TokioIo::new(tcp), svc).into_owned());
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                    drop(permit);
+                });
+            }
+            Some(acceptor) => {
+                // The handshake runs in the connection's task (a slow one holds no one else up),
+                // bounded like the headers that follow it.
+                let (acceptor, builder, watcher) = (acceptor.clone(), builder.clone(), graceful.watcher());
+                tokio::spawn(async move {
+                    match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => {
+                            let _ = watcher.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned()).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!("TLS handshake timed out"),
+                    }
+                    drop(permit);
+                });
+            }
+        }
     }
     drop(listener);
     if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown()).await.is_err() {
@@ -90,7 +111,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
         let (tx, rx) = watch::channel(false);
-        (addr, tx, tokio::spawn(serve(listener, app, limits, rx)))
+        (addr, tx, tokio::spawn(serve(listener, app, limits, None, rx)))
     }
 
     /// Reads until the server closes the connection; what it sent.
@@ -157,7 +178,7 @@ mod tests {
         );
         let (stop, rx) = watch::channel(false);
         let limits = HttpLimits { header_read_timeout: Duration::from_secs(30), max_connections: 8, shutdown_grace: Duration::from_secs(20) };
-        let task = tokio::spawn(serve(listener, app, limits, rx));
+        let task = tokio::spawn(serve(listener, app, limits, None, rx));
         let request = tokio::spawn(get(addr));
         entered_rx.await.unwrap();
         stop.send(true).unwrap();

@@ -38,6 +38,17 @@ pub struct WorkerOptions {
     pub scratch_dir: PathBuf,
     /// Exit (stopping jobs) when the parent process goes away: for the server's built-in pool.
     pub exit_with_parent: bool,
+    /// TLS to `https://` servers.
+    pub tls: TlsOptions,
+}
+
+/// How a worker trusts an `https://` server and proves itself to one that asks.
+#[derive(Clone, Debug, Default)]
+pub struct TlsOptions {
+    /// PEM of the CA that signed the server's certificate (default: the system's roots).
+    pub ca_pem: Option<Vec<u8>>,
+    /// PEM certificate and key, for a server whose `server.tls.client_ca_file` requires one.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 #[derive(Clone)]
@@ -61,8 +72,19 @@ fn msg(m: pb::worker_message::Msg) -> pb::WorkerMessage {
     pb::WorkerMessage { msg: Some(m) }
 }
 
-async fn connect(url: &str) -> anyhow::Result<WorkerServiceClient<Channel>> {
-    let ep = Endpoint::from_shared(url.to_owned())?.connect_timeout(Duration::from_secs(3)).tcp_nodelay(true);
+async fn connect(url: &str, tls: &TlsOptions) -> anyhow::Result<WorkerServiceClient<Channel>> {
+    let mut ep = Endpoint::from_shared(url.to_owned())?.connect_timeout(Duration::from_secs(3)).tcp_nodelay(true);
+    if url.starts_with("https://") {
+        let mut t = tonic::transport::ClientTlsConfig::new();
+        t = match &tls.ca_pem {
+            Some(ca) => t.ca_certificate(tonic::transport::Certificate::from_pem(ca)),
+            None => t.with_native_roots(),
+        };
+        if let Some((cert, key)) = &tls.identity {
+            t = t.identity(tonic::transport::Identity::from_pem(cert, key));
+        }
+        ep = ep.tls_config(t)?;
+    }
     Ok(WorkerServiceClient::new(ep.connect().await?))
 }
 
@@ -118,7 +140,7 @@ pub async fn run(o: WorkerOptions) -> anyhow::Result<()> {
     loop {
         let url = &o.servers[server % o.servers.len()];
         let session = async {
-            let mut client = connect(url).await?;
+            let mut client = connect(url, &o.tls).await?;
             if identity.is_none() {
                 let id = register(&mut client, &o).await?;
                 let saved = spool::SavedIdentity {

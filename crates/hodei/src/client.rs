@@ -48,8 +48,17 @@ fn default_token() -> Option<String> {
 }
 
 impl Client {
-    pub fn new(server: &str, token: Option<String>) -> anyhow::Result<Client> {
-        let http = reqwest::Client::builder().tcp_nodelay(true).build().context("building the HTTP client")?;
+    /// `ca_file`: the PEM CA an `https://` server's certificate must chain to, instead of the
+    /// system's roots.
+    pub fn new(server: &str, token: Option<String>, ca_file: Option<&std::path::Path>) -> anyhow::Result<Client> {
+        let mut b = reqwest::Client::builder().tcp_nodelay(true);
+        if let Some(path) = ca_file {
+            let pem = std::fs::read(path).with_context(|| format!("--ca-file: cannot read {}", path.display()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).with_context(|| format!("--ca-file: {} holds no PEM certificate", path.display()))?;
+            anyhow::ensure!(!certs.is_empty(), "--ca-file: {} holds no PEM certificate", path.display());
+            b = b.tls_certs_only(certs);
+        }
+        let http = b.build().context("building the HTTP client")?;
         Ok(Client { base: server.trim_end_matches('/').to_owned(), token: token.or_else(default_token), http })
     }
 

@@ -36,6 +36,9 @@ struct ClientOpts {
     /// API token (default on loopback: the data dir's admin.token).
     #[arg(long, global = true, env = "HODEI_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// For an https:// server: the PEM CA that signed its certificate (default: the system's roots).
+    #[arg(long, global = true, env = "HODEI_CA_FILE")]
+    ca_file: Option<PathBuf>,
     /// Output format.
     #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Output::Table)]
     output: Output,
@@ -179,6 +182,15 @@ struct WorkerArgs {
     /// The pool's join token (also HODEI_JOIN_TOKEN; the data dir's pool-<id>.token on the server's machine).
     #[arg(long, env = "HODEI_JOIN_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// For an https:// server: the PEM CA that signed its certificate (default: the system's roots).
+    #[arg(long, env = "HODEI_CA_FILE")]
+    ca_file: Option<PathBuf>,
+    /// PEM client certificate, for a server that requires one (with --key-file).
+    #[arg(long, requires = "key_file")]
+    cert_file: Option<PathBuf>,
+    /// PEM private key of --cert-file.
+    #[arg(long, requires = "cert_file")]
+    key_file: Option<PathBuf>,
     #[arg(long, default_value_t = 4)]
     slots: u32,
     /// Labels: k=v,k2=v2.
@@ -509,6 +521,14 @@ async fn worker(a: WorkerArgs) -> anyhow::Result<i32> {
         return Err(client::fail_usage(&format!("--backend {}: only `process` is available in this version", a.backend)));
     }
     let token = a.token.ok_or_else(|| client::fail_usage("--token (or HODEI_JOIN_TOKEN) is required: the pool's join token"))?;
+    let read = |p: &PathBuf, flag: &str| std::fs::read(p).with_context(|| format!("{flag}: cannot read {}", p.display()));
+    let tls = hodei_worker::TlsOptions {
+        ca_pem: a.ca_file.as_ref().map(|p| read(p, "--ca-file")).transpose()?,
+        identity: match (&a.cert_file, &a.key_file) {
+            (Some(c), Some(k)) => Some((read(c, "--cert-file")?, read(k, "--key-file")?)),
+            _ => None,
+        },
+    };
     let cores = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
     let mem_mb = std::fs::read_to_string("/proc/meminfo")
         .ok()
@@ -538,6 +558,7 @@ async fn worker(a: WorkerArgs) -> anyhow::Result<i32> {
         work_dir: a.spool_dir.or_else(|| temp.as_ref().map(|t| t.path().to_owned())).context("a work directory")?,
         scratch_dir: scratch.path().to_owned(),
         exit_with_parent: a.exit_with_parent,
+        tls,
     };
     hodei_worker::run(opts).await?;
     Ok(0)
@@ -552,7 +573,7 @@ fn job_rows(items: &[Value]) -> Vec<Vec<String>> {
 }
 
 async fn submit(a: SubmitArgs) -> anyhow::Result<i32> {
-    let c = Client::new(&a.c.server, a.c.token.clone())?;
+    let c = Client::new(&a.c.server, a.c.token.clone(), a.c.ca_file.as_deref())?;
     let argv = if a.shell { vec!["sh".to_owned(), "-c".to_owned(), a.argv.join(" ")] } else { a.argv };
     let ms = |flag: &str, v: Option<&str>| {
         v.map(|t| {
@@ -685,7 +706,7 @@ fn print_explained(v: &Value) {
 }
 
 async fn jobs(c: ClientOpts, cmd: JobsCmd) -> anyhow::Result<i32> {
-    let cl = Client::new(&c.server, c.token.clone())?;
+    let cl = Client::new(&c.server, c.token.clone(), c.ca_file.as_deref())?;
     let out = c.output;
     let show = |v: &Value| {
         if out == Output::Json {
@@ -844,7 +865,7 @@ fn urlencode(s: &str) -> String {
 }
 
 async fn tenants(c: ClientOpts, cmd: Option<TenantsCmd>) -> anyhow::Result<i32> {
-    let cl = Client::new(&c.server, c.token.clone())?;
+    let cl = Client::new(&c.server, c.token.clone(), c.ca_file.as_deref())?;
     let rows =
         |items: &[Value]| items.iter().map(|t| vec![s(t, "id"), s(t, "name"), s(t, "tier"), s(t, "effective_weight"), s(t, "status")]).collect::<Vec<_>>();
     let headers = ["ID", "NAME", "TIER", "WEIGHT", "STATUS"];
@@ -912,7 +933,7 @@ fn query(pairs: &[(&str, Option<String>)]) -> String {
 }
 
 async fn sla(c: ClientOpts, cmd: Option<SlaCmd>, tenant: Option<String>, window_hours: Option<u32>) -> anyhow::Result<i32> {
-    let cl = Client::new(&c.server, c.token.clone())?;
+    let cl = Client::new(&c.server, c.token.clone(), c.ca_file.as_deref())?;
     let jobs = |page: &Value| {
         let rows = page["items"].as_array().map(Vec::as_slice).unwrap_or(&[]).iter();
         let cols = ["job_id", "tenant_id", "level", "status", "state", "wait_ms", "max_wait_ms", "dominant_blocking_reason"];
@@ -960,7 +981,7 @@ async fn sla(c: ClientOpts, cmd: Option<SlaCmd>, tenant: Option<String>, window_
 }
 
 async fn burst(c: ClientOpts, cmd: BurstCmd) -> anyhow::Result<i32> {
-    let cl = Client::new(&c.server, c.token.clone())?;
+    let cl = Client::new(&c.server, c.token.clone(), c.ca_file.as_deref())?;
     let headers = ["ID", "TENANT", "STATE", "CPU_M", "MEMORY_MB", "GPU", "JOBS", "EXPIRES_AT"];
     let row = |b: &Value| {
         let cols = ["id", "tenant_id", "state", "requested_cpu_m", "requested_memory_mb", "requested_gpu", "requested_concurrent_jobs", "expires_at"];
@@ -1006,7 +1027,7 @@ async fn burst(c: ClientOpts, cmd: BurstCmd) -> anyhow::Result<i32> {
 }
 
 async fn listing(c: ClientOpts, path: &str, headers: &[&str], keys: &[&str]) -> anyhow::Result<i32> {
-    let cl = Client::new(&c.server, c.token.clone())?;
+    let cl = Client::new(&c.server, c.token.clone(), c.ca_file.as_deref())?;
     let page = cl.get(path).await?;
     if c.output == Output::Json {
         print_json(&page);
@@ -1040,7 +1061,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             .await
         }
         Cmd::Pools { c, cmd: Some(PoolsCmd::RotateToken { id }) } => {
-            let v = Client::new(&c.server, c.token.clone())?.post(&format!("/pools/{id}/join-token"), &json!({})).await?;
+            let v = Client::new(&c.server, c.token.clone(), c.ca_file.as_deref())?.post(&format!("/pools/{id}/join-token"), &json!({})).await?;
             if c.output == Output::Json {
                 print_json(&v);
             } else {

@@ -479,23 +479,142 @@ async fn a_rotated_join_token_replaces_the_old_one_at_once() {
     register_with(&srv.grpc, "fixed", "hodei_fixedfixedfixedfixedfixedfixedfi").await.expect("the configured token still registers");
 }
 
-/// A user who asks for TLS must never get plaintext: until TLS is built, the server refuses
-/// to start and names the key.
-#[test]
-fn a_server_asked_for_tls_refuses_to_start_rather_than_serve_plaintext() {
+/// A throwaway CA, a server certificate for 127.0.0.1 and a worker's client certificate, as PEM
+/// files in `dir`: `ca.pem`, `server.pem`/`server.key`, `worker.pem`/`worker.key`.
+fn make_certs(dir: &std::path::Path) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    for (name, sans) in [("server", vec!["localhost".to_owned(), "127.0.0.1".to_owned()]), ("worker", vec!["worker-1".to_owned()])] {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(sans).unwrap().signed_by(&key, &ca).unwrap();
+        std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
+    }
+}
+
+fn tls_env(certs: &std::path::Path, client_ca: bool) -> Vec<(&'static str, String)> {
+    let p = |f: &str| certs.join(f).to_string_lossy().into_owned();
+    let mut env = vec![("HODEI_SERVER__TLS__CERT_FILE", p("server.pem")), ("HODEI_SERVER__TLS__KEY_FILE", p("server.key"))];
+    if client_ca {
+        env.push(("HODEI_SERVER__TLS__CLIENT_CA_FILE", p("ca.pem")));
+    }
+    env
+}
+
+/// `server.tls`: REST and gRPC over TLS with a generated CA. The CLI submits and waits over
+/// https with `--ca-file`; a remote worker with a client certificate runs the job; a worker
+/// without one, a client that does not trust the CA, and plaintext to the TLS ports all fail.
+#[tokio::test]
+async fn rest_and_grpc_are_served_over_tls_and_workers_need_a_client_certificate() {
+    let certs = tempfile::tempdir().unwrap();
+    make_certs(certs.path());
     let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(BIN)
-        .args(["server", "--data-dir"])
-        .arg(dir.path())
-        .args(["--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0"])
-        .env("HODEI_SERVER__TLS__CERT_FILE", dir.path().join("cert.pem"))
-        .env("HODEI_SERVER__TLS__KEY_FILE", dir.path().join("key.pem"))
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "the server started: {stderr}");
-    assert!(stderr.contains("server.tls: not supported yet"), "{stderr}");
-    assert!(!String::from_utf8_lossy(&out.stdout).contains("ready"), "it never said ready");
+    let env = tls_env(certs.path(), true);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let srv = Server::start(dir.path(), &env, 0, Some(REMOTE_POOL));
+    let https = srv.http.replace("http://", "https://");
+    let grpcs = srv.grpc.replace("http://", "https://");
+    let ca = certs.path().join("ca.pem");
+    let ca_arg = ca.as_os_str();
+    let (cert, key) = (certs.path().join("worker.pem"), certs.path().join("worker.key"));
+    let _worker = WorkerProc::start_with(
+        &grpcs,
+        "remote",
+        &srv.join_token("remote"),
+        2,
+        &[],
+        &["--ca-file".as_ref(), ca_arg, "--cert-file".as_ref(), cert.as_os_str(), "--key-file".as_ref(), key.as_os_str()],
+    );
+    let cli = |srv: &Server, server: &str, ca: Option<&std::path::Path>, args: &[&str]| {
+        let mut c = std::process::Command::new(BIN);
+        c.args(args).env("HODEI_SERVER", server).env("HODEI_TOKEN", &srv.token).env_remove("HODEI_CA_FILE");
+        if let Some(ca) = ca {
+            c.env("HODEI_CA_FILE", ca);
+        }
+        c.output().unwrap()
+    };
+    let out = cli(&srv, &https, Some(&ca), &["submit", "--wait", "--", "echo", "over tls"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "over tls\n");
+
+    // Not trusting the CA, or speaking plaintext to the TLS port, fails and says so.
+    let out = cli(&srv, &https, None, &["jobs", "ls"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the server"), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = cli(&srv, &srv.http, None, &["jobs", "ls"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the server"), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // gRPC: without a client certificate, or in plaintext, a worker never registers.
+    use hodei_proto::v1 as pb;
+    let register = |ep: tonic::transport::Endpoint| {
+        let token = srv.join_token("remote");
+        async move {
+            let channel = ep.connect().await?;
+            let mut c = pb::worker_service_client::WorkerServiceClient::new(channel);
+            let req = pb::RegisterWorkerRequest {
+                pool_id: "remote".into(),
+                join_token: token,
+                resources: Some(pb::Resources { cpu_m: 1, memory_mb: 1, gpu: 0 }),
+                slots: 1,
+                ..Default::default()
+            };
+            c.register_worker(req).await.map(|_| ()).map_err(anyhow::Error::from)
+        }
+    };
+    let ca_pem = std::fs::read(&ca).unwrap();
+    let no_cert = tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(&ca_pem));
+    let ep = tonic::transport::Endpoint::from_shared(grpcs.clone()).unwrap().tls_config(no_cert).unwrap();
+    assert!(register(ep).await.is_err(), "registered without a client certificate");
+    let ep = tonic::transport::Endpoint::from_shared(srv.grpc.clone()).unwrap();
+    assert!(register(ep).await.is_err(), "registered in plaintext");
+    let identity = tonic::transport::Identity::from_pem(std::fs::read(&cert).unwrap(), std::fs::read(&key).unwrap());
+    let with_cert = tonic::transport::ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(&ca_pem)).identity(identity);
+    let ep = tonic::transport::Endpoint::from_shared(grpcs).unwrap().tls_config(with_cert).unwrap();
+    register(ep).await.expect("a worker with a client certificate registers");
+    drop(srv);
+
+    // The built-in pool's workers reach a TLS server too (Server::start waits for them), and
+    // run jobs submitted over https.
+    let dir = tempfile::tempdir().unwrap();
+    let env = tls_env(certs.path(), false);
+    let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    env.push(("HODEI_RESOURCE_POOLS__BUILTIN_LOCAL__WORKERS", "1"));
+    let srv = Server::start(dir.path(), &env, 0, None);
+    let out = cli(&srv, &srv.http.replace("http://", "https://"), Some(&ca), &["submit", "--wait", "--", "echo", "local"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "local\n");
+}
+
+/// A TLS setting the server cannot act on stops it with the key's path, never a plaintext start.
+#[test]
+fn a_server_whose_tls_files_are_missing_refuses_to_start_rather_than_serve_plaintext() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |env: &[(&str, std::path::PathBuf)]| {
+        let mut c = std::process::Command::new(BIN);
+        c.args(["server", "--data-dir"]).arg(dir.path()).args(["--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0"]);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    let cert = ("HODEI_SERVER__TLS__CERT_FILE", dir.path().join("cert.pem"));
+    let key = ("HODEI_SERVER__TLS__KEY_FILE", dir.path().join("key.pem"));
+    std::fs::write(dir.path().join("key.pem"), "not a key").unwrap();
+    for (env, want) in [
+        (vec![cert.clone(), key.clone()], "server.tls.cert_file: cannot read"),
+        (vec![cert.clone()], "server.tls: cert_file and key_file go together"),
+        (vec![("HODEI_SERVER__TLS__CLIENT_CA_FILE", dir.path().join("ca.pem"))], "server.tls.client_ca_file: needs"),
+    ] {
+        let out = run(&env);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "the server started: {stderr}");
+        assert!(stderr.contains(want), "{want}: {stderr}");
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("ready"), "it never said ready");
+    }
 }
 
 /// A job of the built-in pool sees neither the server's environment nor its data dir: it runs in
