@@ -52,7 +52,12 @@ impl Client {
     /// system's roots.
     pub fn new(server: &str, token: Option<String>, ca_file: Option<&std::path::Path>) -> anyhow::Result<Client> {
         let mut b = reqwest::Client::builder().tcp_nodelay(true);
-        if let Some(path) = ca_file {
+        if !server.starts_with("https://") {
+            // Plain HTTP never verifies a certificate: skip loading the system's roots (a
+            // machine without any would otherwise fail every command).
+            let unused = rustls::ClientConfig::builder().with_root_certificates(rustls::RootCertStore::empty()).with_no_client_auth();
+            b = b.tls_backend_preconfigured(unused);
+        } else if let Some(path) = ca_file {
             let pem = std::fs::read(path).with_context(|| format!("--ca-file: cannot read {}", path.display()))?;
             let certs = reqwest::Certificate::from_pem_bundle(&pem).with_context(|| format!("--ca-file: {} holds no PEM certificate", path.display()))?;
             anyhow::ensure!(!certs.is_empty(), "--ca-file: {} holds no PEM certificate", path.display());
