@@ -586,9 +586,8 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
     let http = tokio::spawn(serve::serve(http, router, limits, tls.as_ref().map(|t| t.acceptor.clone()), shutdown_rx.clone()));
     if let Some(l) = metrics_listener {
         let router = axum::Router::new().route(&cfg.metrics.prometheus.path, axum::routing::get(hodei_api::routes_metrics)).with_state(state.clone());
-        tasks.push(tokio::spawn(async move {
-            let _ = axum::serve(l, router).await;
-        }));
+        // The same TLS and connection limits as the API's listener.
+        tasks.push(tokio::spawn(serve::serve(l, router, limits, tls.as_ref().map(|t| t.acceptor.clone()), shutdown_rx.clone())));
     }
     let timeouts = WorkerTimeouts {
         heartbeat_interval: Duration::from_millis(cfg.workers.heartbeat_interval_ms),
