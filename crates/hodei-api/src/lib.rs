@@ -283,7 +283,8 @@ impl TenantCache {
 
 /// The whole HTTP surface: `/api/v1/*`, `/health`, `/ready`, `/metrics`, `/api/openapi.json`, `/api/docs`.
 pub fn router(state: ApiState) -> Router {
-    let (v1, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi()).nest("/api/v1", routes::v1(&state.cfg)).split_for_parts();
+    let (v1, mut openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi()).nest("/api/v1", routes::v1(&state.cfg)).split_for_parts();
+    document_errors(&mut openapi);
     let v1 = v1.layer(middleware::from_fn_with_state(state.clone(), auth::authenticate));
     Router::new()
         .merge(v1)
@@ -351,8 +352,51 @@ pub fn zero_series_for_pool(pool: &Pool) {
 
 /// The OpenAPI document, for `xtask openapi` and its staleness test.
 pub fn openapi_json(cfg: &ApiConfig) -> String {
-    let (_, openapi) = OpenApiRouter::<ApiState>::with_openapi(ApiDoc::openapi()).nest("/api/v1", routes::v1(cfg)).split_for_parts();
+    let (_, mut openapi) = OpenApiRouter::<ApiState>::with_openapi(ApiDoc::openapi()).nest("/api/v1", routes::v1(cfg)).split_for_parts();
+    document_errors(&mut openapi);
     openapi.to_pretty_json().unwrap_or_default()
+}
+
+/// Documents the error answers every `/api/v1` operation can give, besides those its handler
+/// names: all as `application/problem+json` with the `Problem` schema.
+fn document_errors(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{Content, Ref, RefOr, Response};
+    const PROBLEM: &str = "application/problem+json";
+    for (path, item) in doc.paths.paths.iter_mut() {
+        if !path.starts_with("/api/v1") {
+            continue;
+        }
+        let has_id = path.contains('{');
+        for op in [item.get.as_mut(), item.put.as_mut(), item.post.as_mut(), item.delete.as_mut(), item.patch.as_mut()].into_iter().flatten() {
+            for (status, r) in op.responses.responses.iter_mut() {
+                if let (true, RefOr::T(r)) = (status.starts_with('4') || status.starts_with('5'), r)
+                    && let Some(c) = r.content.shift_remove("application/json")
+                {
+                    r.content.insert(PROBLEM.into(), c);
+                }
+            }
+            let with_body = op.request_body.is_some();
+            let mut add = |status: &str, why: &str| {
+                op.responses.responses.entry(status.into()).or_insert_with(|| {
+                    let mut r = Response::new(why);
+                    r.content.insert(PROBLEM.into(), RefOr::T(Content::new(Some(Ref::from_schema_name("Problem")))));
+                    RefOr::T(r)
+                });
+            };
+            add("400", "a malformed path, query string or body, or a field out of range (`errors` names it)");
+            add("401", "no token, or one that is invalid, expired or revoked");
+            add("403", "the caller's roles do not allow it");
+            if has_id {
+                add("404", "no such resource, or one the caller cannot see");
+            }
+            if with_body {
+                add("413", "the body is over limits.max_body_bytes");
+                add("415", "the body is not application/json");
+            }
+            add("500", "a bug in the server (the answer carries a request id to report)");
+            add("503", "the database cannot be reached, the server is stopping, or server.request_timeout_ms passed");
+        }
+    }
 }
 
 async fn http_metrics(req: Request, next: Next) -> Response {

@@ -1,7 +1,7 @@
 //! Schemathesis (PyPI) against the server's own OpenAPI document: thousands of generated
 //! requests across every operation, as an admin and as a researcher, against a server whose
-//! pool has no workers (generated commands are stored, never run). Zero 5xx and zero answers
-//! outside the documented schemas; the server still answers afterwards.
+//! pool has no workers (generated commands are stored, never run). Zero 5xx, and every answer's
+//! status, content type and body as the document says; the server still answers afterwards.
 //!
 //! The fuzzer is `$HODEI_SCHEMATHESIS`, else `target/ci-venv/bin/schemathesis` (where `.ci/run`
 //! installs it), else `schemathesis` on PATH; without one the test is skipped, except under
@@ -31,7 +31,7 @@ fn schemathesis() -> Option<std::path::PathBuf> {
 fn fuzz(st: &std::path::Path, srv: &Server, token: &str, report: &std::path::Path) -> u64 {
     let out = std::process::Command::new(st)
         .args(["run", &format!("{}/api/openapi.json", srv.http)])
-        .args(["--checks", "not_a_server_error,response_schema_conformance"])
+        .args(["--checks", "not_a_server_error,response_schema_conformance,status_code_conformance,content_type_conformance"])
         .args(["--max-examples", "20", "--seed", "20261204", "--no-color", "--report-dir"])
         .arg(report)
         .args(["-H", &format!("Authorization: Bearer {token}")])

@@ -68,6 +68,7 @@ pub struct AuditQuery {
     pub target: Option<String>,
     /// RFC 3339; entries at or after it.
     pub since: Option<String>,
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
     pub cursor: Option<String>,
 }

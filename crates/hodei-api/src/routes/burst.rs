@@ -92,6 +92,7 @@ pub struct BurstQuery {
     pub state: Option<String>,
     pub tenant_id: Option<String>,
     pub cursor: Option<String>,
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
 }
 

@@ -102,6 +102,7 @@ pub struct TokenCreate {
 pub struct TokenQuery {
     /// Whose tokens (admins only; default: the caller's own).
     pub principal_id: Option<String>,
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
     pub cursor: Option<String>,
 }

@@ -442,6 +442,7 @@ pub struct JobQuery {
     pub label: Option<String>,
     /// The jobs of one array job.
     pub array_id: Option<String>,
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
     pub cursor: Option<String>,
 }

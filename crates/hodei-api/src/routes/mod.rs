@@ -78,6 +78,7 @@ pub fn parse_id<T: std::str::FromStr>(what: &str, s: &str) -> Result<T, ApiError
 #[serde(deny_unknown_fields)]
 pub struct PageQuery {
     /// 1–500, default 50.
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,

@@ -22,6 +22,7 @@ use hodei_core::{Action, Visibility};
 #[serde(deny_unknown_fields)]
 pub struct WindowQuery {
     /// Default `sla.compliance_window_hours` (24).
+    #[param(minimum = 1, maximum = 2160)]
     pub window_hours: Option<i64>,
 }
 
@@ -155,6 +156,7 @@ pub struct SlaJobsQuery {
     pub level: Option<String>,
     /// RFC 3339; breaches at or after it.
     pub since: Option<String>,
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
 }
 

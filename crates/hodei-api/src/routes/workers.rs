@@ -16,6 +16,7 @@ pub struct WorkerQuery {
     pub pool_id: Option<String>,
     pub state: Option<String>,
     /// 1–500, default 50.
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
     pub cursor: Option<String>,
 }
