@@ -104,6 +104,13 @@ macro_rules! section {
                 $name { $($field: $default),* }
             }
         }
+
+        impl $name {
+            /// The section's keys, as a file spells them (for the test that every key is
+            /// honoured or refused).
+            #[allow(dead_code)]
+            pub const KEYS: &'static [&'static str] = &[$(stringify!($field)),*];
+        }
     };
 }
 
@@ -651,6 +658,10 @@ impl Config {
             check(at("cost_rates"), p.cost_rates != CostRatesConfig::default());
             check(at("cluster"), p.cluster.is_some());
             check(at("scaling_policies"), !p.scaling_policies.is_empty());
+            // Labels and capabilities of workers a provider creates: no provider creates any yet
+            // (a remote worker states its own with --labels).
+            check(at("worker_template.labels"), !p.worker_template.labels.is_empty());
+            check(at("worker_template.capabilities"), p.worker_template.capabilities != WorkerTemplateConfig::default().capabilities);
         }
         out
     }
@@ -777,6 +788,126 @@ mod tests {
             ["resource_pools.pools[0].type", "resource_pools.pools[0].allowed_tenants", "resource_pools.pools[0].scaling_policies"]
                 .map(|k| format!("{k}: not supported yet"))
         );
+        std::fs::write(&path, "resource_pools:\n  pools:\n    - id: gpu\n      worker_template: { labels: { disk: ssd } }\n").unwrap();
+        let cfg = super::Config::load(Some(&path), &[]).unwrap();
+        assert_eq!(cfg.unsupported(), ["resource_pools.pools[0].worker_template.labels: not supported yet"]);
+    }
+
+    /// Every key of the schema is classified by hand as honoured (the server acts on it) or
+    /// refused (`unsupported()` names it when set): a key added to the schema without a row here
+    /// fails, so none can be parsed and dropped unnoticed.
+    #[test]
+    fn every_key_is_honoured_or_refused() {
+        use super::*;
+        let pools = [
+            "id",
+            "name",
+            "type",
+            "provider",
+            "provider_config",
+            "labels",
+            "worker_template",
+            "min_size",
+            "max_size",
+            "auto_scaling_enabled",
+            "idle_timeout_s",
+            "allowed_tenants",
+            "cost_rates",
+            "cluster",
+            "join_token",
+            "scaling_policies",
+        ];
+        // Section, its keys, then "honoured | refused" ("*": the whole section is refused).
+        let sections: &[(&str, &[&str], &str)] = &[
+            ("server", ServerConfig::KEYS, "http_addr grpc_addr data_dir request_timeout_ms shutdown_grace_ms |"),
+            ("server.tls", TlsConfig::KEYS, "cert_file key_file client_ca_file |"),
+            ("log", LogConfig::KEYS, "level format |"),
+            ("database", DatabaseConfig::KEYS, "url max_connections statement_timeout_ms auto_migrate sqlite_synchronous |"),
+            ("auth", AuthConfig::KEYS, "mode admin_token token_default_ttl_days |"),
+            (
+                "limits",
+                LimitsConfig::KEYS,
+                "max_body_bytes max_batch_body_bytes max_argv_env_bytes max_labels submit_rate_per_tenant submit_burst_per_tenant |",
+            ),
+            (
+                "scheduler",
+                SchedulerConfig::KEYS,
+                "tick_ms assign_ack_timeout_ms max_lost_requeues retry_backoff_ms retry_backoff_max_ms default_expected_duration_ms backfill \
+                 reservation_after_ms max_reservations sla_escalation eta_horizon_ms |",
+            ),
+            ("scheduler.fair_share", FairShareConfig::KEYS, "usage_half_life_s |"),
+            ("scheduler.preemption", PreemptionConfig::KEYS, "enabled |"),
+            ("jobs", JobsConfig::KEYS, "default_timeout_ms max_timeout_ms default_priority max_retries_limit max_batch_size max_array_size | retention_days"),
+            ("jobs.default_resources", ResourcesConfig::KEYS, "cpu_m memory_mb gpu |"),
+            ("jobs.logs", JobLogsConfig::KEYS, "max_bytes_per_attempt dir |"),
+            ("workers", WorkersConfig::KEYS, "heartbeat_interval_ms heartbeat_timeout_ms gc_after_ms kill_grace_ms usage_sample_interval_ms |"),
+            ("resource_pools", ResourcePoolsConfig::KEYS, "enabled | default_pool_type"),
+            ("resource_pools.builtin_local", BuiltinLocalConfig::KEYS, "enabled id workers slots |"),
+            (
+                "resource_pools.pools[]",
+                &pools,
+                "id name labels min_size max_size join_token | type provider provider_config auto_scaling_enabled idle_timeout_s allowed_tenants cost_rates cluster scaling_policies",
+            ),
+            ("resource_pools.pools[].worker_template", WorkerTemplateConfig::KEYS, "cpu_m memory_mb gpu slots | labels capabilities"),
+            ("multi_tenancy", MultiTenancyConfig::KEYS, "enabled default_tenant_id | default_tier"),
+            ("multi_tenancy.tier_weights", TierWeightsConfig::KEYS, "free standard premium enterprise |"),
+            ("multi_tenancy.default_tenant_quota", QuotaConfig::KEYS, "cpu_m memory_mb gpu max_concurrent_jobs max_queued_jobs |"),
+            ("multi_tenancy.quota_enforcement", QuotaEnforcementConfig::KEYS, "strict_mode violation_policy |"),
+            (
+                "burst_capacity",
+                BurstConfig::KEYS,
+                "enabled max_overage_percentage burst_duration_minutes require_approval cooldown_minutes approval_timeout_hours |",
+            ),
+            ("budgets", BudgetsConfig::KEYS, "| *"),
+            ("sla", SlaConfig::KEYS, "at_risk_pct critical_pct compliance_window_hours |"),
+            ("sla.max_wait_s", MaxWaitConfig::KEYS, "critical high medium low best_effort |"),
+            (
+                "cost_tracking",
+                CostConfig::KEYS,
+                "hourly_rate_cpu hourly_rate_memory_gb hourly_rate_gpu | enabled track_by_tenant track_by_job track_by_pool retention_days currency accrual_interval_s",
+            ),
+            ("autoscaling", AutoscalingConfig::KEYS, "| *"),
+            ("metrics", MetricsConfig::KEYS, "| history"),
+            ("metrics.prometheus", PrometheusConfig::KEYS, "enabled port path |"),
+            ("observability", ObservabilityConfig::KEYS, "| *"),
+            ("multi_cluster", MultiClusterConfig::KEYS, "| *"),
+            ("deployments", DeploymentsConfig::KEYS, "| *"),
+            ("optimization", OptimizationConfig::KEYS, "| *"),
+        ];
+        let paths: Vec<String> = sections.iter().map(|(p, ..)| p.replace("[]", "")).collect();
+        for key in Config::KEYS {
+            assert!(paths.iter().any(|p| p == key), "section {key} has no row");
+        }
+        let source = include_str!("config.rs");
+        let unsupported = &source[source.find("pub fn unsupported").unwrap()..source.find("pub fn load(").unwrap()];
+        for (path, keys, rule) in sections {
+            let (honoured, refused) = rule.split_once('|').unwrap();
+            let (honoured, refused): (Vec<&str>, Vec<&str>) = (honoured.split_whitespace().collect(), refused.split_whitespace().collect());
+            for key in *keys {
+                let full = format!("{}.{key}", path.replace("[]", ""));
+                let is_section = paths.contains(&full);
+                let classified = is_section || refused.contains(&"*") || honoured.contains(key) || refused.contains(key);
+                assert!(classified, "{path}.{key} is neither honoured nor refused: classify it here");
+                assert!(!(honoured.contains(key) && refused.contains(key)), "{path}.{key} is both");
+            }
+            for key in honoured.iter().chain(refused.iter().filter(|k| **k != "*")) {
+                assert!(keys.contains(key), "{path}.{key} is classified but not in the schema");
+            }
+            // What is refused, `unsupported()` checks: the section, the key, or a pool's key.
+            let pool_key = |k: &str| {
+                format!("at(\"{}\")", format!("{path}.{k}").trim_start_matches("resource_pools.pools[].").trim_start_matches("resource_pools.pools[]"))
+            };
+            for key in &refused {
+                let named = if *key == "*" {
+                    unsupported.contains(&format!("check(\"{path}\"."))
+                } else {
+                    unsupported.contains(&format!("check(\"{path}.{key}\"."))
+                        || unsupported.contains(&pool_key(key))
+                        || unsupported.contains(&format!("\"{path}.{key}\""))
+                };
+                assert!(named, "{path}.{key} is listed as refused but unsupported() does not check it");
+            }
+        }
     }
 
     use super::*;
