@@ -213,6 +213,9 @@ pub struct Inner {
     pub join_tokens: Arc<dyn JoinTokens>,
     /// Flips to true when the server begins to stop: log streams end so connections can drain.
     pub stopping: tokio::sync::watch::Receiver<bool>,
+    /// Requests with a body over `limits.max_body_bytes` (batches) read at once; see
+    /// [`bound_large_bodies`].
+    pub large_bodies: tokio::sync::Semaphore,
     /// API tokens recently seen (see [`auth`]).
     pub token_cache: auth::TokenCache,
     /// `limits.submit_rate_per_tenant`: per-tenant token buckets.
@@ -292,11 +295,34 @@ pub fn router(state: ApiState) -> Router {
         .merge(SwaggerUi::new("/api/docs").url("/api/openapi.json", openapi))
         .fallback(routes::not_found)
         .layer(DefaultBodyLimit::max(state.cfg.max_batch_body_bytes))
+        .layer(middleware::from_fn_with_state(state.clone(), bound_large_bodies))
         .layer(middleware::from_fn_with_state(state.clone(), request_timeout))
         .layer(middleware::from_fn(error::problems_only))
         .layer(middleware::from_fn(http_metrics))
         .layer(middleware::from_fn(ctx::request_context))
         .with_state(state)
+}
+
+/// How many requests with a large body (over `limits.max_body_bytes`, or of unknown length)
+/// are read and parsed at once; the others wait for a turn, within `server.request_timeout_ms`.
+pub const LARGE_BODIES_AT_ONCE: usize = 2;
+
+/// A batch body is read whole and parsed before it is stored, so its memory is several times
+/// its size: reading a bounded number at once keeps concurrent large batches from taking the
+/// machine's memory, and the heap they used is given back to the OS after each.
+async fn bound_large_bodies(axum::extract::State(s): axum::extract::State<ApiState>, req: Request, next: Next) -> Response {
+    let length = req.headers().get(axum::http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let has_body = matches!(*req.method(), axum::http::Method::POST | axum::http::Method::PUT | axum::http::Method::PATCH);
+    if !has_body || length.is_some_and(|n| n <= s.cfg.max_body_bytes as u64) {
+        return next.run(req).await;
+    }
+    let Ok(_turn) = s.large_bodies.acquire().await else { return next.run(req).await };
+    let resp = next.run(req).await;
+    // glibc keeps freed arenas for reuse; hand the pages of a large parse back.
+    tokio::task::spawn_blocking(|| unsafe {
+        libc::malloc_trim(0);
+    });
+    resp
 }
 
 /// `server.request_timeout_ms`: a request not answered in time gets 503 `unavailable` (what it
