@@ -36,6 +36,8 @@ fn fuzz(st: &std::path::Path, srv: &Server, token: &str, report: &std::path::Pat
         .arg(report)
         .args(["-H", &format!("Authorization: Bearer {token}")])
         .env("SCHEMATHESIS_TELEMETRY", "false")
+        // Its cache (.schemathesis/) goes with the report, not into the source tree.
+        .current_dir(report.parent().unwrap())
         .output()
         .expect("run schemathesis");
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
