@@ -428,6 +428,9 @@ async fn a_rotated_join_token_replaces_the_old_one_at_once() {
     assert_eq!(srv.join_token("local"), old, "a refused rotation changes nothing");
     let (s, problem) = call(&srv, Some(&srv.token), "post", "/pools/nope/join-token", None).await;
     assert_eq!(s, 404, "{problem}");
+    let (s, problem) = call(&srv, Some(&srv.token), "post", "/pools/local/join-token", Some(&json!({"token": "mine"}))).await;
+    assert_eq!((s, problem["code"].as_str()), (400, Some("validation_failed")), "{problem}");
+    assert_eq!(srv.join_token("local"), old, "a refused rotation changes nothing");
 
     let out = srv.cli(&["pools", "rotate-token", "local"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -106,8 +106,13 @@ pub struct JoinTokenView {
     ),
     tag = "pools"
 )]
-pub async fn rotate_join_token(State(s): State<ApiState>, who: Who, Path(id): Path<String>) -> ApiResult<Json<JoinTokenView>> {
+pub async fn rotate_join_token(State(s): State<ApiState>, who: Who, Path(id): Path<String>, body: axum::body::Body) -> ApiResult<Json<JoinTokenView>> {
     who.must_be_admin("rotating a pool's join token (admins only)")?;
+    // The rotation takes no parameters: a body with any is refused rather than ignored.
+    let body = axum::body::to_bytes(body, 64).await.unwrap_or_else(|_| axum::body::Bytes::from_static(b"x"));
+    if !matches!(std::str::from_utf8(&body).map(str::trim), Ok("" | "{}")) {
+        return Err(ApiError::field("/", "this request takes no body", "no body, or {}", None));
+    }
     let pool = match hodei_core::PoolId::parse(&id) {
         Ok(pid) => s.store.get_pool(&pid).await?.map(|(p, _)| p),
         Err(_) => None,
