@@ -20,6 +20,7 @@ fn openapi() -> String {
         admin_token: None,
         token_default_ttl_days: None,
         request_timeout: std::time::Duration::from_secs(30),
+        metrics_bearer_token: None,
         grpc_addr: None,
         version: env!("CARGO_PKG_VERSION").to_owned(),
     };

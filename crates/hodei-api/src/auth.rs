@@ -130,8 +130,8 @@ impl TokenCache {
 }
 
 /// The bearer token of a request; the scheme is case-insensitive (RFC 9110).
-fn bearer(req: &Request) -> Option<&str> {
-    let v = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+pub(crate) fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = v.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
@@ -187,7 +187,7 @@ pub async fn authenticate(State(s): State<ApiState>, mut req: Request, next: Nex
         // auth.mode: none (loopback only): everyone is the admin.
         None => s.admin.clone(),
         Some(admin) => {
-            let Some(given) = bearer(&req) else { return unauthorized().into_response() };
+            let Some(given) = bearer(req.headers()) else { return unauthorized().into_response() };
             if bool::from(given.as_bytes().ct_eq(admin.as_bytes())) {
                 s.admin.clone()
             } else {

@@ -191,6 +191,8 @@ pub struct ApiConfig {
     /// `server.request_timeout_ms`: how long a request may take to be answered (a stream, once
     /// started, is not cut).
     pub request_timeout: std::time::Duration,
+    /// `metrics.prometheus.bearer_token`: what a scrape of `/metrics` must present, if set.
+    pub metrics_bearer_token: Option<String>,
     pub version: String,
 }
 

@@ -260,6 +260,9 @@ section!(WorkersConfig {
     gc_after_ms: u64 = 3_600_000,
     kill_grace_ms: u64 = 10_000,
     usage_sample_interval_ms: u64 = 10_000,
+    /// The user the built-in pool's jobs run as when the server runs as root (default
+    /// `nobody`); a server not running as root runs them as itself.
+    run_as: Option<String> = None,
 });
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
@@ -469,7 +472,13 @@ section!(AutoscalingConfig {
     history_retention_days: u32 = 90,
 });
 
-section!(PrometheusConfig { enabled: bool = true, port: u16 = 9091, path: String = "/metrics".into() });
+section!(PrometheusConfig {
+    enabled: bool = true,
+    port: u16 = 9091,
+    path: String = "/metrics".into(),
+    /// Secret a scrape must send as `Authorization: Bearer …` (both listeners), if set.
+    bearer_token: Option<Secret> = None,
+});
 section!(HistoryConfig { enabled: bool = true, interval_s: u64 = 60, retention_days: u32 = 14 });
 section!(MetricsConfig { prometheus: PrometheusConfig = Default::default(), history: HistoryConfig = Default::default() });
 
@@ -707,6 +716,9 @@ impl Config {
                 return bad(path, format!("{addr:?} is not a host:port address"));
             }
         }
+        if self.metrics.prometheus.bearer_token.as_ref().is_some_and(|t| t.0.trim().len() < 16) {
+            return bad("metrics.prometheus.bearer_token", "must be at least 16 characters (a secret a scraper sends)".into());
+        }
         if self.server.request_timeout_ms == 0 {
             return bad("server.request_timeout_ms", "must be at least 1".into());
         }
@@ -840,7 +852,7 @@ mod tests {
             ("jobs", JobsConfig::KEYS, "default_timeout_ms max_timeout_ms default_priority max_retries_limit max_batch_size max_array_size | retention_days"),
             ("jobs.default_resources", ResourcesConfig::KEYS, "cpu_m memory_mb gpu |"),
             ("jobs.logs", JobLogsConfig::KEYS, "max_bytes_per_attempt dir |"),
-            ("workers", WorkersConfig::KEYS, "heartbeat_interval_ms heartbeat_timeout_ms gc_after_ms kill_grace_ms usage_sample_interval_ms |"),
+            ("workers", WorkersConfig::KEYS, "heartbeat_interval_ms heartbeat_timeout_ms gc_after_ms kill_grace_ms usage_sample_interval_ms run_as |"),
             ("resource_pools", ResourcePoolsConfig::KEYS, "enabled | default_pool_type"),
             ("resource_pools.builtin_local", BuiltinLocalConfig::KEYS, "enabled id workers slots |"),
             (
@@ -868,7 +880,7 @@ mod tests {
             ),
             ("autoscaling", AutoscalingConfig::KEYS, "| *"),
             ("metrics", MetricsConfig::KEYS, "| history"),
-            ("metrics.prometheus", PrometheusConfig::KEYS, "enabled port path |"),
+            ("metrics.prometheus", PrometheusConfig::KEYS, "enabled port path bearer_token |"),
             ("observability", ObservabilityConfig::KEYS, "| *"),
             ("multi_cluster", MultiClusterConfig::KEYS, "| *"),
             ("deployments", DeploymentsConfig::KEYS, "| *"),
@@ -937,6 +949,8 @@ mod tests {
     fn bad_values_name_key_value_and_expectation() {
         let e = load("multi_tenancy:\n  default_tenant_quota:\n    cpu_m: 4k\n", &[]).unwrap_err().to_string();
         assert_eq!(e, "multi_tenancy.default_tenant_quota.cpu_m: \"4k\" is not a non-negative integer (millicores)");
+        let e = load("metrics:\n  prometheus:\n    bearer_token: short\n", &[]).unwrap_err().to_string();
+        assert!(e.starts_with("metrics.prometheus.bearer_token: must be at least 16"), "{e}");
     }
 
     #[test]

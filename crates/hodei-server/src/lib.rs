@@ -242,6 +242,7 @@ async fn seed(cfg: &Config, store: &dyn Store, now: Timestamp, worker_exe: Optio
                 memory_mb: shape.memory_mb.get(),
                 data_dir: cfg.data_dir().to_owned(),
                 instance: String::new(),
+                run_as: cfg.workers.run_as.clone(),
             });
             local_workers = n;
         }
@@ -439,6 +440,7 @@ fn api_state(cfg: &Config, p: ApiParts, stopping: watch::Receiver<bool>) -> anyh
         },
         admin_token,
         token_default_ttl_days: cfg.auth.token_default_ttl_days,
+        metrics_bearer_token: cfg.metrics.prometheus.bearer_token.as_ref().map(|t| t.0.trim().to_owned()),
         request_timeout: Duration::from_millis(cfg.server.request_timeout_ms),
         grpc_addr: Some(grpc_addr),
         version: VERSION.to_owned(),

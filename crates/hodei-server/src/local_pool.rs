@@ -24,6 +24,8 @@ pub struct LocalWorkerSpec {
     /// This server process's id, given to its workers as a label so a restarted server knows
     /// which stored workers died with their parent.
     pub instance: String,
+    /// `workers.run_as`, handed on as `--run-as`.
+    pub run_as: Option<String>,
 }
 
 /// Cores and memory this machine offers to the built-in pool.
@@ -62,6 +64,7 @@ pub fn supervise(spec: LocalWorkerSpec, index: u32, mut shutdown: watch::Receive
                 .args(["--instance-name", &format!("{}-{index}", spec.pool)])
                 .arg("--spool-dir")
                 .arg(&spool)
+                .args(spec.run_as.iter().flat_map(|u| ["--run-as", u]))
                 .arg("--exit-with-parent")
                 .args(["--labels", &format!("{}={}", crate::engine::SERVER_INSTANCE_LABEL, spec.instance)])
                 .env("HODEI_JOIN_TOKEN", &join_token)

@@ -13,6 +13,16 @@ use hodei_proto::v1 as pb;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::memory::MemoryWatch;
+use crate::user::JobUser;
+
+/// Where and as whom attempts run.
+#[derive(Clone, Debug)]
+pub struct Sandbox {
+    /// One directory per attempt without a working dir, kept out of the spool.
+    pub scratch_root: PathBuf,
+    /// The user jobs run as, when the agent switches users (it runs as root).
+    pub user: Option<JobUser>,
+}
 
 pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
@@ -117,15 +127,26 @@ pub fn base_env() -> Vec<(&'static str, std::ffi::OsString)> {
     ]
 }
 
+/// Creates an attempt's scratch directory, owned by the job's user and private to it.
+fn make_scratch(dir: &std::path::Path, user: Option<&JobUser>) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    if let Some(u) = user {
+        std::os::unix::fs::chown(dir, Some(u.uid), Some(u.gid))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
 pub async fn run(
     a: pb::AssignJob,
     out: mpsc::UnboundedSender<pb::WorkerMessage>,
     stop: oneshot::Receiver<StopReason>,
-    scratch_root: PathBuf,
+    sandbox: Sandbox,
     memory: MemoryWatch,
 ) -> Option<pb::Result> {
     let mut shutdown = false;
-    let r = run_inner(a, out, stop, scratch_root, memory, &mut shutdown).await;
+    let r = run_inner(a, out, stop, sandbox, memory, &mut shutdown).await;
     (!shutdown).then_some(r)
 }
 
@@ -133,7 +154,7 @@ async fn run_inner(
     a: pb::AssignJob,
     out: mpsc::UnboundedSender<pb::WorkerMessage>,
     stop: oneshot::Receiver<StopReason>,
-    scratch_root: PathBuf,
+    sandbox: Sandbox,
     memory: MemoryWatch,
     shutdown: &mut bool,
 ) -> pb::Result {
@@ -149,9 +170,10 @@ async fn run_inner(
     if !a.image.is_empty() {
         return fail(result, "image_error");
     }
-    let scratch = scratch_root.join(&a.attempt_id);
+    let scratch = sandbox.scratch_root.join(&a.attempt_id);
     let dir = if a.working_dir.is_empty() {
-        if std::fs::create_dir_all(&scratch).is_err() {
+        if let Err(e) = make_scratch(&scratch, sandbox.user.as_ref()) {
+            tracing::warn!(error = %e, dir = %scratch.display(), "cannot create the attempt's scratch directory");
             return fail(result, "spawn_error");
         }
         scratch.clone()
@@ -163,6 +185,10 @@ async fn run_inner(
     // tokens, database URLs): it gets the documented base, then its spec's `env` and the
     // HODEI_* job variables from the assignment.
     cmd.env_clear().envs(base_env());
+    if let Some(u) = &sandbox.user {
+        // std drops the supplementary groups too when a root parent sets the uid.
+        cmd.uid(u.uid).gid(u.gid).env("HOME", &u.home);
+    }
     cmd.args(args).envs(&a.env).current_dir(&dir).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
     let mut child = match cmd.spawn() {
         Ok(c) => c,

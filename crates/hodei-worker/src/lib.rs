@@ -7,6 +7,7 @@
 mod exec;
 mod memory;
 mod spool;
+mod user;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
@@ -19,7 +20,8 @@ use hodei_proto::v1::worker_service_client::WorkerServiceClient;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tonic::transport::{Channel, Endpoint};
 
-pub use exec::StopReason;
+pub use exec::{Sandbox, StopReason};
+pub use user::{DEFAULT_RUN_AS, JobUser};
 
 #[derive(Clone, Debug)]
 pub struct WorkerOptions {
@@ -34,8 +36,8 @@ pub struct WorkerOptions {
     pub instance_name: String,
     /// The spool (identity, unacknowledged results).
     pub work_dir: PathBuf,
-    /// Where jobs without a working dir run, one directory per attempt (kept out of the spool).
-    pub scratch_dir: PathBuf,
+    /// Where jobs without a working dir run and as whom.
+    pub sandbox: Sandbox,
     /// Exit (stopping jobs) when the parent process goes away: for the server's built-in pool.
     pub exit_with_parent: bool,
     /// TLS to `https://` servers.
@@ -111,6 +113,15 @@ async fn register(client: &mut WorkerServiceClient<Channel>, o: &WorkerOptions) 
 pub async fn run(o: WorkerOptions) -> anyhow::Result<()> {
     anyhow::ensure!(!o.servers.is_empty(), "no server given");
     std::fs::create_dir_all(&o.work_dir).with_context(|| format!("creating {}", o.work_dir.display()))?;
+    if let Some(u) = &o.sandbox.user {
+        // The job's user may enter its own attempt directory but not list the others.
+        use std::os::unix::fs::PermissionsExt;
+        let root = &o.sandbox.scratch_root;
+        std::fs::create_dir_all(root)
+            .and_then(|()| std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o711)))
+            .with_context(|| format!("preparing {}", root.display()))?;
+        tracing::info!(user = %u.name, uid = u.uid, "jobs run as an unprivileged user");
+    }
     let spool = Arc::new(spool::Spool::open(&o.work_dir, spool::LOCK_WAIT).await?);
     if o.exit_with_parent {
         // An agent that lives and dies with the server that started it has nothing to hand in
@@ -210,7 +221,7 @@ pub async fn run(o: WorkerOptions) -> anyhow::Result<()> {
                     None => break "event channel closed",
                 },
                 m = inbound.message() => match m {
-                    Ok(Some(m)) => on_server_message(m, &agent, &events_tx, &o.scratch_dir, &memory, &spool),
+                    Ok(Some(m)) => on_server_message(m, &agent, &events_tx, &o.sandbox, &memory, &spool),
                     Ok(None) => break "server closed the stream",
                     Err(_) => break "stream error",
                 },
@@ -261,7 +272,7 @@ fn on_server_message(
     m: pb::ServerMessage,
     agent: &Arc<Mutex<Agent>>,
     events: &mpsc::UnboundedSender<pb::WorkerMessage>,
-    scratch_dir: &std::path::Path,
+    sandbox: &Sandbox,
     memory: &memory::MemoryWatch,
     spool: &Arc<spool::Spool>,
 ) {
@@ -281,9 +292,9 @@ fn on_server_message(
             }
             let (stop_tx, stop_rx) = oneshot::channel();
             a.running.insert(id.clone(), stop_tx);
-            let (agent, events, dir, memory) = (agent.clone(), events.clone(), scratch_dir.to_owned(), memory.clone());
+            let (agent, events, sandbox, memory) = (agent.clone(), events.clone(), sandbox.clone(), memory.clone());
             tokio::spawn(async move {
-                let result = exec::run(job, events.clone(), stop_rx, dir, memory).await;
+                let result = exec::run(job, events.clone(), stop_rx, sandbox, memory).await;
                 // Queue the result under the lock: whoever sees the job gone also sees its result.
                 if let Ok(mut a) = agent.lock() {
                     a.running.remove(&id);

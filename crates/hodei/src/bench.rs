@@ -89,7 +89,11 @@ fn job(argv: &[&str], run_id: &str, hold: bool) -> Value {
 }
 
 pub async fn run(a: BenchArgs) -> anyhow::Result<i32> {
-    let client = Arc::new(Client::new(&a.server, a.token, std::env::var_os("HODEI_CA_FILE").as_deref().map(std::path::Path::new))?);
+    let client = Arc::new(Client::new(
+        &a.server,
+        a.token.map(|t| (t, crate::client::TokenSource::Given)),
+        std::env::var_os("HODEI_CA_FILE").as_deref().map(std::path::Path::new),
+    )?);
     client.get("/jobs?limit=1").await.context("the server must be running (hodei server) and reachable")?;
     let run_id = uuid_like();
     match a.mode {

@@ -16,6 +16,8 @@ pub const EXIT_CANCELLED: i32 = 130;
 pub struct ApiFailure {
     pub status: u16,
     pub body: Value,
+    /// For a 401: which token was sent, and where it came from.
+    pub hint: Option<String>,
 }
 
 impl std::fmt::Display for ApiFailure {
@@ -29,28 +31,54 @@ impl std::fmt::Display for ApiFailure {
                 write!(f, "\n  {}: {} (expected {})", g("field"), g("message"), g("expected"))?;
             }
         }
+        if let Some(h) = &self.hint {
+            write!(f, "\n  {h}")?;
+        }
         Ok(())
     }
 }
 
 impl std::error::Error for ApiFailure {}
 
+/// Where the token a client sends came from, for the hint on a 401.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TokenSource {
+    /// `--token` or `HODEI_TOKEN`.
+    Given,
+    /// A context of the contexts file.
+    Context(String),
+    /// The data dir's `admin.token` (a loopback server only).
+    DataDir(PathBuf),
+}
+
 pub struct Client {
     pub base: String,
-    token: Option<String>,
+    token: Option<(String, TokenSource)>,
     http: reqwest::Client,
 }
 
-/// The admin token from the data dir, when the caller gave none (loopback default).
-fn default_token() -> Option<String> {
+/// Is `server` on this machine? Only then may the data dir's admin token be sent to it.
+fn is_loopback(server: &str) -> bool {
+    let rest = server.split_once("://").map_or(server, |(_, r)| r);
+    let host = rest.split('/').next().unwrap_or(rest);
+    let host = host.rsplit_once(':').filter(|(h, p)| !h.is_empty() && p.chars().all(|c| c.is_ascii_digit())).map_or(host, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The admin token from the data dir (`HODEI_DATA_DIR`, else `./hodei-data`), when the caller
+/// gave none and the server is on loopback.
+fn data_dir_token() -> Option<(String, TokenSource)> {
     let dir = std::env::var_os("HODEI_DATA_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("./hodei-data"));
-    std::fs::read_to_string(dir.join("admin.token")).ok().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty())
+    let file = dir.join("admin.token");
+    let token = std::fs::read_to_string(&file).ok().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty())?;
+    Some((token, TokenSource::DataDir(file)))
 }
 
 impl Client {
     /// `ca_file`: the PEM CA an `https://` server's certificate must chain to, instead of the
     /// system's roots.
-    pub fn new(server: &str, token: Option<String>, ca_file: Option<&std::path::Path>) -> anyhow::Result<Client> {
+    pub fn new(server: &str, token: Option<(String, TokenSource)>, ca_file: Option<&std::path::Path>) -> anyhow::Result<Client> {
         let mut b = reqwest::Client::builder().tcp_nodelay(true);
         if !server.starts_with("https://") {
             // Plain HTTP never verifies a certificate: skip loading the system's roots (a
@@ -64,12 +92,35 @@ impl Client {
             b = b.tls_certs_only(certs);
         }
         let http = b.build().context("building the HTTP client")?;
-        Ok(Client { base: server.trim_end_matches('/').to_owned(), token: token.or_else(default_token), http })
+        let token = token.or_else(|| if is_loopback(server) { data_dir_token() } else { None });
+        Ok(Client { base: server.trim_end_matches('/').to_owned(), token, http })
+    }
+
+    /// What a 401 should tell: the token that was refused and where it came from.
+    fn auth_hint(&self) -> String {
+        match &self.token {
+            None => "no token was sent: set HODEI_TOKEN or --token, run `hodei login`, or run next to the server's data dir (./hodei-data or HODEI_DATA_DIR)"
+                .to_owned(),
+            Some((t, src)) => {
+                let shown: String = t.chars().take(10).collect();
+                let from = match src {
+                    TokenSource::Given => "--token or HODEI_TOKEN".to_owned(),
+                    TokenSource::Context(n) => format!("context {n:?} of the contexts file"),
+                    TokenSource::DataDir(f) => format!("{} (is this the data dir of the server at {}?)", f.display(), self.base),
+                };
+                format!("the server refused the token {shown}… from {from}")
+            }
+        }
+    }
+
+    fn failure(&self, status: u16, body: Value) -> anyhow::Error {
+        let hint = (status == 401).then(|| self.auth_hint());
+        ApiFailure { status, body, hint }.into()
     }
 
     fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         let mut r = self.http.request(method, format!("{}/api/v1{path}", self.base));
-        if let Some(t) = &self.token {
+        if let Some((t, _)) = &self.token {
             r = r.bearer_auth(t);
         }
         r
@@ -85,7 +136,7 @@ impl Client {
             serde_json::from_slice(&body).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()))
         };
         if status >= 400 {
-            return Err(ApiFailure { status, body: value }.into());
+            return Err(self.failure(status, value));
         }
         Ok(value)
     }
@@ -135,7 +186,7 @@ impl Client {
                 Ok(resp) => {
                     let status = resp.status().as_u16();
                     let body = resp.json::<Value>().await.unwrap_or(Value::Null);
-                    return Err(ApiFailure { status, body }.into());
+                    return Err(self.failure(status, body));
                 }
                 Err(e) => {
                     failures += 1;
@@ -243,3 +294,16 @@ impl std::fmt::Display for UsageError {
 }
 
 impl std::error::Error for UsageError {}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_this_machine_gets_the_data_dirs_admin_token() {
+        for s in ["http://127.0.0.1:8080", "https://localhost:8443/", "http://[::1]:8080", "127.0.0.2:80", "http://localhost"] {
+            assert!(super::is_loopback(s), "{s}");
+        }
+        for s in ["http://10.0.0.1:8080", "https://hodei.example.com", "http://localhost.evil.com:8080", "http://[2001:db8::1]:80"] {
+            assert!(!super::is_loopback(s), "{s}");
+        }
+    }
+}

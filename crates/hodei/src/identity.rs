@@ -3,7 +3,7 @@
 use clap::Subcommand;
 use serde_json::{Value, json};
 
-use crate::client::{Client, s, table};
+use crate::client::{s, table};
 use crate::{ClientOpts, Output, print_json};
 
 #[derive(Subcommand)]
@@ -77,13 +77,13 @@ fn show(c: &ClientOpts, v: &Value, headers: &[&str], row: impl Fn(&Value) -> Vec
 }
 
 pub async fn whoami(c: ClientOpts) -> anyhow::Result<i32> {
-    let v = Client::new(&c.server, c.token.clone(), c.ca_file.as_deref())?.get("/whoami").await?;
+    let v = c.client()?.get("/whoami").await?;
     show(&c, &v, &["PRINCIPAL", "NAME", "KIND", "ROLES"], |p| vec![s(p, "principal_id"), s(p, "name"), s(p, "kind"), roles_text(p)]);
     Ok(0)
 }
 
 pub async fn tokens(c: ClientOpts, cmd: TokensCmd) -> anyhow::Result<i32> {
-    let cl = Client::new(&c.server, c.token.clone(), c.ca_file.as_deref())?;
+    let cl = c.client()?;
     let row = |t: &Value| vec![s(t, "id"), s(t, "name"), s(t, "prefix"), s(t, "principal_id"), s(t, "expires_at"), s(t, "last_used_at")];
     let headers = ["ID", "NAME", "PREFIX", "PRINCIPAL", "EXPIRES", "LAST USED"];
     match cmd {
@@ -119,7 +119,7 @@ pub async fn tokens(c: ClientOpts, cmd: TokensCmd) -> anyhow::Result<i32> {
 }
 
 pub async fn principals(c: ClientOpts, cmd: PrincipalsCmd) -> anyhow::Result<i32> {
-    let cl = Client::new(&c.server, c.token.clone(), c.ca_file.as_deref())?;
+    let cl = c.client()?;
     let row = |p: &Value| vec![s(p, "id"), s(p, "name"), s(p, "kind"), roles_text(p)];
     let headers = ["ID", "NAME", "KIND", "ROLES"];
     let v = match cmd {

@@ -2,6 +2,7 @@
 
 mod bench;
 mod client;
+mod contexts;
 mod identity;
 
 use std::collections::BTreeMap;
@@ -30,18 +31,33 @@ enum Output {
 
 #[derive(Args, Clone)]
 struct ClientOpts {
-    /// Server URL.
-    #[arg(long, global = true, env = "HODEI_SERVER", default_value = "http://127.0.0.1:8080")]
-    server: String,
-    /// API token (default on loopback: the data dir's admin.token).
+    /// Server URL (default: the context's, else http://127.0.0.1:8080).
+    #[arg(long, global = true, env = "HODEI_SERVER")]
+    server: Option<String>,
+    /// API token (default: the context's; on loopback, the data dir's admin.token).
     #[arg(long, global = true, env = "HODEI_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// A context of ~/.config/hodei/config.yaml instead of the current one.
+    #[arg(long, global = true, env = "HODEI_CONTEXT")]
+    context: Option<String>,
     /// For an https:// server: the PEM CA that signed its certificate (default: the system's roots).
     #[arg(long, global = true, env = "HODEI_CA_FILE")]
     ca_file: Option<PathBuf>,
     /// Output format.
     #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Output::Table)]
     output: Output,
+}
+
+impl ClientOpts {
+    /// The REST client these options (over the contexts file, over the defaults) describe.
+    fn client(&self) -> anyhow::Result<Client> {
+        contexts::client(contexts::Overrides {
+            server: self.server.as_deref(),
+            token: self.token.as_deref(),
+            ca_file: self.ca_file.as_deref(),
+            context: self.context.as_deref(),
+        })
+    }
 }
 
 #[derive(Subcommand)]
@@ -83,6 +99,26 @@ enum Cmd {
         c: ClientOpts,
         #[command(subcommand)]
         cmd: BurstCmd,
+    },
+    /// Save a server and token as a context (checked with whoami) and make it current.
+    Login {
+        /// Server URL.
+        #[arg(long, env = "HODEI_SERVER")]
+        server: String,
+        /// API token (default: HODEI_TOKEN, else one line read from stdin).
+        #[arg(long, env = "HODEI_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// PEM CA of an https:// server.
+        #[arg(long, env = "HODEI_CA_FILE")]
+        ca_file: Option<PathBuf>,
+        /// Context name (default: the server's host:port).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// CLI contexts (~/.config/hodei/config.yaml): list, switch, remove.
+    Context {
+        #[command(subcommand)]
+        cmd: contexts::ContextCmd,
     },
     /// Who your token is: principal and role bindings.
     Whoami {
@@ -213,6 +249,10 @@ struct WorkerArgs {
     /// Only `process` is available in this version.
     #[arg(long, default_value = "process")]
     backend: String,
+    /// The user jobs run as when the worker runs as root (a name or uid[:gid]; default nobody).
+    /// A worker not running as root runs jobs as itself.
+    #[arg(long, env = "HODEI_RUN_AS")]
+    run_as: Option<String>,
     #[arg(long, hide = true)]
     exit_with_parent: bool,
 }
@@ -484,6 +524,7 @@ async fn server(a: ServerArgs) -> anyhow::Result<i32> {
     }
     let json = a.log_json || cfg.log.format == hodei_server::config::LogFormat::Json;
     init_tracing(json, &cfg.log.level);
+    check_run_as(&cfg)?;
     let exe = std::env::current_exe().context("locating the hodei binary for the built-in pool")?;
     let srv = hodei_server::start(hodei_server::ServerOptions { config: cfg, worker_exe: Some(exe), metrics_addr: a.metrics_addr, store: None }).await?;
     let metrics = srv.metrics_addr.unwrap_or(srv.http_addr);
@@ -500,6 +541,12 @@ async fn server(a: ServerArgs) -> anyhow::Result<i32> {
     tracing::info!("shutting down");
     srv.shutdown().await;
     Ok(0)
+}
+
+/// `workers.run_as` names a user this machine has and this server may switch to.
+fn check_run_as(cfg: &hodei_server::config::Config) -> anyhow::Result<()> {
+    let euid = unsafe { libc::geteuid() };
+    hodei_worker::JobUser::for_worker(cfg.workers.run_as.as_deref(), euid).map(drop).map_err(|e| anyhow::anyhow!("workers.run_as: {e:#}"))
 }
 
 async fn migrate(a: MigrateArgs) -> anyhow::Result<i32> {
@@ -529,6 +576,7 @@ async fn worker(a: WorkerArgs) -> anyhow::Result<i32> {
             _ => None,
         },
     };
+    let job_user = hodei_worker::JobUser::for_worker(a.run_as.as_deref(), unsafe { libc::geteuid() }).context("--run-as")?;
     let cores = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
     let mem_mb = std::fs::read_to_string("/proc/meminfo")
         .ok()
@@ -556,7 +604,7 @@ async fn worker(a: WorkerArgs) -> anyhow::Result<i32> {
         labels: kv(&a.labels, "label")?,
         instance_name: a.instance_name.unwrap_or_else(|| format!("{host}-{}", std::process::id())),
         work_dir: a.spool_dir.or_else(|| temp.as_ref().map(|t| t.path().to_owned())).context("a work directory")?,
-        scratch_dir: scratch.path().to_owned(),
+        sandbox: hodei_worker::Sandbox { scratch_root: scratch.path().to_owned(), user: job_user },
         exit_with_parent: a.exit_with_parent,
         tls,
     };
@@ -573,7 +621,7 @@ fn job_rows(items: &[Value]) -> Vec<Vec<String>> {
 }
 
 async fn submit(a: SubmitArgs) -> anyhow::Result<i32> {
-    let c = Client::new(&a.c.server, a.c.token.clone(), a.c.ca_file.as_deref())?;
+    let c = a.c.client()?;
     let argv = if a.shell { vec!["sh".to_owned(), "-c".to_owned(), a.argv.join(" ")] } else { a.argv };
     let ms = |flag: &str, v: Option<&str>| {
         v.map(|t| {
@@ -706,7 +754,7 @@ fn print_explained(v: &Value) {
 }
 
 async fn jobs(c: ClientOpts, cmd: JobsCmd) -> anyhow::Result<i32> {
-    let cl = Client::new(&c.server, c.token.clone(), c.ca_file.as_deref())?;
+    let cl = c.client()?;
     let out = c.output;
     let show = |v: &Value| {
         if out == Output::Json {
@@ -865,7 +913,7 @@ fn urlencode(s: &str) -> String {
 }
 
 async fn tenants(c: ClientOpts, cmd: Option<TenantsCmd>) -> anyhow::Result<i32> {
-    let cl = Client::new(&c.server, c.token.clone(), c.ca_file.as_deref())?;
+    let cl = c.client()?;
     let rows =
         |items: &[Value]| items.iter().map(|t| vec![s(t, "id"), s(t, "name"), s(t, "tier"), s(t, "effective_weight"), s(t, "status")]).collect::<Vec<_>>();
     let headers = ["ID", "NAME", "TIER", "WEIGHT", "STATUS"];
@@ -933,7 +981,7 @@ fn query(pairs: &[(&str, Option<String>)]) -> String {
 }
 
 async fn sla(c: ClientOpts, cmd: Option<SlaCmd>, tenant: Option<String>, window_hours: Option<u32>) -> anyhow::Result<i32> {
-    let cl = Client::new(&c.server, c.token.clone(), c.ca_file.as_deref())?;
+    let cl = c.client()?;
     let jobs = |page: &Value| {
         let rows = page["items"].as_array().map(Vec::as_slice).unwrap_or(&[]).iter();
         let cols = ["job_id", "tenant_id", "level", "status", "state", "wait_ms", "max_wait_ms", "dominant_blocking_reason"];
@@ -981,7 +1029,7 @@ async fn sla(c: ClientOpts, cmd: Option<SlaCmd>, tenant: Option<String>, window_
 }
 
 async fn burst(c: ClientOpts, cmd: BurstCmd) -> anyhow::Result<i32> {
-    let cl = Client::new(&c.server, c.token.clone(), c.ca_file.as_deref())?;
+    let cl = c.client()?;
     let headers = ["ID", "TENANT", "STATE", "CPU_M", "MEMORY_MB", "GPU", "JOBS", "EXPIRES_AT"];
     let row = |b: &Value| {
         let cols = ["id", "tenant_id", "state", "requested_cpu_m", "requested_memory_mb", "requested_gpu", "requested_concurrent_jobs", "expires_at"];
@@ -1027,7 +1075,7 @@ async fn burst(c: ClientOpts, cmd: BurstCmd) -> anyhow::Result<i32> {
 }
 
 async fn listing(c: ClientOpts, path: &str, headers: &[&str], keys: &[&str]) -> anyhow::Result<i32> {
-    let cl = Client::new(&c.server, c.token.clone(), c.ca_file.as_deref())?;
+    let cl = c.client()?;
     let page = cl.get(path).await?;
     if c.output == Output::Json {
         print_json(&page);
@@ -1048,6 +1096,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Tenants { c, cmd } => tenants(c, cmd).await,
         Cmd::Burst { c, cmd } => burst(c, cmd).await,
         Cmd::Sla { c, cmd, tenant, window_hours } => sla(c, cmd, tenant, window_hours).await,
+        Cmd::Login { server, token, ca_file, name } => contexts::login(&server, token, ca_file, name).await,
+        Cmd::Context { cmd } => contexts::context(cmd),
         Cmd::Whoami { c } => identity::whoami(c).await,
         Cmd::Tokens { c, cmd } => identity::tokens(c, cmd).await,
         Cmd::Principals { c, cmd } => identity::principals(c, cmd).await,
@@ -1061,7 +1111,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             .await
         }
         Cmd::Pools { c, cmd: Some(PoolsCmd::RotateToken { id }) } => {
-            let v = Client::new(&c.server, c.token.clone(), c.ca_file.as_deref())?.post(&format!("/pools/{id}/join-token"), &json!({})).await?;
+            let v = c.client()?.post(&format!("/pools/{id}/join-token"), &json!({})).await?;
             if c.output == Output::Json {
                 print_json(&v);
             } else {
@@ -1082,6 +1132,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Config { cmd: ConfigCmd::Check { config } } => {
             let cfg = hodei_server::config::Config::load(config.as_deref(), &env_vars())?;
             println!("{cfg:#?}");
+            check_run_as(&cfg)?;
             let unsupported = cfg.unsupported();
             if !unsupported.is_empty() {
                 anyhow::bail!("the server would refuse this configuration: {}", unsupported.join("; "));

@@ -59,7 +59,8 @@ async fn output_is_streamed_while_the_job_runs() {
 async fn a_timeout_kills_the_whole_process_group() {
     let dir = tempfile::tempdir().unwrap();
     let srv = Server::start(dir.path(), &[], 0, None);
-    let pidfile = dir.path().join("bg.pid");
+    let shared = job_writable_dir();
+    let pidfile = shared.path().join("bg.pid");
     let script = format!("sleep 300 & echo $! > {}; wait", pidfile.display());
     let job = srv.submit(json!({"command": sh(&script), "timeout_ms": 700})).await;
     let j = srv.wait_ended(job["id"].as_str().unwrap(), 20).await;
@@ -98,7 +99,7 @@ async fn cancelling_a_running_job_kills_it() {
 async fn a_failing_attempt_is_retried_and_then_succeeds() {
     let dir = tempfile::tempdir().unwrap();
     let srv = Server::start(dir.path(), &[], 0, None);
-    let work = tempfile::tempdir().unwrap();
+    let work = job_writable_dir();
     let job = srv
         .submit(json!({"command": sh("test -f marker || { touch marker; exit 1; }"), "working_dir": work.path(), "max_retries": 2, "retry_backoff_ms": 50}))
         .await;

@@ -284,6 +284,77 @@ async fn tokens_and_roles_through_the_cli_take_effect_at_once() {
     assert!(!holds(&db) && !holds(&wal), "the secret itself never reaches the database");
 }
 
+/// `hodei login` checks a token and saves it as the current context (0600); later commands use
+/// it with no flag or variable, `--context` and `HODEI_TOKEN` override it, and a 401 says which
+/// token was refused and where it came from.
+#[tokio::test]
+async fn cli_contexts_log_in_switch_and_say_which_token_was_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path(), &[("HODEI_RESOURCE_POOLS__BUILTIN_LOCAL__WORKERS", "0")], 0, None);
+    let (_, ada) = principal(&srv, "ada", "viewer", "tenant:default").await;
+    let home = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let cli = |args: &[&str], env: &[(&str, &str)], stdin: &str| {
+        use std::io::Write;
+        let mut cmd = std::process::Command::new(BIN);
+        cmd.args(args).current_dir(elsewhere.path()).env_remove("HODEI_SERVER").env_remove("HODEI_TOKEN").env_remove("HODEI_DATA_DIR");
+        cmd.env("HOME", home.path()).env_remove("XDG_CONFIG_HOME").envs(env.iter().copied());
+        let mut child = cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+        child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let file = home.path().join(".config/hodei/config.yaml");
+
+    // A wrong token is refused at login and nothing is saved.
+    let (code, _, err) = cli(&["login", "--server", &srv.http, "--name", "lab"], &[], "hodei_wrongwrongwrongwrongwrongwrongwr\n");
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("401") && !file.exists(), "{err}");
+    // The token read from stdin is checked with whoami and saved as the current context.
+    let (code, _, err) = cli(&["login", "--server", &srv.http, "--name", "lab"], &[], &format!("{ada}\n"));
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("as ada") && err.contains("\"lab\""), "{err}");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    let (code, out, err) = cli(&["whoami", "-o", "json"], &[], "");
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["name"], "ada");
+    // A second context; `context use` switches, `--context` picks one for a single command.
+    let (code, _, err) = cli(&["login", "--server", &srv.http, "--name", "root", "--token", &srv.token], &[], "");
+    assert_eq!(code, Some(0), "{err}");
+    let (_, out, _) = cli(&["context", "ls"], &[], "");
+    let current: Vec<&str> = out.lines().filter(|l| l.trim_start().starts_with('*')).collect();
+    assert!(current.len() == 1 && current[0].contains("root"), "{out}");
+    assert!(!out.contains(&srv.token) && !out.contains(&ada), "a listing never shows a token: {out}");
+    let (_, out, _) = cli(&["whoami", "-o", "json", "--context", "lab"], &[], "");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["name"], "ada");
+    let (code, _, _) = cli(&["context", "use", "lab"], &[], "");
+    assert_eq!(code, Some(0));
+    let (_, out, _) = cli(&["whoami", "-o", "json"], &[], "");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["name"], "ada");
+    let (code, _, err) = cli(&["context", "use", "nope"], &[], "");
+    assert!(code == Some(1) && err.contains("no context \"nope\""), "{err}");
+
+    // HODEI_TOKEN overrides the context; a refused token is named with its source.
+    let (code, _, err) = cli(&["whoami"], &[("HODEI_TOKEN", "hodei_notatokennotatokennotatokennota")], "");
+    assert_eq!(code, Some(1));
+    assert!(err.contains("refused the token hodei_nota") && err.contains("HODEI_TOKEN"), "{err}");
+    // Revoked behind the context's back: the 401 names the context.
+    let (_, list) = call(&srv, Some(&ada), "GET", "/tokens", None).await;
+    let id = list["items"][0]["id"].as_str().unwrap().to_owned();
+    let (s, _) = call(&srv, Some(&srv.token), "DELETE", &format!("/tokens/{id}"), None).await;
+    assert_eq!(s, 204);
+    let (code, _, err) = cli(&["whoami"], &[], "");
+    assert_eq!(code, Some(1));
+    assert!(err.contains("context \"lab\""), "{err}");
+    // Without any context or token, and no data dir here: the 401 says what to do.
+    let (code, _, _) = cli(&["context", "rm", "lab"], &[], "");
+    assert_eq!(code, Some(0));
+    let (code, _, err) = cli(&["whoami", "--server", &srv.http], &[], "");
+    assert_eq!(code, Some(1));
+    assert!(err.contains("no token was sent") && err.contains("hodei login"), "{err}");
+}
+
 /// A registered worker of the pool sends output for an attempt it was never assigned (another
 /// worker's, of another job): the chunks are refused and counted, and the job's output is what
 /// its own worker sent.
@@ -621,26 +692,75 @@ fn a_server_whose_tls_files_are_missing_refuses_to_start_rather_than_serve_plain
 }
 
 /// A job of the built-in pool sees neither the server's environment nor its data dir: it runs in
-/// a scratch directory outside the data dir with the documented base environment only.
+/// a scratch directory outside the data dir with the documented base environment only, and —
+/// the server running as root, as in CI — as `nobody`, so not even an absolute path reaches the
+/// admin token, the join tokens, the database, its WAL or another tenant's log files.
 #[tokio::test]
 async fn a_job_runs_outside_the_data_dir_without_the_servers_environment() {
     let dir = tempfile::tempdir().unwrap();
     let srv = Server::start(dir.path(), &[("HODEI_RESOURCE_POOLS__BUILTIN_LOCAL__WORKERS", "1"), ("SERVER_ONLY_CANARY", "s3cret")], 0, None);
-    let script = "pwd; env | cut -d= -f1 | sort | tr '\\n' ' '; echo; for f in admin.token pool-local.token hodei.db; do \
-                  for up in . .. ../.. ../../.. ../../../..; do cat $up/$f >/dev/null 2>&1 && echo READ $up/$f; done; done; true";
-    let job = srv.submit(json!({"command": ["sh", "-c", script], "env": {"MINE": "1"}})).await;
+    let data_dir = std::fs::canonicalize(dir.path()).unwrap();
+    // Another tenant's job leaves output in the data dir's log files.
+    admin(&srv, "POST", "/tenants", json!({"id": "other", "name": "Other"})).await;
+    let theirs = srv.submit(json!({"tenant_id": "other", "command": ["echo", "other-tenants-secret-output"]})).await;
+    assert_eq!(srv.wait_ended(theirs["id"].as_str().unwrap(), 30).await["state"], "succeeded");
+    let script = "id -u; pwd; env | cut -d= -f1 | sort | tr '\\n' ' '; echo; \
+                  for f in admin.token pool-local.token hodei.db; do \
+                  for up in . .. ../.. ../../.. ../../../..; do cat $up/$f >/dev/null 2>&1 && echo READ $up/$f; done; done; \
+                  for f in admin.token pool-local.token hodei.db hodei.db-wal; do cat \"$1/$f\" >/dev/null 2>&1 && echo READ $1/$f; done; \
+                  grep -rl other-tenants-secret-output \"$1\" 2>/dev/null | sed 's/^/READ /'; true";
+    let job = srv.submit(json!({"command": ["sh", "-c", script, "probe", data_dir], "env": {"MINE": "1"}})).await;
     let id = job["id"].as_str().unwrap();
     let done = srv.wait_ended(id, 30).await;
     assert_eq!(done["state"], "succeeded", "{done}");
     let (_, logs) = srv.call(Method::GET, &format!("/jobs/{id}/logs"), None).await;
     let out: String = logs["chunks"].as_array().unwrap().iter().filter(|c| c["stream"] == "stdout").filter_map(|c| c["data"].as_str()).collect();
     let mut lines = out.lines();
+    let uid: u32 = lines.next().unwrap().parse().unwrap();
     let cwd = lines.next().unwrap();
-    let data_dir = std::fs::canonicalize(dir.path()).unwrap();
     assert!(!std::path::Path::new(cwd).starts_with(&data_dir), "the job ran inside the data dir: {cwd}");
     let vars: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
     assert!(!vars.contains(&"SERVER_ONLY_CANARY"), "the server's environment leaked into the job: {vars:?}");
     assert!(vars.iter().all(|v| ["PATH", "HOME", "LANG", "TMPDIR", "MINE", "PWD", "SHLVL", "_"].contains(v) || v.starts_with("HODEI_")), "{vars:?}");
     assert!(vars.contains(&"MINE") && vars.contains(&"PATH"), "{vars:?}");
-    assert!(!out.contains("READ"), "the job reached the server's files by relative path: {out}");
+    let reads: Vec<&str> = out.lines().filter(|l| l.starts_with("READ ")).collect();
+    let relative: Vec<&&str> = reads.iter().filter(|l| !l.contains(data_dir.to_str().unwrap())).collect();
+    assert!(relative.is_empty(), "the job reached the server's files by relative path: {relative:?}");
+    if unsafe { libc::geteuid() } == 0 {
+        assert_eq!(uid, 65534, "a root server runs jobs as nobody by default");
+        assert!(reads.is_empty(), "the job read the server's files: {reads:?}");
+    } else {
+        // Without root there is no other user to switch to: the job runs as the server's user.
+        eprintln!("not root: jobs run as this user, so the absolute-path reads are not asserted");
+        assert_eq!(uid, unsafe { libc::geteuid() });
+    }
+}
+
+/// `/metrics` names every tenant and pool; with `metrics.prometheus.bearer_token` set, both the
+/// metrics port and the API port's `/metrics` answer only a scraper that sends it.
+#[tokio::test]
+async fn metrics_need_the_configured_bearer_token_on_both_listeners() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port().to_string();
+    let secret = "scrape-secret-0123456789";
+    let srv = Server::start(dir.path(), &[("HODEI_METRICS__PROMETHEUS__PORT", &port), ("HODEI_METRICS__PROMETHEUS__BEARER_TOKEN", secret)], 0, None);
+    assert_ne!(srv.metrics, srv.http, "a metrics listener of its own");
+    for base in [&srv.http, &srv.metrics] {
+        let get = |auth: Option<String>| {
+            let mut r = srv.http_client.get(format!("{base}/metrics"));
+            if let Some(a) = auth {
+                r = r.header("authorization", a);
+            }
+            r.send()
+        };
+        for auth in [None, Some("Bearer wrong".to_owned()), Some(format!("Bearer {}", srv.token))] {
+            let r = get(auth.clone()).await.unwrap();
+            assert_eq!(r.status(), 401, "{base} with {auth:?}");
+            assert_eq!(r.headers()["content-type"], "application/problem+json");
+            assert!(r.text().await.unwrap().contains("metrics.prometheus.bearer_token"));
+        }
+        let r = get(Some(format!("bearer {secret}"))).await.unwrap();
+        assert_eq!(r.status(), 200, "{base}");
+        assert!(r.text().await.unwrap().contains("hodei_jobs_submitted_total"), "{base}");
+    }
 }

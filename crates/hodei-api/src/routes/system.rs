@@ -1,13 +1,15 @@
 //! `/health`, `/ready`, `/metrics`.
 
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
+use subtle::ConstantTimeEq;
 
 use crate::ApiState;
+use crate::error::{ApiError, ErrorCode};
 
 pub fn router() -> Router<ApiState> {
     Router::new().route("/health", get(health)).route("/ready", get(ready)).route("/metrics", get(metrics))
@@ -41,7 +43,15 @@ async fn ready(State(s): State<ApiState>) -> Response {
     (status, Json(body)).into_response()
 }
 
-pub async fn metrics(State(s): State<ApiState>) -> Response {
+/// The exposition, behind `metrics.prometheus.bearer_token` when one is set: the series name
+/// every tenant and pool, which not everyone who can reach the port should learn.
+pub async fn metrics(State(s): State<ApiState>, headers: HeaderMap) -> Response {
+    if let Some(want) = &s.cfg.metrics_bearer_token {
+        let given = crate::auth::bearer(&headers).unwrap_or("");
+        if !bool::from(given.as_bytes().ct_eq(want.as_bytes())) {
+            return ApiError::new(ErrorCode::Unauthorized, "send metrics.prometheus.bearer_token as Authorization: Bearer <token>").into_response();
+        }
+    }
     // Read at scrape time: a stalled loop cannot report its own lag.
     metrics::gauge!("hodei_scheduler_loop_lag_seconds").set(s.control.loop_lag().as_secs_f64());
     match &s.metrics {

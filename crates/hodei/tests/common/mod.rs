@@ -25,6 +25,8 @@ pub struct Server {
     pub child: Child,
     pub http: String,
     pub grpc: String,
+    /// The metrics listener (the HTTP one when `metrics.prometheus.port` is 0).
+    pub metrics: String,
     pub dir: PathBuf,
     pub token: String,
     pub http_client: reqwest::Client,
@@ -65,6 +67,7 @@ impl Server {
             child,
             http: format!("http://{}", field("http")),
             grpc: format!("http://{}", field("grpc")),
+            metrics: format!("http://{}", field("metrics")),
             dir: dir.to_owned(),
             token,
             http_client: reqwest::Client::new(),
@@ -129,7 +132,15 @@ impl Server {
 
     /// Runs a CLI command against this server.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(BIN).args(args).env("HODEI_SERVER", &self.http).env("HODEI_TOKEN", &self.token).stdin(Stdio::null()).output().unwrap()
+        // Hermetic: no contexts file of the person running the tests.
+        Command::new(BIN)
+            .args(args)
+            .env("HODEI_SERVER", &self.http)
+            .env("HODEI_TOKEN", &self.token)
+            .env("XDG_CONFIG_HOME", self.dir.join("no-cli-config"))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
     }
 
     pub fn join_token(&self, pool: &str) -> String {
@@ -212,6 +223,14 @@ impl Drop for WorkerProc {
 
 pub const REMOTE_POOL: &str =
     "resource_pools:\n  pools:\n    - id: remote\n      worker_template: { cpu_m: 4000, memory_mb: 4096, slots: 4 }\n      min_size: 0\n      max_size: 4\n";
+
+/// A directory jobs may write to: they run as `nobody` when the tests run as root, and the
+/// data dir (0700) is out of their reach by design.
+pub fn job_writable_dir() -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(d.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    d
+}
 
 pub fn sh(script: &str) -> Value {
     json!(["sh", "-c", script])
