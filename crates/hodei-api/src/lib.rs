@@ -299,10 +299,33 @@ pub fn router(state: ApiState) -> Router {
         .layer(DefaultBodyLimit::max(state.cfg.max_batch_body_bytes))
         .layer(middleware::from_fn_with_state(state.clone(), bound_large_bodies))
         .layer(middleware::from_fn_with_state(state.clone(), request_timeout))
+        .layer(middleware::from_fn(empty_query_values_are_absent))
         .layer(middleware::from_fn(error::problems_only))
         .layer(middleware::from_fn(http_metrics))
         .layer(middleware::from_fn(ctx::request_context))
         .with_state(state)
+}
+
+/// `?cursor=&state=running` is `?state=running`: an empty query value (what an HTML form or a
+/// script with an unset variable sends) means the parameter was left out, never "match the
+/// empty string" — no filter, cursor or option of this API has a meaningful empty value.
+async fn empty_query_values_are_absent(mut req: Request, next: Next) -> Response {
+    let empty = |p: &str| p.is_empty() || p.split_once('=').is_some_and(|(_, v)| v.is_empty());
+    if let Some(q) = req.uri().query().filter(|q| q.split('&').any(empty))
+        && let Some(pq) = req.uri().path_and_query()
+    {
+        let kept: Vec<&str> = q.split('&').filter(|p| !empty(p)).collect();
+        let path = pq.path();
+        let rebuilt = if kept.is_empty() { path.to_owned() } else { format!("{path}?{}", kept.join("&")) };
+        let mut parts = req.uri().clone().into_parts();
+        if let Ok(pq) = rebuilt.parse() {
+            parts.path_and_query = Some(pq);
+            if let Ok(uri) = axum::http::Uri::from_parts(parts) {
+                *req.uri_mut() = uri;
+            }
+        }
+    }
+    next.run(req).await
 }
 
 /// How many requests with a large body (over `limits.max_body_bytes`, or of unknown length)
