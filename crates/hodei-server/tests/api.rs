@@ -286,6 +286,13 @@ async fn job_lists_filter_and_paginate_newest_first() {
     assert_eq!((s, fields(&p)), (StatusCode::BAD_REQUEST, vec!["state".to_owned()]));
     let (s, _) = app.call("GET", "/api/v1/jobs?limit=501", None).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
+    // An empty value is a parameter left out (an HTML form's empty field, a script's unset
+    // variable); a label whose value is empty is still a filter.
+    let (s, page) = app.call("GET", "/api/v1/jobs?cursor=&state=&limit=3&array_id=&", None).await;
+    assert_eq!(s, StatusCode::OK, "{page}");
+    assert_eq!(page["items"].as_array().unwrap().len(), 3);
+    let (_, page) = app.call("GET", "/api/v1/jobs?label=i=", None).await;
+    assert_eq!(page["items"].as_array().unwrap().len(), 0, "label i with the empty value: no job has it");
 }
 
 #[tokio::test]
