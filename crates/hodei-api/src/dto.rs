@@ -23,8 +23,11 @@ fn ort(t: Option<Timestamp>) -> Option<String> {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResourcesIn {
+    #[schema(minimum = 1, maximum = 4294967295.0)]
     pub cpu_m: Option<i64>,
+    #[schema(minimum = 1, maximum = 4294967295.0)]
     pub memory_mb: Option<i64>,
+    #[schema(minimum = 0, maximum = 1024)]
     pub gpu: Option<i64>,
 }
 
@@ -40,9 +43,12 @@ pub struct PoolSelectorIn {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobSubmit {
+    /// Default: the program's file name.
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,128}$")]
     pub name: Option<String>,
     /// argv; run without a shell.
     #[serde(default)]
+    #[schema(min_items = 1)]
     pub command: Vec<String>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
@@ -50,13 +56,21 @@ pub struct JobSubmit {
     pub image: Option<String>,
     #[serde(default)]
     pub resources: ResourcesIn,
+    /// At most `jobs.max_timeout` (7 days by default).
+    #[schema(minimum = 1)]
     pub timeout_ms: Option<i64>,
+    #[schema(minimum = 1)]
     pub expected_duration_ms: Option<i64>,
+    /// At most `jobs.max_retries`.
+    #[schema(minimum = 0)]
     pub max_retries: Option<i64>,
+    #[schema(minimum = 0)]
     pub retry_backoff_ms: Option<i64>,
     /// critical|high|normal|low|batch
+    #[schema(pattern = "^(critical|high|normal|low|batch)$")]
     pub priority: Option<String>,
     /// critical|high|medium|low|best_effort
+    #[schema(pattern = "^(critical|high|medium|low|best_effort)$")]
     pub sla: Option<String>,
     pub preemptible: Option<bool>,
     pub hold: Option<bool>,
@@ -72,10 +86,15 @@ pub struct JobSubmit {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ArrayIn {
+    #[schema(minimum = 0, maximum = 4294967295.0)]
     pub start: Option<i64>,
+    /// At least `start`; at most `jobs.max_array_size` jobs in all.
+    #[schema(minimum = 0, maximum = 4294967295.0)]
     pub end: Option<i64>,
     /// Default 1.
+    #[schema(minimum = 1, maximum = 4294967295.0)]
     pub step: Option<i64>,
+    #[schema(minimum = 1, maximum = 4294967295.0)]
     pub max_parallel: Option<i64>,
 }
 
@@ -99,6 +118,8 @@ pub struct ArrayOut {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchSubmit {
+    /// At most `jobs.max_batch_size`.
+    #[schema(min_items = 1)]
     pub jobs: Vec<JobSubmit>,
     /// All or nothing (default true).
     #[serde(default = "yes")]
@@ -320,11 +341,15 @@ pub struct Page<T> {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TenantCreate {
+    /// A slug; default: made from the name.
     pub id: Option<String>,
+    #[schema(min_length = 1, max_length = 200)]
     pub name: String,
     pub email: Option<String>,
     /// free|standard|premium|enterprise
+    #[schema(pattern = "^(free|standard|premium|enterprise)$")]
     pub tier: Option<String>,
+    #[schema(minimum = 1, maximum = 1000)]
     pub weight: Option<i64>,
     /// Defaults to `multi_tenancy.default_tenant_quota`.
     pub quota: Option<QuotaIn>,
@@ -335,14 +360,17 @@ pub struct TenantCreate {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TenantUpdate {
+    #[schema(min_length = 1, max_length = 200)]
     pub name: Option<String>,
     pub email: Option<String>,
+    #[schema(pattern = "^(free|standard|premium|enterprise)$")]
     pub tier: Option<String>,
     /// A number 1–1000, or null to use the tier's weight.
     #[serde(default, with = "double_option")]
-    #[schema(value_type = Option<i64>)]
+    #[schema(value_type = Option<i64>, minimum = 1, maximum = 1000)]
     pub weight: Option<Option<i64>>,
     /// active|suspended
+    #[schema(pattern = "^(active|suspended)$")]
     pub status: Option<String>,
     pub quota: Option<QuotaIn>,
     pub labels: Option<BTreeMap<String, String>>,
@@ -449,10 +477,15 @@ pub struct LogsView {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QuotaIn {
+    #[schema(minimum = 0, maximum = 4294967295.0)]
     pub cpu_m: Option<i64>,
+    #[schema(minimum = 0, maximum = 4294967295.0)]
     pub memory_mb: Option<i64>,
+    #[schema(minimum = 0, maximum = 4294967295.0)]
     pub gpu: Option<i64>,
+    #[schema(minimum = 0, maximum = 4294967295.0)]
     pub max_concurrent_jobs: Option<i64>,
+    #[schema(minimum = 0, maximum = 4294967295.0)]
     pub max_queued_jobs: Option<i64>,
 }
 
@@ -520,12 +553,18 @@ pub struct BurstGrantOut {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BurstIn {
+    #[schema(minimum = 0)]
     pub requested_cpu_m: Option<i64>,
+    #[schema(minimum = 0)]
     pub requested_memory_mb: Option<i64>,
+    #[schema(minimum = 0)]
     pub requested_gpu: Option<i64>,
+    #[schema(minimum = 0)]
     pub requested_concurrent_jobs: Option<i64>,
     /// At most `burst_capacity.burst_duration_minutes` (the default).
+    #[schema(minimum = 1)]
     pub duration_minutes: Option<i64>,
+    #[schema(min_length = 1)]
     pub reason: String,
 }
 

@@ -420,7 +420,9 @@ fn document_errors(doc: &mut utoipa::openapi::OpenApi) {
         let has_id = path.contains('{');
         for op in [item.get.as_mut(), item.put.as_mut(), item.post.as_mut(), item.delete.as_mut(), item.patch.as_mut()].into_iter().flatten() {
             for (status, r) in op.responses.responses.iter_mut() {
+                // An answer that documents both keeps its JSON body (a non-atomic batch's 400).
                 if let (true, RefOr::T(r)) = (status.starts_with('4') || status.starts_with('5'), r)
+                    && !r.content.contains_key(PROBLEM)
                     && let Some(c) = r.content.shift_remove("application/json")
                 {
                     r.content.insert(PROBLEM.into(), c);

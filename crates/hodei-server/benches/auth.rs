@@ -117,7 +117,15 @@ fn main() {
         // Authenticated, then refused by the handler before any store read: authentication
         // and the router alone.
         Variant { name: "GET /jobs/x (404), auth off", app: off, token: None, path: "/api/v1/jobs/x".into(), status: 404, cpu: vec![], wall: vec![] },
-        Variant { name: "GET /jobs/x (404), admin token", app: on, token: Some(ADMIN.into()), path: "/api/v1/jobs/x".into(), status: 404, cpu: vec![], wall: vec![] },
+        Variant {
+            name: "GET /jobs/x (404), admin token",
+            app: on,
+            token: Some(ADMIN.into()),
+            path: "/api/v1/jobs/x".into(),
+            status: 404,
+            cpu: vec![],
+            wall: vec![],
+        },
         Variant { name: "GET /jobs/x (404), API token", app: on, token: api, path: "/api/v1/jobs/x".into(), status: 404, cpu: vec![], wall: vec![] },
     ];
     for v in &variants {

@@ -67,6 +67,7 @@ pub struct AuditQuery {
     /// e.g. `tenant:team-a`.
     pub target: Option<String>,
     /// RFC 3339; entries at or after it.
+    #[param(format = DateTime)]
     pub since: Option<String>,
     #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,

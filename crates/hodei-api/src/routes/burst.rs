@@ -89,6 +89,7 @@ pub async fn request_burst(
 #[serde(deny_unknown_fields)]
 pub struct BurstQuery {
     /// pending_approval|active|rejected|expired|ended|revoked (comma-separated)
+    #[param(pattern = "^(pending_approval|active|rejected|expired|ended|revoked)(,(pending_approval|active|rejected|expired|ended|revoked))*$")]
     pub state: Option<String>,
     pub tenant_id: Option<String>,
     pub cursor: Option<String>,

@@ -23,8 +23,10 @@ use crate::json::ApiJson;
 #[serde(deny_unknown_fields)]
 pub struct BindingDto {
     /// admin|pi|researcher|viewer
+    #[schema(pattern = "^(admin|pi|researcher|viewer)$")]
     pub role: String,
     /// `global` (admin only) or `tenant:<id>`.
+    #[schema(pattern = "^(global|tenant:[a-z0-9][a-z0-9-]*)$")]
     pub scope: String,
 }
 
@@ -52,8 +54,10 @@ pub struct PrincipalView {
 #[serde(deny_unknown_fields)]
 pub struct PrincipalCreate {
     /// Unique; 1 to 100 characters.
+    #[schema(min_length = 1, max_length = 100)]
     pub name: String,
     /// user|service
+    #[schema(pattern = "^(user|service)$")]
     pub kind: String,
     #[serde(default)]
     pub role_bindings: Vec<BindingDto>,
@@ -90,10 +94,13 @@ pub struct TokenCreated {
 #[serde(deny_unknown_fields)]
 pub struct TokenCreate {
     /// 1 to 100 characters.
+    #[schema(min_length = 1, max_length = 100)]
     pub name: String,
     /// Whose token (admins only; default: the caller).
+    #[schema(format = Uuid)]
     pub principal_id: Option<String>,
     /// 1 to 3650; default `auth.token_default_ttl_days` (none: the token does not expire).
+    #[schema(minimum = 1, maximum = 3650)]
     pub expires_in_days: Option<i64>,
 }
 
@@ -101,6 +108,7 @@ pub struct TokenCreate {
 #[serde(deny_unknown_fields)]
 pub struct TokenQuery {
     /// Whose tokens (admins only; default: the caller's own).
+    #[param(format = Uuid)]
     pub principal_id: Option<String>,
     #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,

@@ -164,7 +164,7 @@ async fn replayed_job(s: &ApiState, r: &IdempotencyRecord) -> ApiResult<Response
 /// With an `Idempotency-Key`, a repeat within 24 h answers with what the first call stored
 /// (header `Idempotent-Replayed: true`) and stores nothing; another request under the same key
 /// is 409 `conflict`.
-#[utoipa::path(post, path = "/jobs", params(SubmitQuery, ("Idempotency-Key" = Option<String>, Header, description = "makes the POST safe to repeat for 24 h")), request_body = JobSubmit, responses((status = 201, body = JobView, description = "the job; with `array`, an ArraySubmitted"), (status = 200, body = DryRunView), (status = 400, body = crate::error::Problem), (status = 403, body = crate::error::Problem), (status = 422, body = crate::error::Problem), (status = 429, body = crate::error::Problem)), tag = "jobs")]
+#[utoipa::path(post, path = "/jobs", params(SubmitQuery, ("Idempotency-Key" = Option<String>, Header, description = "makes the POST safe to repeat for 24 h")), request_body = JobSubmit, responses((status = 201, body = JobView, description = "the job; with `array`, an ArraySubmitted"), (status = 200, body = DryRunView), (status = 400, body = crate::error::Problem), (status = 403, body = crate::error::Problem), (status = 409, body = crate::error::Problem, description = "the Idempotency-Key was used for another body"), (status = 422, body = crate::error::Problem), (status = 429, body = crate::error::Problem)), tag = "jobs")]
 pub async fn submit_job(
     State(s): State<ApiState>,
     who: Who,
@@ -290,7 +290,7 @@ async fn dry_run(s: &ApiState, job: Job, never: Option<FieldError>) -> ApiResult
 /// Submit up to `jobs.max_batch_size` jobs in one call, in one transaction. An
 /// `Idempotency-Key` (scoped to the request's tenant: `X-Hodei-Tenant` or the default) works as
 /// for `POST /jobs`: a repeat answers with the ids the first call stored.
-#[utoipa::path(post, path = "/jobs/batch", params(("Idempotency-Key" = Option<String>, Header, description = "makes the POST safe to repeat for 24 h")), request_body = BatchSubmit, responses((status = 201, body = BatchResult), (status = 400, body = crate::error::Problem), (status = 413, body = crate::error::Problem)), tag = "jobs")]
+#[utoipa::path(post, path = "/jobs/batch", params(("Idempotency-Key" = Option<String>, Header, description = "makes the POST safe to repeat for 24 h")), request_body = BatchSubmit, responses((status = 201, body = BatchResult), (status = 400, description = "a malformed body or an atomic batch with a bad job (a problem), or a non-atomic batch none of whose jobs was stored (each item's error)", content((crate::error::Problem = "application/problem+json"), (BatchResult = "application/json"))), (status = 409, body = crate::error::Problem, description = "the Idempotency-Key was used for another body"), (status = 413, body = crate::error::Problem)), tag = "jobs")]
 pub async fn submit_batch(State(s): State<ApiState>, who: Who, headers: HeaderMap, KeyedJson { body, key }: KeyedJson<BatchSubmit>) -> ApiResult<Response> {
     let t0 = std::time::Instant::now();
     let _gate = s.tenant_gate.read().await;
@@ -437,8 +437,12 @@ fn replayed_batch(mut items: Vec<BatchItem>, r: &IdempotencyRecord) -> ApiResult
 pub struct JobQuery {
     pub tenant_id: Option<String>,
     /// Comma-separated states.
+    #[param(
+        pattern = "^(pending|held|scheduled|running|succeeded|failed|cancelled|timed_out)(,(pending|held|scheduled|running|succeeded|failed|cancelled|timed_out))*$"
+    )]
     pub state: Option<String>,
     /// `key=value`.
+    #[param(pattern = "^[^=]+=.*$")]
     pub label: Option<String>,
     /// The jobs of one array job.
     pub array_id: Option<String>,

@@ -153,8 +153,10 @@ pub async fn get_tenant_sla(State(s): State<ApiState>, who: Who, Path(id): Path<
 pub struct SlaJobsQuery {
     pub tenant_id: Option<String>,
     /// critical|high|medium|low|best_effort
+    #[param(pattern = "^(critical|high|medium|low|best_effort)$")]
     pub level: Option<String>,
     /// RFC 3339; breaches at or after it.
+    #[param(format = DateTime)]
     pub since: Option<String>,
     #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
