@@ -322,13 +322,15 @@ pub struct EventView {
     pub at: String,
     pub from: Option<String>,
     pub to: String,
+    /// `principal:<id>` for a user's submit, cancel, retry, hold or release; `scheduler` or
+    /// `worker` for the system's moves (a running job's cancel ends with its worker's report).
     pub actor: String,
     pub reason: Option<String>,
 }
 
 impl From<&JobEvent> for EventView {
     fn from(e: &JobEvent) -> Self {
-        EventView { at: rfc3339(e.at), from: e.from.map(|s| s.to_string()), to: e.to.to_string(), actor: e.actor.as_str().to_owned(), reason: e.reason.clone() }
+        EventView { at: rfc3339(e.at), from: e.from.map(|s| s.to_string()), to: e.to.to_string(), actor: e.actor.name().into_owned(), reason: e.reason.clone() }
     }
 }
 

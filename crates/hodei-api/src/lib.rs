@@ -116,10 +116,11 @@ pub trait Control: Send + Sync {
     /// Admits and stores the members of `template`'s array (ids minted by the engine), all or
     /// none; `key` as for `submit`.
     async fn submit_array(&self, template: Job, array: hodei_core::ArrayId, key: Option<IdempotentCall>) -> Result<Idempotent<ArrayAdmitted>, ControlError>;
-    async fn cancel(&self, id: JobId) -> Result<CancelOutcome, ControlError>;
-    async fn retry(&self, id: JobId) -> Result<(), ControlError>;
-    async fn hold(&self, id: JobId) -> Result<(), ControlError>;
-    async fn release(&self, id: JobId) -> Result<(), ControlError>;
+    /// `by`: the principal whose request it is, recorded as the transition's actor.
+    async fn cancel(&self, id: JobId, by: hodei_core::ids::PrincipalId) -> Result<CancelOutcome, ControlError>;
+    async fn retry(&self, id: JobId, by: hodei_core::ids::PrincipalId) -> Result<(), ControlError>;
+    async fn hold(&self, id: JobId, by: hodei_core::ids::PrincipalId) -> Result<(), ControlError>;
+    async fn release(&self, id: JobId, by: hodei_core::ids::PrincipalId) -> Result<(), ControlError>;
     /// The scheduler loop is alive.
     fn is_running(&self) -> bool;
     /// Time since the scheduler loop last finished a round (it runs one at least every tick).

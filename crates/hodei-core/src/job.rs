@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use crate::ids::{ArrayId, AttemptId, JobId, PoolId, TenantId, WorkerId};
+use crate::ids::{ArrayId, AttemptId, JobId, PoolId, PrincipalId, TenantId, WorkerId};
 use crate::spec::JobSpec;
 use crate::time::Timestamp;
 use crate::units::Resources;
@@ -201,18 +201,40 @@ string_enum!(
 /// Who caused a transition.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Actor {
+    /// A request with no principal known (jobs stored before principals existed).
     Api,
     Scheduler,
     Worker,
+    /// The principal whose request it was: a submit, cancel, retry, hold or release.
+    Principal(PrincipalId),
 }
 
 impl Actor {
-    pub fn as_str(self) -> &'static str {
+    /// `api`, `scheduler`, `worker` or `principal:<id>`, as stored and shown.
+    pub fn name(self) -> std::borrow::Cow<'static, str> {
         match self {
-            Actor::Api => "api",
-            Actor::Scheduler => "scheduler",
-            Actor::Worker => "worker",
+            Actor::Api => "api".into(),
+            Actor::Scheduler => "scheduler".into(),
+            Actor::Worker => "worker".into(),
+            Actor::Principal(p) => format!("principal:{p}").into(),
         }
+    }
+
+    /// The inverse of [`Actor::name`]; anything else is the scheduler's.
+    pub fn parse(s: &str) -> Actor {
+        match s {
+            "api" => Actor::Api,
+            "worker" => Actor::Worker,
+            _ => match s.strip_prefix("principal:").and_then(|p| p.parse().ok()) {
+                Some(p) => Actor::Principal(p),
+                None => Actor::Scheduler,
+            },
+        }
+    }
+
+    /// The submitter of a job, else `api`.
+    pub fn of_submitter(by: Option<PrincipalId>) -> Actor {
+        by.map_or(Actor::Api, Actor::Principal)
     }
 }
 

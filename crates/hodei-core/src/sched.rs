@@ -756,7 +756,14 @@ impl Scheduler {
 
     fn insert_new(&mut self, mut job: Job, now: Timestamp) {
         self.intern(&mut job);
-        self.books.events.push(JobEvent { job_id: job.id, at: now, from: None, to: job.state, actor: Actor::Api, reason: job.state_reason.clone() });
+        self.books.events.push(JobEvent {
+            job_id: job.id,
+            at: now,
+            from: None,
+            to: job.state,
+            actor: Actor::of_submitter(job.spec.submitted_by),
+            reason: job.state_reason.clone(),
+        });
         self.books.count(&job, job.state, true);
         self.books.sla.enter(&mut job, now);
         if job.state == JobState::Pending {
@@ -768,21 +775,21 @@ impl Scheduler {
         self.jobs.insert(job.id, job);
     }
 
-    /// Cancels a live job.
-    pub fn cancel(&mut self, id: JobId, now: Timestamp) -> Result<CancelOutcome, CommandError> {
+    /// Cancels a live job on `by`'s request.
+    pub fn cancel(&mut self, id: JobId, by: Actor, now: Timestamp) -> Result<CancelOutcome, CommandError> {
         let job = self.jobs.get_mut(&id).ok_or(CommandError::NotLive)?;
         let outcome = match job.state {
             JobState::Pending | JobState::Held => {
                 if job.state == JobState::Pending {
                     self.queue.remove(&job.tenant, &key_of(job));
                 }
-                move_job(job, JobState::Cancelled, Actor::Api, Some("cancelled"), now, &mut self.books);
+                move_job(job, JobState::Cancelled, by, Some("cancelled"), now, &mut self.books);
                 job.finished_at = Some(now);
                 CancelOutcome::Cancelled
             }
             JobState::Scheduled => {
                 // The attempt keeps its slot until the worker confirms or is lost; the job ends now.
-                move_job(job, JobState::Cancelled, Actor::Api, Some("cancelled"), now, &mut self.books);
+                move_job(job, JobState::Cancelled, by, Some("cancelled"), now, &mut self.books);
                 job.finished_at = Some(now);
                 job.cancel_requested_at = Some(now);
                 if let Some(a) = job.current_attempt.and_then(|a| self.attempts.get(&a)) {
@@ -813,7 +820,7 @@ impl Scheduler {
 
     /// Manual retry of an ended job (loaded from the store by the caller): back to `pending`
     /// with its retry budget reset.
-    pub fn retry(&mut self, mut job: Job, now: Timestamp) -> Result<(), CommandError> {
+    pub fn retry(&mut self, mut job: Job, by: Actor, now: Timestamp) -> Result<(), CommandError> {
         if let Some(live) = self.jobs.get(&job.id) {
             job = live.clone();
         }
@@ -825,7 +832,7 @@ impl Scheduler {
         if waiting_retry {
             self.retry_wait.remove(&(job.next_retry_at.unwrap_or_default(), job.id));
         }
-        move_job(&mut job, JobState::Pending, Actor::Api, Some("manual_retry"), now, &mut self.books);
+        move_job(&mut job, JobState::Pending, by, Some("manual_retry"), now, &mut self.books);
         job.retries_left = job.spec.max_retries;
         job.next_retry_at = None;
         job.cancel_requested_at = None;
@@ -841,24 +848,24 @@ impl Scheduler {
     }
 
     /// `pending → held` (user hold).
-    pub fn hold(&mut self, id: JobId, now: Timestamp) -> Result<(), CommandError> {
+    pub fn hold(&mut self, id: JobId, by: Actor, now: Timestamp) -> Result<(), CommandError> {
         let job = self.jobs.get_mut(&id).ok_or(CommandError::NotLive)?;
         if job.state != JobState::Pending {
             return Err(CommandError::InvalidState { state: job.state, action: "hold" });
         }
         self.queue.remove(&job.tenant, &key_of(job));
-        move_job(job, JobState::Held, Actor::Api, Some("user_hold"), now, &mut self.books);
+        move_job(job, JobState::Held, by, Some("user_hold"), now, &mut self.books);
         self.touch(id);
         Ok(())
     }
 
     /// `held → pending` (release).
-    pub fn release(&mut self, id: JobId, now: Timestamp) -> Result<(), CommandError> {
+    pub fn release(&mut self, id: JobId, by: Actor, now: Timestamp) -> Result<(), CommandError> {
         let job = self.jobs.get_mut(&id).ok_or(CommandError::NotLive)?;
         if job.state != JobState::Held {
             return Err(CommandError::InvalidState { state: job.state, action: "release" });
         }
-        move_job(job, JobState::Pending, Actor::Api, Some("released"), now, &mut self.books);
+        move_job(job, JobState::Pending, by, Some("released"), now, &mut self.books);
         self.queue.push(&job.tenant, key_of(job), now);
         self.touch(id);
         Ok(())

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use hodei_api::{Admitted, ArrayAdmitted, Clock, Control, ControlError, Idempotent, IdempotentCall, Inspector};
 use hodei_core::idempotency::{IdempotencyRecord, Lookup, Submitted};
+use hodei_core::ids::PrincipalId;
+use hodei_core::job::Actor;
 use hodei_core::sched::{AttemptResult, CancelOutcome, Changes, CommandError, Fenced, Outbound, SchedConfig, Scheduler, UnknownWorker};
 use hodei_core::{
     ArrayId, AttemptId, AttemptState, BurstSession, BurstState, Job, JobId, JobState, Tenant, TenantId, TenantPolicy, TierWeights, Timestamp, Worker, WorkerId,
@@ -67,18 +69,22 @@ pub enum Command {
     Inspect(Inspector),
     Cancel {
         id: JobId,
+        by: Actor,
         reply: Reply<CancelOutcome>,
     },
     Retry {
         job: Box<Job>,
+        by: Actor,
         reply: Reply<()>,
     },
     Hold {
         id: JobId,
+        by: Actor,
         reply: Reply<()>,
     },
     Release {
         id: JobId,
+        by: Actor,
         reply: Reply<()>,
     },
     Register {
@@ -192,16 +198,16 @@ impl EngineHandle {
         self.ask(|reply| Command::Burst { session: Box::new(session), reply }).await
     }
 
-    pub async fn cancel(&self, id: JobId) -> Result<CancelOutcome, ControlError> {
-        self.ask(|reply| Command::Cancel { id, reply }).await
+    pub async fn cancel(&self, id: JobId, by: Actor) -> Result<CancelOutcome, ControlError> {
+        self.ask(|reply| Command::Cancel { id, by, reply }).await
     }
 
-    pub async fn hold(&self, id: JobId) -> Result<(), ControlError> {
-        self.ask(|reply| Command::Hold { id, reply }).await
+    pub async fn hold(&self, id: JobId, by: Actor) -> Result<(), ControlError> {
+        self.ask(|reply| Command::Hold { id, by, reply }).await
     }
 
-    pub async fn release(&self, id: JobId) -> Result<(), ControlError> {
-        self.ask(|reply| Command::Release { id, reply }).await
+    pub async fn release(&self, id: JobId, by: Actor) -> Result<(), ControlError> {
+        self.ask(|reply| Command::Release { id, by, reply }).await
     }
 
     pub fn is_running(&self) -> bool {
@@ -652,25 +658,25 @@ impl Engine {
                 replies.unit.push(reply);
             }
             Command::Inspect(f) => replies.inspect.push(f),
-            Command::Cancel { id, reply } => match s.cancel(id, now) {
+            Command::Cancel { id, by, reply } => match s.cancel(id, by, now) {
                 Ok(o) => replies.cancel.push((reply, o)),
                 Err(e) => {
                     let _ = reply.send(Err(command_error(e)));
                 }
             },
-            Command::Retry { job, reply } => match s.retry(*job, now) {
+            Command::Retry { job, by, reply } => match s.retry(*job, by, now) {
                 Ok(()) => replies.unit.push(reply),
                 Err(e) => {
                     let _ = reply.send(Err(command_error(e)));
                 }
             },
-            Command::Hold { id, reply } => match s.hold(id, now) {
+            Command::Hold { id, by, reply } => match s.hold(id, by, now) {
                 Ok(()) => replies.unit.push(reply),
                 Err(e) => {
                     let _ = reply.send(Err(command_error(e)));
                 }
             },
-            Command::Release { id, reply } => match s.release(id, now) {
+            Command::Release { id, by, reply } => match s.release(id, by, now) {
                 Ok(()) => replies.unit.push(reply),
                 Err(e) => {
                     let _ = reply.send(Err(command_error(e)));
@@ -895,8 +901,8 @@ impl Control for ControlPlane {
         self.engine.send(Command::Inspect(f))
     }
 
-    async fn cancel(&self, id: JobId) -> Result<CancelOutcome, ControlError> {
-        match self.engine.cancel(id).await {
+    async fn cancel(&self, id: JobId, by: PrincipalId) -> Result<CancelOutcome, ControlError> {
+        match self.engine.cancel(id, Actor::Principal(by)).await {
             Err(ControlError::NotFound) => match self.store.get_job(id).await? {
                 Some(j) => Err(ControlError::InvalidState { state: j.state, action: "cancel" }),
                 None => Err(ControlError::NotFound),
@@ -905,17 +911,17 @@ impl Control for ControlPlane {
         }
     }
 
-    async fn retry(&self, id: JobId) -> Result<(), ControlError> {
+    async fn retry(&self, id: JobId, by: PrincipalId) -> Result<(), ControlError> {
         let job = self.store.get_job(id).await?.ok_or(ControlError::NotFound)?;
-        self.engine.ask(|reply| Command::Retry { job: Box::new(job), reply }).await
+        self.engine.ask(|reply| Command::Retry { job: Box::new(job), by: Actor::Principal(by), reply }).await
     }
 
-    async fn hold(&self, id: JobId) -> Result<(), ControlError> {
-        self.with_state_error(id, "hold", self.engine.hold(id).await).await
+    async fn hold(&self, id: JobId, by: PrincipalId) -> Result<(), ControlError> {
+        self.with_state_error(id, "hold", self.engine.hold(id, Actor::Principal(by)).await).await
     }
 
-    async fn release(&self, id: JobId) -> Result<(), ControlError> {
-        self.with_state_error(id, "release", self.engine.release(id).await).await
+    async fn release(&self, id: JobId, by: PrincipalId) -> Result<(), ControlError> {
+        self.with_state_error(id, "release", self.engine.release(id, Actor::Principal(by)).await).await
     }
 
     fn is_running(&self) -> bool {

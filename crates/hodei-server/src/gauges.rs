@@ -235,6 +235,7 @@ pub async fn sla_compliance(store: Arc<dyn Store>, clock: Arc<dyn Clock>, window
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hodei_core::job::Actor;
     use hodei_core::sched::{SchedConfig, Scheduler};
     use hodei_core::spec::{JobSpecInput, SpecLimits};
     use hodei_core::{TenantId, Timestamp};
@@ -251,8 +252,8 @@ mod tests {
         g.apply(&s.take_changes());
         let a = || TenantId::parse("a").unwrap();
         assert_eq!(g.queued[&(a(), "normal", "pending")], 3);
-        s.hold(ids[0], Timestamp::from_millis(1)).unwrap();
-        s.cancel(ids[1], Timestamp::from_millis(1)).unwrap();
+        s.hold(ids[0], Actor::Api, Timestamp::from_millis(1)).unwrap();
+        s.cancel(ids[1], Actor::Api, Timestamp::from_millis(1)).unwrap();
         g.apply(&s.take_changes());
         assert_eq!(g.queued[&(a(), "normal", "pending")], 1);
         assert_eq!(g.queued[&(a(), "normal", "held")], 1);

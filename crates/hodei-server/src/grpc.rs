@@ -185,7 +185,7 @@ impl WorkerService for WorkerSvc {
         let (reply, rx) = oneshot::channel();
         self.engine.send(Command::Heartbeat { id, running, reply }).map_err(Self::stopped)?;
         let stale = rx.await.map_err(Self::stopped)?.map_err(|_| Status::not_found("worker is offline or unknown; reconnect"))?;
-        Ok(Response::new(pb::HeartbeatResponse { stale_attempt_ids: stale.iter().map(|a| a.to_string()).collect(), drain: false }))
+        Ok(Response::new(pb::HeartbeatResponse { stale_attempt_ids: stale.iter().map(|a| a.to_string()).collect() }))
     }
 
     async fn deregister(&self, req: Request<pb::DeregisterRequest>) -> Result<Response<pb::DeregisterResponse>, Status> {

@@ -261,6 +261,11 @@ async fn state_commands_follow_the_state_machine() {
     let (_, ev) = app.call("GET", &format!("/api/v1/jobs/{id}/events"), None).await;
     let moves: Vec<_> = ev["items"].as_array().unwrap().iter().map(|e| e["to"].as_str().unwrap().to_owned()).collect();
     assert_eq!(moves, ["pending", "held", "pending", "cancelled", "pending"]);
+    // Each move names the principal whose request made it (here the admin), the submit too.
+    let (_, me) = app.call("GET", "/api/v1/whoami", None).await;
+    let admin = format!("principal:{}", me["principal_id"].as_str().unwrap());
+    let actors: Vec<_> = ev["items"].as_array().unwrap().iter().map(|e| e["actor"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(actors, [admin.as_str(); 5]);
     let (s, _) = app.call("POST", "/api/v1/jobs/not-a-uuid/cancel", None).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
 }

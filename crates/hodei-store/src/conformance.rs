@@ -507,7 +507,7 @@ async fn pools_workers_and_live_counts_round_trip(store: &dyn Store) {
         s.submit(job(n, "counted", &[]), ts(n as i64)).unwrap();
     }
     let ended = JobId::from_uuid(Uuid::from_u128(60 << 80));
-    s.cancel(ended, ts(63)).unwrap();
+    s.cancel(ended, hodei_core::job::Actor::Api, ts(63)).unwrap();
     store.apply(std::sync::Arc::new(s.take_changes())).await.unwrap();
     assert_eq!(store.count_live_jobs(&counted).await.unwrap(), 2);
     let pending = JobFilter { tenant: Some(counted.clone()), states: vec![JobState::Pending], limit: 10, ..Default::default() };

@@ -413,7 +413,7 @@ fn statement(c: &Changes) -> Stmt {
             st.arg(events.iter().map(|e| ms(e.at)).collect::<Vec<_>>(), "bigint[]"),
             st.arg(events.iter().map(|e| e.from.map(|s| s.as_str())).collect::<Vec<_>>(), "text[]"),
             st.arg(events.iter().map(|e| e.to.as_str()).collect::<Vec<_>>(), "text[]"),
-            st.arg(events.iter().map(|e| e.actor.as_str()).collect::<Vec<_>>(), "text[]"),
+            st.arg(events.iter().map(|e| e.actor.name()).collect::<Vec<_>>(), "text[]"),
             st.arg(events.iter().map(|e| e.reason.clone()).collect::<Vec<_>>(), "text[]"),
         ];
         // Rows are numbered in the order given, so a job's events read back in order.
@@ -933,7 +933,7 @@ impl Store for PgStore {
     async fn list_events(&self, job: JobId) -> Result<Vec<JobEvent>> {
         const D: &str = "listing job events";
         // The first transition is stored on the job's row.
-        let first = sqlx::query("SELECT submitted_at, created_state, created_reason FROM jobs WHERE id = $1")
+        let first = sqlx::query("SELECT submitted_at, created_state, created_reason, submitted_by FROM jobs WHERE id = $1")
             .bind(job.as_uuid())
             .fetch_optional(&self.pool)
             .await

@@ -274,7 +274,8 @@ pub(crate) fn pool_from_row(r: &impl Cols) -> Result<(Pool, String)> {
     Ok((pool, r.col("join_token_hash").map_err(g)?))
 }
 
-/// A job's first transition, stored on its row (`submitted_at`, `created_state`, `created_reason`).
+/// A job's first transition, stored on its row (`submitted_at`, `created_state`,
+/// `created_reason`, by `submitted_by`).
 pub(crate) fn created_event(job: JobId, r: &impl Cols) -> Result<JobEvent> {
     const D: &str = "listing job events";
     let g = |e: sqlx::Error| StoreError::Db { doing: D, source: e };
@@ -283,7 +284,7 @@ pub(crate) fn created_event(job: JobId, r: &impl Cols) -> Result<JobEvent> {
         at: Timestamp::from_millis(r.col("submitted_at").map_err(g)?),
         from: None,
         to: parse_enum(D, r.col("created_state").map_err(g)?)?,
-        actor: Actor::Api,
+        actor: Actor::of_submitter(r.col::<Option<Uuid>>("submitted_by").map_err(g)?.map(PrincipalId::from_uuid)),
         reason: r.col("created_reason").map_err(g)?,
     })
 }
@@ -292,11 +293,7 @@ pub(crate) fn created_event(job: JobId, r: &impl Cols) -> Result<JobEvent> {
 pub(crate) fn event_from_row(job: JobId, r: &impl Cols) -> Result<JobEvent> {
     const D: &str = "listing job events";
     let g = |e: sqlx::Error| StoreError::Db { doing: D, source: e };
-    let actor = match r.col::<&str>("actor").map_err(g)? {
-        "api" => Actor::Api,
-        "worker" => Actor::Worker,
-        _ => Actor::Scheduler,
-    };
+    let actor = Actor::parse(r.col::<&str>("actor").map_err(g)?);
     Ok(JobEvent {
         job_id: job,
         at: Timestamp::from_millis(r.col("at").map_err(g)?),

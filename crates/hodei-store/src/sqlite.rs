@@ -452,7 +452,7 @@ impl Store for SqliteStore {
     async fn list_events(&self, job: JobId) -> Result<Vec<JobEvent>> {
         const D: &str = "listing job events";
         // The first transition is stored on the job's row (see the migration).
-        let first = sqlx::query("SELECT submitted_at, created_state, created_reason FROM jobs WHERE id = ?")
+        let first = sqlx::query("SELECT submitted_at, created_state, created_reason, submitted_by FROM jobs WHERE id = ?")
             .bind(job.as_uuid())
             .fetch_optional(&self.read)
             .await

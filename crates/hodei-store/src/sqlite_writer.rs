@@ -398,7 +398,7 @@ fn write(tx: &Connection, c: &Changes) -> Result<(), StoreError> {
     {
         let mut st = tx.prepare_cached(INSERT_EVENT).map_err(map_err("preparing the event insert"))?;
         for e in c.events.iter().filter(|e| e.from.is_some()) {
-            st.execute(params![e.job_id.as_uuid(), ms(e.at), e.from.map(|s| s.as_str()), e.to.as_str(), e.actor.as_str(), e.reason])
+            st.execute(params![e.job_id.as_uuid(), ms(e.at), e.from.map(|s| s.as_str()), e.to.as_str(), &*e.actor.name(), e.reason])
                 .map_err(map_err("inserting job events"))?;
         }
     }

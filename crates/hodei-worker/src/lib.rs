@@ -380,7 +380,6 @@ async fn heartbeats(mut client: WorkerServiceClient<Channel>, id: Identity, agen
             seq,
             usage: Some(usage()),
             running_attempt_ids: running,
-            health: "healthy".into(),
         };
         match client.heartbeat(req).await {
             Ok(r) => {

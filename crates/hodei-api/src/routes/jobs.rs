@@ -541,7 +541,7 @@ async fn reread(s: &ApiState, id: JobId) -> ApiResult<Json<JobView>> {
 #[utoipa::path(post, path = "/jobs/{id}/cancel", responses((status = 200, body = JobView), (status = 202, body = JobView), (status = 404, body = crate::error::Problem), (status = 409, body = crate::error::Problem)), tag = "jobs")]
 pub async fn cancel_job(State(s): State<ApiState>, who: Who, Path(id): Path<String>) -> ApiResult<(StatusCode, Json<JobView>)> {
     let job = load_to_control(&s, &who, &id).await?;
-    let status = match s.control.cancel(job.id).await? {
+    let status = match s.control.cancel(job.id, who.principal).await? {
         CancelOutcome::Cancelled => StatusCode::OK,
         CancelOutcome::Requested => StatusCode::ACCEPTED,
     };
@@ -552,7 +552,7 @@ pub async fn cancel_job(State(s): State<ApiState>, who: Who, Path(id): Path<Stri
 #[utoipa::path(post, path = "/jobs/{id}/retry", responses((status = 200, body = JobView), (status = 404, body = crate::error::Problem), (status = 409, body = crate::error::Problem)), tag = "jobs")]
 pub async fn retry_job(State(s): State<ApiState>, who: Who, Path(id): Path<String>) -> ApiResult<Json<JobView>> {
     let job = load_to_control(&s, &who, &id).await?;
-    s.control.retry(job.id).await?;
+    s.control.retry(job.id, who.principal).await?;
     reread(&s, job.id).await
 }
 
@@ -560,7 +560,7 @@ pub async fn retry_job(State(s): State<ApiState>, who: Who, Path(id): Path<Strin
 #[utoipa::path(post, path = "/jobs/{id}/hold", responses((status = 200, body = JobView), (status = 409, body = crate::error::Problem)), tag = "jobs")]
 pub async fn hold_job(State(s): State<ApiState>, who: Who, Path(id): Path<String>) -> ApiResult<Json<JobView>> {
     let job = load_to_control(&s, &who, &id).await?;
-    s.control.hold(job.id).await?;
+    s.control.hold(job.id, who.principal).await?;
     reread(&s, job.id).await
 }
 
@@ -568,7 +568,7 @@ pub async fn hold_job(State(s): State<ApiState>, who: Who, Path(id): Path<String
 #[utoipa::path(post, path = "/jobs/{id}/release", responses((status = 200, body = JobView), (status = 409, body = crate::error::Problem)), tag = "jobs")]
 pub async fn release_job(State(s): State<ApiState>, who: Who, Path(id): Path<String>) -> ApiResult<Json<JobView>> {
     let job = load_to_control(&s, &who, &id).await?;
-    s.control.release(job.id).await?;
+    s.control.release(job.id, who.principal).await?;
     reread(&s, job.id).await
 }
 

@@ -229,7 +229,7 @@ fn cancelling_a_running_job_asks_the_worker_and_ends_on_its_confirmation() {
     s.submit(j, ts(0)).unwrap();
     let (_, aid, _) = schedule(&mut s, &mut ids, 0)[0];
     s.accepted(aid, w, ts(1), ts(1)).unwrap();
-    assert_eq!(s.cancel(jid, ts(2)), Ok(CancelOutcome::Requested));
+    assert_eq!(s.cancel(jid, Actor::Api, ts(2)), Ok(CancelOutcome::Requested));
     let ch = s.take_changes();
     assert!(ch.outbound.contains(&Outbound::Cancel { worker: w, attempt: aid, reason: "cancelled" }));
     s.finish(aid, w, result(Outcome::Cancelled, -1, 3), ts(3)).unwrap();
@@ -245,7 +245,7 @@ fn a_silent_worker_cannot_keep_a_cancelled_job_running_forever() {
     s.submit(j, ts(0)).unwrap();
     let (_, aid, _) = schedule(&mut s, &mut ids, 0)[0];
     s.accepted(aid, w, ts(1), ts(1)).unwrap();
-    s.cancel(jid, ts(2)).unwrap();
+    s.cancel(jid, Actor::Api, ts(2)).unwrap();
     s.heartbeat(w, &[aid], ts(19_000)).unwrap();
     s.tick(ts(20_002));
     assert_eq!(s.take_changes().jobs.last().unwrap().state, JobState::Cancelled);
@@ -256,8 +256,8 @@ fn commands_on_ended_jobs_are_refused() {
     let (mut s, mut ids) = (Scheduler::new(SchedConfig::default()), Ids(0));
     let mut j = job(&mut ids, "a", 1, 0, 0);
     j.state = JobState::Succeeded;
-    assert_eq!(s.retry(j.clone(), ts(1)), Err(CommandError::InvalidState { state: JobState::Succeeded, action: "retry" }));
-    assert_eq!(s.cancel(j.id, ts(1)), Err(CommandError::NotLive));
+    assert_eq!(s.retry(j.clone(), Actor::Api, ts(1)), Err(CommandError::InvalidState { state: JobState::Succeeded, action: "retry" }));
+    assert_eq!(s.cancel(j.id, Actor::Api, ts(1)), Err(CommandError::NotLive));
 }
 
 #[test]
@@ -524,9 +524,9 @@ proptest! {
                     let live: Vec<_> = s.attempts().map(|a| (a.id, a.worker_id)).collect();
                     if let Some((a, w)) = pick(&live, i) { let _ = s.rejected(a, w, ts(now)); }
                 }
-                Op::Cancel(i) => if let Some(j) = pick(&jobs, i) { let _ = s.cancel(j, ts(now)); },
+                Op::Cancel(i) => if let Some(j) = pick(&jobs, i) { let _ = s.cancel(j, Actor::Api, ts(now)); },
                 Op::Retry(i) => if let Some(j) = pick(&jobs, i)
-                    && let Some(stored) = store.get(&j).cloned() { let _ = s.retry(stored, ts(now)); },
+                    && let Some(stored) = store.get(&j).cloned() { let _ = s.retry(stored, Actor::Api, ts(now)); },
                 Op::Disconnect(i) => if let Some(w) = pick(&workers, i) { s.disconnect_worker(w); },
                 Op::Advance(ms) => {
                     now += i64::from(ms);
@@ -965,8 +965,8 @@ fn sla_status_moves_through_its_thresholds_and_holds_pause_the_clock() {
     let id = j.id;
     s.submit(j, ts(0)).unwrap();
     let max = 3_600_000; // medium: the default level of `normal`
-    s.hold(id, ts(1_000)).unwrap();
-    s.release(id, ts(601_000)).unwrap();
+    s.hold(id, Actor::Api, ts(1_000)).unwrap();
+    s.release(id, Actor::Api, ts(601_000)).unwrap();
     let _ = s.take_changes();
     let at = |s: &mut Scheduler, ms: i64| {
         s.tick(ts(ms));
