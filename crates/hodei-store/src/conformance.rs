@@ -85,6 +85,93 @@ pub async fn run_all(store: &dyn Store) {
     principals_and_tokens_round_trip(store).await;
     the_audit_log_lists_newest_first_by_filter(store).await;
     jobs_remember_who_submitted_them(store).await;
+    retention_deletes_ended_jobs_oldest_first_and_arrays_as_a_unit(store).await;
+}
+
+/// Retention takes jobs that ended before the horizon, oldest first, with their attempts and
+/// events; never a live job, one waiting for a retry or one that ended after it; an array only
+/// once all its members ended before it, in parts of the limit.
+async fn retention_deletes_ended_jobs_oldest_first_and_arrays_as_a_unit(store: &dyn Store) {
+    use hodei_core::job::Actor;
+    // What earlier tests left that has ended goes first (they all ended before t = 900 000).
+    while store.delete_ended_jobs(ts(900_000), 1_000).await.unwrap().jobs > 0 {}
+    let t = |n: i64| ts(1_000_000 + n);
+    let id = |n: u128| JobId::from_uuid(Uuid::from_u128(n << 80));
+    let mut s = Scheduler::new(SchedConfig::default());
+    let w = worker(700);
+    store.register_worker(&w, "hash-700").await.unwrap();
+    s.register_worker(w.clone(), t(0));
+    s.connect_worker(w.id, &[], vec![], t(0)).unwrap();
+    // 701 runs and succeeds, 702 fails with retries left: each gets an attempt.
+    for n in [701, 702] {
+        s.submit(job(n, "retain", &[]), t(1)).unwrap();
+    }
+    let mut next = 7_000u128;
+    s.schedule(t(2), &mut || {
+        next += 1;
+        AttemptId::from_uuid(Uuid::from_u128(next))
+    });
+    store.apply(std::sync::Arc::new(s.take_changes())).await.unwrap();
+    for (n, outcome) in [(701, Outcome::Succeeded), (702, Outcome::Failed)] {
+        let aid = store.get_job(id(n)).await.unwrap().unwrap().current_attempt.unwrap();
+        s.accepted(aid, w.id, t(3), t(3)).unwrap();
+        let r = AttemptResult {
+            outcome,
+            exit_code: Some(if outcome == Outcome::Succeeded { 0 } else { 1 }),
+            signal: None,
+            failure_reason: None,
+            started_at: t(3),
+            finished_at: t(100),
+            cpu_time_ms: 1,
+            max_rss_mb: 1,
+            log_bytes: 0,
+            log_truncated: false,
+        };
+        s.finish(aid, w.id, r, t(100)).unwrap();
+    }
+    // 703 is cancelled before the horizon, 704 after it, 705 stays pending.
+    for n in [703, 704, 705] {
+        s.submit(job(n, "retain", &[]), t(1)).unwrap();
+    }
+    s.cancel(id(703), Actor::Api, t(200)).unwrap();
+    s.cancel(id(704), Actor::Api, t(900)).unwrap();
+    // Array 710 ends entirely before the horizon; array 720 has a member still pending.
+    let mut spec = (*job(0, "retain", &[]).spec).clone();
+    spec.array = Some(hodei_core::spec::ArraySpec { start: 0, end: 1, step: 1, max_parallel: None });
+    let spec = std::sync::Arc::new(spec);
+    for (array, members) in [(710u128, [711u128, 712]), (720, [721, 722])] {
+        for (index, n) in members.into_iter().enumerate() {
+            let mut j = Job::new(id(n), TenantId::parse("retain").unwrap(), spec.clone(), t(1));
+            j.array = Some((hodei_core::ArrayId::from_uuid(Uuid::from_u128(array << 80)), index as u32));
+            s.submit(j, t(1)).unwrap();
+        }
+    }
+    for n in [711, 712, 721] {
+        s.cancel(id(n), Actor::Api, t(300)).unwrap();
+    }
+    store.apply(std::sync::Arc::new(s.take_changes())).await.unwrap();
+    let failed = store.get_job(id(702)).await.unwrap().unwrap();
+    assert!(failed.state == JobState::Failed && failed.next_retry_at.is_some(), "702 waits for its retry: {failed:?}");
+    let ran = store.list_attempts(id(701)).await.unwrap();
+    assert_eq!(ran.len(), 1);
+
+    let horizon = t(500);
+    let first = store.delete_ended_jobs(horizon, 2).await.unwrap();
+    assert_eq!(first, crate::Purged { jobs: 2, attempts: vec![ran[0].id] }, "701 and 703, oldest first, with 701's attempt");
+    assert_eq!(store.get_job(id(701)).await.unwrap(), None);
+    assert_eq!(store.list_attempts(id(701)).await.unwrap(), []);
+    assert_eq!(store.list_events(id(701)).await.unwrap(), []);
+    assert_eq!(store.get_job(id(703)).await.unwrap(), None);
+    // Array 710 goes in parts of the limit; then nothing is left to take.
+    assert_eq!(store.delete_ended_jobs(horizon, 1).await.unwrap().jobs, 1);
+    assert_eq!(store.delete_ended_jobs(horizon, 1).await.unwrap().jobs, 1);
+    assert_eq!(store.delete_ended_jobs(horizon, 100).await.unwrap(), crate::Purged::default());
+    let array = |n: u128| JobFilter { array: Some(hodei_core::ArrayId::from_uuid(Uuid::from_u128(n << 80))), limit: 10, ..Default::default() };
+    assert_eq!(store.list_jobs(&array(710)).await.unwrap(), []);
+    assert_eq!(store.list_jobs(&array(720)).await.unwrap().len(), 2, "an array with a live member stays whole");
+    for n in [702, 704, 705] {
+        assert!(store.get_job(id(n)).await.unwrap().is_some(), "job {n} stays");
+    }
 }
 
 /// Principals keep their bindings, names are unique, stale updates are refused; tokens are

@@ -161,6 +161,14 @@ pub struct BreachFilter {
     pub limit: u32,
 }
 
+/// What one [`Store::delete_ended_jobs`] call deleted.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Purged {
+    pub jobs: u64,
+    /// The deleted attempts, whose log files go too.
+    pub attempts: Vec<hodei_core::AttemptId>,
+}
+
 /// Everything the scheduler must hold in memory, as stored.
 #[derive(Debug, Default)]
 pub struct LiveState {
@@ -262,6 +270,11 @@ pub trait Store: Identity + Send + Sync + 'static {
     async fn list_attempts(&self, job: JobId) -> Result<Vec<Attempt>>;
     async fn list_events(&self, job: JobId) -> Result<Vec<JobEvent>>;
     async fn load_live(&self) -> Result<LiveState>;
+    /// Retention: deletes up to about `limit` jobs that ended before `before` (a job waiting
+    /// for an automatic retry has not), with their attempts and events, in one transaction,
+    /// oldest first. An array job goes as a unit: its members only once every one of them has
+    /// ended before `before` (then in parts of `limit`, its spec with the last part).
+    async fn delete_ended_jobs(&self, before: Timestamp, limit: u32) -> Result<Purged>;
     /// SLA outcomes decided at or after `since`, of one tenant or all.
     async fn sla_outcomes(&self, since: Timestamp, tenant: Option<&TenantId>) -> Result<Vec<SlaOutcome>>;
     async fn sla_breaches(&self, f: &BreachFilter) -> Result<Vec<Job>>;

@@ -23,7 +23,7 @@ use sqlx::{Connection, PgConnection, PgPool, Postgres, QueryBuilder};
 use uuid::Uuid;
 
 use crate::rows::*;
-use crate::{BreachFilter, BurstFilter, JobFilter, LiveState, Result, Schema, SlaOutcome, Store, StoreError};
+use crate::{BreachFilter, BurstFilter, JobFilter, LiveState, Purged, Result, Schema, SlaOutcome, Store, StoreError};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -949,6 +949,67 @@ impl Store for PgStore {
             events.push(event_from_row(job, r)?);
         }
         Ok(events)
+    }
+
+    async fn delete_ended_jobs(&self, before: Timestamp, limit: u32) -> Result<Purged> {
+        const D: &str = "deleting ended jobs";
+        macro_rules! ended {
+            () => {
+                "(j.state IN ('succeeded', 'cancelled', 'timed_out') OR (j.state = 'failed' AND j.next_retry_at IS NULL))"
+            };
+        }
+        let mut tx = self.pool.begin().await.map_err(StoreError::db(D))?;
+        let mut ids: Vec<Uuid> = sqlx::query_scalar(concat!(
+            "SELECT j.id FROM jobs j WHERE j.finished_at IS NOT NULL AND j.finished_at < $1 AND j.array_id IS NULL AND ",
+            ended!(),
+            " ORDER BY j.finished_at LIMIT $2"
+        ))
+        .bind(ms(before))
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(StoreError::db(D))?;
+        let mut emptied = Vec::new();
+        if (ids.len() as u32) < limit {
+            let arrays: Vec<Uuid> = sqlx::query_scalar(concat!(
+                "SELECT a.id FROM job_arrays a WHERE NOT EXISTS \
+                 (SELECT 1 FROM jobs j WHERE j.array_id = a.id AND NOT (j.finished_at IS NOT NULL AND j.finished_at < $1 AND ",
+                ended!(),
+                ")) LIMIT 16"
+            ))
+            .bind(ms(before))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(StoreError::db(D))?;
+            for a in arrays {
+                let room = limit.saturating_sub(ids.len() as u32);
+                if room == 0 {
+                    break;
+                }
+                let members: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM jobs WHERE array_id = $1 LIMIT $2")
+                    .bind(a)
+                    .bind(i64::from(room))
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(StoreError::db(D))?;
+                if (members.len() as u32) < room {
+                    emptied.push(a);
+                }
+                ids.extend(members);
+            }
+        }
+        let attempts: Vec<Uuid> =
+            sqlx::query_scalar("SELECT id FROM attempts WHERE job_id = ANY($1)").bind(&ids).fetch_all(&mut *tx).await.map_err(StoreError::db(D))?;
+        for q in ["DELETE FROM job_events WHERE job_id = ANY($1)", "DELETE FROM attempts WHERE job_id = ANY($1)", "DELETE FROM jobs WHERE id = ANY($1)"] {
+            sqlx::query(q).bind(&ids).execute(&mut *tx).await.map_err(StoreError::db(D))?;
+        }
+        sqlx::query("DELETE FROM job_arrays a WHERE a.id = ANY($1) AND NOT EXISTS (SELECT 1 FROM jobs WHERE array_id = a.id)")
+            .bind(&emptied)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::db(D))?;
+        tx.commit().await.map_err(StoreError::db(D))?;
+        Ok(Purged { jobs: ids.len() as u64, attempts: attempts.into_iter().map(hodei_core::AttemptId::from_uuid).collect() })
     }
 
     async fn load_live(&self) -> Result<LiveState> {

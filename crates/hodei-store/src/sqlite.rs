@@ -14,7 +14,7 @@ use sqlx::{QueryBuilder, Sqlite, SqlitePool};
 
 use crate::rows::*;
 use crate::sqlite_writer::Writer;
-use crate::{BreachFilter, BurstFilter, JobFilter, LiveState, Result, Schema, SlaOutcome, Store, StoreError};
+use crate::{BreachFilter, BurstFilter, JobFilter, LiveState, Purged, Result, Schema, SlaOutcome, Store, StoreError};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -23,6 +23,17 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 macro_rules! live_jobs {
     () => {
         "(state = 'pending' OR state = 'held' OR state = 'scheduled' OR state = 'running' OR state = 'failed')"
+    };
+}
+
+/// A job that has ended for good (prefix: the table alias with its dot): a failed job waiting
+/// for an automatic retry has not.
+macro_rules! ended {
+    ("") => {
+        "(state IN ('succeeded', 'cancelled', 'timed_out') OR (state = 'failed' AND next_retry_at IS NULL))"
+    };
+    ("j.") => {
+        "(j.state IN ('succeeded', 'cancelled', 'timed_out') OR (j.state = 'failed' AND j.next_retry_at IS NULL))"
     };
 }
 
@@ -465,6 +476,80 @@ impl Store for SqliteStore {
             events.push(event_from_row(job, r)?);
         }
         Ok(events)
+    }
+
+    async fn delete_ended_jobs(&self, before: Timestamp, limit: u32) -> Result<Purged> {
+        const D: &str = "deleting ended jobs";
+        let db = StoreError::db(D);
+        let mut tx = self.write.begin().await.map_err(db)?;
+        // Jobs of their own (uses the partial index `jobs_finished` of migration 0011).
+        let mut ids: Vec<uuid::Uuid> = sqlx::query_scalar(concat!(
+            "SELECT id FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ? AND array_id IS NULL AND ",
+            ended!(""),
+            " ORDER BY finished_at LIMIT ?"
+        ))
+        .bind(ms(before))
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(StoreError::db(D))?;
+        // Arrays whose every member ended before `before`, in parts.
+        let mut emptied = Vec::new();
+        if (ids.len() as u32) < limit {
+            let arrays: Vec<uuid::Uuid> = sqlx::query_scalar(concat!(
+                "SELECT a.id FROM job_arrays a WHERE NOT EXISTS (SELECT 1 FROM jobs j WHERE j.array_id = a.id AND NOT (j.finished_at IS NOT NULL AND j.finished_at < ? AND ",
+                ended!("j."),
+                ")) LIMIT 16"
+            ))
+            .bind(ms(before))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(StoreError::db(D))?;
+            for a in arrays {
+                let room = limit.saturating_sub(ids.len() as u32);
+                if room == 0 {
+                    break;
+                }
+                let members: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT id FROM jobs WHERE array_id = ? LIMIT ?")
+                    .bind(a)
+                    .bind(room)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(StoreError::db(D))?;
+                if (members.len() as u32) < room {
+                    emptied.push(a);
+                }
+                ids.extend(members);
+            }
+        }
+        let mut purged = Purged { jobs: ids.len() as u64, attempts: Vec::new() };
+        for chunk in ids.chunks(500) {
+            let in_list = |head: &str| {
+                let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(head);
+                let mut list = qb.separated(", ");
+                for id in chunk {
+                    list.push_bind(*id);
+                }
+                list.push_unseparated(")");
+                qb
+            };
+            let attempts: Vec<uuid::Uuid> =
+                in_list("SELECT id FROM attempts WHERE job_id IN (").build_query_scalar().fetch_all(&mut *tx).await.map_err(StoreError::db(D))?;
+            purged.attempts.extend(attempts.into_iter().map(hodei_core::AttemptId::from_uuid));
+            for head in ["DELETE FROM job_events WHERE job_id IN (", "DELETE FROM attempts WHERE job_id IN (", "DELETE FROM jobs WHERE id IN ("] {
+                in_list(head).build().execute(&mut *tx).await.map_err(StoreError::db(D))?;
+            }
+        }
+        for a in emptied {
+            sqlx::query("DELETE FROM job_arrays WHERE id = ? AND NOT EXISTS (SELECT 1 FROM jobs WHERE array_id = ?)")
+                .bind(a)
+                .bind(a)
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::db(D))?;
+        }
+        tx.commit().await.map_err(StoreError::db(D))?;
+        Ok(purged)
     }
 
     async fn load_live(&self) -> Result<LiveState> {
