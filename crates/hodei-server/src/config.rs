@@ -250,7 +250,9 @@ section!(JobsConfig {
     max_retries_limit: u32 = 10,
     max_batch_size: u32 = 100_000,
     max_array_size: u32 = 100_000,
-    retention_days: u32 = 30,
+    /// Ended jobs (attempts, events, logs) are deleted this long after they ended; a fraction
+    /// of a day is allowed (0.5 = 12 h).
+    retention_days: f64 = 30.0,
     logs: JobLogsConfig = Default::default(),
 });
 
@@ -638,7 +640,6 @@ impl Config {
             }
         };
         let (c, dc) = (&self.cost_tracking, &d.cost_tracking);
-        check("jobs.retention_days".into(), self.jobs.retention_days != d.jobs.retention_days);
         check("resource_pools.default_pool_type".into(), self.resource_pools.default_pool_type != d.resource_pools.default_pool_type);
         check("multi_tenancy.default_tier".into(), self.multi_tenancy.default_tier != d.multi_tenancy.default_tier);
         check("budgets".into(), self.budgets != d.budgets);
@@ -719,6 +720,10 @@ impl Config {
         if self.metrics.prometheus.bearer_token.as_ref().is_some_and(|t| t.0.trim().len() < 16) {
             return bad("metrics.prometheus.bearer_token", "must be at least 16 characters (a secret a scraper sends)".into());
         }
+        let days = self.jobs.retention_days;
+        if !(days.is_finite() && days > 0.0 && days <= 36_500.0) {
+            return bad("jobs.retention_days", format!("{days} is not a number of days above 0 and at most 36500"));
+        }
         if self.server.request_timeout_ms == 0 {
             return bad("server.request_timeout_ms", "must be at least 1".into());
         }
@@ -769,7 +774,6 @@ mod tests {
         let env = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>();
         assert!(super::Config::default().unsupported().is_empty(), "the defaults start");
         for (var, key) in [
-            ("HODEI_JOBS__RETENTION_DAYS", "jobs.retention_days"),
             ("HODEI_BUDGETS__FAIR_SHARE_DEMOTION", "budgets"),
             ("HODEI_COST_TRACKING__ACCRUAL_INTERVAL_S", "cost_tracking.accrual_interval_s"),
             ("HODEI_AUTOSCALING__EVALUATION_INTERVAL_S", "autoscaling"),
@@ -849,7 +853,7 @@ mod tests {
             ),
             ("scheduler.fair_share", FairShareConfig::KEYS, "usage_half_life_s |"),
             ("scheduler.preemption", PreemptionConfig::KEYS, "enabled |"),
-            ("jobs", JobsConfig::KEYS, "default_timeout_ms max_timeout_ms default_priority max_retries_limit max_batch_size max_array_size | retention_days"),
+            ("jobs", JobsConfig::KEYS, "default_timeout_ms max_timeout_ms default_priority max_retries_limit max_batch_size max_array_size retention_days |"),
             ("jobs.default_resources", ResourcesConfig::KEYS, "cpu_m memory_mb gpu |"),
             ("jobs.logs", JobLogsConfig::KEYS, "max_bytes_per_attempt dir |"),
             ("workers", WorkersConfig::KEYS, "heartbeat_interval_ms heartbeat_timeout_ms gc_after_ms kill_grace_ms usage_sample_interval_ms run_as |"),

@@ -87,6 +87,12 @@ pub enum Command {
         by: Actor,
         reply: Reply<()>,
     },
+    /// Retention is about to delete the jobs that ended before `before`: from this step on a
+    /// manual retry of one is refused as if it were gone (answered once the step is durable).
+    RetentionHorizon {
+        before: Timestamp,
+        reply: Reply<()>,
+    },
     Register {
         worker: Box<Worker>,
     },
@@ -210,6 +216,12 @@ impl EngineHandle {
         self.ask(|reply| Command::Release { id, by, reply }).await
     }
 
+    /// Answers once retries of jobs that ended before `before` are refused (durably ordered
+    /// before whatever retention deletes next).
+    pub async fn retention_horizon(&self, before: Timestamp) -> Result<(), ControlError> {
+        self.ask(|reply| Command::RetentionHorizon { before, reply }).await
+    }
+
     pub fn is_running(&self) -> bool {
         self.running.load(Ordering::Relaxed)
     }
@@ -261,6 +273,9 @@ pub struct Engine {
     /// A batch failed to commit and the core could not be reloaded yet: it holds decisions the
     /// store does not, so nothing is scheduled until [`Engine::recover`] has reloaded it.
     stale: bool,
+    /// Jobs that ended before this may be deleted by retention at any moment (see
+    /// [`Command::RetentionHorizon`]).
+    retention_horizon: Option<Timestamp>,
 }
 
 /// A reply and what it will say once the batch is durable.
@@ -346,6 +361,7 @@ impl Engine {
             last_scan: None,
             staged: Vec::new(),
             stale: false,
+            retention_horizon: None,
         };
         engine.rebuild().await?;
         engine.reap_previous_local_workers().await?;
@@ -664,6 +680,15 @@ impl Engine {
                     let _ = reply.send(Err(command_error(e)));
                 }
             },
+            Command::Retry { job, reply, .. }
+                if s.job(&job.id).is_none() && job.finished_at.zip(self.retention_horizon).is_some_and(|(ended, horizon)| ended < horizon) =>
+            {
+                let _ = reply.send(Err(ControlError::NotFound));
+            }
+            Command::RetentionHorizon { before, reply } => {
+                self.retention_horizon = self.retention_horizon.max(Some(before));
+                replies.unit.push(reply);
+            }
             Command::Retry { job, by, reply } => match s.retry(*job, by, now) {
                 Ok(()) => replies.unit.push(reply),
                 Err(e) => {

@@ -7,6 +7,7 @@ pub mod engine;
 mod gauges;
 pub mod grpc;
 pub mod local_pool;
+mod retention;
 mod serve;
 mod tls;
 pub mod tokens;
@@ -567,22 +568,31 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
     };
     let (shutdown, shutdown_rx) = watch::channel(false);
     let state = api_state(&cfg, parts, shutdown_rx.clone())?;
-    let mut tasks = Vec::new();
-    tasks.push(tokio::spawn(engine.run()));
-    tasks.push(tokio::spawn(gauges::sla_compliance(
-        store.clone(),
-        clock.clone(),
-        Duration::from_secs(u64::from(cfg.sla.compliance_window_hours.max(1)) * 3600),
-        shutdown_rx.clone(),
-    )));
-    tasks.push(tokio::spawn(burst::sweep(
-        store.clone(),
-        handle.clone(),
-        clock.clone(),
-        burst_rules(&cfg),
-        Duration::from_millis(cfg.scheduler.tick_ms.max(1)),
-        shutdown_rx.clone(),
-    )));
+    let mut tasks = vec![
+        tokio::spawn(engine.run()),
+        tokio::spawn(gauges::sla_compliance(
+            store.clone(),
+            clock.clone(),
+            Duration::from_secs(u64::from(cfg.sla.compliance_window_hours.max(1)) * 3600),
+            shutdown_rx.clone(),
+        )),
+        tokio::spawn(retention::sweep(
+            store.clone(),
+            handle.clone(),
+            logs.clone(),
+            clock.clone(),
+            Duration::from_secs_f64(cfg.jobs.retention_days * 86_400.0),
+            shutdown_rx.clone(),
+        )),
+        tokio::spawn(burst::sweep(
+            store.clone(),
+            handle.clone(),
+            clock.clone(),
+            burst_rules(&cfg),
+            Duration::from_millis(cfg.scheduler.tick_ms.max(1)),
+            shutdown_rx.clone(),
+        )),
+    ];
     let router = hodei_api::router(state.clone());
     let app = router.clone();
     let limits = serve::HttpLimits::new(Duration::from_millis(cfg.server.shutdown_grace_ms));

@@ -855,3 +855,20 @@ async fn a_tenant_deleted_under_concurrent_submits_keeps_no_live_job() {
         }
     }
 }
+
+/// Once retention has told the engine its horizon, a manual retry of a job that ended before it
+/// is refused as if the job were already gone: the delete that follows cannot lose a retried job.
+#[tokio::test]
+async fn a_retry_behind_the_retention_horizon_is_refused() {
+    let app = app().await;
+    let (_, job) = app.call("POST", "/api/v1/jobs", Some(json!({"command": ["true"]}))).await;
+    let id = job["id"].as_str().unwrap();
+    let (s, _) = app.call("POST", &format!("/api/v1/jobs/{id}/cancel"), None).await;
+    assert_eq!(s, StatusCode::OK);
+    let later = hodei_core::Timestamp::from_millis(jiff::Timestamp::now().as_millisecond() + 60_000);
+    app.server.engine.retention_horizon(later).await.unwrap();
+    let (s, p) = app.call("POST", &format!("/api/v1/jobs/{id}/retry"), None).await;
+    assert_eq!((s, p["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")), "{p}");
+    let (_, j) = app.call("GET", &format!("/api/v1/jobs/{id}"), None).await;
+    assert_eq!(j["state"], "cancelled", "nothing changed");
+}

@@ -91,6 +91,7 @@ pass! { Store {
         fn list_attempts(&self, job: JobId) -> Vec<Attempt>;
         fn list_events(&self, job: JobId) -> Vec<JobEvent>;
         fn load_live(&self) -> LiveState;
+        fn delete_ended_jobs(&self, before: Timestamp, limit: u32) -> hodei_store::Purged;
         fn sla_outcomes(&self, since: Timestamp, tenant: Option<&TenantId>) -> Vec<SlaOutcome>;
         fn sla_breaches(&self, f: &BreachFilter) -> Vec<Job>;
         fn register_worker(&self, w: &Worker, session_token_hash: &str) -> ();

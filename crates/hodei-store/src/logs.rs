@@ -105,6 +105,22 @@ impl LogFiles {
         Ok(())
     }
 
+    /// Deletes an attempt's output (retention) and forgets what was kept about it.
+    pub fn remove(&self, attempt: AttemptId) -> io::Result<()> {
+        if let Ok(mut st) = self.state.lock() {
+            st.next.remove(&(attempt, LogStream::Stdout));
+            st.next.remove(&(attempt, LogStream::Stderr));
+            st.truncated.remove(&attempt);
+        }
+        for stream in [LogStream::Stdout, LogStream::Stderr] {
+            match fs::remove_file(self.path(attempt, stream)) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     /// Reads up to `limit` bytes from `offset`. Returns the bytes and the current length.
     pub fn read(&self, attempt: AttemptId, stream: LogStream, offset: u64, limit: u64) -> io::Result<(Vec<u8>, u64)> {
         let mut file = match fs::File::open(self.path(attempt, stream)) {

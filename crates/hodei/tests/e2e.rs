@@ -3,7 +3,7 @@
 mod common;
 
 use std::collections::HashSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use reqwest::Method;
@@ -470,4 +470,37 @@ async fn a_request_over_the_timeout_is_answered_503_naming_the_key() {
     assert!(problem["detail"].as_str().unwrap().contains("server.request_timeout_ms"), "{problem}");
     let health = srv.http_client.get(format!("{}/health", srv.http)).send().await.unwrap();
     assert_eq!(health.status(), 200);
+}
+
+/// `jobs.retention_days` (here 3.5 s): an ended job goes with its attempts, events and log
+/// files; a live one stays whatever its age; an array goes as a unit once all of it ended.
+#[tokio::test]
+async fn retention_deletes_ended_jobs_with_their_logs_and_keeps_live_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path(), &[("HODEI_JOBS__RETENTION_DAYS", "0.00004")], 0, None);
+    let held = srv.submit(json!({"command": ["true"], "hold": true})).await;
+    let done = srv.submit(json!({"command": ["echo", "kept for a while"]})).await;
+    let (id, held) = (done["id"].as_str().unwrap(), held["id"].as_str().unwrap());
+    let (s, array) = srv.call(Method::POST, "/jobs", Some(json!({"command": ["true"], "array": {"start": 0, "end": 2}}))).await;
+    assert_eq!(s, 201, "{array}");
+    let array_id = array["array_id"].as_str().unwrap();
+    srv.wait_ended(id, 30).await;
+    let attempt = srv.job(id).await["attempts"][0]["id"].as_str().unwrap().to_owned();
+    let logs = dir.path().join("logs");
+    assert!(std::fs::read_dir(&logs).unwrap().any(|f| f.unwrap().file_name().to_string_lossy().starts_with(&attempt)), "its output is stored");
+    let members = || async { srv.call(Method::GET, &format!("/jobs?array_id={array_id}"), None).await.1["items"].as_array().unwrap().len() };
+    assert_eq!(members().await, 3);
+    // Gone within a few sweeps (each a tenth of the retention, at least 1 s) of its expiry.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while srv.call(Method::GET, &format!("/jobs/{id}"), None).await.0 != 404 || members().await != 0 {
+        assert!(Instant::now() < deadline, "retention did not delete the ended job and array within 30 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(srv.call(Method::GET, &format!("/jobs/{id}/events"), None).await.0, 404);
+    let left: Vec<String> = std::fs::read_dir(&logs).unwrap().map(|f| f.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(!left.iter().any(|f| f.starts_with(&attempt)), "its log files are deleted too: {left:?}");
+    let (s, j) = srv.call(Method::GET, &format!("/jobs/{held}"), None).await;
+    assert_eq!((s, j["state"].as_str()), (200, Some("held")), "a live job is never deleted");
+    let (s, _) = srv.call(Method::POST, &format!("/jobs/{id}/retry"), None).await;
+    assert_eq!(s, 404, "a deleted job cannot be retried");
 }

@@ -1,0 +1,85 @@
+//! `jobs.retention_days`: jobs that ended longer ago than that are deleted with their attempts,
+//! events and log files, in small batches off the engine's thread. Before each round the engine
+//! is told the horizon, so a manual retry racing the delete is refused (404, as for a deleted
+//! job) instead of reviving a row that is about to go.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hodei_api::Clock;
+use hodei_core::Timestamp;
+use hodei_store::Store;
+use hodei_store::logs::LogFiles;
+use tokio::sync::watch;
+
+use crate::engine::EngineHandle;
+
+/// Jobs per store transaction: short enough that the engine's own writes never wait long.
+const BATCH: u32 = 500;
+
+/// How often to look: a tenth of the retention, between 1 s and 10 min.
+pub fn interval(retention: Duration) -> Duration {
+    (retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(600))
+}
+
+pub async fn sweep(
+    store: Arc<dyn Store>,
+    engine: EngineHandle,
+    logs: Arc<LogFiles>,
+    clock: Arc<dyn Clock>,
+    retention: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(interval(retention));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let before = Timestamp::from_millis(clock.now().as_millis().saturating_sub(retention.as_millis() as i64));
+        if engine.retention_horizon(before).await.is_err() {
+            return;
+        }
+        let (mut jobs, mut files) = (0u64, 0usize);
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            let purged = match store.delete_ended_jobs(before, BATCH).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(error = %e, "retention: cannot delete ended jobs; trying again next round");
+                    break;
+                }
+            };
+            for a in &purged.attempts {
+                if let Err(e) = logs.remove(*a) {
+                    tracing::warn!(error = %e, attempt = %a, "retention: cannot delete a log file");
+                }
+            }
+            jobs += purged.jobs;
+            files += purged.attempts.len();
+            if purged.jobs == 0 {
+                break;
+            }
+            // Let the engine's writes in between batches.
+            tokio::task::yield_now().await;
+        }
+        if jobs > 0 {
+            tracing::info!(jobs, attempts = files, before = %before, "retention deleted ended jobs");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    #[test]
+    fn looks_ten_times_per_retention_within_bounds() {
+        assert_eq!(super::interval(Duration::from_secs(30 * 86_400)), Duration::from_secs(600));
+        assert_eq!(super::interval(Duration::from_secs(100)), Duration::from_secs(10));
+        assert_eq!(super::interval(Duration::from_millis(500)), Duration::from_secs(1));
+    }
+}
