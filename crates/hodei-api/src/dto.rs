@@ -514,9 +514,9 @@ impl From<&Quota> for QuotaOut {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct UsageOut {
-    pub cpu_m: u32,
-    pub memory_mb: u32,
-    pub gpu: u32,
+    pub cpu_m: u64,
+    pub memory_mb: u64,
+    pub gpu: u64,
     /// scheduled + running
     pub active_jobs: u32,
     /// pending + held

@@ -29,5 +29,5 @@ pub use job::{Attempt, AttemptState, FailureReason, Job, JobEvent, JobState, Pri
 pub use quota::{Admission, Grant, Quota, QuotaRules, Rejection, TenantPolicy, Usage, ViolationPolicy};
 pub use tenant::{Pool, PoolState, PoolType, Tenant, TenantStatus, Tier, TierWeights};
 pub use time::Timestamp;
-pub use units::{CpuMillis, Gpus, MemoryMb, Resources};
+pub use units::{CpuMillis, Gpus, MemoryMb, Resources, Totals};
 pub use worker::{Worker, WorkerState};

@@ -8,7 +8,7 @@
 use crate::ids::BurstId;
 use crate::job::string_enum;
 use crate::time::Timestamp;
-use crate::units::{CpuMillis, Gpus, MemoryMb, Resources};
+use crate::units::{CpuMillis, Gpus, MemoryMb, Resources, Totals};
 
 /// A tenant's limits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -125,10 +125,10 @@ impl Limits {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Usage {
     /// Requested by `scheduled` + `running` jobs.
-    pub active: Resources,
+    pub active: Totals,
     pub active_jobs: u32,
     /// Requested by `pending` jobs.
-    pub pending: Resources,
+    pub pending: Totals,
     pub pending_jobs: u32,
     /// `pending` + `held`.
     pub queued_jobs: u32,
@@ -194,18 +194,18 @@ pub enum Admission {
 }
 
 /// First dimension where `used + req` exceeds `limit` (jobs: `used_jobs + 1 > limit`).
-fn first_breach(quota: &Limits, limit: &Limits, used: &Resources, used_jobs: u32, req: &Resources) -> Option<Breach> {
+fn first_breach(quota: &Limits, limit: &Limits, used: &Totals, used_jobs: u32, req: &Resources) -> Option<Breach> {
     let dims = [
-        (Limit::CpuM, quota.resources.cpu_m.0, limit.resources.cpu_m.0, used.cpu_m.0, req.cpu_m.0),
-        (Limit::MemoryMb, quota.resources.memory_mb.0, limit.resources.memory_mb.0, used.memory_mb.0, req.memory_mb.0),
-        (Limit::Gpu, quota.resources.gpu.0, limit.resources.gpu.0, used.gpu.0, req.gpu.0),
-        (Limit::MaxConcurrentJobs, quota.concurrent_jobs, limit.concurrent_jobs, used_jobs, 1),
+        (Limit::CpuM, quota.resources.cpu_m.0, limit.resources.cpu_m.0, used.cpu_m, req.cpu_m.0),
+        (Limit::MemoryMb, quota.resources.memory_mb.0, limit.resources.memory_mb.0, used.memory_mb, req.memory_mb.0),
+        (Limit::Gpu, quota.resources.gpu.0, limit.resources.gpu.0, used.gpu, req.gpu.0),
+        (Limit::MaxConcurrentJobs, quota.concurrent_jobs, limit.concurrent_jobs, u64::from(used_jobs), 1),
     ];
-    dims.into_iter().find(|&(_, _, lim, used, req)| u64::from(used) + u64::from(req) > u64::from(lim)).map(|(limit, quota, ceiling, usage, requested)| Breach {
+    dims.into_iter().find(|&(_, _, lim, used, req)| used + u64::from(req) > u64::from(lim)).map(|(limit, quota, ceiling, usage, requested)| Breach {
         limit,
         quota: quota.into(),
         ceiling: ceiling.into(),
-        usage: usage.into(),
+        usage,
         requested: requested.into(),
     })
 }
@@ -223,10 +223,10 @@ pub fn admit(p: &TenantPolicy, rules: &QuotaRules, usage: &Usage, req: &Resource
     }
     let quota = Limits::of(q);
     let ceiling = p.ceiling(now);
-    if let Some(b) = first_breach(&quota, &ceiling, &Resources::ZERO, 0, req) {
+    if let Some(b) = first_breach(&quota, &ceiling, &Totals::ZERO, 0, req) {
         return if rules.strict { Err(Rejection { breach: b, retryable: false }) } else { Ok(Admission::HeldCeiling(b)) };
     }
-    let committed = usage.active.checked_add(&usage.pending).unwrap_or(Resources::new(u32::MAX, u32::MAX, u32::MAX));
+    let committed = usage.active.plus(&usage.pending);
     match first_breach(&quota, &ceiling, &committed, usage.active_jobs + usage.pending_jobs, req) {
         None => Ok(Admission::Pending),
         Some(b) => match rules.violation {
@@ -239,7 +239,7 @@ pub fn admit(p: &TenantPolicy, rules: &QuotaRules, usage: &Usage, req: &Resource
 
 /// Whether a job alone fits the tenant's ceiling now (a `quota_ceiling` hold can end).
 pub fn fits_ceiling(p: &TenantPolicy, req: &Resources, now: Timestamp) -> bool {
-    first_breach(&Limits::of(&p.quota), &p.ceiling(now), &Resources::ZERO, 0, req).is_none()
+    first_breach(&Limits::of(&p.quota), &p.ceiling(now), &Totals::ZERO, 0, req).is_none()
 }
 
 /// Whether a job of the tenant may be dispatched now: `usage + request ≤ ceiling` and a free
@@ -303,7 +303,7 @@ mod tests {
     #[test]
     fn headroom_decides_by_violation_policy() {
         let p = policy(1000, 10, 10);
-        let usage = Usage { active: Resources::new(800, 0, 0), active_jobs: 1, ..Usage::default() };
+        let usage = Usage { active: Resources::new(800, 0, 0).into(), active_jobs: 1, ..Usage::default() };
         let req = Resources::new(400, 1, 0);
         let rules = |violation| QuotaRules { violation, ..QuotaRules::default() };
         assert!(admit(&p, &rules(ViolationPolicy::Reject), &usage, &req, NOW).unwrap_err().retryable);
@@ -312,7 +312,7 @@ mod tests {
         // Dispatch: queue waits; warn may run over quota up to 150 %.
         assert!(may_dispatch(&p, &rules(ViolationPolicy::Queue), &usage, &req, NOW).is_err());
         assert!(matches!(may_dispatch(&p, &rules(ViolationPolicy::Warn), &usage, &req, NOW), Ok(Some(_))));
-        let big = Usage { active: Resources::new(1400, 0, 0), ..usage };
+        let big = Usage { active: Resources::new(1400, 0, 0).into(), ..usage };
         assert!(may_dispatch(&p, &rules(ViolationPolicy::Warn), &big, &req, NOW).is_err());
     }
 
@@ -327,7 +327,7 @@ mod tests {
     #[test]
     fn concurrency_is_checked_at_dispatch() {
         let p = policy(100_000, 2, 10);
-        let usage = Usage { active_jobs: 2, active: Resources::new(2, 2, 0), ..Usage::default() };
+        let usage = Usage { active_jobs: 2, active: Resources::new(2, 2, 0).into(), ..Usage::default() };
         let b = may_dispatch(&p, &QuotaRules::default(), &usage, &Resources::new(1, 1, 0), NOW).unwrap_err();
         assert_eq!(b.limit, Limit::MaxConcurrentJobs);
     }

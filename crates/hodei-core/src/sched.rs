@@ -12,7 +12,7 @@ use crate::job::{Actor, Attempt, AttemptState, FailureReason, Job, JobEvent, Job
 use crate::queue::{JobKey, Queue};
 use crate::quota::{self, Admission, Limit, QuotaRules, Rejection, TenantPolicy, Usage};
 use crate::time::Timestamp;
-use crate::units::Resources;
+use crate::units::{Resources, Totals};
 use crate::worker::{Worker, WorkerState};
 
 mod backfill;
@@ -228,7 +228,7 @@ impl Books {
         for (state, add) in [(from, false), (to, true)] {
             let Some(state) = state else { continue };
             let jobs = |n: &mut u32| *n = if add { *n + 1 } else { n.saturating_sub(1) };
-            let amount = |r: &mut Resources| *r = if add { r.checked_add(&res).unwrap_or(*r) } else { r.saturating_sub(&res) };
+            let amount = |t: &mut Totals| if add { t.add(&res) } else { t.sub(&res) };
             match state {
                 JobState::Scheduled | JobState::Running => {
                     amount(&mut u.active);
@@ -726,7 +726,7 @@ impl Scheduler {
                 u.queued_jobs += 1;
                 if !held {
                     u.pending_jobs += 1;
-                    u.pending = u.pending.checked_add(&j.resources()).unwrap_or(u.pending);
+                    u.pending.add(&j.resources());
                 }
             }
             dry.push(a);

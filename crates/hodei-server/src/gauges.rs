@@ -158,29 +158,29 @@ impl Gauges {
             let (p, u) = (sched.policy(t), sched.usage(t));
             let name = t.to_string();
             let (fair, actual) = shares.get(t).copied().unwrap_or_default();
-            let used = [u.active.cpu_m.get(), u.active.memory_mb.get(), u.active.gpu.get()];
-            let quota = [p.quota.resources.cpu_m.get(), p.quota.resources.memory_mb.get(), p.quota.resources.gpu.get()];
-            metrics::gauge!("hodei_tenant_cpu_m", "tenant" => name.clone()).set(f64::from(used[0]));
-            metrics::gauge!("hodei_tenant_memory_mb", "tenant" => name.clone()).set(f64::from(used[1]));
-            metrics::gauge!("hodei_tenant_gpu", "tenant" => name.clone()).set(f64::from(used[2]));
+            let used = [u.active.cpu_m, u.active.memory_mb, u.active.gpu];
+            let quota = [p.quota.resources.cpu_m.get(), p.quota.resources.memory_mb.get(), p.quota.resources.gpu.get()].map(u64::from);
+            metrics::gauge!("hodei_tenant_cpu_m", "tenant" => name.clone()).set(used[0] as f64);
+            metrics::gauge!("hodei_tenant_memory_mb", "tenant" => name.clone()).set(used[1] as f64);
+            metrics::gauge!("hodei_tenant_gpu", "tenant" => name.clone()).set(used[2] as f64);
             metrics::gauge!("hodei_tenant_weight", "tenant" => name.clone()).set(f64::from(p.weight));
             metrics::gauge!("hodei_tenant_fair_share", "tenant" => name.clone()).set(fair);
             metrics::gauge!("hodei_tenant_actual_share", "tenant" => name.clone()).set(actual);
-            let ratio = |a: u32, b: u32| if b == 0 { 0.0 } else { f64::from(a) / f64::from(b) };
+            let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
             for (i, resource) in ["cpu", "memory", "gpu"].into_iter().enumerate() {
                 metrics::gauge!("hodei_tenant_quota_utilization", "tenant" => name.clone(), "resource" => resource).set(ratio(used[i], quota[i]));
             }
             metrics::gauge!("hodei_tenant_quota_utilization", "tenant" => name.clone(), "resource" => "jobs")
-                .set(ratio(u.active_jobs, p.quota.max_concurrent_jobs));
+                .set(ratio(u.active_jobs.into(), p.quota.max_concurrent_jobs.into()));
             // How much of the grant is in use: usage above the quota over the grant, worst dimension.
             let grant = p.active_grant(now);
             let burst_use = grant.map_or(0.0, |g| {
-                let extra = [g.resources.cpu_m.get(), g.resources.memory_mb.get(), g.resources.gpu.get(), g.concurrent_jobs];
+                let extra = [g.resources.cpu_m.get(), g.resources.memory_mb.get(), g.resources.gpu.get(), g.concurrent_jobs].map(u64::from);
                 let over = [
                     used[0].saturating_sub(quota[0]),
                     used[1].saturating_sub(quota[1]),
                     used[2].saturating_sub(quota[2]),
-                    u.active_jobs.saturating_sub(p.quota.max_concurrent_jobs),
+                    u64::from(u.active_jobs.saturating_sub(p.quota.max_concurrent_jobs)),
                 ];
                 (0..4).filter(|i| extra[*i] > 0).map(|i| ratio(over[i], extra[i])).fold(0.0, f64::max)
             });

@@ -198,8 +198,8 @@ async fn save(s: &ApiState, t: &mut Tenant) -> ApiResult<()> {
     Ok(())
 }
 
-fn ratio(used: u32, of: u32) -> f64 {
-    if of == 0 { 0.0 } else { f64::from(used) / f64::from(of) }
+fn ratio(used: u64, of: u64) -> f64 {
+    if of == 0 { 0.0 } else { used as f64 / of as f64 }
 }
 
 async fn quota_view(s: &ApiState, t: &Tenant) -> ApiResult<QuotaView> {
@@ -217,9 +217,9 @@ async fn quota_view(s: &ApiState, t: &Tenant) -> ApiResult<QuotaView> {
         tenant_id: t.id.to_string(),
         quota: QuotaOut::from(&t.quota),
         current_usage: UsageOut {
-            cpu_m: u.active.cpu_m.get(),
-            memory_mb: u.active.memory_mb.get(),
-            gpu: u.active.gpu.get(),
+            cpu_m: u.active.cpu_m,
+            memory_mb: u.active.memory_mb,
+            gpu: u.active.gpu,
             active_jobs: u.active_jobs,
             queued_jobs: u.queued_jobs,
         },
@@ -238,10 +238,10 @@ async fn quota_view(s: &ApiState, t: &Tenant) -> ApiResult<QuotaView> {
             max_concurrent_jobs: c.concurrent_jobs,
         },
         utilization: UtilizationOut {
-            cpu: ratio(u.active.cpu_m.get(), c.resources.cpu_m.get()),
-            memory: ratio(u.active.memory_mb.get(), c.resources.memory_mb.get()),
-            gpu: ratio(u.active.gpu.get(), c.resources.gpu.get()),
-            jobs: ratio(u.active_jobs, c.concurrent_jobs),
+            cpu: ratio(u.active.cpu_m, c.resources.cpu_m.get().into()),
+            memory: ratio(u.active.memory_mb, c.resources.memory_mb.get().into()),
+            gpu: ratio(u.active.gpu, c.resources.gpu.get().into()),
+            jobs: ratio(u.active_jobs.into(), c.concurrent_jobs.into()),
         },
     })
 }

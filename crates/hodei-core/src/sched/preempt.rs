@@ -24,17 +24,13 @@ impl Scheduler {
     /// Whether a tenant uses more than its weighted share of the allocated capacity.
     fn over_share(&self, t: &TenantId) -> bool {
         let cap = &self.capacity;
-        let ppm = |r: &Resources| {
-            let s = |a: u32, c: u32| if c == 0 { 0 } else { u64::from(a) * 1_000_000 / u64::from(c) };
-            s(r.cpu_m.0, cap.cpu_m.0).max(s(r.memory_mb.0, cap.memory_mb.0)).max(s(r.gpu.0, cap.gpu.0))
-        };
         let (mut total_w, mut mine_w, mut total_used, mut mine_used) = (0u64, 0u64, 0u64, 0u64);
         for (id, u) in &self.books.usage {
             if u.active_jobs == 0 && u.queued_jobs == 0 {
                 continue;
             }
             let w = u64::from(self.policy(id).weight);
-            let used = ppm(&u.active);
+            let used = u.active.dominant_ppm(cap);
             total_w += w;
             total_used += used;
             if id == t {

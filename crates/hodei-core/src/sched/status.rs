@@ -45,12 +45,6 @@ pub struct QueueStatus {
     pub tenants: Vec<TenantQueueRow>,
 }
 
-/// Dominant share of `r` in `cap`, in parts per million.
-fn dominant_ppm(r: &Resources, cap: &Resources) -> u64 {
-    let share = |a: u32, c: u32| if c == 0 { 0 } else { u64::from(a) * 1_000_000 / u64::from(c) };
-    share(r.cpu_m.0, cap.cpu_m.0).max(share(r.memory_mb.0, cap.memory_mb.0)).max(share(r.gpu.0, cap.gpu.0))
-}
-
 fn row(tenant: &TenantId) -> TenantQueueRow {
     TenantQueueRow {
         tenant: tenant.clone(),
@@ -80,7 +74,7 @@ impl Scheduler {
             .usage
             .iter()
             .filter(|(_, u)| u.pending_jobs + u.active_jobs > 0)
-            .map(|(t, u)| (t, u64::from(self.policy(t).weight), dominant_ppm(&u.active, &cap)))
+            .map(|(t, u)| (t, u64::from(self.policy(t).weight), u.active.dominant_ppm(&cap)))
             .collect();
         let total_weight: u64 = demand.iter().map(|d| d.1).sum();
         let total_used: u64 = demand.iter().map(|d| d.2).sum();

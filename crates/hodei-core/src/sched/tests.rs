@@ -370,11 +370,11 @@ fn check_invariants(s: &Scheduler, ch: &Changes, store: &mut HashMap<JobId, Job>
         let u = usage.entry(j.tenant.clone()).or_default();
         match j.state {
             JobState::Scheduled | JobState::Running => {
-                u.active = u.active.checked_add(&j.resources()).unwrap();
+                u.active.add(&j.resources());
                 u.active_jobs += 1;
             }
             JobState::Pending => {
-                u.pending = u.pending.checked_add(&j.resources()).unwrap();
+                u.pending.add(&j.resources());
                 u.pending_jobs += 1;
                 u.queued_jobs += 1;
             }
@@ -894,14 +894,14 @@ fn a_burst_session_admits_more_until_it_expires() {
     s.set_burst(&b, ts(10));
     assert_eq!(s.job(&big_id).unwrap().state, JobState::Pending, "the ceiling of 1500 fits the held job alone");
     assert_eq!(schedule(&mut s, &mut ids, 11).len(), 1, "the grant runs one more 500m job");
-    assert_eq!(s.usage(&tid("a")).active.cpu_m.0, 1500);
+    assert_eq!(s.usage(&tid("a")).active.cpu_m, 1500);
 
     // At expiry dispatch falls back to the quota by itself; running jobs continue.
     assert!(b.advance(&rules, ts(60_010)));
     assert_eq!(schedule(&mut s, &mut ids, 60_010).len(), 0);
     s.set_burst(&b, ts(60_010));
     assert_eq!(s.job(&big_id).unwrap().state, JobState::Held, "alone over the quota again");
-    assert_eq!(s.usage(&tid("a")).active.cpu_m.0, 1500);
+    assert_eq!(s.usage(&tid("a")).active.cpu_m, 1500);
     // A stale update (the session as first opened) does not bring the grant back.
     s.set_burst(&opened, ts(60_011));
     assert_eq!(s.policy(&tid("a")).grant, None);
@@ -1169,4 +1169,21 @@ fn a_critical_job_preempts_the_youngest_lower_priority_job_when_enabled() {
         let placed = accept_all(&mut s, &mut ids, 12);
         assert_eq!(placed.iter().map(|p| p.2).collect::<Vec<_>>(), [urgent_id]);
     }
+}
+
+/// The usage books hold any sum of requests: two jobs of 3 000 000 000 millicores each are
+/// 6 000 000 000 pending (more than a u32), and cancelling one leaves exactly the other — an
+/// overflowing add once went missing and the later subtract then read zero, loosening admission.
+#[test]
+fn usage_books_never_overflow_or_read_low() {
+    let cfg = SchedConfig { quota_rules: QuotaRules { enabled: false, ..QuotaRules::default() }, ..SchedConfig::default() };
+    let (mut s, mut ids) = (Scheduler::new(cfg), Ids(0));
+    let (a, b) = (job(&mut ids, "a", 3_000_000_000, 0, 0), job(&mut ids, "a", 3_000_000_000, 0, 0));
+    let a_id = a.id;
+    s.submit(a, ts(0)).unwrap();
+    s.submit(b, ts(0)).unwrap();
+    assert_eq!(s.usage(&tid("a")).pending.cpu_m, 6_000_000_000);
+    s.cancel(a_id, Actor::Api, ts(1)).unwrap();
+    let u = s.usage(&tid("a"));
+    assert_eq!((u.pending.cpu_m, u.pending_jobs), (3_000_000_000, 1));
 }
