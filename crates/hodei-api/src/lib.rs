@@ -51,6 +51,9 @@ pub enum ControlError {
     Store(#[from] StoreError),
     #[error("the scheduler is not running")]
     Stopped,
+    /// The engine's command queue is full: it is behind, and the caller should come back.
+    #[error("the scheduler is busy")]
+    Busy,
     #[error("Idempotency-Key {key:?} was used with another request")]
     IdempotencyConflict { key: String },
 }
@@ -64,6 +67,8 @@ impl From<ControlError> for ApiError {
             }
             ControlError::Store(s) => s.into(),
             ControlError::Stopped => ApiError::new(ErrorCode::Unavailable, "the scheduler is starting or stopping; retry"),
+            ControlError::Busy => ApiError::new(ErrorCode::Unavailable, "the scheduler is behind on its queue of requests; retry after a second")
+                .with("retry_after_s", 1u64.into()),
             ControlError::IdempotencyConflict { key } => ApiError::new(
                 ErrorCode::Conflict,
                 format!("Idempotency-Key {key:?} was used within the last 24 h with another request (method, path or body); use a new key"),

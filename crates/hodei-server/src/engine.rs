@@ -150,7 +150,7 @@ pub const SERVER_INSTANCE_LABEL: &str = "hodei.server-instance";
 /// Handle used by the API and the gRPC service.
 #[derive(Clone)]
 pub struct EngineHandle {
-    tx: mpsc::UnboundedSender<Command>,
+    tx: mpsc::Sender<Command>,
     running: Arc<AtomicBool>,
     connected: Arc<AtomicUsize>,
     progress: Arc<Progress>,
@@ -179,8 +179,19 @@ impl Progress {
 }
 
 impl EngineHandle {
+    /// Queues a command without waiting: `Busy` when the queue is full (an API request is
+    /// answered 503 with `Retry-After` rather than queued without bound).
     pub fn send(&self, c: Command) -> Result<(), ControlError> {
-        self.tx.send(c).map_err(|_| ControlError::Stopped)
+        self.tx.try_send(c).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => ControlError::Busy,
+            mpsc::error::TrySendError::Closed(_) => ControlError::Stopped,
+        })
+    }
+
+    /// Queues a command, waiting for room: what a worker reports is never dropped, and a
+    /// worker whose reports cannot be queued waits (its gRPC stream stops being read).
+    pub async fn deliver(&self, c: Command) -> Result<(), ControlError> {
+        self.tx.send(c).await.map_err(|_| ControlError::Stopped)
     }
 
     /// Workers with an open job stream.
@@ -193,6 +204,14 @@ impl EngineHandle {
         self.send(make(reply))?;
         rx.await.map_err(|_| ControlError::Stopped)?
     }
+
+    /// [`EngineHandle::ask`] for the server's own background tasks: waits for room in the
+    /// queue instead of being refused as busy.
+    async fn ask_waiting<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, ControlError> {
+        let (reply, rx) = oneshot::channel();
+        self.deliver(make(reply)).await?;
+        rx.await.map_err(|_| ControlError::Stopped)?
+    }
 }
 
 impl EngineHandle {
@@ -201,7 +220,7 @@ impl EngineHandle {
     }
 
     pub async fn burst_changed(&self, session: BurstSession) -> Result<(), ControlError> {
-        self.ask(|reply| Command::Burst { session: Box::new(session), reply }).await
+        self.ask_waiting(|reply| Command::Burst { session: Box::new(session), reply }).await
     }
 
     pub async fn cancel(&self, id: JobId, by: Actor) -> Result<CancelOutcome, ControlError> {
@@ -219,7 +238,7 @@ impl EngineHandle {
     /// Answers once retries of jobs that ended before `before` are refused (durably ordered
     /// before whatever retention deletes next).
     pub async fn retention_horizon(&self, before: Timestamp) -> Result<(), ControlError> {
-        self.ask(|reply| Command::RetentionHorizon { before, reply }).await
+        self.ask_waiting(|reply| Command::RetentionHorizon { before, reply }).await
     }
 
     pub fn is_running(&self) -> bool {
@@ -261,7 +280,7 @@ pub struct Engine {
     cfg: EngineConfig,
     sched: Scheduler,
     conns: HashMap<WorkerId, WorkerConn>,
-    rx: mpsc::UnboundedReceiver<Command>,
+    rx: mpsc::Receiver<Command>,
     running: Arc<AtomicBool>,
     connected: Arc<AtomicUsize>,
     progress: Arc<Progress>,
@@ -335,13 +354,17 @@ fn store_failure(e: &StoreError) -> StoreError {
     }
 }
 
+/// Commands the engine's queue holds before new API requests are refused as busy and workers'
+/// reports wait. It drains the whole queue every round, so this is far more than a round takes.
+pub const COMMANDS_QUEUED: usize = 65_536;
+
 /// Longest pause between two attempts to reload the core from an unreachable store.
 const RECOVER_BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 impl Engine {
     /// Builds the engine from what the store holds (restart recovery).
     pub async fn start(store: Arc<dyn Store>, clock: Arc<dyn Clock>, logs: Arc<LogFiles>, cfg: EngineConfig) -> Result<(Engine, EngineHandle), StoreError> {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(COMMANDS_QUEUED);
         let running = Arc::new(AtomicBool::new(false));
         let connected = Arc::new(AtomicUsize::new(0));
         let progress = Arc::new(Progress::new());
@@ -915,7 +938,8 @@ impl Control for ControlPlane {
 
     async fn tenant_changed(&self, t: &Tenant) -> Result<(), ControlError> {
         let (id, policy) = (t.id.clone(), t.policy(&self.tier_weights));
-        self.engine.ask(|reply| Command::Tenant { id, policy, reply }).await
+        // The tenant is already stored: the engine must hear of it, so this waits for room.
+        self.engine.ask_waiting(|reply| Command::Tenant { id, policy, reply }).await
     }
 
     async fn burst_changed(&self, b: &BurstSession) -> Result<(), ControlError> {
@@ -968,5 +992,36 @@ impl ControlPlane {
             },
             r => r,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handle(capacity: usize) -> (EngineHandle, mpsc::Receiver<Command>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        let h = EngineHandle { tx, running: Arc::default(), connected: Arc::default(), progress: Arc::new(Progress::new()) };
+        (h, rx)
+    }
+
+    /// A full queue refuses API requests at once (503 with Retry-After) and makes workers'
+    /// reports wait for room; nothing is queued beyond the bound.
+    #[tokio::test]
+    async fn a_full_command_queue_pushes_back() {
+        let (h, mut rx) = handle(1);
+        let id = JobId::from_uuid(Uuid::now_v7());
+        h.send(Command::Deregister { id: WorkerId::from_uuid(Uuid::now_v7()) }).unwrap();
+        assert!(matches!(h.hold(id, Actor::Api).await, Err(ControlError::Busy)));
+        let resp = axum::response::IntoResponse::into_response(hodei_api::ApiError::from(ControlError::Busy));
+        assert_eq!((resp.status().as_u16(), resp.headers().get("retry-after").and_then(|v| v.to_str().ok())), (503, Some("1")));
+        // A worker's report waits until the engine takes a command, then goes in.
+        let worker = h.clone();
+        let report = tokio::spawn(async move { worker.deliver(Command::Deregister { id: WorkerId::from_uuid(Uuid::now_v7()) }).await });
+        tokio::task::yield_now().await;
+        assert!(!report.is_finished(), "no room yet");
+        assert!(rx.recv().await.is_some());
+        report.await.unwrap().unwrap();
+        assert!(matches!(rx.recv().await, Some(Command::Deregister { .. })));
     }
 }

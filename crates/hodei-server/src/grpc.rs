@@ -166,7 +166,7 @@ impl WorkerService for WorkerSvc {
         }
         let id = worker.id;
         tracing::info!(worker = %id, pool = %worker.pool_id, instance = %worker.instance_name, slots = worker.slots, "worker registered");
-        self.engine.send(Command::Register { worker: Box::new(worker) }).map_err(Self::stopped)?;
+        self.engine.deliver(Command::Register { worker: Box::new(worker) }).await.map_err(Self::stopped)?;
         let t = &self.timeouts;
         Ok(Response::new(pb::RegisterWorkerResponse {
             worker_id: id.to_string(),
@@ -183,7 +183,7 @@ impl WorkerService for WorkerSvc {
         let id = self.authenticate(&r.worker_id, &r.session_token).await?;
         let running = r.running_attempt_ids.iter().filter_map(|a| a.parse().ok()).collect();
         let (reply, rx) = oneshot::channel();
-        self.engine.send(Command::Heartbeat { id, running, reply }).map_err(Self::stopped)?;
+        self.engine.deliver(Command::Heartbeat { id, running, reply }).await.map_err(Self::stopped)?;
         let stale = rx.await.map_err(Self::stopped)?.map_err(|_| Status::not_found("worker is offline or unknown; reconnect"))?;
         Ok(Response::new(pb::HeartbeatResponse { stale_attempt_ids: stale.iter().map(|a| a.to_string()).collect() }))
     }
@@ -191,7 +191,7 @@ impl WorkerService for WorkerSvc {
     async fn deregister(&self, req: Request<pb::DeregisterRequest>) -> Result<Response<pb::DeregisterResponse>, Status> {
         let r = req.into_inner();
         let id = self.authenticate(&r.worker_id, &r.session_token).await?;
-        self.engine.send(Command::Deregister { id }).map_err(Self::stopped)?;
+        self.engine.deliver(Command::Deregister { id }).await.map_err(Self::stopped)?;
         if let Ok(mut m) = self.sessions.lock() {
             m.remove(&id);
         }
@@ -212,7 +212,7 @@ impl WorkerService for WorkerSvc {
         let (tx, rx) = mpsc::unbounded_channel();
         let conn = self.conn_seq.fetch_add(1, Ordering::Relaxed);
         let (reply, ack) = oneshot::channel();
-        self.engine.send(Command::Connect { id, conn: WorkerConn { conn, tx }, running, results, reply }).map_err(Self::stopped)?;
+        self.engine.deliver(Command::Connect { id, conn: WorkerConn { conn, tx }, running, results, reply }).await.map_err(Self::stopped)?;
         let held = ack.await.map_err(Self::stopped)?.map_err(|_| Status::not_found("unknown or terminated worker; register again"))?;
         let owned: Owned = Arc::new(Mutex::new(held.into_iter().collect()));
         tracing::info!(worker = %id, conn, "worker connected");
@@ -222,7 +222,7 @@ impl WorkerService for WorkerSvc {
             loop {
                 match inbound.message().await {
                     Ok(Some(m)) => {
-                        if let Err(e) = svc.on_message(id, &mine, m) {
+                        if let Err(e) = svc.on_message(id, &mine, m).await {
                             tracing::warn!(worker = %id, error = %e, "bad message from worker");
                         }
                     }
@@ -234,7 +234,7 @@ impl WorkerService for WorkerSvc {
                 }
             }
             tracing::info!(worker = %id, conn, "worker disconnected");
-            let _ = svc.engine.send(Command::Disconnect { id, conn });
+            let _ = svc.engine.deliver(Command::Disconnect { id, conn }).await;
         });
         let out = UnboundedReceiverStream::new(rx).map(move |m| {
             if let Some(pb::server_message::Msg::Assign(a)) = &m.msg
@@ -257,17 +257,17 @@ fn refused(kind: &'static str, worker: WorkerId, attempt: AttemptId) -> Status {
 }
 
 impl WorkerSvc {
-    fn on_message(&self, worker: WorkerId, owned: &Owned, m: pb::WorkerMessage) -> Result<(), Status> {
+    async fn on_message(&self, worker: WorkerId, owned: &Owned, m: pb::WorkerMessage) -> Result<(), Status> {
         use pb::worker_message::Msg;
         match m.msg {
             Some(Msg::Accepted(a)) => {
                 let attempt = attempt_id(&a.attempt_id)?;
-                self.engine.send(Command::Accepted { worker, attempt, started_at: Timestamp::from_millis(a.started_at_ms) }).map_err(Self::stopped)
+                self.engine.deliver(Command::Accepted { worker, attempt, started_at: Timestamp::from_millis(a.started_at_ms) }).await.map_err(Self::stopped)
             }
             Some(Msg::Rejected(r)) => {
                 let attempt = attempt_id(&r.attempt_id)?;
                 tracing::info!(%worker, %attempt, reason = %r.reason, "worker rejected an attempt");
-                self.engine.send(Command::Rejected { worker, attempt }).map_err(Self::stopped)
+                self.engine.deliver(Command::Rejected { worker, attempt }).await.map_err(Self::stopped)
             }
             Some(Msg::Log(l)) => {
                 let attempt = attempt_id(&l.attempt_id)?;
@@ -285,7 +285,7 @@ impl WorkerSvc {
                     set.remove(&attempt);
                 }
                 result.log_truncated |= self.logs.was_truncated(attempt);
-                self.engine.send(Command::Finished { worker, attempt, result: Box::new(result) }).map_err(Self::stopped)
+                self.engine.deliver(Command::Finished { worker, attempt, result: Box::new(result) }).await.map_err(Self::stopped)
             }
             Some(Msg::Hello(_)) => Err(Status::invalid_argument("Hello may only come first")),
             None => Ok(()),
