@@ -557,10 +557,8 @@ impl Engine {
                     self.record_metrics(c);
                     self.dispatch(c);
                 }
-                if !staged.is_empty() || !changes.jobs.is_empty() || !changes.new_jobs.is_empty() {
-                    // Followers of job output also watch job state.
-                    self.logs.notify();
-                }
+                // Followers of a job's output also watch its state.
+                self.logs.jobs_changed(staged.iter().chain([&changes]).flat_map(|c| c.new_jobs.iter().chain(&c.jobs)).map(|j| j.id));
             }
             Err(e @ StoreError::LeadershipLost { .. }) => {
                 replies.fail(&e);

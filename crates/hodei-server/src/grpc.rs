@@ -285,6 +285,7 @@ impl WorkerSvc {
                     set.remove(&attempt);
                 }
                 result.log_truncated |= self.logs.was_truncated(attempt);
+                self.logs.finished(attempt);
                 self.engine.deliver(Command::Finished { worker, attempt, result: Box::new(result) }).await.map_err(Self::stopped)
             }
             Some(Msg::Hello(_)) => Err(Status::invalid_argument("Hello may only come first")),

@@ -119,15 +119,25 @@ struct Follow {
     out: u64,
     err: u64,
     last_state: Option<JobState>,
-    rx: tokio::sync::watch::Receiver<u64>,
+    /// Wakes when the engine changed the job: then, and only then, the store is read.
+    job_rx: tokio::sync::watch::Receiver<u64>,
+    /// Wakes when the current attempt has new output: read from its files alone.
+    out_rx: Option<tokio::sync::watch::Receiver<u64>>,
     queue: VecDeque<Event>,
+    /// The job may have changed since it was last read from the store.
+    stale: bool,
     done: bool,
 }
 
+/// Longest wait without a wake before the store is read anyway.
+const QUIET_RECHECK: Duration = Duration::from_secs(5);
+
 fn follow(s: ApiState, job: Job, streams: Vec<LogStream>, out: u64, err: u64) -> Sse<impl futures::Stream<Item = Result<Event, Infallible>>> {
-    let rx = s.logs.subscribe();
+    let job_rx = s.logs.follow_job(job.id);
+    let out_rx = job.current_attempt.map(|a| s.logs.follow_output(a));
     let mut stopping = s.stopping.clone();
-    let st = Follow { attempt: job.current_attempt, s, job, streams, out, err, last_state: None, rx, queue: VecDeque::new(), done: false };
+    let st =
+        Follow { attempt: job.current_attempt, s, job, streams, out, err, last_state: None, job_rx, out_rx, queue: VecDeque::new(), stale: true, done: false };
     let stream = futures::stream::unfold(st, |mut st| async move {
         loop {
             if let Some(ev) = st.queue.pop_front() {
@@ -136,11 +146,29 @@ fn follow(s: ApiState, job: Job, streams: Vec<LogStream>, out: u64, err: u64) ->
             if st.done {
                 return None;
             }
-            st.rx.borrow_and_update();
-            st.poll_once().await;
-            if st.queue.is_empty() && !st.done {
-                let _ = tokio::time::timeout(Duration::from_secs(1), st.rx.changed()).await;
+            // Marked seen right before the read it calls for, so a change after it is not lost.
+            if std::mem::take(&mut st.stale) || st.job_rx.has_changed().unwrap_or(false) {
+                st.job_rx.borrow_and_update();
+                st.reload().await;
             }
+            if let Some(rx) = st.out_rx.as_mut() {
+                rx.borrow_and_update();
+            }
+            st.read_output();
+            if !st.queue.is_empty() || st.done {
+                continue;
+            }
+            let output = async {
+                match st.out_rx.as_mut() {
+                    Some(rx) => rx.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            };
+            st.stale = tokio::select! {
+                _ = st.job_rx.changed() => true,
+                true = output => false,
+                _ = tokio::time::sleep(QUIET_RECHECK) => true,
+            };
         }
     });
     // A stopping server ends its streams, so their connections can drain.
@@ -151,7 +179,8 @@ fn follow(s: ApiState, job: Job, streams: Vec<LogStream>, out: u64, err: u64) ->
 }
 
 impl Follow {
-    async fn poll_once(&mut self) {
+    /// Reads the job from the store: its state, and which attempt's output to follow.
+    async fn reload(&mut self) {
         match self.s.store.get_job(self.job.id).await {
             Ok(Some(j)) => self.job = j,
             Ok(None) => {
@@ -160,16 +189,27 @@ impl Follow {
             }
             Err(e) => tracing::warn!(error = %e, "following a job: store read failed; retrying"),
         }
-        if self.job.current_attempt != self.attempt {
+        if self.job.current_attempt != self.attempt || (self.out_rx.is_none() && self.attempt.is_some()) {
             // A new attempt writes new output from offset 0.
+            if self.job.current_attempt != self.attempt {
+                self.out = 0;
+                self.err = 0;
+            }
             self.attempt = self.job.current_attempt;
-            self.out = 0;
-            self.err = 0;
+            self.out_rx = self.attempt.map(|a| self.s.logs.follow_output(a));
         }
         if self.last_state != Some(self.job.state) {
             self.last_state = Some(self.job.state);
             let data = json!({"state": self.job.state.as_str(), "attempt": self.job.attempt_count, "reason": self.job.state_reason});
             self.queue.push_back(Event::default().event("state").data(data.to_string()));
+        }
+    }
+
+    /// Queues what the current attempt wrote since the last read; once the job has ended and
+    /// everything is read, the `end` event.
+    fn read_output(&mut self) {
+        if self.done {
+            return;
         }
         let mut read_any = false;
         if let Some(a) = self.attempt {
