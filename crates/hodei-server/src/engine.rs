@@ -41,7 +41,20 @@ pub type Reply<T> = oneshot::Sender<Result<T, ControlError>>;
 #[derive(Clone)]
 pub struct WorkerConn {
     pub conn: u64,
-    pub tx: mpsc::UnboundedSender<pb::ServerMessage>,
+    pub tx: mpsc::Sender<pb::ServerMessage>,
+}
+
+/// Messages waiting to go out on one worker's job stream. A worker that stops reading its
+/// stream misses what comes after, like one that went away: the ack timeout requeues an
+/// assignment, the timeout backstop ends a job whose cancel was missed, a result whose ack was
+/// missed is sent again.
+pub const PER_WORKER_QUEUED: usize = 4096;
+
+impl WorkerConn {
+    /// Queues `msg` for the worker; false when its queue is full (or its stream is gone).
+    pub fn offer(&self, msg: pb::ServerMessage) -> bool {
+        self.tx.try_send(msg).is_ok()
+    }
 }
 
 pub enum Command {
@@ -843,8 +856,10 @@ impl Engine {
                 ),
                 Outbound::Ack { worker, attempt } => (*worker, pb::server_message::Msg::Ack(pb::ResultAck { attempt_id: attempt.to_string() })),
             };
-            if let Some(conn) = self.conns.get(&worker) {
-                let _ = conn.tx.send(pb::ServerMessage { msg: Some(msg) });
+            if let Some(conn) = self.conns.get(&worker)
+                && !conn.offer(pb::ServerMessage { msg: Some(msg) })
+            {
+                tracing::warn!(%worker, "a worker's job stream is full or gone; the message is dropped and recovered by timeouts");
             }
         }
     }
@@ -1001,6 +1016,18 @@ mod tests {
         let (tx, rx) = mpsc::channel(capacity);
         let h = EngineHandle { tx, running: Arc::default(), connected: Arc::default(), progress: Arc::new(Progress::new()) };
         (h, rx)
+    }
+
+    #[test]
+    fn a_worker_stream_queue_is_bounded() {
+        let (tx, mut rx) = mpsc::channel(PER_WORKER_QUEUED);
+        let conn = WorkerConn { conn: 1, tx };
+        for _ in 0..PER_WORKER_QUEUED {
+            assert!(conn.offer(pb::ServerMessage::default()));
+        }
+        assert!(!conn.offer(pb::ServerMessage::default()), "a worker that does not read gets nothing more queued");
+        assert!(rx.try_recv().is_ok());
+        assert!(conn.offer(pb::ServerMessage::default()), "room again once it reads");
     }
 
     /// A full queue refuses API requests at once (503 with Retry-After) and makes workers'

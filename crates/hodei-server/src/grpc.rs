@@ -24,7 +24,7 @@ use hodei_store::Store;
 use hodei_store::logs::{LogFiles, LogStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::StreamExt;
-use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::engine::{Command, EngineHandle, WorkerConn};
@@ -209,7 +209,7 @@ impl WorkerService for WorkerSvc {
         let id = self.authenticate(&hello.worker_id, &hello.session_token).await?;
         let running = hello.running.iter().map(|r| attempt_id(&r.attempt_id)).collect::<Result<Vec<_>, _>>()?;
         let results = hello.unacked_results.iter().map(result_from_pb).collect::<Result<Vec<_>, _>>()?;
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(crate::engine::PER_WORKER_QUEUED);
         let conn = self.conn_seq.fetch_add(1, Ordering::Relaxed);
         let (reply, ack) = oneshot::channel();
         self.engine.deliver(Command::Connect { id, conn: WorkerConn { conn, tx }, running, results, reply }).await.map_err(Self::stopped)?;
@@ -236,7 +236,7 @@ impl WorkerService for WorkerSvc {
             tracing::info!(worker = %id, conn, "worker disconnected");
             let _ = svc.engine.deliver(Command::Disconnect { id, conn }).await;
         });
-        let out = UnboundedReceiverStream::new(rx).map(move |m| {
+        let out = ReceiverStream::new(rx).map(move |m| {
             if let Some(pb::server_message::Msg::Assign(a)) = &m.msg
                 && let (Ok(aid), Ok(mut set)) = (a.attempt_id.parse::<AttemptId>(), owned.lock())
             {
