@@ -16,6 +16,7 @@ pub mod queue;
 pub mod quota;
 pub mod rate;
 pub mod sched;
+pub mod sla_tally;
 pub mod spec;
 pub mod tenant;
 pub mod time;

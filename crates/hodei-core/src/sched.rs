@@ -11,6 +11,7 @@ use crate::ids::{ArrayId, AttemptId, BurstId, IdMap, IdSet, JobId, TenantId, Wor
 use crate::job::{Actor, Attempt, AttemptState, FailureReason, Job, JobEvent, JobState, SlaLevel};
 use crate::queue::{JobKey, Queue};
 use crate::quota::{self, Admission, Limit, QuotaRules, Rejection, TenantPolicy, Usage};
+use crate::sla_tally::SlaOutcome;
 use crate::time::Timestamp;
 use crate::units::{Resources, Totals};
 use crate::worker::{Worker, WorkerState};
@@ -102,6 +103,8 @@ pub struct Changes {
     pub quota_violations: Vec<(TenantId, Limit)>,
     /// Jobs whose queue wait passed their SLA level's maximum (`hodei_sla_breaches_total`).
     pub sla_breaches: Vec<(TenantId, SlaLevel)>,
+    /// SLA outcomes decided in this batch, added to the stored compliance counts with it.
+    pub sla_outcomes: Vec<SlaOutcome>,
     /// Idempotency keys of this batch's submits, stored with their jobs.
     pub idempotency: Vec<IdempotencyRecord>,
     /// Idempotency records created before this instant are forgotten (delete them).
@@ -118,6 +121,7 @@ impl Changes {
             && self.outbound.is_empty()
             && self.quota_violations.is_empty()
             && self.sla_breaches.is_empty()
+            && self.sla_outcomes.is_empty()
             && self.idempotency.is_empty()
             && self.idempotency_expired_before.is_none()
     }
@@ -1449,6 +1453,7 @@ impl Scheduler {
         let mut out = std::mem::take(&mut self.out);
         out.events = std::mem::take(&mut self.books.events);
         out.sla_breaches = std::mem::take(&mut self.books.sla.breaches);
+        out.sla_outcomes = std::mem::take(&mut self.books.sla.outcomes);
         // Keys are removed one by one: `clear` costs the sets' capacity, which a large batch
         // leaves high, on every later call.
         for id in self.dirty_jobs.drain(..) {

@@ -755,6 +755,12 @@ impl Config {
                 return bad(pct.0, format!("{} is not between 0 and 100 (percent)", pct.1));
             }
         }
+        if !(1..=crate::retention::SLA_HOURS).contains(&self.sla.compliance_window_hours) {
+            return bad(
+                "sla.compliance_window_hours",
+                format!("{} is not between 1 and 2160 (90 days, as long as SLA counts are kept)", self.sla.compliance_window_hours),
+            );
+        }
         Ok(())
     }
 
@@ -807,6 +813,16 @@ mod tests {
         std::fs::write(&path, "resource_pools:\n  pools:\n    - id: gpu\n      worker_template: { labels: { disk: ssd } }\n").unwrap();
         let cfg = super::Config::load(Some(&path), &[]).unwrap();
         assert_eq!(cfg.unsupported(), ["resource_pools.pools[0].worker_template.labels: not supported yet"]);
+    }
+
+    #[test]
+    fn an_sla_window_longer_than_counts_are_kept_is_refused() {
+        let load = |h: &str| super::Config::load(None, &[("HODEI_SLA__COMPLIANCE_WINDOW_HOURS".to_owned(), h.to_owned())]);
+        assert_eq!(load("2160").unwrap().sla.compliance_window_hours, 2160);
+        for h in ["0", "2161"] {
+            let e = load(h).unwrap_err().to_string();
+            assert!(e.contains("sla.compliance_window_hours") && e.contains("between 1 and 2160"), "{h}: {e}");
+        }
     }
 
     /// Every key of the schema is classified by hand as honoured (the server acts on it) or

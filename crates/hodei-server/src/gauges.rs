@@ -10,6 +10,7 @@ use std::time::Duration;
 use hodei_api::Clock;
 use hodei_core::ids::IdMap;
 use hodei_core::sched::{Changes, Scheduler};
+use hodei_core::sla_tally::window_start;
 use hodei_core::{Job, JobId, JobState, SlaLevel, SlaStatus, TenantId, Timestamp, Worker};
 use hodei_store::Store;
 use tokio::sync::watch;
@@ -199,9 +200,9 @@ impl Gauges {
     }
 }
 
-/// `hodei_sla_compliance_ratio{tenant, level}` over the compliance window, from the store,
-/// every 30 s.
-pub async fn sla_compliance(store: Arc<dyn Store>, clock: Arc<dyn Clock>, window: Duration, mut stop: watch::Receiver<bool>) {
+/// `hodei_sla_compliance_ratio{tenant, level}` over the compliance window (whole hours and the
+/// current one so far, as `/sla`), from the store's hourly counts, every 30 s.
+pub async fn sla_compliance(store: Arc<dyn Store>, clock: Arc<dyn Clock>, window_hours: u32, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_secs(30));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut series: HashSet<(TenantId, SlaLevel)> = HashSet::new();
@@ -210,15 +211,14 @@ pub async fn sla_compliance(store: Arc<dyn Store>, clock: Arc<dyn Clock>, window
             _ = tick.tick() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        let since = Timestamp::from_millis(clock.now().as_millis() - window.as_millis() as i64);
-        let outcomes = match store.sla_outcomes(since, None).await {
-            Ok(o) => o,
+        let counts = match store.sla_counts(window_start(clock.now(), window_hours), None).await {
+            Ok(c) => c,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot read SLA outcomes");
+                tracing::warn!(error = %e, "cannot read SLA counts");
                 continue;
             }
         };
-        let now = hodei_api::sla_compliance(&outcomes);
+        let now = hodei_api::sla_compliance(&counts);
         // A series with nothing started in the window is fully compliant, not stale.
         for key in series.drain().collect::<Vec<_>>() {
             if !now.contains_key(&key) {

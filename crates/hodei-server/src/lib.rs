@@ -570,12 +570,7 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
     let state = api_state(&cfg, parts, shutdown_rx.clone())?;
     let mut tasks = vec![
         tokio::spawn(engine.run()),
-        tokio::spawn(gauges::sla_compliance(
-            store.clone(),
-            clock.clone(),
-            Duration::from_secs(u64::from(cfg.sla.compliance_window_hours.max(1)) * 3600),
-            shutdown_rx.clone(),
-        )),
+        tokio::spawn(gauges::sla_compliance(store.clone(), clock.clone(), cfg.sla.compliance_window_hours, shutdown_rx.clone())),
         tokio::spawn(retention::sweep(
             store.clone(),
             handle.clone(),

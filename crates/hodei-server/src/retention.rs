@@ -2,17 +2,24 @@
 //! events and log files, in small batches off the engine's thread. Before each round the engine
 //! is told the horizon, so a manual retry racing the delete is refused (404, as for a deleted
 //! job) instead of reviving a row that is about to go.
+//!
+//! SLA reports are hourly counts, not job rows: they are kept for the longest report window
+//! (90 days) whatever the job retention, and forgotten after it in the same rounds.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use hodei_api::Clock;
 use hodei_core::Timestamp;
+use hodei_core::sla_tally::window_start;
 use hodei_store::Store;
 use hodei_store::logs::LogFiles;
 use tokio::sync::watch;
 
 use crate::engine::EngineHandle;
+
+/// The longest `/sla` window (hours): counts older than that are never read.
+pub const SLA_HOURS: u32 = 24 * 90;
 
 /// Jobs per store transaction: short enough that the engine's own writes never wait long.
 const BATCH: u32 = 500;
@@ -40,6 +47,9 @@ pub async fn sweep(
         let before = Timestamp::from_millis(clock.now().as_millis().saturating_sub(retention.as_millis() as i64));
         if engine.retention_horizon(before).await.is_err() {
             return;
+        }
+        if let Err(e) = store.forget_sla_counts(window_start(clock.now(), SLA_HOURS)).await {
+            tracing::warn!(error = %e, "retention: cannot forget old SLA counts; trying again next round");
         }
         let (mut jobs, mut files) = (0u64, 0usize);
         loop {

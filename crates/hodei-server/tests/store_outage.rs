@@ -11,13 +11,14 @@ use async_trait::async_trait;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use hodei_core::sched::Changes;
+use hodei_core::sla_tally::SlaCount;
 use hodei_core::{
     Attempt, BurstId, BurstSession, Job, JobEvent, JobId, Pool, PoolId, Principal, PrincipalId, Tenant, TenantId, Timestamp, Token, TokenId, Worker, WorkerId,
 };
 use hodei_server::ServerOptions;
 use hodei_server::config::{Config, Secret};
 use hodei_store::sqlite::SqliteStore;
-use hodei_store::{BreachFilter, BurstFilter, Identity, JobFilter, LiveState, Result, SlaOutcome, Store, StoreError};
+use hodei_store::{BreachFilter, BurstFilter, Identity, JobFilter, LiveState, Result, Store, StoreError};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
@@ -92,7 +93,8 @@ pass! { Store {
         fn list_events(&self, job: JobId) -> Vec<JobEvent>;
         fn load_live(&self) -> LiveState;
         fn delete_ended_jobs(&self, before: Timestamp, limit: u32) -> hodei_store::Purged;
-        fn sla_outcomes(&self, since: Timestamp, tenant: Option<&TenantId>) -> Vec<SlaOutcome>;
+        fn sla_counts(&self, since: Timestamp, tenant: Option<&TenantId>) -> Vec<SlaCount>;
+        fn forget_sla_counts(&self, before: Timestamp) -> u64;
         fn sla_breaches(&self, f: &BreachFilter) -> Vec<Job>;
         fn register_worker(&self, w: &Worker, session_token_hash: &str) -> ();
         fn worker_session_hash(&self, id: WorkerId) -> Option<String>;

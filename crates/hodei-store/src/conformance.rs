@@ -13,7 +13,9 @@ use hodei_core::{
 };
 use uuid::Uuid;
 
-use crate::{BreachFilter, BurstFilter, JobFilter, SlaOutcome, Store, StoreError};
+use hodei_core::sla_tally::{SlaCount, wait_bin};
+
+use crate::{BreachFilter, BurstFilter, JobFilter, Store, StoreError};
 
 fn ts(ms: i64) -> Timestamp {
     Timestamp::from_millis(ms)
@@ -86,6 +88,36 @@ pub async fn run_all(store: &dyn Store) {
     the_audit_log_lists_newest_first_by_filter(store).await;
     jobs_remember_who_submitted_them(store).await;
     retention_deletes_ended_jobs_oldest_first_and_arrays_as_a_unit(store).await;
+    sla_counts_add_up_per_hour_and_are_forgotten(store).await;
+}
+
+/// Outcomes add to the count of their hour, tenant, level, met and wait bin, across batches and
+/// within one; a window sums its hours; old hours are forgotten.
+async fn sla_counts_add_up_per_hour_and_are_forgotten(store: &dyn Store) {
+    use hodei_core::sla_tally::SlaOutcome;
+    const H: i64 = 3_600_000;
+    let (a, b) = (TenantId::parse("sla-a").unwrap(), TenantId::parse("sla-b").unwrap());
+    let o = |t: &TenantId, met: bool, wait_ms: u64, at: i64| SlaOutcome { tenant: t.clone(), level: SlaLevel::High, met, wait_ms, at: ts(at) };
+    let batches = [
+        vec![o(&a, true, 100, 100 * H), o(&a, true, 101, 100 * H + 5), o(&a, false, 90_000, 101 * H - 1)],
+        vec![o(&a, true, 100, 101 * H), o(&b, true, 100, 102 * H), o(&a, false, 90_000, 102 * H + 1)],
+    ];
+    for batch in batches {
+        store.apply(std::sync::Arc::new(hodei_core::sched::Changes { sla_outcomes: batch, ..Default::default() })).await.unwrap();
+    }
+    let sorted = |mut v: Vec<SlaCount>| {
+        v.sort_by_key(|c| (c.tenant.clone(), c.met, c.bin));
+        v.into_iter().map(|c| (c.tenant.to_string(), c.met, c.bin, c.n)).collect::<Vec<_>>()
+    };
+    let (near, far) = (wait_bin(100), wait_bin(90_000));
+    assert_eq!(wait_bin(101), near, "100 and 101 ms share a bin");
+    let all = sorted(store.sla_counts(ts(100 * H), None).await.unwrap());
+    assert_eq!(all, [("sla-a".into(), false, far, 2), ("sla-a".into(), true, near, 3), ("sla-b".into(), true, near, 1)]);
+    let a_from_101 = sorted(store.sla_counts(ts(101 * H), Some(&a)).await.unwrap());
+    assert_eq!(a_from_101, [("sla-a".into(), false, far, 1), ("sla-a".into(), true, near, 1)], "hours before the window's first are left out");
+    assert!(store.forget_sla_counts(ts(101 * H)).await.unwrap() >= 2, "hour 100's rows go (and older ones)");
+    let left = sorted(store.sla_counts(ts(0), None).await.unwrap());
+    assert_eq!(left, [("sla-a".into(), false, far, 1), ("sla-a".into(), true, near, 1), ("sla-b".into(), true, near, 1)]);
 }
 
 /// Retention takes jobs that ended before the horizon, oldest first, with their attempts and
@@ -498,9 +530,10 @@ async fn scheduler_changes_round_trip(store: &dyn Store) {
     );
 
     assert_eq!((done.sla.status, done.sla.wait_ms, done.sla.decided_at), (SlaStatus::Met, Some(2), Some(ts(3))), "queue wait 1 → 3 ms");
-    let outcomes = store.sla_outcomes(ts(0), None).await.unwrap();
-    assert_eq!(outcomes, [SlaOutcome { tenant: TenantId::parse("acme").unwrap(), level: SlaLevel::Medium, met: true, wait_ms: 2 }]);
-    assert!(store.sla_outcomes(ts(4), None).await.unwrap().is_empty(), "decided before the window");
+    let counts = store.sla_counts(ts(0), None).await.unwrap();
+    let acme = TenantId::parse("acme").unwrap();
+    assert_eq!(counts, [SlaCount { tenant: acme, level: SlaLevel::Medium, met: true, bin: wait_bin(2), n: 1 }], "counted with the job's start");
+    assert!(store.sla_counts(ts(3_600_000), None).await.unwrap().is_empty(), "decided before the window");
 
     let live = store.load_live().await.unwrap();
     assert_eq!(live.jobs.iter().map(|j| j.id).collect::<Vec<_>>(), [jb], "only the unfinished job is live");

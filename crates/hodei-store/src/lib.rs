@@ -15,6 +15,7 @@ pub mod testing;
 
 use async_trait::async_trait;
 use hodei_core::sched::Changes;
+use hodei_core::sla_tally::SlaCount;
 use hodei_core::{
     ArrayId, Attempt, BurstId, BurstSession, BurstState, Job, JobEvent, JobId, JobState, Pool, PoolId, Principal, PrincipalId, SlaLevel, Tenant, TenantId,
     Timestamp, Token, TokenId, Worker, WorkerId,
@@ -138,15 +139,6 @@ pub struct BurstFilter {
     pub states: Vec<BurstState>,
     pub before: Option<BurstId>,
     pub limit: u32,
-}
-
-/// One job's SLA outcome: decided when its first attempt started.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SlaOutcome {
-    pub tenant: TenantId,
-    pub level: SlaLevel,
-    pub met: bool,
-    pub wait_ms: u64,
 }
 
 /// Filters for jobs that breached their SLA, most recent breach first.
@@ -275,8 +267,11 @@ pub trait Store: Identity + Send + Sync + 'static {
     /// oldest first. An array job goes as a unit: its members only once every one of them has
     /// ended before `before` (then in parts of `limit`, its spec with the last part).
     async fn delete_ended_jobs(&self, before: Timestamp, limit: u32) -> Result<Purged>;
-    /// SLA outcomes decided at or after `since`, of one tenant or all.
-    async fn sla_outcomes(&self, since: Timestamp, tenant: Option<&TenantId>) -> Result<Vec<SlaOutcome>>;
+    /// SLA outcomes counted in the hours from `since` on, of one tenant or all, summed per
+    /// tenant, level, met and wait bin (at most tenants × levels × 2 × `WAIT_BINS` rows).
+    async fn sla_counts(&self, since: Timestamp, tenant: Option<&TenantId>) -> Result<Vec<SlaCount>>;
+    /// Deletes the SLA counts of the hours before `before`; returns how many rows went.
+    async fn forget_sla_counts(&self, before: Timestamp) -> Result<u64>;
     async fn sla_breaches(&self, f: &BreachFilter) -> Result<Vec<Job>>;
 
     /// Records a worker and the hash of its session token.

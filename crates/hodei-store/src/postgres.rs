@@ -15,6 +15,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use hodei_core::ids::IdMap;
 use hodei_core::sched::Changes;
+use hodei_core::sla_tally::{SlaCount, SlaCountKey, count_outcomes};
 use hodei_core::spec::JobSpec;
 use hodei_core::{ArrayId, Attempt, BurstId, BurstSession, Job, JobEvent, JobId, JobState, Pool, PoolId, Tenant, TenantId, Timestamp, Worker, WorkerId};
 use sqlx::Arguments;
@@ -23,7 +24,7 @@ use sqlx::{Connection, PgConnection, PgPool, Postgres, QueryBuilder};
 use uuid::Uuid;
 
 use crate::rows::*;
-use crate::{BreachFilter, BurstFilter, JobFilter, LiveState, Purged, Result, Schema, SlaOutcome, Store, StoreError};
+use crate::{BreachFilter, BurstFilter, JobFilter, LiveState, Purged, Result, Schema, Store, StoreError};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -425,7 +426,30 @@ fn statement(c: &Changes) -> Stmt {
         ));
     }
     idempotency(&mut st, c);
+    sla_counts(&mut st, c);
     st
+}
+
+/// The batch's SLA outcomes added to the stored counts (one row per key: a statement may not
+/// change a row twice).
+fn sla_counts(st: &mut Stmt, c: &Changes) {
+    if c.sla_outcomes.is_empty() {
+        return;
+    }
+    let counts: Vec<(SlaCountKey, u64)> = count_outcomes(&c.sla_outcomes).into_iter().collect();
+    let cols = [
+        st.arg(counts.iter().map(|(k, _)| ms(k.hour)).collect::<Vec<_>>(), "bigint[]"),
+        st.arg(counts.iter().map(|(k, _)| k.tenant.as_str()).collect::<Vec<_>>(), "text[]"),
+        st.arg(counts.iter().map(|(k, _)| k.level.as_str()).collect::<Vec<_>>(), "text[]"),
+        st.arg(counts.iter().map(|(k, _)| k.met).collect::<Vec<_>>(), "boolean[]"),
+        st.arg(counts.iter().map(|(k, _)| i32::from(k.bin)).collect::<Vec<_>>(), "integer[]"),
+        st.arg(counts.iter().map(|(_, n)| *n as i64).collect::<Vec<_>>(), "bigint[]"),
+    ];
+    st.cte(format!(
+        "INSERT INTO sla_counts (hour, tenant_id, level, met, bin, n) SELECT * FROM {} \
+         ON CONFLICT (hour, tenant_id, level, met, bin) DO UPDATE SET n = sla_counts.n + EXCLUDED.n",
+        unnest(&cols)
+    ));
 }
 
 /// Idempotency keys: the expired deleted, the new inserted (one replacing an expired record of
@@ -1036,14 +1060,21 @@ impl Store for PgStore {
         })
     }
 
-    async fn sla_outcomes(&self, since: Timestamp, tenant: Option<&TenantId>) -> Result<Vec<SlaOutcome>> {
-        let mut qb: QueryBuilder<Postgres> = QueryBuilder::new("SELECT tenant_id, sla, sla_status, sla_wait_ms FROM job_rows WHERE sla_decided_at >= ");
+    async fn sla_counts(&self, since: Timestamp, tenant: Option<&TenantId>) -> Result<Vec<SlaCount>> {
+        let mut qb: QueryBuilder<Postgres> =
+            QueryBuilder::new("SELECT tenant_id, level, met, bin::bigint AS bin, SUM(n)::bigint AS n FROM sla_counts WHERE hour >= ");
         qb.push_bind(ms(since));
         if let Some(t) = tenant {
             qb.push(" AND tenant_id = ").push_bind(t.as_str().to_owned());
         }
-        let rows = qb.build().fetch_all(&self.pool).await.map_err(StoreError::db("reading SLA outcomes"))?;
-        rows.iter().map(sla_outcome_from_row).collect()
+        qb.push(" GROUP BY tenant_id, level, met, bin");
+        let rows = qb.build().fetch_all(&self.pool).await.map_err(StoreError::db(SLA_COUNTS))?;
+        rows.iter().map(sla_count_from_row).collect()
+    }
+
+    async fn forget_sla_counts(&self, before: Timestamp) -> Result<u64> {
+        let done = sqlx::query("DELETE FROM sla_counts WHERE hour < $1").bind(ms(before)).execute(&self.pool).await;
+        Ok(done.map_err(StoreError::db("deleting old SLA counts"))?.rows_affected())
     }
 
     async fn sla_breaches(&self, f: &BreachFilter) -> Result<Vec<Job>> {

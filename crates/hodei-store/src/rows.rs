@@ -16,7 +16,8 @@ use uuid::Uuid;
 use hodei_core::job::Actor;
 use hodei_core::{JobEvent, JobState};
 
-use crate::{Result, SlaOutcome, StoreError};
+use crate::{Result, StoreError};
+use hodei_core::sla_tally::SlaCount;
 
 /// A row of either engine, read by column name. Every column type the schema uses decodes in
 /// both (integers are 64-bit but for exit codes and signals, booleans are booleans).
@@ -304,15 +305,18 @@ pub(crate) fn event_from_row(job: JobId, r: &impl Cols) -> Result<JobEvent> {
     })
 }
 
-/// One job's SLA outcome from a row of `tenant_id, sla, sla_status, sla_wait_ms`.
-pub(crate) fn sla_outcome_from_row(r: &impl Cols) -> Result<SlaOutcome> {
-    const D: &str = "reading SLA outcomes";
-    let g = |e: sqlx::Error| StoreError::Db { doing: D, source: e };
-    Ok(SlaOutcome {
-        tenant: parse_slug(D, r.col("tenant_id").map_err(g)?, TenantId::parse)?,
-        level: parse_enum(D, r.col("sla").map_err(g)?)?,
-        met: r.col::<&str>("sla_status").map_err(g)? == "met",
-        wait_ms: r.col::<Option<i64>>("sla_wait_ms").map_err(g)?.unwrap_or(0).max(0) as u64,
+pub(crate) const SLA_COUNTS: &str = "reading SLA counts";
+
+/// One summed count from a row of `tenant_id, level, met, bin, n`.
+pub(crate) fn sla_count_from_row(r: &impl Cols) -> Result<SlaCount> {
+    let g = |e: sqlx::Error| StoreError::Db { doing: SLA_COUNTS, source: e };
+    let bin: i64 = r.col("bin").map_err(g)?;
+    Ok(SlaCount {
+        tenant: parse_slug(SLA_COUNTS, r.col("tenant_id").map_err(g)?, TenantId::parse)?,
+        level: parse_enum(SLA_COUNTS, r.col("level").map_err(g)?)?,
+        met: r.col("met").map_err(g)?,
+        bin: u16::try_from(bin).map_err(|_| StoreError::Corrupt { doing: SLA_COUNTS, detail: format!("wait bin {bin}") })?,
+        n: r.col::<i64>("n").map_err(g)?.max(0) as u64,
     })
 }
 

@@ -14,7 +14,8 @@ use sqlx::{QueryBuilder, Sqlite, SqlitePool};
 
 use crate::rows::*;
 use crate::sqlite_writer::Writer;
-use crate::{BreachFilter, BurstFilter, JobFilter, LiveState, Purged, Result, Schema, SlaOutcome, Store, StoreError};
+use crate::{BreachFilter, BurstFilter, JobFilter, LiveState, Purged, Result, Schema, Store, StoreError};
+use hodei_core::sla_tally::SlaCount;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -421,15 +422,20 @@ impl Store for SqliteStore {
         rows.iter().map(job_from_row).collect()
     }
 
-    async fn sla_outcomes(&self, since: Timestamp, tenant: Option<&TenantId>) -> Result<Vec<SlaOutcome>> {
-        const D: &str = "reading SLA outcomes";
-        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT tenant_id, sla, sla_status, sla_wait_ms FROM job_rows WHERE sla_decided_at >= ");
+    async fn sla_counts(&self, since: Timestamp, tenant: Option<&TenantId>) -> Result<Vec<SlaCount>> {
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT tenant_id, level, met, bin, SUM(n) AS n FROM sla_counts WHERE hour >= ");
         qb.push_bind(ms(since));
         if let Some(t) = tenant {
             qb.push(" AND tenant_id = ").push_bind(t.as_str().to_owned());
         }
-        let rows = qb.build().fetch_all(&self.read).await.map_err(StoreError::db(D))?;
-        rows.iter().map(sla_outcome_from_row).collect()
+        qb.push(" GROUP BY tenant_id, level, met, bin");
+        let rows = qb.build().fetch_all(&self.read).await.map_err(StoreError::db(SLA_COUNTS))?;
+        rows.iter().map(sla_count_from_row).collect()
+    }
+
+    async fn forget_sla_counts(&self, before: Timestamp) -> Result<u64> {
+        let done = sqlx::query("DELETE FROM sla_counts WHERE hour < ?").bind(ms(before)).execute(&self.write).await;
+        Ok(done.map_err(StoreError::db("deleting old SLA counts"))?.rows_affected())
     }
 
     async fn sla_breaches(&self, f: &BreachFilter) -> Result<Vec<Job>> {
@@ -693,6 +699,15 @@ mod tests {
         assert_eq!(got, [(3, Some((array, 2)), "echo x".to_owned(), labels.clone(), spec), (2, Some((array, 0)), "echo x".to_owned(), labels, spec)]);
         let stored: Vec<Option<String>> = sqlx::query_scalar("SELECT command FROM jobs ORDER BY id").fetch_all(&store.read).await.unwrap();
         assert_eq!(stored, [Some(r#"["true"]"#.to_owned()), None, None], "members keep no spec of their own");
+    }
+
+    /// The migration that counted the outcomes stored before it bins waits as the core does.
+    #[tokio::test]
+    async fn the_migrations_wait_bins_are_the_cores() {
+        let store = SqliteStore::open_temporary().await.unwrap();
+        let sql = crate::testing::sla_bins_query(include_str!("../migrations/sqlite/0012_sla_counts.sql"));
+        let got: Vec<(i64, i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_all(&store.read).await.unwrap();
+        assert_eq!(got, crate::testing::sla_bins_expected());
     }
 
     /// Listing an array's jobs is a range of the primary key (the array's id bounds).

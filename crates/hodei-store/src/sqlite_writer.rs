@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use hodei_core::ids::IdMap;
 use hodei_core::sched::Changes;
+use hodei_core::sla_tally::count_outcomes;
 use hodei_core::spec::JobSpec;
 use hodei_core::{Job, JobEvent, JobId, JobState, Timestamp};
 use rusqlite::{Connection, ToSql, params, params_from_iter};
@@ -76,6 +77,7 @@ fn is_empty(c: &Changes) -> bool {
         && c.events.is_empty()
         && c.idempotency.is_empty()
         && c.idempotency_expired_before.is_none()
+        && c.sla_outcomes.is_empty()
 }
 
 pub(crate) fn map_err(doing: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
@@ -419,6 +421,17 @@ fn write(tx: &Connection, c: &Changes) -> Result<(), StoreError> {
             let cols = SubmittedCols::of(&r.submitted);
             st.execute(params![r.tenant.as_str(), r.key, r.fingerprint, cols.job_ids, cols.array_id, cols.array_count, ms(r.created_at)])
                 .map_err(map_err("inserting idempotency keys"))?;
+        }
+    }
+    if !c.sla_outcomes.is_empty() {
+        let mut st = tx
+            .prepare_cached(
+                "INSERT INTO sla_counts (hour, tenant_id, level, met, bin, n) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+                 ON CONFLICT (hour, tenant_id, level, met, bin) DO UPDATE SET n = n + excluded.n",
+            )
+            .map_err(map_err("preparing the SLA count update"))?;
+        for (k, n) in count_outcomes(&c.sla_outcomes) {
+            st.execute(params![ms(k.hour), k.tenant.as_str(), k.level.as_str(), k.met, k.bin, n as i64]).map_err(map_err("adding SLA counts"))?;
         }
     }
     Ok(())

@@ -61,3 +61,22 @@ impl TestDatabase {
         }
     }
 }
+
+/// The bin bounds a store's `sla_counts` migration computes in SQL, as a query returning
+/// `(bin, lo, hi)` per bin: tests compare them with `hodei_core::sla_tally::bin_range`.
+pub fn sla_bins_query(migration: &str) -> String {
+    let start = migration.find("WITH RECURSIVE").expect("the migration has the bins CTE");
+    let end = migration.find("INSERT INTO sla_counts").expect("the migration backfills sla_counts");
+    format!("{} SELECT bin, lo, hi FROM bins ORDER BY bin", &migration[start..end])
+}
+
+/// `(bin, lo, hi)` of every bin as the core computes them, the last one open-ended.
+pub fn sla_bins_expected() -> Vec<(i64, i64, i64)> {
+    use hodei_core::sla_tally::{WAIT_BINS, bin_range};
+    (0..WAIT_BINS)
+        .map(|b| {
+            let (lo, hi) = bin_range(b);
+            (i64::from(b), lo as i64, hi as i64)
+        })
+        .collect()
+}

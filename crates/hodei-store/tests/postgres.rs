@@ -29,6 +29,22 @@ async fn reopening_keeps_committed_jobs() {
     db.drop_database().await;
 }
 
+/// The migration that counted the outcomes stored before it bins waits as the core does.
+#[tokio::test]
+async fn the_migrations_wait_bins_are_the_cores() {
+    let Some(db) = TestDatabase::create("the_migrations_wait_bins_are_the_cores").await else { return };
+    let store = PgStore::open_with(db.options.clone(), 1, Schema::Migrate).await.unwrap();
+    drop(store);
+    use sqlx::Connection;
+    let mut conn = sqlx::postgres::PgConnection::connect_with(&db.options).await.unwrap();
+    let sql = hodei_store::testing::sla_bins_query(include_str!("../migrations/postgres/0007_sla_counts.sql"));
+    let got: Vec<(i32, i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).fetch_all(&mut conn).await.unwrap();
+    let got: Vec<(i64, i64, i64)> = got.into_iter().map(|(b, lo, hi)| (i64::from(b), lo, hi)).collect();
+    assert_eq!(got, hodei_store::testing::sla_bins_expected());
+    drop(conn);
+    db.drop_database().await;
+}
+
 /// Two servers on one database would both run its jobs: the second is refused the lock until
 /// the first is gone.
 #[tokio::test]

@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use hodei_core::sched::{Scheduler, SlaRules};
+use hodei_core::sla_tally::{SlaCount, SlaTally, window_start};
 use hodei_core::{Job, JobState, SlaLevel, SlaStatus, TenantId, Timestamp};
-use hodei_store::{BreachFilter, SlaOutcome};
+use hodei_store::BreachFilter;
 use serde::Deserialize;
 use utoipa::IntoParams;
 
@@ -26,50 +27,31 @@ pub struct WindowQuery {
     pub window_hours: Option<i64>,
 }
 
-/// Started / met / breached and waits of a set of outcomes.
-#[derive(Default)]
-struct Acc {
-    met: u64,
-    breached: u64,
-    waits: Vec<u64>,
-}
-
-impl Acc {
-    fn add(&mut self, o: &SlaOutcome) {
-        if o.met {
-            self.met += 1;
-        } else {
-            self.breached += 1;
-        }
-        self.waits.push(o.wait_ms);
-    }
-
-    fn row(mut self, level: &str, waiting: [u64; 3]) -> SlaRow {
-        self.waits.sort_unstable();
-        let pct = |p: usize| if self.waits.is_empty() { 0 } else { self.waits[(self.waits.len() - 1) * p / 100] };
-        let started = self.met + self.breached;
-        SlaRow {
-            level: level.to_owned(),
-            started,
-            met: self.met,
-            breached: self.breached,
-            compliance_ratio: (started > 0).then(|| self.met as f64 / started as f64),
-            wait_p50_ms: pct(50),
-            wait_p95_ms: pct(95),
-            at_risk: waiting[0],
-            critical: waiting[1],
-            breached_waiting: waiting[2],
-        }
+fn row(t: SlaTally, level: &str, waiting: [u64; 3]) -> SlaRow {
+    SlaRow {
+        level: level.to_owned(),
+        started: t.started(),
+        met: t.met,
+        breached: t.breached,
+        compliance_ratio: t.compliance(),
+        wait_p50_ms: t.wait_percentile(50),
+        wait_p95_ms: t.wait_percentile(95),
+        at_risk: waiting[0],
+        critical: waiting[1],
+        breached_waiting: waiting[2],
     }
 }
 
-/// Compliance per tenant and level: what `/sla` and the `hodei_sla_compliance_ratio` gauge show.
-pub fn compliance(outcomes: &[SlaOutcome]) -> BTreeMap<(TenantId, SlaLevel), (u64, u64)> {
+/// Started and met jobs per tenant and level: what `/sla` and the `hodei_sla_compliance_ratio`
+/// gauge show.
+pub fn compliance(counts: &[SlaCount]) -> BTreeMap<(TenantId, SlaLevel), (u64, u64)> {
     let mut m: BTreeMap<(TenantId, SlaLevel), (u64, u64)> = BTreeMap::new();
-    for o in outcomes {
-        let e = m.entry((o.tenant.clone(), o.level)).or_default();
-        e.0 += 1;
-        e.1 += u64::from(o.met);
+    for c in counts {
+        let e = m.entry((c.tenant.clone(), c.level)).or_default();
+        e.0 += c.n;
+        if c.met {
+            e.1 += c.n;
+        }
     }
     m
 }
@@ -99,17 +81,16 @@ async fn report(s: &ApiState, visible: Visibility, tenant: Option<TenantId>, q: 
         Some(h) if (1..=24 * 90).contains(&h) => h,
         Some(h) => return Err(ApiError::field("window_hours", "window is out of range", "an integer between 1 and 2160", Some(h.to_string()))),
     };
-    let now = s.clock.now();
-    let since = Timestamp::from_millis(now.as_millis() - hours * 3_600_000);
-    let mut outcomes = s.store.sla_outcomes(since, tenant.as_ref()).await?;
-    outcomes.retain(|o| visible.sees(&o.tenant));
+    let since = window_start(s.clock.now(), hours as u32);
+    let mut counts = s.store.sla_counts(since, tenant.as_ref()).await?;
+    counts.retain(|c| visible.sees(&c.tenant));
     let mut waiting: Waiting = crate::read(s.control.as_ref(), |sched, _| sched.sla_waiting().clone()).await?;
     waiting.retain(|(t, _, _), _| visible.sees(t));
-    let mut by_level: BTreeMap<SlaLevel, Acc> = BTreeMap::new();
-    let mut by_tenant: BTreeMap<TenantId, BTreeMap<SlaLevel, Acc>> = BTreeMap::new();
-    for o in &outcomes {
-        by_level.entry(o.level).or_default().add(o);
-        by_tenant.entry(o.tenant.clone()).or_default().entry(o.level).or_default().add(o);
+    let mut by_level: BTreeMap<SlaLevel, SlaTally> = BTreeMap::new();
+    let mut by_tenant: BTreeMap<TenantId, BTreeMap<SlaLevel, SlaTally>> = BTreeMap::new();
+    for c in &counts {
+        by_level.entry(c.level).or_default().add(c);
+        by_tenant.entry(c.tenant.clone()).or_default().entry(c.level).or_default().add(c);
     }
     for (t, _, _) in waiting.keys() {
         if tenant.as_ref().is_none_or(|x| x == t) {
@@ -117,7 +98,7 @@ async fn report(s: &ApiState, visible: Visibility, tenant: Option<TenantId>, q: 
         }
     }
     let t = tenant.as_ref();
-    let levels = SlaLevel::ALL.iter().map(|l| by_level.remove(l).unwrap_or_default().row(l.as_str(), waiting_of(&waiting, t, Some(*l)))).collect();
+    let levels = SlaLevel::ALL.iter().map(|l| row(by_level.remove(l).unwrap_or_default(), l.as_str(), waiting_of(&waiting, t, Some(*l)))).collect();
     let tenants = by_tenant
         .into_iter()
         .map(|(id, mut m)| TenantSla {
@@ -126,7 +107,7 @@ async fn report(s: &ApiState, visible: Visibility, tenant: Option<TenantId>, q: 
                 .filter_map(|l| {
                     let w = waiting_of(&waiting, Some(&id), Some(*l));
                     let acc = m.remove(l);
-                    (acc.is_some() || w != [0; 3]).then(|| acc.unwrap_or_default().row(l.as_str(), w))
+                    (acc.is_some() || w != [0; 3]).then(|| row(acc.unwrap_or_default(), l.as_str(), w))
                 })
                 .collect(),
             tenant_id: id.to_string(),

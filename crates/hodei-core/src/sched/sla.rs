@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use crate::ids::{IdMap, JobId, TenantId};
 use crate::job::{Job, JobState, SlaLevel, SlaStatus};
+use crate::sla_tally::SlaOutcome;
 use crate::time::Timestamp;
 
 /// `sla.*` of the configuration and `scheduler.sla_escalation`.
@@ -78,6 +79,8 @@ pub(super) struct SlaBook {
     pub waiting: BTreeMap<(TenantId, SlaLevel, SlaStatus), u32>,
     /// Breaches found since the last `take_changes` (`hodei_sla_breaches_total`).
     pub breaches: Vec<(TenantId, SlaLevel)>,
+    /// Outcomes decided since the last `take_changes` (the stored compliance counts).
+    pub outcomes: Vec<SlaOutcome>,
 }
 
 fn counting(job: &Job) -> bool {
@@ -196,6 +199,7 @@ impl SlaBook {
             let max = self.rules.max_wait_ms(job.spec.sla);
             job.sla.wait_ms = Some(wait);
             job.sla.decided_at = Some(now);
+            self.outcomes.push(SlaOutcome { tenant: job.tenant.clone(), level: job.spec.sla, met: wait <= max, wait_ms: wait, at: now });
             if wait > max {
                 if job.sla.breached_at.is_none() {
                     job.sla.breached_at = Some(Timestamp::from_millis(now.as_millis() - (wait - max) as i64));
