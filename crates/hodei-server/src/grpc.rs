@@ -181,11 +181,16 @@ impl WorkerService for WorkerSvc {
     async fn heartbeat(&self, req: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let r = req.into_inner();
         let id = self.authenticate(&r.worker_id, &r.session_token).await?;
-        let running = r.running_attempt_ids.iter().filter_map(|a| a.parse().ok()).collect();
+        let running: Vec<AttemptId> = r.running_attempt_ids.iter().filter_map(|a| a.parse().ok()).collect();
         let (reply, rx) = oneshot::channel();
-        self.engine.deliver(Command::Heartbeat { id, running, reply }).await.map_err(Self::stopped)?;
+        self.engine.deliver(Command::Heartbeat { id, running: running.clone(), reply }).await.map_err(Self::stopped)?;
         let stale = rx.await.map_err(Self::stopped)?.map_err(|_| Status::not_found("worker is offline or unknown; reconnect"))?;
-        Ok(Response::new(pb::HeartbeatResponse { stale_attempt_ids: stale.iter().map(|a| a.to_string()).collect() }))
+        // Offsets only of the worker's own attempts, and only those known without a disk read.
+        let own: Vec<AttemptId> = running.into_iter().filter(|a| !stale.contains(a)).collect();
+        Ok(Response::new(pb::HeartbeatResponse {
+            stale_attempt_ids: stale.iter().map(|a| a.to_string()).collect(),
+            stored_logs: self.logs.known_offsets(&own).into_iter().map(log_offsets).collect(),
+        }))
     }
 
     async fn deregister(&self, req: Request<pb::DeregisterRequest>) -> Result<Response<pb::DeregisterResponse>, Status> {
@@ -214,6 +219,16 @@ impl WorkerService for WorkerSvc {
         let (reply, ack) = oneshot::channel();
         self.engine.deliver(Command::Connect { id, conn: WorkerConn { conn, tx }, running, results, reply }).await.map_err(Self::stopped)?;
         let held = ack.await.map_err(Self::stopped)?.map_err(|_| Status::not_found("unknown or terminated worker; register again"))?;
+        // What is stored of each held attempt's output, read from the files (this server may
+        // have restarted), so that the worker resends exactly what is missing.
+        let logs = self.logs.clone();
+        let ids = held.clone();
+        let offsets =
+            tokio::task::spawn_blocking(move || ids.into_iter().map(|a| logs.stored_offsets(a).map(|(o, e)| (a, o, e))).collect::<std::io::Result<Vec<_>>>())
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(|e| Status::internal(format!("reading stored output: {e}")))?;
+        let resume = pb::ServerMessage { msg: Some(pb::server_message::Msg::Resume(pb::Resume { attempts: offsets.into_iter().map(log_offsets).collect() })) };
         let owned: Owned = Arc::new(Mutex::new(held.into_iter().collect()));
         tracing::info!(worker = %id, conn, "worker connected");
         let svc = self.clone();
@@ -236,7 +251,7 @@ impl WorkerService for WorkerSvc {
             tracing::info!(worker = %id, conn, "worker disconnected");
             let _ = svc.engine.deliver(Command::Disconnect { id, conn }).await;
         });
-        let out = ReceiverStream::new(rx).map(move |m| {
+        let out = tokio_stream::once(resume).chain(ReceiverStream::new(rx)).map(move |m| {
             if let Some(pb::server_message::Msg::Assign(a)) = &m.msg
                 && let (Ok(aid), Ok(mut set)) = (a.attempt_id.parse::<AttemptId>(), owned.lock())
             {
@@ -246,6 +261,10 @@ impl WorkerService for WorkerSvc {
         });
         Ok(Response::new(Box::pin(out)))
     }
+}
+
+fn log_offsets((a, stdout_offset, stderr_offset): (AttemptId, u64, u64)) -> pb::LogOffsets {
+    pb::LogOffsets { attempt_id: a.to_string(), stdout_offset, stderr_offset }
 }
 
 /// The attempts one job stream may speak for.

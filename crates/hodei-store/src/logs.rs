@@ -154,20 +154,16 @@ impl LogFiles {
     /// what the worker need not send again. `u64::MAX` once the attempt is over its cap.
     /// Read from the files when this server has not seen the attempt's output yet.
     pub fn stored_offsets(&self, attempt: AttemptId) -> io::Result<(u64, u64)> {
-        let mut st = self.state.lock().map_err(|_| io::Error::other("log state poisoned"))?;
+        let st = self.state.lock().map_err(|_| io::Error::other("log state poisoned"))?;
         if st.truncated.contains(&attempt) || self.truncated_path(attempt).exists() {
             return Ok((u64::MAX, u64::MAX));
         }
-        let mut at = |stream| -> io::Result<u64> {
-            let cur = match st.next.get(&(attempt, stream)) {
-                Some(c) => *c,
-                None => {
-                    let c = self.recover(attempt, stream)?;
-                    st.next.insert((attempt, stream), c);
-                    c
-                }
-            };
-            Ok(cur.worker)
+        // Not kept: an attempt that sends nothing more (lost with its worker) leaves no entry.
+        let at = |stream| -> io::Result<u64> {
+            match st.next.get(&(attempt, stream)) {
+                Some(c) => Ok(c.worker),
+                None => Ok(self.recover(attempt, stream)?.worker),
+            }
         };
         Ok((at(LogStream::Stdout)?, at(LogStream::Stderr)?))
     }

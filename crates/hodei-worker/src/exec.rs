@@ -13,6 +13,7 @@ use hodei_proto::v1 as pb;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::memory::MemoryWatch;
+use crate::retain::Retained;
 use crate::user::JobUser;
 
 /// Where and as whom attempts run.
@@ -76,16 +77,24 @@ fn kill_group(pgid: i32, sig: i32) {
     }
 }
 
+/// Where an attempt's output goes: to the server, and kept until the server has stored it.
+#[derive(Clone)]
+pub struct Output {
+    pub events: mpsc::UnboundedSender<pb::WorkerMessage>,
+    pub retained: Arc<Retained>,
+}
+
+impl Output {
+    fn log(&self, attempt: &str, stream: pb::LogStream, offset: u64, data: &[u8]) {
+        // Kept first: a new stream's resend then covers every chunk queued before it.
+        self.retained.push(attempt, stream, offset, data);
+        let chunk = pb::LogChunk { attempt_id: attempt.to_owned(), stream: stream as i32, offset, data: data.to_vec() };
+        let _ = self.events.send(msg(pb::worker_message::Msg::Log(chunk)));
+    }
+}
+
 /// Copies one pipe into LogChunks until EOF, dropping output past `cap` (and saying so).
-fn pump(
-    mut pipe: impl Read,
-    attempt: String,
-    stream: pb::LogStream,
-    cap: u64,
-    out: mpsc::UnboundedSender<pb::WorkerMessage>,
-    bytes: Arc<AtomicU64>,
-    truncated: Arc<AtomicBool>,
-) {
+fn pump(mut pipe: impl Read, attempt: String, stream: pb::LogStream, cap: u64, out: Output, bytes: Arc<AtomicU64>, truncated: Arc<AtomicBool>) {
     let mut buf = vec![0u8; 64 * 1024];
     let mut offset = 0u64;
     loop {
@@ -99,12 +108,7 @@ fn pump(
             truncated.store(true, Ordering::Relaxed);
         }
         if take > 0 {
-            let _ = out.send(msg(pb::worker_message::Msg::Log(pb::LogChunk {
-                attempt_id: attempt.clone(),
-                stream: stream as i32,
-                offset,
-                data: buf[..take].to_vec(),
-            })));
+            out.log(&attempt, stream, offset, &buf[..take]);
             offset += take as u64;
             bytes.fetch_add(take as u64, Ordering::Relaxed);
         }
@@ -138,13 +142,7 @@ fn make_scratch(dir: &std::path::Path, user: Option<&JobUser>) -> std::io::Resul
     Ok(())
 }
 
-pub async fn run(
-    a: pb::AssignJob,
-    out: mpsc::UnboundedSender<pb::WorkerMessage>,
-    stop: oneshot::Receiver<StopReason>,
-    sandbox: Sandbox,
-    memory: MemoryWatch,
-) -> Option<pb::Result> {
+pub async fn run(a: pb::AssignJob, out: Output, stop: oneshot::Receiver<StopReason>, sandbox: Sandbox, memory: MemoryWatch) -> Option<pb::Result> {
     let mut shutdown = false;
     let r = run_inner(a, out, stop, sandbox, memory, &mut shutdown).await;
     (!shutdown).then_some(r)
@@ -152,7 +150,7 @@ pub async fn run(
 
 async fn run_inner(
     a: pb::AssignJob,
-    out: mpsc::UnboundedSender<pb::WorkerMessage>,
+    out: Output,
     stop: oneshot::Receiver<StopReason>,
     sandbox: Sandbox,
     memory: MemoryWatch,
@@ -193,19 +191,14 @@ async fn run_inner(
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
-            let _ = out.send(msg(pb::worker_message::Msg::Log(pb::LogChunk {
-                attempt_id: a.attempt_id.clone(),
-                stream: pb::LogStream::Stderr as i32,
-                offset: 0,
-                data: format!("hodei: cannot start {prog:?}: {e}\n").into_bytes(),
-            })));
+            out.log(&a.attempt_id, pb::LogStream::Stderr, 0, format!("hodei: cannot start {prog:?}: {e}\n").as_bytes());
             let _ = std::fs::remove_dir_all(&scratch);
             return fail(result, "spawn_error");
         }
     };
     let pid = child.id() as i32;
     tracing::debug!(attempt = %a.attempt_id, pid, "process started");
-    let _ = out.send(msg(pb::worker_message::Msg::Accepted(pb::Accepted { attempt_id: a.attempt_id.clone(), started_at_ms })));
+    let _ = out.events.send(msg(pb::worker_message::Msg::Accepted(pb::Accepted { attempt_id: a.attempt_id.clone(), started_at_ms })));
 
     let bytes = Arc::new(AtomicU64::new(0));
     let truncated = Arc::new(AtomicBool::new(false));

@@ -6,6 +6,7 @@
 
 mod exec;
 mod memory;
+mod retain;
 mod spool;
 mod user;
 
@@ -138,6 +139,7 @@ pub async fn run(o: WorkerOptions) -> anyhow::Result<()> {
     tokio::spawn(spool_unacked(agent.clone(), spool.clone()));
     let memory = memory::MemoryWatch::start();
     let (events_tx, mut events_rx) = mpsc::unbounded_channel::<pb::WorkerMessage>();
+    let out = exec::Output { events: events_tx, retained: Arc::new(retain::Retained::default()) };
     let stop = Arc::new(Notify::new());
     spawn_stop_watchers(o.exit_with_parent, stop.clone());
 
@@ -167,11 +169,13 @@ pub async fn run(o: WorkerOptions) -> anyhow::Result<()> {
             let id = identity.clone().context("identity")?;
             let hello = {
                 let a = agent.lock().map_err(|_| anyhow::anyhow!("agent state poisoned"))?;
+                // Ended attempts whose result is not acknowledged are named as running: their
+                // results follow the output resent below, so a job ends with all its output.
                 pb::Hello {
                     worker_id: id.worker_id.clone(),
                     session_token: id.session.clone(),
-                    running: a.running.keys().map(|k| pb::RunningAttempt { attempt_id: k.clone(), stdout_offset: 0, stderr_offset: 0 }).collect(),
-                    unacked_results: a.unacked.values().cloned().collect(),
+                    running: a.running.keys().chain(a.unacked.keys()).map(|k| pb::RunningAttempt { attempt_id: k.clone() }).collect(),
+                    unacked_results: Vec::new(),
                 }
             };
             let (tx, rx) = mpsc::unbounded_channel();
@@ -190,6 +194,21 @@ pub async fn run(o: WorkerOptions) -> anyhow::Result<()> {
                 }
                 Err(s) => return Err(s.into()),
             };
+            // The server's first word says what it has of each attempt's output: resend the
+            // rest, then the results, before anything queued meanwhile.
+            let mut inbound = inbound;
+            match inbound.message().await?.and_then(|m| m.msg) {
+                Some(pb::server_message::Msg::Resume(r)) => {
+                    for chunk in out.retained.resume(&r.attempts) {
+                        tx.send(msg(pb::worker_message::Msg::Log(chunk)))?;
+                    }
+                }
+                other => on_server_message(pb::ServerMessage { msg: other }, &agent, &out, &o.sandbox, &memory, &spool),
+            }
+            let results: Vec<pb::Result> = agent.lock().map(|a| a.unacked.values().cloned().collect()).unwrap_or_default();
+            for r in results {
+                tx.send(msg(pb::worker_message::Msg::Result(r)))?;
+            }
             tracing::info!(server = %url, "job stream open");
             Ok::<_, anyhow::Error>((client, id, tx, inbound))
         }
@@ -213,7 +232,7 @@ pub async fn run(o: WorkerOptions) -> anyhow::Result<()> {
         };
         backoff = Duration::from_millis(100);
         let lost = Arc::new(Notify::new());
-        let hb = tokio::spawn(heartbeats(client.clone(), id.clone(), agent.clone(), lost.clone()));
+        let hb = tokio::spawn(heartbeats(client.clone(), id.clone(), agent.clone(), out.retained.clone(), lost.clone()));
         let reason = loop {
             tokio::select! {
                 ev = events_rx.recv() => match ev {
@@ -221,7 +240,7 @@ pub async fn run(o: WorkerOptions) -> anyhow::Result<()> {
                     None => break "event channel closed",
                 },
                 m = inbound.message() => match m {
-                    Ok(Some(m)) => on_server_message(m, &agent, &events_tx, &o.sandbox, &memory, &spool),
+                    Ok(Some(m)) => on_server_message(m, &agent, &out, &o.sandbox, &memory, &spool),
                     Ok(None) => break "server closed the stream",
                     Err(_) => break "stream error",
                 },
@@ -271,7 +290,7 @@ fn spawn_stop_watchers(exit_with_parent: bool, stop: Arc<Notify>) {
 fn on_server_message(
     m: pb::ServerMessage,
     agent: &Arc<Mutex<Agent>>,
-    events: &mpsc::UnboundedSender<pb::WorkerMessage>,
+    out: &exec::Output,
     sandbox: &Sandbox,
     memory: &memory::MemoryWatch,
     spool: &Arc<spool::Spool>,
@@ -284,7 +303,7 @@ fn on_server_message(
             tracing::debug!(attempt = %id, "assignment received");
             // A repeated assignment (after a reconnect) never starts the attempt twice.
             if let Some(r) = a.unacked.get(&id) {
-                let _ = events.send(msg(pb::worker_message::Msg::Result(r.clone())));
+                let _ = out.events.send(msg(pb::worker_message::Msg::Result(r.clone())));
                 return;
             }
             if a.running.contains_key(&id) {
@@ -292,15 +311,15 @@ fn on_server_message(
             }
             let (stop_tx, stop_rx) = oneshot::channel();
             a.running.insert(id.clone(), stop_tx);
-            let (agent, events, sandbox, memory) = (agent.clone(), events.clone(), sandbox.clone(), memory.clone());
+            let (agent, out, sandbox, memory) = (agent.clone(), out.clone(), sandbox.clone(), memory.clone());
             tokio::spawn(async move {
-                let result = exec::run(job, events.clone(), stop_rx, sandbox, memory).await;
+                let result = exec::run(job, out.clone(), stop_rx, sandbox, memory).await;
                 // Queue the result under the lock: whoever sees the job gone also sees its result.
                 if let Ok(mut a) = agent.lock() {
                     a.running.remove(&id);
                     if let Some(result) = result {
                         a.unacked.insert(id, result.clone());
-                        let _ = events.send(msg(pb::worker_message::Msg::Result(result)));
+                        let _ = out.events.send(msg(pb::worker_message::Msg::Result(result)));
                     }
                 }
             });
@@ -315,12 +334,15 @@ fn on_server_message(
             }
         }
         Some(Msg::Ack(ack)) => {
+            // Its output came before its result on the stream: all of it is stored.
+            out.retained.forget(&ack.attempt_id);
             a.unacked.remove(&ack.attempt_id);
             if a.spooled.remove(&ack.attempt_id) {
                 spool.remove_result(&ack.attempt_id);
             }
         }
-        None => {}
+        // Only the first message of a stream; handled where the stream opens.
+        Some(Msg::Resume(_)) | None => {}
     }
 }
 
@@ -367,7 +389,7 @@ async fn spool_unacked(agent: Arc<Mutex<Agent>>, spool: Arc<spool::Spool>) {
     }
 }
 
-async fn heartbeats(mut client: WorkerServiceClient<Channel>, id: Identity, agent: Arc<Mutex<Agent>>, lost: Arc<Notify>) {
+async fn heartbeats(mut client: WorkerServiceClient<Channel>, id: Identity, agent: Arc<Mutex<Agent>>, retained: Arc<retain::Retained>, lost: Arc<Notify>) {
     let mut seq = 0u64;
     let mut tick = tokio::time::interval(id.heartbeat_interval);
     loop {
@@ -383,7 +405,9 @@ async fn heartbeats(mut client: WorkerServiceClient<Channel>, id: Identity, agen
         };
         match client.heartbeat(req).await {
             Ok(r) => {
-                for stale in r.into_inner().stale_attempt_ids {
+                let r = r.into_inner();
+                retained.stored(&r.stored_logs);
+                for stale in r.stale_attempt_ids {
                     if let Ok(mut a) = agent.lock()
                         && let Some(tx) = a.running.remove(&stale)
                     {
