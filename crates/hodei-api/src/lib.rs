@@ -11,6 +11,7 @@ pub mod error;
 mod json;
 pub mod rate;
 mod routes;
+pub mod snapshot;
 
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
@@ -226,6 +227,8 @@ pub struct Inner {
     pub large_bodies: tokio::sync::Semaphore,
     /// API tokens recently seen (see [`auth`]).
     pub token_cache: auth::TokenCache,
+    /// Shared copies of the scheduler for explain and dry runs (see [`snapshot`]).
+    pub snapshots: snapshot::Snapshots,
     /// `limits.submit_rate_per_tenant`: per-tenant token buckets.
     pub submit_rate: rate::SubmitRate,
     pub cfg: ApiConfig,

@@ -5,7 +5,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use hodei_core::idempotency::{IdempotencyRecord, Submitted};
-use hodei_core::sched::{CancelOutcome, MAX_SIM_JOBS, apply_admission};
+use hodei_core::sched::{CancelOutcome, Scheduler, apply_admission};
 use hodei_core::spec::{ArrayInput, FieldError, JobSpec, JobSpecInput};
 use hodei_core::{Access, Action, ArrayId, Job, JobId, JobState, Priority, Tenant, TenantId, TenantStatus};
 use hodei_store::JobFilter;
@@ -243,13 +243,14 @@ async fn submit_array(s: &ApiState, tenant: &Tenant, spec: JobSpec, array: hodei
 async fn dry_run(s: &ApiState, job: Job, never: Option<FieldError>) -> ApiResult<Json<DryRunView>> {
     let horizon = s.cfg.eta_horizon;
     let probe = job.clone();
-    let (admission, expected, sim, now) = crate::read(s.control.as_ref(), move |sched, now| {
-        let admission = sched.admission(&probe, now);
-        let expected = sched.expected_duration(&probe);
-        let sim = (admission.is_ok() && sched.live_jobs() < MAX_SIM_JOBS).then(|| Box::new(sched.clone()));
-        (admission, expected, sim, now)
-    })
-    .await?;
+    // Admission is read in place (it is what a submit would meet now); the forward run works on
+    // a shared copy, as explain's does.
+    let (admission, expected, now) =
+        crate::read(s.control.as_ref(), move |sched, now| (sched.admission(&probe, now), sched.expected_duration(&probe), now)).await?;
+    let sim = match admission {
+        Ok(_) if never.is_none() => s.snapshots.get(s.control.as_ref(), |_| true).await?,
+        _ => None,
+    };
     let mut problems = Vec::new();
     if let Some(e) = &never {
         problems.push(ProblemItem { code: "unschedulable".into(), message: format!("{}; expected {}", e.message, e.expected) });
@@ -260,16 +261,18 @@ async fn dry_run(s: &ApiState, job: Job, never: Option<FieldError>) -> ApiResult
         Err(r) => problems.push(ProblemItem { code: "quota_exceeded".into(), message: ApiError::from(*r).detail }),
     }
     let explained = match sim {
-        Some(mut sim) if never.is_none() => {
-            let (id, j) = (job.id, job.clone());
+        Some(snap) => {
+            let _turn = s.snapshots.simulation().await;
+            let (id, j, now) = (job.id, job.clone(), now.max(snap.now));
             tokio::task::spawn_blocking(move || {
+                let mut sim = Scheduler::clone(&snap.sched);
                 let _ = sim.submit(j, now);
                 sim.explain(id, now, horizon)
             })
             .await
             .map_err(|e| ApiError::new(ErrorCode::Internal, format!("dry run failed: {e}")))?
         }
-        _ => None,
+        None => None,
     };
     let view = ExplainView::new(&admitted, explained.as_ref(), 0);
     let res = &job.spec.resources;
@@ -577,22 +580,20 @@ pub async fn release_job(State(s): State<ApiState>, who: Who, Path(id): Path<Str
 pub async fn explain_job(State(s): State<ApiState>, who: Who, Path(id): Path<String>) -> ApiResult<Json<ExplainView>> {
     let job = load(&s, &who, &id).await?;
     let horizon = s.cfg.eta_horizon;
-    let jid = job.id;
-    // The forward run works on a copy, off the engine's thread; above the size where an ETA is
-    // given, the reasons are read in place.
-    let snapshot = crate::read(s.control.as_ref(), move |sched, now| {
-        if sched.job(&jid).is_some() && sched.live_jobs() <= MAX_SIM_JOBS {
-            Err((Box::new(sched.clone()), now))
-        } else {
-            Ok((sched.explain(jid, now, horizon), sched.virtual_time()))
+    let (jid, state) = (job.id, job.state);
+    // The forward run works on a shared copy, off the engine's thread, one that has the job as
+    // the store has it; a job the scheduler no longer holds, or a live set too large to copy,
+    // is explained in place (and the latter without an ETA).
+    let snap = s.snapshots.get(s.control.as_ref(), move |sched| sched.job(&jid).is_some_and(|j| j.state == state)).await?;
+    let explained = match snap {
+        Some(snap) if snap.sched.job(&jid).is_some() => {
+            let _turn = s.snapshots.simulation().await;
+            let now = s.clock.now().max(snap.now);
+            tokio::task::spawn_blocking(move || (snap.sched.explain(jid, now, horizon), snap.sched.virtual_time()))
+                .await
+                .map_err(|e| ApiError::new(ErrorCode::Internal, format!("explain failed: {e}")))?
         }
-    })
-    .await?;
-    let explained = match snapshot {
-        Ok(e) => e,
-        Err((sched, now)) => tokio::task::spawn_blocking(move || (sched.explain(jid, now, horizon), sched.virtual_time()))
-            .await
-            .map_err(|e| ApiError::new(ErrorCode::Internal, format!("explain failed: {e}")))?,
+        _ => crate::read(s.control.as_ref(), move |sched, now| (sched.explain(jid, now, horizon), sched.virtual_time())).await?,
     };
     Ok(Json(ExplainView::new(&job, explained.0.as_ref(), explained.1)))
 }
