@@ -466,6 +466,7 @@ fn api_state(cfg: &Config, p: ApiParts, stopping: watch::Receiver<bool>) -> anyh
         stopping,
         large_bodies: tokio::sync::Semaphore::new(hodei_api::LARGE_BODIES_AT_ONCE),
         token_cache: Default::default(),
+        snapshots: Default::default(),
         submit_rate: hodei_api::rate::SubmitRate::new(hodei_core::rate::RateLimit::new(cfg.limits.submit_rate_per_tenant, cfg.limits.submit_burst_per_tenant)),
         cfg: api_cfg,
         started: Instant::now(),

@@ -373,13 +373,33 @@ async fn array_jobs_keep_their_array(store: &dyn Store) {
         j.array = Some((array, index));
         s.submit(j, ts(n as i64)).unwrap();
     }
-    s.submit(job(32, "arrays", &[]), ts(32)).unwrap();
+    // A job with every optional field set, each column read back by type.
+    let mut full = job(32, "arrays", &[("k", "v")]);
+    let mut all = (*full.spec).clone();
+    all.name = "full".into();
+    all.working_dir = Some("/tmp".into());
+    all.image = Some("alpine:3".into());
+    all.expected_duration = Some(std::time::Duration::from_millis(1500));
+    all.retry_backoff = Some(std::time::Duration::from_millis(250));
+    all.pool_selector = Some(PoolId::parse("local").unwrap());
+    all.submitted_by = Some(hodei_core::PrincipalId::from_uuid(Uuid::from_u128(5)));
+    all.preemptible = true;
+    full.spec = std::sync::Arc::new(all);
+    s.submit(full, ts(32)).unwrap();
     store.apply(std::sync::Arc::new(s.take_changes())).await.unwrap();
     let listed = store.list_jobs(&JobFilter { array: Some(array), limit: 50, ..Default::default() }).await.unwrap();
     let got: Vec<_> = listed.iter().map(|j| (j.id.as_uuid().as_u128() >> 80, j.array, j.spec.array)).collect();
     assert_eq!(got, [(31, Some((array, 2)), spec.array), (30, Some((array, 0)), spec.array)]);
     let plain = store.get_job(JobId::from_uuid(Uuid::from_u128(32 << 80))).await.unwrap().unwrap();
     assert_eq!((plain.array, plain.spec.array), (None, None));
+    // Start-up reads them as every other read does, the members sharing one spec.
+    let live: Vec<Job> = store.load_live().await.unwrap().jobs.into_iter().filter(|j| j.tenant.as_str() == "arrays").collect();
+    assert_eq!(live.len(), 3);
+    for j in &live {
+        assert_eq!(Some(j), store.get_job(j.id).await.unwrap().as_ref());
+    }
+    let members: Vec<&Job> = live.iter().filter(|j| j.array.is_some()).collect();
+    assert!(std::sync::Arc::ptr_eq(&members[0].spec, &members[1].spec), "one spec per array in memory");
 }
 
 async fn staged_parts_commit_with_the_next_apply_or_not_at_all(store: &dyn Store) {

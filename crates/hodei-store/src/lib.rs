@@ -10,6 +10,7 @@ pub mod logs;
 pub mod postgres;
 mod rows;
 pub mod sqlite;
+mod sqlite_load;
 mod sqlite_writer;
 pub mod testing;
 

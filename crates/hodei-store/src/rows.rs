@@ -2,6 +2,7 @@
 //! through [`Cols`], so SQLite and PostgreSQL share one mapping of columns to fields.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hodei_core::idempotency::{IdempotencyRecord, Submitted};
@@ -90,72 +91,254 @@ pub(crate) fn resources(r: &impl Cols, doing: &'static str, prefix: &str) -> Res
     Ok(Resources { cpu_m: CpuMillis(col("cpu_m")?), memory_mb: MemoryMb(col("memory_mb")?), gpu: Gpus(col("gpu")?) })
 }
 
-pub(crate) fn job_from_row(r: &impl Cols) -> Result<Job> {
-    const D: &str = "reading a job";
-    let g = |e: sqlx::Error| StoreError::Db { doing: D, source: e };
-    let spec = JobSpec {
-        name: r.col("name").map_err(g)?,
-        command: parse_vec(D, r.col("command").map_err(g)?)?,
-        env: parse_map(D, r.col("env").map_err(g)?)?,
-        working_dir: r.col("working_dir").map_err(g)?,
-        image: r.col("image").map_err(g)?,
-        resources: resources(r, D, "")?,
-        timeout: Duration::from_millis(r.col::<i64>("timeout_ms").map_err(g)?.max(0) as u64),
-        expected_duration: r.col::<Option<i64>>("expected_duration_ms").map_err(g)?.map(|v| Duration::from_millis(v.max(0) as u64)),
-        max_retries: u32_of(D, r.col("max_retries").map_err(g)?)?,
-        retry_backoff: r.col::<Option<i64>>("retry_backoff_ms").map_err(g)?.map(|v| Duration::from_millis(v.max(0) as u64)),
-        priority: parse_enum(D, r.col("priority").map_err(g)?)?,
-        sla: parse_enum(D, r.col("sla").map_err(g)?)?,
-        preemptible: r.col("preemptible").map_err(g)?,
-        hold: r.col("hold").map_err(g)?,
-        labels: parse_map(D, r.col("labels").map_err(g)?)?,
-        pool_selector: r.col::<Option<&str>>("pool_selector").map_err(g)?.map(|p| parse_slug(D, p, PoolId::parse)).transpose()?,
-        submitted_by: r.col::<Option<Uuid>>("submitted_by").map_err(g)?.map(PrincipalId::from_uuid),
-        array: match r.col::<Option<i64>>("array_start").map_err(g)? {
+/// The columns a job is read from (`job_rows`), in the order [`JobCol::ALL`] selects them, so
+/// that a reader may find them by position as well as by name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum JobCol {
+    Id,
+    TenantId,
+    State,
+    StateReason,
+    AttemptCount,
+    CurrentAttemptId,
+    RetriesLeft,
+    LostRequeues,
+    ExitCode,
+    FailureReason,
+    SubmittedAt,
+    EligibleAt,
+    ScheduledAt,
+    StartedAt,
+    FinishedAt,
+    NextRetryAt,
+    CancelRequestedAt,
+    PoolId,
+    WorkerId,
+    LogTruncated,
+    Warnings,
+    SlaStatus,
+    SlaWaitedMs,
+    SlaSince,
+    SlaBreachedAt,
+    SlaWaitMs,
+    SlaDecidedAt,
+    ArrayId,
+    ArrayIndex,
+    // The spec: an array's members share theirs.
+    Name,
+    Command,
+    Env,
+    WorkingDir,
+    Image,
+    CpuM,
+    MemoryMb,
+    Gpu,
+    TimeoutMs,
+    ExpectedDurationMs,
+    MaxRetries,
+    RetryBackoffMs,
+    Priority,
+    Sla,
+    Preemptible,
+    Hold,
+    Labels,
+    PoolSelector,
+    SubmittedBy,
+    ArrayStart,
+    ArrayEnd,
+    ArrayStep,
+    ArrayMaxParallel,
+}
+
+impl JobCol {
+    const NAMES: [&'static str; 52] = [
+        "id",
+        "tenant_id",
+        "state",
+        "state_reason",
+        "attempt_count",
+        "current_attempt_id",
+        "retries_left",
+        "lost_requeues",
+        "exit_code",
+        "failure_reason",
+        "submitted_at",
+        "eligible_at",
+        "scheduled_at",
+        "started_at",
+        "finished_at",
+        "next_retry_at",
+        "cancel_requested_at",
+        "pool_id",
+        "worker_id",
+        "log_truncated",
+        "warnings",
+        "sla_status",
+        "sla_waited_ms",
+        "sla_since",
+        "sla_breached_at",
+        "sla_wait_ms",
+        "sla_decided_at",
+        "array_id",
+        "array_index",
+        "name",
+        "command",
+        "env",
+        "working_dir",
+        "image",
+        "cpu_m",
+        "memory_mb",
+        "gpu",
+        "timeout_ms",
+        "expected_duration_ms",
+        "max_retries",
+        "retry_backoff_ms",
+        "priority",
+        "sla",
+        "preemptible",
+        "hold",
+        "labels",
+        "pool_selector",
+        "submitted_by",
+        "array_start",
+        "array_end",
+        "array_step",
+        "array_max_parallel",
+    ];
+
+    pub(crate) fn name(self) -> &'static str {
+        Self::NAMES[self as usize]
+    }
+
+    /// Every column, comma-separated, in order: `SELECT {list} FROM job_rows`.
+    pub(crate) fn list() -> String {
+        Self::NAMES.join(", ")
+    }
+}
+
+/// A job row read column by column, by name or by position. Absent values are `None`.
+pub(crate) trait JobRow {
+    fn int(&self, c: JobCol) -> Result<Option<i64>>;
+    /// A 32-bit integer column (exit codes).
+    fn int32(&self, c: JobCol) -> Result<Option<i32>>;
+    fn text(&self, c: JobCol) -> Result<Option<&str>>;
+    fn uuid(&self, c: JobCol) -> Result<Option<Uuid>>;
+    fn flag(&self, c: JobCol) -> Result<Option<bool>>;
+}
+
+const JOB: &str = "reading a job";
+
+impl<R: Cols> JobRow for R {
+    fn int(&self, c: JobCol) -> Result<Option<i64>> {
+        self.col(c.name()).map_err(|e| StoreError::Db { doing: JOB, source: e })
+    }
+    fn int32(&self, c: JobCol) -> Result<Option<i32>> {
+        self.col(c.name()).map_err(|e| StoreError::Db { doing: JOB, source: e })
+    }
+    fn text(&self, c: JobCol) -> Result<Option<&str>> {
+        self.col(c.name()).map_err(|e| StoreError::Db { doing: JOB, source: e })
+    }
+    fn uuid(&self, c: JobCol) -> Result<Option<Uuid>> {
+        self.col(c.name()).map_err(|e| StoreError::Db { doing: JOB, source: e })
+    }
+    fn flag(&self, c: JobCol) -> Result<Option<bool>> {
+        self.col(c.name()).map_err(|e| StoreError::Db { doing: JOB, source: e })
+    }
+}
+
+fn need<T>(v: Option<T>, c: JobCol) -> Result<T> {
+    v.ok_or_else(|| StoreError::Corrupt { doing: JOB, detail: format!("{} is NULL", c.name()) })
+}
+
+/// A job's spec, from its row.
+pub(crate) fn spec_from(r: &impl JobRow) -> Result<JobSpec> {
+    use JobCol as C;
+    let int = |c| r.int(c).and_then(|v| need(v, c));
+    let text = |c| r.text(c).and_then(|v| need(v, c));
+    let flag = |c| r.flag(c).and_then(|v| need(v, c));
+    let millis = |v: i64| Duration::from_millis(v.max(0) as u64);
+    let u32_at = |c| int(c).and_then(|v| u32_of(JOB, v));
+    Ok(JobSpec {
+        name: text(C::Name)?.to_owned(),
+        command: parse_vec(JOB, text(C::Command)?)?,
+        env: parse_map(JOB, text(C::Env)?)?,
+        working_dir: r.text(C::WorkingDir)?.map(str::to_owned),
+        image: r.text(C::Image)?.map(str::to_owned),
+        resources: Resources { cpu_m: CpuMillis(u32_at(C::CpuM)?), memory_mb: MemoryMb(u32_at(C::MemoryMb)?), gpu: Gpus(u32_at(C::Gpu)?) },
+        timeout: millis(int(C::TimeoutMs)?),
+        expected_duration: r.int(C::ExpectedDurationMs)?.map(millis),
+        max_retries: u32_at(C::MaxRetries)?,
+        retry_backoff: r.int(C::RetryBackoffMs)?.map(millis),
+        priority: parse_enum(JOB, text(C::Priority)?)?,
+        sla: parse_enum(JOB, text(C::Sla)?)?,
+        preemptible: flag(C::Preemptible)?,
+        hold: flag(C::Hold)?,
+        labels: parse_map(JOB, text(C::Labels)?)?,
+        pool_selector: r.text(C::PoolSelector)?.map(|p| parse_slug(JOB, p, PoolId::parse)).transpose()?,
+        submitted_by: r.uuid(C::SubmittedBy)?.map(PrincipalId::from_uuid),
+        array: match r.int(C::ArrayStart)? {
             None => None,
             Some(start) => Some(ArraySpec {
-                start: u32_of(D, start)?,
-                end: u32_of(D, r.col("array_end").map_err(g)?)?,
-                step: u32_of(D, r.col("array_step").map_err(g)?)?,
-                max_parallel: r.col::<Option<i64>>("array_max_parallel").map_err(g)?.map(|p| u32_of(D, p)).transpose()?,
+                start: u32_of(JOB, start)?,
+                end: u32_at(C::ArrayEnd)?,
+                step: u32_at(C::ArrayStep)?,
+                max_parallel: r.int(C::ArrayMaxParallel)?.map(|p| u32_of(JOB, p)).transpose()?,
             }),
         },
+    })
+}
+
+pub(crate) fn job_from_row(r: &impl Cols) -> Result<Job> {
+    job_from(r, None)
+}
+
+/// A job from its row; `spec`, when given, is used instead of the row's (an array's members
+/// share one).
+pub(crate) fn job_from(r: &impl JobRow, spec: Option<Arc<JobSpec>>) -> Result<Job> {
+    use JobCol as C;
+    let int = |c| r.int(c).and_then(|v| need(v, c));
+    let text = |c| r.text(c).and_then(|v| need(v, c));
+    let u32_at = |c| int(c).and_then(|v| u32_of(JOB, v));
+    let at = |c| r.int(c).map(ts);
+    let spec = match spec {
+        Some(s) => s,
+        None => Arc::new(spec_from(r)?),
     };
-    let array = match r.col::<Option<Uuid>>("array_id").map_err(g)? {
+    let array = match r.uuid(C::ArrayId)? {
         None => None,
-        Some(id) => Some((ArrayId::from_uuid(id), u32_of(D, r.col("array_index").map_err(g)?)?)),
+        Some(id) => Some((ArrayId::from_uuid(id), u32_at(C::ArrayIndex)?)),
     };
     Ok(Job {
-        id: JobId::from_uuid(r.col("id").map_err(g)?),
-        tenant: parse_slug(D, r.col("tenant_id").map_err(g)?, TenantId::parse)?,
-        spec: spec.into(),
-        state: parse_enum(D, r.col("state").map_err(g)?)?,
-        state_reason: r.col("state_reason").map_err(g)?,
-        attempt_count: u32_of(D, r.col("attempt_count").map_err(g)?)?,
-        current_attempt: r.col::<Option<Uuid>>("current_attempt_id").map_err(g)?.map(AttemptId::from_uuid),
-        retries_left: u32_of(D, r.col("retries_left").map_err(g)?)?,
-        lost_requeues: u32_of(D, r.col("lost_requeues").map_err(g)?)?,
-        exit_code: r.col("exit_code").map_err(g)?,
-        failure_reason: r.col::<Option<&str>>("failure_reason").map_err(g)?.map(|s| parse_enum(D, s)).transpose()?,
-        submitted_at: Timestamp::from_millis(r.col("submitted_at").map_err(g)?),
-        eligible_at: Timestamp::from_millis(r.col("eligible_at").map_err(g)?),
-        scheduled_at: ts(r.col("scheduled_at").map_err(g)?),
-        started_at: ts(r.col("started_at").map_err(g)?),
-        finished_at: ts(r.col("finished_at").map_err(g)?),
-        next_retry_at: ts(r.col("next_retry_at").map_err(g)?),
-        cancel_requested_at: ts(r.col("cancel_requested_at").map_err(g)?),
-        pool_id: r.col::<Option<&str>>("pool_id").map_err(g)?.map(|p| parse_slug(D, p, PoolId::parse)).transpose()?,
-        worker_id: r.col::<Option<Uuid>>("worker_id").map_err(g)?.map(WorkerId::from_uuid),
-        log_truncated: r.col("log_truncated").map_err(g)?,
-        warnings: r.col::<Option<&str>>("warnings").map_err(g)?.map(|w| parse_vec(D, w)).transpose()?.unwrap_or_default(),
+        id: JobId::from_uuid(r.uuid(C::Id).and_then(|v| need(v, C::Id))?),
+        tenant: parse_slug(JOB, text(C::TenantId)?, TenantId::parse)?,
+        spec,
+        state: parse_enum(JOB, text(C::State)?)?,
+        state_reason: r.text(C::StateReason)?.map(str::to_owned),
+        attempt_count: u32_at(C::AttemptCount)?,
+        current_attempt: r.uuid(C::CurrentAttemptId)?.map(AttemptId::from_uuid),
+        retries_left: u32_at(C::RetriesLeft)?,
+        lost_requeues: u32_at(C::LostRequeues)?,
+        exit_code: r.int32(C::ExitCode)?,
+        failure_reason: r.text(C::FailureReason)?.map(|s| parse_enum(JOB, s)).transpose()?,
+        submitted_at: Timestamp::from_millis(int(C::SubmittedAt)?),
+        eligible_at: Timestamp::from_millis(int(C::EligibleAt)?),
+        scheduled_at: at(C::ScheduledAt)?,
+        started_at: at(C::StartedAt)?,
+        finished_at: at(C::FinishedAt)?,
+        next_retry_at: at(C::NextRetryAt)?,
+        cancel_requested_at: at(C::CancelRequestedAt)?,
+        pool_id: r.text(C::PoolId)?.map(|p| parse_slug(JOB, p, PoolId::parse)).transpose()?,
+        worker_id: r.uuid(C::WorkerId)?.map(WorkerId::from_uuid),
+        log_truncated: r.flag(C::LogTruncated).and_then(|v| need(v, C::LogTruncated))?,
+        warnings: r.text(C::Warnings)?.map(|w| parse_vec(JOB, w)).transpose()?.unwrap_or_default(),
         sla: SlaClock {
-            waited_ms: r.col::<i64>("sla_waited_ms").map_err(g)?.max(0) as u64,
-            since: ts(r.col("sla_since").map_err(g)?),
+            waited_ms: int(C::SlaWaitedMs)?.max(0) as u64,
+            since: at(C::SlaSince)?,
             mark: 0,
-            status: parse_enum(D, r.col("sla_status").map_err(g)?)?,
-            breached_at: ts(r.col("sla_breached_at").map_err(g)?),
-            wait_ms: r.col::<Option<i64>>("sla_wait_ms").map_err(g)?.map(|w| w.max(0) as u64),
-            decided_at: ts(r.col("sla_decided_at").map_err(g)?),
+            status: parse_enum(JOB, text(C::SlaStatus)?)?,
+            breached_at: at(C::SlaBreachedAt)?,
+            wait_ms: r.int(C::SlaWaitMs)?.map(|w| w.max(0) as u64),
+            decided_at: at(C::SlaDecidedAt)?,
             due: None,
             escalated: None,
         },

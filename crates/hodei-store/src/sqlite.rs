@@ -54,6 +54,8 @@ pub struct SqliteStore {
     read: SqlitePool,
     /// Scheduler batches go through a dedicated rusqlite thread (see `sqlite_writer`).
     writer: Writer,
+    /// The database file: start-up reads the live jobs on a connection of its own.
+    path: std::path::PathBuf,
     /// Removed on drop: the backing file of `open_temporary`.
     _temp: Option<TempDb>,
 }
@@ -95,7 +97,7 @@ impl SqliteStore {
         let read = SqlitePoolOptions::new().max_connections(4).connect_with(opts.read_only(true)).await.map_err(StoreError::db("opening the database"))?;
         let writer = Writer::open(path, fsync_commits)?;
         private_files(path);
-        Ok(SqliteStore { write, read, writer, _temp: None })
+        Ok(SqliteStore { write, read, writer, path: path.to_owned(), _temp: None })
     }
 
     /// A private throwaway database for tests: a temporary file (the writer thread and the
@@ -117,6 +119,11 @@ fn private_files(path: &Path) {
         p.push(suffix);
         let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600));
     }
+}
+
+/// What start-up loads: jobs not ended, and failed ones that wait for a retry.
+fn live_jobs_query() -> String {
+    format!(concat!("SELECT {} FROM job_rows WHERE ", live_jobs!(), " AND (state != 'failed' OR next_retry_at IS NOT NULL)"), JobCol::list())
 }
 
 /// ` AND tenant_id IN (…)` for a caller who sees only some tenants; `false` when it sees none
@@ -559,10 +566,8 @@ impl Store for SqliteStore {
     }
 
     async fn load_live(&self) -> Result<LiveState> {
-        let jobs = sqlx::query(concat!("SELECT * FROM job_rows WHERE ", live_jobs!(), " AND (state != 'failed' OR next_retry_at IS NOT NULL)"))
-            .fetch_all(&self.read)
-            .await
-            .map_err(StoreError::db("loading live jobs"))?;
+        let path = self.path.clone();
+        let jobs = tokio::task::spawn_blocking(move || crate::sqlite_load::jobs(&path, &live_jobs_query()));
         let workers =
             sqlx::query("SELECT * FROM workers WHERE state NOT IN ('terminated')").fetch_all(&self.read).await.map_err(StoreError::db("loading workers"))?;
         let attempts = sqlx::query(concat!("SELECT * FROM attempts WHERE ", live_attempts!()))
@@ -570,8 +575,7 @@ impl Store for SqliteStore {
             .await
             .map_err(StoreError::db("loading live attempts"))?;
         let keys = sqlx::query("SELECT * FROM idempotency_keys").fetch_all(&self.read).await.map_err(StoreError::db("loading idempotency keys"))?;
-        let mut jobs: Vec<Job> = jobs.iter().map(job_from_row).collect::<Result<_>>()?;
-        share_array_specs(&mut jobs);
+        let jobs = jobs.await.map_err(|e| StoreError::Corrupt { doing: "loading live jobs", detail: e.to_string() })??;
         Ok(LiveState {
             jobs,
             workers: workers.iter().map(worker_from_row).collect::<Result<_>>()?,
@@ -634,14 +638,14 @@ mod tests {
     #[tokio::test]
     async fn live_queries_use_the_partial_indexes() {
         let store = SqliteStore::open_temporary().await.unwrap();
-        let plan = |sql: &'static str| {
-            let read = store.read.clone();
+        let plan = |sql: &str| {
+            let (read, sql) = (store.read.clone(), sql.to_owned());
             async move {
                 let rows = sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}"))).fetch_all(&read).await.unwrap();
                 rows.iter().map(|r| r.get::<String, _>("detail")).collect::<Vec<_>>().join("; ")
             }
         };
-        let jobs = plan(concat!("SELECT * FROM job_rows WHERE ", live_jobs!(), " AND (state != 'failed' OR next_retry_at IS NOT NULL)")).await;
+        let jobs = plan(&live_jobs_query()).await;
         assert!(jobs.contains("INDEX jobs_live"), "{jobs}");
         let attempts = plan(concat!("SELECT * FROM attempts WHERE ", live_attempts!())).await;
         assert!(attempts.contains("INDEX attempts_live"), "{attempts}");
