@@ -455,7 +455,11 @@ impl Scheduler {
 
     // ---- recovery -------------------------------------------------------------------------
 
-    /// Loads a stored live job at start-up. Records no change.
+    /// Makes room for `n` more jobs at once (start-up loads them one by one).
+    pub fn reserve_jobs(&mut self, n: usize) {
+        self.jobs.reserve(n);
+    }
+
     /// An idempotency record from the store (restart recovery); an expired one is dropped at
     /// the next tick.
     pub fn restore_idempotency(&mut self, r: IdempotencyRecord) {
@@ -473,6 +477,7 @@ impl Scheduler {
         self.out.idempotency.push(r);
     }
 
+    /// Loads a stored live job at start-up. Records no change.
     pub fn restore_job(&mut self, mut job: Job, now: Timestamp) {
         self.intern(&mut job);
         self.books.count(&job, job.state, true);

@@ -410,7 +410,9 @@ impl Engine {
     /// Replaces the core's state with the store's. Workers with open streams stay connected,
     /// assumed to still run what the store says they run.
     async fn rebuild(&mut self) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
         let live = self.store.load_live().await?;
+        let read = started.elapsed();
         let now = self.clock.now();
         let mut sched = Scheduler::new(self.cfg.sched.clone());
         for t in self.store.list_tenants().await? {
@@ -426,6 +428,7 @@ impl Engine {
         for a in &live.attempts {
             sched.restore_attempt(a.clone());
         }
+        sched.reserve_jobs(live.jobs.len());
         for j in live.jobs {
             sched.restore_job(j, now);
         }
@@ -439,14 +442,18 @@ impl Engine {
             let _ = sched.connect_worker(*id, &running, vec![], now);
         }
         let _ = sched.take_changes();
+        let restored = started.elapsed();
+        self.gauges = Gauges::load(sched.jobs());
+        self.gauges.workers(sched.workers());
         tracing::info!(
             jobs = sched.jobs().count(),
             workers = sched.workers().count(),
             attempts = sched.attempts().count(),
+            read_ms = read.as_millis() as u64,
+            restore_ms = (restored - read).as_millis() as u64,
+            gauges_ms = (started.elapsed() - restored).as_millis() as u64,
             "scheduler state loaded from the store"
         );
-        self.gauges = Gauges::load(sched.jobs());
-        self.gauges.workers(sched.workers());
         self.sched = sched;
         Ok(())
     }

@@ -122,8 +122,10 @@ fn private_files(path: &Path) {
 }
 
 /// What start-up loads: jobs not ended, and failed ones that wait for a retry.
+const LIVE_JOBS: &str = concat!(" WHERE ", live_jobs!(), " AND (state != 'failed' OR next_retry_at IS NOT NULL)");
+
 fn live_jobs_query() -> String {
-    format!(concat!("SELECT {} FROM job_rows WHERE ", live_jobs!(), " AND (state != 'failed' OR next_retry_at IS NOT NULL)"), JobCol::list())
+    format!("SELECT {} FROM job_rows{LIVE_JOBS}", JobCol::list())
 }
 
 /// ` AND tenant_id IN (…)` for a caller who sees only some tenants; `false` when it sees none
@@ -567,7 +569,7 @@ impl Store for SqliteStore {
 
     async fn load_live(&self) -> Result<LiveState> {
         let path = self.path.clone();
-        let jobs = tokio::task::spawn_blocking(move || crate::sqlite_load::jobs(&path, &live_jobs_query()));
+        let jobs = tokio::task::spawn_blocking(move || crate::sqlite_load::jobs(&path, &format!("SELECT count(*) FROM jobs{LIVE_JOBS}"), &live_jobs_query()));
         let workers =
             sqlx::query("SELECT * FROM workers WHERE state NOT IN ('terminated')").fetch_all(&self.read).await.map_err(StoreError::db("loading workers"))?;
         let attempts = sqlx::query(concat!("SELECT * FROM attempts WHERE ", live_attempts!()))

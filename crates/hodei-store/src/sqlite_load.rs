@@ -51,13 +51,16 @@ impl JobRow for Positional<'_> {
     }
 }
 
-/// Runs `sql` — a `SELECT {JobCol::list()} FROM job_rows …` — on a connection of its own.
-pub(crate) fn jobs(path: &Path, sql: &str) -> Result<Vec<Job>> {
+/// Runs `sql` — a `SELECT {JobCol::list()} FROM job_rows …` — on a connection of its own, in
+/// one read transaction with `count`, which counts its rows (so the list is allocated once).
+pub(crate) fn jobs(path: &Path, count: &str, sql: &str) -> Result<Vec<Job>> {
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX).map_err(map_err(D))?;
+    conn.execute_batch("BEGIN").map_err(map_err(D))?;
+    let n: i64 = conn.query_row(count, [], |r| r.get(0)).map_err(map_err(D))?;
     let mut stmt = conn.prepare(sql).map_err(map_err(D))?;
     let mut rows = stmt.query([]).map_err(map_err(D))?;
     let mut specs: HashMap<ArrayId, Arc<JobSpec>> = HashMap::new();
-    let mut jobs = Vec::new();
+    let mut jobs = Vec::with_capacity(usize::try_from(n).unwrap_or(0));
     while let Some(row) = rows.next().map_err(map_err(D))? {
         let r = Positional(row);
         let spec = match r.uuid(JobCol::ArrayId)?.map(ArrayId::from_uuid) {
