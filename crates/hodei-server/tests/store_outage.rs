@@ -98,7 +98,8 @@ pass! { Store {
         fn sla_breaches(&self, f: &BreachFilter) -> Vec<Job>;
         fn register_worker(&self, w: &Worker, session_token_hash: &str) -> ();
         fn worker_session_hash(&self, id: WorkerId) -> Option<String>;
-        fn list_workers(&self) -> Vec<Worker>;
+        fn list_workers(&self, f: &hodei_store::WorkerFilter) -> Vec<Worker>;
+        fn get_worker(&self, id: WorkerId) -> Option<Worker>;
 }
     fn stage(&self, changes: Arc<Changes>) {
         // While down, the part is lost and the `apply` that follows fails: as a real outage.

@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use hodei_core::sla_tally::{SlaCount, wait_bin};
 
-use crate::{BreachFilter, BurstFilter, JobFilter, Store, StoreError};
+use crate::{BreachFilter, BurstFilter, JobFilter, Store, StoreError, WorkerFilter};
 
 fn ts(ms: i64) -> Timestamp {
     Timestamp::from_millis(ms)
@@ -635,9 +635,28 @@ async fn pools_workers_and_live_counts_round_trip(store: &dyn Store) {
 
     let w = Worker { labels: BTreeMap::from([("disk".into(), "ssd".into())]), ..worker(9) };
     store.register_worker(&w, "hash-9").await.unwrap();
-    let listed = store.list_workers().await.unwrap();
+    let all = WorkerFilter { limit: 500, ..WorkerFilter::default() };
+    let listed = store.list_workers(&all).await.unwrap();
     let got = listed.iter().find(|x| x.id == w.id).expect("the registered worker is listed");
     assert_eq!((&got.instance_name, &got.labels, got.resources, got.slots), (&w.instance_name, &w.labels, w.resources, w.slots));
+    assert_eq!(store.get_worker(w.id).await.unwrap().as_ref(), Some(got));
+    assert_eq!(store.get_worker(WorkerId::from_uuid(Uuid::from_u128(12345))).await.unwrap(), None);
+    // Pages, newest first, and filters.
+    for n in 20..25u128 {
+        let other = Worker { pool_id: PoolId::parse(if n % 2 == 0 { "even" } else { "odd" }).unwrap(), ..worker(n << 80) };
+        store.register_worker(&other, "h").await.unwrap();
+    }
+    let page = |before: Option<WorkerId>, pool: &str| {
+        let f = WorkerFilter { pool: Some(PoolId::parse(pool).unwrap()), before, limit: 2, ..WorkerFilter::default() };
+        async move { store.list_workers(&f).await.unwrap().iter().map(|w| w.id.as_uuid().as_u128() >> 80).collect::<Vec<_>>() }
+    };
+    assert_eq!(page(None, "even").await, [24, 22]);
+    assert_eq!(page(Some(WorkerId::from_uuid(Uuid::from_u128(22 << 80))), "even").await, [20]);
+    assert_eq!(page(None, "odd").await, [23, 21]);
+    let registering = WorkerFilter { state: Some(WorkerState::Registering), limit: 500, ..WorkerFilter::default() };
+    assert!(store.list_workers(&registering).await.unwrap().len() >= 5);
+    let busy = WorkerFilter { state: Some(WorkerState::Busy), pool: Some(PoolId::parse("even").unwrap()), limit: 500, ..WorkerFilter::default() };
+    assert!(store.list_workers(&busy).await.unwrap().is_empty());
     assert_eq!(store.worker_session_hash(WorkerId::from_uuid(Uuid::from_u128(12345))).await.unwrap(), None);
 
     // Live jobs are pending, held, scheduled or running; ended ones do not count.

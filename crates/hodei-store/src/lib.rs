@@ -19,7 +19,7 @@ use hodei_core::sched::Changes;
 use hodei_core::sla_tally::SlaCount;
 use hodei_core::{
     ArrayId, Attempt, BurstId, BurstSession, BurstState, Job, JobEvent, JobId, JobState, Pool, PoolId, Principal, PrincipalId, SlaLevel, Tenant, TenantId,
-    Timestamp, Token, TokenId, Worker, WorkerId,
+    Timestamp, Token, TokenId, Worker, WorkerId, WorkerState,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +128,15 @@ pub struct JobFilter {
     /// Jobs of one array job.
     pub array: Option<ArrayId>,
     pub before: Option<JobId>,
+    pub limit: u32,
+}
+
+/// Filters for listing workers, newest registration first; `before` is the cursor (exclusive).
+#[derive(Clone, Debug, Default)]
+pub struct WorkerFilter {
+    pub pool: Option<PoolId>,
+    pub state: Option<WorkerState>,
+    pub before: Option<WorkerId>,
     pub limit: u32,
 }
 
@@ -278,5 +287,7 @@ pub trait Store: Identity + Send + Sync + 'static {
     /// Records a worker and the hash of its session token.
     async fn register_worker(&self, w: &Worker, session_token_hash: &str) -> Result<()>;
     async fn worker_session_hash(&self, id: WorkerId) -> Result<Option<String>>;
-    async fn list_workers(&self) -> Result<Vec<Worker>>;
+    /// Workers by filter, newest registration first, at most `limit`.
+    async fn list_workers(&self, f: &WorkerFilter) -> Result<Vec<Worker>>;
+    async fn get_worker(&self, id: WorkerId) -> Result<Option<Worker>>;
 }

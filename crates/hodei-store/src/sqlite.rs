@@ -14,7 +14,7 @@ use sqlx::{QueryBuilder, Sqlite, SqlitePool};
 
 use crate::rows::*;
 use crate::sqlite_writer::Writer;
-use crate::{BreachFilter, BurstFilter, JobFilter, LiveState, Purged, Result, Schema, Store, StoreError};
+use crate::{BreachFilter, BurstFilter, JobFilter, LiveState, Purged, Result, Schema, Store, StoreError, WorkerFilter};
 use hodei_core::sla_tally::SlaCount;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -619,9 +619,30 @@ impl Store for SqliteStore {
             .map_err(StoreError::db("reading a worker session"))
     }
 
-    async fn list_workers(&self) -> Result<Vec<Worker>> {
-        let rows = sqlx::query("SELECT * FROM workers ORDER BY registered_at DESC").fetch_all(&self.read).await.map_err(StoreError::db("listing workers"))?;
+    async fn list_workers(&self, f: &WorkerFilter) -> Result<Vec<Worker>> {
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT * FROM workers WHERE 1 = 1");
+        if let Some(p) = &f.pool {
+            qb.push(" AND pool_id = ").push_bind(p.as_str().to_owned());
+        }
+        if let Some(st) = f.state {
+            qb.push(" AND state = ").push_bind(st.as_str());
+        }
+        if let Some(c) = f.before {
+            qb.push(" AND id < ").push_bind(c.as_uuid());
+        }
+        // Ids are time-ordered (v7): newest registration first.
+        qb.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(f.limit.max(1)));
+        let rows = qb.build().fetch_all(&self.read).await.map_err(StoreError::db("listing workers"))?;
         rows.iter().map(worker_from_row).collect()
+    }
+
+    async fn get_worker(&self, id: WorkerId) -> Result<Option<Worker>> {
+        let row = sqlx::query("SELECT * FROM workers WHERE id = ?")
+            .bind(id.as_uuid())
+            .fetch_optional(&self.read)
+            .await
+            .map_err(StoreError::db("reading a worker"))?;
+        row.as_ref().map(worker_from_row).transpose()
     }
 }
 

@@ -5,6 +5,9 @@ use axum::extract::{Path, Query, State};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
+use hodei_core::{PoolId, WorkerId, WorkerState};
+use hodei_store::WorkerFilter;
+
 use crate::ApiState;
 use crate::auth::Who;
 use crate::dto::{Page, WorkerView};
@@ -25,17 +28,39 @@ pub struct WorkerQuery {
 #[utoipa::path(get, path = "/workers", params(WorkerQuery), responses((status = 200, body = Page<WorkerView>)), tag = "workers")]
 pub async fn list_workers(State(s): State<ApiState>, who: Who, Query(q): Query<WorkerQuery>) -> ApiResult<Json<Page<WorkerView>>> {
     who.must_be_admin("listing workers (admins only)")?;
-    let mut workers = s.store.list_workers().await?;
-    workers.retain(|w| q.pool_id.as_deref().is_none_or(|p| w.pool_id.as_str() == p) && q.state.as_deref().is_none_or(|st| w.state.as_str() == st));
-    Ok(Json(super::page_of(&workers, q.limit, q.cursor.as_deref(), |w| WorkerView::from(w))?))
+    let limit = super::page_limit(q.limit)?;
+    let before = q
+        .cursor
+        .as_deref()
+        .map(|c| c.parse().map_err(|_| ApiError::field("cursor", "bad cursor", "a cursor from next_cursor", Some(c.to_owned()))))
+        .transpose()?;
+    // A pool id or state that cannot exist matches no worker.
+    let empty = || Ok(Json(Page { items: Vec::new(), next_cursor: None }));
+    let pool = match q.pool_id.as_deref().map(PoolId::parse) {
+        Some(Err(_)) => return empty(),
+        p => p.transpose().ok().flatten(),
+    };
+    let state = match q.state.as_deref().map(str::parse::<WorkerState>) {
+        Some(Err(_)) => return empty(),
+        st => st.transpose().ok().flatten(),
+    };
+    let mut rows = s.store.list_workers(&WorkerFilter { pool, state, before, limit: limit + 1 }).await?;
+    let next_cursor = (rows.len() > limit as usize).then(|| {
+        rows.truncate(limit as usize);
+        rows.last().map(|w| w.id.to_string()).unwrap_or_default()
+    });
+    Ok(Json(Page { items: rows.iter().map(WorkerView::from).collect(), next_cursor }))
 }
 
 /// One worker.
 #[utoipa::path(get, path = "/workers/{id}", responses((status = 200, body = WorkerView), (status = 404, body = crate::error::Problem)), tag = "workers")]
 pub async fn get_worker(State(s): State<ApiState>, who: Who, Path(id): Path<String>) -> ApiResult<Json<WorkerView>> {
     who.must_be_admin("reading workers (admins only)")?;
-    let workers = s.store.list_workers().await?;
-    workers.iter().find(|w| w.id.to_string() == id).map(|w| Json(WorkerView::from(w))).ok_or_else(|| ApiError::not_found(format!("worker {id}")))
+    let found = match id.parse::<WorkerId>() {
+        Ok(w) => s.store.get_worker(w).await?,
+        Err(_) => None,
+    };
+    found.map(|w| Json(WorkerView::from(&w))).ok_or_else(|| ApiError::not_found(format!("worker {id}")))
 }
 
 #[derive(serde::Serialize, utoipa::ToSchema)]
