@@ -29,6 +29,18 @@ pub fn interval(retention: Duration) -> Duration {
     (retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(600))
 }
 
+/// An error with its causes, `a: b: c` (a store error alone does not say what the database said).
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut at = e.source();
+    while let Some(c) = at {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        at = c.source();
+    }
+    text
+}
+
 pub async fn sweep(
     store: Arc<dyn Store>,
     engine: EngineHandle,
@@ -49,7 +61,7 @@ pub async fn sweep(
             return;
         }
         if let Err(e) = store.forget_sla_counts(window_start(clock.now(), SLA_HOURS)).await {
-            tracing::warn!(error = %e, "retention: cannot forget old SLA counts; trying again next round");
+            tracing::warn!(error = %causes(&e), "retention: cannot forget old SLA counts; trying again next round");
         }
         let (mut jobs, mut files) = (0u64, 0usize);
         loop {
@@ -59,7 +71,7 @@ pub async fn sweep(
             let purged = match store.delete_ended_jobs(before, BATCH).await {
                 Ok(p) => p,
                 Err(e) => {
-                    tracing::warn!(error = %e, "retention: cannot delete ended jobs; trying again next round");
+                    tracing::warn!(error = %causes(&e), "retention: cannot delete ended jobs; trying again next round");
                     break;
                 }
             };

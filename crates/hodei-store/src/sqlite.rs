@@ -238,7 +238,9 @@ impl Store for SqliteStore {
     }
 
     async fn delete_tenant(&self, id: &TenantId) -> Result<bool> {
-        let mut tx = self.write.begin().await.map_err(StoreError::db("deleting a tenant"))?;
+        // IMMEDIATE: it reads, then writes; a deferred transaction could not take the write lock
+        // after the writer thread committed in between (SQLITE_BUSY_SNAPSHOT, not retried).
+        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await.map_err(StoreError::db("deleting a tenant"))?;
         sqlx::query("DELETE FROM burst_sessions WHERE tenant_id = ?").bind(id.as_str()).execute(&mut *tx).await.map_err(StoreError::db("deleting a tenant"))?;
         let r = sqlx::query("DELETE FROM tenants WHERE id = ?").bind(id.as_str()).execute(&mut *tx).await.map_err(StoreError::db("deleting a tenant"))?;
         tx.commit().await.map_err(StoreError::db("deleting a tenant"))?;
@@ -496,7 +498,9 @@ impl Store for SqliteStore {
     async fn delete_ended_jobs(&self, before: Timestamp, limit: u32) -> Result<Purged> {
         const D: &str = "deleting ended jobs";
         let db = StoreError::db(D);
-        let mut tx = self.write.begin().await.map_err(db)?;
+        // IMMEDIATE, as for a tenant: under a steady stream of scheduler commits a deferred one
+        // failed at its first DELETE every time (found by bench/soak.sh).
+        let mut tx = self.write.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
         // Jobs of their own (uses the partial index `jobs_finished` of migration 0011).
         let mut ids: Vec<uuid::Uuid> = sqlx::query_scalar(concat!(
             "SELECT id FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ? AND array_id IS NULL AND ",
@@ -655,6 +659,42 @@ mod tests {
     use hodei_core::spec::ArraySpec;
     use sqlx::Row;
     use uuid::Uuid;
+
+    /// Retention deletes while the writer thread commits scheduler batches without pause: its
+    /// transaction reads and then writes, which a deferred transaction cannot do once another
+    /// connection committed in between (it failed every round under `bench/soak.sh`).
+    #[tokio::test]
+    async fn retention_deletes_while_the_scheduler_commits() {
+        use hodei_core::sched::{SchedConfig, Scheduler};
+        use hodei_core::spec::{JobSpecInput, SpecLimits};
+        let store = std::sync::Arc::new(SqliteStore::open_temporary().await.unwrap());
+        let spec = JobSpecInput { command: vec!["true".into()], ..Default::default() }.validate(&SpecLimits::default(), "").unwrap();
+        let tenant = TenantId::parse("t").unwrap();
+        let job = move |n: u128| Job::new(JobId::from_uuid(Uuid::from_u128(n << 64)), tenant.clone(), spec.clone(), Timestamp::from_millis(n as i64));
+        let mut s = Scheduler::new(SchedConfig::default());
+        for n in 1..=40 {
+            s.submit(job(n), Timestamp::from_millis(1)).unwrap();
+            s.cancel(JobId::from_uuid(Uuid::from_u128(n << 64)), hodei_core::job::Actor::Api, Timestamp::from_millis(2)).unwrap();
+        }
+        store.apply(std::sync::Arc::new(s.take_changes())).await.unwrap();
+        let (busy, stop) = (store.clone(), std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)));
+        let stopped = stop.clone();
+        let writes = tokio::spawn(async move {
+            let mut n = 1000;
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                s.submit(job(n), Timestamp::from_millis(3)).unwrap();
+                busy.apply(std::sync::Arc::new(s.take_changes())).await.unwrap();
+            }
+        });
+        let mut deleted = 0;
+        for _ in 0..40 {
+            deleted += store.delete_ended_jobs(Timestamp::from_millis(10), 1).await.expect("deleting during scheduler commits").jobs;
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        writes.await.unwrap();
+        assert_eq!(deleted, 40);
+    }
 
     /// Start-up loads live jobs and attempts through their partial indexes: the queries repeat
     /// the indexes' predicates as SQLite requires (a scan of every ended job otherwise).
