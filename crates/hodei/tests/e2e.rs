@@ -212,32 +212,45 @@ async fn a_killed_worker_loses_its_attempt_and_the_job_runs_elsewhere() {
     assert!(metrics.contains("hodei_jobs_requeued_total{pool=\"remote\",reason=\"worker_lost\"} 1"), "{metrics}");
 }
 
+/// A remote worker of the `remote` pool that spools in `spool`.
+fn spooling_worker(srv: &Server, spool: &std::path::Path) -> WorkerProc {
+    let args = [std::ffi::OsStr::new("--spool-dir"), spool.as_os_str()];
+    WorkerProc::start_with(&srv.grpc, "remote", &srv.join_token("remote"), 1, &[], &args)
+}
+
+/// A server on a port of its own that a restart keeps, and a remote worker spooling in `spool`.
+fn server_with_spooling_worker(dir: &std::path::Path, spool: &std::path::Path) -> (Server, u16, WorkerProc) {
+    let grpc = free_port();
+    let srv = Server::start(dir, &[], grpc, Some(REMOTE_POOL));
+    let w = spooling_worker(&srv, spool);
+    (srv, grpc, w)
+}
+
+/// Waits for the worker to write an unacknowledged result into its spool.
+async fn wait_for_a_spooled_result(spool: &std::path::Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::read_dir(spool.join("results")).map_or(0, |d| d.count()) == 0 {
+        assert!(Instant::now() < deadline, "no result spooled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A job that ends while its server is down and whose worker is then killed: the restarted
 /// worker comes back as the same worker with the result from its spool, so the job is recorded
 /// from that one run instead of being declared lost and run again.
 #[tokio::test]
 async fn a_restarted_worker_hands_in_the_results_in_its_spool() {
-    let dir = tempfile::tempdir().unwrap();
-    let spool = tempfile::tempdir().unwrap();
-    let grpc = free_port();
-    let mut srv = Server::start(dir.path(), &[], grpc, Some(REMOTE_POOL));
-    let token = srv.join_token("remote");
-    let args = [std::ffi::OsStr::new("--spool-dir"), spool.path().as_os_str()];
-    let mut w1 = WorkerProc::start_with(&srv.grpc, "remote", &token, 1, &[], &args);
+    let (dir, spool) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (mut srv, grpc, mut w1) = server_with_spooling_worker(dir.path(), spool.path());
     let job = srv.submit(json!({"command": ["sleep", "1"]})).await;
     let id = job["id"].as_str().unwrap().to_owned();
     let running = srv.wait_for(&id, 20, |s| s == "running").await;
     srv.kill9();
     // The job ends meanwhile; its result cannot be sent and is spooled.
-    let results = spool.path().join("results");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while std::fs::read_dir(&results).map_or(0, |d| d.count()) == 0 {
-        assert!(std::time::Instant::now() < deadline, "no result spooled");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_a_spooled_result(spool.path()).await;
     w1.kill9();
     let srv = Server::start(dir.path(), &[], grpc, Some(REMOTE_POOL));
-    let _w2 = WorkerProc::start_with(&srv.grpc, "remote", &token, 1, &[], &args);
+    let _w2 = spooling_worker(&srv, spool.path());
     let j = srv.wait_ended(&id, 20).await;
     assert_eq!(j["state"], "succeeded", "{j}");
     assert_eq!(j["attempts"].as_array().unwrap().len(), 1, "one run, handed in after the restart: {j}");
@@ -259,13 +272,8 @@ async fn stored_output(srv: &Server, id: &str, stream: &str) -> String {
 /// job printed, byte for byte — no line lost, none twice, no gap.
 #[tokio::test]
 async fn output_written_while_the_server_dies_is_stored_exactly_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let spool = tempfile::tempdir().unwrap();
-    let grpc = free_port();
-    let mut srv = Server::start(dir.path(), &[], grpc, Some(REMOTE_POOL));
-    let token = srv.join_token("remote");
-    let args = [std::ffi::OsStr::new("--spool-dir"), spool.path().as_os_str()];
-    let _w = WorkerProc::start_with(&srv.grpc, "remote", &token, 1, &[], &args);
+    let (dir, spool) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (mut srv, grpc, _w) = server_with_spooling_worker(dir.path(), spool.path());
     let lines = 600;
     let script = format!("i=0; while [ $i -lt {lines} ]; do i=$((i+1)); echo \"out $i\"; echo \"err $i\" >&2; sleep 0.005; done");
     let id = srv.submit(json!({"command": ["sh", "-c", script]})).await["id"].as_str().unwrap().to_owned();
@@ -279,11 +287,7 @@ async fn output_written_while_the_server_dies_is_stored_exactly_once() {
         srv.kill9();
         if upto == 400 {
             // The job ends while no server runs: its result waits in the worker's spool.
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while std::fs::read_dir(spool.path().join("results")).map_or(0, |d| d.count()) == 0 {
-                assert!(Instant::now() < deadline, "no result spooled");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            wait_for_a_spooled_result(spool.path()).await;
         }
         srv = Server::start(dir.path(), &[], grpc, Some(REMOTE_POOL));
     }
