@@ -223,11 +223,19 @@ impl WorkerService for WorkerSvc {
         // have restarted), so that the worker resends exactly what is missing.
         let logs = self.logs.clone();
         let ids = held.clone();
-        let offsets =
+        let read =
             tokio::task::spawn_blocking(move || ids.into_iter().map(|a| logs.stored_offsets(a).map(|(o, e)| (a, o, e))).collect::<std::io::Result<Vec<_>>>())
                 .await
-                .map_err(|e| Status::internal(e.to_string()))?
-                .map_err(|e| Status::internal(format!("reading stored output: {e}")))?;
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| format!("reading stored output: {e}")));
+        let offsets = match read {
+            Ok(o) => o,
+            Err(e) => {
+                // The engine took the connection: it must learn that it is gone again.
+                let _ = self.engine.deliver(Command::Disconnect { id, conn }).await;
+                return Err(Status::internal(e));
+            }
+        };
         let resume = pb::ServerMessage { msg: Some(pb::server_message::Msg::Resume(pb::Resume { attempts: offsets.into_iter().map(log_offsets).collect() })) };
         let owned: Owned = Arc::new(Mutex::new(held.into_iter().collect()));
         tracing::info!(worker = %id, conn, "worker connected");
