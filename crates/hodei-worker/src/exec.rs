@@ -1,7 +1,12 @@
 //! Running one attempt: argv without a shell, in its own process group, output streamed as
 //! written, timeout and cancel killing the whole group (SIGTERM, grace, SIGKILL).
+//!
+//! Waiting holds no thread: the pipes are read and the process is awaited (through a pidfd)
+//! on the runtime, so an agent runs thousands of jobs at once. (Three blocking threads per job
+//! ran into tokio's 512-thread pool at ~170 jobs: later jobs' output and ends waited for an
+//! earlier job to finish, and every fork copied thousands of thread-stack mappings.)
 
-use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -10,6 +15,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hodei_proto::v1 as pb;
+use tokio::io::unix::AsyncFd;
+use tokio::net::unix::pipe;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::memory::MemoryWatch;
@@ -47,17 +54,45 @@ struct Exit {
     max_rss_mb: u64,
 }
 
-/// Reaps `pid` with wait4 to get its resource usage (blocking).
-fn wait4(pid: i32) -> Exit {
+/// Waits for `pid` to end and reaps it with wait4, for its resource usage. A pidfd tells when
+/// it ended, so no thread is held meanwhile; where pidfds are missing (Linux before 5.3) a
+/// blocking thread waits instead.
+async fn reap(pid: i32) -> Exit {
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    // SAFETY: a pidfd just opened, owned by the OwnedFd (and then by the AsyncFd) alone.
+    let fd = (raw >= 0).then(|| unsafe { AsyncFd::register(OwnedFd::from_raw_fd(raw as i32)) }.ok()).flatten();
+    let Some(fd) = fd else {
+        return tokio::task::spawn_blocking(move || wait4(pid, 0)).await.ok().flatten().unwrap_or(Exit::UNKNOWN);
+    };
+    loop {
+        let Ok(mut ready) = fd.readable().await else { break };
+        match wait4(pid, libc::WNOHANG) {
+            Some(e) => return e,
+            None => ready.clear_ready(),
+        }
+    }
+    tokio::task::spawn_blocking(move || wait4(pid, 0)).await.ok().flatten().unwrap_or(Exit::UNKNOWN)
+}
+
+impl Exit {
+    const UNKNOWN: Exit = Exit { code: None, signal: None, cpu_time_ms: 0, max_rss_mb: 0 };
+}
+
+/// wait4 on `pid`: its exit and resource usage, `None` while it still runs (with `WNOHANG`), or
+/// `Exit::UNKNOWN` if it cannot be waited for.
+fn wait4(pid: i32, flags: i32) -> Option<Exit> {
     let mut status = 0;
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     loop {
-        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+        let r = unsafe { libc::wait4(pid, &mut status, flags, &mut ru) };
         if r == pid {
             break;
         }
+        if r == 0 {
+            return None;
+        }
         if r == -1 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-            return Exit { code: None, signal: None, cpu_time_ms: 0, max_rss_mb: 0 };
+            return Some(Exit::UNKNOWN);
         }
     }
     let tv = |t: libc::timeval| t.tv_sec as u64 * 1000 + t.tv_usec as u64 / 1000;
@@ -68,7 +103,7 @@ fn wait4(pid: i32) -> Exit {
     } else {
         (None, None)
     };
-    Exit { code, signal, cpu_time_ms: tv(ru.ru_utime) + tv(ru.ru_stime), max_rss_mb: (ru.ru_maxrss as u64).div_ceil(1024) }
+    Some(Exit { code, signal, cpu_time_ms: tv(ru.ru_utime) + tv(ru.ru_stime), max_rss_mb: (ru.ru_maxrss as u64).div_ceil(1024) })
 }
 
 fn kill_group(pgid: i32, sig: i32) {
@@ -93,14 +128,23 @@ impl Output {
     }
 }
 
-/// Copies one pipe into LogChunks until EOF, dropping output past `cap` (and saying so).
-fn pump(mut pipe: impl Read, attempt: String, stream: pb::LogStream, cap: u64, out: Output, bytes: Arc<AtomicU64>, truncated: Arc<AtomicBool>) {
-    let mut buf = vec![0u8; 64 * 1024];
+/// Copies one pipe into LogChunks until EOF, dropping output past `cap` (and saying so). The
+/// buffer is made when there is something to read: a job that prints nothing costs none.
+async fn pump(pipe: pipe::Receiver, attempt: String, stream: pb::LogStream, cap: u64, out: Output, bytes: Arc<AtomicU64>, truncated: Arc<AtomicBool>) {
+    let mut buf = Vec::new();
     let mut offset = 0u64;
     loop {
-        let n = match pipe.read(&mut buf) {
-            Ok(0) | Err(_) => return,
+        if pipe.readable().await.is_err() {
+            return;
+        }
+        if buf.is_empty() {
+            buf = vec![0u8; 64 * 1024];
+        }
+        let n = match pipe.try_read(&mut buf) {
+            Ok(0) => return,
             Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(_) => return,
         };
         let room = cap.saturating_sub(offset) as usize;
         let take = n.min(room);
@@ -203,17 +247,22 @@ async fn run_inner(
     let bytes = Arc::new(AtomicU64::new(0));
     let truncated = Arc::new(AtomicBool::new(false));
     let mut pumps = Vec::new();
-    if let Some(p) = child.stdout.take() {
-        let (o, id, b, t) = (out.clone(), a.attempt_id.clone(), bytes.clone(), truncated.clone());
-        pumps.push(tokio::task::spawn_blocking(move || pump(p, id, pb::LogStream::Stdout, a.max_log_bytes, o, b, t)));
-    }
-    if let Some(p) = child.stderr.take() {
-        let (o, id, b, t) = (out.clone(), a.attempt_id.clone(), bytes.clone(), truncated.clone());
-        pumps.push(tokio::task::spawn_blocking(move || pump(p, id, pb::LogStream::Stderr, a.max_log_bytes, o, b, t)));
+    let pipes = [(child.stdout.take().map(OwnedFd::from), pb::LogStream::Stdout), (child.stderr.take().map(OwnedFd::from), pb::LogStream::Stderr)];
+    for (fd, stream) in pipes {
+        let Some(fd) = fd else { continue };
+        let raw = fd.as_raw_fd();
+        match pipe::Receiver::from_owned_fd(fd) {
+            Ok(p) => {
+                let (o, id, b, t) = (out.clone(), a.attempt_id.clone(), bytes.clone(), truncated.clone());
+                pumps.push(tokio::spawn(pump(p, id, stream, a.max_log_bytes, o, b, t)));
+            }
+            Err(e) => tracing::warn!(attempt = %a.attempt_id, fd = raw, error = %e, "cannot read the job's output"),
+        }
     }
     // `child` is reaped by wait4 below, not by std; forget it so nothing else waits on it.
     std::mem::forget(child);
-    let mut exit = tokio::task::spawn_blocking(move || wait4(pid));
+    let exit = reap(pid);
+    tokio::pin!(exit);
     let limit_mb = a.resources.as_ref().map_or(0, |r| r.memory_mb);
     let over_memory = async {
         match limit_mb {
@@ -266,10 +315,6 @@ async fn run_inner(
     result.finished_at_ms = now_ms();
     result.stdout_bytes = bytes.load(Ordering::Relaxed);
     result.log_truncated = truncated.load(Ordering::Relaxed);
-    let exit = match exit {
-        Ok(e) => e,
-        Err(_) => return fail(result, "spawn_error"),
-    };
     result.exit_code = exit.code;
     result.signal = exit.signal;
     result.cpu_time_ms = exit.cpu_time_ms;

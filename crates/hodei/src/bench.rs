@@ -41,6 +41,10 @@ enum Mode {
         clients: usize,
         #[arg(long, default_value_t = 10_000)]
         reads: usize,
+        /// Read this API path instead (e.g. `/queue`, `/jobs?limit=50`, `/jobs/ID/explain`);
+        /// no job is submitted then.
+        #[arg(long)]
+        path: Option<String>,
     },
     /// One POST /jobs/batch of N held jobs.
     Batch {
@@ -98,9 +102,11 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<i32> {
     let run_id = uuid_like();
     match a.mode {
         Mode::Submit { clients, jobs, run } => submit(client, clients, jobs, run, &run_id).await,
-        Mode::Read { clients, reads } => {
-            let id = client.post("/jobs", &job(&["true"], &run_id, true)).await?["id"].as_str().unwrap_or_default().to_owned();
-            let path = format!("/jobs/{id}");
+        Mode::Read { clients, reads, path } => {
+            let path = match path {
+                Some(p) => p,
+                None => format!("/jobs/{}", client.post("/jobs", &job(&["true"], &run_id, true)).await?["id"].as_str().unwrap_or_default()),
+            };
             let (secs, lat, errors) = concurrently(
                 clients,
                 reads,

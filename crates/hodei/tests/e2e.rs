@@ -559,3 +559,58 @@ async fn retention_deletes_ended_jobs_with_their_logs_and_keeps_live_ones() {
     let (s, _) = srv.call(Method::POST, &format!("/jobs/{id}/retry"), None).await;
     assert_eq!(s, 404, "a deleted job cannot be retried");
 }
+
+/// One agent runs hundreds of jobs at once, and waiting on them holds no thread each: every
+/// job blocks on a lock the test holds until all of them run (so they truly run together),
+/// the agent's thread count stays small meanwhile, and once the lock is let go each job
+/// succeeds on its first attempt. (With a blocking thread per pipe and per wait, the agent
+/// needed three threads a job, ran into tokio's pool of 512 and stalled.)
+#[tokio::test]
+async fn one_agent_runs_hundreds_of_jobs_at_once_without_a_thread_each() {
+    const JOBS: usize = 400;
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path(), &[], 0, Some(REMOTE_POOL));
+    let mut agent = WorkerProc::start(&srv.grpc, "remote", &srv.join_token("remote"), JOBS as u32);
+    let quota = json!({"cpu_m": 4000, "memory_mb": 4096, "max_concurrent_jobs": JOBS, "max_queued_jobs": JOBS});
+    let (s, v) = srv.call(Method::POST, "/tenants", Some(json!({"id": "many", "name": "many", "quota": quota}))).await;
+    assert_eq!(s, 201, "{v}");
+    let shared = job_writable_dir();
+    let gate = shared.path().join("gate");
+    std::fs::write(&gate, "").unwrap();
+    std::fs::set_permissions(&gate, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let held = std::fs::File::open(&gate).unwrap();
+    assert_eq!(unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&held), libc::LOCK_EX) }, 0);
+    let array = srv
+        .submit(json!({
+            "command": ["flock", "-s", gate.to_str().unwrap(), "true"],
+            "tenant_id": "many",
+            "pool_selector": {"pool": "remote"},
+            "resources": {"cpu_m": 10, "memory_mb": 10},
+            "array": {"start": 0, "end": JOBS - 1},
+        }))
+        .await;
+    let array = array["array_id"].as_str().unwrap().to_owned();
+    let count = |state: &'static str| {
+        let (srv, array) = (&srv, &array);
+        async move {
+            let (_, page) = srv.call(Method::GET, &format!("/jobs?array_id={array}&state={state}&limit=500"), None).await;
+            page["items"].as_array().map_or(0, Vec::len)
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while count("running").await < JOBS {
+        assert!(Instant::now() < deadline, "only {} of {JOBS} jobs running after 120 s", count("running").await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = std::fs::read_to_string(format!("/proc/{}/status", agent.0.id())).unwrap();
+    let threads: usize = status.lines().find_map(|l| l.strip_prefix("Threads:")).unwrap().trim().parse().unwrap();
+    assert!(threads < 64, "the agent holds {threads} threads for {JOBS} running jobs");
+    drop(held);
+    while count("succeeded").await < JOBS {
+        assert!(Instant::now() < deadline, "only {} of {JOBS} jobs succeeded", count("succeeded").await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, page) = srv.call(Method::GET, &format!("/jobs?array_id={array}&limit=500"), None).await;
+    assert!(page["items"].as_array().unwrap().iter().all(|j| j["attempt_count"] == 1 && j["state"] == "succeeded"));
+    agent.kill9();
+}
