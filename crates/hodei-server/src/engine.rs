@@ -374,6 +374,44 @@ pub const COMMANDS_QUEUED: usize = 65_536;
 /// Longest pause between two attempts to reload the core from an unreachable store.
 const RECOVER_BACKOFF_MAX: Duration = Duration::from_secs(2);
 
+/// Worker reports kept while the store is unavailable, at most. A worker's heartbeat replaces
+/// its previous one, so time alone does not fill this; at the bound the engine stops reading
+/// its queue, which fills in turn: API calls are then refused as busy at once and workers'
+/// reports wait for room, however long the outage.
+const KEPT_WHILE_STALLED: usize = COMMANDS_QUEUED;
+
+/// What workers reported while the store was unavailable, in order, for the first step after
+/// the reload.
+#[derive(Default)]
+struct Kept {
+    commands: Vec<Command>,
+    /// Where each worker's heartbeat is in `commands`.
+    heartbeats: HashMap<WorkerId, usize>,
+}
+
+impl Kept {
+    fn push(&mut self, c: Command) {
+        if let Command::Heartbeat { id, .. } = &c
+            && let Some(&at) = self.heartbeats.get(id)
+        {
+            // The newer heartbeat takes the older one's place (what it says is newer; the lease
+            // is renewed the same), and the older one's caller hears that nothing is stale.
+            if let Command::Heartbeat { reply, .. } = std::mem::replace(&mut self.commands[at], c) {
+                let _ = reply.send(Ok(Vec::new()));
+            }
+            return;
+        }
+        if let Command::Heartbeat { id, .. } = &c {
+            self.heartbeats.insert(*id, self.commands.len());
+        }
+        self.commands.push(c);
+    }
+
+    fn is_full(&self) -> bool {
+        self.commands.len() >= KEPT_WHILE_STALLED
+    }
+}
+
 impl Engine {
     /// Builds the engine from what the store holds (restart recovery).
     pub async fn start(store: Arc<dyn Store>, clock: Arc<dyn Clock>, logs: Arc<LogFiles>, cfg: EngineConfig) -> Result<(Engine, EngineHandle), StoreError> {
@@ -627,7 +665,7 @@ impl Engine {
     /// in order, for the first step after the reload. `None` when the channel closed.
     async fn recover(&mut self) -> Option<Vec<Command>> {
         self.running.store(false, Ordering::Relaxed);
-        let mut kept = Vec::new();
+        let mut kept = Kept::default();
         let mut wait = Duration::from_millis(100);
         loop {
             // A short probe first: a reload against a store that is down waits out its
@@ -645,8 +683,12 @@ impl Engine {
             tokio::pin!(pause);
             loop {
                 tokio::select! {
-                    c = self.rx.recv() => match c {
-                        Some(c) => kept.extend(refuse_while_stale(c)),
+                    c = self.rx.recv(), if !kept.is_full() => match c {
+                        Some(c) => {
+                            if let Some(c) = refuse_while_stale(c) {
+                                kept.push(c);
+                            }
+                        }
                         None => return None,
                     },
                     _ = &mut pause => break,
@@ -654,10 +696,10 @@ impl Engine {
             }
             wait = (wait * 2).min(RECOVER_BACKOFF_MAX);
         }
-        tracing::info!(kept = kept.len(), "the scheduler is reloaded from the store; scheduling resumes");
+        tracing::info!(kept = kept.commands.len(), "the scheduler is reloaded from the store; scheduling resumes");
         self.stale = false;
         self.running.store(true, Ordering::Relaxed);
-        Some(kept)
+        Some(kept.commands)
     }
 
     fn handle(&mut self, c: Command, now: Timestamp, replies: &mut Replies) {
@@ -1055,5 +1097,40 @@ mod tests {
         assert!(rx.recv().await.is_some());
         report.await.unwrap().unwrap();
         assert!(matches!(rx.recv().await, Some(Command::Deregister { .. })));
+    }
+
+    /// While the store is down, a worker's newer heartbeat replaces its older one in place (whose
+    /// caller is answered), so heartbeats alone never grow what is kept; other reports are
+    /// kept in order up to the bound.
+    #[test]
+    fn reports_kept_while_stalled_are_bounded() {
+        let heartbeat = |id| {
+            let (reply, rx) = oneshot::channel();
+            (Command::Heartbeat { id, running: vec![], reply }, rx)
+        };
+        let (a, b) = (WorkerId::from_uuid(Uuid::now_v7()), WorkerId::from_uuid(Uuid::now_v7()));
+        let mut kept = Kept::default();
+        let (first, mut first_rx) = heartbeat(a);
+        kept.push(first);
+        kept.push(Command::Deregister { id: b });
+        let mut waiting = Vec::new();
+        for _ in 0..1000 {
+            let (c, rx) = heartbeat(a);
+            kept.push(c);
+            waiting.push(rx);
+        }
+        let (other, _other_rx) = heartbeat(b);
+        kept.push(other);
+        assert_eq!(kept.commands.len(), 3, "one heartbeat per worker");
+        assert!(matches!(first_rx.try_recv(), Ok(Ok(stale)) if stale.is_empty()), "the replaced caller hears nothing is stale");
+        assert!(waiting[..999].iter_mut().all(|rx| matches!(rx.try_recv(), Ok(Ok(_)))));
+        assert!(waiting[999].try_recv().is_err(), "the newest heartbeat waits for the step");
+        assert!(
+            matches!(&kept.commands[..], [Command::Heartbeat { id, .. }, Command::Deregister { .. }, Command::Heartbeat { id: other, .. }] if *id == a && *other == b)
+        );
+        while !kept.is_full() {
+            kept.push(Command::Deregister { id: b });
+        }
+        assert_eq!(kept.commands.len(), KEPT_WHILE_STALLED);
     }
 }

@@ -60,13 +60,15 @@ fn free_at(w: &Worker, running: &[(Timestamp, Resources)], req: &Resources, now:
 }
 
 impl Scheduler {
-    /// Expected end of each attempt, grouped by worker (one pass over the attempts).
+    /// Expected end of each attempt, grouped by worker: of every worker, or of `only` those
+    /// (whose attempts alone are visited).
     fn expected_ends(&self, only: Option<&BTreeMap<WorkerId, JobId>>) -> HashMap<WorkerId, Vec<(Timestamp, Resources)>> {
         let mut m: HashMap<WorkerId, Vec<(Timestamp, Resources)>> = HashMap::new();
-        for a in self.attempts.values() {
-            if only.is_some_and(|o| !o.contains_key(&a.worker_id)) {
-                continue;
-            }
+        let attempts: Box<dyn Iterator<Item = &crate::job::Attempt>> = match only {
+            Some(o) => Box::new(o.keys().flat_map(|w| self.attempts_on(*w))),
+            None => Box::new(self.attempts.values()),
+        };
+        for a in attempts {
             let start = a.started_at.unwrap_or(a.assigned_at);
             let end = self.jobs.get(&a.job_id).map_or(start, |j| start.saturating_add(self.expected_duration(j)));
             m.entry(a.worker_id).or_default().push((end, a.resources));

@@ -10,7 +10,7 @@ use std::cmp::Reverse;
 
 use super::Scheduler;
 use super::backfill::Reservation;
-use crate::ids::{AttemptId, JobId, TenantId, WorkerId};
+use crate::ids::{AttemptId, IdSet, JobId, TenantId, WorkerId};
 use crate::job::{JobState, Priority};
 use crate::quota;
 use crate::sched::Outbound;
@@ -21,25 +21,20 @@ use crate::units::Resources;
 const WAITERS_PER_ROUND: usize = 8;
 
 impl Scheduler {
-    /// Whether a tenant uses more than its weighted share of the allocated capacity.
-    fn over_share(&self, t: &TenantId) -> bool {
+    /// The tenants using more than their weighted share of the allocated capacity.
+    fn over_share(&self) -> IdSet<TenantId> {
         let cap = &self.capacity;
-        let (mut total_w, mut mine_w, mut total_used, mut mine_used) = (0u64, 0u64, 0u64, 0u64);
-        for (id, u) in &self.books.usage {
-            if u.active_jobs == 0 && u.queued_jobs == 0 {
-                continue;
-            }
-            let w = u64::from(self.policy(id).weight);
-            let used = u.active.dominant_ppm(cap);
-            total_w += w;
-            total_used += used;
-            if id == t {
-                mine_w = w;
-                mine_used = used;
-            }
+        let active = || self.books.usage.iter().filter(|(_, u)| u.active_jobs > 0 || u.queued_jobs > 0);
+        let (mut total_w, mut total_used) = (0u64, 0u64);
+        for (id, u) in active() {
+            total_w += u64::from(self.policy(id).weight);
+            total_used += u.active.dominant_ppm(cap);
         }
         // used / total_used > w / total_w, in integers.
-        total_w > 0 && u128::from(mine_used) * u128::from(total_w) > u128::from(mine_w) * u128::from(total_used)
+        active()
+            .filter(|(id, u)| u128::from(u.active.dominant_ppm(cap)) * u128::from(total_w) > u128::from(self.policy(id).weight) * u128::from(total_used))
+            .map(|(id, _)| id.clone())
+            .collect()
     }
 
     /// Finds waiting high-priority jobs that no worker can take and evicts what makes room.
@@ -56,6 +51,7 @@ impl Scheduler {
             .filter(|id| !self.reservations.contains_key(id))
             .take(WAITERS_PER_ROUND)
             .collect();
+        let mut over_share = None;
         for id in waiters {
             let Some(job) = self.jobs.get(&id).filter(|j| j.state == JobState::Pending) else { continue };
             let policy = self.tenants.get(&job.tenant).unwrap_or(&self.cfg.default_policy);
@@ -67,7 +63,8 @@ impl Scheduler {
                 continue;
             }
             let (req, class) = (job.resources(), job.spec.priority);
-            let Some((worker, victims)) = self.victims(&req, class, job.spec.pool_selector.as_ref()) else { continue };
+            let over = over_share.get_or_insert_with(|| self.over_share());
+            let Some((worker, victims)) = self.victims(&req, class, job.spec.pool_selector.as_ref(), over) else { continue };
             for aid in &victims {
                 self.preempting.insert(*aid);
                 self.out.outbound.push(Outbound::Cancel { worker, attempt: *aid, reason: "preempted" });
@@ -81,21 +78,21 @@ impl Scheduler {
     }
 
     /// The worker where evicting the fewest lower-class preemptible jobs makes room for `req`,
-    /// and those jobs' attempts (over-share tenants first, then youngest first).
-    fn victims(&self, req: &Resources, class: Priority, pool: Option<&crate::ids::PoolId>) -> Option<(WorkerId, Vec<AttemptId>)> {
+    /// and those jobs' attempts (tenants in `over_share` first, then youngest first). Each
+    /// worker's own attempts are visited, so one search reads every attempt once.
+    fn victims(&self, req: &Resources, class: Priority, pool: Option<&crate::ids::PoolId>, over_share: &IdSet<TenantId>) -> Option<(WorkerId, Vec<AttemptId>)> {
         let mut best: Option<(usize, WorkerId, Vec<AttemptId>)> = None;
         for w in self.workers.values().filter(|w| w.state.is_live() && w.connected && w.could_ever_take(req)) {
             if pool.is_some_and(|p| *p != w.pool_id) || self.reserved_workers.contains_key(&w.id) {
                 continue;
             }
             let mut evictable: Vec<(bool, Reverse<Timestamp>, AttemptId, Resources)> = self
-                .attempts
-                .values()
-                .filter(|a| a.worker_id == w.id && a.state == crate::job::AttemptState::Running && !self.preempting.contains(&a.id))
+                .attempts_on(w.id)
+                .filter(|a| a.state == crate::job::AttemptState::Running && !self.preempting.contains(&a.id))
                 .filter_map(|a| {
                     let j = self.jobs.get(&a.job_id).filter(|j| j.state == JobState::Running && j.current_attempt == Some(a.id))?;
                     (j.spec.preemptible && j.spec.priority > class && j.cancel_requested_at.is_none())
-                        .then(|| (!self.over_share(&j.tenant), Reverse(a.started_at.unwrap_or(a.assigned_at)), a.id, a.resources))
+                        .then(|| (!over_share.contains(&j.tenant), Reverse(a.started_at.unwrap_or(a.assigned_at)), a.id, a.resources))
                 })
                 .collect();
             evictable.sort_by_key(|(over, young, id, _)| (*over, *young, *id));

@@ -432,12 +432,20 @@ fn check_invariants(s: &Scheduler, ch: &Changes, store: &mut HashMap<JobId, Job>
         }
     }
     prop_assert_eq!(&waiting, s.sla_waiting());
+    let mut indexed = 0;
     for w in s.workers() {
         let live: Vec<_> = s.attempts().filter(|a| a.worker_id == w.id).collect();
+        let mut on: Vec<_> = s.attempts_on(w.id).map(|a| a.id).collect();
+        on.sort();
+        let mut recounted: Vec<_> = live.iter().map(|a| a.id).collect();
+        recounted.sort();
+        prop_assert_eq!(on, recounted, "the attempts indexed on worker {}", w.id);
+        indexed += live.len();
         prop_assert_eq!(w.slots_used as usize, live.len());
         prop_assert!(w.slots_used <= w.slots, "slots oversubscribed");
         prop_assert!(w.allocated.fits_in(&w.resources), "resources oversubscribed");
     }
+    prop_assert_eq!(indexed, s.attempts().count(), "every attempt is on a known worker");
     let mut current: HashMap<JobId, usize> = HashMap::new();
     for a in s.attempts() {
         if s.job(&a.job_id).is_some_and(|j| j.current_attempt == Some(a.id) && j.state.is_active()) {
