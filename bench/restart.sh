@@ -1,12 +1,23 @@
 #!/usr/bin/env bash
 # A server holding many queued jobs, killed with SIGKILL and started again: how long until its
 # ready line, and its resident memory per queued job before and after.
-#   bench/restart.sh [ARRAYS [BATCHES]]   ARRAYS held arrays of 100 000 jobs (default 10) and
-#                                         BATCHES held batches of 10 000 individual jobs (default 0)
+# Then, with every job still queued: reads (one job, pages of the list, /queue, explain of a
+# job that waits) from 8 clients, and submit → start of new jobs.
+#   bench/restart.sh [--postgres] [ARRAYS [BATCHES]]
+#                       ARRAYS held arrays of 100 000 jobs (default 10) and BATCHES held batches
+#                       of 10 000 individual jobs (default 0); --postgres: the store is a fresh
+#                       database on a throwaway PostgreSQL cluster (pg_virtualenv), not SQLite
 # HODEI_BIN picks the binary (default: a release build of this checkout). The data dir is a
 # temporary one on $TMPDIR's disk.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "${1:-}" = "--postgres" ]; then
+    shift
+    if [ -z "${PGHOST:-}" ]; then exec pg_virtualenv -t "$0" --postgres "$@"; fi
+    DB="hodei_restart_$$"
+    psql -qc "CREATE DATABASE $DB"
+    export HODEI_DATABASE__URL="postgres://$PGUSER:$PGPASSWORD@$PGHOST:${PGPORT:-5432}/$DB"
+fi
 ARRAYS=${1:-10}
 BATCHES=${2:-0}
 if [ -z "${HODEI_BIN:-}" ]; then cargo build --release -q -p hodei; fi
@@ -60,8 +71,18 @@ start
 AFTER=$(rss_kib)
 DB=$(du -sm "$DIR/data" | cut -f1)
 per_job() { python3 -c "print(round(($1 - $EMPTY) * 1024 / max($JOBS, 1)))"; }
-echo "jobs=$JOBS restart_to_ready_s=$START_S rss_empty_mib=$((EMPTY / 1024)) rss_per_job_b=$(per_job "$FULL") rss_per_job_after_restart_b=$(per_job "$AFTER") data_dir_mib=$DB"
-# With all of them still queued: reads of one job, and submit-to-start of new ones.
+echo "store=${HODEI_DATABASE__URL:+postgres}${HODEI_DATABASE__URL:-sqlite} jobs=$JOBS restart_to_ready_s=$START_S rss_empty_mib=$((EMPTY / 1024)) rss_per_job_b=$(per_job "$FULL") rss_per_job_after_restart_b=$(per_job "$AFTER") data_dir_mib=$DB"
+# With all of them still queued: reads, and submit-to-start of new ones. A job that waits (its
+# tenant runs one job at a time, and runs one) is what explain is asked about: its ETA runs the
+# scheduler forward.
 export HODEI_SERVER="http://$HTTP" HODEI_TOKEN; HODEI_TOKEN=$(cat "$DIR/data/admin.token")
+post /tenants '{"id": "one", "name": "one", "quota": {"max_concurrent_jobs": 1}}'
+post /jobs '{"command": ["sleep", "600"], "tenant_id": "one"}'
+WAITING=$(curl -sf -H "Authorization: Bearer $HODEI_TOKEN" -H 'Content-Type: application/json' \
+    --data-binary '{"command": ["true"], "tenant_id": "one"}' "http://$HTTP/api/v1/jobs" | python3 -c 'import json, sys; print(json.load(sys.stdin)["id"])')
 "$BIN" bench read --clients 8 --reads 20000
+"$BIN" bench read --clients 8 --reads 4000 --path "/jobs?limit=50"
+"$BIN" bench read --clients 8 --reads 4000 --path "/jobs?tenant_id=bulk&state=held&limit=50"
+"$BIN" bench read --clients 8 --reads 4000 --path "/queue"
+"$BIN" bench read --clients 8 --reads 4000 --path "/jobs/$WAITING/explain"
 "$BIN" bench latency --runs 200
