@@ -306,7 +306,9 @@ impl Recent {
 #[derive(Debug, Clone)]
 pub struct Scheduler {
     cfg: SchedConfig,
-    jobs: IdMap<JobId, Job>,
+    /// Boxed: a job is ~330 bytes, and a hash table of a million entries has two million
+    /// buckets, so inline jobs cost ~700 bytes each in the table alone.
+    jobs: IdMap<JobId, Box<Job>>,
     queue: Queue,
     tenants: IdMap<TenantId, TenantPolicy>,
     /// Newest burst session update seen per tenant (session id, version).
@@ -412,11 +414,11 @@ impl Scheduler {
     }
 
     pub fn job(&self, id: &JobId) -> Option<&Job> {
-        self.jobs.get(id)
+        self.jobs.get(id).map(|j| &**j)
     }
 
     pub fn jobs(&self) -> impl Iterator<Item = &Job> {
-        self.jobs.values()
+        self.jobs.values().map(|j| &**j)
     }
 
     pub fn worker(&self, id: &WorkerId) -> Option<&Worker> {
@@ -521,7 +523,7 @@ impl Scheduler {
             }
             _ => {}
         }
-        self.jobs.insert(job.id, job);
+        self.jobs.insert(job.id, Box::new(job));
     }
 
     /// Loads a stored worker at start-up. Until it reconnects it is offline-in-waiting:
@@ -811,7 +813,7 @@ impl Scheduler {
         }
         self.new_jobs.insert(job.id);
         self.touch(job.id);
-        self.jobs.insert(job.id, job);
+        self.jobs.insert(job.id, Box::new(job));
     }
 
     /// Cancels a live job on `by`'s request.
@@ -861,7 +863,7 @@ impl Scheduler {
     /// with its retry budget reset.
     pub fn retry(&mut self, mut job: Job, by: Actor, now: Timestamp) -> Result<(), CommandError> {
         if let Some(live) = self.jobs.get(&job.id) {
-            job = live.clone();
+            job = Job::clone(live);
         }
         self.intern(&mut job);
         let waiting_retry = job.state == JobState::Failed && job.next_retry_at.is_some();
@@ -882,7 +884,7 @@ impl Scheduler {
         job.finished_at = None;
         self.queue.push(&job.tenant, key_of(&job), now);
         self.touch(job.id);
-        self.jobs.insert(job.id, job);
+        self.jobs.insert(job.id, Box::new(job));
         Ok(())
     }
 
@@ -1495,10 +1497,12 @@ impl Scheduler {
             self.dirty_set.remove(&id);
             let is_new = self.new_jobs.remove(&id);
             let Some(job) = self.jobs.get(&id) else { continue };
-            let snapshot = job.clone();
-            if job.is_terminal() {
-                self.jobs.remove(&id);
-            }
+            // An ended job leaves memory: it moves into the changes instead of being copied.
+            let snapshot = match job.is_terminal() {
+                true => self.jobs.remove(&id).map(|b| *b),
+                false => Some(Job::clone(job)),
+            };
+            let Some(snapshot) = snapshot else { continue };
             if is_new {
                 out.new_jobs.push(snapshot);
             } else {
