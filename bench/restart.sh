@@ -71,7 +71,8 @@ start
 AFTER=$(rss_kib)
 DB=$(du -sm "$DIR/data" | cut -f1)
 per_job() { python3 -c "print(round(($1 - $EMPTY) * 1024 / max($JOBS, 1)))"; }
-echo "store=${HODEI_DATABASE__URL:+postgres}${HODEI_DATABASE__URL:-sqlite} jobs=$JOBS restart_to_ready_s=$START_S rss_empty_mib=$((EMPTY / 1024)) rss_per_job_b=$(per_job "$FULL") rss_per_job_after_restart_b=$(per_job "$AFTER") data_dir_mib=$DB"
+STORE=sqlite; [ -n "${HODEI_DATABASE__URL:-}" ] && STORE=postgres
+echo "store=$STORE jobs=$JOBS restart_to_ready_s=$START_S rss_empty_mib=$((EMPTY / 1024)) rss_per_job_b=$(per_job "$FULL") rss_per_job_after_restart_b=$(per_job "$AFTER") data_dir_mib=$DB"
 # With all of them still queued: reads, and submit-to-start of new ones. A job that waits (its
 # tenant runs one job at a time, and runs one) is what explain is asked about: its ETA runs the
 # scheduler forward.

@@ -503,16 +503,6 @@ pub(crate) fn sla_count_from_row(r: &impl Cols) -> Result<SlaCount> {
     })
 }
 
-/// Members of an array share one spec in memory, as when they were submitted.
-pub(crate) fn share_array_specs(jobs: &mut [Job]) {
-    let mut specs: std::collections::HashMap<ArrayId, std::sync::Arc<JobSpec>> = std::collections::HashMap::new();
-    for j in jobs {
-        if let Some((a, _)) = j.array {
-            j.spec = specs.entry(a).or_insert_with(|| j.spec.clone()).clone();
-        }
-    }
-}
-
 /// An idempotency record's jobs as stored: `job_ids` holds 16 bytes per id (all zero for a job
 /// quota refused); for an array, its first and last member, with `array_id` and `array_count`.
 pub(crate) struct SubmittedCols {

@@ -119,6 +119,38 @@ async fn a_large_batch_is_not_cut_off_by_the_statement_timeout() {
     db.drop_database().await;
 }
 
+/// A large submit has the job tables analyzed by the store, without waiting for autovacuum: a
+/// plan made with the statistics of a small table sorted a million rows to list fifty.
+#[tokio::test]
+async fn a_large_submit_refreshes_the_planners_statistics() {
+    let Some(db) = TestDatabase::create("a_large_submit_refreshes_the_planners_statistics").await else { return };
+    let store = PgStore::open_with(db.options.clone(), 2, Schema::Migrate).await.unwrap();
+    use sqlx::Connection;
+    let mut conn = sqlx::postgres::PgConnection::connect_with(&db.options).await.unwrap();
+    const ANALYZED: &str = "SELECT last_analyze IS NOT NULL FROM pg_stat_user_tables WHERE relname = 'jobs'";
+    store.apply(submit_of(1)).await.unwrap();
+    assert!(!sqlx::query_scalar::<_, bool>(ANALYZED).fetch_one(&mut conn).await.unwrap(), "one job is no reason to analyze");
+    let mut s = hodei_core::sched::Scheduler::new(hodei_core::sched::SchedConfig::default());
+    let tenant = hodei_core::TenantId::parse("big").unwrap();
+    let roomy = hodei_core::Quota { max_queued_jobs: 100_000, ..hodei_core::Quota::DEFAULT };
+    let now = hodei_core::Timestamp::from_millis(1);
+    s.set_tenant(&tenant, hodei_core::TenantPolicy { weight: 1, quota: roomy, version: 1, ..Default::default() }, now);
+    let spec = hodei_core::spec::JobSpecInput { command: vec!["true".into()], hold: Some(true), ..Default::default() }
+        .validate(&hodei_core::spec::SpecLimits::default(), "")
+        .unwrap();
+    let spec = std::sync::Arc::new(spec);
+    let jobs = (2..=10_001u128).map(|n| hodei_core::Job::new(hodei_core::JobId::from_uuid(uuid::Uuid::from_u128(n << 80)), tenant.clone(), spec.clone(), now));
+    assert!(s.submit_all(jobs.collect(), true, now).iter().all(Result::is_ok));
+    store.apply(std::sync::Arc::new(s.take_changes())).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !sqlx::query_scalar::<_, bool>(ANALYZED).fetch_one(&mut conn).await.unwrap() {
+        assert!(std::time::Instant::now() < deadline, "the jobs table was not analyzed within 30 s of 10 001 new jobs");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    drop((conn, store));
+    db.drop_database().await;
+}
+
 /// One held job's submit, as a batch of scheduler changes.
 fn submit_of(n: u128) -> std::sync::Arc<hodei_core::sched::Changes> {
     let mut s = hodei_core::sched::Scheduler::new(hodei_core::sched::SchedConfig::default());
