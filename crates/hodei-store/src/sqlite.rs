@@ -56,6 +56,8 @@ pub struct SqliteStore {
     writer: Writer,
     /// The database file: start-up reads the live jobs on a connection of its own.
     path: std::path::PathBuf,
+    /// Pages of the job list are read through rusqlite (see `sqlite_load`).
+    readers: Arc<crate::sqlite_load::Readers>,
     /// Removed on drop: the backing file of `open_temporary`.
     _temp: Option<TempDb>,
 }
@@ -97,7 +99,8 @@ impl SqliteStore {
         let read = SqlitePoolOptions::new().max_connections(4).connect_with(opts.read_only(true)).await.map_err(StoreError::db("opening the database"))?;
         let writer = Writer::open(path, fsync_commits)?;
         private_files(path);
-        Ok(SqliteStore { write, read, writer, path: path.to_owned(), _temp: None })
+        let readers = Arc::new(crate::sqlite_load::Readers::new(path));
+        Ok(SqliteStore { write, read, writer, path: path.to_owned(), readers, _temp: None })
     }
 
     /// A private throwaway database for tests: a temporary file (the writer thread and the
@@ -402,35 +405,49 @@ impl Store for SqliteStore {
     }
 
     async fn list_jobs(&self, f: &JobFilter) -> Result<Vec<Job>> {
-        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT * FROM job_rows WHERE 1 = 1");
+        use rusqlite::types::Value;
+        let mut sql = format!("SELECT {} FROM job_rows WHERE 1 = 1", JobCol::list());
+        let mut params: Vec<Value> = Vec::new();
+        let mut any_of = |sql: &mut String, column: &str, values: Vec<String>| {
+            sql.push_str(&format!(" AND {column} IN ({})", vec!["?"; values.len()].join(", ")));
+            params.extend(values.into_iter().map(Value::Text));
+        };
         if let Some(t) = &f.tenant {
-            qb.push(" AND tenant_id = ").push_bind(t.as_str().to_owned());
+            any_of(&mut sql, "tenant_id", vec![t.as_str().to_owned()]);
         }
-        if !push_visible(&mut qb, f.visible.as_deref()) {
-            return Ok(Vec::new());
+        match f.visible.as_deref() {
+            Some([]) => return Ok(Vec::new()),
+            Some(visible) => any_of(&mut sql, "tenant_id", visible.iter().map(|t| t.as_str().to_owned()).collect()),
+            None => {}
         }
-        push_in(&mut qb, "state", f.states.iter().map(|s| s.as_str()));
-        if !f.states.is_empty() && f.states.iter().all(|s| LIVE_STATES.contains(s)) {
-            // Only live states asked for: repeating the partial index's predicate lets SQLite
-            // search it instead of walking every ended job.
-            qb.push(concat!(" AND ", live_jobs!()));
+        if !f.states.is_empty() {
+            any_of(&mut sql, "state", f.states.iter().map(|s| s.as_str().to_owned()).collect());
+            if f.states.iter().all(|s| LIVE_STATES.contains(s)) {
+                // Only live states asked for: repeating the partial index's predicate lets SQLite
+                // search it instead of walking every ended job.
+                sql.push_str(concat!(" AND ", live_jobs!()));
+            }
         }
         if let Some((k, v)) = &f.label {
-            let path = format!("$.\"{}\"", k.replace('\\', "\\\\").replace('"', "\\\""));
-            qb.push(" AND json_extract(labels, ").push_bind(path).push(") = ").push_bind(v.clone());
+            sql.push_str(" AND json_extract(labels, ?) = ?");
+            params.push(Value::Text(format!("$.\"{}\"", k.replace('\\', "\\\\").replace('"', "\\\""))));
+            params.push(Value::Text(v.clone()));
         }
+        let blob = |id: uuid::Uuid| Value::Blob(id.as_bytes().to_vec());
         if let Some(a) = f.array {
             // The members' ids lie between the array's bounds: a range of the primary key.
-            qb.push(" AND array_id = ").push_bind(a.as_uuid());
-            qb.push(" AND id BETWEEN (SELECT first_job_id FROM job_arrays WHERE id = ").push_bind(a.as_uuid());
-            qb.push(") AND (SELECT last_job_id FROM job_arrays WHERE id = ").push_bind(a.as_uuid()).push(")");
+            sql.push_str(
+                " AND array_id = ? AND id BETWEEN (SELECT first_job_id FROM job_arrays WHERE id = ?) AND (SELECT last_job_id FROM job_arrays WHERE id = ?)",
+            );
+            params.extend([blob(a.as_uuid()), blob(a.as_uuid()), blob(a.as_uuid())]);
         }
         if let Some(c) = f.before {
-            qb.push(" AND id < ").push_bind(c.as_uuid());
+            sql.push_str(" AND id < ?");
+            params.push(blob(c.as_uuid()));
         }
-        qb.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(f.limit.max(1)));
-        let rows = qb.build().fetch_all(&self.read).await.map_err(StoreError::db("listing jobs"))?;
-        rows.iter().map(job_from_row).collect()
+        sql.push_str(" ORDER BY id DESC LIMIT ?");
+        params.push(Value::Integer(i64::from(f.limit.max(1))));
+        self.readers.jobs(sql, params, "listing jobs").await
     }
 
     async fn sla_counts(&self, since: Timestamp, tenant: Option<&TenantId>) -> Result<Vec<SlaCount>> {
