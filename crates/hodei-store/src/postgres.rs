@@ -147,17 +147,10 @@ impl PgStore {
         }
         let count: i64 = sqlx::query_scalar(concat!("SELECT count(*) FROM jobs WHERE ", live_jobs!())).fetch_one(&mut *tx).await.map_err(StoreError::db(D))?;
         let mut jobs = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
-        let mut specs: HashMap<ArrayId, Arc<JobSpec>> = HashMap::new();
+        let mut specs = SharedSpecs::default();
         let mut rows = sqlx::query(concat!("SELECT * FROM job_rows WHERE ", live_jobs!())).fetch(&mut *tx);
         while let Some(row) = rows.try_next().await.map_err(StoreError::db(D))? {
-            let spec = match row.uuid(JobCol::ArrayId)?.map(ArrayId::from_uuid) {
-                None => None,
-                Some(a) => Some(match specs.get(&a) {
-                    Some(s) => s.clone(),
-                    None => specs.entry(a).or_insert(Arc::new(spec_from(&row)?)).clone(),
-                }),
-            };
-            jobs.push(job_from(&row, spec)?);
+            jobs.push(specs.job(&row)?);
         }
         drop(rows);
         tx.commit().await.map_err(StoreError::db(D))?;
@@ -1023,7 +1016,8 @@ impl Store for PgStore {
         }
         qb.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(f.limit.max(1)));
         let rows = qb.build().fetch_all(&self.pool).await.map_err(StoreError::db("listing jobs"))?;
-        rows.iter().map(job_from_row).collect()
+        let mut specs = SharedSpecs::default();
+        rows.iter().map(|r| specs.job(r)).collect()
     }
 
     async fn list_attempts(&self, job: JobId) -> Result<Vec<Attempt>> {

@@ -250,6 +250,23 @@ fn need<T>(v: Option<T>, c: JobCol) -> Result<T> {
     v.ok_or_else(|| StoreError::Corrupt { doing: JOB, detail: format!("{} is NULL", c.name()) })
 }
 
+/// Jobs read from rows, the spec of an array parsed once for all its members among them.
+#[derive(Default)]
+pub(crate) struct SharedSpecs(std::collections::HashMap<ArrayId, Arc<JobSpec>>);
+
+impl SharedSpecs {
+    pub(crate) fn job(&mut self, r: &impl JobRow) -> Result<Job> {
+        let spec = match r.uuid(JobCol::ArrayId)?.map(ArrayId::from_uuid) {
+            None => None,
+            Some(a) => Some(match self.0.get(&a) {
+                Some(s) => s.clone(),
+                None => self.0.entry(a).or_insert(Arc::new(spec_from(r)?)).clone(),
+            }),
+        };
+        job_from(r, spec)
+    }
+}
+
 /// A job's spec, from its row.
 pub(crate) fn spec_from(r: &impl JobRow) -> Result<JobSpec> {
     use JobCol as C;

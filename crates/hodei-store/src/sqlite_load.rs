@@ -7,18 +7,16 @@
 //! Start-up reads on a connection of its own ([`jobs`]); pages of the job list on the pooled
 //! read-only connections of [`Readers`].
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hodei_core::spec::JobSpec;
-use hodei_core::{ArrayId, Job};
+use hodei_core::Job;
 use rusqlite::types::{FromSqlError, ValueRef};
 use rusqlite::{Connection, OpenFlags};
 use uuid::Uuid;
 
-use crate::rows::{JobCol, JobRow, job_from, spec_from};
+use crate::rows::{JobCol, JobRow, SharedSpecs};
 use crate::sqlite_writer::map_err;
 use crate::{Result, StoreError};
 
@@ -71,18 +69,10 @@ pub(crate) fn jobs(path: &Path, count: &str, sql: &str) -> Result<Vec<Job>> {
 
 /// Every row of `rows` as a job.
 fn read_jobs(mut rows: rusqlite::Rows<'_>, capacity: usize, doing: &'static str) -> Result<Vec<Job>> {
-    let mut specs: HashMap<ArrayId, Arc<JobSpec>> = HashMap::new();
+    let mut specs = SharedSpecs::default();
     let mut jobs = Vec::with_capacity(capacity);
     while let Some(row) = rows.next().map_err(map_err(doing))? {
-        let r = Positional { row, doing };
-        let spec = match r.uuid(JobCol::ArrayId)?.map(ArrayId::from_uuid) {
-            None => None,
-            Some(a) => Some(match specs.get(&a) {
-                Some(s) => s.clone(),
-                None => specs.entry(a).or_insert(Arc::new(spec_from(&r)?)).clone(),
-            }),
-        };
-        jobs.push(job_from(&r, spec)?);
+        jobs.push(specs.job(&Positional { row, doing })?);
     }
     Ok(jobs)
 }
