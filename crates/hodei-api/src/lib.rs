@@ -26,7 +26,7 @@ use hodei_core::queue::FlowStatus;
 use hodei_core::sched::{CancelOutcome, Scheduler};
 use hodei_core::spec::SpecLimits;
 use hodei_core::{Admission, Job, JobId, JobState, Pool, Quota, Rejection, Tenant, TenantId, TenantPolicy, Timestamp, Usage};
-use hodei_store::logs::LogFiles;
+use hodei_store::logs::Logs;
 use hodei_store::{Store, StoreError};
 use metrics_exporter_prometheus::PrometheusHandle;
 use utoipa::OpenApi;
@@ -206,7 +206,7 @@ pub struct ApiConfig {
 pub struct Inner {
     pub store: Arc<dyn Store>,
     pub control: Arc<dyn Control>,
-    pub logs: Arc<LogFiles>,
+    pub logs: Arc<Logs>,
     pub clock: Arc<dyn Clock>,
     pub metrics: Option<PrometheusHandle>,
     /// Pools as configured; read to refuse jobs that no pool could ever run.

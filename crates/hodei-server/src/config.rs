@@ -227,7 +227,8 @@ section!(ResourcesConfig { cpu_m: u32 = 250, memory_mb: u32 = 256, gpu: u32 = 0 
 
 section!(JobLogsConfig {
     max_bytes_per_attempt: u64 = 64 << 20,
-    /// Default `{data_dir}/logs`.
+    /// Job output in files here. Default: in the database with PostgreSQL (every server of
+    /// the database reaches it), `{data_dir}/logs` with SQLite.
     dir: Option<PathBuf> = None,
 });
 
@@ -768,6 +769,7 @@ impl Config {
         &self.server.data_dir
     }
 
+    /// Where job output goes when the store does not keep it (`jobs.logs.dir` unset).
     pub fn logs_dir(&self) -> PathBuf {
         self.jobs.logs.dir.clone().unwrap_or_else(|| self.server.data_dir.join("logs"))
     }

@@ -22,7 +22,7 @@ use hodei_core::{
     WorkerState,
 };
 use hodei_proto::v1 as pb;
-use hodei_store::logs::LogFiles;
+use hodei_store::logs::Logs;
 use hodei_store::{BurstFilter, Store, StoreError};
 
 use crate::gauges::Gauges;
@@ -289,7 +289,7 @@ fn command_error(e: CommandError) -> ControlError {
 pub struct Engine {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
-    logs: Arc<LogFiles>,
+    logs: Arc<Logs>,
     cfg: EngineConfig,
     sched: Scheduler,
     conns: HashMap<WorkerId, WorkerConn>,
@@ -414,7 +414,7 @@ impl Kept {
 
 impl Engine {
     /// Builds the engine from what the store holds (restart recovery).
-    pub async fn start(store: Arc<dyn Store>, clock: Arc<dyn Clock>, logs: Arc<LogFiles>, cfg: EngineConfig) -> Result<(Engine, EngineHandle), StoreError> {
+    pub async fn start(store: Arc<dyn Store>, clock: Arc<dyn Clock>, logs: Arc<Logs>, cfg: EngineConfig) -> Result<(Engine, EngineHandle), StoreError> {
         let (tx, rx) = mpsc::channel(COMMANDS_QUEUED);
         let running = Arc::new(AtomicBool::new(false));
         let connected = Arc::new(AtomicUsize::new(0));

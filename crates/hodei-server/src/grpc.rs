@@ -21,7 +21,7 @@ use hodei_core::{AttemptId, FailureReason, PoolId, Resources, Timestamp, Worker,
 use hodei_proto::v1 as pb;
 use hodei_proto::v1::worker_service_server::WorkerService;
 use hodei_store::Store;
-use hodei_store::logs::{LogFiles, LogStream};
+use hodei_store::logs::{LogStream, Logs};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
@@ -42,7 +42,7 @@ pub struct WorkerTimeouts {
 pub struct WorkerSvc {
     pub store: Arc<dyn Store>,
     pub engine: EngineHandle,
-    pub logs: Arc<LogFiles>,
+    pub logs: Arc<Logs>,
     pub clock: Arc<dyn Clock>,
     pub timeouts: Arc<WorkerTimeouts>,
     sessions: Arc<Mutex<HashMap<WorkerId, String>>>,
@@ -50,7 +50,7 @@ pub struct WorkerSvc {
 }
 
 impl WorkerSvc {
-    pub fn new(store: Arc<dyn Store>, engine: EngineHandle, logs: Arc<LogFiles>, clock: Arc<dyn Clock>, timeouts: WorkerTimeouts) -> Self {
+    pub fn new(store: Arc<dyn Store>, engine: EngineHandle, logs: Arc<Logs>, clock: Arc<dyn Clock>, timeouts: WorkerTimeouts) -> Self {
         for kind in ["log", "accepted", "rejected", "result"] {
             metrics::counter!("hodei_worker_messages_refused_total", "kind" => kind).increment(0);
         }
@@ -221,13 +221,15 @@ impl WorkerService for WorkerSvc {
         let held = ack.await.map_err(Self::stopped)?.map_err(|_| Status::not_found("unknown or terminated worker; register again"))?;
         // What is stored of each held attempt's output, read from the files (this server may
         // have restarted), so that the worker resends exactly what is missing.
-        let logs = self.logs.clone();
-        let ids = held.clone();
-        let read =
-            tokio::task::spawn_blocking(move || ids.into_iter().map(|a| logs.stored_offsets(a).map(|(o, e)| (a, o, e))).collect::<std::io::Result<Vec<_>>>())
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|r| r.map_err(|e| format!("reading stored output: {e}")));
+        let read = async {
+            let mut offsets = Vec::with_capacity(held.len());
+            for &a in &held {
+                let (out, err) = self.logs.stored_offsets(a).await.map_err(|e| format!("reading stored output: {e}"))?;
+                offsets.push((a, out, err));
+            }
+            Ok::<_, String>(offsets)
+        }
+        .await;
         let offsets = match read {
             Ok(o) => o,
             Err(e) => {
@@ -302,7 +304,7 @@ impl WorkerSvc {
                     return Err(refused("log", worker, attempt));
                 }
                 let stream = if l.stream == pb::LogStream::Stderr as i32 { LogStream::Stderr } else { LogStream::Stdout };
-                self.logs.append(attempt, stream, l.offset, &l.data).map_err(|e| Status::internal(e.to_string()))
+                self.logs.append(attempt, stream, l.offset, &l.data).await.map_err(|e| Status::internal(e.to_string()))
             }
             Some(Msg::Result(r)) => {
                 let (attempt, mut result) = result_from_pb(&r)?;
@@ -311,7 +313,7 @@ impl WorkerSvc {
                 if let Ok(mut set) = owned.lock() {
                     set.remove(&attempt);
                 }
-                result.log_truncated |= self.logs.was_truncated(attempt);
+                result.log_truncated |= self.logs.was_truncated(attempt).await.map_err(|e| Status::internal(e.to_string()))?;
                 self.logs.finished(attempt);
                 self.engine.deliver(Command::Finished { worker, attempt, result: Box::new(result) }).await.map_err(Self::stopped)
             }

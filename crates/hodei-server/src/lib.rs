@@ -25,7 +25,7 @@ use hodei_core::{
     Pool, PoolId, PoolState, PoolType, Priority, Quota, QuotaRules, Resources, Tenant, TenantId, TenantPolicy, TenantStatus, Tier, Timestamp, ViolationPolicy,
 };
 use hodei_proto::v1::worker_service_server::WorkerServiceServer;
-use hodei_store::logs::LogFiles;
+use hodei_store::logs::Logs;
 use hodei_store::postgres::{PgOptions, PgStore};
 use hodei_store::sqlite::SqliteStore;
 use hodei_store::{Schema, Store};
@@ -401,7 +401,7 @@ struct ApiParts {
     admin: Arc<hodei_core::Caller>,
     store: Arc<dyn Store>,
     engine: EngineHandle,
-    logs: Arc<LogFiles>,
+    logs: Arc<Logs>,
     clock: Arc<dyn Clock>,
     metrics: Option<PrometheusHandle>,
     pools: Vec<Pool>,
@@ -555,7 +555,11 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
     for t in store.list_tenants().await.context("listing tenants")? {
         hodei_api::zero_series_for_tenant(&t.id, &setup.pools);
     }
-    let logs = Arc::new(LogFiles::new(cfg.logs_dir(), cfg.jobs.logs.max_bytes_per_attempt).context("creating the logs dir")?);
+    let max_log_bytes = cfg.jobs.logs.max_bytes_per_attempt;
+    let logs = Arc::new(match (store.log_store(), &cfg.jobs.logs.dir) {
+        (Some(db), None) => Logs::new(db, max_log_bytes),
+        _ => Logs::in_dir(cfg.logs_dir(), max_log_bytes).context("creating the logs dir")?,
+    });
     let engine_cfg = engine_config(&cfg);
     let instance = engine_cfg.instance.clone();
     let (engine, handle) = Engine::start(store.clone(), clock.clone(), logs.clone(), engine_cfg).await.context("loading scheduler state")?;

@@ -13,7 +13,7 @@ use hodei_api::Clock;
 use hodei_core::Timestamp;
 use hodei_core::sla_tally::window_start;
 use hodei_store::Store;
-use hodei_store::logs::LogFiles;
+use hodei_store::logs::Logs;
 use tokio::sync::watch;
 
 use crate::engine::EngineHandle;
@@ -41,14 +41,7 @@ fn causes(e: &dyn std::error::Error) -> String {
     text
 }
 
-pub async fn sweep(
-    store: Arc<dyn Store>,
-    engine: EngineHandle,
-    logs: Arc<LogFiles>,
-    clock: Arc<dyn Clock>,
-    retention: Duration,
-    mut stop: watch::Receiver<bool>,
-) {
+pub async fn sweep(store: Arc<dyn Store>, engine: EngineHandle, logs: Arc<Logs>, clock: Arc<dyn Clock>, retention: Duration, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(interval(retention));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -75,10 +68,8 @@ pub async fn sweep(
                     break;
                 }
             };
-            for a in &purged.attempts {
-                if let Err(e) = logs.remove(*a) {
-                    tracing::warn!(error = %e, attempt = %a, "retention: cannot delete a log file");
-                }
+            if let Err(e) = logs.remove(&purged.attempts).await {
+                tracing::warn!(error = %e, attempts = purged.attempts.len(), "retention: cannot delete the output of deleted jobs");
             }
             jobs += purged.jobs;
             files += purged.attempts.len();

@@ -5,9 +5,11 @@
 //! **Architecture Invariant:** every engine passes the same [`conformance`] suite.
 
 pub mod conformance;
+pub mod conformance_logs;
 mod identity;
 pub mod logs;
 pub mod postgres;
+pub mod postgres_logs;
 mod rows;
 pub mod sqlite;
 mod sqlite_load;
@@ -233,6 +235,12 @@ pub trait Store: Identity + Send + Sync + 'static {
     /// process need nothing.
     async fn hold_scheduler_lock(&self) -> Result<bool> {
         Ok(false)
+    }
+
+    /// Where this engine keeps job output, when it keeps it itself (so that every server of
+    /// the database reaches it); `None`: in files beside the database.
+    fn log_store(&self) -> Option<std::sync::Arc<dyn logs::LogStore>> {
+        None
     }
 
     async fn create_tenant(&self, t: &Tenant) -> Result<()>;

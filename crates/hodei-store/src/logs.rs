@@ -1,22 +1,27 @@
-//! Job output: one file per attempt and stream under `jobs.logs.dir`, deduplicated by the
-//! worker's offsets (SPEC §5.4), capped per attempt with the cap reported, never silent.
-//! Followers are woken per topic — new output of one attempt, a change of one job — never by
-//! everyone's output.
+//! Job output (SPEC §5.4): deduplicated by the worker's offsets, gaps left as markers, capped
+//! per attempt with the cap reported, never silent. Followers are woken per topic — new output
+//! of one attempt, a change of one job — never by everyone's output.
 //!
-//! A file holds the worker's bytes as sent, except where the worker's offsets jump (output it
-//! could not keep): there a marker line says how much was lost. Before a marker is written, a
-//! line `B F W` is added to the stream's `.idx` file — the file was `B` bytes long, and from
-//! byte `F` on it holds the worker's bytes from offset `W` on — so the offset the worker is
-//! at is known again after a restart, and a resend of what a stopped server missed is written
-//! exactly once. An attempt over the cap gets an empty `.truncated` file.
+//! [`Logs`] holds what every storage shares: where each stream of a running attempt stands,
+//! the cap, and the followers. Storage is a port, [`LogStore`], with two adapters: one file per
+//! attempt and stream in a directory ([`LogFiles`], the embedded default) and a table in the
+//! PostgreSQL database ([`crate::postgres_logs::PgLogs`]), which every server replica reaches.
+//! Both pass the same suite, [`crate::conformance_logs`].
+//!
+//! A stored stream is the worker's bytes as sent, except where the worker's offsets jump
+//! (output it could not keep): there a marker line says how much was lost. The storage keeps,
+//! for each such jump, where the worker's bytes resume, so the offset the worker is at is
+//! known again after a restart, and a resend of what a stopped server missed is stored exactly
+//! once.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
+use async_trait::async_trait;
 use hodei_core::{AttemptId, JobId};
 use tokio::sync::watch;
 
@@ -33,21 +38,51 @@ impl LogStream {
             LogStream::Stderr => "stderr",
         }
     }
+
+    fn other(self) -> LogStream {
+        match self {
+            LogStream::Stdout => LogStream::Stderr,
+            LogStream::Stderr => LogStream::Stdout,
+        }
+    }
 }
 
-/// Where an attempt's stream stands: the next offset expected from the worker and the
-/// file's length. The two differ by the gap markers written so far.
+/// Where a stream stands: the next offset expected from the worker and the length stored.
+/// The two differ by the gap markers written so far.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct Cursor {
-    worker: u64,
-    file: u64,
+pub struct Cursor {
+    pub worker: u64,
+    pub stored: u64,
 }
 
-#[derive(Default)]
-struct State {
-    /// Per attempt and stream, while it sends output; rebuilt from the files after a restart.
-    next: HashMap<(AttemptId, LogStream), Cursor>,
-    truncated: HashSet<AttemptId>,
+/// What one chunk adds to a stream, decided by [`Logs`]: the storage writes it as it is.
+#[derive(Debug)]
+pub struct Piece {
+    /// Where the stream stood before.
+    pub at: Cursor,
+    /// Where it stands after (`after.stored - at.stored == bytes.len()`).
+    pub after: Cursor,
+    /// A gap marker opens `bytes`: its length, and the worker offset its bytes resume at.
+    pub gap: Option<(u64, u64)>,
+    /// What to append (marker and output), already cut to the cap.
+    pub bytes: Vec<u8>,
+    /// The cap was reached: the attempt stores nothing more.
+    pub truncate: bool,
+}
+
+/// The storage of job output. It makes no decisions: [`Logs`] says what to write.
+#[async_trait]
+pub trait LogStore: Send + Sync + 'static {
+    /// Where a stream stands as stored, repairing what a stopped server left half written.
+    async fn recover(&self, attempt: AttemptId, stream: LogStream) -> io::Result<Cursor>;
+    /// Whether the attempt reached its cap.
+    async fn truncated(&self, attempt: AttemptId) -> io::Result<bool>;
+    /// Stores a piece. Pieces of one stream come in order, one at a time.
+    async fn write(&self, attempt: AttemptId, stream: LogStream, piece: &Piece) -> io::Result<()>;
+    /// Up to `limit` bytes from `offset`, and the stream's stored length.
+    async fn read(&self, attempt: AttemptId, stream: LogStream, offset: u64, limit: u64) -> io::Result<(Vec<u8>, u64)>;
+    /// Deletes the attempts' output (retention).
+    async fn remove(&self, attempts: &[AttemptId]) -> io::Result<()>;
 }
 
 /// What a follower waits for.
@@ -64,35 +99,41 @@ struct Followers {
     prune_at: usize,
 }
 
-fn parse_index_line(line: &str) -> Option<[u64; 3]> {
-    let mut it = line.split_ascii_whitespace().map(|n| n.parse::<u64>().ok());
-    let v = [it.next()??, it.next()??, it.next()??];
-    it.next().is_none().then_some(v)
+/// What is known of an attempt that sends output, while it does; read from the storage when
+/// not known (after a restart, or once the attempt has ended).
+#[derive(Default)]
+struct AttemptLog {
+    stdout: Option<Cursor>,
+    stderr: Option<Cursor>,
+    truncated: Option<bool>,
 }
 
-pub struct LogFiles {
-    dir: PathBuf,
+impl AttemptLog {
+    fn cursor(&mut self, stream: LogStream) -> &mut Option<Cursor> {
+        match stream {
+            LogStream::Stdout => &mut self.stdout,
+            LogStream::Stderr => &mut self.stderr,
+        }
+    }
+}
+
+/// Job output over a [`LogStore`]: deduplication, gaps, the cap and followers.
+pub struct Logs {
+    store: Arc<dyn LogStore>,
     max_bytes: u64,
-    state: Mutex<State>,
+    /// One lock per attempt: its chunks are appended one at a time, other attempts' meanwhile.
+    attempts: Mutex<HashMap<AttemptId, Arc<tokio::sync::Mutex<AttemptLog>>>>,
     followers: Mutex<Followers>,
 }
 
-impl LogFiles {
-    pub fn new(dir: PathBuf, max_bytes_per_attempt: u64) -> io::Result<LogFiles> {
-        fs::create_dir_all(&dir)?;
-        Ok(LogFiles { dir, max_bytes: max_bytes_per_attempt, state: Mutex::new(State::default()), followers: Mutex::default() })
+impl Logs {
+    pub fn new(store: Arc<dyn LogStore>, max_bytes_per_attempt: u64) -> Logs {
+        Logs { store, max_bytes: max_bytes_per_attempt, attempts: Mutex::default(), followers: Mutex::default() }
     }
 
-    pub fn path(&self, attempt: AttemptId, stream: LogStream) -> PathBuf {
-        self.dir.join(format!("{attempt}.{}", stream.as_str()))
-    }
-
-    fn index_path(&self, attempt: AttemptId, stream: LogStream) -> PathBuf {
-        self.dir.join(format!("{attempt}.{}.idx", stream.as_str()))
-    }
-
-    fn truncated_path(&self, attempt: AttemptId) -> PathBuf {
-        self.dir.join(format!("{attempt}.truncated"))
+    /// Output in one file per attempt and stream under `dir`.
+    pub fn in_dir(dir: PathBuf, max_bytes_per_attempt: u64) -> io::Result<Logs> {
+        Ok(Logs::new(Arc::new(LogFiles::new(dir)?), max_bytes_per_attempt))
     }
 
     fn follow(&self, topic: Topic) -> watch::Receiver<u64> {
@@ -109,7 +150,7 @@ impl LogFiles {
         self.follow(Topic::Output(attempt))
     }
 
-    /// Changes when [`LogFiles::jobs_changed`] names the job.
+    /// Changes when [`Logs::jobs_changed`] names the job.
     pub fn follow_job(&self, job: JobId) -> watch::Receiver<u64> {
         self.follow(Topic::Job(job))
     }
@@ -136,59 +177,191 @@ impl LogFiles {
         }
     }
 
-    /// The attempt ended: its offsets and truncation need not be kept in memory (a late
-    /// resend is deduplicated against the files, as after a restart).
+    fn entry(&self, attempt: AttemptId) -> io::Result<Arc<tokio::sync::Mutex<AttemptLog>>> {
+        let mut map = self.attempts.lock().map_err(|_| io::Error::other("log state poisoned"))?;
+        Ok(map.entry(attempt).or_default().clone())
+    }
+
+    /// The attempt ended: what is known of it need not be kept in memory (a late resend is
+    /// deduplicated against the storage, as after a restart).
     pub fn finished(&self, attempt: AttemptId) {
-        if let Ok(mut st) = self.state.lock() {
-            st.next.remove(&(attempt, LogStream::Stdout));
-            st.next.remove(&(attempt, LogStream::Stderr));
-            st.truncated.remove(&attempt);
+        if let Ok(mut map) = self.attempts.lock() {
+            map.remove(&attempt);
         }
     }
 
-    pub fn was_truncated(&self, attempt: AttemptId) -> bool {
-        self.state.lock().is_ok_and(|s| s.truncated.contains(&attempt)) || self.truncated_path(attempt).exists()
+    /// Whether the attempt reached its cap.
+    pub async fn was_truncated(&self, attempt: AttemptId) -> io::Result<bool> {
+        let known = self.attempts.lock().ok().and_then(|m| m.get(&attempt).and_then(|e| e.try_lock().ok().and_then(|l| l.truncated)));
+        match known {
+            Some(t) => Ok(t),
+            None => self.store.truncated(attempt).await,
+        }
     }
 
     /// The worker offsets up to which each stream of the attempt is stored (stdout, stderr):
     /// what the worker need not send again. `u64::MAX` once the attempt is over its cap.
-    /// Read from the files when this server has not seen the attempt's output yet.
-    pub fn stored_offsets(&self, attempt: AttemptId) -> io::Result<(u64, u64)> {
-        let st = self.state.lock().map_err(|_| io::Error::other("log state poisoned"))?;
-        if st.truncated.contains(&attempt) || self.truncated_path(attempt).exists() {
+    pub async fn stored_offsets(&self, attempt: AttemptId) -> io::Result<(u64, u64)> {
+        let entry = self.attempts.lock().ok().and_then(|m| m.get(&attempt).cloned());
+        // Not kept when unknown: an attempt that sends nothing more (lost with its worker)
+        // leaves no entry.
+        let mut log = match &entry {
+            Some(e) => Some(e.lock().await),
+            None => None,
+        };
+        let truncated = match log.as_ref().and_then(|l| l.truncated) {
+            Some(t) => t,
+            None => self.store.truncated(attempt).await?,
+        };
+        if truncated {
             return Ok((u64::MAX, u64::MAX));
         }
-        // Not kept: an attempt that sends nothing more (lost with its worker) leaves no entry.
-        let at = |stream| -> io::Result<u64> {
-            match st.next.get(&(attempt, stream)) {
-                Some(c) => Ok(c.worker),
-                None => Ok(self.recover(attempt, stream)?.worker),
-            }
-        };
-        Ok((at(LogStream::Stdout)?, at(LogStream::Stderr)?))
+        let mut offsets = [0; 2];
+        for (i, stream) in [LogStream::Stdout, LogStream::Stderr].into_iter().enumerate() {
+            offsets[i] = match log.as_mut().and_then(|l| *l.cursor(stream)) {
+                Some(c) => c.worker,
+                None => self.store.recover(attempt, stream).await?.worker,
+            };
+        }
+        Ok((offsets[0], offsets[1]))
     }
 
-    /// [`LogFiles::stored_offsets`] of those of `attempts` whose output this server has taken
-    /// since it started, without touching the disk (the others are answered at reconnection).
+    /// [`Logs::stored_offsets`] of those of `attempts` whose output this server has taken
+    /// since it started, without reading the storage (the others are answered at reconnection).
     pub fn known_offsets(&self, attempts: &[AttemptId]) -> Vec<(AttemptId, u64, u64)> {
-        let Ok(st) = self.state.lock() else { return Vec::new() };
-        let at = |a, s| st.next.get(&(a, s)).map(|c: &Cursor| c.worker);
+        let Ok(map) = self.attempts.lock() else { return Vec::new() };
         attempts
             .iter()
             .filter_map(|&a| {
-                if st.truncated.contains(&a) {
+                // One being appended to is answered at the next heartbeat.
+                let log = map.get(&a)?.try_lock().ok()?;
+                if log.truncated == Some(true) {
                     return Some((a, u64::MAX, u64::MAX));
                 }
-                let (out, err) = (at(a, LogStream::Stdout), at(a, LogStream::Stderr));
+                let (out, err) = (log.stdout.map(|c| c.worker), log.stderr.map(|c| c.worker));
                 (out.is_some() || err.is_some()).then(|| (a, out.unwrap_or(0), err.unwrap_or(0)))
             })
             .collect()
     }
 
-    /// Where a stream stands according to its files, repairing the end of a write that a
-    /// stopped server left half done: an index line whose marker is not (fully) in the file is
-    /// undone with the marker's bytes, a torn index line is dropped.
-    fn recover(&self, attempt: AttemptId, stream: LogStream) -> io::Result<Cursor> {
+    /// Appends a chunk the worker sent at `offset` in its stream. What is stored already is
+    /// dropped; a jump past what is stored leaves a marker; output past the cap is dropped and
+    /// the attempt marked truncated.
+    pub async fn append(&self, attempt: AttemptId, stream: LogStream, offset: u64, data: &[u8]) -> io::Result<()> {
+        let entry = self.entry(attempt)?;
+        let mut log = entry.lock().await;
+        let truncated = match log.truncated {
+            Some(t) => t,
+            None => *log.truncated.insert(self.store.truncated(attempt).await?),
+        };
+        if truncated {
+            return Ok(());
+        }
+        let cur = match *log.cursor(stream) {
+            Some(c) => c,
+            None => *log.cursor(stream).insert(self.store.recover(attempt, stream).await?),
+        };
+        let end = offset.saturating_add(data.len() as u64);
+        if end <= cur.worker {
+            return Ok(());
+        }
+        // The cap is per attempt: both streams together.
+        let other = match *log.cursor(stream.other()) {
+            Some(c) => c,
+            None => *log.cursor(stream.other()).insert(self.store.recover(attempt, stream.other()).await?),
+        };
+        let room = self.max_bytes.saturating_sub(cur.stored + other.stored);
+        let mut bytes: Vec<u8> = Vec::new();
+        let mut gap = None;
+        if offset > cur.worker {
+            let marker = format!("\n[hodei: {} bytes of output lost]\n", offset - cur.worker);
+            gap = Some((marker.len() as u64, offset));
+            bytes.extend_from_slice(marker.as_bytes());
+            bytes.extend_from_slice(data);
+        } else {
+            bytes.extend_from_slice(&data[(cur.worker - offset) as usize..]);
+        }
+        let truncate = bytes.len() as u64 > room;
+        if truncate {
+            bytes.truncate(room as usize);
+        }
+        let piece = Piece { at: cur, after: Cursor { worker: end, stored: cur.stored + bytes.len() as u64 }, gap, bytes, truncate };
+        match self.store.write(attempt, stream, &piece).await {
+            Ok(()) => {
+                *log.cursor(stream) = Some(piece.after);
+                log.truncated = Some(truncate);
+                drop(log);
+                if !piece.bytes.is_empty()
+                    && let Ok(mut f) = self.followers.lock()
+                {
+                    Self::wake(&mut f, Topic::Output(attempt));
+                }
+                Ok(())
+            }
+            Err(e) => {
+                // What reached the storage is read back from it at the next chunk.
+                *log = AttemptLog::default();
+                Err(e)
+            }
+        }
+    }
+
+    /// Up to `limit` bytes from `offset`, and the stream's stored length.
+    pub async fn read(&self, attempt: AttemptId, stream: LogStream, offset: u64, limit: u64) -> io::Result<(Vec<u8>, u64)> {
+        self.store.read(attempt, stream, offset, limit).await
+    }
+
+    /// Deletes the attempts' output (retention) and forgets what was kept about them.
+    pub async fn remove(&self, attempts: &[AttemptId]) -> io::Result<()> {
+        for a in attempts {
+            self.finished(*a);
+        }
+        self.store.remove(attempts).await
+    }
+}
+
+fn parse_index_line(line: &str) -> Option<[u64; 3]> {
+    let mut it = line.split_ascii_whitespace().map(|n| n.parse::<u64>().ok());
+    let v = [it.next()??, it.next()??, it.next()??];
+    it.next().is_none().then_some(v)
+}
+
+/// Output in files: `<attempt>.<stream>` holds a stream as stored. Before a gap marker is
+/// written, a line `B F W` is added to the stream's `.idx` file — the file was `B` bytes long,
+/// and from byte `F` on it holds the worker's bytes from offset `W` on. An attempt over the cap
+/// gets an empty `.truncated` file. Files are readable by the server's user only.
+pub struct LogFiles {
+    dir: PathBuf,
+}
+
+impl LogFiles {
+    pub fn new(dir: PathBuf) -> io::Result<LogFiles> {
+        fs::create_dir_all(&dir)?;
+        Ok(LogFiles { dir })
+    }
+
+    pub fn path(&self, attempt: AttemptId, stream: LogStream) -> PathBuf {
+        self.dir.join(format!("{attempt}.{}", stream.as_str()))
+    }
+
+    fn index_path(&self, attempt: AttemptId, stream: LogStream) -> PathBuf {
+        self.dir.join(format!("{attempt}.{}.idx", stream.as_str()))
+    }
+
+    fn truncated_path(&self, attempt: AttemptId) -> PathBuf {
+        self.dir.join(format!("{attempt}.truncated"))
+    }
+}
+
+fn open_append(p: PathBuf) -> io::Result<fs::File> {
+    OpenOptions::new().create(true).append(true).mode(0o600).open(p)
+}
+
+#[async_trait]
+impl LogStore for LogFiles {
+    /// An index line whose marker is not (fully) in the file is undone with the marker's
+    /// bytes; a torn index line is dropped.
+    async fn recover(&self, attempt: AttemptId, stream: LogStream) -> io::Result<Cursor> {
         let path = self.path(attempt, stream);
         let mut len = match fs::metadata(&path) {
             Ok(m) => m.len(),
@@ -198,7 +371,7 @@ impl LogFiles {
         let index = self.index_path(attempt, stream);
         let text = match fs::read_to_string(&index) {
             Ok(t) => t,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Cursor { worker: len, file: len }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Cursor { worker: len, stored: len }),
             Err(e) => return Err(e),
         };
         let whole: Vec<&str> = text.split_inclusive('\n').filter(|l| l.ends_with('\n')).collect();
@@ -221,109 +394,32 @@ impl LogFiles {
             fs::rename(&tmp, &index)?;
         }
         Ok(match lines.last() {
-            Some(&[_, from, worker]) => Cursor { worker: worker + len.saturating_sub(from), file: len },
-            None => Cursor { worker: len, file: len },
+            Some(&[_, from, worker]) => Cursor { worker: worker + len.saturating_sub(from), stored: len },
+            None => Cursor { worker: len, stored: len },
         })
     }
 
-    /// Appends a chunk the worker sent at `offset` in its stream. What is stored already is
-    /// dropped; a jump past what is stored leaves a marker; output past the cap is dropped and
-    /// the attempt marked truncated.
-    pub fn append(&self, attempt: AttemptId, stream: LogStream, offset: u64, data: &[u8]) -> io::Result<()> {
-        let mut st = self.state.lock().map_err(|_| io::Error::other("log state poisoned"))?;
-        if st.truncated.contains(&attempt) {
-            return Ok(());
-        }
-        let cur = match st.next.get(&(attempt, stream)) {
-            Some(c) => *c,
-            None if self.truncated_path(attempt).exists() => {
-                st.truncated.insert(attempt);
-                return Ok(());
-            }
-            None => self.recover(attempt, stream)?,
-        };
-        let end = offset.saturating_add(data.len() as u64);
-        if end <= cur.worker {
-            st.next.insert((attempt, stream), cur);
-            return Ok(());
-        }
-        // The cap is per attempt: both streams together.
-        let other = match stream {
-            LogStream::Stdout => LogStream::Stderr,
-            LogStream::Stderr => LogStream::Stdout,
-        };
-        let other_len = match st.next.get(&(attempt, other)) {
-            Some(c) => c.file,
-            None => fs::metadata(self.path(attempt, other)).map_or(0, |m| m.len()),
-        };
-        let room = self.max_bytes.saturating_sub(cur.file + other_len);
-        // Written while the state is held: one stream's writes land in the order of its offsets.
-        let written = self.write(attempt, stream, cur, offset, data, room);
-        match written {
-            Ok((n, truncated)) => {
-                st.next.insert((attempt, stream), Cursor { worker: end, file: cur.file + n });
-                if truncated {
-                    st.truncated.insert(attempt);
-                }
-                drop(st);
-                if n > 0
-                    && let Ok(mut f) = self.followers.lock()
-                {
-                    Self::wake(&mut f, Topic::Output(attempt));
-                }
-                Ok(())
-            }
-            Err(e) => {
-                // What reached the file is read back from it at the next chunk.
-                st.next.remove(&(attempt, stream));
-                Err(e)
-            }
-        }
+    async fn truncated(&self, attempt: AttemptId) -> io::Result<bool> {
+        self.truncated_path(attempt).try_exists()
     }
 
-    /// Writes what the chunk adds after `cur`, at most `room` bytes; returns the bytes written
-    /// and whether some were dropped for the cap.
-    fn write(&self, attempt: AttemptId, stream: LogStream, cur: Cursor, offset: u64, data: &[u8], room: u64) -> io::Result<(u64, bool)> {
-        // Readable by the server's user only: another tenant's output is nobody else's business.
-        let open = |p: PathBuf| OpenOptions::new().create(true).append(true).mode(0o600).open(p);
-        let mut payload: Vec<u8> = Vec::new();
-        if offset > cur.worker {
-            let marker = format!("\n[hodei: {} bytes of output lost]\n", offset - cur.worker);
+    async fn write(&self, attempt: AttemptId, stream: LogStream, piece: &Piece) -> io::Result<()> {
+        if let Some((marker_len, resume)) = piece.gap {
             // The index line goes first: a stop between the two leaves a line without its
             // marker, which `recover` undoes; the other order would count the marker as output.
-            let line = format!("{} {} {offset}\n", cur.file, cur.file + marker.len() as u64);
-            open(self.index_path(attempt, stream))?.write_all(line.as_bytes())?;
-            payload.extend_from_slice(marker.as_bytes());
-            payload.extend_from_slice(data);
-        } else {
-            payload.extend_from_slice(&data[(cur.worker - offset) as usize..]);
+            let line = format!("{} {} {resume}\n", piece.at.stored, piece.at.stored + marker_len);
+            open_append(self.index_path(attempt, stream))?.write_all(line.as_bytes())?;
         }
-        let truncated = payload.len() as u64 > room;
-        if truncated {
-            payload.truncate(room as usize);
-            open(self.truncated_path(attempt))?;
+        if piece.truncate {
+            open_append(self.truncated_path(attempt))?;
         }
-        if !payload.is_empty() {
-            open(self.path(attempt, stream))?.write_all(&payload)?;
-        }
-        Ok((payload.len() as u64, truncated))
-    }
-
-    /// Deletes an attempt's output (retention) and forgets what was kept about it.
-    pub fn remove(&self, attempt: AttemptId) -> io::Result<()> {
-        self.finished(attempt);
-        let files = [LogStream::Stdout, LogStream::Stderr].into_iter().flat_map(|s| [self.path(attempt, s), self.index_path(attempt, s)]);
-        for path in files.chain([self.truncated_path(attempt)]) {
-            match fs::remove_file(path) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-                _ => {}
-            }
+        if !piece.bytes.is_empty() {
+            open_append(self.path(attempt, stream))?.write_all(&piece.bytes)?;
         }
         Ok(())
     }
 
-    /// Reads up to `limit` bytes from `offset`. Returns the bytes and the current length.
-    pub fn read(&self, attempt: AttemptId, stream: LogStream, offset: u64, limit: u64) -> io::Result<(Vec<u8>, u64)> {
+    async fn read(&self, attempt: AttemptId, stream: LogStream, offset: u64, limit: u64) -> io::Result<(Vec<u8>, u64)> {
         let mut file = match fs::File::open(self.path(attempt, stream)) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
@@ -338,170 +434,101 @@ impl LogFiles {
         file.take(limit.min(len - offset)).read_to_end(&mut buf)?;
         Ok((buf, len))
     }
+
+    async fn remove(&self, attempts: &[AttemptId]) -> io::Result<()> {
+        for &attempt in attempts {
+            let files = [LogStream::Stdout, LogStream::Stderr].into_iter().flat_map(|s| [self.path(attempt, s), self.index_path(attempt, s)]);
+            for path in files.chain([self.truncated_path(attempt)]) {
+                match fs::remove_file(path) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conformance_logs::{Op, run_ops};
     use uuid::Uuid;
 
-    fn files(cap: u64) -> (tempfile::TempDir, LogFiles) {
+    fn open_in(dir: &std::path::Path) -> impl Fn(u64) -> Logs + Sync + use<> {
+        let dir = dir.join("logs");
+        move |cap| Logs::in_dir(dir.clone(), cap).unwrap()
+    }
+
+    #[tokio::test]
+    async fn files_conform() {
         let dir = tempfile::tempdir().unwrap();
-        let l = LogFiles::new(dir.path().join("logs"), cap).unwrap();
-        (dir, l)
+        crate::conformance_logs::run_all(&open_in(dir.path())).await;
     }
 
-    #[test]
-    fn repeated_chunks_are_written_once() {
-        let (_d, l) = files(1024);
-        let a = AttemptId::from_uuid(Uuid::from_u128(1));
-        l.append(a, LogStream::Stdout, 0, b"hello ").unwrap();
-        l.append(a, LogStream::Stdout, 0, b"hello ").unwrap();
-        l.append(a, LogStream::Stdout, 3, b"lo world").unwrap();
-        assert_eq!(l.read(a, LogStream::Stdout, 0, 100).unwrap().0, b"hello world");
-    }
-
-    #[test]
-    fn output_over_the_cap_is_dropped_and_reported() {
-        let (_d, l) = files(4);
-        let a = AttemptId::from_uuid(Uuid::from_u128(2));
-        l.append(a, LogStream::Stderr, 0, b"abcdef").unwrap();
-        assert_eq!(l.read(a, LogStream::Stderr, 0, 100).unwrap().0, b"abcd");
-        assert!(l.was_truncated(a));
-    }
-
-    #[test]
-    fn the_cap_counts_both_streams_of_an_attempt() {
-        let (_d, l) = files(6);
-        let a = AttemptId::from_uuid(Uuid::from_u128(4));
-        l.append(a, LogStream::Stdout, 0, b"abcd").unwrap();
-        assert!(!l.was_truncated(a));
-        l.append(a, LogStream::Stderr, 0, b"wxyz").unwrap();
-        assert_eq!(l.read(a, LogStream::Stderr, 0, 100).unwrap().0, b"wx", "4 + 2 bytes: the cap is per attempt");
-        assert!(l.was_truncated(a));
+    #[tokio::test]
+    async fn files_are_private_and_removal_takes_every_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = open_in(dir.path())(4);
+        let a = AttemptId::from_uuid(Uuid::from_u128(33));
+        l.append(a, LogStream::Stdout, 0, b"ab").await.unwrap();
+        l.append(a, LogStream::Stdout, 9, b"cdef").await.unwrap();
+        l.append(a, LogStream::Stderr, 0, b"z").await.unwrap();
+        let logs = dir.path().join("logs");
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(std::fs::metadata(l.path(a, LogStream::Stdout)).unwrap().permissions().mode() & 0o777, 0o600, "log files are private");
+        for f in fs::read_dir(&logs).unwrap() {
+            let f = f.unwrap();
+            assert_eq!(f.metadata().unwrap().permissions().mode() & 0o777, 0o600, "{:?} is private", f.file_name());
+        }
+        l.remove(&[a]).await.unwrap();
+        assert_eq!(fs::read_dir(&logs).unwrap().count(), 0);
     }
 
-    #[test]
-    fn followers_wake_for_their_own_topic_only() {
-        let (_d, l) = files(1024);
+    #[tokio::test]
+    async fn followers_wake_for_their_own_topic_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = open_in(dir.path())(1024);
         let (a, b) = (AttemptId::from_uuid(Uuid::from_u128(10)), AttemptId::from_uuid(Uuid::from_u128(11)));
         let (mut out_a, mut out_b) = (l.follow_output(a), l.follow_output(b));
         let job = JobId::from_uuid(Uuid::from_u128(12));
         let state = l.follow_job(job);
-        l.append(a, LogStream::Stdout, 0, b"x").unwrap();
+        l.append(a, LogStream::Stdout, 0, b"x").await.unwrap();
         assert!(out_a.has_changed().unwrap() && !out_b.has_changed().unwrap() && !state.has_changed().unwrap());
         out_a.borrow_and_update();
-        l.append(a, LogStream::Stdout, 0, b"x").unwrap();
+        l.append(a, LogStream::Stdout, 0, b"x").await.unwrap();
         assert!(!out_a.has_changed().unwrap(), "a repeat writes nothing and wakes no one");
         l.jobs_changed([JobId::from_uuid(Uuid::from_u128(13)), job].into_iter());
         assert!(state.has_changed().unwrap() && !out_b.has_changed().unwrap());
         out_b.borrow_and_update();
         // A departed follower's topic goes at the next wake.
         drop(out_b);
-        l.append(b, LogStream::Stdout, 0, b"y").unwrap();
+        l.append(b, LogStream::Stdout, 0, b"y").await.unwrap();
         assert!(!l.followers.lock().unwrap().by_topic.contains_key(&Topic::Output(b)));
     }
 
-    #[test]
-    fn an_ended_attempt_is_forgotten_and_a_resend_still_deduplicated() {
-        let (_d, l) = files(1024);
-        let a = AttemptId::from_uuid(Uuid::from_u128(20));
-        l.append(a, LogStream::Stdout, 0, b"hello").unwrap();
-        l.finished(a);
-        assert!(l.state.lock().unwrap().next.is_empty());
-        l.append(a, LogStream::Stdout, 0, b"hello").unwrap();
-        assert_eq!(l.read(a, LogStream::Stdout, 0, 100).unwrap().0, b"hello");
-    }
-
-    #[test]
-    fn gaps_leave_a_marker() {
-        let (_d, l) = files(1024);
-        let a = AttemptId::from_uuid(Uuid::from_u128(3));
-        l.append(a, LogStream::Stdout, 0, b"ab").unwrap();
-        l.append(a, LogStream::Stdout, 5, b"f").unwrap();
-        let text = String::from_utf8(l.read(a, LogStream::Stdout, 0, 100).unwrap().0).unwrap();
-        assert_eq!(text, "ab\n[hodei: 3 bytes of output lost]\nf");
-    }
-
-    #[test]
-    fn a_restart_keeps_the_workers_offsets_past_a_gap() {
-        let (d, l) = files(1024);
-        let a = AttemptId::from_uuid(Uuid::from_u128(30));
-        l.append(a, LogStream::Stdout, 0, b"ab").unwrap();
-        l.append(a, LogStream::Stdout, 5, b"f").unwrap();
-        drop(l);
-        let l = LogFiles::new(d.path().join("logs"), 1024).unwrap();
-        assert_eq!(l.stored_offsets(a).unwrap(), (6, 0), "the worker's offset, not the file's length");
-        l.append(a, LogStream::Stdout, 5, b"fgh").unwrap();
-        let text = String::from_utf8(l.read(a, LogStream::Stdout, 0, 100).unwrap().0).unwrap();
-        assert_eq!(text, "ab\n[hodei: 3 bytes of output lost]\nfgh");
-    }
-
-    #[test]
-    fn a_marker_cut_by_a_stop_is_undone() {
-        let (d, l) = files(1024);
+    #[tokio::test]
+    async fn a_marker_cut_by_a_stop_is_undone_and_a_torn_index_line_dropped() {
+        let d = tempfile::tempdir().unwrap();
+        let open = open_in(d.path());
+        let dir = d.path().join("logs");
+        let l = open(1024);
         let a = AttemptId::from_uuid(Uuid::from_u128(31));
-        l.append(a, LogStream::Stdout, 0, b"ab").unwrap();
-        l.append(a, LogStream::Stdout, 5, b"fg").unwrap();
+        l.append(a, LogStream::Stdout, 0, b"ab").await.unwrap();
+        l.append(a, LogStream::Stdout, 5, b"fg").await.unwrap();
         drop(l);
         // The server stopped three bytes into the marker.
-        let dir = d.path().join("logs");
         OpenOptions::new().write(true).open(dir.join(format!("{a}.stdout"))).unwrap().set_len(5).unwrap();
-        let l = LogFiles::new(dir, 1024).unwrap();
-        assert_eq!(l.stored_offsets(a).unwrap(), (2, 0));
-        l.append(a, LogStream::Stdout, 2, b"cdefg").unwrap();
-        assert_eq!(l.read(a, LogStream::Stdout, 0, 100).unwrap().0, b"abcdefg");
-        // A torn index line is dropped too.
+        let l = open(1024);
+        assert_eq!(l.stored_offsets(a).await.unwrap(), (2, 0));
+        l.append(a, LogStream::Stdout, 2, b"cdefg").await.unwrap();
+        assert_eq!(l.read(a, LogStream::Stdout, 0, 100).await.unwrap().0, b"abcdefg");
         let b = AttemptId::from_uuid(Uuid::from_u128(32));
-        l.append(b, LogStream::Stderr, 0, b"xy").unwrap();
+        l.append(b, LogStream::Stderr, 0, b"xy").await.unwrap();
         drop(l);
-        let dir = d.path().join("logs");
         fs::write(dir.join(format!("{b}.stderr.idx")), "2 4").unwrap();
-        let l = LogFiles::new(dir.clone(), 1024).unwrap();
-        assert_eq!(l.stored_offsets(b).unwrap(), (0, 2));
+        let l = open(1024);
+        assert_eq!(l.stored_offsets(b).await.unwrap(), (0, 2));
         assert_eq!(fs::read_to_string(dir.join(format!("{b}.stderr.idx"))).unwrap(), "");
-    }
-
-    #[test]
-    fn truncation_outlives_a_restart_and_removal_takes_every_file() {
-        let (d, l) = files(4);
-        let a = AttemptId::from_uuid(Uuid::from_u128(33));
-        l.append(a, LogStream::Stdout, 0, b"ab").unwrap();
-        l.append(a, LogStream::Stdout, 9, b"cdef").unwrap();
-        drop(l);
-        let l = LogFiles::new(d.path().join("logs"), 4).unwrap();
-        assert!(l.was_truncated(a));
-        assert_eq!(l.stored_offsets(a).unwrap(), (u64::MAX, u64::MAX), "nothing more is wanted");
-        l.append(a, LogStream::Stderr, 0, b"z").unwrap();
-        assert_eq!(l.read(a, LogStream::Stderr, 0, 100).unwrap().0, b"");
-        l.remove(a).unwrap();
-        assert_eq!(fs::read_dir(d.path().join("logs")).unwrap().count(), 0);
-    }
-
-    #[test]
-    fn known_offsets_name_only_attempts_with_output_in_memory() {
-        let (_d, l) = files(1024);
-        let (a, b) = (AttemptId::from_uuid(Uuid::from_u128(34)), AttemptId::from_uuid(Uuid::from_u128(35)));
-        l.append(a, LogStream::Stderr, 0, b"abc").unwrap();
-        assert_eq!(l.known_offsets(&[a, b]), [(a, 0, 3)]);
-    }
-
-    /// What a worker does to one stream, as the log store sees it.
-    #[derive(Clone, Debug)]
-    enum Op {
-        /// New output, delivered.
-        Send(usize),
-        /// The worker dropped this much of its output (its buffer overflowed): a gap.
-        Skip(usize),
-        /// An old chunk again (a late duplicate).
-        Repeat(usize, usize),
-        /// The stream breaks with this much new output in flight; on the next stream the
-        /// worker resends from what the server says it has, the server restarted or not.
-        Break(usize, bool),
-        /// The attempt's result came in.
-        Finish,
     }
 
     fn op() -> impl proptest::strategy::Strategy<Value = Op> {
@@ -515,55 +542,17 @@ mod tests {
         ]
     }
 
-    /// Runs the ops; `restarts` says whether `Break(_, true)` and `Finish` really restart the
-    /// store and forget the attempt. Returns the stored file and the worker's output.
-    fn run(ops: &[Op], restarts: bool, chunk: usize) -> (Vec<u8>, Vec<u8>) {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("logs");
-        let mut l = LogFiles::new(path.clone(), u64::MAX).unwrap();
-        let a = AttemptId::from_uuid(Uuid::from_u128(40));
-        let st = LogStream::Stdout;
-        // The worker's stream: byte i is (i % 251), `produced` bytes of it so far.
-        let byte = |i: usize| (i % 251) as u8;
-        let bytes = |from: usize, to: usize| (from..to).map(byte).collect::<Vec<u8>>();
-        let mut produced = 0usize;
-        for op in ops {
-            match *op {
-                Op::Send(n) => {
-                    l.append(a, st, produced as u64, &bytes(produced, produced + n)).unwrap();
-                    produced += n;
-                }
-                Op::Skip(n) => produced += n,
-                Op::Repeat(from, n) => {
-                    let from = from.min(produced);
-                    l.append(a, st, from as u64, &bytes(from, (from + n).min(produced))).unwrap();
-                }
-                Op::Break(n, restart) => {
-                    produced += n;
-                    if restart && restarts {
-                        l = LogFiles::new(path.clone(), u64::MAX).unwrap();
-                    }
-                    let mut at = l.stored_offsets(a).unwrap().0 as usize;
-                    while at < produced {
-                        let to = (at + chunk).min(produced);
-                        l.append(a, st, at as u64, &bytes(at, to)).unwrap();
-                        at = to;
-                    }
-                }
-                Op::Finish if restarts => l.finished(a),
-                Op::Finish => {}
-            }
-        }
-        (l.read(a, st, 0, u64::MAX).unwrap().0, bytes(0, produced))
-    }
-
     proptest::proptest! {
         /// Restarts and forgetting change nothing in what is stored, and without gaps what is
         /// stored is what the worker printed, byte for byte.
         #[test]
         fn resends_are_idempotent_across_restarts(ops in proptest::collection::vec(op(), 1..40), chunk in 1usize..200) {
-            let (stored, _) = run(&ops, false, chunk);
-            let (restarted, printed) = run(&ops, true, chunk);
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            let open = open_in(dir.path());
+            let a = |n| AttemptId::from_uuid(Uuid::from_u128(n));
+            let (stored, _) = rt.block_on(run_ops(&open, a(40), &ops, false, chunk));
+            let (restarted, printed) = rt.block_on(run_ops(&open, a(41), &ops, true, chunk));
             proptest::prop_assert_eq!(&restarted, &stored);
             if !ops.iter().any(|o| matches!(o, Op::Skip(_))) {
                 proptest::prop_assert_eq!(&restarted, &printed);

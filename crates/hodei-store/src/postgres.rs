@@ -718,6 +718,10 @@ impl Store for PgStore {
         crate::schema_is_current(&MIGRATOR, &self.pool).await
     }
 
+    fn log_store(&self) -> Option<Arc<dyn crate::logs::LogStore>> {
+        Some(Arc::new(crate::postgres_logs::PgLogs::new(self.pool.clone())))
+    }
+
     async fn hold_scheduler_lock(&self) -> Result<bool> {
         let epoch = self.epoch.load(std::sync::atomic::Ordering::SeqCst);
         if epoch == 0 {

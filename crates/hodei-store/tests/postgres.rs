@@ -210,3 +210,14 @@ async fn a_server_that_lost_the_scheduler_lock_cannot_write() {
     drop((a, b));
     db.drop_database().await;
 }
+
+/// The job output port on PostgreSQL: the same suite as the file adapter's.
+#[tokio::test]
+async fn postgres_logs_conform() {
+    let Some(db) = TestDatabase::create("postgres_logs_conform").await else { return };
+    let store = PgStore::open_with(db.options.clone(), 4, Schema::Migrate).await.unwrap();
+    let logs = store.log_store().expect("PostgreSQL keeps job output itself");
+    hodei_store::conformance_logs::run_all(&move |cap| hodei_store::logs::Logs::new(logs.clone(), cap)).await;
+    drop(store);
+    db.drop_database().await;
+}

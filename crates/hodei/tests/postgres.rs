@@ -67,6 +67,9 @@ async fn a_server_that_loses_the_scheduler_lock_to_another_exits() {
     let mut first = Server::start(first_dir.path(), &env, 0, None);
     let held = first.submit(json!({"command": ["echo", "carried over"], "hold": true})).await;
     let id = held["id"].as_str().unwrap().to_owned();
+    let ran = first.submit(json!({"command": ["echo", "written through the first server"]})).await;
+    let ran = ran["id"].as_str().unwrap().to_owned();
+    assert_eq!(first.wait_ended(&ran, 30).await["state"], "succeeded");
 
     db.end_lock_sessions().await;
     let second_dir = tempfile::tempdir().unwrap();
@@ -83,6 +86,22 @@ async fn a_server_that_loses_the_scheduler_lock_to_another_exits() {
     let (s, _) = second.call(Method::POST, &format!("/jobs/{id}/release"), None).await;
     assert_eq!(s, 200);
     assert_eq!(second.wait_ended(&id, 30).await["state"], "succeeded", "the job stored by the first runs on the second");
+    // Job output is in the database: the second server, with a data dir of its own, reads what
+    // the first one stored.
+    assert_eq!(stored_output(&second, &ran, "stdout").await, "written through the first server\n");
+    assert_eq!(stored_output(&second, &id, "stdout").await, "carried over\n");
     drop(second);
+    db.drop_database().await;
+}
+
+/// As on SQLite (`e2e.rs`), with job output in the database: killing the server three times
+/// mid-output loses and repeats nothing, and no output is written beside it.
+#[tokio::test]
+async fn output_in_the_database_survives_server_kills_exactly_once() {
+    let Some(db) = TestDatabase::create("output_in_the_database_survives_server_kills_exactly_once").await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    output_survives_server_kills(dir.path(), &[("HODEI_DATABASE__URL", db.url.as_str())]).await;
+    let logs = dir.path().join("logs");
+    assert!(!logs.exists() || std::fs::read_dir(&logs).unwrap().count() == 0, "no output in files: it is in the database");
     db.drop_database().await;
 }

@@ -56,11 +56,11 @@ async fn attempt_of(s: &ApiState, job: &Job, number: Option<u32>) -> ApiResult<O
     }
 }
 
-fn read(s: &ApiState, a: AttemptId, stream: LogStream, offset: u64, limit: u64) -> ApiResult<(Vec<u8>, u64)> {
-    s.logs.read(a, stream, offset, limit).map_err(|e| {
+fn unreadable(a: AttemptId) -> impl FnOnce(std::io::Error) -> ApiError {
+    move |e| {
         tracing::error!(error = %e, attempt = %a, "reading job output");
         ApiError::new(crate::ErrorCode::Internal, "could not read the job's output")
-    })
+    }
 }
 
 /// Job output: one page, or a live SSE stream with `follow=true`.
@@ -90,7 +90,7 @@ pub async fn get_logs(
     if let Some((a, _)) = attempt {
         for st in &wanted {
             let off = if *st == LogStream::Stdout { next_out } else { next_err };
-            let (data, len) = read(&s, a, *st, off, limit)?;
+            let (data, len) = s.logs.read(a, *st, off, limit).await.map_err(unreadable(a))?;
             let next = off + data.len() as u64;
             at_end &= next >= len;
             if !data.is_empty() {
@@ -99,7 +99,11 @@ pub async fn get_logs(
             if *st == LogStream::Stdout { next_out = next } else { next_err = next }
         }
     }
-    let truncated = job.log_truncated || attempt.is_some_and(|(a, _)| s.logs.was_truncated(a));
+    let truncated = job.log_truncated
+        || match attempt {
+            Some((a, _)) => s.logs.was_truncated(a).await.map_err(unreadable(a))?,
+            None => false,
+        };
     Ok(Json(LogsView {
         attempt: attempt.map(|a| a.1),
         chunks,
@@ -154,7 +158,7 @@ fn follow(s: ApiState, job: Job, streams: Vec<LogStream>, out: u64, err: u64) ->
             if let Some(rx) = st.out_rx.as_mut() {
                 rx.borrow_and_update();
             }
-            st.read_output();
+            st.read_output().await;
             if !st.queue.is_empty() || st.done {
                 continue;
             }
@@ -207,7 +211,7 @@ impl Follow {
 
     /// Queues what the current attempt wrote since the last read; once the job has ended and
     /// everything is read, the `end` event.
-    fn read_output(&mut self) {
+    async fn read_output(&mut self) {
         if self.done {
             return;
         }
@@ -215,7 +219,7 @@ impl Follow {
         if let Some(a) = self.attempt {
             for st in self.streams.clone() {
                 let off = if st == LogStream::Stdout { self.out } else { self.err };
-                let Ok((data, _)) = self.s.logs.read(a, st, off, CHUNK) else { continue };
+                let Ok((data, _)) = self.s.logs.read(a, st, off, CHUNK).await else { continue };
                 if data.is_empty() {
                     continue;
                 }

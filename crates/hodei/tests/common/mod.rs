@@ -278,3 +278,56 @@ pub async fn kill_9_mid_load_then_restart(dir: &Path, env: &[(&str, &str)]) {
         assert_eq!(wins, 1, "job {id} recorded {wins} successful attempts");
     }
 }
+
+/// Waits for the worker to write an unacknowledged result into its spool.
+pub async fn wait_for_a_spooled_result(spool: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::read_dir(spool.join("results")).map_or(0, |d| d.count()) == 0 {
+        assert!(Instant::now() < deadline, "no result spooled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One stream of a job's output as stored, read through the API.
+pub async fn stored_output(srv: &Server, id: &str, stream: &str) -> String {
+    let (status, v) = srv.call(reqwest::Method::GET, &format!("/jobs/{id}/logs?stream={stream}&limit_bytes=16777216"), None).await;
+    assert_eq!(status, 200, "{v}");
+    v["chunks"].as_array().unwrap().iter().map(|c| c["data"].as_str().unwrap()).collect()
+}
+
+/// The server (in `dir`, with `env`) is killed three times while a job writes to both streams
+/// on a remote worker, the last time until the job has ended: the worker resends what the dead
+/// server missed from where the restarted one says it stands, then the result, so the stored
+/// output is what the job printed, byte for byte — no line lost, none twice, no gap.
+pub async fn output_survives_server_kills(dir: &Path, env: &[(&str, &str)]) {
+    let spool = tempfile::tempdir().unwrap();
+    let grpc = free_port();
+    let mut srv = Server::start(dir, env, grpc, Some(REMOTE_POOL));
+    let args = [std::ffi::OsStr::new("--spool-dir"), spool.path().as_os_str()];
+    let _w = WorkerProc::start_with(&srv.grpc, "remote", &srv.join_token("remote"), 1, &[], &args);
+    let lines = 600;
+    let script = format!("i=0; while [ $i -lt {lines} ]; do i=$((i+1)); echo \"out $i\"; echo \"err $i\" >&2; sleep 0.005; done");
+    let id = srv.submit(json!({"command": ["sh", "-c", script]})).await["id"].as_str().unwrap().to_owned();
+    for upto in [50, 250, 400] {
+        // Kill it while output flows: once some of it is stored, with more to come.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !stored_output(&srv, &id, "stdout").await.contains(&format!("out {upto}\n")) {
+            assert!(Instant::now() < deadline, "no output up to line {upto}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        srv.kill9();
+        if upto == 400 {
+            // The job ends while no server runs: its result waits in the worker's spool.
+            wait_for_a_spooled_result(spool.path()).await;
+        }
+        srv = Server::start(dir, env, grpc, Some(REMOTE_POOL));
+    }
+    let j = srv.wait_ended(&id, 60).await;
+    assert_eq!(j["state"], "succeeded", "{j}");
+    assert_eq!(j["attempts"].as_array().unwrap().len(), 1, "one run: {j}");
+    for stream in ["out", "err"] {
+        let printed: String = (1..=lines).map(|i| format!("{stream} {i}\n")).collect();
+        let stored = stored_output(&srv, &id, &format!("std{stream}")).await;
+        assert!(stored == printed, "std{stream} differs from what the job printed:\n{stored}");
+    }
+}
