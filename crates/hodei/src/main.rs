@@ -604,7 +604,7 @@ async fn worker(a: WorkerArgs) -> anyhow::Result<i32> {
         labels: kv(&a.labels, "label")?,
         instance_name: a.instance_name.unwrap_or_else(|| format!("{host}-{}", std::process::id())),
         work_dir: a.spool_dir.or_else(|| temp.as_ref().map(|t| t.path().to_owned())).context("a work directory")?,
-        sandbox: hodei_worker::Sandbox { scratch_root: scratch.path().to_owned(), user: job_user },
+        sandbox: hodei_worker::Sandbox::new(scratch.path().to_owned(), job_user),
         exit_with_parent: a.exit_with_parent,
         tls,
     };

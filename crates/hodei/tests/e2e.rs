@@ -572,3 +572,25 @@ async fn one_agent_runs_hundreds_of_jobs_at_once_without_a_thread_each() {
     assert!(page["items"].as_array().unwrap().iter().all(|j| j["attempt_count"] == 1 && j["state"] == "succeeded"));
     agent.kill9();
 }
+
+/// Scratch directories are handed from one attempt to the next only when left empty: a job
+/// never finds what an earlier one left, and runs in a directory named after its attempt.
+#[tokio::test]
+async fn each_job_starts_in_an_empty_scratch_directory_of_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path(), &[("HODEI_RESOURCE_POOLS__BUILTIN_LOCAL__WORKERS", "1"), ("HODEI_RESOURCE_POOLS__BUILTIN_LOCAL__SLOTS", "1")], 0, None);
+    for script in ["pwd; ls -A; touch left; mkdir sub", "pwd; ls -A", "pwd; ls -A", "pwd; ls -A; chmod 755 ."] {
+        let id = srv.submit(json!({"command": ["sh", "-c", script]})).await["id"].as_str().unwrap().to_owned();
+        let j = srv.wait_ended(&id, 30).await;
+        assert_eq!(j["state"], "succeeded", "{j}");
+        let out = stored_output(&srv, &id, "stdout").await;
+        let mut lines = out.lines();
+        let cwd = lines.next().unwrap();
+        assert_eq!(lines.next(), None, "{script}: the directory was not empty: {out}");
+        let attempt = j["attempts"][0]["id"].as_str().unwrap();
+        assert!(cwd.ends_with(attempt), "{cwd} is named after attempt {attempt}");
+    }
+    let again = srv.submit(json!({"command": ["sh", "-c", "ls -A; stat -c %a ."]})).await["id"].as_str().unwrap().to_owned();
+    srv.wait_ended(&again, 30).await;
+    assert_eq!(stored_output(&srv, &again, "stdout").await, "700\n", "private and empty after a job changed its mode");
+}
