@@ -78,6 +78,7 @@ pub async fn run_all(store: &dyn Store) {
     stale_tenant_updates_are_refused(store).await;
     scheduler_changes_round_trip(store).await;
     job_lists_filter_and_paginate_newest_first(store).await;
+    lists_of_several_live_states_merge_newest_first(store).await;
     array_jobs_keep_their_array(store).await;
     staged_parts_commit_with_the_next_apply_or_not_at_all(store).await;
     burst_sessions_one_open_per_tenant(store).await;
@@ -598,6 +599,40 @@ async fn job_lists_filter_and_paginate_newest_first(store: &dyn Store) {
     assert!(only_odd.iter().all(|j| j.tenant == odd));
     assert!(store.list_jobs(&seen(vec![])).await.unwrap().is_empty(), "no visible tenant, no rows");
     assert!(store.list_bursts(&BurstFilter { visible: Some(vec![]), limit: 50, ..Default::default() }).await.unwrap().is_empty());
+}
+
+/// `state=pending,held` is read one state at a time and merged: the same pages, newest first,
+/// as one query over both would give.
+async fn lists_of_several_live_states_merge_newest_first(store: &dyn Store) {
+    let mut s = Scheduler::new(SchedConfig::default());
+    for n in 500..510u128 {
+        let j = job(n, "merge", &[("k", if n % 3 == 0 { "x" } else { "y" })]);
+        let mut spec = (*j.spec).clone();
+        spec.hold = n % 2 == 1;
+        s.submit(Job::new(j.id, j.tenant, spec, ts(n as i64)), ts(n as i64)).unwrap();
+    }
+    store.apply(std::sync::Arc::new(s.take_changes())).await.unwrap();
+    let tenant = TenantId::parse("merge").unwrap();
+    let page = |states: Vec<JobState>, label: Option<(&str, &str)>, before: Option<JobId>, limit: u32| {
+        let f = JobFilter { tenant: Some(tenant.clone()), states, label: label.map(|(k, v)| (k.into(), v.into())), before, limit, ..Default::default() };
+        async move { store.list_jobs(&f).await.unwrap() }
+    };
+    let both = vec![JobState::Pending, JobState::Held];
+    let mut seen = Vec::new();
+    let mut before = None;
+    loop {
+        let p = page(both.clone(), None, before, 4).await;
+        assert!(p.iter().all(|j| both.contains(&j.state)), "{p:?}");
+        let Some(last) = p.last() else { break };
+        before = Some(last.id);
+        seen.extend(p.iter().map(|j| (j.id.as_uuid().as_u128() >> 80, j.state)));
+    }
+    let expected: Vec<(u128, JobState)> = (500..510u128).rev().map(|n| (n, if n % 2 == 1 { JobState::Held } else { JobState::Pending })).collect();
+    assert_eq!(seen, expected, "pages of 4 across both states, newest first");
+    let labelled = page(vec![JobState::Held, JobState::Running, JobState::Pending], Some(("k", "x")), None, 50).await;
+    let ids: Vec<u128> = labelled.iter().map(|j| j.id.as_uuid().as_u128() >> 80).collect();
+    assert_eq!(ids, [507, 504, 501]);
+    assert!(page(vec![JobState::Running, JobState::Scheduled], None, None, 50).await.is_empty());
 }
 
 async fn pools_workers_and_live_counts_round_trip(store: &dyn Store) {

@@ -41,6 +41,44 @@ macro_rules! ended {
 /// The states `live_jobs!` covers.
 const LIVE_STATES: [JobState; 5] = [JobState::Pending, JobState::Held, JobState::Scheduled, JobState::Running, JobState::Failed];
 
+/// A job list's conditions other than its states, as ` AND …` terms and their parameters;
+/// `None` when the caller sees no tenant. State names are literals (a closed enum, never input).
+fn job_filter(f: &JobFilter) -> Option<(String, Vec<rusqlite::types::Value>)> {
+    use rusqlite::types::Value;
+    let mut sql = String::new();
+    let mut params: Vec<Value> = Vec::new();
+    let mut any_of = |sql: &mut String, column: &str, values: Vec<String>| {
+        sql.push_str(&format!(" AND {column} IN ({})", vec!["?"; values.len()].join(", ")));
+        params.extend(values.into_iter().map(Value::Text));
+    };
+    if let Some(t) = &f.tenant {
+        any_of(&mut sql, "tenant_id", vec![t.as_str().to_owned()]);
+    }
+    match f.visible.as_deref() {
+        Some([]) => return None,
+        Some(visible) => any_of(&mut sql, "tenant_id", visible.iter().map(|t| t.as_str().to_owned()).collect()),
+        None => {}
+    }
+    if let Some((k, v)) = &f.label {
+        sql.push_str(" AND json_extract(labels, ?) = ?");
+        params.push(Value::Text(format!("$.\"{}\"", k.replace('\\', "\\\\").replace('"', "\\\""))));
+        params.push(Value::Text(v.clone()));
+    }
+    let blob = |id: uuid::Uuid| Value::Blob(id.as_bytes().to_vec());
+    if let Some(a) = f.array {
+        // The members' ids lie between the array's bounds: a range of the primary key.
+        sql.push_str(
+            " AND array_id = ? AND id BETWEEN (SELECT first_job_id FROM job_arrays WHERE id = ?) AND (SELECT last_job_id FROM job_arrays WHERE id = ?)",
+        );
+        params.extend([blob(a.as_uuid()), blob(a.as_uuid()), blob(a.as_uuid())]);
+    }
+    if let Some(c) = f.before {
+        sql.push_str(" AND id < ?");
+        params.push(blob(c.as_uuid()));
+    }
+    Some((sql, params))
+}
+
 /// The predicate of the partial index `attempts_live` (migration 0005).
 macro_rules! live_attempts {
     () => {
@@ -406,47 +444,42 @@ impl Store for SqliteStore {
 
     async fn list_jobs(&self, f: &JobFilter) -> Result<Vec<Job>> {
         use rusqlite::types::Value;
-        let mut sql = format!("SELECT {} FROM job_rows WHERE 1 = 1", JobCol::list());
-        let mut params: Vec<Value> = Vec::new();
-        let mut any_of = |sql: &mut String, column: &str, values: Vec<String>| {
-            sql.push_str(&format!(" AND {column} IN ({})", vec!["?"; values.len()].join(", ")));
-            params.extend(values.into_iter().map(Value::Text));
-        };
-        if let Some(t) = &f.tenant {
-            any_of(&mut sql, "tenant_id", vec![t.as_str().to_owned()]);
-        }
-        match f.visible.as_deref() {
-            Some([]) => return Ok(Vec::new()),
-            Some(visible) => any_of(&mut sql, "tenant_id", visible.iter().map(|t| t.as_str().to_owned()).collect()),
-            None => {}
-        }
-        if !f.states.is_empty() {
-            any_of(&mut sql, "state", f.states.iter().map(|s| s.as_str().to_owned()).collect());
-            if f.states.iter().all(|s| LIVE_STATES.contains(s)) {
-                // Only live states asked for: repeating the partial index's predicate lets SQLite
-                // search it instead of walking every ended job.
-                sql.push_str(concat!(" AND ", live_jobs!()));
+        let Some((filter, params)) = job_filter(f) else { return Ok(Vec::new()) };
+        let limit = Value::Integer(i64::from(f.limit.max(1)));
+        let cols = JobCol::list();
+        let live = !f.states.is_empty() && f.states.iter().all(|s| LIVE_STATES.contains(s));
+        let (sql, params) = if live && f.states.len() > 1 {
+            // The live index holds each state's jobs in id order: one page per state, merged,
+            // reads `limit` rows per state. `state IN (…)` sorted every live job of those
+            // states for each page (a million pending: the whole million).
+            let mut parts = Vec::new();
+            let mut all = Vec::new();
+            for st in &f.states {
+                parts.push(format!(
+                    "SELECT * FROM (SELECT {cols} FROM job_rows WHERE state = '{}' AND {}{filter} ORDER BY id DESC LIMIT ?)",
+                    st.as_str(),
+                    live_jobs!()
+                ));
+                all.extend(params.iter().cloned());
+                all.push(limit.clone());
             }
-        }
-        if let Some((k, v)) = &f.label {
-            sql.push_str(" AND json_extract(labels, ?) = ?");
-            params.push(Value::Text(format!("$.\"{}\"", k.replace('\\', "\\\\").replace('"', "\\\""))));
-            params.push(Value::Text(v.clone()));
-        }
-        let blob = |id: uuid::Uuid| Value::Blob(id.as_bytes().to_vec());
-        if let Some(a) = f.array {
-            // The members' ids lie between the array's bounds: a range of the primary key.
-            sql.push_str(
-                " AND array_id = ? AND id BETWEEN (SELECT first_job_id FROM job_arrays WHERE id = ?) AND (SELECT last_job_id FROM job_arrays WHERE id = ?)",
-            );
-            params.extend([blob(a.as_uuid()), blob(a.as_uuid()), blob(a.as_uuid())]);
-        }
-        if let Some(c) = f.before {
-            sql.push_str(" AND id < ?");
-            params.push(blob(c.as_uuid()));
-        }
-        sql.push_str(" ORDER BY id DESC LIMIT ?");
-        params.push(Value::Integer(i64::from(f.limit.max(1))));
+            all.push(limit);
+            (format!("SELECT * FROM ({}) ORDER BY id DESC LIMIT ?", parts.join(" UNION ALL ")), all)
+        } else {
+            let mut states = String::new();
+            if !f.states.is_empty() {
+                let names: Vec<String> = f.states.iter().map(|s| format!("'{}'", s.as_str())).collect();
+                states = format!(" AND state IN ({})", names.join(", "));
+                if live {
+                    // Repeating the partial index's predicate lets SQLite search it instead
+                    // of walking every ended job.
+                    states.push_str(concat!(" AND ", live_jobs!()));
+                }
+            }
+            let mut params = params;
+            params.push(limit);
+            (format!("SELECT {cols} FROM job_rows WHERE 1 = 1{states}{filter} ORDER BY id DESC LIMIT ?"), params)
+        };
         self.readers.jobs(sql, params, "listing jobs").await
     }
 
