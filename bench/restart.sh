@@ -24,7 +24,8 @@ if [ -z "${HODEI_BIN:-}" ]; then cargo build --release -q -p hodei; fi
 BIN=${HODEI_BIN:-$PWD/target/release/hodei}
 DIR=$(mktemp -d)
 PID=
-trap '[ -n "$PID" ] && kill -9 "$PID" 2>/dev/null; rm -rf "$DIR"' EXIT
+# A clean stop at the end: it stops the built-in workers too (a kill -9 leaves them running).
+trap '[ -n "$PID" ] && kill "$PID" 2>/dev/null && wait "$PID" 2>/dev/null; rm -rf "$DIR"' EXIT
 GRPC=127.0.0.1:$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 
 # Starts the server in the background; sets PID, HTTP and START_S (seconds to the ready line).

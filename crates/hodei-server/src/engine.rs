@@ -151,14 +151,30 @@ pub struct EngineConfig {
     pub tick: Duration,
     pub kill_grace: Duration,
     pub max_log_bytes: u64,
-    /// This server process's id, carried by the built-in pool's workers as the label
-    /// [`SERVER_INSTANCE_LABEL`].
-    pub instance: String,
     pub tier_weights: TierWeights,
+    /// The built-in pool's workers found running at start (their agents outlive a server
+    /// crash); stored workers of that pool not among them died and are terminated at once.
+    pub local_workers: Option<LocalWorkers>,
 }
 
-/// Label of workers started by a server process as its children (the built-in pool).
-pub const SERVER_INSTANCE_LABEL: &str = "hodei.server-instance";
+/// The built-in pool, and the instance names (`<pool>-<n>`) of its agents that are running.
+#[derive(Clone, Debug)]
+pub struct LocalWorkers {
+    pub pool: hodei_core::PoolId,
+    pub running: std::collections::HashSet<String>,
+}
+
+impl LocalWorkers {
+    /// A worker the built-in pool started (named `<pool>-<n>`) whose agent is not running.
+    fn is_gone(&self, w: &hodei_core::Worker) -> bool {
+        w.pool_id == self.pool
+            && w.instance_name
+                .strip_prefix(self.pool.as_str())
+                .and_then(|r| r.strip_prefix('-'))
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            && !self.running.contains(&w.instance_name)
+    }
+}
 
 /// Handle used by the API and the gRPC service.
 #[derive(Clone)]
@@ -438,7 +454,7 @@ impl Engine {
             retention_horizon: None,
         };
         engine.rebuild().await?;
-        engine.reap_previous_local_workers().await?;
+        engine.terminate_gone_local_workers().await?;
         // Ready to take commands (they queue until `run` polls them); cleared when the loop ends.
         running.store(true, Ordering::Relaxed);
         engine.progress.stepped();
@@ -496,22 +512,22 @@ impl Engine {
         Ok(())
     }
 
-    /// Workers a previous server process started as its children died with it
-    /// (`--exit-with-parent`): their jobs are requeued now instead of after their lease expires.
-    async fn reap_previous_local_workers(&mut self) -> Result<(), StoreError> {
+    /// Stored workers of the built-in pool whose agents are not running died with the machine
+    /// or on their own: their jobs are requeued now instead of after their lease expires.
+    async fn terminate_gone_local_workers(&mut self) -> Result<(), StoreError> {
+        let Some(local) = &self.cfg.local_workers else { return Ok(()) };
         let now = self.clock.now();
-        let stale: Vec<WorkerId> =
-            self.sched.workers().filter(|w| w.labels.get(SERVER_INSTANCE_LABEL).is_some_and(|i| *i != self.cfg.instance)).map(|w| w.id).collect();
-        if stale.is_empty() {
+        let gone: Vec<WorkerId> = self.sched.workers().filter(|w| local.is_gone(w)).map(|w| w.id).collect();
+        if gone.is_empty() {
             return Ok(());
         }
-        for id in &stale {
+        for id in &gone {
             self.sched.terminate_worker(*id, now);
         }
         let changes = Arc::new(self.sched.take_changes());
         self.store.apply(changes.clone()).await?;
         self.gauges.apply(&changes);
-        tracing::info!(workers = stale.len(), requeued = changes.jobs.len(), "workers of a previous server process are gone; their jobs were requeued");
+        tracing::info!(workers = gone.len(), requeued = changes.jobs.len(), "built-in workers whose agents are gone were terminated; their jobs were requeued");
         Ok(())
     }
 

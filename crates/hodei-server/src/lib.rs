@@ -242,8 +242,8 @@ async fn seed(cfg: &Config, store: &dyn Store, now: Timestamp, worker_exe: Optio
                 cpu_m: shape.cpu_m.get(),
                 memory_mb: shape.memory_mb.get(),
                 data_dir: cfg.data_dir().to_owned(),
-                instance: String::new(),
                 run_as: cfg.workers.run_as.clone(),
+                give_up_after: Duration::from_millis(cfg.workers.gc_after_ms),
             });
             local_workers = n;
         }
@@ -517,8 +517,8 @@ pub fn engine_config(cfg: &Config) -> EngineConfig {
         tick: Duration::from_millis(s.tick_ms.clamp(50, 250)),
         kill_grace: Duration::from_millis(w.kill_grace_ms),
         max_log_bytes: cfg.jobs.logs.max_bytes_per_attempt,
-        instance: uuid::Uuid::new_v4().to_string(),
         tier_weights: tier_weights(cfg),
+        local_workers: None,
     }
 }
 
@@ -560,8 +560,9 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
         (Some(db), None) => Logs::new(db, max_log_bytes),
         _ => Logs::in_dir(cfg.logs_dir(), max_log_bytes).context("creating the logs dir")?,
     });
-    let engine_cfg = engine_config(&cfg);
-    let instance = engine_cfg.instance.clone();
+    let mut engine_cfg = engine_config(&cfg);
+    engine_cfg.local_workers =
+        setup.local.as_ref().map(|spec| engine::LocalWorkers { pool: PoolId::parse(&spec.pool).expect("a pool id"), running: local_pool::running(spec) });
     let (engine, handle) = Engine::start(store.clone(), clock.clone(), logs.clone(), engine_cfg).await.context("loading scheduler state")?;
 
     let http = TcpListener::bind(&cfg.server.http_addr).await.with_context(|| format!("binding HTTP on {}", cfg.server.http_addr))?;
@@ -647,7 +648,7 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
     let mut workers = Vec::new();
     if let Some(mut spec) = setup.local {
         spec.grpc_url = format!("http://{local_grpc_addr}");
-        spec.instance = instance;
+        local_pool::publish(&spec, setup.local_workers).context("writing where the built-in pool's workers find this server")?;
         for i in 0..setup.local_workers {
             workers.push(local_pool::supervise(spec.clone(), i, shutdown_rx.clone()));
         }

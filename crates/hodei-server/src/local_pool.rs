@@ -1,8 +1,15 @@
-//! The built-in static pool `local`: worker agents started as child processes of the server,
-//! connecting over loopback gRPC exactly like remote workers. A worker that dies is replaced;
-//! children watch their parent and exit with it (`--exit-with-parent`).
+//! The built-in static pool `local`: worker agents started by the server, connecting over
+//! loopback gRPC exactly like remote workers. They run in sessions of their own, so a server
+//! that crashes leaves them and their jobs running: they spool results, keep retrying the
+//! address in `workers/server` (rewritten by each server at start) and stop after
+//! `workers.gc_after_ms` without a server. A restarted server adopts the agents it finds
+//! running — each holds the lock of its spool directory, which names its pid — instead of
+//! starting new ones, and starts an agent only for a slot whose agent is gone. A clean stop of
+//! the server stops its agents (SIGTERM: they hand their jobs back).
 
-use std::path::PathBuf;
+use std::fs::OpenOptions;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -21,11 +28,20 @@ pub struct LocalWorkerSpec {
     pub cpu_m: u32,
     pub memory_mb: u32,
     pub data_dir: PathBuf,
-    /// This server process's id, given to its workers as a label so a restarted server knows
-    /// which stored workers died with their parent.
-    pub instance: String,
     /// `workers.run_as`, handed on as `--run-as`.
     pub run_as: Option<String>,
+    /// `workers.gc_after_ms`: how long an agent waits for a server that is gone.
+    pub give_up_after: Duration,
+}
+
+impl LocalWorkerSpec {
+    fn spool(&self, index: u32) -> PathBuf {
+        self.data_dir.join("workers").join(format!("{}-{index}", self.pool))
+    }
+
+    fn server_file(&self) -> PathBuf {
+        self.data_dir.join("workers").join("server")
+    }
 }
 
 /// Cores and memory this machine offers to the built-in pool.
@@ -39,13 +55,85 @@ pub fn machine_shape() -> (u32, u32) {
     (cores, mem_mb)
 }
 
+/// The pid of the agent holding the spool directory `spool`, or `None` when none does.
+pub fn agent_in(spool: &Path) -> Option<i32> {
+    let lock = OpenOptions::new().read(true).open(spool.join("lock")).ok()?;
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0 {
+        return None;
+    }
+    // Held: the agent wrote its pid after taking the lock (or is about to).
+    std::fs::read_to_string(spool.join("lock")).ok()?.trim().parse().ok().filter(|p: &i32| *p > 0)
+}
+
+/// Instance names (`<pool>-<n>`) of the pool's agents running now, left by a previous server.
+pub fn running(spec: &LocalWorkerSpec) -> std::collections::HashSet<String> {
+    let Ok(entries) = std::fs::read_dir(spec.data_dir.join("workers")) else { return Default::default() };
+    entries.flatten().filter(|e| agent_in(&e.path()).is_some()).map(|e| e.file_name().to_string_lossy().into_owned()).collect()
+}
+
+/// Writes where the built-in pool's agents find this server, before any is started or adopted.
+pub fn publish(spec: &LocalWorkerSpec, workers: u32) -> std::io::Result<()> {
+    let dir = spec.data_dir.join("workers");
+    std::fs::create_dir_all(&dir)?;
+    let tmp = dir.join("server.tmp");
+    std::fs::write(&tmp, format!("{}\n", spec.grpc_url))?;
+    std::fs::rename(&tmp, spec.server_file())?;
+    // Agents of slots this server no longer has (the pool got smaller) are stopped.
+    for entry in std::fs::read_dir(&dir)?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let index = name.strip_prefix(&format!("{}-", spec.pool)).and_then(|i| i.parse::<u32>().ok());
+        if index.is_some_and(|i| i >= workers)
+            && let Some(pid) = agent_in(&entry.path())
+        {
+            tracing::info!(pid, slot = %name, "stopping a built-in worker of a slot this server does not have");
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+    }
+    Ok(())
+}
+
+/// Waits until the agent holding `spool` is gone; on shutdown, stops it first (SIGTERM, then
+/// SIGKILL after 5 s). Returns false when the server is shutting down.
+async fn adopt(spool: &Path, pid: i32, index: u32, shutdown: &mut watch::Receiver<bool>) -> bool {
+    tracing::info!(index, pid, "adopting a built-in worker left running by a previous server");
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {
+                if agent_in(spool).is_none() {
+                    tracing::warn!(index, pid, "adopted local worker exited; starting a replacement");
+                    return true;
+                }
+            }
+            _ = shutdown.changed() => {
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+                while agent_in(spool).is_some() {
+                    if tokio::time::Instant::now() >= deadline {
+                        unsafe { libc::kill(pid, libc::SIGKILL) };
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                return false;
+            }
+        }
+    }
+}
+
 /// Keeps worker `index` alive until `shutdown` flips to true.
 pub fn supervise(spec: LocalWorkerSpec, index: u32, mut shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(200);
+        let spool = spec.spool(index);
         loop {
             if *shutdown.borrow() {
                 return;
+            }
+            if let Some(pid) = agent_in(&spool) {
+                if !adopt(&spool, pid, index, &mut shutdown).await {
+                    return;
+                }
+                continue;
             }
             let join_token = match std::fs::read_to_string(&spec.join_token_file) {
                 Ok(t) => t.trim().to_owned(),
@@ -56,22 +144,31 @@ pub fn supervise(spec: LocalWorkerSpec, index: u32, mut shutdown: watch::Receive
                     continue;
                 }
             };
-            let spool = spec.data_dir.join("workers").join(format!("{}-{index}", spec.pool));
             let mut cmd = Command::new(&spec.exe);
             cmd.arg("worker")
                 .args(["--server", &spec.grpc_url, "--pool", &spec.pool])
+                .arg("--server-file")
+                .arg(spec.server_file())
+                .args(["--give-up-after-ms", &spec.give_up_after.as_millis().to_string()])
                 .args(["--slots", &spec.slots.to_string(), "--cpu-m", &spec.cpu_m.to_string(), "--memory-mb", &spec.memory_mb.to_string()])
                 .args(["--instance-name", &format!("{}-{index}", spec.pool)])
                 .arg("--spool-dir")
                 .arg(&spool)
                 .args(spec.run_as.iter().flat_map(|u| ["--run-as", u]))
-                .arg("--exit-with-parent")
-                .args(["--labels", &format!("{}={}", crate::engine::SERVER_INSTANCE_LABEL, spec.instance)])
                 .env("HODEI_JOIN_TOKEN", &join_token)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
-                .stderr(Stdio::inherit())
-                .kill_on_drop(true);
+                .stderr(Stdio::inherit());
+            // A session of its own: neither the server's death nor a Ctrl-C in its terminal
+            // reaches the agent (the server stops it itself when it stops cleanly).
+            unsafe {
+                cmd.pre_exec(|| {
+                    if libc::setsid() < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
             let mut child = match cmd.spawn() {
                 Ok(c) => c,
                 Err(e) => {

@@ -39,8 +39,13 @@ pub struct WorkerOptions {
     pub work_dir: PathBuf,
     /// Where jobs without a working dir run and as whom.
     pub sandbox: Sandbox,
-    /// Exit (stopping jobs) when the parent process goes away: for the server's built-in pool.
-    pub exit_with_parent: bool,
+    /// Read the server's URL from this file at each connection attempt (one written by the
+    /// server: the built-in pool finds a restarted server whose port changed). `servers` is
+    /// used while the file cannot be read.
+    pub server_file: Option<PathBuf>,
+    /// Stop (stopping jobs) after this long without a job stream to any server. `None`: retry
+    /// for ever.
+    pub give_up_after: Option<Duration>,
     /// TLS to `https://` servers.
     pub tls: TlsOptions,
 }
@@ -124,11 +129,6 @@ pub async fn run(o: WorkerOptions) -> anyhow::Result<()> {
         tracing::info!(user = %u.name, uid = u.uid, "jobs run as an unprivileged user");
     }
     let spool = Arc::new(spool::Spool::open(&o.work_dir, spool::LOCK_WAIT).await?);
-    if o.exit_with_parent {
-        // An agent that lives and dies with the server that started it has nothing to hand in
-        // to the next server process: that one retires its predecessor's agents at start.
-        spool.forget_identity();
-    }
     // Results of jobs that ended while a previous run of this agent could not report them.
     let unacked: HashMap<String, pb::Result> = spool.results().into_iter().map(|r| (r.attempt_id.clone(), r)).collect();
     if !unacked.is_empty() {
@@ -141,7 +141,7 @@ pub async fn run(o: WorkerOptions) -> anyhow::Result<()> {
     let (events_tx, mut events_rx) = mpsc::unbounded_channel::<pb::WorkerMessage>();
     let out = exec::Output { events: events_tx, retained: Arc::new(retain::Retained::default()) };
     let stop = Arc::new(Notify::new());
-    spawn_stop_watchers(o.exit_with_parent, stop.clone());
+    spawn_stop_watcher(stop.clone());
 
     let mut identity: Option<Identity> = spool.identity().map(|s| Identity {
         worker_id: s.worker_id,
@@ -149,9 +149,15 @@ pub async fn run(o: WorkerOptions) -> anyhow::Result<()> {
         heartbeat_interval: Duration::from_millis(s.heartbeat_interval_ms.max(100)),
     });
     let mut backoff = Duration::from_millis(100);
+    // The built-in pool's server is on this machine: a refused connection costs nothing, and
+    // the restarted server waits for its workers before it says it is ready.
+    let max_backoff = if o.server_file.is_some() { Duration::from_millis(200) } else { Duration::from_secs(5) };
     let mut server = 0usize;
+    // Since when no job stream has been open.
+    let mut alone_since = tokio::time::Instant::now();
     loop {
-        let url = &o.servers[server % o.servers.len()];
+        let from_file = o.server_file.as_ref().and_then(|f| std::fs::read_to_string(f).ok()).map(|u| u.trim().to_owned()).filter(|u| !u.is_empty());
+        let url = &from_file.unwrap_or_else(|| o.servers[server % o.servers.len()].clone());
         let session = async {
             let mut client = connect(url, &o.tls).await?;
             if identity.is_none() {
@@ -220,13 +226,19 @@ pub async fn run(o: WorkerOptions) -> anyhow::Result<()> {
                 continue;
             }
             Err(e) => {
+                if let Some(limit) = o.give_up_after
+                    && alone_since.elapsed() >= limit
+                {
+                    tracing::warn!(after_ms = limit.as_millis() as u64, "no server came back; stopping");
+                    return shutdown(&agent, None, &spool).await;
+                }
                 tracing::warn!(server = %url, error = %format!("{e:#}"), "cannot reach the server; retrying");
                 server += 1;
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = stop.notified() => return shutdown(&agent, None, &spool).await,
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                backoff = (backoff * 2).min(max_backoff);
                 continue;
             }
         };
@@ -253,14 +265,14 @@ pub async fn run(o: WorkerOptions) -> anyhow::Result<()> {
             }
         };
         hb.abort();
+        alone_since = tokio::time::Instant::now();
         tracing::warn!(reason, "job stream lost; reconnecting");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
-/// Stops on SIGTERM/SIGINT, or when the parent dies (built-in pool).
-fn spawn_stop_watchers(exit_with_parent: bool, stop: Arc<Notify>) {
-    let s = stop.clone();
+/// Stops on SIGTERM/SIGINT.
+fn spawn_stop_watcher(stop: Arc<Notify>) {
     tokio::spawn(async move {
         let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(t) => t,
@@ -270,21 +282,8 @@ fn spawn_stop_watchers(exit_with_parent: bool, stop: Arc<Notify>) {
             _ = term.recv() => {}
             _ = tokio::signal::ctrl_c() => {}
         }
-        s.notify_one();
+        stop.notify_one();
     });
-    if exit_with_parent {
-        let parent = std::os::unix::process::parent_id();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_millis(250)).await;
-                if std::os::unix::process::parent_id() != parent {
-                    tracing::warn!("parent process is gone; stopping");
-                    stop.notify_one();
-                    return;
-                }
-            }
-        });
-    }
 }
 
 fn on_server_message(

@@ -45,6 +45,9 @@ impl Spool {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        // Who holds it: the server adopting its built-in workers after a restart signals them.
+        let mut holder = &lock;
+        let _ = lock.set_len(0).and_then(|()| holder.write_all(format!("{}\n", std::process::id()).as_bytes()));
         Ok(Spool { dir: dir.to_owned(), _lock: lock })
     }
 

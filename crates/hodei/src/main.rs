@@ -253,8 +253,13 @@ struct WorkerArgs {
     /// A worker not running as root runs jobs as itself.
     #[arg(long, env = "HODEI_RUN_AS")]
     run_as: Option<String>,
-    #[arg(long, hide = true)]
-    exit_with_parent: bool,
+    /// Read the server's URL from this file at each connection attempt, falling back to
+    /// --server (the built-in pool: a restarted server may listen on another port).
+    #[arg(long)]
+    server_file: Option<PathBuf>,
+    /// Stop, ending the jobs, after this long without a server (default: retry for ever).
+    #[arg(long)]
+    give_up_after_ms: Option<u64>,
 }
 
 #[derive(Args)]
@@ -605,7 +610,8 @@ async fn worker(a: WorkerArgs) -> anyhow::Result<i32> {
         instance_name: a.instance_name.unwrap_or_else(|| format!("{host}-{}", std::process::id())),
         work_dir: a.spool_dir.or_else(|| temp.as_ref().map(|t| t.path().to_owned())).context("a work directory")?,
         sandbox: hodei_worker::Sandbox::new(scratch.path().to_owned(), job_user),
-        exit_with_parent: a.exit_with_parent,
+        server_file: a.server_file,
+        give_up_after: a.give_up_after_ms.map(std::time::Duration::from_millis),
         tls,
     };
     hodei_worker::run(opts).await?;

@@ -331,8 +331,11 @@ async fn output_over_the_cap_is_dropped_and_reported() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("truncated"), "the CLI says so");
 }
 
+/// The server and its built-in workers die together (a machine crash): the restarted server
+/// sees no agent holding their spool directories and requeues their jobs at once, instead of
+/// waiting for their leases.
 #[tokio::test]
-async fn after_a_restart_jobs_of_the_dead_built_in_workers_are_requeued_at_once() {
+async fn after_a_restart_jobs_of_dead_built_in_workers_are_requeued_at_once() {
     let dir = tempfile::tempdir().unwrap();
     // A long lease: only recognizing the old local workers as dead can requeue within the test.
     let env = [("HODEI_WORKERS__HEARTBEAT_TIMEOUT_MS", "30000"), ("HODEI_WORKERS__HEARTBEAT_INTERVAL_MS", "1000")];
@@ -340,7 +343,16 @@ async fn after_a_restart_jobs_of_the_dead_built_in_workers_are_requeued_at_once(
     let job = srv.submit(json!({"command": ["sleep", "2"]})).await;
     let id = job["id"].as_str().unwrap().to_owned();
     srv.wait_for(&id, 20, |s| s == "running").await;
+    let agents = local_agents(dir.path());
     srv.kill9();
+    for (pid, spool) in &agents {
+        unsafe { libc::kill(*pid, libc::SIGKILL) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while agent_pid(spool).is_some() {
+            assert!(Instant::now() < deadline, "agent {pid} still holds its spool");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
     let srv = Server::start(dir.path(), &env, 0, None);
     let started = std::time::Instant::now();
     let j = srv.wait_ended(&id, 20).await;
@@ -593,4 +605,101 @@ async fn each_job_starts_in_an_empty_scratch_directory_of_its_own() {
     let again = srv.submit(json!({"command": ["sh", "-c", "ls -A; stat -c %a ."]})).await["id"].as_str().unwrap().to_owned();
     srv.wait_ended(&again, 30).await;
     assert_eq!(stored_output(&srv, &again, "stdout").await, "700\n", "private and empty after a job changed its mode");
+}
+
+/// The built-in pool's workers outlive their server: kill -9 of the server while they run 600
+/// short jobs and a long one leaves them running; the restarted server (on another gRPC port)
+/// adopts the same agents instead of starting new ones, and every job succeeds exactly once —
+/// each job's own side effect, a line in a file named after it, happened once, and the long job
+/// running across the restart finished on its first attempt.
+#[tokio::test]
+async fn built_in_workers_outlive_a_kill_9_of_the_server_and_are_adopted() {
+    let dir = tempfile::tempdir().unwrap();
+    let marks = job_writable_dir();
+    let m = marks.path().display().to_string();
+    let env = [("HODEI_RESOURCE_POOLS__BUILTIN_LOCAL__WORKERS", "2"), ("HODEI_RESOURCE_POOLS__BUILTIN_LOCAL__SLOTS", "8")];
+    let mut srv = Server::start(dir.path(), &env, 0, None);
+    let mut agents: Vec<i32> = local_agents(dir.path()).into_iter().map(|(pid, _)| pid).collect();
+    agents.sort();
+    assert_eq!(agents.len(), 2, "two agents hold their spool directories");
+    let connected = |v: &Value| -> Vec<String> {
+        let mut ids: Vec<String> = v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|w| w["state"] != "terminated" && w["state"] != "offline")
+            .map(|w| w["id"].as_str().unwrap().to_owned())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let workers_before = connected(&srv.call(Method::GET, "/workers", None).await.1);
+    assert_eq!(workers_before.len(), 2);
+
+    let long = srv.submit(json!({"command": ["sh", "-c", format!("echo x >> {m}/long; sleep 3")]})).await["id"].as_str().unwrap().to_owned();
+    srv.wait_for(&long, 20, |s| s == "running").await;
+    let short = format!("echo x >> {m}/$HODEI_JOB_ID; sleep 0.05");
+    let jobs: Vec<Value> = (0..600).map(|_| json!({"command": ["sh", "-c", short]})).collect();
+    let (s, batch) = srv.call(Method::POST, "/jobs/batch", Some(json!({ "jobs": jobs }))).await;
+    assert_eq!(s, 201, "{batch}");
+    let ids: Vec<String> = batch["items"].as_array().unwrap().iter().map(|i| i["job_id"].as_str().unwrap().to_owned()).collect();
+    // Kill it once some have run and most have not.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::read_dir(marks.path()).unwrap().count() < 60 {
+        assert!(Instant::now() < deadline, "the short jobs do not run");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    srv.kill9();
+    for pid in &agents {
+        assert_eq!(unsafe { libc::kill(*pid, 0) }, 0, "agent {pid} died with the server");
+    }
+
+    let srv = Server::start(dir.path(), &env, 0, None);
+    let mut adopted: Vec<i32> = local_agents(dir.path()).into_iter().map(|(pid, _)| pid).collect();
+    adopted.sort();
+    assert_eq!(adopted, agents, "the restarted server adopted the running agents, it did not start new ones");
+    assert_eq!(connected(&srv.call(Method::GET, "/workers", None).await.1), workers_before, "the same workers, under their identities");
+    let j = srv.wait_ended(&long, 30).await;
+    assert_eq!((j["state"].as_str(), j["attempts"].as_array().unwrap().len()), (Some("succeeded"), 1), "the long job ran through: {j}");
+    for id in &ids {
+        let j = srv.wait_ended(id, 120).await;
+        assert_eq!(j["state"], "succeeded", "job {id}: {j}");
+        assert_eq!(j["attempts"].as_array().unwrap().len(), 1, "job {id} ran more than once: {j}");
+        let runs = std::fs::read_to_string(marks.path().join(id)).unwrap_or_default().lines().count();
+        assert_eq!(runs, 1, "job {id}'s side effect happened {runs} times");
+    }
+    assert_eq!(std::fs::read_to_string(marks.path().join("long")).unwrap().lines().count(), 1);
+}
+
+/// Built-in workers whose server does not come back within `workers.gc_after_ms` stop; a clean
+/// stop of the server stops its workers too, adopted ones included.
+#[tokio::test]
+async fn built_in_workers_stop_with_a_clean_stop_or_when_their_server_stays_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("HODEI_RESOURCE_POOLS__BUILTIN_LOCAL__WORKERS", "2"), ("HODEI_WORKERS__GC_AFTER_MS", "1500")];
+    let mut srv = Server::start(dir.path(), &env, 0, None);
+    let alive = |pid: i32| unsafe { libc::kill(pid, 0) } == 0;
+    let agents: Vec<i32> = local_agents(dir.path()).into_iter().map(|(pid, _)| pid).collect();
+    assert_eq!(agents.len(), 2);
+    srv.kill9();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !local_agents(dir.path()).is_empty() {
+        assert!(Instant::now() < deadline, "the agents still run 30 s after their server died (gc_after_ms 1500)");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Adopted agents stop with a clean stop of the server that adopted them.
+    let mut first = Server::start(dir.path(), &env, 0, None);
+    let agents: Vec<i32> = local_agents(dir.path()).into_iter().map(|(pid, _)| pid).collect();
+    first.kill9();
+    let mut second = Server::start(dir.path(), &env, 0, None);
+    let mut adopted: Vec<i32> = local_agents(dir.path()).into_iter().map(|(pid, _)| pid).collect();
+    adopted.sort();
+    let mut expected = agents.clone();
+    expected.sort();
+    assert_eq!(adopted, expected);
+    unsafe { libc::kill(second.child.id() as i32, libc::SIGTERM) };
+    assert!(second.child.wait().unwrap().success());
+    assert!(local_agents(dir.path()).is_empty(), "the server stopped the agents it adopted before exiting");
+    assert!(agents.iter().all(|p| !alive(*p) || std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|s| s.contains(") Z "))));
 }

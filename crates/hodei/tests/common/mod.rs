@@ -154,12 +154,41 @@ impl Drop for Server {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
-                return;
+                break;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         let _ = self.child.kill();
+        let _ = self.child.wait();
+        // A server killed with -9 and not restarted leaves its built-in workers running (as it
+        // should): stop them, so that tests leave no processes behind.
+        for (pid, spool) in local_agents(&self.dir) {
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while agent_pid(&spool).is_some() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if agent_pid(&spool).is_some() {
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
     }
+}
+
+/// The pid of the agent holding a spool directory's lock, if one does.
+pub fn agent_pid(spool: &Path) -> Option<i32> {
+    use std::os::unix::io::AsRawFd;
+    let lock = std::fs::File::open(spool.join("lock")).ok()?;
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0 {
+        return None;
+    }
+    std::fs::read_to_string(spool.join("lock")).ok()?.trim().parse().ok()
+}
+
+/// The built-in pool's agents running for the server of `dir`: (pid, spool directory).
+pub fn local_agents(dir: &Path) -> Vec<(i32, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(dir.join("workers")) else { return Vec::new() };
+    entries.flatten().filter_map(|e| agent_pid(&e.path()).map(|pid| (pid, e.path()))).collect()
 }
 
 /// A `hodei worker` process.
