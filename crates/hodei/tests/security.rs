@@ -472,16 +472,6 @@ async fn register_with(grpc: &str, pool: &str, token: &str) -> Result<String, to
     Ok(r.into_inner().worker_id)
 }
 
-/// Pids of the local workers a server started in `dir` (their spool is under it).
-fn local_worker_pids(dir: &std::path::Path) -> Vec<i32> {
-    let needle = dir.join("workers").to_string_lossy().into_owned();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains(&needle)))
-        .collect()
-}
-
 /// An admin rotates a pool's join token: the old token stops registering workers at once, the
 /// new one (shown once, kept 0600 in the data dir) registers, workers already registered keep
 /// running, and a local worker started after the rotation joins with the new token.
@@ -521,12 +511,14 @@ async fn a_rotated_join_token_replaces_the_old_one_at_once() {
     assert_eq!((entry["actor"].as_str(), entry["target"].as_str()), (Some("admin"), Some("pool:local")), "{entry}");
     assert!(!log.to_string().contains(&new), "the audit log never holds the token");
 
-    // The local worker registered before the rotation still runs jobs; killed, it is replaced
+    // The local worker registered before the rotation still runs jobs; killed after losing its
+    // spooled identity (a replacement keeping it would not register at all), it is replaced
     // by one that registers with the new token and runs them too.
     let job = srv.submit(json!({"command": ["true"]})).await;
     assert_eq!(srv.wait_ended(job["id"].as_str().unwrap(), 30).await["state"], "succeeded");
-    let pids = local_worker_pids(dir.path());
+    let pids: Vec<i32> = local_agents(dir.path()).into_iter().map(|(pid, _)| pid).collect();
     assert_eq!(pids.len(), 1, "one local worker: {pids:?}");
+    std::fs::remove_file(dir.path().join("workers/local-0/identity")).unwrap();
     unsafe { libc::kill(pids[0], libc::SIGKILL) };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
