@@ -157,19 +157,20 @@ pub struct EngineConfig {
     pub local_workers: Option<LocalWorkers>,
 }
 
-/// The built-in pool, and the instance names (`<pool>-<n>`) of its agents that are running.
+/// The pools whose workers the server starts itself, and the instance names (`<pool>-<n>`)
+/// of their agents that are running.
 #[derive(Clone, Debug)]
 pub struct LocalWorkers {
-    pub pool: hodei_core::PoolId,
+    pub pools: std::collections::HashSet<hodei_core::PoolId>,
     pub running: std::collections::HashSet<String>,
 }
 
 impl LocalWorkers {
-    /// A worker the built-in pool started (named `<pool>-<n>`) whose agent is not running.
+    /// A worker the server started (named `<pool>-<n>`) whose agent is not running.
     fn is_gone(&self, w: &hodei_core::Worker) -> bool {
-        w.pool_id == self.pool
+        self.pools.contains(&w.pool_id)
             && w.instance_name
-                .strip_prefix(self.pool.as_str())
+                .strip_prefix(w.pool_id.as_str())
                 .and_then(|r| r.strip_prefix('-'))
                 .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
             && !self.running.contains(&w.instance_name)

@@ -196,16 +196,31 @@ fn redact_password(url: &str) -> String {
 
 struct PoolSetup {
     pools: Vec<Pool>,
-    local: Option<LocalWorkerSpec>,
-    local_workers: u32,
+    /// Pools whose workers this server starts (provider `local`, `min_size` of them).
+    local: Vec<LocalWorkerSpec>,
 }
 
 /// Creates the default tenant and the pools (built-in or configured) with their join tokens.
 async fn seed(cfg: &Config, store: &dyn Store, now: Timestamp, worker_exe: Option<&PathBuf>) -> anyhow::Result<PoolSetup> {
     let mut pools = Vec::new();
-    let mut local = None;
-    let mut local_workers = 0;
+    let mut local = Vec::new();
     let rp = &cfg.resource_pools;
+    let local_spec = |pool: &Pool, join_token: local_pool::JoinToken| {
+        worker_exe.map(|exe| LocalWorkerSpec {
+            exe: exe.clone(),
+            grpc_url: String::new(),
+            pool: pool.id.to_string(),
+            count: pool.min_size,
+            join_token,
+            slots: pool.worker_slots,
+            cpu_m: pool.worker_resources.cpu_m.get(),
+            memory_mb: pool.worker_resources.memory_mb.get(),
+            gpu: pool.worker_resources.gpu.0,
+            data_dir: cfg.data_dir().to_owned(),
+            run_as: cfg.workers.run_as.clone(),
+            give_up_after: Duration::from_millis(cfg.workers.gc_after_ms),
+        })
+    };
     if rp.enabled && rp.pools.is_empty() && rp.builtin_local.enabled {
         let b = &rp.builtin_local;
         let (cores, mem_mb) = local_pool::machine_shape();
@@ -232,28 +247,17 @@ async fn seed(cfg: &Config, store: &dyn Store, now: Timestamp, worker_exe: Optio
             version: 1,
         };
         store.upsert_pool(&pool, Some(&tokens::hash(&token))).await?;
-        if let Some(exe) = worker_exe {
-            local = Some(LocalWorkerSpec {
-                exe: exe.clone(),
-                grpc_url: String::new(),
-                pool: id.to_string(),
-                join_token_file: token_file,
-                slots: pool.worker_slots,
-                cpu_m: shape.cpu_m.get(),
-                memory_mb: shape.memory_mb.get(),
-                data_dir: cfg.data_dir().to_owned(),
-                run_as: cfg.workers.run_as.clone(),
-                give_up_after: Duration::from_millis(cfg.workers.gc_after_ms),
-            });
-            local_workers = n;
-        }
+        local.extend(local_spec(&pool, local_pool::JoinToken::File(token_file)));
         pools.push(pool);
     }
     for p in &rp.pools {
         let id = PoolId::parse(&p.id)?;
-        let token = match &p.join_token {
-            Some(t) => t.0.clone(),
-            None => secret_file(&tokens::join_token_path(cfg.data_dir(), &id))?,
+        let (token, source) = match &p.join_token {
+            Some(t) => (t.0.clone(), local_pool::JoinToken::Fixed(t.0.clone())),
+            None => {
+                let file = tokens::join_token_path(cfg.data_dir(), &id);
+                (secret_file(&file)?, local_pool::JoinToken::File(file))
+            }
         };
         let t = &p.worker_template;
         let pool = Pool {
@@ -273,6 +277,10 @@ async fn seed(cfg: &Config, store: &dyn Store, now: Timestamp, worker_exe: Optio
             version: 1,
         };
         store.upsert_pool(&pool, Some(&tokens::hash(&token))).await?;
+        // A static pool of this machine is kept at `min_size` workers from the start.
+        if pool.provider == "local" && pool.min_size > 0 {
+            local.extend(local_spec(&pool, source));
+        }
         pools.push(pool);
     }
     let default = TenantId::parse(&cfg.multi_tenancy.default_tenant_id).context("multi_tenancy.default_tenant_id")?;
@@ -292,7 +300,7 @@ async fn seed(cfg: &Config, store: &dyn Store, now: Timestamp, worker_exe: Optio
         };
         store.create_tenant(&t).await.context("creating the default tenant")?;
     }
-    Ok(PoolSetup { pools, local, local_workers })
+    Ok(PoolSetup { pools, local })
 }
 
 /// `multi_tenancy.default_tenant_quota` as a core quota.
@@ -561,8 +569,10 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
         _ => Logs::in_dir(cfg.logs_dir(), max_log_bytes).context("creating the logs dir")?,
     });
     let mut engine_cfg = engine_config(&cfg);
-    engine_cfg.local_workers =
-        setup.local.as_ref().map(|spec| engine::LocalWorkers { pool: PoolId::parse(&spec.pool).expect("a pool id"), running: local_pool::running(spec) });
+    engine_cfg.local_workers = Some(engine::LocalWorkers {
+        pools: setup.local.iter().filter_map(|spec| PoolId::parse(&spec.pool).ok()).collect(),
+        running: local_pool::running(cfg.data_dir()),
+    });
     let (engine, handle) = Engine::start(store.clone(), clock.clone(), logs.clone(), engine_cfg).await.context("loading scheduler state")?;
 
     let http = TcpListener::bind(&cfg.server.http_addr).await.with_context(|| format!("binding HTTP on {}", cfg.server.http_addr))?;
@@ -631,8 +641,8 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
     let svc = WorkerSvc::new(store.clone(), handle.clone(), logs, clock, timeouts);
     // With TLS, the built-in pool's workers (children of this process, holding its join token)
     // connect to a plaintext listener of their own on loopback; remote workers only get TLS.
-    let local_grpc = match (&tls, &setup.local) {
-        (Some(_), Some(_)) => Some(TcpListener::bind("127.0.0.1:0").await.context("binding the built-in pool's loopback gRPC listener")?),
+    let local_grpc = match (&tls, setup.local.is_empty()) {
+        (Some(_), false) => Some(TcpListener::bind("127.0.0.1:0").await.context("binding the built-in pool's loopback gRPC listener")?),
         _ => None,
     };
     let local_grpc_addr = local_grpc.as_ref().map(|l| l.local_addr()).transpose()?.unwrap_or(grpc_addr);
@@ -646,19 +656,21 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
     }
 
     let mut workers = Vec::new();
-    if let Some(mut spec) = setup.local {
-        spec.grpc_url = format!("http://{local_grpc_addr}");
-        local_pool::publish(&spec, setup.local_workers).context("writing where the built-in pool's workers find this server")?;
-        for i in 0..setup.local_workers {
+    let grpc_url = format!("http://{local_grpc_addr}");
+    local_pool::publish(cfg.data_dir(), &grpc_url, &setup.local).context("writing where local workers find this server")?;
+    let expected: u32 = setup.local.iter().map(|s| s.count).sum();
+    for mut spec in setup.local {
+        spec.grpc_url = grpc_url.clone();
+        for i in 0..spec.count {
             workers.push(local_pool::supervise(spec.clone(), i, shutdown_rx.clone()));
         }
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while handle.connected_workers() < setup.local_workers as usize {
-            if Instant::now() > deadline {
-                bail!("the built-in pool's {} workers did not connect within 20 s", setup.local_workers);
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while handle.connected_workers() < expected as usize {
+        if Instant::now() > deadline {
+            bail!("the {expected} local workers did not connect within 20 s");
         }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     Ok(RunningServer { http_addr, grpc_addr, metrics_addr, engine: handle, store, router: app, shutdown, http, tasks, workers })
 }

@@ -1,5 +1,6 @@
-//! The built-in static pool `local`: worker agents started by the server, connecting over
-//! loopback gRPC exactly like remote workers. They run in sessions of their own, so a server
+//! Pools whose provider is `local` — the built-in pool `local`, and static pools of the
+//! configuration file — get `min_size` worker agents started by the server, connecting over
+//! loopback gRPC exactly like remote workers; one that dies is replaced. They run in sessions of their own, so a server
 //! that crashes leaves them and their jobs running: they spool results, keep retrying the
 //! address in `workers/server` (rewritten by each server at start) and stop after
 //! `workers.gc_after_ms` without a server. A restarted server adopts the agents it finds
@@ -17,16 +18,27 @@ use tokio::process::Command;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+/// Where an agent's join token comes from.
+#[derive(Clone, Debug)]
+pub enum JoinToken {
+    /// Read at each start, so a worker started after a rotation uses the new token.
+    File(PathBuf),
+    /// Set in the configuration file.
+    Fixed(String),
+}
+
 #[derive(Clone, Debug)]
 pub struct LocalWorkerSpec {
     pub exe: PathBuf,
     pub grpc_url: String,
     pub pool: String,
-    /// Read at each start, so a worker started after a rotation uses the new token.
-    pub join_token_file: PathBuf,
+    /// How many agents the pool keeps (its `min_size`).
+    pub count: u32,
+    pub join_token: JoinToken,
     pub slots: u32,
     pub cpu_m: u32,
     pub memory_mb: u32,
+    pub gpu: u32,
     pub data_dir: PathBuf,
     /// `workers.run_as`, handed on as `--run-as`.
     pub run_as: Option<String>,
@@ -65,27 +77,27 @@ pub fn agent_in(spool: &Path) -> Option<i32> {
     std::fs::read_to_string(spool.join("lock")).ok()?.trim().parse().ok().filter(|p: &i32| *p > 0)
 }
 
-/// Instance names (`<pool>-<n>`) of the pool's agents running now, left by a previous server.
-pub fn running(spec: &LocalWorkerSpec) -> std::collections::HashSet<String> {
-    let Ok(entries) = std::fs::read_dir(spec.data_dir.join("workers")) else { return Default::default() };
+/// Instance names (`<pool>-<n>`) of the local agents running now, left by a previous server.
+pub fn running(data_dir: &Path) -> std::collections::HashSet<String> {
+    let Ok(entries) = std::fs::read_dir(data_dir.join("workers")) else { return Default::default() };
     entries.flatten().filter(|e| agent_in(&e.path()).is_some()).map(|e| e.file_name().to_string_lossy().into_owned()).collect()
 }
 
-/// Writes where the built-in pool's agents find this server, before any is started or adopted.
-pub fn publish(spec: &LocalWorkerSpec, workers: u32) -> std::io::Result<()> {
-    let dir = spec.data_dir.join("workers");
+/// Writes where local agents find this server (`grpc_url`), before any is started or adopted,
+/// and stops running agents of slots no pool has any more (a pool got smaller or went away).
+pub fn publish(data_dir: &Path, grpc_url: &str, specs: &[LocalWorkerSpec]) -> std::io::Result<()> {
+    let dir = data_dir.join("workers");
     std::fs::create_dir_all(&dir)?;
     let tmp = dir.join("server.tmp");
-    std::fs::write(&tmp, format!("{}\n", spec.grpc_url))?;
-    std::fs::rename(&tmp, spec.server_file())?;
-    // Agents of slots this server no longer has (the pool got smaller) are stopped.
+    std::fs::write(&tmp, format!("{grpc_url}\n"))?;
+    std::fs::rename(&tmp, dir.join("server"))?;
+    let wanted: std::collections::HashSet<String> = specs.iter().flat_map(|s| (0..s.count).map(|i| format!("{}-{i}", s.pool))).collect();
     for entry in std::fs::read_dir(&dir)?.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let index = name.strip_prefix(&format!("{}-", spec.pool)).and_then(|i| i.parse::<u32>().ok());
-        if index.is_some_and(|i| i >= workers)
+        if !wanted.contains(&name)
             && let Some(pid) = agent_in(&entry.path())
         {
-            tracing::info!(pid, slot = %name, "stopping a built-in worker of a slot this server does not have");
+            tracing::info!(pid, slot = %name, "stopping a local worker of a slot no pool has");
             unsafe { libc::kill(pid, libc::SIGTERM) };
         }
     }
@@ -135,10 +147,14 @@ pub fn supervise(spec: LocalWorkerSpec, index: u32, mut shutdown: watch::Receive
                 }
                 continue;
             }
-            let join_token = match std::fs::read_to_string(&spec.join_token_file) {
-                Ok(t) => t.trim().to_owned(),
-                Err(e) => {
-                    tracing::error!(error = %e, file = %spec.join_token_file.display(), "cannot read the pool's join token; retrying");
+            let join_token = match &spec.join_token {
+                JoinToken::Fixed(t) => Ok(t.clone()),
+                JoinToken::File(f) => std::fs::read_to_string(f).map(|t| t.trim().to_owned()).map_err(|e| (e, f)),
+            };
+            let join_token = match join_token {
+                Ok(t) => t,
+                Err((e, file)) => {
+                    tracing::error!(error = %e, file = %file.display(), "cannot read the pool's join token; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(10));
                     continue;
@@ -151,6 +167,7 @@ pub fn supervise(spec: LocalWorkerSpec, index: u32, mut shutdown: watch::Receive
                 .arg(spec.server_file())
                 .args(["--give-up-after-ms", &spec.give_up_after.as_millis().to_string()])
                 .args(["--slots", &spec.slots.to_string(), "--cpu-m", &spec.cpu_m.to_string(), "--memory-mb", &spec.memory_mb.to_string()])
+                .args(["--gpu", &spec.gpu.to_string()])
                 .args(["--instance-name", &format!("{}-{index}", spec.pool)])
                 .arg("--spool-dir")
                 .arg(&spool)

@@ -703,3 +703,41 @@ async fn built_in_workers_stop_with_a_clean_stop_or_when_their_server_stays_away
     assert!(local_agents(dir.path()).is_empty(), "the server stopped the agents it adopted before exiting");
     assert!(agents.iter().all(|p| !alive(*p) || std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|s| s.contains(") Z "))));
 }
+
+/// A static pool of the configuration file with provider `local` is kept at `min_size` workers
+/// from the start, shaped by its `worker_template`; a killed one is replaced.
+#[tokio::test]
+async fn a_static_local_pool_keeps_min_size_workers_warm() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = "resource_pools:\n  pools:\n    - id: warm\n      type: static\n      provider: local\n      worker_template: { cpu_m: 500, memory_mb: 256, slots: 2 }\n      min_size: 2\n      max_size: 2\n";
+    let srv = Server::start(dir.path(), &[], 0, Some(yaml));
+    let live = |v: &Value| -> Vec<Value> {
+        v["items"].as_array().unwrap().iter().filter(|w| w["state"] != "terminated" && w["state"] != "offline").cloned().collect()
+    };
+    let (_, ws) = srv.call(Method::GET, "/workers?pool_id=warm", None).await;
+    let ws = live(&ws);
+    assert_eq!(ws.len(), 2, "min_size workers when the server is ready: {ws:?}");
+    for w in &ws {
+        assert_eq!((w["resources"]["cpu_m"].as_u64(), w["resources"]["memory_mb"].as_u64(), w["slots"].as_u64()), (Some(500), Some(256), Some(2)), "{w}");
+    }
+    let id = srv.submit(json!({"command": ["echo", "warm"]})).await["id"].as_str().unwrap().to_owned();
+    let j = srv.wait_ended(&id, 30).await;
+    assert_eq!((j["state"].as_str(), j["pool_id"].as_str()), (Some("succeeded"), Some("warm")), "{j}");
+
+    let agents = local_agents(dir.path());
+    assert_eq!(agents.len(), 2);
+    unsafe { libc::kill(agents[0].0, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = local_agents(dir.path());
+        if now.len() == 2 && now.iter().all(|(pid, _)| *pid != agents[0].0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the killed worker was not replaced: {now:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let id = srv.submit(json!({"command": ["echo", "again"]})).await["id"].as_str().unwrap().to_owned();
+    assert_eq!(srv.wait_ended(&id, 30).await["state"], "succeeded");
+    let (_, ws) = srv.call(Method::GET, "/workers?pool_id=warm", None).await;
+    assert_eq!(live(&ws).len(), 2, "the replacement came back as the same worker: {ws}");
+}
