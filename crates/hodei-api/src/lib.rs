@@ -57,6 +57,10 @@ pub enum ControlError {
     Busy,
     #[error("Idempotency-Key {key:?} was used with another request")]
     IdempotencyConflict { key: String },
+    #[error("worker not found")]
+    WorkerNotFound,
+    #[error("worker is {0}")]
+    WorkerState(hodei_core::WorkerState),
 }
 
 impl From<ControlError> for ApiError {
@@ -74,6 +78,11 @@ impl From<ControlError> for ApiError {
                 ErrorCode::Conflict,
                 format!("Idempotency-Key {key:?} was used within the last 24 h with another request (method, path or body); use a new key"),
             ),
+            ControlError::WorkerNotFound => ApiError::not_found("worker"),
+            ControlError::WorkerState(state) => {
+                ApiError::new(ErrorCode::InvalidState, format!("worker is {state}; only a live worker (registering, idle or busy) can be drained"))
+                    .with("state", state.as_str().into())
+            }
         }
     }
 }
@@ -127,6 +136,9 @@ pub trait Control: Send + Sync {
     async fn retry(&self, id: JobId, by: hodei_core::ids::PrincipalId) -> Result<(), ControlError>;
     async fn hold(&self, id: JobId, by: hodei_core::ids::PrincipalId) -> Result<(), ControlError>;
     async fn release(&self, id: JobId, by: hodei_core::ids::PrincipalId) -> Result<(), ControlError>;
+    /// Drains a worker: no new attempts; once its running ones end it is terminated and its
+    /// agent stops. Answers once the drain is stored.
+    async fn drain_worker(&self, id: hodei_core::WorkerId) -> Result<(), ControlError>;
     /// The scheduler loop is alive.
     fn is_running(&self) -> bool;
     /// Time since the scheduler loop last finished a round (it runs one at least every tick).

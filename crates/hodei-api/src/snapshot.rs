@@ -111,6 +111,9 @@ mod tests {
         async fn release(&self, _: JobId, _: hodei_core::ids::PrincipalId) -> Result<(), ControlError> {
             Err(ControlError::Stopped)
         }
+        async fn drain_worker(&self, _: hodei_core::WorkerId) -> Result<(), ControlError> {
+            Err(ControlError::Stopped)
+        }
         fn is_running(&self) -> bool {
             true
         }

@@ -83,9 +83,32 @@ impl Default for SchedConfig {
 /// A message the server must send to a worker once the changes are durable.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Outbound {
-    Assign { worker: WorkerId, attempt: AttemptId, job: JobId },
-    Cancel { worker: WorkerId, attempt: AttemptId, reason: &'static str },
-    Ack { worker: WorkerId, attempt: AttemptId },
+    Assign {
+        worker: WorkerId,
+        attempt: AttemptId,
+        job: JobId,
+    },
+    Cancel {
+        worker: WorkerId,
+        attempt: AttemptId,
+        reason: &'static str,
+    },
+    Ack {
+        worker: WorkerId,
+        attempt: AttemptId,
+    },
+    /// The worker was drained and is terminated: its agent stops.
+    Drained {
+        worker: WorkerId,
+    },
+}
+
+/// Why a worker cannot be drained.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DrainError {
+    Unknown,
+    /// Offline or terminated: it runs nothing the scheduler could wait for.
+    NotLive(WorkerState),
 }
 
 /// Everything a batch of decisions changed.
@@ -995,6 +1018,35 @@ impl Scheduler {
         Ok(running.iter().copied().filter(|a| self.attempts.get(a).is_none_or(|x| x.worker_id != id)).collect())
     }
 
+    /// Drains a worker (SPEC §3.2): it takes no new attempts, its running ones finish, and once
+    /// it has none it is terminated and told to stop ([`Outbound::Drained`]). Draining a
+    /// draining worker changes nothing.
+    pub fn drain_worker(&mut self, id: WorkerId) -> Result<(), DrainError> {
+        let w = self.workers.get_mut(&id).ok_or(DrainError::Unknown)?;
+        match w.state {
+            WorkerState::Draining => return Ok(()),
+            WorkerState::Idle | WorkerState::Busy => w.state = WorkerState::Draining,
+            // Registered without a job stream yet: nothing to wait for.
+            WorkerState::Registering => {}
+            s => return Err(DrainError::NotLive(s)),
+        }
+        self.dirty_workers.insert(id);
+        if w.slots_used == 0 {
+            self.drained(id);
+        }
+        Ok(())
+    }
+
+    /// A drained worker with nothing left to run is terminated and told to stop.
+    fn drained(&mut self, id: WorkerId) {
+        if let Some(w) = self.workers.get_mut(&id) {
+            w.state = WorkerState::Terminated;
+            w.connected = false;
+            self.dirty_workers.insert(id);
+            self.out.outbound.push(Outbound::Drained { worker: id });
+        }
+    }
+
     /// The worker leaves for good (deregistered). Its attempts are lost.
     pub fn terminate_worker(&mut self, id: WorkerId, now: Timestamp) {
         let mine = self.attempt_ids_on(id);
@@ -1010,6 +1062,7 @@ impl Scheduler {
 
     fn release_slot(&mut self, attempt: &Attempt, now: Timestamp) {
         self.preempting.remove(&attempt.id);
+        let mut drained = false;
         if let Some(w) = self.workers.get_mut(&attempt.worker_id) {
             w.allocated = w.allocated.saturating_sub(&attempt.resources);
             w.slots_used = w.slots_used.saturating_sub(1);
@@ -1017,7 +1070,11 @@ impl Scheduler {
                 w.state = WorkerState::Idle;
                 w.idle_since = Some(now);
             }
+            drained = w.slots_used == 0 && w.state == WorkerState::Draining;
             self.dirty_workers.insert(w.id);
+        }
+        if drained {
+            self.drained(attempt.worker_id);
         }
     }
 

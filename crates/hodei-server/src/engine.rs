@@ -16,7 +16,7 @@ use hodei_api::{Admitted, ArrayAdmitted, Clock, Control, ControlError, Idempoten
 use hodei_core::idempotency::{IdempotencyRecord, Lookup, Submitted};
 use hodei_core::ids::PrincipalId;
 use hodei_core::job::Actor;
-use hodei_core::sched::{AttemptResult, CancelOutcome, Changes, CommandError, Fenced, Outbound, SchedConfig, Scheduler, UnknownWorker};
+use hodei_core::sched::{AttemptResult, CancelOutcome, Changes, CommandError, DrainError, Fenced, Outbound, SchedConfig, Scheduler, UnknownWorker};
 use hodei_core::{
     ArrayId, AttemptId, AttemptState, BurstSession, BurstState, Job, JobId, JobState, Tenant, TenantId, TenantPolicy, TierWeights, Timestamp, Worker, WorkerId,
     WorkerState,
@@ -93,6 +93,10 @@ pub enum Command {
     Hold {
         id: JobId,
         by: Actor,
+        reply: Reply<()>,
+    },
+    Drain {
+        worker: WorkerId,
         reply: Reply<()>,
     },
     Release {
@@ -795,6 +799,15 @@ impl Engine {
                     let _ = reply.send(Err(command_error(e)));
                 }
             },
+            Command::Drain { worker, reply } => match s.drain_worker(worker) {
+                Ok(()) => replies.unit.push(reply),
+                Err(e) => {
+                    let _ = reply.send(Err(match e {
+                        DrainError::Unknown => ControlError::WorkerNotFound,
+                        DrainError::NotLive(state) => ControlError::WorkerState(state),
+                    }));
+                }
+            },
             Command::Hold { id, by, reply } => match s.hold(id, by, now) {
                 Ok(()) => replies.unit.push(reply),
                 Err(e) => {
@@ -921,6 +934,10 @@ impl Engine {
                     }),
                 ),
                 Outbound::Ack { worker, attempt } => (*worker, pb::server_message::Msg::Ack(pb::ResultAck { attempt_id: attempt.to_string() })),
+                Outbound::Drained { worker } => {
+                    tracing::info!(%worker, "worker drained; it stops");
+                    (*worker, pb::server_message::Msg::Drained(pb::Drained {}))
+                }
             };
             if let Some(conn) = self.conns.get(&worker)
                 && !conn.offer(pb::ServerMessage { msg: Some(msg) })
@@ -962,6 +979,7 @@ fn refuse_while_stale(c: Command) -> Option<Command> {
         Command::SubmitArray { reply, .. } => drop(reply.send(Err(down()))),
         Command::Tenant { reply, .. } | Command::Burst { reply, .. } | Command::Retry { reply, .. } => drop(reply.send(Err(down()))),
         Command::Hold { reply, .. } | Command::Release { reply, .. } => drop(reply.send(Err(down()))),
+        Command::Drain { reply, .. } => drop(reply.send(Err(down()))),
         Command::Cancel { reply, .. } => drop(reply.send(Err(down()))),
         Command::Inspect(_) => {}
         worker => return Some(worker),
@@ -1050,6 +1068,10 @@ impl Control for ControlPlane {
 
     async fn release(&self, id: JobId, by: PrincipalId) -> Result<(), ControlError> {
         self.with_state_error(id, "release", self.engine.release(id, Actor::Principal(by)).await).await
+    }
+
+    async fn drain_worker(&self, id: WorkerId) -> Result<(), ControlError> {
+        self.engine.ask(|reply| Command::Drain { worker: id, reply }).await
     }
 
     fn is_running(&self) -> bool {

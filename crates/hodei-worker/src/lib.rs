@@ -252,6 +252,14 @@ pub async fn run(o: WorkerOptions) -> anyhow::Result<()> {
                     None => break "event channel closed",
                 },
                 m = inbound.message() => match m {
+                    Ok(Some(pb::ServerMessage { msg: Some(pb::server_message::Msg::Drained(_)) })) => {
+                        // Terminated by the server, its jobs ended: registering again would undo
+                        // the drain, so the agent leaves.
+                        hb.abort();
+                        tracing::info!("drained by the server; stopping");
+                        spool.forget_identity();
+                        return Ok(());
+                    }
                     Ok(Some(m)) => on_server_message(m, &agent, &out, &o.sandbox, &memory, &spool),
                     Ok(None) => break "server closed the stream",
                     Err(_) => break "stream error",
@@ -342,6 +350,8 @@ fn on_server_message(
         }
         // Only the first message of a stream; handled where the stream opens.
         Some(Msg::Resume(_)) | None => {}
+        // Handled by the stream's loop, which stops the agent.
+        Some(Msg::Drained(_)) => {}
     }
 }
 

@@ -139,10 +139,12 @@ enum Cmd {
         #[command(subcommand)]
         cmd: identity::PrincipalsCmd,
     },
-    /// Registered workers.
+    /// Registered workers: lists them, or drains one.
     Workers {
         #[command(flatten)]
         c: ClientOpts,
+        #[command(subcommand)]
+        cmd: Option<WorkersCmd>,
     },
     /// Pools: lists them, or rotates one's join token.
     Pools {
@@ -326,6 +328,12 @@ struct SubmitArgs {
     /// The command and its arguments.
     #[arg(last = true, required = true)]
     argv: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum WorkersCmd {
+    /// Drain a worker (admins): it takes no new jobs, its running jobs finish, then it stops.
+    Drain { id: String },
 }
 
 #[derive(Subcommand)]
@@ -1107,7 +1115,18 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Whoami { c } => identity::whoami(c).await,
         Cmd::Tokens { c, cmd } => identity::tokens(c, cmd).await,
         Cmd::Principals { c, cmd } => identity::principals(c, cmd).await,
-        Cmd::Workers { c } => {
+        Cmd::Workers { c, cmd: Some(WorkersCmd::Drain { id }) } => {
+            let v = c.client()?.post(&format!("/workers/{id}/drain"), &json!({})).await?;
+            if c.output == Output::Json {
+                print_json(&v);
+            } else {
+                let state = s(&v, "state");
+                let then = if state == "terminated" { "it ran nothing and has stopped" } else { "it stops once its running jobs have ended" };
+                println!("worker {id} is {state}: {then}");
+            }
+            Ok(0)
+        }
+        Cmd::Workers { c, cmd: None } => {
             listing(
                 c,
                 "/workers?limit=500",

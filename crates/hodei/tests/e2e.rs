@@ -741,3 +741,52 @@ async fn a_static_local_pool_keeps_min_size_workers_warm() {
     let (_, ws) = srv.call(Method::GET, "/workers?pool_id=warm", None).await;
     assert_eq!(live(&ws).len(), 2, "the replacement came back as the same worker: {ws}");
 }
+
+/// `hodei workers drain ID`: the worker takes no new job, the job it runs finishes, then it is
+/// terminated and its agent exits; a job submitted meanwhile runs on another worker.
+#[tokio::test]
+async fn a_drained_worker_finishes_its_job_takes_no_new_one_and_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path(), &[], 0, Some(REMOTE_POOL));
+    let token = srv.join_token("remote");
+    let mut w1 = WorkerProc::start(&srv.grpc, "remote", &token, 2);
+    let gate = job_writable_dir();
+    let gate_file = gate.path().join("go");
+    let long = srv.submit(json!({"command": ["sh", "-c", format!("while [ ! -e {} ]; do sleep 0.05; done; echo finished", gate_file.display())]})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let running = srv.wait_for(&long, 20, |s| s == "running").await;
+    let worker = running["worker_id"].as_str().unwrap().to_owned();
+    let out = srv.cli(&["workers", "drain", &worker]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("draining"), "{}", String::from_utf8_lossy(&out.stdout));
+    let (_, w) = srv.call(Method::GET, &format!("/workers/{worker}"), None).await;
+    assert_eq!(w["state"], "draining");
+
+    // A new job waits: the only worker is draining. Another worker takes it.
+    let next = srv.submit(json!({"command": ["echo", "elsewhere"]})).await["id"].as_str().unwrap().to_owned();
+    let _w2 = WorkerProc::start(&srv.grpc, "remote", &token, 1);
+    let j = srv.wait_ended(&next, 30).await;
+    assert_eq!(j["state"], "succeeded");
+    assert_ne!(j["worker_id"].as_str(), Some(worker.as_str()), "the draining worker took a new job: {j}");
+
+    std::fs::write(&gate_file, "").unwrap();
+    let j = srv.wait_ended(&long, 30).await;
+    assert_eq!((j["state"].as_str(), j["attempts"].as_array().unwrap().len()), (Some("succeeded"), 1), "the running job finished where it ran: {j}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = w1.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the drained agent did not exit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "a drained agent exits 0: {status:?}");
+    let (_, w) = srv.call(Method::GET, &format!("/workers/{worker}"), None).await;
+    assert_eq!(w["state"], "terminated");
+    let (s, p) = srv.call(Method::POST, &format!("/workers/{worker}/drain"), None).await;
+    assert_eq!((s, p["code"].as_str(), p["state"].as_str()), (409, Some("invalid_state"), Some("terminated")), "{p}");
+    let (s, _) = srv.call(Method::POST, "/workers/00000000-0000-0000-0000-000000000000/drain", None).await;
+    assert_eq!(s, 404);
+}

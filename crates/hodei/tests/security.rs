@@ -50,7 +50,7 @@ fn expected(method: &str, path: &str) -> Option<[Want; 8]> {
         ("put", "/tenants/{id}" | "/tenants/{id}/quota") | ("delete", "/tenants/{id}") => admin_in_tenant,
         ("post", "/tenants") => admin,
         ("get", "/workers" | "/workers/{id}" | "/principals" | "/principals/{id}" | "/audit")
-        | ("post", "/principals" | "/pools/{id}/join-token")
+        | ("post", "/principals" | "/pools/{id}/join-token" | "/workers/{id}/drain")
         | ("put", "/principals/{id}/roles") => admin,
         ("get", "/whoami" | "/tokens") | ("post", "/tokens") => anyone,
         // The token is the researcher's: its own, or an admin's business.

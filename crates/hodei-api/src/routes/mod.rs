@@ -53,6 +53,7 @@ pub fn v1(cfg: &ApiConfig) -> OpenApiRouter<ApiState> {
         .routes(routes!(workers::get_worker))
         .routes(routes!(workers::list_pools))
         .routes(routes!(workers::rotate_join_token))
+        .routes(routes!(workers::drain_worker))
         .routes(routes!(identity::whoami))
         .routes(routes!(identity::create_token, identity::list_tokens))
         .routes(routes!(identity::revoke_token))

@@ -1,4 +1,4 @@
-//! Workers and pools (read side), and pool join-token rotation.
+//! Workers and pools (read side), draining a worker, and pool join-token rotation.
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -61,6 +61,54 @@ pub async fn get_worker(State(s): State<ApiState>, who: Who, Path(id): Path<Stri
         Err(_) => None,
     };
     found.map(|w| Json(WorkerView::from(&w))).ok_or_else(|| ApiError::not_found(format!("worker {id}")))
+}
+
+/// Drain a worker (admins): it takes no new jobs, its running jobs finish, then it is
+/// terminated and its agent stops. 202 with the worker as it is now (`draining`, or
+/// `terminated` when it ran nothing).
+#[utoipa::path(
+    post,
+    path = "/workers/{id}/drain",
+    responses(
+        (status = 202, body = WorkerView),
+        (status = 404, body = crate::error::Problem),
+        (status = 409, description = "the worker is offline or terminated", body = crate::error::Problem)
+    ),
+    tag = "workers"
+)]
+pub async fn drain_worker(
+    State(s): State<ApiState>,
+    who: Who,
+    Path(id): Path<String>,
+    body: axum::body::Body,
+) -> ApiResult<(axum::http::StatusCode, Json<WorkerView>)> {
+    who.must_be_admin("draining workers (admins only)")?;
+    no_body(body).await?;
+    let worker = id.parse::<WorkerId>().map_err(|_| ApiError::not_found(format!("worker {id}")))?;
+    match s.control.drain_worker(worker).await {
+        Ok(()) => {}
+        // The scheduler forgets terminated workers; the store still has them.
+        Err(crate::ControlError::WorkerNotFound) => {
+            return Err(match s.store.get_worker(worker).await? {
+                Some(w) => crate::ControlError::WorkerState(w.state).into(),
+                None => ApiError::not_found(format!("worker {id}")),
+            });
+        }
+        Err(e) => return Err(e.into()),
+    }
+    crate::routes::audit::record(&s, &who, "worker.drain", format!("worker:{worker}"), None, None).await;
+    let w = s.store.get_worker(worker).await?.ok_or_else(|| ApiError::not_found(format!("worker {id}")))?;
+    Ok((axum::http::StatusCode::ACCEPTED, Json(WorkerView::from(&w))))
+}
+
+/// Refuses a body with anything in it: the request takes no parameters, and a field that would
+/// be ignored is refused instead.
+async fn no_body(body: axum::body::Body) -> ApiResult<()> {
+    let body = axum::body::to_bytes(body, 64).await.unwrap_or_else(|_| axum::body::Bytes::from_static(b"x"));
+    if !matches!(std::str::from_utf8(&body).map(str::trim), Ok("" | "{}")) {
+        return Err(ApiError::field("/", "this request takes no body", "no body, or {}", None));
+    }
+    Ok(())
 }
 
 #[derive(serde::Serialize, utoipa::ToSchema)]
@@ -133,11 +181,7 @@ pub struct JoinTokenView {
 )]
 pub async fn rotate_join_token(State(s): State<ApiState>, who: Who, Path(id): Path<String>, body: axum::body::Body) -> ApiResult<Json<JoinTokenView>> {
     who.must_be_admin("rotating a pool's join token (admins only)")?;
-    // The rotation takes no parameters: a body with any is refused rather than ignored.
-    let body = axum::body::to_bytes(body, 64).await.unwrap_or_else(|_| axum::body::Bytes::from_static(b"x"));
-    if !matches!(std::str::from_utf8(&body).map(str::trim), Ok("" | "{}")) {
-        return Err(ApiError::field("/", "this request takes no body", "no body, or {}", None));
-    }
+    no_body(body).await?;
     let pool = match hodei_core::PoolId::parse(&id) {
         Ok(pid) => s.store.get_pool(&pid).await?.map(|(p, _)| p),
         Err(_) => None,

@@ -313,6 +313,7 @@ enum Op {
     Cancel(usize),
     Retry(usize),
     Disconnect(usize),
+    Drain(usize),
     Advance(u16),
     SetQuota {
         tenant: u8,
@@ -339,6 +340,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => any::<usize>().prop_map(Op::Cancel),
         1 => any::<usize>().prop_map(Op::Retry),
         1 => any::<usize>().prop_map(Op::Disconnect),
+        1 => any::<usize>().prop_map(Op::Drain),
         2 => (0u16..15_000).prop_map(Op::Advance),
         1 => (0u8..4, 500u16..6000, 0u8..5).prop_map(|(tenant, cpu_m, jobs)| Op::SetQuota { tenant, cpu_m, jobs }),
         1 => (0u8..4, 0u16..3000, 0u8..3, 0u8..2).prop_map(|(tenant, cpu_m, jobs, minutes)| Op::Burst { tenant, cpu_m, jobs, minutes }),
@@ -444,6 +446,13 @@ fn check_invariants(s: &Scheduler, ch: &Changes, store: &mut HashMap<JobId, Job>
         prop_assert_eq!(w.slots_used as usize, live.len());
         prop_assert!(w.slots_used <= w.slots, "slots oversubscribed");
         prop_assert!(w.allocated.fits_in(&w.resources), "resources oversubscribed");
+        prop_assert!(!(w.state == WorkerState::Draining && w.slots_used == 0), "a draining worker with nothing left is terminated");
+    }
+    for o in &ch.outbound {
+        if let Outbound::Assign { worker, .. } = o {
+            let state = s.worker(worker).map(|w| w.state);
+            prop_assert!(state != Some(WorkerState::Draining), "a draining worker was given a job");
+        }
     }
     prop_assert_eq!(indexed, s.attempts().count(), "every attempt is on a known worker");
     let mut current: HashMap<JobId, usize> = HashMap::new();
@@ -536,6 +545,7 @@ proptest! {
                 Op::Retry(i) => if let Some(j) = pick(&jobs, i)
                     && let Some(stored) = store.get(&j).cloned() { let _ = s.retry(stored, Actor::Api, ts(now)); },
                 Op::Disconnect(i) => if let Some(w) = pick(&workers, i) { s.disconnect_worker(w); },
+                Op::Drain(i) => if let Some(w) = pick(&workers, i) { let _ = s.drain_worker(w); },
                 Op::Advance(ms) => {
                     now += i64::from(ms);
                     // Connected workers keep heartbeating; disconnected ones go silent.
@@ -1194,4 +1204,40 @@ fn usage_books_never_overflow_or_read_low() {
     s.cancel(a_id, Actor::Api, ts(1)).unwrap();
     let u = s.usage(&tid("a"));
     assert_eq!((u.pending.cpu_m, u.pending_jobs), (3_000_000_000, 1));
+}
+
+#[test]
+fn a_drained_worker_takes_nothing_new_lets_its_jobs_finish_then_stops() {
+    let (mut s, mut ids) = (Scheduler::new(SchedConfig::default()), Ids(0));
+    let w = connected_worker(&mut s, &mut ids, 2, 10_000, 0);
+    let first = job(&mut ids, "a", 100, 0, 0);
+    s.submit(first, ts(0)).unwrap();
+    let assigned = schedule(&mut s, &mut ids, 1);
+    let (_, aid, _) = assigned[0];
+    s.accepted(aid, w, ts(2), ts(2)).unwrap();
+    assert_eq!(s.drain_worker(w), Ok(()));
+    assert_eq!(s.drain_worker(w), Ok(()), "again: no change");
+    assert_eq!(s.worker(&w).unwrap().state, WorkerState::Draining);
+    let ch = s.take_changes();
+    assert!(!ch.outbound.iter().any(|o| matches!(o, Outbound::Drained { .. })), "it still runs a job");
+    let second = job(&mut ids, "a", 100, 0, 3);
+    let second_id = second.id;
+    s.submit(second, ts(3)).unwrap();
+    assert!(schedule(&mut s, &mut ids, 4).is_empty(), "a draining worker takes no new job");
+    assert_eq!(s.job(&second_id).unwrap().state, JobState::Pending);
+    s.finish(aid, w, result(Outcome::Succeeded, 0, 5), ts(5)).unwrap();
+    let ch = s.take_changes();
+    assert_eq!(ch.jobs.iter().find(|j| j.id != second_id).map(|j| j.state), Some(JobState::Succeeded), "its running job finished");
+    assert!(ch.outbound.contains(&Outbound::Drained { worker: w }));
+    assert!(s.worker(&w).is_none(), "a terminated worker leaves memory");
+    assert!(ch.workers.iter().any(|x| x.id == w && x.state == WorkerState::Terminated), "stored");
+    // Another worker takes the waiting job; an idle worker drains at once.
+    let other = connected_worker(&mut s, &mut ids, 1, 10_000, 6);
+    assert_eq!(schedule(&mut s, &mut ids, 7).len(), 1);
+    let idle = connected_worker(&mut s, &mut ids, 1, 10_000, 8);
+    s.drain_worker(idle).unwrap();
+    assert!(s.take_changes().outbound.contains(&Outbound::Drained { worker: idle }));
+    assert_eq!(s.drain_worker(idle), Err(DrainError::Unknown), "gone once terminated");
+    assert_eq!(s.drain_worker(WorkerId::from_uuid(ids.next())), Err(DrainError::Unknown));
+    assert_eq!(s.worker(&other).unwrap().state, WorkerState::Busy);
 }
