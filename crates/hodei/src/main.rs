@@ -341,6 +341,8 @@ enum PoolsCmd {
     /// Draw a new join token for a pool (admins); it is printed once, alone on stdout. The old
     /// token stops registering workers at once; workers already registered keep running.
     RotateToken { id: String },
+    /// A pool's size now: live workers by state, slots in use, the size it is kept at.
+    Status { id: String },
 }
 
 #[derive(Subcommand)]
@@ -1142,6 +1144,26 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             } else {
                 println!("{}", s(&v, "join_token"));
                 eprintln!("pool {id} has a new join token; the token above is shown only once");
+            }
+            Ok(0)
+        }
+        Cmd::Pools { c, cmd: Some(PoolsCmd::Status { id }) } => {
+            let v = c.client()?.get(&format!("/pools/{id}/status")).await?;
+            if c.output == Output::Json {
+                print_json(&v);
+            } else {
+                let by_state: Vec<String> = v["workers_by_state"].as_object().map(|m| m.iter().map(|(k, n)| format!("{k} {n}")).collect()).unwrap_or_default();
+                println!(
+                    "pool {id}: {}, {} workers (desired {}, min {}, max {}); {}; slots {}/{} in use",
+                    s(&v, "state"),
+                    v["current_size"],
+                    v["desired_size"],
+                    v["min_size"],
+                    v["max_size"],
+                    if by_state.is_empty() { "no workers".to_owned() } else { by_state.join(", ") },
+                    v["slots_used"],
+                    v["slots"]
+                );
             }
             Ok(0)
         }

@@ -720,6 +720,18 @@ async fn a_static_local_pool_keeps_min_size_workers_warm() {
     for w in &ws {
         assert_eq!((w["resources"]["cpu_m"].as_u64(), w["resources"]["memory_mb"].as_u64(), w["slots"].as_u64()), (Some(500), Some(256), Some(2)), "{w}");
     }
+    let (s, status) = srv.call(Method::GET, "/pools/warm/status", None).await;
+    assert_eq!(s, 200, "{status}");
+    assert_eq!(
+        (status["current_size"].as_u64(), status["desired_size"].as_u64(), status["slots"].as_u64(), status["workers_by_state"]["idle"].as_u64()),
+        (Some(2), Some(2), Some(4), Some(2)),
+        "{status}"
+    );
+    let out = srv.cli(&["pools", "status", "warm"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("pool warm: active, 2 workers (desired 2, min 2, max 2); idle 2; slots 0/4 in use"), "{text}");
+    let (_, pool) = srv.call(Method::GET, "/pools/warm", None).await;
+    assert_eq!((pool["min_size"].as_u64(), pool["managed_by"].as_str()), (Some(2), Some("config")), "{pool}");
     let id = srv.submit(json!({"command": ["echo", "warm"]})).await["id"].as_str().unwrap().to_owned();
     let j = srv.wait_ended(&id, 30).await;
     assert_eq!((j["state"].as_str(), j["pool_id"].as_str()), (Some("succeeded"), Some("warm")), "{j}");

@@ -39,7 +39,10 @@ fn expected(method: &str, path: &str) -> Option<[Want; 8]> {
     let anyone = row([Allowed, Allowed, Allowed, Allowed, Allowed]);
     Some(match (method, path) {
         ("post", "/jobs" | "/jobs/batch") => submit,
-        ("get", "/jobs" | "/queue" | "/sla" | "/sla/breaches" | "/sla/at-risk" | "/tenants" | "/burst/sessions" | "/pools") => anyone,
+        (
+            "get",
+            "/jobs" | "/queue" | "/sla" | "/sla/breaches" | "/sla/at-risk" | "/tenants" | "/burst/sessions" | "/pools" | "/pools/{id}" | "/pools/{id}/status",
+        ) => anyone,
         ("get", "/jobs/{id}" | "/jobs/{id}/attempts" | "/jobs/{id}/events" | "/jobs/{id}/explain" | "/jobs/{id}/logs") => read,
         // The job was submitted by the researcher: its own job.
         ("post", "/jobs/{id}/cancel" | "/jobs/{id}/retry" | "/jobs/{id}/hold" | "/jobs/{id}/release") => submit,

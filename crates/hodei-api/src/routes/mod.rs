@@ -52,6 +52,8 @@ pub fn v1(cfg: &ApiConfig) -> OpenApiRouter<ApiState> {
         .routes(routes!(workers::list_workers))
         .routes(routes!(workers::get_worker))
         .routes(routes!(workers::list_pools))
+        .routes(routes!(workers::get_pool))
+        .routes(routes!(workers::pool_status))
         .routes(routes!(workers::rotate_join_token))
         .routes(routes!(workers::drain_worker))
         .routes(routes!(identity::whoami))

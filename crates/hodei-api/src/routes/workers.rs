@@ -129,35 +129,103 @@ pub struct PoolView {
     pub version: i64,
 }
 
+fn pool_view(p: &hodei_core::Pool) -> PoolView {
+    PoolView {
+        id: p.id.to_string(),
+        name: p.name.clone(),
+        pool_type: p.pool_type.to_string(),
+        provider: p.provider.clone(),
+        worker_template: crate::dto::ResourcesOut {
+            cpu_m: p.worker_resources.cpu_m.get(),
+            memory_mb: p.worker_resources.memory_mb.get(),
+            gpu: p.worker_resources.gpu.get(),
+        },
+        worker_slots: p.worker_slots,
+        min_size: p.min_size,
+        max_size: p.max_size,
+        managed_by: p.managed_by.clone(),
+        state: p.state.to_string(),
+        created_at: crate::dto::rfc3339(p.created_at),
+        updated_at: crate::dto::rfc3339(p.updated_at),
+        version: p.version,
+    }
+}
+
 /// List pools.
 #[utoipa::path(get, path = "/pools", responses((status = 200, body = Page<PoolView>)), tag = "pools")]
 pub async fn list_pools(State(s): State<ApiState>) -> ApiResult<Json<Page<PoolView>>> {
-    let items = s
-        .store
-        .list_pools()
-        .await?
-        .iter()
-        .map(|p| PoolView {
-            id: p.id.to_string(),
-            name: p.name.clone(),
-            pool_type: p.pool_type.to_string(),
-            provider: p.provider.clone(),
-            worker_template: crate::dto::ResourcesOut {
-                cpu_m: p.worker_resources.cpu_m.get(),
-                memory_mb: p.worker_resources.memory_mb.get(),
-                gpu: p.worker_resources.gpu.get(),
-            },
-            worker_slots: p.worker_slots,
-            min_size: p.min_size,
-            max_size: p.max_size,
-            managed_by: p.managed_by.clone(),
-            state: p.state.to_string(),
-            created_at: crate::dto::rfc3339(p.created_at),
-            updated_at: crate::dto::rfc3339(p.updated_at),
-            version: p.version,
-        })
-        .collect();
+    let items = s.store.list_pools().await?.iter().map(pool_view).collect();
     Ok(Json(Page { items, next_cursor: None }))
+}
+
+async fn find_pool(s: &ApiState, id: &str) -> ApiResult<hodei_core::Pool> {
+    match PoolId::parse(id) {
+        Ok(pid) => s.store.get_pool(&pid).await?.map(|(p, _)| p),
+        Err(_) => None,
+    }
+    .ok_or_else(|| ApiError::not_found(format!("pool {id}")))
+}
+
+/// One pool.
+#[utoipa::path(get, path = "/pools/{id}", responses((status = 200, body = PoolView), (status = 404, body = crate::error::Problem)), tag = "pools")]
+pub async fn get_pool(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult<Json<PoolView>> {
+    Ok(Json(pool_view(&find_pool(&s, &id).await?)))
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct PoolStatusView {
+    pub pool_id: String,
+    pub state: String,
+    /// Live workers (registering, idle, busy, draining; offline ones until they come back or
+    /// are collected).
+    pub current_size: u32,
+    /// The size the server keeps the pool at: `min_size` (autoscaling is not built yet). For a
+    /// pool whose workers join by themselves it is advisory.
+    pub desired_size: u32,
+    pub min_size: u32,
+    pub max_size: u32,
+    /// Workers of the pool by state, as the scheduler holds them now (terminated ones are not
+    /// counted).
+    pub workers_by_state: std::collections::BTreeMap<String, u32>,
+    /// Job slots of the pool's idle and busy workers, and how many run an attempt.
+    pub slots: u32,
+    pub slots_used: u32,
+}
+
+/// A pool's size and workers now.
+#[utoipa::path(
+    get,
+    path = "/pools/{id}/status",
+    responses((status = 200, body = PoolStatusView), (status = 404, body = crate::error::Problem)),
+    tag = "pools"
+)]
+pub async fn pool_status(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult<Json<PoolStatusView>> {
+    let pool = find_pool(&s, &id).await?;
+    let pid = pool.id.clone();
+    let (by_state, slots, used) = crate::read(s.control.as_ref(), move |sched, _| {
+        let mut by_state = std::collections::BTreeMap::<String, u32>::new();
+        let (mut slots, mut used) = (0, 0);
+        for w in sched.workers().filter(|w| w.pool_id == pid && w.state != WorkerState::Terminated) {
+            *by_state.entry(w.state.to_string()).or_default() += 1;
+            if matches!(w.state, WorkerState::Idle | WorkerState::Busy) {
+                slots += w.slots;
+                used += w.slots_used;
+            }
+        }
+        (by_state, slots, used)
+    })
+    .await?;
+    Ok(Json(PoolStatusView {
+        pool_id: pool.id.to_string(),
+        state: pool.state.to_string(),
+        current_size: by_state.iter().filter(|(s, _)| s.as_str() != "offline").map(|(_, n)| n).sum(),
+        desired_size: pool.min_size,
+        min_size: pool.min_size,
+        max_size: pool.max_size,
+        workers_by_state: by_state,
+        slots,
+        slots_used: used,
+    }))
 }
 
 #[derive(serde::Serialize, utoipa::ToSchema)]
