@@ -12,6 +12,7 @@ pub mod cost;
 pub mod idempotency;
 pub mod ids;
 pub mod job;
+pub mod placement;
 pub mod queue;
 pub mod quota;
 pub mod rate;

@@ -1210,7 +1210,7 @@ impl Scheduler {
         let req = job.resources();
         self.workers
             .values()
-            .filter(|w| w.can_take(&req) && job.spec.pool_selector.as_ref().is_none_or(|p| *p == w.pool_id))
+            .filter(|w| w.can_take(&req) && job.spec.pool_selector.as_ref().is_none_or(|p| *p == w.pool_id) && crate::placement::has_capabilities(w, &job.spec))
             .filter(|w| self.reserved_workers.is_empty() || self.reservation_allows(w, job, now))
             .min_by_key(|w| {
                 let left = w.room().saturating_sub(&req);

@@ -194,8 +194,16 @@ async fn a_job_no_pool_could_ever_run_is_unschedulable() {
     let app = app().await;
     let (s, p) = app.call("POST", "/api/v1/jobs", Some(json!({"command": ["true"], "resources": {"cpu_m": 10_000_000}}))).await;
     assert_eq!((s, p["code"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("unschedulable")));
-    let (s, _) = app.call("POST", "/api/v1/jobs", Some(json!({"command": ["true"], "pool_selector": {"pool": "nope"}}))).await;
-    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(fields(&p), ["/resources"], "{p}");
+    assert!(p["errors"][0]["message"].as_str().unwrap().contains("nearest is pool local, where the job needs"), "{p}");
+    let (s, p) = app.call("POST", "/api/v1/jobs", Some(json!({"command": ["true"], "pool_selector": {"pool": "nope"}}))).await;
+    assert_eq!((s, fields(&p)), (StatusCode::UNPROCESSABLE_ENTITY, vec!["/pool_selector/pool".to_owned()]), "{p}");
+    // No worker of this version runs container images: refused now, not failed on a worker.
+    let (s, p) = app.call("POST", "/api/v1/jobs", Some(json!({"command": ["true"], "image": "alpine:3"}))).await;
+    assert_eq!((s, p["code"].as_str(), fields(&p)), (StatusCode::UNPROCESSABLE_ENTITY, Some("unschedulable"), vec!["/image".to_owned()]), "{p}");
+    assert!(p["errors"][0]["message"].as_str().unwrap().contains("lack the capability `container`"), "{p}");
+    let (s, p) = app.call("POST", "/api/v1/jobs/batch", Some(json!({"jobs": [{"command": ["true"]}, {"command": ["true"], "image": "x"}]}))).await;
+    assert_eq!((s, fields(&p)), (StatusCode::BAD_REQUEST, vec!["/jobs/1/image".to_owned()]), "an atomic batch names the member: {p}");
     assert_eq!(app.stored_jobs().await, 0);
 }
 

@@ -80,23 +80,31 @@ async fn tenant_for(s: &ApiState, who: &Who, body: Option<&str>, headers: &Heade
     Ok(t)
 }
 
-/// A job no pool could ever run is refused now rather than left pending forever.
+/// A job no pool could ever run is refused now rather than left pending forever, naming the
+/// nearest pool and what it lacks (the core's placement checks, as the scheduler asks them).
 fn unschedulable(s: &ApiState, spec: &JobSpec, prefix: &str) -> Option<FieldError> {
+    use hodei_core::placement::{Misfit, pool_misfit};
     let pools = s.pools.read().ok()?;
-    let fits =
-        pools.iter().any(|p| spec.pool_selector.as_ref().is_none_or(|sel| *sel == p.id) && p.worker_slots > 0 && spec.resources.fits_in(&p.worker_resources));
-    if fits {
-        return None;
-    }
-    let largest = pools
-        .iter()
-        .filter(|p| spec.pool_selector.as_ref().is_none_or(|sel| *sel == p.id))
-        .map(|p| p.worker_resources.to_string())
-        .collect::<Vec<_>>()
-        .join("; ");
-    let expected = if largest.is_empty() { "an existing pool".to_owned() } else { format!("resources within a pool's worker shape ({largest})") };
-    let field = if spec.pool_selector.is_some() && largest.is_empty() { "pool_selector/pool" } else { "resources" };
-    Some(FieldError::new(format!("{prefix}/{field}"), format!("no pool can ever run a job needing {}", spec.resources), expected, None))
+    let misfits: Vec<(&hodei_core::Pool, Misfit)> = pools.iter().map(|p| pool_misfit(p, spec).map(|m| (p, m))).collect::<Option<_>>()?;
+    // The nearest: a pool the job selects, lacking a capability rather than size or slots.
+    let rank = |m: &Misfit| match m {
+        Misfit::NotSelected => 3,
+        Misfit::NoSlots => 2,
+        Misfit::TooSmall { .. } => 1,
+        Misfit::LacksCapability(_) => 0,
+    };
+    let Some((pool, misfit)) = misfits.iter().filter(|(_, m)| *m != Misfit::NotSelected).min_by_key(|(_, m)| rank(m)) else {
+        return Some(FieldError::new(format!("{prefix}/pool_selector/pool"), "no pool of that id exists", "an existing pool", None));
+    };
+    let (field, expected) = match misfit {
+        Misfit::LacksCapability(c) => ("image", format!("no image: no pool's workers have the capability `{c}` (they run processes)")),
+        _ => {
+            let shapes: Vec<String> =
+                misfits.iter().filter(|(_, m)| *m != Misfit::NotSelected).map(|(p, _)| format!("{}: {}", p.id, p.worker_resources)).collect();
+            ("resources", format!("resources within a pool's worker shape ({})", shapes.join("; ")))
+        }
+    };
+    Some(FieldError::new(format!("{prefix}/{field}"), format!("no pool can ever run this job: nearest is pool {}, where {misfit}", pool.id), expected, None))
 }
 
 fn unschedulable_error(e: FieldError) -> ApiError {
