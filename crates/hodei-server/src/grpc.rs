@@ -131,7 +131,7 @@ impl WorkerService for WorkerSvc {
         // A missing pool and a wrong token answer alike, so pools cannot be enumerated.
         let bad = || Status::unauthenticated(format!("bad join token for pool {pool_id} (or no such pool)"));
         let (pool, hash) = self.store.get_pool(&pool_id).await.map_err(|e| Status::unavailable(e.to_string()))?.ok_or_else(bad)?;
-        if !tokens::matches_hash(&r.join_token, &hash) {
+        if pool.state == hodei_core::PoolState::Destroyed || !tokens::matches_hash(&r.join_token, &hash) {
             return Err(bad());
         }
         let res = r.resources.unwrap_or_default();

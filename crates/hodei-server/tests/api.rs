@@ -880,3 +880,67 @@ async fn a_retry_behind_the_retention_horizon_is_refused() {
     let (_, j) = app.call("GET", &format!("/api/v1/jobs/{id}"), None).await;
     assert_eq!(j["state"], "cancelled", "nothing changed");
 }
+
+#[tokio::test]
+async fn pools_are_created_changed_and_deleted_through_the_api() {
+    let app = app().await;
+    let body = json!({"id": "gpu-farm", "name": "GPU farm", "worker_template": {"cpu_m": 8000, "memory_mb": 32768, "gpu": 2, "slots": 4}, "min_size": 0, "max_size": 8, "labels": {"zone": "b"}});
+    let req = Request::builder()
+        .method("POST")
+        .uri("/api/v1/pools")
+        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    let resp = app.server.router.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    assert_eq!(resp.headers()["location"], "/api/v1/pools/gpu-farm");
+    let p: Value = serde_json::from_slice(&axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap()).unwrap();
+    assert_eq!(
+        (p["provider"].as_str(), p["managed_by"].as_str(), p["state"].as_str(), p["max_size"].as_u64()),
+        (Some("external"), Some("api"), Some("active"), Some(8)),
+        "{p}"
+    );
+    assert!(p["join_token"].as_str().unwrap().starts_with("hodei_"), "{p}");
+    let (s, e) = app.call("POST", "/api/v1/pools", Some(body.clone())).await;
+    assert_eq!((s, e["code"].as_str()), (StatusCode::CONFLICT, Some("already_exists")), "{e}");
+    for (bad, field) in [
+        (json!({"id": "x", "type": "dynamic", "worker_template": {"cpu_m": 1, "memory_mb": 1, "slots": 1}}), "/type"),
+        (json!({"id": "x", "provider": "kubernetes", "worker_template": {"cpu_m": 1, "memory_mb": 1, "slots": 1}}), "/provider"),
+        (json!({"id": "x", "worker_template": {"cpu_m": 0, "memory_mb": 1, "slots": 1}}), "/worker_template/cpu_m"),
+        (json!({"id": "x", "worker_template": {"cpu_m": 1, "memory_mb": 1, "slots": 1}, "min_size": 3, "max_size": 2}), "/min_size"),
+        (json!({"id": "Not A Slug", "worker_template": {"cpu_m": 1, "memory_mb": 1, "slots": 1}}), "/id"),
+    ] {
+        let (s, e) = app.call("POST", "/api/v1/pools", Some(bad.clone())).await;
+        assert_eq!((s, fields(&e)), (StatusCode::BAD_REQUEST, vec![field.to_owned()]), "{bad}: {e}");
+    }
+    // Jobs may now select it, within its worker shape.
+    let (s, job) =
+        app.call("POST", "/api/v1/jobs", Some(json!({"command": ["true"], "pool_selector": {"pool": "gpu-farm"}, "resources": {"cpu_m": 4000}}))).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (s, p) = app.call("PUT", "/api/v1/pools/gpu-farm", Some(json!({"min_size": 1, "max_size": 4, "name": "GPUs"}))).await;
+    assert_eq!((s, p["min_size"].as_u64(), p["max_size"].as_u64(), p["version"].as_i64()), (StatusCode::OK, Some(1), Some(4), Some(2)), "{p}");
+    let (s, e) = app.call("PUT", "/api/v1/pools/gpu-farm", Some(json!({"min_size": 5}))).await;
+    assert_eq!((s, fields(&e)), (StatusCode::BAD_REQUEST, vec!["/min_size".to_owned()]));
+    let (s, e) = app.call("PUT", "/api/v1/pools/gpu-farm", Some(json!({"provider": "local"}))).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "type and provider do not change: {e}");
+    let (s, e) = app.call("PUT", "/api/v1/pools/local", Some(json!({"max_size": 9}))).await;
+    assert_eq!((s, e["code"].as_str()), (StatusCode::CONFLICT, Some("conflict")), "the configuration file's pool: {e}");
+    let (s, e) = app.call("DELETE", "/api/v1/pools/local", None).await;
+    assert_eq!((s, e["code"].as_str()), (StatusCode::CONFLICT, Some("conflict")), "{e}");
+
+    let (s, e) = app.call("DELETE", "/api/v1/pools/gpu-farm", None).await;
+    assert_eq!((s, e["code"].as_str(), e["jobs"].as_u64()), (StatusCode::CONFLICT, Some("invalid_state"), Some(1)), "a job waits for it: {e}");
+    let (s, _) = app.call("POST", &format!("/api/v1/jobs/{}/cancel", job["id"].as_str().unwrap()), None).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = app.call("DELETE", "/api/v1/pools/gpu-farm", None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, p) = app.call("GET", "/api/v1/pools/gpu-farm", None).await;
+    assert_eq!((s, p["state"].as_str()), (StatusCode::OK, Some("destroyed")));
+    let (s, _) = app.call("DELETE", "/api/v1/pools/gpu-farm", None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "deleted once");
+    let (s, e) = app.call("POST", "/api/v1/pools", Some(body)).await;
+    assert_eq!(s, StatusCode::CONFLICT, "an id is not reused: {e}");
+    let (s, e) = app.call("POST", "/api/v1/jobs", Some(json!({"command": ["true"], "pool_selector": {"pool": "gpu-farm"}}))).await;
+    assert_eq!((s, e["code"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("unschedulable")), "a deleted pool runs nothing: {e}");
+}

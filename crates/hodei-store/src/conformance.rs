@@ -667,6 +667,13 @@ async fn pools_workers_and_live_counts_round_trip(store: &dyn Store) {
     let (after, hash) = store.get_pool(&p.id).await.unwrap().unwrap();
     assert_eq!((after, hash.as_str()), (stored, "rotated-hash"));
     assert!(!store.set_pool_join_token(&PoolId::parse("nope").unwrap(), "x").await.unwrap());
+    // Creating refuses an id in use, and changes nothing then.
+    let fresh = hodei_core::Pool { id: PoolId::parse("made-by-api").unwrap(), managed_by: "api".into(), ..p.clone() };
+    store.create_pool(&fresh, "fresh-hash").await.unwrap();
+    assert_eq!(store.get_pool(&fresh.id).await.unwrap(), Some((fresh.clone(), "fresh-hash".to_owned())));
+    let again = store.create_pool(&hodei_core::Pool { max_size: 9, ..fresh.clone() }, "other").await;
+    assert!(matches!(again, Err(StoreError::AlreadyExists { .. })), "{again:?}");
+    assert_eq!(store.get_pool(&fresh.id).await.unwrap(), Some((fresh, "fresh-hash".to_owned())));
 
     let w = Worker { labels: BTreeMap::from([("disk".into(), "ssd".into())]), ..worker(9) };
     store.register_worker(&w, "hash-9").await.unwrap();

@@ -255,6 +255,9 @@ pub trait Store: Identity + Send + Sync + 'static {
 
     /// Creates or replaces a pool; the join token hash is kept when `join_token_hash` is None.
     async fn upsert_pool(&self, p: &Pool, join_token_hash: Option<&str>) -> Result<()>;
+    /// Creates a pool; `AlreadyExists` when one with its id exists (or existed: ids are not
+    /// reused).
+    async fn create_pool(&self, p: &Pool, join_token_hash: &str) -> Result<()>;
     async fn get_pool(&self, id: &PoolId) -> Result<Option<(Pool, String)>>;
     /// Replaces a pool's join token hash alone; false when there is no such pool.
     async fn set_pool_join_token(&self, id: &PoolId, join_token_hash: &str) -> Result<bool>;

@@ -694,6 +694,37 @@ fn push_visible(qb: &mut QueryBuilder<Postgres>, visible: Option<&[TenantId]>) -
     true
 }
 
+/// A pool row's insert, without what to do on a conflict.
+macro_rules! insert_pool {
+    () => {
+        "INSERT INTO pools (id, name, pool_type, provider, worker_cpu_m, worker_memory_mb, worker_gpu, worker_slots, min_size, max_size, labels, \
+         managed_by, state, join_token_hash, created_at, updated_at, version) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, COALESCE($14, ''), $15, $16, $17)"
+    };
+}
+
+/// [`insert_pool!`]'s parameters bound, for `sql` that starts with it.
+fn pool_row<'q>(sql: &'static str, p: &'q Pool, join_token_hash: Option<&'q str>) -> sqlx::query::Query<'q, Postgres, PgArguments> {
+    sqlx::query(sql)
+        .bind(p.id.as_str())
+        .bind(&p.name)
+        .bind(p.pool_type.as_str())
+        .bind(&p.provider)
+        .bind(i64_of(p.worker_resources.cpu_m.get()))
+        .bind(i64_of(p.worker_resources.memory_mb.get()))
+        .bind(i64_of(p.worker_resources.gpu.get()))
+        .bind(i64_of(p.worker_slots))
+        .bind(i64_of(p.min_size))
+        .bind(i64_of(p.max_size))
+        .bind(json_map(&p.labels))
+        .bind(&p.managed_by)
+        .bind(p.state.as_str())
+        .bind(join_token_hash)
+        .bind(ms(p.created_at))
+        .bind(ms(p.updated_at))
+        .bind(p.version)
+}
+
 /// A job list's conditions other than its states; false when the caller sees no tenant.
 fn push_job_filter(qb: &mut QueryBuilder<Postgres>, f: &JobFilter) -> bool {
     if let Some(t) = &f.tenant {
@@ -855,36 +886,28 @@ impl Store for PgStore {
     }
 
     async fn upsert_pool(&self, p: &Pool, join_token_hash: Option<&str>) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO pools (id, name, pool_type, provider, worker_cpu_m, worker_memory_mb, worker_gpu, worker_slots, min_size, max_size, labels, \
-             managed_by, state, join_token_hash, created_at, updated_at, version) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, COALESCE($14, ''), $15, $16, $17) \
-             ON CONFLICT (id) DO UPDATE SET name = excluded.name, worker_cpu_m = excluded.worker_cpu_m, worker_memory_mb = excluded.worker_memory_mb, \
-             worker_gpu = excluded.worker_gpu, worker_slots = excluded.worker_slots, min_size = excluded.min_size, max_size = excluded.max_size, \
-             labels = excluded.labels, managed_by = excluded.managed_by, state = excluded.state, \
-             join_token_hash = COALESCE($14, pools.join_token_hash), updated_at = excluded.updated_at, version = pools.version + 1",
+        pool_row(
+            concat!(
+                insert_pool!(),
+                " ON CONFLICT (id) DO UPDATE SET name = excluded.name, worker_cpu_m = excluded.worker_cpu_m, worker_memory_mb = excluded.worker_memory_mb, \
+                 worker_gpu = excluded.worker_gpu, worker_slots = excluded.worker_slots, min_size = excluded.min_size, max_size = excluded.max_size, \
+                 labels = excluded.labels, managed_by = excluded.managed_by, state = excluded.state, \
+                 join_token_hash = COALESCE($14, pools.join_token_hash), updated_at = excluded.updated_at, version = pools.version + 1"
+            ),
+            p,
+            join_token_hash,
         )
-        .bind(p.id.as_str())
-        .bind(&p.name)
-        .bind(p.pool_type.as_str())
-        .bind(&p.provider)
-        .bind(i64_of(p.worker_resources.cpu_m.get()))
-        .bind(i64_of(p.worker_resources.memory_mb.get()))
-        .bind(i64_of(p.worker_resources.gpu.get()))
-        .bind(i64_of(p.worker_slots))
-        .bind(i64_of(p.min_size))
-        .bind(i64_of(p.max_size))
-        .bind(json_map(&p.labels))
-        .bind(&p.managed_by)
-        .bind(p.state.as_str())
-        .bind(join_token_hash)
-        .bind(ms(p.created_at))
-        .bind(ms(p.updated_at))
-        .bind(p.version)
         .execute(&self.pool)
         .await
         .map_err(StoreError::db("writing a pool"))?;
         Ok(())
+    }
+
+    async fn create_pool(&self, p: &Pool, join_token_hash: &str) -> Result<()> {
+        match pool_row(insert_pool!(), p, Some(join_token_hash)).execute(&self.pool).await {
+            Err(e) if is_unique_violation(&e) => Err(StoreError::AlreadyExists { what: format!("pool {}", p.id) }),
+            r => r.map(|_| ()).map_err(StoreError::db("creating a pool")),
+        }
     }
 
     async fn get_pool(&self, id: &PoolId) -> Result<Option<(Pool, String)>> {

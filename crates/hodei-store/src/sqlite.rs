@@ -39,6 +39,36 @@ macro_rules! ended {
 }
 
 /// The states `live_jobs!` covers.
+/// A pool row's insert, without what to do on a conflict.
+macro_rules! insert_pool {
+    () => {
+        "INSERT INTO pools (id, name, pool_type, provider, worker_cpu_m, worker_memory_mb, worker_gpu, worker_slots, min_size, max_size, labels, \
+         managed_by, state, join_token_hash, created_at, updated_at, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, COALESCE(?, ''), ?, ?, ?)"
+    };
+}
+
+/// [`insert_pool!`]'s parameters bound, for `sql` that starts with it.
+fn pool_row<'q>(sql: &'static str, p: &'q Pool, join_token_hash: Option<&'q str>) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments> {
+    sqlx::query(sql)
+        .bind(p.id.as_str())
+        .bind(&p.name)
+        .bind(p.pool_type.as_str())
+        .bind(&p.provider)
+        .bind(i64::from(p.worker_resources.cpu_m.get()))
+        .bind(i64::from(p.worker_resources.memory_mb.get()))
+        .bind(i64::from(p.worker_resources.gpu.get()))
+        .bind(i64::from(p.worker_slots))
+        .bind(i64::from(p.min_size))
+        .bind(i64::from(p.max_size))
+        .bind(json_map(&p.labels))
+        .bind(&p.managed_by)
+        .bind(p.state.as_str())
+        .bind(join_token_hash)
+        .bind(ms(p.created_at))
+        .bind(ms(p.updated_at))
+        .bind(p.version)
+}
+
 const LIVE_STATES: [JobState; 5] = [JobState::Pending, JobState::Held, JobState::Scheduled, JobState::Running, JobState::Failed];
 
 /// A job list's conditions other than its states, as ` AND …` terms and their parameters;
@@ -375,36 +405,29 @@ impl Store for SqliteStore {
     }
 
     async fn upsert_pool(&self, p: &Pool, join_token_hash: Option<&str>) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO pools (id, name, pool_type, provider, worker_cpu_m, worker_memory_mb, worker_gpu, worker_slots, min_size, max_size, labels, \
-             managed_by, state, join_token_hash, created_at, updated_at, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, COALESCE(?, ''), ?, ?, ?) \
-             ON CONFLICT (id) DO UPDATE SET name = excluded.name, worker_cpu_m = excluded.worker_cpu_m, worker_memory_mb = excluded.worker_memory_mb, \
-             worker_gpu = excluded.worker_gpu, worker_slots = excluded.worker_slots, min_size = excluded.min_size, max_size = excluded.max_size, \
-             labels = excluded.labels, managed_by = excluded.managed_by, state = excluded.state, \
-             join_token_hash = COALESCE(?, pools.join_token_hash), updated_at = excluded.updated_at, version = pools.version + 1",
+        pool_row(
+            concat!(
+                insert_pool!(),
+                " ON CONFLICT (id) DO UPDATE SET name = excluded.name, worker_cpu_m = excluded.worker_cpu_m, worker_memory_mb = excluded.worker_memory_mb, \
+                 worker_gpu = excluded.worker_gpu, worker_slots = excluded.worker_slots, min_size = excluded.min_size, max_size = excluded.max_size, \
+                 labels = excluded.labels, managed_by = excluded.managed_by, state = excluded.state, \
+                 join_token_hash = COALESCE(?, pools.join_token_hash), updated_at = excluded.updated_at, version = pools.version + 1"
+            ),
+            p,
+            join_token_hash,
         )
-        .bind(p.id.as_str())
-        .bind(&p.name)
-        .bind(p.pool_type.as_str())
-        .bind(&p.provider)
-        .bind(i64::from(p.worker_resources.cpu_m.get()))
-        .bind(i64::from(p.worker_resources.memory_mb.get()))
-        .bind(i64::from(p.worker_resources.gpu.get()))
-        .bind(i64::from(p.worker_slots))
-        .bind(i64::from(p.min_size))
-        .bind(i64::from(p.max_size))
-        .bind(json_map(&p.labels))
-        .bind(&p.managed_by)
-        .bind(p.state.as_str())
-        .bind(join_token_hash)
-        .bind(ms(p.created_at))
-        .bind(ms(p.updated_at))
-        .bind(p.version)
         .bind(join_token_hash)
         .execute(&self.write)
         .await
         .map_err(StoreError::db("writing a pool"))?;
         Ok(())
+    }
+
+    async fn create_pool(&self, p: &Pool, join_token_hash: &str) -> Result<()> {
+        match pool_row(insert_pool!(), p, Some(join_token_hash)).execute(&self.write).await {
+            Err(e) if is_unique_violation(&e) => Err(StoreError::AlreadyExists { what: format!("pool {}", p.id) }),
+            r => r.map(|_| ()).map_err(StoreError::db("creating a pool")),
+        }
     }
 
     async fn get_pool(&self, id: &PoolId) -> Result<Option<(Pool, String)>> {

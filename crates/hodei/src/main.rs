@@ -146,7 +146,7 @@ enum Cmd {
         #[command(subcommand)]
         cmd: Option<WorkersCmd>,
     },
-    /// Pools: lists them, or rotates one's join token.
+    /// Pools: lists them, creates and deletes them, shows one's status, rotates its join token.
     Pools {
         #[command(flatten)]
         c: ClientOpts,
@@ -343,6 +343,30 @@ enum PoolsCmd {
     RotateToken { id: String },
     /// A pool's size now: live workers by state, slots in use, the size it is kept at.
     Status { id: String },
+    /// Create a pool whose workers join with its token (admins); the token is printed once,
+    /// alone on stdout.
+    Create {
+        id: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// Millicores one worker offers.
+        #[arg(long)]
+        cpu_m: u32,
+        /// MiB one worker offers.
+        #[arg(long)]
+        memory_mb: u32,
+        #[arg(long, default_value_t = 0)]
+        gpu: u32,
+        /// Jobs one worker runs at once.
+        #[arg(long)]
+        slots: u32,
+        #[arg(long, default_value_t = 0)]
+        min_size: u32,
+        #[arg(long)]
+        max_size: Option<u32>,
+    },
+    /// Delete a pool created through the API, once it has no workers and no job waits for it.
+    Delete { id: String },
 }
 
 #[derive(Subcommand)]
@@ -1145,6 +1169,28 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 println!("{}", s(&v, "join_token"));
                 eprintln!("pool {id} has a new join token; the token above is shown only once");
             }
+            Ok(0)
+        }
+        Cmd::Pools { c, cmd: Some(PoolsCmd::Create { id, name, cpu_m, memory_mb, gpu, slots, min_size, max_size }) } => {
+            let mut body = json!({"id": id, "worker_template": {"cpu_m": cpu_m, "memory_mb": memory_mb, "gpu": gpu, "slots": slots}, "min_size": min_size});
+            if let Some(n) = name {
+                body["name"] = json!(n);
+            }
+            if let Some(m) = max_size {
+                body["max_size"] = json!(m);
+            }
+            let v = c.client()?.post("/pools", &body).await?;
+            if c.output == Output::Json {
+                print_json(&v);
+            } else {
+                println!("{}", s(&v, "join_token"));
+                eprintln!("pool {id} created; workers join it with the token above (shown only once): hodei worker --pool {id}");
+            }
+            Ok(0)
+        }
+        Cmd::Pools { c, cmd: Some(PoolsCmd::Delete { id }) } => {
+            c.client()?.delete(&format!("/pools/{id}")).await?;
+            eprintln!("pool {id} deleted");
             Ok(0)
         }
         Cmd::Pools { c, cmd: Some(PoolsCmd::Status { id }) } => {

@@ -802,3 +802,37 @@ async fn a_drained_worker_finishes_its_job_takes_no_new_one_and_stops() {
     let (s, _) = srv.call(Method::POST, "/workers/00000000-0000-0000-0000-000000000000/drain", None).await;
     assert_eq!(s, 404);
 }
+
+/// A pool created through the CLI (POST /pools): a worker joins with the token printed once and
+/// runs the pool's jobs; the pool cannot be deleted while that worker lives; once it is drained
+/// the pool is deleted and its token registers nothing more.
+#[tokio::test]
+async fn a_pool_created_through_the_api_takes_workers_and_is_deleted_once_drained() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path(), &[], 0, None);
+    let out = srv.cli(&["pools", "create", "farm", "--cpu-m", "2000", "--memory-mb", "1024", "--slots", "2", "--max-size", "4"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(token.starts_with("hodei_"), "{token:?}");
+    let mut w = WorkerProc::start(&srv.grpc, "farm", &token, 2);
+    let id = srv.submit(json!({"command": ["echo", "on the farm"], "pool_selector": {"pool": "farm"}})).await["id"].as_str().unwrap().to_owned();
+    let j = srv.wait_ended(&id, 30).await;
+    assert_eq!((j["state"].as_str(), j["pool_id"].as_str()), (Some("succeeded"), Some("farm")), "{j}");
+
+    let out = srv.cli(&["pools", "delete", "farm"]);
+    assert!(!out.status.success(), "deleted with a live worker");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("drain them first"), "{}", String::from_utf8_lossy(&out.stderr));
+    let worker = j["worker_id"].as_str().unwrap();
+    assert!(srv.cli(&["workers", "drain", worker]).status.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while w.0.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the drained worker did not stop");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let out = srv.cli(&["pools", "delete", "farm"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (_, p) = srv.call(Method::GET, "/pools/farm", None).await;
+    assert_eq!(p["state"], "destroyed");
+    let refused = register_with(&srv.grpc, "farm", &token).await.expect_err("a deleted pool's token registers a worker");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+}

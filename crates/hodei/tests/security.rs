@@ -53,7 +53,8 @@ fn expected(method: &str, path: &str) -> Option<[Want; 8]> {
         ("put", "/tenants/{id}" | "/tenants/{id}/quota") | ("delete", "/tenants/{id}") => admin_in_tenant,
         ("post", "/tenants") => admin,
         ("get", "/workers" | "/workers/{id}" | "/principals" | "/principals/{id}" | "/audit")
-        | ("post", "/principals" | "/pools/{id}/join-token" | "/workers/{id}/drain")
+        | ("post", "/principals" | "/pools" | "/pools/{id}/join-token" | "/workers/{id}/drain")
+        | ("put" | "delete", "/pools/{id}")
         | ("put", "/principals/{id}/roles") => admin,
         ("get", "/whoami" | "/tokens") | ("post", "/tokens") => anyone,
         // The token is the researcher's: its own, or an admin's business.
@@ -174,6 +175,8 @@ async fn every_operation_answers_as_the_permission_table_says() {
                     ("post", "/principals") => Some(json!({"name": format!("made-{checked}-{i}"), "kind": "service"})),
                     ("put", "/principals/{id}/roles") => Some(json!({"role_bindings": [{"role": "researcher", "scope": "tenant:alpha"}]})),
                     ("post", "/tokens") => Some(json!({"name": "made"})),
+                    ("post", "/pools") => Some(json!({"id": format!("made-{checked}-{i}"), "worker_template": {"cpu_m": 1000, "memory_mb": 512, "slots": 1}})),
+                    ("put", "/pools/{id}") => Some(json!({"max_size": 2})),
                     _ => None,
                 };
                 let (status, answer) = call(&srv, *token, method, &url, body.as_ref()).await;
@@ -456,23 +459,6 @@ async fn a_worker_cannot_speak_for_another_workers_attempt() {
     let (_, logs) = srv.call(Method::GET, &format!("/jobs/{id}/logs"), None).await;
     let out: String = logs["chunks"].as_array().unwrap().iter().filter(|c| c["stream"] == "stdout").filter_map(|c| c["data"].as_str()).collect();
     assert_eq!(out, "real\n", "the job's output is its own worker's: {logs}");
-}
-
-/// Registers a worker with `token` in `pool`; the gRPC status when it is refused.
-async fn register_with(grpc: &str, pool: &str, token: &str) -> Result<String, tonic::Status> {
-    use hodei_proto::v1 as pb;
-    let mut client = pb::worker_service_client::WorkerServiceClient::connect(grpc.to_owned()).await.unwrap();
-    let r = client
-        .register_worker(pb::RegisterWorkerRequest {
-            instance_name: "probe".into(),
-            pool_id: pool.into(),
-            resources: Some(pb::Resources { cpu_m: 1, memory_mb: 1, gpu: 0 }),
-            slots: 1,
-            join_token: token.into(),
-            ..Default::default()
-        })
-        .await?;
-    Ok(r.into_inner().worker_id)
 }
 
 /// An admin rotates a pool's join token: the old token stops registering workers at once, the

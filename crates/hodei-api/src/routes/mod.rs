@@ -5,6 +5,7 @@ pub mod burst;
 pub mod identity;
 pub mod jobs;
 pub mod logs;
+pub mod pools;
 pub mod queue;
 pub mod sla;
 pub mod system;
@@ -51,8 +52,8 @@ pub fn v1(cfg: &ApiConfig) -> OpenApiRouter<ApiState> {
         .routes(routes!(tenants::get_tenant, tenants::update_tenant, tenants::delete_tenant))
         .routes(routes!(workers::list_workers))
         .routes(routes!(workers::get_worker))
-        .routes(routes!(workers::list_pools))
-        .routes(routes!(workers::get_pool))
+        .routes(routes!(workers::get_pool, pools::update_pool, pools::delete_pool))
+        .routes(routes!(workers::list_pools, pools::create_pool))
         .routes(routes!(workers::pool_status))
         .routes(routes!(workers::rotate_join_token))
         .routes(routes!(workers::drain_worker))

@@ -129,7 +129,7 @@ pub struct PoolView {
     pub version: i64,
 }
 
-fn pool_view(p: &hodei_core::Pool) -> PoolView {
+pub(crate) fn pool_view(p: &hodei_core::Pool) -> PoolView {
     PoolView {
         id: p.id.to_string(),
         name: p.name.clone(),

@@ -360,3 +360,20 @@ pub async fn output_survives_server_kills(dir: &Path, env: &[(&str, &str)]) {
         assert!(stored == printed, "std{stream} differs from what the job printed:\n{stored}");
     }
 }
+
+/// Registers a worker with `token` in `pool`; the gRPC status when it is refused.
+pub async fn register_with(grpc: &str, pool: &str, token: &str) -> Result<String, tonic::Status> {
+    use hodei_proto::v1 as pb;
+    let mut client = pb::worker_service_client::WorkerServiceClient::connect(grpc.to_owned()).await.unwrap();
+    let r = client
+        .register_worker(pb::RegisterWorkerRequest {
+            instance_name: "probe".into(),
+            pool_id: pool.into(),
+            resources: Some(pb::Resources { cpu_m: 1, memory_mb: 1, gpu: 0 }),
+            slots: 1,
+            join_token: token.into(),
+            ..Default::default()
+        })
+        .await?;
+    Ok(r.into_inner().worker_id)
+}

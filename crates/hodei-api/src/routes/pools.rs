@@ -1,0 +1,286 @@
+//! Pools created through the API (SPEC §4.6): create, update, delete. Their workers join by
+//! themselves with the pool's join token (provider `external`); pools whose workers the server
+//! starts (`local`) are set in the configuration file for now. Pools of the configuration file
+//! answer 409 here: they change there.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use hodei_core::{Pool, PoolId, PoolState, PoolType, Resources};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::ApiState;
+use crate::auth::Who;
+use crate::error::{ApiError, ApiResult, ErrorCode};
+use crate::json::ApiJson;
+use crate::routes::audit;
+use crate::routes::workers::{PoolView, pool_view};
+
+/// The most workers a pool may have (SPEC §2.10).
+const MAX_POOL_SIZE: i64 = 10_000;
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateIn {
+    /// Millicores one worker offers.
+    pub cpu_m: i64,
+    /// MiB one worker offers.
+    pub memory_mb: i64,
+    #[serde(default)]
+    pub gpu: i64,
+    /// Jobs one worker runs at once.
+    pub slots: i64,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PoolCreate {
+    /// A slug: lowercase letters, digits and dashes. Not reusable after a delete.
+    pub id: String,
+    pub name: Option<String>,
+    /// `static` (dynamic pools are not built yet).
+    #[serde(rename = "type")]
+    pub pool_type: Option<String>,
+    /// `external` (default): workers join with the pool's join token.
+    pub provider: Option<String>,
+    /// The shape of one worker, against which jobs are checked at submit.
+    pub worker_template: TemplateIn,
+    pub min_size: Option<i64>,
+    pub max_size: Option<i64>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PoolUpdate {
+    pub name: Option<String>,
+    pub min_size: Option<i64>,
+    pub max_size: Option<i64>,
+    pub labels: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct PoolCreated {
+    #[serde(flatten)]
+    pub pool: PoolView,
+    /// Shown once: workers register with it (`hodei worker --pool ID`, `HODEI_JOIN_TOKEN`).
+    pub join_token: String,
+}
+
+fn int_in(field: &str, v: i64, lo: i64, hi: i64, what: &str) -> ApiResult<u32> {
+    if (lo..=hi).contains(&v) {
+        Ok(v as u32)
+    } else {
+        Err(ApiError::field(field, format!("{what} is out of range"), &format!("an integer from {lo} to {hi}"), Some(v.to_string())))
+    }
+}
+
+fn pool_name(v: &str) -> ApiResult<String> {
+    let t = v.trim();
+    if t.is_empty() || t.len() > 200 {
+        return Err(ApiError::field("/name", "name must not be empty", "1 to 200 characters", Some(v.to_owned())));
+    }
+    Ok(t.to_owned())
+}
+
+fn sizes(min: u32, max: u32) -> ApiResult<()> {
+    if min > max {
+        return Err(ApiError::field("/min_size", "min_size is above max_size", &format!("at most max_size ({max})"), Some(min.to_string())));
+    }
+    Ok(())
+}
+
+/// The pool `id` as stored, for a change through the API: 404 when there is none (or it was
+/// deleted), 409 when the configuration file manages it.
+async fn managed(s: &ApiState, id: &str) -> ApiResult<Pool> {
+    let pool = match PoolId::parse(id) {
+        Ok(pid) => s.store.get_pool(&pid).await?.map(|(p, _)| p),
+        Err(_) => None,
+    }
+    .filter(|p| p.state != PoolState::Destroyed)
+    .ok_or_else(|| ApiError::not_found(format!("pool {id}")))?;
+    if pool.managed_by == "config" {
+        return Err(ApiError::new(ErrorCode::Conflict, format!("pool {id} is set in the configuration file: change it there and restart")));
+    }
+    Ok(pool)
+}
+
+/// Replaces the pool in the list the submit check reads (removes it when `keep` is false).
+fn remember(s: &ApiState, pool: &Pool, keep: bool) {
+    if let Ok(mut pools) = s.pools.write() {
+        pools.retain(|p| p.id != pool.id);
+        if keep {
+            pools.push(pool.clone());
+        }
+    }
+}
+
+/// Create a pool (admins). Its join token is in the answer, once.
+#[utoipa::path(
+    post,
+    path = "/pools",
+    request_body = PoolCreate,
+    responses(
+        (status = 201, body = PoolCreated),
+        (status = 400, body = crate::error::Problem),
+        (status = 409, description = "a pool with this id exists or existed", body = crate::error::Problem)
+    ),
+    tag = "pools"
+)]
+pub async fn create_pool(State(s): State<ApiState>, who: Who, ApiJson(body): ApiJson<PoolCreate>) -> ApiResult<(StatusCode, HeaderMap, Json<PoolCreated>)> {
+    who.must_be_admin("creating pools (admins only)")?;
+    let id =
+        PoolId::parse(&body.id).map_err(|e| ApiError::field("/id", e.to_string(), "a slug: lowercase letters, digits and dashes", Some(body.id.clone())))?;
+    match body.pool_type.as_deref() {
+        None | Some("static") => {}
+        Some(t) => return Err(ApiError::field("/type", "only static pools can be created yet", "static", Some(t.to_owned()))),
+    }
+    match body.provider.as_deref() {
+        None | Some("external") => {}
+        Some(p) => {
+            return Err(ApiError::field(
+                "/provider",
+                "this provider cannot be used through the API yet",
+                "external (pools of local workers are set in the configuration file)",
+                Some(p.to_owned()),
+            ));
+        }
+    }
+    let t = &body.worker_template;
+    let resources = Resources::new(
+        int_in("/worker_template/cpu_m", t.cpu_m, 1, 10_000_000, "cpu_m")?,
+        int_in("/worker_template/memory_mb", t.memory_mb, 1, 1 << 30, "memory_mb")?,
+        int_in("/worker_template/gpu", t.gpu, 0, 1024, "gpu")?,
+    );
+    let slots = int_in("/worker_template/slots", t.slots, 1, 10_000, "slots")?;
+    let min_size = int_in("/min_size", body.min_size.unwrap_or(0), 0, MAX_POOL_SIZE, "min_size")?;
+    let max_size = int_in("/max_size", body.max_size.unwrap_or(MAX_POOL_SIZE), 0, MAX_POOL_SIZE, "max_size")?;
+    sizes(min_size, max_size)?;
+    let now = s.clock.now();
+    let pool = Pool {
+        name: body.name.as_deref().map(pool_name).transpose()?.unwrap_or_else(|| id.to_string()),
+        id,
+        pool_type: PoolType::Static,
+        provider: "external".into(),
+        worker_resources: resources,
+        worker_slots: slots,
+        min_size,
+        max_size,
+        labels: body.labels,
+        managed_by: "api".into(),
+        state: PoolState::Active,
+        created_at: now,
+        updated_at: now,
+        version: 1,
+    };
+    let join_token = crate::auth::new_secret().map_err(|e| ApiError::new(ErrorCode::Internal, format!("drawing a join token: {e}")))?;
+    s.store.create_pool(&pool, &crate::auth::secret_hash(&join_token)).await?;
+    remember(&s, &pool, true);
+    crate::zero_series_for_pool(&pool);
+    let view = pool_view(&pool);
+    audit::record(&s, &who, "pool.create", format!("pool:{}", pool.id), None, audit::view(&view)).await;
+    let mut h = HeaderMap::new();
+    if let Ok(v) = HeaderValue::from_str(&format!("/api/v1/pools/{}", pool.id)) {
+        h.insert(header::LOCATION, v);
+    }
+    Ok((StatusCode::CREATED, h, Json(PoolCreated { pool: view, join_token })))
+}
+
+/// Change a pool created through the API (admins): name, sizes, labels. `If-Match:
+/// "<version>"` makes it conditional.
+#[utoipa::path(
+    put,
+    path = "/pools/{id}",
+    request_body = PoolUpdate,
+    responses(
+        (status = 200, body = PoolView),
+        (status = 400, body = crate::error::Problem),
+        (status = 404, body = crate::error::Problem),
+        (status = 409, description = "the configuration file manages this pool", body = crate::error::Problem),
+        (status = 412, body = crate::error::Problem)
+    ),
+    tag = "pools"
+)]
+pub async fn update_pool(
+    State(s): State<ApiState>,
+    who: Who,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<PoolUpdate>,
+) -> ApiResult<Json<PoolView>> {
+    who.must_be_admin("changing pools (admins only)")?;
+    let mut pool = managed(&s, &id).await?;
+    if let Some(v) = headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok())
+        && v.trim_matches('"') != pool.version.to_string()
+    {
+        return Err(ApiError::new(ErrorCode::PreconditionFailed, format!("pool is at version {}, not {v}", pool.version)));
+    }
+    let before = audit::view(&pool_view(&pool));
+    if let Some(n) = &body.name {
+        pool.name = pool_name(n)?;
+    }
+    if let Some(v) = body.min_size {
+        pool.min_size = int_in("/min_size", v, 0, MAX_POOL_SIZE, "min_size")?;
+    }
+    if let Some(v) = body.max_size {
+        pool.max_size = int_in("/max_size", v, 0, MAX_POOL_SIZE, "max_size")?;
+    }
+    sizes(pool.min_size, pool.max_size)?;
+    if let Some(l) = body.labels {
+        pool.labels = l;
+    }
+    pool.updated_at = s.clock.now();
+    s.store.upsert_pool(&pool, None).await?;
+    let pool = managed(&s, &id).await?;
+    remember(&s, &pool, true);
+    let view = pool_view(&pool);
+    audit::record(&s, &who, "pool.update", format!("pool:{}", pool.id), before, audit::view(&view)).await;
+    Ok(Json(view))
+}
+
+/// Delete a pool created through the API (admins), once no worker of it is live or offline
+/// (drain them first) and no job that has not ended selects it. Its join token stops registering workers; the id is not reused.
+#[utoipa::path(
+    delete,
+    path = "/pools/{id}",
+    responses(
+        (status = 204),
+        (status = 404, body = crate::error::Problem),
+        (status = 409, description = "the configuration file manages this pool, or it still has workers or jobs", body = crate::error::Problem)
+    ),
+    tag = "pools"
+)]
+pub async fn delete_pool(State(s): State<ApiState>, who: Who, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    who.must_be_admin("deleting pools (admins only)")?;
+    let mut pool = managed(&s, &id).await?;
+    let pid = pool.id.clone();
+    let (workers, waiting) = crate::read(s.control.as_ref(), move |sched, _| {
+        let workers = sched.workers().filter(|w| w.pool_id == pid && w.state != hodei_core::WorkerState::Terminated).count();
+        let waiting = sched.jobs().filter(|j| j.spec.pool_selector.as_ref() == Some(&pid)).count();
+        (workers, waiting)
+    })
+    .await?;
+    if waiting > 0 {
+        return Err(ApiError::new(ErrorCode::InvalidState, format!("{waiting} jobs not ended select pool {id}: cancel them or let them end first"))
+            .with("jobs", waiting.into()));
+    }
+    if workers > 0 {
+        return Err(ApiError::new(
+            ErrorCode::InvalidState,
+            format!("pool {id} still has {workers} workers (live or offline): drain them first (hodei workers drain ID)"),
+        )
+        .with("workers", workers.into()));
+    }
+    let before = audit::view(&pool_view(&pool));
+    pool.state = PoolState::Destroyed;
+    pool.updated_at = s.clock.now();
+    // No token matches an empty hash: nothing registers with the old one any more.
+    s.store.upsert_pool(&pool, Some("")).await?;
+    remember(&s, &pool, false);
+    audit::record(&s, &who, "pool.delete", format!("pool:{}", pool.id), before, None).await;
+    Ok(StatusCode::NO_CONTENT)
+}
