@@ -75,7 +75,7 @@ fn int_in(field: &str, v: i64, lo: i64, hi: i64, what: &str) -> ApiResult<u32> {
     if (lo..=hi).contains(&v) {
         Ok(v as u32)
     } else {
-        Err(ApiError::field(field, format!("{what} is out of range"), &format!("an integer from {lo} to {hi}"), Some(v.to_string())))
+        Err(ApiError::field(field, format!("{what} is out of range"), format!("an integer from {lo} to {hi}"), Some(v.to_string())))
     }
 }
 
@@ -89,7 +89,7 @@ fn pool_name(v: &str) -> ApiResult<String> {
 
 fn sizes(min: u32, max: u32) -> ApiResult<()> {
     if min > max {
-        return Err(ApiError::field("/min_size", "min_size is above max_size", &format!("at most max_size ({max})"), Some(min.to_string())));
+        return Err(ApiError::field("/min_size", "min_size is above max_size", format!("at most max_size ({max})"), Some(min.to_string())));
     }
     Ok(())
 }
