@@ -79,6 +79,7 @@ pass! { Store {
         fn delete_tenant(&self, id: &TenantId) -> bool;
         fn count_live_jobs(&self, tenant: &TenantId) -> u64;
         fn upsert_pool(&self, p: &Pool, join_token_hash: Option<&str>) -> ();
+        fn create_pool(&self, p: &Pool, join_token_hash: &str) -> ();
         fn get_pool(&self, id: &PoolId) -> Option<(Pool, String)>;
         fn set_pool_join_token(&self, id: &PoolId, join_token_hash: &str) -> bool;
         fn list_pools(&self) -> Vec<Pool>;
