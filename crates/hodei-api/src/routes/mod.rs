@@ -109,3 +109,22 @@ pub fn page_limit(limit: Option<i64>) -> Result<u32, ApiError> {
         Some(n) => Err(ApiError::field("limit", "limit is out of range", "an integer between 1 and 500", Some(n.to_string()))),
     }
 }
+
+/// A display name (`/name`): trimmed, 1 to 200 characters.
+pub(crate) fn display_name(v: &str) -> crate::error::ApiResult<String> {
+    let t = v.trim();
+    if t.is_empty() || t.len() > 200 {
+        return Err(ApiError::field("/name", "name must not be empty", "1 to 200 characters", Some(v.to_owned())));
+    }
+    Ok(t.to_owned())
+}
+
+/// `If-Match: "<version>"`: 412 naming `what`'s stored version when the request's differs.
+pub(crate) fn if_match(headers: &axum::http::HeaderMap, version: i64, what: &str) -> crate::error::ApiResult<()> {
+    if let Some(v) = headers.get(axum::http::header::IF_MATCH).and_then(|v| v.to_str().ok())
+        && v.trim_matches('"') != version.to_string()
+    {
+        return Err(ApiError::new(ErrorCode::PreconditionFailed, format!("{what} is at version {version}, not {v}")));
+    }
+    Ok(())
+}

@@ -79,14 +79,6 @@ fn int_in(field: &str, v: i64, lo: i64, hi: i64, what: &str) -> ApiResult<u32> {
     }
 }
 
-fn pool_name(v: &str) -> ApiResult<String> {
-    let t = v.trim();
-    if t.is_empty() || t.len() > 200 {
-        return Err(ApiError::field("/name", "name must not be empty", "1 to 200 characters", Some(v.to_owned())));
-    }
-    Ok(t.to_owned())
-}
-
 fn sizes(min: u32, max: u32) -> ApiResult<()> {
     if min > max {
         return Err(ApiError::field("/min_size", "min_size is above max_size", format!("at most max_size ({max})"), Some(min.to_string())));
@@ -162,7 +154,7 @@ pub async fn create_pool(State(s): State<ApiState>, who: Who, ApiJson(body): Api
     sizes(min_size, max_size)?;
     let now = s.clock.now();
     let pool = Pool {
-        name: body.name.as_deref().map(pool_name).transpose()?.unwrap_or_else(|| id.to_string()),
+        name: body.name.as_deref().map(super::display_name).transpose()?.unwrap_or_else(|| id.to_string()),
         id,
         pool_type: PoolType::Static,
         provider: "external".into(),
@@ -214,14 +206,10 @@ pub async fn update_pool(
 ) -> ApiResult<Json<PoolView>> {
     who.must_be_admin("changing pools (admins only)")?;
     let mut pool = managed(&s, &id).await?;
-    if let Some(v) = headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok())
-        && v.trim_matches('"') != pool.version.to_string()
-    {
-        return Err(ApiError::new(ErrorCode::PreconditionFailed, format!("pool is at version {}, not {v}", pool.version)));
-    }
+    super::if_match(&headers, pool.version, "pool")?;
     let before = audit::view(&pool_view(&pool));
     if let Some(n) = &body.name {
-        pool.name = pool_name(n)?;
+        pool.name = super::display_name(n)?;
     }
     if let Some(v) = body.min_size {
         pool.min_size = int_in("/min_size", v, 0, MAX_POOL_SIZE, "min_size")?;

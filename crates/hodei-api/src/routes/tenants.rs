@@ -27,14 +27,6 @@ fn weight(v: i64) -> ApiResult<u32> {
     }
 }
 
-fn name(v: &str) -> ApiResult<String> {
-    let t = v.trim();
-    if t.is_empty() || t.len() > 200 {
-        return Err(ApiError::field("/name", "name must not be empty", "1 to 200 characters", Some(v.to_owned())));
-    }
-    Ok(t.to_owned())
-}
-
 /// Applies the fields given to a quota; each must be a non-negative integer.
 fn apply_quota(q: &mut Quota, input: &QuotaIn, prefix: &str) -> ApiResult<()> {
     let num = |name: &str, v: Option<i64>| -> ApiResult<Option<u32>> {
@@ -79,7 +71,7 @@ pub(crate) async fn load(s: &ApiState, who: &Who, id: &str, action: Action, doin
 #[utoipa::path(post, path = "/tenants", request_body = TenantCreate, responses((status = 201, body = TenantView), (status = 400, body = crate::error::Problem), (status = 409, body = crate::error::Problem)), tag = "tenants")]
 pub async fn create_tenant(State(s): State<ApiState>, who: Who, ApiJson(body): ApiJson<TenantCreate>) -> ApiResult<(StatusCode, HeaderMap, Json<TenantView>)> {
     who.must_be_admin("creating tenants")?;
-    let display = name(&body.name)?;
+    let display = super::display_name(&body.name)?;
     let id = match &body.id {
         Some(id) => TenantId::parse(id).map_err(|e| ApiError::field("/id", e.to_string(), "a slug ^[a-z0-9][a-z0-9-]{0,62}$", Some(id.clone())))?,
         None => TenantId::from(
@@ -161,9 +153,9 @@ pub async fn update_tenant(
 ) -> ApiResult<Json<TenantView>> {
     let mut t = load(&s, &who, &id, Action::Administer, "changing tenants (admins only)").await?;
     let before = audit::view(&TenantView::of(&t, &s.cfg.tier_weights));
-    if_match(&headers, &t)?;
+    super::if_match(&headers, t.version, "tenant")?;
     if let Some(n) = &body.name {
-        t.name = name(n)?;
+        t.name = super::display_name(n)?;
     }
     if let Some(e) = body.email {
         t.email = Some(e);
@@ -266,20 +258,11 @@ pub async fn put_quota(
     // quotas are set by admins only for now.
     let mut t = load(&s, &who, &id, Action::Administer, "setting quotas (admins only)").await?;
     let before = audit::view(&QuotaOut::from(&t.quota));
-    if_match(&headers, &t)?;
+    super::if_match(&headers, t.version, "tenant")?;
     apply_quota(&mut t.quota, &body, "")?;
     save(&s, &mut t).await?;
     audit::record(&s, &who, "tenant.quota", format!("tenant:{}", t.id), before, audit::view(&QuotaOut::from(&t.quota))).await;
     Ok(Json(quota_view(&s, &t).await?))
-}
-
-fn if_match(headers: &HeaderMap, t: &Tenant) -> ApiResult<()> {
-    if let Some(v) = headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok())
-        && v.trim_matches('"') != t.version.to_string()
-    {
-        return Err(ApiError::new(ErrorCode::PreconditionFailed, format!("tenant is at version {}, not {v}", t.version)));
-    }
-    Ok(())
 }
 
 /// Delete a tenant without live jobs (never `default`).
