@@ -71,9 +71,18 @@ async fn a_server_that_loses_the_scheduler_lock_to_another_exits() {
     let ran = ran["id"].as_str().unwrap().to_owned();
     assert_eq!(first.wait_ended(&ran, 30).await["state"], "succeeded");
 
-    db.end_lock_sessions().await;
+    // The first server takes its lock again at its next tick when nobody else has: end its
+    // session until the second server is the one that holds it.
     let second_dir = tempfile::tempdir().unwrap();
-    let second = Server::start(second_dir.path(), &env, 0, None);
+    let mut tries = 0;
+    let second = loop {
+        db.end_lock_sessions().await;
+        if let Some(s) = Server::try_start(second_dir.path(), &env, 0, None) {
+            break s;
+        }
+        tries += 1;
+        assert!(tries < 20, "the second server never took the scheduler lock");
+    };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     let code = loop {
         if let Some(status) = first.child.try_wait().unwrap() {

@@ -39,6 +39,11 @@ pub fn free_port() -> u16 {
 impl Server {
     /// Starts `hodei server` and waits for its ready line.
     pub fn start(dir: &Path, env: &[(&str, &str)], grpc_port: u16, config: Option<&str>) -> Server {
+        Server::try_start(dir, env, grpc_port, config).expect("the server exited before its ready line")
+    }
+
+    /// Starts `hodei server` and waits for its ready line; `None` when it exits first.
+    pub fn try_start(dir: &Path, env: &[(&str, &str)], grpc_port: u16, config: Option<&str>) -> Option<Server> {
         let mut cmd = Command::new(BIN);
         cmd.arg("server").arg("--data-dir").arg(dir).args(["--http-addr", "127.0.0.1:0", "--grpc-addr", &format!("127.0.0.1:{grpc_port}")]);
         if let Some(yaml) = config {
@@ -59,11 +64,18 @@ impl Server {
                 let _ = tx.send(line);
             }
         });
-        let line = rx.recv_timeout(Duration::from_secs(60)).expect("ready line within 60 s");
+        let line = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(l) => l,
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let _ = child.wait();
+                return None;
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => panic!("no ready line within 60 s"),
+        };
         assert!(line.starts_with("ready http="), "unexpected first line {line:?}");
         let field = |k: &str| line.split_whitespace().find_map(|p| p.strip_prefix(&format!("{k}="))).unwrap().to_owned();
         let token = std::fs::read_to_string(dir.join("admin.token")).unwrap().trim().to_owned();
-        Server {
+        Some(Server {
             child,
             http: format!("http://{}", field("http")),
             grpc: format!("http://{}", field("grpc")),
@@ -71,7 +83,7 @@ impl Server {
             dir: dir.to_owned(),
             token,
             http_client: reqwest::Client::new(),
-        }
+        })
     }
 
     pub fn kill9(&mut self) {
