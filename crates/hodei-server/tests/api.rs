@@ -204,6 +204,11 @@ async fn a_job_no_pool_could_ever_run_is_unschedulable() {
     assert!(p["errors"][0]["message"].as_str().unwrap().contains("lack the capability `container`"), "{p}");
     let (s, p) = app.call("POST", "/api/v1/jobs/batch", Some(json!({"jobs": [{"command": ["true"]}, {"command": ["true"], "image": "x"}]}))).await;
     assert_eq!((s, fields(&p)), (StatusCode::BAD_REQUEST, vec!["/jobs/1/image".to_owned()]), "an atomic batch names the member: {p}");
+    // Selecting pools by label is refused, not ignored, until placement matches labels.
+    let (s, p) = app.call("POST", "/api/v1/jobs", Some(json!({"command": ["true"], "pool_selector": {"labels": {"zone": "a"}}}))).await;
+    assert_eq!((s, fields(&p)), (StatusCode::BAD_REQUEST, vec!["/pool_selector/labels".to_owned()]), "{p}");
+    let (s, p) = app.call("POST", "/api/v1/jobs/batch", Some(json!({"jobs": [{"command": ["true"], "pool_selector": {"labels": {"zone": "a"}}}]}))).await;
+    assert_eq!((s, fields(&p)), (StatusCode::BAD_REQUEST, vec!["/jobs/0/pool_selector/labels".to_owned()]), "{p}");
     assert_eq!(app.stored_jobs().await, 0);
 }
 

@@ -22,8 +22,17 @@ use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::json::KeyedJson;
 use crate::{ApiState, ArrayAdmitted, Idempotent, IdempotentCall};
 
-fn spec_input(b: JobSubmit) -> (JobSpecInput, Option<String>) {
-    let (pool, _labels) = b.pool_selector.map(|p| (p.pool, p.labels)).unwrap_or_default();
+fn spec_input(b: JobSubmit, prefix: &str) -> ApiResult<(JobSpecInput, Option<String>)> {
+    let (pool, labels) = b.pool_selector.map(|p| (p.pool, p.labels)).unwrap_or_default();
+    if !labels.is_empty() {
+        // Refused rather than ignored until placement matches pool labels.
+        return Err(ApiError::field(
+            &format!("{prefix}/pool_selector/labels"),
+            "selecting pools by label is not supported yet",
+            "no labels: select a pool by its id (pool_selector.pool)",
+            None,
+        ));
+    }
     let input = JobSpecInput {
         name: b.name,
         command: b.command,
@@ -45,7 +54,7 @@ fn spec_input(b: JobSubmit) -> (JobSpecInput, Option<String>) {
         pool,
         array: b.array.map(|a| ArrayInput { start: a.start, end: a.end, step: a.step, max_parallel: a.max_parallel }),
     };
-    (input, b.tenant_id)
+    Ok((input, b.tenant_id))
 }
 
 /// Tenant context (SPEC §1.3): body `tenant_id` › `X-Hodei-Tenant` › the caller's only tenant
@@ -181,7 +190,7 @@ pub async fn submit_job(
     KeyedJson { body, key }: KeyedJson<JobSubmit>,
 ) -> ApiResult<Response> {
     let _gate = s.tenant_gate.read().await;
-    let (input, tenant) = spec_input(body);
+    let (input, tenant) = spec_input(body, "")?;
     let tenant = tenant_for(&s, &who, tenant.as_deref(), &headers, "").await?;
     let spec = validated(&s, &who, input, "")?;
     let never = unschedulable(&s, &spec, "");
@@ -321,15 +330,17 @@ pub async fn submit_batch(State(s): State<ApiState>, who: Who, headers: HeaderMa
     let mut refusals = 0;
     for (i, b) in body.jobs.into_iter().enumerate() {
         let prefix = format!("/jobs/{i}");
-        let (input, tid) = spec_input(b);
-        let tenant = match tenant_id_for(&s, &who, tid.as_deref(), &headers, &prefix) {
-            Ok(id) => match tenants.iter().find(|t| t.id == id) {
-                Some(t) => Ok(t.clone()),
-                None => tenant_for(&s, &who, Some(id.as_str()), &headers, &prefix).await.inspect(|t| tenants.push(t.clone())),
+        let parsed = match spec_input(b, &prefix) {
+            Ok((input, tid)) => match tenant_id_for(&s, &who, tid.as_deref(), &headers, &prefix) {
+                Ok(id) => match tenants.iter().find(|t| t.id == id) {
+                    Some(t) => Ok((input, t.clone())),
+                    None => tenant_for(&s, &who, Some(id.as_str()), &headers, &prefix).await.inspect(|t| tenants.push(t.clone())).map(|t| (input, t)),
+                },
+                Err(e) => Err(e),
             },
             Err(e) => Err(e),
         };
-        let outcome = tenant.and_then(|t| {
+        let outcome = parsed.and_then(|(input, t)| {
             let spec = validated(&s, &who, input, &prefix)?;
             if let Some(e) = unschedulable(&s, &spec, &prefix) {
                 return Err(unschedulable_error(e));
