@@ -6,6 +6,7 @@
 
 mod exec;
 mod memory;
+mod orphans;
 mod retain;
 mod spool;
 mod user;
@@ -129,6 +130,14 @@ pub async fn run(o: WorkerOptions) -> anyhow::Result<()> {
         tracing::info!(user = %u.name, uid = u.uid, "jobs run as an unprivileged user");
     }
     let spool = Arc::new(spool::Spool::open(&o.work_dir, spool::LOCK_WAIT).await?);
+    // Jobs a killed predecessor of this agent left running: the server runs their attempts
+    // again once this agent reconnects without them, so they must not go on beside that run.
+    if let Some(id) = spool.identity() {
+        let ended = orphans::end(&id.worker_id);
+        if ended > 0 {
+            tracing::warn!(processes = ended, "ended the jobs a previous run of this agent left running");
+        }
+    }
     // Results of jobs that ended while a previous run of this agent could not report them.
     let unacked: HashMap<String, pb::Result> = spool.results().into_iter().map(|r| (r.attempt_id.clone(), r)).collect();
     if !unacked.is_empty() {
@@ -209,7 +218,7 @@ pub async fn run(o: WorkerOptions) -> anyhow::Result<()> {
                         tx.send(msg(pb::worker_message::Msg::Log(chunk)))?;
                     }
                 }
-                other => on_server_message(pb::ServerMessage { msg: other }, &agent, &out, &o.sandbox, &memory, &spool),
+                other => on_server_message(pb::ServerMessage { msg: other }, &id.worker_id, &agent, &out, &o.sandbox, &memory, &spool),
             }
             let results: Vec<pb::Result> = agent.lock().map(|a| a.unacked.values().cloned().collect()).unwrap_or_default();
             for r in results {
@@ -260,7 +269,7 @@ pub async fn run(o: WorkerOptions) -> anyhow::Result<()> {
                         spool.forget_identity();
                         return Ok(());
                     }
-                    Ok(Some(m)) => on_server_message(m, &agent, &out, &o.sandbox, &memory, &spool),
+                    Ok(Some(m)) => on_server_message(m, &id.worker_id, &agent, &out, &o.sandbox, &memory, &spool),
                     Ok(None) => break "server closed the stream",
                     Err(_) => break "stream error",
                 },
@@ -296,6 +305,7 @@ fn spawn_stop_watcher(stop: Arc<Notify>) {
 
 fn on_server_message(
     m: pb::ServerMessage,
+    worker_id: &str,
     agent: &Arc<Mutex<Agent>>,
     out: &exec::Output,
     sandbox: &Sandbox,
@@ -305,7 +315,9 @@ fn on_server_message(
     use pb::server_message::Msg;
     let Ok(mut a) = agent.lock() else { return };
     match m.msg {
-        Some(Msg::Assign(job)) => {
+        Some(Msg::Assign(mut job)) => {
+            // Marks the job's processes as this worker's (see `orphans`).
+            job.env.insert(orphans::WORKER_VAR.into(), worker_id.to_owned());
             let id = job.attempt_id.clone();
             tracing::debug!(attempt = %id, "assignment received");
             // A repeated assignment (after a reconnect) never starts the attempt twice.

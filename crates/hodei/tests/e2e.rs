@@ -836,3 +836,37 @@ async fn a_pool_created_through_the_api_takes_workers_and_is_deleted_once_draine
     let refused = register_with(&srv.grpc, "farm", &token).await.expect_err("a deleted pool's token registers a worker");
     assert_eq!(refused.code(), tonic::Code::Unauthenticated);
 }
+
+/// An agent killed with -9 leaves its job running; the agent restarted on the same spool ends
+/// it (its attempt is run again, and must not go on beside the new run), and the job then
+/// succeeds on its second attempt.
+#[tokio::test]
+async fn a_restarted_agent_ends_the_jobs_its_killed_predecessor_left_running() {
+    let (dir, spool) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let srv = Server::start(dir.path(), &[], 0, Some(REMOTE_POOL));
+    let mut first = spooling_worker(&srv, spool.path());
+    let marks = job_writable_dir();
+    let pid_file = marks.path().join("pid");
+    let script = format!("if [ -e {p} ]; then exit 0; fi; echo $$ > {p}; exec sleep 60", p = pid_file.display());
+    let id = srv.submit(json!({"command": ["sh", "-c", script]})).await["id"].as_str().unwrap().to_owned();
+    srv.wait_for(&id, 20, |s| s == "running").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let pid: i32 = loop {
+        if let Some(p) = std::fs::read_to_string(&pid_file).ok().and_then(|t| t.trim().parse().ok()) {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "the job did not write its pid");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    first.kill9();
+    let alive = |p: i32| unsafe { libc::kill(p, 0) } == 0;
+    assert!(alive(pid), "the job outlives its killed agent");
+    let _second = spooling_worker(&srv, spool.path());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while alive(pid) && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z ")) {
+        assert!(Instant::now() < deadline, "the restarted agent left its predecessor's job running");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let j = srv.wait_ended(&id, 30).await;
+    assert_eq!((j["state"].as_str(), j["attempts"].as_array().unwrap().len()), (Some("succeeded"), 2), "{j}");
+}
