@@ -944,6 +944,13 @@ async fn pools_are_created_changed_and_deleted_through_the_api() {
     assert_eq!((s, p["state"].as_str()), (StatusCode::OK, Some("destroyed")));
     let (s, _) = app.call("DELETE", "/api/v1/pools/gpu-farm", None).await;
     assert_eq!(s, StatusCode::NOT_FOUND, "deleted once");
+    let ids = |v: &Value| v["items"].as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap().to_owned()).collect::<Vec<_>>();
+    let (_, gone) = app.call("GET", "/api/v1/pools?state=destroyed", None).await;
+    assert_eq!(ids(&gone), ["gpu-farm"]);
+    let (_, active) = app.call("GET", "/api/v1/pools?state=active&type=static", None).await;
+    assert_eq!(ids(&active), ["local"]);
+    let (s, _) = app.call("GET", "/api/v1/pools?size=3", None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "an unknown filter is refused, not ignored");
     let (s, e) = app.call("POST", "/api/v1/pools", Some(body)).await;
     assert_eq!(s, StatusCode::CONFLICT, "an id is not reused: {e}");
     let (s, e) = app.call("POST", "/api/v1/jobs", Some(json!({"command": ["true"], "pool_selector": {"pool": "gpu-farm"}}))).await;

@@ -151,10 +151,28 @@ pub(crate) fn pool_view(p: &hodei_core::Pool) -> PoolView {
     }
 }
 
-/// List pools.
-#[utoipa::path(get, path = "/pools", responses((status = 200, body = Page<PoolView>)), tag = "pools")]
-pub async fn list_pools(State(s): State<ApiState>) -> ApiResult<Json<Page<PoolView>>> {
-    let items = s.store.list_pools().await?.iter().map(pool_view).collect();
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct PoolQuery {
+    /// static|dynamic.
+    #[serde(rename = "type")]
+    #[param(rename = "type")]
+    pub pool_type: Option<String>,
+    /// A pool state (active, destroyed, …).
+    pub state: Option<String>,
+}
+
+/// List pools (a pool per configured or created one: the list is bounded by configuration).
+#[utoipa::path(get, path = "/pools", params(PoolQuery), responses((status = 200, body = Page<PoolView>)), tag = "pools")]
+pub async fn list_pools(State(s): State<ApiState>, Query(q): Query<PoolQuery>) -> ApiResult<Json<Page<PoolView>>> {
+    let items = s
+        .store
+        .list_pools()
+        .await?
+        .iter()
+        .filter(|p| q.pool_type.as_deref().is_none_or(|t| p.pool_type.as_str() == t) && q.state.as_deref().is_none_or(|st| p.state.as_str() == st))
+        .map(pool_view)
+        .collect();
     Ok(Json(Page { items, next_cursor: None }))
 }
 
