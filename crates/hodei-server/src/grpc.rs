@@ -219,7 +219,7 @@ impl WorkerService for WorkerSvc {
         let (reply, ack) = oneshot::channel();
         self.engine.deliver(Command::Connect { id, conn: WorkerConn { conn, tx }, running, results, reply }).await.map_err(Self::stopped)?;
         let held = ack.await.map_err(Self::stopped)?.map_err(|_| Status::not_found("unknown or terminated worker; register again"))?;
-        // What is stored of each held attempt's output, read from the files (this server may
+        // What is stored of each held attempt's output, read from the log store (this server may
         // have restarted), so that the worker resends exactly what is missing.
         let read = async {
             let mut offsets = Vec::with_capacity(held.len());

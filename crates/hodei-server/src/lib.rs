@@ -639,7 +639,7 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
         usage_sample_interval: Duration::from_millis(cfg.workers.usage_sample_interval_ms),
     };
     let svc = WorkerSvc::new(store.clone(), handle.clone(), logs, clock, timeouts);
-    // With TLS, the built-in pool's workers (children of this process, holding its join token)
+    // With TLS, the local pools' workers (started by this server, holding their join tokens)
     // connect to a plaintext listener of their own on loopback; remote workers only get TLS.
     let local_grpc = match (&tls, setup.local.is_empty()) {
         (Some(_), false) => Some(TcpListener::bind("127.0.0.1:0").await.context("binding the built-in pool's loopback gRPC listener")?),
