@@ -610,8 +610,8 @@ async fn each_job_starts_in_an_empty_scratch_directory_of_its_own() {
 /// The built-in pool's workers outlive their server: kill -9 of the server while they run 600
 /// short jobs and a long one leaves them running; the restarted server (on another gRPC port)
 /// adopts the same agents instead of starting new ones, and every job succeeds exactly once —
-/// each job's own side effect, a line in a file named after it, happened once, and the long job
-/// running across the restart finished on its first attempt.
+/// each job's own side effect, a line in a file named after it, happened once, one attempt of
+/// each started, and the long job running across the restart finished on its first attempt.
 #[tokio::test]
 async fn built_in_workers_outlive_a_kill_9_of_the_server_and_are_adopted() {
     let dir = tempfile::tempdir().unwrap();
@@ -664,7 +664,10 @@ async fn built_in_workers_outlive_a_kill_9_of_the_server_and_are_adopted() {
     for id in &ids {
         let j = srv.wait_ended(id, 120).await;
         assert_eq!(j["state"], "succeeded", "job {id}: {j}");
-        assert_eq!(j["attempts"].as_array().unwrap().len(), 1, "job {id} ran more than once: {j}");
+        // An assignment in flight when the server died never reached the worker: that attempt
+        // is lost without having started, and the job runs once, on the next one.
+        let started = j["attempts"].as_array().unwrap().iter().filter(|a| !a["started_at"].is_null()).count();
+        assert_eq!(started, 1, "job {id} started more than once (or a running attempt was lost): {j}");
         let runs = std::fs::read_to_string(marks.path().join(id)).unwrap_or_default().lines().count();
         assert_eq!(runs, 1, "job {id}'s side effect happened {runs} times");
     }
