@@ -223,6 +223,8 @@ pub struct Inner {
     pub metrics: Option<PrometheusHandle>,
     /// Pools as configured; read to refuse jobs that no pool could ever run.
     pub pools: RwLock<Vec<Pool>>,
+    /// Wakes the autoscaler when a pool's size or policies change through the API.
+    pub pools_changed: Arc<tokio::sync::Notify>,
     /// Tenants read on every submit; this process's tenant writes invalidate it.
     pub tenants: TenantCache,
     /// Submits hold it shared from their tenant check to their commit, a tenant's deletion

@@ -7,6 +7,7 @@
 //! representations and convert by hand.
 
 pub mod auth;
+pub mod autoscale;
 pub mod burst;
 pub mod cost;
 pub mod idempotency;

@@ -18,11 +18,13 @@ use crate::worker::{Worker, WorkerState};
 
 mod backfill;
 mod explain;
+mod pools;
 mod preempt;
 mod sla;
 mod status;
 pub use backfill::{BackfillRules, Reservation};
 pub use explain::{Blocker, CandidatePool, Explanation, MAX_SIM_JOBS};
+pub use pools::{PoolQuery, PoolView};
 pub use sla::SlaRules;
 pub use status::{QueueStatus, TenantQueueRow};
 

@@ -94,9 +94,18 @@ pub struct Pool {
     pub worker_slots: u32,
     pub min_size: u32,
     pub max_size: u32,
+    /// How many workers the pool should have now (the autoscaler's and manual scaling's target).
+    pub desired_size: u32,
+    /// Whether its scaling policies act (bounds and manual scaling act regardless).
+    pub auto_scaling_enabled: bool,
+    /// Dynamic pools drop workers idle longer than this, down to `min_size`.
+    pub idle_timeout: std::time::Duration,
+    pub scaling_policies: Vec<crate::autoscale::Policy>,
     pub labels: BTreeMap<String, String>,
     pub managed_by: String,
     pub state: PoolState,
+    /// Why it is in its state (empty when nothing needs saying).
+    pub state_reason: String,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
     pub version: i64,

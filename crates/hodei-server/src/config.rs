@@ -320,7 +320,8 @@ pub struct ScalingPolicyConfig {
     pub name: String,
     #[serde(default)]
     pub mode: PolicyMode,
-    pub trigger: String,
+    /// Threshold policies' condition; forecast policies have none.
+    pub trigger: Option<String>,
     pub action: ScaleAction,
     #[serde(default = "one")]
     pub step: u32,
@@ -652,7 +653,10 @@ impl Config {
         check("cost_tracking.retention_days".into(), c.retention_days != dc.retention_days);
         check("cost_tracking.currency".into(), c.currency != dc.currency);
         check("cost_tracking.accrual_interval_s".into(), c.accrual_interval_s != dc.accrual_interval_s);
-        check("autoscaling".into(), self.autoscaling != d.autoscaling);
+        // Local agents start in well under a second and a failed spawn is retried with backoff
+        // by their supervisor; a provider that can time out or fail for good does not exist yet.
+        check("autoscaling.provision_timeout_s".into(), self.autoscaling.provision_timeout_s != d.autoscaling.provision_timeout_s);
+        check("autoscaling.provision_max_retries".into(), self.autoscaling.provision_max_retries != d.autoscaling.provision_max_retries);
         check("metrics.history".into(), self.metrics.history != d.metrics.history);
         check("observability".into(), self.observability != d.observability);
         check("multi_cluster".into(), self.multi_cluster != d.multi_cluster);
@@ -660,15 +664,11 @@ impl Config {
         check("optimization".into(), self.optimization != d.optimization);
         for (i, p) in self.resource_pools.pools.iter().enumerate() {
             let at = |key: &str| format!("resource_pools.pools[{i}].{key}");
-            check(at("type"), p.pool_type != PoolTypeName::Static);
             check(at("provider"), p.provider != "local");
             check(at("provider_config"), !p.provider_config.is_empty());
-            check(at("auto_scaling_enabled"), p.auto_scaling_enabled);
-            check(at("idle_timeout_s"), p.idle_timeout_s != three_hundred());
             check(at("allowed_tenants"), !p.allowed_tenants.is_empty());
             check(at("cost_rates"), p.cost_rates != CostRatesConfig::default());
             check(at("cluster"), p.cluster.is_some());
-            check(at("scaling_policies"), !p.scaling_policies.is_empty());
             // Labels and capabilities of workers a provider creates: no provider creates any yet
             // (a remote worker states its own with --labels).
             check(at("worker_template.labels"), !p.worker_template.labels.is_empty());
@@ -748,6 +748,12 @@ impl Config {
                 return bad(&format!("resource_pools.pools[{i}].max_size"), format!("need 0 ≤ min_size ({}) ≤ max_size ({}) ≤ 10000", p.min_size, p.max_size));
             }
         }
+        for i in 0..self.resource_pools.pools.len() {
+            self.scaling_policies(i)?;
+        }
+        if self.autoscaling.evaluation_interval_s == 0 {
+            return bad("autoscaling.evaluation_interval_s", "must be at least 1".into());
+        }
         if hodei_core::TenantId::parse(&self.multi_tenancy.default_tenant_id).is_err() {
             return bad("multi_tenancy.default_tenant_id", format!("{:?} is not a slug", self.multi_tenancy.default_tenant_id));
         }
@@ -763,6 +769,50 @@ impl Config {
             );
         }
         Ok(())
+    }
+
+    /// The scaling policies of pool `i` of the file, with the `autoscaling` section's default
+    /// cooldowns and window.
+    pub fn scaling_policies(&self, i: usize) -> Result<Vec<hodei_core::autoscale::Policy>, ConfigError> {
+        use hodei_core::autoscale::{Direction, Mode, Policy, Trigger, policy_id};
+        let a = &self.autoscaling;
+        let mut out: Vec<Policy> = Vec::new();
+        for (j, p) in self.resource_pools.pools[i].scaling_policies.iter().enumerate() {
+            let at = |key: &str| format!("resource_pools.pools[{i}].scaling_policies[{j}].{key}");
+            let bad = |key: &str, message: String| ConfigError::Invalid { path: at(key), message };
+            let id = policy_id(&p.name).ok_or_else(|| bad("name", format!("{:?} has no letter or digit to make an id of", p.name)))?;
+            if out.iter().any(|x| x.id == id) {
+                return Err(bad("name", format!("{:?} gives the id {id:?} of an earlier policy", p.name)));
+            }
+            let mode = if p.mode == PolicyMode::Forecast { Mode::Forecast } else { Mode::Threshold };
+            let trigger = match (mode, &p.trigger) {
+                (Mode::Threshold, None) => return Err(bad("trigger", "a threshold policy needs a trigger such as \"queue_depth > 5\"".into())),
+                (Mode::Threshold, Some(t)) => Some(Trigger::parse(t).map_err(|e| bad("trigger", format!("{t:?}: {e}")))?),
+                (Mode::Forecast, Some(_)) => return Err(bad("trigger", "forecast policies size the pool from its queue and take no trigger".into())),
+                (Mode::Forecast, None) => None,
+            };
+            if p.step == 0 {
+                return Err(bad("step", "must be at least 1 (workers added or removed at a time)".into()));
+            }
+            if p.hysteresis_pct > 100 {
+                return Err(bad("hysteresis_pct", format!("{} is not between 0 and 100 (percent)", p.hysteresis_pct)));
+            }
+            let direction = if p.action == ScaleAction::ScaleUp { Direction::ScaleUp } else { Direction::ScaleDown };
+            let default_cooldown = if direction == Direction::ScaleUp { a.default_scale_up_cooldown_s } else { a.default_scale_down_cooldown_s };
+            out.push(Policy {
+                id,
+                name: p.name.clone(),
+                mode,
+                trigger,
+                direction,
+                step: p.step,
+                cooldown: p.cooldown.as_ref().map_or(std::time::Duration::from_secs(default_cooldown), |d| d.0),
+                window: p.window.as_ref().map_or(std::time::Duration::from_secs(a.default_window_s), |d| d.0),
+                hysteresis_pct: p.hysteresis_pct,
+                enabled: p.enabled,
+            });
+        }
+        Ok(out)
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -784,7 +834,7 @@ mod tests {
         for (var, key) in [
             ("HODEI_BUDGETS__FAIR_SHARE_DEMOTION", "budgets"),
             ("HODEI_COST_TRACKING__ACCRUAL_INTERVAL_S", "cost_tracking.accrual_interval_s"),
-            ("HODEI_AUTOSCALING__EVALUATION_INTERVAL_S", "autoscaling"),
+            ("HODEI_AUTOSCALING__PROVISION_TIMEOUT_S", "autoscaling.provision_timeout_s"),
             ("HODEI_METRICS__HISTORY__INTERVAL_S", "metrics.history"),
             ("HODEI_OBSERVABILITY__GRAFANA__FOLDER", "observability"),
             ("HODEI_OPTIMIZATION__MIN_RUNS", "optimization"),
@@ -802,15 +852,14 @@ mod tests {
         // The hourly rates price dry runs already.
         let cfg = super::Config::load(None, &env(&[("HODEI_COST_TRACKING__HOURLY_RATE_CPU", "0.07")])).unwrap();
         assert!(cfg.unsupported().is_empty());
-        let yaml = "resource_pools:\n  pools:\n    - id: gpu\n      type: dynamic\n      allowed_tenants: [a]\n      scaling_policies:\n        - {name: up, trigger: queue_depth > 5, action: scale_up}\n";
+        let yaml = "resource_pools:\n  pools:\n    - id: gpu\n      type: dynamic\n      allowed_tenants: [a]\n      cluster: b\n      scaling_policies:\n        - {name: up, trigger: queue_depth > 5, action: scale_up}\n";
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.yaml");
         std::fs::write(&path, yaml).unwrap();
         let cfg = super::Config::load(Some(&path), &[]).unwrap();
         assert_eq!(
             cfg.unsupported(),
-            ["resource_pools.pools[0].type", "resource_pools.pools[0].allowed_tenants", "resource_pools.pools[0].scaling_policies"]
-                .map(|k| format!("{k}: not supported yet"))
+            ["resource_pools.pools[0].allowed_tenants", "resource_pools.pools[0].cluster"].map(|k| format!("{k}: not supported yet"))
         );
         std::fs::write(&path, "resource_pools:\n  pools:\n    - id: gpu\n      worker_template: { labels: { disk: ssd } }\n").unwrap();
         let cfg = super::Config::load(Some(&path), &[]).unwrap();
@@ -880,7 +929,7 @@ mod tests {
             (
                 "resource_pools.pools[]",
                 &pools,
-                "id name labels min_size max_size join_token | type provider provider_config auto_scaling_enabled idle_timeout_s allowed_tenants cost_rates cluster scaling_policies",
+                "id name type labels min_size max_size auto_scaling_enabled idle_timeout_s join_token scaling_policies | provider provider_config allowed_tenants cost_rates cluster",
             ),
             ("resource_pools.pools[].worker_template", WorkerTemplateConfig::KEYS, "cpu_m memory_mb gpu slots | labels capabilities"),
             ("multi_tenancy", MultiTenancyConfig::KEYS, "enabled default_tenant_id | default_tier"),
@@ -900,7 +949,11 @@ mod tests {
                 CostConfig::KEYS,
                 "hourly_rate_cpu hourly_rate_memory_gb hourly_rate_gpu | enabled track_by_tenant track_by_job track_by_pool retention_days currency accrual_interval_s",
             ),
-            ("autoscaling", AutoscalingConfig::KEYS, "| *"),
+            (
+                "autoscaling",
+                AutoscalingConfig::KEYS,
+                "enabled evaluation_interval_s default_scale_up_cooldown_s default_scale_down_cooldown_s default_window_s history_retention_days | provision_timeout_s provision_max_retries",
+            ),
             ("metrics", MetricsConfig::KEYS, "| history"),
             ("metrics.prometheus", PrometheusConfig::KEYS, "enabled port path bearer_token |"),
             ("observability", ObservabilityConfig::KEYS, "| *"),

@@ -249,6 +249,21 @@ impl EngineHandle {
 }
 
 impl EngineHandle {
+    /// Drains a worker (for the server's own tasks: waits for room in the queue).
+    pub async fn drain(&self, worker: WorkerId) -> Result<(), ControlError> {
+        self.ask_waiting(|reply| Command::Drain { worker, reply }).await
+    }
+
+    /// Reads something off the scheduler's state (for the server's own tasks).
+    pub async fn read<T: Send + 'static>(&self, f: impl FnOnce(&hodei_core::sched::Scheduler, Timestamp) -> T + Send + 'static) -> Result<T, ControlError> {
+        let (tx, rx) = oneshot::channel();
+        self.deliver(Command::Inspect(Box::new(move |s, now| {
+            let _ = tx.send(f(s, now));
+        })))
+        .await?;
+        rx.await.map_err(|_| ControlError::Stopped)
+    }
+
     pub async fn submit(&self, jobs: Vec<Job>, atomic: bool, key: Option<IdempotentCall>) -> Result<Idempotent<Vec<Admitted>>, ControlError> {
         self.ask(|reply| Command::Submit { jobs, atomic, key, reply }).await
     }

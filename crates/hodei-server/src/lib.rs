@@ -1,6 +1,7 @@
 //! Wiring of the Hodei server: config, store, engine, REST, gRPC, metrics, built-in pool.
 //! With the worker, the only crates that spawn tasks or read wall time.
 
+mod autoscaler;
 mod burst;
 pub mod config;
 pub mod engine;
@@ -210,7 +211,7 @@ async fn seed(cfg: &Config, store: &dyn Store, now: Timestamp, worker_exe: Optio
             exe: exe.clone(),
             grpc_url: String::new(),
             pool: pool.id.to_string(),
-            count: pool.min_size,
+            count: pool.desired_size,
             join_token,
             slots: pool.worker_slots,
             cpu_m: pool.worker_resources.cpu_m.get(),
@@ -239,9 +240,14 @@ async fn seed(cfg: &Config, store: &dyn Store, now: Timestamp, worker_exe: Optio
             worker_slots: slots.div_ceil(n),
             min_size: n,
             max_size: n,
+            desired_size: n,
+            auto_scaling_enabled: false,
+            idle_timeout: Duration::from_secs(300),
+            scaling_policies: Vec::new(),
             labels: Default::default(),
             managed_by: "config".into(),
             state: PoolState::Active,
+            state_reason: String::new(),
             created_at: now,
             updated_at: now,
             version: 1,
@@ -250,7 +256,7 @@ async fn seed(cfg: &Config, store: &dyn Store, now: Timestamp, worker_exe: Optio
         local.extend(local_spec(&pool, local_pool::JoinToken::File(token_file)));
         pools.push(pool);
     }
-    for p in &rp.pools {
+    for (i, p) in rp.pools.iter().enumerate() {
         let id = PoolId::parse(&p.id)?;
         let (token, source) = match &p.join_token {
             Some(t) => (t.0.clone(), local_pool::JoinToken::Fixed(t.0.clone())),
@@ -269,16 +275,23 @@ async fn seed(cfg: &Config, store: &dyn Store, now: Timestamp, worker_exe: Optio
             worker_slots: t.slots,
             min_size: p.min_size,
             max_size: p.max_size,
+            desired_size: p.min_size,
+            auto_scaling_enabled: p.auto_scaling_enabled,
+            idle_timeout: Duration::from_secs(p.idle_timeout_s),
+            scaling_policies: cfg.scaling_policies(i)?,
             labels: p.labels.clone(),
             managed_by: "config".into(),
             state: PoolState::Active,
+            state_reason: String::new(),
             created_at: now,
             updated_at: now,
             version: 1,
         };
         store.upsert_pool(&pool, Some(&tokens::hash(&token))).await?;
-        // A static pool of this machine is kept at `min_size` workers from the start.
-        if pool.provider == "local" && pool.min_size > 0 {
+        // The size it had (a restart keeps what the autoscaler decided), within its bounds now.
+        let stored = store.get_pool(&id).await?.map_or(pool.min_size, |(s, _)| s.desired_size);
+        let pool = Pool { desired_size: stored.clamp(pool.min_size, pool.max_size), ..pool };
+        if pool.provider == "local" {
             local.extend(local_spec(&pool, source));
         }
         pools.push(pool);
@@ -414,11 +427,12 @@ struct ApiParts {
     metrics: Option<PrometheusHandle>,
     pools: Vec<Pool>,
     admin_token: Option<String>,
+    pools_changed: Arc<tokio::sync::Notify>,
 }
 
 /// Builds the API state from the configuration's limits and the running parts.
 fn api_state(cfg: &Config, p: ApiParts, stopping: watch::Receiver<bool>) -> anyhow::Result<ApiState> {
-    let ApiParts { grpc_addr, admin, store, engine, logs, clock, metrics, pools, admin_token } = p;
+    let ApiParts { grpc_addr, admin, store, engine, logs, clock, metrics, pools, admin_token, pools_changed } = p;
     let j = &cfg.jobs;
     let limits = SpecLimits {
         default_resources: Resources::new(j.default_resources.cpu_m, j.default_resources.memory_mb, j.default_resources.gpu),
@@ -467,6 +481,7 @@ fn api_state(cfg: &Config, p: ApiParts, stopping: watch::Receiver<bool>) -> anyh
         clock,
         metrics,
         pools: RwLock::new(pools),
+        pools_changed: pools_changed.clone(),
         tenants: Default::default(),
         tenant_gate: Default::default(),
         admin,
@@ -587,6 +602,7 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
     };
     let metrics_addr = metrics_listener.as_ref().map(|l| l.local_addr()).transpose()?;
 
+    let pools_changed = Arc::new(tokio::sync::Notify::new());
     let parts = ApiParts {
         grpc_addr,
         admin: bootstrap_admin(store.as_ref(), clock.now()).await?,
@@ -597,6 +613,7 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
         metrics: metrics.clone(),
         pools: setup.pools,
         admin_token,
+        pools_changed: pools_changed.clone(),
     };
     let (shutdown, shutdown_rx) = watch::channel(false);
     let state = api_state(&cfg, parts, shutdown_rx.clone())?;
@@ -638,7 +655,7 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
         kill_grace: Duration::from_millis(cfg.workers.kill_grace_ms),
         usage_sample_interval: Duration::from_millis(cfg.workers.usage_sample_interval_ms),
     };
-    let svc = WorkerSvc::new(store.clone(), handle.clone(), logs, clock, timeouts);
+    let svc = WorkerSvc::new(store.clone(), handle.clone(), logs, clock.clone(), timeouts);
     // With TLS, the local pools' workers (started by this server, holding their join tokens)
     // connect to a plaintext listener of their own on loopback; remote workers only get TLS.
     let local_grpc = match (&tls, setup.local.is_empty()) {
@@ -655,16 +672,20 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
         tasks.push(tokio::spawn(grpc_server(l, tonic::transport::Server::builder(), svc, shutdown_rx.clone())));
     }
 
-    let mut workers = Vec::new();
     let grpc_url = format!("http://{local_grpc_addr}");
     local_pool::publish(cfg.data_dir(), &grpc_url, &setup.local).context("writing where local workers find this server")?;
     let expected: u32 = setup.local.iter().map(|s| s.count).sum();
-    for mut spec in setup.local {
-        spec.grpc_url = grpc_url.clone();
-        for i in 0..spec.count {
-            workers.push(local_pool::supervise(spec.clone(), i, shutdown_rx.clone()));
-        }
-    }
+    let autoscaler = autoscaler::Autoscaler {
+        store: store.clone(),
+        engine: handle.clone(),
+        clock: clock.clone(),
+        local: local_pool::LocalPools::start(setup.local, &grpc_url, shutdown_rx.clone()),
+        interval: Duration::from_secs(cfg.autoscaling.evaluation_interval_s),
+        enabled: cfg.autoscaling.enabled,
+        provision_delay: Duration::from_secs(1),
+        poke: pools_changed,
+    };
+    // The autoscaler owns the local pools' supervisors (started now): shutting down waits for their agents.
     let deadline = Instant::now() + Duration::from_secs(20);
     while handle.connected_workers() < expected as usize {
         if Instant::now() > deadline {
@@ -672,6 +693,8 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    // Its first round sees the local workers that just connected.
+    let workers = vec![tokio::spawn(autoscaler.run(shutdown_rx.clone()))];
     Ok(RunningServer { http_addr, grpc_addr, metrics_addr, engine: handle, store, router: app, shutdown, http, tasks, workers })
 }
 

@@ -1,6 +1,7 @@
-//! Pools whose provider is `local` — the built-in pool `local`, and static pools of the
-//! configuration file — get `min_size` worker agents started by the server, connecting over
-//! loopback gRPC exactly like remote workers; one that dies is replaced. They run in sessions of their own, so a server
+//! Pools whose provider is `local` — the built-in pool `local`, and pools of the configuration
+//! file — get as many worker agents as their desired size, started by the server and
+//! connecting over loopback gRPC exactly like remote workers; one that dies is replaced
+//! ([`LocalPools`] keeps the count as the autoscaler moves it). They run in sessions of their own, so a server
 //! that crashes leaves them and their jobs running: they spool results, keep retrying the
 //! address in `workers/server` (rewritten by each server at start) and stop after
 //! `workers.gc_after_ms` without a server. A restarted server adopts the agents it finds
@@ -32,7 +33,7 @@ pub struct LocalWorkerSpec {
     pub exe: PathBuf,
     pub grpc_url: String,
     pub pool: String,
-    /// How many agents the pool keeps (its `min_size`).
+    /// How many agents the pool has at start (its desired size).
     pub count: u32,
     pub join_token: JoinToken,
     pub slots: u32,
@@ -83,21 +84,26 @@ pub fn running(data_dir: &Path) -> std::collections::HashSet<String> {
     entries.flatten().filter(|e| agent_in(&e.path()).is_some()).map(|e| e.file_name().to_string_lossy().into_owned()).collect()
 }
 
+/// The index of instance `name` (`<pool>-<n>`) of `pool`, if it is one.
+pub fn index_of(pool: &str, name: &str) -> Option<u32> {
+    name.strip_prefix(pool)?.strip_prefix('-').filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))?.parse().ok()
+}
+
 /// Writes where local agents find this server (`grpc_url`), before any is started or adopted,
-/// and stops running agents of slots no pool has any more (a pool got smaller or went away).
+/// and stops running agents of pools that are not local pools any more. The others are
+/// adopted by [`LocalPools::start`] (and drained by the autoscaler if their pool is smaller now).
 pub fn publish(data_dir: &Path, grpc_url: &str, specs: &[LocalWorkerSpec]) -> std::io::Result<()> {
     let dir = data_dir.join("workers");
     std::fs::create_dir_all(&dir)?;
     let tmp = dir.join("server.tmp");
     std::fs::write(&tmp, format!("{grpc_url}\n"))?;
     std::fs::rename(&tmp, dir.join("server"))?;
-    let wanted: std::collections::HashSet<String> = specs.iter().flat_map(|s| (0..s.count).map(|i| format!("{}-{i}", s.pool))).collect();
     for entry in std::fs::read_dir(&dir)?.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if !wanted.contains(&name)
+        if !specs.iter().any(|s| index_of(&s.pool, &name).is_some())
             && let Some(pid) = agent_in(&entry.path())
         {
-            tracing::info!(pid, slot = %name, "stopping a local worker of a slot no pool has");
+            tracing::info!(pid, slot = %name, "stopping a local worker of a pool that has no local workers any more");
             unsafe { libc::kill(pid, libc::SIGTERM) };
         }
     }
@@ -132,13 +138,14 @@ async fn adopt(spool: &Path, pid: i32, index: u32, shutdown: &mut watch::Receive
     }
 }
 
-/// Keeps worker `index` alive until `shutdown` flips to true.
-pub fn supervise(spec: LocalWorkerSpec, index: u32, mut shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
+/// Keeps worker `index` alive until `shutdown` flips to true, or until it exits after `retire`
+/// flipped to true (it was drained: the pool got smaller).
+pub fn supervise(spec: LocalWorkerSpec, index: u32, mut shutdown: watch::Receiver<bool>, retire: watch::Receiver<bool>) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(200);
         let spool = spec.spool(index);
         loop {
-            if *shutdown.borrow() {
+            if *shutdown.borrow() || *retire.borrow() {
                 return;
             }
             if let Some(pid) = agent_in(&spool) {
@@ -198,6 +205,10 @@ pub fn supervise(spec: LocalWorkerSpec, index: u32, mut shutdown: watch::Receive
             let started = std::time::Instant::now();
             tokio::select! {
                 status = child.wait() => {
+                    if *retire.borrow() {
+                        tracing::info!(index, ?status, pool = %spec.pool, "local worker retired");
+                        return;
+                    }
                     tracing::warn!(index, ?status, "local worker exited; starting a replacement");
                     if started.elapsed() > Duration::from_secs(30) {
                         backoff = Duration::from_millis(200);
@@ -218,4 +229,114 @@ pub fn supervise(spec: LocalWorkerSpec, index: u32, mut shutdown: watch::Receive
             }
         }
     })
+}
+
+/// A worker of a local pool as the engine sees it, for choosing which ones a smaller pool drops.
+#[derive(Clone, Debug)]
+pub struct WorkerBrief {
+    pub id: hodei_core::WorkerId,
+    pub instance_name: String,
+    pub state: hodei_core::WorkerState,
+    pub slots_used: u32,
+    pub idle_since: Option<hodei_core::Timestamp>,
+}
+
+struct Slot {
+    retire: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+/// The agents of every local pool, one supervisor per index, kept at each pool's desired size.
+pub struct LocalPools {
+    specs: std::collections::HashMap<String, LocalWorkerSpec>,
+    slots: std::collections::HashMap<String, std::collections::BTreeMap<u32, Slot>>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl LocalPools {
+    /// Adopts every agent of these pools left running by a previous server and starts agents
+    /// up to each pool's `count`.
+    pub fn start(specs: Vec<LocalWorkerSpec>, grpc_url: &str, shutdown: watch::Receiver<bool>) -> LocalPools {
+        let mut me = LocalPools { specs: Default::default(), slots: Default::default(), shutdown };
+        for mut spec in specs {
+            spec.grpc_url = grpc_url.to_owned();
+            let pool = spec.pool.clone();
+            let count = spec.count;
+            let running: Vec<u32> = running(&spec.data_dir).iter().filter_map(|n| index_of(&pool, n)).collect();
+            me.specs.insert(pool.clone(), spec);
+            for i in running {
+                me.launch(&pool, i);
+            }
+            me.resize(&pool, count, &[]);
+        }
+        me
+    }
+
+    /// Whether `pool`'s workers are started here.
+    pub fn has(&self, pool: &str) -> bool {
+        self.specs.contains_key(pool)
+    }
+
+    fn launch(&mut self, pool: &str, index: u32) {
+        let Some(spec) = self.specs.get(pool) else { return };
+        let (retire, rx) = watch::channel(false);
+        let task = supervise(spec.clone(), index, self.shutdown.clone(), rx);
+        self.slots.entry(pool.to_owned()).or_default().insert(index, Slot { retire, task });
+    }
+
+    /// Agents kept (not retired) for `pool`.
+    pub fn kept(&self, pool: &str) -> u32 {
+        self.slots.get(pool).map_or(0, |s| s.values().filter(|x| !*x.retire.borrow()).count() as u32)
+    }
+
+    /// Brings `pool` to `desired` agents: starts agents at the lowest free indices, or retires
+    /// agents — first those not registered yet (stopped at once), then idle workers (longest
+    /// idle first), then the least busy. Returns the workers to drain (their agents exit once
+    /// their jobs end, and are not restarted).
+    pub fn resize(&mut self, pool: &str, desired: u32, workers: &[WorkerBrief]) -> Vec<hodei_core::WorkerId> {
+        let slots = self.slots.entry(pool.to_owned()).or_default();
+        slots.retain(|_, s| !s.task.is_finished());
+        let kept: Vec<u32> = slots.iter().filter(|(_, s)| !*s.retire.borrow()).map(|(i, _)| *i).collect();
+        let mut drain = Vec::new();
+        if (kept.len() as u32) < desired {
+            let mut free = (0u32..).filter(|i| !slots.contains_key(i));
+            let new: Vec<u32> = free.by_ref().take((desired as usize) - kept.len()).collect();
+            for i in new {
+                self.launch(pool, i);
+            }
+        } else if kept.len() as u32 > desired {
+            use hodei_core::WorkerState as S;
+            let worker_of = |i: u32| workers.iter().find(|w| index_of(pool, &w.instance_name) == Some(i) && matches!(w.state, S::Idle | S::Busy));
+            let mut order: Vec<(u32, Option<&WorkerBrief>)> = kept.iter().map(|i| (*i, worker_of(*i))).collect();
+            order.sort_by_key(|(i, w)| match w {
+                None => (0, 0, 0, std::cmp::Reverse(*i)),
+                Some(w) if w.state == S::Idle => (1, w.idle_since.map_or(i64::MAX, |t| t.as_millis()), 0, std::cmp::Reverse(*i)),
+                Some(w) => (2, 0, i64::from(w.slots_used), std::cmp::Reverse(*i)),
+            });
+            let spool_of = |i: u32| self.specs.get(pool).map(|s| s.spool(i));
+            for (i, w) in order.into_iter().take(kept.len() - desired as usize) {
+                if let Some(slot) = self.slots.get(pool).and_then(|s| s.get(&i)) {
+                    let _ = slot.retire.send(true);
+                }
+                match w {
+                    Some(w) => drain.push(w.id),
+                    None => {
+                        if let Some(pid) = spool_of(i).as_deref().and_then(agent_in) {
+                            unsafe { libc::kill(pid, libc::SIGTERM) };
+                        }
+                    }
+                }
+            }
+        }
+        drain
+    }
+
+    /// Waits for every supervisor (after shutdown flipped).
+    pub async fn join(self) {
+        for (_, slots) in self.slots {
+            for (_, s) in slots {
+                let _ = s.task.await;
+            }
+        }
+    }
 }

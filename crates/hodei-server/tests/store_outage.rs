@@ -83,6 +83,10 @@ pass! { Store {
         fn get_pool(&self, id: &PoolId) -> Option<(Pool, String)>;
         fn set_pool_join_token(&self, id: &PoolId, join_token_hash: &str) -> bool;
         fn list_pools(&self) -> Vec<Pool>;
+        fn set_pool_size(&self, id: &PoolId, desired_size: u32, state: hodei_core::PoolState, state_reason: &str) -> bool;
+        fn record_scaling_event(&self, e: &hodei_core::autoscale::Event) -> i64;
+        fn list_scaling_events(&self, f: &hodei_store::ScalingEventFilter) -> Vec<hodei_core::autoscale::Event>;
+        fn delete_scaling_events_before(&self, before: Timestamp) -> u64;
         fn create_burst(&self, b: &BurstSession) -> ();
         fn update_burst(&self, b: &BurstSession) -> ();
         fn get_burst(&self, id: BurstId) -> Option<BurstSession>;

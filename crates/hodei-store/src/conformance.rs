@@ -15,7 +15,8 @@ use uuid::Uuid;
 
 use hodei_core::sla_tally::{SlaCount, wait_bin};
 
-use crate::{BreachFilter, BurstFilter, JobFilter, Store, StoreError, WorkerFilter};
+use crate::{BreachFilter, BurstFilter, JobFilter, ScalingEventFilter, Store, StoreError, WorkerFilter};
+use hodei_core::autoscale::{Direction, Mode, Policy, Trigger};
 
 fn ts(ms: i64) -> Timestamp {
     Timestamp::from_millis(ms)
@@ -90,6 +91,52 @@ pub async fn run_all(store: &dyn Store) {
     jobs_remember_who_submitted_them(store).await;
     retention_deletes_ended_jobs_oldest_first_and_arrays_as_a_unit(store).await;
     sla_counts_add_up_per_hour_and_are_forgotten(store).await;
+    scaling_history_lists_newest_first_by_filter(store).await;
+}
+
+/// Scaling events come back as recorded, newest first, filtered by time and decision, paged
+/// by id, and are forgotten by age.
+async fn scaling_history_lists_newest_first_by_filter(store: &dyn Store) {
+    use hodei_core::autoscale::{Decision, Event, Outcome, Source};
+    let pool = PoolId::parse("hist").unwrap();
+    let ev = |at: i64, outcome: Outcome, actor: Option<&str>| Event {
+        id: 0,
+        pool_id: pool.clone(),
+        at: ts(at),
+        decision: Decision {
+            source: if actor.is_some() { Source::Manual } else { Source::Policy },
+            policy_id: actor.is_none().then(|| "grow".to_owned()),
+            trigger: actor.is_none().then(|| "queue_depth > 0".to_owned()),
+            observed: actor.is_none().then_some(2.5),
+            from: 1,
+            to: if outcome == Outcome::Executed { 2 } else { 1 },
+            outcome,
+            reason: format!("at {at}"),
+        },
+        actor: actor.map(str::to_owned),
+    };
+    let mut ids = Vec::new();
+    for (at, o, actor) in
+        [(10, Outcome::Executed, None), (20, Outcome::SuppressedCooldown, None), (30, Outcome::Executed, Some("admin")), (40, Outcome::Clamped, None)]
+    {
+        ids.push(store.record_scaling_event(&ev(at, o, actor)).await.unwrap());
+    }
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids increase: {ids:?}");
+    let other = Event { pool_id: PoolId::parse("other-hist").unwrap(), ..ev(25, Outcome::Executed, None) };
+    store.record_scaling_event(&other).await.unwrap();
+    let f = ScalingEventFilter { pool: pool.clone(), since: None, until: None, outcome: None, before: None, limit: 10 };
+    let all = store.list_scaling_events(&f).await.unwrap();
+    assert_eq!(all.iter().map(|e| e.at.as_millis()).collect::<Vec<_>>(), [40, 30, 20, 10]);
+    assert_eq!(all[1], Event { id: ids[2], ..ev(30, Outcome::Executed, Some("admin")) });
+    assert_eq!(all[3], Event { id: ids[0], ..ev(10, Outcome::Executed, None) });
+    let executed = store.list_scaling_events(&ScalingEventFilter { outcome: Some(Outcome::Executed), ..f.clone() }).await.unwrap();
+    assert_eq!(executed.iter().map(|e| e.at.as_millis()).collect::<Vec<_>>(), [30, 10]);
+    let window = store.list_scaling_events(&ScalingEventFilter { since: Some(ts(20)), until: Some(ts(40)), ..f.clone() }).await.unwrap();
+    assert_eq!(window.iter().map(|e| e.at.as_millis()).collect::<Vec<_>>(), [30, 20]);
+    let page = store.list_scaling_events(&ScalingEventFilter { before: Some(ids[2]), limit: 1, ..f.clone() }).await.unwrap();
+    assert_eq!(page.iter().map(|e| e.at.as_millis()).collect::<Vec<_>>(), [20]);
+    assert_eq!(store.delete_scaling_events_before(ts(26)).await.unwrap(), 3, "two of this pool and one of the other");
+    assert_eq!(store.list_scaling_events(&f).await.unwrap().len(), 2);
 }
 
 /// Outcomes add to the count of their hour, tenant, level, met and wait bin, across batches and
@@ -645,9 +692,39 @@ async fn pools_workers_and_live_counts_round_trip(store: &dyn Store) {
         worker_slots: 8,
         min_size: 1,
         max_size: 4,
+        desired_size: 1,
+        auto_scaling_enabled: true,
+        idle_timeout: std::time::Duration::from_secs(90),
+        scaling_policies: vec![
+            Policy {
+                id: "grow".into(),
+                name: "Grow".into(),
+                mode: Mode::Threshold,
+                trigger: Some(Trigger::parse("queue_depth >= 2.5").unwrap()),
+                direction: Direction::ScaleUp,
+                step: 2,
+                cooldown: std::time::Duration::from_secs(60),
+                window: std::time::Duration::from_secs(30),
+                hysteresis_pct: 20,
+                enabled: true,
+            },
+            Policy {
+                id: "fc".into(),
+                name: "fc".into(),
+                mode: Mode::Forecast,
+                trigger: None,
+                direction: Direction::ScaleDown,
+                step: 1,
+                cooldown: std::time::Duration::from_secs(120),
+                window: std::time::Duration::from_secs(60),
+                hysteresis_pct: 10,
+                enabled: false,
+            },
+        ],
         labels: BTreeMap::from([("zone".into(), "a".into())]),
         managed_by: "config".into(),
         state: hodei_core::PoolState::Active,
+        state_reason: String::new(),
         created_at: ts(5),
         updated_at: ts(5),
         version: 1,
@@ -665,8 +742,18 @@ async fn pools_workers_and_live_counts_round_trip(store: &dyn Store) {
     // A rotation replaces the hash and nothing else.
     assert!(store.set_pool_join_token(&p.id, "rotated-hash").await.unwrap());
     let (after, hash) = store.get_pool(&p.id).await.unwrap().unwrap();
-    assert_eq!((after, hash.as_str()), (stored, "rotated-hash"));
+    assert_eq!((after, hash.as_str()), (stored.clone(), "rotated-hash"));
     assert!(!store.set_pool_join_token(&PoolId::parse("nope").unwrap(), "x").await.unwrap());
+    // Resizing sets size, state and reason alone; replacing the spec from the config keeps the size.
+    assert!(store.set_pool_size(&p.id, 3, hodei_core::PoolState::Scaling, "policy grow").await.unwrap());
+    let (resized, _) = store.get_pool(&p.id).await.unwrap().unwrap();
+    assert_eq!((resized.desired_size, resized.state, resized.state_reason.as_str(), resized.version), (3, hodei_core::PoolState::Scaling, "policy grow", 2));
+    store.upsert_pool(&hodei_core::Pool { state: hodei_core::PoolState::Active, state_reason: String::new(), ..stored.clone() }, None).await.unwrap();
+    let (kept, _) = store.get_pool(&p.id).await.unwrap().unwrap();
+    assert_eq!((kept.desired_size, kept.state), (3, hodei_core::PoolState::Active));
+    store.set_pool_size(&p.id, stored.desired_size, stored.state, "").await.unwrap();
+    assert_eq!(store.get_pool(&p.id).await.unwrap().unwrap().0, hodei_core::Pool { version: 3, ..stored });
+    assert!(!store.set_pool_size(&PoolId::parse("nope").unwrap(), 1, hodei_core::PoolState::Active, "").await.unwrap());
     // Creating refuses an id in use, and changes nothing then.
     let fresh = hodei_core::Pool { id: PoolId::parse("made-by-api").unwrap(), managed_by: "api".into(), ..p.clone() };
     store.create_pool(&fresh, "fresh-hash").await.unwrap();

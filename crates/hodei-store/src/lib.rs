@@ -142,6 +142,17 @@ pub struct WorkerFilter {
     pub limit: u32,
 }
 
+/// Filters for a pool's scaling history, newest first; `before` is the cursor (exclusive).
+#[derive(Clone, Debug)]
+pub struct ScalingEventFilter {
+    pub pool: PoolId,
+    pub since: Option<Timestamp>,
+    pub until: Option<Timestamp>,
+    pub outcome: Option<hodei_core::autoscale::Outcome>,
+    pub before: Option<i64>,
+    pub limit: u32,
+}
+
 /// Filters for listing burst sessions, newest first; `before` is the cursor (exclusive).
 #[derive(Clone, Debug, Default)]
 pub struct BurstFilter {
@@ -262,6 +273,14 @@ pub trait Store: Identity + Send + Sync + 'static {
     /// Replaces a pool's join token hash alone; false when there is no such pool.
     async fn set_pool_join_token(&self, id: &PoolId, join_token_hash: &str) -> Result<bool>;
     async fn list_pools(&self) -> Result<Vec<Pool>>;
+    /// Sets a pool's desired size, state and state reason (its spec and version unchanged);
+    /// false when there is no such pool.
+    async fn set_pool_size(&self, id: &PoolId, desired_size: u32, state: hodei_core::PoolState, state_reason: &str) -> Result<bool>;
+    /// Appends a scaling decision to its pool's history; returns its id (the event's own is ignored).
+    async fn record_scaling_event(&self, e: &hodei_core::autoscale::Event) -> Result<i64>;
+    async fn list_scaling_events(&self, f: &ScalingEventFilter) -> Result<Vec<hodei_core::autoscale::Event>>;
+    /// Forgets scaling events recorded before `before`; returns how many.
+    async fn delete_scaling_events_before(&self, before: Timestamp) -> Result<u64>;
 
     /// Stores a new session; `AlreadyExists` when the tenant already has an open one.
     async fn create_burst(&self, b: &BurstSession) -> Result<()>;

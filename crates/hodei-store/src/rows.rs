@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hodei_core::autoscale::{Decision, Event, Policy, Trigger};
 use hodei_core::idempotency::{IdempotencyRecord, Submitted};
 use hodei_core::spec::{ArraySpec, JobSpec};
 use hodei_core::{
@@ -465,9 +466,14 @@ pub(crate) fn pool_from_row(r: &impl Cols) -> Result<(Pool, String)> {
         worker_slots: u32_of(D, r.col("worker_slots").map_err(g)?)?,
         min_size: u32_of(D, r.col("min_size").map_err(g)?)?,
         max_size: u32_of(D, r.col("max_size").map_err(g)?)?,
+        desired_size: u32_of(D, r.col("desired_size").map_err(g)?)?,
+        auto_scaling_enabled: r.col("auto_scaling_enabled").map_err(g)?,
+        idle_timeout: Duration::from_millis(u64::try_from(r.col::<i64>("idle_timeout_ms").map_err(g)?).unwrap_or(0)),
+        scaling_policies: parse_policies(D, r.col("scaling_policies").map_err(g)?)?,
         labels: parse_map(D, r.col("labels").map_err(g)?)?,
         managed_by: r.col("managed_by").map_err(g)?,
         state: parse_enum(D, r.col("state").map_err(g)?)?,
+        state_reason: r.col("state_reason").map_err(g)?,
         created_at: Timestamp::from_millis(r.col("created_at").map_err(g)?),
         updated_at: Timestamp::from_millis(r.col("updated_at").map_err(g)?),
         version: r.col("version").map_err(g)?,
@@ -565,5 +571,69 @@ pub(crate) fn idempotency_from_row(r: &impl Cols) -> Result<IdempotencyRecord> {
         fingerprint: r.col("fingerprint").map_err(g)?,
         submitted,
         created_at: Timestamp::from_millis(r.col("created_at").map_err(g)?),
+    })
+}
+
+/// A pool's scaling policies as stored (a JSON array).
+pub(crate) fn json_policies(ps: &[Policy]) -> String {
+    let v: Vec<serde_json::Value> = ps
+        .iter()
+        .map(|p| {
+            serde_json::json!({
+                "id": p.id, "name": p.name, "mode": p.mode.as_str(), "trigger": p.trigger.as_ref().map(|t| t.to_string()),
+                "action": p.direction.as_str(), "step": p.step, "cooldown_ms": p.cooldown.as_millis() as u64,
+                "window_ms": p.window.as_millis() as u64, "hysteresis_pct": p.hysteresis_pct, "enabled": p.enabled,
+            })
+        })
+        .collect();
+    serde_json::Value::Array(v).to_string()
+}
+
+fn parse_policies(doing: &'static str, s: &str) -> Result<Vec<Policy>, StoreError> {
+    let corrupt = |detail: String| StoreError::Corrupt { doing, detail };
+    let items: Vec<serde_json::Value> = serde_json::from_str(s).map_err(|e| corrupt(e.to_string()))?;
+    items
+        .iter()
+        .map(|v| {
+            let text = |k: &str| v.get(k).and_then(|x| x.as_str()).ok_or_else(|| corrupt(format!("scaling policy without {k}")));
+            let num = |k: &str| v.get(k).and_then(|x| x.as_u64()).ok_or_else(|| corrupt(format!("scaling policy without {k}")));
+            let trigger = match v.get("trigger").and_then(|x| x.as_str()) {
+                Some(t) => Some(Trigger::parse(t).map_err(|e| corrupt(e.to_string()))?),
+                None => None,
+            };
+            Ok(Policy {
+                id: text("id")?.to_owned(),
+                name: text("name")?.to_owned(),
+                mode: parse_enum(doing, text("mode")?)?,
+                trigger,
+                direction: parse_enum(doing, text("action")?)?,
+                step: u32::try_from(num("step")?).map_err(|e| corrupt(e.to_string()))?,
+                cooldown: Duration::from_millis(num("cooldown_ms")?),
+                window: Duration::from_millis(num("window_ms")?),
+                hysteresis_pct: u32::try_from(num("hysteresis_pct")?).map_err(|e| corrupt(e.to_string()))?,
+                enabled: v.get("enabled").and_then(|x| x.as_bool()).unwrap_or(true),
+            })
+        })
+        .collect()
+}
+
+pub(crate) fn scaling_event_from_row(r: &impl Cols) -> Result<Event> {
+    const D: &str = "reading a scaling event";
+    let g = |e: sqlx::Error| StoreError::Db { doing: D, source: e };
+    Ok(Event {
+        id: r.col("id").map_err(g)?,
+        pool_id: parse_slug(D, r.col("pool_id").map_err(g)?, PoolId::parse)?,
+        at: Timestamp::from_millis(r.col("at").map_err(g)?),
+        decision: Decision {
+            source: parse_enum(D, r.col("source").map_err(g)?)?,
+            policy_id: r.col("policy_id").map_err(g)?,
+            trigger: r.col("trigger_text").map_err(g)?,
+            observed: r.col("observed_value").map_err(g)?,
+            from: u32_of(D, r.col("from_size").map_err(g)?)?,
+            to: u32_of(D, r.col("to_size").map_err(g)?)?,
+            outcome: parse_enum(D, r.col("decision").map_err(g)?)?,
+            reason: r.col("reason").map_err(g)?,
+        },
+        actor: r.col("actor").map_err(g)?,
     })
 }

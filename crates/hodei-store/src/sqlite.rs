@@ -14,7 +14,7 @@ use sqlx::{QueryBuilder, Sqlite, SqlitePool};
 
 use crate::rows::*;
 use crate::sqlite_writer::Writer;
-use crate::{BreachFilter, BurstFilter, JobFilter, LiveState, Purged, Result, Schema, Store, StoreError, WorkerFilter};
+use crate::{BreachFilter, BurstFilter, JobFilter, LiveState, Purged, Result, ScalingEventFilter, Schema, Store, StoreError, WorkerFilter};
 use hodei_core::sla_tally::SlaCount;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -43,7 +43,8 @@ macro_rules! ended {
 macro_rules! insert_pool {
     () => {
         "INSERT INTO pools (id, name, pool_type, provider, worker_cpu_m, worker_memory_mb, worker_gpu, worker_slots, min_size, max_size, labels, \
-         managed_by, state, join_token_hash, created_at, updated_at, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, COALESCE(?, ''), ?, ?, ?)"
+         managed_by, state, join_token_hash, created_at, updated_at, version, desired_size, auto_scaling_enabled, idle_timeout_ms, scaling_policies, state_reason) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, COALESCE(?, ''), ?, ?, ?, ?, ?, ?, ?, ?)"
     };
 }
 
@@ -67,6 +68,11 @@ fn pool_row<'q>(sql: &'static str, p: &'q Pool, join_token_hash: Option<&'q str>
         .bind(ms(p.created_at))
         .bind(ms(p.updated_at))
         .bind(p.version)
+        .bind(i64::from(p.desired_size))
+        .bind(p.auto_scaling_enabled)
+        .bind(i64::try_from(p.idle_timeout.as_millis()).unwrap_or(i64::MAX))
+        .bind(json_policies(&p.scaling_policies))
+        .bind(&p.state_reason)
 }
 
 const LIVE_STATES: [JobState; 5] = [JobState::Pending, JobState::Held, JobState::Scheduled, JobState::Running, JobState::Failed];
@@ -410,7 +416,8 @@ impl Store for SqliteStore {
                 insert_pool!(),
                 " ON CONFLICT (id) DO UPDATE SET name = excluded.name, worker_cpu_m = excluded.worker_cpu_m, worker_memory_mb = excluded.worker_memory_mb, \
                  worker_gpu = excluded.worker_gpu, worker_slots = excluded.worker_slots, min_size = excluded.min_size, max_size = excluded.max_size, \
-                 labels = excluded.labels, managed_by = excluded.managed_by, state = excluded.state, \
+                 labels = excluded.labels, managed_by = excluded.managed_by, state = excluded.state, state_reason = excluded.state_reason, \
+                 auto_scaling_enabled = excluded.auto_scaling_enabled, idle_timeout_ms = excluded.idle_timeout_ms, scaling_policies = excluded.scaling_policies, \
                  join_token_hash = COALESCE(?, pools.join_token_hash), updated_at = excluded.updated_at, version = pools.version + 1"
             ),
             p,
@@ -449,6 +456,68 @@ impl Store for SqliteStore {
     async fn list_pools(&self) -> Result<Vec<Pool>> {
         let rows = sqlx::query("SELECT * FROM pools ORDER BY id").fetch_all(&self.read).await.map_err(StoreError::db("listing pools"))?;
         rows.iter().map(|r| pool_from_row(r).map(|p| p.0)).collect()
+    }
+
+    async fn set_pool_size(&self, id: &PoolId, desired_size: u32, state: hodei_core::PoolState, state_reason: &str) -> Result<bool> {
+        let r = sqlx::query("UPDATE pools SET desired_size = ?, state = ?, state_reason = ? WHERE id = ?")
+            .bind(i64::from(desired_size))
+            .bind(state.as_str())
+            .bind(state_reason)
+            .bind(id.as_str())
+            .execute(&self.write)
+            .await
+            .map_err(StoreError::db("resizing a pool"))?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn record_scaling_event(&self, e: &hodei_core::autoscale::Event) -> Result<i64> {
+        let d = &e.decision;
+        let q = sqlx::query(
+            "INSERT INTO scaling_events (pool_id, at, source, policy_id, trigger_text, observed_value, from_size, to_size, decision, reason, actor) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(e.pool_id.as_str())
+        .bind(ms(e.at))
+        .bind(d.source.as_str())
+        .bind(d.policy_id.as_deref())
+        .bind(d.trigger.as_deref())
+        .bind(d.observed)
+        .bind(i64::from(d.from))
+        .bind(i64::from(d.to))
+        .bind(d.outcome.as_str())
+        .bind(&d.reason)
+        .bind(e.actor.as_deref());
+        let r = q.execute(&self.write).await.map_err(StoreError::db("recording a scaling event"))?;
+        Ok(r.last_insert_rowid())
+    }
+
+    async fn list_scaling_events(&self, f: &ScalingEventFilter) -> Result<Vec<hodei_core::autoscale::Event>> {
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT * FROM scaling_events WHERE pool_id = ");
+        qb.push_bind(f.pool.as_str().to_owned());
+        if let Some(t) = f.since {
+            qb.push(" AND at >= ").push_bind(ms(t));
+        }
+        if let Some(t) = f.until {
+            qb.push(" AND at < ").push_bind(ms(t));
+        }
+        if let Some(o) = f.outcome {
+            qb.push(" AND decision = ").push_bind(o.as_str());
+        }
+        if let Some(c) = f.before {
+            qb.push(" AND id < ").push_bind(c);
+        }
+        qb.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(f.limit.max(1)));
+        let rows = qb.build().fetch_all(&self.read).await.map_err(StoreError::db("listing scaling events"))?;
+        rows.iter().map(scaling_event_from_row).collect()
+    }
+
+    async fn delete_scaling_events_before(&self, before: Timestamp) -> Result<u64> {
+        let r = sqlx::query("DELETE FROM scaling_events WHERE at < ?")
+            .bind(ms(before))
+            .execute(&self.write)
+            .await
+            .map_err(StoreError::db("forgetting old scaling events"))?;
+        Ok(r.rows_affected())
     }
 
     fn stage(&self, c: Arc<Changes>) {

@@ -341,7 +341,8 @@ enum PoolsCmd {
     /// Draw a new join token for a pool (admins); it is printed once, alone on stdout. The old
     /// token stops registering workers at once; workers already registered keep running.
     RotateToken { id: String },
-    /// A pool's size now: live workers by state, slots in use, the size it is kept at.
+    /// A pool's size now: live workers by state, slots in use, the size it is kept at, its last
+    /// scaling decision.
     Status { id: String },
     /// Create a pool whose workers join with its token (admins); the token is printed once,
     /// alone on stdout.
@@ -367,6 +368,22 @@ enum PoolsCmd {
     },
     /// Delete a pool created through the API, once it has no workers and no job waits for it.
     Delete { id: String },
+    /// Set the size a pool is kept at, within its min and max (admins); recorded in its history.
+    Scale {
+        id: String,
+        target_size: u32,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// A pool's scaling decisions, newest first: executed and skipped, with trigger and reason.
+    History {
+        id: String,
+        /// executed|suppressed_cooldown|clamped|failed.
+        #[arg(long)]
+        decision: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
 }
 
 #[derive(Subcommand)]
@@ -1188,6 +1205,22 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
+        Cmd::Pools { c, cmd: Some(PoolsCmd::Scale { id, target_size, reason }) } => {
+            let v = c.client()?.post(&format!("/pools/{id}/scale"), &json!({"target_size": target_size, "reason": reason})).await?;
+            if c.output == Output::Json {
+                print_json(&v);
+            } else {
+                eprintln!("pool {id}: desired size {} → {}", v["from_size"], v["to_size"]);
+            }
+            Ok(0)
+        }
+        Cmd::Pools { c, cmd: Some(PoolsCmd::History { id, decision, limit }) } => {
+            let mut path = format!("/pools/{id}/scaling/history?limit={limit}");
+            if let Some(d) = decision {
+                path.push_str(&format!("&decision={d}"));
+            }
+            listing(c, &path, &["AT", "SOURCE", "FROM", "TO", "DECISION", "REASON"], &["at", "source", "from_size", "to_size", "decision", "reason"]).await
+        }
         Cmd::Pools { c, cmd: Some(PoolsCmd::Delete { id }) } => {
             c.client()?.delete(&format!("/pools/{id}")).await?;
             eprintln!("pool {id} deleted");
@@ -1210,6 +1243,10 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                     v["slots_used"],
                     v["slots"]
                 );
+                if v["last_event"].is_object() {
+                    let e = &v["last_event"];
+                    println!("last scaling decision {}: {} {} → {} ({})", s(e, "at"), s(e, "decision"), e["from_size"], e["to_size"], s(e, "reason"));
+                }
             }
             Ok(0)
         }
@@ -1217,8 +1254,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             listing(
                 c,
                 "/pools",
-                &["ID", "TYPE", "PROVIDER", "MIN", "MAX", "SLOTS/WORKER", "STATE"],
-                &["id", "type", "provider", "min_size", "max_size", "worker_slots", "state"],
+                &["ID", "TYPE", "PROVIDER", "MIN", "DESIRED", "MAX", "SLOTS/WORKER", "STATE"],
+                &["id", "type", "provider", "min_size", "desired_size", "max_size", "worker_slots", "state"],
             )
             .await
         }

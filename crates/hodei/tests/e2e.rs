@@ -873,3 +873,95 @@ async fn a_restarted_agent_ends_the_jobs_its_killed_predecessor_left_running() {
     let j = srv.wait_ended(&id, 30).await;
     assert_eq!((j["state"].as_str(), j["attempts"].as_array().unwrap().len()), (Some("succeeded"), 2), "{j}");
 }
+
+/// A dynamic local pool from 0: a queue builds → the `grow` policy adds a worker per cooldown
+/// up to max_size (never above; at max the decision is `clamped`) → the jobs run → idle workers
+/// are dropped after idle_timeout_s back to min_size (0). Manual scale outside min/max is 400,
+/// inside it starts a worker at once; the history holds every decision with its reason.
+#[tokio::test]
+async fn a_dynamic_local_pool_scales_up_with_its_queue_and_down_when_idle() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = "autoscaling: { evaluation_interval_s: 1 }\nresource_pools:\n  pools:\n    - id: burst\n      type: dynamic\n      min_size: 0\n      max_size: 2\n      auto_scaling_enabled: true\n      idle_timeout_s: 1\n      worker_template: { cpu_m: 500, memory_mb: 256, slots: 1 }\n      scaling_policies:\n        - { name: grow, trigger: queue_depth > 0, action: scale_up, cooldown: 2s, window: 1s }\n";
+    let srv = Server::start(dir.path(), &[], 0, Some(yaml));
+    async fn status(srv: &Server) -> Value {
+        srv.call(Method::GET, "/pools/burst/status", None).await.1
+    }
+    let st = status(&srv).await;
+    assert_eq!((st["current_size"].as_u64(), st["desired_size"].as_u64()), (Some(0), Some(0)), "no worker before any job: {st}");
+    assert!(local_agents(dir.path()).is_empty());
+
+    let gate = job_writable_dir();
+    let gate_file = gate.path().join("go");
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        let cmd = format!("while [ ! -e {g} ]; do sleep 0.05; done; echo {i} >> {d}/ran", g = gate_file.display(), d = gate.path().display());
+        ids.push(srv.submit(json!({"command": ["sh", "-c", cmd], "resources": {"cpu_m": 500, "memory_mb": 128}})).await["id"].as_str().unwrap().to_owned());
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let st = status(&srv).await;
+        assert!(st["desired_size"].as_u64() <= Some(2) && st["current_size"].as_u64() <= Some(2), "never above max_size: {st}");
+        if st["current_size"].as_u64() == Some(2) && st["workers_by_state"]["busy"].as_u64() == Some(2) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the pool did not grow to max_size: {st}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Two jobs still wait: the policy fires at max_size, and that is recorded as clamped.
+    loop {
+        let (_, h) = srv.call(Method::GET, "/pools/burst/scaling/history?decision=clamped", None).await;
+        if let Some(e) = h["items"].as_array().unwrap().first() {
+            assert_eq!((e["from_size"].as_u64(), e["to_size"].as_u64()), (Some(2), Some(2)), "{e}");
+            assert!(e["reason"].as_str().unwrap().ends_with("already at max_size 2"), "{e}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no clamped decision at max_size: {h}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status(&srv).await["current_size"].as_u64(), Some(2));
+    std::fs::write(&gate_file, "").unwrap();
+    for id in &ids {
+        assert_eq!(srv.wait_ended(id, 60).await["state"], "succeeded");
+    }
+    let mut ran: Vec<String> = std::fs::read_to_string(gate.path().join("ran")).unwrap().lines().map(str::to_owned).collect();
+    ran.sort();
+    assert_eq!(ran, ["0", "1", "2", "3"], "each job ran once");
+
+    // Idle for idle_timeout_s: back to min_size, agents gone.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(status(&srv).await["current_size"].as_u64() == Some(0) && local_agents(dir.path()).is_empty()) {
+        assert!(Instant::now() < deadline, "the idle pool did not shrink to 0: {}", status(&srv).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Manual scale: outside the bounds changes nothing; inside, a worker is started.
+    let (s, e) = srv.call(Method::POST, "/pools/burst/scale", Some(json!({"target_size": 3}))).await;
+    assert_eq!((s, e["errors"][0]["field"].as_str()), (400, Some("/target_size")), "{e}");
+    let out = srv.cli(&["pools", "scale", "burst", "1", "--reason", "warm up for the demo"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while status(&srv).await["current_size"].as_u64() != Some(1) {
+        assert!(Instant::now() < deadline, "manual scale started no worker: {}", status(&srv).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let (_, h) = srv.call(Method::GET, "/pools/burst/scaling/history?limit=500", None).await;
+    let events: Vec<&Value> = h["items"].as_array().unwrap().iter().rev().collect();
+    let ups: Vec<&&Value> = events.iter().filter(|e| e["source"] == "policy" && e["decision"] == "executed").collect();
+    assert_eq!(ups.iter().map(|e| (e["from_size"].as_u64().unwrap(), e["to_size"].as_u64().unwrap())).collect::<Vec<_>>(), [(0, 1), (1, 2)], "{h}");
+    assert_eq!(ups[0]["trigger"], "queue_depth > 0");
+    assert!(ups[0]["reason"].as_str().unwrap().starts_with("queue_depth > 0: queue_depth = 4"), "{}", ups[0]);
+    let at = |e: &Value| e["at"].as_str().unwrap().parse::<jiff::Timestamp>().unwrap();
+    assert!(at(ups[1]).duration_since(at(ups[0])) >= jiff::SignedDuration::from_secs(2), "the scale-up cooldown was respected: {h}");
+    let reaped: u64 = events.iter().filter(|e| e["source"] == "idle_reaper").map(|e| e["from_size"].as_u64().unwrap() - e["to_size"].as_u64().unwrap()).sum();
+    assert!(reaped >= 2, "idle workers were dropped by the idle reaper: {h}");
+    let manual = events.iter().find(|e| e["source"] == "manual").expect("the manual scale is in the history");
+    assert_eq!(
+        (manual["to_size"].as_u64(), manual["reason"].as_str(), manual["actor"].as_str()),
+        (Some(1), Some("warm up for the demo"), Some("admin")),
+        "{manual}"
+    );
+    let out = srv.cli(&["pools", "history", "burst", "--decision", "executed"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("idle_reaper") && text.contains("manual") && !text.contains("clamped"), "{text}");
+}

@@ -41,7 +41,18 @@ fn expected(method: &str, path: &str) -> Option<[Want; 8]> {
         ("post", "/jobs" | "/jobs/batch") => submit,
         (
             "get",
-            "/jobs" | "/queue" | "/sla" | "/sla/breaches" | "/sla/at-risk" | "/tenants" | "/burst/sessions" | "/pools" | "/pools/{id}" | "/pools/{id}/status",
+            "/jobs"
+            | "/queue"
+            | "/sla"
+            | "/sla/breaches"
+            | "/sla/at-risk"
+            | "/tenants"
+            | "/burst/sessions"
+            | "/pools"
+            | "/pools/{id}"
+            | "/pools/{id}/status"
+            | "/pools/{id}/scaling/history"
+            | "/pools/{id}/scaling/triggers",
         ) => anyone,
         ("get", "/jobs/{id}" | "/jobs/{id}/attempts" | "/jobs/{id}/events" | "/jobs/{id}/explain" | "/jobs/{id}/logs") => read,
         // The job was submitted by the researcher: its own job.
@@ -53,7 +64,7 @@ fn expected(method: &str, path: &str) -> Option<[Want; 8]> {
         ("put", "/tenants/{id}" | "/tenants/{id}/quota") | ("delete", "/tenants/{id}") => admin_in_tenant,
         ("post", "/tenants") => admin,
         ("get", "/workers" | "/workers/{id}" | "/principals" | "/principals/{id}" | "/audit")
-        | ("post", "/principals" | "/pools" | "/pools/{id}/join-token" | "/workers/{id}/drain")
+        | ("post", "/principals" | "/pools" | "/pools/{id}/join-token" | "/pools/{id}/scale" | "/workers/{id}/drain")
         | ("put" | "delete", "/pools/{id}")
         | ("put", "/principals/{id}/roles") => admin,
         ("get", "/whoami" | "/tokens") | ("post", "/tokens") => anyone,
@@ -177,6 +188,7 @@ async fn every_operation_answers_as_the_permission_table_says() {
                     ("post", "/tokens") => Some(json!({"name": "made"})),
                     ("post", "/pools") => Some(json!({"id": format!("made-{checked}-{i}"), "worker_template": {"cpu_m": 1000, "memory_mb": 512, "slots": 1}})),
                     ("put", "/pools/{id}") => Some(json!({"max_size": 2})),
+                    ("post", "/pools/{id}/scale") => Some(json!({"target_size": 1, "reason": "matrix"})),
                     _ => None,
                 };
                 let (status, answer) = call(&srv, *token, method, &url, body.as_ref()).await;

@@ -7,6 +7,7 @@ pub mod jobs;
 pub mod logs;
 pub mod pools;
 pub mod queue;
+pub mod scaling;
 pub mod sla;
 pub mod system;
 pub mod tenants;
@@ -55,6 +56,9 @@ pub fn v1(cfg: &ApiConfig) -> OpenApiRouter<ApiState> {
         .routes(routes!(workers::get_pool, pools::update_pool, pools::delete_pool))
         .routes(routes!(workers::list_pools, pools::create_pool))
         .routes(routes!(workers::pool_status))
+        .routes(routes!(scaling::scale))
+        .routes(routes!(scaling::history))
+        .routes(routes!(scaling::triggers))
         .routes(routes!(workers::rotate_join_token))
         .routes(routes!(workers::drain_worker))
         .routes(routes!(identity::whoami))

@@ -61,6 +61,10 @@ pub struct PoolUpdate {
     pub min_size: Option<i64>,
     pub max_size: Option<i64>,
     pub labels: Option<BTreeMap<String, String>>,
+    /// Whether its scaling policies act.
+    pub auto_scaling_enabled: Option<bool>,
+    /// Dynamic pools drop workers idle this long (seconds), down to min_size.
+    pub idle_timeout_s: Option<i64>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -162,9 +166,14 @@ pub async fn create_pool(State(s): State<ApiState>, who: Who, ApiJson(body): Api
         worker_slots: slots,
         min_size,
         max_size,
+        desired_size: min_size,
+        auto_scaling_enabled: false,
+        idle_timeout: std::time::Duration::from_secs(300),
+        scaling_policies: Vec::new(),
         labels: body.labels,
         managed_by: "api".into(),
         state: PoolState::Active,
+        state_reason: String::new(),
         created_at: now,
         updated_at: now,
         version: 1,
@@ -221,8 +230,16 @@ pub async fn update_pool(
     if let Some(l) = body.labels {
         pool.labels = l;
     }
+    if let Some(on) = body.auto_scaling_enabled {
+        pool.auto_scaling_enabled = on;
+    }
+    if let Some(t) = body.idle_timeout_s {
+        pool.idle_timeout = std::time::Duration::from_secs(u64::from(int_in("/idle_timeout_s", t, 0, 30 * 86_400, "idle_timeout_s")?));
+    }
     pool.updated_at = s.clock.now();
     s.store.upsert_pool(&pool, None).await?;
+    // New bounds or policies: the autoscaler brings the size within them now.
+    s.pools_changed.notify_one();
     let pool = managed(&s, &id).await?;
     remember(&s, &pool, true);
     let view = pool_view(&pool);

@@ -2,6 +2,7 @@
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
+use hodei_core::autoscale::Direction;
 use serde::Deserialize;
 use utoipa::IntoParams;
 
@@ -122,8 +123,16 @@ pub struct PoolView {
     pub worker_slots: u32,
     pub min_size: u32,
     pub max_size: u32,
+    /// The size the server keeps the pool at now (the autoscaler's or manual scaling's target).
+    pub desired_size: u32,
+    pub auto_scaling_enabled: bool,
+    /// Dynamic pools drop workers idle this long, down to min_size.
+    pub idle_timeout_s: u64,
+    pub scaling_policies: Vec<crate::routes::scaling::PolicyView>,
     pub managed_by: String,
     pub state: String,
+    /// Why it is in its state (empty when nothing needs saying).
+    pub state_reason: String,
     pub created_at: String,
     pub updated_at: String,
     pub version: i64,
@@ -143,8 +152,13 @@ pub(crate) fn pool_view(p: &hodei_core::Pool) -> PoolView {
         worker_slots: p.worker_slots,
         min_size: p.min_size,
         max_size: p.max_size,
+        desired_size: p.desired_size,
+        auto_scaling_enabled: p.auto_scaling_enabled,
+        idle_timeout_s: p.idle_timeout.as_secs(),
+        scaling_policies: p.scaling_policies.iter().map(crate::routes::scaling::policy_view).collect(),
         managed_by: p.managed_by.clone(),
         state: p.state.to_string(),
+        state_reason: p.state_reason.clone(),
         created_at: crate::dto::rfc3339(p.created_at),
         updated_at: crate::dto::rfc3339(p.updated_at),
         version: p.version,
@@ -191,17 +205,28 @@ pub async fn get_pool(State(s): State<ApiState>, Path(id): Path<String>) -> ApiR
 }
 
 #[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct CooldownUntil {
+    pub up: Option<String>,
+    pub down: Option<String>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct PoolStatusView {
     pub pool_id: String,
     pub state: String,
     /// Live workers (registering, idle, busy, draining; offline ones until they come back or
     /// are collected).
     pub current_size: u32,
-    /// The size the server keeps the pool at: `min_size` (autoscaling is not built yet). For a
-    /// pool whose workers join by themselves it is advisory.
+    /// The size the server keeps the pool at (its autoscaler's or manual scaling's target). For
+    /// a pool whose workers join by themselves it is advisory.
     pub desired_size: u32,
     pub min_size: u32,
     pub max_size: u32,
+    pub state_reason: String,
+    /// When scale-up and scale-down policies may act again (RFC 3339; absent when they may now).
+    pub cooldown_until: CooldownUntil,
+    /// The pool's latest scaling decision.
+    pub last_event: Option<crate::routes::scaling::ScalingEventView>,
     /// Workers of the pool by state, as the scheduler holds them now (terminated ones are not
     /// counted).
     pub workers_by_state: std::collections::BTreeMap<String, u32>,
@@ -233,13 +258,32 @@ pub async fn pool_status(State(s): State<ApiState>, Path(id): Path<String>) -> A
         (by_state, slots, used)
     })
     .await?;
+    let now = s.clock.now();
+    let mem = crate::routes::scaling::memory(&s, &pool.id).await?;
+    let last = s
+        .store
+        .list_scaling_events(&hodei_store::ScalingEventFilter { pool: pool.id.clone(), since: None, until: None, outcome: None, before: None, limit: 1 })
+        .await?;
+    // The longest cooldown of the enabled policies of each direction.
+    let until = |d: Direction| {
+        pool.scaling_policies
+            .iter()
+            .filter(|p| p.enabled && p.direction == d)
+            .map(|p| hodei_core::autoscale::cooldown_remaining(p, &mem, now))
+            .max()
+            .filter(|r| !r.is_zero())
+            .map(|r| crate::dto::rfc3339(now.saturating_add(r)))
+    };
     Ok(Json(PoolStatusView {
         pool_id: pool.id.to_string(),
         state: pool.state.to_string(),
         current_size: by_state.iter().filter(|(s, _)| s.as_str() != "offline").map(|(_, n)| n).sum(),
-        desired_size: pool.min_size,
+        desired_size: pool.desired_size,
         min_size: pool.min_size,
         max_size: pool.max_size,
+        state_reason: pool.state_reason.clone(),
+        cooldown_until: CooldownUntil { up: until(Direction::ScaleUp), down: until(Direction::ScaleDown) },
+        last_event: last.first().map(crate::routes::scaling::event_view),
         workers_by_state: by_state,
         slots,
         slots_used: used,

@@ -1,0 +1,184 @@
+//! The autoscaler (SPEC §2.11): every `autoscaling.evaluation_interval_s` — and at once when a
+//! pool changes through the API — each pool's signals are read off the scheduler, the core's
+//! [`autoscale::evaluate`] decides, the decision is recorded in the pool's history and its
+//! desired size stored, and local pools are brought to that size ([`LocalPools::resize`]:
+//! agents started, or drained idle-first). Pools of other providers keep their desired size as
+//! advice for whoever runs their workers.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hodei_api::Clock;
+use hodei_core::autoscale::{self, Event, IdleExpired, Memory, Outcome, PoolSize, Samples};
+use hodei_core::sched::{PoolQuery, PoolView};
+use hodei_core::{Pool, PoolId, PoolState, PoolType};
+use hodei_store::{ScalingEventFilter, Store};
+use tokio::sync::{Notify, watch};
+
+use crate::engine::EngineHandle;
+use crate::local_pool::{LocalPools, WorkerBrief};
+
+pub struct Autoscaler {
+    pub store: Arc<dyn Store>,
+    pub engine: EngineHandle,
+    pub clock: Arc<dyn Clock>,
+    pub local: LocalPools,
+    pub interval: Duration,
+    /// `autoscaling.enabled`: policies act; bounds, manual scaling and local pools' sizes are
+    /// kept either way.
+    pub enabled: bool,
+    /// How long a new local worker takes to take work, for forecasts.
+    pub provision_delay: Duration,
+    pub poke: Arc<Notify>,
+}
+
+#[derive(Default)]
+struct PoolMind {
+    samples: Samples,
+    mem: Memory,
+}
+
+impl Autoscaler {
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let mut minds: HashMap<PoolId, PoolMind> = HashMap::new();
+        let mut next_eval = tokio::time::Instant::now();
+        loop {
+            // Decisions every interval; in between, while a pool is on its way to its size,
+            // its workers are followed closely so that it reads `active` as soon as it is there.
+            let evaluate = tokio::time::Instant::now() >= next_eval;
+            if evaluate {
+                next_eval = tokio::time::Instant::now() + self.interval;
+            }
+            let settling = match self.round(&mut minds, evaluate).await {
+                Ok(settling) => settling,
+                Err(e) => {
+                    tracing::warn!(error = %e, "autoscaler round failed; retrying at the next one");
+                    false
+                }
+            };
+            let wake = if settling { next_eval.min(tokio::time::Instant::now() + Duration::from_millis(200)) } else { next_eval };
+            tokio::select! {
+                _ = tokio::time::sleep_until(wake) => {}
+                _ = self.poke.notified() => next_eval = tokio::time::Instant::now(),
+                _ = shutdown.wait_for(|s| *s) => break,
+            }
+        }
+        self.local.join().await;
+    }
+
+    /// One pass over the pools: decide (when `evaluate`), store, resize local pools, record
+    /// their state. Returns whether some pool is not at its desired size yet.
+    async fn round(&mut self, minds: &mut HashMap<PoolId, PoolMind>, evaluate: bool) -> anyhow::Result<bool> {
+        let mut settling = false;
+        let pools: Vec<Pool> =
+            self.store.list_pools().await?.into_iter().filter(|p| !matches!(p.state, PoolState::Destroyed | PoolState::Destroying)).collect();
+        let delay = self.provision_delay;
+        let queried = pools.clone();
+        let (views, workers) = self
+            .engine
+            .read(move |s, now| {
+                let queries: Vec<PoolQuery<'_>> = queried
+                    .iter()
+                    .map(|p| PoolQuery {
+                        pool: p,
+                        idle_timeout: (p.pool_type == PoolType::Dynamic).then_some(p.idle_timeout),
+                        forecast: p.auto_scaling_enabled && p.scaling_policies.iter().any(|x| x.enabled && x.mode == autoscale::Mode::Forecast),
+                        provision_delay: delay,
+                    })
+                    .collect();
+                let workers: Vec<(PoolId, WorkerBrief)> = s
+                    .workers()
+                    .filter(|w| w.state.is_live())
+                    .map(|w| {
+                        let brief = WorkerBrief {
+                            id: w.id,
+                            instance_name: w.instance_name.clone(),
+                            state: w.state,
+                            slots_used: w.slots_used,
+                            idle_since: w.idle_since,
+                        };
+                        (w.pool_id.clone(), brief)
+                    })
+                    .collect();
+                (s.pool_views(&queries, now), workers)
+            })
+            .await?;
+        let now = self.clock.now();
+        for (pool, view) in pools.iter().zip(views) {
+            let mut desired = pool.desired_size;
+            if evaluate {
+                desired = self.decide(pool, &view, minds.entry(pool.id.clone()).or_default(), now).await?;
+            }
+            if self.local.has(pool.id.as_str()) {
+                let briefs: Vec<WorkerBrief> = workers.iter().filter(|(p, _)| *p == pool.id).map(|(_, w)| w.clone()).collect();
+                for w in self.local.resize(pool.id.as_str(), desired, &briefs) {
+                    if let Err(e) = self.engine.drain(w).await {
+                        tracing::warn!(worker = %w, error = %e, "could not drain a worker of a smaller pool");
+                    }
+                }
+            }
+            let (state, reason) = if self.local.has(pool.id.as_str()) { lifecycle(pool, desired, view.live) } else { (pool.state, pool.state_reason.clone()) };
+            settling |= state == PoolState::Scaling;
+            if desired != pool.desired_size || state != pool.state || reason != pool.state_reason {
+                self.store.set_pool_size(&pool.id, desired, state, &reason).await?;
+            }
+        }
+        Ok(settling)
+    }
+
+    /// Records the signals, asks the core for a decision, records it; returns the desired size.
+    async fn decide(&self, pool: &Pool, view: &PoolView, mind: &mut PoolMind, now: hodei_core::Timestamp) -> anyhow::Result<u32> {
+        // Manual scaling and other servers' decisions are in the history: take their times.
+        let recent = self
+            .store
+            .list_scaling_events(&ScalingEventFilter {
+                pool: pool.id.clone(),
+                since: None,
+                until: None,
+                outcome: Some(Outcome::Executed),
+                before: None,
+                limit: 20,
+            })
+            .await?;
+        let seen = Memory::from_events(&recent);
+        mind.mem.last_up = mind.mem.last_up.max(seen.last_up);
+        mind.mem.last_change = mind.mem.last_change.max(seen.last_change);
+        let keep = pool.scaling_policies.iter().map(|p| p.window).max().unwrap_or_default().max(self.interval);
+        mind.samples.push(now, view.signals, keep);
+        let size = PoolSize {
+            min: pool.min_size,
+            max: pool.max_size,
+            desired: pool.desired_size,
+            current: view.live,
+            auto_scaling: self.enabled && pool.auto_scaling_enabled,
+        };
+        let mut desired = pool.desired_size;
+        let idle = IdleExpired(if pool.pool_type == PoolType::Dynamic { view.idle_expired } else { 0 });
+        if let Some(d) = autoscale::evaluate(size, &pool.scaling_policies, &mind.samples, view.demand.as_ref(), idle, &mut mind.mem, now) {
+            if d.outcome == Outcome::Executed {
+                desired = d.to;
+            }
+            if mind.mem.note(&d, now) {
+                tracing::info!(pool = %pool.id, from = d.from, to = d.to, decision = %d.outcome, reason = %d.reason, "scaling decision");
+                self.store.record_scaling_event(&Event { id: 0, pool_id: pool.id.clone(), at: now, decision: d, actor: None }).await?;
+            }
+        }
+        Ok(desired)
+    }
+}
+
+/// A pool whose workers this server starts: `active` once it has its desired size, `scaling`
+/// (saying how far it is) while it does not. Pools in other states keep them.
+fn lifecycle(pool: &Pool, desired: u32, live: u32) -> (PoolState, String) {
+    match pool.state {
+        PoolState::Active | PoolState::Scaling | PoolState::Initializing | PoolState::Creating => {
+            if live == desired {
+                (PoolState::Active, String::new())
+            } else {
+                (PoolState::Scaling, format!("{live} of {desired} workers"))
+            }
+        }
+        s => (s, pool.state_reason.clone()),
+    }
+}
