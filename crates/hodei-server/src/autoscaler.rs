@@ -31,6 +31,8 @@ pub struct Autoscaler {
     /// How long a new local worker takes to take work, for forecasts.
     pub provision_delay: Duration,
     pub poke: Arc<Notify>,
+    /// `autoscaling.history_retention_days`: older scaling events are forgotten (checked hourly).
+    pub history_retention: Duration,
 }
 
 #[derive(Default)]
@@ -43,7 +45,17 @@ impl Autoscaler {
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let mut minds: HashMap<PoolId, PoolMind> = HashMap::new();
         let mut next_eval = tokio::time::Instant::now();
+        let mut next_purge = tokio::time::Instant::now();
         loop {
+            if tokio::time::Instant::now() >= next_purge {
+                next_purge = tokio::time::Instant::now() + Duration::from_secs(3600);
+                let before = hodei_core::Timestamp::from_millis(self.clock.now().as_millis().saturating_sub(self.history_retention.as_millis() as i64));
+                match self.store.delete_scaling_events_before(before).await {
+                    Ok(n) if n > 0 => tracing::info!(events = n, "forgot scaling events past autoscaling.history_retention_days"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "could not forget old scaling events; retrying in an hour"),
+                }
+            }
             // Decisions every interval; in between, while a pool is on its way to its size,
             // its workers are followed closely so that it reads `active` as soon as it is there.
             let evaluate = tokio::time::Instant::now() >= next_eval;

@@ -751,6 +751,9 @@ impl Config {
         for i in 0..self.resource_pools.pools.len() {
             self.scaling_policies(i)?;
         }
+        if self.autoscaling.history_retention_days == 0 {
+            return bad("autoscaling.history_retention_days", "must be at least 1".into());
+        }
         if self.autoscaling.evaluation_interval_s == 0 {
             return bad("autoscaling.evaluation_interval_s", "must be at least 1".into());
         }

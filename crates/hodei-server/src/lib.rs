@@ -684,6 +684,7 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
         enabled: cfg.autoscaling.enabled,
         provision_delay: Duration::from_secs(1),
         poke: pools_changed,
+        history_retention: Duration::from_secs(u64::from(cfg.autoscaling.history_retention_days) * 86_400),
     };
     // The autoscaler owns the local pools' supervisors (started now): shutting down waits for their agents.
     let deadline = Instant::now() + Duration::from_secs(20);
