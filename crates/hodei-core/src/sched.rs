@@ -24,7 +24,7 @@ mod sla;
 mod status;
 pub use backfill::{BackfillRules, Reservation};
 pub use explain::{Blocker, CandidatePool, Explanation, MAX_SIM_JOBS};
-pub use pools::{PoolQuery, PoolView};
+pub use pools::{MAX_FORECAST_JOBS, PoolQuery, PoolView};
 pub use sla::SlaRules;
 pub use status::{QueueStatus, TenantQueueRow};
 

@@ -956,3 +956,67 @@ async fn pools_are_created_changed_and_deleted_through_the_api() {
     let (s, e) = app.call("POST", "/api/v1/jobs", Some(json!({"command": ["true"], "pool_selector": {"pool": "gpu-farm"}}))).await;
     assert_eq!((s, e["code"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("unschedulable")), "a deleted pool runs nothing: {e}");
 }
+
+/// Scaling policies of a pool made through the API: created with their defaults, a bad trigger
+/// is 400 naming the position, ids are the names' slugs and unique, config pools answer 409;
+/// manual scale is bounded and recorded in the history with its actor.
+#[tokio::test]
+async fn scaling_policies_and_manual_scale_through_the_api() {
+    let app = app().await;
+    let (s, _) = app
+        .call(
+            "POST",
+            "/api/v1/pools",
+            Some(json!({"id": "elastic", "worker_template": {"cpu_m": 1000, "memory_mb": 512, "slots": 1}, "min_size": 1, "max_size": 4})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let base = "/api/v1/pools/elastic/scaling/policies";
+    let (s, p) = app.call("POST", base, Some(json!({"name": "Grow on Queue", "trigger": "queue_depth > 5", "action": "scale_up"}))).await;
+    assert_eq!(s, StatusCode::CREATED, "{p}");
+    assert_eq!(
+        (p["id"].as_str(), p["mode"].as_str(), p["step"].as_u64(), p["cooldown_s"].as_u64(), p["window_s"].as_u64(), p["enabled"].as_bool()),
+        (Some("grow-on-queue"), Some("threshold"), Some(1), Some(60), Some(60), Some(true)),
+        "{p}"
+    );
+    let (s, e) = app.call("POST", base, Some(json!({"name": "Grow on queue!", "trigger": "queue_depth > 1", "action": "scale_up"}))).await;
+    assert_eq!(s, StatusCode::CONFLICT, "the same id: {e}");
+    let (s, e) = app.call("POST", base, Some(json!({"name": "bad", "trigger": "queue_depth => 5", "action": "scale_up"}))).await;
+    assert_eq!((s, e["errors"][0]["field"].as_str()), (StatusCode::BAD_REQUEST, Some("/trigger")), "{e}");
+    assert!(e["errors"][0]["message"].as_str().unwrap().starts_with("at position 12: expected a comparison"), "{e}");
+    let (s, e) = app.call("POST", base, Some(json!({"name": "fc", "mode": "forecast", "trigger": "queue_depth > 5", "action": "scale_up"}))).await;
+    assert_eq!((s, e["errors"][0]["field"].as_str()), (StatusCode::BAD_REQUEST, Some("/trigger")), "{e}");
+    let (s, e) = app.call("POST", base, Some(json!({"name": "x", "trigger": "idle_workers > 2", "action": "scale_down", "step": 0}))).await;
+    assert_eq!((s, e["errors"][0]["field"].as_str()), (StatusCode::BAD_REQUEST, Some("/step")), "{e}");
+    let (s, p) = app.call("POST", base, Some(json!({"name": "shrink", "trigger": "idle_workers > 2", "action": "scale_down"}))).await;
+    assert_eq!((s, p["cooldown_s"].as_u64()), (StatusCode::CREATED, Some(120)), "scale-down's default cooldown: {p}");
+    let (s, p) = app
+        .call("PUT", &format!("{base}/shrink"), Some(json!({"name": "shrink", "trigger": "idle_workers > 3", "action": "scale_down", "enabled": false})))
+        .await;
+    assert_eq!((s, p["trigger"].as_str(), p["enabled"].as_bool()), (StatusCode::OK, Some("idle_workers > 3"), Some(false)), "{p}");
+    let (s, _) = app.call("PUT", &format!("{base}/shrink"), Some(json!({"name": "other", "trigger": "idle_workers > 3", "action": "scale_down"}))).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "a name that changes the id");
+    let (_, list) = app.call("GET", base, None).await;
+    assert_eq!(list["items"].as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap()).collect::<Vec<_>>(), ["grow-on-queue", "shrink"]);
+    let (_, pool) = app.call("GET", "/api/v1/pools/elastic", None).await;
+    assert_eq!(pool["scaling_policies"].as_array().map(Vec::len), Some(2), "{pool}");
+    let (s, _) = app.call("DELETE", &format!("{base}/shrink"), None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _) = app.call("GET", &format!("{base}/shrink"), None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = app.call("POST", "/api/v1/pools/local/scaling/policies", Some(json!({"name": "g", "trigger": "queue_depth > 1", "action": "scale_up"}))).await;
+    assert_eq!(s, StatusCode::CONFLICT, "config pools change in the file");
+    let (_, t) = app.call("GET", "/api/v1/pools/elastic/scaling/triggers", None).await;
+    assert_eq!((t[0]["policy_id"].as_str(), t[0]["value"].as_f64(), t[0]["condition_met"].as_bool()), (Some("grow-on-queue"), Some(0.0), Some(false)), "{t}");
+
+    let (s, e) = app.call("POST", "/api/v1/pools/elastic/scale", Some(json!({"target_size": 0}))).await;
+    assert_eq!((s, e["errors"][0]["field"].as_str()), (StatusCode::BAD_REQUEST, Some("/target_size")), "below min_size: {e}");
+    let (s, ev) = app.call("POST", "/api/v1/pools/elastic/scale", Some(json!({"target_size": 3, "reason": "load test"}))).await;
+    assert_eq!((s, ev["from_size"].as_u64(), ev["to_size"].as_u64(), ev["source"].as_str()), (StatusCode::ACCEPTED, Some(1), Some(3), Some("manual")), "{ev}");
+    let (_, st) = app.call("GET", "/api/v1/pools/elastic/status", None).await;
+    assert_eq!((st["desired_size"].as_u64(), st["last_event"]["reason"].as_str()), (Some(3), Some("load test")), "{st}");
+    let (_, h) = app.call("GET", "/api/v1/pools/elastic/scaling/history?decision=executed", None).await;
+    assert_eq!((h["items"][0]["actor"].as_str(), h["items"][0]["to_size"].as_u64()), (Some("admin"), Some(3)), "{h}");
+    let (s, _) = app.call("GET", "/api/v1/pools/elastic/scaling/history?decision=maybe", None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+}

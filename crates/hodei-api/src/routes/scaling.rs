@@ -272,3 +272,201 @@ pub async fn triggers(State(s): State<ApiState>, Path(id): Path<String>) -> ApiR
         .collect();
     Ok(Json(rows))
 }
+
+/// The most scaling policies one pool may have.
+const MAX_POLICIES: usize = 20;
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyIn {
+    /// Its id is the slug of the name (`Scale up fast` → `scale-up-fast`).
+    pub name: String,
+    /// threshold (default) | forecast.
+    pub mode: Option<String>,
+    /// `<metric> <op> <number>` over cpu_utilization, memory_utilization, queue_depth,
+    /// queue_wait_seconds, idle_workers, busy_ratio; required for threshold policies, refused
+    /// for forecast ones.
+    pub trigger: Option<String>,
+    /// scale_up | scale_down.
+    pub action: String,
+    /// Workers added or removed at a time (1).
+    pub step: Option<i64>,
+    /// Seconds before the policy acts again (60 up, 120 down).
+    pub cooldown_s: Option<i64>,
+    /// Seconds the trigger's metric is averaged over (60).
+    pub window_s: Option<i64>,
+    /// Forecast: shrink only when wanting this percent fewer workers (20).
+    pub hysteresis_pct: Option<i64>,
+    pub enabled: Option<bool>,
+}
+
+fn policy_from(body: &PolicyIn) -> ApiResult<autoscale::Policy> {
+    use autoscale::{Direction, Mode, Trigger};
+    let id = autoscale::policy_id(&body.name).ok_or_else(|| {
+        ApiError::field("/name", "name has no letter or digit to make an id of", "a name such as \"scale up on queue\"", Some(body.name.clone()))
+    })?;
+    let mode = match body.mode.as_deref() {
+        None => Mode::Threshold,
+        Some(m) => m.parse::<Mode>().map_err(|_| ApiError::field("/mode", "unknown mode", Mode::expected(), Some(m.to_owned())))?,
+    };
+    let trigger = match (mode, body.trigger.as_deref()) {
+        (Mode::Threshold, None) => {
+            return Err(ApiError::field("/trigger", "a threshold policy needs a trigger", "<metric> <op> <number>, e.g. queue_depth > 5", None));
+        }
+        (Mode::Threshold, Some(t)) => Some(Trigger::parse(t).map_err(|e| {
+            ApiError::field(
+                "/trigger",
+                format!("at position {}: expected {}, found {}", e.position, e.expected, e.found),
+                e.expected.clone(),
+                Some(t.to_owned()),
+            )
+        })?),
+        (Mode::Forecast, Some(t)) => {
+            return Err(ApiError::field("/trigger", "forecast policies size the pool from its queue and take no trigger", "no trigger", Some(t.to_owned())));
+        }
+        (Mode::Forecast, None) => None,
+    };
+    let direction =
+        body.action.parse::<Direction>().map_err(|_| ApiError::field("/action", "unknown action", Direction::expected(), Some(body.action.clone())))?;
+    let int = |field: &str, v: Option<i64>, default: u64, lo: i64, hi: i64| -> ApiResult<u64> {
+        match v {
+            None => Ok(default),
+            Some(n) if (lo..=hi).contains(&n) => Ok(n as u64),
+            Some(n) => Err(ApiError::field(field, format!("{} is out of range", &field[1..]), format!("an integer from {lo} to {hi}"), Some(n.to_string()))),
+        }
+    };
+    let default_cooldown = if direction == Direction::ScaleUp { 60 } else { 120 };
+    Ok(autoscale::Policy {
+        id,
+        name: body.name.trim().to_owned(),
+        mode,
+        trigger,
+        direction,
+        step: int("/step", body.step, 1, 1, 10_000)? as u32,
+        cooldown: std::time::Duration::from_secs(int("/cooldown_s", body.cooldown_s, default_cooldown, 0, 86_400)?),
+        window: std::time::Duration::from_secs(int("/window_s", body.window_s, 60, 0, 86_400)?),
+        hysteresis_pct: int("/hysteresis_pct", body.hysteresis_pct, 20, 0, 100)? as u32,
+        enabled: body.enabled.unwrap_or(true),
+    })
+}
+
+/// The pool for a change of its policies: 409 when the configuration file manages it.
+async fn api_pool(s: &ApiState, id: &str) -> ApiResult<hodei_core::Pool> {
+    let p = pool(s, id).await?;
+    if p.managed_by == "config" {
+        return Err(ApiError::new(
+            crate::error::ErrorCode::Conflict,
+            format!("pool {id} is set in the configuration file: change its scaling_policies there and restart"),
+        ));
+    }
+    Ok(p)
+}
+
+async fn save(s: &ApiState, mut p: hodei_core::Pool) -> ApiResult<()> {
+    p.updated_at = s.clock.now();
+    s.store.upsert_pool(&p, None).await?;
+    s.pools_changed.notify_one();
+    Ok(())
+}
+
+/// A pool's scaling policies.
+#[utoipa::path(get, path = "/pools/{id}/scaling/policies", responses((status = 200, body = Page<PolicyView>), (status = 404, body = crate::error::Problem)), tag = "pools")]
+pub async fn list_policies(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult<Json<Page<PolicyView>>> {
+    let p = pool(&s, &id).await?;
+    Ok(Json(Page { items: p.scaling_policies.iter().map(policy_view).collect(), next_cursor: None }))
+}
+
+/// Add a scaling policy to a pool created through the API (admins).
+#[utoipa::path(
+    post,
+    path = "/pools/{id}/scaling/policies",
+    request_body = PolicyIn,
+    responses((status = 201, body = PolicyView), (status = 400, body = crate::error::Problem), (status = 404, body = crate::error::Problem), (status = 409, body = crate::error::Problem)),
+    tag = "pools"
+)]
+pub async fn create_policy(
+    State(s): State<ApiState>,
+    who: Who,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<PolicyIn>,
+) -> ApiResult<(StatusCode, Json<PolicyView>)> {
+    who.must_be_admin("changing scaling policies (admins only)")?;
+    let mut p = api_pool(&s, &id).await?;
+    let policy = policy_from(&body)?;
+    if p.scaling_policies.iter().any(|x| x.id == policy.id) {
+        return Err(ApiError::new(crate::error::ErrorCode::Conflict, format!("pool {id} has a policy {} already", policy.id)));
+    }
+    if p.scaling_policies.len() >= MAX_POLICIES {
+        return Err(ApiError::new(crate::error::ErrorCode::InvalidState, format!("pool {id} has {MAX_POLICIES} policies, the most it may have")));
+    }
+    let view = policy_view(&policy);
+    p.scaling_policies.push(policy);
+    let target = format!("pool:{}/policy:{}", p.id, view.id);
+    save(&s, p).await?;
+    audit::record(&s, &who, "pool.policy.create", target, None, audit::view(&view)).await;
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+fn find<'a>(p: &'a hodei_core::Pool, pid: &str) -> ApiResult<usize> {
+    p.scaling_policies.iter().position(|x| x.id == pid).ok_or_else(|| ApiError::not_found(format!("policy {pid} of pool {}", p.id)))
+}
+
+/// One scaling policy.
+#[utoipa::path(get, path = "/pools/{id}/scaling/policies/{pid}", responses((status = 200, body = PolicyView), (status = 404, body = crate::error::Problem)), tag = "pools")]
+pub async fn get_policy(State(s): State<ApiState>, Path((id, pid)): Path<(String, String)>) -> ApiResult<Json<PolicyView>> {
+    let p = pool(&s, &id).await?;
+    Ok(Json(policy_view(&p.scaling_policies[find(&p, &pid)?])))
+}
+
+/// Replace a scaling policy (admins); its name may not change its id.
+#[utoipa::path(
+    put,
+    path = "/pools/{id}/scaling/policies/{pid}",
+    request_body = PolicyIn,
+    responses((status = 200, body = PolicyView), (status = 400, body = crate::error::Problem), (status = 404, body = crate::error::Problem), (status = 409, body = crate::error::Problem)),
+    tag = "pools"
+)]
+pub async fn update_policy(
+    State(s): State<ApiState>,
+    who: Who,
+    Path((id, pid)): Path<(String, String)>,
+    ApiJson(body): ApiJson<PolicyIn>,
+) -> ApiResult<Json<PolicyView>> {
+    who.must_be_admin("changing scaling policies (admins only)")?;
+    let mut p = api_pool(&s, &id).await?;
+    let i = find(&p, &pid)?;
+    let policy = policy_from(&body)?;
+    if policy.id != pid {
+        return Err(ApiError::field(
+            "/name",
+            format!("the name gives the id {}, not {pid}", policy.id),
+            format!("a name whose slug is {pid}"),
+            Some(body.name.clone()),
+        ));
+    }
+    let before = audit::view(&policy_view(&p.scaling_policies[i]));
+    let view = policy_view(&policy);
+    p.scaling_policies[i] = policy;
+    let target = format!("pool:{}/policy:{pid}", p.id);
+    save(&s, p).await?;
+    audit::record(&s, &who, "pool.policy.update", target, before, audit::view(&view)).await;
+    Ok(Json(view))
+}
+
+/// Remove a scaling policy (admins).
+#[utoipa::path(
+    delete,
+    path = "/pools/{id}/scaling/policies/{pid}",
+    responses((status = 204), (status = 404, body = crate::error::Problem), (status = 409, body = crate::error::Problem)),
+    tag = "pools"
+)]
+pub async fn delete_policy(State(s): State<ApiState>, who: Who, Path((id, pid)): Path<(String, String)>) -> ApiResult<StatusCode> {
+    who.must_be_admin("changing scaling policies (admins only)")?;
+    let mut p = api_pool(&s, &id).await?;
+    let i = find(&p, &pid)?;
+    let before = audit::view(&policy_view(&p.scaling_policies.remove(i)));
+    let target = format!("pool:{}/policy:{pid}", p.id);
+    save(&s, p).await?;
+    audit::record(&s, &who, "pool.policy.delete", target, before, None).await;
+    Ok(StatusCode::NO_CONTENT)
+}

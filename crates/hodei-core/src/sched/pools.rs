@@ -44,15 +44,39 @@ pub struct PoolView {
 impl Scheduler {
     /// One [`PoolView`] per query, in order.
     pub fn pool_views(&self, queries: &[PoolQuery<'_>], now: Timestamp) -> Vec<PoolView> {
-        // Pending jobs grouped by what decides which pools could run them.
-        let mut groups: HashMap<(Option<&PoolId>, Resources, bool), Vec<&Job>> = HashMap::new();
+        // Pending jobs grouped by what decides which pools could run them, each group read once:
+        // its size, its oldest job and (for forecasts) its most urgent jobs.
+        let forecasting = queries.iter().any(|q| q.forecast);
+        let mut groups: HashMap<(Option<&PoolId>, Resources, bool), Group<'_>> = HashMap::new();
         for t in self.queue.tenants_in_turn() {
             for k in self.queue.jobs_of(t) {
                 if let Some(j) = self.jobs.get(&k.id) {
-                    groups.entry((j.spec.pool_selector.as_ref(), j.resources(), j.spec.image.is_some())).or_default().push(j);
+                    let g = groups.entry((j.spec.pool_selector.as_ref(), j.resources(), j.spec.image.is_some())).or_insert_with(|| Group {
+                        first: j,
+                        count: 0,
+                        oldest: j.eligible_at,
+                        jobs: Vec::new(),
+                    });
+                    g.count += 1;
+                    g.oldest = g.oldest.min(j.eligible_at);
+                    if forecasting {
+                        g.jobs.push(j);
+                    }
                 }
             }
         }
+        let groups: Vec<((Resources, bool), Group<'_>, Vec<PendingJob>)> = groups
+            .into_iter()
+            .map(|((_, req, image), g)| {
+                let mut urgent = Vec::new();
+                if forecasting {
+                    urgent = g.jobs.iter().map(|j| PendingJob { at_risk_at: self.at_risk_at(j, now), expected: self.expected_duration(j) }).collect();
+                    keep_most_urgent(&mut urgent);
+                    urgent.sort_unstable_by_key(|j| j.at_risk_at);
+                }
+                ((req, image), g, urgent)
+            })
+            .collect();
         queries
             .iter()
             .map(|q| {
@@ -91,24 +115,22 @@ impl Scheduler {
                 let working = v.signals.idle_workers + v.busy;
                 v.signals.busy_ratio = if working == 0 { 0.0 } else { f64::from(v.busy) / f64::from(working) };
                 let mut oldest: Option<Timestamp> = None;
-                let mut pending = Vec::new();
+                let mut candidates: Vec<&[PendingJob]> = Vec::new();
                 let mut lanes = q.pool.worker_slots;
-                for ((_, req, _), jobs) in &groups {
-                    let Some(first) = jobs.first() else { continue };
-                    if pool_misfit(q.pool, &first.spec).is_some() {
+                for ((req, _), g, urgent) in &groups {
+                    if pool_misfit(q.pool, &g.first.spec).is_some() {
                         continue;
                     }
-                    v.signals.queue_depth += jobs.len() as u32;
-                    for j in jobs {
-                        oldest = Some(oldest.map_or(j.eligible_at, |o| o.min(j.eligible_at)));
-                    }
+                    v.signals.queue_depth += g.count;
+                    oldest = Some(oldest.map_or(g.oldest, |o| o.min(g.oldest)));
                     if q.forecast {
                         lanes = lanes.min(fits(req, &q.pool.worker_resources));
-                        pending.extend(jobs.iter().map(|j| PendingJob { at_risk_at: self.at_risk_at(j, now), expected: self.expected_duration(j) }));
+                        candidates.push(urgent);
                     }
                 }
                 v.signals.queue_wait_seconds = oldest.map_or(0.0, |o| now.since(o).as_secs_f64());
                 if q.forecast {
+                    let pending = merge_most_urgent(&mut candidates);
                     v.demand = Some(Demand { pending, busy_until, lanes_per_worker: lanes.max(1), provision_delay: q.provision_delay });
                 }
                 v
@@ -123,6 +145,38 @@ impl Scheduler {
         let early = max - max * u64::from(rules.at_risk_pct.min(100)) / 100;
         Timestamp::from_millis(self.sla_deadline(job, now).as_millis().saturating_sub(early as i64))
     }
+}
+
+/// Pending jobs alike for placement.
+struct Group<'a> {
+    first: &'a Job,
+    count: u32,
+    oldest: Timestamp,
+    jobs: Vec<&'a Job>,
+}
+
+/// The most jobs a forecast looks at per pool: the most urgent ones (earliest at-risk point).
+/// Jobs behind them in that order start later in any case; a pool whose queue is longer than
+/// this grows by its policy's step per round either way.
+pub const MAX_FORECAST_JOBS: usize = 1_000;
+
+/// Keeps the `MAX_FORECAST_JOBS` earliest at-risk jobs (in no particular order).
+fn keep_most_urgent(jobs: &mut Vec<PendingJob>) {
+    if jobs.len() > MAX_FORECAST_JOBS {
+        jobs.select_nth_unstable_by_key(MAX_FORECAST_JOBS, |j| j.at_risk_at);
+        jobs.truncate(MAX_FORECAST_JOBS);
+    }
+}
+
+/// The `MAX_FORECAST_JOBS` earliest at-risk jobs of lists each sorted that way, in that order.
+fn merge_most_urgent(lists: &mut [&[PendingJob]]) -> Vec<PendingJob> {
+    let mut out = Vec::with_capacity(lists.iter().map(|l| l.len()).sum::<usize>().min(MAX_FORECAST_JOBS));
+    while out.len() < MAX_FORECAST_JOBS {
+        let Some(next) = lists.iter_mut().filter(|l| !l.is_empty()).min_by_key(|l| l[0].at_risk_at) else { break };
+        out.push(next[0]);
+        *next = &next[1..];
+    }
+    out
 }
 
 /// How many jobs of shape `req` fit in one worker of shape `has`.
