@@ -407,7 +407,7 @@ pub async fn create_policy(
     Ok((StatusCode::CREATED, Json(view)))
 }
 
-fn find<'a>(p: &'a hodei_core::Pool, pid: &str) -> ApiResult<usize> {
+fn find(p: &hodei_core::Pool, pid: &str) -> ApiResult<usize> {
     p.scaling_policies.iter().position(|x| x.id == pid).ok_or_else(|| ApiError::not_found(format!("policy {pid} of pool {}", p.id)))
 }
 
