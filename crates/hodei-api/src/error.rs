@@ -87,6 +87,17 @@ impl ApiError {
         Self::validation(vec![FieldError::new(field, message, expected, value)])
     }
 
+    /// The same error with its fields' pointers under `prefix` (an item of a list in the body).
+    pub fn under(mut self, prefix: &str) -> Self {
+        for e in &mut self.errors {
+            e.field = format!("{prefix}{}", e.field);
+        }
+        if !self.errors.is_empty() {
+            self = Self::validation(self.errors);
+        }
+        self
+    }
+
     pub fn not_found(what: impl std::fmt::Display) -> Self {
         Self::new(ErrorCode::NotFound, format!("{what} not found"))
     }

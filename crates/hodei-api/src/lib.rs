@@ -158,6 +158,8 @@ pub trait JoinTokens: Send + Sync {
     /// Draws a new join token for `pool` and makes it the only one a worker can register with
     /// from now on (workers already registered keep their sessions). Returns it, once.
     async fn rotate(&self, pool: &Pool) -> Result<String, ApiError>;
+    /// Keeps a new pool's join token where the server's own agents of a `local` pool read it.
+    async fn keep(&self, pool: &Pool, token: &str) -> Result<(), ApiError>;
 }
 
 /// A read of the scheduler's state; see [`read`].

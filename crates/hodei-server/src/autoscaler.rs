@@ -118,6 +118,7 @@ impl Autoscaler {
             .await?;
         let now = self.clock.now();
         for (pool, view) in pools.iter().zip(views) {
+            self.local.ensure(pool);
             let mut desired = pool.desired_size;
             if evaluate {
                 desired = self.decide(pool, &view, minds.entry(pool.id.clone()).or_default(), now).await?;

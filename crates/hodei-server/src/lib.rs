@@ -201,27 +201,23 @@ struct PoolSetup {
     local: Vec<LocalWorkerSpec>,
 }
 
+/// What this server's local agents share; `None` when it starts none (no worker executable).
+fn agent_template(cfg: &Config, worker_exe: Option<&PathBuf>) -> Option<local_pool::AgentTemplate> {
+    worker_exe.map(|exe| local_pool::AgentTemplate {
+        exe: exe.clone(),
+        data_dir: cfg.data_dir().to_owned(),
+        run_as: cfg.workers.run_as.clone(),
+        give_up_after: Duration::from_millis(cfg.workers.gc_after_ms),
+    })
+}
+
 /// Creates the default tenant and the pools (built-in or configured) with their join tokens.
 async fn seed(cfg: &Config, store: &dyn Store, now: Timestamp, worker_exe: Option<&PathBuf>) -> anyhow::Result<PoolSetup> {
     let mut pools = Vec::new();
     let mut local = Vec::new();
     let rp = &cfg.resource_pools;
-    let local_spec = |pool: &Pool, join_token: local_pool::JoinToken| {
-        worker_exe.map(|exe| LocalWorkerSpec {
-            exe: exe.clone(),
-            grpc_url: String::new(),
-            pool: pool.id.to_string(),
-            count: pool.desired_size,
-            join_token,
-            slots: pool.worker_slots,
-            cpu_m: pool.worker_resources.cpu_m.get(),
-            memory_mb: pool.worker_resources.memory_mb.get(),
-            gpu: pool.worker_resources.gpu.0,
-            data_dir: cfg.data_dir().to_owned(),
-            run_as: cfg.workers.run_as.clone(),
-            give_up_after: Duration::from_millis(cfg.workers.gc_after_ms),
-        })
-    };
+    let template = agent_template(cfg, worker_exe);
+    let local_spec = |pool: &Pool, join_token: local_pool::JoinToken| template.as_ref().map(|t| t.spec(pool, join_token, pool.desired_size));
     if rp.enabled && rp.pools.is_empty() && rp.builtin_local.enabled {
         let b = &rp.builtin_local;
         let (cores, mem_mb) = local_pool::machine_shape();
@@ -295,6 +291,15 @@ async fn seed(cfg: &Config, store: &dyn Store, now: Timestamp, worker_exe: Optio
             local.extend(local_spec(&pool, source));
         }
         pools.push(pool);
+    }
+    // Pools created through the API: jobs may select them, and local ones get their agents.
+    for pool in store.list_pools().await? {
+        if pool.managed_by == "api" && pool.state != PoolState::Destroyed {
+            if pool.provider == "local" {
+                local.extend(local_spec(&pool, local_pool::JoinToken::File(tokens::join_token_path(cfg.data_dir(), &pool.id))));
+            }
+            pools.push(pool);
+        }
     }
     let default = TenantId::parse(&cfg.multi_tenancy.default_tenant_id).context("multi_tenancy.default_tenant_id")?;
     if store.get_tenant(&default).await?.is_none() {
@@ -679,7 +684,7 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
         store: store.clone(),
         engine: handle.clone(),
         clock: clock.clone(),
-        local: local_pool::LocalPools::start(setup.local, &grpc_url, shutdown_rx.clone()),
+        local: local_pool::LocalPools::start(agent_template(&cfg, opts.worker_exe.as_ref()), setup.local, &grpc_url, shutdown_rx.clone()),
         interval: Duration::from_secs(cfg.autoscaling.evaluation_interval_s),
         enabled: cfg.autoscaling.enabled,
         provision_delay: Duration::from_secs(1),

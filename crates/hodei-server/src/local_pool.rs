@@ -47,6 +47,37 @@ pub struct LocalWorkerSpec {
     pub give_up_after: Duration,
 }
 
+/// What every local agent of this server shares; a pool adds its shape and join token.
+#[derive(Clone, Debug)]
+pub struct AgentTemplate {
+    pub exe: PathBuf,
+    pub data_dir: PathBuf,
+    /// `workers.run_as`, handed on as `--run-as`.
+    pub run_as: Option<String>,
+    /// `workers.gc_after_ms`: how long an agent waits for a server that is gone.
+    pub give_up_after: Duration,
+}
+
+impl AgentTemplate {
+    /// The agents of `pool`, `count` of them at start (the grpc URL is set when they start).
+    pub fn spec(&self, pool: &hodei_core::Pool, join_token: JoinToken, count: u32) -> LocalWorkerSpec {
+        LocalWorkerSpec {
+            exe: self.exe.clone(),
+            grpc_url: String::new(),
+            pool: pool.id.to_string(),
+            count,
+            join_token,
+            slots: pool.worker_slots,
+            cpu_m: pool.worker_resources.cpu_m.get(),
+            memory_mb: pool.worker_resources.memory_mb.get(),
+            gpu: pool.worker_resources.gpu.0,
+            data_dir: self.data_dir.clone(),
+            run_as: self.run_as.clone(),
+            give_up_after: self.give_up_after,
+        }
+    }
+}
+
 impl LocalWorkerSpec {
     fn spool(&self, index: u32) -> PathBuf {
         self.data_dir.join("workers").join(format!("{}-{index}", self.pool))
@@ -251,25 +282,44 @@ pub struct LocalPools {
     specs: std::collections::HashMap<String, LocalWorkerSpec>,
     slots: std::collections::HashMap<String, std::collections::BTreeMap<u32, Slot>>,
     shutdown: watch::Receiver<bool>,
+    /// For local pools created while the server runs; `None` when this server starts no agents.
+    template: Option<AgentTemplate>,
+    grpc_url: String,
 }
 
 impl LocalPools {
     /// Adopts every agent of these pools left running by a previous server and starts agents
     /// up to each pool's `count`.
-    pub fn start(specs: Vec<LocalWorkerSpec>, grpc_url: &str, shutdown: watch::Receiver<bool>) -> LocalPools {
-        let mut me = LocalPools { specs: Default::default(), slots: Default::default(), shutdown };
-        for mut spec in specs {
-            spec.grpc_url = grpc_url.to_owned();
-            let pool = spec.pool.clone();
-            let count = spec.count;
-            let running: Vec<u32> = running(&spec.data_dir).iter().filter_map(|n| index_of(&pool, n)).collect();
-            me.specs.insert(pool.clone(), spec);
-            for i in running {
-                me.launch(&pool, i);
-            }
-            me.resize(&pool, count, &[]);
+    pub fn start(template: Option<AgentTemplate>, specs: Vec<LocalWorkerSpec>, grpc_url: &str, shutdown: watch::Receiver<bool>) -> LocalPools {
+        let mut me = LocalPools { specs: Default::default(), slots: Default::default(), shutdown, template, grpc_url: grpc_url.to_owned() };
+        for spec in specs {
+            me.add(spec);
         }
         me
+    }
+
+    fn add(&mut self, mut spec: LocalWorkerSpec) {
+        spec.grpc_url = self.grpc_url.clone();
+        let pool = spec.pool.clone();
+        let count = spec.count;
+        let running: Vec<u32> = running(&spec.data_dir).iter().filter_map(|n| index_of(&pool, n)).collect();
+        self.specs.insert(pool.clone(), spec);
+        for i in running {
+            self.launch(&pool, i);
+        }
+        self.resize(&pool, count, &[]);
+    }
+
+    /// Starts keeping a local pool created through the API (its join token in the data dir's
+    /// `pool-<id>.token`), from no agent; the autoscaler then brings it to its desired size.
+    pub fn ensure(&mut self, pool: &hodei_core::Pool) {
+        if pool.provider != "local" || self.has(pool.id.as_str()) {
+            return;
+        }
+        let Some(t) = &self.template else { return };
+        let spec = t.spec(pool, JoinToken::File(crate::tokens::join_token_path(&t.data_dir, &pool.id)), 0);
+        tracing::info!(pool = %pool.id, "starting to keep a local pool created through the API");
+        self.add(spec);
     }
 
     /// Whether `pool`'s workers are started here.

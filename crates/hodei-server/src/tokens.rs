@@ -38,6 +38,13 @@ pub struct PoolTokens {
 
 #[async_trait::async_trait]
 impl hodei_api::JoinTokens for PoolTokens {
+    async fn keep(&self, pool: &Pool, token: &str) -> Result<(), ApiError> {
+        write_secret(&join_token_path(&self.data_dir, &pool.id), token).map_err(|e| {
+            tracing::error!(error = %e, pool = %pool.id, "cannot write the join token of a new local pool");
+            ApiError::new(ErrorCode::Internal, format!("pool {} was created but its join token could not be saved for its workers: rotate it", pool.id))
+        })
+    }
+
     async fn rotate(&self, pool: &Pool) -> Result<String, ApiError> {
         if self.configured.contains(&pool.id) {
             return Err(ApiError::new(

@@ -910,7 +910,7 @@ async fn pools_are_created_changed_and_deleted_through_the_api() {
     let (s, e) = app.call("POST", "/api/v1/pools", Some(body.clone())).await;
     assert_eq!((s, e["code"].as_str()), (StatusCode::CONFLICT, Some("already_exists")), "{e}");
     for (bad, field) in [
-        (json!({"id": "x", "type": "dynamic", "worker_template": {"cpu_m": 1, "memory_mb": 1, "slots": 1}}), "/type"),
+        (json!({"id": "x", "type": "elastic", "worker_template": {"cpu_m": 1, "memory_mb": 1, "slots": 1}}), "/type"),
         (json!({"id": "x", "provider": "kubernetes", "worker_template": {"cpu_m": 1, "memory_mb": 1, "slots": 1}}), "/provider"),
         (json!({"id": "x", "worker_template": {"cpu_m": 0, "memory_mb": 1, "slots": 1}}), "/worker_template/cpu_m"),
         (json!({"id": "x", "worker_template": {"cpu_m": 1, "memory_mb": 1, "slots": 1}, "min_size": 3, "max_size": 2}), "/min_size"),

@@ -344,8 +344,8 @@ enum PoolsCmd {
     /// A pool's size now: live workers by state, slots in use, the size it is kept at, its last
     /// scaling decision.
     Status { id: String },
-    /// Create a pool whose workers join with its token (admins); the token is printed once,
-    /// alone on stdout.
+    /// Create a pool (admins): its workers join with its token, printed once alone on stdout,
+    /// or (`--provider local`) the server starts them on its machine.
     Create {
         id: String,
         #[arg(long)]
@@ -365,6 +365,14 @@ enum PoolsCmd {
         min_size: u32,
         #[arg(long)]
         max_size: Option<u32>,
+        /// external (workers join with the token) or local (the server starts them).
+        #[arg(long, default_value = "external")]
+        provider: String,
+        /// static or dynamic (idle workers above min_size dropped after --idle-timeout-s).
+        #[arg(long = "type", default_value = "static")]
+        pool_type: String,
+        #[arg(long)]
+        idle_timeout_s: Option<u64>,
     },
     /// Delete a pool created through the API, once it has no workers and no job waits for it.
     Delete { id: String },
@@ -1188,8 +1196,12 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
-        Cmd::Pools { c, cmd: Some(PoolsCmd::Create { id, name, cpu_m, memory_mb, gpu, slots, min_size, max_size }) } => {
-            let mut body = json!({"id": id, "worker_template": {"cpu_m": cpu_m, "memory_mb": memory_mb, "gpu": gpu, "slots": slots}, "min_size": min_size});
+        Cmd::Pools { c, cmd: Some(PoolsCmd::Create { id, name, cpu_m, memory_mb, gpu, slots, min_size, max_size, provider, pool_type, idle_timeout_s }) } => {
+            let mut body = json!({"id": id, "worker_template": {"cpu_m": cpu_m, "memory_mb": memory_mb, "gpu": gpu, "slots": slots}, "min_size": min_size,
+                "provider": provider, "type": pool_type});
+            if let Some(t) = idle_timeout_s {
+                body["idle_timeout_s"] = json!(t);
+            }
             if let Some(n) = name {
                 body["name"] = json!(n);
             }
@@ -1199,6 +1211,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             let v = c.client()?.post("/pools", &body).await?;
             if c.output == Output::Json {
                 print_json(&v);
+            } else if provider == "local" {
+                eprintln!("pool {id} created; the server starts its workers (min {min_size}, scaled with `hodei pools scale {id} N`)");
             } else {
                 println!("{}", s(&v, "join_token"));
                 eprintln!("pool {id} created; workers join it with the token above (shown only once): hodei worker --pool {id}");

@@ -965,3 +965,42 @@ async fn a_dynamic_local_pool_scales_up_with_its_queue_and_down_when_idle() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("idle_reaper") && text.contains("manual") && !text.contains("clamped"), "{text}");
 }
+
+/// A local pool created through the API: the server starts its workers when it needs them (a
+/// policy given at creation), jobs selecting it run there, and after a restart it is still
+/// there — selectable at submit, its agents started again.
+#[tokio::test]
+async fn a_local_pool_created_through_the_api_gets_workers_and_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("HODEI_AUTOSCALING__EVALUATION_INTERVAL_S", "1")];
+    let mut srv = Server::start(dir.path(), &env, 0, None);
+    let body = json!({"id": "made", "provider": "local", "type": "dynamic", "worker_template": {"cpu_m": 500, "memory_mb": 256, "slots": 2},
+        "min_size": 0, "max_size": 2, "auto_scaling_enabled": true,
+        "scaling_policies": [{"name": "grow", "trigger": "queue_depth > 0", "action": "scale_up", "cooldown_s": 1, "window_s": 1}]});
+    let (s, p) = srv.call(Method::POST, "/pools", Some(body.clone())).await;
+    assert_eq!((s, p["provider"].as_str(), p["scaling_policies"][0]["id"].as_str()), (201, Some("local"), Some("grow")), "{p}");
+    let (s, e) = srv
+        .call(
+            Method::POST,
+            "/pools",
+            Some(json!({"id": "bad", "worker_template": {"cpu_m": 1, "memory_mb": 1, "slots": 1},
+        "scaling_policies": [{"name": "x", "trigger": "queue_depth >", "action": "scale_up"}]})),
+        )
+        .await;
+    assert_eq!((s, e["errors"][0]["field"].as_str()), (400, Some("/scaling_policies/0/trigger")), "{e}");
+    let id = srv.submit(json!({"command": ["echo", "made here"], "pool_selector": {"pool": "made"}})).await["id"].as_str().unwrap().to_owned();
+    let j = srv.wait_ended(&id, 60).await;
+    assert_eq!((j["state"].as_str(), j["pool_id"].as_str()), (Some("succeeded"), Some("made")), "{j}");
+    assert!(
+        local_agents(dir.path()).iter().any(|(_, spool)| spool.file_name().unwrap().to_string_lossy().starts_with("made-")),
+        "its agent runs on this machine"
+    );
+
+    unsafe { libc::kill(srv.child.id() as i32, libc::SIGTERM) };
+    assert!(srv.child.wait().unwrap().success());
+    let srv = Server::start(dir.path(), &env, 0, None);
+    let (_, p) = srv.call(Method::GET, "/pools/made", None).await;
+    assert_eq!((p["state"].as_str(), p["managed_by"].as_str()), (Some("active"), Some("api")), "{p}");
+    let id = srv.submit(json!({"command": ["echo", "after restart"], "pool_selector": {"pool": "made"}})).await["id"].as_str().unwrap().to_owned();
+    assert_eq!(srv.wait_ended(&id, 60).await["state"], "succeeded", "the pool is selectable and gets a worker after a restart");
+}

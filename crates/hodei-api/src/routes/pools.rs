@@ -1,7 +1,7 @@
 //! Pools created through the API (SPEC §4.6): create, update, delete. Their workers join by
-//! themselves with the pool's join token (provider `external`); pools whose workers the server
-//! starts (`local`) are set in the configuration file for now. Pools of the configuration file
-//! answer 409 here: they change there.
+//! themselves with the pool's join token (provider `external`) or are started by the server on
+//! its own machine (`local`), kept at the pool's desired size by the autoscaler. Pools of the
+//! configuration file answer 409 here: they change there.
 
 use std::collections::BTreeMap;
 
@@ -41,10 +41,12 @@ pub struct PoolCreate {
     /// A slug: lowercase letters, digits and dashes. Not reusable after a delete.
     pub id: String,
     pub name: Option<String>,
-    /// `static` (dynamic pools are not built yet).
+    /// `static` (default: kept at min_size at least, idle workers kept) or `dynamic` (idle
+    /// workers above min_size dropped after idle_timeout_s).
     #[serde(rename = "type")]
     pub pool_type: Option<String>,
-    /// `external` (default): workers join with the pool's join token.
+    /// `external` (default): workers join with the pool's join token; `local`: the server
+    /// starts them on its machine.
     pub provider: Option<String>,
     /// The shape of one worker, against which jobs are checked at submit.
     pub worker_template: TemplateIn,
@@ -52,6 +54,12 @@ pub struct PoolCreate {
     pub max_size: Option<i64>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Whether its scaling policies act (false).
+    pub auto_scaling_enabled: Option<bool>,
+    /// Dynamic pools drop workers idle this long (300 s), down to min_size.
+    pub idle_timeout_s: Option<i64>,
+    #[serde(default)]
+    pub scaling_policies: Vec<crate::routes::scaling::PolicyIn>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -131,21 +139,33 @@ pub async fn create_pool(State(s): State<ApiState>, who: Who, ApiJson(body): Api
     who.must_be_admin("creating pools (admins only)")?;
     let id =
         PoolId::parse(&body.id).map_err(|e| ApiError::field("/id", e.to_string(), "a slug: lowercase letters, digits and dashes", Some(body.id.clone())))?;
-    match body.pool_type.as_deref() {
-        None | Some("static") => {}
-        Some(t) => return Err(ApiError::field("/type", "only static pools can be created yet", "static", Some(t.to_owned()))),
-    }
-    match body.provider.as_deref() {
-        None | Some("external") => {}
+    let pool_type = match body.pool_type.as_deref() {
+        None | Some("static") => PoolType::Static,
+        Some("dynamic") => PoolType::Dynamic,
+        Some(t) => return Err(ApiError::field("/type", "unknown pool type", "static|dynamic", Some(t.to_owned()))),
+    };
+    let provider = match body.provider.as_deref() {
+        None | Some("external") => "external",
+        Some("local") => "local",
         Some(p) => {
+            return Err(ApiError::field("/provider", "this provider cannot be used yet", "external|local", Some(p.to_owned())));
+        }
+    };
+    let mut policies: Vec<hodei_core::autoscale::Policy> = Vec::new();
+    for (i, p) in body.scaling_policies.iter().enumerate() {
+        let policy = crate::routes::scaling::policy_from(p).map_err(|e| e.under(&format!("/scaling_policies/{i}")))?;
+        if policies.iter().any(|x| x.id == policy.id) {
             return Err(ApiError::field(
-                "/provider",
-                "this provider cannot be used through the API yet",
-                "external (pools of local workers are set in the configuration file)",
-                Some(p.to_owned()),
+                &format!("/scaling_policies/{i}/name"),
+                "two policies have this id",
+                "names with distinct slugs",
+                Some(p.name.clone()),
             ));
         }
+        policies.push(policy);
     }
+    let idle_timeout =
+        std::time::Duration::from_secs(u64::from(int_in("/idle_timeout_s", body.idle_timeout_s.unwrap_or(300), 0, 30 * 86_400, "idle_timeout_s")?));
     let t = &body.worker_template;
     let resources = Resources::new(
         int_in("/worker_template/cpu_m", t.cpu_m, 1, 10_000_000, "cpu_m")?,
@@ -160,16 +180,16 @@ pub async fn create_pool(State(s): State<ApiState>, who: Who, ApiJson(body): Api
     let pool = Pool {
         name: body.name.as_deref().map(super::display_name).transpose()?.unwrap_or_else(|| id.to_string()),
         id,
-        pool_type: PoolType::Static,
-        provider: "external".into(),
+        pool_type,
+        provider: provider.into(),
         worker_resources: resources,
         worker_slots: slots,
         min_size,
         max_size,
         desired_size: min_size,
-        auto_scaling_enabled: false,
-        idle_timeout: std::time::Duration::from_secs(300),
-        scaling_policies: Vec::new(),
+        auto_scaling_enabled: body.auto_scaling_enabled.unwrap_or(false),
+        idle_timeout,
+        scaling_policies: policies,
         labels: body.labels,
         managed_by: "api".into(),
         state: PoolState::Active,
@@ -180,7 +200,11 @@ pub async fn create_pool(State(s): State<ApiState>, who: Who, ApiJson(body): Api
     };
     let join_token = crate::auth::new_secret().map_err(|e| ApiError::new(ErrorCode::Internal, format!("drawing a join token: {e}")))?;
     s.store.create_pool(&pool, &crate::auth::secret_hash(&join_token)).await?;
+    if pool.provider == "local" {
+        s.join_tokens.keep(&pool, &join_token).await?;
+    }
     remember(&s, &pool, true);
+    s.pools_changed.notify_one();
     crate::zero_series_for_pool(&pool);
     let view = pool_view(&pool);
     audit::record(&s, &who, "pool.create", format!("pool:{}", pool.id), None, audit::view(&view)).await;

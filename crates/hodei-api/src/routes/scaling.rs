@@ -300,7 +300,7 @@ pub struct PolicyIn {
     pub enabled: Option<bool>,
 }
 
-fn policy_from(body: &PolicyIn) -> ApiResult<autoscale::Policy> {
+pub(crate) fn policy_from(body: &PolicyIn) -> ApiResult<autoscale::Policy> {
     use autoscale::{Direction, Mode, Trigger};
     let id = autoscale::policy_id(&body.name).ok_or_else(|| {
         ApiError::field("/name", "name has no letter or digit to make an id of", "a name such as \"scale up on queue\"", Some(body.name.clone()))
