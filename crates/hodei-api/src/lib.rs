@@ -424,6 +424,16 @@ pub fn zero_series_for_pool(pool: &Pool) {
     metrics::gauge!("hodei_pool_size", "pool" => pool.id.to_string()).increment(0.0);
     metrics::gauge!("hodei_pool_min_size", "pool" => pool.id.to_string()).set(f64::from(pool.min_size));
     metrics::gauge!("hodei_pool_max_size", "pool" => pool.id.to_string()).set(f64::from(pool.max_size));
+    metrics::gauge!("hodei_pool_desired_size", "pool" => pool.id.to_string()).set(f64::from(pool.desired_size));
+    for g in ["hodei_pool_queue_depth", "hodei_pool_cpu_utilization_ratio", "hodei_pool_memory_utilization_ratio", "hodei_pool_busy_ratio"] {
+        metrics::gauge!(g, "pool" => pool.id.to_string()).increment(0.0);
+    }
+    for s in hodei_core::PoolState::ALL {
+        metrics::gauge!("hodei_pool_state", "pool" => pool.id.to_string(), "state" => s.as_str()).set(if *s == pool.state { 1.0 } else { 0.0 });
+    }
+    for (action, decision) in [("scale_up", "executed"), ("scale_down", "executed")] {
+        metrics::counter!("hodei_autoscaler_decisions_total", "pool" => pool.id.to_string(), "action" => action, "decision" => decision).increment(0);
+    }
 }
 
 /// The OpenAPI document, for `xtask openapi` and its staleness test.

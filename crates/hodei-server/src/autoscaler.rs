@@ -131,6 +131,7 @@ impl Autoscaler {
                     }
                 }
             }
+            pool_gauges(pool, desired, &view);
             let (state, reason) = if self.local.has(pool.id.as_str()) { lifecycle(pool, desired, view.live) } else { (pool.state, pool.state_reason.clone()) };
             settling |= state == PoolState::Scaling;
             if desired != pool.desired_size || state != pool.state || reason != pool.state_reason {
@@ -173,6 +174,9 @@ impl Autoscaler {
                 desired = d.to;
             }
             if mind.mem.note(&d, now) {
+                // Counted as recorded in the history: a skip once per change of mind.
+                metrics::counter!("hodei_autoscaler_decisions_total", "pool" => pool.id.to_string(), "action" => action(pool, &d), "decision" => d.outcome.as_str())
+                    .increment(1);
                 tracing::info!(pool = %pool.id, from = d.from, to = d.to, decision = %d.outcome, reason = %d.reason, "scaling decision");
                 self.store.record_scaling_event(&Event { id: 0, pool_id: pool.id.clone(), at: now, decision: d, actor: None }).await?;
             }
@@ -193,5 +197,30 @@ fn lifecycle(pool: &Pool, desired: u32, live: u32) -> (PoolState, String) {
             }
         }
         s => (s, pool.state_reason.clone()),
+    }
+}
+
+/// `scale_up` or `scale_down`: which way a decision went, or (skipped) its policy meant to.
+fn action(pool: &Pool, d: &autoscale::Decision) -> &'static str {
+    let policy = pool.scaling_policies.iter().find(|p| Some(&p.id) == d.policy_id.as_ref());
+    let up = match policy {
+        Some(p) if d.to == d.from => p.direction == autoscale::Direction::ScaleUp,
+        _ => d.to > d.from,
+    };
+    if up { "scale_up" } else { "scale_down" }
+}
+
+/// The pool's gauges (SPEC §7.1) as of this round.
+fn pool_gauges(pool: &Pool, desired: u32, view: &PoolView) {
+    let id = pool.id.to_string();
+    metrics::gauge!("hodei_pool_desired_size", "pool" => id.clone()).set(f64::from(desired));
+    metrics::gauge!("hodei_pool_min_size", "pool" => id.clone()).set(f64::from(pool.min_size));
+    metrics::gauge!("hodei_pool_max_size", "pool" => id.clone()).set(f64::from(pool.max_size));
+    metrics::gauge!("hodei_pool_queue_depth", "pool" => id.clone()).set(f64::from(view.signals.queue_depth));
+    metrics::gauge!("hodei_pool_cpu_utilization_ratio", "pool" => id.clone()).set(view.signals.cpu_utilization / 100.0);
+    metrics::gauge!("hodei_pool_memory_utilization_ratio", "pool" => id.clone()).set(view.signals.memory_utilization / 100.0);
+    metrics::gauge!("hodei_pool_busy_ratio", "pool" => id.clone()).set(view.signals.busy_ratio);
+    for s in PoolState::ALL {
+        metrics::gauge!("hodei_pool_state", "pool" => id.clone(), "state" => s.as_str()).set(if *s == pool.state { 1.0 } else { 0.0 });
     }
 }

@@ -961,6 +961,15 @@ async fn a_dynamic_local_pool_scales_up_with_its_queue_and_down_when_idle() {
         (Some(1), Some("warm up for the demo"), Some("admin")),
         "{manual}"
     );
+    let metrics = srv.http_client.get(format!("{}/metrics", srv.metrics)).send().await.unwrap().text().await.unwrap();
+    for line in [
+        "hodei_autoscaler_decisions_total{pool=\"burst\",action=\"scale_up\",decision=\"executed\"} 2",
+        "hodei_autoscaler_decisions_total{pool=\"burst\",action=\"scale_up\",decision=\"clamped\"} 1",
+        "hodei_pool_max_size{pool=\"burst\"} 2",
+        "hodei_pool_state{pool=\"burst\",state=\"destroyed\"} 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in:\n{}", metrics.lines().filter(|l| l.contains("burst")).collect::<Vec<_>>().join("\n"));
+    }
     let out = srv.cli(&["pools", "history", "burst", "--decision", "executed"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("idle_reaper") && text.contains("manual") && !text.contains("clamped"), "{text}");
