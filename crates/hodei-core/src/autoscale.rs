@@ -372,20 +372,24 @@ pub fn evaluate(
     if desired > max {
         return Some(decision(Source::Lifecycle, desired, max, Outcome::Executed, format!("desired size {desired} is above max_size {max}")));
     }
+    // What a forecast policy wants: the idle reaper does not go below it either.
+    let mut floor = min;
     if size.auto_scaling {
         for direction in [Direction::ScaleUp, Direction::ScaleDown] {
             if let Some(d) = threshold(size, policies, direction, samples, mem, now) {
                 return Some(d);
             }
         }
-        if let (Some(p), Some(demand)) = (policies.iter().find(|p| p.enabled && p.mode == Mode::Forecast), demand)
-            && let Some(d) = forecast(size, p, demand, mem, now)
-        {
-            return Some(d);
+        if let (Some(p), Some(demand)) = (policies.iter().find(|p| p.enabled && p.mode == Mode::Forecast), demand) {
+            let needed = forecast_size(size, demand, now);
+            if let Some(d) = forecast(size, p, needed, demand, mem, now) {
+                return Some(d);
+            }
+            floor = floor.max(needed);
         }
     }
-    if idle.0 > 0 && desired > min {
-        let to = desired.saturating_sub(idle.0).max(min);
+    if idle.0 > 0 && desired > floor {
+        let to = desired.saturating_sub(idle.0).max(floor);
         let n = desired - to;
         return Some(decision(Source::IdleReaper, desired, to, Outcome::Executed, format!("{n} worker(s) idle longer than idle_timeout_s")));
     }
@@ -440,8 +444,7 @@ pub fn cooldown_remaining(p: &Policy, mem: &Memory, now: Timestamp) -> Duration 
     since.map(|at| p.cooldown.saturating_sub(now.since(at))).unwrap_or_default()
 }
 
-fn forecast(size: PoolSize, p: &Policy, demand: &Demand, mem: &mut Memory, now: Timestamp) -> Option<Decision> {
-    let needed = forecast_size(size, demand, now);
+fn forecast(size: PoolSize, p: &Policy, needed: u32, demand: &Demand, mem: &mut Memory, now: Timestamp) -> Option<Decision> {
     let from = size.desired;
     let observed = Some(f64::from(needed));
     let base = |to: u32, outcome: Outcome, reason: String| Decision {
@@ -457,7 +460,9 @@ fn forecast(size: PoolSize, p: &Policy, demand: &Demand, mem: &mut Memory, now: 
     if needed > from {
         mem.forecast_low_since = None;
         let to = from.saturating_add(p.step.max(1)).min(needed);
-        let remaining = mem.last_up.map(|at| p.cooldown.saturating_sub(now.since(at))).unwrap_or_default();
+        // Unlike a threshold policy's, a forecast's growth also waits out its cooldown after a
+        // shrink: the jobs it grows for have the slack between at-risk and breach.
+        let remaining = mem.last_change.map(|at| p.cooldown.saturating_sub(now.since(at))).unwrap_or_default();
         let why = format!("forecast: {} pending job(s) need {needed} worker(s) to start before their SLA at-risk point", demand.pending.len());
         if !remaining.is_zero() {
             return Some(base(from, Outcome::SuppressedCooldown, format!("{why}; cooldown {} s remaining", remaining.as_secs_f64().ceil() as u64)));
@@ -488,7 +493,7 @@ fn forecast(size: PoolSize, p: &Policy, demand: &Demand, mem: &mut Memory, now: 
 /// deadline first on the lanes of `n` workers.
 pub fn forecast_size(size: PoolSize, demand: &Demand, now: Timestamp) -> u32 {
     let mut jobs = demand.pending.clone();
-    jobs.sort_by_key(|j| j.at_risk_at);
+    jobs.sort_by_key(|j| (j.at_risk_at, j.expected));
     let lanes = demand.lanes_per_worker.max(1);
     let breaches = |n: u32| -> usize {
         let mut free: BinaryHeap<Reverse<Timestamp>> = BinaryHeap::new();

@@ -1,7 +1,9 @@
 //! The Hodei simulator: drives the same pure core the server runs ([`hodei_core::sched::Scheduler`])
 //! with a virtual clock, from a workload file or a recorded trace, and reports what each tenant
 //! got: its share of capacity against its weighted share, its waits, SLA compliance, and
-//! Jain's fairness index over the tenants.
+//! Jain's fairness index over the tenants. Pools with `autoscaling` are sized by the core's
+//! autoscaler ([`hodei_core::autoscale::evaluate`]) as the server sizes them, and the report
+//! adds what that cost: worker-seconds, scaling events, flaps and SLA breaches.
 //!
 //! **Architecture Invariant:** deterministic. Same workload and seed → same report, byte for
 //! byte: one seeded generator per tenant, events ordered by (time, sequence), no wall clock,
@@ -15,7 +17,8 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use hodei_core::sched::{AttemptResult, BackfillRules, Outbound, Outcome, SchedConfig, Scheduler, SlaRules};
+use hodei_core::autoscale::{self, IdleExpired, Memory, PoolSize, Samples};
+use hodei_core::sched::{AttemptResult, BackfillRules, Outbound, Outcome, PoolQuery, SchedConfig, Scheduler, SlaRules};
 use hodei_core::spec::{JobSpec, JobSpecInput, SpecLimits};
 use hodei_core::{AttemptId, Job, JobId, PoolId, Quota, Resources, TenantId, TenantPolicy, Timestamp, Worker, WorkerId, WorkerState};
 use serde::Serialize;
@@ -69,7 +72,38 @@ pub struct Report {
     pub jain_index: f64,
     pub max_share_error: f64,
     pub sla_compliance: f64,
+    /// Jobs that waited past their SLA level's maximum: started late, or still waiting past it
+    /// at the horizon.
+    pub sla_breaches: u64,
+    /// ∫ live workers dt over the window (seconds).
+    pub worker_seconds: f64,
+    /// Executed scaling decisions of autoscaled pools.
+    pub scale_ups: u64,
+    pub scale_downs: u64,
+    /// Executed decisions that reverse the previous one within the pool's longest cooldown.
+    pub flaps: u64,
     pub tenants: Vec<TenantReport>,
+}
+
+/// A pool the core's autoscaler sizes.
+struct Scaled {
+    pool: hodei_core::Pool,
+    samples: Samples,
+    mem: Memory,
+    interval: u64,
+    delay: u64,
+    /// Scale-ups whose workers have not arrived yet, and how many of them were cancelled.
+    pending_up: u32,
+    cancel_up: u32,
+    /// Executed decisions: (instant, +1 up / -1 down).
+    log: Vec<(u64, i8)>,
+}
+
+/// A timed event of an autoscaled pool.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+enum Tick {
+    Evaluate(usize),
+    Up(usize),
 }
 
 /// Per job, while it is live.
@@ -154,6 +188,13 @@ pub struct Simulator {
     window: (u64, u64),
     horizon: u64,
     seed: u64,
+    scaled: Vec<Scaled>,
+    ticks: BinaryHeap<Reverse<(u64, u64, Tick)>>,
+    /// Live workers, and ∫ of them over the window so far (worker-ms) up to `ws_at`.
+    live_workers: u64,
+    ws_acc: f64,
+    ws_at: u64,
+    draining: std::collections::BTreeSet<WorkerId>,
 }
 
 fn ts(ms: u64) -> Timestamp {
@@ -173,6 +214,7 @@ fn spec_of(name: &str, shape: &workload::JobShape) -> Result<JobSpec, WorkloadEr
         gpu: Some(i64::from(shape.gpu)),
         timeout_ms: Some(7 * 24 * 3_600_000),
         priority: Some(shape.priority.clone()),
+        sla: shape.sla.clone(),
         ..Default::default()
     }
     .validate(&SpecLimits { max_timeout: Duration::from_secs(7 * 24 * 3600), ..SpecLimits::default() }, "")
@@ -215,32 +257,60 @@ impl Simulator {
             window: (w.warmup_s * 1000, w.horizon_s * 1000),
             horizon: w.horizon_s * 1000,
             seed: w.seed,
+            scaled: vec![],
+            ticks: BinaryHeap::new(),
+            live_workers: 0,
+            ws_acc: 0.0,
+            ws_at: w.warmup_s * 1000,
+            draining: Default::default(),
         };
         for p in &w.pools {
             let pool = PoolId::parse(&p.id).map_err(|e| WorkloadError::Invalid { field: "pools.id".into(), message: e.to_string() })?;
+            let shape = Resources::new(p.cpu_m, p.memory_mb, p.gpu);
             for _ in 0..p.workers {
-                let id = WorkerId::from_uuid(Uuid::from_u128(sim.mint()));
-                let worker = Worker {
-                    id,
-                    instance_name: format!("{}-{}", p.id, id),
-                    pool_id: pool.clone(),
-                    state: WorkerState::Registering,
-                    capabilities: vec!["process".into()],
-                    resources: Resources::new(p.cpu_m, p.memory_mb, p.gpu),
-                    allocated: Resources::ZERO,
-                    slots: p.slots,
-                    slots_used: 0,
-                    labels: BTreeMap::new(),
-                    version: "sim".into(),
-                    registered_at: ts(0),
-                    last_heartbeat_at: ts(0),
-                    idle_since: None,
-                    connected: false,
-                };
-                sim.sched.register_worker(worker, ts(0));
-                sim.sched.connect_worker(id, &[], vec![], ts(0)).map_err(|_| WorkloadError::Parse("worker did not connect".into()))?;
-                sim.capacity = sim.capacity.checked_add(&Resources::new(p.cpu_m, p.memory_mb, p.gpu)).unwrap_or(sim.capacity);
+                sim.add_worker(&pool, shape, p.slots, 0);
+            }
+            // Capacity (for utilization and shares) is the pool at its largest.
+            let most = p.autoscaling.as_ref().map_or(p.workers, |a| a.max);
+            for _ in 0..most {
+                sim.capacity = sim.capacity.checked_add(&shape).unwrap_or(sim.capacity);
                 sim.slots += u64::from(p.slots);
+            }
+            if let Some(a) = &p.autoscaling {
+                let policies = a.policies().map_err(|e| WorkloadError::Invalid { field: format!("pools {} autoscaling", p.id), message: e })?;
+                let core = hodei_core::Pool {
+                    id: pool.clone(),
+                    name: p.id.clone(),
+                    pool_type: if a.idle_timeout_s.is_some() { hodei_core::PoolType::Dynamic } else { hodei_core::PoolType::Static },
+                    provider: "sim".into(),
+                    worker_resources: shape,
+                    worker_slots: p.slots,
+                    min_size: a.min,
+                    max_size: a.max,
+                    desired_size: p.workers,
+                    auto_scaling_enabled: true,
+                    idle_timeout: Duration::from_secs(a.idle_timeout_s.unwrap_or(0)),
+                    scaling_policies: policies,
+                    labels: BTreeMap::new(),
+                    managed_by: "sim".into(),
+                    state: hodei_core::PoolState::Active,
+                    state_reason: String::new(),
+                    created_at: ts(0),
+                    updated_at: ts(0),
+                    version: 1,
+                };
+                let i = sim.scaled.len();
+                sim.scaled.push(Scaled {
+                    pool: core,
+                    samples: Samples::default(),
+                    mem: Memory::default(),
+                    interval: a.evaluation_interval_s * 1000,
+                    delay: a.provision_delay_ms,
+                    pending_up: 0,
+                    cancel_up: 0,
+                    log: vec![],
+                });
+                sim.tick(0, Tick::Evaluate(i));
             }
         }
         for g in &w.tenants {
@@ -265,6 +335,116 @@ impl Simulator {
         }
         let _ = sim.sched.take_changes();
         Ok(sim)
+    }
+
+    fn tick(&mut self, at: u64, t: Tick) {
+        self.seq += 1;
+        self.ticks.push(Reverse((at, self.seq, t)));
+    }
+
+    /// Adds `delta` to the live workers, first counting the worker-time so far.
+    fn count_workers(&mut self, now: u64, delta: i64) {
+        let t = now.clamp(self.window.0, self.window.1);
+        if t > self.ws_at {
+            self.ws_acc += (t - self.ws_at) as f64 * self.live_workers as f64;
+            self.ws_at = t;
+        }
+        self.live_workers = self.live_workers.saturating_add_signed(delta);
+    }
+
+    fn add_worker(&mut self, pool: &PoolId, shape: Resources, slots: u32, now: u64) {
+        let id = WorkerId::from_uuid(Uuid::from_u128(self.mint()));
+        let worker = Worker {
+            id,
+            instance_name: format!("{pool}-{id}"),
+            pool_id: pool.clone(),
+            state: WorkerState::Registering,
+            capabilities: vec!["process".into()],
+            resources: shape,
+            allocated: Resources::ZERO,
+            slots,
+            slots_used: 0,
+            labels: BTreeMap::new(),
+            version: "sim".into(),
+            registered_at: ts(now),
+            last_heartbeat_at: ts(now),
+            idle_since: None,
+            connected: false,
+        };
+        self.sched.register_worker(worker, ts(now));
+        let _ = self.sched.connect_worker(id, &[], vec![], ts(now));
+        self.count_workers(now, 1);
+    }
+
+    /// One autoscaler evaluation of scaled pool `i`, applied at once (new workers after the
+    /// provision delay; fewer: cancelled arrivals, then idle workers longest idle first, then
+    /// the least busy drained).
+    fn evaluate(&mut self, i: usize, now: u64) {
+        let sc = &self.scaled[i];
+        let forecast = sc.pool.scaling_policies.iter().any(|p| p.mode == autoscale::Mode::Forecast);
+        let idle_timeout = (sc.pool.pool_type == hodei_core::PoolType::Dynamic).then_some(sc.pool.idle_timeout);
+        let q = PoolQuery { pool: &sc.pool, idle_timeout, forecast, provision_delay: Duration::from_millis(sc.delay) };
+        let Some(view) = self.sched.pool_views(&[q], ts(now)).pop() else { return };
+        let sc = &mut self.scaled[i];
+        let keep = sc.pool.scaling_policies.iter().map(|p| p.window).max().unwrap_or_default().max(Duration::from_millis(sc.interval));
+        sc.samples.push(ts(now), view.signals, keep);
+        let size =
+            PoolSize { min: sc.pool.min_size, max: sc.pool.max_size, desired: sc.pool.desired_size, current: view.live + sc.pending_up, auto_scaling: true };
+        let idle = IdleExpired(if idle_timeout.is_some() { view.idle_expired } else { 0 });
+        let decision = autoscale::evaluate(size, &sc.pool.scaling_policies, &sc.samples, view.demand.as_ref(), idle, &mut sc.mem, ts(now));
+        if now + sc.interval <= self.horizon {
+            let next = now + sc.interval;
+            self.tick(next, Tick::Evaluate(i));
+        }
+        let Some(d) = decision else { return };
+        let sc = &mut self.scaled[i];
+        sc.mem.note(&d, ts(now));
+        if d.outcome != autoscale::Outcome::Executed || d.to == d.from {
+            return;
+        }
+        sc.pool.desired_size = d.to;
+        if d.to > d.from {
+            sc.log.push((now, 1));
+            let (n, delay) = (d.to - d.from, sc.delay);
+            sc.pending_up += n;
+            for _ in 0..n {
+                self.tick(now + delay, Tick::Up(i));
+            }
+            return;
+        }
+        sc.log.push((now, -1));
+        let mut n = d.from - d.to;
+        let cancel = n.min(sc.pending_up - sc.cancel_up);
+        sc.cancel_up += cancel;
+        n -= cancel;
+        let pool = sc.pool.id.clone();
+        let mut ws: Vec<(u32, i64, WorkerId)> = self
+            .sched
+            .workers()
+            .filter(|w| w.pool_id == pool && matches!(w.state, WorkerState::Idle | WorkerState::Busy))
+            .map(|w| (w.slots_used, w.idle_since.map_or(i64::MAX, |t| t.as_millis()), w.id))
+            .collect();
+        ws.sort();
+        for (used, _, id) in ws.into_iter().take(n as usize) {
+            if used == 0 {
+                self.sched.terminate_worker(id, ts(now));
+                self.count_workers(now, -1);
+            } else if self.sched.drain_worker(id).is_ok() {
+                self.draining.insert(id);
+            }
+        }
+    }
+
+    /// A worker of scaled pool `i` arrives, unless its scale-up was cancelled meanwhile.
+    fn worker_up(&mut self, i: usize, now: u64) {
+        let sc = &mut self.scaled[i];
+        sc.pending_up -= 1;
+        if sc.cancel_up > 0 {
+            sc.cancel_up -= 1;
+            return;
+        }
+        let (pool, shape, slots) = (sc.pool.id.clone(), sc.pool.worker_resources, sc.pool.worker_slots);
+        self.add_worker(&pool, shape, slots, now);
     }
 
     fn mint(&mut self) -> u128 {
@@ -303,7 +483,7 @@ impl Simulator {
         match self.tenants[t as usize].arrival.clone() {
             Arrival::Backlog { jobs, at_s } => self.push((at_s * 1000.0) as u64, Arrive { tenant: t, n: jobs, trace: None }),
             Arrival::Saturate { queued } => self.push(0, Arrive { tenant: t, n: u64::from(queued), trace: None }),
-            Arrival::Poisson { per_s, start_s } => {
+            Arrival::Poisson { per_s, start_s, .. } => {
                 let gap = self.tenants[t as usize].rng.exponential(1000.0 / per_s);
                 self.push((start_s * 1000.0) as u64 + gap, Arrive { tenant: t, n: 1, trace: None });
             }
@@ -370,11 +550,12 @@ impl Simulator {
             let meta = Meta { tenant: t, duration, submitted: now, dispatches_at_arrival: self.dispatches, own_at_arrival, first_slot, max_wait };
             self.meta.insert(id, meta);
         }
-        if let Arrival::Poisson { per_s, .. } = self.tenants[t as usize].arrival
+        if let Arrival::Poisson { per_s, until_s, .. } = self.tenants[t as usize].arrival
             && trace.is_none()
         {
             let gap = self.tenants[t as usize].rng.exponential(1000.0 / per_s);
-            if now + gap < self.horizon {
+            let until = until_s.map_or(self.horizon, |u| ((u * 1000.0) as u64).min(self.horizon));
+            if now + gap < until {
                 self.push(now + gap, Arrive { tenant: t, n: 1, trace: None });
             }
         }
@@ -424,7 +605,8 @@ impl Simulator {
         loop {
             let next_end = self.ends.peek().map(|Reverse((at, _, _))| *at);
             let next_arrival = self.arrivals.peek().map(|Reverse((at, _, _))| *at);
-            let Some(now) = next_end.into_iter().chain(next_arrival).min() else { break };
+            let next_tick = self.ticks.peek().map(|Reverse((at, _, _))| *at);
+            let Some(now) = next_end.into_iter().chain(next_arrival).chain(next_tick).min() else { break };
             if now > self.horizon {
                 break;
             }
@@ -436,12 +618,25 @@ impl Simulator {
                 if self.sched.finish(a, w, r, ts(now)).is_ok() {
                     self.tenants[d.tenant as usize].tally.completed += 1;
                 }
+                // A drained worker goes once its last job ended.
+                if self.draining.contains(&w) && self.sched.worker(&w).is_none_or(|x| x.slots_used == 0) {
+                    self.draining.remove(&w);
+                    self.sched.terminate_worker(w, ts(now));
+                    self.count_workers(now, -1);
+                }
                 let ten = &mut self.tenants[d.tenant as usize];
                 ten.live -= 1;
                 if ten.live == 0 {
                     self.activate(d.tenant, now, false);
                 }
                 self.running -= 1;
+            }
+            while self.ticks.peek().is_some_and(|Reverse((at, _, _))| *at == now) {
+                let Some(Reverse((_, _, t))) = self.ticks.pop() else { break };
+                match t {
+                    Tick::Evaluate(i) => self.evaluate(i, now),
+                    Tick::Up(i) => self.worker_up(i, now),
+                }
             }
             while self.arrivals.peek().is_some_and(|Reverse((at, _, _))| *at == now) {
                 let Some(Reverse((_, _, a))) = self.arrivals.pop() else { break };
@@ -491,6 +686,15 @@ impl Simulator {
 
     fn report(mut self) -> Report {
         self.advance_fair(self.horizon);
+        self.count_workers(self.horizon, 0);
+        let overdue = self.meta.values().filter(|m| self.horizon.saturating_sub(m.submitted) > m.max_wait).count() as u64;
+        let (mut ups, mut downs, mut flaps) = (0, 0, 0);
+        for sc in &self.scaled {
+            let window = sc.pool.scaling_policies.iter().map(|p| p.cooldown).max().unwrap_or_default().as_millis() as u64;
+            ups += sc.log.iter().filter(|e| e.1 > 0).count() as u64;
+            downs += sc.log.iter().filter(|e| e.1 < 0).count() as u64;
+            flaps += sc.log.windows(2).filter(|w| w[0].1 != w[1].1 && w[1].0 - w[0].0 < window).count() as u64;
+        }
         let acc = self.fair_acc;
         for t in &mut self.tenants {
             if t.live > 0 {
@@ -548,6 +752,11 @@ impl Simulator {
             jain_index: if n == 0 || sum_sq == 0.0 { 1.0 } else { sum * sum / (n as f64 * sum_sq) },
             max_share_error: max_err,
             sla_compliance: if started == 0 { 1.0 } else { met as f64 / started as f64 },
+            sla_breaches: started - met + overdue,
+            worker_seconds: self.ws_acc / 1000.0,
+            scale_ups: ups,
+            scale_downs: downs,
+            flaps,
             tenants,
         }
     }
@@ -573,7 +782,12 @@ impl Report {
             self.slots
         );
         let _ = writeln!(s, "jobs: submitted {}  rejected {}  started {}  completed {}", self.submitted, self.rejected, self.started, self.completed);
-        let _ = writeln!(s, "utilization {:.4}  SLA compliance {:.4}", self.utilization, self.sla_compliance);
+        let _ = writeln!(s, "utilization {:.4}  SLA compliance {:.4}  SLA breaches {}", self.utilization, self.sla_compliance, self.sla_breaches);
+        let _ = writeln!(
+            s,
+            "workers: {:.0} worker-seconds  scale-ups {}  scale-downs {}  flaps {}",
+            self.worker_seconds, self.scale_ups, self.scale_downs, self.flaps
+        );
         let _ =
             writeln!(s, "fairness: Jain's index {:.6}  max |share/fair − 1| {:.4}  over {} tenants", self.jain_index, self.max_share_error, self.tenants_total);
         let mut by_weight: BTreeMap<u32, (usize, f64, f64)> = BTreeMap::new();

@@ -115,6 +115,92 @@ pub struct PoolSpec {
     pub memory_mb: u32,
     #[serde(default)]
     pub gpu: u32,
+    /// Scale the pool with the core's autoscaler (`workers` is its size at the start).
+    #[serde(default)]
+    pub autoscaling: Option<AutoscalingSpec>,
+}
+
+/// A pool's autoscaling, as in the server's configuration (policies' durations in seconds).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AutoscalingSpec {
+    #[serde(default)]
+    pub min: u32,
+    pub max: u32,
+    #[serde(default = "default_evaluation")]
+    pub evaluation_interval_s: u64,
+    /// From a scale-up to the new worker taking jobs.
+    #[serde(default = "default_provision")]
+    pub provision_delay_ms: u64,
+    /// Dynamic pools: idle workers above `min` are dropped after this long.
+    pub idle_timeout_s: Option<u64>,
+    pub policies: Vec<PolicySpec>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySpec {
+    pub name: String,
+    #[serde(default = "default_mode")]
+    pub mode: String,
+    pub trigger: Option<String>,
+    pub action: String,
+    #[serde(default = "one")]
+    pub step: u32,
+    pub cooldown_s: Option<u64>,
+    #[serde(default = "sixty")]
+    pub window_s: u64,
+    #[serde(default = "twenty")]
+    pub hysteresis_pct: u32,
+}
+
+fn default_evaluation() -> u64 {
+    15
+}
+fn default_provision() -> u64 {
+    1000
+}
+fn default_mode() -> String {
+    "threshold".into()
+}
+fn sixty() -> u64 {
+    60
+}
+fn twenty() -> u32 {
+    20
+}
+
+impl AutoscalingSpec {
+    /// The core's policies, or what is wrong with one.
+    pub fn policies(&self) -> Result<Vec<hodei_core::autoscale::Policy>, String> {
+        use hodei_core::autoscale::{Direction, Mode, Policy, Trigger, policy_id};
+        self.policies
+            .iter()
+            .map(|p| {
+                let mode: Mode = p.mode.parse().map_err(|_| format!("{}: mode is {}", p.name, Mode::expected()))?;
+                let direction: Direction = p.action.parse().map_err(|_| format!("{}: action is {}", p.name, Direction::expected()))?;
+                let trigger = match (&p.trigger, mode) {
+                    (Some(t), Mode::Threshold) => Some(Trigger::parse(t).map_err(|e| format!("{}: trigger {t:?}: {e}", p.name))?),
+                    (None, Mode::Threshold) => return Err(format!("{}: a threshold policy needs a trigger", p.name)),
+                    (Some(_), Mode::Forecast) => return Err(format!("{}: a forecast policy takes no trigger", p.name)),
+                    (None, Mode::Forecast) => None,
+                };
+                let cooldown = p.cooldown_s.unwrap_or(if direction == Direction::ScaleUp { 60 } else { 120 });
+                Ok(Policy {
+                    id: policy_id(&p.name).ok_or_else(|| format!("{}: a name with a letter or digit", p.name))?,
+                    name: p.name.clone(),
+                    mode,
+                    trigger,
+                    direction,
+                    step: p.step.max(1),
+                    cooldown: std::time::Duration::from_secs(cooldown),
+                    window: std::time::Duration::from_secs(p.window_s),
+                    hysteresis_pct: p.hysteresis_pct.min(100),
+                    enabled: true,
+                })
+            })
+            .collect()
+    }
 }
 
 fn default_pool() -> String {
@@ -180,11 +266,13 @@ pub enum Arrival {
     },
     /// Always `queued` jobs waiting: one arrives each time one is dispatched (saturation).
     Saturate { queued: u32 },
-    /// A Poisson process of `per_s` jobs per second from `start_s`.
+    /// A Poisson process of `per_s` jobs per second from `start_s` (until `until_s`, else the
+    /// horizon).
     Poisson {
         per_s: f64,
         #[serde(default)]
         start_s: f64,
+        until_s: Option<f64>,
     },
     /// One job at each instant (seconds).
     At { s: Vec<f64> },
@@ -207,6 +295,9 @@ pub struct JobShape {
     /// critical|high|normal|low|batch
     #[serde(default = "default_priority")]
     pub priority: String,
+    /// The SLA level (critical|high|medium|low|best_effort); the priority's by default.
+    #[serde(default)]
+    pub sla: Option<String>,
     /// What the job tells the scheduler of its duration: `exact` (its true duration),
     /// `mean` (the distribution's mean) or `none` (history, else the default).
     #[serde(default)]
@@ -215,7 +306,15 @@ pub struct JobShape {
 
 impl Default for JobShape {
     fn default() -> Self {
-        JobShape { cpu_m: default_cpu(), memory_mb: default_memory(), gpu: 0, duration: Dist::default(), priority: default_priority(), hint: Hint::default() }
+        JobShape {
+            cpu_m: default_cpu(),
+            memory_mb: default_memory(),
+            gpu: 0,
+            duration: Dist::default(),
+            priority: default_priority(),
+            sla: None,
+            hint: Hint::default(),
+        }
     }
 }
 
@@ -318,8 +417,14 @@ impl Workload {
             return Err(invalid("pools", "at least one pool"));
         }
         for (i, p) in self.pools.iter().enumerate() {
-            if p.workers == 0 || p.slots == 0 {
-                return Err(invalid(format!("pools[{i}]"), "workers and slots must be > 0"));
+            if p.slots == 0 || (p.workers == 0 && p.autoscaling.is_none()) {
+                return Err(invalid(format!("pools[{i}]"), "slots must be > 0, and workers too unless the pool autoscales"));
+            }
+            if let Some(a) = &p.autoscaling {
+                if a.min > a.max || p.workers < a.min || p.workers > a.max || a.evaluation_interval_s == 0 {
+                    return Err(invalid(format!("pools[{i}].autoscaling"), "need min ≤ workers ≤ max and evaluation_interval_s > 0"));
+                }
+                a.policies().map_err(|e| invalid(format!("pools[{i}].autoscaling.policies"), e))?;
             }
         }
         for (i, g) in self.tenants.iter().enumerate() {

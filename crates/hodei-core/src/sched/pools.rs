@@ -72,7 +72,7 @@ impl Scheduler {
                 if forecasting {
                     urgent = g.jobs.iter().map(|j| PendingJob { at_risk_at: self.at_risk_at(j, now), expected: self.expected_duration(j) }).collect();
                     keep_most_urgent(&mut urgent);
-                    urgent.sort_unstable_by_key(|j| j.at_risk_at);
+                    urgent.sort_unstable_by_key(|j| (j.at_risk_at, j.expected));
                 }
                 ((req, image), g, urgent)
             })
@@ -172,7 +172,7 @@ fn keep_most_urgent(jobs: &mut Vec<PendingJob>) {
 fn merge_most_urgent(lists: &mut [&[PendingJob]]) -> Vec<PendingJob> {
     let mut out = Vec::with_capacity(lists.iter().map(|l| l.len()).sum::<usize>().min(MAX_FORECAST_JOBS));
     while out.len() < MAX_FORECAST_JOBS {
-        let Some(next) = lists.iter_mut().filter(|l| !l.is_empty()).min_by_key(|l| l[0].at_risk_at) else { break };
+        let Some(next) = lists.iter_mut().filter(|l| !l.is_empty()).min_by_key(|l| (l[0].at_risk_at, l[0].expected)) else { break };
         out.push(next[0]);
         *next = &next[1..];
     }
