@@ -1,7 +1,9 @@
-//! Placement checks (SPEC §2.6) that do not depend on what runs now: whether a pool's workers
-//! could ever run a job. The submit check (`unschedulable`) and the scheduler's choice of a
-//! worker both ask these, so a job is refused at submit for exactly the reasons no worker would
-//! take it.
+//! Placement (SPEC §2.6) as one chain of checks, in the manner of Nomad's feasibility
+//! iterators: each check passes or names why not ([`Unfit`]), in a fixed order — selection,
+//! capabilities, shape (these never change while a job waits), then the worker accepting work,
+//! a free slot, room. The scheduler's choice of a worker, backfill reservations, preemption,
+//! `explain` and the submit check (`unschedulable`, per pool: [`pool_misfit`]) all read this
+//! chain, so a job is refused, reported or placed for the same reasons.
 
 use std::fmt;
 
@@ -60,9 +62,82 @@ pub fn pool_misfit(pool: &Pool, spec: &JobSpec) -> Option<Misfit> {
     None
 }
 
-/// Whether `worker` has every capability `spec` needs.
-pub fn has_capabilities(worker: &Worker, spec: &JobSpec) -> bool {
-    required_capabilities(spec).all(|c| worker.capabilities.iter().any(|w| w == c))
+/// Why one worker cannot take a job, in the order the chain checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Unfit {
+    /// The job selects another pool.
+    NotSelected,
+    /// The worker lacks a capability the job needs.
+    LacksCapability(&'static str),
+    /// The job needs more than the whole worker (or the worker has no slot at all).
+    TooSmall,
+    /// The worker takes no work now: registering, draining, offline or not connected.
+    NotAccepting,
+    /// Every slot is in use.
+    NoSlot,
+    /// Not enough free cpu, memory or gpu now.
+    NoRoom,
+}
+
+impl Unfit {
+    /// Whether the job could run on this worker once what runs there ends.
+    pub fn is_temporary(self) -> bool {
+        matches!(self, Unfit::NotAccepting | Unfit::NoSlot | Unfit::NoRoom)
+    }
+}
+
+impl fmt::Display for Unfit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Unfit::NotSelected => write!(f, "not the pool the job selects"),
+            Unfit::LacksCapability(c) => write!(f, "lacks the capability `{c}`"),
+            Unfit::TooSmall => write!(f, "too small for the job"),
+            Unfit::NotAccepting => write!(f, "takes no work now"),
+            Unfit::NoSlot => write!(f, "every slot in use"),
+            Unfit::NoRoom => write!(f, "not enough free resources now"),
+        }
+    }
+}
+
+/// The checks that never change while the job waits: selection, capabilities, shape.
+pub fn ever_fits(w: &Worker, spec: &JobSpec, req: &Resources) -> Result<(), Unfit> {
+    if spec.pool_selector.as_ref().is_some_and(|p| *p != w.pool_id) {
+        return Err(Unfit::NotSelected);
+    }
+    if let Some(c) = required_capabilities(spec).find(|c| !w.capabilities.iter().any(|x| x == c)) {
+        return Err(Unfit::LacksCapability(c));
+    }
+    if !w.could_ever_take(req) {
+        return Err(Unfit::TooSmall);
+    }
+    Ok(())
+}
+
+/// Whether the worker takes work at all now (idle or busy, its job stream open).
+pub fn accepting(w: &Worker) -> bool {
+    matches!(w.state, crate::worker::WorkerState::Idle | crate::worker::WorkerState::Busy) && w.connected
+}
+
+/// The whole chain: whether `w` can take a job of `spec` needing `req` right now.
+pub fn fits_now(w: &Worker, spec: &JobSpec, req: &Resources) -> Result<(), Unfit> {
+    ever_fits(w, spec, req)?;
+    if !accepting(w) {
+        return Err(Unfit::NotAccepting);
+    }
+    if w.slots_used >= w.slots {
+        return Err(Unfit::NoSlot);
+    }
+    if !req.fits_in(&w.room()) {
+        return Err(Unfit::NoRoom);
+    }
+    Ok(())
+}
+
+/// Rank among the workers that pass the chain (SPEC §2.6): best fit — least leftover cpu, then
+/// memory — then the longest idle, then id. Lower is better.
+pub fn rank(w: &Worker, req: &Resources) -> (u32, u32, i64, crate::ids::WorkerId) {
+    let left = w.room().saturating_sub(req);
+    (left.cpu_m.0, left.memory_mb.0, w.idle_since.map_or(i64::MAX, crate::time::Timestamp::as_millis), w.id)
 }
 
 #[cfg(test)]

@@ -1207,17 +1207,15 @@ impl Scheduler {
         placed
     }
 
-    /// Best fit: least leftover cpu, then memory; then the longest idle; then id.
+    /// The worker for `job` now: those that pass the placement chain (and backfill's
+    /// reservations), ranked by `placement::rank`.
     fn best_worker(&self, job: &Job, now: Timestamp) -> Option<WorkerId> {
         let req = job.resources();
         self.workers
             .values()
-            .filter(|w| w.can_take(&req) && job.spec.pool_selector.as_ref().is_none_or(|p| *p == w.pool_id) && crate::placement::has_capabilities(w, &job.spec))
+            .filter(|w| crate::placement::fits_now(w, &job.spec, &req).is_ok())
             .filter(|w| self.reserved_workers.is_empty() || self.reservation_allows(w, job, now))
-            .min_by_key(|w| {
-                let left = w.room().saturating_sub(&req);
-                (left.cpu_m, left.memory_mb, w.idle_since.map_or(i64::MAX, Timestamp::as_millis), w.id)
-            })
+            .min_by_key(|w| crate::placement::rank(w, &req))
             .map(|w| w.id)
     }
 

@@ -131,8 +131,8 @@ impl Scheduler {
         let candidates: BTreeMap<WorkerId, JobId> = self
             .workers
             .values()
-            .filter(|w| matches!(w.state, crate::worker::WorkerState::Idle | crate::worker::WorkerState::Busy) && w.connected && w.could_ever_take(&req))
-            .filter(|w| !self.reserved_workers.contains_key(&w.id) && job.spec.pool_selector.as_ref().is_none_or(|p| *p == w.pool_id))
+            .filter(|w| crate::placement::accepting(w) && crate::placement::ever_fits(w, &job.spec, &req).is_ok())
+            .filter(|w| !self.reserved_workers.contains_key(&w.id))
             .map(|w| (w.id, id))
             .collect();
         if candidates.is_empty() {

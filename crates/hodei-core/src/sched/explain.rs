@@ -162,17 +162,28 @@ impl Scheduler {
             out.push(Blocker::quota(b.limit.blocking_code(), &b));
             self.burst_blocker(job, out);
         }
-        let matching = |w: &&crate::worker::Worker| job.spec.pool_selector.as_ref().is_none_or(|p| *p == w.pool_id) && w.state.is_live();
-        if !self.workers.values().filter(matching).any(|w| w.could_ever_take(&req)) {
-            out.push(Blocker::new("no_matching_pool", format!("no live worker is large enough for {req}")));
-        } else if !self.workers.values().filter(matching).any(|w| w.can_take(&req)) {
-            out.push(match self.reservations.get(&job.id) {
+        // The placement chain over the live workers: the furthest any of them gets.
+        let nearest = self.workers.values().filter(|w| w.state.is_live()).map(|w| crate::placement::fits_now(w, &job.spec, &req)).max_by_key(|r| match r {
+            Ok(()) => (1, None),
+            Err(u) => (0, Some(*u)),
+        });
+        match nearest {
+            None | Some(Err(crate::placement::Unfit::NotSelected)) => {
+                out.push(Blocker::new("no_matching_pool", "no live worker is in the pool the job selects"));
+            }
+            Some(Err(u)) if !u.is_temporary() => {
+                out.push(Blocker::new("no_matching_pool", format!("no live worker could ever run it: the nearest is {u} ({req} needed)")));
+            }
+            Some(Err(u)) => out.push(match self.reservations.get(&job.id) {
                 Some(r) => Blocker::new("no_capacity", format!("worker {} is reserved for it, expected to have room at {}", r.worker, r.free_at))
                     .with("reserved_free_at_ms", r.free_at.as_millis().max(0) as u128),
-                None => Blocker::new("no_capacity", format!("every worker that could run it is full ({req} needed)")),
-            });
-        } else if self.best_worker(job, now).is_none() {
-            out.push(Blocker::new("reserved_for_other_job", "the workers with room are reserved for jobs that waited longer (backfill)"));
+                None => Blocker::new("no_capacity", format!("every worker that could run it is busy: the nearest has {u} ({req} needed)")),
+            }),
+            Some(Ok(())) => {
+                if self.best_worker(job, now).is_none() {
+                    out.push(Blocker::new("reserved_for_other_job", "the workers with room are reserved for jobs that waited longer (backfill)"));
+                }
+            }
         }
         if let Some(st) = self.queue.status(&job.tenant)
             && st.tenants_ahead > 0
@@ -193,21 +204,23 @@ impl Scheduler {
 
     fn candidate_pools(&self, job: &Job) -> Vec<CandidatePool> {
         let req = job.resources();
-        let mut pools: BTreeMap<&PoolId, (bool, bool)> = BTreeMap::new();
+        // Per pool, the furthest one of its live workers gets along the placement chain.
+        let mut pools: BTreeMap<&PoolId, Result<(), crate::placement::Unfit>> = BTreeMap::new();
         for w in self.workers.values().filter(|w| w.state.is_live()) {
-            let e = pools.entry(&w.pool_id).or_default();
-            e.0 |= w.could_ever_take(&req);
-            e.1 |= w.can_take(&req);
+            let r = crate::placement::fits_now(w, &job.spec, &req);
+            let e = pools.entry(&w.pool_id).or_insert(r);
+            if r.is_ok() || e.is_err_and(|u| r.is_err_and(|v| v > u)) {
+                *e = r;
+            }
         }
         pools
             .into_iter()
-            .map(|(p, (ever, now))| {
-                let selected = job.spec.pool_selector.as_ref().is_none_or(|s| s == p);
-                let (eligible, reason) = match (selected, ever, now) {
-                    (false, _, _) => (false, "not the pool the job selects".to_owned()),
-                    (true, false, _) => (false, format!("no worker of this pool is large enough for {req}")),
-                    (true, true, true) => (true, "a worker has room now".to_owned()),
-                    (true, true, false) => (true, "workers are large enough but full".to_owned()),
+            .map(|(p, r)| {
+                let (eligible, reason) = match r {
+                    Ok(()) => (true, "a worker has room now".to_owned()),
+                    Err(u) if u.is_temporary() => (true, format!("workers could run it but are busy (nearest: {u})")),
+                    Err(crate::placement::Unfit::NotSelected) => (false, "not the pool the job selects".to_owned()),
+                    Err(u) => (false, format!("no worker of this pool could ever run it: {u} ({req} needed)")),
                 };
                 CandidatePool { pool_id: p.clone(), eligible, reason }
             })

@@ -64,7 +64,7 @@ impl Scheduler {
             }
             let (req, class) = (job.resources(), job.spec.priority);
             let over = over_share.get_or_insert_with(|| self.over_share());
-            let Some((worker, victims)) = self.victims(&req, class, job.spec.pool_selector.as_ref(), over) else { continue };
+            let Some((worker, victims)) = self.victims(&job.spec, &req, class, over) else { continue };
             for aid in &victims {
                 self.preempting.insert(*aid);
                 self.out.outbound.push(Outbound::Cancel { worker, attempt: *aid, reason: "preempted" });
@@ -80,10 +80,10 @@ impl Scheduler {
     /// The worker where evicting the fewest lower-class preemptible jobs makes room for `req`,
     /// and those jobs' attempts (tenants in `over_share` first, then youngest first). Each
     /// worker's own attempts are visited, so one search reads every attempt once.
-    fn victims(&self, req: &Resources, class: Priority, pool: Option<&crate::ids::PoolId>, over_share: &IdSet<TenantId>) -> Option<(WorkerId, Vec<AttemptId>)> {
+    fn victims(&self, spec: &crate::spec::JobSpec, req: &Resources, class: Priority, over_share: &IdSet<TenantId>) -> Option<(WorkerId, Vec<AttemptId>)> {
         let mut best: Option<(usize, WorkerId, Vec<AttemptId>)> = None;
-        for w in self.workers.values().filter(|w| w.state.is_live() && w.connected && w.could_ever_take(req)) {
-            if pool.is_some_and(|p| *p != w.pool_id) || self.reserved_workers.contains_key(&w.id) {
+        for w in self.workers.values().filter(|w| crate::placement::accepting(w) && crate::placement::ever_fits(w, spec, req).is_ok()) {
+            if self.reserved_workers.contains_key(&w.id) {
                 continue;
             }
             let mut evictable: Vec<(bool, Reverse<Timestamp>, AttemptId, Resources)> = self

@@ -1241,3 +1241,103 @@ fn a_drained_worker_takes_nothing_new_lets_its_jobs_finish_then_stops() {
     assert_eq!(s.drain_worker(WorkerId::from_uuid(ids.next())), Err(DrainError::Unknown));
     assert_eq!(s.worker(&other).unwrap().state, WorkerState::Busy);
 }
+
+mod placement_chain {
+    use super::*;
+    use crate::placement::{ever_fits, fits_now};
+
+    #[derive(Clone, Debug)]
+    struct W {
+        pool: bool,
+        container: bool,
+        cpu_m: u32,
+        slots: u32,
+        connect: bool,
+        drain: bool,
+    }
+
+    #[derive(Clone, Debug)]
+    struct J {
+        cpu_m: i64,
+        select: Option<bool>,
+        image: bool,
+    }
+
+    fn pool(b: bool) -> &'static str {
+        if b { "a" } else { "b" }
+    }
+
+    proptest! {
+        /// No job is ever placed on a worker that fails a check of the placement chain at the
+        /// moment it is placed; and `explain` gives `no_matching_pool` exactly when no live
+        /// worker passes the checks that never change, `no_capacity` when some do but none
+        /// passes the whole chain.
+        #[test]
+        fn placements_pass_the_chain_and_explain_says_the_chains_reasons(
+            ws in proptest::collection::vec((any::<bool>(), any::<bool>(), 500u32..4000, 0u32..3, proptest::bool::weighted(0.8), proptest::bool::weighted(0.2))
+                .prop_map(|(pool, container, cpu_m, slots, connect, drain)| W { pool, container, cpu_m, slots, connect, drain }), 0..6),
+            js in proptest::collection::vec((100i64..3000, proptest::option::of(any::<bool>()), proptest::bool::weighted(0.2))
+                .prop_map(|(cpu_m, select, image)| J { cpu_m, select, image }), 1..20),
+        ) {
+            let (mut s, mut ids) = (Scheduler::new(SchedConfig::default()), Ids(0));
+            let roomy = Quota { resources: Resources::new(u32::MAX, u32::MAX, u32::MAX), max_concurrent_jobs: u32::MAX, max_queued_jobs: u32::MAX };
+            s.set_tenant(&TenantId::parse("t").unwrap(), TenantPolicy { quota: roomy, version: 1, ..TenantPolicy::default() }, ts(0));
+            for w in &ws {
+                let mut worker = worker(&mut ids, w.slots, w.cpu_m);
+                worker.pool_id = PoolId::parse(pool(w.pool)).unwrap();
+                if w.container {
+                    worker.capabilities.push("container".into());
+                }
+                let id = worker.id;
+                s.register_worker(worker, ts(0));
+                if w.connect {
+                    s.connect_worker(id, &[], vec![], ts(0)).unwrap();
+                    if w.drain {
+                        s.drain_worker(id).unwrap();
+                    }
+                }
+            }
+            let mut jobs = Vec::new();
+            for (i, j) in js.iter().enumerate() {
+                let spec = JobSpecInput {
+                    command: vec!["true".into()],
+                    cpu_m: Some(j.cpu_m),
+                    memory_mb: Some(64),
+                    pool: j.select.map(|b| pool(b).to_owned()),
+                    image: j.image.then(|| "alpine:3".to_owned()),
+                    ..Default::default()
+                }
+                .validate(&SpecLimits::default(), "")
+                .unwrap();
+                let job = Job::new(JobId::from_uuid(ids.next()), TenantId::parse("t").unwrap(), spec, ts(i as i64));
+                jobs.push(job.id);
+                s.submit(job, ts(i as i64)).unwrap();
+            }
+            let _ = s.take_changes();
+            let mut before: BTreeMap<WorkerId, Worker> = s.workers().map(|w| (w.id, w.clone())).collect();
+            for (wid, _, jid) in schedule(&mut s, &mut ids, 100) {
+                let job = s.job(&jid).unwrap();
+                let w = before.get_mut(&wid).unwrap();
+                prop_assert_eq!(fits_now(w, &job.spec, &job.resources()), Ok(()), "placed on a worker the chain refuses");
+                w.allocated = w.allocated.checked_add(&job.resources()).unwrap();
+                w.slots_used += 1;
+            }
+            for id in jobs {
+                let Some(job) = s.job(&id).filter(|j| j.state == JobState::Pending) else { continue };
+                let req = job.resources();
+                let live: Vec<&Worker> = s.workers().filter(|w| w.state.is_live()).collect();
+                let ever = live.iter().any(|w| ever_fits(w, &job.spec, &req).is_ok());
+                let now = live.iter().any(|w| fits_now(w, &job.spec, &req).is_ok());
+                let e = s.explain(id, ts(100), Duration::ZERO).unwrap();
+                let codes: Vec<&str> = e.blockers.iter().map(|b| b.code).collect();
+                prop_assert_eq!(codes.contains(&"no_matching_pool"), !ever, "{:?}", codes);
+                prop_assert_eq!(codes.contains(&"no_capacity"), ever && !now, "{:?}", codes);
+                prop_assert!(!now, "a pending job that fits a worker now after a scheduling round: {:?}", codes);
+                for p in &e.candidate_pools {
+                    let pool_ever = live.iter().any(|w| w.pool_id == p.pool_id && ever_fits(w, &job.spec, &req).is_ok());
+                    prop_assert_eq!(p.eligible, pool_ever, "{:?}", p);
+                }
+            }
+        }
+    }
+}
