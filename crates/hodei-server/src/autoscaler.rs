@@ -20,6 +20,7 @@ use crate::engine::EngineHandle;
 use crate::local_pool::{LocalPools, WorkerBrief};
 
 pub struct Autoscaler {
+    pub kube: crate::kubernetes::KubePools,
     pub store: Arc<dyn Store>,
     pub engine: EngineHandle,
     pub clock: Arc<dyn Clock>,
@@ -123,22 +124,66 @@ impl Autoscaler {
             if evaluate {
                 desired = self.decide(pool, &view, minds.entry(pool.id.clone()).or_default(), now).await?;
             }
+            let briefs: Vec<WorkerBrief> = workers.iter().filter(|(p, _)| *p == pool.id).map(|(_, w)| w.clone()).collect();
+            let mut drain = Vec::new();
+            let mut failure = None;
             if self.local.has(pool.id.as_str()) {
-                let briefs: Vec<WorkerBrief> = workers.iter().filter(|(p, _)| *p == pool.id).map(|(_, w)| w.clone()).collect();
-                for w in self.local.resize(pool.id.as_str(), desired, &briefs) {
-                    if let Err(e) = self.engine.drain(w).await {
-                        tracing::warn!(worker = %w, error = %e, "could not drain a worker of a smaller pool");
-                    }
+                drain = self.local.resize(pool.id.as_str(), desired, &briefs);
+            } else if self.kube.has(pool.id.as_str()) {
+                let at = jiff::Timestamp::from_millisecond(now.as_millis()).unwrap_or_else(|_| jiff::Timestamp::now());
+                let r = self.kube.resize(pool, desired, &briefs, at).await;
+                drain = r.drain;
+                if let Some(e) = r.error {
+                    failure = Some((e, r.gave_up));
+                    self.provider_failed(pool, desired, &failure, minds.entry(pool.id.clone()).or_default(), now).await?;
+                }
+            }
+            for w in drain {
+                if let Err(e) = self.engine.drain(w).await {
+                    tracing::warn!(worker = %w, error = %e, "could not drain a worker of a smaller pool");
                 }
             }
             pool_gauges(pool, desired, &view);
-            let (state, reason) = if self.local.has(pool.id.as_str()) { lifecycle(pool, desired, view.live) } else { (pool.state, pool.state_reason.clone()) };
+            let runs_here = self.local.has(pool.id.as_str()) || self.kube.has(pool.id.as_str());
+            let (state, reason) = match failure {
+                Some((e, true)) => (PoolState::Error, e),
+                Some((e, false)) => (PoolState::Scaling, format!("{} of {desired} workers; retrying after: {e}", view.live)),
+                None if runs_here => lifecycle(pool, desired, view.live),
+                None => (pool.state, pool.state_reason.clone()),
+            };
             settling |= state == PoolState::Scaling;
             if desired != pool.desired_size || state != pool.state || reason != pool.state_reason {
                 self.store.set_pool_size(&pool.id, desired, state, &reason).await?;
             }
         }
         Ok(settling)
+    }
+
+    /// A provider failure: counted, and recorded in the pool's history once per new failure.
+    async fn provider_failed(
+        &self,
+        pool: &Pool,
+        desired: u32,
+        failure: &Option<(String, bool)>,
+        mind: &mut PoolMind,
+        now: hodei_core::Timestamp,
+    ) -> anyhow::Result<()> {
+        let Some((reason, _)) = failure else { return Ok(()) };
+        metrics::counter!("hodei_pool_provisioning_failures_total", "pool" => pool.id.to_string()).increment(1);
+        let d = autoscale::Decision {
+            source: autoscale::Source::Lifecycle,
+            policy_id: None,
+            trigger: None,
+            observed: None,
+            from: desired,
+            to: desired,
+            outcome: Outcome::Failed,
+            reason: reason.clone(),
+        };
+        if mind.mem.note(&d, now) {
+            self.store.record_scaling_event(&Event { id: 0, pool_id: pool.id.clone(), at: now, decision: d, actor: None }).await?;
+        }
+        Ok(())
     }
 
     /// Records the signals, asks the core for a decision, records it; returns the desired size.
@@ -186,10 +231,11 @@ impl Autoscaler {
 }
 
 /// A pool whose workers this server starts: `active` once it has its desired size, `scaling`
-/// (saying how far it is) while it does not. Pools in other states keep them.
+/// (saying how far it is) while it does not — also out of `error`, once its provider does what
+/// it is asked again. Pools in other states (draining, destroyed) keep them.
 fn lifecycle(pool: &Pool, desired: u32, live: u32) -> (PoolState, String) {
     match pool.state {
-        PoolState::Active | PoolState::Scaling | PoolState::Initializing | PoolState::Creating => {
+        PoolState::Active | PoolState::Scaling | PoolState::Initializing | PoolState::Creating | PoolState::Error => {
             if live == desired {
                 (PoolState::Active, String::new())
             } else {

@@ -653,10 +653,6 @@ impl Config {
         check("cost_tracking.retention_days".into(), c.retention_days != dc.retention_days);
         check("cost_tracking.currency".into(), c.currency != dc.currency);
         check("cost_tracking.accrual_interval_s".into(), c.accrual_interval_s != dc.accrual_interval_s);
-        // Local agents start in well under a second and a failed spawn is retried with backoff
-        // by their supervisor; a provider that can time out or fail for good does not exist yet.
-        check("autoscaling.provision_timeout_s".into(), self.autoscaling.provision_timeout_s != d.autoscaling.provision_timeout_s);
-        check("autoscaling.provision_max_retries".into(), self.autoscaling.provision_max_retries != d.autoscaling.provision_max_retries);
         check("metrics.history".into(), self.metrics.history != d.metrics.history);
         check("observability".into(), self.observability != d.observability);
         check("multi_cluster".into(), self.multi_cluster != d.multi_cluster);
@@ -664,8 +660,8 @@ impl Config {
         check("optimization".into(), self.optimization != d.optimization);
         for (i, p) in self.resource_pools.pools.iter().enumerate() {
             let at = |key: &str| format!("resource_pools.pools[{i}].{key}");
-            check(at("provider"), p.provider != "local");
-            check(at("provider_config"), !p.provider_config.is_empty());
+            check(at("provider"), !["local", "kubernetes"].contains(&p.provider.as_str()));
+            check(at("provider_config"), p.provider != "kubernetes" && !p.provider_config.is_empty());
             check(at("allowed_tenants"), !p.allowed_tenants.is_empty());
             check(at("cost_rates"), p.cost_rates != CostRatesConfig::default());
             check(at("cluster"), p.cluster.is_some());
@@ -748,8 +744,13 @@ impl Config {
                 return bad(&format!("resource_pools.pools[{i}].max_size"), format!("need 0 ≤ min_size ({}) ≤ max_size ({}) ≤ 10000", p.min_size, p.max_size));
             }
         }
-        for i in 0..self.resource_pools.pools.len() {
+        for (i, p) in self.resource_pools.pools.iter().enumerate() {
             self.scaling_policies(i)?;
+            if p.provider == "kubernetes" {
+                let token = crate::local_pool::JoinToken::Fixed(String::new());
+                crate::kubernetes::KubeSpec::from_config(&p.provider_config, token)
+                    .map_err(|(key, message)| ConfigError::Invalid { path: format!("resource_pools.pools[{i}].provider_config.{key}"), message })?;
+            }
         }
         if self.autoscaling.history_retention_days == 0 {
             return bad("autoscaling.history_retention_days", "must be at least 1".into());
@@ -837,7 +838,6 @@ mod tests {
         for (var, key) in [
             ("HODEI_BUDGETS__FAIR_SHARE_DEMOTION", "budgets"),
             ("HODEI_COST_TRACKING__ACCRUAL_INTERVAL_S", "cost_tracking.accrual_interval_s"),
-            ("HODEI_AUTOSCALING__PROVISION_TIMEOUT_S", "autoscaling.provision_timeout_s"),
             ("HODEI_METRICS__HISTORY__INTERVAL_S", "metrics.history"),
             ("HODEI_OBSERVABILITY__GRAFANA__FOLDER", "observability"),
             ("HODEI_OPTIMIZATION__MIN_RUNS", "optimization"),
@@ -932,7 +932,7 @@ mod tests {
             (
                 "resource_pools.pools[]",
                 &pools,
-                "id name type labels min_size max_size auto_scaling_enabled idle_timeout_s join_token scaling_policies | provider provider_config allowed_tenants cost_rates cluster",
+                "id name type provider provider_config labels min_size max_size auto_scaling_enabled idle_timeout_s join_token scaling_policies | allowed_tenants cost_rates cluster",
             ),
             ("resource_pools.pools[].worker_template", WorkerTemplateConfig::KEYS, "cpu_m memory_mb gpu slots | labels capabilities"),
             ("multi_tenancy", MultiTenancyConfig::KEYS, "enabled default_tenant_id | default_tier"),
@@ -955,7 +955,7 @@ mod tests {
             (
                 "autoscaling",
                 AutoscalingConfig::KEYS,
-                "enabled evaluation_interval_s default_scale_up_cooldown_s default_scale_down_cooldown_s default_window_s history_retention_days | provision_timeout_s provision_max_retries",
+                "enabled evaluation_interval_s default_scale_up_cooldown_s default_scale_down_cooldown_s default_window_s provision_timeout_s provision_max_retries history_retention_days |",
             ),
             ("metrics", MetricsConfig::KEYS, "| history"),
             ("metrics.prometheus", PrometheusConfig::KEYS, "enabled port path bearer_token |"),
@@ -1063,7 +1063,10 @@ resource_pools:
     - id: gpu-pool
       type: dynamic
       provider: kubernetes
-      provider_config: { namespace: jobs }
+      provider_config:
+        namespace: jobs
+        server_url: http://hodei.jobs:9090
+        pod_template: { spec: { containers: [ { image: ghcr.io/example/hodei:1 } ] } }
       worker_template: { cpu_m: 8000, memory_mb: 32768, gpu: 1, slots: 1 }
       min_size: 0
       max_size: 10
@@ -1079,6 +1082,11 @@ resource_pools:
         let p = &c.resource_pools.pools[0];
         assert_eq!(p.cost_rates.hourly_rate_gpu, Some(Micros(2_750_000)));
         assert_eq!(p.scaling_policies[0].cooldown, Some(DurationStr(std::time::Duration::from_secs(300))));
+        // A kubernetes pool's provider_config is checked at load.
+        let e = load(&yaml.replace("server_url: http://hodei.jobs:9090", "replicas: 3"), &[]).unwrap_err().to_string();
+        assert!(e.starts_with("resource_pools.pools[0].provider_config.replicas: unknown key"), "{e}");
+        let e = load(&yaml.replace("server_url: http://hodei.jobs:9090", "api_url: http://k8s:6443"), &[]).unwrap_err().to_string();
+        assert!(e.starts_with("resource_pools.pools[0].provider_config.server_url: required"), "{e}");
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod config;
 pub mod engine;
 mod gauges;
 pub mod grpc;
+pub mod kubernetes;
 pub mod local_pool;
 mod retention;
 mod serve;
@@ -199,6 +200,8 @@ struct PoolSetup {
     pools: Vec<Pool>,
     /// Pools whose workers this server starts (provider `local`, `min_size` of them).
     local: Vec<LocalWorkerSpec>,
+    /// Pools whose workers are pods (provider `kubernetes`).
+    kube: Vec<(String, kubernetes::KubeSpec)>,
 }
 
 /// What this server's local agents share; `None` when it starts none (no worker executable).
@@ -215,6 +218,7 @@ fn agent_template(cfg: &Config, worker_exe: Option<&PathBuf>) -> Option<local_po
 async fn seed(cfg: &Config, store: &dyn Store, now: Timestamp, worker_exe: Option<&PathBuf>) -> anyhow::Result<PoolSetup> {
     let mut pools = Vec::new();
     let mut local = Vec::new();
+    let mut kube = Vec::new();
     let rp = &cfg.resource_pools;
     let template = agent_template(cfg, worker_exe);
     let local_spec = |pool: &Pool, join_token: local_pool::JoinToken| template.as_ref().map(|t| t.spec(pool, join_token, pool.desired_size));
@@ -289,6 +293,10 @@ async fn seed(cfg: &Config, store: &dyn Store, now: Timestamp, worker_exe: Optio
         let pool = Pool { desired_size: stored.clamp(pool.min_size, pool.max_size), ..pool };
         if pool.provider == "local" {
             local.extend(local_spec(&pool, source));
+        } else if pool.provider == "kubernetes" {
+            let spec = kubernetes::KubeSpec::from_config(&p.provider_config, source)
+                .map_err(|(key, msg)| anyhow::anyhow!("resource_pools.pools[{i}].provider_config.{key}: {msg}"))?;
+            kube.push((pool.id.to_string(), spec));
         }
         pools.push(pool);
     }
@@ -318,7 +326,7 @@ async fn seed(cfg: &Config, store: &dyn Store, now: Timestamp, worker_exe: Optio
         };
         store.create_tenant(&t).await.context("creating the default tenant")?;
     }
-    Ok(PoolSetup { pools, local })
+    Ok(PoolSetup { pools, local, kube })
 }
 
 /// `multi_tenancy.default_tenant_quota` as a core quota.
@@ -680,7 +688,13 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
     let grpc_url = format!("http://{local_grpc_addr}");
     local_pool::publish(cfg.data_dir(), &grpc_url, &setup.local).context("writing where local workers find this server")?;
     let expected: u32 = setup.local.iter().map(|s| s.count).sum();
+    let a = &cfg.autoscaling;
+    let mut kube = kubernetes::KubePools::new(Duration::from_secs(a.provision_timeout_s), a.provision_max_retries);
+    for (pool, spec) in setup.kube {
+        kube.add(&pool, spec).await.with_context(|| format!("pool {pool}: connecting to the Kubernetes API"))?;
+    }
     let autoscaler = autoscaler::Autoscaler {
+        kube,
         store: store.clone(),
         engine: handle.clone(),
         clock: clock.clone(),

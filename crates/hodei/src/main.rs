@@ -213,9 +213,9 @@ struct MigrateArgs {
 #[derive(Args)]
 struct WorkerArgs {
     /// Server gRPC URL(s), comma-separated; the worker reconnects to any of them.
-    #[arg(long, value_delimiter = ',', required = true)]
+    #[arg(long, env = "HODEI_WORKER_SERVER", value_delimiter = ',', required = true)]
     server: Vec<String>,
-    #[arg(long)]
+    #[arg(long, env = "HODEI_WORKER_POOL")]
     pool: String,
     /// The pool's join token (also HODEI_JOIN_TOKEN; the data dir's pool-<id>.token on the server's machine).
     #[arg(long, env = "HODEI_JOIN_TOKEN", hide_env_values = true)]
@@ -229,20 +229,21 @@ struct WorkerArgs {
     /// PEM private key of --cert-file.
     #[arg(long, requires = "cert_file")]
     key_file: Option<PathBuf>,
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, env = "HODEI_WORKER_SLOTS", default_value_t = 4)]
     slots: u32,
     /// Labels: k=v,k2=v2.
     #[arg(long, value_delimiter = ',')]
     labels: Vec<String>,
     /// CPU offered, in millicores (default: all cores).
-    #[arg(long)]
+    #[arg(long, env = "HODEI_WORKER_CPU_M")]
     cpu_m: Option<u32>,
     /// Memory offered, in MiB (default: 80 % of RAM).
-    #[arg(long)]
+    #[arg(long, env = "HODEI_WORKER_MEMORY_MB")]
     memory_mb: Option<u32>,
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, env = "HODEI_WORKER_GPU", default_value_t = 0)]
     gpu: u32,
-    #[arg(long)]
+    /// The name it registers under (a pod started by the kubernetes provider: the pod's name).
+    #[arg(long, env = "HODEI_WORKER_INSTANCE_NAME")]
     instance_name: Option<String>,
     /// Where jobs without a working dir get scratch directories (default: a fresh directory
     /// under $TMPDIR, removed when the agent stops).
