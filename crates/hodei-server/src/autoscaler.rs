@@ -129,14 +129,20 @@ impl Autoscaler {
             let mut failure = None;
             if self.local.has(pool.id.as_str()) {
                 drain = self.local.resize(pool.id.as_str(), desired, &briefs);
-            } else if self.kube.has(pool.id.as_str()) {
+            } else if evaluate && self.kube.has(pool.id.as_str()) {
+                // The Kubernetes API is asked at evaluations only (and when a change pokes one),
+                // not at every re-check of a pool on its way to its size.
                 let at = jiff::Timestamp::from_millisecond(now.as_millis()).unwrap_or_else(|_| jiff::Timestamp::now());
                 let r = self.kube.resize(pool, desired, &briefs, at).await;
                 drain = r.drain;
                 if let Some(e) = r.error {
                     failure = Some((e, r.gave_up));
-                    self.provider_failed(pool, desired, &failure, minds.entry(pool.id.clone()).or_default(), now).await?;
+                    if r.attempted {
+                        self.provider_failed(pool, desired, &failure, minds.entry(pool.id.clone()).or_default(), now).await?;
+                    }
                 }
+            } else if self.kube.has(pool.id.as_str()) {
+                failure = self.kube.failing(pool.id.as_str());
             }
             for w in drain {
                 if let Err(e) = self.engine.drain(w).await {
@@ -159,7 +165,7 @@ impl Autoscaler {
         Ok(settling)
     }
 
-    /// A provider failure: counted, and recorded in the pool's history once per new failure.
+    /// A failed provider attempt: counted, and recorded in the pool's history once per new failure.
     async fn provider_failed(
         &self,
         pool: &Pool,

@@ -157,6 +157,8 @@ pub struct Resized {
     pub error: Option<String>,
     /// Failures reached `provision_max_retries`.
     pub gave_up: bool,
+    /// The API was asked this time (not waiting out a backoff).
+    pub attempted: bool,
 }
 
 impl KubePools {
@@ -177,6 +179,12 @@ impl KubePools {
 
     pub fn has(&self, pool: &str) -> bool {
         self.pools.contains_key(pool)
+    }
+
+    /// The failure `pool`'s provider is retrying after, if any, and whether it reached
+    /// `provision_max_retries`.
+    pub fn failing(&self, pool: &str) -> Option<(String, bool)> {
+        self.failures.get(pool).filter(|f| f.count > 0).map(|f| (f.last.clone(), f.count >= self.max_retries))
     }
 
     async fn list(api: &Api<Pod>, pool: &str) -> Result<Vec<PodState>, kube::Error> {
@@ -210,12 +218,12 @@ impl KubePools {
         match result {
             Ok((drain, 0)) => {
                 *f = Failures::default();
-                Resized { drain, ..Resized::default() }
+                Resized { drain, attempted: true, ..Resized::default() }
             }
             Ok((drain, timed_out)) => {
                 f.count += 1;
                 f.last = format!("{timed_out} pod(s) did not register a worker within provision_timeout_s ({} s)", self.provision_timeout.as_secs());
-                Resized { drain, failures: f.count, error: Some(f.last.clone()), gave_up: f.count >= self.max_retries }
+                Resized { drain, failures: f.count, error: Some(f.last.clone()), gave_up: f.count >= self.max_retries, attempted: true }
             }
             Err(e) => {
                 f.count += 1;
@@ -223,7 +231,7 @@ impl KubePools {
                 let wait = Duration::from_secs(1u64 << f.count.min(9)).min(Duration::from_secs(300));
                 f.next_try = Some(Instant::now() + wait);
                 tracing::warn!(pool = %pool.id, error = %f.last, retry_in_s = wait.as_secs(), "kubernetes provider failed");
-                Resized { failures: f.count, error: Some(f.last.clone()), gave_up: f.count >= self.max_retries, ..Resized::default() }
+                Resized { failures: f.count, error: Some(f.last.clone()), gave_up: f.count >= self.max_retries, attempted: true, ..Resized::default() }
             }
         }
     }
