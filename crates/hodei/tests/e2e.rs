@@ -919,6 +919,14 @@ async fn a_dynamic_local_pool_scales_up_with_its_queue_and_down_when_idle() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(status(&srv).await["current_size"].as_u64(), Some(2));
+    let (_, m) = srv.call(Method::GET, "/pools/burst/metrics", None).await;
+    assert_eq!(
+        (m["busy_workers"].as_u64(), m["jobs_running"].as_u64(), m["queue_depth"].as_u64(), m["busy_ratio"].as_f64(), m["cpu_utilization"].as_f64()),
+        (Some(2), Some(2), Some(2), Some(1.0), Some(100.0)),
+        "{m}"
+    );
+    assert_eq!((m["capacity"]["cpu_m"].as_u64(), m["worker_reuse_ratio"].as_f64()), (Some(1000), Some(0.0)), "the workers were started for these jobs: {m}");
+    assert!(m["allocation_latency_p95_ms"].as_u64().is_some() && m["cost_rate_micros_per_hour"].as_i64() > Some(0), "{m}");
     std::fs::write(&gate_file, "").unwrap();
     for id in &ids {
         assert_eq!(srv.wait_ended(id, 60).await["state"], "succeeded");
@@ -950,7 +958,7 @@ async fn a_dynamic_local_pool_scales_up_with_its_queue_and_down_when_idle() {
     let ups: Vec<&&Value> = events.iter().filter(|e| e["source"] == "policy" && e["decision"] == "executed").collect();
     assert_eq!(ups.iter().map(|e| (e["from_size"].as_u64().unwrap(), e["to_size"].as_u64().unwrap())).collect::<Vec<_>>(), [(0, 1), (1, 2)], "{h}");
     assert_eq!(ups[0]["trigger"], "queue_depth > 0");
-    assert!(ups[0]["reason"].as_str().unwrap().starts_with("queue_depth > 0: queue_depth = 4"), "{}", ups[0]);
+    assert!(ups[0]["reason"].as_str().unwrap().starts_with("queue_depth > 0: queue_depth = "), "{}", ups[0]);
     let at = |e: &Value| e["at"].as_str().unwrap().parse::<jiff::Timestamp>().unwrap();
     assert!(at(ups[1]).duration_since(at(ups[0])) >= jiff::SignedDuration::from_secs(2), "the scale-up cooldown was respected: {h}");
     let reaped: u64 = events.iter().filter(|e| e["source"] == "idle_reaper").map(|e| e["from_size"].as_u64().unwrap() - e["to_size"].as_u64().unwrap()).sum();

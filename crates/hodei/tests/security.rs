@@ -53,6 +53,7 @@ fn expected(method: &str, path: &str) -> Option<[Want; 8]> {
             | "/pools/{id}/status"
             | "/pools/{id}/scaling/history"
             | "/pools/{id}/scaling/triggers"
+            | "/pools/{id}/metrics"
             | "/pools/{id}/scaling/policies"
             | "/pools/{id}/scaling/policies/{pid}",
         ) => anyone,

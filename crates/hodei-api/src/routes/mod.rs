@@ -59,6 +59,7 @@ pub fn v1(cfg: &ApiConfig) -> OpenApiRouter<ApiState> {
         .routes(routes!(scaling::scale))
         .routes(routes!(scaling::history))
         .routes(routes!(scaling::triggers))
+        .routes(routes!(scaling::pool_metrics))
         .routes(routes!(scaling::list_policies, scaling::create_policy))
         .routes(routes!(scaling::get_policy, scaling::update_policy, scaling::delete_policy))
         .routes(routes!(workers::rotate_join_token))

@@ -470,3 +470,81 @@ pub async fn delete_policy(State(s): State<ApiState>, who: Who, Path((id, pid)):
     audit::record(&s, &who, "pool.policy.delete", target, before, None).await;
     Ok(StatusCode::NO_CONTENT)
 }
+
+#[derive(Serialize, ToSchema)]
+pub struct PoolMetricsView {
+    pub pool_id: String,
+    /// Allocated / offered cpu of its idle and busy workers, percent.
+    pub cpu_utilization: f64,
+    pub memory_utilization: f64,
+    pub gpu_utilization_pct: f64,
+    /// Pending jobs this pool could run, and the longest wait among them.
+    pub queue_depth: u32,
+    pub queue_wait_seconds: f64,
+    pub idle_workers: u32,
+    pub busy_workers: u32,
+    /// busy / (idle + busy), 0 to 1.
+    pub busy_ratio: f64,
+    /// What its idle and busy workers offer, and what running attempts hold of it.
+    pub capacity: crate::dto::ResourcesOut,
+    pub allocated: crate::dto::ResourcesOut,
+    pub jobs_running: u32,
+    /// 95th percentile of assigned → started over the attempts running now, ms (absent
+    /// without running attempts).
+    pub allocation_latency_p95_ms: Option<u64>,
+    /// What its capacity costs per hour at the default rates, micro-dollars.
+    pub cost_rate_micros_per_hour: i64,
+    /// Of the attempts running now, the share that found a worker already there when their
+    /// job was submitted (a warm worker) rather than one started later; absent without any.
+    pub worker_reuse_ratio: Option<f64>,
+}
+
+/// A pool's figures now (SPEC §4.6): its trigger metrics and what its workers offer and run.
+#[utoipa::path(get, path = "/pools/{id}/metrics", responses((status = 200, body = PoolMetricsView), (status = 404, body = crate::error::Problem)), tag = "pools")]
+pub async fn pool_metrics(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult<Json<PoolMetricsView>> {
+    let pool = pool(&s, &id).await?;
+    let rates = s.cfg.rates;
+    let p = pool.clone();
+    let view = crate::read(s.control.as_ref(), move |sched, now| {
+        let q = PoolQuery { pool: &p, idle_timeout: None, forecast: false, provision_delay: std::time::Duration::ZERO };
+        let v = sched.pool_views(&[q], now).pop().unwrap_or_default();
+        let (mut capacity, mut allocated) = (hodei_core::Resources::ZERO, hodei_core::Resources::ZERO);
+        let (mut latencies, mut warm, mut running) = (Vec::new(), 0u32, 0u32);
+        for w in sched.workers().filter(|w| w.pool_id == p.id && matches!(w.state, hodei_core::WorkerState::Idle | hodei_core::WorkerState::Busy)) {
+            capacity = capacity.checked_add(&w.resources).unwrap_or(capacity);
+            allocated = allocated.checked_add(&w.allocated).unwrap_or(allocated);
+            for a in sched.attempts_on(w.id).filter(|a| a.state == hodei_core::AttemptState::Running) {
+                running += 1;
+                if let Some(started) = a.started_at {
+                    latencies.push(started.since(a.assigned_at).as_millis() as u64);
+                }
+                let submitted = sched.job(&a.job_id).map_or(a.assigned_at, |j| j.submitted_at);
+                warm += u32::from(w.registered_at <= submitted);
+            }
+        }
+        latencies.sort_unstable();
+        let p95 = (!latencies.is_empty()).then(|| latencies[(latencies.len() - 1) * 95 / 100]);
+        (v, capacity, allocated, running, p95, warm)
+    })
+    .await?;
+    let (v, capacity, allocated, running, p95, warm) = view;
+    let out = |r: hodei_core::Resources| crate::dto::ResourcesOut { cpu_m: r.cpu_m.get(), memory_mb: r.memory_mb.get(), gpu: r.gpu.get() };
+    let pct = |a: u32, t: u32| if t == 0 { 0.0 } else { f64::from(a) * 100.0 / f64::from(t) };
+    Ok(Json(PoolMetricsView {
+        pool_id: pool.id.to_string(),
+        cpu_utilization: v.signals.cpu_utilization,
+        memory_utilization: v.signals.memory_utilization,
+        gpu_utilization_pct: pct(allocated.gpu.get(), capacity.gpu.get()),
+        queue_depth: v.signals.queue_depth,
+        queue_wait_seconds: v.signals.queue_wait_seconds,
+        idle_workers: v.signals.idle_workers,
+        busy_workers: v.busy,
+        busy_ratio: v.signals.busy_ratio,
+        capacity: out(capacity),
+        allocated: out(allocated),
+        jobs_running: running,
+        allocation_latency_p95_ms: p95,
+        cost_rate_micros_per_hour: hodei_core::cost::cost_micros(3600, &capacity, &rates),
+        worker_reuse_ratio: (running > 0).then(|| f64::from(warm) / f64::from(running)),
+    }))
+}
