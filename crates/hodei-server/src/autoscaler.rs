@@ -17,14 +17,15 @@ use hodei_store::{ScalingEventFilter, Store};
 use tokio::sync::{Notify, watch};
 
 use crate::engine::EngineHandle;
-use crate::local_pool::{LocalPools, WorkerBrief};
+use crate::local_pool::WorkerBrief;
+use crate::providers::Provider;
 
 pub struct Autoscaler {
-    pub kube: crate::kubernetes::KubePools,
+    /// What starts and stops workers: local agents, Kubernetes pods.
+    pub providers: Vec<Box<dyn Provider>>,
     pub store: Arc<dyn Store>,
     pub engine: EngineHandle,
     pub clock: Arc<dyn Clock>,
-    pub local: LocalPools,
     pub interval: Duration,
     /// `autoscaling.enabled`: policies act; bounds, manual scaling and local pools' sizes are
     /// kept either way.
@@ -77,7 +78,9 @@ impl Autoscaler {
                 _ = shutdown.wait_for(|s| *s) => break,
             }
         }
-        self.local.join().await;
+        for p in self.providers {
+            p.join().await;
+        }
     }
 
     /// One pass over the pools: decide (when `evaluate`), store, resize local pools, record
@@ -119,7 +122,9 @@ impl Autoscaler {
             .await?;
         let now = self.clock.now();
         for (pool, view) in pools.iter().zip(views) {
-            self.local.ensure(pool);
+            for p in &mut self.providers {
+                p.ensure(pool);
+            }
             let mut desired = pool.desired_size;
             if evaluate {
                 desired = self.decide(pool, &view, minds.entry(pool.id.clone()).or_default(), now).await?;
@@ -127,22 +132,22 @@ impl Autoscaler {
             let briefs: Vec<WorkerBrief> = workers.iter().filter(|(p, _)| *p == pool.id).map(|(_, w)| w.clone()).collect();
             let mut drain = Vec::new();
             let mut failure = None;
-            if self.local.has(pool.id.as_str()) {
-                drain = self.local.resize(pool.id.as_str(), desired, &briefs);
-            } else if evaluate && self.kube.has(pool.id.as_str()) {
-                // The Kubernetes API is asked at evaluations only (and when a change pokes one),
-                // not at every re-check of a pool on its way to its size.
-                let at = jiff::Timestamp::from_millisecond(now.as_millis()).unwrap_or_else(|_| jiff::Timestamp::now());
-                let r = self.kube.resize(pool, desired, &briefs, at).await;
-                drain = r.drain;
-                if let Some(e) = r.error {
-                    failure = Some((e, r.gave_up));
-                    if r.attempted {
+            let provider = self.providers.iter_mut().find(|p| p.runs(pool.id.as_str()));
+            let runs_here = provider.is_some();
+            if let Some(p) = provider {
+                // An expensive provider (an API) is asked at evaluations only, not at every
+                // re-check of a pool on its way to its size.
+                if evaluate || p.cheap() {
+                    let at = jiff::Timestamp::from_millisecond(now.as_millis()).unwrap_or_else(|_| jiff::Timestamp::now());
+                    let r = p.resize(pool, desired, &briefs, at).await;
+                    drain = r.drain;
+                    failure = r.error.map(|e| (e, r.gave_up));
+                    if r.attempted && failure.is_some() {
                         self.provider_failed(pool, desired, &failure, minds.entry(pool.id.clone()).or_default(), now).await?;
                     }
+                } else {
+                    failure = p.failing(pool.id.as_str());
                 }
-            } else if self.kube.has(pool.id.as_str()) {
-                failure = self.kube.failing(pool.id.as_str());
             }
             for w in drain {
                 if let Err(e) = self.engine.drain(w).await {
@@ -150,7 +155,6 @@ impl Autoscaler {
                 }
             }
             pool_gauges(pool, desired, &view);
-            let runs_here = self.local.has(pool.id.as_str()) || self.kube.has(pool.id.as_str());
             let (state, reason) = match failure {
                 Some((e, true)) => (PoolState::Error, e),
                 Some((e, false)) => (PoolState::Scaling, format!("{} of {desired} workers; retrying after: {e}", view.live)),

@@ -21,6 +21,7 @@ use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serde_json::{Value, json};
 
 use crate::local_pool::{JoinToken, WorkerBrief};
+use crate::providers::Resized;
 
 pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const POOL_LABEL: &str = "hodei.io/pool";
@@ -147,20 +148,6 @@ struct Failures {
     last: String,
 }
 
-/// What a resize did, or why it could not.
-#[derive(Debug, Default)]
-pub struct Resized {
-    /// Workers to drain (their pods end when their jobs have).
-    pub drain: Vec<WorkerId>,
-    /// The provider failed this many times in a row (0: it did what was asked), and why.
-    pub failures: u32,
-    pub error: Option<String>,
-    /// Failures reached `provision_max_retries`.
-    pub gave_up: bool,
-    /// The API was asked this time (not waiting out a backoff).
-    pub attempted: bool,
-}
-
 impl KubePools {
     pub fn new(provision_timeout: Duration, max_retries: u32) -> KubePools {
         KubePools { pools: HashMap::new(), failures: HashMap::new(), provision_timeout, max_retries }
@@ -206,7 +193,7 @@ impl KubePools {
 
     /// Brings `pool` to `desired` live pods (see the module's documentation). Between failed
     /// attempts it waits its backoff and answers with the failure it is waiting on.
-    pub async fn resize(&mut self, pool: &Pool, desired: u32, workers: &[WorkerBrief], now: jiff::Timestamp) -> Resized {
+    async fn resize_pods(&mut self, pool: &Pool, desired: u32, workers: &[WorkerBrief], now: jiff::Timestamp) -> Resized {
         let id = pool.id.to_string();
         let f = self.failures.entry(id.clone()).or_default();
         if f.next_try.is_some_and(|t| Instant::now() < t) {
@@ -298,6 +285,33 @@ impl KubePools {
             }
         }
         Ok((drain, timed_out))
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::providers::Provider for KubePools {
+    fn runs(&self, pool: &str) -> bool {
+        self.has(pool)
+    }
+
+    fn cheap(&self) -> bool {
+        false
+    }
+
+    async fn resize(&mut self, pool: &Pool, desired: u32, workers: &[WorkerBrief], now: jiff::Timestamp) -> Resized {
+        self.resize_pods(pool, desired, workers, now).await
+    }
+
+    fn failing(&self, pool: &str) -> Option<(String, bool)> {
+        KubePools::failing(self, pool)
+    }
+
+    async fn instances(&self, pool: &str) -> Result<Vec<String>, String> {
+        let Some((_, api)) = self.pools.get(pool) else { return Ok(Vec::new()) };
+        let mut pods = Self::list(api, pool).await.map_err(|e| e.to_string())?;
+        pods.retain(|p| !p.ended);
+        pods.sort_by_key(|p| p.index);
+        Ok(pods.into_iter().map(|p| p.name).collect())
     }
 }
 

@@ -9,6 +9,7 @@ mod gauges;
 pub mod grpc;
 pub mod kubernetes;
 pub mod local_pool;
+pub mod providers;
 mod retention;
 mod serve;
 mod tls;
@@ -693,12 +694,12 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
     for (pool, spec) in setup.kube {
         kube.add(&pool, spec).await.with_context(|| format!("pool {pool}: connecting to the Kubernetes API"))?;
     }
+    let local = local_pool::LocalPools::start(agent_template(&cfg, opts.worker_exe.as_ref()), setup.local, &grpc_url, shutdown_rx.clone());
     let autoscaler = autoscaler::Autoscaler {
-        kube,
+        providers: vec![Box::new(local), Box::new(kube)],
         store: store.clone(),
         engine: handle.clone(),
         clock: clock.clone(),
-        local: local_pool::LocalPools::start(agent_template(&cfg, opts.worker_exe.as_ref()), setup.local, &grpc_url, shutdown_rx.clone()),
         interval: Duration::from_secs(cfg.autoscaling.evaluation_interval_s),
         enabled: cfg.autoscaling.enabled,
         provision_delay: Duration::from_secs(1),

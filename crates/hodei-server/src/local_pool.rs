@@ -307,7 +307,10 @@ impl LocalPools {
         for i in running {
             self.launch(&pool, i);
         }
-        self.resize(&pool, count, &[]);
+        // Up to `count`; fewer is the autoscaler's to decide, knowing which workers are busy.
+        if self.kept(&pool) < count {
+            self.resize(&pool, count, &[]);
+        }
     }
 
     /// Starts keeping a local pool created through the API (its join token in the data dir's
@@ -346,6 +349,13 @@ impl LocalPools {
     pub fn resize(&mut self, pool: &str, desired: u32, workers: &[WorkerBrief]) -> Vec<hodei_core::WorkerId> {
         let slots = self.slots.entry(pool.to_owned()).or_default();
         slots.retain(|_, s| !s.task.is_finished());
+        // A worker being drained (by an admin, or by an earlier resize) is on its way out: its
+        // agent is not restarted when it exits, and the pool counts without it.
+        for w in workers.iter().filter(|w| w.state == hodei_core::WorkerState::Draining) {
+            if let Some(slot) = index_of(pool, &w.instance_name).and_then(|i| slots.get(&i)) {
+                let _ = slot.retire.send(true);
+            }
+        }
         let kept: Vec<u32> = slots.iter().filter(|(_, s)| !*s.retire.borrow()).map(|(i, _)| *i).collect();
         let mut drain = Vec::new();
         if (kept.len() as u32) < desired {
@@ -382,11 +392,52 @@ impl LocalPools {
     }
 
     /// Waits for every supervisor (after shutdown flipped).
-    pub async fn join(self) {
-        for (_, slots) in self.slots {
+    pub async fn join(mut self) {
+        for (_, slots) in std::mem::take(&mut self.slots) {
             for (_, s) in slots {
                 let _ = s.task.await;
             }
         }
+    }
+}
+
+impl Drop for LocalPools {
+    /// Supervisors stop with their owner; the agents keep running, as after a crash (a
+    /// restarted server adopts them).
+    fn drop(&mut self) {
+        for s in self.slots.values().flat_map(|s| s.values()) {
+            s.task.abort();
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::providers::Provider for LocalPools {
+    fn runs(&self, pool: &str) -> bool {
+        self.has(pool)
+    }
+
+    fn ensure(&mut self, pool: &hodei_core::Pool) {
+        LocalPools::ensure(self, pool);
+    }
+
+    fn cheap(&self) -> bool {
+        true
+    }
+
+    async fn resize(&mut self, pool: &hodei_core::Pool, desired: u32, workers: &[WorkerBrief], _now: jiff::Timestamp) -> crate::providers::Resized {
+        let drain = LocalPools::resize(self, pool.id.as_str(), desired, workers);
+        crate::providers::Resized { drain, attempted: true, ..Default::default() }
+    }
+
+    async fn instances(&self, pool: &str) -> Result<Vec<String>, String> {
+        let Some(spec) = self.specs.get(pool) else { return Ok(Vec::new()) };
+        let mut names: Vec<String> = running(&spec.data_dir).into_iter().filter(|n| index_of(pool, n).is_some()).collect();
+        names.sort_by_key(|n| index_of(pool, n));
+        Ok(names)
+    }
+
+    async fn join(self: Box<Self>) {
+        LocalPools::join(*self).await;
     }
 }

@@ -2,6 +2,8 @@
 //! real worker processes.
 #![allow(dead_code)]
 
+pub mod kube_fake;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
