@@ -125,11 +125,16 @@ impl Autoscaler {
             for p in &mut self.providers {
                 p.ensure(pool);
             }
+            let briefs: Vec<WorkerBrief> = workers.iter().filter(|(p, _)| *p == pool.id).map(|(_, w)| w.clone()).collect();
+            if pool.state == PoolState::Draining {
+                self.wind_down(pool, &view, &briefs, evaluate, now).await?;
+                settling = true;
+                continue;
+            }
             let mut desired = pool.desired_size;
             if evaluate {
                 desired = self.decide(pool, &view, minds.entry(pool.id.clone()).or_default(), now).await?;
             }
-            let briefs: Vec<WorkerBrief> = workers.iter().filter(|(p, _)| *p == pool.id).map(|(_, w)| w.clone()).collect();
             let mut drain = Vec::new();
             let mut failure = None;
             let provider = self.providers.iter_mut().find(|p| p.runs(pool.id.as_str()));
@@ -167,6 +172,42 @@ impl Autoscaler {
             }
         }
         Ok(settling)
+    }
+
+    /// A pool deleted with force: every worker drained (its provider stops instances that
+    /// never registered), and the pool destroyed — its join token void — once none is left.
+    async fn wind_down(&mut self, pool: &Pool, view: &PoolView, briefs: &[WorkerBrief], evaluate: bool, now: hodei_core::Timestamp) -> anyhow::Result<()> {
+        let mut drain: Vec<hodei_core::WorkerId> =
+            briefs.iter().filter(|w| matches!(w.state, hodei_core::WorkerState::Idle | hodei_core::WorkerState::Busy)).map(|w| w.id).collect();
+        if let Some(p) = self.providers.iter_mut().find(|p| p.runs(pool.id.as_str())).filter(|p| evaluate || p.cheap()) {
+            let at = jiff::Timestamp::from_millisecond(now.as_millis()).unwrap_or_else(|_| jiff::Timestamp::now());
+            drain.extend(p.resize(pool, 0, briefs, at).await.drain);
+        }
+        drain.sort();
+        drain.dedup();
+        for w in drain {
+            if let Err(e) = self.engine.drain(w).await {
+                tracing::debug!(worker = %w, error = %e, "draining a worker of a deleted pool");
+            }
+        }
+        if view.live == 0 && view.draining == 0 {
+            self.store.set_pool_join_token(&pool.id, "").await?;
+            self.store.set_pool_size(&pool.id, 0, PoolState::Destroyed, "deleted: its last worker is gone").await?;
+            let d = autoscale::Decision {
+                source: autoscale::Source::Lifecycle,
+                policy_id: None,
+                trigger: None,
+                observed: None,
+                from: 0,
+                to: 0,
+                outcome: Outcome::Executed,
+                reason: "destroyed: its last worker is gone".into(),
+            };
+            self.store.record_scaling_event(&Event { id: 0, pool_id: pool.id.clone(), at: now, decision: d, actor: None }).await?;
+            pool_gauges(&Pool { state: PoolState::Destroyed, ..pool.clone() }, 0, view);
+            tracing::info!(pool = %pool.id, "pool destroyed");
+        }
+        Ok(())
     }
 
     /// A failed provider attempt: counted, and recorded in the pool's history once per new failure.

@@ -1028,4 +1028,32 @@ async fn a_local_pool_created_through_the_api_gets_workers_and_survives_a_restar
     }
     let id = srv.submit(json!({"command": ["echo", "after restart"], "pool_selector": {"pool": "made"}})).await["id"].as_str().unwrap().to_owned();
     assert_eq!(srv.wait_ended(&id, 60).await["state"], "succeeded", "the pool is selectable and gets a worker after a restart");
+
+    // Deleted with force while a job runs there and another waits for it: both cancelled, its
+    // workers drained, then it is destroyed and its agents are gone.
+    let running = srv.submit(json!({"command": ["sleep", "300"], "pool_selector": {"pool": "made"}})).await["id"].as_str().unwrap().to_owned();
+    srv.wait_for(&running, 60, |s| s == "running").await;
+    let waiting = srv.submit(json!({"command": ["true"], "pool_selector": {"pool": "made"}, "hold": true})).await["id"].as_str().unwrap().to_owned();
+    let (s, e) = srv.call(Method::DELETE, "/pools/made", None).await;
+    assert_eq!((s, e["code"].as_str()), (409, Some("invalid_state")), "without force a pool with jobs is kept: {e}");
+    let (s, p) = srv.call(Method::DELETE, "/pools/made?force=true", None).await;
+    assert_eq!((s, p["state"].as_str()), (202, Some("draining")), "{p}");
+    for id in [&running, &waiting] {
+        assert_eq!(srv.wait_ended(id, 60).await["state"], "cancelled");
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, p) = srv.call(Method::GET, "/pools?state=destroyed", None).await;
+        let agents = local_agents(dir.path()).into_iter().filter(|(_, s)| s.file_name().unwrap().to_string_lossy().starts_with("made-")).count();
+        if p["items"].as_array().unwrap().iter().any(|p| p["id"] == "made") && agents == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the pool was not destroyed: {p}, {agents} agents left");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (s, _) = srv.call(Method::POST, "/jobs", Some(json!({"command": ["true"], "pool_selector": {"pool": "made"}}))).await;
+    assert_eq!(s, 422, "a destroyed pool runs nothing");
+    let (_, h) = srv.call(Method::GET, "/pools/made/scaling/history", None).await;
+    let reasons: Vec<&str> = h["items"].as_array().unwrap().iter().map(|e| e["reason"].as_str().unwrap()).collect();
+    assert!(reasons.iter().any(|r| r.starts_with("deleted with force by admin")) && reasons.contains(&"destroyed: its last worker is gone"), "{reasons:?}");
 }

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use hodei_core::{Pool, PoolId, PoolState, PoolType, Resources};
 use serde::{Deserialize, Serialize};
@@ -271,21 +271,41 @@ pub async fn update_pool(
     Ok(Json(view))
 }
 
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteQuery {
+    /// Cancel the jobs that select the pool and drain its workers; the pool is `draining` (202)
+    /// until none is left, then `destroyed`.
+    pub force: Option<bool>,
+}
+
 /// Delete a pool created through the API (admins), once no worker of it is live or offline
-/// (drain them first) and no job that has not ended selects it. Its join token stops registering workers; the id is not reused.
+/// (drain them first) and no job that has not ended selects it — or, with `?force=true`, at
+/// once: its jobs are cancelled, its workers drained (their running jobs end as cancelled), and
+/// it is `destroyed` when none is left. Its join token stops registering workers; the id is
+/// not reused.
 #[utoipa::path(
     delete,
     path = "/pools/{id}",
+    params(DeleteQuery),
     responses(
+        (status = 202, description = "forced: draining", body = PoolView),
         (status = 204),
         (status = 404, body = crate::error::Problem),
         (status = 409, description = "the configuration file manages this pool, or it still has workers or jobs", body = crate::error::Problem)
     ),
     tag = "pools"
 )]
-pub async fn delete_pool(State(s): State<ApiState>, who: Who, Path(id): Path<String>) -> ApiResult<StatusCode> {
+pub async fn delete_pool(State(s): State<ApiState>, who: Who, Path(id): Path<String>, Query(q): Query<DeleteQuery>) -> ApiResult<axum::response::Response> {
+    use axum::response::IntoResponse;
     who.must_be_admin("deleting pools (admins only)")?;
     let mut pool = managed(&s, &id).await?;
+    if pool.state == PoolState::Draining {
+        return Ok((StatusCode::ACCEPTED, Json(pool_view(&pool))).into_response());
+    }
+    if q.force == Some(true) {
+        return Ok(force_delete(&s, &who, pool).await?.into_response());
+    }
     let pid = pool.id.clone();
     let (workers, waiting) = crate::read(s.control.as_ref(), move |sched, _| {
         let workers = sched.workers().filter(|w| w.pool_id == pid && w.state != hodei_core::WorkerState::Terminated).count();
@@ -311,5 +331,47 @@ pub async fn delete_pool(State(s): State<ApiState>, who: Who, Path(id): Path<Str
     s.store.upsert_pool(&pool, Some("")).await?;
     remember(&s, &pool, false);
     audit::record(&s, &who, "pool.delete", format!("pool:{}", pool.id), before, None).await;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `DELETE ?force`: no new job selects the pool, those that did are cancelled, and the
+/// autoscaler drains its workers and marks it destroyed once none is left.
+async fn force_delete(s: &ApiState, who: &Who, mut pool: Pool) -> ApiResult<(StatusCode, Json<PoolView>)> {
+    let before = audit::view(&pool_view(&pool));
+    remember(s, &pool, false);
+    // No new worker joins a pool on its way out (those registered keep their sessions).
+    s.store.set_pool_join_token(&pool.id, "").await?;
+    let pid = pool.id.clone();
+    let jobs =
+        crate::read(s.control.as_ref(), move |sched, _| sched.jobs().filter(|j| j.spec.pool_selector.as_ref() == Some(&pid)).map(|j| j.id).collect::<Vec<_>>())
+            .await?;
+    for j in jobs {
+        // One that ended meanwhile is left as it ended.
+        let _ = s.control.cancel(j, who.principal).await;
+    }
+    let now = s.clock.now();
+    let reason = format!("deleted with force by {}: draining its workers", who.name);
+    pool.state = PoolState::Draining;
+    pool.state_reason = reason.clone();
+    pool.min_size = 0;
+    pool.updated_at = now;
+    s.store.upsert_pool(&pool, None).await?;
+    let decision = hodei_core::autoscale::Decision {
+        source: hodei_core::autoscale::Source::Lifecycle,
+        policy_id: None,
+        trigger: None,
+        observed: None,
+        from: pool.desired_size,
+        to: 0,
+        outcome: hodei_core::autoscale::Outcome::Executed,
+        reason,
+    };
+    s.store.set_pool_size(&pool.id, 0, PoolState::Draining, &decision.reason).await?;
+    let event = hodei_core::autoscale::Event { id: 0, pool_id: pool.id.clone(), at: now, decision, actor: Some(who.name.clone()) };
+    s.store.record_scaling_event(&event).await?;
+    s.pools_changed.notify_one();
+    let pool = managed(s, pool.id.as_str()).await?;
+    let view = pool_view(&pool);
+    audit::record(s, who, "pool.delete", format!("pool:{}", pool.id), before, audit::view(&view)).await;
+    Ok((StatusCode::ACCEPTED, Json(view)))
 }

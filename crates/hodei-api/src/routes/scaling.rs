@@ -87,13 +87,22 @@ pub(crate) fn event_view(e: &Event) -> ScalingEventView {
     }
 }
 
+/// The pool `id` (a destroyed one too: its history stays readable).
 async fn pool(s: &ApiState, id: &str) -> ApiResult<hodei_core::Pool> {
     match PoolId::parse(id) {
         Ok(pid) => s.store.get_pool(&pid).await?.map(|(p, _)| p),
         Err(_) => None,
     }
-    .filter(|p| p.state != hodei_core::PoolState::Destroyed)
     .ok_or_else(|| ApiError::not_found(format!("pool {id}")))
+}
+
+/// The pool `id` for a change: 409 once it is being deleted or destroyed.
+async fn live_pool(s: &ApiState, id: &str) -> ApiResult<hodei_core::Pool> {
+    let p = pool(s, id).await?;
+    if matches!(p.state, hodei_core::PoolState::Draining | hodei_core::PoolState::Destroying | hodei_core::PoolState::Destroyed) {
+        return Err(ApiError::new(crate::error::ErrorCode::InvalidState, format!("pool {id} is {}: it cannot change any more", p.state)));
+    }
+    Ok(p)
 }
 
 /// The pool's recent executed decisions, for cooldowns.
@@ -127,7 +136,7 @@ pub async fn scale(
     ApiJson(body): ApiJson<ScaleRequest>,
 ) -> ApiResult<(StatusCode, Json<ScalingEventView>)> {
     who.must_be_admin("scaling pools (admins only)")?;
-    let pool = pool(&s, &id).await?;
+    let pool = live_pool(&s, &id).await?;
     let (min, max) = (i64::from(pool.min_size), i64::from(pool.max_size));
     if !(min..=max).contains(&body.target_size) {
         return Err(ApiError::field(
@@ -352,7 +361,7 @@ pub(crate) fn policy_from(body: &PolicyIn) -> ApiResult<autoscale::Policy> {
 
 /// The pool for a change of its policies: 409 when the configuration file manages it.
 async fn api_pool(s: &ApiState, id: &str) -> ApiResult<hodei_core::Pool> {
-    let p = pool(s, id).await?;
+    let p = live_pool(s, id).await?;
     if p.managed_by == "config" {
         return Err(ApiError::new(
             crate::error::ErrorCode::Conflict,
