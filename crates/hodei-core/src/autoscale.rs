@@ -414,11 +414,7 @@ fn threshold(size: PoolSize, policies: &[Policy], direction: Direction, samples:
     };
     let reason_base = format!("{t}: {} = {} over {} s", t.metric, fmt_value(value), p.window.as_secs());
     // Scale-up waits its cooldown after the last scale-up; scale-down after any change.
-    let since = match direction {
-        Direction::ScaleUp => mem.last_up,
-        Direction::ScaleDown => mem.last_change,
-    };
-    let remaining = since.map(|at| p.cooldown.saturating_sub(now.since(at))).unwrap_or_default();
+    let remaining = cooldown_remaining(p, mem, now);
     let (outcome, reason) = if to == from {
         let bound = if direction == Direction::ScaleUp { "max_size" } else { "min_size" };
         (Outcome::Clamped, format!("{reason_base}; already at {bound} {from}"))
