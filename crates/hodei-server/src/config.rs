@@ -740,6 +740,9 @@ impl Config {
             if hodei_core::PoolId::parse(&p.id).is_err() {
                 return bad(&format!("resource_pools.pools[{i}].id"), format!("{:?} is not a slug", p.id));
             }
+            if p.pool_type == PoolTypeName::Static && p.idle_timeout_s != three_hundred() {
+                return bad(&format!("resource_pools.pools[{i}].idle_timeout_s"), "only dynamic pools drop idle workers (type: dynamic)".into());
+            }
             if p.min_size > p.max_size || p.max_size > 10_000 {
                 return bad(&format!("resource_pools.pools[{i}].max_size"), format!("need 0 ≤ min_size ({}) ≤ max_size ({}) ≤ 10000", p.min_size, p.max_size));
             }
@@ -800,6 +803,13 @@ impl Config {
             }
             if p.hysteresis_pct > 100 {
                 return Err(bad("hysteresis_pct", format!("{} is not between 0 and 100 (percent)", p.hysteresis_pct)));
+            }
+            // Each mode's own knobs: a threshold policy has no hysteresis, a forecast no window.
+            if mode == Mode::Threshold && p.hysteresis_pct != 20 {
+                return Err(bad("hysteresis_pct", "only forecast policies use it (a threshold policy acts on its trigger)".into()));
+            }
+            if mode == Mode::Forecast && p.window.is_some() {
+                return Err(bad("window", "only threshold policies use it (a forecast reads the queue as it is)".into()));
             }
             let direction = if p.action == ScaleAction::ScaleUp { Direction::ScaleUp } else { Direction::ScaleDown };
             let default_cooldown = if direction == Direction::ScaleUp { a.default_scale_up_cooldown_s } else { a.default_scale_down_cooldown_s };
@@ -1087,6 +1097,10 @@ resource_pools:
         assert!(e.starts_with("resource_pools.pools[0].provider_config.replicas: unknown key"), "{e}");
         let e = load(&yaml.replace("server_url: http://hodei.jobs:9090", "api_url: http://k8s:6443"), &[]).unwrap_err().to_string();
         assert!(e.starts_with("resource_pools.pools[0].provider_config.server_url: required"), "{e}");
+        let e = load(&yaml.replace("type: dynamic", "type: static\n      idle_timeout_s: 60"), &[]).unwrap_err().to_string();
+        assert!(e.starts_with("resource_pools.pools[0].idle_timeout_s: only dynamic pools"), "{e}");
+        let e = load(&yaml.replace("window: 60s", "window: 60s\n          hysteresis_pct: 5"), &[]).unwrap_err().to_string();
+        assert!(e.starts_with("resource_pools.pools[0].scaling_policies[0].hysteresis_pct: only forecast"), "{e}");
     }
 
     #[test]

@@ -986,6 +986,12 @@ async fn scaling_policies_and_manual_scale_through_the_api() {
     assert!(e["errors"][0]["message"].as_str().unwrap().starts_with("at position 12: expected a comparison"), "{e}");
     let (s, e) = app.call("POST", base, Some(json!({"name": "fc", "mode": "forecast", "trigger": "queue_depth > 5", "action": "scale_up"}))).await;
     assert_eq!((s, e["errors"][0]["field"].as_str()), (StatusCode::BAD_REQUEST, Some("/trigger")), "{e}");
+    let (s, e) = app.call("POST", base, Some(json!({"name": "h", "trigger": "idle_workers > 2", "action": "scale_down", "hysteresis_pct": 10}))).await;
+    assert_eq!((s, e["errors"][0]["field"].as_str()), (StatusCode::BAD_REQUEST, Some("/hysteresis_pct")), "a threshold policy has no hysteresis: {e}");
+    let (s, e) = app.call("POST", base, Some(json!({"name": "w", "mode": "forecast", "action": "scale_up", "window_s": 30}))).await;
+    assert_eq!((s, e["errors"][0]["field"].as_str()), (StatusCode::BAD_REQUEST, Some("/window_s")), "a forecast has no window: {e}");
+    let (s, e) = app.call("PUT", "/api/v1/pools/elastic", Some(json!({"idle_timeout_s": 60}))).await;
+    assert_eq!((s, e["errors"][0]["field"].as_str()), (StatusCode::BAD_REQUEST, Some("/idle_timeout_s")), "a static pool keeps idle workers: {e}");
     let (s, e) = app.call("POST", base, Some(json!({"name": "x", "trigger": "idle_workers > 2", "action": "scale_down", "step": 0}))).await;
     assert_eq!((s, e["errors"][0]["field"].as_str()), (StatusCode::BAD_REQUEST, Some("/step")), "{e}");
     let (s, p) = app.call("POST", base, Some(json!({"name": "shrink", "trigger": "idle_workers > 2", "action": "scale_down"}))).await;

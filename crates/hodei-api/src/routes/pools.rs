@@ -164,6 +164,9 @@ pub async fn create_pool(State(s): State<ApiState>, who: Who, ApiJson(body): Api
         }
         policies.push(policy);
     }
+    if pool_type == PoolType::Static && body.idle_timeout_s.is_some() {
+        return Err(ApiError::field("/idle_timeout_s", "only dynamic pools drop idle workers", "type dynamic, or no idle_timeout_s", None));
+    }
     let idle_timeout =
         std::time::Duration::from_secs(u64::from(int_in("/idle_timeout_s", body.idle_timeout_s.unwrap_or(300), 0, 30 * 86_400, "idle_timeout_s")?));
     let t = &body.worker_template;
@@ -256,6 +259,9 @@ pub async fn update_pool(
     }
     if let Some(on) = body.auto_scaling_enabled {
         pool.auto_scaling_enabled = on;
+    }
+    if body.idle_timeout_s.is_some() && pool.pool_type == PoolType::Static {
+        return Err(ApiError::field("/idle_timeout_s", "only dynamic pools drop idle workers", "no idle_timeout_s for a static pool", None));
     }
     if let Some(t) = body.idle_timeout_s {
         pool.idle_timeout = std::time::Duration::from_secs(u64::from(int_in("/idle_timeout_s", t, 0, 30 * 86_400, "idle_timeout_s")?));

@@ -302,9 +302,9 @@ pub struct PolicyIn {
     pub step: Option<i64>,
     /// Seconds before the policy acts again (60 up, 120 down).
     pub cooldown_s: Option<i64>,
-    /// Seconds the trigger's metric is averaged over (60).
+    /// Seconds the trigger's metric is averaged over (60; threshold policies only).
     pub window_s: Option<i64>,
-    /// Forecast: shrink only when wanting this percent fewer workers (20).
+    /// Shrink only when wanting this percent fewer workers (20; forecast policies only).
     pub hysteresis_pct: Option<i64>,
     pub enabled: Option<bool>,
 }
@@ -344,6 +344,12 @@ pub(crate) fn policy_from(body: &PolicyIn) -> ApiResult<autoscale::Policy> {
             Some(n) => Err(ApiError::field(field, format!("{} is out of range", &field[1..]), format!("an integer from {lo} to {hi}"), Some(n.to_string()))),
         }
     };
+    if mode == Mode::Threshold && body.hysteresis_pct.is_some() {
+        return Err(ApiError::field("/hysteresis_pct", "only forecast policies use it", "no hysteresis_pct on a threshold policy", None));
+    }
+    if mode == Mode::Forecast && body.window_s.is_some() {
+        return Err(ApiError::field("/window_s", "only threshold policies use it", "no window_s on a forecast policy", None));
+    }
     let default_cooldown = if direction == Direction::ScaleUp { 60 } else { 120 };
     Ok(autoscale::Policy {
         id,
