@@ -34,8 +34,17 @@ pub struct ResourcesIn {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PoolSelectorIn {
+    /// Only this pool's workers run the job.
     pub pool: Option<String>,
+    /// Only workers carrying every one of these labels (their own or their pool's) run the job.
     #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Where a job may run: the pool it names and the labels its worker must carry.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PoolSelectorOut {
+    pub pool: Option<String>,
     pub labels: BTreeMap<String, String>,
 }
 
@@ -171,7 +180,7 @@ pub struct JobView {
     pub sla: String,
     pub preemptible: bool,
     pub labels: BTreeMap<String, String>,
-    pub pool_selector: Option<String>,
+    pub pool_selector: Option<PoolSelectorOut>,
     pub state: String,
     pub state_reason: Option<String>,
     pub attempt_count: u32,
@@ -241,7 +250,8 @@ impl From<&Job> for JobView {
             sla: s.sla.to_string(),
             preemptible: s.preemptible,
             labels: s.labels.clone(),
-            pool_selector: s.pool_selector.as_ref().map(|p| p.to_string()),
+            pool_selector: (s.pool_selector.is_some() || !s.pool_labels.is_empty())
+                .then(|| PoolSelectorOut { pool: s.pool_selector.as_ref().map(|p| p.to_string()), labels: s.pool_labels.clone() }),
             state: j.state.to_string(),
             state_reason: j.state_reason.clone(),
             attempt_count: j.attempt_count,
@@ -432,6 +442,12 @@ pub struct WorkerView {
     pub slots: u32,
     pub labels: BTreeMap<String, String>,
     pub version: String,
+    /// healthy|degraded|unhealthy, judged at each heartbeat from what the worker measures of
+    /// its machine (disk free where jobs write, available memory, clock skew). Unhealthy
+    /// workers take no new jobs until they are healthy again.
+    pub health: String,
+    /// Why it is not healthy (empty when it is).
+    pub health_reason: String,
     pub registered_at: String,
     pub last_heartbeat_at: String,
 }
@@ -448,6 +464,8 @@ impl From<&Worker> for WorkerView {
             slots: w.slots,
             labels: w.labels.clone(),
             version: w.version.clone(),
+            health: w.health.to_string(),
+            health_reason: w.health_reason.clone(),
             registered_at: rfc3339(w.registered_at),
             last_heartbeat_at: rfc3339(w.last_heartbeat_at),
         }

@@ -147,6 +147,8 @@ pub trait Control: Send + Sync {
     async fn tenant_changed(&self, t: &Tenant) -> Result<(), ControlError>;
     /// Tells the scheduler a burst session was opened or changed (its grant, if active).
     async fn burst_changed(&self, b: &hodei_core::BurstSession) -> Result<(), ControlError>;
+    /// Tells the scheduler a pool was created or changed (its tenants and labels).
+    async fn pool_changed(&self, p: &Pool) -> Result<(), ControlError>;
     /// Runs `f` on the scheduler's current state, between two of its steps (read-only).
     async fn inspect(&self, f: Inspector) -> Result<(), ControlError>;
 }

@@ -46,6 +46,7 @@ fn pool(i: usize, forecast: bool) -> Pool {
             hysteresis_pct: 20,
             enabled: true,
         }],
+        allowed_tenants: Vec::new(),
         labels: BTreeMap::new(),
         managed_by: "config".into(),
         state: PoolState::Active,
@@ -87,6 +88,9 @@ fn loaded(forecast: bool) -> (Scheduler, Vec<Pool>) {
                 last_heartbeat_at: Timestamp::from_millis(0),
                 idle_since: None,
                 connected: false,
+                allowed_tenants: Vec::new(),
+                health: hodei_core::worker::Health::Healthy,
+                health_reason: String::new(),
             };
             s.register_worker(w, Timestamp::from_millis(0));
         }

@@ -60,6 +60,9 @@ fn worker(slots: u32) -> Worker {
         last_heartbeat_at: Timestamp::from_millis(0),
         idle_since: None,
         connected: false,
+        allowed_tenants: Vec::new(),
+        health: hodei_core::worker::Health::Healthy,
+        health_reason: String::new(),
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::burst::BurstSession;
 use crate::idempotency::{IdempotencyIndex, IdempotencyRecord, IdempotencyRequest, Lookup};
-use crate::ids::{ArrayId, AttemptId, BurstId, IdMap, IdSet, JobId, TenantId, WorkerId};
+use crate::ids::{ArrayId, AttemptId, BurstId, IdMap, IdSet, JobId, PoolId, TenantId, WorkerId};
 use crate::job::{Actor, Attempt, AttemptState, FailureReason, Job, JobEvent, JobState, SlaLevel};
 use crate::queue::{JobKey, Queue};
 use crate::quota::{self, Admission, Limit, QuotaRules, Rejection, TenantPolicy, Usage};
@@ -348,6 +348,9 @@ pub struct Scheduler {
     capacity: Resources,
     retry_wait: BTreeSet<(Timestamp, JobId)>,
     workers: BTreeMap<WorkerId, Worker>,
+    /// What the scheduler was told of each pool's placement: its `allowed_tenants` (copied onto
+    /// its workers) and its labels (merged into theirs).
+    pool_placement: BTreeMap<PoolId, PoolPlacement>,
     /// Attempts holding a slot: assigned or running, including ones fenced off from their job
     /// (cancelled while scheduled) until their worker reports or is lost.
     attempts: IdMap<AttemptId, Attempt>,
@@ -367,6 +370,20 @@ pub struct Scheduler {
     /// Idempotency keys of stored submits, younger than their TTL.
     idempotency: IdempotencyIndex,
     out: Changes,
+}
+
+/// A pool's part in placement, as [`Scheduler::set_pool_placement`] is told it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PoolPlacement {
+    /// Empty: every tenant's jobs.
+    pub allowed_tenants: Vec<TenantId>,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl From<&crate::tenant::Pool> for PoolPlacement {
+    fn from(p: &crate::tenant::Pool) -> Self {
+        PoolPlacement { allowed_tenants: p.allowed_tenants.clone(), labels: p.labels.clone() }
+    }
 }
 
 fn key_of(job: &Job) -> JobKey {
@@ -420,6 +437,7 @@ impl Scheduler {
             capacity: Resources::ZERO,
             retry_wait: BTreeSet::new(),
             workers: BTreeMap::new(),
+            pool_placement: BTreeMap::new(),
             attempts: IdMap::default(),
             on_worker: BTreeMap::new(),
             new_jobs: IdSet::default(),
@@ -554,6 +572,7 @@ impl Scheduler {
     /// Loads a stored worker at start-up. Until it reconnects it is offline-in-waiting:
     /// its lease counts from `now`, so its attempts are lost if it never comes back.
     pub fn restore_worker(&mut self, mut worker: Worker, now: Timestamp) {
+        worker.allowed_tenants = self.pool_placement.get(&worker.pool_id).map(|p| p.allowed_tenants.clone()).unwrap_or_default();
         worker.connected = false;
         worker.last_heartbeat_at = now;
         worker.allocated = crate::units::Resources::ZERO;
@@ -939,8 +958,23 @@ impl Scheduler {
 
     // ---- workers --------------------------------------------------------------------------
 
+    /// What placement reads of `pool` from now on: whose jobs its workers run (empty: every
+    /// tenant's) and the labels they carry besides their own (the pool's value wins; a label
+    /// the pool drops is dropped from its workers). Jobs already running there keep running.
+    pub fn set_pool_placement(&mut self, pool: &PoolId, placement: PoolPlacement) {
+        let old = self.pool_placement.insert(pool.clone(), placement.clone()).unwrap_or_default();
+        for w in self.workers.values_mut().filter(|w| w.pool_id == *pool) {
+            w.allowed_tenants.clone_from(&placement.allowed_tenants);
+            for k in old.labels.keys().filter(|k| !placement.labels.contains_key(*k)) {
+                w.labels.remove(k);
+            }
+            w.labels.extend(placement.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+    }
+
     /// A worker registered (or re-registered under a new id).
     pub fn register_worker(&mut self, mut worker: Worker, now: Timestamp) {
+        worker.allowed_tenants = self.pool_placement.get(&worker.pool_id).map(|p| p.allowed_tenants.clone()).unwrap_or_default();
         worker.state = WorkerState::Registering;
         worker.connected = false;
         worker.allocated = crate::units::Resources::ZERO;
@@ -1009,12 +1043,22 @@ impl Scheduler {
     }
 
     /// Renews a worker's lease. Returns attempts it reports that it should not be running.
-    pub fn heartbeat(&mut self, id: WorkerId, running: &[AttemptId], now: Timestamp) -> Result<Vec<AttemptId>, UnknownWorker> {
+    /// `node`: what it measured of its machine, which decides its health.
+    pub fn heartbeat(
+        &mut self,
+        id: WorkerId,
+        running: &[AttemptId],
+        node: Option<&crate::worker::NodeReport>,
+        now: Timestamp,
+    ) -> Result<Vec<AttemptId>, UnknownWorker> {
         let w = self.workers.get_mut(&id).ok_or(UnknownWorker)?;
         if !w.state.is_live() {
             return Err(UnknownWorker);
         }
         w.last_heartbeat_at = now;
+        if let Some(r) = node {
+            (w.health, w.health_reason) = crate::worker::assess(r, now);
+        }
         // Persisted (batched with everything else), so readers see a live heartbeat.
         self.dirty_workers.insert(id);
         Ok(running.iter().copied().filter(|a| self.attempts.get(a).is_none_or(|x| x.worker_id != id)).collect())
@@ -1213,7 +1257,7 @@ impl Scheduler {
         let req = job.resources();
         self.workers
             .values()
-            .filter(|w| crate::placement::fits_now(w, &job.spec, &req).is_ok())
+            .filter(|w| crate::placement::fits_now(w, &job.tenant, &job.spec, &req).is_ok())
             .filter(|w| self.reserved_workers.is_empty() || self.reservation_allows(w, job, now))
             .min_by_key(|w| crate::placement::rank(w, &req))
             .map(|w| w.id)

@@ -26,6 +26,9 @@ pub struct JobSpec {
     pub hold: bool,
     pub labels: BTreeMap<String, String>,
     pub pool_selector: Option<PoolId>,
+    /// `pool_selector.labels`: only workers carrying every one of these labels (their own and
+    /// their pool's) run the job.
+    pub pool_labels: BTreeMap<String, String>,
     /// Set on the jobs of an array job: the whole array's range (shared by its jobs).
     pub array: Option<ArraySpec>,
     /// The principal whose token submitted it (set by the API, not by the submitter).
@@ -83,6 +86,7 @@ pub struct JobSpecInput {
     pub hold: Option<bool>,
     pub labels: BTreeMap<String, String>,
     pub pool: Option<String>,
+    pub pool_labels: BTreeMap<String, String>,
     pub array: Option<ArrayInput>,
 }
 
@@ -196,6 +200,23 @@ impl Checker {
 }
 
 impl Checker {
+    /// A label map at `field`: at most `max` entries, Kubernetes keys, values ≤ 256 characters.
+    fn labels(&mut self, field: &str, labels: &BTreeMap<String, String>, max: usize) {
+        if labels.len() > max {
+            self.err(field, "too many labels", format!("at most {max} labels"), Some(labels.len().to_string()));
+        }
+        for (k, v) in labels {
+            // The key in a JSON pointer: `~` and `/` escaped (RFC 6901).
+            let at = format!("{field}/{}", k.replace('~', "~0").replace('/', "~1"));
+            if !is_label_key(k) {
+                self.err(&at, "not a label key", "[prefix/]name: a name of 1 to 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit; a prefix of lowercase DNS labels, at most 253 characters", Some(k.clone()));
+            }
+            if v.len() > 256 {
+                self.err(&at, "label value is too long", "a value of at most 256 characters", Some(v.len().to_string()));
+            }
+        }
+    }
+
     fn array(&mut self, a: ArrayInput, max_size: u32) -> Option<ArraySpec> {
         let top = i64::from(u32::MAX);
         let Some(start) = a.start else {
@@ -261,19 +282,8 @@ impl JobSpecInput {
                 Some(size.to_string()),
             );
         }
-        if self.labels.len() > limits.max_labels {
-            c.err("labels", "too many labels", format!("at most {} labels", limits.max_labels), Some(self.labels.len().to_string()));
-        }
-        for (k, v) in &self.labels {
-            // The key in a JSON pointer: `~` and `/` escaped (RFC 6901).
-            let at = format!("labels/{}", k.replace('~', "~0").replace('/', "~1"));
-            if !is_label_key(k) {
-                c.err(&at, "not a label key", "[prefix/]name: a name of 1 to 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit; a prefix of lowercase DNS labels, at most 253 characters", Some(k.clone()));
-            }
-            if v.len() > 256 {
-                c.err(&at, "label value is too long", "a value of at most 256 characters", Some(v.len().to_string()));
-            }
-        }
+        c.labels("labels", &self.labels, limits.max_labels);
+        c.labels("pool_selector/labels", &self.pool_labels, limits.max_labels);
 
         let d = limits.default_resources;
         let cpu = c.int_in("resources/cpu_m", self.cpu_m, 1, i64::from(u32::MAX), "millicores").map_or(d.cpu_m, |v| CpuMillis(v as u32));
@@ -339,6 +349,7 @@ impl JobSpecInput {
             hold: self.hold.unwrap_or(false),
             labels: self.labels,
             pool_selector,
+            pool_labels: self.pool_labels,
             array,
             submitted_by: None,
         })

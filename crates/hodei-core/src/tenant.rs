@@ -101,6 +101,8 @@ pub struct Pool {
     /// Dynamic pools drop workers idle longer than this, down to `min_size`.
     pub idle_timeout: std::time::Duration,
     pub scaling_policies: Vec<crate::autoscale::Policy>,
+    /// The tenants whose jobs it runs; empty: every tenant.
+    pub allowed_tenants: Vec<TenantId>,
     pub labels: BTreeMap<String, String>,
     pub managed_by: String,
     pub state: PoolState,
@@ -109,6 +111,13 @@ pub struct Pool {
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
     pub version: i64,
+}
+
+impl Pool {
+    /// Whether it runs `tenant`'s jobs.
+    pub fn admits(&self, tenant: &TenantId) -> bool {
+        self.allowed_tenants.is_empty() || self.allowed_tenants.contains(tenant)
+    }
 }
 
 impl Tenant {

@@ -166,9 +166,12 @@ impl Autoscaler {
                 None if runs_here => lifecycle(pool, desired, view.live),
                 None => (pool.state, pool.state_reason.clone()),
             };
-            settling |= state == PoolState::Scaling;
+            settling |= matches!(state, PoolState::Scaling | PoolState::Initializing);
             if desired != pool.desired_size || state != pool.state || reason != pool.state_reason {
                 self.store.set_pool_size(&pool.id, desired, state, &reason).await?;
+            }
+            if state != pool.state {
+                self.transition(pool, state, &reason, desired, now).await?;
             }
         }
         Ok(settling)
@@ -207,6 +210,24 @@ impl Autoscaler {
             pool_gauges(&Pool { state: PoolState::Destroyed, ..pool.clone() }, 0, view);
             tracing::info!(pool = %pool.id, "pool destroyed");
         }
+        Ok(())
+    }
+
+    /// A change of the pool's lifecycle state, in its history with the reason.
+    async fn transition(&self, pool: &Pool, to: PoolState, reason: &str, size: u32, now: hodei_core::Timestamp) -> anyhow::Result<()> {
+        let why = if reason.is_empty() { String::new() } else { format!(": {reason}") };
+        let d = autoscale::Decision {
+            source: autoscale::Source::Lifecycle,
+            policy_id: None,
+            trigger: None,
+            observed: None,
+            from: size,
+            to: size,
+            outcome: Outcome::Executed,
+            reason: format!("{} → {to}{why}", pool.state),
+        };
+        tracing::info!(pool = %pool.id, from = %pool.state, to = %to, reason, "pool state");
+        self.store.record_scaling_event(&Event { id: 0, pool_id: pool.id.clone(), at: now, decision: d, actor: None }).await?;
         Ok(())
     }
 
@@ -281,11 +302,15 @@ impl Autoscaler {
     }
 }
 
-/// A pool whose workers this server starts: `active` once it has its desired size, `scaling`
-/// (saying how far it is) while it does not — also out of `error`, once its provider does what
-/// it is asked again. Pools in other states (draining, destroyed) keep them.
+/// A pool whose workers this server starts: `initializing` until `min_size` of them are
+/// live, then `active` once it has its desired size and `scaling` (saying how far it is) while
+/// it does not — also out of `error`, once its provider does what it is asked again. Pools in
+/// other states (draining, destroyed) keep them.
 fn lifecycle(pool: &Pool, desired: u32, live: u32) -> (PoolState, String) {
     match pool.state {
+        PoolState::Creating | PoolState::Initializing if live < pool.min_size => {
+            (PoolState::Initializing, format!("{live} of its {} warm workers live", pool.min_size))
+        }
         PoolState::Active | PoolState::Scaling | PoolState::Initializing | PoolState::Creating | PoolState::Error => {
             if live == desired {
                 (PoolState::Active, String::new())

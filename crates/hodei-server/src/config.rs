@@ -662,7 +662,6 @@ impl Config {
             let at = |key: &str| format!("resource_pools.pools[{i}].{key}");
             check(at("provider"), !["local", "kubernetes"].contains(&p.provider.as_str()));
             check(at("provider_config"), p.provider != "kubernetes" && !p.provider_config.is_empty());
-            check(at("allowed_tenants"), !p.allowed_tenants.is_empty());
             check(at("cost_rates"), p.cost_rates != CostRatesConfig::default());
             check(at("cluster"), p.cluster.is_some());
             // Labels and capabilities of workers a provider creates: no provider creates any yet
@@ -870,10 +869,7 @@ mod tests {
         let path = dir.path().join("c.yaml");
         std::fs::write(&path, yaml).unwrap();
         let cfg = super::Config::load(Some(&path), &[]).unwrap();
-        assert_eq!(
-            cfg.unsupported(),
-            ["resource_pools.pools[0].allowed_tenants", "resource_pools.pools[0].cluster"].map(|k| format!("{k}: not supported yet"))
-        );
+        assert_eq!(cfg.unsupported(), ["resource_pools.pools[0].cluster"].map(|k| format!("{k}: not supported yet")));
         std::fs::write(&path, "resource_pools:\n  pools:\n    - id: gpu\n      worker_template: { labels: { disk: ssd } }\n").unwrap();
         let cfg = super::Config::load(Some(&path), &[]).unwrap();
         assert_eq!(cfg.unsupported(), ["resource_pools.pools[0].worker_template.labels: not supported yet"]);
@@ -942,7 +938,7 @@ mod tests {
             (
                 "resource_pools.pools[]",
                 &pools,
-                "id name type provider provider_config labels min_size max_size auto_scaling_enabled idle_timeout_s join_token scaling_policies | allowed_tenants cost_rates cluster",
+                "id name type provider provider_config labels min_size max_size auto_scaling_enabled idle_timeout_s join_token scaling_policies allowed_tenants | cost_rates cluster",
             ),
             ("resource_pools.pools[].worker_template", WorkerTemplateConfig::KEYS, "cpu_m memory_mb gpu slots | labels capabilities"),
             ("multi_tenancy", MultiTenancyConfig::KEYS, "enabled default_tenant_id | default_tier"),

@@ -16,10 +16,12 @@ use hodei_api::{Admitted, ArrayAdmitted, Clock, Control, ControlError, Idempoten
 use hodei_core::idempotency::{IdempotencyRecord, Lookup, Submitted};
 use hodei_core::ids::PrincipalId;
 use hodei_core::job::Actor;
-use hodei_core::sched::{AttemptResult, CancelOutcome, Changes, CommandError, DrainError, Fenced, Outbound, SchedConfig, Scheduler, UnknownWorker};
+use hodei_core::sched::{
+    AttemptResult, CancelOutcome, Changes, CommandError, DrainError, Fenced, Outbound, PoolPlacement, SchedConfig, Scheduler, UnknownWorker,
+};
 use hodei_core::{
-    ArrayId, AttemptId, AttemptState, BurstSession, BurstState, Job, JobId, JobState, Tenant, TenantId, TenantPolicy, TierWeights, Timestamp, Worker, WorkerId,
-    WorkerState,
+    ArrayId, AttemptId, AttemptState, BurstSession, BurstState, Job, JobId, JobState, PoolId, Tenant, TenantId, TenantPolicy, TierWeights, Timestamp, Worker,
+    WorkerId, WorkerState,
 };
 use hodei_proto::v1 as pb;
 use hodei_store::logs::Logs;
@@ -79,6 +81,11 @@ pub enum Command {
         session: Box<BurstSession>,
         reply: Reply<()>,
     },
+    Pool {
+        id: PoolId,
+        placement: PoolPlacement,
+        reply: Reply<()>,
+    },
     Inspect(Inspector),
     Cancel {
         id: JobId,
@@ -128,6 +135,7 @@ pub enum Command {
     Heartbeat {
         id: WorkerId,
         running: Vec<AttemptId>,
+        node: Option<hodei_core::worker::NodeReport>,
         reply: oneshot::Sender<Result<Vec<AttemptId>, UnknownWorker>>,
     },
     Deregister {
@@ -496,8 +504,16 @@ impl Engine {
         for b in self.store.list_bursts(&open).await? {
             sched.set_burst(&b, now);
         }
+        let pools = self.store.list_pools().await?;
+        for p in &pools {
+            sched.set_pool_placement(&p.id, p.into());
+        }
         for w in live.workers {
             sched.restore_worker(w, now);
+        }
+        // Labels the pools gained while these workers were away.
+        for p in &pools {
+            sched.set_pool_placement(&p.id, p.into());
         }
         for a in &live.attempts {
             sched.restore_attempt(a.clone());
@@ -792,6 +808,10 @@ impl Engine {
                 s.set_burst(&session, now);
                 replies.unit.push(reply);
             }
+            Command::Pool { id, placement, reply } => {
+                s.set_pool_placement(&id, placement);
+                replies.unit.push(reply);
+            }
             Command::Inspect(f) => replies.inspect.push(f),
             Command::Cancel { id, by, reply } => match s.cancel(id, by, now) {
                 Ok(o) => replies.cancel.push((reply, o)),
@@ -849,8 +869,8 @@ impl Engine {
                     s.disconnect_worker(id);
                 }
             }
-            Command::Heartbeat { id, running, reply } => {
-                let _ = reply.send(s.heartbeat(id, &running, now));
+            Command::Heartbeat { id, running, node, reply } => {
+                let _ = reply.send(s.heartbeat(id, &running, node.as_ref(), now));
             }
             Command::Deregister { id } => {
                 self.conns.remove(&id);
@@ -992,7 +1012,9 @@ fn refuse_while_stale(c: Command) -> Option<Command> {
     match c {
         Command::Submit { reply, .. } => drop(reply.send(Err(down()))),
         Command::SubmitArray { reply, .. } => drop(reply.send(Err(down()))),
-        Command::Tenant { reply, .. } | Command::Burst { reply, .. } | Command::Retry { reply, .. } => drop(reply.send(Err(down()))),
+        Command::Tenant { reply, .. } | Command::Burst { reply, .. } | Command::Pool { reply, .. } | Command::Retry { reply, .. } => {
+            drop(reply.send(Err(down())))
+        }
         Command::Hold { reply, .. } | Command::Release { reply, .. } => drop(reply.send(Err(down()))),
         Command::Drain { reply, .. } => drop(reply.send(Err(down()))),
         Command::Cancel { reply, .. } => drop(reply.send(Err(down()))),
@@ -1056,6 +1078,11 @@ impl Control for ControlPlane {
 
     async fn burst_changed(&self, b: &BurstSession) -> Result<(), ControlError> {
         self.engine.burst_changed(b.clone()).await
+    }
+
+    async fn pool_changed(&self, p: &hodei_core::Pool) -> Result<(), ControlError> {
+        let (id, placement) = (p.id.clone(), PoolPlacement::from(p));
+        self.engine.ask_waiting(|reply| Command::Pool { id, placement, reply }).await
     }
 
     async fn inspect(&self, f: Inspector) -> Result<(), ControlError> {
@@ -1160,7 +1187,7 @@ mod tests {
     fn reports_kept_while_stalled_are_bounded() {
         let heartbeat = |id| {
             let (reply, rx) = oneshot::channel();
-            (Command::Heartbeat { id, running: vec![], reply }, rx)
+            (Command::Heartbeat { id, running: vec![], node: None, reply }, rx)
         };
         let (a, b) = (WorkerId::from_uuid(Uuid::now_v7()), WorkerId::from_uuid(Uuid::now_v7()));
         let mut kept = Kept::default();

@@ -92,9 +92,14 @@ impl Gauges {
     pub fn workers<'a>(&mut self, workers: impl Iterator<Item = &'a Worker>) {
         let mut by_state: HashMap<(String, &'static str), i64> = HashMap::new();
         let mut size: HashMap<String, i64> = HashMap::new();
+        let mut unhealthy: HashMap<String, i64> = HashMap::new();
         for w in workers {
             *by_state.entry((w.pool_id.to_string(), w.state.as_str())).or_default() += 1;
             *size.entry(w.pool_id.to_string()).or_default() += i64::from(w.state.is_live());
+            *unhealthy.entry(w.pool_id.to_string()).or_default() += i64::from(w.state.is_live() && w.health == hodei_core::worker::Health::Unhealthy);
+        }
+        for (pool, n) in unhealthy {
+            metrics::gauge!("hodei_workers_unhealthy", "pool" => pool).set(n as f64);
         }
         for key in self.worker_series.drain() {
             by_state.entry(key).or_default();

@@ -139,8 +139,9 @@ impl WorkerService for WorkerSvc {
             return Err(Status::invalid_argument("slots, resources.cpu_m and resources.memory_mb must be at least 1"));
         }
         let now = self.clock.now();
-        let mut labels: std::collections::BTreeMap<String, String> = pool.labels.clone();
-        labels.extend(r.labels);
+        // The pool's labels are the admin's word: a worker's own label of the same key yields.
+        let mut labels: std::collections::BTreeMap<String, String> = r.labels.into_iter().collect();
+        labels.extend(pool.labels.clone());
         let worker = Worker {
             id: WorkerId::from_uuid(uuid::Uuid::now_v7()),
             instance_name: r.instance_name,
@@ -157,6 +158,9 @@ impl WorkerService for WorkerSvc {
             last_heartbeat_at: now,
             idle_since: None,
             connected: false,
+            allowed_tenants: Vec::new(),
+            health: hodei_core::worker::Health::Healthy,
+            health_reason: String::new(),
         };
         let session = tokens::random_token().map_err(|e| Status::unavailable(format!("cannot draw a session token: {e}")))?;
         let session_hash = tokens::hash(&session);
@@ -183,7 +187,14 @@ impl WorkerService for WorkerSvc {
         let id = self.authenticate(&r.worker_id, &r.session_token).await?;
         let running: Vec<AttemptId> = r.running_attempt_ids.iter().filter_map(|a| a.parse().ok()).collect();
         let (reply, rx) = oneshot::channel();
-        self.engine.deliver(Command::Heartbeat { id, running: running.clone(), reply }).await.map_err(Self::stopped)?;
+        let node = r.node.map(|n| hodei_core::worker::NodeReport {
+            disk_free_mb: n.disk_free_mb,
+            disk_total_mb: n.disk_total_mb,
+            memory_available_mb: n.memory_available_mb,
+            memory_total_mb: n.memory_total_mb,
+            clock: (n.clock_unix_ms != 0).then(|| hodei_core::Timestamp::from_millis(n.clock_unix_ms)),
+        });
+        self.engine.deliver(Command::Heartbeat { id, running: running.clone(), node, reply }).await.map_err(Self::stopped)?;
         let stale = rx.await.map_err(Self::stopped)?.map_err(|_| Status::not_found("worker is offline or unknown; reconnect"))?;
         // Offsets only of the worker's own attempts, and only those known without a disk read.
         let own: Vec<AttemptId> = running.into_iter().filter(|a| !stale.contains(a)).collect();

@@ -341,6 +341,7 @@ mod tests {
             auto_scaling_enabled: true,
             idle_timeout: Duration::from_secs(300),
             scaling_policies: vec![],
+            allowed_tenants: vec![],
             labels: Default::default(),
             managed_by: "config".into(),
             state: hodei_core::PoolState::Active,

@@ -245,10 +245,12 @@ async fn seed(cfg: &Config, store: &dyn Store, now: Timestamp, worker_exe: Optio
             auto_scaling_enabled: false,
             idle_timeout: Duration::from_secs(300),
             scaling_policies: Vec::new(),
+            allowed_tenants: Vec::new(),
             labels: Default::default(),
             managed_by: "config".into(),
-            state: PoolState::Active,
-            state_reason: String::new(),
+            // Until its warm workers are live (the autoscaler moves it on, with a reason).
+            state: PoolState::Initializing,
+            state_reason: "starting its workers".into(),
             created_at: now,
             updated_at: now,
             version: 1,
@@ -280,10 +282,17 @@ async fn seed(cfg: &Config, store: &dyn Store, now: Timestamp, worker_exe: Optio
             auto_scaling_enabled: p.auto_scaling_enabled,
             idle_timeout: Duration::from_secs(p.idle_timeout_s),
             scaling_policies: cfg.scaling_policies(i)?,
+            allowed_tenants: p
+                .allowed_tenants
+                .iter()
+                .enumerate()
+                .map(|(j, t)| TenantId::parse(t).with_context(|| format!("resource_pools.pools[{i}].allowed_tenants[{j}]")))
+                .collect::<anyhow::Result<_>>()?,
             labels: p.labels.clone(),
             managed_by: "config".into(),
-            state: PoolState::Active,
-            state_reason: String::new(),
+            // Until its warm workers are live (the autoscaler moves it on, with a reason).
+            state: PoolState::Initializing,
+            state_reason: "starting its workers".into(),
             created_at: now,
             updated_at: now,
             version: 1,

@@ -204,12 +204,50 @@ async fn a_job_no_pool_could_ever_run_is_unschedulable() {
     assert!(p["errors"][0]["message"].as_str().unwrap().contains("lack the capability `container`"), "{p}");
     let (s, p) = app.call("POST", "/api/v1/jobs/batch", Some(json!({"jobs": [{"command": ["true"]}, {"command": ["true"], "image": "x"}]}))).await;
     assert_eq!((s, fields(&p)), (StatusCode::BAD_REQUEST, vec!["/jobs/1/image".to_owned()]), "an atomic batch names the member: {p}");
-    // Selecting pools by label is refused, not ignored, until placement matches labels.
+    // No pool's workers carry the label: refused, naming what the pools carry.
     let (s, p) = app.call("POST", "/api/v1/jobs", Some(json!({"command": ["true"], "pool_selector": {"labels": {"zone": "a"}}}))).await;
-    assert_eq!((s, fields(&p)), (StatusCode::BAD_REQUEST, vec!["/pool_selector/labels".to_owned()]), "{p}");
-    let (s, p) = app.call("POST", "/api/v1/jobs/batch", Some(json!({"jobs": [{"command": ["true"], "pool_selector": {"labels": {"zone": "a"}}}]}))).await;
-    assert_eq!((s, fields(&p)), (StatusCode::BAD_REQUEST, vec!["/jobs/0/pool_selector/labels".to_owned()]), "{p}");
+    assert_eq!((s, fields(&p)), (StatusCode::UNPROCESSABLE_ENTITY, vec!["/pool_selector/labels".to_owned()]), "{p}");
+    assert!(p["errors"][0]["message"].as_str().unwrap().contains("do not carry the label `zone=a`"), "{p}");
+    let (s, p) = app.call("POST", "/api/v1/jobs/batch", Some(json!({"jobs": [{"command": ["true"], "pool_selector": {"labels": {"Bad Key": "a"}}}]}))).await;
+    assert_eq!((s, fields(&p)), (StatusCode::BAD_REQUEST, vec!["/jobs/0/pool_selector/labels/Bad Key".to_owned()]), "{p}");
     assert_eq!(app.stored_jobs().await, 0);
+}
+
+/// `allowed_tenants` and labels of a pool decide, at submit, which jobs could ever run there;
+/// the scheduler hears of a change at once.
+#[tokio::test]
+async fn pools_run_only_their_tenants_jobs_and_jobs_select_them_by_label() {
+    let app = app().await;
+    let (s, t) = app.call("POST", "/api/v1/tenants", Some(json!({"name": "ML"}))).await;
+    assert_eq!(s, StatusCode::CREATED, "{t}");
+    let ml = t["id"].as_str().unwrap().to_owned();
+    let farm = json!({"id": "farm", "worker_template": {"cpu_m": 8000, "memory_mb": 8192, "slots": 4}, "labels": {"zone": "b"}, "allowed_tenants": [ml]});
+    let (s, e) = app
+        .call("POST", "/api/v1/pools", Some(json!({"id": "x", "worker_template": {"cpu_m": 1, "memory_mb": 1, "slots": 1}, "allowed_tenants": ["nobody"]})))
+        .await;
+    assert_eq!((s, fields(&e)), (StatusCode::BAD_REQUEST, vec!["/allowed_tenants/0".to_owned()]), "{e}");
+    let (s, p) = app.call("POST", "/api/v1/pools", Some(farm)).await;
+    assert_eq!((s, p["allowed_tenants"].clone(), p["labels"]["zone"].as_str()), (StatusCode::CREATED, json!([ml]), Some("b")), "{p}");
+    // The default tenant may not use it: by id (nearest is the pool it names) or by label.
+    let (s, e) = app.call("POST", "/api/v1/jobs", Some(json!({"command": ["true"], "pool_selector": {"pool": "farm"}}))).await;
+    assert_eq!((s, fields(&e)), (StatusCode::UNPROCESSABLE_ENTITY, vec!["/tenant_id".to_owned()]), "{e}");
+    let (s, e) = app.call("POST", "/api/v1/jobs", Some(json!({"command": ["true"], "pool_selector": {"labels": {"zone": "b"}}}))).await;
+    assert_eq!((s, fields(&e)), (StatusCode::UNPROCESSABLE_ENTITY, vec!["/pool_selector/labels".to_owned()]), "{e}");
+    // Its tenant may, by label; a worker joining by itself may carry labels its pool does not name.
+    let (s, j) = app.call("POST", "/api/v1/jobs", Some(json!({"command": ["true"], "tenant_id": ml, "pool_selector": {"labels": {"zone": "b"}}}))).await;
+    assert_eq!(s, StatusCode::CREATED, "{j}");
+    assert_eq!(j["pool_selector"], json!({"pool": null, "labels": {"zone": "b"}}), "{j}");
+    let (s, j) = app
+        .call("POST", "/api/v1/jobs", Some(json!({"command": ["true"], "tenant_id": ml, "pool_selector": {"pool": "farm", "labels": {"disk": "ssd"}}})))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{j}");
+    let (s, j) = app.call("GET", &format!("/api/v1/jobs/{}", j["id"].as_str().unwrap()), None).await;
+    assert_eq!((s, j["pool_selector"].clone()), (StatusCode::OK, json!({"pool": "farm", "labels": {"disk": "ssd"}})), "read back from the store");
+    // Opened to every tenant.
+    let (s, p) = app.call("PUT", "/api/v1/pools/farm", Some(json!({"allowed_tenants": []}))).await;
+    assert_eq!((s, p["allowed_tenants"].clone()), (StatusCode::OK, json!([])), "{p}");
+    let (s, e) = app.call("POST", "/api/v1/jobs", Some(json!({"command": ["true"], "pool_selector": {"pool": "farm"}}))).await;
+    assert_eq!(s, StatusCode::CREATED, "{e}");
 }
 
 #[tokio::test]

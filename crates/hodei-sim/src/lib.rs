@@ -291,6 +291,7 @@ impl Simulator {
                     auto_scaling_enabled: true,
                     idle_timeout: Duration::from_secs(a.idle_timeout_s.unwrap_or(0)),
                     scaling_policies: policies,
+                    allowed_tenants: Vec::new(),
                     labels: BTreeMap::new(),
                     managed_by: "sim".into(),
                     state: hodei_core::PoolState::Active,
@@ -370,6 +371,9 @@ impl Simulator {
             last_heartbeat_at: ts(now),
             idle_since: None,
             connected: false,
+            allowed_tenants: Vec::new(),
+            health: hodei_core::worker::Health::Healthy,
+            health_reason: String::new(),
         };
         self.sched.register_worker(worker, ts(now));
         let _ = self.sched.connect_worker(id, &[], vec![], ts(now));

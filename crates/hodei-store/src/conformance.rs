@@ -69,6 +69,9 @@ fn worker(n: u128) -> Worker {
         last_heartbeat_at: ts(0),
         idle_since: None,
         connected: false,
+        allowed_tenants: Vec::new(),
+        health: hodei_core::worker::Health::Healthy,
+        health_reason: String::new(),
     }
 }
 
@@ -430,9 +433,10 @@ async fn array_jobs_keep_their_array(store: &dyn Store) {
     all.expected_duration = Some(std::time::Duration::from_millis(1500));
     all.retry_backoff = Some(std::time::Duration::from_millis(250));
     all.pool_selector = Some(PoolId::parse("local").unwrap());
+    all.pool_labels = [("zone".to_owned(), "eu-1".to_owned()), ("example.com/disk".to_owned(), "ssd".to_owned())].into();
     all.submitted_by = Some(hodei_core::PrincipalId::from_uuid(Uuid::from_u128(5)));
     all.preemptible = true;
-    full.spec = std::sync::Arc::new(all);
+    full.spec = std::sync::Arc::new(all.clone());
     s.submit(full, ts(32)).unwrap();
     store.apply(std::sync::Arc::new(s.take_changes())).await.unwrap();
     let listed = store.list_jobs(&JobFilter { array: Some(array), limit: 50, ..Default::default() }).await.unwrap();
@@ -440,6 +444,7 @@ async fn array_jobs_keep_their_array(store: &dyn Store) {
     assert_eq!(got, [(31, Some((array, 2)), spec.array), (30, Some((array, 0)), spec.array)]);
     let plain = store.get_job(JobId::from_uuid(Uuid::from_u128(32 << 80))).await.unwrap().unwrap();
     assert_eq!((plain.array, plain.spec.array), (None, None));
+    assert_eq!(*plain.spec, all, "every spec field round-trips");
     // Start-up reads them as every other read does, the members sharing one spec.
     let live: Vec<Job> = store.load_live().await.unwrap().jobs.into_iter().filter(|j| j.tenant.as_str() == "arrays").collect();
     assert_eq!(live.len(), 3);
@@ -612,7 +617,7 @@ async fn scheduler_changes_round_trip(store: &dyn Store) {
     assert_eq!(live.workers[0].state, WorkerState::Busy);
 
     // The waiting job breaches (after 1 h), is stored so, and is listed.
-    s.heartbeat(w.id, &[], ts(3_600_002)).unwrap();
+    s.heartbeat(w.id, &[], None, ts(3_600_002)).unwrap();
     s.tick(ts(3_600_002));
     store.apply(std::sync::Arc::new(s.take_changes())).await.unwrap();
     let breached = store.sla_breaches(&BreachFilter { limit: 10, ..BreachFilter::default() }).await.unwrap();
@@ -695,6 +700,7 @@ async fn pools_workers_and_live_counts_round_trip(store: &dyn Store) {
         desired_size: 1,
         auto_scaling_enabled: true,
         idle_timeout: std::time::Duration::from_secs(90),
+        allowed_tenants: vec![TenantId::parse("ml").unwrap(), TenantId::parse("bio").unwrap()],
         scaling_policies: vec![
             Policy {
                 id: "grow".into(),

@@ -398,7 +398,7 @@ impl SpecCols {
         self.preemptible.push(s.preemptible);
         self.hold.push(s.hold);
         self.labels.push(json_map(&s.labels));
-        self.pool_selector.push(s.pool_selector.as_ref().map(|p| p.as_str().to_owned()));
+        self.pool_selector.push(selector_text(s));
         self.submitted_by.push(s.submitted_by.map(|p| p.as_uuid()));
     }
 
@@ -474,8 +474,14 @@ fn statement(c: &Changes) -> Stmt {
             st.arg(workers.iter().map(|w| w.id.as_uuid()).collect::<Vec<_>>(), "uuid[]"),
             st.arg(workers.iter().map(|w| w.state.as_str()).collect::<Vec<_>>(), "text[]"),
             st.arg(workers.iter().map(|w| ms(w.last_heartbeat_at)).collect::<Vec<_>>(), "bigint[]"),
+            st.arg(workers.iter().map(|w| w.health.as_str()).collect::<Vec<_>>(), "text[]"),
+            st.arg(workers.iter().map(|w| w.health_reason.as_str()).collect::<Vec<_>>(), "text[]"),
         ];
-        st.cte(format!("UPDATE workers SET state = u.state, last_heartbeat_at = u.at FROM {} AS u(id, state, at) WHERE workers.id = u.id", unnest(&cols)));
+        st.cte(format!(
+            "UPDATE workers SET state = u.state, last_heartbeat_at = u.at, health = u.health, health_reason = u.health_reason \
+             FROM {} AS u(id, state, at, health, health_reason) WHERE workers.id = u.id",
+            unnest(&cols)
+        ));
     }
     let events: Vec<&JobEvent> = c.events.iter().filter(|e| e.from.is_some()).collect();
     if !events.is_empty() {
@@ -698,8 +704,8 @@ fn push_visible(qb: &mut QueryBuilder<Postgres>, visible: Option<&[TenantId]>) -
 macro_rules! insert_pool {
     () => {
         "INSERT INTO pools (id, name, pool_type, provider, worker_cpu_m, worker_memory_mb, worker_gpu, worker_slots, min_size, max_size, labels, \
-         managed_by, state, join_token_hash, created_at, updated_at, version, desired_size, auto_scaling_enabled, idle_timeout_ms, scaling_policies, state_reason) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, COALESCE($14, ''), $15, $16, $17, $18, $19, $20, $21, $22)"
+         managed_by, state, join_token_hash, created_at, updated_at, version, desired_size, auto_scaling_enabled, idle_timeout_ms, scaling_policies, state_reason, allowed_tenants) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, COALESCE($14, ''), $15, $16, $17, $18, $19, $20, $21, $22, $23)"
     };
 }
 
@@ -728,6 +734,7 @@ fn pool_row<'q>(sql: &'static str, p: &'q Pool, join_token_hash: Option<&'q str>
         .bind(i64::try_from(p.idle_timeout.as_millis()).unwrap_or(i64::MAX))
         .bind(json_policies(&p.scaling_policies))
         .bind(&p.state_reason)
+        .bind(json_tenants(&p.allowed_tenants))
 }
 
 /// A job list's conditions other than its states; false when the caller sees no tenant.
@@ -898,6 +905,7 @@ impl Store for PgStore {
                  worker_gpu = excluded.worker_gpu, worker_slots = excluded.worker_slots, min_size = excluded.min_size, max_size = excluded.max_size, \
                  labels = excluded.labels, managed_by = excluded.managed_by, state = excluded.state, state_reason = excluded.state_reason, \
                  auto_scaling_enabled = excluded.auto_scaling_enabled, idle_timeout_ms = excluded.idle_timeout_ms, scaling_policies = excluded.scaling_policies, \
+                 allowed_tenants = excluded.allowed_tenants, \
                  join_token_hash = COALESCE($14, pools.join_token_hash), updated_at = excluded.updated_at, version = pools.version + 1"
             ),
             p,

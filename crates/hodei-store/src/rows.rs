@@ -63,6 +63,35 @@ pub(crate) fn json_vec(v: &[String]) -> String {
     serde_json::to_string(v).unwrap_or_else(|_| "[]".to_owned())
 }
 
+pub(crate) fn json_tenants(ts: &[TenantId]) -> String {
+    serde_json::to_string(&ts.iter().map(TenantId::as_str).collect::<Vec<_>>()).unwrap_or_else(|_| "[]".to_owned())
+}
+
+fn parse_tenants(doing: &'static str, s: &str) -> Result<Vec<TenantId>, StoreError> {
+    parse_vec(doing, s)?.iter().map(|t| parse_slug(doing, t, TenantId::parse)).collect()
+}
+
+/// A job's `pool_selector` column: the pool's id alone, or `{"pool": …, "labels": {…}}` when
+/// the job selects labels.
+pub(crate) fn selector_text(s: &JobSpec) -> Option<String> {
+    if s.pool_labels.is_empty() {
+        return s.pool_selector.as_ref().map(|p| p.as_str().to_owned());
+    }
+    Some(serde_json::json!({"pool": s.pool_selector.as_ref().map(|p| p.as_str()), "labels": s.pool_labels}).to_string())
+}
+
+fn parse_selector(doing: &'static str, text: Option<&str>) -> Result<(Option<PoolId>, BTreeMap<String, String>), StoreError> {
+    let Some(text) = text else { return Ok((None, BTreeMap::new())) };
+    if !text.starts_with('{') {
+        return Ok((Some(parse_slug(doing, text, PoolId::parse)?), BTreeMap::new()));
+    }
+    let corrupt = |detail: String| StoreError::Corrupt { doing, detail };
+    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| corrupt(e.to_string()))?;
+    let pool = v.get("pool").and_then(|p| p.as_str()).map(|p| parse_slug(doing, p, PoolId::parse)).transpose()?;
+    let labels = serde_json::from_value(v.get("labels").cloned().unwrap_or_default()).map_err(|e| corrupt(e.to_string()))?;
+    Ok((pool, labels))
+}
+
 pub(crate) fn parse_map(doing: &'static str, s: &str) -> Result<BTreeMap<String, String>, StoreError> {
     serde_json::from_str(s).map_err(|e| StoreError::Corrupt { doing, detail: e.to_string() })
 }
@@ -276,6 +305,7 @@ pub(crate) fn spec_from(r: &impl JobRow) -> Result<JobSpec> {
     let flag = |c| r.flag(c).and_then(|v| need(v, c));
     let millis = |v: i64| Duration::from_millis(v.max(0) as u64);
     let u32_at = |c| int(c).and_then(|v| u32_of(JOB, v));
+    let (pool_selector, pool_labels) = parse_selector(JOB, r.text(C::PoolSelector)?)?;
     Ok(JobSpec {
         name: text(C::Name)?.to_owned(),
         command: parse_vec(JOB, text(C::Command)?)?,
@@ -292,7 +322,8 @@ pub(crate) fn spec_from(r: &impl JobRow) -> Result<JobSpec> {
         preemptible: flag(C::Preemptible)?,
         hold: flag(C::Hold)?,
         labels: parse_map(JOB, text(C::Labels)?)?,
-        pool_selector: r.text(C::PoolSelector)?.map(|p| parse_slug(JOB, p, PoolId::parse)).transpose()?,
+        pool_selector,
+        pool_labels,
         submitted_by: r.uuid(C::SubmittedBy)?.map(PrincipalId::from_uuid),
         array: match r.int(C::ArrayStart)? {
             None => None,
@@ -407,6 +438,9 @@ pub(crate) fn worker_from_row(r: &impl Cols) -> Result<Worker> {
         last_heartbeat_at: Timestamp::from_millis(r.col("last_heartbeat_at").map_err(g)?),
         idle_since: None,
         connected: false,
+        allowed_tenants: Vec::new(),
+        health: parse_enum(D, r.col("health").map_err(g)?)?,
+        health_reason: r.col("health_reason").map_err(g)?,
     })
 }
 
@@ -470,6 +504,7 @@ pub(crate) fn pool_from_row(r: &impl Cols) -> Result<(Pool, String)> {
         auto_scaling_enabled: r.col("auto_scaling_enabled").map_err(g)?,
         idle_timeout: Duration::from_millis(u64::try_from(r.col::<i64>("idle_timeout_ms").map_err(g)?).unwrap_or(0)),
         scaling_policies: parse_policies(D, r.col("scaling_policies").map_err(g)?)?,
+        allowed_tenants: parse_tenants(D, r.col("allowed_tenants").map_err(g)?)?,
         labels: parse_map(D, r.col("labels").map_err(g)?)?,
         managed_by: r.col("managed_by").map_err(g)?,
         state: parse_enum(D, r.col("state").map_err(g)?)?,

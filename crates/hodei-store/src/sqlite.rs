@@ -43,8 +43,8 @@ macro_rules! ended {
 macro_rules! insert_pool {
     () => {
         "INSERT INTO pools (id, name, pool_type, provider, worker_cpu_m, worker_memory_mb, worker_gpu, worker_slots, min_size, max_size, labels, \
-         managed_by, state, join_token_hash, created_at, updated_at, version, desired_size, auto_scaling_enabled, idle_timeout_ms, scaling_policies, state_reason) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, COALESCE(?, ''), ?, ?, ?, ?, ?, ?, ?, ?)"
+         managed_by, state, join_token_hash, created_at, updated_at, version, desired_size, auto_scaling_enabled, idle_timeout_ms, scaling_policies, state_reason, allowed_tenants) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, COALESCE(?, ''), ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     };
 }
 
@@ -73,6 +73,7 @@ fn pool_row<'q>(sql: &'static str, p: &'q Pool, join_token_hash: Option<&'q str>
         .bind(i64::try_from(p.idle_timeout.as_millis()).unwrap_or(i64::MAX))
         .bind(json_policies(&p.scaling_policies))
         .bind(&p.state_reason)
+        .bind(json_tenants(&p.allowed_tenants))
 }
 
 const LIVE_STATES: [JobState; 5] = [JobState::Pending, JobState::Held, JobState::Scheduled, JobState::Running, JobState::Failed];
@@ -418,6 +419,7 @@ impl Store for SqliteStore {
                  worker_gpu = excluded.worker_gpu, worker_slots = excluded.worker_slots, min_size = excluded.min_size, max_size = excluded.max_size, \
                  labels = excluded.labels, managed_by = excluded.managed_by, state = excluded.state, state_reason = excluded.state_reason, \
                  auto_scaling_enabled = excluded.auto_scaling_enabled, idle_timeout_ms = excluded.idle_timeout_ms, scaling_policies = excluded.scaling_policies, \
+                 allowed_tenants = excluded.allowed_tenants, \
                  join_token_hash = COALESCE(?, pools.join_token_hash), updated_at = excluded.updated_at, version = pools.version + 1"
             ),
             p,

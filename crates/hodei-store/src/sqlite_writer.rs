@@ -9,6 +9,8 @@ use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use hodei_core::ids::IdMap;
+
+use crate::rows::selector_text;
 use hodei_core::sched::Changes;
 use hodei_core::sla_tally::count_outcomes;
 use hodei_core::spec::JobSpec;
@@ -205,7 +207,7 @@ struct SpecValues<'a> {
     retry_backoff_ms: Option<i64>,
     priority: &'static str,
     sla: &'static str,
-    pool_selector: Option<&'a str>,
+    pool_selector: Option<String>,
     submitted_by: Option<uuid::Uuid>,
 }
 
@@ -221,7 +223,7 @@ impl<'a> SpecValues<'a> {
             retry_backoff_ms: s.retry_backoff.map(dur_ms),
             priority: s.priority.as_str(),
             sla: s.sla.as_str(),
-            pool_selector: s.pool_selector.as_ref().map(|p| p.as_str()),
+            pool_selector: selector_text(s),
             submitted_by: s.submitted_by.map(|p| p.as_uuid()),
         }
     }
@@ -391,10 +393,12 @@ fn write(tx: &Connection, c: &Changes) -> Result<(), StoreError> {
         }
     }
     {
-        let mut st =
-            tx.prepare_cached("UPDATE workers SET state = ?1, last_heartbeat_at = ?2 WHERE id = ?3").map_err(map_err("preparing the worker update"))?;
+        let mut st = tx
+            .prepare_cached("UPDATE workers SET state = ?1, last_heartbeat_at = ?2, health = ?3, health_reason = ?4 WHERE id = ?5")
+            .map_err(map_err("preparing the worker update"))?;
         for w in &c.workers {
-            st.execute(params![w.state.as_str(), ms(w.last_heartbeat_at), w.id.as_uuid()]).map_err(map_err("updating a worker"))?;
+            st.execute(params![w.state.as_str(), ms(w.last_heartbeat_at), w.health.as_str(), w.health_reason, w.id.as_uuid()])
+                .map_err(map_err("updating a worker"))?;
         }
     }
     {

@@ -253,7 +253,8 @@ pub async fn run(o: WorkerOptions) -> anyhow::Result<()> {
         };
         backoff = Duration::from_millis(100);
         let lost = Arc::new(Notify::new());
-        let hb = tokio::spawn(heartbeats(client.clone(), id.clone(), agent.clone(), out.retained.clone(), lost.clone()));
+        let disk = if o.sandbox.scratch_root.exists() { o.sandbox.scratch_root.clone() } else { o.work_dir.clone() };
+        let hb = tokio::spawn(heartbeats(client.clone(), id.clone(), agent.clone(), out.retained.clone(), lost.clone(), disk));
         let reason = loop {
             tokio::select! {
                 ev = events_rx.recv() => match ev {
@@ -410,7 +411,14 @@ async fn spool_unacked(agent: Arc<Mutex<Agent>>, spool: Arc<spool::Spool>) {
     }
 }
 
-async fn heartbeats(mut client: WorkerServiceClient<Channel>, id: Identity, agent: Arc<Mutex<Agent>>, retained: Arc<retain::Retained>, lost: Arc<Notify>) {
+async fn heartbeats(
+    mut client: WorkerServiceClient<Channel>,
+    id: Identity,
+    agent: Arc<Mutex<Agent>>,
+    retained: Arc<retain::Retained>,
+    lost: Arc<Notify>,
+    disk: std::path::PathBuf,
+) {
     let mut seq = 0u64;
     let mut tick = tokio::time::interval(id.heartbeat_interval);
     loop {
@@ -423,6 +431,7 @@ async fn heartbeats(mut client: WorkerServiceClient<Channel>, id: Identity, agen
             seq,
             usage: Some(usage()),
             running_attempt_ids: running,
+            node: Some(node_status(&disk)),
         };
         match client.heartbeat(req).await {
             Ok(r) => {
@@ -444,6 +453,28 @@ async fn heartbeats(mut client: WorkerServiceClient<Channel>, id: Identity, agen
             Err(s) => tracing::warn!(error = %s, "heartbeat failed"),
         }
     }
+}
+
+/// What the server judges this machine's health from: free space where jobs write, available
+/// memory, and this clock.
+fn node_status(disk: &std::path::Path) -> pb::NodeStatus {
+    let mut n = pb::NodeStatus {
+        clock_unix_ms: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64),
+        ..Default::default()
+    };
+    if let Ok(path) = std::ffi::CString::new(disk.as_os_str().as_encoded_bytes()) {
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: a NUL-terminated path and a statvfs buffer the call fills.
+        if unsafe { libc::statvfs(path.as_ptr(), &mut st) } == 0 {
+            let mb = |blocks: libc::fsblkcnt_t| blocks.saturating_mul(st.f_frsize) >> 20;
+            (n.disk_free_mb, n.disk_total_mb) = (mb(st.f_bavail), mb(st.f_blocks));
+        }
+    }
+    if let Ok(info) = std::fs::read_to_string("/proc/meminfo") {
+        let kb = |key: &str| info.lines().find_map(|l| l.strip_prefix(key)?.trim().trim_end_matches("kB").trim().parse::<u64>().ok()).unwrap_or(0);
+        (n.memory_available_mb, n.memory_total_mb) = (kb("MemAvailable:") >> 10, kb("MemTotal:") >> 10);
+    }
+    n
 }
 
 fn usage() -> pb::Usage {

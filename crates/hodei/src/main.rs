@@ -298,8 +298,12 @@ struct SubmitArgs {
     labels: Vec<String>,
     #[arg(long)]
     workdir: Option<String>,
+    /// Only this pool's workers run the job.
     #[arg(long)]
     pool: Option<String>,
+    /// k=v, repeatable: only workers carrying these labels (their own or their pool's) run it.
+    #[arg(long = "pool-label")]
+    pool_labels: Vec<String>,
     /// Submit held.
     #[arg(long)]
     hold: bool,
@@ -374,6 +378,12 @@ enum PoolsCmd {
         pool_type: String,
         #[arg(long)]
         idle_timeout_s: Option<u64>,
+        /// k=v, repeatable: labels its workers carry, selected by `submit --pool-label`.
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        /// Repeatable: only these tenants' jobs run there (default: every tenant's).
+        #[arg(long = "allowed-tenant")]
+        allowed_tenants: Vec<String>,
     },
     /// Delete a pool created through the API, once it has no workers and no job waits for it.
     Delete { id: String },
@@ -732,8 +742,8 @@ async fn submit(a: SubmitArgs) -> anyhow::Result<i32> {
     if !a.labels.is_empty() {
         body["labels"] = json!(kv(&a.labels, "--label")?);
     }
-    if let Some(p) = a.pool {
-        body["pool_selector"] = json!({"pool": p});
+    if a.pool.is_some() || !a.pool_labels.is_empty() {
+        body["pool_selector"] = json!({"pool": a.pool, "labels": kv(&a.pool_labels, "--pool-label")?});
     }
     if let Some(r) = &a.array {
         if a.wait || a.follow {
@@ -1197,9 +1207,13 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
-        Cmd::Pools { c, cmd: Some(PoolsCmd::Create { id, name, cpu_m, memory_mb, gpu, slots, min_size, max_size, provider, pool_type, idle_timeout_s }) } => {
+        Cmd::Pools {
+            c,
+            cmd:
+                Some(PoolsCmd::Create { id, name, cpu_m, memory_mb, gpu, slots, min_size, max_size, provider, pool_type, idle_timeout_s, labels, allowed_tenants }),
+        } => {
             let mut body = json!({"id": id, "worker_template": {"cpu_m": cpu_m, "memory_mb": memory_mb, "gpu": gpu, "slots": slots}, "min_size": min_size,
-                "provider": provider, "type": pool_type});
+                "provider": provider, "type": pool_type, "labels": kv(&labels, "--label")?, "allowed_tenants": allowed_tenants});
             if let Some(t) = idle_timeout_s {
                 body["idle_timeout_s"] = json!(t);
             }

@@ -813,7 +813,23 @@ async fn a_drained_worker_finishes_its_job_takes_no_new_one_and_stops() {
 async fn a_pool_created_through_the_api_takes_workers_and_is_deleted_once_drained() {
     let dir = tempfile::tempdir().unwrap();
     let srv = Server::start(dir.path(), &[], 0, None);
-    let out = srv.cli(&["pools", "create", "farm", "--cpu-m", "2000", "--memory-mb", "1024", "--slots", "2", "--max-size", "4"]);
+    let out = srv.cli(&[
+        "pools",
+        "create",
+        "farm",
+        "--cpu-m",
+        "2000",
+        "--memory-mb",
+        "1024",
+        "--slots",
+        "2",
+        "--max-size",
+        "4",
+        "--label",
+        "zone=b",
+        "--allowed-tenant",
+        "default",
+    ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     assert!(token.starts_with("hodei_"), "{token:?}");
@@ -821,6 +837,11 @@ async fn a_pool_created_through_the_api_takes_workers_and_is_deleted_once_draine
     let id = srv.submit(json!({"command": ["echo", "on the farm"], "pool_selector": {"pool": "farm"}})).await["id"].as_str().unwrap().to_owned();
     let j = srv.wait_ended(&id, 30).await;
     assert_eq!((j["state"].as_str(), j["pool_id"].as_str()), (Some("succeeded"), Some("farm")), "{j}");
+    // Selected by its label from the CLI: only its worker carries it.
+    let out = srv.cli(&["submit", "--pool-label", "zone=b", "--wait", "--", "echo", "by label"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (_, jobs) = srv.call(Method::GET, "/jobs?limit=1", None).await;
+    assert_eq!(jobs["items"][0]["pool_id"].as_str(), Some("farm"), "{jobs}");
 
     let out = srv.cli(&["pools", "delete", "farm"]);
     assert!(!out.status.success(), "deleted with a live worker");
@@ -1056,4 +1077,59 @@ async fn a_local_pool_created_through_the_api_gets_workers_and_survives_a_restar
     let (_, h) = srv.call(Method::GET, "/pools/made/scaling/history", None).await;
     let reasons: Vec<&str> = h["items"].as_array().unwrap().iter().map(|e| e["reason"].as_str().unwrap()).collect();
     assert!(reasons.iter().any(|r| r.starts_with("deleted with force by admin")) && reasons.contains(&"destroyed: its last worker is gone"), "{reasons:?}");
+}
+
+/// A worker's health is judged from what it measures at each heartbeat: a nearly full disk
+/// makes it unhealthy (shown with the reason, counted in `hodei_workers_unhealthy`), and it is
+/// healthy again once the disk has room.
+#[tokio::test]
+async fn a_worker_reporting_a_full_disk_is_unhealthy_until_it_has_room() {
+    use hodei_proto::v1 as pb;
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path(), &[], 0, None);
+    let mut client = pb::worker_service_client::WorkerServiceClient::connect(srv.grpc.clone()).await.unwrap();
+    let reg = client
+        .register_worker(pb::RegisterWorkerRequest {
+            instance_name: "probe".into(),
+            pool_id: "local".into(),
+            resources: Some(pb::Resources { cpu_m: 1000, memory_mb: 1024, gpu: 0 }),
+            slots: 1,
+            join_token: srv.join_token("local"),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let now_ms = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let beat = |disk_free_mb: u64| pb::HeartbeatRequest {
+        worker_id: reg.worker_id.clone(),
+        session_token: reg.session_token.clone(),
+        node: Some(pb::NodeStatus { disk_free_mb, disk_total_mb: 10_000, memory_available_mb: 4096, memory_total_mb: 8192, clock_unix_ms: now_ms() }),
+        ..Default::default()
+    };
+    let health = |w: &Value| (w["health"].as_str().unwrap_or_default().to_owned(), w["health_reason"].as_str().unwrap_or_default().to_owned());
+    let unhealthy_gauge = || async {
+        let m = srv.http_client.get(format!("{}/metrics", srv.metrics)).send().await.unwrap().text().await.unwrap();
+        m.lines().find(|l| l.starts_with("hodei_workers_unhealthy{pool=\"local\"}")).map(|l| l.rsplit(' ').next().unwrap().to_owned())
+    };
+    client.heartbeat(beat(50)).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, w) = srv.call(Method::GET, &format!("/workers/{}", reg.worker_id), None).await;
+        if health(&w).0 == "unhealthy" && unhealthy_gauge().await.as_deref() == Some("1") {
+            assert_eq!(health(&w).1, "disk 0.5% free (50 of 10000 MiB)", "{w}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "not unhealthy: {w}, gauge {:?}", unhealthy_gauge().await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    client.heartbeat(beat(5_000)).await.unwrap();
+    loop {
+        let (_, w) = srv.call(Method::GET, &format!("/workers/{}", reg.worker_id), None).await;
+        if health(&w) == ("healthy".to_owned(), String::new()) && unhealthy_gauge().await.as_deref() == Some("0") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not healthy again: {w}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

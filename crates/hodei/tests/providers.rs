@@ -28,6 +28,7 @@ fn pool(provider: &str) -> Pool {
         auto_scaling_enabled: true,
         idle_timeout: Duration::from_secs(300),
         scaling_policies: vec![],
+        allowed_tenants: vec![],
         labels: Default::default(),
         managed_by: "api".into(),
         state: PoolState::Active,

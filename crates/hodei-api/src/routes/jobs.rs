@@ -22,17 +22,8 @@ use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::json::KeyedJson;
 use crate::{ApiState, ArrayAdmitted, Idempotent, IdempotentCall};
 
-fn spec_input(b: JobSubmit, prefix: &str) -> ApiResult<(JobSpecInput, Option<String>)> {
-    let (pool, labels) = b.pool_selector.map(|p| (p.pool, p.labels)).unwrap_or_default();
-    if !labels.is_empty() {
-        // Refused rather than ignored until placement matches pool labels.
-        return Err(ApiError::field(
-            &format!("{prefix}/pool_selector/labels"),
-            "selecting pools by label is not supported yet",
-            "no labels: select a pool by its id (pool_selector.pool)",
-            None,
-        ));
-    }
+fn spec_input(b: JobSubmit) -> (JobSpecInput, Option<String>) {
+    let (pool, pool_labels) = b.pool_selector.map(|p| (p.pool, p.labels)).unwrap_or_default();
     let input = JobSpecInput {
         name: b.name,
         command: b.command,
@@ -52,9 +43,10 @@ fn spec_input(b: JobSubmit, prefix: &str) -> ApiResult<(JobSpecInput, Option<Str
         hold: b.hold,
         labels: b.labels,
         pool,
+        pool_labels,
         array: b.array.map(|a| ArrayInput { start: a.start, end: a.end, step: a.step, max_parallel: a.max_parallel }),
     };
-    Ok((input, b.tenant_id))
+    (input, b.tenant_id)
 }
 
 /// Tenant context (SPEC §1.3): body `tenant_id` › `X-Hodei-Tenant` › the caller's only tenant
@@ -91,13 +83,16 @@ async fn tenant_for(s: &ApiState, who: &Who, body: Option<&str>, headers: &Heade
 
 /// A job no pool could ever run is refused now rather than left pending forever, naming the
 /// nearest pool and what it lacks (the core's placement checks, as the scheduler asks them).
-fn unschedulable(s: &ApiState, spec: &JobSpec, prefix: &str) -> Option<FieldError> {
+fn unschedulable(s: &ApiState, tenant: &TenantId, spec: &JobSpec, prefix: &str) -> Option<FieldError> {
     use hodei_core::placement::{Misfit, pool_misfit};
     let pools = s.pools.read().ok()?;
-    let misfits: Vec<(&hodei_core::Pool, Misfit)> = pools.iter().map(|p| pool_misfit(p, spec).map(|m| (p, m))).collect::<Option<_>>()?;
-    // The nearest: a pool the job selects, lacking a capability rather than size or slots.
+    let misfits: Vec<(&hodei_core::Pool, Misfit)> = pools.iter().map(|p| pool_misfit(p, tenant, spec).map(|m| (p, m))).collect::<Option<_>>()?;
+    // The nearest: a pool the job selects, lacking a capability rather than size or slots,
+    // rather than labels, rather than running the tenant's jobs at all.
     let rank = |m: &Misfit| match m {
-        Misfit::NotSelected => 3,
+        Misfit::NotSelected => 5,
+        Misfit::NotAllowed => 4,
+        Misfit::LacksLabel(_) => 3,
         Misfit::NoSlots => 2,
         Misfit::TooSmall { .. } => 1,
         Misfit::LacksCapability(_) => 0,
@@ -107,6 +102,15 @@ fn unschedulable(s: &ApiState, spec: &JobSpec, prefix: &str) -> Option<FieldErro
     };
     let (field, expected) = match misfit {
         Misfit::LacksCapability(c) => ("image", format!("no image: no pool's workers have the capability `{c}` (they run processes)")),
+        Misfit::NotAllowed => ("tenant_id", format!("a tenant that pool {} runs jobs of", pool.id)),
+        Misfit::LacksLabel(_) => {
+            let labels: Vec<String> = misfits
+                .iter()
+                .filter(|(_, m)| *m != Misfit::NotSelected)
+                .map(|(p, _)| format!("{}: {}", p.id, p.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")))
+                .collect();
+            ("pool_selector/labels", format!("labels a pool's workers carry ({})", labels.join("; ")))
+        }
         _ => {
             let shapes: Vec<String> =
                 misfits.iter().filter(|(_, m)| *m != Misfit::NotSelected).map(|(p, _)| format!("{}: {}", p.id, p.worker_resources)).collect();
@@ -190,10 +194,10 @@ pub async fn submit_job(
     KeyedJson { body, key }: KeyedJson<JobSubmit>,
 ) -> ApiResult<Response> {
     let _gate = s.tenant_gate.read().await;
-    let (input, tenant) = spec_input(body, "")?;
+    let (input, tenant) = spec_input(body);
     let tenant = tenant_for(&s, &who, tenant.as_deref(), &headers, "").await?;
     let spec = validated(&s, &who, input, "")?;
-    let never = unschedulable(&s, &spec, "");
+    let never = unschedulable(&s, &tenant.id, &spec, "");
     if q.dry_run {
         return Ok(dry_run(&s, new_job(&s, &tenant, spec), never).await?.into_response());
     }
@@ -330,19 +334,17 @@ pub async fn submit_batch(State(s): State<ApiState>, who: Who, headers: HeaderMa
     let mut refusals = 0;
     for (i, b) in body.jobs.into_iter().enumerate() {
         let prefix = format!("/jobs/{i}");
-        let parsed = match spec_input(b, &prefix) {
-            Ok((input, tid)) => match tenant_id_for(&s, &who, tid.as_deref(), &headers, &prefix) {
-                Ok(id) => match tenants.iter().find(|t| t.id == id) {
-                    Some(t) => Ok((input, t.clone())),
-                    None => tenant_for(&s, &who, Some(id.as_str()), &headers, &prefix).await.inspect(|t| tenants.push(t.clone())).map(|t| (input, t)),
-                },
-                Err(e) => Err(e),
+        let (input, tid) = spec_input(b);
+        let parsed = match tenant_id_for(&s, &who, tid.as_deref(), &headers, &prefix) {
+            Ok(id) => match tenants.iter().find(|t| t.id == id) {
+                Some(t) => Ok((input, t.clone())),
+                None => tenant_for(&s, &who, Some(id.as_str()), &headers, &prefix).await.inspect(|t| tenants.push(t.clone())).map(|t| (input, t)),
             },
             Err(e) => Err(e),
         };
         let outcome = parsed.and_then(|(input, t)| {
             let spec = validated(&s, &who, input, &prefix)?;
-            if let Some(e) = unschedulable(&s, &spec, &prefix) {
+            if let Some(e) = unschedulable(&s, &t.id, &spec, &prefix) {
                 return Err(unschedulable_error(e));
             }
             Ok(new_job(&s, &t, spec))

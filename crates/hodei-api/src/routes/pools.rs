@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use hodei_core::{Pool, PoolId, PoolState, PoolType, Resources};
+use hodei_core::{Pool, PoolId, PoolState, PoolType, Resources, TenantId};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -60,6 +60,9 @@ pub struct PoolCreate {
     pub idle_timeout_s: Option<i64>,
     #[serde(default)]
     pub scaling_policies: Vec<crate::routes::scaling::PolicyIn>,
+    /// Existing tenants whose jobs it runs; empty or absent: every tenant's.
+    #[serde(default)]
+    pub allowed_tenants: Vec<String>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -73,6 +76,9 @@ pub struct PoolUpdate {
     pub auto_scaling_enabled: Option<bool>,
     /// Dynamic pools drop workers idle this long (seconds), down to min_size.
     pub idle_timeout_s: Option<i64>,
+    /// Existing tenants whose jobs it runs from now on; empty: every tenant's. Jobs running
+    /// there keep running.
+    pub allowed_tenants: Option<Vec<String>>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -96,6 +102,27 @@ fn sizes(min: u32, max: u32) -> ApiResult<()> {
         return Err(ApiError::field("/min_size", "min_size is above max_size", format!("at most max_size ({max})"), Some(min.to_string())));
     }
     Ok(())
+}
+
+/// `allowed_tenants`: each an existing tenant.
+async fn tenants_in(s: &ApiState, ids: &[String]) -> ApiResult<Vec<TenantId>> {
+    let mut out: Vec<TenantId> = Vec::with_capacity(ids.len());
+    for (i, raw) in ids.iter().enumerate() {
+        let field = format!("/allowed_tenants/{i}");
+        let id = TenantId::parse(raw).map_err(|e| ApiError::field(&field, e.to_string(), "a tenant id (slug)", Some(raw.clone())))?;
+        if s.tenants.get(s.store.as_ref(), &id).await?.is_none() {
+            return Err(ApiError::field(&field, "no tenant of that id exists", "an existing tenant's id", Some(raw.clone())));
+        }
+        if !out.contains(&id) {
+            out.push(id);
+        }
+    }
+    Ok(out)
+}
+
+/// Tells the scheduler whose jobs the pool runs and which labels its workers carry.
+async fn placement_changed(s: &ApiState, pool: &Pool) -> ApiResult<()> {
+    s.control.pool_changed(pool).await.map_err(ApiError::from)
 }
 
 /// The pool `id` as stored, for a change through the API: 404 when there is none (or it was
@@ -179,6 +206,7 @@ pub async fn create_pool(State(s): State<ApiState>, who: Who, ApiJson(body): Api
     let min_size = int_in("/min_size", body.min_size.unwrap_or(0), 0, MAX_POOL_SIZE, "min_size")?;
     let max_size = int_in("/max_size", body.max_size.unwrap_or(MAX_POOL_SIZE), 0, MAX_POOL_SIZE, "max_size")?;
     sizes(min_size, max_size)?;
+    let allowed_tenants = tenants_in(&s, &body.allowed_tenants).await?;
     let now = s.clock.now();
     let pool = Pool {
         name: body.name.as_deref().map(super::display_name).transpose()?.unwrap_or_else(|| id.to_string()),
@@ -193,10 +221,13 @@ pub async fn create_pool(State(s): State<ApiState>, who: Who, ApiJson(body): Api
         auto_scaling_enabled: body.auto_scaling_enabled.unwrap_or(false),
         idle_timeout,
         scaling_policies: policies,
+        allowed_tenants,
         labels: body.labels,
         managed_by: "api".into(),
-        state: PoolState::Active,
-        state_reason: String::new(),
+        // Workers that join by themselves may come at any time; the server's own are started
+        // now (the autoscaler moves the pool on once they are live).
+        state: if provider == "external" { PoolState::Active } else { PoolState::Initializing },
+        state_reason: if provider == "external" { String::new() } else { "starting its workers".into() },
         created_at: now,
         updated_at: now,
         version: 1,
@@ -206,6 +237,7 @@ pub async fn create_pool(State(s): State<ApiState>, who: Who, ApiJson(body): Api
     if pool.provider == "local" {
         s.join_tokens.keep(&pool, &join_token).await?;
     }
+    placement_changed(&s, &pool).await?;
     remember(&s, &pool, true);
     s.pools_changed.notify_one();
     crate::zero_series_for_pool(&pool);
@@ -266,8 +298,12 @@ pub async fn update_pool(
     if let Some(t) = body.idle_timeout_s {
         pool.idle_timeout = std::time::Duration::from_secs(u64::from(int_in("/idle_timeout_s", t, 0, 30 * 86_400, "idle_timeout_s")?));
     }
+    if let Some(ts) = &body.allowed_tenants {
+        pool.allowed_tenants = tenants_in(&s, ts).await?;
+    }
     pool.updated_at = s.clock.now();
     s.store.upsert_pool(&pool, None).await?;
+    placement_changed(&s, &pool).await?;
     // New bounds or policies: the autoscaler brings the size within them now.
     s.pools_changed.notify_one();
     let pool = managed(&s, &id).await?;

@@ -129,6 +129,10 @@ pub struct PoolView {
     /// Dynamic pools drop workers idle this long, down to min_size.
     pub idle_timeout_s: u64,
     pub scaling_policies: Vec<crate::routes::scaling::PolicyView>,
+    /// Labels its workers carry (besides their own), matched by jobs' `pool_selector.labels`.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// The tenants whose jobs it runs; empty: every tenant's.
+    pub allowed_tenants: Vec<String>,
     pub managed_by: String,
     pub state: String,
     /// Why it is in its state (empty when nothing needs saying).
@@ -156,6 +160,8 @@ pub(crate) fn pool_view(p: &hodei_core::Pool) -> PoolView {
         auto_scaling_enabled: p.auto_scaling_enabled,
         idle_timeout_s: p.idle_timeout.as_secs(),
         scaling_policies: p.scaling_policies.iter().map(crate::routes::scaling::policy_view).collect(),
+        labels: p.labels.clone(),
+        allowed_tenants: p.allowed_tenants.iter().map(ToString::to_string).collect(),
         managed_by: p.managed_by.clone(),
         state: p.state.to_string(),
         state_reason: p.state_reason.clone(),

@@ -131,7 +131,7 @@ impl Scheduler {
         let candidates: BTreeMap<WorkerId, JobId> = self
             .workers
             .values()
-            .filter(|w| crate::placement::accepting(w) && crate::placement::ever_fits(w, &job.spec, &req).is_ok())
+            .filter(|w| crate::placement::accepting(w) && crate::placement::ever_fits(w, &job.tenant, &job.spec, &req).is_ok())
             .filter(|w| !self.reserved_workers.contains_key(&w.id))
             .map(|w| (w.id, id))
             .collect();

@@ -163,10 +163,11 @@ impl Scheduler {
             self.burst_blocker(job, out);
         }
         // The placement chain over the live workers: the furthest any of them gets.
-        let nearest = self.workers.values().filter(|w| w.state.is_live()).map(|w| crate::placement::fits_now(w, &job.spec, &req)).max_by_key(|r| match r {
-            Ok(()) => (1, None),
-            Err(u) => (0, Some(*u)),
-        });
+        let nearest =
+            self.workers.values().filter(|w| w.state.is_live()).map(|w| crate::placement::fits_now(w, &job.tenant, &job.spec, &req)).max_by_key(|r| match r {
+                Ok(()) => (1, None),
+                Err(u) => (0, Some(*u)),
+            });
         match nearest {
             None | Some(Err(crate::placement::Unfit::NotSelected)) => {
                 out.push(Blocker::new("no_matching_pool", "no live worker is in the pool the job selects"));
@@ -207,7 +208,7 @@ impl Scheduler {
         // Per pool, the furthest one of its live workers gets along the placement chain.
         let mut pools: BTreeMap<&PoolId, Result<(), crate::placement::Unfit>> = BTreeMap::new();
         for w in self.workers.values().filter(|w| w.state.is_live()) {
-            let r = crate::placement::fits_now(w, &job.spec, &req);
+            let r = crate::placement::fits_now(w, &job.tenant, &job.spec, &req);
             let e = pools.entry(&w.pool_id).or_insert(r);
             if r.is_ok() || e.is_err_and(|u| r.is_err_and(|v| v > u)) {
                 *e = r;

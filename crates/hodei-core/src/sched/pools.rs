@@ -3,18 +3,28 @@
 //! the pending jobs, grouped by what placement looks at, so that many pools cost little more
 //! than one.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use super::Scheduler;
 use crate::autoscale::{Demand, PendingJob, Signals};
-use crate::ids::PoolId;
+use crate::ids::{PoolId, TenantId};
 use crate::job::Job;
 use crate::placement::pool_misfit;
 use crate::tenant::Pool;
 use crate::time::Timestamp;
 use crate::units::Resources;
 use crate::worker::WorkerState;
+
+/// What decides which pools could run a pending job.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct GroupKey<'a> {
+    pool: Option<&'a PoolId>,
+    labels: &'a BTreeMap<String, String>,
+    tenant: Option<&'a TenantId>,
+    req: Resources,
+    image: bool,
+}
 
 /// A pool the autoscaler evaluates.
 #[derive(Clone, Copy, Debug)]
@@ -46,17 +56,21 @@ impl Scheduler {
     pub fn pool_views(&self, queries: &[PoolQuery<'_>], now: Timestamp) -> Vec<PoolView> {
         // Pending jobs grouped by what decides which pools could run them, each group read once:
         // its size, its oldest job and (for forecasts) its most urgent jobs.
+        // The tenant matters only where a pool runs some tenants' jobs and not others'.
         let forecasting = queries.iter().any(|q| q.forecast);
-        let mut groups: HashMap<(Option<&PoolId>, Resources, bool), Group<'_>> = HashMap::new();
+        let by_tenant = queries.iter().any(|q| !q.pool.allowed_tenants.is_empty());
+        let mut groups: HashMap<GroupKey<'_>, Group<'_>> = HashMap::new();
         for t in self.queue.tenants_in_turn() {
             for k in self.queue.jobs_of(t) {
                 if let Some(j) = self.jobs.get(&k.id) {
-                    let g = groups.entry((j.spec.pool_selector.as_ref(), j.resources(), j.spec.image.is_some())).or_insert_with(|| Group {
-                        first: j,
-                        count: 0,
-                        oldest: j.eligible_at,
-                        jobs: Vec::new(),
-                    });
+                    let key = GroupKey {
+                        pool: j.spec.pool_selector.as_ref(),
+                        labels: &j.spec.pool_labels,
+                        tenant: by_tenant.then_some(&j.tenant),
+                        req: j.resources(),
+                        image: j.spec.image.is_some(),
+                    };
+                    let g = groups.entry(key).or_insert_with(|| Group { first: j, count: 0, oldest: j.eligible_at, jobs: Vec::new() });
                     g.count += 1;
                     g.oldest = g.oldest.min(j.eligible_at);
                     if forecasting {
@@ -67,7 +81,7 @@ impl Scheduler {
         }
         let groups: Vec<((Resources, bool), Group<'_>, Vec<PendingJob>)> = groups
             .into_iter()
-            .map(|((_, req, image), g)| {
+            .map(|(GroupKey { req, image, .. }, g)| {
                 let mut urgent = Vec::new();
                 if forecasting {
                     urgent = g.jobs.iter().map(|j| PendingJob { at_risk_at: self.at_risk_at(j, now), expected: self.expected_duration(j) }).collect();
@@ -118,7 +132,7 @@ impl Scheduler {
                 let mut candidates: Vec<&[PendingJob]> = Vec::new();
                 let mut lanes = q.pool.worker_slots;
                 for ((req, _), g, urgent) in &groups {
-                    if pool_misfit(q.pool, &g.first.spec).is_some() {
+                    if pool_misfit(q.pool, &g.first.tenant, &g.first.spec).is_some() {
                         continue;
                     }
                     v.signals.queue_depth += g.count;

@@ -11,7 +11,7 @@ use std::cmp::Reverse;
 use super::Scheduler;
 use super::backfill::Reservation;
 use crate::ids::{AttemptId, IdSet, JobId, TenantId, WorkerId};
-use crate::job::{JobState, Priority};
+use crate::job::{Job, JobState, Priority};
 use crate::quota;
 use crate::sched::Outbound;
 use crate::time::Timestamp;
@@ -64,7 +64,7 @@ impl Scheduler {
             }
             let (req, class) = (job.resources(), job.spec.priority);
             let over = over_share.get_or_insert_with(|| self.over_share());
-            let Some((worker, victims)) = self.victims(&job.spec, &req, class, over) else { continue };
+            let Some((worker, victims)) = self.victims(job, &req, class, over) else { continue };
             for aid in &victims {
                 self.preempting.insert(*aid);
                 self.out.outbound.push(Outbound::Cancel { worker, attempt: *aid, reason: "preempted" });
@@ -80,9 +80,9 @@ impl Scheduler {
     /// The worker where evicting the fewest lower-class preemptible jobs makes room for `req`,
     /// and those jobs' attempts (tenants in `over_share` first, then youngest first). Each
     /// worker's own attempts are visited, so one search reads every attempt once.
-    fn victims(&self, spec: &crate::spec::JobSpec, req: &Resources, class: Priority, over_share: &IdSet<TenantId>) -> Option<(WorkerId, Vec<AttemptId>)> {
+    fn victims(&self, job: &Job, req: &Resources, class: Priority, over_share: &IdSet<TenantId>) -> Option<(WorkerId, Vec<AttemptId>)> {
         let mut best: Option<(usize, WorkerId, Vec<AttemptId>)> = None;
-        for w in self.workers.values().filter(|w| crate::placement::accepting(w) && crate::placement::ever_fits(w, spec, req).is_ok()) {
+        for w in self.workers.values().filter(|w| crate::placement::accepting(w) && crate::placement::ever_fits(w, &job.tenant, &job.spec, req).is_ok()) {
             if self.reserved_workers.contains_key(&w.id) {
                 continue;
             }

@@ -49,6 +49,9 @@ fn worker(ids: &mut Ids, slots: u32, cpu_m: u32) -> Worker {
         last_heartbeat_at: ts(0),
         idle_since: None,
         connected: false,
+        allowed_tenants: Vec::new(),
+        health: crate::worker::Health::Healthy,
+        health_reason: String::new(),
     }
 }
 
@@ -166,7 +169,7 @@ fn a_failed_job_with_retries_is_retried_after_its_backoff() {
     let ch = s.take_changes();
     let failed = ch.jobs.last().unwrap();
     assert_eq!((failed.state, failed.retries_left, failed.next_retry_at), (JobState::Failed, 0, Some(ts(10_002))));
-    s.heartbeat(w, &[], ts(9_000)).unwrap();
+    s.heartbeat(w, &[], None, ts(9_000)).unwrap();
     s.tick(ts(10_001));
     assert_eq!(s.job(&jid).unwrap().state, JobState::Failed);
     s.tick(ts(10_002));
@@ -246,7 +249,7 @@ fn a_silent_worker_cannot_keep_a_cancelled_job_running_forever() {
     let (_, aid, _) = schedule(&mut s, &mut ids, 0)[0];
     s.accepted(aid, w, ts(1), ts(1)).unwrap();
     s.cancel(jid, Actor::Api, ts(2)).unwrap();
-    s.heartbeat(w, &[aid], ts(19_000)).unwrap();
+    s.heartbeat(w, &[aid], None, ts(19_000)).unwrap();
     s.tick(ts(20_002));
     assert_eq!(s.take_changes().jobs.last().unwrap().state, JobState::Cancelled);
 }
@@ -552,7 +555,7 @@ proptest! {
                     for w in &workers {
                         if s.worker(w).is_some_and(|x| x.connected) {
                             let running: Vec<_> = s.attempts().filter(|a| a.worker_id == *w).map(|a| a.id).collect();
-                            let _ = s.heartbeat(*w, &running, ts(now));
+                            let _ = s.heartbeat(*w, &running, None, ts(now));
                         }
                     }
                     s.tick(ts(now));
@@ -966,7 +969,7 @@ fn sla_wait_excludes_time_at_the_tenants_own_limit() {
     let placed = accept_all(&mut s, &mut ids, 1_000);
     assert_eq!(placed.len(), 1, "max_concurrent_jobs 1");
     // 50 min at its own limit (83 % of the medium level's hour), yet no wait counts.
-    s.heartbeat(w, &[placed[0].1], ts(3_000_000)).unwrap();
+    s.heartbeat(w, &[placed[0].1], None, ts(3_000_000)).unwrap();
     s.tick(ts(3_000_000));
     assert_eq!(s.job(&second_id).unwrap().sla.status, SlaStatus::OnTrack);
     s.finish(placed[0].1, w, result(Outcome::Succeeded, 0, 3_000_000), ts(3_000_000)).unwrap();
@@ -1023,7 +1026,7 @@ fn a_critical_job_goes_first_when_escalation_is_on() {
         for i in 0..3 {
             s.submit(job(&mut ids, "b", 100, 0, 3_000_000 + i), ts(3_000_000 + i)).unwrap();
         }
-        s.heartbeat(w, &[busy[0].1], ts(3_500_000)).unwrap();
+        s.heartbeat(w, &[busy[0].1], None, ts(3_500_000)).unwrap();
         s.tick(ts(3_500_000));
         assert_eq!(s.job(&waiting_id).unwrap().sla.status, SlaStatus::Critical);
         s.finish(busy[0].1, w, result(Outcome::Succeeded, 0, 3_500_000), ts(3_500_000)).unwrap();
@@ -1242,6 +1245,39 @@ fn a_drained_worker_takes_nothing_new_lets_its_jobs_finish_then_stops() {
     assert_eq!(s.worker(&other).unwrap().state, WorkerState::Busy);
 }
 
+#[test]
+fn a_pools_new_labels_and_tenants_apply_to_its_registered_workers() {
+    let (mut s, mut ids) = (Scheduler::new(SchedConfig::default()), Ids(0));
+    let local = PoolId::parse("local").unwrap();
+    let zone = |z: &str| BTreeMap::from([("zone".to_owned(), z.to_owned())]);
+    s.set_pool_placement(&local, PoolPlacement { labels: zone("eu"), ..Default::default() });
+    let mut w = worker(&mut ids, 4, 4000);
+    w.labels = BTreeMap::from([("zone".to_owned(), "eu".to_owned()), ("disk".to_owned(), "ssd".to_owned())]);
+    let wid = w.id;
+    s.register_worker(w, ts(0));
+    s.connect_worker(wid, &[], vec![], ts(0)).unwrap();
+    let submit = |s: &mut Scheduler, ids: &mut Ids, tenant: &str, z: &str| {
+        let mut j = job(ids, tenant, 100, 0, 1);
+        std::sync::Arc::make_mut(&mut j.spec).pool_labels = zone(z);
+        let id = j.id;
+        s.submit(j, ts(1)).unwrap();
+        id
+    };
+    let us = submit(&mut s, &mut ids, "t", "us");
+    assert!(schedule(&mut s, &mut ids, 2).is_empty(), "no worker is in zone us yet");
+    s.set_pool_placement(&local, PoolPlacement { labels: zone("us"), allowed_tenants: vec![TenantId::parse("t").unwrap()] });
+    assert_eq!(s.worker(&wid).unwrap().labels.get("disk").map(String::as_str), Some("ssd"), "its own labels stay");
+    assert_eq!(s.worker(&wid).unwrap().labels.get("zone").map(String::as_str), Some("us"), "the pool's value wins");
+    assert_eq!(schedule(&mut s, &mut ids, 3).iter().map(|p| p.2).collect::<Vec<_>>(), [us]);
+    let eu = submit(&mut s, &mut ids, "t", "eu");
+    let other = submit(&mut s, &mut ids, "u", "us");
+    assert!(schedule(&mut s, &mut ids, 4).is_empty(), "zone eu is gone and tenant u is not allowed");
+    let e = s.explain(other, ts(4), Duration::ZERO).unwrap();
+    assert!(e.blockers.iter().any(|b| b.code == "no_matching_pool" && b.message.contains("tenant")), "{:?}", e.blockers);
+    let e = s.explain(eu, ts(4), Duration::ZERO).unwrap();
+    assert!(e.blockers.iter().any(|b| b.code == "no_matching_pool" && b.message.contains("label")), "{:?}", e.blockers);
+}
+
 mod placement_chain {
     use super::*;
     use crate::placement::{ever_fits, fits_now};
@@ -1254,6 +1290,8 @@ mod placement_chain {
         slots: u32,
         connect: bool,
         drain: bool,
+        zone: bool,
+        unhealthy: bool,
     }
 
     #[derive(Clone, Debug)]
@@ -1261,6 +1299,8 @@ mod placement_chain {
         cpu_m: i64,
         select: Option<bool>,
         image: bool,
+        tenant: bool,
+        zone: Option<bool>,
     }
 
     fn pool(b: bool) -> &'static str {
@@ -1274,17 +1314,26 @@ mod placement_chain {
         /// passes the whole chain.
         #[test]
         fn placements_pass_the_chain_and_explain_says_the_chains_reasons(
-            ws in proptest::collection::vec((any::<bool>(), any::<bool>(), 500u32..4000, 0u32..3, proptest::bool::weighted(0.8), proptest::bool::weighted(0.2))
-                .prop_map(|(pool, container, cpu_m, slots, connect, drain)| W { pool, container, cpu_m, slots, connect, drain }), 0..6),
-            js in proptest::collection::vec((100i64..3000, proptest::option::of(any::<bool>()), proptest::bool::weighted(0.2))
-                .prop_map(|(cpu_m, select, image)| J { cpu_m, select, image }), 1..20),
+            ws in proptest::collection::vec((any::<bool>(), any::<bool>(), 500u32..4000, 0u32..3, proptest::bool::weighted(0.8), proptest::bool::weighted(0.2), any::<bool>(), proptest::bool::weighted(0.15))
+                .prop_map(|(pool, container, cpu_m, slots, connect, drain, zone, unhealthy)| W { pool, container, cpu_m, slots, connect, drain, zone, unhealthy }), 0..6),
+            js in proptest::collection::vec((100i64..3000, proptest::option::of(any::<bool>()), proptest::bool::weighted(0.2), any::<bool>(), proptest::option::of(any::<bool>()))
+                .prop_map(|(cpu_m, select, image, tenant, zone)| J { cpu_m, select, image, tenant, zone }), 1..20),
+            restrict_b in any::<bool>(),
         ) {
             let (mut s, mut ids) = (Scheduler::new(SchedConfig::default()), Ids(0));
             let roomy = Quota { resources: Resources::new(u32::MAX, u32::MAX, u32::MAX), max_concurrent_jobs: u32::MAX, max_queued_jobs: u32::MAX };
-            s.set_tenant(&TenantId::parse("t").unwrap(), TenantPolicy { quota: roomy, version: 1, ..TenantPolicy::default() }, ts(0));
+            let tenant = |b: bool| TenantId::parse(if b { "t" } else { "u" }).unwrap();
+            for t in [true, false] {
+                s.set_tenant(&tenant(t), TenantPolicy { quota: roomy, version: 1, ..TenantPolicy::default() }, ts(0));
+            }
+            let zone = |b: bool| BTreeMap::from([("zone".to_owned(), if b { "eu" } else { "us" }.to_owned())]);
             for w in &ws {
                 let mut worker = worker(&mut ids, w.slots, w.cpu_m);
                 worker.pool_id = PoolId::parse(pool(w.pool)).unwrap();
+                worker.labels = zone(w.zone);
+                if w.unhealthy {
+                    worker.health = crate::worker::Health::Unhealthy;
+                }
                 if w.container {
                     worker.capabilities.push("container".into());
                 }
@@ -1297,6 +1346,10 @@ mod placement_chain {
                     }
                 }
             }
+            if restrict_b {
+                // Pool b runs only tenant u's jobs (told after its workers registered).
+                s.set_pool_placement(&PoolId::parse("b").unwrap(), PoolPlacement { allowed_tenants: vec![tenant(false)], ..Default::default() });
+            }
             let mut jobs = Vec::new();
             for (i, j) in js.iter().enumerate() {
                 let spec = JobSpecInput {
@@ -1305,11 +1358,12 @@ mod placement_chain {
                     memory_mb: Some(64),
                     pool: j.select.map(|b| pool(b).to_owned()),
                     image: j.image.then(|| "alpine:3".to_owned()),
+                    pool_labels: j.zone.map(zone).unwrap_or_default(),
                     ..Default::default()
                 }
                 .validate(&SpecLimits::default(), "")
                 .unwrap();
-                let job = Job::new(JobId::from_uuid(ids.next()), TenantId::parse("t").unwrap(), spec, ts(i as i64));
+                let job = Job::new(JobId::from_uuid(ids.next()), tenant(j.tenant), spec, ts(i as i64));
                 jobs.push(job.id);
                 s.submit(job, ts(i as i64)).unwrap();
             }
@@ -1318,7 +1372,9 @@ mod placement_chain {
             for (wid, _, jid) in schedule(&mut s, &mut ids, 100) {
                 let job = s.job(&jid).unwrap();
                 let w = before.get_mut(&wid).unwrap();
-                prop_assert_eq!(fits_now(w, &job.spec, &job.resources()), Ok(()), "placed on a worker the chain refuses");
+                prop_assert_eq!(fits_now(w, &job.tenant, &job.spec, &job.resources()), Ok(()), "placed on a worker the chain refuses");
+                prop_assert!(!(restrict_b && w.pool_id.as_str() == "b" && job.tenant != tenant(false)), "tenant {} placed in pool b", job.tenant);
+                prop_assert!(w.health != crate::worker::Health::Unhealthy, "placed on an unhealthy worker");
                 w.allocated = w.allocated.checked_add(&job.resources()).unwrap();
                 w.slots_used += 1;
             }
@@ -1326,15 +1382,15 @@ mod placement_chain {
                 let Some(job) = s.job(&id).filter(|j| j.state == JobState::Pending) else { continue };
                 let req = job.resources();
                 let live: Vec<&Worker> = s.workers().filter(|w| w.state.is_live()).collect();
-                let ever = live.iter().any(|w| ever_fits(w, &job.spec, &req).is_ok());
-                let now = live.iter().any(|w| fits_now(w, &job.spec, &req).is_ok());
+                let ever = live.iter().any(|w| ever_fits(w, &job.tenant, &job.spec, &req).is_ok());
+                let now = live.iter().any(|w| fits_now(w, &job.tenant, &job.spec, &req).is_ok());
                 let e = s.explain(id, ts(100), Duration::ZERO).unwrap();
                 let codes: Vec<&str> = e.blockers.iter().map(|b| b.code).collect();
                 prop_assert_eq!(codes.contains(&"no_matching_pool"), !ever, "{:?}", codes);
                 prop_assert_eq!(codes.contains(&"no_capacity"), ever && !now, "{:?}", codes);
                 prop_assert!(!now, "a pending job that fits a worker now after a scheduling round: {:?}", codes);
                 for p in &e.candidate_pools {
-                    let pool_ever = live.iter().any(|w| w.pool_id == p.pool_id && ever_fits(w, &job.spec, &req).is_ok());
+                    let pool_ever = live.iter().any(|w| w.pool_id == p.pool_id && ever_fits(w, &job.tenant, &job.spec, &req).is_ok());
                     prop_assert_eq!(p.eligible, pool_ever, "{:?}", p);
                 }
             }
