@@ -148,10 +148,10 @@ pub struct PolicySpec {
     #[serde(default = "one")]
     pub step: u32,
     pub cooldown_s: Option<u64>,
-    #[serde(default = "sixty")]
-    pub window_s: u64,
-    #[serde(default = "twenty")]
-    pub hysteresis_pct: u32,
+    /// Threshold policies only (default 60).
+    pub window_s: Option<u64>,
+    /// Forecast policies only (default 20).
+    pub hysteresis_pct: Option<u32>,
 }
 
 fn default_evaluation() -> u64 {
@@ -162,12 +162,6 @@ fn default_provision() -> u64 {
 }
 fn default_mode() -> String {
     "threshold".into()
-}
-fn sixty() -> u64 {
-    60
-}
-fn twenty() -> u32 {
-    20
 }
 
 impl AutoscalingSpec {
@@ -185,6 +179,12 @@ impl AutoscalingSpec {
                     (Some(_), Mode::Forecast) => return Err(format!("{}: a forecast policy takes no trigger", p.name)),
                     (None, Mode::Forecast) => None,
                 };
+                // Refused where it would mean nothing, as the server refuses it.
+                match mode {
+                    Mode::Threshold if p.hysteresis_pct.is_some() => return Err(format!("{}: hysteresis_pct is for forecast policies", p.name)),
+                    Mode::Forecast if p.window_s.is_some() => return Err(format!("{}: window_s is for threshold policies", p.name)),
+                    _ => {}
+                }
                 let cooldown = p.cooldown_s.unwrap_or(if direction == Direction::ScaleUp { 60 } else { 120 });
                 Ok(Policy {
                     id: policy_id(&p.name).ok_or_else(|| format!("{}: a name with a letter or digit", p.name))?,
@@ -194,8 +194,8 @@ impl AutoscalingSpec {
                     direction,
                     step: p.step.max(1),
                     cooldown: std::time::Duration::from_secs(cooldown),
-                    window: std::time::Duration::from_secs(p.window_s),
-                    hysteresis_pct: p.hysteresis_pct.min(100),
+                    window: std::time::Duration::from_secs(p.window_s.unwrap_or(60)),
+                    hysteresis_pct: p.hysteresis_pct.unwrap_or(20).min(100),
                     enabled: true,
                 })
             })

@@ -21,8 +21,8 @@ fn policy(name: &str, trigger: &str, action: &str, step: u32, cooldown_s: u64) -
         action: action.into(),
         step,
         cooldown_s: Some(cooldown_s),
-        window_s: 60,
-        hysteresis_pct: 20,
+        window_s: Some(60),
+        hysteresis_pct: None,
     }
 }
 
@@ -71,4 +71,18 @@ fn the_same_workload_gives_the_same_report() {
     let a = serde_json::to_string(&simulate(&workload(), vec![]).unwrap()).unwrap();
     let b = serde_json::to_string(&simulate(&workload(), vec![]).unwrap()).unwrap();
     assert_eq!(a, b);
+}
+
+#[test]
+fn a_policy_field_that_would_mean_nothing_is_refused() {
+    let mut w = workload();
+    let mut p = policy("up", "queue_depth > 0", "scale_up", 1, 60);
+    p.hysteresis_pct = Some(10);
+    w.pools[0].autoscaling.as_mut().unwrap().policies = vec![p];
+    let e = simulate(&w, vec![]).expect_err("hysteresis on a threshold policy").to_string();
+    assert!(e.contains("hysteresis_pct is for forecast policies"), "{e}");
+    let mut w = workload();
+    w.pools[0].autoscaling.as_mut().unwrap().policies[0].window_s = Some(30);
+    let e = simulate(&w, vec![]).expect_err("a window on a forecast policy").to_string();
+    assert!(e.contains("window_s is for threshold policies"), "{e}");
 }
