@@ -17,6 +17,7 @@ fn openapi() -> String {
         sla: hodei_core::sched::SlaRules::default(),
         sla_window_hours: 24,
         rates: hodei_core::cost::Rates::DEFAULT,
+        currency: "USD".into(),
         admin_token: None,
         token_default_ttl_days: None,
         request_timeout: std::time::Duration::from_secs(30),

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use hodei_core::sched::{Explanation, QueueStatus, SlaRules};
+use hodei_core::sched::{Explanation, QueueStatus};
 use hodei_core::{Attempt, BurstSession, Job, JobEvent, Quota, Tenant, Timestamp, Worker};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -201,6 +201,10 @@ pub struct JobView {
     pub worker_id: Option<String>,
     pub log_truncated: bool,
     pub warnings: Vec<String>,
+    /// What its ended attempts cost (each billed at its end), in micro-units of the currency.
+    pub cost_micros: i64,
+    /// `cost_micros` as an amount, e.g. `0.070000 USD`.
+    pub cost: String,
     /// on_track|at_risk|critical|breached while waiting; met|breached once started.
     pub sla_status: String,
     /// Queue wait counted against the SLA (final once the first attempt started).
@@ -217,15 +221,25 @@ pub struct JobView {
 }
 
 impl JobView {
-    /// The view with the SLA deadline, which needs the configured maximum waits.
-    pub fn of(j: &Job, sla: &SlaRules) -> JobView {
+    /// The view with the SLA deadline (from the configured maximum waits) and its cost so far.
+    pub fn of(j: &Job, cfg: &crate::ApiConfig, cost_micros: i64) -> JobView {
+        let sla = &cfg.sla;
         let mut v = JobView::from(j);
+        v.set_cost(cost_micros, &cfg.currency);
         let waiting = j.sla.wait_ms.is_none() && matches!(j.state, hodei_core::JobState::Pending | hodei_core::JobState::Scheduled);
         if let Some(since) = j.sla.since.or(waiting.then_some(j.eligible_at)) {
             let left = sla.max_wait_ms(j.spec.sla).saturating_sub(j.sla.waited_ms);
             v.sla_deadline_at = Some(rfc3339(since.saturating_add(std::time::Duration::from_millis(left))));
         }
         v
+    }
+}
+
+impl JobView {
+    /// Its cost: the sum of its attempts'.
+    pub fn set_cost(&mut self, micros: i64, currency: &str) {
+        self.cost_micros = micros;
+        self.cost = crate::routes::costs::money(micros, currency);
     }
 }
 
@@ -272,6 +286,8 @@ impl From<&Job> for JobView {
             worker_id: j.worker_id.map(|w| w.to_string()),
             log_truncated: j.log_truncated,
             warnings: j.warnings.clone(),
+            cost_micros: 0,
+            cost: String::new(),
             sla_status: j.sla.status.as_str().to_owned(),
             sla_wait_ms: j.sla.wait_ms,
             sla_deadline_at: None,
@@ -302,10 +318,17 @@ pub struct AttemptView {
     pub max_rss_mb: u64,
     pub log_bytes: u64,
     pub log_truncated: bool,
+    /// Every begun second from its start (at least one); 0 until it ends, and for an attempt
+    /// that never started (free).
+    pub billed_seconds: u64,
+    /// Billed seconds × requested resources × the rates in force, in micro-units of the currency.
+    pub cost_micros: i64,
+    /// `cost_micros` as an amount, e.g. `0.070000 USD`.
+    pub cost: String,
 }
 
-impl From<&Attempt> for AttemptView {
-    fn from(a: &Attempt) -> Self {
+impl AttemptView {
+    pub fn of(a: &Attempt, currency: &str) -> Self {
         AttemptView {
             id: a.id.to_string(),
             job_id: a.job_id.to_string(),
@@ -323,6 +346,9 @@ impl From<&Attempt> for AttemptView {
             max_rss_mb: a.max_rss_mb,
             log_bytes: a.log_bytes,
             log_truncated: a.log_truncated,
+            billed_seconds: a.billed_seconds,
+            cost_micros: a.cost_micros,
+            cost: crate::routes::costs::money(a.cost_micros, currency),
         }
     }
 }

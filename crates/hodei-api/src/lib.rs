@@ -204,6 +204,8 @@ pub struct ApiConfig {
     pub sla_window_hours: u32,
     /// Default cost rates (`cost_tracking.hourly_rate_*`), for estimates.
     pub rates: hodei_core::cost::Rates,
+    /// `cost_tracking.currency`: the unit amounts are shown in (they are kept in micro-units).
+    pub currency: String,
     /// The bootstrap admin's bearer token (`auth.admin_token` or the data dir's `admin.token`);
     /// `None` turns auth off (loopback only).
     pub admin_token: Option<String>,

@@ -1,5 +1,6 @@
 //! Cost arithmetic (SPEC §2.12): integer micro-dollars, one function, i128, half up.
 
+use crate::time::Timestamp;
 use crate::units::Resources;
 
 /// Hourly rates in micro-dollars: per core-hour, per GiB-hour, per GPU-hour.
@@ -31,9 +32,117 @@ pub fn cost_micros(seconds: u64, r: &Resources, rates: &Rates) -> i64 {
     i64::try_from(q).unwrap_or(i64::MAX)
 }
 
+/// Rates in force from `effective_from` on (until the next version's): a change applies from
+/// its instant, never to time already run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateVersion {
+    pub effective_from: Timestamp,
+    pub rates: Rates,
+}
+
+/// One priced stretch of an attempt's billed time: within one UTC day and one rate version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Segment {
+    pub start: Timestamp,
+    pub end: Timestamp,
+    /// Days since the epoch (UTC) the stretch lies in.
+    pub day: i64,
+    pub billed_seconds: u64,
+    pub rates: Rates,
+    pub cost_micros: i64,
+}
+
+const DAY_MS: i64 = 86_400_000;
+
+/// The UTC day of an instant, as days since the epoch.
+pub fn day_of(t: Timestamp) -> i64 {
+    t.as_millis().div_euclid(DAY_MS)
+}
+
+/// Prices an attempt that ran from `start` to `end` on `res` (SPEC §2.12): its billed time —
+/// every begun second from `start`, at least one — split at UTC midnights and at the instants
+/// rates change. A stretch's seconds are the begun seconds at its end less those at its start,
+/// so the stretches' seconds add up to [`billed_seconds`] of the whole run, exactly; each is
+/// priced at the rates in force at its start. `versions` in any order; with none, `DEFAULT`.
+pub fn price(start: Timestamp, end: Timestamp, res: &Resources, versions: &[RateVersion]) -> Vec<Segment> {
+    let total = billed_seconds(end.since(start).as_millis() as u64);
+    let (s0, stop) = (start.as_millis(), start.as_millis().saturating_add(total as i64 * 1000));
+    let rates_at = |t: i64| versions.iter().filter(|v| v.effective_from.as_millis() <= t).max_by_key(|v| v.effective_from).map_or(Rates::DEFAULT, |v| v.rates);
+    // Begun seconds at instant t of the billed window.
+    let begun = |t: i64| ((t - s0) as u64).div_ceil(1000).min(total);
+    let mut cuts: Vec<i64> = versions.iter().map(|v| v.effective_from.as_millis()).filter(|&t| t > s0 && t < stop).collect();
+    let mut midnight = (s0.div_euclid(DAY_MS) + 1) * DAY_MS;
+    while midnight < stop {
+        cuts.push(midnight);
+        midnight += DAY_MS;
+    }
+    cuts.push(stop);
+    cuts.sort_unstable();
+    cuts.dedup();
+    let mut out = Vec::with_capacity(cuts.len());
+    let mut from = s0;
+    for to in cuts {
+        let seconds = begun(to) - begun(from);
+        if seconds > 0 {
+            let rates = rates_at(from);
+            out.push(Segment {
+                start: Timestamp::from_millis(from),
+                end: Timestamp::from_millis(to),
+                day: from.div_euclid(DAY_MS),
+                billed_seconds: seconds,
+                rates,
+                cost_micros: cost_micros(seconds, res, &rates),
+            });
+        }
+        from = to;
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    fn ts(ms: i64) -> Timestamp {
+        Timestamp::from_millis(ms)
+    }
+
+    #[test]
+    fn a_run_across_midnight_and_a_rate_change_is_split_and_adds_up() {
+        let res = Resources::new(2000, 4096, 0);
+        let doubled = Rates { cpu_core_hour: 100_000, ..Rates::DEFAULT };
+        let change = RateVersion { effective_from: ts(DAY_MS + 600_000), rates: doubled };
+        // 23:50 → 00:20 the next day: 10 min, then 10 min at the old rates, then 10 at the new.
+        let segs = price(ts(DAY_MS - 600_000), ts(DAY_MS + 1_200_000), &res, &[change]);
+        let got: Vec<(i64, u64, Rates)> = segs.iter().map(|s| (s.day, s.billed_seconds, s.rates)).collect();
+        assert_eq!(got, [(0, 600, Rates::DEFAULT), (1, 600, Rates::DEFAULT), (1, 600, doubled)]);
+        assert_eq!(segs[2].cost_micros, cost_micros(600, &res, &doubled));
+    }
+
+    proptest! {
+        /// Whatever the run and the rate versions, the stretches' seconds add up to the run's
+        /// billed seconds, none spans a midnight or a rate change, and each is priced at the
+        /// rates in force at its start.
+        #[test]
+        fn stretches_add_up_to_the_billed_seconds(
+            start in 0i64..4 * DAY_MS,
+            run_ms in 0i64..3 * DAY_MS,
+            changes in proptest::collection::vec((0i64..8 * DAY_MS, 1i64..200_000), 0..5),
+            cpu_m in 1u32..64_000, mem in 1u32..1_000_000, gpu in 0u32..8,
+        ) {
+            let versions: Vec<RateVersion> = changes.iter().map(|&(at, r)| RateVersion { effective_from: ts(at), rates: Rates { cpu_core_hour: r, memory_gib_hour: r / 5, gpu_hour: r * 50 } }).collect();
+            let res = Resources::new(cpu_m, mem, gpu);
+            let segs = price(ts(start), ts(start + run_ms), &res, &versions);
+            prop_assert_eq!(segs.iter().map(|s| s.billed_seconds).sum::<u64>(), billed_seconds(run_ms as u64));
+            for s in &segs {
+                prop_assert_eq!(day_of(s.start), s.day);
+                prop_assert!(s.end.as_millis() <= (s.day + 1) * DAY_MS, "{:?} crosses midnight", s);
+                prop_assert!(!versions.iter().any(|v| v.effective_from > s.start && v.effective_from < s.end), "{:?} spans a rate change", s);
+                prop_assert_eq!(s.cost_micros, cost_micros(s.billed_seconds, &res, &s.rates));
+            }
+        }
+    }
 
     #[test]
     fn the_spec_example_costs_70_000_micros() {

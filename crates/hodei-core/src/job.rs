@@ -349,6 +349,9 @@ pub struct Attempt {
     pub max_rss_mb: u64,
     pub log_bytes: u64,
     pub log_truncated: bool,
+    /// Set when it ends (SPEC §2.12): its begun seconds from `started_at` and what they cost.
+    pub billed_seconds: u64,
+    pub cost_micros: i64,
 }
 
 /// One stored transition of a job.

@@ -70,6 +70,9 @@ pub struct SchedConfig {
     pub usage_half_life: Option<Duration>,
     /// `scheduler.preemption.enabled`.
     pub preemption: bool,
+    /// The rate versions attempts are priced at (`cost_tracking.hourly_rate_*`); none: the
+    /// default rates.
+    pub rates: Vec<crate::cost::RateVersion>,
 }
 
 impl Default for SchedConfig {
@@ -89,6 +92,7 @@ impl Default for SchedConfig {
             backfill: BackfillRules::default(),
             usage_half_life: None,
             preemption: false,
+            rates: Vec::new(),
         }
     }
 }
@@ -145,6 +149,31 @@ pub struct Changes {
     pub idempotency: Vec<IdempotencyRecord>,
     /// Idempotency records created before this instant are forgotten (delete them).
     pub idempotency_expired_before: Option<Timestamp>,
+    /// What the attempts that ended in this batch cost, stored with them.
+    pub costs: Vec<AttemptCost>,
+}
+
+/// The priced run of one ended attempt (SPEC §2.12): its stretches, each a cost record.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AttemptCost {
+    pub attempt_id: AttemptId,
+    pub job_id: JobId,
+    /// The job's tenant and name when the scheduler still holds the job (the store has both).
+    pub tenant: Option<TenantId>,
+    pub job_name: Option<String>,
+    pub pool_id: PoolId,
+    pub resources: Resources,
+    pub segments: Vec<crate::cost::Segment>,
+}
+
+impl AttemptCost {
+    pub fn cost_micros(&self) -> i64 {
+        self.segments.iter().map(|s| s.cost_micros).sum()
+    }
+
+    pub fn billed_seconds(&self) -> u64 {
+        self.segments.iter().map(|s| s.billed_seconds).sum()
+    }
 }
 
 impl Changes {
@@ -160,6 +189,7 @@ impl Changes {
             && self.sla_outcomes.is_empty()
             && self.idempotency.is_empty()
             && self.idempotency_expired_before.is_none()
+            && self.costs.is_empty()
     }
 }
 

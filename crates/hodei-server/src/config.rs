@@ -651,7 +651,6 @@ impl Config {
         check("cost_tracking.track_by_job".into(), c.track_by_job != dc.track_by_job);
         check("cost_tracking.track_by_pool".into(), c.track_by_pool != dc.track_by_pool);
         check("cost_tracking.retention_days".into(), c.retention_days != dc.retention_days);
-        check("cost_tracking.currency".into(), c.currency != dc.currency);
         check("cost_tracking.accrual_interval_s".into(), c.accrual_interval_s != dc.accrual_interval_s);
         check("metrics.history".into(), self.metrics.history != d.metrics.history);
         check("observability".into(), self.observability != d.observability);
@@ -956,7 +955,7 @@ mod tests {
             (
                 "cost_tracking",
                 CostConfig::KEYS,
-                "hourly_rate_cpu hourly_rate_memory_gb hourly_rate_gpu | enabled track_by_tenant track_by_job track_by_pool retention_days currency accrual_interval_s",
+                "hourly_rate_cpu hourly_rate_memory_gb hourly_rate_gpu currency | enabled track_by_tenant track_by_job track_by_pool retention_days accrual_interval_s",
             ),
             (
                 "autoscaling",

@@ -560,7 +560,9 @@ impl Engine {
         for id in &gone {
             self.sched.terminate_worker(*id, now);
         }
-        let changes = Arc::new(self.sched.take_changes());
+        let mut changes = self.sched.take_changes();
+        self.name_costs(&mut changes).await;
+        let changes = Arc::new(changes);
         self.store.apply(changes.clone()).await?;
         self.gauges.apply(&changes);
         tracing::info!(workers = gone.len(), requeued = changes.jobs.len(), "built-in workers whose agents are gone were terminated; their jobs were requeued");
@@ -647,7 +649,9 @@ impl Engine {
         }
         let mut mint = || AttemptId::from_uuid(Uuid::now_v7());
         let placed = self.sched.schedule(now, &mut mint);
-        let changes = Arc::new(self.sched.take_changes());
+        let mut changes = self.sched.take_changes();
+        self.name_costs(&mut changes).await;
+        let changes = Arc::new(changes);
         if placed > 0 {
             metrics::histogram!("hodei_scheduling_latency_seconds").record(started.elapsed().as_secs_f64() / placed as f64);
         }
@@ -682,6 +686,18 @@ impl Engine {
                     tracing::error!(error = ?e, "reloading from the store failed; scheduling stops until it succeeds");
                     self.stale = true;
                 }
+            }
+        }
+    }
+
+    /// The tenant and name of a priced attempt whose job the scheduler no longer holds (it
+    /// ended while the attempt ran on), from the store; a cost record needs them.
+    async fn name_costs(&self, c: &mut Changes) {
+        for cost in c.costs.iter_mut().filter(|c| c.tenant.is_none()) {
+            match self.store.get_job(cost.job_id).await {
+                Ok(Some(j)) => (cost.tenant, cost.job_name) = (Some(j.tenant), Some(j.spec.name.clone())),
+                Ok(None) => tracing::warn!(job = %cost.job_id, attempt = %cost.attempt_id, "an attempt of an unknown job is not billed"),
+                Err(e) => tracing::warn!(job = %cost.job_id, error = %e, "cannot name the tenant of an attempt's cost; it is not billed"),
             }
         }
     }
@@ -924,6 +940,13 @@ impl Engine {
         }
         for (tenant, limit) in &c.quota_violations {
             metrics::counter!("hodei_quota_violations_total", "tenant" => tenant.to_string(), "resource" => limit.as_str()).increment(1);
+        }
+        for cost in &c.costs {
+            let micros = u64::try_from(cost.cost_micros()).unwrap_or(0);
+            if let Some(t) = &cost.tenant {
+                metrics::counter!("hodei_tenant_cost_micros_total", "tenant" => t.to_string()).increment(micros);
+            }
+            metrics::counter!("hodei_pool_cost_micros_total", "pool" => cost.pool_id.to_string()).increment(micros);
         }
         for w in c.workers.iter().filter(|w| w.state == WorkerState::Offline) {
             metrics::counter!("hodei_workers_lost_total", "pool" => w.pool_id.to_string()).increment(1);

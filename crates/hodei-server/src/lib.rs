@@ -370,6 +370,15 @@ fn default_tenant_quota(cfg: &Config, pools: &[Pool]) -> Quota {
     }
 }
 
+/// `cost_tracking.hourly_rate_*`, in micro-dollars.
+fn rates(cfg: &Config) -> hodei_core::cost::Rates {
+    hodei_core::cost::Rates {
+        cpu_core_hour: cfg.cost_tracking.hourly_rate_cpu.0,
+        memory_gib_hour: cfg.cost_tracking.hourly_rate_memory_gb.0,
+        gpu_hour: cfg.cost_tracking.hourly_rate_gpu.0,
+    }
+}
+
 fn quota_rules(cfg: &Config) -> QuotaRules {
     let m = &cfg.multi_tenancy;
     QuotaRules {
@@ -479,11 +488,8 @@ fn api_state(cfg: &Config, p: ApiParts, stopping: watch::Receiver<bool>) -> anyh
         tier_weights: tier_weights(cfg),
         sla: sla_rules(cfg),
         sla_window_hours: cfg.sla.compliance_window_hours,
-        rates: hodei_core::cost::Rates {
-            cpu_core_hour: cfg.cost_tracking.hourly_rate_cpu.0,
-            memory_gib_hour: cfg.cost_tracking.hourly_rate_memory_gb.0,
-            gpu_hour: cfg.cost_tracking.hourly_rate_gpu.0,
-        },
+        rates: rates(cfg),
+        currency: cfg.cost_tracking.currency.clone(),
         admin_token,
         token_default_ttl_days: cfg.auth.token_default_ttl_days,
         metrics_bearer_token: cfg.metrics.prometheus.bearer_token.as_ref().map(|t| t.0.trim().to_owned()),
@@ -558,6 +564,8 @@ pub fn engine_config(cfg: &Config) -> EngineConfig {
             },
             usage_half_life: Some(Duration::from_secs(s.fair_share.usage_half_life_s)).filter(|d| !d.is_zero()),
             preemption: s.preemption.enabled,
+            // The configured rates, in force for all time (rate versions through the API come later).
+            rates: vec![hodei_core::cost::RateVersion { effective_from: hodei_core::Timestamp::from_millis(0), rates: rates(cfg) }],
         },
         // The tick only drives timeouts and retries; dispatch is event-driven.
         tick: Duration::from_millis(s.tick_ms.clamp(50, 250)),

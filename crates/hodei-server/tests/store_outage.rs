@@ -87,6 +87,7 @@ pass! { Store {
         fn record_scaling_event(&self, e: &hodei_core::autoscale::Event) -> i64;
         fn list_scaling_events(&self, f: &hodei_store::ScalingEventFilter) -> Vec<hodei_core::autoscale::Event>;
         fn delete_scaling_events_before(&self, before: Timestamp) -> u64;
+        fn cost_breakdown(&self, q: &hodei_store::CostQuery) -> Vec<hodei_store::CostGroupRow>;
         fn create_burst(&self, b: &BurstSession) -> ();
         fn update_burst(&self, b: &BurstSession) -> ();
         fn get_burst(&self, id: BurstId) -> Option<BurstSession>;
@@ -95,6 +96,7 @@ pass! { Store {
         fn get_job(&self, id: JobId) -> Option<Job>;
         fn list_jobs(&self, f: &JobFilter) -> Vec<Job>;
         fn list_attempts(&self, job: JobId) -> Vec<Attempt>;
+        fn job_costs(&self, jobs: &[JobId]) -> Vec<(JobId, i64)>;
         fn list_events(&self, job: JobId) -> Vec<JobEvent>;
         fn load_live(&self) -> LiveState;
         fn delete_ended_jobs(&self, before: Timestamp, limit: u32) -> hodei_store::Purged;

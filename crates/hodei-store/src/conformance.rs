@@ -95,6 +95,7 @@ pub async fn run_all(store: &dyn Store) {
     retention_deletes_ended_jobs_oldest_first_and_arrays_as_a_unit(store).await;
     sla_counts_add_up_per_hour_and_are_forgotten(store).await;
     scaling_history_lists_newest_first_by_filter(store).await;
+    the_cost_ledger_adds_up_in_its_rollups(store).await;
 }
 
 /// Scaling events come back as recorded, newest first, filtered by time and decision, paged
@@ -824,4 +825,56 @@ async fn a_large_batch_is_stored_whole(store: &dyn Store) {
     assert_eq!(last.spec.labels.get("n").map(String::as_str), Some("20999"));
     let events = store.list_events(last.id).await.unwrap();
     assert_eq!(events.iter().map(|e| (e.from, e.to)).collect::<Vec<_>>(), [(None, JobState::Pending)]);
+}
+
+/// Priced attempts are stored as records and added to the daily rollups; a breakdown by any
+/// grouping adds up to the records, to the micro-dollar, within the caller's tenants.
+async fn the_cost_ledger_adds_up_in_its_rollups(store: &dyn Store) {
+    use crate::{CostGroup, CostQuery};
+    use hodei_core::cost::{RateVersion, Rates, price};
+    use hodei_core::sched::{AttemptCost, Changes};
+    const DAY: i64 = 86_400_000;
+    let doubled = RateVersion { effective_from: ts(20_000 * DAY + 3_600_000), rates: Rates { cpu_core_hour: 100_000, ..Rates::DEFAULT } };
+    let cost = |n: u128, tenant: &str, pool: &str, start: i64, end: i64, cpu_m: u32| {
+        let res = Resources::new(cpu_m, 512, 0);
+        AttemptCost {
+            attempt_id: AttemptId::from_uuid(Uuid::from_u128(9_000 + n)),
+            job_id: JobId::from_uuid(Uuid::from_u128(8_000 + n)),
+            tenant: Some(TenantId::parse(tenant).unwrap()),
+            job_name: Some("render".into()),
+            pool_id: PoolId::parse(pool).unwrap(),
+            resources: res,
+            segments: price(ts(start), ts(end), &res, &[doubled]),
+        }
+    };
+    // Across midnight (two days), across the rate change, and another tenant's.
+    let costs = vec![
+        cost(1, "ledger-a", "local", 20_000 * DAY - 1_800_000, 20_000 * DAY + 1_800_000, 2000),
+        cost(2, "ledger-a", "gpu", 20_000 * DAY + 3_000_000, 20_000 * DAY + 4_200_000, 1000),
+        cost(3, "ledger-b", "local", 20_000 * DAY + 10_000, 20_000 * DAY + 11_001, 500),
+    ];
+    assert_eq!(costs[0].segments.len(), 2);
+    assert_eq!(costs[1].segments.len(), 2);
+    let total: i64 = costs.iter().map(AttemptCost::cost_micros).sum();
+    store.apply(std::sync::Arc::new(Changes { costs: costs.clone(), ..Changes::default() })).await.unwrap();
+    let q = |group_by, visible: Option<Vec<TenantId>>| CostQuery { from_day: 19_999, to_day: 20_000, tenant: None, pool: None, visible, group_by };
+    for g in [CostGroup::Tenant, CostGroup::Pool, CostGroup::Day] {
+        let rows = store.cost_breakdown(&q(g, None)).await.unwrap();
+        assert_eq!(rows.iter().map(|r| r.cost_micros).sum::<i64>(), total, "{g:?}: {rows:?}");
+        assert_eq!(rows.iter().map(|r| r.attempts).sum::<i64>(), 3, "{g:?}: each attempt counted once, on the day it ended");
+    }
+    let by_day = store.cost_breakdown(&q(CostGroup::Day, None)).await.unwrap();
+    let day0: i64 = costs[0].segments[0].cost_micros;
+    assert_eq!(by_day.iter().find(|r| r.key == "19999").map(|r| r.cost_micros), Some(day0), "{by_day:?}");
+    let by_tenant = store.cost_breakdown(&q(CostGroup::Tenant, None)).await.unwrap();
+    assert_eq!(by_tenant[0].key, "ledger-a", "most costly first: {by_tenant:?}");
+    let b_only = store.cost_breakdown(&q(CostGroup::Tenant, Some(vec![TenantId::parse("ledger-b").unwrap()]))).await.unwrap();
+    assert_eq!(b_only.iter().map(|r| (r.key.as_str(), r.cost_micros, r.cpu_m_seconds)).collect::<Vec<_>>(), [("ledger-b", costs[2].cost_micros(), 500 * 2)]);
+    let gpu = store.cost_breakdown(&CostQuery { pool: Some(PoolId::parse("gpu").unwrap()), ..q(CostGroup::Pool, None) }).await.unwrap();
+    assert_eq!(gpu.iter().map(|r| r.cost_micros).sum::<i64>(), costs[1].cost_micros());
+    // The same batch again adds again: rollups accumulate.
+    store.apply(std::sync::Arc::new(Changes { costs, ..Changes::default() })).await.unwrap();
+    let rows = store.cost_breakdown(&q(CostGroup::Pool, None)).await.unwrap();
+    assert_eq!(rows.iter().map(|r| r.cost_micros).sum::<i64>(), 2 * total);
+    assert!(store.cost_breakdown(&q(CostGroup::Tenant, Some(vec![]))).await.unwrap().is_empty(), "no visible tenant, nothing");
 }

@@ -153,6 +153,41 @@ pub struct ScalingEventFilter {
     pub limit: u32,
 }
 
+/// How a cost breakdown groups the daily rollups.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CostGroup {
+    Tenant,
+    Pool,
+    Day,
+}
+
+/// A cost breakdown over whole UTC days `from_day..=to_day` (days since the epoch), within
+/// `visible` tenants (None: all), optionally one tenant or pool.
+#[derive(Clone, Debug)]
+pub struct CostQuery {
+    pub from_day: i64,
+    pub to_day: i64,
+    pub tenant: Option<TenantId>,
+    pub pool: Option<PoolId>,
+    pub visible: Option<Vec<TenantId>>,
+    pub group_by: CostGroup,
+}
+
+/// Most groups one breakdown returns (the most costly first).
+pub const MAX_COST_GROUPS: u32 = 1000;
+
+/// One group of a breakdown: sums of its rollups. `key`: the tenant id, the pool id, or the
+/// day (days since the epoch).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CostGroupRow {
+    pub key: String,
+    pub cost_micros: i64,
+    pub cpu_m_seconds: i64,
+    pub memory_mb_seconds: i64,
+    pub gpu_seconds: i64,
+    pub attempts: i64,
+}
+
 /// Filters for listing burst sessions, newest first; `before` is the cursor (exclusive).
 #[derive(Clone, Debug, Default)]
 pub struct BurstFilter {
@@ -282,6 +317,10 @@ pub trait Store: Identity + Send + Sync + 'static {
     /// Forgets scaling events recorded before `before`; returns how many.
     async fn delete_scaling_events_before(&self, before: Timestamp) -> Result<u64>;
 
+    /// Sums of the daily cost rollups by group, the most costly first, at most
+    /// [`MAX_COST_GROUPS`]: reads rollups, never the records.
+    async fn cost_breakdown(&self, q: &CostQuery) -> Result<Vec<CostGroupRow>>;
+
     /// Stores a new session; `AlreadyExists` when the tenant already has an open one.
     async fn create_burst(&self, b: &BurstSession) -> Result<()>;
     /// Writes `b` if the stored version is `b.version - 1`.
@@ -300,6 +339,8 @@ pub trait Store: Identity + Send + Sync + 'static {
     async fn get_job(&self, id: JobId) -> Result<Option<Job>>;
     async fn list_jobs(&self, f: &JobFilter) -> Result<Vec<Job>>;
     async fn list_attempts(&self, job: JobId) -> Result<Vec<Attempt>>;
+    /// What each of `jobs` cost so far: the sum of its attempts' costs (jobs without any: absent).
+    async fn job_costs(&self, jobs: &[JobId]) -> Result<Vec<(JobId, i64)>>;
     async fn list_events(&self, job: JobId) -> Result<Vec<JobEvent>>;
     async fn load_live(&self) -> Result<LiveState>;
     /// Retention: deletes up to about `limit` jobs that ended before `before` (a job waiting

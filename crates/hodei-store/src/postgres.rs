@@ -468,6 +468,7 @@ fn statement(c: &Changes) -> Stmt {
         ));
     }
     attempts(&mut st, c);
+    costs(&mut st, c);
     let workers = last_of(&c.workers, |w| w.id);
     if !workers.is_empty() {
         let cols = [
@@ -678,13 +679,68 @@ fn attempts(st: &mut Stmt, c: &Changes) {
         st.arg(big(|a| a.max_rss_mb as i64), "bigint[]"),
         st.arg(big(|a| a.log_bytes as i64), "bigint[]"),
         st.arg(attempts.iter().map(|a| a.log_truncated).collect::<Vec<_>>(), "boolean[]"),
+        st.arg(big(|a| a.billed_seconds as i64), "bigint[]"),
+        st.arg(big(|a| a.cost_micros), "bigint[]"),
     ];
     st.cte(format!(
         "INSERT INTO attempts (id, job_id, number, worker_id, pool_id, cpu_m, memory_mb, gpu, state, assigned_at, started_at, finished_at, \
-         exit_code, signal, failure_reason, cpu_time_ms, max_rss_mb, log_bytes, log_truncated) SELECT * FROM {} \
+         exit_code, signal, failure_reason, cpu_time_ms, max_rss_mb, log_bytes, log_truncated, billed_seconds, cost_micros) SELECT * FROM {} \
          ON CONFLICT (id) DO UPDATE SET state = excluded.state, started_at = excluded.started_at, finished_at = excluded.finished_at, \
          exit_code = excluded.exit_code, signal = excluded.signal, failure_reason = excluded.failure_reason, cpu_time_ms = excluded.cpu_time_ms, \
-         max_rss_mb = excluded.max_rss_mb, log_bytes = excluded.log_bytes, log_truncated = excluded.log_truncated",
+         max_rss_mb = excluded.max_rss_mb, log_bytes = excluded.log_bytes, log_truncated = excluded.log_truncated, \
+         billed_seconds = excluded.billed_seconds, cost_micros = excluded.cost_micros",
+        unnest(&cols)
+    ));
+}
+
+/// The ledger, in the statement of the attempts it prices: cost records, and what they add
+/// to the daily rollups (one row per key, so no rollup is updated twice).
+fn costs(st: &mut Stmt, c: &Changes) {
+    let rows = cost_rows(&c.costs);
+    if rows.is_empty() {
+        return;
+    }
+    let big = |f: &dyn Fn(&CostRow) -> i64| rows.iter().map(f).collect::<Vec<i64>>();
+    let cols = [
+        st.arg(rows.iter().map(|r| r.c.attempt_id.as_uuid()).collect::<Vec<_>>(), "uuid[]"),
+        st.arg(rows.iter().map(|r| r.c.job_id.as_uuid()).collect::<Vec<_>>(), "uuid[]"),
+        st.arg(rows.iter().map(|r| r.tenant.to_owned()).collect::<Vec<_>>(), "text[]"),
+        st.arg(rows.iter().map(|r| r.c.pool_id.as_str().to_owned()).collect::<Vec<_>>(), "text[]"),
+        st.arg(rows.iter().map(|r| r.name.to_owned()).collect::<Vec<_>>(), "text[]"),
+        st.arg(big(&|r| i64_of(r.c.resources.cpu_m.get())), "bigint[]"),
+        st.arg(big(&|r| i64_of(r.c.resources.memory_mb.get())), "bigint[]"),
+        st.arg(big(&|r| i64_of(r.c.resources.gpu.get())), "bigint[]"),
+        st.arg(big(&|r| r.seg.rates.cpu_core_hour), "bigint[]"),
+        st.arg(big(&|r| r.seg.rates.memory_gib_hour), "bigint[]"),
+        st.arg(big(&|r| r.seg.rates.gpu_hour), "bigint[]"),
+        st.arg(big(&|r| ms(r.seg.start)), "bigint[]"),
+        st.arg(big(&|r| ms(r.seg.end)), "bigint[]"),
+        st.arg(big(&|r| r.seg.day), "bigint[]"),
+        st.arg(big(&|r| r.seg.billed_seconds as i64), "bigint[]"),
+        st.arg(big(&|r| r.seg.cost_micros), "bigint[]"),
+    ];
+    st.cte(format!(
+        "INSERT INTO cost_records (attempt_id, job_id, tenant_id, pool_id, job_name, cpu_m, memory_mb, gpu, rate_cpu, rate_memory, rate_gpu, \
+         start_at, end_at, day, billed_seconds, cost_micros) SELECT * FROM {}",
+        unnest(&cols)
+    ));
+    let deltas = rollup_deltas(&rows);
+    let col = |f: &dyn Fn(&RollupDelta) -> i64| deltas.values().map(f).collect::<Vec<i64>>();
+    let cols = [
+        st.arg(deltas.keys().map(|k| k.0).collect::<Vec<i64>>(), "bigint[]"),
+        st.arg(deltas.keys().map(|k| k.1.to_owned()).collect::<Vec<String>>(), "text[]"),
+        st.arg(deltas.keys().map(|k| k.2.to_owned()).collect::<Vec<String>>(), "text[]"),
+        st.arg(col(&|d| d.cost_micros), "bigint[]"),
+        st.arg(col(&|d| d.cpu_m_seconds), "bigint[]"),
+        st.arg(col(&|d| d.memory_mb_seconds), "bigint[]"),
+        st.arg(col(&|d| d.gpu_seconds), "bigint[]"),
+        st.arg(col(&|d| d.attempts), "bigint[]"),
+    ];
+    st.cte(format!(
+        "INSERT INTO cost_rollups (day, tenant_id, pool_id, cost_micros, cpu_m_seconds, memory_mb_seconds, gpu_seconds, attempts) SELECT * FROM {} \
+         ON CONFLICT (day, tenant_id, pool_id) DO UPDATE SET cost_micros = cost_rollups.cost_micros + excluded.cost_micros, \
+         cpu_m_seconds = cost_rollups.cpu_m_seconds + excluded.cpu_m_seconds, memory_mb_seconds = cost_rollups.memory_mb_seconds + excluded.memory_mb_seconds, \
+         gpu_seconds = cost_rollups.gpu_seconds + excluded.gpu_seconds, attempts = cost_rollups.attempts + excluded.attempts",
         unnest(&cols)
     ));
 }
@@ -1007,6 +1063,51 @@ impl Store for PgStore {
         Ok(r.rows_affected())
     }
 
+    async fn cost_breakdown(&self, q: &crate::CostQuery) -> Result<Vec<crate::CostGroupRow>> {
+        let key = match q.group_by {
+            crate::CostGroup::Tenant => "tenant_id",
+            crate::CostGroup::Pool => "pool_id",
+            crate::CostGroup::Day => "day::text",
+        };
+        let mut qb: QueryBuilder<Postgres> = QueryBuilder::new(format!(
+            "SELECT {key} AS k, SUM(cost_micros)::bigint AS cost, SUM(cpu_m_seconds)::bigint AS cpu, SUM(memory_mb_seconds)::bigint AS mem, \
+             SUM(gpu_seconds)::bigint AS gpu, SUM(attempts)::bigint AS n FROM cost_rollups WHERE day >= "
+        ));
+        qb.push_bind(q.from_day).push(" AND day <= ").push_bind(q.to_day);
+        if let Some(t) = &q.tenant {
+            qb.push(" AND tenant_id = ").push_bind(t.as_str().to_owned());
+        }
+        if let Some(p) = &q.pool {
+            qb.push(" AND pool_id = ").push_bind(p.as_str().to_owned());
+        }
+        if let Some(v) = &q.visible {
+            if v.is_empty() {
+                return Ok(Vec::new());
+            }
+            qb.push(" AND tenant_id IN (");
+            let mut sep = qb.separated(", ");
+            for t in v {
+                sep.push_bind(t.as_str().to_owned());
+            }
+            qb.push(")");
+        }
+        qb.push(" GROUP BY k ORDER BY cost DESC, k LIMIT ").push_bind(i64::from(crate::MAX_COST_GROUPS));
+        let rows = qb.build().fetch_all(&self.pool).await.map_err(StoreError::db("reading cost rollups"))?;
+        let g = |e: sqlx::Error| StoreError::Db { doing: "reading cost rollups", source: e };
+        rows.iter()
+            .map(|r| {
+                Ok(crate::CostGroupRow {
+                    key: sqlx::Row::try_get(r, "k").map_err(g)?,
+                    cost_micros: sqlx::Row::try_get(r, "cost").map_err(g)?,
+                    cpu_m_seconds: sqlx::Row::try_get(r, "cpu").map_err(g)?,
+                    memory_mb_seconds: sqlx::Row::try_get(r, "mem").map_err(g)?,
+                    gpu_seconds: sqlx::Row::try_get(r, "gpu").map_err(g)?,
+                    attempts: sqlx::Row::try_get(r, "n").map_err(g)?,
+                })
+            })
+            .collect()
+    }
+
     async fn create_burst(&self, b: &BurstSession) -> Result<()> {
         let r = sqlx::query(
             "INSERT INTO burst_sessions (id, tenant_id, state, requested_cpu_m, requested_memory_mb, requested_gpu, requested_concurrent_jobs, \
@@ -1159,6 +1260,22 @@ impl Store for PgStore {
             .await
             .map_err(StoreError::db("listing attempts"))?;
         rows.iter().map(attempt_from_row).collect()
+    }
+
+    async fn job_costs(&self, jobs: &[JobId]) -> Result<Vec<(JobId, i64)>> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut qb: QueryBuilder<Postgres> =
+            QueryBuilder::new("SELECT job_id, SUM(cost_micros)::bigint AS cost FROM attempts WHERE cost_micros != 0 AND job_id IN (");
+        let mut sep = qb.separated(", ");
+        for j in jobs {
+            sep.push_bind(j.as_uuid());
+        }
+        qb.push(") GROUP BY job_id");
+        let rows = qb.build().fetch_all(&self.pool).await.map_err(StoreError::db("summing job costs"))?;
+        let g = |e: sqlx::Error| StoreError::Db { doing: "summing job costs", source: e };
+        rows.iter().map(|r| Ok((JobId::from_uuid(sqlx::Row::try_get(r, "job_id").map_err(g)?), sqlx::Row::try_get(r, "cost").map_err(g)?))).collect()
     }
 
     async fn list_events(&self, job: JobId) -> Result<Vec<JobEvent>> {

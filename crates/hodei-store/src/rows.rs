@@ -416,7 +416,53 @@ pub(crate) fn attempt_from_row(r: &impl Cols) -> Result<Attempt> {
         max_rss_mb: r.col::<i64>("max_rss_mb").map_err(g)?.max(0) as u64,
         log_bytes: r.col::<i64>("log_bytes").map_err(g)?.max(0) as u64,
         log_truncated: r.col("log_truncated").map_err(g)?,
+        billed_seconds: r.col::<i64>("billed_seconds").map_err(g)?.max(0) as u64,
+        cost_micros: r.col("cost_micros").map_err(g)?,
     })
+}
+
+/// One cost record row (SPEC §2.12): a stretch of an attempt priced at one rate version.
+pub(crate) struct CostRow<'a> {
+    pub c: &'a hodei_core::sched::AttemptCost,
+    pub tenant: &'a str,
+    pub name: &'a str,
+    pub seg: &'a hodei_core::cost::Segment,
+}
+
+/// The records of the priced attempts that name their tenant (the engine fills them in).
+pub(crate) fn cost_rows(costs: &[hodei_core::sched::AttemptCost]) -> Vec<CostRow<'_>> {
+    costs
+        .iter()
+        .filter_map(|c| Some((c, c.tenant.as_ref()?.as_str(), c.job_name.as_deref().unwrap_or(""))))
+        .flat_map(|(c, tenant, name)| c.segments.iter().map(move |seg| CostRow { c, tenant, name, seg }))
+        .collect()
+}
+
+/// What a batch adds to one daily rollup.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct RollupDelta {
+    pub cost_micros: i64,
+    pub cpu_m_seconds: i64,
+    pub memory_mb_seconds: i64,
+    pub gpu_seconds: i64,
+    /// Attempts that ended that day.
+    pub attempts: i64,
+}
+
+/// The records summed by (day, tenant, pool): one upsert per key, so that a statement never
+/// updates a rollup twice.
+pub(crate) fn rollup_deltas<'a>(rows: &[CostRow<'a>]) -> BTreeMap<(i64, &'a str, &'a str), RollupDelta> {
+    let mut out: BTreeMap<(i64, &str, &str), RollupDelta> = BTreeMap::new();
+    for r in rows {
+        let d = out.entry((r.seg.day, r.tenant, r.c.pool_id.as_str())).or_default();
+        let s = r.seg.billed_seconds as i64;
+        d.cost_micros += r.seg.cost_micros;
+        d.cpu_m_seconds += s * i64::from(r.c.resources.cpu_m.get());
+        d.memory_mb_seconds += s * i64::from(r.c.resources.memory_mb.get());
+        d.gpu_seconds += s * i64::from(r.c.resources.gpu.get());
+        d.attempts += i64::from(r.c.segments.last().is_some_and(|l| std::ptr::eq(l, r.seg)));
+    }
+    out
 }
 
 pub(crate) fn worker_from_row(r: &impl Cols) -> Result<Worker> {

@@ -522,6 +522,51 @@ impl Store for SqliteStore {
         Ok(r.rows_affected())
     }
 
+    async fn cost_breakdown(&self, q: &crate::CostQuery) -> Result<Vec<crate::CostGroupRow>> {
+        let key = match q.group_by {
+            crate::CostGroup::Tenant => "tenant_id",
+            crate::CostGroup::Pool => "pool_id",
+            crate::CostGroup::Day => "CAST(day AS TEXT)",
+        };
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
+            "SELECT {key} AS k, SUM(cost_micros) AS cost, SUM(cpu_m_seconds) AS cpu, SUM(memory_mb_seconds) AS mem, SUM(gpu_seconds) AS gpu, \
+             SUM(attempts) AS n FROM cost_rollups WHERE day >= "
+        ));
+        qb.push_bind(q.from_day).push(" AND day <= ").push_bind(q.to_day);
+        if let Some(t) = &q.tenant {
+            qb.push(" AND tenant_id = ").push_bind(t.as_str().to_owned());
+        }
+        if let Some(p) = &q.pool {
+            qb.push(" AND pool_id = ").push_bind(p.as_str().to_owned());
+        }
+        if let Some(v) = &q.visible {
+            if v.is_empty() {
+                return Ok(Vec::new());
+            }
+            qb.push(" AND tenant_id IN (");
+            let mut sep = qb.separated(", ");
+            for t in v {
+                sep.push_bind(t.as_str().to_owned());
+            }
+            qb.push(")");
+        }
+        qb.push(" GROUP BY k ORDER BY cost DESC, k LIMIT ").push_bind(i64::from(crate::MAX_COST_GROUPS));
+        let rows = qb.build().fetch_all(&self.read).await.map_err(StoreError::db("reading cost rollups"))?;
+        let g = |e: sqlx::Error| StoreError::Db { doing: "reading cost rollups", source: e };
+        rows.iter()
+            .map(|r| {
+                Ok(crate::CostGroupRow {
+                    key: sqlx::Row::try_get(r, "k").map_err(g)?,
+                    cost_micros: sqlx::Row::try_get(r, "cost").map_err(g)?,
+                    cpu_m_seconds: sqlx::Row::try_get(r, "cpu").map_err(g)?,
+                    memory_mb_seconds: sqlx::Row::try_get(r, "mem").map_err(g)?,
+                    gpu_seconds: sqlx::Row::try_get(r, "gpu").map_err(g)?,
+                    attempts: sqlx::Row::try_get(r, "n").map_err(g)?,
+                })
+            })
+            .collect()
+    }
+
     fn stage(&self, c: Arc<Changes>) {
         self.writer.stage(c);
     }
@@ -619,6 +664,21 @@ impl Store for SqliteStore {
             .await
             .map_err(StoreError::db("listing attempts"))?;
         rows.iter().map(attempt_from_row).collect()
+    }
+
+    async fn job_costs(&self, jobs: &[JobId]) -> Result<Vec<(JobId, i64)>> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT job_id, SUM(cost_micros) AS cost FROM attempts WHERE cost_micros != 0 AND job_id IN (");
+        let mut sep = qb.separated(", ");
+        for j in jobs {
+            sep.push_bind(j.as_uuid());
+        }
+        qb.push(") GROUP BY job_id");
+        let rows = qb.build().fetch_all(&self.read).await.map_err(StoreError::db("summing job costs"))?;
+        let g = |e: sqlx::Error| StoreError::Db { doing: "summing job costs", source: e };
+        rows.iter().map(|r| Ok((JobId::from_uuid(sqlx::Row::try_get(r, "job_id").map_err(g)?), sqlx::Row::try_get(r, "cost").map_err(g)?))).collect()
     }
 
     async fn list_events(&self, job: JobId) -> Result<Vec<JobEvent>> {

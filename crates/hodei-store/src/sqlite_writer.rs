@@ -19,7 +19,7 @@ use rusqlite::{Connection, ToSql, params, params_from_iter};
 use tokio::sync::oneshot;
 
 use crate::StoreError;
-use crate::rows::{SubmittedCols, json_map, json_vec};
+use crate::rows::{SubmittedCols, cost_rows, json_map, json_vec, rollup_deltas};
 
 enum Msg {
     Stage(Arc<Changes>),
@@ -80,6 +80,7 @@ fn is_empty(c: &Changes) -> bool {
         && c.idempotency.is_empty()
         && c.idempotency_expired_before.is_none()
         && c.sla_outcomes.is_empty()
+        && c.costs.is_empty()
 }
 
 pub(crate) fn map_err(doing: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
@@ -188,11 +189,22 @@ const UPDATE_JOB: &str = "UPDATE jobs SET state = ?1, state_reason = ?2, attempt
      sla_status = ?19, sla_waited_ms = ?20, sla_since = ?21, sla_breached_at = ?22, sla_wait_ms = ?23, sla_decided_at = ?24 WHERE id = ?18";
 
 const UPSERT_ATTEMPT: &str = "INSERT INTO attempts (id, job_id, number, worker_id, pool_id, cpu_m, memory_mb, gpu, state, assigned_at, started_at, finished_at, \
-     exit_code, signal, failure_reason, cpu_time_ms, max_rss_mb, log_bytes, log_truncated) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19) \
+     exit_code, signal, failure_reason, cpu_time_ms, max_rss_mb, log_bytes, log_truncated, billed_seconds, cost_micros) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21) \
      ON CONFLICT (id) DO UPDATE SET state = excluded.state, started_at = excluded.started_at, finished_at = excluded.finished_at, \
      exit_code = excluded.exit_code, signal = excluded.signal, failure_reason = excluded.failure_reason, cpu_time_ms = excluded.cpu_time_ms, \
-     max_rss_mb = excluded.max_rss_mb, log_bytes = excluded.log_bytes, log_truncated = excluded.log_truncated";
+     max_rss_mb = excluded.max_rss_mb, log_bytes = excluded.log_bytes, log_truncated = excluded.log_truncated, \
+     billed_seconds = excluded.billed_seconds, cost_micros = excluded.cost_micros";
+
+const INSERT_COST_RECORD: &str = "INSERT INTO cost_records (attempt_id, job_id, tenant_id, pool_id, job_name, cpu_m, memory_mb, gpu, \
+     rate_cpu, rate_memory, rate_gpu, start_at, end_at, day, billed_seconds, cost_micros) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)";
+
+const ADD_TO_ROLLUP: &str = "INSERT INTO cost_rollups (day, tenant_id, pool_id, cost_micros, cpu_m_seconds, memory_mb_seconds, gpu_seconds, attempts) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (day, tenant_id, pool_id) DO UPDATE SET \
+     cost_micros = cost_rollups.cost_micros + excluded.cost_micros, cpu_m_seconds = cost_rollups.cpu_m_seconds + excluded.cpu_m_seconds, \
+     memory_mb_seconds = cost_rollups.memory_mb_seconds + excluded.memory_mb_seconds, gpu_seconds = cost_rollups.gpu_seconds + excluded.gpu_seconds, \
+     attempts = cost_rollups.attempts + excluded.attempts";
 
 const INSERT_EVENT: &str = "INSERT INTO job_events (job_id, at, from_state, to_state, actor, reason) VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
 
@@ -388,8 +400,42 @@ fn write(tx: &Connection, c: &Changes) -> Result<(), StoreError> {
                 a.max_rss_mb as i64,
                 a.log_bytes as i64,
                 a.log_truncated,
+                a.billed_seconds as i64,
+                a.cost_micros,
             ])
             .map_err(map_err("writing an attempt"))?;
+        }
+    }
+    if !c.costs.is_empty() {
+        // The ledger, in the transaction of the attempts it prices.
+        let rows = cost_rows(&c.costs);
+        let mut st = tx.prepare_cached(INSERT_COST_RECORD).map_err(map_err("preparing the cost record insert"))?;
+        for r in &rows {
+            let (res, rates) = (&r.c.resources, &r.seg.rates);
+            st.execute(params![
+                r.c.attempt_id.as_uuid(),
+                r.c.job_id.as_uuid(),
+                r.tenant,
+                r.c.pool_id.as_str(),
+                r.name,
+                res.cpu_m.get(),
+                res.memory_mb.get(),
+                res.gpu.get(),
+                rates.cpu_core_hour,
+                rates.memory_gib_hour,
+                rates.gpu_hour,
+                ms(r.seg.start),
+                ms(r.seg.end),
+                r.seg.day,
+                r.seg.billed_seconds as i64,
+                r.seg.cost_micros,
+            ])
+            .map_err(map_err("writing a cost record"))?;
+        }
+        let mut st = tx.prepare_cached(ADD_TO_ROLLUP).map_err(map_err("preparing the cost rollup upsert"))?;
+        for ((day, tenant, pool), d) in rollup_deltas(&rows) {
+            st.execute(params![day, tenant, pool, d.cost_micros, d.cpu_m_seconds, d.memory_mb_seconds, d.gpu_seconds, d.attempts])
+                .map_err(map_err("adding to a cost rollup"))?;
         }
     }
     {

@@ -93,6 +93,26 @@ enum Cmd {
         #[arg(long)]
         window_hours: Option<u32>,
     },
+    /// What jobs cost over a period, grouped by tenant, pool or day (the most costly first).
+    Costs {
+        #[command(flatten)]
+        c: ClientOpts,
+        /// tenant|pool|day.
+        #[arg(long, default_value = "tenant")]
+        group_by: String,
+        /// last_day|last_week|last_month|month_to_date|custom (with --start and --end).
+        #[arg(long, default_value = "month_to_date")]
+        period: String,
+        /// RFC 3339, with --period custom.
+        #[arg(long)]
+        start: Option<String>,
+        #[arg(long)]
+        end: Option<String>,
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        pool: Option<String>,
+    },
     /// Burst sessions: ask for more than the quota for a while.
     Burst {
         #[command(flatten)]
@@ -1172,6 +1192,21 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Tenants { c, cmd } => tenants(c, cmd).await,
         Cmd::Burst { c, cmd } => burst(c, cmd).await,
         Cmd::Sla { c, cmd, tenant, window_hours } => sla(c, cmd, tenant, window_hours).await,
+        Cmd::Costs { c, group_by, period, start, end, tenant, pool } => {
+            let q = query(&[("group_by", Some(group_by)), ("period", Some(period)), ("start", start), ("end", end), ("tenant_id", tenant), ("pool_id", pool)]);
+            let b = c.client()?.get(&format!("/cost-optimization/breakdown{q}")).await?;
+            if c.output == Output::Json {
+                print_json(&b);
+            } else {
+                let head = ["key", "cost", "attempts", "cpu_m_seconds", "memory_mb_seconds", "gpu_seconds"];
+                let mut rows: Vec<Vec<String>> =
+                    b["groups"].as_array().map(Vec::as_slice).unwrap_or(&[]).iter().map(|g| head.iter().map(|k| s(g, k)).collect()).collect();
+                rows.push(vec!["TOTAL".into(), s(&b, "total_cost"), String::new(), String::new(), String::new(), String::new()]);
+                table(&[&s(&b, "group_by").to_uppercase(), "COST", "ATTEMPTS", "CPU_M_SECONDS", "MEMORY_MB_SECONDS", "GPU_SECONDS"], rows);
+                eprintln!("{} to {} (whole UTC days)", s(&b, "start"), s(&b, "end"));
+            }
+            Ok(0)
+        }
         Cmd::Login { server, token, ca_file, name } => contexts::login(&server, token, ca_file, name).await,
         Cmd::Context { cmd } => contexts::context(cmd),
         Cmd::Whoami { c } => identity::whoami(c).await,

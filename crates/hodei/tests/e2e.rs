@@ -1133,3 +1133,49 @@ async fn a_worker_reporting_a_full_disk_is_unhealthy_until_it_has_room() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The ledger through the binary: 20 jobs of `sleep 1` each cost exactly their billed seconds
+/// × requested resources × the configured rates (re-derived here from the attempt's own
+/// start and end), and the jobs' costs, the breakdown's total and
+/// `hodei_tenant_cost_micros_total` are the same number to the micro-dollar.
+#[tokio::test]
+async fn twenty_jobs_cost_exactly_what_they_ran_and_every_total_agrees() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path(), &[("HODEI_COST_TRACKING__HOURLY_RATE_CPU", "0.1234"), ("HODEI_COST_TRACKING__HOURLY_RATE_MEMORY_GB", "0.05")], 0, None);
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let v = srv.submit(json!({"command": ["sleep", "1"], "resources": {"cpu_m": 100 + 20 * i, "memory_mb": 64 + i}})).await;
+        ids.push(v["id"].as_str().unwrap().to_owned());
+    }
+    let ms = |v: &Value| v.as_str().unwrap().parse::<jiff::Timestamp>().unwrap().as_millisecond();
+    let mut sum = 0i64;
+    for (i, id) in ids.iter().enumerate() {
+        let j = srv.wait_ended(id, 60).await;
+        assert_eq!(j["state"], "succeeded", "{j}");
+        let a = &j["attempts"][0];
+        let billed = ((ms(&a["finished_at"]) - ms(&a["started_at"])) as u64).div_ceil(1000).max(1);
+        assert!(billed >= 1, "{a}");
+        let (cpu, mem) = (100 + 20 * i as i128, 64 + i as i128);
+        // round(s·(cpu_m·Rc·1024 + memory_mb·Rm·1000) / 3 686 400 000), half up.
+        let num = billed as i128 * (cpu * 123_400 * 1024 + mem * 50_000 * 1000);
+        let expected = ((num + 1_843_200_000) / 3_686_400_000) as i64;
+        assert_eq!((a["billed_seconds"].as_u64(), a["cost_micros"].as_i64()), (Some(billed), Some(expected)), "{a}");
+        assert_eq!(j["cost_micros"].as_i64(), Some(expected), "{j}");
+        sum += expected;
+    }
+    let (_, list) = srv.call(Method::GET, "/jobs?limit=50", None).await;
+    let listed: i64 = list["items"].as_array().unwrap().iter().map(|j| j["cost_micros"].as_i64().unwrap()).sum();
+    assert_eq!(listed, sum, "list views carry each job's cost");
+    let (s, b) = srv.call(Method::GET, "/cost-optimization/breakdown?group_by=tenant&period=last_day", None).await;
+    assert_eq!((s, b["total_cost_micros"].as_i64(), b["groups"][0]["key"].as_str()), (200, Some(sum), Some("default")), "{b}");
+    assert_eq!(b["groups"][0]["attempts"].as_i64(), Some(20), "{b}");
+    let (_, by_pool) = srv.call(Method::GET, "/cost-optimization/breakdown?group_by=pool", None).await;
+    assert_eq!(by_pool["total_cost_micros"].as_i64(), Some(sum), "{by_pool}");
+    let metrics = srv.http_client.get(format!("{}/metrics", srv.metrics)).send().await.unwrap().text().await.unwrap();
+    let line = format!("hodei_tenant_cost_micros_total{{tenant=\"default\"}} {sum}");
+    assert!(metrics.lines().any(|l| l == line), "{line} in:\n{}", metrics.lines().filter(|l| l.contains("cost")).collect::<Vec<_>>().join("\n"));
+    let out = srv.cli(&["costs", "--group-by", "pool"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("local") && text.contains(&format!("{}.{:06} USD", sum / 1_000_000, sum % 1_000_000)), "{text}");
+}

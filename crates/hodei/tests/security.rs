@@ -46,6 +46,7 @@ fn expected(method: &str, path: &str) -> Option<[Want; 8]> {
             | "/sla"
             | "/sla/breaches"
             | "/sla/at-risk"
+            | "/cost-optimization/breakdown"
             | "/tenants"
             | "/burst/sessions"
             | "/pools"

@@ -176,7 +176,7 @@ async fn replayed_job(s: &ApiState, r: &IdempotencyRecord) -> ApiResult<Response
     let Submitted::Jobs(ids) = &r.submitted else { return Err(gone(r)) };
     let Some(Some(id)) = ids.first() else { return Err(gone(r)) };
     let job = s.store.get_job(*id).await?.ok_or_else(|| gone(r))?;
-    Ok(created(&format!("/api/v1/jobs/{id}"), JobView::of(&job, &s.cfg.sla), true))
+    Ok(created(&format!("/api/v1/jobs/{id}"), view(s, &job).await?, true))
 }
 
 /// Submit a job. 201 once it is durably stored; 429 `quota_exceeded` when its tenant's quota
@@ -227,7 +227,8 @@ pub async fn submit_job(
         }
     }
     count_submitted(std::slice::from_ref(&job));
-    Ok(created(&format!("/api/v1/jobs/{}", job.id), JobView::of(&job, &s.cfg.sla), false))
+    // Nothing of a job just stored has run: it has cost nothing.
+    Ok(created(&format!("/api/v1/jobs/{}", job.id), JobView::of(&job, &s.cfg, 0), false))
 }
 
 /// An array job: one job per index, sharing one spec, admitted all or none in one transaction.
@@ -512,7 +513,8 @@ pub async fn list_jobs(State(s): State<ApiState>, who: Who, Query(q): Query<JobQ
     let visible = who.visibility().into_filter();
     let jobs = s.store.list_jobs(&JobFilter { tenant, visible, states, label, array, before, limit }).await?;
     let next_cursor = (jobs.len() == limit as usize).then(|| jobs.last().map(|j| j.id.to_string())).flatten();
-    Ok(Json(Page { items: jobs.iter().map(|j| JobView::of(j, &s.cfg.sla)).collect(), next_cursor }))
+    let costs: std::collections::HashMap<JobId, i64> = s.store.job_costs(&jobs.iter().map(|j| j.id).collect::<Vec<_>>()).await?.into_iter().collect();
+    Ok(Json(Page { items: jobs.iter().map(|j| JobView::of(j, &s.cfg, costs.get(&j.id).copied().unwrap_or(0))).collect(), next_cursor }))
 }
 
 /// A job the caller sees; another tenant's is "not found" exactly like a missing one (one
@@ -537,8 +539,9 @@ async fn load_to_control(s: &ApiState, who: &Who, id: &str) -> ApiResult<Job> {
 #[utoipa::path(get, path = "/jobs/{id}", responses((status = 200, body = JobView), (status = 404, body = crate::error::Problem)), tag = "jobs")]
 pub async fn get_job(State(s): State<ApiState>, who: Who, Path(id): Path<String>) -> ApiResult<Json<JobView>> {
     let job = load(&s, &who, &id).await?;
-    let mut view = JobView::of(&job, &s.cfg.sla);
-    view.attempts = Some(s.store.list_attempts(job.id).await?.iter().map(AttemptView::from).collect());
+    let attempts = s.store.list_attempts(job.id).await?;
+    let mut view = JobView::of(&job, &s.cfg, attempts.iter().map(|a| a.cost_micros).sum());
+    view.attempts = Some(attempts.iter().map(|a| AttemptView::of(a, &s.cfg.currency)).collect());
     Ok(Json(view))
 }
 
@@ -546,7 +549,7 @@ pub async fn get_job(State(s): State<ApiState>, who: Who, Path(id): Path<String>
 #[utoipa::path(get, path = "/jobs/{id}/attempts", params(PageQuery), responses((status = 200, body = Page<AttemptView>), (status = 400, body = crate::error::Problem), (status = 404, body = crate::error::Problem)), tag = "jobs")]
 pub async fn list_attempts(State(s): State<ApiState>, who: Who, Path(id): Path<String>, Query(q): Query<PageQuery>) -> ApiResult<Json<Page<AttemptView>>> {
     let job = load(&s, &who, &id).await?;
-    Ok(Json(page_of(&s.store.list_attempts(job.id).await?, q.limit, q.cursor.as_deref(), |a| AttemptView::from(a))?))
+    Ok(Json(page_of(&s.store.list_attempts(job.id).await?, q.limit, q.cursor.as_deref(), |a| AttemptView::of(a, &s.cfg.currency))?))
 }
 
 /// A job's state transitions, oldest first.
@@ -558,7 +561,13 @@ pub async fn list_events(State(s): State<ApiState>, who: Who, Path(id): Path<Str
 
 async fn reread(s: &ApiState, id: JobId) -> ApiResult<Json<JobView>> {
     let job = s.store.get_job(id).await?.ok_or_else(|| ApiError::not_found(format!("job {id}")))?;
-    Ok(Json(JobView::of(&job, &s.cfg.sla)))
+    Ok(Json(view(s, &job).await?))
+}
+
+/// A job's view with its cost so far.
+async fn view(s: &ApiState, job: &Job) -> ApiResult<JobView> {
+    let cost = s.store.job_costs(&[job.id]).await?.first().map_or(0, |c| c.1);
+    Ok(JobView::of(job, &s.cfg, cost))
 }
 
 /// Cancel: 200 when the job is cancelled now, 202 when a running job's kill was requested.

@@ -2,6 +2,7 @@
 
 pub mod audit;
 pub mod burst;
+pub mod costs;
 pub mod identity;
 pub mod jobs;
 pub mod logs;
@@ -40,6 +41,7 @@ pub fn v1(cfg: &ApiConfig) -> OpenApiRouter<ApiState> {
         .routes(routes!(sla::get_tenant_sla))
         .routes(routes!(sla::breaches))
         .routes(routes!(sla::at_risk))
+        .routes(routes!(costs::breakdown))
         .routes(routes!(tenants::get_quota, tenants::put_quota))
         .routes(routes!(burst::request_burst))
         .routes(routes!(burst::list_all))

@@ -178,7 +178,7 @@ pub struct HistoryQuery {
     pub cursor: Option<String>,
 }
 
-fn instant(field: &str, v: Option<&str>) -> ApiResult<Option<Timestamp>> {
+pub(crate) fn instant(field: &str, v: Option<&str>) -> ApiResult<Option<Timestamp>> {
     v.map(|v| {
         v.parse::<jiff::Timestamp>()
             .map(|t| Timestamp::from_millis(t.as_millisecond()))

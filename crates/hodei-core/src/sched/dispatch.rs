@@ -172,6 +172,8 @@ impl Scheduler {
             max_rss_mb: 0,
             log_bytes: 0,
             log_truncated: false,
+            billed_seconds: 0,
+            cost_micros: 0,
         };
         w.allocated = w.allocated.checked_add(&req).unwrap_or(w.resources);
         w.slots_used += 1;

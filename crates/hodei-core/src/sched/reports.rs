@@ -79,6 +79,7 @@ impl Scheduler {
         a.max_rss_mb = r.max_rss_mb;
         a.log_bytes = r.log_bytes;
         a.log_truncated = r.log_truncated;
+        self.bill(&mut a, r.finished_at);
         self.out.attempts.push(a.clone());
         if r.outcome == Outcome::Succeeded
             && let Some(job) = self.jobs.get(&a.job_id)
@@ -145,6 +146,9 @@ impl Scheduler {
         a.state = state;
         a.finished_at = Some(now);
         a.failure_reason = Some(reason);
+        // A lost attempt is billed up to its worker's last sign of life.
+        let end = self.workers.get(&a.worker_id).map_or(now, |w| w.last_heartbeat_at.min(now));
+        self.bill(&mut a, end);
         self.out.attempts.push(a.clone());
         let Some(job_id) = self.current_job_of(&a) else { return };
         let max_requeues = self.cfg.max_lost_requeues;
@@ -163,6 +167,24 @@ impl Scheduler {
             job.finished_at = Some(now);
         }
         self.touch(job_id);
+    }
+
+    /// Prices an ended attempt that started (one that never started is free), from its start
+    /// to `end`, at the rate versions in force.
+    fn bill(&mut self, a: &mut Attempt, end: Timestamp) {
+        let Some(start) = a.started_at else { return };
+        let job = self.jobs.get(&a.job_id);
+        let cost = AttemptCost {
+            attempt_id: a.id,
+            job_id: a.job_id,
+            tenant: job.map(|j| j.tenant.clone()),
+            job_name: job.map(|j| j.spec.name.clone()),
+            pool_id: a.pool_id.clone(),
+            resources: a.resources,
+            segments: crate::cost::price(start, end.max(start), &a.resources, &self.cfg.rates),
+        };
+        (a.billed_seconds, a.cost_micros) = (cost.billed_seconds(), cost.cost_micros());
+        self.out.costs.push(cost);
     }
 
     pub(super) fn lose_attempt(&mut self, aid: AttemptId, reason: FailureReason, now: Timestamp) {

@@ -1278,6 +1278,32 @@ fn a_pools_new_labels_and_tenants_apply_to_its_registered_workers() {
     assert!(e.blockers.iter().any(|b| b.code == "no_matching_pool" && b.message.contains("label")), "{:?}", e.blockers);
 }
 
+#[test]
+fn ended_attempts_are_billed_from_their_start_and_lost_ones_up_to_the_last_heartbeat() {
+    let (mut s, mut ids) = (Scheduler::new(SchedConfig::default()), Ids(0));
+    let w = connected_worker(&mut s, &mut ids, 2, 4000, 0);
+    let (a, b) = (job(&mut ids, "t", 1000, 0, 0), job(&mut ids, "t", 500, 0, 0));
+    let (ja, jb) = (a.id, b.id);
+    s.submit(a, ts(0)).unwrap();
+    s.submit(b, ts(0)).unwrap();
+    let placed = schedule(&mut s, &mut ids, 0);
+    let aid = |j: JobId| placed.iter().find(|p| p.2 == j).unwrap().1;
+    s.accepted(aid(ja), w, ts(1_000), ts(1_000)).unwrap();
+    s.accepted(aid(jb), w, ts(1_000), ts(1_000)).unwrap();
+    let _ = s.take_changes();
+    s.finish(aid(ja), w, AttemptResult { started_at: ts(1_000), finished_at: ts(3_004), ..result(Outcome::Succeeded, 0, 0) }, ts(3_004)).unwrap();
+    let c = s.take_changes();
+    assert_eq!(c.costs.len(), 1);
+    let cost = &c.costs[0];
+    assert_eq!((cost.job_id, cost.tenant.as_ref().map(TenantId::as_str), cost.billed_seconds()), (ja, Some("t"), 3), "2.004 s bills 3 s");
+    assert_eq!(cost.cost_micros(), crate::cost::cost_micros(3, &Resources::new(1000, 64, 0), &crate::cost::Rates::DEFAULT));
+    // The worker goes silent after a heartbeat at 5 s: b is lost, billed 1 s → 5 s.
+    s.heartbeat(w, &[aid(jb)], None, ts(5_000)).unwrap();
+    s.tick(ts(5_000 + SchedConfig::default().heartbeat_timeout.as_millis() as i64 + 1));
+    let c = s.take_changes();
+    assert_eq!(c.costs.iter().map(|c| (c.job_id, c.billed_seconds())).collect::<Vec<_>>(), [(jb, 4)]);
+}
+
 mod placement_chain {
     use super::*;
     use crate::placement::{ever_fits, fits_now};

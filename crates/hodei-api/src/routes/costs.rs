@@ -1,0 +1,167 @@
+//! Costs (SPEC §2.12, §4.7): the breakdown of what attempts cost, by tenant, pool or day, read
+//! from the daily rollups the ledger writes with every ended attempt (never from a scan).
+
+use axum::Json;
+use axum::extract::{Query, State};
+use hodei_core::cost::day_of;
+use hodei_core::{PoolId, TenantId, Timestamp};
+use hodei_store::{CostGroup, CostQuery};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::ApiState;
+use crate::auth::Who;
+use crate::dto::rfc3339;
+use crate::error::{ApiError, ApiResult};
+use crate::routes::scaling::instant;
+
+const DAY_MS: i64 = 86_400_000;
+/// The longest custom period.
+const MAX_DAYS: i64 = 366;
+
+/// Micro-dollars as a decimal amount with its currency, e.g. `0.070000 USD`.
+pub fn money(micros: i64, currency: &str) -> String {
+    let sign = if micros < 0 { "-" } else { "" };
+    let m = micros.unsigned_abs();
+    format!("{sign}{}.{:06} {currency}", m / 1_000_000, m % 1_000_000)
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct BreakdownQuery {
+    pub tenant_id: Option<String>,
+    pub pool_id: Option<String>,
+    /// Projects come later: refused for now.
+    pub project_id: Option<String>,
+    /// last_day|last_week|last_month (24 h, 7 d, 30 d back)|month_to_date (default)|custom.
+    pub period: Option<String>,
+    /// RFC 3339; with `period=custom` (at most 366 days).
+    pub start: Option<String>,
+    pub end: Option<String>,
+    /// tenant (default)|pool|day.
+    pub group_by: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CostGroupView {
+    /// The tenant id, the pool id, or the day (YYYY-MM-DD, UTC).
+    pub key: String,
+    pub cost_micros: i64,
+    pub cost: String,
+    pub cpu_m_seconds: i64,
+    pub memory_mb_seconds: i64,
+    pub gpu_seconds: i64,
+    /// Attempts that ended in the period (a job retried counts once per attempt).
+    pub attempts: i64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Breakdown {
+    /// The whole UTC days the breakdown covers: the period's, widened to day boundaries.
+    pub start: String,
+    pub end: String,
+    pub group_by: String,
+    pub total_cost_micros: i64,
+    pub total_cost: String,
+    /// The most costly first, at most 1000.
+    pub groups: Vec<CostGroupView>,
+}
+
+/// The instants a period covers, `[start, end)`.
+fn period(q: &BreakdownQuery, now: Timestamp) -> ApiResult<(Timestamp, Timestamp)> {
+    let back = |days: i64| Ok((Timestamp::from_millis(now.as_millis() - days * DAY_MS), now));
+    let custom = matches!(q.period.as_deref(), Some("custom"));
+    if !custom && (q.start.is_some() || q.end.is_some()) {
+        return Err(ApiError::field("start", "start and end go with period=custom", "period=custom, or no start and end", None));
+    }
+    match q.period.as_deref() {
+        Some("last_day") => back(1),
+        Some("last_week") => back(7),
+        Some("last_month") => back(30),
+        None | Some("month_to_date") => {
+            let day = jiff::Timestamp::from_millisecond(now.as_millis()).map_err(|e| ApiError::new(crate::error::ErrorCode::Internal, e.to_string()))?;
+            let first = day.to_zoned(jiff::tz::TimeZone::UTC).date().first_of_month();
+            let start = first.to_zoned(jiff::tz::TimeZone::UTC).map_err(|e| ApiError::new(crate::error::ErrorCode::Internal, e.to_string()))?;
+            Ok((Timestamp::from_millis(start.timestamp().as_millisecond()), now))
+        }
+        Some("custom") => {
+            let start = instant("start", q.start.as_deref())?.ok_or_else(|| ApiError::field("start", "period=custom needs a start", "RFC 3339", None))?;
+            let end = instant("end", q.end.as_deref())?.ok_or_else(|| ApiError::field("end", "period=custom needs an end", "RFC 3339", None))?;
+            if end <= start || end.as_millis() - start.as_millis() > MAX_DAYS * DAY_MS {
+                return Err(ApiError::field("end", "end must be after start, at most 366 days later", "an end within 366 days after start", q.end.clone()));
+            }
+            Ok((start, end))
+        }
+        Some(p) => Err(ApiError::field("period", "unknown period", "last_day|last_week|last_month|month_to_date|custom", Some(p.to_owned()))),
+    }
+}
+
+/// What attempts cost over a period, grouped by tenant, pool or day: sums of the daily
+/// rollups (whole UTC days), within the tenants the caller may read.
+#[utoipa::path(
+    get,
+    path = "/cost-optimization/breakdown",
+    params(BreakdownQuery),
+    responses((status = 200, body = Breakdown), (status = 400, body = crate::error::Problem)),
+    tag = "costs"
+)]
+pub async fn breakdown(State(s): State<ApiState>, who: Who, Query(q): Query<BreakdownQuery>) -> ApiResult<Json<Breakdown>> {
+    if q.project_id.is_some() {
+        return Err(ApiError::field("project_id", "projects are not supported yet", "no project_id", q.project_id.clone()));
+    }
+    let (group_by, name) = match q.group_by.as_deref() {
+        None | Some("tenant") => (CostGroup::Tenant, "tenant"),
+        Some("pool") => (CostGroup::Pool, "pool"),
+        Some("day") => (CostGroup::Day, "day"),
+        Some(g) => return Err(ApiError::field("group_by", "unknown grouping", "tenant|pool|day", Some(g.to_owned()))),
+    };
+    let tenant = q
+        .tenant_id
+        .as_deref()
+        .map(|t| TenantId::parse(t).map_err(|e| ApiError::field("tenant_id", e.to_string(), "a tenant id (slug)", Some(t.to_owned()))))
+        .transpose()?;
+    let pool = q
+        .pool_id
+        .as_deref()
+        .map(|p| PoolId::parse(p).map_err(|e| ApiError::field("pool_id", e.to_string(), "a pool id (slug)", Some(p.to_owned()))))
+        .transpose()?;
+    let (start, end) = period(&q, s.clock.now())?;
+    let (from_day, to_day) = (day_of(start), day_of(Timestamp::from_millis(end.as_millis() - 1)));
+    let visible = who.visibility().into_filter();
+    let rows = s.store.cost_breakdown(&CostQuery { from_day, to_day, tenant, pool, visible, group_by }).await?;
+    let currency = s.cfg.currency.as_str();
+    let day_name = |k: &str| k.parse::<i64>().map_or_else(|_| k.to_owned(), |d| rfc3339(Timestamp::from_millis(d * DAY_MS))[..10].to_owned());
+    let groups: Vec<CostGroupView> = rows
+        .into_iter()
+        .map(|r| CostGroupView {
+            key: if group_by == CostGroup::Day { day_name(&r.key) } else { r.key },
+            cost: money(r.cost_micros, currency),
+            cost_micros: r.cost_micros,
+            cpu_m_seconds: r.cpu_m_seconds,
+            memory_mb_seconds: r.memory_mb_seconds,
+            gpu_seconds: r.gpu_seconds,
+            attempts: r.attempts,
+        })
+        .collect();
+    let total: i64 = groups.iter().map(|g| g.cost_micros).sum();
+    Ok(Json(Breakdown {
+        start: rfc3339(Timestamp::from_millis(from_day * DAY_MS)),
+        end: rfc3339(Timestamp::from_millis((to_day + 1) * DAY_MS)),
+        group_by: name.to_owned(),
+        total_cost_micros: total,
+        total_cost: money(total, currency),
+        groups,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::money;
+
+    #[test]
+    fn money_has_six_decimals() {
+        assert_eq!(money(70_000, "USD"), "0.070000 USD");
+        assert_eq!(money(12_345_678, "EUR"), "12.345678 EUR");
+        assert_eq!(money(-5, "USD"), "-0.000005 USD");
+    }
+}
