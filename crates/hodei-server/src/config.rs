@@ -650,7 +650,6 @@ impl Config {
         check("cost_tracking.track_by_tenant".into(), c.track_by_tenant != dc.track_by_tenant);
         check("cost_tracking.track_by_job".into(), c.track_by_job != dc.track_by_job);
         check("cost_tracking.track_by_pool".into(), c.track_by_pool != dc.track_by_pool);
-        check("cost_tracking.retention_days".into(), c.retention_days != dc.retention_days);
         check("cost_tracking.accrual_interval_s".into(), c.accrual_interval_s != dc.accrual_interval_s);
         check("metrics.history".into(), self.metrics.history != d.metrics.history);
         check("observability".into(), self.observability != d.observability);
@@ -752,6 +751,9 @@ impl Config {
                 crate::kubernetes::KubeSpec::from_config(&p.provider_config, token)
                     .map_err(|(key, message)| ConfigError::Invalid { path: format!("resource_pools.pools[{i}].provider_config.{key}"), message })?;
             }
+        }
+        if self.cost_tracking.retention_days == 0 {
+            return bad("cost_tracking.retention_days", "must be at least 1".into());
         }
         if self.autoscaling.history_retention_days == 0 {
             return bad("autoscaling.history_retention_days", "must be at least 1".into());
@@ -955,7 +957,7 @@ mod tests {
             (
                 "cost_tracking",
                 CostConfig::KEYS,
-                "hourly_rate_cpu hourly_rate_memory_gb hourly_rate_gpu currency | enabled track_by_tenant track_by_job track_by_pool retention_days accrual_interval_s",
+                "hourly_rate_cpu hourly_rate_memory_gb hourly_rate_gpu currency retention_days | enabled track_by_tenant track_by_job track_by_pool accrual_interval_s",
             ),
             (
                 "autoscaling",

@@ -656,7 +656,10 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
             handle.clone(),
             logs.clone(),
             clock.clone(),
-            Duration::from_secs_f64(cfg.jobs.retention_days * 86_400.0),
+            retention::Retention {
+                jobs: Duration::from_secs_f64(cfg.jobs.retention_days * 86_400.0),
+                cost_records: Duration::from_secs(u64::from(cfg.cost_tracking.retention_days) * 86_400),
+            },
             shutdown_rx.clone(),
         )),
         tokio::spawn(burst::sweep(

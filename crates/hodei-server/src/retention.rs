@@ -3,6 +3,9 @@
 //! is told the horizon, so a manual retry racing the delete is refused (404, as for a deleted
 //! job) instead of reviving a row that is about to go.
 //!
+//! Cost records go after `cost_tracking.retention_days`; the daily rollups they were added to
+//! stay, so breakdowns of older periods still add up.
+//!
 //! SLA reports are hourly counts, not job rows: they are kept for the longest report window
 //! (90 days) whatever the job retention, and forgotten after it in the same rounds.
 
@@ -41,7 +44,15 @@ fn causes(e: &dyn std::error::Error) -> String {
     text
 }
 
-pub async fn sweep(store: Arc<dyn Store>, engine: EngineHandle, logs: Arc<Logs>, clock: Arc<dyn Clock>, retention: Duration, mut stop: watch::Receiver<bool>) {
+/// What each round forgets: ended jobs after `jobs` (`jobs.retention_days`), cost records after
+/// `cost_records` (`cost_tracking.retention_days`; their rollups stay).
+pub struct Retention {
+    pub jobs: Duration,
+    pub cost_records: Duration,
+}
+
+pub async fn sweep(store: Arc<dyn Store>, engine: EngineHandle, logs: Arc<Logs>, clock: Arc<dyn Clock>, keep: Retention, mut stop: watch::Receiver<bool>) {
+    let retention = keep.jobs;
     let mut tick = tokio::time::interval(interval(retention));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -55,6 +66,12 @@ pub async fn sweep(store: Arc<dyn Store>, engine: EngineHandle, logs: Arc<Logs>,
         }
         if let Err(e) = store.forget_sla_counts(window_start(clock.now(), SLA_HOURS)).await {
             tracing::warn!(error = %causes(&e), "retention: cannot forget old SLA counts; trying again next round");
+        }
+        let records_before = Timestamp::from_millis(clock.now().as_millis().saturating_sub(keep.cost_records.as_millis() as i64));
+        match store.forget_cost_records(records_before).await {
+            Ok(n) if n > 0 => tracing::info!(records = n, "retention: forgot cost records past cost_tracking.retention_days"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %causes(&e), "retention: cannot forget old cost records; trying again next round"),
         }
         let (mut jobs, mut files) = (0u64, 0usize);
         loop {

@@ -102,6 +102,7 @@ pass! { Store {
         fn delete_ended_jobs(&self, before: Timestamp, limit: u32) -> hodei_store::Purged;
         fn sla_counts(&self, since: Timestamp, tenant: Option<&TenantId>) -> Vec<SlaCount>;
         fn forget_sla_counts(&self, before: Timestamp) -> u64;
+        fn forget_cost_records(&self, before: Timestamp) -> u64;
         fn sla_breaches(&self, f: &BreachFilter) -> Vec<Job>;
         fn register_worker(&self, w: &Worker, session_token_hash: &str) -> ();
         fn worker_session_hash(&self, id: WorkerId) -> Option<String>;

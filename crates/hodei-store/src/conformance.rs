@@ -873,8 +873,18 @@ async fn the_cost_ledger_adds_up_in_its_rollups(store: &dyn Store) {
     let gpu = store.cost_breakdown(&CostQuery { pool: Some(PoolId::parse("gpu").unwrap()), ..q(CostGroup::Pool, None) }).await.unwrap();
     assert_eq!(gpu.iter().map(|r| r.cost_micros).sum::<i64>(), costs[1].cost_micros());
     // The same batch again adds again: rollups accumulate.
+    let costs_len: u64 = costs.iter().map(|c| c.segments.len() as u64).sum();
     store.apply(std::sync::Arc::new(Changes { costs, ..Changes::default() })).await.unwrap();
     let rows = store.cost_breakdown(&q(CostGroup::Pool, None)).await.unwrap();
     assert_eq!(rows.iter().map(|r| r.cost_micros).sum::<i64>(), 2 * total);
     assert!(store.cost_breakdown(&q(CostGroup::Tenant, Some(vec![]))).await.unwrap().is_empty(), "no visible tenant, nothing");
+    // Records past their retention go; the rollups they were added to stay.
+    let records: u64 = 2 * costs_len;
+    // (Earlier checks' attempts ended in 1970: their records go first.)
+    store.forget_cost_records(ts(19_000 * DAY)).await.unwrap();
+    // Per batch: both stretches of the first, the first of the second (ends at 01:00), the third.
+    assert_eq!(store.forget_cost_records(ts(20_000 * DAY + 3_600_001)).await.unwrap(), 2 * 4, "the stretches ended by 01:00");
+    assert_eq!(store.forget_cost_records(ts(21_000 * DAY)).await.unwrap(), records - 8);
+    let rows = store.cost_breakdown(&q(CostGroup::Pool, None)).await.unwrap();
+    assert_eq!(rows.iter().map(|r| r.cost_micros).sum::<i64>(), 2 * total);
 }

@@ -353,6 +353,9 @@ pub trait Store: Identity + Send + Sync + 'static {
     async fn sla_counts(&self, since: Timestamp, tenant: Option<&TenantId>) -> Result<Vec<SlaCount>>;
     /// Deletes the SLA counts of the hours before `before`; returns how many rows went.
     async fn forget_sla_counts(&self, before: Timestamp) -> Result<u64>;
+    /// Deletes cost records that ended before `before` (`cost_tracking.retention_days`); the
+    /// rollups they were added to stay. Returns how many.
+    async fn forget_cost_records(&self, before: Timestamp) -> Result<u64>;
     async fn sla_breaches(&self, f: &BreachFilter) -> Result<Vec<Job>>;
 
     /// Records a worker and the hash of its session token.

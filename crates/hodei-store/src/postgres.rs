@@ -1394,6 +1394,11 @@ impl Store for PgStore {
         Ok(done.map_err(StoreError::db("deleting old SLA counts"))?.rows_affected())
     }
 
+    async fn forget_cost_records(&self, before: Timestamp) -> Result<u64> {
+        let done = sqlx::query("DELETE FROM cost_records WHERE end_at < $1").bind(ms(before)).execute(&self.pool).await;
+        Ok(done.map_err(StoreError::db("deleting old cost records"))?.rows_affected())
+    }
+
     async fn sla_breaches(&self, f: &BreachFilter) -> Result<Vec<Job>> {
         let mut qb: QueryBuilder<Postgres> = QueryBuilder::new("SELECT * FROM job_rows WHERE sla_breached_at IS NOT NULL");
         if let Some(t) = &f.tenant {

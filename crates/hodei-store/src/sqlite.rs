@@ -638,6 +638,11 @@ impl Store for SqliteStore {
         Ok(done.map_err(StoreError::db("deleting old SLA counts"))?.rows_affected())
     }
 
+    async fn forget_cost_records(&self, before: Timestamp) -> Result<u64> {
+        let done = sqlx::query("DELETE FROM cost_records WHERE end_at < ?").bind(ms(before)).execute(&self.write).await;
+        Ok(done.map_err(StoreError::db("deleting old cost records"))?.rows_affected())
+    }
+
     async fn sla_breaches(&self, f: &BreachFilter) -> Result<Vec<Job>> {
         let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT * FROM job_rows WHERE sla_breached_at IS NOT NULL");
         if let Some(t) = &f.tenant {
