@@ -149,6 +149,8 @@ pub trait Control: Send + Sync {
     async fn burst_changed(&self, b: &hodei_core::BurstSession) -> Result<(), ControlError>;
     /// Tells the scheduler a pool was created or changed (its tenants and labels).
     async fn pool_changed(&self, p: &Pool) -> Result<(), ControlError>;
+    /// Tells the scheduler the rate versions attempts are priced at from now on.
+    async fn rates_changed(&self, versions: Vec<hodei_core::cost::RateVersion>) -> Result<(), ControlError>;
     /// Runs `f` on the scheduler's current state, between two of its steps (read-only).
     async fn inspect(&self, f: Inspector) -> Result<(), ControlError>;
 }
@@ -222,6 +224,8 @@ pub struct ApiConfig {
 }
 
 pub struct Inner {
+    /// The cost rate versions in force (the scheduler prices with the same).
+    pub rates: RwLock<Vec<hodei_core::cost::RateVersion>>,
     pub store: Arc<dyn Store>,
     pub control: Arc<dyn Control>,
     pub logs: Arc<Logs>,
@@ -257,6 +261,13 @@ pub struct Inner {
 
 #[derive(Clone)]
 pub struct ApiState(pub Arc<Inner>);
+
+impl Inner {
+    /// The cost rates in force now (estimates use them).
+    pub fn current_rates(&self) -> hodei_core::cost::Rates {
+        self.rates.read().map_or(self.cfg.rates, |v| hodei_core::cost::rates_at(&v, self.clock.now()))
+    }
+}
 
 impl std::ops::Deref for ApiState {
     type Target = Inner;

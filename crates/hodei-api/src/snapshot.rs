@@ -129,6 +129,9 @@ mod tests {
         async fn pool_changed(&self, _: &hodei_core::Pool) -> Result<(), ControlError> {
             Ok(())
         }
+        async fn rates_changed(&self, _: Vec<hodei_core::cost::RateVersion>) -> Result<(), ControlError> {
+            Ok(())
+        }
         async fn inspect(&self, f: Inspector) -> Result<(), ControlError> {
             self.1.fetch_add(1, Ordering::Relaxed);
             f(&self.0, Timestamp::from_millis(0));

@@ -16,6 +16,22 @@ impl Rates {
     pub const DEFAULT: Rates = Rates { cpu_core_hour: 50_000, memory_gib_hour: 10_000, gpu_hour: 2_500_000 };
 }
 
+/// A non-negative decimal with at most 6 decimals (`0.05`, `2.5`, `12`) in micro-units.
+pub fn parse_micros(s: &str) -> Option<i64> {
+    let (int, frac) = s.split_once('.').unwrap_or((s, ""));
+    if int.is_empty() || !int.bytes().all(|c| c.is_ascii_digit()) || frac.len() > 6 || !frac.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    let int: i64 = int.parse().ok()?;
+    let frac: i64 = if frac.is_empty() { 0 } else { format!("{frac:0<6}").parse().ok()? };
+    int.checked_mul(1_000_000)?.checked_add(frac)
+}
+
+/// The rates in force at `t`: the newest version that took effect by then (else the defaults).
+pub fn rates_at(versions: &[RateVersion], t: Timestamp) -> Rates {
+    versions.iter().filter(|v| v.effective_from <= t).max_by_key(|v| v.effective_from).map_or(Rates::DEFAULT, |v| v.rates)
+}
+
 /// Billed seconds: every begun second counts, at least one (a 1.004 s run bills 2 s).
 pub fn billed_seconds(run_ms: u64) -> u64 {
     run_ms.div_ceil(1000).max(1)
@@ -147,6 +163,14 @@ mod tests {
     #[test]
     fn the_spec_example_costs_70_000_micros() {
         assert_eq!(cost_micros(1800, &Resources::new(2000, 4096, 0), &Rates::DEFAULT), 70_000);
+    }
+
+    #[test]
+    fn amounts_parse_to_micros_exactly() {
+        assert_eq!(
+            ["0.05", "2.5", "12", "0.000001", "1.1234567", "-1", "1e3", ".5", ""].map(parse_micros),
+            [Some(50_000), Some(2_500_000), Some(12_000_000), Some(1), None, None, None, None, None]
+        );
     }
 
     #[test]

@@ -497,6 +497,11 @@ impl Scheduler {
         &self.cfg
     }
 
+    /// The rate versions attempts ending from now on are priced at.
+    pub fn set_rates(&mut self, versions: Vec<crate::cost::RateVersion>) {
+        self.cfg.rates = versions;
+    }
+
     pub fn job(&self, id: &JobId) -> Option<&Job> {
         self.jobs.get(id).map(|j| &**j)
     }

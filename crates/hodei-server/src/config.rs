@@ -82,15 +82,7 @@ impl<'de> Deserialize<'de> for Micros {
     }
 }
 
-pub fn parse_micros(s: &str) -> Option<i64> {
-    let (int, frac) = s.split_once('.').unwrap_or((s, ""));
-    if int.is_empty() || !int.bytes().all(|c| c.is_ascii_digit()) || frac.len() > 6 || !frac.bytes().all(|c| c.is_ascii_digit()) {
-        return None;
-    }
-    let int: i64 = int.parse().ok()?;
-    let frac: i64 = if frac.is_empty() { 0 } else { format!("{frac:0<6}").parse().ok()? };
-    int.checked_mul(1_000_000)?.checked_add(frac)
-}
+pub use hodei_core::cost::parse_micros;
 
 macro_rules! section {
     ($(#[$m:meta])* $name:ident { $($(#[$fm:meta])* $field:ident : $ty:ty = $default:expr),* $(,)? }) => {

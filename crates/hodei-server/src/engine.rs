@@ -86,6 +86,10 @@ pub enum Command {
         placement: PoolPlacement,
         reply: Reply<()>,
     },
+    Rates {
+        versions: Vec<hodei_core::cost::RateVersion>,
+        reply: Reply<()>,
+    },
     Inspect(Inspector),
     Cancel {
         id: JobId,
@@ -828,6 +832,12 @@ impl Engine {
                 s.set_pool_placement(&id, placement);
                 replies.unit.push(reply);
             }
+            Command::Rates { versions, reply } => {
+                // Kept for a rebuild from the store too.
+                self.cfg.sched.rates.clone_from(&versions);
+                self.sched.set_rates(versions);
+                replies.unit.push(reply);
+            }
             Command::Inspect(f) => replies.inspect.push(f),
             Command::Cancel { id, by, reply } => match s.cancel(id, by, now) {
                 Ok(o) => replies.cancel.push((reply, o)),
@@ -1035,9 +1045,11 @@ fn refuse_while_stale(c: Command) -> Option<Command> {
     match c {
         Command::Submit { reply, .. } => drop(reply.send(Err(down()))),
         Command::SubmitArray { reply, .. } => drop(reply.send(Err(down()))),
-        Command::Tenant { reply, .. } | Command::Burst { reply, .. } | Command::Pool { reply, .. } | Command::Retry { reply, .. } => {
-            drop(reply.send(Err(down())))
-        }
+        Command::Tenant { reply, .. }
+        | Command::Burst { reply, .. }
+        | Command::Pool { reply, .. }
+        | Command::Rates { reply, .. }
+        | Command::Retry { reply, .. } => drop(reply.send(Err(down()))),
         Command::Hold { reply, .. } | Command::Release { reply, .. } => drop(reply.send(Err(down()))),
         Command::Drain { reply, .. } => drop(reply.send(Err(down()))),
         Command::Cancel { reply, .. } => drop(reply.send(Err(down()))),
@@ -1101,6 +1113,10 @@ impl Control for ControlPlane {
 
     async fn burst_changed(&self, b: &BurstSession) -> Result<(), ControlError> {
         self.engine.burst_changed(b.clone()).await
+    }
+
+    async fn rates_changed(&self, versions: Vec<hodei_core::cost::RateVersion>) -> Result<(), ControlError> {
+        self.engine.ask_waiting(|reply| Command::Rates { versions, reply }).await
     }
 
     async fn pool_changed(&self, p: &hodei_core::Pool) -> Result<(), ControlError> {

@@ -370,6 +370,27 @@ fn default_tenant_quota(cfg: &Config, pools: &[Pool]) -> Quota {
     }
 }
 
+/// The rate versions attempts are priced at. The configuration file's rates are a version of
+/// their own, recorded when they differ from the file's last recorded ones: from the epoch the
+/// first time, from now after an edit — never retroactively, and never over a version an admin
+/// added through the API since (that one stays in force until the file changes again).
+async fn rate_versions(cfg: &Config, store: &dyn Store, now: hodei_core::Timestamp) -> anyhow::Result<Vec<hodei_core::cost::RateVersion>> {
+    let stored = store.list_rate_versions().await.context("reading cost rate versions")?;
+    let file = rates(cfg);
+    if stored.iter().rev().find(|v| v.source == "config").is_none_or(|v| v.version.rates != file) {
+        let from = if stored.is_empty() { hodei_core::Timestamp::from_millis(0) } else { now };
+        let v = hodei_store::StoredRates {
+            version: hodei_core::cost::RateVersion { effective_from: from, rates: file },
+            source: "config".into(),
+            created_by: "config".into(),
+        };
+        store.add_rate_version(&v).await.context("recording the configured cost rates")?;
+        tracing::info!(effective_from = %from, "cost rates of the configuration file recorded as a new rate version");
+        return Ok(store.list_rate_versions().await.context("reading cost rate versions")?.into_iter().map(|v| v.version).collect());
+    }
+    Ok(stored.into_iter().map(|v| v.version).collect())
+}
+
 /// `cost_tracking.hourly_rate_*`, in micro-dollars.
 fn rates(cfg: &Config) -> hodei_core::cost::Rates {
     hodei_core::cost::Rates {
@@ -460,11 +481,12 @@ struct ApiParts {
     pools: Vec<Pool>,
     admin_token: Option<String>,
     pools_changed: Arc<tokio::sync::Notify>,
+    rates: Vec<hodei_core::cost::RateVersion>,
 }
 
 /// Builds the API state from the configuration's limits and the running parts.
 fn api_state(cfg: &Config, p: ApiParts, stopping: watch::Receiver<bool>) -> anyhow::Result<ApiState> {
-    let ApiParts { grpc_addr, admin, store, engine, logs, clock, metrics, pools, admin_token, pools_changed } = p;
+    let ApiParts { grpc_addr, admin, store, engine, logs, clock, metrics, pools, admin_token, pools_changed, rates: versions } = p;
     let j = &cfg.jobs;
     let limits = SpecLimits {
         default_resources: Resources::new(j.default_resources.cpu_m, j.default_resources.memory_mb, j.default_resources.gpu),
@@ -504,6 +526,7 @@ fn api_state(cfg: &Config, p: ApiParts, stopping: watch::Receiver<bool>) -> anyh
         configured: cfg.resource_pools.pools.iter().filter(|p| p.join_token.is_some()).filter_map(|p| PoolId::parse(&p.id).ok()).collect(),
     });
     Ok(ApiState(Arc::new(Inner {
+        rates: RwLock::new(versions),
         store,
         control,
         logs,
@@ -564,7 +587,7 @@ pub fn engine_config(cfg: &Config) -> EngineConfig {
             },
             usage_half_life: Some(Duration::from_secs(s.fair_share.usage_half_life_s)).filter(|d| !d.is_zero()),
             preemption: s.preemption.enabled,
-            // The configured rates, in force for all time (rate versions through the API come later).
+            // The stored rate versions are set at start (`rate_versions`); until then, the file's.
             rates: vec![hodei_core::cost::RateVersion { effective_from: hodei_core::Timestamp::from_millis(0), rates: rates(cfg) }],
         },
         // The tick only drives timeouts and retries; dispatch is event-driven.
@@ -614,7 +637,9 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
         (Some(db), None) => Logs::new(db, max_log_bytes),
         _ => Logs::in_dir(cfg.logs_dir(), max_log_bytes).context("creating the logs dir")?,
     });
+    let rates = rate_versions(&cfg, store.as_ref(), clock.now()).await?;
     let mut engine_cfg = engine_config(&cfg);
+    engine_cfg.sched.rates = rates.clone();
     engine_cfg.local_workers = Some(engine::LocalWorkers {
         pools: setup.local.iter().filter_map(|spec| PoolId::parse(&spec.pool).ok()).collect(),
         running: local_pool::running(cfg.data_dir()),
@@ -645,6 +670,7 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
         pools: setup.pools,
         admin_token,
         pools_changed: pools_changed.clone(),
+        rates,
     };
     let (shutdown, shutdown_rx) = watch::channel(false);
     let state = api_state(&cfg, parts, shutdown_rx.clone())?;

@@ -103,6 +103,8 @@ pass! { Store {
         fn sla_counts(&self, since: Timestamp, tenant: Option<&TenantId>) -> Vec<SlaCount>;
         fn forget_sla_counts(&self, before: Timestamp) -> u64;
         fn forget_cost_records(&self, before: Timestamp) -> u64;
+        fn add_rate_version(&self, r: &hodei_store::StoredRates) -> ();
+        fn list_rate_versions(&self) -> Vec<hodei_store::StoredRates>;
         fn sla_breaches(&self, f: &BreachFilter) -> Vec<Job>;
         fn register_worker(&self, w: &Worker, session_token_hash: &str) -> ();
         fn worker_session_hash(&self, id: WorkerId) -> Option<String>;

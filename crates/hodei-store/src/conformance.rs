@@ -96,6 +96,7 @@ pub async fn run_all(store: &dyn Store) {
     sla_counts_add_up_per_hour_and_are_forgotten(store).await;
     scaling_history_lists_newest_first_by_filter(store).await;
     the_cost_ledger_adds_up_in_its_rollups(store).await;
+    rate_versions_list_oldest_first_one_per_instant(store).await;
 }
 
 /// Scaling events come back as recorded, newest first, filtered by time and decision, paged
@@ -887,4 +888,19 @@ async fn the_cost_ledger_adds_up_in_its_rollups(store: &dyn Store) {
     assert_eq!(store.forget_cost_records(ts(21_000 * DAY)).await.unwrap(), records - 8);
     let rows = store.cost_breakdown(&q(CostGroup::Pool, None)).await.unwrap();
     assert_eq!(rows.iter().map(|r| r.cost_micros).sum::<i64>(), 2 * total);
+}
+
+async fn rate_versions_list_oldest_first_one_per_instant(store: &dyn Store) {
+    use crate::StoredRates;
+    use hodei_core::cost::{RateVersion, Rates};
+    let v = |at: i64, cpu: i64, source: &str| StoredRates {
+        version: RateVersion { effective_from: ts(at), rates: Rates { cpu_core_hour: cpu, ..Rates::DEFAULT } },
+        source: source.into(),
+        created_by: "admin".into(),
+    };
+    assert!(store.list_rate_versions().await.unwrap().is_empty());
+    store.add_rate_version(&v(5_000, 70_000, "api")).await.unwrap();
+    store.add_rate_version(&v(0, 50_000, "config")).await.unwrap();
+    assert!(matches!(store.add_rate_version(&v(5_000, 1, "api")).await, Err(StoreError::AlreadyExists { .. })));
+    assert_eq!(store.list_rate_versions().await.unwrap(), [v(0, 50_000, "config"), v(5_000, 70_000, "api")]);
 }

@@ -188,6 +188,18 @@ pub struct CostGroupRow {
     pub attempts: i64,
 }
 
+/// A stored rate version: who set it (`config` or an admin through the API).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredRates {
+    pub version: hodei_core::cost::RateVersion,
+    /// `config` or `api`.
+    pub source: String,
+    pub created_by: String,
+}
+
+/// Most rate versions read (oldest dropped first: only the newest matter for new costs).
+pub const MAX_RATE_VERSIONS: u32 = 10_000;
+
 /// Filters for listing burst sessions, newest first; `before` is the cursor (exclusive).
 #[derive(Clone, Debug, Default)]
 pub struct BurstFilter {
@@ -316,6 +328,11 @@ pub trait Store: Identity + Send + Sync + 'static {
     async fn list_scaling_events(&self, f: &ScalingEventFilter) -> Result<Vec<hodei_core::autoscale::Event>>;
     /// Forgets scaling events recorded before `before`; returns how many.
     async fn delete_scaling_events_before(&self, before: Timestamp) -> Result<u64>;
+
+    /// Adds a rate version; `AlreadyExists` when one takes effect at the same instant.
+    async fn add_rate_version(&self, r: &StoredRates) -> Result<()>;
+    /// The newest [`MAX_RATE_VERSIONS`] versions, oldest first.
+    async fn list_rate_versions(&self) -> Result<Vec<StoredRates>>;
 
     /// Sums of the daily cost rollups by group, the most costly first, at most
     /// [`MAX_COST_GROUPS`]: reads rollups, never the records.

@@ -1399,6 +1399,51 @@ impl Store for PgStore {
         Ok(done.map_err(StoreError::db("deleting old cost records"))?.rows_affected())
     }
 
+    async fn add_rate_version(&self, r: &crate::StoredRates) -> Result<()> {
+        let rates = &r.version.rates;
+        let done =
+            sqlx::query("INSERT INTO rate_versions (effective_from, rate_cpu, rate_memory, rate_gpu, source, created_by) VALUES ($1, $2, $3, $4, $5, $6)")
+                .bind(ms(r.version.effective_from))
+                .bind(rates.cpu_core_hour)
+                .bind(rates.memory_gib_hour)
+                .bind(rates.gpu_hour)
+                .bind(&r.source)
+                .bind(&r.created_by)
+                .execute(&self.pool)
+                .await;
+        match done {
+            Err(e) if crate::identity::is_unique_violation(&e) => {
+                Err(StoreError::AlreadyExists { what: format!("a rate version from {}", r.version.effective_from) })
+            }
+            r => r.map(|_| ()).map_err(StoreError::db("adding a rate version")),
+        }
+    }
+
+    async fn list_rate_versions(&self) -> Result<Vec<crate::StoredRates>> {
+        let rows = sqlx::query("SELECT * FROM (SELECT * FROM rate_versions ORDER BY effective_from DESC LIMIT $1) AS newest ORDER BY effective_from")
+            .bind(i64::from(crate::MAX_RATE_VERSIONS))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(StoreError::db("listing rate versions"))?;
+        let g = |e: sqlx::Error| StoreError::Db { doing: "listing rate versions", source: e };
+        rows.iter()
+            .map(|r| {
+                Ok(crate::StoredRates {
+                    version: hodei_core::cost::RateVersion {
+                        effective_from: Timestamp::from_millis(sqlx::Row::try_get(r, "effective_from").map_err(g)?),
+                        rates: hodei_core::cost::Rates {
+                            cpu_core_hour: sqlx::Row::try_get(r, "rate_cpu").map_err(g)?,
+                            memory_gib_hour: sqlx::Row::try_get(r, "rate_memory").map_err(g)?,
+                            gpu_hour: sqlx::Row::try_get(r, "rate_gpu").map_err(g)?,
+                        },
+                    },
+                    source: sqlx::Row::try_get(r, "source").map_err(g)?,
+                    created_by: sqlx::Row::try_get(r, "created_by").map_err(g)?,
+                })
+            })
+            .collect()
+    }
+
     async fn sla_breaches(&self, f: &BreachFilter) -> Result<Vec<Job>> {
         let mut qb: QueryBuilder<Postgres> = QueryBuilder::new("SELECT * FROM job_rows WHERE sla_breached_at IS NOT NULL");
         if let Some(t) = &f.tenant {

@@ -1179,3 +1179,35 @@ async fn twenty_jobs_cost_exactly_what_they_ran_and_every_total_agrees() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("local") && text.contains(&format!("{}.{:06} USD", sum / 1_000_000, sum % 1_000_000)), "{text}");
 }
+
+/// Rate versions: an admin's new rates price what runs from then on; a restart keeps them; an
+/// edit of the configuration file's rates is recorded as a version of its own from that start.
+#[tokio::test]
+async fn new_rates_apply_from_their_instant_and_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path(), &[], 0, None);
+    let (_, r) = srv.call(Method::GET, "/cost-rates", None).await;
+    assert_eq!((r["current"]["hourly_rate_cpu"].as_str(), r["versions"].as_array().map(Vec::len)), (Some("0.050000"), Some(1)), "{r}");
+    let (s, e) = srv.call(Method::PUT, "/cost-rates", Some(json!({"hourly_rate_cpu": "0.1234567"}))).await;
+    assert_eq!((s, e["errors"][0]["field"].as_str()), (400, Some("/hourly_rate_cpu")), "{e}");
+    let (s, r) = srv.call(Method::PUT, "/cost-rates", Some(json!({"hourly_rate_cpu": 3.6, "hourly_rate_memory_gb": "0"}))).await;
+    assert_eq!((s, r["current"]["hourly_rate_cpu"].as_str(), r["current"]["hourly_rate_gpu"].as_str()), (200, Some("3.600000"), Some("2.500000")), "{r}");
+    // 1000 m for b billed seconds at 3.6 per core-hour: exactly 1000 micros a second.
+    let id = srv.submit(json!({"command": ["sleep", "1"], "resources": {"cpu_m": 1000, "memory_mb": 64}})).await["id"].as_str().unwrap().to_owned();
+    let j = srv.wait_ended(&id, 30).await;
+    let a = &j["attempts"][0];
+    assert_eq!(a["cost_micros"].as_i64(), a["billed_seconds"].as_i64().map(|b| b * 1000), "{a}");
+    drop(srv);
+    let srv = Server::start(dir.path(), &[], 0, None);
+    let (_, r) = srv.call(Method::GET, "/cost-rates", None).await;
+    assert_eq!(
+        (r["current"]["hourly_rate_cpu"].as_str(), r["versions"].as_array().map(Vec::len)),
+        (Some("3.600000"), Some(2)),
+        "the admin's version stays: {r}"
+    );
+    drop(srv);
+    let srv = Server::start(dir.path(), &[("HODEI_COST_TRACKING__HOURLY_RATE_CPU", "0.07")], 0, None);
+    let (_, r) = srv.call(Method::GET, "/cost-rates", None).await;
+    let sources: Vec<&str> = r["versions"].as_array().unwrap().iter().map(|v| v["source"].as_str().unwrap()).collect();
+    assert_eq!((r["current"]["hourly_rate_cpu"].as_str(), sources), (Some("0.070000"), vec!["config", "api", "config"]), "{r}");
+}

@@ -47,6 +47,7 @@ fn expected(method: &str, path: &str) -> Option<[Want; 8]> {
             | "/sla/breaches"
             | "/sla/at-risk"
             | "/cost-optimization/breakdown"
+            | "/cost-rates"
             | "/tenants"
             | "/burst/sessions"
             | "/pools"
@@ -70,7 +71,7 @@ fn expected(method: &str, path: &str) -> Option<[Want; 8]> {
         ("get", "/workers" | "/workers/{id}" | "/principals" | "/principals/{id}" | "/audit")
         | ("post", "/principals" | "/pools" | "/pools/{id}/join-token" | "/pools/{id}/scale" | "/pools/{id}/scaling/policies" | "/workers/{id}/drain")
         | ("put" | "delete", "/pools/{id}" | "/pools/{id}/scaling/policies/{pid}")
-        | ("put", "/principals/{id}/roles") => admin,
+        | ("put", "/principals/{id}/roles" | "/cost-rates") => admin,
         ("get", "/whoami" | "/tokens") | ("post", "/tokens") => anyone,
         // The token is the researcher's: its own, or an admin's business.
         ("delete", "/tokens/{id}") => row([NotFound, NotFound, Allowed, NotFound, Allowed]),
@@ -206,6 +207,7 @@ async fn every_operation_answers_as_the_permission_table_says() {
                     ("post", "/tokens") => Some(json!({"name": "made"})),
                     ("post", "/pools") => Some(json!({"id": format!("made-{checked}-{i}"), "worker_template": {"cpu_m": 1000, "memory_mb": 512, "slots": 1}})),
                     ("put", "/pools/{id}") => Some(json!({"max_size": 2})),
+                    ("put", "/cost-rates") => Some(json!({"hourly_rate_cpu": "0.05"})),
                     ("post", "/pools/{id}/scale") => Some(json!({"target_size": 1, "reason": "matrix"})),
                     ("post", "/pools/{id}/scaling/policies") => {
                         Some(json!({"name": format!("made {checked} {i}"), "trigger": "queue_depth > 1", "action": "scale_up"}))

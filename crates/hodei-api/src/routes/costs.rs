@@ -12,8 +12,11 @@ use utoipa::{IntoParams, ToSchema};
 use crate::ApiState;
 use crate::auth::Who;
 use crate::dto::rfc3339;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorCode};
+use crate::json::ApiJson;
+use crate::routes::audit;
 use crate::routes::scaling::instant;
+use hodei_core::cost::{RateVersion, Rates, parse_micros};
 
 const DAY_MS: i64 = 86_400_000;
 /// The longest custom period.
@@ -152,6 +155,132 @@ pub async fn breakdown(State(s): State<ApiState>, who: Who, Query(q): Query<Brea
         total_cost: money(total, currency),
         groups,
     }))
+}
+
+/// Rates as amounts of the currency per hour, e.g. `0.050000`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RatesView {
+    pub hourly_rate_cpu: String,
+    pub hourly_rate_memory_gb: String,
+    pub hourly_rate_gpu: String,
+    pub currency: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RateVersionView {
+    pub effective_from: String,
+    #[serde(flatten)]
+    pub rates: RatesView,
+    /// `config` (the configuration file's rates) or `api`.
+    pub source: String,
+    pub created_by: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CostRates {
+    /// In force now.
+    pub current: RatesView,
+    /// Oldest first; each in force from its instant until the next one.
+    pub versions: Vec<RateVersionView>,
+}
+
+/// A new rate version, in force from now on (never for time already run). A rate left out
+/// keeps its current value.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RatesIn {
+    /// Per core-hour: a non-negative decimal with at most 6 decimals, as a string or a number.
+    #[schema(value_type = Option<String>)]
+    pub hourly_rate_cpu: Option<serde_json::Value>,
+    /// Per GiB-hour.
+    #[schema(value_type = Option<String>)]
+    pub hourly_rate_memory_gb: Option<serde_json::Value>,
+    /// Per GPU-hour.
+    #[schema(value_type = Option<String>)]
+    pub hourly_rate_gpu: Option<serde_json::Value>,
+}
+
+fn amount(micros: i64) -> String {
+    format!("{}.{:06}", micros / 1_000_000, micros % 1_000_000)
+}
+
+fn rates_view(r: &Rates, currency: &str) -> RatesView {
+    RatesView {
+        hourly_rate_cpu: amount(r.cpu_core_hour),
+        hourly_rate_memory_gb: amount(r.memory_gib_hour),
+        hourly_rate_gpu: amount(r.gpu_hour),
+        currency: currency.to_owned(),
+    }
+}
+
+async fn cost_rates(s: &ApiState) -> ApiResult<CostRates> {
+    let stored = s.store.list_rate_versions().await?;
+    let versions: Vec<RateVersion> = stored.iter().map(|v| v.version).collect();
+    let currency = s.cfg.currency.as_str();
+    Ok(CostRates {
+        current: rates_view(&hodei_core::cost::rates_at(&versions, s.clock.now()), currency),
+        versions: stored
+            .iter()
+            .map(|v| RateVersionView {
+                effective_from: rfc3339(v.version.effective_from),
+                rates: rates_view(&v.version.rates, currency),
+                source: v.source.clone(),
+                created_by: v.created_by.clone(),
+            })
+            .collect(),
+    })
+}
+
+/// The cost rates in force now and every version (anyone signed in: rates are not secret).
+#[utoipa::path(get, path = "/cost-rates", responses((status = 200, body = CostRates)), tag = "costs")]
+pub async fn get_rates(State(s): State<ApiState>, _who: Who) -> ApiResult<Json<CostRates>> {
+    Ok(Json(cost_rates(&s).await?))
+}
+
+/// Add a rate version in force from now on (admins): attempts ending later are priced at it
+/// for the time they run from now; what ran before keeps its rates.
+#[utoipa::path(
+    put,
+    path = "/cost-rates",
+    request_body = RatesIn,
+    responses((status = 200, body = CostRates), (status = 400, body = crate::error::Problem), (status = 403, body = crate::error::Problem)),
+    tag = "costs"
+)]
+pub async fn put_rates(State(s): State<ApiState>, who: Who, ApiJson(body): ApiJson<RatesIn>) -> ApiResult<Json<CostRates>> {
+    who.must_be_admin("changing cost rates (admins only)")?;
+    let now = s.clock.now();
+    let current = hodei_core::cost::rates_at(&s.rates.read().map(|v| v.clone()).unwrap_or_default(), now);
+    let field = |name: &str, v: &Option<serde_json::Value>, keep: i64| -> ApiResult<i64> {
+        let Some(v) = v else { return Ok(keep) };
+        let text = match v {
+            serde_json::Value::Number(n) => n.to_string(),
+            serde_json::Value::String(t) => t.trim().to_owned(),
+            other => other.to_string(),
+        };
+        parse_micros(&text)
+            .ok_or_else(|| ApiError::field(&format!("/{name}"), "not an amount", "a non-negative decimal with at most 6 decimals, e.g. 0.05", Some(text)))
+    };
+    let rates = Rates {
+        cpu_core_hour: field("hourly_rate_cpu", &body.hourly_rate_cpu, current.cpu_core_hour)?,
+        memory_gib_hour: field("hourly_rate_memory_gb", &body.hourly_rate_memory_gb, current.memory_gib_hour)?,
+        gpu_hour: field("hourly_rate_gpu", &body.hourly_rate_gpu, current.gpu_hour)?,
+    };
+    let version = RateVersion { effective_from: now, rates };
+    let stored = hodei_store::StoredRates { version, source: "api".into(), created_by: who.name.clone() };
+    s.store.add_rate_version(&stored).await.map_err(|e| match e {
+        hodei_store::StoreError::AlreadyExists { .. } => {
+            ApiError::new(ErrorCode::Conflict, "another rate version took effect at this very millisecond; try again")
+        }
+        e => e.into(),
+    })?;
+    let versions: Vec<RateVersion> = s.store.list_rate_versions().await?.into_iter().map(|v| v.version).collect();
+    if let Ok(mut r) = s.rates.write() {
+        r.clone_from(&versions);
+    }
+    s.control.rates_changed(versions).await?;
+    let view = cost_rates(&s).await?;
+    audit::record(&s, &who, "cost_rates.update", "cost-rates".into(), audit::view(&rates_view(&current, &s.cfg.currency)), audit::view(&view.current)).await;
+    Ok(Json(view))
 }
 
 #[cfg(test)]

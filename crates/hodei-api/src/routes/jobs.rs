@@ -298,7 +298,8 @@ async fn dry_run(s: &ApiState, job: Job, never: Option<FieldError>) -> ApiResult
     };
     let view = ExplainView::new(&admitted, explained.as_ref(), 0);
     let res = &job.spec.resources;
-    let cost = |d: std::time::Duration| hodei_core::cost::cost_micros(hodei_core::cost::billed_seconds(d.as_millis() as u64), res, &s.cfg.rates);
+    let rates = s.current_rates();
+    let cost = |d: std::time::Duration| hodei_core::cost::cost_micros(hodei_core::cost::billed_seconds(d.as_millis() as u64), res, &rates);
     let admissible = problems.is_empty();
     Ok(Json(DryRunView {
         admissible,

@@ -42,6 +42,7 @@ pub fn v1(cfg: &ApiConfig) -> OpenApiRouter<ApiState> {
         .routes(routes!(sla::breaches))
         .routes(routes!(sla::at_risk))
         .routes(routes!(costs::breakdown))
+        .routes(routes!(costs::get_rates, costs::put_rates))
         .routes(routes!(tenants::get_quota, tenants::put_quota))
         .routes(routes!(burst::request_burst))
         .routes(routes!(burst::list_all))

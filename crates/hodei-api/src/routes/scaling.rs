@@ -518,7 +518,7 @@ pub struct PoolMetricsView {
 #[utoipa::path(get, path = "/pools/{id}/metrics", responses((status = 200, body = PoolMetricsView), (status = 404, body = crate::error::Problem)), tag = "pools")]
 pub async fn pool_metrics(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult<Json<PoolMetricsView>> {
     let pool = pool(&s, &id).await?;
-    let rates = s.cfg.rates;
+    let rates = s.current_rates();
     let p = pool.clone();
     let view = crate::read(s.control.as_ref(), move |sched, now| {
         let q = PoolQuery { pool: &p, idle_timeout: None, forecast: false, provision_delay: std::time::Duration::ZERO };
