@@ -1093,19 +1093,7 @@ impl Store for PgStore {
         }
         qb.push(" GROUP BY k ORDER BY cost DESC, k LIMIT ").push_bind(i64::from(crate::MAX_COST_GROUPS));
         let rows = qb.build().fetch_all(&self.pool).await.map_err(StoreError::db("reading cost rollups"))?;
-        let g = |e: sqlx::Error| StoreError::Db { doing: "reading cost rollups", source: e };
-        rows.iter()
-            .map(|r| {
-                Ok(crate::CostGroupRow {
-                    key: sqlx::Row::try_get(r, "k").map_err(g)?,
-                    cost_micros: sqlx::Row::try_get(r, "cost").map_err(g)?,
-                    cpu_m_seconds: sqlx::Row::try_get(r, "cpu").map_err(g)?,
-                    memory_mb_seconds: sqlx::Row::try_get(r, "mem").map_err(g)?,
-                    gpu_seconds: sqlx::Row::try_get(r, "gpu").map_err(g)?,
-                    attempts: sqlx::Row::try_get(r, "n").map_err(g)?,
-                })
-            })
-            .collect()
+        rows.iter().map(cost_group_from_row).collect()
     }
 
     async fn create_burst(&self, b: &BurstSession) -> Result<()> {
@@ -1425,23 +1413,7 @@ impl Store for PgStore {
             .fetch_all(&self.pool)
             .await
             .map_err(StoreError::db("listing rate versions"))?;
-        let g = |e: sqlx::Error| StoreError::Db { doing: "listing rate versions", source: e };
-        rows.iter()
-            .map(|r| {
-                Ok(crate::StoredRates {
-                    version: hodei_core::cost::RateVersion {
-                        effective_from: Timestamp::from_millis(sqlx::Row::try_get(r, "effective_from").map_err(g)?),
-                        rates: hodei_core::cost::Rates {
-                            cpu_core_hour: sqlx::Row::try_get(r, "rate_cpu").map_err(g)?,
-                            memory_gib_hour: sqlx::Row::try_get(r, "rate_memory").map_err(g)?,
-                            gpu_hour: sqlx::Row::try_get(r, "rate_gpu").map_err(g)?,
-                        },
-                    },
-                    source: sqlx::Row::try_get(r, "source").map_err(g)?,
-                    created_by: sqlx::Row::try_get(r, "created_by").map_err(g)?,
-                })
-            })
-            .collect()
+        rows.iter().map(rate_version_from_row).collect()
     }
 
     async fn sla_breaches(&self, f: &BreachFilter) -> Result<Vec<Job>> {

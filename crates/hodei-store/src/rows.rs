@@ -465,6 +465,36 @@ pub(crate) fn rollup_deltas<'a>(rows: &[CostRow<'a>]) -> BTreeMap<(i64, &'a str,
     out
 }
 
+pub(crate) fn rate_version_from_row(r: &impl Cols) -> Result<crate::StoredRates> {
+    const D: &str = "listing rate versions";
+    let g = |e: sqlx::Error| StoreError::Db { doing: D, source: e };
+    Ok(crate::StoredRates {
+        version: hodei_core::cost::RateVersion {
+            effective_from: Timestamp::from_millis(r.col("effective_from").map_err(g)?),
+            rates: hodei_core::cost::Rates {
+                cpu_core_hour: r.col("rate_cpu").map_err(g)?,
+                memory_gib_hour: r.col("rate_memory").map_err(g)?,
+                gpu_hour: r.col("rate_gpu").map_err(g)?,
+            },
+        },
+        source: r.col("source").map_err(g)?,
+        created_by: r.col("created_by").map_err(g)?,
+    })
+}
+
+/// A breakdown group: `k` and the sums `cost`, `cpu`, `mem`, `gpu`, `n`.
+pub(crate) fn cost_group_from_row(r: &impl Cols) -> Result<crate::CostGroupRow> {
+    let g = |e: sqlx::Error| StoreError::Db { doing: "reading cost rollups", source: e };
+    Ok(crate::CostGroupRow {
+        key: r.col("k").map_err(g)?,
+        cost_micros: r.col("cost").map_err(g)?,
+        cpu_m_seconds: r.col("cpu").map_err(g)?,
+        memory_mb_seconds: r.col("mem").map_err(g)?,
+        gpu_seconds: r.col("gpu").map_err(g)?,
+        attempts: r.col("n").map_err(g)?,
+    })
+}
+
 pub(crate) fn worker_from_row(r: &impl Cols) -> Result<Worker> {
     const D: &str = "reading a worker";
     let g = |e: sqlx::Error| StoreError::Db { doing: D, source: e };

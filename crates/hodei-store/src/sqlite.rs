@@ -552,19 +552,7 @@ impl Store for SqliteStore {
         }
         qb.push(" GROUP BY k ORDER BY cost DESC, k LIMIT ").push_bind(i64::from(crate::MAX_COST_GROUPS));
         let rows = qb.build().fetch_all(&self.read).await.map_err(StoreError::db("reading cost rollups"))?;
-        let g = |e: sqlx::Error| StoreError::Db { doing: "reading cost rollups", source: e };
-        rows.iter()
-            .map(|r| {
-                Ok(crate::CostGroupRow {
-                    key: sqlx::Row::try_get(r, "k").map_err(g)?,
-                    cost_micros: sqlx::Row::try_get(r, "cost").map_err(g)?,
-                    cpu_m_seconds: sqlx::Row::try_get(r, "cpu").map_err(g)?,
-                    memory_mb_seconds: sqlx::Row::try_get(r, "mem").map_err(g)?,
-                    gpu_seconds: sqlx::Row::try_get(r, "gpu").map_err(g)?,
-                    attempts: sqlx::Row::try_get(r, "n").map_err(g)?,
-                })
-            })
-            .collect()
+        rows.iter().map(cost_group_from_row).collect()
     }
 
     fn stage(&self, c: Arc<Changes>) {
@@ -668,23 +656,7 @@ impl Store for SqliteStore {
             .fetch_all(&self.read)
             .await
             .map_err(StoreError::db("listing rate versions"))?;
-        let g = |e: sqlx::Error| StoreError::Db { doing: "listing rate versions", source: e };
-        rows.iter()
-            .map(|r| {
-                Ok(crate::StoredRates {
-                    version: hodei_core::cost::RateVersion {
-                        effective_from: Timestamp::from_millis(sqlx::Row::try_get(r, "effective_from").map_err(g)?),
-                        rates: hodei_core::cost::Rates {
-                            cpu_core_hour: sqlx::Row::try_get(r, "rate_cpu").map_err(g)?,
-                            memory_gib_hour: sqlx::Row::try_get(r, "rate_memory").map_err(g)?,
-                            gpu_hour: sqlx::Row::try_get(r, "rate_gpu").map_err(g)?,
-                        },
-                    },
-                    source: sqlx::Row::try_get(r, "source").map_err(g)?,
-                    created_by: sqlx::Row::try_get(r, "created_by").map_err(g)?,
-                })
-            })
-            .collect()
+        rows.iter().map(rate_version_from_row).collect()
     }
 
     async fn sla_breaches(&self, f: &BreachFilter) -> Result<Vec<Job>> {
@@ -925,6 +897,10 @@ mod tests {
         let tenant = TenantId::parse("t").unwrap();
         let job = move |n: u128| Job::new(JobId::from_uuid(Uuid::from_u128(n << 64)), tenant.clone(), spec.clone(), Timestamp::from_millis(n as i64));
         let mut s = Scheduler::new(SchedConfig::default());
+        // The writer submits for as long as the deletes take (longer on a loaded machine): no
+        // queue limit may stop it first.
+        let roomy = hodei_core::Quota { max_queued_jobs: u32::MAX, ..hodei_core::Quota::DEFAULT };
+        s.set_tenant(&TenantId::parse("t").unwrap(), hodei_core::TenantPolicy { quota: roomy, version: 1, ..Default::default() }, Timestamp::from_millis(0));
         for n in 1..=40 {
             s.submit(job(n), Timestamp::from_millis(1)).unwrap();
             s.cancel(JobId::from_uuid(Uuid::from_u128(n << 64)), hodei_core::job::Actor::Api, Timestamp::from_millis(2)).unwrap();
