@@ -69,6 +69,10 @@ uuid_id!(
     /// A burst session. UUIDv7, so a tenant's later session sorts after its earlier ones.
     BurstId
 );
+uuid_id!(
+    /// A budget.
+    BudgetId
+);
 
 /// A validated slug: `^[a-z0-9][a-z0-9-]{0,62}$`.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]

@@ -8,6 +8,7 @@
 
 pub mod auth;
 pub mod autoscale;
+pub mod budget;
 pub mod burst;
 pub mod cost;
 pub mod idempotency;
@@ -27,7 +28,7 @@ pub mod worker;
 
 pub use auth::{Access, Action, AuditEntry, Caller, Principal, PrincipalKind, Role, RoleBinding, Scope, Token, Visibility};
 pub use burst::{BurstError, BurstRequest, BurstRules, BurstSession, BurstState};
-pub use ids::{ArrayId, AttemptId, AuditId, BurstId, JobId, PoolId, PrincipalId, Slug, SlugError, TenantId, TokenId, WorkerId};
+pub use ids::{ArrayId, AttemptId, AuditId, BudgetId, BurstId, JobId, PoolId, PrincipalId, Slug, SlugError, TenantId, TokenId, WorkerId};
 pub use job::{Attempt, AttemptState, FailureReason, Job, JobEvent, JobState, Priority, SlaClock, SlaLevel, SlaStatus};
 pub use quota::{Admission, Grant, Quota, QuotaRules, Rejection, TenantPolicy, Usage, ViolationPolicy};
 pub use tenant::{Pool, PoolState, PoolType, Tenant, TenantStatus, Tier, TierWeights};

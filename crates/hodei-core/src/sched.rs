@@ -381,6 +381,8 @@ pub struct Scheduler {
     burst_stamps: IdMap<TenantId, (BurstId, i64)>,
     /// Tenants whose newest burst session waits for an admin's approval.
     burst_pending: IdSet<TenantId>,
+    /// Tenants that have spent a budget: their new and pending jobs are held.
+    budget_exhausted: IdSet<TenantId>,
     books: Books,
     /// Recent successful runs per tenant and job name.
     history: IdMap<TenantId, HashMap<String, Recent>>,
@@ -472,6 +474,7 @@ impl Scheduler {
             tenants: IdMap::default(),
             burst_stamps: IdMap::default(),
             burst_pending: IdSet::default(),
+            budget_exhausted: IdSet::default(),
             books: Books { sla, ..Books::default() },
             history: IdMap::default(),
             history_keys: 0,

@@ -96,21 +96,35 @@ impl Scheduler {
     /// Holds or releases one queued job of a tenant whose policy changed: suspension holds
     /// pending jobs; a job alone over the ceiling (quota lowered, burst over) is held
     /// `quota_ceiling` until the quota or a burst fits it.
-    fn reconsider_hold(&mut self, id: JobId, now: Timestamp) {
+    pub(super) fn reconsider_hold(&mut self, id: JobId, now: Timestamp) {
         let Some(job) = self.jobs.get_mut(&id) else { return };
         let policy = self.tenants.get(&job.tenant).unwrap_or(&self.cfg.default_policy);
         let suspended = policy.suspended;
+        let spent = self.budget_exhausted.contains(&job.tenant);
         let fits = !self.cfg.quota_rules.enabled || quota::fits_ceiling(policy, &job.resources(), now);
-        let held_by_tenant = job.state == JobState::Held && matches!(job.state_reason.as_deref(), Some("tenant_suspended" | "quota_ceiling"));
-        if held_by_tenant && !suspended && fits {
-            move_job(job, JobState::Pending, Actor::Scheduler, Some("released"), now, &mut self.books);
-            self.queue.push(&job.tenant, key_of(job), now);
-            self.touch(id);
-        } else if job.state == JobState::Pending && (suspended || !fits) {
-            self.queue.remove(&job.tenant, &key_of(job));
-            let reason = if suspended { "tenant_suspended" } else { "quota_ceiling" };
-            move_job(job, JobState::Held, Actor::Scheduler, Some(reason), now, &mut self.books);
-            self.touch(id);
+        let held_by_tenant =
+            job.state == JobState::Held && matches!(job.state_reason.as_deref(), Some("tenant_suspended" | "budget_exhausted" | "quota_ceiling"));
+        let reason = if suspended {
+            Some("tenant_suspended")
+        } else if spent {
+            Some("budget_exhausted")
+        } else if !fits {
+            Some("quota_ceiling")
+        } else {
+            None
+        };
+        match reason {
+            None if held_by_tenant => {
+                move_job(job, JobState::Pending, Actor::Scheduler, Some("released"), now, &mut self.books);
+                self.queue.push(&job.tenant, key_of(job), now);
+                self.touch(id);
+            }
+            Some(reason) if job.state == JobState::Pending => {
+                self.queue.remove(&job.tenant, &key_of(job));
+                move_job(job, JobState::Held, Actor::Scheduler, Some(reason), now, &mut self.books);
+                self.touch(id);
+            }
+            _ => {}
         }
     }
 
@@ -252,6 +266,10 @@ impl Scheduler {
 
     fn insert_new(&mut self, mut job: Job, now: Timestamp) {
         self.intern(&mut job);
+        if job.state == JobState::Pending && self.budget_exhausted.contains(&job.tenant) {
+            job.state = JobState::Held;
+            job.state_reason = Some("budget_exhausted".to_owned());
+        }
         self.books.events.push(JobEvent {
             job_id: job.id,
             at: now,
@@ -339,7 +357,9 @@ impl Scheduler {
         job.finished_at = None;
         self.queue.push(&job.tenant, key_of(&job), now);
         self.touch(job.id);
-        self.jobs.insert(job.id, Box::new(job));
+        let id = job.id;
+        self.jobs.insert(id, Box::new(job));
+        self.reconsider_hold(id, now);
         Ok(())
     }
 
@@ -364,6 +384,22 @@ impl Scheduler {
         move_job(job, JobState::Pending, by, Some("released"), now, &mut self.books);
         self.queue.push(&job.tenant, key_of(job), now);
         self.touch(id);
+        // Still held by its tenant's state (suspension, an exhausted budget) if that holds.
+        self.reconsider_hold(id, now);
         Ok(())
+    }
+
+    /// Whether `tenant` has spent a budget (SPEC §2.3): while it has, its new and pending jobs
+    /// are held `budget_exhausted` (running ones finish); once it has not (a new period, a
+    /// larger amount), they are released.
+    pub fn set_budget_exhausted(&mut self, tenant: &TenantId, exhausted: bool, now: Timestamp) {
+        let changed = if exhausted { self.budget_exhausted.insert(tenant.clone()) } else { self.budget_exhausted.remove(tenant) };
+        if changed {
+            self.reconsider_tenant(tenant, now);
+        }
+    }
+
+    pub fn budget_exhausted(&self, tenant: &TenantId) -> bool {
+        self.budget_exhausted.contains(tenant)
     }
 }

@@ -1304,6 +1304,36 @@ fn ended_attempts_are_billed_from_their_start_and_lost_ones_up_to_the_last_heart
     assert_eq!(c.costs.iter().map(|c| (c.job_id, c.billed_seconds())).collect::<Vec<_>>(), [(jb, 4)]);
 }
 
+#[test]
+fn a_spent_budget_holds_new_and_pending_jobs_never_running_ones_and_releases_them_after() {
+    let (mut s, mut ids) = (Scheduler::new(SchedConfig::default()), Ids(0));
+    let w = connected_worker(&mut s, &mut ids, 1, 4000, 0);
+    let t = TenantId::parse("t").unwrap();
+    let (running, waiting) = (job(&mut ids, "t", 100, 0, 0), job(&mut ids, "t", 100, 0, 0));
+    let (r, p) = (running.id, waiting.id);
+    s.submit(running, ts(0)).unwrap();
+    s.submit(waiting, ts(0)).unwrap();
+    let placed = schedule(&mut s, &mut ids, 0);
+    assert_eq!(placed.iter().map(|x| x.2).collect::<Vec<_>>(), [r]);
+    s.accepted(placed[0].1, w, ts(1), ts(1)).unwrap();
+    s.set_budget_exhausted(&t, true, ts(2));
+    assert_eq!((s.job(&r).unwrap().state, s.job(&p).unwrap().state), (JobState::Running, JobState::Held));
+    assert_eq!(s.job(&p).unwrap().state_reason.as_deref(), Some("budget_exhausted"));
+    let late = job(&mut ids, "t", 100, 0, 3);
+    let l = late.id;
+    s.submit(late, ts(3)).unwrap();
+    assert_eq!((s.job(&l).unwrap().state, s.job(&l).unwrap().state_reason.as_deref()), (JobState::Held, Some("budget_exhausted")));
+    assert_eq!(s.explain(l, ts(3), Duration::ZERO).unwrap().blockers[0].code, "budget_exhausted");
+    s.release(l, Actor::Api, ts(4)).unwrap();
+    assert_eq!(s.job(&l).unwrap().state, JobState::Held, "a user's release does not lift the budget");
+    // The running job ends and is billed as ever; a new period releases the others.
+    s.finish(placed[0].1, w, result(Outcome::Succeeded, 0, 5), ts(5)).unwrap();
+    assert_eq!(s.job(&r).unwrap().state, JobState::Succeeded);
+    s.set_budget_exhausted(&t, false, ts(6));
+    assert_eq!((s.job(&p).unwrap().state, s.job(&l).unwrap().state), (JobState::Pending, JobState::Pending));
+    assert_eq!(schedule(&mut s, &mut ids, 7).len(), 1);
+}
+
 mod placement_chain {
     use super::*;
     use crate::placement::{ever_fits, fits_now};

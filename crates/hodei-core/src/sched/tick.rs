@@ -33,7 +33,11 @@ impl Scheduler {
                 job.finished_at = None;
                 job.worker_id = None;
                 self.queue.push(&job.tenant, key_of(job), now);
+                let spent = self.budget_exhausted.contains(&job.tenant);
                 self.touch(id);
+                if spent {
+                    self.reconsider_hold(id, now);
+                }
             }
         }
 

@@ -1,0 +1,165 @@
+//! Budgets (SPEC §2.3): an amount a tenant may spend per period, and what happens at 100 % —
+//! new and pending jobs held (`budget_exhausted`) or new submits refused — while running jobs
+//! always finish.
+
+use crate::ids::{BudgetId, TenantId};
+use crate::job::string_enum;
+use crate::time::Timestamp;
+
+string_enum!(
+    /// The calendar a budget's amount renews with (UTC); `total` never renews.
+    Period {
+        Daily = "daily",
+        Weekly = "weekly",
+        Monthly = "monthly",
+        Total = "total",
+    }
+);
+
+string_enum!(
+    /// At 100 %: new submits are held with the pending jobs, or refused (402).
+    OnExhausted {
+        Hold = "hold",
+        Reject = "reject",
+    }
+);
+
+string_enum!(
+    /// Where the spend stands against the amount: `warning` from the first threshold,
+    /// `critical` from the second, `exhausted` at 100 %.
+    BudgetState {
+        Ok = "ok",
+        Warning = "warning",
+        Critical = "critical",
+        Exhausted = "exhausted",
+    }
+);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Budget {
+    pub id: BudgetId,
+    pub tenant: TenantId,
+    /// In micro-units of the currency, > 0.
+    pub amount_micros: i64,
+    pub period: Period,
+    /// Ascending percentages, the last at most 100 (default 80, 90, 100).
+    pub thresholds_pct: Vec<u32>,
+    pub on_exhausted: OnExhausted,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    pub version: i64,
+}
+
+const DAY_MS: i64 = 86_400_000;
+
+/// Days since the epoch of a civil date (Howard Hinnant's algorithm), and back.
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// The UTC days `[first, last]` (days since the epoch) of the period that contains `now`:
+/// today; Monday to Sunday; the calendar month; or everything since the epoch (`total`).
+pub fn period_days(period: Period, now: Timestamp) -> (i64, i64) {
+    let today = now.as_millis().div_euclid(DAY_MS);
+    match period {
+        Period::Daily => (today, today),
+        // 1970-01-01 was a Thursday: day 0 is weekday 3 counting from Monday = 0.
+        Period::Weekly => {
+            let monday = today - (today + 3).rem_euclid(7);
+            (monday, monday + 6)
+        }
+        Period::Monthly => {
+            let (y, m, _) = civil_from_days(today);
+            let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+            (days_from_civil(y, m, 1), days_from_civil(ny, nm, 1) - 1)
+        }
+        Period::Total => (0, today),
+    }
+}
+
+/// The instant a period's first day begins.
+pub fn day_start(day: i64) -> Timestamp {
+    Timestamp::from_millis(day * DAY_MS)
+}
+
+/// Where `spent` stands against the budget.
+pub fn state(b: &Budget, spent_micros: i64) -> BudgetState {
+    let pct = |p: u32| i128::from(spent_micros) * 100 >= i128::from(b.amount_micros) * i128::from(p);
+    if pct(100) {
+        return BudgetState::Exhausted;
+    }
+    let below_100: Vec<u32> = b.thresholds_pct.iter().copied().filter(|&p| p < 100).collect();
+    match below_100.iter().rposition(|&p| pct(p)) {
+        Some(i) if i >= 1 => BudgetState::Critical,
+        Some(_) => BudgetState::Warning,
+        None => BudgetState::Ok,
+    }
+}
+
+/// Validated thresholds: 1 to 10 of them, ascending, each from 1 to 100.
+pub fn valid_thresholds(t: &[u32]) -> bool {
+    (1..=10).contains(&t.len()) && t.iter().all(|p| (1..=100).contains(p)) && t.windows(2).all(|w| w[0] < w[1])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(y: i64, m: i64, d: i64, h: i64) -> Timestamp {
+        Timestamp::from_millis(days_from_civil(y, m, d) * DAY_MS + h * 3_600_000)
+    }
+
+    #[test]
+    fn periods_are_utc_calendar_days_weeks_and_months() {
+        let now = at(2026, 12, 7, 15); // a Monday
+        let day = |y, m, d| days_from_civil(y, m, d);
+        assert_eq!(period_days(Period::Daily, now), (day(2026, 12, 7), day(2026, 12, 7)));
+        assert_eq!(period_days(Period::Weekly, now), (day(2026, 12, 7), day(2026, 12, 13)));
+        assert_eq!(period_days(Period::Weekly, at(2026, 12, 13, 23)), (day(2026, 12, 7), day(2026, 12, 13)), "Sunday ends the week");
+        assert_eq!(period_days(Period::Monthly, now), (day(2026, 12, 1), day(2026, 12, 31)));
+        assert_eq!(period_days(Period::Monthly, at(2028, 2, 10, 0)), (day(2028, 2, 1), day(2028, 2, 29)), "a leap February");
+        assert_eq!(period_days(Period::Total, now).0, 0);
+        assert_eq!(days_from_civil(1970, 1, 1), 0);
+        for d in [-1000, 0, 59, 20_429, 100_000] {
+            let (y, m, dd) = civil_from_days(d);
+            assert_eq!(days_from_civil(y, m, dd), d);
+        }
+    }
+
+    #[test]
+    fn states_follow_the_thresholds() {
+        let b = Budget {
+            id: BudgetId::from_uuid(uuid::Uuid::nil()),
+            tenant: TenantId::parse("t").unwrap(),
+            amount_micros: 1_000_000,
+            period: Period::Monthly,
+            thresholds_pct: vec![80, 90, 100],
+            on_exhausted: OnExhausted::Hold,
+            created_at: Timestamp::from_millis(0),
+            updated_at: Timestamp::from_millis(0),
+            version: 1,
+        };
+        let states: Vec<BudgetState> = [0, 799_999, 800_000, 900_000, 999_999, 1_000_000, 5_000_000].iter().map(|&s| state(&b, s)).collect();
+        use BudgetState::*;
+        assert_eq!(states, [Ok, Ok, Warning, Critical, Critical, Exhausted, Exhausted]);
+        assert!(valid_thresholds(&[80, 90, 100]) && valid_thresholds(&[50]));
+        assert!(!valid_thresholds(&[]) && !valid_thresholds(&[90, 80]) && !valid_thresholds(&[0]) && !valid_thresholds(&[101]));
+    }
+}
