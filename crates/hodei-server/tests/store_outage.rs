@@ -104,6 +104,11 @@ pass! { Store {
         fn forget_sla_counts(&self, before: Timestamp) -> u64;
         fn forget_cost_records(&self, before: Timestamp) -> u64;
         fn add_rate_version(&self, r: &hodei_store::StoredRates) -> ();
+        fn create_budget(&self, b: &hodei_core::budget::Budget) -> ();
+        fn update_budget(&self, b: &hodei_core::budget::Budget) -> ();
+        fn get_budget(&self, id: hodei_core::BudgetId) -> Option<hodei_core::budget::Budget>;
+        fn list_budgets(&self, tenant: Option<&TenantId>, visible: Option<&[TenantId]>) -> Vec<hodei_core::budget::Budget>;
+        fn delete_budget(&self, id: hodei_core::BudgetId) -> bool;
         fn list_rate_versions(&self) -> Vec<hodei_store::StoredRates>;
         fn sla_breaches(&self, f: &BreachFilter) -> Vec<Job>;
         fn register_worker(&self, w: &Worker, session_token_hash: &str) -> ();

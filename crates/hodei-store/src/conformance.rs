@@ -97,6 +97,7 @@ pub async fn run_all(store: &dyn Store) {
     scaling_history_lists_newest_first_by_filter(store).await;
     the_cost_ledger_adds_up_in_its_rollups(store).await;
     rate_versions_list_oldest_first_one_per_instant(store).await;
+    budgets_round_trip_and_refuse_stale_updates(store).await;
 }
 
 /// Scaling events come back as recorded, newest first, filtered by time and decision, paged
@@ -903,4 +904,33 @@ async fn rate_versions_list_oldest_first_one_per_instant(store: &dyn Store) {
     store.add_rate_version(&v(0, 50_000, "config")).await.unwrap();
     assert!(matches!(store.add_rate_version(&v(5_000, 1, "api")).await, Err(StoreError::AlreadyExists { .. })));
     assert_eq!(store.list_rate_versions().await.unwrap(), [v(0, 50_000, "config"), v(5_000, 70_000, "api")]);
+}
+
+async fn budgets_round_trip_and_refuse_stale_updates(store: &dyn Store) {
+    use hodei_core::budget::{Budget, OnExhausted, Period};
+    let b = |n: u128, tenant: &str| Budget {
+        id: hodei_core::BudgetId::from_uuid(Uuid::from_u128(n)),
+        tenant: TenantId::parse(tenant).unwrap(),
+        amount_micros: 5_000_000,
+        period: Period::Weekly,
+        thresholds_pct: vec![50, 75, 100],
+        on_exhausted: OnExhausted::Reject,
+        created_at: ts(n as i64),
+        updated_at: ts(n as i64),
+        version: 1,
+    };
+    let (one, two) = (b(1, "budget-a"), b(2, "budget-b"));
+    store.create_budget(&one).await.unwrap();
+    store.create_budget(&two).await.unwrap();
+    assert_eq!(store.get_budget(one.id).await.unwrap(), Some(one.clone()));
+    let bigger = Budget { amount_micros: 9_000_000, period: Period::Total, version: 2, updated_at: ts(9), ..one.clone() };
+    store.update_budget(&bigger).await.unwrap();
+    assert!(matches!(store.update_budget(&bigger).await, Err(StoreError::VersionMismatch { .. })), "a stale write is refused");
+    assert_eq!(store.list_budgets(None, None).await.unwrap(), [bigger.clone(), two.clone()]);
+    assert_eq!(store.list_budgets(Some(&two.tenant), None).await.unwrap(), [two.clone()]);
+    assert_eq!(store.list_budgets(None, Some(&[one.tenant.clone()])).await.unwrap(), [bigger]);
+    assert!(store.list_budgets(None, Some(&[])).await.unwrap().is_empty());
+    assert!(store.delete_budget(two.id).await.unwrap());
+    assert!(!store.delete_budget(two.id).await.unwrap());
+    assert_eq!(store.get_budget(two.id).await.unwrap(), None);
 }

@@ -197,6 +197,9 @@ pub struct StoredRates {
     pub created_by: String,
 }
 
+/// Most budgets one list returns (every tenant may have a few).
+pub const MAX_BUDGETS: u32 = 10_000;
+
 /// Most rate versions read (oldest dropped first: only the newest matter for new costs).
 pub const MAX_RATE_VERSIONS: u32 = 10_000;
 
@@ -328,6 +331,16 @@ pub trait Store: Identity + Send + Sync + 'static {
     async fn list_scaling_events(&self, f: &ScalingEventFilter) -> Result<Vec<hodei_core::autoscale::Event>>;
     /// Forgets scaling events recorded before `before`; returns how many.
     async fn delete_scaling_events_before(&self, before: Timestamp) -> Result<u64>;
+
+    async fn create_budget(&self, b: &hodei_core::budget::Budget) -> Result<()>;
+    /// Writes `b` if the stored version is `b.version - 1` (else `VersionMismatch`).
+    async fn update_budget(&self, b: &hodei_core::budget::Budget) -> Result<()>;
+    async fn get_budget(&self, id: hodei_core::BudgetId) -> Result<Option<hodei_core::budget::Budget>>;
+    /// Budgets of `tenant` (or all), within `visible` tenants (None: all), oldest first, at most
+    /// [`MAX_BUDGETS`].
+    async fn list_budgets(&self, tenant: Option<&TenantId>, visible: Option<&[TenantId]>) -> Result<Vec<hodei_core::budget::Budget>>;
+    /// Whether it existed.
+    async fn delete_budget(&self, id: hodei_core::BudgetId) -> Result<bool>;
 
     /// Adds a rate version; `AlreadyExists` when one takes effect at the same instant.
     async fn add_rate_version(&self, r: &StoredRates) -> Result<()>;

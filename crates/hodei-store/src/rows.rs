@@ -465,6 +465,28 @@ pub(crate) fn rollup_deltas<'a>(rows: &[CostRow<'a>]) -> BTreeMap<(i64, &'a str,
     out
 }
 
+pub(crate) fn budget_from_row(r: &impl Cols) -> Result<hodei_core::budget::Budget> {
+    const D: &str = "reading a budget";
+    let g = |e: sqlx::Error| StoreError::Db { doing: D, source: e };
+    let thresholds: Vec<u32> =
+        serde_json::from_str(r.col("thresholds_pct").map_err(g)?).map_err(|e| StoreError::Corrupt { doing: D, detail: e.to_string() })?;
+    Ok(hodei_core::budget::Budget {
+        id: hodei_core::BudgetId::from_uuid(r.col("id").map_err(g)?),
+        tenant: parse_slug(D, r.col("tenant_id").map_err(g)?, TenantId::parse)?,
+        amount_micros: r.col("amount_micros").map_err(g)?,
+        period: parse_enum(D, r.col("period").map_err(g)?)?,
+        thresholds_pct: thresholds,
+        on_exhausted: parse_enum(D, r.col("on_exhausted").map_err(g)?)?,
+        created_at: Timestamp::from_millis(r.col("created_at").map_err(g)?),
+        updated_at: Timestamp::from_millis(r.col("updated_at").map_err(g)?),
+        version: r.col("version").map_err(g)?,
+    })
+}
+
+pub(crate) fn json_thresholds(t: &[u32]) -> String {
+    serde_json::to_string(t).unwrap_or_else(|_| "[]".to_owned())
+}
+
 pub(crate) fn rate_version_from_row(r: &impl Cols) -> Result<crate::StoredRates> {
     const D: &str = "listing rate versions";
     let g = |e: sqlx::Error| StoreError::Db { doing: D, source: e };

@@ -631,6 +631,76 @@ impl Store for SqliteStore {
         Ok(done.map_err(StoreError::db("deleting old cost records"))?.rows_affected())
     }
 
+    async fn create_budget(&self, b: &hodei_core::budget::Budget) -> Result<()> {
+        sqlx::query("INSERT INTO budgets (id, tenant_id, amount_micros, period, thresholds_pct, on_exhausted, created_at, updated_at, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+            .bind(b.id.as_uuid())
+            .bind(b.tenant.as_str())
+            .bind(b.amount_micros)
+            .bind(b.period.as_str())
+            .bind(json_thresholds(&b.thresholds_pct))
+            .bind(b.on_exhausted.as_str())
+            .bind(ms(b.created_at))
+            .bind(ms(b.updated_at))
+            .bind(b.version)
+            .execute(&self.write)
+            .await
+            .map_err(StoreError::db("creating a budget"))?;
+        Ok(())
+    }
+
+    async fn update_budget(&self, b: &hodei_core::budget::Budget) -> Result<()> {
+        let r = sqlx::query(
+            "UPDATE budgets SET amount_micros = ?, period = ?, thresholds_pct = ?, on_exhausted = ?, updated_at = ?, version = ? WHERE id = ? AND version = ?",
+        )
+        .bind(b.amount_micros)
+        .bind(b.period.as_str())
+        .bind(json_thresholds(&b.thresholds_pct))
+        .bind(b.on_exhausted.as_str())
+        .bind(ms(b.updated_at))
+        .bind(b.version)
+        .bind(b.id.as_uuid())
+        .bind(b.version - 1)
+        .execute(&self.write)
+        .await
+        .map_err(StoreError::db("updating a budget"))?;
+        if r.rows_affected() == 1 { Ok(()) } else { Err(StoreError::VersionMismatch { what: format!("budget {}", b.id) }) }
+    }
+
+    async fn get_budget(&self, id: hodei_core::BudgetId) -> Result<Option<hodei_core::budget::Budget>> {
+        let row = sqlx::query("SELECT * FROM budgets WHERE id = ?")
+            .bind(id.as_uuid())
+            .fetch_optional(&self.read)
+            .await
+            .map_err(StoreError::db("reading a budget"))?;
+        row.as_ref().map(budget_from_row).transpose()
+    }
+
+    async fn list_budgets(&self, tenant: Option<&TenantId>, visible: Option<&[TenantId]>) -> Result<Vec<hodei_core::budget::Budget>> {
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT * FROM budgets WHERE 1 = 1");
+        if let Some(t) = tenant {
+            qb.push(" AND tenant_id = ").push_bind(t.as_str().to_owned());
+        }
+        if let Some(v) = visible {
+            if v.is_empty() {
+                return Ok(Vec::new());
+            }
+            qb.push(" AND tenant_id IN (");
+            let mut sep = qb.separated(", ");
+            for t in v {
+                sep.push_bind(t.as_str().to_owned());
+            }
+            qb.push(")");
+        }
+        qb.push(" ORDER BY created_at, id LIMIT ").push_bind(i64::from(crate::MAX_BUDGETS));
+        let rows = qb.build().fetch_all(&self.read).await.map_err(StoreError::db("listing budgets"))?;
+        rows.iter().map(budget_from_row).collect()
+    }
+
+    async fn delete_budget(&self, id: hodei_core::BudgetId) -> Result<bool> {
+        let r = sqlx::query("DELETE FROM budgets WHERE id = ?").bind(id.as_uuid()).execute(&self.write).await.map_err(StoreError::db("deleting a budget"))?;
+        Ok(r.rows_affected() == 1)
+    }
+
     async fn add_rate_version(&self, r: &crate::StoredRates) -> Result<()> {
         let rates = &r.version.rates;
         let done = sqlx::query("INSERT INTO rate_versions (effective_from, rate_cpu, rate_memory, rate_gpu, source, created_by) VALUES (?, ?, ?, ?, ?, ?)")
