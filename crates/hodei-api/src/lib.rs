@@ -34,6 +34,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
 
 pub use error::{ApiError, ErrorCode};
+pub use routes::budgets::{spent as budget_spent, verdict as budget_verdict};
 pub use routes::sla::compliance as sla_compliance;
 pub use routes::system::metrics as routes_metrics;
 
@@ -235,6 +236,10 @@ pub struct Inner {
     pub pools: RwLock<Vec<Pool>>,
     /// Wakes the autoscaler when a pool's size or policies change through the API.
     pub pools_changed: Arc<tokio::sync::Notify>,
+    /// Wakes the budget watcher when a budget changes through the API.
+    pub budgets_changed: Arc<tokio::sync::Notify>,
+    /// Tenants that spent a budget whose `on_exhausted` is `reject`: why their submits are 402.
+    pub budget_refusals: RwLock<std::collections::HashMap<TenantId, String>>,
     /// Tenants read on every submit; this process's tenant writes invalidate it.
     pub tenants: TenantCache,
     /// Submits hold it shared from their tenant check to their commit, a tenant's deletion

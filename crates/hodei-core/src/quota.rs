@@ -191,6 +191,8 @@ pub enum Admission {
     PendingWarned(Breach),
     /// Alone over the ceiling, non-strict: held (`quota_ceiling`) until quota or burst fits it.
     HeldCeiling(Breach),
+    /// Its tenant has spent a budget: held (`budget_exhausted`) until it has not.
+    HeldBudget,
 }
 
 /// First dimension where `used + req` exceeds `limit` (jobs: `used_jobs + 1 > limit`).

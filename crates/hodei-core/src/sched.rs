@@ -459,6 +459,11 @@ pub fn apply_admission(job: &mut Job, a: &Admission) {
             job.state_reason = Some("quota_ceiling".to_owned());
         }
         Admission::HeldCeiling(_) => {}
+        Admission::HeldBudget if job.state == JobState::Pending => {
+            job.state = JobState::Held;
+            job.state_reason = Some("budget_exhausted".to_owned());
+        }
+        Admission::HeldBudget => {}
     }
 }
 

@@ -90,6 +90,11 @@ pub enum Command {
         versions: Vec<hodei_core::cost::RateVersion>,
         reply: Reply<()>,
     },
+    Budget {
+        tenant: TenantId,
+        exhausted: bool,
+        reply: Reply<()>,
+    },
     Inspect(Inspector),
     Cancel {
         id: JobId,
@@ -278,6 +283,11 @@ impl EngineHandle {
 
     pub async fn submit(&self, jobs: Vec<Job>, atomic: bool, key: Option<IdempotentCall>) -> Result<Idempotent<Vec<Admitted>>, ControlError> {
         self.ask(|reply| Command::Submit { jobs, atomic, key, reply }).await
+    }
+
+    /// Whether `tenant` has spent a budget: its new and pending jobs are held while it has.
+    pub async fn budget_exhausted(&self, tenant: TenantId, exhausted: bool) -> Result<(), ControlError> {
+        self.ask_waiting(|reply| Command::Budget { tenant, exhausted, reply }).await
     }
 
     pub async fn burst_changed(&self, session: BurstSession) -> Result<(), ControlError> {
@@ -830,6 +840,10 @@ impl Engine {
             }
             Command::Pool { id, placement, reply } => {
                 s.set_pool_placement(&id, placement);
+                replies.unit.push(reply);
+            }
+            Command::Budget { tenant, exhausted, reply } => {
+                s.set_budget_exhausted(&tenant, exhausted, now);
                 replies.unit.push(reply);
             }
             Command::Rates { versions, reply } => {

@@ -2,6 +2,7 @@
 //! With the worker, the only crates that spawn tasks or read wall time.
 
 mod autoscaler;
+mod budgets;
 mod burst;
 pub mod config;
 pub mod engine;
@@ -534,6 +535,8 @@ fn api_state(cfg: &Config, p: ApiParts, stopping: watch::Receiver<bool>) -> anyh
         metrics,
         pools: RwLock::new(pools),
         pools_changed: pools_changed.clone(),
+        budgets_changed: Arc::new(tokio::sync::Notify::new()),
+        budget_refusals: RwLock::new(Default::default()),
         tenants: Default::default(),
         tenant_gate: Default::default(),
         admin,
@@ -677,6 +680,7 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
     let mut tasks = vec![
         tokio::spawn(engine.run()),
         tokio::spawn(gauges::sla_compliance(store.clone(), clock.clone(), cfg.sla.compliance_window_hours, shutdown_rx.clone())),
+        tokio::spawn(budgets::watch(state.clone(), handle.clone(), Duration::from_secs(1), shutdown_rx.clone())),
         tokio::spawn(retention::sweep(
             store.clone(),
             handle.clone(),

@@ -166,6 +166,13 @@ enum Cmd {
         #[command(subcommand)]
         cmd: Option<WorkersCmd>,
     },
+    /// Budgets: what each tenant may spend per period, what it has spent, and their state.
+    Budgets {
+        #[command(flatten)]
+        c: ClientOpts,
+        #[command(subcommand)]
+        cmd: Option<BudgetsCmd>,
+    },
     /// Pools: lists them, creates and deletes them, shows one's status, rotates its join token.
     Pools {
         #[command(flatten)]
@@ -353,6 +360,32 @@ struct SubmitArgs {
     /// The command and its arguments.
     #[arg(last = true, required = true)]
     argv: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum BudgetsCmd {
+    /// Give a tenant a budget (its PI or an admin).
+    Create {
+        #[arg(long)]
+        tenant: String,
+        /// A decimal amount of the currency, e.g. 250.00.
+        #[arg(long)]
+        amount: String,
+        /// daily|weekly|monthly|total.
+        #[arg(long, default_value = "monthly")]
+        period: String,
+        /// hold (new and pending jobs wait) or reject (submits are refused with 402).
+        #[arg(long, default_value = "hold")]
+        on_exhausted: String,
+    },
+    /// Change a budget's amount.
+    Set {
+        id: String,
+        amount: String,
+    },
+    Delete {
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -1220,6 +1253,36 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 let state = s(&v, "state");
                 let then = if state == "terminated" { "it ran nothing and has stopped" } else { "it stops once its running jobs have ended" };
                 println!("worker {id} is {state}: {then}");
+            }
+            Ok(0)
+        }
+        Cmd::Budgets { c, cmd: None } => {
+            listing(
+                c,
+                "/budgets",
+                &["ID", "TENANT", "PERIOD", "AMOUNT", "SPENT", "STATE", "ON EXHAUSTED"],
+                &["id", "tenant_id", "period", "amount", "spent", "state", "on_exhausted"],
+            )
+            .await
+        }
+        Cmd::Budgets { c, cmd: Some(cmd) } => {
+            let cl = c.client()?;
+            let v = match cmd {
+                BudgetsCmd::Create { tenant, amount, period, on_exhausted } => {
+                    cl.post("/budgets", &json!({"tenant_id": tenant, "amount": amount, "period": period, "on_exhausted": on_exhausted})).await?
+                }
+                BudgetsCmd::Set { id, amount } => cl.put(&format!("/budgets/{id}"), &json!({"amount": amount})).await?,
+                BudgetsCmd::Delete { id } => {
+                    cl.delete(&format!("/budgets/{id}")).await?;
+                    eprintln!("budget {id} deleted");
+                    return Ok(0);
+                }
+            };
+            if c.output == Output::Json {
+                print_json(&v);
+            } else {
+                println!("{}", s(&v, "id"));
+                eprintln!("{} budget of tenant {}: {} spent of {} ({})", s(&v, "period"), s(&v, "tenant_id"), s(&v, "spent"), s(&v, "amount"), s(&v, "state"));
             }
             Ok(0)
         }

@@ -1211,3 +1211,69 @@ async fn new_rates_apply_from_their_instant_and_survive_a_restart() {
     let sources: Vec<&str> = r["versions"].as_array().unwrap().iter().map(|v| v["source"].as_str().unwrap()).collect();
     assert_eq!((r["current"]["hourly_rate_cpu"].as_str(), sources), (Some("0.070000"), vec!["config", "api", "config"]), "{r}");
 }
+
+/// Budgets through the binary: once a tenant has spent its budget its new jobs are held
+/// `budget_exhausted` (explain says so) while a job already running finishes and is billed;
+/// with `reject` submits are 402; a larger amount releases the held job, which then runs.
+#[tokio::test]
+async fn a_spent_budget_holds_new_jobs_never_kills_running_ones_and_a_larger_one_releases_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path(), &[], 0, None);
+    let (s, b) = srv.call(Method::POST, "/budgets", Some(json!({"tenant_id": "default", "amount": "0.000020", "period": "daily"}))).await;
+    assert_eq!((s, b["state"].as_str(), b["on_exhausted"].as_str()), (201, Some("ok"), Some("hold")), "{b}");
+    let budget = b["id"].as_str().unwrap().to_owned();
+    let (s, e) = srv.call(Method::POST, "/budgets", Some(json!({"tenant_id": "default", "amount": "-1"}))).await;
+    assert_eq!((s, e["errors"][0]["field"].as_str()), (400, Some("/amount")), "{e}");
+    // ≈ 14.6 micro-dollars a second each at the default rates: the short one alone spends it.
+    let res = json!({"cpu_m": 1000, "memory_mb": 256});
+    let long = srv.submit(json!({"command": ["sleep", "4"], "resources": res})).await["id"].as_str().unwrap().to_owned();
+    let short = srv.submit(json!({"command": ["sleep", "1"], "resources": res})).await["id"].as_str().unwrap().to_owned();
+    srv.wait_ended(&short, 30).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, b) = srv.call(Method::GET, &format!("/budgets/{budget}"), None).await;
+        if b["state"] == "exhausted" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never exhausted: {b}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let late = loop {
+        let v = srv.submit(json!({"command": ["echo", "later"]})).await;
+        if v["state"] == "held" {
+            break v;
+        }
+        // The watcher tells the scheduler within a second of the spend.
+        assert!(Instant::now() < deadline, "a new job was not held: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(late["state_reason"], "budget_exhausted", "{late}");
+    let late = late["id"].as_str().unwrap().to_owned();
+    let (_, why) = srv.call(Method::GET, &format!("/jobs/{late}/explain"), None).await;
+    assert_eq!(why["blocking_reasons"][0]["code"].as_str(), Some("budget_exhausted"), "{why}");
+    let j = srv.wait_ended(&long, 30).await;
+    assert_eq!(j["state"], "succeeded", "the running job was not stopped: {j}");
+    assert!(j["cost_micros"].as_i64().unwrap() > 0, "and it was billed: {j}");
+    // Reject: submits are refused with 402 while it is spent.
+    let (s, _) = srv.call(Method::PUT, &format!("/budgets/{budget}"), Some(json!({"on_exhausted": "reject"}))).await;
+    assert_eq!(s, 200);
+    loop {
+        let (s, e) = srv.call(Method::POST, "/jobs", Some(json!({"command": ["true"]}))).await;
+        if s == 402 {
+            assert_eq!(e["code"], "budget_exhausted", "{e}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "submits not refused: {s} {e}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A larger amount releases the held job and lets submits in again.
+    let (s, b) = srv.call(Method::PUT, &format!("/budgets/{budget}"), Some(json!({"amount": "1000"}))).await;
+    assert_eq!((s, b["state"].as_str()), (200, Some("ok")), "{b}");
+    let j = srv.wait_ended(&late, 30).await;
+    assert_eq!(j["state"], "succeeded", "{j}");
+    let (s, _) = srv.call(Method::POST, "/jobs", Some(json!({"command": ["true"]}))).await;
+    assert_eq!(s, 201);
+    let out = srv.cli(&["budgets"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("daily") && text.contains("1000.000000 USD") && text.contains(" ok "), "{text}");
+}

@@ -48,6 +48,7 @@ fn expected(method: &str, path: &str) -> Option<[Want; 8]> {
             | "/sla/at-risk"
             | "/cost-optimization/breakdown"
             | "/cost-rates"
+            | "/budgets"
             | "/tenants"
             | "/burst/sessions"
             | "/pools"
@@ -64,7 +65,9 @@ fn expected(method: &str, path: &str) -> Option<[Want; 8]> {
         ("post", "/jobs/{id}/cancel" | "/jobs/{id}/retry" | "/jobs/{id}/hold" | "/jobs/{id}/release") => submit,
         ("get", "/queue/tenants/{id}" | "/tenants/{id}" | "/tenants/{id}/sla" | "/tenants/{id}/quota") => read,
         ("get", "/tenants/{id}/burst/sessions" | "/tenants/{id}/burst/sessions/{sid}") => read,
-        ("post", "/tenants/{id}/burst" | "/tenants/{id}/burst/sessions/{sid}/end") => manage,
+        ("post", "/tenants/{id}/burst" | "/tenants/{id}/burst/sessions/{sid}/end" | "/budgets") => manage,
+        ("put" | "delete", "/budgets/{id}") => manage,
+        ("get", "/budgets/{id}") => read,
         ("post", "/tenants/{id}/burst/sessions/{sid}/approve" | "/tenants/{id}/burst/sessions/{sid}/reject") => admin_in_tenant,
         ("put", "/tenants/{id}" | "/tenants/{id}/quota") | ("delete", "/tenants/{id}") => admin_in_tenant,
         ("post", "/tenants") => admin,
@@ -192,6 +195,11 @@ async fn every_operation_answers_as_the_permission_table_says() {
                         let t = admin(&srv, "post", "/tokens", json!({"name": "spare", "principal_id": researcher_id})).await;
                         t["id"].as_str().unwrap().to_owned()
                     }
+                    // A fresh budget of tenant alpha each time (a delete may have taken the last).
+                    Some("budgets") => {
+                        let b = admin(&srv, "post", "/budgets", json!({"tenant_id": "alpha", "amount": "100"})).await;
+                        b["id"].as_str().unwrap().to_owned()
+                    }
                     _ => "alpha".to_owned(),
                 };
                 let url = path.replace("{id}", &id).replace("{sid}", &sid).replace("{pid}", "p1");
@@ -208,6 +216,8 @@ async fn every_operation_answers_as_the_permission_table_says() {
                     ("post", "/pools") => Some(json!({"id": format!("made-{checked}-{i}"), "worker_template": {"cpu_m": 1000, "memory_mb": 512, "slots": 1}})),
                     ("put", "/pools/{id}") => Some(json!({"max_size": 2})),
                     ("put", "/cost-rates") => Some(json!({"hourly_rate_cpu": "0.05"})),
+                    ("post", "/budgets") => Some(json!({"tenant_id": "alpha", "amount": "10"})),
+                    ("put", "/budgets/{id}") => Some(json!({"amount": "20"})),
                     ("post", "/pools/{id}/scale") => Some(json!({"target_size": 1, "reason": "matrix"})),
                     ("post", "/pools/{id}/scaling/policies") => {
                         Some(json!({"name": format!("made {checked} {i}"), "trigger": "queue_depth > 1", "action": "scale_up"}))

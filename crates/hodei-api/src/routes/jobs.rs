@@ -78,6 +78,9 @@ async fn tenant_for(s: &ApiState, who: &Who, body: Option<&str>, headers: &Heade
     if t.status == TenantStatus::Suspended {
         return Err(ApiError::new(ErrorCode::TenantSuspended, format!("tenant {id} is suspended; submits are refused")));
     }
+    if let Some(why) = s.budget_refusals.read().ok().and_then(|r| r.get(&id).cloned()) {
+        return Err(ApiError::new(ErrorCode::BudgetExhausted, format!("{why}; submits are refused until a new period or a larger amount")));
+    }
     Ok(t)
 }
 

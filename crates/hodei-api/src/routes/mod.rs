@@ -1,6 +1,7 @@
 //! Route handlers, one module per resource.
 
 pub mod audit;
+pub mod budgets;
 pub mod burst;
 pub mod costs;
 pub mod identity;
@@ -43,6 +44,8 @@ pub fn v1(cfg: &ApiConfig) -> OpenApiRouter<ApiState> {
         .routes(routes!(sla::at_risk))
         .routes(routes!(costs::breakdown))
         .routes(routes!(costs::get_rates, costs::put_rates))
+        .routes(routes!(budgets::create_budget, budgets::list_budgets))
+        .routes(routes!(budgets::get_budget, budgets::update_budget, budgets::delete_budget))
         .routes(routes!(tenants::get_quota, tenants::put_quota))
         .routes(routes!(burst::request_burst))
         .routes(routes!(burst::list_all))

@@ -164,7 +164,11 @@ impl Scheduler {
     /// Decides whether a job (validated, given its id) is admitted under its tenant's quota
     /// (SPEC §2.4), without changing anything.
     pub fn admission(&self, job: &Job, now: Timestamp) -> Result<Admission, Rejection> {
-        quota::admit(self.policy(&job.tenant), &self.cfg.quota_rules, &self.usage(&job.tenant), &job.resources(), now)
+        let a = quota::admit(self.policy(&job.tenant), &self.cfg.quota_rules, &self.usage(&job.tenant), &job.resources(), now)?;
+        Ok(match a {
+            Admission::Pending | Admission::PendingWarned(_) if self.budget_exhausted.contains(&job.tenant) => Admission::HeldBudget,
+            a => a,
+        })
     }
 
     /// Admits and accepts a newly submitted job, or refuses it by quota (nothing changes).
@@ -232,7 +236,7 @@ impl Scheduler {
             let u = scratch.entry(j.tenant.clone()).or_insert_with(|| self.usage(&j.tenant));
             let a = quota::admit(self.policy(&j.tenant), &self.cfg.quota_rules, u, &j.resources(), now);
             if let Ok(a) = &a {
-                let held = j.spec.hold || matches!(a, Admission::HeldCeiling(_));
+                let held = j.spec.hold || matches!(a, Admission::HeldCeiling(_) | Admission::HeldBudget);
                 u.queued_jobs += 1;
                 if !held {
                     u.pending_jobs += 1;
@@ -266,10 +270,6 @@ impl Scheduler {
 
     fn insert_new(&mut self, mut job: Job, now: Timestamp) {
         self.intern(&mut job);
-        if job.state == JobState::Pending && self.budget_exhausted.contains(&job.tenant) {
-            job.state = JobState::Held;
-            job.state_reason = Some("budget_exhausted".to_owned());
-        }
         self.books.events.push(JobEvent {
             job_id: job.id,
             at: now,
