@@ -113,6 +113,16 @@ pub fn state(b: &Budget, spent_micros: i64) -> BudgetState {
     }
 }
 
+/// The thresholds `spent` has reached, each with its alert's severity: `critical` from 90 %,
+/// `warning` below (SPEC §2.13). Each fires once per period.
+pub fn reached(b: &Budget, spent_micros: i64) -> Vec<(u32, &'static str)> {
+    b.thresholds_pct
+        .iter()
+        .filter(|&&p| i128::from(spent_micros) * 100 >= i128::from(b.amount_micros) * i128::from(p))
+        .map(|&p| (p, if p >= 90 { "critical" } else { "warning" }))
+        .collect()
+}
+
 /// Validated thresholds: 1 to 10 of them, ascending, each from 1 to 100.
 pub fn valid_thresholds(t: &[u32]) -> bool {
     (1..=10).contains(&t.len()) && t.iter().all(|p| (1..=100).contains(p)) && t.windows(2).all(|w| w[0] < w[1])

@@ -73,6 +73,10 @@ uuid_id!(
     /// A budget.
     BudgetId
 );
+uuid_id!(
+    /// An alert. UUIDv7, so alerts sort by when they fired.
+    AlertId
+);
 
 /// A validated slug: `^[a-z0-9][a-z0-9-]{0,62}$`.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]

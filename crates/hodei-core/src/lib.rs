@@ -6,6 +6,7 @@
 //! **Architecture Invariant:** no serde on domain types; the API and the store own their
 //! representations and convert by hand.
 
+pub mod alert;
 pub mod auth;
 pub mod autoscale;
 pub mod budget;
@@ -28,7 +29,7 @@ pub mod worker;
 
 pub use auth::{Access, Action, AuditEntry, Caller, Principal, PrincipalKind, Role, RoleBinding, Scope, Token, Visibility};
 pub use burst::{BurstError, BurstRequest, BurstRules, BurstSession, BurstState};
-pub use ids::{ArrayId, AttemptId, AuditId, BudgetId, BurstId, JobId, PoolId, PrincipalId, Slug, SlugError, TenantId, TokenId, WorkerId};
+pub use ids::{AlertId, ArrayId, AttemptId, AuditId, BudgetId, BurstId, JobId, PoolId, PrincipalId, Slug, SlugError, TenantId, TokenId, WorkerId};
 pub use job::{Attempt, AttemptState, FailureReason, Job, JobEvent, JobState, Priority, SlaClock, SlaLevel, SlaStatus};
 pub use quota::{Admission, Grant, Quota, QuotaRules, Rejection, TenantPolicy, Usage, ViolationPolicy};
 pub use tenant::{Pool, PoolState, PoolType, Tenant, TenantStatus, Tier, TierWeights};

@@ -2,8 +2,10 @@
 //! changes — each budget's spend in its current period is read from the cost rollups; a tenant
 //! that has spent one has its new and pending jobs held by the scheduler (running ones finish),
 //! and with `on_exhausted: reject` its submits are refused with 402. A new period, a larger
-//! amount or a deleted budget lifts that in the next round. `hodei_budget_utilization_ratio`
-//! shows each tenant's most spent budget.
+//! amount or a deleted budget lifts that in the next round. Each threshold reached raises one
+//! `budget_threshold` alert per period (resolved when the spend is below it again: a new period,
+//! a larger amount). `hodei_budget_utilization_ratio` shows each tenant's most spent budget,
+//! `hodei_alerts_firing` the unresolved alerts.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -18,6 +20,8 @@ use crate::engine::EngineHandle;
 pub async fn watch(state: ApiState, engine: EngineHandle, every: Duration, mut stop: watch::Receiver<bool>) {
     // Tenants the scheduler was last told have spent a budget.
     let mut spent_before: BTreeSet<TenantId> = BTreeSet::new();
+    // Alert series exported so far, set to 0 once nothing is open in them.
+    let mut firing_series: BTreeSet<(String, String)> = ["warning", "critical"].iter().map(|s| ("budget_threshold".to_owned(), (*s).to_owned())).collect();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
@@ -36,7 +40,12 @@ pub async fn watch(state: ApiState, engine: EngineHandle, every: Duration, mut s
         let mut failed = false;
         for b in &budgets {
             match hodei_api::budget_spent(state.store.as_ref(), b, now).await {
-                Ok((spent, _, _)) => by_tenant.entry(b.tenant.clone()).or_default().push((b, spent)),
+                Ok((spent, first_day, _)) => {
+                    if let Err(e) = alerts(&state, b, spent, first_day, now).await {
+                        tracing::warn!(error = %e, budget = %b.id, "cannot raise or resolve a budget's alerts; trying again next round");
+                    }
+                    by_tenant.entry(b.tenant.clone()).or_default().push((b, spent));
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, budget = %b.id, "cannot read a budget's spend; trying again next round");
                     failed = true;
@@ -73,5 +82,50 @@ pub async fn watch(state: ApiState, engine: EngineHandle, every: Duration, mut s
             }
         }
         spent_before = spent_now;
+        match state.store.count_open_alerts().await {
+            Ok(counts) => {
+                for (kind, severity) in firing_series.iter() {
+                    if !counts.iter().any(|(k, s, _)| k == kind && s == severity) {
+                        metrics::gauge!("hodei_alerts_firing", "kind" => kind.clone(), "severity" => severity.clone()).set(0.0);
+                    }
+                }
+                for (kind, severity, n) in counts {
+                    metrics::gauge!("hodei_alerts_firing", "kind" => kind.clone(), "severity" => severity.clone()).set(n as f64);
+                    firing_series.insert((kind, severity));
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot count alerts"),
+        }
     }
+}
+
+/// Raises an alert for each threshold `b` has reached in the period starting `first_day` (once:
+/// the key names the period), and resolves its alerts for thresholds it is below now.
+async fn alerts(state: &ApiState, b: &Budget, spent: i64, first_day: i64, now: hodei_core::Timestamp) -> Result<(), hodei_store::StoreError> {
+    let scope = format!("budget:{}", b.id);
+    let mut still = Vec::new();
+    for (pct, severity) in hodei_core::budget::reached(b, spent) {
+        let key = format!("{scope}:{first_day}:{pct}");
+        let alert = hodei_core::alert::Alert {
+            id: hodei_core::AlertId::from_uuid(uuid::Uuid::now_v7()),
+            kind: "budget_threshold".into(),
+            severity: severity.into(),
+            tenant: Some(b.tenant.clone()),
+            scope: scope.clone(),
+            dedup_key: key.clone(),
+            value: spent as f64 * 100.0 / b.amount_micros as f64,
+            message: format!("tenant {} has spent {pct} % of its {} budget ({spent} of {} micro-units)", b.tenant, b.period, b.amount_micros),
+            state: hodei_core::alert::AlertState::Firing,
+            fired_at: now,
+            acknowledged_at: None,
+            acknowledged_by: None,
+            resolved_at: None,
+        };
+        if state.store.raise_alert(&alert).await? {
+            tracing::warn!(tenant = %b.tenant, budget = %b.id, threshold = pct, "{}", alert.message);
+        }
+        still.push(key);
+    }
+    state.store.resolve_alerts(&scope, &still, now).await?;
+    Ok(())
 }

@@ -104,6 +104,12 @@ pass! { Store {
         fn forget_sla_counts(&self, before: Timestamp) -> u64;
         fn forget_cost_records(&self, before: Timestamp) -> u64;
         fn add_rate_version(&self, r: &hodei_store::StoredRates) -> ();
+        fn raise_alert(&self, a: &hodei_core::alert::Alert) -> bool;
+        fn list_alerts(&self, f: &hodei_store::AlertFilter) -> Vec<hodei_core::alert::Alert>;
+        fn get_alert(&self, id: hodei_core::AlertId) -> Option<hodei_core::alert::Alert>;
+        fn ack_alert(&self, id: hodei_core::AlertId, by: &str, at: Timestamp) -> bool;
+        fn resolve_alerts(&self, scope: &str, still: &[String], at: Timestamp) -> u64;
+        fn count_open_alerts(&self) -> Vec<(String, String, i64)>;
         fn create_budget(&self, b: &hodei_core::budget::Budget) -> ();
         fn update_budget(&self, b: &hodei_core::budget::Budget) -> ();
         fn get_budget(&self, id: hodei_core::BudgetId) -> Option<hodei_core::budget::Budget>;

@@ -98,6 +98,7 @@ pub async fn run_all(store: &dyn Store) {
     the_cost_ledger_adds_up_in_its_rollups(store).await;
     rate_versions_list_oldest_first_one_per_instant(store).await;
     budgets_round_trip_and_refuse_stale_updates(store).await;
+    alerts_fire_once_per_key_and_resolve(store).await;
 }
 
 /// Scaling events come back as recorded, newest first, filtered by time and decision, paged
@@ -933,4 +934,47 @@ async fn budgets_round_trip_and_refuse_stale_updates(store: &dyn Store) {
     assert!(store.delete_budget(two.id).await.unwrap());
     assert!(!store.delete_budget(two.id).await.unwrap());
     assert_eq!(store.get_budget(two.id).await.unwrap(), None);
+}
+
+async fn alerts_fire_once_per_key_and_resolve(store: &dyn Store) {
+    use crate::AlertFilter;
+    use hodei_core::alert::{Alert, AlertState};
+    let a = |n: u128, key: &str, tenant: &str| Alert {
+        id: hodei_core::AlertId::from_uuid(Uuid::from_u128(n)),
+        kind: "budget_threshold".into(),
+        severity: "warning".into(),
+        tenant: Some(TenantId::parse(tenant).unwrap()),
+        scope: "budget:x".into(),
+        dedup_key: key.into(),
+        value: 80.0,
+        message: "80 % spent".into(),
+        state: AlertState::Firing,
+        fired_at: ts(n as i64),
+        acknowledged_at: None,
+        acknowledged_by: None,
+        resolved_at: None,
+    };
+    assert!(store.raise_alert(&a(1, "k80", "alerts-a")).await.unwrap());
+    assert!(!store.raise_alert(&a(2, "k80", "alerts-a")).await.unwrap(), "once per key");
+    assert!(store.raise_alert(&a(3, "k90", "alerts-a")).await.unwrap());
+    assert!(store.raise_alert(&a(4, "k100", "alerts-b")).await.unwrap());
+    let all = |f: AlertFilter| async move {
+        store
+            .list_alerts(&AlertFilter { limit: if f.limit == 0 { 50 } else { f.limit }, ..f })
+            .await
+            .unwrap()
+            .iter()
+            .map(|a| a.dedup_key.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(all(AlertFilter::default()).await, ["k100", "k90", "k80"], "newest first");
+    assert_eq!(all(AlertFilter { visible: Some(vec![TenantId::parse("alerts-a").unwrap()]), ..Default::default() }).await, ["k90", "k80"]);
+    assert!(store.ack_alert(hodei_core::AlertId::from_uuid(Uuid::from_u128(1)), "admin", ts(10)).await.unwrap());
+    assert!(!store.ack_alert(hodei_core::AlertId::from_uuid(Uuid::from_u128(1)), "admin", ts(11)).await.unwrap(), "only a firing alert");
+    let acked = store.get_alert(hodei_core::AlertId::from_uuid(Uuid::from_u128(1))).await.unwrap().unwrap();
+    assert_eq!((acked.state, acked.acknowledged_by.as_deref(), acked.acknowledged_at), (AlertState::Acknowledged, Some("admin"), Some(ts(10))));
+    assert_eq!(store.count_open_alerts().await.unwrap(), [("budget_threshold".to_owned(), "warning".to_owned(), 3)]);
+    assert_eq!(store.resolve_alerts("budget:x", &["k100".to_owned()], ts(20)).await.unwrap(), 2);
+    assert_eq!(all(AlertFilter { state: Some(AlertState::Resolved), ..Default::default() }).await, ["k90", "k80"]);
+    assert_eq!(all(AlertFilter { before: Some(hodei_core::AlertId::from_uuid(Uuid::from_u128(4))), limit: 1, ..Default::default() }).await, ["k90"]);
 }

@@ -197,6 +197,17 @@ pub struct StoredRates {
     pub created_by: String,
 }
 
+/// Filters for listing alerts, newest first; `before` is the cursor (exclusive).
+#[derive(Clone, Debug, Default)]
+pub struct AlertFilter {
+    pub tenant: Option<TenantId>,
+    pub visible: Option<Vec<TenantId>>,
+    pub state: Option<hodei_core::alert::AlertState>,
+    pub kind: Option<String>,
+    pub before: Option<hodei_core::AlertId>,
+    pub limit: u32,
+}
+
 /// Most budgets one list returns (every tenant may have a few).
 pub const MAX_BUDGETS: u32 = 10_000;
 
@@ -331,6 +342,17 @@ pub trait Store: Identity + Send + Sync + 'static {
     async fn list_scaling_events(&self, f: &ScalingEventFilter) -> Result<Vec<hodei_core::autoscale::Event>>;
     /// Forgets scaling events recorded before `before`; returns how many.
     async fn delete_scaling_events_before(&self, before: Timestamp) -> Result<u64>;
+
+    /// Stores a firing alert unless one with its `dedup_key` exists; whether it was new.
+    async fn raise_alert(&self, a: &hodei_core::alert::Alert) -> Result<bool>;
+    async fn list_alerts(&self, f: &AlertFilter) -> Result<Vec<hodei_core::alert::Alert>>;
+    async fn get_alert(&self, id: hodei_core::AlertId) -> Result<Option<hodei_core::alert::Alert>>;
+    /// `firing → acknowledged`; whether it was firing.
+    async fn ack_alert(&self, id: hodei_core::AlertId, by: &str, at: Timestamp) -> Result<bool>;
+    /// Resolves the unresolved alerts of `scope` whose key is not in `still`; how many.
+    async fn resolve_alerts(&self, scope: &str, still: &[String], at: Timestamp) -> Result<u64>;
+    /// Unresolved alerts by (kind, severity).
+    async fn count_open_alerts(&self) -> Result<Vec<(String, String, i64)>>;
 
     async fn create_budget(&self, b: &hodei_core::budget::Budget) -> Result<()>;
     /// Writes `b` if the stored version is `b.version - 1` (else `VersionMismatch`).

@@ -465,6 +465,26 @@ pub(crate) fn rollup_deltas<'a>(rows: &[CostRow<'a>]) -> BTreeMap<(i64, &'a str,
     out
 }
 
+pub(crate) fn alert_from_row(r: &impl Cols) -> Result<hodei_core::alert::Alert> {
+    const D: &str = "reading an alert";
+    let g = |e: sqlx::Error| StoreError::Db { doing: D, source: e };
+    Ok(hodei_core::alert::Alert {
+        id: hodei_core::AlertId::from_uuid(r.col("id").map_err(g)?),
+        kind: r.col("kind").map_err(g)?,
+        severity: r.col("severity").map_err(g)?,
+        tenant: r.col::<Option<&str>>("tenant_id").map_err(g)?.map(|t| parse_slug(D, t, TenantId::parse)).transpose()?,
+        scope: r.col("scope").map_err(g)?,
+        dedup_key: r.col("dedup_key").map_err(g)?,
+        value: r.col("value").map_err(g)?,
+        message: r.col("message").map_err(g)?,
+        state: parse_enum(D, r.col("state").map_err(g)?)?,
+        fired_at: Timestamp::from_millis(r.col("fired_at").map_err(g)?),
+        acknowledged_at: ts(r.col("acknowledged_at").map_err(g)?),
+        acknowledged_by: r.col("acknowledged_by").map_err(g)?,
+        resolved_at: ts(r.col("resolved_at").map_err(g)?),
+    })
+}
+
 pub(crate) fn budget_from_row(r: &impl Cols) -> Result<hodei_core::budget::Budget> {
     const D: &str = "reading a budget";
     let g = |e: sqlx::Error| StoreError::Db { doing: D, source: e };

@@ -631,6 +631,94 @@ impl Store for SqliteStore {
         Ok(done.map_err(StoreError::db("deleting old cost records"))?.rows_affected())
     }
 
+    async fn raise_alert(&self, a: &hodei_core::alert::Alert) -> Result<bool> {
+        let r = sqlx::query("INSERT INTO alerts (id, kind, severity, tenant_id, scope, dedup_key, value, message, state, fired_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (dedup_key) DO NOTHING")
+            .bind(a.id.as_uuid())
+            .bind(&a.kind)
+            .bind(&a.severity)
+            .bind(a.tenant.as_ref().map(|t| t.as_str().to_owned()))
+            .bind(&a.scope)
+            .bind(&a.dedup_key)
+            .bind(a.value)
+            .bind(&a.message)
+            .bind(a.state.as_str())
+            .bind(ms(a.fired_at))
+            .execute(&self.write)
+            .await
+            .map_err(StoreError::db("raising an alert"))?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn list_alerts(&self, f: &crate::AlertFilter) -> Result<Vec<hodei_core::alert::Alert>> {
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT * FROM alerts WHERE 1 = 1");
+        if let Some(t) = &f.tenant {
+            qb.push(" AND tenant_id = ").push_bind(t.as_str().to_owned());
+        }
+        if let Some(v) = &f.visible {
+            if v.is_empty() {
+                return Ok(Vec::new());
+            }
+            qb.push(" AND tenant_id IN (");
+            let mut sep = qb.separated(", ");
+            for t in v {
+                sep.push_bind(t.as_str().to_owned());
+            }
+            qb.push(")");
+        }
+        if let Some(st) = f.state {
+            qb.push(" AND state = ").push_bind(st.as_str());
+        }
+        if let Some(k) = &f.kind {
+            qb.push(" AND kind = ").push_bind(k.clone());
+        }
+        if let Some(b) = f.before {
+            qb.push(" AND id < ").push_bind(b.as_uuid());
+        }
+        qb.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(f.limit.max(1)));
+        let rows = qb.build().fetch_all(&self.read).await.map_err(StoreError::db("listing alerts"))?;
+        rows.iter().map(alert_from_row).collect()
+    }
+
+    async fn get_alert(&self, id: hodei_core::AlertId) -> Result<Option<hodei_core::alert::Alert>> {
+        let row =
+            sqlx::query("SELECT * FROM alerts WHERE id = ?").bind(id.as_uuid()).fetch_optional(&self.read).await.map_err(StoreError::db("reading an alert"))?;
+        row.as_ref().map(alert_from_row).transpose()
+    }
+
+    async fn ack_alert(&self, id: hodei_core::AlertId, by: &str, at: Timestamp) -> Result<bool> {
+        let r = sqlx::query("UPDATE alerts SET state = 'acknowledged', acknowledged_at = ?, acknowledged_by = ? WHERE id = ? AND state = 'firing'")
+            .bind(ms(at))
+            .bind(by)
+            .bind(id.as_uuid())
+            .execute(&self.write)
+            .await
+            .map_err(StoreError::db("acknowledging an alert"))?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn resolve_alerts(&self, scope: &str, still: &[String], at: Timestamp) -> Result<u64> {
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("UPDATE alerts SET state = 'resolved', resolved_at = ");
+        qb.push_bind(ms(at)).push(" WHERE scope = ").push_bind(scope.to_owned()).push(" AND state != 'resolved'");
+        for k in still {
+            qb.push(" AND dedup_key != ").push_bind(k.clone());
+        }
+        let r = qb.build().execute(&self.write).await.map_err(StoreError::db("resolving alerts"))?;
+        Ok(r.rows_affected())
+    }
+
+    async fn count_open_alerts(&self) -> Result<Vec<(String, String, i64)>> {
+        let rows = sqlx::query("SELECT kind, severity, COUNT(*) AS n FROM alerts WHERE state != 'resolved' GROUP BY kind, severity")
+            .fetch_all(&self.read)
+            .await
+            .map_err(StoreError::db("counting alerts"))?;
+        let g = |e: sqlx::Error| StoreError::Db { doing: "counting alerts", source: e };
+        rows.iter()
+            .map(|row| {
+                Ok((sqlx::Row::try_get(row, "kind").map_err(g)?, sqlx::Row::try_get(row, "severity").map_err(g)?, sqlx::Row::try_get(row, "n").map_err(g)?))
+            })
+            .collect()
+    }
+
     async fn create_budget(&self, b: &hodei_core::budget::Budget) -> Result<()> {
         sqlx::query("INSERT INTO budgets (id, tenant_id, amount_micros, period, thresholds_pct, on_exhausted, created_at, updated_at, version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
             .bind(b.id.as_uuid())

@@ -1251,6 +1251,24 @@ async fn a_spent_budget_holds_new_jobs_never_kills_running_ones_and_a_larger_one
     let late = late["id"].as_str().unwrap().to_owned();
     let (_, why) = srv.call(Method::GET, &format!("/jobs/{late}/explain"), None).await;
     assert_eq!(why["blocking_reasons"][0]["code"].as_str(), Some("budget_exhausted"), "{why}");
+    // Each threshold fired once, however many rounds the watcher ran since.
+    let (_, alerts) = srv.call(Method::GET, "/alerts?kind=budget_threshold", None).await;
+    let mut fired: Vec<(String, String)> = alerts["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (a["message"].as_str().unwrap().split(" % ").next().unwrap().rsplit(' ').next().unwrap().to_owned(), a["severity"].as_str().unwrap().to_owned())
+        })
+        .collect();
+    fired.sort_by_key(|f| f.0.parse::<u32>().unwrap());
+    let want = [("80", "warning"), ("90", "critical"), ("100", "critical")].map(|(a, b)| (a.to_owned(), b.to_owned()));
+    assert_eq!(fired, want, "{alerts}");
+    let first = alerts["items"][0]["id"].as_str().unwrap().to_owned();
+    let (s, a) = srv.call(Method::POST, &format!("/alerts/{first}/ack"), None).await;
+    assert_eq!((s, a["state"].as_str(), a["acknowledged_by"].as_str()), (200, Some("acknowledged"), Some("admin")), "{a}");
+    let (s, _) = srv.call(Method::POST, &format!("/alerts/{first}/ack"), None).await;
+    assert_eq!(s, 409, "only a firing alert is acknowledged");
     let j = srv.wait_ended(&long, 30).await;
     assert_eq!(j["state"], "succeeded", "the running job was not stopped: {j}");
     assert!(j["cost_micros"].as_i64().unwrap() > 0, "and it was billed: {j}");
@@ -1276,4 +1294,16 @@ async fn a_spent_budget_holds_new_jobs_never_kills_running_ones_and_a_larger_one
     let out = srv.cli(&["budgets"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && text.contains("daily") && text.contains("1000.000000 USD") && text.contains(" ok "), "{text}");
+    // Below every threshold again: its alerts are resolved.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, open) = srv.call(Method::GET, "/alerts?state=firing", None).await;
+        if open["items"].as_array().unwrap().is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "alerts not resolved: {open}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let metrics = srv.http_client.get(format!("{}/metrics", srv.metrics)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.lines().any(|l| l == "hodei_alerts_firing{kind=\"budget_threshold\",severity=\"critical\"} 0"), "{metrics}");
 }

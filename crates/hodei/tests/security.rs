@@ -49,6 +49,7 @@ fn expected(method: &str, path: &str) -> Option<[Want; 8]> {
             | "/cost-optimization/breakdown"
             | "/cost-rates"
             | "/budgets"
+            | "/alerts"
             | "/tenants"
             | "/burst/sessions"
             | "/pools"
@@ -67,7 +68,8 @@ fn expected(method: &str, path: &str) -> Option<[Want; 8]> {
         ("get", "/tenants/{id}/burst/sessions" | "/tenants/{id}/burst/sessions/{sid}") => read,
         ("post", "/tenants/{id}/burst" | "/tenants/{id}/burst/sessions/{sid}/end" | "/budgets") => manage,
         ("put" | "delete", "/budgets/{id}") => manage,
-        ("get", "/budgets/{id}") => read,
+        ("get", "/budgets/{id}" | "/alerts/{id}") => read,
+        ("post", "/alerts/{id}/ack") => manage,
         ("post", "/tenants/{id}/burst/sessions/{sid}/approve" | "/tenants/{id}/burst/sessions/{sid}/reject") => admin_in_tenant,
         ("put", "/tenants/{id}" | "/tenants/{id}/quota") | ("delete", "/tenants/{id}") => admin_in_tenant,
         ("post", "/tenants") => admin,
@@ -151,6 +153,18 @@ async fn every_operation_answers_as_the_permission_table_says() {
     // Fixtures, all in tenant alpha: the researcher's own job (and one more that nobody
     // touches, so the tenant always has a live job), a burst session, a worker.
     let job = held_job(&srv, &researcher).await;
+    // An alert of tenant alpha: a budget its first job's second of run time overspends.
+    admin(&srv, "post", "/budgets", json!({"tenant_id": "alpha", "amount": "0.000001"})).await;
+    admin(&srv, "post", "/jobs", json!({"command": ["true"], "tenant_id": "alpha"})).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let alert = loop {
+        let (_, page) = call(&srv, Some(&srv.token), "get", "/alerts?tenant_id=alpha", None).await;
+        if let Some(id) = page["items"][0]["id"].as_str() {
+            break id.to_owned();
+        }
+        assert!(std::time::Instant::now() < deadline, "no alert was raised: {page}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
     held_job(&srv, &srv.token).await;
     let session = admin(&srv, "post", "/tenants/alpha/burst", json!({"requested_cpu_m": 100, "reason": "matrix"})).await;
     let sid = session["id"].as_str().unwrap().to_owned();
@@ -195,6 +209,7 @@ async fn every_operation_answers_as_the_permission_table_says() {
                         let t = admin(&srv, "post", "/tokens", json!({"name": "spare", "principal_id": researcher_id})).await;
                         t["id"].as_str().unwrap().to_owned()
                     }
+                    Some("alerts") => alert.clone(),
                     // A fresh budget of tenant alpha each time (a delete may have taken the last).
                     Some("budgets") => {
                         let b = admin(&srv, "post", "/budgets", json!({"tenant_id": "alpha", "amount": "100"})).await;

@@ -249,6 +249,7 @@ pub async fn delete_budget(State(s): State<ApiState>, who: Who, Path(id): Path<S
     if !s.store.delete_budget(b.id).await? {
         return Err(ApiError::not_found(format!("budget {id}")));
     }
+    s.store.resolve_alerts(&format!("budget:{}", b.id), &[], s.clock.now()).await?;
     s.budgets_changed.notify_one();
     audit::record(&s, &who, "budget.delete", format!("budget:{}", b.id), None, None).await;
     Ok(StatusCode::NO_CONTENT)

@@ -1,5 +1,6 @@
 //! Route handlers, one module per resource.
 
+pub mod alerts;
 pub mod audit;
 pub mod budgets;
 pub mod burst;
@@ -46,6 +47,9 @@ pub fn v1(cfg: &ApiConfig) -> OpenApiRouter<ApiState> {
         .routes(routes!(costs::get_rates, costs::put_rates))
         .routes(routes!(budgets::create_budget, budgets::list_budgets))
         .routes(routes!(budgets::get_budget, budgets::update_budget, budgets::delete_budget))
+        .routes(routes!(alerts::list_alerts))
+        .routes(routes!(alerts::get_alert))
+        .routes(routes!(alerts::ack_alert))
         .routes(routes!(tenants::get_quota, tenants::put_quota))
         .routes(routes!(burst::request_burst))
         .routes(routes!(burst::list_all))
