@@ -166,6 +166,18 @@ enum Cmd {
         #[command(subcommand)]
         cmd: Option<WorkersCmd>,
     },
+    /// Alerts the server raised (budget thresholds), newest first.
+    Alerts {
+        #[command(flatten)]
+        c: ClientOpts,
+        #[command(subcommand)]
+        cmd: Option<AlertsCmd>,
+        /// firing|acknowledged|resolved.
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        tenant: Option<String>,
+    },
     /// Budgets: what each tenant may spend per period, what it has spent, and their state.
     Budgets {
         #[command(flatten)]
@@ -360,6 +372,12 @@ struct SubmitArgs {
     /// The command and its arguments.
     #[arg(last = true, required = true)]
     argv: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum AlertsCmd {
+    /// Acknowledge a firing alert (its tenant's PI or an admin).
+    Ack { id: String },
 }
 
 #[derive(Subcommand)]
@@ -1255,6 +1273,24 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 println!("worker {id} is {state}: {then}");
             }
             Ok(0)
+        }
+        Cmd::Alerts { c, cmd: Some(AlertsCmd::Ack { id }), .. } => {
+            let v = c.client()?.post(&format!("/alerts/{id}/ack"), &json!({})).await?;
+            if c.output == Output::Json {
+                print_json(&v);
+            } else {
+                eprintln!("alert {id} acknowledged: {}", s(&v, "message"));
+            }
+            Ok(0)
+        }
+        Cmd::Alerts { c, cmd: None, state, tenant } => {
+            listing(
+                c,
+                &format!("/alerts{}", query(&[("state", state), ("tenant_id", tenant), ("limit", Some("500".into()))])),
+                &["ID", "KIND", "SEVERITY", "TENANT", "STATE", "FIRED", "MESSAGE"],
+                &["id", "kind", "severity", "tenant_id", "state", "fired_at", "message"],
+            )
+            .await
         }
         Cmd::Budgets { c, cmd: None } => {
             listing(

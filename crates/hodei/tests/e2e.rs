@@ -1306,4 +1306,7 @@ async fn a_spent_budget_holds_new_jobs_never_kills_running_ones_and_a_larger_one
     }
     let metrics = srv.http_client.get(format!("{}/metrics", srv.metrics)).send().await.unwrap().text().await.unwrap();
     assert!(metrics.lines().any(|l| l == "hodei_alerts_firing{kind=\"budget_threshold\",severity=\"critical\"} 0"), "{metrics}");
+    let out = srv.cli(&["alerts", "--state", "resolved"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.lines().filter(|l| l.contains("budget_threshold") && l.contains("resolved")).count(), 3, "{text}");
 }
