@@ -539,16 +539,8 @@ impl Store for SqliteStore {
         if let Some(p) = &q.pool {
             qb.push(" AND pool_id = ").push_bind(p.as_str().to_owned());
         }
-        if let Some(v) = &q.visible {
-            if v.is_empty() {
-                return Ok(Vec::new());
-            }
-            qb.push(" AND tenant_id IN (");
-            let mut sep = qb.separated(", ");
-            for t in v {
-                sep.push_bind(t.as_str().to_owned());
-            }
-            qb.push(")");
+        if !push_visible(&mut qb, q.visible.as_deref()) {
+            return Ok(Vec::new());
         }
         qb.push(" GROUP BY k ORDER BY cost DESC, k LIMIT ").push_bind(i64::from(crate::MAX_COST_GROUPS));
         let rows = qb.build().fetch_all(&self.read).await.map_err(StoreError::db("reading cost rollups"))?;
@@ -654,16 +646,8 @@ impl Store for SqliteStore {
         if let Some(t) = &f.tenant {
             qb.push(" AND tenant_id = ").push_bind(t.as_str().to_owned());
         }
-        if let Some(v) = &f.visible {
-            if v.is_empty() {
-                return Ok(Vec::new());
-            }
-            qb.push(" AND tenant_id IN (");
-            let mut sep = qb.separated(", ");
-            for t in v {
-                sep.push_bind(t.as_str().to_owned());
-            }
-            qb.push(")");
+        if !push_visible(&mut qb, f.visible.as_deref()) {
+            return Ok(Vec::new());
         }
         if let Some(st) = f.state {
             qb.push(" AND state = ").push_bind(st.as_str());
@@ -768,16 +752,8 @@ impl Store for SqliteStore {
         if let Some(t) = tenant {
             qb.push(" AND tenant_id = ").push_bind(t.as_str().to_owned());
         }
-        if let Some(v) = visible {
-            if v.is_empty() {
-                return Ok(Vec::new());
-            }
-            qb.push(" AND tenant_id IN (");
-            let mut sep = qb.separated(", ");
-            for t in v {
-                sep.push_bind(t.as_str().to_owned());
-            }
-            qb.push(")");
+        if !push_visible(&mut qb, visible) {
+            return Ok(Vec::new());
         }
         qb.push(" ORDER BY created_at, id LIMIT ").push_bind(i64::from(crate::MAX_BUDGETS));
         let rows = qb.build().fetch_all(&self.read).await.map_err(StoreError::db("listing budgets"))?;
