@@ -81,36 +81,55 @@ pub fn day_of(t: Timestamp) -> i64 {
 /// so the stretches' seconds add up to [`billed_seconds`] of the whole run, exactly; each is
 /// priced at the rates in force at its start. `versions` in any order; with none, `DEFAULT`.
 pub fn price(start: Timestamp, end: Timestamp, res: &Resources, versions: &[RateVersion]) -> Vec<Segment> {
-    let total = billed_seconds(end.since(start).as_millis() as u64);
-    let (s0, stop) = (start.as_millis(), start.as_millis().saturating_add(total as i64 * 1000));
-    let rates_at = |t: i64| versions.iter().filter(|v| v.effective_from.as_millis() <= t).max_by_key(|v| v.effective_from).map_or(Rates::DEFAULT, |v| v.rates);
-    // Begun seconds at instant t of the billed window.
-    let begun = |t: i64| ((t - s0) as u64).div_ceil(1000).min(total);
-    let mut cuts: Vec<i64> = versions.iter().map(|v| v.effective_from.as_millis()).filter(|&t| t > s0 && t < stop).collect();
-    let mut midnight = (s0.div_euclid(DAY_MS) + 1) * DAY_MS;
+    price_part(start, start, end, res, versions)
+}
+
+/// The part `[from, to)` of a run that started at `start` (accrual while it runs: SPEC §2.12).
+/// A part bills the seconds begun by `to` less those begun by `from`, so pricing a run in parts
+/// — `(start, a)`, `(a, b)`, …, `(z, end)` — bills exactly the seconds [`price`] bills for the
+/// whole run (property test); each part is split at midnights and rate changes like a whole run.
+/// Parts are not empty: `to` after `from` (only a whole run of no time bills its one second).
+pub fn price_part(start: Timestamp, from: Timestamp, to: Timestamp, res: &Resources, versions: &[RateVersion]) -> Vec<Segment> {
+    let s0 = start.as_millis();
+    let to = to.as_millis().max(s0);
+    let from = from.as_millis().clamp(s0, to);
+    // Begun seconds at instant t of the run (at least one once it has run at all).
+    let begun = |t: i64| if t <= s0 { 0 } else { ((t - s0) as u64).div_ceil(1000) };
+    let total = billed_seconds((to - s0) as u64);
+    // The end of the billed window: a whole number of seconds after the start.
+    let stop = s0.saturating_add(total as i64 * 1000);
+    let begun = |t: i64| if t >= to { total } else { begun(t).min(total) };
+    let already = if from == s0 { 0 } else { begun(from) };
+    let cut_from = if from == s0 { s0 } else { from };
+    let rates_at = |t: i64| rates_at(versions, Timestamp::from_millis(t));
+    let mut cuts: Vec<i64> = versions.iter().map(|v| v.effective_from.as_millis()).filter(|&t| t > cut_from && t < stop).collect();
+    let mut midnight = (cut_from.div_euclid(DAY_MS) + 1) * DAY_MS;
     while midnight < stop {
         cuts.push(midnight);
         midnight += DAY_MS;
     }
-    cuts.push(stop);
+    cuts.push(stop.max(cut_from));
     cuts.sort_unstable();
     cuts.dedup();
     let mut out = Vec::with_capacity(cuts.len());
-    let mut from = s0;
-    for to in cuts {
-        let seconds = begun(to) - begun(from);
+    let mut at = cut_from;
+    let mut counted = already;
+    for cut in cuts {
+        let upto = if cut >= stop { total } else { begun(cut) };
+        let seconds = upto.saturating_sub(counted);
         if seconds > 0 {
-            let rates = rates_at(from);
+            let rates = rates_at(at);
             out.push(Segment {
-                start: Timestamp::from_millis(from),
-                end: Timestamp::from_millis(to),
-                day: from.div_euclid(DAY_MS),
+                start: Timestamp::from_millis(at),
+                end: Timestamp::from_millis(cut),
+                day: at.div_euclid(DAY_MS),
                 billed_seconds: seconds,
                 rates,
                 cost_micros: cost_micros(seconds, res, &rates),
             });
         }
-        from = to;
+        counted = counted.max(upto);
+        at = cut;
     }
     out
 }
@@ -140,6 +159,24 @@ mod tests {
         /// Whatever the run and the rate versions, the stretches' seconds add up to the run's
         /// billed seconds, none spans a midnight or a rate change, and each is priced at the
         /// rates in force at its start.
+        #[test]
+        fn a_run_billed_in_parts_bills_the_seconds_of_the_whole(
+            start in 0i64..2 * DAY_MS,
+            run_ms in 0i64..DAY_MS,
+            cuts in proptest::collection::vec(0.0f64..1.0, 0..6),
+        ) {
+            let res = Resources::new(1000, 1024, 0);
+            let mut at: Vec<i64> = cuts.iter().map(|c| start + (c * run_ms as f64) as i64).collect();
+            at.retain(|&t| t > start && t < start + run_ms);
+            at.sort_unstable();
+            at.dedup();
+            let mut bounds = vec![start];
+            bounds.extend(at);
+            bounds.push(start + run_ms);
+            let parts: u64 = bounds.windows(2).flat_map(|w| price_part(ts(start), ts(w[0]), ts(w[1]), &res, &[])).map(|s| s.billed_seconds).sum();
+            prop_assert_eq!(parts, billed_seconds(run_ms as u64));
+        }
+
         #[test]
         fn stretches_add_up_to_the_billed_seconds(
             start in 0i64..4 * DAY_MS,

@@ -349,9 +349,12 @@ pub struct Attempt {
     pub max_rss_mb: u64,
     pub log_bytes: u64,
     pub log_truncated: bool,
-    /// Set when it ends (SPEC §2.12): its begun seconds from `started_at` and what they cost.
+    /// Billed so far (SPEC §2.12): its begun seconds from `started_at` and what they cost —
+    /// accrued while it runs, completed when it ends.
     pub billed_seconds: u64,
     pub cost_micros: i64,
+    /// Up to when it has been billed while running.
+    pub accrued_to: Option<Timestamp>,
 }
 
 /// One stored transition of a job.

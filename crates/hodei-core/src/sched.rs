@@ -73,6 +73,9 @@ pub struct SchedConfig {
     /// The rate versions attempts are priced at (`cost_tracking.hourly_rate_*`); none: the
     /// default rates.
     pub rates: Vec<crate::cost::RateVersion>,
+    /// `cost_tracking.accrual_interval_s`: running attempts are billed this often, so what they
+    /// cost counts (in budgets, breakdowns) before they end.
+    pub accrual_interval: Duration,
 }
 
 impl Default for SchedConfig {
@@ -93,6 +96,7 @@ impl Default for SchedConfig {
             usage_half_life: None,
             preemption: false,
             rates: Vec::new(),
+            accrual_interval: Duration::from_secs(60),
         }
     }
 }
@@ -383,6 +387,8 @@ pub struct Scheduler {
     burst_pending: IdSet<TenantId>,
     /// Tenants that have spent a budget: their new and pending jobs are held.
     budget_exhausted: IdSet<TenantId>,
+    /// When running attempts are next billed for their time so far.
+    next_accrual: Option<Timestamp>,
     books: Books,
     /// Recent successful runs per tenant and job name.
     history: IdMap<TenantId, HashMap<String, Recent>>,
@@ -480,6 +486,7 @@ impl Scheduler {
             burst_stamps: IdMap::default(),
             burst_pending: IdSet::default(),
             budget_exhausted: IdSet::default(),
+            next_accrual: None,
             books: Books { sla, ..Books::default() },
             history: IdMap::default(),
             history_keys: 0,

@@ -642,7 +642,6 @@ impl Config {
         check("cost_tracking.track_by_tenant".into(), c.track_by_tenant != dc.track_by_tenant);
         check("cost_tracking.track_by_job".into(), c.track_by_job != dc.track_by_job);
         check("cost_tracking.track_by_pool".into(), c.track_by_pool != dc.track_by_pool);
-        check("cost_tracking.accrual_interval_s".into(), c.accrual_interval_s != dc.accrual_interval_s);
         check("metrics.history".into(), self.metrics.history != d.metrics.history);
         check("observability".into(), self.observability != d.observability);
         check("multi_cluster".into(), self.multi_cluster != d.multi_cluster);
@@ -744,6 +743,9 @@ impl Config {
                     .map_err(|(key, message)| ConfigError::Invalid { path: format!("resource_pools.pools[{i}].provider_config.{key}"), message })?;
             }
         }
+        if self.cost_tracking.accrual_interval_s == 0 {
+            return bad("cost_tracking.accrual_interval_s", "must be at least 1".into());
+        }
         if self.cost_tracking.retention_days == 0 {
             return bad("cost_tracking.retention_days", "must be at least 1".into());
         }
@@ -839,12 +841,12 @@ mod tests {
         assert!(super::Config::default().unsupported().is_empty(), "the defaults start");
         for (var, key) in [
             ("HODEI_BUDGETS__FAIR_SHARE_DEMOTION", "budgets"),
-            ("HODEI_COST_TRACKING__ACCRUAL_INTERVAL_S", "cost_tracking.accrual_interval_s"),
+            ("HODEI_COST_TRACKING__TRACK_BY_JOB", "cost_tracking.track_by_job"),
             ("HODEI_METRICS__HISTORY__INTERVAL_S", "metrics.history"),
             ("HODEI_OBSERVABILITY__GRAFANA__FOLDER", "observability"),
             ("HODEI_OPTIMIZATION__MIN_RUNS", "optimization"),
         ] {
-            let value = if var.ends_with("DEMOTION") {
+            let value = if var.ends_with("DEMOTION") || var.ends_with("TRACK_BY_JOB") {
                 "false"
             } else if var.ends_with("FILE") || var.ends_with("FOLDER") {
                 "/x"
@@ -949,7 +951,7 @@ mod tests {
             (
                 "cost_tracking",
                 CostConfig::KEYS,
-                "hourly_rate_cpu hourly_rate_memory_gb hourly_rate_gpu currency retention_days | enabled track_by_tenant track_by_job track_by_pool accrual_interval_s",
+                "hourly_rate_cpu hourly_rate_memory_gb hourly_rate_gpu currency retention_days accrual_interval_s | enabled track_by_tenant track_by_job track_by_pool",
             ),
             (
                 "autoscaling",

@@ -592,6 +592,7 @@ pub fn engine_config(cfg: &Config) -> EngineConfig {
             preemption: s.preemption.enabled,
             // The stored rate versions are set at start (`rate_versions`); until then, the file's.
             rates: vec![hodei_core::cost::RateVersion { effective_from: hodei_core::Timestamp::from_millis(0), rates: rates(cfg) }],
+            accrual_interval: Duration::from_secs(cfg.cost_tracking.accrual_interval_s),
         },
         // The tick only drives timeouts and retries; dispatch is event-driven.
         tick: Duration::from_millis(s.tick_ms.clamp(50, 250)),

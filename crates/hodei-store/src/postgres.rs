@@ -681,14 +681,15 @@ fn attempts(st: &mut Stmt, c: &Changes) {
         st.arg(attempts.iter().map(|a| a.log_truncated).collect::<Vec<_>>(), "boolean[]"),
         st.arg(big(|a| a.billed_seconds as i64), "bigint[]"),
         st.arg(big(|a| a.cost_micros), "bigint[]"),
+        st.arg(opt(|a| a.accrued_to.map(ms)), "bigint[]"),
     ];
     st.cte(format!(
         "INSERT INTO attempts (id, job_id, number, worker_id, pool_id, cpu_m, memory_mb, gpu, state, assigned_at, started_at, finished_at, \
-         exit_code, signal, failure_reason, cpu_time_ms, max_rss_mb, log_bytes, log_truncated, billed_seconds, cost_micros) SELECT * FROM {} \
+         exit_code, signal, failure_reason, cpu_time_ms, max_rss_mb, log_bytes, log_truncated, billed_seconds, cost_micros, accrued_to) SELECT * FROM {} \
          ON CONFLICT (id) DO UPDATE SET state = excluded.state, started_at = excluded.started_at, finished_at = excluded.finished_at, \
          exit_code = excluded.exit_code, signal = excluded.signal, failure_reason = excluded.failure_reason, cpu_time_ms = excluded.cpu_time_ms, \
          max_rss_mb = excluded.max_rss_mb, log_bytes = excluded.log_bytes, log_truncated = excluded.log_truncated, \
-         billed_seconds = excluded.billed_seconds, cost_micros = excluded.cost_micros",
+         billed_seconds = excluded.billed_seconds, cost_micros = excluded.cost_micros, accrued_to = excluded.accrued_to",
         unnest(&cols)
     ));
 }

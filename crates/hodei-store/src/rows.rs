@@ -418,6 +418,7 @@ pub(crate) fn attempt_from_row(r: &impl Cols) -> Result<Attempt> {
         log_truncated: r.col("log_truncated").map_err(g)?,
         billed_seconds: r.col::<i64>("billed_seconds").map_err(g)?.max(0) as u64,
         cost_micros: r.col("cost_micros").map_err(g)?,
+        accrued_to: ts(r.col("accrued_to").map_err(g)?),
     })
 }
 

@@ -189,12 +189,12 @@ const UPDATE_JOB: &str = "UPDATE jobs SET state = ?1, state_reason = ?2, attempt
      sla_status = ?19, sla_waited_ms = ?20, sla_since = ?21, sla_breached_at = ?22, sla_wait_ms = ?23, sla_decided_at = ?24 WHERE id = ?18";
 
 const UPSERT_ATTEMPT: &str = "INSERT INTO attempts (id, job_id, number, worker_id, pool_id, cpu_m, memory_mb, gpu, state, assigned_at, started_at, finished_at, \
-     exit_code, signal, failure_reason, cpu_time_ms, max_rss_mb, log_bytes, log_truncated, billed_seconds, cost_micros) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21) \
+     exit_code, signal, failure_reason, cpu_time_ms, max_rss_mb, log_bytes, log_truncated, billed_seconds, cost_micros, accrued_to) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22) \
      ON CONFLICT (id) DO UPDATE SET state = excluded.state, started_at = excluded.started_at, finished_at = excluded.finished_at, \
      exit_code = excluded.exit_code, signal = excluded.signal, failure_reason = excluded.failure_reason, cpu_time_ms = excluded.cpu_time_ms, \
      max_rss_mb = excluded.max_rss_mb, log_bytes = excluded.log_bytes, log_truncated = excluded.log_truncated, \
-     billed_seconds = excluded.billed_seconds, cost_micros = excluded.cost_micros";
+     billed_seconds = excluded.billed_seconds, cost_micros = excluded.cost_micros, accrued_to = excluded.accrued_to";
 
 const INSERT_COST_RECORD: &str = "INSERT INTO cost_records (attempt_id, job_id, tenant_id, pool_id, job_name, cpu_m, memory_mb, gpu, \
      rate_cpu, rate_memory, rate_gpu, start_at, end_at, day, billed_seconds, cost_micros) \
@@ -402,6 +402,7 @@ fn write(tx: &Connection, c: &Changes) -> Result<(), StoreError> {
                 a.log_truncated,
                 a.billed_seconds as i64,
                 a.cost_micros,
+                oms(a.accrued_to),
             ])
             .map_err(map_err("writing an attempt"))?;
         }

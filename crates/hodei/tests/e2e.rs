@@ -1310,3 +1310,30 @@ async fn a_spent_budget_holds_new_jobs_never_kills_running_ones_and_a_larger_one
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(text.lines().filter(|l| l.contains("budget_threshold") && l.contains("resolved")).count(), 3, "{text}");
 }
+
+/// A running job is billed as it runs (`cost_tracking.accrual_interval_s`): its cost and the
+/// breakdown grow before it ends, and at its end the parts add up to its whole billed time.
+#[tokio::test]
+async fn a_running_job_is_billed_as_it_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path(), &[("HODEI_COST_TRACKING__ACCRUAL_INTERVAL_S", "1")], 0, None);
+    let id = srv.submit(json!({"command": ["sleep", "4"], "resources": {"cpu_m": 1000, "memory_mb": 256}})).await["id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let j = srv.job(&id).await;
+        assert!(j["state"] != "succeeded", "ended before any accrual was seen: {j}");
+        let (_, b) = srv.call(Method::GET, "/cost-optimization/breakdown?period=last_day", None).await;
+        if j["state"] == "running" && j["cost_micros"].as_i64() > Some(0) && b["total_cost_micros"].as_i64() == j["cost_micros"].as_i64() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no cost while running: {j} {b}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let j = srv.wait_ended(&id, 30).await;
+    let a = &j["attempts"][0];
+    let ms = |v: &Value| v.as_str().unwrap().parse::<jiff::Timestamp>().unwrap().as_millisecond();
+    let billed = ((ms(&a["finished_at"]) - ms(&a["started_at"])) as u64).div_ceil(1000);
+    assert_eq!(a["billed_seconds"].as_u64(), Some(billed), "the parts add up to the whole run: {a}");
+    let (_, b) = srv.call(Method::GET, "/cost-optimization/breakdown?period=last_day", None).await;
+    assert_eq!(b["total_cost_micros"].as_i64(), j["cost_micros"].as_i64(), "{b} {j}");
+}

@@ -174,6 +174,7 @@ impl Scheduler {
             log_truncated: false,
             billed_seconds: 0,
             cost_micros: 0,
+            accrued_to: None,
         };
         w.allocated = w.allocated.checked_add(&req).unwrap_or(w.resources);
         w.slots_used += 1;

@@ -169,10 +169,19 @@ impl Scheduler {
         self.touch(job_id);
     }
 
-    /// Prices an ended attempt that started (one that never started is free), from its start
-    /// to `end`, at the rate versions in force.
+    /// Prices an ended attempt that started (one that never started is free) from where its
+    /// accrual stopped (or its start) to `end`, at the rate versions in force.
     fn bill(&mut self, a: &mut Attempt, end: Timestamp) {
+        self.bill_part(a, end);
+    }
+
+    /// Bills `a`'s time from where it was billed up to `to` (nothing if that is not later).
+    pub(super) fn bill_part(&mut self, a: &mut Attempt, to: Timestamp) {
         let Some(start) = a.started_at else { return };
+        let from = a.accrued_to.unwrap_or(start);
+        if a.accrued_to.is_some() && to <= from {
+            return;
+        }
         let job = self.jobs.get(&a.job_id);
         let cost = AttemptCost {
             attempt_id: a.id,
@@ -181,9 +190,11 @@ impl Scheduler {
             job_name: job.map(|j| j.spec.name.clone()),
             pool_id: a.pool_id.clone(),
             resources: a.resources,
-            segments: crate::cost::price(start, end.max(start), &a.resources, &self.cfg.rates),
+            segments: crate::cost::price_part(start, from, to.max(from), &a.resources, &self.cfg.rates),
         };
-        (a.billed_seconds, a.cost_micros) = (cost.billed_seconds(), cost.cost_micros());
+        a.billed_seconds += cost.billed_seconds();
+        a.cost_micros += cost.cost_micros();
+        a.accrued_to = Some(to.max(from));
         self.out.costs.push(cost);
     }
 

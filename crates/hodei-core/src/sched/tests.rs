@@ -1334,6 +1334,34 @@ fn a_spent_budget_holds_new_and_pending_jobs_never_running_ones_and_releases_the
     assert_eq!(schedule(&mut s, &mut ids, 7).len(), 1);
 }
 
+#[test]
+fn running_attempts_are_billed_as_they_run_and_the_parts_add_up_to_the_whole() {
+    let (mut s, mut ids) = (Scheduler::new(SchedConfig { accrual_interval: Duration::from_secs(60), ..SchedConfig::default() }), Ids(0));
+    let w = connected_worker(&mut s, &mut ids, 1, 4000, 0);
+    let j = job(&mut ids, "t", 1000, 0, 0);
+    s.submit(j, ts(0)).unwrap();
+    let (_, aid, _) = schedule(&mut s, &mut ids, 0)[0];
+    s.accepted(aid, w, ts(500), ts(500)).unwrap();
+    s.tick(ts(1_000)); // arms the accrual clock
+    let _ = s.take_changes();
+    let mut parts = Vec::new();
+    for at in [61_000, 121_000] {
+        s.heartbeat(w, &[aid], None, ts(at)).unwrap();
+        s.tick(ts(at));
+        let c = s.take_changes();
+        assert_eq!(c.costs.len(), 1, "one accrual at {at}");
+        assert_eq!(c.attempts.last().map(|a| a.accrued_to), Some(Some(ts(at))), "the attempt row says how far it is billed");
+        parts.push(c.costs[0].billed_seconds());
+    }
+    s.finish(aid, w, AttemptResult { started_at: ts(500), finished_at: ts(150_200), ..result(Outcome::Succeeded, 0, 0) }, ts(150_200)).unwrap();
+    let c = s.take_changes();
+    parts.push(c.costs.iter().map(AttemptCost::billed_seconds).sum());
+    assert_eq!(parts, [61, 60, 29], "60.5 s begun at the first accrual, then by 121 s, then to 149.7 s");
+    assert_eq!(parts.iter().sum::<u64>(), crate::cost::billed_seconds(149_700));
+    let a = c.attempts.last().unwrap();
+    assert_eq!(a.billed_seconds, 150);
+}
+
 mod placement_chain {
     use super::*;
     use crate::placement::{ever_fits, fits_now};

@@ -10,6 +10,14 @@ impl Scheduler {
         if let Some(cutoff) = self.idempotency.expire(now) {
             self.out.idempotency_expired_before = Some(cutoff);
         }
+        match self.next_accrual {
+            None => self.next_accrual = Some(now.saturating_add(self.cfg.accrual_interval)),
+            Some(at) if at <= now => {
+                self.accrue(now);
+                self.next_accrual = Some(now.saturating_add(self.cfg.accrual_interval));
+            }
+            Some(_) => {}
+        }
         for id in self.books.sla.due(now) {
             if let Some(job) = self.jobs.get_mut(&id)
                 && self.books.sla.reevaluate(job, now)
@@ -112,5 +120,22 @@ impl Scheduler {
     pub fn next_deadline(&self) -> Option<Timestamp> {
         let retry = self.retry_wait.first().map(|(at, _)| *at);
         retry.into_iter().chain(self.books.sla.next_due()).min()
+    }
+
+    /// Bills every running attempt for its time so far (`accrual_interval`): its cost records
+    /// and rollups are written now, so budgets and breakdowns count it before it ends.
+    pub fn accrue(&mut self, now: Timestamp) {
+        let running: Vec<AttemptId> = self.attempts.values().filter(|a| a.state == AttemptState::Running && a.started_at.is_some()).map(|a| a.id).collect();
+        for id in running {
+            let Some(mut a) = self.attempts.get(&id).cloned() else { continue };
+            let before = a.billed_seconds;
+            self.bill_part(&mut a, now);
+            if a.billed_seconds != before || a.accrued_to != self.attempts.get(&id).and_then(|x| x.accrued_to) {
+                self.out.attempts.push(a.clone());
+                if let Some(x) = self.attempts.get_mut(&id) {
+                    *x = a;
+                }
+            }
+        }
     }
 }
