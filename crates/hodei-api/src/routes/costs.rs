@@ -24,9 +24,14 @@ const MAX_DAYS: i64 = 366;
 
 /// Micro-dollars as a decimal amount with its currency, e.g. `0.070000 USD`.
 pub fn money(micros: i64, currency: &str) -> String {
+    format!("{} {currency}", amount(micros))
+}
+
+/// Micro-units as a decimal amount with six decimals, e.g. `0.070000`.
+fn amount(micros: i64) -> String {
     let sign = if micros < 0 { "-" } else { "" };
     let m = micros.unsigned_abs();
-    format!("{sign}{}.{:06} {currency}", m / 1_000_000, m % 1_000_000)
+    format!("{sign}{}.{:06}", m / 1_000_000, m % 1_000_000)
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -198,10 +203,6 @@ pub struct RatesIn {
     /// Per GPU-hour.
     #[schema(value_type = Option<String>)]
     pub hourly_rate_gpu: Option<serde_json::Value>,
-}
-
-fn amount(micros: i64) -> String {
-    format!("{}.{:06}", micros / 1_000_000, micros % 1_000_000)
 }
 
 fn rates_view(r: &Rates, currency: &str) -> RatesView {
