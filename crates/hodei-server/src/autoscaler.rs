@@ -167,8 +167,11 @@ impl Autoscaler {
                 None => (pool.state, pool.state_reason.clone()),
             };
             settling |= matches!(state, PoolState::Scaling | PoolState::Initializing);
-            if desired != pool.desired_size || state != pool.state || reason != pool.state_reason {
-                self.store.set_pool_size(&pool.id, desired, state, &reason).await?;
+            // Deleted since it was read: the delete wins (the store refuses to revive it).
+            if (desired != pool.desired_size || state != pool.state || reason != pool.state_reason)
+                && !self.store.set_pool_size(&pool.id, desired, state, &reason).await?
+            {
+                continue;
             }
             if state != pool.state {
                 self.transition(pool, state, &reason, desired, now).await?;

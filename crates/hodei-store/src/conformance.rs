@@ -764,6 +764,14 @@ async fn pools_workers_and_live_counts_round_trip(store: &dyn Store) {
     store.set_pool_size(&p.id, stored.desired_size, stored.state, "").await.unwrap();
     assert_eq!(store.get_pool(&p.id).await.unwrap().unwrap().0, hodei_core::Pool { version: 3, ..stored });
     assert!(!store.set_pool_size(&PoolId::parse("nope").unwrap(), 1, hodei_core::PoolState::Active, "").await.unwrap());
+    // A pool on its way out is not revived by a decision taken before it was deleted.
+    let leaving = hodei_core::Pool { id: PoolId::parse("leaving").unwrap(), state: hodei_core::PoolState::Draining, ..p.clone() };
+    store.upsert_pool(&leaving, Some("h")).await.unwrap();
+    assert!(!store.set_pool_size(&leaving.id, 2, hodei_core::PoolState::Active, "late decision").await.unwrap());
+    assert!(store.set_pool_size(&leaving.id, 0, hodei_core::PoolState::Destroyed, "gone").await.unwrap());
+    assert!(!store.set_pool_size(&leaving.id, 1, hodei_core::PoolState::Scaling, "late decision").await.unwrap());
+    let (gone, _) = store.get_pool(&leaving.id).await.unwrap().unwrap();
+    assert_eq!((gone.desired_size, gone.state, gone.state_reason.as_str()), (0, hodei_core::PoolState::Destroyed, "gone"));
     // Creating refuses an id in use, and changes nothing then.
     let fresh = hodei_core::Pool { id: PoolId::parse("made-by-api").unwrap(), managed_by: "api".into(), ..p.clone() };
     store.create_pool(&fresh, "fresh-hash").await.unwrap();

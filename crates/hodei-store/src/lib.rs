@@ -335,7 +335,8 @@ pub trait Store: Identity + Send + Sync + 'static {
     async fn set_pool_join_token(&self, id: &PoolId, join_token_hash: &str) -> Result<bool>;
     async fn list_pools(&self) -> Result<Vec<Pool>>;
     /// Sets a pool's desired size, state and state reason (its spec and version unchanged);
-    /// false when there is no such pool.
+    /// false when there is no such pool, or it is on its way out: a `destroyed` pool stays so, a
+    /// `draining` one only becomes `destroyed` — a decision read before a delete never revives it.
     async fn set_pool_size(&self, id: &PoolId, desired_size: u32, state: hodei_core::PoolState, state_reason: &str) -> Result<bool>;
     /// Appends a scaling decision to its pool's history; returns its id (the event's own is ignored).
     async fn record_scaling_event(&self, e: &hodei_core::autoscale::Event) -> Result<i64>;

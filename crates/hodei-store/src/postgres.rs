@@ -1003,14 +1003,17 @@ impl Store for PgStore {
     }
 
     async fn set_pool_size(&self, id: &PoolId, desired_size: u32, state: hodei_core::PoolState, state_reason: &str) -> Result<bool> {
-        let r = sqlx::query("UPDATE pools SET desired_size = $1, state = $2, state_reason = $3 WHERE id = $4")
-            .bind(i64_of(desired_size))
-            .bind(state.as_str())
-            .bind(state_reason)
-            .bind(id.as_str())
-            .execute(&self.pool)
-            .await
-            .map_err(StoreError::db("resizing a pool"))?;
+        let r = sqlx::query(
+            "UPDATE pools SET desired_size = $1, state = $2, state_reason = $3 WHERE id = $4 \
+             AND state <> 'destroyed' AND (state <> 'draining' OR $2 IN ('draining', 'destroyed'))",
+        )
+        .bind(i64_of(desired_size))
+        .bind(state.as_str())
+        .bind(state_reason)
+        .bind(id.as_str())
+        .execute(&self.pool)
+        .await
+        .map_err(StoreError::db("resizing a pool"))?;
         Ok(r.rows_affected() == 1)
     }
 

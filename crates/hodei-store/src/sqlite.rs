@@ -461,14 +461,18 @@ impl Store for SqliteStore {
     }
 
     async fn set_pool_size(&self, id: &PoolId, desired_size: u32, state: hodei_core::PoolState, state_reason: &str) -> Result<bool> {
-        let r = sqlx::query("UPDATE pools SET desired_size = ?, state = ?, state_reason = ? WHERE id = ?")
-            .bind(i64::from(desired_size))
-            .bind(state.as_str())
-            .bind(state_reason)
-            .bind(id.as_str())
-            .execute(&self.write)
-            .await
-            .map_err(StoreError::db("resizing a pool"))?;
+        let r = sqlx::query(
+            "UPDATE pools SET desired_size = ?, state = ?, state_reason = ? WHERE id = ? \
+             AND state <> 'destroyed' AND (state <> 'draining' OR ? IN ('draining', 'destroyed'))",
+        )
+        .bind(i64::from(desired_size))
+        .bind(state.as_str())
+        .bind(state_reason)
+        .bind(id.as_str())
+        .bind(state.as_str())
+        .execute(&self.write)
+        .await
+        .map_err(StoreError::db("resizing a pool"))?;
         Ok(r.rows_affected() == 1)
     }
 
