@@ -25,6 +25,7 @@ pub mod spec;
 pub mod tenant;
 pub mod time;
 pub mod units;
+pub mod usage;
 pub mod worker;
 
 pub use auth::{Access, Action, AuditEntry, Caller, Principal, PrincipalKind, Role, RoleBinding, Scope, Token, Visibility};

@@ -99,6 +99,7 @@ pub async fn run_all(store: &dyn Store) {
     rate_versions_list_oldest_first_one_per_instant(store).await;
     budgets_round_trip_and_refuse_stale_updates(store).await;
     alerts_fire_once_per_key_and_resolve(store).await;
+    usage_is_kept_per_attempt_and_read_per_job_name(store).await;
 }
 
 /// Scaling events come back as recorded, newest first, filtered by time and decision, paged
@@ -985,4 +986,74 @@ async fn alerts_fire_once_per_key_and_resolve(store: &dyn Store) {
     assert_eq!(store.resolve_alerts("budget:x", &["k100".to_owned()], ts(20)).await.unwrap(), 2);
     assert_eq!(all(AlertFilter { state: Some(AlertState::Resolved), ..Default::default() }).await, ["k90", "k80"]);
     assert_eq!(all(AlertFilter { before: Some(hodei_core::AlertId::from_uuid(Uuid::from_u128(4))), limit: 1, ..Default::default() }).await, ["k90"]);
+}
+
+/// Usage round-trips per attempt (a write replaces), expires by age, and the analyzer reads
+/// the latest finished runs of each (tenant, job name) with what they asked for.
+async fn usage_is_kept_per_attempt_and_read_per_job_name(store: &dyn Store) {
+    use crate::AttemptUsage;
+    use hodei_core::usage::{Sample, Series, summarize};
+    let mut s = Scheduler::new(SchedConfig::default());
+    let w = Worker { slots: 8, resources: Resources::new(16_000, 65_536, 0), ..worker(70) };
+    store.register_worker(&w, "hash-70").await.unwrap();
+    s.register_worker(w.clone(), ts(0));
+    s.connect_worker(w.id, &[], vec![], ts(0)).unwrap();
+    let jobs = [job(90_700, "usage-a", &[]), job(90_701, "usage-a", &[]), job(90_702, "usage-a", &[]), job(90_703, "usage-b", &[])];
+    for j in &jobs {
+        s.submit(j.clone(), ts(1)).unwrap();
+    }
+    let mut n = 97_000_000u128;
+    let mut mint = || {
+        n += 1;
+        AttemptId::from_uuid(Uuid::from_u128(n))
+    };
+    s.schedule(ts(2), &mut mint);
+    store.apply(std::sync::Arc::new(s.take_changes())).await.unwrap();
+    let mut usage = Vec::new();
+    for (i, j) in jobs.iter().enumerate() {
+        let aid = s.job(&j.id).unwrap().current_attempt.unwrap();
+        let end = 10_000 + i as i64 * 1000;
+        s.accepted(aid, w.id, ts(3), ts(3)).unwrap();
+        let oom = i == 1;
+        let r = AttemptResult {
+            outcome: if oom { Outcome::Failed } else { Outcome::Succeeded },
+            exit_code: (!oom).then_some(0),
+            signal: None,
+            failure_reason: oom.then_some(hodei_core::FailureReason::Oom),
+            started_at: ts(3),
+            finished_at: ts(end),
+            cpu_time_ms: 5_000,
+            max_rss_mb: 100,
+            log_bytes: 0,
+            log_truncated: false,
+        };
+        s.finish(aid, w.id, r, ts(end)).unwrap();
+        let mut series = Series::default();
+        for k in 0..3 {
+            series.push(&Sample { at: ts(3 + k * 1000), cpu_m: 500 + k as u32, rss_mb: 90 + k as u32, ..Sample::default() });
+        }
+        let summary = summarize(&series, (end - 3) as u64, 5_000, 100);
+        usage.push(AttemptUsage { attempt: aid, series, summary: Some(summary), updated_at: ts(end) });
+    }
+    store.apply(std::sync::Arc::new(s.take_changes())).await.unwrap();
+    // A running attempt's series first, replaced by its final one.
+    let early = AttemptUsage { summary: None, series: Series { step_ms: 0, points: usage[0].series.points[..1].to_vec() }, ..usage[0].clone() };
+    store.put_usage(std::slice::from_ref(&early)).await.unwrap();
+    assert_eq!(store.attempt_usage(&[early.attempt]).await.unwrap(), [early]);
+    store.put_usage(&usage).await.unwrap();
+    let ids: Vec<AttemptId> = usage.iter().map(|u| u.attempt).collect();
+    let mut back = store.attempt_usage(&ids).await.unwrap();
+    back.sort_by_key(|u| u.updated_at);
+    assert_eq!(back, usage);
+
+    let runs = store.usage_runs(ts(0), None, 2, 100).await.unwrap();
+    let seen: Vec<(&str, i64, bool)> = runs.iter().map(|r| (r.tenant.as_str(), r.finished_at.as_millis(), r.oom)).collect();
+    assert_eq!(seen, [("usage-a", 12_000, false), ("usage-a", 11_000, true), ("usage-b", 13_000, false)], "the latest two per name");
+    assert_eq!((runs[0].job_name.as_str(), runs[0].requested, runs[0].summary), ("echo", jobs[2].spec.resources, usage[2].summary.unwrap()));
+    let b = store.usage_runs(ts(0), Some(&TenantId::parse("usage-b").unwrap()), 20, 100).await.unwrap();
+    assert_eq!(b.len(), 1);
+    assert_eq!(store.usage_runs(ts(11_500), None, 20, 100).await.unwrap().len(), 2, "ended since");
+    assert_eq!(store.usage_runs(ts(0), None, 20, 1).await.unwrap().len(), 1, "at most the limit");
+    assert_eq!(store.forget_usage(ts(11_500)).await.unwrap(), 2);
+    assert_eq!(store.attempt_usage(&ids).await.unwrap().len(), 2);
 }

@@ -188,6 +188,30 @@ pub struct CostGroupRow {
     pub attempts: i64,
 }
 
+/// An attempt's usage as stored (SPEC §8.7): its series of at most 720 points, and its summary
+/// once it ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttemptUsage {
+    pub attempt: hodei_core::AttemptId,
+    pub series: hodei_core::usage::Series,
+    pub summary: Option<hodei_core::usage::Summary>,
+    pub updated_at: Timestamp,
+}
+
+/// A finished attempt with its usage summary, as the optimization analyzer reads it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UsageRun {
+    pub tenant: TenantId,
+    pub job_name: String,
+    /// What the attempt asked for.
+    pub requested: hodei_core::Resources,
+    pub started_at: Timestamp,
+    pub finished_at: Timestamp,
+    /// It ended `oom`.
+    pub oom: bool,
+    pub summary: hodei_core::usage::Summary,
+}
+
 /// A stored rate version: who set it (`config` or an admin through the API).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredRates {
@@ -409,6 +433,16 @@ pub trait Store: Identity + Send + Sync + 'static {
     /// Deletes cost records that ended before `before` (`cost_tracking.retention_days`); the
     /// rollups they were added to stay. Returns how many.
     async fn forget_cost_records(&self, before: Timestamp) -> Result<u64>;
+    /// Writes the usage of these attempts (each replacing what was stored of it).
+    async fn put_usage(&self, usage: &[AttemptUsage]) -> Result<()>;
+    /// The stored usage of these attempts (those that have some).
+    async fn attempt_usage(&self, attempts: &[hodei_core::AttemptId]) -> Result<Vec<AttemptUsage>>;
+    /// Deletes the usage last written before `before` (retention); how many attempts' went.
+    async fn forget_usage(&self, before: Timestamp) -> Result<u64>;
+    /// Finished attempts with a usage summary that ended at or after `since` — of `tenant`'s
+    /// jobs when given — the latest `per_name` of each (tenant, job name), at most `limit` in
+    /// all, newest first within each name.
+    async fn usage_runs(&self, since: Timestamp, tenant: Option<&TenantId>, per_name: u32, limit: u32) -> Result<Vec<UsageRun>>;
     async fn sla_breaches(&self, f: &BreachFilter) -> Result<Vec<Job>>;
 
     /// Records a worker and the hash of its session token.

@@ -1383,6 +1383,60 @@ impl Store for PgStore {
         Ok(done.map_err(StoreError::db("deleting old cost records"))?.rows_affected())
     }
 
+    async fn put_usage(&self, usage: &[crate::AttemptUsage]) -> Result<()> {
+        for chunk in usage.chunks(500) {
+            let mut qb: QueryBuilder<Postgres> = QueryBuilder::new("INSERT INTO attempt_usage (attempt_id, step_ms, points, summary, updated_at) ");
+            qb.push_values(chunk, |mut b, u| {
+                b.push_bind(u.attempt.as_uuid())
+                    .push_bind(u.series.step_ms as i64)
+                    .push_bind(series_text(&u.series))
+                    .push_bind(u.summary.as_ref().map(summary_text))
+                    .push_bind(ms(u.updated_at));
+            });
+            qb.push(
+                " ON CONFLICT (attempt_id) DO UPDATE SET step_ms = excluded.step_ms, points = excluded.points, summary = excluded.summary, \
+                 updated_at = excluded.updated_at",
+            );
+            qb.build().execute(&self.pool).await.map_err(StoreError::db("writing usage"))?;
+        }
+        Ok(())
+    }
+
+    async fn attempt_usage(&self, attempts: &[hodei_core::AttemptId]) -> Result<Vec<crate::AttemptUsage>> {
+        let mut out = Vec::new();
+        for chunk in attempts.chunks(500) {
+            let mut qb: QueryBuilder<Postgres> = QueryBuilder::new("SELECT * FROM attempt_usage WHERE attempt_id IN (");
+            let mut sep = qb.separated(", ");
+            for a in chunk {
+                sep.push_bind(a.as_uuid());
+            }
+            qb.push(")");
+            for r in qb.build().fetch_all(&self.pool).await.map_err(StoreError::db("reading usage"))? {
+                out.push(usage_from_row(&r)?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn forget_usage(&self, before: Timestamp) -> Result<u64> {
+        let done = sqlx::query("DELETE FROM attempt_usage WHERE updated_at < $1").bind(ms(before)).execute(&self.pool).await;
+        Ok(done.map_err(StoreError::db("deleting old usage"))?.rows_affected())
+    }
+
+    async fn usage_runs(&self, since: Timestamp, tenant: Option<&TenantId>, per_name: u32, limit: u32) -> Result<Vec<crate::UsageRun>> {
+        let sql = USAGE_RUNS
+            .replace("{since}", "$1")
+            .replace("{tenant}", if tenant.is_some() { "j.tenant_id = $2" } else { "1 = 1" })
+            .replace("{per_name}", &per_name.to_string())
+            .replace("{limit}", &limit.to_string());
+        // Only integers and fixed text are spliced in; values are bound.
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(ms(since));
+        if let Some(t) = tenant {
+            q = q.bind(t.as_str());
+        }
+        q.fetch_all(&self.pool).await.map_err(StoreError::db("reading usage"))?.iter().map(usage_run_from_row).collect()
+    }
+
     async fn raise_alert(&self, a: &hodei_core::alert::Alert) -> Result<bool> {
         let r = sqlx::query("INSERT INTO alerts (id, kind, severity, tenant_id, scope, dedup_key, value, message, state, fired_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (dedup_key) DO NOTHING")
             .bind(a.id.as_uuid())

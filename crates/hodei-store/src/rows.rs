@@ -791,3 +791,120 @@ pub(crate) fn scaling_event_from_row(r: &impl Cols) -> Result<Event> {
         actor: r.col("actor").map_err(g)?,
     })
 }
+
+/// A usage series as stored: `at,samples,cpu,rss,gpu,gpu_mem,io_read,io_write` per point,
+/// points separated by `;` (compact, and no serde on core types).
+pub(crate) fn series_text(s: &hodei_core::usage::Series) -> String {
+    let mut out = String::with_capacity(s.points.len() * 40);
+    for (i, p) in s.points.iter().enumerate() {
+        use std::fmt::Write;
+        if i > 0 {
+            out.push(';');
+        }
+        let _ = write!(out, "{},{},{},{},{},{},{},{}", p.at.as_millis(), p.samples, p.cpu_m, p.rss_mb, p.gpu_pct, p.gpu_memory_mb, p.io_read_bytes, p.io_write_bytes);
+    }
+    out
+}
+
+const USAGE: &str = "reading usage";
+
+fn numbers<const N: usize>(text: &str) -> Result<[u64; N]> {
+    let corrupt = || StoreError::Corrupt { doing: USAGE, detail: format!("bad usage numbers {text:?}") };
+    let mut out = [0u64; N];
+    let mut it = text.split(',');
+    for slot in &mut out {
+        *slot = it.next().and_then(|v| v.parse().ok()).ok_or_else(corrupt)?;
+    }
+    Ok(out)
+}
+
+pub(crate) fn series_from(step_ms: i64, text: &str) -> Result<hodei_core::usage::Series> {
+    let points = text
+        .split(';')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let [at, n, cpu, rss, gpu, gm, ior, iow] = numbers::<8>(p)?;
+            let c = |v: u64| v.min(u64::from(u32::MAX)) as u32;
+            Ok(hodei_core::usage::Point {
+                at: Timestamp::from_millis(at as i64),
+                samples: c(n),
+                cpu_m: c(cpu),
+                rss_mb: c(rss),
+                gpu_pct: c(gpu),
+                gpu_memory_mb: c(gm),
+                io_read_bytes: ior,
+                io_write_bytes: iow,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(hodei_core::usage::Series { step_ms: step_ms.max(0) as u64, points })
+}
+
+pub(crate) fn summary_text(s: &hodei_core::usage::Summary) -> String {
+    format!(
+        "{},{},{},{},{},{},{},{},{},{},{}",
+        s.samples,
+        s.cpu_avg_m,
+        s.cpu_p95_m,
+        s.cpu_peak_m,
+        s.memory_avg_mb,
+        s.memory_p95_mb,
+        s.memory_peak_mb,
+        s.gpu_avg_pct,
+        s.cpu_time_ms,
+        s.io_read_bytes,
+        s.io_write_bytes
+    )
+}
+
+pub(crate) fn summary_from(text: &str) -> Result<hodei_core::usage::Summary> {
+    let [n, avg, p95, peak, mavg, mp95, mpeak, gpu, cpu_time, ior, iow] = numbers::<11>(text)?;
+    let c = |v: u64| v.min(u64::from(u32::MAX)) as u32;
+    Ok(hodei_core::usage::Summary {
+        samples: c(n),
+        cpu_avg_m: c(avg),
+        cpu_p95_m: c(p95),
+        cpu_peak_m: c(peak),
+        memory_avg_mb: c(mavg),
+        memory_p95_mb: c(mp95),
+        memory_peak_mb: c(mpeak),
+        gpu_avg_pct: c(gpu),
+        cpu_time_ms: cpu_time,
+        io_read_bytes: ior,
+        io_write_bytes: iow,
+    })
+}
+
+/// A row of `attempt_usage`.
+pub(crate) fn usage_from_row(r: &impl Cols) -> Result<crate::AttemptUsage> {
+    let g = |e: sqlx::Error| StoreError::Db { doing: USAGE, source: e };
+    Ok(crate::AttemptUsage {
+        attempt: AttemptId::from_uuid(r.col("attempt_id").map_err(g)?),
+        series: series_from(r.col("step_ms").map_err(g)?, r.col::<&str>("points").map_err(g)?)?,
+        summary: r.col::<Option<&str>>("summary").map_err(g)?.map(summary_from).transpose()?,
+        updated_at: Timestamp::from_millis(r.col("updated_at").map_err(g)?),
+    })
+}
+
+/// A row of the analyzer's query: an attempt's summary with its job's tenant and name.
+pub(crate) fn usage_run_from_row(r: &impl Cols) -> Result<crate::UsageRun> {
+    let g = |e: sqlx::Error| StoreError::Db { doing: USAGE, source: e };
+    Ok(crate::UsageRun {
+        tenant: parse_slug(USAGE, r.col("tenant_id").map_err(g)?, TenantId::parse)?,
+        job_name: r.col::<String>("name").map_err(g)?,
+        requested: resources(r, USAGE, "")?,
+        started_at: Timestamp::from_millis(r.col("started_at").map_err(g)?),
+        finished_at: Timestamp::from_millis(r.col("finished_at").map_err(g)?),
+        oom: r.col::<Option<&str>>("failure_reason").map_err(g)? == Some("oom"),
+        summary: summary_from(r.col::<&str>("summary").map_err(g)?)?,
+    })
+}
+
+/// The analyzer's query: each finished attempt's summary with its job's tenant and name, the
+/// latest `per_name` of each (tenant, name). Placeholders: `{since}`, `{tenant}` (a condition
+/// or `TRUE`), `{per_name}`, `{limit}` — filled by each store in its own syntax.
+pub(crate) const USAGE_RUNS: &str = "SELECT * FROM (SELECT j.tenant_id, j.name, a.cpu_m, a.memory_mb, a.gpu, a.started_at, a.finished_at, a.failure_reason, u.summary, \
+     ROW_NUMBER() OVER (PARTITION BY j.tenant_id, j.name ORDER BY a.finished_at DESC) AS nth \
+     FROM attempt_usage u JOIN attempts a ON a.id = u.attempt_id JOIN jobs j ON j.id = a.job_id \
+     WHERE u.summary IS NOT NULL AND a.started_at IS NOT NULL AND a.finished_at >= {since} AND {tenant}) AS runs \
+     WHERE nth <= {per_name} ORDER BY tenant_id, name, finished_at DESC LIMIT {limit}";

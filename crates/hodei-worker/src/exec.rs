@@ -321,10 +321,11 @@ async fn run_inner(
     let exit = reap(pid);
     tokio::pin!(exit);
     let limit_mb = a.resources.as_ref().map_or(0, |r| r.memory_mb);
+    let over = memory.watch(pid, &a.attempt_id, limit_mb);
     let over_memory = async {
-        match limit_mb {
-            0 => std::future::pending().await,
-            mb => memory.watch(pid, mb).await.ok(),
+        match over.await {
+            Ok(rss) => Some(rss),
+            Err(_) => std::future::pending().await,
         }
     };
 

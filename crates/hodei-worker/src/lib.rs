@@ -65,6 +65,7 @@ struct Identity {
     worker_id: String,
     session: String,
     heartbeat_interval: Duration,
+    usage_interval: Duration,
 }
 
 #[derive(Default)]
@@ -113,7 +114,17 @@ async fn register(client: &mut WorkerServiceClient<Channel>, o: &WorkerOptions) 
         .context("registering")?
         .into_inner();
     tracing::info!(worker = %resp.worker_id, pool = %o.pool, "registered");
-    Ok(Identity { worker_id: resp.worker_id, session: resp.session_token, heartbeat_interval: Duration::from_millis(resp.heartbeat_interval_ms.max(100)) })
+    Ok(Identity {
+        worker_id: resp.worker_id,
+        session: resp.session_token,
+        heartbeat_interval: Duration::from_millis(resp.heartbeat_interval_ms.max(100)),
+        usage_interval: usage_interval(resp.usage_sample_interval_ms),
+    })
+}
+
+/// The sampling interval the server asks for (its default when it names none).
+fn usage_interval(ms: u64) -> Duration {
+    Duration::from_millis(if ms == 0 { 10_000 } else { ms.max(100) })
 }
 
 /// Runs the agent until the process is told to stop.
@@ -146,8 +157,8 @@ pub async fn run(o: WorkerOptions) -> anyhow::Result<()> {
     let spooled = unacked.keys().cloned().collect();
     let agent = Arc::new(Mutex::new(Agent { unacked, spooled, ..Agent::default() }));
     tokio::spawn(spool_unacked(agent.clone(), spool.clone()));
-    let memory = memory::MemoryWatch::start();
     let (events_tx, mut events_rx) = mpsc::unbounded_channel::<pb::WorkerMessage>();
+    let memory = memory::MemoryWatch::start(events_tx.clone());
     let out = exec::Output { events: events_tx, retained: Arc::new(retain::Retained::default()) };
     let stop = Arc::new(Notify::new());
     spawn_stop_watcher(stop.clone());
@@ -156,6 +167,7 @@ pub async fn run(o: WorkerOptions) -> anyhow::Result<()> {
         worker_id: s.worker_id,
         session: s.session,
         heartbeat_interval: Duration::from_millis(s.heartbeat_interval_ms.max(100)),
+        usage_interval: usage_interval(s.usage_sample_interval_ms),
     });
     let mut backoff = Duration::from_millis(100);
     // The built-in pool's server is on this machine: a refused connection costs nothing, and
@@ -175,6 +187,7 @@ pub async fn run(o: WorkerOptions) -> anyhow::Result<()> {
                     worker_id: id.worker_id.clone(),
                     session: id.session.clone(),
                     heartbeat_interval_ms: id.heartbeat_interval.as_millis() as u64,
+                    usage_sample_interval_ms: id.usage_interval.as_millis() as u64,
                 };
                 if let Err(e) = spool.save_identity(&saved) {
                     tracing::warn!(error = %e, "cannot save the worker's identity in the spool; a restart registers anew");
@@ -182,6 +195,7 @@ pub async fn run(o: WorkerOptions) -> anyhow::Result<()> {
                 identity = Some(id);
             }
             let id = identity.clone().context("identity")?;
+            memory.set_interval(id.usage_interval);
             let hello = {
                 let a = agent.lock().map_err(|_| anyhow::anyhow!("agent state poisoned"))?;
                 // Ended attempts whose result is not acknowledged are named as running: their
@@ -254,7 +268,7 @@ pub async fn run(o: WorkerOptions) -> anyhow::Result<()> {
         backoff = Duration::from_millis(100);
         let lost = Arc::new(Notify::new());
         let disk = if o.sandbox.scratch_root.exists() { o.sandbox.scratch_root.clone() } else { o.work_dir.clone() };
-        let hb = tokio::spawn(heartbeats(client.clone(), id.clone(), agent.clone(), out.retained.clone(), lost.clone(), disk));
+        let hb = tokio::spawn(heartbeats(client.clone(), id.clone(), agent.clone(), out.retained.clone(), lost.clone(), disk, memory.clone()));
         let reason = loop {
             tokio::select! {
                 ev = events_rx.recv() => match ev {
@@ -418,6 +432,7 @@ async fn heartbeats(
     retained: Arc<retain::Retained>,
     lost: Arc<Notify>,
     disk: std::path::PathBuf,
+    memory: memory::MemoryWatch,
 ) {
     let mut seq = 0u64;
     let mut tick = tokio::time::interval(id.heartbeat_interval);
@@ -429,7 +444,7 @@ async fn heartbeats(
             worker_id: id.worker_id.clone(),
             session_token: id.session.clone(),
             seq,
-            usage: Some(usage()),
+            usage: Some(usage(&memory)),
             running_attempt_ids: running,
             node: Some(node_status(&disk)),
         };
@@ -477,9 +492,11 @@ fn node_status(disk: &std::path::Path) -> pb::NodeStatus {
     n
 }
 
-fn usage() -> pb::Usage {
+/// What this worker's jobs use together (at the last sample), and the machine's load.
+fn usage(jobs: &memory::MemoryWatch) -> pb::Usage {
     let load1 = std::fs::read_to_string("/proc/loadavg").ok().and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok())).unwrap_or(0.0);
-    pb::Usage { load1, ..Default::default() }
+    let (cpu_used_m, memory_used_mb) = jobs.totals();
+    pb::Usage { load1, cpu_used_m, memory_used_mb, ..Default::default() }
 }
 
 type Session<'a> = (WorkerServiceClient<Channel>, Identity, mpsc::UnboundedSender<pb::WorkerMessage>, &'a mut mpsc::UnboundedReceiver<pb::WorkerMessage>);

@@ -1,4 +1,6 @@
-//! The memory limit of running jobs (SPEC §5: "else RSS watch → `oom`"): one task per agent
+//! Usage samples and the memory limit of running jobs (SPEC §8.7; SPEC §5: "else RSS watch →
+//! `oom`"). Every usage interval each job's cpu (ticks of its processes and of the children
+//! they reaped), resident memory and storage IO are sent as `Progress`. One task per agent
 //! samples the resident memory of every running job's process group — its leader and the
 //! leader's descendants still in the group, so a shell's children count — and stops a job whose
 //! total passes its `memory_mb`. A sample visits only the jobs' own processes (through
@@ -8,10 +10,12 @@
 //! agent cannot put jobs in cgroups.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
+use hodei_proto::v1 as pb;
+use tokio::sync::{mpsc, oneshot};
 
 /// How often the resident memory of running jobs is sampled, at most.
 pub const SAMPLE_INTERVAL: Duration = Duration::from_millis(250);
@@ -21,31 +25,67 @@ pub const SAMPLE_INTERVAL: Duration = Duration::from_millis(250);
 const PACE: u32 = 20;
 
 struct Watched {
+    attempt: String,
+    /// 0: no limit.
     limit_bytes: u64,
-    over: oneshot::Sender<u64>,
+    over: Option<oneshot::Sender<u64>>,
+    /// Cpu ticks of the group at the last usage sample, and when it was taken.
+    cpu_ticks: u64,
+    sampled: Instant,
+    /// Storage bytes read and written so far (never going back).
+    io: (u64, u64),
 }
 
-/// The process groups being watched, by group id.
-#[derive(Clone, Default)]
+/// The process groups being watched, by group id, and where their usage samples go.
+#[derive(Clone)]
 pub struct MemoryWatch {
     groups: Arc<Mutex<HashMap<i32, Watched>>>,
+    usage_interval_ms: Arc<AtomicU64>,
+    events: mpsc::UnboundedSender<pb::WorkerMessage>,
+    /// cpu and resident memory of all jobs at the last sample, for heartbeats.
+    totals: Arc<Mutex<(u32, u32)>>,
 }
 
 impl MemoryWatch {
-    /// Starts the sampling task (on the current runtime).
-    pub fn start() -> MemoryWatch {
-        let w = MemoryWatch::default();
+    /// Starts the sampling task (on the current runtime); usage samples go to `events` as
+    /// `Progress` messages.
+    pub fn start(events: mpsc::UnboundedSender<pb::WorkerMessage>) -> MemoryWatch {
+        let w = MemoryWatch {
+            groups: Arc::default(),
+            usage_interval_ms: Arc::new(AtomicU64::new(10_000)),
+            events,
+            totals: Arc::default(),
+        };
         tokio::spawn(w.clone().sample_forever());
         w
     }
 
-    /// Watches process group `pgid`; the receiver gets the resident bytes seen when the group
-    /// passes `limit_mb` (it is then no longer watched). Dropping the receiver stops nothing:
+    /// How often each job's usage is reported (the server's `usage_sample_interval_ms`).
+    pub fn set_interval(&self, every: Duration) {
+        self.usage_interval_ms.store(every.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// The cpu (millicores) and resident memory (MiB) of every job at the last sample.
+    pub fn totals(&self) -> (u32, u32) {
+        self.totals.lock().map(|t| *t).unwrap_or_default()
+    }
+
+    /// Watches process group `pgid`, attempt `attempt`'s: its usage is reported every interval
+    /// and the receiver gets the resident bytes seen when the group passes `limit_mb` (0: no
+    /// limit; it is then no longer watched for memory). Dropping the receiver stops nothing:
     /// call [`MemoryWatch::forget`] when the job ends.
-    pub fn watch(&self, pgid: i32, limit_mb: u32) -> oneshot::Receiver<u64> {
+    pub fn watch(&self, pgid: i32, attempt: &str, limit_mb: u32) -> oneshot::Receiver<u64> {
         let (over, rx) = oneshot::channel();
+        let w = Watched {
+            attempt: attempt.to_owned(),
+            limit_bytes: u64::from(limit_mb) << 20,
+            over: (limit_mb > 0).then_some(over),
+            cpu_ticks: 0,
+            sampled: Instant::now(),
+            io: (0, 0),
+        };
         if let Ok(mut g) = self.groups.lock() {
-            g.insert(pgid, Watched { limit_bytes: u64::from(limit_mb) << 20, over });
+            g.insert(pgid, w);
         }
         rx
     }
@@ -58,43 +98,97 @@ impl MemoryWatch {
 
     /// Samples on its own beat (a new job is not a wake-up: waking another thread as a job
     /// starts measurably delayed the start on a two-core machine), scanning only while some
-    /// job is watched, and pausing at least [`PACE`] times what the last sample took.
+    /// job is watched, and pausing at least [`PACE`] times what the last sample took. Memory
+    /// is checked at every beat; cpu and IO are read, and reported, once per usage interval.
     async fn sample_forever(self) {
         let mut pause = SAMPLE_INTERVAL;
         loop {
             tokio::time::sleep(pause).await;
-            let pgids: Vec<i32> = match self.groups.lock() {
-                Ok(g) => g.keys().copied().collect(),
+            let every = Duration::from_millis(self.usage_interval_ms.load(Ordering::Relaxed));
+            let now = Instant::now();
+            let wanted: Vec<(i32, bool)> = match self.groups.lock() {
+                Ok(g) => g.iter().map(|(p, w)| (*p, now.duration_since(w.sampled) >= every)).collect(),
                 Err(_) => return,
             };
-            if pgids.is_empty() {
+            if wanted.is_empty() {
                 pause = SAMPLE_INTERVAL;
                 continue;
             }
-            let started = std::time::Instant::now();
-            let rss = tokio::task::spawn_blocking(move || resident_by_group(&pgids)).await.unwrap_or_default();
+            let started = Instant::now();
+            let seen = tokio::task::spawn_blocking(move || wanted.into_iter().map(|(g, full)| (g, measure(g, full))).collect::<HashMap<_, _>>())
+                .await
+                .unwrap_or_default();
             pause = SAMPLE_INTERVAL.max(started.elapsed() * PACE);
             let Ok(mut g) = self.groups.lock() else { return };
-            let over: Vec<i32> = g.iter().filter(|(p, w)| rss.get(p).is_some_and(|r| *r > w.limit_bytes)).map(|(p, _)| *p).collect();
-            for p in over {
-                if let Some(w) = g.remove(&p) {
-                    let _ = w.over.send(rss[&p]);
+            let tick = ticks_per_second();
+            let (mut cpu_total, mut rss_total) = (0u64, 0u64);
+            for (pgid, w) in g.iter_mut() {
+                let Some(m) = seen.get(pgid) else { continue };
+                rss_total += m.rss_bytes >> 20;
+                if w.limit_bytes > 0 && m.rss_bytes > w.limit_bytes
+                    && let Some(over) = w.over.take()
+                {
+                    let _ = over.send(m.rss_bytes);
                 }
+                let Some((ticks, io)) = m.usage else { continue };
+                let elapsed_ms = now.duration_since(w.sampled).as_millis().max(1) as u64;
+                let cpu_m = ticks.saturating_sub(w.cpu_ticks) * 1_000_000 / tick / elapsed_ms;
+                cpu_total += cpu_m;
+                w.cpu_ticks = w.cpu_ticks.max(ticks);
+                w.sampled = now;
+                w.io = (w.io.0.max(io.0), w.io.1.max(io.1));
+                let sample = pb::UsageSample {
+                    at_ms: crate::exec::now_ms(),
+                    cpu_used_m: cpu_m.min(u64::from(u32::MAX)) as u32,
+                    memory_rss_mb: (m.rss_bytes >> 20) as u32,
+                    io_read_bytes: w.io.0,
+                    io_write_bytes: w.io.1,
+                    ..Default::default()
+                };
+                let progress = pb::Progress { attempt_id: w.attempt.clone(), usage: Some(sample) };
+                let _ = self.events.send(pb::WorkerMessage { msg: Some(pb::worker_message::Msg::Progress(progress)) });
+            }
+            if let Ok(mut t) = self.totals.lock() {
+                *t = (if cpu_total > 0 { cpu_total as u32 } else { t.0 }, rss_total.min(u64::from(u32::MAX)) as u32);
             }
         }
     }
 }
 
-/// Resident bytes of each of `pgids`.
-fn resident_by_group(pgids: &[i32]) -> HashMap<i32, u64> {
+/// What one look at a group found: its resident bytes, and with a full sample its cpu ticks
+/// (live members' and the children they reaped) and storage bytes read and written.
+struct Measured {
+    rss_bytes: u64,
+    usage: Option<(u64, (u64, u64))>,
+}
+
+fn ticks_per_second() -> u64 {
+    u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).ok().filter(|t| *t > 0).unwrap_or(100)
+}
+
+fn measure(pgid: i32, full: bool) -> Measured {
     let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
-    pgids.iter().map(|&g| (g, group_members(g).iter().map(|(_, pages)| pages * page).sum())).collect()
+    let members = group_members(pgid);
+    let rss_bytes = members.iter().map(|(_, s)| s.rss_pages * page).sum();
+    let usage = full.then(|| {
+        let ticks = members.iter().map(|(_, s)| s.cpu_ticks).sum();
+        let io = members.iter().map(|(pid, _)| io_bytes(*pid)).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+        (ticks, io)
+    });
+    Measured { rss_bytes, usage }
+}
+
+/// Storage bytes read and written by `pid` (and the children it reaped), from `/proc/PID/io`.
+fn io_bytes(pid: i32) -> (u64, u64) {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/io")) else { return (0, 0) };
+    let field = |k: &str| text.lines().find_map(|l| l.strip_prefix(k)?.trim().parse::<u64>().ok()).unwrap_or(0);
+    (field("read_bytes:"), field("write_bytes:"))
 }
 
 /// The processes of group `pgid` with their resident pages: the leader (a job's process leads
 /// its own group) and its descendants that are still in the group. A process that moved to
 /// another group or session is not the job's to count any more, and neither are its children.
-fn group_members(pgid: i32) -> Vec<(i32, u64)> {
+fn group_members(pgid: i32) -> Vec<(i32, Stat)> {
     let mut found = Vec::new();
     let mut next = vec![pgid];
     while let Some(pid) = next.pop() {
@@ -103,9 +197,10 @@ fn group_members(pgid: i32) -> Vec<(i32, u64)> {
         if s.pgrp != pgid {
             continue;
         }
-        found.push((pid, s.rss_pages));
+        let threads = s.threads;
+        found.push((pid, s));
         // Children are listed under the thread that forked them.
-        let threads: Vec<String> = match s.threads {
+        let threads: Vec<String> = match threads {
             1 => vec![pid.to_string()],
             _ => std::fs::read_dir(format!("/proc/{pid}/task"))
                 .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
@@ -120,10 +215,13 @@ fn group_members(pgid: i32) -> Vec<(i32, u64)> {
     found
 }
 
+#[derive(Debug)]
 struct Stat {
     pgrp: i32,
     threads: u64,
     rss_pages: u64,
+    /// utime + stime + cutime + cstime.
+    cpu_ticks: u64,
 }
 
 /// The process group, thread count and resident pages from a `/proc/PID/stat` line. The command
@@ -131,8 +229,15 @@ struct Stat {
 fn parse_stat(stat: &str) -> Option<Stat> {
     let rest = &stat[stat.rfind(')')? + 1..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    // After the name: state (3), ppid (4), pgrp (5), …, num_threads (20), …, rss (24).
-    Some(Stat { pgrp: fields.get(2)?.parse().ok()?, threads: fields.get(17)?.parse().ok()?, rss_pages: fields.get(21)?.parse().ok()? })
+    // After the name: state (3), ppid (4), pgrp (5), …, utime, stime, cutime, cstime (14–17),
+    // …, num_threads (20), …, rss (24).
+    let n = |i: usize| fields.get(i)?.parse::<u64>().ok();
+    Some(Stat {
+        pgrp: fields.get(2)?.parse().ok()?,
+        threads: n(17)?,
+        rss_pages: n(21)?,
+        cpu_ticks: n(11)? + n(12)? + n(13).unwrap_or(0) + n(14).unwrap_or(0),
+    })
 }
 
 #[cfg(test)]
@@ -143,7 +248,7 @@ mod tests {
     fn stat_lines_are_read_past_odd_command_names() {
         let line = "4242 (a (weird) name) S 1 4240 4240 0 -1 4194304 100 0 0 0 5 3 0 0 20 0 1 0 12345 10485760 2560 18446744073709551615";
         let s = parse_stat(line).expect("a stat line");
-        assert_eq!((s.pgrp, s.threads, s.rss_pages), (4240, 1, 2560));
+        assert_eq!((s.pgrp, s.threads, s.rss_pages, s.cpu_ticks), (4240, 1, 2560, 8));
         assert!(parse_stat("garbage").is_none());
     }
 
@@ -162,12 +267,12 @@ mod tests {
             }
             std::thread::sleep(Duration::from_millis(20));
         };
-        let total = resident_by_group(&[pgid]);
+        let seen = measure(pgid, true);
         unsafe { libc::killpg(pgid, libc::SIGKILL) };
         let _ = job.wait();
         assert_eq!(members.len(), 3, "{members:?}");
         assert_eq!(members[0].0, pgid);
-        assert!(members.iter().all(|(_, pages)| *pages > 0), "{members:?}");
-        assert!(total.get(&pgid).is_some_and(|r| *r > 0), "{total:?}");
+        assert!(members.iter().all(|(_, s)| s.rss_pages > 0), "{members:?}");
+        assert!(seen.rss_bytes > 0 && seen.usage.is_some());
     }
 }

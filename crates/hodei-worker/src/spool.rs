@@ -31,6 +31,7 @@ pub(crate) struct SavedIdentity {
     pub worker_id: String,
     pub session: String,
     pub heartbeat_interval_ms: u64,
+    pub usage_sample_interval_ms: u64,
 }
 
 impl Spool {
@@ -72,11 +73,18 @@ impl Spool {
         let text = fs::read_to_string(self.identity_path()).ok()?;
         let mut lines = text.lines();
         let (worker_id, session, interval) = (lines.next()?, lines.next()?, lines.next()?);
-        Some(SavedIdentity { worker_id: worker_id.to_owned(), session: session.to_owned(), heartbeat_interval_ms: interval.parse().ok()? })
+        // Saved before usage sampling existed: the server's default.
+        let usage = lines.next().and_then(|l| l.parse().ok()).unwrap_or(10_000);
+        Some(SavedIdentity {
+            worker_id: worker_id.to_owned(),
+            session: session.to_owned(),
+            heartbeat_interval_ms: interval.parse().ok()?,
+            usage_sample_interval_ms: usage,
+        })
     }
 
     pub(crate) fn save_identity(&self, id: &SavedIdentity) -> std::io::Result<()> {
-        Spool::put(&self.identity_path(), format!("{}\n{}\n{}\n", id.worker_id, id.session, id.heartbeat_interval_ms).as_bytes())
+        Spool::put(&self.identity_path(), format!("{}\n{}\n{}\n{}\n", id.worker_id, id.session, id.heartbeat_interval_ms, id.usage_sample_interval_ms).as_bytes())
     }
 
     /// The identity is no longer valid (the server forgot the worker, or it deregistered);
@@ -118,7 +126,7 @@ mod tests {
     #[tokio::test]
     async fn identity_and_results_survive_a_reopen_and_one_agent_holds_a_directory() {
         let dir = tempfile::tempdir().unwrap();
-        let id = SavedIdentity { worker_id: "w-1".into(), session: "secret".into(), heartbeat_interval_ms: 3000 };
+        let id = SavedIdentity { worker_id: "w-1".into(), session: "secret".into(), heartbeat_interval_ms: 3000, usage_sample_interval_ms: 500 };
         let attempt = uuid::Uuid::now_v7().to_string();
         {
             let s = Spool::open(dir.path(), Duration::ZERO).await.unwrap();
