@@ -325,6 +325,8 @@ pub struct AttemptView {
     pub cost_micros: i64,
     /// `cost_micros` as an amount, e.g. `0.070000 USD`.
     pub cost: String,
+    /// What it used, once it ended (`GET /jobs/{id}/usage` has the samples).
+    pub usage: Option<crate::routes::usage::UsageSummaryView>,
 }
 
 impl AttemptView {
@@ -349,6 +351,7 @@ impl AttemptView {
             billed_seconds: a.billed_seconds,
             cost_micros: a.cost_micros,
             cost: crate::routes::costs::money(a.cost_micros, currency),
+            usage: None,
         }
     }
 }

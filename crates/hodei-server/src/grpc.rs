@@ -29,6 +29,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::engine::{Command, EngineHandle, WorkerConn};
 use crate::tokens;
+use crate::usage::UsageSink;
 
 pub struct WorkerTimeouts {
     pub heartbeat_interval: Duration,
@@ -45,13 +46,14 @@ pub struct WorkerSvc {
     pub logs: Arc<Logs>,
     pub clock: Arc<dyn Clock>,
     pub timeouts: Arc<WorkerTimeouts>,
+    pub usage: UsageSink,
     sessions: Arc<Mutex<HashMap<WorkerId, String>>>,
     conn_seq: Arc<AtomicU64>,
 }
 
 impl WorkerSvc {
-    pub fn new(store: Arc<dyn Store>, engine: EngineHandle, logs: Arc<Logs>, clock: Arc<dyn Clock>, timeouts: WorkerTimeouts) -> Self {
-        for kind in ["log", "accepted", "rejected", "result"] {
+    pub fn new(store: Arc<dyn Store>, engine: EngineHandle, logs: Arc<Logs>, clock: Arc<dyn Clock>, timeouts: WorkerTimeouts, usage: UsageSink) -> Self {
+        for kind in ["log", "accepted", "rejected", "result", "progress"] {
             metrics::counter!("hodei_worker_messages_refused_total", "kind" => kind).increment(0);
         }
         WorkerSvc {
@@ -60,6 +62,7 @@ impl WorkerSvc {
             logs,
             clock,
             timeouts: Arc::new(timeouts),
+            usage,
             sessions: Arc::new(Mutex::new(HashMap::new())),
             conn_seq: Arc::new(AtomicU64::new(1)),
         }
@@ -288,6 +291,18 @@ fn log_offsets((a, stdout_offset, stderr_offset): (AttemptId, u64, u64)) -> pb::
     pb::LogOffsets { attempt_id: a.to_string(), stdout_offset, stderr_offset }
 }
 
+fn sample_from_pb(u: &pb::UsageSample) -> hodei_core::usage::Sample {
+    hodei_core::usage::Sample {
+        at: Timestamp::from_millis(u.at_ms),
+        cpu_m: u.cpu_used_m,
+        rss_mb: u.memory_rss_mb,
+        gpu_pct: u.gpu_util_pct.min(100),
+        gpu_memory_mb: u.gpu_memory_mb,
+        io_read_bytes: u.io_read_bytes,
+        io_write_bytes: u.io_write_bytes,
+    }
+}
+
 /// The attempts one job stream may speak for.
 type Owned = Arc<Mutex<HashSet<AttemptId>>>;
 
@@ -317,16 +332,33 @@ impl WorkerSvc {
                 let stream = if l.stream == pb::LogStream::Stderr as i32 { LogStream::Stderr } else { LogStream::Stdout };
                 self.logs.append(attempt, stream, l.offset, &l.data).await.map_err(|e| Status::internal(e.to_string()))
             }
+            Some(Msg::Progress(p)) => {
+                let attempt = attempt_id(&p.attempt_id)?;
+                // A late sample of an attempt that is not (or no longer) this stream's is
+                // dropped, not an error: samples race with ends.
+                if !owned.lock().is_ok_and(|set| set.contains(&attempt)) {
+                    metrics::counter!("hodei_worker_messages_refused_total", "kind" => "progress").increment(1);
+                    return Ok(());
+                }
+                if let Some(u) = p.usage {
+                    self.usage.sample(attempt, sample_from_pb(&u));
+                }
+                Ok(())
+            }
             Some(Msg::Result(r)) => {
                 let (attempt, mut result) = result_from_pb(&r)?;
                 // Its output is complete, so the set stays as large as what the worker runs. (A
                 // result for an attempt that is not the worker's is fenced by the core.)
-                if let Ok(mut set) = owned.lock() {
-                    set.remove(&attempt);
-                }
+                let ours = owned.lock().is_ok_and(|mut set| set.remove(&attempt));
                 result.log_truncated |= self.logs.was_truncated(attempt).await.map_err(|e| Status::internal(e.to_string()))?;
                 self.logs.finished(attempt);
-                self.engine.deliver(Command::Finished { worker, attempt, result: Box::new(result) }).await.map_err(Self::stopped)
+                let run_ms = (result.finished_at.as_millis() - result.started_at.as_millis()).max(0) as u64;
+                let (started_at, cpu_time_ms, max_rss_mb) = (result.started_at, result.cpu_time_ms, result.max_rss_mb);
+                self.engine.deliver(Command::Finished { worker, attempt, result: Box::new(result) }).await.map_err(Self::stopped)?;
+                if ours {
+                    self.usage.end(attempt, started_at, run_ms, cpu_time_ms, max_rss_mb.min(u64::from(u32::MAX)) as u32).await;
+                }
+                Ok(())
             }
             Some(Msg::Hello(_)) => Err(Status::invalid_argument("Hello may only come first")),
             None => Ok(()),

@@ -15,6 +15,7 @@ mod retention;
 mod serve;
 mod tls;
 pub mod tokens;
+mod usage;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -720,7 +721,9 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
         kill_grace: Duration::from_millis(cfg.workers.kill_grace_ms),
         usage_sample_interval: Duration::from_millis(cfg.workers.usage_sample_interval_ms),
     };
-    let svc = WorkerSvc::new(store.clone(), handle.clone(), logs, clock.clone(), timeouts);
+    let (usage, usage_writer) = usage::start(store.clone(), clock.clone(), shutdown_rx.clone());
+    tasks.push(usage_writer);
+    let svc = WorkerSvc::new(store.clone(), handle.clone(), logs, clock.clone(), timeouts, usage);
     // With TLS, the local pools' workers (started by this server, holding their join tokens)
     // connect to a plaintext listener of their own on loopback; remote workers only get TLS.
     let local_grpc = match (&tls, setup.local.is_empty()) {

@@ -64,6 +64,10 @@ pub async fn sweep(store: Arc<dyn Store>, engine: EngineHandle, logs: Arc<Logs>,
         if engine.retention_horizon(before).await.is_err() {
             return;
         }
+        // Usage samples go with the jobs they describe.
+        if let Err(e) = store.forget_usage(before).await {
+            tracing::warn!(error = %causes(&e), "retention: cannot forget old usage; trying again next round");
+        }
         if let Err(e) = store.forget_sla_counts(window_start(clock.now(), SLA_HOURS)).await {
             tracing::warn!(error = %causes(&e), "retention: cannot forget old SLA counts; trying again next round");
         }

@@ -103,6 +103,10 @@ pass! { Store {
         fn sla_counts(&self, since: Timestamp, tenant: Option<&TenantId>) -> Vec<SlaCount>;
         fn forget_sla_counts(&self, before: Timestamp) -> u64;
         fn forget_cost_records(&self, before: Timestamp) -> u64;
+        fn put_usage(&self, usage: &[hodei_store::AttemptUsage]) -> ();
+        fn attempt_usage(&self, attempts: &[hodei_core::AttemptId]) -> Vec<hodei_store::AttemptUsage>;
+        fn forget_usage(&self, before: Timestamp) -> u64;
+        fn usage_runs(&self, since: Timestamp, tenant: Option<&TenantId>, per_name: u32, limit: u32) -> Vec<hodei_store::UsageRun>;
         fn add_rate_version(&self, r: &hodei_store::StoredRates) -> ();
         fn raise_alert(&self, a: &hodei_core::alert::Alert) -> bool;
         fn list_alerts(&self, f: &hodei_store::AlertFilter) -> Vec<hodei_core::alert::Alert>;

@@ -801,7 +801,18 @@ pub(crate) fn series_text(s: &hodei_core::usage::Series) -> String {
         if i > 0 {
             out.push(';');
         }
-        let _ = write!(out, "{},{},{},{},{},{},{},{}", p.at.as_millis(), p.samples, p.cpu_m, p.rss_mb, p.gpu_pct, p.gpu_memory_mb, p.io_read_bytes, p.io_write_bytes);
+        let _ = write!(
+            out,
+            "{},{},{},{},{},{},{},{}",
+            p.at.as_millis(),
+            p.samples,
+            p.cpu_m,
+            p.rss_mb,
+            p.gpu_pct,
+            p.gpu_memory_mb,
+            p.io_read_bytes,
+            p.io_write_bytes
+        );
     }
     out
 }

@@ -50,12 +50,7 @@ impl MemoryWatch {
     /// Starts the sampling task (on the current runtime); usage samples go to `events` as
     /// `Progress` messages.
     pub fn start(events: mpsc::UnboundedSender<pb::WorkerMessage>) -> MemoryWatch {
-        let w = MemoryWatch {
-            groups: Arc::default(),
-            usage_interval_ms: Arc::new(AtomicU64::new(10_000)),
-            events,
-            totals: Arc::default(),
-        };
+        let w = MemoryWatch { groups: Arc::default(), usage_interval_ms: Arc::new(AtomicU64::new(10_000)), events, totals: Arc::default() };
         tokio::spawn(w.clone().sample_forever());
         w
     }
@@ -125,7 +120,8 @@ impl MemoryWatch {
             for (pgid, w) in g.iter_mut() {
                 let Some(m) = seen.get(pgid) else { continue };
                 rss_total += m.rss_bytes >> 20;
-                if w.limit_bytes > 0 && m.rss_bytes > w.limit_bytes
+                if w.limit_bytes > 0
+                    && m.rss_bytes > w.limit_bytes
                     && let Some(over) = w.over.take()
                 {
                     let _ = over.send(m.rss_bytes);
@@ -232,12 +228,7 @@ fn parse_stat(stat: &str) -> Option<Stat> {
     // After the name: state (3), ppid (4), pgrp (5), …, utime, stime, cutime, cstime (14–17),
     // …, num_threads (20), …, rss (24).
     let n = |i: usize| fields.get(i)?.parse::<u64>().ok();
-    Some(Stat {
-        pgrp: fields.get(2)?.parse().ok()?,
-        threads: n(17)?,
-        rss_pages: n(21)?,
-        cpu_ticks: n(11)? + n(12)? + n(13).unwrap_or(0) + n(14).unwrap_or(0),
-    })
+    Some(Stat { pgrp: fields.get(2)?.parse().ok()?, threads: n(17)?, rss_pages: n(21)?, cpu_ticks: n(11)? + n(12)? + n(13).unwrap_or(0) + n(14).unwrap_or(0) })
 }
 
 #[cfg(test)]

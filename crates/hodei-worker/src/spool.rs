@@ -84,7 +84,10 @@ impl Spool {
     }
 
     pub(crate) fn save_identity(&self, id: &SavedIdentity) -> std::io::Result<()> {
-        Spool::put(&self.identity_path(), format!("{}\n{}\n{}\n{}\n", id.worker_id, id.session, id.heartbeat_interval_ms, id.usage_sample_interval_ms).as_bytes())
+        Spool::put(
+            &self.identity_path(),
+            format!("{}\n{}\n{}\n{}\n", id.worker_id, id.session, id.heartbeat_interval_ms, id.usage_sample_interval_ms).as_bytes(),
+        )
     }
 
     /// The identity is no longer valid (the server forgot the worker, or it deregistered);

@@ -517,6 +517,13 @@ enum JobsCmd {
     Events { id: String },
     /// Why the job is not running yet, and when it is expected to start.
     Explain { id: String },
+    /// What the job's attempts used: cpu and memory over time, and each ended one's summary.
+    Usage {
+        id: String,
+        /// Only this attempt (1 for the first).
+        #[arg(long)]
+        attempt: Option<u32>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -1046,8 +1053,66 @@ async fn jobs(c: ClientOpts, cmd: JobsCmd) -> anyhow::Result<i32> {
                 print_explained(&v);
             }
         }
+        JobsCmd::Usage { id, attempt } => {
+            let q = attempt.map(|n| format!("?attempt={n}")).unwrap_or_default();
+            let v = cl.get(&format!("/jobs/{id}/usage{q}")).await?;
+            if out == Output::Json {
+                print_json(&v);
+            } else {
+                print_usage(&v);
+            }
+        }
     }
     Ok(0)
+}
+
+/// Each attempt's usage: its summary and a line of cpu and of memory over time.
+fn print_usage(v: &Value) {
+    let attempts = v["attempts"].as_array().cloned().unwrap_or_default();
+    if attempts.is_empty() {
+        println!("no attempt of this job has started yet");
+    }
+    for a in &attempts {
+        let n = |k: &str| a[k].as_u64().unwrap_or(0);
+        println!("attempt {} ({}): asked for {} m cpu, {} MiB memory", n("number"), s(a, "state"), n("requested_cpu_m"), n("requested_memory_mb"));
+        let points = a["points"].as_array().cloned().unwrap_or_default();
+        let series = |k: &str| points.iter().map(|p| p[k].as_u64().unwrap_or(0)).collect::<Vec<_>>();
+        if !points.is_empty() {
+            let (cpu, mem) = (series("cpu_m"), series("memory_mb"));
+            println!("  cpu    {} peak {} m", sparkline(&cpu, 60), cpu.iter().max().unwrap_or(&0));
+            println!("  memory {} peak {} MiB", sparkline(&mem, 60), mem.iter().max().unwrap_or(&0));
+            println!("  {} points from {} to {}", points.len(), s(&points[0], "at"), s(&points[points.len() - 1], "at"));
+        }
+        match a["summary"].as_object() {
+            Some(u) => {
+                let g = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
+                println!(
+                    "  cpu avg {} m, p95 {} m, peak {} m ({} ms cpu time); memory avg {} MiB, p95 {} MiB, peak {} MiB; io {} B read, {} B written",
+                    g("cpu_avg_m"),
+                    g("cpu_p95_m"),
+                    g("cpu_peak_m"),
+                    g("cpu_time_ms"),
+                    g("memory_avg_mb"),
+                    g("memory_p95_mb"),
+                    g("memory_peak_mb"),
+                    g("io_read_bytes"),
+                    g("io_write_bytes")
+                );
+            }
+            None if points.is_empty() => println!("  no sample yet"),
+            None => println!("  still running"),
+        }
+    }
+}
+
+/// `values` as at most `width` block characters, each the largest of the values it stands for,
+/// scaled to the largest value.
+fn sparkline(values: &[u64], width: usize) -> String {
+    const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    let per = values.len().div_ceil(width.max(1)).max(1);
+    let cols: Vec<u64> = values.chunks(per).map(|c| c.iter().copied().max().unwrap_or(0)).collect();
+    let top = cols.iter().copied().max().unwrap_or(0).max(1);
+    cols.iter().map(|v| BARS[((v * 7).div_ceil(top) as usize).min(7)]).collect()
 }
 
 fn urlencode(s: &str) -> String {

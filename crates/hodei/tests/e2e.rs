@@ -1337,3 +1337,64 @@ async fn a_running_job_is_billed_as_it_runs() {
     let (_, b) = srv.call(Method::GET, "/cost-optimization/breakdown?period=last_day", None).await;
     assert_eq!(b["total_cost_micros"].as_i64(), j["cost_micros"].as_i64(), "{b} {j}");
 }
+
+/// Usage (SPEC §8.7): a job that holds 200 MiB and keeps one core busy for 3 s shows it — its
+/// samples while it runs, its summary once it ended — through the API and `hodei jobs usage`.
+#[tokio::test]
+async fn a_jobs_cpu_and_memory_are_sampled_while_it_runs_and_summed_up_at_its_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path(), &[("HODEI_WORKERS__USAGE_SAMPLE_INTERVAL_MS", "200")], 0, None);
+    let burn = "import time\nb = b'a' * (200 << 20)\nt = time.time() + 3\nwhile time.time() < t: pass\n";
+    let job = srv.submit(json!({"command": ["python3", "-c", burn], "resources": {"cpu_m": 1000, "memory_mb": 1024}})).await;
+    let id = job["id"].as_str().unwrap().to_owned();
+    // Points arrive while it runs.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, u) = srv.call(Method::GET, &format!("/jobs/{id}/usage"), None).await;
+        let points = u["attempts"][0]["points"].as_array().map_or(0, Vec::len);
+        if points >= 3 && u["attempts"][0]["summary"].is_null() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no samples while it ran: {u}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let j = srv.wait_ended(&id, 30).await;
+    assert_eq!(j["state"], "succeeded", "{j}");
+    // The summary is written with the next flush of usage (every 2 s).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let u = loop {
+        let (s, u) = srv.call(Method::GET, &format!("/jobs/{id}/usage"), None).await;
+        assert_eq!(s, 200);
+        if !u["attempts"][0]["summary"].is_null() {
+            break u;
+        }
+        assert!(Instant::now() < deadline, "no summary: {u}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (_, j) = srv.call(Method::GET, &format!("/jobs/{id}"), None).await;
+    let a = &u["attempts"][0];
+    let sum = &a["summary"];
+    let n = |v: &Value| v.as_f64().unwrap_or(-1.0);
+    let within = |v: f64, want: f64| (v - want).abs() <= want * 0.1;
+    assert!(within(n(&sum["memory_peak_mb"]), 200.0), "peak memory ≈ 200 MiB: {sum}");
+    let sampled_peak = a["points"].as_array().unwrap().iter().map(|p| n(&p["memory_mb"])).fold(0.0, f64::max);
+    assert!(within(sampled_peak, 200.0), "the samples saw it too: {a}");
+    // The average is the process accounting's, exact; the samples agree with it. (How close to
+    // a whole core it gets depends on what else this machine runs.)
+    let attempt = &j["attempts"][0];
+    let ms = |v: &Value| v.as_str().unwrap().parse::<jiff::Timestamp>().unwrap().as_millisecond();
+    let run_ms = (ms(&attempt["finished_at"]) - ms(&attempt["started_at"])) as f64;
+    assert!(within(n(&sum["cpu_avg_m"]), n(&attempt["cpu_time_ms"]) * 1000.0 / run_ms), "{sum} vs {attempt}");
+    assert!(n(&sum["cpu_avg_m"]) >= 500.0, "a busy loop: {sum}");
+    let points = a["points"].as_array().unwrap();
+    let sampled_avg = points.iter().map(|p| n(&p["cpu_m"]) * n(&p["samples"])).sum::<f64>() / points.iter().map(|p| n(&p["samples"])).sum::<f64>();
+    assert!((sampled_avg - n(&sum["cpu_avg_m"])).abs() <= 150.0, "sampled {sampled_avg} vs accounted {sum}");
+    assert!(n(&sum["samples"]) >= 5.0, "{sum}");
+    assert_eq!(attempt["usage"], *sum, "the attempt's view carries its summary");
+    let out = srv.cli(&["jobs", "usage", &id]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("attempt 1 (succeeded)") && text.contains("memory ") && text.contains('█'), "{text}");
+    let (s, e) = srv.call(Method::GET, &format!("/jobs/{id}/usage?attempt=7"), None).await;
+    assert_eq!((s, e["code"].as_str()), (400, Some("validation_failed")), "{e}");
+}

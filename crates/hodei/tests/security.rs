@@ -61,7 +61,7 @@ fn expected(method: &str, path: &str) -> Option<[Want; 8]> {
             | "/pools/{id}/scaling/policies"
             | "/pools/{id}/scaling/policies/{pid}",
         ) => anyone,
-        ("get", "/jobs/{id}" | "/jobs/{id}/attempts" | "/jobs/{id}/events" | "/jobs/{id}/explain" | "/jobs/{id}/logs") => read,
+        ("get", "/jobs/{id}" | "/jobs/{id}/attempts" | "/jobs/{id}/events" | "/jobs/{id}/explain" | "/jobs/{id}/logs" | "/jobs/{id}/usage") => read,
         // The job was submitted by the researcher: its own job.
         ("post", "/jobs/{id}/cancel" | "/jobs/{id}/retry" | "/jobs/{id}/hold" | "/jobs/{id}/release") => submit,
         ("get", "/queue/tenants/{id}" | "/tenants/{id}" | "/tenants/{id}/sla" | "/tenants/{id}/quota") => read,

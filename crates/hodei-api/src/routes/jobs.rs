@@ -545,15 +545,29 @@ pub async fn get_job(State(s): State<ApiState>, who: Who, Path(id): Path<String>
     let job = load(&s, &who, &id).await?;
     let attempts = s.store.list_attempts(job.id).await?;
     let mut view = JobView::of(&job, &s.cfg, attempts.iter().map(|a| a.cost_micros).sum());
-    view.attempts = Some(attempts.iter().map(|a| AttemptView::of(a, &s.cfg.currency)).collect());
+    view.attempts = Some(attempt_views(&s, &attempts).await?);
     Ok(Json(view))
+}
+
+/// The views of `attempts`, with the usage summary of those that ended.
+async fn attempt_views(s: &ApiState, attempts: &[hodei_core::Attempt]) -> ApiResult<Vec<AttemptView>> {
+    let ended: Vec<hodei_core::AttemptId> = attempts.iter().filter(|a| a.started_at.is_some() && a.finished_at.is_some()).map(|a| a.id).collect();
+    let usage = if ended.is_empty() { Vec::new() } else { s.store.attempt_usage(&ended).await? };
+    Ok(attempts
+        .iter()
+        .map(|a| AttemptView {
+            usage: usage.iter().find(|u| u.attempt == a.id).and_then(|u| u.summary.as_ref()).map(Into::into),
+            ..AttemptView::of(a, &s.cfg.currency)
+        })
+        .collect())
 }
 
 /// A job's attempts, oldest first.
 #[utoipa::path(get, path = "/jobs/{id}/attempts", params(PageQuery), responses((status = 200, body = Page<AttemptView>), (status = 400, body = crate::error::Problem), (status = 404, body = crate::error::Problem)), tag = "jobs")]
 pub async fn list_attempts(State(s): State<ApiState>, who: Who, Path(id): Path<String>, Query(q): Query<PageQuery>) -> ApiResult<Json<Page<AttemptView>>> {
     let job = load(&s, &who, &id).await?;
-    Ok(Json(page_of(&s.store.list_attempts(job.id).await?, q.limit, q.cursor.as_deref(), |a| AttemptView::of(a, &s.cfg.currency))?))
+    let page = page_of(&s.store.list_attempts(job.id).await?, q.limit, q.cursor.as_deref(), |a| a.clone())?;
+    Ok(Json(Page { items: attempt_views(&s, &page.items).await?, next_cursor: page.next_cursor }))
 }
 
 /// A job's state transitions, oldest first.

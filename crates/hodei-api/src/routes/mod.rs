@@ -14,6 +14,7 @@ pub mod scaling;
 pub mod sla;
 pub mod system;
 pub mod tenants;
+pub mod usage;
 pub mod workers;
 
 use axum::extract::DefaultBodyLimit;
@@ -32,6 +33,7 @@ pub fn v1(cfg: &ApiConfig) -> OpenApiRouter<ApiState> {
         .routes(routes!(jobs::get_job))
         .routes(routes!(jobs::list_attempts))
         .routes(routes!(jobs::list_events))
+        .routes(routes!(usage::job_usage))
         .routes(routes!(jobs::cancel_job))
         .routes(routes!(jobs::retry_job))
         .routes(routes!(jobs::hold_job))
