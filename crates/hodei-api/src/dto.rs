@@ -763,7 +763,7 @@ impl ExplainView {
                 virtual_time: virtual_time.to_string(),
                 tenants_ahead: f.tenants_ahead,
                 weight: f.weight,
-                budget_factor: 1.0,
+                budget_factor: f64::from(e.budget_factor_permille) / 1000.0,
             }),
             candidate_pools: e
                 .candidate_pools

@@ -209,6 +209,11 @@ pub struct ApiConfig {
     pub rates: hodei_core::cost::Rates,
     /// `cost_tracking.currency`: the unit amounts are shown in (they are kept in micro-units).
     pub currency: String,
+    /// The configuration's `budgets` section: off, budgets are refused (409); the defaults of a
+    /// new budget.
+    pub budgets_enabled: bool,
+    pub budget_on_exhausted: hodei_core::budget::OnExhausted,
+    pub budget_thresholds_pct: Vec<u32>,
     /// The bootstrap admin's bearer token (`auth.admin_token` or the data dir's `admin.token`);
     /// `None` turns auth off (loopback only).
     pub admin_token: Option<String>,

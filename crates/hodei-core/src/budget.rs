@@ -123,6 +123,31 @@ pub fn reached(b: &Budget, spent_micros: i64) -> Vec<(u32, &'static str)> {
         .collect()
 }
 
+/// No demotion: the full fair-share weight, in per-mille.
+pub const FULL_WEIGHT: u32 = 1000;
+
+/// Budget-aware fair share (SPEC §2.3): the factor on a tenant's fair-share weight while it
+/// spends ahead of its period's pace, `clamp((1 − s)/(1 − e), 0.1, 1)` with `s` the share of
+/// the amount spent and `e` the share of the period elapsed at `now` — in per-mille, exact in
+/// integers. A `total` budget (or a period's last instant) has `e = 1`: no demotion until it is
+/// spent, then the floor.
+pub fn demotion_permille(b: &Budget, spent_micros: i64, now: Timestamp) -> u32 {
+    let amount = i128::from(b.amount_micros.max(1));
+    let left = amount - i128::from(spent_micros.max(0));
+    if left <= 0 {
+        return 100;
+    }
+    let (first, last) = period_days(b.period, now);
+    let (start, end) = (day_start(first).as_millis(), day_start(last + 1).as_millis());
+    let (elapsed, span) = (i128::from((now.as_millis() - start).clamp(0, end - start)), i128::from((end - start).max(1)));
+    if b.period == Period::Total || elapsed >= span {
+        return FULL_WEIGHT;
+    }
+    // (left / amount) / ((span − elapsed) / span), × 1000.
+    let f = left * span * 1000 / (amount * (span - elapsed));
+    f.clamp(100, 1000) as u32
+}
+
 /// Validated thresholds: 1 to 10 of them, ascending, each from 1 to 100.
 pub fn valid_thresholds(t: &[u32]) -> bool {
     (1..=10).contains(&t.len()) && t.iter().all(|p| (1..=100).contains(p)) && t.windows(2).all(|w| w[0] < w[1])
@@ -134,6 +159,32 @@ mod tests {
 
     fn at(y: i64, m: i64, d: i64, h: i64) -> Timestamp {
         Timestamp::from_millis(days_from_civil(y, m, d) * DAY_MS + h * 3_600_000)
+    }
+
+    #[test]
+    fn spending_ahead_of_the_pace_lowers_the_weight_smoothly_to_a_floor() {
+        let b = Budget {
+            id: BudgetId::from_uuid(uuid::Uuid::nil()),
+            tenant: TenantId::parse("t").unwrap(),
+            amount_micros: 1_000_000,
+            period: Period::Daily,
+            thresholds_pct: vec![80, 90, 100],
+            on_exhausted: OnExhausted::Hold,
+            created_at: Timestamp::default(),
+            updated_at: Timestamp::default(),
+            version: 1,
+        };
+        let noon = at(2026, 12, 7, 12);
+        // Half the day gone: half spent is on pace; 75 % spent → (0.25)/(0.5) = 0.5.
+        assert_eq!(demotion_permille(&b, 500_000, noon), 1000);
+        assert_eq!(demotion_permille(&b, 100_000, noon), 1000, "behind the pace: never above 1");
+        assert_eq!(demotion_permille(&b, 750_000, noon), 500);
+        assert_eq!(demotion_permille(&b, 960_000, noon), 100, "the floor");
+        assert_eq!(demotion_permille(&b, 1_000_000, noon), 100, "spent");
+        assert_eq!(demotion_permille(&b, 750_000, at(2026, 12, 7, 18)), 1000, "three quarters gone: on pace");
+        let total = Budget { period: Period::Total, ..b.clone() };
+        assert_eq!(demotion_permille(&total, 990_000, noon), 1000, "a total budget has no pace");
+        assert_eq!(demotion_permille(&total, 1_000_000, noon), 100);
     }
 
     #[test]

@@ -387,6 +387,9 @@ pub struct Scheduler {
     burst_pending: IdSet<TenantId>,
     /// Tenants that have spent a budget: their new and pending jobs are held.
     budget_exhausted: IdSet<TenantId>,
+    /// Budget-aware fair share: tenants spending ahead of their budget's pace, with the
+    /// per-mille factor on their weight (absent: 1000, no demotion).
+    budget_factor: IdMap<TenantId, u32>,
     /// When running attempts are next billed for their time so far.
     next_accrual: Option<Timestamp>,
     books: Books,
@@ -486,6 +489,7 @@ impl Scheduler {
             burst_stamps: IdMap::default(),
             burst_pending: IdSet::default(),
             budget_exhausted: IdSet::default(),
+            budget_factor: IdMap::default(),
             next_accrual: None,
             books: Books { sla, ..Books::default() },
             history: IdMap::default(),

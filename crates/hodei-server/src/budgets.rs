@@ -6,8 +6,14 @@
 //! `budget_threshold` alert per period (resolved when the spend is below it again: a new period,
 //! a larger amount). `hodei_budget_utilization_ratio` shows each tenant's most spent budget,
 //! `hodei_alerts_firing` the unresolved alerts.
+//!
+//! Budget-aware fair share (`budgets.fair_share_demotion`): a tenant spending ahead of its
+//! period's pace has its fair-share weight multiplied by the core's `demotion_permille` (the
+//! lowest over its budgets), shown by `explain` and `hodei_budget_fair_share_factor`.
 
 use std::collections::{BTreeMap, BTreeSet};
+
+use hodei_core::budget::FULL_WEIGHT;
 use std::time::Duration;
 
 use hodei_api::ApiState;
@@ -17,9 +23,10 @@ use tokio::sync::watch;
 
 use crate::engine::EngineHandle;
 
-pub async fn watch(state: ApiState, engine: EngineHandle, every: Duration, mut stop: watch::Receiver<bool>) {
-    // Tenants the scheduler was last told have spent a budget.
-    let mut spent_before: BTreeSet<TenantId> = BTreeSet::new();
+pub async fn watch(state: ApiState, engine: EngineHandle, every: Duration, demotion: bool, mut stop: watch::Receiver<bool>) {
+    // What the scheduler was last told of each tenant not in good standing: spent, and the
+    // factor on its weight.
+    let mut told: BTreeMap<TenantId, (bool, u32)> = BTreeMap::new();
     // Alert series exported so far, set to 0 once nothing is open in them.
     let mut firing_series: BTreeSet<(String, String)> = ["warning", "critical"].iter().map(|s| ("budget_threshold".to_owned(), (*s).to_owned())).collect();
     loop {
@@ -56,32 +63,45 @@ pub async fn watch(state: ApiState, engine: EngineHandle, every: Duration, mut s
             continue;
         }
         let mut refusals = std::collections::HashMap::new();
-        let mut spent_now = BTreeSet::new();
+        let mut now_told: BTreeMap<TenantId, (bool, u32)> = BTreeMap::new();
         for (tenant, list) in &by_tenant {
             let most = list.iter().map(|(b, s)| *s as f64 / b.amount_micros as f64).fold(0.0, f64::max);
             metrics::gauge!("hodei_budget_utilization_ratio", "tenant" => tenant.to_string(), "project" => "").set(most);
+            let mut exhausted = false;
             if let Some((reject, why)) = hodei_api::budget_verdict(list) {
-                spent_now.insert(tenant.clone());
+                exhausted = true;
                 if reject {
                     refusals.insert(tenant.clone(), why);
                 }
+            }
+            // The most demoting of its budgets.
+            let factor = match demotion {
+                true => list.iter().map(|(b, s)| hodei_core::budget::demotion_permille(b, *s, now)).min().unwrap_or(FULL_WEIGHT),
+                false => FULL_WEIGHT,
+            };
+            metrics::gauge!("hodei_budget_fair_share_factor", "tenant" => tenant.to_string()).set(f64::from(factor) / 1000.0);
+            if exhausted || factor != FULL_WEIGHT {
+                now_told.insert(tenant.clone(), (exhausted, factor));
             }
         }
         if let Ok(mut r) = state.budget_refusals.write() {
             *r = refusals;
         }
-        // Every spent tenant each round (a rebuilt scheduler hears it again; telling it twice
-        // changes nothing), and those no longer spent once.
-        for tenant in spent_now.iter().chain(spent_before.difference(&spent_now)) {
-            let exhausted = spent_now.contains(tenant);
-            if engine.budget_exhausted(tenant.clone(), exhausted).await.is_err() {
+        // Every tenant not in good standing each round (a rebuilt scheduler hears it again;
+        // telling it twice changes nothing), and those back in good standing once.
+        let back: Vec<TenantId> = told.keys().filter(|t| !now_told.contains_key(*t)).cloned().collect();
+        for t in &back {
+            metrics::gauge!("hodei_budget_fair_share_factor", "tenant" => t.to_string()).set(1.0);
+        }
+        for (tenant, (exhausted, factor)) in now_told.iter().map(|(t, v)| (t, *v)).chain(back.iter().map(|t| (t, (false, FULL_WEIGHT)))) {
+            if engine.budget(tenant.clone(), exhausted, factor).await.is_err() {
                 return;
             }
-            if exhausted != spent_before.contains(tenant) {
-                tracing::info!(tenant = %tenant, exhausted, "budget");
+            if told.get(tenant).copied().unwrap_or((false, FULL_WEIGHT)) != (exhausted, factor) {
+                tracing::info!(tenant = %tenant, exhausted, fair_share_factor = f64::from(factor) / 1000.0, "budget");
             }
         }
-        spent_before = spent_now;
+        told = now_told;
         match state.store.count_open_alerts().await {
             Ok(counts) => {
                 for (kind, severity) in firing_series.iter() {

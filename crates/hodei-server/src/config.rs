@@ -636,7 +636,6 @@ impl Config {
         let (c, dc) = (&self.cost_tracking, &d.cost_tracking);
         check("resource_pools.default_pool_type".into(), self.resource_pools.default_pool_type != d.resource_pools.default_pool_type);
         check("multi_tenancy.default_tier".into(), self.multi_tenancy.default_tier != d.multi_tenancy.default_tier);
-        check("budgets".into(), self.budgets != d.budgets);
         // The hourly rates price dry runs' estimates today; the rest is the ledger's.
         check("cost_tracking.enabled".into(), c.enabled != dc.enabled);
         check("cost_tracking.track_by_tenant".into(), c.track_by_tenant != dc.track_by_tenant);
@@ -711,6 +710,9 @@ impl Config {
         }
         if self.server.request_timeout_ms == 0 {
             return bad("server.request_timeout_ms", "must be at least 1".into());
+        }
+        if !hodei_core::budget::valid_thresholds(&self.budgets.alert_thresholds_pct) {
+            return bad("budgets.alert_thresholds_pct", format!("{:?} is not 1 to 10 ascending percentages from 1 to 100", self.budgets.alert_thresholds_pct));
         }
         if !(100..=1000).contains(&self.burst_capacity.max_overage_percentage) {
             return bad("burst_capacity.max_overage_percentage", format!("{} is not between 100 and 1000", self.burst_capacity.max_overage_percentage));

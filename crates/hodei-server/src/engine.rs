@@ -93,6 +93,8 @@ pub enum Command {
     Budget {
         tenant: TenantId,
         exhausted: bool,
+        /// Per-mille factor on its fair-share weight (1000: none).
+        factor: u32,
         reply: Reply<()>,
     },
     Inspect(Inspector),
@@ -286,8 +288,10 @@ impl EngineHandle {
     }
 
     /// Whether `tenant` has spent a budget: its new and pending jobs are held while it has.
-    pub async fn budget_exhausted(&self, tenant: TenantId, exhausted: bool) -> Result<(), ControlError> {
-        self.ask_waiting(|reply| Command::Budget { tenant, exhausted, reply }).await
+    /// Where the tenant stands with its budgets: spent (its jobs are held), and the factor on
+    /// its fair-share weight while it spends ahead of the pace.
+    pub async fn budget(&self, tenant: TenantId, exhausted: bool, factor: u32) -> Result<(), ControlError> {
+        self.ask_waiting(|reply| Command::Budget { tenant, exhausted, factor, reply }).await
     }
 
     pub async fn burst_changed(&self, session: BurstSession) -> Result<(), ControlError> {
@@ -842,8 +846,11 @@ impl Engine {
                 s.set_pool_placement(&id, placement);
                 replies.unit.push(reply);
             }
-            Command::Budget { tenant, exhausted, reply } => {
+            Command::Budget { tenant, exhausted, factor, reply } => {
                 s.set_budget_exhausted(&tenant, exhausted, now);
+                if s.budget_factor(&tenant) != factor {
+                    s.set_budget_factor(&tenant, factor);
+                }
                 replies.unit.push(reply);
             }
             Command::Rates { versions, reply } => {

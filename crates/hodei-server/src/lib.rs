@@ -514,6 +514,12 @@ fn api_state(cfg: &Config, p: ApiParts, stopping: watch::Receiver<bool>) -> anyh
         sla_window_hours: cfg.sla.compliance_window_hours,
         rates: rates(cfg),
         currency: cfg.cost_tracking.currency.clone(),
+        budgets_enabled: cfg.budgets.enabled,
+        budget_on_exhausted: match cfg.budgets.default_on_exhausted {
+            config::OnExhausted::Hold => hodei_core::budget::OnExhausted::Hold,
+            config::OnExhausted::Reject => hodei_core::budget::OnExhausted::Reject,
+        },
+        budget_thresholds_pct: cfg.budgets.alert_thresholds_pct.clone(),
         admin_token,
         token_default_ttl_days: cfg.auth.token_default_ttl_days,
         metrics_bearer_token: cfg.metrics.prometheus.bearer_token.as_ref().map(|t| t.0.trim().to_owned()),
@@ -682,7 +688,6 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
     let mut tasks = vec![
         tokio::spawn(engine.run()),
         tokio::spawn(gauges::sla_compliance(store.clone(), clock.clone(), cfg.sla.compliance_window_hours, shutdown_rx.clone())),
-        tokio::spawn(budgets::watch(state.clone(), handle.clone(), Duration::from_secs(1), shutdown_rx.clone())),
         tokio::spawn(retention::sweep(
             store.clone(),
             handle.clone(),
@@ -705,6 +710,10 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
     ];
     if let Some(m) = metrics.clone() {
         tasks.push(tokio::spawn(metrics_upkeep(m, shutdown_rx.clone())));
+    }
+    // With budgets off none is enforced (and none can be created).
+    if cfg.budgets.enabled {
+        tasks.push(tokio::spawn(budgets::watch(state.clone(), handle.clone(), Duration::from_secs(1), cfg.budgets.fair_share_demotion, shutdown_rx.clone())));
     }
     let router = hodei_api::router(state.clone());
     let app = router.clone();

@@ -1398,3 +1398,62 @@ async fn a_jobs_cpu_and_memory_are_sampled_while_it_runs_and_summed_up_at_its_en
     let (s, e) = srv.call(Method::GET, &format!("/jobs/{id}/usage?attempt=7"), None).await;
     assert_eq!((s, e["code"].as_str()), (400, Some("validation_failed")), "{e}");
 }
+
+/// Budget-aware fair share: a tenant that has spent more of its weekly budget than the week
+/// has elapsed waits with its fair-share weight lowered by (1 − spent)/(1 − elapsed), shown by
+/// `explain` and `hodei_budget_fair_share_factor`; with `fair_share_demotion: false`, never.
+#[tokio::test]
+async fn a_tenant_ahead_of_its_budgets_pace_waits_with_a_lower_fair_share_weight() {
+    for demotion in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let flag = demotion.to_string();
+        let env = [
+            ("HODEI_BUDGETS__FAIR_SHARE_DEMOTION", flag.as_str()),
+            ("HODEI_RESOURCE_POOLS__BUILTIN_LOCAL__WORKERS", "1"),
+            ("HODEI_RESOURCE_POOLS__BUILTIN_LOCAL__SLOTS", "1"),
+        ];
+        let srv = Server::start(dir.path(), &env, 0, None);
+        let (s, _) = srv.call(Method::POST, "/tenants", Some(json!({"id": "spender", "name": "Spender"}))).await;
+        assert_eq!(s, 201);
+        let first = srv.submit(json!({"command": ["sleep", "1"], "tenant_id": "spender", "resources": {"cpu_m": 1000, "memory_mb": 256}})).await;
+        let spent = srv.wait_ended(first["id"].as_str().unwrap(), 30).await["cost_micros"].as_i64().unwrap();
+        // An amount that puts the factor at one half now: s = 1 − (1 − e)/2.
+        let now = jiff::Timestamp::now().as_millisecond();
+        let week = 7 * 86_400_000i64;
+        let monday = (now.div_euclid(86_400_000) - (now.div_euclid(86_400_000) + 3).rem_euclid(7)) * 86_400_000;
+        let e = (now - monday) as f64 / week as f64;
+        let amount = (spent as f64 / (1.0 - (1.0 - e) / 2.0)).round() as i64;
+        let body =
+            json!({"tenant_id": "spender", "amount": format!("{}.{:06}", amount / 1_000_000, amount % 1_000_000), "period": "weekly", "thresholds_pct": [100]});
+        let (s, b) = srv.call(Method::POST, "/budgets", Some(body)).await;
+        assert_eq!(s, 201, "{b}");
+        // The whole pool busy, so the tenant's next job waits in the queue.
+        let blocker = srv.submit(json!({"command": ["sleep", "30"]})).await["id"].as_str().unwrap().to_owned();
+        srv.wait_for(&blocker, 20, |s| s == "running").await;
+        let waiting = srv.submit(json!({"command": ["true"], "tenant_id": "spender"})).await["id"].as_str().unwrap().to_owned();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let factor = loop {
+            let (_, why) = srv.call(Method::GET, &format!("/jobs/{waiting}/explain"), None).await;
+            let f = why["fair_share"]["budget_factor"].as_f64().unwrap_or(-1.0);
+            if !demotion || (0.4..=0.6).contains(&f) {
+                break f;
+            }
+            assert!(Instant::now() < deadline, "no demotion: {why}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let metrics = srv.http_client.get(format!("{}/metrics", srv.metrics)).send().await.unwrap().text().await.unwrap();
+        let line = metrics.lines().find(|l| l.starts_with("hodei_budget_fair_share_factor{tenant=\"spender\"}")).unwrap_or("").to_owned();
+        if demotion {
+            let m: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+            assert!((m - factor).abs() < 0.05, "{line} vs {factor}");
+        } else {
+            // Give the watcher a round to (not) act, then look again.
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let (_, why) = srv.call(Method::GET, &format!("/jobs/{waiting}/explain"), None).await;
+            assert_eq!(why["fair_share"]["budget_factor"].as_f64(), Some(1.0), "{why}");
+            assert!(line.is_empty() || line.ends_with(" 1"), "{line}");
+        }
+        let (s, _) = srv.call(Method::POST, &format!("/jobs/{blocker}/cancel"), None).await;
+        assert!(s == 200 || s == 202);
+    }
+}

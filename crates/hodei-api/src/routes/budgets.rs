@@ -17,7 +17,7 @@ use uuid::Uuid;
 use crate::ApiState;
 use crate::auth::Who;
 use crate::dto::{Page, rfc3339};
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::json::ApiJson;
 use crate::routes::audit;
 use crate::routes::costs::money;
@@ -147,14 +147,17 @@ pub async fn create_budget(State(s): State<ApiState>, who: Who, ApiJson(body): A
         return Err(ApiError::not_found(format!("tenant {tenant}")));
     }
     who.may(Action::ManageTenant, &tenant, "setting budgets (pi or admin)")?;
+    if !s.cfg.budgets_enabled {
+        return Err(ApiError::new(ErrorCode::Conflict, "budgets are turned off on this server (budgets.enabled: false)"));
+    }
     let now = s.clock.now();
     let b = Budget {
         id: BudgetId::from_uuid(Uuid::now_v7()),
         tenant,
         amount_micros: amount(&body.amount)?,
         period: body.period.as_deref().map(period).transpose()?.unwrap_or(Period::Monthly),
-        thresholds_pct: thresholds(body.thresholds_pct.unwrap_or_else(|| vec![80, 90, 100]))?,
-        on_exhausted: body.on_exhausted.as_deref().map(on_exhausted).transpose()?.unwrap_or(OnExhausted::Hold),
+        thresholds_pct: thresholds(body.thresholds_pct.unwrap_or_else(|| s.cfg.budget_thresholds_pct.clone()))?,
+        on_exhausted: body.on_exhausted.as_deref().map(on_exhausted).transpose()?.unwrap_or(s.cfg.budget_on_exhausted),
         created_at: now,
         updated_at: now,
         version: 1,

@@ -65,6 +65,8 @@ pub struct Explanation {
     /// Dispatches before it in the forward run (pending jobs with an ETA).
     pub global_position: Option<usize>,
     pub fair_share: Option<FlowStatus>,
+    /// The per-mille factor on its tenant's weight from budget-aware fair share (1000: none).
+    pub budget_factor_permille: u32,
     pub candidate_pools: Vec<CandidatePool>,
     pub estimated_start_at: Option<Timestamp>,
 }
@@ -80,7 +82,7 @@ impl Scheduler {
             JobState::Pending => {
                 self.pending_blockers(job, now, &mut blockers);
                 position_in_tenant = self.queue.position_in_tenant(&job.tenant, &key_of(job));
-                fair_share = self.queue.status(&job.tenant);
+                fair_share = self.fair_share(&job.tenant);
             }
             JobState::Held => {
                 blockers.push(self.hold_blocker(job, now));
@@ -105,6 +107,7 @@ impl Scheduler {
             position_in_tenant,
             global_position,
             fair_share,
+            budget_factor_permille: self.budget_factor(&job.tenant),
             candidate_pools: self.candidate_pools(job),
             estimated_start_at,
         })

@@ -8,9 +8,34 @@ impl Scheduler {
         self.tenants.get(tenant).unwrap_or(&self.cfg.default_policy)
     }
 
-    /// The tenant's fair-queuing tags, while it has queued jobs or has had some.
+    /// The tenant's fair-queuing tags, while it has queued jobs or has had some, with its
+    /// weight as set (the queue holds it × the budget factor).
     pub fn fair_share(&self, tenant: &TenantId) -> Option<crate::queue::FlowStatus> {
-        self.queue.status(tenant)
+        self.queue.status(tenant).map(|f| crate::queue::FlowStatus { weight: self.policy(tenant).weight, ..f })
+    }
+
+    /// The per-mille factor on the tenant's fair-share weight from its budgets (1000: none).
+    pub fn budget_factor(&self, tenant: &TenantId) -> u32 {
+        self.budget_factor.get(tenant).copied().unwrap_or(crate::budget::FULL_WEIGHT)
+    }
+
+    /// The weight fair share works with: the tenant's × its budget factor, in thousandths
+    /// (job costs are in thousandths too, so an undemoted tenant is charged as ever).
+    pub(super) fn share_weight(&self, tenant: &TenantId) -> u32 {
+        self.policy(tenant).weight.saturating_mul(self.budget_factor(tenant)).max(1)
+    }
+
+    /// Budget-aware fair share (SPEC §2.3): the tenant's weight counts `permille`/1000 of
+    /// itself (clamped to 100..=1000) until told otherwise.
+    pub fn set_budget_factor(&mut self, tenant: &TenantId, permille: u32) {
+        let f = permille.clamp(100, crate::budget::FULL_WEIGHT);
+        if f == crate::budget::FULL_WEIGHT {
+            self.budget_factor.remove(tenant);
+        } else {
+            self.budget_factor.insert(tenant.clone(), f);
+        }
+        let w = self.share_weight(tenant);
+        self.queue.set_weight(tenant, w);
     }
 
     pub fn virtual_time(&self) -> u128 {
@@ -59,8 +84,9 @@ impl Scheduler {
             // Tenant records carry no grant; it comes from the burst session (`set_burst`).
             policy.grant = old.and_then(|p| p.grant);
         }
-        self.queue.set_weight(tenant, policy.weight);
         self.tenants.insert(tenant.clone(), policy);
+        let w = self.share_weight(tenant);
+        self.queue.set_weight(tenant, w);
         self.reconsider_tenant(tenant, now);
     }
 
@@ -156,7 +182,8 @@ impl Scheduler {
         };
         let c = &self.capacity;
         let dominant = share(req.cpu_m.0, c.cpu_m.0).max(share(req.memory_mb.0, c.memory_mb.0)).max(share(req.gpu.0, c.gpu.0)).max(1);
-        dominant * self.expected_duration(job).as_millis().max(1)
+        // In thousandths, as the weights are (see `share_weight`).
+        dominant * self.expected_duration(job).as_millis().max(1) * 1000
     }
 
     // ---- jobs -----------------------------------------------------------------------------

@@ -27,12 +27,12 @@ impl Scheduler {
         let active = || self.books.usage.iter().filter(|(_, u)| u.active_jobs > 0 || u.queued_jobs > 0);
         let (mut total_w, mut total_used) = (0u64, 0u64);
         for (id, u) in active() {
-            total_w += u64::from(self.policy(id).weight);
+            total_w += u64::from(self.share_weight(id));
             total_used += u.active.dominant_ppm(cap);
         }
         // used / total_used > w / total_w, in integers.
         active()
-            .filter(|(id, u)| u128::from(u.active.dominant_ppm(cap)) * u128::from(total_w) > u128::from(self.policy(id).weight) * u128::from(total_used))
+            .filter(|(id, u)| u128::from(u.active.dominant_ppm(cap)) * u128::from(total_w) > u128::from(self.share_weight(id)) * u128::from(total_used))
             .map(|(id, _)| id.clone())
             .collect()
     }

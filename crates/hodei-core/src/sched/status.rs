@@ -74,7 +74,7 @@ impl Scheduler {
             .usage
             .iter()
             .filter(|(_, u)| u.pending_jobs + u.active_jobs > 0)
-            .map(|(t, u)| (t, u64::from(self.policy(t).weight), u.active.dominant_ppm(&cap)))
+            .map(|(t, u)| (t, u64::from(self.share_weight(t)), u.active.dominant_ppm(&cap)))
             .collect();
         let total_weight: u64 = demand.iter().map(|d| d.1).sum();
         let total_used: u64 = demand.iter().map(|d| d.2).sum();

@@ -631,6 +631,36 @@ fn weights_one_and_three_share_a_saturated_pool_25_75() {
 }
 
 #[test]
+fn a_tenant_spending_ahead_of_its_budget_gets_a_smaller_share_until_it_is_on_pace() {
+    // Equal weights; a's budget factor 0.5 gives it 1/3 of a saturated pool, 1 gives it half.
+    let (mut s, mut ids) = (Scheduler::new(SchedConfig::default()), Ids(0));
+    set_quota(&mut s, "a", 2, 1_000_000, 1000, 0);
+    set_quota(&mut s, "b", 2, 1_000_000, 1000, 0);
+    connected_worker(&mut s, &mut ids, 4, 100_000, 0);
+    for i in 0..2000 {
+        for t in ["a", "b"] {
+            // Known durations: no first charge at the default duration to catch up with.
+            let mut j = job(&mut ids, t, 100, 0, i);
+            Arc::make_mut(&mut j.spec).expected_duration = Some(Duration::from_millis(500));
+            s.submit(j, ts(i)).unwrap();
+        }
+    }
+    s.set_budget_factor(&tid("a"), 500);
+    let a_job = s.queued_jobs(&tid("a")).next().unwrap().id;
+    let e = s.explain(a_job, ts(2000), Duration::ZERO).unwrap();
+    assert_eq!((e.budget_factor_permille, e.fair_share.map(|f| f.weight)), (500, Some(2)), "explain shows the factor and the weight as set");
+    let got = run_rounds(&mut s, &mut ids, 150);
+    assert_eq!(got[&tid("a")] + got[&tid("b")], 600);
+    assert!((190..=210).contains(&got[&tid("a")]), "a third: {got:?}");
+    s.set_budget_factor(&tid("a"), 1000);
+    assert_eq!(s.budget_factor(&tid("a")), 1000);
+    let got = run_rounds(&mut s, &mut ids, 150);
+    assert!((290..=310).contains(&got[&tid("a")]), "back to half: {got:?}");
+    s.set_budget_factor(&tid("a"), 5);
+    assert_eq!(s.budget_factor(&tid("a")), 100, "never below a tenth");
+}
+
+#[test]
 fn many_small_jobs_do_not_buy_a_larger_share() {
     // b asks for 5× smaller jobs: per dispatch it is charged 5× less, so it gets ~5× the
     // dispatches but the same share of cpu.
