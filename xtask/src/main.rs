@@ -21,6 +21,8 @@ fn openapi() -> String {
         budgets_enabled: true,
         budget_on_exhausted: hodei_core::budget::OnExhausted::Hold,
         budget_thresholds_pct: vec![80, 90, 100],
+        optimization_lookback_days: 30,
+        optimization_min_runs: 5,
         admin_token: None,
         token_default_ttl_days: None,
         request_timeout: std::time::Duration::from_secs(30),

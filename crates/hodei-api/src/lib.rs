@@ -214,6 +214,10 @@ pub struct ApiConfig {
     pub budgets_enabled: bool,
     pub budget_on_exhausted: hodei_core::budget::OnExhausted,
     pub budget_thresholds_pct: Vec<u32>,
+    /// The configuration's `optimization` section: how far back and how many runs at least
+    /// the recommendations rest on.
+    pub optimization_lookback_days: u32,
+    pub optimization_min_runs: u32,
     /// The bootstrap admin's bearer token (`auth.admin_token` or the data dir's `admin.token`);
     /// `None` turns auth off (loopback only).
     pub admin_token: Option<String>,

@@ -19,6 +19,7 @@ pub mod placement;
 pub mod queue;
 pub mod quota;
 pub mod rate;
+pub mod recommend;
 pub mod sched;
 pub mod sla_tally;
 pub mod spec;

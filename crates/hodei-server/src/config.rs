@@ -645,7 +645,6 @@ impl Config {
         check("observability".into(), self.observability != d.observability);
         check("multi_cluster".into(), self.multi_cluster != d.multi_cluster);
         check("deployments".into(), self.deployments != d.deployments);
-        check("optimization".into(), self.optimization != d.optimization);
         for (i, p) in self.resource_pools.pools.iter().enumerate() {
             let at = |key: &str| format!("resource_pools.pools[{i}].{key}");
             check(at("provider"), !["local", "kubernetes"].contains(&p.provider.as_str()));
@@ -710,6 +709,9 @@ impl Config {
         }
         if self.server.request_timeout_ms == 0 {
             return bad("server.request_timeout_ms", "must be at least 1".into());
+        }
+        if !(1..=3650).contains(&self.optimization.lookback_days) {
+            return bad("optimization.lookback_days", format!("{} is not between 1 and 3650", self.optimization.lookback_days));
         }
         if !hodei_core::budget::valid_thresholds(&self.budgets.alert_thresholds_pct) {
             return bad("budgets.alert_thresholds_pct", format!("{:?} is not 1 to 10 ascending percentages from 1 to 100", self.budgets.alert_thresholds_pct));
@@ -842,13 +844,11 @@ mod tests {
         let env = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>();
         assert!(super::Config::default().unsupported().is_empty(), "the defaults start");
         for (var, key) in [
-            ("HODEI_BUDGETS__FAIR_SHARE_DEMOTION", "budgets"),
             ("HODEI_COST_TRACKING__TRACK_BY_JOB", "cost_tracking.track_by_job"),
             ("HODEI_METRICS__HISTORY__INTERVAL_S", "metrics.history"),
             ("HODEI_OBSERVABILITY__GRAFANA__FOLDER", "observability"),
-            ("HODEI_OPTIMIZATION__MIN_RUNS", "optimization"),
         ] {
-            let value = if var.ends_with("DEMOTION") || var.ends_with("TRACK_BY_JOB") {
+            let value = if var.ends_with("TRACK_BY_JOB") {
                 "false"
             } else if var.ends_with("FILE") || var.ends_with("FOLDER") {
                 "/x"
@@ -947,7 +947,7 @@ mod tests {
                 BurstConfig::KEYS,
                 "enabled max_overage_percentage burst_duration_minutes require_approval cooldown_minutes approval_timeout_hours |",
             ),
-            ("budgets", BudgetsConfig::KEYS, "| *"),
+            ("budgets", BudgetsConfig::KEYS, "enabled default_on_exhausted alert_thresholds_pct fair_share_demotion |"),
             ("sla", SlaConfig::KEYS, "at_risk_pct critical_pct compliance_window_hours |"),
             ("sla.max_wait_s", MaxWaitConfig::KEYS, "critical high medium low best_effort |"),
             (
@@ -965,7 +965,7 @@ mod tests {
             ("observability", ObservabilityConfig::KEYS, "| *"),
             ("multi_cluster", MultiClusterConfig::KEYS, "| *"),
             ("deployments", DeploymentsConfig::KEYS, "| *"),
-            ("optimization", OptimizationConfig::KEYS, "| *"),
+            ("optimization", OptimizationConfig::KEYS, "lookback_days min_runs |"),
         ];
         let paths: Vec<String> = sections.iter().map(|(p, ..)| p.replace("[]", "")).collect();
         for key in Config::KEYS {

@@ -520,6 +520,8 @@ fn api_state(cfg: &Config, p: ApiParts, stopping: watch::Receiver<bool>) -> anyh
             config::OnExhausted::Reject => hodei_core::budget::OnExhausted::Reject,
         },
         budget_thresholds_pct: cfg.budgets.alert_thresholds_pct.clone(),
+        optimization_lookback_days: cfg.optimization.lookback_days,
+        optimization_min_runs: cfg.optimization.min_runs,
         admin_token,
         token_default_ttl_days: cfg.auth.token_default_ttl_days,
         metrics_bearer_token: cfg.metrics.prometheus.bearer_token.as_ref().map(|t| t.0.trim().to_owned()),

@@ -203,6 +203,8 @@ pub struct AttemptUsage {
 pub struct UsageRun {
     pub tenant: TenantId,
     pub job_name: String,
+    /// Where it ran.
+    pub pool: PoolId,
     /// What the attempt asked for.
     pub requested: hodei_core::Resources,
     pub started_at: Timestamp,

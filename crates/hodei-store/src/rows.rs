@@ -903,6 +903,7 @@ pub(crate) fn usage_run_from_row(r: &impl Cols) -> Result<crate::UsageRun> {
     Ok(crate::UsageRun {
         tenant: parse_slug(USAGE, r.col("tenant_id").map_err(g)?, TenantId::parse)?,
         job_name: r.col::<String>("name").map_err(g)?,
+        pool: parse_slug(USAGE, r.col("pool_id").map_err(g)?, PoolId::parse)?,
         requested: resources(r, USAGE, "")?,
         started_at: Timestamp::from_millis(r.col("started_at").map_err(g)?),
         finished_at: Timestamp::from_millis(r.col("finished_at").map_err(g)?),
@@ -914,7 +915,7 @@ pub(crate) fn usage_run_from_row(r: &impl Cols) -> Result<crate::UsageRun> {
 /// The analyzer's query: each finished attempt's summary with its job's tenant and name, the
 /// latest `per_name` of each (tenant, name). Placeholders: `{since}`, `{tenant}` (a condition
 /// or `TRUE`), `{per_name}`, `{limit}` — filled by each store in its own syntax.
-pub(crate) const USAGE_RUNS: &str = "SELECT * FROM (SELECT j.tenant_id, j.name, a.cpu_m, a.memory_mb, a.gpu, a.started_at, a.finished_at, a.failure_reason, u.summary, \
+pub(crate) const USAGE_RUNS: &str = "SELECT * FROM (SELECT j.tenant_id, j.name, a.pool_id, a.cpu_m, a.memory_mb, a.gpu, a.started_at, a.finished_at, a.failure_reason, u.summary, \
      ROW_NUMBER() OVER (PARTITION BY j.tenant_id, j.name ORDER BY a.finished_at DESC) AS nth \
      FROM attempt_usage u JOIN attempts a ON a.id = u.attempt_id JOIN jobs j ON j.id = a.job_id \
      WHERE u.summary IS NOT NULL AND a.started_at IS NOT NULL AND a.finished_at >= {since} AND {tenant}) AS runs \

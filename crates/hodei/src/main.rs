@@ -113,6 +113,19 @@ enum Cmd {
         #[arg(long)]
         pool: Option<String>,
     },
+    /// Right-sizing advice from the usage of finished runs (5 runs of a job name at least).
+    Recommendations {
+        #[command(flatten)]
+        c: ClientOpts,
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Only runs in this pool.
+        #[arg(long)]
+        pool: Option<String>,
+        /// job_reduce_cpu|job_increase_memory|job_drop_gpu.
+        #[arg(long)]
+        kind: Option<String>,
+    },
     /// Burst sessions: ask for more than the quota for a while.
     Burst {
         #[command(flatten)]
@@ -1320,6 +1333,34 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 rows.push(vec!["TOTAL".into(), s(&b, "total_cost"), String::new(), String::new(), String::new(), String::new()]);
                 table(&[&s(&b, "group_by").to_uppercase(), "COST", "ATTEMPTS", "CPU_M_SECONDS", "MEMORY_MB_SECONDS", "GPU_SECONDS"], rows);
                 eprintln!("{} to {} (whole UTC days)", s(&b, "start"), s(&b, "end"));
+            }
+            Ok(0)
+        }
+        Cmd::Recommendations { c, tenant, pool, kind } => {
+            let q = query(&[("tenant_id", tenant), ("pool_id", pool), ("kind", kind)]);
+            let r = c.client()?.get(&format!("/cost-optimization/recommendations{q}")).await?;
+            if c.output == Output::Json {
+                print_json(&r);
+            } else {
+                let items = r["items"].as_array().cloned().unwrap_or_default();
+                let change = |i: &Value| format!("{} → {} {}", i["current"], i["suggested"], s(i, "unit"));
+                table(
+                    &["KIND", "TARGET", "CHANGE", "SAVING/MONTH", "RUNS", "WHY"],
+                    items
+                        .iter()
+                        .map(|i| {
+                            vec![
+                                s(i, "kind"),
+                                s(i, "target"),
+                                change(i),
+                                s(i, "estimated_monthly_savings"),
+                                i["evidence"]["runs"].to_string(),
+                                s(i, "rationale"),
+                            ]
+                        })
+                        .collect(),
+                );
+                eprintln!("potential savings: {} a month", s(&r, "potential_savings"));
             }
             Ok(0)
         }

@@ -1457,3 +1457,53 @@ async fn a_tenant_ahead_of_its_budgets_pace_waits_with_a_lower_fair_share_weight
         assert!(s == 200 || s == 202);
     }
 }
+
+/// Recommendations (SPEC §8.8) from what runs measured: idle runs of a job name asking for a
+/// whole core are told to ask for 100 m, one that ran out of memory is told to ask for more,
+/// and a name with fewer runs than `optimization.min_runs` (2 here) gets nothing.
+#[tokio::test]
+async fn recommendations_come_from_the_measured_runs_of_a_job_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path(), &[("HODEI_WORKERS__USAGE_SAMPLE_INTERVAL_MS", "200"), ("HODEI_OPTIMIZATION__MIN_RUNS", "2")], 0, None);
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let v = srv.submit(json!({"name": "nightly", "command": ["sleep", "1"], "resources": {"cpu_m": 1000, "memory_mb": 64}})).await;
+        ids.push(v["id"].as_str().unwrap().to_owned());
+    }
+    for _ in 0..2 {
+        let hog = json!({"name": "hungry", "command": sh("x=$(head -c 300000000 /dev/zero | tr '\\0' a); sleep 30"), "resources": {"cpu_m": 1000, "memory_mb": 64}, "max_retries": 0});
+        ids.push(srv.submit(hog).await["id"].as_str().unwrap().to_owned());
+    }
+    let once = srv.submit(json!({"name": "rare", "command": ["sleep", "1"], "resources": {"cpu_m": 1000}})).await;
+    ids.push(once["id"].as_str().unwrap().to_owned());
+    for id in &ids {
+        srv.wait_ended(id, 60).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let recs = loop {
+        let (s, r) = srv.call(Method::GET, "/cost-optimization/recommendations", None).await;
+        assert_eq!(s, 200, "{r}");
+        if r["items"].as_array().unwrap().len() >= 2 {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "no recommendations: {r}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let items = recs["items"].as_array().unwrap();
+    let got: Vec<(&str, &str, u64, u64)> = items
+        .iter()
+        .map(|i| (i["kind"].as_str().unwrap(), i["target"].as_str().unwrap(), i["current"].as_u64().unwrap(), i["suggested"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(got, [("job_reduce_cpu", "default/nightly", 1000, 100), ("job_increase_memory", "default/hungry", 64, 256)], "{recs}");
+    assert_eq!((items[0]["evidence"]["runs"].as_u64(), items[1]["evidence"]["ooms"].as_u64()), (Some(5), Some(2)), "{recs}");
+    assert!(items[0]["estimated_monthly_savings_micros"].as_i64().unwrap() > 0 && items[1]["estimated_monthly_savings_micros"].as_i64().unwrap() < 0);
+    assert_eq!(recs["potential_savings_micros"], items[0]["estimated_monthly_savings_micros"]);
+    let (_, only) = srv.call(Method::GET, "/cost-optimization/recommendations?kind=job_increase_memory&tenant_id=default", None).await;
+    assert_eq!(only["items"].as_array().unwrap().len(), 1, "{only}");
+    let (s, e) = srv.call(Method::GET, "/cost-optimization/recommendations?kind=shrink", None).await;
+    assert_eq!((s, e["errors"][0]["field"].as_str()), (400, Some("kind")), "{e}");
+    let out = srv.cli(&["recommendations"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("job_reduce_cpu") && text.contains("1000 → 100 m") && text.contains("default/nightly"), "{text}");
+}

@@ -47,6 +47,7 @@ fn expected(method: &str, path: &str) -> Option<[Want; 8]> {
             | "/sla/breaches"
             | "/sla/at-risk"
             | "/cost-optimization/breakdown"
+            | "/cost-optimization/recommendations"
             | "/cost-rates"
             | "/budgets"
             | "/alerts"

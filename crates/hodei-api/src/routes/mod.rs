@@ -10,6 +10,7 @@ pub mod jobs;
 pub mod logs;
 pub mod pools;
 pub mod queue;
+pub mod recommendations;
 pub mod scaling;
 pub mod sla;
 pub mod system;
@@ -34,6 +35,7 @@ pub fn v1(cfg: &ApiConfig) -> OpenApiRouter<ApiState> {
         .routes(routes!(jobs::list_attempts))
         .routes(routes!(jobs::list_events))
         .routes(routes!(usage::job_usage))
+        .routes(routes!(recommendations::list_recommendations))
         .routes(routes!(jobs::cancel_job))
         .routes(routes!(jobs::retry_job))
         .routes(routes!(jobs::hold_job))

@@ -1,0 +1,217 @@
+//! Right-sizing recommendations from measured usage (SPEC §8.8), never from requests alone.
+//!
+//! Per (tenant, job name), the latest 20 finished runs within the lookback, and only with at
+//! least `min_runs` of them:
+//! - average cpu under 30 % of the request → `job_reduce_cpu` to max(100, p95 × 1.2) rounded up
+//!   to 100 m;
+//! - any OOM, or a memory peak at 95 % of the request or more → `job_increase_memory` to the
+//!   request × 1.5 rounded up to 256 MiB;
+//! - a GPU job whose GPUs were measured at under 10 % on average → `job_drop_gpu` (only where
+//!   the workers measured its GPUs: a run without GPU samples says nothing about them).
+//!
+//! Each carries its evidence and its monthly saving: runs per 30 days (from how often it ran
+//! in the window) × billed seconds per run × the resources it would stop asking for (negative
+//! for more memory: what stopping the OOMs costs).
+
+use crate::cost::{Rates, billed_seconds, cost_micros};
+use crate::usage::{Summary, p95};
+use crate::{Resources, TenantId, Timestamp};
+
+/// Runs of one job name looked at, the latest first.
+pub const RUNS: usize = 20;
+
+/// One finished run of a job name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Run {
+    pub requested: Resources,
+    pub started_at: Timestamp,
+    pub finished_at: Timestamp,
+    pub oom: bool,
+    pub summary: Summary,
+    /// Whether its GPUs' utilisation was measured.
+    pub gpu_measured: bool,
+}
+
+crate::job::string_enum!(
+    Kind {
+        JobReduceCpu = "job_reduce_cpu",
+        JobIncreaseMemory = "job_increase_memory",
+        JobDropGpu = "job_drop_gpu",
+    }
+);
+
+/// What a recommendation rests on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Evidence {
+    pub runs: u32,
+    pub ooms: u32,
+    /// Over the runs: the average of their cpu averages, the 95th percentile of their cpu
+    /// p95s, and the largest memory peak.
+    pub cpu_avg_m: u32,
+    pub cpu_p95_m: u32,
+    pub memory_peak_mb: u32,
+    pub gpu_avg_pct: u32,
+    pub first_at: Timestamp,
+    pub last_at: Timestamp,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Recommendation {
+    pub kind: Kind,
+    pub tenant: TenantId,
+    pub job_name: String,
+    /// In the resource's unit: millicores, MiB or GPUs.
+    pub current: u32,
+    pub suggested: u32,
+    pub rationale: String,
+    pub evidence: Evidence,
+    /// Micro-units of the currency a month; negative when following it costs more.
+    pub monthly_savings_micros: i64,
+    /// 0–100: how much of the full 20 runs it rests on.
+    pub confidence_pct: u32,
+}
+
+const MONTH_MS: u64 = 30 * 86_400_000;
+
+/// The recommendations for one job name from its `runs` (latest first, at most [`RUNS`] are
+/// used), each priced at `rates`, as of `now`.
+pub fn for_job(tenant: &TenantId, job_name: &str, runs: &[Run], min_runs: u32, rates: &Rates, now: Timestamp) -> Vec<Recommendation> {
+    let runs = &runs[..runs.len().min(RUNS)];
+    let n = runs.len() as u32;
+    if n == 0 || n < min_runs.max(1) {
+        return Vec::new();
+    }
+    let latest = &runs[0].requested;
+    let first_at = runs.iter().map(|r| r.finished_at).min().unwrap_or(now);
+    let last_at = runs.iter().map(|r| r.finished_at).max().unwrap_or(now);
+    let evidence = Evidence {
+        runs: n,
+        ooms: runs.iter().filter(|r| r.oom).count() as u32,
+        cpu_avg_m: (runs.iter().map(|r| u64::from(r.summary.cpu_avg_m)).sum::<u64>() / u64::from(n)) as u32,
+        cpu_p95_m: p95(runs.iter().map(|r| r.summary.cpu_p95_m)),
+        memory_peak_mb: runs.iter().map(|r| r.summary.memory_peak_mb).max().unwrap_or(0),
+        gpu_avg_pct: {
+            let g: Vec<u32> = runs.iter().filter(|r| r.gpu_measured).map(|r| r.summary.gpu_avg_pct).collect();
+            (g.iter().map(|v| u64::from(*v)).sum::<u64>() / (g.len() as u64).max(1)) as u32
+        },
+        first_at,
+        last_at,
+    };
+    // Billed seconds a month at the pace seen (over at least a day).
+    let span_ms = (now.as_millis() - first_at.as_millis()).max(86_400_000) as u64;
+    let billed: u64 = runs.iter().map(|r| billed_seconds((r.finished_at.as_millis() - r.started_at.as_millis()).max(0) as u64)).sum();
+    let month_seconds = (u128::from(billed) * u128::from(MONTH_MS) / u128::from(span_ms)) as u64;
+    let confidence_pct = n * 100 / RUNS as u32;
+    let mut out = Vec::new();
+    // What `delta` costs over a month of runs; `more` when following the advice adds it.
+    let rec = |kind, current, suggested, rationale: String, delta: Resources, more: bool| Recommendation {
+        kind,
+        tenant: tenant.clone(),
+        job_name: job_name.to_owned(),
+        current,
+        suggested,
+        rationale,
+        evidence: evidence.clone(),
+        monthly_savings_micros: if more { -cost_micros(month_seconds, &delta, rates) } else { cost_micros(month_seconds, &delta, rates) },
+        confidence_pct,
+    };
+    let cpu = latest.cpu_m.0;
+    if u64::from(evidence.cpu_avg_m) * 100 < u64::from(cpu) * 30 {
+        let suggested = (evidence.cpu_p95_m.saturating_mul(12) / 10).max(100).div_ceil(100) * 100;
+        if suggested < cpu {
+            let delta = Resources::new(cpu - suggested, 0, 0);
+            let why = format!(
+                "{n} runs used {} m of cpu on average ({} % of the {cpu} m asked for); their p95 was {} m",
+                evidence.cpu_avg_m,
+                u64::from(evidence.cpu_avg_m) * 100 / u64::from(cpu.max(1)),
+                evidence.cpu_p95_m
+            );
+            out.push(rec(Kind::JobReduceCpu, cpu, suggested, why, delta, false));
+        }
+    }
+    let mem = latest.memory_mb.0;
+    if evidence.ooms > 0 || u64::from(evidence.memory_peak_mb) * 100 >= u64::from(mem) * 95 {
+        let suggested = (mem.saturating_mul(3) / 2).max(1).div_ceil(256) * 256;
+        let delta = Resources::new(0, suggested - mem.min(suggested), 0);
+        let why = match evidence.ooms {
+            0 => format!("its memory peaked at {} MiB of the {mem} MiB asked for", evidence.memory_peak_mb),
+            k => format!("{k} of its last {n} runs ran out of memory ({mem} MiB asked for, peak {} MiB)", evidence.memory_peak_mb),
+        };
+        out.push(rec(Kind::JobIncreaseMemory, mem, suggested, why, delta, true));
+    }
+    let gpu = latest.gpu.0;
+    if gpu >= 1 && runs.iter().any(|r| r.gpu_measured) && evidence.gpu_avg_pct < 10 {
+        let why = format!("its {gpu} GPUs were {} % busy on average over {n} runs", evidence.gpu_avg_pct);
+        out.push(rec(Kind::JobDropGpu, gpu, 0, why, Resources::new(0, 0, gpu), false));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(i: i64, cpu_avg: u32, cpu_p95: u32, peak: u32, oom: bool) -> Run {
+        Run {
+            requested: Resources::new(2000, 1024, 0),
+            started_at: Timestamp::from_millis(i * 3_600_000),
+            finished_at: Timestamp::from_millis(i * 3_600_000 + 600_000),
+            oom,
+            summary: Summary { samples: 60, cpu_avg_m: cpu_avg, cpu_p95_m: cpu_p95, memory_peak_mb: peak, ..Summary::default() },
+            gpu_measured: false,
+        }
+    }
+
+    fn t() -> TenantId {
+        TenantId::parse("t").unwrap()
+    }
+
+    #[test]
+    fn an_idle_cpu_request_is_cut_to_its_p95_with_room() {
+        let runs: Vec<Run> = (0..6).rev().map(|i| run(i, 300, 450 + i as u32, 200, false)).collect();
+        let now = Timestamp::from_millis(86_400_000);
+        let recs = for_job(&t(), "etl", &runs, 5, &Rates::DEFAULT, now);
+        assert_eq!(recs.len(), 1, "{recs:?}");
+        let r = &recs[0];
+        // p95 of 450..=455 is 455 → × 1.2 = 546 → 600.
+        assert_eq!((r.kind, r.current, r.suggested, r.evidence.runs, r.evidence.cpu_avg_m), (Kind::JobReduceCpu, 2000, 600, 6, 300));
+        // 6 runs of 600 s in a day → 180 a month; 1.4 cores × 0.05 an hour × 600 s each.
+        let per_run = cost_micros(600, &Resources::new(1400, 0, 0), &Rates::DEFAULT);
+        assert_eq!(r.monthly_savings_micros, cost_micros(600 * 180, &Resources::new(1400, 0, 0), &Rates::DEFAULT));
+        assert!((r.monthly_savings_micros - per_run * 180).abs() <= 180, "{} vs {}", r.monthly_savings_micros, per_run * 180);
+        assert_eq!(r.confidence_pct, 30);
+        assert!(for_job(&t(), "etl", &runs[..4], 5, &Rates::DEFAULT, now).is_empty(), "fewer than min_runs: nothing");
+    }
+
+    #[test]
+    fn an_oom_or_a_peak_near_the_request_asks_for_half_as_much_again() {
+        let mut runs: Vec<Run> = (0..5).map(|i| run(i, 1900, 2000, 500, false)).collect();
+        let now = Timestamp::from_millis(86_400_000);
+        assert!(for_job(&t(), "sim", &runs, 5, &Rates::DEFAULT, now).is_empty(), "busy cpu, memory far from its limit");
+        runs[2].oom = true;
+        let recs = for_job(&t(), "sim", &runs, 5, &Rates::DEFAULT, now);
+        assert_eq!(recs.iter().map(|r| (r.kind, r.current, r.suggested)).collect::<Vec<_>>(), [(Kind::JobIncreaseMemory, 1024, 1536)]);
+        assert!(recs[0].monthly_savings_micros < 0, "more memory costs more");
+        assert!(recs[0].rationale.contains("1 of its last 5 runs ran out of memory"), "{}", recs[0].rationale);
+        runs[2].oom = false;
+        runs[3].summary.memory_peak_mb = 980;
+        assert_eq!(for_job(&t(), "sim", &runs, 5, &Rates::DEFAULT, now)[0].kind, Kind::JobIncreaseMemory, "a peak at 95 %");
+    }
+
+    #[test]
+    fn gpus_are_judged_only_where_they_were_measured() {
+        let mut runs: Vec<Run> = (0..5).map(|i| run(i, 1900, 2000, 100, false)).collect();
+        for r in &mut runs {
+            r.requested = Resources::new(2000, 1024, 1);
+        }
+        let now = Timestamp::from_millis(86_400_000);
+        assert!(for_job(&t(), "train", &runs, 5, &Rates::DEFAULT, now).is_empty(), "unmeasured GPUs say nothing");
+        for r in &mut runs {
+            r.gpu_measured = true;
+            r.summary.gpu_avg_pct = 4;
+        }
+        let recs = for_job(&t(), "train", &runs, 5, &Rates::DEFAULT, now);
+        assert_eq!(recs.iter().map(|r| (r.kind, r.suggested)).collect::<Vec<_>>(), [(Kind::JobDropGpu, 0)]);
+        assert!(recs[0].monthly_savings_micros > 0);
+    }
+}
