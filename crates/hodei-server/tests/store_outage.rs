@@ -103,6 +103,10 @@ pass! { Store {
         fn sla_counts(&self, since: Timestamp, tenant: Option<&TenantId>) -> Vec<SlaCount>;
         fn forget_sla_counts(&self, before: Timestamp) -> u64;
         fn forget_cost_records(&self, before: Timestamp) -> u64;
+        fn top_cost_jobs(&self, q: &hodei_store::CostQuery, limit: u32) -> Vec<hodei_store::JobCost>;
+        fn put_cost_report(&self, r: &hodei_store::StoredReport) -> ();
+        fn get_cost_report(&self, id: uuid::Uuid) -> Option<hodei_store::StoredReport>;
+        fn list_cost_reports(&self, tenant: Option<&TenantId>, visible: Option<&[TenantId]>, before: Option<uuid::Uuid>, limit: u32) -> Vec<hodei_store::StoredReport>;
         fn put_usage(&self, usage: &[hodei_store::AttemptUsage]) -> ();
         fn attempt_usage(&self, attempts: &[hodei_core::AttemptId]) -> Vec<hodei_store::AttemptUsage>;
         fn forget_usage(&self, before: Timestamp) -> u64;

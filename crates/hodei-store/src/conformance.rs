@@ -100,6 +100,7 @@ pub async fn run_all(store: &dyn Store) {
     budgets_round_trip_and_refuse_stale_updates(store).await;
     alerts_fire_once_per_key_and_resolve(store).await;
     usage_is_kept_per_attempt_and_read_per_job_name(store).await;
+    cost_reports_list_newest_first_within_what_the_caller_sees(store).await;
 }
 
 /// Scaling events come back as recorded, newest first, filtered by time and decision, paged
@@ -875,6 +876,13 @@ async fn the_cost_ledger_adds_up_in_its_rollups(store: &dyn Store) {
         assert_eq!(rows.iter().map(|r| r.cost_micros).sum::<i64>(), total, "{g:?}: {rows:?}");
         assert_eq!(rows.iter().map(|r| r.attempts).sum::<i64>(), 3, "{g:?}: each attempt counted once, on the day it ended");
     }
+    let top = store.top_cost_jobs(&q(CostGroup::Tenant, None), 2).await.unwrap();
+    let mut want: Vec<(JobId, i64)> = costs.iter().map(|c| (c.job_id, c.cost_micros())).collect();
+    want.sort_by_key(|w| std::cmp::Reverse(w.1));
+    assert_eq!(top.iter().map(|j| (j.job_id, j.cost_micros)).collect::<Vec<_>>(), want[..2], "the most costly first, at most the limit");
+    assert_eq!((top[0].job_name.as_str(), top[0].tenant.as_str()), ("render", "ledger-a"));
+    let b_top = store.top_cost_jobs(&q(CostGroup::Tenant, Some(vec![TenantId::parse("ledger-b").unwrap()])), 10).await.unwrap();
+    assert_eq!(b_top.iter().map(|j| j.job_id).collect::<Vec<_>>(), [costs[2].job_id]);
     let by_day = store.cost_breakdown(&q(CostGroup::Day, None)).await.unwrap();
     let day0: i64 = costs[0].segments[0].cost_micros;
     assert_eq!(by_day.iter().find(|r| r.key == "19999").map(|r| r.cost_micros), Some(day0), "{by_day:?}");
@@ -1056,4 +1064,28 @@ async fn usage_is_kept_per_attempt_and_read_per_job_name(store: &dyn Store) {
     assert_eq!(store.usage_runs(ts(0), None, 20, 1).await.unwrap().len(), 1, "at most the limit");
     assert_eq!(store.forget_usage(ts(11_500)).await.unwrap(), 2);
     assert_eq!(store.attempt_usage(&ids).await.unwrap().len(), 2);
+}
+
+async fn cost_reports_list_newest_first_within_what_the_caller_sees(store: &dyn Store) {
+    use crate::StoredReport;
+    let report = |n: u128, tenant: Option<&str>| StoredReport {
+        id: Uuid::from_u128(n << 80),
+        tenant: tenant.map(|t| TenantId::parse(t).unwrap()),
+        created_by: "admin".into(),
+        created_at: ts(n as i64),
+        body: format!("{{\"n\":{n}}}"),
+    };
+    let all = [report(1, Some("rep-a")), report(2, None), report(3, Some("rep-b")), report(4, Some("rep-a"))];
+    for r in &all {
+        store.put_cost_report(r).await.unwrap();
+    }
+    assert_eq!(store.get_cost_report(all[1].id).await.unwrap(), Some(all[1].clone()));
+    assert_eq!(store.get_cost_report(Uuid::from_u128(99)).await.unwrap(), None);
+    let ids = |v: Vec<StoredReport>| v.into_iter().map(|r| r.created_at.as_millis()).collect::<Vec<_>>();
+    assert_eq!(ids(store.list_cost_reports(None, None, None, 10).await.unwrap()), [4, 3, 2, 1]);
+    assert_eq!(ids(store.list_cost_reports(None, None, Some(all[3].id), 2).await.unwrap()), [3, 2], "paged by id");
+    let a = [TenantId::parse("rep-a").unwrap()];
+    assert_eq!(ids(store.list_cost_reports(None, Some(&a), None, 10).await.unwrap()), [4, 1], "a tenant's reader sees its reports, not everyone's");
+    assert_eq!(ids(store.list_cost_reports(Some(&a[0]), None, None, 10).await.unwrap()), [4, 1]);
+    assert!(store.list_cost_reports(None, Some(&[]), None, 10).await.unwrap().is_empty());
 }

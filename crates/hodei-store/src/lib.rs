@@ -198,6 +198,25 @@ pub struct AttemptUsage {
     pub updated_at: Timestamp,
 }
 
+/// A cost report as stored: its JSON as made, and whose it is (`None`: every tenant's).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredReport {
+    pub id: uuid::Uuid,
+    pub tenant: Option<TenantId>,
+    pub created_by: String,
+    pub created_at: Timestamp,
+    pub body: String,
+}
+
+/// A job's cost within a query's days, from its cost records.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobCost {
+    pub job_id: JobId,
+    pub job_name: String,
+    pub tenant: TenantId,
+    pub cost_micros: i64,
+}
+
 /// A finished attempt with its usage summary, as the optimization analyzer reads it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UsageRun {
@@ -435,6 +454,20 @@ pub trait Store: Identity + Send + Sync + 'static {
     /// Deletes cost records that ended before `before` (`cost_tracking.retention_days`); the
     /// rollups they were added to stay. Returns how many.
     async fn forget_cost_records(&self, before: Timestamp) -> Result<u64>;
+    /// The most costly jobs over the query's days (tenant, pool and visibility as for a
+    /// breakdown; its grouping is ignored), from the cost records still kept, at most `limit`.
+    async fn top_cost_jobs(&self, q: &CostQuery, limit: u32) -> Result<Vec<JobCost>>;
+    async fn put_cost_report(&self, r: &StoredReport) -> Result<()>;
+    async fn get_cost_report(&self, id: uuid::Uuid) -> Result<Option<StoredReport>>;
+    /// Reports newest first: of `tenant` when given, within `visible` (a report of every
+    /// tenant only for `None`, all visible), older than `before`, at most `limit`.
+    async fn list_cost_reports(
+        &self,
+        tenant: Option<&TenantId>,
+        visible: Option<&[TenantId]>,
+        before: Option<uuid::Uuid>,
+        limit: u32,
+    ) -> Result<Vec<StoredReport>>;
     /// Writes the usage of these attempts (each replacing what was stored of it).
     async fn put_usage(&self, usage: &[AttemptUsage]) -> Result<()>;
     /// The stored usage of these attempts (those that have some).

@@ -1383,6 +1383,69 @@ impl Store for PgStore {
         Ok(done.map_err(StoreError::db("deleting old cost records"))?.rows_affected())
     }
 
+    async fn top_cost_jobs(&self, q: &crate::CostQuery, limit: u32) -> Result<Vec<crate::JobCost>> {
+        let mut qb: QueryBuilder<Postgres> = QueryBuilder::new(
+            "SELECT job_id, MAX(job_name) AS job_name, MAX(tenant_id) AS tenant_id, SUM(cost_micros)::BIGINT AS cost FROM cost_records WHERE day >= ",
+        );
+        qb.push_bind(q.from_day).push(" AND day <= ").push_bind(q.to_day);
+        if let Some(t) = &q.tenant {
+            qb.push(" AND tenant_id = ").push_bind(t.as_str().to_owned());
+        }
+        if let Some(p) = &q.pool {
+            qb.push(" AND pool_id = ").push_bind(p.as_str().to_owned());
+        }
+        if !push_visible(&mut qb, q.visible.as_deref()) {
+            return Ok(Vec::new());
+        }
+        qb.push(" GROUP BY job_id ORDER BY cost DESC, job_id LIMIT ").push_bind(i64::from(limit));
+        let rows = qb.build().fetch_all(&self.pool).await.map_err(StoreError::db("reading job costs"))?;
+        rows.iter().map(job_cost_from_row).collect()
+    }
+
+    async fn put_cost_report(&self, r: &crate::StoredReport) -> Result<()> {
+        sqlx::query("INSERT INTO cost_reports (id, tenant_id, created_by, created_at, body) VALUES ($1, $2, $3, $4, $5)")
+            .bind(r.id)
+            .bind(r.tenant.as_ref().map(|t| t.as_str().to_owned()))
+            .bind(&r.created_by)
+            .bind(ms(r.created_at))
+            .bind(&r.body)
+            .execute(&self.pool)
+            .await
+            .map_err(StoreError::db("writing a cost report"))?;
+        Ok(())
+    }
+
+    async fn get_cost_report(&self, id: uuid::Uuid) -> Result<Option<crate::StoredReport>> {
+        let row = sqlx::query("SELECT * FROM cost_reports WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(StoreError::db("reading a cost report"))?;
+        row.as_ref().map(report_from_row).transpose()
+    }
+
+    async fn list_cost_reports(
+        &self,
+        tenant: Option<&TenantId>,
+        visible: Option<&[TenantId]>,
+        before: Option<uuid::Uuid>,
+        limit: u32,
+    ) -> Result<Vec<crate::StoredReport>> {
+        let mut qb: QueryBuilder<Postgres> = QueryBuilder::new("SELECT * FROM cost_reports WHERE TRUE");
+        if let Some(t) = tenant {
+            qb.push(" AND tenant_id = ").push_bind(t.as_str().to_owned());
+        }
+        if visible.is_some() && !push_visible(&mut qb, visible) {
+            return Ok(Vec::new());
+        }
+        if let Some(b) = before {
+            qb.push(" AND id < ").push_bind(b);
+        }
+        qb.push(" ORDER BY id DESC LIMIT ").push_bind(i64::from(limit));
+        let rows = qb.build().fetch_all(&self.pool).await.map_err(StoreError::db("listing cost reports"))?;
+        rows.iter().map(report_from_row).collect()
+    }
+
     async fn put_usage(&self, usage: &[crate::AttemptUsage]) -> Result<()> {
         for chunk in usage.chunks(500) {
             let mut qb: QueryBuilder<Postgres> = QueryBuilder::new("INSERT INTO attempt_usage (attempt_id, step_ms, points, summary, updated_at) ");

@@ -920,3 +920,26 @@ pub(crate) const USAGE_RUNS: &str = "SELECT * FROM (SELECT j.tenant_id, j.name, 
      FROM attempt_usage u JOIN attempts a ON a.id = u.attempt_id JOIN jobs j ON j.id = a.job_id \
      WHERE u.summary IS NOT NULL AND a.started_at IS NOT NULL AND a.finished_at >= {since} AND {tenant}) AS runs \
      WHERE nth <= {per_name} ORDER BY tenant_id, name, finished_at DESC LIMIT {limit}";
+
+pub(crate) fn report_from_row(r: &impl Cols) -> Result<crate::StoredReport> {
+    const D: &str = "reading a cost report";
+    let g = |e: sqlx::Error| StoreError::Db { doing: D, source: e };
+    Ok(crate::StoredReport {
+        id: r.col("id").map_err(g)?,
+        tenant: r.col::<Option<&str>>("tenant_id").map_err(g)?.map(|t| parse_slug(D, t, TenantId::parse)).transpose()?,
+        created_by: r.col::<String>("created_by").map_err(g)?,
+        created_at: Timestamp::from_millis(r.col("created_at").map_err(g)?),
+        body: r.col::<String>("body").map_err(g)?,
+    })
+}
+
+pub(crate) fn job_cost_from_row(r: &impl Cols) -> Result<crate::JobCost> {
+    const D: &str = "reading job costs";
+    let g = |e: sqlx::Error| StoreError::Db { doing: D, source: e };
+    Ok(crate::JobCost {
+        job_id: JobId::from_uuid(r.col("job_id").map_err(g)?),
+        job_name: r.col::<String>("job_name").map_err(g)?,
+        tenant: parse_slug(D, r.col("tenant_id").map_err(g)?, TenantId::parse)?,
+        cost_micros: r.col("cost").map_err(g)?,
+    })
+}

@@ -191,6 +191,15 @@ enum Cmd {
         #[arg(long)]
         tenant: Option<String>,
     },
+    /// Cost reports: make one (`create`), read one (`get ID`), or list them.
+    Reports {
+        #[command(flatten)]
+        c: ClientOpts,
+        #[command(subcommand)]
+        cmd: Option<ReportsCmd>,
+        #[arg(long)]
+        tenant: Option<String>,
+    },
     /// Budgets: what each tenant may spend per period, what it has spent, and their state.
     Budgets {
         #[command(flatten)]
@@ -391,6 +400,28 @@ struct SubmitArgs {
 enum AlertsCmd {
     /// Acknowledge a firing alert (its tenant's PI or an admin).
     Ack { id: String },
+}
+
+#[derive(Subcommand)]
+enum ReportsCmd {
+    /// Make a report: totals, breakdowns, top jobs, a forecast to the month's end and the
+    /// recommendations of the moment.
+    Create {
+        /// last_day|last_week|last_month|month_to_date|custom (with --start and --end).
+        #[arg(long, default_value = "month_to_date")]
+        period: String,
+        #[arg(long)]
+        start: Option<String>,
+        #[arg(long)]
+        end: Option<String>,
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        pool: Option<String>,
+    },
+    Get {
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -1079,6 +1110,45 @@ async fn jobs(c: ClientOpts, cmd: JobsCmd) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+/// A cost report as text: totals, its breakdowns, top jobs and recommendations.
+fn print_report(r: &Value) {
+    println!("report {} ({}, {} to {})", s(r, "id"), s(r, "period"), s(r, "start"), s(r, "end"));
+    println!("total:    {}", s(r, "total_cost"));
+    println!("forecast: {} by the end of the month", s(r, "forecast_period_end"));
+    for (title, key) in [("TENANT", "by_tenant"), ("POOL", "by_pool"), ("DAY", "by_day")] {
+        let rows: Vec<Vec<String>> = r["breakdown"][key]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+            .iter()
+            .map(|g| vec![s(g, "key"), s(g, "cost"), g["attempts"].to_string()])
+            .collect();
+        println!();
+        table(&[title, "COST", "ATTEMPTS"], rows);
+    }
+    let jobs: Vec<Vec<String>> = r["top_jobs"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
+        .iter()
+        .map(|j| vec![s(j, "job_id"), s(j, "name"), s(j, "tenant_id"), s(j, "cost")])
+        .collect();
+    println!();
+    table(&["TOP JOB", "NAME", "TENANT", "COST"], jobs);
+    let recs: Vec<Vec<String>> = r["recommendations"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
+        .iter()
+        .map(|i| vec![s(i, "kind"), s(i, "target"), format!("{} → {} {}", i["current"], i["suggested"], s(i, "unit")), s(i, "estimated_monthly_savings")])
+        .collect();
+    if !recs.is_empty() {
+        println!();
+        table(&["RECOMMENDATION", "TARGET", "CHANGE", "SAVING/MONTH"], recs);
+    }
+    println!("potential savings: {} a month", s(r, "potential_savings"));
+}
+
 /// Each attempt's usage: its summary and a line of cpu and of memory over time.
 fn print_usage(v: &Value) {
     let attempts = v["attempts"].as_array().cloned().unwrap_or_default();
@@ -1397,6 +1467,30 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 &["id", "kind", "severity", "tenant_id", "state", "fired_at", "message"],
             )
             .await
+        }
+        Cmd::Reports { c, cmd: None, tenant } => {
+            listing(
+                c,
+                &format!("/cost-optimization/reports{}", query(&[("tenant_id", tenant), ("limit", Some("100".into()))])),
+                &["ID", "CREATED", "PERIOD", "TENANT", "TOTAL", "FORECAST", "SAVINGS"],
+                &["id", "created_at", "period", "tenant_id", "total_cost", "forecast_period_end", "potential_savings"],
+            )
+            .await
+        }
+        Cmd::Reports { c, cmd: Some(cmd), .. } => {
+            let cl = c.client()?;
+            let r = match cmd {
+                ReportsCmd::Create { period, start, end, tenant, pool } => {
+                    cl.post("/cost-optimization/reports", &json!({"period": period, "start": start, "end": end, "tenant_id": tenant, "pool_id": pool})).await?
+                }
+                ReportsCmd::Get { id } => cl.get(&format!("/cost-optimization/reports/{id}")).await?,
+            };
+            if c.output == Output::Json {
+                print_json(&r);
+            } else {
+                print_report(&r);
+            }
+            Ok(0)
         }
         Cmd::Budgets { c, cmd: None } => {
             listing(

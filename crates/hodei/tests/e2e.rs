@@ -1178,6 +1178,31 @@ async fn twenty_jobs_cost_exactly_what_they_ran_and_every_total_agrees() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("local") && text.contains(&format!("{}.{:06} USD", sum / 1_000_000, sum % 1_000_000)), "{text}");
+    // A report of the same day agrees to the micro-dollar, and lists the most costly jobs.
+    let (s, r) = srv.call(Method::POST, "/cost-optimization/reports", Some(json!({"period": "last_day"}))).await;
+    assert_eq!((s, r["total_cost_micros"].as_i64()), (201, Some(sum)), "{r}");
+    assert_eq!(r["breakdown"]["by_pool"][0]["cost_micros"].as_i64(), Some(sum), "{r}");
+    let top: Vec<i64> = r["top_jobs"].as_array().unwrap().iter().map(|j| j["cost_micros"].as_i64().unwrap()).collect();
+    let (_, jobs) = srv.call(Method::GET, "/jobs?limit=50", None).await;
+    let mut costs: Vec<i64> = jobs["items"].as_array().unwrap().iter().map(|j| j["cost_micros"].as_i64().unwrap()).collect();
+    costs.sort_by_key(|c| std::cmp::Reverse(*c));
+    assert_eq!(top, costs[..10], "the ten most costly jobs, most costly first");
+    assert!(r["forecast_period_end_micros"].as_i64().unwrap() >= sum, "{r}");
+    let id = r["id"].as_str().unwrap();
+    let (s, again) = srv.call(Method::GET, &format!("/cost-optimization/reports/{id}"), None).await;
+    assert_eq!((s, &again), (200, &r), "stored as made");
+    let (_, listed) = srv.call(Method::GET, "/cost-reports?tenant_id=default", None).await;
+    assert_eq!(listed["items"].as_array().unwrap().len(), 0, "a report of every tenant is not one tenant's: {listed}");
+    let (_, all) = srv.call(Method::GET, "/cost-optimization/reports", None).await;
+    assert_eq!(all["items"][0]["id"].as_str(), Some(id), "{all}");
+    let (s, e) = srv.call(Method::POST, "/cost-optimization/reports", Some(json!({"period": "fortnight"}))).await;
+    assert_eq!((s, e["errors"][0]["field"].as_str()), (400, Some("/period")), "{e}");
+    let out = srv.cli(&["reports", "create", "--period", "last_day", "--tenant", "default"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("total:    {}.{:06} USD", sum / 1_000_000, sum % 1_000_000)) && text.contains("TOP JOB"), "{text}");
+    let (_, mine) = srv.call(Method::GET, "/cost-reports?tenant_id=default", None).await;
+    assert_eq!(mine["items"].as_array().unwrap().len(), 1, "{mine}");
 }
 
 /// Rate versions: an admin's new rates price what runs from then on; a restart keeps them; an

@@ -48,6 +48,8 @@ fn expected(method: &str, path: &str) -> Option<[Want; 8]> {
             | "/sla/at-risk"
             | "/cost-optimization/breakdown"
             | "/cost-optimization/recommendations"
+            | "/cost-optimization/reports"
+            | "/cost-reports"
             | "/cost-rates"
             | "/budgets"
             | "/alerts"
@@ -69,7 +71,9 @@ fn expected(method: &str, path: &str) -> Option<[Want; 8]> {
         ("get", "/tenants/{id}/burst/sessions" | "/tenants/{id}/burst/sessions/{sid}") => read,
         ("post", "/tenants/{id}/burst" | "/tenants/{id}/burst/sessions/{sid}/end" | "/budgets") => manage,
         ("put" | "delete", "/budgets/{id}") => manage,
-        ("get", "/budgets/{id}" | "/alerts/{id}") => read,
+        ("get", "/budgets/{id}" | "/alerts/{id}" | "/cost-optimization/reports/{id}") => read,
+        // A report of tenant alpha.
+        ("post", "/cost-optimization/reports") => read,
         ("post", "/alerts/{id}/ack") => manage,
         ("post", "/tenants/{id}/burst/sessions/{sid}/approve" | "/tenants/{id}/burst/sessions/{sid}/reject") => admin_in_tenant,
         ("put", "/tenants/{id}" | "/tenants/{id}/quota") | ("delete", "/tenants/{id}") => admin_in_tenant,
@@ -211,6 +215,10 @@ async fn every_operation_answers_as_the_permission_table_says() {
                         t["id"].as_str().unwrap().to_owned()
                     }
                     Some("alerts") => alert.clone(),
+                    Some("cost-optimization") => {
+                        let r = admin(&srv, "post", "/cost-optimization/reports", json!({"tenant_id": "alpha"})).await;
+                        r["id"].as_str().unwrap().to_owned()
+                    }
                     // A fresh budget of tenant alpha each time (a delete may have taken the last).
                     Some("budgets") => {
                         let b = admin(&srv, "post", "/budgets", json!({"tenant_id": "alpha", "amount": "100"})).await;
@@ -233,6 +241,7 @@ async fn every_operation_answers_as_the_permission_table_says() {
                     ("put", "/pools/{id}") => Some(json!({"max_size": 2})),
                     ("put", "/cost-rates") => Some(json!({"hourly_rate_cpu": "0.05"})),
                     ("post", "/budgets") => Some(json!({"tenant_id": "alpha", "amount": "10"})),
+                    ("post", "/cost-optimization/reports") => Some(json!({"tenant_id": "alpha", "period": "last_week"})),
                     ("put", "/budgets/{id}") => Some(json!({"amount": "20"})),
                     ("post", "/pools/{id}/scale") => Some(json!({"target_size": 1, "reason": "matrix"})),
                     ("post", "/pools/{id}/scaling/policies") => {

@@ -3,8 +3,8 @@
 
 use axum::Json;
 use axum::extract::{Query, State};
+use hodei_core::Timestamp;
 use hodei_core::cost::day_of;
-use hodei_core::{PoolId, TenantId, Timestamp};
 use hodei_store::{CostGroup, CostQuery};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -75,14 +75,16 @@ pub struct Breakdown {
     pub groups: Vec<CostGroupView>,
 }
 
-/// The instants a period covers, `[start, end)`.
-fn period(q: &BreakdownQuery, now: Timestamp) -> ApiResult<(Timestamp, Timestamp)> {
+/// The instants a period covers, `[start, end)`; errors name `{prefix}period`, `{prefix}start`
+/// and `{prefix}end` (a query's parameters, or a body's `/` fields).
+pub(crate) fn period(prefix: &str, period: Option<&str>, start: Option<&str>, end: Option<&str>, now: Timestamp) -> ApiResult<(Timestamp, Timestamp)> {
     let back = |days: i64| Ok((Timestamp::from_millis(now.as_millis() - days * DAY_MS), now));
-    let custom = matches!(q.period.as_deref(), Some("custom"));
-    if !custom && (q.start.is_some() || q.end.is_some()) {
-        return Err(ApiError::field("start", "start and end go with period=custom", "period=custom, or no start and end", None));
+    let custom = matches!(period, Some("custom"));
+    let (f_start, f_end, f_period) = (format!("{prefix}start"), format!("{prefix}end"), format!("{prefix}period"));
+    if !custom && (start.is_some() || end.is_some()) {
+        return Err(ApiError::field(&f_start, "start and end go with period=custom", "period=custom, or no start and end", None));
     }
-    match q.period.as_deref() {
+    match period {
         Some("last_day") => back(1),
         Some("last_week") => back(7),
         Some("last_month") => back(30),
@@ -93,14 +95,19 @@ fn period(q: &BreakdownQuery, now: Timestamp) -> ApiResult<(Timestamp, Timestamp
             Ok((Timestamp::from_millis(start.timestamp().as_millisecond()), now))
         }
         Some("custom") => {
-            let start = instant("start", q.start.as_deref())?.ok_or_else(|| ApiError::field("start", "period=custom needs a start", "RFC 3339", None))?;
-            let end = instant("end", q.end.as_deref())?.ok_or_else(|| ApiError::field("end", "period=custom needs an end", "RFC 3339", None))?;
-            if end <= start || end.as_millis() - start.as_millis() > MAX_DAYS * DAY_MS {
-                return Err(ApiError::field("end", "end must be after start, at most 366 days later", "an end within 366 days after start", q.end.clone()));
+            let s = instant(&f_start, start)?.ok_or_else(|| ApiError::field(&f_start, "period=custom needs a start", "RFC 3339", None))?;
+            let e = instant(&f_end, end)?.ok_or_else(|| ApiError::field(&f_end, "period=custom needs an end", "RFC 3339", None))?;
+            if e <= s || e.as_millis() - s.as_millis() > MAX_DAYS * DAY_MS {
+                return Err(ApiError::field(
+                    &f_end,
+                    "end must be after start, at most 366 days later",
+                    "an end within 366 days after start",
+                    end.map(str::to_owned),
+                ));
             }
-            Ok((start, end))
+            Ok((s, e))
         }
-        Some(p) => Err(ApiError::field("period", "unknown period", "last_day|last_week|last_month|month_to_date|custom", Some(p.to_owned()))),
+        Some(p) => Err(ApiError::field(&f_period, "unknown period", "last_day|last_week|last_month|month_to_date|custom", Some(p.to_owned()))),
     }
 }
 
@@ -123,34 +130,13 @@ pub async fn breakdown(State(s): State<ApiState>, who: Who, Query(q): Query<Brea
         Some("day") => (CostGroup::Day, "day"),
         Some(g) => return Err(ApiError::field("group_by", "unknown grouping", "tenant|pool|day", Some(g.to_owned()))),
     };
-    let tenant = q
-        .tenant_id
-        .as_deref()
-        .map(|t| TenantId::parse(t).map_err(|e| ApiError::field("tenant_id", e.to_string(), "a tenant id (slug)", Some(t.to_owned()))))
-        .transpose()?;
-    let pool = q
-        .pool_id
-        .as_deref()
-        .map(|p| PoolId::parse(p).map_err(|e| ApiError::field("pool_id", e.to_string(), "a pool id (slug)", Some(p.to_owned()))))
-        .transpose()?;
-    let (start, end) = period(&q, s.clock.now())?;
-    let (from_day, to_day) = (day_of(start), day_of(Timestamp::from_millis(end.as_millis() - 1)));
+    let tenant = super::recommendations::parse_tenant(q.tenant_id.as_deref(), "tenant_id")?;
+    let pool = super::recommendations::parse_pool(q.pool_id.as_deref(), "pool_id")?;
+    let (start, end) = period("", q.period.as_deref(), q.start.as_deref(), q.end.as_deref(), s.clock.now())?;
+    let (from_day, to_day) = days(start, end);
     let visible = who.visibility().into_filter();
-    let rows = s.store.cost_breakdown(&CostQuery { from_day, to_day, tenant, pool, visible, group_by }).await?;
+    let groups = groups(&s, &CostQuery { from_day, to_day, tenant, pool, visible, group_by }).await?;
     let currency = s.cfg.currency.as_str();
-    let day_name = |k: &str| k.parse::<i64>().map_or_else(|_| k.to_owned(), |d| rfc3339(Timestamp::from_millis(d * DAY_MS))[..10].to_owned());
-    let groups: Vec<CostGroupView> = rows
-        .into_iter()
-        .map(|r| CostGroupView {
-            key: if group_by == CostGroup::Day { day_name(&r.key) } else { r.key },
-            cost: money(r.cost_micros, currency),
-            cost_micros: r.cost_micros,
-            cpu_m_seconds: r.cpu_m_seconds,
-            memory_mb_seconds: r.memory_mb_seconds,
-            gpu_seconds: r.gpu_seconds,
-            attempts: r.attempts,
-        })
-        .collect();
     let total: i64 = groups.iter().map(|g| g.cost_micros).sum();
     Ok(Json(Breakdown {
         start: rfc3339(Timestamp::from_millis(from_day * DAY_MS)),
@@ -160,6 +146,30 @@ pub async fn breakdown(State(s): State<ApiState>, who: Who, Query(q): Query<Brea
         total_cost: money(total, currency),
         groups,
     }))
+}
+
+/// The whole UTC days `[start, end)` touches.
+pub(crate) fn days(start: Timestamp, end: Timestamp) -> (i64, i64) {
+    (day_of(start), day_of(Timestamp::from_millis(end.as_millis() - 1)))
+}
+
+/// A breakdown's groups as views (days as YYYY-MM-DD).
+pub(crate) async fn groups(s: &ApiState, q: &CostQuery) -> ApiResult<Vec<CostGroupView>> {
+    let rows = s.store.cost_breakdown(q).await?;
+    let currency = s.cfg.currency.as_str();
+    let day_name = |k: &str| k.parse::<i64>().map_or_else(|_| k.to_owned(), |d| rfc3339(Timestamp::from_millis(d * DAY_MS))[..10].to_owned());
+    Ok(rows
+        .into_iter()
+        .map(|r| CostGroupView {
+            key: if q.group_by == CostGroup::Day { day_name(&r.key) } else { r.key },
+            cost: money(r.cost_micros, currency),
+            cost_micros: r.cost_micros,
+            cpu_m_seconds: r.cpu_m_seconds,
+            memory_mb_seconds: r.memory_mb_seconds,
+            gpu_seconds: r.gpu_seconds,
+            attempts: r.attempts,
+        })
+        .collect())
 }
 
 /// Rates as amounts of the currency per hour, e.g. `0.050000`.

@@ -11,6 +11,7 @@ pub mod logs;
 pub mod pools;
 pub mod queue;
 pub mod recommendations;
+pub mod reports;
 pub mod scaling;
 pub mod sla;
 pub mod system;
@@ -36,6 +37,9 @@ pub fn v1(cfg: &ApiConfig) -> OpenApiRouter<ApiState> {
         .routes(routes!(jobs::list_events))
         .routes(routes!(usage::job_usage))
         .routes(routes!(recommendations::list_recommendations))
+        .routes(routes!(reports::create_report, reports::list_reports))
+        .routes(routes!(reports::get_report))
+        .routes(routes!(reports::cost_reports))
         .routes(routes!(jobs::cancel_job))
         .routes(routes!(jobs::retry_job))
         .routes(routes!(jobs::hold_job))
