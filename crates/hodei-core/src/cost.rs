@@ -16,6 +16,32 @@ impl Rates {
     pub const DEFAULT: Rates = Rates { cpu_core_hour: 50_000, memory_gib_hour: 10_000, gpu_hour: 2_500_000 };
 }
 
+/// A pool's own rates (`resource_pools.pools[].cost_rates`): each set one replaces the rate in
+/// force, the others follow the global versions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RateOverride {
+    pub cpu_core_hour: Option<i64>,
+    pub memory_gib_hour: Option<i64>,
+    pub gpu_hour: Option<i64>,
+}
+
+impl RateOverride {
+    pub fn apply(&self, r: Rates) -> Rates {
+        Rates {
+            cpu_core_hour: self.cpu_core_hour.unwrap_or(r.cpu_core_hour),
+            memory_gib_hour: self.memory_gib_hour.unwrap_or(r.memory_gib_hour),
+            gpu_hour: self.gpu_hour.unwrap_or(r.gpu_hour),
+        }
+    }
+
+    /// The global `versions` with this override applied (the defaults before the first).
+    pub fn versions(&self, versions: &[RateVersion]) -> Vec<RateVersion> {
+        let mut out = vec![RateVersion { effective_from: Timestamp::from_millis(i64::MIN / 2), rates: self.apply(Rates::DEFAULT) }];
+        out.extend(versions.iter().map(|v| RateVersion { effective_from: v.effective_from, rates: self.apply(v.rates) }));
+        out
+    }
+}
+
 /// A non-negative decimal with at most 6 decimals (`0.05`, `2.5`, `12`) in micro-units.
 pub fn parse_micros(s: &str) -> Option<i64> {
     let (int, frac) = s.split_once('.').unwrap_or((s, ""));

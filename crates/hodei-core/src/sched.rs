@@ -73,6 +73,8 @@ pub struct SchedConfig {
     /// The rate versions attempts are priced at (`cost_tracking.hourly_rate_*`); none: the
     /// default rates.
     pub rates: Vec<crate::cost::RateVersion>,
+    /// Pools with rates of their own (`resource_pools.pools[].cost_rates`).
+    pub pool_rates: BTreeMap<PoolId, crate::cost::RateOverride>,
     /// `cost_tracking.accrual_interval_s`: running attempts are billed this often, so what they
     /// cost counts (in budgets, breakdowns) before they end.
     pub accrual_interval: Duration,
@@ -96,6 +98,7 @@ impl Default for SchedConfig {
             usage_half_life: None,
             preemption: false,
             rates: Vec::new(),
+            pool_rates: BTreeMap::new(),
             accrual_interval: Duration::from_secs(60),
         }
     }

@@ -649,7 +649,6 @@ impl Config {
             let at = |key: &str| format!("resource_pools.pools[{i}].{key}");
             check(at("provider"), !["local", "kubernetes"].contains(&p.provider.as_str()));
             check(at("provider_config"), p.provider != "kubernetes" && !p.provider_config.is_empty());
-            check(at("cost_rates"), p.cost_rates != CostRatesConfig::default());
             check(at("cluster"), p.cluster.is_some());
             // Labels and capabilities of workers a provider creates: no provider creates any yet
             // (a remote worker states its own with --labels).
@@ -935,7 +934,7 @@ mod tests {
             (
                 "resource_pools.pools[]",
                 &pools,
-                "id name type provider provider_config labels min_size max_size auto_scaling_enabled idle_timeout_s join_token scaling_policies allowed_tenants | cost_rates cluster",
+                "id name type provider provider_config labels min_size max_size auto_scaling_enabled idle_timeout_s join_token scaling_policies allowed_tenants cost_rates | cluster",
             ),
             ("resource_pools.pools[].worker_template", WorkerTemplateConfig::KEYS, "cpu_m memory_mb gpu slots | labels capabilities"),
             ("multi_tenancy", MultiTenancyConfig::KEYS, "enabled default_tenant_id | default_tier"),

@@ -601,6 +601,21 @@ pub fn engine_config(cfg: &Config) -> EngineConfig {
             preemption: s.preemption.enabled,
             // The stored rate versions are set at start (`rate_versions`); until then, the file's.
             rates: vec![hodei_core::cost::RateVersion { effective_from: hodei_core::Timestamp::from_millis(0), rates: rates(cfg) }],
+            pool_rates: cfg
+                .resource_pools
+                .pools
+                .iter()
+                .filter(|p| p.cost_rates != config::CostRatesConfig::default())
+                .filter_map(|p| {
+                    let r = &p.cost_rates;
+                    let o = hodei_core::cost::RateOverride {
+                        cpu_core_hour: r.hourly_rate_cpu.map(|m| m.0),
+                        memory_gib_hour: r.hourly_rate_memory_gb.map(|m| m.0),
+                        gpu_hour: r.hourly_rate_gpu.map(|m| m.0),
+                    };
+                    Some((PoolId::parse(&p.id).ok()?, o))
+                })
+                .collect(),
             accrual_interval: Duration::from_secs(cfg.cost_tracking.accrual_interval_s),
         },
         // The tick only drives timeouts and retries; dispatch is event-driven.

@@ -1532,3 +1532,24 @@ async fn recommendations_come_from_the_measured_runs_of_a_job_name() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("job_reduce_cpu") && text.contains("1000 → 100 m") && text.contains("default/nightly"), "{text}");
 }
+
+/// A pool's own `cost_rates` price what runs there; the rates it leaves out, and the other
+/// pools, follow the global ones.
+#[tokio::test]
+async fn a_pool_with_its_own_cpu_rate_bills_its_jobs_at_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = "resource_pools:\n  pools:\n    - id: premium\n      type: static\n      provider: local\n      worker_template: { cpu_m: 1000, memory_mb: 1024, slots: 1 }\n      min_size: 1\n      max_size: 1\n      cost_rates: { hourly_rate_cpu: 3.6 }\n    - id: standard\n      type: static\n      provider: local\n      worker_template: { cpu_m: 1000, memory_mb: 1024, slots: 1 }\n      min_size: 1\n      max_size: 1\n";
+    let srv = Server::start(dir.path(), &[], 0, Some(yaml));
+    let res = json!({"cpu_m": 1000, "memory_mb": 1024});
+    let premium = srv.submit(json!({"command": ["sleep", "1"], "resources": res, "pool_selector": {"pool": "premium"}})).await;
+    let plain = srv.submit(json!({"command": ["sleep", "1"], "resources": res, "pool_selector": {"pool": "standard"}})).await;
+    let ms = |v: &Value| v.as_str().unwrap().parse::<jiff::Timestamp>().unwrap().as_millisecond();
+    for (job, cpu_rate) in [(premium, 3_600_000i128), (plain, 50_000)] {
+        let j = srv.wait_ended(job["id"].as_str().unwrap(), 30).await;
+        let a = &j["attempts"][0];
+        assert_eq!(a["pool_id"].as_str(), Some(if cpu_rate == 50_000 { "standard" } else { "premium" }), "{a}");
+        let billed = ((ms(&a["finished_at"]) - ms(&a["started_at"])) as u64).div_ceil(1000).max(1) as i128;
+        let want = ((billed * (1000 * cpu_rate * 1024 + 1024 * 10_000 * 1000) + 1_843_200_000) / 3_686_400_000) as i64;
+        assert_eq!(j["cost_micros"].as_i64(), Some(want), "{j}");
+    }
+}

@@ -183,6 +183,14 @@ impl Scheduler {
             return;
         }
         let job = self.jobs.get(&a.job_id);
+        let own;
+        let versions = match self.cfg.pool_rates.get(&a.pool_id) {
+            Some(o) => {
+                own = o.versions(&self.cfg.rates);
+                own.as_slice()
+            }
+            None => self.cfg.rates.as_slice(),
+        };
         let cost = AttemptCost {
             attempt_id: a.id,
             job_id: a.job_id,
@@ -190,7 +198,7 @@ impl Scheduler {
             job_name: job.map(|j| j.spec.name.clone()),
             pool_id: a.pool_id.clone(),
             resources: a.resources,
-            segments: crate::cost::price_part(start, from, to.max(from), &a.resources, &self.cfg.rates),
+            segments: crate::cost::price_part(start, from, to.max(from), &a.resources, versions),
         };
         a.billed_seconds += cost.billed_seconds();
         a.cost_micros += cost.cost_micros();

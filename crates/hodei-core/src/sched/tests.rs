@@ -1309,6 +1309,32 @@ fn a_pools_new_labels_and_tenants_apply_to_its_registered_workers() {
 }
 
 #[test]
+fn a_pool_with_rates_of_its_own_bills_at_them_and_follows_global_changes_for_the_rest() {
+    use crate::cost::{RateOverride, RateVersion, Rates, cost_micros};
+    let later = RateVersion { effective_from: ts(10_000), rates: Rates { memory_gib_hour: 40_000, ..Rates::DEFAULT } };
+    let cfg = SchedConfig {
+        rates: vec![later],
+        pool_rates: BTreeMap::from([(PoolId::parse("local").unwrap(), RateOverride { cpu_core_hour: Some(200_000), ..RateOverride::default() })]),
+        ..SchedConfig::default()
+    };
+    let (mut s, mut ids) = (Scheduler::new(cfg), Ids(0));
+    let w = connected_worker(&mut s, &mut ids, 1, 4000, 0);
+    let j = job(&mut ids, "t", 1000, 0, 0);
+    s.submit(j, ts(0)).unwrap();
+    let (_, aid, _) = schedule(&mut s, &mut ids, 0)[0];
+    s.accepted(aid, w, ts(0), ts(0)).unwrap();
+    let _ = s.take_changes();
+    s.finish(aid, w, AttemptResult { started_at: ts(0), finished_at: ts(20_000), ..result(Outcome::Succeeded, 0, 0) }, ts(20_000)).unwrap();
+    let c = s.take_changes();
+    let res = Resources::new(1000, 64, 0);
+    // 10 s before the global change (the pool's cpu, default memory), 10 s after (the pool's
+    // cpu still, the new memory rate).
+    let want = cost_micros(10, &res, &Rates { cpu_core_hour: 200_000, ..Rates::DEFAULT })
+        + cost_micros(10, &res, &Rates { cpu_core_hour: 200_000, memory_gib_hour: 40_000, ..Rates::DEFAULT });
+    assert_eq!(c.costs.iter().map(AttemptCost::cost_micros).sum::<i64>(), want);
+}
+
+#[test]
 fn ended_attempts_are_billed_from_their_start_and_lost_ones_up_to_the_last_heartbeat() {
     let (mut s, mut ids) = (Scheduler::new(SchedConfig::default()), Ids(0));
     let w = connected_worker(&mut s, &mut ids, 2, 4000, 0);
