@@ -323,6 +323,8 @@ enum Op {
         cpu_m: u16,
         jobs: u8,
     },
+    /// A new rate version from now on (cpu core-hour in micro-units).
+    Rates(u32),
     /// Opens a burst session of `minutes` for the tenant, or ends its open one.
     Burst {
         tenant: u8,
@@ -347,6 +349,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0u16..15_000).prop_map(Op::Advance),
         1 => (0u8..4, 500u16..6000, 0u8..5).prop_map(|(tenant, cpu_m, jobs)| Op::SetQuota { tenant, cpu_m, jobs }),
         1 => (0u8..4, 0u16..3000, 0u8..3, 0u8..2).prop_map(|(tenant, cpu_m, jobs, minutes)| Op::Burst { tenant, cpu_m, jobs, minutes }),
+        1 => (1u32..500_000).prop_map(Op::Rates),
     ]
 }
 
@@ -478,8 +481,12 @@ proptest! {
     fn random_operations_keep_every_invariant(ops in proptest::collection::vec(op(), 1..120)) {
         // Short SLA waits, so jobs cross every threshold and escalate within a run.
         let sla = SlaRules { max_wait: [Duration::from_secs(20); 5], ..SlaRules::default() };
-        let (mut s, mut ids) = (Scheduler::new(SchedConfig { sla, preemption: true, ..SchedConfig::default() }), Ids(0));
+        // Accrual every 5 s, so running attempts are billed in parts across rate changes.
+        let cfg = SchedConfig { sla, preemption: true, accrual_interval: Duration::from_secs(5), ..SchedConfig::default() };
+        let (mut s, mut ids) = (Scheduler::new(cfg), Ids(0));
         let mut now = 0i64;
+        let mut ledger = Ledger::default();
+        let mut versions: Vec<crate::cost::RateVersion> = Vec::new();
         let mut jobs: Vec<JobId> = vec![];
         let mut workers: Vec<WorkerId> = vec![];
         let mut store: HashMap<JobId, Job> = HashMap::new();
@@ -525,6 +532,12 @@ proptest! {
                     }
                 }
                 Op::AddWorker { slots, cpu_m } => workers.push(connected_worker(&mut s, &mut ids, u32::from(slots), u32::from(cpu_m), now)),
+                Op::Rates(cpu) => {
+                    let rates = crate::cost::Rates { cpu_core_hour: i64::from(cpu), ..crate::cost::Rates::DEFAULT };
+                    versions.retain(|v| v.effective_from < ts(now));
+                    versions.push(crate::cost::RateVersion { effective_from: ts(now), rates });
+                    s.set_rates(versions.clone());
+                }
                 Op::Schedule => {
                     let mut mint = || AttemptId::from_uuid(ids.next());
                     s.schedule(ts(now), &mut mint);
@@ -566,6 +579,7 @@ proptest! {
             }
             let ch = s.take_changes();
             check_invariants(&s, &ch, &mut store, &mut succeeded)?;
+            ledger.check(&ch, &versions)?;
         }
     }
 
@@ -587,6 +601,59 @@ proptest! {
             }
         }
         prop_assert_eq!(done, n);
+    }
+}
+
+/// What the store would hold of the cost ledger: each attempt's priced stretches, and the daily
+/// rollups (day × tenant × pool) they are added to in the same batch.
+#[derive(Default)]
+struct Ledger {
+    stretches: HashMap<AttemptId, Vec<crate::cost::Segment>>,
+    rollups: HashMap<(i64, Option<TenantId>, PoolId), i64>,
+}
+
+impl Ledger {
+    /// The ledger invariants (SPEC §2.12) after one batch: every attempt's stored cost and
+    /// billed seconds are the sums of its stretches; its stretches follow one another from its
+    /// start without a gap or an overlap, none spans a midnight or a rate change, each is
+    /// priced at the rates in force when it began; an ended attempt's seconds are the billed
+    /// seconds of its whole run; and the rollups add up to the attempts' costs.
+    fn check(&mut self, ch: &Changes, versions: &[crate::cost::RateVersion]) -> Result<(), TestCaseError> {
+        for c in &ch.costs {
+            for seg in &c.segments {
+                *self.rollups.entry((seg.day, c.tenant.clone(), c.pool_id.clone())).or_default() += seg.cost_micros;
+                // Against the versions known when it was billed: a later version is never
+                // applied to seconds already begun.
+                prop_assert_eq!(crate::cost::day_of(seg.start), seg.day);
+                prop_assert!(!versions.iter().any(|v| v.effective_from > seg.start && v.effective_from < seg.end), "{:?} spans a rate change", seg);
+                prop_assert_eq!(seg.rates, crate::cost::rates_at(versions, seg.start));
+            }
+            self.stretches.entry(c.attempt_id).or_default().extend(c.segments.iter().copied());
+        }
+        for a in &ch.attempts {
+            let segs = self.stretches.get(&a.id).map(Vec::as_slice).unwrap_or_default();
+            prop_assert_eq!(a.cost_micros, segs.iter().map(|x| x.cost_micros).sum::<i64>(), "attempt {} cost", a.id);
+            prop_assert_eq!(a.billed_seconds, segs.iter().map(|x| x.billed_seconds).sum::<u64>(), "attempt {} seconds", a.id);
+            if let (Some(start), Some(first)) = (a.started_at, segs.first()) {
+                prop_assert_eq!(first.start, start, "billed from its start");
+            }
+            // A stretch ends where its billed seconds end (a whole second after the start), so
+            // the next part may begin inside the previous one's last second — billing only the
+            // seconds begun after it (checked by the total below).
+            for w in segs.windows(2) {
+                prop_assert!(w[0].start <= w[1].start && w[1].start <= w[0].end, "stretches of {} follow one another: {:?}", a.id, w);
+            }
+            if a.state.is_terminal()
+                && let (Some(start), Some(to)) = (a.started_at, a.accrued_to)
+            {
+                let run = (to.as_millis() - start.as_millis()).max(0) as u64;
+                prop_assert_eq!(a.billed_seconds, crate::cost::billed_seconds(run), "an ended attempt bills its whole run, once");
+            }
+        }
+        let rolled: i64 = self.rollups.values().sum();
+        let attempts: i64 = self.stretches.values().flatten().map(|x| x.cost_micros).sum();
+        prop_assert_eq!(rolled, attempts, "rollups add up to the attempts' costs");
+        Ok(())
     }
 }
 
