@@ -876,6 +876,12 @@ async fn the_cost_ledger_adds_up_in_its_rollups(store: &dyn Store) {
         assert_eq!(rows.iter().map(|r| r.cost_micros).sum::<i64>(), total, "{g:?}: {rows:?}");
         assert_eq!(rows.iter().map(|r| r.attempts).sum::<i64>(), 3, "{g:?}: each attempt counted once, on the day it ended");
     }
+    let by_name = store.cost_breakdown(&q(CostGroup::JobName, None)).await.unwrap();
+    assert_eq!(
+        by_name.iter().map(|r| (r.key.as_str(), r.cost_micros, r.attempts)).collect::<Vec<_>>(),
+        [("render", total, 3)],
+        "by job name, from the records"
+    );
     let top = store.top_cost_jobs(&q(CostGroup::Tenant, None), 2).await.unwrap();
     let mut want: Vec<(JobId, i64)> = costs.iter().map(|c| (c.job_id, c.cost_micros())).collect();
     want.sort_by_key(|w| std::cmp::Reverse(w.1));

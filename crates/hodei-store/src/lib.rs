@@ -159,6 +159,9 @@ pub enum CostGroup {
     Tenant,
     Pool,
     Day,
+    /// Read from the cost records (kept `cost_tracking.retention_days`), not the rollups;
+    /// `attempts` counts the attempts with a record in the period.
+    JobName,
 }
 
 /// A cost breakdown over whole UTC days `from_day..=to_day` (days since the epoch), within

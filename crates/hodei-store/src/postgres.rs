@@ -1072,11 +1072,20 @@ impl Store for PgStore {
             crate::CostGroup::Tenant => "tenant_id",
             crate::CostGroup::Pool => "pool_id",
             crate::CostGroup::Day => "day::text",
+            crate::CostGroup::JobName => "job_name",
         };
-        let mut qb: QueryBuilder<Postgres> = QueryBuilder::new(format!(
-            "SELECT {key} AS k, SUM(cost_micros)::bigint AS cost, SUM(cpu_m_seconds)::bigint AS cpu, SUM(memory_mb_seconds)::bigint AS mem, \
-             SUM(gpu_seconds)::bigint AS gpu, SUM(attempts)::bigint AS n FROM cost_rollups WHERE day >= "
-        ));
+        // By job name: from the records (the rollups have no job dimension).
+        let from = match q.group_by {
+            crate::CostGroup::JobName => {
+                "SUM(cost_micros)::bigint AS cost, SUM(cpu_m * billed_seconds)::bigint AS cpu, SUM(memory_mb * billed_seconds)::bigint AS mem, \
+                 SUM(gpu * billed_seconds)::bigint AS gpu, COUNT(DISTINCT attempt_id)::bigint AS n FROM cost_records"
+            }
+            _ => {
+                "SUM(cost_micros)::bigint AS cost, SUM(cpu_m_seconds)::bigint AS cpu, SUM(memory_mb_seconds)::bigint AS mem, SUM(gpu_seconds)::bigint AS gpu, \
+                 SUM(attempts)::bigint AS n FROM cost_rollups"
+            }
+        };
+        let mut qb: QueryBuilder<Postgres> = QueryBuilder::new(format!("SELECT {key} AS k, {from} WHERE day >= "));
         qb.push_bind(q.from_day).push(" AND day <= ").push_bind(q.to_day);
         if let Some(t) = &q.tenant {
             qb.push(" AND tenant_id = ").push_bind(t.as_str().to_owned());

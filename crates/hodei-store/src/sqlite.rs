@@ -531,11 +531,20 @@ impl Store for SqliteStore {
             crate::CostGroup::Tenant => "tenant_id",
             crate::CostGroup::Pool => "pool_id",
             crate::CostGroup::Day => "CAST(day AS TEXT)",
+            crate::CostGroup::JobName => "job_name",
         };
-        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
-            "SELECT {key} AS k, SUM(cost_micros) AS cost, SUM(cpu_m_seconds) AS cpu, SUM(memory_mb_seconds) AS mem, SUM(gpu_seconds) AS gpu, \
-             SUM(attempts) AS n FROM cost_rollups WHERE day >= "
-        ));
+        // By job name: from the records (the rollups have no job dimension).
+        let from = match q.group_by {
+            crate::CostGroup::JobName => {
+                "SUM(cost_micros) AS cost, SUM(cpu_m * billed_seconds) AS cpu, SUM(memory_mb * billed_seconds) AS mem, \
+                 SUM(gpu * billed_seconds) AS gpu, COUNT(DISTINCT attempt_id) AS n FROM cost_records"
+            }
+            _ => {
+                "SUM(cost_micros) AS cost, SUM(cpu_m_seconds) AS cpu, SUM(memory_mb_seconds) AS mem, SUM(gpu_seconds) AS gpu, \
+                 SUM(attempts) AS n FROM cost_rollups"
+            }
+        };
+        let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new(format!("SELECT {key} AS k, {from} WHERE day >= "));
         qb.push_bind(q.from_day).push(" AND day <= ").push_bind(q.to_day);
         if let Some(t) = &q.tenant {
             qb.push(" AND tenant_id = ").push_bind(t.as_str().to_owned());

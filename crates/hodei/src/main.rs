@@ -97,7 +97,7 @@ enum Cmd {
     Costs {
         #[command(flatten)]
         c: ClientOpts,
-        /// tenant|pool|day.
+        /// tenant|pool|day|job_name.
         #[arg(long, default_value = "tenant")]
         group_by: String,
         /// last_day|last_week|last_month|month_to_date|custom (with --start and --end).

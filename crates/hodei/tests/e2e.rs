@@ -1171,6 +1171,8 @@ async fn twenty_jobs_cost_exactly_what_they_ran_and_every_total_agrees() {
     assert_eq!(b["groups"][0]["attempts"].as_i64(), Some(20), "{b}");
     let (_, by_pool) = srv.call(Method::GET, "/cost-optimization/breakdown?group_by=pool", None).await;
     assert_eq!(by_pool["total_cost_micros"].as_i64(), Some(sum), "{by_pool}");
+    let (_, by_name) = srv.call(Method::GET, "/cost-optimization/breakdown?group_by=job_name&period=last_day", None).await;
+    assert_eq!((by_name["total_cost_micros"].as_i64(), by_name["groups"][0]["key"].as_str()), (Some(sum), Some("sleep")), "{by_name}");
     let metrics = srv.http_client.get(format!("{}/metrics", srv.metrics)).send().await.unwrap().text().await.unwrap();
     let line = format!("hodei_tenant_cost_micros_total{{tenant=\"default\"}} {sum}");
     assert!(metrics.lines().any(|l| l == line), "{line} in:\n{}", metrics.lines().filter(|l| l.contains("cost")).collect::<Vec<_>>().join("\n"));

@@ -46,7 +46,8 @@ pub struct BreakdownQuery {
     /// RFC 3339; with `period=custom` (at most 366 days).
     pub start: Option<String>,
     pub end: Option<String>,
-    /// tenant (default)|pool|day.
+    /// tenant (default)|pool|day|job_name (job names from the cost records, kept
+    /// `cost_tracking.retention_days`; the others from the daily rollups, kept for good).
     pub group_by: Option<String>,
 }
 
@@ -128,7 +129,8 @@ pub async fn breakdown(State(s): State<ApiState>, who: Who, Query(q): Query<Brea
         None | Some("tenant") => (CostGroup::Tenant, "tenant"),
         Some("pool") => (CostGroup::Pool, "pool"),
         Some("day") => (CostGroup::Day, "day"),
-        Some(g) => return Err(ApiError::field("group_by", "unknown grouping", "tenant|pool|day", Some(g.to_owned()))),
+        Some("job_name") => (CostGroup::JobName, "job_name"),
+        Some(g) => return Err(ApiError::field("group_by", "unknown grouping", "tenant|pool|day|job_name", Some(g.to_owned()))),
     };
     let tenant = super::recommendations::parse_tenant(q.tenant_id.as_deref(), "tenant_id")?;
     let pool = super::recommendations::parse_pool(q.pool_id.as_deref(), "pool_id")?;
