@@ -1428,7 +1428,8 @@ async fn a_jobs_cpu_and_memory_are_sampled_while_it_runs_and_summed_up_at_its_en
 
 /// Budget-aware fair share: a tenant that has spent more of its weekly budget than the week
 /// has elapsed waits with its fair-share weight lowered by (1 − spent)/(1 − elapsed), shown by
-/// `explain` and `hodei_budget_fair_share_factor`; with `fair_share_demotion: false`, never.
+/// `explain` and `hodei_budget_fair_share_factor`, and so starts a third of the jobs of a full
+/// one-slot pool against half; with `fair_share_demotion: false`, never.
 #[tokio::test]
 async fn a_tenant_ahead_of_its_budgets_pace_waits_with_a_lower_fair_share_weight() {
     for demotion in [true, false] {
@@ -1440,10 +1441,18 @@ async fn a_tenant_ahead_of_its_budgets_pace_waits_with_a_lower_fair_share_weight
             ("HODEI_RESOURCE_POOLS__BUILTIN_LOCAL__SLOTS", "1"),
         ];
         let srv = Server::start(dir.path(), &env, 0, None);
-        let (s, _) = srv.call(Method::POST, "/tenants", Some(json!({"id": "spender", "name": "Spender"}))).await;
-        assert_eq!(s, 201);
-        let first = srv.submit(json!({"command": ["sleep", "1"], "tenant_id": "spender", "resources": {"cpu_m": 1000, "memory_mb": 256}})).await;
-        let spent = srv.wait_ended(first["id"].as_str().unwrap(), 30).await["cost_micros"].as_i64().unwrap();
+        // Two tenants alike in all but their budget: the same first job each.
+        let mut firsts = Vec::new();
+        for t in ["spender", "saver"] {
+            let (s, _) = srv.call(Method::POST, "/tenants", Some(json!({"id": t, "name": t}))).await;
+            assert_eq!(s, 201);
+            let first = srv
+                .submit(json!({"command": ["sleep", "1"], "tenant_id": t, "resources": {"cpu_m": 1000, "memory_mb": 256}, "expected_duration_ms": 1000}))
+                .await;
+            firsts.push(first["id"].as_str().unwrap().to_owned());
+        }
+        let spent = srv.wait_ended(&firsts[0], 30).await["cost_micros"].as_i64().unwrap();
+        srv.wait_ended(&firsts[1], 30).await;
         // An amount that puts the factor at one half now: s = 1 − (1 − e)/2.
         let now = jiff::Timestamp::now().as_millisecond();
         let week = 7 * 86_400_000i64;
@@ -1457,7 +1466,7 @@ async fn a_tenant_ahead_of_its_budgets_pace_waits_with_a_lower_fair_share_weight
         // The whole pool busy, so the tenant's next job waits in the queue.
         let blocker = srv.submit(json!({"command": ["sleep", "30"]})).await["id"].as_str().unwrap().to_owned();
         srv.wait_for(&blocker, 20, |s| s == "running").await;
-        let waiting = srv.submit(json!({"command": ["true"], "tenant_id": "spender"})).await["id"].as_str().unwrap().to_owned();
+        let waiting = srv.submit(json!({"command": ["true"], "tenant_id": "spender", "expected_duration_ms": 1000})).await["id"].as_str().unwrap().to_owned();
         let deadline = Instant::now() + Duration::from_secs(10);
         let factor = loop {
             let (_, why) = srv.call(Method::GET, &format!("/jobs/{waiting}/explain"), None).await;
@@ -1480,8 +1489,31 @@ async fn a_tenant_ahead_of_its_budgets_pace_waits_with_a_lower_fair_share_weight
             assert_eq!(why["fair_share"]["budget_factor"].as_f64(), Some(1.0), "{why}");
             assert!(line.is_empty() || line.ends_with(" 1"), "{line}");
         }
+        // The share it gets: 30 short jobs of each tenant queue behind the blocker, all with
+        // the same expected duration (so each dispatch charges the same); once it is gone
+        // they run one at a time, and the order they started in is the fair queue's.
+        let mut queued = vec![(waiting.clone(), true)];
+        let also = srv.submit(json!({"command": ["true"], "tenant_id": "saver", "expected_duration_ms": 1000})).await;
+        queued.push((also["id"].as_str().unwrap().to_owned(), false));
+        for _ in 0..30 {
+            for (tenant, mine) in [("spender", true), ("saver", false)] {
+                let v = srv.submit(json!({"command": ["true"], "tenant_id": tenant, "expected_duration_ms": 1000})).await;
+                queued.push((v["id"].as_str().unwrap().to_owned(), mine));
+            }
+        }
         let (s, _) = srv.call(Method::POST, &format!("/jobs/{blocker}/cancel"), None).await;
         assert!(s == 200 || s == 202);
+        let ms = |v: &Value| v.as_str().unwrap().parse::<jiff::Timestamp>().unwrap().as_millisecond();
+        let mut started = Vec::new();
+        for (id, mine) in &queued {
+            let j = srv.wait_ended(id, 60).await;
+            started.push((ms(&j["attempts"][0]["started_at"]), *mine));
+        }
+        started.sort();
+        let spenders = started[..30].iter().filter(|(_, mine)| *mine).count();
+        // Weights 1 : 2 → a third of the first 30; 1 : 1 → half.
+        let want = if demotion { 9..=11 } else { 14..=16 };
+        assert!(want.contains(&spenders), "the spender started {spenders} of the first 30 (demotion {demotion})");
     }
 }
 
