@@ -101,7 +101,13 @@ impl Writer {
                 let t = match tracked.entry(attempt) {
                     std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
                     std::collections::hash_map::Entry::Vacant(v) => {
-                        let series = stored(store, attempt).await;
+                        // Attempt ids are UUIDv7s minted when assigned: one minted after this
+                        // server started has nothing stored yet (no read per running job).
+                        let minted = attempt.as_uuid().get_timestamp().map(|t| t.to_unix()).map(|(s, n)| s as i64 * 1000 + i64::from(n / 1_000_000));
+                        let series = match minted {
+                            Some(ms) if ms >= self.boot.as_millis() => Series::default(),
+                            _ => stored(store, attempt).await,
+                        };
                         v.insert(Tracked { series, dirty: false, seen: tokio::time::Instant::now() })
                     }
                 };

@@ -746,6 +746,19 @@ fn costs(st: &mut Stmt, c: &Changes) {
     ));
 }
 
+/// A cost query's days, tenant, pool and visible tenants (after `WHERE day >= `); false when
+/// no tenant is visible (nothing to read).
+fn push_cost_scope(qb: &mut QueryBuilder<Postgres>, q: &crate::CostQuery) -> bool {
+    qb.push_bind(q.from_day).push(" AND day <= ").push_bind(q.to_day);
+    if let Some(t) = &q.tenant {
+        qb.push(" AND tenant_id = ").push_bind(t.as_str().to_owned());
+    }
+    if let Some(p) = &q.pool {
+        qb.push(" AND pool_id = ").push_bind(p.as_str().to_owned());
+    }
+    push_visible(qb, q.visible.as_deref())
+}
+
 /// ` AND tenant_id = ANY(…)` for a caller who sees only some tenants; `false` when it sees
 /// none (the query would find nothing).
 fn push_visible(qb: &mut QueryBuilder<Postgres>, visible: Option<&[TenantId]>) -> bool {
@@ -1086,14 +1099,7 @@ impl Store for PgStore {
             }
         };
         let mut qb: QueryBuilder<Postgres> = QueryBuilder::new(format!("SELECT {key} AS k, {from} WHERE day >= "));
-        qb.push_bind(q.from_day).push(" AND day <= ").push_bind(q.to_day);
-        if let Some(t) = &q.tenant {
-            qb.push(" AND tenant_id = ").push_bind(t.as_str().to_owned());
-        }
-        if let Some(p) = &q.pool {
-            qb.push(" AND pool_id = ").push_bind(p.as_str().to_owned());
-        }
-        if !push_visible(&mut qb, q.visible.as_deref()) {
+        if !push_cost_scope(&mut qb, q) {
             return Ok(Vec::new());
         }
         qb.push(" GROUP BY k ORDER BY cost DESC, k LIMIT ").push_bind(i64::from(crate::MAX_COST_GROUPS));
@@ -1396,14 +1402,7 @@ impl Store for PgStore {
         let mut qb: QueryBuilder<Postgres> = QueryBuilder::new(
             "SELECT job_id, MAX(job_name) AS job_name, MAX(tenant_id) AS tenant_id, SUM(cost_micros)::BIGINT AS cost FROM cost_records WHERE day >= ",
         );
-        qb.push_bind(q.from_day).push(" AND day <= ").push_bind(q.to_day);
-        if let Some(t) = &q.tenant {
-            qb.push(" AND tenant_id = ").push_bind(t.as_str().to_owned());
-        }
-        if let Some(p) = &q.pool {
-            qb.push(" AND pool_id = ").push_bind(p.as_str().to_owned());
-        }
-        if !push_visible(&mut qb, q.visible.as_deref()) {
+        if !push_cost_scope(&mut qb, q) {
             return Ok(Vec::new());
         }
         qb.push(" GROUP BY job_id ORDER BY cost DESC, job_id LIMIT ").push_bind(i64::from(limit));
