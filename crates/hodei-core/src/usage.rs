@@ -24,6 +24,8 @@ pub struct Sample {
     /// Cumulative bytes read from and written to storage.
     pub io_read_bytes: u64,
     pub io_write_bytes: u64,
+    /// The GPU fields were measured (the worker has the vendor's tool).
+    pub gpu_measured: bool,
 }
 
 /// A point of a series: the samples of one step, merged.
@@ -37,10 +39,12 @@ pub struct Point {
     pub cpu_m: u32,
     /// Peak over its samples.
     pub rss_mb: u32,
-    /// Average over its samples.
+    /// Average over its samples that measured the GPUs.
     pub gpu_pct: u32,
     /// Peak over its samples.
     pub gpu_memory_mb: u32,
+    /// Its samples that measured the GPUs.
+    pub gpu_samples: u32,
     /// The last sample's cumulative counts.
     pub io_read_bytes: u64,
     pub io_write_bytes: u64,
@@ -55,6 +59,7 @@ impl Point {
             rss_mb: s.rss_mb,
             gpu_pct: s.gpu_pct,
             gpu_memory_mb: s.gpu_memory_mb,
+            gpu_samples: u32::from(s.gpu_measured),
             io_read_bytes: s.io_read_bytes,
             io_write_bytes: s.io_write_bytes,
         }
@@ -69,8 +74,12 @@ impl Point {
             samples: self.samples.saturating_add(next.samples),
             cpu_m: avg(self.cpu_m, next.cpu_m),
             rss_mb: self.rss_mb.max(next.rss_mb),
-            gpu_pct: avg(self.gpu_pct, next.gpu_pct),
+            gpu_pct: {
+                let g = u64::from(self.gpu_samples) + u64::from(next.gpu_samples);
+                ((u64::from(self.gpu_pct) * u64::from(self.gpu_samples) + u64::from(next.gpu_pct) * u64::from(next.gpu_samples)) / g.max(1)) as u32
+            },
             gpu_memory_mb: self.gpu_memory_mb.max(next.gpu_memory_mb),
+            gpu_samples: self.gpu_samples.saturating_add(next.gpu_samples),
             io_read_bytes: self.io_read_bytes.max(next.io_read_bytes),
             io_write_bytes: self.io_write_bytes.max(next.io_write_bytes),
         }
@@ -157,7 +166,10 @@ pub struct Summary {
     pub memory_p95_mb: u32,
     /// The largest resident memory seen, sampled or accounted.
     pub memory_peak_mb: u32,
+    /// Over the samples that measured the GPUs.
     pub gpu_avg_pct: u32,
+    /// Samples that measured the GPUs (0: GPU use unknown).
+    pub gpu_samples: u32,
     pub cpu_time_ms: u64,
     pub io_read_bytes: u64,
     pub io_write_bytes: u64,
@@ -183,7 +195,11 @@ pub fn summarize(series: &Series, run_ms: u64, cpu_time_ms: u64, max_rss_mb: u32
         memory_avg_mb: if pts.is_empty() { memory_peak_mb } else { weighted(|p| p.rss_mb) },
         memory_p95_mb: if pts.is_empty() { memory_peak_mb } else { p95(pts.iter().map(|p| p.rss_mb)) },
         memory_peak_mb,
-        gpu_avg_pct: weighted(|p| p.gpu_pct),
+        gpu_avg_pct: {
+            let n: u64 = pts.iter().map(|p| u64::from(p.gpu_samples)).sum();
+            (pts.iter().map(|p| u64::from(p.gpu_pct) * u64::from(p.gpu_samples)).sum::<u64>() / n.max(1)) as u32
+        },
+        gpu_samples: pts.iter().map(|p| p.gpu_samples).fold(0, u32::saturating_add),
         cpu_time_ms,
         io_read_bytes: last.map_or(0, |p| p.io_read_bytes),
         io_write_bytes: last.map_or(0, |p| p.io_write_bytes),
@@ -227,6 +243,17 @@ mod tests {
         assert_eq!((last.cpu_m, last.rss_mb, last.samples), (1000, 900, 2), "cpu averaged, memory's peak kept");
         s.push(&sample(10, 1, 1));
         assert_eq!(s.points.last().unwrap().samples, 2, "an old sample is dropped");
+    }
+
+    #[test]
+    fn gpu_use_is_averaged_over_the_samples_that_measured_it() {
+        let mut s = Series::default();
+        for (i, (pct, measured)) in [(0, false), (80, true), (40, true), (0, false)].into_iter().enumerate() {
+            s.push(&Sample { at: Timestamp::from_millis(i as i64 * 1000), gpu_pct: pct, gpu_measured: measured, ..Sample::default() });
+        }
+        let sum = summarize(&s, 4000, 0, 0);
+        assert_eq!((sum.gpu_avg_pct, sum.gpu_samples), (60, 2));
+        assert_eq!(summarize(&Series::default(), 10, 0, 0).gpu_samples, 0, "no sample: GPU use unknown");
     }
 
     #[test]

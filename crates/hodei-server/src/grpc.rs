@@ -300,6 +300,7 @@ fn sample_from_pb(u: &pb::UsageSample) -> hodei_core::usage::Sample {
         gpu_memory_mb: u.gpu_memory_mb,
         io_read_bytes: u.io_read_bytes,
         io_write_bytes: u.io_write_bytes,
+        gpu_measured: u.gpu_measured,
     }
 }
 

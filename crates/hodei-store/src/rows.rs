@@ -792,8 +792,8 @@ pub(crate) fn scaling_event_from_row(r: &impl Cols) -> Result<Event> {
     })
 }
 
-/// A usage series as stored: `at,samples,cpu,rss,gpu,gpu_mem,io_read,io_write` per point,
-/// points separated by `;` (compact, and no serde on core types).
+/// A usage series as stored: `at,samples,cpu,rss,gpu,gpu_mem,io_read,io_write,gpu_samples` per
+/// point, points separated by `;` (compact, and no serde on core types).
 pub(crate) fn series_text(s: &hodei_core::usage::Series) -> String {
     let mut out = String::with_capacity(s.points.len() * 40);
     for (i, p) in s.points.iter().enumerate() {
@@ -819,12 +819,18 @@ pub(crate) fn series_text(s: &hodei_core::usage::Series) -> String {
 
 const USAGE: &str = "reading usage";
 
-fn numbers<const N: usize>(text: &str) -> Result<[u64; N]> {
+/// `N` comma-separated numbers, of which the last `optional` may be missing (0: written before
+/// they existed).
+fn numbers<const N: usize>(text: &str, optional: usize) -> Result<[u64; N]> {
     let corrupt = || StoreError::Corrupt { doing: USAGE, detail: format!("bad usage numbers {text:?}") };
     let mut out = [0u64; N];
     let mut it = text.split(',');
-    for slot in &mut out {
-        *slot = it.next().and_then(|v| v.parse().ok()).ok_or_else(corrupt)?;
+    for (i, slot) in out.iter_mut().enumerate() {
+        *slot = match it.next() {
+            Some(v) => v.parse().map_err(|_| corrupt())?,
+            None if i >= N - optional => 0,
+            None => return Err(corrupt()),
+        };
     }
     Ok(out)
 }
@@ -834,7 +840,7 @@ pub(crate) fn series_from(step_ms: i64, text: &str) -> Result<hodei_core::usage:
         .split(';')
         .filter(|p| !p.is_empty())
         .map(|p| {
-            let [at, n, cpu, rss, gpu, gm, ior, iow] = numbers::<8>(p)?;
+            let [at, n, cpu, rss, gpu, gm, ior, iow, gn] = numbers::<9>(p, 1)?;
             let c = |v: u64| v.min(u64::from(u32::MAX)) as u32;
             Ok(hodei_core::usage::Point {
                 at: Timestamp::from_millis(at as i64),
@@ -845,6 +851,7 @@ pub(crate) fn series_from(step_ms: i64, text: &str) -> Result<hodei_core::usage:
                 gpu_memory_mb: c(gm),
                 io_read_bytes: ior,
                 io_write_bytes: iow,
+                gpu_samples: c(gn),
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -853,7 +860,7 @@ pub(crate) fn series_from(step_ms: i64, text: &str) -> Result<hodei_core::usage:
 
 pub(crate) fn summary_text(s: &hodei_core::usage::Summary) -> String {
     format!(
-        "{},{},{},{},{},{},{},{},{},{},{}",
+        "{},{},{},{},{},{},{},{},{},{},{},{}",
         s.samples,
         s.cpu_avg_m,
         s.cpu_p95_m,
@@ -864,12 +871,13 @@ pub(crate) fn summary_text(s: &hodei_core::usage::Summary) -> String {
         s.gpu_avg_pct,
         s.cpu_time_ms,
         s.io_read_bytes,
-        s.io_write_bytes
+        s.io_write_bytes,
+        s.gpu_samples
     )
 }
 
 pub(crate) fn summary_from(text: &str) -> Result<hodei_core::usage::Summary> {
-    let [n, avg, p95, peak, mavg, mp95, mpeak, gpu, cpu_time, ior, iow] = numbers::<11>(text)?;
+    let [n, avg, p95, peak, mavg, mp95, mpeak, gpu, cpu_time, ior, iow, gn] = numbers::<12>(text, 1)?;
     let c = |v: u64| v.min(u64::from(u32::MAX)) as u32;
     Ok(hodei_core::usage::Summary {
         samples: c(n),
@@ -880,6 +888,7 @@ pub(crate) fn summary_from(text: &str) -> Result<hodei_core::usage::Summary> {
         memory_p95_mb: c(mp95),
         memory_peak_mb: c(mpeak),
         gpu_avg_pct: c(gpu),
+        gpu_samples: c(gn),
         cpu_time_ms: cpu_time,
         io_read_bytes: ior,
         io_write_bytes: iow,

@@ -321,7 +321,7 @@ async fn run_inner(
     let exit = reap(pid);
     tokio::pin!(exit);
     let limit_mb = a.resources.as_ref().map_or(0, |r| r.memory_mb);
-    let over = memory.watch(pid, &a.attempt_id, limit_mb);
+    let over = memory.watch(pid, &a.attempt_id, limit_mb, a.resources.as_ref().map_or(0, |r| r.gpu));
     let over_memory = async {
         match over.await {
             Ok(rss) => Some(rss),

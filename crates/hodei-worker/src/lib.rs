@@ -5,6 +5,7 @@
 //! scheduling; it runs what it is assigned and reports what happened, fenced by attempt id.
 
 mod exec;
+mod gpu;
 mod memory;
 mod orphans;
 mod retain;

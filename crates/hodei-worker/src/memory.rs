@@ -26,6 +26,8 @@ const PACE: u32 = 20;
 
 struct Watched {
     attempt: String,
+    /// GPUs it asked for (GPU utilisation is the average over them).
+    gpus: u32,
     /// 0: no limit.
     limit_bytes: u64,
     over: Option<oneshot::Sender<u64>>,
@@ -44,13 +46,19 @@ pub struct MemoryWatch {
     events: mpsc::UnboundedSender<pb::WorkerMessage>,
     /// cpu and resident memory of all jobs at the last sample, for heartbeats.
     totals: Arc<Mutex<(u32, u32)>>,
+    /// `nvidia-smi`, when the agent has it.
+    gpu_tool: Option<Arc<std::path::PathBuf>>,
 }
 
 impl MemoryWatch {
     /// Starts the sampling task (on the current runtime); usage samples go to `events` as
     /// `Progress` messages.
     pub fn start(events: mpsc::UnboundedSender<pb::WorkerMessage>) -> MemoryWatch {
-        let w = MemoryWatch { groups: Arc::default(), usage_interval_ms: Arc::new(AtomicU64::new(10_000)), events, totals: Arc::default() };
+        let gpu_tool = crate::gpu::tool().map(Arc::new);
+        if let Some(t) = &gpu_tool {
+            tracing::info!(tool = %t.display(), "GPU use of jobs measured");
+        }
+        let w = MemoryWatch { groups: Arc::default(), usage_interval_ms: Arc::new(AtomicU64::new(10_000)), events, totals: Arc::default(), gpu_tool };
         tokio::spawn(w.clone().sample_forever());
         w
     }
@@ -69,10 +77,11 @@ impl MemoryWatch {
     /// and the receiver gets the resident bytes seen when the group passes `limit_mb` (0: no
     /// limit; it is then no longer watched for memory). Dropping the receiver stops nothing:
     /// call [`MemoryWatch::forget`] when the job ends.
-    pub fn watch(&self, pgid: i32, attempt: &str, limit_mb: u32) -> oneshot::Receiver<u64> {
+    pub fn watch(&self, pgid: i32, attempt: &str, limit_mb: u32, gpus: u32) -> oneshot::Receiver<u64> {
         let (over, rx) = oneshot::channel();
         let w = Watched {
             attempt: attempt.to_owned(),
+            gpus,
             limit_bytes: u64::from(limit_mb) << 20,
             over: (limit_mb > 0).then_some(over),
             cpu_ticks: 0,
@@ -110,9 +119,14 @@ impl MemoryWatch {
                 continue;
             }
             let started = Instant::now();
-            let seen = tokio::task::spawn_blocking(move || wanted.into_iter().map(|(g, full)| (g, measure(g, full))).collect::<HashMap<_, _>>())
-                .await
-                .unwrap_or_default();
+            let tool = self.gpu_tool.clone().filter(|_| wanted.iter().any(|(_, full)| *full));
+            let seen = tokio::task::spawn_blocking(move || {
+                // One query of the GPUs for all the jobs sampled this round.
+                let gpus = tool.and_then(|t| crate::gpu::per_process(&t));
+                wanted.into_iter().map(|(g, full)| (g, measure(g, full, gpus.as_ref()))).collect::<HashMap<_, _>>()
+            })
+            .await
+            .unwrap_or_default();
             pause = SAMPLE_INTERVAL.max(started.elapsed() * PACE);
             let Ok(mut g) = self.groups.lock() else { return };
             let tick = ticks_per_second();
@@ -126,7 +140,7 @@ impl MemoryWatch {
                 {
                     let _ = over.send(m.rss_bytes);
                 }
-                let Some((ticks, io)) = m.usage else { continue };
+                let Some((ticks, io, gpu)) = m.usage else { continue };
                 let elapsed_ms = now.duration_since(w.sampled).as_millis().max(1) as u64;
                 let cpu_m = ticks.saturating_sub(w.cpu_ticks) * 1_000_000 / tick / elapsed_ms;
                 cpu_total += cpu_m;
@@ -139,7 +153,9 @@ impl MemoryWatch {
                     memory_rss_mb: (m.rss_bytes >> 20) as u32,
                     io_read_bytes: w.io.0,
                     io_write_bytes: w.io.1,
-                    ..Default::default()
+                    gpu_util_pct: gpu.map_or(0, |(sm, _)| (sm / w.gpus.max(1)).min(100)),
+                    gpu_memory_mb: gpu.map_or(0, |(_, mb)| mb),
+                    gpu_measured: gpu.is_some(),
                 };
                 let progress = pb::Progress { attempt_id: w.attempt.clone(), usage: Some(sample) };
                 let _ = self.events.send(pb::WorkerMessage { msg: Some(pb::worker_message::Msg::Progress(progress)) });
@@ -152,24 +168,30 @@ impl MemoryWatch {
 }
 
 /// What one look at a group found: its resident bytes, and with a full sample its cpu ticks
-/// (live members' and the children they reaped) and storage bytes read and written.
+/// (live members' and the children they reaped), storage bytes read and written, and its GPU
+/// use (sm % and MiB over its processes) when the GPUs were queried.
 struct Measured {
     rss_bytes: u64,
-    usage: Option<(u64, (u64, u64))>,
+    usage: Option<Full>,
 }
+
+/// A full sample: cpu ticks, (bytes read, written), and (sm %, MiB) on GPUs when queried.
+type Full = (u64, (u64, u64), Option<(u32, u32)>);
 
 fn ticks_per_second() -> u64 {
     u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).ok().filter(|t| *t > 0).unwrap_or(100)
 }
 
-fn measure(pgid: i32, full: bool) -> Measured {
+fn measure(pgid: i32, full: bool, gpus: Option<&HashMap<i32, (u32, u32)>>) -> Measured {
     let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
     let members = group_members(pgid);
     let rss_bytes = members.iter().map(|(_, s)| s.rss_pages * page).sum();
     let usage = full.then(|| {
         let ticks = members.iter().map(|(_, s)| s.cpu_ticks).sum();
         let io = members.iter().map(|(pid, _)| io_bytes(*pid)).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
-        (ticks, io)
+        let gpu = gpus
+            .map(|by_pid| members.iter().filter_map(|(pid, _)| by_pid.get(pid)).fold((0u32, 0u32), |a, b| (a.0.saturating_add(b.0), a.1.saturating_add(b.1))));
+        (ticks, io, gpu)
     });
     Measured { rss_bytes, usage }
 }
@@ -258,7 +280,7 @@ mod tests {
             }
             std::thread::sleep(Duration::from_millis(20));
         };
-        let seen = measure(pgid, true);
+        let seen = measure(pgid, true, None);
         unsafe { libc::killpg(pgid, libc::SIGKILL) };
         let _ = job.wait();
         assert_eq!(members.len(), 3, "{members:?}");

@@ -1587,3 +1587,54 @@ async fn a_pool_with_its_own_cpu_rate_bills_its_jobs_at_it() {
         assert_eq!(j["cost_micros"].as_i64(), Some(want), "{j}");
     }
 }
+
+/// GPU use through the vendor's tool: with an `nvidia-smi` on the worker's PATH (a stand-in
+/// here that reports 4 % and 512 MiB for the job's processes — no GPU on this machine), a GPU
+/// job's samples carry it, its summary averages it, and two runs that barely used their GPU are
+/// told to drop it.
+#[tokio::test]
+async fn gpu_use_reported_by_nvidia_smi_is_sampled_and_an_idle_gpu_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("fake-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let tool = bin.join("nvidia-smi");
+    std::fs::write(
+        &tool,
+        "#!/bin/sh\n[ \"$1\" = pmon ] || exit 2\necho '# gpu         pid   type     sm    mem    enc    dec     fb   command'\necho '# Idx           #    C/G      %      %      %      %     MB   name'\nfor pid in $(pgrep -f gpu-job-marker); do echo \"    0 $pid     C      4      1      -      -    512   python\"; done\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&tool, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let yaml = "resource_pools:\n  pools:\n    - id: gpus\n      type: static\n      provider: local\n      worker_template: { cpu_m: 2000, memory_mb: 2048, gpu: 1, slots: 2 }\n      min_size: 1\n      max_size: 1\n";
+    let env = [("PATH", path.as_str()), ("HODEI_WORKERS__USAGE_SAMPLE_INTERVAL_MS", "200"), ("HODEI_OPTIMIZATION__MIN_RUNS", "2")];
+    let srv = Server::start(dir.path(), &env, 0, Some(yaml));
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let job = json!({"name": "trainer", "command": ["sh", "-c", "sleep 1.5", "gpu-job-marker"], "resources": {"cpu_m": 100, "gpu": 1}, "pool_selector": {"pool": "gpus"}});
+        ids.push(srv.submit(job).await["id"].as_str().unwrap().to_owned());
+    }
+    for id in &ids {
+        assert_eq!(srv.wait_ended(id, 30).await["state"], "succeeded");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let recs = loop {
+        let (_, r) = srv.call(Method::GET, "/cost-optimization/recommendations", None).await;
+        if !r["items"].as_array().unwrap().is_empty() {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "no recommendation: {r}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let item = &recs["items"][0];
+    assert_eq!(
+        (item["kind"].as_str(), item["target"].as_str(), item["current"].as_u64(), item["suggested"].as_u64(), item["evidence"]["gpu_avg_pct"].as_u64()),
+        (Some("job_drop_gpu"), Some("default/trainer"), Some(1), Some(0), Some(4)),
+        "{recs}"
+    );
+    assert_eq!(recs["items"].as_array().unwrap().len(), 1, "{recs}");
+    let (_, u) = srv.call(Method::GET, &format!("/jobs/{}/usage", ids[0]), None).await;
+    let a = &u["attempts"][0];
+    assert!(a["summary"]["gpu_samples"].as_u64().unwrap() >= 3, "{u}");
+    assert_eq!(a["summary"]["gpu_avg_pct"].as_u64(), Some(4), "{u}");
+    assert!(a["points"].as_array().unwrap().iter().any(|p| p["gpu_memory_mb"] == 512), "{u}");
+}

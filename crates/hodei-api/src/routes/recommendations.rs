@@ -134,7 +134,14 @@ pub(crate) async fn compute(
             flush(&key, &mut group, &mut out);
             key = Some((r.tenant.clone(), r.job_name.clone()));
         }
-        group.push(Run { requested: r.requested, started_at: r.started_at, finished_at: r.finished_at, oom: r.oom, summary: r.summary, gpu_measured: false });
+        group.push(Run {
+            requested: r.requested,
+            started_at: r.started_at,
+            finished_at: r.finished_at,
+            oom: r.oom,
+            summary: r.summary,
+            gpu_measured: r.summary.gpu_samples > 0,
+        });
     }
     flush(&key, &mut group, &mut out);
     out.retain(|r| kind.is_none_or(|k| r.kind == k));

@@ -26,7 +26,10 @@ pub struct UsageSummaryView {
     pub memory_p95_mb: u32,
     /// The largest resident memory sampled or accounted.
     pub memory_peak_mb: u32,
+    /// Over the samples that measured the GPUs (`gpu_samples`; 0: GPU use unknown — the worker
+    /// has no `nvidia-smi`).
     pub gpu_avg_pct: u32,
+    pub gpu_samples: u32,
     pub cpu_time_ms: u64,
     pub io_read_bytes: u64,
     pub io_write_bytes: u64,
@@ -43,6 +46,7 @@ impl From<&Summary> for UsageSummaryView {
             memory_p95_mb: s.memory_p95_mb,
             memory_peak_mb: s.memory_peak_mb,
             gpu_avg_pct: s.gpu_avg_pct,
+            gpu_samples: s.gpu_samples,
             cpu_time_ms: s.cpu_time_ms,
             io_read_bytes: s.io_read_bytes,
             io_write_bytes: s.io_write_bytes,
@@ -58,8 +62,10 @@ pub struct UsagePointView {
     pub samples: u32,
     pub cpu_m: u32,
     pub memory_mb: u32,
+    /// Average over its samples that measured the GPUs (`gpu_samples`).
     pub gpu_pct: u32,
     pub gpu_memory_mb: u32,
+    pub gpu_samples: u32,
     pub io_read_bytes: u64,
     pub io_write_bytes: u64,
 }
@@ -73,6 +79,7 @@ impl From<&Point> for UsagePointView {
             memory_mb: p.rss_mb,
             gpu_pct: p.gpu_pct,
             gpu_memory_mb: p.gpu_memory_mb,
+            gpu_samples: p.gpu_samples,
             io_read_bytes: p.io_read_bytes,
             io_write_bytes: p.io_write_bytes,
         }
