@@ -93,25 +93,15 @@ enum Cmd {
         #[arg(long)]
         window_hours: Option<u32>,
     },
-    /// What jobs cost over a period, grouped by tenant, pool or day (the most costly first).
+    /// What jobs cost over a period, grouped by tenant, pool, day or job name (the most costly first).
     Costs {
         #[command(flatten)]
         c: ClientOpts,
         /// tenant|pool|day|job_name.
         #[arg(long, default_value = "tenant")]
         group_by: String,
-        /// last_day|last_week|last_month|month_to_date|custom (with --start and --end).
-        #[arg(long, default_value = "month_to_date")]
-        period: String,
-        /// RFC 3339, with --period custom.
-        #[arg(long)]
-        start: Option<String>,
-        #[arg(long)]
-        end: Option<String>,
-        #[arg(long)]
-        tenant: Option<String>,
-        #[arg(long)]
-        pool: Option<String>,
+        #[command(flatten)]
+        scope: CostScope,
     },
     /// Right-sizing advice from the usage of finished runs (5 runs of a job name at least).
     Recommendations {
@@ -402,22 +392,33 @@ enum AlertsCmd {
     Ack { id: String },
 }
 
+/// The period and scope of a breakdown or a report.
+#[derive(Args)]
+struct CostScope {
+    /// last_day|last_week|last_month|month_to_date|custom (with --start and --end).
+    #[arg(long, default_value = "month_to_date")]
+    period: String,
+    /// RFC 3339, with --period custom.
+    #[arg(long)]
+    start: Option<String>,
+    /// RFC 3339, with --period custom (at most 366 days after --start).
+    #[arg(long)]
+    end: Option<String>,
+    /// Only this tenant's jobs.
+    #[arg(long)]
+    tenant: Option<String>,
+    /// Only what ran in this pool.
+    #[arg(long)]
+    pool: Option<String>,
+}
+
 #[derive(Subcommand)]
 enum ReportsCmd {
     /// Make a report: totals, breakdowns, top jobs, a forecast to the month's end and the
     /// recommendations of the moment.
     Create {
-        /// last_day|last_week|last_month|month_to_date|custom (with --start and --end).
-        #[arg(long, default_value = "month_to_date")]
-        period: String,
-        #[arg(long)]
-        start: Option<String>,
-        #[arg(long)]
-        end: Option<String>,
-        #[arg(long)]
-        tenant: Option<String>,
-        #[arg(long)]
-        pool: Option<String>,
+        #[command(flatten)]
+        scope: CostScope,
     },
     Get {
         id: String,
@@ -1391,7 +1392,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Tenants { c, cmd } => tenants(c, cmd).await,
         Cmd::Burst { c, cmd } => burst(c, cmd).await,
         Cmd::Sla { c, cmd, tenant, window_hours } => sla(c, cmd, tenant, window_hours).await,
-        Cmd::Costs { c, group_by, period, start, end, tenant, pool } => {
+        Cmd::Costs { c, group_by, scope: CostScope { period, start, end, tenant, pool } } => {
             let q = query(&[("group_by", Some(group_by)), ("period", Some(period)), ("start", start), ("end", end), ("tenant_id", tenant), ("pool_id", pool)]);
             let b = c.client()?.get(&format!("/cost-optimization/breakdown{q}")).await?;
             if c.output == Output::Json {
@@ -1480,7 +1481,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Reports { c, cmd: Some(cmd), .. } => {
             let cl = c.client()?;
             let r = match cmd {
-                ReportsCmd::Create { period, start, end, tenant, pool } => {
+                ReportsCmd::Create { scope: CostScope { period, start, end, tenant, pool } } => {
                     cl.post("/cost-optimization/reports", &json!({"period": period, "start": start, "end": end, "tenant_id": tenant, "pool_id": pool})).await?
                 }
                 ReportsCmd::Get { id } => cl.get(&format!("/cost-optimization/reports/{id}")).await?,
