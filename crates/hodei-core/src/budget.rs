@@ -4,7 +4,7 @@
 
 use crate::ids::{BudgetId, TenantId};
 use crate::job::string_enum;
-use crate::time::Timestamp;
+use crate::time::{Timestamp, civil_from_days, days_from_civil};
 
 string_enum!(
     /// The calendar a budget's amount renews with (UTC); `total` never renews.
@@ -51,28 +51,6 @@ pub struct Budget {
 }
 
 const DAY_MS: i64 = 86_400_000;
-
-/// Days since the epoch of a civil date (Howard Hinnant's algorithm), and back.
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
 
 /// The UTC days `[first, last]` (days since the epoch) of the period that contains `now`:
 /// today; Monday to Sunday; the calendar month; or everything since the epoch (`total`).

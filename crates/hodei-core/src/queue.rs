@@ -275,6 +275,20 @@ impl Queue {
         f.jobs.contains(key).then(|| f.jobs.range(..key.clone()).count())
     }
 
+    /// The jobs of its tenant queued ahead of `key`: (of a higher priority, of the same
+    /// priority submitted earlier or nearer their SLA deadline).
+    pub fn ahead_in_tenant(&self, tenant: &TenantId, key: &JobKey) -> Option<(usize, usize)> {
+        let f = self.get(tenant)?;
+        if !f.jobs.contains(key) {
+            return None;
+        }
+        let (mut higher, mut same) = (0, 0);
+        for k in f.jobs.range(..key.clone()) {
+            if k.priority == key.priority { same += 1 } else { higher += 1 }
+        }
+        Some((higher, same))
+    }
+
     pub fn status(&self, tenant: &TenantId) -> Option<FlowStatus> {
         let f = self.get(tenant)?;
         let tenants_ahead = match f.ready {

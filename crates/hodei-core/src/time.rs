@@ -52,15 +52,50 @@ impl fmt::Debug for Timestamp {
 }
 
 impl fmt::Display for Timestamp {
+    /// RFC 3339 in UTC with milliseconds, e.g. `2026-12-07T20:15:59.123Z`: what a person reads
+    /// in an error message.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}ms", self.as_millis())
+        let ms = self.as_millis();
+        let (days, in_day) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
+        let (y, m, d) = civil_from_days(days);
+        let (h, min, sec, milli) = (in_day / 3_600_000, in_day / 60_000 % 60, in_day / 1000 % 60, in_day % 1000);
+        write!(f, "{y:04}-{m:02}-{d:02}T{h:02}:{min:02}:{sec:02}.{milli:03}Z")
     }
+}
+
+/// Days since the epoch of a civil date (Howard Hinnant's algorithm), and back.
+pub(crate) fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+pub(crate) fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn timestamps_read_as_rfc3339_utc() {
+        assert_eq!(Timestamp::from_millis(0).to_string(), "1970-01-01T00:00:00.000Z");
+        assert_eq!(Timestamp::from_millis(1_796_674_559_123).to_string(), "2026-12-07T20:15:59.123Z");
+        assert_eq!(Timestamp::from_millis(-1).to_string(), "1969-12-31T23:59:59.999Z");
+    }
 
     proptest! {
         #[test]
@@ -76,6 +111,7 @@ mod tests {
         assert_eq!(Timestamp::from_millis(i64::MIN).as_millis(), i64::MIN + 1);
         assert_eq!(Timestamp::default().as_millis(), 0);
         assert_eq!(Timestamp::from_millis(i64::MAX).saturating_add(Duration::from_secs(1)).as_millis(), i64::MAX);
-        assert_eq!(format!("{:?} {}", Timestamp::from_millis(-5), Timestamp::from_millis(7)), "Timestamp(-5) 7ms");
+        assert_eq!(format!("{:?} {}", Timestamp::from_millis(-5), Timestamp::from_millis(7)), "Timestamp(-5) 1970-01-01T00:00:00.007Z");
+        let _ = (Timestamp::from_millis(i64::MIN).to_string(), Timestamp::from_millis(i64::MAX).to_string());
     }
 }

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
 use serde::de::{self, Deserializer};
+use serde::{Deserialize, Serialize, Serializer};
 use serde_yaml_ng::Value;
 
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +27,13 @@ pub enum ConfigError {
 #[derive(Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(transparent)]
 pub struct Secret(pub String);
+
+impl Serialize for Secret {
+    /// Never the secret: whether one is set.
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(if self.0.is_empty() { "" } else { "***" })
+    }
+}
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -47,6 +54,18 @@ impl<'de> Deserialize<'de> for DurationStr {
             _ => return Err(de::Error::custom(format!("{v:?} is not a duration (expected <int>ms|s|m|h|d, e.g. 5m)"))),
         };
         parse_duration(&s).map(DurationStr).ok_or_else(|| de::Error::custom(format!("{s:?} is not a duration (expected <int>ms|s|m|h|d, e.g. 5m)")))
+    }
+}
+
+impl Serialize for DurationStr {
+    /// In the largest unit that divides it, e.g. `5m`.
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let ms = self.0.as_millis();
+        let text = [(86_400_000, "d"), (3_600_000, "h"), (60_000, "m"), (1000, "s")]
+            .iter()
+            .find(|(unit, _)| ms > 0 && ms.is_multiple_of(*unit))
+            .map_or_else(|| format!("{ms}ms"), |(unit, name)| format!("{}{name}", ms / unit));
+        s.serialize_str(&text)
     }
 }
 
@@ -84,12 +103,43 @@ impl<'de> Deserialize<'de> for Micros {
 
 pub use hodei_core::cost::parse_micros;
 
+impl Serialize for Micros {
+    /// As the decimal a file holds, e.g. `0.05`.
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let (whole, frac) = (self.0 / 1_000_000, self.0 % 1_000_000);
+        let frac = format!("{frac:06}");
+        let frac = frac.trim_end_matches('0');
+        s.serialize_str(&if frac.is_empty() { whole.to_string() } else { format!("{whole}.{frac}") })
+    }
+}
+
+/// A section of the file: its keys with their defaults and documentation, which is also the
+/// configuration reference (`config_reference`).
 macro_rules! section {
-    ($(#[$m:meta])* $name:ident { $($(#[$fm:meta])* $field:ident : $ty:ty = $default:expr),* $(,)? }) => {
+    ($(#[$m:meta])* $name:ident { $($(#[doc = $doc:literal])* $field:ident : $ty:ty = $default:expr),* $(,)? }) => {
         $(#[$m])*
-        #[derive(Clone, Debug, Deserialize, PartialEq)]
+        #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
         #[serde(deny_unknown_fields, default)]
-        pub struct $name { $($(#[$fm])* pub $field: $ty),* }
+        pub struct $name { $($(#[doc = $doc])* pub $field: $ty),* }
+
+        impl crate::config_reference::Describe for $name {
+            fn kind() -> String {
+                "section".into()
+            }
+
+            fn keys(prefix: &str, out: &mut Vec<crate::config_reference::Key>) -> bool {
+                use crate::config_reference::Describe;
+                $(
+                    let path = format!("{prefix}{}", stringify!($field));
+                    if !<$ty as Describe>::keys(&format!("{path}."), out) {
+                        let lines: &[&str] = &[$($doc),*];
+                        let doc = lines.iter().map(|l| l.trim()).collect::<Vec<_>>().join(" ");
+                        out.push(crate::config_reference::Key { path, kind: <$ty as Describe>::kind(), doc });
+                    }
+                )*
+                true
+            }
+        }
 
         impl Default for $name {
             fn default() -> Self {
@@ -130,21 +180,31 @@ section!(Config {
 });
 
 section!(ServerConfig {
+    /// Where the REST API (and the web pages) listen, `host:port`; port 0 picks a free one (printed on
+    /// the ready line).
     http_addr: String = "127.0.0.1:8080".into(),
+    /// Where workers connect (gRPC), `host:port`.
     grpc_addr: String = "127.0.0.1:9090".into(),
+    /// The server's directory (made private, 0700): the SQLite database, job output, the admin token,
+    /// pool join tokens.
     data_dir: PathBuf = "./hodei-data".into(),
+    /// A request not answered within this gets 503 `unavailable` (what it changed by then stands).
     request_timeout_ms: u64 = 30_000,
+    /// On SIGTERM, how long requests in flight may still finish.
     shutdown_grace_ms: u64 = 30_000,
     tls: TlsConfig = Default::default(),
 });
 
 section!(TlsConfig {
+    /// PEM certificate chain: with `key_file`, the REST and gRPC listeners speak TLS only.
     cert_file: Option<PathBuf> = None,
+    /// PEM private key of `cert_file`.
     key_file: Option<PathBuf> = None,
+    /// PEM CA: workers must present a client certificate it signed (mutual TLS on the gRPC listener).
     client_ca_file: Option<PathBuf> = None,
 });
 
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
     #[default]
@@ -152,20 +212,30 @@ pub enum LogFormat {
     Json,
 }
 
-section!(LogConfig { level: String = "info".into(), format: LogFormat = LogFormat::Text });
+section!(LogConfig {
+    /// `error`, `warn`, `info`, `debug` or `trace`, or a filter such as `info,hodei_server=debug`
+    /// (`RUST_LOG` overrides it).
+    level: String = "info".into(),
+    /// `text` for people (colours only on a terminal), `json` for one JSON object a line (also
+    /// `--log-json`).
+    format: LogFormat = LogFormat::Text,
+});
 
 section!(DatabaseConfig {
     /// `sqlite://PATH` or `postgres://…`; default `sqlite://{data_dir}/hodei.db`.
     url: Option<String> = None,
+    /// The most connections to the database (PostgreSQL; SQLite's readers).
     max_connections: u32 = 16,
+    /// PostgreSQL: a statement running longer is cancelled.
     statement_timeout_ms: u64 = 5000,
+    /// Bring the schema up to date at start. Off: the server waits for `hodei migrate` instead.
     auto_migrate: bool = true,
     /// SQLite only. `full` (default): every commit is fsync'd, durable against power loss.
     /// `normal`: durable against a crash of the process, not of the machine; faster commits.
     sqlite_synchronous: SqliteSync = SqliteSync::Full,
 });
 
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum SqliteSync {
     #[default]
@@ -173,7 +243,7 @@ pub enum SqliteSync {
     Normal,
 }
 
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum AuthMode {
     #[default]
@@ -182,49 +252,94 @@ pub enum AuthMode {
 }
 
 section!(AuthConfig {
+    /// `token`: every request needs a bearer token. `none`: no authentication, allowed only when
+    /// `server.http_addr` is a loopback address.
     mode: AuthMode = AuthMode::Token,
+    /// The admin token (default: a random one drawn at first start, kept in `{data_dir}/admin.token`,
+    /// 0600).
     admin_token: Option<Secret> = None,
+    /// API tokens created without an expiry expire after this many days (default: never).
     token_default_ttl_days: Option<u32> = None,
 });
 
 section!(LimitsConfig {
+    /// The largest request body (a batch: `max_batch_body_bytes`); larger is 413.
     max_body_bytes: u64 = 16 << 20,
+    /// The largest body of a batch submit.
     max_batch_body_bytes: u64 = 256 << 20,
+    /// The most bytes a job's command and environment may hold together.
     max_argv_env_bytes: u64 = 131_072,
+    /// The most labels a job may carry.
     max_labels: u32 = 32,
+    /// Jobs a tenant may submit per second (0: no limit); over it, 429 `rate_limited` with
+    /// `Retry-After`.
     submit_rate_per_tenant: u32 = 0,
+    /// The most jobs a tenant may submit at once (0: one second's worth of the rate).
     submit_burst_per_tenant: u32 = 0,
 });
 
-section!(FairShareConfig { usage_half_life_s: u64 = 0 });
-section!(PreemptionConfig { enabled: bool = false });
+section!(FairShareConfig {
+    /// 0: pure start-time fair queuing. Otherwise a tenant that used much recently waits longer when it
+    /// comes back, its usage halving every this many seconds.
+    usage_half_life_s: u64 = 0,
+});
+section!(PreemptionConfig {
+    /// A `critical` job with no room stops the youngest preemptible job of a lower priority (requeued,
+    /// not failed).
+    enabled: bool = false,
+});
 
 section!(SchedulerConfig {
+    /// How often the scheduler looks at time-driven work: timeouts, retry back-offs, SLA clocks, lost
+    /// workers.
     tick_ms: u64 = 1000,
+    /// A worker that does not accept a job within this loses it, and the job is placed again.
     assign_ack_timeout_ms: u64 = 10_000,
+    /// A job whose worker was lost is requeued at most this many times (without using a retry); then it
+    /// fails `worker_lost`.
     max_lost_requeues: u32 = 3,
+    /// The wait before a failed job's first retry (a job's own `retry_backoff_ms` wins); it doubles
+    /// with each retry.
     retry_backoff_ms: u64 = 10_000,
+    /// The longest wait before a retry.
     retry_backoff_max_ms: u64 = 600_000,
+    /// How long a job without `expected_duration_ms` is assumed to run, for fair share and start-time
+    /// estimates, until its name's history says better.
     default_expected_duration_ms: u64 = 60_000,
     fair_share: FairShareConfig = Default::default(),
+    /// Let smaller jobs run on room a waiting larger job cannot use yet, as long as they do not delay
+    /// its reservation.
     backfill: bool = true,
+    /// A job waiting this long for room gets a reservation on the worker expected to have room first.
     reservation_after_ms: u64 = 30_000,
+    /// The most reservations held at once.
     max_reservations: u32 = 16,
+    /// Jobs critical or past their SLA's maximum wait are placed before the others.
     sla_escalation: bool = true,
     preemption: PreemptionConfig = Default::default(),
+    /// How far ahead `explain` simulates to estimate a start time (beyond it: unknown).
     eta_horizon_ms: u64 = 86_400_000,
 });
 
-section!(ResourcesConfig { cpu_m: u32 = 250, memory_mb: u32 = 256, gpu: u32 = 0 });
+section!(ResourcesConfig {
+    /// Millicores a job asks for when it names none.
+    cpu_m: u32 = 250,
+    /// MiB a job asks for when it names none (the worker kills a job above its memory as `oom`).
+    memory_mb: u32 = 256,
+    /// GPUs a job asks for when it names none.
+    gpu: u32 = 0,
+});
 
 section!(JobLogsConfig {
+    /// Output kept per attempt (stdout and stderr together); beyond it output is dropped and the job
+    /// marked `log_truncated`.
     max_bytes_per_attempt: u64 = 64 << 20,
     /// Job output in files here. Default: in the database with PostgreSQL (every server of
     /// the database reaches it), `{data_dir}/logs` with SQLite.
     dir: Option<PathBuf> = None,
 });
 
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum PriorityName {
     Critical,
@@ -237,11 +352,17 @@ pub enum PriorityName {
 
 section!(JobsConfig {
     default_resources: ResourcesConfig = Default::default(),
+    /// A job without `timeout_ms` is killed after this long (`timed_out`).
     default_timeout_ms: u64 = 3_600_000,
+    /// The longest `timeout_ms` a job may ask for.
     max_timeout_ms: u64 = 604_800_000,
+    /// The priority of a job that names none.
     default_priority: PriorityName = PriorityName::Normal,
+    /// The most `max_retries` a job may ask for.
     max_retries_limit: u32 = 10,
+    /// The most jobs one batch submit may hold.
     max_batch_size: u32 = 100_000,
+    /// The most jobs one array may hold.
     max_array_size: u32 = 100_000,
     /// Ended jobs (attempts, events, logs) are deleted this long after they ended; a fraction
     /// of a day is allowed (0.5 = 12 h).
@@ -250,17 +371,22 @@ section!(JobsConfig {
 });
 
 section!(WorkersConfig {
+    /// How often workers report (sent to them when they register).
     heartbeat_interval_ms: u64 = 3000,
+    /// A worker silent this long is lost: its jobs are requeued.
     heartbeat_timeout_ms: u64 = 10_000,
+    /// Built-in workers whose server has not come back within this stop, ending their jobs.
     gc_after_ms: u64 = 3_600_000,
+    /// Between SIGTERM and SIGKILL when a job is cancelled or times out.
     kill_grace_ms: u64 = 10_000,
+    /// How often workers sample each running job's cpu, memory, IO and GPU use.
     usage_sample_interval_ms: u64 = 10_000,
     /// The user the built-in pool's jobs run as when the server runs as root (default
     /// `nobody`); a server not running as root runs them as itself.
     run_as: Option<String> = None,
 });
 
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum PoolTypeName {
     #[default]
@@ -269,29 +395,42 @@ pub enum PoolTypeName {
 }
 
 section!(BuiltinLocalConfig {
+    /// Start the built-in pool: worker agents the server runs on its own machine. Turned off by
+    /// configuring `pools`.
     enabled: bool = true,
+    /// The built-in pool's id.
     id: String = "local".into(),
+    /// How many agents the built-in pool runs.
     workers: u32 = 2,
     /// Slots of the whole pool, split evenly over its workers; default cores × 4.
     slots: Option<u32> = None,
 });
 
 section!(WorkerTemplateConfig {
+    /// Millicores one worker offers.
     cpu_m: u32 = 1000,
+    /// MiB one worker offers.
     memory_mb: u32 = 1024,
+    /// GPUs one worker offers.
     gpu: u32 = 0,
+    /// Jobs one worker runs at once.
     slots: u32 = 1,
+    /// Not supported yet: refused unless empty (give the pool `labels`, or a remote worker `--labels`).
     labels: BTreeMap<String, String> = BTreeMap::new(),
+    /// Not supported yet: refused unless `[process]`.
     capabilities: Vec<String> = vec!["process".into()],
 });
 
 section!(CostRatesConfig {
+    /// This pool's price of a core-hour (default: `cost_tracking.hourly_rate_cpu`).
     hourly_rate_cpu: Option<Micros> = None,
+    /// This pool's price of a GiB-hour (default: `cost_tracking.hourly_rate_memory_gb`).
     hourly_rate_memory_gb: Option<Micros> = None,
+    /// This pool's price of a GPU-hour (default: `cost_tracking.hourly_rate_gpu`).
     hourly_rate_gpu: Option<Micros> = None,
 });
 
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum PolicyMode {
     #[default]
@@ -299,14 +438,14 @@ pub enum PolicyMode {
     Forecast,
 }
 
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum ScaleAction {
     ScaleUp,
     ScaleDown,
 }
 
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ScalingPolicyConfig {
     pub name: String,
@@ -335,7 +474,7 @@ fn yes() -> bool {
     true
 }
 
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct PoolConfig {
     pub id: String,
@@ -376,17 +515,40 @@ fn three_hundred() -> u64 {
 }
 
 section!(ResourcePoolsConfig {
+    /// Off: no pools from this file are made (the built-in pool included); workers join pools made
+    /// through the API.
     enabled: bool = true,
+    /// Not supported yet: refused unless `static`.
     default_pool_type: PoolTypeName = PoolTypeName::Static,
     builtin_local: BuiltinLocalConfig = Default::default(),
     pools: Vec<PoolConfig> = Vec::new(),
 });
 
-section!(TierWeightsConfig { free: u32 = 1, standard: u32 = 2, premium: u32 = 3, enterprise: u32 = 5 });
+section!(TierWeightsConfig {
+    /// Fair-share weight of a `free` tenant.
+    free: u32 = 1,
+    /// Fair-share weight of a `standard` tenant.
+    standard: u32 = 2,
+    /// Fair-share weight of a `premium` tenant.
+    premium: u32 = 3,
+    /// Fair-share weight of an `enterprise` tenant.
+    enterprise: u32 = 5,
+});
 
-section!(QuotaConfig { cpu_m: u64 = 4000, memory_mb: u64 = 8192, gpu: u32 = 0, max_concurrent_jobs: u32 = 10, max_queued_jobs: u32 = 1000 });
+section!(QuotaConfig {
+    /// Millicores a new tenant's jobs may hold at once.
+    cpu_m: u64 = 4000,
+    /// MiB a new tenant's jobs may hold at once.
+    memory_mb: u64 = 8192,
+    /// GPUs a new tenant's jobs may hold at once.
+    gpu: u32 = 0,
+    /// Jobs of a new tenant running at once.
+    max_concurrent_jobs: u32 = 10,
+    /// Jobs of a new tenant waiting at once; beyond it submits are refused (429).
+    max_queued_jobs: u32 = 1000,
+});
 
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum ViolationPolicy {
     Reject,
@@ -395,9 +557,15 @@ pub enum ViolationPolicy {
     Warn,
 }
 
-section!(QuotaEnforcementConfig { strict_mode: bool = true, violation_policy: ViolationPolicy = ViolationPolicy::Queue });
+section!(QuotaEnforcementConfig {
+    /// On: a job that could never fit the tenant's quota is refused at submit. Off: it waits (held).
+    strict_mode: bool = true,
+    /// A submit over the quota now: `reject` (429), `queue` (waits for room) or `warn` (waits, with a
+    /// warning on the job).
+    violation_policy: ViolationPolicy = ViolationPolicy::Queue,
+});
 
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum TierName {
     Free,
@@ -408,8 +576,11 @@ pub enum TierName {
 }
 
 section!(MultiTenancyConfig {
+    /// Off: every job runs as the default tenant.
     enabled: bool = true,
+    /// The tenant of a job that names none, made at first start.
     default_tenant_id: String = "default".into(),
+    /// Not supported yet: refused unless `standard`.
     default_tier: TierName = TierName::Standard,
     tier_weights: TierWeightsConfig = Default::default(),
     default_tenant_quota: QuotaConfig = Default::default(),
@@ -417,15 +588,21 @@ section!(MultiTenancyConfig {
 });
 
 section!(BurstConfig {
+    /// Let tenants ask for burst sessions: more than their quota for a while.
     enabled: bool = true,
+    /// A burst may raise a quota to at most this percentage of it.
     max_overage_percentage: u32 = 150,
+    /// How long a burst session lasts unless it asks for less.
     burst_duration_minutes: u32 = 60,
+    /// Burst requests wait for an admin's approval.
     require_approval: bool = false,
+    /// After a session ends, the tenant waits this long before the next.
     cooldown_minutes: u32 = 30,
+    /// A request not approved within this expires.
     approval_timeout_hours: u32 = 24,
 });
 
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum OnExhausted {
     #[default]
@@ -434,67 +611,130 @@ pub enum OnExhausted {
 }
 
 section!(BudgetsConfig {
+    /// Off: budgets cannot be made (409) and none is enforced.
     enabled: bool = true,
+    /// What a spent budget does when it does not say: `hold` new jobs (they wait) or `reject` submits
+    /// (402). Running jobs are never killed.
     default_on_exhausted: OnExhausted = OnExhausted::Hold,
+    /// Percentages of a budget at which an alert is raised, once each per period.
     alert_thresholds_pct: Vec<u32> = vec![80, 90, 100],
+    /// A tenant spending ahead of its period's pace has its fair-share weight lowered in proportion
+    /// (down to a tenth).
     fair_share_demotion: bool = true,
 });
 
-section!(MaxWaitConfig { critical: u64 = 300, high: u64 = 900, medium: u64 = 3600, low: u64 = 14_400, best_effort: u64 = 86_400 });
+section!(MaxWaitConfig {
+    /// Seconds a `critical` job may wait before its SLA is breached.
+    critical: u64 = 300,
+    /// Seconds a `high` job may wait.
+    high: u64 = 900,
+    /// Seconds a `normal` job may wait.
+    medium: u64 = 3600,
+    /// Seconds a `low` job may wait.
+    low: u64 = 14_400,
+    /// Seconds a `batch` job may wait.
+    best_effort: u64 = 86_400,
+});
 
-section!(SlaConfig { max_wait_s: MaxWaitConfig = Default::default(), at_risk_pct: u32 = 70, critical_pct: u32 = 90, compliance_window_hours: u32 = 24 });
+section!(SlaConfig {
+    max_wait_s: MaxWaitConfig = Default::default(),
+    /// A waiting job is `at_risk` past this percentage of its maximum wait.
+    at_risk_pct: u32 = 70,
+    /// A waiting job is `critical` past this percentage of its maximum wait.
+    critical_pct: u32 = 90,
+    /// The window of the SLA compliance figures and gauge.
+    compliance_window_hours: u32 = 24,
+});
 
 section!(CostConfig {
+    /// Not supported yet: refused unless `true` (costs are always kept).
     enabled: bool = true,
+    /// Not supported yet: refused unless `true`.
     track_by_tenant: bool = true,
+    /// Not supported yet: refused unless `true`.
     track_by_job: bool = true,
+    /// Not supported yet: refused unless `true`.
     track_by_pool: bool = true,
+    /// Cost records and daily rollups older than this are deleted.
     retention_days: u32 = 90,
+    /// Price of a core-hour of requested cpu. A change applies from the next start on, never to what
+    /// was already billed.
     hourly_rate_cpu: Micros = Micros(50_000),
+    /// Price of a GiB-hour of requested memory.
     hourly_rate_memory_gb: Micros = Micros(10_000),
+    /// Price of a GPU-hour.
     hourly_rate_gpu: Micros = Micros(2_500_000),
+    /// The currency amounts are shown in.
     currency: String = "USD".into(),
+    /// How often running jobs are billed for the time they ran so far.
     accrual_interval_s: u64 = 60,
 });
 
 section!(AutoscalingConfig {
+    /// Off: pools keep the size they are set to.
     enabled: bool = true,
+    /// How often pools' scaling policies are evaluated.
     evaluation_interval_s: u64 = 15,
+    /// The least time between two scale-ups of a pool (a policy's `cooldown` wins).
     default_scale_up_cooldown_s: u64 = 60,
+    /// The least time between two scale-downs of a pool.
     default_scale_down_cooldown_s: u64 = 120,
+    /// How long a policy's trigger must hold before it acts (a policy's `window` wins).
     default_window_s: u64 = 60,
+    /// A worker that has not registered this long after it was asked for counts as failed.
     provision_timeout_s: u64 = 300,
+    /// Failed provisionings retried before the pool's scaling is marked failed.
     provision_max_retries: u32 = 3,
+    /// Scaling history older than this is deleted.
     history_retention_days: u32 = 90,
 });
 
 section!(PrometheusConfig {
+    /// Serve Prometheus metrics.
     enabled: bool = true,
+    /// Port of the metrics listener on 127.0.0.1 (`--metrics-addr` sets the whole address). 0: metrics
+    /// on the REST listener only.
     port: u16 = 9091,
+    /// The path metrics are served at.
     path: String = "/metrics".into(),
     /// Secret a scrape must send as `Authorization: Bearer …` (both listeners), if set.
     bearer_token: Option<Secret> = None,
 });
-section!(HistoryConfig { enabled: bool = true, interval_s: u64 = 60, retention_days: u32 = 14 });
+section!(HistoryConfig {
+    /// Not supported yet: refused unless left at its default.
+    enabled: bool = true,
+    /// Not supported yet: refused unless left at its default.
+    interval_s: u64 = 60,
+    /// Not supported yet: refused unless left at its default.
+    retention_days: u32 = 14,
+});
 section!(MetricsConfig { prometheus: PrometheusConfig = Default::default(), history: HistoryConfig = Default::default() });
 
 section!(GrafanaConfig {
+    /// Not supported yet: refused unless left at its default.
     enabled: bool = false,
+    /// Not supported yet: refused unless left at its default.
     url: Option<String> = None,
+    /// Not supported yet: refused unless left at its default.
     api_key: Option<Secret> = None,
+    /// Not supported yet: refused unless left at its default.
     dashboards_dir: Option<PathBuf> = None,
+    /// Not supported yet: refused unless left at its default.
     folder: String = "Hodei".into(),
 });
 
 section!(AlertingConfig {
+    /// Not supported yet: refused unless left at its default.
     enabled: bool = true,
+    /// Not supported yet: refused unless left at its default.
     prometheus_alerts_dir: Option<PathBuf> = None,
+    /// Not supported yet: refused unless left at its default.
     alertmanager_url: Option<String> = None,
 });
 
 section!(ObservabilityConfig { grafana: GrafanaConfig = Default::default(), alerting: AlertingConfig = Default::default() });
 
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum RoutingStrategy {
     Manual,
@@ -506,24 +746,41 @@ pub enum RoutingStrategy {
 }
 
 section!(MultiClusterConfig {
+    /// Not supported yet: refused unless left at its default.
     enabled: bool = false,
+    /// Not supported yet: refused unless left at its default.
     home_cluster: String = "local".into(),
+    /// Not supported yet: refused unless left at its default.
     routing_strategy: RoutingStrategy = RoutingStrategy::LeastLoaded,
+    /// Not supported yet: refused unless left at its default.
     burst_threshold_pct: u32 = 80,
+    /// Not supported yet: refused unless left at its default.
     burst_sustain_s: u64 = 120,
+    /// Not supported yet: refused unless left at its default.
     burst_target: Option<String> = None,
 });
 
 section!(DeploymentsConfig {
+    /// Not supported yet: refused unless left at its default.
     min_runs: u32 = 5,
+    /// Not supported yet: refused unless left at its default.
     canary_pct: u32 = 10,
+    /// Not supported yet: refused unless left at its default.
     bake_s: u64 = 3600,
+    /// Not supported yet: refused unless left at its default.
     progressive_steps_pct: Vec<u32> = vec![10, 30, 50, 100],
+    /// Not supported yet: refused unless left at its default.
     min_success_rate_pct: u32 = 95,
+    /// Not supported yet: refused unless left at its default.
     max_job_error_rate_pct: u32 = 5,
 });
 
-section!(OptimizationConfig { lookback_days: u32 = 30, min_runs: u32 = 5 });
+section!(OptimizationConfig {
+    /// Recommendations look at runs of the last this many days.
+    lookback_days: u32 = 30,
+    /// A job name needs this many finished runs before it gets a recommendation.
+    min_runs: u32 = 5,
+});
 
 /// Replaces `${VAR}` and `${VAR:-default}` in the raw text.
 pub fn interpolate(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, ConfigError> {

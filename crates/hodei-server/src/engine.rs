@@ -992,10 +992,12 @@ impl Engine {
                 metrics::histogram!("hodei_queue_wait_seconds", "tenant" => j.tenant.to_string(), "priority" => j.spec.priority.as_str())
                     .record(start.since(j.eligible_at).as_secs_f64());
             }
-            if j.state == JobState::Scheduled {
-                let pool = j.pool_id.as_ref().map(|p| p.to_string()).unwrap_or_default();
-                metrics::counter!("hodei_jobs_scheduled_total", "tenant" => j.tenant.to_string(), "pool" => pool).increment(1);
-            }
+        }
+        // Every placement of the batch, also of jobs submitted or gone on to run (or end) in it.
+        let mut scheduled: std::collections::HashSet<_> = c.events.iter().filter(|e| e.to == JobState::Scheduled).map(|e| e.job_id).collect();
+        for j in c.new_jobs.iter().chain(&c.jobs).filter(|j| scheduled.remove(&j.id)) {
+            let pool = j.pool_id.as_ref().map(|p| p.to_string()).unwrap_or_default();
+            metrics::counter!("hodei_jobs_scheduled_total", "tenant" => j.tenant.to_string(), "pool" => pool).increment(1);
         }
         self.gauges.apply(c);
         if !c.workers.is_empty() {

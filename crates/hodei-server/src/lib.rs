@@ -5,6 +5,7 @@ mod autoscaler;
 mod budgets;
 mod burst;
 pub mod config;
+pub mod config_reference;
 pub mod engine;
 mod gauges;
 pub mod grpc;

@@ -802,10 +802,17 @@ async fn pools_workers_and_live_counts_round_trip(store: &dyn Store) {
     assert_eq!(page(None, "even").await, [24, 22]);
     assert_eq!(page(Some(WorkerId::from_uuid(Uuid::from_u128(22 << 80))), "even").await, [20]);
     assert_eq!(page(None, "odd").await, [23, 21]);
-    let registering = WorkerFilter { state: Some(WorkerState::Registering), limit: 500, ..WorkerFilter::default() };
+    let registering = WorkerFilter { states: vec![WorkerState::Registering], limit: 500, ..WorkerFilter::default() };
     assert!(store.list_workers(&registering).await.unwrap().len() >= 5);
-    let busy = WorkerFilter { state: Some(WorkerState::Busy), pool: Some(PoolId::parse("even").unwrap()), limit: 500, ..WorkerFilter::default() };
+    let busy = WorkerFilter { states: vec![WorkerState::Busy], pool: Some(PoolId::parse("even").unwrap()), limit: 500, ..WorkerFilter::default() };
     assert!(store.list_workers(&busy).await.unwrap().is_empty());
+    let either = WorkerFilter {
+        states: vec![WorkerState::Busy, WorkerState::Registering],
+        pool: Some(PoolId::parse("even").unwrap()),
+        limit: 500,
+        ..WorkerFilter::default()
+    };
+    assert_eq!(store.list_workers(&either).await.unwrap().len(), 3, "any of several states");
     assert_eq!(store.worker_session_hash(WorkerId::from_uuid(Uuid::from_u128(12345))).await.unwrap(), None);
 
     // Live jobs are pending, held, scheduled or running; ended ones do not count.

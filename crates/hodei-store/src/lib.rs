@@ -137,7 +137,8 @@ pub struct JobFilter {
 #[derive(Clone, Debug, Default)]
 pub struct WorkerFilter {
     pub pool: Option<PoolId>,
-    pub state: Option<WorkerState>,
+    /// Any of these states (empty: every state).
+    pub states: Vec<WorkerState>,
     pub before: Option<WorkerId>,
     pub limit: u32,
 }

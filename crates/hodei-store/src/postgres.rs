@@ -1737,8 +1737,13 @@ impl Store for PgStore {
         if let Some(p) = &f.pool {
             qb.push(" AND pool_id = ").push_bind(p.as_str().to_owned());
         }
-        if let Some(st) = f.state {
-            qb.push(" AND state = ").push_bind(st.as_str());
+        if !f.states.is_empty() {
+            qb.push(" AND state IN (");
+            let mut sep = qb.separated(", ");
+            for st in &f.states {
+                sep.push_bind(st.as_str());
+            }
+            qb.push(")");
         }
         if let Some(c) = f.before {
             qb.push(" AND id < ").push_bind(c.as_uuid());

@@ -277,6 +277,10 @@ async fn run_inner(
         None
     };
     let dir = scratch.clone().unwrap_or_else(|| PathBuf::from(&a.working_dir));
+    if scratch.is_none() && !dir.is_dir() {
+        out.log(&a.attempt_id, pb::LogStream::Stderr, 0, format!("hodei: the working directory {} does not exist on this worker\n", dir.display()).as_bytes());
+        return fail(result, "spawn_error");
+    }
     let mut cmd = Command::new(prog);
     // A job never inherits the agent's environment (nor, for the built-in pool, the server's:
     // tokens, database URLs): it gets the documented base, then its spec's `env` and the

@@ -246,13 +246,65 @@ impl Client {
     }
 }
 
-/// The process exit code for an ended job (SPEC §1.1).
-pub fn exit_code_of(end: &Value) -> i32 {
+/// Exit codes a shell gives a command it could not start, and one a signal killed (128 + N).
+pub const EXIT_CANNOT_START: i32 = 127;
+const EXIT_SIGNAL_BASE: i32 = 128;
+
+/// The process exit code for an ended job, as a shell would give it: 0 succeeded, the job's own
+/// code, 124 timed out, 130 cancelled, 128+N killed by signal N, 127 could not be started, 1
+/// for any other failure (worker lost, …).
+pub fn exit_code_of(end: &Value, signal: Option<i32>) -> i32 {
     match end.get("state").and_then(Value::as_str) {
         Some("succeeded") => 0,
         Some("timed_out") => EXIT_TIMED_OUT,
         Some("cancelled") => EXIT_CANCELLED,
-        _ => end.get("exit_code").and_then(Value::as_i64).map(|c| c as i32).filter(|c| *c != 0).unwrap_or(EXIT_API_ERROR),
+        _ => match (end.get("exit_code").and_then(Value::as_i64), signal, end.get("failure_reason").and_then(Value::as_str)) {
+            (Some(c), _, _) if c != 0 => c as i32,
+            (None, Some(sig), _) => EXIT_SIGNAL_BASE + sig,
+            (None, None, Some("spawn_error")) => EXIT_CANNOT_START,
+            _ => EXIT_API_ERROR,
+        },
+    }
+}
+
+/// A signal's name (the common ones), for messages.
+pub fn signal_name(sig: i32) -> String {
+    let name = match sig {
+        1 => "SIGHUP",
+        2 => "SIGINT",
+        3 => "SIGQUIT",
+        4 => "SIGILL",
+        6 => "SIGABRT",
+        7 => "SIGBUS",
+        8 => "SIGFPE",
+        9 => "SIGKILL",
+        11 => "SIGSEGV",
+        13 => "SIGPIPE",
+        14 => "SIGALRM",
+        15 => "SIGTERM",
+        _ => return format!("signal {sig}"),
+    };
+    format!("{name} ({sig})")
+}
+
+impl Client {
+    /// The exit code for a job's `end` event; for a failure without an exit code, the latest
+    /// attempt says whether a signal killed it (and the reason is told on stderr).
+    pub async fn exit_status(&self, job_id: &str, end: &Value) -> i32 {
+        let failed_without_code = end.get("state").and_then(Value::as_str) == Some("failed") && end.get("exit_code").is_none_or(Value::is_null);
+        if !failed_without_code {
+            return exit_code_of(end, None);
+        }
+        let signal = match self.get(&format!("/jobs/{job_id}")).await {
+            Ok(j) => j["attempts"].as_array().and_then(|a| a.last()).and_then(|a| a["signal"].as_i64()).map(|s| s as i32),
+            Err(_) => None,
+        };
+        let reason = end.get("failure_reason").and_then(Value::as_str).unwrap_or("unknown");
+        match signal {
+            Some(sig) => eprintln!("[hodei] job {job_id} failed ({reason}): killed by {}", signal_name(sig)),
+            None => eprintln!("[hodei] job {job_id} failed: {reason}"),
+        }
+        exit_code_of(end, signal)
     }
 }
 

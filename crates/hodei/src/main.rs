@@ -13,7 +13,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 
-use crate::client::{Client, exit_code_of, s, table};
+use crate::client::{Client, s, table};
 
 #[derive(Parser)]
 #[command(name = "hodei", version, about = "Hodei Jobs: multi-tenant job orchestration", propagate_version = true)]
@@ -162,12 +162,15 @@ enum Cmd {
         #[command(subcommand)]
         cmd: identity::PrincipalsCmd,
     },
-    /// Registered workers: lists them, or drains one.
+    /// Registered workers: lists the live ones (`--all`: also offline and terminated), or drains one.
     Workers {
         #[command(flatten)]
         c: ClientOpts,
         #[command(subcommand)]
         cmd: Option<WorkersCmd>,
+        /// Also workers that went offline or terminated (earlier server runs' among them).
+        #[arg(long)]
+        all: bool,
     },
     /// Alerts the server raised (budget thresholds), newest first.
     Alerts {
@@ -347,8 +350,13 @@ struct SubmitArgs {
     /// k=v, repeatable.
     #[arg(long = "label", short = 'l')]
     labels: Vec<String>,
+    /// The directory the job runs in (default: the current directory, as sbatch does).
+    #[arg(long, conflicts_with = "scratch")]
+    workdir: Option<PathBuf>,
+    /// Run in a fresh scratch directory of the worker, removed after the run, instead of the
+    /// current directory.
     #[arg(long)]
-    workdir: Option<String>,
+    scratch: bool,
     /// Only this pool's workers run the job.
     #[arg(long)]
     pool: Option<String>,
@@ -361,7 +369,8 @@ struct SubmitArgs {
     /// Run the command through `sh -c`.
     #[arg(long)]
     shell: bool,
-    /// Wait for the job to end, printing its output; exit with its exit code.
+    /// Wait for the job to end, printing its output; exit with its exit code (128+N for a
+    /// signal). Ctrl-C cancels the job; a second Ctrl-C leaves it running.
     #[arg(long)]
     wait: bool,
     /// Like --wait.
@@ -550,11 +559,17 @@ enum JobsCmd {
     Hold { id: String },
     /// Release a held job.
     Release { id: String },
-    /// Print a job's output; -f follows it until the job ends.
+    /// Print a job's output (all of it, page by page); -f follows it until the job ends.
     Logs {
         id: String,
         #[arg(short, long)]
         follow: bool,
+        /// The output of this attempt (1 for the first; default: the latest).
+        #[arg(long, conflicts_with_all = ["previous", "follow"])]
+        attempt: Option<u32>,
+        /// The output of the attempt before the latest (kubectl's --previous).
+        #[arg(short, long, conflicts_with = "follow")]
+        previous: bool,
     },
     /// Wait for a job to end; exit with its exit code.
     Wait { id: String },
@@ -676,7 +691,9 @@ enum BurstCmd {
 
 #[derive(Subcommand)]
 enum ConfigCmd {
-    /// Load and validate the configuration; print the effective one.
+    /// Print the reference of every configuration key (Markdown: value, default, meaning).
+    Reference,
+    /// Load and validate the configuration; print the effective one as YAML (secrets as ***).
     Check {
         #[arg(long, env = "HODEI_CONFIG_PATH")]
         config: Option<PathBuf>,
@@ -690,7 +707,9 @@ fn env_vars() -> Vec<(String, String)> {
 fn init_tracing(json: bool, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},h2=warn,hyper=warn,tower=warn,sqlx=warn")));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colours only for a person at a terminal, never in a log file.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     if json {
         b.json().init();
     } else {
@@ -723,6 +742,10 @@ async fn server(a: ServerArgs) -> anyhow::Result<i32> {
     let json = a.log_json || cfg.log.format == hodei_server::config::LogFormat::Json;
     init_tracing(json, &cfg.log.level);
     check_run_as(&cfg)?;
+    // Listen for SIGTERM before anything can tell a supervisor we are up: a SIGTERM right
+    // after the ready line must stop the server, not be lost.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let exe = std::env::current_exe().context("locating the hodei binary for the built-in pool")?;
     let srv = hodei_server::start(hodei_server::ServerOptions { config: cfg, worker_exe: Some(exe), metrics_addr: a.metrics_addr, store: None }).await?;
     let metrics = srv.metrics_addr.unwrap_or(srv.http_addr);
@@ -731,9 +754,8 @@ async fn server(a: ServerArgs) -> anyhow::Result<i32> {
         writeln!(out, "ready http={} grpc={} metrics={}", srv.http_addr, srv.grpc_addr, metrics)?;
         out.flush()?;
     }
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
+        _ = int.recv() => {}
         _ = term.recv() => {}
     }
     tracing::info!("shutting down");
@@ -815,8 +837,24 @@ fn print_json(v: &Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
-fn job_rows(items: &[Value]) -> Vec<Vec<String>> {
-    items.iter().map(|j| vec![s(j, "id"), s(j, "tenant_id"), s(j, "name"), s(j, "state"), s(j, "exit_code"), s(j, "submitted_at")]).collect()
+/// Jobs as a table; with an INDEX column when any of them belongs to an array.
+fn job_table(items: &[Value]) {
+    let indexed = items.iter().any(|j| j["array_index"].is_number());
+    let mut headers = vec!["ID", "TENANT", "NAME", "STATE", "EXIT", "SUBMITTED"];
+    if indexed {
+        headers.insert(3, "INDEX");
+    }
+    let rows = items
+        .iter()
+        .map(|j| {
+            let mut row = vec![s(j, "id"), s(j, "tenant_id"), s(j, "name"), s(j, "state"), s(j, "exit_code"), s(j, "submitted_at")];
+            if indexed {
+                row.insert(3, s(j, "array_index"));
+            }
+            row
+        })
+        .collect();
+    table(&headers, rows);
 }
 
 async fn submit(a: SubmitArgs) -> anyhow::Result<i32> {
@@ -846,7 +884,15 @@ async fn submit(a: SubmitArgs) -> anyhow::Result<i32> {
     set(&mut body, "retry_backoff_ms", json!(a.retry_backoff_ms));
     set(&mut body, "priority", json!(a.priority));
     set(&mut body, "sla", json!(a.sla));
-    set(&mut body, "working_dir", json!(a.workdir));
+    // Like sbatch: the job runs where it was submitted from, unless told otherwise.
+    let workdir = match (a.workdir, a.scratch) {
+        (_, true) => None,
+        (Some(d), false) => Some(std::path::absolute(&d).with_context(|| format!("--workdir {}", d.display()))?),
+        (None, false) => Some(std::env::current_dir().context("reading the current directory (or pass --workdir DIR or --scratch)")?),
+    };
+    if let Some(d) = workdir {
+        body["working_dir"] = json!(d.to_str().ok_or_else(|| client::fail_usage(&format!("the working directory {} is not UTF-8", d.display())))?);
+    }
     if a.hold {
         body["hold"] = json!(true);
     }
@@ -891,27 +937,63 @@ async fn submit(a: SubmitArgs) -> anyhow::Result<i32> {
         }
         return Ok(if v["admissible"].as_bool() == Some(true) { 0 } else { 1 });
     }
+    // With --wait, Ctrl-C is ours from before the submit: it cancels the job instead of
+    // leaving it running unseen.
+    let mut interrupts = if a.wait || a.follow { Some(tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?) } else { None };
     let job = c.post_keyed("/jobs", &body, a.idempotency_key.as_deref()).await?;
     if a.array.is_some() {
         match a.c.output {
             Output::Json => print_json(&job),
-            Output::Table => println!("{} ({} jobs)", s(&job, "array_id"), job["count"]),
+            Output::Table => {
+                // The id alone on stdout, so that `AR=$(hodei submit --array …)` can be passed on.
+                println!("{}", s(&job, "array_id"));
+                eprintln!("array of {} jobs: hodei jobs ls --array-id {}", job["count"], s(&job, "array_id"));
+            }
         }
         return Ok(0);
     }
     let id = s(&job, "id");
     if a.wait || a.follow {
-        let end = c.follow(&id, true).await?;
+        if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            // Progress for a person: the id first, so that a Ctrl-C'd or detached job can be found.
+            eprintln!("\x1b[2m[hodei] job {id} submitted\x1b[0m");
+        }
+        let interrupts = interrupts.as_mut().context("listening for Ctrl-C")?;
+        let Some(end) = follow_or_cancel(&c, &id, interrupts).await? else { return Ok(client::EXIT_CANCELLED) };
         if a.c.output == Output::Json {
             print_json(&c.get(&format!("/jobs/{id}")).await?);
         }
-        return Ok(exit_code_of(&end));
+        return Ok(c.exit_status(&id, &end).await);
     }
     match a.c.output {
         Output::Json => print_json(&job),
         Output::Table => println!("{id}"),
     }
     Ok(0)
+}
+
+/// Follows a job until it ends, like srun: the first Ctrl-C cancels the job (and the follow goes
+/// on until it has ended), a second one leaves it running. `None`: left running.
+async fn follow_or_cancel(c: &Client, id: &str, interrupts: &mut tokio::signal::unix::Signal) -> anyhow::Result<Option<Value>> {
+    let follow = c.follow(id, true);
+    tokio::pin!(follow);
+    let mut cancelling = false;
+    loop {
+        tokio::select! {
+            end = &mut follow => return end.map(Some),
+            _ = interrupts.recv() => {
+                if cancelling {
+                    eprintln!("[hodei] left running: job {id} (`hodei jobs logs -f {id}`, `hodei jobs cancel {id}`)");
+                    return Ok(None);
+                }
+                cancelling = true;
+                eprintln!("[hodei] cancelling job {id} (Ctrl-C again to leave it running)");
+                if let Err(e) = c.post_empty(&format!("/jobs/{id}/cancel")).await {
+                    eprintln!("[hodei] could not cancel job {id}: {e:#}");
+                }
+            }
+        }
+    }
 }
 
 /// `A-B[:S][%P]` → the `array` of a submit. Range checks are the server's.
@@ -959,7 +1041,7 @@ async fn jobs(c: ClientOpts, cmd: JobsCmd) -> anyhow::Result<i32> {
         if out == Output::Json {
             print_json(v);
         } else {
-            table(&["ID", "TENANT", "NAME", "STATE", "EXIT", "SUBMITTED"], job_rows(std::slice::from_ref(v)));
+            job_table(std::slice::from_ref(v));
         }
     };
     match cmd {
@@ -975,14 +1057,17 @@ async fn jobs(c: ClientOpts, cmd: JobsCmd) -> anyhow::Result<i32> {
                 print_json(&page);
             } else {
                 let items = page["items"].as_array().cloned().unwrap_or_default();
-                table(&["ID", "TENANT", "NAME", "STATE", "EXIT", "SUBMITTED"], job_rows(&items));
+                job_table(&items);
                 if let Some(next) = page["next_cursor"].as_str() {
                     eprintln!("more: --cursor {next}");
                 }
             }
         }
         JobsCmd::Get { id } => {
-            let j = cl.get(&format!("/jobs/{id}")).await?;
+            let j = match cl.get(&format!("/jobs/{id}")).await {
+                Err(e) if e.downcast_ref::<client::ApiFailure>().is_some_and(|f| f.status == 404) => return print_array(&cl, &id, out).await.map_err(|_| e),
+                r => r?,
+            };
             if out == Output::Json {
                 print_json(&j);
             } else {
@@ -1010,6 +1095,9 @@ async fn jobs(c: ClientOpts, cmd: JobsCmd) -> anyhow::Result<i32> {
                 }
                 println!("{:<16} {}", "command", j["command"]);
                 let attempts = j["attempts"].as_array().cloned().unwrap_or_default();
+                if let Some(sig) = attempts.last().and_then(|a| a["signal"].as_i64()) {
+                    println!("{:<16} {}", "killed by", client::signal_name(sig as i32));
+                }
                 if !attempts.is_empty() {
                     println!();
                     table(
@@ -1020,7 +1108,10 @@ async fn jobs(c: ClientOpts, cmd: JobsCmd) -> anyhow::Result<i32> {
                                 vec![
                                     s(a, "number"),
                                     s(a, "state"),
-                                    s(a, "exit_code"),
+                                    match a["signal"].as_i64() {
+                                        Some(sig) if a["exit_code"].is_null() => client::signal_name(sig as i32),
+                                        _ => s(a, "exit_code"),
+                                    },
                                     s(a, "failure_reason"),
                                     s(a, "worker_id"),
                                     s(a, "started_at"),
@@ -1042,26 +1133,21 @@ async fn jobs(c: ClientOpts, cmd: JobsCmd) -> anyhow::Result<i32> {
         JobsCmd::Retry { id } => show(&cl.post_empty(&format!("/jobs/{id}/retry")).await?),
         JobsCmd::Hold { id } => show(&cl.post_empty(&format!("/jobs/{id}/hold")).await?),
         JobsCmd::Release { id } => show(&cl.post_empty(&format!("/jobs/{id}/release")).await?),
-        JobsCmd::Logs { id, follow } => {
-            if follow {
+        JobsCmd::Logs { id, follow, attempt, previous } => {
+            let attempt = match (attempt, previous) {
+                (Some(n), _) => Some(n),
+                (None, true) => {
+                    let j = cl.get(&format!("/jobs/{id}")).await?;
+                    let n = j["attempt_count"].as_u64().unwrap_or(0);
+                    anyhow::ensure!(n >= 2, "job {id} has no previous attempt (it has {n})");
+                    Some(n as u32 - 1)
+                }
+                (None, false) => None,
+            };
+            if follow && attempt.is_none() {
                 cl.follow(&id, true).await?;
             } else {
-                let v = cl.get(&format!("/jobs/{id}/logs")).await?;
-                if out == Output::Json {
-                    print_json(&v);
-                } else {
-                    for ch in v["chunks"].as_array().cloned().unwrap_or_default() {
-                        let text = ch["data"].as_str().unwrap_or("");
-                        if ch["stream"] == "stderr" {
-                            eprint!("{text}");
-                        } else {
-                            print!("{text}");
-                        }
-                    }
-                    if v["truncated"] == true {
-                        eprintln!("[hodei] output was truncated at the per-attempt cap");
-                    }
-                }
+                print_logs(&cl, &id, attempt, out).await?;
             }
         }
         JobsCmd::Wait { id } => {
@@ -1069,7 +1155,7 @@ async fn jobs(c: ClientOpts, cmd: JobsCmd) -> anyhow::Result<i32> {
             if out == Output::Json {
                 print_json(&end);
             }
-            return Ok(exit_code_of(&end));
+            return Ok(cl.exit_status(&id, &end).await);
         }
         JobsCmd::Events { id } => {
             let v = cl.get(&format!("/jobs/{id}/events?limit=500")).await?;
@@ -1109,6 +1195,77 @@ async fn jobs(c: ClientOpts, cmd: JobsCmd) -> anyhow::Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// `jobs get` of an array id: its jobs by state, then (up to 500 of) them. Fails when no job
+/// belongs to such an array.
+async fn print_array(cl: &Client, id: &str, out: Output) -> anyhow::Result<i32> {
+    let page = cl.get(&format!("/jobs?array_id={}&limit=500", urlencode(id))).await?;
+    let items = page["items"].as_array().cloned().unwrap_or_default();
+    anyhow::ensure!(!items.is_empty(), "no array {id}");
+    if out == Output::Json {
+        print_json(&page);
+        return Ok(0);
+    }
+    let mut by_state = BTreeMap::<String, usize>::new();
+    for j in &items {
+        *by_state.entry(s(j, "state")).or_default() += 1;
+    }
+    let more = if page["next_cursor"].is_string() { " (the first 500)" } else { "" };
+    let states: Vec<String> = by_state.iter().map(|(st, n)| format!("{n} {st}")).collect();
+    println!("array {id}: {} jobs{more}: {}", items.len(), states.join(", "));
+    println!();
+    let mut items = items;
+    items.sort_by_key(|j| j["array_index"].as_u64());
+    job_table(&items);
+    Ok(0)
+}
+
+/// Prints a job's output as it is now, one page after another until the last: stdout to
+/// stdout, stderr to stderr, byte for byte (pages end on whole characters). `-o json` prints
+/// every page's chunks as one document.
+async fn print_logs(cl: &Client, id: &str, attempt: Option<u32>, out: Output) -> anyhow::Result<()> {
+    let (mut off, mut err_off) = (0u64, 0u64);
+    let mut all = Vec::new();
+    let mut truncated = false;
+    loop {
+        let mut path = format!("/jobs/{id}/logs?offset={off}&stderr_offset={err_off}");
+        if let Some(n) = attempt {
+            path.push_str(&format!("&attempt={n}"));
+        }
+        let v = cl.get(&path).await?;
+        let chunks = v["chunks"].as_array().cloned().unwrap_or_default();
+        truncated |= v["truncated"] == true;
+        let read = !chunks.is_empty();
+        if out == Output::Json {
+            all.extend(chunks);
+        } else {
+            for ch in chunks {
+                let text = ch["data"].as_str().unwrap_or("");
+                if ch["stream"] == "stderr" {
+                    std::io::stderr().write_all(text.as_bytes())?;
+                } else {
+                    std::io::stdout().write_all(text.as_bytes())?;
+                }
+            }
+        }
+        off = v["next_offset"].as_u64().unwrap_or(off);
+        err_off = v["next_stderr_offset"].as_u64().unwrap_or(err_off);
+        // The end: everything of an ended job, or all there is so far of a running one.
+        if v["eof"] == true || !read {
+            if out == Output::Json {
+                print_json(
+                    &json!({"attempt": v["attempt"], "chunks": all, "next_offset": off, "next_stderr_offset": err_off, "eof": v["eof"], "truncated": truncated}),
+                );
+            }
+            break;
+        }
+    }
+    std::io::stdout().flush()?;
+    if truncated && out != Output::Json {
+        eprintln!("[hodei] output was truncated at the per-attempt cap");
+    }
+    Ok(())
 }
 
 /// A cost report as text: totals, its breakdowns, top jobs and recommendations.
@@ -1440,7 +1597,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Whoami { c } => identity::whoami(c).await,
         Cmd::Tokens { c, cmd } => identity::tokens(c, cmd).await,
         Cmd::Principals { c, cmd } => identity::principals(c, cmd).await,
-        Cmd::Workers { c, cmd: Some(WorkersCmd::Drain { id }) } => {
+        Cmd::Workers { c, cmd: Some(WorkersCmd::Drain { id }), .. } => {
             let v = c.client()?.post(&format!("/workers/{id}/drain"), &json!({})).await?;
             if c.output == Output::Json {
                 print_json(&v);
@@ -1523,10 +1680,10 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
-        Cmd::Workers { c, cmd: None } => {
+        Cmd::Workers { c, cmd: None, all } => {
             listing(
                 c,
-                "/workers?limit=500",
+                if all { "/workers?limit=500" } else { "/workers?limit=500&state=registering,idle,busy,draining" },
                 &["ID", "POOL", "INSTANCE", "STATE", "SLOTS", "LAST HEARTBEAT"],
                 &["id", "pool_id", "instance_name", "state", "slots", "last_heartbeat_at"],
             )
@@ -1623,9 +1780,14 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             )
             .await
         }
+        Cmd::Config { cmd: ConfigCmd::Reference } => {
+            print!("{}", hodei_server::config_reference::reference());
+            Ok(0)
+        }
         Cmd::Config { cmd: ConfigCmd::Check { config } } => {
             let cfg = hodei_server::config::Config::load(config.as_deref(), &env_vars())?;
-            println!("{cfg:#?}");
+            // The effective configuration as a file would hold it (secrets shown as ***).
+            print!("{}", serde_yaml_ng::to_string(&cfg).context("printing the configuration")?);
             check_run_as(&cfg)?;
             let unsupported = cfg.unsupported();
             if !unsupported.is_empty() {

@@ -90,7 +90,16 @@ pub async fn get_logs(
     if let Some((a, _)) = attempt {
         for st in &wanted {
             let off = if *st == LogStream::Stdout { next_out } else { next_err };
-            let (data, len) = s.logs.read(a, *st, off, limit).await.map_err(unreadable(a))?;
+            let (mut data, len) = s.logs.read(a, *st, off, limit).await.map_err(unreadable(a))?;
+            // A page ends on a whole character, so that pages joined give the output byte for
+            // byte: a character cut by the limit is left to the next page.
+            if let Err(e) = std::str::from_utf8(&data)
+                && e.error_len().is_none()
+                && e.valid_up_to() > 0
+                && off + (data.len() as u64) < len
+            {
+                data.truncate(e.valid_up_to());
+            }
             let next = off + data.len() as u64;
             at_end &= next >= len;
             if !data.is_empty() {

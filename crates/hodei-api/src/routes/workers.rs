@@ -18,6 +18,7 @@ use crate::error::{ApiError, ApiResult};
 #[serde(deny_unknown_fields)]
 pub struct WorkerQuery {
     pub pool_id: Option<String>,
+    /// Comma-separated states (registering, idle, busy, draining, offline, terminated).
     pub state: Option<String>,
     /// 1–500, default 50.
     #[param(minimum = 1, maximum = 500)]
@@ -41,11 +42,12 @@ pub async fn list_workers(State(s): State<ApiState>, who: Who, Query(q): Query<W
         Some(Err(_)) => return empty(),
         p => p.transpose().ok().flatten(),
     };
-    let state = match q.state.as_deref().map(str::parse::<WorkerState>) {
-        Some(Err(_)) => return empty(),
-        st => st.transpose().ok().flatten(),
-    };
-    let mut rows = s.store.list_workers(&WorkerFilter { pool, state, before, limit: limit + 1 }).await?;
+    // Comma-separated states; one that cannot exist matches nothing, like an unknown pool.
+    let states: Vec<WorkerState> = q.state.as_deref().unwrap_or("").split(',').filter(|v| !v.is_empty()).filter_map(|v| v.parse().ok()).collect();
+    if q.state.as_deref().is_some_and(|v| !v.is_empty()) && states.is_empty() {
+        return empty();
+    }
+    let mut rows = s.store.list_workers(&WorkerFilter { pool, states, before, limit: limit + 1 }).await?;
     let next_cursor = (rows.len() > limit as usize).then(|| {
         rows.truncate(limit as usize);
         rows.last().map(|w| w.id.to_string()).unwrap_or_default()

@@ -199,10 +199,18 @@ impl Scheduler {
                     .with("virtual_time", self.queue.virtual_time()),
             );
         }
-        if let Some(pos) = self.queue.position_in_tenant(&job.tenant, &key_of(job))
-            && pos > 0
-        {
-            out.push(Blocker::new("lower_priority", format!("{pos} jobs of the same tenant go first")).with("jobs_ahead", pos as u128));
+        if let Some((higher, same)) = self.queue.ahead_in_tenant(&job.tenant, &key_of(job)) {
+            if higher > 0 {
+                out.push(
+                    Blocker::new("lower_priority", format!("{higher} jobs of the same tenant with a higher priority go first"))
+                        .with("jobs_ahead", higher as u128),
+                );
+            }
+            if same > 0 {
+                out.push(
+                    Blocker::new("queue_order", format!("{same} jobs of the same tenant and priority were queued before it")).with("jobs_ahead", same as u128),
+                );
+            }
         }
     }
 

@@ -924,7 +924,7 @@ fn explain_names_the_blockers_and_the_eta_follows_expected_durations() {
     let _ = s.take_changes();
     let why = s.explain(jobs[2], ts(1_100), Duration::from_secs(3600)).unwrap();
     let codes: Vec<_> = why.blockers.iter().map(|b| b.code).collect();
-    assert_eq!(codes, ["no_capacity", "lower_priority"]);
+    assert_eq!(codes, ["no_capacity", "queue_order"], "first come, first served within one priority");
     assert_eq!(why.position_in_tenant, Some(1));
     // The running job ends at 10 100, the next one at 20 100: then this one starts.
     assert_eq!(why.estimated_start_at, Some(ts(20_100)));
@@ -932,6 +932,19 @@ fn explain_names_the_blockers_and_the_eta_follows_expected_durations() {
     assert!(why.candidate_pools[0].eligible);
     // Explaining changes nothing.
     assert!(s.take_changes().is_empty());
+    // A job of a higher priority goes before both waiting ones: named apart from queue order.
+    let mut urgent = job(&mut ids, "a", 1, 0, 1_200);
+    Arc::make_mut(&mut urgent.spec).priority = Priority::High;
+    s.submit(urgent, ts(1_200)).unwrap();
+    let why = s.explain(jobs[2], ts(1_300), Duration::from_secs(3600)).unwrap();
+    let codes: Vec<_> = why.blockers.iter().map(|b| (b.code, b.message.clone())).collect();
+    assert_eq!(
+        codes[1..],
+        [
+            ("lower_priority", "1 jobs of the same tenant with a higher priority go first".to_owned()),
+            ("queue_order", "1 jobs of the same tenant and priority were queued before it".to_owned()),
+        ]
+    );
 }
 
 #[test]

@@ -1,0 +1,220 @@
+//! The CLI as a Slurm or kubectl user meets it: the real binary against a real server, each
+//! test a habit those users bring (whole output, Ctrl-C, the submit directory, shell exit codes).
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{BIN, Server, job_writable_dir};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+/// A CLI command run from `dir`, against `srv`.
+fn cli_in(srv: &Server, dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args(args)
+        .current_dir(dir)
+        .env("HODEI_SERVER", &srv.http)
+        .env("HODEI_TOKEN", &srv.token)
+        .env("XDG_CONFIG_HOME", srv.dir.join("no-cli-config"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[tokio::test]
+async fn logs_print_the_whole_output_byte_for_byte_and_any_attempts() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path(), &[], 0, None);
+    // Over 5 MiB, with two-byte characters that the 1 MiB pages would cut in half.
+    let line = "0123456789-éü-ß";
+    let lines = 276_000;
+    let job = srv.submit(json!({"command": ["sh", "-c", format!("yes '{line}' | head -n {lines}")]})).await;
+    let id = job["id"].as_str().unwrap();
+    assert_eq!(srv.wait_ended(id, 60).await["state"], "succeeded");
+    let out = srv.cli(&["jobs", "logs", id]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let expected = format!("{line}\n").repeat(lines);
+    assert!(expected.len() > 5 << 20);
+    assert_eq!(out.stdout.len(), expected.len(), "every byte, no more");
+    assert!(out.stdout == expected.as_bytes(), "the output differs from what the job printed");
+
+    // --attempt N and --previous: the output of an earlier attempt.
+    let flaky = srv
+        .submit(
+            json!({"command": ["sh", "-c", "echo attempt $HODEI_ATTEMPT_NUMBER; [ $HODEI_ATTEMPT_NUMBER -ge 2 ]"], "max_retries": 1, "retry_backoff_ms": 0}),
+        )
+        .await;
+    let flaky = flaky["id"].as_str().unwrap();
+    assert_eq!(srv.wait_ended(flaky, 60).await["state"], "succeeded");
+    assert_eq!(text(&srv.cli(&["jobs", "logs", flaky]).stdout), "attempt 2\n");
+    assert_eq!(text(&srv.cli(&["jobs", "logs", flaky, "--previous"]).stdout), "attempt 1\n");
+    assert_eq!(text(&srv.cli(&["jobs", "logs", flaky, "--attempt", "1"]).stdout), "attempt 1\n");
+    let none = srv.cli(&["jobs", "logs", id, "--previous"]);
+    assert_eq!(none.status.code(), Some(1));
+    assert!(text(&none.stderr).contains("no previous attempt"), "{}", text(&none.stderr));
+}
+
+#[tokio::test]
+async fn ctrl_c_under_a_terminal_cancels_the_waited_job_and_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path(), &[], 0, None);
+    // `script` gives the CLI a pseudo-terminal; ^C written to it becomes SIGINT for the CLI,
+    // as a key press would.
+    let line = format!("HODEI_SERVER={} HODEI_TOKEN={} {BIN} submit --wait --name ctrlc -- sh -c 'echo started; sleep 60'", srv.http, srv.token);
+    let mut script = Command::new("script").args(["-qec", &line, "/dev/null"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let mut stdin = script.stdin.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = script.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    let mut seen = String::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !seen.contains("started") {
+        let l = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("the job did not start");
+        seen.push_str(&l);
+        seen.push('\n');
+    }
+    stdin.write_all(b"\x03").unwrap();
+    stdin.flush().unwrap();
+    let status = script.wait().unwrap();
+    seen.extend(rx.try_iter().map(|l| l + "\n"));
+    let (_, jobs) = srv.call(Method::GET, "/jobs?limit=1", None).await;
+    let id = jobs["items"][0]["id"].as_str().unwrap().to_owned();
+    assert!(seen.contains(&format!("job {id} submitted")), "the id is printed at once:\n{seen}");
+    assert!(seen.contains(&format!("cancelling job {id}")), "{seen}");
+    assert_eq!(srv.wait_ended(&id, 30).await["state"], "cancelled");
+    assert_eq!(status.code(), Some(130), "{seen}");
+}
+
+#[tokio::test]
+async fn jobs_run_in_the_submit_directory_and_exit_codes_read_like_a_shells() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path(), &[], 0, None);
+    let work = job_writable_dir();
+    let script = work.path().join("nightly.sh");
+    std::fs::write(&script, "#!/bin/sh\necho \"nightly in $(pwd)\"\n").unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = cli_in(&srv, work.path(), &["submit", "--wait", "--", "./nightly.sh"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), format!("nightly in {}\n", work.path().display()));
+    // --scratch: a fresh directory of the worker instead.
+    let out = cli_in(&srv, work.path(), &["submit", "--wait", "--scratch", "--", "pwd"]);
+    assert!(!text(&out.stdout).contains(&work.path().display().to_string()), "{}", text(&out.stdout));
+    // A missing directory fails naming it.
+    let out = srv.cli(&["submit", "--wait", "--workdir", "/no/such/dir", "--", "true"]);
+    assert_eq!(out.status.code(), Some(127));
+    assert!(text(&out.stderr).contains("/no/such/dir"), "{}", text(&out.stderr));
+
+    // Killed by a signal: 128 + N, and the signal is named.
+    let out = srv.cli(&["submit", "--wait", "--", "sh", "-c", "kill -9 $$"]);
+    assert_eq!(out.status.code(), Some(137), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("SIGKILL"), "{}", text(&out.stderr));
+    let (_, jobs) = srv.call(Method::GET, "/jobs?limit=1", None).await;
+    let get = srv.cli(&["jobs", "get", jobs["items"][0]["id"].as_str().unwrap()]);
+    assert!(text(&get.stdout).contains("killed by        SIGKILL (9)"), "{}", text(&get.stdout));
+    // A command that does not exist: 127, as a shell says.
+    let out = srv.cli(&["submit", "--wait", "--", "no-such-command-hodei"]);
+    assert_eq!(out.status.code(), Some(127), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("no-such-command-hodei"), "{}", text(&out.stderr));
+}
+
+#[tokio::test]
+async fn an_arrays_id_is_printed_alone_and_reads_like_a_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path(), &[], 0, None);
+    let out = srv.cli(&["submit", "--array", "0-3", "--", "true"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let array = text(&out.stdout).trim().to_owned();
+    assert!(!array.contains(' '), "the id alone on stdout: {array:?}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, page) = srv.call(Method::GET, &format!("/jobs?array_id={array}&state=succeeded"), None).await;
+        if page["items"].as_array().unwrap().len() == 4 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the array did not finish");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let get = srv.cli(&["jobs", "get", &array]);
+    assert_eq!(get.status.code(), Some(0), "{}", text(&get.stderr));
+    let shown = text(&get.stdout);
+    assert!(shown.contains(&format!("array {array}: 4 jobs: 4 succeeded")), "{shown}");
+    let ls = text(&srv.cli(&["jobs", "ls", "--array-id", &array]).stdout);
+    assert!(ls.lines().next().unwrap().contains("INDEX"), "{ls}");
+    let missing = srv.cli(&["jobs", "get", "01900000-0000-7000-8000-000000000000"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(text(&missing.stderr).contains("404"), "{}", text(&missing.stderr));
+}
+
+#[tokio::test]
+async fn workers_of_earlier_runs_are_listed_only_on_request_and_every_placement_is_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("HODEI_RESOURCE_POOLS__BUILTIN_LOCAL__WORKERS", "1")];
+    let mut srv = Server::start(dir.path(), &env, 0, None);
+    let ids: Vec<String> = futures::future::join_all((0..30).map(|_| srv.submit(json!({"command": ["true"]}))))
+        .await
+        .iter()
+        .map(|j| j["id"].as_str().unwrap().to_owned())
+        .collect();
+    for id in &ids {
+        srv.wait_ended(id, 60).await;
+    }
+    let metrics = reqwest::get(format!("{}/metrics", srv.metrics)).await.unwrap().text().await.unwrap();
+    let scheduled: f64 =
+        metrics.lines().filter(|l| l.starts_with("hodei_jobs_scheduled_total{")).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum();
+    assert_eq!(scheduled, 30.0, "every job placed once:\n{metrics}");
+
+    // A clean stop and a start: the first run's worker is terminated, a new one serves.
+    unsafe { libc::kill(srv.child.id() as i32, libc::SIGTERM) };
+    srv.child.wait().unwrap();
+    let srv = Server::start(dir.path(), &env, 0, None);
+    let live = srv.cli(&["workers", "-o", "json"]);
+    let live: Value = serde_json::from_slice(&live.stdout).unwrap();
+    assert_eq!(live["items"].as_array().unwrap().len(), 1, "{live}");
+    let all: Value = serde_json::from_slice(&srv.cli(&["workers", "--all", "-o", "json"]).stdout).unwrap();
+    assert_eq!(all["items"].as_array().unwrap().len(), 2, "{all}");
+}
+
+#[test]
+fn config_check_prints_yaml_that_reads_back_and_logs_carry_no_colour_codes_in_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN).args(["config", "check"]).env("HODEI_WORKERS__HEARTBEAT_TIMEOUT_MS", "5000").output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let effective = dir.path().join("effective.yaml");
+    std::fs::write(&effective, &out.stdout).unwrap();
+    let doc: serde_yaml_ng::Value = serde_yaml_ng::from_slice(&out.stdout).expect("YAML");
+    assert_eq!(doc["workers"]["heartbeat_timeout_ms"], serde_yaml_ng::Value::from(5000));
+    let again = Command::new(BIN).args(["config", "check", "--config"]).arg(&effective).output().unwrap();
+    assert_eq!((again.status.code(), again.stdout), (Some(0), out.stdout), "what it prints is a file it accepts, unchanged");
+
+    // The server's log, into a file: text without terminal colour codes.
+    let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["server", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .args(["--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0"])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut ready).unwrap();
+    assert!(ready.starts_with("ready "), "{ready}");
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    child.wait().unwrap();
+    let logged = std::fs::read_to_string(dir.path().join("server.log")).unwrap();
+    assert!(logged.contains("INFO"), "{logged}");
+    assert!(!logged.contains('\x1b'), "colour codes in a log file:\n{logged}");
+}
