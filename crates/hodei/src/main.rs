@@ -1,5 +1,6 @@
 //! `hodei`: the one binary — server, worker agent, and the REST client commands.
 
+mod batch;
 mod bench;
 mod client;
 mod contexts;
@@ -320,6 +321,7 @@ struct WorkerArgs {
 }
 
 #[derive(Args)]
+#[command(args_override_self = true)]
 struct SubmitArgs {
     #[command(flatten)]
     c: ClientOpts,
@@ -390,8 +392,18 @@ struct SubmitArgs {
     /// same job gets the job the first submit stored instead of a new one.
     #[arg(long, value_name = "KEY")]
     idempotency_key: Option<String>,
-    /// The command and its arguments.
-    #[arg(last = true, required = true)]
+    /// Where the job's stdout goes, a file where it runs (`%j` the job id, `%a` the array
+    /// index); stderr too unless --error-file. sbatch's --output (which a #HODEI line may
+    /// also spell `--output`: here `-o` is the output format).
+    #[arg(long, value_name = "PATTERN")]
+    output_file: Option<String>,
+    /// Where the job's stderr goes (`%j`, `%a` as in --output-file); sbatch's --error.
+    #[arg(long, value_name = "PATTERN")]
+    error_file: Option<String>,
+    /// The command and its arguments (after `--` when an argument starts with `-`). A batch
+    /// script (a file starting with `#!` or holding `#HODEI` lines) is sent with the job and its
+    /// `#HODEI --flag value` lines are flags of this command, those given here winning.
+    #[arg(trailing_var_arg = true, required = true, value_name = "COMMAND")]
     argv: Vec<String>,
 }
 
@@ -857,9 +869,37 @@ fn job_table(items: &[Value]) {
     table(&headers, rows);
 }
 
+/// The submit with a batch script's `#HODEI` directives applied: the script's flags first, then
+/// the command line's (later flags override earlier ones).
+fn with_directives(a: SubmitArgs, script: &batch::Script) -> anyhow::Result<SubmitArgs> {
+    if script.directives.is_empty() {
+        return Ok(a);
+    }
+    anyhow::ensure!(!script.directives.iter().any(|d| d == "--"), "{}: a #HODEI line may not hold `--`", a.argv[0]);
+    let raw: Vec<String> = std::env::args().collect();
+    let at = raw.iter().position(|r| r == "submit").context("the submit command's arguments")?;
+    let args = raw[..=at].iter().chain(&script.directives).chain(&raw[at + 1..]);
+    let parsed =
+        Cli::try_parse_from(args).map_err(|e| client::fail_usage(&format!("in the #HODEI lines of {}: {}", a.argv[0], e.render().to_string().trim())))?;
+    let Cmd::Submit(b) = parsed.cmd else { anyhow::bail!("the submit command's arguments") };
+    anyhow::ensure!(b.argv == a.argv, "{}: a #HODEI line holds something that is not a flag with its value", a.argv[0]);
+    Ok(*b)
+}
+
 async fn submit(a: SubmitArgs) -> anyhow::Result<i32> {
+    let script = if a.shell { None } else { batch::read(&a.argv[0])? };
+    let a = match &script {
+        Some(s) => with_directives(a, s)?,
+        None => a,
+    };
     let c = a.c.client()?;
-    let argv = if a.shell { vec!["sh".to_owned(), "-c".to_owned(), a.argv.join(" ")] } else { a.argv };
+    let name = a
+        .name
+        .clone()
+        .or_else(|| script.as_ref().map(|_| std::path::Path::new(&a.argv[0]).file_name().map_or(a.argv[0].clone(), |n| n.to_string_lossy().into_owned())));
+    let argv = if a.shell { vec!["sh".to_owned(), "-c".to_owned(), a.argv.join(" ")] } else { a.argv.clone() };
+    let argv = batch::wrap(&argv, script.as_ref(), a.output_file.as_deref(), a.error_file.as_deref())?.unwrap_or(argv);
+    let env = kv(&a.env, "--env")?;
     let ms = |flag: &str, v: Option<&str>| {
         v.map(|t| {
             hodei_server::config::parse_duration(t)
@@ -876,7 +916,7 @@ async fn submit(a: SubmitArgs) -> anyhow::Result<i32> {
             body[k] = v;
         }
     };
-    set(&mut body, "name", json!(a.name));
+    set(&mut body, "name", json!(name));
     set(&mut body, "tenant_id", json!(a.tenant));
     set(&mut body, "timeout_ms", json!(timeout_ms));
     set(&mut body, "expected_duration_ms", json!(expected_ms));
@@ -905,8 +945,8 @@ async fn submit(a: SubmitArgs) -> anyhow::Result<i32> {
     if !res.is_empty() {
         body["resources"] = Value::Object(res);
     }
-    if !a.env.is_empty() {
-        body["env"] = json!(kv(&a.env, "--env")?);
+    if !env.is_empty() {
+        body["env"] = json!(env);
     }
     if !a.labels.is_empty() {
         body["labels"] = json!(kv(&a.labels, "--label")?);
@@ -1828,4 +1868,12 @@ async fn main() {
         }
     };
     std::process::exit(code);
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
+    }
 }

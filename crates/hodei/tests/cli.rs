@@ -218,3 +218,37 @@ fn config_check_prints_yaml_that_reads_back_and_logs_carry_no_colour_codes_in_a_
     assert!(logged.contains("INFO"), "{logged}");
     assert!(!logged.contains('\x1b'), "colour codes in a log file:\n{logged}");
 }
+
+#[tokio::test]
+async fn a_batch_script_carries_its_directives_and_is_sent_with_the_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path(), &[], 0, None);
+    let work = job_writable_dir();
+    let script = work.path().join("train.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\n#HODEI --name train --cpu-m 500 --memory-mb 128\n#HODEI --output out-%j.log --label team=ml\necho \"args=$* in $(pwd)\"\necho oops >&2\n",
+    )
+    .unwrap();
+    let out = cli_in(&srv, work.path(), &["submit", "--wait", "--memory-mb", "96", "train.sh", "a", "b c"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // Edited after the submit: the job ran what was submitted.
+    std::fs::write(&script, "#!/bin/sh\necho edited\n").unwrap();
+    let (_, jobs) = srv.call(Method::GET, "/jobs?limit=1", None).await;
+    let job = &jobs["items"][0];
+    let id = job["id"].as_str().unwrap();
+    assert_eq!((job["name"].as_str(), job["labels"]["team"].as_str()), (Some("train"), Some("ml")));
+    // The command line wins over the script's lines.
+    assert_eq!((job["resources"]["cpu_m"].as_i64(), job["resources"]["memory_mb"].as_i64()), (Some(500), Some(96)));
+    // --output: both streams in the file, named after the job, where it ran.
+    let written = std::fs::read_to_string(work.path().join(format!("out-{id}.log"))).unwrap();
+    assert_eq!(written, format!("args=a b c in {}\noops\n", work.path().display()));
+
+    // A bad directive is refused naming the script, and nothing is submitted.
+    std::fs::write(&script, "#!/bin/sh\n#HODEI --cpu-m lots\ntrue\n").unwrap();
+    let out = cli_in(&srv, work.path(), &["submit", "train.sh"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("#HODEI lines of train.sh"), "{}", text(&out.stderr));
+    let (_, after) = srv.call(Method::GET, "/jobs?limit=5", None).await;
+    assert_eq!(after["items"].as_array().unwrap().len(), 1);
+}
