@@ -4,7 +4,7 @@ use clap::Subcommand;
 use serde_json::{Value, json};
 
 use crate::client::{s, table};
-use crate::{ClientOpts, Output, print_json};
+use crate::{ClientOpts, print_json};
 
 #[derive(Subcommand)]
 pub enum TokensCmd {
@@ -67,7 +67,7 @@ fn roles_text(p: &Value) -> String {
 }
 
 fn show(c: &ClientOpts, v: &Value, headers: &[&str], row: impl Fn(&Value) -> Vec<String>) {
-    if c.output == Output::Json {
+    if c.output.structured() {
         print_json(v);
     } else if let Some(items) = v["items"].as_array() {
         table(headers, items.iter().map(&row).collect());
@@ -96,7 +96,7 @@ pub async fn tokens(c: ClientOpts, cmd: TokensCmd) -> anyhow::Result<i32> {
                 body["expires_in_days"] = json!(d);
             }
             let t = cl.post("/tokens", &body).await?;
-            if c.output == Output::Json {
+            if c.output.structured() {
                 print_json(&t);
             } else {
                 println!("{}", s(&t, "secret"));

@@ -5,6 +5,7 @@ mod bench;
 mod client;
 mod contexts;
 mod identity;
+mod views;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -23,12 +24,26 @@ struct Cli {
     cmd: Cmd,
 }
 
-#[derive(Clone, Copy, ValueEnum, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, ValueEnum, Default, PartialEq, Eq, Debug)]
 enum Output {
+    /// Aligned columns for people.
     #[default]
     Table,
+    /// The table with more columns.
+    Wide,
     Json,
+    Yaml,
 }
+
+impl Output {
+    /// A document (JSON or YAML) rather than a table.
+    fn structured(self) -> bool {
+        matches!(self, Output::Json | Output::Yaml)
+    }
+}
+
+/// This invocation's output format, set once when its client is made.
+static FORMAT: std::sync::OnceLock<Output> = std::sync::OnceLock::new();
 
 #[derive(Args, Clone)]
 struct ClientOpts {
@@ -52,6 +67,7 @@ struct ClientOpts {
 impl ClientOpts {
     /// The REST client these options (over the contexts file, over the defaults) describe.
     fn client(&self) -> anyhow::Result<Client> {
+        let _ = FORMAT.set(self.output);
         contexts::client(contexts::Overrides {
             server: self.server.as_deref(),
             token: self.token.as_deref(),
@@ -76,6 +92,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: JobsCmd,
     },
+    /// What waits and runs, and why a waiting job waits (like squeue).
+    Queue(views::QueueArgs),
+    /// Ended jobs since a time: exit code, elapsed, cpu time, max RSS, cost (like sacct).
+    #[command(visible_alias = "history")]
+    Acct(views::AcctArgs),
     /// Tenants.
     Tenants {
         #[command(flatten)]
@@ -845,8 +866,12 @@ async fn worker(a: WorkerArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+/// A document in this invocation's format: YAML with `-o yaml`, else JSON.
 fn print_json(v: &Value) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    match FORMAT.get() {
+        Some(Output::Yaml) => print!("{}", serde_yaml_ng::to_string(v).unwrap_or_default()),
+        _ => println!("{}", serde_json::to_string_pretty(v).unwrap_or_default()),
+    }
 }
 
 /// Jobs as a table; with an INDEX column when any of them belongs to an array.
@@ -962,7 +987,7 @@ async fn submit(a: SubmitArgs) -> anyhow::Result<i32> {
     }
     if a.dry_run {
         let v = c.post("/jobs?dry_run=true", &body).await?;
-        if a.c.output == Output::Json {
+        if a.c.output.structured() {
             print_json(&v);
         } else {
             println!("admissible: {}", v["admissible"]);
@@ -983,8 +1008,8 @@ async fn submit(a: SubmitArgs) -> anyhow::Result<i32> {
     let job = c.post_keyed("/jobs", &body, a.idempotency_key.as_deref()).await?;
     if a.array.is_some() {
         match a.c.output {
-            Output::Json => print_json(&job),
-            Output::Table => {
+            Output::Json | Output::Yaml => print_json(&job),
+            Output::Table | Output::Wide => {
                 // The id alone on stdout, so that `AR=$(hodei submit --array …)` can be passed on.
                 println!("{}", s(&job, "array_id"));
                 eprintln!("array of {} jobs: hodei jobs ls --array-id {}", job["count"], s(&job, "array_id"));
@@ -1000,14 +1025,14 @@ async fn submit(a: SubmitArgs) -> anyhow::Result<i32> {
         }
         let interrupts = interrupts.as_mut().context("listening for Ctrl-C")?;
         let Some(end) = follow_or_cancel(&c, &id, interrupts).await? else { return Ok(client::EXIT_CANCELLED) };
-        if a.c.output == Output::Json {
+        if a.c.output.structured() {
             print_json(&c.get(&format!("/jobs/{id}")).await?);
         }
         return Ok(c.exit_status(&id, &end).await);
     }
     match a.c.output {
-        Output::Json => print_json(&job),
-        Output::Table => println!("{id}"),
+        Output::Json | Output::Yaml => print_json(&job),
+        Output::Table | Output::Wide => println!("{id}"),
     }
     Ok(0)
 }
@@ -1078,7 +1103,7 @@ async fn jobs(c: ClientOpts, cmd: JobsCmd) -> anyhow::Result<i32> {
     let cl = c.client()?;
     let out = c.output;
     let show = |v: &Value| {
-        if out == Output::Json {
+        if out.structured() {
             print_json(v);
         } else {
             job_table(std::slice::from_ref(v));
@@ -1093,7 +1118,7 @@ async fn jobs(c: ClientOpts, cmd: JobsCmd) -> anyhow::Result<i32> {
                 }
             }
             let page = cl.get(&format!("/jobs?{}", q.join("&"))).await?;
-            if out == Output::Json {
+            if out.structured() {
                 print_json(&page);
             } else {
                 let items = page["items"].as_array().cloned().unwrap_or_default();
@@ -1108,7 +1133,7 @@ async fn jobs(c: ClientOpts, cmd: JobsCmd) -> anyhow::Result<i32> {
                 Err(e) if e.downcast_ref::<client::ApiFailure>().is_some_and(|f| f.status == 404) => return print_array(&cl, &id, out).await.map_err(|_| e),
                 r => r?,
             };
-            if out == Output::Json {
+            if out.structured() {
                 print_json(&j);
             } else {
                 for k in [
@@ -1192,14 +1217,14 @@ async fn jobs(c: ClientOpts, cmd: JobsCmd) -> anyhow::Result<i32> {
         }
         JobsCmd::Wait { id } => {
             let end = cl.follow(&id, false).await?;
-            if out == Output::Json {
+            if out.structured() {
                 print_json(&end);
             }
             return Ok(cl.exit_status(&id, &end).await);
         }
         JobsCmd::Events { id } => {
             let v = cl.get(&format!("/jobs/{id}/events?limit=500")).await?;
-            if out == Output::Json {
+            if out.structured() {
                 print_json(&v);
             } else {
                 let items = v["items"].as_array().cloned().unwrap_or_default();
@@ -1211,7 +1236,7 @@ async fn jobs(c: ClientOpts, cmd: JobsCmd) -> anyhow::Result<i32> {
         }
         JobsCmd::Explain { id } => {
             let v = cl.get(&format!("/jobs/{id}/explain")).await?;
-            if out == Output::Json {
+            if out.structured() {
                 print_json(&v);
             } else {
                 println!("state:      {}", s(&v, "state"));
@@ -1227,7 +1252,7 @@ async fn jobs(c: ClientOpts, cmd: JobsCmd) -> anyhow::Result<i32> {
         JobsCmd::Usage { id, attempt } => {
             let q = attempt.map(|n| format!("?attempt={n}")).unwrap_or_default();
             let v = cl.get(&format!("/jobs/{id}/usage{q}")).await?;
-            if out == Output::Json {
+            if out.structured() {
                 print_json(&v);
             } else {
                 print_usage(&v);
@@ -1243,7 +1268,7 @@ async fn print_array(cl: &Client, id: &str, out: Output) -> anyhow::Result<i32> 
     let page = cl.get(&format!("/jobs?array_id={}&limit=500", urlencode(id))).await?;
     let items = page["items"].as_array().cloned().unwrap_or_default();
     anyhow::ensure!(!items.is_empty(), "no array {id}");
-    if out == Output::Json {
+    if out.structured() {
         print_json(&page);
         return Ok(0);
     }
@@ -1277,7 +1302,7 @@ async fn print_logs(cl: &Client, id: &str, attempt: Option<u32>, out: Output) ->
         let chunks = v["chunks"].as_array().cloned().unwrap_or_default();
         truncated |= v["truncated"] == true;
         let read = !chunks.is_empty();
-        if out == Output::Json {
+        if out.structured() {
             all.extend(chunks);
         } else {
             for ch in chunks {
@@ -1293,7 +1318,7 @@ async fn print_logs(cl: &Client, id: &str, attempt: Option<u32>, out: Output) ->
         err_off = v["next_stderr_offset"].as_u64().unwrap_or(err_off);
         // The end: everything of an ended job, or all there is so far of a running one.
         if v["eof"] == true || !read {
-            if out == Output::Json {
+            if out.structured() {
                 print_json(
                     &json!({"attempt": v["attempt"], "chunks": all, "next_offset": off, "next_stderr_offset": err_off, "eof": v["eof"], "truncated": truncated}),
                 );
@@ -1302,7 +1327,7 @@ async fn print_logs(cl: &Client, id: &str, attempt: Option<u32>, out: Output) ->
         }
     }
     std::io::stdout().flush()?;
-    if truncated && out != Output::Json {
+    if truncated && !out.structured() {
         eprintln!("[hodei] output was truncated at the per-attempt cap");
     }
     Ok(())
@@ -1413,7 +1438,7 @@ async fn tenants(c: ClientOpts, cmd: Option<TenantsCmd>) -> anyhow::Result<i32> 
     let v = match cmd.unwrap_or(TenantsCmd::Ls) {
         TenantsCmd::Ls => {
             let page = cl.get("/tenants").await?;
-            if c.output == Output::Table {
+            if !c.output.structured() {
                 table(&headers, rows(page["items"].as_array().map(Vec::as_slice).unwrap_or(&[])));
                 return Ok(0);
             }
@@ -1441,7 +1466,7 @@ async fn tenants(c: ClientOpts, cmd: Option<TenantsCmd>) -> anyhow::Result<i32> 
                     .collect();
             let path = format!("/tenants/{id}/quota");
             let q = if set.is_empty() { cl.get(&path).await? } else { cl.put(&path, &Value::Object(set)).await? };
-            if c.output == Output::Json {
+            if c.output.structured() {
                 print_json(&q);
             } else {
                 let u = &q["current_usage"];
@@ -1460,7 +1485,7 @@ async fn tenants(c: ClientOpts, cmd: Option<TenantsCmd>) -> anyhow::Result<i32> 
             return Ok(0);
         }
     };
-    if c.output == Output::Json {
+    if c.output.structured() {
         print_json(&v);
     } else {
         table(&headers, rows(std::slice::from_ref(&v)));
@@ -1492,7 +1517,7 @@ async fn sla(c: ClientOpts, cmd: Option<SlaCmd>, tenant: Option<String>, window_
                 None => "/sla".to_owned(),
             };
             let r = cl.get(&format!("{path}{}", query(&[("window_hours", window_hours.map(|h| h.to_string()))]))).await?;
-            if c.output == Output::Json {
+            if c.output.structured() {
                 print_json(&r);
             } else {
                 let cols = ["level", "started", "met", "breached", "compliance_ratio", "wait_p50_ms", "wait_p95_ms", "at_risk", "critical", "breached_waiting"];
@@ -1513,7 +1538,7 @@ async fn sla(c: ClientOpts, cmd: Option<SlaCmd>, tenant: Option<String>, window_
             return Ok(0);
         }
     };
-    if c.output == Output::Json {
+    if c.output.structured() {
         print_json(&page);
     } else {
         table(&headers, jobs(&page));
@@ -1548,7 +1573,7 @@ async fn burst(c: ClientOpts, cmd: BurstCmd) -> anyhow::Result<i32> {
         }
         BurstCmd::Ls { tenant, state } => {
             let page = cl.get(&format!("/burst/sessions{}", query(&[("tenant_id", tenant), ("state", state)]))).await?;
-            if c.output == Output::Table {
+            if !c.output.structured() {
                 table(&headers, page["items"].as_array().map(Vec::as_slice).unwrap_or(&[]).iter().map(row).collect());
                 return Ok(0);
             }
@@ -1559,7 +1584,7 @@ async fn burst(c: ClientOpts, cmd: BurstCmd) -> anyhow::Result<i32> {
         BurstCmd::Reject { tenant, session: sid } => cl.post(&session(&tenant, &sid, "/reject"), &json!({})).await?,
         BurstCmd::End { tenant, session: sid } => cl.post(&session(&tenant, &sid, "/end"), &json!({})).await?,
     };
-    if c.output == Output::Json {
+    if c.output.structured() {
         print_json(&v);
     } else {
         table(&headers, vec![row(&v)]);
@@ -1570,7 +1595,7 @@ async fn burst(c: ClientOpts, cmd: BurstCmd) -> anyhow::Result<i32> {
 async fn listing(c: ClientOpts, path: &str, headers: &[&str], keys: &[&str]) -> anyhow::Result<i32> {
     let cl = c.client()?;
     let page = cl.get(path).await?;
-    if c.output == Output::Json {
+    if c.output.structured() {
         print_json(&page);
     } else {
         let items = page["items"].as_array().cloned().unwrap_or_default();
@@ -1586,13 +1611,15 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Worker(a) => worker(a).await,
         Cmd::Submit(a) => submit(*a).await,
         Cmd::Jobs { c, cmd } => jobs(c, cmd).await,
+        Cmd::Queue(a) => views::queue(a).await,
+        Cmd::Acct(a) => views::acct(a).await,
         Cmd::Tenants { c, cmd } => tenants(c, cmd).await,
         Cmd::Burst { c, cmd } => burst(c, cmd).await,
         Cmd::Sla { c, cmd, tenant, window_hours } => sla(c, cmd, tenant, window_hours).await,
         Cmd::Costs { c, group_by, scope: CostScope { period, start, end, tenant, pool } } => {
             let q = query(&[("group_by", Some(group_by)), ("period", Some(period)), ("start", start), ("end", end), ("tenant_id", tenant), ("pool_id", pool)]);
             let b = c.client()?.get(&format!("/cost-optimization/breakdown{q}")).await?;
-            if c.output == Output::Json {
+            if c.output.structured() {
                 print_json(&b);
             } else {
                 let head = ["key", "cost", "attempts", "cpu_m_seconds", "memory_mb_seconds", "gpu_seconds"];
@@ -1607,7 +1634,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Recommendations { c, tenant, pool, kind } => {
             let q = query(&[("tenant_id", tenant), ("pool_id", pool), ("kind", kind)]);
             let r = c.client()?.get(&format!("/cost-optimization/recommendations{q}")).await?;
-            if c.output == Output::Json {
+            if c.output.structured() {
                 print_json(&r);
             } else {
                 let items = r["items"].as_array().cloned().unwrap_or_default();
@@ -1639,7 +1666,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Principals { c, cmd } => identity::principals(c, cmd).await,
         Cmd::Workers { c, cmd: Some(WorkersCmd::Drain { id }), .. } => {
             let v = c.client()?.post(&format!("/workers/{id}/drain"), &json!({})).await?;
-            if c.output == Output::Json {
+            if c.output.structured() {
                 print_json(&v);
             } else {
                 let state = s(&v, "state");
@@ -1650,7 +1677,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Cmd::Alerts { c, cmd: Some(AlertsCmd::Ack { id }), .. } => {
             let v = c.client()?.post(&format!("/alerts/{id}/ack"), &json!({})).await?;
-            if c.output == Output::Json {
+            if c.output.structured() {
                 print_json(&v);
             } else {
                 eprintln!("alert {id} acknowledged: {}", s(&v, "message"));
@@ -1683,7 +1710,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 }
                 ReportsCmd::Get { id } => cl.get(&format!("/cost-optimization/reports/{id}")).await?,
             };
-            if c.output == Output::Json {
+            if c.output.structured() {
                 print_json(&r);
             } else {
                 print_report(&r);
@@ -1712,7 +1739,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                     return Ok(0);
                 }
             };
-            if c.output == Output::Json {
+            if c.output.structured() {
                 print_json(&v);
             } else {
                 println!("{}", s(&v, "id"));
@@ -1731,7 +1758,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Cmd::Pools { c, cmd: Some(PoolsCmd::RotateToken { id }) } => {
             let v = c.client()?.post(&format!("/pools/{id}/join-token"), &json!({})).await?;
-            if c.output == Output::Json {
+            if c.output.structured() {
                 print_json(&v);
             } else {
                 println!("{}", s(&v, "join_token"));
@@ -1756,7 +1783,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 body["max_size"] = json!(m);
             }
             let v = c.client()?.post("/pools", &body).await?;
-            if c.output == Output::Json {
+            if c.output.structured() {
                 print_json(&v);
             } else if provider == "local" {
                 eprintln!("pool {id} created; the server starts its workers (min {min_size}, scaled with `hodei pools scale {id} N`)");
@@ -1768,7 +1795,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Cmd::Pools { c, cmd: Some(PoolsCmd::Scale { id, target_size, reason }) } => {
             let v = c.client()?.post(&format!("/pools/{id}/scale"), &json!({"target_size": target_size, "reason": reason})).await?;
-            if c.output == Output::Json {
+            if c.output.structured() {
                 print_json(&v);
             } else {
                 eprintln!("pool {id}: desired size {} → {}", v["from_size"], v["to_size"]);
@@ -1789,7 +1816,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Cmd::Pools { c, cmd: Some(PoolsCmd::Status { id }) } => {
             let v = c.client()?.get(&format!("/pools/{id}/status")).await?;
-            if c.output == Output::Json {
+            if c.output.structured() {
                 print_json(&v);
             } else {
                 let by_state: Vec<String> = v["workers_by_state"].as_object().map(|m| m.iter().map(|(k, n)| format!("{k} {n}")).collect()).unwrap_or_default();
@@ -1844,8 +1871,11 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             let report = hodei_sim::simulate(&w, trace)?;
             match a.output {
-                Output::Table => print!("{}", report.render()),
-                Output::Json => print_json(&serde_json::to_value(&report)?),
+                Output::Table | Output::Wide => print!("{}", report.render()),
+                Output::Json | Output::Yaml => {
+                    let _ = FORMAT.set(a.output);
+                    print_json(&serde_json::to_value(&report)?)
+                }
             }
             Ok(0)
         }
