@@ -646,8 +646,24 @@ async fn job_lists_filter_and_paginate_newest_first(store: &dyn Store) {
     let page2 = store.list_jobs(&JobFilter { tenant: Some(even), limit: 3, before: Some(page1[2].id), ..Default::default() }).await.unwrap();
     let ids: Vec<u128> = page2.iter().map(|j| j.id.as_uuid().as_u128() >> 80).collect();
     assert_eq!(ids, [12, 10]);
-    let labelled = store.list_jobs(&JobFilter { label: Some(("n".into(), "13".into())), limit: 50, ..Default::default() }).await.unwrap();
+    let labelled = store.list_jobs(&JobFilter { labels: vec![crate::LabelTerm::Eq("n".into(), "13".into())], limit: 50, ..Default::default() }).await.unwrap();
     assert_eq!(labelled.len(), 1);
+    let selected = |selector: &str| {
+        let f = JobFilter {
+            tenant: Some(TenantId::parse("even").unwrap()),
+            labels: crate::LabelTerm::parse_selector(selector).unwrap(),
+            limit: 50,
+            ..Default::default()
+        };
+        async move { store.list_jobs(&f).await.unwrap().iter().map(|j| j.id.as_uuid().as_u128() >> 80).collect::<Vec<_>>() }
+    };
+    assert_eq!(selected("n!=12").await, [18, 16, 14, 10], "k!=v");
+    assert_eq!(selected("n, n!=12 ,n!=14").await, [18, 16, 10], "every term holds");
+    assert_eq!(selected("n=16,n!=12").await, [16]);
+    assert!(selected("!n").await.is_empty(), "!k");
+    assert_eq!(selected("team!=ml").await.len(), 5, "k!=v holds for jobs without k");
+    assert!(selected("team").await.is_empty(), "k");
+    assert!(crate::LabelTerm::parse_selector("=x").is_err() && crate::LabelTerm::parse_selector("a!b").is_err());
     let by_state = store.list_jobs(&JobFilter { states: vec![JobState::Succeeded], limit: 50, ..Default::default() }).await.unwrap();
     assert!(by_state.iter().all(|j| j.state == JobState::Succeeded) && !by_state.is_empty());
     let seen = |visible: Vec<TenantId>| JobFilter { visible: Some(visible), limit: 500, ..Default::default() };
@@ -672,7 +688,14 @@ async fn lists_of_several_live_states_merge_newest_first(store: &dyn Store) {
     store.apply(std::sync::Arc::new(s.take_changes())).await.unwrap();
     let tenant = TenantId::parse("merge").unwrap();
     let page = |states: Vec<JobState>, label: Option<(&str, &str)>, before: Option<JobId>, limit: u32| {
-        let f = JobFilter { tenant: Some(tenant.clone()), states, label: label.map(|(k, v)| (k.into(), v.into())), before, limit, ..Default::default() };
+        let f = JobFilter {
+            tenant: Some(tenant.clone()),
+            states,
+            labels: label.map(|(k, v): (&str, &str)| crate::LabelTerm::Eq(k.into(), v.into())).into_iter().collect(),
+            before,
+            limit,
+            ..Default::default()
+        };
         async move { store.list_jobs(&f).await.unwrap() }
     };
     let both = vec![JobState::Pending, JobState::Held];

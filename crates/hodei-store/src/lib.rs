@@ -126,11 +126,47 @@ pub struct JobFilter {
     /// Only these tenants' jobs (the caller's visible tenants); `Some(empty)` lists nothing.
     pub visible: Option<Vec<TenantId>>,
     pub states: Vec<JobState>,
-    pub label: Option<(String, String)>,
+    /// Every term must hold (a kubectl label selector).
+    pub labels: Vec<LabelTerm>,
     /// Jobs of one array job.
     pub array: Option<ArrayId>,
     pub before: Option<JobId>,
     pub limit: u32,
+}
+
+/// One term of a label selector: `k=v`, `k!=v` (also true when the job has no `k`), `k`
+/// (has the label), `!k` (has not).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LabelTerm {
+    Eq(String, String),
+    Ne(String, String),
+    Exists(String),
+    Missing(String),
+}
+
+impl LabelTerm {
+    /// A comma-separated selector, e.g. `team=ml,env!=prod,gpu,!spot`.
+    pub fn parse_selector(s: &str) -> Result<Vec<LabelTerm>, String> {
+        s.split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(|t| {
+                let key = |k: &str| {
+                    let k = k.trim();
+                    if k.is_empty() || k.contains(['=', '!']) { Err(format!("{t:?}: a label selector term is k=v, k!=v, k or !k")) } else { Ok(k.to_owned()) }
+                };
+                if let Some((k, v)) = t.split_once("!=") {
+                    Ok(LabelTerm::Ne(key(k)?, v.trim().to_owned()))
+                } else if let Some((k, v)) = t.split_once("==").or_else(|| t.split_once('=')) {
+                    Ok(LabelTerm::Eq(key(k)?, v.trim().to_owned()))
+                } else if let Some(k) = t.strip_prefix('!') {
+                    Ok(LabelTerm::Missing(key(k)?))
+                } else {
+                    Ok(LabelTerm::Exists(key(t)?))
+                }
+            })
+            .collect()
+    }
 }
 
 /// Filters for listing workers, newest registration first; `before` is the cursor (exclusive).

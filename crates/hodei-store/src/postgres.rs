@@ -815,8 +815,13 @@ fn push_job_filter(qb: &mut QueryBuilder<Postgres>, f: &JobFilter) -> bool {
     if !push_visible(qb, f.visible.as_deref()) {
         return false;
     }
-    if let Some((k, v)) = &f.label {
-        qb.push(" AND (labels::jsonb ->> ").push_bind(k.clone()).push(") = ").push_bind(v.clone());
+    for term in &f.labels {
+        match term {
+            crate::LabelTerm::Eq(k, v) => qb.push(" AND (labels::jsonb ->> ").push_bind(k.clone()).push(") = ").push_bind(v.clone()),
+            crate::LabelTerm::Ne(k, v) => qb.push(" AND (labels::jsonb ->> ").push_bind(k.clone()).push(") IS DISTINCT FROM ").push_bind(v.clone()),
+            crate::LabelTerm::Exists(k) => qb.push(" AND labels::jsonb ? ").push_bind(k.clone()),
+            crate::LabelTerm::Missing(k) => qb.push(" AND NOT (labels::jsonb ? ").push_bind(k.clone()).push(")"),
+        };
     }
     if let Some(a) = f.array {
         qb.push(" AND array_id = ").push_bind(a.as_uuid());

@@ -96,10 +96,26 @@ fn job_filter(f: &JobFilter) -> Option<(String, Vec<rusqlite::types::Value>)> {
         Some(visible) => any_of(&mut sql, "tenant_id", visible.iter().map(|t| t.as_str().to_owned()).collect()),
         None => {}
     }
-    if let Some((k, v)) = &f.label {
-        sql.push_str(" AND json_extract(labels, ?) = ?");
-        params.push(Value::Text(format!("$.\"{}\"", k.replace('\\', "\\\\").replace('"', "\\\""))));
-        params.push(Value::Text(v.clone()));
+    let path = |k: &str| Value::Text(format!("$.\"{}\"", k.replace('\\', "\\\\").replace('"', "\\\"")));
+    for term in &f.labels {
+        match term {
+            crate::LabelTerm::Eq(k, v) => {
+                sql.push_str(" AND json_extract(labels, ?) = ?");
+                params.extend([path(k), Value::Text(v.clone())]);
+            }
+            crate::LabelTerm::Ne(k, v) => {
+                sql.push_str(" AND COALESCE(json_extract(labels, ?) != ?, 1)");
+                params.extend([path(k), Value::Text(v.clone())]);
+            }
+            crate::LabelTerm::Exists(k) => {
+                sql.push_str(" AND json_type(labels, ?) IS NOT NULL");
+                params.push(path(k));
+            }
+            crate::LabelTerm::Missing(k) => {
+                sql.push_str(" AND json_type(labels, ?) IS NULL");
+                params.push(path(k));
+            }
+        }
     }
     let blob = |id: uuid::Uuid| Value::Blob(id.as_bytes().to_vec());
     if let Some(a) = f.array {

@@ -13,6 +13,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use futures::StreamExt;
 use serde_json::{Value, json};
 
 use crate::client::{Client, s, table};
@@ -91,6 +92,16 @@ enum Cmd {
         c: ClientOpts,
         #[command(subcommand)]
         cmd: JobsCmd,
+    },
+    /// Submit the jobs and arrays a YAML file describes (`-` for stdin; several documents
+    /// separated by `---`). The same document applied again within 24 h gives back the job it
+    /// made instead of a new one.
+    Apply {
+        #[command(flatten)]
+        c: ClientOpts,
+        /// The file (repeatable).
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
     },
     /// What waits and runs, and why a waiting job waits (like squeue).
     Queue(views::QueueArgs),
@@ -572,7 +583,8 @@ enum JobsCmd {
         /// Comma-separated states.
         #[arg(long)]
         state: Option<String>,
-        #[arg(long)]
+        /// A label selector: `team=ml,env!=prod` (k=v, k!=v, k, !k; all must hold).
+        #[arg(long, short = 'l')]
         label: Option<String>,
         /// The jobs of one array job.
         #[arg(long)]
@@ -584,8 +596,22 @@ enum JobsCmd {
     },
     /// Show one job and its attempts.
     Get { id: String },
-    /// Cancel a job.
-    Cancel { id: String },
+    /// Cancel jobs: by id (several at once), every waiting or running job of an array
+    /// (`--array`), or those matching `--name` and/or a label selector (`-l`).
+    Cancel {
+        ids: Vec<String>,
+        /// Every unfinished job of this array.
+        #[arg(long, value_name = "ARRAY_ID")]
+        array: Option<String>,
+        /// Unfinished jobs of this name.
+        #[arg(long)]
+        name: Option<String>,
+        /// Unfinished jobs matching this label selector (`team=ml,env!=prod`).
+        #[arg(long, short = 'l')]
+        label: Option<String>,
+        #[arg(long)]
+        tenant: Option<String>,
+    },
     /// Retry an ended job.
     Retry { id: String },
     /// Hold a pending job.
@@ -1061,6 +1087,65 @@ async fn follow_or_cancel(c: &Client, id: &str, interrupts: &mut tokio::signal::
     }
 }
 
+/// `hodei apply -f`: each YAML document is a job as `POST /jobs` takes it (an array when it has
+/// `array`), with an optional `kind: job|array`; without `working_dir` it runs in the current
+/// directory, as `submit` does. Documents are keyed by their content, so applying a file twice
+/// does not run its jobs twice.
+async fn apply(c: ClientOpts, files: Vec<PathBuf>) -> anyhow::Result<i32> {
+    use std::hash::{Hash, Hasher};
+    let cl = c.client()?;
+    let mut docs = Vec::new();
+    for f in &files {
+        let text = if f.as_os_str() == "-" {
+            std::io::read_to_string(std::io::stdin()).context("reading stdin")?
+        } else {
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?
+        };
+        for (n, doc) in serde_yaml_ng::Deserializer::from_str(&text).enumerate() {
+            let v: Value = serde::Deserialize::deserialize(doc).map_err(|e| client::fail_usage(&format!("{} (document {}): {e}", f.display(), n + 1)))?;
+            if v.is_null() {
+                continue;
+            }
+            docs.push((format!("{} (document {})", f.display(), n + 1), v));
+        }
+    }
+    // Every document is checked before any is sent.
+    let cwd = std::env::current_dir().context("reading the current directory")?;
+    let mut bodies = Vec::new();
+    for (at, mut v) in docs {
+        let Some(obj) = v.as_object_mut() else { return Err(client::fail_usage(&format!("{at}: expected a mapping of job fields"))) };
+        match obj.remove("kind").as_ref().map(|k| k.as_str().map(str::to_ascii_lowercase)) {
+            None => {}
+            Some(Some(k)) if k == "job" || k == "array" => {}
+            Some(Some(k)) if k == "workflow" => return Err(client::fail_usage(&format!("{at}: workflows are not available in this version"))),
+            Some(k) => return Err(client::fail_usage(&format!("{at}: kind {k:?}: expected job or array"))),
+        }
+        if !obj.contains_key("command") {
+            return Err(client::fail_usage(&format!("{at}: a job needs `command`")));
+        }
+        obj.entry("working_dir").or_insert_with(|| json!(cwd.to_string_lossy()));
+        bodies.push((at, v));
+    }
+    let mut out = Vec::new();
+    for (at, body) in bodies {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        body.to_string().hash(&mut h);
+        let key = format!("hodei-apply-{:016x}", h.finish());
+        let r = cl.post_keyed("/jobs", &body, Some(&key)).await.with_context(|| at.clone())?;
+        if c.output.structured() {
+            out.push(r);
+        } else if r["array_id"].is_string() {
+            println!("array/{} ({} jobs)", s(&r, "array_id"), r["count"]);
+        } else {
+            println!("job/{}", s(&r, "id"));
+        }
+    }
+    if c.output.structured() {
+        print_json(&json!({ "items": out }));
+    }
+    Ok(0)
+}
+
 /// `A-B[:S][%P]` → the `array` of a submit. Range checks are the server's.
 fn parse_array(r: &str) -> anyhow::Result<Value> {
     let bad = || client::fail_usage(&format!("--array {r:?}: expected A-B[:S][%P], e.g. 1-100 or 0-99:2%10"));
@@ -1188,12 +1273,50 @@ async fn jobs(c: ClientOpts, cmd: JobsCmd) -> anyhow::Result<i32> {
                 }
             }
         }
-        JobsCmd::Cancel { id } => {
+        JobsCmd::Cancel { ids, array: None, name: None, label: None, .. } if ids.len() == 1 => {
+            let id = &ids[0];
             let j = cl.post_empty(&format!("/jobs/{id}/cancel")).await?;
             show(&j);
             if j["state"] == "running" {
                 eprintln!("cancel requested: the job ends as cancelled once its process group is killed (`hodei jobs wait {id}`)");
             }
+        }
+        JobsCmd::Cancel { mut ids, array, name, label, tenant } => {
+            if array.is_none() && name.is_none() && label.is_none() && ids.is_empty() {
+                return Err(client::fail_usage("give job ids, --array, --name or -l"));
+            }
+            if array.is_some() || name.is_some() || label.is_some() {
+                let live = "pending,held,scheduled,running".to_owned();
+                let q = [("state", Some(live)), ("array_id", array), ("label", label), ("tenant_id", tenant)];
+                let matched = views::all_jobs(&cl, &q).await?;
+                ids.extend(matched.iter().filter(|j| name.as_deref().is_none_or(|n| j["name"] == n)).map(|j| s(j, "id")));
+            }
+            let results: Vec<(String, anyhow::Result<Value>)> = futures::stream::iter(ids.into_iter().map(|id| {
+                let cl = &cl;
+                async move {
+                    let r = cl.post_empty(&format!("/jobs/{id}/cancel")).await;
+                    (id, r)
+                }
+            }))
+            .buffered(8)
+            .collect()
+            .await;
+            let mut failed = 0;
+            for (id, r) in &results {
+                match r {
+                    Ok(j) if !out.structured() => println!("{id} {}", if j["state"] == "running" { "cancel requested" } else { "cancelled" }),
+                    Ok(_) => {}
+                    Err(e) => {
+                        failed += 1;
+                        eprintln!("{id}: {e:#}");
+                    }
+                }
+            }
+            if out.structured() {
+                print_json(&json!({"items": results.iter().filter_map(|(_, r)| r.as_ref().ok()).collect::<Vec<_>>()}));
+            }
+            eprintln!("{} of {} jobs cancelled or being cancelled", results.len() - failed, results.len());
+            return Ok(if failed > 0 { client::EXIT_API_ERROR } else { 0 });
         }
         JobsCmd::Retry { id } => show(&cl.post_empty(&format!("/jobs/{id}/retry")).await?),
         JobsCmd::Hold { id } => show(&cl.post_empty(&format!("/jobs/{id}/hold")).await?),
@@ -1612,6 +1735,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Submit(a) => submit(*a).await,
         Cmd::Jobs { c, cmd } => jobs(c, cmd).await,
         Cmd::Queue(a) => views::queue(a).await,
+        Cmd::Apply { c, files } => apply(c, files).await,
         Cmd::Acct(a) => views::acct(a).await,
         Cmd::Tenants { c, cmd } => tenants(c, cmd).await,
         Cmd::Burst { c, cmd } => burst(c, cmd).await,

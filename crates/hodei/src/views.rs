@@ -98,6 +98,11 @@ fn since(j: &Value, key: &str, now: jiff::Timestamp) -> Option<i64> {
     j[key].as_str().and_then(parse_time).map(|t| now.duration_since(t).as_millis() as i64)
 }
 
+/// Every job the query lists (page after page).
+pub async fn all_jobs(cl: &Client, query: &[(&str, Option<String>)]) -> anyhow::Result<Vec<Value>> {
+    list(cl, query, u32::MAX, |_| true).await
+}
+
 async fn list(cl: &Client, query: &[(&str, Option<String>)], limit: u32, keep_going: impl Fn(&Value) -> bool) -> anyhow::Result<Vec<Value>> {
     let mut q: Vec<String> = query.iter().filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", urlencode(v)))).collect();
     q.push(format!("limit={}", limit.clamp(1, 500)));

@@ -470,8 +470,8 @@ pub struct JobQuery {
         pattern = "^(pending|held|scheduled|running|succeeded|failed|cancelled|timed_out)(,(pending|held|scheduled|running|succeeded|failed|cancelled|timed_out))*$"
     )]
     pub state: Option<String>,
-    /// `key=value`.
-    #[param(pattern = "^[^=]+=.*$")]
+    /// A label selector, terms comma-separated, all of which hold: `k=v`, `k!=v` (also jobs
+    /// without `k`), `k` (has the label), `!k` (has not). E.g. `team=ml,env!=prod`.
     pub label: Option<String>,
     /// The jobs of one array job.
     pub array_id: Option<String>,
@@ -493,15 +493,8 @@ pub async fn list_jobs(State(s): State<ApiState>, who: Who, Query(q): Query<JobQ
     for st in q.state.as_deref().unwrap_or("").split(',').filter(|x| !x.is_empty()) {
         states.push(st.parse::<JobState>().map_err(|()| ApiError::field("state", "unknown job state", JobState::expected(), Some(st.to_owned())))?);
     }
-    let label = q
-        .label
-        .as_deref()
-        .map(|l| {
-            l.split_once('=')
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .ok_or_else(|| ApiError::field("label", "label filter needs key=value", "key=value", Some(l.to_owned())))
-        })
-        .transpose()?;
+    let labels = hodei_store::LabelTerm::parse_selector(q.label.as_deref().unwrap_or(""))
+        .map_err(|e| ApiError::field("label", e, "a label selector: comma-separated k=v, k!=v, k or !k", q.label.clone()))?;
     let before = q
         .cursor
         .as_deref()
@@ -515,7 +508,7 @@ pub async fn list_jobs(State(s): State<ApiState>, who: Who, Query(q): Query<JobQ
         })
         .transpose()?;
     let visible = who.visibility().into_filter();
-    let jobs = s.store.list_jobs(&JobFilter { tenant, visible, states, label, array, before, limit }).await?;
+    let jobs = s.store.list_jobs(&JobFilter { tenant, visible, states, labels, array, before, limit }).await?;
     let next_cursor = (jobs.len() == limit as usize).then(|| jobs.last().map(|j| j.id.to_string())).flatten();
     let costs: std::collections::HashMap<JobId, i64> = s.store.job_costs(&jobs.iter().map(|j| j.id).collect::<Vec<_>>()).await?.into_iter().collect();
     Ok(Json(Page { items: jobs.iter().map(|j| JobView::of(j, &s.cfg, costs.get(&j.id).copied().unwrap_or(0))).collect(), next_cursor }))
