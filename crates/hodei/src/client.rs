@@ -310,6 +310,12 @@ impl Client {
 
 /// Prints rows as an aligned table.
 pub fn table(headers: &[&str], rows: Vec<Vec<String>>) {
+    table_rows(headers, rows, true);
+}
+
+/// Prints rows aligned under `headers`, the header line only with `with_header` (a watch
+/// streaming rows prints it once: columns are as wide as the header or the cell).
+pub fn table_rows(headers: &[&str], rows: Vec<Vec<String>>, with_header: bool) {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for r in &rows {
         for (i, c) in r.iter().enumerate() {
@@ -318,7 +324,9 @@ pub fn table(headers: &[&str], rows: Vec<Vec<String>>) {
     }
     let line =
         |cells: Vec<String>| cells.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths[i])).collect::<Vec<_>>().join("  ").trim_end().to_owned();
-    println!("{}", line(headers.iter().map(|s| s.to_string()).collect()));
+    if with_header {
+        println!("{}", line(headers.iter().map(|s| s.to_string()).collect()));
+    }
     for r in rows {
         println!("{}", line(r));
     }

@@ -593,9 +593,17 @@ enum JobsCmd {
         limit: u32,
         #[arg(long)]
         cursor: Option<String>,
+        /// Watch: redraw as jobs change (into a pipe: a line per new or changed job).
+        #[arg(short = 'w', long)]
+        watch: bool,
     },
-    /// Show one job and its attempts.
-    Get { id: String },
+    /// Show one job and its attempts (an array id: its jobs).
+    Get {
+        id: String,
+        /// Watch the job until it ends: a line each time its state changes.
+        #[arg(short = 'w', long)]
+        watch: bool,
+    },
     /// Cancel jobs: by id (several at once), every waiting or running job of an array
     /// (`--array`), or those matching `--name` and/or a label selector (`-l`).
     Cancel {
@@ -902,6 +910,12 @@ fn print_json(v: &Value) {
 
 /// Jobs as a table; with an INDEX column when any of them belongs to an array.
 fn job_table(items: &[Value]) {
+    let (headers, rows) = job_rows(items);
+    table(&headers, rows);
+}
+
+/// The headers and rows of `job_table` (the id first).
+fn job_rows(items: &[Value]) -> (Vec<&'static str>, Vec<Vec<String>>) {
     let indexed = items.iter().any(|j| j["array_index"].is_number());
     let mut headers = vec!["ID", "TENANT", "NAME", "STATE", "EXIT", "SUBMITTED"];
     if indexed {
@@ -917,7 +931,7 @@ fn job_table(items: &[Value]) {
             row
         })
         .collect();
-    table(&headers, rows);
+    (headers, rows)
 }
 
 /// The submit with a batch script's `#HODEI` directives applied: the script's flags first, then
@@ -1195,12 +1209,34 @@ async fn jobs(c: ClientOpts, cmd: JobsCmd) -> anyhow::Result<i32> {
         }
     };
     match cmd {
-        JobsCmd::Ls { tenant, state, label, array_id, limit, cursor } => {
+        JobsCmd::Ls { tenant, state, label, array_id, limit, cursor, watch } => {
             let mut q = vec![format!("limit={limit}")];
             for (k, v) in [("tenant_id", tenant), ("state", state), ("label", label), ("array_id", array_id), ("cursor", cursor)] {
                 if let Some(v) = v {
                     q.push(format!("{k}={}", urlencode(&v)));
                 }
+            }
+            if watch {
+                let path = format!("/jobs?{}", q.join("&"));
+                let headers = job_rows(&[]).0;
+                return views::watch(&headers, || async {
+                    let page = cl.get(&path).await?;
+                    let items = page["items"].as_array().cloned().unwrap_or_default();
+                    let (h, rows) = job_rows(&items);
+                    // The same columns whatever the page holds.
+                    let rows = if h.len() == headers.len() {
+                        rows
+                    } else {
+                        rows.into_iter()
+                            .map(|mut r| {
+                                r.remove(3);
+                                r
+                            })
+                            .collect()
+                    };
+                    Ok((rows, false))
+                })
+                .await;
             }
             let page = cl.get(&format!("/jobs?{}", q.join("&"))).await?;
             if out.structured() {
@@ -1213,7 +1249,20 @@ async fn jobs(c: ClientOpts, cmd: JobsCmd) -> anyhow::Result<i32> {
                 }
             }
         }
-        JobsCmd::Get { id } => {
+        JobsCmd::Get { id, watch: true } => {
+            let headers = job_rows(&[]).0;
+            return views::watch(&headers, || async {
+                let j = cl.get(&format!("/jobs/{id}")).await?;
+                let done = matches!(j["state"].as_str(), Some("succeeded" | "failed" | "cancelled" | "timed_out"));
+                let (h, mut rows) = job_rows(std::slice::from_ref(&j));
+                if h.len() != headers.len() {
+                    rows[0].remove(3);
+                }
+                Ok((rows, done))
+            })
+            .await;
+        }
+        JobsCmd::Get { id, watch: false } => {
             let j = match cl.get(&format!("/jobs/{id}")).await {
                 Err(e) if e.downcast_ref::<client::ApiFailure>().is_some_and(|f| f.status == 404) => return print_array(&cl, &id, out).await.map_err(|_| e),
                 r => r?,

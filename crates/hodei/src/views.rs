@@ -266,3 +266,47 @@ mod tests {
         assert!(super::parse_time("2026-12-01").is_some() && super::parse_time("2026-12-01T08:00:00Z").is_some() && super::parse_time("soon").is_none());
     }
 }
+
+/// How often `-w` looks again.
+pub const WATCH_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// kubectl's `-w`: on a terminal the table is redrawn in place each time it changes; into a
+/// pipe, a row is printed each time it is new or changed (header once). `fetch` gives the rows
+/// (first cell: the row's key) and whether to stop after showing them.
+pub async fn watch<F, Fut>(headers: &[&str], mut fetch: F) -> anyhow::Result<i32>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<(Vec<Vec<String>>, bool)>>,
+{
+    use std::io::{IsTerminal, Write};
+    let terminal = std::io::stdout().is_terminal();
+    let mut seen: std::collections::HashMap<String, Vec<String>> = std::collections::HashMap::new();
+    let mut last: Option<Vec<Vec<String>>> = None;
+    let mut header = false;
+    loop {
+        let (rows, done) = fetch().await?;
+        if terminal {
+            if last.as_ref() != Some(&rows) {
+                // Home and clear, then the table: redrawn in place.
+                print!("\x1b[H\x1b[2J");
+                table(headers, rows.clone());
+                println!("\x1b[2m(every {} ms; Ctrl-C to stop)\x1b[0m", WATCH_EVERY.as_millis());
+                last = Some(rows);
+            }
+        } else {
+            let changed: Vec<Vec<String>> = rows.into_iter().filter(|r| seen.get(&r[0]) != Some(r)).collect();
+            if !changed.is_empty() {
+                crate::client::table_rows(headers, changed.clone(), !header);
+                header = true;
+                for r in changed {
+                    seen.insert(r[0].clone(), r);
+                }
+            }
+        }
+        std::io::stdout().flush()?;
+        if done {
+            return Ok(0);
+        }
+        tokio::time::sleep(WATCH_EVERY).await;
+    }
+}

@@ -252,3 +252,61 @@ async fn a_batch_script_carries_its_directives_and_is_sent_with_the_job() {
     let (_, after) = srv.call(Method::GET, "/jobs?limit=5", None).await;
     assert_eq!(after["items"].as_array().unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn apply_queue_watch_acct_and_selectors_as_slurm_and_kubectl_users_use_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("HODEI_RESOURCE_POOLS__BUILTIN_LOCAL__WORKERS", "1"), ("HODEI_RESOURCE_POOLS__BUILTIN_LOCAL__SLOTS", "1")];
+    let srv = Server::start(dir.path(), &env, 0, None);
+    let work = job_writable_dir();
+    // A job and an array from YAML; applied twice, they run once.
+    let yaml = "kind: job\nname: blocker\ncommand: [sh, -c, 'sleep 2; echo blocked']\nlabels: {team: ml, env: dev}\n---\n\
+                kind: array\nname: sweep\ncommand: [sh, -c, 'echo $HODEI_ARRAY_INDEX']\narray: {start: 0, end: 1}\nlabels: {team: ml, env: prod}\n";
+    std::fs::write(work.path().join("jobs.yaml"), yaml).unwrap();
+    let first = cli_in(&srv, work.path(), &["apply", "-f", "jobs.yaml"]);
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first.stderr));
+    let again = cli_in(&srv, work.path(), &["apply", "-f", "jobs.yaml"]);
+    assert_eq!(text(&first.stdout), text(&again.stdout), "the same documents give the same jobs");
+    let lines: Vec<String> = text(&first.stdout).lines().map(str::to_owned).collect();
+    assert!(lines[0].starts_with("job/") && lines[1].starts_with("array/") && lines[1].ends_with("(2 jobs)"), "{lines:?}");
+    let (_, all) = srv.call(Method::GET, "/jobs?limit=50", None).await;
+    assert_eq!(all["items"].as_array().unwrap().len(), 3);
+
+    // A job waiting behind them: the queue says why; a watch sees it wait, run and end.
+    let late = srv.submit(json!({"command": ["sh", "-c", "sleep 1; echo late"], "name": "late", "labels": {"team": "ml", "env": "dev"}})).await;
+    let late = late["id"].as_str().unwrap().to_owned();
+    let queue = text(&srv.cli(&["queue", "--format", "id,name,state,reason"]).stdout);
+    let row = queue.lines().find(|l| l.starts_with(&late)).unwrap_or_else(|| panic!("{queue}"));
+    assert!(row.contains("pending") && row.contains("no_capacity"), "{queue}");
+    let watch = srv.cli(&["jobs", "get", "-w", &late]);
+    let states: Vec<String> = text(&watch.stdout).lines().skip(1).map(|l| l.split_whitespace().nth(3).unwrap().to_owned()).collect();
+    assert_eq!(states.first().map(String::as_str), Some("pending"), "{}", text(&watch.stdout));
+    assert!(states.iter().any(|s| s == "running"), "{states:?}");
+    assert_eq!(states.last().map(String::as_str), Some("succeeded"), "{states:?}");
+
+    // sacct: every ended job with its exit code, cpu time and max RSS.
+    for id in all["items"].as_array().unwrap().iter().map(|j| j["id"].as_str().unwrap()) {
+        srv.wait_ended(id, 60).await;
+    }
+    let acct = text(&srv.cli(&["acct", "--format", "name,state,exit,cpu_time,max_rss_mb"]).stdout);
+    assert_eq!(acct.lines().count(), 5, "a header and four jobs:\n{acct}");
+    assert!(acct.lines().skip(1).all(|l| l.contains("succeeded") && l.split_whitespace().nth(2) == Some("0")), "{acct}");
+    assert!(acct.lines().skip(1).all(|l| l.split_whitespace().nth(4).is_some_and(|rss| rss.parse::<u64>().is_ok())), "{acct}");
+
+    // Label selectors pick jobs to list and to cancel.
+    let held: Vec<String> = futures::future::join_all(
+        (0..3).map(|i| srv.submit(json!({"command": ["true"], "hold": true, "labels": {"team": "ml", "env": if i == 0 { "prod" } else { "dev" }}}))),
+    )
+    .await
+    .iter()
+    .map(|j| j["id"].as_str().unwrap().to_owned())
+    .collect();
+    let listed = text(&srv.cli(&["jobs", "ls", "--state", "held", "-l", "team=ml,env!=prod", "-o", "json"]).stdout);
+    let listed: Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(listed["items"].as_array().unwrap().len(), 2);
+    let cancel = srv.cli(&["jobs", "cancel", "-l", "team=ml,env!=prod"]);
+    assert_eq!(cancel.status.code(), Some(0), "{}", text(&cancel.stderr));
+    assert_eq!(srv.job(&held[0]).await["state"], "held", "env=prod is not selected");
+    assert_eq!(srv.job(&held[1]).await["state"], "cancelled");
+    assert_eq!(srv.job(&held[2]).await["state"], "cancelled");
+}
