@@ -255,18 +255,6 @@ pub async fn acct(a: AcctArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn durations_read_like_squeues() {
-        assert_eq!(super::elapsed(850), "850ms");
-        assert_eq!(super::elapsed(12_400), "12s");
-        assert_eq!(super::elapsed(184_000), "3m04s");
-        assert_eq!(super::elapsed(3_720_000), "1h02m");
-        assert!(super::parse_time("2026-12-01").is_some() && super::parse_time("2026-12-01T08:00:00Z").is_some() && super::parse_time("soon").is_none());
-    }
-}
-
 /// How often `-w` looks again.
 pub const WATCH_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
@@ -308,5 +296,17 @@ where
             return Ok(0);
         }
         tokio::time::sleep(WATCH_EVERY).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn durations_read_like_squeues() {
+        assert_eq!(super::elapsed(850), "850ms");
+        assert_eq!(super::elapsed(12_400), "12s");
+        assert_eq!(super::elapsed(184_000), "3m04s");
+        assert_eq!(super::elapsed(3_720_000), "1h02m");
+        assert!(super::parse_time("2026-12-01").is_some() && super::parse_time("2026-12-01T08:00:00Z").is_some() && super::parse_time("soon").is_none());
     }
 }

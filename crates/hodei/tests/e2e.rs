@@ -1435,19 +1435,29 @@ async fn a_tenant_ahead_of_its_budgets_pace_waits_with_a_lower_fair_share_weight
     for demotion in [true, false] {
         let dir = tempfile::tempdir().unwrap();
         let flag = demotion.to_string();
-        let env = [
-            ("HODEI_BUDGETS__FAIR_SHARE_DEMOTION", flag.as_str()),
-            ("HODEI_RESOURCE_POOLS__BUILTIN_LOCAL__WORKERS", "1"),
-            ("HODEI_RESOURCE_POOLS__BUILTIN_LOCAL__SLOTS", "1"),
-        ];
-        let srv = Server::start(dir.path(), &env, 0, None);
+        let env = [("HODEI_BUDGETS__FAIR_SHARE_DEMOTION", flag.as_str())];
+        // The first jobs are billed in `paid`; what runs after in `free` costs nothing, so the
+        // spending (and the factor) stays where the test put it whatever the day of the week
+        // (late in a period, a little more spending would exhaust the budget and hold the jobs).
+        let pool = |id: &str, rates: &str| {
+            format!(
+                "    - id: {id}\n      provider: local\n      worker_template: {{ cpu_m: 1000, memory_mb: 1024, slots: 1 }}\n      min_size: 1\n      max_size: 1\n{rates}"
+            )
+        };
+        let yaml = format!(
+            "resource_pools:\n  pools:\n{}{}",
+            pool("paid", ""),
+            pool("free", "      cost_rates: { hourly_rate_cpu: 0, hourly_rate_memory_gb: 0, hourly_rate_gpu: 0 }\n")
+        );
+        let srv = Server::start(dir.path(), &env, 0, Some(&yaml));
+        let free = json!({"pool": "free"});
         // Two tenants alike in all but their budget: the same first job each.
         let mut firsts = Vec::new();
         for t in ["spender", "saver"] {
             let (s, _) = srv.call(Method::POST, "/tenants", Some(json!({"id": t, "name": t}))).await;
             assert_eq!(s, 201);
             let first = srv
-                .submit(json!({"command": ["sleep", "1"], "tenant_id": t, "resources": {"cpu_m": 1000, "memory_mb": 256}, "expected_duration_ms": 1000}))
+                .submit(json!({"command": ["sleep", "1"], "tenant_id": t, "resources": {"cpu_m": 1000, "memory_mb": 256}, "expected_duration_ms": 1000, "pool_selector": {"pool": "paid"}}))
                 .await;
             firsts.push(first["id"].as_str().unwrap().to_owned());
         }
@@ -1464,9 +1474,12 @@ async fn a_tenant_ahead_of_its_budgets_pace_waits_with_a_lower_fair_share_weight
         let (s, b) = srv.call(Method::POST, "/budgets", Some(body)).await;
         assert_eq!(s, 201, "{b}");
         // The whole pool busy, so the tenant's next job waits in the queue.
-        let blocker = srv.submit(json!({"command": ["sleep", "30"]})).await["id"].as_str().unwrap().to_owned();
+        let blocker = srv.submit(json!({"command": ["sleep", "30"], "pool_selector": free})).await["id"].as_str().unwrap().to_owned();
         srv.wait_for(&blocker, 20, |s| s == "running").await;
-        let waiting = srv.submit(json!({"command": ["true"], "tenant_id": "spender", "expected_duration_ms": 1000})).await["id"].as_str().unwrap().to_owned();
+        let waiting = srv.submit(json!({"command": ["true"], "tenant_id": "spender", "expected_duration_ms": 1000, "pool_selector": free})).await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
         let deadline = Instant::now() + Duration::from_secs(10);
         let factor = loop {
             let (_, why) = srv.call(Method::GET, &format!("/jobs/{waiting}/explain"), None).await;
@@ -1493,11 +1506,11 @@ async fn a_tenant_ahead_of_its_budgets_pace_waits_with_a_lower_fair_share_weight
         // the same expected duration (so each dispatch charges the same); once it is gone
         // they run one at a time, and the order they started in is the fair queue's.
         let mut queued = vec![(waiting.clone(), true)];
-        let also = srv.submit(json!({"command": ["true"], "tenant_id": "saver", "expected_duration_ms": 1000})).await;
+        let also = srv.submit(json!({"command": ["true"], "tenant_id": "saver", "expected_duration_ms": 1000, "pool_selector": free})).await;
         queued.push((also["id"].as_str().unwrap().to_owned(), false));
         for _ in 0..30 {
             for (tenant, mine) in [("spender", true), ("saver", false)] {
-                let v = srv.submit(json!({"command": ["true"], "tenant_id": tenant, "expected_duration_ms": 1000})).await;
+                let v = srv.submit(json!({"command": ["true"], "tenant_id": tenant, "expected_duration_ms": 1000, "pool_selector": free})).await;
                 queued.push((v["id"].as_str().unwrap().to_owned(), mine));
             }
         }
