@@ -248,6 +248,14 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ConfigCmd,
     },
+    /// Shell completions: `source <(hodei completions bash)` (also zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Manual pages: `hodei man --dir DIR` writes hodei.1 and one page per command
+    /// (hodei-jobs-ls.1, …); without --dir, hodei.1 to stdout.
+    Man {
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Load generator against a running server (see BENCHMARKS.md).
     Bench(bench::BenchArgs),
     /// Run the scheduler core on a simulated workload (virtual clock, seeded, deterministic).
@@ -1160,6 +1168,22 @@ async fn apply(c: ClientOpts, files: Vec<PathBuf>) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+/// Writes `name.1` for `cmd` and each of its subcommands (`name-sub.1`), all levels down.
+fn man_pages(cmd: clap::Command, name: &str, dir: &std::path::Path) -> anyhow::Result<usize> {
+    let mut n = 1;
+    for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+        let sub_name = format!("{name}-{}", sub.get_name());
+        // A page names its command in full (`hodei-jobs-ls`); the CLI ends right after.
+        let full: &'static str = Box::leak(sub_name.clone().into_boxed_str());
+        n += man_pages(sub.clone().name(full), &sub_name, dir)?;
+    }
+    let mut out = Vec::new();
+    clap_mangen::Man::new(cmd).render(&mut out)?;
+    let path = dir.join(format!("{name}.1"));
+    std::fs::write(&path, out).with_context(|| format!("writing {}", path.display()))?;
+    Ok(n)
+}
+
 /// `A-B[:S][%P]` → the `array` of a submit. Range checks are the server's.
 fn parse_array(r: &str) -> anyhow::Result<Value> {
     let bad = || client::fail_usage(&format!("--array {r:?}: expected A-B[:S][%P], e.g. 1-100 or 0-99:2%10"));
@@ -2037,6 +2061,22 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Cmd::Bench(a) => bench::run(a).await,
+        Cmd::Completions { shell } => {
+            clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "hodei", &mut std::io::stdout());
+            Ok(0)
+        }
+        Cmd::Man { dir } => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            match dir {
+                None => clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?,
+                Some(dir) => {
+                    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+                    let n = man_pages(cmd, "hodei", &dir)?;
+                    eprintln!("{n} pages written to {}", dir.display());
+                }
+            }
+            Ok(0)
+        }
         Cmd::Simulate(a) => {
             let (mut w, trace) = hodei_sim::Workload::load(&a.workload)?;
             if let Some(seed) = a.seed {

@@ -310,3 +310,18 @@ async fn apply_queue_watch_acct_and_selectors_as_slurm_and_kubectl_users_use_the
     assert_eq!(srv.job(&held[1]).await["state"], "cancelled");
     assert_eq!(srv.job(&held[2]).await["state"], "cancelled");
 }
+
+#[test]
+fn completions_and_manual_pages_come_from_the_command_definitions() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = Command::new(BIN).args(["completions", shell]).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{shell}");
+        assert!(text(&out.stdout).contains("acct") && text(&out.stdout).contains("--output-file"), "{shell}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN).args(["man", "--dir"]).arg(dir.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let page = std::fs::read_to_string(dir.path().join("hodei-jobs-logs.1")).unwrap();
+    assert!(page.contains("hodei\\-jobs\\-logs") && page.contains("previous"), "{page}");
+    assert!(dir.path().join("hodei.1").exists() && dir.path().join("hodei-submit.1").exists());
+}
