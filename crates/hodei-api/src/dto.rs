@@ -90,6 +90,29 @@ pub struct JobSubmit {
     /// One job per index `start, start + step, …, ≤ end` (an array job); at most
     /// `max_parallel` of them scheduled or running at once.
     pub array: Option<ArrayIn>,
+    /// Jobs of the same tenant this one waits for: held `dependency_pending` until each is
+    /// met, cancelled (`dependency_failed`, `skipped`) once one can never be.
+    #[serde(default)]
+    pub depends_on: Vec<DependsOnIn>,
+}
+
+/// One dependency: a job by id, or (in a batch) an earlier item by its index.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DependsOnIn {
+    pub job_id: Option<String>,
+    /// In a batch: the index of an earlier item.
+    pub index: Option<usize>,
+    /// after_ok|after_any|after_not_ok
+    pub condition: String,
+}
+
+/// A dependency of a job.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DependsOnOut {
+    pub job_id: String,
+    /// after_ok|after_any|after_not_ok
+    pub condition: String,
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -216,6 +239,8 @@ pub struct JobView {
     pub array_id: Option<String>,
     pub array_index: Option<u32>,
     pub array: Option<ArrayOut>,
+    /// The jobs it waits for (or waited for).
+    pub depends_on: Vec<DependsOnOut>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub attempts: Option<Vec<AttemptView>>,
 }
@@ -295,6 +320,7 @@ impl From<&Job> for JobView {
             array_id: j.array.map(|(a, _)| a.to_string()),
             array_index: j.array.map(|(_, i)| i),
             array: s.array.map(|a| ArrayOut { start: a.start, end: a.end, step: a.step, max_parallel: a.max_parallel }),
+            depends_on: s.depends_on.iter().map(|d| DependsOnOut { job_id: d.job.to_string(), condition: d.condition.to_string() }).collect(),
             attempts: None,
         }
     }

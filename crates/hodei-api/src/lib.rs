@@ -127,8 +127,15 @@ pub trait Control: Send + Sync {
     /// Admits and stores jobs. `atomic`: when any is refused, none is stored. With a key, a
     /// repeat of an earlier call is answered from its record (nothing new is stored) and a
     /// different request under the key is `IdempotencyConflict`; the record of a call that
-    /// stored anything is stored with its jobs.
-    async fn submit(&self, jobs: Vec<Job>, atomic: bool, key: Option<IdempotentCall>) -> Result<Idempotent<Vec<Admitted>>, ControlError>;
+    /// stored anything is stored with its jobs. `ended`: the stored outcome of ended jobs the
+    /// submitted ones depend on.
+    async fn submit(
+        &self,
+        jobs: Vec<Job>,
+        atomic: bool,
+        key: Option<IdempotentCall>,
+        ended: Vec<(JobId, hodei_core::JobState)>,
+    ) -> Result<Idempotent<Vec<Admitted>>, ControlError>;
     /// Admits and stores the members of `template`'s array (ids minted by the engine), all or
     /// none; `key` as for `submit`.
     async fn submit_array(&self, template: Job, array: hodei_core::ArrayId, key: Option<IdempotentCall>) -> Result<Idempotent<ArrayAdmitted>, ControlError>;

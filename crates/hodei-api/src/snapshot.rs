@@ -93,7 +93,13 @@ mod tests {
 
     #[async_trait]
     impl Control for Reads {
-        async fn submit(&self, _: Vec<Job>, _: bool, _: Option<IdempotentCall>) -> Result<Idempotent<Vec<Admitted>>, ControlError> {
+        async fn submit(
+            &self,
+            _: Vec<Job>,
+            _: bool,
+            _: Option<IdempotentCall>,
+            _: Vec<(JobId, hodei_core::JobState)>,
+        ) -> Result<Idempotent<Vec<Admitted>>, ControlError> {
             Err(ControlError::Stopped)
         }
         async fn submit_array(&self, _: Job, _: hodei_core::ArrayId, _: Option<IdempotentCall>) -> Result<Idempotent<ArrayAdmitted>, ControlError> {

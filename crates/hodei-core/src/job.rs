@@ -43,6 +43,11 @@ macro_rules! string_enum {
 pub(crate) use string_enum;
 
 string_enum!(
+    /// What a dependency waits for (SPEC §2.2).
+    Condition { AfterOk = "after_ok", AfterAny = "after_any", AfterNotOk = "after_not_ok" }
+);
+
+string_enum!(
     /// Dispatch class within a tenant; declared from most to least urgent.
     Priority { Critical = "critical", High = "high", Normal = "normal", Low = "low", Batch = "batch" }
 );

@@ -32,7 +32,7 @@ pub mod worker;
 pub use auth::{Access, Action, AuditEntry, Caller, Principal, PrincipalKind, Role, RoleBinding, Scope, Token, Visibility};
 pub use burst::{BurstError, BurstRequest, BurstRules, BurstSession, BurstState};
 pub use ids::{AlertId, ArrayId, AttemptId, AuditId, BudgetId, BurstId, JobId, PoolId, PrincipalId, Slug, SlugError, TenantId, TokenId, WorkerId};
-pub use job::{Attempt, AttemptState, FailureReason, Job, JobEvent, JobState, Priority, SlaClock, SlaLevel, SlaStatus};
+pub use job::{Attempt, AttemptState, Condition, FailureReason, Job, JobEvent, JobState, Priority, SlaClock, SlaLevel, SlaStatus};
 pub use quota::{Admission, Grant, Quota, QuotaRules, Rejection, TenantPolicy, Usage, ViolationPolicy};
 pub use tenant::{Pool, PoolState, PoolType, Tenant, TenantStatus, Tier, TierWeights};
 pub use time::Timestamp;

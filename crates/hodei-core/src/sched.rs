@@ -23,6 +23,7 @@ use crate::units::{Resources, Totals};
 use crate::worker::{Worker, WorkerState};
 
 mod backfill;
+mod deps;
 mod dispatch;
 mod explain;
 mod intake;
@@ -424,6 +425,8 @@ pub struct Scheduler {
     preempting: IdSet<AttemptId>,
     /// Idempotency keys of stored submits, younger than their TTL.
     idempotency: IdempotencyIndex,
+    /// Jobs held for their dependencies, and the outcomes of recently ended jobs.
+    deps: deps::Deps,
     out: Changes,
 }
 
@@ -511,6 +514,7 @@ impl Scheduler {
             reserved_workers: BTreeMap::new(),
             preempting: IdSet::default(),
             idempotency: IdempotencyIndex::default(),
+            deps: deps::Deps::default(),
             out: Changes::default(),
         }
     }
@@ -662,6 +666,7 @@ impl Scheduler {
     /// Takes what changed since the last call. Ended jobs leave memory here: from now on the
     /// store alone holds them.
     pub fn take_changes(&mut self) -> Changes {
+        self.settle_dependencies();
         let mut out = std::mem::take(&mut self.out);
         out.events = std::mem::take(&mut self.books.events);
         out.sla_breaches = std::mem::take(&mut self.books.sla.breaches);

@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::ids::PoolId;
-use crate::job::{Priority, SlaLevel};
+use crate::ids::{JobId, PoolId};
+use crate::job::{Condition, Priority, SlaLevel};
 use crate::units::{CpuMillis, Gpus, MemoryMb, Resources};
 
 /// A validated job spec.
@@ -33,7 +33,20 @@ pub struct JobSpec {
     pub array: Option<ArraySpec>,
     /// The principal whose token submitted it (set by the API, not by the submitter).
     pub submitted_by: Option<crate::ids::PrincipalId>,
+    /// Jobs of the same tenant it waits for, and on what (SPEC §2.2 `depends_on`).
+    pub depends_on: Vec<Dependency>,
 }
+
+/// A job this one waits for: `after_ok` until it succeeded, `after_any` until it ended,
+/// `after_not_ok` until it ended otherwise than succeeded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dependency {
+    pub job: JobId,
+    pub condition: Condition,
+}
+
+/// The most dependencies one job may have.
+pub const MAX_DEPENDENCIES: usize = 100;
 
 /// `array` of a spec (SPEC §2.7): one job per index `start, start + step, …, ≤ end`, at most
 /// `max_parallel` of them scheduled or running at once.
@@ -88,6 +101,8 @@ pub struct JobSpecInput {
     pub pool: Option<String>,
     pub pool_labels: BTreeMap<String, String>,
     pub array: Option<ArrayInput>,
+    /// `(job_id, condition)` pairs (the API turns a batch's `index` into the job id).
+    pub depends_on: Vec<(String, String)>,
 }
 
 /// A Kubernetes label key: an optional DNS-subdomain prefix and `/`, then a name of 1–63
@@ -328,6 +343,25 @@ impl JobSpecInput {
         }
 
         let array = self.array.and_then(|a| c.array(a, limits.max_array_size));
+        let mut depends_on = Vec::new();
+        if self.depends_on.len() > MAX_DEPENDENCIES {
+            c.err("depends_on", "too many dependencies", format!("at most {MAX_DEPENDENCIES}"), Some(self.depends_on.len().to_string()));
+        }
+        for (i, (job, condition)) in self.depends_on.iter().enumerate() {
+            let job = job.parse::<JobId>().map_err(|_| c.err(&format!("depends_on/{i}/job_id"), "not a job id", "the id of a job (a UUID)", Some(job.clone())));
+            let condition = condition
+                .parse::<Condition>()
+                .map_err(|()| c.err(&format!("depends_on/{i}/condition"), "unknown condition", Condition::expected(), Some(condition.clone())));
+            if let (Ok(job), Ok(condition)) = (job, condition) {
+                depends_on.push(Dependency { job, condition });
+            }
+        }
+        if !self.depends_on.is_empty() && self.hold == Some(true) {
+            c.err("hold", "a job with depends_on is held for its dependencies", "hold left out (hold the job once it is pending)", Some("true".into()));
+        }
+        if !self.depends_on.is_empty() && self.array.is_some() {
+            c.err("depends_on", "an array cannot have dependencies in this version", "depends_on left out of an array", None);
+        }
 
         if !c.errors.is_empty() {
             return Err(c.errors);
@@ -352,6 +386,7 @@ impl JobSpecInput {
             pool_labels: self.pool_labels,
             array,
             submitted_by: None,
+            depends_on,
         })
     }
 }

@@ -64,6 +64,8 @@ pub enum Command {
         jobs: Vec<Job>,
         atomic: bool,
         key: Option<IdempotentCall>,
+        /// The stored outcome of ended jobs these depend on.
+        ended: Vec<(JobId, JobState)>,
         reply: Reply<Idempotent<Vec<Admitted>>>,
     },
     SubmitArray {
@@ -283,8 +285,14 @@ impl EngineHandle {
         rx.await.map_err(|_| ControlError::Stopped)
     }
 
-    pub async fn submit(&self, jobs: Vec<Job>, atomic: bool, key: Option<IdempotentCall>) -> Result<Idempotent<Vec<Admitted>>, ControlError> {
-        self.ask(|reply| Command::Submit { jobs, atomic, key, reply }).await
+    pub async fn submit(
+        &self,
+        jobs: Vec<Job>,
+        atomic: bool,
+        key: Option<IdempotentCall>,
+        ended: Vec<(JobId, JobState)>,
+    ) -> Result<Idempotent<Vec<Admitted>>, ControlError> {
+        self.ask(|reply| Command::Submit { jobs, atomic, key, ended, reply }).await
     }
 
     /// Whether `tenant` has spent a budget: its new and pending jobs are held while it has.
@@ -550,6 +558,22 @@ impl Engine {
             let _ = sched.connect_worker(*id, &running, vec![], now);
         }
         let _ = sched.take_changes();
+        // Jobs held for their dependencies wait again; those decided while the server was away
+        // (their dependency's outcome is in the store) are queued or cancelled now.
+        let mut ended = Vec::new();
+        for id in sched.dependencies_to_look_up() {
+            if let Some(j) = self.store.get_job(id).await?
+                && j.is_terminal()
+            {
+                ended.push((id, j.state));
+            }
+        }
+        sched.note_ended(&ended);
+        sched.resume_dependencies(now);
+        let decided = sched.take_changes();
+        if !decided.is_empty() {
+            self.store.apply(Arc::new(decided)).await?;
+        }
         let restored = started.elapsed();
         self.gauges = Gauges::load(sched.jobs());
         self.gauges.workers(sched.workers());
@@ -791,11 +815,12 @@ impl Engine {
     fn handle(&mut self, c: Command, now: Timestamp, replies: &mut Replies) {
         let s = &mut self.sched;
         match c {
-            Command::Submit { jobs, atomic, key, reply } => {
+            Command::Submit { jobs, atomic, key, ended, reply } => {
                 if let Some(answer) = earlier_call(s, key.as_ref(), now) {
                     replies.submit.push((reply, answer));
                     return;
                 }
+                s.note_ended(&ended);
                 let ids: Vec<JobId> = key.as_ref().map(|_| jobs.iter().map(|j| j.id).collect()).unwrap_or_default();
                 let (store, staged) = (&self.store, &mut self.staged);
                 let admitted = s.submit_all_in_parts(jobs, atomic, now, SUBMIT_PART, |part| {
@@ -1120,8 +1145,14 @@ pub struct ControlPlane {
 
 #[async_trait]
 impl Control for ControlPlane {
-    async fn submit(&self, jobs: Vec<Job>, atomic: bool, key: Option<IdempotentCall>) -> Result<Idempotent<Vec<Admitted>>, ControlError> {
-        self.engine.submit(jobs, atomic, key).await
+    async fn submit(
+        &self,
+        jobs: Vec<Job>,
+        atomic: bool,
+        key: Option<IdempotentCall>,
+        ended: Vec<(JobId, JobState)>,
+    ) -> Result<Idempotent<Vec<Admitted>>, ControlError> {
+        self.engine.submit(jobs, atomic, key, ended).await
     }
 
     async fn submit_array(&self, template: Job, array: ArrayId, key: Option<IdempotentCall>) -> Result<Idempotent<ArrayAdmitted>, ControlError> {

@@ -442,6 +442,10 @@ async fn array_jobs_keep_their_array(store: &dyn Store) {
     all.pool_labels = [("zone".to_owned(), "eu-1".to_owned()), ("example.com/disk".to_owned(), "ssd".to_owned())].into();
     all.submitted_by = Some(hodei_core::PrincipalId::from_uuid(Uuid::from_u128(5)));
     all.preemptible = true;
+    all.depends_on = vec![
+        hodei_core::spec::Dependency { job: JobId::from_uuid(Uuid::from_u128(30 << 80)), condition: hodei_core::Condition::AfterOk },
+        hodei_core::spec::Dependency { job: JobId::from_uuid(Uuid::from_u128(31 << 80)), condition: hodei_core::Condition::AfterNotOk },
+    ];
     full.spec = std::sync::Arc::new(all.clone());
     s.submit(full, ts(32)).unwrap();
     store.apply(std::sync::Arc::new(s.take_changes())).await.unwrap();

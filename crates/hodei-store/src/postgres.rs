@@ -374,10 +374,11 @@ struct SpecCols {
     labels: Vec<String>,
     pool_selector: Vec<Option<String>>,
     submitted_by: Vec<Option<uuid::Uuid>>,
+    depends_on: Vec<Option<String>>,
 }
 
 const SPEC_COLUMNS: &str = "name, command, env, working_dir, image, cpu_m, memory_mb, gpu, timeout_ms, expected_duration_ms, max_retries, \
-     retry_backoff_ms, priority, sla, preemptible, hold, labels, pool_selector, submitted_by";
+     retry_backoff_ms, priority, sla, preemptible, hold, labels, pool_selector, submitted_by, depends_on";
 
 impl SpecCols {
     fn push(&mut self, s: &JobSpec) {
@@ -400,6 +401,7 @@ impl SpecCols {
         self.labels.push(json_map(&s.labels));
         self.pool_selector.push(selector_text(s));
         self.submitted_by.push(s.submitted_by.map(|p| p.as_uuid()));
+        self.depends_on.push(depends_on_text(s));
     }
 
     /// The columns as arguments of `st`, in the order of [`SPEC_COLUMNS`].
@@ -424,6 +426,7 @@ impl SpecCols {
             st.arg(self.labels, "text[]"),
             st.arg(self.pool_selector, "text[]"),
             st.arg(self.submitted_by, "uuid[]"),
+            st.arg(self.depends_on, "text[]"),
         ]
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use hodei_core::autoscale::{Decision, Event, Policy, Trigger};
 use hodei_core::idempotency::{IdempotencyRecord, Submitted};
-use hodei_core::spec::{ArraySpec, JobSpec};
+use hodei_core::spec::{ArraySpec, Dependency, JobSpec};
 use hodei_core::{
     ArrayId, Attempt, AttemptId, BurstId, BurstSession, CpuMillis, Gpus, Job, JobId, MemoryMb, Pool, PoolId, PrincipalId, Quota, Resources, SlaClock, Tenant,
     TenantId, Timestamp, Worker, WorkerId,
@@ -178,10 +178,11 @@ pub(crate) enum JobCol {
     ArrayEnd,
     ArrayStep,
     ArrayMaxParallel,
+    DependsOn,
 }
 
 impl JobCol {
-    const NAMES: [&'static str; 52] = [
+    const NAMES: [&'static str; 53] = [
         "id",
         "tenant_id",
         "state",
@@ -234,6 +235,7 @@ impl JobCol {
         "array_end",
         "array_step",
         "array_max_parallel",
+        "depends_on",
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -334,7 +336,32 @@ pub(crate) fn spec_from(r: &impl JobRow) -> Result<JobSpec> {
                 max_parallel: r.int(C::ArrayMaxParallel)?.map(|p| u32_of(JOB, p)).transpose()?,
             }),
         },
+        depends_on: parse_depends_on(r.text(C::DependsOn)?)?,
     })
+}
+
+/// A job's `depends_on` column: `[{"job_id": …, "condition": …}]`, NULL for none.
+pub(crate) fn depends_on_text(s: &JobSpec) -> Option<String> {
+    if s.depends_on.is_empty() {
+        return None;
+    }
+    let items: Vec<serde_json::Value> =
+        s.depends_on.iter().map(|d| serde_json::json!({"job_id": d.job.to_string(), "condition": d.condition.as_str()})).collect();
+    Some(serde_json::Value::Array(items).to_string())
+}
+
+fn parse_depends_on(text: Option<&str>) -> Result<Vec<Dependency>> {
+    let Some(text) = text else { return Ok(Vec::new()) };
+    let bad = |detail: String| StoreError::Corrupt { doing: JOB, detail };
+    let items: Vec<serde_json::Value> = serde_json::from_str(text).map_err(|e| bad(format!("depends_on: {e}")))?;
+    items
+        .iter()
+        .map(|d| {
+            let job = d["job_id"].as_str().and_then(|j| j.parse::<JobId>().ok()).ok_or_else(|| bad(format!("depends_on: job_id of {d}")))?;
+            let condition = d["condition"].as_str().and_then(|c| c.parse().ok()).ok_or_else(|| bad(format!("depends_on: condition of {d}")))?;
+            Ok(Dependency { job, condition })
+        })
+        .collect()
 }
 
 pub(crate) fn job_from_row(r: &impl Cols) -> Result<Job> {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use hodei_core::ids::IdMap;
 
-use crate::rows::selector_text;
+use crate::rows::{depends_on_text, selector_text};
 use hodei_core::sched::Changes;
 use hodei_core::sla_tally::count_outcomes;
 use hodei_core::spec::JobSpec;
@@ -166,8 +166,8 @@ const STATE_VALUES: &str =
 fn insert_job_sql() -> String {
     format!(
         "INSERT INTO jobs ({STATE_COLUMNS}, name, command, env, working_dir, image, cpu_m, memory_mb, gpu, timeout_ms, expected_duration_ms, max_retries, \
-         retry_backoff_ms, priority, sla, preemptible, hold, labels, pool_selector, submitted_by) \
-         VALUES ({STATE_VALUES}, ?30, ?31, ?32, ?33, ?34, ?35, ?36, ?37, ?38, ?39, ?40, ?41, ?42, ?43, ?44, ?45, ?46, ?47, ?48)"
+         retry_backoff_ms, priority, sla, preemptible, hold, labels, pool_selector, submitted_by, depends_on) \
+         VALUES ({STATE_VALUES}, ?30, ?31, ?32, ?33, ?34, ?35, ?36, ?37, ?38, ?39, ?40, ?41, ?42, ?43, ?44, ?45, ?46, ?47, ?48, ?49)"
     )
 }
 
@@ -178,9 +178,9 @@ fn insert_member_sql() -> String {
 
 /// An array's spec, once; the id bounds widen as its members arrive (in one or more parts).
 const UPSERT_ARRAY: &str = "INSERT INTO job_arrays (id, tenant_id, name, command, env, working_dir, image, cpu_m, memory_mb, gpu, timeout_ms, \
-     expected_duration_ms, max_retries, retry_backoff_ms, priority, sla, preemptible, hold, labels, pool_selector, submitted_by, array_start, array_end, \
-     array_step, array_max_parallel, first_job_id, last_job_id) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27) \
+     expected_duration_ms, max_retries, retry_backoff_ms, priority, sla, preemptible, hold, labels, pool_selector, submitted_by, depends_on, array_start, \
+     array_end, array_step, array_max_parallel, first_job_id, last_job_id) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28) \
      ON CONFLICT (id) DO UPDATE SET first_job_id = min(first_job_id, excluded.first_job_id), last_job_id = max(last_job_id, excluded.last_job_id)";
 
 const UPDATE_JOB: &str = "UPDATE jobs SET state = ?1, state_reason = ?2, attempt_count = ?3, current_attempt_id = ?4, retries_left = ?5, lost_requeues = ?6, \
@@ -221,6 +221,7 @@ struct SpecValues<'a> {
     sla: &'static str,
     pool_selector: Option<String>,
     submitted_by: Option<uuid::Uuid>,
+    depends_on: Option<String>,
 }
 
 impl<'a> SpecValues<'a> {
@@ -237,10 +238,11 @@ impl<'a> SpecValues<'a> {
             sla: s.sla.as_str(),
             pool_selector: selector_text(s),
             submitted_by: s.submitted_by.map(|p| p.as_uuid()),
+            depends_on: depends_on_text(s),
         }
     }
 
-    fn params(&self) -> [&dyn ToSql; 19] {
+    fn params(&self) -> [&dyn ToSql; 20] {
         let s = self.s;
         [
             &s.name,
@@ -262,6 +264,7 @@ impl<'a> SpecValues<'a> {
             &self.labels,
             &self.pool_selector,
             &self.submitted_by,
+            &self.depends_on,
         ]
     }
 }

@@ -408,6 +408,16 @@ struct SubmitArgs {
     /// Submit held.
     #[arg(long)]
     hold: bool,
+    /// Start only after these jobs succeeded (sbatch -d afterok); cancelled if one does not.
+    #[arg(long, value_delimiter = ',', value_name = "ID[,ID]")]
+    after_ok: Vec<String>,
+    /// Start after these jobs ended, however they ended (afterany).
+    #[arg(long, value_delimiter = ',', value_name = "ID[,ID]")]
+    after_any: Vec<String>,
+    /// Start only after these jobs ended without succeeding (afternotok); cancelled if one
+    /// succeeds.
+    #[arg(long, value_delimiter = ',', value_name = "ID[,ID]")]
+    after_not_ok: Vec<String>,
     /// Run the command through `sh -c`.
     #[arg(long)]
     shell: bool,
@@ -1008,6 +1018,13 @@ async fn submit(a: SubmitArgs) -> anyhow::Result<i32> {
     }
     if a.hold {
         body["hold"] = json!(true);
+    }
+    let deps: Vec<Value> = [("after_ok", &a.after_ok), ("after_any", &a.after_any), ("after_not_ok", &a.after_not_ok)]
+        .iter()
+        .flat_map(|(condition, ids)| ids.iter().filter(|i| !i.is_empty()).map(move |id| json!({"job_id": id, "condition": condition})))
+        .collect();
+    if !deps.is_empty() {
+        body["depends_on"] = Value::Array(deps);
     }
     let mut res = serde_json::Map::new();
     for (k, v) in [("cpu_m", a.cpu_m), ("memory_mb", a.memory_mb), ("gpu", a.gpu)] {

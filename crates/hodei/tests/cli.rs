@@ -325,3 +325,53 @@ fn completions_and_manual_pages_come_from_the_command_definitions() {
     assert!(page.contains("hodei\\-jobs\\-logs") && page.contains("previous"), "{page}");
     assert!(dir.path().join("hodei.1").exists() && dir.path().join("hodei-submit.1").exists());
 }
+
+#[tokio::test]
+async fn a_slurm_session_a_script_then_its_dependant_queued_and_accounted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut srv = Server::start(dir.path(), &[], 0, None);
+    let work = job_writable_dir();
+    std::fs::write(work.path().join("prep.sh"), "#!/bin/sh\n#HODEI --name prep --cpu-m 500\nsleep 1.5\necho prepared > prepared.txt\n").unwrap();
+    std::fs::write(work.path().join("train.sh"), "#!/bin/sh\n#HODEI --name train\ncat prepared.txt\nexit 3\n").unwrap();
+    let prep = cli_in(&srv, work.path(), &["submit", "prep.sh"]);
+    let prep = text(&prep.stdout).trim().to_owned();
+    let train = cli_in(&srv, work.path(), &["submit", "--after-ok", &prep, "train.sh"]);
+    assert_eq!(train.status.code(), Some(0), "{}", text(&train.stderr));
+    let train = text(&train.stdout).trim().to_owned();
+    // Two dependants that the outcome of `train` decides, and one of an unknown job.
+    let when_ok = srv.submit(json!({"command": ["true"], "depends_on": [{"job_id": train, "condition": "after_ok"}]})).await;
+    let when_failed = srv.submit(json!({"command": ["true"], "depends_on": [{"job_id": train, "condition": "after_not_ok"}]})).await;
+    let (status, body) = srv
+        .call(
+            Method::POST,
+            "/jobs",
+            Some(json!({"command": ["true"], "depends_on": [{"job_id": "01900000-0000-7000-8000-000000000000", "condition": "after_ok"}]})),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["errors"][0]["field"], "/depends_on/0/job_id");
+
+    // squeue: the dependant waits, and says why.
+    let queue = text(&srv.cli(&["queue", "--format", "id,name,state,reason"]).stdout);
+    let row = queue.lines().find(|l| l.starts_with(&train)).unwrap_or_else(|| panic!("{queue}"));
+    assert!(row.contains("held") && row.contains("dependency_pending"), "{queue}");
+    let why = text(&srv.cli(&["jobs", "explain", &train]).stdout);
+    assert!(why.contains(&format!("waits for {prep} (after_ok)")), "{why}");
+
+    // Kill -9 while they wait: the dependencies are stored and taken up again.
+    srv.kill9();
+    let srv = Server::start(dir.path(), &[], 0, None);
+    assert_eq!(srv.wait_ended(&train, 60).await["exit_code"], 3);
+    assert_eq!(srv.wait_ended(when_failed["id"].as_str().unwrap(), 30).await["state"], "succeeded", "after_not_ok of a failure runs");
+    let skipped = srv.wait_ended(when_ok["id"].as_str().unwrap(), 30).await;
+    assert_eq!((skipped["state"].as_str(), skipped["state_reason"].as_str()), (Some("cancelled"), Some("dependency_failed")));
+    assert_eq!(text(&srv.cli(&["jobs", "logs", &train]).stdout), "prepared\n", "it ran after prep, in the submit directory");
+
+    // sacct: both ended, with exit codes and cpu time.
+    let acct = text(&srv.cli(&["acct", "--format", "id,name,state,exit,cpu_time"]).stdout);
+    let line =
+        |id: &str| acct.lines().find(|l| l.starts_with(id)).unwrap_or_else(|| panic!("{acct}")).split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+    assert_eq!(line(&prep)[1..4], ["prep", "succeeded", "0"], "{acct}");
+    assert_eq!(line(&train)[1..4], ["train", "failed", "3"], "{acct}");
+    assert!(line(&prep)[4].ends_with("ms") || line(&prep)[4].ends_with('s'), "{acct}");
+}

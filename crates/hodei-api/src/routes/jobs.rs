@@ -22,8 +22,28 @@ use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::json::KeyedJson;
 use crate::{ApiState, ArrayAdmitted, Idempotent, IdempotentCall};
 
-fn spec_input(b: JobSubmit) -> (JobSpecInput, Option<String>) {
+/// The submit as the core's input. `batch`: the ids of a batch's earlier items (`None` where an
+/// item was refused), which `depends_on[].index` names; `None` for a single submit.
+fn spec_input(b: JobSubmit, batch: Option<&[Option<JobId>]>) -> (JobSpecInput, Option<String>) {
     let (pool, pool_labels) = b.pool_selector.map(|p| (p.pool, p.labels)).unwrap_or_default();
+    // An index that names no earlier stored item becomes a value the validation refuses, so
+    // that the error names the field like any other.
+    let depends_on = b
+        .depends_on
+        .into_iter()
+        .map(|d| {
+            let job = match (d.job_id, d.index) {
+                (Some(id), None) => id,
+                (None, Some(i)) => match batch.map(|b| b.get(i)) {
+                    Some(Some(Some(id))) => id.to_string(),
+                    Some(_) => format!("index {i}: not an earlier, valid item of this batch"),
+                    None => format!("index {i}: index is for batch items; give job_id"),
+                },
+                _ => "give exactly one of job_id and index".to_owned(),
+            };
+            (job, d.condition)
+        })
+        .collect();
     let input = JobSpecInput {
         name: b.name,
         command: b.command,
@@ -45,6 +65,7 @@ fn spec_input(b: JobSubmit) -> (JobSpecInput, Option<String>) {
         pool,
         pool_labels,
         array: b.array.map(|a| ArrayInput { start: a.start, end: a.end, step: a.step, max_parallel: a.max_parallel }),
+        depends_on,
     };
     (input, b.tenant_id)
 }
@@ -65,6 +86,36 @@ fn tenant_id_for(s: &ApiState, who: &Who, body: Option<&str>, headers: &HeaderMa
         }
     };
     TenantId::parse(&raw).map_err(|e| ApiError::field(&field, e.to_string(), "a tenant id (slug)", Some(raw)))
+}
+
+/// A job's dependencies as the store has them: each must be a job of `tenant` (else the field
+/// is named); the outcome of those already ended goes to the scheduler with the submit. Jobs
+/// of the same batch (`batch`) are live by then.
+async fn dependencies(s: &ApiState, tenant: &TenantId, spec: &JobSpec, prefix: &str, batch: &[(JobId, TenantId)]) -> ApiResult<Vec<(JobId, JobState)>> {
+    let mut ended = Vec::new();
+    let mut errors = Vec::new();
+    for (i, d) in spec.depends_on.iter().enumerate() {
+        let in_batch = batch.iter().find(|(id, _)| *id == d.job).map(|(_, t)| t == tenant);
+        let stored = match in_batch {
+            Some(true) => continue,
+            Some(false) => None,
+            None => s.store.get_job(d.job).await?,
+        };
+        match stored {
+            Some(j) if j.tenant == *tenant => {
+                if j.is_terminal() {
+                    ended.push((j.id, j.state));
+                }
+            }
+            _ => errors.push(FieldError::new(
+                format!("{prefix}/depends_on/{i}/job_id"),
+                "no such job in this tenant",
+                format!("the id of a job of tenant {tenant}"),
+                Some(d.job.to_string()),
+            )),
+        }
+    }
+    if errors.is_empty() { Ok(ended) } else { Err(ApiError::validation(errors)) }
 }
 
 /// The tenant a submit goes to, if the caller may submit there.
@@ -197,7 +248,7 @@ pub async fn submit_job(
     KeyedJson { body, key }: KeyedJson<JobSubmit>,
 ) -> ApiResult<Response> {
     let _gate = s.tenant_gate.read().await;
-    let (input, tenant) = spec_input(body);
+    let (input, tenant) = spec_input(body, None);
     let tenant = tenant_for(&s, &who, tenant.as_deref(), &headers, "").await?;
     let spec = validated(&s, &who, input, "")?;
     let never = unschedulable(&s, &tenant.id, &spec, "");
@@ -214,8 +265,9 @@ pub async fn submit_job(
     if let Some(array) = spec.array {
         return submit_array(&s, &tenant, spec, array, key).await;
     }
+    let ended = dependencies(&s, &tenant.id, &spec, "", &[]).await?;
     let mut job = new_job(&s, &tenant, spec);
-    let admitted = match s.control.submit(vec![job.clone()], true, key).await? {
+    let admitted = match s.control.submit(vec![job.clone()], true, key, ended).await? {
         Idempotent::New(mut a) => a.pop().ok_or_else(|| ApiError::new(ErrorCode::Internal, "no admission"))?,
         Idempotent::Replayed(r) => {
             s.submit_rate.give_back(&wants);
@@ -337,9 +389,13 @@ pub async fn submit_batch(State(s): State<ApiState>, who: Who, headers: HeaderMa
     // A batch none of whose jobs the caller may submit is refused as a whole with that answer.
     let mut refused: Option<ApiError> = None;
     let mut refusals = 0;
+    // Each item's id (None: refused), for `depends_on[].index`; the valid ones with their tenant.
+    let mut ids: Vec<Option<JobId>> = Vec::with_capacity(n);
+    let mut earlier: Vec<(JobId, TenantId)> = Vec::new();
+    let mut ended: Vec<(JobId, JobState)> = Vec::new();
     for (i, b) in body.jobs.into_iter().enumerate() {
         let prefix = format!("/jobs/{i}");
-        let (input, tid) = spec_input(b);
+        let (input, tid) = spec_input(b, Some(&ids));
         let parsed = match tenant_id_for(&s, &who, tid.as_deref(), &headers, &prefix) {
             Ok(id) => match tenants.iter().find(|t| t.id == id) {
                 Some(t) => Ok((input, t.clone())),
@@ -354,8 +410,20 @@ pub async fn submit_batch(State(s): State<ApiState>, who: Who, headers: HeaderMa
             }
             Ok(new_job(&s, &t, spec))
         });
+        let outcome = match outcome {
+            Ok(job) if !job.spec.depends_on.is_empty() => match dependencies(&s, &job.tenant, &job.spec, &prefix, &earlier).await {
+                Ok(done) => {
+                    ended.extend(done);
+                    Ok(job)
+                }
+                Err(e) => Err(e),
+            },
+            other => other,
+        };
+        ids.push(outcome.as_ref().ok().map(|j| j.id));
         match outcome {
             Ok(job) => {
+                earlier.push((job.id, job.tenant.clone()));
                 items.push(BatchItem { index: i, job_id: Some(job.id.to_string()), error: None });
                 jobs.push(job);
             }
@@ -399,7 +467,7 @@ pub async fn submit_batch(State(s): State<ApiState>, who: Who, headers: HeaderMa
     s.submit_rate.admit(&per_tenant, s.clock.now())?;
     if !jobs.is_empty() {
         let who: Vec<(TenantId, Priority)> = jobs.iter().map(|j| (j.tenant.clone(), j.spec.priority)).collect();
-        let admitted = match s.control.submit(jobs, body.atomic, key).await? {
+        let admitted = match s.control.submit(jobs, body.atomic, key, ended).await? {
             Idempotent::New(a) => a,
             Idempotent::Replayed(r) => {
                 s.submit_rate.give_back(&per_tenant);

@@ -146,8 +146,11 @@ impl Scheduler {
                 }
             }
             Some("tenant_suspended") => Blocker::new("tenant_suspended", "the tenant is suspended"),
-            Some(r @ ("dependency_pending" | "budget_exhausted")) => {
-                Blocker::new(if r == "budget_exhausted" { "budget_exhausted" } else { "dependency_pending" }, r)
+            Some("budget_exhausted") => Blocker::new("budget_exhausted", "the tenant's budget is spent; it waits for a new period or a larger budget"),
+            Some("dependency_pending") => {
+                let waits: Vec<String> = self.pending_dependencies(job.id).iter().map(|d| format!("{} ({})", d.job, d.condition)).collect();
+                Blocker::new("dependency_pending", format!("waits for {}", if waits.is_empty() { "its dependencies".to_owned() } else { waits.join(", ") }))
+                    .with("dependencies_waiting", waits.len() as u128)
             }
             _ => Blocker::new("user_hold", "held by a user; release it to queue it"),
         }

@@ -297,6 +297,12 @@ impl Scheduler {
 
     fn insert_new(&mut self, mut job: Job, now: Timestamp) {
         self.intern(&mut job);
+        // Held for its dependencies first; decided below, once it is in.
+        let depends = !job.spec.depends_on.is_empty();
+        if depends {
+            job.state = JobState::Held;
+            job.state_reason = Some("dependency_pending".to_owned());
+        }
         self.books.events.push(JobEvent {
             job_id: job.id,
             at: now,
@@ -311,9 +317,13 @@ impl Scheduler {
             self.queue.push(&job.tenant, key_of(&job), now);
             self.unpark(&job.tenant, now);
         }
-        self.new_jobs.insert(job.id);
-        self.touch(job.id);
-        self.jobs.insert(job.id, Box::new(job));
+        let id = job.id;
+        self.new_jobs.insert(id);
+        self.touch(id);
+        self.jobs.insert(id, Box::new(job));
+        if depends {
+            self.watch_dependencies(id, now);
+        }
     }
 
     /// Cancels a live job on `by`'s request.
@@ -405,7 +415,8 @@ impl Scheduler {
     /// `held → pending` (release).
     pub fn release(&mut self, id: JobId, by: Actor, now: Timestamp) -> Result<(), CommandError> {
         let job = self.jobs.get_mut(&id).ok_or(CommandError::NotLive)?;
-        if job.state != JobState::Held {
+        // A job held for its dependencies is queued when they are met, not by hand.
+        if job.state != JobState::Held || job.state_reason.as_deref() == Some("dependency_pending") {
             return Err(CommandError::InvalidState { state: job.state, action: "release" });
         }
         move_job(job, JobState::Pending, by, Some("released"), now, &mut self.books);

@@ -1617,3 +1617,116 @@ mod placement_chain {
         }
     }
 }
+
+/// A job with `depends_on` (SPEC §2.2).
+fn dependant(ids: &mut Ids, on: &[(JobId, &str)], now: i64) -> Job {
+    let spec = JobSpecInput {
+        command: vec!["true".into()],
+        cpu_m: Some(1),
+        memory_mb: Some(64),
+        depends_on: on.iter().map(|(j, c)| (j.to_string(), c.to_string())).collect(),
+        ..Default::default()
+    }
+    .validate(&SpecLimits::default(), "")
+    .unwrap();
+    Job::new(JobId::from_uuid(ids.next()), TenantId::parse("a").unwrap(), spec, ts(now))
+}
+
+#[test]
+fn dependants_wait_then_run_or_are_cancelled_as_their_dependencies_end() {
+    let (mut s, mut ids) = (Scheduler::new(SchedConfig::default()), Ids(0));
+    let w = connected_worker(&mut s, &mut ids, 1, 100_000, 0);
+    let first = job(&mut ids, "a", 1, 0, 0);
+    let a = first.id;
+    s.submit(first, ts(0)).unwrap();
+    let b = dependant(&mut ids, &[(a, "after_ok")], 1);
+    let (b_id, c) = (b.id, dependant(&mut ids, &[(a, "after_not_ok")], 1));
+    let c_id = c.id;
+    let d = dependant(&mut ids, &[(b_id, "after_any")], 1);
+    let d_id = d.id;
+    for j in [b, c, d] {
+        s.submit(j, ts(1)).unwrap();
+    }
+    for id in [b_id, c_id, d_id] {
+        assert_eq!((s.job(&id).unwrap().state, s.job(&id).unwrap().state_reason.as_deref()), (JobState::Held, Some("dependency_pending")));
+    }
+    let why = s.explain(b_id, ts(1), Duration::from_secs(60)).unwrap();
+    assert_eq!(why.blockers[0].code, "dependency_pending");
+    assert!(why.blockers[0].message.contains(&a.to_string()), "{}", why.blockers[0].message);
+    assert!(s.release(b_id, Actor::Scheduler, ts(1)).is_err(), "no release past its dependencies");
+    // Only `a` is dispatched; it succeeds.
+    let placed = schedule(&mut s, &mut ids, 2);
+    assert_eq!(placed.iter().map(|p| p.2).collect::<Vec<_>>(), [a]);
+    s.accepted(placed[0].1, w, ts(2), ts(2)).unwrap();
+    s.finish(placed[0].1, w, result(Outcome::Succeeded, 0, 3), ts(3)).unwrap();
+    let changes = s.take_changes();
+    assert_eq!(s.job(&b_id).unwrap().state, JobState::Pending, "after_ok met");
+    let c_end = changes.jobs.iter().chain(&changes.new_jobs).find(|j| j.id == c_id).expect("c ended in the same changes");
+    assert_eq!((c_end.state, c_end.state_reason.as_deref()), (JobState::Cancelled, Some("skipped")), "after_not_ok of a success");
+    assert_eq!(s.job(&d_id).unwrap().state, JobState::Held, "d waits for b");
+    // b fails: d (after_any) runs anyway.
+    let placed = schedule(&mut s, &mut ids, 4);
+    assert_eq!(placed.iter().map(|p| p.2).collect::<Vec<_>>(), [b_id]);
+    s.accepted(placed[0].1, w, ts(4), ts(4)).unwrap();
+    s.finish(placed[0].1, w, result(Outcome::Failed, 1, 5), ts(5)).unwrap();
+    let _ = s.take_changes();
+    assert_eq!(s.job(&d_id).unwrap().state, JobState::Pending);
+
+    // A job depending on one that ended before it was submitted: decided at once, from the
+    // outcome the store gave (note_ended) or the recent ones the scheduler kept.
+    let gone = JobId::from_uuid(ids.next());
+    s.note_ended(&[(gone, JobState::Failed)]);
+    let e = dependant(&mut ids, &[(gone, "after_ok"), (a, "after_ok")], 6);
+    let e_id = e.id;
+    s.submit(e, ts(6)).unwrap();
+    let changes = s.take_changes();
+    let e_end = changes.new_jobs.iter().find(|j| j.id == e_id).unwrap();
+    assert_eq!((e_end.state, e_end.state_reason.as_deref()), (JobState::Cancelled, Some("dependency_failed")));
+    let f = dependant(&mut ids, &[(a, "after_ok")], 7);
+    let f_id = f.id;
+    s.submit(f, ts(7)).unwrap();
+    assert_eq!(s.job(&f_id).unwrap().state, JobState::Pending, "a's success is remembered after it left memory");
+    // A cancel cascades: g waits on h, h is cancelled, g (after_ok) is cancelled too.
+    let h = dependant(&mut ids, &[(f_id, "after_ok")], 8);
+    let h_id = h.id;
+    s.submit(h, ts(8)).unwrap();
+    let g = dependant(&mut ids, &[(h_id, "after_ok")], 8);
+    let g_id = g.id;
+    s.submit(g, ts(8)).unwrap();
+    let _ = s.take_changes();
+    s.cancel(f_id, Actor::Scheduler, ts(9)).unwrap();
+    let changes = s.take_changes();
+    let ended: Vec<_> = changes.jobs.iter().map(|j| (j.id, j.state, j.state_reason.clone())).collect();
+    assert!(ended.contains(&(h_id, JobState::Cancelled, Some("dependency_failed".into()))), "{ended:?}");
+    assert!(ended.contains(&(g_id, JobState::Cancelled, Some("dependency_failed".into()))), "{ended:?}");
+}
+
+#[test]
+fn a_job_waiting_on_two_runs_once_both_have_ended_one_decided_by_a_cascade() {
+    let (mut s, mut ids) = (Scheduler::new(SchedConfig::default()), Ids(0));
+    let w = connected_worker(&mut s, &mut ids, 1, 100_000, 0);
+    let first = job(&mut ids, "a", 1, 0, 0);
+    let a = first.id;
+    s.submit(first, ts(0)).unwrap();
+    let _ = s.take_changes();
+    let b = dependant(&mut ids, &[(a, "after_ok")], 1);
+    let b_id = b.id;
+    s.submit(b, ts(1)).unwrap();
+    let _ = s.take_changes();
+    let c = dependant(&mut ids, &[(a, "after_not_ok")], 1);
+    let c_id = c.id;
+    s.submit(c, ts(1)).unwrap();
+    let _ = s.take_changes();
+    let d = dependant(&mut ids, &[(b_id, "after_any"), (c_id, "after_any")], 1);
+    let d_id = d.id;
+    s.submit(d, ts(1)).unwrap();
+    let _ = s.take_changes();
+    for expected in [a, b_id] {
+        let placed = schedule(&mut s, &mut ids, 2);
+        assert_eq!(placed.iter().map(|p| p.2).collect::<Vec<_>>(), [expected]);
+        s.accepted(placed[0].1, w, ts(2), ts(2)).unwrap();
+        s.finish(placed[0].1, w, result(Outcome::Succeeded, 0, 3), ts(3)).unwrap();
+        let _ = s.take_changes();
+    }
+    assert_eq!(s.job(&d_id).unwrap().state, JobState::Pending);
+}
