@@ -392,11 +392,22 @@ impl Scheduler {
         job.exit_code = None;
         job.failure_reason = None;
         job.finished_at = None;
-        self.queue.push(&job.tenant, key_of(&job), now);
+        let depends = !job.spec.depends_on.is_empty();
+        if depends {
+            // Run again only as its dependencies allow: held for them (decided at once when
+            // they have all ended).
+            move_job(&mut job, JobState::Held, Actor::Scheduler, Some("dependency_pending"), now, &mut self.books);
+        } else {
+            self.queue.push(&job.tenant, key_of(&job), now);
+        }
         self.touch(job.id);
         let id = job.id;
         self.jobs.insert(id, Box::new(job));
-        self.reconsider_hold(id, now);
+        if depends {
+            self.watch_dependencies(id, now);
+        } else {
+            self.reconsider_hold(id, now);
+        }
         Ok(())
     }
 

@@ -325,6 +325,12 @@ enum Op {
     },
     /// A new rate version from now on (cpu core-hour in micro-units).
     Rates(u32),
+    /// A job of the same tenant as job `on` (and maybe another), depending on it.
+    SubmitAfter {
+        on: usize,
+        also: Option<usize>,
+        condition: u8,
+    },
     /// Opens a burst session of `minutes` for the tenant, or ends its open one.
     Burst {
         tenant: u8,
@@ -350,11 +356,60 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0u8..4, 500u16..6000, 0u8..5).prop_map(|(tenant, cpu_m, jobs)| Op::SetQuota { tenant, cpu_m, jobs }),
         1 => (0u8..4, 0u16..3000, 0u8..3, 0u8..2).prop_map(|(tenant, cpu_m, jobs, minutes)| Op::Burst { tenant, cpu_m, jobs, minutes }),
         1 => (1u32..500_000).prop_map(Op::Rates),
+        2 => (any::<usize>(), proptest::option::of(any::<usize>()), 0u8..3).prop_map(|(on, also, condition)| Op::SubmitAfter { on, also, condition }),
     ]
 }
 
 fn pick<T: Clone>(v: &[T], i: usize) -> Option<T> {
     (!v.is_empty()).then(|| v[i % v.len()].clone())
+}
+
+/// Dependencies (SPEC §2.2): a job with dependencies leaves its hold (to be queued) only once
+/// each has ended as its condition asks; a job cancelled for them has one that ended in a way
+/// that cannot meet it; a job still held for them has one that has not ended since (a
+/// dependency retried by hand is seen ending again), and none that ended against it.
+/// `ends`: every way each job has ended so far.
+fn check_dependencies(ch: &Changes, store: &HashMap<JobId, Job>, ends: &mut HashMap<JobId, Vec<JobState>>) -> Result<(), TestCaseError> {
+    use crate::job::Condition;
+    for j in ch.jobs.iter().chain(&ch.new_jobs).filter(|j| j.is_terminal()) {
+        ends.entry(j.id).or_default().push(j.state);
+    }
+    let met = |c: Condition, s: JobState| match c {
+        Condition::AfterOk => s == JobState::Succeeded,
+        Condition::AfterAny => true,
+        Condition::AfterNotOk => s != JobState::Succeeded,
+    };
+    let ended = |id: &JobId| ends.get(id).map(Vec::as_slice).unwrap_or_default();
+    for e in &ch.events {
+        let Some(j) = store.get(&e.job_id).filter(|j| !j.spec.depends_on.is_empty()) else { continue };
+        prop_assert!(!(e.to == JobState::Pending && e.from.is_none()), "{} with dependencies was queued at once", j.id);
+        if e.from == Some(JobState::Held) && e.to == JobState::Pending && e.reason.as_deref() == Some("dependencies_met") {
+            for d in &j.spec.depends_on {
+                prop_assert!(
+                    ended(&d.job).iter().any(|s| met(d.condition, *s)),
+                    "{} queued before {} ({}) was met: {:?}",
+                    j.id,
+                    d.job,
+                    d.condition,
+                    ended(&d.job)
+                );
+            }
+        }
+    }
+    for j in ch.jobs.iter().chain(&ch.new_jobs) {
+        let deps = &j.spec.depends_on;
+        match (j.state, j.state_reason.as_deref()) {
+            (JobState::Cancelled, Some(r @ ("dependency_failed" | "skipped"))) => {
+                prop_assert!(deps.iter().any(|d| ended(&d.job).iter().any(|s| !met(d.condition, *s))), "{} cancelled {r} with every dependency met", j.id);
+            }
+            (JobState::Held, Some("dependency_pending")) => {
+                let open = |d: &crate::spec::Dependency| store.get(&d.job).is_some_and(|x| !x.is_terminal()) || ended(&d.job).is_empty();
+                prop_assert!(deps.iter().any(open), "{} still held though every dependency ended", j.id);
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 fn check_invariants(s: &Scheduler, ch: &Changes, store: &mut HashMap<JobId, Job>, succeeded: &mut HashMap<JobId, u32>) -> Result<(), TestCaseError> {
@@ -491,6 +546,7 @@ proptest! {
         let mut workers: Vec<WorkerId> = vec![];
         let mut store: HashMap<JobId, Job> = HashMap::new();
         let mut succeeded: HashMap<JobId, u32> = HashMap::new();
+        let mut ends: HashMap<JobId, Vec<JobState>> = HashMap::new();
         let mut bursts: HashMap<u8, BurstSession> = HashMap::new();
         let rules = BurstRules { max_duration_minutes: 1, cooldown: Duration::from_secs(5), ..BurstRules::default() };
         for op in ops {
@@ -505,6 +561,25 @@ proptest! {
                         Arc::make_mut(&mut j.spec).array = Some(crate::spec::ArraySpec { start: 0, end: 99, step: 1, max_parallel: Some(max) });
                         j.array = Some((crate::ArrayId::from_uuid(Uuid::from_u128(u128::from(max))), u32::from(cpu_m)));
                     }
+                    let id = j.id;
+                    if s.submit(j, ts(now)).is_ok() {
+                        jobs.push(id);
+                    }
+                }
+                Op::SubmitAfter { on, also, condition } => {
+                    let Some(first) = pick(&jobs, on) else { continue };
+                    let tenant = store.get(&first).map(|j| j.tenant.clone()).or_else(|| s.job(&first).map(|j| j.tenant.clone()));
+                    let Some(tenant) = tenant else { continue };
+                    let c = ["after_ok", "after_any", "after_not_ok"][usize::from(condition)];
+                    let mut on: Vec<(JobId, &str)> = vec![(first, c)];
+                    if let Some(second) = also.and_then(|a| pick(&jobs, a)) {
+                        on.push((second, ["after_any", "after_ok", "after_not_ok"][usize::from(condition)]));
+                    }
+                    // Jobs that left memory: their outcome as the store would give it.
+                    let gone: Vec<(JobId, JobState)> = on.iter().filter(|(d, _)| s.job(d).is_none()).filter_map(|(d, _)| store.get(d).map(|j| (*d, j.state))).collect();
+                    s.note_ended(&gone);
+                    let mut j = dependant(&mut ids, &on, now);
+                    j.tenant = tenant;
                     let id = j.id;
                     if s.submit(j, ts(now)).is_ok() {
                         jobs.push(id);
@@ -580,6 +655,7 @@ proptest! {
             let ch = s.take_changes();
             check_invariants(&s, &ch, &mut store, &mut succeeded)?;
             ledger.check(&ch, &versions)?;
+            check_dependencies(&ch, &store, &mut ends)?;
         }
     }
 
@@ -637,11 +713,20 @@ impl Ledger {
             if let (Some(start), Some(first)) = (a.started_at, segs.first()) {
                 prop_assert_eq!(first.start, start, "billed from its start");
             }
-            // A stretch ends where its billed seconds end (a whole second after the start), so
-            // the next part may begin inside the previous one's last second — billing only the
-            // seconds begun after it (checked by the total below).
+            // The seconds billed so far cover the run up to a whole second after its start, so
+            // the next part may begin anywhere up to there — inside the last billed second, or
+            // at a rate change or midnight within it when the piece before that has no second
+            // of its own — billing only the seconds begun after it (checked by the total below).
+            let mut billed = 0u64;
             for w in segs.windows(2) {
-                prop_assert!(w[0].start <= w[1].start && w[1].start <= w[0].end, "stretches of {} follow one another: {:?}", a.id, w);
+                billed += w[0].billed_seconds;
+                let covered = a.started_at.map_or(w[0].end.as_millis(), |s| s.as_millis() + billed as i64 * 1000);
+                prop_assert!(
+                    w[0].start <= w[1].start && w[1].start.as_millis() <= covered.max(w[0].end.as_millis()),
+                    "stretches of {} follow one another: {:?}",
+                    a.id,
+                    w
+                );
             }
             if a.state.is_terminal()
                 && let (Some(start), Some(to)) = (a.started_at, a.accrued_to)
