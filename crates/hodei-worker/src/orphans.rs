@@ -52,7 +52,13 @@ mod tests {
         let (mut mine, mut other) = (spawn(&id), spawn("another-worker"));
         // The shell and its child sleep both carry the variable.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while std::fs::read_to_string(format!("/proc/{}/task/{0}/children", mine.id())).unwrap_or_default().trim().is_empty() {
+        // Until the child has become `sleep`: a child between fork and exec may not show its
+        // environment yet.
+        let sleeping = || {
+            let children = std::fs::read_to_string(format!("/proc/{}/task/{0}/children", mine.id())).unwrap_or_default();
+            children.split_whitespace().any(|c| std::fs::read(format!("/proc/{c}/cmdline")).is_ok_and(|cmd| cmd.starts_with(b"sleep")))
+        };
+        while !sleeping() {
             assert!(std::time::Instant::now() < deadline, "the job's child did not start");
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
