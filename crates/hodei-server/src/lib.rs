@@ -652,7 +652,18 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
             None
         }
         (AuthMode::Token, Some(t)) => Some(t.0.clone()),
-        (AuthMode::Token, None) => Some(secret_file(&cfg.data_dir().join("admin.token"))?),
+        (AuthMode::Token, None) => {
+            let file = cfg.data_dir().join("admin.token");
+            let token = secret_file(&file)?;
+            // The CLI finds this file by itself only next to the data dir: say where it is.
+            let shown = std::path::absolute(&file).unwrap_or(file);
+            tracing::info!(
+                file = %shown.display(),
+                "the admin token; the CLI on this machine finds it from the data dir's parent directory, elsewhere with HODEI_DATA_DIR={} or HODEI_TOKEN",
+                shown.parent().map(|p| p.display().to_string()).unwrap_or_default()
+            );
+            Some(token)
+        }
     };
     let setup = seed(&cfg, store.as_ref(), clock.now(), opts.worker_exe.as_ref()).await?;
     for p in &setup.pools {
