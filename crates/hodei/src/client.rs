@@ -313,22 +313,22 @@ pub fn table(headers: &[&str], rows: Vec<Vec<String>>) {
     table_rows(headers, rows, true);
 }
 
-/// Prints rows aligned under `headers`, the header line only with `with_header` (a watch
-/// streaming rows prints it once: columns are as wide as the header or the cell).
+/// Prints rows aligned under `headers` (comfy-table, no borders, two spaces between columns),
+/// the header line only with `with_header` (a watch streaming rows prints it once; the columns
+/// are as wide as the header or the widest cell).
 pub fn table_rows(headers: &[&str], rows: Vec<Vec<String>>, with_header: bool) {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
-    for r in &rows {
-        for (i, c) in r.iter().enumerate() {
-            widths[i] = widths[i].max(c.chars().count());
-        }
+    use comfy_table::{ContentArrangement, Table, presets};
+    let mut t = Table::new();
+    t.load_preset(presets::NOTHING).set_content_arrangement(ContentArrangement::Disabled).set_header(headers.iter().copied());
+    t.add_rows(rows);
+    for col in t.column_iter_mut() {
+        col.set_padding((0, 2));
     }
-    let line =
-        |cells: Vec<String>| cells.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths[i])).collect::<Vec<_>>().join("  ").trim_end().to_owned();
-    if with_header {
-        println!("{}", line(headers.iter().map(|s| s.to_string()).collect()));
-    }
-    for r in rows {
-        println!("{}", line(r));
+    let text = t.to_string();
+    let mut out = std::io::stdout().lock();
+    for line in text.lines().skip(usize::from(!with_header)) {
+        use std::io::Write;
+        let _ = writeln!(out, "{}", line.trim_end());
     }
 }
 
