@@ -340,6 +340,7 @@ async fn a_slurm_session_a_script_then_its_dependant_queued_and_accounted() {
     let train = text(&train.stdout).trim().to_owned();
     // Two dependants that the outcome of `train` decides, and one of an unknown job.
     let when_ok = srv.submit(json!({"command": ["true"], "depends_on": [{"job_id": train, "condition": "after_ok"}]})).await;
+    assert_eq!((when_ok["state"].as_str(), when_ok["state_reason"].as_str()), (Some("held"), Some("dependency_pending")), "the 201 says it waits");
     let when_failed = srv.submit(json!({"command": ["true"], "depends_on": [{"job_id": train, "condition": "after_not_ok"}]})).await;
     let (status, body) = srv
         .call(

@@ -282,6 +282,13 @@ pub async fn submit_job(
         }
     }
     count_submitted(std::slice::from_ref(&job));
+    // Its dependencies decided its state as it was stored (held, queued or cancelled): answer
+    // with the stored job.
+    if !job.spec.depends_on.is_empty()
+        && let Some(stored) = s.store.get_job(job.id).await?
+    {
+        job = stored;
+    }
     // Nothing of a job just stored has run: it has cost nothing.
     Ok(created(&format!("/api/v1/jobs/{}", job.id), JobView::of(&job, &s.cfg, 0), false))
 }
