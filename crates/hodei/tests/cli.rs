@@ -170,7 +170,7 @@ async fn workers_of_earlier_runs_are_listed_only_on_request_and_every_placement_
     for id in &ids {
         srv.wait_ended(id, 60).await;
     }
-    let metrics = reqwest::get(format!("{}/metrics", srv.metrics)).await.unwrap().text().await.unwrap();
+    let metrics = srv.http_client.get(format!("{}/metrics", srv.metrics)).send().await.unwrap().text().await.unwrap();
     let scheduled: f64 =
         metrics.lines().filter(|l| l.starts_with("hodei_jobs_scheduled_total{")).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum();
     assert_eq!(scheduled, 30.0, "every job placed once:\n{metrics}");

@@ -34,6 +34,11 @@ pub struct Server {
     pub http_client: reqwest::Client,
 }
 
+/// An HTTP client for the tests.
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -84,7 +89,7 @@ impl Server {
             metrics: format!("http://{}", field("metrics")),
             dir: dir.to_owned(),
             token,
-            http_client: reqwest::Client::new(),
+            http_client: http_client(),
         })
     }
 
@@ -292,7 +297,7 @@ pub async fn kill_9_mid_load_then_restart(dir: &Path, env: &[(&str, &str)]) {
     for c in 0..4 {
         let (http, token) = (http.clone(), token.clone());
         clients.push(tokio::spawn(async move {
-            let client = reqwest::Client::new();
+            let client = http_client();
             let mut acked = Vec::new();
             for i in 0..400 {
                 let body = json!({"command": ["sh", "-c", "sleep 0.05"], "labels": {"c": c.to_string(), "i": i.to_string()}});
