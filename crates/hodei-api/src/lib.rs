@@ -138,7 +138,13 @@ pub trait Control: Send + Sync {
     ) -> Result<Idempotent<Vec<Admitted>>, ControlError>;
     /// Admits and stores the members of `template`'s array (ids minted by the engine), all or
     /// none; `key` as for `submit`.
-    async fn submit_array(&self, template: Job, array: hodei_core::ArrayId, key: Option<IdempotentCall>) -> Result<Idempotent<ArrayAdmitted>, ControlError>;
+    async fn submit_array(
+        &self,
+        template: Job,
+        array: hodei_core::ArrayId,
+        key: Option<IdempotentCall>,
+        ended: Vec<(JobId, hodei_core::JobState)>,
+    ) -> Result<Idempotent<ArrayAdmitted>, ControlError>;
     /// `by`: the principal whose request it is, recorded as the transition's actor.
     async fn cancel(&self, id: JobId, by: hodei_core::ids::PrincipalId) -> Result<CancelOutcome, ControlError>;
     async fn retry(&self, id: JobId, by: hodei_core::ids::PrincipalId) -> Result<(), ControlError>;

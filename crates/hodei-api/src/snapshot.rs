@@ -102,7 +102,13 @@ mod tests {
         ) -> Result<Idempotent<Vec<Admitted>>, ControlError> {
             Err(ControlError::Stopped)
         }
-        async fn submit_array(&self, _: Job, _: hodei_core::ArrayId, _: Option<IdempotentCall>) -> Result<Idempotent<ArrayAdmitted>, ControlError> {
+        async fn submit_array(
+            &self,
+            _: Job,
+            _: hodei_core::ArrayId,
+            _: Option<IdempotentCall>,
+            _: Vec<(JobId, hodei_core::JobState)>,
+        ) -> Result<Idempotent<ArrayAdmitted>, ControlError> {
             Err(ControlError::Stopped)
         }
         async fn cancel(&self, _: JobId, _: hodei_core::ids::PrincipalId) -> Result<CancelOutcome, ControlError> {

@@ -359,9 +359,6 @@ impl JobSpecInput {
         if !self.depends_on.is_empty() && self.hold == Some(true) {
             c.err("hold", "a job with depends_on is held for its dependencies", "hold left out (hold the job once it is pending)", Some("true".into()));
         }
-        if !self.depends_on.is_empty() && self.array.is_some() {
-            c.err("depends_on", "an array cannot have dependencies in this version", "depends_on left out of an array", None);
-        }
 
         if !c.errors.is_empty() {
             return Err(c.errors);

@@ -72,6 +72,8 @@ pub enum Command {
         template: Box<Job>,
         array: ArrayId,
         key: Option<IdempotentCall>,
+        /// The stored outcome of ended jobs its members depend on.
+        ended: Vec<(JobId, JobState)>,
         reply: Reply<Idempotent<ArrayAdmitted>>,
     },
     Tenant {
@@ -836,11 +838,12 @@ impl Engine {
                 }
                 replies.submit.push((reply, Ok(Idempotent::New(admitted))));
             }
-            Command::SubmitArray { template, array, key, reply } => {
+            Command::SubmitArray { template, array, key, ended, reply } => {
                 if let Some(answer) = earlier_call(s, key.as_ref(), now) {
                     replies.arrays.push((reply, answer));
                     return;
                 }
+                s.note_ended(&ended);
                 let (store, staged) = (&self.store, &mut self.staged);
                 let mut ids: Option<(JobId, JobId)> = None;
                 let mint = || {
@@ -1155,8 +1158,14 @@ impl Control for ControlPlane {
         self.engine.submit(jobs, atomic, key, ended).await
     }
 
-    async fn submit_array(&self, template: Job, array: ArrayId, key: Option<IdempotentCall>) -> Result<Idempotent<ArrayAdmitted>, ControlError> {
-        self.engine.ask(|reply| Command::SubmitArray { template: Box::new(template), array, key, reply }).await
+    async fn submit_array(
+        &self,
+        template: Job,
+        array: ArrayId,
+        key: Option<IdempotentCall>,
+        ended: Vec<(JobId, JobState)>,
+    ) -> Result<Idempotent<ArrayAdmitted>, ControlError> {
+        self.engine.ask(|reply| Command::SubmitArray { template: Box::new(template), array, key, ended, reply }).await
     }
 
     async fn tenant_changed(&self, t: &Tenant) -> Result<(), ControlError> {

@@ -338,6 +338,10 @@ async fn a_slurm_session_a_script_then_its_dependant_queued_and_accounted() {
     let train = cli_in(&srv, work.path(), &["submit", "--after-ok", &prep, "train.sh"]);
     assert_eq!(train.status.code(), Some(0), "{}", text(&train.stderr));
     let train = text(&train.stdout).trim().to_owned();
+    // An array whose every job waits for prep.
+    let sweep = cli_in(&srv, work.path(), &["submit", "--array", "0-2", "--after-ok", &prep, "--", "true"]);
+    assert_eq!(sweep.status.code(), Some(0), "{}", text(&sweep.stderr));
+    let sweep = text(&sweep.stdout).trim().to_owned();
     // Two dependants that the outcome of `train` decides, and one of an unknown job.
     let when_ok = srv.submit(json!({"command": ["true"], "depends_on": [{"job_id": train, "condition": "after_ok"}]})).await;
     assert_eq!((when_ok["state"].as_str(), when_ok["state_reason"].as_str()), (Some("held"), Some("dependency_pending")), "the 201 says it waits");
@@ -367,6 +371,15 @@ async fn a_slurm_session_a_script_then_its_dependant_queued_and_accounted() {
     let skipped = srv.wait_ended(when_ok["id"].as_str().unwrap(), 30).await;
     assert_eq!((skipped["state"].as_str(), skipped["state_reason"].as_str()), (Some("cancelled"), Some("dependency_failed")));
     assert_eq!(text(&srv.cli(&["jobs", "logs", &train]).stdout), "prepared\n", "it ran after prep, in the submit directory");
+    let prep_end = srv.wait_ended(&prep, 30).await["finished_at"].as_str().unwrap().parse::<jiff::Timestamp>().unwrap();
+    let (_, members) = srv.call(Method::GET, &format!("/jobs?array_id={sweep}"), None).await;
+    let members: Vec<String> = members["items"].as_array().unwrap().iter().map(|j| j["id"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(members.len(), 3);
+    for m in &members {
+        let j = srv.wait_ended(m, 30).await;
+        assert_eq!(j["state"], "succeeded", "{j}");
+        assert!(j["started_at"].as_str().unwrap().parse::<jiff::Timestamp>().unwrap() >= prep_end, "an array member started before prep ended");
+    }
 
     // sacct: both ended, with exit codes and cpu time.
     let acct = text(&srv.cli(&["acct", "--format", "id,name,state,exit,cpu_time"]).stdout);

@@ -258,14 +258,15 @@ pub async fn submit_job(
     if let Some(e) = never {
         return Err(unschedulable_error(e));
     }
+    // Dependencies are checked (bad input changes nothing) before the rate is charged.
+    let ended = dependencies(&s, &tenant.id, &spec, "", &[]).await?;
     let count = spec.array.map_or(1, |a| a.count());
     let wants = [(tenant.id.clone(), count)];
     s.submit_rate.admit(&wants, s.clock.now())?;
     let key = key.map(|request| IdempotentCall { tenant: tenant.id.clone(), request });
     if let Some(array) = spec.array {
-        return submit_array(&s, &tenant, spec, array, key).await;
+        return submit_array(&s, &tenant, spec, array, key, ended).await;
     }
-    let ended = dependencies(&s, &tenant.id, &spec, "", &[]).await?;
     let mut job = new_job(&s, &tenant, spec);
     let admitted = match s.control.submit(vec![job.clone()], true, key, ended).await? {
         Idempotent::New(mut a) => a.pop().ok_or_else(|| ApiError::new(ErrorCode::Internal, "no admission"))?,
@@ -294,13 +295,20 @@ pub async fn submit_job(
 }
 
 /// An array job: one job per index, sharing one spec, admitted all or none in one transaction.
-async fn submit_array(s: &ApiState, tenant: &Tenant, spec: JobSpec, array: hodei_core::spec::ArraySpec, key: Option<IdempotentCall>) -> ApiResult<Response> {
+async fn submit_array(
+    s: &ApiState,
+    tenant: &Tenant,
+    spec: JobSpec,
+    array: hodei_core::spec::ArraySpec,
+    key: Option<IdempotentCall>,
+    ended: Vec<(JobId, JobState)>,
+) -> ApiResult<Response> {
     let array_id = ArrayId::from_uuid(Uuid::now_v7());
     let count = array.count();
     let priority = spec.priority;
     // The engine makes the members (one copy of this template per index) as it takes them.
     let template = Job::new(JobId::from_uuid(array_id.as_uuid()), tenant.id.clone(), spec, s.clock.now());
-    let ArrayAdmitted { admitted, ids } = match s.control.submit_array(template, array_id, key).await? {
+    let ArrayAdmitted { admitted, ids } = match s.control.submit_array(template, array_id, key, ended).await? {
         Idempotent::New(a) => a,
         Idempotent::Replayed(r) => {
             s.submit_rate.give_back(&[(tenant.id.clone(), count)]);
