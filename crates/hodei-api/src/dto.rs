@@ -96,7 +96,8 @@ pub struct JobSubmit {
     pub depends_on: Vec<DependsOnIn>,
 }
 
-/// One dependency: a job by id, or (in a batch) an earlier item by its index.
+/// One dependency: a job by id (an array's id stands for each of its jobs), or (in a batch) an
+/// earlier item by its index.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DependsOnIn {

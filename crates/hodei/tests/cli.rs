@@ -342,6 +342,11 @@ async fn a_slurm_session_a_script_then_its_dependant_queued_and_accounted() {
     let sweep = cli_in(&srv, work.path(), &["submit", "--array", "0-2", "--after-ok", &prep, "--", "true"]);
     assert_eq!(sweep.status.code(), Some(0), "{}", text(&sweep.stderr));
     let sweep = text(&sweep.stdout).trim().to_owned();
+    // A job after the whole array (its id stands for each of its jobs).
+    let report = cli_in(&srv, work.path(), &["submit", "--after-ok", &sweep, "--", "true"]);
+    assert_eq!(report.status.code(), Some(0), "{}", text(&report.stderr));
+    let report = text(&report.stdout).trim().to_owned();
+    assert_eq!(srv.job(&report).await["depends_on"].as_array().unwrap().len(), 3, "one dependency per job of the array");
     // Two dependants that the outcome of `train` decides, and one of an unknown job.
     let when_ok = srv.submit(json!({"command": ["true"], "depends_on": [{"job_id": train, "condition": "after_ok"}]})).await;
     assert_eq!((when_ok["state"].as_str(), when_ok["state_reason"].as_str()), (Some("held"), Some("dependency_pending")), "the 201 says it waits");
@@ -380,6 +385,7 @@ async fn a_slurm_session_a_script_then_its_dependant_queued_and_accounted() {
         assert_eq!(j["state"], "succeeded", "{j}");
         assert!(j["started_at"].as_str().unwrap().parse::<jiff::Timestamp>().unwrap() >= prep_end, "an array member started before prep ended");
     }
+    assert_eq!(srv.wait_ended(&report, 30).await["state"], "succeeded", "after the whole array");
 
     // sacct: both ended, with exit codes and cpu time.
     let acct = text(&srv.cli(&["acct", "--format", "id,name,state,exit,cpu_time"]).stdout);

@@ -91,31 +91,72 @@ fn tenant_id_for(s: &ApiState, who: &Who, body: Option<&str>, headers: &HeaderMa
 /// A job's dependencies as the store has them: each must be a job of `tenant` (else the field
 /// is named); the outcome of those already ended goes to the scheduler with the submit. Jobs
 /// of the same batch (`batch`) are live by then.
-async fn dependencies(s: &ApiState, tenant: &TenantId, spec: &JobSpec, prefix: &str, batch: &[(JobId, TenantId)]) -> ApiResult<Vec<(JobId, JobState)>> {
+/// An array's id stands for each of its jobs (as Slurm's `afterok:ARRAY`), up to the most
+/// dependencies a job may have: the dependencies are given back with arrays expanded.
+async fn dependencies(s: &ApiState, tenant: &TenantId, spec: &mut JobSpec, prefix: &str, batch: &[(JobId, TenantId)]) -> ApiResult<Vec<(JobId, JobState)>> {
     let mut ended = Vec::new();
     let mut errors = Vec::new();
+    let mut expanded = Vec::with_capacity(spec.depends_on.len());
     for (i, d) in spec.depends_on.iter().enumerate() {
         let in_batch = batch.iter().find(|(id, _)| *id == d.job).map(|(_, t)| t == tenant);
         let stored = match in_batch {
-            Some(true) => continue,
+            Some(true) => {
+                expanded.push(*d);
+                continue;
+            }
             Some(false) => None,
             None => s.store.get_job(d.job).await?,
         };
+        let field = format!("{prefix}/depends_on/{i}/job_id");
+        let mut members = Vec::new();
         match stored {
-            Some(j) if j.tenant == *tenant => {
-                if j.is_terminal() {
-                    ended.push((j.id, j.state));
+            Some(j) if j.tenant == *tenant => members.push(j),
+            Some(_) => {}
+            None => {
+                let room = hodei_core::spec::MAX_DEPENDENCIES.saturating_sub(spec.depends_on.len() - 1);
+                let filter =
+                    JobFilter { tenant: Some(tenant.clone()), array: Some(ArrayId::from_uuid(d.job.as_uuid())), limit: room as u32 + 1, ..Default::default() };
+                members = s.store.list_jobs(&filter).await?;
+                if members.len() > room {
+                    errors.push(FieldError::new(
+                        &field,
+                        "an array with more jobs than a job may depend on",
+                        format!("an array of at most {room} jobs here, or its jobs by id"),
+                        Some(d.job.to_string()),
+                    ));
+                    continue;
                 }
             }
-            _ => errors.push(FieldError::new(
-                format!("{prefix}/depends_on/{i}/job_id"),
-                "no such job in this tenant",
-                format!("the id of a job of tenant {tenant}"),
+        }
+        if members.is_empty() {
+            errors.push(FieldError::new(
+                &field,
+                "no such job or array in this tenant",
+                format!("the id of a job or array of tenant {tenant}"),
                 Some(d.job.to_string()),
-            )),
+            ));
+        }
+        for j in members {
+            if j.is_terminal() {
+                ended.push((j.id, j.state));
+            }
+            expanded.push(hodei_core::spec::Dependency { job: j.id, condition: d.condition });
         }
     }
-    if errors.is_empty() { Ok(ended) } else { Err(ApiError::validation(errors)) }
+    if expanded.len() > hodei_core::spec::MAX_DEPENDENCIES && errors.is_empty() {
+        let max = hodei_core::spec::MAX_DEPENDENCIES;
+        errors.push(FieldError::new(
+            format!("{prefix}/depends_on"),
+            "too many dependencies once arrays are counted by their jobs",
+            format!("at most {max}"),
+            Some(expanded.len().to_string()),
+        ));
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::validation(errors));
+    }
+    spec.depends_on = expanded;
+    Ok(ended)
 }
 
 /// The tenant a submit goes to, if the caller may submit there.
@@ -259,7 +300,8 @@ pub async fn submit_job(
         return Err(unschedulable_error(e));
     }
     // Dependencies are checked (bad input changes nothing) before the rate is charged.
-    let ended = dependencies(&s, &tenant.id, &spec, "", &[]).await?;
+    let mut spec = spec;
+    let ended = dependencies(&s, &tenant.id, &mut spec, "", &[]).await?;
     let count = spec.array.map_or(1, |a| a.count());
     let wants = [(tenant.id.clone(), count)];
     s.submit_rate.admit(&wants, s.clock.now())?;
@@ -426,13 +468,16 @@ pub async fn submit_batch(State(s): State<ApiState>, who: Who, headers: HeaderMa
             Ok(new_job(&s, &t, spec))
         });
         let outcome = match outcome {
-            Ok(job) if !job.spec.depends_on.is_empty() => match dependencies(&s, &job.tenant, &job.spec, &prefix, &earlier).await {
-                Ok(done) => {
-                    ended.extend(done);
-                    Ok(job)
+            Ok(mut job) if !job.spec.depends_on.is_empty() => {
+                let tenant = job.tenant.clone();
+                match dependencies(&s, &tenant, std::sync::Arc::make_mut(&mut job.spec), &prefix, &earlier).await {
+                    Ok(done) => {
+                        ended.extend(done);
+                        Ok(job)
+                    }
+                    Err(e) => Err(e),
                 }
-                Err(e) => Err(e),
-            },
+            }
             other => other,
         };
         ids.push(outcome.as_ref().ok().map(|j| j.id));
