@@ -427,7 +427,10 @@ impl Scheduler {
     pub fn release(&mut self, id: JobId, by: Actor, now: Timestamp) -> Result<(), CommandError> {
         let job = self.jobs.get_mut(&id).ok_or(CommandError::NotLive)?;
         // A job held for its dependencies is queued when they are met, not by hand.
-        if job.state != JobState::Held || job.state_reason.as_deref() == Some("dependency_pending") {
+        if job.state == JobState::Held && job.state_reason.as_deref() == Some("dependency_pending") {
+            return Err(CommandError::InvalidState { state: job.state, action: "release (it waits for its dependencies; cancel it instead)" });
+        }
+        if job.state != JobState::Held {
             return Err(CommandError::InvalidState { state: job.state, action: "release" });
         }
         move_job(job, JobState::Pending, by, Some("released"), now, &mut self.books);
