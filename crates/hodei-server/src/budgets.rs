@@ -29,6 +29,9 @@ pub async fn watch(state: ApiState, engine: EngineHandle, every: Duration, demot
     let mut told: BTreeMap<TenantId, (bool, u32)> = BTreeMap::new();
     // Alert series exported so far, set to 0 once nothing is open in them.
     let mut firing_series: BTreeSet<(String, String)> = ["warning", "critical"].iter().map(|s| ("budget_threshold".to_owned(), (*s).to_owned())).collect();
+    for (kind, severity) in &firing_series {
+        metrics::gauge!("hodei_alerts_firing", "kind" => kind.clone(), "severity" => severity.clone()).increment(0.0);
+    }
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}

@@ -24,6 +24,7 @@ use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
+use hodei_api::exposition::Exporter;
 use hodei_api::{ApiConfig, ApiState, Clock, Inner};
 use hodei_core::sched::SchedConfig;
 use hodei_core::spec::SpecLimits;
@@ -35,7 +36,6 @@ use hodei_store::logs::Logs;
 use hodei_store::postgres::{PgOptions, PgStore};
 use hodei_store::sqlite::SqliteStore;
 use hodei_store::{Schema, Store};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -99,18 +99,19 @@ impl RunningServer {
     }
 }
 
-/// The process-wide Prometheus recorder, installed once (several servers may share a process in tests).
-fn metrics_handle() -> anyhow::Result<PrometheusHandle> {
-    static HANDLE: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
+/// The process-wide metrics recorder, installed once (several servers may share a process in tests).
+fn metrics_handle() -> anyhow::Result<Exporter> {
+    static HANDLE: OnceLock<Result<Exporter, String>> = OnceLock::new();
     let h = HANDLE.get_or_init(|| {
-        let buckets = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0];
-        let recorder = PrometheusBuilder::new().set_buckets(&buckets).map_err(|e| e.to_string())?.build_recorder();
-        let handle = recorder.handle();
-        metrics::set_global_recorder(recorder).map_err(|_| "a metrics recorder is already installed".to_owned())?;
+        let exporter = Exporter::default();
+        metrics::set_global_recorder(exporter.clone()).map_err(|_| "a metrics recorder is already installed".to_owned())?;
         metrics::gauge!("hodei_build_info", "version" => VERSION).set(1.0);
+        let _registered = metrics::histogram!("hodei_scheduling_latency_seconds");
+        metrics::counter!("hodei_db_errors_total", "op" => "apply").increment(0);
+        metrics::counter!("hodei_audit_write_failures_total").increment(0);
         // Set by the engine from the scheduler lock it checks every tick.
         metrics::gauge!("hodei_scheduler_leader").set(0.0);
-        Ok(handle)
+        Ok(exporter)
     });
     h.clone().map_err(|e| anyhow::anyhow!("installing the metrics recorder: {e}"))
 }
@@ -480,7 +481,7 @@ struct ApiParts {
     engine: EngineHandle,
     logs: Arc<Logs>,
     clock: Arc<dyn Clock>,
-    metrics: Option<PrometheusHandle>,
+    metrics: Option<Exporter>,
     pools: Vec<Pool>,
     admin_token: Option<String>,
     pools_changed: Arc<tokio::sync::Notify>,
@@ -559,22 +560,6 @@ fn api_state(cfg: &Config, p: ApiParts, stopping: watch::Receiver<bool>) -> anyh
         cfg: api_cfg,
         started: Instant::now(),
     })))
-}
-
-/// The Prometheus recorder keeps every histogram sample recorded since it last folded them into
-/// the buckets, which it does when `/metrics` is scraped — or here, every 5 s: a server nobody
-/// scrapes would otherwise grow by every sample it ever recorded (`bench/soak.sh` showed ~2 MiB
-/// a minute at 100 jobs/s).
-async fn metrics_upkeep(handle: PrometheusHandle, mut stop: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.wait_for(|s| *s) => return,
-        }
-        handle.run_upkeep();
-    }
 }
 
 pub fn engine_config(cfg: &Config) -> EngineConfig {
@@ -666,8 +651,9 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
         }
     };
     let setup = seed(&cfg, store.as_ref(), clock.now(), opts.worker_exe.as_ref()).await?;
+    let default_tenant = TenantId::parse(&cfg.multi_tenancy.default_tenant_id).context("multi_tenancy.default_tenant_id")?;
     for p in &setup.pools {
-        hodei_api::zero_series_for_pool(p);
+        hodei_api::zero_series_for_pool(p, &default_tenant);
     }
     for t in store.list_tenants().await.context("listing tenants")? {
         hodei_api::zero_series_for_tenant(&t.id, &setup.pools);
@@ -737,9 +723,6 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
             shutdown_rx.clone(),
         )),
     ];
-    if let Some(m) = metrics.clone() {
-        tasks.push(tokio::spawn(metrics_upkeep(m, shutdown_rx.clone())));
-    }
     // With budgets off none is enforced (and none can be created).
     if cfg.budgets.enabled {
         tasks.push(tokio::spawn(budgets::watch(state.clone(), handle.clone(), Duration::from_secs(1), cfg.budgets.fair_share_demotion, shutdown_rx.clone())));

@@ -55,7 +55,16 @@ pub async fn metrics(State(s): State<ApiState>, headers: HeaderMap) -> Response 
     // Read at scrape time: a stalled loop cannot report its own lag.
     metrics::gauge!("hodei_scheduler_loop_lag_seconds").set(s.control.loop_lag().as_secs_f64());
     match &s.metrics {
-        Some(h) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], h.render()).into_response(),
+        // Rendering reads every series: off the async workers.
+        Some(h) => match tokio::task::spawn_blocking({
+            let h = h.clone();
+            move || h.render()
+        })
+        .await
+        {
+            Ok(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
+            Err(e) => ApiError::new(ErrorCode::Internal, format!("rendering metrics failed: {e}")).into_response(),
+        },
         None => (StatusCode::NOT_FOUND, "metrics are disabled").into_response(),
     }
 }

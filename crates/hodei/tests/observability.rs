@@ -1,0 +1,425 @@
+//! What operators see, checked against real servers: every metric of the contract exported by a
+//! fresh server with its type and labels; the shipped alert rules through `promtool`; every
+//! dashboard query through a real Prometheus scraping a real server with real workers; and an
+//! alert travelling from a killed worker to a real Alertmanager.
+//!
+//! Prometheus, promtool and Alertmanager are Debian's `prometheus` and `prometheus-alertmanager`
+//! (`.ci/run` installs them); without them these tests say `SKIPPED`, and fail under `CI=true`.
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+
+/// SPEC §7.1, as the contract lists it: name, type, label names.
+const CONTRACT: &[(&str, &str, &[&str])] = &[
+    ("hodei_jobs_submitted_total", "counter", &["tenant", "priority"]),
+    ("hodei_jobs_scheduled_total", "counter", &["tenant", "pool"]),
+    ("hodei_jobs_completed_total", "counter", &["tenant", "pool", "state"]),
+    ("hodei_jobs_retried_total", "counter", &["tenant"]),
+    ("hodei_jobs_requeued_total", "counter", &["pool", "reason"]),
+    ("hodei_submissions_rejected_total", "counter", &["tenant", "code"]),
+    ("hodei_quota_violations_total", "counter", &["tenant", "resource"]),
+    ("hodei_jobs_queued", "gauge", &["tenant", "priority", "state"]),
+    ("hodei_jobs_running", "gauge", &["tenant", "pool"]),
+    ("hodei_queue_oldest_wait_seconds", "gauge", &["tenant"]),
+    ("hodei_jobs_overdue", "gauge", &["pool"]),
+    ("hodei_scheduling_latency_seconds", "histogram", &[]),
+    ("hodei_dispatch_latency_seconds", "histogram", &["pool"]),
+    ("hodei_worker_allocation_latency_seconds", "histogram", &["pool"]),
+    ("hodei_queue_wait_seconds", "histogram", &["tenant", "priority"]),
+    ("hodei_job_run_duration_seconds", "histogram", &["pool", "state"]),
+    ("hodei_http_requests_total", "counter", &["method", "route", "status"]),
+    ("hodei_http_request_duration_seconds", "histogram", &["method", "route"]),
+    ("hodei_workers", "gauge", &["pool", "state"]),
+    ("hodei_workers_unhealthy", "gauge", &["pool"]),
+    ("hodei_workers_lost_total", "counter", &["pool"]),
+    ("hodei_pool_size", "gauge", &["pool"]),
+    ("hodei_pool_desired_size", "gauge", &["pool"]),
+    ("hodei_pool_min_size", "gauge", &["pool"]),
+    ("hodei_pool_max_size", "gauge", &["pool"]),
+    ("hodei_pool_queue_depth", "gauge", &["pool"]),
+    ("hodei_pool_cpu_utilization_ratio", "gauge", &["pool"]),
+    ("hodei_pool_memory_utilization_ratio", "gauge", &["pool"]),
+    ("hodei_pool_busy_ratio", "gauge", &["pool"]),
+    ("hodei_pool_state", "gauge", &["pool", "state"]),
+    ("hodei_pool_provisioning_failures_total", "counter", &["pool"]),
+    ("hodei_autoscaler_decisions_total", "counter", &["pool", "action", "decision"]),
+    ("hodei_tenant_cpu_m", "gauge", &["tenant"]),
+    ("hodei_tenant_memory_mb", "gauge", &["tenant"]),
+    ("hodei_tenant_gpu", "gauge", &["tenant"]),
+    ("hodei_tenant_weight", "gauge", &["tenant"]),
+    ("hodei_tenant_fair_share", "gauge", &["tenant"]),
+    ("hodei_tenant_actual_share", "gauge", &["tenant"]),
+    ("hodei_tenant_burst_active", "gauge", &["tenant"]),
+    ("hodei_tenant_burst_utilization_ratio", "gauge", &["tenant"]),
+    ("hodei_tenant_quota_utilization", "gauge", &["tenant", "resource"]),
+    ("hodei_tenant_cost_micros_total", "counter", &["tenant"]),
+    ("hodei_pool_cost_micros_total", "counter", &["pool"]),
+    ("hodei_budget_utilization_ratio", "gauge", &["tenant", "project"]),
+    ("hodei_sla_compliance_ratio", "gauge", &["tenant", "level"]),
+    ("hodei_sla_jobs", "gauge", &["tenant", "level", "status"]),
+    ("hodei_sla_breaches_total", "counter", &["tenant", "level"]),
+    ("hodei_db_errors_total", "counter", &["op"]),
+    ("hodei_db_query_duration_seconds", "histogram", &["op"]),
+    ("hodei_scheduler_leader", "gauge", &[]),
+    ("hodei_scheduler_loop_lag_seconds", "gauge", &[]),
+    ("hodei_alerts_firing", "gauge", &["kind", "severity"]),
+    ("hodei_build_info", "gauge", &["version"]),
+];
+
+/// One scrape: type and help of each metric family, and the label names of each sample.
+#[derive(Default)]
+struct Exposition {
+    types: BTreeMap<String, String>,
+    help: BTreeSet<String>,
+    /// Family → label-name sets of its samples (`le` and the `_bucket/_sum/_count` suffixes taken off).
+    samples: BTreeMap<String, BTreeSet<Vec<String>>>,
+}
+
+fn parse(text: &str) -> Exposition {
+    let mut e = Exposition::default();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut it = rest.split_whitespace();
+            e.types.insert(it.next().unwrap().to_owned(), it.next().unwrap().to_owned());
+        } else if let Some(rest) = line.strip_prefix("# HELP ") {
+            e.help.insert(rest.split_whitespace().next().unwrap().to_owned());
+        } else if !line.is_empty() && !line.starts_with('#') {
+            let (name, labels) = match line.split_once('{') {
+                Some((n, rest)) => (n, rest.rsplit_once('}').unwrap().0),
+                None => (line.split_whitespace().next().unwrap(), ""),
+            };
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s).filter(|f| e.types.get(*f).is_some_and(|t| t == "histogram")))
+                .unwrap_or(name);
+            let mut names: Vec<String> =
+                labels.split("\",").filter(|p| !p.is_empty()).map(|p| p.split_once('=').unwrap().0.to_owned()).filter(|n| n != "le").collect();
+            names.sort();
+            e.samples.entry(family.to_owned()).or_default().insert(names);
+        }
+    }
+    e
+}
+
+/// A fresh server — one tenant, one pool, no job yet — exports every metric of the contract and
+/// of `docs/metrics.md`, with its type, its label names and a help line (SPEC §10: series exist
+/// from the start).
+#[tokio::test]
+async fn a_fresh_server_exports_every_metric_of_the_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path(), &[], 0, None);
+    // One API call, so the HTTP series exist.
+    let (status, _) = srv.call(reqwest::Method::GET, "/whoami", None).await;
+    assert_eq!(status, 200);
+    let text = srv.http_client.get(format!("{}/metrics", srv.metrics)).send().await.unwrap().text().await.unwrap();
+    let e = parse(&text);
+    let mut wrong = Vec::new();
+    let contract = CONTRACT.iter().map(|(n, k, l)| (n.to_string(), k.to_string(), l.iter().map(|l| l.to_string()).collect::<Vec<_>>()));
+    let reference = std::fs::read_to_string(repo().join("docs/metrics.md")).unwrap();
+    let documented: Vec<_> = reference
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .map(|l| {
+            let cells: Vec<&str> = l.split(" | ").collect();
+            let labels = cells[2].split(", ").filter(|l| !l.is_empty()).map(String::from).collect();
+            (cells[0].trim_end_matches('`').to_owned(), cells[1].to_owned(), labels)
+        })
+        .collect();
+    for (name, _, _) in CONTRACT {
+        assert!(documented.iter().any(|(n, _, _)| n == name), "{name} is not in docs/metrics.md");
+    }
+    for (name, kind, mut want) in contract.chain(documented) {
+        let (name, kind) = (name.as_str(), kind.as_str());
+        want.sort();
+        match (e.types.get(name), e.samples.get(name)) {
+            (None, _) | (_, None) => wrong.push(format!("{name}: not exported")),
+            (Some(t), Some(sets)) => {
+                if t != kind {
+                    wrong.push(format!("{name}: type {t}, expected {kind}"));
+                }
+                if sets.iter().any(|s| *s != want) {
+                    wrong.push(format!("{name}: labels {sets:?}, expected {want:?}"));
+                }
+                if !e.help.contains(name) {
+                    wrong.push(format!("{name}: no HELP line"));
+                }
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}\n\n{text}", wrong.join("\n"));
+    // Nothing exported is left undocumented either.
+    let undocumented: Vec<_> = e.types.keys().filter(|n| !e.help.contains(*n)).collect();
+    assert!(undocumented.is_empty(), "metrics without HELP: {undocumented:?}");
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+/// A Debian tool by its names, or `None` (SKIPPED outside CI).
+fn tool(names: &[&str]) -> Option<PathBuf> {
+    let found = names.iter().find_map(|n| std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|d| d.join(n)).find(|p| p.is_file())));
+    if found.is_none() {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true: {} is required (.ci/run installs it)", names[0]);
+        eprintln!("SKIPPED: {} not found (Debian: apt-get install prometheus prometheus-alertmanager)", names[0]);
+    }
+    found
+}
+
+/// `promtool check rules` and `promtool test rules` on the shipped rules: 30 alerts, each with
+/// severity, summary, description and a runbook section, each tested firing and not firing.
+#[test]
+fn the_alert_rules_pass_promtool_and_each_has_a_runbook_section() {
+    let Some(promtool) = tool(&["promtool"]) else { return };
+    let dir = repo().join("deploy/prometheus");
+    for args in [&["check", "rules", "alerts.yml"][..], &["test", "rules", "alerts_test.yml"], &["check", "config", "prometheus.yml"]] {
+        let out = Command::new(&promtool).args(args).current_dir(&dir).output().unwrap();
+        assert!(out.status.success(), "promtool {args:?}:\n{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    }
+    let rules: serde_yaml_ng::Value = serde_yaml_ng::from_str(&std::fs::read_to_string(dir.join("alerts.yml")).unwrap()).unwrap();
+    let tests = std::fs::read_to_string(dir.join("alerts_test.yml")).unwrap();
+    let runbook = std::fs::read_to_string(repo().join("docs/runbook.md")).unwrap();
+    let mut names = Vec::new();
+    for group in rules["groups"].as_sequence().unwrap() {
+        for r in group["rules"].as_sequence().unwrap() {
+            let name = r["alert"].as_str().unwrap();
+            names.push(name.to_owned());
+            assert!(["info", "warning", "critical"].contains(&r["labels"]["severity"].as_str().unwrap_or("")), "{name}: severity");
+            for a in ["summary", "description"] {
+                assert!(r["annotations"][a].as_str().is_some_and(|s| !s.is_empty()), "{name}: {a}");
+            }
+            assert_eq!(r["annotations"]["runbook"].as_str(), Some(format!("docs/runbook.md#{}", name.to_lowercase()).as_str()));
+            assert!(runbook.contains(&format!("\n## {name}\n")), "{name}: no section in docs/runbook.md");
+            assert!(tests.contains(&format!("alertname: {name}\n")), "{name}: no promtool test");
+        }
+    }
+    // SPEC §7.3's alerts, every one.
+    for name in [
+        "HodeiPoolProvisioningFailing",
+        "HodeiPoolInError",
+        "HodeiPoolNoAvailableWorkers",
+        "HodeiPoolAtMaxWithQueue",
+        "HodeiPoolBelowMinSize",
+        "HodeiHighAllocationLatency",
+        "HodeiScaleFlapping",
+        "HodeiTenantQuotaExceeded",
+        "HodeiTenantNearQuota",
+        "HodeiTenantBurstExhausted",
+        "HodeiTenantStarved",
+        "HodeiBudget80",
+        "HodeiBudget90",
+        "HodeiBudgetExhausted",
+        "HodeiSLAAtRisk",
+        "HodeiSLACritical",
+        "HodeiSLABreach",
+        "HodeiSLAComplianceLow",
+        "HodeiJobFailureRateHigh",
+        "HodeiJobsStuckPending",
+        "HodeiJobsStuckRunning",
+        "HodeiWorkerHeartbeatLost",
+        "HodeiWorkersOfflineRatioHigh",
+        "HodeiWorkerUnhealthy",
+        "HodeiAPIErrorRateHigh",
+        "HodeiAPILatencyP95High",
+        "HodeiDatabaseErrors",
+        "HodeiSchedulerLoopLag",
+        "HodeiNoSchedulerLeader",
+        "HodeiAutoscalerFailures",
+    ] {
+        assert!(names.iter().any(|n| n == name), "{name} missing from alerts.yml");
+    }
+}
+
+/// The dashboard JSON files are what their generator writes, and each is provisionable: a
+/// stable uid, a `datasource` variable every query goes through.
+#[test]
+fn the_dashboards_are_their_generators_output() {
+    let out = Command::new("python3").arg(repo().join("deploy/grafana/dashboards.py")).arg("--check").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let uids: BTreeSet<String> = dashboards().iter().map(|d| d["uid"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(uids, ["hodei-cost", "hodei-overview", "hodei-pools", "hodei-sla", "hodei-tenants"].map(String::from).into());
+    for d in dashboards() {
+        assert_eq!(d["templating"]["list"][0]["name"], "datasource", "{}", d["uid"]);
+        for p in d["panels"].as_array().unwrap() {
+            assert_eq!(p["datasource"]["uid"], "${datasource}", "{} / {}", d["uid"], p["title"]);
+        }
+    }
+}
+
+fn dashboards() -> Vec<Value> {
+    let dir = repo().join("deploy/grafana/dashboards");
+    let mut files: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    files.iter().map(|f| serde_json::from_str(&std::fs::read_to_string(f).unwrap()).unwrap()).collect()
+}
+
+/// A child process killed when the test ends.
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn daemon(bin: &Path, args: &[String], log: &Path) -> Daemon {
+    let log = std::fs::File::create(log).unwrap();
+    Daemon(Command::new(bin).args(args).stdout(Stdio::null()).stderr(log).spawn().unwrap())
+}
+
+/// Polls `url` until `ok` accepts its JSON, or fails after `secs` with the last answer and `log`.
+async fn wait_json(url: &str, secs: u64, log: &Path, ok: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut last = Value::Null;
+    while Instant::now() < deadline {
+        if let Ok(r) = reqwest::get(url).await
+            && let Ok(v) = r.json::<Value>().await
+        {
+            if ok(&v) {
+                return v;
+            }
+            last = v;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("{url}: not as expected within {secs} s; last answer {last}\n{}", std::fs::read_to_string(log).unwrap_or_default());
+}
+
+/// A real Prometheus scrapes a running server with real workers and jobs, and evaluates the
+/// shipped alert rules: every query of every dashboard panel is valid PromQL and names only
+/// metrics the server exports; then a worker is killed with SIGKILL and a real Alertmanager
+/// holds `HodeiWorkerHeartbeatLost` for its pool within 30 s.
+#[tokio::test]
+async fn prometheus_runs_every_dashboard_query_and_alertmanager_hears_of_a_lost_worker() {
+    let (Some(prometheus), Some(alertmanager)) = (tool(&["prometheus"]), tool(&["prometheus-alertmanager", "alertmanager"])) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(&dir.path().join("hodei"), &[], 0, Some(REMOTE_POOL));
+    let mut worker = WorkerProc::start(&srv.grpc, "remote", &srv.join_token("remote"), 2);
+    for cmd in [json!(["true"]), json!(["false"]), json!(["sleep", "0.2"])] {
+        let job = srv.submit(json!({"command": cmd})).await;
+        srv.wait_ended(job["id"].as_str().unwrap(), 30).await;
+    }
+
+    let (am_port, prom_port) = (free_port(), free_port());
+    let am_log = dir.path().join("alertmanager.log");
+    std::fs::write(dir.path().join("alertmanager.yml"), "route: { receiver: none, group_wait: 1s, group_interval: 1s }\nreceivers: [{ name: none }]\n")
+        .unwrap();
+    let _am = daemon(
+        &alertmanager,
+        &[
+            format!("--config.file={}", dir.path().join("alertmanager.yml").display()),
+            format!("--storage.path={}", dir.path().join("am-data").display()),
+            format!("--web.listen-address=127.0.0.1:{am_port}"),
+            "--cluster.listen-address=".into(),
+        ],
+        &am_log,
+    );
+    let target = srv.metrics.trim_start_matches("http://");
+    let rules = repo().join("deploy/prometheus/alerts.yml");
+    std::fs::write(
+        dir.path().join("prometheus.yml"),
+        format!(
+            "global: {{ scrape_interval: 1s, evaluation_interval: 1s }}\nrule_files: ['{}']\n\
+             alerting: {{ alertmanagers: [{{ static_configs: [{{ targets: ['127.0.0.1:{am_port}'] }}] }}] }}\n\
+             scrape_configs: [{{ job_name: hodei, static_configs: [{{ targets: ['{target}'] }}] }}]\n",
+            rules.display()
+        ),
+    )
+    .unwrap();
+    let prom_log = dir.path().join("prometheus.log");
+    let _prom = daemon(
+        &prometheus,
+        &[
+            format!("--config.file={}", dir.path().join("prometheus.yml").display()),
+            format!("--storage.tsdb.path={}", dir.path().join("prom-data").display()),
+            format!("--web.listen-address=127.0.0.1:{prom_port}"),
+        ],
+        &prom_log,
+    );
+    let prom = format!("http://127.0.0.1:{prom_port}");
+    wait_json(&format!("{prom}/api/v1/targets"), 60, &prom_log, |v| v["data"]["activeTargets"][0]["health"] == "up").await;
+    // Two scrapes at least, so rates have two samples.
+    wait_json(&format!("{prom}/api/v1/query?query=count_over_time(hodei_build_info[1m])"), 30, &prom_log, |v| {
+        v["data"]["result"][0]["value"][1].as_str().and_then(|n| n.parse::<u32>().ok()).is_some_and(|n| n >= 3)
+    })
+    .await;
+
+    let exported = parse(&srv.http_client.get(format!("{}/metrics", srv.metrics)).send().await.unwrap().text().await.unwrap()).types;
+    let client = http_client();
+    let mut bad = Vec::new();
+    let mut queries = 0;
+    for d in dashboards() {
+        for p in d["panels"].as_array().unwrap() {
+            for t in p["targets"].as_array().unwrap() {
+                let expr = t["expr"].as_str().unwrap();
+                for name in metric_names(expr) {
+                    let family = ["_bucket", "_sum", "_count"].iter().find_map(|s| name.strip_suffix(s)).filter(|f| exported.contains_key(*f));
+                    if !exported.contains_key(&name) && family.is_none() {
+                        bad.push(format!("{} / {}: {name} is not exported", d["uid"], p["title"]));
+                    }
+                }
+                let query = expr.replace("$__rate_interval", "1m").replace("$__range", "1h").replace("$tenant", ".*").replace("$pool", ".*");
+                let r: Value = client
+                    .get(reqwest::Url::parse_with_params(&format!("{prom}/api/v1/query"), [("query", &query)]).unwrap())
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                // An empty answer is a label or selector that matches nothing, but for the panels
+                // that are empty on a healthy server minutes old.
+                let title = p["title"].as_str().unwrap();
+                if r["data"]["result"].as_array().is_some_and(|a| a.is_empty()) && !MAY_BE_EMPTY.contains(&title) {
+                    bad.push(format!("{} / {title}: {query}: no data", d["uid"]));
+                }
+                if r["status"] != "success" {
+                    bad.push(format!("{} / {}: {query}: {}", d["uid"], p["title"], r["error"]));
+                }
+                queries += 1;
+            }
+        }
+    }
+    assert!(bad.is_empty(), "{}", bad.join("\n"));
+    assert!(queries >= 60, "only {queries} queries");
+
+    // A worker dies: its lease expires (1.5 s here), the server counts it lost, Prometheus's rule
+    // fires and Alertmanager holds the alert — within the design's 30 s.
+    let killed = Instant::now();
+    worker.kill9();
+    let alerts = wait_json(&format!("http://127.0.0.1:{am_port}/api/v2/alerts"), 30, &am_log, |v| {
+        v.as_array().is_some_and(|a| a.iter().any(|a| a["labels"]["alertname"] == "HodeiWorkerHeartbeatLost"))
+    })
+    .await;
+    let elapsed = killed.elapsed();
+    let lost = alerts.as_array().unwrap().iter().find(|a| a["labels"]["alertname"] == "HodeiWorkerHeartbeatLost").unwrap();
+    assert_eq!(lost["labels"]["pool"], "remote");
+    assert_eq!(lost["labels"]["severity"], "warning");
+    assert_eq!(lost["annotations"]["runbook"], "docs/runbook.md#hodeiworkerheartbeatlost");
+    eprintln!("HodeiWorkerHeartbeatLost reached Alertmanager {elapsed:?} after the kill");
+}
+
+/// Panels with no data on a healthy server minutes old: alerts firing, and the month-end
+/// forecast (a day's trend needs more than a few seconds of samples).
+const MAY_BE_EMPTY: &[&str] = &["Alerts firing", "Month-end forecast by tenant"];
+
+/// The metric names an expression uses.
+fn metric_names(expr: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut rest = expr;
+    while let Some(i) = rest.find("hodei_") {
+        let name: String = rest[i..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+        rest = &rest[i + name.len()..];
+        out.insert(name);
+    }
+    out
+}
