@@ -27,6 +27,7 @@ fn openapi() -> String {
         token_default_ttl_days: None,
         request_timeout: std::time::Duration::from_secs(30),
         metrics_bearer_token: None,
+        history: None,
         grpc_addr: None,
         version: env!("CARGO_PKG_VERSION").to_owned(),
     };

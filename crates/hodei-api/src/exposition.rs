@@ -99,6 +99,13 @@ static HELP: LazyLock<HashMap<&'static str, &'static str>> = LazyLock::new(|| ME
 static LE: LazyLock<Vec<String>> = LazyLock::new(|| BUCKETS.iter().map(|b| b.to_string()).chain(["+Inf".to_owned()]).collect());
 
 impl Exporter {
+    /// Calls `f` with the name, labels and value of every counter and gauge (the metric
+    /// history samples the server's figures from here).
+    pub fn each_value(&self, mut f: impl FnMut(&str, &Key, f64)) {
+        self.0.visit_counters(|k, c| f(k.name(), k, c.load(Ordering::Relaxed) as f64));
+        self.0.visit_gauges(|k, g| f(k.name(), k, f64::from_bits(g.load(Ordering::Relaxed))));
+    }
+
     /// The Prometheus text exposition (format 0.0.4) of every metric registered so far,
     /// families sorted by name.
     pub fn render(&self) -> String {

@@ -9,6 +9,7 @@ mod ctx;
 pub mod dto;
 pub mod error;
 pub mod exposition;
+pub mod history;
 mod json;
 pub mod metrics_catalog;
 pub mod rate;
@@ -203,6 +204,8 @@ impl TenantLoad {
 
 #[derive(Clone, Debug)]
 pub struct ApiConfig {
+    /// `metrics.history`, when on.
+    pub history: Option<history::HistorySettings>,
     pub limits: SpecLimits,
     pub max_body_bytes: usize,
     pub max_batch_body_bytes: usize,

@@ -701,11 +701,13 @@ section!(PrometheusConfig {
     bearer_token: Option<Secret> = None,
 });
 section!(HistoryConfig {
-    /// Not supported yet: refused unless left at its default.
+    /// Keep a history of the server's own figures (per pool, per tenant, cluster-wide) in the
+    /// database, read with `GET /api/v1/metrics/historical`: raw samples for a day, 5-minute
+    /// averages for a week, hourly ones for `retention_days`.
     enabled: bool = true,
-    /// Not supported yet: refused unless left at its default.
+    /// Seconds between samples.
     interval_s: u64 = 60,
-    /// Not supported yet: refused unless left at its default.
+    /// Days the hourly averages are kept (and no resolution longer).
     retention_days: u32 = 14,
 });
 section!(MetricsConfig { prometheus: PrometheusConfig = Default::default(), history: HistoryConfig = Default::default() });
@@ -898,7 +900,6 @@ impl Config {
         check("cost_tracking.track_by_tenant".into(), c.track_by_tenant != dc.track_by_tenant);
         check("cost_tracking.track_by_job".into(), c.track_by_job != dc.track_by_job);
         check("cost_tracking.track_by_pool".into(), c.track_by_pool != dc.track_by_pool);
-        check("metrics.history".into(), self.metrics.history != d.metrics.history);
         check("observability".into(), self.observability != d.observability);
         check("multi_cluster".into(), self.multi_cluster != d.multi_cluster);
         check("deployments".into(), self.deployments != d.deployments);
@@ -1009,6 +1010,12 @@ impl Config {
         if self.cost_tracking.retention_days == 0 {
             return bad("cost_tracking.retention_days", "must be at least 1".into());
         }
+        if self.metrics.history.interval_s == 0 {
+            return bad("metrics.history.interval_s", "must be at least 1".into());
+        }
+        if self.metrics.history.retention_days == 0 {
+            return bad("metrics.history.retention_days", "must be at least 1".into());
+        }
         if self.autoscaling.history_retention_days == 0 {
             return bad("autoscaling.history_retention_days", "must be at least 1".into());
         }
@@ -1099,11 +1106,7 @@ mod tests {
     fn keys_no_feature_acts_on_are_refused_when_set() {
         let env = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>();
         assert!(super::Config::default().unsupported().is_empty(), "the defaults start");
-        for (var, key) in [
-            ("HODEI_COST_TRACKING__TRACK_BY_JOB", "cost_tracking.track_by_job"),
-            ("HODEI_METRICS__HISTORY__INTERVAL_S", "metrics.history"),
-            ("HODEI_OBSERVABILITY__GRAFANA__FOLDER", "observability"),
-        ] {
+        for (var, key) in [("HODEI_COST_TRACKING__TRACK_BY_JOB", "cost_tracking.track_by_job"), ("HODEI_OBSERVABILITY__GRAFANA__FOLDER", "observability")] {
             let value = if var.ends_with("TRACK_BY_JOB") {
                 "false"
             } else if var.ends_with("FILE") || var.ends_with("FOLDER") {
@@ -1216,7 +1219,8 @@ mod tests {
                 AutoscalingConfig::KEYS,
                 "enabled evaluation_interval_s default_scale_up_cooldown_s default_scale_down_cooldown_s default_window_s provision_timeout_s provision_max_retries history_retention_days |",
             ),
-            ("metrics", MetricsConfig::KEYS, "| history"),
+            ("metrics", MetricsConfig::KEYS, "|"),
+            ("metrics.history", HistoryConfig::KEYS, "enabled interval_s retention_days |"),
             ("metrics.prometheus", PrometheusConfig::KEYS, "enabled port path bearer_token |"),
             ("observability", ObservabilityConfig::KEYS, "| *"),
             ("multi_cluster", MultiClusterConfig::KEYS, "| *"),

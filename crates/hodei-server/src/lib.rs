@@ -9,6 +9,7 @@ pub mod config_reference;
 pub mod engine;
 mod gauges;
 pub mod grpc;
+mod history;
 pub mod kubernetes;
 pub mod local_pool;
 pub mod providers;
@@ -527,6 +528,7 @@ fn api_state(cfg: &Config, p: ApiParts, stopping: watch::Receiver<bool>) -> anyh
         admin_token,
         token_default_ttl_days: cfg.auth.token_default_ttl_days,
         metrics_bearer_token: cfg.metrics.prometheus.bearer_token.as_ref().map(|t| t.0.trim().to_owned()),
+        history: history_settings(cfg),
         request_timeout: Duration::from_millis(cfg.server.request_timeout_ms),
         grpc_addr: Some(grpc_addr),
         version: VERSION.to_owned(),
@@ -560,6 +562,12 @@ fn api_state(cfg: &Config, p: ApiParts, stopping: watch::Receiver<bool>) -> anyh
         cfg: api_cfg,
         started: Instant::now(),
     })))
+}
+
+/// `metrics.history`, when on.
+fn history_settings(cfg: &Config) -> Option<hodei_api::history::HistorySettings> {
+    let h = &cfg.metrics.history;
+    h.enabled.then(|| hodei_api::history::HistorySettings { interval: Duration::from_secs(h.interval_s), retention_days: h.retention_days })
 }
 
 pub fn engine_config(cfg: &Config) -> EngineConfig {
@@ -624,7 +632,9 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
     let tls = tls::Tls::load(&cfg.server.tls)?;
     private_data_dir(&cfg)?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let metrics = if cfg.metrics.prometheus.enabled { Some(metrics_handle()?) } else { None };
+    // The recorder is installed whether or not metrics are served: the history samples it.
+    let recorder = metrics_handle()?;
+    let metrics = cfg.metrics.prometheus.enabled.then(|| recorder.clone());
     let store = match opts.store {
         Some(s) => s,
         None => open_store(&cfg, schema_policy(&cfg), true).await?,
@@ -724,6 +734,9 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
         )),
     ];
     // With budgets off none is enforced (and none can be created).
+    if let Some(settings) = history_settings(&cfg) {
+        tasks.push(tokio::spawn(history::run(recorder.clone(), store.clone(), clock.clone(), settings, shutdown_rx.clone())));
+    }
     if cfg.budgets.enabled {
         tasks.push(tokio::spawn(budgets::watch(state.clone(), handle.clone(), Duration::from_secs(1), cfg.budgets.fair_share_demotion, shutdown_rx.clone())));
     }

@@ -102,6 +102,11 @@ pass! { Store {
         fn delete_ended_jobs(&self, before: Timestamp, limit: u32) -> hodei_store::Purged;
         fn sla_counts(&self, since: Timestamp, tenant: Option<&TenantId>) -> Vec<SlaCount>;
         fn forget_sla_counts(&self, before: Timestamp) -> u64;
+        fn put_metric_samples(&self, samples: &[hodei_store::MetricSample]) -> ();
+        fn downsample_metric_samples(&self, width_s: u32, from: Timestamp, to: Timestamp) -> u64;
+        fn last_metric_sample(&self, resolution_s: u32) -> Option<Timestamp>;
+        fn metric_history(&self, q: &hodei_store::HistoryQuery) -> Vec<hodei_store::HistorySeries>;
+        fn forget_metric_samples(&self, resolution_s: u32, before: Timestamp) -> u64;
         fn forget_cost_records(&self, before: Timestamp) -> u64;
         fn top_cost_jobs(&self, q: &hodei_store::CostQuery, limit: u32) -> Vec<hodei_store::JobCost>;
         fn put_cost_report(&self, r: &hodei_store::StoredReport) -> ();

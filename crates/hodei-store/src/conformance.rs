@@ -94,6 +94,7 @@ pub async fn run_all(store: &dyn Store) {
     jobs_remember_who_submitted_them(store).await;
     retention_deletes_ended_jobs_oldest_first_and_arrays_as_a_unit(store).await;
     sla_counts_add_up_per_hour_and_are_forgotten(store).await;
+    metric_history_is_averaged_per_step_downsampled_and_forgotten(store).await;
     scaling_history_lists_newest_first_by_filter(store).await;
     the_cost_ledger_adds_up_in_its_rollups(store).await;
     rate_versions_list_oldest_first_one_per_instant(store).await;
@@ -146,6 +147,56 @@ async fn scaling_history_lists_newest_first_by_filter(store: &dyn Store) {
     assert_eq!(page.iter().map(|e| e.at.as_millis()).collect::<Vec<_>>(), [20]);
     assert_eq!(store.delete_scaling_events_before(ts(26)).await.unwrap(), 3, "two of this pool and one of the other");
     assert_eq!(store.list_scaling_events(&f).await.unwrap().len(), 2);
+}
+
+/// Metric samples come back averaged per step, per metric; downsampling averages raw samples
+/// into aligned buckets (again: replacing them); retention deletes one resolution by age.
+async fn metric_history_is_averaged_per_step_downsampled_and_forgotten(store: &dyn Store) {
+    use crate::{HistoryQuery, HistorySeries, MetricSample};
+    const M: i64 = 60_000;
+    let sample = |scope: &str, id: &str, metric: &str, at: i64, value: f64| MetricSample {
+        scope: scope.into(),
+        scope_id: id.into(),
+        metric: metric.into(),
+        resolution_s: 0,
+        at: ts(at),
+        value,
+    };
+    // Ten minutes of one sample a minute: the pool's size 0..9, the tenant's cpu 100.
+    let mut samples: Vec<MetricSample> = (0..10).map(|i| sample("pool", "hist-p", "size", i * M, i as f64)).collect();
+    samples.extend((0..10).map(|i| sample("tenant", "hist-t", "cpu_m", i * M, 100.0)));
+    samples.push(sample("pool", "hist-p", "size", 0, 99.0));
+    store.put_metric_samples(&samples).await.unwrap();
+    // Stored again: replaced, not added.
+    store.put_metric_samples(&[sample("pool", "hist-p", "size", 0, 0.0)]).await.unwrap();
+    let q = |scope: &str, id: &str, metrics: &[&str], resolution_s: u32, step_ms: i64| HistoryQuery {
+        scope: scope.into(),
+        scope_id: id.into(),
+        metrics: metrics.iter().map(|m| m.to_string()).collect(),
+        resolution_s,
+        start: ts(0),
+        end: ts(10 * M),
+        step_ms,
+    };
+    let pts = |v: &[(i64, f64)]| v.iter().map(|(t, x)| (ts(*t), *x)).collect::<Vec<_>>();
+    let raw = store.metric_history(&q("pool", "hist-p", &[], 0, 2 * M)).await.unwrap();
+    assert_eq!(raw, vec![HistorySeries { metric: "size".into(), points: pts(&[(0, 0.5), (2 * M, 2.5), (4 * M, 4.5), (6 * M, 6.5), (8 * M, 8.5)]) }]);
+    assert!(store.metric_history(&q("tenant", "hist-t", &["other"], 0, M)).await.unwrap().is_empty());
+    assert_eq!(store.metric_history(&q("tenant", "hist-t", &["cpu_m"], 0, 10 * M)).await.unwrap()[0].points, pts(&[(0, 100.0)]));
+    assert_eq!(store.last_metric_sample(0).await.unwrap(), Some(ts(9 * M)));
+
+    assert!(store.downsample_metric_samples(300, ts(0), ts(10 * M)).await.unwrap() >= 4);
+    // Again over the same time, with a sample changed meanwhile: the bucket follows.
+    store.put_metric_samples(&[sample("pool", "hist-p", "size", 9 * M, 14.0)]).await.unwrap();
+    store.downsample_metric_samples(300, ts(5 * M), ts(10 * M)).await.unwrap();
+    let five = store.metric_history(&q("pool", "hist-p", &[], 300, 5 * M)).await.unwrap();
+    assert_eq!(five[0].points, pts(&[(0, 2.0), (5 * M, 8.0)]));
+    assert_eq!(store.last_metric_sample(300).await.unwrap(), Some(ts(5 * M)));
+
+    assert!(store.forget_metric_samples(0, ts(5 * M)).await.unwrap() >= 10);
+    let raw = store.metric_history(&q("pool", "hist-p", &[], 0, 5 * M)).await.unwrap();
+    assert_eq!(raw[0].points, pts(&[(5 * M, 8.0)]), "raw samples before 5 min are gone");
+    assert_eq!(store.metric_history(&q("pool", "hist-p", &[], 300, 5 * M)).await.unwrap(), five, "the buckets stay");
 }
 
 /// Outcomes add to the count of their hour, tenant, level, met and wait bin, across batches and

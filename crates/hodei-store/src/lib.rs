@@ -8,6 +8,7 @@ pub mod conformance;
 pub mod conformance_logs;
 mod identity;
 pub mod logs;
+mod metric_history;
 pub mod postgres;
 pub mod postgres_logs;
 mod rows;
@@ -23,6 +24,7 @@ use hodei_core::{
     ArrayId, Attempt, BurstId, BurstSession, BurstState, Job, JobEvent, JobId, JobState, Pool, PoolId, Principal, PrincipalId, SlaLevel, Tenant, TenantId,
     Timestamp, Token, TokenId, Worker, WorkerId, WorkerState,
 };
+pub use metric_history::{HistoryQuery, HistorySeries, MetricSample};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -491,6 +493,18 @@ pub trait Store: Identity + Send + Sync + 'static {
     async fn sla_counts(&self, since: Timestamp, tenant: Option<&TenantId>) -> Result<Vec<SlaCount>>;
     /// Deletes the SLA counts of the hours before `before`; returns how many rows went.
     async fn forget_sla_counts(&self, before: Timestamp) -> Result<u64>;
+    /// Metric history: stores samples, replacing one of the same scope, metric, resolution and
+    /// instant.
+    async fn put_metric_samples(&self, samples: &[MetricSample]) -> Result<()>;
+    /// Averages the raw samples taken in [from, to) into buckets `width_s` wide (aligned to the
+    /// epoch), stored at resolution `width_s` in place of those buckets; returns how many.
+    async fn downsample_metric_samples(&self, width_s: u32, from: Timestamp, to: Timestamp) -> Result<u64>;
+    /// The instant of the newest sample kept at `resolution_s`.
+    async fn last_metric_sample(&self, resolution_s: u32) -> Result<Option<Timestamp>>;
+    /// A scope's series, averaged per step (at most `(end - start) / step_ms` points each).
+    async fn metric_history(&self, q: &HistoryQuery) -> Result<Vec<HistorySeries>>;
+    /// Deletes the samples at `resolution_s` taken before `before`; returns how many.
+    async fn forget_metric_samples(&self, resolution_s: u32, before: Timestamp) -> Result<u64>;
     /// Deletes cost records that ended before `before` (`cost_tracking.retention_days`); the
     /// rollups they were added to stay. Returns how many.
     async fn forget_cost_records(&self, before: Timestamp) -> Result<u64>;

@@ -653,6 +653,37 @@ impl Store for SqliteStore {
         Ok(done.map_err(StoreError::db("deleting old SLA counts"))?.rows_affected())
     }
 
+    async fn put_metric_samples(&self, samples: &[crate::MetricSample]) -> Result<()> {
+        for chunk in crate::metric_history::unique(samples).chunks(crate::metric_history::INSERT_CHUNK) {
+            crate::metric_history::insert(chunk).build().execute(&self.write).await.map_err(StoreError::db("writing metric samples"))?;
+        }
+        Ok(())
+    }
+
+    async fn downsample_metric_samples(&self, width_s: u32, from: Timestamp, to: Timestamp) -> Result<u64> {
+        let done = sqlx::query(sqlx::AssertSqlSafe(crate::metric_history::downsample(width_s, from, to))).execute(&self.write).await;
+        Ok(done.map_err(StoreError::db("downsampling metric samples"))?.rows_affected())
+    }
+
+    async fn last_metric_sample(&self, resolution_s: u32) -> Result<Option<Timestamp>> {
+        let at: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(crate::metric_history::last(resolution_s)))
+            .fetch_one(&self.read)
+            .await
+            .map_err(StoreError::db("reading metric samples"))?;
+        Ok(at.map(Timestamp::from_millis))
+    }
+
+    async fn metric_history(&self, q: &crate::HistoryQuery) -> Result<Vec<crate::HistorySeries>> {
+        let rows = crate::metric_history::history(q).build().fetch_all(&self.read).await.map_err(StoreError::db("reading metric history"))?;
+        let points = crate::metric_history::decode(&rows).map_err(StoreError::db("reading metric history"))?;
+        Ok(crate::metric_history::series(q, points))
+    }
+
+    async fn forget_metric_samples(&self, resolution_s: u32, before: Timestamp) -> Result<u64> {
+        let done = sqlx::query(sqlx::AssertSqlSafe(crate::metric_history::forget(resolution_s, before))).execute(&self.write).await;
+        Ok(done.map_err(StoreError::db("deleting old metric samples"))?.rows_affected())
+    }
+
     async fn forget_cost_records(&self, before: Timestamp) -> Result<u64> {
         let done = sqlx::query("DELETE FROM cost_records WHERE end_at < ?").bind(ms(before)).execute(&self.write).await;
         Ok(done.map_err(StoreError::db("deleting old cost records"))?.rows_affected())

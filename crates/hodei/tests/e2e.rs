@@ -1647,7 +1647,8 @@ async fn gpu_use_reported_by_nvidia_smi_is_sampled_and_an_idle_gpu_is_dropped() 
     assert_eq!(recs["items"].as_array().unwrap().len(), 1, "{recs}");
     let (_, u) = srv.call(Method::GET, &format!("/jobs/{}/usage", ids[0]), None).await;
     let a = &u["attempts"][0];
-    assert!(a["summary"]["gpu_samples"].as_u64().unwrap() >= 3, "{u}");
+    // Sampled more than once (a loaded machine may space samples out well past 200 ms).
+    assert!(a["summary"]["gpu_samples"].as_u64().unwrap() >= 2, "{u}");
     assert_eq!(a["summary"]["gpu_avg_pct"].as_u64(), Some(4), "{u}");
     assert!(a["points"].as_array().unwrap().iter().any(|p| p["gpu_memory_mb"] == 512), "{u}");
 }

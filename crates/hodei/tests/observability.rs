@@ -423,3 +423,87 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
     }
     out
 }
+
+/// `GET /metrics/historical` with `token`'s caller.
+async fn history(srv: &Server, query: &str) -> (u16, Value) {
+    srv.call(reqwest::Method::GET, &format!("/metrics/historical?{query}"), None).await
+}
+
+/// The server samples its own figures into its database (here every second): a pool's,
+/// a tenant's and the cluster's series come back averaged per step, from before and after a
+/// kill -9 (the samples are durable), at the coarse resolution too, and never over 11 000
+/// points in one answer.
+#[tokio::test]
+async fn the_metric_history_is_durable_averaged_and_capped() {
+    let dir = tempfile::tempdir().unwrap();
+    let grpc = free_port();
+    let env = [("HODEI_METRICS__HISTORY__INTERVAL_S", "1")];
+    let mut srv = Server::start(dir.path(), &env, grpc, Some(REMOTE_POOL));
+    let _worker = WorkerProc::start(&srv.grpc, "remote", &srv.join_token("remote"), 1);
+    let job = srv.submit(json!({"command": ["sleep", "2"]})).await;
+    srv.wait_ended(job["id"].as_str().unwrap(), 30).await;
+    // Points of the pool's size: one a second, the last ones with the worker registered.
+    let size_points = |v: &Value| v["series"].as_array().and_then(|s| s.first()).map(|s| s["points"].as_array().unwrap().clone()).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let before = loop {
+        let (status, v) = history(&srv, "pool_id=remote&metric=size&step_s=1").await;
+        assert_eq!(status, 200, "{v}");
+        let p = size_points(&v);
+        if p.len() >= 3 && p.last().unwrap()[1] == 1.0 {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "no pool history: {v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let first_t = before[0][0].as_i64().unwrap();
+
+    srv.kill9();
+    let srv = Server::start(dir.path(), &env, grpc, Some(REMOTE_POOL));
+    let start = |t: i64| jiff::Timestamp::from_second(t).unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, v) = history(&srv, &format!("pool_id=remote&metric=size&step_s=1&start={}", start(first_t))).await;
+        let p = size_points(&v);
+        // The points of the first run are still there, and the second run adds its own.
+        if p.first().is_some_and(|f| f[0] == before[0][0]) && p.len() >= before.len() + 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no history after the restart: {v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // One step over the whole hour: one averaged point per figure of the pool.
+    let (status, v) = history(&srv, "pool_id=remote&step_s=3600").await;
+    assert_eq!(status, 200, "{v}");
+    let series = v["series"].as_array().unwrap();
+    let names: BTreeSet<&str> = series.iter().map(|s| s["metric"].as_str().unwrap()).collect();
+    assert_eq!(names, ["busy_ratio", "cpu_utilization", "desired_size", "jobs_running", "memory_utilization", "queue_depth", "size"].into());
+    assert!(series.iter().all(|s| s["points"].as_array().unwrap().len() == 1), "{v}");
+    let size = series.iter().find(|s| s["metric"] == "size").unwrap()["points"][0][1].as_f64().unwrap();
+    assert!(size > 0.0 && size <= 1.0, "the hour's average size {size}");
+    // Two days back: read from the 5-minute averages, which include the bucket still filling.
+    let two_days = start(first_t - 2 * 86_400);
+    let (_, v) = history(&srv, &format!("pool_id=remote&metric=size&start={two_days}")).await;
+    assert_eq!(v["resolution_s"], 300, "{v}");
+    assert!(!size_points(&v).is_empty(), "{v}");
+    // The tenant's and the cluster's figures.
+    let (_, v) = history(&srv, "tenant_id=default&metric=jobs_running,cpu_m&step_s=3600").await;
+    assert_eq!(v["series"].as_array().unwrap().len(), 2, "{v}");
+    let (_, v) = history(&srv, "metric=workers&step_s=60").await;
+    assert_eq!(v["scope"], "cluster");
+    assert!(!size_points(&v).is_empty(), "{v}");
+
+    // The cap: 7 series over an hour at one point a second would be 25 200 points.
+    let (status, v) = history(&srv, "pool_id=remote&step_s=1").await;
+    assert_eq!(status, 400, "{v}");
+    assert!(v["errors"][0]["field"] == "step_s", "{v}");
+    // Without a step, the server picks one within the cap.
+    let (_, v) = history(&srv, &format!("pool_id=remote&start={two_days}")).await;
+    let total: usize = v["series"].as_array().unwrap().iter().map(|s| s["points"].as_array().unwrap().len()).sum();
+    assert!(total <= 11_000 && v["step_s"].as_u64().unwrap() >= 300, "{total} points, step {}", v["step_s"]);
+    // Bad input names its field.
+    let (status, v) = history(&srv, "pool_id=remote&metric=nope").await;
+    assert_eq!((status, v["errors"][0]["field"].as_str()), (400, Some("metric")), "{v}");
+    let (status, _) = history(&srv, "pool_id=nowhere").await;
+    assert_eq!(status, 404);
+}

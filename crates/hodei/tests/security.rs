@@ -61,6 +61,7 @@ fn expected(method: &str, path: &str) -> Option<[Want; 8]> {
             | "/pools/{id}/scaling/history"
             | "/pools/{id}/scaling/triggers"
             | "/pools/{id}/metrics"
+            | "/metrics/historical"
             | "/pools/{id}/scaling/policies"
             | "/pools/{id}/scaling/policies/{pid}",
         ) => anyone,

@@ -14,7 +14,7 @@ use hodei_core::{AttemptId, Job, JobState};
 use hodei_store::logs::LogStream;
 use serde::Deserialize;
 use serde_json::json;
-use utoipa::IntoParams;
+use utoipa::{IntoParams, ToSchema};
 
 use crate::ApiState;
 use crate::dto::{LogChunkView, LogsView};
@@ -63,8 +63,18 @@ fn unreadable(a: AttemptId) -> impl FnOnce(std::io::Error) -> ApiError {
     }
 }
 
+/// One server-sent event of `follow=true`: `state` (the job's state, JSON), `log` (output,
+/// JSON, its `id` the stdout and stderr offsets after it) or `end`.
+#[derive(ToSchema)]
+#[allow(dead_code)] // The schema of events axum writes; never built.
+pub struct LogEvent {
+    event: String,
+    data: String,
+    id: Option<String>,
+}
+
 /// Job output: one page, or a live SSE stream with `follow=true`.
-#[utoipa::path(get, path = "/jobs/{id}/logs", params(LogQuery), responses((status = 200, body = LogsView), (status = 404, body = crate::error::Problem)), tag = "jobs")]
+#[utoipa::path(get, path = "/jobs/{id}/logs", params(LogQuery), responses((status = 200, description = "a page of output, or with `follow=true` server-sent events (`state`, `log`, `end`)", content((LogsView = "application/json"), (LogEvent = "text/event-stream"))), (status = 404, body = crate::error::Problem)), tag = "jobs")]
 pub async fn get_logs(
     State(s): State<ApiState>,
     who: crate::auth::Who,

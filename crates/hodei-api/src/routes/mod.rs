@@ -5,6 +5,7 @@ pub mod audit;
 pub mod budgets;
 pub mod burst;
 pub mod costs;
+pub mod history;
 pub mod identity;
 pub mod jobs;
 pub mod logs;
@@ -78,6 +79,7 @@ pub fn v1(cfg: &ApiConfig) -> OpenApiRouter<ApiState> {
         .routes(routes!(scaling::history))
         .routes(routes!(scaling::triggers))
         .routes(routes!(scaling::pool_metrics))
+        .routes(routes!(history::historical))
         .routes(routes!(scaling::list_policies, scaling::create_policy))
         .routes(routes!(scaling::get_policy, scaling::update_policy, scaling::delete_policy))
         .routes(routes!(workers::rotate_join_token))
