@@ -28,6 +28,8 @@ fn openapi() -> String {
         request_timeout: std::time::Duration::from_secs(30),
         metrics_bearer_token: None,
         history: None,
+        grafana: None,
+        observability: Default::default(),
         grpc_addr: None,
         version: env!("CARGO_PKG_VERSION").to_owned(),
     };

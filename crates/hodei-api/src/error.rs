@@ -33,6 +33,7 @@ pub enum ErrorCode {
     Internal,
     StoreUnavailable,
     Unavailable,
+    BadGateway,
 }
 
 impl ErrorCode {
@@ -60,6 +61,7 @@ impl ErrorCode {
             Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error"),
             StoreUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", "Store unavailable"),
             Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", "Service unavailable"),
+            BadGateway => (StatusCode::BAD_GATEWAY, "bad_gateway", "A service the server called failed"),
         }
     }
 }

@@ -14,6 +14,7 @@ mod json;
 pub mod metrics_catalog;
 pub mod rate;
 mod routes;
+pub use routes::observability::{GrafanaSettings, ObservabilityView, push_dashboards};
 pub mod snapshot;
 
 use std::sync::{Arc, RwLock};
@@ -206,6 +207,10 @@ impl TenantLoad {
 pub struct ApiConfig {
     /// `metrics.history`, when on.
     pub history: Option<history::HistorySettings>,
+    /// `observability.grafana`, when enabled.
+    pub grafana: Option<routes::observability::GrafanaSettings>,
+    /// What `GET /observability/config` shows.
+    pub observability: routes::observability::ObservabilityView,
     pub limits: SpecLimits,
     pub max_body_bytes: usize,
     pub max_batch_body_bytes: usize,

@@ -713,24 +713,29 @@ section!(HistoryConfig {
 section!(MetricsConfig { prometheus: PrometheusConfig = Default::default(), history: HistoryConfig = Default::default() });
 
 section!(GrafanaConfig {
-    /// Not supported yet: refused unless left at its default.
+    /// Push the dashboards to a Grafana (`POST /api/v1/observability/grafana/sync`, and once
+    /// at start); needs `url`.
     enabled: bool = false,
-    /// Not supported yet: refused unless left at its default.
+    /// Grafana's base URL, e.g. `http://grafana:3000`.
     url: Option<String> = None,
-    /// Not supported yet: refused unless left at its default.
+    /// A Grafana service-account token allowed to write dashboards and folders (secret).
     api_key: Option<Secret> = None,
-    /// Not supported yet: refused unless left at its default.
+    /// Push every `*.json` of this directory instead of the built-in dashboards.
     dashboards_dir: Option<PathBuf> = None,
-    /// Not supported yet: refused unless left at its default.
+    /// The Grafana folder the dashboards go in (made if missing).
     folder: String = "Hodei".into(),
 });
 
 section!(AlertingConfig {
-    /// Not supported yet: refused unless left at its default.
+    /// Write the alert rules to `prometheus_alerts_dir` and push the server's own alerts to
+    /// `alertmanager_url`, where those are set.
     enabled: bool = true,
-    /// Not supported yet: refused unless left at its default.
+    /// Directory the built-in Prometheus alert rules are written to at start, as
+    /// `hodei-alerts.yml` (list it in Prometheus's `rule_files`).
     prometheus_alerts_dir: Option<PathBuf> = None,
-    /// Not supported yet: refused unless left at its default.
+    /// An Alertmanager's base URL, e.g. `http://alertmanager:9093`: the alerts the server
+    /// raises itself (budget thresholds) are sent there every 30 s while open, and once
+    /// resolved.
     alertmanager_url: Option<String> = None,
 });
 
@@ -900,7 +905,6 @@ impl Config {
         check("cost_tracking.track_by_tenant".into(), c.track_by_tenant != dc.track_by_tenant);
         check("cost_tracking.track_by_job".into(), c.track_by_job != dc.track_by_job);
         check("cost_tracking.track_by_pool".into(), c.track_by_pool != dc.track_by_pool);
-        check("observability".into(), self.observability != d.observability);
         check("multi_cluster".into(), self.multi_cluster != d.multi_cluster);
         check("deployments".into(), self.deployments != d.deployments);
         for (i, p) in self.resource_pools.pools.iter().enumerate() {
@@ -1010,6 +1014,17 @@ impl Config {
         if self.cost_tracking.retention_days == 0 {
             return bad("cost_tracking.retention_days", "must be at least 1".into());
         }
+        let g = &self.observability.grafana;
+        if g.enabled && g.url.as_deref().is_none_or(str::is_empty) {
+            return bad("observability.grafana.url", "is needed with observability.grafana.enabled: true".into());
+        }
+        for (key, url) in [("observability.grafana.url", &g.url), ("observability.alerting.alertmanager_url", &self.observability.alerting.alertmanager_url)] {
+            if let Some(u) = url.as_deref().filter(|u| !u.is_empty())
+                && !(u.starts_with("http://") || u.starts_with("https://"))
+            {
+                return bad(key, format!("{u:?} is not an http:// or https:// URL"));
+            }
+        }
         if self.metrics.history.interval_s == 0 {
             return bad("metrics.history.interval_s", "must be at least 1".into());
         }
@@ -1106,17 +1121,8 @@ mod tests {
     fn keys_no_feature_acts_on_are_refused_when_set() {
         let env = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>();
         assert!(super::Config::default().unsupported().is_empty(), "the defaults start");
-        for (var, key) in [("HODEI_COST_TRACKING__TRACK_BY_JOB", "cost_tracking.track_by_job"), ("HODEI_OBSERVABILITY__GRAFANA__FOLDER", "observability")] {
-            let value = if var.ends_with("TRACK_BY_JOB") {
-                "false"
-            } else if var.ends_with("FILE") || var.ends_with("FOLDER") {
-                "/x"
-            } else {
-                "7"
-            };
-            let cfg = super::Config::load(None, &env(&[(var, value)])).unwrap();
-            assert_eq!(cfg.unsupported(), [format!("{key}: not supported yet")], "{var}={value}");
-        }
+        let cfg = super::Config::load(None, &env(&[("HODEI_COST_TRACKING__TRACK_BY_JOB", "false")])).unwrap();
+        assert_eq!(cfg.unsupported(), ["cost_tracking.track_by_job: not supported yet"]);
         // The hourly rates price dry runs already.
         let cfg = super::Config::load(None, &env(&[("HODEI_COST_TRACKING__HOURLY_RATE_CPU", "0.07")])).unwrap();
         assert!(cfg.unsupported().is_empty());
@@ -1222,7 +1228,9 @@ mod tests {
             ("metrics", MetricsConfig::KEYS, "|"),
             ("metrics.history", HistoryConfig::KEYS, "enabled interval_s retention_days |"),
             ("metrics.prometheus", PrometheusConfig::KEYS, "enabled port path bearer_token |"),
-            ("observability", ObservabilityConfig::KEYS, "| *"),
+            ("observability", ObservabilityConfig::KEYS, "|"),
+            ("observability.grafana", GrafanaConfig::KEYS, "enabled url api_key dashboards_dir folder |"),
+            ("observability.alerting", AlertingConfig::KEYS, "enabled prometheus_alerts_dir alertmanager_url |"),
             ("multi_cluster", MultiClusterConfig::KEYS, "| *"),
             ("deployments", DeploymentsConfig::KEYS, "| *"),
             ("optimization", OptimizationConfig::KEYS, "lookback_days min_runs |"),

@@ -1,6 +1,7 @@
 //! Wiring of the Hodei server: config, store, engine, REST, gRPC, metrics, built-in pool.
 //! With the worker, the only crates that spawn tasks or read wall time.
 
+mod alerting;
 mod autoscaler;
 mod budgets;
 mod burst;
@@ -529,6 +530,8 @@ fn api_state(cfg: &Config, p: ApiParts, stopping: watch::Receiver<bool>) -> anyh
         token_default_ttl_days: cfg.auth.token_default_ttl_days,
         metrics_bearer_token: cfg.metrics.prometheus.bearer_token.as_ref().map(|t| t.0.trim().to_owned()),
         history: history_settings(cfg),
+        grafana: grafana_settings(cfg),
+        observability: observability_view(cfg),
         request_timeout: Duration::from_millis(cfg.server.request_timeout_ms),
         grpc_addr: Some(grpc_addr),
         version: VERSION.to_owned(),
@@ -562,6 +565,33 @@ fn api_state(cfg: &Config, p: ApiParts, stopping: watch::Receiver<bool>) -> anyh
         cfg: api_cfg,
         started: Instant::now(),
     })))
+}
+
+/// `observability.grafana`, when enabled.
+fn grafana_settings(cfg: &Config) -> Option<hodei_api::GrafanaSettings> {
+    let g = &cfg.observability.grafana;
+    g.enabled.then(|| hodei_api::GrafanaSettings {
+        url: g.url.clone().unwrap_or_default(),
+        api_key: g.api_key.as_ref().map(|k| k.0.clone()),
+        dashboards_dir: g.dashboards_dir.clone(),
+        folder: g.folder.clone(),
+    })
+}
+
+/// What `GET /observability/config` answers: the effective settings, secrets as `*_set`.
+fn observability_view(cfg: &Config) -> hodei_api::ObservabilityView {
+    let (p, g, a) = (&cfg.metrics.prometheus, &cfg.observability.grafana, &cfg.observability.alerting);
+    hodei_api::ObservabilityView {
+        metrics: serde_json::json!({
+            "prometheus": {"enabled": p.enabled, "port": p.port, "path": p.path, "bearer_token_set": p.bearer_token.is_some()},
+            "history": cfg.metrics.history,
+        }),
+        observability: serde_json::json!({
+            "grafana": {"enabled": g.enabled, "url": g.url, "api_key_set": g.api_key.is_some(), "dashboards_dir": g.dashboards_dir, "folder": g.folder},
+            "alerting": a,
+        }),
+        overridden_keys: Vec::new(),
+    }
 }
 
 /// `metrics.history`, when on.
@@ -734,6 +764,26 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
         )),
     ];
     // With budgets off none is enforced (and none can be created).
+    let alerting = &cfg.observability.alerting;
+    if alerting.enabled {
+        if let Some(dir) = &alerting.prometheus_alerts_dir {
+            let path = alerting::write_rules(dir)?;
+            tracing::info!(file = %path.display(), "wrote the Prometheus alert rules");
+        }
+        if let Some(url) = alerting.alertmanager_url.clone().filter(|u| !u.is_empty()) {
+            tasks.push(tokio::spawn(alerting::push(store.clone(), clock.clone(), url, shutdown_rx.clone())));
+        }
+    }
+    if let Some(g) = grafana_settings(&cfg) {
+        // Once at start, in the background: a Grafana that is down does not hold the server up.
+        tasks.push(tokio::spawn(async move {
+            match hodei_api::push_dashboards(&g).await {
+                Ok(r) if r.errors.is_empty() => tracing::info!(url = %g.url, dashboards = r.uploaded.len(), "pushed the dashboards to Grafana"),
+                Ok(r) => tracing::warn!(url = %g.url, failed = ?r.errors.iter().map(|e| format!("{}: {}", e.dashboard, e.error)).collect::<Vec<_>>(), "Grafana refused some dashboards"),
+                Err(e) => tracing::warn!(url = %g.url, error = %e.detail, "cannot push the dashboards to Grafana; POST /api/v1/observability/grafana/sync tries again"),
+            }
+        }));
+    }
     if let Some(settings) = history_settings(&cfg) {
         tasks.push(tokio::spawn(history::run(recorder.clone(), store.clone(), clock.clone(), settings, shutdown_rx.clone())));
     }

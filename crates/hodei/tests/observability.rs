@@ -293,22 +293,16 @@ async fn wait_json(url: &str, secs: u64, log: &Path, ok: impl Fn(&Value) -> bool
 }
 
 /// A real Prometheus scrapes a running server with real workers and jobs, and evaluates the
-/// shipped alert rules: every query of every dashboard panel is valid PromQL and names only
-/// metrics the server exports; then a worker is killed with SIGKILL and a real Alertmanager
-/// holds `HodeiWorkerHeartbeatLost` for its pool within 30 s.
+/// alert rules the server wrote for it (`prometheus_alerts_dir`): every query of every
+/// dashboard panel is valid PromQL and names only metrics the server exports; the server's own
+/// budget alerts reach a real Alertmanager (`alertmanager_url`); then a worker is killed with
+/// SIGKILL and the Alertmanager holds `HodeiWorkerHeartbeatLost` for its pool within 30 s.
 #[tokio::test]
 async fn prometheus_runs_every_dashboard_query_and_alertmanager_hears_of_a_lost_worker() {
     let (Some(prometheus), Some(alertmanager)) = (tool(&["prometheus"]), tool(&["prometheus-alertmanager", "alertmanager"])) else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let srv = Server::start(&dir.path().join("hodei"), &[], 0, Some(REMOTE_POOL));
-    let mut worker = WorkerProc::start(&srv.grpc, "remote", &srv.join_token("remote"), 2);
-    for cmd in [json!(["true"]), json!(["false"]), json!(["sleep", "0.2"])] {
-        let job = srv.submit(json!({"command": cmd})).await;
-        srv.wait_ended(job["id"].as_str().unwrap(), 30).await;
-    }
-
     let (am_port, prom_port) = (free_port(), free_port());
     let am_log = dir.path().join("alertmanager.log");
     std::fs::write(dir.path().join("alertmanager.yml"), "route: { receiver: none, group_wait: 1s, group_interval: 1s }\nreceivers: [{ name: none }]\n")
@@ -323,8 +317,26 @@ async fn prometheus_runs_every_dashboard_query_and_alertmanager_hears_of_a_lost_
         ],
         &am_log,
     );
+    // The server writes the rules where Prometheus loads them, and pushes its own alerts to
+    // the Alertmanager.
+    let rules_dir = dir.path().join("rules");
+    let am_url = format!("http://127.0.0.1:{am_port}");
+    let env = [
+        ("HODEI_OBSERVABILITY__ALERTING__PROMETHEUS_ALERTS_DIR", rules_dir.to_str().unwrap()),
+        ("HODEI_OBSERVABILITY__ALERTING__ALERTMANAGER_URL", am_url.as_str()),
+    ];
+    let srv = Server::start(&dir.path().join("hodei"), &env, 0, Some(REMOTE_POOL));
+    let rules = rules_dir.join("hodei-alerts.yml");
+    assert_eq!(std::fs::read_to_string(&rules).unwrap(), std::fs::read_to_string(repo().join("deploy/prometheus/alerts.yml")).unwrap());
+    // A budget the jobs below spend at once: its threshold alerts go to the Alertmanager.
+    let (status, b) = srv.call(reqwest::Method::POST, "/budgets", Some(json!({"tenant_id": "default", "amount": "0.000001", "period": "daily"}))).await;
+    assert_eq!(status, 201, "{b}");
+    let mut worker = WorkerProc::start(&srv.grpc, "remote", &srv.join_token("remote"), 2);
+    for cmd in [json!(["true"]), json!(["false"]), json!(["sleep", "0.2"])] {
+        let job = srv.submit(json!({"command": cmd})).await;
+        srv.wait_ended(job["id"].as_str().unwrap(), 30).await;
+    }
     let target = srv.metrics.trim_start_matches("http://");
-    let rules = repo().join("deploy/prometheus/alerts.yml");
     std::fs::write(
         dir.path().join("prometheus.yml"),
         format!(
@@ -391,6 +403,14 @@ async fn prometheus_runs_every_dashboard_query_and_alertmanager_hears_of_a_lost_
     }
     assert!(bad.is_empty(), "{}", bad.join("\n"));
     assert!(queries >= 60, "only {queries} queries");
+
+    // The server's own alerts, pushed.
+    let alerts = wait_json(&format!("{am_url}/api/v2/alerts"), 30, &am_log, |v| {
+        v.as_array().is_some_and(|a| a.iter().any(|a| a["labels"]["alertname"] == "HodeiBudgetThreshold" && a["labels"]["severity"] == "critical"))
+    })
+    .await;
+    let spent = alerts.as_array().unwrap().iter().find(|a| a["labels"]["alertname"] == "HodeiBudgetThreshold").unwrap();
+    assert_eq!((spent["labels"]["tenant"].as_str(), spent["labels"]["source"].as_str()), (Some("default"), Some("hodei")), "{spent}");
 
     // A worker dies: its lease expires (1.5 s here), the server counts it lost, Prometheus's rule
     // fires and Alertmanager holds the alert — within the design's 30 s.
@@ -506,4 +526,107 @@ async fn the_metric_history_is_durable_averaged_and_capped() {
     assert_eq!((status, v["errors"][0]["field"].as_str()), (400, Some("metric")), "{v}");
     let (status, _) = history(&srv, "pool_id=nowhere").await;
     assert_eq!(status, 404);
+}
+
+/// What the fake Grafana was sent.
+#[derive(Default)]
+struct Grafana {
+    folders: Vec<Value>,
+    dashboards: Vec<Value>,
+    auth: BTreeSet<String>,
+}
+
+type Shared = std::sync::Arc<std::sync::Mutex<Grafana>>;
+
+/// A stand-in for Grafana's HTTP API (no Grafana server is installable here): folders by
+/// title, dashboards by uid — `hodei-cost` refused, to see a partial failure reported.
+async fn fake_grafana() -> (String, Shared) {
+    use axum::extract::State as S;
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::routing::{get, post};
+    let shared = Shared::default();
+    let seen = |g: &mut Grafana, h: &HeaderMap| {
+        g.auth.insert(h.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned());
+    };
+    let app = axum::Router::new()
+        .route(
+            "/api/folders",
+            get(move |S(s): S<Shared>, h: HeaderMap| async move {
+                let mut g = s.lock().unwrap();
+                seen(&mut g, &h);
+                axum::Json(Value::Array(g.folders.clone()))
+            })
+            .post(move |S(s): S<Shared>, h: HeaderMap, axum::Json(body): axum::Json<Value>| async move {
+                let mut g = s.lock().unwrap();
+                seen(&mut g, &h);
+                let folder = json!({"uid": format!("f{}", g.folders.len() + 1), "title": body["title"]});
+                g.folders.push(folder.clone());
+                axum::Json(folder)
+            }),
+        )
+        .route(
+            "/api/dashboards/db",
+            post(move |S(s): S<Shared>, h: HeaderMap, axum::Json(body): axum::Json<Value>| async move {
+                let mut g = s.lock().unwrap();
+                seen(&mut g, &h);
+                if body["dashboard"]["uid"] == "hodei-cost" {
+                    return (StatusCode::PRECONDITION_FAILED, axum::Json(json!({"message": "version-mismatch"})));
+                }
+                g.dashboards.push(body);
+                (StatusCode::OK, axum::Json(json!({"status": "success"})))
+            }),
+        )
+        .with_state(shared.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, shared)
+}
+
+/// With `observability.grafana` set, the server pushes the built-in dashboards at start and on
+/// `POST /observability/grafana/sync` — into the configured folder (made once), with the API
+/// key — and says which Grafana refused; `GET /observability/config` shows the effective
+/// settings with the key as `api_key_set` only.
+#[tokio::test]
+async fn the_dashboards_are_pushed_to_grafana_and_the_config_shows_no_secret() {
+    let (url, grafana) = fake_grafana().await;
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("HODEI_OBSERVABILITY__GRAFANA__ENABLED", "true"),
+        ("HODEI_OBSERVABILITY__GRAFANA__URL", url.as_str()),
+        ("HODEI_OBSERVABILITY__GRAFANA__API_KEY", "glsa_secret_key_1234"),
+        ("HODEI_OBSERVABILITY__GRAFANA__FOLDER", "Ops"),
+    ];
+    let srv = Server::start(dir.path(), &env, 0, None);
+    // At start, in the background.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while grafana.lock().unwrap().dashboards.len() < 4 {
+        assert!(Instant::now() < deadline, "nothing pushed at start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, r) = srv.call(reqwest::Method::POST, "/observability/grafana/sync", None).await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["uploaded"], json!(["hodei-overview", "hodei-tenants", "hodei-pools", "hodei-sla"]), "{r}");
+    assert_eq!(r["errors"][0]["dashboard"], "hodei-cost", "{r}");
+    assert!(r["errors"][0]["error"].as_str().unwrap().contains("412"), "{r}");
+    {
+        let g = grafana.lock().unwrap();
+        assert_eq!(g.folders, vec![json!({"uid": "f1", "title": "Ops"})], "the folder is made once");
+        assert!(g.dashboards.iter().all(|d| d["folderUid"] == "f1" && d["overwrite"] == true && d["dashboard"]["id"].is_null()));
+        assert_eq!(g.dashboards.len(), 8);
+        assert_eq!(g.auth, ["Bearer glsa_secret_key_1234".to_owned()].into());
+    }
+    let (status, c) = srv.call(reqwest::Method::GET, "/observability/config", None).await;
+    assert_eq!(status, 200, "{c}");
+    assert_eq!(c["observability"]["grafana"]["api_key_set"], true);
+    assert_eq!(c["observability"]["grafana"]["folder"], "Ops");
+    assert_eq!(c["metrics"]["history"]["interval_s"], 60);
+    assert!(!c.to_string().contains("glsa_secret"), "{c}");
+    // Grafana away: 502, naming it.
+    drop(srv);
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("HODEI_OBSERVABILITY__GRAFANA__ENABLED", "true"), ("HODEI_OBSERVABILITY__GRAFANA__URL", "http://127.0.0.1:1")];
+    let srv = Server::start(dir.path(), &env, 0, None);
+    let (status, e) = srv.call(reqwest::Method::POST, "/observability/grafana/sync", None).await;
+    assert_eq!((status, e["code"].as_str()), (502, Some("bad_gateway")), "{e}");
 }

@@ -79,6 +79,7 @@ fn expected(method: &str, path: &str) -> Option<[Want; 8]> {
         ("post", "/tenants/{id}/burst/sessions/{sid}/approve" | "/tenants/{id}/burst/sessions/{sid}/reject") => admin_in_tenant,
         ("put", "/tenants/{id}" | "/tenants/{id}/quota") | ("delete", "/tenants/{id}") => admin_in_tenant,
         ("post", "/tenants") => admin,
+        ("get", "/observability/config") | ("post", "/observability/grafana/sync") => admin,
         ("get", "/workers" | "/workers/{id}" | "/principals" | "/principals/{id}" | "/audit")
         | ("post", "/principals" | "/pools" | "/pools/{id}/join-token" | "/pools/{id}/scale" | "/pools/{id}/scaling/policies" | "/workers/{id}/drain")
         | ("put" | "delete", "/pools/{id}" | "/pools/{id}/scaling/policies/{pid}")

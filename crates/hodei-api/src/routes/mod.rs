@@ -9,6 +9,7 @@ pub mod history;
 pub mod identity;
 pub mod jobs;
 pub mod logs;
+pub mod observability;
 pub mod pools;
 pub mod queue;
 pub mod recommendations;
@@ -80,6 +81,8 @@ pub fn v1(cfg: &ApiConfig) -> OpenApiRouter<ApiState> {
         .routes(routes!(scaling::triggers))
         .routes(routes!(scaling::pool_metrics))
         .routes(routes!(history::historical))
+        .routes(routes!(observability::get_config))
+        .routes(routes!(observability::grafana_sync))
         .routes(routes!(scaling::list_policies, scaling::create_policy))
         .routes(routes!(scaling::get_policy, scaling::update_policy, scaling::delete_policy))
         .routes(routes!(workers::rotate_join_token))
