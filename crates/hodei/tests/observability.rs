@@ -526,6 +526,30 @@ async fn the_metric_history_is_durable_averaged_and_capped() {
     assert_eq!((status, v["errors"][0]["field"].as_str()), (400, Some("metric")), "{v}");
     let (status, _) = history(&srv, "pool_id=nowhere").await;
     assert_eq!(status, 404);
+
+    // The figures of a pool (now, and averaged over a window from the history), of a tenant,
+    // and of costs.
+    let get = |path: &'static str| srv.call(reqwest::Method::GET, path, None);
+    let (status, p) = get("/metrics/pools/remote?window_s=3600").await;
+    assert_eq!(status, 200, "{p}");
+    assert_eq!(p["now"]["pool_id"], "remote");
+    let avg = p["averages"]["size"].as_f64().unwrap();
+    assert!(avg > 0.0 && avg <= 1.0, "{p}");
+    assert_eq!(get("/metrics/pools/remote?window_s=0").await.0, 400);
+    assert_eq!(get("/metrics/pools/nowhere").await.0, 404);
+    let (status, t) = get("/metrics/tenants/default").await;
+    assert_eq!(status, 200, "{t}");
+    assert_eq!((t["jobs"]["pending"].as_u64(), t["jobs"]["running"].as_u64()), (Some(0), Some(0)), "{t}");
+    assert!(t["shares"]["weight"].as_u64().unwrap() > 0 && t["quota"].is_object() && t["sla"]["levels"].is_array(), "{t}");
+    let mtd = t["cost"]["month_to_date_micros"].as_i64().unwrap();
+    assert!(mtd > 0, "the sleep 2 job cost something: {t}");
+    let (status, c) = get("/metrics/costs").await;
+    assert_eq!(status, 200, "{c}");
+    assert_eq!(c["month_to_date_micros"].as_i64(), Some(mtd), "{c}");
+    let by_day: i64 = c["by_day"].as_array().unwrap().iter().map(|d| d["cost_micros"].as_i64().unwrap()).sum();
+    assert_eq!(by_day, mtd, "{c}");
+    // 13-odd micro-dollars over a day and a half: the hourly rate rounds to 0 or so.
+    assert!(c["forecast_month_micros"].as_i64().unwrap() >= mtd && c["rate_micros_per_hour"].as_i64().unwrap() >= 0, "{c}");
 }
 
 /// What the fake Grafana was sent.

@@ -62,13 +62,15 @@ fn expected(method: &str, path: &str) -> Option<[Want; 8]> {
             | "/pools/{id}/scaling/triggers"
             | "/pools/{id}/metrics"
             | "/metrics/historical"
+            | "/metrics/pools/{id}"
+            | "/metrics/costs"
             | "/pools/{id}/scaling/policies"
             | "/pools/{id}/scaling/policies/{pid}",
         ) => anyone,
         ("get", "/jobs/{id}" | "/jobs/{id}/attempts" | "/jobs/{id}/events" | "/jobs/{id}/explain" | "/jobs/{id}/logs" | "/jobs/{id}/usage") => read,
         // The job was submitted by the researcher: its own job.
         ("post", "/jobs/{id}/cancel" | "/jobs/{id}/retry" | "/jobs/{id}/hold" | "/jobs/{id}/release") => submit,
-        ("get", "/queue/tenants/{id}" | "/tenants/{id}" | "/tenants/{id}/sla" | "/tenants/{id}/quota") => read,
+        ("get", "/metrics/tenants/{id}" | "/queue/tenants/{id}" | "/tenants/{id}" | "/tenants/{id}/sla" | "/tenants/{id}/quota") => read,
         ("get", "/tenants/{id}/burst/sessions" | "/tenants/{id}/burst/sessions/{sid}") => read,
         ("post", "/tenants/{id}/burst" | "/tenants/{id}/burst/sessions/{sid}/end" | "/budgets") => manage,
         ("put" | "delete", "/budgets/{id}") => manage,
@@ -212,6 +214,7 @@ async fn every_operation_answers_as_the_permission_table_says() {
                     Some("workers") => worker.clone(),
                     Some("principals") => researcher_id.clone(),
                     Some("pools") => "local".to_owned(),
+                    Some("metrics") if path.starts_with("/metrics/pools/") => "local".to_owned(),
                     Some("tokens") => {
                         let t = admin(&srv, "post", "/tokens", json!({"name": "spare", "principal_id": researcher_id})).await;
                         t["id"].as_str().unwrap().to_owned()

@@ -5,6 +5,7 @@ pub mod audit;
 pub mod budgets;
 pub mod burst;
 pub mod costs;
+pub mod figures;
 pub mod history;
 pub mod identity;
 pub mod jobs;
@@ -81,6 +82,9 @@ pub fn v1(cfg: &ApiConfig) -> OpenApiRouter<ApiState> {
         .routes(routes!(scaling::triggers))
         .routes(routes!(scaling::pool_metrics))
         .routes(routes!(history::historical))
+        .routes(routes!(figures::pool))
+        .routes(routes!(figures::tenant))
+        .routes(routes!(figures::costs))
         .routes(routes!(observability::get_config))
         .routes(routes!(observability::grafana_sync))
         .routes(routes!(scaling::list_policies, scaling::create_policy))

@@ -517,7 +517,12 @@ pub struct PoolMetricsView {
 /// A pool's figures now (SPEC §4.6): its trigger metrics and what its workers offer and run.
 #[utoipa::path(get, path = "/pools/{id}/metrics", responses((status = 200, body = PoolMetricsView), (status = 404, body = crate::error::Problem)), tag = "pools")]
 pub async fn pool_metrics(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult<Json<PoolMetricsView>> {
-    let pool = pool(&s, &id).await?;
+    pool_metrics_of(&s, &id).await.map(Json)
+}
+
+/// The pool `id`'s figures now.
+pub(crate) async fn pool_metrics_of(s: &ApiState, id: &str) -> ApiResult<PoolMetricsView> {
+    let pool = pool(s, id).await?;
     let rates = s.current_rates();
     let p = pool.clone();
     let view = crate::read(s.control.as_ref(), move |sched, now| {
@@ -545,7 +550,7 @@ pub async fn pool_metrics(State(s): State<ApiState>, Path(id): Path<String>) -> 
     let (v, capacity, allocated, running, p95, warm) = view;
     let out = |r: hodei_core::Resources| crate::dto::ResourcesOut { cpu_m: r.cpu_m.get(), memory_mb: r.memory_mb.get(), gpu: r.gpu.get() };
     let pct = |a: u32, t: u32| if t == 0 { 0.0 } else { f64::from(a) * 100.0 / f64::from(t) };
-    Ok(Json(PoolMetricsView {
+    Ok(PoolMetricsView {
         pool_id: pool.id.to_string(),
         cpu_utilization: v.signals.cpu_utilization,
         memory_utilization: v.signals.memory_utilization,
@@ -561,5 +566,5 @@ pub async fn pool_metrics(State(s): State<ApiState>, Path(id): Path<String>) -> 
         allocation_latency_p95_ms: p95,
         cost_rate_micros_per_hour: hodei_core::cost::cost_micros(3600, &capacity, &rates),
         worker_reuse_ratio: (running > 0).then(|| f64::from(warm) / f64::from(running)),
-    }))
+    })
 }

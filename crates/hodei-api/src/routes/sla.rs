@@ -75,7 +75,7 @@ fn waiting_of(w: &Waiting, tenant: Option<&TenantId>, level: Option<SlaLevel>) -
     out
 }
 
-async fn report(s: &ApiState, visible: Visibility, tenant: Option<TenantId>, q: WindowQuery) -> ApiResult<Json<SlaReport>> {
+pub(crate) async fn report(s: &ApiState, visible: Visibility, tenant: Option<TenantId>, q: WindowQuery) -> ApiResult<Json<SlaReport>> {
     let hours = match q.window_hours {
         None => i64::from(s.cfg.sla_window_hours),
         Some(h) if (1..=24 * 90).contains(&h) => h,

@@ -194,7 +194,7 @@ fn ratio(used: u64, of: u64) -> f64 {
     if of == 0 { 0.0 } else { used as f64 / of as f64 }
 }
 
-async fn quota_view(s: &ApiState, t: &Tenant) -> ApiResult<QuotaView> {
+pub(crate) async fn quota_view(s: &ApiState, t: &Tenant) -> ApiResult<QuotaView> {
     let tid = t.id.clone();
     let (load, ceiling) = crate::read(s.control.as_ref(), move |sched, now| {
         let load = crate::TenantLoad::of(sched, &tid);
