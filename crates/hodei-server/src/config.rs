@@ -954,6 +954,29 @@ impl Config {
         Ok(cfg)
     }
 
+    /// Sets one key stored through `PUT /observability/config` (the API checked its form) and
+    /// checks the whole configuration again.
+    pub fn apply_override(&mut self, key: &str, v: &serde_json::Value) -> Result<(), ConfigError> {
+        fn take<T: serde::de::DeserializeOwned>(key: &str, v: &serde_json::Value) -> Result<T, ConfigError> {
+            serde_json::from_value(v.clone()).map_err(|e| ConfigError::Invalid { path: key.to_owned(), message: format!("{v}: {e}") })
+        }
+        let (p, g, a) = (&mut self.metrics.prometheus, &mut self.observability.grafana, &mut self.observability.alerting);
+        match key {
+            "metrics.prometheus.enabled" => p.enabled = take(key, v)?,
+            "metrics.prometheus.port" => p.port = take(key, v)?,
+            "metrics.prometheus.path" => p.path = take(key, v)?,
+            "observability.grafana.enabled" => g.enabled = take(key, v)?,
+            "observability.grafana.url" => g.url = Some(take(key, v)?),
+            "observability.grafana.dashboards_dir" => g.dashboards_dir = Some(take(key, v)?),
+            "observability.grafana.folder" => g.folder = take(key, v)?,
+            "observability.alerting.enabled" => a.enabled = take(key, v)?,
+            "observability.alerting.prometheus_alerts_dir" => a.prometheus_alerts_dir = Some(take(key, v)?),
+            "observability.alerting.alertmanager_url" => a.alertmanager_url = Some(take(key, v)?),
+            _ => return Err(ConfigError::Invalid { path: key.to_owned(), message: "cannot be set through the API".into() }),
+        }
+        self.validate()
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         let bad = |path: &str, message: String| Err(ConfigError::Invalid { path: path.to_owned(), message });
         for (path, addr) in [("server.http_addr", &self.server.http_addr), ("server.grpc_addr", &self.server.grpc_addr)] {

@@ -567,6 +567,27 @@ fn api_state(cfg: &Config, p: ApiParts, stopping: watch::Receiver<bool>) -> anyh
     })))
 }
 
+/// Applies the settings stored through `PUT /observability/config` over the file and the
+/// environment. One that no longer fits (the file changed under it) is left out and said so;
+/// `GET /observability/config` keeps listing it under `restart_required`.
+async fn apply_overrides(cfg: &mut Config, store: &dyn Store) -> anyhow::Result<()> {
+    let Some(body) = store.setting_overrides().await.context("reading the settings stored through PUT /observability/config")? else {
+        return Ok(());
+    };
+    let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&body).context("the settings stored through PUT /observability/config")?;
+    for (key, value) in &map {
+        let mut next = cfg.clone();
+        match next.apply_override(key, value) {
+            Ok(()) => {
+                *cfg = next;
+                tracing::info!(key = %key, value = %value, "a setting from PUT /observability/config");
+            }
+            Err(e) => tracing::error!(key = %key, error = %e, "a setting stored through PUT /observability/config does not apply; left out"),
+        }
+    }
+    Ok(())
+}
+
 /// `observability.grafana`, when enabled.
 fn grafana_settings(cfg: &Config) -> Option<hodei_api::GrafanaSettings> {
     let g = &cfg.observability.grafana;
@@ -590,7 +611,8 @@ fn observability_view(cfg: &Config) -> hodei_api::ObservabilityView {
             "grafana": {"enabled": g.enabled, "url": g.url, "api_key_set": g.api_key.is_some(), "dashboards_dir": g.dashboards_dir, "folder": g.folder},
             "alerting": a,
         }),
-        overridden_keys: Vec::new(),
+        overrides: Default::default(),
+        restart_required: Vec::new(),
     }
 }
 
@@ -654,7 +676,7 @@ pub fn engine_config(cfg: &Config) -> EngineConfig {
 /// Starts everything and returns once every listener is bound and the built-in pool's
 /// workers are connected.
 pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
-    let cfg = opts.config;
+    let mut cfg = opts.config;
     let unsupported = cfg.unsupported();
     if !unsupported.is_empty() {
         bail!("{}", unsupported.join("; "));
@@ -662,13 +684,14 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
     let tls = tls::Tls::load(&cfg.server.tls)?;
     private_data_dir(&cfg)?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    // The recorder is installed whether or not metrics are served: the history samples it.
-    let recorder = metrics_handle()?;
-    let metrics = cfg.metrics.prometheus.enabled.then(|| recorder.clone());
     let store = match opts.store {
         Some(s) => s,
         None => open_store(&cfg, schema_policy(&cfg), true).await?,
     };
+    apply_overrides(&mut cfg, store.as_ref()).await?;
+    // The recorder is installed whether or not metrics are served: the history samples it.
+    let recorder = metrics_handle()?;
+    let metrics = cfg.metrics.prometheus.enabled.then(|| recorder.clone());
     let admin_token = match (cfg.auth.mode, &cfg.auth.admin_token) {
         (AuthMode::None, _) => {
             if !cfg.server.http_addr.parse::<SocketAddr>().is_ok_and(|a| a.ip().is_loopback()) {

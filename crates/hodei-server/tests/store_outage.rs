@@ -102,6 +102,8 @@ pass! { Store {
         fn delete_ended_jobs(&self, before: Timestamp, limit: u32) -> hodei_store::Purged;
         fn sla_counts(&self, since: Timestamp, tenant: Option<&TenantId>) -> Vec<SlaCount>;
         fn forget_sla_counts(&self, before: Timestamp) -> u64;
+        fn setting_overrides(&self) -> Option<String>;
+        fn put_setting_overrides(&self, body: &str, at: Timestamp) -> ();
         fn put_metric_samples(&self, samples: &[hodei_store::MetricSample]) -> ();
         fn downsample_metric_samples(&self, width_s: u32, from: Timestamp, to: Timestamp) -> u64;
         fn last_metric_sample(&self, resolution_s: u32) -> Option<Timestamp>;

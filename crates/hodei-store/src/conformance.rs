@@ -95,6 +95,7 @@ pub async fn run_all(store: &dyn Store) {
     retention_deletes_ended_jobs_oldest_first_and_arrays_as_a_unit(store).await;
     sla_counts_add_up_per_hour_and_are_forgotten(store).await;
     metric_history_is_averaged_per_step_downsampled_and_forgotten(store).await;
+    setting_overrides_are_replaced_whole(store).await;
     scaling_history_lists_newest_first_by_filter(store).await;
     the_cost_ledger_adds_up_in_its_rollups(store).await;
     rate_versions_list_oldest_first_one_per_instant(store).await;
@@ -147,6 +148,14 @@ async fn scaling_history_lists_newest_first_by_filter(store: &dyn Store) {
     assert_eq!(page.iter().map(|e| e.at.as_millis()).collect::<Vec<_>>(), [20]);
     assert_eq!(store.delete_scaling_events_before(ts(26)).await.unwrap(), 3, "two of this pool and one of the other");
     assert_eq!(store.list_scaling_events(&f).await.unwrap().len(), 2);
+}
+
+/// Settings overrides: none at first, then the last body written.
+async fn setting_overrides_are_replaced_whole(store: &dyn Store) {
+    assert_eq!(store.setting_overrides().await.unwrap(), None);
+    store.put_setting_overrides(r#"{"observability.grafana.folder":"A"}"#, ts(1)).await.unwrap();
+    store.put_setting_overrides(r#"{"observability.grafana.folder":"B"}"#, ts(2)).await.unwrap();
+    assert_eq!(store.setting_overrides().await.unwrap().as_deref(), Some(r#"{"observability.grafana.folder":"B"}"#));
 }
 
 /// Metric samples come back averaged per step, per metric; downsampling averages raw samples

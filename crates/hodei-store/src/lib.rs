@@ -493,6 +493,11 @@ pub trait Store: Identity + Send + Sync + 'static {
     async fn sla_counts(&self, since: Timestamp, tenant: Option<&TenantId>) -> Result<Vec<SlaCount>>;
     /// Deletes the SLA counts of the hours before `before`; returns how many rows went.
     async fn forget_sla_counts(&self, before: Timestamp) -> Result<u64>;
+    /// Settings changed through the API (`PUT /observability/config`): a JSON object of key
+    /// paths to values; `None` until first written.
+    async fn setting_overrides(&self) -> Result<Option<String>>;
+    /// Replaces the stored settings overrides.
+    async fn put_setting_overrides(&self, body: &str, at: Timestamp) -> Result<()>;
     /// Metric history: stores samples, replacing one of the same scope, metric, resolution and
     /// instant.
     async fn put_metric_samples(&self, samples: &[MetricSample]) -> Result<()>;

@@ -653,6 +653,21 @@ impl Store for SqliteStore {
         Ok(done.map_err(StoreError::db("deleting old SLA counts"))?.rows_affected())
     }
 
+    async fn setting_overrides(&self) -> Result<Option<String>> {
+        let body = sqlx::query_scalar("SELECT body FROM setting_overrides WHERE id = 1").fetch_optional(&self.read).await;
+        body.map_err(StoreError::db("reading settings overrides"))
+    }
+
+    async fn put_setting_overrides(&self, body: &str, at: Timestamp) -> Result<()> {
+        sqlx::query("INSERT INTO setting_overrides (id, body, updated_at) VALUES (1, ?, ?) ON CONFLICT (id) DO UPDATE SET body = excluded.body, updated_at = excluded.updated_at")
+            .bind(body)
+            .bind(ms(at))
+            .execute(&self.write)
+            .await
+            .map_err(StoreError::db("writing settings overrides"))?;
+        Ok(())
+    }
+
     async fn put_metric_samples(&self, samples: &[crate::MetricSample]) -> Result<()> {
         for chunk in crate::metric_history::unique(samples).chunks(crate::metric_history::INSERT_CHUNK) {
             crate::metric_history::insert(chunk).build().execute(&self.write).await.map_err(StoreError::db("writing metric samples"))?;

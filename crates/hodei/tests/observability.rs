@@ -610,7 +610,8 @@ async fn fake_grafana() -> (String, Shared) {
 /// With `observability.grafana` set, the server pushes the built-in dashboards at start and on
 /// `POST /observability/grafana/sync` — into the configured folder (made once), with the API
 /// key — and says which Grafana refused; `GET /observability/config` shows the effective
-/// settings with the key as `api_key_set` only.
+/// settings with the key as `api_key_set` only, and `PUT` stores settings (never secrets) that
+/// take effect at the next start.
 #[tokio::test]
 async fn the_dashboards_are_pushed_to_grafana_and_the_config_shows_no_secret() {
     let (url, grafana) = fake_grafana().await;
@@ -646,6 +647,34 @@ async fn the_dashboards_are_pushed_to_grafana_and_the_config_shows_no_secret() {
     assert_eq!(c["observability"]["grafana"]["folder"], "Ops");
     assert_eq!(c["metrics"]["history"]["interval_s"], 60);
     assert!(!c.to_string().contains("glsa_secret"), "{c}");
+
+    // Settings through the API: checked, stored, in force from the next start.
+    let put = |body: Value| srv.call(reqwest::Method::PUT, "/observability/config", Some(body));
+    let (status, e) = put(json!({"observability": {"grafana": {"api_key": "x"}, "alerting": {"alertmanager_url": "ftp://x"}}, "metrics": {"nope": 1}})).await;
+    assert_eq!(status, 400, "{e}");
+    let fields: BTreeSet<&str> = e["errors"].as_array().unwrap().iter().map(|x| x["field"].as_str().unwrap()).collect();
+    assert_eq!(fields, ["/metrics/nope", "/observability/alerting/alertmanager_url", "/observability/grafana/api_key"].into(), "{e}");
+    let (status, c) = put(json!({"observability": {"grafana": {"folder": "Platform"}}})).await;
+    assert_eq!(status, 200, "{c}");
+    assert_eq!(
+        (c["overrides"]["observability.grafana.folder"].as_str(), c["restart_required"].clone()),
+        (Some("Platform"), json!(["observability.grafana.folder"])),
+        "{c}"
+    );
+    assert_eq!(c["observability"]["grafana"]["folder"], "Ops", "the running value until a restart");
+    assert_eq!(srv.call(reqwest::Method::POST, "/observability/config", Some(json!({}))).await.0, 405);
+    let mut srv = srv;
+    srv.kill9();
+    let srv = Server::start(dir.path(), &env, 0, None);
+    let (_, c) = srv.call(reqwest::Method::GET, "/observability/config", None).await;
+    assert_eq!((c["observability"]["grafana"]["folder"].as_str(), c["restart_required"].clone()), (Some("Platform"), json!([])), "{c}");
+    let (status, r) = srv.call(reqwest::Method::POST, "/observability/grafana/sync", None).await;
+    assert_eq!(status, 200, "{r}");
+    assert!(grafana.lock().unwrap().folders.iter().any(|f| f["title"] == "Platform"), "pushed into the folder set through the API");
+    // A null takes the override away again.
+    let (_, c) = srv.call(reqwest::Method::PUT, "/observability/config", Some(json!({"observability": {"grafana": {"folder": null}}}))).await;
+    assert_eq!((c["overrides"].clone(), c["restart_required"].clone()), (json!({}), json!([])), "{c}");
+
     // Grafana away: 502, naming it.
     drop(srv);
     let dir = tempfile::tempdir().unwrap();

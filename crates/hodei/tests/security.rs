@@ -81,7 +81,7 @@ fn expected(method: &str, path: &str) -> Option<[Want; 8]> {
         ("post", "/tenants/{id}/burst/sessions/{sid}/approve" | "/tenants/{id}/burst/sessions/{sid}/reject") => admin_in_tenant,
         ("put", "/tenants/{id}" | "/tenants/{id}/quota") | ("delete", "/tenants/{id}") => admin_in_tenant,
         ("post", "/tenants") => admin,
-        ("get", "/observability/config") | ("post", "/observability/grafana/sync") => admin,
+        ("get" | "put", "/observability/config") | ("post", "/observability/grafana/sync") => admin,
         ("get", "/workers" | "/workers/{id}" | "/principals" | "/principals/{id}" | "/audit")
         | ("post", "/principals" | "/pools" | "/pools/{id}/join-token" | "/pools/{id}/scale" | "/pools/{id}/scaling/policies" | "/workers/{id}/drain")
         | ("put" | "delete", "/pools/{id}" | "/pools/{id}/scaling/policies/{pid}")
@@ -245,6 +245,7 @@ async fn every_operation_answers_as_the_permission_table_says() {
                     ("post", "/pools") => Some(json!({"id": format!("made-{checked}-{i}"), "worker_template": {"cpu_m": 1000, "memory_mb": 512, "slots": 1}})),
                     ("put", "/pools/{id}") => Some(json!({"max_size": 2})),
                     ("put", "/cost-rates") => Some(json!({"hourly_rate_cpu": "0.05"})),
+                    ("put", "/observability/config") => Some(json!({"observability": {"grafana": {"folder": "Matrix"}}})),
                     ("post", "/budgets") => Some(json!({"tenant_id": "alpha", "amount": "10"})),
                     ("post", "/cost-optimization/reports") => Some(json!({"tenant_id": "alpha", "period": "last_week"})),
                     ("put", "/budgets/{id}") => Some(json!({"amount": "20"})),

@@ -85,7 +85,7 @@ pub fn v1(cfg: &ApiConfig) -> OpenApiRouter<ApiState> {
         .routes(routes!(figures::pool))
         .routes(routes!(figures::tenant))
         .routes(routes!(figures::costs))
-        .routes(routes!(observability::get_config))
+        .routes(routes!(observability::get_config, observability::put_config))
         .routes(routes!(observability::grafana_sync))
         .routes(routes!(scaling::list_policies, scaling::create_policy))
         .routes(routes!(scaling::get_policy, scaling::update_policy, scaling::delete_policy))

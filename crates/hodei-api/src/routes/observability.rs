@@ -33,9 +33,99 @@ pub struct ObservabilityView {
     pub metrics: Value,
     #[schema(value_type = Object)]
     pub observability: Value,
-    /// Keys set through the API over the configuration file (none: overrides are not
-    /// supported yet, the file and environment decide everything).
-    pub overridden_keys: Vec<String>,
+    /// Keys set through `PUT /observability/config`, over the configuration file and the
+    /// environment, with their values.
+    #[schema(value_type = Object)]
+    pub overrides: serde_json::Map<String, Value>,
+    /// Keys whose stored value is not the one the server runs with: they take effect at the
+    /// next start.
+    pub restart_required: Vec<String>,
+}
+
+/// What a key of `PUT /observability/config` takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Takes {
+    Bool,
+    Port,
+    UrlPath,
+    Url,
+    Dir,
+    Text,
+}
+
+/// The keys `PUT /observability/config` may set. Secrets (`metrics.prometheus.bearer_token`,
+/// `observability.grafana.api_key`) are not among them: they stay in the configuration file or
+/// its environment, never in the database.
+const OVERRIDABLE: &[(&str, Takes)] = &[
+    ("metrics.prometheus.enabled", Takes::Bool),
+    ("metrics.prometheus.port", Takes::Port),
+    ("metrics.prometheus.path", Takes::UrlPath),
+    ("observability.grafana.enabled", Takes::Bool),
+    ("observability.grafana.url", Takes::Url),
+    ("observability.grafana.dashboards_dir", Takes::Dir),
+    ("observability.grafana.folder", Takes::Text),
+    ("observability.alerting.enabled", Takes::Bool),
+    ("observability.alerting.prometheus_alerts_dir", Takes::Dir),
+    ("observability.alerting.alertmanager_url", Takes::Url),
+];
+const SECRETS: &[&str] = &["metrics.prometheus.bearer_token", "observability.grafana.api_key"];
+
+/// Key paths and values of a nested JSON object (`{"a": {"b": 1}}` → `a.b = 1`).
+fn flatten(prefix: &str, v: &Value, out: &mut Vec<(String, Value)>) {
+    match v {
+        Value::Object(m) => {
+            for (k, v) in m {
+                flatten(&if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") }, v, out);
+            }
+        }
+        other => out.push((prefix.to_owned(), other.clone())),
+    }
+}
+
+/// Checks one key's value: `None` when it is what the key takes.
+fn wrong(takes: Takes, v: &Value) -> Option<&'static str> {
+    let ok = match takes {
+        Takes::Bool => v.is_boolean(),
+        Takes::Port => v.as_u64().is_some_and(|p| p <= u64::from(u16::MAX)),
+        Takes::UrlPath => v.as_str().is_some_and(|p| p.starts_with('/') && !p.contains(char::is_whitespace)),
+        Takes::Url => v.as_str().is_some_and(|u| (u.starts_with("http://") || u.starts_with("https://")) && !u.contains(char::is_whitespace)),
+        Takes::Dir => v.as_str().is_some_and(|d| d.starts_with('/')),
+        Takes::Text => v.as_str().is_some_and(|t| !t.trim().is_empty()),
+    };
+    (!ok).then_some(match takes {
+        Takes::Bool => "true or false",
+        Takes::Port => "a port number, 0 to 65535",
+        Takes::UrlPath => "a path starting with /",
+        Takes::Url => "an http:// or https:// URL",
+        Takes::Dir => "an absolute directory path",
+        Takes::Text => "a non-empty string",
+    })
+}
+
+/// The value at a key path of the running view.
+fn running<'a>(view: &'a ObservabilityView, key: &str) -> Option<&'a Value> {
+    let (first, rest) = key.split_once('.')?;
+    let root = match first {
+        "metrics" => &view.metrics,
+        "observability" => &view.observability,
+        _ => return None,
+    };
+    rest.split('.').try_fold(root, |v, k| v.get(k))
+}
+
+async fn stored(s: &ApiState) -> ApiResult<serde_json::Map<String, Value>> {
+    match s.store.setting_overrides().await? {
+        None => Ok(Default::default()),
+        Some(body) => serde_json::from_str(&body).map_err(|e| ApiError::new(ErrorCode::Internal, format!("stored settings overrides are not JSON: {e}"))),
+    }
+}
+
+async fn view(s: &ApiState) -> ApiResult<ObservabilityView> {
+    let mut v = s.cfg.observability.clone();
+    let overrides = stored(s).await?;
+    v.restart_required = overrides.iter().filter(|(k, val)| running(&v, k) != Some(val)).map(|(k, _)| k.clone()).collect();
+    v.overrides = overrides;
+    Ok(v)
 }
 
 /// The dashboards of `deploy/grafana/dashboards/`, built in.
@@ -51,7 +141,66 @@ pub const DASHBOARDS: [(&str, &str); 5] = [
 #[utoipa::path(get, path = "/observability/config", responses((status = 200, body = ObservabilityView), (status = 403, body = crate::error::Problem)), tag = "observability")]
 pub async fn get_config(State(s): State<ApiState>, who: Who) -> ApiResult<Json<ObservabilityView>> {
     who.must_be_admin("reading the observability configuration (admins only)")?;
-    Ok(Json(s.cfg.observability.clone()))
+    view(&s).await.map(Json)
+}
+
+/// Sets keys of `metrics.prometheus`, `observability.grafana` and `observability.alerting`
+/// over the configuration file (a `null` removes a key's override); they are stored and take
+/// effect at the next start, which `restart_required` lists. Secrets are refused: they stay in
+/// the configuration file or its environment (admins only).
+#[utoipa::path(
+    put,
+    path = "/observability/config",
+    request_body(content = Object, description = "the keys to set, shaped as in the configuration file, e.g. {\"observability\": {\"grafana\": {\"folder\": \"Ops\"}}}"),
+    responses((status = 200, body = ObservabilityView), (status = 400, body = crate::error::Problem), (status = 403, body = crate::error::Problem)),
+    tag = "observability"
+)]
+pub async fn put_config(State(s): State<ApiState>, who: Who, crate::json::ApiJson(body): crate::json::ApiJson<Value>) -> ApiResult<Json<ObservabilityView>> {
+    who.must_be_admin("changing the observability configuration (admins only)")?;
+    if !body.is_object() {
+        return Err(ApiError::field("/", "not an object", "an object shaped as the configuration file", None));
+    }
+    let mut keys = Vec::new();
+    flatten("", &body, &mut keys);
+    let mut errors = Vec::new();
+    let mut overrides = stored(&s).await?;
+    for (key, value) in keys {
+        let pointer = format!("/{}", key.replace('.', "/"));
+        if SECRETS.contains(&key.as_str()) {
+            errors.push(hodei_core::spec::FieldError::new(
+                &pointer,
+                "a secret is not stored in the database",
+                "set it in the configuration file or its environment",
+                None,
+            ));
+            continue;
+        }
+        let Some((_, takes)) = OVERRIDABLE.iter().find(|(k, _)| *k == key) else {
+            let known = OVERRIDABLE.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", ");
+            errors.push(hodei_core::spec::FieldError::new(&pointer, "not a key that can be set here", format!("one of {known}"), None));
+            continue;
+        };
+        if value.is_null() {
+            overrides.remove(&key);
+        } else if let Some(expected) = wrong(*takes, &value) {
+            errors.push(hodei_core::spec::FieldError::new(&pointer, "bad value", expected, Some(value.to_string())));
+        } else {
+            overrides.insert(key, value);
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::validation(errors));
+    }
+    // Grafana on needs a URL, from the override or the file.
+    let mut probe = s.cfg.observability.clone();
+    probe.overrides = overrides.clone();
+    let effective = |k: &str| probe.overrides.get(k).or_else(|| running(&probe, k)).cloned().unwrap_or(Value::Null);
+    if effective("observability.grafana.enabled") == Value::Bool(true) && !effective("observability.grafana.url").is_string() {
+        return Err(ApiError::field("/observability/grafana/url", "Grafana needs a URL", "an http:// or https:// URL", None));
+    }
+    let text = Value::Object(overrides).to_string();
+    s.store.put_setting_overrides(&text, s.clock.now()).await?;
+    view(&s).await.map(Json)
 }
 
 #[derive(Clone, Debug, Serialize, ToSchema)]
