@@ -198,6 +198,7 @@ pub async fn authenticate(State(s): State<ApiState>, mut req: Request, next: Nex
             }
         }
     };
+    crate::ctx::record("principal", &caller.name);
     req.extensions_mut().insert(Who(caller));
     next.run(req).await
 }

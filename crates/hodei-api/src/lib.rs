@@ -589,6 +589,8 @@ async fn http_metrics(req: Request, next: Next) -> Response {
     let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "unmatched".to_owned());
     let resp = next.run(req).await;
     let status = resp.status().as_u16().to_string();
+    // The access log, at debug: in the request's span, so with who asked and about what.
+    tracing::debug!(status = %status, route = %route, ms = started.elapsed().as_millis() as u64, "answered");
     metrics::counter!("hodei_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status).increment(1);
     metrics::histogram!("hodei_http_request_duration_seconds", "method" => method, "route" => route).record(started.elapsed().as_secs_f64());
     resp

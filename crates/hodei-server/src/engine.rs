@@ -970,6 +970,17 @@ impl Engine {
     }
 
     fn record_metrics(&mut self, c: &Changes) {
+        // Every transition, with the ids to follow one job from its request (whose span names
+        // the same `job_id`) through its attempts.
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let jobs: hodei_core::ids::IdMap<JobId, &Job> = c.jobs.iter().chain(&c.new_jobs).map(|j| (j.id, j)).collect();
+            for e in &c.events {
+                let Some(j) = jobs.get(&e.job_id) else { continue };
+                let attempt = j.current_attempt.map(|a| a.to_string()).unwrap_or_default();
+                let from = e.from.map(|s| s.as_str()).unwrap_or("");
+                tracing::debug!(job_id = %j.id, tenant = %j.tenant, attempt_id = %attempt, from, to = e.to.as_str(), reason = e.reason.as_deref().unwrap_or(""), "job");
+            }
+        }
         let by_id: hodei_core::ids::IdMap<JobId, &Job> =
             if c.events.iter().any(|e| e.from.is_some()) { c.jobs.iter().chain(&c.new_jobs).map(|j| (j.id, j)).collect() } else { Default::default() };
         let pool_of = |j: &Job| j.pool_id.as_ref().map(|p| p.to_string()).unwrap_or_default();
@@ -1041,7 +1052,7 @@ impl Engine {
                 Outbound::Assign { worker, attempt, job } => {
                     let Some(j) = self.sched.job(job) else { continue };
                     let Some(a) = self.sched.attempt(attempt) else { continue };
-                    tracing::debug!(%attempt, "sending assignment");
+                    tracing::debug!(job_id = %j.id, tenant = %j.tenant, attempt_id = %attempt, %worker, "sending assignment");
                     (*worker, pb::server_message::Msg::Assign(assign_message(j, a.id, a.number, self.cfg.kill_grace, self.cfg.max_log_bytes)))
                 }
                 Outbound::Cancel { worker, attempt, reason } => (

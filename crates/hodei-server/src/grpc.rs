@@ -348,6 +348,7 @@ impl WorkerSvc {
             }
             Some(Msg::Result(r)) => {
                 let (attempt, mut result) = result_from_pb(&r)?;
+                tracing::debug!(%worker, attempt_id = %attempt, outcome = ?result.outcome, "result");
                 // Its output is complete, so the set stays as large as what the worker runs. (A
                 // result for an attempt that is not the worker's is fenced by the core.)
                 let ours = owned.lock().is_ok_and(|mut set| set.remove(&attempt));

@@ -335,7 +335,7 @@ fn on_server_message(
             // Marks the job's processes as this worker's (see `orphans`).
             job.env.insert(orphans::WORKER_VAR.into(), worker_id.to_owned());
             let id = job.attempt_id.clone();
-            tracing::debug!(attempt = %id, "assignment received");
+            tracing::debug!(job_id = %job.job_id, attempt_id = %id, "assignment received");
             // A repeated assignment (after a reconnect) never starts the attempt twice.
             if let Some(r) = a.unacked.get(&id) {
                 let _ = out.events.send(msg(pb::worker_message::Msg::Result(r.clone())));
@@ -347,17 +347,21 @@ fn on_server_message(
             let (stop_tx, stop_rx) = oneshot::channel();
             a.running.insert(id.clone(), stop_tx);
             let (agent, out, sandbox, memory) = (agent.clone(), out.clone(), sandbox.clone(), memory.clone());
-            tokio::spawn(async move {
-                let result = exec::run(job, out.clone(), stop_rx, sandbox, memory).await;
-                // Queue the result under the lock: whoever sees the job gone also sees its result.
-                if let Ok(mut a) = agent.lock() {
-                    a.running.remove(&id);
-                    if let Some(result) = result {
-                        a.unacked.insert(id, result.clone());
-                        let _ = out.events.send(msg(pb::worker_message::Msg::Result(result)));
+            let span = tracing::info_span!("job", job_id = %job.job_id, attempt_id = %id);
+            tokio::spawn(tracing::Instrument::instrument(
+                async move {
+                    let result = exec::run(job, out.clone(), stop_rx, sandbox, memory).await;
+                    // Queue the result under the lock: whoever sees the job gone also sees its result.
+                    if let Ok(mut a) = agent.lock() {
+                        a.running.remove(&id);
+                        if let Some(result) = result {
+                            a.unacked.insert(id, result.clone());
+                            let _ = out.events.send(msg(pb::worker_message::Msg::Result(result)));
+                        }
                     }
-                }
-            });
+                },
+                span,
+            ));
         }
         Some(Msg::Cancel(c)) => {
             if let Some(tx) = a.running.remove(&c.attempt_id) {

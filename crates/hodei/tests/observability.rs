@@ -683,3 +683,53 @@ async fn the_dashboards_are_pushed_to_grafana_and_the_config_shows_no_secret() {
     let (status, e) = srv.call(reqwest::Method::POST, "/observability/grafana/sync", None).await;
     assert_eq!((status, e["code"].as_str()), (502, Some("bad_gateway")), "{e}");
 }
+
+/// One job followed through the server's log (`log.format: json`): the request that submitted
+/// it, the scheduler's transitions and the worker's result all carry its ids.
+#[tokio::test]
+async fn a_job_can_be_followed_through_the_log_by_its_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("server.log");
+    let env = [("HODEI_LOG__FORMAT", "json"), ("RUST_LOG", "hodei_api=debug,hodei_server=debug"), (STDERR_TO, log.to_str().unwrap())];
+    let srv = Server::start(&dir.path().join("data"), &env, 0, None);
+    let job = srv.submit(json!({"command": ["true"]})).await;
+    let id = job["id"].as_str().unwrap().to_owned();
+    let ended = srv.wait_ended(&id, 30).await;
+    let attempt = ended["current_attempt_id"].as_str().unwrap().to_owned();
+    let lines = |log: &Path| -> Vec<Value> { std::fs::read_to_string(log).unwrap().lines().filter_map(|l| serde_json::from_str(l).ok()).collect() };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let all = lines(&log);
+        let of_job: Vec<&Value> = all.iter().filter(|l| l.to_string().contains(&id)).collect();
+        // The scheduler's transitions: queued, placed, running, succeeded — each with the
+        // tenant, and the attempt once there is one.
+        let transitions: Vec<&str> = of_job.iter().filter(|l| l["fields"]["message"] == "job").filter_map(|l| l["fields"]["to"].as_str()).collect();
+        let placed = of_job.iter().any(|l| l["fields"]["message"] == "sending assignment" && l["fields"]["attempt_id"] == attempt.as_str());
+        let result = all.iter().any(|l| l["fields"]["message"] == "result" && l["fields"]["attempt_id"] == attempt.as_str());
+        if transitions.contains(&"succeeded") && placed && result {
+            assert!(of_job.iter().filter(|l| l["fields"]["message"] == "job").all(|l| l["fields"]["tenant"] == "default"), "{of_job:?}");
+            assert!(transitions.starts_with(&["pending"]), "{transitions:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the job's ids are not in the log: {transitions:?} placed={placed} result={result}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A request about the job: its span names the job, its tenant and who asked.
+    let (status, _) = srv.call(reqwest::Method::GET, &format!("/jobs/{id}/nope"), None).await;
+    assert_eq!(status, 404);
+    let (status, _) = srv.call(reqwest::Method::POST, &format!("/jobs/{id}/cancel"), None).await;
+    assert_eq!(status, 409, "an ended job");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let found = lines(&log).into_iter().find(|l| {
+            l["spans"].as_array().is_some_and(|s| {
+                s.iter().any(|s| s["name"] == "request" && s["job_id"] == id.as_str() && s["tenant"] == "default" && s["principal"] == "admin")
+            })
+        });
+        if found.is_some() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no request line with the job's span fields");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

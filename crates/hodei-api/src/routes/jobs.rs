@@ -291,6 +291,7 @@ pub async fn submit_job(
     let _gate = s.tenant_gate.read().await;
     let (input, tenant) = spec_input(body, None);
     let tenant = tenant_for(&s, &who, tenant.as_deref(), &headers, "").await?;
+    crate::ctx::record("tenant", &tenant.id);
     let spec = validated(&s, &who, input, "")?;
     let never = unschedulable(&s, &tenant.id, &spec, "");
     if q.dry_run {
@@ -310,6 +311,7 @@ pub async fn submit_job(
         return submit_array(&s, &tenant, spec, array, key, ended).await;
     }
     let mut job = new_job(&s, &tenant, spec);
+    crate::ctx::record("job_id", &job.id);
     let admitted = match s.control.submit(vec![job.clone()], true, key, ended).await? {
         Idempotent::New(mut a) => a.pop().ok_or_else(|| ApiError::new(ErrorCode::Internal, "no admission"))?,
         Idempotent::Replayed(r) => {
@@ -647,7 +649,11 @@ pub async fn list_jobs(State(s): State<ApiState>, who: Who, Query(q): Query<JobQ
 pub(crate) async fn load(s: &ApiState, who: &Who, id: &str) -> ApiResult<Job> {
     let jid: JobId = parse_id("job", id)?;
     match s.store.get_job(jid).await? {
-        Some(job) if who.access(Action::Read, &job.tenant) != Access::Invisible => Ok(job),
+        Some(job) if who.access(Action::Read, &job.tenant) != Access::Invisible => {
+            crate::ctx::record("job_id", &job.id);
+            crate::ctx::record("tenant", &job.tenant);
+            Ok(job)
+        }
         _ => Err(ApiError::not_found(format!("job {id}"))),
     }
 }

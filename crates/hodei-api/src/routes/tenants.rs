@@ -63,6 +63,7 @@ pub(crate) async fn load(s: &ApiState, who: &Who, id: &str, action: Action, doin
         return Err(ApiError::not_found(format!("tenant {id}")));
     }
     let t = s.store.get_tenant(&tid).await?.ok_or_else(|| ApiError::not_found(format!("tenant {id}")))?;
+    crate::ctx::record("tenant", &tid);
     who.may(action, &tid, doing)?;
     Ok(t)
 }

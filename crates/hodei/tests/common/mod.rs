@@ -23,6 +23,9 @@ pub const FAST: &[(&str, &str)] = &[
     ("HODEI_METRICS__PROMETHEUS__PORT", "0"),
 ];
 
+/// In `Server::start`'s environment: a file the server's log goes to.
+pub const STDERR_TO: &str = "TEST_SERVER_STDERR";
+
 pub struct Server {
     pub child: Child,
     pub http: String,
@@ -59,10 +62,15 @@ impl Server {
             std::fs::write(&path, yaml).unwrap();
             cmd.arg("--config").arg(path);
         }
+        cmd.env("RUST_LOG", "warn").stdout(Stdio::piped()).stderr(Stdio::inherit());
         for (k, v) in FAST.iter().chain(env) {
+            // Not the server's: its log goes to this file instead of the test's stderr.
+            if *k == STDERR_TO {
+                cmd.stderr(std::fs::File::create(v).unwrap());
+                continue;
+            }
             cmd.env(k, v);
         }
-        cmd.env("RUST_LOG", "warn").stdout(Stdio::piped()).stderr(Stdio::inherit());
         let mut child = cmd.spawn().expect("start hodei server");
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
