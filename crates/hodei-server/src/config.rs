@@ -739,7 +739,22 @@ section!(AlertingConfig {
     alertmanager_url: Option<String> = None,
 });
 
-section!(ObservabilityConfig { grafana: GrafanaConfig = Default::default(), alerting: AlertingConfig = Default::default() });
+section!(TracingConfig {
+    /// Export traces — each REST request's span with its principal, tenant and job — over
+    /// OpenTelemetry's OTLP/HTTP protocol.
+    enabled: bool = false,
+    /// The OTLP/HTTP receiver's base URL (an OpenTelemetry Collector, Jaeger, Tempo…); spans
+    /// are sent to `<url>/v1/traces`. `http://` only (a local collector forwards further).
+    otlp_endpoint: String = "http://127.0.0.1:4318".into(),
+    /// The `service.name` the spans carry.
+    service_name: String = "hodei".into(),
+});
+
+section!(ObservabilityConfig {
+    grafana: GrafanaConfig = Default::default(),
+    alerting: AlertingConfig = Default::default(),
+    tracing: TracingConfig = Default::default(),
+});
 
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
@@ -1037,6 +1052,16 @@ impl Config {
         if self.cost_tracking.retention_days == 0 {
             return bad("cost_tracking.retention_days", "must be at least 1".into());
         }
+        let t = &self.observability.tracing;
+        if t.enabled && !t.otlp_endpoint.starts_with("http://") {
+            return bad(
+                "observability.tracing.otlp_endpoint",
+                format!("{:?}: only http:// receivers are supported yet (a local collector can forward over TLS)", t.otlp_endpoint),
+            );
+        }
+        if t.service_name.trim().is_empty() {
+            return bad("observability.tracing.service_name", "must not be empty".into());
+        }
         let g = &self.observability.grafana;
         if g.enabled && g.url.as_deref().is_none_or(str::is_empty) {
             return bad("observability.grafana.url", "is needed with observability.grafana.enabled: true".into());
@@ -1254,6 +1279,7 @@ mod tests {
             ("observability", ObservabilityConfig::KEYS, "|"),
             ("observability.grafana", GrafanaConfig::KEYS, "enabled url api_key dashboards_dir folder |"),
             ("observability.alerting", AlertingConfig::KEYS, "enabled prometheus_alerts_dir alertmanager_url |"),
+            ("observability.tracing", TracingConfig::KEYS, "enabled otlp_endpoint service_name |"),
             ("multi_cluster", MultiClusterConfig::KEYS, "| *"),
             ("deployments", DeploymentsConfig::KEYS, "| *"),
             ("optimization", OptimizationConfig::KEYS, "lookback_days min_runs |"),

@@ -733,3 +733,44 @@ async fn a_job_can_be_followed_through_the_log_by_its_ids() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// With `observability.tracing` on, the spans go to an OTLP/HTTP receiver (here a stand-in
+/// that keeps what it is sent): a request about a job arrives as a span carrying the job's id,
+/// its tenant and the service name.
+#[tokio::test]
+async fn spans_are_exported_over_otlp() {
+    use axum::routing::post;
+    let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+    let kept = bodies.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        post(move |body: axum::body::Bytes| {
+            let kept = kept.clone();
+            async move {
+                kept.lock().unwrap().extend_from_slice(&body);
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("HODEI_OBSERVABILITY__TRACING__ENABLED", "true"),
+        ("HODEI_OBSERVABILITY__TRACING__OTLP_ENDPOINT", url.as_str()),
+        ("HODEI_OBSERVABILITY__TRACING__SERVICE_NAME", "hodei-test"),
+        ("RUST_LOG", "info"),
+    ];
+    let srv = Server::start(dir.path(), &env, 0, None);
+    let job = srv.submit(json!({"command": ["true"]})).await;
+    let id = job["id"].as_str().unwrap().to_owned();
+    srv.job(&id).await;
+    // OTLP/HTTP sends protobuf: strings travel as their bytes.
+    let has = |needle: &str| bodies.lock().unwrap().windows(needle.len()).any(|w| w == needle.as_bytes());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !(has(&id) && has("hodei-test") && has("request") && has("principal")) {
+        assert!(Instant::now() < deadline, "no span with the job's id reached the receiver");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -91,16 +91,54 @@ pub(crate) struct WorkerArgs {
 }
 
 pub(crate) fn init_tracing(json: bool, level: &str) {
+    init_tracing_with(json, level, None);
+}
+
+/// The log on stderr, and with `otlp` (`observability.tracing`) the spans exported over
+/// OTLP/HTTP as well; the provider returned is shut down at exit to send what is left.
+pub(crate) fn init_tracing_with(
+    json: bool,
+    level: &str,
+    otlp: Option<&hodei_server::config::TracingConfig>,
+) -> Option<opentelemetry_sdk::trace::SdkTracerProvider> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},h2=warn,hyper=warn,tower=warn,sqlx=warn")));
     // Colours only for a person at a terminal, never in a log file.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
+    let (provider, otel) = match otlp.map(otlp_provider).transpose() {
+        Ok(Some(p)) => {
+            let tracer = opentelemetry::trace::TracerProvider::tracer(&p, "hodei");
+            (Some(p), Some(tracing_opentelemetry::layer().with_tracer(tracer)))
+        }
+        Ok(None) => (None, None),
+        Err(e) => {
+            eprintln!("observability.tracing: cannot export traces: {e:#}");
+            (None, None)
+        }
+    };
+    let registry = tracing_subscriber::registry().with(filter).with(otel);
     if json {
-        b.json().init();
+        registry.with(fmt.json()).init();
     } else {
-        b.init();
+        registry.with(fmt).init();
     }
+    provider
+}
+
+/// An OTLP/HTTP exporter batching spans on the tokio runtime, every 2 s.
+fn otlp_provider(t: &hodei_server::config::TracingConfig) -> anyhow::Result<opentelemetry_sdk::trace::SdkTracerProvider> {
+    use opentelemetry_otlp::WithExportConfig;
+    let endpoint = format!("{}/v1/traces", t.otlp_endpoint.trim_end_matches('/'));
+    let exporter = opentelemetry_otlp::SpanExporter::builder().with_http().with_endpoint(endpoint).build()?;
+    let batch = opentelemetry_sdk::trace::BatchConfigBuilder::default().with_scheduled_delay(std::time::Duration::from_secs(2)).build();
+    let processor = opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor::builder(exporter, opentelemetry_sdk::runtime::Tokio)
+        .with_batch_config(batch)
+        .build();
+    let resource = opentelemetry_sdk::Resource::builder().with_service_name(t.service_name.clone()).build();
+    Ok(opentelemetry_sdk::trace::SdkTracerProvider::builder().with_span_processor(processor).with_resource(resource).build())
 }
 
 pub(crate) async fn server(a: ServerArgs) -> anyhow::Result<i32> {
@@ -118,7 +156,8 @@ pub(crate) async fn server(a: ServerArgs) -> anyhow::Result<i32> {
         cfg.database.url = Some(u);
     }
     let json = a.log_json || cfg.log.format == hodei_server::config::LogFormat::Json;
-    init_tracing(json, &cfg.log.level);
+    let tracing = &cfg.observability.tracing;
+    let traces = init_tracing_with(json, &cfg.log.level, tracing.enabled.then_some(tracing));
     check_run_as(&cfg)?;
     // Listen for SIGTERM before anything can tell a supervisor we are up: a SIGTERM right
     // after the ready line must stop the server, not be lost.
@@ -138,6 +177,11 @@ pub(crate) async fn server(a: ServerArgs) -> anyhow::Result<i32> {
     }
     tracing::info!("shutting down");
     srv.shutdown().await;
+    if let Some(p) = traces
+        && let Ok(Err(e)) = tokio::task::spawn_blocking(move || p.shutdown_with_timeout(std::time::Duration::from_secs(3))).await
+    {
+        eprintln!("observability.tracing: the last spans were not sent: {e}");
+    }
     Ok(0)
 }
 
