@@ -612,6 +612,7 @@ fn observability_view(cfg: &Config) -> hodei_api::ObservabilityView {
             "alerting": a,
         }),
         overrides: Default::default(),
+        overridden_keys: Vec::new(),
         restart_required: Vec::new(),
     }
 }

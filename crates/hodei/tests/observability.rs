@@ -661,6 +661,7 @@ async fn the_dashboards_are_pushed_to_grafana_and_the_config_shows_no_secret() {
         (Some("Platform"), json!(["observability.grafana.folder"])),
         "{c}"
     );
+    assert_eq!(c["overridden_keys"], json!(["observability.grafana.folder"]), "{c}");
     assert_eq!(c["observability"]["grafana"]["folder"], "Ops", "the running value until a restart");
     assert_eq!(srv.call(reqwest::Method::POST, "/observability/config", Some(json!({}))).await.0, 405);
     let mut srv = srv;

@@ -37,6 +37,8 @@ pub struct ObservabilityView {
     /// environment, with their values.
     #[schema(value_type = Object)]
     pub overrides: serde_json::Map<String, Value>,
+    /// The keys of `overrides`.
+    pub overridden_keys: Vec<String>,
     /// Keys whose stored value is not the one the server runs with: they take effect at the
     /// next start.
     pub restart_required: Vec<String>,
@@ -124,6 +126,7 @@ async fn view(s: &ApiState) -> ApiResult<ObservabilityView> {
     let mut v = s.cfg.observability.clone();
     let overrides = stored(s).await?;
     v.restart_required = overrides.iter().filter(|(k, val)| running(&v, k) != Some(val)).map(|(k, _)| k.clone()).collect();
+    v.overridden_keys = overrides.keys().cloned().collect();
     v.overrides = overrides;
     Ok(v)
 }
