@@ -109,8 +109,9 @@ pub fn reference() -> String {
          Units are base units: seconds, bytes; cpu in millicores, memory in MiB and money in micro-dollars\n\
          (integers) as everywhere else. Labels are bounded: `tenant` and `pool` by configuration, the others\n\
          by the code; no series is labelled with a job, attempt or worker id. A tenant's or a pool's series\n\
-         are exported at zero from the moment it exists, so dashboards and alerts see an idle tenant as 0,\n\
-         not as missing.\n\n| Metric | Type | Labels | Meaning |\n|---|---|---|---|\n",
+         are exported at zero from the moment it exists (series by tenant and pool: for the tenant's first\n\
+         pool, and for each pool with the default tenant), so dashboards and alerts see an idle tenant\n\
+         as 0, not as missing.\n\n| Metric | Type | Labels | Meaning |\n|---|---|---|---|\n",
     );
     for m in METRICS {
         out.push_str(&format!("| `{}` | {} | {} | {} |\n", m.name, m.kind.as_str(), m.labels.join(", "), m.help));

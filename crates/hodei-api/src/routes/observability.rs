@@ -268,28 +268,18 @@ async fn sync(g: &GrafanaSettings, dashboards: Vec<(String, Value)>) -> ApiResul
         Some(k) => r.bearer_auth(k),
         None => r,
     };
+    // A JSON answer, or Grafana named as what failed.
+    let json_of = |r: reqwest::RequestBuilder| async move {
+        let resp = r.send().await.and_then(|r| r.error_for_status()).map_err(|e| unreachable(g, e))?;
+        resp.json::<Value>().await.map_err(|e| unreachable(g, e))
+    };
     // The folder, found by title or made.
-    let folders: Value = auth(client.get(format!("{base}/api/folders")))
-        .send()
-        .await
-        .and_then(|r| r.error_for_status())
-        .map_err(|e| unreachable(g, e))?
-        .json()
-        .await
-        .map_err(|e| unreachable(g, e))?;
+    let folders = json_of(auth(client.get(format!("{base}/api/folders")))).await?;
     let existing = folders.as_array().and_then(|f| f.iter().find(|f| f["title"] == g.folder.as_str())).and_then(|f| f["uid"].as_str()).map(String::from);
     let folder_uid = match existing {
         Some(uid) => uid,
         None => {
-            let made: Value = auth(client.post(format!("{base}/api/folders")))
-                .json(&json!({"title": g.folder}))
-                .send()
-                .await
-                .and_then(|r| r.error_for_status())
-                .map_err(|e| unreachable(g, e))?
-                .json()
-                .await
-                .map_err(|e| unreachable(g, e))?;
+            let made = json_of(auth(client.post(format!("{base}/api/folders"))).json(&json!({"title": g.folder}))).await?;
             made["uid"]
                 .as_str()
                 .map(String::from)
