@@ -42,6 +42,22 @@ impl RateOverride {
     }
 }
 
+/// What idle capacity cost: for each sample of a pool — the seconds it covers, its live
+/// workers and the share of their slots busy — the idle part of its workers (workers × (1 −
+/// busy)) for those seconds, priced per worker of `per_worker` at `rates`. Idle worker-seconds
+/// are summed in milliseconds and rounded once, half up, so many short samples lose nothing.
+pub fn idle_micros(samples: &[(u64, f64, f64)], per_worker: &Resources, rates: &Rates) -> i64 {
+    let idle_ms: u128 = samples
+        .iter()
+        .map(|(secs, workers, busy)| {
+            let idle = workers.max(0.0) * (1.0 - busy.clamp(0.0, 1.0));
+            (*secs as f64 * idle * 1000.0).round() as u128
+        })
+        .sum();
+    let seconds = u64::try_from((idle_ms + 500) / 1000).unwrap_or(u64::MAX);
+    cost_micros(seconds, per_worker, rates)
+}
+
 /// A non-negative decimal with at most 6 decimals (`0.05`, `2.5`, `12`) in micro-units.
 pub fn parse_micros(s: &str) -> Option<i64> {
     let (int, frac) = s.split_once('.').unwrap_or((s, ""));
@@ -162,6 +178,17 @@ pub fn price_part(start: Timestamp, from: Timestamp, to: Timestamp, res: &Resour
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn idle_capacity_is_priced_per_idle_worker_second() {
+        let worker = Resources::new(1000, 1024, 0);
+        // Two idle workers for an hour: two worker-hours of a core and a GiB.
+        assert_eq!(idle_micros(&[(3600, 2.0, 0.0)], &worker, &Rates::DEFAULT), 120_000);
+        // Half their slots busy: half of it; spread over 3600 samples of a second: the same.
+        assert_eq!(idle_micros(&[(3600, 2.0, 0.5)], &worker, &Rates::DEFAULT), 60_000);
+        assert_eq!(idle_micros(&vec![(1, 2.0, 0.5); 3600], &worker, &Rates::DEFAULT), 60_000);
+        assert_eq!(idle_micros(&[(60, 3.0, 1.0), (0, 9.0, 0.0)], &worker, &Rates::DEFAULT), 0);
+    }
+
     use super::*;
     use proptest::prelude::*;
 

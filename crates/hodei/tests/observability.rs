@@ -548,6 +548,13 @@ async fn the_metric_history_is_durable_averaged_and_capped() {
     assert_eq!(c["month_to_date_micros"].as_i64(), Some(mtd), "{c}");
     let by_day: i64 = c["by_day"].as_array().unwrap().iter().map(|d| d["cost_micros"].as_i64().unwrap()).sum();
     assert_eq!(by_day, mtd, "{c}");
+    // A report on the whole cluster prices the pool's idle worker from the history; a tenant's
+    // report has no idle cost (idle capacity is the cluster's).
+    let (status, r) = srv.call(reqwest::Method::POST, "/cost-optimization/reports", Some(json!({"period": "last_day"}))).await;
+    assert_eq!(status, 201, "{r}");
+    assert!(r["idle_cost_micros"].as_i64().unwrap() > 0, "{r}");
+    let (_, r) = srv.call(reqwest::Method::POST, "/cost-optimization/reports", Some(json!({"tenant_id": "default"}))).await;
+    assert!(r["idle_cost_micros"].is_null(), "{r}");
     // 13-odd micro-dollars over a day and a half: the hourly rate rounds to 0 or so.
     assert!(c["forecast_month_micros"].as_i64().unwrap() >= mtd && c["rate_micros_per_hour"].as_i64().unwrap() >= 0, "{c}");
 }

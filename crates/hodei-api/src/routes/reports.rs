@@ -6,7 +6,7 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use hodei_core::{TenantId, Timestamp, Visibility};
-use hodei_store::{CostGroup, CostQuery, StoredReport};
+use hodei_store::{CostGroup, CostQuery, HistoryQuery, StoredReport};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -82,6 +82,13 @@ pub struct CostReport {
     pub recommendations: Vec<RecommendationView>,
     pub potential_savings_micros: i64,
     pub potential_savings: String,
+    /// What the workers of the pools reported on (one with `pool_id`) cost while idle in the
+    /// period: live workers × the share of their slots not busy × the period they were so, from
+    /// the metric history, at the rates in force now. Absent in a tenant's report (idle
+    /// capacity is the cluster's) and without `metrics.history`; the history starts when it
+    /// was turned on.
+    pub idle_cost_micros: Option<i64>,
+    pub idle_cost: Option<String>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -109,6 +116,46 @@ async fn spent(s: &ApiState, q: &CostQuery, from_day: i64, to_day: i64) -> ApiRe
 }
 
 /// This month's cost so far plus, for each day left in it, the last 7 days' daily average.
+/// What the pools' idle workers cost over [start, end), from the metric history (see
+/// `CostReport::idle_cost_micros`).
+async fn idle_cost(s: &ApiState, pool: Option<&hodei_core::PoolId>, start: Timestamp, end: Timestamp, now: Timestamp) -> ApiResult<Option<i64>> {
+    let Some(settings) = s.cfg.history else { return Ok(None) };
+    let pools: Vec<hodei_core::Pool> = s.pools.read().map(|p| p.iter().filter(|p| pool.is_none_or(|id| *id == p.id)).cloned().collect()).unwrap_or_default();
+    let end = end.min(now);
+    if end <= start {
+        return Ok(Some(0));
+    }
+    let (resolution_s, step_s) = settings.resolution_for(start, now);
+    let step_ms = step_s as i64 * 1000;
+    let rates = s.current_rates();
+    let mut total = 0i64;
+    for p in pools {
+        let q = HistoryQuery {
+            scope: crate::history::POOL.into(),
+            scope_id: p.id.to_string(),
+            metrics: vec!["busy_ratio".into(), "size".into()],
+            resolution_s,
+            start: Timestamp::from_millis(start.as_millis() - step_ms),
+            end,
+            step_ms,
+        };
+        let series = s.store.metric_history(&q).await?;
+        let of = |name: &str| series.iter().find(|h| h.metric == name).map(|h| h.points.clone()).unwrap_or_default();
+        let busy: std::collections::HashMap<Timestamp, f64> = of("busy_ratio").into_iter().collect();
+        // Each point covers its step, clipped to the period and to now.
+        let samples: Vec<(u64, f64, f64)> = of("size")
+            .into_iter()
+            .map(|(t, size)| {
+                let from = t.as_millis().max(start.as_millis());
+                let to = (t.as_millis() + step_ms).min(end.as_millis());
+                (((to - from).max(0) / 1000) as u64, size, busy.get(&t).copied().unwrap_or(0.0))
+            })
+            .collect();
+        total = total.saturating_add(hodei_core::cost::idle_micros(&samples, &p.worker_resources, &rates));
+    }
+    Ok(Some(total))
+}
+
 async fn forecast(s: &ApiState, q: &CostQuery, now: Timestamp) -> ApiResult<i64> {
     let today = now.as_millis().div_euclid(DAY_MS);
     let (first, last) = hodei_core::budget::period_days(hodei_core::budget::Period::Monthly, now);
@@ -176,6 +223,10 @@ pub async fn create_report(State(s): State<ApiState>, who: Who, ApiJson(body): A
         _ => compute(&s, &who, tenant.as_ref(), pool.as_ref(), None, now).await?,
     };
     let savings = total_savings(&recs);
+    let idle = match tenant {
+        Some(_) => None,
+        None => idle_cost(&s, pool.as_ref(), start, end, now).await?,
+    };
     let id = Uuid::now_v7();
     let report = CostReport {
         id: id.to_string(),
@@ -195,6 +246,8 @@ pub async fn create_report(State(s): State<ApiState>, who: Who, ApiJson(body): A
         recommendations: recs.iter().map(|r| RecommendationView::of(r, &currency)).collect(),
         potential_savings_micros: savings,
         potential_savings: money(savings, &currency),
+        idle_cost_micros: idle,
+        idle_cost: idle.map(|m| money(m, &currency)),
         currency,
     };
     let body = serde_json::to_string(&report).map_err(|e| ApiError::new(crate::error::ErrorCode::Internal, e.to_string()))?;

@@ -74,6 +74,9 @@ pub(crate) fn print_report(r: &Value) {
     println!("report {} ({}, {} to {})", s(r, "id"), s(r, "period"), s(r, "start"), s(r, "end"));
     println!("total:    {}", s(r, "total_cost"));
     println!("forecast: {} by the end of the month", s(r, "forecast_period_end"));
+    if let Some(idle) = r["idle_cost"].as_str() {
+        println!("idle:     {idle} (workers waiting for jobs)");
+    }
     for (title, key) in [("TENANT", "by_tenant"), ("POOL", "by_pool"), ("DAY", "by_day")] {
         let rows: Vec<Vec<String>> = r["breakdown"][key]
             .as_array()
