@@ -527,7 +527,8 @@ pub fn zero_series_for_pool(pool: &Pool, default_tenant: &TenantId) {
         let _registered = metrics::histogram!(name, "pool" => pool.id.to_string());
     }
     let _registered = metrics::histogram!("hodei_job_run_duration_seconds", "pool" => pool.id.to_string(), "state" => "succeeded");
-    for (action, decision) in [("scale_up", "executed"), ("scale_down", "executed")] {
+    // Failures too: HodeiAutoscalerFailures watches their increase, which a series born at 1 hides.
+    for (action, decision) in [("scale_up", "executed"), ("scale_down", "executed"), ("scale_up", "failed"), ("scale_down", "failed")] {
         metrics::counter!("hodei_autoscaler_decisions_total", "pool" => pool.id.to_string(), "action" => action, "decision" => decision).increment(0);
     }
 }

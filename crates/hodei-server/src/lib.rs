@@ -610,6 +610,7 @@ fn observability_view(cfg: &Config) -> hodei_api::ObservabilityView {
         observability: serde_json::json!({
             "grafana": {"enabled": g.enabled, "url": g.url, "api_key_set": g.api_key.is_some(), "dashboards_dir": g.dashboards_dir, "folder": g.folder},
             "alerting": a,
+            "tracing": cfg.observability.tracing,
         }),
         overrides: Default::default(),
         overridden_keys: Vec::new(),
@@ -787,7 +788,6 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
             shutdown_rx.clone(),
         )),
     ];
-    // With budgets off none is enforced (and none can be created).
     let alerting = &cfg.observability.alerting;
     if alerting.enabled {
         if let Some(dir) = &alerting.prometheus_alerts_dir {
@@ -811,6 +811,7 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
     if let Some(settings) = history_settings(&cfg) {
         tasks.push(tokio::spawn(history::run(recorder.clone(), store.clone(), clock.clone(), settings, shutdown_rx.clone())));
     }
+    // With budgets off none is enforced (and none can be created).
     if cfg.budgets.enabled {
         tasks.push(tokio::spawn(budgets::watch(state.clone(), handle.clone(), Duration::from_secs(1), cfg.budgets.fair_share_demotion, shutdown_rx.clone())));
     }
