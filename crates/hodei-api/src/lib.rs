@@ -362,7 +362,7 @@ impl TenantCache {
     }
 }
 
-/// The whole HTTP surface: `/api/v1/*`, `/health`, `/ready`, `/metrics`, `/api/openapi.json`, `/api/docs`.
+/// The whole HTTP surface: `/api/v1/*`, `/health`, `/ready`, `/metrics`, `/api/openapi.json`, `/api/docs`, `/ui/`.
 pub fn router(state: ApiState) -> Router {
     let (v1, mut openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi()).nest("/api/v1", routes::v1(&state.cfg)).split_for_parts();
     document_errors(&mut openapi);
@@ -370,6 +370,7 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .merge(v1)
         .merge(routes::system::router())
+        .merge(routes::ui::router())
         .merge(SwaggerUi::new("/api/docs").url("/api/openapi.json", openapi))
         .fallback(routes::not_found)
         .layer(DefaultBodyLimit::max(state.cfg.max_batch_body_bytes))

@@ -19,6 +19,7 @@ pub mod scaling;
 pub mod sla;
 pub mod system;
 pub mod tenants;
+pub mod ui;
 pub mod usage;
 pub mod workers;
 
