@@ -141,6 +141,11 @@ impl Client {
         Ok(value)
     }
 
+    /// The token this client sends, if any.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_ref().map(|(t, _)| t.as_str())
+    }
+
     pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
         self.send(self.req(reqwest::Method::GET, path)).await
     }

@@ -131,3 +131,53 @@ pub async fn principals(c: ClientOpts, cmd: PrincipalsCmd) -> anyhow::Result<i32
     show(&c, &v, &headers, row);
     Ok(0)
 }
+
+/// `hodei ui [PAGE]`: the dashboard signed in with this CLI's token. The token travels in the
+/// link's fragment (`#token=…`), which the browser keeps to itself and the page moves to the
+/// tab's session storage; the link is a secret, so it is printed only with `--print` or when
+/// no browser can be started.
+pub async fn ui(c: ClientOpts, page: Option<String>, print: bool) -> anyhow::Result<i32> {
+    let cl = c.client()?;
+    let who = cl.get("/whoami").await?;
+    let token = cl.token().ok_or_else(|| anyhow::anyhow!("no token to sign in with: give --token, HODEI_TOKEN or `hodei login`"))?;
+    let page = page.as_deref().unwrap_or("").trim_start_matches('/').trim_start_matches("ui/");
+    let link = format!("{}/ui/{page}#token={}", cl.base.trim_end_matches('/'), fragment_encode(token));
+    if !print && open_browser(&link) {
+        eprintln!("opened the dashboard signed in as {}", s(&who, "name"));
+        return Ok(0);
+    }
+    eprintln!("the dashboard, signed in as {} (this link holds your token: do not share it):", s(&who, "name"));
+    println!("{link}");
+    Ok(0)
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters.
+fn fragment_encode(v: &str) -> String {
+    v.bytes()
+        .map(|b| if b.is_ascii_alphanumeric() || b"-._~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect()
+}
+
+/// `$BROWSER`, else the desktop's opener; false when none could be started.
+fn open_browser(link: &str) -> bool {
+    let mut candidates: Vec<String> = std::env::var("BROWSER").ok().into_iter().flat_map(|b| b.split(':').map(str::to_owned).collect::<Vec<_>>()).collect();
+    candidates.extend([if cfg!(target_os = "macos") { "open" } else { "xdg-open" }.to_owned()]);
+    candidates.iter().filter(|c| !c.is_empty()).any(|cmd| {
+        std::process::Command::new(cmd)
+            .arg(link)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|st| st.success())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_token_survives_the_fragment() {
+        assert_eq!(super::fragment_encode("hodei_Ab-9._~"), "hodei_Ab-9._~");
+        assert_eq!(super::fragment_encode("a b/c#d%"), "a%20b%2Fc%23d%25");
+    }
+}

@@ -183,6 +183,16 @@ enum Cmd {
         #[command(flatten)]
         c: ClientOpts,
     },
+    /// Open the web dashboard in a browser, signed in with this CLI's token (`--print`: print
+    /// the link instead; it holds the token).
+    Ui {
+        #[command(flatten)]
+        c: ClientOpts,
+        /// A page of the dashboard, e.g. `jobs/ID`, `pools/local` (default: the overview).
+        page: Option<String>,
+        #[arg(long)]
+        print: bool,
+    },
     /// API tokens: create (the secret is shown once), list, revoke.
     Tokens {
         #[command(flatten)]
@@ -371,6 +381,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Login { server, token, ca_file, name } => contexts::login(&server, token, ca_file, name).await,
         Cmd::Context { cmd } => contexts::context(cmd),
         Cmd::Whoami { c } => identity::whoami(c).await,
+        Cmd::Ui { c, page, print } => identity::ui(c, page, print).await,
         Cmd::Tokens { c, cmd } => identity::tokens(c, cmd).await,
         Cmd::Principals { c, cmd } => identity::principals(c, cmd).await,
         Cmd::Config { cmd: ConfigCmd::Reference } => {

@@ -217,7 +217,10 @@ try {
     const vctx = await browser.newContext({ viewport: { width: 1280, height: 900 } });
     const vpage = await vctx.newPage();
     watch(vpage, 'viewer');
-    await vpage.goto(`${URL}/ui/jobs/${running}#token=${encodeURIComponent(VIEWER)}`);
+    // `hodei ui PAGE --print`: the link that opens the page signed in.
+    const link = execFileSync(env('HODEI_BIN'), ['ui', `jobs/${running}`, '--print', '--token', VIEWER], { encoding: 'utf8' }).trim();
+    assert.equal(link, `${URL}/ui/jobs/${running}#token=${VIEWER}`);
+    await vpage.goto(link);
     await vpage.locator('#who').getByText('vera').waitFor({ timeout: T });
     assert.ok(!vpage.url().includes('token'), `the token left the address bar: ${vpage.url()}`);
     await badgeOf(vpage).filter({ hasText: 'running' }).waitFor({ timeout: T });
