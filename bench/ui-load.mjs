@@ -23,7 +23,13 @@ for (const path of ['/ui/', '/ui/jobs', '/ui/costs']) {
     page.on('request', (r) => { if (r.url().includes('/api/v1/')) calls += 1; });
     await page.goto(`${url}${path}#token=${token}`);
     await page.waitForFunction(() => document.querySelector('main h1') && !document.querySelector('main').textContent.includes('Loading…'), null, { timeout: 30000 });
-    const [paint, now] = await page.evaluate(() => [performance.getEntriesByName('first-contentful-paint')[0]?.startTime, performance.now()]);
+    const now = await page.evaluate(() => performance.now());
+    const paint = await page.evaluate(() => new Promise((resolve) => {
+      new PerformanceObserver((list, obs) => {
+        const e = list.getEntries().find((x) => x.name === 'first-contentful-paint');
+        if (e) { obs.disconnect(); resolve(e.startTime); }
+      }).observe({ type: 'paint', buffered: true });
+    }));
     fcp.push(paint);
     data.push(now);
     if (i === 0) console.log(`${path}: ${calls} API calls on load`);

@@ -181,6 +181,8 @@ document.addEventListener('click', (e) => {
   navigate(url.pathname + url.search);
 });
 window.addEventListener('popstate', () => render());
+// A `#token=…` link opened in a tab that already shows the dashboard.
+window.addEventListener('hashchange', () => { if (location.hash.startsWith('#token=')) start(); });
 whenUnauthorized(() => { signOut(); showSignIn('The server refused this token (expired, revoked or mistyped). Sign in again.'); });
 
 async function start() {

@@ -33,7 +33,7 @@ export function lineChart(series, { format = (v) => String(v), max, label = 'cha
   });
   const latest = series.map((s) => `${s.name} ${s.points.length ? format(s.points[s.points.length - 1][1]) : 'no data'}`).join(', ');
   return h('figure', { class: 'chart' },
-    h('svg:svg', { viewBox: `0 0 ${W} ${H}`, role: 'img', 'aria-label': `${label}: ${latest}`, preserveAspectRatio: 'none' }, grid, xs, lines),
+    h('svg:svg', { viewBox: `0 0 ${W} ${H}`, role: 'img', 'aria-label': `${label}: ${latest}` }, grid, xs, lines),
     h('figcaption', { class: 'legend' }, series.map((s, i) => h('span', {}, h('span', { class: `key c${i % 4}` }), `${s.name} `, h('strong', {}, s.points.length ? format(s.points[s.points.length - 1][1]) : '—')))));
 }
 

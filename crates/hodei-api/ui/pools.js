@@ -62,10 +62,11 @@ export async function poolPage(view, [id], ctx) {
       }
       throw e;
     }
-    const [m, history, hist, workers] = await Promise.all([
+    const [m, history, hist, triggers, workers] = await Promise.all([
       api(`/metrics/pools/${enc}`, { signal: ctx.signal }),
       api(`/pools/${enc}/scaling/history?limit=20`, { signal: ctx.signal }),
       api(`/metrics/historical${query({ pool_id: id, metric: 'size,desired_size,jobs_running', start: since })}`, { signal: ctx.signal }),
+      api(`/pools/${enc}/scaling/triggers`, { signal: ctx.signal }),
       ctx.me.admin ? api(`/workers${query({ pool_id: id, limit: 200 })}`, { signal: ctx.signal }) : null,
     ]);
     const now = m.now;
@@ -91,6 +92,13 @@ export async function poolPage(view, [id], ctx) {
           ['Cooldown', st.cooldown_until.up || st.cooldown_until.down ? `up until ${fmt.time(st.cooldown_until.up)}, down until ${fmt.time(st.cooldown_until.down)}` : null],
         ])),
       card('Size, last 6 hours', lineChart(series, { label: 'pool size, desired size and running jobs', format: (v) => v.toFixed(v % 1 ? 1 : 0) })),
+      card('Scaling triggers now', table([
+        ['Policy', (t) => t.policy_id],
+        ['Trigger', (t) => t.trigger || '—'],
+        ['Value', (t) => (Number.isInteger(t.value) ? t.value : t.value.toFixed(2))],
+        ['Condition', (t) => (t.condition_met ? badge('met') : 'not met')],
+        ['Cooldown', (t) => (t.cooldown_remaining_s ? fmt.dur(t.cooldown_remaining_s * 1000) : '—')],
+      ], triggers, { empty: 'No scaling policy: the pool keeps the size it is given.' })),
       card('Scaling history', table([
         ['When', (e) => h('time', { datetime: e.at }, fmt.time(e.at))],
         ['Change', (e) => `${e.from_size} → ${e.to_size}`],

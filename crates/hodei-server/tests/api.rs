@@ -1065,3 +1065,45 @@ async fn scaling_policies_and_manual_scale_through_the_api() {
     let (s, _) = app.call("GET", "/api/v1/pools/elastic/scaling/history?decision=maybe", None).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
 }
+
+#[tokio::test]
+async fn the_dashboard_is_served_without_a_token_with_its_policy_and_versioned_assets() {
+    let app = app().await;
+    let get = |path: &str| {
+        let req = Request::builder().uri(path).body(Body::empty()).unwrap();
+        let router = app.server.router.clone();
+        async move {
+            let resp = router.oneshot(req).await.unwrap();
+            let (parts, body) = resp.into_parts();
+            (parts.status, parts.headers, String::from_utf8(axum::body::to_bytes(body, usize::MAX).await.unwrap().to_vec()).unwrap())
+        }
+    };
+    let (s, h, _) = get("/ui").await;
+    assert_eq!((s, h.get(header::LOCATION).map(|v| v.to_str().unwrap())), (StatusCode::PERMANENT_REDIRECT, Some("/ui/")));
+
+    let (s, h, page) = get("/ui/").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(h[header::CONTENT_TYPE], "text/html; charset=utf-8");
+    let csp = h[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+    assert!(csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'") && !csp.contains("unsafe"), "{csp}");
+    assert_eq!(h[header::CACHE_CONTROL], "no-cache");
+    assert_eq!(h[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+    assert!(h.get(header::SET_COOKIE).is_none());
+    let script = page.split('"').find(|p| p.starts_with("/ui/assets/") && p.ends_with("/app.js")).expect("the page names its script").to_owned();
+
+    // Every page address answers the same document; the script reads the path.
+    let (s, _, deep) = get("/ui/jobs/01a2532f-1476-75dd-b363-b0063908f556").await;
+    assert_eq!((s, deep == page), (StatusCode::OK, true));
+
+    let (s, h, js) = get(&script).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(h[header::CONTENT_TYPE], "text/javascript; charset=utf-8");
+    assert_eq!(h[header::CACHE_CONTROL], "public, max-age=31536000, immutable");
+    assert!(js.contains("import "));
+
+    let (s, h, body) = get("/ui/assets/000000000000/app.js").await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "another version's file is not served as this one");
+    assert!(h[header::CONTENT_TYPE].to_str().unwrap().starts_with("application/problem+json"), "{body}");
+    let (s, _, _) = get(&script.replace("app.js", "nope.js")).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}

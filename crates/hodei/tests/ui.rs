@@ -62,6 +62,7 @@ async fn the_dashboard_in_a_real_browser() {
     let viewer = principal(&srv, "vera", "viewer", "tenant:default").await;
     let other = srv.submit(json!({"tenant_id": "other", "name": "theirs", "command": ["true"]})).await;
     let shots = repo().join("target/ui-screenshots");
+    let _ = std::fs::remove_dir_all(&shots);
     std::fs::create_dir_all(&shots).unwrap();
     let work = tempfile::tempdir().unwrap();
 

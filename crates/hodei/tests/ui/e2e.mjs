@@ -38,6 +38,35 @@ async function settled(p) {
   await p.waitForTimeout(400);
 }
 
+/** Text whose colour against its background is under WCAG AA (4.5:1, 3:1 for large text). */
+function lowContrast() {
+  const rgb = (c) => (c.match(/[\d.]+/g) || []).map(Number);
+  const lum = ([r, g, b]) => {
+    const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
+    return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b);
+  };
+  const background = (el) => {
+    for (let e = el; e; e = e.parentElement) {
+      const c = rgb(getComputedStyle(e).backgroundColor);
+      if (c.length === 3 || (c.length === 4 && c[3] > 0.5)) return c.slice(0, 3);
+    }
+    return [255, 255, 255];
+  };
+  const bad = [];
+  for (const el of document.querySelectorAll('body *')) {
+    if (el.closest('svg') || el.disabled || !el.offsetParent) continue;
+    const text = [...el.childNodes].filter((n) => n.nodeType === 3).map((n) => n.textContent).join('').trim();
+    if (!text) continue;
+    const st = getComputedStyle(el);
+    const [a, b] = [lum(rgb(st.color)), lum(background(el))];
+    const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+    const size = parseFloat(st.fontSize), bold = Number(st.fontWeight) >= 700;
+    const need = size >= 24 || (bold && size >= 18.66) ? 3 : 4.5;
+    if (ratio < need) bad.push(`${text.slice(0, 30)}: ${ratio.toFixed(2)} < ${need}`);
+  }
+  return bad;
+}
+
 async function step(name, f) {
   const t0 = Date.now();
   await f();
@@ -170,6 +199,7 @@ try {
       const unlabelled = await page.evaluate(() => [...document.querySelectorAll('input, select, textarea')]
         .filter((e) => !e.labels?.length && !e.getAttribute('aria-label')).map((e) => e.outerHTML));
       assert.deepEqual(unlabelled, [], `${name}: form fields without a label`);
+      assert.deepEqual(await page.evaluate(lowContrast), [], `${name}: text under WCAG AA contrast`);
       await page.screenshot({ path: join(SHOTS, `${name}.png`), fullPage: true });
       console.log(`     ${name}: ${own.length} API calls (${Date.now() - t0} ms)`);
       if (name === 'pool') assert.ok(await page.getByRole('button', { name: 'Scale' }).count(), 'an admin sees the manual scale of a pool');
@@ -179,7 +209,12 @@ try {
   await step('first contentful paint of the overview', async () => {
     await page.goto(`${URL}/ui/`);
     await page.getByRole('heading', { name: 'Overview' }).waitFor();
-    const fcp = await page.evaluate(() => performance.getEntriesByName('first-contentful-paint')[0]?.startTime);
+    const fcp = await page.evaluate(() => new Promise((resolve) => {
+      new PerformanceObserver((list, obs) => {
+        const e = list.getEntries().find((x) => x.name === 'first-contentful-paint');
+        if (e) { obs.disconnect(); resolve(e.startTime); }
+      }).observe({ type: 'paint', buffered: true });
+    }));
     assert.ok(fcp > 0);
     console.log(`     first contentful paint: ${fcp.toFixed(0)} ms`);
   });
