@@ -104,13 +104,18 @@ function controls(job, ctx, done) {
 }
 
 function explainCard(x) {
+  const waiting = x.state === 'pending' || x.state === 'held';
+  if (!waiting) {
+    const said = { running: 'It is running.', scheduled: 'A worker is starting it.' }[x.state] || `It has ended: ${x.state.replace('_', ' ')}.`;
+    return card('Why is it where it is', h('p', {}, said));
+  }
   const reasons = x.blocking_reasons.length
     ? h('ul', { class: 'reasons' }, x.blocking_reasons.map((r) => h('li', {}, h('code', {}, r.code), ' ', r.message)))
-    : h('p', {}, TERMINAL.has(x.state) || x.state === 'running' ? 'Nothing blocks it.' : 'Nothing blocks it: it starts at the next scheduling round.');
+    : h('p', {}, 'Nothing blocks it: it starts at the next scheduling round.');
   return card('Why is it where it is',
     reasons,
     facts([
-      ['Estimated start', x.estimated_start_at && !TERMINAL.has(x.state) && x.state !== 'running' ? fmt.time(x.estimated_start_at) : null],
+      ['Estimated start', x.estimated_start_at ? fmt.time(x.estimated_start_at) : 'not known (nothing free can run it)'],
       ['Place in its tenant', x.position.in_tenant ?? null],
       ['Jobs dispatched before it', x.position.global ?? null],
       ['Tenants ahead (fair share)', x.fair_share ? x.fair_share.tenants_ahead : null],
@@ -274,9 +279,9 @@ export async function jobPage(view, [id], ctx) {
         ['Started', (a) => fmt.time(a.started_at)],
         ['Ran', (a) => (a.started_at && a.finished_at ? fmt.dur(new Date(a.finished_at) - new Date(a.started_at)) : '—')],
         ['Exit', (a) => (a.exit_code ?? (a.signal ? `signal ${a.signal}` : '—'))],
-        ['Max RSS', (a) => (a.max_rss_mb === null ? '—' : fmt.mem(a.max_rss_mb))],
-        ['Billed', (a) => (a.billed_seconds === null ? '—' : `${a.billed_seconds} s`)],
-        ['Cost', (a) => a.cost],
+        ['Max RSS', (a) => (a.max_rss_mb === null || !a.finished_at ? '—' : fmt.mem(a.max_rss_mb))],
+        ['Billed', (a) => (a.billed_seconds === null || !a.finished_at ? '—' : `${a.billed_seconds} s`)],
+        ['Cost', (a) => (a.finished_at ? a.cost : '—')],
       ], attempts.items, { empty: 'Not started yet.' })),
       card('Events', h('ol', { class: 'timeline' }, evs.items.map((e) => h('li', {},
         h('time', { datetime: e.at }, fmt.time(e.at)), ' ',

@@ -153,9 +153,7 @@ pub async fn ui(c: ClientOpts, page: Option<String>, print: bool) -> anyhow::Res
 
 /// Percent-encodes everything but RFC 3986's unreserved characters.
 fn fragment_encode(v: &str) -> String {
-    v.bytes()
-        .map(|b| if b.is_ascii_alphanumeric() || b"-._~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
-        .collect()
+    v.bytes().map(|b| if b.is_ascii_alphanumeric() || b"-._~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
 }
 
 /// `$BROWSER`, else the desktop's opener; false when none could be started.

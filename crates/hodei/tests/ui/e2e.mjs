@@ -163,6 +163,17 @@ try {
     await page.getByRole('button', { name: 'Retry' }).waitFor();
   });
 
+  await step('a held job says why it waits; Release starts it', async () => {
+    const held = submit('--name', 'waiting', '--hold', '--', 'true');
+    await page.goto(`${URL}/ui/jobs/${held}`);
+    await badgeOf(page).filter({ hasText: 'held' }).waitFor({ timeout: T });
+    await page.locator('.reasons code', { hasText: 'user_hold' }).waitFor({ timeout: T });
+    await page.getByText('Estimated start').waitFor();
+    await page.getByRole('button', { name: 'Release' }).click();
+    await badgeOf(page).filter({ hasText: 'succeeded' }).waitFor({ timeout: T });
+    await page.getByText('It has ended: succeeded.').waitFor({ timeout: T });
+  });
+
   await step('attacker-controlled text renders as text', async () => {
     const xss = submit('--name', 'escaping', '-l', 'note=<img src=x onerror=window.__pwned=1>', '--', 'sh', '-c', 'echo "<script>window.__pwned=2</script>"; echo "<b>bold</b>" >&2');
     await page.goto(`${URL}/ui/jobs/${xss}`);
