@@ -5,6 +5,13 @@ import { h } from './dom.js';
 
 const W = 640, H = 180, L = 48, R = 12, T = 10, B = 24;
 
+/** The least of 1, 2, 4, 5 × 10^k at or above `v` (so the middle line is a round number too). */
+function nice(v) {
+  if (!(v > 0)) return 1;
+  const p = 10 ** Math.floor(Math.log10(v));
+  return [1, 2, 4, 5, 10].map((m) => m * p).find((x) => x >= v * 0.999999);
+}
+
 /**
  * `series`: `[{name, points: [[unix_s, value], …]}]`. Options: `format` for the y labels and
  * legend, `max` to fix the top of the y axis (e.g. 1 for ratios), `label` for screen readers.
@@ -13,7 +20,7 @@ export function lineChart(series, { format = (v) => String(v), max, label = 'cha
   const all = series.flatMap((s) => s.points);
   if (!all.length) return h('p', { class: 'muted chart-empty' }, 'No samples yet for this window.');
   const t0 = Math.min(...all.map((p) => p[0])), t1 = Math.max(...all.map((p) => p[0]));
-  const top = max ?? (Math.max(...all.map((p) => p[1]), 0) * 1.1 || 1);
+  const top = max ?? nice(Math.max(...all.map((p) => p[1]), 0) * 1.1);
   const x = (t) => L + (t1 === t0 ? (W - L - R) / 2 : ((t - t0) / (t1 - t0)) * (W - L - R));
   const y = (v) => T + (1 - Math.min(v, top) / top) * (H - T - B);
   const grid = [0, 0.5, 1].map((f) => [

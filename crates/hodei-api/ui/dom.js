@@ -87,7 +87,8 @@ export const fmt = {
     return `${Math.floor(hr / 24)} d ${hr % 24} h`;
   },
   cpu(m) {
-    return m >= 1000 ? `${(m / 1000).toFixed(m % 1000 ? 2 : 0)} cores` : `${m} m`;
+    if (m < 1000) return `${m} m`;
+    return m === 1000 ? '1 core' : `${(m / 1000).toFixed(m % 1000 ? 2 : 0)} cores`;
   },
   mem(mb) {
     return mb >= 1024 ? `${(mb / 1024).toFixed(1)} GiB` : `${mb} MiB`;
@@ -112,10 +113,13 @@ export const fmt = {
   },
 };
 
-/** A bar showing `ratio` of something (0–1, clamped), with its text for screen readers. */
-export function meter(ratio, label) {
+/**
+ * A bar showing `ratio` of something (0–1, clamped), with its text for screen readers; red from
+ * 90 % unless `warn` is false (a share at its fair value is not a warning).
+ */
+export function meter(ratio, label, { warn = true } = {}) {
   const r = Math.max(0, Math.min(1, ratio || 0));
-  const bar = h('span', { class: ['meter-fill', r >= 0.9 && 'hot'] });
+  const bar = h('span', { class: ['meter-fill', warn && r >= 0.9 && 'hot'] });
   bar.style.width = `${(r * 100).toFixed(1)}%`;
   return h('span', { class: 'meter', role: 'meter', 'aria-valuemin': 0, 'aria-valuemax': 100, 'aria-valuenow': Math.round(r * 100), 'aria-label': label }, bar);
 }

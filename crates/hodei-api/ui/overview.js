@@ -59,7 +59,7 @@ export async function overview(view, _params, ctx) {
         ['Weight', (r) => r.weight],
         ['Pending', (r) => r.pending],
         ['Running', (r) => r.running],
-        ['Share, actual of fair', (r) => h('span', {}, meter(r.fair_share ? r.actual_share / r.fair_share : 0, `actual share of ${r.tenant_id} against its fair share`), ` ${fmt.pct(r.actual_share)} of ${fmt.pct(r.fair_share)}`)],
+        ['Share, actual of fair', (r) => h('span', {}, meter(r.fair_share ? r.actual_share / r.fair_share : 0, `actual share of ${r.tenant_id} against its fair share`, { warn: false }), ` ${fmt.pct(r.actual_share)} of ${fmt.pct(r.fair_share)}`)],
       ], q.tenants.slice(0, 20), { empty: 'No tenant has jobs waiting or running.' }));
 
     fill(alerts, h('h2', {}, 'Alerts firing'),

@@ -5,6 +5,9 @@ import { api, query, ApiError } from './api.js';
 import { h, fill, card, table, facts, fmt, badge, meter } from './dom.js';
 import { lineChart } from './charts.js';
 
+/** Workers that exist now (not offline, not terminated). */
+const LIVE = 'registering,idle,busy,draining';
+
 const poolLink = (id) => h('a', { href: `/ui/pools/${encodeURIComponent(id)}` }, id);
 
 export async function poolList(view, _params, ctx) {
@@ -67,7 +70,7 @@ export async function poolPage(view, [id], ctx) {
       api(`/pools/${enc}/scaling/history?limit=20`, { signal: ctx.signal }),
       api(`/metrics/historical${query({ pool_id: id, metric: 'size,desired_size,jobs_running', start: since })}`, { signal: ctx.signal }),
       api(`/pools/${enc}/scaling/triggers`, { signal: ctx.signal }),
-      ctx.me.admin ? api(`/workers${query({ pool_id: id, limit: 200 })}`, { signal: ctx.signal }) : null,
+      ctx.me.admin ? api(`/workers${query({ pool_id: id, state: LIVE, limit: 200 })}`, { signal: ctx.signal }) : null,
     ]);
     const now = m.now;
     if (ctx.me.admin && !form) form = scaleForm(st, id, refresh);
@@ -84,8 +87,9 @@ export async function poolPage(view, [id], ctx) {
           ['Size · desired', `${st.current_size} · ${st.desired_size} (min ${st.min_size}, max ${st.max_size})`],
           ['Workers', Object.entries(st.workers_by_state).map(([k, v]) => `${v} ${k}`).join(', ') || 'none'],
           ['Slots used', h('span', {}, meter(st.slots ? st.slots_used / st.slots : 0, 'slots used'), ` ${st.slots_used} of ${st.slots}`)],
-          ['CPU allocated', h('span', {}, meter(now.cpu_utilization, 'cpu allocated'), ` ${fmt.pct(now.cpu_utilization)}`)],
-          ['Memory allocated', h('span', {}, meter(now.memory_utilization, 'memory allocated'), ` ${fmt.pct(now.memory_utilization)}`)],
+          // The API gives these two in percent.
+          ['CPU allocated', h('span', {}, meter(now.cpu_utilization / 100, 'cpu allocated'), ` ${fmt.pct(now.cpu_utilization / 100)}`)],
+          ['Memory allocated', h('span', {}, meter(now.memory_utilization / 100, 'memory allocated'), ` ${fmt.pct(now.memory_utilization / 100)}`)],
           ['Queue depth · wait', `${now.queue_depth} · ${fmt.dur(now.queue_wait_seconds * 1000)}`],
           ['Running jobs', now.jobs_running],
           ['Cost rate', `${fmt.money(now.cost_rate_micros_per_hour)} an hour`],
@@ -108,7 +112,7 @@ export async function poolPage(view, [id], ctx) {
         ['Why', (e) => e.reason],
         ['By', (e) => e.actor || '—'],
       ], history.items, { empty: 'No scaling event yet.' })),
-      workers ? card('Workers', table([
+      workers ? card('Workers now', table([
         ['Worker', (w) => h('code', { title: w.id }, w.instance_name || fmt.short(w.id))],
         ['State', (w) => badge(w.state)],
         ['Health', (w) => (w.health_reason ? `${w.health}: ${w.health_reason}` : w.health)],

@@ -97,7 +97,10 @@ fn to_downsample(last: Option<Timestamp>, width_s: u32, now: Timestamp, keep: Du
 }
 
 pub async fn run(exporter: Exporter, store: Arc<dyn Store>, clock: Arc<dyn Clock>, settings: HistorySettings, mut stop: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(settings.interval);
+    // The first round one interval after start, not at once: at start the figures are not yet
+    // set (the built-in workers are registering, the scheduler has not run), and a round of
+    // zeros would draw every restart as a drop to 0.
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + settings.interval, settings.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sampler = Sampler::default();
     let mut last_retention: Option<Timestamp> = None;

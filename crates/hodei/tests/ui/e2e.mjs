@@ -213,7 +213,14 @@ try {
       assert.deepEqual(await page.evaluate(lowContrast), [], `${name}: text under WCAG AA contrast`);
       await page.screenshot({ path: join(SHOTS, `${name}.png`), fullPage: true });
       console.log(`     ${name}: ${own.length} API calls (${Date.now() - t0} ms)`);
-      if (name === 'pool') assert.ok(await page.getByRole('button', { name: 'Scale' }).count(), 'an admin sees the manual scale of a pool');
+      if (name === 'pool') {
+        assert.ok(await page.getByRole('button', { name: 'Scale' }).count(), 'an admin sees the manual scale of a pool');
+        for (const what of ['CPU allocated', 'Memory allocated']) {
+          const text = await page.locator('dt', { hasText: what }).locator('xpath=following-sibling::dd[1]').textContent();
+          const pct = Number(text.match(/([\d.]+) %/)[1]);
+          assert.ok(pct >= 0 && pct <= 100, `${what}: ${text}`);
+        }
+      }
     }
   });
 
