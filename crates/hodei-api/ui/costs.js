@@ -51,7 +51,14 @@ export async function costs(view, _params, ctx) {
         ['Change', (r) => `${r.current} → ${r.suggested} ${r.unit}`],
         ['Why', (r) => r.rationale],
         ['Saves a month', (r) => r.estimated_monthly_savings],
-      ], recs.items, { empty: 'Nothing to change: requests match measured use.' })));
+      ], recs.items, { empty: 'Nothing to change: requests match measured use.' }),
+      recs.pools.length ? [h('h3', {}, 'Pools'), table([
+        ['Kind', (r) => r.kind.replace(/_/g, ' ')],
+        ['Pool', (r) => h('a', { href: `/ui/pools/${encodeURIComponent(r.pool_id)}` }, r.pool_id)],
+        ['Change', (r) => `${r.current} → ${r.suggested} ${r.unit}`],
+        ['Why', (r) => r.rationale],
+        ['Saves a month', (r) => r.estimated_monthly_savings],
+      ], recs.pools)] : null));
   };
   sel.addEventListener('change', () => {
     period = sel.value;

@@ -147,6 +147,142 @@ pub fn for_job(tenant: &TenantId, job_name: &str, runs: &[Run], min_runs: u32, r
     out
 }
 
+/// Pools are judged over this much history (SPEC: 7 days).
+pub const POOL_WINDOW_MS: i64 = 7 * 86_400_000;
+/// And only with at least a day of it: an hour of quiet says nothing about a pool.
+pub const POOL_MIN_EVIDENCE_S: u64 = 86_400;
+
+crate::job::string_enum!(
+    PoolKind {
+        PoolReduceMinSize = "pool_reduce_min_size",
+        PoolSwitchToDynamic = "pool_switch_to_dynamic",
+    }
+);
+
+/// One step of a pool's metric history: the seconds it covers, its live workers, the share of
+/// their slots busy and of their cpu allocated (both 0–1), averaged over the step.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PoolSample {
+    pub secs: u64,
+    pub size: f64,
+    pub busy_ratio: f64,
+    pub cpu_utilization: f64,
+}
+
+/// What a pool recommendation rests on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolEvidence {
+    /// Hours of history looked at.
+    pub hours: u32,
+    /// Cpu allocated on average (time-weighted), and the share of its worker time idle, percent.
+    pub cpu_allocated_pct: u32,
+    pub idle_pct: u32,
+    /// The 95th percentile of its busy workers (busy slots' share × workers, rounded up).
+    pub busy_workers_p95: u32,
+    /// Percent of the time the pool sat at its `min_size` (or below, while workers started).
+    pub at_min_pct: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolRecommendation {
+    pub kind: PoolKind,
+    pub pool: crate::PoolId,
+    /// `min_size` now and suggested (reduce), or the idle workers on average and 0 (switch).
+    pub current: u32,
+    pub suggested: u32,
+    pub rationale: String,
+    pub evidence: PoolEvidence,
+    /// Micro-units a month: the worker time it would stop paying for at the pace seen.
+    pub monthly_savings_micros: i64,
+    /// 0–100: how much of the 7-day window it rests on.
+    pub confidence_pct: u32,
+}
+
+/// SPEC's pool rules over a pool's history (`samples`, the last [`POOL_WINDOW_MS`]), each
+/// priced per worker of `per_worker` at `rates`:
+/// - cpu allocated under 30 % on average with `min_size` > 0 → `pool_reduce_min_size` to the
+///   p95 of its busy workers (when that is lower);
+/// - a static pool idle more than half its worker time → `pool_switch_to_dynamic` (a dynamic pool
+///   lets idle workers above `min_size` go); its saving counts only what the first rule does
+///   not already save, so the two add up.
+pub fn for_pool(pool: &crate::Pool, samples: &[PoolSample], rates: &Rates) -> Vec<PoolRecommendation> {
+    let covered: u64 = samples.iter().map(|s| s.secs).sum();
+    if covered < POOL_MIN_EVIDENCE_S {
+        return Vec::new();
+    }
+    let weighted = |f: &dyn Fn(&PoolSample) -> f64| samples.iter().map(|s| s.secs as f64 * f(s)).sum::<f64>() / covered as f64;
+    let busy_workers = |s: &PoolSample| (s.size.max(0.0) * s.busy_ratio.clamp(0.0, 1.0) - 1e-9).ceil().max(0.0);
+    let cpu = weighted(&|s| s.cpu_utilization.clamp(0.0, 1.0));
+    // Idle worker time over all worker time.
+    let worker_time = weighted(&|s| s.size.max(0.0));
+    let idle = if worker_time > 0.0 { weighted(&|s| s.size.max(0.0) * (1.0 - s.busy_ratio.clamp(0.0, 1.0))) / worker_time } else { 0.0 };
+    let min = f64::from(pool.min_size);
+    let at_min = |s: &PoolSample| s.size <= min + 0.5;
+    let evidence = PoolEvidence {
+        hours: (covered / 3600) as u32,
+        cpu_allocated_pct: (cpu * 100.0).round() as u32,
+        idle_pct: (idle * 100.0).round() as u32,
+        busy_workers_p95: p95(samples.iter().map(|s| busy_workers(s) as u32)),
+        at_min_pct: (weighted(&|s| if at_min(s) { 1.0 } else { 0.0 }) * 100.0).round() as u32,
+    };
+    let month = |worker_seconds: f64| {
+        let per_month = worker_seconds * (MONTH_MS / 1000) as f64 / covered as f64;
+        cost_micros(per_month.round() as u64, &pool.worker_resources, rates)
+    };
+    let confidence_pct = ((covered * 100) / (POOL_WINDOW_MS as u64 / 1000)).min(100) as u32;
+    let mut out = Vec::new();
+    let mut new_min = pool.min_size;
+    if pool.min_size > 0 && cpu < 0.30 && evidence.busy_workers_p95 < pool.min_size {
+        new_min = evidence.busy_workers_p95;
+        let cut = f64::from(pool.min_size - new_min);
+        let saved: f64 = samples.iter().filter(|s| at_min(s)).map(|s| s.secs as f64 * cut).sum();
+        out.push(PoolRecommendation {
+            kind: PoolKind::PoolReduceMinSize,
+            pool: pool.id.clone(),
+            current: pool.min_size,
+            suggested: new_min,
+            rationale: format!(
+                "over {} h its cpu was {} % allocated on average and at most {} workers were busy 95 % of the time; it keeps {} ({} % of the time at its minimum)",
+                evidence.hours, evidence.cpu_allocated_pct, evidence.busy_workers_p95, pool.min_size, evidence.at_min_pct
+            ),
+            evidence: evidence.clone(),
+            monthly_savings_micros: month(saved),
+            confidence_pct,
+        });
+    }
+    if pool.pool_type == crate::PoolType::Static && idle > 0.5 {
+        let reduce = f64::from(pool.min_size - new_min);
+        let saved: f64 = samples
+            .iter()
+            .map(|s| {
+                let dynamic = (s.size - f64::from(new_min).max(busy_workers(s))).max(0.0);
+                let by_min = if at_min(s) { reduce } else { 0.0 };
+                s.secs as f64 * (dynamic - by_min).max(0.0)
+            })
+            .sum();
+        let idle_workers = weighted(&|s| s.size.max(0.0) * (1.0 - s.busy_ratio.clamp(0.0, 1.0)));
+        // Nothing to gain beyond the smaller minimum: not worth a change of type.
+        let saving = month(saved);
+        if saving <= 0 {
+            return out;
+        }
+        out.push(PoolRecommendation {
+            kind: PoolKind::PoolSwitchToDynamic,
+            pool: pool.id.clone(),
+            current: idle_workers.round() as u32,
+            suggested: 0,
+            rationale: format!(
+                "over {} h its workers were idle {} % of their time ({:.1} idle on average); a dynamic pool lets idle workers above its minimum go after idle_timeout_s",
+                evidence.hours, evidence.idle_pct, idle_workers
+            ),
+            evidence: evidence.clone(),
+            monthly_savings_micros: saving,
+            confidence_pct,
+        });
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,5 +349,80 @@ mod tests {
         let recs = for_job(&t(), "train", &runs, 5, &Rates::DEFAULT, now);
         assert_eq!(recs.iter().map(|r| (r.kind, r.suggested)).collect::<Vec<_>>(), [(Kind::JobDropGpu, 0)]);
         assert!(recs[0].monthly_savings_micros > 0);
+    }
+
+    fn pool(kind: crate::PoolType, min: u32) -> crate::Pool {
+        crate::Pool {
+            id: crate::PoolId::parse("p").unwrap(),
+            name: "p".into(),
+            pool_type: kind,
+            provider: "local".into(),
+            worker_resources: Resources::new(1000, 1024, 0),
+            worker_slots: 4,
+            min_size: min,
+            max_size: min.max(8),
+            desired_size: min,
+            auto_scaling_enabled: false,
+            idle_timeout: std::time::Duration::from_secs(300),
+            scaling_policies: Vec::new(),
+            allowed_tenants: Vec::new(),
+            labels: Default::default(),
+            managed_by: "config".into(),
+            state: crate::PoolState::Active,
+            state_reason: String::new(),
+            created_at: Timestamp::from_millis(0),
+            updated_at: Timestamp::from_millis(0),
+            version: 1,
+        }
+    }
+
+    /// `hours` of hourly samples of `size` workers with `busy` of them busy.
+    fn history(hours: usize, size: f64, busy: impl Fn(usize) -> f64) -> Vec<PoolSample> {
+        (0..hours).map(|h| PoolSample { secs: 3600, size, busy_ratio: busy(h) / size, cpu_utilization: busy(h) / size }).collect()
+    }
+
+    #[test]
+    fn a_static_pool_mostly_idle_at_its_minimum_is_told_to_shrink_it() {
+        let p = pool(crate::PoolType::Static, 4);
+        // A week at 4 workers; one busy, two at the busiest hour of each day.
+        let samples = history(168, 4.0, |h| if h % 24 == 12 { 2.0 } else { 1.0 });
+        let recs = for_pool(&p, &samples, &Rates::DEFAULT);
+        // Dynamic at a minimum of 1 would save nothing more (its busy hour needs the second
+        // worker): one piece of advice, not two.
+        assert_eq!(recs.iter().map(|r| (r.kind, r.current, r.suggested)).collect::<Vec<_>>(), [(PoolKind::PoolReduceMinSize, 4, 1)]);
+        let e = &recs[0].evidence;
+        assert_eq!((e.hours, e.cpu_allocated_pct, e.busy_workers_p95, e.at_min_pct), (168, 26, 1, 100));
+        // 3 workers a month (1 core, 1 GiB each): 3 × 720 h × (0.05 + 0.01).
+        assert_eq!(recs[0].monthly_savings_micros, cost_micros(3 * 30 * 86_400, &Resources::new(1000, 1024, 0), &Rates::DEFAULT));
+        assert_eq!(recs[0].confidence_pct, 100);
+    }
+
+    #[test]
+    fn busy_pools_short_histories_and_dynamic_pools_get_no_advice_they_do_not_need() {
+        let busy = history(48, 4.0, |_| 3.0);
+        assert!(for_pool(&pool(crate::PoolType::Static, 4), &busy, &Rates::DEFAULT).is_empty(), "75 % busy");
+        let idle = history(23, 4.0, |_| 0.0);
+        assert!(for_pool(&pool(crate::PoolType::Static, 4), &idle, &Rates::DEFAULT).is_empty(), "less than a day says nothing");
+        let idle = history(48, 2.0, |_| 0.0);
+        let recs = for_pool(&pool(crate::PoolType::Dynamic, 2), &idle, &Rates::DEFAULT);
+        assert_eq!(recs.iter().map(|r| (r.kind, r.suggested)).collect::<Vec<_>>(), [(PoolKind::PoolReduceMinSize, 0)], "already dynamic");
+        assert_eq!(recs[0].confidence_pct, 28);
+        assert!(for_pool(&pool(crate::PoolType::Static, 0), &history(48, 0.0, |_| 0.0), &Rates::DEFAULT).is_empty(), "nothing to cut");
+    }
+
+    #[test]
+    fn going_dynamic_saves_the_idle_workers_above_the_minimum() {
+        // Autoscaled to 6 workers half the time with 1 busy; min 1 already right.
+        let p = pool(crate::PoolType::Static, 1);
+        let samples: Vec<PoolSample> = (0..48)
+            .map(|h| {
+                let size = if h % 2 == 0 { 6.0 } else { 1.0 };
+                PoolSample { secs: 3600, size, busy_ratio: 1.0 / size, cpu_utilization: 1.0 / size }
+            })
+            .collect();
+        let recs = for_pool(&p, &samples, &Rates::DEFAULT);
+        assert_eq!(recs.iter().map(|r| r.kind).collect::<Vec<_>>(), [PoolKind::PoolSwitchToDynamic]);
+        // 5 idle workers half the time, over a month.
+        assert_eq!(recs[0].monthly_savings_micros, cost_micros(5 * 15 * 86_400, &Resources::new(1000, 1024, 0), &Rates::DEFAULT));
     }
 }

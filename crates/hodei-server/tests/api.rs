@@ -1107,3 +1107,67 @@ async fn the_dashboard_is_served_without_a_token_with_its_policy_and_versioned_a
     let (s, _, _) = get(&script.replace("app.js", "nope.js")).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
 }
+
+/// SPEC's pool rule from a synthetic week of history: the built-in static pool of 2 workers,
+/// its cpu 10 % allocated and at most one worker busy, is told to keep 1, saving one worker's
+/// month; the advice is an admin's, and the `kind` filter knows both families.
+#[tokio::test]
+async fn a_pool_whose_minimum_sits_idle_is_advised_from_its_history() {
+    let app = app().await;
+    let (_, pool) = app.call("GET", "/api/v1/pools/local", None).await;
+    let (min, cpu_m, memory_mb) =
+        (pool["min_size"].as_u64().unwrap(), pool["worker_template"]["cpu_m"].as_u64().unwrap(), pool["worker_template"]["memory_mb"].as_u64().unwrap());
+    assert_eq!(min, 2);
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let step = 300_000;
+    let first = (now_ms - 7 * 86_400_000) / step * step;
+    let mut samples = Vec::new();
+    for at in (first..now_ms).step_by(step as usize) {
+        for (metric, value) in [("size", 2.0), ("busy_ratio", 0.1), ("cpu_utilization", 0.1)] {
+            samples.push(hodei_store::MetricSample {
+                scope: "pool".into(),
+                scope_id: "local".into(),
+                metric: metric.into(),
+                resolution_s: 300,
+                at: hodei_core::Timestamp::from_millis(at),
+                value,
+            });
+        }
+    }
+    app.server.store.put_metric_samples(&samples).await.unwrap();
+
+    let (s, r) = app.call("GET", "/api/v1/cost-optimization/recommendations", None).await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    let pools = r["pools"].as_array().unwrap();
+    assert_eq!(pools.len(), 1, "{r}");
+    let p = &pools[0];
+    assert_eq!(
+        (p["kind"].as_str(), p["pool_id"].as_str(), p["current"].as_u64(), p["suggested"].as_u64()),
+        (Some("pool_reduce_min_size"), Some("local"), Some(2), Some(1))
+    );
+    assert_eq!(
+        (p["evidence"]["cpu_allocated_pct"].as_u64(), p["evidence"]["busy_workers_p95"].as_u64(), p["evidence"]["at_min_pct"].as_u64()),
+        (Some(10), Some(1), Some(100))
+    );
+    assert!(p["evidence"]["hours"].as_u64().unwrap() >= 167, "{p}");
+    // One worker for a month at the default rates.
+    let worker = hodei_core::Resources::new(cpu_m as u32, memory_mb as u32, 0);
+    let month = hodei_core::cost::cost_micros(30 * 86_400, &worker, &hodei_core::cost::Rates::DEFAULT);
+    let saving = p["estimated_monthly_savings_micros"].as_i64().unwrap();
+    assert!((saving - month).abs() <= month / 100, "{saving} vs {month}");
+    assert_eq!(r["potential_savings_micros"].as_i64(), Some(saving));
+
+    let (_, r) = app.call("GET", "/api/v1/cost-optimization/recommendations?kind=pool_reduce_min_size", None).await;
+    assert_eq!((r["items"].as_array().unwrap().len(), r["pools"].as_array().unwrap().len()), (0, 1));
+    let (_, r) = app.call("GET", "/api/v1/cost-optimization/recommendations?kind=job_reduce_cpu", None).await;
+    assert_eq!(r["pools"].as_array().unwrap().len(), 0);
+    let (_, r) = app.call("GET", "/api/v1/cost-optimization/recommendations?tenant_id=default", None).await;
+    assert_eq!(r["pools"].as_array().unwrap().len(), 0, "a tenant's advice is about its jobs");
+    let (s, r) = app.call("GET", "/api/v1/cost-optimization/recommendations?kind=bigger", None).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(r["errors"][0]["expected"].as_str().unwrap().contains("pool_switch_to_dynamic"), "{r}");
+    // A report made by an admin about every tenant carries it too.
+    let (s, rep) = app.call("POST", "/api/v1/cost-optimization/reports", Some(json!({"period": "last_week"}))).await;
+    assert_eq!(s, StatusCode::CREATED, "{rep}");
+    assert_eq!(rep["pool_recommendations"][0]["kind"], "pool_reduce_min_size");
+}

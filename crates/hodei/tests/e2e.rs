@@ -1599,6 +1599,11 @@ async fn a_pool_with_its_own_cpu_rate_bills_its_jobs_at_it() {
         let want = ((billed * (1000 * cpu_rate * 1024 + 1024 * 10_000 * 1000) + 1_843_200_000) / 3_686_400_000) as i64;
         assert_eq!(j["cost_micros"].as_i64(), Some(want), "{j}");
     }
+    // A pool's cost rate an hour is priced at its own rates too: one worker of 1 core, 1 GiB.
+    for (pool, want) in [("premium", 3_610_000), ("standard", 60_000)] {
+        let (_, m) = srv.call(Method::GET, &format!("/pools/{pool}/metrics"), None).await;
+        assert_eq!(m["cost_rate_micros_per_hour"].as_i64(), Some(want), "{pool}: {m}");
+    }
 }
 
 /// GPU use through the vendor's tool: with an `nvidia-smi` on the worker's PATH (a stand-in

@@ -3,7 +3,7 @@
 
 use axum::Json;
 use axum::extract::{Query, State};
-use hodei_core::recommend::{self, Kind, Recommendation, Run};
+use hodei_core::recommend::{self, Kind, PoolKind, PoolRecommendation, PoolSample, Recommendation, Run};
 use hodei_core::{PoolId, TenantId, Timestamp};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -23,7 +23,7 @@ pub struct RecommendationsQuery {
     pub tenant_id: Option<String>,
     /// Only runs in this pool count.
     pub pool_id: Option<String>,
-    /// job_reduce_cpu|job_increase_memory|job_drop_gpu.
+    /// job_reduce_cpu|job_increase_memory|job_drop_gpu|pool_reduce_min_size|pool_switch_to_dynamic.
     pub kind: Option<String>,
 }
 
@@ -97,13 +97,167 @@ impl RecommendationView {
     }
 }
 
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct PoolEvidenceView {
+    /// Hours of the pool's metric history looked at (the last 7 days at most).
+    pub hours: u32,
+    pub cpu_allocated_pct: u32,
+    /// Share of its worker time idle.
+    pub idle_pct: u32,
+    pub busy_workers_p95: u32,
+    /// Share of the time it sat at its min_size.
+    pub at_min_pct: u32,
+}
+
+/// Advice on a pool from its metric history (SPEC's pool rules over 7 days; admins only).
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct PoolRecommendationView {
+    /// `kind:pool`.
+    pub id: String,
+    /// pool_reduce_min_size|pool_switch_to_dynamic.
+    pub kind: String,
+    /// `pool/<id>`.
+    pub target: String,
+    pub pool_id: String,
+    /// `workers`: min_size now and suggested (reduce), or the idle workers on average and 0
+    /// (switch to dynamic).
+    pub unit: String,
+    pub current: u32,
+    pub suggested: u32,
+    pub rationale: String,
+    pub evidence: PoolEvidenceView,
+    /// Micro-units a month: the worker time it would stop paying for at the pace seen.
+    pub estimated_monthly_savings_micros: i64,
+    pub estimated_monthly_savings: String,
+    /// 0–100: how much of the 7 days it rests on.
+    pub confidence_pct: u32,
+}
+
+impl PoolRecommendationView {
+    pub fn of(r: &PoolRecommendation, currency: &str) -> Self {
+        PoolRecommendationView {
+            id: format!("{}:{}", r.kind, r.pool),
+            kind: r.kind.to_string(),
+            target: format!("pool/{}", r.pool),
+            pool_id: r.pool.to_string(),
+            unit: "workers".to_owned(),
+            current: r.current,
+            suggested: r.suggested,
+            rationale: r.rationale.clone(),
+            evidence: PoolEvidenceView {
+                hours: r.evidence.hours,
+                cpu_allocated_pct: r.evidence.cpu_allocated_pct,
+                idle_pct: r.evidence.idle_pct,
+                busy_workers_p95: r.evidence.busy_workers_p95,
+                at_min_pct: r.evidence.at_min_pct,
+            },
+            estimated_monthly_savings_micros: r.monthly_savings_micros,
+            estimated_monthly_savings: money(r.monthly_savings_micros, currency),
+            confidence_pct: r.confidence_pct,
+        }
+    }
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Recommendations {
-    /// The largest saving first.
+    /// Job names' advice, the largest saving first.
     pub items: Vec<RecommendationView>,
-    /// The sum of the positive savings.
+    /// Pools' advice, the largest saving first (admins, with `metrics.history` on; none when
+    /// the answer is about one tenant).
+    pub pools: Vec<PoolRecommendationView>,
+    /// The sum of the positive savings of both.
     pub potential_savings_micros: i64,
     pub potential_savings: String,
+}
+
+/// Either kind of advice, as the `kind` filter names it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum AnyKind {
+    Job(Kind),
+    Pool(PoolKind),
+}
+
+pub(crate) fn parse_kind(v: Option<&str>) -> ApiResult<Option<AnyKind>> {
+    v.map(|k| {
+        k.parse::<Kind>()
+            .map(AnyKind::Job)
+            .or_else(|()| k.parse::<PoolKind>().map(AnyKind::Pool))
+            .map_err(|()| ApiError::field("kind", "unknown kind", format!("{}, {}", Kind::expected(), PoolKind::expected()), Some(k.to_owned())))
+    })
+    .transpose()
+}
+
+/// A pool's metric history from `start` to `end` as the core's samples, each covering its step
+/// clipped to the period (empty without `metrics.history`).
+pub(crate) async fn pool_samples(s: &ApiState, pool: &PoolId, start: Timestamp, end: Timestamp, now: Timestamp) -> ApiResult<Vec<PoolSample>> {
+    let Some(settings) = s.cfg.history else { return Ok(Vec::new()) };
+    let end = end.min(now);
+    if end <= start {
+        return Ok(Vec::new());
+    }
+    let (resolution_s, step_s) = settings.resolution_for(start, now);
+    let step_ms = step_s as i64 * 1000;
+    let q = hodei_store::HistoryQuery {
+        scope: crate::history::POOL.into(),
+        scope_id: pool.to_string(),
+        metrics: vec!["busy_ratio".into(), "size".into(), "cpu_utilization".into()],
+        resolution_s,
+        start: Timestamp::from_millis(start.as_millis() - step_ms),
+        end,
+        step_ms,
+    };
+    let series = s.store.metric_history(&q).await?;
+    let of = |name: &str| -> std::collections::HashMap<Timestamp, f64> {
+        series.iter().find(|h| h.metric == name).map(|h| h.points.iter().copied().collect()).unwrap_or_default()
+    };
+    let (busy, cpu) = (of("busy_ratio"), of("cpu_utilization"));
+    let mut sizes: Vec<(Timestamp, f64)> = of("size").into_iter().collect();
+    sizes.sort_by_key(|(t, _)| *t);
+    Ok(sizes
+        .into_iter()
+        .map(|(t, size)| {
+            let from = t.as_millis().max(start.as_millis());
+            let to = (t.as_millis() + step_ms).min(end.as_millis());
+            PoolSample {
+                secs: ((to - from).max(0) / 1000) as u64,
+                size,
+                busy_ratio: busy.get(&t).copied().unwrap_or(0.0),
+                cpu_utilization: cpu.get(&t).copied().unwrap_or(0.0),
+            }
+        })
+        .collect())
+}
+
+/// The rates in force now for a pool's workers: its own `cost_rates` over the global ones.
+pub(crate) async fn rates_of_pool(s: &ApiState, pool: &PoolId) -> ApiResult<hodei_core::cost::Rates> {
+    let global = s.current_rates();
+    let id = pool.clone();
+    let own = crate::read(s.control.as_ref(), move |sched, _| sched.config().pool_rates.get(&id).copied()).await?;
+    Ok(own.map_or(global, |o| o.apply(global)))
+}
+
+/// The pools' advice (admins only: pools are the cluster's), of `pool` when given, from their
+/// last 7 days of history, the largest saving first.
+pub(crate) async fn compute_pools(
+    s: &ApiState,
+    who: &Who,
+    pool: Option<&PoolId>,
+    kind: Option<PoolKind>,
+    now: Timestamp,
+) -> ApiResult<Vec<PoolRecommendation>> {
+    if !who.is_admin() || s.cfg.history.is_none() {
+        return Ok(Vec::new());
+    }
+    let pools: Vec<hodei_core::Pool> = s.pools.read().map(|p| p.iter().filter(|p| pool.is_none_or(|id| *id == p.id)).cloned().collect()).unwrap_or_default();
+    let start = Timestamp::from_millis(now.as_millis() - recommend::POOL_WINDOW_MS);
+    let mut out = Vec::new();
+    for p in &pools {
+        let samples = pool_samples(s, &p.id, start, now, now).await?;
+        let rates = rates_of_pool(s, &p.id).await?;
+        out.extend(recommend::for_pool(p, &samples, &rates).into_iter().filter(|r| kind.is_none_or(|k| r.kind == k)));
+    }
+    out.sort_by_key(|r| std::cmp::Reverse(r.monthly_savings_micros));
+    Ok(out)
 }
 
 /// The recommendations for the job names of `tenant` (or of every tenant the caller reads),
@@ -157,12 +311,14 @@ pub(crate) fn parse_pool(v: Option<&str>, field: &str) -> ApiResult<Option<PoolI
     v.map(|p| PoolId::parse(p).map_err(|e| ApiError::field(field, e.to_string(), "a pool id (slug)", Some(p.to_owned())))).transpose()
 }
 
-pub(crate) fn total_savings(recs: &[Recommendation]) -> i64 {
-    recs.iter().map(|r| r.monthly_savings_micros.max(0)).sum()
+pub(crate) fn total_savings(recs: &[Recommendation], pools: &[PoolRecommendation]) -> i64 {
+    recs.iter().map(|r| r.monthly_savings_micros.max(0)).chain(pools.iter().map(|r| r.monthly_savings_micros.max(0))).sum()
 }
 
 /// Right-sizing recommendations from the usage workers measured: for each job name with at
-/// least `optimization.min_runs` finished runs in the last `optimization.lookback_days`.
+/// least `optimization.min_runs` finished runs in the last `optimization.lookback_days`; and,
+/// for admins, for each pool from its last 7 days of metric history (a `min_size` higher than
+/// its busy workers need, a static pool idle most of its worker time).
 #[utoipa::path(
     get,
     path = "/cost-optimization/recommendations",
@@ -173,12 +329,22 @@ pub(crate) fn total_savings(recs: &[Recommendation]) -> i64 {
 pub async fn list_recommendations(State(s): State<ApiState>, who: Who, Query(q): Query<RecommendationsQuery>) -> ApiResult<Json<Recommendations>> {
     let tenant = parse_tenant(q.tenant_id.as_deref(), "tenant_id")?;
     let pool = parse_pool(q.pool_id.as_deref(), "pool_id")?;
-    let kind =
-        q.kind.as_deref().map(|k| k.parse::<Kind>().map_err(|()| ApiError::field("kind", "unknown kind", Kind::expected(), Some(k.to_owned())))).transpose()?;
-    let recs = compute(&s, &who, tenant.as_ref(), pool.as_ref(), kind, s.clock.now()).await?;
-    let total = total_savings(&recs);
+    let kind = parse_kind(q.kind.as_deref())?;
+    let now = s.clock.now();
+    let recs = match kind {
+        Some(AnyKind::Pool(_)) => Vec::new(),
+        Some(AnyKind::Job(k)) => compute(&s, &who, tenant.as_ref(), pool.as_ref(), Some(k), now).await?,
+        None => compute(&s, &who, tenant.as_ref(), pool.as_ref(), None, now).await?,
+    };
+    let pools = match (kind, &tenant) {
+        (Some(AnyKind::Job(_)), _) | (_, Some(_)) => Vec::new(),
+        (Some(AnyKind::Pool(k)), None) => compute_pools(&s, &who, pool.as_ref(), Some(k), now).await?,
+        (None, None) => compute_pools(&s, &who, pool.as_ref(), None, now).await?,
+    };
+    let total = total_savings(&recs, &pools);
     Ok(Json(Recommendations {
         items: recs.iter().map(|r| RecommendationView::of(r, &s.cfg.currency)).collect(),
+        pools: pools.iter().map(|r| PoolRecommendationView::of(r, &s.cfg.currency)).collect(),
         potential_savings_micros: total,
         potential_savings: money(total, &s.cfg.currency),
     }))

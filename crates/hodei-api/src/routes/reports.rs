@@ -6,13 +6,15 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use hodei_core::{TenantId, Timestamp, Visibility};
-use hodei_store::{CostGroup, CostQuery, HistoryQuery, StoredReport};
+use hodei_store::{CostGroup, CostQuery, StoredReport};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::costs::{CostGroupView, days, groups, money, period};
-use super::recommendations::{RecommendationView, compute, parse_pool, parse_tenant, total_savings};
+use super::recommendations::{
+    PoolRecommendationView, RecommendationView, compute, compute_pools, parse_pool, parse_tenant, pool_samples, rates_of_pool, total_savings,
+};
 use crate::ApiState;
 use crate::auth::Who;
 use crate::dto::rfc3339;
@@ -80,6 +82,12 @@ pub struct CostReport {
     pub forecast_period_end_micros: i64,
     pub forecast_period_end: String,
     pub recommendations: Vec<RecommendationView>,
+    /// The pools' advice (reports made by admins about every tenant; absent in reports made
+    /// before pools were advised on).
+    #[serde(default)]
+    #[schema(required = false)]
+    pub pool_recommendations: Vec<PoolRecommendationView>,
+    /// Of both kinds of advice.
     pub potential_savings_micros: i64,
     pub potential_savings: String,
     /// What the workers of the pools reported on (one with `pool_id`) cost while idle in the
@@ -119,38 +127,14 @@ async fn spent(s: &ApiState, q: &CostQuery, from_day: i64, to_day: i64) -> ApiRe
 /// What the pools' idle workers cost over [start, end), from the metric history (see
 /// `CostReport::idle_cost_micros`).
 async fn idle_cost(s: &ApiState, pool: Option<&hodei_core::PoolId>, start: Timestamp, end: Timestamp, now: Timestamp) -> ApiResult<Option<i64>> {
-    let Some(settings) = s.cfg.history else { return Ok(None) };
-    let pools: Vec<hodei_core::Pool> = s.pools.read().map(|p| p.iter().filter(|p| pool.is_none_or(|id| *id == p.id)).cloned().collect()).unwrap_or_default();
-    let end = end.min(now);
-    if end <= start {
-        return Ok(Some(0));
+    if s.cfg.history.is_none() {
+        return Ok(None);
     }
-    let (resolution_s, step_s) = settings.resolution_for(start, now);
-    let step_ms = step_s as i64 * 1000;
-    let rates = s.current_rates();
+    let pools: Vec<hodei_core::Pool> = s.pools.read().map(|p| p.iter().filter(|p| pool.is_none_or(|id| *id == p.id)).cloned().collect()).unwrap_or_default();
     let mut total = 0i64;
     for p in pools {
-        let q = HistoryQuery {
-            scope: crate::history::POOL.into(),
-            scope_id: p.id.to_string(),
-            metrics: vec!["busy_ratio".into(), "size".into()],
-            resolution_s,
-            start: Timestamp::from_millis(start.as_millis() - step_ms),
-            end,
-            step_ms,
-        };
-        let series = s.store.metric_history(&q).await?;
-        let of = |name: &str| series.iter().find(|h| h.metric == name).map(|h| h.points.clone()).unwrap_or_default();
-        let busy: std::collections::HashMap<Timestamp, f64> = of("busy_ratio").into_iter().collect();
-        // Each point covers its step, clipped to the period and to now.
-        let samples: Vec<(u64, f64, f64)> = of("size")
-            .into_iter()
-            .map(|(t, size)| {
-                let from = t.as_millis().max(start.as_millis());
-                let to = (t.as_millis() + step_ms).min(end.as_millis());
-                (((to - from).max(0) / 1000) as u64, size, busy.get(&t).copied().unwrap_or(0.0))
-            })
-            .collect();
+        let rates = rates_of_pool(s, &p.id).await?;
+        let samples: Vec<(u64, f64, f64)> = pool_samples(s, &p.id, start, end, now).await?.iter().map(|x| (x.secs, x.size, x.busy_ratio)).collect();
         total = total.saturating_add(hodei_core::cost::idle_micros(&samples, &p.worker_resources, &rates));
     }
     Ok(Some(total))
@@ -222,7 +206,11 @@ pub async fn create_report(State(s): State<ApiState>, who: Who, ApiJson(body): A
         Some(false) => Vec::new(),
         _ => compute(&s, &who, tenant.as_ref(), pool.as_ref(), None, now).await?,
     };
-    let savings = total_savings(&recs);
+    let pool_recs = match (body.include_recommendations, &tenant) {
+        (Some(false), _) | (_, Some(_)) => Vec::new(),
+        _ => compute_pools(&s, &who, pool.as_ref(), None, now).await?,
+    };
+    let savings = total_savings(&recs, &pool_recs);
     let idle = match tenant {
         Some(_) => None,
         None => idle_cost(&s, pool.as_ref(), start, end, now).await?,
@@ -244,6 +232,7 @@ pub async fn create_report(State(s): State<ApiState>, who: Who, ApiJson(body): A
         forecast_period_end_micros: forecast,
         forecast_period_end: money(forecast, &currency),
         recommendations: recs.iter().map(|r| RecommendationView::of(r, &currency)).collect(),
+        pool_recommendations: pool_recs.iter().map(|r| PoolRecommendationView::of(r, &currency)).collect(),
         potential_savings_micros: savings,
         potential_savings: money(savings, &currency),
         idle_cost_micros: idle,

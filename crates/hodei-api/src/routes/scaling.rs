@@ -523,7 +523,8 @@ pub async fn pool_metrics(State(s): State<ApiState>, Path(id): Path<String>) -> 
 /// The pool `id`'s figures now.
 pub(crate) async fn pool_metrics_of(s: &ApiState, id: &str) -> ApiResult<PoolMetricsView> {
     let pool = pool(s, id).await?;
-    let rates = s.current_rates();
+    // The pool's own `cost_rates` over the global ones.
+    let rates = super::recommendations::rates_of_pool(s, &pool.id).await?;
     let p = pool.clone();
     let view = crate::read(s.control.as_ref(), move |sched, now| {
         let q = PoolQuery { pool: &p, idle_timeout: None, forecast: false, provision_delay: std::time::Duration::ZERO };

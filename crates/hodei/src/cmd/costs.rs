@@ -143,6 +143,20 @@ pub(crate) async fn recommendations(c: ClientOpts, tenant: Option<String>, pool:
                 .map(|i| vec![s(i, "kind"), s(i, "target"), change(i), s(i, "estimated_monthly_savings"), i["evidence"]["runs"].to_string(), s(i, "rationale")])
                 .collect(),
         );
+        // Pools' advice (admins): from their metric history, not from runs.
+        let pools = r["pools"].as_array().cloned().unwrap_or_default();
+        if !pools.is_empty() {
+            println!();
+            table(
+                &["KIND", "TARGET", "CHANGE", "SAVING/MONTH", "HOURS", "WHY"],
+                pools
+                    .iter()
+                    .map(|i| {
+                        vec![s(i, "kind"), s(i, "target"), change(i), s(i, "estimated_monthly_savings"), i["evidence"]["hours"].to_string(), s(i, "rationale")]
+                    })
+                    .collect(),
+            );
+        }
         eprintln!("potential savings: {} a month", s(&r, "potential_savings"));
     }
     Ok(0)
