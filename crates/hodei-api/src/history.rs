@@ -43,6 +43,7 @@ pub const SOURCES: &[Source] = &[
     src(POOL, "size", "hodei_pool_size", "Live workers."),
     src(POOL, "desired_size", "hodei_pool_desired_size", "Workers the autoscaler wants."),
     src(POOL, "queue_depth", "hodei_pool_queue_depth", "Pending jobs that could run in the pool."),
+    src(POOL, "queue_wait_seconds", "hodei_pool_queue_wait_seconds", "The longest wait among them, seconds."),
     src(POOL, "cpu_utilization", "hodei_pool_cpu_utilization_ratio", "Allocated over total cpu (0–1)."),
     src(POOL, "memory_utilization", "hodei_pool_memory_utilization_ratio", "Allocated over total memory (0–1)."),
     src(POOL, "busy_ratio", "hodei_pool_busy_ratio", "Busy over all slots (0–1)."),

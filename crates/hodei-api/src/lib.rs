@@ -508,7 +508,13 @@ pub fn zero_series_for_pool(pool: &Pool, default_tenant: &TenantId) {
     metrics::gauge!("hodei_pool_min_size", "pool" => pool.id.to_string()).set(f64::from(pool.min_size));
     metrics::gauge!("hodei_pool_max_size", "pool" => pool.id.to_string()).set(f64::from(pool.max_size));
     metrics::gauge!("hodei_pool_desired_size", "pool" => pool.id.to_string()).set(f64::from(pool.desired_size));
-    for g in ["hodei_pool_queue_depth", "hodei_pool_cpu_utilization_ratio", "hodei_pool_memory_utilization_ratio", "hodei_pool_busy_ratio"] {
+    for g in [
+        "hodei_pool_queue_depth",
+        "hodei_pool_queue_wait_seconds",
+        "hodei_pool_cpu_utilization_ratio",
+        "hodei_pool_memory_utilization_ratio",
+        "hodei_pool_busy_ratio",
+    ] {
         metrics::gauge!(g, "pool" => pool.id.to_string()).increment(0.0);
     }
     for s in hodei_core::PoolState::ALL {

@@ -63,6 +63,7 @@ pub const METRICS: &[Metric] = &[
     m("hodei_pool_min_size", G, &["pool"], "The pool's minimum size."),
     m("hodei_pool_max_size", G, &["pool"], "The pool's maximum size."),
     m("hodei_pool_queue_depth", G, &["pool"], "Pending jobs that have this pool as a candidate."),
+    m("hodei_pool_queue_wait_seconds", G, &["pool"], "The longest wait among the pending jobs that have this pool as a candidate."),
     m("hodei_pool_cpu_utilization_ratio", G, &["pool"], "Allocated over total cpu of the pool's idle and busy workers."),
     m("hodei_pool_memory_utilization_ratio", G, &["pool"], "Allocated over total memory of the pool's idle and busy workers."),
     m("hodei_pool_busy_ratio", G, &["pool"], "Busy slots over all slots."),

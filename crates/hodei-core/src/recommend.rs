@@ -156,17 +156,21 @@ crate::job::string_enum!(
     PoolKind {
         PoolReduceMinSize = "pool_reduce_min_size",
         PoolSwitchToDynamic = "pool_switch_to_dynamic",
+        PoolRaiseMaxSize = "pool_raise_max_size",
     }
 );
 
 /// One step of a pool's metric history: the seconds it covers, its live workers, the share of
-/// their slots busy and of their cpu allocated (both 0–1), averaged over the step.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// their slots busy and of their cpu allocated (both 0–1), the pending jobs it could run and
+/// the longest wait among them (seconds), averaged over the step.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct PoolSample {
     pub secs: u64,
     pub size: f64,
     pub busy_ratio: f64,
     pub cpu_utilization: f64,
+    pub queue_depth: f64,
+    pub queue_wait_s: f64,
 }
 
 /// What a pool recommendation rests on.
@@ -181,6 +185,10 @@ pub struct PoolEvidence {
     pub busy_workers_p95: u32,
     /// Percent of the time the pool sat at its `min_size` (or below, while workers started).
     pub at_min_pct: u32,
+    /// Percent of the time it was at its `max_size`, and the 95th percentile of the longest
+    /// queue wait then (seconds).
+    pub at_max_pct: u32,
+    pub wait_at_max_p95_s: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -204,8 +212,11 @@ pub struct PoolRecommendation {
 ///   p95 of its busy workers (when that is lower);
 /// - a static pool idle more than half its worker time → `pool_switch_to_dynamic` (a dynamic pool
 ///   lets idle workers above `min_size` go); its saving counts only what the first rule does
-///   not already save, so the two add up.
-pub fn for_pool(pool: &crate::Pool, samples: &[PoolSample], rates: &Rates) -> Vec<PoolRecommendation> {
+///   not already save, so the two add up;
+/// - while at its `max_size`, a p95 queue wait over half of `medium_max_wait` (the medium SLA's)
+///   → `pool_raise_max_size` by the workers the p95 queue then needs (at least one); what those
+///   workers would cost over the time at the maximum is a negative saving.
+pub fn for_pool(pool: &crate::Pool, samples: &[PoolSample], rates: &Rates, medium_max_wait: std::time::Duration) -> Vec<PoolRecommendation> {
     let covered: u64 = samples.iter().map(|s| s.secs).sum();
     if covered < POOL_MIN_EVIDENCE_S {
         return Vec::new();
@@ -218,12 +229,16 @@ pub fn for_pool(pool: &crate::Pool, samples: &[PoolSample], rates: &Rates) -> Ve
     let idle = if worker_time > 0.0 { weighted(&|s| s.size.max(0.0) * (1.0 - s.busy_ratio.clamp(0.0, 1.0))) / worker_time } else { 0.0 };
     let min = f64::from(pool.min_size);
     let at_min = |s: &PoolSample| s.size <= min + 0.5;
+    let at_max = |s: &PoolSample| pool.max_size > 0 && s.size >= f64::from(pool.max_size) - 0.5;
+    let when_at_max: Vec<&PoolSample> = samples.iter().filter(|s| at_max(s)).collect();
     let evidence = PoolEvidence {
         hours: (covered / 3600) as u32,
         cpu_allocated_pct: (cpu * 100.0).round() as u32,
         idle_pct: (idle * 100.0).round() as u32,
         busy_workers_p95: p95(samples.iter().map(|s| busy_workers(s) as u32)),
         at_min_pct: (weighted(&|s| if at_min(s) { 1.0 } else { 0.0 }) * 100.0).round() as u32,
+        at_max_pct: (weighted(&|s| if at_max(s) { 1.0 } else { 0.0 }) * 100.0).round() as u32,
+        wait_at_max_p95_s: p95(when_at_max.iter().map(|s| s.queue_wait_s.max(0.0).round() as u32)),
     };
     let month = |worker_seconds: f64| {
         let per_month = worker_seconds * (MONTH_MS / 1000) as f64 / covered as f64;
@@ -263,20 +278,43 @@ pub fn for_pool(pool: &crate::Pool, samples: &[PoolSample], rates: &Rates) -> Ve
         let idle_workers = weighted(&|s| s.size.max(0.0) * (1.0 - s.busy_ratio.clamp(0.0, 1.0)));
         // Nothing to gain beyond the smaller minimum: not worth a change of type.
         let saving = month(saved);
-        if saving <= 0 {
-            return out;
+        if saving > 0 {
+            out.push(PoolRecommendation {
+                kind: PoolKind::PoolSwitchToDynamic,
+                pool: pool.id.clone(),
+                current: idle_workers.round() as u32,
+                suggested: 0,
+                rationale: format!(
+                    "over {} h its workers were idle {} % of their time ({:.1} idle on average); a dynamic pool lets idle workers above its minimum go after idle_timeout_s",
+                    evidence.hours, evidence.idle_pct, idle_workers
+                ),
+                evidence: evidence.clone(),
+                monthly_savings_micros: saving,
+                confidence_pct,
+            });
         }
+    }
+    let half_sla = medium_max_wait.as_secs() / 2;
+    if !when_at_max.is_empty() && u64::from(evidence.wait_at_max_p95_s) > half_sla {
+        let depth = p95(when_at_max.iter().map(|s| s.queue_depth.max(0.0).ceil() as u32));
+        let more = depth.div_ceil(pool.worker_slots.max(1)).max(1);
+        let at_max_secs: u64 = when_at_max.iter().map(|s| s.secs).sum();
         out.push(PoolRecommendation {
-            kind: PoolKind::PoolSwitchToDynamic,
+            kind: PoolKind::PoolRaiseMaxSize,
             pool: pool.id.clone(),
-            current: idle_workers.round() as u32,
-            suggested: 0,
+            current: pool.max_size,
+            suggested: pool.max_size.saturating_add(more),
             rationale: format!(
-                "over {} h its workers were idle {} % of their time ({:.1} idle on average); a dynamic pool lets idle workers above its minimum go after idle_timeout_s",
-                evidence.hours, evidence.idle_pct, idle_workers
+                "at its maximum of {} workers ({} % of {} h) the longest queue wait was {} s or more 5 % of the time, over half the medium SLA's {} s; {} jobs were waiting (p95)",
+                pool.max_size,
+                evidence.at_max_pct,
+                evidence.hours,
+                evidence.wait_at_max_p95_s,
+                medium_max_wait.as_secs(),
+                depth
             ),
             evidence: evidence.clone(),
-            monthly_savings_micros: saving,
+            monthly_savings_micros: -month(at_max_secs as f64 * f64::from(more)),
             confidence_pct,
         });
     }
@@ -351,6 +389,8 @@ mod tests {
         assert!(recs[0].monthly_savings_micros > 0);
     }
 
+    const HOUR: std::time::Duration = std::time::Duration::from_secs(3600);
+
     fn pool(kind: crate::PoolType, min: u32) -> crate::Pool {
         crate::Pool {
             id: crate::PoolId::parse("p").unwrap(),
@@ -378,7 +418,7 @@ mod tests {
 
     /// `hours` of hourly samples of `size` workers with `busy` of them busy.
     fn history(hours: usize, size: f64, busy: impl Fn(usize) -> f64) -> Vec<PoolSample> {
-        (0..hours).map(|h| PoolSample { secs: 3600, size, busy_ratio: busy(h) / size, cpu_utilization: busy(h) / size }).collect()
+        (0..hours).map(|h| PoolSample { secs: 3600, size, busy_ratio: busy(h) / size, cpu_utilization: busy(h) / size, ..PoolSample::default() }).collect()
     }
 
     #[test]
@@ -386,7 +426,7 @@ mod tests {
         let p = pool(crate::PoolType::Static, 4);
         // A week at 4 workers; one busy, two at the busiest hour of each day.
         let samples = history(168, 4.0, |h| if h % 24 == 12 { 2.0 } else { 1.0 });
-        let recs = for_pool(&p, &samples, &Rates::DEFAULT);
+        let recs = for_pool(&p, &samples, &Rates::DEFAULT, HOUR);
         // Dynamic at a minimum of 1 would save nothing more (its busy hour needs the second
         // worker): one piece of advice, not two.
         assert_eq!(recs.iter().map(|r| (r.kind, r.current, r.suggested)).collect::<Vec<_>>(), [(PoolKind::PoolReduceMinSize, 4, 1)]);
@@ -400,14 +440,14 @@ mod tests {
     #[test]
     fn busy_pools_short_histories_and_dynamic_pools_get_no_advice_they_do_not_need() {
         let busy = history(48, 4.0, |_| 3.0);
-        assert!(for_pool(&pool(crate::PoolType::Static, 4), &busy, &Rates::DEFAULT).is_empty(), "75 % busy");
+        assert!(for_pool(&pool(crate::PoolType::Static, 4), &busy, &Rates::DEFAULT, HOUR).is_empty(), "75 % busy");
         let idle = history(23, 4.0, |_| 0.0);
-        assert!(for_pool(&pool(crate::PoolType::Static, 4), &idle, &Rates::DEFAULT).is_empty(), "less than a day says nothing");
+        assert!(for_pool(&pool(crate::PoolType::Static, 4), &idle, &Rates::DEFAULT, HOUR).is_empty(), "less than a day says nothing");
         let idle = history(48, 2.0, |_| 0.0);
-        let recs = for_pool(&pool(crate::PoolType::Dynamic, 2), &idle, &Rates::DEFAULT);
+        let recs = for_pool(&pool(crate::PoolType::Dynamic, 2), &idle, &Rates::DEFAULT, HOUR);
         assert_eq!(recs.iter().map(|r| (r.kind, r.suggested)).collect::<Vec<_>>(), [(PoolKind::PoolReduceMinSize, 0)], "already dynamic");
         assert_eq!(recs[0].confidence_pct, 28);
-        assert!(for_pool(&pool(crate::PoolType::Static, 0), &history(48, 0.0, |_| 0.0), &Rates::DEFAULT).is_empty(), "nothing to cut");
+        assert!(for_pool(&pool(crate::PoolType::Static, 0), &history(48, 0.0, |_| 0.0), &Rates::DEFAULT, HOUR).is_empty(), "nothing to cut");
     }
 
     #[test]
@@ -417,12 +457,38 @@ mod tests {
         let samples: Vec<PoolSample> = (0..48)
             .map(|h| {
                 let size = if h % 2 == 0 { 6.0 } else { 1.0 };
-                PoolSample { secs: 3600, size, busy_ratio: 1.0 / size, cpu_utilization: 1.0 / size }
+                PoolSample { secs: 3600, size, busy_ratio: 1.0 / size, cpu_utilization: 1.0 / size, ..PoolSample::default() }
             })
             .collect();
-        let recs = for_pool(&p, &samples, &Rates::DEFAULT);
+        let recs = for_pool(&p, &samples, &Rates::DEFAULT, HOUR);
         assert_eq!(recs.iter().map(|r| r.kind).collect::<Vec<_>>(), [PoolKind::PoolSwitchToDynamic]);
         // 5 idle workers half the time, over a month.
         assert_eq!(recs[0].monthly_savings_micros, cost_micros(5 * 15 * 86_400, &Resources::new(1000, 1024, 0), &Rates::DEFAULT));
+    }
+
+    #[test]
+    fn a_pool_at_its_maximum_with_jobs_waiting_past_half_the_medium_sla_is_told_to_grow() {
+        let mut p = pool(crate::PoolType::Dynamic, 0);
+        p.max_size = 4;
+        // Two days: at 4 workers, all busy, 10 jobs waiting up to 40 min, a third of the time.
+        let samples: Vec<PoolSample> = (0..48)
+            .map(|h| {
+                let full = h % 3 == 0;
+                let size = if full { 4.0 } else { 1.0 };
+                let (queue_depth, queue_wait_s) = if full { (10.0, 2400.0) } else { (0.0, 0.0) };
+                PoolSample { secs: 3600, size, busy_ratio: 1.0, cpu_utilization: 0.9, queue_depth, queue_wait_s }
+            })
+            .collect();
+        let recs = for_pool(&p, &samples, &Rates::DEFAULT, HOUR);
+        assert_eq!(
+            recs.iter().map(|r| (r.kind, r.current, r.suggested)).collect::<Vec<_>>(),
+            [(PoolKind::PoolRaiseMaxSize, 4, 7)],
+            "10 jobs, 4 slots a worker: 3 more"
+        );
+        assert_eq!((recs[0].evidence.at_max_pct, recs[0].evidence.wait_at_max_p95_s), (33, 2400));
+        // 3 workers over the 16 h of 48 at the maximum, for a month: what growing costs.
+        assert_eq!(recs[0].monthly_savings_micros, -cost_micros(3 * 10 * 86_400, &Resources::new(1000, 1024, 0), &Rates::DEFAULT));
+        // Waits within half the medium SLA (2 h here): nothing.
+        assert!(for_pool(&p, &samples, &Rates::DEFAULT, 2 * HOUR).is_empty());
     }
 }

@@ -342,6 +342,7 @@ fn pool_gauges(pool: &Pool, desired: u32, view: &PoolView) {
     metrics::gauge!("hodei_pool_min_size", "pool" => id.clone()).set(f64::from(pool.min_size));
     metrics::gauge!("hodei_pool_max_size", "pool" => id.clone()).set(f64::from(pool.max_size));
     metrics::gauge!("hodei_pool_queue_depth", "pool" => id.clone()).set(f64::from(view.signals.queue_depth));
+    metrics::gauge!("hodei_pool_queue_wait_seconds", "pool" => id.clone()).set(view.signals.queue_wait_seconds);
     metrics::gauge!("hodei_pool_cpu_utilization_ratio", "pool" => id.clone()).set(view.signals.cpu_utilization / 100.0);
     metrics::gauge!("hodei_pool_memory_utilization_ratio", "pool" => id.clone()).set(view.signals.memory_utilization / 100.0);
     metrics::gauge!("hodei_pool_busy_ratio", "pool" => id.clone()).set(view.signals.busy_ratio);

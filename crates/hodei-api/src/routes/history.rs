@@ -18,8 +18,8 @@ use hodei_core::Action;
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct HistoricalQuery {
-    /// A pool's figures (size, desired_size, queue_depth, cpu_utilization, memory_utilization,
-    /// busy_ratio, jobs_running).
+    /// A pool's figures (size, desired_size, queue_depth, queue_wait_seconds, cpu_utilization,
+    /// memory_utilization, busy_ratio, jobs_running).
     pub pool_id: Option<String>,
     /// A tenant's figures (cpu_m, memory_mb, gpu, fair_share, actual_share, jobs_pending,
     /// jobs_running, cost_micros). Without `pool_id` or `tenant_id`: the cluster's

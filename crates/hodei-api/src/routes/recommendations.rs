@@ -23,7 +23,7 @@ pub struct RecommendationsQuery {
     pub tenant_id: Option<String>,
     /// Only runs in this pool count.
     pub pool_id: Option<String>,
-    /// job_reduce_cpu|job_increase_memory|job_drop_gpu|pool_reduce_min_size|pool_switch_to_dynamic.
+    /// job_reduce_cpu|job_increase_memory|job_drop_gpu|pool_reduce_min_size|pool_switch_to_dynamic|pool_raise_max_size.
     pub kind: Option<String>,
 }
 
@@ -107,6 +107,9 @@ pub struct PoolEvidenceView {
     pub busy_workers_p95: u32,
     /// Share of the time it sat at its min_size.
     pub at_min_pct: u32,
+    /// Share of the time it sat at its max_size, and the p95 of the longest queue wait then.
+    pub at_max_pct: u32,
+    pub wait_at_max_p95_s: u32,
 }
 
 /// Advice on a pool from its metric history (SPEC's pool rules over 7 days; admins only).
@@ -114,19 +117,20 @@ pub struct PoolEvidenceView {
 pub struct PoolRecommendationView {
     /// `kind:pool`.
     pub id: String,
-    /// pool_reduce_min_size|pool_switch_to_dynamic.
+    /// pool_reduce_min_size|pool_switch_to_dynamic|pool_raise_max_size.
     pub kind: String,
     /// `pool/<id>`.
     pub target: String,
     pub pool_id: String,
-    /// `workers`: min_size now and suggested (reduce), or the idle workers on average and 0
-    /// (switch to dynamic).
+    /// `workers`: min_size now and suggested (reduce), the idle workers on average and 0
+    /// (switch to dynamic), or max_size now and suggested (raise).
     pub unit: String,
     pub current: u32,
     pub suggested: u32,
     pub rationale: String,
     pub evidence: PoolEvidenceView,
-    /// Micro-units a month: the worker time it would stop paying for at the pace seen.
+    /// Micro-units a month: the worker time it would stop paying for at the pace seen
+    /// (negative for a larger maximum: what the added workers would cost).
     pub estimated_monthly_savings_micros: i64,
     pub estimated_monthly_savings: String,
     /// 0–100: how much of the 7 days it rests on.
@@ -150,6 +154,8 @@ impl PoolRecommendationView {
                 idle_pct: r.evidence.idle_pct,
                 busy_workers_p95: r.evidence.busy_workers_p95,
                 at_min_pct: r.evidence.at_min_pct,
+                at_max_pct: r.evidence.at_max_pct,
+                wait_at_max_p95_s: r.evidence.wait_at_max_p95_s,
             },
             estimated_monthly_savings_micros: r.monthly_savings_micros,
             estimated_monthly_savings: money(r.monthly_savings_micros, currency),
@@ -200,7 +206,7 @@ pub(crate) async fn pool_samples(s: &ApiState, pool: &PoolId, start: Timestamp, 
     let q = hodei_store::HistoryQuery {
         scope: crate::history::POOL.into(),
         scope_id: pool.to_string(),
-        metrics: vec!["busy_ratio".into(), "size".into(), "cpu_utilization".into()],
+        metrics: ["busy_ratio", "size", "cpu_utilization", "queue_depth", "queue_wait_seconds"].map(String::from).to_vec(),
         resolution_s,
         start: Timestamp::from_millis(start.as_millis() - step_ms),
         end,
@@ -210,7 +216,7 @@ pub(crate) async fn pool_samples(s: &ApiState, pool: &PoolId, start: Timestamp, 
     let of = |name: &str| -> std::collections::HashMap<Timestamp, f64> {
         series.iter().find(|h| h.metric == name).map(|h| h.points.iter().copied().collect()).unwrap_or_default()
     };
-    let (busy, cpu) = (of("busy_ratio"), of("cpu_utilization"));
+    let (busy, cpu, depth, wait) = (of("busy_ratio"), of("cpu_utilization"), of("queue_depth"), of("queue_wait_seconds"));
     let mut sizes: Vec<(Timestamp, f64)> = of("size").into_iter().collect();
     sizes.sort_by_key(|(t, _)| *t);
     Ok(sizes
@@ -223,6 +229,8 @@ pub(crate) async fn pool_samples(s: &ApiState, pool: &PoolId, start: Timestamp, 
                 size,
                 busy_ratio: busy.get(&t).copied().unwrap_or(0.0),
                 cpu_utilization: cpu.get(&t).copied().unwrap_or(0.0),
+                queue_depth: depth.get(&t).copied().unwrap_or(0.0),
+                queue_wait_s: wait.get(&t).copied().unwrap_or(0.0),
             }
         })
         .collect())
@@ -254,7 +262,8 @@ pub(crate) async fn compute_pools(
     for p in &pools {
         let samples = pool_samples(s, &p.id, start, now, now).await?;
         let rates = rates_of_pool(s, &p.id).await?;
-        out.extend(recommend::for_pool(p, &samples, &rates).into_iter().filter(|r| kind.is_none_or(|k| r.kind == k)));
+        let medium = std::time::Duration::from_millis(s.cfg.sla.max_wait_ms(hodei_core::SlaLevel::Medium));
+        out.extend(recommend::for_pool(p, &samples, &rates, medium).into_iter().filter(|r| kind.is_none_or(|k| r.kind == k)));
     }
     out.sort_by_key(|r| std::cmp::Reverse(r.monthly_savings_micros));
     Ok(out)
@@ -318,7 +327,8 @@ pub(crate) fn total_savings(recs: &[Recommendation], pools: &[PoolRecommendation
 /// Right-sizing recommendations from the usage workers measured: for each job name with at
 /// least `optimization.min_runs` finished runs in the last `optimization.lookback_days`; and,
 /// for admins, for each pool from its last 7 days of metric history (a `min_size` higher than
-/// its busy workers need, a static pool idle most of its worker time).
+/// its busy workers need, a static pool idle most of its worker time, a `max_size` at which
+/// jobs wait past half the medium SLA).
 #[utoipa::path(
     get,
     path = "/cost-optimization/recommendations",
