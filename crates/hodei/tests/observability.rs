@@ -497,7 +497,10 @@ async fn the_metric_history_is_durable_averaged_and_capped() {
     assert_eq!(status, 200, "{v}");
     let series = v["series"].as_array().unwrap();
     let names: BTreeSet<&str> = series.iter().map(|s| s["metric"].as_str().unwrap()).collect();
-    assert_eq!(names, ["busy_ratio", "cpu_utilization", "desired_size", "jobs_running", "memory_utilization", "queue_depth", "size"].into());
+    assert_eq!(
+        names,
+        ["busy_ratio", "cpu_utilization", "desired_size", "jobs_running", "memory_utilization", "queue_depth", "queue_wait_seconds", "size"].into()
+    );
     assert!(series.iter().all(|s| s["points"].as_array().unwrap().len() == 1), "{v}");
     let size = series.iter().find(|s| s["metric"] == "size").unwrap()["points"][0][1].as_f64().unwrap();
     assert!(size > 0.0 && size <= 1.0, "the hour's average size {size}");
@@ -513,7 +516,7 @@ async fn the_metric_history_is_durable_averaged_and_capped() {
     assert_eq!(v["scope"], "cluster");
     assert!(!size_points(&v).is_empty(), "{v}");
 
-    // The cap: 7 series over an hour at one point a second would be 25 200 points.
+    // The cap: 8 series over an hour at one point a second would be 28 800 points.
     let (status, v) = history(&srv, "pool_id=remote&step_s=1").await;
     assert_eq!(status, 400, "{v}");
     assert!(v["errors"][0]["field"] == "step_s", "{v}");
