@@ -144,6 +144,13 @@ async function render() {
       controller.signal.addEventListener('abort', () => clearTimeout(timer));
       return tick();
     },
+    /** Runs a load the user asked for (a filter, a page): its error shows like a refresh's. */
+    run(f) {
+      return f().then(
+        () => view.querySelector(':scope > .load-error')?.remove(),
+        (e) => { if (!controller.signal.aborted && !(e instanceof ApiError && e.status === 401)) showError(view, e); },
+      );
+    },
     /** Goes to `url` inside the dashboard. */
     go: navigate,
     /** Replaces the query string without a new history entry. */

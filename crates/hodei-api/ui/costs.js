@@ -63,7 +63,7 @@ export async function costs(view, _params, ctx) {
   sel.addEventListener('change', () => {
     period = sel.value;
     ctx.setQuery(period === 'month_to_date' ? {} : { period });
-    load();
+    ctx.run(load);
   });
   await ctx.every(10000, load);
 }

@@ -34,7 +34,7 @@ export async function jobList(view, _params, ctx) {
     cursors.length = 0;
     cursor = '';
     ctx.setQuery(Object.fromEntries(Object.entries(filters).filter(([, v]) => v)));
-    load();
+    ctx.run(load);
   };
   const form = h('form', { class: 'filters', role: 'search', onsubmit: (e) => { e.preventDefault(); apply(); } },
     h('label', { for: 'f-state' }, 'State'), stateSel,
@@ -44,7 +44,7 @@ export async function jobList(view, _params, ctx) {
   stateSel.addEventListener('change', apply);
   tenantSel.addEventListener('change', apply);
   const list = h('div', { 'aria-live': 'polite' });
-  const newer = h('button', { type: 'button', disabled: true, onclick: () => { cursor = cursors.pop() || ''; load(); } }, '← Newer');
+  const newer = h('button', { type: 'button', disabled: true, onclick: () => { cursor = cursors.pop() || ''; ctx.run(load); } }, '← Newer');
   const older = h('button', { type: 'button', disabled: true }, 'Older →');
   fill(view, h('h1', {}, 'Jobs'), form, list, h('div', { class: 'pager' }, newer, older));
 
@@ -57,7 +57,7 @@ export async function jobList(view, _params, ctx) {
     if (!next) return;
     cursors.push(cursor);
     cursor = next;
-    load();
+    ctx.run(load);
   });
   async function load() {
     const page = await api(`/jobs${query({ ...filters, cursor, limit: 50 })}`, { signal: ctx.signal });

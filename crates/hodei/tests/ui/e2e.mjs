@@ -119,6 +119,13 @@ try {
   await step('a job submitted from the CLI appears on the jobs page and finishes there', async () => {
     await page.getByRole('link', { name: 'Jobs', exact: true }).click();
     await page.getByRole('heading', { name: 'Jobs' }).waitFor();
+    // A bad filter says what the server said, and a good one clears it.
+    await page.getByLabel('Labels').fill('=ml');
+    await page.getByRole('button', { name: 'Filter' }).click();
+    await page.locator('.load-error', { hasText: 'label' }).waitFor({ timeout: T });
+    await page.getByLabel('Labels').fill('');
+    await page.getByRole('button', { name: 'Filter' }).click();
+    await page.locator('.load-error').waitFor({ state: 'detached', timeout: T });
     watched = submit('--name', 'watched', '--', 'sh', '-c', 'sleep 2; echo done');
     const row = page.locator('tr', { has: page.getByRole('link', { name: 'watched', exact: true }) });
     await row.waitFor({ timeout: T });
