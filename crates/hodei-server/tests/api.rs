@@ -982,6 +982,8 @@ async fn pools_are_created_changed_and_deleted_through_the_api() {
     assert_eq!((s, p["state"].as_str()), (StatusCode::OK, Some("destroyed")));
     let (s, _) = app.call("DELETE", "/api/v1/pools/gpu-farm", None).await;
     assert_eq!(s, StatusCode::NOT_FOUND, "deleted once");
+    let (s, e) = app.call("POST", "/api/v1/pools/gpu-farm/scale", Some(json!({"target_size": 1}))).await;
+    assert_eq!((s, e["code"].as_str()), (StatusCode::CONFLICT, Some("invalid_state")), "a destroyed pool is not scaled: {e}");
     let ids = |v: &Value| v["items"].as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap().to_owned()).collect::<Vec<_>>();
     let (_, gone) = app.call("GET", "/api/v1/pools?state=destroyed", None).await;
     assert_eq!(ids(&gone), ["gpu-farm"]);

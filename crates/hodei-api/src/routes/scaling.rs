@@ -126,7 +126,12 @@ pub struct ScaleRequest {
     post,
     path = "/pools/{id}/scale",
     request_body = ScaleRequest,
-    responses((status = 202, body = ScalingEventView), (status = 400, body = crate::error::Problem), (status = 404, body = crate::error::Problem)),
+    responses(
+        (status = 202, body = ScalingEventView),
+        (status = 400, body = crate::error::Problem),
+        (status = 404, body = crate::error::Problem),
+        (status = 409, description = "the pool is draining or being deleted", body = crate::error::Problem)
+    ),
     tag = "pools"
 )]
 pub async fn scale(
