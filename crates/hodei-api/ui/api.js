@@ -60,6 +60,22 @@ export async function api(path, { method = 'GET', body, signal } = {}) {
   return json;
 }
 
+/**
+ * Every page of a list (`/tenants`, `/pools`, `/budgets`), 500 items a call, as one
+ * `{items, next_cursor}`; stops after `max` items (then `next_cursor` is set).
+ */
+export async function apiAll(path, { signal, max = 5000 } = {}) {
+  const sep = path.includes('?') ? '&' : '?';
+  const items = [];
+  let cursor = null;
+  do {
+    const page = await api(`${path}${sep}limit=500${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ''}`, { signal });
+    items.push(...page.items);
+    cursor = page.next_cursor;
+  } while (cursor && items.length < max);
+  return { items, next_cursor: cursor };
+}
+
 /** A query string of the defined, non-empty values. */
 export function query(params) {
   const q = new URLSearchParams();

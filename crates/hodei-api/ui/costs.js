@@ -1,7 +1,7 @@
 // Costs: spend by day, breakdowns by tenant and pool, budgets against their thresholds, and
 // the right-sizing recommendations with their evidence.
 
-import { api, query } from './api.js';
+import { api, apiAll, query } from './api.js';
 import { h, fill, card, table, fmt, badge, meter, stat } from './dom.js';
 import { bars } from './charts.js';
 
@@ -21,7 +21,7 @@ export async function costs(view, _params, ctx) {
       api('/metrics/costs', { signal: ctx.signal }),
       api(`/cost-optimization/breakdown${query({ group_by: 'tenant', period })}`, { signal: ctx.signal }),
       api(`/cost-optimization/breakdown${query({ group_by: 'pool', period })}`, { signal: ctx.signal }),
-      api('/budgets', { signal: ctx.signal }),
+      apiAll('/budgets', { signal: ctx.signal }),
       api('/cost-optimization/recommendations', { signal: ctx.signal }),
     ]);
     const cur = m.currency;

@@ -1,7 +1,7 @@
 // Jobs: the filterable list, and a job's page — spec, explain, attempts, events, usage, cost,
 // live logs, and the controls the caller's role allows.
 
-import { api, query, events, ApiError } from './api.js';
+import { api, apiAll, query, events, ApiError } from './api.js';
 import { h, fill, card, table, facts, fmt, badge } from './dom.js';
 import { lineChart } from './charts.js';
 
@@ -48,7 +48,7 @@ export async function jobList(view, _params, ctx) {
   const older = h('button', { type: 'button', disabled: true }, 'Older →');
   fill(view, h('h1', {}, 'Jobs'), form, list, h('div', { class: 'pager' }, newer, older));
 
-  const tenants = ctx.me.admin ? (await api('/tenants', { signal: ctx.signal })).items.map((t) => t.id) : ctx.me.tenants();
+  const tenants = ctx.me.admin ? (await apiAll('/tenants', { signal: ctx.signal })).items.map((t) => t.id) : ctx.me.tenants();
   for (const t of tenants) tenantSel.append(h('option', { value: t }, t));
   tenantSel.value = filters.tenant_id;
 

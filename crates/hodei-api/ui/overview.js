@@ -1,7 +1,7 @@
 // The overview: what is queued and running, against what capacity, what is late, what fires,
 // and what it costs — five API calls a refresh.
 
-import { api, query } from './api.js';
+import { api, apiAll, query } from './api.js';
 import { h, fill, card, stat, table, fmt, badge, meter } from './dom.js';
 import { lineChart, bars } from './charts.js';
 
@@ -18,7 +18,7 @@ export async function overview(view, _params, ctx) {
     const since = new Date(Date.now() - 3600e3).toISOString();
     const [q, pools, firing, money, hist] = await Promise.all([
       api('/queue', { signal: ctx.signal }),
-      api('/pools', { signal: ctx.signal }),
+      apiAll('/pools', { signal: ctx.signal }),
       api(`/alerts${query({ state: 'firing', limit: 20 })}`, { signal: ctx.signal }),
       api('/metrics/costs', { signal: ctx.signal }),
       api(`/metrics/historical${query({ metric: 'jobs_pending,jobs_running', start: since })}`, { signal: ctx.signal }),

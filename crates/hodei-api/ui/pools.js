@@ -1,7 +1,7 @@
 // Pools: size against desired, workers and their state, utilisation, the scaling history with
 // its triggers, and a manual scale for admins.
 
-import { api, query, ApiError } from './api.js';
+import { api, apiAll, query, ApiError } from './api.js';
 import { h, fill, card, table, facts, fmt, badge, meter } from './dom.js';
 import { lineChart } from './charts.js';
 
@@ -15,7 +15,7 @@ export async function poolList(view, _params, ctx) {
   const list = h('div');
   fill(view, h('h1', {}, 'Pools'), list);
   await ctx.every(5000, async () => {
-    const pools = await api('/pools', { signal: ctx.signal });
+    const pools = await apiAll('/pools', { signal: ctx.signal });
     fill(list, table([
       ['Pool', (p) => poolLink(p.id)],
       ['State', (p) => badge(p.state)],

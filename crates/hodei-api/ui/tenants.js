@@ -1,6 +1,6 @@
 // Tenants: quota use, fair share (weighted against actual, over time), burst sessions, SLA.
 
-import { api, query, ApiError } from './api.js';
+import { api, apiAll, query, ApiError } from './api.js';
 import { h, fill, card, table, facts, fmt, badge, meter } from './dom.js';
 import { lineChart } from './charts.js';
 
@@ -11,7 +11,7 @@ export async function tenantList(view, _params, ctx) {
   const list = h('div');
   fill(view, h('h1', {}, 'Tenants'), list);
   await ctx.every(5000, async () => {
-    const [tenants, q] = await Promise.all([api('/tenants', { signal: ctx.signal }), api('/queue', { signal: ctx.signal })]);
+    const [tenants, q] = await Promise.all([apiAll('/tenants', { signal: ctx.signal }), api('/queue', { signal: ctx.signal })]);
     const shares = new Map(q.tenants.map((t) => [t.tenant_id, t]));
     fill(list, table([
       ['Tenant', (t) => tenantLink(t.id)],

@@ -384,6 +384,13 @@ section!(WorkersConfig {
     /// The user the built-in pool's jobs run as when the server runs as root (default
     /// `nobody`); a server not running as root runs them as itself.
     run_as: Option<String> = None,
+    /// Run each job of the agents this server starts (the built-in pool, `local` pools) in a
+    /// cgroup of its own: the kernel holds the job to its `memory_mb` (over it: `oom`) and its
+    /// `cpu_m`, and its use is read from the cgroup. Needs a server running as root on a
+    /// machine with the memory and cpu controllers (cgroup v2, or v1 hierarchies); refused at
+    /// start otherwise. Off: memory is watched through procfs, cpu is not capped. Off by
+    /// default: moving each new job into its cgroup costs the kernel an RCU grace period.
+    cgroups: bool = false,
 });
 
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, Default)]
@@ -1242,7 +1249,7 @@ mod tests {
             ("jobs", JobsConfig::KEYS, "default_timeout_ms max_timeout_ms default_priority max_retries_limit max_batch_size max_array_size retention_days |"),
             ("jobs.default_resources", ResourcesConfig::KEYS, "cpu_m memory_mb gpu |"),
             ("jobs.logs", JobLogsConfig::KEYS, "max_bytes_per_attempt dir |"),
-            ("workers", WorkersConfig::KEYS, "heartbeat_interval_ms heartbeat_timeout_ms gc_after_ms kill_grace_ms usage_sample_interval_ms run_as |"),
+            ("workers", WorkersConfig::KEYS, "heartbeat_interval_ms heartbeat_timeout_ms gc_after_ms kill_grace_ms usage_sample_interval_ms run_as cgroups |"),
             ("resource_pools", ResourcePoolsConfig::KEYS, "enabled | default_pool_type"),
             ("resource_pools.builtin_local", BuiltinLocalConfig::KEYS, "enabled id workers slots |"),
             (

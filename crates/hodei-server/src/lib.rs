@@ -217,6 +217,7 @@ fn agent_template(cfg: &Config, worker_exe: Option<&PathBuf>) -> Option<local_po
         exe: exe.clone(),
         data_dir: cfg.data_dir().to_owned(),
         run_as: cfg.workers.run_as.clone(),
+        cgroups: cfg.workers.cgroups,
         give_up_after: Duration::from_millis(cfg.workers.gc_after_ms),
     })
 }

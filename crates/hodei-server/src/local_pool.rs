@@ -43,6 +43,8 @@ pub struct LocalWorkerSpec {
     pub data_dir: PathBuf,
     /// `workers.run_as`, handed on as `--run-as`.
     pub run_as: Option<String>,
+    /// `workers.cgroups`, handed on as `--cgroups`.
+    pub cgroups: bool,
     /// `workers.gc_after_ms`: how long an agent waits for a server that is gone.
     pub give_up_after: Duration,
 }
@@ -54,6 +56,8 @@ pub struct AgentTemplate {
     pub data_dir: PathBuf,
     /// `workers.run_as`, handed on as `--run-as`.
     pub run_as: Option<String>,
+    /// `workers.cgroups`, handed on as `--cgroups`.
+    pub cgroups: bool,
     /// `workers.gc_after_ms`: how long an agent waits for a server that is gone.
     pub give_up_after: Duration,
 }
@@ -73,6 +77,7 @@ impl AgentTemplate {
             gpu: pool.worker_resources.gpu.0,
             data_dir: self.data_dir.clone(),
             run_as: self.run_as.clone(),
+            cgroups: self.cgroups,
             give_up_after: self.give_up_after,
         }
     }
@@ -210,6 +215,7 @@ pub fn supervise(spec: LocalWorkerSpec, index: u32, mut shutdown: watch::Receive
                 .arg("--spool-dir")
                 .arg(&spool)
                 .args(spec.run_as.iter().flat_map(|u| ["--run-as", u]))
+                .args(spec.cgroups.then_some("--cgroups"))
                 .env("HODEI_JOIN_TOKEN", &join_token)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())

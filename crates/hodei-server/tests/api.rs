@@ -321,6 +321,47 @@ async fn state_commands_follow_the_state_machine() {
     assert_eq!(s, StatusCode::NOT_FOUND);
 }
 
+/// Tenants, pools and budgets are lists like the others: `limit` (≤ 500) and the cursor of the
+/// previous page walk them whole, each item once.
+#[tokio::test]
+async fn tenant_pool_and_budget_lists_are_paginated() {
+    let app = app().await;
+    for i in 0..4 {
+        let (s, _) = app.call("POST", "/api/v1/tenants", Some(json!({"name": format!("team-{i}")}))).await;
+        assert_eq!(s, StatusCode::CREATED);
+        let (s, b) = app.call("POST", "/api/v1/budgets", Some(json!({"tenant_id": format!("team-{i}"), "amount": "10"}))).await;
+        assert_eq!(s, StatusCode::CREATED, "{b}");
+        let pool = json!({"id": format!("pool-{i}"), "worker_template": {"cpu_m": 1000, "memory_mb": 1024, "slots": 1}});
+        let (s, p) = app.call("POST", "/api/v1/pools", Some(pool)).await;
+        assert_eq!(s, StatusCode::CREATED, "{p}");
+    }
+    for (list, key, at_least) in [("tenants", "id", 5), ("pools", "id", 4), ("budgets", "id", 4)] {
+        let (_, whole) = app.call("GET", &format!("/api/v1/{list}?limit=500"), None).await;
+        let whole: Vec<Value> = whole["items"].as_array().unwrap().iter().map(|i| i[key].clone()).collect();
+        assert!(whole.len() >= at_least, "{list}: {whole:?}");
+        let mut walked = Vec::new();
+        let mut path = format!("/api/v1/{list}?limit=2");
+        loop {
+            let (s, page) = app.call("GET", &path, None).await;
+            assert_eq!(s, StatusCode::OK, "{page}");
+            let items = page["items"].as_array().unwrap();
+            assert!(items.len() <= 2, "{list}: {page}");
+            walked.extend(items.iter().map(|i| i[key].clone()));
+            match page["next_cursor"].as_str() {
+                Some(c) => path = format!("/api/v1/{list}?limit=2&cursor={c}"),
+                None => break,
+            }
+        }
+        assert_eq!(walked, whole, "{list}: the pages are the whole list, in order");
+        let (_, default) = app.call("GET", &format!("/api/v1/{list}"), None).await;
+        assert_eq!(default["items"].as_array().unwrap().len(), whole.len().min(50), "{list}: 50 by default");
+        for bad in ["limit=0", "limit=501", "cursor=abc"] {
+            let (s, p) = app.call("GET", &format!("/api/v1/{list}?{bad}"), None).await;
+            assert_eq!(s, StatusCode::BAD_REQUEST, "{list}?{bad}: {p}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn job_lists_filter_and_paginate_newest_first() {
     let app = app().await;

@@ -19,6 +19,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::net::unix::pipe;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::cgroup::Cgroups;
 use crate::memory::MemoryWatch;
 use crate::retain::Retained;
 use crate::user::JobUser;
@@ -32,6 +33,8 @@ pub struct Sandbox {
     pub user: Option<JobUser>,
     /// Empty scratch directories of ended attempts, to be given to the next ones.
     spare: Arc<std::sync::Mutex<Spare>>,
+    /// A cgroup per job, where the machine allows it.
+    pub cgroups: Option<Arc<Cgroups>>,
 }
 
 #[derive(Debug, Default)]
@@ -45,7 +48,19 @@ const SPARE_DIRS: usize = 256;
 
 impl Sandbox {
     pub fn new(scratch_root: PathBuf, user: Option<JobUser>) -> Sandbox {
-        Sandbox { scratch_root, user, spare: Arc::default() }
+        Sandbox { scratch_root, user, spare: Arc::default(), cgroups: None }
+    }
+
+    /// Jobs run in cgroups of their own (`enabled`), or their memory is watched through procfs.
+    /// Asked for where the machine gives the agent none, it is an error naming why: limits
+    /// asked for are never quietly not enforced.
+    pub fn with_cgroups(mut self, enabled: bool) -> anyhow::Result<Sandbox> {
+        if enabled {
+            let c = Cgroups::new().map_err(|why| anyhow::anyhow!("cgroups for jobs: {why}"))?;
+            tracing::info!(version = ?c.version(), at = %c.base().display(), "jobs run in cgroups of their own, limited to the memory and cpu they asked for");
+            self.cgroups = Some(c);
+        }
+        Ok(self)
     }
 
     /// The attempt's scratch directory, `<scratch_root>/<attempt>`: owned by the job's user,
@@ -291,12 +306,44 @@ async fn run_inner(
         cmd.uid(u.uid).gid(u.gid).env("HOME", &u.home);
     }
     cmd.args(args).envs(&a.env).current_dir(&dir).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
+    let (cpu_m, limit_mb, gpus) = a.resources.as_ref().map_or((0, 0, 0), |r| (r.cpu_m, r.memory_mb, r.gpu));
+    let cgroup = match sandbox.cgroups.as_ref().map(|c| c.take(cpu_m, limit_mb)).transpose() {
+        Ok(c) => c,
+        Err(e) => {
+            // Never run a job without the limits this agent enforces on every job.
+            tracing::warn!(attempt = %a.attempt_id, error = %e, "cannot prepare the job's cgroup");
+            out.log(&a.attempt_id, pb::LogStream::Stderr, 0, format!("hodei: cannot prepare the job's cgroup: {e}\n").as_bytes());
+            if let Some(d) = &scratch {
+                sandbox.return_scratch(d);
+            }
+            return fail(result, "spawn_error");
+        }
+    };
+    if let Some(cg) = &cgroup {
+        let fds = cg.procs_fds();
+        // Between fork and exec the job's process moves itself (`0`) into its cgroup, through
+        // descriptors the agent opened: nothing the job starts ever runs outside it. Only
+        // `write(2)` here, which is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(move || {
+                for fd in &fds {
+                    if libc::write(*fd, b"0".as_ptr().cast(), 1) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+    }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
             out.log(&a.attempt_id, pb::LogStream::Stderr, 0, format!("hodei: cannot start {prog:?}: {e}\n").as_bytes());
             if let Some(d) = &scratch {
                 sandbox.return_scratch(d);
+            }
+            if let Some(cg) = cgroup {
+                cg.end();
             }
             return fail(result, "spawn_error");
         }
@@ -324,8 +371,9 @@ async fn run_inner(
     std::mem::forget(child);
     let exit = reap(pid);
     tokio::pin!(exit);
-    let limit_mb = a.resources.as_ref().map_or(0, |r| r.memory_mb);
-    let over = memory.watch(pid, &a.attempt_id, limit_mb, a.resources.as_ref().map_or(0, |r| r.gpu));
+    // In a cgroup the kernel holds the job to its memory; otherwise the watch does.
+    let watch_limit = if cgroup.is_some() { 0 } else { limit_mb };
+    let over = memory.watch(pid, &a.attempt_id, watch_limit, gpus, cgroup.as_ref().map(|c| c.reader.clone()));
     let over_memory = async {
         match over.await {
             Ok(rss) => Some(rss),
@@ -373,6 +421,13 @@ async fn run_inner(
         let _ = tokio::time::timeout(Duration::from_secs(2), p).await;
     }
     memory.forget(pid);
+    // The kernel killed one of its processes for being over the cgroup's memory.
+    let killed = cgroup.is_some_and(crate::cgroup::JobCgroup::end);
+    if killed && why.is_none() && exit.code != Some(0) {
+        oom = true;
+        tracing::info!(attempt = %a.attempt_id, limit_mb, "over its memory; killed by the kernel");
+        why = Some(pb::Outcome::Failed);
+    }
     if let Some(d) = &scratch {
         sandbox.return_scratch(d);
     }

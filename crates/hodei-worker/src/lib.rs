@@ -4,6 +4,7 @@
 //! **Architecture Invariant:** the worker never touches the store and decides nothing about
 //! scheduling; it runs what it is assigned and reports what happened, fenced by attempt id.
 
+mod cgroup;
 mod exec;
 mod gpu;
 mod memory;
@@ -24,6 +25,12 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tonic::transport::{Channel, Endpoint};
 
 pub use exec::{Sandbox, StopReason};
+
+/// Whether this process could run jobs in cgroups of their own, or why not (a server checks
+/// `workers.cgroups` with it before it starts agents that would refuse to run).
+pub fn cgroups_available() -> Result<(), String> {
+    cgroup::Cgroups::new().map(drop)
+}
 pub use user::{DEFAULT_RUN_AS, JobUser};
 
 #[derive(Clone, Debug)]

@@ -15,6 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hodei_proto::v1 as pb;
+
+use crate::cgroup::Reader;
 use tokio::sync::{mpsc, oneshot};
 
 /// How often the resident memory of running jobs is sampled, at most.
@@ -31,8 +33,10 @@ struct Watched {
     /// 0: no limit.
     limit_bytes: u64,
     over: Option<oneshot::Sender<u64>>,
-    /// Cpu ticks of the group at the last usage sample, and when it was taken.
-    cpu_ticks: u64,
+    /// The job's cgroup, read instead of its process group when it has one.
+    cgroup: Option<Arc<Reader>>,
+    /// Cpu time (ns) of the job at the last usage sample, and when it was taken.
+    cpu_ns: u64,
     sampled: Instant,
     /// Storage bytes read and written so far (never going back).
     io: (u64, u64),
@@ -75,16 +79,18 @@ impl MemoryWatch {
 
     /// Watches process group `pgid`, attempt `attempt`'s: its usage is reported every interval
     /// and the receiver gets the resident bytes seen when the group passes `limit_mb` (0: no
-    /// limit; it is then no longer watched for memory). Dropping the receiver stops nothing:
-    /// call [`MemoryWatch::forget`] when the job ends.
-    pub fn watch(&self, pgid: i32, attempt: &str, limit_mb: u32, gpus: u32) -> oneshot::Receiver<u64> {
+    /// limit; it is then no longer watched for memory). A job in a cgroup is measured through
+    /// it (all its processes, also those that left the group). Dropping the receiver stops
+    /// nothing: call [`MemoryWatch::forget`] when the job ends.
+    pub fn watch(&self, pgid: i32, attempt: &str, limit_mb: u32, gpus: u32, cgroup: Option<Arc<Reader>>) -> oneshot::Receiver<u64> {
         let (over, rx) = oneshot::channel();
         let w = Watched {
             attempt: attempt.to_owned(),
             gpus,
             limit_bytes: u64::from(limit_mb) << 20,
             over: (limit_mb > 0).then_some(over),
-            cpu_ticks: 0,
+            cgroup,
+            cpu_ns: 0,
             sampled: Instant::now(),
             io: (0, 0),
         };
@@ -110,8 +116,8 @@ impl MemoryWatch {
             tokio::time::sleep(pause).await;
             let every = Duration::from_millis(self.usage_interval_ms.load(Ordering::Relaxed));
             let now = Instant::now();
-            let wanted: Vec<(i32, bool)> = match self.groups.lock() {
-                Ok(g) => g.iter().map(|(p, w)| (*p, now.duration_since(w.sampled) >= every)).collect(),
+            let wanted: Vec<(i32, bool, Option<Arc<Reader>>)> = match self.groups.lock() {
+                Ok(g) => g.iter().map(|(p, w)| (*p, now.duration_since(w.sampled) >= every, w.cgroup.clone())).collect(),
                 Err(_) => return,
             };
             if wanted.is_empty() {
@@ -119,17 +125,16 @@ impl MemoryWatch {
                 continue;
             }
             let started = Instant::now();
-            let tool = self.gpu_tool.clone().filter(|_| wanted.iter().any(|(_, full)| *full));
+            let tool = self.gpu_tool.clone().filter(|_| wanted.iter().any(|(_, full, _)| *full));
             let seen = tokio::task::spawn_blocking(move || {
                 // One query of the GPUs for all the jobs sampled this round.
                 let gpus = tool.and_then(|t| crate::gpu::per_process(&t));
-                wanted.into_iter().map(|(g, full)| (g, measure(g, full, gpus.as_ref()))).collect::<HashMap<_, _>>()
+                wanted.into_iter().map(|(g, full, cg)| (g, measure(g, full, gpus.as_ref(), cg.as_deref()))).collect::<HashMap<_, _>>()
             })
             .await
             .unwrap_or_default();
             pause = SAMPLE_INTERVAL.max(started.elapsed() * PACE);
             let Ok(mut g) = self.groups.lock() else { return };
-            let tick = ticks_per_second();
             let (mut cpu_total, mut rss_total) = (0u64, 0u64);
             for (pgid, w) in g.iter_mut() {
                 let Some(m) = seen.get(pgid) else { continue };
@@ -140,11 +145,12 @@ impl MemoryWatch {
                 {
                     let _ = over.send(m.rss_bytes);
                 }
-                let Some((ticks, io, gpu)) = m.usage else { continue };
+                let Some((cpu_ns, io, gpu)) = m.usage else { continue };
                 let elapsed_ms = now.duration_since(w.sampled).as_millis().max(1) as u64;
-                let cpu_m = ticks.saturating_sub(w.cpu_ticks) * 1_000_000 / tick / elapsed_ms;
+                // A core for a millisecond is 1 000 000 ns: 1 000 millicores.
+                let cpu_m = cpu_ns.saturating_sub(w.cpu_ns) / 1000 / elapsed_ms;
                 cpu_total += cpu_m;
-                w.cpu_ticks = w.cpu_ticks.max(ticks);
+                w.cpu_ns = w.cpu_ns.max(cpu_ns);
                 w.sampled = now;
                 w.io = (w.io.0.max(io.0), w.io.1.max(io.1));
                 let sample = pb::UsageSample {
@@ -167,7 +173,7 @@ impl MemoryWatch {
     }
 }
 
-/// What one look at a group found: its resident bytes, and with a full sample its cpu ticks
+/// What one look at a group found: its resident bytes, and with a full sample its cpu time
 /// (live members' and the children they reaped), storage bytes read and written, and its GPU
 /// use (sm % and MiB over its processes) when the GPUs were queried.
 struct Measured {
@@ -175,23 +181,37 @@ struct Measured {
     usage: Option<Full>,
 }
 
-/// A full sample: cpu ticks, (bytes read, written), and (sm %, MiB) on GPUs when queried.
+/// A full sample: cpu ns, (bytes read, written), and (sm %, MiB) on GPUs when queried.
 type Full = (u64, (u64, u64), Option<(u32, u32)>);
 
 fn ticks_per_second() -> u64 {
     u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).ok().filter(|t| *t > 0).unwrap_or(100)
 }
 
-fn measure(pgid: i32, full: bool, gpus: Option<&HashMap<i32, (u32, u32)>>) -> Measured {
+/// Measures a job: through its cgroup when it has one (memory and cpu of everything in it;
+/// IO and GPU of its processes), else through its process group in procfs.
+fn measure(pgid: i32, full: bool, gpus: Option<&HashMap<i32, (u32, u32)>>, cgroup: Option<&Reader>) -> Measured {
+    if let Some(cg) = cgroup {
+        let u = cg.usage();
+        let usage = full.then(|| {
+            let pids = cg.pids();
+            let io = pids.iter().map(|pid| io_bytes(*pid)).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+            let gpu =
+                gpus.map(|by_pid| pids.iter().filter_map(|pid| by_pid.get(pid)).fold((0u32, 0u32), |a, b| (a.0.saturating_add(b.0), a.1.saturating_add(b.1))));
+            (u.cpu_ns, io, gpu)
+        });
+        return Measured { rss_bytes: u.rss_bytes, usage };
+    }
     let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
     let members = group_members(pgid);
     let rss_bytes = members.iter().map(|(_, s)| s.rss_pages * page).sum();
     let usage = full.then(|| {
-        let ticks = members.iter().map(|(_, s)| s.cpu_ticks).sum();
+        let ticks: u64 = members.iter().map(|(_, s)| s.cpu_ticks).sum();
+        let cpu_ns = ticks * 1_000_000_000 / ticks_per_second();
         let io = members.iter().map(|(pid, _)| io_bytes(*pid)).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
         let gpu = gpus
             .map(|by_pid| members.iter().filter_map(|(pid, _)| by_pid.get(pid)).fold((0u32, 0u32), |a, b| (a.0.saturating_add(b.0), a.1.saturating_add(b.1))));
-        (ticks, io, gpu)
+        (cpu_ns, io, gpu)
     });
     Measured { rss_bytes, usage }
 }
@@ -280,7 +300,7 @@ mod tests {
             }
             std::thread::sleep(Duration::from_millis(20));
         };
-        let seen = measure(pgid, true, None);
+        let seen = measure(pgid, true, None, None);
         unsafe { libc::killpg(pgid, libc::SIGKILL) };
         let _ = job.wait();
         assert_eq!(members.len(), 3, "{members:?}");

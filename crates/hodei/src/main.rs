@@ -349,13 +349,46 @@ fn query(pairs: &[(&str, Option<String>)]) -> String {
 async fn listing(c: ClientOpts, path: &str, headers: &[&str], keys: &[&str]) -> anyhow::Result<i32> {
     let cl = c.client()?;
     let page = cl.get(path).await?;
+    show_page(&c, &page, headers, keys);
+    Ok(0)
+}
+
+/// The most rows a whole listing reads (pages of 500), so that it is bounded too.
+const LISTING_MAX: usize = 10_000;
+
+/// Every page of a list (tenants, pools, budgets, workers) as one table, or one JSON page
+/// `{items, next_cursor}` whose cursor is set only past [`LISTING_MAX`] rows.
+async fn listing_all(c: ClientOpts, path: &str, headers: &[&str], keys: &[&str]) -> anyhow::Result<i32> {
+    let cl = c.client()?;
+    let sep = if path.contains('?') { '&' } else { '?' };
+    let mut items = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut p = format!("{path}{sep}limit=500");
+        if let Some(at) = &cursor {
+            p.push_str(&format!("&cursor={}", urlencode(at)));
+        }
+        let page = cl.get(&p).await?;
+        items.extend(page["items"].as_array().cloned().unwrap_or_default());
+        cursor = page["next_cursor"].as_str().map(str::to_owned);
+        if cursor.is_none() || items.len() >= LISTING_MAX {
+            break;
+        }
+    }
+    if cursor.is_some() && !c.output.structured() {
+        eprintln!("(the first {} only)", items.len());
+    }
+    show_page(&c, &serde_json::json!({"items": items, "next_cursor": cursor}), headers, keys);
+    Ok(0)
+}
+
+fn show_page(c: &ClientOpts, page: &Value, headers: &[&str], keys: &[&str]) {
     if c.output.structured() {
-        print_json(&page);
+        print_json(page);
     } else {
-        let items = page["items"].as_array().cloned().unwrap_or_default();
+        let items = page["items"].as_array().map(Vec::as_slice).unwrap_or(&[]);
         table(headers, items.iter().map(|w| keys.iter().map(|k| s(w, k)).collect()).collect());
     }
-    Ok(0)
 }
 
 async fn run(cli: Cli) -> anyhow::Result<i32> {

@@ -46,7 +46,7 @@ const NOWHERE: &str = "http://127.0.0.1:1";
 async fn local_agents_conform() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("pool-conf.token"), "hodei_conformanceconformanceconform\n").unwrap();
-    let template = AgentTemplate { exe: BIN.into(), data_dir: dir.path().to_owned(), run_as: None, give_up_after: Duration::from_secs(120) };
+    let template = AgentTemplate { exe: BIN.into(), data_dir: dir.path().to_owned(), run_as: None, cgroups: true, give_up_after: Duration::from_secs(120) };
     let (stop, stopped) = tokio::sync::watch::channel(false);
     conformance::run_all(&pool("local"), || async { LocalPools::start(Some(template.clone()), vec![], NOWHERE, stopped.clone()) }).await;
     let _ = stop.send(true);

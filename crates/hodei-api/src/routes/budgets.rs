@@ -177,10 +177,15 @@ pub async fn create_budget(State(s): State<ApiState>, who: Who, ApiJson(body): A
 #[serde(deny_unknown_fields)]
 pub struct BudgetQuery {
     pub tenant_id: Option<String>,
+    /// 1–500, default 50.
+    #[param(minimum = 1, maximum = 500)]
+    pub limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
 }
 
 /// Budgets of the tenants the caller may read, oldest first, with what each has spent.
-#[utoipa::path(get, path = "/budgets", params(BudgetQuery), responses((status = 200, body = Page<BudgetView>)), tag = "costs")]
+#[utoipa::path(get, path = "/budgets", params(BudgetQuery), responses((status = 200, body = Page<BudgetView>), (status = 400, body = crate::error::Problem)), tag = "costs")]
 pub async fn list_budgets(State(s): State<ApiState>, who: Who, Query(q): Query<BudgetQuery>) -> ApiResult<Json<Page<BudgetView>>> {
     let tenant = q
         .tenant_id
@@ -189,11 +194,13 @@ pub async fn list_budgets(State(s): State<ApiState>, who: Who, Query(q): Query<B
         .transpose()?;
     let visible = who.visibility().into_filter();
     let budgets = s.store.list_budgets(tenant.as_ref(), visible.as_deref()).await?;
-    let mut items = Vec::with_capacity(budgets.len());
-    for b in &budgets {
+    // The page first, then what each of its budgets has spent (a read per budget).
+    let page = super::page_of(&budgets, q.limit, q.cursor.as_deref(), Clone::clone)?;
+    let mut items = Vec::with_capacity(page.items.len());
+    for b in &page.items {
         items.push(view(&s, b).await?);
     }
-    Ok(Json(Page { items, next_cursor: None }))
+    Ok(Json(Page { items, next_cursor: page.next_cursor }))
 }
 
 /// One budget.

@@ -118,23 +118,34 @@ pub async fn create_tenant(State(s): State<ApiState>, who: Who, ApiJson(body): A
 pub struct TenantQuery {
     pub status: Option<String>,
     pub tier: Option<String>,
+    /// 1–500, default 50.
+    #[param(minimum = 1, maximum = 500)]
+    pub limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
 }
 
-/// List tenants.
-#[utoipa::path(get, path = "/tenants", params(TenantQuery), responses((status = 200, body = Page<TenantView>)), tag = "tenants")]
+/// List the tenants the caller may read, by id, a page at a time.
+#[utoipa::path(
+    get,
+    path = "/tenants",
+    params(TenantQuery),
+    responses((status = 200, body = Page<TenantView>), (status = 400, body = crate::error::Problem)),
+    tag = "tenants"
+)]
 pub async fn list_tenants(State(s): State<ApiState>, who: Who, Query(q): Query<TenantQuery>) -> ApiResult<Json<Page<TenantView>>> {
     let visible = who.visibility();
-    let items = s
+    let mut tenants: Vec<_> = s
         .store
         .list_tenants()
         .await?
-        .iter()
+        .into_iter()
         .filter(|t| visible.sees(&t.id))
         .filter(|t| q.status.as_deref().is_none_or(|v| t.status.as_str() == v))
         .filter(|t| q.tier.as_deref().is_none_or(|v| t.tier.as_str() == v))
-        .map(|t| TenantView::of(t, &s.cfg.tier_weights))
         .collect();
-    Ok(Json(Page { items, next_cursor: None }))
+    tenants.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(Json(super::page_of(&tenants, q.limit, q.cursor.as_deref(), |t| TenantView::of(t, &s.cfg.tier_weights))?))
 }
 
 /// One tenant.

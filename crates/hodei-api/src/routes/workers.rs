@@ -182,20 +182,25 @@ pub struct PoolQuery {
     pub pool_type: Option<String>,
     /// A pool state (active, destroyed, …).
     pub state: Option<String>,
+    /// 1–500, default 50.
+    #[param(minimum = 1, maximum = 500)]
+    pub limit: Option<i64>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
 }
 
 /// List pools (a pool per configured or created one: the list is bounded by configuration).
-#[utoipa::path(get, path = "/pools", params(PoolQuery), responses((status = 200, body = Page<PoolView>)), tag = "pools")]
+#[utoipa::path(get, path = "/pools", params(PoolQuery), responses((status = 200, body = Page<PoolView>), (status = 400, body = crate::error::Problem)), tag = "pools")]
 pub async fn list_pools(State(s): State<ApiState>, Query(q): Query<PoolQuery>) -> ApiResult<Json<Page<PoolView>>> {
-    let items = s
+    let mut pools: Vec<_> = s
         .store
         .list_pools()
         .await?
-        .iter()
+        .into_iter()
         .filter(|p| q.pool_type.as_deref().is_none_or(|t| p.pool_type.as_str() == t) && q.state.as_deref().is_none_or(|st| p.state.as_str() == st))
-        .map(pool_view)
         .collect();
-    Ok(Json(Page { items, next_cursor: None }))
+    pools.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(Json(super::page_of(&pools, q.limit, q.cursor.as_deref(), pool_view)?))
 }
 
 async fn find_pool(s: &ApiState, id: &str) -> ApiResult<hodei_core::Pool> {

@@ -217,7 +217,7 @@ pub(crate) async fn reports(c: ClientOpts, cmd: Option<ReportsCmd>, tenant: Opti
 pub(crate) async fn budgets(c: ClientOpts, cmd: Option<BudgetsCmd>) -> anyhow::Result<i32> {
     match cmd {
         None => {
-            listing(
+            listing_all(
                 c,
                 "/budgets",
                 &["ID", "TENANT", "PERIOD", "AMOUNT", "SPENT", "STATE", "ON EXHAUSTED"],

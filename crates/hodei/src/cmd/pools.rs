@@ -87,9 +87,9 @@ pub(crate) async fn workers(c: ClientOpts, cmd: Option<WorkersCmd>, all: bool) -
             Ok(0)
         }
         None => {
-            listing(
+            listing_all(
                 c,
-                if all { "/workers?limit=500" } else { "/workers?limit=500&state=registering,idle,busy,draining" },
+                if all { "/workers" } else { "/workers?state=registering,idle,busy,draining" },
                 &["ID", "POOL", "INSTANCE", "STATE", "SLOTS", "LAST HEARTBEAT"],
                 &["id", "pool_id", "instance_name", "state", "slots", "last_heartbeat_at"],
             )
@@ -179,7 +179,7 @@ pub(crate) async fn pools(c: ClientOpts, cmd: Option<PoolsCmd>) -> anyhow::Resul
             Ok(0)
         }
         None => {
-            listing(
+            listing_all(
                 c,
                 "/pools",
                 &["ID", "TYPE", "PROVIDER", "MIN", "DESIRED", "MAX", "SLOTS/WORKER", "STATE"],

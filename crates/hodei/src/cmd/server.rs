@@ -81,6 +81,11 @@ pub(crate) struct WorkerArgs {
     /// A worker not running as root runs jobs as itself.
     #[arg(long, env = "HODEI_RUN_AS")]
     pub(crate) run_as: Option<String>,
+    /// Run each job in a cgroup of its own, the kernel holding it to its memory and cpu (needs
+    /// root and the memory and cpu controllers; the worker refuses to start without them).
+    /// Without: memory is watched through procfs, cpu is not capped.
+    #[arg(long)]
+    pub(crate) cgroups: bool,
     /// Read the server's URL from this file at each connection attempt, falling back to
     /// --server (the built-in pool: a restarted server may listen on another port).
     #[arg(long)]
@@ -185,10 +190,15 @@ pub(crate) async fn server(a: ServerArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// `workers.run_as` names a user this machine has and this server may switch to.
+/// `workers.run_as` names a user this machine has and this server may switch to, and
+/// `workers.cgroups` asks only for what this machine can give.
 pub(crate) fn check_run_as(cfg: &hodei_server::config::Config) -> anyhow::Result<()> {
     let euid = unsafe { libc::geteuid() };
-    hodei_worker::JobUser::for_worker(cfg.workers.run_as.as_deref(), euid).map(drop).map_err(|e| anyhow::anyhow!("workers.run_as: {e:#}"))
+    hodei_worker::JobUser::for_worker(cfg.workers.run_as.as_deref(), euid).map(drop).map_err(|e| anyhow::anyhow!("workers.run_as: {e:#}"))?;
+    if cfg.workers.cgroups {
+        hodei_worker::cgroups_available().map_err(|why| anyhow::anyhow!("workers.cgroups: {why}"))?;
+    }
+    Ok(())
 }
 
 pub(crate) async fn migrate(a: MigrateArgs) -> anyhow::Result<i32> {
@@ -246,7 +256,7 @@ pub(crate) async fn worker(a: WorkerArgs) -> anyhow::Result<i32> {
         labels: kv(&a.labels, "label")?,
         instance_name: a.instance_name.unwrap_or_else(|| format!("{host}-{}", std::process::id())),
         work_dir: a.spool_dir.or_else(|| temp.as_ref().map(|t| t.path().to_owned())).context("a work directory")?,
-        sandbox: hodei_worker::Sandbox::new(scratch.path().to_owned(), job_user),
+        sandbox: hodei_worker::Sandbox::new(scratch.path().to_owned(), job_user).with_cgroups(a.cgroups).context("--cgroups")?,
         server_file: a.server_file,
         give_up_after: a.give_up_after_ms.map(std::time::Duration::from_millis),
         tls,

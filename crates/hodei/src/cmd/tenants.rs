@@ -112,14 +112,7 @@ pub(crate) async fn tenants(c: ClientOpts, cmd: Option<TenantsCmd>) -> anyhow::R
         |items: &[Value]| items.iter().map(|t| vec![s(t, "id"), s(t, "name"), s(t, "tier"), s(t, "effective_weight"), s(t, "status")]).collect::<Vec<_>>();
     let headers = ["ID", "NAME", "TIER", "WEIGHT", "STATUS"];
     let v = match cmd.unwrap_or(TenantsCmd::Ls) {
-        TenantsCmd::Ls => {
-            let page = cl.get("/tenants").await?;
-            if !c.output.structured() {
-                table(&headers, rows(page["items"].as_array().map(Vec::as_slice).unwrap_or(&[])));
-                return Ok(0);
-            }
-            page
-        }
+        TenantsCmd::Ls => return listing_all(c, "/tenants", &headers, &["id", "name", "tier", "effective_weight", "status"]).await,
         TenantsCmd::Get { id } => cl.get(&format!("/tenants/{id}")).await?,
         TenantsCmd::Create { name, id, tier, weight, email } => {
             let mut body = json!({"name": name});
