@@ -330,7 +330,10 @@ async fn tenant_pool_and_budget_lists_are_paginated() {
         let (s, _) = app.call("POST", "/api/v1/tenants", Some(json!({"name": format!("team-{i}")}))).await;
         assert_eq!(s, StatusCode::CREATED);
         let (s, b) = app.call("POST", "/api/v1/budgets", Some(json!({"tenant_id": format!("team-{i}"), "amount": "10"}))).await;
-        assert_eq!(s, StatusCode::CREATED, "{b}");
+        assert_eq!((s, &b["project_id"]), (StatusCode::CREATED, &Value::Null), "a tenant's budget: {b}");
+        // A project's budget is refused until projects exist, and nothing is stored.
+        let (s, p) = app.call("POST", "/api/v1/budgets", Some(json!({"tenant_id": format!("team-{i}"), "project_id": "web", "amount": "10"}))).await;
+        assert_eq!((s, fields(&p)), (StatusCode::BAD_REQUEST, vec!["/project_id".to_owned()]), "{p}");
         let pool = json!({"id": format!("pool-{i}"), "worker_template": {"cpu_m": 1000, "memory_mb": 1024, "slots": 1}});
         let (s, p) = app.call("POST", "/api/v1/pools", Some(pool)).await;
         assert_eq!(s, StatusCode::CREATED, "{p}");
@@ -339,6 +342,9 @@ async fn tenant_pool_and_budget_lists_are_paginated() {
         let (_, whole) = app.call("GET", &format!("/api/v1/{list}?limit=500"), None).await;
         let whole: Vec<Value> = whole["items"].as_array().unwrap().iter().map(|i| i[key].clone()).collect();
         assert!(whole.len() >= at_least, "{list}: {whole:?}");
+        if list == "budgets" {
+            assert_eq!(whole.len(), 4, "only the tenants' budgets were stored");
+        }
         let mut walked = Vec::new();
         let mut path = format!("/api/v1/{list}?limit=2");
         loop {

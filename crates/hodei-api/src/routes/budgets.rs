@@ -34,6 +34,9 @@ pub async fn spent(store: &dyn Store, b: &Budget, now: Timestamp) -> Result<(i64
 pub struct BudgetView {
     pub id: String,
     pub tenant_id: String,
+    /// The project the budget is for; null: the whole tenant (projects come later, so always
+    /// null for now).
+    pub project_id: Option<String>,
     pub amount_micros: i64,
     pub amount: String,
     /// daily|weekly (Monday to Sunday)|monthly|total, in UTC.
@@ -61,6 +64,7 @@ async fn view(s: &ApiState, b: &Budget) -> ApiResult<BudgetView> {
     Ok(BudgetView {
         id: b.id.to_string(),
         tenant_id: b.tenant.to_string(),
+        project_id: None,
         amount_micros: b.amount_micros,
         amount: money(b.amount_micros, currency),
         period: b.period.to_string(),
@@ -82,6 +86,9 @@ async fn view(s: &ApiState, b: &Budget) -> ApiResult<BudgetView> {
 #[serde(deny_unknown_fields)]
 pub struct BudgetIn {
     pub tenant_id: String,
+    /// A project's budget instead of the tenant's: projects are not supported yet, so only
+    /// null (or absent) is accepted.
+    pub project_id: Option<String>,
     /// A positive decimal amount of the currency with at most 6 decimals, e.g. "250.00".
     pub amount: String,
     /// daily|weekly|monthly (default)|total.
@@ -147,6 +154,9 @@ pub async fn create_budget(State(s): State<ApiState>, who: Who, ApiJson(body): A
         return Err(ApiError::not_found(format!("tenant {tenant}")));
     }
     who.may(Action::ManageTenant, &tenant, "setting budgets (pi or admin)")?;
+    if body.project_id.is_some() {
+        return Err(ApiError::field("/project_id", "projects are not supported yet", "null: a budget for the whole tenant", body.project_id.clone()));
+    }
     if !s.cfg.budgets_enabled {
         return Err(ApiError::new(ErrorCode::Conflict, "budgets are turned off on this server (budgets.enabled: false)"));
     }
