@@ -900,6 +900,17 @@ async fn pools_workers_and_live_counts_round_trip(store: &dyn Store) {
         ..WorkerFilter::default()
     };
     assert_eq!(store.list_workers(&either).await.unwrap().len(), 3, "any of several states");
+    // Label selectors, as for jobs: the ssd worker, and every other one.
+    let with = |labels: &str| {
+        let f = WorkerFilter { labels: crate::LabelTerm::parse_selector(labels).unwrap(), limit: 500, ..WorkerFilter::default() };
+        async move { store.list_workers(&f).await.unwrap().iter().map(|x| x.id).collect::<Vec<_>>() }
+    };
+    assert_eq!(with("disk=ssd").await, [w.id]);
+    assert_eq!(with("disk").await, [w.id]);
+    assert!(with("disk=hdd").await.is_empty());
+    let others = with("disk!=ssd").await;
+    assert_eq!((others.len(), others.contains(&w.id)), (with("!disk").await.len(), false), "k!=v holds where k is missing");
+    assert!(others.len() >= 5);
     assert_eq!(store.worker_session_hash(WorkerId::from_uuid(Uuid::from_u128(12345))).await.unwrap(), None);
 
     // Live jobs are pending, held, scheduled or running; ended ones do not count.

@@ -177,6 +177,8 @@ pub struct WorkerFilter {
     pub pool: Option<PoolId>,
     /// Any of these states (empty: every state).
     pub states: Vec<WorkerState>,
+    /// Every term must hold for the worker's labels (a kubectl label selector).
+    pub labels: Vec<LabelTerm>,
     pub before: Option<WorkerId>,
     pub limit: u32,
 }

@@ -810,6 +810,18 @@ fn pool_row<'q>(sql: &'static str, p: &'q Pool, join_token_hash: Option<&'q str>
         .bind(json_tenants(&p.allowed_tenants))
 }
 
+/// ` AND …` for each term of a label selector, over a `labels` column of JSON text.
+fn push_label_terms(qb: &mut QueryBuilder<Postgres>, terms: &[crate::LabelTerm]) {
+    for term in terms {
+        match term {
+            crate::LabelTerm::Eq(k, v) => qb.push(" AND (labels::jsonb ->> ").push_bind(k.clone()).push(") = ").push_bind(v.clone()),
+            crate::LabelTerm::Ne(k, v) => qb.push(" AND (labels::jsonb ->> ").push_bind(k.clone()).push(") IS DISTINCT FROM ").push_bind(v.clone()),
+            crate::LabelTerm::Exists(k) => qb.push(" AND labels::jsonb ? ").push_bind(k.clone()),
+            crate::LabelTerm::Missing(k) => qb.push(" AND NOT (labels::jsonb ? ").push_bind(k.clone()).push(")"),
+        };
+    }
+}
+
 /// A job list's conditions other than its states; false when the caller sees no tenant.
 fn push_job_filter(qb: &mut QueryBuilder<Postgres>, f: &JobFilter) -> bool {
     if let Some(t) = &f.tenant {
@@ -818,14 +830,7 @@ fn push_job_filter(qb: &mut QueryBuilder<Postgres>, f: &JobFilter) -> bool {
     if !push_visible(qb, f.visible.as_deref()) {
         return false;
     }
-    for term in &f.labels {
-        match term {
-            crate::LabelTerm::Eq(k, v) => qb.push(" AND (labels::jsonb ->> ").push_bind(k.clone()).push(") = ").push_bind(v.clone()),
-            crate::LabelTerm::Ne(k, v) => qb.push(" AND (labels::jsonb ->> ").push_bind(k.clone()).push(") IS DISTINCT FROM ").push_bind(v.clone()),
-            crate::LabelTerm::Exists(k) => qb.push(" AND labels::jsonb ? ").push_bind(k.clone()),
-            crate::LabelTerm::Missing(k) => qb.push(" AND NOT (labels::jsonb ? ").push_bind(k.clone()).push(")"),
-        };
-    }
+    push_label_terms(qb, &f.labels);
     if let Some(a) = f.array {
         qb.push(" AND array_id = ").push_bind(a.as_uuid());
     }
@@ -1791,6 +1796,7 @@ impl Store for PgStore {
         if let Some(p) = &f.pool {
             qb.push(" AND pool_id = ").push_bind(p.as_str().to_owned());
         }
+        push_label_terms(&mut qb, &f.labels);
         if !f.states.is_empty() {
             qb.push(" AND state IN (");
             let mut sep = qb.separated(", ");

@@ -78,6 +78,11 @@ fn pool_row<'q>(sql: &'static str, p: &'q Pool, join_token_hash: Option<&'q str>
 
 const LIVE_STATES: [JobState; 5] = [JobState::Pending, JobState::Held, JobState::Scheduled, JobState::Running, JobState::Failed];
 
+/// The SQLite JSON path of label `k` (quoted: a key may hold dots and quotes).
+fn json_path(k: &str) -> String {
+    format!("$.\"{}\"", k.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
 /// A job list's conditions other than its states, as ` AND …` terms and their parameters;
 /// `None` when the caller sees no tenant. State names are literals (a closed enum, never input).
 fn job_filter(f: &JobFilter) -> Option<(String, Vec<rusqlite::types::Value>)> {
@@ -96,7 +101,7 @@ fn job_filter(f: &JobFilter) -> Option<(String, Vec<rusqlite::types::Value>)> {
         Some(visible) => any_of(&mut sql, "tenant_id", visible.iter().map(|t| t.as_str().to_owned()).collect()),
         None => {}
     }
-    let path = |k: &str| Value::Text(format!("$.\"{}\"", k.replace('\\', "\\\\").replace('"', "\\\"")));
+    let path = |k: &str| Value::Text(json_path(k));
     for term in &f.labels {
         match term {
             crate::LabelTerm::Eq(k, v) => {
@@ -1177,6 +1182,16 @@ impl Store for SqliteStore {
         let mut qb: QueryBuilder<Sqlite> = QueryBuilder::new("SELECT * FROM workers WHERE 1 = 1");
         if let Some(p) = &f.pool {
             qb.push(" AND pool_id = ").push_bind(p.as_str().to_owned());
+        }
+        for term in &f.labels {
+            match term {
+                crate::LabelTerm::Eq(k, v) => qb.push(" AND json_extract(labels, ").push_bind(json_path(k)).push(") = ").push_bind(v.clone()),
+                crate::LabelTerm::Ne(k, v) => {
+                    qb.push(" AND COALESCE(json_extract(labels, ").push_bind(json_path(k)).push(") != ").push_bind(v.clone()).push(", 1)")
+                }
+                crate::LabelTerm::Exists(k) => qb.push(" AND json_type(labels, ").push_bind(json_path(k)).push(") IS NOT NULL"),
+                crate::LabelTerm::Missing(k) => qb.push(" AND json_type(labels, ").push_bind(json_path(k)).push(") IS NULL"),
+            };
         }
         if !f.states.is_empty() {
             qb.push(" AND state IN (");

@@ -58,6 +58,12 @@ impl Sandbox {
         if enabled {
             let c = Cgroups::new().map_err(|why| anyhow::anyhow!("cgroups for jobs: {why}"))?;
             tracing::info!(version = ?c.version(), at = %c.base().display(), "jobs run in cgroups of their own, limited to the memory and cpu they asked for");
+            if !c.cheap_moves() {
+                tracing::warn!(
+                    "no cgroup file system is mounted with favordynmods: moving each new job into its cgroup waits for the kernel \
+                     (an RCU grace period, milliseconds); `mount -o remount,favordynmods` on the cgroup2 mount makes it cheap"
+                );
+            }
             self.cgroups = Some(c);
         }
         Ok(self)

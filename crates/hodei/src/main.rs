@@ -216,6 +216,9 @@ enum Cmd {
         /// Also workers that went offline or terminated (earlier server runs' among them).
         #[arg(long)]
         all: bool,
+        /// Only workers whose labels match this selector: `zone=eu,disk!=hdd`, `gpu`, `!spot`.
+        #[arg(long, short = 'l')]
+        selector: Option<String>,
     },
     /// Alerts the server raised (budget thresholds), newest first.
     Alerts {
@@ -342,7 +345,7 @@ fn urlencode(s: &str) -> String {
 }
 
 fn query(pairs: &[(&str, Option<String>)]) -> String {
-    let q: Vec<String> = pairs.iter().filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={v}"))).collect();
+    let q: Vec<String> = pairs.iter().filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", urlencode(v)))).collect();
     if q.is_empty() { String::new() } else { format!("?{}", q.join("&")) }
 }
 
@@ -409,7 +412,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Alerts { c, cmd, state, tenant } => alerts(c, cmd, state, tenant).await,
         Cmd::Reports { c, cmd, tenant } => reports(c, cmd, tenant).await,
         Cmd::Budgets { c, cmd } => budgets(c, cmd).await,
-        Cmd::Workers { c, cmd, all } => workers(c, cmd, all).await,
+        Cmd::Workers { c, cmd, all, selector } => workers(c, cmd, all, selector).await,
         Cmd::Pools { c, cmd } => pools(c, cmd).await,
         Cmd::Login { server, token, ca_file, name } => contexts::login(&server, token, ca_file, name).await,
         Cmd::Context { cmd } => contexts::context(cmd),

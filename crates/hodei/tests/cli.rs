@@ -184,6 +184,16 @@ async fn workers_of_earlier_runs_are_listed_only_on_request_and_every_placement_
     assert_eq!(live["items"].as_array().unwrap().len(), 1, "{live}");
     let all: Value = serde_json::from_slice(&srv.cli(&["workers", "--all", "-o", "json"]).stdout).unwrap();
     assert_eq!(all["items"].as_array().unwrap().len(), 2, "{all}");
+    // Label selectors: the built-in pool's workers carry no labels.
+    let count = |args: &[&str]| {
+        let out = srv.cli(&[&["workers", "-o", "json"], args].concat());
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()["items"].as_array().unwrap().len()
+    };
+    assert_eq!((count(&["-l", "zone=eu"]), count(&["--all", "-l", "!zone"]), count(&["-l", "zone!=eu"])), (0, 2, 1));
+    let bad = srv.cli(&["workers", "-l", "a!b"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("label"), "{}", String::from_utf8_lossy(&bad.stderr));
 }
 
 #[test]

@@ -20,6 +20,9 @@ pub struct WorkerQuery {
     pub pool_id: Option<String>,
     /// Comma-separated states (registering, idle, busy, draining, offline, terminated).
     pub state: Option<String>,
+    /// A label selector, terms comma-separated, all of which hold: `k=v`, `k!=v` (also workers
+    /// without `k`), `k`, `!k`. E.g. `zone=eu,disk=ssd`.
+    pub label: Option<String>,
     /// 1–500, default 50.
     #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
@@ -27,7 +30,7 @@ pub struct WorkerQuery {
 }
 
 /// List workers, newest first.
-#[utoipa::path(get, path = "/workers", params(WorkerQuery), responses((status = 200, body = Page<WorkerView>)), tag = "workers")]
+#[utoipa::path(get, path = "/workers", params(WorkerQuery), responses((status = 200, body = Page<WorkerView>), (status = 400, body = crate::error::Problem)), tag = "workers")]
 pub async fn list_workers(State(s): State<ApiState>, who: Who, Query(q): Query<WorkerQuery>) -> ApiResult<Json<Page<WorkerView>>> {
     who.must_be_admin("listing workers (admins only)")?;
     let limit = super::page_limit(q.limit)?;
@@ -36,6 +39,8 @@ pub async fn list_workers(State(s): State<ApiState>, who: Who, Query(q): Query<W
         .as_deref()
         .map(|c| c.parse().map_err(|_| ApiError::field("cursor", "bad cursor", "a cursor from next_cursor", Some(c.to_owned()))))
         .transpose()?;
+    let labels = hodei_store::LabelTerm::parse_selector(q.label.as_deref().unwrap_or(""))
+        .map_err(|e| ApiError::field("label", e, "a label selector: comma-separated k=v, k!=v, k or !k", q.label.clone()))?;
     // A pool id or state that cannot exist matches no worker.
     let empty = || Ok(Json(Page { items: Vec::new(), next_cursor: None }));
     let pool = match q.pool_id.as_deref().map(PoolId::parse) {
@@ -47,7 +52,7 @@ pub async fn list_workers(State(s): State<ApiState>, who: Who, Query(q): Query<W
     if q.state.as_deref().is_some_and(|v| !v.is_empty()) && states.is_empty() {
         return empty();
     }
-    let mut rows = s.store.list_workers(&WorkerFilter { pool, states, before, limit: limit + 1 }).await?;
+    let mut rows = s.store.list_workers(&WorkerFilter { pool, states, labels, before, limit: limit + 1 }).await?;
     let next_cursor = (rows.len() > limit as usize).then(|| {
         rows.truncate(limit as usize);
         rows.last().map(|w| w.id.to_string()).unwrap_or_default()

@@ -73,7 +73,7 @@ pub(crate) enum PoolsCmd {
     },
 }
 
-pub(crate) async fn workers(c: ClientOpts, cmd: Option<WorkersCmd>, all: bool) -> anyhow::Result<i32> {
+pub(crate) async fn workers(c: ClientOpts, cmd: Option<WorkersCmd>, all: bool, selector: Option<String>) -> anyhow::Result<i32> {
     match cmd {
         Some(WorkersCmd::Drain { id }) => {
             let v = c.client()?.post(&format!("/workers/{id}/drain"), &json!({})).await?;
@@ -87,9 +87,10 @@ pub(crate) async fn workers(c: ClientOpts, cmd: Option<WorkersCmd>, all: bool) -
             Ok(0)
         }
         None => {
+            let states = (!all).then(|| "registering,idle,busy,draining".to_owned());
             listing_all(
                 c,
-                if all { "/workers" } else { "/workers?state=registering,idle,busy,draining" },
+                &format!("/workers{}", query(&[("state", states), ("label", selector)])),
                 &["ID", "POOL", "INSTANCE", "STATE", "SLOTS", "LAST HEARTBEAT"],
                 &["id", "pool_id", "instance_name", "state", "slots", "last_heartbeat_at"],
             )
