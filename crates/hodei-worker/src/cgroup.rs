@@ -396,8 +396,10 @@ fn remove_stale(parent: &Path) {
 }
 
 fn write(path: &Path, value: &str) -> std::io::Result<()> {
+    // O_TRUNC, as a shell's `>` does: the kernel ignores it on cgroup files.
     File::options()
         .write(true)
+        .truncate(true)
         .open(path)?
         .write_all(value.as_bytes())
         .map_err(|e| std::io::Error::new(e.kind(), format!("writing {value:?} to {}: {e}", path.display())))
@@ -445,6 +447,35 @@ mod tests {
         assert_eq!((field(events, "oom_kill"), field(events, "oom"), field(events, "nope")), (2, 1, 0));
         let stat = "cache 0\nrss 100\ntotal_rss 4096\ntotal_rss_huge 7\n";
         assert_eq!(field(stat, "total_rss"), 4096);
+    }
+
+    /// The v2 files, on a directory laid out like a cgroup2 job cgroup (this machine's kernel
+    /// has its controllers in v1 hierarchies, so the real v2 path cannot run here).
+    #[test]
+    fn v2_limits_and_readings_use_the_unified_files() {
+        let root = tempfile::tempdir().unwrap();
+        let job = root.path().join("job-0");
+        std::fs::create_dir(&job).unwrap();
+        for f in ["memory.max", "memory.swap.max", "cpu.max", "cgroup.procs"] {
+            std::fs::write(job.join(f), "").unwrap();
+        }
+        std::fs::write(job.join("memory.events"), "low 0\nhigh 0\nmax 0\noom 0\noom_kill 1\n").unwrap();
+        let cgs = Arc::new(Cgroups { version: Version::V2, bases: vec![root.path().to_owned()], spare: Mutex::default(), named: AtomicU64::new(0), cheap_moves: true });
+        let cg = cgs.take(250, 512).unwrap();
+        let read = |f: &str| std::fs::read_to_string(job.join(f)).unwrap();
+        assert_eq!((read("memory.max"), read("memory.swap.max"), read("cpu.max")), ((512u64 << 20).to_string(), "0".into(), "25000 100000".into()));
+        assert_eq!((cg.procs_fds().len(), cg.oom_kills_before), (1, 1));
+        std::fs::write(job.join("memory.stat"), "anon 1048576\nfile 999\nfile_mapped 4096\nshmem 0\n").unwrap();
+        std::fs::write(job.join("cpu.stat"), "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\n").unwrap();
+        assert_eq!(cg.reader.usage(), Usage { rss_bytes: 1_048_576 + 4096, cpu_ns: 1_500_000 });
+        std::fs::write(job.join("memory.events"), "oom 1\noom_kill 2\n").unwrap();
+        assert!(cg.end(), "a kill since the job started is its");
+        // No limits asked for: none set; a tiny cpu request still gets the least quota.
+        let cg = cgs.take(0, 0).unwrap();
+        assert_eq!((read("memory.max"), read("memory.swap.max"), read("cpu.max")), ("max".into(), "max".into(), "max 100000".into()));
+        assert!(!cg.end());
+        let _ = cgs.take(1, 64).unwrap();
+        assert_eq!(read("cpu.max"), "10000 100000");
     }
 
     /// The cgroups of this machine, when it has them for us; under CI a root test run on a
