@@ -18,6 +18,7 @@ fn openapi() -> String {
         sla_window_hours: 24,
         rates: hodei_core::cost::Rates::DEFAULT,
         currency: "USD".into(),
+        cost_records: true,
         budgets_enabled: true,
         budget_on_exhausted: hodei_core::budget::OnExhausted::Hold,
         budget_thresholds_pct: vec![80, 90, 100],

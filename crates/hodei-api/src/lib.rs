@@ -231,6 +231,9 @@ pub struct ApiConfig {
     pub rates: hodei_core::cost::Rates,
     /// `cost_tracking.currency`: the unit amounts are shown in (they are kept in micro-units).
     pub currency: String,
+    /// `cost_tracking.track_by_job`: off, no cost records are kept, so nothing is broken down
+    /// by job (a breakdown by job name is refused; reports list no top jobs).
+    pub cost_records: bool,
     /// The configuration's `budgets` section: off, budgets are refused (409); the defaults of a
     /// new budget.
     pub budgets_enabled: bool,

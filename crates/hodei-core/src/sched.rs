@@ -79,6 +79,9 @@ pub struct SchedConfig {
     /// `cost_tracking.accrual_interval_s`: running attempts are billed this often, so what they
     /// cost counts (in budgets, breakdowns) before they end.
     pub accrual_interval: Duration,
+    /// `cost_tracking.track_by_job`: keep each priced stretch as a cost record (per job, with
+    /// its name and rates) beside the daily rollups it adds to. Off: rollups only.
+    pub keep_cost_records: bool,
 }
 
 impl Default for SchedConfig {
@@ -101,6 +104,7 @@ impl Default for SchedConfig {
             rates: Vec::new(),
             pool_rates: BTreeMap::new(),
             accrual_interval: Duration::from_secs(60),
+            keep_cost_records: true,
         }
     }
 }
@@ -172,6 +176,9 @@ pub struct AttemptCost {
     pub pool_id: PoolId,
     pub resources: Resources,
     pub segments: Vec<crate::cost::Segment>,
+    /// Store its segments as cost records too (`SchedConfig::keep_cost_records`); the daily
+    /// rollups get them either way.
+    pub keep_record: bool,
 }
 
 impl AttemptCost {

@@ -658,7 +658,10 @@ section!(CostConfig {
     enabled: bool = true,
     /// Not supported yet: refused unless `true`.
     track_by_tenant: bool = true,
-    /// Not supported yet: refused unless `true`.
+    /// Keep each attempt's priced stretches as cost records (job, name, rates, for
+    /// `retention_days`) beside the daily rollups. Off: the rollups (by day, tenant and pool)
+    /// only — a job still shows its own cost, but there is no breakdown by job name and
+    /// reports list no top jobs.
     track_by_job: bool = true,
     /// Not supported yet: refused unless `true`.
     track_by_pool: bool = true,
@@ -925,7 +928,6 @@ impl Config {
         // The hourly rates price dry runs' estimates today; the rest is the ledger's.
         check("cost_tracking.enabled".into(), c.enabled != dc.enabled);
         check("cost_tracking.track_by_tenant".into(), c.track_by_tenant != dc.track_by_tenant);
-        check("cost_tracking.track_by_job".into(), c.track_by_job != dc.track_by_job);
         check("cost_tracking.track_by_pool".into(), c.track_by_pool != dc.track_by_pool);
         check("multi_cluster".into(), self.multi_cluster != d.multi_cluster);
         check("deployments".into(), self.deployments != d.deployments);
@@ -1176,8 +1178,8 @@ mod tests {
     fn keys_no_feature_acts_on_are_refused_when_set() {
         let env = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>();
         assert!(super::Config::default().unsupported().is_empty(), "the defaults start");
-        let cfg = super::Config::load(None, &env(&[("HODEI_COST_TRACKING__TRACK_BY_JOB", "false")])).unwrap();
-        assert_eq!(cfg.unsupported(), ["cost_tracking.track_by_job: not supported yet"]);
+        let cfg = super::Config::load(None, &env(&[("HODEI_COST_TRACKING__TRACK_BY_POOL", "false")])).unwrap();
+        assert_eq!(cfg.unsupported(), ["cost_tracking.track_by_pool: not supported yet"]);
         // The hourly rates price dry runs already.
         let cfg = super::Config::load(None, &env(&[("HODEI_COST_TRACKING__HOURLY_RATE_CPU", "0.07")])).unwrap();
         assert!(cfg.unsupported().is_empty());
@@ -1273,7 +1275,7 @@ mod tests {
             (
                 "cost_tracking",
                 CostConfig::KEYS,
-                "hourly_rate_cpu hourly_rate_memory_gb hourly_rate_gpu currency retention_days accrual_interval_s | enabled track_by_tenant track_by_job track_by_pool",
+                "hourly_rate_cpu hourly_rate_memory_gb hourly_rate_gpu currency retention_days accrual_interval_s track_by_job | enabled track_by_tenant track_by_pool",
             ),
             (
                 "autoscaling",

@@ -519,6 +519,7 @@ fn api_state(cfg: &Config, p: ApiParts, stopping: watch::Receiver<bool>) -> anyh
         sla_window_hours: cfg.sla.compliance_window_hours,
         rates: rates(cfg),
         currency: cfg.cost_tracking.currency.clone(),
+        cost_records: cfg.cost_tracking.track_by_job,
         budgets_enabled: cfg.budgets.enabled,
         budget_on_exhausted: match cfg.budgets.default_on_exhausted {
             config::OnExhausted::Hold => hodei_core::budget::OnExhausted::Hold,
@@ -666,6 +667,7 @@ pub fn engine_config(cfg: &Config) -> EngineConfig {
                 })
                 .collect(),
             accrual_interval: Duration::from_secs(cfg.cost_tracking.accrual_interval_s),
+            keep_cost_records: cfg.cost_tracking.track_by_job,
         },
         // The tick only drives timeouts and retries; dispatch is event-driven.
         tick: Duration::from_millis(s.tick_ms.clamp(50, 250)),

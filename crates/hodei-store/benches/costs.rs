@@ -43,6 +43,7 @@ async fn main() {
                     pool_id: pools[(i % 5) as usize].clone(),
                     resources: res,
                     segments: price(Timestamp::from_millis(start), Timestamp::from_millis(start + run), &res, &versions),
+                    keep_record: true,
                 }
             })
             .collect();

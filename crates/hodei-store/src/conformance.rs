@@ -963,6 +963,7 @@ async fn the_cost_ledger_adds_up_in_its_rollups(store: &dyn Store) {
             pool_id: PoolId::parse(pool).unwrap(),
             resources: res,
             segments: price(ts(start), ts(end), &res, &[doubled]),
+            keep_record: true,
         }
     };
     // Across midnight (two days), across the rate change, and another tenant's.
@@ -1018,6 +1019,16 @@ async fn the_cost_ledger_adds_up_in_its_rollups(store: &dyn Store) {
     assert_eq!(store.forget_cost_records(ts(21_000 * DAY)).await.unwrap(), records - 8);
     let rows = store.cost_breakdown(&q(CostGroup::Pool, None)).await.unwrap();
     assert_eq!(rows.iter().map(|r| r.cost_micros).sum::<i64>(), 2 * total);
+    // Without its record (`track_by_job: false`) an attempt still adds to the rollups, exactly;
+    // nothing of it is left by job.
+    let quiet = AttemptCost { keep_record: false, ..cost(4, "ledger-c", "local", 20_000 * DAY + 20_000, 20_000 * DAY + 25_000, 1000) };
+    store.apply(std::sync::Arc::new(Changes { costs: vec![quiet.clone()], ..Changes::default() })).await.unwrap();
+    let c_only = |g| q(g, Some(vec![TenantId::parse("ledger-c").unwrap()]));
+    let by_tenant = store.cost_breakdown(&c_only(CostGroup::Tenant)).await.unwrap();
+    assert_eq!(by_tenant.iter().map(|r| (r.key.as_str(), r.cost_micros, r.attempts)).collect::<Vec<_>>(), [("ledger-c", quiet.cost_micros(), 1)]);
+    assert!(store.cost_breakdown(&c_only(CostGroup::JobName)).await.unwrap().is_empty());
+    assert!(store.top_cost_jobs(&c_only(CostGroup::Tenant), 10).await.unwrap().is_empty());
+    assert_eq!(store.forget_cost_records(ts(22_000 * DAY)).await.unwrap(), 0, "it left no record");
 }
 
 async fn rate_versions_list_oldest_first_one_per_instant(store: &dyn Store) {

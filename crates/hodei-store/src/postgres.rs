@@ -704,7 +704,16 @@ fn costs(st: &mut Stmt, c: &Changes) {
     if rows.is_empty() {
         return;
     }
-    let big = |f: &dyn Fn(&CostRow) -> i64| rows.iter().map(f).collect::<Vec<i64>>();
+    // Rollups from every row; records only of the attempts that keep them (track_by_job).
+    let records: Vec<&CostRow> = rows.iter().filter(|r| r.c.keep_record).collect();
+    if !records.is_empty() {
+        cost_records(st, &records);
+    }
+    rollups(st, &rollup_deltas(&rows));
+}
+
+fn cost_records(st: &mut Stmt, rows: &[&CostRow]) {
+    let big = |f: &dyn Fn(&CostRow) -> i64| rows.iter().map(|r| f(r)).collect::<Vec<i64>>();
     let cols = [
         st.arg(rows.iter().map(|r| r.c.attempt_id.as_uuid()).collect::<Vec<_>>(), "uuid[]"),
         st.arg(rows.iter().map(|r| r.c.job_id.as_uuid()).collect::<Vec<_>>(), "uuid[]"),
@@ -728,7 +737,9 @@ fn costs(st: &mut Stmt, c: &Changes) {
          start_at, end_at, day, billed_seconds, cost_micros) SELECT * FROM {}",
         unnest(&cols)
     ));
-    let deltas = rollup_deltas(&rows);
+}
+
+fn rollups(st: &mut Stmt, deltas: &std::collections::BTreeMap<(i64, &str, &str), RollupDelta>) {
     let col = |f: &dyn Fn(&RollupDelta) -> i64| deltas.values().map(f).collect::<Vec<i64>>();
     let cols = [
         st.arg(deltas.keys().map(|k| k.0).collect::<Vec<i64>>(), "bigint[]"),

@@ -414,7 +414,8 @@ fn write(tx: &Connection, c: &Changes) -> Result<(), StoreError> {
         // The ledger, in the transaction of the attempts it prices.
         let rows = cost_rows(&c.costs);
         let mut st = tx.prepare_cached(INSERT_COST_RECORD).map_err(map_err("preparing the cost record insert"))?;
-        for r in &rows {
+        // Rollups from every row; records only of the attempts that keep them (track_by_job).
+        for r in rows.iter().filter(|r| r.c.keep_record) {
             let (res, rates) = (&r.c.resources, &r.seg.rates);
             st.execute(params![
                 r.c.attempt_id.as_uuid(),

@@ -460,7 +460,13 @@ mod tests {
             std::fs::write(job.join(f), "").unwrap();
         }
         std::fs::write(job.join("memory.events"), "low 0\nhigh 0\nmax 0\noom 0\noom_kill 1\n").unwrap();
-        let cgs = Arc::new(Cgroups { version: Version::V2, bases: vec![root.path().to_owned()], spare: Mutex::default(), named: AtomicU64::new(0), cheap_moves: true });
+        let cgs = Arc::new(Cgroups {
+            version: Version::V2,
+            bases: vec![root.path().to_owned()],
+            spare: Mutex::default(),
+            named: AtomicU64::new(0),
+            cheap_moves: true,
+        });
         let cg = cgs.take(250, 512).unwrap();
         let read = |f: &str| std::fs::read_to_string(job.join(f)).unwrap();
         assert_eq!((read("memory.max"), read("memory.swap.max"), read("cpu.max")), ((512u64 << 20).to_string(), "0".into(), "25000 100000".into()));

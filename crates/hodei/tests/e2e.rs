@@ -1183,6 +1183,29 @@ async fn a_worker_reporting_a_full_disk_is_unhealthy_until_it_has_room() {
     }
 }
 
+/// `cost_tracking.track_by_job: false`: no cost record is kept by job, the rollups still add up
+/// to the jobs' own costs exactly; a breakdown by job name is refused and reports list no top
+/// jobs.
+#[tokio::test]
+async fn without_tracking_by_job_costs_still_add_up_but_nothing_is_kept_by_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = Server::start(dir.path(), &[("HODEI_COST_TRACKING__TRACK_BY_JOB", "false")], 0, None);
+    let mut sum = 0;
+    for i in 0..3 {
+        let id = srv.submit(json!({"command": ["true"], "resources": {"cpu_m": 500 + 100 * i}})).await["id"].as_str().unwrap().to_owned();
+        let j = srv.wait_ended(&id, 20).await;
+        assert!(j["state"] == "succeeded" && j["cost_micros"].as_i64() > Some(0), "a job still shows its own cost: {j}");
+        sum += j["cost_micros"].as_i64().unwrap();
+    }
+    let (s, b) = srv.call(Method::GET, "/cost-optimization/breakdown?group_by=tenant&period=last_day", None).await;
+    assert_eq!((s, b["total_cost_micros"].as_i64(), b["groups"][0]["attempts"].as_i64()), (200, Some(sum), Some(3)), "{b}");
+    let (s, e) = srv.call(Method::GET, "/cost-optimization/breakdown?group_by=job_name", None).await;
+    assert_eq!((s, e["errors"][0]["field"].as_str()), (400, Some("group_by")), "{e}");
+    assert!(e["errors"][0]["message"].as_str().unwrap().contains("track_by_job"), "{e}");
+    let (s, r) = srv.call(Method::POST, "/cost-optimization/reports", Some(json!({"period": "last_day"}))).await;
+    assert_eq!((s, r["total_cost_micros"].as_i64(), r["top_jobs"].as_array().map(Vec::len)), (201, Some(sum), Some(0)), "{r}");
+}
+
 /// The ledger through the binary: 20 jobs of `sleep 1` each cost exactly their billed seconds
 /// × requested resources × the configured rates (re-derived here from the attempt's own
 /// start and end), and the jobs' costs, the breakdown's total and

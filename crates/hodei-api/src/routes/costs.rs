@@ -47,7 +47,8 @@ pub struct BreakdownQuery {
     pub start: Option<String>,
     pub end: Option<String>,
     /// tenant (default)|pool|day|job_name (job names from the cost records, kept
-    /// `cost_tracking.retention_days`; the others from the daily rollups, kept for good).
+    /// `cost_tracking.retention_days`, and refused where `cost_tracking.track_by_job` is off;
+    /// the others from the daily rollups, kept for good).
     pub group_by: Option<String>,
 }
 
@@ -129,6 +130,14 @@ pub async fn breakdown(State(s): State<ApiState>, who: Who, Query(q): Query<Brea
         None | Some("tenant") => (CostGroup::Tenant, "tenant"),
         Some("pool") => (CostGroup::Pool, "pool"),
         Some("day") => (CostGroup::Day, "day"),
+        Some("job_name") if !s.cfg.cost_records => {
+            return Err(ApiError::field(
+                "group_by",
+                "costs are not kept by job on this server (cost_tracking.track_by_job: false)",
+                "tenant|pool|day",
+                q.group_by.clone(),
+            ));
+        }
         Some("job_name") => (CostGroup::JobName, "job_name"),
         Some(g) => return Err(ApiError::field("group_by", "unknown grouping", "tenant|pool|day|job_name", Some(g.to_owned()))),
     };

@@ -76,7 +76,7 @@ pub struct CostReport {
     pub total_cost: String,
     pub breakdown: ReportBreakdown,
     /// The most costly jobs of the period, from the cost records still kept
-    /// (`cost_tracking.retention_days`).
+    /// (`cost_tracking.retention_days`; none where `cost_tracking.track_by_job` is off).
     pub top_jobs: Vec<TopJobView>,
     /// This month's cost so far plus the last 7 days' daily average for each day left.
     pub forecast_period_end_micros: i64,

@@ -199,6 +199,7 @@ impl Scheduler {
             pool_id: a.pool_id.clone(),
             resources: a.resources,
             segments: crate::cost::price_part(start, from, to.max(from), &a.resources, versions),
+            keep_record: self.cfg.keep_cost_records,
         };
         a.billed_seconds += cost.billed_seconds();
         a.cost_micros += cost.cost_micros();
