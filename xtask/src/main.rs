@@ -19,6 +19,7 @@ fn openapi() -> String {
         rates: hodei_core::cost::Rates::DEFAULT,
         currency: "USD".into(),
         cost_records: true,
+        cost_by_pool: true,
         budgets_enabled: true,
         budget_on_exhausted: hodei_core::budget::OnExhausted::Hold,
         budget_thresholds_pct: vec![80, 90, 100],

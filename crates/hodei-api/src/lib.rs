@@ -234,6 +234,9 @@ pub struct ApiConfig {
     /// `cost_tracking.track_by_job`: off, no cost records are kept, so nothing is broken down
     /// by job (a breakdown by job name is refused; reports list no top jobs).
     pub cost_records: bool,
+    /// `cost_tracking.track_by_pool`: off, costs are not kept by pool (a breakdown by or of a
+    /// pool is refused; `hodei_pool_cost_micros_total` is not exported).
+    pub cost_by_pool: bool,
     /// The configuration's `budgets` section: off, budgets are refused (409); the defaults of a
     /// new budget.
     pub budgets_enabled: bool,
@@ -504,8 +507,9 @@ fn zero_series_for_tenant_in_pool(tenant: &TenantId, pool: &Pool) {
     }
 }
 
-/// Exports a pool's series at zero (its series by tenant and pool for `default_tenant`).
-pub fn zero_series_for_pool(pool: &Pool, default_tenant: &TenantId) {
+/// Exports a pool's series at zero (its series by tenant and pool for `default_tenant`); its
+/// cost counter only where costs are kept by pool (`cost_by_pool`).
+pub fn zero_series_for_pool(pool: &Pool, default_tenant: &TenantId, cost_by_pool: bool) {
     zero_series_for_tenant_in_pool(default_tenant, pool);
     metrics::gauge!("hodei_pool_size", "pool" => pool.id.to_string()).increment(0.0);
     metrics::gauge!("hodei_pool_min_size", "pool" => pool.id.to_string()).set(f64::from(pool.min_size));
@@ -526,8 +530,11 @@ pub fn zero_series_for_pool(pool: &Pool, default_tenant: &TenantId) {
     for name in ["hodei_workers_unhealthy", "hodei_jobs_overdue"] {
         metrics::gauge!(name, "pool" => pool.id.to_string()).increment(0.0);
     }
-    for name in ["hodei_workers_lost_total", "hodei_pool_provisioning_failures_total", "hodei_pool_cost_micros_total"] {
+    for name in ["hodei_workers_lost_total", "hodei_pool_provisioning_failures_total"] {
         metrics::counter!(name, "pool" => pool.id.to_string()).increment(0);
+    }
+    if cost_by_pool {
+        metrics::counter!("hodei_pool_cost_micros_total", "pool" => pool.id.to_string()).increment(0);
     }
     for state in ["idle", "busy", "offline"] {
         metrics::gauge!("hodei_workers", "pool" => pool.id.to_string(), "state" => state).increment(0.0);

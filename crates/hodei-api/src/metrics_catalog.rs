@@ -82,7 +82,7 @@ pub const METRICS: &[Metric] = &[
     m("hodei_tenant_quota_utilization", G, &["tenant", "resource"], "Use over quota, per resource (cpu, memory, gpu, jobs)."),
     // Cost and budgets.
     m("hodei_tenant_cost_micros_total", C, &["tenant"], "Cost accrued, in micro-dollars."),
-    m("hodei_pool_cost_micros_total", C, &["pool"], "Cost accrued, in micro-dollars."),
+    m("hodei_pool_cost_micros_total", C, &["pool"], "Cost accrued, in micro-dollars (not exported where cost_tracking.track_by_pool is off)."),
     m("hodei_budget_utilization_ratio", G, &["tenant", "project"], "Spend over budget in the current period (worst budget)."),
     m("hodei_budget_fair_share_factor", G, &["tenant"], "Factor applied to the fair-share weight while spending ahead of the budget's pace."),
     // SLA.

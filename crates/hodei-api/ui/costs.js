@@ -1,7 +1,7 @@
 // Costs: spend by day, breakdowns by tenant and pool, budgets against their thresholds, and
 // the right-sizing recommendations with their evidence.
 
-import { api, apiAll, query } from './api.js';
+import { api, apiAll, query, ApiError } from './api.js';
 import { h, fill, card, table, fmt, badge, meter, stat } from './dom.js';
 import { bars } from './charts.js';
 
@@ -20,7 +20,9 @@ export async function costs(view, _params, ctx) {
     const [m, byTenant, byPool, budgets, recs] = await Promise.all([
       api('/metrics/costs', { signal: ctx.signal }),
       api(`/cost-optimization/breakdown${query({ group_by: 'tenant', period })}`, { signal: ctx.signal }),
-      api(`/cost-optimization/breakdown${query({ group_by: 'pool', period })}`, { signal: ctx.signal }),
+      // A server that keeps no costs by pool (cost_tracking.track_by_pool: false) refuses it.
+      api(`/cost-optimization/breakdown${query({ group_by: 'pool', period })}`, { signal: ctx.signal })
+        .catch((e) => (e instanceof ApiError && e.status === 400 ? { untracked: e.message } : Promise.reject(e))),
       apiAll('/budgets', { signal: ctx.signal }),
       api('/cost-optimization/recommendations', { signal: ctx.signal }),
     ]);
@@ -35,7 +37,9 @@ export async function costs(view, _params, ctx) {
     fill(body,
       card('By day', bars(m.by_day.map((d) => ({ label: d.day, value: d.cost_micros })), { format: money, label: 'cost by day' })),
       card(`By tenant · ${byTenant.total_cost}`, bars(byTenant.groups.map((g) => ({ label: g.key, value: g.cost_micros, href: `/ui/tenants/${encodeURIComponent(g.key)}` })), { format: money, label: 'cost by tenant' })),
-      card(`By pool · ${byPool.total_cost}`, bars(byPool.groups.map((g) => ({ label: g.key, value: g.cost_micros, href: `/ui/pools/${encodeURIComponent(g.key)}` })), { format: money, label: 'cost by pool' })),
+      byPool.untracked
+        ? card('By pool', h('p', { class: 'muted' }, byPool.untracked))
+        : card(`By pool · ${byPool.total_cost}`, bars(byPool.groups.map((g) => ({ label: g.key, value: g.cost_micros, href: `/ui/pools/${encodeURIComponent(g.key)}` })), { format: money, label: 'cost by pool' })),
       card('Budgets', table([
         ['Tenant', (b) => h('a', { href: `/ui/tenants/${encodeURIComponent(b.tenant_id)}` }, b.tenant_id)],
         ['Period', (b) => b.period],

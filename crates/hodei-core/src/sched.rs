@@ -82,6 +82,9 @@ pub struct SchedConfig {
     /// `cost_tracking.track_by_job`: keep each priced stretch as a cost record (per job, with
     /// its name and rates) beside the daily rollups it adds to. Off: rollups only.
     pub keep_cost_records: bool,
+    /// `cost_tracking.track_by_pool`: the ledger names the pool an attempt ran in. Off: its
+    /// records and rollups leave the pool out (an empty pool key).
+    pub cost_by_pool: bool,
 }
 
 impl Default for SchedConfig {
@@ -105,6 +108,7 @@ impl Default for SchedConfig {
             pool_rates: BTreeMap::new(),
             accrual_interval: Duration::from_secs(60),
             keep_cost_records: true,
+            cost_by_pool: true,
         }
     }
 }
@@ -179,6 +183,9 @@ pub struct AttemptCost {
     /// Store its segments as cost records too (`SchedConfig::keep_cost_records`); the daily
     /// rollups get them either way.
     pub keep_record: bool,
+    /// Name `pool_id` in its records and rollups (`SchedConfig::cost_by_pool`); else the
+    /// ledger keeps no pool for it.
+    pub by_pool: bool,
 }
 
 impl AttemptCost {

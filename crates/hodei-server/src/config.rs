@@ -656,14 +656,18 @@ section!(SlaConfig {
 section!(CostConfig {
     /// Not supported yet: refused unless `true` (costs are always kept).
     enabled: bool = true,
-    /// Not supported yet: refused unless `true`.
+    /// Not supported yet: refused unless `true` (budgets, their fair-share demotion and what
+    /// each caller may read of costs all rest on costs kept by tenant).
     track_by_tenant: bool = true,
     /// Keep each attempt's priced stretches as cost records (job, name, rates, for
     /// `retention_days`) beside the daily rollups. Off: the rollups (by day, tenant and pool)
     /// only — a job still shows its own cost, but there is no breakdown by job name and
     /// reports list no top jobs.
     track_by_job: bool = true,
-    /// Not supported yet: refused unless `true`.
+    /// Keep costs by pool: cost records and daily rollups name the pool an attempt ran in, and
+    /// `hodei_pool_cost_micros_total{pool}` counts them. Off: the ledger leaves the pool out —
+    /// breakdowns by or of a pool are refused, reports have no pool breakdown and the pool
+    /// cost counter is not exported (pools' own rates still price their jobs).
     track_by_pool: bool = true,
     /// Cost records and daily rollups older than this are deleted.
     retention_days: u32 = 90,
@@ -928,7 +932,6 @@ impl Config {
         // The hourly rates price dry runs' estimates today; the rest is the ledger's.
         check("cost_tracking.enabled".into(), c.enabled != dc.enabled);
         check("cost_tracking.track_by_tenant".into(), c.track_by_tenant != dc.track_by_tenant);
-        check("cost_tracking.track_by_pool".into(), c.track_by_pool != dc.track_by_pool);
         check("multi_cluster".into(), self.multi_cluster != d.multi_cluster);
         check("deployments".into(), self.deployments != d.deployments);
         for (i, p) in self.resource_pools.pools.iter().enumerate() {
@@ -1178,8 +1181,8 @@ mod tests {
     fn keys_no_feature_acts_on_are_refused_when_set() {
         let env = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>();
         assert!(super::Config::default().unsupported().is_empty(), "the defaults start");
-        let cfg = super::Config::load(None, &env(&[("HODEI_COST_TRACKING__TRACK_BY_POOL", "false")])).unwrap();
-        assert_eq!(cfg.unsupported(), ["cost_tracking.track_by_pool: not supported yet"]);
+        let cfg = super::Config::load(None, &env(&[("HODEI_COST_TRACKING__TRACK_BY_TENANT", "false")])).unwrap();
+        assert_eq!(cfg.unsupported(), ["cost_tracking.track_by_tenant: not supported yet"]);
         // The hourly rates price dry runs already.
         let cfg = super::Config::load(None, &env(&[("HODEI_COST_TRACKING__HOURLY_RATE_CPU", "0.07")])).unwrap();
         assert!(cfg.unsupported().is_empty());
@@ -1275,7 +1278,7 @@ mod tests {
             (
                 "cost_tracking",
                 CostConfig::KEYS,
-                "hourly_rate_cpu hourly_rate_memory_gb hourly_rate_gpu currency retention_days accrual_interval_s track_by_job | enabled track_by_tenant track_by_pool",
+                "hourly_rate_cpu hourly_rate_memory_gb hourly_rate_gpu currency retention_days accrual_interval_s track_by_job track_by_pool | enabled track_by_tenant",
             ),
             (
                 "autoscaling",

@@ -1016,7 +1016,9 @@ impl Engine {
             if let Some(t) = &cost.tenant {
                 metrics::counter!("hodei_tenant_cost_micros_total", "tenant" => t.to_string()).increment(micros);
             }
-            metrics::counter!("hodei_pool_cost_micros_total", "pool" => cost.pool_id.to_string()).increment(micros);
+            if cost.by_pool {
+                metrics::counter!("hodei_pool_cost_micros_total", "pool" => cost.pool_id.to_string()).increment(micros);
+            }
         }
         for w in c.workers.iter().filter(|w| w.state == WorkerState::Offline) {
             metrics::counter!("hodei_workers_lost_total", "pool" => w.pool_id.to_string()).increment(1);

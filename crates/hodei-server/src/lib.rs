@@ -520,6 +520,7 @@ fn api_state(cfg: &Config, p: ApiParts, stopping: watch::Receiver<bool>) -> anyh
         rates: rates(cfg),
         currency: cfg.cost_tracking.currency.clone(),
         cost_records: cfg.cost_tracking.track_by_job,
+        cost_by_pool: cfg.cost_tracking.track_by_pool,
         budgets_enabled: cfg.budgets.enabled,
         budget_on_exhausted: match cfg.budgets.default_on_exhausted {
             config::OnExhausted::Hold => hodei_core::budget::OnExhausted::Hold,
@@ -668,6 +669,7 @@ pub fn engine_config(cfg: &Config) -> EngineConfig {
                 .collect(),
             accrual_interval: Duration::from_secs(cfg.cost_tracking.accrual_interval_s),
             keep_cost_records: cfg.cost_tracking.track_by_job,
+            cost_by_pool: cfg.cost_tracking.track_by_pool,
         },
         // The tick only drives timeouts and retries; dispatch is event-driven.
         tick: Duration::from_millis(s.tick_ms.clamp(50, 250)),
@@ -721,7 +723,7 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
     let setup = seed(&cfg, store.as_ref(), clock.now(), opts.worker_exe.as_ref()).await?;
     let default_tenant = TenantId::parse(&cfg.multi_tenancy.default_tenant_id).context("multi_tenancy.default_tenant_id")?;
     for p in &setup.pools {
-        hodei_api::zero_series_for_pool(p, &default_tenant);
+        hodei_api::zero_series_for_pool(p, &default_tenant, cfg.cost_tracking.track_by_pool);
     }
     for t in store.list_tenants().await.context("listing tenants")? {
         hodei_api::zero_series_for_tenant(&t.id, &setup.pools);

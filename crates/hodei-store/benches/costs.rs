@@ -44,6 +44,7 @@ async fn main() {
                     resources: res,
                     segments: price(Timestamp::from_millis(start), Timestamp::from_millis(start + run), &res, &versions),
                     keep_record: true,
+                    by_pool: true,
                 }
             })
             .collect();

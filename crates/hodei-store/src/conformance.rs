@@ -964,6 +964,7 @@ async fn the_cost_ledger_adds_up_in_its_rollups(store: &dyn Store) {
             resources: res,
             segments: price(ts(start), ts(end), &res, &[doubled]),
             keep_record: true,
+            by_pool: true,
         }
     };
     // Across midnight (two days), across the rate change, and another tenant's.
@@ -1029,6 +1030,14 @@ async fn the_cost_ledger_adds_up_in_its_rollups(store: &dyn Store) {
     assert!(store.cost_breakdown(&c_only(CostGroup::JobName)).await.unwrap().is_empty());
     assert!(store.top_cost_jobs(&c_only(CostGroup::Tenant), 10).await.unwrap().is_empty());
     assert_eq!(store.forget_cost_records(ts(22_000 * DAY)).await.unwrap(), 0, "it left no record");
+    // Without its pool (`track_by_pool: false`): kept under no pool, still exactly.
+    let poolless = AttemptCost { by_pool: false, ..cost(5, "ledger-d", "gpu", 20_000 * DAY + 30_000, 20_000 * DAY + 31_000, 1000) };
+    store.apply(std::sync::Arc::new(Changes { costs: vec![poolless.clone()], ..Changes::default() })).await.unwrap();
+    let d_only = |g| q(g, Some(vec![TenantId::parse("ledger-d").unwrap()]));
+    let by_pool = store.cost_breakdown(&d_only(CostGroup::Pool)).await.unwrap();
+    assert_eq!(by_pool.iter().map(|r| (r.key.as_str(), r.cost_micros)).collect::<Vec<_>>(), [("", poolless.cost_micros())]);
+    let gpu = store.cost_breakdown(&CostQuery { pool: Some(PoolId::parse("gpu").unwrap()), ..d_only(CostGroup::Tenant) }).await.unwrap();
+    assert!(gpu.is_empty(), "nothing of it is under its pool: {gpu:?}");
 }
 
 async fn rate_versions_list_oldest_first_one_per_instant(store: &dyn Store) {

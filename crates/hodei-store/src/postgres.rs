@@ -718,7 +718,7 @@ fn cost_records(st: &mut Stmt, rows: &[&CostRow]) {
         st.arg(rows.iter().map(|r| r.c.attempt_id.as_uuid()).collect::<Vec<_>>(), "uuid[]"),
         st.arg(rows.iter().map(|r| r.c.job_id.as_uuid()).collect::<Vec<_>>(), "uuid[]"),
         st.arg(rows.iter().map(|r| r.tenant.to_owned()).collect::<Vec<_>>(), "text[]"),
-        st.arg(rows.iter().map(|r| r.c.pool_id.as_str().to_owned()).collect::<Vec<_>>(), "text[]"),
+        st.arg(rows.iter().map(|r| r.pool.to_owned()).collect::<Vec<_>>(), "text[]"),
         st.arg(rows.iter().map(|r| r.name.to_owned()).collect::<Vec<_>>(), "text[]"),
         st.arg(big(&|r| i64_of(r.c.resources.cpu_m.get())), "bigint[]"),
         st.arg(big(&|r| i64_of(r.c.resources.memory_mb.get())), "bigint[]"),

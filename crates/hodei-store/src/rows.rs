@@ -453,6 +453,8 @@ pub(crate) fn attempt_from_row(r: &impl Cols) -> Result<Attempt> {
 pub(crate) struct CostRow<'a> {
     pub c: &'a hodei_core::sched::AttemptCost,
     pub tenant: &'a str,
+    /// The pool, or empty where the ledger keeps no pool (`track_by_pool: false`).
+    pub pool: &'a str,
     pub name: &'a str,
     pub seg: &'a hodei_core::cost::Segment,
 }
@@ -462,7 +464,10 @@ pub(crate) fn cost_rows(costs: &[hodei_core::sched::AttemptCost]) -> Vec<CostRow
     costs
         .iter()
         .filter_map(|c| Some((c, c.tenant.as_ref()?.as_str(), c.job_name.as_deref().unwrap_or(""))))
-        .flat_map(|(c, tenant, name)| c.segments.iter().map(move |seg| CostRow { c, tenant, name, seg }))
+        .flat_map(|(c, tenant, name)| {
+            let pool = if c.by_pool { c.pool_id.as_str() } else { "" };
+            c.segments.iter().map(move |seg| CostRow { c, tenant, pool, name, seg })
+        })
         .collect()
 }
 
@@ -482,7 +487,7 @@ pub(crate) struct RollupDelta {
 pub(crate) fn rollup_deltas<'a>(rows: &[CostRow<'a>]) -> BTreeMap<(i64, &'a str, &'a str), RollupDelta> {
     let mut out: BTreeMap<(i64, &str, &str), RollupDelta> = BTreeMap::new();
     for r in rows {
-        let d = out.entry((r.seg.day, r.tenant, r.c.pool_id.as_str())).or_default();
+        let d = out.entry((r.seg.day, r.tenant, r.pool)).or_default();
         let s = r.seg.billed_seconds as i64;
         d.cost_micros += r.seg.cost_micros;
         d.cpu_m_seconds += s * i64::from(r.c.resources.cpu_m.get());

@@ -421,7 +421,7 @@ fn write(tx: &Connection, c: &Changes) -> Result<(), StoreError> {
                 r.c.attempt_id.as_uuid(),
                 r.c.job_id.as_uuid(),
                 r.tenant,
-                r.c.pool_id.as_str(),
+                r.pool,
                 r.name,
                 res.cpu_m.get(),
                 res.memory_mb.get(),

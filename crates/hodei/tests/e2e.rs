@@ -1183,13 +1183,14 @@ async fn a_worker_reporting_a_full_disk_is_unhealthy_until_it_has_room() {
     }
 }
 
-/// `cost_tracking.track_by_job: false`: no cost record is kept by job, the rollups still add up
-/// to the jobs' own costs exactly; a breakdown by job name is refused and reports list no top
-/// jobs.
+/// `cost_tracking.track_by_job: false` and `track_by_pool: false`: no cost record is kept by job
+/// and nothing by pool, the rollups still add up to the jobs' own costs exactly; breakdowns by
+/// job name or pool are refused, reports list no top jobs and no pools, and the pool cost
+/// counter is not exported.
 #[tokio::test]
-async fn without_tracking_by_job_costs_still_add_up_but_nothing_is_kept_by_job() {
+async fn without_tracking_by_job_or_pool_costs_still_add_up_but_nothing_is_kept_by_them() {
     let dir = tempfile::tempdir().unwrap();
-    let srv = Server::start(dir.path(), &[("HODEI_COST_TRACKING__TRACK_BY_JOB", "false")], 0, None);
+    let srv = Server::start(dir.path(), &[("HODEI_COST_TRACKING__TRACK_BY_JOB", "false"), ("HODEI_COST_TRACKING__TRACK_BY_POOL", "false")], 0, None);
     let mut sum = 0;
     for i in 0..3 {
         let id = srv.submit(json!({"command": ["true"], "resources": {"cpu_m": 500 + 100 * i}})).await["id"].as_str().unwrap().to_owned();
@@ -1202,8 +1203,18 @@ async fn without_tracking_by_job_costs_still_add_up_but_nothing_is_kept_by_job()
     let (s, e) = srv.call(Method::GET, "/cost-optimization/breakdown?group_by=job_name", None).await;
     assert_eq!((s, e["errors"][0]["field"].as_str()), (400, Some("group_by")), "{e}");
     assert!(e["errors"][0]["message"].as_str().unwrap().contains("track_by_job"), "{e}");
+    for q in ["group_by=pool", "pool_id=local"] {
+        let (s, e) = srv.call(Method::GET, &format!("/cost-optimization/breakdown?{q}"), None).await;
+        assert_eq!((s, e["errors"][0]["message"].as_str().map(|m| m.contains("track_by_pool"))), (400, Some(true)), "{q}: {e}");
+    }
+    let (s, e) = srv.call(Method::POST, "/cost-optimization/reports", Some(json!({"period": "last_day", "pool_id": "local"}))).await;
+    assert_eq!((s, e["errors"][0]["field"].as_str()), (400, Some("/pool_id")), "{e}");
     let (s, r) = srv.call(Method::POST, "/cost-optimization/reports", Some(json!({"period": "last_day"}))).await;
     assert_eq!((s, r["total_cost_micros"].as_i64(), r["top_jobs"].as_array().map(Vec::len)), (201, Some(sum), Some(0)), "{r}");
+    assert_eq!(r["breakdown"]["by_pool"], json!([]), "{r}");
+    let metrics = srv.http_client.get(format!("{}/metrics", srv.metrics)).send().await.unwrap().text().await.unwrap();
+    assert!(!metrics.contains("hodei_pool_cost_micros_total"), "{metrics}");
+    assert!(metrics.lines().any(|l| l == format!("hodei_tenant_cost_micros_total{{tenant=\"default\"}} {sum}")), "{metrics}");
 }
 
 /// The ledger through the binary: 20 jobs of `sleep 1` each cost exactly their billed seconds

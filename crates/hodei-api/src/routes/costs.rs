@@ -113,6 +113,12 @@ pub(crate) fn period(prefix: &str, period: Option<&str>, start: Option<&str>, en
     }
 }
 
+/// A breakdown by or of a pool where costs are not kept by pool (`cost_tracking.track_by_pool:
+/// false`), refused naming the parameter.
+pub(crate) fn not_by_pool(field: &str, value: Option<String>) -> ApiError {
+    ApiError::field(field, "costs are not kept by pool on this server (cost_tracking.track_by_pool: false)", "no pool", value)
+}
+
 /// What attempts cost over a period, grouped by tenant, pool or day: sums of the daily
 /// rollups (whole UTC days), within the tenants the caller may read.
 #[utoipa::path(
@@ -128,6 +134,7 @@ pub async fn breakdown(State(s): State<ApiState>, who: Who, Query(q): Query<Brea
     }
     let (group_by, name) = match q.group_by.as_deref() {
         None | Some("tenant") => (CostGroup::Tenant, "tenant"),
+        Some("pool") if !s.cfg.cost_by_pool => return Err(not_by_pool("group_by", q.group_by.clone())),
         Some("pool") => (CostGroup::Pool, "pool"),
         Some("day") => (CostGroup::Day, "day"),
         Some("job_name") if !s.cfg.cost_records => {
@@ -142,6 +149,9 @@ pub async fn breakdown(State(s): State<ApiState>, who: Who, Query(q): Query<Brea
         Some(g) => return Err(ApiError::field("group_by", "unknown grouping", "tenant|pool|day|job_name", Some(g.to_owned()))),
     };
     let tenant = super::recommendations::parse_tenant(q.tenant_id.as_deref(), "tenant_id")?;
+    if q.pool_id.is_some() && !s.cfg.cost_by_pool {
+        return Err(not_by_pool("pool_id", q.pool_id.clone()));
+    }
     let pool = super::recommendations::parse_pool(q.pool_id.as_deref(), "pool_id")?;
     let (start, end) = period("", q.period.as_deref(), q.start.as_deref(), q.end.as_deref(), s.clock.now())?;
     let (from_day, to_day) = days(start, end);

@@ -240,7 +240,7 @@ pub async fn create_pool(State(s): State<ApiState>, who: Who, ApiJson(body): Api
     placement_changed(&s, &pool).await?;
     remember(&s, &pool, true);
     s.pools_changed.notify_one();
-    crate::zero_series_for_pool(&pool, &s.cfg.default_tenant);
+    crate::zero_series_for_pool(&pool, &s.cfg.default_tenant, s.cfg.cost_by_pool);
     let view = pool_view(&pool);
     audit::record(&s, &who, "pool.create", format!("pool:{}", pool.id), None, audit::view(&view)).await;
     let mut h = HeaderMap::new();

@@ -55,6 +55,7 @@ pub struct TopJobView {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ReportBreakdown {
     pub by_tenant: Vec<CostGroupView>,
+    /// Empty where costs are not kept by pool (`cost_tracking.track_by_pool: false`).
     pub by_pool: Vec<CostGroupView>,
     pub by_day: Vec<CostGroupView>,
 }
@@ -178,13 +179,17 @@ pub async fn create_report(State(s): State<ApiState>, who: Who, ApiJson(body): A
             _ => return Err(ApiError::field("/tenant_id", "you read several tenants: name the one reported on", "one of your tenants", None)),
         }
     }
+    if body.pool_id.is_some() && !s.cfg.cost_by_pool {
+        return Err(super::costs::not_by_pool("/pool_id", body.pool_id.clone()));
+    }
     let pool = parse_pool(body.pool_id.as_deref(), "/pool_id")?;
     let period_name = body.period.clone().unwrap_or_else(|| "month_to_date".to_owned());
     let (start, end) = period("/", Some(&period_name), body.start.as_deref(), body.end.as_deref(), now)?;
     let (from_day, to_day) = days(start, end);
     let q = CostQuery { from_day, to_day, tenant: tenant.clone(), pool: pool.clone(), visible: visible.clone().into_filter(), group_by: CostGroup::Tenant };
     let by_tenant = groups(&s, &q).await?;
-    let by_pool = groups(&s, &CostQuery { group_by: CostGroup::Pool, ..q.clone() }).await?;
+    // Not kept by pool: the rollups' pool is empty, there is nothing to break down.
+    let by_pool = if s.cfg.cost_by_pool { groups(&s, &CostQuery { group_by: CostGroup::Pool, ..q.clone() }).await? } else { Vec::new() };
     let by_day = groups(&s, &CostQuery { group_by: CostGroup::Day, ..q.clone() }).await?;
     let total: i64 = by_tenant.iter().map(|g| g.cost_micros).sum();
     let currency = s.cfg.currency.clone();

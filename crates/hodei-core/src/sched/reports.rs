@@ -200,6 +200,7 @@ impl Scheduler {
             resources: a.resources,
             segments: crate::cost::price_part(start, from, to.max(from), &a.resources, versions),
             keep_record: self.cfg.keep_cost_records,
+            by_pool: self.cfg.cost_by_pool,
         };
         a.billed_seconds += cost.billed_seconds();
         a.cost_micros += cost.cost_micros();
