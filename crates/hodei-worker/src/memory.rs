@@ -293,9 +293,11 @@ mod tests {
         let mut job = std::process::Command::new("sh").args(["-c", "sleep 30 & sleep 30 & setsid sleep 5 & wait"]).process_group(0).spawn().expect("sh");
         let pgid = job.id() as i32;
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        // Until the forks settled: the setsid child is briefly in the group (without pages of its
+        // own yet) before it leaves.
         let members = loop {
             let m = group_members(pgid);
-            if m.len() >= 3 || std::time::Instant::now() > deadline {
+            if (m.len() == 3 && m.iter().all(|(_, s)| s.rss_pages > 0)) || std::time::Instant::now() > deadline {
                 break m;
             }
             std::thread::sleep(Duration::from_millis(20));
