@@ -205,9 +205,22 @@ impl Drop for Cgroups {
 }
 
 impl JobCgroup {
-    /// The descriptors the job's process writes `0` (itself) into before it execs.
-    pub fn procs_fds(&self) -> Vec<RawFd> {
-        self.procs.iter().map(AsRawFd::as_raw_fd).collect()
+    /// Makes `cmd`'s process join this cgroup between fork and exec: it writes `0` (itself)
+    /// into the `cgroup.procs` the agent opened, so nothing the job starts ever runs outside
+    /// it. Only `write(2)` runs there, which is async-signal-safe.
+    pub fn join_on_exec(&self, cmd: &mut std::process::Command) {
+        use std::os::unix::process::CommandExt;
+        let fds: Vec<RawFd> = self.procs.iter().map(AsRawFd::as_raw_fd).collect();
+        unsafe {
+            cmd.pre_exec(move || {
+                for fd in &fds {
+                    if libc::write(*fd, b"0".as_ptr().cast(), 1) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
     }
 
     /// After the job ended: kills whatever it left running in the cgroup, gives the cgroup
@@ -470,7 +483,7 @@ mod tests {
         let cg = cgs.take(250, 512).unwrap();
         let read = |f: &str| std::fs::read_to_string(job.join(f)).unwrap();
         assert_eq!((read("memory.max"), read("memory.swap.max"), read("cpu.max")), ((512u64 << 20).to_string(), "0".into(), "25000 100000".into()));
-        assert_eq!((cg.procs_fds().len(), cg.oom_kills_before), (1, 1));
+        assert_eq!((cg.procs.len(), cg.oom_kills_before), (1, 1));
         std::fs::write(job.join("memory.stat"), "anon 1048576\nfile 999\nfile_mapped 4096\nshmem 0\n").unwrap();
         std::fs::write(job.join("cpu.stat"), "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\n").unwrap();
         assert_eq!(cg.reader.usage(), Usage { rss_bytes: 1_048_576 + 4096, cpu_ns: 1_500_000 });
@@ -499,19 +512,9 @@ mod tests {
     }
 
     fn spawn_in(cg: &JobCgroup, script: &str) -> std::process::Child {
-        let fds = cg.procs_fds();
         let mut cmd = std::process::Command::new("sh");
         cmd.args(["-c", script]).process_group(0);
-        unsafe {
-            cmd.pre_exec(move || {
-                for fd in &fds {
-                    if libc::write(*fd, b"0".as_ptr().cast(), 1) < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                Ok(())
-            });
-        }
+        cg.join_on_exec(&mut cmd);
         cmd.spawn().expect("sh")
     }
 

@@ -326,20 +326,7 @@ async fn run_inner(
         }
     };
     if let Some(cg) = &cgroup {
-        let fds = cg.procs_fds();
-        // Between fork and exec the job's process moves itself (`0`) into its cgroup, through
-        // descriptors the agent opened: nothing the job starts ever runs outside it. Only
-        // `write(2)` here, which is async-signal-safe.
-        unsafe {
-            cmd.pre_exec(move || {
-                for fd in &fds {
-                    if libc::write(*fd, b"0".as_ptr().cast(), 1) < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                Ok(())
-            });
-        }
+        cg.join_on_exec(&mut cmd);
     }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
