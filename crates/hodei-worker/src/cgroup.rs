@@ -57,6 +57,9 @@ pub struct Reader {
     version: Version,
     memory: PathBuf,
     cpuacct: PathBuf,
+    /// The cgroup's cpu counter when the job got it: a reused cgroup's counter holds the
+    /// earlier jobs' time too.
+    cpu_base: u64,
 }
 
 /// One job's cgroup, from before it starts until it ended.
@@ -148,10 +151,12 @@ impl Cgroups {
             return Err(e);
         }
         let procs = dirs.iter().map(|d| File::options().write(true).open(d.join("cgroup.procs"))).collect::<std::io::Result<Vec<_>>>()?;
-        let reader = Arc::new(match self.version {
-            Version::V2 => Reader { version: Version::V2, memory: dirs[0].clone(), cpuacct: dirs[0].clone() },
-            Version::V1 => Reader { version: Version::V1, memory: dirs[0].clone(), cpuacct: dirs.last().cloned().unwrap_or_default() },
-        });
+        let mut reader = match self.version {
+            Version::V2 => Reader { version: Version::V2, memory: dirs[0].clone(), cpuacct: dirs[0].clone(), cpu_base: 0 },
+            Version::V1 => Reader { version: Version::V1, memory: dirs[0].clone(), cpuacct: dirs.last().cloned().unwrap_or_default(), cpu_base: 0 },
+        };
+        reader.cpu_base = reader.usage().cpu_ns;
+        let reader = Arc::new(reader);
         let oom_kills_before = reader.oom_kills();
         Ok(JobCgroup { owner: self.clone(), name, procs, oom_kills_before, reader })
     }
@@ -264,7 +269,8 @@ impl JobCgroup {
 }
 
 impl Reader {
-    /// Resident memory and cpu time so far of everything in the cgroup.
+    /// Resident memory of everything in the cgroup, and the cpu time it used since the job got
+    /// it.
     pub fn usage(&self) -> Usage {
         let stat = std::fs::read_to_string(self.memory.join("memory.stat")).unwrap_or_default();
         let (anon, mapped, cpu_ns) = match self.version {
@@ -277,7 +283,7 @@ impl Reader {
                 (field(&stat, "total_rss"), field(&stat, "total_mapped_file"), cpu.trim().parse().unwrap_or(0))
             }
         };
-        Usage { rss_bytes: anon + mapped, cpu_ns }
+        Usage { rss_bytes: anon + mapped, cpu_ns: cpu_ns.saturating_sub(self.cpu_base) }
     }
 
     /// The processes in the cgroup.
@@ -473,6 +479,7 @@ mod tests {
             std::fs::write(job.join(f), "").unwrap();
         }
         std::fs::write(job.join("memory.events"), "low 0\nhigh 0\nmax 0\noom 0\noom_kill 1\n").unwrap();
+        std::fs::write(job.join("cpu.stat"), "usage_usec 700\n").unwrap();
         let cgs = Arc::new(Cgroups {
             version: Version::V2,
             bases: vec![root.path().to_owned()],
@@ -485,8 +492,8 @@ mod tests {
         assert_eq!((read("memory.max"), read("memory.swap.max"), read("cpu.max")), ((512u64 << 20).to_string(), "0".into(), "25000 100000".into()));
         assert_eq!((cg.procs.len(), cg.oom_kills_before), (1, 1));
         std::fs::write(job.join("memory.stat"), "anon 1048576\nfile 999\nfile_mapped 4096\nshmem 0\n").unwrap();
-        std::fs::write(job.join("cpu.stat"), "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\n").unwrap();
-        assert_eq!(cg.reader.usage(), Usage { rss_bytes: 1_048_576 + 4096, cpu_ns: 1_500_000 });
+        std::fs::write(job.join("cpu.stat"), "usage_usec 2200\nuser_usec 1000\nsystem_usec 500\n").unwrap();
+        assert_eq!(cg.reader.usage(), Usage { rss_bytes: 1_048_576 + 4096, cpu_ns: 1_500_000 }, "since the job got it (700 µs before)");
         std::fs::write(job.join("memory.events"), "oom 1\noom_kill 2\n").unwrap();
         assert!(cg.end(), "a kill since the job started is its");
         // No limits asked for: none set; a tiny cpu request still gets the least quota.
@@ -542,11 +549,13 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "the job never joined its cgroup");
         }
         assert!(child.wait().unwrap().success());
-        assert!(cg.reader.usage().cpu_ns > 0);
+        let used = cg.reader.usage().cpu_ns;
+        assert!(used > 0);
         assert!(!cg.end(), "no oom within the limit");
         // The same cgroup again, now over its memory: the kernel kills it.
         let cg = cgs.take(1000, 32).unwrap();
         assert_eq!(cg.reader.memory, mem, "the empty cgroup was used again");
+        assert!(cg.reader.usage().cpu_ns < used, "the earlier job's cpu is not the next one's");
         let name = cg.name.clone();
         let mut child = spawn_in(&cg, "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo survived");
         let status = child.wait().unwrap();

@@ -426,6 +426,11 @@ async fn a_job_in_its_cgroup_is_killed_by_the_kernel_over_its_memory_and_held_to
     };
     let avg = sum["cpu_avg_m"].as_f64().unwrap();
     assert!((200.0..=330.0).contains(&avg), "a busy loop held to 300 m: {sum}");
+    // Sampled from the cgroup: about the quota at most (3 bursts of 30 ms in a 250 ms sample are
+    // 360 m) — a reused cgroup's earlier jobs not counted.
+    let (_, u) = srv.call(Method::GET, &format!("/jobs/{id}/usage"), None).await;
+    let points = u["attempts"][0]["points"].as_array().unwrap();
+    assert!(!points.is_empty() && points.iter().all(|p| p["cpu_m"].as_f64().unwrap() <= 450.0), "{u}");
 }
 
 /// An idempotency key outlives a kill -9: the repeat after the restart gets the first job.
