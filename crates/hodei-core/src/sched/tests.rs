@@ -533,14 +533,15 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     #[test]
-    fn random_operations_keep_every_invariant(ops in proptest::collection::vec(op(), 1..120)) {
+    fn random_operations_keep_every_invariant(ops in proptest::collection::vec(op(), 1..120), (keep_cost_records, cost_by_pool) in (any::<bool>(), any::<bool>())) {
         // Short SLA waits, so jobs cross every threshold and escalate within a run.
         let sla = SlaRules { max_wait: [Duration::from_secs(20); 5], ..SlaRules::default() };
         // Accrual every 5 s, so running attempts are billed in parts across rate changes.
-        let cfg = SchedConfig { sla, preemption: true, accrual_interval: Duration::from_secs(5), ..SchedConfig::default() };
+        // What the ledger keeps by job and by pool (`cost_tracking.track_by_*`) is either way.
+        let cfg = SchedConfig { sla, preemption: true, accrual_interval: Duration::from_secs(5), keep_cost_records, cost_by_pool, ..SchedConfig::default() };
         let (mut s, mut ids) = (Scheduler::new(cfg), Ids(0));
         let mut now = 0i64;
-        let mut ledger = Ledger::default();
+        let mut ledger = Ledger { keep_cost_records, cost_by_pool, ..Ledger::default() };
         let mut versions: Vec<crate::cost::RateVersion> = Vec::new();
         let mut jobs: Vec<JobId> = vec![];
         let mut workers: Vec<WorkerId> = vec![];
@@ -685,7 +686,10 @@ proptest! {
 #[derive(Default)]
 struct Ledger {
     stretches: HashMap<AttemptId, Vec<crate::cost::Segment>>,
-    rollups: HashMap<(i64, Option<TenantId>, PoolId), i64>,
+    rollups: HashMap<(i64, Option<TenantId>, Option<PoolId>), i64>,
+    /// What the scheduler was told to keep by job and by pool.
+    keep_cost_records: bool,
+    cost_by_pool: bool,
 }
 
 impl Ledger {
@@ -696,8 +700,10 @@ impl Ledger {
     /// seconds of its whole run; and the rollups add up to the attempts' costs.
     fn check(&mut self, ch: &Changes, versions: &[crate::cost::RateVersion]) -> Result<(), TestCaseError> {
         for c in &ch.costs {
+            prop_assert_eq!((c.keep_record, c.by_pool), (self.keep_cost_records, self.cost_by_pool), "every priced attempt says what to keep");
             for seg in &c.segments {
-                *self.rollups.entry((seg.day, c.tenant.clone(), c.pool_id.clone())).or_default() += seg.cost_micros;
+                let pool = c.by_pool.then(|| c.pool_id.clone());
+                *self.rollups.entry((seg.day, c.tenant.clone(), pool)).or_default() += seg.cost_micros;
                 // Against the versions known when it was billed: a later version is never
                 // applied to seconds already begun.
                 prop_assert_eq!(crate::cost::day_of(seg.start), seg.day);
