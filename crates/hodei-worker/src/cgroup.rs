@@ -10,7 +10,7 @@
 //! cpuacct). Elsewhere — not root, no cgroup file system, a container that cannot delegate —
 //! the agent says why once and falls back to the procfs watch of [`crate::memory`].
 //!
-//! The agent's cgroups live under `<hierarchy>/hodei/agent-<pid>/`. Making and removing a
+//! The agent's cgroups live under `<hierarchy>/hodei/agent-<pid>-<n>/`. Making and removing a
 //! memory cgroup costs the kernel about 2 ms (measured here: 2.2 ms for the pair, against
 //! 0.8 ms for running `true`), so like scratch directories an ended job's cgroup, once empty,
 //! is kept and given to the next job with its new limits.
@@ -31,6 +31,10 @@ const PERIOD_US: u64 = 100_000;
 /// job until the next period. Measured with jobs of `true` asking for 1 m: dispatch p90 went
 /// from 3 ms to 15–18 ms and p99 to 70–94 ms, throughput fell by a third.
 const MIN_CPU_M: u32 = 100;
+
+/// A spare cgroup is given to the next job only while earlier jobs left less memory charged to
+/// it than this (a job of `true` leaves 150–550 KiB; one that wrote files, their page cache).
+const SPARE_CHARGE_MAX: u64 = 8 << 20;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Version {
@@ -90,7 +94,9 @@ impl Cgroups {
         }
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| format!("reading /proc/self/mountinfo: {e}"))?;
         let (version, roots) = hierarchies(&mounts)?;
-        let agent = format!("agent-{}", std::process::id());
+        // One directory per `Cgroups` (an agent has one; tests make several in one process).
+        static MADE: AtomicU64 = AtomicU64::new(0);
+        let agent = format!("agent-{}-{}", std::process::id(), MADE.fetch_add(1, Ordering::Relaxed));
         let mut bases = Vec::new();
         for root in &roots {
             let parent = root.join("hodei");
@@ -132,19 +138,30 @@ impl Cgroups {
         &self.bases[0]
     }
 
-    /// A cgroup for a job of `cpu_m` millicores and `memory_mb` MiB (0: no limit), empty.
+    /// A cgroup for a job of `cpu_m` millicores and `memory_mb` MiB (0: no limit), empty: a
+    /// spare one, else a new one. A spare that earlier jobs left memory charged to (page cache,
+    /// their files in tmpfs) beyond [`SPARE_CHARGE_MAX`] or half the new limit — or whose limits
+    /// cannot be set — is removed instead: the new job would start over, or near, its limit.
     pub fn take(self: &Arc<Self>, cpu_m: u32, memory_mb: u32) -> std::io::Result<JobCgroup> {
         let spare = self.spare.lock().ok().and_then(|mut s| s.pop());
-        let name = match spare {
-            Some(n) => n,
-            None => {
-                let n = format!("job-{}", self.named.fetch_add(1, Ordering::Relaxed));
-                for b in &self.bases {
-                    mkdir(&b.join(&n))?;
-                }
-                n
+        if let Some(n) = spare {
+            let room = if memory_mb > 0 { (u64::from(memory_mb) << 20) / 2 } else { u64::MAX };
+            if self.charged(&n) <= SPARE_CHARGE_MAX.min(room)
+                && let Ok(cg) = self.prepare(n.clone(), cpu_m, memory_mb)
+            {
+                return Ok(cg);
             }
-        };
+            self.discard(&n);
+        }
+        let n = format!("job-{}", self.named.fetch_add(1, Ordering::Relaxed));
+        for b in &self.bases {
+            mkdir(&b.join(&n))?;
+        }
+        self.prepare(n, cpu_m, memory_mb)
+    }
+
+    /// Sets cgroup `name`'s limits and opens it for a job; removes it when that fails.
+    fn prepare(self: &Arc<Self>, name: String, cpu_m: u32, memory_mb: u32) -> std::io::Result<JobCgroup> {
         let dirs: Vec<PathBuf> = self.bases.iter().map(|b| b.join(&name)).collect();
         if let Err(e) = self.limit(&dirs, cpu_m, memory_mb) {
             self.discard(&name);
@@ -186,6 +203,15 @@ impl Cgroups {
             }
         }
         Ok(())
+    }
+
+    /// The memory charged to job cgroup `name` (none in it: its processes are gone).
+    fn charged(&self, name: &str) -> u64 {
+        let file = match self.version {
+            Version::V2 => "memory.current",
+            Version::V1 => "memory.usage_in_bytes",
+        };
+        std::fs::read_to_string(self.bases[0].join(name).join(file)).ok().and_then(|v| v.trim().parse().ok()).unwrap_or(u64::MAX)
     }
 
     /// A job cgroup that will not be used again: removed (which fails while a process is
@@ -401,7 +427,7 @@ fn remove_stale(parent: &Path) {
     let Ok(entries) = std::fs::read_dir(parent) else { return };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name.strip_prefix("agent-").and_then(|p| p.parse::<u32>().ok()) else { continue };
+        let Some(pid) = name.strip_prefix("agent-").and_then(|p| p.split('-').next()?.parse::<u32>().ok()) else { continue };
         if Path::new(&format!("/proc/{pid}")).exists() {
             continue;
         }
@@ -468,6 +494,27 @@ mod tests {
         assert_eq!(field(stat, "total_rss"), 4096);
     }
 
+    #[test]
+    fn a_spare_cgroup_left_holding_memory_is_not_given_again() {
+        let Some(cgs) = here() else { return };
+        let file = format!("/dev/shm/hodei-cgroup-test-{}", std::process::id());
+        let cg = cgs.take(1000, 256).unwrap();
+        let first = cg.name.clone();
+        assert!(spawn_in(&cg, &format!("head -c 20000000 /dev/zero > {file}")).wait().unwrap().success());
+        assert!(!cg.end());
+        // 20 MB of tmpfs stay charged to it: the next job gets a fresh cgroup.
+        let next = cgs.take(1000, 256).unwrap();
+        let _ = std::fs::remove_file(&file);
+        assert_ne!(next.name, first, "a cgroup holding 20 MB was given again");
+        assert!(!cgs.bases[0].join(&first).exists(), "and it was removed");
+        let name = next.name.clone();
+        assert!(!next.end());
+        // An empty one is given again.
+        let again = cgs.take(1000, 256).unwrap();
+        assert_eq!(again.name, name);
+        again.end();
+    }
+
     /// The v2 files, on a directory laid out like a cgroup2 job cgroup (this machine's kernel
     /// has its controllers in v1 hierarchies, so the real v2 path cannot run here).
     #[test]
@@ -479,6 +526,7 @@ mod tests {
             std::fs::write(job.join(f), "").unwrap();
         }
         std::fs::write(job.join("memory.events"), "low 0\nhigh 0\nmax 0\noom 0\noom_kill 1\n").unwrap();
+        std::fs::write(job.join("memory.current"), "0\n").unwrap();
         std::fs::write(job.join("cpu.stat"), "usage_usec 700\n").unwrap();
         let cgs = Arc::new(Cgroups {
             version: Version::V2,
@@ -562,6 +610,7 @@ mod tests {
         assert!(!status.success());
         assert!(cg.end(), "the kernel's kill is seen as oom");
         // What the job left (the pipeline's other end) is ended; the cgroup is then a spare.
+        // (And one left holding memory is not given again: see below.)
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while !cgs.spare.lock().unwrap().contains(&name) {
             assert!(std::time::Instant::now() < deadline, "the cgroup never came back");
